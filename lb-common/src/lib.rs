@@ -1,0 +1,188 @@
+//! Plain-data types of the BPF maps that srvgate's XDP program reads and its daemon fills.
+//!
+//! Every type here is `#[repr(C)]`, has no implicit padding, and holds addresses and ports
+//! in network byte order exactly as they sit in the packet, so the XDP program compares
+//! and copies them without swapping bytes. The daemon converts at the edge.
+#![no_std]
+
+/// Capacity of the route maps; also the number of per-route counter slots.
+pub const MAX_ROUTES: u32 = 16384;
+/// Capacity of the interface maps (public and private legs together).
+pub const MAX_INTERFACES: u32 = 64;
+
+/// IANA protocol numbers, as they appear in the IPv4 header.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Map names, shared so the daemon finds what the program declares.
+pub mod map_names {
+    pub const FRONTENDS: &str = "FRONTENDS";
+    pub const REVERSE: &str = "REVERSE";
+    pub const INTERFACES: &str = "INTERFACES";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const ROUTE_COUNTERS: &str = "ROUTE_COUNTERS";
+    pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "srvgate";
+
+/// Key of the frontend map: a public port and protocol on the public address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FrontendKey {
+    /// Public port, network byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// Where a frontend forwards to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Backend {
+    /// Backend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// Slot of this route in `ROUTE_COUNTERS`.
+    pub route_id: u32,
+}
+
+/// Key of the reverse map: a backend's address, port and protocol, as seen in its replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ReverseKey {
+    /// Backend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// What a backend's reply source is rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ReverseValue {
+    /// Public port, network byte order.
+    pub public_port: u16,
+    pub _pad: u16,
+    /// Slot of this route in `ROUTE_COUNTERS`.
+    pub route_id: u32,
+}
+
+/// Role of an interface the program is attached to.
+pub const ROLE_PUBLIC: u8 = 1;
+pub const ROLE_PRIVATE: u8 = 2;
+
+/// How frames leave through an interface after a rewrite.
+/// `EGRESS_REDIRECT`: `bpf_redirect_map` straight to its transmit path.
+/// `EGRESS_PASS`: hand the rewritten packet to the kernel stack, which routes it. Used where a
+/// redirect would be silently dropped (a veth whose peer has neither GRO nor XDP).
+pub const EGRESS_PASS: u8 = 0;
+pub const EGRESS_REDIRECT: u8 = 1;
+
+/// Per-interface facts, keyed by ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Interface {
+    pub role: u8,
+    pub egress: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Gateway-wide settings: the single entry of the `SETTINGS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Settings {
+    /// The public IPv4 address, network byte order. 0 disables forwarding.
+    pub public_addr: u32,
+    pub _pad: u32,
+}
+
+/// Per-route, per-CPU traffic counters. `inbound` is client to backend, `outbound` the replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct RouteCounters {
+    pub inbound_packets: u64,
+    pub inbound_bytes: u64,
+    pub outbound_packets: u64,
+    pub outbound_bytes: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet seen on this CPU.
+    pub last_seen_ns: u64,
+}
+
+/// Indexes of `GLOBAL_COUNTERS`: one per verdict the program can reach, so nothing it does
+/// is silent.
+pub mod counter {
+    /// Not IPv4 (ARP, IPv6, ...).
+    pub const PASS_NOT_IPV4: u32 = 0;
+    /// IPv4 but not TCP or UDP (ICMP, ...).
+    pub const PASS_NOT_TCP_UDP: u32 = 1;
+    /// An IP fragment: ports are not in every fragment, so the kernel reassembles.
+    pub const PASS_FRAGMENT: u32 = 2;
+    /// IPv4 header with options, which the program does not parse.
+    pub const PASS_IP_OPTIONS: u32 = 3;
+    /// Truncated headers: let the kernel count and drop them.
+    pub const PASS_MALFORMED: u32 = 4;
+    /// TCP/UDP with no matching route (including the gateway's own services).
+    pub const PASS_NO_ROUTE: u32 = 5;
+    /// Rewritten and redirected by XDP.
+    pub const FWD_REDIRECT: u32 = 6;
+    /// Rewritten, then passed to the kernel because the FIB lookup did not succeed
+    /// (no neighbour entry yet, unreachable, ...).
+    pub const FWD_PASS_FIB: u32 = 7;
+    /// Rewritten, then passed to the kernel because the egress cannot take redirects.
+    pub const FWD_PASS_EGRESS: u32 = 8;
+    /// Rewritten, then passed so the kernel sends ICMP time exceeded.
+    pub const FWD_PASS_TTL: u32 = 9;
+    /// Rewritten, then passed because the packet is larger than the egress MTU.
+    pub const FWD_PASS_FRAG_NEEDED: u32 = 10;
+    /// `bpf_redirect_map` refused (egress not in the devmap); passed to the kernel.
+    pub const FWD_PASS_REDIRECT_FAILED: u32 = 11;
+    /// Number of counters.
+    pub const COUNT: u32 = 12;
+
+    /// Names for logs and metrics, indexed like the constants above.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_not_ipv4",
+        "pass_not_tcp_udp",
+        "pass_fragment",
+        "pass_ip_options",
+        "pass_malformed",
+        "pass_no_route",
+        "fwd_redirect",
+        "fwd_pass_fib",
+        "fwd_pass_egress",
+        "fwd_pass_ttl",
+        "fwd_pass_frag_needed",
+        "fwd_pass_redirect_failed",
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn map_types_have_the_sizes_the_kernel_sees() {
+        assert_eq!(size_of::<FrontendKey>(), 4);
+        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<ReverseKey>(), 8);
+        assert_eq!(size_of::<ReverseValue>(), 8);
+        assert_eq!(size_of::<Interface>(), 4);
+        assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(size_of::<RouteCounters>(), 40);
+    }
+}

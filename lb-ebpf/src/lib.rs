@@ -1,0 +1,151 @@
+//! Packet maths for srvgate's XDP program: header offsets and incremental checksums.
+//!
+//! These are plain functions so they build for the host too, where they are unit- and
+//! property-tested against checksums recomputed from scratch. The XDP program
+//! (`src/main.rs`) calls them on the fields it reads from the packet.
+//!
+//! Byte order: the one's-complement sum commutes with byte swapping, so every function
+//! here takes 16- and 32-bit fields *as they were loaded from packet memory* (native
+//! load of network-order bytes) and returns the checksum in that same form. No swaps are
+//! needed on the hot path, and the maths is right on either endianness.
+#![cfg_attr(not(test), no_std)]
+
+pub const ETH_HLEN: usize = 14;
+/// EtherType of IPv4, in network order as a big-endian number.
+pub const ETH_P_IPV4: u16 = 0x0800;
+/// Length of an IPv4 header without options.
+pub const IPV4_HLEN: usize = 20;
+pub const TCP_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// How the program treats an IPv4 header, from its first byte and its flags/fragment field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipv4Shape {
+    /// Version 4, no options, not a fragment: ports follow at `IPV4_HLEN`.
+    Plain,
+    /// Carries options; the program leaves it to the kernel.
+    Options,
+    /// A fragment (more-fragments set or a non-zero offset); only the first has ports.
+    Fragment,
+    /// Not a valid IPv4 header (version is not 4 or IHL below 5).
+    Invalid,
+}
+
+/// Classifies a header from its version/IHL byte and its flags+fragment-offset field
+/// (host order, i.e. `u16::from_be` of the wire value).
+#[inline(always)]
+pub fn ipv4_shape(version_ihl: u8, flags_frag_off: u16) -> Ipv4Shape {
+    let version = version_ihl >> 4;
+    let ihl = version_ihl & 0x0f;
+    if version != 4 || ihl < 5 {
+        Ipv4Shape::Invalid
+    } else if flags_frag_off & 0x3fff != 0 {
+        // 0x2000 is more-fragments, 0x1fff the offset; 0x4000 (don't fragment) is fine.
+        Ipv4Shape::Fragment
+    } else if ihl != 5 {
+        Ipv4Shape::Options
+    } else {
+        Ipv4Shape::Plain
+    }
+}
+
+/// Offset of the checksum field inside the L4 header, for the protocols the program rewrites.
+#[inline(always)]
+pub fn l4_checksum_offset(protocol: u8) -> Option<usize> {
+    match protocol {
+        PROTO_TCP => Some(16),
+        PROTO_UDP => Some(6),
+        _ => None,
+    }
+}
+
+/// Bytes of L4 header the program must be able to read for `protocol`.
+#[inline(always)]
+pub fn l4_header_len(protocol: u8) -> Option<usize> {
+    match protocol {
+        PROTO_TCP => Some(TCP_HLEN),
+        PROTO_UDP => Some(UDP_HLEN),
+        _ => None,
+    }
+}
+
+/// Folds a 32-bit one's-complement accumulator into 16 bits. Two rounds suffice for any
+/// sum of fewer than 65536 16-bit terms, and a fixed count keeps the verifier happy.
+#[inline(always)]
+pub fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+#[inline(always)]
+fn halves(v: u32) -> (u32, u32) {
+    (v & 0xffff, v >> 16)
+}
+
+/// RFC 1624 eqn. 3: the checksum after one 16-bit field changes from `old` to `new`,
+/// `HC' = ~(~HC + ~m + m')`.
+#[inline(always)]
+pub fn csum_replace16(check: u16, old: u16, new: u16) -> u16 {
+    let sum = (!check) as u32 + (!old) as u32 + new as u32;
+    !fold(sum)
+}
+
+/// RFC 1624 eqn. 3 for a 32-bit field (an IPv4 address): two 16-bit words at once.
+#[inline(always)]
+pub fn csum_replace32(check: u16, old: u32, new: u32) -> u16 {
+    let (old_lo, old_hi) = halves(!old);
+    let (new_lo, new_hi) = halves(new);
+    let sum = (!check) as u32 + old_lo + old_hi + new_lo + new_hi;
+    !fold(sum)
+}
+
+/// The TCP/UDP checksum after NAT changes one address (in the pseudo-header) and one port.
+///
+/// UDP over IPv4 may carry checksum 0, meaning "not computed": it stays 0. A computed
+/// UDP checksum of 0 is sent as 0xffff (RFC 768), since 0 would mean "none".
+#[inline(always)]
+pub fn l4_csum_nat(
+    protocol: u8,
+    check: u16,
+    old_addr: u32,
+    new_addr: u32,
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    if protocol == PROTO_UDP && check == 0 {
+        return 0;
+    }
+    let (old_lo, old_hi) = halves(!old_addr);
+    let (new_lo, new_hi) = halves(new_addr);
+    let sum =
+        (!check) as u32 + old_lo + old_hi + new_lo + new_hi + (!old_port) as u32 + new_port as u32;
+    let out = !fold(sum);
+    if protocol == PROTO_UDP && out == 0 {
+        0xffff
+    } else {
+        out
+    }
+}
+
+/// The 16-bit word holding TTL and protocol, as loaded from packet memory.
+#[inline(always)]
+pub fn ttl_proto_word(ttl: u8, protocol: u8) -> u16 {
+    u16::from_ne_bytes([ttl, protocol])
+}
+
+/// The IPv4 header checksum after the TTL drops by one.
+#[inline(always)]
+pub fn ipv4_csum_ttl_decrement(check: u16, ttl: u8, protocol: u8) -> u16 {
+    csum_replace16(
+        check,
+        ttl_proto_word(ttl, protocol),
+        ttl_proto_word(ttl.wrapping_sub(1), protocol),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,299 @@
+//! srvgate's XDP program: `public:P -> backend:port` on the way in, the reverse on the way out.
+//!
+//! One program serves every interface; the `INTERFACES` map says whether a leg is public
+//! (look up frontends) or private (look up replies). Anything the program does not own or
+//! cannot parse goes to the kernel untouched (`XDP_PASS`), and every verdict is counted in
+//! `GLOBAL_COUNTERS`, so nothing is dropped silently.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    // This binary is only meaningful as BPF bytecode, built by lb-userspace's build.rs for
+    // bpfel-unknown-none. On the host it exists so the workspace builds and tests.
+}
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    use core::mem::{self, size_of};
+
+    use aya_ebpf::{
+        bindings::{
+            bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+            BPF_FIB_LKUP_RET_SUCCESS,
+        },
+        helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup},
+        macros::{map, xdp},
+        maps::{Array, DevMapHash, HashMap, PerCpuArray},
+        programs::XdpContext,
+    };
+    use lb_common::{
+        counter, Backend, FrontendKey, Interface, ReverseKey, ReverseValue, RouteCounters,
+        Settings, EGRESS_REDIRECT, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
+    };
+    use lb_ebpf::{
+        csum_replace32, ipv4_csum_ttl_decrement, ipv4_shape, l4_checksum_offset, l4_csum_nat,
+        l4_header_len, Ipv4Shape, ETH_HLEN, ETH_P_IPV4, IPV4_HLEN,
+    };
+
+    const AF_INET: u8 = 2;
+
+    #[map(name = "FRONTENDS")]
+    static FRONTENDS: HashMap<FrontendKey, Backend> = HashMap::with_max_entries(MAX_ROUTES, 0);
+    #[map(name = "REVERSE")]
+    static REVERSE: HashMap<ReverseKey, ReverseValue> = HashMap::with_max_entries(MAX_ROUTES, 0);
+    #[map(name = "INTERFACES")]
+    static INTERFACES: HashMap<u32, Interface> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+    #[map(name = "SETTINGS")]
+    static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+    #[map(name = "ROUTE_COUNTERS")]
+    static ROUTE_COUNTERS: PerCpuArray<RouteCounters> =
+        PerCpuArray::with_max_entries(MAX_ROUTES, 0);
+    #[map(name = "GLOBAL_COUNTERS")]
+    static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+    #[map(name = "TX_PORTS")]
+    static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+
+    #[repr(C)]
+    struct EthHdr {
+        dst: [u8; 6],
+        src: [u8; 6],
+        proto: u16,
+    }
+
+    #[repr(C)]
+    struct Ipv4Hdr {
+        version_ihl: u8,
+        tos: u8,
+        tot_len: u16,
+        id: u16,
+        frag_off: u16,
+        ttl: u8,
+        protocol: u8,
+        check: u16,
+        saddr: u32,
+        daddr: u32,
+    }
+
+    #[repr(C)]
+    struct Ports {
+        src: u16,
+        dst: u16,
+    }
+
+    /// Frame too short for the headers it claims: the kernel counts and drops those.
+    struct Truncated;
+
+    #[xdp(frags)]
+    pub fn srvgate(ctx: XdpContext) -> u32 {
+        match try_srvgate(&ctx) {
+            Ok(action) => action,
+            Err(Truncated) => pass(counter::PASS_MALFORMED),
+        }
+    }
+
+    #[inline(always)]
+    fn count(index: u32) {
+        if let Some(c) = GLOBAL_COUNTERS.get_ptr_mut(index) {
+            // Per-CPU slot: no other writer, so a plain add is exact.
+            unsafe { *c += 1 };
+        }
+    }
+
+    #[inline(always)]
+    fn pass(reason: u32) -> u32 {
+        count(reason);
+        xdp_action::XDP_PASS
+    }
+
+    #[inline(always)]
+    fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Truncated> {
+        let start = ctx.data();
+        if start + offset + size_of::<T>() > ctx.data_end() {
+            return Err(Truncated);
+        }
+        Ok((start + offset) as *mut T)
+    }
+
+    #[inline(always)]
+    fn account(ctx: &XdpContext, route_id: u32, inbound: bool) {
+        let Some(c) = ROUTE_COUNTERS.get_ptr_mut(route_id) else {
+            return;
+        };
+        let bytes = (ctx.data_end() - ctx.data()) as u64;
+        let now = unsafe { bpf_ktime_get_ns() };
+        unsafe {
+            if inbound {
+                (*c).inbound_packets += 1;
+                (*c).inbound_bytes += bytes;
+            } else {
+                (*c).outbound_packets += 1;
+                (*c).outbound_bytes += bytes;
+            }
+            (*c).last_seen_ns = now;
+        }
+    }
+
+    #[inline(always)]
+    fn try_srvgate(ctx: &XdpContext) -> Result<u32, Truncated> {
+        let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+        if unsafe { (*eth).proto } != ETH_P_IPV4.to_be() {
+            return Ok(pass(counter::PASS_NOT_IPV4));
+        }
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+        let (version_ihl, frag_off, protocol) = unsafe {
+            (
+                (*ip).version_ihl,
+                u16::from_be((*ip).frag_off),
+                (*ip).protocol,
+            )
+        };
+        match ipv4_shape(version_ihl, frag_off) {
+            Ipv4Shape::Plain => {}
+            Ipv4Shape::Options => return Ok(pass(counter::PASS_IP_OPTIONS)),
+            Ipv4Shape::Fragment => return Ok(pass(counter::PASS_FRAGMENT)),
+            Ipv4Shape::Invalid => return Ok(pass(counter::PASS_MALFORMED)),
+        }
+        let (Some(_), Some(check_off)) = (l4_header_len(protocol), l4_checksum_offset(protocol))
+        else {
+            return Ok(pass(counter::PASS_NOT_TCP_UDP));
+        };
+        let l4 = ETH_HLEN + IPV4_HLEN;
+        let ports: *mut Ports = ptr_at(ctx, l4)?;
+        let l4_check: *mut u16 = ptr_at(ctx, l4 + check_off)?;
+
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        let Some(iface) = (unsafe { INTERFACES.get(&ifindex) }) else {
+            return Ok(pass(counter::PASS_NO_ROUTE));
+        };
+        let Some(settings) = SETTINGS.get(0) else {
+            return Ok(pass(counter::PASS_NO_ROUTE));
+        };
+        let public_addr = settings.public_addr;
+
+        unsafe {
+            if iface.role == ROLE_PUBLIC && (*ip).daddr == public_addr && public_addr != 0 {
+                let key = FrontendKey {
+                    port: (*ports).dst,
+                    protocol,
+                    _pad: 0,
+                };
+                let Some(backend) = FRONTENDS.get(&key) else {
+                    return Ok(pass(counter::PASS_NO_ROUTE));
+                };
+                let (new_addr, new_port) = (backend.addr, backend.port);
+                *l4_check = l4_csum_nat(
+                    protocol,
+                    *l4_check,
+                    (*ip).daddr,
+                    new_addr,
+                    (*ports).dst,
+                    new_port,
+                );
+                (*ip).check = csum_replace32((*ip).check, (*ip).daddr, new_addr);
+                (*ip).daddr = new_addr;
+                (*ports).dst = new_port;
+                account(ctx, backend.route_id, true);
+            } else if iface.role == ROLE_PRIVATE && public_addr != 0 {
+                let key = ReverseKey {
+                    addr: (*ip).saddr,
+                    port: (*ports).src,
+                    protocol,
+                    _pad: 0,
+                };
+                let Some(rev) = REVERSE.get(&key) else {
+                    return Ok(pass(counter::PASS_NO_ROUTE));
+                };
+                let new_port = rev.public_port;
+                *l4_check = l4_csum_nat(
+                    protocol,
+                    *l4_check,
+                    (*ip).saddr,
+                    public_addr,
+                    (*ports).src,
+                    new_port,
+                );
+                (*ip).check = csum_replace32((*ip).check, (*ip).saddr, public_addr);
+                (*ip).saddr = public_addr;
+                (*ports).src = new_port;
+                account(ctx, rev.route_id, false);
+            } else {
+                return Ok(pass(counter::PASS_NO_ROUTE));
+            }
+        }
+        Ok(forward(ctx, eth, ip, ifindex, protocol))
+    }
+
+    /// Sends the rewritten packet on its way: straight out of the egress interface when the
+    /// FIB knows the next hop and the egress takes redirects, else up the kernel stack, which
+    /// routes the (already rewritten) packet itself.
+    #[inline(always)]
+    fn forward(
+        ctx: &XdpContext,
+        eth: *mut EthHdr,
+        ip: *mut Ipv4Hdr,
+        ifindex: u32,
+        protocol: u8,
+    ) -> u32 {
+        let mut fib: FibParams = unsafe { mem::zeroed() };
+        unsafe {
+            fib.family = AF_INET;
+            fib.l4_protocol = protocol;
+            fib.__bindgen_anon_1.tot_len = u16::from_be((*ip).tot_len);
+            fib.__bindgen_anon_2.tos = (*ip).tos;
+            fib.ifindex = ifindex;
+            fib.__bindgen_anon_3.ipv4_src = (*ip).saddr;
+            fib.__bindgen_anon_4.ipv4_dst = (*ip).daddr;
+        }
+        let rc = unsafe {
+            bpf_fib_lookup(
+                ctx.ctx as *mut _,
+                &mut fib,
+                size_of::<FibParams>() as i32,
+                0,
+            )
+        };
+        if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+            return pass(counter::FWD_PASS_FRAG_NEEDED);
+        }
+        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+            // NO_NEIGH above all: the kernel resolves the neighbour while forwarding this one.
+            return pass(counter::FWD_PASS_FIB);
+        }
+        let egress = fib.ifindex;
+        let redirect_ok = match unsafe { INTERFACES.get(&egress) } {
+            Some(e) => e.egress == EGRESS_REDIRECT,
+            None => false,
+        };
+        if !redirect_ok {
+            return pass(counter::FWD_PASS_EGRESS);
+        }
+        unsafe {
+            let ttl = (*ip).ttl;
+            if ttl <= 1 {
+                return pass(counter::FWD_PASS_TTL);
+            }
+            (*ip).check = ipv4_csum_ttl_decrement((*ip).check, ttl, protocol);
+            (*ip).ttl = ttl - 1;
+            (*eth).dst = fib.dmac;
+            (*eth).src = fib.smac;
+        }
+        match TX_PORTS.redirect(egress, 0) {
+            Ok(action) => {
+                count(counter::FWD_REDIRECT);
+                action
+            }
+            Err(_) => pass(counter::FWD_PASS_REDIRECT_FAILED),
+        }
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        // The verifier proves the program cannot reach here.
+        unsafe { core::hint::unreachable_unchecked() }
+    }
+
+    #[link_section = "license"]
+    #[no_mangle]
+    static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+}

@@ -1,0 +1,274 @@
+//! The incremental updates must agree with checksums computed from scratch, for any packet.
+
+use super::*;
+use proptest::prelude::*;
+use std::vec::Vec;
+
+/// Plain RFC 1071 sum over bytes taken as big-endian 16-bit words.
+fn ones_sum(data: &[u8]) -> u32 {
+    let mut sum = 0u32;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    sum
+}
+
+fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    let mut h = header.to_vec();
+    h[10] = 0;
+    h[11] = 0;
+    !fold(ones_sum(&h))
+}
+
+fn l4_checksum(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
+    let mut s = segment.to_vec();
+    let off = l4_checksum_offset(protocol).unwrap();
+    s[off] = 0;
+    s[off + 1] = 0;
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.push(0);
+    pseudo.push(protocol);
+    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    let c = !fold(ones_sum(&pseudo) + ones_sum(&s));
+    if protocol == PROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// An IPv4 packet (no Ethernet) with valid checksums.
+#[derive(Clone, Debug)]
+struct Packet {
+    bytes: Vec<u8>,
+}
+
+impl Packet {
+    fn build(
+        protocol: u8,
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        ttl: u8,
+        payload: &[u8],
+        udp_no_csum: bool,
+    ) -> Self {
+        let l4_len = l4_header_len(protocol).unwrap();
+        let total = IPV4_HLEN + l4_len + payload.len();
+        let mut b = vec![0u8; total];
+        b[0] = 0x45;
+        b[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        b[6] = 0x40; // don't fragment
+        b[8] = ttl;
+        b[9] = protocol;
+        b[12..16].copy_from_slice(&src);
+        b[16..20].copy_from_slice(&dst);
+        let l4 = IPV4_HLEN;
+        b[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+        b[l4 + 2..l4 + 4].copy_from_slice(&dport.to_be_bytes());
+        if protocol == PROTO_TCP {
+            b[l4 + 12] = 0x50;
+            b[l4 + 13] = 0x18;
+        } else {
+            b[l4 + 4..l4 + 6].copy_from_slice(&((l4_len + payload.len()) as u16).to_be_bytes());
+        }
+        b[l4 + l4_len..].copy_from_slice(payload);
+        let hc = ipv4_header_checksum(&b[..IPV4_HLEN]);
+        b[10..12].copy_from_slice(&hc.to_be_bytes());
+        if !(protocol == PROTO_UDP && udp_no_csum) {
+            let c = l4_checksum(src, dst, protocol, &b[l4..]);
+            let off = l4 + l4_checksum_offset(protocol).unwrap();
+            b[off..off + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        Packet { bytes: b }
+    }
+
+    fn protocol(&self) -> u8 {
+        self.bytes[9]
+    }
+    fn load16(&self, at: usize) -> u16 {
+        u16::from_ne_bytes([self.bytes[at], self.bytes[at + 1]])
+    }
+    fn store16(&mut self, at: usize, v: u16) {
+        self.bytes[at..at + 2].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn load32(&self, at: usize) -> u32 {
+        u32::from_ne_bytes(self.bytes[at..at + 4].try_into().unwrap())
+    }
+    fn store32(&mut self, at: usize, v: u32) {
+        self.bytes[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn l4_check_at(&self) -> usize {
+        IPV4_HLEN + l4_checksum_offset(self.protocol()).unwrap()
+    }
+
+    /// The same steps the XDP program takes: rewrite one address (12 = source,
+    /// 16 = destination) and the matching port, patching both checksums.
+    fn nat(&mut self, addr_at: usize, new_addr: [u8; 4], new_port: u16) {
+        let port_at = IPV4_HLEN + if addr_at == 12 { 0 } else { 2 };
+        let old_addr = self.load32(addr_at);
+        let new_addr = u32::from_ne_bytes(new_addr);
+        let old_port = self.load16(port_at);
+        let new_port = u16::from_ne_bytes(new_port.to_be_bytes());
+        let ck = self.l4_check_at();
+        let l4 = l4_csum_nat(
+            self.protocol(),
+            self.load16(ck),
+            old_addr,
+            new_addr,
+            old_port,
+            new_port,
+        );
+        self.store16(ck, l4);
+        let ip = csum_replace32(self.load16(10), old_addr, new_addr);
+        self.store16(10, ip);
+        self.store32(addr_at, new_addr);
+        self.store16(port_at, new_port);
+    }
+
+    fn decrement_ttl(&mut self) {
+        let (ttl, proto) = (self.bytes[8], self.bytes[9]);
+        let c = ipv4_csum_ttl_decrement(self.load16(10), ttl, proto);
+        self.store16(10, c);
+        self.bytes[8] = ttl - 1;
+    }
+
+    fn header_checksum(&self) -> u16 {
+        u16::from_be_bytes([self.bytes[10], self.bytes[11]])
+    }
+    fn l4_checksum_field(&self) -> u16 {
+        let at = self.l4_check_at();
+        u16::from_be_bytes([self.bytes[at], self.bytes[at + 1]])
+    }
+    fn addr(&self, at: usize) -> [u8; 4] {
+        self.bytes[at..at + 4].try_into().unwrap()
+    }
+    fn recomputed_l4(&self) -> u16 {
+        l4_checksum(
+            self.addr(12),
+            self.addr(16),
+            self.protocol(),
+            &self.bytes[IPV4_HLEN..],
+        )
+    }
+}
+
+/// 0x0000 and 0xffff are both one's-complement zero; a receiver accepts either in TCP.
+fn same_ones_complement(a: u16, b: u16) -> bool {
+    a == b || (a | b == 0xffff && (a == 0 || b == 0))
+}
+
+fn protocol() -> impl Strategy<Value = u8> {
+    prop_oneof![Just(PROTO_TCP), Just(PROTO_UDP)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn dnat_and_snat_match_from_scratch(
+        protocol in protocol(),
+        src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
+        sport in any::<u16>(), dport in any::<u16>(),
+        new_addr in any::<[u8; 4]>(), new_port in any::<u16>(),
+        ttl in 2u8..=255,
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+        snat in any::<bool>(),
+    ) {
+        let mut p = Packet::build(protocol, src, dst, sport, dport, ttl, &payload, false);
+        p.nat(if snat { 12 } else { 16 }, new_addr, new_port);
+        p.decrement_ttl();
+        prop_assert_eq!(p.header_checksum(), ipv4_header_checksum(&p.bytes[..IPV4_HLEN]));
+        let want = p.recomputed_l4();
+        let got = p.l4_checksum_field();
+        if protocol == PROTO_UDP {
+            prop_assert_ne!(got, 0, "a computed UDP checksum must never become 0");
+            prop_assert!(same_ones_complement(got, want), "got {:#x} want {:#x}", got, want);
+        } else {
+            prop_assert!(same_ones_complement(got, want), "got {:#x} want {:#x}", got, want);
+        }
+    }
+
+    #[test]
+    fn udp_without_checksum_stays_without(
+        src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
+        new_addr in any::<[u8; 4]>(), new_port in any::<u16>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..32),
+    ) {
+        let mut p = Packet::build(PROTO_UDP, src, dst, 4000, 53, 64, &payload, true);
+        p.nat(16, new_addr, new_port);
+        prop_assert_eq!(p.l4_checksum_field(), 0);
+        prop_assert_eq!(p.header_checksum(), ipv4_header_checksum(&p.bytes[..IPV4_HLEN]));
+    }
+
+    #[test]
+    fn round_trip_restores_the_packet(
+        protocol in protocol(),
+        src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
+        sport in any::<u16>(), dport in any::<u16>(),
+        new_addr in any::<[u8; 4]>(), new_port in any::<u16>(),
+    ) {
+        let original = Packet::build(protocol, src, dst, sport, dport, 64, b"srvgate", false);
+        let mut p = original.clone();
+        p.nat(16, new_addr, new_port);
+        p.nat(16, dst, dport);
+        // Same bytes everywhere except possibly a ±0 checksum encoding.
+        prop_assert_eq!(&p.bytes[..10], &original.bytes[..10]);
+        prop_assert_eq!(&p.bytes[12..IPV4_HLEN], &original.bytes[12..IPV4_HLEN]);
+        prop_assert!(same_ones_complement(p.l4_checksum_field(), original.l4_checksum_field()));
+    }
+}
+
+#[test]
+fn rfc1624_example() {
+    // RFC 1624 section 4: HC = 0xDD2F, m = 0x5555 -> m' = 0x3285 gives HC' = 0x0000.
+    let hc = u16::from_ne_bytes(0xdd2fu16.to_be_bytes());
+    let m = u16::from_ne_bytes(0x5555u16.to_be_bytes());
+    let m2 = u16::from_ne_bytes(0x3285u16.to_be_bytes());
+    assert_eq!(csum_replace16(hc, m, m2), 0x0000);
+}
+
+#[test]
+fn shapes() {
+    assert_eq!(ipv4_shape(0x45, 0x4000), Ipv4Shape::Plain);
+    assert_eq!(ipv4_shape(0x45, 0x0000), Ipv4Shape::Plain);
+    assert_eq!(ipv4_shape(0x46, 0x4000), Ipv4Shape::Options);
+    assert_eq!(ipv4_shape(0x45, 0x2000), Ipv4Shape::Fragment);
+    assert_eq!(ipv4_shape(0x45, 0x0001), Ipv4Shape::Fragment);
+    assert_eq!(ipv4_shape(0x46, 0x2000), Ipv4Shape::Fragment);
+    assert_eq!(ipv4_shape(0x44, 0x0000), Ipv4Shape::Invalid);
+    assert_eq!(ipv4_shape(0x65, 0x0000), Ipv4Shape::Invalid);
+    assert_eq!(l4_checksum_offset(PROTO_TCP), Some(16));
+    assert_eq!(l4_checksum_offset(PROTO_UDP), Some(6));
+    assert_eq!(l4_checksum_offset(1), None);
+}
+
+#[test]
+fn ttl_decrement_matches_from_scratch_for_every_ttl() {
+    for ttl in 1..=255u8 {
+        let mut p = Packet::build(
+            PROTO_TCP,
+            [10, 210, 0, 1],
+            [10, 210, 1, 2],
+            1,
+            2,
+            ttl,
+            b"",
+            false,
+        );
+        p.decrement_ttl();
+        assert_eq!(
+            p.header_checksum(),
+            ipv4_header_checksum(&p.bytes[..IPV4_HLEN]),
+            "ttl {ttl}"
+        );
+    }
+}

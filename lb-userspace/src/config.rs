@@ -1,0 +1,584 @@
+//! The configuration file: TOML in, a validated [`Config`] out.
+//!
+//! Parsing is two-staged: serde reads the raw shape (unknown keys are errors, so a typo
+//! never silently does nothing), then [`validate`] checks every field and reports *all*
+//! problems at once, each naming its field, e.g. `route[2].port`. Interface existence is a
+//! separate step ([`Config::check_interfaces`]) because it depends on the machine.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use serde::Deserialize;
+
+/// The transport protocol of a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as in the IPv4 header.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(format!(
+                "{other:?} is not a protocol (expected \"tcp\" or \"udp\")"
+            )),
+        }
+    }
+}
+
+/// An inclusive range of public ports that routes may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not a range like \"30000-32767\""))?;
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&v| v != 0)
+                .ok_or_else(|| format!("{p:?} is not a port number (1-65535)"))
+        };
+        let (first, last) = (parse(a)?, parse(b)?);
+        if first > last {
+            return Err(format!("range {s:?} is empty: {first} is above {last}"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+/// One forwarding rule: `public_ipv4:port/protocol -> backend`, named `<name>.<service>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Owner label, e.g. `alice`: the first label of `alice.ssh.<zone>`.
+    pub name: String,
+    /// Service label, e.g. `ssh`: `_ssh._tcp.alice.<zone>`.
+    pub service: String,
+    pub protocol: Protocol,
+    pub backend: SocketAddrV4,
+    /// Public port on the gateway.
+    pub port: u16,
+}
+
+impl Route {
+    /// What identifies a route: at most one per (name, service, protocol).
+    pub fn key(&self) -> RouteKey {
+        RouteKey {
+            name: self.name.clone(),
+            service: self.service.clone(),
+            protocol: self.protocol,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    pub name: String,
+    pub service: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.name, self.service, self.protocol)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub public_interface: String,
+    pub private_interfaces: Vec<String>,
+    pub public_ipv4: Ipv4Addr,
+    pub port_range: PortRange,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dns {
+    /// Zone apex without the trailing dot, lowercase, e.g. `lab.example`.
+    pub zone: String,
+    pub listen: Vec<SocketAddr>,
+    /// Label of the gateway's A record: `<gateway_name>.<zone>`.
+    pub gateway_name: String,
+    pub ttl: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub dns: Option<Dns>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    pub routes: Vec<Route>,
+}
+
+/// One invalid field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `gateway.public_ipv4` or `route[2].port` (routes count from 1,
+    /// in file order).
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{}: cannot read the config file: {error}", file.display())]
+    Read {
+        file: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: {message}", file.display())]
+    Syntax { file: PathBuf, message: String },
+    #[error("{}: invalid configuration:\n{}", file.display(), list(problems))]
+    Invalid {
+        file: PathBuf,
+        problems: Vec<FieldError>,
+    },
+}
+
+fn list(problems: &[FieldError]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    dns: Option<RawDns>,
+    metrics: Option<RawMetrics>,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    public_interface: String,
+    private_interfaces: Vec<String>,
+    public_ipv4: String,
+    #[serde(default = "default_port_range")]
+    port_range: String,
+}
+
+fn default_port_range() -> String {
+    "30000-32767".to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    zone: String,
+    #[serde(default = "default_dns_listen")]
+    listen: Vec<String>,
+    #[serde(default = "default_gateway_name")]
+    gateway_name: String,
+    #[serde(default = "default_ttl")]
+    ttl: u32,
+}
+
+fn default_dns_listen() -> Vec<String> {
+    vec!["0.0.0.0:53".to_string()]
+}
+fn default_gateway_name() -> String {
+    "gw".to_string()
+}
+fn default_ttl() -> u32 {
+    30
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    service: String,
+    #[serde(default)]
+    protocol: Option<String>,
+    backend: String,
+    port: u16,
+}
+
+impl Config {
+    /// Reads and validates `file`. Does not look at the machine (see `check_interfaces`).
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read {
+            file: file.to_path_buf(),
+            error,
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Validates `text` as if read from `file` (which only names the source in errors).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        validate(raw).map_err(|problems| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Checks that every configured interface exists on this machine (in this network
+    /// namespace), naming the field of each that does not.
+    pub fn check_interfaces(&self, file: &Path) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let g = &self.gateway;
+        let named = std::iter::once(("gateway.public_interface".to_string(), &g.public_interface))
+            .chain(
+                g.private_interfaces
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("gateway.private_interfaces[{}]", i + 1), n)),
+            );
+        for (field, name) in named {
+            if crate::sys::ifindex(name).is_none() {
+                problems.push(FieldError {
+                    field,
+                    reason: format!("no network interface named {name:?} on this machine"),
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                problems,
+            })
+        }
+    }
+}
+
+/// Checks one DNS label: 1-63 characters of `a-z`, `0-9` and `-`, not starting or ending
+/// with `-`. Uppercase is refused rather than folded so two routes can't differ by case only.
+pub fn check_label(label: &str) -> Result<(), String> {
+    if label.is_empty() {
+        return Err("is empty; a DNS label needs 1 to 63 characters".into());
+    }
+    if label.len() > 63 {
+        return Err(format!(
+            "{label:?} is {} characters long; a DNS label has at most 63",
+            label.len()
+        ));
+    }
+    if let Some(c) = label
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "{label:?} contains {c:?}; a DNS label here uses only a-z, 0-9 and '-'"
+        ));
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err(format!("{label:?} starts or ends with '-'"));
+    }
+    Ok(())
+}
+
+/// Checks a domain name (the zone): labels as in [`check_label`], at most 253 characters.
+pub fn check_domain(name: &str) -> Result<String, String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > 253 {
+        return Err(format!("{name:?} is longer than 253 characters"));
+    }
+    for label in name.split('.') {
+        check_label(label).map_err(|e| format!("label {e}"))?;
+    }
+    Ok(name.to_string())
+}
+
+fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
+    let mut problems = Vec::new();
+    let mut bad = |field: &str, reason: String| {
+        problems.push(FieldError {
+            field: field.to_string(),
+            reason,
+        })
+    };
+
+    let g = raw.gateway;
+    if g.public_interface.trim().is_empty() {
+        bad("gateway.public_interface", "is empty".into());
+    }
+    if g.private_interfaces.is_empty() {
+        bad(
+            "gateway.private_interfaces",
+            "is empty; list the interfaces toward the backends".into(),
+        );
+    }
+    for (i, name) in g.private_interfaces.iter().enumerate() {
+        let field = format!("gateway.private_interfaces[{}]", i + 1);
+        if name == &g.public_interface {
+            bad(
+                &field,
+                format!("{name:?} is also the public interface; a leg is one or the other"),
+            );
+        } else if g.private_interfaces[..i].contains(name) {
+            bad(&field, format!("{name:?} is listed twice"));
+        } else if name.trim().is_empty() {
+            bad(&field, "is empty".into());
+        }
+    }
+    let public_ipv4 = match g.public_ipv4.parse::<Ipv4Addr>() {
+        Ok(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
+            bad(
+                "gateway.public_ipv4",
+                format!("{a} cannot be a host's address"),
+            );
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            bad(
+                "gateway.public_ipv4",
+                format!("{:?} is not an IPv4 address", g.public_ipv4),
+            );
+            None
+        }
+    };
+    let port_range = match g.port_range.parse::<PortRange>() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            bad("gateway.port_range", e);
+            None
+        }
+    };
+
+    let dns = raw.dns.and_then(|d| {
+        let zone = check_domain(&d.zone.to_ascii_lowercase())
+            .map_err(|e| bad("dns.zone", e))
+            .ok();
+        let mut listen = Vec::new();
+        for (i, l) in d.listen.iter().enumerate() {
+            match l.parse::<SocketAddr>() {
+                Ok(a) => listen.push(a),
+                Err(_) => bad(
+                    &format!("dns.listen[{}]", i + 1),
+                    format!("{l:?} is not an address:port like \"0.0.0.0:53\""),
+                ),
+            }
+        }
+        if let Err(e) = check_label(&d.gateway_name) {
+            bad("dns.gateway_name", e);
+        }
+        Some(Dns {
+            zone: zone?,
+            listen,
+            gateway_name: d.gateway_name,
+            ttl: d.ttl,
+        })
+    });
+
+    let metrics_listen = raw
+        .metrics
+        .and_then(|m| match m.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                bad(
+                    "metrics.listen",
+                    format!(
+                        "{:?} is not an address:port like \"127.0.0.1:9110\"",
+                        m.listen
+                    ),
+                );
+                None
+            }
+        });
+
+    let mut routes = Vec::new();
+    let mut by_key: HashMap<RouteKey, usize> = HashMap::new();
+    let mut by_port: HashMap<(u16, Protocol), usize> = HashMap::new();
+    let mut by_backend: HashMap<(SocketAddrV4, Protocol), usize> = HashMap::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let n = i + 1;
+        let field = |f: &str| format!("route[{n}].{f}");
+        let name_ok = check_label(&r.name)
+            .map_err(|e| bad(&field("name"), e))
+            .is_ok();
+        let service_ok = check_label(&r.service)
+            .map_err(|e| bad(&field("service"), e))
+            .is_ok();
+        let protocol = match r.protocol.as_deref().unwrap_or("tcp").parse::<Protocol>() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                bad(&field("protocol"), e);
+                None
+            }
+        };
+        let backend = match r.backend.parse::<SocketAddrV4>() {
+            Ok(b) if b.port() == 0 => {
+                bad(&field("backend"), format!("{b} has port 0"));
+                None
+            }
+            Ok(b) if b.ip().is_unspecified() || b.ip().is_broadcast() || b.ip().is_multicast() => {
+                bad(
+                    &field("backend"),
+                    format!("{} cannot be a host's address", b.ip()),
+                );
+                None
+            }
+            Ok(b) if Some(*b.ip()) == public_ipv4 => {
+                bad(
+                    &field("backend"),
+                    format!("{b} is the gateway's public address; a backend sits behind it"),
+                );
+                None
+            }
+            Ok(b) => Some(b),
+            Err(_) => {
+                bad(
+                    &field("backend"),
+                    format!(
+                        "{:?} is not an IPv4 address:port like \"10.0.0.11:22\"",
+                        r.backend
+                    ),
+                );
+                None
+            }
+        };
+        let mut port_ok = true;
+        if let Some(range) = port_range {
+            if !range.contains(r.port) {
+                bad(
+                    &field("port"),
+                    format!("{} is outside gateway.port_range {range}", r.port),
+                );
+                port_ok = false;
+            }
+        }
+        let (Some(protocol), Some(backend), true, true, true) =
+            (protocol, backend, name_ok, service_ok, port_ok)
+        else {
+            continue;
+        };
+        let route = Route {
+            name: r.name,
+            service: r.service,
+            protocol,
+            backend,
+            port: r.port,
+        };
+        if let Some(first) = by_key.insert(route.key(), n) {
+            bad(
+                &field("name"),
+                format!(
+                    "{} is already defined by route[{first}]; name, service and protocol together must be unique",
+                    route.key()
+                ),
+            );
+            continue;
+        }
+        if let Some(first) = by_port.insert((route.port, protocol), n) {
+            bad(
+                &field("port"),
+                format!(
+                    "{}/{protocol} is already used by route[{first}]",
+                    route.port
+                ),
+            );
+            continue;
+        }
+        if let Some(first) = by_backend.insert((backend, protocol), n) {
+            bad(
+                &field("backend"),
+                format!(
+                    "{backend}/{protocol} is already the backend of route[{first}]; replies could not be told apart"
+                ),
+            );
+            continue;
+        }
+        routes.push(route);
+    }
+
+    let (Some(public_ipv4), Some(port_range), true) =
+        (public_ipv4, port_range, problems.is_empty())
+    else {
+        return Err(problems);
+    };
+    Ok(Config {
+        gateway: Gateway {
+            public_interface: g.public_interface,
+            private_interfaces: g.private_interfaces,
+            public_ipv4,
+            port_range,
+        },
+        dns,
+        metrics_listen,
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+use super::*;
+
+const GOOD: &str = r#"
+[gateway]
+public_interface = "eth0"
+private_interfaces = ["eth1"]
+public_ipv4 = "203.0.113.10"
+port_range = "30000-32767"
+
+[dns]
+zone = "lab.example"
+listen = ["0.0.0.0:53"]
+gateway_name = "gw"
+ttl = 30
+
+[[route]]
+name = "alice"
+service = "ssh"
+backend = "10.0.0.11:22"
+port = 30001
+
+[[route]]
+name = "alice"
+service = "iperf"
+protocol = "udp"
+backend = "10.0.0.11:5201"
+port = 30001
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("srvgate.toml"), text)
+}
+
+/// Every problem reported for `text`, as "field: reason" lines.
+fn problems(text: &str) -> Vec<FieldError> {
+    match parse(text) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected field errors, got {other:?}"),
+    }
+}
+
+fn with_route(route: &str) -> String {
+    format!("{GOOD}\n[[route]]\n{route}\n")
+}
+
+#[test]
+fn the_issue_example_parses() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.gateway.public_ipv4, Ipv4Addr::new(203, 0, 113, 10));
+    assert_eq!(
+        c.gateway.port_range,
+        PortRange {
+            first: 30000,
+            last: 32767
+        }
+    );
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[0].protocol, Protocol::Tcp);
+    assert_eq!(c.routes[1].protocol, Protocol::Udp);
+    let dns = c.dns.unwrap();
+    assert_eq!(dns.zone, "lab.example");
+    assert_eq!(dns.ttl, 30);
+}
+
+#[test]
+fn defaults_apply() {
+    let c = parse(
+        r#"
+[gateway]
+public_interface = "eth0"
+private_interfaces = ["eth1"]
+public_ipv4 = "203.0.113.10"
+[dns]
+zone = "Lab.Example."
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.gateway.port_range,
+        PortRange {
+            first: 30000,
+            last: 32767
+        }
+    );
+    let dns = c.dns.unwrap();
+    assert_eq!(dns.zone, "lab.example");
+    assert_eq!(dns.gateway_name, "gw");
+    assert_eq!(
+        dns.listen,
+        vec!["0.0.0.0:53".parse::<SocketAddr>().unwrap()]
+    );
+    assert!(c.routes.is_empty());
+}
+
+#[test]
+fn a_port_outside_the_range_names_the_field() {
+    let p = problems(&with_route(
+        "name = \"bob\"\nservice = \"ssh\"\nbackend = \"10.0.0.12:22\"\nport = 40000",
+    ));
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].field, "route[3].port");
+    assert!(
+        p[0].reason
+            .contains("outside gateway.port_range 30000-32767"),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn a_port_used_twice_names_both_routes() {
+    let p = problems(&with_route(
+        "name = \"bob\"\nservice = \"ssh\"\nbackend = \"10.0.0.12:22\"\nport = 30001",
+    ));
+    assert_eq!(p[0].field, "route[3].port");
+    assert!(p[0].reason.contains("route[1]"), "{}", p[0]);
+}
+
+#[test]
+fn the_same_backend_twice_is_refused() {
+    let p = problems(&with_route(
+        "name = \"bob\"\nservice = \"ssh\"\nbackend = \"10.0.0.11:22\"\nport = 30005",
+    ));
+    assert_eq!(p[0].field, "route[3].backend");
+}
+
+#[test]
+fn a_duplicate_route_is_refused() {
+    let p = problems(&with_route(
+        "name = \"alice\"\nservice = \"ssh\"\nbackend = \"10.0.0.12:22\"\nport = 30005",
+    ));
+    assert_eq!(p[0].field, "route[3].name");
+    assert!(p[0].reason.contains("alice/ssh/tcp"), "{}", p[0]);
+}
+
+#[test]
+fn bad_labels_addresses_and_protocols_are_all_reported() {
+    let p = problems(&with_route(
+        "name = \"Al_ice\"\nservice = \"-ssh\"\nprotocol = \"sctp\"\nbackend = \"10.0.0.300:22\"\nport = 30009",
+    ));
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "route[3].name",
+            "route[3].service",
+            "route[3].protocol",
+            "route[3].backend"
+        ]
+    );
+}
+
+#[test]
+fn gateway_fields_are_checked() {
+    let text = GOOD
+        .replace("203.0.113.10", "203.0.113")
+        .replace("30000-32767", "32767-30000")
+        .replace("[\"eth1\"]", "[\"eth1\", \"eth0\", \"eth1\"]");
+    let p = problems(&text);
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert!(fields.contains(&"gateway.public_ipv4"), "{fields:?}");
+    assert!(fields.contains(&"gateway.port_range"), "{fields:?}");
+    assert!(
+        fields.contains(&"gateway.private_interfaces[2]"),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"gateway.private_interfaces[3]"),
+        "{fields:?}"
+    );
+}
+
+#[test]
+fn backend_on_the_public_address_is_refused() {
+    let p = problems(&with_route(
+        "name = \"bob\"\nservice = \"ssh\"\nbackend = \"203.0.113.10:22\"\nport = 30005",
+    ));
+    assert_eq!(p[0].field, "route[3].backend");
+}
+
+#[test]
+fn unknown_keys_and_syntax_errors_name_the_file() {
+    let err = parse(&GOOD.replace("ttl = 30", "tll = 30")).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("srvgate.toml:"), "{msg}");
+    assert!(msg.contains("tll"), "{msg}");
+    let err = parse("[gateway").unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+}
+
+#[test]
+fn labels() {
+    assert!(check_label("alice").is_ok());
+    assert!(check_label("a-1").is_ok());
+    assert!(check_label(&"a".repeat(63)).is_ok());
+    assert!(check_label(&"a".repeat(64)).is_err());
+    assert!(check_label("").is_err());
+    assert!(check_label("a.b").is_err());
+    assert!(check_label("_ssh").is_err());
+    assert!(check_label("Alice").is_err());
+    assert!(check_label("alice-").is_err());
+    assert_eq!(check_domain("lab.example.").unwrap(), "lab.example");
+    assert!(check_domain("lab..example").is_err());
+}
+
+#[test]
+fn port_ranges() {
+    assert_eq!(
+        "1-65535".parse::<PortRange>().unwrap(),
+        PortRange {
+            first: 1,
+            last: 65535
+        }
+    );
+    assert!("0-10".parse::<PortRange>().is_err());
+    assert!("10".parse::<PortRange>().is_err());
+    assert!("10-70000".parse::<PortRange>().is_err());
+}

@@ -1,0 +1,866 @@
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    process::Stdio,
+    str::FromStr,
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Edns, Message, OpCode, Query, ResponseCode},
+    rr::{rdata::SRV, DNSClass, LowerName, Name, RData, Record, RecordType},
+    serialize::binary::BinEncoder,
+};
+use hickory_server::{net::xfer::Protocol, server::Request};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, UdpSocket},
+    time::timeout,
+};
+
+use super::{
+    zone::{reply_within, respond, response_edns, to_message},
+    *,
+};
+use crate::config::{Protocol as Proto, Route};
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const TTL: u32 = 45;
+
+fn dns_cfg() -> config::Dns {
+    config::Dns {
+        zone: "lab.example".into(),
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        gateway_name: "gw".into(),
+        ttl: TTL,
+    }
+}
+
+fn route(name: &str, service: &str, protocol: Proto, port: u16) -> Route {
+    Route {
+        name: name.into(),
+        service: service.into(),
+        protocol,
+        backend: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), port - 30000 + 1000),
+        port,
+    }
+}
+
+fn alice() -> Vec<Route> {
+    vec![route("alice", "ssh", Proto::Tcp, 30001)]
+}
+
+fn zone(routes: &[Route]) -> Zone {
+    Zone::build(&dns_cfg(), GATEWAY, routes, 7).unwrap()
+}
+
+fn name(s: &str) -> Name {
+    Name::from_ascii(s).unwrap()
+}
+
+fn query(qname: &str, qtype: RecordType) -> Message {
+    let mut q = Message::query();
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(name(qname), qtype));
+    q
+}
+
+fn with_edns(mut q: Message, payload: u16, version: u8) -> Message {
+    let mut edns = Edns::new();
+    edns.set_max_payload(payload).set_version(version);
+    q.set_edns(edns);
+    q
+}
+
+fn ask_msg(zone: &Zone, q: &Message, protocol: Protocol) -> Message {
+    let out = respond(zone, &q.to_vec().unwrap(), protocol, MAX_UDP_PAYLOAD).expect("a response");
+    let response = Message::from_vec(&out).unwrap();
+    assert_eq!(response.metadata.id, q.metadata.id);
+    assert_eq!(
+        response.metadata.message_type,
+        hickory_proto::op::MessageType::Response
+    );
+    assert!(!response.metadata.recursion_available, "RA must stay clear");
+    response
+}
+
+fn ask(zone: &Zone, qname: &str, qtype: RecordType) -> Message {
+    ask_msg(zone, &query(qname, qtype), Protocol::Udp)
+}
+
+fn srv_of(r: &Record) -> &SRV {
+    match &r.data {
+        RData::SRV(s) => s,
+        other => panic!("expected SRV, got {other:?}"),
+    }
+}
+
+fn a_of(r: &Record) -> Ipv4Addr {
+    match &r.data {
+        RData::A(a) => a.0,
+        other => panic!("expected A, got {other:?}"),
+    }
+}
+
+fn srv_summary(records: &[Record]) -> Vec<(u16, u16, u16, String)> {
+    records
+        .iter()
+        .map(srv_of)
+        .map(|s| (s.priority, s.weight, s.port, s.target.to_string()))
+        .collect()
+}
+
+/// Checks a positive answer: NOERROR, AA, and the gateway's A as the only additional record
+/// when `glue`.
+fn assert_answer(r: &Message, glue: bool) {
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.metadata.authoritative, "AA must be set in-zone");
+    assert!(!r.metadata.truncation);
+    assert!(r.authorities.is_empty());
+    if glue {
+        assert_eq!(r.additionals.len(), 1, "{r}");
+        assert_eq!(r.additionals[0].name, name("gw.lab.example."));
+        assert_eq!(a_of(&r.additionals[0]), GATEWAY);
+    } else {
+        assert!(r.additionals.is_empty(), "{r}");
+    }
+}
+
+/// Checks a negative answer: `rcode`, AA, no answers, the SOA alone in authority.
+fn assert_negative(r: &Message, rcode: ResponseCode) {
+    assert_eq!(r.metadata.response_code, rcode, "{r}");
+    assert!(r.metadata.authoritative, "AA must be set in-zone");
+    assert!(r.answers.is_empty(), "{r}");
+    assert_eq!(r.authorities.len(), 1, "{r}");
+    assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
+    assert_eq!(r.authorities[0].name, name("lab.example."));
+}
+
+fn assert_refused(r: &Message) {
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused, "{r}");
+    assert!(!r.metadata.authoritative);
+    assert!(r.answers.is_empty() && r.authorities.is_empty() && r.additionals.is_empty());
+}
+
+#[test]
+fn apex_has_soa_and_ns() {
+    let z = zone(&alice());
+    let r = ask(&z, "lab.example.", RecordType::SOA);
+    assert_answer(&r, false);
+    assert_eq!(r.answers.len(), 1);
+    let RData::SOA(soa) = &r.answers[0].data else {
+        panic!("{r}")
+    };
+    assert_eq!(soa.serial, 7);
+    assert_eq!(soa.mname, name("gw.lab.example."));
+    assert_eq!(soa.rname, name("hostmaster.lab.example."));
+    assert_eq!(
+        soa.minimum, TTL,
+        "negative caching follows the configured TTL"
+    );
+
+    let r = ask(&z, "lab.example.", RecordType::NS);
+    assert_answer(&r, true);
+    let targets: Vec<_> = r
+        .answers
+        .iter()
+        .map(|rec| match &rec.data {
+            RData::NS(ns) => ns.0.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(targets, ["gw.lab.example."]);
+}
+
+#[test]
+fn gateway_has_its_a_record() {
+    let r = ask(&zone(&alice()), "gw.lab.example.", RecordType::A);
+    assert_answer(&r, false);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(a_of(&r.answers[0]), GATEWAY);
+}
+
+#[test]
+fn rfc2782_srv_points_at_the_gateway_with_glue() {
+    let r = ask(
+        &zone(&alice()),
+        "_ssh._tcp.alice.lab.example.",
+        RecordType::SRV,
+    );
+    assert_answer(&r, true);
+    assert_eq!(r.answers[0].name, name("_ssh._tcp.alice.lab.example."));
+    assert_eq!(
+        srv_summary(&r.answers),
+        [(0, 0, 30001, "gw.lab.example.".to_string())]
+    );
+}
+
+#[test]
+fn short_form_has_srv_and_a() {
+    let z = zone(&alice());
+    let r = ask(&z, "alice.ssh.lab.example.", RecordType::SRV);
+    assert_answer(&r, true);
+    assert_eq!(
+        srv_summary(&r.answers),
+        [(0, 0, 30001, "gw.lab.example.".to_string())]
+    );
+
+    let r = ask(&z, "alice.ssh.lab.example.", RecordType::A);
+    assert_answer(&r, false);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(a_of(&r.answers[0]), GATEWAY);
+}
+
+#[test]
+fn udp_route_has_both_forms() {
+    let z = zone(&[route("alice", "iperf", Proto::Udp, 30002)]);
+    let r = ask(&z, "_iperf._udp.alice.lab.example.", RecordType::SRV);
+    assert_answer(&r, true);
+    assert_eq!(srv_summary(&r.answers)[0].2, 30002);
+    let r = ask(&z, "alice.iperf.lab.example.", RecordType::SRV);
+    assert_answer(&r, true);
+    assert_eq!(srv_summary(&r.answers)[0].2, 30002);
+    // No TCP route: the TCP name does not exist, but its parent (alice) does.
+    assert_negative(
+        &ask(&z, "_iperf._tcp.alice.lab.example.", RecordType::SRV),
+        ResponseCode::NXDomain,
+    );
+}
+
+#[test]
+fn tcp_and_udp_share_the_short_form() {
+    // Listed udp first: the answer still comes out tcp first.
+    let z = zone(&[
+        route("alice", "iperf", Proto::Udp, 30003),
+        route("alice", "iperf", Proto::Tcp, 30004),
+    ]);
+    let r = ask(&z, "alice.iperf.lab.example.", RecordType::SRV);
+    assert_answer(&r, true);
+    let ports: Vec<u16> = srv_summary(&r.answers).iter().map(|s| s.2).collect();
+    assert_eq!(ports, [30004, 30003]);
+    // One A record, not one per protocol.
+    let r = ask(&z, "alice.iperf.lab.example.", RecordType::A);
+    assert_eq!(r.answers.len(), 1);
+    for (qname, port) in [
+        ("_iperf._tcp.alice.lab.example.", 30004),
+        ("_iperf._udp.alice.lab.example.", 30003),
+    ] {
+        let r = ask(&z, qname, RecordType::SRV);
+        assert_eq!(srv_summary(&r.answers)[0].2, port, "{qname}");
+    }
+}
+
+#[test]
+fn missing_names_are_nxdomain_with_soa() {
+    let z = zone(&alice());
+    for qname in [
+        "bob.ssh.lab.example.",
+        "_ssh._tcp.bob.lab.example.",
+        "_http._tcp.alice.lab.example.",
+        "x.alice.ssh.lab.example.",
+        "www.lab.example.",
+    ] {
+        assert_negative(&ask(&z, qname, RecordType::SRV), ResponseCode::NXDomain);
+    }
+}
+
+#[test]
+fn existing_names_without_the_type_are_nodata() {
+    let z = zone(&alice());
+    for (qname, qtype) in [
+        ("alice.ssh.lab.example.", RecordType::TXT),
+        ("alice.ssh.lab.example.", RecordType::AAAA),
+        ("_ssh._tcp.alice.lab.example.", RecordType::A),
+        ("gw.lab.example.", RecordType::SRV),
+        ("lab.example.", RecordType::A),
+    ] {
+        assert_negative(&ask(&z, qname, qtype), ResponseCode::NoError);
+    }
+}
+
+#[test]
+fn empty_non_terminals_are_nodata() {
+    let z = zone(&alice());
+    for qname in [
+        "ssh.lab.example.",
+        "alice.lab.example.",
+        "_tcp.alice.lab.example.",
+    ] {
+        for qtype in [RecordType::A, RecordType::SRV, RecordType::ANY] {
+            assert_negative(&ask(&z, qname, qtype), ResponseCode::NoError);
+        }
+    }
+}
+
+#[test]
+fn names_outside_the_zone_are_refused() {
+    let z = zone(&alice());
+    for qname in [
+        "example.com.",
+        "example.",
+        ".",
+        "lab.example.com.",
+        "alice.ssh.lab.example.org.",
+        "xlab.example.",
+    ] {
+        assert_refused(&ask(&z, qname, RecordType::A));
+    }
+}
+
+#[test]
+fn names_are_case_insensitive() {
+    let z = zone(&alice());
+    let r = ask(&z, "_SSH._Tcp.ALICE.Lab.Example.", RecordType::SRV);
+    assert_answer(&r, true);
+    assert_eq!(srv_summary(&r.answers)[0].2, 30001);
+    // The question goes back as asked (resolvers using 0x20 randomisation compare it).
+    assert_eq!(
+        r.queries[0].name().to_string(),
+        "_SSH._Tcp.ALICE.Lab.Example."
+    );
+    assert_negative(
+        &ask(&z, "BOB.ssh.LAB.example.", RecordType::A),
+        ResponseCode::NXDomain,
+    );
+}
+
+#[test]
+fn every_record_carries_the_configured_ttl() {
+    let z = zone(&alice());
+    for (qname, qtype) in [
+        ("lab.example.", RecordType::ANY),
+        ("gw.lab.example.", RecordType::A),
+        ("_ssh._tcp.alice.lab.example.", RecordType::SRV),
+        ("alice.ssh.lab.example.", RecordType::ANY),
+        ("nope.lab.example.", RecordType::A),
+    ] {
+        let r = ask(&z, qname, qtype);
+        for rec in r.answers.iter().chain(&r.authorities).chain(&r.additionals) {
+            assert_eq!(rec.ttl, TTL, "{rec}");
+        }
+    }
+}
+
+#[test]
+fn any_returns_every_rrset_of_the_name() {
+    let z = zone(&alice());
+    let r = ask(&z, "alice.ssh.lab.example.", RecordType::ANY);
+    assert_answer(&r, true);
+    let mut types: Vec<RecordType> = r.answers.iter().map(Record::record_type).collect();
+    types.sort();
+    assert_eq!(types, [RecordType::A, RecordType::SRV]);
+    let r = ask(&z, "lab.example.", RecordType::ANY);
+    let mut types: Vec<RecordType> = r.answers.iter().map(Record::record_type).collect();
+    types.sort();
+    assert_eq!(types, [RecordType::NS, RecordType::SOA]);
+}
+
+#[test]
+fn header_flags_follow_the_request() {
+    let z = zone(&alice());
+    let q = query("alice.ssh.lab.example.", RecordType::A);
+    let r = ask_msg(&z, &q, Protocol::Udp);
+    assert!(r.metadata.recursion_desired, "RD is copied");
+    assert!(!r.metadata.recursion_available);
+    assert_eq!(r.queries, q.queries);
+    let mut q = q;
+    q.metadata.recursion_desired = false;
+    assert!(!ask_msg(&z, &q, Protocol::Udp).metadata.recursion_desired);
+}
+
+#[test]
+fn unsupported_requests_get_the_right_rcode() {
+    let z = zone(&alice());
+
+    let mut notify = query("lab.example.", RecordType::SOA);
+    notify.metadata.op_code = OpCode::Notify;
+    assert_eq!(
+        ask_msg(&z, &notify, Protocol::Udp).metadata.response_code,
+        ResponseCode::NotImp
+    );
+
+    let mut empty = query("lab.example.", RecordType::SOA);
+    empty.queries.clear();
+    assert_eq!(
+        ask_msg(&z, &empty, Protocol::Udp).metadata.response_code,
+        ResponseCode::FormErr
+    );
+
+    let mut two = query("lab.example.", RecordType::SOA);
+    two.add_query(Query::query(name("gw.lab.example."), RecordType::A));
+    assert_eq!(
+        ask_msg(&z, &two, Protocol::Udp).metadata.response_code,
+        ResponseCode::FormErr
+    );
+
+    let mut chaos = query("version.bind.", RecordType::TXT);
+    chaos.queries[0].set_query_class(DNSClass::CH);
+    assert_refused(&ask_msg(&z, &chaos, Protocol::Udp));
+    let mut chaos_in_zone = query("lab.example.", RecordType::SOA);
+    chaos_in_zone.queries[0].set_query_class(DNSClass::CH);
+    assert_refused(&ask_msg(&z, &chaos_in_zone, Protocol::Udp));
+
+    for qtype in [RecordType::AXFR, RecordType::IXFR] {
+        assert_refused(&ask_msg(&z, &query("lab.example.", qtype), Protocol::Tcp));
+    }
+
+    let v1 = with_edns(query("lab.example.", RecordType::SOA), 1232, 1);
+    let r = ask_msg(&z, &v1, Protocol::Udp);
+    // hickory decodes rcode 16 as BADSIG, its other name; on the wire it is BADVERS.
+    assert_eq!(
+        u16::from(r.metadata.response_code),
+        u16::from(ResponseCode::BADVERS)
+    );
+    assert!(r.edns.is_some(), "BADVERS travels in the OPT record");
+}
+
+#[test]
+fn edns_is_echoed_and_clamped() {
+    let z = zone(&alice());
+    let plain = ask(&z, "gw.lab.example.", RecordType::A);
+    assert!(
+        plain.edns.is_none(),
+        "no OPT in the response to a query without one"
+    );
+    for (asked, got) in [
+        (4096, MAX_UDP_PAYLOAD),
+        (1232, 1232),
+        (700, 700),
+        (100, 512),
+    ] {
+        let q = with_edns(query("gw.lab.example.", RecordType::A), asked, 0);
+        let r = ask_msg(&z, &q, Protocol::Udp);
+        assert_eq!(
+            r.edns.as_ref().map(Edns::max_payload),
+            Some(got),
+            "asked {asked}"
+        );
+        assert_eq!(r.answers.len(), 1);
+    }
+}
+
+/// Answers `q` as the server would over UDP, but with the response limited to `limit` bytes.
+fn ask_within(zone: &Zone, q: &Message, limit: u16) -> (Message, usize) {
+    let src: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+    let request = Request::from_bytes(q.to_vec().unwrap(), src, Protocol::Udp).unwrap();
+    let edns = response_edns(&request, MAX_UDP_PAYLOAD);
+    let reply = reply_within(zone, &request, edns.as_ref(), limit);
+    let mut buf = Vec::new();
+    let mut encoder = BinEncoder::new(&mut buf);
+    encoder.set_max_size(limit);
+    to_message(reply, &request.queries, edns.as_ref())
+        .destructive_emit(&mut encoder)
+        .unwrap();
+    (Message::from_vec(&buf).unwrap(), buf.len())
+}
+
+#[test]
+fn answers_that_do_not_fit_set_tc_and_carry_nothing() {
+    let z = zone(&[
+        route("alice", "iperf", Proto::Tcp, 30004),
+        route("alice", "iperf", Proto::Udp, 30003),
+    ]);
+    let q = with_edns(query("alice.iperf.lab.example.", RecordType::SRV), 1232, 0);
+    let (full, full_len) = ask_within(&z, &q, 1232);
+    assert!(!full.metadata.truncation);
+    assert_eq!((full.answers.len(), full.additionals.len()), (2, 1));
+
+    // Room for the answer but not the glue: the glue goes, no TC (RFC 2181 section 9).
+    let (r, len) = ask_within(&z, &q, (full_len - 1) as u16);
+    assert!(!r.metadata.truncation, "{r}");
+    assert_eq!((r.answers.len(), r.additionals.len()), (2, 0), "{r}");
+    assert!(r.edns.is_some(), "the OPT record stays");
+    assert!(len < full_len);
+
+    // No room for the answer: TC, empty sections, so the client retries over TCP.
+    let (r, len) = ask_within(&z, &q, 80);
+    assert!(r.metadata.truncation, "{r}");
+    assert!(r.metadata.authoritative);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.answers.is_empty() && r.authorities.is_empty(), "{r}");
+    assert!(len <= 80);
+    assert_eq!(r.queries, q.queries);
+
+    // Over TCP the same answer is never truncated.
+    let r = ask_msg(&z, &q, Protocol::Tcp);
+    assert!(!r.metadata.truncation);
+    assert_eq!(r.answers.len(), 2);
+}
+
+#[test]
+fn malformed_packets_get_formerr_or_nothing_and_never_panic() {
+    let z = zone(&alice());
+    let good = query("_ssh._tcp.alice.lab.example.", RecordType::SRV)
+        .to_vec()
+        .unwrap();
+
+    // Shorter than a header: dropped.
+    for len in 0..12 {
+        assert!(respond(&z, &good[..len], Protocol::Udp, MAX_UDP_PAYLOAD).is_none());
+    }
+    // A header promising a question that is cut off: FORMERR, same id.
+    for len in 12..good.len() {
+        let out = respond(&z, &good[..len], Protocol::Udp, MAX_UDP_PAYLOAD).expect("FORMERR");
+        let r = Message::from_vec(&out).unwrap();
+        assert_eq!(
+            r.metadata.response_code,
+            ResponseCode::FormErr,
+            "cut at {len}"
+        );
+        assert_eq!(r.metadata.id, u16::from_be_bytes([good[0], good[1]]));
+    }
+    // A response sent to us is ignored, never answered (no reflection loops).
+    let mut response = query("lab.example.", RecordType::SOA);
+    response.metadata.message_type = hickory_proto::op::MessageType::Response;
+    assert!(respond(
+        &z,
+        &response.to_vec().unwrap(),
+        Protocol::Udp,
+        MAX_UDP_PAYLOAD
+    )
+    .is_none());
+
+    // Random bytes, bit flips of a good query and huge counts: whatever comes back parses.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..20_000 {
+        let packet: Vec<u8> = if i % 2 == 0 {
+            let len = (next() % 300) as usize;
+            (0..len).map(|_| next() as u8).collect()
+        } else {
+            let mut p = good.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % p.len();
+                p[at] ^= 1 << (next() % 8);
+            }
+            p
+        };
+        for protocol in [Protocol::Udp, Protocol::Tcp] {
+            if let Some(out) = respond(&z, &packet, protocol, MAX_UDP_PAYLOAD) {
+                let r = Message::from_vec(&out).expect("our responses always parse");
+                assert_eq!(&out[..2], &packet[..2], "id echoed");
+                assert!(out.len() <= 512 || protocol == Protocol::Tcp || r.edns.is_some());
+            }
+        }
+    }
+}
+
+#[test]
+fn serial_is_time_based_and_strictly_increasing() {
+    assert_eq!(next_serial(0, 1_700_000_000), 1_700_000_000);
+    assert_eq!(next_serial(1_600_000_000, 1_700_000_000), 1_700_000_000);
+    // Several updates in one second, or a clock that stepped back: still up by one.
+    assert_eq!(next_serial(1_700_000_000, 1_700_000_000), 1_700_000_001);
+    assert_eq!(next_serial(1_700_000_005, 1_700_000_000), 1_700_000_006);
+}
+
+#[test]
+fn routes_that_cannot_be_names_are_left_out() {
+    let long = "a".repeat(63);
+    let cfg = config::Dns {
+        zone: format!("{long}.{long}.example"),
+        ..dns_cfg()
+    };
+    let routes = vec![
+        route("Bad_Name", "ssh", Proto::Tcp, 30001),
+        route("alice", "ssh", Proto::Tcp, 30002),
+        // Fine as labels, but _ssh._tcp.<63>.<zone> is longer than 255 bytes.
+        route(&long, "ssh", Proto::Tcp, 30003),
+    ];
+    let z = Zone::build(&cfg, GATEWAY, &routes, 1).unwrap();
+    let ok = LowerName::from_str(&format!("alice.ssh.{long}.{long}.example.")).unwrap();
+    assert!(z.rrsets(&ok).is_some_and(|s| !s.is_empty()));
+    let bad = LowerName::from_str(&format!("bad_name.ssh.{long}.{long}.example.")).unwrap();
+    assert!(z.rrsets(&bad).is_none());
+}
+
+#[test]
+fn bad_zone_or_gateway_names_are_errors() {
+    let bad_zone = config::Dns {
+        zone: "lab..example".into(),
+        ..dns_cfg()
+    };
+    let e = Zone::build(&bad_zone, GATEWAY, &[], 1).unwrap_err();
+    assert!(e.to_string().starts_with("dns.zone:"), "{e}");
+    let bad_gateway = config::Dns {
+        gateway_name: "g w".into(),
+        ..dns_cfg()
+    };
+    let e = Zone::build(&bad_gateway, GATEWAY, &[], 1).unwrap_err();
+    assert!(e.to_string().starts_with("dns.gateway_name:"), "{e}");
+}
+
+#[test]
+fn ten_thousand_routes_answer_like_one() {
+    let routes: Vec<Route> = (0..10_000u16)
+        .map(|i| {
+            let mut r = route(&format!("user{i}"), "ssh", Proto::Tcp, 30000 + (i % 2700));
+            r.port = i.wrapping_add(1);
+            r
+        })
+        .collect();
+    let z = zone(&routes);
+    // apex + gw + per route: SRV, short form, and the ENTs user<i> and _tcp.user<i>; plus ssh.
+    assert_eq!(z.len(), 2 + 1 + 4 * routes.len());
+    let r = ask(&z, "_ssh._tcp.user9999.lab.example.", RecordType::SRV);
+    assert_eq!(srv_summary(&r.answers)[0].2, 10_000);
+    let r = ask(&z, "user42.ssh.lab.example.", RecordType::SRV);
+    assert_eq!(srv_summary(&r.answers)[0].2, 43);
+}
+
+// ---- The server, over real sockets ----
+
+async fn udp_ask(server: SocketAddr, packet: &[u8]) -> Option<Message> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(packet, server).await.unwrap();
+    let mut buf = vec![0u8; 65_535];
+    match timeout(Duration::from_millis(700), socket.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(Message::from_vec(&buf[..n]).unwrap()),
+        _ => None,
+    }
+}
+
+async fn tcp_ask(stream: &mut TcpStream, q: &Message) -> Message {
+    let bytes = q.to_vec().unwrap();
+    stream.write_u16(bytes.len() as u16).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let len = timeout(Duration::from_secs(5), stream.read_u16())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+async fn start_test_server(routes: &[Route]) -> (DnsServer, SocketAddr) {
+    let server = DnsServer::start(&dns_cfg(), GATEWAY, routes).await.unwrap();
+    let addrs = server.local_addrs();
+    assert_eq!(addrs.len(), 1);
+    assert_ne!(addrs[0].port(), 0, "the real port, not 0");
+    (server, addrs[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_udp_and_tcp_survives_garbage_and_follows_updates() {
+    let (server, addr) = start_test_server(&alice()).await;
+    let srv_query = query("_ssh._tcp.alice.lab.example.", RecordType::SRV);
+
+    // Garbage first: dropped or FORMERR, and the listener keeps serving.
+    assert!(
+        udp_ask(addr, b"hello").await.is_none(),
+        "too short to answer"
+    );
+    let mut junk = srv_query.to_vec().unwrap();
+    junk.truncate(20);
+    let r = udp_ask(addr, &junk)
+        .await
+        .expect("FORMERR for a cut-off question");
+    assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(r.metadata.id, srv_query.metadata.id);
+
+    let r = udp_ask(addr, &srv_query.to_vec().unwrap())
+        .await
+        .expect("an answer over UDP");
+    assert_answer(&r, true);
+    assert_eq!(
+        srv_summary(&r.answers),
+        [(0, 0, 30001, "gw.lab.example.".to_string())]
+    );
+    let r = udp_ask(
+        addr,
+        &query("example.com.", RecordType::A).to_vec().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_refused(&r);
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let r = tcp_ask(&mut tcp, &srv_query).await;
+    assert_answer(&r, true);
+    assert_eq!(srv_summary(&r.answers)[0].2, 30001);
+    // Several queries on one connection (RFC 7766).
+    let r = tcp_ask(&mut tcp, &query("nope.lab.example.", RecordType::A)).await;
+    assert_negative(&r, ResponseCode::NXDomain);
+
+    // Update: bob appears, alice moves, the serial goes up even within the same second.
+    let before = server.serial();
+    server.update(&[
+        route("alice", "ssh", Proto::Tcp, 30009),
+        route("bob", "ssh", Proto::Tcp, 30010),
+    ]);
+    let after = server.serial();
+    assert!(after > before, "{after} > {before}");
+    server.update(&[route("bob", "ssh", Proto::Tcp, 30010)]);
+    assert!(server.serial() > after);
+    let r = udp_ask(
+        addr,
+        &query("_ssh._tcp.bob.lab.example.", RecordType::SRV)
+            .to_vec()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(srv_summary(&r.answers)[0].2, 30010);
+    let r = tcp_ask(&mut tcp, &srv_query).await;
+    assert_negative(&r, ResponseCode::NXDomain);
+    let r = tcp_ask(&mut tcp, &query("lab.example.", RecordType::SOA)).await;
+    let RData::SOA(soa) = &r.answers[0].data else {
+        panic!("{r}")
+    };
+    assert_eq!(soa.serial, server.serial());
+
+    server.shutdown().await;
+    assert!(
+        udp_ask(addr, &srv_query.to_vec().unwrap()).await.is_none(),
+        "stopped"
+    );
+}
+
+/// Runs `dig @addr -p port ARGS`, or `None` when dig is not installed.
+async fn dig(addr: SocketAddr, args: &[&str]) -> Option<String> {
+    let out = tokio::process::Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string(), "+time=2", "+tries=1"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(out) => {
+            assert!(out.status.success(), "dig {args:?}: {out:?}");
+            Some(String::from_utf8(out.stdout).unwrap())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("running dig: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_agrees() {
+    let (server, addr) = start_test_server(&alice()).await;
+    let Some(out) = dig(addr, &["+short", "_ssh._tcp.alice.lab.example", "SRV"]).await else {
+        eprintln!("dig is not installed (apt-get install dnsutils); skipping the dig checks");
+        return;
+    };
+    assert_eq!(out.trim(), "0 0 30001 gw.lab.example.");
+
+    let out = dig(addr, &["+tcp", "+short", "alice.ssh.lab.example", "A"])
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), GATEWAY.to_string());
+
+    let out = dig(addr, &["alice.ssh.lab.example", "SRV"]).await.unwrap();
+    assert!(out.contains("status: NOERROR"), "{out}");
+    assert!(out.contains("flags: qr aa rd;"), "AA set, RA clear: {out}");
+    assert!(
+        out.contains("alice.ssh.lab.example.\t45\tIN\tSRV\t0 0 30001 gw.lab.example."),
+        "{out}"
+    );
+    assert!(
+        out.contains("gw.lab.example.\t\t45\tIN\tA\t203.0.113.7"),
+        "glue: {out}"
+    );
+
+    let out = dig(addr, &["bob.ssh.lab.example", "A"]).await.unwrap();
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
+    assert!(out.contains("AUTHORITY: 1"), "{out}");
+    assert!(
+        out.contains("IN\tSOA\tgw.lab.example. hostmaster.lab.example."),
+        "{out}"
+    );
+
+    let out = dig(addr, &["ssh.lab.example", "A"]).await.unwrap();
+    assert!(
+        out.contains("status: NOERROR") && out.contains("ANSWER: 0"),
+        "ENT: {out}"
+    );
+
+    let out = dig(addr, &["example.com", "A"]).await.unwrap();
+    assert!(out.contains("status: REFUSED"), "{out}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bind_failures_name_the_address_and_the_cause() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = config::Dns {
+        listen: vec![addr],
+        ..dns_cfg()
+    };
+    let Err(e) = DnsServer::start(&cfg, GATEWAY, &alice()).await else {
+        panic!("bound a taken port")
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&addr.to_string()) && msg.contains("address in use"),
+        "{msg}"
+    );
+    assert!(matches!(
+        e,
+        DnsError::Bind {
+            transport: "UDP",
+            ..
+        }
+    ));
+
+    let cfg = config::Dns {
+        listen: vec![],
+        ..dns_cfg()
+    };
+    assert!(matches!(
+        DnsServer::start(&cfg, GATEWAY, &alice()).await,
+        Err(DnsError::NoListen)
+    ));
+
+    let hint = bind_error(
+        "0.0.0.0:53".parse().unwrap(),
+        "UDP",
+        std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    )
+    .to_string();
+    assert!(
+        hint.contains("0.0.0.0:53") && hint.contains("CAP_NET_BIND_SERVICE"),
+        "{hint}"
+    );
+}
+
+#[tokio::test]
+async fn listens_on_several_addresses_including_ipv6() {
+    let mut listen: Vec<SocketAddr> = vec!["127.0.0.1:0".parse().unwrap()];
+    let v6 = std::net::UdpSocket::bind("[::1]:0").is_ok();
+    if v6 {
+        listen.push("[::1]:0".parse().unwrap());
+    }
+    let cfg = config::Dns {
+        listen,
+        ..dns_cfg()
+    };
+    let server = DnsServer::start(&cfg, GATEWAY, &alice()).await.unwrap();
+    for addr in server.local_addrs() {
+        let r = udp_ask_from(addr, &query("gw.lab.example.", RecordType::A)).await;
+        assert_eq!(a_of(&r.answers[0]), GATEWAY, "{addr}");
+    }
+    server.shutdown().await;
+}
+
+async fn udp_ask_from(server: SocketAddr, q: &Message) -> Message {
+    let local = if server.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let socket = UdpSocket::bind(local).await.unwrap();
+    socket.send_to(&q.to_vec().unwrap(), server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    Message::from_vec(&buf[..n]).unwrap()
+}

@@ -1,0 +1,545 @@
+//! The zone as an immutable snapshot, and answering one request against it.
+//!
+//! Everything here is pure: no sockets, no clocks. [`Zone::build`] turns the config and the
+//! route table into a hash map from owner name to its RRsets, so that answering a query is one
+//! hash lookup whatever the number of routes. [`reply`] decides what a response holds;
+//! [`to_message`] turns that into hickory's borrowed [`MessageResponse`], which the server
+//! (or [`respond`], for tests and tools) encodes.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use hickory_proto::{
+    op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
+    rr::{
+        rdata::{A, NS, SOA, SRV},
+        DNSClass, LowerName, Name, RData, Record, RecordType,
+    },
+    serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding},
+};
+use hickory_server::{
+    net::xfer::Protocol,
+    server::Request,
+    zone_handler::{MessageRequest, MessageResponse, MessageResponseBuilder, Queries},
+};
+
+use crate::config;
+
+/// Largest UDP response we send, whatever the client advertises: the DNS Flag Day 2020 value,
+/// which fits any usual path MTU, so answers are never lost to IP fragmentation. Larger
+/// answers set TC and the client retries over TCP.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// Clients without EDNS, or advertising less, get the RFC 1035 limit (RFC 6891 section 6.2.5).
+const MIN_UDP_PAYLOAD: u16 = 512;
+
+// SOA timers. Nothing transfers this zone (no secondaries), so only `minimum` (the negative
+// caching TTL, RFC 2308) matters to resolvers; the others are the usual RFC 1912 values.
+const SOA_REFRESH: i32 = 3600;
+const SOA_RETRY: i32 = 600;
+const SOA_EXPIRE: i32 = 1_209_600;
+
+/// A name in the config could not become a DNS name.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ZoneError {
+    #[error("dns.{field}: {value:?} is not a usable DNS name: {reason}")]
+    Name {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// One RRset, with what the server needs to answer with it quickly.
+#[derive(Debug)]
+pub struct RRset {
+    rtype: RecordType,
+    records: Vec<Record>,
+    /// The records point at the gateway's name (SRV, NS), whose A record then goes in the
+    /// additional section, so clients need no second query.
+    wants_glue: bool,
+    /// Size of the records on the wire without name compression: an upper bound that lets
+    /// [`reply`] skip an exact size check for every ordinary answer.
+    wire_len: usize,
+}
+
+impl RRset {
+    pub fn record_type(&self) -> RecordType {
+        self.rtype
+    }
+
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+}
+
+/// An owner name. No RRsets means an empty non-terminal (e.g. `ssh.<zone>` above
+/// `alice.ssh.<zone>`): such a name exists, so it answers NODATA, not NXDOMAIN (RFC 8020).
+#[derive(Debug, Default)]
+struct Node {
+    rrsets: Vec<RRset>,
+}
+
+/// The whole zone at one serial. Immutable: updates build a new one and swap it in.
+#[derive(Debug)]
+pub struct Zone {
+    origin: LowerName,
+    serial: u32,
+    nodes: HashMap<LowerName, Node>,
+    /// The apex SOA alone: the authority section of every negative answer (RFC 2308).
+    soa: [Record; 1],
+    soa_len: usize,
+    /// `<gateway_name>.<zone> A`, the additional section of SRV and NS answers.
+    glue: [Record; 1],
+    glue_len: usize,
+}
+
+impl Zone {
+    /// Builds the zone for `routes` at `serial`. Routes whose labels are not DNS labels or
+    /// whose names would exceed 255 bytes are left out with a warning: one bad route must not
+    /// take the whole zone down (config validation normally rejects them before this).
+    pub fn build(
+        cfg: &config::Dns,
+        public_ipv4: Ipv4Addr,
+        routes: &[config::Route],
+        serial: u32,
+    ) -> Result<Zone, ZoneError> {
+        let zone = cfg.zone.trim_end_matches('.').to_ascii_lowercase();
+        let origin = fqdn(&zone).map_err(|reason| ZoneError::Name {
+            field: "zone",
+            value: cfg.zone.clone(),
+            reason,
+        })?;
+        if let Err(reason) = config::check_label(&cfg.gateway_name) {
+            return Err(ZoneError::Name {
+                field: "gateway_name",
+                value: cfg.gateway_name.clone(),
+                reason,
+            });
+        }
+        let gateway =
+            fqdn(&format!("{}.{zone}", cfg.gateway_name)).map_err(|reason| ZoneError::Name {
+                field: "gateway_name",
+                value: cfg.gateway_name.clone(),
+                reason,
+            })?;
+        let hostmaster = fqdn(&format!("hostmaster.{zone}")).map_err(|reason| ZoneError::Name {
+            field: "zone",
+            value: cfg.zone.clone(),
+            reason,
+        })?;
+        let ttl = cfg.ttl;
+
+        let soa = Record::from_rdata(
+            origin.clone(),
+            ttl,
+            RData::SOA(SOA::new(
+                gateway.clone(),
+                hostmaster,
+                serial,
+                SOA_REFRESH,
+                SOA_RETRY,
+                SOA_EXPIRE,
+                ttl,
+            )),
+        );
+        let glue = Record::from_rdata(gateway.clone(), ttl, RData::A(A(public_ipv4)));
+        let address = RData::A(A(public_ipv4));
+        let srv = |port| RData::SRV(SRV::new(0, 0, port, gateway.clone()));
+
+        let mut owners: HashMap<LowerName, Vec<Record>> = HashMap::with_capacity(routes.len() * 3);
+        let mut add = |name: &Name, data: RData| {
+            let record = Record::from_rdata(name.clone(), ttl, data);
+            let records = owners.entry(LowerName::new(name)).or_default();
+            // Two routes differing only by protocol share the short name and its A record.
+            if !records.contains(&record) {
+                records.push(record);
+            }
+        };
+        add(&origin, soa.data.clone());
+        add(&origin, RData::NS(NS(gateway.clone())));
+        add(&gateway, address.clone());
+
+        // Sorted so RRsets come out the same way whatever the order of the table: tcp before
+        // udp in a short-form SRV answer.
+        let mut sorted: Vec<&config::Route> = routes.iter().collect();
+        sorted.sort_by(|a, b| {
+            (&a.name, &a.service, a.protocol).cmp(&(&b.name, &b.service, b.protocol))
+        });
+        for route in sorted {
+            let names = config::check_label(&route.name)
+                .and_then(|()| config::check_label(&route.service))
+                .and_then(|()| {
+                    let rfc2782 = fqdn(&format!(
+                        "_{}._{}.{}.{zone}",
+                        route.service,
+                        route.protocol.as_str(),
+                        route.name
+                    ))?;
+                    let short = fqdn(&format!("{}.{}.{zone}", route.name, route.service))?;
+                    Ok((rfc2782, short))
+                });
+            let (rfc2782, short) = match names {
+                Ok(names) => names,
+                Err(reason) => {
+                    tracing::warn!(route = %route.key(), "route left out of the DNS zone: {reason}");
+                    continue;
+                }
+            };
+            add(&rfc2782, srv(route.port));
+            add(&short, srv(route.port));
+            add(&short, address.clone());
+        }
+
+        let mut nodes: HashMap<LowerName, Node> = HashMap::with_capacity(owners.len() * 2);
+        for (name, records) in owners {
+            // Every name between an owner and the apex exists, if only as an empty non-terminal.
+            let mut parent = name.base_name();
+            while parent.num_labels() > origin.num_labels() {
+                let next = parent.base_name();
+                nodes.entry(parent).or_default();
+                parent = next;
+            }
+            nodes.entry(name).or_default().rrsets = group(records);
+        }
+
+        Ok(Zone {
+            origin: LowerName::new(&origin),
+            serial,
+            nodes,
+            soa_len: wire_len(&soa),
+            soa: [soa],
+            glue_len: wire_len(&glue),
+            glue: [glue],
+        })
+    }
+
+    pub fn serial(&self) -> u32 {
+        self.serial
+    }
+
+    /// The apex, e.g. `lab.example.`.
+    pub fn origin(&self) -> &LowerName {
+        &self.origin
+    }
+
+    /// Number of names, empty non-terminals included.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The RRsets at `name`: `None` if the name does not exist, empty for an empty
+    /// non-terminal.
+    pub fn rrsets(&self, name: &LowerName) -> Option<&[RRset]> {
+        self.nodes.get(name).map(|n| n.rrsets.as_slice())
+    }
+
+    /// Answers `qtype` at `name`: one hash lookup, plus a suffix check only for names that
+    /// are not in the zone.
+    pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Answer<'_> {
+        let Some(node) = self.nodes.get(name) else {
+            return if self.origin.zone_of(name) {
+                Answer::negative(ResponseCode::NXDomain, &self.soa)
+            } else {
+                Answer::refused()
+            };
+        };
+        // ANY gets every RRset of the name rather than RFC 8482's minimal answer: a name here
+        // holds at most SOA+NS or A+SRV, so the answer stays as small as an SRV answer and is
+        // handy with `dig ANY`.
+        let sets: &[RRset] = if qtype == RecordType::ANY {
+            &node.rrsets
+        } else {
+            match node.rrsets.iter().position(|s| s.rtype == qtype) {
+                Some(i) => std::slice::from_ref(&node.rrsets[i]),
+                None => &[],
+            }
+        };
+        if sets.is_empty() {
+            return Answer::negative(ResponseCode::NoError, &self.soa);
+        }
+        let glue: &[Record] = if sets.iter().any(|s| s.wants_glue) {
+            &self.glue
+        } else {
+            &[]
+        };
+        Answer {
+            response_code: ResponseCode::NoError,
+            authoritative: true,
+            answers: sets,
+            authorities: &[],
+            additionals: glue,
+        }
+    }
+
+    /// Upper bound of the wire size of `records`, which are ours (the SOA or the glue).
+    fn len_of(&self, records: &[Record]) -> usize {
+        match records {
+            [] => 0,
+            [r] if std::ptr::eq(r, &self.soa[0]) => self.soa_len,
+            [r] if std::ptr::eq(r, &self.glue[0]) => self.glue_len,
+            _ => records.iter().map(wire_len).sum(),
+        }
+    }
+}
+
+/// What the zone says about one query, borrowing the records from the zone.
+#[derive(Clone, Copy, Debug)]
+pub struct Answer<'a> {
+    pub response_code: ResponseCode,
+    /// AA: set for every answer from the zone, positive or negative.
+    pub authoritative: bool,
+    pub answers: &'a [RRset],
+    pub authorities: &'a [Record],
+    pub additionals: &'a [Record],
+}
+
+impl<'a> Answer<'a> {
+    fn negative(response_code: ResponseCode, soa: &'a [Record]) -> Self {
+        Answer {
+            response_code,
+            authoritative: true,
+            answers: &[],
+            authorities: soa,
+            additionals: &[],
+        }
+    }
+
+    /// Not our zone: we never recurse, so the only honest answer is REFUSED, without AA.
+    fn refused() -> Self {
+        Self::error(ResponseCode::Refused)
+    }
+
+    fn error(response_code: ResponseCode) -> Self {
+        Answer {
+            response_code,
+            authoritative: false,
+            answers: &[],
+            authorities: &[],
+            additionals: &[],
+        }
+    }
+}
+
+/// A response ready to encode: header plus borrowed sections.
+#[derive(Clone, Copy, Debug)]
+pub struct Reply<'a> {
+    pub metadata: Metadata,
+    pub answer: Answer<'a>,
+}
+
+/// The EDNS record of the response, if the request had one (RFC 6891 says it must then).
+/// Its payload size is the UDP limit of this response: the client's, clamped to
+/// 512..=`max_udp`, because hickory's encoder enforces exactly that value.
+pub fn response_edns(request: &MessageRequest, max_udp: u16) -> Option<Edns> {
+    let theirs = request.edns.as_ref()?.max_payload();
+    let mut edns = Edns::new();
+    edns.set_max_payload(theirs.clamp(MIN_UDP_PAYLOAD, max_udp.max(MIN_UDP_PAYLOAD)))
+        .set_version(0);
+    Some(edns)
+}
+
+/// Decides the response to `request`, given the response's EDNS record from
+/// [`response_edns`].
+pub fn reply<'a>(
+    zone: &'a Zone,
+    request: &MessageRequest,
+    edns: Option<&Edns>,
+    protocol: Protocol,
+) -> Reply<'a> {
+    reply_within(zone, request, edns, size_limit(protocol, edns))
+}
+
+/// The largest response `protocol` can carry: the EDNS payload size for UDP (which
+/// [`response_edns`] already clamped), 512 without EDNS.
+fn size_limit(protocol: Protocol, edns: Option<&Edns>) -> u16 {
+    match protocol {
+        Protocol::Udp => edns.map_or(MIN_UDP_PAYLOAD, Edns::max_payload),
+        _ => u16::MAX,
+    }
+}
+
+/// [`reply`] with an explicit size limit, so tests can make any answer too large.
+pub(super) fn reply_within<'a>(
+    zone: &'a Zone,
+    request: &MessageRequest,
+    edns: Option<&Edns>,
+    limit: u16,
+) -> Reply<'a> {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    let answer = answer(zone, request);
+    metadata.response_code = answer.response_code;
+    metadata.authoritative = answer.authoritative;
+    let mut reply = Reply { metadata, answer };
+    fit(zone, &mut reply, &request.queries, edns, limit);
+    reply
+}
+
+fn answer<'a>(zone: &'a Zone, request: &MessageRequest) -> Answer<'a> {
+    if request.metadata.op_code != OpCode::Query {
+        // NOTIFY, UPDATE and the rest: the zone is owned by the route table, not by peers.
+        return Answer::error(ResponseCode::NotImp);
+    }
+    if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        return Answer::error(ResponseCode::BADVERS);
+    }
+    let [query] = request.queries.queries() else {
+        return Answer::error(ResponseCode::FormErr);
+    };
+    if query.query_class() != DNSClass::IN {
+        return Answer::refused();
+    }
+    match query.query_type() {
+        // No secondaries, so no zone transfers.
+        RecordType::AXFR | RecordType::IXFR => Answer::refused(),
+        // A meta type only meaningful in the additional section.
+        RecordType::OPT => Answer::error(ResponseCode::FormErr),
+        qtype => zone.lookup(query.name(), qtype),
+    }
+}
+
+/// Makes the response fit in `limit` bytes. If the answer itself does not fit, TC is set and
+/// every section emptied, so the client retries over TCP rather than using a partial RRset;
+/// if only the additional records do not fit, they are dropped without TC (RFC 2181 section
+/// 9). Ordinary answers are far below the limit, which the uncompressed size bound shows
+/// without encoding anything.
+fn fit(zone: &Zone, reply: &mut Reply<'_>, queries: &Queries, edns: Option<&Edns>, limit: u16) {
+    const HEADER: usize = 12;
+    const OPT: usize = 11;
+    let answer = &reply.answer;
+    let fixed = HEADER + queries.as_bytes().len() + if edns.is_some() { OPT } else { 0 };
+    let needed =
+        answer.answers.iter().map(|s| s.wire_len).sum::<usize>() + zone.len_of(answer.authorities);
+    let extra = zone.len_of(answer.additionals);
+    if fixed + needed + extra <= usize::from(limit) {
+        return;
+    }
+    let truncated = |reply: Reply<'_>| {
+        let mut buf = Vec::with_capacity(usize::from(limit));
+        let mut encoder = BinEncoder::new(&mut buf);
+        encoder.set_max_size(limit);
+        match to_message(reply, queries, edns).destructive_emit(&mut encoder) {
+            Ok(info) => info.truncation,
+            Err(_) => true,
+        }
+    };
+    let mut without_extra = *reply;
+    without_extra.answer.additionals = &[];
+    if truncated(without_extra) {
+        reply.metadata.truncation = true;
+        reply.answer.answers = &[];
+        reply.answer.authorities = &[];
+        reply.answer.additionals = &[];
+    } else if truncated(*reply) {
+        reply.answer.additionals = &[];
+    }
+}
+
+/// The reply as hickory's borrowed response message, ready for `ResponseHandler`.
+pub fn to_message<'q, 'a>(
+    reply: Reply<'a>,
+    queries: &'q Queries,
+    edns: Option<&'q Edns>,
+) -> MessageResponse<
+    'q,
+    'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+> {
+    MessageResponseBuilder::new(queries, edns).build(
+        reply.metadata,
+        reply.answer.answers.iter().flat_map(|s| s.records.iter()),
+        reply.answer.authorities.iter(),
+        std::iter::empty(),
+        reply.answer.additionals.iter(),
+    )
+}
+
+/// Answers one wire-format request the way the server does: `None` where the server drops
+/// the packet (shorter than a header, or itself a response), FORMERR where the header reads
+/// but the rest does not. `max_udp` caps the UDP response size ([`MAX_UDP_PAYLOAD`] in the
+/// server).
+pub fn respond(zone: &Zone, packet: &[u8], protocol: Protocol, max_udp: u16) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
+    // The source address only feeds hickory's logging.
+    let src = ([127, 0, 0, 1], 53).into();
+    let request = match Request::from_bytes(packet.to_vec(), src, protocol) {
+        Ok(request) => request,
+        Err(_) => return Some(error_header(&header.metadata, ResponseCode::FormErr)),
+    };
+    if request.metadata.message_type == MessageType::Response {
+        return None;
+    }
+    let edns = response_edns(&request, max_udp);
+    let reply = reply(zone, &request, edns.as_ref(), protocol);
+    let limit = size_limit(protocol, edns.as_ref());
+    let mut buf = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut buf);
+    encoder.set_max_size(limit);
+    match to_message(reply, &request.queries, edns.as_ref()).destructive_emit(&mut encoder) {
+        Ok(_) => Some(buf),
+        Err(_) => Some(error_header(&request.metadata, ResponseCode::ServFail)),
+    }
+}
+
+/// A header-only response, as hickory's server sends for requests it cannot parse.
+fn error_header(request: &Metadata, response_code: ResponseCode) -> Vec<u8> {
+    let mut metadata = Metadata::response_from_request(request);
+    metadata.response_code = response_code;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    // A bare header always encodes.
+    header.to_bytes().unwrap_or_default()
+}
+
+/// The SOA serial after `prev` at time `now` (seconds since the epoch): time-based, so a
+/// restarted daemon still moves forward, and strictly increasing even for several updates in
+/// one second.
+pub fn next_serial(prev: u32, now: u32) -> u32 {
+    now.max(prev.wrapping_add(1))
+}
+
+fn fqdn(name: &str) -> Result<Name, String> {
+    Name::from_ascii(format!("{name}.")).map_err(|e| e.to_string())
+}
+
+fn group(records: Vec<Record>) -> Vec<RRset> {
+    let mut sets: Vec<RRset> = Vec::new();
+    for record in records {
+        let rtype = record.record_type();
+        let len = wire_len(&record);
+        match sets.iter_mut().find(|s| s.rtype == rtype) {
+            Some(set) => {
+                set.wire_len += len;
+                set.records.push(record);
+            }
+            None => sets.push(RRset {
+                rtype,
+                wants_glue: matches!(rtype, RecordType::SRV | RecordType::NS),
+                records: vec![record],
+                wire_len: len,
+            }),
+        }
+    }
+    sets
+}
+
+fn wire_len(record: &Record) -> usize {
+    let mut buf = Vec::new();
+    let mut encoder = BinEncoder::new(&mut buf);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    // Our records are built from valid names and always encode; if one somehow did not,
+    // "huge" makes `fit` check it exactly instead of trusting the bound.
+    match record.emit(&mut encoder) {
+        Ok(()) => buf.len(),
+        Err(_) => usize::from(u16::MAX),
+    }
+}

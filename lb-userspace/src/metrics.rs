@@ -1,0 +1,188 @@
+//! Prometheus text exposition of the data plane's counters, over a minimal HTTP server.
+//!
+//! The server answers `GET /metrics` and nothing else; it is meant for a scraper on a
+//! management address, not for the public interface.
+
+use std::{fmt::Write as _, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tracing::debug;
+
+use crate::{config::Route, dataplane::Counters};
+
+/// One route and its counters at scrape time.
+pub struct RouteSample {
+    pub route: Route,
+    pub counters: Counters,
+}
+
+fn labels(r: &Route) -> String {
+    format!(
+        "name=\"{}\",service=\"{}\",protocol=\"{}\",port=\"{}\"",
+        r.name, r.service, r.protocol, r.port
+    )
+}
+
+/// Renders the exposition text. `verdicts` pairs each XDP verdict name with its count.
+pub fn render(routes: &[RouteSample], verdicts: &[(&str, u64)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP srvgate_routes Routes in the table.");
+    let _ = writeln!(out, "# TYPE srvgate_routes gauge");
+    let _ = writeln!(out, "srvgate_routes {}", routes.len());
+    let counters: [(&str, &str, fn(&Counters) -> (u64, u64)); 2] = [
+        (
+            "srvgate_route_packets_total",
+            "Packets forwarded by XDP for a route.",
+            |c| (c.inbound_packets, c.outbound_packets),
+        ),
+        (
+            "srvgate_route_bytes_total",
+            "Bytes (whole frames) forwarded by XDP for a route.",
+            |c| (c.inbound_bytes, c.outbound_bytes),
+        ),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for s in routes {
+            let (inbound, outbound) = get(&s.counters);
+            let l = labels(&s.route);
+            let _ = writeln!(out, "{name}{{{l},direction=\"inbound\"}} {inbound}");
+            let _ = writeln!(out, "{name}{{{l},direction=\"outbound\"}} {outbound}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP srvgate_route_idle_seconds Seconds since a route last saw a packet (absent if never)."
+    );
+    let _ = writeln!(out, "# TYPE srvgate_route_idle_seconds gauge");
+    for s in routes {
+        if let Some(idle) = s.counters.idle {
+            let _ = writeln!(
+                out,
+                "srvgate_route_idle_seconds{{{}}} {:.3}",
+                labels(&s.route),
+                idle.as_secs_f64()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP srvgate_xdp_verdicts_total Packets by what the XDP program did with them."
+    );
+    let _ = writeln!(out, "# TYPE srvgate_xdp_verdicts_total counter");
+    for (name, n) in verdicts {
+        let _ = writeln!(out, "srvgate_xdp_verdicts_total{{verdict=\"{name}\"}} {n}");
+    }
+    out
+}
+
+/// Serves `GET /metrics` with whatever `scrape` returns, until the task is dropped.
+pub async fn serve(listener: TcpListener, scrape: Arc<dyn Fn() -> String + Send + Sync>) {
+    loop {
+        let Ok((mut stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let scrape = scrape.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            // A scraper sends its request at once; a silent peer does not hold a task forever.
+            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if request.starts_with("GET /metrics ") {
+                ("200 OK", scrape())
+            } else {
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served here\n".to_string(),
+                )
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            if let Err(e) = async {
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(body.as_bytes()).await
+            }
+            .await
+            {
+                debug!(%peer, "metrics client went away: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Protocol;
+
+    fn sample(inbound: u64, idle: Option<Duration>) -> RouteSample {
+        RouteSample {
+            route: Route {
+                name: "alice".into(),
+                service: "ssh".into(),
+                protocol: Protocol::Tcp,
+                backend: "10.0.0.11:22".parse().unwrap(),
+                port: 30001,
+            },
+            counters: Counters {
+                inbound_packets: inbound,
+                inbound_bytes: inbound * 100,
+                outbound_packets: 2,
+                outbound_bytes: 200,
+                idle,
+            },
+        }
+    }
+
+    #[test]
+    fn renders_labelled_samples() {
+        let text = render(
+            &[sample(7, Some(Duration::from_millis(1500)))],
+            &[("fwd_redirect", 9)],
+        );
+        assert!(text.contains(
+            "srvgate_route_packets_total{name=\"alice\",service=\"ssh\",protocol=\"tcp\",port=\"30001\",direction=\"inbound\"} 7\n"
+        ), "{text}");
+        assert!(text.contains("srvgate_route_bytes_total{name=\"alice\",service=\"ssh\",protocol=\"tcp\",port=\"30001\",direction=\"outbound\"} 200\n"));
+        assert!(text.contains("srvgate_route_idle_seconds{name=\"alice\",service=\"ssh\",protocol=\"tcp\",port=\"30001\"} 1.500\n"));
+        assert!(text.contains("srvgate_xdp_verdicts_total{verdict=\"fwd_redirect\"} 9\n"));
+        assert!(text.contains("srvgate_routes 1\n"));
+    }
+
+    #[test]
+    fn never_seen_routes_have_no_idle_sample() {
+        let text = render(&[sample(0, None)], &[]);
+        assert!(!text.contains("srvgate_route_idle_seconds{"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(serve(listener, Arc::new(|| "x 1\n".to_string())));
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ok = get("/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\nx 1\n"), "{ok}");
+        assert!(get("/").await.starts_with("HTTP/1.1 404"));
+        task.abort();
+    }
+}

@@ -1,0 +1,173 @@
+//! The lab itself, without srvgate: topology, plain kernel routing, real sshd/ssh,
+//! and cleanup (also of stale namespaces and when a test panics).
+
+use std::{
+    net::SocketAddr,
+    panic::{catch_unwind, AssertUnwindSafe},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use srvgate_tests::*;
+
+const XDP_PASS_OBJ: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
+
+#[test]
+fn lab_builds_and_cleans_up() {
+    if skip_unless_root("lab_builds_and_cleans_up") {
+        return;
+    }
+    // A stale namespace of a "crashed" earlier run is removed by the constructor.
+    let stale = "sg-labt-stale";
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "add", stale])
+        .status();
+    assert!(namespaces_with_prefix("sg-labt-").contains(&stale.to_string()));
+
+    let veths_before = root_veths();
+    let (pids, dir) = {
+        let lab = Lab::new("labt").expect("lab");
+        assert!(!namespaces_with_prefix("sg-labt-").contains(&stale.to_string()));
+        assert_eq!(
+            namespaces_with_prefix("sg-labt-"),
+            vec!["sg-labt-b1", "sg-labt-b2", "sg-labt-cli", "sg-labt-gw"]
+        );
+
+        // Addresses and offloads as specified.
+        let a = lab.sh(&lab.gw, "ip -br -4 addr").unwrap();
+        for want in ["10.210.1.1/24", "10.210.2.1/24", "10.210.3.1/24"] {
+            assert!(a.contains(want), "gw addresses: {a}");
+        }
+        let k = lab
+            .exec_ok(&lab.client, &["ethtool", "-k", "eth0"])
+            .unwrap();
+        assert!(k.contains("tx-checksumming: off"), "{k}");
+        assert!(k.contains("generic-receive-offload: on"), "{k}");
+        assert_eq!(
+            lab.exec_ok(&lab.gw, &["sysctl", "-n", "net.ipv4.ip_forward"])
+                .unwrap()
+                .trim(),
+            "1"
+        );
+        // Nothing of the lab lives in the root namespace.
+        assert_eq!(root_veths(), veths_before);
+
+        // Real sshd in the backends (own hostnames); real ssh from the client, routed by
+        // the gateway's kernel (no srvgate here): ip_forward=1 and the default routes.
+        let sshd1 = lab.start_sshd(&lab.b1, "sg-b1").unwrap();
+        let sshd2 = lab.start_sshd(&lab.b2, "sg-b2").unwrap();
+        let fwd0 = lab.nstat_value(&lab.gw, "IpForwDatagrams").unwrap();
+        assert_eq!(
+            lab.ssh(&lab.client, B1_IP, 22, "hostname").unwrap(),
+            "sg-b1"
+        );
+        assert_eq!(
+            lab.ssh(&lab.client, B2_IP, 22, "hostname").unwrap(),
+            "sg-b2"
+        );
+        let fwd1 = lab.nstat_value(&lab.gw, "IpForwDatagrams").unwrap();
+        assert!(fwd1 >= fwd0 + 20, "kernel forwarded {fwd0} -> {fwd1}");
+        // The hostname is the sshd's own: the namespace's other processes keep the host's.
+        let plain = lab.exec_ok(&lab.b1, &["hostname"]).unwrap();
+        assert_ne!(plain.trim(), "sg-b1");
+        // An address of no lab host: the gateway has no route for it (and no default).
+        let nowhere: SocketAddr = "10.210.9.9:22".parse().unwrap();
+        let e = tcp_connect(&lab.client, nowhere, Duration::from_secs(3))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable
+            ),
+            "{e:?}"
+        );
+
+        // iperf3 server and an in-namespace TCP connection from the test process.
+        let iperf = lab.start_iperf3_server(&lab.b1, 5201).unwrap();
+        let ssh_addr: SocketAddr = format!("{B2_IP}:22").parse().unwrap();
+        let s = tcp_connect(&lab.client, ssh_addr, Duration::from_secs(3)).unwrap();
+        assert!(s.is_ok(), "{s:?}");
+        let closed: SocketAddr = format!("{B1_IP}:1").parse().unwrap();
+        let e = tcp_connect(&lab.client, closed, Duration::from_secs(3))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+
+        // xdp_attached sees a (generic) XDP program come and go, if xdp-tools' objects exist.
+        assert!(!lab.xdp_attached(&lab.gw, "pub0").unwrap());
+        if std::path::Path::new(XDP_PASS_OBJ).exists() {
+            lab.exec_ok(
+                &lab.gw,
+                &[
+                    "ip",
+                    "link",
+                    "set",
+                    "dev",
+                    "priv2",
+                    "xdpgeneric",
+                    "obj",
+                    XDP_PASS_OBJ,
+                    "sec",
+                    "xdp",
+                ],
+            )
+            .unwrap();
+            assert!(lab.xdp_attached(&lab.gw, "priv2").unwrap());
+            lab.exec_ok(
+                &lab.gw,
+                &["ip", "link", "set", "dev", "priv2", "xdpgeneric", "off"],
+            )
+            .unwrap();
+            assert!(!lab.xdp_attached(&lab.gw, "priv2").unwrap());
+        }
+
+        let pids = lab.pids();
+        assert_eq!(pids, vec![sshd1, sshd2, iperf]);
+        for p in &pids {
+            assert!(lab.is_running(*p));
+        }
+        (pids, lab.dir().to_path_buf())
+    };
+    assert_gone("labt", &pids, &dir);
+}
+
+#[test]
+fn lab_cleans_up_when_a_test_panics() {
+    if skip_unless_root("lab_cleans_up_when_a_test_panics") {
+        return;
+    }
+    let seen: Arc<Mutex<(Vec<u32>, PathBuf)>> = Arc::default();
+    let seen2 = seen.clone();
+    let result = catch_unwind(AssertUnwindSafe(move || {
+        let lab = Lab::new("panic").expect("lab");
+        lab.start_sshd(&lab.b1, "sg-b1").unwrap();
+        lab.start_iperf3_server(&lab.b2, 5201).unwrap();
+        lab.spawn(&lab.client, &["sleep", "300"]).unwrap();
+        *seen2.lock().unwrap() = (lab.pids(), lab.dir().to_path_buf());
+        panic!("deliberate panic with a lab up");
+    }));
+    assert!(result.is_err());
+    let (pids, dir) = seen.lock().unwrap().clone();
+    assert_eq!(pids.len(), 3);
+    assert_gone("panic", &pids, &dir);
+}
+
+/// veth devices in the root namespace.
+fn root_veths() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-br", "link", "show", "type", "veth"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_gone(tag: &str, pids: &[u32], dir: &std::path::Path) {
+    let left = namespaces_with_prefix(&format!("sg-{tag}-"));
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    for p in pids {
+        assert!(!pid_exists(*p), "process {p} left behind");
+    }
+    assert!(!dir.exists(), "temp dir {} left behind", dir.display());
+}

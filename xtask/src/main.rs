@@ -1,0 +1,251 @@
+//! `cargo xtask`: what plain `cargo` cannot do for srvgate: install the eBPF toolchain
+//! (nightly, rust-src, bpf-linker) and the test tools, then build, run and test.
+
+mod cmd;
+mod demo;
+mod setup;
+
+use std::{
+    env,
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, run and test srvgate",
+    long_about = "Set up, build, run and test srvgate.\n\n\
+        srvgate's XDP program is built by nightly rustc with bpf-linker; every command here \
+        first makes sure those (and the tools the tests drive) are installed, so the same \
+        command works on a fresh Debian machine and on one that is already set up."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install whatever is missing: Debian test tools, nightly + rust-src, rustfmt + clippy,
+    /// bpf-linker.
+    ///
+    /// Idempotent and quick when everything is present. Installing Debian packages needs
+    /// root. bpf-linker is built against the nightly toolchain's own LLVM (a minute or two).
+    Setup {
+        /// Only report what is missing; change nothing, exit 1 if anything is missing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Set up, then build the srvgate binary (release unless --debug).
+    Build {
+        /// Build the debug profile (target/debug/srvgate) instead of release.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Set up, build (release), then run `srvgate run ARGS...`, or the demo lab without ARGS.
+    ///
+    /// The srvgate process replaces this one, so Ctrl-C and signals reach it directly.
+    /// Example: cargo xtask run -- --config /etc/srvgate.toml
+    Run {
+        /// Arguments for `srvgate run`, after `--`.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<OsString>,
+    },
+    /// Set up, then run fmt, clippy, unit tests, the release build and the workspace tests
+    /// (what CI runs).
+    ///
+    /// Stops at the first failing step. Unless --quick, also installs bpf-linker from
+    /// scratch into a temporary directory and runs it, to prove that `setup` works on a
+    /// fresh machine even when this one already has bpf-linker.
+    Test {
+        /// Skip the from-scratch bpf-linker install check (saves a minute or two).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Printed by hand rather than by returning the error from main: that would dump
+            // a backtrace whenever RUST_BACKTRACE is set, burying the actionable message.
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Cmd) -> Result<()> {
+    match command {
+        Cmd::Setup { check } => setup::setup(check),
+        Cmd::Build { debug } => {
+            setup::setup(false)?;
+            let bin = build(!debug)?;
+            println!("built {}", bin.display());
+            Ok(())
+        }
+        Cmd::Run { args } => {
+            setup::setup(false)?;
+            let bin = build(true)?;
+            if args.is_empty() {
+                return demo::run();
+            }
+            let mut srvgate = Command::new(&bin);
+            srvgate.arg("run").args(&args);
+            // exec only returns on failure.
+            let err = srvgate.exec();
+            Err(anyhow!(err).context(format!("could not exec `{}`", cmd::display(&srvgate))))
+        }
+        Cmd::Test { quick } => test(quick),
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    // Cargo sets CARGO_MANIFEST_DIR for `cargo run` too; the compile-time value is a
+    // fallback for running target/debug/xtask directly.
+    let manifest = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("xtask's manifest dir {} has no parent", manifest.display()))
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(root);
+    c
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    let root = workspace_root()?;
+    let mut c = cargo(&root);
+    c.args(["build", "-p", "lb-userspace"]);
+    if release {
+        c.arg("--release");
+    }
+    cmd::run(&mut c)?;
+    let profile = if release { "release" } else { "debug" };
+    let bin = target_dir(&root).join(profile).join("srvgate");
+    if !bin.is_file() {
+        bail!("the build succeeded but {} does not exist", bin.display());
+    }
+    Ok(bin)
+}
+
+enum Action {
+    Cargo(Command),
+    BpfLinkerFromScratch,
+}
+
+struct Step {
+    name: &'static str,
+    action: Action,
+}
+
+fn test(quick: bool) -> Result<()> {
+    let started = Instant::now();
+    setup::setup(false)?;
+    let root = workspace_root()?;
+    let bin = target_dir(&root).join("release").join("srvgate");
+
+    let cargo_step = |name, args: &[&str]| {
+        let mut c = cargo(&root);
+        c.args(args);
+        Step {
+            name,
+            action: Action::Cargo(c),
+        }
+    };
+    let mut steps = vec![
+        cargo_step("format", &["fmt", "--all", "--", "--check"]),
+        cargo_step(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        cargo_step("lb-ebpf unit tests", &["test", "-p", "lb-ebpf", "--lib"]),
+        cargo_step(
+            "release build",
+            &["build", "--release", "-p", "lb-userspace"],
+        ),
+    ];
+    // Before the workspace tests so that cargo test's summary is what ends the log.
+    if !quick {
+        steps.push(Step {
+            name: "bpf-linker install from scratch",
+            action: Action::BpfLinkerFromScratch,
+        });
+    }
+    let mut tests = cargo_step(
+        "workspace tests",
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--",
+            "--test-threads=1",
+        ],
+    );
+    if let Action::Cargo(c) = &mut tests.action {
+        c.env("SRVGATE_BIN", &bin);
+    }
+    steps.push(tests);
+
+    let total = steps.len();
+    for (i, step) in steps.into_iter().enumerate() {
+        let n = i + 1;
+        let what = match &step.action {
+            Action::Cargo(c) => cmd::display(c),
+            Action::BpfLinkerFromScratch => {
+                "install bpf-linker into a temporary root and run it".to_string()
+            }
+        };
+        println!("\n==> [{n}/{total}] {}: {what}", step.name);
+        let t = Instant::now();
+        let result = match step.action {
+            Action::Cargo(mut c) => cmd::run(&mut c),
+            Action::BpfLinkerFromScratch => {
+                setup::verify_bpf_linker_install_from_scratch().map(|_| ())
+            }
+        };
+        let secs = t.elapsed().as_secs_f64();
+        result.with_context(|| {
+            format!("step {n}/{total} ({}) failed after {secs:.1} s", step.name)
+        })?;
+        println!("<== [{n}/{total}] {}: ok ({secs:.1} s)", step.name);
+    }
+    println!(
+        "\nxtask test: all {total} steps passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
