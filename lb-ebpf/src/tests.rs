@@ -53,10 +53,8 @@ struct Packet {
 impl Packet {
     fn build(
         protocol: u8,
-        src: [u8; 4],
-        dst: [u8; 4],
-        sport: u16,
-        dport: u16,
+        (src, sport): ([u8; 4], u16),
+        (dst, dport): ([u8; 4], u16),
         ttl: u8,
         payload: &[u8],
         udp_no_csum: bool,
@@ -183,7 +181,7 @@ proptest! {
         payload in proptest::collection::vec(any::<u8>(), 0..64),
         snat in any::<bool>(),
     ) {
-        let mut p = Packet::build(protocol, src, dst, sport, dport, ttl, &payload, false);
+        let mut p = Packet::build(protocol, (src, sport), (dst, dport), ttl, &payload, false);
         p.nat(if snat { 12 } else { 16 }, new_addr, new_port);
         p.decrement_ttl();
         prop_assert_eq!(p.header_checksum(), ipv4_header_checksum(&p.bytes[..IPV4_HLEN]));
@@ -203,7 +201,7 @@ proptest! {
         new_addr in any::<[u8; 4]>(), new_port in any::<u16>(),
         payload in proptest::collection::vec(any::<u8>(), 0..32),
     ) {
-        let mut p = Packet::build(PROTO_UDP, src, dst, 4000, 53, 64, &payload, true);
+        let mut p = Packet::build(PROTO_UDP, (src, 4000), (dst, 53), 64, &payload, true);
         p.nat(16, new_addr, new_port);
         prop_assert_eq!(p.l4_checksum_field(), 0);
         prop_assert_eq!(p.header_checksum(), ipv4_header_checksum(&p.bytes[..IPV4_HLEN]));
@@ -216,7 +214,7 @@ proptest! {
         sport in any::<u16>(), dport in any::<u16>(),
         new_addr in any::<[u8; 4]>(), new_port in any::<u16>(),
     ) {
-        let original = Packet::build(protocol, src, dst, sport, dport, 64, b"srvgate", false);
+        let original = Packet::build(protocol, (src, sport), (dst, dport), 64, b"srvgate", false);
         let mut p = original.clone();
         p.nat(16, new_addr, new_port);
         p.nat(16, dst, dport);
@@ -256,10 +254,8 @@ fn ttl_decrement_matches_from_scratch_for_every_ttl() {
     for ttl in 1..=255u8 {
         let mut p = Packet::build(
             PROTO_TCP,
-            [10, 210, 0, 1],
-            [10, 210, 1, 2],
-            1,
-            2,
+            ([10, 210, 0, 1], 1),
+            ([10, 210, 1, 2], 2),
             ttl,
             b"",
             false,

@@ -26,7 +26,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_proto::op::{Header, HeaderCounts, ResponseCode};
 use hickory_server::{
     net::runtime::Time,
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
@@ -192,14 +192,13 @@ impl RequestHandler for Handler {
         let zone = self.shared.zone.load();
         let edns = zone::response_edns(request, MAX_UDP_PAYLOAD);
         let reply = zone::reply(&zone, request, edns.as_ref(), request.protocol());
-        let metadata = reply.metadata;
+        let mut metadata = reply.metadata;
         let message = zone::to_message(reply, &request.queries, edns.as_ref());
         match response_handle.send_response(message).await {
             Ok(info) => info,
             Err(error) => {
                 // The client is gone or the socket failed; nothing to tell anyone but the log.
                 tracing::debug!(%error, src = %request.src(), "DNS response not sent");
-                let mut metadata = Metadata::response_from_request(&metadata);
                 metadata.response_code = ResponseCode::ServFail;
                 ResponseInfo::from(Header {
                     metadata,

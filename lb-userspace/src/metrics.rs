@@ -32,7 +32,8 @@ pub fn render(routes: &[RouteSample], verdicts: &[(&str, u64)]) -> String {
     let _ = writeln!(out, "# HELP srvgate_routes Routes in the table.");
     let _ = writeln!(out, "# TYPE srvgate_routes gauge");
     let _ = writeln!(out, "srvgate_routes {}", routes.len());
-    let counters: [(&str, &str, fn(&Counters) -> (u64, u64)); 2] = [
+    type Pick = fn(&Counters) -> (u64, u64);
+    let counters: [(&str, &str, Pick); 2] = [
         (
             "srvgate_route_packets_total",
             "Packets forwarded by XDP for a route.",

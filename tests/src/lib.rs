@@ -408,6 +408,17 @@ fn delete_netns(ns: &str) {
     if let Err(e) = host(&["ip", "netns", "del", ns]) {
         eprintln!("lab cleanup: deleting namespace {ns}: {e:#}");
     }
+    // Files that `ip netns exec` bind-mounts over /etc (see `Lab::set_resolver`).
+    let etc = netns_etc(ns);
+    if etc.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&etc) {
+            eprintln!("lab cleanup: removing {}: {e}", etc.display());
+        }
+    }
+}
+
+fn netns_etc(ns: &str) -> PathBuf {
+    Path::new("/etc/netns").join(ns)
 }
 
 /// Reads a counter as `nstat` names it (`IpForwDatagrams`, `UdpInCsumErrors`,
@@ -685,6 +696,19 @@ impl Lab {
     }
 
     /// The lab's tag.
+    /// Points `ns`'s resolver at `nameserver`: `ip netns exec` bind-mounts
+    /// `/etc/netns/NS/resolv.conf` over `/etc/resolv.conf` for every command run in `ns`.
+    /// Removed with the namespace.
+    pub fn set_resolver(&self, ns: &str, nameserver: &str) -> Result<()> {
+        let dir = netns_etc(ns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\n"),
+        )
+        .with_context(|| format!("writing {}/resolv.conf", dir.display()))
+    }
+
     pub fn tag(&self) -> &str {
         &self.tag
     }
