@@ -975,6 +975,11 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// The lab's client private key (authorized on every sshd the lab starts).
+    pub fn client_key(&self) -> Result<PathBuf> {
+        Ok(self.ssh_keys()?.client_key)
+    }
+
     /// The `ssh` command line [`Lab::ssh`] runs (without `ip netns exec`).
     pub fn ssh_argv(&self, host: &str, port: u16, cmd: &str) -> Result<Vec<String>> {
         let keys = self.ssh_keys()?;
