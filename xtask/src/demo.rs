@@ -1,25 +1,196 @@
-//! `cargo xtask run` without arguments: a self-contained demo lab. Not built yet; this
-//! placeholder says what it will do so that the command is already discoverable.
+//! `cargo xtask run` without arguments: a self-contained demo lab in network namespaces
+//! (`sg-demo-*`): a client (the internet), the gateway running srvgate with XDP attached,
+//! and two student instances with real sshd and a small web server. It runs, and prints,
+//! what a newcomer would type, then keeps the lab up until Ctrl-C and removes it all.
+//!
+//! The lab itself is the tests' `Lab`, so the demo and the end-to-end tests exercise the
+//! same topology.
 
-use anyhow::Result;
+use std::{
+    path::Path,
+    process::Output,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
-pub fn run() -> Result<()> {
+use anyhow::{bail, Context as _, Result};
+use srvgate_tests::{config_toml, is_root, Lab, RouteSpec, B1_IP, B2_IP, PUBLIC_IP};
+
+const ZONE: &str = "lab.example";
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Builds the lab, shows srvgate working, then (unless `once`) waits for Ctrl-C.
+/// Every shown step checks its own result, so `once` doubles as a smoke test.
+pub fn run(srvgate: &Path, once: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the demo lab creates network namespaces and attaches XDP: run it as root (sudo cargo xtask run)");
+    }
+    // Set before anything starts so Ctrl-C during setup still tears the lab down. A handler
+    // (not a blocked mask) because children must keep default signal behaviour.
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+
+    println!("srvgate demo lab: building namespaces sg-demo-{{cli,gw,b1,b2}} ...");
+    let lab = Lab::new("demo").context("building the demo lab")?;
+    lab.start_sshd(&lab.b1, "alice-box")?;
+    lab.start_sshd(&lab.b2, "bob-box")?;
+    for (ns, who) in [(&lab.b1, "alice"), (&lab.b2, "bob")] {
+        let dir = lab.dir().join(format!("www-{who}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("index.html"),
+            format!("hello from {who}'s instance\n"),
+        )?;
+        let dir = dir.display().to_string();
+        lab.spawn(
+            ns,
+            &["python3", "-m", "http.server", "80", "--directory", &dir],
+        )?;
+    }
+    let routes = [
+        RouteSpec::tcp("alice", "ssh", &format!("{B1_IP}:22"), 30001),
+        RouteSpec::tcp("bob", "ssh", &format!("{B2_IP}:22"), 30002),
+        RouteSpec::tcp("alice", "http", &format!("{B1_IP}:80"), 30080),
+        RouteSpec::tcp("bob", "http", &format!("{B2_IP}:80"), 30081),
+    ];
+    let config = lab.write_file("srvgate.toml", &config_toml(&routes))?;
+    std::env::set_var("SRVGATE_BIN", srvgate);
+    lab.start_srvgate(&config, &[])
+        .context("starting srvgate in the gateway namespace")?;
+    lab.set_resolver(&lab.client, PUBLIC_IP)?;
+
     println!(
-        "\
-srvgate demo lab (not built yet)
-
-When it exists, `cargo xtask run` with no arguments will:
-  1. create network namespaces on this machine: a client, the gateway and a few
-     backend instances, wired together with veth pairs;
-  2. start sshd and iperf3 inside each backend instance;
-  3. write a srvgate config naming those instances and start `srvgate run` on the
-     gateway, which attaches the XDP program and serves the DNS zone;
-  4. from the client, look up the instances' SRV records (dig / kdig), connect with
-     `srvgate ssh NAME` and push traffic through the gateway;
-  5. tear everything down on exit or Ctrl-C.
-
-For now, run the gateway on your own config with:
-  cargo xtask run -- --config /path/to/srvgate.toml"
+        "\nThe gateway (namespace {gw}) holds the public address {PUBLIC_IP}; srvgate attached its\n\
+         XDP program to pub0, priv1 and priv2 and serves the zone {ZONE}. Its config:\n",
+        gw = lab.gw
     );
+    for line in std::fs::read_to_string(&config)?.lines() {
+        println!("    {line}");
+    }
+    println!(
+        "\nFrom the client namespace ({cli}, the internet), whose resolver is the gateway:",
+        cli = lab.client
+    );
+
+    let bin = srvgate.display().to_string();
+    let dig_target = format!("_ssh._tcp.alice.{ZONE}");
+    let out = show(
+        &lab,
+        &format!("dig @{PUBLIC_IP} SRV {dig_target} +short"),
+        &[
+            "dig",
+            &format!("@{PUBLIC_IP}"),
+            "SRV",
+            &dig_target,
+            "+short",
+        ],
+    )?;
+    expect(&out, &format!("0 0 30001 gw.{ZONE}."))?;
+
+    let key = lab.client_key()?.display().to_string();
+    // The lab's throwaway key and host keys; a real student has their own ~/.ssh.
+    let quiet = [
+        "-i",
+        key.as_str(),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+    ];
+    for (who, host) in [("alice", "alice-box"), ("bob", "bob-box")] {
+        let target = format!("root@{who}.ssh.{ZONE}");
+        let mut argv = vec![bin.as_str(), "ssh", target.as_str(), "--"];
+        argv.extend_from_slice(&quiet);
+        argv.push("hostname");
+        let out = show(&lab, &format!("srvgate ssh {target} -- hostname"), &argv)?;
+        expect(&out, host)?;
+    }
+    let url = format!("http://alice.http.{ZONE}:30080/");
+    let out = show(
+        &lab,
+        &format!("curl {url}"),
+        &["curl", "-s", "--max-time", "5", &url],
+    )?;
+    expect(&out, "hello from alice's instance")?;
+
+    let packets = lab
+        .metric(
+            "srvgate_route_packets_total",
+            &[
+                ("name", "alice"),
+                ("service", "ssh"),
+                ("direction", "inbound"),
+            ],
+        )
+        .unwrap_or(0.0);
+    let redirected = lab
+        .metric("srvgate_xdp_verdicts_total", &[("verdict", "fwd_redirect")])
+        .unwrap_or(0.0);
+    println!(
+        "\nThose packets never went through the gateway's kernel stack: srvgate's XDP program\n\
+         rewrote and redirected {redirected} of them ({packets} inbound on alice's ssh route),\n\
+         as its metrics show (curl http://127.0.0.1:9110/metrics in {gw}).",
+        gw = lab.gw
+    );
+    if once {
+        println!("\ndemo: all steps worked; removing the lab.");
+        return Ok(());
+    }
+    println!(
+        "\nThe lab stays up. In another terminal, try as root:\n\
+         \n    ip netns exec {cli} {bin} ssh root@bob.ssh.{ZONE} -- -i {key} -o StrictHostKeyChecking=no\
+         \n    ip netns exec {cli} dig @{PUBLIC_IP} SRV _ssh._tcp.bob.{ZONE}\
+         \n    ip netns exec {gw} curl -s http://127.0.0.1:9110/metrics\n\
+         \nPress Ctrl-C to remove the lab.",
+        cli = lab.client,
+        gw = lab.gw
+    );
+    while !STOP.load(Ordering::SeqCst) {
+        if let Some(pid) = lab.srvgate_pid().filter(|p| !lab.is_running(*p)) {
+            bail!(
+                "srvgate (pid {pid}) exited; its log:\n{}",
+                lab.srvgate_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("\nremoving the demo lab ...");
+    drop(lab);
+    println!("done: no sg-demo- namespace, process or XDP program is left.");
+    Ok(())
+}
+
+/// Prints `$ shown`, runs `argv` in the client namespace, prints its output.
+fn show(lab: &Lab, shown: &str, argv: &[&str]) -> Result<Output> {
+    println!("\n  $ {shown}");
+    let out = lab.exec(&lab.client, argv, Duration::from_secs(20))?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("    {line}");
+    }
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        println!("    {line}");
+    }
+    Ok(out)
+}
+
+fn expect(out: &Output, want: &str) -> Result<()> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !stdout.contains(want) {
+        bail!(
+            "expected {want:?} in the output ({}); the demo lab is not working",
+            out.status
+        );
+    }
     Ok(())
 }

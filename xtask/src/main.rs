@@ -70,6 +70,12 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Set up, build, then run the demo lab (what `run` does without arguments).
+    Demo {
+        /// Run the demo's steps once, checking each, and remove the lab (a smoke test).
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -101,7 +107,7 @@ fn dispatch(command: Cmd) -> Result<()> {
             setup::setup(false)?;
             let bin = build(true)?;
             if args.is_empty() {
-                return demo::run();
+                return demo::run(&bin, false);
             }
             let mut srvgate = Command::new(&bin);
             srvgate.arg("run").args(&args);
@@ -110,6 +116,11 @@ fn dispatch(command: Cmd) -> Result<()> {
             Err(anyhow!(err).context(format!("could not exec `{}`", cmd::display(&srvgate))))
         }
         Cmd::Test { quick } => test(quick),
+        Cmd::Demo { once } => {
+            setup::setup(false)?;
+            let bin = build(true)?;
+            demo::run(&bin, once)
+        }
     }
 }
 
@@ -157,6 +168,8 @@ fn build(release: bool) -> Result<PathBuf> {
 enum Action {
     Cargo(Command),
     BpfLinkerFromScratch,
+    /// The README's first command, once, checking every step it shows.
+    Demo(PathBuf),
 }
 
 struct Step {
@@ -198,6 +211,10 @@ fn test(quick: bool) -> Result<()> {
         ),
     ];
     // Before the workspace tests so that cargo test's summary is what ends the log.
+    steps.push(Step {
+        name: "demo lab (cargo xtask run), once",
+        action: Action::Demo(bin.clone()),
+    });
     if !quick {
         steps.push(Step {
             name: "bpf-linker install from scratch",
@@ -228,6 +245,7 @@ fn test(quick: bool) -> Result<()> {
             Action::BpfLinkerFromScratch => {
                 "install bpf-linker into a temporary root and run it".to_string()
             }
+            Action::Demo(_) => "cargo xtask demo --once".to_string(),
         };
         println!("\n==> [{n}/{total}] {}: {what}", step.name);
         let t = Instant::now();
@@ -236,6 +254,7 @@ fn test(quick: bool) -> Result<()> {
             Action::BpfLinkerFromScratch => {
                 setup::verify_bpf_linker_install_from_scratch().map(|_| ())
             }
+            Action::Demo(bin) => demo::run(&bin, true),
         };
         let secs = t.elapsed().as_secs_f64();
         result.with_context(|| {
