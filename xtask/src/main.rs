@@ -254,6 +254,10 @@ fn test(quick: bool) -> Result<()> {
             Action::BpfLinkerFromScratch => {
                 setup::verify_bpf_linker_install_from_scratch().map(|_| ())
             }
+            Action::Demo(_) if !srvgate_tests::is_root() => {
+                println!("skipped: the demo lab needs root (network namespaces, XDP)");
+                Ok(())
+            }
             Action::Demo(bin) => demo::run(&bin, true),
         };
         let secs = t.elapsed().as_secs_f64();
