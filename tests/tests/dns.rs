@@ -167,7 +167,7 @@ fn every_record_shape_over_udp_and_tcp() {
 
         // Addresses: the gateway and the short form.
         let d = dig(&lab, "A", &format!("gw.{ZONE}"), tcp);
-        assert_eq!(d.section("ANSWER"), [gw_a.clone()], "{via}");
+        assert_eq!(d.section("ANSWER"), std::slice::from_ref(&gw_a), "{via}");
         let d = dig(&lab, "A", &format!("alice.ssh.{ZONE}"), tcp);
         assert_eq!(
             d.section("ANSWER"),
@@ -296,7 +296,7 @@ fn a_reloaded_route_changes_the_answer_and_the_serial() {
     let mut seen = Dig::default();
     for _ in 0..50 {
         seen = dig(&lab, "SRV", &format!("_ssh._tcp.carol.{ZONE}"), false);
-        if seen.section("ANSWER") == [want.clone()] {
+        if seen.section("ANSWER") == std::slice::from_ref(&want) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
