@@ -1,6 +1,7 @@
 //! `cargo xtask`: what plain `cargo` cannot do for srvgate: install the eBPF toolchain
 //! (nightly, rust-src, bpf-linker) and the test tools, then build, run and test.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -70,6 +71,35 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Measure srvgate against its peers on one netns lab, in one run, and write
+    /// bench/results/<date>.md with a chart.
+    ///
+    /// Modes, interleaved and repeated: route (kernel router, no NAT), dnat (nftables),
+    /// haproxy (TCP mode), srvgate (XDP, native), xdp-ceiling (minimal XDP forwarder). Per
+    /// mode: 64-byte UDP packets/s and gateway CPU per packet, iperf3 TCP 1 and 4 streams,
+    /// short connections/s, TCP request/response latency. Then DNS: srvgate vs Knot DNS on a
+    /// zone of 10 000 routes. Needs root; takes about 20 minutes (--quick: under 3).
+    Bench {
+        /// One round with short measurements (under 3 minutes); writes <date>-quick.md.
+        #[arg(long, conflicts_with = "smoke")]
+        quick: bool,
+        /// One very short round that only checks every mode forwards traffic and every cell
+        /// of the table gets a value (what `cargo xtask test` runs); results go to a temp dir.
+        #[arg(long)]
+        smoke: bool,
+        /// Number of rounds (default: 3, or 1 with --quick/--smoke).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Only these modes, comma-separated (route,dnat,haproxy,srvgate,xdp-ceiling).
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
+        /// Skip the DNS comparison.
+        #[arg(long)]
+        no_dns: bool,
+        /// Directory for the results (default: bench/results).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Set up, build, then run the demo lab (what `run` does without arguments).
     Demo {
         /// Run the demo's steps once, checking each, and remove the lab (a smoke test).
@@ -116,6 +146,47 @@ fn dispatch(command: Cmd) -> Result<()> {
             Err(anyhow!(err).context(format!("could not exec `{}`", cmd::display(&srvgate))))
         }
         Cmd::Test { quick } => test(quick),
+        Cmd::Bench {
+            quick,
+            smoke,
+            rounds,
+            modes,
+            no_dns,
+            out,
+        } => {
+            setup::setup(false)?;
+            let plan = if smoke {
+                bench::Plan::SMOKE
+            } else if quick {
+                bench::Plan::QUICK
+            } else {
+                bench::Plan::FULL
+            };
+            let modes = if modes.is_empty() {
+                bench::Mode::ALL.to_vec()
+            } else {
+                modes
+                    .iter()
+                    .map(|m| {
+                        bench::Mode::parse(m).ok_or_else(|| {
+                            anyhow!(
+                                "unknown mode {m:?}: use route, dnat, haproxy, srvgate or xdp-ceiling"
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
+            bench::run(
+                bench::Options {
+                    plan,
+                    rounds,
+                    modes,
+                    skip_dns: no_dns,
+                    out_dir: out,
+                },
+                &workspace_root()?,
+            )
+        }
         Cmd::Demo { once } => {
             setup::setup(false)?;
             let bin = build(true)?;
@@ -170,6 +241,8 @@ enum Action {
     BpfLinkerFromScratch,
     /// The README's first command, once, checking every step it shows.
     Demo(PathBuf),
+    /// `cargo xtask bench --smoke`: one short round of every mode.
+    BenchSmoke,
 }
 
 struct Step {
@@ -236,6 +309,10 @@ fn test(quick: bool) -> Result<()> {
         c.env("SRVGATE_BIN", &bin);
     }
     steps.push(tests);
+    steps.push(Step {
+        name: "benchmark harness smoke run (cargo xtask bench --smoke)",
+        action: Action::BenchSmoke,
+    });
 
     let total = steps.len();
     for (i, step) in steps.into_iter().enumerate() {
@@ -246,6 +323,7 @@ fn test(quick: bool) -> Result<()> {
                 "install bpf-linker into a temporary root and run it".to_string()
             }
             Action::Demo(_) => "cargo xtask demo --once".to_string(),
+            Action::BenchSmoke => "cargo xtask bench --smoke".to_string(),
         };
         println!("\n==> [{n}/{total}] {}: {what}", step.name);
         let t = Instant::now();
@@ -259,6 +337,20 @@ fn test(quick: bool) -> Result<()> {
                 Ok(())
             }
             Action::Demo(bin) => demo::run(&bin, true),
+            Action::BenchSmoke if !srvgate_tests::is_root() => {
+                println!("skipped: the benchmark lab needs root (network namespaces, XDP)");
+                Ok(())
+            }
+            Action::BenchSmoke => bench::run(
+                bench::Options {
+                    plan: bench::Plan::SMOKE,
+                    rounds: None,
+                    modes: bench::Mode::ALL.to_vec(),
+                    skip_dns: false,
+                    out_dir: None,
+                },
+                &root,
+            ),
         };
         let secs = t.elapsed().as_secs_f64();
         result.with_context(|| {

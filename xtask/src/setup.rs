@@ -17,7 +17,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::cmd;
 
-/// Tools the integration tests drive (namespaces and veths, sshd, traffic and DNS clients).
+/// Tools the integration tests and the benchmark drive (namespaces and veths, sshd, traffic
+/// and DNS clients, the benchmark's peers).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "openssh-server",
@@ -30,6 +31,19 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "netcat-openbsd",
     "util-linux",
+    // `cargo xtask bench` (and its smoke run in `cargo xtask test`): the peers it measures
+    // srvgate against, the traffic generators and the chart renderer. Their packaged
+    // services are never started by the bench; it runs each inside its own namespaces.
+    "netsniff-ng",
+    "nftables",
+    "haproxy",
+    "nginx",
+    "wrk",
+    "sockperf",
+    "dnsperf",
+    "knot",
+    "librsvg2-bin",
+    "fonts-dejavu-core",
 ];
 
 /// aya-build runs `rustup run nightly cargo build -Z build-std=core`, so the toolchain must be

@@ -1,0 +1,417 @@
+//! The gateway modes, the backends' servers, and the TCP measurements (iperf3, wrk,
+//! sockperf) that every mode runs the same way.
+
+use std::{fmt, time::Duration};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use srvgate_tests::{self as lab, RouteSpec, B1_IP, PRIVATE_IFS, PUBLIC_IF, PUBLIC_IP};
+
+use super::{parse, wait_until, Bench};
+
+/// Ports on backend 1 (10.210.2.11).
+pub const SINK_PORT: u16 = 9;
+pub const IPERF_PORT: u16 = 5201;
+pub const HTTP_PORT: u16 = 8080;
+pub const RR_PORT: u16 = 11111;
+
+/// Public ports on the gateway (10.210.1.1) in the modes that translate.
+pub const PUB_SINK: u16 = 30009;
+pub const PUB_IPERF: u16 = 30201;
+pub const PUB_HTTP: u16 = 30080;
+pub const PUB_RR: u16 = 30111;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Route,
+    Dnat,
+    Haproxy,
+    Srvgate,
+    XdpCeiling,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 5] = [
+        Mode::Route,
+        Mode::Dnat,
+        Mode::Haproxy,
+        Mode::Srvgate,
+        Mode::XdpCeiling,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Route => "route",
+            Mode::Dnat => "dnat",
+            Mode::Haproxy => "haproxy",
+            Mode::Srvgate => "srvgate",
+            Mode::XdpCeiling => "xdp-ceiling",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Mode::Route => "no NAT: client to the backend's address through the gateway's kernel router",
+            Mode::Dnat => "nftables DNAT (prerouting, conntrack) on the gateway",
+            Mode::Haproxy => "haproxy 2.6 in TCP mode on the gateway (default threads); no UDP",
+            Mode::Srvgate => "srvgate run, XDP in native mode on every gateway leg",
+            Mode::XdpCeiling => "lb-ebpf's xdp-ceiling (fib lookup, MACs, TTL, redirect; no NAT) on every gateway leg",
+        }
+    }
+
+    /// Whether the client addresses the backend itself (no translation) in this mode.
+    fn direct(self) -> bool {
+        matches!(self, Mode::Route | Mode::XdpCeiling)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Backend 1's servers and sink, started once for the whole run; the client's port range.
+pub fn start_backends(b: &mut Bench) -> Result<()> {
+    let lab = b.lab;
+    // The UDP sink: count then drop at the backend's ingress, before IP (cheap, and ARP and
+    // everything else still pass).
+    let sink = format!(
+        "table netdev sgsink {{\n  counter rx {{ }}\n  chain in {{\n    \
+         type filter hook ingress device \"eth0\" priority 0; policy accept;\n    \
+         ip protocol udp udp dport {SINK_PORT} counter name \"rx\" drop\n  }}\n}}\n"
+    );
+    let sink_file = lab.write_file("sink.nft", &sink)?;
+    b.run(
+        &lab.b1,
+        &["nft", "-f", &sink_file.display().to_string()],
+        lab::DEFAULT_TIMEOUT,
+    )?;
+    lab.start_iperf3_server(&lab.b1, IPERF_PORT)?;
+    b.note_command(&lab.b1, &["iperf3", "-s", "-p", &IPERF_PORT.to_string()]);
+
+    let dir = lab.dir().display().to_string();
+    let nginx = format!(
+        "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  server {{\n    listen {B1_IP}:{HTTP_PORT} backlog=4096;\n    \
+         location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+    );
+    let conf = lab.write_file("nginx.conf", &nginx)?;
+    let conf = conf.display().to_string();
+    let argv = ["nginx", "-p", &dir, "-c", &conf, "-e", "stderr"];
+    let pid = lab.spawn(&lab.b1, &argv)?;
+    b.note_command(&lab.b1, &argv);
+    lab.wait_listening(&lab.b1, pid, HTTP_PORT, Duration::from_secs(10))
+        .context("nginx on backend 1")?;
+
+    let port = RR_PORT.to_string();
+    let argv = ["sockperf", "server", "--tcp", "-i", B1_IP, "-p", &port];
+    let pid = lab.spawn(&lab.b1, &argv)?;
+    b.note_command(&lab.b1, &argv);
+    lab.wait_listening(&lab.b1, pid, RR_PORT, Duration::from_secs(10))
+        .context("sockperf server on backend 1")?;
+
+    // wrk opens one connection per request: give the client every port.
+    lab.exec_ok(
+        &lab.client,
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"],
+    )?;
+    Ok(())
+}
+
+/// A mode while it is configured on the gateway.
+pub struct Active {
+    pub mode: Mode,
+    haproxy: Option<u32>,
+    ceiling_xmit_before: u64,
+}
+
+impl Active {
+    pub fn start(b: &mut Bench, mode: Mode) -> Result<Active> {
+        let lab = b.lab;
+        let mut active = Active {
+            mode,
+            haproxy: None,
+            ceiling_xmit_before: 0,
+        };
+        match mode {
+            Mode::Route => {}
+            Mode::Dnat => {
+                let mut rules = String::from(
+                    "table ip sgbench {\n  chain prerouting {\n    \
+                     type nat hook prerouting priority dstnat; policy accept;\n",
+                );
+                for (proto, public, port) in forwarded() {
+                    rules.push_str(&format!(
+                        "    ip daddr {PUBLIC_IP} {proto} dport {public} counter dnat to {B1_IP}:{port}\n"
+                    ));
+                }
+                rules.push_str("  }\n}\n");
+                let f = lab.write_file("dnat.nft", &rules)?;
+                b.run(
+                    &lab.gw,
+                    &["nft", "-f", &f.display().to_string()],
+                    lab::DEFAULT_TIMEOUT,
+                )?;
+            }
+            Mode::Haproxy => {
+                let mut cfg = String::from(
+                    "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+                     timeout client 60s\n  timeout server 60s\n",
+                );
+                for (proto, public, port) in forwarded() {
+                    if proto == "tcp" {
+                        cfg.push_str(&format!(
+                            "\nlisten p{public}\n  bind {PUBLIC_IP}:{public}\n  server b1 {B1_IP}:{port}\n"
+                        ));
+                    }
+                }
+                let f = lab.write_file("haproxy.cfg", &cfg)?;
+                let f = f.display().to_string();
+                let argv = ["haproxy", "-db", "-f", &f];
+                let pid = lab.spawn(&lab.gw, &argv)?;
+                b.note_command(&lab.gw, &argv);
+                active.haproxy = Some(pid);
+                lab.wait_listening(&lab.gw, pid, PUB_IPERF, Duration::from_secs(10))
+                    .context("haproxy on the gateway")?;
+            }
+            Mode::Srvgate => {
+                let routes: Vec<RouteSpec> = forwarded()
+                    .into_iter()
+                    .map(|(proto, public, port)| {
+                        RouteSpec::new(
+                            "bench",
+                            &format!("p{port}"),
+                            proto,
+                            &format!("{B1_IP}:{port}"),
+                            public,
+                        )
+                    })
+                    .collect();
+                let cfg = lab.write_file("srvgate.toml", &lab::config_toml(&routes))?;
+                let mut argv = vec![
+                    "srvgate".to_string(),
+                    "run".into(),
+                    "--config".into(),
+                    cfg.display().to_string(),
+                ];
+                argv.extend(b.srvgate_extra_args.iter().cloned());
+                let shown: Vec<&str> = argv.iter().map(String::as_str).collect();
+                b.note_command(&lab.gw, &shown);
+                let extra: Vec<&str> = b.srvgate_extra_args.iter().map(String::as_str).collect();
+                lab.start_srvgate(&cfg, &extra)?;
+            }
+            Mode::XdpCeiling => {
+                let obj = b.xdp_ceiling.display().to_string();
+                for dev in legs() {
+                    b.run(
+                        &lab.gw,
+                        &[
+                            "ip",
+                            "link",
+                            "set",
+                            "dev",
+                            dev,
+                            "xdpdrv",
+                            "obj",
+                            &obj,
+                            "sec",
+                            "xdp.frags",
+                        ],
+                        lab::DEFAULT_TIMEOUT,
+                    )?;
+                }
+                active.ceiling_xmit_before = xdp_xmit(b)?;
+            }
+        }
+        Ok(active)
+    }
+
+    /// Where the client sends each kind of traffic in this mode.
+    pub fn target(&self, backend_port: u16) -> (String, u16) {
+        if self.mode.direct() {
+            return (B1_IP.to_string(), backend_port);
+        }
+        let public = forwarded()
+            .into_iter()
+            .find(|(_, _, port)| *port == backend_port)
+            .map(|(_, public, _)| public)
+            .expect("every backend port has a public port");
+        (PUBLIC_IP.to_string(), public)
+    }
+
+    pub fn udp_target(&self) -> Option<(String, u16)> {
+        (self.mode != Mode::Haproxy).then(|| self.target(SINK_PORT))
+    }
+
+    /// Proof that the mode's own path carried the traffic, not a fallback.
+    pub fn check_path(&self, b: &Bench) -> Result<()> {
+        let lab = b.lab;
+        match self.mode {
+            Mode::Srvgate => {
+                let text = lab.metrics()?;
+                let redirected = lab::metric_sum(
+                    &text,
+                    "srvgate_xdp_verdicts_total",
+                    &[("verdict", "fwd_redirect")],
+                );
+                let total = lab::metric_sum(&text, "srvgate_xdp_verdicts_total", &[]);
+                println!(
+                    "   srvgate: {redirected:.0} of {total:.0} packets seen by XDP were redirected"
+                );
+                ensure!(
+                    redirected > 0.0 && redirected >= 0.5 * total,
+                    "srvgate's XDP program redirected {redirected} of {total} packets: \
+                     traffic went through the kernel instead"
+                );
+            }
+            Mode::XdpCeiling => {
+                let sent = xdp_xmit(b)?.saturating_sub(self.ceiling_xmit_before);
+                println!("   xdp-ceiling: {sent} frames redirected into priv1");
+                ensure!(sent > 0, "xdp-ceiling redirected nothing into priv1");
+            }
+            Mode::Dnat => {
+                let text = lab.exec_ok(&lab.gw, &["nft", "list", "table", "ip", "sgbench"])?;
+                let hits: u64 = text
+                    .lines()
+                    .filter(|l| l.contains("dnat to"))
+                    .filter_map(|l| parse::nft_counter_packets(l).ok())
+                    .sum();
+                ensure!(hits > 0, "the DNAT rules matched nothing:\n{text}");
+            }
+            Mode::Route | Mode::Haproxy => {}
+        }
+        Ok(())
+    }
+
+    pub fn stop(self, b: &mut Bench) -> Result<()> {
+        let lab = b.lab;
+        match self.mode {
+            Mode::Route => {}
+            Mode::Dnat => {
+                lab.exec_ok(&lab.gw, &["nft", "delete", "table", "ip", "sgbench"])?;
+            }
+            Mode::Haproxy => {
+                if let Some(pid) = self.haproxy {
+                    lab.stop(pid, Duration::from_secs(5))?;
+                }
+            }
+            Mode::Srvgate => {
+                let status = lab.stop_srvgate()?;
+                ensure!(
+                    status.success(),
+                    "srvgate exited with {status} on SIGTERM; its log:\n{}",
+                    lab.srvgate_log()
+                );
+            }
+            Mode::XdpCeiling => {
+                for dev in legs() {
+                    lab.exec_ok(&lab.gw, &["ip", "link", "set", "dev", dev, "xdpdrv", "off"])?;
+                }
+            }
+        }
+        // The next mode needs bare legs.
+        for dev in legs() {
+            let clear = wait_until(Duration::from_secs(5), || {
+                !lab.xdp_attached(&lab.gw, dev).unwrap_or(true)
+            });
+            if !clear {
+                bail!(
+                    "an XDP program is still attached to {dev} after stopping {}",
+                    self.mode
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// (protocol, public port, backend port) of every service the modes forward.
+fn forwarded() -> Vec<(&'static str, u16, u16)> {
+    vec![
+        ("udp", PUB_SINK, SINK_PORT),
+        ("tcp", PUB_IPERF, IPERF_PORT),
+        ("tcp", PUB_HTTP, HTTP_PORT),
+        ("tcp", PUB_RR, RR_PORT),
+    ]
+}
+
+fn legs() -> [&'static str; 3] {
+    [PUBLIC_IF, PRIVATE_IFS[0], PRIVATE_IFS[1]]
+}
+
+/// Frames redirected by XDP into `priv1` (veth's `tx_queue_0_xdp_xmit`).
+fn xdp_xmit(b: &Bench) -> Result<u64> {
+    let text = b
+        .lab
+        .exec_ok(&b.lab.gw, &["ethtool", "-S", PRIVATE_IFS[0]])?;
+    Ok(parse::ethtool_stat(&text, "tx_queue_0_xdp_xmit").unwrap_or(0))
+}
+
+/// iperf3 from the client to backend 1's iperf3 server, through the mode.
+pub fn iperf3(b: &mut Bench, active: &Active, streams: u32) -> Result<parse::Iperf> {
+    let (ip, port) = active.target(IPERF_PORT);
+    let port = port.to_string();
+    let secs = b.plan.secs.to_string();
+    let omit = b.plan.omit_secs.to_string();
+    let p = streams.to_string();
+    let argv = [
+        "iperf3", "-c", &ip, "-p", &port, "-t", &secs, "-O", &omit, "-P", &p, "-J",
+    ];
+    let timeout = Duration::from_secs(u64::from(b.plan.secs + b.plan.omit_secs) + 20);
+    let lab = b.lab;
+    let out = b.run(&lab.client, &argv, timeout);
+    parse::iperf3_json(&out?)
+}
+
+/// Short connections per second: wrk with `Connection: close` against nginx on backend 1.
+pub fn wrk(b: &mut Bench, active: &Active) -> Result<parse::Wrk> {
+    let (ip, port) = active.target(HTTP_PORT);
+    let url = format!("http://{ip}:{port}/");
+    let secs = format!("{}s", b.plan.secs);
+    let conns = if b.plan.name == "smoke" { "8" } else { "32" };
+    let argv = [
+        "wrk",
+        "-t1",
+        "-c",
+        conns,
+        "-d",
+        &secs,
+        "--timeout",
+        "2s",
+        "-H",
+        "Connection: close",
+        &url,
+    ];
+    let timeout = Duration::from_secs(u64::from(b.plan.secs) + 20);
+    let lab = b.lab;
+    let out = b.run(&lab.client, &argv, timeout)?;
+    parse::wrk(&out)
+}
+
+/// Request/response latency: sockperf TCP ping-pong (full round trips) to backend 1.
+pub fn sockperf(b: &mut Bench, active: &Active) -> Result<parse::Sockperf> {
+    let (ip, port) = active.target(RR_PORT);
+    let port = port.to_string();
+    let secs = b.plan.latency_secs.to_string();
+    let argv = [
+        "sockperf",
+        "ping-pong",
+        "--tcp",
+        "-i",
+        &ip,
+        "-p",
+        &port,
+        "-t",
+        &secs,
+        "--full-rtt",
+    ];
+    let timeout = Duration::from_secs(u64::from(b.plan.latency_secs) + 20);
+    let lab = b.lab;
+    let out = b.run_all(&lab.client, &argv, timeout)?;
+    parse::sockperf(&out)
+}

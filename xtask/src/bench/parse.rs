@@ -1,0 +1,295 @@
+//! Parsers for what the measuring tools print. Pure functions, unit-tested on real output.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+/// iperf3 `-J` output: received bits/s summed over streams, and the sender's retransmits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Iperf {
+    pub bits_per_second: f64,
+    pub retransmits: f64,
+}
+
+pub fn iperf3_json(text: &str) -> Result<Iperf> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("iperf3 -J output: {text:.400}"))?;
+    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("iperf3: {err}");
+    }
+    let end = v
+        .get("end")
+        .ok_or_else(|| anyhow!("iperf3 -J output has no `end`"))?;
+    let bps = end
+        .pointer("/sum_received/bits_per_second")
+        .and_then(|b| b.as_f64())
+        .ok_or_else(|| anyhow!("iperf3 -J output has no end.sum_received.bits_per_second"))?;
+    let retransmits = end
+        .pointer("/sum_sent/retransmits")
+        .and_then(|r| r.as_f64())
+        .unwrap_or(0.0);
+    Ok(Iperf {
+        bits_per_second: bps,
+        retransmits,
+    })
+}
+
+/// wrk's summary: requests per second (with `Connection: close`, one connection each), and
+/// how many requests failed (socket errors, non-2xx answers).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Wrk {
+    pub requests_per_second: f64,
+    pub requests: f64,
+    pub errors: f64,
+}
+
+pub fn wrk(text: &str) -> Result<Wrk> {
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow!("no `Requests/sec:` in wrk output:\n{text}"))?;
+    // "  12345 requests in 5.00s, 1.23MB read"
+    let requests = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let mut errors = 0.0;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            errors += rest
+                .split(',')
+                .filter_map(|p| p.split_whitespace().nth(1))
+                .filter_map(|n| n.parse::<f64>().ok())
+                .sum::<f64>();
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += rest.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    Ok(Wrk {
+        requests_per_second: rps,
+        requests,
+        errors,
+    })
+}
+
+/// sockperf ping-pong with `--full-rtt`: average and 99th percentile round trip, microseconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sockperf {
+    pub avg_us: f64,
+    pub p99_us: f64,
+    pub observations: f64,
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn sockperf(text: &str) -> Result<Sockperf> {
+    let text = strip_ansi(text);
+    let number_after = |key: &str| -> Option<f64> {
+        text.lines().find_map(|l| {
+            let i = l.find(key)?;
+            l[i + key.len()..]
+                .trim_start()
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .next()?
+                .parse()
+                .ok()
+        })
+    };
+    let avg = number_after("avg-rtt=")
+        .or_else(|| number_after("avg-lat="))
+        .ok_or_else(|| anyhow!("no avg-rtt in sockperf output:\n{text}"))?;
+    let p99 = number_after("percentile 99.000 =")
+        .ok_or_else(|| anyhow!("no 99th percentile in sockperf output:\n{text}"))?;
+    let observations = number_after("Total ").unwrap_or(0.0);
+    Ok(Sockperf {
+        avg_us: avg,
+        p99_us: p99,
+        observations,
+    })
+}
+
+/// dnsperf's summary.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dnsperf {
+    pub qps: f64,
+    pub completed: f64,
+    pub lost: f64,
+    pub avg_latency_us: f64,
+}
+
+pub fn dnsperf(text: &str) -> Result<Dnsperf> {
+    let field = |key: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
+    let qps = field("Queries per second:")
+        .ok_or_else(|| anyhow!("no `Queries per second:` in dnsperf output:\n{text}"))?;
+    Ok(Dnsperf {
+        qps,
+        completed: field("Queries completed:").unwrap_or(0.0),
+        lost: field("Queries lost:").unwrap_or(0.0),
+        avg_latency_us: field("Average Latency (s):").unwrap_or(0.0) * 1e6,
+    })
+}
+
+/// Per-query latencies (microseconds) from `dnsperf -v` lines `> RCODE NAME TYPE SECONDS`,
+/// with the count of answers that were neither NOERROR nor NXDOMAIN.
+pub fn dnsperf_latencies(text: &str) -> (Vec<f64>, usize) {
+    let mut lat = Vec::new();
+    let mut bad = 0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("> ") else {
+            continue;
+        };
+        let mut parts = rest.split_whitespace();
+        let rcode = parts.next().unwrap_or("");
+        if let Some(secs) = parts.last().and_then(|s| s.parse::<f64>().ok()) {
+            lat.push(secs * 1e6);
+        }
+        if rcode != "NOERROR" && rcode != "NXDOMAIN" {
+            bad += 1;
+        }
+    }
+    (lat, bad)
+}
+
+/// The `q`-quantile (0..=1) of `v` by nearest rank; NaN for an empty slice.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
+/// The `packets N` of `nft list counter ...` output.
+pub fn nft_counter_packets(text: &str) -> Result<u64> {
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "packets" {
+            if let Some(n) = words.next().and_then(|n| n.parse().ok()) {
+                return Ok(n);
+            }
+        }
+    }
+    bail!("no `packets N` in nft output:\n{text}")
+}
+
+/// One `name: value` line of `ethtool -S` output.
+pub fn ethtool_stat(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.trim().split_once(':')?;
+        (k.trim() == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iperf3() {
+        let j = r#"{"start":{},"end":{"sum_sent":{"bits_per_second":9.1e9,"retransmits":12},
+            "sum_received":{"bits_per_second":9.0e9}}}"#;
+        assert_eq!(
+            iperf3_json(j).unwrap(),
+            Iperf {
+                bits_per_second: 9.0e9,
+                retransmits: 12.0
+            }
+        );
+        let e = r#"{"start":{},"end":{},"error":"unable to connect to server"}"#;
+        assert!(format!("{:#}", iperf3_json(e).unwrap_err()).contains("unable to connect"));
+    }
+
+    #[test]
+    fn wrk_summary() {
+        let out = "Running 5s test @ http://10.210.2.11:8080/\n  1 threads and 32 connections\n\
+            \x20 Thread Stats   Avg      Stdev     Max   +/- Stdev\n\
+            \x20   Latency     1.50ms  300.00us   8.00ms   90.00%\n\
+            \x20 51234 requests in 5.00s, 7.03MB read\n\
+            \x20 Socket errors: connect 0, read 3, write 0, timeout 1\n\
+            Non-2xx or 3xx responses: 2\n\
+            Requests/sec:  10246.80\nTransfer/sec:      1.41MB\n";
+        let w = wrk(out).unwrap();
+        assert_eq!(w.requests_per_second, 10246.8);
+        assert_eq!(w.requests, 51234.0);
+        assert_eq!(w.errors, 6.0);
+        assert!(wrk("garbage").is_err());
+    }
+
+    #[test]
+    fn sockperf_full_rtt() {
+        let out = "sockperf: [Valid Duration] RunTime=1.550 sec; SentMessages=41175; ReceivedMessages=41175\n\
+            sockperf: \x1b[2;35m====> avg-rtt=37.625 (std-dev=214.622)\x1b[0m\n\
+            sockperf: \x1b[2;35mTotal 41175 observations\x1b[0m; each percentile contains 411.75 observations\n\
+            sockperf: ---> percentile 99.900 = 3968.822\n\
+            sockperf: ---> percentile 99.000 =   62.402\n\
+            sockperf: ---> percentile 90.000 =   39.879\n";
+        let s = sockperf(out).unwrap();
+        assert_eq!(s.avg_us, 37.625);
+        assert_eq!(s.p99_us, 62.402);
+        assert_eq!(s.observations, 41175.0);
+    }
+
+    #[test]
+    fn dnsperf_summary_and_verbose() {
+        let out = "Statistics:\n\n  Queries sent:         174434\n  Queries completed:    174434 (100.00%)\n\
+            \x20 Queries lost:         0 (0.00%)\n\n  Run time (s):         2.001965\n\
+            \x20 Queries per second:   87131.393406\n\n\
+            \x20 Average Latency (s):  0.000865 (min 0.000013, max 0.008570)\n";
+        let d = dnsperf(out).unwrap();
+        assert_eq!(d.qps, 87131.393406);
+        assert_eq!(d.completed, 174434.0);
+        assert_eq!(d.lost, 0.0);
+        assert!((d.avg_latency_us - 865.0).abs() < 1e-6);
+
+        let v = "[Status] x\n> NOERROR _ssh._tcp.u1.lab.example SRV 0.000169\n\
+            > NXDOMAIN nx.ssh.lab.example A 0.000091\n> SERVFAIL u1.ssh.lab.example A 0.000100\n";
+        let (lat, bad) = dnsperf_latencies(v);
+        assert_eq!(lat.len(), 3);
+        assert!((lat[0] - 169.0).abs() < 1e-6);
+        assert_eq!(bad, 1);
+    }
+
+    #[test]
+    fn quantiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.99), 99.0);
+        assert_eq!(quantile(&v, 0.5), 50.0);
+        assert_eq!(quantile(&[3.0], 0.99), 3.0);
+        assert!(quantile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn counters() {
+        let nft =
+            "table netdev sgsink {\n\tcounter rx {\n\t\tpackets 1989888 bytes 91534848\n\t}\n}\n";
+        assert_eq!(nft_counter_packets(nft).unwrap(), 1989888);
+        let eth = "NIC statistics:\n     peer_ifindex: 2\n     tx_queue_0_xdp_xmit: 5756271\n";
+        assert_eq!(ethtool_stat(eth, "tx_queue_0_xdp_xmit"), Some(5756271));
+        assert_eq!(ethtool_stat(eth, "nope"), None);
+    }
+}
