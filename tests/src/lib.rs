@@ -18,8 +18,15 @@
 //! IPv6 is disabled in every lab namespace so that only the IPv4 traffic a test makes
 //! crosses the legs. The gateway has no default route: no packet can leave the lab.
 //!
+//! srvgate pins its maps and XDP links in a BPF filesystem the lab mounts in its temp dir
+//! ([`Lab::pin_dir`]): `ip netns exec` gives each command a private /sys, so pins under
+//! /sys/fs/bpf would die with the daemon and a restart could not pick them up. Its state
+//! directory and control socket live in the temp dir too ([`Lab::state_dir`],
+//! [`Lab::socket_path`]), so labs never share them with each other or with the host.
+//!
 //! Everything the lab starts is tracked and ended by pid when the [`Lab`] is dropped (also
-//! when a test panics), then its namespaces are deleted, which removes the veths. A lab whose
+//! when a test panics), then its namespaces are deleted, which removes the veths, and its
+//! bpffs is unmounted, which frees whatever srvgate left pinned. A lab whose
 //! process died without dropping it leaves `sg-TAG-*` namespaces behind; the next
 //! `Lab::new(TAG)` removes them first.
 //!
@@ -417,6 +424,22 @@ fn delete_netns(ns: &str) {
     }
 }
 
+/// The lab's bpffs mount point, inside its temp dir.
+const BPFFS_DIR: &str = "bpffs";
+
+/// Unmounts the bpffs at `path` if one is mounted there (detached lazily, so a straggler
+/// holding it open cannot keep the lab's temp dir from going).
+fn unmount_bpffs(path: &Path) {
+    if !path.exists() {
+        return;
+    }
+    let p = path.display().to_string();
+    let _ = run_with_timeout(
+        Command::new("umount").args(["-l", &p]),
+        Duration::from_secs(5),
+    );
+}
+
 fn netns_etc(ns: &str) -> PathBuf {
     Path::new("/etc/netns").join(ns)
 }
@@ -616,6 +639,8 @@ impl Lab {
             .flatten()
         {
             if e.file_name().to_string_lossy().starts_with(&dir_prefix) {
+                // Unmount first: removing files inside a live bpffs would only unpin them.
+                unmount_bpffs(&e.path().join(BPFFS_DIR));
                 let _ = fs::remove_dir_all(e.path());
             }
         }
@@ -638,6 +663,10 @@ impl Lab {
         };
         // On error, dropping `lab` removes whatever was built so far.
         lab.build().with_context(|| format!("building lab {tag}"))?;
+        let bpffs = lab.dir().join(BPFFS_DIR);
+        fs::create_dir(&bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
+        let b = bpffs.display().to_string();
+        host(&["mount", "-t", "bpf", "bpf", &b]).context("mounting the lab's bpffs")?;
         Ok(lab)
     }
 
@@ -726,6 +755,21 @@ impl Lab {
     /// The lab's temp dir (keys, configs, logs); removed on drop.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where srvgate pins its maps and links (`--pin-dir`): on the lab's own bpffs.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.dir().join(BPFFS_DIR).join("srvgate")
+    }
+
+    /// srvgate's `--state-dir` in this lab.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir().join("state")
+    }
+
+    /// srvgate's `--socket` (the control socket) in this lab.
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir().join("run").join("control.sock")
     }
 
     /// Writes `contents` to `name` in the lab's temp dir and returns its path.
@@ -980,15 +1024,13 @@ impl Lab {
         Ok(self.ssh_keys()?.client_key)
     }
 
-    /// The `ssh` command line [`Lab::ssh`] runs (without `ip netns exec`).
-    pub fn ssh_argv(&self, host: &str, port: u16, cmd: &str) -> Result<Vec<String>> {
-        let keys = self.ssh_keys()?;
-        let mut v: Vec<String> = [
-            "ssh",
-            "-F",
-            "none",
+    /// The ssh options every lab connection uses: the lab's key only, no prompts, no
+    /// known_hosts (host keys are throwaway), a bounded connect, quiet.
+    pub fn ssh_options(&self) -> Result<Vec<String>> {
+        let key = self.ssh_keys()?.client_key.display().to_string();
+        Ok([
             "-i",
-            &keys.client_key.display().to_string(),
+            &key,
             "-o",
             "IdentitiesOnly=yes",
             "-o",
@@ -1001,14 +1043,22 @@ impl Lab {
             "ConnectTimeout=5",
             "-o",
             "LogLevel=ERROR",
-            "-p",
-            &port.to_string(),
-            &format!("root@{host}"),
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
-        v.push(cmd.to_string());
+        .collect())
+    }
+
+    /// The `ssh` command line [`Lab::ssh`] runs (without `ip netns exec`).
+    pub fn ssh_argv(&self, host: &str, port: u16, cmd: &str) -> Result<Vec<String>> {
+        let mut v: Vec<String> = vec!["ssh".into(), "-F".into(), "none".into()];
+        v.extend(self.ssh_options()?);
+        v.extend([
+            "-p".into(),
+            port.to_string(),
+            format!("root@{host}"),
+            cmd.into(),
+        ]);
         Ok(v)
     }
 
@@ -1076,15 +1126,48 @@ impl Lab {
         run_with_timeout(&mut cmd, timeout)
     }
 
-    /// Starts `srvgate run --config CONFIG EXTRA...` in the gateway namespace with
-    /// `RUST_LOG=info`, its output in a log file; waits up to [`SRVGATE_READY_TIMEOUT`] for
-    /// its `ready` line. If it exits first (or never gets ready) the error carries its log.
-    /// Returns its pid.
+    /// Runs an admin verb (`route add ...`, `status`, `down`, ...) of the srvgate binary in
+    /// the gateway namespace with the lab's `--socket` appended, bounded by
+    /// [`DEFAULT_TIMEOUT`]; output returned whatever the status.
+    pub fn srvgate_ctl(&self, args: &[&str]) -> Result<Output> {
+        let socket = self.socket_path().display().to_string();
+        let mut argv = args.to_vec();
+        argv.extend(["--socket", socket.as_str()]);
+        self.srvgate(&argv, DEFAULT_TIMEOUT)
+    }
+
+    /// Like [`Lab::srvgate_ctl`] but requires success and returns stdout.
+    pub fn srvgate_ctl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.srvgate_ctl(args)?;
+        expect_success(&format!("srvgate {}", args.join(" ")), &out)
+    }
+
+    /// Starts `srvgate run --config CONFIG` with the lab's `--state-dir`, `--pin-dir` and
+    /// `--socket`, then `EXTRA...`, in the gateway namespace with `RUST_LOG=info`, its output
+    /// in a log file; waits up to [`SRVGATE_READY_TIMEOUT`] for its `ready` line. If it exits
+    /// first (or never gets ready) the error carries its log. Returns its pid. Starting it
+    /// again after a stop or kill is a restart: same state, same pins.
     pub fn start_srvgate(&self, config: &Path, extra_args: &[&str]) -> Result<u32> {
         let bin = existing_srvgate_bin()?;
         let log = self.dir().join(format!("srvgate-{}.log", self.next_id()));
         let cfg = config.display().to_string();
-        let mut argv = vec![bin.as_str(), "run", "--config", &cfg];
+        let (state, pins, socket) = (
+            self.state_dir().display().to_string(),
+            self.pin_dir().display().to_string(),
+            self.socket_path().display().to_string(),
+        );
+        let mut argv = vec![
+            bin.as_str(),
+            "run",
+            "--config",
+            &cfg,
+            "--state-dir",
+            &state,
+            "--pin-dir",
+            &pins,
+            "--socket",
+            &socket,
+        ];
         argv.extend_from_slice(extra_args);
         let pid = self.spawn_logged(&self.gw, &argv, &[("RUST_LOG", "info")], &log)?;
         *lock(&self.srvgate) = Some((pid, log.clone()));
@@ -1130,6 +1213,15 @@ impl Lab {
             .srvgate_pid()
             .ok_or_else(|| anyhow!("no srvgate is running in this lab"))?;
         self.stop(pid, Duration::from_secs(10))
+    }
+
+    /// Kills the running srvgate with SIGKILL (a crash: no cleanup of its own) and reaps it.
+    pub fn kill_srvgate(&self) -> Result<ExitStatus> {
+        let pid = self
+            .srvgate_pid()
+            .ok_or_else(|| anyhow!("no srvgate is running in this lab"))?;
+        signal_pid(pid, libc::SIGKILL);
+        self.stop(pid, Duration::from_secs(5))
     }
 
     /// `GET http://127.0.0.1:9110/metrics` from inside the gateway namespace (curl, 3 s).
@@ -1206,7 +1298,8 @@ impl Drop for Lab {
         for ns in self.created.iter().rev() {
             delete_netns(ns);
         }
-        // The temp dir goes with `self.dir`.
+        // Frees every map and link srvgate left pinned; the temp dir goes with `self.dir`.
+        unmount_bpffs(&self.dir().join(BPFFS_DIR));
     }
 }
 

@@ -320,22 +320,8 @@ fn students_reach_backends_by_name() {
     let lab = dns_lab("dnsssh", &routes());
     let bin = srvgate_bin().display().to_string();
     let key = lab.client_key().unwrap().display().to_string();
-    let ssh_opts = [
-        "-i",
-        &key,
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "ConnectTimeout=5",
-        "-o",
-        "LogLevel=ERROR",
-    ];
+    let ssh_opts = lab.ssh_options().unwrap();
+    let ssh_opts: Vec<&str> = ssh_opts.iter().map(String::as_str).collect();
 
     // `srvgate ssh NAME -- ssh args`, resolving through the client's system resolver.
     for (name, host) in [("alice", "sg-b1"), ("bob", "sg-b2")] {

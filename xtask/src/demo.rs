@@ -96,18 +96,8 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
 
     let key = lab.client_key()?.display().to_string();
     // The lab's throwaway key and host keys; a real student has their own ~/.ssh.
-    let quiet = [
-        "-i",
-        key.as_str(),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-    ];
+    let quiet = lab.ssh_options()?;
+    let quiet: Vec<&str> = quiet.iter().map(String::as_str).collect();
     for (who, host) in [("alice", "alice-box"), ("bob", "bob-box")] {
         let target = format!("root@{who}.ssh.{ZONE}");
         let mut argv = vec![bin.as_str(), "ssh", target.as_str(), "--"];
