@@ -11,9 +11,10 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     str::FromStr,
+    time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The transport protocol of a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -141,6 +142,8 @@ pub struct Gateway {
     pub private_interfaces: Vec<String>,
     pub public_ipv4: Ipv4Addr,
     pub port_range: PortRange,
+    /// Runtime routes idle for this long are released; `None`: never.
+    pub reclaim_after: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,6 +223,8 @@ struct RawGateway {
     public_ipv4: String,
     #[serde(default = "default_port_range")]
     port_range: String,
+    #[serde(default)]
+    reclaim_after: Option<String>,
 }
 
 fn default_port_range() -> String {
@@ -359,6 +364,194 @@ pub fn check_domain(name: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
+/// A route as someone wrote it (a `[[route]]` of the config file, a `srvgate route add`, an
+/// entry of the state file), before validation. `port: None` asks for one from the pool.
+/// It is also the body of the control API's `POST /v1/routes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRequest {
+    pub name: String,
+    pub service: String,
+    /// `"tcp"` (the default) or `"udp"`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    pub backend: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// A route whose fields are valid on their own; its port may still have to be allocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteDraft {
+    pub name: String,
+    pub service: String,
+    pub protocol: Protocol,
+    pub backend: SocketAddrV4,
+    pub port: Option<u16>,
+}
+
+impl RouteDraft {
+    /// The route with its public port.
+    pub fn with_port(self, port: u16) -> Route {
+        Route {
+            name: self.name,
+            service: self.service,
+            protocol: self.protocol,
+            backend: self.backend,
+            port,
+        }
+    }
+
+    pub fn key(&self) -> RouteKey {
+        RouteKey {
+            name: self.name.clone(),
+            service: self.service.clone(),
+            protocol: self.protocol,
+        }
+    }
+}
+
+/// Checks one route's own fields, the same way for every source: the config file, the control
+/// API and the state file. `field` turns a field name into its path in the caller's terms
+/// (`route[2].port` in the file, plain `port` in the API). `public_ipv4` and `range`, when
+/// known, are checked against too. Uniqueness among routes is the caller's business, as it
+/// depends on what else exists.
+pub fn check_route(
+    r: &RouteRequest,
+    public_ipv4: Option<Ipv4Addr>,
+    range: Option<PortRange>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<RouteDraft, Vec<FieldError>> {
+    let mut problems = Vec::new();
+    let mut bad = |f: &str, reason: String| {
+        problems.push(FieldError {
+            field: field(f),
+            reason,
+        })
+    };
+    let name_ok = check_label(&r.name).map_err(|e| bad("name", e)).is_ok();
+    let service_ok = check_label(&r.service)
+        .map_err(|e| bad("service", e))
+        .is_ok();
+    let protocol = match r.protocol.as_deref().unwrap_or("tcp").parse::<Protocol>() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            bad("protocol", e);
+            None
+        }
+    };
+    let backend = match r.backend.parse::<SocketAddrV4>() {
+        Ok(b) if b.port() == 0 => {
+            bad("backend", format!("{b} has port 0"));
+            None
+        }
+        Ok(b) if b.ip().is_unspecified() || b.ip().is_broadcast() || b.ip().is_multicast() => {
+            bad("backend", format!("{} cannot be a host's address", b.ip()));
+            None
+        }
+        Ok(b) if Some(*b.ip()) == public_ipv4 => {
+            bad(
+                "backend",
+                format!("{b} is the gateway's public address; a backend sits behind it"),
+            );
+            None
+        }
+        Ok(b) => Some(b),
+        Err(_) => {
+            bad(
+                "backend",
+                format!(
+                    "{:?} is not an IPv4 address:port like \"10.0.0.11:22\"",
+                    r.backend
+                ),
+            );
+            None
+        }
+    };
+    let mut port_ok = true;
+    if let (Some(range), Some(port)) = (range, r.port) {
+        if !range.contains(port) {
+            bad(
+                "port",
+                format!("{port} is outside gateway.port_range {range}"),
+            );
+            port_ok = false;
+        }
+    }
+    match (protocol, backend, name_ok, service_ok, port_ok) {
+        (Some(protocol), Some(backend), true, true, true) => Ok(RouteDraft {
+            name: r.name.clone(),
+            service: r.service.clone(),
+            protocol,
+            backend,
+            port: r.port,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// Parses a duration like `14d`, `36h`, `90m`, `45s`, `2w` or a sum such as `1d12h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    let mut any = false;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            'w' => 7 * 86400,
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a duration like \"14d\", \"36h\" or \"1d12h\" (units s, m, h, d, w)"
+                ))
+            }
+        };
+        let n: u64 = digits.parse().map_err(|_| {
+            format!("{text:?} is not a duration like \"14d\": a number must come before {c:?}")
+        })?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{text:?} is too long"))?;
+        any = true;
+    }
+    if !digits.is_empty() || !any {
+        return Err(format!(
+            "{text:?} is not a duration like \"14d\", \"36h\" or \"1d12h\": every number needs a unit (s, m, h, d, w)"
+        ));
+    }
+    if total == 0 {
+        return Err(format!(
+            "{text:?} is zero; remove the key to turn reclaiming off"
+        ));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Renders a duration the way [`parse_duration`] reads it (largest units first).
+pub fn format_duration(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= n {
+            out.push_str(&format!("{}{unit}", secs / n));
+            secs %= n;
+        }
+    }
+    out
+}
+
 fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut problems = Vec::new();
     let mut bad = |field: &str, reason: String| {
@@ -415,6 +608,14 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             None
         }
     };
+    let reclaim_after = match g.reclaim_after.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            bad("gateway.reclaim_after", e);
+            None
+        }
+    };
 
     let dns = raw.dns.and_then(|d| {
         let zone = check_domain(&d.zone.to_ascii_lowercase())
@@ -464,72 +665,23 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     for (i, r) in raw.routes.into_iter().enumerate() {
         let n = i + 1;
         let field = |f: &str| format!("route[{n}].{f}");
-        let name_ok = check_label(&r.name)
-            .map_err(|e| bad(&field("name"), e))
-            .is_ok();
-        let service_ok = check_label(&r.service)
-            .map_err(|e| bad(&field("service"), e))
-            .is_ok();
-        let protocol = match r.protocol.as_deref().unwrap_or("tcp").parse::<Protocol>() {
-            Ok(p) => Some(p),
-            Err(e) => {
-                bad(&field("protocol"), e);
-                None
-            }
-        };
-        let backend = match r.backend.parse::<SocketAddrV4>() {
-            Ok(b) if b.port() == 0 => {
-                bad(&field("backend"), format!("{b} has port 0"));
-                None
-            }
-            Ok(b) if b.ip().is_unspecified() || b.ip().is_broadcast() || b.ip().is_multicast() => {
-                bad(
-                    &field("backend"),
-                    format!("{} cannot be a host's address", b.ip()),
-                );
-                None
-            }
-            Ok(b) if Some(*b.ip()) == public_ipv4 => {
-                bad(
-                    &field("backend"),
-                    format!("{b} is the gateway's public address; a backend sits behind it"),
-                );
-                None
-            }
-            Ok(b) => Some(b),
-            Err(_) => {
-                bad(
-                    &field("backend"),
-                    format!(
-                        "{:?} is not an IPv4 address:port like \"10.0.0.11:22\"",
-                        r.backend
-                    ),
-                );
-                None
-            }
-        };
-        let mut port_ok = true;
-        if let Some(range) = port_range {
-            if !range.contains(r.port) {
-                bad(
-                    &field("port"),
-                    format!("{} is outside gateway.port_range {range}", r.port),
-                );
-                port_ok = false;
-            }
-        }
-        let (Some(protocol), Some(backend), true, true, true) =
-            (protocol, backend, name_ok, service_ok, port_ok)
-        else {
-            continue;
-        };
-        let route = Route {
+        let request = RouteRequest {
             name: r.name,
             service: r.service,
-            protocol,
-            backend,
-            port: r.port,
+            protocol: r.protocol,
+            backend: r.backend,
+            port: Some(r.port),
         };
+        let route = match check_route(&request, public_ipv4, port_range, &field) {
+            Ok(draft) => draft.with_port(r.port),
+            Err(errors) => {
+                for e in errors {
+                    bad(&e.field, e.reason);
+                }
+                continue;
+            }
+        };
+        let (protocol, backend) = (route.protocol, route.backend);
         if let Some(first) = by_key.insert(route.key(), n) {
             bad(
                 &field("name"),
@@ -573,6 +725,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             private_interfaces: g.private_interfaces,
             public_ipv4,
             port_range,
+            reclaim_after,
         },
         dns,
         metrics_listen,

@@ -1,16 +1,33 @@
 //! The XDP program and its maps: loading, attaching to the gateway's legs, keeping the maps
 //! equal to the route table, and reading the counters back.
 //!
+//! Everything the kernel runs is pinned in bpffs under the pin directory (default
+//! `/sys/fs/bpf/srvgate`): every map by its name, and one BPF link per leg (`link_<ifname>`),
+//! so forwarding outlives the daemon. A daemon that starts and finds pins of an earlier run
+//! reuses the maps (entries, counters and all) and swaps its freshly loaded program into the
+//! existing links atomically (`bpf_link_update`): there is no moment without XDP on a leg.
+//! [`remove_pins`] (`srvgate down`, `--detach-on-exit`) is what detaches.
+//!
 //! Invariant: a `Dataplane` either has the program attached to *every* configured leg or
-//! does not exist. Attach failures drop the `Ebpf`, which detaches what was attached.
+//! does not exist. Dropping it leaves the pinned program attached and the maps in place.
 
 mod netdev;
 
-use std::{fmt, time::Duration};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    fmt, io,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::{
-    maps::{DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
-    programs::{Xdp, XdpMode},
+    maps::{DevMapHash, HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp, XdpMode,
+    },
     util::nr_cpus,
     Ebpf, EbpfLoader,
 };
@@ -21,10 +38,22 @@ use lb_common::{
 use tracing::{info, warn};
 
 use crate::{
-    config::Gateway,
-    routes::{addr_be, frontend_entry, reverse_entry, Diff, RouteTable},
+    config::{Gateway, Protocol},
+    routes::{
+        addr_be, decode_frontend, frontend_entry, frontend_key, reverse_entry, reverse_key, Diff,
+        Entry, RouteTable,
+    },
     sys,
 };
+
+/// Where maps and links are pinned unless `--pin-dir` says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/srvgate";
+/// Prefix of the per-leg link pins; the rest of the name is the interface's.
+const LINK_PREFIX: &str = "link_";
+
+/// What a route's frontend pointed to in the pinned maps: `(port, protocol) -> (backend,
+/// slot)`, for [`RouteTable::adopt_slots`].
+pub type PinnedFrontends = StdHashMap<(u16, Protocol), (std::net::SocketAddrV4, u32)>;
 
 /// The XDP object built from lb-ebpf by build.rs.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -81,6 +110,20 @@ pub enum DataplaneError {
     TxPorts(Box<aya::maps::xdp::XdpMapError>),
     #[error("setting sysctl {path}: {error}")]
     Sysctl { path: String, error: std::io::Error },
+    #[error("--pin-dir {}: {reason}", path.display())]
+    PinDir { path: PathBuf, reason: String },
+    #[error("{}: pinned by an incompatible srvgate build ({what}); `srvgate down --pin-dir {}` removes the old pins (forwarding stops until this one starts)", path.display(), dir.display())]
+    IncompatiblePin {
+        path: PathBuf,
+        dir: PathBuf,
+        what: String,
+    },
+    #[error("pinning the XDP link of {iface} at {}: {error}", path.display())]
+    PinLink {
+        iface: String,
+        path: PathBuf,
+        error: String,
+    },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -111,21 +154,33 @@ pub struct Counters {
 }
 
 pub struct Dataplane {
-    // Field order matters for drop: maps before the program that uses them is fine either
-    // way, but the Ebpf must outlive nothing else here.
     frontends: HashMap<MapData, Plain<FrontendKey>, Plain<Backend>>,
     reverse: HashMap<MapData, Plain<ReverseKey>, Plain<ReverseValue>>,
     interfaces: HashMap<MapData, u32, Plain<Interface>>,
     route_counters: PerCpuArray<MapData, Plain<RouteCounters>>,
     global_counters: PerCpuArray<MapData, u64>,
     legs: Vec<Leg>,
+    /// Legs whose egress mode has been logged once.
+    logged_egress: HashSet<u32>,
     features: Option<netdev::XdpFeatures>,
+    pin_dir: PathBuf,
+    /// The frontends found in pinned maps at start, before this run touched them.
+    pinned_frontends: PinnedFrontends,
+    /// Links this run created and pinned; reused links live inside the program. Dropping
+    /// either only closes a descriptor: the pin keeps the link attached.
+    _links: Vec<PinnedLink>,
     _ebpf: Ebpf,
 }
 
 impl Dataplane {
-    /// Loads the program, fills the gateway-wide maps and attaches to every leg of `gw`.
-    pub fn start(gw: &Gateway, mode: AttachMode) -> Result<Dataplane, DataplaneError> {
+    /// Loads the program, fills the gateway-wide maps and attaches to every leg of `gw`,
+    /// pinning maps and links under `pin_dir`. Pins of an earlier run are reused: the maps
+    /// keep their entries and counters and the new program replaces the old one in place.
+    pub fn start(
+        gw: &Gateway,
+        mode: AttachMode,
+        pin_dir: &Path,
+    ) -> Result<Dataplane, DataplaneError> {
         let mut legs = Vec::new();
         let names = std::iter::once((&gw.public_interface, ROLE_PUBLIC))
             .chain(gw.private_interfaces.iter().map(|n| (n, ROLE_PRIVATE)));
@@ -140,10 +195,20 @@ impl Dataplane {
             });
         }
         prepare_kernel(gw)?;
+        prepare_pin_dir(pin_dir)?;
+        let reused = check_pinned_maps(pin_dir)?;
 
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let map_names: Vec<String> = object_maps()?.into_iter().map(|m| m.0).collect();
+        for name in &map_names {
+            loader.map_pin_path(name.as_str(), pin_dir.join(name));
+        }
+        let mut ebpf = loader
             .load(PROGRAM)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        if reused > 0 {
+            info!(dir = %pin_dir.display(), maps = reused, "reusing the maps pinned by an earlier run");
+        }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(DataplaneError::Missing(name))
         };
@@ -169,6 +234,16 @@ impl Dataplane {
                 .insert(leg.ifindex, leg.ifindex, None, 0)
                 .map_err(|e| DataplaneError::TxPorts(Box::new(e)))?;
         }
+        let current: HashSet<u32> = legs.iter().map(|l| l.ifindex).collect();
+        // Legs an earlier run had that this config dropped.
+        let stale: Vec<u32> = tx_ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !current.contains(k))
+            .collect();
+        for k in stale {
+            tx_ports.remove(k).map_err(map_err(map_names::TX_PORTS))?;
+        }
         let mut dp = Dataplane {
             frontends: take(&mut ebpf, map_names::FRONTENDS)?
                 .try_into()
@@ -186,6 +261,7 @@ impl Dataplane {
                 .try_into()
                 .map_err(map_err(map_names::GLOBAL_COUNTERS))?,
             legs,
+            logged_egress: HashSet::new(),
             features: match netdev::XdpFeatures::open() {
                 Ok(f) => Some(f),
                 Err(e) => {
@@ -193,8 +269,28 @@ impl Dataplane {
                     None
                 }
             },
+            pin_dir: pin_dir.to_path_buf(),
+            pinned_frontends: PinnedFrontends::new(),
+            _links: Vec::new(),
             _ebpf: ebpf,
         };
+        dp.pinned_frontends = dp
+            .frontends
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| decode_frontend(&k.0, &v.0))
+            .collect();
+        let stale: Vec<u32> = dp
+            .interfaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !current.contains(k))
+            .collect();
+        for k in stale {
+            dp.interfaces
+                .remove(&k)
+                .map_err(map_err(map_names::INTERFACES))?;
+        }
         dp.refresh_egress()?;
 
         let program: &mut Xdp = dp
@@ -206,22 +302,38 @@ impl Dataplane {
         program
             .load()
             .map_err(|e| DataplaneError::Load(Box::new(aya::EbpfError::ProgramError(e))))?;
-        let xdp_mode = match mode {
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        };
+        let mut links = Vec::new();
         for leg in &dp.legs {
-            program
-                .attach_to_if_index(leg.ifindex, xdp_mode)
-                .map_err(|e| DataplaneError::Attach {
-                    iface: leg.name.clone(),
-                    mode,
-                    hint: attach_hint(&e, mode),
-                    error: Box::new(e),
-                })?;
-            info!(iface = %leg.name, ifindex = leg.ifindex, %mode, role = role_name(leg.role), "XDP attached");
+            if let Some(link) = attach_leg(program, leg, mode, pin_dir)? {
+                links.push(link);
+            }
         }
+        dp._links = links;
+        detach_dropped_legs(pin_dir, &dp.legs);
         Ok(dp)
+    }
+
+    /// The frontends the pinned maps held when this run started (empty on a first start).
+    pub fn pinned_frontends(&self) -> &PinnedFrontends {
+        &self.pinned_frontends
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Detaches XDP from every leg and removes every pin: forwarding stops.
+    pub fn detach(self) -> Result<(), DataplaneError> {
+        let dir = self.pin_dir.clone();
+        // The pins go first, then our descriptors with `self`: the last reference to each
+        // link is what detaches it.
+        let removed = remove_pins(&dir).map_err(|e| DataplaneError::PinDir {
+            path: dir.clone(),
+            reason: format!("removing the pins: {e}"),
+        })?;
+        drop(self);
+        info!(dir = %dir.display(), links = removed.links, maps = removed.maps, "XDP detached from every leg; pins removed");
+        Ok(())
     }
 
     pub fn legs(&self) -> &[Leg] {
@@ -243,7 +355,7 @@ impl Dataplane {
                 Some(Err(e)) => (EGRESS_PASS, format!("reading its xdp-features failed: {e}")),
                 None => (EGRESS_PASS, "xdp-features are unavailable".to_string()),
             };
-            let first = self.interfaces.get(&leg.ifindex, 0).is_err();
+            let first = self.logged_egress.insert(leg.ifindex);
             if first || egress != leg.egress {
                 if egress == EGRESS_REDIRECT {
                     info!(iface = %leg.name, "egress by XDP redirect");
@@ -267,33 +379,47 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Brings the frontend and reverse maps in line with `table`. Entries are written
-    /// before stale ones are removed, so a changed route never has a gap.
-    pub fn sync_routes(&mut self, table: &RouteTable, diff: &Diff) -> Result<(), DataplaneError> {
-        for e in &diff.added {
-            // A reused slot still holds its previous route's counts.
-            let zero = PerCpuValues::try_from(vec![
-                Plain(RouteCounters::default());
-                nr_cpus().unwrap_or(1)
-            ])
-            .map_err(|e| map_err(map_names::ROUTE_COUNTERS)(e.into()))?;
-            self.route_counters
-                .set(e.id, zero, 0)
-                .map_err(map_err(map_names::ROUTE_COUNTERS))?;
+    /// Zeroes counter slot `id`: a reused slot still holds its previous route's counts.
+    fn zero_slot(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let zero = PerCpuValues::try_from(vec![
+            Plain(RouteCounters::default());
+            nr_cpus().unwrap_or(1)
+        ])
+        .map_err(|e| map_err(map_names::ROUTE_COUNTERS)(e.into()))?;
+        self.route_counters
+            .set(id, zero, 0)
+            .map_err(map_err(map_names::ROUTE_COUNTERS))
+    }
+
+    fn write_entry(&mut self, e: &Entry) -> Result<(), DataplaneError> {
+        let (fk, fv) = frontend_entry(e);
+        let (rk, rv) = reverse_entry(e);
+        self.frontends
+            .insert(Plain(fk), Plain(fv), 0)
+            .map_err(map_err(map_names::FRONTENDS))?;
+        self.reverse
+            .insert(Plain(rk), Plain(rv), 0)
+            .map_err(map_err(map_names::REVERSE))
+    }
+
+    /// Makes the frontend and reverse maps hold exactly `table`'s routes, whatever they held
+    /// (at start, when they may come from an earlier run). `fresh` are the slots whose
+    /// counters belong to no one yet. Entries are written before stale ones are removed,
+    /// so a route that stays never has a gap.
+    pub fn sync_all(
+        &mut self,
+        table: &RouteTable,
+        fresh: &HashSet<u32>,
+    ) -> Result<(), DataplaneError> {
+        for &id in fresh {
+            self.zero_slot(id)?;
         }
-        let mut want_front = std::collections::HashSet::new();
-        let mut want_rev = std::collections::HashSet::new();
+        let mut want_front = HashSet::new();
+        let mut want_rev = HashSet::new();
         for e in table.entries() {
-            let (fk, fv) = frontend_entry(e);
-            let (rk, rv) = reverse_entry(e);
-            self.frontends
-                .insert(Plain(fk), Plain(fv), 0)
-                .map_err(map_err(map_names::FRONTENDS))?;
-            self.reverse
-                .insert(Plain(rk), Plain(rv), 0)
-                .map_err(map_err(map_names::REVERSE))?;
-            want_front.insert(fk);
-            want_rev.insert(rk);
+            self.write_entry(e)?;
+            want_front.insert(frontend_entry(e).0);
+            want_rev.insert(reverse_entry(e).0);
         }
         let stale_front: Vec<_> = self
             .frontends
@@ -316,6 +442,46 @@ impl Dataplane {
             self.reverse
                 .remove(&k)
                 .map_err(map_err(map_names::REVERSE))?;
+        }
+        Ok(())
+    }
+
+    /// Applies one table operation's `diff` (the table already changed): O(size of the
+    /// diff), so adding a route costs a few map writes whatever the table's size. New and
+    /// changed entries are written before old keys go, and an old key is removed only if no
+    /// route of `table` still uses it (a reload may hand a port from one route to another).
+    pub fn apply(&mut self, table: &RouteTable, diff: &Diff) -> Result<(), DataplaneError> {
+        for e in &diff.added {
+            self.zero_slot(e.id)?;
+            self.write_entry(e)?;
+        }
+        for c in &diff.changed {
+            self.write_entry(&c.new)?;
+        }
+        let old = diff
+            .removed
+            .iter()
+            .chain(diff.changed.iter().map(|c| &c.old));
+        for e in old {
+            let r = &e.route;
+            if !table.port_in_use(r.port, r.protocol) {
+                match self
+                    .frontends
+                    .remove(&Plain(frontend_key(r.port, r.protocol)))
+                {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(map_names::FRONTENDS)(e)),
+                }
+            }
+            if !table.backend_in_use(r.backend, r.protocol) {
+                match self
+                    .reverse
+                    .remove(&Plain(reverse_key(r.backend, r.protocol)))
+                {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(map_names::REVERSE)(e)),
+                }
+            }
         }
         Ok(())
     }
@@ -405,6 +571,233 @@ fn prepare_kernel(gw: &Gateway) -> Result<(), DataplaneError> {
         set(format!("net/ipv4/conf/{name}/accept_local"))?;
     }
     Ok(())
+}
+
+/// Makes sure `dir` can hold pins: it must be on a BPF filesystem. Under /sys/fs/bpf, a
+/// missing bpffs is mounted (what systemd does at boot); anywhere else it is an error.
+fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+    let bad = |reason: String| DataplaneError::PinDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    let on_bpffs =
+        sys::is_bpffs(existing).map_err(|e| bad(format!("{}: {e}", existing.display())))?;
+    if !on_bpffs {
+        let sys_bpf = Path::new("/sys/fs/bpf");
+        if dir.starts_with(sys_bpf) && sys_bpf.is_dir() && !sys::is_bpffs(sys_bpf).unwrap_or(true) {
+            sys::mount_bpffs(sys_bpf)
+                .map_err(|e| bad(format!("mounting a BPF filesystem on /sys/fs/bpf: {e}")))?;
+            info!("mounted a BPF filesystem on /sys/fs/bpf");
+            if !sys::in_init_mount_namespace() {
+                warn!("this process runs in a private mount namespace (ip netns exec?): the bpffs it mounted, and the pins in it, go away when srvgate exits, so a restart will not be hitless; mount bpffs on /sys/fs/bpf on the host, or pass a --pin-dir on a bpffs the host mounted");
+            }
+        } else {
+            return Err(bad(format!(
+                "is not on a BPF filesystem; mount one (`mount -t bpf bpf {}`) or use a directory under /sys/fs/bpf",
+                existing.display()
+            )));
+        }
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| bad(format!("creating it: {e}")))?;
+    Ok(())
+}
+
+/// What a map looks like to the kernel; two maps with the same shape are interchangeable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MapShape {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+/// The maps of the embedded object, by name.
+fn object_maps() -> Result<Vec<(String, MapShape)>, DataplaneError> {
+    let obj = aya_obj::Object::parse(PROGRAM)
+        .map_err(|e| DataplaneError::Load(Box::new(aya::EbpfError::ParseError(e))))?;
+    Ok(obj
+        .maps
+        .iter()
+        .map(|(name, m)| {
+            let shape = MapShape {
+                map_type: m.map_type(),
+                key_size: m.key_size(),
+                value_size: m.value_size(),
+                max_entries: m.max_entries(),
+            };
+            (name.clone(), shape)
+        })
+        .collect())
+}
+
+/// Checks every map pinned in `dir` against the embedded object's definition, so that a
+/// program is never handed maps whose layout it does not expect. Returns how many maps
+/// are pinned already.
+fn check_pinned_maps(dir: &Path) -> Result<usize, DataplaneError> {
+    let mut reused = 0;
+    for (name, want) in object_maps()? {
+        let path = dir.join(&name);
+        if !path.exists() {
+            continue;
+        }
+        let incompatible = |what: String| DataplaneError::IncompatiblePin {
+            path: path.clone(),
+            dir: dir.to_path_buf(),
+            what,
+        };
+        let info = MapInfo::from_pin(&path).map_err(|e| incompatible(format!("not a map: {e}")))?;
+        let have = MapShape {
+            map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        if want != have {
+            return Err(incompatible(format!(
+                "pinned {have:?}, this build expects {want:?}"
+            )));
+        }
+        reused += 1;
+    }
+    Ok(reused)
+}
+
+/// Where the link of leg `iface` is pinned. Interface names may contain '.', which bpffs
+/// reserves, but never ':', so the mapping is one to one.
+fn link_pin_path(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}{}", iface.replace('.', ":")))
+}
+
+/// Puts the program on `leg`: into the link pinned there by an earlier run if it is alive
+/// and on this interface (an atomic replace), else as a new link, pinned. Returns the new
+/// link's pin, `None` when an existing link was reused.
+fn attach_leg(
+    program: &mut Xdp,
+    leg: &Leg,
+    mode: AttachMode,
+    dir: &Path,
+) -> Result<Option<PinnedLink>, DataplaneError> {
+    let path = link_pin_path(dir, &leg.name);
+    if path.exists() {
+        match sys::pinned_xdp_link_ifindex(&path) {
+            Ok(ifindex) if ifindex == leg.ifindex => {
+                let reused = PinnedLink::from_pin(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+                    .and_then(|l| program.attach_to_link(l).map_err(|e| e.to_string()));
+                match reused {
+                    Ok(_) => {
+                        info!(iface = %leg.name, ifindex = leg.ifindex, role = role_name(leg.role), "XDP program replaced in place (pinned link reused, no interruption)");
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        warn!(iface = %leg.name, "cannot reuse the pinned XDP link ({e}); attaching a new one")
+                    }
+                }
+            }
+            Ok(0) => {
+                info!(iface = %leg.name, "the pinned XDP link is defunct (its interface was deleted); attaching a new one")
+            }
+            Ok(other) => {
+                warn!(iface = %leg.name, "the pinned XDP link is on ifindex {other}, not {}; attaching a new one", leg.ifindex)
+            }
+            Err(e) => {
+                warn!(iface = %leg.name, "cannot read the pinned XDP link ({e}); attaching a new one")
+            }
+        }
+        // The old link, if still attached somewhere, goes with its last reference.
+        if let Err(e) = std::fs::remove_file(&path) {
+            warn!("removing {}: {e}", path.display());
+        }
+    }
+    let xdp_mode = match mode {
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Skb => XdpMode::Skb,
+    };
+    let id = program
+        .attach_to_if_index(leg.ifindex, xdp_mode)
+        .map_err(|e| DataplaneError::Attach {
+            iface: leg.name.clone(),
+            mode,
+            hint: attach_hint(&e, mode),
+            error: Box::new(e),
+        })?;
+    let pin_error = |error: String| DataplaneError::PinLink {
+        iface: leg.name.clone(),
+        path: path.clone(),
+        error,
+    };
+    let link = program
+        .take_link(id)
+        .map_err(|e| pin_error(e.to_string()))?;
+    // Only a BPF link can be pinned; the netlink fallback of kernels before 5.9 cannot.
+    let link = FdLink::try_from(link).map_err(|e| {
+        pin_error(format!("{e} (the kernel attached XDP through netlink; BPF links for XDP need Linux 5.9 or later)"))
+    })?;
+    let pinned = link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
+    info!(iface = %leg.name, ifindex = leg.ifindex, %mode, role = role_name(leg.role), "XDP attached");
+    Ok(Some(pinned))
+}
+
+/// Removes the link pins of interfaces that are no longer legs, which detaches XDP there.
+fn detach_dropped_legs(dir: &Path, legs: &[Leg]) {
+    let keep: HashSet<PathBuf> = legs.iter().map(|l| link_pin_path(dir, &l.name)).collect();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(LINK_PREFIX) && !keep.contains(&entry.path()) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    info!(pin = %name, "XDP detached from an interface that is no longer a leg")
+                }
+                Err(e) => warn!("removing {}: {e}", entry.path().display()),
+            }
+        }
+    }
+}
+
+/// What [`remove_pins`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemovedPins {
+    pub links: usize,
+    pub maps: usize,
+}
+
+/// Removes every pin under `dir` and the directory itself. Once no process holds them,
+/// links detach from their interfaces and maps are freed. A missing `dir` is not an error.
+pub fn remove_pins(dir: &Path) -> io::Result<RemovedPins> {
+    let mut removed = RemovedPins::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+        if name.starts_with(LINK_PREFIX) {
+            removed.links += 1;
+        } else {
+            removed.maps += 1;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(removed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(removed),
+        Err(e) => Err(e),
+    }
 }
 
 /// The counters' names for logs and metrics.

@@ -1,13 +1,20 @@
 //! srvgate's daemon and CLI as a library, so tests and the binary share one implementation.
 //!
-//! Modules are named after what they own: `config` (the file), `routes` (the route table and
-//! its map entries), `dataplane` (the XDP program and its maps), `dns` (the authoritative
-//! zone), `metrics` (Prometheus text), `student` (the client-side `srvgate ssh`), `sys`
-//! (thin wrappers over the few libc calls we need).
+//! Modules are named after what they own: `config` (the file, and the validation every route
+//! goes through), `routes` (the route table: sources, ports, slots, idleness, map entries),
+//! `state` (the runtime routes on disk), `dataplane` (the XDP program, its maps and pins),
+//! `dns` (the authoritative zone), `api` (the control socket: server and client), `daemon`
+//! (`srvgate run`: the operations that keep all of the above in agreement), `admin` (the
+//! admins' CLI verbs), `metrics` (Prometheus text), `student` (the client-side `srvgate
+//! ssh`), `sys` (thin wrappers over the few system calls we need).
+pub mod admin;
+pub mod api;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod dns;
 pub mod metrics;
 pub mod routes;
+pub mod state;
 pub mod student;
 pub mod sys;

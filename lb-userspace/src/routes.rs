@@ -1,20 +1,59 @@
-//! The route table: which routes exist, and the BPF map entries they turn into.
+//! The route table: which routes exist, where each came from, which public ports are free,
+//! how recently each route carried traffic, and the BPF map entries routes turn into.
+//!
+//! Routes come from two sources: the config file (replaced as a whole on start and SIGHUP,
+//! never reclaimed) and the control API (added and removed one at a time, persisted by
+//! `state`, released after `reclaim_after` of idleness). Both share one key space, one set of
+//! public ports and one set of backends, so the table is the single place that decides
+//! whether a route may exist.
 //!
 //! Each route owns a counter slot (`route_id`) in the per-CPU `ROUTE_COUNTERS` array. A
-//! route keeps its slot for as long as it exists, across reloads, so its counters survive;
-//! freed slots are reused, and the data plane zeroes a slot when it is handed out again.
+//! route keeps its slot for as long as it exists, across reloads and, through
+//! [`RouteTable::adopt_slots`], across daemon restarts, so its counters and last-seen time
+//! survive; freed slots are reused, and the data plane zeroes a slot when it is handed out
+//! again.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddrV4,
+    time::{Duration, SystemTime},
+};
 
 use lb_common::{Backend, FrontendKey, ReverseKey, ReverseValue, MAX_ROUTES};
 
-use crate::config::{Route, RouteKey};
+use crate::config::{FieldError, PortRange, Protocol, Route, RouteKey};
+
+/// Where a route comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// A `[[route]]` of the config file: changed only by editing it (and SIGHUP).
+    Config,
+    /// Added through the control API: persisted in the state file, reclaimable.
+    Runtime,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Runtime => "runtime",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RouteError {
     #[error("the route table is full ({MAX_ROUTES} routes)")]
     Full,
+    #[error("port: every port of gateway.port_range {range} is taken for {protocol}; remove a route, or widen the range in the config file and send SIGHUP")]
+    RangeFull {
+        range: PortRange,
+        protocol: Protocol,
+    },
+    /// The route clashes with one that exists; the field says which part.
+    #[error("{0}")]
+    Conflict(FieldError),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,15 +61,36 @@ pub struct Entry {
     pub route: Route,
     /// Slot in `ROUTE_COUNTERS`.
     pub id: u32,
+    pub source: Source,
+    /// When the route was added (wall clock): its idleness starts here.
+    pub added: SystemTime,
+    /// The last packet seen on the route (wall clock), if any was.
+    pub last_seen: Option<SystemTime>,
 }
 
-/// What `replace_all` changed, for logging and for zeroing reused counter slots.
+impl Entry {
+    /// The moment the route last did something: its last packet, else its creation.
+    pub fn last_activity(&self) -> SystemTime {
+        match self.last_seen {
+            Some(t) if t > self.added => t,
+            _ => self.added,
+        }
+    }
+}
+
+/// A route changed in place (same key): its slot stays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    pub old: Entry,
+    pub new: Entry,
+}
+
+/// What a table operation changed, for the data plane, the logs and zeroing reused slots.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Diff {
     pub added: Vec<Entry>,
     pub removed: Vec<Entry>,
-    /// Same key, new backend or port; the route keeps its slot.
-    pub changed: Vec<Entry>,
+    pub changed: Vec<Changed>,
 }
 
 impl Diff {
@@ -39,9 +99,11 @@ impl Diff {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     entries: BTreeMap<RouteKey, Entry>,
+    by_port: HashMap<(u16, Protocol), RouteKey>,
+    by_backend: HashMap<(SocketAddrV4, Protocol), RouteKey>,
     free: Vec<u32>,
     next_id: u32,
 }
@@ -51,42 +113,290 @@ impl RouteTable {
         Self::default()
     }
 
-    /// Makes the table hold exactly `routes` (already validated together), keeping the
-    /// slot of every route whose key stays.
-    pub fn replace_all(&mut self, routes: &[Route]) -> Result<Diff, RouteError> {
+    /// Whether `route` could be added now: its key, public port and backend must all be
+    /// unused (by a route other than `replacing`). The error names the field that clashes
+    /// and the route holding it.
+    pub fn check_conflicts(
+        &self,
+        route: &Route,
+        replacing: Option<&RouteKey>,
+    ) -> Result<(), FieldError> {
+        let key = route.key();
+        let other = |k: &RouteKey| Some(k) != replacing;
+        if let Some(e) = self.entries.get(&key).filter(|_| other(&key)) {
+            return Err(FieldError {
+                field: "name".into(),
+                reason: format!(
+                    "{key} already exists ({} route on port {}); name, service and protocol together must be unique",
+                    e.source.as_str(),
+                    e.route.port
+                ),
+            });
+        }
+        if let Some(k) = self
+            .by_port
+            .get(&(route.port, route.protocol))
+            .filter(|k| other(k))
+        {
+            return Err(FieldError {
+                field: "port".into(),
+                reason: format!(
+                    "{}/{} is already used by {k} ({} route)",
+                    route.port,
+                    route.protocol,
+                    self.entries[k].source.as_str()
+                ),
+            });
+        }
+        if let Some(k) = self
+            .by_backend
+            .get(&(route.backend, route.protocol))
+            .filter(|k| other(k))
+        {
+            return Err(FieldError {
+                field: "backend".into(),
+                reason: format!(
+                    "{}/{} is already the backend of {k} ({} route); replies could not be told apart",
+                    route.backend,
+                    route.protocol,
+                    self.entries[k].source.as_str()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds one route after checking it against every route there is.
+    pub fn insert(
+        &mut self,
+        route: Route,
+        source: Source,
+        added: SystemTime,
+        last_seen: Option<SystemTime>,
+    ) -> Result<Entry, RouteError> {
+        self.check_conflicts(&route, None)
+            .map_err(RouteError::Conflict)?;
+        let id = self.allocate_id()?;
+        let e = Entry {
+            route,
+            id,
+            source,
+            added,
+            last_seen,
+        };
+        self.index(&e);
+        self.entries.insert(e.route.key(), e.clone());
+        Ok(e)
+    }
+
+    /// Removes one route, freeing its port, backend and slot.
+    pub fn remove(&mut self, key: &RouteKey) -> Option<Entry> {
+        let e = self.entries.remove(key)?;
+        self.unindex(&e);
+        self.free.push(e.id);
+        Some(e)
+    }
+
+    pub fn get(&self, key: &RouteKey) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    /// A free public port for a new route `(name, service, protocol)`: the port its sibling
+    /// of the other protocol uses if that is free in this protocol (so an iperf3-style
+    /// tcp+udp pair shares one number), else the lowest port of `range` that no route uses
+    /// in either protocol, so one number never means two students.
+    pub fn allocate_port(
+        &self,
+        name: &str,
+        service: &str,
+        protocol: Protocol,
+        range: PortRange,
+    ) -> Result<u16, RouteError> {
+        let other = match protocol {
+            Protocol::Tcp => Protocol::Udp,
+            Protocol::Udp => Protocol::Tcp,
+        };
+        let sibling = RouteKey {
+            name: name.to_string(),
+            service: service.to_string(),
+            protocol: other,
+        };
+        if let Some(e) = self.entries.get(&sibling) {
+            let p = e.route.port;
+            if range.contains(p) && !self.by_port.contains_key(&(p, protocol)) {
+                return Ok(p);
+            }
+        }
+        (range.first..=range.last)
+            .find(|&p| {
+                !self.by_port.contains_key(&(p, Protocol::Tcp))
+                    && !self.by_port.contains_key(&(p, Protocol::Udp))
+            })
+            .ok_or(RouteError::RangeFull { range, protocol })
+    }
+
+    /// Makes the config routes exactly `routes` (already validated together), keeping the
+    /// slot of every route whose key stays and leaving runtime routes alone. A config route
+    /// identical to a runtime one takes it over (it becomes a config route: the admin
+    /// pinned a student's allocation in the file). Nothing changes unless every route fits:
+    /// the errors name the config route (`route[N].field`, counting from 1) and the route it
+    /// clashes with.
+    pub fn replace_config(
+        &mut self,
+        routes: &[Route],
+        now: SystemTime,
+    ) -> Result<Diff, Vec<FieldError>> {
+        let wanted: BTreeMap<RouteKey, (usize, &Route)> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.key(), (i + 1, r)))
+            .collect();
+        // Check on a scratch copy first, so a refused reload leaves the table untouched.
+        let mut scratch = self.clone();
         let mut diff = Diff::default();
-        let wanted: BTreeMap<RouteKey, &Route> = routes.iter().map(|r| (r.key(), r)).collect();
-        let gone: Vec<RouteKey> = self
+        let mut problems = Vec::new();
+        let gone: Vec<RouteKey> = scratch
             .entries
-            .keys()
-            .filter(|k| !wanted.contains_key(*k))
-            .cloned()
+            .iter()
+            .filter(|(k, e)| e.source == Source::Config && !wanted.contains_key(*k))
+            .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
-            if let Some(e) = self.entries.remove(&key) {
-                self.free.push(e.id);
+            if let Some(e) = scratch.remove(&key) {
                 diff.removed.push(e);
             }
         }
-        for (key, route) in wanted {
-            match self.entries.get_mut(&key) {
-                Some(e) if e.route == *route => {}
-                Some(e) => {
-                    e.route = route.clone();
-                    diff.changed.push(e.clone());
+        // Every changed route lets go of its port and backend before any is checked, so
+        // two routes may swap ports in one reload.
+        let mut changing = Vec::new();
+        for (key, &(n, route)) in &wanted {
+            let Some(e) = scratch.entries.get(key).cloned() else {
+                continue;
+            };
+            if e.route == *route {
+                if e.source == Source::Runtime {
+                    // Identical: the file takes the runtime route over, port and slot kept.
+                    let mut new = e.clone();
+                    new.source = Source::Config;
+                    scratch.entries.insert(key.clone(), new.clone());
+                    diff.changed.push(Changed { old: e, new });
                 }
-                None => {
-                    let id = self.allocate_id()?;
-                    let e = Entry {
-                        route: route.clone(),
-                        id,
-                    };
-                    self.entries.insert(key, e.clone());
-                    diff.added.push(e);
-                }
+                continue;
+            }
+            if e.source == Source::Runtime {
+                problems.push(FieldError {
+                    field: format!("route[{n}].name"),
+                    reason: format!(
+                        "{key} is a runtime route (port {}, backend {}); remove it with `srvgate route rm {} --service {}` first, or copy it into the file unchanged",
+                        e.route.port, e.route.backend, key.name, key.service
+                    ),
+                });
+                continue;
+            }
+            scratch.unindex(&e);
+            changing.push((key.clone(), n, route, e));
+        }
+        for (key, n, route, old) in changing {
+            if let Err(c) = scratch.check_conflicts(route, Some(&key)) {
+                problems.push(FieldError {
+                    field: format!("route[{n}].{}", c.field),
+                    reason: c.reason,
+                });
+                continue;
+            }
+            let mut new = old.clone();
+            new.route = route.clone();
+            scratch.index(&new);
+            scratch.entries.insert(key, new.clone());
+            diff.changed.push(Changed { old, new });
+        }
+        for (key, &(n, route)) in &wanted {
+            if scratch.entries.contains_key(key) {
+                continue;
+            }
+            match scratch.insert(route.clone(), Source::Config, now, None) {
+                Ok(e) => diff.added.push(e),
+                Err(RouteError::Conflict(c)) => problems.push(FieldError {
+                    field: format!("route[{n}].{}", c.field),
+                    reason: c.reason,
+                }),
+                Err(other) => problems.push(FieldError {
+                    field: format!("route[{n}].name"),
+                    reason: other.to_string(),
+                }),
             }
         }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        *self = scratch;
         Ok(diff)
+    }
+
+    /// Renumbers slots after a restart so that every route whose frontend is still in the
+    /// pinned map (same port, protocol and backend) gets back the slot it had, keeping its
+    /// counters. `pinned` maps `(port, protocol)` to the pinned backend and slot. Returns
+    /// the slots that are new to their route, which the data plane must zero. Call before the
+    /// first sync.
+    pub fn adopt_slots(
+        &mut self,
+        pinned: &HashMap<(u16, Protocol), (SocketAddrV4, u32)>,
+    ) -> HashSet<u32> {
+        let mut used = HashSet::new();
+        let mut pending = Vec::new();
+        for e in self.entries.values_mut() {
+            match pinned.get(&(e.route.port, e.route.protocol)) {
+                Some(&(backend, id))
+                    if backend == e.route.backend && id < MAX_ROUTES && used.insert(id) =>
+                {
+                    e.id = id;
+                }
+                _ => pending.push(e.route.key()),
+            }
+        }
+        let mut fresh = HashSet::new();
+        let mut next = 0u32;
+        for key in pending {
+            while used.contains(&next) {
+                next += 1;
+            }
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.id = next;
+            }
+            used.insert(next);
+            fresh.insert(next);
+        }
+        self.next_id = used.iter().max().map_or(0, |m| m + 1);
+        self.free = (0..self.next_id).filter(|i| !used.contains(i)).collect();
+        // Lowest first out of `pop`, so slots stay dense.
+        self.free.reverse();
+        fresh
+    }
+
+    /// Records that route `key` saw a packet at `at` (wall clock); returns whether its
+    /// last-seen time moved forward. Moves under a second are ignored: `at` is derived from
+    /// two clocks (wall now minus monotonic idle) whose difference jitters.
+    pub fn note_activity(&mut self, key: &RouteKey, at: SystemTime) -> bool {
+        match self.entries.get_mut(key) {
+            Some(e) if e.last_seen.is_none_or(|t| at > t + Duration::from_secs(1)) => {
+                e.last_seen = Some(at);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn index(&mut self, e: &Entry) {
+        let key = e.route.key();
+        self.by_port
+            .insert((e.route.port, e.route.protocol), key.clone());
+        self.by_backend
+            .insert((e.route.backend, e.route.protocol), key);
+    }
+
+    fn unindex(&mut self, e: &Entry) {
+        self.by_port.remove(&(e.route.port, e.route.protocol));
+        self.by_backend.remove(&(e.route.backend, e.route.protocol));
     }
 
     fn allocate_id(&mut self) -> Result<u32, RouteError> {
@@ -108,6 +418,16 @@ impl RouteTable {
         self.entries.values().map(|e| e.route.clone()).collect()
     }
 
+    /// Whether some route uses public `port` for `protocol`.
+    pub fn port_in_use(&self, port: u16, protocol: Protocol) -> bool {
+        self.by_port.contains_key(&(port, protocol))
+    }
+
+    /// Whether some route forwards to `backend` over `protocol`.
+    pub fn backend_in_use(&self, backend: SocketAddrV4, protocol: Protocol) -> bool {
+        self.by_backend.contains_key(&(backend, protocol))
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -115,6 +435,25 @@ impl RouteTable {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// The runtime routes to reclaim at `now`: those whose last activity (last packet, else
+/// creation) is at least `after` ago. Config routes are never reclaimed. A last activity in
+/// the future (the clock was set back) counts as now.
+pub fn idle_routes<'a>(
+    entries: impl IntoIterator<Item = &'a Entry>,
+    now: SystemTime,
+    after: Duration,
+) -> Vec<RouteKey> {
+    entries
+        .into_iter()
+        .filter(|e| e.source == Source::Runtime)
+        .filter(|e| {
+            now.duration_since(e.last_activity())
+                .is_ok_and(|idle| idle >= after)
+        })
+        .map(|e| e.route.key())
+        .collect()
 }
 
 /// Network-order u32 of an address, as the XDP program loads it from the packet.
@@ -126,11 +465,7 @@ pub fn addr_be(ip: std::net::Ipv4Addr) -> u32 {
 pub fn frontend_entry(e: &Entry) -> (FrontendKey, Backend) {
     let r = &e.route;
     (
-        FrontendKey {
-            port: r.port.to_be(),
-            protocol: r.protocol.number(),
-            _pad: 0,
-        },
+        frontend_key(r.port, r.protocol),
         Backend {
             addr: addr_be(*r.backend.ip()),
             port: r.backend.port().to_be(),
@@ -140,16 +475,28 @@ pub fn frontend_entry(e: &Entry) -> (FrontendKey, Backend) {
     )
 }
 
+pub fn frontend_key(port: u16, protocol: Protocol) -> FrontendKey {
+    FrontendKey {
+        port: port.to_be(),
+        protocol: protocol.number(),
+        _pad: 0,
+    }
+}
+
+pub fn reverse_key(backend: SocketAddrV4, protocol: Protocol) -> ReverseKey {
+    ReverseKey {
+        addr: addr_be(*backend.ip()),
+        port: backend.port().to_be(),
+        protocol: protocol.number(),
+        _pad: 0,
+    }
+}
+
 /// The reverse map entry of a route: `backend (address, port, protocol) -> public port`.
 pub fn reverse_entry(e: &Entry) -> (ReverseKey, ReverseValue) {
     let r = &e.route;
     (
-        ReverseKey {
-            addr: addr_be(*r.backend.ip()),
-            port: r.backend.port().to_be(),
-            protocol: r.protocol.number(),
-            _pad: 0,
-        },
+        reverse_key(r.backend, r.protocol),
         ReverseValue {
             public_port: r.port.to_be(),
             _pad: 0,
@@ -158,75 +505,23 @@ pub fn reverse_entry(e: &Entry) -> (ReverseKey, ReverseValue) {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Protocol;
-
-    fn route(name: &str, port: u16, backend: &str) -> Route {
-        Route {
-            name: name.into(),
-            service: "ssh".into(),
-            protocol: Protocol::Tcp,
-            backend: backend.parse().unwrap(),
-            port,
-        }
-    }
-
-    #[test]
-    fn ids_are_stable_across_reloads_and_reused_after_removal() {
-        let mut t = RouteTable::new();
-        let a = route("alice", 30001, "10.0.0.11:22");
-        let b = route("bob", 30002, "10.0.0.12:22");
-        let d = t.replace_all(&[a.clone(), b.clone()]).unwrap();
-        assert_eq!(d.added.len(), 2);
-        let id_of = |t: &RouteTable, n: &str| t.entries().find(|e| e.route.name == n).unwrap().id;
-        let (ida, idb) = (id_of(&t, "alice"), id_of(&t, "bob"));
-        assert_ne!(ida, idb);
-
-        let d = t.replace_all(&[a.clone(), b.clone()]).unwrap();
-        assert!(d.is_empty());
-
-        let b2 = route("bob", 30003, "10.0.0.12:22");
-        let d = t.replace_all(&[a.clone(), b2]).unwrap();
-        assert_eq!(d.changed.len(), 1);
-        assert_eq!(id_of(&t, "bob"), idb);
-
-        let d = t.replace_all(&[a]).unwrap();
-        assert_eq!(d.removed.len(), 1);
-        let c = route("carol", 30004, "10.0.0.13:22");
-        let d = t
-            .replace_all(&[route("alice", 30001, "10.0.0.11:22"), c])
-            .unwrap();
-        assert_eq!(d.added[0].id, idb, "carol reuses bob's freed slot");
-        assert_eq!(id_of(&t, "alice"), ida);
-    }
-
-    #[test]
-    fn entries_are_in_network_order() {
-        let mut t = RouteTable::new();
-        t.replace_all(&[route("alice", 30001, "10.0.0.11:22")])
-            .unwrap();
-        let e = t.entries().next().unwrap();
-        let (fk, be) = frontend_entry(e);
-        assert_eq!(fk.port.to_ne_bytes(), 30001u16.to_be_bytes());
-        assert_eq!(fk.protocol, 6);
-        assert_eq!(be.addr.to_ne_bytes(), [10, 0, 0, 11]);
-        assert_eq!(be.port.to_ne_bytes(), 22u16.to_be_bytes());
-        let (rk, rv) = reverse_entry(e);
-        assert_eq!(rk.addr, be.addr);
-        assert_eq!(rk.port, be.port);
-        assert_eq!(rv.public_port, fk.port);
-        assert_eq!(rv.route_id, be.route_id);
-    }
-
-    #[test]
-    fn a_full_table_is_an_error_not_a_panic() {
-        let mut t = RouteTable::new();
-        t.next_id = MAX_ROUTES;
-        assert_eq!(
-            t.replace_all(&[route("alice", 30001, "10.0.0.11:22")]),
-            Err(RouteError::Full)
-        );
-    }
+/// The route (port, protocol, backend, slot) a pinned frontend entry stands for, if its
+/// protocol is one of ours.
+pub fn decode_frontend(
+    k: &FrontendKey,
+    v: &Backend,
+) -> Option<((u16, Protocol), (SocketAddrV4, u32))> {
+    let protocol = match k.protocol {
+        lb_common::PROTO_TCP => Protocol::Tcp,
+        lb_common::PROTO_UDP => Protocol::Udp,
+        _ => return None,
+    };
+    let ip = std::net::Ipv4Addr::from(v.addr.to_ne_bytes());
+    Some((
+        (u16::from_be(k.port), protocol),
+        (SocketAddrV4::new(ip, u16::from_be(v.port)), v.route_id),
+    ))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,15 @@
 //! Thin, safe wrappers over the few system calls srvgate needs beyond std.
 
-use std::{ffi::CString, io, path::Path, time::Duration};
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+    time::Duration,
+};
 
 /// The ifindex of interface `name` in this network namespace, if it exists.
 pub fn ifindex(name: &str) -> Option<u32> {
@@ -60,6 +69,137 @@ pub fn set_sysctl(path: &str, value: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+/// `statfs(2)` magic of the BPF filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Whether `path` (which must exist) is on a BPF filesystem, where objects can be pinned.
+pub fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c = c_path(path)?;
+    // SAFETY: zeroed statfs is a valid out-parameter; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs.
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Mounts a BPF filesystem on `path`, as systemd does on /sys/fs/bpf at boot.
+pub fn mount_bpffs(path: &Path) -> io::Result<()> {
+    let target = c_path(path)?;
+    let fstype = c"bpf";
+    // SAFETY: every pointer is a valid NUL-terminated string or null (no data).
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether this process runs in the mount namespace of pid 1. Outside it (e.g. under
+/// `ip netns exec`), a filesystem this process mounts disappears with its namespace.
+pub fn in_init_mount_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        // Unknowable (no /proc/1 access): do not warn about something we cannot see.
+        _ => true,
+    }
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+fn bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` points to `size` bytes of a bpf_attr variant matching `cmd`.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Opens a BPF object pinned at `path`.
+pub fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let c = c_path(path)?;
+    let mut attr = ObjGet {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    let fd = bpf(
+        BPF_OBJ_GET,
+        (&mut attr as *mut ObjGet).cast(),
+        std::mem::size_of::<ObjGet>(),
+    )?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The interface an XDP BPF link pinned at `path` is attached to; 0 once the link is
+/// defunct (its interface was deleted).
+pub fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<u32> {
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    let fd = bpf_obj_get(path)?;
+    // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose `xdp` member
+    // is { __u32 ifindex }, at byte 16. The buffer is larger than the kernel's struct;
+    // the tail stays zero, which the kernel accepts.
+    let mut info = [0u64; 32];
+    let mut attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(
+        BPF_OBJ_GET_INFO_BY_FD,
+        (&mut attr as *mut InfoByFd).cast(),
+        std::mem::size_of::<InfoByFd>(),
+    )?;
+    let bytes: &[u8] = bytemuck::cast_slice(&info);
+    let word =
+        |at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let link_type = word(0);
+    if link_type != BPF_LINK_TYPE_XDP {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not an XDP link (link type {link_type})"),
+        ));
+    }
+    Ok(word(16))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +226,12 @@ mod tests {
         assert!(ifindex("lo").is_some());
         assert!(ifindex("sg-no-such-if").is_none());
         assert!(ifindex("bad\0name").is_none());
+    }
+
+    #[test]
+    fn ordinary_directories_are_not_bpffs() {
+        assert!(!is_bpffs(Path::new("/")).unwrap());
+        assert!(is_bpffs(Path::new("/no/such/dir")).is_err());
     }
 
     #[test]

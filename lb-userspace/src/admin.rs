@@ -1,0 +1,446 @@
+//! The admins' side of the CLI: `srvgate route add|rm|ls`, `srvgate status` and
+//! `srvgate down`, all talking to the running daemon through the control socket (`down`
+//! also works with no daemon, on what a stopped one left pinned).
+
+use std::{
+    io,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    api::{Client, ClientError, RouteRequest, RouteView, RoutesReply, Shutdown, DEFAULT_SOCKET},
+    config::check_label,
+    dataplane::{remove_pins, DEFAULT_PIN_DIR},
+};
+
+/// How long `down` waits for a running daemon to detach and exit.
+const DOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SocketArg {
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RouteCommand {
+    /// Add a runtime route: a public port (from gateway.port_range unless --port) forwarded
+    /// to BACKEND, and its DNS records. Kept across restarts until removed or reclaimed.
+    Add(AddArgs),
+    /// Remove NAME's runtime routes (only those of --service if given).
+    Rm(RmArgs),
+    /// List every route, config and runtime.
+    Ls(LsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AddArgs {
+    /// Owner label, e.g. `alice`: alice.ssh.ZONE.
+    pub name: String,
+    /// Service label, e.g. `ssh`.
+    #[arg(long)]
+    pub service: String,
+    /// Where to forward, address:port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub backend: String,
+    /// A specific public port instead of the lowest free one.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// `tcp` (default) or `udp`.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Print the new route as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RmArgs {
+    pub name: String,
+    #[arg(long)]
+    pub service: Option<String>,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LsArgs {
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DownArgs {
+    /// Where a stopped daemon left its pins (used only when no daemon answers).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}: removing the pins: {error}", dir.display())]
+    Pins { dir: PathBuf, error: io::Error },
+    #[error("srvgate acknowledged `down` but its socket {} is still there after {DOWN_TIMEOUT:?}; is it stuck?", socket.display())]
+    StillRunning { socket: PathBuf },
+}
+
+impl AdminError {
+    /// Whether the caller's input or privileges are at fault (exit code 2).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            AdminError::Client(e) => e.is_bad_input(),
+            AdminError::Invalid(_) => true,
+            _ => false,
+        }
+    }
+}
+
+pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
+    match cmd {
+        RouteCommand::Add(a) => {
+            let client = Client::new(&a.socket.socket);
+            let v = client.add(&RouteRequest {
+                name: a.name,
+                service: a.service,
+                protocol: a.protocol,
+                backend: a.backend,
+                port: a.port,
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!(
+                    "{}/{}/{}: public port {} -> {} ({})",
+                    v.name, v.service, v.protocol, v.port, v.backend, v.source
+                );
+            }
+            Ok(())
+        }
+        RouteCommand::Rm(r) => {
+            // The name travels in the URL path: refuse what is not a label before sending.
+            check_label(&r.name).map_err(|e| AdminError::Invalid(format!("name: {e}")))?;
+            if let Some(s) = &r.service {
+                check_label(s).map_err(|e| AdminError::Invalid(format!("service: {e}")))?;
+            }
+            let removed = Client::new(&r.socket.socket).remove(&r.name, r.service.as_deref())?;
+            for v in removed.removed {
+                println!(
+                    "removed {}/{}/{} (port {} is free again)",
+                    v.name, v.service, v.protocol, v.port
+                );
+            }
+            Ok(())
+        }
+        RouteCommand::Ls(l) => {
+            let reply = Client::new(&l.socket.socket).list()?;
+            if l.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reply).unwrap_or_default()
+                );
+            } else {
+                print!("{}", render_ls(&reply));
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn status(args: LsArgs) -> Result<(), AdminError> {
+    let reply = Client::new(&args.socket.socket).list()?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reply).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render_status(&reply));
+    }
+    Ok(())
+}
+
+/// Stops forwarding: a running daemon is asked to detach and exit (and waited for); with
+/// no daemon, the pins it left in `--pin-dir` are removed.
+pub fn down(args: DownArgs) -> Result<(), AdminError> {
+    let socket = &args.socket.socket;
+    match Client::new(socket).shutdown(Shutdown { detach: true }) {
+        Ok(_) => {
+            let deadline = Instant::now() + DOWN_TIMEOUT;
+            // The daemon removes its socket last, after detaching.
+            while socket.exists() {
+                if Instant::now() >= deadline {
+                    return Err(AdminError::StillRunning {
+                        socket: socket.clone(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            println!("srvgate stopped; XDP detached from every leg and its pins removed");
+            Ok(())
+        }
+        Err(e) if e.no_daemon() => {
+            let dir = &args.pin_dir;
+            let removed = remove_pins(dir).map_err(|error| AdminError::Pins {
+                dir: dir.clone(),
+                error,
+            })?;
+            if removed.links + removed.maps == 0 {
+                println!(
+                    "no srvgate running and nothing pinned in {}: nothing to do",
+                    dir.display()
+                );
+            } else {
+                println!(
+                    "no srvgate running; removed {} XDP link(s) (detached) and {} map(s) from {}",
+                    removed.links,
+                    removed.maps,
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn summary(r: &RoutesReply) -> String {
+    let runtime = r.routes.iter().filter(|v| v.source == "runtime").count();
+    format!(
+        "public {}, ports {} ({} free), {} routes ({} config, {} runtime), reclaim {}\n",
+        r.public_ipv4,
+        r.port_range,
+        r.free_ports,
+        r.routes.len(),
+        r.routes.len() - runtime,
+        runtime,
+        r.reclaim_after
+            .as_deref()
+            .map_or("off".to_string(), |d| format!("after {d} idle"))
+    )
+}
+
+/// `srvgate route ls`.
+pub fn render_ls(r: &RoutesReply) -> String {
+    let rows: Vec<Vec<String>> = r
+        .routes
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.service.clone(),
+                v.protocol.clone(),
+                v.port.to_string(),
+                v.backend.clone(),
+                v.source.clone(),
+                v.reclaim_in_seconds.map_or("-".into(), human_duration),
+            ]
+        })
+        .collect();
+    summary(r)
+        + &table(
+            &[
+                "NAME",
+                "SERVICE",
+                "PROTO",
+                "PORT",
+                "BACKEND",
+                "SOURCE",
+                "RECLAIM IN",
+            ],
+            &rows,
+        )
+}
+
+/// `srvgate status`.
+pub fn render_status(r: &RoutesReply) -> String {
+    let rows: Vec<Vec<String>> = r
+        .routes
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.service.clone(),
+                v.protocol.clone(),
+                v.port.to_string(),
+                v.backend.clone(),
+                (v.inbound_packets + v.outbound_packets).to_string(),
+                human_bytes(v.inbound_bytes + v.outbound_bytes),
+                last_seen(v),
+                v.source.clone(),
+            ]
+        })
+        .collect();
+    summary(r)
+        + &table(
+            &[
+                "NAME",
+                "SERVICE",
+                "PROTO",
+                "PORT",
+                "BACKEND",
+                "PACKETS",
+                "BYTES",
+                "LAST SEEN",
+                "SOURCE",
+            ],
+            &rows,
+        )
+}
+
+fn last_seen(v: &RouteView) -> String {
+    match v.last_seen_unix {
+        Some(_) => format!("{} ago", human_duration(v.idle_seconds)),
+        None => "never".into(),
+    }
+}
+
+/// The largest unit that fits: `42s`, `5m`, `3h`, `12d`.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, source: &str, last_seen: Option<u64>, idle: u64) -> RouteView {
+        RouteView {
+            name: name.into(),
+            service: "ssh".into(),
+            protocol: "tcp".into(),
+            port: 30000,
+            backend: "10.0.0.11:22".into(),
+            source: source.into(),
+            added_unix: 1,
+            last_seen_unix: last_seen,
+            idle_seconds: idle,
+            reclaim_in_seconds: (source == "runtime").then_some(86400 * 3),
+            inbound_packets: 10,
+            outbound_packets: 5,
+            inbound_bytes: 2048,
+            outbound_bytes: 1024,
+        }
+    }
+
+    fn reply() -> RoutesReply {
+        RoutesReply {
+            public_ipv4: "203.0.113.10".into(),
+            port_range: "30000-30009".into(),
+            free_ports: 8,
+            reclaim_after: Some("14d".into()),
+            routes: vec![
+                view("alice", "runtime", Some(100), 90),
+                view("carol", "config", None, 5),
+            ],
+        }
+    }
+
+    #[test]
+    fn status_is_a_table_with_counters_and_last_seen() {
+        let text = render_status(&reply());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains("8 free") && lines[0].contains("after 14d idle"),
+            "{text}"
+        );
+        assert!(lines[1].starts_with("NAME  "), "{text}");
+        assert!(lines[1].contains("LAST SEEN"), "{text}");
+        let alice: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            alice,
+            [
+                "alice",
+                "ssh",
+                "tcp",
+                "30000",
+                "10.0.0.11:22",
+                "15",
+                "3.0",
+                "KiB",
+                "1m",
+                "ago",
+                "runtime"
+            ]
+        );
+        assert!(
+            lines[3].contains("never") && lines[3].ends_with("config"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ls_shows_the_source_and_the_reclaim_countdown() {
+        let text = render_ls(&reply());
+        assert!(text.contains("runtime  3d"), "{text}");
+        let carol: Vec<&str> = text.lines().nth(3).unwrap().split_whitespace().collect();
+        assert_eq!(carol[5..], ["config", "-"], "{text}");
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(14 * 86400), "14d");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}

@@ -1,0 +1,767 @@
+//! The running gateway (`srvgate run`): one route table and everything that must agree with
+//! it — the BPF maps, the DNS zone, the state file — changed only through the operations
+//! here, each of which updates all of them before it returns.
+//!
+//! Start-up order matters: everything that can fail on bad input (config, state file,
+//! clashes between them, sockets to bind) is done before the kernel is touched, so a refused
+//! start leaves a running data plane (pinned by an earlier run) exactly as it was.
+//!
+//! Operations: `add` / `remove` (control API), `reload` (SIGHUP), `observe` (every few
+//! seconds: last-seen times from the BPF counters, then reclaim of idle runtime routes).
+//! Each one runs under the core's mutex: table first, then the state file (an operation the
+//! file did not record is undone), then the maps, then DNS.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    api::{self, ApiError, Control, Removed, RouteView, RoutesReply, Shutdown},
+    config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
+    dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError},
+    dns::{DnsError, DnsServer},
+    metrics::{self, RouteSample},
+    routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
+    state::{StateError, StateStore, StoredRoute},
+};
+
+/// How often the data plane's view of each leg's redirect ability is refreshed.
+const EGRESS_REFRESH: Duration = Duration::from_secs(2);
+/// How often last-seen times are read from the counters and idle routes reclaimed.
+const OBSERVE_EVERY: Duration = Duration::from_secs(5);
+/// Last-seen times are written to the state file at most this often (and at exit); the
+/// pinned counters keep the exact times across restarts, the file only across reboots.
+const SAVE_ACTIVITY_EVERY: Duration = Duration::from_secs(60);
+
+/// Everything `srvgate run` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config: PathBuf,
+    pub xdp_mode: AttachMode,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Detach XDP and remove the pins on SIGTERM/SIGINT instead of leaving them forwarding.
+    pub detach_on_exit: bool,
+    /// See [`Clock`].
+    pub clock_offset_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{}: runtime routes clash with the config file {}:\n  {}\n  remove the clashing route from the config file, or stop srvgate and edit the state file", state.display(), config.display(), problems.join("\n  "))]
+    Clash {
+        state: PathBuf,
+        config: PathBuf,
+        problems: Vec<String>,
+    },
+    #[error("control socket: {0}")]
+    Api(#[from] api::ApiBindError),
+    #[error("metrics.listen: cannot listen on {addr}: {error}")]
+    Metrics {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("starting the DNS server: {0}")]
+    Dns(#[from] DnsError),
+    #[error("starting the XDP data plane: {0}")]
+    Dataplane(#[from] DataplaneError),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl DaemonError {
+    /// Whether the operator's input is at fault (exit code 2) rather than the machine.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::Config(_) | DaemonError::State(_) | DaemonError::Clash { .. }
+        )
+    }
+}
+
+/// The daemon's wall clock. Tests move it forward by writing an offset (seconds, or a
+/// duration such as `15d`) to a file, read on every call, so reclaiming after days can be
+/// tested without sleeping; without the file it is the system clock.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    offset_file: Option<PathBuf>,
+}
+
+impl Clock {
+    pub fn new(offset_file: Option<PathBuf>) -> Self {
+        Clock { offset_file }
+    }
+
+    pub fn now(&self) -> SystemTime {
+        let now = SystemTime::now();
+        let Some(path) = &self.offset_file else {
+            return now;
+        };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return now;
+        };
+        let text = text.trim();
+        let offset = text
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .or_else(|_| config::parse_duration(text));
+        match offset {
+            Ok(d) => now + d,
+            Err(_) => now,
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The table and everything that mirrors it.
+struct Core {
+    table: RouteTable,
+    dataplane: Dataplane,
+    dns: Option<Arc<DnsServer>>,
+    store: StateStore,
+    gateway: Gateway,
+    clock: Clock,
+    /// Runtime last-seen times changed since the state file was written.
+    activity_unsaved: bool,
+    last_save: Instant,
+}
+
+impl Core {
+    fn stored_routes(&self) -> Vec<StoredRoute> {
+        self.table
+            .entries()
+            .filter(|e| e.source == Source::Runtime)
+            .map(|e| StoredRoute {
+                route: e.route.clone(),
+                added: e.added,
+                last_seen: e.last_seen,
+            })
+            .collect()
+    }
+
+    fn save(&mut self) -> Result<(), StateError> {
+        self.store.save(&self.stored_routes())?;
+        self.activity_unsaved = false;
+        self.last_save = Instant::now();
+        Ok(())
+    }
+
+    fn publish_dns(&self) {
+        if let Some(d) = &self.dns {
+            d.update(&self.table.routes());
+        }
+    }
+
+    fn counters(&self, e: &Entry) -> Counters {
+        self.dataplane.route_counters(e.id).unwrap_or_default()
+    }
+
+    fn view(&self, e: &Entry, now: SystemTime) -> RouteView {
+        let c = self.counters(e);
+        let r = &e.route;
+        let idle = now
+            .duration_since(e.last_activity())
+            .unwrap_or(Duration::ZERO);
+        let reclaim_in = match (e.source, self.gateway.reclaim_after) {
+            (Source::Runtime, Some(after)) => Some(after.saturating_sub(idle).as_secs()),
+            _ => None,
+        };
+        RouteView {
+            name: r.name.clone(),
+            service: r.service.clone(),
+            protocol: r.protocol.to_string(),
+            port: r.port,
+            backend: r.backend.to_string(),
+            source: e.source.as_str().to_string(),
+            added_unix: unix(e.added),
+            last_seen_unix: e.last_seen.map(unix),
+            idle_seconds: idle.as_secs(),
+            reclaim_in_seconds: reclaim_in,
+            inbound_packets: c.inbound_packets,
+            outbound_packets: c.outbound_packets,
+            inbound_bytes: c.inbound_bytes,
+            outbound_bytes: c.outbound_bytes,
+        }
+    }
+
+    fn list(&mut self) -> RoutesReply {
+        // Fresh last-seen times, so `status` agrees with what the counters say right now.
+        self.observe_activity();
+        let now = self.clock.now();
+        let range = self.gateway.port_range;
+        let free = (range.first..=range.last)
+            .filter(|&p| {
+                !self.table.port_in_use(p, config::Protocol::Tcp)
+                    && !self.table.port_in_use(p, config::Protocol::Udp)
+            })
+            .count();
+        RoutesReply {
+            public_ipv4: self.gateway.public_ipv4.to_string(),
+            port_range: range.to_string(),
+            free_ports: free as u32,
+            reclaim_after: self.gateway.reclaim_after.map(format_duration),
+            routes: self.table.entries().map(|e| self.view(e, now)).collect(),
+        }
+    }
+
+    fn add(&mut self, request: RouteRequest) -> Result<RouteView, ApiError> {
+        let started = Instant::now();
+        let g = &self.gateway;
+        let draft = check_route(&request, Some(g.public_ipv4), Some(g.port_range), &|f| {
+            f.to_string()
+        })
+        .map_err(|problems| {
+            let field = problems
+                .first()
+                .map(|p| p.field.clone())
+                .unwrap_or_default();
+            let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+            ApiError::field(400, field, format!("invalid route:\n{}", list.join("\n")))
+        })?;
+        let port = match draft.port {
+            Some(p) => p,
+            None => self
+                .table
+                .allocate_port(&draft.name, &draft.service, draft.protocol, g.port_range)
+                .map_err(|e| ApiError::field(409, "port", e.to_string()))?,
+        };
+        let now = self.clock.now();
+        let entry = self
+            .table
+            .insert(draft.with_port(port), Source::Runtime, now, None)
+            .map_err(|e| match e {
+                RouteError::Conflict(f) => ApiError::field(409, f.field.clone(), f.to_string()),
+                other => ApiError::new(409, other.to_string()),
+            })?;
+        let key = entry.route.key();
+        // Live first (maps, then DNS: milliseconds), durable second (an fsync, which a busy
+        // disk can stretch to a good fraction of a second), reply last. A failed save undoes
+        // it all; a crash before the save never told anyone the route existed, and the next
+        // start's full sync drops its map entries.
+        let diff = Diff {
+            added: vec![entry.clone()],
+            ..Diff::default()
+        };
+        let live = self
+            .dataplane
+            .apply(&self.table, &diff)
+            .map_err(|e| e.to_string());
+        if live.is_ok() {
+            self.publish_dns();
+        }
+        let live_us = started.elapsed().as_micros() as u64;
+        if let Err(e) = live.and_then(|()| self.save().map_err(|e| e.to_string())) {
+            // Undo everywhere, so the table, the maps, DNS and the file keep agreeing.
+            if let Some(gone) = self.table.remove(&key) {
+                let undo = Diff {
+                    removed: vec![gone],
+                    ..Diff::default()
+                };
+                let _ = self.dataplane.apply(&self.table, &undo);
+            }
+            self.publish_dns();
+            error!("route add {key}: {e}");
+            return Err(ApiError::new(500, format!("not added: {e}")));
+        }
+        // `live_us`: until the route forwards and answers; `took_us`: until it is also on disk.
+        info!(
+            route = %key,
+            port,
+            backend = %entry.route.backend,
+            source = "runtime",
+            live_us,
+            took_us = started.elapsed().as_micros() as u64,
+            "route added"
+        );
+        Ok(self.view(&entry, now))
+    }
+
+    fn remove(&mut self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
+        let matching: Vec<Entry> = self
+            .table
+            .entries()
+            .filter(|e| e.route.name == name && service.is_none_or(|s| e.route.service == s))
+            .cloned()
+            .collect();
+        let what = match service {
+            Some(s) => format!("{name} with service {s}"),
+            None => name.to_string(),
+        };
+        if matching.is_empty() {
+            return Err(ApiError::field(
+                404,
+                "name",
+                format!("no route named {what}"),
+            ));
+        }
+        let (runtime, config): (Vec<Entry>, Vec<Entry>) = matching
+            .into_iter()
+            .partition(|e| e.source == Source::Runtime);
+        if runtime.is_empty() {
+            let keys: Vec<String> = config.iter().map(|e| e.route.key().to_string()).collect();
+            return Err(ApiError::field(
+                409,
+                "name",
+                format!(
+                    "{} is defined in the config file, not at runtime: remove it there and send SIGHUP",
+                    keys.join(", ")
+                ),
+            ));
+        }
+        let now = self.clock.now();
+        let views: Vec<RouteView> = runtime.iter().map(|e| self.view(e, now)).collect();
+        let mut diff = Diff::default();
+        for e in &runtime {
+            if let Some(gone) = self.table.remove(&e.route.key()) {
+                diff.removed.push(gone);
+            }
+        }
+        if let Err(e) = self.save() {
+            // Not recorded, so not done: put the routes back (their slots are still free).
+            for gone in diff.removed {
+                let _ = self
+                    .table
+                    .insert(gone.route, gone.source, gone.added, gone.last_seen);
+            }
+            error!("route rm {what}: {e}");
+            return Err(ApiError::new(500, format!("not removed: {e}")));
+        }
+        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+            error!("route rm {what}: updating the BPF maps failed: {e}");
+        }
+        self.publish_dns();
+        for e in &diff.removed {
+            info!(route = %e.route.key(), port = e.route.port, "route removed");
+        }
+        if !config.is_empty() {
+            let kept: Vec<String> = config.iter().map(|e| e.route.key().to_string()).collect();
+            info!(kept = %kept.join(", "), "config routes of {name} kept");
+        }
+        Ok(Removed { removed: views })
+    }
+
+    /// SIGHUP: applies the config file's routes as a diff. Gateway-wide settings that need
+    /// the program reloaded are reported, not applied: a restart does that without a gap.
+    fn reload(&mut self, cfg: Config) {
+        let g = &self.gateway;
+        let n = &cfg.gateway;
+        if n.public_interface != g.public_interface
+            || n.private_interfaces != g.private_interfaces
+            || n.public_ipv4 != g.public_ipv4
+        {
+            warn!("SIGHUP: gateway interfaces and public_ipv4 take effect on restart (hitless: stop and start srvgate)");
+        }
+        let now = self.clock.now();
+        let diff = match self.table.replace_config(&cfg.routes, now) {
+            Ok(d) => d,
+            Err(problems) => {
+                let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+                error!(
+                    "SIGHUP: keeping the running routes; the new config clashes with them:\n{}",
+                    list.join("\n")
+                );
+                return;
+            }
+        };
+        self.gateway.port_range = n.port_range;
+        self.gateway.reclaim_after = n.reclaim_after;
+        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+            error!("SIGHUP: updating the BPF maps failed: {e:#}");
+        }
+        // A runtime route the file took over leaves the state file.
+        if diff.changed.iter().any(|c| c.old.source != c.new.source) {
+            if let Err(e) = self.save() {
+                error!("SIGHUP: {e}");
+            }
+        }
+        self.publish_dns();
+        info!(
+            added = diff.added.len(),
+            removed = diff.removed.len(),
+            changed = diff.changed.len(),
+            "SIGHUP: config reloaded"
+        );
+        for e in &diff.added {
+            info!(route = %e.route.key(), port = e.route.port, backend = %e.route.backend, "route added");
+        }
+        for e in &diff.removed {
+            info!(route = %e.route.key(), port = e.route.port, "route removed");
+        }
+        for c in &diff.changed {
+            info!(route = %c.new.route.key(), port = c.new.route.port, backend = %c.new.route.backend, source = c.new.source.as_str(), "route changed");
+        }
+    }
+
+    /// Reads each route's last packet from the counters into the table.
+    fn observe_activity(&mut self) {
+        let now = self.clock.now();
+        let seen: Vec<(config::RouteKey, Source, SystemTime)> = self
+            .table
+            .entries()
+            .filter_map(|e| {
+                let idle = self.counters(e).idle?;
+                Some((e.route.key(), e.source, now.checked_sub(idle)?))
+            })
+            .collect();
+        for (key, source, at) in seen {
+            if self.table.note_activity(&key, at) && source == Source::Runtime {
+                self.activity_unsaved = true;
+            }
+        }
+    }
+
+    /// The periodic pass: last-seen times, then reclaim, then (rarely) the state file.
+    fn observe(&mut self) {
+        self.observe_activity();
+        if let Some(after) = self.gateway.reclaim_after {
+            let now = self.clock.now();
+            let idle = idle_routes(self.table.entries(), now, after);
+            if !idle.is_empty() {
+                self.reclaim(&idle, now, after);
+            }
+        }
+        if self.activity_unsaved && self.last_save.elapsed() >= SAVE_ACTIVITY_EVERY {
+            if let Err(e) = self.save() {
+                warn!("saving last-seen times: {e}");
+            }
+        }
+    }
+
+    fn reclaim(&mut self, keys: &[config::RouteKey], now: SystemTime, after: Duration) {
+        let mut diff = Diff::default();
+        for key in keys {
+            if let Some(e) = self.table.remove(key) {
+                diff.removed.push(e);
+            }
+        }
+        // Unlike a user's `rm`, a reclaim the file did not record is still carried out: the
+        // file is retried on the next pass, and a restart in between would reclaim again.
+        if let Err(e) = self.save() {
+            error!("reclaim: {e}");
+            self.activity_unsaved = true;
+        }
+        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+            error!("reclaim: updating the BPF maps failed: {e}");
+        }
+        self.publish_dns();
+        for e in &diff.removed {
+            let idle = now
+                .duration_since(e.last_activity())
+                .unwrap_or(Duration::ZERO);
+            info!(
+                name = %e.route.name,
+                route = %e.route.key(),
+                port = e.route.port,
+                idle = %format_duration(idle),
+                reclaim_after = %format_duration(after),
+                "route reclaimed after being idle; its port is back in the pool"
+            );
+        }
+    }
+
+    fn scrape(&self) -> String {
+        let routes: Vec<RouteSample> = self
+            .table
+            .entries()
+            .map(|e| RouteSample {
+                route: e.route.clone(),
+                counters: self.counters(e),
+            })
+            .collect();
+        let verdicts = self.dataplane.verdicts().unwrap_or_default();
+        let named: Vec<(&str, u64)> = verdict_names().iter().copied().zip(verdicts).collect();
+        metrics::render(&routes, &named)
+    }
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    // Every operation leaves the core consistent between its steps, so after a panic in one
+    // the daemon keeps serving rather than cascading it.
+    core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The API's view of the daemon.
+struct Handle {
+    core: Arc<Mutex<Core>>,
+    shutdown: mpsc::UnboundedSender<Shutdown>,
+}
+
+impl Control for Handle {
+    fn list(&self) -> RoutesReply {
+        lock(&self.core).list()
+    }
+    fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError> {
+        lock(&self.core).add(request)
+    }
+    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
+        lock(&self.core).remove(name, service)
+    }
+    fn shutdown(&self, request: Shutdown) {
+        let _ = self.shutdown.send(request);
+    }
+}
+
+/// Builds the table from the config's routes and the stored runtime ones. A stored route
+/// identical to a config route was taken over by the file while the daemon was down and
+/// is dropped from the store; any other clash is an error naming both.
+fn build_table(
+    cfg: &Config,
+    config_path: &Path,
+    store: &StateStore,
+    stored: Vec<StoredRoute>,
+    now: SystemTime,
+) -> Result<(RouteTable, bool), DaemonError> {
+    let mut table = RouteTable::new();
+    table
+        .replace_config(&cfg.routes, now)
+        .map_err(|problems| DaemonError::Clash {
+            state: store.path().to_path_buf(),
+            config: config_path.to_path_buf(),
+            problems: problems.iter().map(ToString::to_string).collect(),
+        })?;
+    let mut problems = Vec::new();
+    let mut taken_over = false;
+    for s in stored {
+        let key = s.route.key();
+        if table.get(&key).is_some_and(|e| e.route == s.route) {
+            info!(route = %key, "runtime route now defined identically in the config file; the file owns it");
+            taken_over = true;
+            continue;
+        }
+        if !cfg.gateway.port_range.contains(s.route.port) {
+            warn!(route = %key, port = s.route.port, "runtime route outside gateway.port_range {}; kept, since its port was handed out", cfg.gateway.port_range);
+        }
+        match table.insert(s.route, Source::Runtime, s.added, s.last_seen) {
+            Ok(_) => {}
+            Err(e) => problems.push(format!("runtime route {key}: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(DaemonError::Clash {
+            state: store.path().to_path_buf(),
+            config: config_path.to_path_buf(),
+            problems,
+        });
+    }
+    Ok((table, taken_over))
+}
+
+/// Runs the gateway until SIGINT/SIGTERM or an API shutdown. `cfg` was loaded from
+/// `opts.config` and checked against the machine by the caller.
+pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
+    let clock = Clock::new(opts.clock_offset_file.clone());
+    let store = StateStore::open(&opts.state_dir)?;
+    let stored = store.load(cfg.gateway.public_ipv4)?;
+    let (mut table, taken_over) = build_table(&cfg, &opts.config, &store, stored, clock.now())?;
+
+    // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|error| DaemonError::Metrics { addr, error })?,
+        ),
+        None => None,
+    };
+    let api_listener = api::bind(&opts.socket)?;
+    let dns = match &cfg.dns {
+        Some(d) => Some(Arc::new(
+            DnsServer::start(d, cfg.gateway.public_ipv4, &table.routes()).await?,
+        )),
+        None => None,
+    };
+
+    let mut dataplane = Dataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
+    let fresh = table.adopt_slots(dataplane.pinned_frontends());
+    dataplane.sync_all(&table, &fresh)?;
+    for e in table.entries() {
+        let r = &e.route;
+        info!(route = %r.key(), public = %format!("{}:{}", cfg.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
+    }
+    let mut core = Core {
+        table,
+        dataplane,
+        dns: dns.clone(),
+        store,
+        gateway: cfg.gateway.clone(),
+        clock,
+        activity_unsaved: false,
+        last_save: Instant::now(),
+    };
+    if taken_over {
+        core.save()?;
+    }
+    // Last-seen times from counters that outlived the previous daemon, and whatever went
+    // idle while no daemon was watching.
+    core.observe();
+    let routes = core.table.len();
+    let core = Arc::new(Mutex::new(core));
+
+    let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
+    let handle: Arc<dyn Control> = Arc::new(Handle {
+        core: core.clone(),
+        shutdown: shutdown_tx,
+    });
+    let api_task = tokio::spawn(api::serve(api_listener, handle));
+    let metrics_task = metrics_listener.map(|listener| {
+        let core = core.clone();
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::new(move || lock(&core).scrape()),
+        ))
+    });
+
+    info!(
+        routes,
+        public = %cfg.gateway.public_ipv4,
+        dns = ?dns.as_ref().map(|d| d.local_addrs()),
+        metrics = ?cfg.metrics_listen,
+        socket = %opts.socket.display(),
+        pins = %opts.pin_dir.display(),
+        state = %opts.state_dir.display(),
+        "srvgate ready"
+    );
+
+    let result = event_loop(&opts, &core, &mut shutdown_rx).await;
+    let detach = match &result {
+        Ok(detach) => *detach,
+        Err(_) => opts.detach_on_exit,
+    };
+
+    api_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    {
+        let mut c = lock(&core);
+        if let Err(e) = c.save() {
+            warn!("saving the state file at exit: {e}");
+        }
+        c.dns = None;
+    }
+    if let Some(d) = dns.and_then(Arc::into_inner) {
+        d.shutdown().await;
+    }
+    let outcome = finish(core, detach, &opts);
+    // Last: `srvgate down` takes the socket's disappearance to mean "detached and gone".
+    let _ = std::fs::remove_file(&opts.socket);
+    outcome?;
+    result.map(|_| ())
+}
+
+/// Detaches (or deliberately does not) on the way out.
+fn finish(core: Arc<Mutex<Core>>, detach: bool, opts: &Options) -> Result<(), DaemonError> {
+    if detach {
+        // Tasks that held the core are aborted; if one lingers, its descriptors go with the
+        // process and the removed pins make that the detach.
+        match Arc::try_unwrap(core) {
+            Ok(m) => {
+                let c = m.into_inner().unwrap_or_else(|p| p.into_inner());
+                c.dataplane.detach()?;
+            }
+            Err(core) => {
+                let dir = lock(&core).dataplane.pin_dir().to_path_buf();
+                crate::dataplane::remove_pins(&dir).map_err(|e| {
+                    DaemonError::Runtime(format!("removing the pins in {}: {e}", dir.display()))
+                })?;
+                info!("pins removed; XDP detaches as srvgate exits");
+            }
+        }
+        info!("stopped; XDP detached from every leg");
+    } else {
+        info!(
+            pins = %opts.pin_dir.display(),
+            "stopped; XDP stays attached and forwarding (pinned); the next `srvgate run` takes over without a gap, `srvgate down` detaches"
+        );
+    }
+    Ok(())
+}
+
+/// Serves signals and timers; returns whether to detach on the way out.
+async fn event_loop(
+    opts: &Options,
+    core: &Arc<Mutex<Core>>,
+    shutdown: &mut mpsc::UnboundedReceiver<Shutdown>,
+) -> Result<bool, DaemonError> {
+    let sig = |kind| {
+        signal(kind).map_err(|e| DaemonError::Runtime(format!("installing signal handlers: {e}")))
+    };
+    let (mut term, mut int, mut hup) = (
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+        sig(SignalKind::hangup())?,
+    );
+    let mut egress = tokio::time::interval(EGRESS_REFRESH);
+    let mut observe = tokio::time::interval(OBSERVE_EVERY);
+    observe.tick().await;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(opts.detach_on_exit); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(opts.detach_on_exit); }
+            Some(s) = shutdown.recv() => {
+                info!(detach = s.detach, "shutdown requested over the control socket");
+                return Ok(s.detach || opts.detach_on_exit);
+            }
+            _ = hup.recv() => {
+                let cfg = Config::load(&opts.config).and_then(|c| c.check_interfaces(&opts.config).map(|_| c));
+                match cfg {
+                    Ok(cfg) => {
+                        let core = core.clone();
+                        let _ = tokio::task::spawn_blocking(move || lock(&core).reload(cfg)).await;
+                    }
+                    Err(e) => error!("SIGHUP: keeping the running routes; {e}"),
+                }
+            }
+            _ = egress.tick() => {
+                if let Err(e) = lock(core).dataplane.refresh_egress() {
+                    warn!("refreshing egress modes: {e:#}");
+                }
+            }
+            _ = observe.tick() => {
+                let core = core.clone();
+                let _ = tokio::task::spawn_blocking(move || lock(&core).observe()).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_moves_by_the_offset_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("offset");
+        let clock = Clock::new(Some(file.clone()));
+        let real = SystemTime::now();
+        assert!(clock.now().duration_since(real).unwrap_or_default() < Duration::from_secs(5));
+        std::fs::write(&file, "15d\n").unwrap();
+        let ahead = clock.now().duration_since(real).unwrap();
+        assert!(ahead >= Duration::from_secs(15 * 86400), "{ahead:?}");
+        std::fs::write(&file, "3600").unwrap();
+        let ahead = clock.now().duration_since(real).unwrap();
+        assert!(ahead >= Duration::from_secs(3600) && ahead < Duration::from_secs(3700));
+        // Junk is ignored, not fatal: the clock is the system's.
+        std::fs::write(&file, "soon").unwrap();
+        assert!(clock.now().duration_since(real).unwrap_or_default() < Duration::from_secs(5));
+    }
+}
