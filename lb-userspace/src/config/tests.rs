@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 const GOOD: &str = r#"
 [gateway]
@@ -215,4 +216,73 @@ fn port_ranges() {
     assert!("0-10".parse::<PortRange>().is_err());
     assert!("10".parse::<PortRange>().is_err());
     assert!("10-70000".parse::<PortRange>().is_err());
+}
+
+#[test]
+fn reclaim_after_is_a_duration_and_off_when_absent() {
+    assert_eq!(parse(GOOD).unwrap().gateway.reclaim_after, None);
+    let with = |v: &str| {
+        GOOD.replace(
+            "[gateway]\n",
+            &format!("[gateway]\nreclaim_after = \"{v}\"\n"),
+        )
+    };
+    assert_eq!(
+        parse(&with("14d")).unwrap().gateway.reclaim_after,
+        Some(Duration::from_secs(14 * 86400))
+    );
+    for bad in ["14", "two weeks", "0d", "d", "-3d"] {
+        let p = problems(&with(bad));
+        assert_eq!(p[0].field, "gateway.reclaim_after", "{bad}: {p:?}");
+    }
+}
+
+#[test]
+fn durations() {
+    assert_eq!(
+        parse_duration("1d12h").unwrap(),
+        Duration::from_secs(36 * 3600)
+    );
+    assert_eq!(
+        parse_duration("2w").unwrap(),
+        Duration::from_secs(14 * 86400)
+    );
+    assert_eq!(parse_duration(" 90m ").unwrap(), Duration::from_secs(5400));
+    assert!(parse_duration("99999999999999999999d").is_err());
+    assert!(parse_duration("").is_err());
+    assert_eq!(format_duration(Duration::from_secs(14 * 86400)), "14d");
+    assert_eq!(format_duration(Duration::from_secs(90061)), "1d1h1m1s");
+}
+
+#[test]
+fn a_runtime_request_is_checked_like_a_config_route_in_its_own_field_names() {
+    let range = Some(PortRange {
+        first: 30000,
+        last: 30009,
+    });
+    let public = Some(Ipv4Addr::new(203, 0, 113, 10));
+    let plain = |f: &str| f.to_string();
+    let ok = RouteRequest {
+        name: "alice".into(),
+        service: "ssh".into(),
+        protocol: None,
+        backend: "10.0.0.11:22".into(),
+        port: None,
+    };
+    let draft = check_route(&ok, public, range, &plain).unwrap();
+    assert_eq!(draft.protocol, Protocol::Tcp);
+    assert_eq!(draft.port, None, "no port: one is allocated later");
+    let bad = RouteRequest {
+        name: "Alice".into(),
+        service: "ssh".into(),
+        protocol: Some("sctp".into()),
+        backend: "203.0.113.10:22".into(),
+        port: Some(40000),
+    };
+    let fields: Vec<String> = check_route(&bad, public, range, &plain)
+        .unwrap_err()
+        .into_iter()
+        .map(|p| p.field)
+        .collect();
+    assert_eq!(fields, ["name", "protocol", "backend", "port"]);
 }
