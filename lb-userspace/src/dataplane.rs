@@ -197,7 +197,27 @@ impl Dataplane {
         prepare_kernel(gw)?;
         prepare_pin_dir(pin_dir)?;
         let reused = check_pinned_maps(pin_dir)?;
+        Self::load_and_attach(gw, mode, pin_dir, legs, reused).inspect_err(|_| {
+            // A first start that fails leaves nothing behind, as before pinning: without
+            // pins of an earlier run there is no forwarding to keep.
+            if reused == 0 {
+                if let Err(e) = remove_pins(pin_dir) {
+                    warn!(
+                        "removing the pins of the failed start in {}: {e}",
+                        pin_dir.display()
+                    );
+                }
+            }
+        })
+    }
 
+    fn load_and_attach(
+        gw: &Gateway,
+        mode: AttachMode,
+        pin_dir: &Path,
+        legs: Vec<Leg>,
+        reused: usize,
+    ) -> Result<Dataplane, DataplaneError> {
         let mut loader = EbpfLoader::new();
         let map_names: Vec<String> = object_maps()?.into_iter().map(|m| m.0).collect();
         for name in &map_names {
@@ -302,10 +322,19 @@ impl Dataplane {
         program
             .load()
             .map_err(|e| DataplaneError::Load(Box::new(aya::EbpfError::ProgramError(e))))?;
-        let mut links = Vec::new();
+        let mut links: Vec<PinnedLink> = Vec::new();
         for leg in &dp.legs {
-            if let Some(link) = attach_leg(program, leg, mode, pin_dir)? {
-                links.push(link);
+            match attach_leg(program, leg, mode, pin_dir) {
+                Ok(Some(link)) => links.push(link),
+                Ok(None) => {}
+                Err(e) => {
+                    // Not every leg: the legs this run attached go again (unpinned, then
+                    // detached as their last descriptor closes); reused links keep forwarding.
+                    for l in links {
+                        let _ = l.unpin();
+                    }
+                    return Err(e);
+                }
             }
         }
         dp._links = links;

@@ -1091,3 +1091,29 @@ fn the_control_socket_refuses_non_root_users() {
     // Root still gets in.
     lab.srvgate_ctl_ok(&["route", "ls"]).unwrap();
 }
+
+/// A start that cannot attach to every leg (here: a bridge, which has no native
+/// XDP) exits with the attach error and leaves no leg attached and nothing pinned.
+#[test]
+fn a_start_that_cannot_attach_everywhere_leaves_nothing_behind() {
+    if skip_unless_root("a_start_that_cannot_attach_everywhere_leaves_nothing_behind") {
+        return;
+    }
+    require_srvgate_bin();
+    let lab = Lab::new("efail").expect("building the lab");
+    lab.exec_ok(&lab.gw, &["ip", "link", "add", "br0", "type", "bridge"])
+        .unwrap();
+    lab.exec_ok(&lab.gw, &["ip", "link", "set", "br0", "up"])
+        .unwrap();
+    let cfg = config(&[], |c| c.replace("\"priv2\"]", "\"priv2\", \"br0\"]"));
+    assert!(cfg.contains("br0"), "{cfg}");
+    let cfg = lab.write_file("srvgate.toml", &cfg).unwrap();
+    let err = lab.start_srvgate(&cfg, &[]).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("attaching XDP in native mode to br0") && text.contains("--xdp-mode skb"),
+        "{text}"
+    );
+    assert!(xdp_on_no_leg(&lab), "legs left attached by a failed start");
+    assert!(!lab.pin_dir().exists(), "pins left by a failed start");
+}
