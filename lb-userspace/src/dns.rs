@@ -20,13 +20,18 @@ pub mod zone;
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex, PoisonError},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    thread::JoinHandle,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Header, HeaderCounts, ResponseCode};
+use hickory_server::net::xfer::Protocol;
 use hickory_server::{
     net::runtime::Time,
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
@@ -44,6 +49,8 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const TCP_RESPONSE_BUFFER: usize = 32;
 /// Pending TCP connections the kernel holds for us.
 const TCP_BACKLOG: i32 = 1024;
+/// How often a UDP worker blocked in `recv_from` looks at the stop flag.
+const UDP_STOP_POLL: Duration = Duration::from_millis(200);
 /// UDP receive buffer to ask for, so a burst of queries waits in the kernel instead of being
 /// dropped; the kernel caps it at `net.core.rmem_max`.
 const UDP_RECV_BUFFER: usize = 4 << 20;
@@ -73,6 +80,8 @@ pub struct DnsServer {
     server: Server<Handler>,
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
+    udp_workers: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
 }
 
 struct Shared {
@@ -113,13 +122,15 @@ impl DnsServer {
             shared: shared.clone(),
         });
         let mut addrs = Vec::with_capacity(sockets.len());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut udp_workers = Vec::new();
         for (udp, tcp, addr) in sockets {
-            let udp =
-                tokio::net::UdpSocket::from_std(udp).map_err(|e| bind_error(addr, "UDP", e))?;
             let tcp =
                 tokio::net::TcpListener::from_std(tcp).map_err(|e| bind_error(addr, "TCP", e))?;
-            server.register_socket(udp);
             server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+            udp_workers.extend(
+                spawn_udp_workers(udp, &shared, &stop).map_err(|e| bind_error(addr, "UDP", e))?,
+            );
             addrs.push(addr);
         }
         tracing::info!(
@@ -133,6 +144,8 @@ impl DnsServer {
             server,
             shared,
             addrs,
+            udp_workers,
+            stop,
         })
     }
 
@@ -171,8 +184,79 @@ impl DnsServer {
 
     /// Stops accepting queries and waits for the listeners to finish.
     pub async fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let workers = std::mem::take(&mut self.udp_workers);
+        let joined = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        });
         if let Err(error) = self.server.shutdown_gracefully().await {
             tracing::warn!(%error, "DNS server did not shut down cleanly");
+        }
+        let _ = joined.await;
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        // Without shutdown(): the UDP workers still notice within UDP_STOP_POLL and exit.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// UDP is served by plain threads, one per core, blocking in `recv_from` on clones of one
+/// socket and answering with [`zone::respond`]. hickory's `Server` spends a task and a
+/// channel hop per datagram, which made UDP queries/s half of Knot's in `cargo xtask bench`;
+/// a datagram needs no per-query state, so a loop is all it takes. TCP stays with hickory.
+fn spawn_udp_workers(
+    socket: UdpSocket,
+    shared: &Arc<Shared>,
+    stop: &Arc<AtomicBool>,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(UDP_STOP_POLL))?;
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let mut workers = Vec::with_capacity(n);
+    for i in 0..n {
+        let socket = socket.try_clone()?;
+        let (shared, stop) = (shared.clone(), stop.clone());
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || serve_udp(&socket, &shared, &stop))?,
+        );
+    }
+    Ok(workers)
+}
+
+fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
+    // Larger than any UDP query a client may send with EDNS; longer ones are truncated by
+    // the kernel and then fail to parse (FORMERR), as they should.
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        let (n, peer) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                // ICMP errors from earlier sends surface here (ECONNREFUSED); keep serving.
+                tracing::debug!(%error, "DNS UDP receive");
+                continue;
+            }
+        };
+        let zone = shared.zone.load();
+        if let Some(reply) = zone::respond(&zone, &buf[..n], Protocol::Udp, MAX_UDP_PAYLOAD) {
+            if let Err(error) = socket.send_to(&reply, peer) {
+                tracing::debug!(%error, %peer, "DNS UDP reply not sent");
+            }
         }
     }
 }
