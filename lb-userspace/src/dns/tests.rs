@@ -864,3 +864,61 @@ async fn udp_ask_from(server: SocketAddr, q: &Message) -> Message {
         .unwrap();
     Message::from_vec(&buf[..n]).unwrap()
 }
+
+#[test]
+fn the_udp_answer_cache_replies_byte_for_byte_like_respond() {
+    let z = zone(&alice());
+    let mut cache = AnswerCache::default();
+    let mut out = Vec::new();
+    let mut queries: Vec<Vec<u8>> = [
+        query("_ssh._tcp.alice.lab.example.", RecordType::SRV),
+        query("alice.ssh.lab.example.", RecordType::A),
+        query("nobody.lab.example.", RecordType::SRV),
+        query("example.com.", RecordType::A),
+        with_edns(query("gw.lab.example.", RecordType::A), 4096, 0),
+    ]
+    .iter()
+    .map(|q| q.to_vec().unwrap())
+    .collect();
+    queries.push(b"garbage that is long".to_vec());
+    queries.push(b"short".to_vec());
+    for round in 0..3u16 {
+        for q in &queries {
+            let mut q = q.clone();
+            if q.len() >= 2 {
+                // A different id each round: the cached reply must carry the new one.
+                q[..2].copy_from_slice(&(0x1234 + round).to_be_bytes());
+            }
+            let want = respond(&z, &q, Protocol::Udp, MAX_UDP_PAYLOAD);
+            let sent = cache.answer(&z, &q, &mut out);
+            assert_eq!(sent, want.is_some(), "round {round}: {q:?}");
+            if let Some(want) = want {
+                assert_eq!(out, want, "round {round}: {q:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_udp_answer_cache_forgets_an_old_zone() {
+    let old = zone(&alice());
+    let new = Zone::build(
+        &dns_cfg(),
+        GATEWAY,
+        &[route("bob", "ssh", Proto::Tcp, 30002)],
+        old.serial() + 1,
+    )
+    .unwrap();
+    let q = query("_ssh._tcp.bob.lab.example.", RecordType::SRV)
+        .to_vec()
+        .unwrap();
+    let mut cache = AnswerCache::default();
+    let mut out = Vec::new();
+    assert!(cache.answer(&old, &q, &mut out));
+    let before = Message::from_vec(&out).unwrap();
+    assert_eq!(before.metadata.response_code, ResponseCode::NXDomain);
+    assert!(cache.answer(&new, &q, &mut out));
+    let after = Message::from_vec(&out).unwrap();
+    assert_eq!(after.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(after.answers.len(), 1);
+}
