@@ -21,6 +21,36 @@ pub const UDP_HLEN: usize = 8;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// Ethernet header as it sits in the frame (fields in network byte order).
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: u16,
+}
+
+/// IPv4 header without options (fields in network byte order).
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: u16,
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+/// The first four bytes of a TCP or UDP header (network byte order).
+#[repr(C)]
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+}
+
 /// How the program treats an IPv4 header, from its first byte and its flags/fragment field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ipv4Shape {

@@ -33,7 +33,7 @@ mod program {
     };
     use lb_ebpf::{
         csum_replace32, ipv4_csum_ttl_decrement, ipv4_shape, l4_checksum_offset, l4_csum_nat,
-        l4_header_len, Ipv4Shape, ETH_HLEN, ETH_P_IPV4, IPV4_HLEN,
+        l4_header_len, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4, IPV4_HLEN,
     };
 
     const AF_INET: u8 = 2;
@@ -53,33 +53,6 @@ mod program {
     static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
     #[map(name = "TX_PORTS")]
     static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
-
-    #[repr(C)]
-    struct EthHdr {
-        dst: [u8; 6],
-        src: [u8; 6],
-        proto: u16,
-    }
-
-    #[repr(C)]
-    struct Ipv4Hdr {
-        version_ihl: u8,
-        tos: u8,
-        tot_len: u16,
-        id: u16,
-        frag_off: u16,
-        ttl: u8,
-        protocol: u8,
-        check: u16,
-        saddr: u32,
-        daddr: u32,
-    }
-
-    #[repr(C)]
-    struct Ports {
-        src: u16,
-        dst: u16,
-    }
 
     /// Frame too short for the headers it claims: the kernel counts and drops those.
     struct Truncated;

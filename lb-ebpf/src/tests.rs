@@ -268,3 +268,11 @@ fn ttl_decrement_matches_from_scratch_for_every_ttl() {
         );
     }
 }
+
+#[test]
+fn header_layouts_match_the_wire() {
+    use core::mem::size_of;
+    assert_eq!(size_of::<EthHdr>(), ETH_HLEN);
+    assert_eq!(size_of::<Ipv4Hdr>(), IPV4_HLEN);
+    assert_eq!(size_of::<Ports>(), 4);
+}

@@ -27,30 +27,11 @@ mod program {
         macros::xdp,
         programs::XdpContext,
     };
-    use lb_ebpf::{ipv4_csum_ttl_decrement, ipv4_shape, Ipv4Shape, ETH_HLEN, ETH_P_IPV4};
+    use lb_ebpf::{
+        ipv4_csum_ttl_decrement, ipv4_shape, EthHdr, Ipv4Hdr, Ipv4Shape, ETH_HLEN, ETH_P_IPV4,
+    };
 
     const AF_INET: u8 = 2;
-
-    #[repr(C)]
-    struct EthHdr {
-        dst: [u8; 6],
-        src: [u8; 6],
-        proto: u16,
-    }
-
-    #[repr(C)]
-    struct Ipv4Hdr {
-        version_ihl: u8,
-        tos: u8,
-        tot_len: u16,
-        id: u16,
-        frag_off: u16,
-        ttl: u8,
-        protocol: u8,
-        check: u16,
-        saddr: u32,
-        daddr: u32,
-    }
 
     #[xdp(frags)]
     pub fn xdp_ceiling(ctx: XdpContext) -> u32 {
