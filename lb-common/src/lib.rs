@@ -86,6 +86,8 @@ pub const ROLE_PRIVATE: u8 = 2;
 /// `EGRESS_REDIRECT`: `bpf_redirect_map` straight to its transmit path.
 /// `EGRESS_PASS`: hand the rewritten packet to the kernel stack, which routes it. Used where a
 /// redirect would be silently dropped (a veth whose peer has neither GRO nor XDP).
+/// The program itself reads the mode from `TX_PORTS` (only redirect legs are in it); the
+/// daemon keeps it here too so the maps say in one place what each leg does.
 pub const EGRESS_PASS: u8 = 0;
 pub const EGRESS_REDIRECT: u8 = 1;
 
@@ -107,6 +109,10 @@ pub struct Settings {
     /// The public IPv4 address, network byte order. 0 disables forwarding.
     pub public_addr: u32,
     pub _pad: u32,
+    /// CLOCK_MONOTONIC in nanoseconds, rewritten by the daemon every second. The program
+    /// stamps `last_seen_ns` with it: a per-packet `bpf_ktime_get_ns` cost more than every
+    /// map lookup of the fast path, and idle reclaim counts in days.
+    pub now_ns: u64,
 }
 
 /// Per-route, per-CPU traffic counters. `inbound` is client to backend, `outbound` the replies.
@@ -118,7 +124,7 @@ pub struct RouteCounters {
     pub inbound_bytes: u64,
     pub outbound_packets: u64,
     pub outbound_bytes: u64,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet seen on this CPU.
+    /// `Settings::now_ns` (CLOCK_MONOTONIC, one-second steps) when this CPU last saw a packet.
     pub last_seen_ns: u64,
 }
 
@@ -142,16 +148,15 @@ pub mod counter {
     /// Rewritten, then passed to the kernel because the FIB lookup did not succeed
     /// (no neighbour entry yet, unreachable, ...).
     pub const FWD_PASS_FIB: u32 = 7;
-    /// Rewritten, then passed to the kernel because the egress cannot take redirects.
+    /// Rewritten, then passed to the kernel because the egress cannot take redirects (it is
+    /// not in `TX_PORTS`).
     pub const FWD_PASS_EGRESS: u32 = 8;
     /// Rewritten, then passed so the kernel sends ICMP time exceeded.
     pub const FWD_PASS_TTL: u32 = 9;
     /// Rewritten, then passed because the packet is larger than the egress MTU.
     pub const FWD_PASS_FRAG_NEEDED: u32 = 10;
-    /// `bpf_redirect_map` refused (egress not in the devmap); passed to the kernel.
-    pub const FWD_PASS_REDIRECT_FAILED: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 11;
 
     /// Names for logs and metrics, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -166,7 +171,6 @@ pub mod counter {
         "fwd_pass_egress",
         "fwd_pass_ttl",
         "fwd_pass_frag_needed",
-        "fwd_pass_redirect_failed",
     ];
 }
 
@@ -182,7 +186,7 @@ mod tests {
         assert_eq!(size_of::<ReverseKey>(), 8);
         assert_eq!(size_of::<ReverseValue>(), 8);
         assert_eq!(size_of::<Interface>(), 4);
-        assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(size_of::<Settings>(), 16);
         assert_eq!(size_of::<RouteCounters>(), 40);
     }
 }

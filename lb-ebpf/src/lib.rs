@@ -177,5 +177,28 @@ pub fn ipv4_csum_ttl_decrement(check: u16, ttl: u8, protocol: u8) -> u16 {
     )
 }
 
+/// Zeroes a value in place and hands it out initialised, for structs passed to helpers
+/// (the 64-byte `bpf_fib_lookup` parameters above all). `mem::zeroed()`, or any zeroed value
+/// moved into place, compiles for BPF to a call of a byte-at-a-time memset subprogram: in a
+/// profile of the forwarding path it cost over half as much as the rest of the program.
+/// Volatile word stores into the final location cannot be turned back into that call.
+/// The words are 32-bit: the verifier refuses stack stores that are not aligned to their
+/// size, and the fib parameters are only 4-aligned.
+/// `T` must be plain data, 4-aligned, of a size that is a multiple of 4, and valid all-zero.
+#[inline(always)]
+pub fn zero_in_place<T>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
+    const {
+        assert!(core::mem::size_of::<T>().is_multiple_of(4));
+        assert!(core::mem::align_of::<T>() >= 4);
+    };
+    let words = slot.as_mut_ptr() as *mut u32;
+    for i in 0..core::mem::size_of::<T>() / 4 {
+        // SAFETY: i < size_of::<T>() / 4, so every store is inside `slot`.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: every byte was just written, and the caller promises all-zero is a valid T.
+    unsafe { slot.assume_init_mut() }
+}
+
 #[cfg(test)]
 mod tests;

@@ -22,18 +22,19 @@ mod program {
             bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
             BPF_FIB_LKUP_RET_SUCCESS,
         },
-        helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup},
+        helpers::generated::bpf_fib_lookup,
         macros::{map, xdp},
         maps::{Array, DevMapHash, HashMap, PerCpuArray},
         programs::XdpContext,
     };
     use lb_common::{
         counter, Backend, FrontendKey, Interface, ReverseKey, ReverseValue, RouteCounters,
-        Settings, EGRESS_REDIRECT, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
+        Settings, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
     };
     use lb_ebpf::{
         csum_replace32, ipv4_csum_ttl_decrement, ipv4_shape, l4_checksum_offset, l4_csum_nat,
-        l4_header_len, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4, IPV4_HLEN,
+        l4_header_len, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4,
+        IPV4_HLEN,
     };
 
     const AF_INET: u8 = 2;
@@ -89,12 +90,11 @@ mod program {
     }
 
     #[inline(always)]
-    fn account(ctx: &XdpContext, route_id: u32, inbound: bool) {
+    fn account(ctx: &XdpContext, route_id: u32, inbound: bool, now: u64) {
         let Some(c) = ROUTE_COUNTERS.get_ptr_mut(route_id) else {
             return;
         };
         let bytes = (ctx.data_end() - ctx.data()) as u64;
-        let now = unsafe { bpf_ktime_get_ns() };
         unsafe {
             if inbound {
                 (*c).inbound_packets += 1;
@@ -142,7 +142,7 @@ mod program {
         let Some(settings) = SETTINGS.get(0) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
-        let public_addr = settings.public_addr;
+        let (public_addr, now) = (settings.public_addr, settings.now_ns);
 
         unsafe {
             if iface.role == ROLE_PUBLIC && (*ip).daddr == public_addr && public_addr != 0 {
@@ -166,7 +166,7 @@ mod program {
                 (*ip).check = csum_replace32((*ip).check, (*ip).daddr, new_addr);
                 (*ip).daddr = new_addr;
                 (*ports).dst = new_port;
-                account(ctx, backend.route_id, true);
+                account(ctx, backend.route_id, true, now);
             } else if iface.role == ROLE_PRIVATE && public_addr != 0 {
                 let key = ReverseKey {
                     addr: (*ip).saddr,
@@ -189,7 +189,7 @@ mod program {
                 (*ip).check = csum_replace32((*ip).check, (*ip).saddr, public_addr);
                 (*ip).saddr = public_addr;
                 (*ports).src = new_port;
-                account(ctx, rev.route_id, false);
+                account(ctx, rev.route_id, false, now);
             } else {
                 return Ok(pass(counter::PASS_NO_ROUTE));
             }
@@ -208,7 +208,8 @@ mod program {
         ifindex: u32,
         protocol: u8,
     ) -> u32 {
-        let mut fib: FibParams = unsafe { mem::zeroed() };
+        let mut fib = mem::MaybeUninit::uninit();
+        let fib: &mut FibParams = zero_in_place(&mut fib);
         unsafe {
             fib.family = AF_INET;
             fib.l4_protocol = protocol;
@@ -221,7 +222,7 @@ mod program {
         let rc = unsafe {
             bpf_fib_lookup(
                 ctx.ctx as *mut _,
-                &mut fib,
+                fib as *mut FibParams,
                 size_of::<FibParams>() as i32,
                 0,
             )
@@ -233,31 +234,25 @@ mod program {
             // NO_NEIGH above all: the kernel resolves the neighbour while forwarding this one.
             return pass(counter::FWD_PASS_FIB);
         }
-        let egress = fib.ifindex;
-        let redirect_ok = match unsafe { INTERFACES.get(&egress) } {
-            Some(e) => e.egress == EGRESS_REDIRECT,
-            None => false,
-        };
-        if !redirect_ok {
-            return pass(counter::FWD_PASS_EGRESS);
+        let ttl = unsafe { (*ip).ttl };
+        if ttl <= 1 {
+            return pass(counter::FWD_PASS_TTL);
         }
+        // Only legs that take redirects are in TX_PORTS, so this one call is also the egress
+        // check. It merely records the target (the transmit happens after we return), so the
+        // TTL and MACs are rewritten after it: a refused redirect leaves a packet the kernel
+        // can still route as if it had arrived that way.
+        let Ok(action) = TX_PORTS.redirect(fib.ifindex, 0) else {
+            return pass(counter::FWD_PASS_EGRESS);
+        };
         unsafe {
-            let ttl = (*ip).ttl;
-            if ttl <= 1 {
-                return pass(counter::FWD_PASS_TTL);
-            }
             (*ip).check = ipv4_csum_ttl_decrement((*ip).check, ttl, protocol);
             (*ip).ttl = ttl - 1;
             (*eth).dst = fib.dmac;
             (*eth).src = fib.smac;
         }
-        match TX_PORTS.redirect(egress, 0) {
-            Ok(action) => {
-                count(counter::FWD_REDIRECT);
-                action
-            }
-            Err(_) => pass(counter::FWD_PASS_REDIRECT_FAILED),
-        }
+        count(counter::FWD_REDIRECT);
+        action
     }
 
     #[panic_handler]

@@ -276,3 +276,27 @@ fn header_layouts_match_the_wire() {
     assert_eq!(size_of::<Ipv4Hdr>(), IPV4_HLEN);
     assert_eq!(size_of::<Ports>(), 4);
 }
+
+#[test]
+fn zero_in_place_clears_every_byte() {
+    #[repr(C)]
+    struct Block {
+        a: [u8; 13],
+        b: u16,
+        c: u32,
+        d: u64,
+        e: [u32; 9],
+    }
+    let mut slot = core::mem::MaybeUninit::<Block>::uninit();
+    // Garbage first, so a store that missed a word would show.
+    unsafe { core::ptr::write_bytes(slot.as_mut_ptr() as *mut u8, 0xa5, size_of::<Block>()) };
+    let block = crate::zero_in_place(&mut slot);
+    assert_eq!(
+        (block.a, block.b, block.c, block.d, block.e),
+        ([0; 13], 0, 0, 0, [0; 9])
+    );
+    let bytes = unsafe {
+        core::slice::from_raw_parts(block as *const Block as *const u8, size_of::<Block>())
+    };
+    assert!(bytes.iter().all(|&b| b == 0));
+}

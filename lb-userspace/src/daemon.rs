@@ -36,6 +36,8 @@ use crate::{
 
 /// How often the data plane's view of each leg's redirect ability is refreshed.
 const EGRESS_REFRESH: Duration = Duration::from_secs(2);
+/// How often the program's clock (`Settings::now_ns`) moves: the resolution of last-seen.
+const CLOCK_TICK: Duration = Duration::from_secs(1);
 /// How often last-seen times are read from the counters and idle routes reclaimed.
 const OBSERVE_EVERY: Duration = Duration::from_secs(5);
 /// Last-seen times are written to the state file at most this often (and at exit); the
@@ -710,6 +712,7 @@ async fn event_loop(
         sig(SignalKind::hangup())?,
     );
     let mut egress = tokio::time::interval(EGRESS_REFRESH);
+    let mut clock = tokio::time::interval(CLOCK_TICK);
     let mut observe = tokio::time::interval(OBSERVE_EVERY);
     observe.tick().await;
     loop {
@@ -733,6 +736,11 @@ async fn event_loop(
             _ = egress.tick() => {
                 if let Err(e) = lock(core).dataplane.refresh_egress() {
                     warn!("refreshing egress modes: {e:#}");
+                }
+            }
+            _ = clock.tick() => {
+                if let Err(e) = lock(core).dataplane.tick_clock() {
+                    warn!("giving the program the time: {e:#}");
                 }
             }
             _ = observe.tick() => {

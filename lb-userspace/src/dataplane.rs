@@ -159,6 +159,11 @@ pub struct Dataplane {
     interfaces: HashMap<MapData, u32, Plain<Interface>>,
     route_counters: PerCpuArray<MapData, Plain<RouteCounters>>,
     global_counters: PerCpuArray<MapData, u64>,
+    settings: aya::maps::Array<MapData, Plain<Settings>>,
+    /// The legs that take redirects, and only those: the program's egress check.
+    tx_ports: DevMapHash<MapData>,
+    /// Network byte order, as the program compares it.
+    public_addr: u32,
     legs: Vec<Leg>,
     /// Legs whose egress mode has been logged once.
     logged_egress: HashSet<u32>,
@@ -232,30 +237,16 @@ impl Dataplane {
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(DataplaneError::Missing(name))
         };
-        let mut settings: aya::maps::Array<MapData, Plain<Settings>> =
+        let settings: aya::maps::Array<MapData, Plain<Settings>> =
             take(&mut ebpf, map_names::SETTINGS)?
                 .try_into()
                 .map_err(map_err(map_names::SETTINGS))?;
-        settings
-            .set(
-                0,
-                Plain(Settings {
-                    public_addr: addr_be(gw.public_ipv4),
-                    _pad: 0,
-                }),
-                0,
-            )
-            .map_err(map_err(map_names::SETTINGS))?;
         let mut tx_ports: DevMapHash<MapData> = take(&mut ebpf, map_names::TX_PORTS)?
             .try_into()
             .map_err(map_err(map_names::TX_PORTS))?;
-        for leg in &legs {
-            tx_ports
-                .insert(leg.ifindex, leg.ifindex, None, 0)
-                .map_err(|e| DataplaneError::TxPorts(Box::new(e)))?;
-        }
         let current: HashSet<u32> = legs.iter().map(|l| l.ifindex).collect();
-        // Legs an earlier run had that this config dropped.
+        // Legs an earlier run had that this config dropped; refresh_egress() below puts in
+        // the legs of this one that take redirects.
         let stale: Vec<u32> = tx_ports
             .keys()
             .filter_map(Result::ok)
@@ -289,6 +280,9 @@ impl Dataplane {
                     None
                 }
             },
+            settings,
+            tx_ports,
+            public_addr: addr_be(gw.public_ipv4),
             pin_dir: pin_dir.to_path_buf(),
             pinned_frontends: PinnedFrontends::new(),
             _links: Vec::new(),
@@ -311,6 +305,7 @@ impl Dataplane {
                 .remove(&k)
                 .map_err(map_err(map_names::INTERFACES))?;
         }
+        dp.tick_clock()?;
         dp.refresh_egress()?;
 
         let program: &mut Xdp = dp
@@ -393,6 +388,14 @@ impl Dataplane {
                 }
             }
             leg.egress = egress;
+            if egress == EGRESS_REDIRECT {
+                self.tx_ports
+                    .insert(leg.ifindex, leg.ifindex, None, 0)
+                    .map_err(|e| DataplaneError::TxPorts(Box::new(e)))?;
+            } else {
+                absent_is_removed(self.tx_ports.remove(leg.ifindex))
+                    .map_err(map_err(map_names::TX_PORTS))?;
+            }
             self.interfaces
                 .insert(
                     leg.ifindex,
@@ -406,6 +409,23 @@ impl Dataplane {
                 .map_err(map_err(map_names::INTERFACES))?;
         }
         Ok(())
+    }
+
+    /// Gives the program the time it stamps `last_seen_ns` with. Called at start and every
+    /// second; while no daemon runs the stamp stands still, which only delays a reclaim.
+    pub fn tick_clock(&mut self) -> Result<(), DataplaneError> {
+        let now_ns = u64::try_from(sys::monotonic_now().as_nanos()).unwrap_or(u64::MAX);
+        self.settings
+            .set(
+                0,
+                Plain(Settings {
+                    public_addr: self.public_addr,
+                    _pad: 0,
+                    now_ns,
+                }),
+                0,
+            )
+            .map_err(map_err(map_names::SETTINGS))
     }
 
     /// Zeroes counter slot `id`: a reused slot still holds its previous route's counts.
@@ -546,6 +566,20 @@ impl Dataplane {
                     .map_err(map_err(map_names::GLOBAL_COUNTERS))
             })
             .collect()
+    }
+}
+
+/// A delete of a key that is not there has done its job. Hash maps report that as
+/// `KeyNotFound`; devmaps as the raw ENOENT of the syscall.
+fn absent_is_removed(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 

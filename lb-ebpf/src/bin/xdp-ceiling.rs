@@ -28,7 +28,8 @@ mod program {
         programs::XdpContext,
     };
     use lb_ebpf::{
-        ipv4_csum_ttl_decrement, ipv4_shape, EthHdr, Ipv4Hdr, Ipv4Shape, ETH_HLEN, ETH_P_IPV4,
+        ipv4_csum_ttl_decrement, ipv4_shape, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, ETH_HLEN,
+        ETH_P_IPV4,
     };
 
     const AF_INET: u8 = 2;
@@ -65,7 +66,8 @@ mod program {
         if ipv4_shape(version_ihl, frag_off) != Ipv4Shape::Plain || ttl <= 1 {
             return None;
         }
-        let mut fib: FibParams = unsafe { mem::zeroed() };
+        let mut fib = mem::MaybeUninit::uninit();
+        let fib: &mut FibParams = zero_in_place(&mut fib);
         unsafe {
             fib.family = AF_INET;
             fib.l4_protocol = protocol;
@@ -78,7 +80,7 @@ mod program {
         let rc = unsafe {
             bpf_fib_lookup(
                 ctx.ctx as *mut _,
-                &mut fib,
+                fib as *mut FibParams,
                 size_of::<FibParams>() as i32,
                 0,
             )
