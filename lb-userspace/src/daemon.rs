@@ -29,7 +29,7 @@ use crate::{
     config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
     dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError},
     dns::{DnsError, DnsServer},
-    metrics::{self, RouteSample},
+    metrics::{self, LegSample, RouteSample},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
     state::{StateError, StateStore, StoredRoute},
 };
@@ -490,7 +490,19 @@ impl Core {
             .collect();
         let verdicts = self.dataplane.verdicts().unwrap_or_default();
         let named: Vec<(&str, u64)> = verdict_names().iter().copied().zip(verdicts).collect();
-        metrics::render(&routes, &named)
+        let legs: Vec<LegSample> = self
+            .dataplane
+            .legs()
+            .iter()
+            .map(|l| LegSample {
+                name: l.name.clone(),
+                role: l.role_name(),
+                egress: l.egress_name(),
+                tx_dropped: crate::sys::netdev_stat(&l.name, "tx_dropped"),
+                rx_dropped: crate::sys::netdev_stat(&l.name, "rx_dropped"),
+            })
+            .collect();
+        metrics::render(&routes, &named, &legs)
     }
 }
 

@@ -142,6 +142,22 @@ pub struct Leg {
     pub egress: u8,
 }
 
+impl Leg {
+    /// `public` or `private`, for logs and metrics.
+    pub fn role_name(&self) -> &'static str {
+        role_name(self.role)
+    }
+
+    /// `redirect` or `pass`: how rewritten frames leave through this leg.
+    pub fn egress_name(&self) -> &'static str {
+        if self.egress == EGRESS_REDIRECT {
+            "redirect"
+        } else {
+            "pass"
+        }
+    }
+}
+
 /// Summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {

@@ -19,6 +19,18 @@ pub struct RouteSample {
     pub counters: Counters,
 }
 
+/// One interface the program is attached to, at scrape time.
+pub struct LegSample {
+    pub name: String,
+    /// `public` or `private`.
+    pub role: &'static str,
+    /// `redirect` or `pass`: how rewritten frames leave through it.
+    pub egress: &'static str,
+    /// The interface's own drop counters; `None` where the kernel does not say.
+    pub tx_dropped: Option<u64>,
+    pub rx_dropped: Option<u64>,
+}
+
 fn labels(r: &Route) -> String {
     format!(
         "name=\"{}\",service=\"{}\",protocol=\"{}\",port=\"{}\"",
@@ -27,7 +39,7 @@ fn labels(r: &Route) -> String {
 }
 
 /// Renders the exposition text. `verdicts` pairs each XDP verdict name with its count.
-pub fn render(routes: &[RouteSample], verdicts: &[(&str, u64)]) -> String {
+pub fn render(routes: &[RouteSample], verdicts: &[(&str, u64)], legs: &[LegSample]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# HELP srvgate_routes Routes in the table.");
     let _ = writeln!(out, "# TYPE srvgate_routes gauge");
@@ -77,6 +89,37 @@ pub fn render(routes: &[RouteSample], verdicts: &[(&str, u64)]) -> String {
     let _ = writeln!(out, "# TYPE srvgate_xdp_verdicts_total counter");
     for (name, n) in verdicts {
         let _ = writeln!(out, "srvgate_xdp_verdicts_total{{verdict=\"{name}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP srvgate_leg_info The interfaces XDP is attached to: role, and whether rewritten frames leave by redirect or through the kernel (pass)."
+    );
+    let _ = writeln!(out, "# TYPE srvgate_leg_info gauge");
+    for l in legs {
+        let _ = writeln!(
+            out,
+            "srvgate_leg_info{{iface=\"{}\",role=\"{}\",egress=\"{}\"}} 1",
+            l.name, l.role, l.egress
+        );
+    }
+    // A redirect the egress cannot queue (its ring is full: XDP has no backpressure) is
+    // dropped by the kernel after the program returned; the interface's tx_dropped is
+    // where that shows.
+    let _ = writeln!(
+        out,
+        "# HELP srvgate_leg_dropped_total The interface's own drop counters; tx includes redirected frames its queue refused."
+    );
+    let _ = writeln!(out, "# TYPE srvgate_leg_dropped_total counter");
+    for l in legs {
+        for (direction, n) in [("tx", l.tx_dropped), ("rx", l.rx_dropped)] {
+            if let Some(n) = n {
+                let _ = writeln!(
+                    out,
+                    "srvgate_leg_dropped_total{{iface=\"{}\",direction=\"{direction}\"}} {n}",
+                    l.name
+                );
+            }
+        }
     }
     out
 }
@@ -147,9 +190,26 @@ mod tests {
 
     #[test]
     fn renders_labelled_samples() {
+        let legs = [
+            LegSample {
+                name: "eth1".into(),
+                role: "private",
+                egress: "pass",
+                tx_dropped: Some(5),
+                rx_dropped: None,
+            },
+            LegSample {
+                name: "eth0".into(),
+                role: "public",
+                egress: "redirect",
+                tx_dropped: Some(0),
+                rx_dropped: Some(3),
+            },
+        ];
         let text = render(
             &[sample(7, Some(Duration::from_millis(1500)))],
             &[("fwd_redirect", 9)],
+            &legs,
         );
         assert!(text.contains(
             "srvgate_route_packets_total{name=\"alice\",service=\"ssh\",protocol=\"tcp\",port=\"30001\",direction=\"inbound\"} 7\n"
@@ -158,11 +218,19 @@ mod tests {
         assert!(text.contains("srvgate_route_idle_seconds{name=\"alice\",service=\"ssh\",protocol=\"tcp\",port=\"30001\"} 1.500\n"));
         assert!(text.contains("srvgate_xdp_verdicts_total{verdict=\"fwd_redirect\"} 9\n"));
         assert!(text.contains("srvgate_routes 1\n"));
+        assert!(
+            text.contains("srvgate_leg_info{iface=\"eth1\",role=\"private\",egress=\"pass\"} 1\n")
+        );
+        assert!(text
+            .contains("srvgate_leg_info{iface=\"eth0\",role=\"public\",egress=\"redirect\"} 1\n"));
+        assert!(text.contains("srvgate_leg_dropped_total{iface=\"eth1\",direction=\"tx\"} 5\n"));
+        assert!(!text.contains("iface=\"eth1\",direction=\"rx\""), "{text}");
+        assert!(text.contains("srvgate_leg_dropped_total{iface=\"eth0\",direction=\"rx\"} 3\n"));
     }
 
     #[test]
     fn never_seen_routes_have_no_idle_sample() {
-        let text = render(&[sample(0, None)], &[]);
+        let text = render(&[sample(0, None)], &[], &[]);
         assert!(!text.contains("srvgate_route_idle_seconds{"), "{text}");
     }
 

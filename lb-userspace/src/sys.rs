@@ -19,7 +19,14 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
-/// Time since boot on CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads.
+/// A counter of interface `name` from `/sys/class/net/NAME/statistics/STAT` (as seen from
+/// this process's network namespace), if the file exists and holds a number.
+pub fn netdev_stat(name: &str, stat: &str) -> Option<u64> {
+    let path = format!("/sys/class/net/{name}/statistics/{stat}");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Time since boot on CLOCK_MONOTONIC, the clock the daemon gives the program.
 pub fn monotonic_now() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -232,6 +239,14 @@ mod tests {
     fn ordinary_directories_are_not_bpffs() {
         assert!(!is_bpffs(Path::new("/")).unwrap());
         assert!(is_bpffs(Path::new("/no/such/dir")).is_err());
+    }
+
+    #[test]
+    fn netdev_stats_of_loopback_and_of_nothing() {
+        // Every network namespace has `lo`; no interface is called this.
+        assert!(netdev_stat("lo", "rx_packets").is_some());
+        assert_eq!(netdev_stat("sg-no-such-if", "rx_packets"), None);
+        assert_eq!(netdev_stat("lo", "no_such_counter"), None);
     }
 
     #[test]

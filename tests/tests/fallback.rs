@@ -6,6 +6,20 @@ use std::time::Duration;
 
 use srvgate_tests::*;
 
+/// The egress mode `/metrics` reports for `iface` (`redirect` or `pass`).
+fn egress_in_metrics(text: &str, iface: &str) -> Option<String> {
+    ["redirect", "pass"]
+        .into_iter()
+        .find(|mode| {
+            metric_value(
+                text,
+                "srvgate_leg_info",
+                &[("iface", iface), ("egress", mode)],
+            ) == Some(1.0)
+        })
+        .map(str::to_string)
+}
+
 fn verdict(text: &str, v: &str) -> f64 {
     metric_value(text, "srvgate_xdp_verdicts_total", &[("verdict", v)])
         .unwrap_or_else(|| panic!("no verdict {v} in:\n{text}"))
@@ -43,6 +57,25 @@ fn a_leg_without_napi_is_served_through_the_kernel_not_dropped() {
 
     let before = lab.metrics().unwrap();
     assert_eq!(
+        egress_in_metrics(&before, "priv2").as_deref(),
+        Some("pass"),
+        "{before}"
+    );
+    assert_eq!(
+        egress_in_metrics(&before, "priv1").as_deref(),
+        Some("redirect"),
+        "{before}"
+    );
+    assert!(
+        metric_value(
+            &before,
+            "srvgate_leg_dropped_total",
+            &[("iface", "priv2"), ("direction", "tx")]
+        )
+        .is_some(),
+        "drop counters exported:\n{before}"
+    );
+    assert_eq!(
         lab.ssh(&lab.client, PUBLIC_IP, 30002, "hostname").unwrap(),
         "sg-b2"
     );
@@ -74,6 +107,12 @@ fn a_leg_without_napi_is_served_through_the_kernel_not_dropped() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(back, "priv2 back to redirect:\n{}", lab.srvgate_log());
+    let now = lab.metrics().unwrap();
+    assert_eq!(
+        egress_in_metrics(&now, "priv2").as_deref(),
+        Some("redirect"),
+        "{now}"
+    );
     assert_eq!(
         lab.ssh(&lab.client, PUBLIC_IP, 30002, "hostname").unwrap(),
         "sg-b2"
