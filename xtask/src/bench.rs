@@ -293,9 +293,23 @@ fn measure_mode(b: &mut Bench, mode: Mode, results: &mut Results) -> Result<()> 
                 results.add(row, Metric::Pps, r.pps / 1e3);
                 results.add(row, Metric::GwNsPerPacket, r.gw_ns_per_packet);
                 results.add(row, Metric::PpsPerCore, 1e6 / r.gw_ns_per_packet);
+                match r.xdp_ns_per_packet {
+                    Some(ns) => {
+                        println!("   XDP program: {ns:.0} ns/packet (bpf_stats)");
+                        results.add(row, Metric::XdpNsPerPacket, ns);
+                    }
+                    None => {
+                        results.not_applicable(row, Metric::XdpNsPerPacket, "n/a: no XDP program")
+                    }
+                }
             }
             None => {
-                for m in [Metric::Pps, Metric::GwNsPerPacket, Metric::PpsPerCore] {
+                for m in [
+                    Metric::Pps,
+                    Metric::GwNsPerPacket,
+                    Metric::XdpNsPerPacket,
+                    Metric::PpsPerCore,
+                ] {
                     results.not_applicable(row, m, "n/a: haproxy does not forward UDP");
                 }
             }

@@ -1,6 +1,6 @@
 //! Parsers for what the measuring tools print. Pure functions, unit-tested on real output.
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
 /// iperf3 `-J` output: received bits/s summed over streams, and the sender's retransmits.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -205,6 +205,31 @@ pub fn ethtool_stat(text: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// The id of the XDP program `bpftool -j net show dev DEV` lists, if one is attached.
+pub fn bpftool_xdp_prog_id(text: &str) -> Result<Option<u64>> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("bpftool net show: {text:?}"))?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("xdp")?.as_array())
+        .flatten()
+        .find_map(|p| p.get("id")?.as_u64()))
+}
+
+/// `(run_cnt, run_time_ns)` from `bpftool -j prog show id N` (zero while statistics were
+/// never enabled, when bpftool leaves the fields out).
+pub fn bpftool_run_stats(text: &str) -> Result<(u64, u64)> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("bpftool prog show: {text:?}"))?;
+    let field = |k: &str| v.get(k).and_then(|n| n.as_u64()).unwrap_or(0);
+    ensure!(
+        v.get("id").is_some(),
+        "bpftool prog show printed no program: {text:?}"
+    );
+    Ok((field("run_cnt"), field("run_time_ns")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +306,19 @@ mod tests {
         assert_eq!(quantile(&v, 0.5), 50.0);
         assert_eq!(quantile(&[3.0], 0.99), 3.0);
         assert!(quantile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn bpftool_json() {
+        let net = r#"[{"xdp":[{"devname":"pub0","ifindex":2,"mode":"driver","id":2136}],"tc":[],"flow_dissector":[]}]"#;
+        assert_eq!(bpftool_xdp_prog_id(net).unwrap(), Some(2136));
+        let none = r#"[{"xdp":[],"tc":[],"flow_dissector":[]}]"#;
+        assert_eq!(bpftool_xdp_prog_id(none).unwrap(), None);
+        assert!(bpftool_xdp_prog_id("Error: no such device").is_err());
+        let prog = r#"{"id":2099,"type":"xdp","name":"srvgate","run_time_ns":1563524190,"run_cnt":4417943}"#;
+        assert_eq!(bpftool_run_stats(prog).unwrap(), (4417943, 1563524190));
+        let never = r#"{"id":2099,"type":"xdp","name":"srvgate"}"#;
+        assert_eq!(bpftool_run_stats(never).unwrap(), (0, 0));
     }
 
     #[test]

@@ -39,12 +39,18 @@ pub struct Pps {
     pub gw_ns_per_packet: f64,
     /// Share of one core the gateway's NAPI thread used.
     pub gw_core_share: f64,
+    /// The XDP program's own run time per packet on the gateway's ingress leg, from the
+    /// kernel's BPF statistics; `None` when no XDP program is attached there.
+    pub xdp_ns_per_packet: Option<f64>,
 }
 
 const GATEWAY_CPU: usize = 0;
 const TRAFFIC_CPU: usize = 1;
 const RT_PRIORITY: i32 = 10;
 const WMEM_DEFAULT: &str = "/proc/sys/net/core/wmem_default";
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// How long the XDP program's own run time is sampled, after the main interval.
+const PROG_STATS_SECS: u64 = 1;
 /// trafgen's own default: enough socket buffer that a full queue at the gateway does not make
 /// its TX ring flush fail with EAGAIN (which trafgen treats as fatal).
 const TRAFGEN_WMEM: u64 = 4 << 20;
@@ -90,7 +96,7 @@ pub fn measure(b: &mut Bench, _active: &Active, (ip, port): (String, u16)) -> Re
     ];
     b.note_command(&lab.client, &argv);
     let trafgen = {
-        let _wmem = WmemDefault::raise(TRAFGEN_WMEM)?;
+        let _wmem = Sysctl::raise_wmem_default(TRAFGEN_WMEM)?;
         let pid = lab.spawn(&lab.client, &argv)?;
         // The socket takes its send buffer size when trafgen creates it, at start.
         thread::sleep(Duration::from_millis(500));
@@ -111,7 +117,11 @@ pub fn measure(b: &mut Bench, _active: &Active, (ip, port): (String, u16)) -> Re
         let secs = (t1 - t0).as_secs_f64();
         let packets = d1.saturating_sub(d0) as f64;
         let ns = n1.saturating_sub(n0) as f64;
+        // Sampled after the main interval: the statistics add two clock reads per run,
+        // which would otherwise tax the XDP modes' figures above.
+        let xdp_ns_per_packet = xdp_prog_ns_per_run(b)?;
         Ok(Pps {
+            xdp_ns_per_packet,
             pps: packets / secs,
             gw_ns_per_packet: if packets > 0.0 {
                 ns / packets
@@ -127,6 +137,31 @@ pub fn measure(b: &mut Bench, _active: &Active, (ip, port): (String, u16)) -> Re
     stopped?;
     restored?;
     Ok(r)
+}
+
+/// The run time per invocation of the XDP program attached to the gateway's ingress leg,
+/// over [`PROG_STATS_SECS`] of the running flood (`kernel.bpf_stats_enabled` on meanwhile).
+fn xdp_prog_ns_per_run(b: &Bench) -> Result<Option<f64>> {
+    let lab = b.lab;
+    let net = lab.exec_ok(&lab.gw, &["bpftool", "-j", "net", "show", "dev", PUBLIC_IF])?;
+    let Some(id) = parse::bpftool_xdp_prog_id(&net)? else {
+        return Ok(None);
+    };
+    let id = id.to_string();
+    let stats = || -> Result<(u64, u64)> {
+        let text = lab.exec_ok(&lab.gw, &["bpftool", "-j", "prog", "show", "id", &id])?;
+        parse::bpftool_run_stats(&text)
+    };
+    let _on = Sysctl::set(BPF_STATS, "1")?;
+    let (c0, t0) = stats()?;
+    thread::sleep(Duration::from_secs(PROG_STATS_SECS));
+    let (c1, t1) = stats()?;
+    let runs = c1.saturating_sub(c0);
+    ensure!(
+        runs > 0,
+        "the XDP program {id} on {PUBLIC_IF} did not run during the flood"
+    );
+    Ok(Some(t1.saturating_sub(t0) as f64 / runs as f64))
 }
 
 /// Packets counted by the sink on backend 1.
@@ -279,27 +314,36 @@ impl ThreadedNapi {
     }
 }
 
-/// Raises the root namespace's `net.core.wmem_default` (not per namespace) while trafgen
-/// opens its socket, and puts the old value back on drop.
-struct WmemDefault(String);
+/// A global sysctl (not per network namespace) set for a while; the old value goes back
+/// on drop.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
 
-impl WmemDefault {
-    fn raise(to: u64) -> Result<WmemDefault> {
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Result<Sysctl> {
+        let old = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        fs::write(path, value).with_context(|| format!("writing {value} to {path}"))?;
+        Ok(Sysctl {
+            path,
+            old: old.trim().to_string(),
+        })
+    }
+
+    /// `net.core.wmem_default` at least `to` while trafgen opens its socket.
+    fn raise_wmem_default(to: u64) -> Result<Sysctl> {
         let old =
             fs::read_to_string(WMEM_DEFAULT).with_context(|| format!("reading {WMEM_DEFAULT}"))?;
         let current: u64 = old.trim().parse().unwrap_or(0);
-        if current < to {
-            fs::write(WMEM_DEFAULT, to.to_string())
-                .with_context(|| format!("writing {WMEM_DEFAULT}"))?;
-        }
-        Ok(WmemDefault(old.trim().to_string()))
+        Sysctl::set(WMEM_DEFAULT, &current.max(to).to_string())
     }
 }
 
-impl Drop for WmemDefault {
+impl Drop for Sysctl {
     fn drop(&mut self) {
-        if let Err(e) = fs::write(WMEM_DEFAULT, &self.0) {
-            eprintln!("bench: restoring {WMEM_DEFAULT} to {}: {e}", self.0);
+        if let Err(e) = fs::write(self.path, &self.old) {
+            eprintln!("bench: restoring {} to {}: {e}", self.path, self.old);
         }
     }
 }

@@ -176,9 +176,10 @@ pub struct Report<'a> {
 }
 
 /// Columns of the data-plane table (retransmits go next to their throughput).
-const TABLE: [Metric; 8] = [
+const TABLE: [Metric; 9] = [
     Metric::Pps,
     Metric::GwNsPerPacket,
+    Metric::XdpNsPerPacket,
     Metric::PpsPerCore,
     Metric::Tcp1Gbps,
     Metric::Tcp4Gbps,
@@ -479,7 +480,11 @@ impl Report<'_> {
             "\n64-byte UDP: trafgen on CPU 1 floods the gateway (256 flows); *delivered* = \
              counted by an nftables netdev ingress rule on backend 1's NIC. *Gateway CPU per \
              packet* = on-CPU time of the gateway's threaded NAPI kthread (pinned alone to \
-             CPU 0; it does all of the gateway's work for these packets) / packets delivered. \
+             CPU 0; it does all of the gateway's work for these packets) / packets delivered; \
+             *of which XDP program* = the program's own run time per packet on the ingress \
+             leg (`kernel.bpf_stats_enabled`, sampled for 1 s after the main interval, since \
+             the statistics themselves cost two clock reads per packet): the rest is the \
+             kernel's veth, page-pool and redirect work, the same for every XDP mode. \
              *kpps per gateway core* = 1 s / that: the forwarding rate at equal gateway CPU \
              (one full core), which is what counts when the generator, not the gateway, is the \
              limit. TCP: iperf3 for {} s (first {} s omitted), retransmits as reported by the \
@@ -847,7 +852,10 @@ mod tests {
                 if *m == Mode::Haproxy
                     && matches!(
                         metric,
-                        Metric::Pps | Metric::GwNsPerPacket | Metric::PpsPerCore
+                        Metric::Pps
+                            | Metric::GwNsPerPacket
+                            | Metric::XdpNsPerPacket
+                            | Metric::PpsPerCore
                     )
                 {
                     res.not_applicable(m.name(), metric, "n/a: no UDP");

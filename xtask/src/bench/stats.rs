@@ -9,6 +9,8 @@ pub enum Metric {
     Pps,
     /// Gateway CPU time per delivered packet (ns), from the gateway NAPI thread's run time.
     GwNsPerPacket,
+    /// The XDP program's own run time per packet (ns), from the kernel's BPF statistics.
+    XdpNsPerPacket,
     /// Delivered packets per second of gateway CPU (one core fully busy).
     PpsPerCore,
     Tcp1Gbps,
@@ -40,6 +42,7 @@ impl Metric {
         match self {
             Metric::Pps => "64 B UDP delivered (kpps)",
             Metric::GwNsPerPacket => "gateway CPU per packet (ns)",
+            Metric::XdpNsPerPacket => "of which XDP program (ns)",
             Metric::PpsPerCore => "kpps per gateway core",
             Metric::Tcp1Gbps => "TCP 1 stream (Gbit/s)",
             Metric::Tcp1Retransmits => "TCP 1 stream retransmits",
