@@ -155,8 +155,12 @@ pub mod counter {
     pub const FWD_PASS_TTL: u32 = 9;
     /// Rewritten, then passed because the packet is larger than the egress MTU.
     pub const FWD_PASS_FRAG_NEEDED: u32 = 10;
+    /// From a route's backend address and port but addressed to the gateway itself (the
+    /// FIB does not forward it): a reply on the gateway's own connection to that backend,
+    /// left untouched.
+    pub const PASS_LOCAL: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     /// Names for logs and metrics, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -171,6 +175,7 @@ pub mod counter {
         "fwd_pass_egress",
         "fwd_pass_ttl",
         "fwd_pass_frag_needed",
+        "pass_local",
     ];
 }
 

@@ -20,7 +20,7 @@ mod program {
     use aya_ebpf::{
         bindings::{
             bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
-            BPF_FIB_LKUP_RET_SUCCESS,
+            BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
         },
         helpers::generated::bpf_fib_lookup,
         macros::{map, xdp},
@@ -143,6 +143,8 @@ mod program {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
         let (public_addr, now) = (settings.public_addr, settings.now_ns);
+        let mut fib = mem::MaybeUninit::uninit();
+        let fib: &mut FibParams = zero_in_place(&mut fib);
 
         unsafe {
             if iface.role == ROLE_PUBLIC && (*ip).daddr == public_addr && public_addr != 0 {
@@ -167,6 +169,8 @@ mod program {
                 (*ip).daddr = new_addr;
                 (*ports).dst = new_port;
                 account(ctx, backend.route_id, true, now);
+                let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, (*ip).saddr);
+                Ok(forward(eth, ip, protocol, fib, rc))
             } else if iface.role == ROLE_PRIVATE && public_addr != 0 {
                 let key = ReverseKey {
                     addr: (*ip).saddr,
@@ -177,6 +181,15 @@ mod program {
                 let Some(rev) = REVERSE.get(&key) else {
                     return Ok(pass(counter::PASS_NO_ROUTE));
                 };
+                // Routed before the rewrite, as it will leave (from the public address): a
+                // packet from a route's backend address and port that the gateway does not
+                // forward is addressed to the gateway itself, a reply on the gateway's own
+                // connection to that backend (an admin's ssh, a health check), not to a
+                // client of the route.
+                let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr);
+                if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
+                    return Ok(pass(counter::PASS_LOCAL));
+                }
                 let new_port = rev.public_port;
                 *l4_check = l4_csum_nat(
                     protocol,
@@ -190,43 +203,45 @@ mod program {
                 (*ip).saddr = public_addr;
                 (*ports).src = new_port;
                 account(ctx, rev.route_id, false, now);
+                Ok(forward(eth, ip, protocol, fib, rc))
             } else {
-                return Ok(pass(counter::PASS_NO_ROUTE));
+                Ok(pass(counter::PASS_NO_ROUTE))
             }
         }
-        Ok(forward(ctx, eth, ip, ifindex, protocol))
     }
 
-    /// Sends the rewritten packet on its way: straight out of the egress interface when the
-    /// FIB knows the next hop and the egress takes redirects, else up the kernel stack, which
-    /// routes the (already rewritten) packet itself.
+    /// Asks the kernel's FIB where a packet from `saddr` to the packet's destination goes.
     #[inline(always)]
-    fn forward(
+    fn fib_lookup(
         ctx: &XdpContext,
-        eth: *mut EthHdr,
+        fib: &mut FibParams,
         ip: *mut Ipv4Hdr,
         ifindex: u32,
         protocol: u8,
-    ) -> u32 {
-        let mut fib = mem::MaybeUninit::uninit();
-        let fib: &mut FibParams = zero_in_place(&mut fib);
+        saddr: u32,
+    ) -> i64 {
         unsafe {
             fib.family = AF_INET;
             fib.l4_protocol = protocol;
             fib.__bindgen_anon_1.tot_len = u16::from_be((*ip).tot_len);
             fib.__bindgen_anon_2.tos = (*ip).tos;
             fib.ifindex = ifindex;
-            fib.__bindgen_anon_3.ipv4_src = (*ip).saddr;
+            fib.__bindgen_anon_3.ipv4_src = saddr;
             fib.__bindgen_anon_4.ipv4_dst = (*ip).daddr;
-        }
-        let rc = unsafe {
             bpf_fib_lookup(
                 ctx.ctx as *mut _,
                 fib as *mut FibParams,
                 size_of::<FibParams>() as i32,
                 0,
             )
-        };
+        }
+    }
+
+    /// Sends the rewritten packet on its way: straight out of the egress interface when the
+    /// FIB knows the next hop and the egress takes redirects, else up the kernel stack, which
+    /// routes the (already rewritten) packet itself.
+    #[inline(always)]
+    fn forward(eth: *mut EthHdr, ip: *mut Ipv4Hdr, protocol: u8, fib: &FibParams, rc: i64) -> u32 {
         if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
             return pass(counter::FWD_PASS_FRAG_NEEDED);
         }

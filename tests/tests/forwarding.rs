@@ -322,6 +322,35 @@ fn unrouted_ports_are_not_forwarded() {
     assert!(no_route >= 2.0, "pass_no_route grew by {no_route}");
 }
 
+/// The gateway's own connections to a routed backend (an admin's `ssh` from the gateway to
+/// alice's server, a health check) get their replies untouched: the reply comes from the
+/// route's backend address and port, but is addressed to the gateway itself, so it is not a
+/// reply to a client of the route and must not be rewritten to the public address.
+#[test]
+fn the_gateways_own_connections_to_routed_backends_are_left_alone() {
+    if skip_unless_root("the_gateways_own_connections_to_routed_backends_are_left_alone") {
+        return;
+    }
+    require_srvgate_bin();
+    let lab = gateway_lab("fself");
+    let m0 = lab.metrics().unwrap();
+    // alice/ssh routes 30001 to B1_IP:22: the very address and port the gateway dials.
+    assert_eq!(lab.ssh(&lab.gw, B1_IP, 22, "hostname").unwrap(), "sg-b1");
+    let m1 = lab.metrics().unwrap();
+    assert_eq!(
+        route_packets(&m1, "alice", "ssh", "tcp", "outbound"),
+        route_packets(&m0, "alice", "ssh", "tcp", "outbound"),
+        "the gateway's own session was counted as alice's route traffic"
+    );
+    let to_gw = verdict(&m1, "pass_local") - verdict(&m0, "pass_local");
+    assert!(to_gw >= 5.0, "pass_local grew by {to_gw}");
+    // And the route itself still works for clients.
+    assert_eq!(
+        lab.ssh(&lab.client, PUBLIC_IP, 30001, "hostname").unwrap(),
+        "sg-b1"
+    );
+}
+
 /// Issue item 5: Bad configs are refused by `check` and `run` with exit code 2 naming the
 /// field, and leave no XDP program attached.
 #[test]
