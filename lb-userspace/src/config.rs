@@ -156,10 +156,20 @@ pub struct Dns {
     pub ttl: u32,
 }
 
+/// `[http]`: HTTP routing by Host header on the gateway, `NAME.<service>.<dns.zone>` to the
+/// backend of route NAME/<service>/tcp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Http {
+    pub listen: Vec<SocketAddr>,
+    /// The service label of the routes reachable this way, `http` unless set.
+    pub service: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub gateway: Gateway,
     pub dns: Option<Dns>,
+    pub http: Option<Http>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     pub routes: Vec<Route>,
@@ -210,6 +220,7 @@ fn list(problems: &[FieldError]) -> String {
 struct RawConfig {
     gateway: RawGateway,
     dns: Option<RawDns>,
+    http: Option<RawHttp>,
     metrics: Option<RawMetrics>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
@@ -251,6 +262,22 @@ fn default_gateway_name() -> String {
 }
 fn default_ttl() -> u32 {
     30
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default = "default_http_listen")]
+    listen: Vec<String>,
+    #[serde(default = "default_http_service")]
+    service: String,
+}
+
+fn default_http_listen() -> Vec<String> {
+    vec!["0.0.0.0:80".to_string()]
+}
+fn default_http_service() -> String {
+    "http".to_string()
 }
 
 #[derive(Deserialize)]
@@ -552,6 +579,26 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
+/// Parses a list of `address:port` strings; each bad one is reported as `field[N]`.
+fn socket_addrs(
+    list: &[String],
+    field: &str,
+    example: &str,
+    bad: &mut impl FnMut(&str, String),
+) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for (i, l) in list.iter().enumerate() {
+        match l.parse::<SocketAddr>() {
+            Ok(a) => addrs.push(a),
+            Err(_) => bad(
+                &format!("{field}[{}]", i + 1),
+                format!("{l:?} is not an address:port like \"{example}\""),
+            ),
+        }
+    }
+    addrs
+}
+
 fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut problems = Vec::new();
     let mut bad = |field: &str, reason: String| {
@@ -621,16 +668,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         let zone = check_domain(&d.zone.to_ascii_lowercase())
             .map_err(|e| bad("dns.zone", e))
             .ok();
-        let mut listen = Vec::new();
-        for (i, l) in d.listen.iter().enumerate() {
-            match l.parse::<SocketAddr>() {
-                Ok(a) => listen.push(a),
-                Err(_) => bad(
-                    &format!("dns.listen[{}]", i + 1),
-                    format!("{l:?} is not an address:port like \"0.0.0.0:53\""),
-                ),
-            }
-        }
+        let listen = socket_addrs(&d.listen, "dns.listen", "0.0.0.0:53", &mut bad);
         if let Err(e) = check_label(&d.gateway_name) {
             bad("dns.gateway_name", e);
         }
@@ -640,6 +678,25 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             gateway_name: d.gateway_name,
             ttl: d.ttl,
         })
+    });
+
+    let http = raw.http.map(|h| {
+        if dns.is_none() {
+            bad(
+                "http",
+                "needs a [dns] section: the host names it routes are NAME.SERVICE.<dns.zone>"
+                    .into(),
+            );
+        }
+        if h.listen.is_empty() {
+            bad("http.listen", "is empty; e.g. [\"0.0.0.0:80\"]".into());
+        }
+        let listen = socket_addrs(&h.listen, "http.listen", "0.0.0.0:80", &mut bad);
+        let service = h.service.to_ascii_lowercase();
+        if let Err(e) = check_label(&service) {
+            bad("http.service", e);
+        }
+        Http { listen, service }
     });
 
     let metrics_listen = raw
@@ -728,6 +785,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             reclaim_after,
         },
         dns,
+        http,
         metrics_listen,
         routes,
     })

@@ -29,6 +29,7 @@ use crate::{
     config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
     dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError},
     dns::{DnsError, DnsServer},
+    http::{HttpError, HttpServer},
     metrics::{self, LegSample, RouteSample},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
     state::{StateError, StateStore, StoredRoute},
@@ -80,6 +81,8 @@ pub enum DaemonError {
     },
     #[error("starting the DNS server: {0}")]
     Dns(#[from] DnsError),
+    #[error("starting HTTP routing: {0}")]
+    Http(#[from] HttpError),
     #[error("starting the XDP data plane: {0}")]
     Dataplane(#[from] DataplaneError),
     #[error("{0}")]
@@ -138,6 +141,7 @@ struct Core {
     table: RouteTable,
     dataplane: Dataplane,
     dns: Option<Arc<DnsServer>>,
+    http: Option<HttpServer>,
     store: StateStore,
     gateway: Gateway,
     clock: Clock,
@@ -166,9 +170,14 @@ impl Core {
         Ok(())
     }
 
-    fn publish_dns(&self) {
+    /// Gives the name services (DNS, HTTP by Host) the current table.
+    fn publish(&self) {
+        let routes = self.table.routes();
         if let Some(d) = &self.dns {
-            d.update(&self.table.routes());
+            d.update(&routes);
+        }
+        if let Some(h) = &self.http {
+            h.update(&routes);
         }
     }
 
@@ -267,7 +276,7 @@ impl Core {
             .apply(&self.table, &diff)
             .map_err(|e| e.to_string());
         if live.is_ok() {
-            self.publish_dns();
+            self.publish();
         }
         let live_us = started.elapsed().as_micros() as u64;
         if let Err(e) = live.and_then(|()| self.save().map_err(|e| e.to_string())) {
@@ -279,7 +288,7 @@ impl Core {
                 };
                 let _ = self.dataplane.apply(&self.table, &undo);
             }
-            self.publish_dns();
+            self.publish();
             error!("route add {key}: {e}");
             return Err(ApiError::new(500, format!("not added: {e}")));
         }
@@ -349,7 +358,7 @@ impl Core {
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("route rm {what}: updating the BPF maps failed: {e}");
         }
-        self.publish_dns();
+        self.publish();
         for e in &diff.removed {
             info!(route = %e.route.key(), port = e.route.port, "route removed");
         }
@@ -394,7 +403,7 @@ impl Core {
                 error!("SIGHUP: {e}");
             }
         }
-        self.publish_dns();
+        self.publish();
         info!(
             added = diff.added.len(),
             removed = diff.removed.len(),
@@ -463,7 +472,7 @@ impl Core {
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("reclaim: updating the BPF maps failed: {e}");
         }
-        self.publish_dns();
+        self.publish();
         for e in &diff.removed {
             let idle = now
                 .duration_since(e.last_activity())
@@ -602,6 +611,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         )),
         None => None,
     };
+    let http = match (&cfg.http, &cfg.dns) {
+        (Some(h), Some(d)) => Some(HttpServer::start(h, &d.zone, &table.routes()).await?),
+        _ => None,
+    };
+    let http_addrs = http.as_ref().map(HttpServer::local_addrs);
 
     let mut dataplane = Dataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
     let fresh = table.adopt_slots(dataplane.pinned_frontends());
@@ -614,6 +628,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         table,
         dataplane,
         dns: dns.clone(),
+        http,
         store,
         gateway: cfg.gateway.clone(),
         clock,
@@ -647,6 +662,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         routes,
         public = %cfg.gateway.public_ipv4,
         dns = ?dns.as_ref().map(|d| d.local_addrs()),
+        http = ?http_addrs,
         metrics = ?cfg.metrics_listen,
         socket = %opts.socket.display(),
         pins = %opts.pin_dir.display(),
@@ -670,6 +686,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
             warn!("saving the state file at exit: {e}");
         }
         c.dns = None;
+        c.http = None;
     }
     if let Some(d) = dns.and_then(Arc::into_inner) {
         d.shutdown().await;

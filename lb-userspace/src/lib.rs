@@ -3,7 +3,8 @@
 //! Modules are named after what they own: `config` (the file, and the validation every route
 //! goes through), `routes` (the route table: sources, ports, slots, idleness, map entries),
 //! `state` (the runtime routes on disk), `dataplane` (the XDP program, its maps and pins),
-//! `dns` (the authoritative zone), `api` (the control socket: server and client), `daemon`
+//! `dns` (the authoritative zone), `http` (routing by
+//! Host header), `api` (the control socket: server and client), `daemon`
 //! (`srvgate run`: the operations that keep all of the above in agreement), `admin` (the
 //! admins' CLI verbs), `metrics` (Prometheus text), `student` (the client-side `srvgate
 //! ssh`), `sys` (thin wrappers over the few system calls we need).
@@ -13,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod dns;
+pub mod http;
 pub mod metrics;
 pub mod routes;
 pub mod state;

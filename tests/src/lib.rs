@@ -987,6 +987,22 @@ impl Lab {
         Ok(k)
     }
 
+    /// A small web server on port 80 in `ns` whose every page says `text` (Python's
+    /// http.server over a directory of the lab's); returns once it listens.
+    pub fn start_web(&self, ns: &str, text: &str) -> Result<u32> {
+        let dir = self.dir().join(format!("www-{ns}"));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::write(dir.join("index.html"), format!("{text}\n"))
+            .with_context(|| format!("writing {}/index.html", dir.display()))?;
+        let dir = dir.display().to_string();
+        let pid = self.spawn(
+            ns,
+            &["python3", "-m", "http.server", "80", "--directory", &dir],
+        )?;
+        self.wait_listening(ns, pid, 80, DEFAULT_TIMEOUT)?;
+        Ok(pid)
+    }
+
     /// Waits until TCP `port` listens in `ns` (seen with `ss`), failing early with the log
     /// if the lab's process `pid` exits first.
     pub fn wait_listening(&self, ns: &str, pid: u32, port: u16, timeout: Duration) -> Result<()> {

@@ -42,17 +42,7 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
     lab.start_sshd(&lab.b1, "alice-box")?;
     lab.start_sshd(&lab.b2, "bob-box")?;
     for (ns, who) in [(&lab.b1, "alice"), (&lab.b2, "bob")] {
-        let dir = lab.dir().join(format!("www-{who}"));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            dir.join("index.html"),
-            format!("hello from {who}'s instance\n"),
-        )?;
-        let dir = dir.display().to_string();
-        lab.spawn(
-            ns,
-            &["python3", "-m", "http.server", "80", "--directory", &dir],
-        )?;
+        lab.start_web(ns, &format!("hello from {who}'s instance"))?;
     }
     let routes = [
         RouteSpec::tcp("alice", "ssh", &format!("{B1_IP}:22"), 30001),
@@ -60,7 +50,12 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
         RouteSpec::tcp("alice", "http", &format!("{B1_IP}:80"), 30080),
         RouteSpec::tcp("bob", "http", &format!("{B2_IP}:80"), 30081),
     ];
-    let config = lab.write_file("srvgate.toml", &config_toml(&routes))?;
+    // HTTP by Host header on the gateway's port 80: alice.http.<zone> needs no port.
+    let config = format!(
+        "{}\n[http]\nlisten = [\"{PUBLIC_IP}:80\"]\n",
+        config_toml(&routes)
+    );
+    let config = lab.write_file("srvgate.toml", &config)?;
     std::env::set_var("SRVGATE_BIN", srvgate);
     lab.start_srvgate(&config, &[])
         .context("starting srvgate in the gateway namespace")?;
@@ -106,13 +101,18 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
         let out = show(&lab, &format!("srvgate ssh {target} -- hostname"), &argv)?;
         expect(&out, host)?;
     }
-    let url = format!("http://alice.http.{ZONE}:30080/");
-    let out = show(
-        &lab,
-        &format!("curl {url}"),
-        &["curl", "-s", "--max-time", "5", &url],
-    )?;
-    expect(&out, "hello from alice's instance")?;
+    for (who, url) in [
+        ("alice", format!("http://alice.http.{ZONE}/")),
+        ("bob", format!("http://bob.http.{ZONE}/")),
+        ("alice", format!("http://alice.http.{ZONE}:30080/")),
+    ] {
+        let out = show(
+            &lab,
+            &format!("curl {url}"),
+            &["curl", "-s", "--max-time", "5", &url],
+        )?;
+        expect(&out, &format!("hello from {who}'s instance"))?;
+    }
 
     let packets = lab
         .metric(
@@ -130,7 +130,9 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
     println!(
         "\nThose packets never went through the gateway's kernel stack: srvgate's XDP program\n\
          rewrote and redirected {redirected} of them ({packets} inbound on alice's ssh route),\n\
-         as its metrics show (curl http://127.0.0.1:9110/metrics in {gw}).",
+         as its metrics show (curl http://127.0.0.1:9110/metrics in {gw}). The web pages by\n\
+         name alone went through srvgate's HTTP router on port 80, which picks the backend by\n\
+         the Host header; with :30080 the same page came through XDP.",
         gw = lab.gw
     );
     if once {
@@ -141,6 +143,7 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
         "\nThe lab stays up. In another terminal, try as root:\n\
          \n    ip netns exec {cli} {bin} ssh root@bob.ssh.{ZONE} -- -i {key} -o StrictHostKeyChecking=no\
          \n    ip netns exec {cli} dig @{PUBLIC_IP} SRV _ssh._tcp.bob.{ZONE}\
+         \n    ip netns exec {cli} curl http://bob.http.{ZONE}/\
          \n    ip netns exec {gw} curl -s http://127.0.0.1:9110/metrics\n\
          \nPress Ctrl-C to remove the lab.",
         cli = lab.client,

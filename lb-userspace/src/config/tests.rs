@@ -286,3 +286,33 @@ fn a_runtime_request_is_checked_like_a_config_route_in_its_own_field_names() {
         .collect();
     assert_eq!(fields, ["name", "protocol", "backend", "port"]);
 }
+
+#[test]
+fn http_routing_has_defaults_and_needs_dns() {
+    assert_eq!(parse(GOOD).unwrap().http, None, "off when absent");
+    let c = parse(&format!("{GOOD}\n[http]\n")).unwrap();
+    assert_eq!(
+        c.http,
+        Some(Http {
+            listen: vec!["0.0.0.0:80".parse().unwrap()],
+            service: "http".into(),
+        })
+    );
+    let c = parse(&format!(
+        "{GOOD}\n[http]\nlisten = [\"203.0.113.10:8080\"]\nservice = \"Web\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.http.unwrap().service, "web");
+
+    let fields =
+        |text: &str| -> Vec<String> { problems(text).into_iter().map(|p| p.field).collect() };
+    let bad = format!("{GOOD}\n[http]\nlisten = [\"0.0.0.0\", \"[::]:80\"]\nservice = \"_x\"\n");
+    assert_eq!(fields(&bad), ["http.listen[1]", "http.service"]);
+    assert_eq!(
+        fields(&format!("{GOOD}\n[http]\nlisten = []\n")),
+        ["http.listen"]
+    );
+    let no_dns = GOOD.replace("[dns]\nzone = \"lab.example\"\nlisten = [\"0.0.0.0:53\"]\ngateway_name = \"gw\"\nttl = 30\n", "");
+    assert!(!no_dns.contains("[dns]"));
+    assert_eq!(fields(&format!("{no_dns}\n[http]\n")), ["http"]);
+}
