@@ -145,22 +145,17 @@ pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
             }
             Ok(())
         }
-        RouteCommand::Ls(l) => {
-            let reply = Client::new(&l.socket.socket).list()?;
-            if l.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&reply).unwrap_or_default()
-                );
-            } else {
-                print!("{}", render_ls(&reply));
-            }
-            Ok(())
-        }
+        RouteCommand::Ls(l) => print_routes(&l, render_ls),
     }
 }
 
 pub fn status(args: LsArgs) -> Result<(), AdminError> {
+    print_routes(&args, render_status)
+}
+
+/// Asks the daemon for its routes and prints them as JSON (`--json`) or as `render` lays
+/// them out.
+fn print_routes(args: &LsArgs, render: fn(&RoutesReply) -> String) -> Result<(), AdminError> {
     let reply = Client::new(&args.socket.socket).list()?;
     if args.json {
         println!(
@@ -168,7 +163,7 @@ pub fn status(args: LsArgs) -> Result<(), AdminError> {
             serde_json::to_string_pretty(&reply).unwrap_or_default()
         );
     } else {
-        print!("{}", render_status(&reply));
+        print!("{}", render(&reply));
     }
     Ok(())
 }
