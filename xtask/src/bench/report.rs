@@ -231,6 +231,16 @@ fn cell(s: Option<Summary>, decimals: usize) -> String {
     }
 }
 
+/// A Markdown table's header and alignment rows: `first`, then one column per metric.
+fn table_head(first: &str, metrics: &[Metric]) -> String {
+    let labels: Vec<&str> = metrics.iter().map(|m| m.label()).collect();
+    format!(
+        "| {first} | {} |\n|---|{}\n",
+        labels.join(" | "),
+        "---:|".repeat(metrics.len())
+    )
+}
+
 fn ratio(r: Option<f64>) -> String {
     r.map_or_else(|| "–".into(), |r| format!("{r:.2}×"))
 }
@@ -287,9 +297,7 @@ impl Report<'_> {
 
     /// The data-plane table alone (printed at the end of a run).
     pub fn summary_table(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "| mode | {} |", TABLE.map(Metric::label).join(" | "));
-        let _ = writeln!(s, "|---|{}", "---:|".repeat(TABLE.len()));
+        let mut s = table_head("mode", &TABLE);
         for row in self.rows() {
             let cells: Vec<String> = TABLE.iter().map(|&m| self.value_cell(row, m)).collect();
             let _ = writeln!(s, "| {row} | {} |", cells.join(" | "));
@@ -298,17 +306,7 @@ impl Report<'_> {
     }
 
     fn ratio_table(&self, base: &str) -> String {
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "| mode | {} |",
-            RATIOS
-                .iter()
-                .map(|m| m.label())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-        let _ = writeln!(s, "|---|{}", "---:|".repeat(RATIOS.len()));
+        let mut s = table_head("mode", &RATIOS);
         for row in self.rows() {
             let cells: Vec<String> = RATIOS
                 .iter()
@@ -326,22 +324,12 @@ impl Report<'_> {
     }
 
     fn dns_table(&self) -> String {
-        let mut s = String::new();
         let metrics: Vec<Metric> = if self.plan.dns_tcp {
             Metric::DNS.to_vec()
         } else {
             Metric::DNS[..3].to_vec()
         };
-        let _ = writeln!(
-            s,
-            "| server | {} |",
-            metrics
-                .iter()
-                .map(|m| m.label())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-        let _ = writeln!(s, "|---|{}", "---:|".repeat(metrics.len()));
+        let mut s = table_head("server", &metrics);
         for row in ["srvgate", "knot"] {
             let cells: Vec<String> = metrics
                 .iter()
