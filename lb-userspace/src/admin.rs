@@ -254,21 +254,27 @@ fn summary(r: &RoutesReply) -> String {
     )
 }
 
+/// The columns both tables start with: NAME, SERVICE, PROTO, PORT, BACKEND.
+fn identity_cells(v: &RouteView) -> Vec<String> {
+    vec![
+        v.name.clone(),
+        v.service.clone(),
+        v.protocol.clone(),
+        v.port.to_string(),
+        v.backend.clone(),
+    ]
+}
+
 /// `srvgate route ls`.
 pub fn render_ls(r: &RoutesReply) -> String {
     let rows: Vec<Vec<String>> = r
         .routes
         .iter()
         .map(|v| {
-            vec![
-                v.name.clone(),
-                v.service.clone(),
-                v.protocol.clone(),
-                v.port.to_string(),
-                v.backend.clone(),
-                v.source.clone(),
-                v.reclaim_in_seconds.map_or("-".into(), human_duration),
-            ]
+            let mut row = identity_cells(v);
+            row.push(v.source.clone());
+            row.push(v.reclaim_in_seconds.map_or("-".into(), human_duration));
+            row
         })
         .collect();
     summary(r)
@@ -292,17 +298,14 @@ pub fn render_status(r: &RoutesReply) -> String {
         .routes
         .iter()
         .map(|v| {
-            vec![
-                v.name.clone(),
-                v.service.clone(),
-                v.protocol.clone(),
-                v.port.to_string(),
-                v.backend.clone(),
+            let mut row = identity_cells(v);
+            row.extend([
                 (v.inbound_packets + v.outbound_packets).to_string(),
                 human_bytes(v.inbound_bytes + v.outbound_bytes),
                 last_seen(v),
                 v.source.clone(),
-            ]
+            ]);
+            row
         })
         .collect();
     summary(r)

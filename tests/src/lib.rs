@@ -1278,6 +1278,14 @@ impl Lab {
     }
 }
 
+/// Fails the calling test at once, with the build command, when the srvgate binary the
+/// lab would start is missing.
+pub fn require_srvgate_bin() {
+    if let Err(e) = existing_srvgate_bin() {
+        panic!("{e}");
+    }
+}
+
 fn existing_srvgate_bin() -> Result<String> {
     let bin = srvgate_bin();
     ensure!(

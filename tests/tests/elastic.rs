@@ -21,16 +21,6 @@ use srvgate_tests::*;
 const ZONE: &str = "lab.example";
 const LEGS: [&str; 3] = [PUBLIC_IF, PRIVATE_IFS[0], PRIVATE_IFS[1]];
 
-fn require_srvgate_bin() {
-    let bin = srvgate_bin();
-    assert!(
-        bin.is_file(),
-        "srvgate binary not found at {}: build it with `cargo build --release -p lb-userspace` \
-         or set SRVGATE_BIN",
-        bin.display()
-    );
-}
-
 /// The lab's config with `routes`, edited by `tweak` (e.g. a narrower port range).
 fn config(routes: &[RouteSpec], tweak: impl Fn(String) -> String) -> String {
     tweak(config_toml(routes))

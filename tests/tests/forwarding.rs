@@ -155,16 +155,6 @@ fn udp_report(json: &Value) -> UdpReport {
     }
 }
 
-fn require_srvgate_bin() {
-    let bin = srvgate_bin();
-    assert!(
-        bin.is_file(),
-        "srvgate binary not found at {}: build it with `cargo build --release -p lb-userspace` \
-         or set SRVGATE_BIN",
-        bin.display()
-    );
-}
-
 /// Issue item 1: Real ssh through the gateway lands on the right backend.
 #[test]
 fn ssh_reaches_each_backend_by_its_public_port() {
