@@ -31,6 +31,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "netcat-openbsd",
     "util-linux",
+    // `bpftool net/prog show`: the bench reads the attached program's run-time statistics.
+    "bpftool",
     // `cargo xtask bench` (and its smoke run in `cargo xtask test`): the peers it measures
     // srvgate against, the traffic generators and the chart renderer. Their packaged
     // services are never started by the bench; it runs each inside its own namespaces.
