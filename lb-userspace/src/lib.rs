@@ -8,6 +8,7 @@
 //! (`srvgate run`: the operations that keep all of the above in agreement), `admin` (the
 //! admins' CLI verbs), `metrics` (Prometheus text), `student` (the client-side `srvgate
 //! ssh`), `sys` (thin wrappers over the few system calls we need).
+pub mod accounts;
 pub mod admin;
 pub mod api;
 pub mod config;
@@ -20,3 +21,4 @@ pub mod routes;
 pub mod state;
 pub mod student;
 pub mod sys;
+pub mod users;

@@ -158,32 +158,43 @@ impl StateStore {
 
     /// Replaces the stored routes with `routes`, crash-safely.
     pub fn save(&self, routes: &[StoredRoute]) -> Result<(), StateError> {
-        let text = render(routes);
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |error| StateError::Io {
-                path,
-                action,
-                error,
-            }
-        };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, &self.file).map_err(io("rename the new state file into", &self.file))?;
-        // The rename itself is durable only once the directory is.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync the state directory", &self.dir))
+        write_atomically(&self.dir, STATE_FILE, &render(routes))
     }
+
+    /// The state directory (other files of the daemon's state live beside the routes).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Replaces `dir/name` with `text` so that a crash leaves the old file or the new one,
+/// never a mix: write `name.tmp` (mode 0600), fsync, rename over, fsync the directory.
+pub fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), StateError> {
+    let file = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |error| StateError::Io {
+            path,
+            action,
+            error,
+        }
+    };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    drop(f);
+    fs::rename(&tmp, &file).map_err(io("rename the new file into", &file))?;
+    // The rename itself is durable only once the directory is.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync the state directory", dir))
 }
 
 fn unix(t: SystemTime) -> u64 {
