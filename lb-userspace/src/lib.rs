@@ -20,3 +20,5 @@ pub mod routes;
 pub mod state;
 pub mod student;
 pub mod sys;
+#[cfg(test)]
+mod testing;
