@@ -385,11 +385,13 @@ impl Core {
             }
         }
         if let Err(e) = self.save() {
-            // Not recorded, so not done: put the routes back (their slots are still free).
+            // Not recorded, so not done: put the routes back, each in its own slot (they
+            // are still free), which is what the untouched maps still say.
             for gone in diff.removed {
-                let _ = self
-                    .table
-                    .insert(gone.route, gone.source, gone.added, gone.last_seen);
+                let key = gone.route.key();
+                if let Err(e) = self.table.restore(gone) {
+                    error!("route rm {what}: putting {key} back: {e}");
+                }
             }
             error!("route rm {what}: {e}");
             return Err(ApiError::new(500, format!("not removed: {e}")));

@@ -237,6 +237,29 @@ fn a_removal_the_store_refuses_puts_the_route_back() {
 }
 
 #[test]
+fn a_multi_route_removal_the_store_refuses_keeps_every_route_in_its_slot() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
+    for service in ["web", "db"] {
+        rig.core
+            .add(RouteRequest {
+                service: service.into(),
+                ..request("alice", &format!("10.0.0.11:{}", service.len() + 8000))
+            })
+            .unwrap();
+    }
+    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    rig.store.state().fail_in = Some(0);
+    rig.core.remove("alice", None).unwrap_err();
+    // The maps still carry each route's slot as its route_id: counters, last-seen and
+    // reclaim must stay with the route they count.
+    assert_eq!(
+        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        before
+    );
+    rig.assert_agree();
+}
+
+#[test]
 fn a_recorded_removal_stands_when_the_maps_fail() {
     let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
     rig.maps.maps().broken = true;
