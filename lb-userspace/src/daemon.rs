@@ -27,12 +27,12 @@ use tracing::{error, info, warn};
 use crate::{
     api::{self, ApiError, Control, Removed, RouteView, RoutesReply, Shutdown},
     config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
-    dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError},
+    dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane},
     dns::{DnsError, DnsServer},
     http::{HttpError, HttpServer},
     metrics::{self, LegSample, RouteSample},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-    state::{StateError, StateStore, StoredRoute},
+    state::{StateError, StateStore, Store, StoredRoute},
 };
 
 /// How often the data plane's view of each leg's redirect ability is refreshed.
@@ -66,9 +66,10 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("{}: runtime routes clash with the config file {}:\n  {}\n  remove the clashing route from the config file, or stop srvgate and edit the state file", state.display(), config.display(), problems.join("\n  "))]
+    #[error("{state}: runtime routes clash with the config file {}:\n  {}\n  remove the clashing route from the config file, or stop srvgate and edit the state file", config.display(), problems.join("\n  "))]
     Clash {
-        state: PathBuf,
+        /// Where the runtime routes are stored ([`Store::location`]).
+        state: String,
         config: PathBuf,
         problems: Vec<String>,
     },
@@ -139,10 +140,10 @@ fn unix(t: SystemTime) -> u64 {
 /// The table and everything that mirrors it.
 struct Core {
     table: RouteTable,
-    dataplane: Dataplane,
+    dataplane: Box<dyn Dataplane>,
     dns: Option<Arc<DnsServer>>,
     http: Option<HttpServer>,
-    store: StateStore,
+    store: Box<dyn Store>,
     gateway: Gateway,
     clock: Clock,
     /// Runtime last-seen times changed since the state file was written.
@@ -151,6 +152,44 @@ struct Core {
 }
 
 impl Core {
+    /// A core without name services yet; [`Core::take_over`] brings the data plane in line.
+    fn new(
+        table: RouteTable,
+        dataplane: Box<dyn Dataplane>,
+        store: Box<dyn Store>,
+        gateway: Gateway,
+        clock: Clock,
+    ) -> Core {
+        Core {
+            table,
+            dataplane,
+            dns: None,
+            http: None,
+            store,
+            gateway,
+            clock,
+            activity_unsaved: false,
+            last_save: Instant::now(),
+        }
+    }
+
+    /// Start-up's last step: takes back the counter slots the pinned maps kept, makes the
+    /// maps hold exactly the table, records routes the config file `taken_over` from the
+    /// store, then catches up with the activity and idleness of the time no daemon watched.
+    fn take_over(&mut self, taken_over: bool) -> Result<(), DaemonError> {
+        let fresh = self.table.adopt_slots(self.dataplane.pinned_frontends());
+        self.dataplane.sync_all(&self.table, &fresh)?;
+        for e in self.table.entries() {
+            let r = &e.route;
+            info!(route = %r.key(), public = %format!("{}:{}", self.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
+        }
+        if taken_over {
+            self.save()?;
+        }
+        self.observe();
+        Ok(())
+    }
+
     fn stored_routes(&self) -> Vec<StoredRoute> {
         self.table
             .entries()
@@ -164,7 +203,7 @@ impl Core {
     }
 
     fn save(&mut self) -> Result<(), StateError> {
-        self.store.save(&self.stored_routes())?;
+        self.store.save_routes(&self.stored_routes())?;
         self.activity_unsaved = false;
         self.last_save = Instant::now();
         Ok(())
@@ -346,11 +385,13 @@ impl Core {
             }
         }
         if let Err(e) = self.save() {
-            // Not recorded, so not done: put the routes back (their slots are still free).
+            // Not recorded, so not done: put the routes back, each in its own slot (they
+            // are still free), which is what the untouched maps still say.
             for gone in diff.removed {
-                let _ = self
-                    .table
-                    .insert(gone.route, gone.source, gone.added, gone.last_seen);
+                let key = gone.route.key();
+                if let Err(e) = self.table.restore(gone) {
+                    error!("route rm {what}: putting {key} back: {e}");
+                }
             }
             error!("route rm {what}: {e}");
             return Err(ApiError::new(500, format!("not removed: {e}")));
@@ -548,7 +589,7 @@ impl Control for Handle {
 fn build_table(
     cfg: &Config,
     config_path: &Path,
-    store: &StateStore,
+    store: &dyn Store,
     stored: Vec<StoredRoute>,
     now: SystemTime,
 ) -> Result<(RouteTable, bool), DaemonError> {
@@ -556,7 +597,7 @@ fn build_table(
     table
         .replace_config(&cfg.routes, now)
         .map_err(|problems| DaemonError::Clash {
-            state: store.path().to_path_buf(),
+            state: store.location(),
             config: config_path.to_path_buf(),
             problems: problems.iter().map(ToString::to_string).collect(),
         })?;
@@ -579,7 +620,7 @@ fn build_table(
     }
     if !problems.is_empty() {
         return Err(DaemonError::Clash {
-            state: store.path().to_path_buf(),
+            state: store.location(),
             config: config_path.to_path_buf(),
             problems,
         });
@@ -592,8 +633,8 @@ fn build_table(
 pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let clock = Clock::new(opts.clock_offset_file.clone());
     let store = StateStore::open(&opts.state_dir)?;
-    let stored = store.load(cfg.gateway.public_ipv4)?;
-    let (mut table, taken_over) = build_table(&cfg, &opts.config, &store, stored, clock.now())?;
+    let stored = store.load_routes(cfg.gateway.public_ipv4)?;
+    let (table, taken_over) = build_table(&cfg, &opts.config, &store, stored, clock.now())?;
 
     // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
     let metrics_listener = match cfg.metrics_listen {
@@ -617,30 +658,17 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     };
     let http_addrs = http.as_ref().map(HttpServer::local_addrs);
 
-    let mut dataplane = Dataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
-    let fresh = table.adopt_slots(dataplane.pinned_frontends());
-    dataplane.sync_all(&table, &fresh)?;
-    for e in table.entries() {
-        let r = &e.route;
-        info!(route = %r.key(), public = %format!("{}:{}", cfg.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
-    }
-    let mut core = Core {
+    let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
+    let mut core = Core::new(
         table,
-        dataplane,
-        dns: dns.clone(),
-        http,
-        store,
-        gateway: cfg.gateway.clone(),
+        Box::new(dataplane),
+        Box::new(store),
+        cfg.gateway.clone(),
         clock,
-        activity_unsaved: false,
-        last_save: Instant::now(),
-    };
-    if taken_over {
-        core.save()?;
-    }
-    // Last-seen times from counters that outlived the previous daemon, and whatever went
-    // idle while no daemon was watching.
-    core.observe();
+    );
+    core.dns = dns.clone();
+    core.http = http;
+    core.take_over(taken_over)?;
     let routes = core.table.len();
     let core = Arc::new(Mutex::new(core));
 
@@ -781,24 +809,4 @@ async fn event_loop(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_clock_moves_by_the_offset_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("offset");
-        let clock = Clock::new(Some(file.clone()));
-        let real = SystemTime::now();
-        assert!(clock.now().duration_since(real).unwrap_or_default() < Duration::from_secs(5));
-        std::fs::write(&file, "15d\n").unwrap();
-        let ahead = clock.now().duration_since(real).unwrap();
-        assert!(ahead >= Duration::from_secs(15 * 86400), "{ahead:?}");
-        std::fs::write(&file, "3600").unwrap();
-        let ahead = clock.now().duration_since(real).unwrap();
-        assert!(ahead >= Duration::from_secs(3600) && ahead < Duration::from_secs(3700));
-        // Junk is ignored, not fatal: the clock is the system's.
-        std::fs::write(&file, "soon").unwrap();
-        assert!(clock.now().duration_since(real).unwrap_or_default() < Duration::from_secs(5));
-    }
-}
+mod tests;

@@ -22,3 +22,5 @@ pub mod state;
 pub mod student;
 pub mod sys;
 pub mod users;
+#[cfg(test)]
+mod testing;

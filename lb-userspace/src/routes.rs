@@ -54,6 +54,8 @@ pub enum RouteError {
     /// The route clashes with one that exists; the field says which part.
     #[error("{0}")]
     Conflict(FieldError),
+    #[error("counter slot {0} belongs to another route")]
+    SlotTaken(u32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +189,23 @@ impl RouteTable {
         self.index(&e);
         self.entries.insert(e.route.key(), e.clone());
         Ok(e)
+    }
+
+    /// Puts back a route [`RouteTable::remove`] took out, in the slot it had: the maps still
+    /// carry that slot as its `route_id`, and its counters and last-seen time are in it.
+    /// (Inserting it anew would hand out whichever slot was freed last.)
+    pub fn restore(&mut self, e: Entry) -> Result<(), RouteError> {
+        self.check_conflicts(&e.route, None)
+            .map_err(RouteError::Conflict)?;
+        let at = self
+            .free
+            .iter()
+            .position(|&id| id == e.id)
+            .ok_or(RouteError::SlotTaken(e.id))?;
+        self.free.remove(at);
+        self.index(&e);
+        self.entries.insert(e.route.key(), e);
+        Ok(())
     }
 
     /// Removes one route, freeing its port, backend and slot.

@@ -82,6 +82,36 @@ struct RawRoute {
     last_seen_unix: Option<u64>,
 }
 
+/// What the daemon persists, wherever it is kept. [`StateStore`] (a local directory) is the
+/// implementation `srvgate run` uses; a store shared by several gateways (etcd) would be a
+/// second one. Each kind of record has its own load/save pair, replaced as a whole: runtime
+/// routes now, users, tokens and port allocations next, each its own pair (and file).
+///
+/// Loading is strict (see the module docs): a store it cannot read is an error, never "none".
+/// Saving is all or nothing: after an error the previous contents are still what a load
+/// returns.
+pub trait Store: Send {
+    /// Names the store in messages: a path, or a URL.
+    fn location(&self) -> String;
+    /// The runtime routes; none stored yet means none. `public_ipv4` is checked like a
+    /// config route's backend would be.
+    fn load_routes(&self, public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError>;
+    /// Replaces the runtime routes with `routes`.
+    fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError>;
+}
+
+impl Store for StateStore {
+    fn location(&self) -> String {
+        self.file.display().to_string()
+    }
+    fn load_routes(&self, public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError> {
+        self.load(public_ipv4)
+    }
+    fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError> {
+        self.save(routes)
+    }
+}
+
 /// The state directory, locked for this process.
 pub struct StateStore {
     dir: PathBuf,

@@ -1,0 +1,452 @@
+use std::net::SocketAddrV4;
+
+use super::*;
+use crate::{
+    config::{PortRange, Protocol, Route},
+    testing::{FakeDataplane, FakeStore},
+};
+
+const DAY: Duration = Duration::from_secs(86400);
+
+fn gateway() -> Gateway {
+    Gateway {
+        public_interface: "pub0".into(),
+        private_interfaces: vec!["priv0".into()],
+        public_ipv4: "203.0.113.10".parse().unwrap(),
+        port_range: PortRange {
+            first: 30001,
+            last: 30009,
+        },
+        reclaim_after: Some(DAY),
+    }
+}
+
+fn route(name: &str, port: u16, backend: &str) -> Route {
+    Route {
+        name: name.into(),
+        service: "ssh".into(),
+        protocol: Protocol::Tcp,
+        backend: backend.parse().unwrap(),
+        port,
+    }
+}
+
+fn request(name: &str, backend: &str) -> RouteRequest {
+    RouteRequest {
+        name: name.into(),
+        service: "ssh".into(),
+        protocol: None,
+        backend: backend.into(),
+        port: None,
+    }
+}
+
+fn config(routes: Vec<Route>) -> Config {
+    Config {
+        gateway: gateway(),
+        dns: None,
+        http: None,
+        metrics_listen: None,
+        routes,
+    }
+}
+
+/// A core over fakes, started like `run` starts one (maps synced to the table).
+struct Rig {
+    core: Core,
+    maps: FakeDataplane,
+    store: FakeStore,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        Rig::with(RouteTable::new(), FakeDataplane::new())
+    }
+
+    fn with(table: RouteTable, maps: FakeDataplane) -> Rig {
+        Rig::with_gateway(table, maps, gateway())
+    }
+
+    fn with_gateway(table: RouteTable, maps: FakeDataplane, gateway: Gateway) -> Rig {
+        let store = FakeStore::new();
+        let mut core = Core::new(
+            table,
+            maps.boxed(),
+            store.boxed(),
+            gateway,
+            Clock::default(),
+        );
+        core.take_over(false).unwrap();
+        Rig { core, maps, store }
+    }
+
+    /// Runtime routes added through the API.
+    fn with_runtime(names: &[(&str, &str)]) -> Rig {
+        let mut rig = Rig::new();
+        for (name, backend) in names {
+            rig.core.add(request(name, backend)).unwrap();
+        }
+        rig
+    }
+
+    fn entry(&self, name: &str) -> Option<Entry> {
+        self.core
+            .table
+            .entries()
+            .find(|e| e.route.name == name)
+            .cloned()
+    }
+
+    fn stored_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .store
+            .state()
+            .routes
+            .iter()
+            .map(|s| s.route.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The table, the maps and the store all hold the same routes.
+    fn assert_agree(&self) {
+        let entries: Vec<&Entry> = self.core.table.entries().collect();
+        assert!(
+            self.maps.maps().holds_exactly(entries.iter().copied()),
+            "maps {:?} vs table {entries:?}",
+            self.maps.maps()
+        );
+        let mut runtime: Vec<String> = entries
+            .iter()
+            .filter(|e| e.source == Source::Runtime)
+            .map(|e| e.route.name.clone())
+            .collect();
+        runtime.sort();
+        assert_eq!(self.stored_names(), runtime);
+    }
+}
+
+#[test]
+fn the_clock_moves_by_the_offset_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("offset");
+    let clock = Clock::new(Some(file.clone()));
+    let real = SystemTime::now();
+    assert!(clock.now().duration_since(real).unwrap_or_default() < Duration::from_secs(5));
+    std::fs::write(&file, "15d\n").unwrap();
+    let ahead = clock.now().duration_since(real).unwrap();
+    assert!(ahead >= Duration::from_secs(15 * 86400), "{ahead:?}");
+    std::fs::write(&file, "3600").unwrap();
+    let ahead = clock.now().duration_since(real).unwrap();
+    assert!(ahead >= Duration::from_secs(3600) && ahead < Duration::from_secs(3700));
+    // Junk is ignored, not fatal: the clock is the system's.
+    std::fs::write(&file, "soon").unwrap();
+    assert!(clock.now().duration_since(real).unwrap_or_default() < Duration::from_secs(5));
+}
+
+#[test]
+fn an_added_route_is_in_the_table_the_maps_and_the_store() {
+    let mut rig = Rig::new();
+    let view = rig.core.add(request("alice", "10.0.0.11:22")).unwrap();
+    assert_eq!(view.port, 30001, "the lowest free port of the range");
+    let e = rig.entry("alice").unwrap();
+    assert_eq!(e.source, Source::Runtime);
+    assert_eq!(
+        rig.maps.maps().frontends.get(&(30001, Protocol::Tcp)),
+        Some(&("10.0.0.11:22".parse().unwrap(), e.id))
+    );
+    rig.assert_agree();
+}
+
+#[test]
+fn a_clashing_add_touches_nothing() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    let (writes, saves) = (rig.maps.maps().writes, rig.store.state().saves);
+    let err = rig.core.add(request("bob", "10.0.0.11:22")).unwrap_err();
+    assert_eq!(err.status, 409);
+    assert_eq!(err.reply.field.as_deref(), Some("backend"));
+    assert_eq!(rig.maps.maps().writes, writes);
+    assert_eq!(rig.store.state().saves, saves);
+    rig.assert_agree();
+}
+
+#[test]
+fn an_add_the_store_refuses_is_undone_in_the_maps_and_the_table() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    rig.store.state().fail_in = Some(0);
+    let err = rig.core.add(request("bob", "10.0.0.12:22")).unwrap_err();
+    assert_eq!(err.status, 500);
+    assert!(err.reply.error.contains("not added"), "{}", err.reply.error);
+    assert!(rig.entry("bob").is_none());
+    assert_eq!(rig.stored_names(), ["alice"]);
+    rig.assert_agree();
+    // Its port went back to the pool.
+    assert_eq!(
+        rig.core.add(request("carol", "10.0.0.13:22")).unwrap().port,
+        30002
+    );
+}
+
+#[test]
+fn an_add_whose_map_update_fails_half_way_is_undone_and_never_saved() {
+    for written in 0..3 {
+        let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+        let saves = rig.store.state().saves;
+        // Zero the slot, write the frontend, write the reverse entry: fail at each.
+        rig.maps.maps().fail_in = Some(written);
+        let err = rig.core.add(request("bob", "10.0.0.12:22")).unwrap_err();
+        assert_eq!(err.status, 500, "failing write {written}");
+        assert!(rig.entry("bob").is_none());
+        assert_eq!(rig.store.state().saves, saves, "never made durable");
+        rig.assert_agree();
+    }
+}
+
+#[test]
+fn a_removed_route_leaves_the_table_the_maps_and_the_store() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
+    let removed = rig.core.remove("alice", None).unwrap();
+    assert_eq!(removed.removed.len(), 1);
+    assert_eq!(removed.removed[0].name, "alice");
+    assert!(rig.entry("alice").is_none());
+    rig.assert_agree();
+    assert_eq!(rig.core.remove("alice", None).unwrap_err().status, 404);
+}
+
+#[test]
+fn a_removal_the_store_refuses_puts_the_route_back() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
+    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let writes = rig.maps.maps().writes;
+    rig.store.state().fail_in = Some(0);
+    let err = rig.core.remove("alice", None).unwrap_err();
+    assert_eq!(err.status, 500);
+    assert!(
+        err.reply.error.contains("not removed"),
+        "{}",
+        err.reply.error
+    );
+    assert_eq!(
+        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        before
+    );
+    // Not recorded, so not done: the maps were never touched.
+    assert_eq!(rig.maps.maps().writes, writes);
+    rig.assert_agree();
+}
+
+#[test]
+fn a_multi_route_removal_the_store_refuses_keeps_every_route_in_its_slot() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
+    for service in ["web", "db"] {
+        rig.core
+            .add(RouteRequest {
+                service: service.into(),
+                ..request("alice", &format!("10.0.0.11:{}", service.len() + 8000))
+            })
+            .unwrap();
+    }
+    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    rig.store.state().fail_in = Some(0);
+    rig.core.remove("alice", None).unwrap_err();
+    // The maps still carry each route's slot as its route_id: counters, last-seen and
+    // reclaim must stay with the route they count.
+    assert_eq!(
+        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        before
+    );
+    rig.assert_agree();
+}
+
+#[test]
+fn a_recorded_removal_stands_when_the_maps_fail() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    rig.maps.maps().broken = true;
+    rig.core.remove("alice", None).unwrap();
+    assert!(rig.entry("alice").is_none());
+    assert!(rig.stored_names().is_empty());
+}
+
+#[test]
+fn config_routes_are_not_removed_through_the_api() {
+    let mut rig = Rig::new();
+    rig.core
+        .reload(config(vec![route("alice", 30001, "10.0.0.11:22")]));
+    let err = rig.core.remove("alice", None).unwrap_err();
+    assert_eq!(err.status, 409);
+    assert!(rig.entry("alice").is_some());
+    rig.assert_agree();
+}
+
+#[test]
+fn a_reload_carries_the_config_diff_into_the_maps() {
+    let mut rig = Rig::with_runtime(&[("carol", "10.0.0.13:22")]);
+    rig.core.reload(config(vec![
+        route("alice", 30005, "10.0.0.11:22"),
+        route("bob", 30006, "10.0.0.12:22"),
+    ]));
+    rig.assert_agree();
+    let alice = rig.entry("alice").unwrap().id;
+    rig.core
+        .reload(config(vec![route("alice", 30007, "10.0.0.11:22")]));
+    assert!(rig.entry("bob").is_none());
+    assert_eq!(rig.entry("alice").unwrap().route.port, 30007);
+    assert_eq!(
+        rig.entry("alice").unwrap().id,
+        alice,
+        "a changed route keeps its slot"
+    );
+    assert_eq!(rig.entry("carol").unwrap().source, Source::Runtime);
+    rig.assert_agree();
+}
+
+#[test]
+fn a_reload_that_clashes_changes_nothing() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    let (writes, before) = (
+        rig.maps.maps().writes,
+        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+    );
+    // bob wants alice's port.
+    rig.core
+        .reload(config(vec![route("bob", 30001, "10.0.0.12:22")]));
+    assert_eq!(
+        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        before
+    );
+    assert_eq!(rig.maps.maps().writes, writes);
+    rig.assert_agree();
+}
+
+#[test]
+fn a_runtime_route_the_config_file_takes_over_leaves_the_store() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
+    let alice = rig.entry("alice").unwrap();
+    rig.core.reload(config(vec![alice.route.clone()]));
+    let now = rig.entry("alice").unwrap();
+    assert_eq!(now.source, Source::Config);
+    assert_eq!(now.id, alice.id);
+    assert_eq!(rig.stored_names(), ["bob"]);
+    rig.assert_agree();
+}
+
+/// A config route and two runtime routes, all added three days ago and silent since.
+fn old_table() -> RouteTable {
+    let long_ago = SystemTime::now() - 3 * DAY;
+    let mut table = RouteTable::new();
+    table
+        .replace_config(&[route("admin", 30009, "10.0.0.9:22")], long_ago)
+        .unwrap();
+    for (name, port, backend) in [
+        ("alice", 30001, "10.0.0.11:22"),
+        ("bob", 30002, "10.0.0.12:22"),
+    ] {
+        table
+            .insert(route(name, port, backend), Source::Runtime, long_ago, None)
+            .unwrap();
+    }
+    table
+}
+
+/// [`old_table`] started without reclaim, which is then switched on.
+fn old_rig() -> Rig {
+    let mut gw = gateway();
+    gw.reclaim_after = None;
+    let mut rig = Rig::with_gateway(old_table(), FakeDataplane::new(), gw);
+    rig.core.gateway.reclaim_after = Some(DAY);
+    rig
+}
+
+#[test]
+fn what_went_idle_while_no_daemon_ran_is_reclaimed_at_start() {
+    let rig = Rig::with(old_table(), FakeDataplane::new());
+    assert!(rig.entry("alice").is_none());
+    assert!(rig.entry("bob").is_none());
+    assert!(
+        rig.entry("admin").is_some(),
+        "config routes are never reclaimed"
+    );
+    rig.assert_agree();
+}
+
+#[test]
+fn observing_reads_last_seen_from_the_counters_and_reclaims_only_the_idle() {
+    let mut rig = old_rig();
+    let bob = rig.entry("bob").unwrap().id;
+    rig.maps.maps().counters.insert(
+        bob,
+        Counters {
+            idle: Some(Duration::from_secs(3600)),
+            ..Counters::default()
+        },
+    );
+    rig.core.observe();
+    assert!(rig.entry("alice").is_none());
+    let seen = rig
+        .entry("bob")
+        .expect("active an hour ago")
+        .last_seen
+        .unwrap();
+    let ago = SystemTime::now().duration_since(seen).unwrap();
+    assert!(
+        ago >= Duration::from_secs(3600) && ago < Duration::from_secs(3660),
+        "{ago:?}"
+    );
+    assert!(
+        rig.entry("admin").is_some(),
+        "config routes are never reclaimed"
+    );
+    rig.assert_agree();
+}
+
+#[test]
+fn a_reclaim_the_store_refuses_is_still_carried_out_and_saved_later() {
+    let mut rig = old_rig();
+    rig.store.state().routes = rig.core.stored_routes();
+    rig.store.state().fail_in = Some(0);
+    rig.core.observe();
+    assert!(rig.entry("alice").is_none() && rig.entry("bob").is_none());
+    assert!(rig.maps.maps().holds_exactly(rig.core.table.entries()));
+    assert_eq!(
+        rig.stored_names(),
+        ["alice", "bob"],
+        "the failed save changed nothing"
+    );
+    assert!(rig.core.activity_unsaved, "retried on a later pass");
+    rig.core.save().unwrap();
+    rig.assert_agree();
+}
+
+#[test]
+fn start_up_adopts_the_pinned_slots_and_drops_stale_entries() {
+    let maps = FakeDataplane::new();
+    {
+        let mut m = maps.maps();
+        let alice: SocketAddrV4 = "10.0.0.11:22".parse().unwrap();
+        m.pinned.insert((30001, Protocol::Tcp), (alice, 7));
+        // What an earlier run left: alice on slot 7, and a route this table lacks.
+        m.frontends.insert((30001, Protocol::Tcp), (alice, 7));
+        m.reverse.insert((alice, Protocol::Tcp), (30001, 7));
+        m.frontends
+            .insert((30004, Protocol::Udp), ("10.0.0.99:53".parse().unwrap(), 3));
+    }
+    let mut table = RouteTable::new();
+    table
+        .replace_config(
+            &[
+                route("alice", 30001, "10.0.0.11:22"),
+                route("bob", 30002, "10.0.0.12:22"),
+            ],
+            SystemTime::now(),
+        )
+        .unwrap();
+    let rig = Rig::with(table, maps);
+    assert_eq!(
+        rig.entry("alice").unwrap().id,
+        7,
+        "counters kept across the restart"
+    );
+    assert_ne!(rig.entry("bob").unwrap().id, 7);
+    rig.assert_agree();
+}
