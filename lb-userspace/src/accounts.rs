@@ -75,8 +75,8 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Users, StateError> {
         path: path.to_path_buf(),
         reason,
     };
-    let file: FileFormat =
-        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not a valid accounts file: {e}")))?;
+    let file: FileFormat = serde_json::from_slice(bytes)
+        .map_err(|e| corrupt(format!("not a valid accounts file: {e}")))?;
     if file.version != VERSION {
         return Err(corrupt(format!(
             "format version {} (this srvgate reads version {VERSION})",
@@ -91,7 +91,8 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Users, StateError> {
         if !names.insert(u.name.clone()) {
             return Err(corrupt(format!("{}: {} appears twice", at("name"), u.name)));
         }
-        let backends = parse_rules(&u.backends).map_err(|e| corrupt(format!("{}: {e}", at("backends"))))?;
+        let backends =
+            parse_rules(&u.backends).map_err(|e| corrupt(format!("{}: {e}", at("backends"))))?;
         let token_sha256 = match u.token_sha256 {
             None => None,
             Some(h) => {
@@ -162,7 +163,13 @@ mod tests {
         let mut users = Users::default();
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let token = users
-            .add("alice", parse_rules(&["10.0.0.11".into(), "10.0.1.0/28:22".into()]).unwrap(), 3, false, now)
+            .add(
+                "alice",
+                parse_rules(&["10.0.0.11".into(), "10.0.1.0/28:22".into()]).unwrap(),
+                3,
+                false,
+                now,
+            )
             .unwrap();
         users.add("root", vec![], 4, true, now).unwrap();
         users.cool(30001, now, Duration::from_secs(86400));
@@ -172,9 +179,15 @@ mod tests {
         assert_eq!(back.authenticate(&token).unwrap().name, "alice");
         let path = dir.path().join(ACCOUNTS_FILE);
         let text = fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(&token[9..]), "the token itself is never stored");
+        assert!(
+            !text.contains(&token[9..]),
+            "the token itself is never stored"
+        );
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
 
         for bad in [
             "",

@@ -21,6 +21,6 @@ pub mod routes;
 pub mod state;
 pub mod student;
 pub mod sys;
-pub mod users;
 #[cfg(test)]
 mod testing;
+pub mod users;

@@ -27,7 +27,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{check_route, Route, RouteRequest};
+use crate::{
+    config::{check_route, Route, RouteRequest},
+    users::Users,
+};
 
 /// Where `srvgate run` keeps its state unless `--state-dir` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/srvgate";
@@ -98,6 +101,9 @@ pub trait Store: Send {
     fn load_routes(&self, public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError>;
     /// Replaces the runtime routes with `routes`.
     fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError>;
+    /// The accounts and port cool-downs; none stored yet means none.
+    fn load_accounts(&self) -> Result<Users, StateError>;
+    fn save_accounts(&mut self, users: &Users) -> Result<(), StateError>;
 }
 
 impl Store for StateStore {
@@ -109,6 +115,12 @@ impl Store for StateStore {
     }
     fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError> {
         self.save(routes)
+    }
+    fn load_accounts(&self) -> Result<Users, StateError> {
+        crate::accounts::load(&self.dir)
+    }
+    fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
+        crate::accounts::save(&self.dir, users)
     }
 }
 

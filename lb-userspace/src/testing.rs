@@ -19,6 +19,7 @@ use crate::{
     dataplane::{plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends},
     routes::{Diff, Entry, RouteTable},
     state::{StateError, Store, StoredRoute},
+    users::Users,
 };
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,6 +235,7 @@ impl Dataplane for FakeDataplane {
 #[derive(Debug, Default)]
 pub struct FakeState {
     pub routes: Vec<StoredRoute>,
+    pub users: Users,
     /// Saves to let through before one fails (`Some(0)`: the next fails), once.
     pub fail_in: Option<usize>,
     /// Every save fails while set (a full or read-only disk).
@@ -273,17 +275,37 @@ impl Store for FakeStore {
 
     fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError> {
         let mut s = self.state();
-        s.saves += 1;
-        let fail = match s.fail_in {
+        s.save_or_fail()?;
+        s.routes = routes.to_vec();
+        Ok(())
+    }
+
+    fn load_accounts(&self) -> Result<Users, StateError> {
+        Ok(self.state().users.clone())
+    }
+
+    fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
+        let mut s = self.state();
+        s.save_or_fail()?;
+        s.users = users.clone();
+        Ok(())
+    }
+}
+
+impl FakeState {
+    /// Counts a save and fails it if told to.
+    fn save_or_fail(&mut self) -> Result<(), StateError> {
+        self.saves += 1;
+        let fail = match self.fail_in {
             Some(0) => {
-                s.fail_in = None;
+                self.fail_in = None;
                 true
             }
             Some(n) => {
-                s.fail_in = Some(n - 1);
-                s.broken
+                self.fail_in = Some(n - 1);
+                self.broken
             }
-            None => s.broken,
+            None => self.broken,
         };
         if fail {
             return Err(StateError::Io {
@@ -292,7 +314,6 @@ impl Store for FakeStore {
                 error: io::Error::from_raw_os_error(libc::ENOSPC),
             });
         }
-        s.routes = routes.to_vec();
         Ok(())
     }
 }

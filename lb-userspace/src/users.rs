@@ -84,7 +84,13 @@ impl FromStr for BackendRule {
             None => (s, None),
         };
         let (addr, prefix) = match net.split_once('/') {
-            Some((a, p)) => (a, p.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(usage)?),
+            Some((a, p)) => (
+                a,
+                p.parse::<u8>()
+                    .ok()
+                    .filter(|p| *p <= 32)
+                    .ok_or_else(usage)?,
+            ),
             None => (net, 32),
         };
         let network: Ipv4Addr = addr.parse().map_err(|_| usage())?;
@@ -139,7 +145,10 @@ impl User {
 pub enum Denied {
     #[error("routes of {user} are named {user}; {name} is not yours")]
     NotYourName { user: String, name: String },
-    #[error("backend {backend} is not yours: {user} may use {}", list_rules(allowed))]
+    #[error(
+        "backend {backend} is not yours: {user} may use {}",
+        list_rules(allowed)
+    )]
     NotYourBackend {
         user: String,
         backend: SocketAddrV4,

@@ -7,6 +7,7 @@ use super::*;
 struct Fake {
     added: Mutex<Vec<RouteRequest>>,
     shutdowns: Mutex<Vec<Shutdown>>,
+    users: Mutex<crate::users::Users>,
 }
 
 fn view(name: &str, port: u16) -> RouteView {
@@ -60,6 +61,80 @@ impl Control for Fake {
     }
     fn shutdown(&self, request: Shutdown) {
         self.shutdowns.lock().unwrap().push(request);
+    }
+    fn users(&self) -> UsersReply {
+        let users = self.users.lock().unwrap();
+        UsersReply {
+            users: users.all().map(|u| UserView::of(u, 0)).collect(),
+        }
+    }
+    fn user_add(&self, r: UserRequest) -> Result<TokenReply, ApiError> {
+        let rules = crate::users::parse_rules(&r.backends)
+            .map_err(|e| ApiError::field(400, "backends", e))?;
+        let mut users = self.users.lock().unwrap();
+        let token = users
+            .add(
+                &r.name,
+                rules,
+                r.max_routes.unwrap_or(4),
+                r.admin,
+                std::time::UNIX_EPOCH,
+            )
+            .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
+        let user = UserView::of(users.get(&r.name).unwrap(), 0);
+        Ok(TokenReply { user, token })
+    }
+    fn user_remove(&self, name: &str, _with_routes: bool) -> Result<UserView, ApiError> {
+        let mut users = self.users.lock().unwrap();
+        let u = users
+            .remove(name)
+            .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
+        Ok(UserView::of(&u, 0))
+    }
+    fn user_token(&self, name: &str) -> Result<TokenReply, ApiError> {
+        let mut users = self.users.lock().unwrap();
+        let token = users
+            .rotate(name)
+            .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
+        let user = UserView::of(users.get(name).unwrap(), 0);
+        Ok(TokenReply { user, token })
+    }
+    fn authenticate(&self, token: &str) -> Option<Caller> {
+        let users = self.users.lock().unwrap();
+        let u = users.authenticate(token).ok()?;
+        Some(Caller {
+            name: u.name.clone(),
+            admin: u.admin,
+        })
+    }
+    fn me(&self, caller: &str) -> Result<MeReply, ApiError> {
+        let users = self.users.lock().unwrap();
+        let u = users
+            .get(caller)
+            .ok_or_else(|| ApiError::new(404, "no such user"))?;
+        Ok(MeReply {
+            user: UserView::of(u, 0),
+            public_ipv4: "203.0.113.10".into(),
+            zone: Some("lab.example".into()),
+            routes: vec![],
+        })
+    }
+    fn claim(&self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
+        self.add(RouteRequest {
+            name: caller.into(),
+            service: r.service,
+            protocol: r.protocol,
+            backend: r.backend,
+            port: None,
+        })
+    }
+    fn release(
+        &self,
+        caller: &str,
+        service: &str,
+        _protocol: Option<&str>,
+    ) -> Result<Removed, ApiError> {
+        self.remove(caller, Some(service))
     }
 }
 
@@ -127,6 +202,49 @@ async fn the_client_and_server_agree() {
         *fake.shutdowns.lock().unwrap(),
         vec![Shutdown { detach: true }]
     );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_endpoints_round_trip_through_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("u.sock");
+    let fake = Arc::new(Fake::default());
+    let server = tokio::spawn(serve(bind(&socket).unwrap(), fake.clone()));
+    tokio::task::spawn_blocking(move || {
+        let c = Client::new(&socket);
+        let added = c
+            .user_add(&UserRequest {
+                name: "alice".into(),
+                backends: vec!["10.0.0.11".into()],
+                max_routes: Some(2),
+                admin: false,
+            })
+            .unwrap();
+        assert_eq!(added.user.name, "alice");
+        assert_eq!(added.user.backends, ["10.0.0.11"]);
+        assert!(added.token.starts_with("sg_alice_"));
+        let err = c
+            .user_add(&UserRequest {
+                name: "bob".into(),
+                backends: vec!["127.0.0.1".into()],
+                ..UserRequest::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("127.0.0.1"), "{err}");
+        assert!(err.is_bad_input());
+        assert_eq!(c.users().unwrap().users.len(), 1);
+        let rotated = c.user_token("alice").unwrap();
+        assert_ne!(rotated.token, added.token);
+        assert_eq!(c.user_remove("alice", false).unwrap().name, "alice");
+        let err = c.user_remove("alice", false).unwrap_err();
+        assert!(
+            matches!(err, ClientError::Refused { status: 404, .. }),
+            "{err}"
+        );
+    })
+    .await
+    .unwrap();
     server.abort();
 }
 
