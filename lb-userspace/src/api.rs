@@ -82,6 +82,9 @@ pub struct RoutesReply {
     pub free_ports: u32,
     /// As in the config (`"14d"`), absent when reclaiming is off.
     pub reclaim_after: Option<String>,
+    /// The students' HTTPS API and its certificate's fingerprint, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal: Option<crate::portal::PortalInfo>,
     pub routes: Vec<RouteView>,
 }
 

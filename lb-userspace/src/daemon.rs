@@ -34,6 +34,7 @@ use crate::{
     dns::{DnsError, DnsServer},
     http::{HttpError, HttpServer},
     metrics::{self, LegSample, RouteSample},
+    portal::{PortalError, PortalInfo, PortalServer},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
     state::{StateError, StateStore, Store, StoredRoute},
     users::{
@@ -90,6 +91,8 @@ pub enum DaemonError {
     Dns(#[from] DnsError),
     #[error("starting HTTP routing: {0}")]
     Http(#[from] HttpError),
+    #[error("starting the portal: {0}")]
+    Portal(#[from] PortalError),
     #[error("starting the XDP data plane: {0}")]
     Dataplane(#[from] DataplaneError),
     #[error("{0}")]
@@ -155,6 +158,8 @@ struct Core {
     users: Users,
     /// The DNS zone, for telling students their names.
     zone: Option<String>,
+    /// The students' HTTPS API, if configured: where, and its certificate's fingerprint.
+    portal: Option<PortalInfo>,
     clock: Clock,
     /// Runtime last-seen times changed since the state file was written.
     activity_unsaved: bool,
@@ -179,6 +184,7 @@ impl Core {
             gateway,
             users: Users::default(),
             zone: None,
+            portal: None,
             clock,
             activity_unsaved: false,
             last_save: Instant::now(),
@@ -280,6 +286,7 @@ impl Core {
             port_range: range.to_string(),
             free_ports: free as u32,
             reclaim_after: self.gateway.reclaim_after.map(format_duration),
+            portal: self.portal.clone(),
             routes: self.table.entries().map(|e| self.view(e, now)).collect(),
         }
     }
@@ -948,6 +955,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         _ => None,
     };
     let http_addrs = http.as_ref().map(HttpServer::local_addrs);
+    let portal = match &cfg.portal {
+        Some(p) => Some(PortalServer::bind(p, &opts.state_dir).await?),
+        None => None,
+    };
+    let portal_info = portal.as_ref().map(|p| p.info().clone());
 
     let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
     let mut core = Core::new(
@@ -961,6 +973,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     core.http = http;
     core.users = users;
     core.zone = cfg.dns.as_ref().map(|d| d.zone.clone());
+    core.portal = portal_info.clone();
     core.take_over(taken_over)?;
     let routes = core.table.len();
     let core = Arc::new(Mutex::new(core));
@@ -970,6 +983,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         core: core.clone(),
         shutdown: shutdown_tx,
     });
+    let portal_tasks = portal.map(|p| p.serve(handle.clone())).unwrap_or_default();
     let api_task = tokio::spawn(api::serve(api_listener, handle));
     let metrics_task = metrics_listener.map(|listener| {
         let core = core.clone();
@@ -985,6 +999,8 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         dns = ?dns.as_ref().map(|d| d.local_addrs()),
         http = ?http_addrs,
         metrics = ?cfg.metrics_listen,
+        portal = ?portal_info.as_ref().map(|p| &p.listen),
+        portal_fingerprint = ?portal_info.as_ref().map(|p| &p.fingerprint),
         socket = %opts.socket.display(),
         pins = %opts.pin_dir.display(),
         state = %opts.state_dir.display(),
@@ -998,6 +1014,9 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     };
 
     api_task.abort();
+    for t in &portal_tasks {
+        t.abort();
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }

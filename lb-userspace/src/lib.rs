@@ -17,6 +17,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod http;
 pub mod metrics;
+pub mod portal;
 pub mod routes;
 pub mod state;
 pub mod student;

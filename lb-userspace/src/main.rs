@@ -12,7 +12,7 @@ use std::{
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    admin::{self, DownArgs, LsArgs, RouteCommand},
+    admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
     api::DEFAULT_SOCKET,
     config::Config,
     daemon::{self, Options},
@@ -48,6 +48,9 @@ enum Command {
     /// Manage the running gateway's routes (add, rm, ls).
     #[command(subcommand)]
     Route(RouteCommand),
+    /// Manage the students' accounts (add, ls, rm, token).
+    #[command(subcommand)]
+    User(UserCommand),
     /// A table of every route with its traffic and when it last saw a packet.
     Status(LsArgs),
     /// Stop forwarding: make a running daemon detach XDP and exit, or remove what a stopped
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Check { config } => check(&config),
         Command::Route(cmd) => admin::route(cmd).map_err(admin_failure),
+        Command::User(cmd) => admin::user(cmd).map_err(admin_failure),
         Command::Status(args) => admin::status(args).map_err(admin_failure),
         Command::Down(args) => admin::down(args).map_err(admin_failure),
         Command::Ssh(args) => student::ssh(args).map(|_| ()).map_err(Failure::runtime),
