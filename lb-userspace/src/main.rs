@@ -18,7 +18,8 @@ use lb_userspace::{
     daemon::{self, Options},
     dataplane::{AttachMode, DEFAULT_PIN_DIR},
     state::DEFAULT_STATE_DIR,
-    student, sys,
+    student::{self, account},
+    sys,
 };
 
 #[derive(Parser)]
@@ -60,6 +61,14 @@ enum Command {
     Ssh(student::SshArgs),
     /// Print a ~/.ssh/config snippet so that plain `ssh NAME.ssh.ZONE` works.
     SshConfig(student::SshConfigArgs),
+    /// Students: save the gateway's portal address, its certificate and your token.
+    Login(account::LoginArgs),
+    /// Students: get a public port for your instance at once (NAME.SERVICE.ZONE).
+    Claim(account::ClaimArgs),
+    /// Students: your routes, their traffic, and when idle ones are reclaimed.
+    Mine(account::MineArgs),
+    /// Students: give a route's port back.
+    Release(account::ReleaseArgs),
 }
 
 #[derive(clap::Args)]
@@ -138,6 +147,10 @@ fn main() -> ExitCode {
         Command::Down(args) => admin::down(args).map_err(admin_failure),
         Command::Ssh(args) => student::ssh(args).map(|_| ()).map_err(Failure::runtime),
         Command::SshConfig(args) => student::ssh_config(args).map_err(Failure::runtime),
+        Command::Login(args) => account::login(args).map_err(student_failure),
+        Command::Claim(args) => account::claim(args).map_err(student_failure),
+        Command::Mine(args) => account::mine(args).map_err(student_failure),
+        Command::Release(args) => account::release(args).map_err(student_failure),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,6 +158,14 @@ fn main() -> ExitCode {
             eprintln!("srvgate: error: {:#}", f.error);
             ExitCode::from(f.code)
         }
+    }
+}
+
+fn student_failure(e: account::StudentError) -> Failure {
+    if e.is_bad_input() {
+        Failure::input(e)
+    } else {
+        Failure::runtime(e)
     }
 }
 
