@@ -350,7 +350,7 @@ fn exchange(
         Err(e) => return Err(tls_error(e)),
     }
     let fp = seen(&verifier).unwrap_or_default();
-    let (status, body) = parse_answer(&answer).map_err(|e| unreachable(e))?;
+    let (status, body) = parse_answer(&answer).map_err(unreachable)?;
     Ok((fp, status, body))
 }
 
