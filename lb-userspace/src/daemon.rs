@@ -562,6 +562,20 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     core.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Runs `f` on the core from the event loop. Everything the core does may block (its lock,
+/// map syscalls, netlink, sysfs, an fsync), so it runs on tokio's blocking pool, like the
+/// control API's and the metrics scrape's calls; the async threads only wait for it. `None`
+/// if `f` panicked.
+async fn on_core<R: Send + 'static>(
+    core: &Arc<Mutex<Core>>,
+    f: impl FnOnce(&mut Core) -> R + Send + 'static,
+) -> Option<R> {
+    let core = core.clone();
+    tokio::task::spawn_blocking(move || f(&mut lock(&core)))
+        .await
+        .ok()
+}
+
 /// The API's view of the daemon.
 struct Handle {
     core: Arc<Mutex<Core>>,
@@ -708,14 +722,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     if let Some(t) = metrics_task {
         t.abort();
     }
-    {
-        let mut c = lock(&core);
+    on_core(&core, |c| {
         if let Err(e) = c.save() {
             warn!("saving the state file at exit: {e}");
         }
         c.dns = None;
         c.http = None;
-    }
+    })
+    .await;
     if let Some(d) = dns.and_then(Arc::into_inner) {
         d.shutdown().await;
     }
@@ -784,25 +798,23 @@ async fn event_loop(
                 let cfg = Config::load(&opts.config).and_then(|c| c.check_interfaces(&opts.config).map(|_| c));
                 match cfg {
                     Ok(cfg) => {
-                        let core = core.clone();
-                        let _ = tokio::task::spawn_blocking(move || lock(&core).reload(cfg)).await;
+                        on_core(core, move |c| c.reload(cfg)).await;
                     }
                     Err(e) => error!("SIGHUP: keeping the running routes; {e}"),
                 }
             }
             _ = egress.tick() => {
-                if let Err(e) = lock(core).dataplane.refresh_egress() {
+                if let Some(Err(e)) = on_core(core, |c| c.dataplane.refresh_egress()).await {
                     warn!("refreshing egress modes: {e:#}");
                 }
             }
             _ = clock.tick() => {
-                if let Err(e) = lock(core).dataplane.tick_clock() {
+                if let Some(Err(e)) = on_core(core, |c| c.dataplane.tick_clock()).await {
                     warn!("giving the program the time: {e:#}");
                 }
             }
             _ = observe.tick() => {
-                let core = core.clone();
-                let _ = tokio::task::spawn_blocking(move || lock(&core).observe()).await;
+                on_core(core, Core::observe).await;
             }
         }
     }

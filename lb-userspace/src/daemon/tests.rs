@@ -450,3 +450,39 @@ fn start_up_adopts_the_pinned_slots_and_drops_stale_entries() {
     assert_ne!(rig.entry("bob").unwrap().id, 7);
     rig.assert_agree();
 }
+
+fn options() -> Options {
+    Options {
+        config: "/nonexistent/srvgate.toml".into(),
+        xdp_mode: AttachMode::Skb,
+        state_dir: "/nonexistent/state".into(),
+        pin_dir: "/nonexistent/pins".into(),
+        socket: "/nonexistent/control.sock".into(),
+        detach_on_exit: false,
+        clock_offset_file: None,
+    }
+}
+
+/// On a single-threaded runtime, a timer's blocking work done on the event loop would stall
+/// it: the task that lets the work finish could not run until the work gave up.
+#[tokio::test(flavor = "current_thread")]
+async fn the_event_loop_does_blocking_work_off_the_async_thread() {
+    let Rig { core, maps, .. } = Rig::new();
+    let (release, gate) = std::sync::mpsc::channel();
+    maps.maps().egress_gate = Some(gate);
+    let core = Arc::new(Mutex::new(core));
+    let (stop, mut stopped) = mpsc::unbounded_channel();
+    let helper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = release.send(());
+        stop.send(Shutdown { detach: false }).unwrap();
+    });
+    let opts = options();
+    let run = event_loop(&opts, &core, &mut stopped);
+    let detach = tokio::time::timeout(Duration::from_secs(30), run).await;
+    assert!(!detach.expect("the loop ends on shutdown").unwrap());
+    helper.await.unwrap();
+    let m = maps.maps();
+    assert!(m.egress_refreshes >= 1);
+    assert!(!m.stalled, "the egress refresh blocked the event loop");
+}
