@@ -144,7 +144,10 @@ struct Core {
     dns: Option<Arc<DnsServer>>,
     http: Option<HttpServer>,
     store: Box<dyn Store>,
+    /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
     gateway: Gateway,
+    /// The config the daemon started with (routes left out): what SIGHUP cannot change.
+    started: Config,
     clock: Clock,
     /// Runtime last-seen times changed since the state file was written.
     activity_unsaved: bool,
@@ -152,12 +155,13 @@ struct Core {
 }
 
 impl Core {
-    /// A core without name services yet; [`Core::take_over`] brings the data plane in line.
+    /// A core for `cfg` without name services yet; [`Core::take_over`] brings the data plane
+    /// in line.
     fn new(
         table: RouteTable,
         dataplane: Box<dyn Dataplane>,
         store: Box<dyn Store>,
-        gateway: Gateway,
+        cfg: &Config,
         clock: Clock,
     ) -> Core {
         Core {
@@ -166,7 +170,11 @@ impl Core {
             dns: None,
             http: None,
             store,
-            gateway,
+            gateway: cfg.gateway.clone(),
+            started: Config {
+                routes: Vec::new(),
+                ..cfg.clone()
+            },
             clock,
             activity_unsaved: false,
             last_save: Instant::now(),
@@ -413,14 +421,13 @@ impl Core {
     /// SIGHUP: applies the config file's routes as a diff. Gateway-wide settings that need
     /// the program reloaded are reported, not applied: a restart does that without a gap.
     fn reload(&mut self, cfg: Config) {
-        let g = &self.gateway;
-        let n = &cfg.gateway;
-        if n.public_interface != g.public_interface
-            || n.private_interfaces != g.private_interfaces
-            || n.public_ipv4 != g.public_ipv4
-        {
-            warn!("SIGHUP: gateway interfaces and public_ipv4 take effect on restart (hitless: stop and start srvgate)");
+        for section in restart_sections(&self.started, &cfg) {
+            warn!(
+                section,
+                "SIGHUP: {section} changed: that takes effect on restart (hitless: stop and start srvgate); the routes are reloaded now"
+            );
         }
+        let n = &cfg.gateway;
         let now = self.clock.now();
         let diff = match self.table.replace_config(&cfg.routes, now) {
             Ok(d) => d,
@@ -556,6 +563,30 @@ impl Core {
     }
 }
 
+/// What a reload cannot apply: the parts of `new` that differ from the config the daemon
+/// is `running`, by section. Routes, `port_range` and `reclaim_after` are applied live and
+/// never listed.
+fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (g, n) = (&running.gateway, &new.gateway);
+    let mut changed = Vec::new();
+    if n.public_interface != g.public_interface
+        || n.private_interfaces != g.private_interfaces
+        || n.public_ipv4 != g.public_ipv4
+    {
+        changed.push("[gateway] interfaces or public_ipv4");
+    }
+    if new.dns != running.dns {
+        changed.push("[dns]");
+    }
+    if new.http != running.http {
+        changed.push("[http]");
+    }
+    if new.metrics_listen != running.metrics_listen {
+        changed.push("[metrics]");
+    }
+    changed
+}
+
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // Every operation leaves the core consistent between its steps, so after a panic in one
     // the daemon keeps serving rather than cascading it.
@@ -673,13 +704,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let http_addrs = http.as_ref().map(HttpServer::local_addrs);
 
     let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
-    let mut core = Core::new(
-        table,
-        Box::new(dataplane),
-        Box::new(store),
-        cfg.gateway.clone(),
-        clock,
-    );
+    let mut core = Core::new(table, Box::new(dataplane), Box::new(store), &cfg, clock);
     core.dns = dns.clone();
     core.http = http;
     core.take_over(taken_over)?;

@@ -69,13 +69,11 @@ impl Rig {
 
     fn with_gateway(table: RouteTable, maps: FakeDataplane, gateway: Gateway) -> Rig {
         let store = FakeStore::new();
-        let mut core = Core::new(
-            table,
-            maps.boxed(),
-            store.boxed(),
+        let cfg = Config {
             gateway,
-            Clock::default(),
-        );
+            ..config(Vec::new())
+        };
+        let mut core = Core::new(table, maps.boxed(), store.boxed(), &cfg, Clock::default());
         core.take_over(false).unwrap();
         Rig { core, maps, store }
     }
@@ -485,4 +483,50 @@ async fn the_event_loop_does_blocking_work_off_the_async_thread() {
     let m = maps.maps();
     assert!(m.egress_refreshes >= 1);
     assert!(!m.stalled, "the egress refresh blocked the event loop");
+}
+
+#[test]
+fn a_reload_names_every_section_only_a_restart_applies() {
+    let running = Config {
+        dns: Some(crate::config::Dns {
+            zone: "lab.example".into(),
+            listen: vec!["127.0.0.1:53".parse().unwrap()],
+            gateway_name: "gw".into(),
+            ttl: 30,
+        }),
+        http: Some(crate::config::Http {
+            listen: vec!["127.0.0.1:80".parse().unwrap()],
+            service: "http".into(),
+        }),
+        metrics_listen: Some("127.0.0.1:9110".parse().unwrap()),
+        ..config(vec![route("alice", 30001, "10.0.0.11:22")])
+    };
+    // What a reload applies is not listed.
+    let mut live = running.clone();
+    live.routes.clear();
+    live.gateway.port_range.last = 30099;
+    live.gateway.reclaim_after = None;
+    assert!(restart_sections(&running, &live).is_empty());
+
+    let mut new = running.clone();
+    new.dns.as_mut().unwrap().ttl = 60;
+    assert_eq!(restart_sections(&running, &new), ["[dns]"]);
+    new.http = None;
+    new.metrics_listen = Some("127.0.0.1:9111".parse().unwrap());
+    assert_eq!(
+        restart_sections(&running, &new),
+        ["[dns]", "[http]", "[metrics]"]
+    );
+    new.gateway.private_interfaces.push("priv1".into());
+    assert_eq!(restart_sections(&running, &new).len(), 4);
+    assert_eq!(
+        restart_sections(&running, &new)[0],
+        "[gateway] interfaces or public_ipv4"
+    );
+    // A section added where there was none counts too.
+    let bare = config(Vec::new());
+    assert_eq!(
+        restart_sections(&bare, &running),
+        ["[dns]", "[http]", "[metrics]"]
+    );
 }
