@@ -153,7 +153,10 @@ struct Core {
     dns: Option<Arc<DnsServer>>,
     http: Option<HttpServer>,
     store: Box<dyn Store>,
+    /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
     gateway: Gateway,
+    /// The config the daemon started with (routes left out): what SIGHUP cannot change.
+    started: Config,
     /// The students' accounts and the ports cooling down.
     users: Users,
     /// The DNS zone, for telling students their names.
@@ -167,12 +170,13 @@ struct Core {
 }
 
 impl Core {
-    /// A core without name services yet; [`Core::take_over`] brings the data plane in line.
+    /// A core for `cfg` without name services yet; [`Core::take_over`] brings the data plane
+    /// in line.
     fn new(
         table: RouteTable,
         dataplane: Box<dyn Dataplane>,
         store: Box<dyn Store>,
-        gateway: Gateway,
+        cfg: &Config,
         clock: Clock,
     ) -> Core {
         Core {
@@ -181,9 +185,13 @@ impl Core {
             dns: None,
             http: None,
             store,
-            gateway,
+            gateway: cfg.gateway.clone(),
+            started: Config {
+                routes: Vec::new(),
+                ..cfg.clone()
+            },
             users: Users::default(),
-            zone: None,
+            zone: cfg.dns.as_ref().map(|d| d.zone.clone()),
             portal: None,
             clock,
             activity_unsaved: false,
@@ -653,14 +661,13 @@ impl Core {
     /// SIGHUP: applies the config file's routes as a diff. Gateway-wide settings that need
     /// the program reloaded are reported, not applied: a restart does that without a gap.
     fn reload(&mut self, cfg: Config) {
-        let g = &self.gateway;
-        let n = &cfg.gateway;
-        if n.public_interface != g.public_interface
-            || n.private_interfaces != g.private_interfaces
-            || n.public_ipv4 != g.public_ipv4
-        {
-            warn!("SIGHUP: gateway interfaces and public_ipv4 take effect on restart (hitless: stop and start srvgate)");
+        for section in restart_sections(&self.started, &cfg) {
+            warn!(
+                section,
+                "SIGHUP: {section} changed: that takes effect on restart (hitless: stop and start srvgate); the routes are reloaded now"
+            );
         }
+        let n = &cfg.gateway;
         let now = self.clock.now();
         let diff = match self.table.replace_config(&cfg.routes, now) {
             Ok(d) => d,
@@ -675,6 +682,7 @@ impl Core {
         };
         self.gateway.port_range = n.port_range;
         self.gateway.reclaim_after = n.reclaim_after;
+        self.gateway.port_cooldown = n.port_cooldown;
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("SIGHUP: updating the BPF maps failed: {e:#}");
         }
@@ -802,10 +810,51 @@ impl Core {
     }
 }
 
+/// What a reload cannot apply: the parts of `new` that differ from the config the daemon
+/// is `running`, by section. Routes, `port_range` and `reclaim_after` are applied live and
+/// never listed.
+fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (g, n) = (&running.gateway, &new.gateway);
+    let mut changed = Vec::new();
+    if n.public_interface != g.public_interface
+        || n.private_interfaces != g.private_interfaces
+        || n.public_ipv4 != g.public_ipv4
+    {
+        changed.push("[gateway] interfaces or public_ipv4");
+    }
+    if new.dns != running.dns {
+        changed.push("[dns]");
+    }
+    if new.http != running.http {
+        changed.push("[http]");
+    }
+    if new.metrics_listen != running.metrics_listen {
+        changed.push("[metrics]");
+    }
+    if new.portal != running.portal {
+        changed.push("[portal]");
+    }
+    changed
+}
+
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // Every operation leaves the core consistent between its steps, so after a panic in one
     // the daemon keeps serving rather than cascading it.
     core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f` on the core from the event loop. Everything the core does may block (its lock,
+/// map syscalls, netlink, sysfs, an fsync), so it runs on tokio's blocking pool, like the
+/// control API's and the metrics scrape's calls; the async threads only wait for it. `None`
+/// if `f` panicked.
+async fn on_core<R: Send + 'static>(
+    core: &Arc<Mutex<Core>>,
+    f: impl FnOnce(&mut Core) -> R + Send + 'static,
+) -> Option<R> {
+    let core = core.clone();
+    tokio::task::spawn_blocking(move || f(&mut lock(&core)))
+        .await
+        .ok()
 }
 
 /// The API's view of the daemon.
@@ -962,17 +1011,10 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let portal_info = portal.as_ref().map(|p| p.info().clone());
 
     let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
-    let mut core = Core::new(
-        table,
-        Box::new(dataplane),
-        Box::new(store),
-        cfg.gateway.clone(),
-        clock,
-    );
+    let mut core = Core::new(table, Box::new(dataplane), Box::new(store), &cfg, clock);
     core.dns = dns.clone();
     core.http = http;
     core.users = users;
-    core.zone = cfg.dns.as_ref().map(|d| d.zone.clone());
     core.portal = portal_info.clone();
     core.take_over(taken_over)?;
     let routes = core.table.len();
@@ -1020,14 +1062,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     if let Some(t) = metrics_task {
         t.abort();
     }
-    {
-        let mut c = lock(&core);
+    on_core(&core, |c| {
         if let Err(e) = c.save() {
             warn!("saving the state file at exit: {e}");
         }
         c.dns = None;
         c.http = None;
-    }
+    })
+    .await;
     if let Some(d) = dns.and_then(Arc::into_inner) {
         d.shutdown().await;
     }
@@ -1096,25 +1138,23 @@ async fn event_loop(
                 let cfg = Config::load(&opts.config).and_then(|c| c.check_interfaces(&opts.config).map(|_| c));
                 match cfg {
                     Ok(cfg) => {
-                        let core = core.clone();
-                        let _ = tokio::task::spawn_blocking(move || lock(&core).reload(cfg)).await;
+                        on_core(core, move |c| c.reload(cfg)).await;
                     }
                     Err(e) => error!("SIGHUP: keeping the running routes; {e}"),
                 }
             }
             _ = egress.tick() => {
-                if let Err(e) = lock(core).dataplane.refresh_egress() {
+                if let Some(Err(e)) = on_core(core, |c| c.dataplane.refresh_egress()).await {
                     warn!("refreshing egress modes: {e:#}");
                 }
             }
             _ = clock.tick() => {
-                if let Err(e) = lock(core).dataplane.tick_clock() {
+                if let Some(Err(e)) = on_core(core, |c| c.dataplane.tick_clock()).await {
                     warn!("giving the program the time: {e:#}");
                 }
             }
             _ = observe.tick() => {
-                let core = core.clone();
-                let _ = tokio::task::spawn_blocking(move || lock(&core).observe()).await;
+                on_core(core, Core::observe).await;
             }
         }
     }

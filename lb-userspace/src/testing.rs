@@ -11,7 +11,8 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{mpsc, Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use crate::{
@@ -47,6 +48,10 @@ pub struct FakeMaps {
     /// Map writes attempted, failed ones included.
     pub writes: usize,
     pub egress_refreshes: usize,
+    /// The next egress refresh blocks until this receives (as netlink may), at most 3 s.
+    pub egress_gate: Option<mpsc::Receiver<()>>,
+    /// A gated refresh gave up waiting: whoever should have released it could not run.
+    pub stalled: bool,
     pub clock_ticks: usize,
     pub detached: bool,
 }
@@ -212,7 +217,11 @@ impl Dataplane for FakeDataplane {
     }
 
     fn refresh_egress(&mut self) -> Result<(), DataplaneError> {
-        self.maps().egress_refreshes += 1;
+        let mut m = self.maps();
+        m.egress_refreshes += 1;
+        if let Some(gate) = m.egress_gate.take() {
+            m.stalled = gate.recv_timeout(Duration::from_secs(3)).is_err();
+        }
         Ok(())
     }
 

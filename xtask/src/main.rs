@@ -291,6 +291,8 @@ fn test(quick: bool) -> Result<()> {
             ],
         ),
         cargo_step("lb-ebpf unit tests", &["test", "-p", "lb-ebpf", "--lib"]),
+        // The compile-fail examples that hold its unsafe contracts (Zeroable) in place.
+        cargo_step("lb-ebpf doc tests", &["test", "-p", "lb-ebpf", "--doc"]),
         cargo_step(
             "release build",
             &["build", "--release", "-p", "lb-userspace"],

@@ -71,13 +71,11 @@ impl Rig {
 
     fn with_gateway(table: RouteTable, maps: FakeDataplane, gateway: Gateway) -> Rig {
         let store = FakeStore::new();
-        let mut core = Core::new(
-            table,
-            maps.boxed(),
-            store.boxed(),
+        let cfg = Config {
             gateway,
-            Clock::default(),
-        );
+            ..config(Vec::new())
+        };
+        let mut core = Core::new(table, maps.boxed(), store.boxed(), &cfg, Clock::default());
         core.take_over(false).unwrap();
         Rig { core, maps, store }
     }
@@ -533,9 +531,12 @@ fn a_released_port_cools_down_before_anyone_gets_it_again() {
         RouteTable::new(),
         maps.boxed(),
         store.boxed(),
-        Gateway {
-            port_cooldown: DAY,
-            ..gateway()
+        &Config {
+            gateway: Gateway {
+                port_cooldown: DAY,
+                ..gateway()
+            },
+            ..config(Vec::new())
         },
         Clock::new(Some(offset.clone())),
     );
@@ -597,4 +598,86 @@ fn account_changes_the_store_refuses_are_undone() {
     assert!(rig.entry("alice").is_none());
     rig.store.state().broken = false;
     rig.assert_agree();
+}
+
+fn options() -> Options {
+    Options {
+        config: "/nonexistent/srvgate.toml".into(),
+        xdp_mode: AttachMode::Skb,
+        state_dir: "/nonexistent/state".into(),
+        pin_dir: "/nonexistent/pins".into(),
+        socket: "/nonexistent/control.sock".into(),
+        detach_on_exit: false,
+        clock_offset_file: None,
+    }
+}
+
+/// On a single-threaded runtime, a timer's blocking work done on the event loop would stall
+/// it: the task that lets the work finish could not run until the work gave up.
+#[tokio::test(flavor = "current_thread")]
+async fn the_event_loop_does_blocking_work_off_the_async_thread() {
+    let Rig { core, maps, .. } = Rig::new();
+    let (release, gate) = std::sync::mpsc::channel();
+    maps.maps().egress_gate = Some(gate);
+    let core = Arc::new(Mutex::new(core));
+    let (stop, mut stopped) = mpsc::unbounded_channel();
+    let helper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = release.send(());
+        stop.send(Shutdown { detach: false }).unwrap();
+    });
+    let opts = options();
+    let run = event_loop(&opts, &core, &mut stopped);
+    let detach = tokio::time::timeout(Duration::from_secs(30), run).await;
+    assert!(!detach.expect("the loop ends on shutdown").unwrap());
+    helper.await.unwrap();
+    let m = maps.maps();
+    assert!(m.egress_refreshes >= 1);
+    assert!(!m.stalled, "the egress refresh blocked the event loop");
+}
+
+#[test]
+fn a_reload_names_every_section_only_a_restart_applies() {
+    let running = Config {
+        dns: Some(crate::config::Dns {
+            zone: "lab.example".into(),
+            listen: vec!["127.0.0.1:53".parse().unwrap()],
+            gateway_name: "gw".into(),
+            ttl: 30,
+        }),
+        http: Some(crate::config::Http {
+            listen: vec!["127.0.0.1:80".parse().unwrap()],
+            service: "http".into(),
+        }),
+        metrics_listen: Some("127.0.0.1:9110".parse().unwrap()),
+        ..config(vec![route("alice", 30001, "10.0.0.11:22")])
+    };
+    // What a reload applies is not listed.
+    let mut live = running.clone();
+    live.routes.clear();
+    live.gateway.port_range.last = 30099;
+    live.gateway.reclaim_after = None;
+    assert!(restart_sections(&running, &live).is_empty());
+
+    let mut new = running.clone();
+    new.dns.as_mut().unwrap().ttl = 60;
+    assert_eq!(restart_sections(&running, &new), ["[dns]"]);
+    new.http = None;
+    new.metrics_listen = Some("127.0.0.1:9111".parse().unwrap());
+    assert_eq!(
+        restart_sections(&running, &new),
+        ["[dns]", "[http]", "[metrics]"]
+    );
+    new.gateway.private_interfaces.push("priv1".into());
+    assert_eq!(restart_sections(&running, &new).len(), 4);
+    assert_eq!(
+        restart_sections(&running, &new)[0],
+        "[gateway] interfaces or public_ipv4"
+    );
+    // A section added where there was none counts too.
+    let bare = config(Vec::new());
+    assert_eq!(
+        restart_sections(&bare, &running),
+        ["[dns]", "[http]", "[metrics]"]
+    );
 }
