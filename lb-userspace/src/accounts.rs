@@ -40,6 +40,8 @@ struct RawUser {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token_sha256: Option<String>,
     created_unix: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    from_config: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -109,6 +111,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Users, StateError> {
             admin: u.admin,
             token_sha256,
             created: UNIX_EPOCH + Duration::from_secs(u.created_unix),
+            from_config: u.from_config,
         });
     }
     let cooldown: BTreeMap<u16, SystemTime> = file
@@ -131,6 +134,7 @@ pub fn render(users: &Users) -> String {
                 admin: u.admin,
                 token_sha256: u.token_sha256.map(hex::encode),
                 created_unix: unix(u.created),
+                from_config: u.from_config,
             })
             .collect(),
         cooldown: users

@@ -181,9 +181,20 @@ pub struct Http {
     pub service: String,
 }
 
+/// A `[[user]]` of the config file: an account whose fields the file owns (its token is
+/// still issued at runtime, by `srvgate user token NAME`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigUser {
+    pub name: String,
+    pub backends: Vec<crate::users::BackendRule>,
+    pub max_routes: u32,
+    pub admin: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub gateway: Gateway,
+    pub users: Vec<ConfigUser>,
     pub dns: Option<Dns>,
     pub http: Option<Http>,
     pub portal: Option<Portal>,
@@ -242,6 +253,20 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
+    #[serde(default, rename = "user")]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    #[serde(default)]
+    backends: Vec<String>,
+    #[serde(default)]
+    max_routes: Option<u32>,
+    #[serde(default)]
+    admin: bool,
 }
 
 #[derive(Deserialize)]
@@ -837,6 +862,46 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         routes.push(route);
     }
 
+    let mut users: Vec<ConfigUser> = Vec::new();
+    for (i, u) in raw.users.into_iter().enumerate() {
+        let field = |f: &str| format!("user[{}].{f}", i + 1);
+        if let Err(e) = check_label(&u.name) {
+            bad(&field("name"), e);
+            continue;
+        }
+        if let Some(first) = users.iter().position(|x| x.name == u.name) {
+            bad(
+                &field("name"),
+                format!("{} is already defined by user[{}]", u.name, first + 1),
+            );
+            continue;
+        }
+        let backends = match crate::users::parse_rules(&u.backends) {
+            Ok(b) => b,
+            Err(e) => {
+                bad(&field("backends"), e);
+                continue;
+            }
+        };
+        let max_routes = u.max_routes.unwrap_or(crate::users::DEFAULT_MAX_ROUTES);
+        if max_routes > crate::users::MAX_ROUTES_PER_USER {
+            bad(
+                &field("max_routes"),
+                format!(
+                    "{max_routes} is more than {} routes for one student",
+                    crate::users::MAX_ROUTES_PER_USER
+                ),
+            );
+            continue;
+        }
+        users.push(ConfigUser {
+            name: u.name,
+            backends,
+            max_routes,
+            admin: u.admin,
+        });
+    }
+
     let (Some(public_ipv4), Some(port_range), true) =
         (public_ipv4, port_range, problems.is_empty())
     else {
@@ -851,6 +916,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             reclaim_after,
             port_cooldown,
         },
+        users,
         dns,
         http,
         portal,

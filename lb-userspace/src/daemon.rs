@@ -540,6 +540,13 @@ impl Core {
 
     fn user_remove(&mut self, name: &str, with_routes: bool) -> Result<UserView, ApiError> {
         let u = self.user(name)?;
+        if u.from_config {
+            return Err(ApiError::field(
+                409,
+                "name",
+                format!("{name} is a [[user]] of the config file: remove it there and send SIGHUP"),
+            ));
+        }
         let held: Vec<Entry> = self
             .table
             .entries()
@@ -683,6 +690,11 @@ impl Core {
         self.gateway.port_range = n.port_range;
         self.gateway.reclaim_after = n.reclaim_after;
         self.gateway.port_cooldown = n.port_cooldown;
+        if apply_config_users(&mut self.users, &cfg, now) {
+            if let Err(e) = self.store.save_accounts(&self.users) {
+                error!("SIGHUP: recording the config file's users: {e}");
+            }
+        }
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("SIGHUP: updating the BPF maps failed: {e:#}");
         }
@@ -837,6 +849,22 @@ fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
+/// Applies the config file's `[[user]]`s to `users`, logging what changed; true if anything
+/// did.
+fn apply_config_users(users: &mut Users, cfg: &Config, now: SystemTime) -> bool {
+    let (added, changed, removed) = users.apply_config(&cfg.users, now);
+    for name in &added {
+        info!(user = %name, "user added from the config file (issue a token: srvgate user token {name})");
+    }
+    for name in &changed {
+        info!(user = %name, "user changed by the config file");
+    }
+    for name in &removed {
+        info!(user = %name, "user removed: no longer in the config file");
+    }
+    !(added.is_empty() && changed.is_empty() && removed.is_empty())
+}
+
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // Every operation leaves the core consistent between its steps, so after a panic in one
     // the daemon keeps serving rather than cascading it.
@@ -980,7 +1008,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let clock = Clock::new(opts.clock_offset_file.clone());
     let store = StateStore::open(&opts.state_dir)?;
     let stored = store.load_routes(cfg.gateway.public_ipv4)?;
-    let users = store.load_accounts()?;
+    let mut users = store.load_accounts()?;
+    let mut store = store;
+    if apply_config_users(&mut users, &cfg, clock.now()) {
+        store.save_accounts(&users)?;
+    }
     let (table, taken_over) = build_table(&cfg, &opts.config, &store, stored, clock.now())?;
 
     // Bind every socket before touching the kernel, so a busy port fails with nothing changed.

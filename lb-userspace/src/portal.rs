@@ -14,7 +14,7 @@
 //!
 //! Bounds: one request per connection, TLS handshake and request within
 //! [`REQUEST_TIMEOUT`], a head of at most [`MAX_HEAD`] and a body of at most [`MAX_BODY`],
-//! at most [`MAX_CONNECTIONS`] at once; after [`MAX_FAILURES`] bad tokens from one address
+//! at most [`MAX_CONNECTIONS`] at once and [`MAX_PER_ADDRESS`] from one address; after [`MAX_FAILURES`] bad tokens from one address
 //! within [`FAILURE_WINDOW`] that address gets 429 until the window ends. Every change is
 //! logged at info on the `srvgate::audit` target with who, what and from where.
 //!
@@ -51,6 +51,8 @@ pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_BODY: usize = 64 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 256;
+/// Connections one address may hold at once, so one slow client cannot take every slot.
+pub const MAX_PER_ADDRESS: usize = 16;
 pub const MAX_FAILURES: u32 = 10;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Addresses the failure counter remembers at most; beyond, the oldest windows go first.
@@ -150,6 +152,7 @@ impl PortalServer {
             control,
             acceptor: self.acceptor,
             slots: Semaphore::new(MAX_CONNECTIONS),
+            per_address: Mutex::new(HashMap::new()),
             failures: Mutex::new(Failures::default()),
         });
         self.listeners
@@ -209,7 +212,31 @@ struct Shared {
     control: Arc<dyn Control>,
     acceptor: tokio_rustls::TlsAcceptor,
     slots: Semaphore,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
     failures: Mutex<Failures>,
+}
+
+impl Shared {
+    /// Takes one of `ip`'s connection slots, if it has one left.
+    fn enter(&self, ip: IpAddr) -> bool {
+        let mut m = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_PER_ADDRESS {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut m = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
 }
 
 /// Bad-token counts per address, in fixed windows.
@@ -261,7 +288,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        if !shared.enter(peer.ip()) {
+            debug!(%peer, "portal: {MAX_PER_ADDRESS} connections from this address already; closing");
+            continue;
+        }
         let Ok(permit) = shared.slots.try_acquire() else {
+            shared.leave(peer.ip());
             debug!(%peer, "portal: connection limit reached; closing");
             continue;
         };
@@ -273,6 +305,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 debug!(%peer, "portal: {e}");
             }
             shared.slots.add_permits(1);
+            shared.leave(peer.ip());
         });
     }
 }

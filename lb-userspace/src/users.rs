@@ -22,6 +22,8 @@ use crate::config::{check_label, RouteDraft};
 
 /// Routes a student may hold unless `--max-routes` says otherwise.
 pub const DEFAULT_MAX_ROUTES: u32 = 4;
+/// The largest quota an account may be given.
+pub const MAX_ROUTES_PER_USER: u32 = 1000;
 /// A token's random part, in bytes (hex-encoded in the token: twice as many digits).
 const SECRET_BYTES: usize = 32;
 /// The longest token we look at; anything longer is refused before hashing.
@@ -131,6 +133,8 @@ pub struct User {
     /// SHA-256 of the current token; `None` until one is issued.
     pub token_sha256: Option<[u8; 32]>,
     pub created: SystemTime,
+    /// Declared by a `[[user]]` of the config file, which owns its fields.
+    pub from_config: bool,
 }
 
 impl User {
@@ -318,7 +322,7 @@ impl Users {
         if self.by_name.contains_key(name) {
             return Err(UserError::Exists(name.to_string()));
         }
-        if max_routes > 1000 {
+        if max_routes > MAX_ROUTES_PER_USER {
             return Err(UserError::Quota(max_routes));
         }
         let (token, hash) = new_token(name).map_err(|_| UserError::Random)?;
@@ -331,6 +335,7 @@ impl Users {
                 admin,
                 token_sha256: Some(hash),
                 created: now,
+                from_config: false,
             },
         );
         Ok(token)
@@ -340,6 +345,55 @@ impl Users {
         self.by_name
             .remove(name)
             .ok_or_else(|| UserError::NoSuchUser(name.to_string()))
+    }
+
+    /// Makes the config file's `[[user]]`s the config-owned accounts: new ones are added
+    /// (without a token until one is issued), existing ones take the file's fields and
+    /// keep their token, and accounts the file no longer declares are removed. Returns the
+    /// names added, changed and removed.
+    pub fn apply_config(
+        &mut self,
+        declared: &[crate::config::ConfigUser],
+        now: SystemTime,
+    ) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        for c in declared {
+            match self.by_name.get_mut(&c.name) {
+                Some(u) => {
+                    let before = u.clone();
+                    u.backends = c.backends.clone();
+                    u.max_routes = c.max_routes;
+                    u.admin = c.admin;
+                    u.from_config = true;
+                    if *u != before {
+                        changed.push(c.name.clone());
+                    }
+                }
+                None => {
+                    self.by_name.insert(
+                        c.name.clone(),
+                        User {
+                            name: c.name.clone(),
+                            backends: c.backends.clone(),
+                            max_routes: c.max_routes,
+                            admin: c.admin,
+                            token_sha256: None,
+                            created: now,
+                            from_config: true,
+                        },
+                    );
+                    added.push(c.name.clone());
+                }
+            }
+        }
+        self.by_name.retain(|name, u| {
+            let keep = !u.from_config || declared.iter().any(|c| &c.name == name);
+            if !keep {
+                removed.push(name.clone());
+            }
+            keep
+        });
+        (added, changed, removed)
     }
 
     /// A new token for `name`; the old one stops working at once.
@@ -401,6 +455,12 @@ pub struct UserView {
     pub admin: bool,
     #[serde(default)]
     pub routes: usize,
+    /// Declared in the config file (`[[user]]`): change it there.
+    #[serde(default)]
+    pub from_config: bool,
+    /// Whether a token has been issued (`srvgate user token NAME` issues one).
+    #[serde(default)]
+    pub has_token: bool,
 }
 
 impl UserView {
@@ -411,6 +471,8 @@ impl UserView {
             max_routes: u.max_routes,
             admin: u.admin,
             routes,
+            from_config: u.from_config,
+            has_token: u.token_sha256.is_some(),
         }
     }
 }

@@ -370,6 +370,20 @@ fn a_student_with_a_token_gets_an_ssh_endpoint_by_name_and_keeps_it_until_releas
         },
     );
 
+    // Idle connections that never finish a handshake cannot take the portal from others:
+    // one address gets a bounded share, and each is dropped after the request timeout.
+    let portal: std::net::SocketAddr = format!("{PUBLIC_IP}:8443").parse().unwrap();
+    let idle: Vec<_> = (0..40)
+        .filter_map(|_| {
+            tcp_connect(&lab.b2, portal, Duration::from_secs(3))
+                .unwrap()
+                .ok()
+        })
+        .collect();
+    assert!(!idle.is_empty());
+    mine(&lab, &bob_creds);
+    drop(idle);
+
     // Repeated bad tokens from one address: 429 (from backend 2's namespace, so the client
     // namespace is not locked out).
     let junk = "sg_bob_".to_string() + &"0".repeat(64);

@@ -44,6 +44,7 @@ fn request(name: &str, backend: &str) -> RouteRequest {
 
 fn config(routes: Vec<Route>) -> Config {
     Config {
+        users: Vec::new(),
         gateway: gateway(),
         dns: None,
         http: None,

@@ -23,6 +23,7 @@ fn alice() -> User {
         admin: false,
         token_sha256: None,
         created: SystemTime::UNIX_EPOCH,
+        from_config: false,
     }
 }
 
@@ -154,4 +155,48 @@ fn cooldowns_keep_a_port_out_until_they_end() {
     assert!(users.cooldown().is_empty());
     users.cool(30005, t0, Duration::ZERO);
     assert!(!users.is_cooling(30005, t0));
+}
+
+#[test]
+fn config_users_are_added_updated_and_removed_by_the_file_keeping_tokens() {
+    use crate::config::ConfigUser;
+    let now = SystemTime::UNIX_EPOCH;
+    let mut users = Users::default();
+    let runtime_token = users.add("bob", vec![], 4, false, now).unwrap();
+    let declared = vec![ConfigUser {
+        name: "alice".into(),
+        backends: vec![rule("10.0.0.11")],
+        max_routes: 2,
+        admin: false,
+    }];
+    assert_eq!(
+        users.apply_config(&declared, now),
+        (vec!["alice".to_string()], vec![], vec![])
+    );
+    let a = users.get("alice").unwrap();
+    assert!(a.from_config && a.token_sha256.is_none());
+    // No token yet: nothing authenticates as alice.
+    let token = users.rotate("alice").unwrap();
+    assert_eq!(users.authenticate(&token).unwrap().name, "alice");
+    let more = vec![ConfigUser {
+        max_routes: 3,
+        ..declared[0].clone()
+    }];
+    assert_eq!(
+        users.apply_config(&more, now),
+        (vec![], vec!["alice".to_string()], vec![])
+    );
+    assert_eq!(users.get("alice").unwrap().max_routes, 3);
+    assert_eq!(
+        users.authenticate(&token).unwrap().name,
+        "alice",
+        "token kept"
+    );
+    // Dropped from the file: gone. A runtime account is never the file's to remove.
+    assert_eq!(
+        users.apply_config(&[], now),
+        (vec![], vec![], vec!["alice".to_string()])
+    );
+    assert!(users.get("alice").is_none());
+    assert_eq!(users.authenticate(&runtime_token).unwrap().name, "bob");
 }
