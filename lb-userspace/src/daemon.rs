@@ -26,15 +26,15 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{
-        self, ApiError, Caller, ClaimRequest, Control, MeReply, Removed, RouteView, RoutesReply,
-        Shutdown, TokenReply, UserRequest, UsersReply,
+        self, ApiError, Caller, ClaimRequest, Control, MeReply, PortalInfo, Removed, RouteView,
+        RoutesReply, Shutdown, TokenReply, UserRequest, UsersReply,
     },
     config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
     dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane},
     dns::{DnsError, DnsServer},
     http::{HttpError, HttpServer},
     metrics::{self, LegSample, RouteSample},
-    portal::{PortalError, PortalInfo, PortalServer},
+    portal::{PortalError, PortalServer},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
     state::{StateError, StateStore, Store, StoredRoute},
     users::{

@@ -4,13 +4,15 @@
 //! Exit codes: 0 success, 1 a runtime failure, 2 bad input (config, state file, arguments,
 //! privileges).
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+#[cfg(feature = "gateway")]
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
+#[cfg(feature = "gateway")]
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
+use lb_userspace::student::{self, account};
+#[cfg(feature = "gateway")]
 use lb_userspace::{
     admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
     api::DEFAULT_SOCKET,
@@ -18,7 +20,6 @@ use lb_userspace::{
     daemon::{self, Options},
     dataplane::{AttachMode, DEFAULT_PIN_DIR},
     state::DEFAULT_STATE_DIR,
-    student::{self, account},
     sys,
 };
 
@@ -36,24 +37,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[cfg(feature = "gateway")]
     /// Run the gateway: attach XDP (pinned), fill the maps, serve DNS, metrics and the
     /// control socket until SIGINT/SIGTERM. XDP keeps forwarding after it exits unless
     /// --detach-on-exit.
     Run(RunArgs),
+    #[cfg(feature = "gateway")]
     /// Validate a config file (syntax, fields, interfaces) without touching the kernel.
     Check {
         /// The TOML config file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    #[cfg(feature = "gateway")]
     /// Manage the running gateway's routes (add, rm, ls).
     #[command(subcommand)]
     Route(RouteCommand),
+    #[cfg(feature = "gateway")]
     /// Manage the students' accounts (add, ls, rm, token).
     #[command(subcommand)]
     User(UserCommand),
+    #[cfg(feature = "gateway")]
     /// A table of every route with its traffic and when it last saw a packet.
     Status(LsArgs),
+    #[cfg(feature = "gateway")]
     /// Stop forwarding: make a running daemon detach XDP and exit, or remove what a stopped
     /// one left pinned.
     Down(DownArgs),
@@ -71,6 +78,7 @@ enum Command {
     Release(account::ReleaseArgs),
 }
 
+#[cfg(feature = "gateway")]
 #[derive(clap::Args)]
 struct RunArgs {
     /// The TOML config file.
@@ -131,6 +139,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    #[cfg(feature = "gateway")]
     let admin_failure = |e: admin::AdminError| {
         if e.is_bad_input() {
             Failure::input(e)
@@ -139,11 +148,17 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        #[cfg(feature = "gateway")]
         Command::Run(args) => run(args),
+        #[cfg(feature = "gateway")]
         Command::Check { config } => check(&config),
+        #[cfg(feature = "gateway")]
         Command::Route(cmd) => admin::route(cmd).map_err(admin_failure),
+        #[cfg(feature = "gateway")]
         Command::User(cmd) => admin::user(cmd).map_err(admin_failure),
+        #[cfg(feature = "gateway")]
         Command::Status(args) => admin::status(args).map_err(admin_failure),
+        #[cfg(feature = "gateway")]
         Command::Down(args) => admin::down(args).map_err(admin_failure),
         Command::Ssh(args) => student::ssh(args).map(|_| ()).map_err(Failure::runtime),
         Command::SshConfig(args) => student::ssh_config(args).map_err(Failure::runtime),
@@ -169,12 +184,14 @@ fn student_failure(e: account::StudentError) -> Failure {
     }
 }
 
+#[cfg(feature = "gateway")]
 fn load(path: &Path) -> Result<Config, Failure> {
     let cfg = Config::load(path).map_err(Failure::input)?;
     cfg.check_interfaces(path).map_err(Failure::input)?;
     Ok(cfg)
 }
 
+#[cfg(feature = "gateway")]
 fn check(path: &Path) -> Result<(), Failure> {
     let cfg = load(path)?;
     println!(
@@ -188,6 +205,7 @@ fn check(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+#[cfg(feature = "gateway")]
 fn run(args: RunArgs) -> Result<(), Failure> {
     let cfg = load(&args.config)?;
     if let Some(missing) = sys::missing_privileges() {

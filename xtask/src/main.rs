@@ -290,6 +290,21 @@ fn test(quick: bool) -> Result<()> {
                 "warnings",
             ],
         ),
+        cargo_step(
+            "the students' client for Windows",
+            &[
+                "clippy",
+                "-p",
+                "lb-userspace",
+                "--no-default-features",
+                "--target",
+                setup::WINDOWS_TARGET,
+                "--bins",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
         cargo_step("lb-ebpf unit tests", &["test", "-p", "lb-ebpf", "--lib"]),
         // The compile-fail examples that hold its unsafe contracts (Zeroable) in place.
         cargo_step("lb-ebpf doc tests", &["test", "-p", "lb-ebpf", "--doc"]),
