@@ -8,8 +8,21 @@
 //!
 //! Operations: `add` / `remove` (control API), `reload` (SIGHUP), `observe` (every few
 //! seconds: last-seen times from the BPF counters, then reclaim of idle runtime routes).
-//! Each one runs under the core's mutex: table first, then the state file (an operation the
-//! file did not record is undone), then the maps, then DNS.
+//! Each one runs under the core's mutex and starts with the table, which decides whether
+//! the change may happen at all; the rest follows in an order chosen per operation:
+//!
+//! - `add`: table, maps, DNS and HTTP (live), then the store (durable); a failed map
+//!   update or save undoes it everywhere, so a route nobody was told about never lingers.
+//! - `remove`: table, store, then maps, DNS and HTTP: durable before it takes effect; a
+//!   removal the store did not record is undone (each route back in its own slot).
+//! - `reload`: table (all of the file's routes or none), maps, the store (only when the
+//!   file took a runtime route over), DNS and HTTP. Sections only a restart applies are
+//!   named in a warning.
+//! - reclaim: table, store, maps, DNS and HTTP; a reclaim the store did not record is still
+//!   carried out and saved on a later pass.
+//!
+//! The core reaches the kernel and the disk only through the [`Dataplane`] and [`Store`]
+//! traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
 
 use std::{
     net::SocketAddr,
