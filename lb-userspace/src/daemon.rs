@@ -38,14 +38,21 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    api::{self, ApiError, Control, Removed, RouteView, RoutesReply, Shutdown},
+    api::{
+        self, ApiError, Caller, ClaimRequest, Control, MeReply, Removed, RouteView, RoutesReply,
+        Shutdown, TokenReply, UserRequest, UsersReply,
+    },
     config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
     dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane},
     dns::{DnsError, DnsServer},
     http::{HttpError, HttpServer},
     metrics::{self, LegSample, RouteSample},
+    portal::{PortalError, PortalInfo, PortalServer},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
     state::{StateError, StateStore, Store, StoredRoute},
+    users::{
+        check_claim, parse_rules, Denied, User, UserError, UserView, Users, DEFAULT_MAX_ROUTES,
+    },
 };
 
 /// How often the data plane's view of each leg's redirect ability is refreshed.
@@ -97,6 +104,8 @@ pub enum DaemonError {
     Dns(#[from] DnsError),
     #[error("starting HTTP routing: {0}")]
     Http(#[from] HttpError),
+    #[error("starting the portal: {0}")]
+    Portal(#[from] PortalError),
     #[error("starting the XDP data plane: {0}")]
     Dataplane(#[from] DataplaneError),
     #[error("{0}")]
@@ -161,6 +170,12 @@ struct Core {
     gateway: Gateway,
     /// The config the daemon started with (routes left out): what SIGHUP cannot change.
     started: Config,
+    /// The students' accounts and the ports cooling down.
+    users: Users,
+    /// The DNS zone, for telling students their names.
+    zone: Option<String>,
+    /// The students' HTTPS API, if configured: where, and its certificate's fingerprint.
+    portal: Option<PortalInfo>,
     clock: Clock,
     /// Runtime last-seen times changed since the state file was written.
     activity_unsaved: bool,
@@ -188,6 +203,9 @@ impl Core {
                 routes: Vec::new(),
                 ..cfg.clone()
             },
+            users: Users::default(),
+            zone: cfg.dns.as_ref().map(|d| d.zone.clone()),
+            portal: None,
             clock,
             activity_unsaved: false,
             last_save: Instant::now(),
@@ -289,11 +307,21 @@ impl Core {
             port_range: range.to_string(),
             free_ports: free as u32,
             reclaim_after: self.gateway.reclaim_after.map(format_duration),
+            portal: self.portal.clone(),
             routes: self.table.entries().map(|e| self.view(e, now)).collect(),
         }
     }
 
     fn add(&mut self, request: RouteRequest) -> Result<RouteView, ApiError> {
+        self.add_as(request, None)
+    }
+
+    /// Adds a runtime route; with an `owner`, only within what that account may hold.
+    fn add_as(
+        &mut self,
+        request: RouteRequest,
+        owner: Option<&User>,
+    ) -> Result<RouteView, ApiError> {
         let started = Instant::now();
         let g = &self.gateway;
         let draft = check_route(&request, Some(g.public_ipv4), Some(g.port_range), &|f| {
@@ -307,14 +335,33 @@ impl Core {
             let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
             ApiError::field(400, field, format!("invalid route:\n{}", list.join("\n")))
         })?;
+        if let Some(user) = owner {
+            check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
+        }
+        let now = self.clock.now();
         let port = match draft.port {
             Some(p) => p,
-            None => self
-                .table
-                .allocate_port(&draft.name, &draft.service, draft.protocol, g.port_range)
-                .map_err(|e| ApiError::field(409, "port", e.to_string()))?,
+            None => {
+                let users = &self.users;
+                self.table
+                    .allocate_port_avoiding(
+                        &draft.name,
+                        &draft.service,
+                        draft.protocol,
+                        g.port_range,
+                        &|p| users.is_cooling(p, now),
+                    )
+                    .map_err(|e| {
+                        let cooling = users.cooldown().keys().filter(|&&p| users.is_cooling(p, now)).count();
+                        let why = if cooling > 0 {
+                            format!("{e} ({cooling} released ports are cooling down for gateway.port_cooldown {})", format_duration(g.port_cooldown))
+                        } else {
+                            e.to_string()
+                        };
+                        ApiError::field(409, "port", why)
+                    })?
+            }
         };
-        let now = self.clock.now();
         let entry = self
             .table
             .insert(draft.with_port(port), Source::Runtime, now, None)
@@ -397,10 +444,21 @@ impl Core {
                 ),
             ));
         }
+        let removed = self.remove_entries(&what, &runtime)?;
+        if !config.is_empty() {
+            let kept: Vec<String> = config.iter().map(|e| e.route.key().to_string()).collect();
+            info!(kept = %kept.join(", "), "config routes of {name} kept");
+        }
+        Ok(removed)
+    }
+
+    /// Removes runtime `entries`: durable first, then the maps and the name services; their
+    /// ports start cooling down.
+    fn remove_entries(&mut self, what: &str, runtime: &[Entry]) -> Result<Removed, ApiError> {
         let now = self.clock.now();
         let views: Vec<RouteView> = runtime.iter().map(|e| self.view(e, now)).collect();
         let mut diff = Diff::default();
-        for e in &runtime {
+        for e in runtime {
             if let Some(gone) = self.table.remove(&e.route.key()) {
                 diff.removed.push(gone);
             }
@@ -424,11 +482,200 @@ impl Core {
         for e in &diff.removed {
             info!(route = %e.route.key(), port = e.route.port, "route removed");
         }
-        if !config.is_empty() {
-            let kept: Vec<String> = config.iter().map(|e| e.route.key().to_string()).collect();
-            info!(kept = %kept.join(", "), "config routes of {name} kept");
-        }
+        self.cool_ports(&diff.removed, now);
         Ok(Removed { removed: views })
+    }
+
+    /// Starts the cool-down of the ports `gone` held that no remaining route uses, and
+    /// records it (a failure only shortens a cool-down, so it is logged, not fatal).
+    fn cool_ports(&mut self, gone: &[Entry], now: SystemTime) {
+        let cooldown = self.gateway.port_cooldown;
+        if cooldown.is_zero() || gone.is_empty() {
+            return;
+        }
+        for e in gone {
+            let p = e.route.port;
+            if !self.table.port_in_use(p, config::Protocol::Tcp)
+                && !self.table.port_in_use(p, config::Protocol::Udp)
+            {
+                self.users.cool(p, now, cooldown);
+            }
+        }
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            warn!("recording the released ports' cool-down: {e}");
+        }
+    }
+
+    fn held_by(&self, name: &str) -> usize {
+        self.table
+            .entries()
+            .filter(|e| e.route.name == name)
+            .count()
+    }
+
+    fn user(&self, name: &str) -> Result<User, ApiError> {
+        self.users
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::field(404, "name", format!("no user named {name}")))
+    }
+
+    fn user_view(&self, u: &User) -> UserView {
+        UserView::of(u, self.held_by(&u.name))
+    }
+
+    fn users_reply(&self) -> UsersReply {
+        UsersReply {
+            users: self.users.all().map(|u| self.user_view(u)).collect(),
+        }
+    }
+
+    fn user_add(&mut self, r: UserRequest) -> Result<TokenReply, ApiError> {
+        let backends = parse_rules(&r.backends).map_err(|e| ApiError::field(400, "backends", e))?;
+        let max = r.max_routes.unwrap_or(DEFAULT_MAX_ROUTES);
+        let now = self.clock.now();
+        let token = self
+            .users
+            .add(&r.name, backends, max, r.admin, now)
+            .map_err(user_error)?;
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            let _ = self.users.remove(&r.name);
+            error!(user = %r.name, "user add: {e}");
+            return Err(ApiError::new(500, format!("not added: {e}")));
+        }
+        let u = self.user(&r.name)?;
+        info!(user = %u.name, admin = u.admin, max_routes = u.max_routes, backends = %r.backends.join(","), "user added");
+        Ok(TokenReply {
+            user: self.user_view(&u),
+            token,
+        })
+    }
+
+    fn user_remove(&mut self, name: &str, with_routes: bool) -> Result<UserView, ApiError> {
+        let u = self.user(name)?;
+        if u.from_config {
+            return Err(ApiError::field(
+                409,
+                "name",
+                format!("{name} is a [[user]] of the config file: remove it there and send SIGHUP"),
+            ));
+        }
+        let held: Vec<Entry> = self
+            .table
+            .entries()
+            .filter(|e| e.route.name == name)
+            .cloned()
+            .collect();
+        if !held.is_empty() && !with_routes {
+            let keys: Vec<String> = held.iter().map(|e| e.route.key().to_string()).collect();
+            return Err(ApiError::field(
+                409,
+                "name",
+                format!(
+                    "{name} still holds {}: release them first, or remove the user --with-routes",
+                    keys.join(", ")
+                ),
+            ));
+        }
+        let view = self.user_view(&u);
+        let runtime: Vec<Entry> = held
+            .into_iter()
+            .filter(|e| e.source == Source::Runtime)
+            .collect();
+        if !runtime.is_empty() {
+            self.remove_entries(&format!("routes of user {name}"), &runtime)?;
+        }
+        let gone = self.users.remove(name).map_err(user_error)?;
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            self.users = Users::new(
+                self.users
+                    .all()
+                    .cloned()
+                    .chain(std::iter::once(gone))
+                    .collect(),
+                self.users.cooldown().clone(),
+            );
+            error!(user = %name, "user rm: {e}");
+            return Err(ApiError::new(500, format!("not removed: {e}")));
+        }
+        info!(user = %name, "user removed");
+        Ok(view)
+    }
+
+    fn user_token(&mut self, name: &str) -> Result<TokenReply, ApiError> {
+        let before = self.users.clone();
+        let token = self.users.rotate(name).map_err(user_error)?;
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            self.users = before;
+            error!(user = %name, "user token: {e}");
+            return Err(ApiError::new(500, format!("no new token: {e}")));
+        }
+        let u = self.user(name)?;
+        info!(user = %name, "new token issued; the old one no longer works");
+        Ok(TokenReply {
+            user: self.user_view(&u),
+            token,
+        })
+    }
+
+    fn me(&mut self, caller: &str) -> Result<MeReply, ApiError> {
+        let u = self.user(caller)?;
+        self.observe_activity();
+        let now = self.clock.now();
+        Ok(MeReply {
+            user: self.user_view(&u),
+            public_ipv4: self.gateway.public_ipv4.to_string(),
+            zone: self.zone.clone(),
+            routes: self
+                .table
+                .entries()
+                .filter(|e| e.route.name == caller)
+                .map(|e| self.view(e, now))
+                .collect(),
+        })
+    }
+
+    fn claim(&mut self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
+        let u = self.user(caller)?;
+        let request = RouteRequest {
+            name: u.name.clone(),
+            service: r.service,
+            protocol: r.protocol,
+            backend: r.backend,
+            port: None,
+        };
+        self.add_as(request, Some(&u))
+    }
+
+    fn release(
+        &mut self,
+        caller: &str,
+        service: &str,
+        protocol: Option<&str>,
+    ) -> Result<Removed, ApiError> {
+        let protocol: config::Protocol = protocol
+            .unwrap_or("tcp")
+            .parse()
+            .map_err(|e: String| ApiError::field(400, "protocol", e))?;
+        let key = config::RouteKey {
+            name: caller.to_string(),
+            service: service.to_string(),
+            protocol,
+        };
+        let Some(e) = self.table.get(&key).cloned() else {
+            return Err(denied(Denied::NoSuchRoute {
+                user: caller.to_string(),
+                key: key.to_string(),
+            }));
+        };
+        if e.source == Source::Config {
+            return Err(ApiError::field(
+                403,
+                "service",
+                format!("{key} is set in the gateway's config file; ask the admin to remove it"),
+            ));
+        }
+        self.remove_entries(&key.to_string(), &[e])
     }
 
     /// SIGHUP: applies the config file's routes as a diff. Gateway-wide settings that need
@@ -455,6 +702,12 @@ impl Core {
         };
         self.gateway.port_range = n.port_range;
         self.gateway.reclaim_after = n.reclaim_after;
+        self.gateway.port_cooldown = n.port_cooldown;
+        if apply_config_users(&mut self.users, &cfg, now) {
+            if let Err(e) = self.store.save_accounts(&self.users) {
+                error!("SIGHUP: recording the config file's users: {e}");
+            }
+        }
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("SIGHUP: updating the BPF maps failed: {e:#}");
         }
@@ -510,6 +763,11 @@ impl Core {
                 self.reclaim(&idle, now, after);
             }
         }
+        if self.users.expire_cooldowns(self.clock.now()) {
+            if let Err(e) = self.store.save_accounts(&self.users) {
+                warn!("forgetting ended port cool-downs: {e}");
+            }
+        }
         if self.activity_unsaved && self.last_save.elapsed() >= SAVE_ACTIVITY_EVERY {
             if let Err(e) = self.save() {
                 warn!("saving last-seen times: {e}");
@@ -534,6 +792,7 @@ impl Core {
             error!("reclaim: updating the BPF maps failed: {e}");
         }
         self.publish();
+        self.cool_ports(&diff.removed, now);
         for e in &diff.removed {
             let idle = now
                 .duration_since(e.last_activity())
@@ -597,7 +856,26 @@ fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     if new.metrics_listen != running.metrics_listen {
         changed.push("[metrics]");
     }
+    if new.portal != running.portal {
+        changed.push("[portal]");
+    }
     changed
+}
+
+/// Applies the config file's `[[user]]`s to `users`, logging what changed; true if anything
+/// did.
+fn apply_config_users(users: &mut Users, cfg: &Config, now: SystemTime) -> bool {
+    let (added, changed, removed) = users.apply_config(&cfg.users, now);
+    for name in &added {
+        info!(user = %name, "user added from the config file (issue a token: srvgate user token {name})");
+    }
+    for name in &changed {
+        info!(user = %name, "user changed by the config file");
+    }
+    for name in &removed {
+        info!(user = %name, "user removed: no longer in the config file");
+    }
+    !(added.is_empty() && changed.is_empty() && removed.is_empty())
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -639,6 +917,57 @@ impl Control for Handle {
     fn shutdown(&self, request: Shutdown) {
         let _ = self.shutdown.send(request);
     }
+    fn users(&self) -> UsersReply {
+        lock(&self.core).users_reply()
+    }
+    fn user_add(&self, request: UserRequest) -> Result<TokenReply, ApiError> {
+        lock(&self.core).user_add(request)
+    }
+    fn user_remove(&self, name: &str, with_routes: bool) -> Result<UserView, ApiError> {
+        lock(&self.core).user_remove(name, with_routes)
+    }
+    fn user_token(&self, name: &str) -> Result<TokenReply, ApiError> {
+        lock(&self.core).user_token(name)
+    }
+    fn authenticate(&self, token: &str) -> Option<Caller> {
+        let core = lock(&self.core);
+        let u = core.users.authenticate(token).ok()?;
+        Some(Caller {
+            name: u.name.clone(),
+            admin: u.admin,
+        })
+    }
+    fn me(&self, caller: &str) -> Result<MeReply, ApiError> {
+        lock(&self.core).me(caller)
+    }
+    fn claim(&self, caller: &str, request: ClaimRequest) -> Result<RouteView, ApiError> {
+        lock(&self.core).claim(caller, request)
+    }
+    fn release(
+        &self,
+        caller: &str,
+        service: &str,
+        protocol: Option<&str>,
+    ) -> Result<Removed, ApiError> {
+        lock(&self.core).release(caller, service, protocol)
+    }
+}
+
+fn denied(d: Denied) -> ApiError {
+    ApiError::field(d.status(), d.field(), d.to_string())
+}
+
+fn user_error(e: UserError) -> ApiError {
+    let field = match e {
+        UserError::Quota(_) => "max_routes",
+        UserError::Random => "token",
+        _ => "name",
+    };
+    let msg = e.to_string();
+    let msg = msg
+        .split_once(": ")
+        .map_or(msg.clone(), |(_, m)| m.to_string());
+    ApiError::field(e.status(), field, msg)
 }
 
 /// Builds the table from the config's routes and the stored runtime ones. A stored route
@@ -692,6 +1021,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let clock = Clock::new(opts.clock_offset_file.clone());
     let store = StateStore::open(&opts.state_dir)?;
     let stored = store.load_routes(cfg.gateway.public_ipv4)?;
+    let mut users = store.load_accounts()?;
+    let mut store = store;
+    if apply_config_users(&mut users, &cfg, clock.now()) {
+        store.save_accounts(&users)?;
+    }
     let (table, taken_over) = build_table(&cfg, &opts.config, &store, stored, clock.now())?;
 
     // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
@@ -715,11 +1049,18 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         _ => None,
     };
     let http_addrs = http.as_ref().map(HttpServer::local_addrs);
+    let portal = match &cfg.portal {
+        Some(p) => Some(PortalServer::bind(p, &opts.state_dir).await?),
+        None => None,
+    };
+    let portal_info = portal.as_ref().map(|p| p.info().clone());
 
     let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
     let mut core = Core::new(table, Box::new(dataplane), Box::new(store), &cfg, clock);
     core.dns = dns.clone();
     core.http = http;
+    core.users = users;
+    core.portal = portal_info.clone();
     core.take_over(taken_over)?;
     let routes = core.table.len();
     let core = Arc::new(Mutex::new(core));
@@ -729,6 +1070,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         core: core.clone(),
         shutdown: shutdown_tx,
     });
+    let portal_tasks = portal.map(|p| p.serve(handle.clone())).unwrap_or_default();
     let api_task = tokio::spawn(api::serve(api_listener, handle));
     let metrics_task = metrics_listener.map(|listener| {
         let core = core.clone();
@@ -744,6 +1086,8 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         dns = ?dns.as_ref().map(|d| d.local_addrs()),
         http = ?http_addrs,
         metrics = ?cfg.metrics_listen,
+        portal = ?portal_info.as_ref().map(|p| &p.listen),
+        portal_fingerprint = ?portal_info.as_ref().map(|p| &p.fingerprint),
         socket = %opts.socket.display(),
         pins = %opts.pin_dir.display(),
         state = %opts.state_dir.display(),
@@ -759,6 +1103,10 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     // Awaited, so that no server task outlives this point.
     api_task.abort();
     let _ = api_task.await;
+    for t in portal_tasks {
+        t.abort();
+        let _ = t.await;
+    }
     if let Some(t) = metrics_task {
         t.abort();
         let _ = t.await;

@@ -8,6 +8,7 @@
 //! (`srvgate run`: the operations that keep all of the above in agreement), `admin` (the
 //! admins' CLI verbs), `metrics` (Prometheus text), `student` (the client-side `srvgate
 //! ssh`), `sys` (thin wrappers over the few system calls we need).
+pub mod accounts;
 pub mod admin;
 pub mod api;
 pub mod config;
@@ -16,9 +17,11 @@ pub mod dataplane;
 pub mod dns;
 pub mod http;
 pub mod metrics;
+pub mod portal;
 pub mod routes;
 pub mod state;
 pub mod student;
 pub mod sys;
 #[cfg(test)]
 mod testing;
+pub mod users;

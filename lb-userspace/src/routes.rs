@@ -231,6 +231,19 @@ impl RouteTable {
         protocol: Protocol,
         range: PortRange,
     ) -> Result<u16, RouteError> {
+        self.allocate_port_avoiding(name, service, protocol, range, &|_| false)
+    }
+
+    /// [`RouteTable::allocate_port`], never returning a port for which `cooling` is true
+    /// (released recently: its old owner's clients may still come).
+    pub fn allocate_port_avoiding(
+        &self,
+        name: &str,
+        service: &str,
+        protocol: Protocol,
+        range: PortRange,
+        cooling: &dyn Fn(u16) -> bool,
+    ) -> Result<u16, RouteError> {
         let other = match protocol {
             Protocol::Tcp => Protocol::Udp,
             Protocol::Udp => Protocol::Tcp,
@@ -250,6 +263,7 @@ impl RouteTable {
             .find(|&p| {
                 !self.by_port.contains_key(&(p, Protocol::Tcp))
                     && !self.by_port.contains_key(&(p, Protocol::Udp))
+                    && !cooling(p)
             })
             .ok_or(RouteError::RangeFull { range, protocol })
     }

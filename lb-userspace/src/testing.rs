@@ -20,6 +20,7 @@ use crate::{
     dataplane::{plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends},
     routes::{Diff, Entry, RouteTable},
     state::{StateError, Store, StoredRoute},
+    users::Users,
 };
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,6 +227,7 @@ impl Dataplane for FakeDataplane {
 #[derive(Debug, Default)]
 pub struct FakeState {
     pub routes: Vec<StoredRoute>,
+    pub users: Users,
     /// Saves to let through before one fails (`Some(0)`: the next fails), once.
     pub fail_in: Option<usize>,
     /// Every save fails while set (a full or read-only disk).
@@ -265,17 +267,37 @@ impl Store for FakeStore {
 
     fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError> {
         let mut s = self.state();
-        s.saves += 1;
-        let fail = match s.fail_in {
+        s.save_or_fail()?;
+        s.routes = routes.to_vec();
+        Ok(())
+    }
+
+    fn load_accounts(&self) -> Result<Users, StateError> {
+        Ok(self.state().users.clone())
+    }
+
+    fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
+        let mut s = self.state();
+        s.save_or_fail()?;
+        s.users = users.clone();
+        Ok(())
+    }
+}
+
+impl FakeState {
+    /// Counts a save and fails it if told to.
+    fn save_or_fail(&mut self) -> Result<(), StateError> {
+        self.saves += 1;
+        let fail = match self.fail_in {
             Some(0) => {
-                s.fail_in = None;
+                self.fail_in = None;
                 true
             }
             Some(n) => {
-                s.fail_in = Some(n - 1);
-                s.broken
+                self.fail_in = Some(n - 1);
+                self.broken
             }
-            None => s.broken,
+            None => self.broken,
         };
         if fail {
             return Err(StateError::Io {
@@ -284,7 +306,150 @@ impl Store for FakeStore {
                 error: io::Error::from_raw_os_error(libc::ENOSPC),
             });
         }
-        s.routes = routes.to_vec();
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- the daemon, for its servers
+
+use crate::api::{
+    ApiError, Caller, ClaimRequest, Control, MeReply, Removed, RouteRequest, RouteView,
+    RoutesReply, Shutdown, TokenReply, UserRequest, UserView, UsersReply,
+};
+
+/// A control that records calls and answers from a fixed script.
+#[derive(Default)]
+pub struct FakeControl {
+    pub added: std::sync::Mutex<Vec<RouteRequest>>,
+    pub shutdowns: std::sync::Mutex<Vec<Shutdown>>,
+    pub users: std::sync::Mutex<crate::users::Users>,
+}
+
+pub fn view(name: &str, port: u16) -> RouteView {
+    RouteView {
+        name: name.into(),
+        service: "ssh".into(),
+        protocol: "tcp".into(),
+        port,
+        backend: "10.0.0.11:22".into(),
+        source: "runtime".into(),
+        added_unix: 1,
+        last_seen_unix: None,
+        idle_seconds: 0,
+        reclaim_in_seconds: None,
+        inbound_packets: 0,
+        outbound_packets: 0,
+        inbound_bytes: 0,
+        outbound_bytes: 0,
+    }
+}
+
+impl Control for FakeControl {
+    fn list(&self) -> RoutesReply {
+        RoutesReply {
+            public_ipv4: "203.0.113.10".into(),
+            port_range: "30000-30009".into(),
+            free_ports: 9,
+            reclaim_after: Some("14d".into()),
+            portal: None,
+            routes: vec![view("alice", 30000)],
+        }
+    }
+    fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError> {
+        if request.port == Some(40000) {
+            return Err(ApiError::field(
+                400,
+                "port",
+                "port: 40000 is outside gateway.port_range 30000-30009",
+            ));
+        }
+        let v = view(&request.name, request.port.unwrap_or(30001));
+        self.added.lock().unwrap().push(request);
+        Ok(v)
+    }
+    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
+        match (name, service) {
+            ("alice", None | Some("ssh")) => Ok(Removed {
+                removed: vec![view("alice", 30000)],
+            }),
+            _ => Err(ApiError::new(404, format!("no runtime route named {name}"))),
+        }
+    }
+    fn shutdown(&self, request: Shutdown) {
+        self.shutdowns.lock().unwrap().push(request);
+    }
+    fn users(&self) -> UsersReply {
+        let users = self.users.lock().unwrap();
+        UsersReply {
+            users: users.all().map(|u| UserView::of(u, 0)).collect(),
+        }
+    }
+    fn user_add(&self, r: UserRequest) -> Result<TokenReply, ApiError> {
+        let rules = crate::users::parse_rules(&r.backends)
+            .map_err(|e| ApiError::field(400, "backends", e))?;
+        let mut users = self.users.lock().unwrap();
+        let token = users
+            .add(
+                &r.name,
+                rules,
+                r.max_routes.unwrap_or(4),
+                r.admin,
+                std::time::UNIX_EPOCH,
+            )
+            .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
+        let user = UserView::of(users.get(&r.name).unwrap(), 0);
+        Ok(TokenReply { user, token })
+    }
+    fn user_remove(&self, name: &str, _with_routes: bool) -> Result<UserView, ApiError> {
+        let mut users = self.users.lock().unwrap();
+        let u = users
+            .remove(name)
+            .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
+        Ok(UserView::of(&u, 0))
+    }
+    fn user_token(&self, name: &str) -> Result<TokenReply, ApiError> {
+        let mut users = self.users.lock().unwrap();
+        let token = users
+            .rotate(name)
+            .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
+        let user = UserView::of(users.get(name).unwrap(), 0);
+        Ok(TokenReply { user, token })
+    }
+    fn authenticate(&self, token: &str) -> Option<Caller> {
+        let users = self.users.lock().unwrap();
+        let u = users.authenticate(token).ok()?;
+        Some(Caller {
+            name: u.name.clone(),
+            admin: u.admin,
+        })
+    }
+    fn me(&self, caller: &str) -> Result<MeReply, ApiError> {
+        let users = self.users.lock().unwrap();
+        let u = users
+            .get(caller)
+            .ok_or_else(|| ApiError::new(404, "no such user"))?;
+        Ok(MeReply {
+            user: UserView::of(u, 0),
+            public_ipv4: "203.0.113.10".into(),
+            zone: Some("lab.example".into()),
+            routes: vec![],
+        })
+    }
+    fn claim(&self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
+        self.add(RouteRequest {
+            name: caller.into(),
+            service: r.service,
+            protocol: r.protocol,
+            backend: r.backend,
+            port: None,
+        })
+    }
+    fn release(
+        &self,
+        caller: &str,
+        service: &str,
+        _protocol: Option<&str>,
+    ) -> Result<Removed, ApiError> {
+        self.remove(caller, Some(service))
     }
 }

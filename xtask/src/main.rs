@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod packages;
 mod setup;
 
 use std::{
@@ -44,6 +45,9 @@ enum Cmd {
         /// Only report what is missing; change nothing, exit 1 if anything is missing.
         #[arg(long)]
         check: bool,
+        /// Print the Debian packages setup installs, one per line, and exit.
+        #[arg(long, conflicts_with = "check")]
+        list_packages: bool,
     },
     /// Set up, then build the srvgate binary (release unless --debug).
     Build {
@@ -126,7 +130,16 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Cmd) -> Result<()> {
     match command {
-        Cmd::Setup { check } => setup::setup(check),
+        Cmd::Setup {
+            list_packages: true,
+            ..
+        } => {
+            for p in setup::DEBIAN_PACKAGES {
+                println!("{p}");
+            }
+            Ok(())
+        }
+        Cmd::Setup { check, .. } => setup::setup(check),
         Cmd::Build { debug } => {
             setup::setup(false)?;
             let bin = build(!debug)?;

@@ -18,6 +18,7 @@ fn gateway() -> Gateway {
             last: 30009,
         },
         reclaim_after: Some(DAY),
+        port_cooldown: Duration::ZERO,
     }
 }
 
@@ -43,9 +44,11 @@ fn request(name: &str, backend: &str) -> RouteRequest {
 
 fn config(routes: Vec<Route>) -> Config {
     Config {
+        users: Vec::new(),
         gateway: gateway(),
         dns: None,
         http: None,
+        portal: None,
         metrics_listen: None,
         routes,
     }
@@ -446,6 +449,155 @@ fn start_up_adopts_the_pinned_slots_and_drops_stale_entries() {
         "counters kept across the restart"
     );
     assert_ne!(rig.entry("bob").unwrap().id, 7);
+    rig.assert_agree();
+}
+
+fn user_request(name: &str, backends: &[&str], max: u32) -> UserRequest {
+    UserRequest {
+        name: name.into(),
+        backends: backends.iter().map(|b| b.to_string()).collect(),
+        max_routes: Some(max),
+        admin: false,
+    }
+}
+
+fn claim(service: &str, backend: &str) -> ClaimRequest {
+    ClaimRequest {
+        service: service.into(),
+        backend: backend.into(),
+        protocol: None,
+    }
+}
+
+#[test]
+fn students_claim_only_their_names_backends_and_quota() {
+    let mut rig = Rig::new();
+    let token = rig
+        .core
+        .user_add(user_request("alice", &["10.0.0.11"], 2))
+        .unwrap()
+        .token;
+    rig.core
+        .user_add(user_request("bob", &["10.0.0.12"], 4))
+        .unwrap();
+    assert_eq!(rig.core.users.authenticate(&token).unwrap().name, "alice");
+
+    let v = rig
+        .core
+        .claim("alice", claim("ssh", "10.0.0.11:22"))
+        .unwrap();
+    assert_eq!((v.name.as_str(), v.service.as_str()), ("alice", "ssh"));
+    let e = rig
+        .core
+        .claim("alice", claim("web", "10.0.0.12:80"))
+        .unwrap_err();
+    assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("backend")));
+    assert!(e.reply.error.contains("10.0.0.12:80"), "{}", e.reply.error);
+    rig.core
+        .claim("alice", claim("http", "10.0.0.11:80"))
+        .unwrap();
+    let e = rig
+        .core
+        .claim("alice", claim("db", "10.0.0.11:5432"))
+        .unwrap_err();
+    assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("quota")));
+    assert!(e.reply.error.contains("2 of 2"), "{}", e.reply.error);
+
+    // bob cannot see or release alice's routes: his namespace is his name.
+    assert!(rig.core.me("bob").unwrap().routes.is_empty());
+    let e = rig.core.release("bob", "ssh", None).unwrap_err();
+    assert_eq!(e.status, 404);
+    assert_eq!(rig.core.me("alice").unwrap().routes.len(), 2);
+    rig.assert_agree();
+
+    // user rm refuses while routes are held, removes them with --with-routes.
+    let e = rig.core.user_remove("alice", false).unwrap_err();
+    assert_eq!(e.status, 409);
+    assert!(e.reply.error.contains("alice/ssh/tcp"), "{}", e.reply.error);
+    rig.core.user_remove("alice", true).unwrap();
+    assert!(rig.entry("alice").is_none());
+    assert!(rig.core.users.get("alice").is_none());
+    assert!(rig.core.users.authenticate(&token).is_err());
+    rig.assert_agree();
+    assert!(rig.store.state().users.get("alice").is_none());
+}
+
+#[test]
+fn a_released_port_cools_down_before_anyone_gets_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    let store = FakeStore::new();
+    let maps = FakeDataplane::new();
+    let mut core = Core::new(
+        RouteTable::new(),
+        maps.boxed(),
+        store.boxed(),
+        &Config {
+            gateway: Gateway {
+                port_cooldown: DAY,
+                ..gateway()
+            },
+            ..config(Vec::new())
+        },
+        Clock::new(Some(offset.clone())),
+    );
+    core.take_over(false).unwrap();
+    core.user_add(user_request("alice", &["10.0.0.0/24"], 4))
+        .unwrap();
+    core.user_add(user_request("bob", &["10.0.1.0/24"], 4))
+        .unwrap();
+    let first = core
+        .claim("alice", claim("ssh", "10.0.0.11:22"))
+        .unwrap()
+        .port;
+    core.release("alice", "ssh", None).unwrap();
+    // The cool-down is durable, and the next claim gets another port.
+    assert!(store.state().users.cooldown().contains_key(&first));
+    let second = core
+        .claim("bob", claim("ssh", "10.0.1.11:22"))
+        .unwrap()
+        .port;
+    assert_ne!(second, first);
+    // Two days on: alice's old port is free again, and bob's idle route was reclaimed, so
+    // his port is the one cooling down now.
+    std::fs::write(&offset, "2d").unwrap();
+    core.observe();
+    assert!(core.table.entries().next().is_none());
+    let cooling: Vec<u16> = store.state().users.cooldown().keys().copied().collect();
+    assert_eq!(cooling, [second]);
+    let third = core
+        .claim("alice", claim("ssh", "10.0.0.11:22"))
+        .unwrap()
+        .port;
+    assert_eq!(third, first);
+}
+
+#[test]
+fn account_changes_the_store_refuses_are_undone() {
+    let mut rig = Rig::new();
+    rig.core
+        .user_add(user_request("alice", &["10.0.0.11"], 4))
+        .unwrap();
+    let old = rig.core.users.get("alice").unwrap().token_sha256;
+    rig.store.state().broken = true;
+    let e = rig
+        .core
+        .user_add(user_request("bob", &["10.0.0.12"], 4))
+        .unwrap_err();
+    assert_eq!(e.status, 500);
+    assert!(rig.core.users.get("bob").is_none());
+    assert!(rig.core.user_token("alice").is_err());
+    assert_eq!(rig.core.users.get("alice").unwrap().token_sha256, old);
+    assert!(rig.core.user_remove("alice", false).is_err());
+    assert!(rig.core.users.get("alice").is_some());
+    // A claim whose route cannot be made durable is not held either.
+    let e = rig
+        .core
+        .claim("alice", claim("ssh", "10.0.0.11:22"))
+        .unwrap_err();
+    assert_eq!(e.status, 500);
+    assert!(rig.entry("alice").is_none());
+    rig.store.state().broken = false;
     rig.assert_agree();
 }
 
