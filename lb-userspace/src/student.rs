@@ -366,16 +366,13 @@ fn ssh_config_word(word: &str) -> String {
     shell_word(word).replace('%', "%%")
 }
 
+/// `word` as one shell word, quoted (by shlex) only where it needs to be.
 fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@,%".contains(&b));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
+    // NULs allowed: then quoting cannot fail, and no argument or path can hold one anyway.
+    shlex::Quoter::new()
+        .allow_nul(true)
+        .quote(word)
+        .map_or_else(|_| String::new(), std::borrow::Cow::into_owned)
 }
 
 fn shell_line(argv: &[OsString]) -> String {
