@@ -31,6 +31,7 @@ use crate::{
     dns::{DnsError, DnsServer},
     http::{HttpError, HttpServer},
     metrics::{self, LegSample, RouteSample},
+    notify,
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
     state::{StateError, StateStore, StoredRoute},
 };
@@ -161,6 +162,22 @@ impl Core {
                 last_seen: e.last_seen,
             })
             .collect()
+    }
+
+    /// The one line `systemctl status` shows while running.
+    fn status_line(&self) -> String {
+        let runtime = self
+            .table
+            .entries()
+            .filter(|e| e.source == Source::Runtime)
+            .count();
+        let gw = &self.gateway;
+        format!(
+            "forwarding {} routes ({runtime} runtime) on {}, {}",
+            self.table.len(),
+            gw.public_interface,
+            gw.private_interfaces.join(", ")
+        )
     }
 
     fn save(&mut self) -> Result<(), StateError> {
@@ -669,12 +686,19 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         state = %opts.state_dir.display(),
         "srvgate ready"
     );
+    // Only now: XDP is attached and every socket answers, which is what systemd waits for.
+    tell_systemd(notify::ready(&lock(&core).status_line()));
 
     let result = event_loop(&opts, &core, &mut shutdown_rx).await;
     let detach = match &result {
         Ok(detach) => *detach,
         Err(_) => opts.detach_on_exit,
     };
+    tell_systemd(notify::stopping(if detach {
+        "stopping; detaching XDP"
+    } else {
+        "stopping; XDP stays attached and forwarding"
+    }));
 
     api_task.abort();
     if let Some(t) = metrics_task {
@@ -696,6 +720,13 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&opts.socket);
     outcome?;
     result.map(|_| ())
+}
+
+/// A failed notification is worth a warning, never an exit: forwarding does not depend on it.
+fn tell_systemd(sent: std::io::Result<bool>) {
+    if let Err(e) = sent {
+        warn!("notifying systemd (NOTIFY_SOCKET): {e}");
+    }
 }
 
 /// Detaches (or deliberately does not) on the way out.
@@ -744,6 +775,7 @@ async fn event_loop(
     let mut clock = tokio::time::interval(CLOCK_TICK);
     let mut observe = tokio::time::interval(OBSERVE_EVERY);
     observe.tick().await;
+    let mut status = lock(core).status_line();
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(opts.detach_on_exit); }
@@ -753,6 +785,7 @@ async fn event_loop(
                 return Ok(s.detach || opts.detach_on_exit);
             }
             _ = hup.recv() => {
+                tell_systemd(notify::reloading());
                 let cfg = Config::load(&opts.config).and_then(|c| c.check_interfaces(&opts.config).map(|_| c));
                 match cfg {
                     Ok(cfg) => {
@@ -761,6 +794,7 @@ async fn event_loop(
                     }
                     Err(e) => error!("SIGHUP: keeping the running routes; {e}"),
                 }
+                tell_systemd(notify::ready(&lock(core).status_line()));
             }
             _ = egress.tick() => {
                 if let Err(e) = lock(core).dataplane.refresh_egress() {
@@ -773,8 +807,14 @@ async fn event_loop(
                 }
             }
             _ = observe.tick() => {
-                let core = core.clone();
-                let _ = tokio::task::spawn_blocking(move || lock(&core).observe()).await;
+                let c = core.clone();
+                let _ = tokio::task::spawn_blocking(move || lock(&c).observe()).await;
+                // Runtime adds, removals and reclaims change the count between reloads.
+                let line = lock(core).status_line();
+                if line != status {
+                    tell_systemd(notify::status(&line));
+                    status = line;
+                }
             }
         }
     }

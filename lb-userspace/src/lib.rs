@@ -7,15 +7,19 @@
 //! Host header), `api` (the control socket: server and client), `daemon`
 //! (`srvgate run`: the operations that keep all of the above in agreement), `admin` (the
 //! admins' CLI verbs), `metrics` (Prometheus text), `student` (the client-side `srvgate
-//! ssh`), `sys` (thin wrappers over the few system calls we need).
+//! ssh`), `sys` (thin wrappers over the few system calls we need), `notify` (systemd readiness),
+//! `logging` (terminal or journal output), `docs` (man pages and completions from the CLI).
 pub mod admin;
 pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod dns;
+pub mod docs;
 pub mod http;
+pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod routes;
 pub mod state;
 pub mod student;

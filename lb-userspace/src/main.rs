@@ -10,13 +10,14 @@ use std::{
 };
 
 use anyhow::{anyhow, Context as _};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use lb_userspace::{
     admin::{self, DownArgs, LsArgs, RouteCommand},
     api::DEFAULT_SOCKET,
     config::Config,
     daemon::{self, Options},
     dataplane::{AttachMode, DEFAULT_PIN_DIR},
+    docs, logging,
     state::DEFAULT_STATE_DIR,
     student, sys,
 };
@@ -57,6 +58,40 @@ enum Command {
     Ssh(student::SshArgs),
     /// Print a ~/.ssh/config snippet so that plain `ssh NAME.ssh.ZONE` works.
     SshConfig(student::SshConfigArgs),
+}
+
+/// The package build's verbs. Parsed apart from [`Cli`] so that they appear in none of the
+/// man pages and completion scripts they generate from it (clap's completion generators
+/// list hidden subcommands too).
+#[derive(Parser)]
+#[command(name = "srvgate")]
+enum Packaging {
+    /// Write the man pages (one per command) into DIR.
+    GenerateMan { dir: PathBuf },
+    /// Print the completion script for SHELL.
+    Completions { shell: docs::Shell },
+}
+
+impl Packaging {
+    fn is_invoked() -> bool {
+        let verb = std::env::args_os().nth(1);
+        matches!(
+            verb.as_ref().and_then(|v| v.to_str()),
+            Some("generate-man" | "completions")
+        )
+    }
+
+    fn run(self) -> anyhow::Result<()> {
+        match self {
+            Packaging::GenerateMan { dir } => docs::write_man_pages(Cli::command(), &dir)
+                .map(|_| ())
+                .with_context(|| format!("writing man pages to {}", dir.display())),
+            Packaging::Completions { shell } => {
+                docs::write_completions(Cli::command(), shell, &mut std::io::stdout());
+                Ok(())
+            }
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -109,16 +144,17 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    if Packaging::is_invoked() {
+        return match Packaging::parse().run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("srvgate: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // hickory-server logs every answer at info: that would be a line per query.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init();
     let admin_failure = |e: admin::AdminError| {
         if e.is_bad_input() {
             Failure::input(e)
