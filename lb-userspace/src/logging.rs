@@ -7,7 +7,7 @@
 //! stay `key=value` after the message, the same as on a terminal, so
 //! `journalctl -u srvgate --grep 'route=alice/'` finds a route's history.
 
-use std::{fmt, io::IsTerminal as _, os::fd::AsRawFd as _};
+use std::{fmt, io::IsTerminal as _, os::fd::AsRawFd};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::{
@@ -43,15 +43,21 @@ pub fn init() {
 /// Whether stderr is the stream `$JOURNAL_STREAM` names (`DEVICE:INODE`). Comparing the
 /// inode matters: a child whose stderr was redirected inherits the variable.
 fn stderr_is_journal() -> bool {
-    let Some(named) = std::env::var_os("JOURNAL_STREAM") else {
+    let named = std::env::var_os("JOURNAL_STREAM");
+    is_stream(named.as_deref(), &std::io::stderr())
+}
+
+/// Whether `fd` is the file `named` (`DEVICE:INODE`, as systemd writes it) identifies.
+fn is_stream(named: Option<&std::ffi::OsStr>, fd: &impl AsRawFd) -> bool {
+    let Some(named) = named.and_then(|n| n.to_str()) else {
         return false;
     };
-    // SAFETY: fstat on fd 2 with a zeroed out-parameter; a closed fd only makes it fail.
+    // SAFETY: fstat with a zeroed out-parameter; a closed fd only makes it fail.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(std::io::stderr().as_raw_fd(), &mut st) } != 0 {
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
         return false;
     }
-    named.to_str() == Some(&format!("{}:{}", st.st_dev, st.st_ino))
+    named == format!("{}:{}", st.st_dev, st.st_ino)
 }
 
 /// The syslog priority journald reads from a `<N>` line prefix.
@@ -86,7 +92,70 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        ffi::OsStr,
+        os::unix::fs::MetadataExt as _,
+        sync::{Arc, Mutex},
+    };
+
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn journal_lines_carry_priority_and_fields_but_no_time_or_colour() {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .event_format(Journal(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(iface = "eth1", "egress through the kernel");
+            tracing::info!(route = "alice/ssh/tcp", port = 30001, "route added");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("<4> WARN "), "{text}");
+        assert!(
+            lines[0].ends_with("egress through the kernel iface=\"eth1\""),
+            "{text}"
+        );
+        assert!(lines[1].starts_with("<6> INFO "), "{text}");
+        assert!(
+            lines[1].contains("route=\"alice/ssh/tcp\" port=30001"),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b'), "{text}");
+    }
+
+    #[test]
+    fn the_journal_stream_is_recognised_by_device_and_inode() {
+        let file = tempfile::tempfile().unwrap();
+        let meta = file.metadata().unwrap();
+        let right = format!("{}:{}", meta.dev(), meta.ino());
+        assert!(is_stream(Some(OsStr::new(&right)), &file));
+        let wrong = format!("{}:{}", meta.dev(), meta.ino() + 1);
+        assert!(!is_stream(Some(OsStr::new(&wrong)), &file));
+        assert!(!is_stream(None, &file));
+    }
 
     #[test]
     fn priorities_follow_syslog() {

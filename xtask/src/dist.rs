@@ -139,6 +139,7 @@ pub fn package(root: &Path, bin: &Path, out_dir: &Path) -> Result<PathBuf> {
          Maintainer: srvgate maintainers <root@localhost>\n\
          Installed-Size: {}\n\
          Depends: {depends}\n\
+         Suggests: bash-completion\n\
          Section: net\n\
          Priority: optional\n\
          Description: XDP port-forwarding gateway with an authoritative DNS zone\n \
