@@ -177,6 +177,21 @@ pub fn ipv4_csum_ttl_decrement(check: u16, ttl: u8, protocol: u8) -> u16 {
     )
 }
 
+/// Types whose all-zero bit pattern is a valid value: what [`zero_in_place`] hands out.
+///
+/// # Safety
+///
+/// Implement it only for types that are valid all-zero: plain integers, arrays and
+/// `#[repr(C)]` structs or unions of them, such as the C structs passed to helpers. Not for
+/// references, function pointers, `NonZero*`, `bool`-like enums without a zero variant, or
+/// anything containing them.
+pub unsafe trait Zeroable {}
+
+// SAFETY: the fib lookup parameters are a C struct of integers and unions of integers; the
+// kernel's own callers zero them with memset.
+#[cfg(target_arch = "bpf")]
+unsafe impl Zeroable for aya_ebpf::bindings::bpf_fib_lookup {}
+
 /// Zeroes a value in place and hands it out initialised, for structs passed to helpers
 /// (the 64-byte `bpf_fib_lookup` parameters above all). `mem::zeroed()`, or any zeroed value
 /// moved into place, compiles for BPF to a call of a byte-at-a-time memset subprogram: in a
@@ -184,9 +199,27 @@ pub fn ipv4_csum_ttl_decrement(check: u16, ttl: u8, protocol: u8) -> u16 {
 /// Volatile word stores into the final location cannot be turned back into that call.
 /// The words are 32-bit: the verifier refuses stack stores that are not aligned to their
 /// size, and the fib parameters are only 4-aligned.
-/// `T` must be plain data, 4-aligned, of a size that is a multiple of 4, and valid all-zero.
+///
+/// `T` must be 4-aligned and of a size that is a multiple of 4 (checked at compile time),
+/// and valid all-zero ([`Zeroable`]), so the function is safe to call:
+///
+/// ```
+/// #[repr(C)]
+/// struct Params { a: u32, b: [u16; 2] }
+/// // SAFETY: integers only.
+/// unsafe impl lb_ebpf::Zeroable for Params {}
+/// let mut slot = core::mem::MaybeUninit::<Params>::uninit();
+/// assert_eq!(lb_ebpf::zero_in_place(&mut slot).b, [0, 0]);
+/// ```
+///
+/// A type that is not valid all-zero does not compile:
+///
+/// ```compile_fail
+/// let mut slot = core::mem::MaybeUninit::<core::num::NonZeroU32>::uninit();
+/// let _ = lb_ebpf::zero_in_place(&mut slot);
+/// ```
 #[inline(always)]
-pub fn zero_in_place<T>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
+pub fn zero_in_place<T: Zeroable>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
     const {
         assert!(core::mem::size_of::<T>().is_multiple_of(4));
         assert!(core::mem::align_of::<T>() >= 4);
@@ -196,7 +229,7 @@ pub fn zero_in_place<T>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
         // SAFETY: i < size_of::<T>() / 4, so every store is inside `slot`.
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
-    // SAFETY: every byte was just written, and the caller promises all-zero is a valid T.
+    // SAFETY: every byte was just written, and `T: Zeroable` says all-zero is a valid T.
     unsafe { slot.assume_init_mut() }
 }
 

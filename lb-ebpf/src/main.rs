@@ -22,7 +22,7 @@ mod program {
             bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
             BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
         },
-        helpers::generated::bpf_fib_lookup,
+        helpers::generated::{bpf_fib_lookup, bpf_xdp_get_buff_len},
         macros::{map, xdp},
         maps::{Array, DevMapHash, HashMap, PerCpuArray},
         programs::XdpContext,
@@ -94,7 +94,11 @@ mod program {
         let Some(c) = ROUTE_COUNTERS.get_ptr_mut(route_id) else {
             return;
         };
-        let bytes = (ctx.data_end() - ctx.data()) as u64;
+        // The whole frame: under `frags` a large one is a linear part (data..data_end, which
+        // can be just its first page) plus fragments.
+        // SAFETY: `ctx.ctx` is the xdp_md the kernel passed this program, which is all the
+        // helper reads.
+        let bytes = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
         unsafe {
             if inbound {
                 (*c).inbound_packets += 1;

@@ -287,6 +287,8 @@ fn zero_in_place_clears_every_byte() {
         d: u64,
         e: [u32; 9],
     }
+    // SAFETY: integers and arrays of them only.
+    unsafe impl crate::Zeroable for Block {}
     let mut slot = core::mem::MaybeUninit::<Block>::uninit();
     // Garbage first, so a store that missed a word would show.
     unsafe { core::ptr::write_bytes(slot.as_mut_ptr() as *mut u8, 0xa5, size_of::<Block>()) };

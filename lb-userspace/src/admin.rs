@@ -9,7 +9,10 @@ use std::{
 };
 
 use crate::{
-    api::{Client, ClientError, RouteRequest, RouteView, RoutesReply, Shutdown, DEFAULT_SOCKET},
+    api::{
+        Client, ClientError, RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply,
+        UserRequest, UsersReply, DEFAULT_SOCKET,
+    },
     config::check_label,
     dataplane::{remove_pins, DEFAULT_PIN_DIR},
 };
@@ -52,6 +55,60 @@ pub struct AddArgs {
     #[arg(long)]
     pub protocol: Option<String>,
     /// Print the new route as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum UserCommand {
+    /// Register a student: the backends their routes may point at and how many routes they
+    /// may hold. Prints their login token once (only its hash is kept).
+    Add(UserAddArgs),
+    /// List every account.
+    Ls(LsArgs),
+    /// Remove an account (refused while it holds routes, unless --with-routes).
+    Rm(UserRmArgs),
+    /// Issue a new token for NAME; the old one stops working at once.
+    Token(UserNameArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UserAddArgs {
+    /// The student's name: their routes are NAME.SERVICE.ZONE.
+    pub name: String,
+    /// An address, address:port, CIDR block or block:port their routes may point at, e.g.
+    /// 10.0.0.11, 10.0.0.11:22, 10.0.1.0/28 (repeat for more).
+    #[arg(long = "backend", value_name = "RULE")]
+    pub backends: Vec<String>,
+    /// How many routes they may hold at once.
+    #[arg(long, default_value_t = crate::users::DEFAULT_MAX_ROUTES)]
+    pub max_routes: u32,
+    /// May act on every route and account through the portal, as root does here.
+    #[arg(long)]
+    pub admin: bool,
+    /// Print the account and token as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UserRmArgs {
+    pub name: String,
+    /// Also remove the student's runtime routes (their ports start cooling down).
+    #[arg(long)]
+    pub with_routes: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UserNameArgs {
+    pub name: String,
+    /// Print the account and token as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -147,6 +204,93 @@ pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
         }
         RouteCommand::Ls(l) => print_routes(&l, render_ls),
     }
+}
+
+pub fn user(cmd: UserCommand) -> Result<(), AdminError> {
+    let name_ok = |n: &str| check_label(n).map_err(|e| AdminError::Invalid(format!("name: {e}")));
+    match cmd {
+        UserCommand::Add(a) => {
+            name_ok(&a.name)?;
+            let reply = Client::new(&a.socket.socket).user_add(&UserRequest {
+                name: a.name,
+                backends: a.backends,
+                max_routes: Some(a.max_routes),
+                admin: a.admin,
+            })?;
+            print_token(&reply, a.json);
+            Ok(())
+        }
+        UserCommand::Token(t) => {
+            name_ok(&t.name)?;
+            let reply = Client::new(&t.socket.socket).user_token(&t.name)?;
+            print_token(&reply, t.json);
+            Ok(())
+        }
+        UserCommand::Rm(r) => {
+            name_ok(&r.name)?;
+            let u = Client::new(&r.socket.socket).user_remove(&r.name, r.with_routes)?;
+            println!("removed user {} (held {} routes)", u.name, u.routes);
+            Ok(())
+        }
+        UserCommand::Ls(l) => {
+            let reply = Client::new(&l.socket.socket).users()?;
+            if l.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reply).unwrap_or_default()
+                );
+            } else {
+                print!("{}", render_users(&reply));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_token(reply: &TokenReply, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(reply).unwrap_or_default()
+        );
+        return;
+    }
+    let u = &reply.user;
+    println!(
+        "user {}: {} of {} routes, backends {}{}",
+        u.name,
+        u.routes,
+        u.max_routes,
+        if u.backends.is_empty() {
+            "none".to_string()
+        } else {
+            u.backends.join(", ")
+        },
+        if u.admin { " (admin)" } else { "" }
+    );
+    println!("token (shown once; give it to {} privately):", u.name);
+    println!("{}", reply.token);
+}
+
+pub fn render_users(reply: &UsersReply) -> String {
+    let mut out = format!(
+        "{:<20} {:>6} {:>5}  {:<6} BACKENDS\n",
+        "NAME", "ROUTES", "MAX", "ADMIN"
+    );
+    for u in &reply.users {
+        out.push_str(&format!(
+            "{:<20} {:>6} {:>5}  {:<6} {}\n",
+            u.name,
+            u.routes,
+            u.max_routes,
+            if u.admin { "yes" } else { "no" },
+            u.backends.join(",")
+        ));
+    }
+    if reply.users.is_empty() {
+        out.push_str("(no users; add one with `srvgate user add NAME --backend ADDR`)\n");
+    }
+    out
 }
 
 pub fn status(args: LsArgs) -> Result<(), AdminError> {
@@ -308,7 +452,15 @@ pub fn render_status(r: &RoutesReply) -> String {
             row
         })
         .collect();
+    let portal = r.portal.as_ref().map_or(String::new(), |p| {
+        format!(
+            "portal https on {} (certificate SHA-256 {})\n",
+            p.listen.join(", "),
+            p.fingerprint
+        )
+    });
     summary(r)
+        + &portal
         + &table(
             &[
                 "NAME",
@@ -386,6 +538,7 @@ mod tests {
             port_range: "30000-30009".into(),
             free_ports: 8,
             reclaim_after: Some("14d".into()),
+            portal: None,
             routes: vec![
                 view("alice", "runtime", Some(100), 90),
                 view("carol", "config", None, 5),

@@ -7,6 +7,14 @@
 //! | `POST /v1/routes` + [`RouteRequest`]  | adds a runtime route (201 + [`RouteView`])    |
 //! | `DELETE /v1/routes/NAME[?service=S]`  | removes NAME's runtime routes ([`Removed`])   |
 //! | `POST /v1/shutdown` + [`Shutdown`]    | stops the daemon, detaching XDP if asked     |
+//! | `GET /v1/users`                       | every account ([`UsersReply`])                |
+//! | `POST /v1/users` + [`UserRequest`]    | adds a student, returns its token ([`TokenReply`]) |
+//! | `DELETE /v1/users/NAME[?with_routes=true]` | removes an account (and its routes)      |
+//! | `POST /v1/users/NAME/token`           | a new token; the old one stops working        |
+//!
+//! The students' verbs (`/v1/me...`) are served by `portal` over HTTPS with a token; they
+//! call the same [`Control`] methods with the caller's name, so there is one path per
+//! operation whoever asks.
 //!
 //! Errors are `{"error": "...", "field": "port"}` with 400 (invalid input, naming the
 //! field), 403 (not root), 404, 409 (clashes with what exists) or 500.
@@ -31,6 +39,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 pub use crate::config::RouteRequest;
+pub use crate::users::UserView;
 
 /// Where `srvgate run` listens and the CLI connects unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/srvgate/control.sock";
@@ -73,6 +82,9 @@ pub struct RoutesReply {
     pub free_ports: u32,
     /// As in the config (`"14d"`), absent when reclaiming is off.
     pub reclaim_after: Option<String>,
+    /// The students' HTTPS API and its certificate's fingerprint, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal: Option<crate::portal::PortalInfo>,
     pub routes: Vec<RouteView>,
 }
 
@@ -87,6 +99,62 @@ pub struct Removed {
 pub struct Shutdown {
     /// Detach XDP and remove the pinned objects, as `--detach-on-exit` would.
     pub detach: bool,
+}
+
+/// `POST /v1/users`: a new account.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRequest {
+    pub name: String,
+    /// Backend rules: `10.0.0.11`, `10.0.0.11:22`, `10.0.1.0/28`, `10.0.1.0/28:22`.
+    #[serde(default)]
+    pub backends: Vec<String>,
+    /// Routes the student may hold; `users::DEFAULT_MAX_ROUTES` if absent.
+    #[serde(default)]
+    pub max_routes: Option<u32>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// An account and the token just issued for it (shown once, never stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenReply {
+    pub user: UserView,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsersReply {
+    pub users: Vec<UserView>,
+}
+
+/// A student's claim: the name is theirs, the port comes from the pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub service: String,
+    pub backend: String,
+    /// `"tcp"` (the default) or `"udp"`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// `GET /v1/me`: who the token belongs to, and where their routes are reachable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeReply {
+    pub user: UserView,
+    pub public_ipv4: String,
+    /// The DNS zone, when the gateway serves one.
+    #[serde(default)]
+    pub zone: Option<String>,
+    pub routes: Vec<RouteView>,
+}
+
+/// The account a token authenticated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub admin: bool,
 }
 
 /// An error answer.
@@ -132,6 +200,22 @@ pub trait Control: Send + Sync + 'static {
     fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError>;
     fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError>;
     fn shutdown(&self, request: Shutdown);
+    fn users(&self) -> UsersReply;
+    fn user_add(&self, request: UserRequest) -> Result<TokenReply, ApiError>;
+    fn user_remove(&self, name: &str, with_routes: bool) -> Result<UserView, ApiError>;
+    fn user_token(&self, name: &str) -> Result<TokenReply, ApiError>;
+    /// The account `token` belongs to; `None` for any token that is not current.
+    fn authenticate(&self, token: &str) -> Option<Caller>;
+    fn me(&self, caller: &str) -> Result<MeReply, ApiError>;
+    /// Adds a route named after `caller`, confined to their backends and quota.
+    fn claim(&self, caller: &str, request: ClaimRequest) -> Result<RouteView, ApiError>;
+    /// Removes `caller`'s route for `service` (tcp unless `protocol`).
+    fn release(
+        &self,
+        caller: &str,
+        service: &str,
+        protocol: Option<&str>,
+    ) -> Result<Removed, ApiError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,11 +292,11 @@ pub async fn serve(listener: UnixListener, control: Arc<dyn Control>) {
 
 /// One parsed request.
 #[derive(Debug, PartialEq, Eq)]
-struct Request {
-    method: String,
-    path: String,
-    query: Option<String>,
-    body: Vec<u8>,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) body: Vec<u8>,
 }
 
 async fn handle(mut stream: UnixStream, control: Arc<dyn Control>) -> io::Result<()> {
@@ -306,7 +390,7 @@ fn parse_request(buf: &[u8]) -> Result<Option<Request>, String> {
     }))
 }
 
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -323,20 +407,20 @@ async fn dispatch(r: Request, control: Arc<dyn Control>) -> (u16, Vec<u8>) {
     }
 }
 
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn json<T: Serialize>(v: &T) -> Vec<u8> {
     // Our reply types are plain strings and numbers: serialising cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-fn error_body(e: &ApiError) -> (u16, Vec<u8>) {
+pub(crate) fn error_body(e: &ApiError) -> (u16, Vec<u8>) {
     (e.status, json(&e.reply))
 }
 
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::new(400, format!("bad request body: {e}")))
 }
 
-fn route_request(r: Request, control: &dyn Control) -> Result<(u16, Vec<u8>), ApiError> {
+pub(crate) fn route_request(r: Request, control: &dyn Control) -> Result<(u16, Vec<u8>), ApiError> {
     let segments: Vec<&str> = r.path.trim_matches('/').split('/').collect();
     match (r.method.as_str(), segments.as_slice()) {
         ("GET", ["v1", "routes"]) => Ok((200, json(&control.list()))),
@@ -353,7 +437,25 @@ fn route_request(r: Request, control: &dyn Control) -> Result<(u16, Vec<u8>), Ap
             control.shutdown(request);
             Ok((202, json(&request)))
         }
-        (_, ["v1", "routes"] | ["v1", "routes", _] | ["v1", "shutdown"]) => Err(ApiError::new(
+        ("GET", ["v1", "users"]) => Ok((200, json(&control.users()))),
+        ("POST", ["v1", "users"]) => {
+            let request: UserRequest = parse_body(&r.body)?;
+            Ok((201, json(&control.user_add(request)?)))
+        }
+        ("DELETE", ["v1", "users", name]) => {
+            let with_routes = query_param(r.query.as_deref(), "with_routes") == Some("true");
+            Ok((200, json(&control.user_remove(name, with_routes)?)))
+        }
+        ("POST", ["v1", "users", name, "token"]) => Ok((200, json(&control.user_token(name)?))),
+        (
+            _,
+            ["v1", "routes"]
+            | ["v1", "routes", _]
+            | ["v1", "shutdown"]
+            | ["v1", "users"]
+            | ["v1", "users", _]
+            | ["v1", "users", _, "token"],
+        ) => Err(ApiError::new(
             405,
             format!("{} is not allowed on {}", r.method, r.path),
         )),
@@ -361,7 +463,7 @@ fn route_request(r: Request, control: &dyn Control) -> Result<(u16, Vec<u8>), Ap
     }
 }
 
-fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         201 => "Created",
@@ -372,6 +474,11 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
+        401 => "Unauthorized",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     }
 }
@@ -451,6 +558,24 @@ impl Client {
 
     pub fn shutdown(&self, request: Shutdown) -> Result<Shutdown, ClientError> {
         self.call("POST", "/v1/shutdown", Some(json(&request)))
+    }
+
+    pub fn users(&self) -> Result<UsersReply, ClientError> {
+        self.call("GET", "/v1/users", None)
+    }
+
+    pub fn user_add(&self, request: &UserRequest) -> Result<TokenReply, ClientError> {
+        self.call("POST", "/v1/users", Some(json(request)))
+    }
+
+    /// `name` must be a valid label (the CLI checks it).
+    pub fn user_remove(&self, name: &str, with_routes: bool) -> Result<UserView, ClientError> {
+        let q = if with_routes { "?with_routes=true" } else { "" };
+        self.call("DELETE", &format!("/v1/users/{name}{q}"), None)
+    }
+
+    pub fn user_token(&self, name: &str) -> Result<TokenReply, ClientError> {
+        self.call("POST", &format!("/v1/users/{name}/token"), None)
     }
 
     fn call<T: DeserializeOwned>(

@@ -144,7 +144,23 @@ pub struct Gateway {
     pub port_range: PortRange,
     /// Runtime routes idle for this long are released; `None`: never.
     pub reclaim_after: Option<Duration>,
+    /// A released or reclaimed port is not handed out again for this long, so that stale
+    /// DNS caches and saved commands never reach the next owner's instance.
+    pub port_cooldown: Duration,
 }
+
+/// `[portal]`: the students' HTTPS API (and, later, their web console).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Portal {
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain and private key; without them srvgate makes a self-signed
+    /// certificate once and keeps it in the state directory.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// The default `gateway.port_cooldown`.
+pub const DEFAULT_PORT_COOLDOWN: Duration = Duration::from_secs(86400);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dns {
@@ -165,11 +181,23 @@ pub struct Http {
     pub service: String,
 }
 
+/// A `[[user]]` of the config file: an account whose fields the file owns (its token is
+/// still issued at runtime, by `srvgate user token NAME`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigUser {
+    pub name: String,
+    pub backends: Vec<crate::users::BackendRule>,
+    pub max_routes: u32,
+    pub admin: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub gateway: Gateway,
+    pub users: Vec<ConfigUser>,
     pub dns: Option<Dns>,
     pub http: Option<Http>,
+    pub portal: Option<Portal>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     pub routes: Vec<Route>,
@@ -221,9 +249,24 @@ struct RawConfig {
     gateway: RawGateway,
     dns: Option<RawDns>,
     http: Option<RawHttp>,
+    portal: Option<RawPortal>,
     metrics: Option<RawMetrics>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
+    #[serde(default, rename = "user")]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    #[serde(default)]
+    backends: Vec<String>,
+    #[serde(default)]
+    max_routes: Option<u32>,
+    #[serde(default)]
+    admin: bool,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +279,23 @@ struct RawGateway {
     port_range: String,
     #[serde(default)]
     reclaim_after: Option<String>,
+    #[serde(default)]
+    port_cooldown: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPortal {
+    #[serde(default = "default_portal_listen")]
+    listen: Vec<String>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+}
+
+fn default_portal_listen() -> Vec<String> {
+    vec!["0.0.0.0:8443".to_string()]
 }
 
 fn default_port_range() -> String {
@@ -664,6 +724,37 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         }
     };
 
+    let port_cooldown = match g.port_cooldown.as_deref().map(str::trim) {
+        None => DEFAULT_PORT_COOLDOWN,
+        Some("0" | "0s") => Duration::ZERO,
+        Some(text) => match parse_duration(text) {
+            Ok(d) => d,
+            Err(e) => {
+                bad("gateway.port_cooldown", e);
+                DEFAULT_PORT_COOLDOWN
+            }
+        },
+    };
+
+    let portal = raw.portal.map(|p| {
+        if p.listen.is_empty() {
+            bad("portal.listen", "is empty; e.g. [\"10.0.0.1:8443\"]".into());
+        }
+        let listen = socket_addrs(&p.listen, "portal.listen", "0.0.0.0:8443", &mut bad);
+        if p.cert.is_some() != p.key.is_some() {
+            bad(
+                "portal.cert",
+                "cert and key go together: give both, or neither for a self-signed certificate"
+                    .into(),
+            );
+        }
+        Portal {
+            listen,
+            cert: p.cert,
+            key: p.key,
+        }
+    });
+
     let dns = raw.dns.and_then(|d| {
         let zone = check_domain(&d.zone.to_ascii_lowercase())
             .map_err(|e| bad("dns.zone", e))
@@ -771,6 +862,46 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         routes.push(route);
     }
 
+    let mut users: Vec<ConfigUser> = Vec::new();
+    for (i, u) in raw.users.into_iter().enumerate() {
+        let field = |f: &str| format!("user[{}].{f}", i + 1);
+        if let Err(e) = check_label(&u.name) {
+            bad(&field("name"), e);
+            continue;
+        }
+        if let Some(first) = users.iter().position(|x| x.name == u.name) {
+            bad(
+                &field("name"),
+                format!("{} is already defined by user[{}]", u.name, first + 1),
+            );
+            continue;
+        }
+        let backends = match crate::users::parse_rules(&u.backends) {
+            Ok(b) => b,
+            Err(e) => {
+                bad(&field("backends"), e);
+                continue;
+            }
+        };
+        let max_routes = u.max_routes.unwrap_or(crate::users::DEFAULT_MAX_ROUTES);
+        if max_routes > crate::users::MAX_ROUTES_PER_USER {
+            bad(
+                &field("max_routes"),
+                format!(
+                    "{max_routes} is more than {} routes for one student",
+                    crate::users::MAX_ROUTES_PER_USER
+                ),
+            );
+            continue;
+        }
+        users.push(ConfigUser {
+            name: u.name,
+            backends,
+            max_routes,
+            admin: u.admin,
+        });
+    }
+
     let (Some(public_ipv4), Some(port_range), true) =
         (public_ipv4, port_range, problems.is_empty())
     else {
@@ -783,9 +914,12 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             public_ipv4,
             port_range,
             reclaim_after,
+            port_cooldown,
         },
+        users,
         dns,
         http,
+        portal,
         metrics_listen,
         routes,
     })

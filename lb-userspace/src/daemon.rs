@@ -25,15 +25,22 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    api::{self, ApiError, Control, Removed, RouteView, RoutesReply, Shutdown},
+    api::{
+        self, ApiError, Caller, ClaimRequest, Control, MeReply, Removed, RouteView, RoutesReply,
+        Shutdown, TokenReply, UserRequest, UsersReply,
+    },
     config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
-    dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError},
+    dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane},
     dns::{DnsError, DnsServer},
     http::{HttpError, HttpServer},
     metrics::{self, LegSample, RouteSample},
     notify,
+    portal::{PortalError, PortalInfo, PortalServer},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-    state::{StateError, StateStore, StoredRoute},
+    state::{StateError, StateStore, Store, StoredRoute},
+    users::{
+        check_claim, parse_rules, Denied, User, UserError, UserView, Users, DEFAULT_MAX_ROUTES,
+    },
 };
 
 /// How often the data plane's view of each leg's redirect ability is refreshed.
@@ -67,9 +74,10 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("{}: runtime routes clash with the config file {}:\n  {}\n  remove the clashing route from the config file, or stop srvgate and edit the state file", state.display(), config.display(), problems.join("\n  "))]
+    #[error("{state}: runtime routes clash with the config file {}:\n  {}\n  remove the clashing route from the config file, or stop srvgate and edit the state file", config.display(), problems.join("\n  "))]
     Clash {
-        state: PathBuf,
+        /// Where the runtime routes are stored ([`Store::location`]).
+        state: String,
         config: PathBuf,
         problems: Vec<String>,
     },
@@ -84,6 +92,8 @@ pub enum DaemonError {
     Dns(#[from] DnsError),
     #[error("starting HTTP routing: {0}")]
     Http(#[from] HttpError),
+    #[error("starting the portal: {0}")]
+    Portal(#[from] PortalError),
     #[error("starting the XDP data plane: {0}")]
     Dataplane(#[from] DataplaneError),
     #[error("{0}")]
@@ -140,11 +150,20 @@ fn unix(t: SystemTime) -> u64 {
 /// The table and everything that mirrors it.
 struct Core {
     table: RouteTable,
-    dataplane: Dataplane,
+    dataplane: Box<dyn Dataplane>,
     dns: Option<Arc<DnsServer>>,
     http: Option<HttpServer>,
-    store: StateStore,
+    store: Box<dyn Store>,
+    /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
     gateway: Gateway,
+    /// The config the daemon started with (routes left out): what SIGHUP cannot change.
+    started: Config,
+    /// The students' accounts and the ports cooling down.
+    users: Users,
+    /// The DNS zone, for telling students their names.
+    zone: Option<String>,
+    /// The students' HTTPS API, if configured: where, and its certificate's fingerprint.
+    portal: Option<PortalInfo>,
     clock: Clock,
     /// Runtime last-seen times changed since the state file was written.
     activity_unsaved: bool,
@@ -152,6 +171,52 @@ struct Core {
 }
 
 impl Core {
+    /// A core for `cfg` without name services yet; [`Core::take_over`] brings the data plane
+    /// in line.
+    fn new(
+        table: RouteTable,
+        dataplane: Box<dyn Dataplane>,
+        store: Box<dyn Store>,
+        cfg: &Config,
+        clock: Clock,
+    ) -> Core {
+        Core {
+            table,
+            dataplane,
+            dns: None,
+            http: None,
+            store,
+            gateway: cfg.gateway.clone(),
+            started: Config {
+                routes: Vec::new(),
+                ..cfg.clone()
+            },
+            users: Users::default(),
+            zone: cfg.dns.as_ref().map(|d| d.zone.clone()),
+            portal: None,
+            clock,
+            activity_unsaved: false,
+            last_save: Instant::now(),
+        }
+    }
+
+    /// Start-up's last step: takes back the counter slots the pinned maps kept, makes the
+    /// maps hold exactly the table, records routes the config file `taken_over` from the
+    /// store, then catches up with the activity and idleness of the time no daemon watched.
+    fn take_over(&mut self, taken_over: bool) -> Result<(), DaemonError> {
+        let fresh = self.table.adopt_slots(self.dataplane.pinned_frontends());
+        self.dataplane.sync_all(&self.table, &fresh)?;
+        for e in self.table.entries() {
+            let r = &e.route;
+            info!(route = %r.key(), public = %format!("{}:{}", self.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
+        }
+        if taken_over {
+            self.save()?;
+        }
+        self.observe();
+        Ok(())
+    }
+
     fn stored_routes(&self) -> Vec<StoredRoute> {
         self.table
             .entries()
@@ -181,7 +246,7 @@ impl Core {
     }
 
     fn save(&mut self) -> Result<(), StateError> {
-        self.store.save(&self.stored_routes())?;
+        self.store.save_routes(&self.stored_routes())?;
         self.activity_unsaved = false;
         self.last_save = Instant::now();
         Ok(())
@@ -246,11 +311,21 @@ impl Core {
             port_range: range.to_string(),
             free_ports: free as u32,
             reclaim_after: self.gateway.reclaim_after.map(format_duration),
+            portal: self.portal.clone(),
             routes: self.table.entries().map(|e| self.view(e, now)).collect(),
         }
     }
 
     fn add(&mut self, request: RouteRequest) -> Result<RouteView, ApiError> {
+        self.add_as(request, None)
+    }
+
+    /// Adds a runtime route; with an `owner`, only within what that account may hold.
+    fn add_as(
+        &mut self,
+        request: RouteRequest,
+        owner: Option<&User>,
+    ) -> Result<RouteView, ApiError> {
         let started = Instant::now();
         let g = &self.gateway;
         let draft = check_route(&request, Some(g.public_ipv4), Some(g.port_range), &|f| {
@@ -264,14 +339,33 @@ impl Core {
             let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
             ApiError::field(400, field, format!("invalid route:\n{}", list.join("\n")))
         })?;
+        if let Some(user) = owner {
+            check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
+        }
+        let now = self.clock.now();
         let port = match draft.port {
             Some(p) => p,
-            None => self
-                .table
-                .allocate_port(&draft.name, &draft.service, draft.protocol, g.port_range)
-                .map_err(|e| ApiError::field(409, "port", e.to_string()))?,
+            None => {
+                let users = &self.users;
+                self.table
+                    .allocate_port_avoiding(
+                        &draft.name,
+                        &draft.service,
+                        draft.protocol,
+                        g.port_range,
+                        &|p| users.is_cooling(p, now),
+                    )
+                    .map_err(|e| {
+                        let cooling = users.cooldown().keys().filter(|&&p| users.is_cooling(p, now)).count();
+                        let why = if cooling > 0 {
+                            format!("{e} ({cooling} released ports are cooling down for gateway.port_cooldown {})", format_duration(g.port_cooldown))
+                        } else {
+                            e.to_string()
+                        };
+                        ApiError::field(409, "port", why)
+                    })?
+            }
         };
-        let now = self.clock.now();
         let entry = self
             .table
             .insert(draft.with_port(port), Source::Runtime, now, None)
@@ -354,20 +448,33 @@ impl Core {
                 ),
             ));
         }
+        let removed = self.remove_entries(&what, &runtime)?;
+        if !config.is_empty() {
+            let kept: Vec<String> = config.iter().map(|e| e.route.key().to_string()).collect();
+            info!(kept = %kept.join(", "), "config routes of {name} kept");
+        }
+        Ok(removed)
+    }
+
+    /// Removes runtime `entries`: durable first, then the maps and the name services; their
+    /// ports start cooling down.
+    fn remove_entries(&mut self, what: &str, runtime: &[Entry]) -> Result<Removed, ApiError> {
         let now = self.clock.now();
         let views: Vec<RouteView> = runtime.iter().map(|e| self.view(e, now)).collect();
         let mut diff = Diff::default();
-        for e in &runtime {
+        for e in runtime {
             if let Some(gone) = self.table.remove(&e.route.key()) {
                 diff.removed.push(gone);
             }
         }
         if let Err(e) = self.save() {
-            // Not recorded, so not done: put the routes back (their slots are still free).
+            // Not recorded, so not done: put the routes back, each in its own slot (they
+            // are still free), which is what the untouched maps still say.
             for gone in diff.removed {
-                let _ = self
-                    .table
-                    .insert(gone.route, gone.source, gone.added, gone.last_seen);
+                let key = gone.route.key();
+                if let Err(e) = self.table.restore(gone) {
+                    error!("route rm {what}: putting {key} back: {e}");
+                }
             }
             error!("route rm {what}: {e}");
             return Err(ApiError::new(500, format!("not removed: {e}")));
@@ -379,24 +486,212 @@ impl Core {
         for e in &diff.removed {
             info!(route = %e.route.key(), port = e.route.port, "route removed");
         }
-        if !config.is_empty() {
-            let kept: Vec<String> = config.iter().map(|e| e.route.key().to_string()).collect();
-            info!(kept = %kept.join(", "), "config routes of {name} kept");
-        }
+        self.cool_ports(&diff.removed, now);
         Ok(Removed { removed: views })
+    }
+
+    /// Starts the cool-down of the ports `gone` held that no remaining route uses, and
+    /// records it (a failure only shortens a cool-down, so it is logged, not fatal).
+    fn cool_ports(&mut self, gone: &[Entry], now: SystemTime) {
+        let cooldown = self.gateway.port_cooldown;
+        if cooldown.is_zero() || gone.is_empty() {
+            return;
+        }
+        for e in gone {
+            let p = e.route.port;
+            if !self.table.port_in_use(p, config::Protocol::Tcp)
+                && !self.table.port_in_use(p, config::Protocol::Udp)
+            {
+                self.users.cool(p, now, cooldown);
+            }
+        }
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            warn!("recording the released ports' cool-down: {e}");
+        }
+    }
+
+    fn held_by(&self, name: &str) -> usize {
+        self.table
+            .entries()
+            .filter(|e| e.route.name == name)
+            .count()
+    }
+
+    fn user(&self, name: &str) -> Result<User, ApiError> {
+        self.users
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::field(404, "name", format!("no user named {name}")))
+    }
+
+    fn user_view(&self, u: &User) -> UserView {
+        UserView::of(u, self.held_by(&u.name))
+    }
+
+    fn users_reply(&self) -> UsersReply {
+        UsersReply {
+            users: self.users.all().map(|u| self.user_view(u)).collect(),
+        }
+    }
+
+    fn user_add(&mut self, r: UserRequest) -> Result<TokenReply, ApiError> {
+        let backends = parse_rules(&r.backends).map_err(|e| ApiError::field(400, "backends", e))?;
+        let max = r.max_routes.unwrap_or(DEFAULT_MAX_ROUTES);
+        let now = self.clock.now();
+        let token = self
+            .users
+            .add(&r.name, backends, max, r.admin, now)
+            .map_err(user_error)?;
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            let _ = self.users.remove(&r.name);
+            error!(user = %r.name, "user add: {e}");
+            return Err(ApiError::new(500, format!("not added: {e}")));
+        }
+        let u = self.user(&r.name)?;
+        info!(user = %u.name, admin = u.admin, max_routes = u.max_routes, backends = %r.backends.join(","), "user added");
+        Ok(TokenReply {
+            user: self.user_view(&u),
+            token,
+        })
+    }
+
+    fn user_remove(&mut self, name: &str, with_routes: bool) -> Result<UserView, ApiError> {
+        let u = self.user(name)?;
+        if u.from_config {
+            return Err(ApiError::field(
+                409,
+                "name",
+                format!("{name} is a [[user]] of the config file: remove it there and send SIGHUP"),
+            ));
+        }
+        let held: Vec<Entry> = self
+            .table
+            .entries()
+            .filter(|e| e.route.name == name)
+            .cloned()
+            .collect();
+        if !held.is_empty() && !with_routes {
+            let keys: Vec<String> = held.iter().map(|e| e.route.key().to_string()).collect();
+            return Err(ApiError::field(
+                409,
+                "name",
+                format!(
+                    "{name} still holds {}: release them first, or remove the user --with-routes",
+                    keys.join(", ")
+                ),
+            ));
+        }
+        let view = self.user_view(&u);
+        let runtime: Vec<Entry> = held
+            .into_iter()
+            .filter(|e| e.source == Source::Runtime)
+            .collect();
+        if !runtime.is_empty() {
+            self.remove_entries(&format!("routes of user {name}"), &runtime)?;
+        }
+        let gone = self.users.remove(name).map_err(user_error)?;
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            self.users = Users::new(
+                self.users
+                    .all()
+                    .cloned()
+                    .chain(std::iter::once(gone))
+                    .collect(),
+                self.users.cooldown().clone(),
+            );
+            error!(user = %name, "user rm: {e}");
+            return Err(ApiError::new(500, format!("not removed: {e}")));
+        }
+        info!(user = %name, "user removed");
+        Ok(view)
+    }
+
+    fn user_token(&mut self, name: &str) -> Result<TokenReply, ApiError> {
+        let before = self.users.clone();
+        let token = self.users.rotate(name).map_err(user_error)?;
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            self.users = before;
+            error!(user = %name, "user token: {e}");
+            return Err(ApiError::new(500, format!("no new token: {e}")));
+        }
+        let u = self.user(name)?;
+        info!(user = %name, "new token issued; the old one no longer works");
+        Ok(TokenReply {
+            user: self.user_view(&u),
+            token,
+        })
+    }
+
+    fn me(&mut self, caller: &str) -> Result<MeReply, ApiError> {
+        let u = self.user(caller)?;
+        self.observe_activity();
+        let now = self.clock.now();
+        Ok(MeReply {
+            user: self.user_view(&u),
+            public_ipv4: self.gateway.public_ipv4.to_string(),
+            zone: self.zone.clone(),
+            routes: self
+                .table
+                .entries()
+                .filter(|e| e.route.name == caller)
+                .map(|e| self.view(e, now))
+                .collect(),
+        })
+    }
+
+    fn claim(&mut self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
+        let u = self.user(caller)?;
+        let request = RouteRequest {
+            name: u.name.clone(),
+            service: r.service,
+            protocol: r.protocol,
+            backend: r.backend,
+            port: None,
+        };
+        self.add_as(request, Some(&u))
+    }
+
+    fn release(
+        &mut self,
+        caller: &str,
+        service: &str,
+        protocol: Option<&str>,
+    ) -> Result<Removed, ApiError> {
+        let protocol: config::Protocol = protocol
+            .unwrap_or("tcp")
+            .parse()
+            .map_err(|e: String| ApiError::field(400, "protocol", e))?;
+        let key = config::RouteKey {
+            name: caller.to_string(),
+            service: service.to_string(),
+            protocol,
+        };
+        let Some(e) = self.table.get(&key).cloned() else {
+            return Err(denied(Denied::NoSuchRoute {
+                user: caller.to_string(),
+                key: key.to_string(),
+            }));
+        };
+        if e.source == Source::Config {
+            return Err(ApiError::field(
+                403,
+                "service",
+                format!("{key} is set in the gateway's config file; ask the admin to remove it"),
+            ));
+        }
+        self.remove_entries(&key.to_string(), &[e])
     }
 
     /// SIGHUP: applies the config file's routes as a diff. Gateway-wide settings that need
     /// the program reloaded are reported, not applied: a restart does that without a gap.
     fn reload(&mut self, cfg: Config) {
-        let g = &self.gateway;
-        let n = &cfg.gateway;
-        if n.public_interface != g.public_interface
-            || n.private_interfaces != g.private_interfaces
-            || n.public_ipv4 != g.public_ipv4
-        {
-            warn!("SIGHUP: gateway interfaces and public_ipv4 take effect on restart (hitless: stop and start srvgate)");
+        for section in restart_sections(&self.started, &cfg) {
+            warn!(
+                section,
+                "SIGHUP: {section} changed: that takes effect on restart (hitless: stop and start srvgate); the routes are reloaded now"
+            );
         }
+        let n = &cfg.gateway;
         let now = self.clock.now();
         let diff = match self.table.replace_config(&cfg.routes, now) {
             Ok(d) => d,
@@ -411,6 +706,12 @@ impl Core {
         };
         self.gateway.port_range = n.port_range;
         self.gateway.reclaim_after = n.reclaim_after;
+        self.gateway.port_cooldown = n.port_cooldown;
+        if apply_config_users(&mut self.users, &cfg, now) {
+            if let Err(e) = self.store.save_accounts(&self.users) {
+                error!("SIGHUP: recording the config file's users: {e}");
+            }
+        }
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("SIGHUP: updating the BPF maps failed: {e:#}");
         }
@@ -466,6 +767,11 @@ impl Core {
                 self.reclaim(&idle, now, after);
             }
         }
+        if self.users.expire_cooldowns(self.clock.now()) {
+            if let Err(e) = self.store.save_accounts(&self.users) {
+                warn!("forgetting ended port cool-downs: {e}");
+            }
+        }
         if self.activity_unsaved && self.last_save.elapsed() >= SAVE_ACTIVITY_EVERY {
             if let Err(e) = self.save() {
                 warn!("saving last-seen times: {e}");
@@ -490,6 +796,7 @@ impl Core {
             error!("reclaim: updating the BPF maps failed: {e}");
         }
         self.publish();
+        self.cool_ports(&diff.removed, now);
         for e in &diff.removed {
             let idle = now
                 .duration_since(e.last_activity())
@@ -532,10 +839,67 @@ impl Core {
     }
 }
 
+/// What a reload cannot apply: the parts of `new` that differ from the config the daemon
+/// is `running`, by section. Routes, `port_range` and `reclaim_after` are applied live and
+/// never listed.
+fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (g, n) = (&running.gateway, &new.gateway);
+    let mut changed = Vec::new();
+    if n.public_interface != g.public_interface
+        || n.private_interfaces != g.private_interfaces
+        || n.public_ipv4 != g.public_ipv4
+    {
+        changed.push("[gateway] interfaces or public_ipv4");
+    }
+    if new.dns != running.dns {
+        changed.push("[dns]");
+    }
+    if new.http != running.http {
+        changed.push("[http]");
+    }
+    if new.metrics_listen != running.metrics_listen {
+        changed.push("[metrics]");
+    }
+    if new.portal != running.portal {
+        changed.push("[portal]");
+    }
+    changed
+}
+
+/// Applies the config file's `[[user]]`s to `users`, logging what changed; true if anything
+/// did.
+fn apply_config_users(users: &mut Users, cfg: &Config, now: SystemTime) -> bool {
+    let (added, changed, removed) = users.apply_config(&cfg.users, now);
+    for name in &added {
+        info!(user = %name, "user added from the config file (issue a token: srvgate user token {name})");
+    }
+    for name in &changed {
+        info!(user = %name, "user changed by the config file");
+    }
+    for name in &removed {
+        info!(user = %name, "user removed: no longer in the config file");
+    }
+    !(added.is_empty() && changed.is_empty() && removed.is_empty())
+}
+
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // Every operation leaves the core consistent between its steps, so after a panic in one
     // the daemon keeps serving rather than cascading it.
     core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f` on the core from the event loop. Everything the core does may block (its lock,
+/// map syscalls, netlink, sysfs, an fsync), so it runs on tokio's blocking pool, like the
+/// control API's and the metrics scrape's calls; the async threads only wait for it. `None`
+/// if `f` panicked.
+async fn on_core<R: Send + 'static>(
+    core: &Arc<Mutex<Core>>,
+    f: impl FnOnce(&mut Core) -> R + Send + 'static,
+) -> Option<R> {
+    let core = core.clone();
+    tokio::task::spawn_blocking(move || f(&mut lock(&core)))
+        .await
+        .ok()
 }
 
 /// The API's view of the daemon.
@@ -557,6 +921,57 @@ impl Control for Handle {
     fn shutdown(&self, request: Shutdown) {
         let _ = self.shutdown.send(request);
     }
+    fn users(&self) -> UsersReply {
+        lock(&self.core).users_reply()
+    }
+    fn user_add(&self, request: UserRequest) -> Result<TokenReply, ApiError> {
+        lock(&self.core).user_add(request)
+    }
+    fn user_remove(&self, name: &str, with_routes: bool) -> Result<UserView, ApiError> {
+        lock(&self.core).user_remove(name, with_routes)
+    }
+    fn user_token(&self, name: &str) -> Result<TokenReply, ApiError> {
+        lock(&self.core).user_token(name)
+    }
+    fn authenticate(&self, token: &str) -> Option<Caller> {
+        let core = lock(&self.core);
+        let u = core.users.authenticate(token).ok()?;
+        Some(Caller {
+            name: u.name.clone(),
+            admin: u.admin,
+        })
+    }
+    fn me(&self, caller: &str) -> Result<MeReply, ApiError> {
+        lock(&self.core).me(caller)
+    }
+    fn claim(&self, caller: &str, request: ClaimRequest) -> Result<RouteView, ApiError> {
+        lock(&self.core).claim(caller, request)
+    }
+    fn release(
+        &self,
+        caller: &str,
+        service: &str,
+        protocol: Option<&str>,
+    ) -> Result<Removed, ApiError> {
+        lock(&self.core).release(caller, service, protocol)
+    }
+}
+
+fn denied(d: Denied) -> ApiError {
+    ApiError::field(d.status(), d.field(), d.to_string())
+}
+
+fn user_error(e: UserError) -> ApiError {
+    let field = match e {
+        UserError::Quota(_) => "max_routes",
+        UserError::Random => "token",
+        _ => "name",
+    };
+    let msg = e.to_string();
+    let msg = msg
+        .split_once(": ")
+        .map_or(msg.clone(), |(_, m)| m.to_string());
+    ApiError::field(e.status(), field, msg)
 }
 
 /// Builds the table from the config's routes and the stored runtime ones. A stored route
@@ -565,7 +980,7 @@ impl Control for Handle {
 fn build_table(
     cfg: &Config,
     config_path: &Path,
-    store: &StateStore,
+    store: &dyn Store,
     stored: Vec<StoredRoute>,
     now: SystemTime,
 ) -> Result<(RouteTable, bool), DaemonError> {
@@ -573,7 +988,7 @@ fn build_table(
     table
         .replace_config(&cfg.routes, now)
         .map_err(|problems| DaemonError::Clash {
-            state: store.path().to_path_buf(),
+            state: store.location(),
             config: config_path.to_path_buf(),
             problems: problems.iter().map(ToString::to_string).collect(),
         })?;
@@ -596,7 +1011,7 @@ fn build_table(
     }
     if !problems.is_empty() {
         return Err(DaemonError::Clash {
-            state: store.path().to_path_buf(),
+            state: store.location(),
             config: config_path.to_path_buf(),
             problems,
         });
@@ -609,8 +1024,13 @@ fn build_table(
 pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let clock = Clock::new(opts.clock_offset_file.clone());
     let store = StateStore::open(&opts.state_dir)?;
-    let stored = store.load(cfg.gateway.public_ipv4)?;
-    let (mut table, taken_over) = build_table(&cfg, &opts.config, &store, stored, clock.now())?;
+    let stored = store.load_routes(cfg.gateway.public_ipv4)?;
+    let mut users = store.load_accounts()?;
+    let mut store = store;
+    if apply_config_users(&mut users, &cfg, clock.now()) {
+        store.save_accounts(&users)?;
+    }
+    let (table, taken_over) = build_table(&cfg, &opts.config, &store, stored, clock.now())?;
 
     // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
     let metrics_listener = match cfg.metrics_listen {
@@ -633,31 +1053,19 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         _ => None,
     };
     let http_addrs = http.as_ref().map(HttpServer::local_addrs);
-
-    let mut dataplane = Dataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
-    let fresh = table.adopt_slots(dataplane.pinned_frontends());
-    dataplane.sync_all(&table, &fresh)?;
-    for e in table.entries() {
-        let r = &e.route;
-        info!(route = %r.key(), public = %format!("{}:{}", cfg.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
-    }
-    let mut core = Core {
-        table,
-        dataplane,
-        dns: dns.clone(),
-        http,
-        store,
-        gateway: cfg.gateway.clone(),
-        clock,
-        activity_unsaved: false,
-        last_save: Instant::now(),
+    let portal = match &cfg.portal {
+        Some(p) => Some(PortalServer::bind(p, &opts.state_dir).await?),
+        None => None,
     };
-    if taken_over {
-        core.save()?;
-    }
-    // Last-seen times from counters that outlived the previous daemon, and whatever went
-    // idle while no daemon was watching.
-    core.observe();
+    let portal_info = portal.as_ref().map(|p| p.info().clone());
+
+    let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
+    let mut core = Core::new(table, Box::new(dataplane), Box::new(store), &cfg, clock);
+    core.dns = dns.clone();
+    core.http = http;
+    core.users = users;
+    core.portal = portal_info.clone();
+    core.take_over(taken_over)?;
     let routes = core.table.len();
     let core = Arc::new(Mutex::new(core));
 
@@ -666,6 +1074,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         core: core.clone(),
         shutdown: shutdown_tx,
     });
+    let portal_tasks = portal.map(|p| p.serve(handle.clone())).unwrap_or_default();
     let api_task = tokio::spawn(api::serve(api_listener, handle));
     let metrics_task = metrics_listener.map(|listener| {
         let core = core.clone();
@@ -681,13 +1090,18 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         dns = ?dns.as_ref().map(|d| d.local_addrs()),
         http = ?http_addrs,
         metrics = ?cfg.metrics_listen,
+        portal = ?portal_info.as_ref().map(|p| &p.listen),
+        portal_fingerprint = ?portal_info.as_ref().map(|p| &p.fingerprint),
         socket = %opts.socket.display(),
         pins = %opts.pin_dir.display(),
         state = %opts.state_dir.display(),
         "srvgate ready"
     );
     // Only now: XDP is attached and every socket answers, which is what systemd waits for.
-    tell_systemd(notify::ready(&lock(&core).status_line()));
+    let status = on_core(&core, |c| c.status_line())
+        .await
+        .unwrap_or_default();
+    tell_systemd(notify::ready(&status));
 
     let result = event_loop(&opts, &core, &mut shutdown_rx).await;
     let detach = match &result {
@@ -701,17 +1115,20 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     }));
 
     api_task.abort();
+    for t in &portal_tasks {
+        t.abort();
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }
-    {
-        let mut c = lock(&core);
+    on_core(&core, |c| {
         if let Err(e) = c.save() {
             warn!("saving the state file at exit: {e}");
         }
         c.dns = None;
         c.http = None;
-    }
+    })
+    .await;
     if let Some(d) = dns.and_then(Arc::into_inner) {
         d.shutdown().await;
     }
@@ -775,7 +1192,7 @@ async fn event_loop(
     let mut clock = tokio::time::interval(CLOCK_TICK);
     let mut observe = tokio::time::interval(OBSERVE_EVERY);
     observe.tick().await;
-    let mut status = lock(core).status_line();
+    let mut status = on_core(core, |c| c.status_line()).await.unwrap_or_default();
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(opts.detach_on_exit); }
@@ -789,29 +1206,32 @@ async fn event_loop(
                 let cfg = Config::load(&opts.config).and_then(|c| c.check_interfaces(&opts.config).map(|_| c));
                 match cfg {
                     Ok(cfg) => {
-                        let core = core.clone();
-                        let _ = tokio::task::spawn_blocking(move || lock(&core).reload(cfg)).await;
+                        on_core(core, move |c| c.reload(cfg)).await;
                     }
                     Err(e) => error!("SIGHUP: keeping the running routes; {e}"),
                 }
-                tell_systemd(notify::ready(&lock(core).status_line()));
+                if let Some(line) = on_core(core, |c| c.status_line()).await {
+                    tell_systemd(notify::ready(&line));
+                }
             }
             _ = egress.tick() => {
-                if let Err(e) = lock(core).dataplane.refresh_egress() {
+                if let Some(Err(e)) = on_core(core, |c| c.dataplane.refresh_egress()).await {
                     warn!("refreshing egress modes: {e:#}");
                 }
             }
             _ = clock.tick() => {
-                if let Err(e) = lock(core).dataplane.tick_clock() {
+                if let Some(Err(e)) = on_core(core, |c| c.dataplane.tick_clock()).await {
                     warn!("giving the program the time: {e:#}");
                 }
             }
             _ = observe.tick() => {
-                let c = core.clone();
-                let _ = tokio::task::spawn_blocking(move || lock(&c).observe()).await;
+                let line = on_core(core, |c| {
+                    c.observe();
+                    c.status_line()
+                })
+                .await;
                 // Runtime adds, removals and reclaims change the count between reloads.
-                let line = lock(core).status_line();
-                if line != status {
+                if let Some(line) = line.filter(|l| *l != status) {
                     tell_systemd(notify::status(&line));
                     status = line;
                 }
@@ -821,24 +1241,4 @@ async fn event_loop(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_clock_moves_by_the_offset_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("offset");
-        let clock = Clock::new(Some(file.clone()));
-        let real = SystemTime::now();
-        assert!(clock.now().duration_since(real).unwrap_or_default() < Duration::from_secs(5));
-        std::fs::write(&file, "15d\n").unwrap();
-        let ahead = clock.now().duration_since(real).unwrap();
-        assert!(ahead >= Duration::from_secs(15 * 86400), "{ahead:?}");
-        std::fs::write(&file, "3600").unwrap();
-        let ahead = clock.now().duration_since(real).unwrap();
-        assert!(ahead >= Duration::from_secs(3600) && ahead < Duration::from_secs(3700));
-        // Junk is ignored, not fatal: the clock is the system's.
-        std::fs::write(&file, "soon").unwrap();
-        assert!(clock.now().duration_since(real).unwrap_or_default() < Duration::from_secs(5));
-    }
-}
+mod tests;

@@ -8,7 +8,11 @@
 //! existing links atomically (`bpf_link_update`): there is no moment without XDP on a leg.
 //! [`remove_pins`] (`srvgate down`, `--detach-on-exit`) is what detaches.
 //!
-//! Invariant: a `Dataplane` either has the program attached to *every* configured leg or
+//! The daemon drives it through the [`Dataplane`] trait: [`XdpDataplane`] is the kernel's,
+//! and the daemon's unit tests use an in-memory one. What a table change writes to the maps
+//! is decided once, by [`plan`], for both.
+//!
+//! Invariant: an `XdpDataplane` either has the program attached to *every* configured leg or
 //! does not exist. Dropping it leaves the pinned program attached and the maps in place.
 
 mod netdev;
@@ -169,7 +173,80 @@ pub struct Counters {
     pub idle: Option<Duration>,
 }
 
-pub struct Dataplane {
+/// What the daemon's operations need from the data plane: keep the maps equal to the route
+/// table, read the counters back, keep the program's view of the legs and the clock fresh,
+/// and detach. Calls may block (map syscalls, netlink): the daemon makes them off the async
+/// threads.
+pub trait Dataplane: Send {
+    /// Applies one table operation's `diff` (the table already changed); see [`plan`].
+    fn apply(&mut self, table: &RouteTable, diff: &Diff) -> Result<(), DataplaneError>;
+    /// Makes the maps hold exactly `table`'s routes, whatever they held; `fresh` are the
+    /// counter slots that belong to no route yet and are zeroed.
+    fn sync_all(&mut self, table: &RouteTable, fresh: &HashSet<u32>) -> Result<(), DataplaneError>;
+    /// The frontends the maps held before this run touched them (empty on a first start).
+    fn pinned_frontends(&self) -> &PinnedFrontends;
+    /// A route's counters, summed over CPUs.
+    fn route_counters(&self, id: u32) -> Result<Counters, DataplaneError>;
+    /// The program's verdict counters, indexed like `lb_common::counter`.
+    fn verdicts(&self) -> Result<Vec<u64>, DataplaneError>;
+    fn legs(&self) -> &[Leg];
+    /// Re-reads which legs take redirects.
+    fn refresh_egress(&mut self) -> Result<(), DataplaneError>;
+    /// Gives the program the time it stamps last-seen with.
+    fn tick_clock(&mut self) -> Result<(), DataplaneError>;
+    fn pin_dir(&self) -> &Path;
+    /// Detaches from every leg and removes every pin: forwarding stops.
+    fn detach(self: Box<Self>) -> Result<(), DataplaneError>;
+}
+
+/// One write to the frontend, reverse or counter maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    /// Zero a counter slot handed to a new route (it may hold its previous route's counts).
+    ZeroSlot(u32),
+    /// Insert or overwrite the route's `FRONTENDS` entry.
+    WriteFrontend(Entry),
+    /// Insert or overwrite the route's `REVERSE` entry.
+    WriteReverse(Entry),
+    /// Delete a `FRONTENDS` key (absent is fine).
+    RemoveFrontend(u16, Protocol),
+    /// Delete a `REVERSE` key (absent is fine).
+    RemoveReverse(std::net::SocketAddrV4, Protocol),
+}
+
+/// The map writes that carry `diff` (already applied to `table`) into the maps, in order:
+/// O(size of the diff), so adding a route costs a few writes whatever the table's size. New
+/// and changed entries are written before old keys go, and an old key is removed only if no
+/// route of `table` still uses it (a reload may hand a port from one route to another).
+pub fn plan(table: &RouteTable, diff: &Diff) -> Vec<MapOp> {
+    let mut ops = Vec::new();
+    for e in &diff.added {
+        ops.push(MapOp::ZeroSlot(e.id));
+        ops.push(MapOp::WriteFrontend(e.clone()));
+        ops.push(MapOp::WriteReverse(e.clone()));
+    }
+    for c in &diff.changed {
+        ops.push(MapOp::WriteFrontend(c.new.clone()));
+        ops.push(MapOp::WriteReverse(c.new.clone()));
+    }
+    let old = diff
+        .removed
+        .iter()
+        .chain(diff.changed.iter().map(|c| &c.old));
+    for e in old {
+        let r = &e.route;
+        if !table.port_in_use(r.port, r.protocol) {
+            ops.push(MapOp::RemoveFrontend(r.port, r.protocol));
+        }
+        if !table.backend_in_use(r.backend, r.protocol) {
+            ops.push(MapOp::RemoveReverse(r.backend, r.protocol));
+        }
+    }
+    ops
+}
+
+/// The data plane in the kernel: the loaded program, its pinned maps and links.
+pub struct XdpDataplane {
     frontends: HashMap<MapData, Plain<FrontendKey>, Plain<Backend>>,
     reverse: HashMap<MapData, Plain<ReverseKey>, Plain<ReverseValue>>,
     interfaces: HashMap<MapData, u32, Plain<Interface>>,
@@ -193,7 +270,7 @@ pub struct Dataplane {
     _ebpf: Ebpf,
 }
 
-impl Dataplane {
+impl XdpDataplane {
     /// Loads the program, fills the gateway-wide maps and attaches to every leg of `gw`,
     /// pinning maps and links under `pin_dir`. Pins of an earlier run are reused: the maps
     /// keep their entries and counters and the new program replaces the old one in place.
@@ -201,7 +278,7 @@ impl Dataplane {
         gw: &Gateway,
         mode: AttachMode,
         pin_dir: &Path,
-    ) -> Result<Dataplane, DataplaneError> {
+    ) -> Result<XdpDataplane, DataplaneError> {
         let mut legs = Vec::new();
         let names = std::iter::once((&gw.public_interface, ROLE_PUBLIC))
             .chain(gw.private_interfaces.iter().map(|n| (n, ROLE_PRIVATE)));
@@ -238,7 +315,7 @@ impl Dataplane {
         pin_dir: &Path,
         legs: Vec<Leg>,
         reused: usize,
-    ) -> Result<Dataplane, DataplaneError> {
+    ) -> Result<XdpDataplane, DataplaneError> {
         let mut loader = EbpfLoader::new();
         let map_names: Vec<String> = object_maps()?.into_iter().map(|m| m.0).collect();
         for name in &map_names {
@@ -271,7 +348,7 @@ impl Dataplane {
         for k in stale {
             tx_ports.remove(k).map_err(map_err(map_names::TX_PORTS))?;
         }
-        let mut dp = Dataplane {
+        let mut dp = XdpDataplane {
             frontends: take(&mut ebpf, map_names::FRONTENDS)?
                 .try_into()
                 .map_err(map_err(map_names::FRONTENDS))?,
@@ -353,17 +430,73 @@ impl Dataplane {
         Ok(dp)
     }
 
+    /// Zeroes counter slot `id`: a reused slot still holds its previous route's counts.
+    fn zero_slot(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let zero = PerCpuValues::try_from(vec![
+            Plain(RouteCounters::default());
+            nr_cpus().unwrap_or(1)
+        ])
+        .map_err(|e| map_err(map_names::ROUTE_COUNTERS)(e.into()))?;
+        self.route_counters
+            .set(id, zero, 0)
+            .map_err(map_err(map_names::ROUTE_COUNTERS))
+    }
+
+    fn write_entry(&mut self, e: &Entry) -> Result<(), DataplaneError> {
+        self.run(&MapOp::WriteFrontend(e.clone()))?;
+        self.run(&MapOp::WriteReverse(e.clone()))
+    }
+
+    /// Carries out one write of a [`plan`].
+    fn run(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
+        match op {
+            MapOp::ZeroSlot(id) => self.zero_slot(*id),
+            MapOp::WriteFrontend(e) => {
+                let (k, v) = frontend_entry(e);
+                self.frontends
+                    .insert(Plain(k), Plain(v), 0)
+                    .map_err(map_err(map_names::FRONTENDS))
+            }
+            MapOp::WriteReverse(e) => {
+                let (k, v) = reverse_entry(e);
+                self.reverse
+                    .insert(Plain(k), Plain(v), 0)
+                    .map_err(map_err(map_names::REVERSE))
+            }
+            MapOp::RemoveFrontend(port, protocol) => {
+                match self
+                    .frontends
+                    .remove(&Plain(frontend_key(*port, *protocol)))
+                {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    Err(e) => Err(map_err(map_names::FRONTENDS)(e)),
+                }
+            }
+            MapOp::RemoveReverse(backend, protocol) => {
+                match self
+                    .reverse
+                    .remove(&Plain(reverse_key(*backend, *protocol)))
+                {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    Err(e) => Err(map_err(map_names::REVERSE)(e)),
+                }
+            }
+        }
+    }
+}
+
+impl Dataplane for XdpDataplane {
     /// The frontends the pinned maps held when this run started (empty on a first start).
-    pub fn pinned_frontends(&self) -> &PinnedFrontends {
+    fn pinned_frontends(&self) -> &PinnedFrontends {
         &self.pinned_frontends
     }
 
-    pub fn pin_dir(&self) -> &Path {
+    fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
 
     /// Detaches XDP from every leg and removes every pin: forwarding stops.
-    pub fn detach(self) -> Result<(), DataplaneError> {
+    fn detach(self: Box<Self>) -> Result<(), DataplaneError> {
         let dir = self.pin_dir.clone();
         // The pins go first, then our descriptors with `self`: the last reference to each
         // link is what detaches it.
@@ -376,13 +509,13 @@ impl Dataplane {
         Ok(())
     }
 
-    pub fn legs(&self) -> &[Leg] {
+    fn legs(&self) -> &[Leg] {
         &self.legs
     }
 
     /// Re-reads each leg's ability to take redirects and updates the program's view.
     /// Called at start and periodically: GRO or a peer's XDP program can change any time.
-    pub fn refresh_egress(&mut self) -> Result<(), DataplaneError> {
+    fn refresh_egress(&mut self) -> Result<(), DataplaneError> {
         for leg in &mut self.legs {
             let (egress, why) = match self.features.as_mut().map(|f| f.get(leg.ifindex)) {
                 Some(Ok(bits)) if bits & netdev::XDP_ACT_NDO_XMIT != 0 => {
@@ -429,7 +562,7 @@ impl Dataplane {
 
     /// Gives the program the time it stamps `last_seen_ns` with. Called at start and every
     /// second; while no daemon runs the stamp stands still, which only delays a reclaim.
-    pub fn tick_clock(&mut self) -> Result<(), DataplaneError> {
+    fn tick_clock(&mut self) -> Result<(), DataplaneError> {
         let now_ns = u64::try_from(sys::monotonic_now().as_nanos()).unwrap_or(u64::MAX);
         self.settings
             .set(
@@ -444,38 +577,11 @@ impl Dataplane {
             .map_err(map_err(map_names::SETTINGS))
     }
 
-    /// Zeroes counter slot `id`: a reused slot still holds its previous route's counts.
-    fn zero_slot(&mut self, id: u32) -> Result<(), DataplaneError> {
-        let zero = PerCpuValues::try_from(vec![
-            Plain(RouteCounters::default());
-            nr_cpus().unwrap_or(1)
-        ])
-        .map_err(|e| map_err(map_names::ROUTE_COUNTERS)(e.into()))?;
-        self.route_counters
-            .set(id, zero, 0)
-            .map_err(map_err(map_names::ROUTE_COUNTERS))
-    }
-
-    fn write_entry(&mut self, e: &Entry) -> Result<(), DataplaneError> {
-        let (fk, fv) = frontend_entry(e);
-        let (rk, rv) = reverse_entry(e);
-        self.frontends
-            .insert(Plain(fk), Plain(fv), 0)
-            .map_err(map_err(map_names::FRONTENDS))?;
-        self.reverse
-            .insert(Plain(rk), Plain(rv), 0)
-            .map_err(map_err(map_names::REVERSE))
-    }
-
     /// Makes the frontend and reverse maps hold exactly `table`'s routes, whatever they held
     /// (at start, when they may come from an earlier run). `fresh` are the slots whose
     /// counters belong to no one yet. Entries are written before stale ones are removed,
     /// so a route that stays never has a gap.
-    pub fn sync_all(
-        &mut self,
-        table: &RouteTable,
-        fresh: &HashSet<u32>,
-    ) -> Result<(), DataplaneError> {
+    fn sync_all(&mut self, table: &RouteTable, fresh: &HashSet<u32>) -> Result<(), DataplaneError> {
         for &id in fresh {
             self.zero_slot(id)?;
         }
@@ -511,48 +617,12 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Applies one table operation's `diff` (the table already changed): O(size of the
-    /// diff), so adding a route costs a few map writes whatever the table's size. New and
-    /// changed entries are written before old keys go, and an old key is removed only if no
-    /// route of `table` still uses it (a reload may hand a port from one route to another).
-    pub fn apply(&mut self, table: &RouteTable, diff: &Diff) -> Result<(), DataplaneError> {
-        for e in &diff.added {
-            self.zero_slot(e.id)?;
-            self.write_entry(e)?;
-        }
-        for c in &diff.changed {
-            self.write_entry(&c.new)?;
-        }
-        let old = diff
-            .removed
-            .iter()
-            .chain(diff.changed.iter().map(|c| &c.old));
-        for e in old {
-            let r = &e.route;
-            if !table.port_in_use(r.port, r.protocol) {
-                match self
-                    .frontends
-                    .remove(&Plain(frontend_key(r.port, r.protocol)))
-                {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(map_names::FRONTENDS)(e)),
-                }
-            }
-            if !table.backend_in_use(r.backend, r.protocol) {
-                match self
-                    .reverse
-                    .remove(&Plain(reverse_key(r.backend, r.protocol)))
-                {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(map_names::REVERSE)(e)),
-                }
-            }
-        }
-        Ok(())
+    fn apply(&mut self, table: &RouteTable, diff: &Diff) -> Result<(), DataplaneError> {
+        plan(table, diff).iter().try_for_each(|op| self.run(op))
     }
 
     /// A route's counters, summed over CPUs.
-    pub fn route_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+    fn route_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
         let per_cpu = self
             .route_counters
             .get(&id, 0)
@@ -573,7 +643,7 @@ impl Dataplane {
     }
 
     /// The program's verdict counters, summed over CPUs, indexed like `lb_common::counter`.
-    pub fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
+    fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
         (0..counter::COUNT)
             .map(|i| {
                 self.global_counters

@@ -9,6 +9,7 @@
 //! admins' CLI verbs), `metrics` (Prometheus text), `student` (the client-side `srvgate
 //! ssh`), `sys` (thin wrappers over the few system calls we need), `notify` (systemd readiness),
 //! `logging` (terminal or journal output), `docs` (man pages and completions from the CLI).
+pub mod accounts;
 pub mod admin;
 pub mod api;
 pub mod config;
@@ -20,7 +21,11 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod portal;
 pub mod routes;
 pub mod state;
 pub mod student;
 pub mod sys;
+#[cfg(test)]
+mod testing;
+pub mod users;

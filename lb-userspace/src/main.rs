@@ -12,14 +12,15 @@ use std::{
 use anyhow::{anyhow, Context as _};
 use clap::{CommandFactory as _, Parser, Subcommand};
 use lb_userspace::{
-    admin::{self, DownArgs, LsArgs, RouteCommand},
+    admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
     api::DEFAULT_SOCKET,
     config::Config,
     daemon::{self, Options},
     dataplane::{AttachMode, DEFAULT_PIN_DIR},
     docs, logging,
     state::DEFAULT_STATE_DIR,
-    student, sys,
+    student::{self, account},
+    sys,
 };
 
 #[derive(Parser)]
@@ -49,6 +50,9 @@ enum Command {
     /// Manage the running gateway's routes (add, rm, ls).
     #[command(subcommand)]
     Route(RouteCommand),
+    /// Manage the students' accounts (add, ls, rm, token).
+    #[command(subcommand)]
+    User(UserCommand),
     /// A table of every route with its traffic and when it last saw a packet.
     Status(LsArgs),
     /// Stop forwarding: make a running daemon detach XDP and exit, or remove what a stopped
@@ -58,6 +62,14 @@ enum Command {
     Ssh(student::SshArgs),
     /// Print a ~/.ssh/config snippet so that plain `ssh NAME.ssh.ZONE` works.
     SshConfig(student::SshConfigArgs),
+    /// Students: save the gateway's portal address, its certificate and your token.
+    Login(account::LoginArgs),
+    /// Students: get a public port for your instance at once (NAME.SERVICE.ZONE).
+    Claim(account::ClaimArgs),
+    /// Students: your routes, their traffic, and when idle ones are reclaimed.
+    Mine(account::MineArgs),
+    /// Students: give a route's port back.
+    Release(account::ReleaseArgs),
 }
 
 /// The package build's verbs. Parsed apart from [`Cli`] so that they appear in none of the
@@ -166,10 +178,15 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Check { config } => check(&config),
         Command::Route(cmd) => admin::route(cmd).map_err(admin_failure),
+        Command::User(cmd) => admin::user(cmd).map_err(admin_failure),
         Command::Status(args) => admin::status(args).map_err(admin_failure),
         Command::Down(args) => admin::down(args).map_err(admin_failure),
         Command::Ssh(args) => student::ssh(args).map(|_| ()).map_err(Failure::runtime),
         Command::SshConfig(args) => student::ssh_config(args).map_err(Failure::runtime),
+        Command::Login(args) => account::login(args).map_err(student_failure),
+        Command::Claim(args) => account::claim(args).map_err(student_failure),
+        Command::Mine(args) => account::mine(args).map_err(student_failure),
+        Command::Release(args) => account::release(args).map_err(student_failure),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,6 +194,14 @@ fn main() -> ExitCode {
             eprintln!("srvgate: error: {:#}", f.error);
             ExitCode::from(f.code)
         }
+    }
+}
+
+fn student_failure(e: account::StudentError) -> Failure {
+    if e.is_bad_input() {
+        Failure::input(e)
+    } else {
+        Failure::runtime(e)
     }
 }
 

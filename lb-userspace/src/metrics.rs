@@ -124,7 +124,9 @@ pub fn render(routes: &[RouteSample], verdicts: &[(&str, u64)], legs: &[LegSampl
     out
 }
 
-/// Serves `GET /metrics` with whatever `scrape` returns, until the task is dropped.
+/// Serves `GET /metrics` with whatever `scrape` returns, until the task is dropped. `scrape`
+/// may block (a lock, map syscalls, sysfs reads): it runs on tokio's blocking pool, never
+/// on the async threads.
 pub async fn serve(listener: TcpListener, scrape: Arc<dyn Fn() -> String + Send + Sync>) {
     loop {
         let Ok((mut stream, peer)) = listener.accept().await else {
@@ -141,7 +143,13 @@ pub async fn serve(listener: TcpListener, scrape: Arc<dyn Fn() -> String + Send 
             };
             let request = String::from_utf8_lossy(&buf[..n]);
             let (status, body) = if request.starts_with("GET /metrics ") {
-                ("200 OK", scrape())
+                match tokio::task::spawn_blocking(move || scrape()).await {
+                    Ok(text) => ("200 OK", text),
+                    Err(_) => (
+                        "500 Internal Server Error",
+                        "the scrape failed\n".to_string(),
+                    ),
+                }
             } else {
                 (
                     "404 Not Found",
@@ -252,6 +260,38 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nx 1\n"), "{ok}");
         assert!(get("/").await.starts_with("HTTP/1.1 404"));
+        task.abort();
+    }
+
+    /// On a single-threaded runtime, a scrape run on the async thread would stall it: the
+    /// task that lets the scrape finish could not run until the scrape gave up.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_blocking_scrape_does_not_stall_the_async_threads() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = std::sync::Mutex::new(wait);
+        let scrape = move || {
+            let released = wait.lock().unwrap().recv_timeout(Duration::from_secs(3));
+            if released.is_ok() {
+                "released 1\n"
+            } else {
+                "stalled 1\n"
+            }
+            .to_string()
+        };
+        let task = tokio::spawn(serve(listener, Arc::new(scrape)));
+        let client = tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release.send(()).unwrap();
+        let reply = client.await.unwrap();
+        assert!(reply.ends_with("released 1\n"), "{reply}");
         task.abort();
     }
 }

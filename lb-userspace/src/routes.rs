@@ -54,6 +54,8 @@ pub enum RouteError {
     /// The route clashes with one that exists; the field says which part.
     #[error("{0}")]
     Conflict(FieldError),
+    #[error("counter slot {0} belongs to another route")]
+    SlotTaken(u32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +191,23 @@ impl RouteTable {
         Ok(e)
     }
 
+    /// Puts back a route [`RouteTable::remove`] took out, in the slot it had: the maps still
+    /// carry that slot as its `route_id`, and its counters and last-seen time are in it.
+    /// (Inserting it anew would hand out whichever slot was freed last.)
+    pub fn restore(&mut self, e: Entry) -> Result<(), RouteError> {
+        self.check_conflicts(&e.route, None)
+            .map_err(RouteError::Conflict)?;
+        let at = self
+            .free
+            .iter()
+            .position(|&id| id == e.id)
+            .ok_or(RouteError::SlotTaken(e.id))?;
+        self.free.remove(at);
+        self.index(&e);
+        self.entries.insert(e.route.key(), e);
+        Ok(())
+    }
+
     /// Removes one route, freeing its port, backend and slot.
     pub fn remove(&mut self, key: &RouteKey) -> Option<Entry> {
         let e = self.entries.remove(key)?;
@@ -212,6 +231,19 @@ impl RouteTable {
         protocol: Protocol,
         range: PortRange,
     ) -> Result<u16, RouteError> {
+        self.allocate_port_avoiding(name, service, protocol, range, &|_| false)
+    }
+
+    /// [`RouteTable::allocate_port`], never returning a port for which `cooling` is true
+    /// (released recently: its old owner's clients may still come).
+    pub fn allocate_port_avoiding(
+        &self,
+        name: &str,
+        service: &str,
+        protocol: Protocol,
+        range: PortRange,
+        cooling: &dyn Fn(u16) -> bool,
+    ) -> Result<u16, RouteError> {
         let other = match protocol {
             Protocol::Tcp => Protocol::Udp,
             Protocol::Udp => Protocol::Tcp,
@@ -231,6 +263,7 @@ impl RouteTable {
             .find(|&p| {
                 !self.by_port.contains_key(&(p, Protocol::Tcp))
                     && !self.by_port.contains_key(&(p, Protocol::Udp))
+                    && !cooling(p)
             })
             .ok_or(RouteError::RangeFull { range, protocol })
     }

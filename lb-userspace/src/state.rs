@@ -27,7 +27,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{check_route, Route, RouteRequest};
+use crate::{
+    config::{check_route, Route, RouteRequest},
+    users::Users,
+};
 
 /// Where `srvgate run` keeps its state unless `--state-dir` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/srvgate";
@@ -80,6 +83,45 @@ struct RawRoute {
     added_unix: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_seen_unix: Option<u64>,
+}
+
+/// What the daemon persists, wherever it is kept. [`StateStore`] (a local directory) is the
+/// implementation `srvgate run` uses; a store shared by several gateways (etcd) would be a
+/// second one. Each kind of record has its own load/save pair, replaced as a whole: runtime
+/// routes now, users, tokens and port allocations next, each its own pair (and file).
+///
+/// Loading is strict (see the module docs): a store it cannot read is an error, never "none".
+/// Saving is all or nothing: after an error the previous contents are still what a load
+/// returns.
+pub trait Store: Send {
+    /// Names the store in messages: a path, or a URL.
+    fn location(&self) -> String;
+    /// The runtime routes; none stored yet means none. `public_ipv4` is checked like a
+    /// config route's backend would be.
+    fn load_routes(&self, public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError>;
+    /// Replaces the runtime routes with `routes`.
+    fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError>;
+    /// The accounts and port cool-downs; none stored yet means none.
+    fn load_accounts(&self) -> Result<Users, StateError>;
+    fn save_accounts(&mut self, users: &Users) -> Result<(), StateError>;
+}
+
+impl Store for StateStore {
+    fn location(&self) -> String {
+        self.file.display().to_string()
+    }
+    fn load_routes(&self, public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError> {
+        self.load(public_ipv4)
+    }
+    fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError> {
+        self.save(routes)
+    }
+    fn load_accounts(&self) -> Result<Users, StateError> {
+        crate::accounts::load(&self.dir)
+    }
+    fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
+        crate::accounts::save(&self.dir, users)
+    }
 }
 
 /// The state directory, locked for this process.
@@ -158,32 +200,43 @@ impl StateStore {
 
     /// Replaces the stored routes with `routes`, crash-safely.
     pub fn save(&self, routes: &[StoredRoute]) -> Result<(), StateError> {
-        let text = render(routes);
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |error| StateError::Io {
-                path,
-                action,
-                error,
-            }
-        };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, &self.file).map_err(io("rename the new state file into", &self.file))?;
-        // The rename itself is durable only once the directory is.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync the state directory", &self.dir))
+        write_atomically(&self.dir, STATE_FILE, &render(routes))
     }
+
+    /// The state directory (other files of the daemon's state live beside the routes).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Replaces `dir/name` with `text` so that a crash leaves the old file or the new one,
+/// never a mix: write `name.tmp` (mode 0600), fsync, rename over, fsync the directory.
+pub fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), StateError> {
+    let file = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |error| StateError::Io {
+            path,
+            action,
+            error,
+        }
+    };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    drop(f);
+    fs::rename(&tmp, &file).map_err(io("rename the new file into", &file))?;
+    // The rename itself is durable only once the directory is.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync the state directory", dir))
 }
 
 fn unix(t: SystemTime) -> u64 {

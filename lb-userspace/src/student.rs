@@ -1,4 +1,5 @@
-//! The students' side: `srvgate ssh` and `srvgate ssh-config`.
+//! The students' side: `srvgate ssh` and `srvgate ssh-config`, and (in `account`) the
+//! verbs that talk to the portal: `login`, `claim`, `mine`, `release`.
 //!
 //! OpenSSH does not look up SRV records, so `srvgate ssh alice.ssh.lab.example` does it: it
 //! asks DNS for `_ssh._tcp.alice.lab.example SRV`, then runs the real `ssh` with `-p PORT`
@@ -10,6 +11,7 @@
 //! gateway's `address:port`: the key belongs to alice's machine, and stays the same if her
 //! port changes.
 
+pub mod account;
 mod resolve;
 
 use std::{

@@ -144,7 +144,8 @@ impl RouteSpec {
 
 /// The srvgate config of the lab's gateway: public `pub0` (10.210.1.1), private `priv1` and
 /// `priv2`, port range 30000-32767, DNS zone `lab.example` on 10.210.1.1:53, metrics on
-/// [`METRICS_ADDR`], and `routes`.
+/// [`METRICS_ADDR`], and `routes`. Released ports go straight back to the pool
+/// (`port_cooldown = "0s"`): the tests that want the cool-down set it.
 pub fn config_toml(routes: &[RouteSpec]) -> String {
     let mut s = format!(
         r#"[gateway]
@@ -152,6 +153,7 @@ public_interface = "{PUBLIC_IF}"
 private_interfaces = ["{}", "{}"]
 public_ipv4 = "{PUBLIC_IP}"
 port_range = "30000-32767"
+port_cooldown = "0s"
 
 [dns]
 zone = "lab.example"

@@ -46,7 +46,7 @@ fn with_reclaim(after: &'static str) -> impl Fn(String) -> String {
 
 /// `srvgate route add NAME --service S --backend B EXTRA... --json`: the new route.
 fn add(lab: &Lab, name: &str, service: &str, backend: &str, extra: &[&str]) -> Value {
-    let mut argv = vec![
+    let mut args = vec![
         "route",
         "add",
         name,
@@ -56,8 +56,8 @@ fn add(lab: &Lab, name: &str, service: &str, backend: &str, extra: &[&str]) -> V
         backend,
         "--json",
     ];
-    argv.extend_from_slice(extra);
-    let out = lab.srvgate_ctl_ok(&argv).unwrap();
+    args.extend_from_slice(extra);
+    let out = lab.srvgate_ctl_ok(&args).unwrap();
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("route add printed {out:?}: {e}"))
 }
 

@@ -275,6 +275,68 @@ fn xdp_forwards_not_the_kernel() {
     );
 }
 
+/// Issue 9, defect 5: with MTU 9000 a frame is a linear part (as little as its first page)
+/// plus fragments under `#[xdp(frags)]`; `srvgate_route_bytes_total` counts whole frames.
+#[test]
+fn byte_counters_count_whole_jumbo_frames() {
+    if skip_unless_root("byte_counters_count_whole_jumbo_frames") {
+        return;
+    }
+    require_srvgate_bin();
+    let lab = Lab::new("fjumbo").expect("building the lab");
+    let legs = [
+        (&lab.client, "eth0"),
+        (&lab.gw, PUBLIC_IF),
+        (&lab.gw, PRIVATE_IFS[0]),
+        (&lab.b1, "eth0"),
+    ];
+    for (ns, dev) in legs {
+        lab.exec_ok(ns, &["ip", "link", "set", "dev", dev, "mtu", "9000"])
+            .unwrap();
+    }
+    let config = lab
+        .write_file("srvgate.toml", &config_toml(&routes()))
+        .unwrap();
+    lab.start_srvgate(&config, &[]).expect("starting srvgate");
+    const DATAGRAMS: usize = 50;
+    const PAYLOAD: usize = 8000;
+    // Ethernet, IPv4 and UDP headers around each payload.
+    const FRAME: f64 = (PAYLOAD + 14 + 20 + 8) as f64;
+    let counters = |text: &str| {
+        let labels = route_labels("alice", "iperf", "udp", "inbound");
+        let bytes = metric_value(text, "srvgate_route_bytes_total", &labels)
+            .unwrap_or_else(|| panic!("no srvgate_route_bytes_total{labels:?} in:\n{text}"));
+        (
+            route_packets(text, "alice", "iperf", "udp", "inbound"),
+            bytes,
+        )
+    };
+    let (p0, b0) = counters(&lab.metrics().unwrap());
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for _ in range({DATAGRAMS}):\n    s.sendto(b'x' * {PAYLOAD}, ('{PUBLIC_IP}', 30003))\n"
+    );
+    lab.exec_ok(&lab.client, &["python3", "-c", &script])
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (packets, bytes) = loop {
+        let (p1, b1) = counters(&lab.metrics().unwrap());
+        if p1 - p0 >= DATAGRAMS as f64 || std::time::Instant::now() > deadline {
+            break (p1 - p0, b1 - b0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        packets, DATAGRAMS as f64,
+        "inbound packets of alice/iperf/udp"
+    );
+    assert_eq!(
+        bytes,
+        packets * FRAME,
+        "{packets} frames of {FRAME} bytes, counted as {bytes} bytes"
+    );
+}
+
 /// Issue item 4: The gateway's own sshd (port 22) and unrouted ports are left to the kernel.
 #[test]
 fn unrouted_ports_are_not_forwarded() {

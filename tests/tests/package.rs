@@ -37,7 +37,7 @@ fn deb() -> PathBuf {
     }
 }
 
-fn run(argv: &[&str]) -> String {
+fn tool(argv: &[&str]) -> String {
     run_env(argv, &[])
 }
 
@@ -53,8 +53,8 @@ fn unpacked() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let (deb, root) = (deb(), dir.path().display().to_string());
     let deb = deb.to_str().unwrap();
-    run(&["dpkg-deb", "-x", deb, &root]);
-    run(&["dpkg-deb", "-e", deb, &format!("{root}/DEBIAN")]);
+    tool(&["dpkg-deb", "-x", deb, &root]);
+    tool(&["dpkg-deb", "-e", deb, &format!("{root}/DEBIAN")]);
     dir
 }
 
@@ -63,7 +63,7 @@ fn subcommands(bin: &Path, parent: &[&str]) -> Vec<String> {
     let mut argv = vec![bin.to_str().unwrap()];
     argv.extend_from_slice(parent);
     argv.push("--help");
-    let help = run(&argv);
+    let help = tool(&argv);
     help.lines()
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
@@ -78,7 +78,7 @@ fn subcommands(bin: &Path, parent: &[&str]) -> Vec<String> {
 fn the_package_holds_what_it_promises() {
     let deb = deb();
     let deb = deb.to_str().unwrap();
-    let contents = run(&["dpkg-deb", "--contents", deb]);
+    let contents = tool(&["dpkg-deb", "--contents", deb]);
     let paths: Vec<&str> = contents
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
@@ -131,9 +131,9 @@ fn the_package_holds_what_it_promises() {
         "-rw-r--r--"
     );
 
-    let field = |name: &str| run(&["dpkg-deb", "--field", deb, name]).trim().to_string();
+    let field = |name: &str| tool(&["dpkg-deb", "--field", deb, name]).trim().to_string();
     assert_eq!(field("Package"), "srvgate");
-    let version = run(&[bin.to_str().unwrap(), "--version"]);
+    let version = tool(&[bin.to_str().unwrap(), "--version"]);
     assert_eq!(format!("srvgate {}", field("Version")), version.trim());
     assert!(
         field("Depends").contains("libc6 (>= "),
@@ -157,7 +157,7 @@ fn the_package_holds_what_it_promises() {
     expect_success("md5sum --check DEBIAN/md5sums", &out).unwrap();
     for script in ["postinst", "prerm", "postrm"] {
         let path = root.path().join("DEBIAN").join(script);
-        run(&["sh", "-n", path.to_str().unwrap()]);
+        tool(&["sh", "-n", path.to_str().unwrap()]);
     }
     // What is shipped is what is in the repository.
     for (shipped, source) in [
@@ -176,7 +176,7 @@ fn the_package_holds_what_it_promises() {
     }
     // The packaged binary is a working srvgate (stripped of debug info, not of symbols).
     let packaged = root.path().join("usr/bin/srvgate");
-    assert_eq!(run(&[packaged.to_str().unwrap(), "--version"]), version);
+    assert_eq!(tool(&[packaged.to_str().unwrap(), "--version"]), version);
 }
 
 #[test]
@@ -320,7 +320,7 @@ fn bash_complete(script: &Path, line: &[&str]) -> Vec<String> {
          printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
         script.display()
     );
-    run(&["bash", "--norc", "--noprofile", "-c", &program])
+    tool(&["bash", "--norc", "--noprofile", "-c", &program])
         .lines()
         .map(str::to_string)
         .collect()

@@ -5,6 +5,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod dist;
+mod packages;
 mod setup;
 
 use std::{
@@ -46,6 +47,9 @@ enum Cmd {
         /// Only report what is missing; change nothing, exit 1 if anything is missing.
         #[arg(long)]
         check: bool,
+        /// Print the Debian packages setup installs, one per line, and exit.
+        #[arg(long, conflicts_with = "check")]
+        list_packages: bool,
     },
     /// Set up, then build the srvgate binary (release unless --debug).
     Build {
@@ -138,7 +142,16 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Cmd) -> Result<()> {
     match command {
-        Cmd::Setup { check } => setup::setup(check),
+        Cmd::Setup {
+            list_packages: true,
+            ..
+        } => {
+            for p in setup::DEBIAN_PACKAGES {
+                println!("{p}");
+            }
+            Ok(())
+        }
+        Cmd::Setup { check, .. } => setup::setup(check),
         Cmd::Build { debug } => {
             setup::setup(false)?;
             let bin = build(!debug)?;
@@ -307,6 +320,8 @@ fn test(quick: bool) -> Result<()> {
             ],
         ),
         cargo_step("lb-ebpf unit tests", &["test", "-p", "lb-ebpf", "--lib"]),
+        // The compile-fail examples that hold its unsafe contracts (Zeroable) in place.
+        cargo_step("lb-ebpf doc tests", &["test", "-p", "lb-ebpf", "--doc"]),
         cargo_step(
             "release build",
             &["build", "--release", "-p", "lb-userspace"],

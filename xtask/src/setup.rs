@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use crate::cmd;
+use crate::{cmd, packages};
 
 /// Tools the integration tests and the benchmark drive (namespaces and veths, sshd, traffic
 /// and DNS clients, the benchmark's peers).
@@ -58,6 +58,7 @@ pub fn setup(check_only: bool) -> Result<()> {
     let started = Instant::now();
     let mut missing = Vec::new();
     debian_packages(check_only, &mut missing)?;
+    programs(check_only, &mut missing)?;
     let have_nightly = nightly_toolchain(check_only, &mut missing)?;
     rust_src(check_only, have_nightly, &mut missing)?;
     fmt_and_clippy(check_only, &mut missing)?;
@@ -124,6 +125,32 @@ fn debian_packages(check_only: bool, missing_out: &mut Vec<String>) -> Result<()
         );
     }
     report("installed", &format!("Debian packages: {list}"));
+    Ok(())
+}
+
+/// Every program in the package table must start once its package is installed: a wrong
+/// mapping (the program lives in another package) shows here on a fresh machine, by name.
+fn programs(check_only: bool, missing_out: &mut Vec<String>) -> Result<()> {
+    let absent: Vec<String> = packages::PROGRAMS
+        .iter()
+        .filter(|(program, _)| !packages::on_path(program))
+        .map(|(program, pkg)| format!("{program} (from {pkg})"))
+        .collect();
+    if absent.is_empty() {
+        report(
+            "ok",
+            &format!("programs the tests run ({})", packages::PROGRAMS.len()),
+        );
+    } else if check_only || !missing_out.is_empty() {
+        report("MISSING", &format!("programs: {}", absent.join(", ")));
+        missing_out.push(format!("programs ({})", absent.join(", ")));
+    } else {
+        bail!(
+            "every package is installed, yet these programs are not on PATH: {}; \
+             xtask/src/packages.rs names the wrong package for them",
+            absent.join(", ")
+        );
+    }
     Ok(())
 }
 

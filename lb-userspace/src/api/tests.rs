@@ -1,67 +1,5 @@
-use std::sync::Mutex;
-
 use super::*;
-
-/// A control that records calls and answers from a fixed script.
-#[derive(Default)]
-struct Fake {
-    added: Mutex<Vec<RouteRequest>>,
-    shutdowns: Mutex<Vec<Shutdown>>,
-}
-
-fn view(name: &str, port: u16) -> RouteView {
-    RouteView {
-        name: name.into(),
-        service: "ssh".into(),
-        protocol: "tcp".into(),
-        port,
-        backend: "10.0.0.11:22".into(),
-        source: "runtime".into(),
-        added_unix: 1,
-        last_seen_unix: None,
-        idle_seconds: 0,
-        reclaim_in_seconds: None,
-        inbound_packets: 0,
-        outbound_packets: 0,
-        inbound_bytes: 0,
-        outbound_bytes: 0,
-    }
-}
-
-impl Control for Fake {
-    fn list(&self) -> RoutesReply {
-        RoutesReply {
-            public_ipv4: "203.0.113.10".into(),
-            port_range: "30000-30009".into(),
-            free_ports: 9,
-            reclaim_after: Some("14d".into()),
-            routes: vec![view("alice", 30000)],
-        }
-    }
-    fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError> {
-        if request.port == Some(40000) {
-            return Err(ApiError::field(
-                400,
-                "port",
-                "port: 40000 is outside gateway.port_range 30000-30009",
-            ));
-        }
-        let v = view(&request.name, request.port.unwrap_or(30001));
-        self.added.lock().unwrap().push(request);
-        Ok(v)
-    }
-    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
-        match (name, service) {
-            ("alice", None | Some("ssh")) => Ok(Removed {
-                removed: vec![view("alice", 30000)],
-            }),
-            _ => Err(ApiError::new(404, format!("no runtime route named {name}"))),
-        }
-    }
-    fn shutdown(&self, request: Shutdown) {
-        self.shutdowns.lock().unwrap().push(request);
-    }
-}
+use crate::testing::FakeControl as Fake;
 
 fn request(name: &str, port: Option<u16>) -> RouteRequest {
     RouteRequest {
@@ -127,6 +65,49 @@ async fn the_client_and_server_agree() {
         *fake.shutdowns.lock().unwrap(),
         vec![Shutdown { detach: true }]
     );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_endpoints_round_trip_through_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("u.sock");
+    let fake = Arc::new(Fake::default());
+    let server = tokio::spawn(serve(bind(&socket).unwrap(), fake.clone()));
+    tokio::task::spawn_blocking(move || {
+        let c = Client::new(&socket);
+        let added = c
+            .user_add(&UserRequest {
+                name: "alice".into(),
+                backends: vec!["10.0.0.11".into()],
+                max_routes: Some(2),
+                admin: false,
+            })
+            .unwrap();
+        assert_eq!(added.user.name, "alice");
+        assert_eq!(added.user.backends, ["10.0.0.11"]);
+        assert!(added.token.starts_with("sg_alice_"));
+        let err = c
+            .user_add(&UserRequest {
+                name: "bob".into(),
+                backends: vec!["127.0.0.1".into()],
+                ..UserRequest::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("127.0.0.1"), "{err}");
+        assert!(err.is_bad_input());
+        assert_eq!(c.users().unwrap().users.len(), 1);
+        let rotated = c.user_token("alice").unwrap();
+        assert_ne!(rotated.token, added.token);
+        assert_eq!(c.user_remove("alice", false).unwrap().name, "alice");
+        let err = c.user_remove("alice", false).unwrap_err();
+        assert!(
+            matches!(err, ClientError::Refused { status: 404, .. }),
+            "{err}"
+        );
+    })
+    .await
+    .unwrap();
     server.abort();
 }
 

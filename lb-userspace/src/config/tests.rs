@@ -316,3 +316,40 @@ fn http_routing_has_defaults_and_needs_dns() {
     assert!(!no_dns.contains("[dns]"));
     assert_eq!(fields(&format!("{no_dns}\n[http]\n")), ["http"]);
 }
+
+#[test]
+fn users_portal_and_cooldown_are_read_and_checked() {
+    let cfg = parse(&format!(
+        "{GOOD}\n[portal]\nlisten = [\"10.0.0.1:8443\"]\n\n[[user]]\nname = \"carol\"\nbackends = [\"10.0.0.13\", \"10.0.2.0/28:22\"]\nmax_routes = 2\n"
+    ))
+    .unwrap();
+    assert_eq!(cfg.gateway.port_cooldown, DEFAULT_PORT_COOLDOWN);
+    let p = cfg.portal.unwrap();
+    assert_eq!(p.listen, ["10.0.0.1:8443".parse::<SocketAddr>().unwrap()]);
+    assert_eq!((p.cert, p.key), (None, None));
+    assert_eq!(cfg.users.len(), 1);
+    assert_eq!(cfg.users[0].max_routes, 2);
+    assert_eq!(cfg.users[0].backends[1].to_string(), "10.0.2.0/28:22");
+
+    let off = GOOD.replace("[gateway]\n", "[gateway]\nport_cooldown = \"0s\"\n");
+    assert_eq!(parse(&off).unwrap().gateway.port_cooldown, Duration::ZERO);
+
+    let bad = format!(
+        "{}\n[portal]\nlisten = []\ncert = \"/etc/x.pem\"\n\n[[user]]\nname = \"Carol\"\n\n[[user]]\nname = \"dave\"\nbackends = [\"127.0.0.1\"]\n\n[[user]]\nname = \"erin\"\nmax_routes = 5000\n",
+        GOOD.replace("[gateway]\n", "[gateway]\nport_cooldown = \"soon\"\n")
+    );
+    let fields: Vec<String> = problems(&bad).into_iter().map(|p| p.field).collect();
+    for f in [
+        "gateway.port_cooldown",
+        "portal.listen",
+        "portal.cert",
+        "user[1].name",
+        "user[2].backends",
+        "user[3].max_routes",
+    ] {
+        assert!(
+            fields.iter().any(|x| x == f),
+            "{f} not reported: {fields:?}"
+        );
+    }
+}

@@ -381,3 +381,50 @@ fn a_full_table_is_an_error_not_a_panic() {
         Err(RouteError::Full)
     );
 }
+
+#[test]
+fn restored_routes_get_their_own_slots_back_in_any_order() {
+    let mut t = RouteTable::new();
+    let names = ["alice", "bob", "carol"];
+    for (i, n) in names.iter().enumerate() {
+        let port = 30001 + i as u16;
+        t.insert(
+            route(n, port, &format!("10.0.0.{}:22", 11 + i)),
+            Source::Runtime,
+            t0(),
+            None,
+        )
+        .unwrap();
+    }
+    let before: Vec<Entry> = t.entries().cloned().collect();
+    let gone: Vec<Entry> = names
+        .iter()
+        .map(|n| {
+            t.remove(
+                &before
+                    .iter()
+                    .find(|e| e.route.name == *n)
+                    .unwrap()
+                    .route
+                    .key(),
+            )
+        })
+        .map(Option::unwrap)
+        .collect();
+    for e in gone {
+        t.restore(e).unwrap();
+    }
+    assert_eq!(t.entries().cloned().collect::<Vec<_>>(), before);
+    // The slots are taken again: a new route gets a fresh one.
+    let d = t.insert(
+        route("dave", 30009, "10.0.0.20:22"),
+        Source::Runtime,
+        t0(),
+        None,
+    );
+    assert_eq!(d.unwrap().id, 3);
+    // A slot in use cannot be restored into.
+    let mut clash = before[0].clone();
+    clash.route = route("erin", 30008, "10.0.0.21:22");
+    assert_eq!(t.restore(clash), Err(RouteError::SlotTaken(before[0].id)));
+}

@@ -1,0 +1,684 @@
+use std::net::SocketAddrV4;
+
+use super::*;
+use crate::{
+    config::{PortRange, Protocol, Route},
+    testing::{FakeDataplane, FakeStore},
+};
+
+const DAY: Duration = Duration::from_secs(86400);
+
+fn gateway() -> Gateway {
+    Gateway {
+        public_interface: "pub0".into(),
+        private_interfaces: vec!["priv0".into()],
+        public_ipv4: "203.0.113.10".parse().unwrap(),
+        port_range: PortRange {
+            first: 30001,
+            last: 30009,
+        },
+        reclaim_after: Some(DAY),
+        port_cooldown: Duration::ZERO,
+    }
+}
+
+fn route(name: &str, port: u16, backend: &str) -> Route {
+    Route {
+        name: name.into(),
+        service: "ssh".into(),
+        protocol: Protocol::Tcp,
+        backend: backend.parse().unwrap(),
+        port,
+    }
+}
+
+fn request(name: &str, backend: &str) -> RouteRequest {
+    RouteRequest {
+        name: name.into(),
+        service: "ssh".into(),
+        protocol: None,
+        backend: backend.into(),
+        port: None,
+    }
+}
+
+fn config(routes: Vec<Route>) -> Config {
+    Config {
+        users: Vec::new(),
+        gateway: gateway(),
+        dns: None,
+        http: None,
+        portal: None,
+        metrics_listen: None,
+        routes,
+    }
+}
+
+/// A core over fakes, started like `run` starts one (maps synced to the table).
+struct Rig {
+    core: Core,
+    maps: FakeDataplane,
+    store: FakeStore,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        Rig::with(RouteTable::new(), FakeDataplane::new())
+    }
+
+    fn with(table: RouteTable, maps: FakeDataplane) -> Rig {
+        Rig::with_gateway(table, maps, gateway())
+    }
+
+    fn with_gateway(table: RouteTable, maps: FakeDataplane, gateway: Gateway) -> Rig {
+        let store = FakeStore::new();
+        let cfg = Config {
+            gateway,
+            ..config(Vec::new())
+        };
+        let mut core = Core::new(table, maps.boxed(), store.boxed(), &cfg, Clock::default());
+        core.take_over(false).unwrap();
+        Rig { core, maps, store }
+    }
+
+    /// Runtime routes added through the API.
+    fn with_runtime(names: &[(&str, &str)]) -> Rig {
+        let mut rig = Rig::new();
+        for (name, backend) in names {
+            rig.core.add(request(name, backend)).unwrap();
+        }
+        rig
+    }
+
+    fn entry(&self, name: &str) -> Option<Entry> {
+        self.core
+            .table
+            .entries()
+            .find(|e| e.route.name == name)
+            .cloned()
+    }
+
+    fn stored_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .store
+            .state()
+            .routes
+            .iter()
+            .map(|s| s.route.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The table, the maps and the store all hold the same routes.
+    fn assert_agree(&self) {
+        let entries: Vec<&Entry> = self.core.table.entries().collect();
+        assert!(
+            self.maps.maps().holds_exactly(entries.iter().copied()),
+            "maps {:?} vs table {entries:?}",
+            self.maps.maps()
+        );
+        let mut runtime: Vec<String> = entries
+            .iter()
+            .filter(|e| e.source == Source::Runtime)
+            .map(|e| e.route.name.clone())
+            .collect();
+        runtime.sort();
+        assert_eq!(self.stored_names(), runtime);
+    }
+}
+
+#[test]
+fn the_clock_moves_by_the_offset_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("offset");
+    let clock = Clock::new(Some(file.clone()));
+    let real = SystemTime::now();
+    assert!(clock.now().duration_since(real).unwrap_or_default() < Duration::from_secs(5));
+    std::fs::write(&file, "15d\n").unwrap();
+    let ahead = clock.now().duration_since(real).unwrap();
+    assert!(ahead >= Duration::from_secs(15 * 86400), "{ahead:?}");
+    std::fs::write(&file, "3600").unwrap();
+    let ahead = clock.now().duration_since(real).unwrap();
+    assert!(ahead >= Duration::from_secs(3600) && ahead < Duration::from_secs(3700));
+    // Junk is ignored, not fatal: the clock is the system's.
+    std::fs::write(&file, "soon").unwrap();
+    assert!(clock.now().duration_since(real).unwrap_or_default() < Duration::from_secs(5));
+}
+
+#[test]
+fn an_added_route_is_in_the_table_the_maps_and_the_store() {
+    let mut rig = Rig::new();
+    let view = rig.core.add(request("alice", "10.0.0.11:22")).unwrap();
+    assert_eq!(view.port, 30001, "the lowest free port of the range");
+    let e = rig.entry("alice").unwrap();
+    assert_eq!(e.source, Source::Runtime);
+    assert_eq!(
+        rig.maps.maps().frontends.get(&(30001, Protocol::Tcp)),
+        Some(&("10.0.0.11:22".parse().unwrap(), e.id))
+    );
+    rig.assert_agree();
+}
+
+#[test]
+fn a_clashing_add_touches_nothing() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    let (writes, saves) = (rig.maps.maps().writes, rig.store.state().saves);
+    let err = rig.core.add(request("bob", "10.0.0.11:22")).unwrap_err();
+    assert_eq!(err.status, 409);
+    assert_eq!(err.reply.field.as_deref(), Some("backend"));
+    assert_eq!(rig.maps.maps().writes, writes);
+    assert_eq!(rig.store.state().saves, saves);
+    rig.assert_agree();
+}
+
+#[test]
+fn an_add_the_store_refuses_is_undone_in_the_maps_and_the_table() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    rig.store.state().fail_in = Some(0);
+    let err = rig.core.add(request("bob", "10.0.0.12:22")).unwrap_err();
+    assert_eq!(err.status, 500);
+    assert!(err.reply.error.contains("not added"), "{}", err.reply.error);
+    assert!(rig.entry("bob").is_none());
+    assert_eq!(rig.stored_names(), ["alice"]);
+    rig.assert_agree();
+    // Its port went back to the pool.
+    assert_eq!(
+        rig.core.add(request("carol", "10.0.0.13:22")).unwrap().port,
+        30002
+    );
+}
+
+#[test]
+fn an_add_whose_map_update_fails_half_way_is_undone_and_never_saved() {
+    for written in 0..3 {
+        let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+        let saves = rig.store.state().saves;
+        // Zero the slot, write the frontend, write the reverse entry: fail at each.
+        rig.maps.maps().fail_in = Some(written);
+        let err = rig.core.add(request("bob", "10.0.0.12:22")).unwrap_err();
+        assert_eq!(err.status, 500, "failing write {written}");
+        assert!(rig.entry("bob").is_none());
+        assert_eq!(rig.store.state().saves, saves, "never made durable");
+        rig.assert_agree();
+    }
+}
+
+#[test]
+fn a_removed_route_leaves_the_table_the_maps_and_the_store() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
+    let removed = rig.core.remove("alice", None).unwrap();
+    assert_eq!(removed.removed.len(), 1);
+    assert_eq!(removed.removed[0].name, "alice");
+    assert!(rig.entry("alice").is_none());
+    rig.assert_agree();
+    assert_eq!(rig.core.remove("alice", None).unwrap_err().status, 404);
+}
+
+#[test]
+fn a_removal_the_store_refuses_puts_the_route_back() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
+    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let writes = rig.maps.maps().writes;
+    rig.store.state().fail_in = Some(0);
+    let err = rig.core.remove("alice", None).unwrap_err();
+    assert_eq!(err.status, 500);
+    assert!(
+        err.reply.error.contains("not removed"),
+        "{}",
+        err.reply.error
+    );
+    assert_eq!(
+        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        before
+    );
+    // Not recorded, so not done: the maps were never touched.
+    assert_eq!(rig.maps.maps().writes, writes);
+    rig.assert_agree();
+}
+
+#[test]
+fn a_multi_route_removal_the_store_refuses_keeps_every_route_in_its_slot() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
+    for service in ["web", "db"] {
+        rig.core
+            .add(RouteRequest {
+                service: service.into(),
+                ..request("alice", &format!("10.0.0.11:{}", service.len() + 8000))
+            })
+            .unwrap();
+    }
+    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    rig.store.state().fail_in = Some(0);
+    rig.core.remove("alice", None).unwrap_err();
+    // The maps still carry each route's slot as its route_id: counters, last-seen and
+    // reclaim must stay with the route they count.
+    assert_eq!(
+        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        before
+    );
+    rig.assert_agree();
+}
+
+#[test]
+fn a_recorded_removal_stands_when_the_maps_fail() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    rig.maps.maps().broken = true;
+    rig.core.remove("alice", None).unwrap();
+    assert!(rig.entry("alice").is_none());
+    assert!(rig.stored_names().is_empty());
+}
+
+#[test]
+fn config_routes_are_not_removed_through_the_api() {
+    let mut rig = Rig::new();
+    rig.core
+        .reload(config(vec![route("alice", 30001, "10.0.0.11:22")]));
+    let err = rig.core.remove("alice", None).unwrap_err();
+    assert_eq!(err.status, 409);
+    assert!(rig.entry("alice").is_some());
+    rig.assert_agree();
+}
+
+#[test]
+fn a_reload_carries_the_config_diff_into_the_maps() {
+    let mut rig = Rig::with_runtime(&[("carol", "10.0.0.13:22")]);
+    rig.core.reload(config(vec![
+        route("alice", 30005, "10.0.0.11:22"),
+        route("bob", 30006, "10.0.0.12:22"),
+    ]));
+    rig.assert_agree();
+    let alice = rig.entry("alice").unwrap().id;
+    rig.core
+        .reload(config(vec![route("alice", 30007, "10.0.0.11:22")]));
+    assert!(rig.entry("bob").is_none());
+    assert_eq!(rig.entry("alice").unwrap().route.port, 30007);
+    assert_eq!(
+        rig.entry("alice").unwrap().id,
+        alice,
+        "a changed route keeps its slot"
+    );
+    assert_eq!(rig.entry("carol").unwrap().source, Source::Runtime);
+    rig.assert_agree();
+}
+
+#[test]
+fn a_reload_that_clashes_changes_nothing() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    let (writes, before) = (
+        rig.maps.maps().writes,
+        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+    );
+    // bob wants alice's port.
+    rig.core
+        .reload(config(vec![route("bob", 30001, "10.0.0.12:22")]));
+    assert_eq!(
+        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        before
+    );
+    assert_eq!(rig.maps.maps().writes, writes);
+    rig.assert_agree();
+}
+
+#[test]
+fn a_runtime_route_the_config_file_takes_over_leaves_the_store() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
+    let alice = rig.entry("alice").unwrap();
+    rig.core.reload(config(vec![alice.route.clone()]));
+    let now = rig.entry("alice").unwrap();
+    assert_eq!(now.source, Source::Config);
+    assert_eq!(now.id, alice.id);
+    assert_eq!(rig.stored_names(), ["bob"]);
+    rig.assert_agree();
+}
+
+/// A config route and two runtime routes, all added three days ago and silent since.
+fn old_table() -> RouteTable {
+    let long_ago = SystemTime::now() - 3 * DAY;
+    let mut table = RouteTable::new();
+    table
+        .replace_config(&[route("admin", 30009, "10.0.0.9:22")], long_ago)
+        .unwrap();
+    for (name, port, backend) in [
+        ("alice", 30001, "10.0.0.11:22"),
+        ("bob", 30002, "10.0.0.12:22"),
+    ] {
+        table
+            .insert(route(name, port, backend), Source::Runtime, long_ago, None)
+            .unwrap();
+    }
+    table
+}
+
+/// [`old_table`] started without reclaim, which is then switched on.
+fn old_rig() -> Rig {
+    let mut gw = gateway();
+    gw.reclaim_after = None;
+    let mut rig = Rig::with_gateway(old_table(), FakeDataplane::new(), gw);
+    rig.core.gateway.reclaim_after = Some(DAY);
+    rig
+}
+
+#[test]
+fn what_went_idle_while_no_daemon_ran_is_reclaimed_at_start() {
+    let rig = Rig::with(old_table(), FakeDataplane::new());
+    assert!(rig.entry("alice").is_none());
+    assert!(rig.entry("bob").is_none());
+    assert!(
+        rig.entry("admin").is_some(),
+        "config routes are never reclaimed"
+    );
+    rig.assert_agree();
+}
+
+#[test]
+fn observing_reads_last_seen_from_the_counters_and_reclaims_only_the_idle() {
+    let mut rig = old_rig();
+    let bob = rig.entry("bob").unwrap().id;
+    rig.maps.maps().counters.insert(
+        bob,
+        Counters {
+            idle: Some(Duration::from_secs(3600)),
+            ..Counters::default()
+        },
+    );
+    rig.core.observe();
+    assert!(rig.entry("alice").is_none());
+    let seen = rig
+        .entry("bob")
+        .expect("active an hour ago")
+        .last_seen
+        .unwrap();
+    let ago = SystemTime::now().duration_since(seen).unwrap();
+    assert!(
+        ago >= Duration::from_secs(3600) && ago < Duration::from_secs(3660),
+        "{ago:?}"
+    );
+    assert!(
+        rig.entry("admin").is_some(),
+        "config routes are never reclaimed"
+    );
+    rig.assert_agree();
+}
+
+#[test]
+fn a_reclaim_the_store_refuses_is_still_carried_out_and_saved_later() {
+    let mut rig = old_rig();
+    rig.store.state().routes = rig.core.stored_routes();
+    rig.store.state().fail_in = Some(0);
+    rig.core.observe();
+    assert!(rig.entry("alice").is_none() && rig.entry("bob").is_none());
+    assert!(rig.maps.maps().holds_exactly(rig.core.table.entries()));
+    assert_eq!(
+        rig.stored_names(),
+        ["alice", "bob"],
+        "the failed save changed nothing"
+    );
+    assert!(rig.core.activity_unsaved, "retried on a later pass");
+    rig.core.save().unwrap();
+    rig.assert_agree();
+}
+
+#[test]
+fn start_up_adopts_the_pinned_slots_and_drops_stale_entries() {
+    let maps = FakeDataplane::new();
+    {
+        let mut m = maps.maps();
+        let alice: SocketAddrV4 = "10.0.0.11:22".parse().unwrap();
+        m.pinned.insert((30001, Protocol::Tcp), (alice, 7));
+        // What an earlier run left: alice on slot 7, and a route this table lacks.
+        m.frontends.insert((30001, Protocol::Tcp), (alice, 7));
+        m.reverse.insert((alice, Protocol::Tcp), (30001, 7));
+        m.frontends
+            .insert((30004, Protocol::Udp), ("10.0.0.99:53".parse().unwrap(), 3));
+    }
+    let mut table = RouteTable::new();
+    table
+        .replace_config(
+            &[
+                route("alice", 30001, "10.0.0.11:22"),
+                route("bob", 30002, "10.0.0.12:22"),
+            ],
+            SystemTime::now(),
+        )
+        .unwrap();
+    let rig = Rig::with(table, maps);
+    assert_eq!(
+        rig.entry("alice").unwrap().id,
+        7,
+        "counters kept across the restart"
+    );
+    assert_ne!(rig.entry("bob").unwrap().id, 7);
+    rig.assert_agree();
+}
+
+fn user_request(name: &str, backends: &[&str], max: u32) -> UserRequest {
+    UserRequest {
+        name: name.into(),
+        backends: backends.iter().map(|b| b.to_string()).collect(),
+        max_routes: Some(max),
+        admin: false,
+    }
+}
+
+fn claim(service: &str, backend: &str) -> ClaimRequest {
+    ClaimRequest {
+        service: service.into(),
+        backend: backend.into(),
+        protocol: None,
+    }
+}
+
+#[test]
+fn students_claim_only_their_names_backends_and_quota() {
+    let mut rig = Rig::new();
+    let token = rig
+        .core
+        .user_add(user_request("alice", &["10.0.0.11"], 2))
+        .unwrap()
+        .token;
+    rig.core
+        .user_add(user_request("bob", &["10.0.0.12"], 4))
+        .unwrap();
+    assert_eq!(rig.core.users.authenticate(&token).unwrap().name, "alice");
+
+    let v = rig
+        .core
+        .claim("alice", claim("ssh", "10.0.0.11:22"))
+        .unwrap();
+    assert_eq!((v.name.as_str(), v.service.as_str()), ("alice", "ssh"));
+    let e = rig
+        .core
+        .claim("alice", claim("web", "10.0.0.12:80"))
+        .unwrap_err();
+    assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("backend")));
+    assert!(e.reply.error.contains("10.0.0.12:80"), "{}", e.reply.error);
+    rig.core
+        .claim("alice", claim("http", "10.0.0.11:80"))
+        .unwrap();
+    let e = rig
+        .core
+        .claim("alice", claim("db", "10.0.0.11:5432"))
+        .unwrap_err();
+    assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("quota")));
+    assert!(e.reply.error.contains("2 of 2"), "{}", e.reply.error);
+
+    // bob cannot see or release alice's routes: his namespace is his name.
+    assert!(rig.core.me("bob").unwrap().routes.is_empty());
+    let e = rig.core.release("bob", "ssh", None).unwrap_err();
+    assert_eq!(e.status, 404);
+    assert_eq!(rig.core.me("alice").unwrap().routes.len(), 2);
+    rig.assert_agree();
+
+    // user rm refuses while routes are held, removes them with --with-routes.
+    let e = rig.core.user_remove("alice", false).unwrap_err();
+    assert_eq!(e.status, 409);
+    assert!(e.reply.error.contains("alice/ssh/tcp"), "{}", e.reply.error);
+    rig.core.user_remove("alice", true).unwrap();
+    assert!(rig.entry("alice").is_none());
+    assert!(rig.core.users.get("alice").is_none());
+    assert!(rig.core.users.authenticate(&token).is_err());
+    rig.assert_agree();
+    assert!(rig.store.state().users.get("alice").is_none());
+}
+
+#[test]
+fn a_released_port_cools_down_before_anyone_gets_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    let store = FakeStore::new();
+    let maps = FakeDataplane::new();
+    let mut core = Core::new(
+        RouteTable::new(),
+        maps.boxed(),
+        store.boxed(),
+        &Config {
+            gateway: Gateway {
+                port_cooldown: DAY,
+                ..gateway()
+            },
+            ..config(Vec::new())
+        },
+        Clock::new(Some(offset.clone())),
+    );
+    core.take_over(false).unwrap();
+    core.user_add(user_request("alice", &["10.0.0.0/24"], 4))
+        .unwrap();
+    core.user_add(user_request("bob", &["10.0.1.0/24"], 4))
+        .unwrap();
+    let first = core
+        .claim("alice", claim("ssh", "10.0.0.11:22"))
+        .unwrap()
+        .port;
+    core.release("alice", "ssh", None).unwrap();
+    // The cool-down is durable, and the next claim gets another port.
+    assert!(store.state().users.cooldown().contains_key(&first));
+    let second = core
+        .claim("bob", claim("ssh", "10.0.1.11:22"))
+        .unwrap()
+        .port;
+    assert_ne!(second, first);
+    // Two days on: alice's old port is free again, and bob's idle route was reclaimed, so
+    // his port is the one cooling down now.
+    std::fs::write(&offset, "2d").unwrap();
+    core.observe();
+    assert!(core.table.entries().next().is_none());
+    let cooling: Vec<u16> = store.state().users.cooldown().keys().copied().collect();
+    assert_eq!(cooling, [second]);
+    let third = core
+        .claim("alice", claim("ssh", "10.0.0.11:22"))
+        .unwrap()
+        .port;
+    assert_eq!(third, first);
+}
+
+#[test]
+fn account_changes_the_store_refuses_are_undone() {
+    let mut rig = Rig::new();
+    rig.core
+        .user_add(user_request("alice", &["10.0.0.11"], 4))
+        .unwrap();
+    let old = rig.core.users.get("alice").unwrap().token_sha256;
+    rig.store.state().broken = true;
+    let e = rig
+        .core
+        .user_add(user_request("bob", &["10.0.0.12"], 4))
+        .unwrap_err();
+    assert_eq!(e.status, 500);
+    assert!(rig.core.users.get("bob").is_none());
+    assert!(rig.core.user_token("alice").is_err());
+    assert_eq!(rig.core.users.get("alice").unwrap().token_sha256, old);
+    assert!(rig.core.user_remove("alice", false).is_err());
+    assert!(rig.core.users.get("alice").is_some());
+    // A claim whose route cannot be made durable is not held either.
+    let e = rig
+        .core
+        .claim("alice", claim("ssh", "10.0.0.11:22"))
+        .unwrap_err();
+    assert_eq!(e.status, 500);
+    assert!(rig.entry("alice").is_none());
+    rig.store.state().broken = false;
+    rig.assert_agree();
+}
+
+fn options() -> Options {
+    Options {
+        config: "/nonexistent/srvgate.toml".into(),
+        xdp_mode: AttachMode::Skb,
+        state_dir: "/nonexistent/state".into(),
+        pin_dir: "/nonexistent/pins".into(),
+        socket: "/nonexistent/control.sock".into(),
+        detach_on_exit: false,
+        clock_offset_file: None,
+    }
+}
+
+/// On a single-threaded runtime, a timer's blocking work done on the event loop would stall
+/// it: the task that lets the work finish could not run until the work gave up.
+#[tokio::test(flavor = "current_thread")]
+async fn the_event_loop_does_blocking_work_off_the_async_thread() {
+    let Rig { core, maps, .. } = Rig::new();
+    let (release, gate) = std::sync::mpsc::channel();
+    maps.maps().egress_gate = Some(gate);
+    let core = Arc::new(Mutex::new(core));
+    let (stop, mut stopped) = mpsc::unbounded_channel();
+    let helper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = release.send(());
+        stop.send(Shutdown { detach: false }).unwrap();
+    });
+    let opts = options();
+    let run = event_loop(&opts, &core, &mut stopped);
+    let detach = tokio::time::timeout(Duration::from_secs(30), run).await;
+    assert!(!detach.expect("the loop ends on shutdown").unwrap());
+    helper.await.unwrap();
+    let m = maps.maps();
+    assert!(m.egress_refreshes >= 1);
+    assert!(!m.stalled, "the egress refresh blocked the event loop");
+}
+
+#[test]
+fn a_reload_names_every_section_only_a_restart_applies() {
+    let running = Config {
+        dns: Some(crate::config::Dns {
+            zone: "lab.example".into(),
+            listen: vec!["127.0.0.1:53".parse().unwrap()],
+            gateway_name: "gw".into(),
+            ttl: 30,
+        }),
+        http: Some(crate::config::Http {
+            listen: vec!["127.0.0.1:80".parse().unwrap()],
+            service: "http".into(),
+        }),
+        metrics_listen: Some("127.0.0.1:9110".parse().unwrap()),
+        ..config(vec![route("alice", 30001, "10.0.0.11:22")])
+    };
+    // What a reload applies is not listed.
+    let mut live = running.clone();
+    live.routes.clear();
+    live.gateway.port_range.last = 30099;
+    live.gateway.reclaim_after = None;
+    assert!(restart_sections(&running, &live).is_empty());
+
+    let mut new = running.clone();
+    new.dns.as_mut().unwrap().ttl = 60;
+    assert_eq!(restart_sections(&running, &new), ["[dns]"]);
+    new.http = None;
+    new.metrics_listen = Some("127.0.0.1:9111".parse().unwrap());
+    assert_eq!(
+        restart_sections(&running, &new),
+        ["[dns]", "[http]", "[metrics]"]
+    );
+    new.gateway.private_interfaces.push("priv1".into());
+    assert_eq!(restart_sections(&running, &new).len(), 4);
+    assert_eq!(
+        restart_sections(&running, &new)[0],
+        "[gateway] interfaces or public_ipv4"
+    );
+    // A section added where there was none counts too.
+    let bare = config(Vec::new());
+    assert_eq!(
+        restart_sections(&bare, &running),
+        ["[dns]", "[http]", "[metrics]"]
+    );
+}

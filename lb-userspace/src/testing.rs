@@ -1,0 +1,472 @@
+//! In-memory stand-ins for the kernel side ([`Dataplane`]) and the persistent side
+//! ([`Store`]), so the daemon's operations and every rollback path are unit tests without
+//! root, namespaces or disks. Each fake is a cheap handle on shared state: the test keeps a
+//! clone to inspect it and to tell it to fail while the daemon owns the other.
+//!
+//! The fake maps carry out the same [`plan`] as the kernel's, so they hold what the real
+//! maps would.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use crate::{
+    config::Protocol,
+    dataplane::{plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends},
+    routes::{Diff, Entry, RouteTable},
+    state::{StateError, Store, StoredRoute},
+    users::Users,
+};
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A failed assertion in one test thread must not hide the state from the report.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the fake data plane's maps hold, and how it is told to misbehave.
+#[derive(Debug, Default)]
+pub struct FakeMaps {
+    /// `FRONTENDS`: `(public port, protocol) -> (backend, slot)`.
+    pub frontends: BTreeMap<(u16, Protocol), (SocketAddrV4, u32)>,
+    /// `REVERSE`: `(backend, protocol) -> (public port, slot)`.
+    pub reverse: BTreeMap<(SocketAddrV4, Protocol), (u16, u32)>,
+    /// `ROUTE_COUNTERS` by slot; an absent slot reads as zero.
+    pub counters: HashMap<u32, Counters>,
+    pub verdicts: Vec<u64>,
+    pub legs: Vec<Leg>,
+    /// What the pinned maps of an "earlier run" held, for slot adoption at start.
+    pub pinned: PinnedFrontends,
+    /// Map writes to let through before one fails (`Some(0)`: the next fails), once.
+    pub fail_in: Option<usize>,
+    /// Every map write fails while set (a map the kernel refuses to change).
+    pub broken: bool,
+    /// Map writes attempted, failed ones included.
+    pub writes: usize,
+    pub egress_refreshes: usize,
+    /// The next egress refresh blocks until this receives (as netlink may), at most 3 s.
+    pub egress_gate: Option<mpsc::Receiver<()>>,
+    /// A gated refresh gave up waiting: whoever should have released it could not run.
+    pub stalled: bool,
+    pub clock_ticks: usize,
+    pub detached: bool,
+}
+
+impl FakeMaps {
+    fn write(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
+        self.writes += 1;
+        match self.fail_in {
+            Some(0) => {
+                self.fail_in = None;
+                return Err(injected());
+            }
+            Some(n) => self.fail_in = Some(n - 1),
+            None => {}
+        }
+        if self.broken {
+            return Err(injected());
+        }
+        match op {
+            MapOp::ZeroSlot(id) => {
+                self.counters.remove(id);
+            }
+            MapOp::WriteFrontend(e) => {
+                let r = &e.route;
+                self.frontends
+                    .insert((r.port, r.protocol), (r.backend, e.id));
+            }
+            MapOp::WriteReverse(e) => {
+                let r = &e.route;
+                self.reverse.insert((r.backend, r.protocol), (r.port, e.id));
+            }
+            MapOp::RemoveFrontend(port, protocol) => {
+                self.frontends.remove(&(*port, *protocol));
+            }
+            MapOp::RemoveReverse(backend, protocol) => {
+                self.reverse.remove(&(*backend, *protocol));
+            }
+        }
+        Ok(())
+    }
+
+    /// The maps as they hold `entries`, and nothing else: the maps agree with a table.
+    pub fn holds_exactly<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) -> bool {
+        let (mut front, mut rev) = (BTreeMap::new(), BTreeMap::new());
+        for e in entries {
+            let r = &e.route;
+            front.insert((r.port, r.protocol), (r.backend, e.id));
+            rev.insert((r.backend, r.protocol), (r.port, e.id));
+        }
+        front == self.frontends && rev == self.reverse
+    }
+}
+
+/// The error a fake data plane reports: what the kernel says to an update of a full map.
+fn injected() -> DataplaneError {
+    DataplaneError::Map {
+        name: "FAKE",
+        error: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: io::Error::from_raw_os_error(libc::E2BIG),
+        })),
+    }
+}
+
+/// A data plane whose maps are [`FakeMaps`].
+#[derive(Clone, Debug)]
+pub struct FakeDataplane {
+    maps: Arc<Mutex<FakeMaps>>,
+    // Owned here so that `pinned_frontends` and `legs` can hand out references; copied
+    // from the shared state when the daemon takes the fake.
+    pinned: PinnedFrontends,
+    legs: Vec<Leg>,
+    pin_dir: PathBuf,
+}
+
+impl Default for FakeDataplane {
+    fn default() -> Self {
+        FakeDataplane {
+            maps: Arc::default(),
+            pinned: PinnedFrontends::new(),
+            legs: Vec::new(),
+            pin_dir: PathBuf::from("/nonexistent/srvgate-fake-pins"),
+        }
+    }
+}
+
+impl FakeDataplane {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The maps, to inspect or to arm a failure.
+    pub fn maps(&self) -> MutexGuard<'_, FakeMaps> {
+        guard(&self.maps)
+    }
+
+    /// The boxed handle the daemon owns, sharing this one's maps; `pinned` and `legs` are
+    /// those set in the maps so far.
+    pub fn boxed(&self) -> Box<dyn Dataplane> {
+        let (pinned, legs) = {
+            let m = self.maps();
+            (m.pinned.clone(), m.legs.clone())
+        };
+        Box::new(FakeDataplane {
+            maps: self.maps.clone(),
+            pinned,
+            legs,
+            pin_dir: self.pin_dir.clone(),
+        })
+    }
+}
+
+impl Dataplane for FakeDataplane {
+    fn apply(&mut self, table: &RouteTable, diff: &Diff) -> Result<(), DataplaneError> {
+        let mut m = self.maps();
+        plan(table, diff).iter().try_for_each(|op| m.write(op))
+    }
+
+    fn sync_all(&mut self, table: &RouteTable, fresh: &HashSet<u32>) -> Result<(), DataplaneError> {
+        let mut m = self.maps();
+        for &id in fresh {
+            m.write(&MapOp::ZeroSlot(id))?;
+        }
+        for e in table.entries() {
+            m.write(&MapOp::WriteFrontend(e.clone()))?;
+            m.write(&MapOp::WriteReverse(e.clone()))?;
+        }
+        let stale_front: Vec<_> = m
+            .frontends
+            .keys()
+            .filter(|&&(port, protocol)| !table.port_in_use(port, protocol))
+            .copied()
+            .collect();
+        for (port, protocol) in stale_front {
+            m.write(&MapOp::RemoveFrontend(port, protocol))?;
+        }
+        let stale_rev: Vec<_> = m
+            .reverse
+            .keys()
+            .filter(|&&(backend, protocol)| !table.backend_in_use(backend, protocol))
+            .copied()
+            .collect();
+        for (backend, protocol) in stale_rev {
+            m.write(&MapOp::RemoveReverse(backend, protocol))?;
+        }
+        Ok(())
+    }
+
+    fn pinned_frontends(&self) -> &PinnedFrontends {
+        &self.pinned
+    }
+
+    fn route_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        Ok(self.maps().counters.get(&id).copied().unwrap_or_default())
+    }
+
+    fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
+        Ok(self.maps().verdicts.clone())
+    }
+
+    fn legs(&self) -> &[Leg] {
+        &self.legs
+    }
+
+    fn refresh_egress(&mut self) -> Result<(), DataplaneError> {
+        let mut m = self.maps();
+        m.egress_refreshes += 1;
+        if let Some(gate) = m.egress_gate.take() {
+            m.stalled = gate.recv_timeout(Duration::from_secs(3)).is_err();
+        }
+        Ok(())
+    }
+
+    fn tick_clock(&mut self) -> Result<(), DataplaneError> {
+        self.maps().clock_ticks += 1;
+        Ok(())
+    }
+
+    fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn detach(self: Box<Self>) -> Result<(), DataplaneError> {
+        self.maps().detached = true;
+        Ok(())
+    }
+}
+
+/// What the fake store holds, and how it is told to misbehave.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    pub routes: Vec<StoredRoute>,
+    pub users: Users,
+    /// Saves to let through before one fails (`Some(0)`: the next fails), once.
+    pub fail_in: Option<usize>,
+    /// Every save fails while set (a full or read-only disk).
+    pub broken: bool,
+    /// Saves attempted, failed ones included.
+    pub saves: usize,
+}
+
+/// A store that keeps what it is given in memory.
+#[derive(Clone, Debug, Default)]
+pub struct FakeStore {
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, FakeState> {
+        guard(&self.state)
+    }
+
+    pub fn boxed(&self) -> Box<dyn Store> {
+        Box::new(self.clone())
+    }
+}
+
+impl Store for FakeStore {
+    fn location(&self) -> String {
+        "memory".to_string()
+    }
+
+    fn load_routes(&self, _public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError> {
+        Ok(self.state().routes.clone())
+    }
+
+    fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError> {
+        let mut s = self.state();
+        s.save_or_fail()?;
+        s.routes = routes.to_vec();
+        Ok(())
+    }
+
+    fn load_accounts(&self) -> Result<Users, StateError> {
+        Ok(self.state().users.clone())
+    }
+
+    fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
+        let mut s = self.state();
+        s.save_or_fail()?;
+        s.users = users.clone();
+        Ok(())
+    }
+}
+
+impl FakeState {
+    /// Counts a save and fails it if told to.
+    fn save_or_fail(&mut self) -> Result<(), StateError> {
+        self.saves += 1;
+        let fail = match self.fail_in {
+            Some(0) => {
+                self.fail_in = None;
+                true
+            }
+            Some(n) => {
+                self.fail_in = Some(n - 1);
+                self.broken
+            }
+            None => self.broken,
+        };
+        if fail {
+            return Err(StateError::Io {
+                path: PathBuf::from("memory"),
+                action: "fsync",
+                error: io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- the daemon, for its servers
+
+use crate::api::{
+    ApiError, Caller, ClaimRequest, Control, MeReply, Removed, RouteRequest, RouteView,
+    RoutesReply, Shutdown, TokenReply, UserRequest, UserView, UsersReply,
+};
+
+/// A control that records calls and answers from a fixed script.
+#[derive(Default)]
+pub struct FakeControl {
+    pub added: std::sync::Mutex<Vec<RouteRequest>>,
+    pub shutdowns: std::sync::Mutex<Vec<Shutdown>>,
+    pub users: std::sync::Mutex<crate::users::Users>,
+}
+
+pub fn view(name: &str, port: u16) -> RouteView {
+    RouteView {
+        name: name.into(),
+        service: "ssh".into(),
+        protocol: "tcp".into(),
+        port,
+        backend: "10.0.0.11:22".into(),
+        source: "runtime".into(),
+        added_unix: 1,
+        last_seen_unix: None,
+        idle_seconds: 0,
+        reclaim_in_seconds: None,
+        inbound_packets: 0,
+        outbound_packets: 0,
+        inbound_bytes: 0,
+        outbound_bytes: 0,
+    }
+}
+
+impl Control for FakeControl {
+    fn list(&self) -> RoutesReply {
+        RoutesReply {
+            public_ipv4: "203.0.113.10".into(),
+            port_range: "30000-30009".into(),
+            free_ports: 9,
+            reclaim_after: Some("14d".into()),
+            portal: None,
+            routes: vec![view("alice", 30000)],
+        }
+    }
+    fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError> {
+        if request.port == Some(40000) {
+            return Err(ApiError::field(
+                400,
+                "port",
+                "port: 40000 is outside gateway.port_range 30000-30009",
+            ));
+        }
+        let v = view(&request.name, request.port.unwrap_or(30001));
+        self.added.lock().unwrap().push(request);
+        Ok(v)
+    }
+    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
+        match (name, service) {
+            ("alice", None | Some("ssh")) => Ok(Removed {
+                removed: vec![view("alice", 30000)],
+            }),
+            _ => Err(ApiError::new(404, format!("no runtime route named {name}"))),
+        }
+    }
+    fn shutdown(&self, request: Shutdown) {
+        self.shutdowns.lock().unwrap().push(request);
+    }
+    fn users(&self) -> UsersReply {
+        let users = self.users.lock().unwrap();
+        UsersReply {
+            users: users.all().map(|u| UserView::of(u, 0)).collect(),
+        }
+    }
+    fn user_add(&self, r: UserRequest) -> Result<TokenReply, ApiError> {
+        let rules = crate::users::parse_rules(&r.backends)
+            .map_err(|e| ApiError::field(400, "backends", e))?;
+        let mut users = self.users.lock().unwrap();
+        let token = users
+            .add(
+                &r.name,
+                rules,
+                r.max_routes.unwrap_or(4),
+                r.admin,
+                std::time::UNIX_EPOCH,
+            )
+            .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
+        let user = UserView::of(users.get(&r.name).unwrap(), 0);
+        Ok(TokenReply { user, token })
+    }
+    fn user_remove(&self, name: &str, _with_routes: bool) -> Result<UserView, ApiError> {
+        let mut users = self.users.lock().unwrap();
+        let u = users
+            .remove(name)
+            .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
+        Ok(UserView::of(&u, 0))
+    }
+    fn user_token(&self, name: &str) -> Result<TokenReply, ApiError> {
+        let mut users = self.users.lock().unwrap();
+        let token = users
+            .rotate(name)
+            .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
+        let user = UserView::of(users.get(name).unwrap(), 0);
+        Ok(TokenReply { user, token })
+    }
+    fn authenticate(&self, token: &str) -> Option<Caller> {
+        let users = self.users.lock().unwrap();
+        let u = users.authenticate(token).ok()?;
+        Some(Caller {
+            name: u.name.clone(),
+            admin: u.admin,
+        })
+    }
+    fn me(&self, caller: &str) -> Result<MeReply, ApiError> {
+        let users = self.users.lock().unwrap();
+        let u = users
+            .get(caller)
+            .ok_or_else(|| ApiError::new(404, "no such user"))?;
+        Ok(MeReply {
+            user: UserView::of(u, 0),
+            public_ipv4: "203.0.113.10".into(),
+            zone: Some("lab.example".into()),
+            routes: vec![],
+        })
+    }
+    fn claim(&self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
+        self.add(RouteRequest {
+            name: caller.into(),
+            service: r.service,
+            protocol: r.protocol,
+            backend: r.backend,
+            port: None,
+        })
+    }
+    fn release(
+        &self,
+        caller: &str,
+        service: &str,
+        _protocol: Option<&str>,
+    ) -> Result<Removed, ApiError> {
+        self.remove(caller, Some(service))
+    }
+}

@@ -1,0 +1,202 @@
+use super::*;
+use crate::config::Protocol;
+
+fn rule(s: &str) -> BackendRule {
+    s.parse().unwrap()
+}
+
+fn draft(name: &str, backend: &str) -> RouteDraft {
+    RouteDraft {
+        name: name.into(),
+        service: "ssh".into(),
+        protocol: Protocol::Tcp,
+        backend: backend.parse().unwrap(),
+        port: None,
+    }
+}
+
+fn alice() -> User {
+    User {
+        name: "alice".into(),
+        backends: vec![rule("10.0.0.11"), rule("10.0.1.0/28:22")],
+        max_routes: 2,
+        admin: false,
+        token_sha256: None,
+        created: SystemTime::UNIX_EPOCH,
+        from_config: false,
+    }
+}
+
+#[test]
+fn backend_rules_parse_and_match() {
+    let one = rule("10.0.0.11");
+    assert!(one.allows("10.0.0.11:22".parse().unwrap()));
+    assert!(one.allows("10.0.0.11:8080".parse().unwrap()));
+    assert!(!one.allows("10.0.0.12:22".parse().unwrap()));
+    let block = rule("10.0.1.0/28:22");
+    assert!(block.allows("10.0.1.15:22".parse().unwrap()));
+    assert!(!block.allows("10.0.1.16:22".parse().unwrap()));
+    assert!(!block.allows("10.0.1.3:23".parse().unwrap()));
+    assert_eq!(block.to_string(), "10.0.1.0/28:22");
+    assert_eq!(one.to_string(), "10.0.0.11");
+    for bad in [
+        "10.0.1.1/28",
+        "10.0.0.300",
+        "127.0.0.1",
+        "0.0.0.0/8",
+        "224.0.0.1",
+        "10.0.0.1:0",
+        "10.0.0.0/33",
+        "10.0.0.0/4",
+        "alice",
+        "",
+    ] {
+        assert!(bad.parse::<BackendRule>().is_err(), "{bad} accepted");
+    }
+    let e = "10.0.1.1/28".parse::<BackendRule>().unwrap_err();
+    assert!(e.contains("10.0.1.0"), "{e}");
+}
+
+#[test]
+fn claims_are_confined_to_the_students_name_backends_and_quota() {
+    let a = alice();
+    assert_eq!(check_claim(&a, &draft("alice", "10.0.0.11:22"), 0), Ok(()));
+    assert_eq!(check_claim(&a, &draft("alice", "10.0.1.2:22"), 1), Ok(()));
+    let e = check_claim(&a, &draft("bob", "10.0.0.11:22"), 0).unwrap_err();
+    assert_eq!(e.field(), "name");
+    assert_eq!(e.status(), 403);
+    let e = check_claim(&a, &draft("alice", "10.0.0.12:22"), 0).unwrap_err();
+    assert_eq!(e.field(), "backend");
+    assert!(e.to_string().contains("10.0.0.12:22"), "{e}");
+    assert!(e.to_string().contains("10.0.1.0/28:22"), "{e}");
+    let e = check_claim(&a, &draft("alice", "10.0.0.11:22"), 2).unwrap_err();
+    assert!(e.to_string().contains("2 of 2"), "{e}");
+    let admin = User {
+        admin: true,
+        ..alice()
+    };
+    assert_eq!(check_claim(&admin, &draft("bob", "10.9.9.9:1"), 99), Ok(()));
+}
+
+#[test]
+fn tokens_authenticate_only_their_user_and_rotation_locks_the_old_one_out() {
+    let mut users = Users::default();
+    let now = SystemTime::UNIX_EPOCH;
+    let ta = users.add("alice", vec![], 4, false, now).unwrap();
+    let tb = users.add("bob", vec![], 4, false, now).unwrap();
+    assert!(ta.starts_with("sg_alice_") && ta.len() == "sg_alice_".len() + 64);
+    assert_ne!(ta, tb);
+    assert_eq!(users.authenticate(&ta).unwrap().name, "alice");
+    assert_eq!(users.authenticate(&tb).unwrap().name, "bob");
+    // bob's secret under alice's name, a truncated or altered token, junk: all refused.
+    let forged = format!("sg_alice_{}", &tb["sg_bob_".len()..]);
+    assert_eq!(users.authenticate(&forged), Err(BadToken));
+    assert_eq!(users.authenticate(&ta[..ta.len() - 1]), Err(BadToken));
+    let mut flipped = ta.clone().into_bytes();
+    let last = flipped.len() - 1;
+    flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+    assert_eq!(
+        users.authenticate(std::str::from_utf8(&flipped).unwrap()),
+        Err(BadToken)
+    );
+    assert_eq!(users.authenticate(""), Err(BadToken));
+    assert_eq!(users.authenticate(&"x".repeat(10_000)), Err(BadToken));
+    let new = users.rotate("alice").unwrap();
+    assert_eq!(users.authenticate(&ta), Err(BadToken));
+    assert_eq!(users.authenticate(&new).unwrap().name, "alice");
+    // Only the hash is kept.
+    let stored = users.get("alice").unwrap().token_sha256.unwrap();
+    assert_eq!(stored, token_sha256(&new));
+    assert!(!format!("{:?}", users).contains(&new[9..]));
+}
+
+#[test]
+fn account_operations_name_what_is_wrong() {
+    let mut users = Users::default();
+    let now = SystemTime::UNIX_EPOCH;
+    users.add("alice", vec![], 4, false, now).unwrap();
+    assert_eq!(
+        users.add("alice", vec![], 4, false, now),
+        Err(UserError::Exists("alice".into()))
+    );
+    assert!(matches!(
+        users.add("Alice!", vec![], 4, false, now),
+        Err(UserError::Name(_))
+    ));
+    assert!(matches!(
+        users.add("carol", vec![], 5000, false, now),
+        Err(UserError::Quota(5000))
+    ));
+    assert_eq!(
+        users.rotate("nobody"),
+        Err(UserError::NoSuchUser("nobody".into()))
+    );
+    assert!(users.remove("alice").is_ok());
+    assert!(users.get("alice").is_none());
+}
+
+#[test]
+fn cooldowns_keep_a_port_out_until_they_end() {
+    let mut users = Users::default();
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let day = Duration::from_secs(86400);
+    users.cool(30001, t0, day);
+    assert!(users.is_cooling(30001, t0));
+    assert!(users.is_cooling(30001, t0 + day - Duration::from_secs(1)));
+    assert!(!users.is_cooling(30001, t0 + day));
+    assert!(!users.is_cooling(30002, t0));
+    // A later release extends, an earlier one never shortens.
+    users.cool(30001, t0 + day / 2, day);
+    assert!(users.is_cooling(30001, t0 + day));
+    users.cool(30001, t0, Duration::from_secs(1));
+    assert!(users.is_cooling(30001, t0 + day));
+    assert!(!users.expire_cooldowns(t0));
+    assert!(users.expire_cooldowns(t0 + 2 * day));
+    assert!(users.cooldown().is_empty());
+    users.cool(30005, t0, Duration::ZERO);
+    assert!(!users.is_cooling(30005, t0));
+}
+
+#[test]
+fn config_users_are_added_updated_and_removed_by_the_file_keeping_tokens() {
+    use crate::config::ConfigUser;
+    let now = SystemTime::UNIX_EPOCH;
+    let mut users = Users::default();
+    let runtime_token = users.add("bob", vec![], 4, false, now).unwrap();
+    let declared = vec![ConfigUser {
+        name: "alice".into(),
+        backends: vec![rule("10.0.0.11")],
+        max_routes: 2,
+        admin: false,
+    }];
+    assert_eq!(
+        users.apply_config(&declared, now),
+        (vec!["alice".to_string()], vec![], vec![])
+    );
+    let a = users.get("alice").unwrap();
+    assert!(a.from_config && a.token_sha256.is_none());
+    // No token yet: nothing authenticates as alice.
+    let token = users.rotate("alice").unwrap();
+    assert_eq!(users.authenticate(&token).unwrap().name, "alice");
+    let more = vec![ConfigUser {
+        max_routes: 3,
+        ..declared[0].clone()
+    }];
+    assert_eq!(
+        users.apply_config(&more, now),
+        (vec![], vec!["alice".to_string()], vec![])
+    );
+    assert_eq!(users.get("alice").unwrap().max_routes, 3);
+    assert_eq!(
+        users.authenticate(&token).unwrap().name,
+        "alice",
+        "token kept"
+    );
+    // Dropped from the file: gone. A runtime account is never the file's to remove.
+    assert_eq!(
+        users.apply_config(&[], now),
+        (vec![], vec![], vec!["alice".to_string()])
+    );
+    assert!(users.get("alice").is_none());
+    assert_eq!(users.authenticate(&runtime_token).unwrap().name, "bob");
+}
