@@ -104,9 +104,10 @@ fn example_config(routes: &[RouteSpec]) -> String {
             ),
         )
         .replace("203.0.113.10", PUBLIC_IP)
-        .replace("# [http]\n", "[http]\n")
-        .replace("# listen = [\"", "listen = [\"")
-        .replace("# service = \"http\"", "service = \"http\"")
+        .replace(
+            &format!("# [http]\n# listen = [\"{PUBLIC_IP}:80\"]\n# service = \"http\"\n"),
+            &format!("[http]\nlisten = [\"{PUBLIC_IP}:80\"]\nservice = \"http\"\n"),
+        )
         .replace("127.0.0.1:9110", METRICS_ADDR);
     for r in routes {
         c.push_str(&format!(
