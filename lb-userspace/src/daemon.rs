@@ -47,6 +47,7 @@ use crate::{
     dns::{DnsError, DnsServer},
     http::{HttpError, HttpServer},
     metrics::{self, LegSample, RouteSample},
+    notify,
     portal::{PortalError, PortalServer},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
     state::{StateError, StateStore, Store, StoredRoute},
@@ -239,6 +240,22 @@ impl Core {
                 last_seen: e.last_seen,
             })
             .collect()
+    }
+
+    /// The one line `systemctl status` shows while running.
+    fn status_line(&self) -> String {
+        let runtime = self
+            .table
+            .entries()
+            .filter(|e| e.source == Source::Runtime)
+            .count();
+        let gw = &self.gateway;
+        format!(
+            "forwarding {} routes ({runtime} runtime) on {}, {}",
+            self.table.len(),
+            gw.public_interface,
+            gw.private_interfaces.join(", ")
+        )
     }
 
     fn save(&mut self) -> Result<(), StateError> {
@@ -1093,12 +1110,22 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         state = %opts.state_dir.display(),
         "srvgate ready"
     );
+    // Only now: XDP is attached and every socket answers, which is what systemd waits for.
+    let status = on_core(&core, |c| c.status_line())
+        .await
+        .unwrap_or_default();
+    tell_systemd(notify::ready(&status));
 
     let result = event_loop(&opts, &core, &mut shutdown_rx).await;
     let detach = match &result {
         Ok(detach) => *detach,
         Err(_) => opts.detach_on_exit,
     };
+    tell_systemd(notify::stopping(if detach {
+        "stopping; detaching XDP"
+    } else {
+        "stopping; XDP stays attached and forwarding"
+    }));
 
     // Awaited, so that no server task outlives this point.
     api_task.abort();
@@ -1134,6 +1161,13 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&opts.socket);
     outcome?;
     result.map(|_| ())
+}
+
+/// A failed notification is worth a warning, never an exit: forwarding does not depend on it.
+fn tell_systemd(sent: std::io::Result<bool>) {
+    if let Err(e) = sent {
+        warn!("notifying systemd (NOTIFY_SOCKET): {e}");
+    }
 }
 
 /// The data plane of a core that has shut down: every change is refused, and nothing of
@@ -1219,6 +1253,7 @@ async fn event_loop(
     let mut clock = tokio::time::interval(CLOCK_TICK);
     let mut observe = tokio::time::interval(OBSERVE_EVERY);
     observe.tick().await;
+    let mut status = on_core(core, |c| c.status_line()).await.unwrap_or_default();
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(opts.detach_on_exit); }
@@ -1228,12 +1263,16 @@ async fn event_loop(
                 return Ok(s.detach || opts.detach_on_exit);
             }
             _ = hup.recv() => {
+                tell_systemd(notify::reloading());
                 let cfg = Config::load(&opts.config).and_then(|c| c.check_interfaces(&opts.config).map(|_| c));
                 match cfg {
                     Ok(cfg) => {
                         on_core(core, move |c| c.reload(cfg)).await;
                     }
                     Err(e) => error!("SIGHUP: keeping the running routes; {e}"),
+                }
+                if let Some(line) = on_core(core, |c| c.status_line()).await {
+                    tell_systemd(notify::ready(&line));
                 }
             }
             _ = egress.tick() => {
@@ -1247,7 +1286,16 @@ async fn event_loop(
                 }
             }
             _ = observe.tick() => {
-                on_core(core, Core::observe).await;
+                let line = on_core(core, |c| {
+                    c.observe();
+                    c.status_line()
+                })
+                .await;
+                // Runtime adds, removals and reclaims change the count between reloads.
+                if let Some(line) = line.filter(|l| *l != status) {
+                    tell_systemd(notify::status(&line));
+                    status = line;
+                }
             }
         }
     }

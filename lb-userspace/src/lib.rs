@@ -7,10 +7,12 @@
 //! Host header), `api` (the control socket: server and client), `daemon`
 //! (`srvgate run`: the operations that keep all of the above in agreement), `admin` (the
 //! admins' CLI verbs), `metrics` (Prometheus text), `student` (the client-side `srvgate
-//! ssh`), `sys` (thin wrappers over the few system calls we need).
+//! ssh`), `sys` (thin wrappers over the few system calls we need), `notify` (systemd readiness),
+//! `logging` (terminal or journal output), `docs` (man pages and completions from the CLI).
 //!
 //! Without the `gateway` feature only what the students' verbs need is built (`api`'s
-//! types, `config`'s rules, `users`, `student`), so that the client builds for any OS.
+//! types, `config`'s rules, `users`, `student`, `docs`), so that the client builds for any
+//! OS.
 #[cfg(feature = "gateway")]
 pub mod accounts;
 #[cfg(feature = "gateway")]
@@ -23,10 +25,15 @@ pub mod daemon;
 pub mod dataplane;
 #[cfg(feature = "gateway")]
 pub mod dns;
+pub mod docs;
 #[cfg(feature = "gateway")]
 pub mod http;
 #[cfg(feature = "gateway")]
+pub mod logging;
+#[cfg(feature = "gateway")]
 pub mod metrics;
+#[cfg(feature = "gateway")]
+pub mod notify;
 #[cfg(feature = "gateway")]
 pub mod portal;
 #[cfg(feature = "gateway")]

@@ -5,13 +5,13 @@
 //! privileges).
 
 #[cfg(feature = "gateway")]
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::path::Path;
+use std::{path::PathBuf, process::ExitCode};
 
 #[cfg(feature = "gateway")]
-use anyhow::{anyhow, Context as _};
-use clap::{Parser, Subcommand};
-use lb_userspace::student::{self, account};
+use anyhow::anyhow;
+use anyhow::Context as _;
+use clap::{CommandFactory as _, Parser, Subcommand};
 #[cfg(feature = "gateway")]
 use lb_userspace::{
     admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
@@ -19,8 +19,13 @@ use lb_userspace::{
     config::Config,
     daemon::{self, Options},
     dataplane::{AttachMode, DEFAULT_PIN_DIR},
+    logging,
     state::DEFAULT_STATE_DIR,
     sys,
+};
+use lb_userspace::{
+    docs,
+    student::{self, account},
 };
 
 #[derive(Parser)]
@@ -78,6 +83,40 @@ enum Command {
     Release(account::ReleaseArgs),
 }
 
+/// The package build's verbs. Parsed apart from [`Cli`] so that they appear in none of the
+/// man pages and completion scripts they generate from it (clap's completion generators
+/// list hidden subcommands too).
+#[derive(Parser)]
+#[command(name = "srvgate")]
+enum Packaging {
+    /// Write the man pages (one per command) into DIR.
+    GenerateMan { dir: PathBuf },
+    /// Print the completion script for SHELL.
+    Completions { shell: docs::Shell },
+}
+
+impl Packaging {
+    fn is_invoked() -> bool {
+        let verb = std::env::args_os().nth(1);
+        matches!(
+            verb.as_ref().and_then(|v| v.to_str()),
+            Some("generate-man" | "completions")
+        )
+    }
+
+    fn run(self) -> anyhow::Result<()> {
+        match self {
+            Packaging::GenerateMan { dir } => docs::write_man_pages(Cli::command(), &dir)
+                .map(|_| ())
+                .with_context(|| format!("writing man pages to {}", dir.display())),
+            Packaging::Completions { shell } => {
+                docs::write_completions(Cli::command(), shell, &mut std::io::stdout());
+                Ok(())
+            }
+        }
+    }
+}
+
 #[cfg(feature = "gateway")]
 #[derive(clap::Args)]
 struct RunArgs {
@@ -129,15 +168,26 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    if Packaging::is_invoked() {
+        return match Packaging::parse().run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("srvgate: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
+    #[cfg(feature = "gateway")]
+    logging::init();
+    // The students' client alone: plain lines on stderr.
+    #[cfg(not(feature = "gateway"))]
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // hickory-server logs every answer at info: that would be a line per query.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     #[cfg(feature = "gateway")]
     let admin_failure = |e: admin::AdminError| {

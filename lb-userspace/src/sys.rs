@@ -40,10 +40,13 @@ pub fn monotonic_now() -> Duration {
 /// Capabilities the daemon needs to load and attach XDP programs.
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Names the capabilities this process lacks to run the gateway, or `None` if it has them.
-/// CAP_SYS_ADMIN stands in for CAP_BPF, as it does in the kernel.
+/// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as it does in the kernel. Without
+/// CAP_PERFMON the verifier refuses the program's packet-pointer arithmetic ("pointer
+/// arithmetic with it prohibited for !root"): a plain message beats that log.
 pub fn missing_privileges() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let eff = status
@@ -62,7 +65,10 @@ fn missing_from_mask(eff: u64) -> Option<String> {
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push("CAP_BPF");
     }
-    (!missing.is_empty()).then(|| missing.join(" and "))
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
 }
 
 /// Writes a sysctl under /proc/sys, returning whether it changed.
@@ -217,15 +223,24 @@ mod tests {
         assert_eq!(missing_from_mask(u64::MAX), None);
         assert_eq!(
             missing_from_mask(0).as_deref(),
-            Some("CAP_NET_ADMIN and CAP_BPF")
+            Some("CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON")
         );
         assert_eq!(
             missing_from_mask(1 << CAP_NET_ADMIN | 1 << CAP_SYS_ADMIN),
             None
         );
+        // What the systemd unit grants.
         assert_eq!(
-            missing_from_mask(1 << CAP_BPF).as_deref(),
+            missing_from_mask(1 << CAP_NET_ADMIN | 1 << CAP_BPF | 1 << CAP_PERFMON),
+            None
+        );
+        assert_eq!(
+            missing_from_mask(1 << CAP_BPF | 1 << CAP_PERFMON).as_deref(),
             Some("CAP_NET_ADMIN")
+        );
+        assert_eq!(
+            missing_from_mask(1 << CAP_NET_ADMIN | 1 << CAP_BPF).as_deref(),
+            Some("CAP_PERFMON")
         );
     }
 

@@ -1166,6 +1166,21 @@ impl Lab {
     /// first (or never gets ready) the error carries its log. Returns its pid. Starting it
     /// again after a stop or kill is a restart: same state, same pins.
     pub fn start_srvgate(&self, config: &Path, extra_args: &[&str]) -> Result<u32> {
+        let pid = self.spawn_srvgate(config, extra_args, &[], &[])?;
+        self.wait_srvgate_ready(pid)?;
+        Ok(pid)
+    }
+
+    /// Like [`Lab::start_srvgate`] but returns at once, without waiting for it to be ready:
+    /// `srvgate run ...` as above, run as `WRAPPER... srvgate run ...` (e.g. `setpriv` with
+    /// fewer capabilities) with the extra environment `env`. Tracked as the lab's srvgate.
+    pub fn spawn_srvgate(
+        &self,
+        config: &Path,
+        extra_args: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<u32> {
         let bin = existing_srvgate_bin()?;
         let log = self.dir().join(format!("srvgate-{}.log", self.next_id()));
         let cfg = config.display().to_string();
@@ -1174,7 +1189,8 @@ impl Lab {
             self.pin_dir().display().to_string(),
             self.socket_path().display().to_string(),
         );
-        let mut argv = vec![
+        let mut argv = wrapper.to_vec();
+        argv.extend([
             bin.as_str(),
             "run",
             "--config",
@@ -1185,15 +1201,26 @@ impl Lab {
             &pins,
             "--socket",
             &socket,
-        ];
+        ]);
         argv.extend_from_slice(extra_args);
-        let pid = self.spawn_logged(&self.gw, &argv, &[("RUST_LOG", "info")], &log)?;
-        *lock(&self.srvgate) = Some((pid, log.clone()));
+        let mut envs = vec![("RUST_LOG", "info")];
+        envs.extend_from_slice(env);
+        let pid = self.spawn_logged(&self.gw, &argv, &envs, &log)?;
+        *lock(&self.srvgate) = Some((pid, log));
+        Ok(pid)
+    }
+
+    /// Waits up to [`SRVGATE_READY_TIMEOUT`] for the `ready` line of the srvgate `pid`
+    /// started by [`Lab::spawn_srvgate`]; an error with its log if it exits first.
+    pub fn wait_srvgate_ready(&self, pid: u32) -> Result<()> {
+        let log = self
+            .log_path(pid)
+            .ok_or_else(|| anyhow!("pid {pid} is not a process of this lab"))?;
         let deadline = Instant::now() + SRVGATE_READY_TIMEOUT;
         loop {
             let text = fs::read_to_string(&log).unwrap_or_default();
             if log_says_ready(&text) {
-                return Ok(pid);
+                return Ok(());
             }
             if child_exited(pid) {
                 let status = self.stop(pid, Duration::ZERO)?;

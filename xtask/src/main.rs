@@ -4,12 +4,14 @@
 mod bench;
 mod cmd;
 mod demo;
+mod dist;
 mod packages;
 mod setup;
 
 use std::{
     env,
     ffi::OsString,
+    fs,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -102,6 +104,16 @@ enum Cmd {
         no_dns: bool,
         /// Directory for the results (default: bench/results).
         #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Set up, build (release), then build the Debian package target/dist/srvgate_VERSION_ARCH.deb.
+    ///
+    /// It holds the binary, the systemd unit, an example /etc/srvgate/srvgate.toml
+    /// (a conffile), man pages and bash/zsh/fish completions generated from the CLI, and
+    /// the Grafana dashboard. Install it with `apt install ./target/dist/srvgate_*.deb`.
+    Dist {
+        /// Directory for the package (default: target/dist).
+        #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
     /// Set up, build, then run the demo lab (what `run` does without arguments).
@@ -200,6 +212,16 @@ fn dispatch(command: Cmd) -> Result<()> {
                 &workspace_root()?,
             )
         }
+        Cmd::Dist { out } => {
+            setup::setup(false)?;
+            let bin = build(true)?;
+            let root = workspace_root()?;
+            let out = out.unwrap_or_else(|| dist_dir(&root));
+            fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let deb = dist::package(&root, &bin, &out)?;
+            println!("built {}", deb.display());
+            Ok(())
+        }
         Cmd::Demo { once } => {
             setup::setup(false)?;
             let bin = build(true)?;
@@ -227,6 +249,11 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
+/// Where `cargo xtask dist` puts the package, and where the package tests look for it.
+fn dist_dir(root: &Path) -> PathBuf {
+    target_dir(root).join("dist")
+}
+
 fn cargo(root: &Path) -> Command {
     let mut c = Command::new("cargo");
     c.current_dir(root);
@@ -252,6 +279,8 @@ fn build(release: bool) -> Result<PathBuf> {
 enum Action {
     Cargo(Command),
     BpfLinkerFromScratch,
+    /// `cargo xtask dist` from the release binary, for the package tests to inspect.
+    Package(PathBuf),
     /// The README's first command, once, checking every step it shows.
     Demo(PathBuf),
     /// `cargo xtask bench --smoke`: one short round of every mode.
@@ -333,6 +362,10 @@ fn test(quick: bool) -> Result<()> {
             &["build", "--release", "-p", "lb-userspace"],
         ),
     ];
+    steps.push(Step {
+        name: "Debian package (cargo xtask dist)",
+        action: Action::Package(bin.clone()),
+    });
     // Before the workspace tests so that cargo test's summary is what ends the log.
     steps.push(Step {
         name: "demo lab (cargo xtask run), once",
@@ -357,6 +390,7 @@ fn test(quick: bool) -> Result<()> {
     );
     if let Action::Cargo(c) = &mut tests.action {
         c.env("SRVGATE_BIN", &bin);
+        c.env("SRVGATE_DIST_DIR", dist_dir(&root));
     }
     steps.push(tests);
     steps.push(Step {
@@ -372,6 +406,7 @@ fn test(quick: bool) -> Result<()> {
             Action::BpfLinkerFromScratch => {
                 "install bpf-linker into a temporary root and run it".to_string()
             }
+            Action::Package(_) => "cargo xtask dist".to_string(),
             Action::Demo(_) => "cargo xtask demo --once".to_string(),
             Action::BenchSmoke => "cargo xtask bench --smoke".to_string(),
         };
@@ -381,6 +416,13 @@ fn test(quick: bool) -> Result<()> {
             Action::Cargo(mut c) => cmd::run(&mut c),
             Action::BpfLinkerFromScratch => {
                 setup::verify_bpf_linker_install_from_scratch().map(|_| ())
+            }
+            Action::Package(bin) => {
+                let out = dist_dir(&root);
+                fs::create_dir_all(&out)
+                    .with_context(|| format!("creating {}", out.display()))
+                    .and_then(|()| dist::package(&root, &bin, &out))
+                    .map(|deb| println!("built {}", deb.display()))
             }
             Action::Demo(_) if !srvgate_tests::is_root() => {
                 println!("skipped: the demo lab needs root (network namespaces, XDP)");

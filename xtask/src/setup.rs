@@ -36,6 +36,14 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // The C compiler for Windows that ring's build script needs when `cargo xtask test`
     // checks that the students' client builds for x86_64-pc-windows-gnu.
     "gcc-mingw-w64-x86-64",
+    // `cargo xtask dist` and the package's tests: dpkg-shlibdeps (dpkg-dev) computes the
+    // package's Depends, strip (binutils) and gzip shrink its files, `man -l` (man-db)
+    // renders the pages, `systemd-analyze verify` (systemd) checks the unit.
+    "dpkg-dev",
+    "binutils",
+    "gzip",
+    "man-db",
+    "systemd",
     // `cargo xtask bench` (and its smoke run in `cargo xtask test`): the peers it measures
     // srvgate against, the traffic generators and the chart renderer. Their packaged
     // services are never started by the bench; it runs each inside its own namespaces.

@@ -1,0 +1,169 @@
+//! Log output: human lines on a terminal, journald-friendly lines under systemd.
+//!
+//! Under a service manager stderr is the journal's stream socket (systemd says so in
+//! `$JOURNAL_STREAM`). There each line starts with its syslog priority (`<4>` for a
+//! warning: journald's `SyslogLevelPrefix=`, on by default), so `journalctl -p warning`
+//! works, and carries no timestamp (the journal stamps every line) and no colours. Fields
+//! stay `key=value` after the message, the same as on a terminal, so
+//! `journalctl -u srvgate --grep 'route=alice/'` finds a route's history.
+
+use std::{fmt, io::IsTerminal as _, os::fd::AsRawFd};
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::{
+    fmt::{format::Writer, FmtContext, FormatEvent, FormatFields},
+    registry::LookupSpan,
+    EnvFilter,
+};
+
+/// Without `RUST_LOG`: hickory-server logs every answer at info, a line per query.
+const DEFAULT_FILTER: &str = "info,hickory_server=warn";
+
+/// Installs the global subscriber, writing to stderr.
+pub fn init() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if stderr_is_journal() {
+        builder
+            .with_ansi(false)
+            .event_format(Journal(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// Whether stderr is the stream `$JOURNAL_STREAM` names (`DEVICE:INODE`). Comparing the
+/// inode matters: a child whose stderr was redirected inherits the variable.
+fn stderr_is_journal() -> bool {
+    let named = std::env::var_os("JOURNAL_STREAM");
+    is_stream(named.as_deref(), &std::io::stderr())
+}
+
+/// Whether `fd` is the file `named` (`DEVICE:INODE`, as systemd writes it) identifies.
+fn is_stream(named: Option<&std::ffi::OsStr>, fd: &impl AsRawFd) -> bool {
+    let Some(named) = named.and_then(|n| n.to_str()) else {
+        return false;
+    };
+    // SAFETY: `stat` is plain integers, for which all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes only into `st`, which outlives the call; a closed fd only makes
+    // it fail.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    named == format!("{}:{}", st.st_dev, st.st_ino)
+}
+
+/// The syslog priority journald reads from a `<N>` line prefix.
+fn syslog_priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+/// Prefixes every event with its syslog priority, then formats it as `F` does.
+struct Journal<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Journal<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        ffi::OsStr,
+        os::unix::fs::MetadataExt as _,
+        sync::{Arc, Mutex},
+    };
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn journal_lines_carry_priority_and_fields_but_no_time_or_colour() {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .event_format(Journal(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(iface = "eth1", "egress through the kernel");
+            tracing::info!(route = "alice/ssh/tcp", port = 30001, "route added");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("<4> WARN "), "{text}");
+        assert!(
+            lines[0].ends_with("egress through the kernel iface=\"eth1\""),
+            "{text}"
+        );
+        assert!(lines[1].starts_with("<6> INFO "), "{text}");
+        assert!(
+            lines[1].contains("route=\"alice/ssh/tcp\" port=30001"),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b'), "{text}");
+    }
+
+    #[test]
+    fn the_journal_stream_is_recognised_by_device_and_inode() {
+        let file = tempfile::tempfile().unwrap();
+        let meta = file.metadata().unwrap();
+        let right = format!("{}:{}", meta.dev(), meta.ino());
+        assert!(is_stream(Some(OsStr::new(&right)), &file));
+        let wrong = format!("{}:{}", meta.dev(), meta.ino() + 1);
+        assert!(!is_stream(Some(OsStr::new(&wrong)), &file));
+        assert!(!is_stream(None, &file));
+    }
+
+    #[test]
+    fn priorities_follow_syslog() {
+        assert_eq!(syslog_priority(&Level::ERROR), 3);
+        assert_eq!(syslog_priority(&Level::WARN), 4);
+        assert_eq!(syslog_priority(&Level::INFO), 6);
+        assert_eq!(syslog_priority(&Level::TRACE), 7);
+    }
+}
