@@ -1127,7 +1127,8 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         "stopping; XDP stays attached and forwarding"
     }));
 
-    // Awaited, so that no server task outlives this point.
+    // Awaited, so every accept loop has ended here. A connection they spawned may still
+    // be answering; whatever it asks of the core after `finish` finds the data plane stopped.
     api_task.abort();
     let _ = api_task.await;
     for t in portal_tasks {
