@@ -118,7 +118,10 @@ impl DaemonError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            DaemonError::Config(_) | DaemonError::State(_) | DaemonError::Clash { .. }
+            DaemonError::Config(_)
+                | DaemonError::State(_)
+                | DaemonError::Clash { .. }
+                | DaemonError::Portal(PortalError::Cert { .. })
         )
     }
 }

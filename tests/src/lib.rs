@@ -1309,6 +1309,18 @@ impl Lab {
 
 /// Fails the calling test at once, with the build command, when the srvgate binary the
 /// lab would start is missing.
+/// Polls `f` every 200 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not true after {timeout:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub fn require_srvgate_bin() {
     if let Err(e) = existing_srvgate_bin() {
         panic!("{e}");

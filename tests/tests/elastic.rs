@@ -161,18 +161,6 @@ fn connect(lab: &Lab, port: u16) -> std::io::Result<std::net::TcpStream> {
     tcp_connect(&lab.client, addr, Duration::from_secs(3)).unwrap()
 }
 
-/// Polls `f` every 200 ms until it holds, up to `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not true after {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn xdp_on_every_leg(lab: &Lab) -> bool {
     LEGS.iter().all(|d| lab.xdp_attached(&lab.gw, d).unwrap())
 }

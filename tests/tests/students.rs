@@ -3,12 +3,7 @@
 //! name with real ssh, and loses the route only by releasing it or leaving it idle. Every
 //! step runs the real srvgate binary from the lab's client namespace.
 
-use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::Path,
-    process::Output,
-    time::{Duration, Instant},
-};
+use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Output, time::Duration};
 
 use serde_json::Value;
 use srvgate_tests::*;
@@ -60,15 +55,20 @@ fn token(lab: &Lab, add_args: &[&str]) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not true after {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+/// `srvgate claim SERVICE --backend BACKEND` as the student whose credentials are `creds`.
+fn claim(lab: &Lab, creds: &str, service: &str, backend: &str) -> Output {
+    student(
+        lab,
+        &lab.client,
+        &[
+            "claim",
+            service,
+            "--backend",
+            backend,
+            "--credentials",
+            creds,
+        ],
+    )
 }
 
 fn mine(lab: &Lab, creds: &str) -> Value {
@@ -195,18 +195,7 @@ fn a_student_with_a_token_gets_an_ssh_endpoint_by_name_and_keeps_it_until_releas
 
     // One command: a port, and the way to use it.
     let out = ok(
-        &student(
-            &lab,
-            &lab.client,
-            &[
-                "claim",
-                "ssh",
-                "--backend",
-                &format!("{B1_IP}:22"),
-                "--credentials",
-                &alice_creds,
-            ],
-        ),
+        &claim(&lab, &alice_creds, "ssh", &format!("{B1_IP}:22")),
         "alice claim",
     );
     assert!(
@@ -220,31 +209,9 @@ fn a_student_with_a_token_gets_an_ssh_endpoint_by_name_and_keeps_it_until_releas
     assert_eq!(ok(&out, "srvgate ssh alice").trim(), "sg-b1");
 
     // Confined: not bob's backend, not past the quota, never another name.
-    let out = student(
-        &lab,
-        &lab.client,
-        &[
-            "claim",
-            "web",
-            "--backend",
-            &format!("{B2_IP}:22"),
-            "--credentials",
-            &alice_creds,
-        ],
-    );
+    let out = claim(&lab, &alice_creds, "web", &format!("{B2_IP}:22"));
     refused(&out, "a claim on bob's backend", &["not yours", B2_IP]);
-    let out = student(
-        &lab,
-        &lab.client,
-        &[
-            "claim",
-            "web",
-            "--backend",
-            &format!("{B1_IP}:80"),
-            "--credentials",
-            &alice_creds,
-        ],
-    );
+    let out = claim(&lab, &alice_creds, "web", &format!("{B1_IP}:80"));
     refused(&out, "a claim past the quota", &["quota", "1 of 1"]);
     assert_eq!(
         mine(&lab, &bob_creds)["routes"].as_array().unwrap().len(),
@@ -307,18 +274,7 @@ fn a_student_with_a_token_gets_an_ssh_endpoint_by_name_and_keeps_it_until_releas
         .status
         .success());
     ok(
-        &student(
-            &lab,
-            &lab.client,
-            &[
-                "claim",
-                "ssh",
-                "--backend",
-                &format!("{B2_IP}:22"),
-                "--credentials",
-                &bob_creds,
-            ],
-        ),
+        &claim(&lab, &bob_creds, "ssh", &format!("{B2_IP}:22")),
         "bob claim",
     );
     let bob_port = mine(&lab, &bob_creds)["routes"][0]["port"]
@@ -338,18 +294,7 @@ fn a_student_with_a_token_gets_an_ssh_endpoint_by_name_and_keeps_it_until_releas
         },
     );
     ok(
-        &student(
-            &lab,
-            &lab.client,
-            &[
-                "claim",
-                "ssh",
-                "--backend",
-                &format!("{B1_IP}:22"),
-                "--credentials",
-                &alice_creds,
-            ],
-        ),
+        &claim(&lab, &alice_creds, "ssh", &format!("{B1_IP}:22")),
         "alice claims again",
     );
     assert_eq!(
