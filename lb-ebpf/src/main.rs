@@ -70,6 +70,8 @@ mod program {
     fn count(index: u32) {
         if let Some(c) = GLOBAL_COUNTERS.get_ptr_mut(index) {
             // Per-CPU slot: no other writer, so a plain add is exact.
+            // SAFETY: the map returned a pointer to this CPU's slot, valid for the whole run
+            // of the program, and nothing else writes it meanwhile.
             unsafe { *c += 1 };
         }
     }
@@ -99,6 +101,8 @@ mod program {
         // SAFETY: `ctx.ctx` is the xdp_md the kernel passed this program, which is all the
         // helper reads.
         let bytes = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+        // SAFETY: `c` points to this CPU's slot of a per-CPU array (valid for the program's
+        // run, no other writer).
         unsafe {
             if inbound {
                 (*c).inbound_packets += 1;
@@ -114,10 +118,14 @@ mod program {
     #[inline(always)]
     fn try_srvgate(ctx: &XdpContext) -> Result<u32, Truncated> {
         let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+        // SAFETY: `eth` comes from `ptr_at`, which checked that the whole header lies
+        // before `data_end`: inside the packet, which the program may read and write.
         if unsafe { (*eth).proto } != ETH_P_IPV4.to_be() {
             return Ok(pass(counter::PASS_NOT_IPV4));
         }
         let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+        // SAFETY: `ip` comes from `ptr_at`, which checked that the whole header lies
+        // before `data_end`: inside the packet, which the program may read and write.
         let (version_ihl, frag_off, protocol) = unsafe {
             (
                 (*ip).version_ihl,
@@ -139,8 +147,13 @@ mod program {
         let ports: *mut Ports = ptr_at(ctx, l4)?;
         let l4_check: *mut u16 = ptr_at(ctx, l4 + check_off)?;
 
+        // SAFETY: `ctx.ctx` is the xdp_md the kernel passed this program.
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        let Some(iface) = (unsafe { INTERFACES.get(&ifindex) }) else {
+        // SAFETY: the reference is used only during this run, while the kernel keeps the
+        // element alive. A lookup racing the daemon's rewrite of the entries (every 2 s) may
+        // read a mix of two legs' entries; with the wrong role no frontend or reverse entry
+        // matches, so that one packet is passed to the kernel.
+        let Some(iface) = (unsafe { INTERFACES.get(ifindex) }) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
         let Some(settings) = SETTINGS.get(0) else {
@@ -150,6 +163,13 @@ mod program {
         let mut fib = mem::MaybeUninit::uninit();
         let fib: &mut FibParams = zero_in_place(&mut fib);
 
+        // SAFETY: `ip`, `ports` and `l4_check` come from `ptr_at`, which checked that each
+        // lies wholly before `data_end`: inside the packet, which the program may read and
+        // write; nothing else touches the packet during the run. The FRONTENDS and REVERSE
+        // references are used only during this run, while the kernel keeps the elements
+        // alive; their fields are copied out before the packet is rewritten, and the daemon
+        // changes an existing key's value only on a reload, so a lookup racing that update
+        // can misroute that one packet, as it could arrive just before or after it anyway.
         unsafe {
             if iface.role == ROLE_PUBLIC && (*ip).daddr == public_addr && public_addr != 0 {
                 let key = FrontendKey {
@@ -157,7 +177,7 @@ mod program {
                     protocol,
                     _pad: 0,
                 };
-                let Some(backend) = FRONTENDS.get(&key) else {
+                let Some(backend) = FRONTENDS.get(key) else {
                     return Ok(pass(counter::PASS_NO_ROUTE));
                 };
                 let (new_addr, new_port) = (backend.addr, backend.port);
@@ -182,7 +202,7 @@ mod program {
                     protocol,
                     _pad: 0,
                 };
-                let Some(rev) = REVERSE.get(&key) else {
+                let Some(rev) = REVERSE.get(key) else {
                     return Ok(pass(counter::PASS_NO_ROUTE));
                 };
                 // Routed before the rewrite, as it will leave (from the public address): a
@@ -224,6 +244,9 @@ mod program {
         protocol: u8,
         saddr: u32,
     ) -> i64 {
+        // SAFETY: `ip` comes from `ptr_at` (the header lies inside the packet); the fields
+        // of the bindgen unions are plain integers, valid whatever was there; `fib` is a
+        // live, exclusive `FibParams` of the size passed, and `ctx.ctx` the program's context.
         unsafe {
             fib.family = AF_INET;
             fib.l4_protocol = protocol;
@@ -253,6 +276,7 @@ mod program {
             // NO_NEIGH above all: the kernel resolves the neighbour while forwarding this one.
             return pass(counter::FWD_PASS_FIB);
         }
+        // SAFETY: `ip` comes from `ptr_at`: the header lies inside the packet.
         let ttl = unsafe { (*ip).ttl };
         if ttl <= 1 {
             return pass(counter::FWD_PASS_TTL);
@@ -264,6 +288,8 @@ mod program {
         let Ok(action) = TX_PORTS.redirect(fib.ifindex, 0) else {
             return pass(counter::FWD_PASS_EGRESS);
         };
+        // SAFETY: `eth` and `ip` come from `ptr_at`: both headers lie inside the packet,
+        // which the program may write.
         unsafe {
             (*ip).check = ipv4_csum_ttl_decrement((*ip).check, ttl, protocol);
             (*ip).ttl = ttl - 1;
@@ -276,7 +302,8 @@ mod program {
 
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
-        // The verifier proves the program cannot reach here.
+        // SAFETY: the verifier refuses a program with a reachable path to here (there is no
+        // unwinding in BPF), so this is never executed.
         unsafe { core::hint::unreachable_unchecked() }
     }
 

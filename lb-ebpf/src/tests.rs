@@ -291,12 +291,15 @@ fn zero_in_place_clears_every_byte() {
     unsafe impl crate::Zeroable for Block {}
     let mut slot = core::mem::MaybeUninit::<Block>::uninit();
     // Garbage first, so a store that missed a word would show.
+    // SAFETY: the bytes written are exactly those of `slot`; u8 has no invalid values.
     unsafe { core::ptr::write_bytes(slot.as_mut_ptr() as *mut u8, 0xa5, size_of::<Block>()) };
     let block = crate::zero_in_place(&mut slot);
     assert_eq!(
         (block.a, block.b, block.c, block.d, block.e),
         ([0; 13], 0, 0, 0, [0; 9])
     );
+    // SAFETY: `block` is initialised, so all of its bytes (padding included, as it was just
+    // zeroed) may be read as u8, for as long as the borrow lasts.
     let bytes = unsafe {
         core::slice::from_raw_parts(block as *const Block as *const u8, size_of::<Block>())
     };

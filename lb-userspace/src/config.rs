@@ -381,6 +381,7 @@ impl Config {
 
     /// Checks that every configured interface exists on this machine (in this network
     /// namespace), naming the field of each that does not.
+    #[cfg(feature = "gateway")]
     pub fn check_interfaces(&self, file: &Path) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let g = &self.gateway;

@@ -8,8 +8,21 @@
 //!
 //! Operations: `add` / `remove` (control API), `reload` (SIGHUP), `observe` (every few
 //! seconds: last-seen times from the BPF counters, then reclaim of idle runtime routes).
-//! Each one runs under the core's mutex: table first, then the state file (an operation the
-//! file did not record is undone), then the maps, then DNS.
+//! Each one runs under the core's mutex and starts with the table, which decides whether
+//! the change may happen at all; the rest follows in an order chosen per operation:
+//!
+//! - `add`: table, maps, DNS and HTTP (live), then the store (durable); a failed map
+//!   update or save undoes it everywhere, so a route nobody was told about never lingers.
+//! - `remove`: table, store, then maps, DNS and HTTP: durable before it takes effect; a
+//!   removal the store did not record is undone (each route back in its own slot).
+//! - `reload`: table (all of the file's routes or none), maps, the store (only when the
+//!   file took a runtime route over), DNS and HTTP. Sections only a restart applies are
+//!   named in a warning.
+//! - reclaim: table, store, maps, DNS and HTTP; a reclaim the store did not record is still
+//!   carried out and saved on a later pass.
+//!
+//! The core reaches the kernel and the disk only through the [`Dataplane`] and [`Store`]
+//! traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
 
 use std::{
     net::SocketAddr,
@@ -26,8 +39,8 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{
-        self, ApiError, Caller, ClaimRequest, Control, MeReply, Removed, RouteView, RoutesReply,
-        Shutdown, TokenReply, UserRequest, UsersReply,
+        self, ApiError, Caller, ClaimRequest, Control, MeReply, PortalInfo, Removed, RouteView,
+        RoutesReply, Shutdown, TokenReply, UserRequest, UsersReply,
     },
     config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
     dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane},
@@ -35,7 +48,7 @@ use crate::{
     http::{HttpError, HttpServer},
     metrics::{self, LegSample, RouteSample},
     notify,
-    portal::{PortalError, PortalInfo, PortalServer},
+    portal::{PortalError, PortalServer},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
     state::{StateError, StateStore, Store, StoredRoute},
     users::{
@@ -1114,12 +1127,16 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         "stopping; XDP stays attached and forwarding"
     }));
 
+    // Awaited, so that no server task outlives this point.
     api_task.abort();
-    for t in &portal_tasks {
+    let _ = api_task.await;
+    for t in portal_tasks {
         t.abort();
+        let _ = t.await;
     }
     if let Some(t) = metrics_task {
         t.abort();
+        let _ = t.await;
     }
     on_core(&core, |c| {
         if let Err(e) = c.save() {
@@ -1132,7 +1149,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     if let Some(d) = dns.and_then(Arc::into_inner) {
         d.shutdown().await;
     }
-    let outcome = finish(core, detach, &opts);
+    let pin_dir = opts.pin_dir.clone();
+    let outcome = on_core(&core, move |c| finish(c, detach, &pin_dir))
+        .await
+        .unwrap_or_else(|| {
+            Err(DaemonError::Runtime(
+                "stopping the data plane panicked".into(),
+            ))
+        });
     // Last: `srvgate down` takes the socket's disappearance to mean "detached and gone".
     let _ = std::fs::remove_file(&opts.socket);
     outcome?;
@@ -1146,28 +1170,65 @@ fn tell_systemd(sent: std::io::Result<bool>) {
     }
 }
 
-/// Detaches (or deliberately does not) on the way out.
-fn finish(core: Arc<Mutex<Core>>, detach: bool, opts: &Options) -> Result<(), DaemonError> {
+/// The data plane of a core that has shut down: every change is refused, and nothing of
+/// the kernel's program, links or maps is held.
+struct Stopped {
+    none: crate::dataplane::PinnedFrontends,
+}
+
+impl Dataplane for Stopped {
+    fn apply(&mut self, _: &RouteTable, _: &Diff) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn sync_all(
+        &mut self,
+        _: &RouteTable,
+        _: &std::collections::HashSet<u32>,
+    ) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn pinned_frontends(&self) -> &crate::dataplane::PinnedFrontends {
+        &self.none
+    }
+    fn route_counters(&self, _: u32) -> Result<Counters, DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn legs(&self) -> &[crate::dataplane::Leg] {
+        &[]
+    }
+    fn refresh_egress(&mut self) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn tick_clock(&mut self) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn detach(self: Box<Self>) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+}
+
+/// Takes the data plane out of the core and detaches it, or deliberately does not. It is
+/// taken under the core's lock rather than by unwrapping the last `Arc`: a call still in
+/// flight on a blocking thread (an API request whose task was aborted) finishes first, and
+/// any later one finds [`Stopped`], so once this returns the process holds no descriptor of
+/// the program or its links, whoever still holds a clone of the core.
+fn finish(c: &mut Core, detach: bool, pin_dir: &Path) -> Result<(), DaemonError> {
+    let dataplane = std::mem::replace(
+        &mut c.dataplane,
+        Box::new(Stopped {
+            none: Default::default(),
+        }),
+    );
     if detach {
-        // Tasks that held the core are aborted; if one lingers, its descriptors go with the
-        // process and the removed pins make that the detach.
-        match Arc::try_unwrap(core) {
-            Ok(m) => {
-                let c = m.into_inner().unwrap_or_else(|p| p.into_inner());
-                c.dataplane.detach()?;
-            }
-            Err(core) => {
-                let dir = lock(&core).dataplane.pin_dir().to_path_buf();
-                crate::dataplane::remove_pins(&dir).map_err(|e| {
-                    DaemonError::Runtime(format!("removing the pins in {}: {e}", dir.display()))
-                })?;
-                info!("pins removed; XDP detaches as srvgate exits");
-            }
-        }
+        dataplane.detach()?;
         info!("stopped; XDP detached from every leg");
     } else {
+        drop(dataplane);
         info!(
-            pins = %opts.pin_dir.display(),
+            pins = %pin_dir.display(),
             "stopped; XDP stays attached and forwarding (pinned); the next `srvgate run` takes over without a gap, `srvgate down` detaches"
         );
     }

@@ -122,6 +122,8 @@ pub enum DataplaneError {
         dir: PathBuf,
         what: String,
     },
+    #[error("srvgate is shutting down: the data plane is no longer changed")]
+    Stopped,
     #[error("pinning the XDP link of {iface} at {}: {error}", path.display())]
     PinLink {
         iface: String,
@@ -194,7 +196,6 @@ pub trait Dataplane: Send {
     fn refresh_egress(&mut self) -> Result<(), DataplaneError>;
     /// Gives the program the time it stamps last-seen with.
     fn tick_clock(&mut self) -> Result<(), DataplaneError>;
-    fn pin_dir(&self) -> &Path;
     /// Detaches from every leg and removes every pin: forwarding stops.
     fn detach(self: Box<Self>) -> Result<(), DataplaneError>;
 }
@@ -489,10 +490,6 @@ impl Dataplane for XdpDataplane {
     /// The frontends the pinned maps held when this run started (empty on a first start).
     fn pinned_frontends(&self) -> &PinnedFrontends {
         &self.pinned_frontends
-    }
-
-    fn pin_dir(&self) -> &Path {
-        &self.pin_dir
     }
 
     /// Detaches XDP from every leg and removes every pin: forwarding stops.

@@ -3,18 +3,20 @@
 //! SOA/NS at the apex.
 //!
 //! Bird's-eye view: [`zone`] is pure, a [`Zone`] snapshot built from config + routes and the
-//! functions that answer a request against it. This file is the I/O: hickory-server's
-//! [`Server`] does the UDP/TCP plumbing and calls our [`RequestHandler`], which reads the
-//! current snapshot through an [`ArcSwap`]. [`DnsServer::update`] builds a whole new snapshot
-//! and swaps it in, so a query sees either the old table or the new one, never a mix, and
+//! functions that answer a request against it. This file is the I/O. UDP is served by
+//! srvgate's own threads (one per core, up to 8, each blocking on a clone of the listen
+//! socket with its own answer cache, cleared when the serial changes); TCP by
+//! hickory-server's [`Server`], which calls our [`RequestHandler`]. Both read the current
+//! snapshot through an [`ArcSwap`]. [`DnsServer::update`] builds a whole new snapshot and
+//! swaps it in, so a query sees either the old table or the new one, never a mix, and
 //! queries never wait for an update.
 //!
 //! Deliberately absent: recursion (names outside the zone get REFUSED, RA is never set), zone
 //! transfers, dynamic update, DNSSEC, wildcards, and response-rate limiting.
 //!
-//! hickory-server logs every response at `info` (its `ReportingResponseHandler`); at query
-//! rates that is both noise and a bottleneck, so the daemon should filter `hickory_server` to
-//! `warn`.
+//! hickory-server logs every TCP response at `info` (its `ReportingResponseHandler`); at
+//! query rates that is both noise and a bottleneck, so the daemon should filter
+//! `hickory_server` to `warn`.
 
 pub mod zone;
 

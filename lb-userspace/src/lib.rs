@@ -9,23 +9,40 @@
 //! admins' CLI verbs), `metrics` (Prometheus text), `student` (the client-side `srvgate
 //! ssh`), `sys` (thin wrappers over the few system calls we need), `notify` (systemd readiness),
 //! `logging` (terminal or journal output), `docs` (man pages and completions from the CLI).
+//!
+//! Without the `gateway` feature only what the students' verbs need is built (`api`'s
+//! types, `config`'s rules, `users`, `student`, `docs`), so that the client builds for any
+//! OS.
+#[cfg(feature = "gateway")]
 pub mod accounts;
+#[cfg(feature = "gateway")]
 pub mod admin;
 pub mod api;
 pub mod config;
+#[cfg(feature = "gateway")]
 pub mod daemon;
+#[cfg(feature = "gateway")]
 pub mod dataplane;
+#[cfg(feature = "gateway")]
 pub mod dns;
 pub mod docs;
+#[cfg(feature = "gateway")]
 pub mod http;
+#[cfg(feature = "gateway")]
 pub mod logging;
+#[cfg(feature = "gateway")]
 pub mod metrics;
+#[cfg(feature = "gateway")]
 pub mod notify;
+#[cfg(feature = "gateway")]
 pub mod portal;
+#[cfg(feature = "gateway")]
 pub mod routes;
+#[cfg(feature = "gateway")]
 pub mod state;
 pub mod student;
+#[cfg(feature = "gateway")]
 pub mod sys;
-#[cfg(test)]
+#[cfg(all(test, feature = "gateway"))]
 mod testing;
 pub mod users;

@@ -52,8 +52,10 @@ fn is_stream(named: Option<&std::ffi::OsStr>, fd: &impl AsRawFd) -> bool {
     let Some(named) = named.and_then(|n| n.to_str()) else {
         return false;
     };
-    // SAFETY: fstat with a zeroed out-parameter; a closed fd only makes it fail.
+    // SAFETY: `stat` is plain integers, for which all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes only into `st`, which outlives the call; a closed fd only makes
+    // it fail.
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
         return false;
     }

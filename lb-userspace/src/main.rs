@@ -4,23 +4,28 @@
 //! Exit codes: 0 success, 1 a runtime failure, 2 bad input (config, state file, arguments,
 //! privileges).
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+#[cfg(feature = "gateway")]
+use std::path::Path;
+use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{anyhow, Context as _};
+#[cfg(feature = "gateway")]
+use anyhow::anyhow;
+use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
+#[cfg(feature = "gateway")]
 use lb_userspace::{
     admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
     api::DEFAULT_SOCKET,
     config::Config,
     daemon::{self, Options},
     dataplane::{AttachMode, DEFAULT_PIN_DIR},
-    docs, logging,
+    logging,
     state::DEFAULT_STATE_DIR,
-    student::{self, account},
     sys,
+};
+use lb_userspace::{
+    docs,
+    student::{self, account},
 };
 
 #[derive(Parser)]
@@ -37,24 +42,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[cfg(feature = "gateway")]
     /// Run the gateway: attach XDP (pinned), fill the maps, serve DNS, metrics and the
     /// control socket until SIGINT/SIGTERM. XDP keeps forwarding after it exits unless
     /// --detach-on-exit.
     Run(RunArgs),
+    #[cfg(feature = "gateway")]
     /// Validate a config file (syntax, fields, interfaces) without touching the kernel.
     Check {
         /// The TOML config file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    #[cfg(feature = "gateway")]
     /// Manage the running gateway's routes (add, rm, ls).
     #[command(subcommand)]
     Route(RouteCommand),
+    #[cfg(feature = "gateway")]
     /// Manage the students' accounts (add, ls, rm, token).
     #[command(subcommand)]
     User(UserCommand),
+    #[cfg(feature = "gateway")]
     /// A table of every route with its traffic and when it last saw a packet.
     Status(LsArgs),
+    #[cfg(feature = "gateway")]
     /// Stop forwarding: make a running daemon detach XDP and exit, or remove what a stopped
     /// one left pinned.
     Down(DownArgs),
@@ -106,6 +117,7 @@ impl Packaging {
     }
 }
 
+#[cfg(feature = "gateway")]
 #[derive(clap::Args)]
 struct RunArgs {
     /// The TOML config file.
@@ -166,7 +178,18 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
+    #[cfg(feature = "gateway")]
     logging::init();
+    // The students' client alone: plain lines on stderr.
+    #[cfg(not(feature = "gateway"))]
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    #[cfg(feature = "gateway")]
     let admin_failure = |e: admin::AdminError| {
         if e.is_bad_input() {
             Failure::input(e)
@@ -175,11 +198,17 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        #[cfg(feature = "gateway")]
         Command::Run(args) => run(args),
+        #[cfg(feature = "gateway")]
         Command::Check { config } => check(&config),
+        #[cfg(feature = "gateway")]
         Command::Route(cmd) => admin::route(cmd).map_err(admin_failure),
+        #[cfg(feature = "gateway")]
         Command::User(cmd) => admin::user(cmd).map_err(admin_failure),
+        #[cfg(feature = "gateway")]
         Command::Status(args) => admin::status(args).map_err(admin_failure),
+        #[cfg(feature = "gateway")]
         Command::Down(args) => admin::down(args).map_err(admin_failure),
         Command::Ssh(args) => student::ssh(args).map(|_| ()).map_err(Failure::runtime),
         Command::SshConfig(args) => student::ssh_config(args).map_err(Failure::runtime),
@@ -205,12 +234,14 @@ fn student_failure(e: account::StudentError) -> Failure {
     }
 }
 
+#[cfg(feature = "gateway")]
 fn load(path: &Path) -> Result<Config, Failure> {
     let cfg = Config::load(path).map_err(Failure::input)?;
     cfg.check_interfaces(path).map_err(Failure::input)?;
     Ok(cfg)
 }
 
+#[cfg(feature = "gateway")]
 fn check(path: &Path) -> Result<(), Failure> {
     let cfg = load(path)?;
     println!(
@@ -224,6 +255,7 @@ fn check(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+#[cfg(feature = "gateway")]
 fn run(args: RunArgs) -> Result<(), Failure> {
     let cfg = load(&args.config)?;
     if let Some(missing) = sys::missing_privileges() {

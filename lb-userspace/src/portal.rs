@@ -32,7 +32,6 @@ use std::{
 };
 
 use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -42,9 +41,10 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{self, ApiError, ClaimRequest, Control, Request},
+    api::{self, ApiError, ClaimRequest, Control, PortalInfo, Request},
     config::Portal,
     state::{write_atomically, StateError},
+    users::cert_fingerprint as fingerprint,
 };
 
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -74,29 +74,11 @@ pub enum PortalError {
     State(#[from] StateError),
 }
 
-/// What `srvgate status` shows of the portal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortalInfo {
-    pub listen: Vec<String>,
-    /// SHA-256 of the certificate, `AB:CD:...`.
-    pub fingerprint: String,
-}
-
 /// The portal's sockets and certificate, ready to serve once the daemon is.
 pub struct PortalServer {
     listeners: Vec<TcpListener>,
     acceptor: tokio_rustls::TlsAcceptor,
     info: PortalInfo,
-}
-
-/// `AB:CD:...` of a certificate's SHA-256, as `openssl x509 -fingerprint -sha256` prints it.
-pub fn fingerprint(cert_der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, cert_der);
-    d.as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 impl PortalServer {

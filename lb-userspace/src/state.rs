@@ -9,18 +9,16 @@
 //! version or holds an invalid route is an error naming the file and the problem, never
 //! silently emptied, because emptying it would hand the students' ports to others.
 //!
-//! A lock (`flock` on `lock` in the same directory) keeps two daemons from sharing one state
-//! directory; the kernel drops it when the process dies, even by SIGKILL.
+//! A lock (`File::try_lock`, an exclusive `flock`, on `lock` in the same directory) keeps two
+//! daemons from sharing one state directory; the kernel drops it when the process dies, even
+//! by SIGKILL.
 
 use std::{
     collections::HashSet,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
     net::Ipv4Addr,
-    os::{
-        fd::AsRawFd,
-        unix::fs::{DirBuilderExt, OpenOptionsExt},
-    },
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -155,19 +153,20 @@ impl StateStore {
                 action: "open the lock file",
                 error,
             })?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let error = io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
                 return Err(StateError::Locked {
                     path: dir.to_path_buf(),
-                });
+                })
             }
-            return Err(StateError::Io {
-                path: lock_path,
-                action: "lock the state directory",
-                error,
-            });
+            Err(fs::TryLockError::Error(error)) => {
+                return Err(StateError::Io {
+                    path: lock_path,
+                    action: "lock the state directory",
+                    error,
+                })
+            }
         }
         Ok(StateStore {
             dir: dir.to_path_buf(),

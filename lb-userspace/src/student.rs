@@ -19,7 +19,6 @@ use std::{
     ffi::OsString,
     io::{self, Read, Write},
     net::{IpAddr, Shutdown, SocketAddr, TcpStream},
-    os::unix::process::CommandExt,
     path::PathBuf,
     process::Command,
     time::Duration,
@@ -115,8 +114,25 @@ pub fn ssh(args: SshArgs) -> anyhow::Result<Infallible> {
         out.flush().context("writing to stdout")?;
         std::process::exit(0);
     }
-    let error = Command::new(&plan.argv[0]).args(&plan.argv[1..]).exec();
+    run_ssh(&plan.argv)
+}
+
+/// Replaces this process with ssh, so signals and the terminal are ssh's alone.
+#[cfg(unix)]
+fn run_ssh(argv: &[OsString]) -> anyhow::Result<Infallible> {
+    use std::os::unix::process::CommandExt as _;
+    let error = Command::new(&argv[0]).args(&argv[1..]).exec();
     Err(error).context("cannot run ssh (is OpenSSH's client installed and in PATH?)")
+}
+
+/// Elsewhere there is no exec: run ssh and leave with its exit code.
+#[cfg(not(unix))]
+fn run_ssh(argv: &[OsString]) -> anyhow::Result<Infallible> {
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
+        .status()
+        .context("cannot run ssh (is OpenSSH's client installed and in PATH?)")?;
+    std::process::exit(status.code().unwrap_or(1))
 }
 
 /// `srvgate ssh-config`: prints the `~/.ssh/config` block.
@@ -350,16 +366,13 @@ fn ssh_config_word(word: &str) -> String {
     shell_word(word).replace('%', "%%")
 }
 
+/// `word` as one shell word, quoted (by shlex) only where it needs to be.
 fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@,%".contains(&b));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
+    // NULs allowed: then quoting cannot fail, and no argument or path can hold one anyway.
+    shlex::Quoter::new()
+        .allow_nul(true)
+        .quote(word)
+        .map_or_else(|_| String::new(), std::borrow::Cow::into_owned)
 }
 
 fn shell_line(argv: &[OsString]) -> String {
@@ -369,5 +382,5 @@ fn shell_line(argv: &[OsString]) -> String {
         .join(" ")
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "gateway"))]
 mod tests;

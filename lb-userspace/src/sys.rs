@@ -93,8 +93,9 @@ fn c_path(path: &Path) -> io::Result<CString> {
 /// Whether `path` (which must exist) is on a BPF filesystem, where objects can be pinned.
 pub fn is_bpffs(path: &Path) -> io::Result<bool> {
     let c = c_path(path)?;
-    // SAFETY: zeroed statfs is a valid out-parameter; `c` is NUL-terminated.
+    // SAFETY: statfs is plain C data, valid all-zero.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` a writable statfs, both live for the call.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io,
     net::{Ipv4Addr, SocketAddrV4},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{mpsc, Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -117,25 +117,13 @@ fn injected() -> DataplaneError {
 }
 
 /// A data plane whose maps are [`FakeMaps`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FakeDataplane {
     maps: Arc<Mutex<FakeMaps>>,
     // Owned here so that `pinned_frontends` and `legs` can hand out references; copied
     // from the shared state when the daemon takes the fake.
     pinned: PinnedFrontends,
     legs: Vec<Leg>,
-    pin_dir: PathBuf,
-}
-
-impl Default for FakeDataplane {
-    fn default() -> Self {
-        FakeDataplane {
-            maps: Arc::default(),
-            pinned: PinnedFrontends::new(),
-            legs: Vec::new(),
-            pin_dir: PathBuf::from("/nonexistent/srvgate-fake-pins"),
-        }
-    }
 }
 
 impl FakeDataplane {
@@ -159,7 +147,6 @@ impl FakeDataplane {
             maps: self.maps.clone(),
             pinned,
             legs,
-            pin_dir: self.pin_dir.clone(),
         })
     }
 }
@@ -228,10 +215,6 @@ impl Dataplane for FakeDataplane {
     fn tick_clock(&mut self) -> Result<(), DataplaneError> {
         self.maps().clock_ticks += 1;
         Ok(())
-    }
-
-    fn pin_dir(&self) -> &Path {
-        &self.pin_dir
     }
 
     fn detach(self: Box<Self>) -> Result<(), DataplaneError> {

@@ -244,6 +244,17 @@ pub fn token_sha256(token: &str) -> [u8; 32] {
     out
 }
 
+/// `AB:CD:...` of a certificate's SHA-256, as `openssl x509 -fingerprint -sha256` prints
+/// it: how the portal publishes its certificate and how `srvgate login` pins it.
+pub fn cert_fingerprint(cert_der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, cert_der);
+    d.as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// The user name a token claims to be for (`sg_<name>_<secret>`), if it has that shape.
 pub fn token_user(token: &str) -> Option<&str> {
     if token.len() > MAX_TOKEN_LEN {

@@ -133,16 +133,7 @@ impl Bench<'_> {
 
 pub fn shell_join(argv: &[&str]) -> String {
     argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-            {
-                a.to_string()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
+        .map(|a| crate::cmd::shell_word(a))
         .collect::<Vec<_>>()
         .join(" ")
 }

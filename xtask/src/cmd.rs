@@ -12,25 +12,23 @@ use anyhow::{bail, Context as _, Result};
 /// Renders a command as a shell-like line, including the env vars we set on it, because
 /// e.g. `LLVM_PREFIX` is essential to reproduce a failing `cargo install bpf-linker`.
 pub fn display(cmd: &Command) -> String {
+    let word = |s: &OsStr| shell_word(&s.to_string_lossy());
     let mut parts: Vec<String> = cmd
         .get_envs()
-        .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), quote(v))))
+        .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), word(v))))
         .collect();
-    parts.push(quote(cmd.get_program()));
-    parts.extend(cmd.get_args().map(quote));
+    parts.push(word(cmd.get_program()));
+    parts.extend(cmd.get_args().map(word));
     parts.join(" ")
 }
 
-fn quote(s: &OsStr) -> String {
-    let s = s.to_string_lossy();
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%^".contains(c));
-    if plain {
-        s.into_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+/// `s` as one shell word, quoted (by shlex) only where it needs to be.
+pub fn shell_word(s: &str) -> String {
+    // NULs allowed: then quoting cannot fail, and no argument can hold one anyway.
+    shlex::Quoter::new()
+        .allow_nul(true)
+        .quote(s)
+        .map_or_else(|_| String::new(), std::borrow::Cow::into_owned)
 }
 
 fn spawn_error(cmd: &Command, err: io::Error) -> anyhow::Error {
@@ -108,7 +106,7 @@ mod tests {
         ]);
         assert_eq!(
             display(&cmd),
-            r"LLVM_PREFIX='/tmp/a b' cargo install bpf-linker --features llvm-22 'it'\''s'"
+            r#"LLVM_PREFIX='/tmp/a b' cargo install bpf-linker --features llvm-22 "it's""#
         );
     }
 

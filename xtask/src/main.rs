@@ -319,9 +319,44 @@ fn test(quick: bool) -> Result<()> {
                 "warnings",
             ],
         ),
+        cargo_step(
+            "the students' client for Windows",
+            &[
+                "clippy",
+                "-p",
+                "lb-userspace",
+                "--no-default-features",
+                "--target",
+                setup::WINDOWS_TARGET,
+                "--bins",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
         cargo_step("lb-ebpf unit tests", &["test", "-p", "lb-ebpf", "--lib"]),
         // The compile-fail examples that hold its unsafe contracts (Zeroable) in place.
         cargo_step("lb-ebpf doc tests", &["test", "-p", "lb-ebpf", "--doc"]),
+        // The workspace clippy above sees the XDP programs only as host stubs; this lints
+        // the real ones (SAFETY comments on every unsafe block above all).
+        cargo_step(
+            "clippy on the XDP programs (BPF target)",
+            &[
+                "+nightly",
+                "clippy",
+                "-p",
+                "lb-ebpf",
+                "--bins",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
         cargo_step(
             "release build",
             &["build", "--release", "-p", "lb-userspace"],

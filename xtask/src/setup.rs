@@ -33,6 +33,17 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     // `bpftool net/prog show`: the bench reads the attached program's run-time statistics.
     "bpftool",
+    // The C compiler for Windows that ring's build script needs when `cargo xtask test`
+    // checks that the students' client builds for x86_64-pc-windows-gnu.
+    "gcc-mingw-w64-x86-64",
+    // `cargo xtask dist` and the package's tests: dpkg-shlibdeps (dpkg-dev) computes the
+    // package's Depends, strip (binutils) and gzip shrink its files, `man -l` (man-db)
+    // renders the pages, `systemd-analyze verify` (systemd) checks the unit.
+    "dpkg-dev",
+    "binutils",
+    "gzip",
+    "man-db",
+    "systemd",
     // `cargo xtask bench` (and its smoke run in `cargo xtask test`): the peers it measures
     // srvgate against, the traffic generators and the chart renderer. Their packaged
     // services are never started by the bench; it runs each inside its own namespaces.
@@ -62,6 +73,7 @@ pub fn setup(check_only: bool) -> Result<()> {
     let have_nightly = nightly_toolchain(check_only, &mut missing)?;
     rust_src(check_only, have_nightly, &mut missing)?;
     fmt_and_clippy(check_only, &mut missing)?;
+    windows_target(check_only, &mut missing)?;
     bpf_linker(check_only, have_nightly, &mut missing)?;
     if !missing.is_empty() {
         let as_root = if missing.iter().any(|m| m.starts_with("Debian")) && !is_root() {
@@ -351,6 +363,33 @@ fn fmt_and_clippy(check_only: bool, missing: &mut Vec<String>) -> Result<()> {
             "`cargo fmt/clippy --version` still fail after `rustup component add`: {}",
             still.join(" ")
         );
+    }
+    report("installed", what);
+    Ok(())
+}
+
+/// The students' client is checked for Windows; rustup adds the target's standard library.
+pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
+
+fn windows_target(check_only: bool, missing: &mut Vec<String>) -> Result<()> {
+    let what = "Rust target x86_64-pc-windows-gnu (the students' client on Windows)";
+    let installed = || -> Result<bool> {
+        let list = cmd::stdout(Command::new("rustup").args(["target", "list", "--installed"]))?;
+        Ok(list.lines().any(|l| l.trim() == WINDOWS_TARGET))
+    };
+    if installed()? {
+        report("ok", what);
+        return Ok(());
+    }
+    if check_only {
+        report("MISSING", what);
+        missing.push(WINDOWS_TARGET.into());
+        return Ok(());
+    }
+    report("installing", what);
+    cmd::run(Command::new("rustup").args(["target", "add", WINDOWS_TARGET]))?;
+    if !installed()? {
+        bail!("`rustup target add {WINDOWS_TARGET}` succeeded but rustup does not list it");
     }
     report("installed", what);
     Ok(())

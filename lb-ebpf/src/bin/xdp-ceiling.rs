@@ -51,10 +51,14 @@ mod program {
     #[inline(always)]
     fn try_forward(ctx: &XdpContext) -> Option<u32> {
         let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+        // SAFETY: `eth` comes from `ptr_at`, which checked that the whole header lies
+        // before `data_end`: inside the packet, which the program may read and write.
         if unsafe { (*eth).proto } != ETH_P_IPV4.to_be() {
             return None;
         }
         let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+        // SAFETY: `ip` comes from `ptr_at`, which checked that the whole header lies
+        // before `data_end`: inside the packet, which the program may read and write.
         let (version_ihl, frag_off, ttl, protocol) = unsafe {
             (
                 (*ip).version_ihl,
@@ -68,6 +72,8 @@ mod program {
         }
         let mut fib = mem::MaybeUninit::uninit();
         let fib: &mut FibParams = zero_in_place(&mut fib);
+        // SAFETY: `ip` comes from `ptr_at` (inside the packet), `ctx.ctx` is the program's
+        // context, and the bindgen union fields written are plain integers.
         unsafe {
             fib.family = AF_INET;
             fib.l4_protocol = protocol;
@@ -77,6 +83,8 @@ mod program {
             fib.__bindgen_anon_3.ipv4_src = (*ip).saddr;
             fib.__bindgen_anon_4.ipv4_dst = (*ip).daddr;
         }
+        // SAFETY: `fib` is a live, exclusive `FibParams` of the size passed; `ctx.ctx` is the
+        // program's context.
         let rc = unsafe {
             bpf_fib_lookup(
                 ctx.ctx as *mut _,
@@ -88,6 +96,8 @@ mod program {
         if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
             return None;
         }
+        // SAFETY: `eth` and `ip` come from `ptr_at`: inside the packet, which the program
+        // may write; bpf_redirect takes plain integers.
         unsafe {
             (*ip).check = ipv4_csum_ttl_decrement((*ip).check, ttl, protocol);
             (*ip).ttl = ttl - 1;
@@ -99,7 +109,8 @@ mod program {
 
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
-        // The verifier proves the program cannot reach here.
+        // SAFETY: the verifier refuses a program with a reachable path to here (there is no
+        // unwinding in BPF), so this is never executed.
         unsafe { core::hint::unreachable_unchecked() }
     }
 

@@ -1,3 +1,9 @@
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    sync::Arc,
+};
+
 use super::*;
 use crate::testing::FakeControl as Fake;
 

@@ -682,3 +682,36 @@ fn a_reload_names_every_section_only_a_restart_applies() {
         ["[dns]", "[http]", "[metrics]"]
     );
 }
+
+/// Shutdown takes the data plane out under the lock: a clone of the core that outlives its
+/// task (an API call still in flight) neither keeps the program's descriptors nor makes the
+/// detach fall back to removing pins while they are held.
+#[test]
+fn shutdown_detaches_though_a_clone_of_the_core_lingers() {
+    let Rig { core, maps, .. } = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    let core = Arc::new(Mutex::new(core));
+    let lingering = core.clone();
+    finish(&mut lock(&core), true, Path::new("/nonexistent/pins")).unwrap();
+    assert!(maps.maps().detached, "the data plane itself was detached");
+    // What the lingering holder does next touches no map.
+    let writes = maps.maps().writes;
+    let err = lock(&lingering)
+        .add(request("bob", "10.0.0.12:22"))
+        .unwrap_err();
+    assert_eq!(err.status, 500);
+    assert!(
+        err.reply.error.contains("shutting down"),
+        "{}",
+        err.reply.error
+    );
+    assert_eq!(maps.maps().writes, writes);
+    assert_eq!(lock(&lingering).table.len(), 1);
+}
+
+#[test]
+fn shutdown_without_detach_leaves_the_data_plane_attached() {
+    let Rig { mut core, maps, .. } = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    finish(&mut core, false, Path::new("/nonexistent/pins")).unwrap();
+    assert!(!maps.maps().detached);
+    assert_eq!(maps.maps().frontends.len(), 1, "forwarding stays as it was");
+}

@@ -226,7 +226,7 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let fp = crate::portal::fingerprint(end_entity.as_ref());
+        let fp = crate::users::cert_fingerprint(end_entity.as_ref());
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fp.clone());
         match &self.pinned {
             Some(p) if *p != fp => Err(rustls::Error::General(format!(
@@ -665,7 +665,7 @@ fn urlsafe(p: &str) -> Result<&str, StudentError> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

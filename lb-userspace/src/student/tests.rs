@@ -121,7 +121,37 @@ fn printed_commands_are_shell_quoted() {
     let argv: Vec<OsString> = ["ssh", "-p", "30001", "a b", "it's", ""]
         .map(OsString::from)
         .to_vec();
-    assert_eq!(shell_line(&argv), r"ssh -p 30001 'a b' 'it'\''s' ''");
+    assert_eq!(shell_line(&argv), r#"ssh -p 30001 'a b' "it's" ''"#);
+}
+
+#[test]
+fn printed_commands_read_back_word_for_word_in_a_shell() {
+    let words = [
+        "a b",
+        "it's",
+        "",
+        "$HOME",
+        "`id`",
+        "back\\slash",
+        "-oX=%h",
+        "tab\tnew\nline",
+        "ünï",
+    ];
+    let argv: Vec<OsString> = std::iter::once("printf")
+        .chain(std::iter::once("%s\\0"))
+        .chain(words)
+        .map(OsString::from)
+        .collect();
+    let out = std::process::Command::new("sh")
+        .args(["-c", &shell_line(&argv)])
+        .output()
+        .unwrap();
+    let back: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_terminator('\0')
+        .map(String::from)
+        .collect();
+    assert_eq!(back, words);
 }
 
 #[test]
