@@ -1269,6 +1269,47 @@ impl Lab {
         self.stop(pid, Duration::from_secs(5))
     }
 
+    /// `dig @PUBLIC_IP TYPE NAME` from the client namespace, one try: the status
+    /// (`NOERROR`, `NXDOMAIN`, ...) and the answer section's records, one per line with
+    /// single spaces.
+    pub fn dig(&self, rtype: &str, name: &str) -> (String, Vec<String>) {
+        let server = format!("@{PUBLIC_IP}");
+        let out = self
+            .exec_ok(
+                &self.client,
+                &[
+                    "dig",
+                    &server,
+                    "+norecurse",
+                    "+time=2",
+                    "+tries=1",
+                    "+nocmd",
+                    "+nostats",
+                    rtype,
+                    name,
+                ],
+            )
+            .expect("dig");
+        let status = out
+            .lines()
+            .find_map(|l| l.split("status: ").nth(1))
+            .and_then(|s| s.split(',').next())
+            .unwrap_or_default()
+            .to_string();
+        let mut answers = Vec::new();
+        let mut in_answer = false;
+        for line in out.lines() {
+            if line.starts_with(";; ANSWER SECTION") {
+                in_answer = true;
+            } else if line.trim().is_empty() {
+                in_answer = false;
+            } else if in_answer {
+                answers.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
+            }
+        }
+        (status, answers)
+    }
+
     /// `GET http://127.0.0.1:9110/metrics` from inside the gateway namespace (curl, 3 s).
     pub fn metrics(&self) -> Result<String> {
         let url = format!("http://{METRICS_ADDR}/metrics");

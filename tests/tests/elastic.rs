@@ -105,48 +105,9 @@ fn key(name: &str, service: &str, protocol: &str) -> (String, String, String) {
     (name.into(), service.into(), protocol.into())
 }
 
-/// `(status, answer records)` of a dig query to the gateway from the client namespace.
-fn dig(lab: &Lab, rtype: &str, name: &str) -> (String, Vec<String>) {
-    let server = format!("@{PUBLIC_IP}");
-    let out = lab
-        .exec_ok(
-            &lab.client,
-            &[
-                "dig",
-                &server,
-                "+norecurse",
-                "+time=2",
-                "+tries=1",
-                "+nocmd",
-                "+nostats",
-                rtype,
-                name,
-            ],
-        )
-        .expect("dig");
-    let status = out
-        .lines()
-        .find_map(|l| l.split("status: ").nth(1))
-        .and_then(|s| s.split(',').next())
-        .unwrap_or_default()
-        .to_string();
-    let mut answers = Vec::new();
-    let mut in_answer = false;
-    for line in out.lines() {
-        if line.starts_with(";; ANSWER SECTION") {
-            in_answer = true;
-        } else if line.trim().is_empty() {
-            in_answer = false;
-        } else if in_answer {
-            answers.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
-        }
-    }
-    (status, answers)
-}
-
 /// The public port the SRV record of NAME/SERVICE announces, if any.
 fn srv_port(lab: &Lab, name: &str, service: &str) -> Option<u16> {
-    let (status, answers) = dig(lab, "SRV", &format!("_{service}._tcp.{name}.{ZONE}"));
+    let (status, answers) = lab.dig("SRV", &format!("_{service}._tcp.{name}.{ZONE}"));
     if status != "NOERROR" {
         return None;
     }
@@ -367,7 +328,7 @@ fn a_runtime_route_forwards_and_answers_until_removed() {
 
     let out = lab.srvgate_ctl_ok(&["route", "rm", "alice"]).unwrap();
     assert!(out.contains("removed alice/ssh/tcp"), "{out}");
-    let (status, answers) = dig(&lab, "SRV", &format!("_ssh._tcp.alice.{ZONE}"));
+    let (status, answers) = lab.dig("SRV", &format!("_ssh._tcp.alice.{ZONE}"));
     assert_eq!(status, "NXDOMAIN", "{answers:?}");
     let err = connect(&lab, 30001).expect_err("30001 still forwards after rm");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
@@ -782,7 +743,7 @@ fn reclaim_releases_only_the_idle_runtime_route() {
             .any(|l| l.contains("reclaimed") && l.contains("busy")),
         "{log}"
     );
-    let (status, _) = dig(&lab, "SRV", &format!("_ssh._tcp.idle.{ZONE}"));
+    let (status, _) = lab.dig("SRV", &format!("_ssh._tcp.idle.{ZONE}"));
     assert_eq!(status, "NXDOMAIN");
     assert_eq!(srv_port(&lab, "busy", "ssh"), Some(busy_port));
     let state = std::fs::read_to_string(lab.state_dir().join("routes.json")).unwrap();

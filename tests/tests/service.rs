@@ -122,45 +122,6 @@ fn example_config(routes: &[RouteSpec]) -> String {
     c
 }
 
-/// `dig` from the client, one try: `(status, answer lines)`.
-fn dig(lab: &Lab, rtype: &str, name: &str) -> (String, Vec<String>) {
-    let server = format!("@{PUBLIC_IP}");
-    let out = lab
-        .exec_ok(
-            &lab.client,
-            &[
-                "dig",
-                &server,
-                "+norecurse",
-                "+time=2",
-                "+tries=1",
-                "+nocmd",
-                "+nostats",
-                rtype,
-                name,
-            ],
-        )
-        .expect("dig");
-    let status = out
-        .lines()
-        .find_map(|l| l.split("status: ").nth(1))
-        .and_then(|s| s.split(',').next())
-        .unwrap_or_default()
-        .to_string();
-    let mut answers = Vec::new();
-    let mut in_answer = false;
-    for line in out.lines() {
-        if line.starts_with(";; ANSWER SECTION") {
-            in_answer = true;
-        } else if line.trim().is_empty() {
-            in_answer = false;
-        } else if in_answer {
-            answers.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
-        }
-    }
-    (status, answers)
-}
-
 fn xdp_on_every_leg(lab: &Lab) -> bool {
     LEGS.iter().all(|d| lab.xdp_attached(&lab.gw, d).unwrap())
 }
@@ -282,7 +243,7 @@ fn ready_is_notified_only_once_xdp_and_dns_are_up() {
         "READY=1 before the ready line:\n{log}"
     );
     // Right away, without retries: DNS answers and forwarding works.
-    let (rcode, answers) = dig(&lab, "SRV", "_ssh._tcp.alice.lab.example");
+    let (rcode, answers) = lab.dig("SRV", "_ssh._tcp.alice.lab.example");
     assert_eq!(rcode, "NOERROR");
     assert!(
         answers
@@ -396,7 +357,7 @@ fn the_units_capabilities_run_the_lab_and_each_is_needed() {
     // Everything the lab does: forwarding, DNS, HTTP routing on :80, the control socket,
     // metrics, reload, and a hitless restart that reopens the pins.
     assert_eq!(ssh_hostname(&lab, 30001), "sg-b1");
-    let (rcode, answers) = dig(&lab, "SRV", "alice.ssh.lab.example");
+    let (rcode, answers) = lab.dig("SRV", "alice.ssh.lab.example");
     assert_eq!(rcode, "NOERROR", "{answers:?}");
     let page = lab
         .exec_ok(
@@ -444,7 +405,7 @@ fn the_units_capabilities_run_the_lab_and_each_is_needed() {
     std::fs::write(&config, example_config(&more)).unwrap();
     signal(pid, libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while dig(&lab, "SRV", "dave.ssh.lab.example").0 != "NOERROR" {
+    while lab.dig("SRV", "dave.ssh.lab.example").0 != "NOERROR" {
         assert!(
             Instant::now() < deadline,
             "SIGHUP not applied:\n{}",
