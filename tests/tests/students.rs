@@ -145,7 +145,8 @@ fn a_student_with_a_token_gets_an_ssh_endpoint_by_name_and_keeps_it_until_releas
     let url = format!("https://{PUBLIC_IP}:8443");
     let dir = lab.dir().display().to_string();
     let (alice_creds, bob_creds) = (format!("{dir}/alice.json"), format!("{dir}/bob.json"));
-    let login = |name: &str, token: &str, creds: &str| {
+    // `srvgate login` with NAME's token, checking the fingerprint `fp`.
+    let login_with = |name: &str, token: &str, fp: &str, creds: &str| {
         let file = lab.write_file(&format!("{name}.token"), token).unwrap();
         student(
             &lab,
@@ -156,12 +157,13 @@ fn a_student_with_a_token_gets_an_ssh_endpoint_by_name_and_keeps_it_until_releas
                 "--token-file",
                 &file.display().to_string(),
                 "--fingerprint",
-                &fp,
+                fp,
                 "--credentials",
                 creds,
             ],
         )
     };
+    let login = |name: &str, token: &str, creds: &str| login_with(name, token, &fp, creds);
     let out = ok(&login("alice", &alice, &alice_creds), "alice login");
     assert!(out.contains("logged in as alice"), "{out}");
     let mode = std::fs::metadata(&alice_creds)
@@ -172,21 +174,7 @@ fn a_student_with_a_token_gets_an_ssh_endpoint_by_name_and_keeps_it_until_releas
     ok(&login("bob", &bob, &bob_creds), "bob login");
     // A wrong fingerprint stops login before the token is sent.
     let wrong_fp = "00:".repeat(31) + "00";
-    let file = lab.write_file("x.token", &alice).unwrap();
-    let out = student(
-        &lab,
-        &lab.client,
-        &[
-            "login",
-            &url,
-            "--token-file",
-            &file.display().to_string(),
-            "--fingerprint",
-            &wrong_fp,
-            "--credentials",
-            &format!("{dir}/x.json"),
-        ],
-    );
+    let out = login_with("x", &alice, &wrong_fp, &format!("{dir}/x.json"));
     refused(
         &out,
         "login with the wrong fingerprint",
