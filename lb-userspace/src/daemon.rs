@@ -50,7 +50,7 @@ use crate::{
     notify,
     portal::{PortalError, PortalServer},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-    state::{StateError, StateStore, Store, StoredRoute},
+    state::{Commit, RouteChange, StateError, StateStore, Store, StoredRoute},
     users::{
         check_claim, parse_rules, Denied, User, UserError, UserView, Users, DEFAULT_MAX_ROUTES,
     },
@@ -184,6 +184,12 @@ struct Core {
     /// Runtime last-seen times changed since the state file was written.
     activity_unsaved: bool,
     last_save: Instant,
+    /// Changes recorded but not yet known durable: the caller waits for them after
+    /// releasing the core's lock (see [`Handle::change`]), so concurrent changes share one
+    /// flush.
+    unflushed: Vec<Commit>,
+    /// `[http] service`: the routes the HTTP router cares about.
+    http_service: Option<String>,
 }
 
 impl Core {
@@ -213,6 +219,8 @@ impl Core {
             clock,
             activity_unsaved: false,
             last_save: Instant::now(),
+            unflushed: Vec::new(),
+            http_service: cfg.http.as_ref().map(|h| h.service.clone()),
         }
     }
 
@@ -234,15 +242,26 @@ impl Core {
     }
 
     fn stored_routes(&self) -> Vec<StoredRoute> {
-        self.table
-            .entries()
-            .filter(|e| e.source == Source::Runtime)
-            .map(|e| StoredRoute {
-                route: e.route.clone(),
-                added: e.added,
-                last_seen: e.last_seen,
-            })
-            .collect()
+        stored_routes(&self.table)
+    }
+
+    /// Records runtime-route changes in the store: written when this returns, durable once
+    /// `unflushed` has been waited for.
+    fn record(&mut self, changes: &[RouteChange]) -> Result<(), StateError> {
+        let table = &self.table;
+        let commit = self.store.record(changes, &|| stored_routes(table))?;
+        self.unflushed.push(commit);
+        Ok(())
+    }
+
+    /// Waits here, under the lock, for what was recorded: for the rare changes that come
+    /// from the daemon itself (reclaim), not from a client waiting for an answer.
+    fn flush_here(&mut self, what: &str) {
+        for commit in std::mem::take(&mut self.unflushed) {
+            if let Err(e) = commit.wait() {
+                error!("{what}: {e}");
+            }
+        }
     }
 
     /// The one line `systemctl status` shows while running.
@@ -268,14 +287,35 @@ impl Core {
         Ok(())
     }
 
-    /// Gives the name services (DNS, HTTP by Host) the current table.
-    fn publish(&self) {
-        let routes = self.table.routes();
+    /// Gives the name services (DNS, HTTP by Host) a change of the table. DNS takes the
+    /// change itself (its cost is the change's); the HTTP router, which holds only its own
+    /// service's routes, gets those again when one of them changed.
+    fn publish(&self, diff: &Diff) {
+        let removed: Vec<config::Route> = diff
+            .removed
+            .iter()
+            .chain(diff.changed.iter().map(|c| &c.old))
+            .map(|e| e.route.clone())
+            .collect();
+        let added: Vec<config::Route> = diff
+            .added
+            .iter()
+            .chain(diff.changed.iter().map(|c| &c.new))
+            .map(|e| e.route.clone())
+            .collect();
         if let Some(d) = &self.dns {
-            d.update(&routes);
+            d.apply(&removed, &added);
         }
-        if let Some(h) = &self.http {
-            h.update(&routes);
+        if let (Some(h), Some(service)) = (&self.http, &self.http_service) {
+            if removed.iter().chain(&added).any(|r| &r.service == service) {
+                let routes: Vec<config::Route> = self
+                    .table
+                    .entries()
+                    .filter(|e| &e.route.service == service)
+                    .map(|e| e.route.clone())
+                    .collect();
+                h.update(&routes);
+            }
         }
     }
 
@@ -390,10 +430,10 @@ impl Core {
                 other => ApiError::new(409, other.to_string()),
             })?;
         let key = entry.route.key();
-        // Live first (maps, then DNS: milliseconds), durable second (an fsync, which a busy
-        // disk can stretch to a good fraction of a second), reply last. A failed save undoes
-        // it all; a crash before the save never told anyone the route existed, and the next
-        // start's full sync drops its map entries.
+        // Live first (maps, then DNS: microseconds), recorded second (one journal line),
+        // durable third (the flush, outside the lock, shared with concurrent changes), reply
+        // last. A failed write undoes it all; a crash before the flush never told anyone the
+        // route existed, and the next start's full sync drops its map entries.
         let diff = Diff {
             added: vec![entry.clone()],
             ..Diff::default()
@@ -403,10 +443,15 @@ impl Core {
             .apply(&self.table, &diff)
             .map_err(|e| e.to_string());
         if live.is_ok() {
-            self.publish();
+            self.publish(&diff);
         }
         let live_us = started.elapsed().as_micros() as u64;
-        if let Err(e) = live.and_then(|()| self.save().map_err(|e| e.to_string())) {
+        let stored = RouteChange::Put(StoredRoute {
+            route: entry.route.clone(),
+            added: entry.added,
+            last_seen: entry.last_seen,
+        });
+        if let Err(e) = live.and_then(|()| self.record(&[stored]).map_err(|e| e.to_string())) {
             // Undo everywhere, so the table, the maps, DNS and the file keep agreeing.
             if let Some(gone) = self.table.remove(&key) {
                 let undo = Diff {
@@ -414,8 +459,8 @@ impl Core {
                     ..Diff::default()
                 };
                 let _ = self.dataplane.apply(&self.table, &undo);
+                self.publish(&undo);
             }
-            self.publish();
             error!("route add {key}: {e}");
             return Err(ApiError::new(500, format!("not added: {e}")));
         }
@@ -426,7 +471,7 @@ impl Core {
             backend = %entry.route.backend,
             source = "runtime",
             live_us,
-            took_us = started.elapsed().as_micros() as u64,
+            written_us = started.elapsed().as_micros() as u64,
             "route added"
         );
         Ok(self.view(&entry, now))
@@ -483,7 +528,12 @@ impl Core {
                 diff.removed.push(gone);
             }
         }
-        if let Err(e) = self.save() {
+        let deleted: Vec<RouteChange> = diff
+            .removed
+            .iter()
+            .map(|e| RouteChange::Delete(e.route.key()))
+            .collect();
+        if let Err(e) = self.record(&deleted) {
             // Not recorded, so not done: put the routes back, each in its own slot (they
             // are still free), which is what the untouched maps still say.
             for gone in diff.removed {
@@ -498,7 +548,7 @@ impl Core {
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("route rm {what}: updating the BPF maps failed: {e}");
         }
-        self.publish();
+        self.publish(&diff);
         for e in &diff.removed {
             info!(route = %e.route.key(), port = e.route.port, "route removed");
         }
@@ -737,7 +787,7 @@ impl Core {
                 error!("SIGHUP: {e}");
             }
         }
-        self.publish();
+        self.publish(&diff);
         info!(
             added = diff.added.len(),
             removed = diff.removed.len(),
@@ -803,15 +853,22 @@ impl Core {
             }
         }
         // Unlike a user's `rm`, a reclaim the file did not record is still carried out: the
-        // file is retried on the next pass, and a restart in between would reclaim again.
-        if let Err(e) = self.save() {
+        // whole file is written on a later pass, and a restart in between would reclaim
+        // again.
+        let deleted: Vec<RouteChange> = diff
+            .removed
+            .iter()
+            .map(|e| RouteChange::Delete(e.route.key()))
+            .collect();
+        if let Err(e) = self.record(&deleted) {
             error!("reclaim: {e}");
             self.activity_unsaved = true;
         }
+        self.flush_here("reclaim");
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("reclaim: updating the BPF maps failed: {e}");
         }
-        self.publish();
+        self.publish(&diff);
         self.cool_ports(&diff.removed, now);
         for e in &diff.removed {
             let idle = now
@@ -898,6 +955,19 @@ fn apply_config_users(users: &mut Users, cfg: &Config, now: SystemTime) -> bool 
     !(added.is_empty() && changed.is_empty() && removed.is_empty())
 }
 
+/// The table's runtime routes as the store keeps them.
+fn stored_routes(table: &RouteTable) -> Vec<StoredRoute> {
+    table
+        .entries()
+        .filter(|e| e.source == Source::Runtime)
+        .map(|e| StoredRoute {
+            route: e.route.clone(),
+            added: e.added,
+            last_seen: e.last_seen,
+        })
+        .collect()
+}
+
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // Every operation leaves the core consistent between its steps, so after a panic in one
     // the daemon keeps serving rather than cascading it.
@@ -924,15 +994,39 @@ struct Handle {
     shutdown: mpsc::UnboundedSender<Shutdown>,
 }
 
+impl Handle {
+    /// Runs a change on the core, then waits, with the lock released, until what it
+    /// recorded is durable: the reply never comes before that. A flush that fails leaves
+    /// the change live (it is in the maps and answered by DNS) but maybe not on disk, and
+    /// says so; the store then writes a whole snapshot with the next change.
+    fn change<R>(&self, f: impl FnOnce(&mut Core) -> Result<R, ApiError>) -> Result<R, ApiError> {
+        let (result, commits) = {
+            let mut core = lock(&self.core);
+            let result = f(&mut core);
+            (result, std::mem::take(&mut core.unflushed))
+        };
+        for commit in commits {
+            if let Err(e) = commit.wait() {
+                error!("state: {e}");
+                return Err(ApiError::new(
+                    500,
+                    format!("the change is live but may not survive a crash: {e}"),
+                ));
+            }
+        }
+        result
+    }
+}
+
 impl Control for Handle {
     fn list(&self) -> RoutesReply {
         lock(&self.core).list()
     }
     fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError> {
-        lock(&self.core).add(request)
+        self.change(|c| c.add(request))
     }
     fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
-        lock(&self.core).remove(name, service)
+        self.change(|c| c.remove(name, service))
     }
     fn shutdown(&self, request: Shutdown) {
         let _ = self.shutdown.send(request);
@@ -944,7 +1038,7 @@ impl Control for Handle {
         lock(&self.core).user_add(request)
     }
     fn user_remove(&self, name: &str, with_routes: bool) -> Result<UserView, ApiError> {
-        lock(&self.core).user_remove(name, with_routes)
+        self.change(|c| c.user_remove(name, with_routes))
     }
     fn user_token(&self, name: &str) -> Result<TokenReply, ApiError> {
         lock(&self.core).user_token(name)
@@ -961,7 +1055,7 @@ impl Control for Handle {
         lock(&self.core).me(caller)
     }
     fn claim(&self, caller: &str, request: ClaimRequest) -> Result<RouteView, ApiError> {
-        lock(&self.core).claim(caller, request)
+        self.change(|c| c.claim(caller, request))
     }
     fn release(
         &self,
@@ -969,7 +1063,7 @@ impl Control for Handle {
         service: &str,
         protocol: Option<&str>,
     ) -> Result<Removed, ApiError> {
-        lock(&self.core).release(caller, service, protocol)
+        self.change(|c| c.release(caller, service, protocol))
     }
 }
 

@@ -76,6 +76,8 @@ impl Rig {
             gateway,
             ..config(Vec::new())
         };
+        // As at a real start, the store holds the runtime routes the table was built from.
+        store.state().routes = stored_routes(&table);
         let mut core = Core::new(table, maps.boxed(), store.boxed(), &cfg, Clock::default());
         core.take_over(false).unwrap();
         Rig { core, maps, store }
