@@ -480,8 +480,8 @@ impl Core {
     fn remove(&mut self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
         let matching: Vec<Entry> = self
             .table
-            .entries()
-            .filter(|e| e.route.name == name && service.is_none_or(|s| e.route.service == s))
+            .named(name)
+            .filter(|e| service.is_none_or(|s| e.route.service == s))
             .cloned()
             .collect();
         let what = match service {
@@ -577,10 +577,7 @@ impl Core {
     }
 
     fn held_by(&self, name: &str) -> usize {
-        self.table
-            .entries()
-            .filter(|e| e.route.name == name)
-            .count()
+        self.table.named(name).count()
     }
 
     fn user(&self, name: &str) -> Result<User, ApiError> {
@@ -630,12 +627,7 @@ impl Core {
                 format!("{name} is a [[user]] of the config file: remove it there and send SIGHUP"),
             ));
         }
-        let held: Vec<Entry> = self
-            .table
-            .entries()
-            .filter(|e| e.route.name == name)
-            .cloned()
-            .collect();
+        let held: Vec<Entry> = self.table.named(name).cloned().collect();
         if !held.is_empty() && !with_routes {
             let keys: Vec<String> = held.iter().map(|e| e.route.key().to_string()).collect();
             return Err(ApiError::field(
@@ -698,8 +690,7 @@ impl Core {
             zone: self.zone.clone(),
             routes: self
                 .table
-                .entries()
-                .filter(|e| e.route.name == caller)
+                .named(caller)
                 .map(|e| self.view(e, now))
                 .collect(),
         })

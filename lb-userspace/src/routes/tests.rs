@@ -428,3 +428,51 @@ fn restored_routes_get_their_own_slots_back_in_any_order() {
     clash.route = route("erin", 30008, "10.0.0.21:22");
     assert_eq!(t.restore(clash), Err(RouteError::SlotTaken(before[0].id)));
 }
+
+/// The free-port index agrees with the routes after any mix of tcp/udp adds and removes
+/// (a port is free only when neither protocol uses it), and `named` finds exactly a name's
+/// routes.
+#[test]
+fn the_free_port_index_and_the_name_index_follow_every_change() {
+    let mut t = RouteTable::new();
+    let r = range(30000, 30019);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for step in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let name = format!("n{}", x % 7);
+        let service = ["ssh", "web"][((x >> 8) % 2) as usize];
+        let proto = if (x >> 16).is_multiple_of(2) {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        let key = RouteKey {
+            name: name.clone(),
+            service: service.into(),
+            protocol: proto,
+        };
+        if t.get(&key).is_some() {
+            t.remove(&key);
+        } else if let Ok(port) = t.allocate_port(&name, service, proto, r) {
+            let mut route = route(
+                &name,
+                port,
+                &format!("10.0.{}.{}:22", step % 200, x % 200 + 1),
+            );
+            route.service = service.into();
+            route.protocol = proto;
+            let _ = t.insert(route, Source::Runtime, t0(), None);
+        }
+        let lowest = (r.first..=r.last)
+            .find(|&p| !t.port_in_use(p, Protocol::Tcp) && !t.port_in_use(p, Protocol::Udp));
+        let got = t.allocate_port("stranger", "ssh", Protocol::Tcp, r).ok();
+        assert_eq!(got, lowest, "step {step}");
+        for n in 0..7 {
+            let n = format!("n{n}");
+            let by_scan: Vec<&Entry> = t.entries().filter(|e| e.route.name == n).collect();
+            assert_eq!(t.named(&n).collect::<Vec<_>>(), by_scan, "step {step}");
+        }
+    }
+}
