@@ -25,6 +25,7 @@
 //! traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
@@ -682,7 +683,7 @@ impl Core {
 
     fn me(&mut self, caller: &str) -> Result<MeReply, ApiError> {
         let u = self.user(caller)?;
-        self.observe_activity();
+        self.observe_activity_of(caller);
         let now = self.clock.now();
         Ok(MeReply {
             user: self.user_view(&u),
@@ -798,13 +799,36 @@ impl Core {
 
     /// Reads each route's last packet from the counters into the table.
     fn observe_activity(&mut self) {
+        let idle: HashMap<u32, Duration> = self
+            .table
+            .entries()
+            .filter_map(|e| Some((e.id, self.counters(e).idle?)))
+            .collect();
+        self.note_activity(&idle);
+    }
+
+    /// The same for `name`'s routes only (a student asking about theirs).
+    fn observe_activity_of(&mut self, name: &str) {
+        let idle: HashMap<u32, Duration> = self
+            .table
+            .named(name)
+            .filter_map(|e| Some((e.id, self.counters(e).idle?)))
+            .collect();
+        self.note_activity(&idle);
+    }
+
+    /// Records last-seen times from how long each counter slot in `idle` has been quiet.
+    /// Slots whose route changed since they were read are harmless: a slot is zeroed when
+    /// it is handed to a new route, so a stale reading can only make that route look
+    /// active for one pass.
+    fn note_activity(&mut self, idle: &HashMap<u32, Duration>) {
         let now = self.clock.now();
         let seen: Vec<(config::RouteKey, Source, SystemTime)> = self
             .table
             .entries()
             .filter_map(|e| {
-                let idle = self.counters(e).idle?;
-                Some((e.route.key(), e.source, now.checked_sub(idle)?))
+                let idle = idle.get(&e.id)?;
+                Some((e.route.key(), e.source, now.checked_sub(*idle)?))
             })
             .collect();
         for (key, source, at) in seen {
@@ -817,6 +841,12 @@ impl Core {
     /// The periodic pass: last-seen times, then reclaim, then (rarely) the state file.
     fn observe(&mut self) {
         self.observe_activity();
+        self.after_activity();
+    }
+
+    /// The periodic pass after the last-seen times are in: reclaim, cool-downs, the state
+    /// file.
+    fn after_activity(&mut self) {
         if let Some(after) = self.gateway.reclaim_after {
             let now = self.clock.now();
             let idle = idle_routes(self.table.entries(), now, after);
@@ -963,6 +993,36 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // Every operation leaves the core consistent between its steps, so after a panic in one
     // the daemon keeps serving rather than cascading it.
     core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The periodic pass, with the counters of every route read while the core is unlocked
+/// (see [`Dataplane::counter_reader`]); returns the status line for systemd.
+async fn observe_without_lock(core: &Arc<Mutex<Core>>) -> Option<String> {
+    let (reader, slots) = on_core(core, |c| {
+        let slots: Vec<u32> = c.table.entries().map(|e| e.id).collect();
+        (c.dataplane.counter_reader(), slots)
+    })
+    .await?;
+    let idle = match reader {
+        Ok(reader) => tokio::task::spawn_blocking(move || {
+            slots
+                .into_iter()
+                .filter_map(|id| Some((id, reader.route_counters(id).ok()?.idle?)))
+                .collect::<HashMap<u32, Duration>>()
+        })
+        .await
+        .ok()?,
+        Err(e) => {
+            warn!("reading the route counters: {e}");
+            HashMap::new()
+        }
+    };
+    on_core(core, move |c| {
+        c.note_activity(&idle);
+        c.after_activity();
+        c.status_line()
+    })
+    .await
 }
 
 /// Runs `f` on the core from the event loop. Everything the core does may block (its lock,
@@ -1282,6 +1342,9 @@ impl Dataplane for Stopped {
     fn route_counters(&self, _: u32) -> Result<Counters, DataplaneError> {
         Err(DataplaneError::Stopped)
     }
+    fn counter_reader(&self) -> Result<Arc<dyn crate::dataplane::CounterReader>, DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
     fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
         Err(DataplaneError::Stopped)
     }
@@ -1375,11 +1438,7 @@ async fn event_loop(
                 }
             }
             _ = observe.tick() => {
-                let line = on_core(core, |c| {
-                    c.observe();
-                    c.status_line()
-                })
-                .await;
+                let line = observe_without_lock(core).await;
                 // Runtime adds, removals and reclaims change the count between reloads.
                 if let Some(line) = line.filter(|l| *l != status) {
                     tell_systemd(notify::status(&line));

@@ -6,6 +6,7 @@
 //! The fake maps carry out the same [`plan`] as the kernel's, so they hold what the real
 //! maps would.
 
+use crate::dataplane::CounterReader;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io,
@@ -195,6 +196,10 @@ impl Dataplane for FakeDataplane {
         Ok(self.maps().counters.get(&id).copied().unwrap_or_default())
     }
 
+    fn counter_reader(&self) -> Result<Arc<dyn CounterReader>, DataplaneError> {
+        Ok(Arc::new(self.clone()))
+    }
+
     fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
         Ok(self.maps().verdicts.clone())
     }
@@ -255,6 +260,12 @@ impl FakeStore {
 
     pub fn boxed(&self) -> Box<dyn Store> {
         Box::new(self.clone())
+    }
+}
+
+impl CounterReader for FakeDataplane {
+    fn route_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        Ok(self.maps().counters.get(&id).copied().unwrap_or_default())
     }
 }
 
