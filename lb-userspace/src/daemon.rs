@@ -905,32 +905,6 @@ impl Core {
             );
         }
     }
-
-    fn scrape(&self) -> String {
-        let routes: Vec<RouteSample> = self
-            .table
-            .entries()
-            .map(|e| RouteSample {
-                route: e.route.clone(),
-                counters: self.counters(e),
-            })
-            .collect();
-        let verdicts = self.dataplane.verdicts().unwrap_or_default();
-        let named: Vec<(&str, u64)> = verdict_names().iter().copied().zip(verdicts).collect();
-        let legs: Vec<LegSample> = self
-            .dataplane
-            .legs()
-            .iter()
-            .map(|l| LegSample {
-                name: l.name.clone(),
-                role: l.role_name(),
-                egress: l.egress_name(),
-                tx_dropped: crate::sys::netdev_stat(&l.name, "tx_dropped"),
-                rx_dropped: crate::sys::netdev_stat(&l.name, "rx_dropped"),
-            })
-            .collect();
-        metrics::render(&routes, &named, &legs)
-    }
 }
 
 /// What a reload cannot apply: the parts of `new` that differ from the config the daemon
@@ -993,6 +967,55 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // Every operation leaves the core consistent between its steps, so after a panic in one
     // the daemon keeps serving rather than cascading it.
     core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One metrics scrape. What needs the core (the routes, the verdicts, the legs) is copied
+/// under its lock; the per-route counters, one map read per route, are read after, so a
+/// scrape of a full gateway never delays a route change.
+fn scrape(core: &Mutex<Core>) -> String {
+    let (routes, reader, verdicts, legs) = {
+        let c = lock(core);
+        let routes: Vec<(config::Route, u32)> =
+            c.table.entries().map(|e| (e.route.clone(), e.id)).collect();
+        let legs: Vec<LegSample> = c
+            .dataplane
+            .legs()
+            .iter()
+            .map(|l| LegSample {
+                name: l.name.clone(),
+                role: l.role_name(),
+                egress: l.egress_name(),
+                tx_dropped: None,
+                rx_dropped: None,
+            })
+            .collect();
+        (
+            routes,
+            c.dataplane.counter_reader().ok(),
+            c.dataplane.verdicts().unwrap_or_default(),
+            legs,
+        )
+    };
+    let routes: Vec<RouteSample> = routes
+        .into_iter()
+        .map(|(route, id)| RouteSample {
+            route,
+            counters: reader
+                .as_ref()
+                .and_then(|r| r.route_counters(id).ok())
+                .unwrap_or_default(),
+        })
+        .collect();
+    let legs: Vec<LegSample> = legs
+        .into_iter()
+        .map(|l| LegSample {
+            tx_dropped: crate::sys::netdev_stat(&l.name, "tx_dropped"),
+            rx_dropped: crate::sys::netdev_stat(&l.name, "rx_dropped"),
+            ..l
+        })
+        .collect();
+    let named: Vec<(&str, u64)> = verdict_names().iter().copied().zip(verdicts).collect();
+    metrics::render(&routes, &named, &legs)
 }
 
 /// The periodic pass, with the counters of every route read while the core is unlocked
@@ -1239,10 +1262,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let api_task = tokio::spawn(api::serve(api_listener, handle));
     let metrics_task = metrics_listener.map(|listener| {
         let core = core.clone();
-        tokio::spawn(metrics::serve(
-            listener,
-            Arc::new(move || lock(&core).scrape()),
-        ))
+        tokio::spawn(metrics::serve(listener, Arc::new(move || scrape(&core))))
     });
 
     info!(

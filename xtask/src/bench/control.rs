@@ -38,17 +38,72 @@ pub fn sizes(smoke: bool) -> [usize; 2] {
     [0, if smoke { 3_000 } else { 30_000 }]
 }
 
-/// Adds measured at each size.
+/// Adds measured at each size: with the full table, they must still fit in the maps
+/// (`lb_common::MAX_ROUTES`, 32 768).
 fn measured_adds(smoke: bool) -> usize {
     if smoke {
         400
     } else {
-        4_000
+        2_000
     }
+}
+
+/// Percentiles of one `key=<µs>` field over the daemon's `route added` log lines: where an
+/// add's time goes inside the daemon (live: maps and DNS; written: plus the journal line).
+fn daemon_side(log: &str, key: &str) -> Option<(f64, f64)> {
+    let needle = format!("{key}=");
+    let mut v: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("route added"))
+        .filter_map(|l| {
+            let rest = &l[l.find(&needle)? + needle.len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let at = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1e3;
+    Some((at(0.5), at(0.99)))
 }
 
 pub fn row(size: usize) -> String {
     format!("{size} routes")
+}
+
+/// The peer: one 200-byte append plus `fdatasync` at a time, on the state directory's disk,
+/// which is what each add would cost without group commit, and the floor under any store
+/// that makes each change durable before answering.
+pub const DISK_ROW: &str = "one append + fdatasync";
+const DISK_SAMPLES: usize = 300;
+
+/// Times [`DISK_SAMPLES`] appends, each flushed before the next; returns (flushes per
+/// second, every latency).
+fn disk_floor(dir: &Path) -> Result<(f64, Vec<Duration>)> {
+    let path = dir.join("fdatasync-probe");
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let line = [b'x'; 200];
+    let started = Instant::now();
+    let mut lat = Vec::with_capacity(DISK_SAMPLES);
+    for _ in 0..DISK_SAMPLES {
+        let t = Instant::now();
+        f.write_all(&line)?;
+        f.sync_data()?;
+        lat.push(t.elapsed());
+    }
+    let rate = DISK_SAMPLES as f64 / started.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok((rate, lat))
 }
 
 fn config() -> String {
@@ -140,6 +195,13 @@ pub fn measure(b: &mut Bench, results: &mut Results) -> Result<()> {
         &format!("net.ipv4.ip_local_port_range={EPHEMERAL}"),
     ];
     b.run(&lab.gw, &argv, Duration::from_secs(10))?;
+    let (rate, mut lat) = disk_floor(lab.dir())?;
+    lat.sort();
+    let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
+    println!("   the disk: {rate:.0} flushes/s one at a time, p50 {p50:.2} ms, p99 {p99:.2} ms");
+    results.add(DISK_ROW, Metric::AddsPerSec, rate);
+    results.add(DISK_ROW, Metric::AddP50Ms, p50);
+    results.add(DISK_ROW, Metric::AddP99Ms, p99);
     let cfg = lab.write_file("srvgate-control.toml", &config())?;
     let extra: Vec<&str> = b.srvgate_extra_args.iter().map(String::as_str).collect();
     lab.start_srvgate(&cfg, &extra)?;
@@ -171,6 +233,14 @@ pub fn measure(b: &mut Bench, results: &mut Results) -> Result<()> {
             results.add(&row, Metric::AddsPerSec, rate);
             results.add(&row, Metric::AddP50Ms, p50);
             results.add(&row, Metric::AddP99Ms, p99);
+        }
+        let log = lab.srvgate_log();
+        for key in ["live_us", "written_us"] {
+            if let Some((p50, p99)) = daemon_side(&log, key) {
+                println!(
+                    "   inside the daemon, {key}: p50 {p50:.3} ms, p99 {p99:.3} ms (all adds)"
+                );
+            }
         }
         // Every add that was answered is in the table.
         let listed = lab.srvgate_ctl_ok(&["route", "ls", "--json"])?;
