@@ -16,6 +16,8 @@
 //! does not exist. Dropping it leaves the pinned program attached and the maps in place.
 
 mod netdev;
+#[cfg(test)]
+mod xdp_tests;
 
 use std::sync::Arc;
 use std::{
