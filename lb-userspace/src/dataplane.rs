@@ -15,6 +15,7 @@
 //! Invariant: an `XdpDataplane` either has the program attached to *every* configured leg or
 //! does not exist. Dropping it leaves the pinned program attached and the maps in place.
 
+mod encode;
 mod netdev;
 #[cfg(test)]
 mod xdp_tests;
@@ -44,12 +45,11 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
+use encode::{addr_be, decode_frontend, frontend_entry, frontend_key, reverse_entry, reverse_key};
+
 use crate::{
     config::{Gateway, Protocol},
-    routes::{
-        addr_be, decode_frontend, frontend_entry, frontend_key, reverse_entry, reverse_key, Diff,
-        Entry, RouteTable,
-    },
+    routes::{Diff, Entry, RouteTable},
     sys,
 };
 

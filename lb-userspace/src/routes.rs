@@ -19,7 +19,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use lb_common::{Backend, FrontendKey, ReverseKey, ReverseValue, MAX_ROUTES};
+use lb_common::MAX_ROUTES;
 
 use crate::config::{FieldError, PortRange, Protocol, Route, RouteKey};
 
@@ -522,73 +522,6 @@ pub fn idle_routes<'a>(
         })
         .map(|e| e.route.key())
         .collect()
-}
-
-/// Network-order u32 of an address, as the XDP program loads it from the packet.
-pub fn addr_be(ip: std::net::Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
-}
-
-/// The frontend map entry of a route: `(public port, protocol) -> backend`.
-pub fn frontend_entry(e: &Entry) -> (FrontendKey, Backend) {
-    let r = &e.route;
-    (
-        frontend_key(r.port, r.protocol),
-        Backend {
-            addr: addr_be(*r.backend.ip()),
-            port: r.backend.port().to_be(),
-            _pad: 0,
-            route_id: e.id,
-        },
-    )
-}
-
-pub fn frontend_key(port: u16, protocol: Protocol) -> FrontendKey {
-    FrontendKey {
-        port: port.to_be(),
-        protocol: protocol.number(),
-        _pad: 0,
-    }
-}
-
-pub fn reverse_key(backend: SocketAddrV4, protocol: Protocol) -> ReverseKey {
-    ReverseKey {
-        addr: addr_be(*backend.ip()),
-        port: backend.port().to_be(),
-        protocol: protocol.number(),
-        _pad: 0,
-    }
-}
-
-/// The reverse map entry of a route: `backend (address, port, protocol) -> public port`.
-pub fn reverse_entry(e: &Entry) -> (ReverseKey, ReverseValue) {
-    let r = &e.route;
-    (
-        reverse_key(r.backend, r.protocol),
-        ReverseValue {
-            public_port: r.port.to_be(),
-            _pad: 0,
-            route_id: e.id,
-        },
-    )
-}
-
-/// The route (port, protocol, backend, slot) a pinned frontend entry stands for, if its
-/// protocol is one of ours.
-pub fn decode_frontend(
-    k: &FrontendKey,
-    v: &Backend,
-) -> Option<((u16, Protocol), (SocketAddrV4, u32))> {
-    let protocol = match k.protocol {
-        lb_common::PROTO_TCP => Protocol::Tcp,
-        lb_common::PROTO_UDP => Protocol::Udp,
-        _ => return None,
-    };
-    let ip = std::net::Ipv4Addr::from(v.addr.to_ne_bytes());
-    Some((
-        (u16::from_be(k.port), protocol),
-        (SocketAddrV4::new(ip, u16::from_be(v.port)), v.route_id),
-    ))
 }
 
 #[cfg(test)]

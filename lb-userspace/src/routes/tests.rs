@@ -343,31 +343,6 @@ fn reclaim_takes_only_idle_runtime_routes() {
 }
 
 #[test]
-fn entries_are_in_network_order() {
-    let mut t = RouteTable::new();
-    t.replace_config(&[route("alice", 30001, "10.0.0.11:22")], t0())
-        .unwrap();
-    let e = t.entries().next().unwrap();
-    let (fk, be) = frontend_entry(e);
-    assert_eq!(fk.port.to_ne_bytes(), 30001u16.to_be_bytes());
-    assert_eq!(fk.protocol, 6);
-    assert_eq!(be.addr.to_ne_bytes(), [10, 0, 0, 11]);
-    assert_eq!(be.port.to_ne_bytes(), 22u16.to_be_bytes());
-    let (rk, rv) = reverse_entry(e);
-    assert_eq!(rk.addr, be.addr);
-    assert_eq!(rk.port, be.port);
-    assert_eq!(rv.public_port, fk.port);
-    assert_eq!(rv.route_id, be.route_id);
-    assert_eq!(
-        decode_frontend(&fk, &be),
-        Some((
-            (30001, Protocol::Tcp),
-            ("10.0.0.11:22".parse().unwrap(), e.id)
-        ))
-    );
-}
-
-#[test]
 fn a_full_table_is_an_error_not_a_panic() {
     let mut t = RouteTable::new();
     t.next_id = MAX_ROUTES;
