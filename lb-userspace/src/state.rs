@@ -20,7 +20,7 @@
 mod journal;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
     net::Ipv4Addr,
@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{check_route, Route, RouteKey, RouteRequest},
+    routes::{RouteError, RouteTable, Source},
     users::Users,
 };
 
@@ -248,9 +249,13 @@ impl StateStore {
     /// Reads the stored routes: `routes.json` (none yet means none) with the journal
     /// replayed over it. `public_ipv4` is checked like a config route's backend would be.
     pub fn load(&self, public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError> {
+        let mut snapshot = true;
         let raw = match fs::read(&self.file) {
             Ok(bytes) => parse_raw(&self.file, &bytes)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                snapshot = false;
+                Vec::new()
+            }
             Err(error) => {
                 return Err(StateError::Io {
                     path: self.file.clone(),
@@ -287,7 +292,9 @@ impl StateStore {
                 }
             }
         }
-        let files: Vec<String> = std::iter::once(STATE_FILE.to_string())
+        let files: Vec<String> = snapshot
+            .then(|| STATE_FILE.to_string())
+            .into_iter()
             .chain(
                 segments
                     .iter()
@@ -528,9 +535,7 @@ fn validate(
         reason,
     };
     let mut problems = Vec::new();
-    let mut keys = HashSet::new();
-    let mut ports = HashSet::new();
-    let mut backends = HashSet::new();
+    let mut scratch = RouteTable::new();
     let mut routes = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
         let n = i + 1;
@@ -555,26 +560,15 @@ fn validate(
                 continue;
             }
         };
-        if !keys.insert(route.key()) {
-            problems.push(format!("{}: {} appears twice", field("name"), route.key()));
-            continue;
-        }
-        if !ports.insert((route.port, route.protocol)) {
-            problems.push(format!(
-                "{}: {}/{} is used twice",
-                field("port"),
-                route.port,
-                route.protocol
-            ));
-            continue;
-        }
-        if !backends.insert((route.backend, route.protocol)) {
-            problems.push(format!(
-                "{}: {}/{} is the backend of two routes",
-                field("backend"),
-                route.backend,
-                route.protocol
-            ));
+        // The route table owns uniqueness (key, port, backend); the stored routes are
+        // checked by going into a scratch one.
+        if let Err(e) = scratch.insert(route.clone(), Source::Runtime, UNIX_EPOCH, None) {
+            match e {
+                RouteError::Conflict(c) => {
+                    problems.push(format!("{}: {}", field(&c.field), c.reason))
+                }
+                other => problems.push(format!("{}: {other}", field("name"))),
+            }
             continue;
         }
         routes.push(StoredRoute {

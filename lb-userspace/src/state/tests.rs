@@ -88,7 +88,7 @@ fn invalid_routes_are_named_by_index_and_field() {
     .replace("\"carol\"", "\"Carol\"");
     let msg = corrupt_reason(&text);
     assert!(
-        msg.contains("routes[2].port: 30000/tcp is used twice"),
+        msg.contains("routes[2].port: 30000/tcp is already used by alice/ssh/tcp"),
         "{msg}"
     );
     assert!(msg.contains("routes[3].name"), "{msg}");
@@ -215,7 +215,10 @@ fn a_torn_last_line_is_skipped_and_a_bad_line_before_it_is_corruption() {
     );
     fs::write(&seg, text).unwrap();
     let e = store.load(PUBLIC).unwrap_err().to_string();
-    assert!(e.contains("30000/tcp is used twice"), "{e}");
+    assert!(
+        e.contains("30000/tcp is already used by alice/ssh/tcp"),
+        "{e}"
+    );
 }
 
 #[test]
