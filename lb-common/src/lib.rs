@@ -110,7 +110,11 @@ pub struct Interface {
 pub struct Settings {
     /// The public IPv4 address, network byte order. 0 disables forwarding.
     pub public_addr: u32,
-    pub _pad: u32,
+    /// The largest TCP MSS every leg can carry (the smallest leg MTU less 40 bytes of IPv4
+    /// and TCP headers), host byte order: SYN and SYN-ACK segments announcing more are
+    /// clamped to it, so neither end ever sends a segment a leg must drop. 0: no clamping.
+    pub mss: u16,
+    pub _pad: u16,
     /// CLOCK_MONOTONIC in nanoseconds, rewritten by the daemon every second. The program
     /// stamps `last_seen_ns` with it: a per-packet `bpf_ktime_get_ns` cost more than every
     /// map lookup of the fast path, and idle reclaim counts in days.

@@ -161,6 +161,37 @@ pub fn l4_csum_nat(
     }
 }
 
+/// The SYN bit of the TCP flags byte (header byte 13).
+pub const TCP_SYN: u8 = 0x02;
+/// TCP option kinds (RFC 9293).
+pub const TCPOPT_EOL: u8 = 0;
+pub const TCPOPT_NOP: u8 = 1;
+pub const TCPOPT_MSS: u8 = 2;
+
+/// The MSS to write instead of `mss` when it exceeds `max` (0: no clamping).
+#[inline(always)]
+pub fn clamped_mss(mss: u16, max: u16) -> Option<u16> {
+    (max != 0 && mss > max).then_some(max)
+}
+
+/// The TCP checksum after the MSS value at byte `offset` of the TCP header changes from
+/// `old` to `new` (host order). At an odd offset (options after a single NOP) the value
+/// straddles two checksum words, which in one's-complement arithmetic is the same as the
+/// byte-swapped value in one word.
+#[inline(always)]
+pub fn mss_csum(check: u16, offset: usize, old: u16, new: u16) -> u16 {
+    let (o, n) = (old.to_be_bytes(), new.to_be_bytes());
+    if offset.is_multiple_of(2) {
+        csum_replace16(check, u16::from_ne_bytes(o), u16::from_ne_bytes(n))
+    } else {
+        csum_replace16(
+            check,
+            u16::from_ne_bytes([o[1], o[0]]),
+            u16::from_ne_bytes([n[1], n[0]]),
+        )
+    }
+}
+
 /// The 16-bit word holding TTL and protocol, as loaded from packet memory.
 #[inline(always)]
 pub fn ttl_proto_word(ttl: u8, protocol: u8) -> u16 {

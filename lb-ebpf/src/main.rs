@@ -32,9 +32,9 @@ mod program {
         Settings, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
     };
     use lb_ebpf::{
-        csum_replace32, ipv4_csum_ttl_decrement, ipv4_shape, l4_checksum_offset, l4_csum_nat,
-        l4_header_len, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4,
-        IPV4_HLEN,
+        clamped_mss, csum_replace32, ipv4_csum_ttl_decrement, ipv4_shape, l4_checksum_offset,
+        l4_csum_nat, l4_header_len, mss_csum, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports,
+        ETH_HLEN, ETH_P_IPV4, IPV4_HLEN, PROTO_TCP, TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
     };
 
     const AF_INET: u8 = 2;
@@ -159,7 +159,7 @@ mod program {
         let Some(settings) = SETTINGS.get(0) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
-        let (public_addr, now) = (settings.public_addr, settings.now_ns);
+        let (public_addr, now, mss) = (settings.public_addr, settings.now_ns, settings.mss);
         let mut fib = mem::MaybeUninit::uninit();
         let fib: &mut FibParams = zero_in_place(&mut fib);
 
@@ -192,6 +192,9 @@ mod program {
                 (*ip).check = csum_replace32((*ip).check, (*ip).daddr, new_addr);
                 (*ip).daddr = new_addr;
                 (*ports).dst = new_port;
+                if protocol == PROTO_TCP {
+                    clamp_mss(ctx, l4, l4_check, mss);
+                }
                 account(ctx, backend.route_id, true, now);
                 let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, (*ip).saddr);
                 Ok(forward(eth, ip, protocol, fib, rc))
@@ -226,12 +229,79 @@ mod program {
                 (*ip).check = csum_replace32((*ip).check, (*ip).saddr, public_addr);
                 (*ip).saddr = public_addr;
                 (*ports).src = new_port;
+                if protocol == PROTO_TCP {
+                    clamp_mss(ctx, l4, l4_check, mss);
+                }
                 account(ctx, rev.route_id, false, now);
                 Ok(forward(eth, ip, protocol, fib, rc))
             } else {
                 Ok(pass(counter::PASS_NO_ROUTE))
             }
         }
+    }
+
+    /// Lowers the MSS option of a SYN or SYN-ACK in the TCP header at `l4` to `max`, keeping
+    /// the checksum right, so that neither end sends segments bigger than the smallest leg
+    /// carries (as `TCPMSS --clamp-mss-to-pmtu` would). The option is looked for where every
+    /// TCP stack puts it: first, after up to three NOPs. Constant offsets only: a walk with
+    /// a variable offset made LLVM shift the packet pointer, which the verifier refuses.
+    #[inline(always)]
+    fn clamp_mss(ctx: &XdpContext, l4: usize, l4_check: *mut u16, max: u16) {
+        if max == 0 {
+            return;
+        }
+        let (Ok(doff), Ok(flags)) = (ptr_at::<u8>(ctx, l4 + 12), ptr_at::<u8>(ctx, l4 + 13)) else {
+            return;
+        };
+        // SAFETY: both come from `ptr_at`: inside the packet.
+        let (doff, flags) = unsafe { (*doff, *flags) };
+        // The header must hold the options looked at: 20 bytes plus at least 4.
+        if flags & TCP_SYN == 0 || doff >> 4 < 6 {
+            return;
+        }
+        let _ = clamp_mss_at::<0>(ctx, l4, l4_check, max)
+            || clamp_mss_at::<1>(ctx, l4, l4_check, max)
+            || clamp_mss_at::<2>(ctx, l4, l4_check, max)
+            || clamp_mss_at::<3>(ctx, l4, l4_check, max);
+    }
+
+    /// The MSS option after `NOPS` NOP options, if it is there: clamped; returns whether it
+    /// was found (so the next position is not tried).
+    #[inline(always)]
+    fn clamp_mss_at<const NOPS: usize>(
+        ctx: &XdpContext,
+        l4: usize,
+        l4_check: *mut u16,
+        max: u16,
+    ) -> bool {
+        let at = l4 + TCP_HLEN;
+        let Ok(option) = ptr_at::<[u8; 4]>(ctx, at + NOPS) else {
+            return false;
+        };
+        if NOPS > 0 {
+            // Inside the bytes before the MSS option, which `option` shows exist.
+            let Ok(before) = ptr_at::<[u8; 3]>(ctx, at) else {
+                return false;
+            };
+            // SAFETY: from `ptr_at`: inside the packet.
+            if unsafe { &*before }[..NOPS].iter().any(|&b| b != TCPOPT_NOP) {
+                return false;
+            }
+        }
+        // SAFETY: from `ptr_at`: the 4 bytes lie inside the packet, which the program may
+        // write; nothing else touches it during the run.
+        let option = unsafe { &mut *option };
+        if option[0] != TCPOPT_MSS || option[1] != 4 {
+            return false;
+        }
+        let old = u16::from_be_bytes([option[2], option[3]]);
+        if let Some(new) = clamped_mss(old, max) {
+            [option[2], option[3]] = new.to_be_bytes();
+            // SAFETY: `l4_check` comes from `ptr_at`: inside the packet, written by nothing
+            // else during the run.
+            unsafe { *l4_check = mss_csum(*l4_check, TCP_HLEN + NOPS + 2, old, new) };
+        }
+        true
     }
 
     /// Asks the kernel's FIB where a packet from `saddr` to the packet's destination goes.

@@ -305,3 +305,62 @@ fn zero_in_place_clears_every_byte() {
     };
     assert!(bytes.iter().all(|&b| b == 0));
 }
+
+/// A TCP header with `nops` NOPs, then MSS `mss`, then padding to a 4-byte multiple.
+fn syn_with_mss(nops: usize, mss: u16) -> Vec<u8> {
+    let mut opts = vec![TCPOPT_NOP; nops];
+    opts.extend_from_slice(&[TCPOPT_MSS, 4]);
+    opts.extend_from_slice(&mss.to_be_bytes());
+    while !opts.len().is_multiple_of(4) {
+        opts.push(TCPOPT_EOL);
+    }
+    let doff = (20 + opts.len()) / 4;
+    let mut h = vec![0x9c, 0x40, 0x00, 0x16, 0, 0, 0, 1, 0, 0, 0, 0];
+    h.push((doff as u8) << 4);
+    h.push(TCP_SYN);
+    h.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    h.extend_from_slice(&opts);
+    h
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The incremental MSS checksum equals one computed from scratch, at even and odd
+    /// offsets of the value.
+    #[test]
+    fn mss_clamp_checksum_matches_from_scratch(
+        nops in 0usize..8,
+        mss in any::<u16>(),
+        max in 1u16..=u16::MAX,
+        src in any::<[u8; 4]>(),
+        dst in any::<[u8; 4]>(),
+    ) {
+        let mut seg = syn_with_mss(nops, mss);
+        let c = l4_checksum(src, dst, PROTO_TCP, &seg);
+        seg[16..18].copy_from_slice(&c.to_be_bytes());
+        let check = u16::from_ne_bytes([seg[16], seg[17]]);
+        let Some(new) = clamped_mss(mss, max) else {
+            prop_assert!(mss <= max);
+            return Ok(());
+        };
+        prop_assert!(new == max && mss > max);
+        let offset = 20 + nops + 2;
+        let updated = mss_csum(check, offset, mss, new);
+        let mut after = syn_with_mss(nops, new);
+        let want = l4_checksum(src, dst, PROTO_TCP, &after);
+        after[16..18].copy_from_slice(&updated.to_ne_bytes());
+        prop_assert!(
+            same_ones_complement(u16::from_be_bytes([after[16], after[17]]), want),
+            "nops {nops}: got {:#06x}, want {want:#06x}",
+            u16::from_be_bytes([after[16], after[17]])
+        );
+    }
+}
+
+#[test]
+fn no_clamp_without_a_maximum_or_below_it() {
+    assert_eq!(clamped_mss(1460, 0), None);
+    assert_eq!(clamped_mss(1360, 1360), None);
+    assert_eq!(clamped_mss(1460, 1360), Some(1360));
+}

@@ -207,6 +207,15 @@ pub trait Dataplane: Send {
     fn detach(self: Box<Self>) -> Result<(), DataplaneError>;
 }
 
+/// The largest TCP segment a link of `mtu` bytes carries: the MTU less the IPv4 and TCP
+/// headers without options (what a SYN's MSS option counts). Never below IPv4's minimum
+/// reassembly size's 536.
+pub fn tcp_mss_for(mtu: u32) -> u16 {
+    u16::try_from(mtu.saturating_sub(40))
+        .unwrap_or(u16::MAX)
+        .max(536)
+}
+
 /// Reads per-route counters by slot; see [`Dataplane::counter_reader`].
 pub trait CounterReader: Send + Sync {
     fn route_counters(&self, id: u32) -> Result<Counters, DataplaneError>;
@@ -309,6 +318,8 @@ pub struct XdpDataplane {
     tx_ports: DevMapHash<MapData>,
     /// Network byte order, as the program compares it.
     public_addr: u32,
+    /// What SYN and SYN-ACK segments are clamped to ([`Settings::mss`]).
+    mss: u16,
     legs: Vec<Leg>,
     /// Legs whose egress mode has been logged once.
     logged_egress: HashSet<u32>,
@@ -429,6 +440,7 @@ impl XdpDataplane {
             settings,
             tx_ports,
             public_addr: addr_be(gw.public_ipv4),
+            mss: 0,
             pin_dir: pin_dir.to_path_buf(),
             pinned_frontends: PinnedFrontends::new(),
             _links: Vec::new(),
@@ -451,8 +463,9 @@ impl XdpDataplane {
                 .remove(&k)
                 .map_err(map_err(map_names::INTERFACES))?;
         }
-        dp.tick_clock()?;
+        // Egress first: it reads the legs' MTUs, which the clock tick writes with the time.
         dp.refresh_egress()?;
+        dp.tick_clock()?;
 
         let program: &mut Xdp = dp
             ._ebpf
@@ -565,6 +578,18 @@ impl Dataplane for XdpDataplane {
     /// Re-reads each leg's ability to take redirects and updates the program's view.
     /// Called at start and periodically: GRO or a peer's XDP program can change any time.
     fn refresh_egress(&mut self) -> Result<(), DataplaneError> {
+        let smallest = self
+            .legs
+            .iter()
+            .filter_map(|l| Some((crate::sys::mtu(&l.name)?, l.name.as_str())))
+            .min();
+        let mss = smallest.map_or(0, |(mtu, _)| tcp_mss_for(mtu));
+        if mss != self.mss {
+            if let Some((mtu, leg)) = smallest {
+                info!(mss, mtu, iface = %leg, "TCP MSS clamped to what the smallest leg carries");
+            }
+            self.mss = mss;
+        }
         for leg in &mut self.legs {
             let (egress, why) = match self.features.as_mut().map(|f| f.get(leg.ifindex)) {
                 Some(Ok(bits)) if bits & netdev::XDP_ACT_NDO_XMIT != 0 => {
@@ -618,6 +643,7 @@ impl Dataplane for XdpDataplane {
                 0,
                 Plain(Settings {
                     public_addr: self.public_addr,
+                    mss: self.mss,
                     _pad: 0,
                     now_ns,
                 }),

@@ -26,6 +26,12 @@ pub fn netdev_stat(name: &str, stat: &str) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// The MTU of interface `name` (from sysfs, as seen from this process's namespace).
+pub fn mtu(name: &str) -> Option<u32> {
+    let path = format!("/sys/class/net/{name}/mtu");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// Time since boot on CLOCK_MONOTONIC, the clock the daemon gives the program.
 pub fn monotonic_now() -> Duration {
     let mut ts = libc::timespec {

@@ -33,6 +33,8 @@ const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 /// A backend no route leads to.
 const NOWHERE: Ipv4Addr = Ipv4Addr::new(10, 210, 252, 7);
 const LEG_MTU: u16 = 1400;
+/// What the daemon would clamp to with [`LEG_MTU`] the smallest leg.
+const MSS: u16 = LEG_MTU - 40;
 const NOW_NS: u64 = 123_456_789;
 
 const SSH_PORT: u16 = 2222;
@@ -128,6 +130,9 @@ struct Frame {
     payload: usize,
     /// UDP only: send a zero checksum ("none"), which must stay zero.
     udp_no_checksum: bool,
+    /// TCP only: a SYN (with `ack`, a SYN-ACK) whose options are this many NOPs and then
+    /// an MSS option with this value.
+    syn: Option<(usize, u16, bool)>,
 }
 
 impl Frame {
@@ -139,6 +144,7 @@ impl Frame {
             ttl: 64,
             payload: 32,
             udp_no_checksum: false,
+            syn: None,
         }
     }
 
@@ -150,10 +156,10 @@ impl Frame {
     }
 
     fn l4_len(&self) -> usize {
-        if self.protocol == PROTO_TCP {
-            20
-        } else {
-            8
+        match (self.protocol, self.syn) {
+            (PROTO_TCP, Some((nops, _, _))) => 20 + (nops + 4).div_ceil(4) * 4,
+            (PROTO_TCP, None) => 20,
+            _ => 8,
         }
     }
 
@@ -176,7 +182,35 @@ impl Frame {
         let mut seg = Vec::with_capacity(l4);
         seg.extend_from_slice(&self.src.1.to_be_bytes());
         seg.extend_from_slice(&self.dst.1.to_be_bytes());
-        if self.protocol == PROTO_TCP {
+        if let (PROTO_TCP, Some((nops, mss, ack))) = (self.protocol, self.syn) {
+            let mut opts = vec![1u8; nops];
+            opts.extend_from_slice(&[2, 4]);
+            opts.extend_from_slice(&mss.to_be_bytes());
+            while !opts.len().is_multiple_of(4) {
+                opts.push(0);
+            }
+            let doff = ((20 + opts.len()) / 4) as u8;
+            let flags = if ack { 0x12 } else { 0x02 };
+            seg.extend_from_slice(&[
+                0,
+                0,
+                0,
+                1,
+                0,
+                0,
+                0,
+                0,
+                doff << 4,
+                flags,
+                0xff,
+                0xff,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            seg.extend_from_slice(&opts);
+        } else if self.protocol == PROTO_TCP {
             seg.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
         } else {
             seg.extend_from_slice(&(l4 as u16).to_be_bytes());
@@ -362,6 +396,7 @@ impl Harness {
             Array::try_from(self.ebpf.map_mut(map_names::SETTINGS).unwrap()).unwrap();
         let s = Settings {
             public_addr: be(PUBLIC),
+            mss: MSS,
             _pad: 0,
             now_ns: NOW_NS,
         };
@@ -667,4 +702,57 @@ fn a_backend_reply_leaves_from_the_public_address_unless_it_is_for_the_gateway()
         (XDP_PASS, name(counter::PASS_LOCAL))
     );
     assert_eq!(out, to_gateway);
+}
+
+/// The MSS option of a SYN or SYN-ACK as it leaves.
+fn mss_of(f: &[u8]) -> Option<u16> {
+    let tcp = &f[34..];
+    let hlen = usize::from(tcp[12] >> 4) * 4;
+    let mut off = 20;
+    while off < hlen {
+        match tcp[off] {
+            0 => return None,
+            1 => off += 1,
+            2 => return Some(u16::from_be_bytes([tcp[off + 2], tcp[off + 3]])),
+            _ => off += usize::from(tcp[off + 1]).max(2),
+        }
+    }
+    None
+}
+
+#[test]
+fn syn_and_syn_ack_are_clamped_to_the_smallest_legs_mss() {
+    let Some(mut h) = Harness::new("syn_and_syn_ack_are_clamped_to_the_smallest_legs_mss") else {
+        return;
+    };
+    h.allow_redirects();
+    // The client's SYN, with the option at an even and at an odd offset (after one NOP).
+    // Also a bare SYN: nothing after its one option.
+    for (nops, payload) in [(0, 0), (0, 32), (1, 0), (3, 32)] {
+        let syn = Frame {
+            syn: Some((nops, 1460, false)),
+            payload,
+            ..Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))
+        };
+        let (action, out, _) = h.run(&syn.bytes(), 1);
+        assert_eq!(action, XDP_REDIRECT);
+        // parse() recomputes both checksums from scratch.
+        assert_eq!(parse(&out).dst, (BACKEND, 22));
+        assert_eq!(mss_of(&out), Some(MSS), "{nops} NOPs");
+    }
+    // The backend's SYN-ACK on its way out.
+    let syn_ack = Frame {
+        syn: Some((0, 8960, true)),
+        ..Frame::tcp((BACKEND, 22), (CLIENT, 40000))
+    };
+    let (_, out, _) = h.run(&syn_ack.bytes(), h.leg);
+    assert_eq!(parse(&out).src, (PUBLIC, SSH_PORT));
+    assert_eq!(mss_of(&out), Some(MSS));
+    // Smaller already: kept.
+    let small = Frame {
+        syn: Some((0, 536, false)),
+        ..Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))
+    };
+    let (_, out, _) = h.run(&small.bytes(), 1);
+    assert_eq!(mss_of(&out), Some(536));
 }
