@@ -161,6 +161,50 @@ pub fn l4_csum_nat(
     }
 }
 
+pub const PROTO_ICMP: u8 = 1;
+/// ICMP messages that carry the header of the packet they are about (RFC 792), and so
+/// must be translated like that packet's flow.
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+/// ICMP header: type, code, checksum, and four bytes that depend on the type.
+pub const ICMP_HLEN: usize = 8;
+
+#[inline(always)]
+pub fn icmp_is_error(icmp_type: u8) -> bool {
+    icmp_type == ICMP_DEST_UNREACH || icmp_type == ICMP_TIME_EXCEEDED
+}
+
+/// The checksums after one address and one port of the packet embedded in an ICMP error
+/// change (`old_addr` -> `new_addr`, `old_port` -> `new_port`; all as loaded from packet
+/// memory): the embedded IPv4 header's, the embedded UDP checksum's if there is one (it
+/// lies in the 8 bytes of L4 header an error must carry; a TCP checksum does not, and is
+/// left alone), and the ICMP checksum, which covers all of those bytes, the changed
+/// checksums included. Returns (icmp, embedded IPv4, embedded UDP).
+#[inline(always)]
+pub fn icmp_embedded_nat(
+    icmp_check: u16,
+    inner_ip_check: u16,
+    inner_udp_check: Option<u16>,
+    old_addr: u32,
+    new_addr: u32,
+    old_port: u16,
+    new_port: u16,
+) -> (u16, u16, Option<u16>) {
+    let ip = csum_replace32(inner_ip_check, old_addr, new_addr);
+    let mut icmp = csum_replace32(icmp_check, old_addr, new_addr);
+    icmp = csum_replace16(icmp, old_port, new_port);
+    icmp = csum_replace16(icmp, inner_ip_check, ip);
+    let udp = match inner_udp_check {
+        Some(old) => {
+            let new = l4_csum_nat(PROTO_UDP, old, old_addr, new_addr, old_port, new_port);
+            icmp = csum_replace16(icmp, old, new);
+            Some(new)
+        }
+        None => None,
+    };
+    (icmp, ip, udp)
+}
+
 /// The SYN bit of the TCP flags byte (header byte 13).
 pub const TCP_SYN: u8 = 0x02;
 /// TCP option kinds (RFC 9293).

@@ -32,9 +32,10 @@ mod program {
         Settings, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
     };
     use lb_ebpf::{
-        clamped_mss, csum_replace32, ipv4_csum_ttl_decrement, ipv4_shape, l4_checksum_offset,
-        l4_csum_nat, l4_header_len, mss_csum, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports,
-        ETH_HLEN, ETH_P_IPV4, IPV4_HLEN, PROTO_TCP, TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
+        clamped_mss, csum_replace32, icmp_embedded_nat, icmp_is_error, ipv4_csum_ttl_decrement,
+        ipv4_shape, l4_checksum_offset, l4_csum_nat, l4_header_len, mss_csum, zero_in_place,
+        EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4, ICMP_HLEN, IPV4_HLEN, PROTO_ICMP,
+        PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
     };
 
     const AF_INET: u8 = 2;
@@ -139,6 +140,9 @@ mod program {
             Ipv4Shape::Fragment => return Ok(pass(counter::PASS_FRAGMENT)),
             Ipv4Shape::Invalid => return Ok(pass(counter::PASS_MALFORMED)),
         }
+        if protocol == PROTO_ICMP {
+            return translate_icmp(ctx, eth, ip);
+        }
         let (Some(_), Some(check_off)) = (l4_header_len(protocol), l4_checksum_offset(protocol))
         else {
             return Ok(pass(counter::PASS_NOT_TCP_UDP));
@@ -234,6 +238,133 @@ mod program {
                 }
                 account(ctx, rev.route_id, false, now);
                 Ok(forward(eth, ip, protocol, fib, rc))
+            } else {
+                Ok(pass(counter::PASS_NO_ROUTE))
+            }
+        }
+    }
+
+    /// An ICMP error about a translated flow, translated like that flow: from the public
+    /// side (about `public:P -> client`, which the client's side saw) to the route's
+    /// backend; from the private side (about `client -> backend:port`) out from the public
+    /// address. The embedded header's address and port, its checksum, an embedded UDP
+    /// checksum and the ICMP checksum are rewritten; only the 8 bytes of L4 header an
+    /// error must carry are read. Anything else ICMP goes to the kernel untouched.
+    #[inline(always)]
+    fn translate_icmp(
+        ctx: &XdpContext,
+        eth: *mut EthHdr,
+        ip: *mut Ipv4Hdr,
+    ) -> Result<u32, Truncated> {
+        let l4 = ETH_HLEN + IPV4_HLEN;
+        let icmp_type: *const u8 = ptr_at(ctx, l4)?;
+        // SAFETY: from `ptr_at`: inside the packet.
+        if !icmp_is_error(unsafe { *icmp_type }) {
+            return Ok(pass(counter::PASS_NOT_TCP_UDP));
+        }
+        let icmp_check: *mut u16 = ptr_at(ctx, l4 + 2)?;
+        let inner: *mut Ipv4Hdr = ptr_at(ctx, l4 + ICMP_HLEN)?;
+        let inner_l4 = l4 + ICMP_HLEN + IPV4_HLEN;
+        let ports: *mut Ports = ptr_at(ctx, inner_l4)?;
+        let udp_check: *mut u16 = ptr_at(ctx, inner_l4 + 6)?;
+        // SAFETY: `inner` comes from `ptr_at`: inside the packet.
+        let (shape, protocol) = unsafe {
+            (
+                ipv4_shape((*inner).version_ihl, u16::from_be((*inner).frag_off)),
+                (*inner).protocol,
+            )
+        };
+        if !matches!(shape, Ipv4Shape::Plain) || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
+            return Ok(pass(counter::PASS_NO_ROUTE));
+        }
+        // SAFETY: `ctx.ctx` is the xdp_md the kernel passed this program.
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        // SAFETY: as in `try_srvgate`: used only during this run.
+        let Some(iface) = (unsafe { INTERFACES.get(ifindex) }) else {
+            return Ok(pass(counter::PASS_NO_ROUTE));
+        };
+        let Some(settings) = SETTINGS.get(0) else {
+            return Ok(pass(counter::PASS_NO_ROUTE));
+        };
+        let public_addr = settings.public_addr;
+        if public_addr == 0 {
+            return Ok(pass(counter::PASS_NO_ROUTE));
+        }
+        let mut fib = mem::MaybeUninit::uninit();
+        let fib: &mut FibParams = zero_in_place(&mut fib);
+        // SAFETY: every pointer comes from `ptr_at`: inside the packet, which the program may
+        // write and nothing else touches during the run; the map references are used only
+        // during this run (see `try_srvgate`).
+        unsafe {
+            let udp_old = (protocol == PROTO_UDP).then(|| *udp_check);
+            if iface.role == ROLE_PUBLIC
+                && (*ip).daddr == public_addr
+                && (*inner).saddr == public_addr
+            {
+                let key = FrontendKey {
+                    port: (*ports).src,
+                    protocol,
+                    _pad: 0,
+                };
+                let Some(backend) = FRONTENDS.get(key) else {
+                    return Ok(pass(counter::PASS_NO_ROUTE));
+                };
+                let (new_addr, new_port) = (backend.addr, backend.port);
+                let (icmp, inner_ip, udp) = icmp_embedded_nat(
+                    *icmp_check,
+                    (*inner).check,
+                    udp_old,
+                    public_addr,
+                    new_addr,
+                    (*ports).src,
+                    new_port,
+                );
+                *icmp_check = icmp;
+                (*inner).check = inner_ip;
+                (*inner).saddr = new_addr;
+                (*ports).src = new_port;
+                if let Some(u) = udp {
+                    *udp_check = u;
+                }
+                (*ip).check = csum_replace32((*ip).check, (*ip).daddr, new_addr);
+                (*ip).daddr = new_addr;
+                let rc = fib_lookup(ctx, fib, ip, ifindex, PROTO_ICMP, (*ip).saddr);
+                Ok(forward(eth, ip, PROTO_ICMP, fib, rc))
+            } else if iface.role == ROLE_PRIVATE {
+                let key = ReverseKey {
+                    addr: (*inner).daddr,
+                    port: (*ports).dst,
+                    protocol,
+                    _pad: 0,
+                };
+                let Some(rev) = REVERSE.get(key) else {
+                    return Ok(pass(counter::PASS_NO_ROUTE));
+                };
+                // About the gateway's own connection to that backend: the kernel's.
+                let rc = fib_lookup(ctx, fib, ip, ifindex, PROTO_ICMP, public_addr);
+                if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
+                    return Ok(pass(counter::PASS_LOCAL));
+                }
+                let new_port = rev.public_port;
+                let (icmp, inner_ip, udp) = icmp_embedded_nat(
+                    *icmp_check,
+                    (*inner).check,
+                    udp_old,
+                    (*inner).daddr,
+                    public_addr,
+                    (*ports).dst,
+                    new_port,
+                );
+                *icmp_check = icmp;
+                (*inner).check = inner_ip;
+                (*inner).daddr = public_addr;
+                (*ports).dst = new_port;
+                if let Some(u) = udp {
+                    *udp_check = u;
+                }
+                (*ip).check = csum_replace32((*ip).check, (*ip).saddr, public_addr);
+                (*ip).saddr = public_addr;
+                Ok(forward(eth, ip, PROTO_ICMP, fib, rc))
             } else {
                 Ok(pass(counter::PASS_NO_ROUTE))
             }

@@ -756,3 +756,132 @@ fn syn_and_syn_ack_are_clamped_to_the_smallest_legs_mss() {
     let (_, out, _) = h.run(&small.bytes(), 1);
     assert_eq!(mss_of(&out), Some(536));
 }
+
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// An ICMP error (`icmp_type`, code) from `from` to `to` about the packet `about`, which
+/// it quotes as RFC 792 asks: its IPv4 header and the first 8 bytes of its L4 header.
+fn icmp_error(
+    icmp_type: u8,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    about: &Frame,
+    l4_bytes: usize,
+) -> Vec<u8> {
+    let quoted = about.bytes();
+    let mut body = vec![icmp_type, 4, 0, 0, 0, 0, 0x05, 0x78]; // frag needed: MTU 1400
+    body.extend_from_slice(&quoted[14..34 + l4_bytes]);
+    let c = fold(sum(&body, 0));
+    body[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = quoted[..14].to_vec();
+    let tot = 20 + body.len();
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&(tot as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&from.octets());
+    ip.extend_from_slice(&to.octets());
+    let c = fold(sum(&ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&body);
+    f
+}
+
+/// An ICMP error as it leaves, every checksum it can be checked by verified from scratch:
+/// (outer source, outer destination, quoted source, quoted destination, quoted UDP
+/// checksum).
+fn parse_icmp(f: &[u8]) -> (Ipv4Addr, Ipv4Addr, (Ipv4Addr, u16), (Ipv4Addr, u16), u16) {
+    let ip = &f[14..34];
+    assert_eq!(fold(sum(ip, 0)), 0, "outer IPv4 checksum");
+    assert_eq!(fold(sum(&f[34..], 0)), 0, "ICMP checksum");
+    let inner = &f[42..62];
+    assert_eq!(fold(sum(inner, 0)), 0, "quoted IPv4 checksum");
+    let addr = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let port = |i: usize| u16::from_be_bytes([f[i], f[i + 1]]);
+    (
+        addr(&ip[12..16]),
+        addr(&ip[16..20]),
+        (addr(&inner[12..16]), port(62)),
+        (addr(&inner[16..20]), port(64)),
+        port(68),
+    )
+}
+
+/// A UDP datagram's own checksum, as its frame says.
+fn udp_checksum_of(f: &Frame) -> u16 {
+    let b = f.bytes();
+    u16::from_be_bytes([b[40], b[41]])
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_both_ways() {
+    let Some(mut h) = Harness::new("icmp_errors_about_translated_flows_are_translated_both_ways")
+    else {
+        return;
+    };
+    h.allow_redirects();
+    // A router beyond the public side could not forward the backend's (translated) segment
+    // to the client: the error comes to the public address and goes to the backend.
+    let sent = Frame::tcp((PUBLIC, SSH_PORT), (CLIENT, 40000));
+    let err = icmp_error(3, ROUTER, PUBLIC, &sent, 8);
+    let (action, out, verdict) = h.run(&err, 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+    let (src, dst, qsrc, qdst, _) = parse_icmp(&out);
+    assert_eq!((src, dst), (ROUTER, BACKEND));
+    assert_eq!((qsrc, qdst), ((BACKEND, 22), (CLIENT, 40000)));
+
+    // The same about a UDP datagram: its quoted checksum becomes the backend's datagram's.
+    let sent = Frame::udp((PUBLIC, DNS_PORT), (CLIENT, 5000));
+    let (_, out, _) = h.run(&icmp_error(11, ROUTER, PUBLIC, &sent, 8), 1);
+    let (_, dst, qsrc, _, qudp) = parse_icmp(&out);
+    assert_eq!((dst, qsrc), (BACKEND, (BACKEND, 53)));
+    let original = Frame::udp((BACKEND, 53), (CLIENT, 5000));
+    assert_eq!(qudp, udp_checksum_of(&original));
+
+    // The backend refusing a client's datagram: out from the public address and port.
+    let sent = Frame::udp((CLIENT, 5000), (BACKEND, 53));
+    let (action, out, _) = h.run(&icmp_error(3, BACKEND, CLIENT, &sent, 8), h.leg);
+    assert_eq!(action, XDP_REDIRECT);
+    let (src, dst, qsrc, qdst, qudp) = parse_icmp(&out);
+    assert_eq!((src, dst), (PUBLIC, CLIENT));
+    assert_eq!((qsrc, qdst), ((CLIENT, 5000), (PUBLIC, DNS_PORT)));
+    assert_eq!(
+        qudp,
+        udp_checksum_of(&Frame::udp((CLIENT, 5000), (PUBLIC, DNS_PORT)))
+    );
+
+    // About no flow of ours, not an error, or quoting too little: the kernel's, untouched.
+    let unknown = icmp_error(
+        3,
+        ROUTER,
+        PUBLIC,
+        &Frame::tcp((PUBLIC, 9999), (CLIENT, 1)),
+        8,
+    );
+    let mut echo = icmp_error(3, ROUTER, PUBLIC, &sent, 8);
+    echo[34] = 8;
+    let short = icmp_error(
+        3,
+        ROUTER,
+        PUBLIC,
+        &Frame::tcp((PUBLIC, SSH_PORT), (CLIENT, 1)),
+        4,
+    );
+    for (what, frame, want) in [
+        ("an unknown flow", &unknown, counter::PASS_NO_ROUTE),
+        ("an echo request", &echo, counter::PASS_NOT_TCP_UDP),
+        (
+            "a quote shorter than 8 bytes",
+            &short,
+            counter::PASS_MALFORMED,
+        ),
+    ] {
+        let (action, out, verdict) = h.run(frame, 1);
+        assert_eq!(action, XDP_PASS, "{what}");
+        assert_eq!(&out, frame, "{what}: untouched");
+        assert_eq!(name(verdict), name(want), "{what}");
+    }
+}
