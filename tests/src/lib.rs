@@ -66,6 +66,11 @@ pub const B1_IP: &str = "10.210.2.11";
 pub const B2_IP: &str = "10.210.3.12";
 /// The gateway's public leg.
 pub const PUBLIC_IF: &str = "pub0";
+/// The far host of [`Lab::add_far_host`], its network, and the client namespace's address
+/// on that network.
+pub const FAR_IP: &str = "10.210.9.2";
+pub const FAR_GW_IP: &str = "10.210.9.1";
+pub const FAR_NET: &str = "10.210.9.0";
 /// The gateway's private legs, toward backend 1 and backend 2.
 pub const PRIVATE_IFS: [&str; 2] = ["priv1", "priv2"];
 /// Where [`config_toml`] makes srvgate serve metrics (inside the gateway namespace).
@@ -724,6 +729,59 @@ impl Lab {
             self.exec_ok(ns, &["ethtool", "-K", "eth0", "tx", "off", "gro", "on"])?;
         }
         Ok(())
+    }
+
+    /// A host beyond the client, for shapes with a router in between: a namespace
+    /// `sg-TAG-far` linked to the client namespace (now a router) by a link of MTU
+    /// `hop_mtu`. The far host still announces a 1460-byte MSS (`advmss`), as a host whose
+    /// own link is 1500 behind a second router would, so the client namespace must send
+    /// "fragmentation needed" for segments that do not fit the hop. The far host is
+    /// `FAR_IP`; the gateway routes to it through the client. Removed with the lab.
+    /// Returns the namespace's name.
+    pub fn add_far_host(&mut self, hop_mtu: u32) -> Result<String> {
+        let far = format!("{}far", self.prefix());
+        host(&["ip", "netns", "add", &far])?;
+        self.created.push(far.clone());
+        self.exec_ok(&far, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        host(&["ip", "-n", &far, "link", "set", "dev", "lo", "up"])?;
+        let cli = self.client.clone();
+        host(&[
+            "ip", "link", "add", "eth1", "netns", &cli, "type", "veth", "peer", "name", "eth0",
+            "netns", &far,
+        ])?;
+        let mtu = hop_mtu.to_string();
+        for (ns, dev, cidr) in [(&cli, "eth1", FAR_GW_IP), (&far, "eth0", FAR_IP)] {
+            host(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{cidr}/24"),
+                "dev",
+                dev,
+            ])?;
+            host(&["ip", "-n", ns, "link", "set", "dev", dev, "up"])?;
+        }
+        host(&["ip", "-n", &cli, "link", "set", "dev", "eth1", "mtu", &mtu])?;
+        host(&["ip", "-n", &far, "link", "set", "dev", "eth0", "mtu", &mtu])?;
+        host(&[
+            "ip", "-n", &far, "route", "add", "default", "via", FAR_GW_IP, "advmss", "1460",
+        ])?;
+        self.exec_ok(&far, &["ethtool", "-K", "eth0", "tx", "off", "gro", "on"])?;
+        self.exec_ok(&cli, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let gw = self.gw.clone();
+        host(&[
+            "ip",
+            "-n",
+            &gw,
+            "route",
+            "add",
+            &format!("{FAR_NET}/24"),
+            "via",
+            CLIENT_IP,
+        ])?;
+        Ok(far)
     }
 
     /// The lab's tag.
