@@ -1268,7 +1268,12 @@ async fn event_loop(
             }
             _ = hup.recv() => {
                 tell_systemd(notify::reloading());
-                let cfg = Config::load(&opts.config).and_then(|c| c.check_interfaces(&opts.config).map(|_| c));
+                let cfg = Config::load(&opts.config).and_then(|c| {
+                    for w in c.check_machine(&opts.config)? {
+                        warn!("SIGHUP: {}: {w}", opts.config.display());
+                    }
+                    Ok(c)
+                });
                 match cfg {
                     Ok(cfg) => {
                         on_core(core, move |c| c.reload(cfg)).await;

@@ -237,7 +237,10 @@ fn student_failure(e: account::StudentError) -> Failure {
 #[cfg(feature = "gateway")]
 fn load(path: &Path) -> Result<Config, Failure> {
     let cfg = Config::load(path).map_err(Failure::input)?;
-    cfg.check_interfaces(path).map_err(Failure::input)?;
+    let warnings = cfg.check_machine(path).map_err(Failure::input)?;
+    for w in warnings {
+        tracing::warn!("{}: {w}", path.display());
+    }
     Ok(cfg)
 }
 
