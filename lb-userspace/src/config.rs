@@ -162,9 +162,12 @@ pub struct Portal {
 /// RFC 2181 section 8: a TTL is at most 2^31 - 1 (resolvers read larger ones as 0).
 pub const MAX_TTL: u32 = i32::MAX as u32;
 
-/// The longest names a route gets in the zone, `_SERVICE._tcp.NAME.` with 63-character
+/// Longest service label: `_SERVICE` must still be a label (63 characters) in the SRV name.
+pub const MAX_SERVICE_LEN: usize = 62;
+
+/// The longest names a route gets in the zone, `_SERVICE._tcp.NAME.` with the longest
 /// labels, take this many characters before the zone.
-const LONGEST_ROUTE_PREFIX: usize = 1 + 63 + 6 + 63 + 1;
+const LONGEST_ROUTE_PREFIX: usize = 1 + MAX_SERVICE_LEN + 6 + 63 + 1;
 
 /// Longest `dns.zone` (characters, without the final dot) that leaves every route's names
 /// within the 253 characters of a domain name, so no valid route is ever left out of DNS.
@@ -651,6 +654,18 @@ pub fn check_route(
     };
     let name_ok = check_label(&r.name).map_err(|e| bad("name", e)).is_ok();
     let service_ok = check_label(&r.service)
+        .and_then(|()| {
+            if r.service.len() > MAX_SERVICE_LEN {
+                Err(format!(
+                    "{:?} is {} characters long; a service has at most {MAX_SERVICE_LEN}, since _{} must be a DNS label",
+                    r.service,
+                    r.service.len(),
+                    r.service
+                ))
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|e| bad("service", e))
         .is_ok();
     let protocol = match r.protocol.as_deref().unwrap_or("tcp").parse::<Protocol>() {

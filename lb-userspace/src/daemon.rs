@@ -851,7 +851,9 @@ impl Core {
                 rx_dropped: crate::sys::netdev_stat(&l.name, "rx_dropped"),
             })
             .collect();
-        metrics::render(&routes, &named, &legs)
+        let mut text = metrics::render(&routes, &named, &legs);
+        metrics::render_peer_warnings(&mut text, crate::logging::peer_noise().seen());
+        text
     }
 }
 
@@ -1295,6 +1297,7 @@ async fn event_loop(
                 }
             }
             _ = observe.tick() => {
+                crate::logging::report_suppressed();
                 let line = on_core(core, |c| {
                     c.observe();
                     c.status_line()

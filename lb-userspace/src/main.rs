@@ -266,6 +266,14 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             "srvgate run needs root, or {missing}, to load and attach XDP programs; run it with sudo"
         )));
     }
+    // Before any socket: the listeners' shares are taken from the raised limit.
+    match lb_userspace::fds::raise_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!("open files: soft limit raised from {before} to the hard limit {after}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("open files: cannot raise the soft limit: {e}"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -407,8 +407,8 @@ fn dns_fields_run_would_refuse_are_refused_here() {
     let long = format!("{}example", "a.".repeat(121));
     let p = problems(&GOOD.replace("\"lab.example\"", &format!("\"{long}\"")));
     assert_eq!(p[0].field, "dns.zone");
-    assert!(p[0].reason.contains("at most 119"), "{}", p[0]);
-    let longest = format!("{}.{}.ex", "a".repeat(58), "b".repeat(57));
+    assert!(p[0].reason.contains("at most 120"), "{}", p[0]);
+    let longest = format!("{}.{}.ex", "a".repeat(58), "b".repeat(58));
     assert_eq!(longest.len(), MAX_ZONE_LEN);
     parse(&GOOD.replace("\"lab.example\"", &format!("\"{longest}\""))).unwrap();
     let p = problems(&GOOD.replace("ttl = 30", "ttl = 4294967295"));
@@ -515,4 +515,16 @@ fn kernel_port_lists_parse() {
             PortRange { first: 5, last: 5 }
         ]
     );
+}
+
+#[test]
+fn a_service_leaves_room_for_its_underscore() {
+    let route = |service: &str| {
+        with_route(&format!(
+            "name = \"bob\"\nservice = \"{service}\"\nbackend = \"10.0.0.12:22\"\nport = 30005"
+        ))
+    };
+    parse(&route(&"s".repeat(62))).unwrap();
+    let p = problems(&route(&"s".repeat(63)));
+    assert_eq!(p[0].field, "route[3].service");
 }
