@@ -12,10 +12,12 @@
 //! swaps it in, so a query sees either the old table or the new one, never a mix, and
 //! queries never wait for an update.
 //!
-//! TCP clients are bounded in number, time and size: past the cap a connection is closed at
-//! once (rather than left waiting in the backlog), a client idle for [`TCP_IDLE_TIMEOUT`]
-//! is closed, and only [`TCP_BUSY_IDLE_TIMEOUT`] once the table is three quarters full (RFC
-//! 7766 section 6.2.3: shorter timeouts under load), a query must arrive whole within
+//! TCP clients are bounded in number, time and size: at the cap a new connection takes the
+//! place of the client that has been idle longest (closed; a client waiting for its next
+//! query loses nothing it asked for), or is closed at once when every client is mid-query,
+//! rather than left waiting in the backlog; a client idle for [`TCP_IDLE_TIMEOUT`] is
+//! closed, and after only [`TCP_BUSY_IDLE_TIMEOUT`] once the table is three quarters full
+//! (RFC 7766 section 6.2.3: shorter timeouts under load); a query must arrive whole within
 //! [`TCP_QUERY_TIMEOUT`] and be at most [`MAX_TCP_QUERY`] bytes. UDP needs no descriptor
 //! per client, so it is not affected by any of this.
 //!
@@ -25,14 +27,15 @@
 pub mod zone;
 
 use std::{
+    collections::HashMap,
     io,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
     },
     thread::JoinHandle,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
@@ -40,7 +43,7 @@ use hickory_server::net::xfer::Protocol;
 use socket2::{Domain, Socket, Type};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    sync::Semaphore,
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
 
@@ -141,7 +144,7 @@ impl DnsServer {
             public_ipv4,
             writer: Mutex::new(()),
         });
-        let slots = Arc::new(Semaphore::new(tcp_clients));
+        let table = Arc::new(TcpTable::new(tcp_clients));
         let mut listeners = Vec::with_capacity(sockets.len());
         let mut addrs = Vec::with_capacity(sockets.len());
         let stop = Arc::new(AtomicBool::new(false));
@@ -157,7 +160,7 @@ impl DnsServer {
         }
         let tcp_tasks = listeners
             .into_iter()
-            .map(|l| tokio::spawn(serve_tcp(l, shared.clone(), slots.clone(), tcp_clients)))
+            .map(|l| tokio::spawn(serve_tcp(l, shared.clone(), table.clone())))
             .collect();
         tracing::info!(
             zone = %cfg.zone,
@@ -309,7 +312,7 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
 pub(crate) struct AnswerCache {
     serial: Option<u32>,
     /// `None`: the query is to be dropped.
-    answers: std::collections::HashMap<Box<[u8]>, Option<Box<[u8]>>>,
+    answers: HashMap<Box<[u8]>, Option<Box<[u8]>>>,
     /// Key and reply bytes held, plus [`AnswerCache::ENTRY_OVERHEAD`] per entry.
     bytes: usize,
 }
@@ -380,14 +383,67 @@ impl AnswerCache {
     }
 }
 
-/// Accepts DNS/TCP clients on `listener` while a slot is free; past that, closes the new
-/// connection at once, so the client can try another server instead of waiting.
-async fn serve_tcp(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    slots: Arc<Semaphore>,
+/// The DNS/TCP clients of all listen addresses: their slots, and which are idle since when,
+/// so that a newcomer at the cap can take the place of the longest idle one.
+struct TcpTable {
     capacity: usize,
-) {
+    slots: Arc<Semaphore>,
+    clients: Mutex<HashMap<u64, TcpClient>>,
+    next_id: AtomicU64,
+}
+
+struct TcpClient {
+    /// `Some` while waiting for the next query.
+    idle_since: Option<Instant>,
+    evict: Arc<Notify>,
+}
+
+impl TcpTable {
+    fn new(capacity: usize) -> Self {
+        TcpTable {
+            capacity,
+            slots: Arc::new(Semaphore::new(capacity)),
+            clients: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    fn clients(&self) -> MutexGuard<'_, HashMap<u64, TcpClient>> {
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for a new client: a free one, or the one the longest idle client gives up.
+    async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let oldest = self
+            .clients()
+            .values()
+            .filter_map(|c| c.idle_since.map(|t| (t, c.evict.clone())))
+            .min_by_key(|(t, _)| *t)
+            .map(|(_, evict)| evict)?;
+        oldest.notify_one();
+        // The evicted task only has to return; if another newcomer was faster, give up.
+        tokio::time::timeout(EVICTION_WAIT, self.slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Whether fewer than a quarter of the slots are free: then idle clients go sooner.
+    fn busy(&self) -> bool {
+        self.slots.available_permits() < self.capacity / 4
+    }
+}
+
+/// How long a newcomer waits for the slot of the client it evicted.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
+/// Accepts DNS/TCP clients on `listener` while [`TcpTable::admit`] finds a slot; otherwise
+/// closes the new connection at once, so the client can try another server instead of
+/// waiting.
+async fn serve_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, table: Arc<TcpTable>) {
     let mut backoff = fds::AcceptBackoff::new("DNS TCP");
     let mut clients = JoinSet::new();
     let mut refused: u64 = 0;
@@ -401,46 +457,68 @@ async fn serve_tcp(
         };
         backoff.accepted();
         while clients.try_join_next().is_some() {}
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Some(permit) = table.admit().await else {
             refused += 1;
             // Once per thousand: a flood is worth knowing about, not a line per connection.
             if refused % 1000 == 1 {
-                tracing::warn!(%peer, refused, "DNS TCP: {capacity} clients at once already; closing new connections");
+                tracing::warn!(%peer, refused, "DNS TCP: {} clients at once, none idle; closing new connections", table.capacity);
             }
             continue;
         };
-        let (shared, slots) = (shared.clone(), slots.clone());
+        let id = table.next_id.fetch_add(1, Ordering::Relaxed);
+        let evict = Arc::new(Notify::new());
+        table.clients().insert(
+            id,
+            TcpClient {
+                idle_since: None,
+                evict: evict.clone(),
+            },
+        );
+        let (shared, table) = (shared.clone(), table.clone());
         clients.spawn(async move {
             let _permit = permit;
-            if let Err(error) = serve_tcp_client(stream, &shared, &slots, capacity).await {
+            if let Err(error) = serve_tcp_client(stream, &shared, &table, id, &evict).await {
                 tracing::debug!(%error, %peer, "DNS TCP client");
             }
+            table.clients().remove(&id);
         });
     }
 }
 
-/// One TCP client: length-prefixed queries (RFC 1035 section 4.2.2), answered in order.
+/// One TCP client: length-prefixed queries (RFC 1035 section 4.2.2), answered in order,
+/// until it closes, idles too long or is evicted while idle.
 async fn serve_tcp_client(
     mut stream: tokio::net::TcpStream,
     shared: &Shared,
-    slots: &Semaphore,
-    capacity: usize,
+    table: &TcpTable,
+    id: u64,
+    evict: &Notify,
 ) -> io::Result<()> {
     let timed_out = || io::Error::from(io::ErrorKind::TimedOut);
+    let set_idle = |idle: bool| {
+        if let Some(c) = table.clients().get_mut(&id) {
+            c.idle_since = idle.then(Instant::now);
+        }
+    };
     let mut query = Vec::with_capacity(512);
     loop {
-        let idle = if slots.available_permits() < capacity / 4 {
+        let idle = if table.busy() {
             TCP_BUSY_IDLE_TIMEOUT
         } else {
             TCP_IDLE_TIMEOUT
         };
+        set_idle(true);
         let mut len = [0u8; 2];
-        match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Ok(()),
+        tokio::select! {
+            read = tokio::time::timeout(idle, stream.read_exact(&mut len)) => match read {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(()),
+            },
+            () = evict.notified() => return Ok(()),
         }
+        set_idle(false);
         let len = usize::from(u16::from_be_bytes(len));
         if len > MAX_TCP_QUERY {
             return Err(io::Error::new(

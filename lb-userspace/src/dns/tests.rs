@@ -940,6 +940,17 @@ fn a_malformed_response_is_dropped_not_answered() {
     assert!(respond(&z, &packet, Protocol::Tcp, MAX_UDP_PAYLOAD).is_none());
 }
 
+#[test]
+fn every_cookie_option_is_checked() {
+    let z = zone(&alice());
+    let mut q = with_cookie(8);
+    q.edns.as_mut().unwrap().options_mut().insert(
+        hickory_proto::rr::rdata::opt::EdnsOption::Unknown(10, vec![1, 2, 3, 4, 5]),
+    );
+    let r = ask_msg(&z, &q, Protocol::Udp);
+    assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+}
+
 fn with_cookie(len: usize) -> Message {
     let mut q = with_edns(query("gw.lab.example.", RecordType::A), 1232, 0);
     let cookie = (0..len as u8).collect::<Vec<u8>>();
@@ -1022,7 +1033,7 @@ fn the_udp_answer_cache_is_bounded_in_bytes_and_skips_large_and_malformed_querie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_clients_past_the_cap_are_closed_and_the_others_answered() {
+async fn at_the_tcp_cap_the_longest_idle_client_makes_room() {
     const CAP: usize = 8;
     let server = DnsServer::start_with(&dns_cfg(), GATEWAY, &alice(), CAP)
         .await
@@ -1034,20 +1045,44 @@ async fn tcp_clients_past_the_cap_are_closed_and_the_others_answered() {
         let mut s = TcpStream::connect(addr).await.unwrap();
         assert_eq!(a_of(&tcp_ask_on(&mut s, &q).await.answers[0]), GATEWAY);
         held.push(s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The next one is accepted by the kernel, then closed at once: EOF, not a hang.
-    let mut extra = TcpStream::connect(addr).await.unwrap();
+    // A newcomer is answered; the client idle the longest (the first) was closed for it.
+    let mut newcomer = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        a_of(&tcp_ask_on(&mut newcomer, &q).await.answers[0]),
+        GATEWAY
+    );
     let mut byte = [0u8; 1];
+    let n = timeout(Duration::from_secs(2), held[0].read(&mut byte))
+        .await
+        .expect("the oldest idle client is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    drop(held);
+    drop(newcomer);
+
+    // Clients in the middle of a query (its length sent, not its bytes) are not evicted:
+    // with every slot taken that way, a newcomer is closed at once, not left waiting.
+    let mut busy = Vec::new();
+    while busy.len() < CAP {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&30u16.to_be_bytes()).await.unwrap();
+        busy.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(addr).await.unwrap();
     let n = timeout(Duration::from_secs(2), extra.read(&mut byte))
         .await
         .expect("closed at once, not left waiting")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    // The table is full, so idle clients go after the busy timeout and make room.
-    tokio::time::sleep(TCP_BUSY_IDLE_TIMEOUT + Duration::from_millis(500)).await;
+    drop(busy);
+
+    // A client announcing a huge query is cut off; UDP is unaffected throughout.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     assert_eq!(a_of(&tcp_ask_on(&mut s, &q).await.answers[0]), GATEWAY);
-    // A client announcing a huge query is cut off; UDP is unaffected throughout.
     s.write_all(&60000u16.to_be_bytes()).await.unwrap();
     let n = timeout(Duration::from_secs(2), s.read(&mut byte))
         .await
@@ -1056,6 +1091,31 @@ async fn tcp_clients_past_the_cap_are_closed_and_the_others_answered() {
     assert_eq!(n, 0);
     let r = udp_ask_from(addr, &q).await;
     assert_eq!(a_of(&r.answers[0]), GATEWAY);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_clients_go_sooner_when_the_table_is_busy() {
+    const CAP: usize = 8;
+    let server = DnsServer::start_with(&dns_cfg(), GATEWAY, &alice(), CAP)
+        .await
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let q = query("gw.lab.example.", RecordType::A);
+    let mut held = Vec::new();
+    for _ in 0..CAP - 1 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        tcp_ask_on(&mut s, &q).await;
+        held.push(s);
+    }
+    // 1 of 8 free: busy, so a client asking again after the busy timeout finds it closed.
+    tokio::time::sleep(TCP_BUSY_IDLE_TIMEOUT + Duration::from_millis(500)).await;
+    let mut byte = [0u8; 1];
+    let n = timeout(Duration::from_secs(1), held[CAP - 2].read(&mut byte))
+        .await
+        .expect("closed by the busy idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
     server.shutdown().await;
 }
 

@@ -409,10 +409,12 @@ fn answer<'a>(zone: &'a Zone, request: &MessageRequest) -> Answer<'a> {
 /// by an 8- to 32-byte server cookie; any other length is FORMERR. We send no server cookie
 /// ourselves, so a well-formed one is simply ignored.
 fn cookie_ok(edns: &Edns) -> bool {
-    match edns.option(EdnsCode::Cookie) {
-        None => true,
-        Some(option) => matches!(option.len(), 8 | 16..=40),
-    }
+    // Every COOKIE option, not just the first: a client may send more than one.
+    edns.options()
+        .as_ref()
+        .iter()
+        .filter(|(code, _)| *code == EdnsCode::Cookie)
+        .all(|(_, option)| matches!(option.len(), 8 | 16..=40))
 }
 
 /// Makes the response fit in `limit` bytes. If the answer itself does not fit, TC is set and
