@@ -25,6 +25,7 @@
 //! traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
@@ -50,7 +51,7 @@ use crate::{
     notify,
     portal::{PortalError, PortalServer},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-    state::{StateError, StateStore, Store, StoredRoute},
+    state::{Commit, RouteChange, StateError, StateStore, Store, StoredRoute},
     users::{
         check_claim, parse_rules, Denied, User, UserError, UserView, Users, DEFAULT_MAX_ROUTES,
     },
@@ -184,6 +185,12 @@ struct Core {
     /// Runtime last-seen times changed since the state file was written.
     activity_unsaved: bool,
     last_save: Instant,
+    /// Changes recorded but not yet known durable: the caller waits for them after
+    /// releasing the core's lock (see [`Handle::change`]), so concurrent changes share one
+    /// flush.
+    unflushed: Vec<Commit>,
+    /// `[http] service`: the routes the HTTP router cares about.
+    http_service: Option<String>,
 }
 
 impl Core {
@@ -213,6 +220,8 @@ impl Core {
             clock,
             activity_unsaved: false,
             last_save: Instant::now(),
+            unflushed: Vec::new(),
+            http_service: cfg.http.as_ref().map(|h| h.service.clone()),
         }
     }
 
@@ -234,15 +243,26 @@ impl Core {
     }
 
     fn stored_routes(&self) -> Vec<StoredRoute> {
-        self.table
-            .entries()
-            .filter(|e| e.source == Source::Runtime)
-            .map(|e| StoredRoute {
-                route: e.route.clone(),
-                added: e.added,
-                last_seen: e.last_seen,
-            })
-            .collect()
+        stored_routes(&self.table)
+    }
+
+    /// Records runtime-route changes in the store: written when this returns, durable once
+    /// `unflushed` has been waited for.
+    fn record(&mut self, changes: &[RouteChange]) -> Result<(), StateError> {
+        let table = &self.table;
+        let commit = self.store.record(changes, &|| stored_routes(table))?;
+        self.unflushed.push(commit);
+        Ok(())
+    }
+
+    /// Waits here, under the lock, for what was recorded: for the rare changes that come
+    /// from the daemon itself (reclaim), not from a client waiting for an answer.
+    fn flush_here(&mut self, what: &str) {
+        for commit in std::mem::take(&mut self.unflushed) {
+            if let Err(e) = commit.wait() {
+                error!("{what}: {e}");
+            }
+        }
     }
 
     /// The one line `systemctl status` shows while running.
@@ -268,14 +288,35 @@ impl Core {
         Ok(())
     }
 
-    /// Gives the name services (DNS, HTTP by Host) the current table.
-    fn publish(&self) {
-        let routes = self.table.routes();
+    /// Gives the name services (DNS, HTTP by Host) a change of the table. DNS takes the
+    /// change itself (its cost is the change's); the HTTP router, which holds only its own
+    /// service's routes, gets those again when one of them changed.
+    fn publish(&self, diff: &Diff) {
+        let removed: Vec<config::Route> = diff
+            .removed
+            .iter()
+            .chain(diff.changed.iter().map(|c| &c.old))
+            .map(|e| e.route.clone())
+            .collect();
+        let added: Vec<config::Route> = diff
+            .added
+            .iter()
+            .chain(diff.changed.iter().map(|c| &c.new))
+            .map(|e| e.route.clone())
+            .collect();
         if let Some(d) = &self.dns {
-            d.update(&routes);
+            d.apply(&removed, &added);
         }
-        if let Some(h) = &self.http {
-            h.update(&routes);
+        if let (Some(h), Some(service)) = (&self.http, &self.http_service) {
+            if removed.iter().chain(&added).any(|r| &r.service == service) {
+                let routes: Vec<config::Route> = self
+                    .table
+                    .entries()
+                    .filter(|e| &e.route.service == service)
+                    .map(|e| e.route.clone())
+                    .collect();
+                h.update(&routes);
+            }
         }
     }
 
@@ -390,10 +431,10 @@ impl Core {
                 other => ApiError::new(409, other.to_string()),
             })?;
         let key = entry.route.key();
-        // Live first (maps, then DNS: milliseconds), durable second (an fsync, which a busy
-        // disk can stretch to a good fraction of a second), reply last. A failed save undoes
-        // it all; a crash before the save never told anyone the route existed, and the next
-        // start's full sync drops its map entries.
+        // Live first (maps, then DNS: microseconds), recorded second (one journal line),
+        // durable third (the flush, outside the lock, shared with concurrent changes), reply
+        // last. A failed write undoes it all; a crash before the flush never told anyone the
+        // route existed, and the next start's full sync drops its map entries.
         let diff = Diff {
             added: vec![entry.clone()],
             ..Diff::default()
@@ -403,10 +444,15 @@ impl Core {
             .apply(&self.table, &diff)
             .map_err(|e| e.to_string());
         if live.is_ok() {
-            self.publish();
+            self.publish(&diff);
         }
         let live_us = started.elapsed().as_micros() as u64;
-        if let Err(e) = live.and_then(|()| self.save().map_err(|e| e.to_string())) {
+        let stored = RouteChange::Put(StoredRoute {
+            route: entry.route.clone(),
+            added: entry.added,
+            last_seen: entry.last_seen,
+        });
+        if let Err(e) = live.and_then(|()| self.record(&[stored]).map_err(|e| e.to_string())) {
             // Undo everywhere, so the table, the maps, DNS and the file keep agreeing.
             if let Some(gone) = self.table.remove(&key) {
                 let undo = Diff {
@@ -414,8 +460,8 @@ impl Core {
                     ..Diff::default()
                 };
                 let _ = self.dataplane.apply(&self.table, &undo);
+                self.publish(&undo);
             }
-            self.publish();
             error!("route add {key}: {e}");
             return Err(ApiError::new(500, format!("not added: {e}")));
         }
@@ -426,7 +472,7 @@ impl Core {
             backend = %entry.route.backend,
             source = "runtime",
             live_us,
-            took_us = started.elapsed().as_micros() as u64,
+            written_us = started.elapsed().as_micros() as u64,
             "route added"
         );
         Ok(self.view(&entry, now))
@@ -435,8 +481,8 @@ impl Core {
     fn remove(&mut self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
         let matching: Vec<Entry> = self
             .table
-            .entries()
-            .filter(|e| e.route.name == name && service.is_none_or(|s| e.route.service == s))
+            .named(name)
+            .filter(|e| service.is_none_or(|s| e.route.service == s))
             .cloned()
             .collect();
         let what = match service {
@@ -483,7 +529,12 @@ impl Core {
                 diff.removed.push(gone);
             }
         }
-        if let Err(e) = self.save() {
+        let deleted: Vec<RouteChange> = diff
+            .removed
+            .iter()
+            .map(|e| RouteChange::Delete(e.route.key()))
+            .collect();
+        if let Err(e) = self.record(&deleted) {
             // Not recorded, so not done: put the routes back, each in its own slot (they
             // are still free), which is what the untouched maps still say.
             for gone in diff.removed {
@@ -498,7 +549,7 @@ impl Core {
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("route rm {what}: updating the BPF maps failed: {e}");
         }
-        self.publish();
+        self.publish(&diff);
         for e in &diff.removed {
             info!(route = %e.route.key(), port = e.route.port, "route removed");
         }
@@ -527,10 +578,7 @@ impl Core {
     }
 
     fn held_by(&self, name: &str) -> usize {
-        self.table
-            .entries()
-            .filter(|e| e.route.name == name)
-            .count()
+        self.table.named(name).count()
     }
 
     fn user(&self, name: &str) -> Result<User, ApiError> {
@@ -580,12 +628,7 @@ impl Core {
                 format!("{name} is a [[user]] of the config file: remove it there and send SIGHUP"),
             ));
         }
-        let held: Vec<Entry> = self
-            .table
-            .entries()
-            .filter(|e| e.route.name == name)
-            .cloned()
-            .collect();
+        let held: Vec<Entry> = self.table.named(name).cloned().collect();
         if !held.is_empty() && !with_routes {
             let keys: Vec<String> = held.iter().map(|e| e.route.key().to_string()).collect();
             return Err(ApiError::field(
@@ -640,7 +683,7 @@ impl Core {
 
     fn me(&mut self, caller: &str) -> Result<MeReply, ApiError> {
         let u = self.user(caller)?;
-        self.observe_activity();
+        self.observe_activity_of(caller);
         let now = self.clock.now();
         Ok(MeReply {
             user: self.user_view(&u),
@@ -648,8 +691,7 @@ impl Core {
             zone: self.zone.clone(),
             routes: self
                 .table
-                .entries()
-                .filter(|e| e.route.name == caller)
+                .named(caller)
                 .map(|e| self.view(e, now))
                 .collect(),
         })
@@ -737,7 +779,7 @@ impl Core {
                 error!("SIGHUP: {e}");
             }
         }
-        self.publish();
+        self.publish(&diff);
         info!(
             added = diff.added.len(),
             removed = diff.removed.len(),
@@ -757,13 +799,36 @@ impl Core {
 
     /// Reads each route's last packet from the counters into the table.
     fn observe_activity(&mut self) {
+        let idle: HashMap<u32, Duration> = self
+            .table
+            .entries()
+            .filter_map(|e| Some((e.id, self.counters(e).idle?)))
+            .collect();
+        self.note_activity(&idle);
+    }
+
+    /// The same for `name`'s routes only (a student asking about theirs).
+    fn observe_activity_of(&mut self, name: &str) {
+        let idle: HashMap<u32, Duration> = self
+            .table
+            .named(name)
+            .filter_map(|e| Some((e.id, self.counters(e).idle?)))
+            .collect();
+        self.note_activity(&idle);
+    }
+
+    /// Records last-seen times from how long each counter slot in `idle` has been quiet.
+    /// Slots whose route changed since they were read are harmless: a slot is zeroed when
+    /// it is handed to a new route, so a stale reading can only make that route look
+    /// active for one pass.
+    fn note_activity(&mut self, idle: &HashMap<u32, Duration>) {
         let now = self.clock.now();
         let seen: Vec<(config::RouteKey, Source, SystemTime)> = self
             .table
             .entries()
             .filter_map(|e| {
-                let idle = self.counters(e).idle?;
-                Some((e.route.key(), e.source, now.checked_sub(idle)?))
+                let idle = idle.get(&e.id)?;
+                Some((e.route.key(), e.source, now.checked_sub(*idle)?))
             })
             .collect();
         for (key, source, at) in seen {
@@ -776,6 +841,12 @@ impl Core {
     /// The periodic pass: last-seen times, then reclaim, then (rarely) the state file.
     fn observe(&mut self) {
         self.observe_activity();
+        self.after_activity();
+    }
+
+    /// The periodic pass after the last-seen times are in: reclaim, cool-downs, the state
+    /// file.
+    fn after_activity(&mut self) {
         if let Some(after) = self.gateway.reclaim_after {
             let now = self.clock.now();
             let idle = idle_routes(self.table.entries(), now, after);
@@ -803,15 +874,22 @@ impl Core {
             }
         }
         // Unlike a user's `rm`, a reclaim the file did not record is still carried out: the
-        // file is retried on the next pass, and a restart in between would reclaim again.
-        if let Err(e) = self.save() {
+        // whole file is written on a later pass, and a restart in between would reclaim
+        // again.
+        let deleted: Vec<RouteChange> = diff
+            .removed
+            .iter()
+            .map(|e| RouteChange::Delete(e.route.key()))
+            .collect();
+        if let Err(e) = self.record(&deleted) {
             error!("reclaim: {e}");
             self.activity_unsaved = true;
         }
+        self.flush_here("reclaim");
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("reclaim: updating the BPF maps failed: {e}");
         }
-        self.publish();
+        self.publish(&diff);
         self.cool_ports(&diff.removed, now);
         for e in &diff.removed {
             let idle = now
@@ -826,34 +904,6 @@ impl Core {
                 "route reclaimed after being idle; its port is back in the pool"
             );
         }
-    }
-
-    fn scrape(&self) -> String {
-        let routes: Vec<RouteSample> = self
-            .table
-            .entries()
-            .map(|e| RouteSample {
-                route: e.route.clone(),
-                counters: self.counters(e),
-            })
-            .collect();
-        let verdicts = self.dataplane.verdicts().unwrap_or_default();
-        let named: Vec<(&str, u64)> = verdict_names().iter().copied().zip(verdicts).collect();
-        let legs: Vec<LegSample> = self
-            .dataplane
-            .legs()
-            .iter()
-            .map(|l| LegSample {
-                name: l.name.clone(),
-                role: l.role_name(),
-                egress: l.egress_name(),
-                tx_dropped: crate::sys::netdev_stat(&l.name, "tx_dropped"),
-                rx_dropped: crate::sys::netdev_stat(&l.name, "rx_dropped"),
-            })
-            .collect();
-        let mut text = metrics::render(&routes, &named, &legs);
-        metrics::render_peer_warnings(&mut text, crate::logging::peer_noise().seen());
-        text
     }
 }
 
@@ -900,10 +950,104 @@ fn apply_config_users(users: &mut Users, cfg: &Config, now: SystemTime) -> bool 
     !(added.is_empty() && changed.is_empty() && removed.is_empty())
 }
 
+/// The table's runtime routes as the store keeps them.
+fn stored_routes(table: &RouteTable) -> Vec<StoredRoute> {
+    table
+        .entries()
+        .filter(|e| e.source == Source::Runtime)
+        .map(|e| StoredRoute {
+            route: e.route.clone(),
+            added: e.added,
+            last_seen: e.last_seen,
+        })
+        .collect()
+}
+
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // Every operation leaves the core consistent between its steps, so after a panic in one
     // the daemon keeps serving rather than cascading it.
     core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One metrics scrape. What needs the core (the routes, the verdicts, the legs) is copied
+/// under its lock; the per-route counters, one map read per route, are read after, so a
+/// scrape of a full gateway never delays a route change.
+fn scrape(core: &Mutex<Core>) -> String {
+    let (routes, reader, verdicts, legs) = {
+        let c = lock(core);
+        let routes: Vec<(config::Route, u32)> =
+            c.table.entries().map(|e| (e.route.clone(), e.id)).collect();
+        let legs: Vec<LegSample> = c
+            .dataplane
+            .legs()
+            .iter()
+            .map(|l| LegSample {
+                name: l.name.clone(),
+                role: l.role_name(),
+                egress: l.egress_name(),
+                tx_dropped: None,
+                rx_dropped: None,
+            })
+            .collect();
+        (
+            routes,
+            c.dataplane.counter_reader().ok(),
+            c.dataplane.verdicts().unwrap_or_default(),
+            legs,
+        )
+    };
+    let routes: Vec<RouteSample> = routes
+        .into_iter()
+        .map(|(route, id)| RouteSample {
+            route,
+            counters: reader
+                .as_ref()
+                .and_then(|r| r.route_counters(id).ok())
+                .unwrap_or_default(),
+        })
+        .collect();
+    let legs: Vec<LegSample> = legs
+        .into_iter()
+        .map(|l| LegSample {
+            tx_dropped: crate::sys::netdev_stat(&l.name, "tx_dropped"),
+            rx_dropped: crate::sys::netdev_stat(&l.name, "rx_dropped"),
+            ..l
+        })
+        .collect();
+    let named: Vec<(&str, u64)> = verdict_names().iter().copied().zip(verdicts).collect();
+    let mut text = metrics::render(&routes, &named, &legs);
+    metrics::render_peer_warnings(&mut text, crate::logging::peer_noise().seen());
+    text
+}
+
+/// The periodic pass, with the counters of every route read while the core is unlocked
+/// (see [`Dataplane::counter_reader`]); returns the status line for systemd.
+async fn observe_without_lock(core: &Arc<Mutex<Core>>) -> Option<String> {
+    let (reader, slots) = on_core(core, |c| {
+        let slots: Vec<u32> = c.table.entries().map(|e| e.id).collect();
+        (c.dataplane.counter_reader(), slots)
+    })
+    .await?;
+    let idle = match reader {
+        Ok(reader) => tokio::task::spawn_blocking(move || {
+            slots
+                .into_iter()
+                .filter_map(|id| Some((id, reader.route_counters(id).ok()?.idle?)))
+                .collect::<HashMap<u32, Duration>>()
+        })
+        .await
+        .ok()?,
+        Err(e) => {
+            warn!("reading the route counters: {e}");
+            HashMap::new()
+        }
+    };
+    on_core(core, move |c| {
+        c.note_activity(&idle);
+        c.after_activity();
+        c.status_line()
+    })
+    .await
 }
 
 /// Runs `f` on the core from the event loop. Everything the core does may block (its lock,
@@ -926,15 +1070,39 @@ struct Handle {
     shutdown: mpsc::UnboundedSender<Shutdown>,
 }
 
+impl Handle {
+    /// Runs a change on the core, then waits, with the lock released, until what it
+    /// recorded is durable: the reply never comes before that. A flush that fails leaves
+    /// the change live (it is in the maps and answered by DNS) but maybe not on disk, and
+    /// says so; the store then writes a whole snapshot with the next change.
+    fn change<R>(&self, f: impl FnOnce(&mut Core) -> Result<R, ApiError>) -> Result<R, ApiError> {
+        let (result, commits) = {
+            let mut core = lock(&self.core);
+            let result = f(&mut core);
+            (result, std::mem::take(&mut core.unflushed))
+        };
+        for commit in commits {
+            if let Err(e) = commit.wait() {
+                error!("state: {e}");
+                return Err(ApiError::new(
+                    500,
+                    format!("the change is live but may not survive a crash: {e}"),
+                ));
+            }
+        }
+        result
+    }
+}
+
 impl Control for Handle {
     fn list(&self) -> RoutesReply {
         lock(&self.core).list()
     }
     fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError> {
-        lock(&self.core).add(request)
+        self.change(|c| c.add(request))
     }
     fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
-        lock(&self.core).remove(name, service)
+        self.change(|c| c.remove(name, service))
     }
     fn shutdown(&self, request: Shutdown) {
         let _ = self.shutdown.send(request);
@@ -946,7 +1114,7 @@ impl Control for Handle {
         lock(&self.core).user_add(request)
     }
     fn user_remove(&self, name: &str, with_routes: bool) -> Result<UserView, ApiError> {
-        lock(&self.core).user_remove(name, with_routes)
+        self.change(|c| c.user_remove(name, with_routes))
     }
     fn user_token(&self, name: &str) -> Result<TokenReply, ApiError> {
         lock(&self.core).user_token(name)
@@ -963,7 +1131,7 @@ impl Control for Handle {
         lock(&self.core).me(caller)
     }
     fn claim(&self, caller: &str, request: ClaimRequest) -> Result<RouteView, ApiError> {
-        lock(&self.core).claim(caller, request)
+        self.change(|c| c.claim(caller, request))
     }
     fn release(
         &self,
@@ -971,7 +1139,7 @@ impl Control for Handle {
         service: &str,
         protocol: Option<&str>,
     ) -> Result<Removed, ApiError> {
-        lock(&self.core).release(caller, service, protocol)
+        self.change(|c| c.release(caller, service, protocol))
     }
 }
 
@@ -1096,10 +1264,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let api_task = tokio::spawn(api::serve(api_listener, handle));
     let metrics_task = metrics_listener.map(|listener| {
         let core = core.clone();
-        tokio::spawn(metrics::serve(
-            listener,
-            Arc::new(move || lock(&core).scrape()),
-        ))
+        tokio::spawn(metrics::serve(listener, Arc::new(move || scrape(&core))))
     });
 
     info!(
@@ -1197,6 +1362,9 @@ impl Dataplane for Stopped {
         &self.none
     }
     fn route_counters(&self, _: u32) -> Result<Counters, DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn counter_reader(&self) -> Result<Arc<dyn crate::dataplane::CounterReader>, DataplaneError> {
         Err(DataplaneError::Stopped)
     }
     fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
@@ -1298,11 +1466,7 @@ async fn event_loop(
             }
             _ = observe.tick() => {
                 crate::logging::report_suppressed();
-                let line = on_core(core, |c| {
-                    c.observe();
-                    c.status_line()
-                })
-                .await;
+                let line = observe_without_lock(core).await;
                 // Runtime adds, removals and reclaims change the count between reloads.
                 if let Some(line) = line.filter(|l| *l != status) {
                     tell_systemd(notify::status(&line));

@@ -197,6 +197,24 @@ impl DnsServer {
         }
     }
 
+    /// Applies a change of the table: the routes `removed` go, `added` come (a route changed
+    /// in place is in both). Costs what the change touches, not the zone's size, so it can
+    /// follow every single add; queries keep the old snapshot until the swap.
+    pub fn apply(&self, removed: &[config::Route], added: &[config::Route]) {
+        let shared = &self.shared;
+        let _writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = shared.zone.load();
+        let serial = next_serial(old.serial(), unix_now());
+        let zone = old.with_changes(removed, added, serial);
+        shared.zone.store(Arc::new(zone));
+        tracing::debug!(
+            serial,
+            removed = removed.len(),
+            added = added.len(),
+            "DNS zone changed"
+        );
+    }
+
     pub fn serial(&self) -> u32 {
         self.shared.zone.load().serial()
     }

@@ -14,12 +14,12 @@
 //! again.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::SocketAddrV4,
     time::{Duration, SystemTime},
 };
 
-use lb_common::{Backend, FrontendKey, ReverseKey, ReverseValue, MAX_ROUTES};
+use lb_common::MAX_ROUTES;
 
 use crate::config::{FieldError, PortRange, Protocol, Route, RouteKey};
 
@@ -101,18 +101,48 @@ impl Diff {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RouteTable {
     entries: BTreeMap<RouteKey, Entry>,
     by_port: HashMap<(u16, Protocol), RouteKey>,
     by_backend: HashMap<(SocketAddrV4, Protocol), RouteKey>,
+    /// Every port no route uses in either protocol, so that allocation finds the lowest
+    /// free one in a range without walking the ports in use (30 000 at a full gateway).
+    free_ports: BTreeSet<u16>,
     free: Vec<u32>,
     next_id: u32,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable {
+            entries: BTreeMap::new(),
+            by_port: HashMap::new(),
+            by_backend: HashMap::new(),
+            free_ports: (1..=u16::MAX).collect(),
+            free: Vec::new(),
+            next_id: 0,
+        }
+    }
 }
 
 impl RouteTable {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The routes named `name`, in key order, found without looking at the others.
+    pub fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Entry> + 'a {
+        let start = RouteKey {
+            name: name.to_string(),
+            service: String::new(),
+            protocol: Protocol::Tcp,
+        };
+        let name = start.name.clone();
+        self.entries
+            .range(start..)
+            .take_while(move |(k, _)| k.name == name)
+            .map(|(_, e)| e)
     }
 
     /// Whether `route` could be added now: its key, public port and backend must all be
@@ -259,12 +289,10 @@ impl RouteTable {
                 return Ok(p);
             }
         }
-        (range.first..=range.last)
-            .find(|&p| {
-                !self.by_port.contains_key(&(p, Protocol::Tcp))
-                    && !self.by_port.contains_key(&(p, Protocol::Udp))
-                    && !cooling(p)
-            })
+        self.free_ports
+            .range(range.first..=range.last)
+            .copied()
+            .find(|&p| !cooling(p))
             .ok_or(RouteError::RangeFull { range, protocol })
     }
 
@@ -420,6 +448,7 @@ impl RouteTable {
     }
 
     fn index(&mut self, e: &Entry) {
+        self.free_ports.remove(&e.route.port);
         let key = e.route.key();
         self.by_port
             .insert((e.route.port, e.route.protocol), key.clone());
@@ -428,8 +457,14 @@ impl RouteTable {
     }
 
     fn unindex(&mut self, e: &Entry) {
-        self.by_port.remove(&(e.route.port, e.route.protocol));
+        let p = e.route.port;
+        self.by_port.remove(&(p, e.route.protocol));
         self.by_backend.remove(&(e.route.backend, e.route.protocol));
+        if !self.by_port.contains_key(&(p, Protocol::Tcp))
+            && !self.by_port.contains_key(&(p, Protocol::Udp))
+        {
+            self.free_ports.insert(p);
+        }
     }
 
     fn allocate_id(&mut self) -> Result<u32, RouteError> {
@@ -487,73 +522,6 @@ pub fn idle_routes<'a>(
         })
         .map(|e| e.route.key())
         .collect()
-}
-
-/// Network-order u32 of an address, as the XDP program loads it from the packet.
-pub fn addr_be(ip: std::net::Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
-}
-
-/// The frontend map entry of a route: `(public port, protocol) -> backend`.
-pub fn frontend_entry(e: &Entry) -> (FrontendKey, Backend) {
-    let r = &e.route;
-    (
-        frontend_key(r.port, r.protocol),
-        Backend {
-            addr: addr_be(*r.backend.ip()),
-            port: r.backend.port().to_be(),
-            _pad: 0,
-            route_id: e.id,
-        },
-    )
-}
-
-pub fn frontend_key(port: u16, protocol: Protocol) -> FrontendKey {
-    FrontendKey {
-        port: port.to_be(),
-        protocol: protocol.number(),
-        _pad: 0,
-    }
-}
-
-pub fn reverse_key(backend: SocketAddrV4, protocol: Protocol) -> ReverseKey {
-    ReverseKey {
-        addr: addr_be(*backend.ip()),
-        port: backend.port().to_be(),
-        protocol: protocol.number(),
-        _pad: 0,
-    }
-}
-
-/// The reverse map entry of a route: `backend (address, port, protocol) -> public port`.
-pub fn reverse_entry(e: &Entry) -> (ReverseKey, ReverseValue) {
-    let r = &e.route;
-    (
-        reverse_key(r.backend, r.protocol),
-        ReverseValue {
-            public_port: r.port.to_be(),
-            _pad: 0,
-            route_id: e.id,
-        },
-    )
-}
-
-/// The route (port, protocol, backend, slot) a pinned frontend entry stands for, if its
-/// protocol is one of ours.
-pub fn decode_frontend(
-    k: &FrontendKey,
-    v: &Backend,
-) -> Option<((u16, Protocol), (SocketAddrV4, u32))> {
-    let protocol = match k.protocol {
-        lb_common::PROTO_TCP => Protocol::Tcp,
-        lb_common::PROTO_UDP => Protocol::Udp,
-        _ => return None,
-    };
-    let ip = std::net::Ipv4Addr::from(v.addr.to_ne_bytes());
-    Some((
-        (u16::from_be(k.port), protocol),
-        (SocketAddrV4::new(ip, u16::from_be(v.port)), v.route_id),
-    ))
 }
 
 #[cfg(test)]

@@ -9,24 +9,35 @@
 //! version or holds an invalid route is an error naming the file and the problem, never
 //! silently emptied, because emptying it would hand the students' ports to others.
 //!
+//! Changes between snapshots go to an append-only journal (`journal.rs`), so that a change
+//! costs its own size rather than the table's; `routes.json` is rewritten in the background
+//! once the journal is long, and a load replays the journal over it.
+//!
 //! A lock (`File::try_lock`, an exclusive `flock`, on `lock` in the same directory) keeps two
 //! daemons from sharing one state directory; the kernel drops it when the process dies, even
 //! by SIGKILL.
 
+mod journal;
+
 use std::{
-    collections::HashSet,
+    collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
     net::Ipv4Addr,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    sync::{atomic::Ordering, Arc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+pub use journal::Commit;
+use journal::{Flight, Line, Segment};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{check_route, Route, RouteRequest},
+    config::{check_route, Route, RouteKey, RouteRequest},
+    routes::{RouteError, RouteTable, Source},
     users::Users,
 };
 
@@ -69,9 +80,26 @@ struct FileFormat {
     routes: Vec<RawRoute>,
 }
 
+/// One change to the runtime routes, as [`Store::record`] takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Added, or changed in place (e.g. a new last-seen time).
+    Put(StoredRoute),
+    Delete(RouteKey),
+}
+
+/// A route's key as the journal writes it.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRoute {
+pub(crate) struct RawKey {
+    name: String,
+    service: String,
+    protocol: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
     name: String,
     service: String,
     protocol: String,
@@ -97,8 +125,18 @@ pub trait Store: Send {
     /// The runtime routes; none stored yet means none. `public_ipv4` is checked like a
     /// config route's backend would be.
     fn load_routes(&self, public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError>;
-    /// Replaces the runtime routes with `routes`.
+    /// Replaces the runtime routes with `routes`, durably before it returns.
     fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError>;
+    /// Records `changes` to the runtime routes. When it returns they are written (an error
+    /// means none was); they are durable once the [`Commit`] has been waited for, which the
+    /// caller does after releasing its locks so that concurrent changes share one flush.
+    /// `all` gives every runtime route after the changes, for a store that decides to write
+    /// a whole snapshot instead.
+    fn record(
+        &mut self,
+        changes: &[RouteChange],
+        all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError>;
     /// The accounts and port cool-downs; none stored yet means none.
     fn load_accounts(&self) -> Result<Users, StateError>;
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError>;
@@ -114,6 +152,13 @@ impl Store for StateStore {
     fn save_routes(&mut self, routes: &[StoredRoute]) -> Result<(), StateError> {
         self.save(routes)
     }
+    fn record(
+        &mut self,
+        changes: &[RouteChange],
+        all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        self.append(changes, all)
+    }
     fn load_accounts(&self) -> Result<Users, StateError> {
         crate::accounts::load(&self.dir)
     }
@@ -122,11 +167,26 @@ impl Store for StateStore {
     }
 }
 
+/// Journal lines after which the store folds the journal into a new `routes.json`: at
+/// least this many, and at least twice the routes the last snapshot held, so that the
+/// snapshot's cost (proportional to the table) is spread over as many changes.
+const COMPACT_AFTER: u64 = 20_000;
+
 /// The state directory, locked for this process.
 pub struct StateStore {
     dir: PathBuf,
     file: PathBuf,
     _lock: File,
+    /// The segment changes are appended to; created at the first change after a snapshot.
+    segment: Option<Arc<Segment>>,
+    /// The number the next segment gets: every existing one is below it.
+    next_segment: u64,
+    /// Journal lines on disk that the snapshot does not include.
+    lines: u64,
+    /// Routes in the last snapshot written.
+    snapshot_routes: u64,
+    /// The snapshot being written in the background, if any.
+    flight: Option<Arc<Flight>>,
 }
 
 impl StateStore {
@@ -168,10 +228,16 @@ impl StateStore {
                 })
             }
         }
+        let next_segment = journal::segments(dir)?.last().map_or(1, |(n, _)| n + 1);
         Ok(StateStore {
             dir: dir.to_path_buf(),
             file: dir.join(STATE_FILE),
             _lock: lock,
+            segment: None,
+            next_segment,
+            lines: 0,
+            snapshot_routes: 0,
+            flight: None,
         })
     }
 
@@ -180,12 +246,16 @@ impl StateStore {
         &self.file
     }
 
-    /// Reads the stored routes; no file yet means none. `public_ipv4` is checked against
-    /// like a config route's backend would be.
+    /// Reads the stored routes: `routes.json` (none yet means none) with the journal
+    /// replayed over it. `public_ipv4` is checked like a config route's backend would be.
     pub fn load(&self, public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError> {
-        let bytes = match fs::read(&self.file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        let mut snapshot = true;
+        let raw = match fs::read(&self.file) {
+            Ok(bytes) => parse_raw(&self.file, &bytes)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                snapshot = false;
+                Vec::new()
+            }
             Err(error) => {
                 return Err(StateError::Io {
                     path: self.file.clone(),
@@ -194,12 +264,139 @@ impl StateStore {
                 })
             }
         };
-        parse(&self.file, &bytes, public_ipv4)
+        let segments = journal::segments(&self.dir)?;
+        if segments.is_empty() {
+            return validate(&self.file, raw, public_ipv4);
+        }
+        let key = |name: &str, service: &str, protocol: &str| {
+            (name.to_string(), service.to_string(), protocol.to_string())
+        };
+        let mut routes: BTreeMap<(String, String, String), RawRoute> = raw
+            .into_iter()
+            .map(|r| (key(&r.name, &r.service, &r.protocol), r))
+            .collect();
+        for (_, path) in &segments {
+            let bytes = fs::read(path).map_err(|error| StateError::Io {
+                path: path.clone(),
+                action: "read the journal segment",
+                error,
+            })?;
+            for line in journal::parse(path, &bytes)? {
+                match line {
+                    Line::Put(r) => {
+                        routes.insert(key(&r.name, &r.service, &r.protocol), r);
+                    }
+                    Line::Delete(k) => {
+                        routes.remove(&key(&k.name, &k.service, &k.protocol));
+                    }
+                }
+            }
+        }
+        let files: Vec<String> = snapshot
+            .then(|| STATE_FILE.to_string())
+            .into_iter()
+            .chain(
+                segments
+                    .iter()
+                    .map(|(n, _)| format!("{}{n}", journal::SEGMENT_PREFIX)),
+            )
+            .collect();
+        let named = self.dir.join(format!("{{{}}}", files.join(",")));
+        validate(&named, routes.into_values().collect(), public_ipv4)
     }
 
-    /// Replaces the stored routes with `routes`, crash-safely.
-    pub fn save(&self, routes: &[StoredRoute]) -> Result<(), StateError> {
-        write_atomically(&self.dir, STATE_FILE, &render(routes))
+    /// Replaces the stored routes with `routes`, crash-safely, before returning.
+    pub fn save(&mut self, routes: &[StoredRoute]) -> Result<(), StateError> {
+        self.snapshot(routes.to_vec()).wait()
+    }
+
+    /// Starts writing `routes` as the new `routes.json` in the background; the segments
+    /// written so far are deleted once it is durable. Changes recorded from now on go to a
+    /// new segment, so they never depend on the snapshot.
+    fn snapshot(&mut self, routes: Vec<StoredRoute>) -> Commit {
+        if let Some(flight) = self.flight.take() {
+            // One at a time: its segments must be gone before the next one counts.
+            if let Err(e) = flight.wait() {
+                tracing::warn!("state: the previous snapshot failed (the journal still holds its changes): {e}");
+            }
+        }
+        let covered = self.next_segment - 1;
+        self.segment = None;
+        self.lines = 0;
+        self.snapshot_routes = routes.len() as u64;
+        let flight = Arc::new(Flight::default());
+        self.flight = Some(Arc::clone(&flight));
+        let dir = self.dir.clone();
+        let writer = Arc::clone(&flight);
+        let work = move || {
+            let result = write_snapshot(&dir, &routes, covered).map_err(|e| e.to_string());
+            writer.finish(result);
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("srvgate-snapshot".into())
+            .spawn(work)
+        {
+            flight.finish(Err(format!("cannot start the snapshot thread: {e}")));
+        }
+        Commit::new(move || {
+            flight.wait().map_err(|reason| StateError::Io {
+                path: PathBuf::from(STATE_FILE),
+                action: "write the snapshot",
+                error: io::Error::other(reason),
+            })
+        })
+    }
+
+    /// Appends `changes` to the journal (see [`Store::record`]).
+    fn append(
+        &mut self,
+        changes: &[RouteChange],
+        all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        if self
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.broken.load(Ordering::SeqCst))
+        {
+            // What that segment holds may not be on disk: a whole snapshot (with these
+            // changes in it) is the only way to be sure again.
+            tracing::warn!("state: a journal flush failed earlier; writing a whole snapshot");
+            self.snapshot(all()).wait()?;
+            return Ok(Commit::done());
+        }
+        let segment = match &self.segment {
+            Some(s) => Arc::clone(s),
+            None => {
+                let s = Arc::new(Segment::create(&self.dir, self.next_segment)?);
+                self.next_segment += 1;
+                self.segment = Some(Arc::clone(&s));
+                s
+            }
+        };
+        let mut text = String::new();
+        for change in changes {
+            let line = match change {
+                RouteChange::Put(r) => Line::Put(raw(r)),
+                RouteChange::Delete(k) => Line::Delete(RawKey {
+                    name: k.name.clone(),
+                    service: k.service.clone(),
+                    protocol: k.protocol.to_string(),
+                }),
+            };
+            // Plain strings and integers always serialise.
+            text.push_str(&serde_json::to_string(&line).unwrap_or_default());
+            text.push('\n');
+        }
+        let count = changes.len() as u64;
+        let upto = segment.append(&text, count)?;
+        self.lines += count;
+        let commit = Commit::flush(&segment, upto);
+        if self.lines >= COMPACT_AFTER.max(2 * self.snapshot_routes) {
+            // Nobody waits for this one: the lines just written are durable by their own
+            // flush, and a failed snapshot leaves the journal as it was.
+            drop(self.snapshot(all()));
+        }
+        Ok(commit)
     }
 
     /// The state directory (other files of the daemon's state live beside the routes).
@@ -246,20 +443,37 @@ fn from_unix(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+/// Writes the snapshot, then deletes the segments up to `covered`, which it includes.
+fn write_snapshot(dir: &Path, routes: &[StoredRoute], covered: u64) -> Result<(), StateError> {
+    write_atomically(dir, STATE_FILE, &render(routes))?;
+    for (n, path) in journal::segments(dir)? {
+        if n > covered {
+            break;
+        }
+        fs::remove_file(&path).map_err(|error| StateError::Io {
+            path: path.clone(),
+            action: "delete the journal segment",
+            error,
+        })?;
+    }
+    Ok(())
+}
+
+fn raw(s: &StoredRoute) -> RawRoute {
+    RawRoute {
+        name: s.route.name.clone(),
+        service: s.route.service.clone(),
+        protocol: s.route.protocol.to_string(),
+        backend: s.route.backend.to_string(),
+        port: s.route.port,
+        added_unix: unix(s.added),
+        last_seen_unix: s.last_seen.map(unix),
+    }
+}
+
 /// The file's text for `routes`, sorted so that successive versions diff cleanly.
 pub fn render(routes: &[StoredRoute]) -> String {
-    let mut raw: Vec<RawRoute> = routes
-        .iter()
-        .map(|s| RawRoute {
-            name: s.route.name.clone(),
-            service: s.route.service.clone(),
-            protocol: s.route.protocol.to_string(),
-            backend: s.route.backend.to_string(),
-            port: s.route.port,
-            added_unix: unix(s.added),
-            last_seen_unix: s.last_seen.map(unix),
-        })
-        .collect();
+    let mut raw: Vec<RawRoute> = routes.iter().map(raw).collect();
     raw.sort_by(|a, b| (&a.name, &a.service, &a.protocol).cmp(&(&b.name, &b.service, &b.protocol)));
     let file = FileFormat {
         version: FORMAT_VERSION.into(),
@@ -277,6 +491,11 @@ pub fn parse(
     bytes: &[u8],
     public_ipv4: Ipv4Addr,
 ) -> Result<Vec<StoredRoute>, StateError> {
+    validate(path, parse_raw(path, bytes)?, public_ipv4)
+}
+
+/// Reads a state file's routes without checking them.
+fn parse_raw(path: &Path, bytes: &[u8]) -> Result<Vec<RawRoute>, StateError> {
     let corrupt = |reason: String| StateError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -301,13 +520,24 @@ pub fn parse(
         None => return Err(corrupt("it has no \"version\" field".into())),
     }
     let file: FileFormat = serde_json::from_value(value).map_err(|e| corrupt(format!("{e}")))?;
+    Ok(file.routes)
+}
 
+/// Checks stored routes one by one and against each other: the one validation of what a
+/// snapshot and its journal hold.
+fn validate(
+    path: &Path,
+    raw: Vec<RawRoute>,
+    public_ipv4: Ipv4Addr,
+) -> Result<Vec<StoredRoute>, StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut problems = Vec::new();
-    let mut keys = HashSet::new();
-    let mut ports = HashSet::new();
-    let mut backends = HashSet::new();
-    let mut routes = Vec::with_capacity(file.routes.len());
-    for (i, r) in file.routes.into_iter().enumerate() {
+    let mut scratch = RouteTable::new();
+    let mut routes = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
         let n = i + 1;
         let field = |f: &str| format!("routes[{n}].{f}");
         let request = RouteRequest {
@@ -330,26 +560,15 @@ pub fn parse(
                 continue;
             }
         };
-        if !keys.insert(route.key()) {
-            problems.push(format!("{}: {} appears twice", field("name"), route.key()));
-            continue;
-        }
-        if !ports.insert((route.port, route.protocol)) {
-            problems.push(format!(
-                "{}: {}/{} is used twice",
-                field("port"),
-                route.port,
-                route.protocol
-            ));
-            continue;
-        }
-        if !backends.insert((route.backend, route.protocol)) {
-            problems.push(format!(
-                "{}: {}/{} is the backend of two routes",
-                field("backend"),
-                route.backend,
-                route.protocol
-            ));
+        // The route table owns uniqueness (key, port, backend); the stored routes are
+        // checked by going into a scratch one.
+        if let Err(e) = scratch.insert(route.clone(), Source::Runtime, UNIX_EPOCH, None) {
+            match e {
+                RouteError::Conflict(c) => {
+                    problems.push(format!("{}: {}", field(&c.field), c.reason))
+                }
+                other => problems.push(format!("{}: {other}", field("name"))),
+            }
             continue;
         }
         routes.push(StoredRoute {

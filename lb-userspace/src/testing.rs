@@ -6,6 +6,7 @@
 //! The fake maps carry out the same [`plan`] as the kernel's, so they hold what the real
 //! maps would.
 
+use crate::dataplane::CounterReader;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io,
@@ -19,7 +20,7 @@ use crate::{
     config::Protocol,
     dataplane::{plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends},
     routes::{Diff, Entry, RouteTable},
-    state::{StateError, Store, StoredRoute},
+    state::{Commit, RouteChange, StateError, Store, StoredRoute},
     users::Users,
 };
 
@@ -195,6 +196,10 @@ impl Dataplane for FakeDataplane {
         Ok(self.maps().counters.get(&id).copied().unwrap_or_default())
     }
 
+    fn counter_reader(&self) -> Result<Arc<dyn CounterReader>, DataplaneError> {
+        Ok(Arc::new(self.clone()))
+    }
+
     fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
         Ok(self.maps().verdicts.clone())
     }
@@ -234,6 +239,8 @@ pub struct FakeState {
     pub broken: bool,
     /// Saves attempted, failed ones included.
     pub saves: usize,
+    /// Recorded changes are written but their flush fails (an fsync error).
+    pub flush_fails: bool,
 }
 
 /// A store that keeps what it is given in memory.
@@ -256,6 +263,12 @@ impl FakeStore {
     }
 }
 
+impl CounterReader for FakeDataplane {
+    fn route_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        Ok(self.maps().counters.get(&id).copied().unwrap_or_default())
+    }
+}
+
 impl Store for FakeStore {
     fn location(&self) -> String {
         "memory".to_string()
@@ -270,6 +283,33 @@ impl Store for FakeStore {
         s.save_or_fail()?;
         s.routes = routes.to_vec();
         Ok(())
+    }
+
+    fn record(
+        &mut self,
+        changes: &[RouteChange],
+        _all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        let mut s = self.state();
+        s.save_or_fail()?;
+        for change in changes {
+            match change {
+                RouteChange::Put(r) => {
+                    let key = r.route.key();
+                    s.routes.retain(|o| o.route.key() != key);
+                    s.routes.push(r.clone());
+                }
+                RouteChange::Delete(key) => s.routes.retain(|o| &o.route.key() != key),
+            }
+        }
+        if s.flush_fails {
+            return Ok(Commit::failing(StateError::Io {
+                path: PathBuf::from("memory"),
+                action: "fsync",
+                error: io::Error::from_raw_os_error(libc::EIO),
+            }));
+        }
+        Ok(Commit::done())
     }
 
     fn load_accounts(&self) -> Result<Users, StateError> {

@@ -336,8 +336,22 @@ fn a_student_with_a_token_gets_an_ssh_endpoint_by_name_and_keeps_it_until_releas
     // The client namespace is not affected.
     mine(&lab, &bob_creds);
 
-    // State files are root's alone.
-    for f in ["accounts.json", "routes.json", "portal-key.pem"] {
+    // State files are root's alone: every file in the state directory (the accounts, the
+    // portal's key, the routes' snapshot and journal segments).
+    let files: Vec<String> = std::fs::read_dir(lab.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for must in ["accounts.json", "portal-key.pem"] {
+        assert!(files.iter().any(|f| f == must), "{must} missing: {files:?}");
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f == "routes.json" || f.starts_with("routes.journal.")),
+        "no routes stored: {files:?}"
+    );
+    for f in &files {
         let p = lab.state_dir().join(f);
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", p.display());

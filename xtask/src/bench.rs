@@ -15,13 +15,16 @@
 //! Per mode: 64-byte UDP forwarding rate and gateway CPU per packet ([`pps`]), iperf3 TCP
 //! with 1 and 4 streams, short connections per second (wrk, `Connection: close`, nginx), and
 //! TCP request/response latency (sockperf ping-pong). Then DNS: dnsperf against srvgate's
-//! zone of 10 000 routes and against Knot DNS serving the same zone ([`dns`]).
+//! zone of 10 000 routes and against Knot DNS serving the same zone ([`dns`]). Then route
+//! adds over the control socket from 8 clients, with an empty and with a full table
+//! ([`control`]).
 //!
 //! Output: `bench/results/<date>.md` with medians and min-max, ratios to `dnat` and to
 //! `xdp-ceiling`, the targets, machine facts and the exact commands, and a chart
 //! (`<date>.svg`, rendered to `<date>.png` by rsvg-convert). `--smoke` (one short round,
 //! results in a temp dir) checks that every mode forwarded traffic: `cargo xtask test` runs it.
 
+mod control;
 mod dns;
 mod modes;
 mod parse;
@@ -91,6 +94,7 @@ pub struct Options {
     pub rounds: Option<usize>,
     pub modes: Vec<Mode>,
     pub skip_dns: bool,
+    pub skip_control: bool,
     pub out_dir: Option<PathBuf>,
 }
 
@@ -207,6 +211,11 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
                 .with_context(|| format!("round {}, DNS", round + 1))?;
         }
     }
+    if !opts.skip_control {
+        // Once: filling the table is most of its time, and its figures vary little.
+        println!("\n== route adds");
+        control::measure(&mut bench, &mut results).context("route adds")?;
+    }
 
     let smoke = plan.name == "smoke";
     let out_dir = match &opts.out_dir {
@@ -228,6 +237,7 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
         results: &results,
         commands: &bench.commands,
         dns: knot.is_some(),
+        control: !opts.skip_control,
         chart_png: format!("{stem}.png"),
         elapsed: started.elapsed(),
     };

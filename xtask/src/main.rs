@@ -102,6 +102,9 @@ enum Cmd {
         /// Skip the DNS comparison.
         #[arg(long)]
         no_dns: bool,
+        /// Skip the route-add measurement (control socket, empty and full table).
+        #[arg(long)]
+        no_control: bool,
         /// Directory for the results (default: bench/results).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -177,6 +180,7 @@ fn dispatch(command: Cmd) -> Result<()> {
             rounds,
             modes,
             no_dns,
+            no_control,
             out,
         } => {
             setup::setup(false)?;
@@ -207,6 +211,7 @@ fn dispatch(command: Cmd) -> Result<()> {
                     rounds,
                     modes,
                     skip_dns: no_dns,
+                    skip_control: no_control,
                     out_dir: out,
                 },
                 &workspace_root()?,
@@ -439,6 +444,7 @@ fn test(quick: bool) -> Result<()> {
                     rounds: None,
                     modes: bench::Mode::ALL.to_vec(),
                     skip_dns: false,
+                    skip_control: false,
                     out_dir: None,
                 },
                 &root,

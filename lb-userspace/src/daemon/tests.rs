@@ -76,6 +76,8 @@ impl Rig {
             gateway,
             ..config(Vec::new())
         };
+        // As at a real start, the store holds the runtime routes the table was built from.
+        store.state().routes = stored_routes(&table);
         let mut core = Core::new(table, maps.boxed(), store.boxed(), &cfg, Clock::default());
         core.take_over(false).unwrap();
         Rig { core, maps, store }
@@ -714,4 +716,47 @@ fn shutdown_without_detach_leaves_the_data_plane_attached() {
     finish(&mut core, false, Path::new("/nonexistent/pins")).unwrap();
     assert!(!maps.maps().detached);
     assert_eq!(maps.maps().frontends.len(), 1, "forwarding stays as it was");
+}
+
+/// Through the API handle: an add is answered only after its flush; a flush that fails
+/// is a 500 that says the route is live but maybe not durable (and it is live), and a
+/// write that fails is undone everywhere.
+#[test]
+fn the_reply_waits_for_the_flush_and_a_failed_flush_is_reported() {
+    let rig = Rig::new();
+    let (maps, store) = (rig.maps.clone(), rig.store.clone());
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let handle = Handle {
+        core: Arc::new(Mutex::new(rig.core)),
+        shutdown: tx,
+    };
+    handle.add(request("alice", "10.0.0.11:22")).unwrap();
+    assert!(
+        lock(&handle.core).unflushed.is_empty(),
+        "waited for, not left behind"
+    );
+
+    store.state().flush_fails = true;
+    let e = handle.add(request("bob", "10.0.0.12:22")).unwrap_err();
+    assert_eq!(e.status, 500);
+    assert!(
+        e.reply.error.contains("live but may not survive a crash"),
+        "{}",
+        e.reply.error
+    );
+    let core = lock(&handle.core);
+    assert!(core.table.entries().any(|e| e.route.name == "bob"));
+    assert!(maps.maps().holds_exactly(core.table.entries()));
+    drop(core);
+
+    store.state().flush_fails = false;
+    store.state().fail_in = Some(0);
+    let e = handle.add(request("carol", "10.0.0.13:22")).unwrap_err();
+    assert_eq!(e.status, 500);
+    let core = lock(&handle.core);
+    assert!(
+        !core.table.entries().any(|e| e.route.name == "carol"),
+        "undone"
+    );
+    assert!(maps.maps().holds_exactly(core.table.entries()));
 }

@@ -6,7 +6,12 @@
 //! [`to_message`] turns that into hickory's borrowed [`MessageResponse`], which the server
 //! (or [`respond`], for tests and tools) encodes.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
 use hickory_proto::{
     op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
@@ -51,7 +56,7 @@ pub enum ZoneError {
 }
 
 /// One RRset, with what the server needs to answer with it quickly.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RRset {
     rtype: RecordType,
     records: Vec<Record>,
@@ -75,17 +80,48 @@ impl RRset {
 
 /// An owner name. No RRsets means an empty non-terminal (e.g. `ssh.<zone>` above
 /// `alice.ssh.<zone>`): such a name exists, so it answers NODATA, not NXDOMAIN (RFC 8020).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Node {
     rrsets: Vec<RRset>,
+    /// How many names with records lie below this one. A name without records exists
+    /// exactly while this is not zero, which is what lets a removal delete the empty
+    /// non-terminals it leaves behind without looking at the rest of the zone.
+    below: u32,
+    /// On a route's short name (`NAME.SERVICE.<zone>`): the public ports of its tcp and its
+    /// udp route, from which the name's SRV RRset is rebuilt when either changes.
+    ports: [Option<u16>; 2],
 }
 
-/// The whole zone at one serial. Immutable: updates build a new one and swap it in.
-#[derive(Debug)]
+/// How many pieces the name map is cut into. A change copies only the pieces holding the
+/// names it touches (an Arc'd piece is cloned on write), so one route's change costs the
+/// same whatever the size of the zone: at 30 000 routes (120 000 names) a piece holds ~120.
+const SHARDS: usize = 1024;
+
+type Shard = HashMap<LowerName, Arc<Node>>;
+
+/// What the records are made of, fixed for the zone's lifetime (the config's `[dns]`).
+#[derive(Clone, Debug)]
+struct Params {
+    /// The apex without its final dot, lowercase.
+    zone: String,
+    origin: Name,
+    gateway: Name,
+    hostmaster: Name,
+    ttl: u32,
+    address: Ipv4Addr,
+}
+
+/// The whole zone at one serial. Immutable once published: [`Zone::with_changes`] makes the
+/// next one, sharing every name it does not touch, and the server swaps it in.
+#[derive(Clone, Debug)]
 pub struct Zone {
     origin: LowerName,
     serial: u32,
-    nodes: HashMap<LowerName, Node>,
+    shards: Vec<Arc<Shard>>,
+    /// Picks a name's shard; kept across versions so a name stays in its shard.
+    hasher: RandomState,
+    names: usize,
+    params: Arc<Params>,
     /// The apex SOA alone: the authority section of every negative answer (RFC 2308).
     soa: [Record; 1],
     soa_len: usize,
@@ -104,114 +140,172 @@ impl Zone {
         routes: &[config::Route],
         serial: u32,
     ) -> Result<Zone, ZoneError> {
-        let zone = cfg.zone.trim_end_matches('.').to_ascii_lowercase();
-        let origin = fqdn(&zone).map_err(|reason| ZoneError::Name {
-            field: "zone",
-            value: cfg.zone.clone(),
-            reason,
-        })?;
-        if let Err(reason) = config::check_label(&cfg.gateway_name) {
-            return Err(ZoneError::Name {
-                field: "gateway_name",
-                value: cfg.gateway_name.clone(),
-                reason,
-            });
-        }
-        let gateway =
-            fqdn(&format!("{}.{zone}", cfg.gateway_name)).map_err(|reason| ZoneError::Name {
-                field: "gateway_name",
-                value: cfg.gateway_name.clone(),
-                reason,
-            })?;
-        let hostmaster = fqdn(&format!("hostmaster.{zone}")).map_err(|reason| ZoneError::Name {
-            field: "zone",
-            value: cfg.zone.clone(),
-            reason,
-        })?;
-        let ttl = cfg.ttl;
-
-        let soa = Record::from_rdata(
-            origin.clone(),
-            ttl,
-            RData::SOA(SOA::new(
-                gateway.clone(),
-                hostmaster,
-                serial,
-                SOA_REFRESH,
-                SOA_RETRY,
-                SOA_EXPIRE,
-                ttl,
-            )),
-        );
-        let glue = Record::from_rdata(gateway.clone(), ttl, RData::A(A(public_ipv4)));
-        let address = RData::A(A(public_ipv4));
-        let srv = |port| RData::SRV(SRV::new(0, 0, port, gateway.clone()));
-
-        let mut owners: HashMap<LowerName, Vec<Record>> = HashMap::with_capacity(routes.len() * 3);
-        let mut add = |name: &Name, data: RData| {
-            let record = Record::from_rdata(name.clone(), ttl, data);
-            let records = owners.entry(LowerName::new(name)).or_default();
-            // Two routes differing only by protocol share the short name and its A record.
-            if !records.contains(&record) {
-                records.push(record);
-            }
-        };
-        add(&origin, soa.data.clone());
-        add(&origin, RData::NS(NS(gateway.clone())));
-        add(&gateway, address.clone());
-
-        // Sorted so RRsets come out the same way whatever the order of the table: tcp before
-        // udp in a short-form SRV answer.
-        let mut sorted: Vec<&config::Route> = routes.iter().collect();
-        sorted.sort_by(|a, b| {
-            (&a.name, &a.service, a.protocol).cmp(&(&b.name, &b.service, b.protocol))
-        });
-        for route in sorted {
-            let names = config::check_label(&route.name)
-                .and_then(|()| config::check_label(&route.service))
-                .and_then(|()| {
-                    let rfc2782 = fqdn(&format!(
-                        "_{}._{}.{}.{zone}",
-                        route.service,
-                        route.protocol.as_str(),
-                        route.name
-                    ))?;
-                    let short = fqdn(&format!("{}.{}.{zone}", route.name, route.service))?;
-                    Ok((rfc2782, short))
-                });
-            let (rfc2782, short) = match names {
-                Ok(names) => names,
-                Err(reason) => {
-                    tracing::warn!(route = %route.key(), "route left out of the DNS zone: {reason}");
-                    continue;
-                }
-            };
-            add(&rfc2782, srv(route.port));
-            add(&short, srv(route.port));
-            add(&short, address.clone());
-        }
-
-        let mut nodes: HashMap<LowerName, Node> = HashMap::with_capacity(owners.len() * 2);
-        for (name, records) in owners {
-            // Every name between an owner and the apex exists, if only as an empty non-terminal.
-            let mut parent = name.base_name();
-            while parent.num_labels() > origin.num_labels() {
-                let next = parent.base_name();
-                nodes.entry(parent).or_default();
-                parent = next;
-            }
-            nodes.entry(name).or_default().rrsets = group(records);
-        }
-
-        Ok(Zone {
-            origin: LowerName::new(&origin),
+        let params = Params::new(cfg, public_ipv4)?;
+        let glue = Record::from_rdata(params.gateway.clone(), params.ttl, RData::A(A(public_ipv4)));
+        let soa = params.soa(serial);
+        let mut zone = Zone {
+            origin: LowerName::new(&params.origin),
             serial,
-            nodes,
+            shards: (0..SHARDS).map(|_| Arc::default()).collect(),
+            hasher: RandomState::new(),
+            names: 0,
             soa_len: wire_len(&soa),
             soa: [soa],
             glue_len: wire_len(&glue),
-            glue: [glue],
-        })
+            glue: [glue.clone()],
+            params: Arc::new(params),
+        };
+        zone.set_apex();
+        let gateway = LowerName::new(&zone.params.gateway);
+        zone.set(&gateway, group(vec![glue]), [None; 2]);
+        for route in routes {
+            zone.apply_route(route, true);
+        }
+        Ok(zone)
+    }
+
+    /// This zone after the routes `removed` went and `added` came, at `serial`: the work is
+    /// proportional to the change, not to the zone. A route changed in place is in both.
+    pub fn with_changes(
+        &self,
+        removed: &[config::Route],
+        added: &[config::Route],
+        serial: u32,
+    ) -> Zone {
+        let mut zone = self.clone();
+        for route in removed {
+            zone.apply_route(route, false);
+        }
+        for route in added {
+            zone.apply_route(route, true);
+        }
+        zone.serial = serial;
+        let soa = zone.params.soa(serial);
+        zone.soa_len = wire_len(&soa);
+        zone.soa = [soa];
+        zone.set_apex();
+        zone
+    }
+
+    /// The apex's SOA (at the current serial) and NS.
+    fn set_apex(&mut self) {
+        let p = &self.params;
+        let ns = Record::from_rdata(p.origin.clone(), p.ttl, RData::NS(NS(p.gateway.clone())));
+        let rrsets = group(vec![self.soa[0].clone(), ns]);
+        let origin = self.origin.clone();
+        self.set(&origin, rrsets, [None; 2]);
+    }
+
+    /// Adds (`present`) or removes one route's names: `_SERVICE._PROTO.NAME` SRV, and on
+    /// `NAME.SERVICE` its port among the SRV records (tcp before udp) and the A record.
+    fn apply_route(&mut self, route: &config::Route, present: bool) {
+        let (rfc2782, short) = match self.params.names(route) {
+            Ok(names) => names,
+            Err(reason) => {
+                if present {
+                    tracing::warn!(route = %route.key(), "route left out of the DNS zone: {reason}");
+                }
+                return;
+            }
+        };
+        let p = Arc::clone(&self.params);
+        let rrsets = if present {
+            group(vec![p.srv(&rfc2782, route.port)])
+        } else {
+            Vec::new()
+        };
+        self.set(&LowerName::new(&rfc2782), rrsets, [None; 2]);
+
+        let owner = LowerName::new(&short);
+        let mut ports = self.node(&owner).map_or([None; 2], |n| n.ports);
+        let i = match route.protocol {
+            config::Protocol::Tcp => 0,
+            config::Protocol::Udp => 1,
+        };
+        ports[i] = present.then_some(route.port);
+        let mut records: Vec<Record> = Vec::with_capacity(3);
+        for port in ports.iter().flatten() {
+            let srv = p.srv(&short, *port);
+            // A tcp+udp pair usually shares one number: one SRV record then.
+            if !records.contains(&srv) {
+                records.push(srv);
+            }
+        }
+        if !records.is_empty() {
+            records.push(Record::from_rdata(short, p.ttl, RData::A(A(p.address))));
+        }
+        self.set(&owner, group(records), ports);
+    }
+
+    /// Every name with its records as text, sorted: for tests comparing two zones.
+    #[cfg(test)]
+    pub(crate) fn dump(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter())
+            .map(|(name, node)| {
+                let records = node
+                    .rrsets
+                    .iter()
+                    .flat_map(|s| s.records.iter())
+                    .map(|r| r.to_string())
+                    .collect();
+                (name.to_string(), records)
+            })
+            .collect()
+    }
+
+    fn shard_of(&self, name: &LowerName) -> usize {
+        (self.hasher.hash_one(name) % SHARDS as u64) as usize
+    }
+
+    fn node(&self, name: &LowerName) -> Option<&Node> {
+        self.shards[self.shard_of(name)].get(name).map(|n| &**n)
+    }
+
+    /// Gives `name` these RRsets (none: it has no records of its own), keeping the count of
+    /// names below it, and keeps every name between it and the apex existing exactly while
+    /// some name with records lies below.
+    fn set(&mut self, name: &LowerName, rrsets: Vec<RRset>, ports: [Option<u16>; 2]) {
+        let (had, below) = self
+            .node(name)
+            .map_or((false, 0), |n| (!n.rrsets.is_empty(), n.below));
+        let has = !rrsets.is_empty();
+        self.put(
+            name,
+            Node {
+                rrsets,
+                below,
+                ports,
+            },
+        );
+        if had == has {
+            return;
+        }
+        let mut parent = name.base_name();
+        while parent.num_labels() > self.origin.num_labels() {
+            let mut node = self.node(&parent).cloned().unwrap_or_default();
+            node.below = if has {
+                node.below + 1
+            } else {
+                node.below.saturating_sub(1)
+            };
+            self.put(&parent, node);
+            parent = parent.base_name();
+        }
+    }
+
+    /// Stores `node` at `name`, or deletes the name if the node says it no longer exists.
+    fn put(&mut self, name: &LowerName, node: Node) {
+        let i = self.shard_of(name);
+        let shard = Arc::make_mut(&mut self.shards[i]);
+        if node.rrsets.is_empty() && node.below == 0 {
+            if shard.remove(name).is_some() {
+                self.names -= 1;
+            }
+        } else if shard.insert(name.clone(), Arc::new(node)).is_none() {
+            self.names += 1;
+        }
     }
 
     pub fn serial(&self) -> u32 {
@@ -225,23 +319,23 @@ impl Zone {
 
     /// Number of names, empty non-terminals included.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.names
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.names == 0
     }
 
     /// The RRsets at `name`: `None` if the name does not exist, empty for an empty
     /// non-terminal.
     pub fn rrsets(&self, name: &LowerName) -> Option<&[RRset]> {
-        self.nodes.get(name).map(|n| n.rrsets.as_slice())
+        self.node(name).map(|n| n.rrsets.as_slice())
     }
 
     /// Answers `qtype` at `name`: one hash lookup, plus a suffix check only for names that
     /// are not in the zone.
     pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Answer<'_> {
-        let Some(node) = self.nodes.get(name) else {
+        let Some(node) = self.node(name) else {
             return if self.origin.zone_of(name) {
                 Answer::negative(ResponseCode::NXDomain, &self.soa)
             } else {
@@ -570,6 +664,74 @@ fn error_header(request: &Metadata, response_code: ResponseCode) -> Vec<u8> {
     };
     // A bare header always encodes.
     header.to_bytes().unwrap_or_default()
+}
+
+impl Params {
+    fn new(cfg: &config::Dns, address: Ipv4Addr) -> Result<Params, ZoneError> {
+        let zone = cfg.zone.trim_end_matches('.').to_ascii_lowercase();
+        let name_error = |field, value: &str| {
+            let value = value.to_string();
+            move |reason| ZoneError::Name {
+                field,
+                value,
+                reason,
+            }
+        };
+        let origin = fqdn(&zone).map_err(name_error("zone", &cfg.zone))?;
+        config::check_label(&cfg.gateway_name)
+            .map_err(name_error("gateway_name", &cfg.gateway_name))?;
+        let gateway = fqdn(&format!("{}.{zone}", cfg.gateway_name))
+            .map_err(name_error("gateway_name", &cfg.gateway_name))?;
+        let hostmaster =
+            fqdn(&format!("hostmaster.{zone}")).map_err(name_error("zone", &cfg.zone))?;
+        Ok(Params {
+            zone,
+            origin,
+            gateway,
+            hostmaster,
+            ttl: cfg.ttl,
+            address,
+        })
+    }
+
+    fn soa(&self, serial: u32) -> Record {
+        Record::from_rdata(
+            self.origin.clone(),
+            self.ttl,
+            RData::SOA(SOA::new(
+                self.gateway.clone(),
+                self.hostmaster.clone(),
+                serial,
+                SOA_REFRESH,
+                SOA_RETRY,
+                SOA_EXPIRE,
+                self.ttl,
+            )),
+        )
+    }
+
+    fn srv(&self, owner: &Name, port: u16) -> Record {
+        Record::from_rdata(
+            owner.clone(),
+            self.ttl,
+            RData::SRV(SRV::new(0, 0, port, self.gateway.clone())),
+        )
+    }
+
+    /// A route's two owner names: `_SERVICE._PROTO.NAME.<zone>` and `NAME.SERVICE.<zone>`.
+    fn names(&self, route: &config::Route) -> Result<(Name, Name), String> {
+        config::check_label(&route.name)?;
+        config::check_label(&route.service)?;
+        let zone = &self.zone;
+        let rfc2782 = fqdn(&format!(
+            "_{}._{}.{}.{zone}",
+            route.service,
+            route.protocol.as_str(),
+            route.name
+        ))?;
+        let short = fqdn(&format!("{}.{}.{zone}", route.name, route.service))?;
+        Ok((rfc2782, short))
+    }
 }
 
 /// The SOA serial after `prev` at time `now` (seconds since the epoch): time-based, so a

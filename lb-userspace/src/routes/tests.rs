@@ -343,31 +343,6 @@ fn reclaim_takes_only_idle_runtime_routes() {
 }
 
 #[test]
-fn entries_are_in_network_order() {
-    let mut t = RouteTable::new();
-    t.replace_config(&[route("alice", 30001, "10.0.0.11:22")], t0())
-        .unwrap();
-    let e = t.entries().next().unwrap();
-    let (fk, be) = frontend_entry(e);
-    assert_eq!(fk.port.to_ne_bytes(), 30001u16.to_be_bytes());
-    assert_eq!(fk.protocol, 6);
-    assert_eq!(be.addr.to_ne_bytes(), [10, 0, 0, 11]);
-    assert_eq!(be.port.to_ne_bytes(), 22u16.to_be_bytes());
-    let (rk, rv) = reverse_entry(e);
-    assert_eq!(rk.addr, be.addr);
-    assert_eq!(rk.port, be.port);
-    assert_eq!(rv.public_port, fk.port);
-    assert_eq!(rv.route_id, be.route_id);
-    assert_eq!(
-        decode_frontend(&fk, &be),
-        Some((
-            (30001, Protocol::Tcp),
-            ("10.0.0.11:22".parse().unwrap(), e.id)
-        ))
-    );
-}
-
-#[test]
 fn a_full_table_is_an_error_not_a_panic() {
     let mut t = RouteTable::new();
     t.next_id = MAX_ROUTES;
@@ -427,4 +402,52 @@ fn restored_routes_get_their_own_slots_back_in_any_order() {
     let mut clash = before[0].clone();
     clash.route = route("erin", 30008, "10.0.0.21:22");
     assert_eq!(t.restore(clash), Err(RouteError::SlotTaken(before[0].id)));
+}
+
+/// The free-port index agrees with the routes after any mix of tcp/udp adds and removes
+/// (a port is free only when neither protocol uses it), and `named` finds exactly a name's
+/// routes.
+#[test]
+fn the_free_port_index_and_the_name_index_follow_every_change() {
+    let mut t = RouteTable::new();
+    let r = range(30000, 30019);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for step in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let name = format!("n{}", x % 7);
+        let service = ["ssh", "web"][((x >> 8) % 2) as usize];
+        let proto = if (x >> 16).is_multiple_of(2) {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        let key = RouteKey {
+            name: name.clone(),
+            service: service.into(),
+            protocol: proto,
+        };
+        if t.get(&key).is_some() {
+            t.remove(&key);
+        } else if let Ok(port) = t.allocate_port(&name, service, proto, r) {
+            let mut route = route(
+                &name,
+                port,
+                &format!("10.0.{}.{}:22", step % 200, x % 200 + 1),
+            );
+            route.service = service.into();
+            route.protocol = proto;
+            let _ = t.insert(route, Source::Runtime, t0(), None);
+        }
+        let lowest = (r.first..=r.last)
+            .find(|&p| !t.port_in_use(p, Protocol::Tcp) && !t.port_in_use(p, Protocol::Udp));
+        let got = t.allocate_port("stranger", "ssh", Protocol::Tcp, r).ok();
+        assert_eq!(got, lowest, "step {step}");
+        for n in 0..7 {
+            let n = format!("n{n}");
+            let by_scan: Vec<&Entry> = t.entries().filter(|e| e.route.name == n).collect();
+            assert_eq!(t.named(&n).collect::<Vec<_>>(), by_scan, "step {step}");
+        }
+    }
 }

@@ -35,7 +35,7 @@ fn corrupt_reason(text: &str) -> String {
 #[test]
 fn saved_routes_load_back_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let store = StateStore::open(dir.path()).unwrap();
+    let mut store = StateStore::open(dir.path()).unwrap();
     assert!(store.load(PUBLIC).unwrap().is_empty(), "no file: no routes");
     let routes = vec![
         stored("bob", 30001, "10.0.0.12:22", None),
@@ -88,7 +88,7 @@ fn invalid_routes_are_named_by_index_and_field() {
     .replace("\"carol\"", "\"Carol\"");
     let msg = corrupt_reason(&text);
     assert!(
-        msg.contains("routes[2].port: 30000/tcp is used twice"),
+        msg.contains("routes[2].port: 30000/tcp is already used by alice/ssh/tcp"),
         "{msg}"
     );
     assert!(msg.contains("routes[3].name"), "{msg}");
@@ -115,4 +115,186 @@ fn an_unreadable_file_is_an_error_not_an_empty_table() {
     let err = store.load(PUBLIC).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err}");
     assert!(err.to_string().contains("routes.json"), "{err}");
+}
+
+fn names(routes: &[StoredRoute]) -> Vec<String> {
+    let mut n: Vec<String> = routes.iter().map(|r| r.route.name.clone()).collect();
+    n.sort();
+    n
+}
+
+fn put(r: &StoredRoute) -> RouteChange {
+    RouteChange::Put(r.clone())
+}
+
+fn delete(r: &StoredRoute) -> RouteChange {
+    RouteChange::Delete(r.route.key())
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(journal::SEGMENT_PREFIX))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn recorded_changes_replay_over_the_snapshot_and_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = stored("alice", 30000, "10.0.0.11:22", None);
+    let bob = stored("bob", 30001, "10.0.0.12:22", None);
+    let carol = stored("carol", 30002, "10.0.0.13:22", None);
+    {
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store.save(std::slice::from_ref(&alice)).unwrap();
+        let none = Vec::new;
+        store.record(&[put(&bob)], &none).unwrap().wait().unwrap();
+        store
+            .record(&[put(&carol), delete(&alice)], &none)
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(names(&store.load(PUBLIC).unwrap()), ["bob", "carol"]);
+    }
+    // A new daemon reads the same, and appends to a segment of its own.
+    let mut store = StateStore::open(dir.path()).unwrap();
+    assert_eq!(names(&store.load(PUBLIC).unwrap()), ["bob", "carol"]);
+    let seen = StoredRoute {
+        last_seen: Some(from_unix(1_700_000_900)),
+        ..bob.clone()
+    };
+    store
+        .record(&[put(&seen)], &Vec::new)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    let back = store.load(PUBLIC).unwrap();
+    assert_eq!(back.iter().find(|r| r.route.name == "bob"), Some(&seen));
+    // A snapshot folds the journal in and removes the segments it covers.
+    store.save(&back).unwrap();
+    assert!(segment_files(dir.path()).is_empty());
+    assert_eq!(store.load(PUBLIC).unwrap().len(), 2);
+}
+
+#[test]
+fn a_torn_last_line_is_skipped_and_a_bad_line_before_it_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = stored("alice", 30000, "10.0.0.11:22", None);
+    let bob = stored("bob", 30001, "10.0.0.12:22", None);
+    let mut store = StateStore::open(dir.path()).unwrap();
+    store
+        .record(&[put(&alice), put(&bob)], &Vec::new)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let seg = dir.path().join(&segment_files(dir.path())[0]);
+    let whole = fs::read(&seg).unwrap();
+    // A crash in the middle of a write: the last line lacks its end.
+    let torn = &whole[..whole.len() - 7];
+    fs::write(&seg, torn).unwrap();
+    assert_eq!(names(&store.load(PUBLIC).unwrap()), ["alice"]);
+    // Damage anywhere else is refused, naming the file and the line.
+    let mut bad = b"{\"put\":{\"name\":1}}\n".to_vec();
+    bad.extend_from_slice(&whole);
+    fs::write(&seg, &bad).unwrap();
+    let e = store.load(PUBLIC).unwrap_err().to_string();
+    assert!(
+        e.contains("routes.journal.1") && e.contains("line 1"),
+        "{e}"
+    );
+    // So is a journal whose routes clash with each other.
+    let twin = stored("twin", 30000, "10.0.0.14:22", None);
+    let text = format!(
+        "{}{{\"put\":{}}}\n",
+        String::from_utf8_lossy(&whole),
+        serde_json::to_string(&raw(&twin)).unwrap()
+    );
+    fs::write(&seg, text).unwrap();
+    let e = store.load(PUBLIC).unwrap_err().to_string();
+    assert!(
+        e.contains("30000/tcp is already used by alice/ssh/tcp"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_crash_between_a_snapshot_and_deleting_its_segments_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = stored("alice", 30000, "10.0.0.11:22", None);
+    let bob = stored("bob", 30001, "10.0.0.12:22", None);
+    let mut store = StateStore::open(dir.path()).unwrap();
+    let none = Vec::new;
+    store
+        .record(&[put(&alice), put(&bob)], &none)
+        .unwrap()
+        .wait()
+        .unwrap();
+    store
+        .record(&[delete(&alice)], &none)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let kept = fs::read(dir.path().join("routes.journal.1")).unwrap();
+    // The snapshot is written, then the segment it covers comes back as if never deleted.
+    store.save(std::slice::from_ref(&bob)).unwrap();
+    fs::write(dir.path().join("routes.journal.1"), kept).unwrap();
+    assert_eq!(names(&store.load(PUBLIC).unwrap()), ["bob"]);
+}
+
+#[test]
+fn a_long_journal_is_folded_into_a_snapshot_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StateStore::open(dir.path()).unwrap();
+    let mut all: Vec<StoredRoute> = Vec::new();
+    let mut last = None;
+    for i in 0..(COMPACT_AFTER + 5) as u16 {
+        let r = stored(
+            &format!("u{i}"),
+            10000 + i,
+            &format!("10.1.{}.{}:22", i / 250, i % 250 + 1),
+            None,
+        );
+        all.push(r.clone());
+        // Waiting for each flush would take minutes; the last one covers them all.
+        let snapshot = &all;
+        last = Some(store.record(&[put(&r)], &|| snapshot.clone()).unwrap());
+    }
+    last.unwrap().wait().unwrap();
+    // The background snapshot finishes before the next one starts, or here.
+    if let Some(f) = store.flight.take() {
+        f.wait().unwrap();
+    }
+    let left = segment_files(dir.path());
+    assert_eq!(left, ["routes.journal.2"], "the folded segment is gone");
+    assert_eq!(store.load(PUBLIC).unwrap().len(), all.len());
+}
+
+#[test]
+fn concurrent_flushes_share_one_fsync_and_all_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StateStore::open(dir.path()).unwrap();
+    let none = Vec::new;
+    let commits: Vec<Commit> = (0..8u16)
+        .map(|i| {
+            let r = stored(
+                &format!("u{i}"),
+                30000 + i,
+                &format!("10.0.0.{}:22", i + 1),
+                None,
+            );
+            store.record(&[put(&r)], &none).unwrap()
+        })
+        .collect();
+    let waiters: Vec<_> = commits
+        .into_iter()
+        .map(|c| std::thread::spawn(move || c.wait()))
+        .collect();
+    for w in waiters {
+        w.join().unwrap().unwrap();
+    }
+    assert_eq!(store.load(PUBLIC).unwrap().len(), 8);
 }

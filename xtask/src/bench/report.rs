@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Result;
 
-use super::{dns, modes::Mode, stats::Metric, stats::Results, stats::Summary, Plan};
+use super::{control, dns, modes::Mode, stats::Metric, stats::Results, stats::Summary, Plan};
 
 /// What the results depend on besides the code.
 pub struct Facts {
@@ -171,6 +171,8 @@ pub struct Report<'a> {
     pub results: &'a Results,
     pub commands: &'a [String],
     pub dns: bool,
+    /// Whether route adds were measured ([`control`]).
+    pub control: bool,
     pub chart_png: String,
     pub elapsed: Duration,
 }
@@ -278,6 +280,20 @@ impl Report<'_> {
                 }
             }
         }
+        if self.control {
+            for size in control::sizes(self.plan.name == "smoke") {
+                for m in Metric::CONTROL {
+                    if self.results.summary(&control::row(size), m).is_none() {
+                        v.push(format!("route adds {}/{}", control::row(size), m.label()));
+                    }
+                }
+            }
+            for m in Metric::CONTROL {
+                if self.results.summary(control::DISK_ROW, m).is_none() {
+                    v.push(format!("route adds {}/{}", control::DISK_ROW, m.label()));
+                }
+            }
+        }
         if self.dns {
             let metrics: &[Metric] = if self.plan.dns_tcp {
                 &Metric::DNS
@@ -345,6 +361,44 @@ impl Report<'_> {
         s
     }
 
+    fn control_table(&self) -> String {
+        let [empty, full] = control::sizes(self.plan.name == "smoke");
+        let mut s = table_head("table size", &Metric::CONTROL);
+        let rows = [
+            control::row(empty),
+            control::row(full),
+            control::DISK_ROW.to_string(),
+        ];
+        for row in rows {
+            let cells: Vec<String> = Metric::CONTROL
+                .iter()
+                .map(|&m| cell(self.results.summary(&row, m), m.decimals()))
+                .collect();
+            let _ = writeln!(s, "| {row} | {} |", cells.join(" | "));
+        }
+        let cells: Vec<String> = Metric::CONTROL
+            .iter()
+            .map(|&m| {
+                ratio(
+                    self.results
+                        .ratio(&control::row(full), &control::row(empty), m),
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "| full ÷ empty | {} |", cells.join(" | "));
+        let cells: Vec<String> = Metric::CONTROL
+            .iter()
+            .map(|&m| {
+                ratio(
+                    self.results
+                        .ratio(&control::row(full), control::DISK_ROW, m),
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "| full ÷ disk | {} |", cells.join(" | "));
+        s
+    }
+
     /// (target, measured, verdict) rows.
     pub fn targets(&self) -> Vec<(String, String, String)> {
         let r = self.results;
@@ -387,6 +441,24 @@ impl Report<'_> {
             p99.map_or("–".into(), |x| format!("{:+.0} %", (x - 1.0) * 100.0)),
             verdict(p99.map(|x| x <= 1.10)),
         ));
+        if self.control {
+            let full = control::row(control::sizes(self.plan.name == "smoke")[1]);
+            let rate = r.median(&full, Metric::AddsPerSec);
+            v.push((
+                format!(
+                    "route adds at {full}: ≥ 1000/s from {} clients",
+                    control::CLIENTS
+                ),
+                rate.map_or("–".into(), |x| format!("{x:.0}/s")),
+                verdict(rate.map(|x| x >= 1000.0)),
+            ));
+            let p99 = r.median(&full, Metric::AddP99Ms);
+            v.push((
+                format!("route adds at {full}: p99 < 20 ms, live and durable"),
+                p99.map_or("–".into(), |x| format!("{x:.2} ms")),
+                verdict(p99.map(|x| x < 20.0)),
+            ));
+        }
         if self.dns {
             let q = r.ratio("srvgate", "knot", Metric::DnsUdpQps);
             v.push((
@@ -486,6 +558,25 @@ impl Report<'_> {
         s.push_str(&self.ratio_table("xdp-ceiling"));
         s.push('\n');
 
+        if self.control {
+            let _ = writeln!(
+                s,
+                "## Route adds over the control socket, {} clients\n",
+                control::CLIENTS
+            );
+            s.push_str(&self.control_table());
+            let _ = writeln!(
+                s,
+                "\nEach add is one `POST /v1/routes` on its own connection to the control \
+                 socket, timed from connect to the reply's last byte; the reply comes once \
+                 the route is in the BPF maps and the DNS zone and its journal line is \
+                 flushed to disk. Ports are allocated by the daemon. The full table is \
+                 filled with the same adds first. The daemon also serves the zone (DNS \
+                 on loopback), so every add changes it. The peer is the disk itself: one \
+                 200-byte append and `fdatasync` at a time in the same directory, the cost \
+                 of one durable change without group commit.\n"
+            );
+        }
         if self.dns {
             let _ = writeln!(
                 s,
@@ -826,6 +917,7 @@ mod tests {
             results,
             commands: &[],
             dns: true,
+            control: true,
             chart_png: "x.png".into(),
             elapsed: Duration::from_secs(1),
         };
@@ -858,7 +950,36 @@ mod tests {
             }
         }
         report_with(&res, |r| {
+            let missing = r.empty_cells();
+            assert!(
+                missing.iter().all(|c| c.starts_with("route adds")),
+                "{missing:?}"
+            );
+            assert_eq!(missing.len(), 9, "{missing:?}");
+        });
+        for m in Metric::CONTROL {
+            res.add(control::DISK_ROW, m, 300.0);
+        }
+        for size in control::sizes(true) {
+            res.add(&control::row(size), Metric::AddsPerSec, 900.0 + size as f64);
+            res.add(&control::row(size), Metric::AddP50Ms, 2.0);
+            res.add(&control::row(size), Metric::AddP99Ms, 9.0);
+        }
+        report_with(&res, |r| {
             assert!(r.empty_cells().is_empty(), "{:?}", r.empty_cells());
+            let md = r.markdown();
+            assert!(
+                md.contains("| full ÷ empty |") && md.contains("| full ÷ disk |"),
+                "{md}"
+            );
+            let adds: Vec<_> = r
+                .targets()
+                .into_iter()
+                .filter(|t| t.0.contains("route adds"))
+                .collect();
+            assert_eq!(adds.len(), 2);
+            assert_eq!(adds[0].2, "met", "{adds:?}");
+            assert_eq!(adds[1].2, "met", "{adds:?}");
             let md = r.markdown();
             assert!(md.contains("n/a: no UDP"));
             assert!(md.contains("IPVS"));

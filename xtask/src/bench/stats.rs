@@ -26,6 +26,10 @@ pub enum Metric {
     DnsTcpQps,
     DnsTcpAvgUs,
     DnsTcpP99Us,
+    /// Route adds per second over the control socket, from `control::CLIENTS` clients.
+    AddsPerSec,
+    AddP50Ms,
+    AddP99Ms,
 }
 
 impl Metric {
@@ -37,6 +41,8 @@ impl Metric {
         Metric::DnsTcpAvgUs,
         Metric::DnsTcpP99Us,
     ];
+
+    pub const CONTROL: [Metric; 3] = [Metric::AddsPerSec, Metric::AddP50Ms, Metric::AddP99Ms];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -57,6 +63,9 @@ impl Metric {
             Metric::DnsTcpQps => "TCP queries/s",
             Metric::DnsTcpAvgUs => "TCP avg latency (µs)",
             Metric::DnsTcpP99Us => "TCP p99 latency (µs)",
+            Metric::AddsPerSec => "route adds/s",
+            Metric::AddP50Ms => "add p50 (ms)",
+            Metric::AddP99Ms => "add p99 (ms)",
         }
     }
 
@@ -65,6 +74,7 @@ impl Metric {
         match self {
             Metric::Tcp1Gbps | Metric::Tcp4Gbps => 2,
             Metric::RrAvgUs | Metric::RrP99Us => 1,
+            Metric::AddP50Ms | Metric::AddP99Ms => 2,
             _ => 0,
         }
     }
