@@ -3,7 +3,7 @@
 //! Parsing is two-staged: serde reads the raw shape (unknown keys are errors, so a typo
 //! never silently does nothing), then [`validate`] checks every field and reports *all*
 //! problems at once, each naming its field, e.g. `route[2].port`. Interface existence is a
-//! separate step ([`Config::check_interfaces`]) because it depends on the machine.
+//! separate step ([`Config::check_machine`]) because it depends on the machine.
 
 use std::{
     collections::HashMap,
@@ -158,6 +158,23 @@ pub struct Portal {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
 }
+
+/// RFC 2181 section 8: a TTL is at most 2^31 - 1 (resolvers read larger ones as 0).
+pub const MAX_TTL: u32 = i32::MAX as u32;
+
+/// Longest service label: `_SERVICE` must still be a label (63 characters) in the SRV name.
+pub const MAX_SERVICE_LEN: usize = 62;
+
+/// The longest names a route gets in the zone, `_SERVICE._tcp.NAME.` with the longest
+/// labels, take this many characters before the zone.
+const LONGEST_ROUTE_PREFIX: usize = 1 + MAX_SERVICE_LEN + 6 + 63 + 1;
+
+/// Longest `dns.zone` (characters, without the final dot) that leaves every route's names
+/// within the 253 characters of a domain name, so no valid route is ever left out of DNS.
+pub const MAX_ZONE_LEN: usize = 253 - LONGEST_ROUTE_PREFIX;
+
+/// The gateway's own sshd: a route there would take the admins' way in.
+pub const SSH_PORT: u16 = 22;
 
 /// The default `gateway.port_cooldown`.
 pub const DEFAULT_PORT_COOLDOWN: Duration = Duration::from_secs(86400);
@@ -358,7 +375,7 @@ struct RawRoute {
 }
 
 impl Config {
-    /// Reads and validates `file`. Does not look at the machine (see `check_interfaces`).
+    /// Reads and validates `file`. Does not look at the machine (see `check_machine`).
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read {
             file: file.to_path_buf(),
@@ -379,11 +396,37 @@ impl Config {
         })
     }
 
-    /// Checks that every configured interface exists on this machine (in this network
-    /// namespace), naming the field of each that does not.
+    /// Checks the config against this machine (this network namespace): every interface
+    /// exists and is not a loopback, `public_ipv4` is not a private leg's own address, and
+    /// `port_range` stays clear of the kernel's ephemeral ports. Errors name the field; the
+    /// `Ok` value lists what is only worth a warning (`public_ipv4` on no interface yet, as
+    /// on a standby gateway of a failover pair). `srvgate check`, `run` and SIGHUP all call
+    /// this, after [`Config::load`].
     #[cfg(feature = "gateway")]
-    pub fn check_interfaces(&self, file: &Path) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
+    pub fn check_machine(&self, file: &Path) -> Result<Vec<FieldError>, ConfigError> {
+        let sysctl = |name: &str| {
+            std::fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(name)).unwrap_or_default()
+        };
+        let machine = Machine {
+            interfaces: crate::sys::interfaces().unwrap_or_default(),
+            ephemeral: parse_port_pair(&sysctl("ip_local_port_range")),
+            reserved: parse_port_list(&sysctl("ip_local_reserved_ports")),
+        };
+        let (problems, warnings) = self.check_against(&machine);
+        if problems.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// The pure part of [`Config::check_machine`]: (errors, warnings).
+    #[cfg(feature = "gateway")]
+    fn check_against(&self, m: &Machine) -> (Vec<FieldError>, Vec<FieldError>) {
+        let (mut problems, mut warnings) = (Vec::new(), Vec::new());
         let g = &self.gateway;
         let named = std::iter::once(("gateway.public_interface".to_string(), &g.public_interface))
             .chain(
@@ -392,23 +435,115 @@ impl Config {
                     .enumerate()
                     .map(|(i, n)| (format!("gateway.private_interfaces[{}]", i + 1), n)),
             );
+        let mut on_public = false;
         for (field, name) in named {
-            if crate::sys::ifindex(name).is_none() {
+            let Some(iface) = m.interfaces.iter().find(|i| &i.name == name) else {
                 problems.push(FieldError {
                     field,
                     reason: format!("no network interface named {name:?} on this machine"),
                 });
+                continue;
+            };
+            if iface.loopback {
+                problems.push(FieldError {
+                    field,
+                    reason: format!(
+                        "{name:?} is the loopback interface; a leg is a real link toward clients or backends"
+                    ),
+                });
+                continue;
+            }
+            let holds = iface.ipv4.contains(&g.public_ipv4);
+            if name == &g.public_interface {
+                on_public = holds;
+            } else if holds {
+                problems.push(FieldError {
+                    field: "gateway.public_ipv4".into(),
+                    reason: format!(
+                        "{} is an address of the private leg {name:?}; public_ipv4 is the address clients reach on {:?}",
+                        g.public_ipv4, g.public_interface
+                    ),
+                });
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                file: file.to_path_buf(),
-                problems,
-            })
+        let public_exists = m.interfaces.iter().any(|i| i.name == g.public_interface);
+        if public_exists && !on_public {
+            warnings.push(FieldError {
+                field: "gateway.public_ipv4".into(),
+                reason: format!(
+                    "{} is not (yet) an address of {:?}: nothing reaches the routes until it is (fine for a standby gateway)",
+                    g.public_ipv4, g.public_interface
+                ),
+            });
         }
+        if let Some(ephemeral) = m.ephemeral {
+            let clash = (g.port_range.first.max(ephemeral.first)
+                ..=g.port_range.last.min(ephemeral.last))
+                .filter(|p| !m.reserved.iter().any(|r| r.contains(*p)))
+                .collect::<Vec<u16>>();
+            if let (Some(first), Some(last)) = (clash.first(), clash.last()) {
+                problems.push(FieldError {
+                    field: "gateway.port_range".into(),
+                    reason: format!(
+                        "{} overlaps the kernel's ephemeral ports {ephemeral} (net.ipv4.ip_local_port_range) in {} ports ({first}-{last}): \
+                         the gateway's own outgoing connections would get replies that XDP sends to a backend; \
+                         narrow one of the two ranges, or reserve the ports (sysctl net.ipv4.ip_local_reserved_ports={})",
+                        g.port_range,
+                        clash.len(),
+                        g.port_range
+                    ),
+                });
+            }
+        }
+        (problems, warnings)
     }
+}
+
+/// What [`Config::check_machine`] reads from the machine, apart so the rules are testable.
+#[cfg(feature = "gateway")]
+#[derive(Clone, Debug, Default)]
+struct Machine {
+    interfaces: Vec<Interface>,
+    /// `net.ipv4.ip_local_port_range`.
+    ephemeral: Option<PortRange>,
+    /// `net.ipv4.ip_local_reserved_ports`: never picked as ephemeral ports.
+    reserved: Vec<PortRange>,
+}
+
+/// A network interface as [`Config::check_machine`] needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub loopback: bool,
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+/// `ip_local_port_range`: two numbers separated by whitespace.
+#[cfg(feature = "gateway")]
+fn parse_port_pair(text: &str) -> Option<PortRange> {
+    let mut it = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    match (it.next()??, it.next()??) {
+        (first, last) if first <= last => Some(PortRange { first, last }),
+        _ => None,
+    }
+}
+
+/// `ip_local_reserved_ports`: `30000-32767,40000`, possibly empty.
+#[cfg(feature = "gateway")]
+fn parse_port_list(text: &str) -> Vec<PortRange> {
+    text.trim()
+        .split(',')
+        .filter_map(|part| {
+            let part = part.trim();
+            match part.split_once('-') {
+                Some((a, b)) => Some(PortRange {
+                    first: a.trim().parse().ok()?,
+                    last: b.trim().parse().ok()?,
+                }),
+                None => part.parse().ok().map(|p| PortRange { first: p, last: p }),
+            }
+        })
+        .collect()
 }
 
 /// Checks one DNS label: 1-63 characters of `a-z`, `0-9` and `-`, not starting or ending
@@ -519,6 +654,18 @@ pub fn check_route(
     };
     let name_ok = check_label(&r.name).map_err(|e| bad("name", e)).is_ok();
     let service_ok = check_label(&r.service)
+        .and_then(|()| {
+            if r.service.len() > MAX_SERVICE_LEN {
+                Err(format!(
+                    "{:?} is {} characters long; a service has at most {MAX_SERVICE_LEN}, since _{} must be a DNS label",
+                    r.service,
+                    r.service.len(),
+                    r.service
+                ))
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|e| bad("service", e))
         .is_ok();
     let protocol = match r.protocol.as_deref().unwrap_or("tcp").parse::<Protocol>() {
@@ -535,6 +682,18 @@ pub fn check_route(
         }
         Ok(b) if b.ip().is_unspecified() || b.ip().is_broadcast() || b.ip().is_multicast() => {
             bad("backend", format!("{} cannot be a host's address", b.ip()));
+            None
+        }
+        // XDP rewrites toward the backend and sends the packet out of a private leg; a
+        // loopback or "this network" address leads nowhere, while the counters still rise.
+        Ok(b) if b.ip().is_loopback() || b.ip().octets()[0] == 0 => {
+            bad(
+                "backend",
+                format!(
+                    "{} is not reachable from another host (loopback or 0.0.0.0/8); a backend is a machine behind a private leg",
+                    b.ip()
+                ),
+            );
             None
         }
         Ok(b) if Some(*b.ip()) == public_ipv4 => {
@@ -660,6 +819,56 @@ fn socket_addrs(
     addrs
 }
 
+/// Two listeners that cannot both bind (one port, and one address or a wildcard), and
+/// `port_range` holding a port the gateway needs itself (its listeners' and sshd's): XDP
+/// would send those packets to a route's backend. Port 0 (the kernel picks) clashes with
+/// nothing.
+fn listener_problems(
+    listeners: &[(String, SocketAddr)],
+    range: Option<PortRange>,
+) -> Vec<FieldError> {
+    let mut problems = Vec::new();
+    for (i, (field, addr)) in listeners.iter().enumerate() {
+        if addr.port() == 0 {
+            continue;
+        }
+        let overlaps = |other: &SocketAddr| {
+            other.port() == addr.port()
+                && other.is_ipv4() == addr.is_ipv4()
+                && (other.ip() == addr.ip()
+                    || other.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
+        };
+        if let Some((first, other)) = listeners[..i].iter().find(|(_, a)| overlaps(a)) {
+            problems.push(FieldError {
+                field: field.clone(),
+                reason: format!(
+                    "{addr} is also {first} ({other}); each listener needs its own port"
+                ),
+            });
+        }
+    }
+    if let Some(range) = range {
+        let own = std::iter::once(("the gateway's sshd".to_string(), SSH_PORT)).chain(
+            listeners
+                .iter()
+                .filter(|(_, a)| a.port() != 0)
+                .map(|(f, a)| (f.clone(), a.port())),
+        );
+        for (what, port) in own {
+            if range.contains(port) {
+                problems.push(FieldError {
+                    field: "gateway.port_range".into(),
+                    reason: format!(
+                        "{range} contains port {port}, which {what} uses; a route there would take the gateway's own traffic"
+                    ),
+                });
+            }
+        }
+    }
+    problems
+}
+
 fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut problems = Vec::new();
     let mut bad = |field: &str, reason: String| {
@@ -697,6 +906,13 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             bad(
                 "gateway.public_ipv4",
                 format!("{a} cannot be a host's address"),
+            );
+            None
+        }
+        Ok(a) if a.is_loopback() => {
+            bad(
+                "gateway.public_ipv4",
+                format!("{a} is a loopback address; clients reach the gateway on the public interface's address"),
             );
             None
         }
@@ -758,11 +974,30 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
 
     let dns = raw.dns.and_then(|d| {
         let zone = check_domain(&d.zone.to_ascii_lowercase())
+            .and_then(|z| {
+                if z.len() > MAX_ZONE_LEN {
+                    Err(format!(
+                        "is {} characters long; at most {MAX_ZONE_LEN}, so that every route's names (up to {LONGEST_ROUTE_PREFIX} more characters) fit in a domain name",
+                        z.len()
+                    ))
+                } else {
+                    Ok(z)
+                }
+            })
             .map_err(|e| bad("dns.zone", e))
             .ok();
+        if d.listen.is_empty() {
+            bad("dns.listen", "is empty; e.g. [\"0.0.0.0:53\"]".into());
+        }
         let listen = socket_addrs(&d.listen, "dns.listen", "0.0.0.0:53", &mut bad);
         if let Err(e) = check_label(&d.gateway_name) {
             bad("dns.gateway_name", e);
+        }
+        if d.ttl > MAX_TTL {
+            bad(
+                "dns.ttl",
+                format!("{} is above {MAX_TTL}, the largest TTL (RFC 2181)", d.ttl),
+            );
         }
         Some(Dns {
             zone: zone?,
@@ -806,6 +1041,29 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 None
             }
         });
+
+    // Every socket the daemon binds, so that two never share a port and routes stay off them.
+    let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
+    let mut listening = |field: &str, addrs: &[SocketAddr]| {
+        for (i, a) in addrs.iter().enumerate() {
+            listeners.push((format!("{field}[{}]", i + 1), *a));
+        }
+    };
+    if let Some(d) = &dns {
+        listening("dns.listen", &d.listen);
+    }
+    if let Some(h) = &http {
+        listening("http.listen", &h.listen);
+    }
+    if let Some(p) = &portal {
+        listening("portal.listen", &p.listen);
+    }
+    if let Some(m) = metrics_listen {
+        listeners.push(("metrics.listen".into(), m));
+    }
+    for problem in listener_problems(&listeners, port_range) {
+        bad(&problem.field, problem.reason);
+    }
 
     let mut routes = Vec::new();
     let mut by_key: HashMap<RouteKey, usize> = HashMap::new();

@@ -1015,7 +1015,9 @@ fn scrape(core: &Mutex<Core>) -> String {
         })
         .collect();
     let named: Vec<(&str, u64)> = verdict_names().iter().copied().zip(verdicts).collect();
-    metrics::render(&routes, &named, &legs)
+    let mut text = metrics::render(&routes, &named, &legs);
+    metrics::render_peer_warnings(&mut text, crate::logging::peer_noise().seen());
+    text
 }
 
 /// The periodic pass, with the counters of every route read while the core is unlocked
@@ -1436,7 +1438,12 @@ async fn event_loop(
             }
             _ = hup.recv() => {
                 tell_systemd(notify::reloading());
-                let cfg = Config::load(&opts.config).and_then(|c| c.check_interfaces(&opts.config).map(|_| c));
+                let cfg = Config::load(&opts.config).and_then(|c| {
+                    for w in c.check_machine(&opts.config)? {
+                        warn!("SIGHUP: {}: {w}", opts.config.display());
+                    }
+                    Ok(c)
+                });
                 match cfg {
                     Ok(cfg) => {
                         on_core(core, move |c| c.reload(cfg)).await;
@@ -1458,6 +1465,7 @@ async fn event_loop(
                 }
             }
             _ = observe.tick() => {
+                crate::logging::report_suppressed();
                 let line = observe_without_lock(core).await;
                 // Runtime adds, removals and reclaims change the count between reloads.
                 if let Some(line) = line.filter(|l| *l != status) {

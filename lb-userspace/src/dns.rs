@@ -5,50 +5,61 @@
 //! Bird's-eye view: [`zone`] is pure, a [`Zone`] snapshot built from config + routes and the
 //! functions that answer a request against it. This file is the I/O. UDP is served by
 //! srvgate's own threads (one per core, up to 8, each blocking on a clone of the listen
-//! socket with its own answer cache, cleared when the serial changes); TCP by
-//! hickory-server's [`Server`], which calls our [`RequestHandler`]. Both read the current
-//! snapshot through an [`ArcSwap`]. [`DnsServer::update`] builds a whole new snapshot and
+//! socket with its own answer cache, cleared when the serial changes); TCP by a tokio task
+//! per connection (RFC 7766 framing, one query after another), at most
+//! [`fds::Budget::dns_tcp_clients`] at once. Both answer with [`zone::respond`] and read
+//! the current snapshot through an [`ArcSwap`]. [`DnsServer::update`] builds a whole new snapshot and
 //! swaps it in, so a query sees either the old table or the new one, never a mix, and
 //! queries never wait for an update.
 //!
+//! TCP clients are bounded in number, time and size: at the cap a new connection takes the
+//! place of the client that has been idle longest (closed; a client waiting for its next
+//! query loses nothing it asked for), or is closed at once when every client is mid-query,
+//! rather than left waiting in the backlog; a client idle for [`TCP_IDLE_TIMEOUT`] is
+//! closed, and after only [`TCP_BUSY_IDLE_TIMEOUT`] once the table is three quarters full
+//! (RFC 7766 section 6.2.3: shorter timeouts under load); a query must arrive whole within
+//! [`TCP_QUERY_TIMEOUT`] and be at most [`MAX_TCP_QUERY`] bytes. UDP needs no descriptor
+//! per client, so it is not affected by any of this.
+//!
 //! Deliberately absent: recursion (names outside the zone get REFUSED, RA is never set), zone
 //! transfers, dynamic update, DNSSEC, wildcards, and response-rate limiting.
-//!
-//! hickory-server logs every TCP response at `info` (its `ReportingResponseHandler`); at
-//! query rates that is both noise and a bottleneck, so the daemon should filter
-//! `hickory_server` to `warn`.
 
 pub mod zone;
 
 use std::{
+    collections::HashMap,
     io,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
     },
     thread::JoinHandle,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Header, HeaderCounts, ResponseCode};
 use hickory_server::net::xfer::Protocol;
-use hickory_server::{
-    net::runtime::Time,
-    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
-    Server,
-};
 use socket2::{Domain, Socket, Type};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 
 pub use zone::{next_serial, Zone, ZoneError, MAX_UDP_PAYLOAD};
 
-use crate::config;
+use crate::{config, fds};
 
 /// How long an idle TCP client may keep its connection (RFC 7766 suggests seconds).
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Responses queued per TCP connection before the handler waits for the socket.
-const TCP_RESPONSE_BUFFER: usize = 32;
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The idle timeout once three quarters of the TCP client slots are taken.
+pub const TCP_BUSY_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A query's bytes, once its length arrived, and a reply's, must pass within this.
+pub const TCP_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest query taken over TCP: as over UDP. A query is a name and an OPT record; a client
+/// announcing more is not asking a question, and is disconnected.
+pub const MAX_TCP_QUERY: usize = 4096;
 /// Pending TCP connections the kernel holds for us.
 const TCP_BACKLOG: i32 = 1024;
 /// How often a UDP worker blocked in `recv_from` looks at the stop flag.
@@ -79,7 +90,7 @@ pub enum DnsError {
 /// The running DNS server. Dropping it stops the listeners too, but [`DnsServer::shutdown`]
 /// waits for them to finish.
 pub struct DnsServer {
-    server: Server<Handler>,
+    tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
     udp_workers: Vec<JoinHandle<()>>,
@@ -96,11 +107,24 @@ struct Shared {
 
 impl DnsServer {
     /// Binds UDP and TCP on every listen address and serves the zone built from `routes`.
-    /// With port 0, UDP and TCP share the port the kernel picks for UDP.
+    /// With port 0, UDP and TCP share the port the kernel picks for UDP. TCP takes as many
+    /// clients as the descriptor budget gives it.
     pub async fn start(
         cfg: &config::Dns,
         public_ipv4: Ipv4Addr,
         routes: &[config::Route],
+    ) -> Result<DnsServer, DnsError> {
+        let clients = fds::Budget::current().dns_tcp_clients();
+        Self::start_with(cfg, public_ipv4, routes, clients).await
+    }
+
+    /// [`DnsServer::start`] with at most `tcp_clients` TCP clients at once (over all the
+    /// listen addresses).
+    pub async fn start_with(
+        cfg: &config::Dns,
+        public_ipv4: Ipv4Addr,
+        routes: &[config::Route],
+        tcp_clients: usize,
     ) -> Result<DnsServer, DnsError> {
         if cfg.listen.is_empty() {
             return Err(DnsError::NoListen);
@@ -120,30 +144,34 @@ impl DnsServer {
             public_ipv4,
             writer: Mutex::new(()),
         });
-        let mut server = Server::new(Handler {
-            shared: shared.clone(),
-        });
+        let table = Arc::new(TcpTable::new(tcp_clients));
+        let mut listeners = Vec::with_capacity(sockets.len());
         let mut addrs = Vec::with_capacity(sockets.len());
         let stop = Arc::new(AtomicBool::new(false));
         let mut udp_workers = Vec::new();
         for (udp, tcp, addr) in sockets {
-            let tcp =
-                tokio::net::TcpListener::from_std(tcp).map_err(|e| bind_error(addr, "TCP", e))?;
-            server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+            listeners.push(
+                tokio::net::TcpListener::from_std(tcp).map_err(|e| bind_error(addr, "TCP", e))?,
+            );
             udp_workers.extend(
                 spawn_udp_workers(udp, &shared, &stop).map_err(|e| bind_error(addr, "UDP", e))?,
             );
             addrs.push(addr);
         }
+        let tcp_tasks = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(serve_tcp(l, shared.clone(), table.clone())))
+            .collect();
         tracing::info!(
             zone = %cfg.zone,
             serial,
             routes = routes.len(),
             listen = ?addrs,
+            tcp_clients,
             "DNS server started"
         );
         Ok(DnsServer {
-            server,
+            tcp_tasks,
             shared,
             addrs,
             udp_workers,
@@ -211,8 +239,10 @@ impl DnsServer {
                 let _ = w.join();
             }
         });
-        if let Err(error) = self.server.shutdown_gracefully().await {
-            tracing::warn!(%error, "DNS server did not shut down cleanly");
+        // Each accept task owns its connections' tasks: aborting it ends them too.
+        for t in std::mem::take(&mut self.tcp_tasks) {
+            t.abort();
+            let _ = t.await;
         }
         let _ = joined.await;
     }
@@ -222,6 +252,9 @@ impl Drop for DnsServer {
     fn drop(&mut self) {
         // Without shutdown(): the UDP workers still notice within UDP_STOP_POLL and exit.
         self.stop.store(true, Ordering::Relaxed);
+        for t in &self.tcp_tasks {
+            t.abort();
+        }
     }
 }
 
@@ -288,16 +321,29 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
 /// bytes of a reply that depend on the id are the id itself, so a repeated question (the
 /// normal case for a resolver-facing server) costs a hash lookup and a copy instead of a
 /// parse, a lookup and an encode. Per worker thread: no locks.
+///
+/// Bounded in bytes ([`AnswerCache::MAX_BYTES`] per worker, at most 8 workers), and only
+/// ordinary questions are kept: a query longer than [`AnswerCache::MAX_QUERY`] or one that
+/// is dropped or gets FORMERR is answered afresh every time, so a flood of large or
+/// malformed distinct queries costs CPU but no memory.
 #[derive(Default)]
 pub(crate) struct AnswerCache {
     serial: Option<u32>,
-    /// `None`: the query is to be dropped (not a query, too short).
-    answers: std::collections::HashMap<Box<[u8]>, Option<Box<[u8]>>>,
+    /// `None`: the query is to be dropped.
+    answers: HashMap<Box<[u8]>, Option<Box<[u8]>>>,
+    /// Key and reply bytes held, plus [`AnswerCache::ENTRY_OVERHEAD`] per entry.
+    bytes: usize,
 }
 
 impl AnswerCache {
-    /// Bounds memory under a flood of distinct (e.g. random-name) queries.
-    const MAX_ENTRIES: usize = 16384;
+    /// Memory one worker's cache may hold; full, it starts over (a flood of distinct names
+    /// then costs a parse each, which is what an uncached server does anyway).
+    pub const MAX_BYTES: usize = 4 << 20;
+    /// Longest query cached: a 255-byte name, the question's fixed part and an OPT record
+    /// with a cookie fit well within it.
+    pub const MAX_QUERY: usize = 512;
+    /// The map's own cost per entry (two boxes, the option, hashing slack), roughly.
+    const ENTRY_OVERHEAD: usize = 64;
 
     /// Writes the UDP reply to `query` into `out`; false when it is to be dropped.
     pub(crate) fn answer(&mut self, zone: &Zone, query: &[u8], out: &mut Vec<u8>) -> bool {
@@ -307,59 +353,217 @@ impl AnswerCache {
         }
         // Serials strictly increase with every update, so they name a snapshot.
         if self.serial != Some(zone.serial()) {
-            self.answers.clear();
+            self.clear();
             self.serial = Some(zone.serial());
         }
         let key = &query[2..];
-        let cached = match self.answers.get(key) {
-            Some(a) => a.as_deref(),
-            None => {
-                let fresh = zone::respond(zone, query, Protocol::Udp, MAX_UDP_PAYLOAD)
-                    .map(|r| r[2.min(r.len())..].to_vec().into_boxed_slice());
-                if self.answers.len() >= Self::MAX_ENTRIES {
-                    self.answers.clear();
-                }
-                self.answers.entry(key.into()).or_insert(fresh).as_deref()
-            }
-        };
-        let Some(rest) = cached else {
+        if let Some(cached) = self.answers.get(key) {
+            let Some(rest) = cached else {
+                return false;
+            };
+            out.extend_from_slice(&query[..2]);
+            out.extend_from_slice(rest);
+            return true;
+        }
+        let Some(fresh) = zone::respond(zone, query, Protocol::Udp, MAX_UDP_PAYLOAD) else {
             return false;
         };
-        out.extend_from_slice(&query[..2]);
-        out.extend_from_slice(rest);
+        out.extend_from_slice(&fresh);
+        // RCODE is the low nibble of the fourth byte; 1 is FORMERR.
+        let formerr = fresh.get(3).is_some_and(|b| b & 0x0f == 1);
+        if query.len() <= Self::MAX_QUERY && !formerr {
+            let cost = key.len() + fresh.len() + Self::ENTRY_OVERHEAD;
+            if self.bytes + cost > Self::MAX_BYTES {
+                self.clear();
+            }
+            self.bytes += cost;
+            let rest = fresh[2.min(fresh.len())..].to_vec().into_boxed_slice();
+            self.answers.insert(key.into(), Some(rest));
+        }
         true
+    }
+
+    fn clear(&mut self) {
+        self.answers.clear();
+        self.answers.shrink_to(1024);
+        self.bytes = 0;
+    }
+
+    /// Bytes held, as counted against [`AnswerCache::MAX_BYTES`].
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.answers.len()
     }
 }
 
-struct Handler {
-    shared: Arc<Shared>,
+/// The DNS/TCP clients of all listen addresses: their slots, and which are idle since when,
+/// so that a newcomer at the cap can take the place of the longest idle one.
+struct TcpTable {
+    capacity: usize,
+    slots: Arc<Semaphore>,
+    clients: Mutex<HashMap<u64, TcpClient>>,
+    next_id: AtomicU64,
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        // A guard, not an Arc clone: no shared reference count to bounce between cores.
-        let zone = self.shared.zone.load();
-        let edns = zone::response_edns(request, MAX_UDP_PAYLOAD);
-        let reply = zone::reply(&zone, request, edns.as_ref(), request.protocol());
-        let mut metadata = reply.metadata;
-        let message = zone::to_message(reply, &request.queries, edns.as_ref());
-        match response_handle.send_response(message).await {
-            Ok(info) => info,
-            Err(error) => {
-                // The client is gone or the socket failed; nothing to tell anyone but the log.
-                tracing::debug!(%error, src = %request.src(), "DNS response not sent");
-                metadata.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                })
-            }
+struct TcpClient {
+    /// `Some` while waiting for the next query.
+    idle_since: Option<Instant>,
+    evict: Arc<Notify>,
+}
+
+impl TcpTable {
+    fn new(capacity: usize) -> Self {
+        TcpTable {
+            capacity,
+            slots: Arc::new(Semaphore::new(capacity)),
+            clients: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
         }
+    }
+
+    fn clients(&self) -> MutexGuard<'_, HashMap<u64, TcpClient>> {
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for a new client: a free one, or the one the longest idle client gives up.
+    async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let oldest = self
+            .clients()
+            .values()
+            .filter_map(|c| c.idle_since.map(|t| (t, c.evict.clone())))
+            .min_by_key(|(t, _)| *t)
+            .map(|(_, evict)| evict)?;
+        oldest.notify_one();
+        // The evicted task only has to return; if another newcomer was faster, give up.
+        tokio::time::timeout(EVICTION_WAIT, self.slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Whether fewer than a quarter of the slots are free: then idle clients go sooner.
+    fn busy(&self) -> bool {
+        self.slots.available_permits() < self.capacity / 4
+    }
+}
+
+/// How long a newcomer waits for the slot of the client it evicted.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
+/// Accepts DNS/TCP clients on `listener` while [`TcpTable::admit`] finds a slot; otherwise
+/// closes the new connection at once, so the client can try another server instead of
+/// waiting.
+async fn serve_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, table: Arc<TcpTable>) {
+    let mut backoff = fds::AcceptBackoff::new("DNS TCP");
+    let mut clients = JoinSet::new();
+    let mut refused: u64 = 0;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        backoff.accepted();
+        while clients.try_join_next().is_some() {}
+        let Some(permit) = table.admit().await else {
+            refused += 1;
+            // Once per thousand: a flood is worth knowing about, not a line per connection.
+            if refused % 1000 == 1 {
+                tracing::warn!(%peer, refused, "DNS TCP: {} clients at once, none idle; closing new connections", table.capacity);
+            }
+            continue;
+        };
+        let id = table.next_id.fetch_add(1, Ordering::Relaxed);
+        let evict = Arc::new(Notify::new());
+        table.clients().insert(
+            id,
+            TcpClient {
+                idle_since: None,
+                evict: evict.clone(),
+            },
+        );
+        let (shared, table) = (shared.clone(), table.clone());
+        clients.spawn(async move {
+            let _permit = permit;
+            if let Err(error) = serve_tcp_client(stream, &shared, &table, id, &evict).await {
+                tracing::debug!(%error, %peer, "DNS TCP client");
+            }
+            table.clients().remove(&id);
+        });
+    }
+}
+
+/// One TCP client: length-prefixed queries (RFC 1035 section 4.2.2), answered in order,
+/// until it closes, idles too long or is evicted while idle.
+async fn serve_tcp_client(
+    mut stream: tokio::net::TcpStream,
+    shared: &Shared,
+    table: &TcpTable,
+    id: u64,
+    evict: &Notify,
+) -> io::Result<()> {
+    let timed_out = || io::Error::from(io::ErrorKind::TimedOut);
+    let set_idle = |idle: bool| {
+        if let Some(c) = table.clients().get_mut(&id) {
+            c.idle_since = idle.then(Instant::now);
+        }
+    };
+    let mut query = Vec::with_capacity(512);
+    loop {
+        let idle = if table.busy() {
+            TCP_BUSY_IDLE_TIMEOUT
+        } else {
+            TCP_IDLE_TIMEOUT
+        };
+        set_idle(true);
+        let mut len = [0u8; 2];
+        tokio::select! {
+            read = tokio::time::timeout(idle, stream.read_exact(&mut len)) => match read {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(()),
+            },
+            () = evict.notified() => return Ok(()),
+        }
+        set_idle(false);
+        let len = usize::from(u16::from_be_bytes(len));
+        if len > MAX_TCP_QUERY {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a {len}-byte query (at most {MAX_TCP_QUERY})"),
+            ));
+        }
+        query.clear();
+        query.resize(len, 0);
+        tokio::time::timeout(TCP_QUERY_TIMEOUT, stream.read_exact(&mut query))
+            .await
+            .map_err(|_| timed_out())??;
+        let reply = {
+            let zone = shared.zone.load();
+            zone::respond(&zone, &query, Protocol::Tcp, MAX_UDP_PAYLOAD)
+        };
+        // A response or a runt: dropped, as over UDP; the connection stays.
+        let Some(reply) = reply else { continue };
+        let Ok(n) = u16::try_from(reply.len()) else {
+            continue;
+        };
+        let mut out = Vec::with_capacity(2 + reply.len());
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(&reply);
+        tokio::time::timeout(TCP_QUERY_TIMEOUT, stream.write_all(&out))
+            .await
+            .map_err(|_| timed_out())??;
     }
 }
 

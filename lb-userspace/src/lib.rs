@@ -27,6 +27,8 @@ pub mod dataplane;
 pub mod dns;
 pub mod docs;
 #[cfg(feature = "gateway")]
+pub mod fds;
+#[cfg(feature = "gateway")]
 pub mod http;
 #[cfg(feature = "gateway")]
 pub mod logging;

@@ -7,36 +7,143 @@
 //! stay `key=value` after the message, the same as on a terminal, so
 //! `journalctl -u srvgate --grep 'route=alice/'` finds a route's history.
 
-use std::{fmt, io::IsTerminal as _, os::fd::AsRawFd};
+use std::{
+    fmt,
+    io::IsTerminal as _,
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock, PoisonError,
+    },
+    time::{Duration, Instant},
+};
 
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::{
     fmt::{format::Writer, FmtContext, FormatEvent, FormatFields},
+    layer::{Context, SubscriberExt as _},
     registry::LookupSpan,
-    EnvFilter,
+    util::SubscriberInitExt as _,
+    EnvFilter, Layer,
 };
 
 /// Without `RUST_LOG`: hickory-server logs every answer at info, a line per query.
 const DEFAULT_FILTER: &str = "info,hickory_server=warn";
 
-/// Installs the global subscriber, writing to stderr.
+/// Installs the global subscriber, writing to stderr, with warnings about peers' packets
+/// rate-limited ([`PeerNoise`]).
 pub fn init() {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(RateLimited(peer_noise().clone()));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if stderr_is_journal() {
-        builder
-            .with_ansi(false)
-            .event_format(Journal(
-                tracing_subscriber::fmt::format()
-                    .without_time()
-                    .with_ansi(false),
-            ))
+        registry
+            .with(
+                fmt.with_ansi(false).event_format(Journal(
+                    tracing_subscriber::fmt::format()
+                        .without_time()
+                        .with_ansi(false),
+                )),
+            )
             .init();
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        registry
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
+            .init();
+    }
+}
+
+/// Where a warning about a peer's packet comes from: hickory's decoder warns once per
+/// malformed packet (e.g. an OPT record whose options do not fill its RDLEN). Such lines
+/// describe the sender, cost nothing to send, and can be spoofed, so a flood of them
+/// must not flood the log.
+fn is_peer_noise(meta: &Metadata<'_>) -> bool {
+    *meta.level() <= Level::WARN && meta.target().starts_with("hickory_")
+}
+
+/// Warnings about peers' packets: a few per window are printed, the rest only counted;
+/// [`report_suppressed`] logs how many were left out, and metrics export the total.
+#[derive(Debug)]
+pub struct PeerNoise {
+    window: Mutex<(Option<Instant>, u32)>,
+    seen: AtomicU64,
+    suppressed: AtomicU64,
+    reported: AtomicU64,
+}
+
+impl PeerNoise {
+    /// Printed per window; the rest of the window's are counted.
+    pub const BURST: u32 = 5;
+    pub const WINDOW: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        PeerNoise {
+            window: Mutex::new((None, 0)),
+            seen: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the warning seen at `now` is printed.
+    fn admit(&self, now: Instant) -> bool {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        if w.0
+            .is_none_or(|start| now.duration_since(start) >= Self::WINDOW)
+        {
+            *w = (Some(now), 0);
+        }
+        w.1 += 1;
+        let admitted = w.1 <= Self::BURST;
+        if !admitted {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    /// Warnings about peers' packets since start, printed or not.
+    pub fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// Suppressed since the last call.
+    fn take_unreported(&self) -> u64 {
+        let total = self.suppressed.load(Ordering::Relaxed);
+        total - self.reported.swap(total, Ordering::Relaxed)
+    }
+}
+
+/// The process's one [`PeerNoise`].
+pub fn peer_noise() -> &'static Arc<PeerNoise> {
+    static NOISE: OnceLock<Arc<PeerNoise>> = OnceLock::new();
+    NOISE.get_or_init(|| Arc::new(PeerNoise::new()))
+}
+
+/// Logs one summary line for the warnings about peers' packets suppressed since the last
+/// call, if any; the daemon calls it every few seconds.
+pub fn report_suppressed() {
+    let n = peer_noise().take_unreported();
+    if n > 0 {
+        tracing::warn!(
+            suppressed = n,
+            total = peer_noise().seen(),
+            "{n} more warnings about malformed packets from clients left out of the log (at most {} per {:?}; srvgate_peer_warnings_total counts them all)",
+            PeerNoise::BURST,
+            PeerNoise::WINDOW
+        );
+    }
+}
+
+/// The layer that applies [`PeerNoise`]: an event it refuses reaches no other layer.
+struct RateLimited(Arc<PeerNoise>);
+
+impl<S: Subscriber> Layer<S> for RateLimited {
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        !is_peer_noise(event.metadata()) || self.0.admit(Instant::now())
     }
 }
 
@@ -94,11 +201,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        ffi::OsStr,
-        os::unix::fs::MetadataExt as _,
-        sync::{Arc, Mutex},
-    };
+    use std::{ffi::OsStr, os::unix::fs::MetadataExt as _};
 
     use super::*;
 
@@ -157,6 +260,38 @@ mod tests {
         let wrong = format!("{}:{}", meta.dev(), meta.ino() + 1);
         assert!(!is_stream(Some(OsStr::new(&wrong)), &file));
         assert!(!is_stream(None, &file));
+    }
+
+    #[test]
+    fn warnings_about_peers_packets_are_rate_limited_and_counted() {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let noise = Arc::new(PeerNoise::new());
+        let subscriber = tracing_subscriber::registry()
+            .with(RateLimited(noise.clone()))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(move || writer.clone())
+                    .with_ansi(false),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..1000 {
+                tracing::warn!(target: "hickory_proto::rr::rdata::opt", "poorly formatted EDNS");
+            }
+            tracing::warn!("a warning of our own");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.matches("poorly formatted").count(),
+            PeerNoise::BURST as usize,
+            "{text}"
+        );
+        assert!(text.contains("a warning of our own"), "{text}");
+        assert_eq!(noise.seen(), 1000);
+        assert_eq!(noise.take_unreported(), 1000 - u64::from(PeerNoise::BURST));
+        assert_eq!(noise.take_unreported(), 0);
+        // A new window prints again.
+        assert!(noise.admit(Instant::now() + PeerNoise::WINDOW));
     }
 
     #[test]

@@ -237,7 +237,10 @@ fn student_failure(e: account::StudentError) -> Failure {
 #[cfg(feature = "gateway")]
 fn load(path: &Path) -> Result<Config, Failure> {
     let cfg = Config::load(path).map_err(Failure::input)?;
-    cfg.check_interfaces(path).map_err(Failure::input)?;
+    let warnings = cfg.check_machine(path).map_err(Failure::input)?;
+    for w in warnings {
+        tracing::warn!("{}: {w}", path.display());
+    }
     Ok(cfg)
 }
 
@@ -262,6 +265,14 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         return Err(Failure::input(anyhow!(
             "srvgate run needs root, or {missing}, to load and attach XDP programs; run it with sudo"
         )));
+    }
+    // Before any socket: the listeners' shares are taken from the raised limit.
+    match lb_userspace::fds::raise_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!("open files: soft limit raised from {before} to the hard limit {after}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("open files: cannot raise the soft limit: {e}"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -124,16 +124,43 @@ pub fn render(routes: &[RouteSample], verdicts: &[(&str, u64)], legs: &[LegSampl
     out
 }
 
+/// Appends the process's own counters: warnings about clients' malformed packets, most of
+/// which the log leaves out (`logging::PeerNoise`).
+pub fn render_peer_warnings(out: &mut String, seen: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP srvgate_peer_warnings_total Warnings about clients' malformed packets, logged or not (the log keeps a few per 10 s)."
+    );
+    let _ = writeln!(out, "# TYPE srvgate_peer_warnings_total counter");
+    let _ = writeln!(out, "srvgate_peer_warnings_total {seen}");
+}
+
+/// Scrapes served at once; a Prometheus server sends one at a time.
+const MAX_SCRAPES: usize = 16;
+
 /// Serves `GET /metrics` with whatever `scrape` returns, until the task is dropped. `scrape`
 /// may block (a lock, map syscalls, sysfs reads): it runs on tokio's blocking pool, never
 /// on the async threads.
 pub async fn serve(listener: TcpListener, scrape: Arc<dyn Fn() -> String + Send + Sync>) {
+    let mut backoff = crate::fds::AcceptBackoff::new("metrics");
+    // A scrape is one short request; more at once than this are not scrapers.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
-        let Ok((mut stream, peer)) = listener.accept().await else {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        backoff.accepted();
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics: {MAX_SCRAPES} scrapes at once already; closing");
             continue;
         };
         let scrape = scrape.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut buf = [0u8; 1024];
             // A scraper sends its request at once; a silent peer does not hold a task forever.
             let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await

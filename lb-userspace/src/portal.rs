@@ -133,7 +133,7 @@ impl PortalServer {
         let shared = Arc::new(Shared {
             control,
             acceptor: self.acceptor,
-            slots: Semaphore::new(MAX_CONNECTIONS),
+            slots: Semaphore::new(crate::fds::Budget::current().portal_connections()),
             per_address: Mutex::new(HashMap::new()),
             failures: Mutex::new(Failures::default()),
         });
@@ -260,16 +260,16 @@ impl Failures {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut backoff = crate::fds::AcceptBackoff::new("portal");
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!("portal: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                backoff.failed(&e).await;
                 continue;
             }
         };
+        backoff.accepted();
         if !shared.enter(peer.ip()) {
             debug!(%peer, "portal: {MAX_PER_ADDRESS} connections from this address already; closing");
             continue;

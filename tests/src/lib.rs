@@ -26,9 +26,12 @@
 //!
 //! Everything the lab starts is tracked and ended by pid when the [`Lab`] is dropped (also
 //! when a test panics), then its namespaces are deleted, which removes the veths, and its
-//! bpffs is unmounted, which frees whatever srvgate left pinned. A lab whose
-//! process died without dropping it leaves `sg-TAG-*` namespaces behind; the next
-//! `Lab::new(TAG)` removes them first.
+//! bpffs is unmounted, which frees whatever srvgate left pinned. SIGINT, SIGTERM and SIGHUP
+//! (Ctrl-C, a `kill`, a dropped ssh session) do the same for every lab of the process and
+//! then end it (exit status 128 + the signal), whether or not its stdout and stderr still
+//! lead anywhere: cleanup never depends on printing. A lab whose process died without
+//! either (SIGKILL) leaves `sg-TAG-*` namespaces behind; the next `Lab::new(TAG)` removes
+//! them first.
 //!
 //! Every command the lab runs is bounded by a timeout. Everything here needs root;
 //! tests call [`skip_unless_root`] first.
@@ -420,15 +423,96 @@ fn kill_netns_pids(ns: &str) {
 fn delete_netns(ns: &str) {
     kill_netns_pids(ns);
     if let Err(e) = host(&["ip", "netns", "del", ns]) {
-        eprintln!("lab cleanup: deleting namespace {ns}: {e:#}");
+        note(format_args!("lab cleanup: deleting namespace {ns}: {e:#}"));
     }
     // Files that `ip netns exec` bind-mounts over /etc (see `Lab::set_resolver`).
     let etc = netns_etc(ns);
     if etc.exists() {
         if let Err(e) = std::fs::remove_dir_all(&etc) {
-            eprintln!("lab cleanup: removing {}: {e}", etc.display());
+            note(format_args!("lab cleanup: removing {}: {e}", etc.display()));
         }
     }
+}
+
+/// A line on stderr that cannot fail: cleanup must go on when nobody reads stderr any more
+/// (`| tee` ended by the same Ctrl-C), where `eprintln!` would panic.
+fn note(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(io::stderr(), "{args}");
+}
+
+/// What the signal watcher removes: each live lab's namespaces and temp dir.
+struct LiveLab {
+    id: u64,
+    namespaces: Vec<String>,
+    dir: PathBuf,
+}
+
+static LIVE_LABS: Mutex<Vec<LiveLab>> = Mutex::new(Vec::new());
+/// The write end of the pipe the signal handler writes the signal number to.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    let byte = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; `byte` lives for the call; a failed write
+    // (full pipe: a signal is already pending) loses nothing.
+    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+}
+
+/// Installs, once per process, handlers for SIGINT, SIGTERM and SIGHUP that hand the signal
+/// to a thread (a handler itself may do almost nothing), which removes every live lab and
+/// then exits with 128 + the signal.
+fn watch_stop_signals() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            note(format_args!(
+                "lab: no cleanup on signals: pipe2: {}",
+                io::Error::last_os_error()
+            ));
+            return;
+        }
+        SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+        let read_end = fds[0];
+        thread::spawn(move || loop {
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into `byte` from the pipe this thread owns.
+            let n = unsafe { libc::read(read_end, (&mut byte as *mut u8).cast(), 1) };
+            if n != 1 {
+                continue;
+            }
+            let sig = i32::from(byte);
+            let labs = std::mem::take(&mut *lock(&LIVE_LABS));
+            for lab in &labs {
+                note(format_args!(
+                    "lab: signal {sig}: removing {} ...",
+                    lab.namespaces.join(", ")
+                ));
+                for ns in lab.namespaces.iter().rev() {
+                    delete_netns(ns);
+                }
+                unmount_bpffs(&lab.dir.join(BPFFS_DIR));
+                let _ = fs::remove_dir_all(&lab.dir);
+            }
+            // SAFETY: _exit ends the process at once; the labs are gone, and running
+            // destructors on other threads mid-test would only race with this.
+            unsafe { libc::_exit(128 + sig) };
+        });
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: sigaction is plain C data, valid all-zero; the handler only calls
+            // write(2), which is async-signal-safe.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(sig, &action, std::ptr::null_mut());
+            }
+        }
+    });
 }
 
 /// The lab's bpffs mount point, inside its temp dir.
@@ -616,6 +700,8 @@ pub struct Lab {
     keys: Mutex<Option<SshKeys>>,
     srvgate: Mutex<Option<(u32, PathBuf)>>,
     counter: Mutex<u32>,
+    /// Its entry in the signal watcher's list.
+    live_id: u64,
 }
 
 impl Lab {
@@ -635,7 +721,7 @@ impl Lab {
         ensure!(is_root(), "the lab needs root (network namespaces, veths)");
         let prefix = format!("sg-{tag}-");
         for stale in namespaces_with_prefix(&prefix) {
-            eprintln!("lab {tag}: removing stale namespace {stale}");
+            note(format_args!("lab {tag}: removing stale namespace {stale}"));
             delete_netns(&stale);
         }
         // And the temp dirs of labs with this tag that were never dropped (killed runs).
@@ -655,7 +741,20 @@ impl Lab {
             .prefix(&dir_prefix)
             .tempdir()
             .context("creating the lab's temp dir")?;
+        // Registered before anything exists, so a signal during the build removes it too.
+        watch_stop_signals();
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let live_id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&LIVE_LABS).push(LiveLab {
+            id: live_id,
+            namespaces: ["cli", "gw", "b1", "b2"]
+                .iter()
+                .map(|n| format!("{prefix}{n}"))
+                .collect(),
+            dir: dir.path().to_path_buf(),
+        });
         let mut lab = Lab {
+            live_id,
             tag: tag.to_string(),
             client: format!("{prefix}cli"),
             gw: format!("{prefix}gw"),
@@ -1384,10 +1483,10 @@ impl Lab {
     fn print_diagnostics(&self) {
         let log = self.srvgate_log();
         if !log.is_empty() {
-            eprintln!(
+            note(format_args!(
                 "----- lab {}: srvgate log -----\n{log}----- end of srvgate log -----",
                 self.tag
-            );
+            ));
         }
         let srvgate_log = lock(&self.srvgate).as_ref().map(|(_, log)| log.clone());
         for t in lock(&self.procs).iter() {
@@ -1397,9 +1496,12 @@ impl Lab {
             let text = fs::read_to_string(&t.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             if !tail.is_empty() {
-                eprintln!("----- lab {}: {} (last lines) -----", self.tag, t.what);
+                note(format_args!(
+                    "----- lab {}: {} (last lines) -----",
+                    self.tag, t.what
+                ));
                 for l in tail.iter().rev() {
-                    eprintln!("{l}");
+                    note(format_args!("{l}"));
                 }
             }
         }
@@ -1456,7 +1558,7 @@ impl Drop for Lab {
             // Leader unreaped: the group id is still ours.
             signal_group(pid, libc::SIGKILL);
             if let Err(e) = t.child.wait() {
-                eprintln!("lab cleanup: waiting for {}: {e}", t.what);
+                note(format_args!("lab cleanup: waiting for {}: {e}", t.what));
             }
         }
         for ns in self.created.iter().rev() {
@@ -1464,6 +1566,8 @@ impl Drop for Lab {
         }
         // Frees every map and link srvgate left pinned; the temp dir goes with `self.dir`.
         unmount_bpffs(&self.dir().join(BPFFS_DIR));
+        // Only now: a signal during this drop still has the watcher remove the lab.
+        lock(&LIVE_LABS).retain(|l| l.id != self.live_id);
     }
 }
 

@@ -413,6 +413,8 @@ fn bad_configs_are_refused() {
     require_srvgate_bin();
     let lab = Lab::new("fbad").expect("building the lab");
     let good = config_toml(&routes());
+    // 250 characters: `check_domain` takes it, but the routes' names would not fit.
+    let long_zone = format!("zone = \"{}example\"", "abcdefghi.".repeat(24) + "ab.");
     // Routes: [1] alice/ssh 30001, [2] bob/ssh 30002, [3] alice/iperf tcp, [4] .. udp.
     let cases = [
         (
@@ -445,6 +447,75 @@ fn bad_configs_are_refused() {
             "name = \"bob\"",
             "name = \"Bob_2\"",
             "route[2].name",
+        ),
+        // Issue 10, items 4 and 8-11: `run` refused these only after `check` said ok, or
+        // neither refused them although they break the gateway.
+        (
+            "dns-no-listen",
+            "listen = [\"10.210.1.1:53\"]",
+            "listen = []",
+            "dns.listen",
+        ),
+        (
+            "http-on-dns",
+            "[metrics]",
+            "[http]\nlisten = [\"10.210.1.1:53\"]\n\n[metrics]",
+            "http.listen[1]",
+        ),
+        (
+            "metrics-on-dns",
+            "listen = \"127.0.0.1:9110\"",
+            "listen = \"0.0.0.0:53\"",
+            "metrics.listen",
+        ),
+        (
+            "long-zone",
+            "zone = \"lab.example\"",
+            long_zone.as_str(),
+            "dns.zone",
+        ),
+        (
+            "lo-leg",
+            "\"priv2\"]",
+            "\"lo\"]",
+            "gateway.private_interfaces[2]",
+        ),
+        (
+            "loopback-public",
+            "public_ipv4 = \"10.210.1.1\"",
+            "public_ipv4 = \"127.0.0.1\"",
+            "gateway.public_ipv4",
+        ),
+        (
+            "public-on-private-leg",
+            "public_ipv4 = \"10.210.1.1\"",
+            "public_ipv4 = \"10.210.2.1\"",
+            "gateway.public_ipv4",
+        ),
+        ("huge-ttl", "ttl = 30", "ttl = 4294967295", "dns.ttl"),
+        (
+            "loopback-backend",
+            "backend = \"10.210.3.12:22\"",
+            "backend = \"127.0.0.1:22\"",
+            "route[2].backend",
+        ),
+        (
+            "range-with-dns",
+            "port_range = \"30000-32767\"",
+            "port_range = \"52-81\"",
+            "gateway.port_range",
+        ),
+        (
+            "range-with-sshd",
+            "port_range = \"30000-32767\"",
+            "port_range = \"1-65535\"",
+            "gateway.port_range",
+        ),
+        (
+            "range-in-ephemeral",
+            "port_range = \"30000-32767\"",
+            "port_range = \"30000-40000\"",
+            "gateway.port_range",
         ),
     ];
     let mut failures = Vec::new();

@@ -171,3 +171,107 @@ fn assert_gone(tag: &str, pids: &[u32], dir: &std::path::Path) {
     }
     assert!(!dir.exists(), "temp dir {} left behind", dir.display());
 }
+
+/// Issue 10, item 14: a lab's process told to stop by SIGINT, SIGTERM or SIGHUP removes the
+/// lab, also when its stdout and stderr lead nowhere (a `| tee` ended by the same Ctrl-C, a
+/// dropped ssh session). The process is this test binary again, running
+/// `lab_child_for_signal_test` only, which builds a lab and waits.
+#[test]
+fn a_signal_removes_the_lab_even_without_stdout() {
+    if skip_unless_root("a_signal_removes_the_lab_even_without_stdout") {
+        return;
+    }
+    let mut failures = Vec::new();
+    for (tag, sig) in [
+        ("sigint", libc::SIGINT),
+        ("sigterm", libc::SIGTERM),
+        ("sighup", libc::SIGHUP),
+    ] {
+        let prefix = format!("sg-{tag}-");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "lab_child_for_signal_test",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SG_SIGNAL_LAB", tag)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(&format!("lab {tag} built"), Duration::from_secs(30), || {
+            namespaces_with_prefix(&prefix).len() == 4
+                && std::fs::read_dir(std::env::temp_dir())
+                    .unwrap()
+                    .flatten()
+                    .any(|e| {
+                        e.path().join("bpffs").exists()
+                            && e.file_name()
+                                .to_string_lossy()
+                                .starts_with(&format!("srvgate-lab-{tag}-"))
+                    })
+        });
+        // Nobody reads its output any more, as after `| tee` died.
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        use std::os::unix::process::ExitStatusExt as _;
+        if status.and_then(|s| s.code()) != Some(128 + sig) {
+            failures.push(format!(
+                "{tag}: exit {status:?} (signal {:?}), want 128+{sig}",
+                status.and_then(|s| s.signal())
+            ));
+        }
+        let left = namespaces_with_prefix(&prefix);
+        if !left.is_empty() {
+            failures.push(format!("{tag}: namespaces left: {left:?}"));
+        }
+        let dirs: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("srvgate-lab-{tag}-"))
+            })
+            .map(|e| e.path())
+            .collect();
+        if !dirs.is_empty() {
+            failures.push(format!("{tag}: temp dirs left: {dirs:?}"));
+            // A later Lab::new would remove them; so does this test.
+            let _ = Lab::new(tag);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Not a test by itself: the child of `a_signal_removes_the_lab_even_without_stdout`.
+#[test]
+fn lab_child_for_signal_test() {
+    let Ok(tag) = std::env::var("SG_SIGNAL_LAB") else {
+        return;
+    };
+    let _lab = Lab::new(&tag).expect("lab");
+    // Waits to be signalled; bounded so a lost signal cannot leave it running forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        // As the demo does: output that fails is dropped, never a panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), b"waiting for a signal\n");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

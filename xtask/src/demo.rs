@@ -3,25 +3,26 @@
 //! and two student instances with real sshd and a small web server. It runs, and prints,
 //! what a newcomer would type, then keeps the lab up until Ctrl-C and removes it all.
 //!
+//! Stopping it is the lab's business: SIGINT, SIGTERM and SIGHUP make the lab library
+//! remove every namespace, process and the bpffs, also when stdout is gone (`| tee`, ended
+//! by the same Ctrl-C; a dropped ssh session), and nothing here panics on a closed stdout
+//! ([`say`]). A demo killed outright is cleaned up by the next one (`Lab::new`).
+//!
 //! The lab itself is the tests' `Lab`, so the demo and the end-to-end tests exercise the
 //! same topology.
 
-use std::{
-    path::Path,
-    process::Output,
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
+use std::{io::Write as _, path::Path, process::Output, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use srvgate_tests::{config_toml, is_root, Lab, RouteSpec, B1_IP, B2_IP, PUBLIC_IP};
 
 const ZONE: &str = "lab.example";
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+/// `println!` that cannot panic: with stdout gone the demo still runs, and is still removed.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
 }
 
 /// Builds the lab, shows srvgate working, then (unless `once`) waits for Ctrl-C.
@@ -30,14 +31,7 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
     if !is_root() {
         bail!("the demo lab creates network namespaces and attaches XDP: run it as root (sudo cargo xtask run)");
     }
-    // Set before anything starts so Ctrl-C during setup still tears the lab down. A handler
-    // (not a blocked mask) because children must keep default signal behaviour.
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-
-    println!("srvgate demo lab: building namespaces sg-demo-{{cli,gw,b1,b2}} ...");
+    say!("srvgate demo lab: building namespaces sg-demo-{{cli,gw,b1,b2}} ...");
     let lab = Lab::new("demo").context("building the demo lab")?;
     lab.start_sshd(&lab.b1, "alice-box")?;
     lab.start_sshd(&lab.b2, "bob-box")?;
@@ -61,15 +55,15 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
         .context("starting srvgate in the gateway namespace")?;
     lab.set_resolver(&lab.client, PUBLIC_IP)?;
 
-    println!(
+    say!(
         "\nThe gateway (namespace {gw}) holds the public address {PUBLIC_IP}; srvgate attached its\n\
          XDP program to pub0, priv1 and priv2 and serves the zone {ZONE}. Its config:\n",
         gw = lab.gw
     );
     for line in std::fs::read_to_string(&config)?.lines() {
-        println!("    {line}");
+        say!("    {line}");
     }
-    println!(
+    say!(
         "\nFrom the client namespace ({cli}, the internet), whose resolver is the gateway:",
         cli = lab.client
     );
@@ -127,7 +121,7 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
     let redirected = lab
         .metric("srvgate_xdp_verdicts_total", &[("verdict", "fwd_redirect")])
         .unwrap_or(0.0);
-    println!(
+    say!(
         "\nThose packets never went through the gateway's kernel stack: srvgate's XDP program\n\
          rewrote and redirected {redirected} of them ({packets} inbound on alice's ssh route),\n\
          as its metrics show (curl http://127.0.0.1:9110/metrics in {gw}). The web pages by\n\
@@ -136,10 +130,10 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
         gw = lab.gw
     );
     if once {
-        println!("\ndemo: all steps worked; removing the lab.");
+        say!("\ndemo: all steps worked; removing the lab.");
         return Ok(());
     }
-    println!(
+    say!(
         "\nThe lab stays up. In another terminal, try as root:\n\
          \n    ip netns exec {cli} {bin} ssh root@bob.ssh.{ZONE} -- -i {key} -o StrictHostKeyChecking=no\
          \n    ip netns exec {cli} dig @{PUBLIC_IP} SRV _ssh._tcp.bob.{ZONE}\
@@ -149,7 +143,8 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
         cli = lab.client,
         gw = lab.gw
     );
-    while !STOP.load(Ordering::SeqCst) {
+    // Until a signal: the lab library's watcher removes the lab and ends the process.
+    loop {
         if let Some(pid) = lab.srvgate_pid().filter(|p| !lab.is_running(*p)) {
             bail!(
                 "srvgate (pid {pid}) exited; its log:\n{}",
@@ -158,21 +153,17 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("\nremoving the demo lab ...");
-    drop(lab);
-    println!("done: no sg-demo- namespace, process or XDP program is left.");
-    Ok(())
 }
 
 /// Prints `$ shown`, runs `argv` in the client namespace, prints its output.
 fn show(lab: &Lab, shown: &str, argv: &[&str]) -> Result<Output> {
-    println!("\n  $ {shown}");
+    say!("\n  $ {shown}");
     let out = lab.exec(&lab.client, argv, Duration::from_secs(20))?;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        println!("    {line}");
+        say!("    {line}");
     }
     for line in String::from_utf8_lossy(&out.stderr).lines() {
-        println!("    {line}");
+        say!("    {line}");
     }
     Ok(out)
 }

@@ -76,15 +76,16 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiBindError> {
 
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: UnixListener, control: Arc<dyn Control>) {
+    let mut backoff = crate::fds::AcceptBackoff::new("control socket");
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                warn!("control socket: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                backoff.failed(&e).await;
                 continue;
             }
         };
+        backoff.accepted();
         let control = control.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, control).await {

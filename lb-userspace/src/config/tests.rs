@@ -353,3 +353,178 @@ fn users_portal_and_cooldown_are_read_and_checked() {
         );
     }
 }
+
+// Issue 10: what `run` used to refuse only after `check` had said ok, and what neither
+// refused although it breaks the gateway.
+
+#[test]
+fn the_gateway_s_own_ports_stay_out_of_port_range() {
+    let p = problems(
+        &GOOD
+            .replace("30000-32767", "52-81")
+            .replace("port = 30001", "port = 60"),
+    );
+    let reasons: Vec<String> = p
+        .iter()
+        .filter(|p| p.field == "gateway.port_range")
+        .map(|p| p.reason.clone())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("port 53") && r.contains("dns.listen[1]")),
+        "{p:?}"
+    );
+    let p = problems(&GOOD.replace("30000-32767", "1-65535"));
+    assert!(
+        p.iter().any(|p| p.field == "gateway.port_range"
+            && p.reason.contains("port 22")
+            && p.reason.contains("sshd")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn listeners_cannot_share_a_port() {
+    let text = format!(
+        "{GOOD}\n[http]\nlisten = [\"203.0.113.10:53\"]\n[metrics]\nlisten = \"0.0.0.0:53\"\n"
+    );
+    let p = problems(&text);
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert!(fields.contains(&"http.listen[1]"), "{p:?}");
+    assert!(fields.contains(&"metrics.listen"), "{p:?}");
+    assert!(p[0].reason.contains("dns.listen[1]"), "{p:?}");
+    // Another port, or another address without a wildcard, is fine.
+    let text = GOOD.replace("0.0.0.0:53", "203.0.113.10:53")
+        + "\n[metrics]\nlisten = \"127.0.0.1:53\"\n[http]\nlisten = [\"203.0.113.10:80\"]\n";
+    parse(&text).unwrap();
+}
+
+#[test]
+fn dns_fields_run_would_refuse_are_refused_here() {
+    let p = problems(&GOOD.replace("listen = [\"0.0.0.0:53\"]", "listen = []"));
+    assert_eq!(p[0].field, "dns.listen");
+    let long = format!("{}example", "a.".repeat(121));
+    let p = problems(&GOOD.replace("\"lab.example\"", &format!("\"{long}\"")));
+    assert_eq!(p[0].field, "dns.zone");
+    assert!(p[0].reason.contains("at most 120"), "{}", p[0]);
+    let longest = format!("{}.{}.ex", "a".repeat(58), "b".repeat(58));
+    assert_eq!(longest.len(), MAX_ZONE_LEN);
+    parse(&GOOD.replace("\"lab.example\"", &format!("\"{longest}\""))).unwrap();
+    let p = problems(&GOOD.replace("ttl = 30", "ttl = 4294967295"));
+    assert_eq!(p[0].field, "dns.ttl");
+    parse(&GOOD.replace("ttl = 30", "ttl = 2147483647")).unwrap();
+}
+
+#[test]
+fn loopback_and_this_network_backends_are_refused() {
+    for backend in ["127.0.0.1:22", "127.1.2.3:80", "0.1.2.3:22"] {
+        let p = problems(&with_route(&format!(
+            "name = \"bob\"\nservice = \"ssh\"\nbackend = \"{backend}\"\nport = 30005"
+        )));
+        assert_eq!(p[0].field, "route[3].backend", "{backend}");
+    }
+    let api = RouteRequest {
+        name: "bob".into(),
+        service: "ssh".into(),
+        backend: "127.0.0.1:22".into(),
+        ..Default::default()
+    };
+    let e = check_route(&api, None, None, &|f| f.to_string()).unwrap_err();
+    assert_eq!(e[0].field, "backend");
+}
+
+#[test]
+fn a_loopback_public_address_is_refused() {
+    let p = problems(&GOOD.replace("203.0.113.10\"\nport_range", "127.0.0.1\"\nport_range"));
+    assert_eq!(p[0].field, "gateway.public_ipv4");
+}
+
+fn iface(name: &str, loopback: bool, ipv4: &[&str]) -> Interface {
+    Interface {
+        name: name.into(),
+        loopback,
+        ipv4: ipv4.iter().map(|a| a.parse().unwrap()).collect(),
+    }
+}
+
+fn machine() -> Machine {
+    Machine {
+        interfaces: vec![
+            iface("lo", true, &["127.0.0.1"]),
+            iface("eth0", false, &["203.0.113.10"]),
+            iface("eth1", false, &["10.0.0.1"]),
+        ],
+        ephemeral: Some(PortRange {
+            first: 32768,
+            last: 60999,
+        }),
+        reserved: vec![],
+    }
+}
+
+#[test]
+fn the_machine_checks() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.check_against(&machine()), (vec![], vec![]));
+
+    let lo = parse(&GOOD.replace("[\"eth1\"]", "[\"lo\"]")).unwrap();
+    let (errors, _) = lo.check_against(&machine());
+    assert_eq!(errors[0].field, "gateway.private_interfaces[1]");
+    assert!(errors[0].reason.contains("loopback"), "{}", errors[0]);
+
+    let own = parse(&GOOD.replace("203.0.113.10", "10.0.0.1")).unwrap();
+    let (errors, warnings) = own.check_against(&machine());
+    assert_eq!(errors[0].field, "gateway.public_ipv4");
+    assert!(errors[0].reason.contains("\"eth1\""), "{}", errors[0]);
+    assert_eq!(warnings.len(), 1);
+
+    let standby = parse(&GOOD.replace("203.0.113.10", "203.0.113.11")).unwrap();
+    let (errors, warnings) = standby.check_against(&machine());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(warnings[0].field, "gateway.public_ipv4");
+
+    let wide = parse(&GOOD.replace("30000-32767", "30000-40000")).unwrap();
+    let (errors, _) = wide.check_against(&machine());
+    assert_eq!(errors[0].field, "gateway.port_range");
+    assert!(
+        errors[0].reason.contains("32768-60999") && errors[0].reason.contains("30000-40000"),
+        "{}",
+        errors[0]
+    );
+    let mut reserved = machine();
+    reserved.reserved = parse_port_list("32768-39999, 40000\n");
+    assert_eq!(wide.check_against(&reserved), (vec![], vec![]));
+}
+
+#[test]
+fn kernel_port_lists_parse() {
+    assert_eq!(
+        parse_port_pair("32768\t60999\n"),
+        Some(PortRange {
+            first: 32768,
+            last: 60999
+        })
+    );
+    assert_eq!(parse_port_pair(""), None);
+    assert_eq!(parse_port_list("\n"), vec![]);
+    assert_eq!(
+        parse_port_list("1-2,5"),
+        vec![
+            PortRange { first: 1, last: 2 },
+            PortRange { first: 5, last: 5 }
+        ]
+    );
+}
+
+#[test]
+fn a_service_leaves_room_for_its_underscore() {
+    let route = |service: &str| {
+        with_route(&format!(
+            "name = \"bob\"\nservice = \"{service}\"\nbackend = \"10.0.0.12:22\"\nport = 30005"
+        ))
+    };
+    parse(&route(&"s".repeat(62))).unwrap();
+    let p = problems(&route(&"s".repeat(63)));
+    assert_eq!(p[0].field, "route[3].service");
+}

@@ -923,6 +923,235 @@ fn the_udp_answer_cache_forgets_an_old_zone() {
     assert_eq!(after.answers.len(), 1);
 }
 
+// Issue 10, items 3 and 5-7, and the TCP side of item 1.
+
+#[test]
+fn a_malformed_response_is_dropped_not_answered() {
+    let z = zone(&alice());
+    let mut packet = query("_ssh._tcp.alice.lab.example.", RecordType::SRV)
+        .to_vec()
+        .unwrap();
+    packet.truncate(20);
+    // As a query, the cut packet gets FORMERR...
+    assert!(respond(&z, &packet, Protocol::Udp, MAX_UDP_PAYLOAD).is_some());
+    // ...and with QR=1 nothing, over either transport.
+    packet[2] |= 0x80;
+    assert!(respond(&z, &packet, Protocol::Udp, MAX_UDP_PAYLOAD).is_none());
+    assert!(respond(&z, &packet, Protocol::Tcp, MAX_UDP_PAYLOAD).is_none());
+}
+
+#[test]
+fn every_cookie_option_is_checked() {
+    let z = zone(&alice());
+    let mut q = with_cookie(8);
+    q.edns.as_mut().unwrap().options_mut().insert(
+        hickory_proto::rr::rdata::opt::EdnsOption::Unknown(10, vec![1, 2, 3, 4, 5]),
+    );
+    let r = ask_msg(&z, &q, Protocol::Udp);
+    assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+}
+
+fn with_cookie(len: usize) -> Message {
+    let mut q = with_edns(query("gw.lab.example.", RecordType::A), 1232, 0);
+    let cookie = (0..len as u8).collect::<Vec<u8>>();
+    q.edns.as_mut().unwrap().options_mut().insert(
+        hickory_proto::rr::rdata::opt::EdnsOption::Unknown(10, cookie),
+    );
+    q
+}
+
+#[test]
+fn a_cookie_of_the_wrong_length_is_formerr() {
+    let z = zone(&alice());
+    for len in [1, 5, 7, 9, 15, 41] {
+        let r = ask_msg(&z, &with_cookie(len), Protocol::Udp);
+        assert_eq!(
+            r.metadata.response_code,
+            ResponseCode::FormErr,
+            "length {len}"
+        );
+        assert!(r.answers.is_empty());
+    }
+    for len in [8, 16, 40] {
+        let r = ask_msg(&z, &with_cookie(len), Protocol::Udp);
+        assert_eq!(
+            r.metadata.response_code,
+            ResponseCode::NoError,
+            "length {len}"
+        );
+        assert_eq!(a_of(&r.answers[0]), GATEWAY);
+    }
+}
+
+#[test]
+fn answers_copy_the_question_s_case() {
+    let z = zone(&alice());
+    for (asked, qtype) in [
+        ("_SsH._TcP.AlIcE.lAb.ExAmPlE.", RecordType::SRV),
+        ("AlIcE.sSh.LAB.example.", RecordType::A),
+        ("aLiCe.SsH.lab.EXAMPLE.", RecordType::ANY),
+        ("alice.ssh.lab.example.", RecordType::SRV),
+    ] {
+        let r = ask_msg(&z, &query(asked, qtype), Protocol::Udp);
+        assert!(!r.answers.is_empty(), "{asked}");
+        assert_eq!(r.queries[0].name().to_string(), asked);
+        for a in &r.answers {
+            assert_eq!(a.name.to_string(), asked, "answer owner for {asked}");
+        }
+        // The glue keeps the zone's spelling: it is another name.
+        for g in &r.additionals {
+            assert_eq!(g.name.to_string(), "gw.lab.example.");
+        }
+    }
+}
+
+#[test]
+fn the_udp_answer_cache_is_bounded_in_bytes_and_skips_large_and_malformed_queries() {
+    let z = zone(&alice());
+    let mut cache = AnswerCache::default();
+    let mut out = Vec::new();
+    // Distinct names, each a fresh entry, until well past the cap.
+    for i in 0..60_000u32 {
+        let q = query(&format!("n{i}.lab.example."), RecordType::A);
+        assert!(cache.answer(&z, &q.to_vec().unwrap(), &mut out));
+        assert!(cache.bytes() <= AnswerCache::MAX_BYTES);
+    }
+    // A 4 KB query (padding in an OPT option) is answered but not kept.
+    let mut big = with_edns(query("gw.lab.example.", RecordType::A), 1232, 0);
+    big.edns.as_mut().unwrap().options_mut().insert(
+        hickory_proto::rr::rdata::opt::EdnsOption::Unknown(12, vec![0; 4000]),
+    );
+    let big = big.to_vec().unwrap();
+    let held = (cache.len(), cache.bytes());
+    assert!(cache.answer(&z, &big, &mut out));
+    assert_eq!(Message::from_vec(&out).unwrap().answers.len(), 1);
+    // FORMERR is not kept either.
+    let mut cut = query("gw.lab.example.", RecordType::A).to_vec().unwrap();
+    cut.truncate(20);
+    assert!(cache.answer(&z, &cut, &mut out));
+    assert_eq!((cache.len(), cache.bytes()), held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_tcp_cap_the_longest_idle_client_makes_room() {
+    const CAP: usize = 8;
+    let server = DnsServer::start_with(&dns_cfg(), GATEWAY, &alice(), CAP)
+        .await
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let q = query("gw.lab.example.", RecordType::A);
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(a_of(&tcp_ask_on(&mut s, &q).await.answers[0]), GATEWAY);
+        held.push(s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A newcomer is answered; the client idle the longest (the first) was closed for it.
+    let mut newcomer = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        a_of(&tcp_ask_on(&mut newcomer, &q).await.answers[0]),
+        GATEWAY
+    );
+    let mut byte = [0u8; 1];
+    let n = timeout(Duration::from_secs(2), held[0].read(&mut byte))
+        .await
+        .expect("the oldest idle client is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    drop(held);
+    drop(newcomer);
+
+    // Clients in the middle of a query (its length sent, not its bytes) are not evicted:
+    // with every slot taken that way, a newcomer is closed at once, not left waiting.
+    let mut busy = Vec::new();
+    while busy.len() < CAP {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&30u16.to_be_bytes()).await.unwrap();
+        busy.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let n = timeout(Duration::from_secs(2), extra.read(&mut byte))
+        .await
+        .expect("closed at once, not left waiting")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    drop(busy);
+
+    // A client announcing a huge query is cut off; UDP is unaffected throughout.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(a_of(&tcp_ask_on(&mut s, &q).await.answers[0]), GATEWAY);
+    s.write_all(&60000u16.to_be_bytes()).await.unwrap();
+    let n = timeout(Duration::from_secs(2), s.read(&mut byte))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let r = udp_ask_from(addr, &q).await;
+    assert_eq!(a_of(&r.answers[0]), GATEWAY);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_clients_go_sooner_when_the_table_is_busy() {
+    const CAP: usize = 8;
+    let server = DnsServer::start_with(&dns_cfg(), GATEWAY, &alice(), CAP)
+        .await
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let q = query("gw.lab.example.", RecordType::A);
+    let mut held = Vec::new();
+    for _ in 0..CAP - 1 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        tcp_ask_on(&mut s, &q).await;
+        held.push(s);
+    }
+    // 1 of 8 free: busy, so a client asking again after the busy timeout finds it closed.
+    tokio::time::sleep(TCP_BUSY_IDLE_TIMEOUT + Duration::from_millis(500)).await;
+    let mut byte = [0u8; 1];
+    let n = timeout(Duration::from_secs(1), held[CAP - 2].read(&mut byte))
+        .await
+        .expect("closed by the busy idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    server.shutdown().await;
+}
+
+async fn tcp_ask_on(stream: &mut TcpStream, q: &Message) -> Message {
+    let bytes = q.to_vec().unwrap();
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&bytes);
+    stream.write_all(&framed).await.unwrap();
+    let len = timeout(Duration::from_secs(5), stream.read_u16())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+#[test]
+fn the_longest_zone_still_holds_the_longest_route() {
+    let zone_name = format!("{}.{}.ex", "a".repeat(58), "b".repeat(58));
+    assert_eq!(zone_name.len(), config::MAX_ZONE_LEN);
+    let cfg = config::Dns {
+        zone: zone_name.clone(),
+        ..dns_cfg()
+    };
+    let (n, s) = ("n".repeat(63), "s".repeat(config::MAX_SERVICE_LEN));
+    let r = Route {
+        name: n.clone(),
+        service: s.clone(),
+        ..route("x", "y", Proto::Udp, 30001)
+    };
+    let z = Zone::build(&cfg, GATEWAY, &[r], 1).unwrap();
+    let owner = LowerName::from(name(&format!("_{s}._udp.{n}.{zone_name}.")));
+    assert!(z.rrsets(&owner).is_some_and(|sets| !sets.is_empty()));
+}
+
 /// The incremental path must give exactly the zone a rebuild gives, names and records, for
 /// any sequence of adds and removes (tcp+udp pairs sharing a short name and a port,
 /// names that share empty non-terminals, removing the last route under a name).

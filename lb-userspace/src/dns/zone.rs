@@ -16,7 +16,7 @@ use std::{
 use hickory_proto::{
     op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
     rr::{
-        rdata::{A, NS, SOA, SRV},
+        rdata::{opt::EdnsCode, A, NS, SOA, SRV},
         DNSClass, LowerName, Name, RData, Record, RecordType,
     },
     serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding},
@@ -481,6 +481,9 @@ fn answer<'a>(zone: &'a Zone, request: &MessageRequest) -> Answer<'a> {
     if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
         return Answer::error(ResponseCode::BADVERS);
     }
+    if request.edns.as_ref().is_some_and(|e| !cookie_ok(e)) {
+        return Answer::error(ResponseCode::FormErr);
+    }
     let [query] = request.queries.queries() else {
         return Answer::error(ResponseCode::FormErr);
     };
@@ -494,6 +497,18 @@ fn answer<'a>(zone: &'a Zone, request: &MessageRequest) -> Answer<'a> {
         RecordType::OPT => Answer::error(ResponseCode::FormErr),
         qtype => zone.lookup(query.name(), qtype),
     }
+}
+
+/// RFC 7873 section 5.2.2: a COOKIE option holds an 8-byte client cookie, optionally followed
+/// by an 8- to 32-byte server cookie; any other length is FORMERR. We send no server cookie
+/// ourselves, so a well-formed one is simply ignored.
+fn cookie_ok(edns: &Edns) -> bool {
+    // Every COOKIE option, not just the first: a client may send more than one.
+    edns.options()
+        .as_ref()
+        .iter()
+        .filter(|(code, _)| *code == EdnsCode::Cookie)
+        .all(|(_, option)| matches!(option.len(), 8 | 16..=40))
 }
 
 /// Makes the response fit in `limit` bytes. If the answer itself does not fit, TC is set and
@@ -546,9 +561,59 @@ pub fn to_message<'q, 'a>(
     impl Iterator<Item = &'a Record> + Send + 'a,
     impl Iterator<Item = &'a Record> + Send + 'a,
 > {
+    to_message_with(reply, queries, edns, &[])
+}
+
+/// The answer records under the question's own spelling of the name, when it has capitals
+/// (a resolver's 0x20 case randomisation checks that the answer echoes it, as Knot and BIND
+/// do), or nothing when the zone's lowercase records already match. Every answer here is
+/// owned by the question's name: the zone has no CNAMEs or wildcards.
+pub fn answers_in_query_case(reply: &Reply<'_>, queries: &Queries) -> Vec<Record> {
+    let Some(query) = queries.queries().first() else {
+        return Vec::new();
+    };
+    let asked = query.original().name();
+    if reply.answer.answers.is_empty() || !asked.iter().flatten().any(u8::is_ascii_uppercase) {
+        return Vec::new();
+    }
+    reply
+        .answer
+        .answers
+        .iter()
+        .flat_map(|s| s.records.iter())
+        .map(|r| {
+            let mut r = r.clone();
+            r.name = asked.clone();
+            r
+        })
+        .collect()
+}
+
+/// [`to_message`], with `answers` (from [`answers_in_query_case`]) as the answer section
+/// instead of the zone's records when it is not empty.
+pub fn to_message_with<'q, 'a>(
+    reply: Reply<'a>,
+    queries: &'q Queries,
+    edns: Option<&'q Edns>,
+    answers: &'a [Record],
+) -> MessageResponse<
+    'q,
+    'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+> {
+    let zone_answers = if answers.is_empty() {
+        reply.answer.answers
+    } else {
+        &[]
+    };
     MessageResponseBuilder::new(queries, edns).build(
         reply.metadata,
-        reply.answer.answers.iter().flat_map(|s| s.records.iter()),
+        answers
+            .iter()
+            .chain(zone_answers.iter().flat_map(|s| s.records.iter())),
         reply.answer.authorities.iter(),
         std::iter::empty(),
         reply.answer.additionals.iter(),
@@ -561,6 +626,11 @@ pub fn to_message<'q, 'a>(
 /// server).
 pub fn respond(zone: &Zone, packet: &[u8], protocol: Protocol, max_udp: u16) -> Option<Vec<u8>> {
     let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
+    // Never answer a response, even a malformed one (as Knot and NSD): a spoofed source
+    // would otherwise make two servers answer each other forever.
+    if header.metadata.message_type == MessageType::Response {
+        return None;
+    }
     // The source address only feeds hickory's logging.
     let src = ([127, 0, 0, 1], 53).into();
     let request = match Request::from_bytes(packet.to_vec(), src, protocol) {
@@ -573,10 +643,12 @@ pub fn respond(zone: &Zone, packet: &[u8], protocol: Protocol, max_udp: u16) -> 
     let edns = response_edns(&request, max_udp);
     let reply = reply(zone, &request, edns.as_ref(), protocol);
     let limit = size_limit(protocol, edns.as_ref());
+    let answers = answers_in_query_case(&reply, &request.queries);
     let mut buf = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut buf);
     encoder.set_max_size(limit);
-    match to_message(reply, &request.queries, edns.as_ref()).destructive_emit(&mut encoder) {
+    let message = to_message_with(reply, &request.queries, edns.as_ref(), &answers);
+    match message.destructive_emit(&mut encoder) {
         Ok(_) => Some(buf),
         Err(_) => Some(error_header(&request.metadata, ResponseCode::ServFail)),
     }

@@ -423,3 +423,133 @@ async fn an_unreachable_server_is_reported_as_such() {
         "{e}"
     );
 }
+
+// Issue 10, items 12 and 13: answers `srvgate ssh` must not act on, and telling what
+// happened once.
+
+/// A UDP DNS server on loopback that answers each query with `answer(query)` (`None`: no
+/// reply), for at most `max` queries or 20 s.
+fn fake_dns(
+    max: usize,
+    answer: impl Fn(&Message) -> Option<Vec<u8>> + Send + 'static,
+) -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 1500];
+        let mut served = 0;
+        while served < max && std::time::Instant::now() < deadline {
+            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            served += 1;
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            if let Some(reply) = answer(&q) {
+                let _ = socket.send_to(&reply, peer);
+            }
+        }
+    });
+    addr
+}
+
+use hickory_resolver::proto::{
+    op::{Message, MessageType},
+    rr::{rdata::CNAME, Name, RData, Record},
+};
+
+fn reply_to(q: &Message, answers: Vec<Record>, additionals: Vec<Record>) -> Vec<u8> {
+    let mut r = Message::query();
+    r.metadata.id = q.metadata.id;
+    r.metadata.message_type = MessageType::Response;
+    r.metadata.authoritative = true;
+    r.add_queries(q.queries.clone());
+    r.add_answers(answers);
+    r.add_additionals(additionals);
+    r.to_vec().unwrap()
+}
+
+fn lookup_at(server: SocketAddr) -> String {
+    let e = resolve::lookup_with_timeout(
+        "_ssh._tcp.alice.lab.example.",
+        Some(server),
+        Duration::from_millis(400),
+    )
+    .unwrap_err();
+    format!("{e:#}")
+}
+
+fn srv_answer(q: &Message, port: u16, glue: Ipv4Addr) -> Vec<u8> {
+    let qname = q.queries[0].name().clone();
+    let gw = Name::from_ascii("gw.lab.example.").unwrap();
+    reply_to(
+        q,
+        vec![Record::from_rdata(
+            qname,
+            30,
+            RData::SRV(SRV::new(0, 0, port, gw.clone())),
+        )],
+        vec![Record::from_rdata(gw, 30, RData::A(glue.into()))],
+    )
+}
+
+#[test]
+fn an_srv_record_with_port_0_is_refused_naming_it() {
+    let server = fake_dns(4, |q| Some(srv_answer(q, 0, Ipv4Addr::new(203, 0, 113, 7))));
+    let e = lookup_at(server);
+    assert!(
+        e.contains("port 0") && e.contains("SRV 0 0 0 gw.lab.example."),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_glue_address_of_0_0_0_0_is_refused_naming_it() {
+    let server = fake_dns(4, |q| Some(srv_answer(q, 30001, Ipv4Addr::UNSPECIFIED)));
+    let e = lookup_at(server);
+    assert!(
+        e.contains("gw.lab.example. A 0.0.0.0") && e.contains("not a host's address"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_cname_loop_is_called_one() {
+    let server = fake_dns(20, |q| {
+        let qname = q.queries[0].name().clone();
+        let a = Name::from_ascii("_ssh._tcp.alice.lab.example.").unwrap();
+        let b = Name::from_ascii("b.lab.example.").unwrap();
+        let next = if qname == a { b } else { a };
+        Some(reply_to(
+            q,
+            vec![Record::from_rdata(qname, 30, RData::CNAME(CNAME(next)))],
+            vec![],
+        ))
+    });
+    let e = lookup_at(server);
+    assert!(e.contains("CNAME loop"), "{e}");
+    assert!(
+        e.contains(
+            "_ssh._tcp.alice.lab.example. -> b.lab.example. -> _ssh._tcp.alice.lab.example."
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn replies_with_a_wrong_id_are_told_once_with_the_outcome() {
+    let server = fake_dns(20, |q| {
+        let mut reply = srv_answer(q, 30001, Ipv4Addr::new(203, 0, 113, 7));
+        reply[0] ^= 0x5a;
+        Some(reply)
+    });
+    let e = lookup_at(server);
+    assert!(e.contains("unreachable") || e.contains("no answer"), "{e}");
+    assert_eq!(e.matches("wrong message id").count(), 1, "{e}");
+    assert!(e.contains("forged"), "{e}");
+}
