@@ -185,6 +185,7 @@ mod tests {
                 protocol: Protocol::Tcp,
                 backend: "10.0.0.11:22".parse().unwrap(),
                 port: 30001,
+                proxy_protocol: None,
             },
             counters: Counters {
                 inbound_packets: inbound,

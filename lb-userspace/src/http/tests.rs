@@ -62,6 +62,7 @@ fn route(name: &str, service: &str, backend: SocketAddr) -> config::Route {
         protocol: Protocol::Tcp,
         backend,
         port: 30080,
+        proxy_protocol: None,
     }
 }
 
