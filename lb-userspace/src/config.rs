@@ -1101,7 +1101,10 @@ fn web_limits(
     let [total, per_client] = counts;
     if let Some(n) = total {
         if n == 0 {
-            bad(&format!("{section}.max_connections"), "must be at least 1".into());
+            bad(
+                &format!("{section}.max_connections"),
+                "must be at least 1".into(),
+            );
         }
         limits.max_connections = n;
     }

@@ -46,6 +46,7 @@ use crate::{
     dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane},
     dns::{DnsError, DnsServer},
     http::{HttpError, HttpServer},
+    https::HttpsServer,
     metrics::{self, LegSample, RouteSample},
     notify,
     portal::{PortalError, PortalServer},
@@ -169,6 +170,7 @@ struct Core {
     dataplane: Box<dyn Dataplane>,
     dns: Option<Arc<DnsServer>>,
     http: Option<HttpServer>,
+    https: Option<HttpsServer>,
     store: Box<dyn Store>,
     /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
     gateway: Gateway,
@@ -201,6 +203,7 @@ impl Core {
             dataplane,
             dns: None,
             http: None,
+            https: None,
             store,
             gateway: cfg.gateway.clone(),
             started: Config {
@@ -275,6 +278,9 @@ impl Core {
             d.update(&routes);
         }
         if let Some(h) = &self.http {
+            h.update(&routes);
+        }
+        if let Some(h) = &self.https {
             h.update(&routes);
         }
     }
@@ -851,7 +857,13 @@ impl Core {
                 rx_dropped: crate::sys::netdev_stat(&l.name, "rx_dropped"),
             })
             .collect();
-        metrics::render(&routes, &named, &legs)
+        let routers: Vec<_> = self
+            .http
+            .iter()
+            .map(HttpServer::sample)
+            .chain(self.https.iter().map(HttpsServer::sample))
+            .collect();
+        metrics::render(&routes, &named, &legs) + &metrics::render_routers(&routers)
     }
 }
 
@@ -872,6 +884,9 @@ fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if new.http != running.http {
         changed.push("[http]");
+    }
+    if new.https != running.https {
+        changed.push("[https]");
     }
     if new.metrics_listen != running.metrics_listen {
         changed.push("[metrics]");
@@ -1069,6 +1084,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         _ => None,
     };
     let http_addrs = http.as_ref().map(HttpServer::local_addrs);
+    let https = match (&cfg.https, &cfg.dns) {
+        (Some(h), Some(d)) => {
+            let http_service = cfg.http.as_ref().map(|h| h.service.as_str());
+            Some(HttpsServer::start(h, http_service, &d.zone, &table.routes()).await?)
+        }
+        _ => None,
+    };
+    let https_addrs = https.as_ref().map(HttpsServer::local_addrs);
     let portal = match &cfg.portal {
         Some(p) => Some(PortalServer::bind(p, &opts.state_dir).await?),
         None => None,
@@ -1079,6 +1102,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let mut core = Core::new(table, Box::new(dataplane), Box::new(store), &cfg, clock);
     core.dns = dns.clone();
     core.http = http;
+    core.https = https;
     core.users = users;
     core.portal = portal_info.clone();
     core.take_over(taken_over)?;
@@ -1105,6 +1129,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         public = %cfg.gateway.public_ipv4,
         dns = ?dns.as_ref().map(|d| d.local_addrs()),
         http = ?http_addrs,
+        https = ?https_addrs,
         metrics = ?cfg.metrics_listen,
         portal = ?portal_info.as_ref().map(|p| &p.listen),
         portal_fingerprint = ?portal_info.as_ref().map(|p| &p.fingerprint),
@@ -1148,6 +1173,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         }
         c.dns = None;
         c.http = None;
+        c.https = None;
     })
     .await;
     if let Some(d) = dns.and_then(Arc::into_inner) {
