@@ -299,7 +299,10 @@ where
         };
         cr.consume(req.len);
 
-        if upstream.as_ref().is_some_and(|u| u.addr != backend.addr) {
+        if upstream
+            .as_ref()
+            .is_some_and(|u| u.addr != backend.addr || !reusable(u))
+        {
             upstream = None;
         }
         let up = match upstream.take() {
@@ -379,13 +382,21 @@ where
                 if close || req.close {
                     return End::Close;
                 }
-                // Bytes before any request was sent are not a response to anything.
-                if up.rd.buf.is_empty() {
-                    upstream = Some(up);
-                }
+                upstream = Some(up);
             }
         }
     }
+}
+
+/// Whether a backend connection can carry the next request: nothing arrived after the
+/// response (bytes before a request are no response to anything) and the backend has not
+/// closed it, which a keep-alive backend does when it likes.
+fn reusable(up: &Upstream) -> bool {
+    if !up.rd.buf.is_empty() {
+        return false;
+    }
+    let mut probe = [0u8; 1];
+    matches!(up.rd.get_ref().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// The next request head: `None` if the client closed between requests; `Some(Err)` for a
@@ -439,7 +450,7 @@ where
         Body::None => Ok(()),
         Body::Length(n) => r.copy_exact(w, n, idle, counter).await,
         Body::Chunked => copy_chunked(r, w, idle, counter).await,
-        Body::UntilClose => r.pump(w, idle, counter).await,
+        Body::UntilClose => r.pump(w, idle, counter, None).await,
     }
 }
 
@@ -584,8 +595,16 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let to_backend = cr.pump(&mut up.wr, TUNNEL_IDLE, &stats.bytes_from_clients);
-    let to_client = up.rd.pump(cw, TUNNEL_IDLE, &stats.bytes_to_clients);
+    let both = web::Activity::default();
+    let to_backend = cr.pump(
+        &mut up.wr,
+        TUNNEL_IDLE,
+        &stats.bytes_from_clients,
+        Some(&both),
+    );
+    let to_client = up
+        .rd
+        .pump(cw, TUNNEL_IDLE, &stats.bytes_to_clients, Some(&both));
     let _ = tokio::join!(to_backend, to_client);
 }
 

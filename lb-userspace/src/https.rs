@@ -235,8 +235,10 @@ async fn serve(client: TcpStream, peers: Peers, shared: &Shared) -> Result<(), (
     debug!(client = %peers.client, name, backend = %backend.addr, "HTTPS relay");
     let mut ur = Reader::new(ur);
     let stats = &shared.stats;
-    let up = cr.pump(&mut uw, limits.idle_timeout, &stats.bytes_from_clients);
-    let down = ur.pump(&mut cw, limits.idle_timeout, &stats.bytes_to_clients);
+    let both = web::Activity::default();
+    let idle = limits.idle_timeout;
+    let up = cr.pump(&mut uw, idle, &stats.bytes_from_clients, Some(&both));
+    let down = ur.pump(&mut cw, idle, &stats.bytes_to_clients, Some(&both));
     let _ = tokio::join!(up, down);
     Ok(())
 }

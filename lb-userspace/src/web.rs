@@ -16,7 +16,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -304,6 +304,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(n)
     }
 
+    pub fn get_ref(&self) -> &R {
+        &self.io
+    }
+
     pub fn consume(&mut self, n: usize) {
         self.buf.drain(..n.min(self.buf.len()));
     }
@@ -329,21 +333,69 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(())
     }
 
-    /// Copies everything until the end of the stream to `w`, then shuts `w` down.
+    /// Copies everything until the end of the stream to `w`, then shuts `w` down. With
+    /// `both`, the two directions of a relay share one idle clock: a side that stays
+    /// silent while the other talks (a download) is not idle.
     pub async fn pump<W: AsyncWrite + Unpin>(
         &mut self,
         w: &mut W,
         idle: Duration,
         counter: &AtomicU64,
+        both: Option<&Activity>,
     ) -> io::Result<()> {
         loop {
-            if self.buf.is_empty() && self.fill(idle).await? == 0 {
-                return w.shutdown().await;
+            if self.buf.is_empty() {
+                let wait = both.map_or(idle, |a| {
+                    idle.saturating_sub(a.idle_for())
+                        .max(Duration::from_millis(10))
+                });
+                match self.fill(wait).await {
+                    Ok(0) => return w.shutdown().await,
+                    Ok(_) => {
+                        if let Some(a) = both {
+                            a.touch();
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        if both.is_some_and(|a| a.idle_for() < idle) {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             write_all(w, &self.buf, idle).await?;
             Stats::count(counter, self.buf.len() as u64);
             self.buf.clear();
         }
+    }
+}
+
+/// When either direction of a relay last moved.
+pub struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
     }
 }
 
@@ -398,6 +450,38 @@ mod tests {
         assert_eq!(route_name("alice.ssh.lab.example", s), None);
         assert_eq!(route_name("alicehttp.lab.example", s), None);
         assert_eq!(route_name(".http.lab.example", s), None);
+    }
+
+    #[tokio::test]
+    async fn a_silent_side_of_a_busy_relay_is_not_idle() {
+        let idle = Duration::from_millis(200);
+        let both = Activity::default();
+        let counter = AtomicU64::new(0);
+        let (_quiet_peer, quiet) = tokio::io::duplex(64);
+        let (mut talker, talk) = tokio::io::duplex(64);
+        let mut quiet = Reader::new(quiet);
+        let mut talk = Reader::new(talk);
+        let t0 = Instant::now();
+        let silent = async {
+            let r = quiet
+                .pump(&mut tokio::io::sink(), idle, &counter, Some(&both))
+                .await;
+            (r, t0.elapsed())
+        };
+        let mut drain = tokio::io::sink();
+        let busy = talk.pump(&mut drain, idle, &counter, Some(&both));
+        let feed = async {
+            for _ in 0..6 {
+                tokio::time::sleep(Duration::from_millis(80)).await;
+                talker.write_all(b"x").await.unwrap();
+            }
+        };
+        let ((silent, at), _, ()) = tokio::join!(silent, busy, feed);
+        assert_eq!(silent.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        // Alive while the other side talked (480 ms), closed within idle after it stopped.
+        assert!(at >= Duration::from_millis(480), "{at:?}");
+        assert!(at < Duration::from_millis(1500), "{at:?}");
+        assert_eq!(counter.load(Ordering::Relaxed), 6);
     }
 
     #[test]

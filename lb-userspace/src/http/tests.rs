@@ -262,7 +262,7 @@ async fn backend(tag: &'static str) -> SocketAddr {
                         wr.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
                             .await
                             .unwrap();
-                        let _ = rd.pump(&mut wr, idle, &counter).await;
+                        let _ = rd.pump(&mut wr, idle, &counter, None).await;
                         return;
                     }
                     let text = format!(
