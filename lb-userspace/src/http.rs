@@ -21,6 +21,7 @@ use tokio::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
         TcpListener, TcpStream,
     },
+    sync::Semaphore,
     task::JoinHandle,
 };
 use tracing::{debug, info};
@@ -39,6 +40,9 @@ const TUNNEL_IDLE: Duration = Duration::from_secs(300);
 /// After an error response, how long and how much of the client's rest is read and dropped.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
+/// Refused clients told why at once; past that (a flood) they are closed without a page, so
+/// refusing never holds more descriptors than this.
+const MAX_REFUSING: usize = 64;
 /// A chunk-size line or a trailer section longer than this is a broken message.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -127,6 +131,7 @@ struct Shared {
     limits: WebLimits,
     forwarded_for: bool,
     admission: Arc<Admission>,
+    refusing: Arc<Semaphore>,
     stats: Stats,
 }
 
@@ -152,6 +157,7 @@ impl HttpServer {
             limits: cfg.limits.clone(),
             forwarded_for: cfg.forwarded_for,
             admission: Admission::new(&cfg.limits),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             stats: Stats::default(),
         });
         let addrs: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
@@ -221,10 +227,13 @@ async fn accept_loop(listener: TcpListener, local: SocketAddr, shared: Arc<Share
                 if refused == Refused::Full {
                     debug!(%peer, "HTTP: max_connections reached");
                 }
-                // Bounded by LINGER_TIME; it holds one descriptor meanwhile.
-                tokio::spawn(async move {
-                    let _ = reject(client, &failure_page(f, "")).await;
-                });
+                // Each holds one descriptor for at most LINGER_TIME.
+                if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        let _ = reject(client, &failure_page(f, "")).await;
+                        drop(permit);
+                    });
+                }
             }
         }
     }

@@ -591,6 +591,9 @@ GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 30
+    # One write per response (http.server flushes after each request): a head and a body
+    # in two segments would meet Nagle and delayed ACKs, 40 ms a request.
+    wbufsize = 65536
 
     def log_message(self, fmt, *args):
         sys.stderr.write("%s %s\n" % (self.client_address[0], fmt % args))

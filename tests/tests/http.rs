@@ -259,6 +259,31 @@ fn every_request_is_routed_by_its_own_host() {
         );
     }
 
+    // 200 requests on one connection, through the router and straight through XDP (a
+    // figure, printed: the backend is Python, so this bounds the router's cost from above).
+    for (what, url) in [
+        ("router", format!("http://{PUBLIC_IP}/n[1-200]")),
+        ("xdp", format!("http://{PUBLIC_IP}:30080/n[1-200]")),
+    ] {
+        let t = Instant::now();
+        let out = lab
+            .exec_ok(
+                &lab.client,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "20",
+                    "-H",
+                    &format!("Host: {alice}"),
+                    &url,
+                ],
+            )
+            .unwrap();
+        assert_eq!(out.matches("alice GET /n").count(), 200, "{out}");
+        println!("200 keep-alive requests via {what}: {:?}", t.elapsed());
+    }
+
     // A backend that refuses: a generic 502; the address is in the log only.
     let (code, body) = get_host(&lab, "carol.http.lab.example");
     assert_eq!(code, 502, "{body}");
@@ -489,23 +514,26 @@ fn https_reaches_the_students_own_tls_servers_by_name() {
 }
 
 /// Opens `count` connections from the client namespace to `port` and keeps them, each
-/// after one request and its answer (`request` non-empty) or silent; prints `held N` once
-/// they are open, and ends after `hold` seconds.
+/// after one request and its answer (`request` non-empty, `|` for CRLF) or silent; prints
+/// `held N settled S served 200s` once they are open, and ends after `hold` seconds.
 const HOLDER: &str = r#"import socket, sys, time
 host, port, count, hold, request = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5].encode()
 held = []
-answered = 0
+settled = served = 0
 for _ in range(count):
     s = socket.create_connection((host, port), timeout=5)
     if request:
         s.sendall(request.replace(b"|", b"\r\n"))
         try:
-            if s.recv(4096):
-                answered += 1
+            reply = s.recv(4096)
+            served += reply.startswith(b"HTTP/1.1 200")
+            settled += 1
+        except socket.timeout:
+            pass  # hung: not settled
         except OSError:
-            pass
+            settled += 1  # reset: closed without a page
     held.append(s)
-print("held %d answered %d" % (len(held), answered), flush=True)
+print("held %d settled %d served %d" % (len(held), settled, served), flush=True)
 time.sleep(hold)
 "#;
 
@@ -571,8 +599,9 @@ fn idle_and_greedy_clients_do_not_lock_others_out() {
         });
     }
     let text = std::fs::read_to_string(lab.log_path(on80).unwrap()).unwrap();
-    // Every one was answered: served (then idle) or told it has too many (429).
-    assert!(text.contains("held 1000 answered 1000"), "{text}");
+    // None hung: each was served (then idled) or refused at once (a 429 page, or closed
+    // once refusals come faster than the router tells them why); its share was served.
+    assert!(text.contains("held 1000 settled 1000 served 128"), "{text}");
 
     // Each router is full for that address: its share is held.
     let m = lab.metrics().unwrap();
@@ -601,6 +630,10 @@ fn idle_and_greedy_clients_do_not_lock_others_out() {
     );
     assert_eq!((code, body.as_str()), (200, "alice tls client="));
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    println!(
+        "another client served on 80 and 443 in {:?} while 2000 connections were held",
+        t0.elapsed()
+    );
 
     // The idle ones are closed after idle_timeout, so the same address is served again.
     let url = format!("http://{PUBLIC_IP}/again");
