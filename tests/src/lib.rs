@@ -617,7 +617,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.websocket()
         body = self.body().decode(errors="replace")
         host = self.headers.get("Host")
-        out = ("%s %s %s host=%s body=%s\n" % (TAG, self.command, self.path, host, body)).encode()
+        out = "%s %s %s host=%s body=%s" % (TAG, self.command, self.path, host, body)
+        xff = self.headers.get_all("X-Forwarded-For")
+        if xff:
+            out += " xff=%s" % ",".join(xff)
+        out = (out + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(out)))
@@ -1084,7 +1088,8 @@ impl Lab {
 
     /// A keep-alive HTTP/1.1 server on `port` in `ns` (Python's http.server, the script
     /// [`ECHO_WEB`]) that answers every request with `TAG METHOD PATH host=HOST body=BODY`
-    /// (chunked bodies decoded), framed by Content-Length, and echoes WebSocket frames after
+    /// (chunked bodies decoded; then ` xff=...` if it had X-Forwarded-For headers), framed by
+    /// Content-Length, and echoes WebSocket frames after
     /// a real handshake. Returns once it listens.
     pub fn start_echo_web(&self, ns: &str, tag: &str, port: u16) -> Result<u32> {
         let script = self.write_file("echo_web.py", ECHO_WEB)?;

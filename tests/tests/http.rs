@@ -163,8 +163,8 @@ fn every_request_is_routed_by_its_own_host() {
         // Nothing listens there: the backend refuses.
         RouteSpec::tcp("carol", "http", &format!("{B2_IP}:8099"), 30082),
     ];
-    lab.start_srvgate(&web_config(&lab, &routes, ""), &[])
-        .unwrap();
+    let config = web_config(&lab, &routes, "forwarded_for = true");
+    lab.start_srvgate(&config, &[]).unwrap();
     let (alice, bob) = ("alice.http.lab.example", "bob.http.lab.example");
 
     // curl reuses one connection for both (num_connects 0 the second time), each request
@@ -196,12 +196,29 @@ fn every_request_is_routed_by_its_own_host() {
         )
         .unwrap();
     assert!(
-        out.contains(&format!("alice GET /first host={alice} body=\n connects=1")),
+        out.contains(&format!(
+            "alice GET /first host={alice} body= xff={CLIENT_IP}\n connects=1"
+        )),
         "{out}"
     );
     assert!(
-        out.contains(&format!("bob GET /second host={bob} body=\n connects=0")),
+        out.contains(&format!(
+            "bob GET /second host={bob} body= xff={CLIENT_IP}\n connects=0"
+        )),
         "{out}"
+    );
+
+    // With forwarded_for, the backend learns the client's address, never what it claims.
+    let r = raw(
+        &lab,
+        80,
+        format!("GET /who HTTP/1.1\r\nHost: {alice}\r\nX-Forwarded-For: 192.0.2.66\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert!(
+        r.contains(&format!(
+            "alice GET /who host={alice} body= xff={CLIENT_IP}\n"
+        )),
+        "{r}"
     );
 
     // After a chunked POST to alice, bob's request on the same connection is bob's.
