@@ -573,3 +573,66 @@ async fn read_until_head(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize>
     }
     Ok(n)
 }
+
+/// A backend with canned responses by path, on keep-alive connections.
+async fn scripted_backend() -> SocketAddr {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (rd, mut wr) = s.into_split();
+                let mut rd = Reader::new(rd);
+                loop {
+                    let r = loop {
+                        if let Ok(Some(r)) = parse_request(&rd.buf) {
+                            break r;
+                        }
+                        if rd.fill(Duration::from_secs(5)).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    };
+                    rd.consume(r.len);
+                    let reply: &[u8] = match r.path.as_str() {
+                        "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                        "/chunked" => {
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+                        }
+                        _ => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    };
+                    wr.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn responses_are_relayed_as_their_heads_frame_them() {
+    let b = scripted_backend().await;
+    let server = HttpServer::start(
+        &http_cfg("http"),
+        "lab.example",
+        &[route("alice", "http", b)],
+    )
+    .await
+    .unwrap();
+    let h = "Host: alice.http.lab.example";
+    // A HEAD's Content-Length promises no body, a chunked body ends at its last chunk, a 100
+    // comes before the real response: were any misread, the next would never come.
+    let out = get(
+        server.local_addrs()[0],
+        &format!(
+            "HEAD /head HTTP/1.1\r\n{h}\r\n\r\nGET /chunked HTTP/1.1\r\n{h}\r\n\r\n\
+             GET /continue HTTP/1.1\r\n{h}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n\
+         HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\
+         HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    );
+}
