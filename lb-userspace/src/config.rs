@@ -110,6 +110,29 @@ pub struct Route {
     pub backend: SocketAddrV4,
     /// Public port on the gateway.
     pub port: u16,
+    /// The PROXY protocol header the web routers send this backend before the client's
+    /// bytes (config routes only; off unless set, since a backend that does not expect it
+    /// would take it for a broken request).
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// Which PROXY protocol header (haproxy's spec) a backend gets first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The text line `PROXY TCP4 ...`.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyProtocol {
+    fn parse(text: &str) -> Result<ProxyProtocol, String> {
+        match text {
+            "v1" => Ok(ProxyProtocol::V1),
+            "v2" => Ok(ProxyProtocol::V2),
+            other => Err(format!("{other:?} is not \"v1\" or \"v2\"")),
+        }
+    }
 }
 
 impl Route {
@@ -196,6 +219,44 @@ pub struct Http {
     pub listen: Vec<SocketAddr>,
     /// The service label of the routes reachable this way, `http` unless set.
     pub service: String,
+    pub limits: WebLimits,
+    /// Whether requests reach the backend with `X-Forwarded-For` and `Forwarded` naming the
+    /// client (any the client sent are dropped: the gateway is the edge).
+    pub forwarded_for: bool,
+}
+
+/// `[https]`: TLS passed through untouched by SNI, `NAME.<service>.<dns.zone>` (or the
+/// `[http]` name `NAME.<http.service>.<dns.zone>`) to the backend of route NAME/<service>/tcp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Https {
+    pub listen: Vec<SocketAddr>,
+    /// The service label of the routes reachable this way, `https` unless set.
+    pub service: String,
+    pub limits: WebLimits,
+}
+
+/// How far the web routers trust their clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebLimits {
+    /// Connections served at once by one router (each holds two descriptors).
+    pub max_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_client: usize,
+    /// Time a client has for a request head (HTTP) or its ClientHello (HTTPS).
+    pub header_timeout: Duration,
+    /// Time a connection may sit idle between requests, and in a relay.
+    pub idle_timeout: Duration,
+}
+
+impl Default for WebLimits {
+    fn default() -> Self {
+        WebLimits {
+            max_connections: 1024,
+            max_connections_per_client: 128,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15),
+        }
+    }
 }
 
 /// A `[[user]]` of the config file: an account whose fields the file owns (its token is
@@ -214,6 +275,7 @@ pub struct Config {
     pub users: Vec<ConfigUser>,
     pub dns: Option<Dns>,
     pub http: Option<Http>,
+    pub https: Option<Https>,
     pub portal: Option<Portal>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
@@ -266,6 +328,7 @@ struct RawConfig {
     gateway: RawGateway,
     dns: Option<RawDns>,
     http: Option<RawHttp>,
+    https: Option<RawHttps>,
     portal: Option<RawPortal>,
     metrics: Option<RawMetrics>,
     #[serde(default, rename = "route")]
@@ -348,6 +411,40 @@ struct RawHttp {
     listen: Vec<String>,
     #[serde(default = "default_http_service")]
     service: String,
+    #[serde(default)]
+    forwarded_for: bool,
+    #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    max_connections_per_client: Option<usize>,
+    #[serde(default)]
+    header_timeout: Option<String>,
+    #[serde(default)]
+    idle_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttps {
+    #[serde(default = "default_https_listen")]
+    listen: Vec<String>,
+    #[serde(default = "default_https_service")]
+    service: String,
+    #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    max_connections_per_client: Option<usize>,
+    #[serde(default)]
+    header_timeout: Option<String>,
+    #[serde(default)]
+    idle_timeout: Option<String>,
+}
+
+fn default_https_listen() -> Vec<String> {
+    vec!["0.0.0.0:443".to_string()]
+}
+fn default_https_service() -> String {
+    "https".to_string()
 }
 
 fn default_http_listen() -> Vec<String> {
@@ -372,6 +469,8 @@ struct RawRoute {
     protocol: Option<String>,
     backend: String,
     port: u16,
+    #[serde(default)]
+    proxy_protocol: Option<String>,
 }
 
 impl Config {
@@ -622,6 +721,7 @@ impl RouteDraft {
             protocol: self.protocol,
             backend: self.backend,
             port,
+            proxy_protocol: None,
         }
     }
 
@@ -1023,8 +1123,59 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         if let Err(e) = check_label(&service) {
             bad("http.service", e);
         }
-        Http { listen, service }
+        let limits = web_limits(
+            "http",
+            [h.max_connections, h.max_connections_per_client],
+            [h.header_timeout.as_deref(), h.idle_timeout.as_deref()],
+            &mut bad,
+        );
+        Http {
+            listen,
+            service,
+            limits,
+            forwarded_for: h.forwarded_for,
+        }
     });
+
+    let https = raw.https.map(|h| {
+        if dns.is_none() {
+            bad(
+                "https",
+                "needs a [dns] section: the names it routes are NAME.SERVICE.<dns.zone>".into(),
+            );
+        }
+        if h.listen.is_empty() {
+            bad("https.listen", "is empty; e.g. [\"0.0.0.0:443\"]".into());
+        }
+        let listen = socket_addrs(&h.listen, "https.listen", "0.0.0.0:443", &mut bad);
+        let service = h.service.to_ascii_lowercase();
+        if let Err(e) = check_label(&service) {
+            bad("https.service", e);
+        }
+        let limits = web_limits(
+            "https",
+            [h.max_connections, h.max_connections_per_client],
+            [h.header_timeout.as_deref(), h.idle_timeout.as_deref()],
+            &mut bad,
+        );
+        Https {
+            listen,
+            service,
+            limits,
+        }
+    });
+
+    if let (Some(h), Some(s)) = (&http, &https) {
+        if h.service == s.service {
+            bad(
+                "https.service",
+                format!(
+                    "{:?} is also http.service; plain HTTP and TLS need routes of their own",
+                    s.service
+                ),
+            );
+        }
+    }
 
     let metrics_listen = raw
         .metrics
@@ -1079,8 +1230,19 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             backend: r.backend,
             port: Some(r.port),
         };
+        let proxy_protocol = match r.proxy_protocol.as_deref().map(ProxyProtocol::parse) {
+            None => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                bad(&field("proxy_protocol"), e);
+                continue;
+            }
+        };
         let route = match check_route(&request, public_ipv4, port_range, &field) {
-            Ok(draft) => draft.with_port(r.port),
+            Ok(draft) => Route {
+                proxy_protocol,
+                ..draft.with_port(r.port)
+            },
             Err(errors) => {
                 for e in errors {
                     bad(&e.field, e.reason);
@@ -1178,10 +1340,54 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         users,
         dns,
         http,
+        https,
         portal,
         metrics_listen,
         routes,
     })
+}
+
+/// A web router's `[max_connections, max_connections_per_client]` and `[header_timeout,
+/// idle_timeout]`, defaults where absent; each problem named under `section`.
+fn web_limits(
+    section: &str,
+    counts: [Option<usize>; 2],
+    times: [Option<&str>; 2],
+    bad: &mut impl FnMut(&str, String),
+) -> WebLimits {
+    let mut limits = WebLimits::default();
+    let [total, per_client] = counts;
+    if let Some(n) = total {
+        if n == 0 {
+            bad(
+                &format!("{section}.max_connections"),
+                "must be at least 1".into(),
+            );
+        }
+        limits.max_connections = n;
+    }
+    if let Some(n) = per_client {
+        if n == 0 {
+            bad(
+                &format!("{section}.max_connections_per_client"),
+                "must be at least 1".into(),
+            );
+        }
+        limits.max_connections_per_client = n;
+    }
+    let [header, idle] = times;
+    for (key, text, slot) in [
+        ("header_timeout", header, &mut limits.header_timeout),
+        ("idle_timeout", idle, &mut limits.idle_timeout),
+    ] {
+        let Some(text) = text else { continue };
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => bad(&format!("{section}.{key}"), "must be above 0s".into()),
+            Ok(d) => *slot = d,
+            Err(e) => bad(&format!("{section}.{key}"), e),
+        }
+    }
+    limits
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ use crate::{
     dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane},
     dns::{DnsError, DnsServer},
     http::{HttpError, HttpServer},
+    https::HttpsServer,
     metrics::{self, LegSample, RouteSample},
     notify,
     portal::{PortalError, PortalServer},
@@ -170,6 +171,7 @@ struct Core {
     dataplane: Box<dyn Dataplane>,
     dns: Option<Arc<DnsServer>>,
     http: Option<HttpServer>,
+    https: Option<HttpsServer>,
     store: Box<dyn Store>,
     /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
     gateway: Gateway,
@@ -191,6 +193,8 @@ struct Core {
     unflushed: Vec<Commit>,
     /// `[http] service`: the routes the HTTP router cares about.
     http_service: Option<String>,
+    /// `[https] service`: the routes the HTTPS relay cares about.
+    https_service: Option<String>,
 }
 
 impl Core {
@@ -208,6 +212,7 @@ impl Core {
             dataplane,
             dns: None,
             http: None,
+            https: None,
             store,
             gateway: cfg.gateway.clone(),
             started: Config {
@@ -222,6 +227,7 @@ impl Core {
             last_save: Instant::now(),
             unflushed: Vec::new(),
             http_service: cfg.http.as_ref().map(|h| h.service.clone()),
+            https_service: cfg.https.as_ref().map(|h| h.service.clone()),
         }
     }
 
@@ -288,8 +294,8 @@ impl Core {
         Ok(())
     }
 
-    /// Gives the name services (DNS, HTTP by Host) a change of the table. DNS takes the
-    /// change itself (its cost is the change's); the HTTP router, which holds only its own
+    /// Gives the name services (DNS, the web routers) a change of the table. DNS takes the
+    /// change itself (its cost is the change's); each web router, which holds only its own
     /// service's routes, gets those again when one of them changed.
     fn publish(&self, diff: &Diff) {
         let removed: Vec<config::Route> = diff
@@ -307,16 +313,26 @@ impl Core {
         if let Some(d) = &self.dns {
             d.apply(&removed, &added);
         }
-        if let (Some(h), Some(service)) = (&self.http, &self.http_service) {
-            if removed.iter().chain(&added).any(|r| &r.service == service) {
-                let routes: Vec<config::Route> = self
-                    .table
-                    .entries()
-                    .filter(|e| &e.route.service == service)
-                    .map(|e| e.route.clone())
-                    .collect();
-                h.update(&routes);
-            }
+        // The routes of `service`, if the change touched one of them.
+        let of_service = |service: &Option<String>| -> Option<Vec<config::Route>> {
+            let service = service.as_ref()?;
+            removed
+                .iter()
+                .chain(&added)
+                .any(|r| &r.service == service)
+                .then(|| {
+                    self.table
+                        .entries()
+                        .filter(|e| &e.route.service == service)
+                        .map(|e| e.route.clone())
+                        .collect()
+                })
+        };
+        if let (Some(h), Some(routes)) = (&self.http, of_service(&self.http_service)) {
+            h.update(&routes);
+        }
+        if let (Some(h), Some(routes)) = (&self.https, of_service(&self.https_service)) {
+            h.update(&routes);
         }
     }
 
@@ -925,6 +941,9 @@ fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     if new.http != running.http {
         changed.push("[http]");
     }
+    if new.https != running.https {
+        changed.push("[https]");
+    }
     if new.metrics_listen != running.metrics_listen {
         changed.push("[metrics]");
     }
@@ -973,8 +992,14 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
 /// under its lock; the per-route counters, one map read per route, are read after, so a
 /// scrape of a full gateway never delays a route change.
 fn scrape(core: &Mutex<Core>) -> String {
-    let (routes, reader, verdicts, legs) = {
+    let (routes, reader, verdicts, legs, routers) = {
         let c = lock(core);
+        let routers: Vec<_> = c
+            .http
+            .iter()
+            .map(HttpServer::sample)
+            .chain(c.https.iter().map(HttpsServer::sample))
+            .collect();
         let routes: Vec<(config::Route, u32)> =
             c.table.entries().map(|e| (e.route.clone(), e.id)).collect();
         let legs: Vec<LegSample> = c
@@ -994,6 +1019,7 @@ fn scrape(core: &Mutex<Core>) -> String {
             c.dataplane.counter_reader().ok(),
             c.dataplane.verdicts().unwrap_or_default(),
             legs,
+            routers,
         )
     };
     let routes: Vec<RouteSample> = routes
@@ -1015,7 +1041,7 @@ fn scrape(core: &Mutex<Core>) -> String {
         })
         .collect();
     let named: Vec<(&str, u64)> = verdict_names().iter().copied().zip(verdicts).collect();
-    let mut text = metrics::render(&routes, &named, &legs);
+    let mut text = metrics::render(&routes, &named, &legs) + &metrics::render_routers(&routers);
     metrics::render_peer_warnings(&mut text, crate::logging::peer_noise().seen());
     text
 }
@@ -1239,6 +1265,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         _ => None,
     };
     let http_addrs = http.as_ref().map(HttpServer::local_addrs);
+    let https = match (&cfg.https, &cfg.dns) {
+        (Some(h), Some(d)) => {
+            let http_service = cfg.http.as_ref().map(|h| h.service.as_str());
+            Some(HttpsServer::start(h, http_service, &d.zone, &table.routes()).await?)
+        }
+        _ => None,
+    };
+    let https_addrs = https.as_ref().map(HttpsServer::local_addrs);
     let portal = match &cfg.portal {
         Some(p) => Some(PortalServer::bind(p, &opts.state_dir).await?),
         None => None,
@@ -1249,6 +1283,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let mut core = Core::new(table, Box::new(dataplane), Box::new(store), &cfg, clock);
     core.dns = dns.clone();
     core.http = http;
+    core.https = https;
     core.users = users;
     core.portal = portal_info.clone();
     core.take_over(taken_over)?;
@@ -1272,6 +1307,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         public = %cfg.gateway.public_ipv4,
         dns = ?dns.as_ref().map(|d| d.local_addrs()),
         http = ?http_addrs,
+        https = ?https_addrs,
         metrics = ?cfg.metrics_listen,
         portal = ?portal_info.as_ref().map(|p| &p.listen),
         portal_fingerprint = ?portal_info.as_ref().map(|p| &p.fingerprint),
@@ -1315,6 +1351,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         }
         c.dns = None;
         c.http = None;
+        c.https = None;
     })
     .await;
     if let Some(d) = dns.and_then(Arc::into_inner) {

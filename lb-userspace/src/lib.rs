@@ -4,7 +4,7 @@
 //! goes through), `routes` (the route table: sources, ports, slots, idleness, map entries),
 //! `state` (the runtime routes on disk), `dataplane` (the XDP program, its maps and pins),
 //! `dns` (the authoritative zone), `http` (routing by
-//! Host header), `api` (the control socket: server and client), `daemon`
+//! Host header), `https` (TLS relayed by SNI), `web` (what those two share), `api` (the control socket: server and client), `daemon`
 //! (`srvgate run`: the operations that keep all of the above in agreement), `admin` (the
 //! admins' CLI verbs), `metrics` (Prometheus text), `student` (the client-side `srvgate
 //! ssh`), `sys` (thin wrappers over the few system calls we need), `notify` (systemd readiness),
@@ -31,6 +31,8 @@ pub mod fds;
 #[cfg(feature = "gateway")]
 pub mod http;
 #[cfg(feature = "gateway")]
+pub mod https;
+#[cfg(feature = "gateway")]
 pub mod logging;
 #[cfg(feature = "gateway")]
 pub mod metrics;
@@ -48,3 +50,5 @@ pub mod sys;
 #[cfg(all(test, feature = "gateway"))]
 mod testing;
 pub mod users;
+#[cfg(feature = "gateway")]
+pub mod web;

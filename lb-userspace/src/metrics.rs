@@ -11,7 +11,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::{config::Route, dataplane::Counters};
+use crate::{config::Route, dataplane::Counters, web::RouterSample};
 
 /// One route and its counters at scrape time.
 pub struct RouteSample {
@@ -138,6 +138,77 @@ pub fn render_peer_warnings(out: &mut String, seen: u64) {
 /// Scrapes served at once; a Prometheus server sends one at a time.
 const MAX_SCRAPES: usize = 16;
 
+/// The web routers' counters (`srvgate_web_*`, labelled `router="http"|"https"`).
+pub fn render_routers(routers: &[RouterSample]) -> String {
+    let mut out = String::new();
+    if routers.is_empty() {
+        return out;
+    }
+    type Pick = fn(&RouterSample) -> u64;
+    let series: [(&str, &str, &str, Pick); 4] = [
+        (
+            "srvgate_web_connections_open",
+            "gauge",
+            "Client connections a web router holds now.",
+            |r| r.open,
+        ),
+        (
+            "srvgate_web_connections_total",
+            "counter",
+            "Client connections a web router accepted (admitted or not).",
+            |r| r.connections,
+        ),
+        (
+            "srvgate_web_requests_total",
+            "counter",
+            "HTTP requests sent to a backend; TLS connections relayed.",
+            |r| r.requests,
+        ),
+        (
+            "srvgate_web_bytes_total",
+            "counter",
+            "Bytes a web router relayed, by direction.",
+            |_| 0,
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for r in routers {
+            let router = r.router;
+            if name == "srvgate_web_bytes_total" {
+                let (i, o) = (r.bytes_from_clients, r.bytes_to_clients);
+                let _ = writeln!(
+                    out,
+                    "{name}{{router=\"{router}\",direction=\"inbound\"}} {i}"
+                );
+                let _ = writeln!(
+                    out,
+                    "{name}{{router=\"{router}\",direction=\"outbound\"}} {o}"
+                );
+            } else {
+                let _ = writeln!(out, "{name}{{router=\"{router}\"}} {}", get(r));
+            }
+        }
+    }
+    let name = "srvgate_web_errors_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections or requests a web router refused or broke off, by reason."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for r in routers {
+        for (reason, n) in &r.errors {
+            let _ = writeln!(
+                out,
+                "{name}{{router=\"{}\",reason=\"{reason}\"}} {n}",
+                r.router
+            );
+        }
+    }
+    out
+}
+
 /// Serves `GET /metrics` with whatever `scrape` returns, until the task is dropped. `scrape`
 /// may block (a lock, map syscalls, sysfs reads): it runs on tokio's blocking pool, never
 /// on the async threads.
@@ -212,6 +283,7 @@ mod tests {
                 protocol: Protocol::Tcp,
                 backend: "10.0.0.11:22".parse().unwrap(),
                 port: 30001,
+                proxy_protocol: None,
             },
             counters: Counters {
                 inbound_packets: inbound,

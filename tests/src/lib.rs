@@ -669,6 +669,87 @@ pub fn log_says_ready(log: &str) -> bool {
 // The lab
 // ---------------------------------------------------------------------------------------
 
+/// The backend [`Lab::start_echo_web`] runs: `python3 echo_web.py TAG PORT`.
+pub const ECHO_WEB: &str = r#"import base64, hashlib, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+TAG, PORT = sys.argv[1], int(sys.argv[2])
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+    # One write per response (http.server flushes after each request): a head and a body
+    # in two segments would meet Nagle and delayed ACKs, 40 ms a request.
+    wbufsize = 65536
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("%s %s\n" % (self.client_address[0], fmt % args))
+        sys.stderr.flush()
+
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def answer(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return self.websocket()
+        body = self.body().decode(errors="replace")
+        host = self.headers.get("Host")
+        out = "%s %s %s host=%s body=%s" % (TAG, self.command, self.path, host, body)
+        xff = self.headers.get_all("X-Forwarded-For")
+        if xff:
+            out += " xff=%s" % ",".join(xff)
+        out = (out + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(out)
+
+    do_GET = do_POST = do_PUT = do_HEAD = answer
+
+    def websocket(self):
+        self.close_connection = True
+        key = self.headers["Sec-WebSocket-Key"] + GUID
+        accept = base64.b64encode(hashlib.sha1(key.encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            head = self.rfile.read(2)
+            if len(head) < 2:
+                return
+            op, n = head[0] & 0x0F, head[1] & 0x7F
+            if n > 125:
+                return
+            mask = self.rfile.read(4) if head[1] & 0x80 else bytes(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+            if op == 8:
+                self.wfile.write(b"\x88\x00")
+                self.wfile.flush()
+                return
+            self.wfile.write(bytes([0x80 | op, len(data)]) + data)
+            self.wfile.flush()
+
+
+ThreadingHTTPServer(("0.0.0.0", PORT), Handler).serve_forever()
+"#;
+
 struct Tracked {
     child: Child,
     what: String,
@@ -1160,6 +1241,99 @@ impl Lab {
         )?;
         self.wait_listening(ns, pid, 80, DEFAULT_TIMEOUT)?;
         Ok(pid)
+    }
+
+    /// A keep-alive HTTP/1.1 server on `port` in `ns` (Python's http.server, the script
+    /// [`ECHO_WEB`]) that answers every request with `TAG METHOD PATH host=HOST body=BODY`
+    /// (chunked bodies decoded; then ` xff=...` if it had X-Forwarded-For headers), framed by
+    /// Content-Length, and echoes WebSocket frames after
+    /// a real handshake. Returns once it listens.
+    pub fn start_echo_web(&self, ns: &str, tag: &str, port: u16) -> Result<u32> {
+        let script = self.write_file("echo_web.py", ECHO_WEB)?;
+        let script = script.display().to_string();
+        let p = port.to_string();
+        let pid = self.spawn(ns, &["python3", &script, tag, &p])?;
+        self.wait_listening(ns, pid, port, DEFAULT_TIMEOUT)?;
+        Ok(pid)
+    }
+
+    /// Starts nginx in `ns` (one process, in the foreground, every path in the lab's temp
+    /// dir) with `http_body` inside its `http {}` block, and waits until `port` listens.
+    /// Its access log is `nginx-NS-access.log` in the temp dir, in the format `log_format`.
+    pub fn start_nginx(
+        &self,
+        ns: &str,
+        port: u16,
+        log_format: &str,
+        http_body: &str,
+    ) -> Result<u32> {
+        let dir = self.dir().join(format!("nginx-{ns}"));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let d = dir.display();
+        let conf = self.write_file(
+            &format!("nginx-{ns}.conf"),
+            &format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+                 error_log {d}/error.log info;\nevents {{ worker_connections 256; }}\n\
+                 http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+                 scgi_temp_path {d}/scgi;\n  log_format lab '{log_format}';\n\
+                 access_log {} lab;\n{http_body}\n}}\n",
+                self.nginx_access_log(ns).display()
+            ),
+        )?;
+        let conf = conf.display().to_string();
+        let err = format!("{d}/error.log");
+        let pid = self.spawn(ns, &["nginx", "-e", &err, "-c", &conf])?;
+        self.wait_listening(ns, pid, port, DEFAULT_TIMEOUT)
+            .with_context(|| {
+                format!(
+                    "nginx in {ns}; error log:\n{}",
+                    fs::read_to_string(&err).unwrap_or_default()
+                )
+            })?;
+        Ok(pid)
+    }
+
+    /// The access log of the nginx [`Lab::start_nginx`] started in `ns`.
+    pub fn nginx_access_log(&self, ns: &str) -> PathBuf {
+        self.dir().join(format!("nginx-{ns}-access.log"))
+    }
+
+    /// A self-signed certificate (its own CA: a client trusts it with `--cacert`) for DNS
+    /// name `name`, made by openssl in the lab's temp dir: (certificate, key) paths.
+    pub fn self_signed_cert(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let cert = self.dir().join(format!("{name}.crt"));
+        let key = self.dir().join(format!("{name}.key"));
+        let (c, k) = (cert.display().to_string(), key.display().to_string());
+        let subject = format!("/CN={name}");
+        let san = format!("subjectAltName=DNS:{name}");
+        let out = run_with_timeout(
+            Command::new("openssl").args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &subject,
+                "-addext",
+                &san,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-keyout",
+                &k,
+                "-out",
+                &c,
+            ]),
+            DEFAULT_TIMEOUT,
+        )?;
+        expect_success(&format!("openssl req for {name}"), &out)?;
+        Ok((cert, key))
     }
 
     /// Waits until TCP `port` listens in `ns` (seen with `ss`), failing early with the log

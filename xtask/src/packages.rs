@@ -63,6 +63,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("mount", "mount"),
     ("nft", "nftables"),
     ("nginx", "nginx"),
+    ("openssl", "openssl"),
     ("python3", "python3"),
     ("rsvg-convert", "librsvg2-bin"),
     ("setpriv", "util-linux"),

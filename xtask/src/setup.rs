@@ -30,6 +30,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "procps",
     "netcat-openbsd",
+    // The HTTPS router's tests: the students' certificates, and `s_client` without SNI.
+    "openssl",
     "util-linux",
     // `bpftool net/prog show`: the bench reads the attached program's run-time statistics.
     "bpftool",

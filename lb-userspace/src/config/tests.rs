@@ -296,6 +296,8 @@ fn http_routing_has_defaults_and_needs_dns() {
         Some(Http {
             listen: vec!["0.0.0.0:80".parse().unwrap()],
             service: "http".into(),
+            limits: WebLimits::default(),
+            forwarded_for: false,
         })
     );
     let c = parse(&format!(
@@ -527,4 +529,54 @@ fn a_service_leaves_room_for_its_underscore() {
     parse(&route(&"s".repeat(62))).unwrap();
     let p = problems(&route(&"s".repeat(63)));
     assert_eq!(p[0].field, "route[3].service");
+}
+
+#[test]
+fn web_limits_and_https_have_defaults_and_are_checked() {
+    let c = parse(&format!(
+        "{GOOD}\n[http]\nmax_connections = 10\nidle_timeout = \"2s\"\nforwarded_for = true\n\
+         [https]\nmax_connections_per_client = 3\n"
+    ))
+    .unwrap();
+    let http = c.http.unwrap();
+    assert_eq!(
+        (
+            http.limits.max_connections,
+            http.limits.idle_timeout,
+            http.forwarded_for
+        ),
+        (10, Duration::from_secs(2), true)
+    );
+    let https = c.https.unwrap();
+    assert_eq!(https.listen, vec!["0.0.0.0:443".parse().unwrap()]);
+    assert_eq!(https.service, "https");
+    assert_eq!(https.limits.max_connections_per_client, 3);
+    assert_eq!(https.limits.header_timeout, Duration::from_secs(10));
+    let bad = format!(
+        "{GOOD}\n[http]\nmax_connections = 0\nheader_timeout = \"soon\"\n\
+         [https]\nservice = \"http\"\nidle_timeout = \"0s\"\n"
+    );
+    assert_eq!(
+        fields(&bad),
+        [
+            "http.max_connections",
+            "http.header_timeout",
+            "https.idle_timeout",
+            "https.service"
+        ]
+    );
+}
+
+#[test]
+fn proxy_protocol_is_a_route_option() {
+    let text = GOOD.replacen("[[route]]", "[[route]]\nproxy_protocol = \"v2\"", 1);
+    let c = parse(&text).unwrap();
+    assert_eq!(c.routes[0].proxy_protocol, Some(ProxyProtocol::V2));
+    assert!(c.routes[1..].iter().all(|r| r.proxy_protocol.is_none()));
+    let bad = GOOD.replacen("[[route]]", "[[route]]\nproxy_protocol = \"v3\"", 1);
+    assert_eq!(fields(&bad), ["route[1].proxy_protocol"]);
+}
+
+fn fields(text: &str) -> Vec<String> {
+    problems(text).into_iter().map(|p| p.field).collect()
 }

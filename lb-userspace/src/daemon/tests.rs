@@ -29,6 +29,7 @@ fn route(name: &str, port: u16, backend: &str) -> Route {
         protocol: Protocol::Tcp,
         backend: backend.parse().unwrap(),
         port,
+        proxy_protocol: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn config(routes: Vec<Route>) -> Config {
         gateway: gateway(),
         dns: None,
         http: None,
+        https: None,
         portal: None,
         metrics_listen: None,
         routes,
@@ -651,6 +653,8 @@ fn a_reload_names_every_section_only_a_restart_applies() {
         http: Some(crate::config::Http {
             listen: vec!["127.0.0.1:80".parse().unwrap()],
             service: "http".into(),
+            limits: Default::default(),
+            forwarded_for: false,
         }),
         metrics_listen: Some("127.0.0.1:9110".parse().unwrap()),
         ..config(vec![route("alice", 30001, "10.0.0.11:22")])

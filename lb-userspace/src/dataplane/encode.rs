@@ -92,6 +92,7 @@ mod tests {
             protocol: Protocol::Tcp,
             backend: backend.parse().unwrap(),
             port,
+            proxy_protocol: None,
         }
     }
 

@@ -42,6 +42,7 @@ fn route(name: &str, service: &str, protocol: Proto, port: u16) -> Route {
         protocol,
         backend: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), port - 30000 + 1000),
         port,
+        proxy_protocol: None,
     }
 }
 

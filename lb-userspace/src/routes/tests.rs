@@ -16,6 +16,7 @@ fn route(name: &str, port: u16, backend: &str) -> Route {
         protocol: Protocol::Tcp,
         backend: backend.parse().unwrap(),
         port,
+        proxy_protocol: None,
     }
 }
 

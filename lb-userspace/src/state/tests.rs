@@ -11,6 +11,7 @@ fn stored(name: &str, port: u16, backend: &str, last_seen: Option<u64>) -> Store
             protocol: Protocol::Tcp,
             backend: backend.parse().unwrap(),
             port,
+            proxy_protocol: None,
         },
         added: from_unix(1_700_000_000),
         last_seen: last_seen.map(from_unix),

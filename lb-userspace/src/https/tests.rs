@@ -1,0 +1,124 @@
+use std::{net::Ipv4Addr, time::Duration};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::config::{Protocol, ProxyProtocol};
+
+/// The first flight of a real rustls client: its ClientHello, with SNI `name` (none for
+/// `None`).
+fn client_hello(name: Option<&str>) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    cfg.enable_sni = name.is_some();
+    let server =
+        rustls::pki_types::ServerName::try_from(name.unwrap_or("x.example").to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), server).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+#[test]
+fn the_name_comes_from_the_client_hello() {
+    let hello = client_hello(Some("Alice.HTTP.lab.example"));
+    assert_eq!(
+        parse_hello(&hello),
+        Hello::Complete(Some("alice.http.lab.example".into()))
+    );
+    assert_eq!(parse_hello(&client_hello(None)), Hello::Complete(None));
+    // Cut anywhere, it is incomplete, never misread.
+    for cut in [1, 5, 6, hello.len() / 2, hello.len() - 1] {
+        assert_eq!(parse_hello(&hello[..cut]), Hello::Partial, "cut at {cut}");
+    }
+    assert!(matches!(
+        parse_hello(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Hello::Refused(..)
+    ));
+}
+
+fn route(name: &str, backend: std::net::SocketAddr, pp: Option<ProxyProtocol>) -> config::Route {
+    let std::net::SocketAddr::V4(backend) = backend else {
+        panic!("v4 only")
+    };
+    config::Route {
+        name: name.into(),
+        service: "https".into(),
+        protocol: Protocol::Tcp,
+        backend,
+        port: 30443,
+        proxy_protocol: pp,
+    }
+}
+
+#[tokio::test]
+async fn relays_by_name_and_alerts_otherwise() {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let cfg = config::Https {
+        listen: vec![(Ipv4Addr::LOCALHOST, 0).into()],
+        service: "https".into(),
+        limits: WebLimits::default(),
+    };
+    let server = HttpsServer::start(
+        &cfg,
+        Some("http"),
+        "lab.example",
+        &[route("alice", backend, Some(ProxyProtocol::V2))],
+    )
+    .await
+    .unwrap();
+    let at = server.local_addrs()[0];
+
+    // The HTTP name works on 443 too; the backend gets the PROXY header, then the hello.
+    let hello = client_hello(Some("alice.http.lab.example"));
+    let mut c = TcpStream::connect(at).await.unwrap();
+    let me = c.local_addr().unwrap();
+    c.write_all(&hello).await.unwrap();
+    let (mut b, _) = l.accept().await.unwrap();
+    let want = {
+        let mut w = proxy_header::encode(ProxyProtocol::V2, me, at);
+        w.extend_from_slice(&hello);
+        w
+    };
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(5), b.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, want);
+    b.write_all(b"server bytes").await.unwrap();
+    drop(b);
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, b"server bytes");
+
+    for (name, desc) in [
+        (Some("bob.https.lab.example"), UNRECOGNIZED_NAME),
+        (None, UNRECOGNIZED_NAME),
+    ] {
+        let mut c = TcpStream::connect(at).await.unwrap();
+        c.write_all(&client_hello(name)).await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, alert(desc), "{name:?}");
+    }
+    let sample = server.sample();
+    let errors: std::collections::HashMap<_, _> = sample.errors.into_iter().collect();
+    assert_eq!(
+        (sample.requests, errors["no_route"], errors["no_sni"]),
+        (1, 1, 1)
+    );
+}
