@@ -54,6 +54,11 @@ pub struct AddArgs {
     /// `tcp` (default) or `udp`.
     #[arg(long)]
     pub protocol: Option<String>,
+    /// `v1` or `v2`: the web routers (HTTP by Host, HTTPS by SNI) send a PROXY protocol
+    /// header first, so the backend sees the visitor's address. Only for a backend that
+    /// expects it (nginx `proxy_protocol`, Apache, HAProxy, caddy).
+    #[arg(long, value_name = "VERSION")]
+    pub proxy_protocol: Option<String>,
     /// Print the new route as JSON.
     #[arg(long)]
     pub json: bool,
@@ -176,6 +181,7 @@ pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
                 protocol: a.protocol,
                 backend: a.backend,
                 port: a.port,
+                proxy_protocol: a.proxy_protocol,
             })?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -515,6 +521,7 @@ mod tests {
 
     fn view(name: &str, source: &str, last_seen: Option<u64>, idle: u64) -> RouteView {
         RouteView {
+            proxy_protocol: None,
             name: name.into(),
             service: "ssh".into(),
             protocol: "tcp".into(),

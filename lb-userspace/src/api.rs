@@ -60,6 +60,9 @@ pub struct RouteView {
     pub outbound_packets: u64,
     pub inbound_bytes: u64,
     pub outbound_bytes: u64,
+    /// `"v1"` or `"v2"` when the web routers send this route's backend a PROXY header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
 }
 
 /// `GET /v1/routes`.
@@ -134,6 +137,9 @@ pub struct ClaimRequest {
     /// `"tcp"` (the default) or `"udp"`.
     #[serde(default)]
     pub protocol: Option<String>,
+    /// `"v1"` or `"v2"`: the web routers send a PROXY protocol header first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
 }
 
 /// `GET /v1/me`: who the token belongs to, and where their routes are reachable.

@@ -126,6 +126,13 @@ pub enum ProxyProtocol {
 }
 
 impl ProxyProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
+
     fn parse(text: &str) -> Result<ProxyProtocol, String> {
         match text {
             "v1" => Ok(ProxyProtocol::V1),
@@ -700,6 +707,9 @@ pub struct RouteRequest {
     pub backend: String,
     #[serde(default)]
     pub port: Option<u16>,
+    /// `"v1"` or `"v2"`: the web routers send a PROXY protocol header first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
 }
 
 /// A route whose fields are valid on their own; its port may still have to be allocated.
@@ -710,6 +720,7 @@ pub struct RouteDraft {
     pub protocol: Protocol,
     pub backend: SocketAddrV4,
     pub port: Option<u16>,
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl RouteDraft {
@@ -721,7 +732,7 @@ impl RouteDraft {
             protocol: self.protocol,
             backend: self.backend,
             port,
-            proxy_protocol: None,
+            proxy_protocol: self.proxy_protocol,
         }
     }
 
@@ -815,6 +826,14 @@ pub fn check_route(
             None
         }
     };
+    let proxy_protocol = match r.proxy_protocol.as_deref().map(ProxyProtocol::parse) {
+        None => Ok(None),
+        Some(Ok(p)) => Ok(Some(p)),
+        Some(Err(e)) => {
+            bad("proxy_protocol", e);
+            Err(())
+        }
+    };
     let mut port_ok = true;
     if let (Some(range), Some(port)) = (range, r.port) {
         if !range.contains(port) {
@@ -825,13 +844,21 @@ pub fn check_route(
             port_ok = false;
         }
     }
-    match (protocol, backend, name_ok, service_ok, port_ok) {
-        (Some(protocol), Some(backend), true, true, true) => Ok(RouteDraft {
+    match (
+        protocol,
+        backend,
+        name_ok,
+        service_ok,
+        port_ok,
+        proxy_protocol,
+    ) {
+        (Some(protocol), Some(backend), true, true, true, Ok(proxy_protocol)) => Ok(RouteDraft {
             name: r.name.clone(),
             service: r.service.clone(),
             protocol,
             backend,
             port: r.port,
+            proxy_protocol,
         }),
         _ => Err(problems),
     }
@@ -1229,20 +1256,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             protocol: r.protocol,
             backend: r.backend,
             port: Some(r.port),
-        };
-        let proxy_protocol = match r.proxy_protocol.as_deref().map(ProxyProtocol::parse) {
-            None => None,
-            Some(Ok(p)) => Some(p),
-            Some(Err(e)) => {
-                bad(&field("proxy_protocol"), e);
-                continue;
-            }
+            proxy_protocol: r.proxy_protocol,
         };
         let route = match check_route(&request, public_ipv4, port_range, &field) {
-            Ok(draft) => Route {
-                proxy_protocol,
-                ..draft.with_port(r.port)
-            },
+            Ok(draft) => draft.with_port(r.port),
             Err(errors) => {
                 for e in errors {
                     bad(&e.field, e.reason);

@@ -365,6 +365,7 @@ impl Core {
             outbound_packets: c.outbound_packets,
             inbound_bytes: c.inbound_bytes,
             outbound_bytes: c.outbound_bytes,
+            proxy_protocol: r.proxy_protocol.map(|p| p.as_str().to_string()),
         }
     }
 
@@ -721,6 +722,7 @@ impl Core {
             protocol: r.protocol,
             backend: r.backend,
             port: None,
+            proxy_protocol: r.proxy_protocol,
         };
         self.add_as(request, Some(&u))
     }

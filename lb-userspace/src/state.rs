@@ -109,6 +109,8 @@ pub(crate) struct RawRoute {
     added_unix: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_seen_unix: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proxy_protocol: Option<String>,
 }
 
 /// What the daemon persists, wherever it is kept. [`StateStore`] (a local directory) is the
@@ -468,6 +470,7 @@ fn raw(s: &StoredRoute) -> RawRoute {
         port: s.route.port,
         added_unix: unix(s.added),
         last_seen_unix: s.last_seen.map(unix),
+        proxy_protocol: s.route.proxy_protocol.map(|p| p.as_str().to_string()),
     }
 }
 
@@ -546,6 +549,7 @@ fn validate(
             protocol: Some(r.protocol),
             backend: r.backend,
             port: Some(r.port),
+            proxy_protocol: r.proxy_protocol,
         };
         // The port range is not checked: a range narrowed in the config later must not
         // take allocated ports away.

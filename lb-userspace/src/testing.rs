@@ -367,6 +367,7 @@ pub struct FakeControl {
 
 pub fn view(name: &str, port: u16) -> RouteView {
     RouteView {
+        proxy_protocol: None,
         name: name.into(),
         service: "ssh".into(),
         protocol: "tcp".into(),
@@ -482,6 +483,7 @@ impl Control for FakeControl {
             protocol: r.protocol,
             backend: r.backend,
             port: None,
+            proxy_protocol: r.proxy_protocol,
         })
     }
     fn release(

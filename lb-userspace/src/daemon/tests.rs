@@ -35,6 +35,7 @@ fn route(name: &str, port: u16, backend: &str) -> Route {
 
 fn request(name: &str, backend: &str) -> RouteRequest {
     RouteRequest {
+        proxy_protocol: None,
         name: name.into(),
         service: "ssh".into(),
         protocol: None,
@@ -467,6 +468,7 @@ fn user_request(name: &str, backends: &[&str], max: u32) -> UserRequest {
 
 fn claim(service: &str, backend: &str) -> ClaimRequest {
     ClaimRequest {
+        proxy_protocol: None,
         service: service.into(),
         backend: backend.into(),
         protocol: None,
@@ -763,4 +765,53 @@ fn the_reply_waits_for_the_flush_and_a_failed_flush_is_reported() {
         "undone"
     );
     assert!(maps.maps().holds_exactly(core.table.entries()));
+}
+
+#[test]
+fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
+    let mut rig = Rig::new();
+    rig.core
+        .user_add(UserRequest {
+            name: "alice".into(),
+            backends: vec!["10.0.0.11".into()],
+            max_routes: None,
+            admin: false,
+        })
+        .unwrap();
+    let v = rig
+        .core
+        .claim(
+            "alice",
+            ClaimRequest {
+                service: "https".into(),
+                backend: "10.0.0.11:443".into(),
+                protocol: None,
+                proxy_protocol: Some("v2".into()),
+            },
+        )
+        .unwrap();
+    assert_eq!(v.proxy_protocol.as_deref(), Some("v2"));
+    let stored = &rig.store.state().routes;
+    assert_eq!(
+        stored[0].route.proxy_protocol,
+        Some(crate::config::ProxyProtocol::V2)
+    );
+    let e = rig
+        .core
+        .claim(
+            "alice",
+            ClaimRequest {
+                service: "web".into(),
+                backend: "10.0.0.11:80".into(),
+                protocol: None,
+                proxy_protocol: Some("v3".into()),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.reply.field.as_deref(),
+        Some("proxy_protocol"),
+        "{:?}",
+        e.reply
+    );
 }

@@ -299,3 +299,20 @@ fn concurrent_flushes_share_one_fsync_and_all_return() {
     }
     assert_eq!(store.load(PUBLIC).unwrap().len(), 8);
 }
+
+#[test]
+fn a_routes_proxy_protocol_survives_the_journal_and_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StateStore::open(dir.path()).unwrap();
+    let mut web = stored("alice", 30000, "10.0.0.11:443", None);
+    web.route.service = "https".into();
+    web.route.proxy_protocol = Some(crate::config::ProxyProtocol::V2);
+    store
+        .record(&[put(&web)], &Vec::new)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(store.load(PUBLIC).unwrap(), vec![web.clone()]);
+    store.save(std::slice::from_ref(&web)).unwrap();
+    assert_eq!(store.load(PUBLIC).unwrap(), vec![web]);
+}

@@ -91,6 +91,11 @@ pub struct ClaimArgs {
     /// `tcp` (default) or `udp`.
     #[arg(long)]
     pub protocol: Option<String>,
+    /// `v1` or `v2`: the web routers (HTTP by Host, HTTPS by SNI) send a PROXY protocol
+    /// header first, so the backend sees the visitor's address. Only for a backend that
+    /// expects it (nginx `proxy_protocol`, Apache, HAProxy, caddy).
+    #[arg(long, value_name = "VERSION")]
+    pub proxy_protocol: Option<String>,
     /// Print the new route as JSON.
     #[arg(long)]
     pub json: bool,
@@ -577,6 +582,7 @@ pub fn claim(args: ClaimArgs) -> Result<(), StudentError> {
         service: args.service,
         backend: args.backend,
         protocol: args.protocol,
+        proxy_protocol: args.proxy_protocol,
     })
     .unwrap_or_default();
     let v: RouteView = call(&creds, "POST", "/v1/me/routes", Some(body))?;

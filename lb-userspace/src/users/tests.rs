@@ -7,6 +7,7 @@ fn rule(s: &str) -> BackendRule {
 
 fn draft(name: &str, backend: &str) -> RouteDraft {
     RouteDraft {
+        proxy_protocol: None,
         name: name.into(),
         service: "ssh".into(),
         protocol: Protocol::Tcp,
