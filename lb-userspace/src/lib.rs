@@ -20,6 +20,8 @@ pub mod admin;
 pub mod api;
 pub mod config;
 #[cfg(feature = "gateway")]
+pub mod console;
+#[cfg(feature = "gateway")]
 pub mod daemon;
 #[cfg(feature = "gateway")]
 pub mod dataplane;
@@ -45,4 +47,6 @@ pub mod student;
 pub mod sys;
 #[cfg(all(test, feature = "gateway"))]
 mod testing;
+#[cfg(feature = "gateway")]
+pub mod traffic;
 pub mod users;
