@@ -256,11 +256,14 @@ impl Console {
                 return resp;
             }
             None => {
-                let mut resp = redirect("/?ended=1");
-                if r.cookie.is_some_and(|c| session_id(c).is_some()) {
+                // Only a session that existed has ended; a visitor without one just logs in.
+                return if r.cookie.is_some_and(|c| session_id(c).is_some()) {
+                    let mut resp = redirect("/?ended=1");
                     resp.headers.push(("Set-Cookie", clear_cookie()));
-                }
-                return resp;
+                    resp
+                } else {
+                    redirect("/")
+                };
             }
         };
         if r.method == "POST" {

@@ -2,7 +2,9 @@
 //!
 //! The daemon's periodic pass already reads every route's counters (unlocked, see
 //! `daemon::observe_without_lock`); it hands the readings to [`Traffic::record`], which
-//! turns the growth of each counter slot's byte counts into per-minute sums. Pure: the
+//! turns the growth of each counter slot's byte counts into per-minute sums (the first
+//! reading after start is only a baseline; a slot seen later starts from zero, as the
+//! data plane zeroes a slot when it hands it to a route). Pure: the
 //! caller gives the time. Bounded: at most [`MINUTES`] minutes per slot, and only minutes
 //! that carried bytes are kept, so an idle route costs one baseline reading.
 
@@ -24,6 +26,8 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct Traffic {
     slots: HashMap<u32, Slot>,
+    /// Whether the first reading (the daemon's start) is in.
+    primed: bool,
 }
 
 impl Traffic {
@@ -35,15 +39,24 @@ impl Traffic {
         let present: std::collections::HashSet<u32> = readings.iter().map(|r| r.0).collect();
         self.slots.retain(|id, _| present.contains(id));
         for &(id, inbound, outbound) in readings {
-            let Some(slot) = self.slots.get_mut(&id) else {
-                // The first reading is the baseline: what came before it is not this hour's.
+            if !self.slots.contains_key(&id) {
+                // At start the counters hold whatever came before (pinned maps outlive the
+                // daemon): a baseline. A slot that appears later was zeroed when it was
+                // handed to its route, so all of it is this route's traffic.
+                let last = if self.primed {
+                    (0, 0)
+                } else {
+                    (inbound, outbound)
+                };
                 self.slots.insert(
                     id,
                     Slot {
-                        last: (inbound, outbound),
+                        last,
                         minutes: VecDeque::new(),
                     },
                 );
+            }
+            let Some(slot) = self.slots.get_mut(&id) else {
                 continue;
             };
             if inbound < slot.last.0 || outbound < slot.last.1 {
@@ -74,6 +87,7 @@ impl Traffic {
                 }),
             }
         }
+        self.primed = true;
     }
 
     /// Slot `id`'s minutes since `since_unix` (the route's start: a slot's earlier
@@ -106,6 +120,9 @@ mod tests {
             t.history(1, 0).is_empty(),
             "the first reading is a baseline"
         );
+        // A route added since: its zeroed slot's first reading is all its own.
+        t.record(t0 + 2, &[(1, 500, 50), (2, 0, 0), (3, 40, 4)]);
+        assert_eq!(t.history(3, 0)[0].inbound_bytes, 40);
         t.record(t0 + 5, &[(1, 600, 70), (2, 0, 0)]);
         t.record(t0 + 10, &[(1, 650, 70), (2, 0, 0)]);
         t.record(t0 + 60, &[(1, 700, 80), (2, 0, 0)]);
@@ -122,7 +139,7 @@ mod tests {
         assert_eq!(h[0].inbound_bytes, 1);
         // A slot that went away is forgotten; a zeroed slot starts over.
         t.record(t0 + 3710, &[(1, 10, 0)]);
-        assert!(!t.slots.contains_key(&2));
+        assert!(!t.slots.contains_key(&2) && !t.slots.contains_key(&3));
         let h = t.history(1, 0);
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].inbound_bytes, 10);
