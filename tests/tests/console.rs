@@ -195,6 +195,20 @@ fn a_student_with_only_a_browser_gets_an_ssh_endpoint_and_the_admin_sees_the_gat
 }
 
 async fn scenario(c: &Client, lab: &Lab, base: &str, admin: &str, alice: &str, bob: &str) {
+    // What the browser is told: nothing may run or load but the console's own stylesheet.
+    let url = format!("{base}/");
+    let head = lab
+        .exec_ok(
+            &lab.client,
+            &["curl", "-ksS", "-D", "-", "-o", "/dev/null", &url],
+        )
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; style-src 'self';"),
+        "{head}"
+    );
+    assert!(head.contains("x-frame-options: deny"), "{head}");
     c.goto(&format!("{base}/")).await.unwrap();
     text_of(c, "h1").await;
     check_page(c, "login").await;
