@@ -333,6 +333,31 @@ async fn scenario(c: &Client, lab: &Lab, base: &str, admin: &str, alice: &str, b
     );
     check_page(c, "admin").await;
     shot(c, "admin").await;
+    // A new account from the admin's form: its token is shown once, and it works.
+    c.find(Locator::Css("#user-name"))
+        .await
+        .unwrap()
+        .send_keys("carol")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#user-backends"))
+        .await
+        .unwrap()
+        .send_keys(B2_IP)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#add-user"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let carol = text_of(c, "#new-token").await;
+    assert!(carol.starts_with("sg_carol_"), "{carol}");
+    assert!(text_of(c, "#users").await.contains("carol"));
+    logout(c).await;
+    login(c, base, &carol).await;
+    assert!(text_of(c, "#allowed").await.contains(B2_IP));
     logout(c).await;
 
     // alice, with her new token, releases: asked to confirm, then the row goes.

@@ -311,3 +311,30 @@ fn the_chart_puts_each_minute_in_its_place() {
     assert!(svg.contains("class=\"out\" x=\"0\" y=\"15\""), "{svg}");
     assert_eq!(svg.matches("<rect").count(), 3);
 }
+
+#[test]
+fn sessions_expire_and_stay_bounded() {
+    let t0 = Instant::now();
+    let session = |used: Instant| Session {
+        user: "alice".into(),
+        token_sha256: [0; 32],
+        csrf: String::new(),
+        opened: t0,
+        used,
+        flash: None,
+    };
+    assert!(Sessions::live(&session(t0), t0 + SESSION_IDLE / 2));
+    assert!(!Sessions::live(&session(t0), t0 + SESSION_IDLE));
+    let late = t0 + SESSION_LIFETIME - Duration::from_secs(1);
+    assert!(!Sessions::live(&session(late), t0 + SESSION_LIFETIME));
+    let mut s = Sessions::default();
+    for i in 0..MAX_SESSIONS + 10 {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let used = t0 + Duration::from_millis(i as u64);
+        s.insert(key, session(used), used);
+    }
+    assert_eq!(s.by_id.len(), MAX_SESSIONS);
+    // The least recently used went first.
+    assert!(!s.by_id.contains_key(&[0u8; 32]));
+}
