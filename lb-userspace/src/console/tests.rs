@@ -154,6 +154,7 @@ fn a_student_logs_in_claims_releases_and_loses_the_session_with_the_token() {
 
     let r = b.post("/claim", &body);
     assert_eq!((r.status, header(&r, "Location")), (303, Some("/")));
+    assert_eq!(crate::api::reason(r.status), "See Other");
     assert_eq!(control.added.lock().unwrap()[0].name, "alice");
     let (_, page) = b.get("/");
     assert!(page.contains("Claimed alice/ssh/tcp"), "{page}");
