@@ -160,6 +160,33 @@ pub struct Caller {
     pub admin: bool,
 }
 
+/// One interface the XDP program is attached to, as the console's admin view shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegView {
+    pub name: String,
+    /// `public` or `private`.
+    pub role: String,
+    /// `redirect` or `pass`: how rewritten frames leave through it.
+    pub egress: String,
+}
+
+/// The data plane at a glance: its legs and every verdict the program counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayView {
+    pub legs: Vec<LegView>,
+    /// Each XDP verdict's name and count, in the program's order.
+    pub verdicts: Vec<(String, u64)>,
+}
+
+/// The bytes one route forwarded during one minute (the console's traffic chart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficMinute {
+    /// The minute's start, Unix seconds (a multiple of 60).
+    pub minute_unix: u64,
+    pub inbound_bytes: u64,
+    pub outbound_bytes: u64,
+}
+
 /// An error answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorReply {
@@ -219,6 +246,17 @@ pub trait Control: Send + Sync + 'static {
         service: &str,
         protocol: Option<&str>,
     ) -> Result<Removed, ApiError>;
+    /// The account `name` while its current token has the SHA-256 `token_sha256`: a
+    /// console session keeps only the digest of the token it was opened with and is
+    /// checked again with it on every request.
+    fn authenticate_digest(&self, name: &str, token_sha256: &[u8; 32]) -> Option<Caller>;
+    /// The legs and verdict counters (for admins).
+    fn gateway(&self) -> GatewayView;
+    /// The last hour of traffic of each route in `routes`, by minute, oldest first (only
+    /// minutes that carried traffic); empty for a route the daemon has no samples of.
+    fn traffic(&self, routes: &[crate::config::RouteKey]) -> Vec<Vec<TrafficMinute>>;
+    /// The latest audit log lines (who changed what, from where), oldest first.
+    fn recent_audit(&self) -> Vec<String>;
 }
 
 #[cfg(all(test, feature = "gateway"))]

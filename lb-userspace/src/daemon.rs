@@ -40,8 +40,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{
-        self, ApiError, Caller, ClaimRequest, Control, MeReply, PortalInfo, Removed, RouteView,
-        RoutesReply, Shutdown, TokenReply, UserRequest, UsersReply,
+        self, ApiError, Caller, ClaimRequest, Control, GatewayView, LegView, MeReply, PortalInfo,
+        Removed, RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest,
+        UsersReply,
     },
     config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
     dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane},
@@ -53,6 +54,7 @@ use crate::{
     portal::{PortalError, PortalServer},
     routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
     state::{Commit, RouteChange, StateError, StateStore, Store, StoredRoute},
+    traffic::Traffic,
     users::{
         check_claim, parse_rules, Denied, User, UserError, UserView, Users, DEFAULT_MAX_ROUTES,
     },
@@ -195,6 +197,9 @@ struct Core {
     http_service: Option<String>,
     /// `[https] service`: the routes the HTTPS relay cares about.
     https_service: Option<String>,
+    /// Per-minute traffic by counter slot, for the console; fed by the periodic pass with
+    /// the core unlocked, so it has its own lock.
+    traffic: Arc<Mutex<Traffic>>,
 }
 
 impl Core {
@@ -228,6 +233,7 @@ impl Core {
             unflushed: Vec::new(),
             http_service: cfg.http.as_ref().map(|h| h.service.clone()),
             https_service: cfg.https.as_ref().map(|h| h.service.clone()),
+            traffic: Arc::default(),
         }
     }
 
@@ -1051,16 +1057,32 @@ fn scrape(core: &Mutex<Core>) -> String {
 /// The periodic pass, with the counters of every route read while the core is unlocked
 /// (see [`Dataplane::counter_reader`]); returns the status line for systemd.
 async fn observe_without_lock(core: &Arc<Mutex<Core>>) -> Option<String> {
-    let (reader, slots) = on_core(core, |c| {
+    let (reader, slots, traffic, now) = on_core(core, |c| {
         let slots: Vec<u32> = c.table.entries().map(|e| e.id).collect();
-        (c.dataplane.counter_reader(), slots)
+        (
+            c.dataplane.counter_reader(),
+            slots,
+            c.traffic.clone(),
+            unix(c.clock.now()),
+        )
     })
     .await?;
     let idle = match reader {
         Ok(reader) => tokio::task::spawn_blocking(move || {
-            slots
+            let read: Vec<(u32, Counters)> = slots
                 .into_iter()
-                .filter_map(|id| Some((id, reader.route_counters(id).ok()?.idle?)))
+                .filter_map(|id| Some((id, reader.route_counters(id).ok()?)))
+                .collect();
+            let bytes: Vec<(u32, u64, u64)> = read
+                .iter()
+                .map(|(id, c)| (*id, c.inbound_bytes, c.outbound_bytes))
+                .collect();
+            traffic
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(now, &bytes);
+            read.into_iter()
+                .filter_map(|(id, c)| Some((id, c.idle?)))
                 .collect::<HashMap<u32, Duration>>()
         })
         .await
@@ -1168,6 +1190,51 @@ impl Control for Handle {
         protocol: Option<&str>,
     ) -> Result<Removed, ApiError> {
         self.change(|c| c.release(caller, service, protocol))
+    }
+    fn authenticate_digest(&self, name: &str, token_sha256: &[u8; 32]) -> Option<Caller> {
+        let core = lock(&self.core);
+        let u = core.users.authenticate_digest(name, token_sha256).ok()?;
+        Some(Caller {
+            name: u.name.clone(),
+            admin: u.admin,
+        })
+    }
+    fn gateway(&self) -> GatewayView {
+        let core = lock(&self.core);
+        let names = verdict_names().iter().map(|n| n.to_string());
+        GatewayView {
+            legs: core
+                .dataplane
+                .legs()
+                .iter()
+                .map(|l| LegView {
+                    name: l.name.clone(),
+                    role: l.role_name().to_string(),
+                    egress: l.egress_name().to_string(),
+                })
+                .collect(),
+            verdicts: names
+                .zip(core.dataplane.verdicts().unwrap_or_default())
+                .collect(),
+        }
+    }
+    fn traffic(&self, routes: &[config::RouteKey]) -> Vec<Vec<TrafficMinute>> {
+        let (slots, traffic) = {
+            let core = lock(&self.core);
+            let slots: Vec<Option<(u32, u64)>> = routes
+                .iter()
+                .map(|k| core.table.get(k).map(|e| (e.id, unix(e.added))))
+                .collect();
+            (slots, core.traffic.clone())
+        };
+        let traffic = traffic.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .into_iter()
+            .map(|s| s.map_or_else(Vec::new, |(id, added)| traffic.history(id, added)))
+            .collect()
+    }
+    fn recent_audit(&self) -> Vec<String> {
+        crate::logging::recent_audit()
     }
 }
 

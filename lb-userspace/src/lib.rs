@@ -4,7 +4,9 @@
 //! goes through), `routes` (the route table: sources, ports, slots, idleness, map entries),
 //! `state` (the runtime routes on disk), `dataplane` (the XDP program, its maps and pins),
 //! `dns` (the authoritative zone), `http` (routing by
-//! Host header), `https` (TLS relayed by SNI), `web` (what those two share), `api` (the control socket: server and client), `daemon`
+//! Host header), `https` (TLS relayed by SNI), `web` (what those two share), `api` (the
+//! control socket: server and client), `portal` (the students' HTTPS API) and `console`
+//! (its web pages), `traffic` (the charts' per-minute history), `daemon`
 //! (`srvgate run`: the operations that keep all of the above in agreement), `admin` (the
 //! admins' CLI verbs), `metrics` (Prometheus text), `student` (the client-side `srvgate
 //! ssh`), `sys` (thin wrappers over the few system calls we need), `notify` (systemd readiness),
@@ -19,6 +21,8 @@ pub mod accounts;
 pub mod admin;
 pub mod api;
 pub mod config;
+#[cfg(feature = "gateway")]
+pub mod console;
 #[cfg(feature = "gateway")]
 pub mod daemon;
 #[cfg(feature = "gateway")]
@@ -49,6 +53,8 @@ pub mod student;
 pub mod sys;
 #[cfg(all(test, feature = "gateway"))]
 mod testing;
+#[cfg(feature = "gateway")]
+pub mod traffic;
 pub mod users;
 #[cfg(feature = "gateway")]
 pub mod web;

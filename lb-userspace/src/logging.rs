@@ -6,9 +6,14 @@
 //! works, and carries no timestamp (the journal stamps every line) and no colours. Fields
 //! stay `key=value` after the message, the same as on a terminal, so
 //! `journalctl -u srvgate --grep 'route=alice/'` finds a route's history.
+//!
+//! The audit lines (target [`AUDIT_TARGET`]: who changed what, from where) are also kept,
+//! the latest [`AUDIT_LINES`] of them, for the console's admin view ([`recent_audit`]),
+//! whatever `RUST_LOG` lets through to stderr.
 
 use std::{
-    fmt,
+    collections::VecDeque,
+    fmt::{self, Write as _},
     io::IsTerminal as _,
     os::fd::AsRawFd,
     sync::{
@@ -18,8 +23,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::{field::Field, Event, Level, Metadata, Subscriber};
 use tracing_subscriber::{
+    filter::Targets,
     fmt::{format::Writer, FmtContext, FormatEvent, FormatFields},
     layer::{Context, SubscriberExt as _},
     registry::LookupSpan,
@@ -30,29 +36,93 @@ use tracing_subscriber::{
 /// Without `RUST_LOG`: hickory-server logs every answer at info, a line per query.
 const DEFAULT_FILTER: &str = "info,hickory_server=warn";
 
+/// The target of every audit line (`info!(target: AUDIT_TARGET, user, from, action, ...)`).
+pub const AUDIT_TARGET: &str = "srvgate::audit";
+/// How many audit lines [`recent_audit`] keeps.
+pub const AUDIT_LINES: usize = 200;
+
+static RECENT_AUDIT: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+
+/// The latest audit lines, oldest first: `2026-12-01T22:14:40Z INFO portal user=alice ...`.
+pub fn recent_audit() -> Vec<String> {
+    let recent = RECENT_AUDIT.lock().unwrap_or_else(|p| p.into_inner());
+    recent.iter().cloned().collect()
+}
+
 /// Installs the global subscriber, writing to stderr, with warnings about peers' packets
 /// rate-limited ([`PeerNoise`]).
 pub fn init() {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(RateLimited(peer_noise().clone()));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    if stderr_is_journal() {
-        registry
-            .with(
-                fmt.with_ansi(false).event_format(Journal(
-                    tracing_subscriber::fmt::format()
-                        .without_time()
-                        .with_ansi(false),
-                )),
-            )
-            .init();
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let stderr = if stderr_is_journal() {
+        layer
+            .with_ansi(false)
+            .event_format(Journal(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .with_filter(filter)
+            .boxed()
     } else {
-        registry
-            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
-            .init();
+        layer
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed()
+    };
+    let audit = AuditRing.with_filter(Targets::new().with_target(AUDIT_TARGET, Level::INFO));
+    // Peer noise first: an event it refuses reaches neither stderr nor the audit ring.
+    tracing_subscriber::registry()
+        .with(RateLimited(peer_noise().clone()))
+        .with(stderr)
+        .with(audit)
+        .init();
+}
+
+/// Keeps the latest audit events as text lines in [`RECENT_AUDIT`].
+struct AuditRing;
+
+impl<S: Subscriber> Layer<S> for AuditRing {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut line = String::new();
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let when = time::OffsetDateTime::from_unix_timestamp(secs)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        let _ = write!(line, "{when} {}", event.metadata().level());
+        event.record(&mut Fields(&mut line));
+        let mut recent = RECENT_AUDIT.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= AUDIT_LINES {
+            recent.pop_front();
+        }
+        recent.push_back(line);
+    }
+}
+
+/// Writes an event's fields as ` message key=value ...`.
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            let _ = write!(self.0, " {value}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, " {value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
     }
 }
 
@@ -292,6 +362,27 @@ mod tests {
         assert_eq!(noise.take_unreported(), 0);
         // A new window prints again.
         assert!(noise.admit(Instant::now() + PeerNoise::WINDOW));
+    }
+
+    #[test]
+    fn audit_lines_are_kept_and_bounded() {
+        let subscriber = tracing_subscriber::registry()
+            .with(AuditRing.with_filter(Targets::new().with_target(AUDIT_TARGET, Level::INFO)));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "srvgate::other", "not an audit line");
+            for i in 0..AUDIT_LINES + 5 {
+                tracing::info!(target: AUDIT_TARGET, user = "alice", from = %"10.0.0.9", n = i, "console");
+            }
+        });
+        let lines = recent_audit();
+        assert_eq!(lines.len(), AUDIT_LINES);
+        let last = lines.last().unwrap();
+        assert!(
+            last.contains(" INFO console user=\"alice\" from=10.0.0.9"),
+            "{last}"
+        );
+        assert!(last.contains(&format!("n={}", AUDIT_LINES + 4)), "{last}");
+        assert!(!lines.iter().any(|l| l.contains("not an audit line")));
     }
 
     #[test]

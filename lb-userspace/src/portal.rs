@@ -11,6 +11,7 @@
 //! | `POST /v1/me/routes` + [`ClaimRequest`]       | claims a port (201 + the route)       |
 //! | `DELETE /v1/me/routes/SERVICE[?protocol=udp]` | releases it                           |
 //! | `/v1/routes...`, `/v1/users...`               | admin tokens only: as the control socket |
+//! | any other path                                | the web console (`console`)           |
 //!
 //! Bounds: one request per connection, TLS handshake and request within
 //! [`REQUEST_TIMEOUT`], a head of at most [`MAX_HEAD`] and a body of at most [`MAX_BODY`],
@@ -43,6 +44,7 @@ use tracing::{debug, info, warn};
 use crate::{
     api::{self, ApiError, ClaimRequest, Control, PortalInfo, Request},
     config::Portal,
+    console::{self, Console, Logins, WebRequest, WebResponse},
     state::{write_atomically, StateError},
     users::cert_fingerprint as fingerprint,
 };
@@ -132,6 +134,7 @@ impl PortalServer {
     pub fn serve(self, control: Arc<dyn Control>) -> Vec<JoinHandle<()>> {
         let shared = Arc::new(Shared {
             control,
+            console: Console::default(),
             acceptor: self.acceptor,
             slots: Semaphore::new(crate::fds::Budget::current().portal_connections()),
             per_address: Mutex::new(HashMap::new()),
@@ -192,6 +195,7 @@ fn self_signed(
 
 struct Shared {
     control: Arc<dyn Control>,
+    console: Console,
     acceptor: tokio_rustls::TlsAcceptor,
     slots: Semaphore,
     per_address: Mutex<HashMap<IpAddr, usize>>,
@@ -298,27 +302,87 @@ async fn serve_one(
     shared: &Arc<Shared>,
 ) -> io::Result<()> {
     let mut tls = shared.acceptor.accept(stream).await?;
-    let (status, body) = match read_request(&mut tls).await {
-        Ok((request, token)) => answer(request, token, peer.ip(), shared).await,
-        Err(e) => api::error_body(&e),
+    let response = match read_request(&mut tls).await {
+        Ok((request, headers)) if console::owns(&request.path) => {
+            let shared = shared.clone();
+            let ip = peer.ip();
+            tokio::task::spawn_blocking(move || {
+                let r = WebRequest {
+                    method: &request.method,
+                    path: &request.path,
+                    query: request.query.as_deref(),
+                    body: &request.body,
+                    cookie: headers.cookie.as_deref(),
+                    fetch_site: headers.fetch_site.as_deref(),
+                    from: ip,
+                };
+                shared.console.answer(&r, &*shared.control, &*shared)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                json_response(api::error_body(&ApiError::new(
+                    500,
+                    format!("the console failed: {e}"),
+                )))
+            })
+        }
+        Ok((request, headers)) => {
+            json_response(answer(request, headers.token, peer.ip(), shared).await)
+        }
+        Err(e) => json_response(api::error_body(&e)),
     };
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        api::reason(status),
-        body.len()
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        response.status,
+        api::reason(response.status),
+        response.body.len()
     );
+    for (name, value) in &response.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     tls.write_all(head.as_bytes()).await?;
-    tls.write_all(&body).await?;
+    tls.write_all(&response.body).await?;
     tls.shutdown().await
 }
 
+fn json_response((status, body): (u16, Vec<u8>)) -> WebResponse {
+    WebResponse {
+        status,
+        headers: vec![
+            ("Content-Type", "application/json".into()),
+            ("Cache-Control", "no-store".into()),
+        ],
+        body,
+    }
+}
+
+impl Logins for Shared {
+    fn blocked(&self, ip: IpAddr) -> bool {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .blocked(ip, Instant::now())
+    }
+    fn failed(&self, ip: IpAddr) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed(ip, Instant::now());
+    }
+}
+
 /// Reads one request: its head parsed by httparse, its body by Content-Length.
-async fn read_request<S: AsyncRead + Unpin>(
-    s: &mut S,
-) -> Result<(Request, Option<String>), ApiError> {
+async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> Result<(Request, Headers), ApiError> {
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];
-    let (head_len, method, target, length, token) = loop {
+    let Head {
+        len: head_len,
+        method,
+        target,
+        length,
+        headers,
+    } = loop {
         let n = s
             .read(&mut chunk)
             .await
@@ -364,11 +428,29 @@ async fn read_request<S: AsyncRead + Unpin>(
             query,
             body: buf[head_len..head_len + length].to_vec(),
         },
-        token,
+        headers,
     ))
 }
 
-type Head = (usize, String, String, usize, Option<String>);
+/// A request head as parsed.
+#[derive(Debug)]
+struct Head {
+    len: usize,
+    method: String,
+    target: String,
+    /// Content-Length.
+    length: usize,
+    headers: Headers,
+}
+
+/// The headers the API and the console read.
+#[derive(Debug, Default)]
+struct Headers {
+    /// The bearer token of `Authorization`.
+    token: Option<String>,
+    cookie: Option<String>,
+    fetch_site: Option<String>,
+}
 
 /// `Ok(None)` while the head is incomplete. Duplicate Content-Length or Authorization, and
 /// Transfer-Encoding (no client of ours sends chunked bodies), are refused.
@@ -384,7 +466,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
         return Err(ApiError::new(400, "malformed request line"));
     };
     let mut length = None;
-    let mut token = None;
+    let mut headers = Headers::default();
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| ApiError::new(400, format!("header {} is not UTF-8", h.name)))?
@@ -405,18 +487,29 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
             let t = value
                 .strip_prefix("Bearer ")
                 .ok_or_else(|| ApiError::new(401, "Authorization must be `Bearer <token>`"))?;
-            if token.replace(t.trim().to_string()).is_some() {
+            if headers.token.replace(t.trim().to_string()).is_some() {
                 return Err(ApiError::new(400, "more than one Authorization header"));
             }
+        } else if h.name.eq_ignore_ascii_case("cookie") {
+            // Browsers send one Cookie header; joining several keeps what each said.
+            match &mut headers.cookie {
+                Some(c) => {
+                    c.push_str("; ");
+                    c.push_str(value);
+                }
+                None => headers.cookie = Some(value.to_string()),
+            }
+        } else if h.name.eq_ignore_ascii_case("sec-fetch-site") {
+            headers.fetch_site = Some(value.to_string());
         }
     }
-    Ok(Some((
-        head_len,
-        method.to_string(),
-        target.to_string(),
-        length.unwrap_or(0),
-        token,
-    )))
+    Ok(Some(Head {
+        len: head_len,
+        method: method.to_string(),
+        target: target.to_string(),
+        length: length.unwrap_or(0),
+        headers,
+    }))
 }
 
 async fn answer(

@@ -353,8 +353,8 @@ impl FakeState {
 // ---------------------------------------------------------------- the daemon, for its servers
 
 use crate::api::{
-    ApiError, Caller, ClaimRequest, Control, MeReply, Removed, RouteRequest, RouteView,
-    RoutesReply, Shutdown, TokenReply, UserRequest, UserView, UsersReply,
+    ApiError, Caller, ClaimRequest, Control, GatewayView, LegView, MeReply, Removed, RouteRequest,
+    RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UserView, UsersReply,
 };
 
 /// A control that records calls and answers from a fixed script.
@@ -469,11 +469,24 @@ impl Control for FakeControl {
         let u = users
             .get(caller)
             .ok_or_else(|| ApiError::new(404, "no such user"))?;
+        let routes: Vec<RouteView> = self
+            .added
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.name == caller)
+            .enumerate()
+            .map(|(i, r)| RouteView {
+                service: r.service.clone(),
+                backend: r.backend.clone(),
+                ..view(caller, 30000 + i as u16)
+            })
+            .collect();
         Ok(MeReply {
-            user: UserView::of(u, 0),
+            user: UserView::of(u, routes.len()),
             public_ipv4: "203.0.113.10".into(),
             zone: Some("lab.example".into()),
-            routes: vec![],
+            routes,
         })
     }
     fn claim(&self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
@@ -493,5 +506,38 @@ impl Control for FakeControl {
         _protocol: Option<&str>,
     ) -> Result<Removed, ApiError> {
         self.remove(caller, Some(service))
+    }
+    fn authenticate_digest(&self, name: &str, token_sha256: &[u8; 32]) -> Option<Caller> {
+        let users = self.users.lock().unwrap();
+        let u = users.authenticate_digest(name, token_sha256).ok()?;
+        Some(Caller {
+            name: u.name.clone(),
+            admin: u.admin,
+        })
+    }
+    fn gateway(&self) -> GatewayView {
+        GatewayView {
+            legs: vec![LegView {
+                name: "eth0".into(),
+                role: "public".into(),
+                egress: "redirect".into(),
+            }],
+            verdicts: vec![("rewritten".into(), 7)],
+        }
+    }
+    fn traffic(&self, routes: &[crate::config::RouteKey]) -> Vec<Vec<TrafficMinute>> {
+        routes
+            .iter()
+            .map(|_| {
+                vec![TrafficMinute {
+                    minute_unix: 60,
+                    inbound_bytes: 1000,
+                    outbound_bytes: 4000,
+                }]
+            })
+            .collect()
+    }
+    fn recent_audit(&self) -> Vec<String> {
+        vec!["2026-12-01T00:00:00Z INFO portal user=\"<alice>\"".into()]
     }
 }

@@ -318,6 +318,29 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .with_context(|| format!("entering network namespace {ns}"))
 }
 
+/// Like [`in_netns`], but `f` may borrow (it runs on a scoped thread, joined before this
+/// returns), and a panic in `f` is the caller's panic, with its message. The thread is in
+/// `ns` for as long as `f` runs, so a single-threaded async runtime driven from `f` makes
+/// every socket there (a WebDriver client talking to a driver in the lab, say).
+pub fn in_netns_scoped<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let path = Path::new("/run/netns").join(ns);
+    let file = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let joined = thread::scope(|s| {
+        s.spawn(move || -> io::Result<T> {
+            // SAFETY: setns on a valid namespace fd; CLONE_NEWNET only affects this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+    });
+    match joined {
+        Ok(r) => r.with_context(|| format!("entering network namespace {ns}")),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 /// A TCP connection made from inside namespace `ns`, with a connect timeout.
 pub fn tcp_connect(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<io::Result<TcpStream>> {
     in_netns(ns, move || TcpStream::connect_timeout(&addr, timeout))

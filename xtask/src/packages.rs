@@ -40,6 +40,9 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("bash", "bash"),
     ("bpftool", "bpftool"),
     ("cat", "coreutils"),
+    // The console's browser test: chromedriver starts chromium (headless) for WebDriver.
+    ("chromedriver", "chromium-driver"),
+    ("chromium", "chromium"),
     ("curl", "curl"),
     ("dig", "dnsutils"),
     ("dnsperf", "dnsperf"),

@@ -38,6 +38,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // The C compiler for Windows that ring's build script needs when `cargo xtask test`
     // checks that the students' client builds for x86_64-pc-windows-gnu.
     "gcc-mingw-w64-x86-64",
+    // The console's test drives a real browser: headless Chromium through chromedriver.
+    "chromium",
+    "chromium-driver",
     // `cargo xtask dist` and the package's tests: dpkg-shlibdeps (dpkg-dev) computes the
     // package's Depends, strip (binutils) and gzip shrink its files, `man -l` (man-db)
     // renders the pages, `systemd-analyze verify` (systemd) checks the unit.

@@ -7,18 +7,22 @@ fn head(text: &str) -> Result<Option<Head>, ApiError> {
 
 #[test]
 fn heads_are_parsed_strictly() {
-    let (len, method, target, body, token) = head(
-        "POST /v1/me/routes HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sg_a_x\r\nContent-Length: 12\r\n\r\n",
+    let h = head(
+        "POST /v1/me/routes HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sg_a_x\r\nContent-Length: 12\r\nCookie: a=1\r\nCookie: b=2\r\nSec-Fetch-Site: same-origin\r\n\r\n",
     )
     .unwrap()
     .unwrap();
     assert_eq!(
-        (method.as_str(), target.as_str(), body),
+        (h.method.as_str(), h.target.as_str(), h.length),
         ("POST", "/v1/me/routes", 12)
     );
-    assert_eq!(token.as_deref(), Some("sg_a_x"));
-    assert!(len > 0);
-    assert_eq!(head("GET /v1/me HTTP/1.1\r\nHost: gw\r\n").unwrap(), None);
+    assert_eq!(h.headers.token.as_deref(), Some("sg_a_x"));
+    assert_eq!(h.headers.cookie.as_deref(), Some("a=1; b=2"));
+    assert_eq!(h.headers.fetch_site.as_deref(), Some("same-origin"));
+    assert!(h.len > 0);
+    assert!(head("GET /v1/me HTTP/1.1\r\nHost: gw\r\n")
+        .unwrap()
+        .is_none());
     for bad in [
         "GET /v1/me HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         "GET /v1/me HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",

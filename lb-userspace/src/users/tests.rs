@@ -102,8 +102,16 @@ fn tokens_authenticate_only_their_user_and_rotation_locks_the_old_one_out() {
     );
     assert_eq!(users.authenticate(""), Err(BadToken));
     assert_eq!(users.authenticate(&"x".repeat(10_000)), Err(BadToken));
+    // A session's digest works only for its own account and only until rotation.
+    let digest = token_sha256(&ta);
+    assert_eq!(
+        users.authenticate_digest("alice", &digest).unwrap().name,
+        "alice"
+    );
+    assert_eq!(users.authenticate_digest("bob", &digest), Err(BadToken));
     let new = users.rotate("alice").unwrap();
     assert_eq!(users.authenticate(&ta), Err(BadToken));
+    assert_eq!(users.authenticate_digest("alice", &digest), Err(BadToken));
     assert_eq!(users.authenticate(&new).unwrap().name, "alice");
     // Only the hash is kept.
     let stored = users.get("alice").unwrap().token_sha256.unwrap();
