@@ -250,6 +250,22 @@ impl Core {
         if taken_over {
             self.save()?;
         }
+        // The traffic charts' baseline is what the pinned counters hold now: a route
+        // claimed and used before the first periodic pass must not have its traffic taken
+        // for the baseline.
+        let readings: Vec<(u32, u64, u64)> = self
+            .table
+            .entries()
+            .filter_map(|e| {
+                let c = self.dataplane.route_counters(e.id).ok()?;
+                Some((e.id, c.inbound_bytes, c.outbound_bytes))
+            })
+            .collect();
+        let now = unix(self.clock.now());
+        self.traffic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(now, &readings);
         self.observe();
         Ok(())
     }
