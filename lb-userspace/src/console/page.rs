@@ -151,21 +151,8 @@ pub fn login(notice: Option<&Flash>) -> String {
     layout("Log in", None, &main)
 }
 
-/// 1536 -> `1.5 KiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+/// 1536 -> `1.5 KiB`: the same figures as `srvgate route ls` prints.
+use crate::admin::human_bytes as bytes;
 
 fn last_seen(v: &RouteView) -> String {
     match v.last_seen_unix {
