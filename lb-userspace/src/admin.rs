@@ -404,6 +404,31 @@ fn summary(r: &RoutesReply) -> String {
     )
 }
 
+/// `[cluster]`'s line of `srvgate status`: who we are, who else is there, how fresh.
+fn cluster_line(c: &crate::api::ClusterView) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let synced = c.last_sync_unix.map_or("never".to_string(), |t| {
+        format!("{} ago", human_duration(now.saturating_sub(t)))
+    });
+    let state = if c.connected {
+        "connected".to_string()
+    } else {
+        format!(
+            "NOT connected ({}): changes are refused",
+            c.error.as_deref().unwrap_or("no answer")
+        )
+    };
+    format!(
+        "cluster: gateway {} of [{}], etcd {} {state}, revision {}, last full sync {synced}\n",
+        c.gateway_id,
+        c.members.join(", "),
+        c.endpoints.join(","),
+        c.revision
+    )
+}
+
 /// The columns both tables start with: NAME, SERVICE, PROTO, PORT, BACKEND.
 fn identity_cells(v: &RouteView) -> Vec<String> {
     vec![
@@ -467,6 +492,7 @@ pub fn render_status(r: &RoutesReply) -> String {
     });
     summary(r)
         + &portal
+        + &r.cluster.as_ref().map_or(String::new(), cluster_line)
         + &table(
             &[
                 "NAME",
@@ -546,6 +572,7 @@ mod tests {
             free_ports: 8,
             reclaim_after: Some("14d".into()),
             portal: None,
+            cluster: None,
             routes: vec![
                 view("alice", "runtime", Some(100), 90),
                 view("carol", "config", None, 5),
@@ -583,6 +610,26 @@ mod tests {
         assert!(
             lines[3].contains("never") && lines[3].ends_with("config"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn status_shows_the_cluster() {
+        let mut r = reply();
+        r.cluster = Some(crate::api::ClusterView {
+            gateway_id: "gw2".into(),
+            members: vec!["gw1".into(), "gw2".into()],
+            endpoints: vec!["http://10.0.0.2:2379".into()],
+            connected: false,
+            revision: 42,
+            last_sync_unix: None,
+            error: Some("connection refused".into()),
+        });
+        let text = render_status(&r);
+        let line = text.lines().nth(1).unwrap();
+        assert_eq!(
+            line,
+            "cluster: gateway gw2 of [gw1, gw2], etcd http://10.0.0.2:2379 NOT connected (connection refused): changes are refused, revision 42, last full sync never"
         );
     }
 

@@ -77,7 +77,31 @@ pub struct RoutesReply {
     /// The students' HTTPS API and its certificate's fingerprint, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub portal: Option<PortalInfo>,
+    /// The shared table, when the gateway runs with `[cluster]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
     pub routes: Vec<RouteView>,
+}
+
+/// What `srvgate status` shows of `[cluster]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// This gateway's `gateway_id`.
+    pub gateway_id: String,
+    /// The gateways that announce themselves in the store now (this one included when
+    /// connected), by `gateway_id`.
+    pub members: Vec<String>,
+    pub endpoints: Vec<String>,
+    /// Whether the watch on the shared table is running.
+    pub connected: bool,
+    /// The store's revision the table is at.
+    pub revision: i64,
+    /// When the table was last loaded whole from the store (start, reconnection,
+    /// compaction).
+    pub last_sync_unix: Option<u64>,
+    /// Why the store is not connected, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What `srvgate status` shows of the portal.

@@ -286,6 +286,8 @@ pub struct Config {
     pub portal: Option<Portal>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[cluster]`: the table shared through etcd; without it, the local state directory.
+    pub cluster: Option<Cluster>,
     pub routes: Vec<Route>,
 }
 
@@ -338,6 +340,7 @@ struct RawConfig {
     https: Option<RawHttps>,
     portal: Option<RawPortal>,
     metrics: Option<RawMetrics>,
+    cluster: Option<cluster::RawCluster>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
     #[serde(default, rename = "user")]
@@ -1061,12 +1064,22 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     };
     let reclaim_after = match g.reclaim_after.as_deref().map(parse_duration) {
         None => None,
+        Some(Ok(_)) if raw.cluster.is_some() => {
+            // Each gateway sees only the traffic through itself: one would reclaim a route
+            // in use through another.
+            bad(
+                "gateway.reclaim_after",
+                "is not supported with [cluster] yet (a gateway sees only its own traffic, so it would reclaim routes in use through another); remove it".into(),
+            );
+            None
+        }
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => {
             bad("gateway.reclaim_after", e);
             None
         }
     };
+    let cluster = raw.cluster.and_then(|c| cluster::validate(c, &mut bad));
 
     let port_cooldown = match g.port_cooldown.as_deref().map(str::trim) {
         None => DEFAULT_PORT_COOLDOWN,
@@ -1360,6 +1373,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         https,
         portal,
         metrics_listen,
+        cluster,
         routes,
     })
 }
@@ -1406,6 +1420,9 @@ fn web_limits(
     }
     limits
 }
+
+mod cluster;
+pub use cluster::Cluster;
 
 #[cfg(test)]
 mod tests;

@@ -44,7 +44,10 @@ use crate::{
         Removed, RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest,
         UsersReply,
     },
-    config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
+    cluster::{EtcdStore, Remote},
+    config::{
+        self, check_route, format_duration, Config, ConfigError, ConfigUser, Gateway, RouteRequest,
+    },
     dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane},
     dns::{DnsError, DnsServer},
     http::{HttpError, HttpServer},
@@ -69,6 +72,11 @@ const OBSERVE_EVERY: Duration = Duration::from_secs(5);
 /// Last-seen times are written to the state file at most this often (and at exit); the
 /// pinned counters keep the exact times across restarts, the file only across reboots.
 const SAVE_ACTIVITY_EVERY: Duration = Duration::from_secs(60);
+/// Allocations tried when a shared store refuses the port chosen (another gateway took it
+/// a moment earlier): each retry avoids every port the store named, so a second is rare.
+const ALLOCATION_ATTEMPTS: usize = 4;
+/// Changes from the shared table waiting for the core; the watch waits when it is full.
+const REMOTE_QUEUE: usize = 256;
 
 /// Everything `srvgate run` is told on its command line.
 #[derive(Clone, Debug)]
@@ -123,7 +131,11 @@ impl DaemonError {
         matches!(
             self,
             DaemonError::Config(_)
-                | DaemonError::State(_)
+                | DaemonError::State(
+                    StateError::Corrupt { .. }
+                        | StateError::Version { .. }
+                        | StateError::Locked { .. }
+                )
                 | DaemonError::Clash { .. }
                 | DaemonError::Portal(PortalError::Cert { .. })
         )
@@ -167,6 +179,16 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Why one attempt to add a route failed.
+enum Failed {
+    /// Refused before anything changed (invalid, conflicting, no port left).
+    Api(ApiError),
+    /// The maps refused it.
+    Live(String),
+    /// The store refused it or did not answer.
+    Store(StateError),
+}
+
 /// The table and everything that mirrors it.
 struct Core {
     table: RouteTable,
@@ -181,6 +203,9 @@ struct Core {
     started: Config,
     /// The students' accounts and the ports cooling down.
     users: Users,
+    /// The config file's `[[user]]`s in force, applied again over accounts another gateway
+    /// changed.
+    config_users: Vec<ConfigUser>,
     /// The DNS zone, for telling students their names.
     zone: Option<String>,
     /// The students' HTTPS API, if configured: where, and its certificate's fingerprint.
@@ -225,6 +250,7 @@ impl Core {
                 ..cfg.clone()
             },
             users: Users::default(),
+            config_users: cfg.users.clone(),
             zone: cfg.dns.as_ref().map(|d| d.zone.clone()),
             portal: None,
             clock,
@@ -408,6 +434,7 @@ impl Core {
             free_ports: free as u32,
             reclaim_after: self.gateway.reclaim_after.map(format_duration),
             portal: self.portal.clone(),
+            cluster: self.store.cluster(),
             routes: self.table.entries().map(|e| self.view(e, now)).collect(),
         }
     }
@@ -439,6 +466,46 @@ impl Core {
             check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
         }
         let now = self.clock.now();
+        // Ports a shared store said are taken (by another gateway, a moment ago).
+        let mut taken: Vec<u16> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_add(&draft, now, &taken, started) {
+                Ok(entry) => return Ok(self.view(&entry, now)),
+                Err(Failed::Store(StateError::Refused {
+                    reason,
+                    taken: more,
+                })) if draft.port.is_none()
+                    && attempt < ALLOCATION_ATTEMPTS
+                    && !more.is_empty() =>
+                {
+                    info!(route = %draft.key(), "{reason}; allocating another port");
+                    taken.extend(more.iter().map(|&(p, _)| p));
+                }
+                Err(Failed::Api(e)) => return Err(e),
+                Err(Failed::Live(e)) => {
+                    error!("route add {}: {e}", draft.key());
+                    return Err(ApiError::new(500, format!("not added: {e}")));
+                }
+                Err(Failed::Store(e)) => {
+                    error!("route add {}: {e}", draft.key());
+                    return Err(ApiError::new(e.status(), format!("not added: {e}")));
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`Core::add_as`]: allocates (around `taken`), then table, maps, DNS
+    /// and the routers, then the store; anything refused is undone everywhere.
+    fn try_add(
+        &mut self,
+        draft: &config::RouteDraft,
+        now: SystemTime,
+        taken: &[u16],
+        started: Instant,
+    ) -> Result<Entry, Failed> {
+        let g = &self.gateway;
         let port = match draft.port {
             Some(p) => p,
             None => {
@@ -449,7 +516,7 @@ impl Core {
                         &draft.service,
                         draft.protocol,
                         g.port_range,
-                        &|p| users.is_cooling(p, now),
+                        &|p| users.is_cooling(p, now) || taken.contains(&p),
                     )
                     .map_err(|e| {
                         let cooling = users.cooldown().keys().filter(|&&p| users.is_cooling(p, now)).count();
@@ -458,22 +525,25 @@ impl Core {
                         } else {
                             e.to_string()
                         };
-                        ApiError::field(409, "port", why)
+                        Failed::Api(ApiError::field(409, "port", why))
                     })?
             }
         };
         let entry = self
             .table
-            .insert(draft.with_port(port), Source::Runtime, now, None)
-            .map_err(|e| match e {
-                RouteError::Conflict(f) => ApiError::field(409, f.field.clone(), f.to_string()),
-                other => ApiError::new(409, other.to_string()),
+            .insert(draft.clone().with_port(port), Source::Runtime, now, None)
+            .map_err(|e| {
+                Failed::Api(match e {
+                    RouteError::Conflict(f) => ApiError::field(409, f.field.clone(), f.to_string()),
+                    other => ApiError::new(409, other.to_string()),
+                })
             })?;
         let key = entry.route.key();
-        // Live first (maps, then DNS: microseconds), recorded second (one journal line),
-        // durable third (the flush, outside the lock, shared with concurrent changes), reply
-        // last. A failed write undoes it all; a crash before the flush never told anyone the
-        // route existed, and the next start's full sync drops its map entries.
+        // Live first (maps, then DNS: microseconds), recorded second (one journal line, or
+        // one etcd transaction), durable third (the flush, outside the lock, shared with
+        // concurrent changes), reply last. A failed write undoes it all; a crash before the
+        // flush never told anyone the route existed, and the next start's full sync drops
+        // its map entries.
         let diff = Diff {
             added: vec![entry.clone()],
             ..Diff::default()
@@ -481,7 +551,7 @@ impl Core {
         let live = self
             .dataplane
             .apply(&self.table, &diff)
-            .map_err(|e| e.to_string());
+            .map_err(|e| Failed::Live(e.to_string()));
         if live.is_ok() {
             self.publish(&diff);
         }
@@ -491,8 +561,8 @@ impl Core {
             added: entry.added,
             last_seen: entry.last_seen,
         });
-        if let Err(e) = live.and_then(|()| self.record(&[stored]).map_err(|e| e.to_string())) {
-            // Undo everywhere, so the table, the maps, DNS and the file keep agreeing.
+        if let Err(e) = live.and_then(|()| self.record(&[stored]).map_err(Failed::Store)) {
+            // Undo everywhere, so the table, the maps, DNS and the store keep agreeing.
             if let Some(gone) = self.table.remove(&key) {
                 let undo = Diff {
                     removed: vec![gone],
@@ -501,9 +571,9 @@ impl Core {
                 let _ = self.dataplane.apply(&self.table, &undo);
                 self.publish(&undo);
             }
-            error!("route add {key}: {e}");
-            return Err(ApiError::new(500, format!("not added: {e}")));
+            return Err(e);
         }
+        self.sync_serial();
         // `live_us`: until the route forwards and answers; `took_us`: until it is also on disk.
         info!(
             route = %key,
@@ -514,7 +584,7 @@ impl Core {
             written_us = started.elapsed().as_micros() as u64,
             "route added"
         );
-        Ok(self.view(&entry, now))
+        Ok(entry)
     }
 
     fn remove(&mut self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
@@ -583,8 +653,9 @@ impl Core {
                 }
             }
             error!("route rm {what}: {e}");
-            return Err(ApiError::new(500, format!("not removed: {e}")));
+            return Err(ApiError::new(e.status(), format!("not removed: {e}")));
         }
+        self.sync_serial();
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("route rm {what}: updating the BPF maps failed: {e}");
         }
@@ -648,7 +719,7 @@ impl Core {
         if let Err(e) = self.store.save_accounts(&self.users) {
             let _ = self.users.remove(&r.name);
             error!(user = %r.name, "user add: {e}");
-            return Err(ApiError::new(500, format!("not added: {e}")));
+            return Err(ApiError::new(e.status(), format!("not added: {e}")));
         }
         let u = self.user(&r.name)?;
         info!(user = %u.name, admin = u.admin, max_routes = u.max_routes, backends = %r.backends.join(","), "user added");
@@ -698,7 +769,7 @@ impl Core {
                 self.users.cooldown().clone(),
             );
             error!(user = %name, "user rm: {e}");
-            return Err(ApiError::new(500, format!("not removed: {e}")));
+            return Err(ApiError::new(e.status(), format!("not removed: {e}")));
         }
         info!(user = %name, "user removed");
         Ok(view)
@@ -710,7 +781,7 @@ impl Core {
         if let Err(e) = self.store.save_accounts(&self.users) {
             self.users = before;
             error!(user = %name, "user token: {e}");
-            return Err(ApiError::new(500, format!("no new token: {e}")));
+            return Err(ApiError::new(e.status(), format!("no new token: {e}")));
         }
         let u = self.user(name)?;
         info!(user = %name, "new token issued; the old one no longer works");
@@ -805,7 +876,8 @@ impl Core {
         self.gateway.port_range = n.port_range;
         self.gateway.reclaim_after = n.reclaim_after;
         self.gateway.port_cooldown = n.port_cooldown;
-        if apply_config_users(&mut self.users, &cfg, now) {
+        self.config_users = cfg.users.clone();
+        if apply_config_users(&mut self.users, &cfg.users, now) {
             if let Err(e) = self.store.save_accounts(&self.users) {
                 error!("SIGHUP: recording the config file's users: {e}");
             }
@@ -906,6 +978,119 @@ impl Core {
         }
     }
 
+    /// Applies what another gateway changed in the shared table (from the watch): the
+    /// table, then the maps, DNS and the web routers, as the core's own changes do. Nothing
+    /// is written back: the store already holds it.
+    fn apply_remote(&mut self, remote: Remote) {
+        match remote {
+            Remote::Routes { changes, .. } => self.apply_shared(changes),
+            Remote::Accounts { revision, users } => self.adopt_accounts(users, revision),
+            Remote::Resync {
+                revision,
+                routes,
+                accounts,
+            } => {
+                let keep: std::collections::HashSet<config::RouteKey> =
+                    routes.iter().map(|s| s.route.key()).collect();
+                let mut changes: Vec<RouteChange> = self
+                    .table
+                    .entries()
+                    .filter(|e| e.source == Source::Runtime && !keep.contains(&e.route.key()))
+                    .map(|e| RouteChange::Delete(e.route.key()))
+                    .collect();
+                changes.extend(routes.into_iter().map(RouteChange::Put));
+                self.apply_shared(changes);
+                if let Some((users, revision)) = accounts {
+                    self.adopt_accounts(users, revision);
+                }
+                info!(
+                    revision,
+                    routes = self.table.len(),
+                    "cluster: table resynchronised with etcd"
+                );
+            }
+        }
+        self.sync_serial();
+    }
+
+    /// Makes the runtime routes follow `changes` (the last change of each key wins, as in
+    /// the store): removals first, so a port or backend handed from one route to another
+    /// is free when the new one arrives. A route this gateway cannot take (its config file
+    /// holds the key, the port or the backend) is refused here, naming both, and forwarded
+    /// by the other gateways only.
+    fn apply_shared(&mut self, changes: Vec<RouteChange>) {
+        let mut last: std::collections::BTreeMap<config::RouteKey, RouteChange> =
+            std::collections::BTreeMap::new();
+        for change in changes {
+            let key = match &change {
+                RouteChange::Put(s) => s.route.key(),
+                RouteChange::Delete(k) => k.clone(),
+            };
+            last.insert(key, change);
+        }
+        let mut diff = Diff::default();
+        let mut puts = Vec::new();
+        for (key, change) in last {
+            let current = self.table.get(&key);
+            if let RouteChange::Put(s) = &change {
+                if current.is_some_and(|e| e.route == s.route) {
+                    continue;
+                }
+            }
+            match current {
+                Some(e) if e.source == Source::Config => {
+                    if let RouteChange::Put(s) = &change {
+                        error!(route = %key, "cluster: the shared table's {key} (port {}, backend {}) clashes with this gateway's config file route; not forwarded here", s.route.port, s.route.backend);
+                    }
+                    continue;
+                }
+                Some(_) => diff.removed.extend(self.table.remove(&key)),
+                None => {}
+            }
+            if let RouteChange::Put(s) = change {
+                puts.push(s);
+            }
+        }
+        for s in puts {
+            let key = s.route.key();
+            match self.table.insert(s.route, Source::Runtime, s.added, None) {
+                Ok(e) => diff.added.push(e),
+                Err(e) => {
+                    error!(route = %key, "cluster: the shared table's {key} is not forwarded here: {e}")
+                }
+            }
+        }
+        if diff.is_empty() {
+            return;
+        }
+        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+            error!("cluster: updating the BPF maps failed: {e}");
+        }
+        self.publish(&diff);
+        for e in &diff.removed {
+            info!(route = %e.route.key(), port = e.route.port, "route removed through another gateway");
+        }
+        for e in &diff.added {
+            info!(route = %e.route.key(), port = e.route.port, backend = %e.route.backend, "route added through another gateway");
+        }
+    }
+
+    /// Takes the accounts another gateway saved (with this gateway's `[[user]]`s over them,
+    /// as at start).
+    fn adopt_accounts(&mut self, mut users: Users, revision: i64) {
+        apply_config_users(&mut users, &self.config_users, self.clock.now());
+        self.users = users;
+        self.store.accounts_seen(revision);
+    }
+
+    /// With a shared store, the SOA serial is the store's revision, so every gateway that
+    /// has applied the same changes answers with the same serial.
+    fn sync_serial(&self) {
+        if let (Some(d), Some(c)) = (&self.dns, self.store.cluster()) {
+            d.set_serial(c.revision as u32);
+        }
+    }
+
     fn reclaim(&mut self, keys: &[config::RouteKey], now: SystemTime, after: Duration) {
         let mut diff = Diff::default();
         for key in keys {
@@ -979,8 +1164,8 @@ fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
 
 /// Applies the config file's `[[user]]`s to `users`, logging what changed; true if anything
 /// did.
-fn apply_config_users(users: &mut Users, cfg: &Config, now: SystemTime) -> bool {
-    let (added, changed, removed) = users.apply_config(&cfg.users, now);
+fn apply_config_users(users: &mut Users, config: &[ConfigUser], now: SystemTime) -> bool {
+    let (added, changed, removed) = users.apply_config(config, now);
     for name in &added {
         info!(user = %name, "user added from the config file (issue a token: srvgate user token {name})");
     }
@@ -1320,14 +1505,27 @@ fn build_table(
 /// `opts.config` and checked against the machine by the caller.
 pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let clock = Clock::new(opts.clock_offset_file.clone());
-    let store = StateStore::open(&opts.state_dir)?;
-    let stored = store.load_routes(cfg.gateway.public_ipv4)?;
+    // Locked even with [cluster]: it holds the portal's certificate, and two daemons must
+    // not share one directory.
+    let local = StateStore::open(&opts.state_dir)?;
+    let public_ipv4 = cfg.gateway.public_ipv4;
+    let (mut store, _local): (Box<dyn Store>, Option<StateStore>) = match &cfg.cluster {
+        None => (Box::new(local), None),
+        Some(cluster) => (Box::new(EtcdStore::connect(cluster)?), Some(local)),
+    };
+    let stored = store.load_routes(public_ipv4)?;
     let mut users = store.load_accounts()?;
-    let mut store = store;
-    if apply_config_users(&mut users, &cfg, clock.now()) {
+    // Other gateways' changes from the loaded revision on; they wait in the queue until
+    // the event loop runs.
+    let remote = cfg.cluster.is_some().then(|| {
+        let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
+        store.follow(public_ipv4, tx);
+        rx
+    });
+    if apply_config_users(&mut users, &cfg.users, clock.now()) {
         store.save_accounts(&users)?;
     }
-    let (table, taken_over) = build_table(&cfg, &opts.config, &store, stored, clock.now())?;
+    let (table, taken_over) = build_table(&cfg, &opts.config, &*store, stored, clock.now())?;
 
     // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
     let metrics_listener = match cfg.metrics_listen {
@@ -1365,13 +1563,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let portal_info = portal.as_ref().map(|p| p.info().clone());
 
     let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
-    let mut core = Core::new(table, Box::new(dataplane), Box::new(store), &cfg, clock);
+    let mut core = Core::new(table, Box::new(dataplane), store, &cfg, clock);
     core.dns = dns.clone();
     core.http = http;
     core.https = https;
     core.users = users;
     core.portal = portal_info.clone();
     core.take_over(taken_over)?;
+    core.sync_serial();
     let routes = core.table.len();
     let core = Arc::new(Mutex::new(core));
 
@@ -1407,7 +1606,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         .unwrap_or_default();
     tell_systemd(notify::ready(&status));
 
-    let result = event_loop(&opts, &core, &mut shutdown_rx).await;
+    let result = event_loop(&opts, &core, &mut shutdown_rx, remote).await;
     let detach = match &result {
         Ok(detach) => *detach,
         Err(_) => opts.detach_on_exit,
@@ -1536,6 +1735,7 @@ async fn event_loop(
     opts: &Options,
     core: &Arc<Mutex<Core>>,
     shutdown: &mut mpsc::UnboundedReceiver<Shutdown>,
+    mut remote: Option<mpsc::Receiver<Remote>>,
 ) -> Result<bool, DaemonError> {
     let sig = |kind| {
         signal(kind).map_err(|e| DaemonError::Runtime(format!("installing signal handlers: {e}")))
@@ -1575,6 +1775,14 @@ async fn event_loop(
                 if let Some(line) = on_core(core, |c| c.status_line()).await {
                     tell_systemd(notify::ready(&line));
                 }
+            }
+            Some(r) = async {
+                match remote.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                on_core(core, move |c| c.apply_remote(r)).await;
             }
             _ = egress.tick() => {
                 if let Some(Err(e)) = on_core(core, |c| c.dataplane.refresh_egress()).await {

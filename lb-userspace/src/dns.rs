@@ -219,6 +219,19 @@ impl DnsServer {
         self.shared.zone.load().serial()
     }
 
+    /// Sets the SOA serial (a shared store's revision, so that gateways agree), keeping
+    /// the records; a serial already in force changes nothing.
+    pub fn set_serial(&self, serial: u32) {
+        let shared = &self.shared;
+        let _writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = shared.zone.load();
+        if old.serial() != serial {
+            shared
+                .zone
+                .store(Arc::new(old.with_changes(&[], &[], serial)));
+        }
+    }
+
     /// The current snapshot, e.g. for metrics or to answer a query in-process.
     pub fn zone(&self) -> Arc<Zone> {
         self.shared.zone.load_full()

@@ -2,7 +2,8 @@
 //!
 //! Modules are named after what they own: `config` (the file, and the validation every route
 //! goes through), `routes` (the route table: sources, ports, slots, idleness, map entries),
-//! `state` (the runtime routes on disk), `dataplane` (the XDP program, its maps and pins),
+//! `state` (the runtime routes on disk), `cluster` (the table shared with other gateways
+//! through etcd), `dataplane` (the XDP program, its maps and pins),
 //! `dns` (the authoritative zone), `http` (routing by
 //! Host header), `https` (TLS relayed by SNI), `web` (what those two share), `api` (the
 //! control socket: server and client), `portal` (the students' HTTPS API) and `console`
@@ -20,6 +21,8 @@ pub mod accounts;
 #[cfg(feature = "gateway")]
 pub mod admin;
 pub mod api;
+#[cfg(feature = "gateway")]
+pub mod cluster;
 pub mod config;
 #[cfg(feature = "gateway")]
 pub mod console;

@@ -63,6 +63,32 @@ pub enum StateError {
     Version { path: PathBuf, found: u64 },
     #[error("{}: another srvgate is running with this state directory (it holds the lock); stop it first, or give this one its own --state-dir", path.display())]
     Locked { path: PathBuf },
+    /// A shared store did not answer: nothing was changed.
+    #[error("etcd at {endpoints} is unreachable ({action}: {reason}); changes are refused until it answers, forwarding and DNS go on with the last table")]
+    Unavailable {
+        endpoints: String,
+        action: &'static str,
+        reason: String,
+    },
+    /// A shared store refused a conditional change: another gateway got there first.
+    /// `taken` lists the ports the store holds, so that an allocation can try again
+    /// around them.
+    #[error("{reason}")]
+    Refused {
+        reason: String,
+        taken: Vec<(u16, crate::config::Protocol)>,
+    },
+}
+
+impl StateError {
+    /// The control API's status for a change the store did not make.
+    pub fn status(&self) -> u16 {
+        match self {
+            StateError::Unavailable { .. } => 503,
+            StateError::Refused { .. } => 409,
+            _ => 500,
+        }
+    }
 }
 
 /// One runtime route as the daemon keeps it.
@@ -142,6 +168,21 @@ pub trait Store: Send {
     /// The accounts and port cool-downs; none stored yet means none.
     fn load_accounts(&self) -> Result<Users, StateError>;
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError>;
+    /// A shared store: the accounts the core now holds are those of `revision`, which a
+    /// conditional save then demands (so a save never overwrites a change it has not seen).
+    fn accounts_seen(&mut self, _revision: i64) {}
+    /// A shared store: starts sending other gateways' changes (from the revision the
+    /// loads returned) to `tx`. A local store has no one else's changes.
+    fn follow(
+        &mut self,
+        _public_ipv4: Ipv4Addr,
+        _tx: tokio::sync::mpsc::Sender<crate::cluster::Remote>,
+    ) {
+    }
+    /// A shared store's state for `srvgate status`; `None` for a local one.
+    fn cluster(&self) -> Option<crate::api::ClusterView> {
+        None
+    }
 }
 
 impl Store for StateStore {
@@ -459,6 +500,52 @@ fn write_snapshot(dir: &Path, routes: &[StoredRoute], covered: u64) -> Result<()
         })?;
     }
     Ok(())
+}
+
+/// One route as JSON: the journal's and the shared store's value.
+pub(crate) fn encode_route(s: &StoredRoute) -> String {
+    // Plain strings and integers always serialise.
+    serde_json::to_string(&raw(s)).unwrap_or_default()
+}
+
+/// Routes stored one per key (a shared store's), each JSON as [`encode_route`] writes it
+/// and stored under its own key; checked together like a state file (`path` names the
+/// store).
+pub(crate) fn decode_routes(
+    path: &Path,
+    values: &[(RouteKey, &[u8])],
+    public_ipv4: Ipv4Addr,
+) -> Result<Vec<StoredRoute>, StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut raw = Vec::with_capacity(values.len());
+    for (key, bytes) in values {
+        let r: RawRoute = serde_json::from_slice(bytes).map_err(|e| {
+            corrupt(format!(
+                "{}: not a route: {e}",
+                crate::cluster::keys::route_key(key)
+            ))
+        })?;
+        if (r.name.as_str(), r.service.as_str(), r.protocol.as_str())
+            != (
+                key.name.as_str(),
+                key.service.as_str(),
+                key.protocol.as_str(),
+            )
+        {
+            return Err(corrupt(format!(
+                "{}: holds route {}/{}/{}",
+                crate::cluster::keys::route_key(key),
+                r.name,
+                r.service,
+                r.protocol
+            )));
+        }
+        raw.push(r);
+    }
+    validate(path, raw, public_ipv4)
 }
 
 fn raw(s: &StoredRoute) -> RawRoute {

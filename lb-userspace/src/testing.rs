@@ -241,6 +241,11 @@ pub struct FakeState {
     pub saves: usize,
     /// Recorded changes are written but their flush fails (an fsync error).
     pub flush_fails: bool,
+    /// As a shared store: ports other gateways hold. A recorded route on one of them is
+    /// refused (`StateError::Refused`, naming them all), as etcd's transaction is.
+    pub others: Vec<(u16, crate::config::Protocol)>,
+    /// As a shared store that does not answer: every write is `StateError::Unavailable`.
+    pub unreachable: bool,
 }
 
 /// A store that keeps what it is given in memory.
@@ -292,6 +297,15 @@ impl Store for FakeStore {
     ) -> Result<Commit, StateError> {
         let mut s = self.state();
         s.save_or_fail()?;
+        if let Some(taken) = changes.iter().find_map(|c| match c {
+            RouteChange::Put(r) if s.others.iter().any(|&(p, _)| p == r.route.port) => Some(r),
+            _ => None,
+        }) {
+            return Err(StateError::Refused {
+                reason: format!("port {} was just taken", taken.route.port),
+                taken: s.others.clone(),
+            });
+        }
         for change in changes {
             match change {
                 RouteChange::Put(r) => {
@@ -328,6 +342,13 @@ impl FakeState {
     /// Counts a save and fails it if told to.
     fn save_or_fail(&mut self) -> Result<(), StateError> {
         self.saves += 1;
+        if self.unreachable {
+            return Err(StateError::Unavailable {
+                endpoints: "http://192.0.2.1:2379".into(),
+                action: "add the route",
+                reason: "connection refused".into(),
+            });
+        }
         let fail = match self.fail_in {
             Some(0) => {
                 self.fail_in = None;
@@ -393,6 +414,7 @@ impl Control for FakeControl {
             free_ports: 9,
             reclaim_after: Some("14d".into()),
             portal: None,
+            cluster: None,
             routes: vec![view("alice", 30000)],
         }
     }

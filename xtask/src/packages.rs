@@ -51,6 +51,9 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("dpkg-query", "dpkg"),
     ("dpkg-shlibdeps", "dpkg-dev"),
     ("echo", "coreutils"),
+    // The cluster lab's shared store, and the tool it inspects it with.
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
     ("ethtool", "ethtool"),
     ("git", "git"),
     ("gzip", "gzip"),
@@ -67,6 +70,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("nginx", "nginx"),
     ("openssl", "openssl"),
+    // etcd-client's build script (tonic-build) compiles etcd's .proto files with it.
+    ("protoc", "protobuf-compiler"),
     ("python3", "python3"),
     ("rsvg-convert", "librsvg2-bin"),
     ("setpriv", "util-linux"),

@@ -62,6 +62,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "knot",
     "librsvg2-bin",
     "fonts-dejavu-core",
+    // [cluster]: the cluster lab runs a real etcd member (etcd-server) and reads the shared
+    // table with etcdctl (etcd-client); the etcd-client crate's build runs protoc.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
 
 /// aya-build runs `rustup run nightly cargo build -Z build-std=core`, so the toolchain must be

@@ -53,6 +53,7 @@ fn config(routes: Vec<Route>) -> Config {
         https: None,
         portal: None,
         metrics_listen: None,
+        cluster: None,
         routes,
     }
 }
@@ -634,7 +635,7 @@ async fn the_event_loop_does_blocking_work_off_the_async_thread() {
         stop.send(Shutdown { detach: false }).unwrap();
     });
     let opts = options();
-    let run = event_loop(&opts, &core, &mut stopped);
+    let run = event_loop(&opts, &core, &mut stopped, None);
     let detach = tokio::time::timeout(Duration::from_secs(30), run).await;
     assert!(!detach.expect("the loop ends on shutdown").unwrap());
     helper.await.unwrap();
@@ -659,6 +660,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
             forwarded_for: false,
         }),
         metrics_listen: Some("127.0.0.1:9110".parse().unwrap()),
+        cluster: None,
         ..config(vec![route("alice", 30001, "10.0.0.11:22")])
     };
     // What a reload applies is not listed.
@@ -814,4 +816,138 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
         "{:?}",
         e.reply
     );
+}
+
+/// `[cluster]`: a port another gateway took a moment ago is refused by the shared store;
+/// the core undoes its attempt everywhere and allocates again around every port the store
+/// named, so the claim succeeds on the next free one.
+#[test]
+fn a_port_taken_through_another_gateway_is_allocated_around() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    rig.store.state().others = vec![(30002, Protocol::Tcp), (30003, Protocol::Tcp)];
+    let view = rig.core.add(request("bob", "10.0.0.12:22")).unwrap();
+    assert_eq!(view.port, 30004);
+    rig.assert_agree();
+    assert!(!rig
+        .maps
+        .maps()
+        .frontends
+        .contains_key(&(30002, Protocol::Tcp)));
+    // An explicit port is never moved: refused, with the store's reason, nothing left.
+    let mut explicit = request("carol", "10.0.0.13:22");
+    explicit.port = Some(30002);
+    let err = rig.core.add(explicit).unwrap_err();
+    assert_eq!(err.status, 409);
+    assert!(
+        err.reply.error.contains("30002 was just taken"),
+        "{}",
+        err.reply.error
+    );
+    assert!(rig.entry("carol").is_none());
+    rig.assert_agree();
+}
+
+/// `[cluster]`, etcd unreachable: a change is refused with 503 naming etcd and its
+/// endpoint, and nothing changes (table, maps); forwarding keeps the last table.
+#[test]
+fn an_unreachable_shared_store_refuses_changes_with_503() {
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    rig.store.state().unreachable = true;
+    let err = rig.core.add(request("bob", "10.0.0.12:22")).unwrap_err();
+    assert_eq!(err.status, 503);
+    assert!(
+        err.reply
+            .error
+            .contains("etcd at http://192.0.2.1:2379 is unreachable"),
+        "{}",
+        err.reply.error
+    );
+    assert!(rig.entry("bob").is_none());
+    let err = rig.core.remove("alice", None).unwrap_err();
+    assert_eq!(err.status, 503);
+    assert!(
+        rig.entry("alice").is_some(),
+        "a removal etcd did not record is undone"
+    );
+    rig.assert_agree();
+    rig.store.state().unreachable = false;
+    assert_eq!(
+        rig.core.add(request("bob", "10.0.0.12:22")).unwrap().port,
+        30002
+    );
+    rig.assert_agree();
+}
+
+fn stored(name: &str, port: u16, backend: &str) -> StoredRoute {
+    StoredRoute {
+        route: route(name, port, backend),
+        added: UNIX_EPOCH + DAY,
+        last_seen: None,
+    }
+}
+
+/// Other gateways' changes reach the table and the maps (and never the store: it holds
+/// them already); the last change of a key in one batch wins; a route this gateway's
+/// config file clashes with is not taken, and the config route stays.
+#[test]
+fn changes_from_other_gateways_reach_the_table_and_the_maps() {
+    let mut table = RouteTable::new();
+    table
+        .replace_config(&[route("cfg", 30009, "10.0.0.99:22")], UNIX_EPOCH)
+        .unwrap();
+    let mut rig = Rig::with(table, FakeDataplane::new());
+    rig.core.add(request("alice", "10.0.0.11:22")).unwrap();
+    let saves = rig.store.state().saves;
+    rig.core.apply_remote(Remote::Routes {
+        revision: 7,
+        changes: vec![
+            RouteChange::Put(stored("bob", 30002, "10.0.0.12:22")),
+            RouteChange::Put(stored("carol", 30003, "10.0.0.13:22")),
+            RouteChange::Delete(config::RouteKey {
+                name: "carol".into(),
+                service: "ssh".into(),
+                protocol: Protocol::Tcp,
+            }),
+            // Clashes with the config route's port.
+            RouteChange::Put(stored("dave", 30009, "10.0.0.14:22")),
+        ],
+    });
+    assert_eq!(rig.store.state().saves, saves, "nothing written back");
+    let bob = rig.entry("bob").unwrap();
+    assert_eq!((bob.source, bob.route.port), (Source::Runtime, 30002));
+    assert!(rig.entry("carol").is_none());
+    assert!(rig.entry("dave").is_none());
+    assert_eq!(rig.entry("cfg").unwrap().route.port, 30009);
+    let entries: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    assert!(rig.maps.maps().holds_exactly(entries.iter()));
+    // A port the table now holds through another gateway is not allocated here.
+    assert_eq!(
+        rig.core.add(request("erin", "10.0.0.15:22")).unwrap().port,
+        30003
+    );
+
+    // A resynchronisation makes the runtime routes exactly the store's.
+    rig.core.apply_remote(Remote::Resync {
+        revision: 20,
+        routes: vec![
+            stored("bob", 30002, "10.0.0.12:22"),
+            stored("frank", 30005, "10.0.0.16:22"),
+        ],
+        accounts: None,
+    });
+    let mut runtime: Vec<String> = rig
+        .core
+        .table
+        .entries()
+        .filter(|e| e.source == Source::Runtime)
+        .map(|e| e.route.name.clone())
+        .collect();
+    runtime.sort();
+    assert_eq!(runtime, ["bob", "frank"]);
+    assert!(
+        rig.entry("cfg").is_some(),
+        "config routes are this gateway's own"
+    );
+    let entries: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    assert!(rig.maps.maps().holds_exactly(entries.iter()));
 }
