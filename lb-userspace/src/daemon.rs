@@ -73,8 +73,10 @@ const OBSERVE_EVERY: Duration = Duration::from_secs(5);
 /// pinned counters keep the exact times across restarts, the file only across reboots.
 const SAVE_ACTIVITY_EVERY: Duration = Duration::from_secs(60);
 /// Allocations tried when a shared store refuses the port chosen (another gateway took it
-/// a moment earlier): each retry avoids every port the store named, so a second is rare.
-const ALLOCATION_ATTEMPTS: usize = 4;
+/// a moment earlier). Each retry avoids every port the store named and starts a few ports
+/// above the highest of them, so two gateways claiming at once stop racing for the same
+/// lowest free port.
+const ALLOCATION_ATTEMPTS: usize = 8;
 /// Changes from the shared table waiting for the core; the watch waits when it is full.
 const REMOTE_QUEUE: usize = 256;
 
@@ -466,12 +468,14 @@ impl Core {
             check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
         }
         let now = self.clock.now();
-        // Ports a shared store said are taken (by another gateway, a moment ago).
+        // Ports a shared store said are taken (by another gateway, a moment ago), and the
+        // lowest port to try next.
         let mut taken: Vec<u16> = Vec::new();
+        let mut floor = 0;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_add(&draft, now, &taken, started) {
+            match self.try_add(&draft, now, &taken, floor, started) {
                 Ok(entry) => return Ok(self.view(&entry, now)),
                 Err(Failed::Store(StateError::Refused {
                     reason,
@@ -482,6 +486,15 @@ impl Core {
                 {
                     info!(route = %draft.key(), "{reason}; allocating another port");
                     taken.extend(more.iter().map(|&(p, _)| p));
+                    // The other gateway goes on with the lowest free port, as this one
+                    // would: skip a few beyond what it holds (the jitter needs no quality,
+                    // only to differ between gateways).
+                    let jitter = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos() % 8)
+                        as u16;
+                    let highest = taken.iter().copied().max().unwrap_or(0);
+                    floor = highest.saturating_add(1 + jitter);
                 }
                 Err(Failed::Api(e)) => return Err(e),
                 Err(Failed::Live(e)) => {
@@ -496,13 +509,15 @@ impl Core {
         }
     }
 
-    /// One attempt of [`Core::add_as`]: allocates (around `taken`), then table, maps, DNS
+    /// One attempt of [`Core::add_as`]: allocates (around `taken`, from `floor` up if it
+    /// can), then table, maps, DNS
     /// and the routers, then the store; anything refused is undone everywhere.
     fn try_add(
         &mut self,
         draft: &config::RouteDraft,
         now: SystemTime,
         taken: &[u16],
+        floor: u16,
         started: Instant,
     ) -> Result<Entry, Failed> {
         let g = &self.gateway;
@@ -510,14 +525,19 @@ impl Core {
             Some(p) => p,
             None => {
                 let users = &self.users;
-                self.table
-                    .allocate_port_avoiding(
+                let avoid = |p: u16| users.is_cooling(p, now) || taken.contains(&p);
+                let allocate = |floor: u16| {
+                    self.table.allocate_port_avoiding(
                         &draft.name,
                         &draft.service,
                         draft.protocol,
                         g.port_range,
-                        &|p| users.is_cooling(p, now) || taken.contains(&p),
+                        &|p| p < floor || avoid(p),
                     )
+                };
+                // Above the floor if anything is free there, else anywhere.
+                allocate(floor)
+                    .or_else(|_| allocate(0))
                     .map_err(|e| {
                         let cooling = users.cooldown().keys().filter(|&&p| users.is_cooling(p, now)).count();
                         let why = if cooling > 0 {

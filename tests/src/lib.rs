@@ -55,6 +55,8 @@ use std::{
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
+pub mod cluster;
+
 /// The gateway's public address (on `pub0`); routes are reached at `PUBLIC_IP:port`.
 pub const PUBLIC_IP: &str = "10.210.1.1";
 /// The client's address (on the client's `eth0`).
@@ -779,6 +781,70 @@ struct Tracked {
     log: PathBuf,
 }
 
+/// Starts the long-running `argv` in `ns` with `env`, its output in `log`, in its own
+/// process group and with `PR_SET_PDEATHSIG = SIGKILL` (it dies if the *thread* that
+/// spawned it ends, so call this from the thread that owns the lab).
+fn start_logged(ns: &str, argv: &[&str], env: &[(&str, &str)], log: &Path) -> Result<Tracked> {
+    let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut cmd = netns_command(ns, argv);
+    cmd.envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting [{ns}] {}", argv.join(" ")))?;
+    Ok(Tracked {
+        child,
+        what: format!("[{ns}] {}", argv.join(" ")),
+        log: log.to_path_buf(),
+    })
+}
+
+/// SIGTERM to `t`, up to `grace` to exit, then SIGKILL to its process group; reaps it.
+fn stop_tracked(t: &mut Tracked, grace: Duration) -> Result<ExitStatus> {
+    let pid = t.child.id();
+    if !child_exited(pid) {
+        signal_pid(pid, libc::SIGTERM);
+        wait_exit(pid, grace);
+    }
+    // The leader is not reaped yet, so the group id is still ours: end stragglers.
+    signal_group(pid, libc::SIGKILL);
+    t.child
+        .wait()
+        .with_context(|| format!("waiting for {}", t.what))
+}
+
+/// Ends every process of `procs`: SIGTERM to every group first (they shut down in
+/// parallel), up to 3 s in all, then SIGKILL; reaps them. Never fails: cleanup goes on.
+fn end_all(procs: Vec<Tracked>) {
+    for t in &procs {
+        if !child_exited(t.child.id()) {
+            signal_group(t.child.id(), libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for mut t in procs {
+        let pid = t.child.id();
+        wait_exit(pid, deadline.saturating_duration_since(Instant::now()));
+        // Leader unreaped: the group id is still ours.
+        signal_group(pid, libc::SIGKILL);
+        if let Err(e) = t.child.wait() {
+            note(format_args!("lab cleanup: waiting for {}: {e}", t.what));
+        }
+    }
+}
+
 #[derive(Clone)]
 struct SshKeys {
     client_key: PathBuf,
@@ -1090,31 +1156,9 @@ impl Lab {
         env: &[(&str, &str)],
         log: &Path,
     ) -> Result<u32> {
-        let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = netns_command(ns, argv);
-        cmd.envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting [{ns}] {}", argv.join(" ")))?;
-        let pid = child.id();
-        lock(&self.procs).push(Tracked {
-            child,
-            what: format!("[{ns}] {}", argv.join(" ")),
-            log: log.to_path_buf(),
-        });
+        let t = start_logged(ns, argv, env, log)?;
+        let pid = t.child.id();
+        lock(&self.procs).push(t);
         Ok(pid)
     }
 
@@ -1147,15 +1191,7 @@ impl Lab {
                 .ok_or_else(|| anyhow!("pid {pid} is not a process of this lab"))?;
             procs.remove(i)
         };
-        if !child_exited(pid) {
-            signal_pid(pid, libc::SIGTERM);
-            wait_exit(pid, grace);
-        }
-        // The leader is not reaped yet, so the group id is still ours: end stragglers.
-        signal_group(pid, libc::SIGKILL);
-        t.child
-            .wait()
-            .with_context(|| format!("waiting for {}", t.what))
+        stop_tracked(&mut t, grace)
     }
 
     /// Starts `/usr/sbin/sshd` on 0.0.0.0:22 inside `ns` with the UTS hostname `hostname`
@@ -1741,23 +1777,7 @@ impl Drop for Lab {
         if thread::panicking() {
             self.print_diagnostics();
         }
-        let procs = std::mem::take(&mut *lock(&self.procs));
-        // TERM every group first, so they all shut down in parallel.
-        for t in &procs {
-            if !child_exited(t.child.id()) {
-                signal_group(t.child.id(), libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for mut t in procs {
-            let pid = t.child.id();
-            wait_exit(pid, deadline.saturating_duration_since(Instant::now()));
-            // Leader unreaped: the group id is still ours.
-            signal_group(pid, libc::SIGKILL);
-            if let Err(e) = t.child.wait() {
-                note(format_args!("lab cleanup: waiting for {}: {e}", t.what));
-            }
-        }
+        end_all(std::mem::take(&mut *lock(&self.procs)));
         for ns in self.created.iter().rev() {
             delete_netns(ns);
         }

@@ -1,0 +1,501 @@
+//! The cluster lab: two gateways that share one table through a real etcd member.
+//!
+//! ```text
+//!                      sg-TAG-sw: two bridges (the switches)
+//!   sg-TAG-cli ───┐    brpub                       brpriv    ┌─── sg-TAG-b1 (backend)
+//!   10.210.40.2   ├──  ─────┬──────────┬           ──┬────┬──┤    10.210.41.21
+//!                 │         │          │             │    │  └─── sg-TAG-etcd
+//!                 │   sg-TAG-gw1   sg-TAG-gw2        │    │       10.210.41.5:2379
+//!                 │   pub0 .40.11  pub0 .40.12       │    │
+//!                 │   priv1 .41.11 priv1 .41.12 ─────┘────┘
+//! ```
+//!
+//! Both gateways serve the same public address, [`VIP`] (10.210.40.1), which neither holds
+//! on an interface: which gateway carries a client's packets is chosen by the client's
+//! host route to the VIP and the backend's default route ([`ClusterLab::use_gateway`]), as
+//! keepalived would choose by moving the address. That both gateways forward any route the
+//! same way, whichever of them it was claimed through, is what the shared table is for.
+//!
+//! etcd runs for real in its own namespace, its data directory in the lab's temp dir, so
+//! stopping and starting it again keeps the table. Each gateway has its own state
+//! directory, pin directory (in one bpffs the lab mounts) and control socket.
+//!
+//! Cleanup is the main lab's (`Lab`): every process ended by pid, namespaces deleted, the
+//! bpffs unmounted, on drop, on a panic and on SIGINT/SIGTERM/SIGHUP.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Output,
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+
+use crate::{
+    delete_netns, end_all, existing_srvgate_bin, expect_success, host, is_root, lock,
+    log_says_ready, namespaces_with_prefix, netns_command, run_with_timeout, start_logged,
+    stop_tracked, unmount_bpffs, watch_stop_signals, LiveLab, Tracked, BPFFS_DIR, DEFAULT_TIMEOUT,
+    LIVE_LABS, SRVGATE_READY_TIMEOUT,
+};
+
+/// The public address both gateways serve.
+pub const VIP: &str = "10.210.40.1";
+pub const CLIENT: &str = "10.210.40.2";
+/// Each gateway's own addresses: public side, private side.
+pub const GW_PUBLIC: [&str; 2] = ["10.210.40.11", "10.210.40.12"];
+pub const GW_PRIVATE: [&str; 2] = ["10.210.41.11", "10.210.41.12"];
+pub const BACKEND: &str = "10.210.41.21";
+pub const ETCD: &str = "10.210.41.5";
+pub const ETCD_URL: &str = "http://10.210.41.5:2379";
+pub const ZONE: &str = "lab.example";
+
+/// The two gateways and their shared store. See the module docs.
+pub struct ClusterLab {
+    tag: String,
+    pub client: String,
+    pub gws: [String; 2],
+    pub backend: String,
+    pub etcd_ns: String,
+    switch: String,
+    created: Vec<String>,
+    dir: tempfile::TempDir,
+    procs: Mutex<Vec<Tracked>>,
+    etcd: Mutex<Option<u32>>,
+    srvgate: Mutex<[Option<u32>; 2]>,
+    live_id: u64,
+}
+
+impl ClusterLab {
+    /// Builds the lab `sg-TAG-*` (stale namespaces and temp dirs of the tag removed first).
+    pub fn new(tag: &str) -> Result<ClusterLab> {
+        ensure!(
+            !tag.is_empty()
+                && tag.len() <= 6
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            "lab tag {tag:?}: use 1-6 characters of a-z0-9"
+        );
+        ensure!(
+            is_root(),
+            "the cluster lab needs root (namespaces, bridges)"
+        );
+        let prefix = format!("sg-{tag}-");
+        for stale in namespaces_with_prefix(&prefix) {
+            delete_netns(&stale);
+        }
+        let dir_prefix = format!("srvgate-cluster-{tag}-");
+        for e in fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(&dir_prefix) {
+                unmount_bpffs(&e.path().join(BPFFS_DIR));
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&dir_prefix)
+            .tempdir()
+            .context("creating the lab's temp dir")?;
+        let names = ["sw", "cli", "gw1", "gw2", "b1", "etcd"];
+        watch_stop_signals();
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 32);
+        let live_id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&LIVE_LABS).push(LiveLab {
+            id: live_id,
+            namespaces: names.iter().map(|n| format!("{prefix}{n}")).collect(),
+            dir: dir.path().to_path_buf(),
+        });
+        let mut lab = ClusterLab {
+            tag: tag.to_string(),
+            client: format!("{prefix}cli"),
+            gws: [format!("{prefix}gw1"), format!("{prefix}gw2")],
+            backend: format!("{prefix}b1"),
+            etcd_ns: format!("{prefix}etcd"),
+            switch: format!("{prefix}sw"),
+            created: Vec::new(),
+            dir,
+            procs: Mutex::new(Vec::new()),
+            etcd: Mutex::new(None),
+            srvgate: Mutex::new([None, None]),
+            live_id,
+        };
+        lab.build()
+            .with_context(|| format!("building cluster lab {tag}"))?;
+        let bpffs = lab.dir.path().join(BPFFS_DIR);
+        fs::create_dir(&bpffs)?;
+        host(&["mount", "-t", "bpf", "bpf", &bpffs.display().to_string()])?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let sw = self.switch.clone();
+        let all = [
+            sw.clone(),
+            self.client.clone(),
+            self.gws[0].clone(),
+            self.gws[1].clone(),
+            self.backend.clone(),
+            self.etcd_ns.clone(),
+        ];
+        for ns in &all {
+            host(&["ip", "netns", "add", ns])?;
+            self.created.push(ns.clone());
+            self.exec_ok(
+                ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+            )?;
+            host(&["ip", "-n", ns, "link", "set", "dev", "lo", "up"])?;
+        }
+        for br in ["brpub", "brpriv"] {
+            host(&["ip", "-n", &sw, "link", "add", br, "type", "bridge"])?;
+            host(&["ip", "-n", &sw, "link", "set", br, "up"])?;
+        }
+        // (namespace, its device, switch port name, bridge, address)
+        let legs = [
+            (
+                self.client.clone(),
+                "eth0",
+                "cli",
+                "brpub",
+                format!("{CLIENT}/24"),
+            ),
+            (
+                self.gws[0].clone(),
+                "pub0",
+                "g1pub",
+                "brpub",
+                format!("{}/24", GW_PUBLIC[0]),
+            ),
+            (
+                self.gws[1].clone(),
+                "pub0",
+                "g2pub",
+                "brpub",
+                format!("{}/24", GW_PUBLIC[1]),
+            ),
+            (
+                self.gws[0].clone(),
+                "priv1",
+                "g1priv",
+                "brpriv",
+                format!("{}/24", GW_PRIVATE[0]),
+            ),
+            (
+                self.gws[1].clone(),
+                "priv1",
+                "g2priv",
+                "brpriv",
+                format!("{}/24", GW_PRIVATE[1]),
+            ),
+            (
+                self.backend.clone(),
+                "eth0",
+                "b1",
+                "brpriv",
+                format!("{BACKEND}/24"),
+            ),
+            (
+                self.etcd_ns.clone(),
+                "eth0",
+                "etcd",
+                "brpriv",
+                format!("{ETCD}/24"),
+            ),
+        ];
+        for (ns, dev, port, br, cidr) in &legs {
+            host(&[
+                "ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port,
+                "netns", &sw,
+            ])?;
+            host(&["ip", "-n", &sw, "link", "set", port, "master", br])?;
+            host(&["ip", "-n", &sw, "link", "set", port, "up"])?;
+            host(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev])?;
+            host(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+        }
+        for gw in &self.gws {
+            self.exec_ok(gw, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        }
+        for ns in [&self.client, &self.backend] {
+            // Like a remote host on a wire: full checksums out, NAPI (GRO) in.
+            self.exec_ok(ns, &["ethtool", "-K", "eth0", "tx", "off", "gro", "on"])?;
+        }
+        self.use_gateway(0)
+    }
+
+    /// Sends the client's packets for the VIP, and the backend's replies, through gateway
+    /// `n` (0 or 1): what keepalived decides by moving the addresses.
+    pub fn use_gateway(&self, n: usize) -> Result<()> {
+        host(&[
+            "ip",
+            "-n",
+            &self.client,
+            "route",
+            "replace",
+            &format!("{VIP}/32"),
+            "via",
+            GW_PUBLIC[n],
+        ])?;
+        host(&[
+            "ip",
+            "-n",
+            &self.backend,
+            "route",
+            "replace",
+            "default",
+            "via",
+            GW_PRIVATE[n],
+        ])?;
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `argv` in `ns` (bounded); requires success; returns stdout.
+    pub fn exec_ok(&self, ns: &str, argv: &[&str]) -> Result<String> {
+        let out = run_with_timeout(&mut netns_command(ns, argv), DEFAULT_TIMEOUT)?;
+        expect_success(&format!("[{ns}] {}", argv.join(" ")), &out)
+    }
+
+    /// Starts `argv` in `ns`, tracked, output in a log named `name`; returns its pid.
+    pub fn spawn(&self, ns: &str, name: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<u32> {
+        let log = self.dir().join(format!("{name}.log"));
+        let t = start_logged(ns, argv, env, &log)?;
+        let pid = t.child.id();
+        lock(&self.procs).push(t);
+        Ok(pid)
+    }
+
+    /// Stops the tracked process `pid` (SIGTERM, `grace`, SIGKILL).
+    pub fn stop(&self, pid: u32, grace: Duration) -> Result<()> {
+        let mut t = {
+            let mut procs = lock(&self.procs);
+            let i = procs
+                .iter()
+                .position(|t| t.child.id() == pid)
+                .ok_or_else(|| anyhow!("pid {pid} is not a process of this lab"))?;
+            procs.remove(i)
+        };
+        stop_tracked(&mut t, grace).map(|_| ())
+    }
+
+    /// Starts (or starts again, same data directory) the etcd member and waits until it
+    /// answers.
+    pub fn start_etcd(&self) -> Result<()> {
+        let data = self.dir().join("etcd-data");
+        let data = data.display().to_string();
+        let peer = format!("http://{ETCD}:2380");
+        let pid = self.spawn(
+            &self.etcd_ns,
+            &format!("etcd-{}", self.next_log()),
+            &[
+                "etcd",
+                "--name",
+                "sg1",
+                "--data-dir",
+                &data,
+                "--listen-client-urls",
+                ETCD_URL,
+                "--advertise-client-urls",
+                ETCD_URL,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("sg1={peer}"),
+            ],
+            &[],
+        )?;
+        *lock(&self.etcd) = Some(pid);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.etcdctl(&["endpoint", "health"]).is_ok() {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "etcd not healthy after 20 s");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the etcd member (SIGTERM, as an operator's `systemctl stop` would).
+    pub fn stop_etcd(&self) -> Result<()> {
+        let pid = lock(&self.etcd)
+            .take()
+            .ok_or_else(|| anyhow!("etcd is not running"))?;
+        self.stop(pid, Duration::from_secs(5))
+    }
+
+    /// `etcdctl --endpoints ETCD ARGS...` from the etcd namespace; stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let mut argv = vec!["etcdctl", "--endpoints", ETCD_URL, "--command-timeout=2s"];
+        argv.extend_from_slice(args);
+        let mut cmd = netns_command(&self.etcd_ns, &argv);
+        cmd.env("ETCDCTL_API", "3");
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(5))?;
+        expect_success(&format!("etcdctl {}", args.join(" ")), &out)
+    }
+
+    fn next_log(&self) -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    }
+
+    /// Gateway `n`'s config: the VIP as the public address, DNS on its own public address,
+    /// `[cluster]` with the lab's etcd.
+    pub fn config(&self, n: usize) -> String {
+        format!(
+            r#"[gateway]
+public_interface = "pub0"
+private_interfaces = ["priv1"]
+public_ipv4 = "{VIP}"
+port_range = "30000-30999"
+port_cooldown = "0s"
+
+[dns]
+zone = "{ZONE}"
+listen = ["{}:53"]
+gateway_name = "gw"
+ttl = 30
+
+[cluster]
+etcd = ["{ETCD_URL}"]
+gateway_id = "gw{}"
+"#,
+            GW_PUBLIC[n],
+            n + 1
+        )
+    }
+
+    pub fn socket(&self, n: usize) -> PathBuf {
+        self.dir().join(format!("gw{}.sock", n + 1))
+    }
+
+    /// Starts srvgate on gateway `n` with [`ClusterLab::config`] and waits for its ready
+    /// line (an error with its log if it exits first).
+    pub fn start_srvgate(&self, n: usize) -> Result<u32> {
+        let bin = existing_srvgate_bin()?;
+        let d = self.dir();
+        let config = d.join(format!("gw{}.toml", n + 1));
+        fs::write(&config, self.config(n))?;
+        let state = d.join(format!("state{}", n + 1));
+        let pins = d.join(BPFFS_DIR).join(format!("gw{}", n + 1));
+        let (config, state, pins, socket) = (
+            config.display().to_string(),
+            state.display().to_string(),
+            pins.display().to_string(),
+            self.socket(n).display().to_string(),
+        );
+        let name = format!("srvgate-gw{}-{}", n + 1, self.next_log());
+        let pid = self.spawn(
+            &self.gws[n],
+            &name,
+            &[
+                &bin,
+                "run",
+                "--config",
+                &config,
+                "--state-dir",
+                &state,
+                "--pin-dir",
+                &pins,
+                "--socket",
+                &socket,
+            ],
+            &[("RUST_LOG", "info")],
+        )?;
+        lock(&self.srvgate)[n] = Some(pid);
+        let log = self.dir().join(format!("{name}.log"));
+        let deadline = Instant::now() + SRVGATE_READY_TIMEOUT;
+        loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if log_says_ready(&text) {
+                return Ok(pid);
+            }
+            if crate::child_exited(pid) {
+                bail!(
+                    "srvgate on gw{} exited before it was ready; its log:\n{text}",
+                    n + 1
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "srvgate on gw{} not ready; its log:\n{text}",
+                n + 1
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs an admin verb against gateway `n`'s control socket; the output whatever the
+    /// status.
+    pub fn ctl(&self, n: usize, args: &[&str]) -> Result<Output> {
+        let bin = existing_srvgate_bin()?;
+        let socket = self.socket(n).display().to_string();
+        let mut argv = vec![bin.as_str()];
+        argv.extend_from_slice(args);
+        argv.extend(["--socket", socket.as_str()]);
+        run_with_timeout(&mut netns_command(&self.gws[n], &argv), DEFAULT_TIMEOUT)
+    }
+
+    pub fn ctl_ok(&self, n: usize, args: &[&str]) -> Result<String> {
+        let out = self.ctl(n, args)?;
+        expect_success(&format!("gw{}: srvgate {}", n + 1, args.join(" ")), &out)
+    }
+
+    /// `dig +short` from the client at gateway `n`'s DNS server.
+    pub fn dig(&self, n: usize, rtype: &str, name: &str) -> Result<String> {
+        let server = format!("@{}", GW_PUBLIC[n]);
+        self.exec_ok(
+            &self.client,
+            &["dig", "+short", "+time=1", "+tries=1", &server, rtype, name],
+        )
+        .map(|s| s.trim().to_string())
+    }
+
+    /// The log of every srvgate and etcd this lab started, for a failure's message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for t in lock(&self.procs).iter() {
+            let text = fs::read_to_string(&t.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out += &format!("----- {} -----\n", t.what);
+            for l in tail.iter().rev() {
+                out += l;
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+impl Drop for ClusterLab {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            crate::note(format_args!("{}", self.logs()));
+        }
+        end_all(std::mem::take(&mut *lock(&self.procs)));
+        for ns in self.created.iter().rev() {
+            delete_netns(ns);
+        }
+        unmount_bpffs(&self.dir.path().join(BPFFS_DIR));
+        lock(&LIVE_LABS).retain(|l| l.id != self.live_id);
+    }
+}

@@ -1,0 +1,288 @@
+//! Two gateways share one table through a real etcd member (see `srvgate_tests::cluster`):
+//! a route claimed through one forwards and answers in DNS on the other within a second;
+//! concurrent claims split over both never get one port twice; with etcd stopped both go on
+//! forwarding and a claim is refused naming etcd; with etcd back, claims work again and
+//! both gateways agree on the table and on the SOA serial.
+
+use std::{
+    collections::BTreeMap,
+    thread,
+    time::{Duration, Instant},
+};
+
+use srvgate_tests::{cluster::*, require_srvgate_bin, skip_unless_root};
+
+/// `route add NAME --service SERVICE --backend BACKEND --json` through gateway `n`; the
+/// port the route got.
+fn claim(lab: &ClusterLab, n: usize, name: &str, service: &str, backend: &str) -> u16 {
+    let out = lab
+        .ctl_ok(
+            n,
+            &[
+                "route",
+                "add",
+                name,
+                "--service",
+                service,
+                "--backend",
+                backend,
+                "--json",
+            ],
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["port"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no port in {out}")) as u16
+}
+
+/// Gateway `n`'s routes: name/service -> port.
+fn routes(lab: &ClusterLab, n: usize) -> BTreeMap<String, u64> {
+    let out = lab.ctl_ok(n, &["route", "ls", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                format!(
+                    "{}/{}",
+                    r["name"].as_str().unwrap(),
+                    r["service"].as_str().unwrap()
+                ),
+                r["port"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `f` every 10 ms until it holds; how long that took, or `None` after `limit`.
+fn time_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `curl http://VIP:PORT/` from the client, through whichever gateway the lab routes it.
+fn fetch(lab: &ClusterLab, port: u16) -> Option<String> {
+    let url = format!("http://{VIP}:{port}/");
+    lab.exec_ok(&lab.client, &["curl", "-fsS", "--max-time", "2", &url])
+        .ok()
+}
+
+fn soa_serial(lab: &ClusterLab, n: usize) -> Option<String> {
+    let soa = lab.dig(n, "SOA", ZONE).ok()?;
+    soa.split_whitespace().nth(2).map(str::to_string)
+}
+
+#[test]
+fn two_gateways_share_one_table_through_etcd() {
+    if skip_unless_root("two_gateways_share_one_table_through_etcd") {
+        return;
+    }
+    require_srvgate_bin();
+    let lab = ClusterLab::new("clu").expect("building the cluster lab");
+    lab.start_etcd().unwrap();
+    lab.start_srvgate(0).unwrap();
+    lab.start_srvgate(1).unwrap();
+    let site = lab.dir().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "served by b1\n").unwrap();
+    let site = site.display().to_string();
+    lab.spawn(
+        &lab.backend,
+        "web",
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            BACKEND,
+            "--directory",
+            &site,
+        ],
+        &[],
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(300));
+
+    // A claim through gateway 1 is in gateway 2's DNS and data path within a second.
+    let port = claim(&lab, 0, "alice", "web", &format!("{BACKEND}:8080"));
+    let srv = format!("_web._tcp.alice.{ZONE}");
+    let seen = time_until(Duration::from_secs(1), || {
+        lab.dig(1, "SRV", &srv)
+            .is_ok_and(|a| a.split_whitespace().nth(2) == Some(&port.to_string()))
+    });
+    let seen = seen.unwrap_or_else(|| {
+        panic!(
+            "gw2's DNS has no SRV with port {port} after 1 s\n{}",
+            lab.logs()
+        )
+    });
+    eprintln!("cluster: a claim through gw1 answered in gw2's DNS after {seen:?}");
+    lab.use_gateway(1).unwrap();
+    let forwarded = time_until(Duration::from_secs(1), || {
+        fetch(&lab, port).is_some_and(|t| t == "served by b1\n")
+    });
+    let forwarded =
+        forwarded.unwrap_or_else(|| panic!("not forwarded through gw2\n{}", lab.logs()));
+    eprintln!(
+        "cluster: ... and forwarded through gw2 (both ways) within {:?} more",
+        forwarded
+    );
+
+    // 20 concurrent claims, 10 through each gateway: 20 distinct ports.
+    let ports: Vec<u16> = thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let lab = &lab;
+                s.spawn(move || {
+                    let backend = format!("{BACKEND}:{}", 9000 + i);
+                    claim(lab, i % 2, &format!("s{i}"), "ssh", &backend)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 20, "ports handed out twice: {ports:?}");
+    assert!(
+        !ports.contains(&port),
+        "alice's port {port} handed out again: {ports:?}"
+    );
+    let agree = time_until(Duration::from_secs(2), || {
+        let a = routes(&lab, 0);
+        a.len() == 21 && a == routes(&lab, 1)
+    });
+    assert!(
+        agree.is_some(),
+        "the gateways disagree:\ngw1 {:?}\ngw2 {:?}",
+        routes(&lab, 0),
+        routes(&lab, 1)
+    );
+    let keys = lab
+        .etcdctl(&["get", "--prefix", "/srvgate/ports/", "--keys-only"])
+        .unwrap();
+    assert_eq!(keys.split_whitespace().count(), 21, "{keys}");
+
+    // etcd stopped: both gateways go on forwarding with the last table; a claim is
+    // refused, naming etcd and its endpoint, with exit status 1.
+    lab.stop_etcd().unwrap();
+    for n in [0, 1] {
+        lab.use_gateway(n).unwrap();
+        assert_eq!(
+            fetch(&lab, port).as_deref(),
+            Some("served by b1\n"),
+            "through gw{}",
+            n + 1
+        );
+    }
+    let started = Instant::now();
+    let out = lab
+        .ctl(
+            0,
+            &[
+                "route",
+                "add",
+                "bob",
+                "--service",
+                "ssh",
+                "--backend",
+                &format!("{BACKEND}:22"),
+            ],
+        )
+        .unwrap();
+    let refused_in = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("etcd") && stderr.contains(ETCD_URL),
+        "{stderr}"
+    );
+    eprintln!(
+        "cluster: with etcd stopped a claim is refused after {refused_in:?}: {}",
+        stderr.trim()
+    );
+    assert!(refused_in < Duration::from_secs(5), "{refused_in:?}");
+    let status = lab.ctl_ok(1, &["status"]).unwrap();
+    assert!(status.contains("NOT connected"), "{status}");
+    assert!(
+        routes(&lab, 0).contains_key("alice/web"),
+        "the last table stays"
+    );
+
+    // etcd back: the gateways resynchronise, the claim works, both agree.
+    lab.start_etcd().unwrap();
+    let mut bob = None;
+    let back = time_until(Duration::from_secs(10), || {
+        let out = lab.ctl(
+            1,
+            &[
+                "route",
+                "add",
+                "bob",
+                "--service",
+                "ssh",
+                "--backend",
+                &format!("{BACKEND}:22"),
+                "--json",
+            ],
+        );
+        match out {
+            Ok(o) if o.status.success() => {
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                bob = v["port"].as_u64();
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(
+        back.is_some(),
+        "no claim works 10 s after etcd came back\n{}",
+        lab.logs()
+    );
+    eprintln!(
+        "cluster: claims work again {:?} after etcd answered",
+        back.unwrap()
+    );
+    let bob = bob.unwrap();
+    assert!(!ports.iter().any(|&p| u64::from(p) == bob) && bob != u64::from(port));
+    let agree = time_until(Duration::from_secs(5), || {
+        let a = routes(&lab, 0);
+        a.len() == 22
+            && a == routes(&lab, 1)
+            && soa_serial(&lab, 0).is_some()
+            && soa_serial(&lab, 0) == soa_serial(&lab, 1)
+    });
+    assert!(
+        agree.is_some(),
+        "after etcd came back the gateways disagree:\ngw1 {:?} serial {:?}\ngw2 {:?} serial {:?}\n{}",
+        routes(&lab, 0),
+        soa_serial(&lab, 0),
+        routes(&lab, 1),
+        soa_serial(&lab, 1),
+        lab.logs()
+    );
+    for n in [0, 1] {
+        let status = lab.ctl_ok(n, &["status"]).unwrap();
+        assert!(
+            status.contains(&format!("cluster: gateway gw{} of [gw1, gw2]", n + 1)),
+            "{status}"
+        );
+        assert!(status.contains(" connected"), "{status}");
+    }
+    lab.use_gateway(0).unwrap();
+    assert_eq!(fetch(&lab, port).as_deref(), Some("served by b1\n"));
+}
