@@ -819,14 +819,16 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
 }
 
 /// `[cluster]`: a port another gateway took a moment ago is refused by the shared store;
-/// the core undoes its attempt everywhere and allocates again around every port the store
-/// named, so the claim succeeds on the next free one.
+/// the core undoes its attempt everywhere and allocates again above every port the store
+/// named, so the claim succeeds on a free one.
 #[test]
 fn a_port_taken_through_another_gateway_is_allocated_around() {
     let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
     rig.store.state().others = vec![(30002, Protocol::Tcp), (30003, Protocol::Tcp)];
     let view = rig.core.add(request("bob", "10.0.0.12:22")).unwrap();
-    assert_eq!(view.port, 30004);
+    // Above the ports the store named (the other gateway goes on from the lowest free one),
+    // a few ports apart.
+    assert!((30004..=30009).contains(&view.port), "{}", view.port);
     rig.assert_agree();
     assert!(!rig
         .maps

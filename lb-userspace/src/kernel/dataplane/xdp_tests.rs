@@ -1,0 +1,887 @@
+//! The compiled XDP program on crafted packets (`BPF_PROG_TEST_RUN`): every verdict it can
+//! reach, checked on the real bytecode (action, bytes out, counters), as Cilium tests its
+//! datapath. Needs root (loading BPF); each test runs in a network namespace of its own
+//! (`unshare` on the test's thread), with one veth leg, a neighbour and a route, so that
+//! the program's FIB lookups have the same answer on any machine.
+//!
+//! Also here, without root: the object's maps against `lb_common`'s names and sizes.
+
+use std::{mem::size_of, net::Ipv4Addr, process::Command};
+
+use aya::{
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    counter, map_names, Backend, FrontendKey, Interface, ReverseKey, ReverseValue, RouteCounters,
+    Settings, EGRESS_REDIRECT, MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP,
+    ROLE_PRIVATE, ROLE_PUBLIC,
+};
+
+use super::{object_maps, Plain, PROGRAM};
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// The private leg's own address, and the backend behind it (a permanent neighbour).
+const LEG: Ipv4Addr = Ipv4Addr::new(10, 210, 250, 1);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 210, 250, 2);
+const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// A backend no route leads to.
+const NOWHERE: Ipv4Addr = Ipv4Addr::new(10, 210, 252, 7);
+const LEG_MTU: u16 = 1400;
+/// What the daemon would clamp to with [`LEG_MTU`] the smallest leg.
+const MSS: u16 = LEG_MTU - 40;
+const NOW_NS: u64 = 123_456_789;
+
+const SSH_PORT: u16 = 2222;
+const DNS_PORT: u16 = 5353;
+const LOST_PORT: u16 = 2223;
+const SSH_ID: u32 = 5;
+const DNS_ID: u32 = 6;
+
+#[test]
+fn the_objects_maps_are_lb_commons() {
+    let maps: std::collections::HashMap<String, super::MapShape> =
+        object_maps().unwrap().into_iter().collect();
+    let want: [(&str, usize, usize, u32); 7] = [
+        (
+            map_names::FRONTENDS,
+            size_of::<FrontendKey>(),
+            size_of::<Backend>(),
+            MAX_ROUTES,
+        ),
+        (
+            map_names::REVERSE,
+            size_of::<ReverseKey>(),
+            size_of::<ReverseValue>(),
+            MAX_ROUTES,
+        ),
+        (
+            map_names::INTERFACES,
+            size_of::<u32>(),
+            size_of::<Interface>(),
+            MAX_INTERFACES,
+        ),
+        (
+            map_names::SETTINGS,
+            size_of::<u32>(),
+            size_of::<Settings>(),
+            1,
+        ),
+        (
+            map_names::ROUTE_COUNTERS,
+            size_of::<u32>(),
+            size_of::<RouteCounters>(),
+            MAX_ROUTES,
+        ),
+        (
+            map_names::GLOBAL_COUNTERS,
+            size_of::<u32>(),
+            size_of::<u64>(),
+            counter::COUNT,
+        ),
+        // A devmap's value is the kernel's struct bpf_devmap_val: the target ifindex and
+        // an optional program (fd or id).
+        (map_names::TX_PORTS, size_of::<u32>(), 8, MAX_INTERFACES),
+    ];
+    for (name, key, value, max) in want {
+        let m = maps
+            .get(name)
+            .unwrap_or_else(|| panic!("the object has no map {name}: {:?}", maps.keys()));
+        assert_eq!(m.key_size as usize, key, "{name} key size");
+        assert_eq!(m.value_size as usize, value, "{name} value size");
+        assert_eq!(m.max_entries, max, "{name} max_entries");
+    }
+    assert_eq!(
+        maps.len(),
+        want.len(),
+        "maps lb_common does not name: {:?}",
+        maps.keys()
+    );
+}
+
+/// One-complement sum of `data` as big-endian words, from scratch.
+fn sum(data: &[u8], mut acc: u32) -> u32 {
+    for pair in data.chunks(2) {
+        let hi = u32::from(pair[0]) << 8;
+        acc += hi | pair.get(1).map_or(0, |&b| u32::from(b));
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// A crafted Ethernet + IPv4 + TCP/UDP frame, checksums computed from scratch.
+#[derive(Clone)]
+struct Frame {
+    protocol: u8,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    ttl: u8,
+    payload: usize,
+    /// UDP only: send a zero checksum ("none"), which must stay zero.
+    udp_no_checksum: bool,
+    /// TCP only: a SYN (with `ack`, a SYN-ACK) whose options are this many NOPs and then
+    /// an MSS option with this value.
+    syn: Option<(usize, u16, bool)>,
+}
+
+impl Frame {
+    fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Frame {
+        Frame {
+            protocol: PROTO_TCP,
+            src,
+            dst,
+            ttl: 64,
+            payload: 32,
+            udp_no_checksum: false,
+            syn: None,
+        }
+    }
+
+    fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Frame {
+        Frame {
+            protocol: PROTO_UDP,
+            ..Frame::tcp(src, dst)
+        }
+    }
+
+    fn l4_len(&self) -> usize {
+        match (self.protocol, self.syn) {
+            (PROTO_TCP, Some((nops, _, _))) => 20 + (nops + 4).div_ceil(4) * 4,
+            (PROTO_TCP, None) => 20,
+            _ => 8,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let l4 = self.l4_len() + self.payload;
+        let tot = 20 + l4;
+        let mut f = Vec::with_capacity(14 + tot);
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xaa]); // dst MAC
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xbb]); // src MAC
+        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&(tot as u16).to_be_bytes());
+        ip.extend_from_slice(&[0x12, 0x34, 0x40, 0]); // id, DF
+        ip.extend_from_slice(&[self.ttl, self.protocol, 0, 0]);
+        ip.extend_from_slice(&self.src.0.octets());
+        ip.extend_from_slice(&self.dst.0.octets());
+        let c = fold(sum(&ip, 0));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        let mut seg = Vec::with_capacity(l4);
+        seg.extend_from_slice(&self.src.1.to_be_bytes());
+        seg.extend_from_slice(&self.dst.1.to_be_bytes());
+        if let (PROTO_TCP, Some((nops, mss, ack))) = (self.protocol, self.syn) {
+            let mut opts = vec![1u8; nops];
+            opts.extend_from_slice(&[2, 4]);
+            opts.extend_from_slice(&mss.to_be_bytes());
+            while !opts.len().is_multiple_of(4) {
+                opts.push(0);
+            }
+            let doff = ((20 + opts.len()) / 4) as u8;
+            let flags = if ack { 0x12 } else { 0x02 };
+            seg.extend_from_slice(&[
+                0,
+                0,
+                0,
+                1,
+                0,
+                0,
+                0,
+                0,
+                doff << 4,
+                flags,
+                0xff,
+                0xff,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            seg.extend_from_slice(&opts);
+        } else if self.protocol == PROTO_TCP {
+            seg.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        } else {
+            seg.extend_from_slice(&(l4 as u16).to_be_bytes());
+            seg.extend_from_slice(&[0, 0]);
+        }
+        seg.extend((0..self.payload).map(|i| i as u8));
+        if !(self.protocol == PROTO_UDP && self.udp_no_checksum) {
+            let at = if self.protocol == PROTO_TCP { 16 } else { 6 };
+            let c = l4_checksum(&self.src.0, &self.dst.0, self.protocol, &seg);
+            seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        f.extend_from_slice(&seg);
+        f
+    }
+}
+
+fn l4_checksum(src: &Ipv4Addr, dst: &Ipv4Addr, protocol: u8, seg: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, protocol]);
+    pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    let c = fold(sum(seg, sum(&pseudo, 0)));
+    if protocol == PROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// What an output frame says, with its checksums verified from scratch.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    ttl: u8,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    udp_checksum_zero: bool,
+}
+
+fn parse(f: &[u8]) -> Seen {
+    let ip = &f[14..34];
+    assert_eq!(fold(sum(ip, 0)), 0, "IPv4 header checksum wrong: {ip:02x?}");
+    let protocol = ip[9];
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let seg = &f[34..];
+    let port = |i: usize| u16::from_be_bytes([seg[i], seg[i + 1]]);
+    let at = if protocol == PROTO_TCP { 16 } else { 6 };
+    let stored = port(at);
+    let udp_checksum_zero = protocol == PROTO_UDP && stored == 0;
+    if !udp_checksum_zero {
+        let mut zeroed = seg.to_vec();
+        zeroed[at..at + 2].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            stored,
+            l4_checksum(&src, &dst, protocol, &zeroed),
+            "L4 checksum wrong"
+        );
+    }
+    let mac = |i: usize| -> [u8; 6] { f[i..i + 6].try_into().unwrap() };
+    Seen {
+        src: (src, port(0)),
+        dst: (dst, port(2)),
+        ttl: ip[8],
+        dst_mac: mac(0),
+        src_mac: mac(6),
+        udp_checksum_zero,
+    }
+}
+
+fn run(argv: &[&str]) {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asked of this thread's namespace (sysfs would show the namespace it was mounted in).
+fn ifindex(name: &str) -> u32 {
+    crate::kernel::sys::ifindex(name).unwrap_or_else(|| panic!("no interface {name}"))
+}
+
+/// `ip -o link show NAME`'s `link/ether` address.
+fn mac(name: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC address for {name} in {text:?}"));
+    let bytes: Vec<u8> = hex
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
+}
+
+fn be(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// The program loaded in a namespace of this thread's own: `lo` is the public leg, the
+/// veth `sg-pt0` the private one (10.210.250.1/24, the backend a permanent neighbour,
+/// MTU [`LEG_MTU`]), the client reachable through the backend's address.
+struct Harness {
+    ebpf: Ebpf,
+    leg: u32,
+    leg_mac: [u8; 6],
+}
+
+impl Harness {
+    fn new(test: &str) -> Option<Harness> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping {test}: loading BPF programs needs root");
+            return None;
+        }
+        // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only this thread (the
+        // test's own) into a new network namespace, which goes when the thread ends.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        for argv in [
+            &["ip", "link", "set", "lo", "up"][..],
+            &[
+                "ip", "link", "add", "sg-pt0", "type", "veth", "peer", "name", "sg-pt1",
+            ],
+            &[
+                "ip",
+                "link",
+                "set",
+                "sg-pt0",
+                "mtu",
+                &LEG_MTU.to_string(),
+                "up",
+            ],
+            &["ip", "link", "set", "sg-pt1", "up"],
+            &["ip", "addr", "add", "10.210.250.1/24", "dev", "sg-pt0"],
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                "10.210.250.2",
+                "lladdr",
+                "02:00:00:00:00:02",
+                "dev",
+                "sg-pt0",
+                "nud",
+                "permanent",
+            ],
+            &[
+                "ip",
+                "route",
+                "add",
+                "198.51.100.0/24",
+                "via",
+                "10.210.250.2",
+            ],
+        ] {
+            run(argv);
+        }
+        // The FIB lookup forwards only from legs that forward.
+        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").unwrap();
+        let leg = ifindex("sg-pt0");
+        let leg_mac = mac("sg-pt0");
+
+        let mut ebpf = EbpfLoader::new().load(PROGRAM).expect("loading the object");
+        let prog: &mut Xdp = ebpf.program_mut(PROGRAM_NAME).unwrap().try_into().unwrap();
+        prog.load().expect("the verifier accepts the program");
+        let mut h = Harness { ebpf, leg, leg_mac };
+        h.fill();
+        Some(h)
+    }
+
+    fn fill(&mut self) {
+        let mut settings: Array<_, Plain<Settings>> =
+            Array::try_from(self.ebpf.map_mut(map_names::SETTINGS).unwrap()).unwrap();
+        let s = Settings {
+            public_addr: be(PUBLIC),
+            mss: MSS,
+            _pad: 0,
+            now_ns: NOW_NS,
+        };
+        settings.set(0, Plain(s), 0).unwrap();
+        let mut ifaces: HashMap<_, u32, Plain<Interface>> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
+        let iface = |role| Interface {
+            role,
+            egress: EGRESS_REDIRECT,
+            _pad: [0; 2],
+        };
+        ifaces.insert(1, Plain(iface(ROLE_PUBLIC)), 0).unwrap();
+        ifaces
+            .insert(self.leg, Plain(iface(ROLE_PRIVATE)), 0)
+            .unwrap();
+        let mut fronts: HashMap<_, Plain<FrontendKey>, Plain<Backend>> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::FRONTENDS).unwrap()).unwrap();
+        let mut rev: Vec<(ReverseKey, ReverseValue)> = Vec::new();
+        for (public, protocol, backend, port, id) in [
+            (SSH_PORT, PROTO_TCP, BACKEND, 22u16, SSH_ID),
+            (DNS_PORT, PROTO_UDP, BACKEND, 53, DNS_ID),
+            (LOST_PORT, PROTO_TCP, NOWHERE, 22, 7),
+        ] {
+            let key = FrontendKey {
+                port: public.to_be(),
+                protocol,
+                _pad: 0,
+            };
+            let value = Backend {
+                addr: be(backend),
+                port: port.to_be(),
+                _pad: 0,
+                route_id: id,
+            };
+            fronts.insert(Plain(key), Plain(value), 0).unwrap();
+            rev.push((
+                ReverseKey {
+                    addr: be(backend),
+                    port: port.to_be(),
+                    protocol,
+                    _pad: 0,
+                },
+                ReverseValue {
+                    public_port: public.to_be(),
+                    _pad: 0,
+                    route_id: id,
+                },
+            ));
+        }
+        let mut reverse: HashMap<_, Plain<ReverseKey>, Plain<ReverseValue>> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::REVERSE).unwrap()).unwrap();
+        for (k, v) in rev {
+            reverse.insert(Plain(k), Plain(v), 0).unwrap();
+        }
+    }
+
+    /// Lets the private leg take redirects (the program's egress check).
+    fn allow_redirects(&mut self) {
+        let mut tx: DevMapHash<_> =
+            DevMapHash::try_from(self.ebpf.map_mut(map_names::TX_PORTS).unwrap()).unwrap();
+        tx.insert(self.leg, self.leg, None, 0).unwrap();
+    }
+
+    fn verdicts(&self) -> Vec<u64> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(map_names::GLOBAL_COUNTERS).unwrap()).unwrap();
+        (0..counter::COUNT)
+            .map(|i| m.get(&i, 0).unwrap().iter().sum())
+            .collect()
+    }
+
+    fn route(&self, id: u32) -> RouteCounters {
+        let m: PerCpuArray<_, Plain<RouteCounters>> =
+            PerCpuArray::try_from(self.ebpf.map(map_names::ROUTE_COUNTERS).unwrap()).unwrap();
+        let mut c = RouteCounters::default();
+        for Plain(v) in m.get(&id, 0).unwrap().iter() {
+            c.inbound_packets += v.inbound_packets;
+            c.inbound_bytes += v.inbound_bytes;
+            c.outbound_packets += v.outbound_packets;
+            c.outbound_bytes += v.outbound_bytes;
+            c.last_seen_ns = c.last_seen_ns.max(v.last_seen_ns);
+        }
+        c
+    }
+
+    /// Runs the program once on `frame` arriving on `ifindex`: (action, frame out, the one
+    /// verdict counter that moved).
+    fn run(&self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>, u32) {
+        let before = self.verdicts();
+        let prog: &Xdp = self.ebpf.program(PROGRAM_NAME).unwrap().try_into().unwrap();
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (all u32).
+        let mut ctx = Vec::with_capacity(24);
+        for v in [0, frame.len() as u32, 0, ifindex, 0, 0] {
+            ctx.extend_from_slice(&v.to_ne_bytes());
+        }
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        let after = self.verdicts();
+        let moved: Vec<u32> = (0..counter::COUNT)
+            .filter(|&i| after[i as usize] != before[i as usize])
+            .collect();
+        assert_eq!(moved.len(), 1, "exactly one verdict per packet: {moved:?}");
+        assert_eq!(after[moved[0] as usize], before[moved[0] as usize] + 1);
+        (result.return_value, out, moved[0])
+    }
+}
+
+fn name(verdict: u32) -> &'static str {
+    counter::NAMES[verdict as usize]
+}
+
+#[test]
+fn what_the_program_does_not_own_goes_to_the_kernel_untouched() {
+    let Some(h) = Harness::new("what_the_program_does_not_own_goes_to_the_kernel_untouched") else {
+        return;
+    };
+    let to_ssh = Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT)).bytes();
+    let mut arp = to_ssh.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let mut icmp = to_ssh.clone();
+    icmp[14 + 9] = 1;
+    let mut fragment = to_ssh.clone();
+    fragment[14 + 6] = 0x20; // MF
+    let mut options = to_ssh.clone();
+    options[14] = 0x46;
+    let truncated = to_ssh[..14 + 20 + 3].to_vec();
+    let no_route = Frame::tcp((CLIENT, 40000), (PUBLIC, 9999)).bytes();
+    let not_ours = Frame::tcp((CLIENT, 40000), (Ipv4Addr::new(203, 0, 113, 99), SSH_PORT)).bytes();
+    let from_stranger = Frame::tcp((Ipv4Addr::new(10, 210, 250, 3), 22), (CLIENT, 40000)).bytes();
+    for (what, frame, ifindex, want) in [
+        ("ARP", &arp, 1, counter::PASS_NOT_IPV4),
+        ("ICMP", &icmp, 1, counter::PASS_NOT_TCP_UDP),
+        ("a fragment", &fragment, 1, counter::PASS_FRAGMENT),
+        ("IP options", &options, 1, counter::PASS_IP_OPTIONS),
+        ("a cut TCP header", &truncated, 1, counter::PASS_MALFORMED),
+        (
+            "a port without a route",
+            &no_route,
+            1,
+            counter::PASS_NO_ROUTE,
+        ),
+        ("another address", &not_ours, 1, counter::PASS_NO_ROUTE),
+        (
+            "a private host that is no backend",
+            &from_stranger,
+            h.leg,
+            counter::PASS_NO_ROUTE,
+        ),
+        (
+            "an interface that is no leg",
+            &to_ssh,
+            999,
+            counter::PASS_NO_ROUTE,
+        ),
+    ] {
+        let ifindex = if ifindex == 999 {
+            ifindex_of_peer()
+        } else {
+            ifindex
+        };
+        let (action, out, verdict) = h.run(frame, ifindex);
+        assert_eq!(action, XDP_PASS, "{what}");
+        assert_eq!(&out, frame, "{what}: passed untouched");
+        assert_eq!(name(verdict), name(want), "{what}");
+    }
+    assert_eq!(
+        h.route(SSH_ID),
+        RouteCounters::default(),
+        "nothing was counted"
+    );
+}
+
+/// `sg-pt1`, which exists but is not in INTERFACES.
+fn ifindex_of_peer() -> u32 {
+    ifindex("sg-pt1")
+}
+
+#[test]
+fn a_client_packet_is_rewritten_to_the_backend_and_redirected() {
+    let Some(mut h) = Harness::new("a_client_packet_is_rewritten_to_the_backend_and_redirected")
+    else {
+        return;
+    };
+    let frame = Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT));
+    let bytes = frame.bytes();
+    // Before the leg takes redirects: rewritten, passed to the kernel, TTL and MACs kept.
+    let (action, out, verdict) = h.run(&bytes, 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::FWD_PASS_EGRESS))
+    );
+    let seen = parse(&out);
+    assert_eq!(seen.dst, (BACKEND, 22));
+    assert_eq!(seen.src, (CLIENT, 40000));
+    assert_eq!(seen.ttl, 64);
+    assert_eq!(seen.dst_mac, [0x02, 0, 0, 0, 0, 0xaa]);
+
+    h.allow_redirects();
+    let (action, out, verdict) = h.run(&bytes, 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+    let seen = parse(&out);
+    assert_eq!(seen.dst, (BACKEND, 22));
+    assert_eq!(seen.ttl, 63);
+    assert_eq!(seen.dst_mac, BACKEND_MAC);
+    assert_eq!(seen.src_mac, h.leg_mac);
+
+    let c = h.route(SSH_ID);
+    assert_eq!(c.inbound_packets, 2);
+    assert_eq!(c.inbound_bytes, 2 * bytes.len() as u64, "whole frames");
+    assert_eq!((c.outbound_packets, c.last_seen_ns), (0, NOW_NS));
+
+    // TTL 1: rewritten but left to the kernel, which sends time exceeded.
+    let last_hop = Frame {
+        ttl: 1,
+        ..frame.clone()
+    }
+    .bytes();
+    let (action, out, verdict) = h.run(&last_hop, 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::FWD_PASS_TTL))
+    );
+    assert_eq!(parse(&out).ttl, 1);
+    // Bigger than the leg's MTU: left to the kernel.
+    let big = Frame {
+        payload: usize::from(LEG_MTU),
+        ..frame.clone()
+    }
+    .bytes();
+    let (action, _, verdict) = h.run(&big, 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::FWD_PASS_FRAG_NEEDED))
+    );
+    // A backend no route leads to: the kernel decides.
+    let lost = Frame::tcp((CLIENT, 40000), (PUBLIC, LOST_PORT)).bytes();
+    let (action, out, verdict) = h.run(&lost, 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::FWD_PASS_FIB))
+    );
+    assert_eq!(parse(&out).dst, (NOWHERE, 22));
+}
+
+#[test]
+fn udp_checksums_stay_right_and_zero_stays_zero() {
+    let Some(mut h) = Harness::new("udp_checksums_stay_right_and_zero_stays_zero") else {
+        return;
+    };
+    h.allow_redirects();
+    for no_checksum in [false, true] {
+        let frame = Frame {
+            udp_no_checksum: no_checksum,
+            ..Frame::udp((CLIENT, 5000), (PUBLIC, DNS_PORT))
+        };
+        let (action, out, _) = h.run(&frame.bytes(), 1);
+        assert_eq!(action, XDP_REDIRECT);
+        let seen = parse(&out);
+        assert_eq!(seen.dst, (BACKEND, 53));
+        assert_eq!(seen.udp_checksum_zero, no_checksum);
+    }
+}
+
+#[test]
+fn a_backend_reply_leaves_from_the_public_address_unless_it_is_for_the_gateway() {
+    let Some(mut h) =
+        Harness::new("a_backend_reply_leaves_from_the_public_address_unless_it_is_for_the_gateway")
+    else {
+        return;
+    };
+    h.allow_redirects();
+    let reply = Frame::tcp((BACKEND, 22), (CLIENT, 40000)).bytes();
+    let (action, out, verdict) = h.run(&reply, h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+    let seen = parse(&out);
+    assert_eq!(seen.src, (PUBLIC, SSH_PORT));
+    assert_eq!(seen.dst, (CLIENT, 40000));
+    let c = h.route(SSH_ID);
+    assert_eq!(
+        (c.outbound_packets, c.outbound_bytes),
+        (1, reply.len() as u64)
+    );
+    // The backend answering the gateway's own connection (to the leg's address): untouched.
+    let to_gateway = Frame::tcp((BACKEND, 22), (LEG, 50000)).bytes();
+    let (action, out, verdict) = h.run(&to_gateway, h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::PASS_LOCAL))
+    );
+    assert_eq!(out, to_gateway);
+}
+
+/// The MSS option of a SYN or SYN-ACK as it leaves.
+fn mss_of(f: &[u8]) -> Option<u16> {
+    let tcp = &f[34..];
+    let hlen = usize::from(tcp[12] >> 4) * 4;
+    let mut off = 20;
+    while off < hlen {
+        match tcp[off] {
+            0 => return None,
+            1 => off += 1,
+            2 => return Some(u16::from_be_bytes([tcp[off + 2], tcp[off + 3]])),
+            _ => off += usize::from(tcp[off + 1]).max(2),
+        }
+    }
+    None
+}
+
+#[test]
+fn syn_and_syn_ack_are_clamped_to_the_smallest_legs_mss() {
+    let Some(mut h) = Harness::new("syn_and_syn_ack_are_clamped_to_the_smallest_legs_mss") else {
+        return;
+    };
+    h.allow_redirects();
+    // The client's SYN, with the option at an even and at an odd offset (after one NOP).
+    // Also a bare SYN: nothing after its one option.
+    for (nops, payload) in [(0, 0), (0, 32), (1, 0), (3, 32)] {
+        let syn = Frame {
+            syn: Some((nops, 1460, false)),
+            payload,
+            ..Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))
+        };
+        let (action, out, _) = h.run(&syn.bytes(), 1);
+        assert_eq!(action, XDP_REDIRECT);
+        // parse() recomputes both checksums from scratch.
+        assert_eq!(parse(&out).dst, (BACKEND, 22));
+        assert_eq!(mss_of(&out), Some(MSS), "{nops} NOPs");
+    }
+    // The backend's SYN-ACK on its way out.
+    let syn_ack = Frame {
+        syn: Some((0, 8960, true)),
+        ..Frame::tcp((BACKEND, 22), (CLIENT, 40000))
+    };
+    let (_, out, _) = h.run(&syn_ack.bytes(), h.leg);
+    assert_eq!(parse(&out).src, (PUBLIC, SSH_PORT));
+    assert_eq!(mss_of(&out), Some(MSS));
+    // Smaller already: kept.
+    let small = Frame {
+        syn: Some((0, 536, false)),
+        ..Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))
+    };
+    let (_, out, _) = h.run(&small.bytes(), 1);
+    assert_eq!(mss_of(&out), Some(536));
+}
+
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// An ICMP error (`icmp_type`, code) from `from` to `to` about the packet `about`, which
+/// it quotes as RFC 792 asks: its IPv4 header and the first 8 bytes of its L4 header.
+fn icmp_error(
+    icmp_type: u8,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    about: &Frame,
+    l4_bytes: usize,
+) -> Vec<u8> {
+    let quoted = about.bytes();
+    let mut body = vec![icmp_type, 4, 0, 0, 0, 0, 0x05, 0x78]; // frag needed: MTU 1400
+    body.extend_from_slice(&quoted[14..34 + l4_bytes]);
+    let c = fold(sum(&body, 0));
+    body[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = quoted[..14].to_vec();
+    let tot = 20 + body.len();
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&(tot as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&from.octets());
+    ip.extend_from_slice(&to.octets());
+    let c = fold(sum(&ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&body);
+    f
+}
+
+/// An ICMP error as it leaves, every checksum it can be checked by verified from scratch:
+/// (outer source, outer destination, quoted source, quoted destination, quoted UDP
+/// checksum).
+fn parse_icmp(f: &[u8]) -> (Ipv4Addr, Ipv4Addr, (Ipv4Addr, u16), (Ipv4Addr, u16), u16) {
+    let ip = &f[14..34];
+    assert_eq!(fold(sum(ip, 0)), 0, "outer IPv4 checksum");
+    assert_eq!(fold(sum(&f[34..], 0)), 0, "ICMP checksum");
+    let inner = &f[42..62];
+    assert_eq!(fold(sum(inner, 0)), 0, "quoted IPv4 checksum");
+    let addr = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let port = |i: usize| u16::from_be_bytes([f[i], f[i + 1]]);
+    (
+        addr(&ip[12..16]),
+        addr(&ip[16..20]),
+        (addr(&inner[12..16]), port(62)),
+        (addr(&inner[16..20]), port(64)),
+        port(68),
+    )
+}
+
+/// A UDP datagram's own checksum, as its frame says.
+fn udp_checksum_of(f: &Frame) -> u16 {
+    let b = f.bytes();
+    u16::from_be_bytes([b[40], b[41]])
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_both_ways() {
+    let Some(mut h) = Harness::new("icmp_errors_about_translated_flows_are_translated_both_ways")
+    else {
+        return;
+    };
+    h.allow_redirects();
+    // A router beyond the public side could not forward the backend's (translated) segment
+    // to the client: the error comes to the public address and goes to the backend.
+    let sent = Frame::tcp((PUBLIC, SSH_PORT), (CLIENT, 40000));
+    let err = icmp_error(3, ROUTER, PUBLIC, &sent, 8);
+    let (action, out, verdict) = h.run(&err, 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+    let (src, dst, qsrc, qdst, _) = parse_icmp(&out);
+    assert_eq!((src, dst), (ROUTER, BACKEND));
+    assert_eq!((qsrc, qdst), ((BACKEND, 22), (CLIENT, 40000)));
+
+    // The same about a UDP datagram: its quoted checksum becomes the backend's datagram's.
+    let sent = Frame::udp((PUBLIC, DNS_PORT), (CLIENT, 5000));
+    let (_, out, _) = h.run(&icmp_error(11, ROUTER, PUBLIC, &sent, 8), 1);
+    let (_, dst, qsrc, _, qudp) = parse_icmp(&out);
+    assert_eq!((dst, qsrc), (BACKEND, (BACKEND, 53)));
+    let original = Frame::udp((BACKEND, 53), (CLIENT, 5000));
+    assert_eq!(qudp, udp_checksum_of(&original));
+
+    // The backend refusing a client's datagram: out from the public address and port.
+    let sent = Frame::udp((CLIENT, 5000), (BACKEND, 53));
+    let (action, out, _) = h.run(&icmp_error(3, BACKEND, CLIENT, &sent, 8), h.leg);
+    assert_eq!(action, XDP_REDIRECT);
+    let (src, dst, qsrc, qdst, qudp) = parse_icmp(&out);
+    assert_eq!((src, dst), (PUBLIC, CLIENT));
+    assert_eq!((qsrc, qdst), ((CLIENT, 5000), (PUBLIC, DNS_PORT)));
+    assert_eq!(
+        qudp,
+        udp_checksum_of(&Frame::udp((CLIENT, 5000), (PUBLIC, DNS_PORT)))
+    );
+
+    // About no flow of ours, not an error, or quoting too little: the kernel's, untouched.
+    let unknown = icmp_error(
+        3,
+        ROUTER,
+        PUBLIC,
+        &Frame::tcp((PUBLIC, 9999), (CLIENT, 1)),
+        8,
+    );
+    let mut echo = icmp_error(3, ROUTER, PUBLIC, &sent, 8);
+    echo[34] = 8;
+    let short = icmp_error(
+        3,
+        ROUTER,
+        PUBLIC,
+        &Frame::tcp((PUBLIC, SSH_PORT), (CLIENT, 1)),
+        4,
+    );
+    for (what, frame, want) in [
+        ("an unknown flow", &unknown, counter::PASS_NO_ROUTE),
+        ("an echo request", &echo, counter::PASS_NOT_TCP_UDP),
+        (
+            "a quote shorter than 8 bytes",
+            &short,
+            counter::PASS_MALFORMED,
+        ),
+    ] {
+        let (action, out, verdict) = h.run(frame, 1);
+        assert_eq!(action, XDP_PASS, "{what}");
+        assert_eq!(&out, frame, "{what}: untouched");
+        assert_eq!(name(verdict), name(want), "{what}");
+    }
+}

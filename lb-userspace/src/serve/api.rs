@@ -1,0 +1,287 @@
+//! The control API: JSON over a minimal HTTP/1.1 on a Unix socket, and the client the CLI
+//! verbs (`srvgate route ...`, `status`, `down`) use.
+//!
+//! | request                               | does                                          |
+//! |---------------------------------------|-----------------------------------------------|
+//! | `GET /v1/routes`                      | every route with its counters ([`RoutesReply`]) |
+//! | `POST /v1/routes` + [`RouteRequest`]  | adds a runtime route (201 + [`RouteView`])    |
+//! | `DELETE /v1/routes/NAME[?service=S]`  | removes NAME's runtime routes ([`Removed`])   |
+//! | `POST /v1/shutdown` + [`Shutdown`]    | stops the daemon, detaching XDP if asked     |
+//! | `GET /v1/users`                       | every account ([`UsersReply`])                |
+//! | `POST /v1/users` + [`UserRequest`]    | adds a student, returns its token ([`TokenReply`]) |
+//! | `DELETE /v1/users/NAME[?with_routes=true]` | removes an account (and its routes)      |
+//! | `POST /v1/users/NAME/token`           | a new token; the old one stops working        |
+//!
+//! The students' verbs (`/v1/me...`) are served by `portal` over HTTPS with a token; they
+//! call the same [`Control`] methods with the caller's name, so there is one path per
+//! operation whoever asks.
+//!
+//! Errors are `{"error": "...", "field": "port"}` with 400 (invalid input, naming the
+//! field), 403 (not root), 404, 409 (clashes with what exists) or 500.
+//!
+//! Only root may talk to it, checked twice: the socket lives in a 0700 directory with mode
+//! 0600, and the server reads the peer's uid from the kernel (`SO_PEERCRED`) and refuses
+//! anyone but uid 0, so loosened file modes alone do not open it.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::config::RouteRequest;
+pub use crate::table::users::UserView;
+
+/// Where `srvgate run` listens and the CLI connects unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/srvgate/control.sock";
+
+// The socket's server and client: the gateway's side, Unix only.
+#[cfg(feature = "gateway")]
+mod socket;
+#[cfg(feature = "gateway")]
+pub use socket::*;
+
+/// One route as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub name: String,
+    pub service: String,
+    pub protocol: String,
+    /// Public port on `public_ipv4`.
+    pub port: u16,
+    pub backend: String,
+    /// `"config"` or `"runtime"`.
+    pub source: String,
+    /// When the route was added (or, for config routes, loaded), Unix seconds.
+    pub added_unix: u64,
+    /// The last packet forwarded either way, Unix seconds; absent if none yet.
+    pub last_seen_unix: Option<u64>,
+    /// Seconds since the last packet, else since the route was added.
+    pub idle_seconds: u64,
+    /// Seconds until the route is reclaimed, for runtime routes when reclaiming is on.
+    pub reclaim_in_seconds: Option<u64>,
+    pub inbound_packets: u64,
+    pub outbound_packets: u64,
+    pub inbound_bytes: u64,
+    pub outbound_bytes: u64,
+    /// `"v1"` or `"v2"` when the web routers send this route's backend a PROXY header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+}
+
+/// `GET /v1/routes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutesReply {
+    pub public_ipv4: String,
+    pub port_range: String,
+    /// Ports of the range no route uses in either protocol.
+    pub free_ports: u32,
+    /// As in the config (`"14d"`), absent when reclaiming is off.
+    pub reclaim_after: Option<String>,
+    /// The students' HTTPS API and its certificate's fingerprint, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal: Option<PortalInfo>,
+    /// The shared table, when the gateway runs with `[cluster]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
+    pub routes: Vec<RouteView>,
+}
+
+/// What `srvgate status` shows of `[cluster]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// This gateway's `gateway_id`.
+    pub gateway_id: String,
+    /// The gateways that announce themselves in the store now (this one included when
+    /// connected), by `gateway_id`.
+    pub members: Vec<String>,
+    pub endpoints: Vec<String>,
+    /// Whether the watch on the shared table is running.
+    pub connected: bool,
+    /// The store's revision the table is at.
+    pub revision: i64,
+    /// When the table was last loaded whole from the store (start, reconnection,
+    /// compaction).
+    pub last_sync_unix: Option<u64>,
+    /// Why the store is not connected, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What `srvgate status` shows of the portal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalInfo {
+    pub listen: Vec<String>,
+    /// SHA-256 of the certificate, `AB:CD:...`.
+    pub fingerprint: String,
+}
+
+/// `DELETE /v1/routes/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: Vec<RouteView>,
+}
+
+/// `POST /v1/shutdown`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shutdown {
+    /// Detach XDP and remove the pinned objects, as `--detach-on-exit` would.
+    pub detach: bool,
+}
+
+/// `POST /v1/users`: a new account.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRequest {
+    pub name: String,
+    /// Backend rules: `10.0.0.11`, `10.0.0.11:22`, `10.0.1.0/28`, `10.0.1.0/28:22`.
+    #[serde(default)]
+    pub backends: Vec<String>,
+    /// Routes the student may hold; `users::DEFAULT_MAX_ROUTES` if absent.
+    #[serde(default)]
+    pub max_routes: Option<u32>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// An account and the token just issued for it (shown once, never stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenReply {
+    pub user: UserView,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsersReply {
+    pub users: Vec<UserView>,
+}
+
+/// A student's claim: the name is theirs, the port comes from the pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub service: String,
+    pub backend: String,
+    /// `"tcp"` (the default) or `"udp"`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// `"v1"` or `"v2"`: the web routers send a PROXY protocol header first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+}
+
+/// `GET /v1/me`: who the token belongs to, and where their routes are reachable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeReply {
+    pub user: UserView,
+    pub public_ipv4: String,
+    /// The DNS zone, when the gateway serves one.
+    #[serde(default)]
+    pub zone: Option<String>,
+    pub routes: Vec<RouteView>,
+}
+
+/// The account a token authenticated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub admin: bool,
+}
+
+/// One interface the XDP program is attached to, as the console's admin view shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegView {
+    pub name: String,
+    /// `public` or `private`.
+    pub role: String,
+    /// `redirect` or `pass`: how rewritten frames leave through it.
+    pub egress: String,
+}
+
+/// The data plane at a glance: its legs and every verdict the program counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayView {
+    pub legs: Vec<LegView>,
+    /// Each XDP verdict's name and count, in the program's order.
+    pub verdicts: Vec<(String, u64)>,
+}
+
+/// The bytes one route forwarded during one minute (the console's traffic chart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficMinute {
+    /// The minute's start, Unix seconds (a multiple of 60).
+    pub minute_unix: u64,
+    pub inbound_bytes: u64,
+    pub outbound_bytes: u64,
+}
+
+/// An error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// A refused or failed operation, as the server reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub reply: ErrorReply,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            reply: ErrorReply {
+                error: error.into(),
+                field: None,
+            },
+        }
+    }
+    pub fn field(status: u16, field: impl Into<String>, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            reply: ErrorReply {
+                error: error.into(),
+                field: Some(field.into()),
+            },
+        }
+    }
+}
+
+/// What the daemon does for the API. Calls may block briefly (map updates, an fsync); the
+/// server runs them off the async threads.
+pub trait Control: Send + Sync + 'static {
+    fn list(&self) -> RoutesReply;
+    fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError>;
+    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError>;
+    fn shutdown(&self, request: Shutdown);
+    fn users(&self) -> UsersReply;
+    fn user_add(&self, request: UserRequest) -> Result<TokenReply, ApiError>;
+    fn user_remove(&self, name: &str, with_routes: bool) -> Result<UserView, ApiError>;
+    fn user_token(&self, name: &str) -> Result<TokenReply, ApiError>;
+    /// The account `token` belongs to; `None` for any token that is not current.
+    fn authenticate(&self, token: &str) -> Option<Caller>;
+    fn me(&self, caller: &str) -> Result<MeReply, ApiError>;
+    /// Adds a route named after `caller`, confined to their backends and quota.
+    fn claim(&self, caller: &str, request: ClaimRequest) -> Result<RouteView, ApiError>;
+    /// Removes `caller`'s route for `service` (tcp unless `protocol`).
+    fn release(
+        &self,
+        caller: &str,
+        service: &str,
+        protocol: Option<&str>,
+    ) -> Result<Removed, ApiError>;
+    /// The account `name` while its current token has the SHA-256 `token_sha256`: a
+    /// console session keeps only the digest of the token it was opened with and is
+    /// checked again with it on every request.
+    fn authenticate_digest(&self, name: &str, token_sha256: &[u8; 32]) -> Option<Caller>;
+    /// The legs and verdict counters (for admins).
+    fn gateway(&self) -> GatewayView;
+    /// The last hour of traffic of each route in `routes`, by minute, oldest first (only
+    /// minutes that carried traffic); empty for a route the daemon has no samples of.
+    fn traffic(&self, routes: &[crate::config::RouteKey]) -> Vec<Vec<TrafficMinute>>;
+    /// The latest audit log lines (who changed what, from where), oldest first.
+    fn recent_audit(&self) -> Vec<String>;
+}
+
+#[cfg(all(test, feature = "gateway"))]
+mod tests;

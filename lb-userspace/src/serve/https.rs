@@ -1,0 +1,274 @@
+//! HTTPS by name, passed through: the router reads the client's TLS ClientHello (rustls'
+//! `Acceptor` parses it, bounded in size and time), takes its SNI name, and relays the
+//! connection untouched (the hello included) to the backend of route NAME/<https.service>.
+//! The gateway holds no student's key and terminates nothing; `NAME.<https.service>.<zone>`
+//! and, with `[http]`, the HTTP name `NAME.<http.service>.<zone>` both reach it.
+//!
+//! What cannot be relayed gets a fatal TLS alert and the reason goes to the log: no SNI or
+//! a name no route answers (`unrecognized_name`), a backend that cannot be reached
+//! (`internal_error`), a hello rustls refuses (rustls' own alert).
+
+use std::{io, net::SocketAddr, sync::Arc};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tracing::{debug, info};
+
+use crate::{
+    config::{self, WebLimits},
+    serve::http::{bind_all, normalize_host, HttpError},
+    serve::web::{self, proxy_header, Admission, Failure, Hosts, Peers, Reader, Stats},
+};
+
+/// A ClientHello (with every extension a browser sends, post-quantum key shares included)
+/// is a few KiB; more than this before it is complete is not a hello.
+pub const MAX_HELLO: usize = 32 * 1024;
+
+/// TLS alert descriptions (RFC 8446 §6).
+const UNRECOGNIZED_NAME: u8 = 112;
+const INTERNAL_ERROR: u8 = 80;
+
+/// A fatal alert record, sent in place of a ServerHello; the record layer says TLS 1.2,
+/// which every TLS 1.x client takes before the version is settled.
+pub fn alert(description: u8) -> [u8; 7] {
+    [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description]
+}
+
+/// What the ClientHello at the start of `buf` asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hello {
+    /// More bytes are needed.
+    Partial,
+    /// The SNI name, lowercase, without a trailing dot; `None` if the hello has none.
+    Complete(Option<String>),
+    /// Not a ClientHello rustls accepts: the reason, and the alert rustls would send.
+    Refused(String, Vec<u8>),
+}
+
+/// Parses the ClientHello in `buf` (everything the client sent so far).
+pub fn parse_hello(buf: &[u8]) -> Hello {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = buf;
+    while !rest.is_empty() {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Hello::Refused(e.to_string(), alert(INTERNAL_ERROR).to_vec()),
+        }
+        match acceptor.accept() {
+            Ok(None) => {}
+            Ok(Some(accepted)) => {
+                let name = accepted
+                    .client_hello()
+                    .server_name()
+                    .and_then(normalize_host);
+                return Hello::Complete(name);
+            }
+            Err((error, mut alert)) => {
+                let mut bytes = Vec::new();
+                let _ = alert.write_all(&mut bytes);
+                return Hello::Refused(error.to_string(), bytes);
+            }
+        }
+    }
+    Hello::Partial
+}
+
+struct Shared {
+    hosts: Hosts,
+    limits: WebLimits,
+    admission: Arc<Admission>,
+    stats: Stats,
+}
+
+/// The running HTTPS router. Dropping it stops accepting; relays in flight finish.
+pub struct HttpsServer {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl HttpsServer {
+    /// Binds every listen address and relays `NAME.<service>.<zone>` (and
+    /// `NAME.<http_service>.<zone>`) to the backends of route NAME/<service>.
+    pub async fn start(
+        cfg: &config::Https,
+        http_service: Option<&str>,
+        zone: &str,
+        routes: &[config::Route],
+    ) -> Result<HttpsServer, HttpError> {
+        let listeners = bind_all("https", &cfg.listen).await?;
+        let suffixes = std::iter::once(cfg.service.as_str())
+            .chain(http_service)
+            .map(|s| format!("{s}.{zone}").to_ascii_lowercase())
+            .collect();
+        let shared = Arc::new(Shared {
+            hosts: Hosts::new(&cfg.service, suffixes, routes),
+            limits: cfg.limits.clone(),
+            admission: Admission::new(&cfg.limits),
+            stats: Stats::default(),
+        });
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
+        let accept_tasks = listeners
+            .into_iter()
+            .map(|(l, local)| tokio::spawn(accept_loop(l, local, shared.clone())))
+            .collect();
+        info!(names = %shared.hosts.patterns(), listen = ?addrs, "HTTPS relay by SNI started");
+        Ok(HttpsServer {
+            shared,
+            addrs,
+            accept_tasks,
+        })
+    }
+
+    /// Takes the new route table; relays already running keep their backend.
+    pub fn update(&self, routes: &[config::Route]) {
+        self.shared.hosts.update(routes);
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    pub fn sample(&self) -> web::RouterSample {
+        self.shared
+            .stats
+            .sample("https", self.shared.admission.open())
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        for t in &self.accept_tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, local: SocketAddr, shared: Arc<Shared>) {
+    let mut backoff = crate::kernel::fds::AcceptBackoff::new("HTTPS relay");
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(c) => {
+                backoff.accepted();
+                c
+            }
+            Err(error) => {
+                backoff.failed(&error).await;
+                continue;
+            }
+        };
+        Stats::count(&shared.stats.connections, 1);
+        match shared.admission.admit(peer.ip()) {
+            Ok(slot) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let peers = Peers {
+                        client: peer,
+                        local,
+                    };
+                    if let Err((f, why)) = serve(client, peers, &shared).await {
+                        shared.stats.failed(f);
+                        info!(client = %peer, reason = %why, "HTTPS connection refused");
+                    }
+                    drop(slot);
+                });
+            }
+            // Nothing is read, so nothing is owed: closing is the answer.
+            Err(refused) => shared.stats.failed(refused.into()),
+        }
+    }
+}
+
+/// One client: its hello, its backend, then the relay. An error is what the client was
+/// refused for, after its alert went out.
+async fn serve(client: TcpStream, peers: Peers, shared: &Shared) -> Result<(), (Failure, String)> {
+    let limits = &shared.limits;
+    let (cr, mut cw) = client.into_split();
+    let mut cr = Reader::new(cr);
+    let hello = tokio::time::timeout(limits.header_timeout, read_hello(&mut cr, limits)).await;
+    let name = match hello {
+        Err(_) => return Err((Failure::HeaderTimeout, "no ClientHello in time".into())),
+        Ok(Err(e)) => return Err((Failure::BadRequest, format!("reading the ClientHello: {e}"))),
+        Ok(Ok(Hello::Complete(name))) => name,
+        Ok(Ok(Hello::Refused(why, alert))) => {
+            send_alert(&mut cw, &alert, limits).await;
+            return Err((Failure::BadRequest, format!("ClientHello refused: {why}")));
+        }
+        Ok(Ok(Hello::Partial)) => {
+            return Err((Failure::BadRequest, "closed before its ClientHello".into()))
+        }
+    };
+    let Some(name) = name else {
+        send_alert(&mut cw, &alert(UNRECOGNIZED_NAME), limits).await;
+        return Err((
+            Failure::NoSni,
+            "no server name (SNI) in the ClientHello".into(),
+        ));
+    };
+    let Some(backend) = shared.hosts.backend(&name) else {
+        send_alert(&mut cw, &alert(UNRECOGNIZED_NAME), limits).await;
+        return Err((Failure::NoRoute, format!("no route for name {name}")));
+    };
+    let upstream = match web::connect(backend.addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            send_alert(&mut cw, &alert(INTERNAL_ERROR), limits).await;
+            let why = format!("backend {} of {name}: {e}", backend.addr);
+            return Err((web::connect_failure(&e), why));
+        }
+    };
+    let (ur, mut uw) = upstream.into_split();
+    let mut first = Vec::new();
+    if let Some(v) = backend.proxy_protocol {
+        first = proxy_header::encode(v, peers.client, peers.local);
+    }
+    first.extend_from_slice(&cr.buf);
+    Stats::count(&shared.stats.requests, 1);
+    Stats::count(&shared.stats.bytes_from_clients, cr.buf.len() as u64);
+    cr.buf.clear();
+    if let Err(e) = web::write_all(&mut uw, &first, limits.idle_timeout).await {
+        send_alert(&mut cw, &alert(INTERNAL_ERROR), limits).await;
+        let why = format!("backend {} of {name}: {e}", backend.addr);
+        return Err((Failure::BackendRefused, why));
+    }
+    debug!(client = %peers.client, name, backend = %backend.addr, "HTTPS relay");
+    let mut ur = Reader::new(ur);
+    let stats = &shared.stats;
+    let both = web::Activity::default();
+    let idle = limits.idle_timeout;
+    let up = cr.pump(&mut uw, idle, &stats.bytes_from_clients, Some(&both));
+    let down = ur.pump(&mut cw, idle, &stats.bytes_to_clients, Some(&both));
+    let _ = tokio::join!(up, down);
+    Ok(())
+}
+
+async fn read_hello<R: AsyncRead + Unpin>(
+    cr: &mut Reader<R>,
+    limits: &WebLimits,
+) -> io::Result<Hello> {
+    loop {
+        if cr.fill(limits.header_timeout).await? == 0 {
+            return Ok(Hello::Partial);
+        }
+        match parse_hello(&cr.buf) {
+            Hello::Partial if cr.buf.len() > MAX_HELLO => {
+                let why = format!("more than {MAX_HELLO} bytes without a complete ClientHello");
+                return Ok(Hello::Refused(why, alert(INTERNAL_ERROR).to_vec()));
+            }
+            Hello::Partial => {}
+            done => return Ok(done),
+        }
+    }
+}
+
+async fn send_alert<W: AsyncWrite + Unpin>(w: &mut W, alert: &[u8], limits: &WebLimits) {
+    let _ = web::write_all(w, alert, limits.header_timeout).await;
+    let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,523 @@
+//! What the two web routers (`http`: by Host header, `https`: by TLS SNI) share: the name ->
+//! backend snapshot, the admission of clients (a total and a per-address limit), the
+//! buffered, time-bounded reads and copies, and the counters `/metrics` shows.
+//!
+//! Invariants: a connection holds a [`Slot`] for as long as it holds descriptors, so the
+//! limits count what the process really has open; every read and write of a client or
+//! backend is bounded in time; nothing here decides what a request means.
+
+pub mod proxy_header;
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, SocketAddr, SocketAddrV4},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::config::{self, Protocol, ProxyProtocol};
+
+/// Time a backend has to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The route name in `host` if it is `NAME.<suffix>` with a single-label NAME.
+/// `suffix` is `<service>.<zone>`, lowercase.
+pub fn route_name<'a>(host: &'a str, suffix: &str) -> Option<&'a str> {
+    let name = host.strip_suffix(suffix)?.strip_suffix('.')?;
+    (!name.is_empty() && !name.contains('.')).then_some(name)
+}
+
+/// Where one route's connections go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: SocketAddrV4,
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// The backends that names map to: routes `NAME/<service>/tcp`, reached as `NAME.<suffix>`
+/// for any of the router's suffixes. Rebuilt on every route change; readers take no lock.
+pub struct Hosts {
+    service: String,
+    /// `<label>.<zone>`, lowercase, each a name under which the routes are reached.
+    suffixes: Vec<String>,
+    backends: ArcSwap<HashMap<String, Backend>>,
+}
+
+impl Hosts {
+    pub fn new(service: &str, suffixes: Vec<String>, routes: &[config::Route]) -> Hosts {
+        let hosts = Hosts {
+            service: service.to_string(),
+            suffixes,
+            backends: ArcSwap::from_pointee(HashMap::new()),
+        };
+        hosts.update(routes);
+        hosts
+    }
+
+    pub fn update(&self, routes: &[config::Route]) {
+        let map = routes
+            .iter()
+            .filter(|r| r.protocol == Protocol::Tcp && r.service == self.service)
+            .map(|r| {
+                let b = Backend {
+                    addr: r.backend,
+                    proxy_protocol: r.proxy_protocol,
+                };
+                (r.name.to_ascii_lowercase(), b)
+            })
+            .collect();
+        self.backends.store(Arc::new(map));
+    }
+
+    /// The backend of `host` (lowercase, no port, no trailing dot), if a route answers it.
+    pub fn backend(&self, host: &str) -> Option<Backend> {
+        let name = self.suffixes.iter().find_map(|s| route_name(host, s))?;
+        self.backends.load().get(name).copied()
+    }
+
+    /// `*.<suffix>` for each suffix, for the log.
+    pub fn patterns(&self) -> String {
+        self.suffixes
+            .iter()
+            .map(|s| format!("*.{s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Why a client was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The router serves `max_connections` already.
+    Full,
+    /// This address holds `max_connections_per_client` already.
+    ClientFull,
+}
+
+/// The connection limits of one router.
+pub struct Admission {
+    total: usize,
+    per_client: usize,
+    held: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; dropping it gives the place back.
+pub struct Slot {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    pub fn new(limits: &config::WebLimits) -> Arc<Admission> {
+        Self::within(limits, crate::kernel::fds::Budget::current().http_relays())
+    }
+
+    /// With at most `relays` connections, whatever the config says: each relays through
+    /// two descriptors, and the open-files limit must leave room for everything else.
+    pub fn within(limits: &config::WebLimits, relays: usize) -> Arc<Admission> {
+        if limits.max_connections > relays {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                allowed = relays,
+                "web router: max_connections lowered to what the open-files limit allows (raise LimitNOFILE to allow more)"
+            );
+        }
+        Arc::new(Admission {
+            total: limits.max_connections.min(relays),
+            per_client: limits.max_connections_per_client,
+            held: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
+        // One address, however it came (an IPv4 client on a dual-stack socket is mapped).
+        let ip = ip.to_canonical();
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_ip) = &mut *held;
+        if *total >= self.total {
+            return Err(Refused::Full);
+        }
+        let mine = by_ip.entry(ip).or_insert(0);
+        if *mine >= self.per_client {
+            return Err(Refused::ClientFull);
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(Slot {
+            admission: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections held now.
+    pub fn open(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self
+            .admission
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (total, by_ip) = &mut *held;
+        *total = total.saturating_sub(1);
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Why a connection or request ended without reaching a backend, or broke off; the label of
+/// `srvgate_web_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    BadRequest,
+    HeadTooLarge,
+    HeaderTimeout,
+    NoRoute,
+    NoSni,
+    Full,
+    ClientFull,
+    BackendRefused,
+    BackendTimeout,
+    BadResponse,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 10] = [
+        Failure::BadRequest,
+        Failure::HeadTooLarge,
+        Failure::HeaderTimeout,
+        Failure::NoRoute,
+        Failure::NoSni,
+        Failure::Full,
+        Failure::ClientFull,
+        Failure::BackendRefused,
+        Failure::BackendTimeout,
+        Failure::BadResponse,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::BadRequest => "bad_request",
+            Failure::HeadTooLarge => "head_too_large",
+            Failure::HeaderTimeout => "header_timeout",
+            Failure::NoRoute => "no_route",
+            Failure::NoSni => "no_sni",
+            Failure::Full => "max_connections",
+            Failure::ClientFull => "max_connections_per_client",
+            Failure::BackendRefused => "backend_refused",
+            Failure::BackendTimeout => "backend_timeout",
+            Failure::BadResponse => "bad_response",
+        }
+    }
+}
+
+impl From<Refused> for Failure {
+    fn from(r: Refused) -> Failure {
+        match r {
+            Refused::Full => Failure::Full,
+            Refused::ClientFull => Failure::ClientFull,
+        }
+    }
+}
+
+/// A router's counters.
+#[derive(Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    /// HTTP requests sent to a backend; TLS connections relayed.
+    pub requests: AtomicU64,
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+    errors: [AtomicU64; Failure::ALL.len()],
+}
+
+impl Stats {
+    pub fn failed(&self, f: Failure) {
+        self.errors[f as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sample(&self, router: &'static str, open: usize) -> RouterSample {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RouterSample {
+            router,
+            open: open as u64,
+            connections: get(&self.connections),
+            requests: get(&self.requests),
+            bytes_from_clients: get(&self.bytes_from_clients),
+            bytes_to_clients: get(&self.bytes_to_clients),
+            errors: Failure::ALL
+                .iter()
+                .map(|&f| (f.label(), get(&self.errors[f as usize])))
+                .collect(),
+        }
+    }
+}
+
+/// One router's counters at scrape time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterSample {
+    /// `http` or `https`.
+    pub router: &'static str,
+    pub open: u64,
+    pub connections: u64,
+    pub requests: u64,
+    pub bytes_from_clients: u64,
+    pub bytes_to_clients: u64,
+    pub errors: Vec<(&'static str, u64)>,
+}
+
+pub fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("{what}: timed out"))
+}
+
+/// A reader with a buffer the parsers look into: bytes read past what one step needed (a
+/// pipelined request, a body that came with its head) stay for the next.
+pub struct Reader<R> {
+    io: R,
+    pub buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    pub fn new(io: R) -> Self {
+        Reader {
+            io,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads once more into the buffer, within `idle`; 0 at end of stream.
+    pub async fn fill(&mut self, idle: Duration) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(idle, self.io.read(&mut chunk))
+            .await
+            .map_err(|_| timed_out("read"))??;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.io
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.buf.drain(..n.min(self.buf.len()));
+    }
+
+    /// Copies exactly `n` bytes to `w`; an error if the stream ends first.
+    pub async fn copy_exact<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        mut n: u64,
+        idle: Duration,
+        counter: &AtomicU64,
+    ) -> io::Result<()> {
+        while n > 0 {
+            if self.buf.is_empty() && self.fill(idle).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let take = self.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            write_all(w, &self.buf[..take], idle).await?;
+            Stats::count(counter, take as u64);
+            self.consume(take);
+            n -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Copies everything until the end of the stream to `w`, then shuts `w` down. With
+    /// `both`, the two directions of a relay share one idle clock: a side that stays
+    /// silent while the other talks (a download) is not idle.
+    pub async fn pump<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        idle: Duration,
+        counter: &AtomicU64,
+        both: Option<&Activity>,
+    ) -> io::Result<()> {
+        loop {
+            if self.buf.is_empty() {
+                let wait = both.map_or(idle, |a| {
+                    idle.saturating_sub(a.idle_for())
+                        .max(Duration::from_millis(10))
+                });
+                match self.fill(wait).await {
+                    Ok(0) => return w.shutdown().await,
+                    Ok(_) => {
+                        if let Some(a) = both {
+                            a.touch();
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        if both.is_some_and(|a| a.idle_for() < idle) {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            write_all(w, &self.buf, idle).await?;
+            Stats::count(counter, self.buf.len() as u64);
+            self.buf.clear();
+        }
+    }
+}
+
+/// When either direction of a relay last moved.
+pub struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// `write_all` within `idle`: a peer that stops reading cannot hold the connection.
+pub async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    idle: Duration,
+) -> io::Result<()> {
+    tokio::time::timeout(idle, w.write_all(bytes))
+        .await
+        .map_err(|_| timed_out("write"))?
+}
+
+/// Connects to a backend within [`CONNECT_TIMEOUT`]; a timeout is `TimedOut`.
+pub async fn connect(addr: SocketAddrV4) -> io::Result<TcpStream> {
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| timed_out("connect"))??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// The failure a backend connection error counts as.
+pub fn connect_failure(e: &io::Error) -> Failure {
+    if e.kind() == io::ErrorKind::TimedOut {
+        Failure::BackendTimeout
+    } else {
+        Failure::BackendRefused
+    }
+}
+
+/// The client's and the listener's addresses, as the PROXY header names them.
+#[derive(Clone, Copy, Debug)]
+pub struct Peers {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn route_names_are_one_label_under_the_suffix() {
+        let s = "http.lab.example";
+        assert_eq!(route_name("alice.http.lab.example", s), Some("alice"));
+        assert_eq!(route_name("http.lab.example", s), None);
+        assert_eq!(route_name("x.alice.http.lab.example", s), None);
+        assert_eq!(route_name("alice.ssh.lab.example", s), None);
+        assert_eq!(route_name("alicehttp.lab.example", s), None);
+        assert_eq!(route_name(".http.lab.example", s), None);
+    }
+
+    #[tokio::test]
+    async fn a_silent_side_of_a_busy_relay_is_not_idle() {
+        let idle = Duration::from_millis(200);
+        let both = Activity::default();
+        let counter = AtomicU64::new(0);
+        let (_quiet_peer, quiet) = tokio::io::duplex(64);
+        let (mut talker, talk) = tokio::io::duplex(64);
+        let mut quiet = Reader::new(quiet);
+        let mut talk = Reader::new(talk);
+        let t0 = Instant::now();
+        let silent = async {
+            let r = quiet
+                .pump(&mut tokio::io::sink(), idle, &counter, Some(&both))
+                .await;
+            (r, t0.elapsed())
+        };
+        let mut drain = tokio::io::sink();
+        let busy = talk.pump(&mut drain, idle, &counter, Some(&both));
+        let feed = async {
+            for _ in 0..6 {
+                tokio::time::sleep(Duration::from_millis(80)).await;
+                talker.write_all(b"x").await.unwrap();
+            }
+        };
+        let ((silent, at), _, ()) = tokio::join!(silent, busy, feed);
+        assert_eq!(silent.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        // Alive while the other side talked (480 ms), closed within idle after it stopped.
+        assert!(at >= Duration::from_millis(480), "{at:?}");
+        assert!(at < Duration::from_millis(1500), "{at:?}");
+        assert_eq!(counter.load(Ordering::Relaxed), 6);
+    }
+
+    #[test]
+    fn admission_counts_per_address_and_in_total() {
+        let limits = config::WebLimits {
+            max_connections: 3,
+            max_connections_per_client: 2,
+            ..Default::default()
+        };
+        let adm = Admission::new(&limits);
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let a1 = adm.admit(a).unwrap();
+        let _a2 = adm.admit(a).unwrap();
+        assert_eq!(adm.admit(a).err(), Some(Refused::ClientFull));
+        // The same client on a dual-stack socket is the same client.
+        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        assert_eq!(adm.admit(mapped).err(), Some(Refused::ClientFull));
+        let _b1 = adm.admit(b).unwrap();
+        assert_eq!(adm.admit(b).err(), Some(Refused::Full));
+        drop(a1);
+        assert_eq!(adm.open(), 2);
+        let _b2 = adm.admit(b).unwrap();
+        assert_eq!(adm.admit(a).err(), Some(Refused::Full));
+    }
+}

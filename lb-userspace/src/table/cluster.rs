@@ -1,0 +1,843 @@
+//! `[cluster]`: several gateways share one table through etcd. [`EtcdStore`] is the
+//! daemon's [`Store`] for it: routes, accounts and port allocations live under one key
+//! prefix (`keys.rs`), a change is one etcd transaction that is refused when another
+//! gateway got there first (the port, the route's key or its backend already taken), and
+//! [`EtcdStore::follow`] watches the prefix and hands every other gateway's change to the
+//! daemon, which applies it to its table, maps, DNS and web routers like its own.
+//!
+//! The store runs its own small tokio runtime: the core calls it synchronously under its
+//! lock, from any thread, and each call is bounded by [`REQUEST_TIMEOUT`], so an etcd that
+//! does not answer costs a change a refusal, never a hung daemon. Forwarding and DNS never
+//! wait for etcd: they run from the table the daemon already has.
+//!
+//! The watch follows from the revision the table was loaded at. When it is lost (etcd
+//! stopped, the connection cut, the revision compacted away) the store loads the whole
+//! table again, with back-off, and hands it over as one [`Remote::Resync`]; the watch then
+//! follows from that revision. A gateway's own changes come back through the watch too:
+//! their revisions are remembered and skipped, so a late echo never undoes a later change.
+
+pub mod keys;
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    future::Future,
+    net::Ipv4Addr,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+use tokio::{runtime::Runtime, sync::mpsc};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{Cluster, Protocol, RouteKey},
+    serve::api::ClusterView,
+    table::state::{Commit, RouteChange, StateError, Store, StoredRoute},
+    table::users::Users,
+};
+use keys::Kind;
+
+/// Every request to etcd (a load page, a transaction) is answered within this or refused.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Back-off between attempts to load the table again after the watch was lost.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Keys read per request when loading the table.
+const PAGE: i64 = 1000;
+/// Routes per transaction (3 keys each); etcd's default `--max-txn-ops` is 128.
+const ROUTES_PER_TXN: usize = 40;
+/// The announcement's lease: a gateway that stops renewing it leaves the member list
+/// after this long.
+const MEMBER_TTL: i64 = 10;
+const MEMBER_RENEW: Duration = Duration::from_secs(3);
+
+/// A change of the shared table made by another gateway (or a whole new view of it).
+#[derive(Debug)]
+pub enum Remote {
+    /// Route changes, in revision order.
+    Routes {
+        revision: i64,
+        changes: Vec<RouteChange>,
+    },
+    Accounts {
+        revision: i64,
+        users: Users,
+    },
+    /// The whole table at `revision`, after the watch was lost: the daemon makes its
+    /// runtime routes exactly these. `accounts` is `None` when none are stored.
+    Resync {
+        revision: i64,
+        routes: Vec<StoredRoute>,
+        accounts: Option<(Users, i64)>,
+    },
+}
+
+/// What the status shows, shared between the store (under the core's lock) and the watch.
+#[derive(Default)]
+struct Status {
+    connected: AtomicBool,
+    revision: AtomicI64,
+    last_sync: Mutex<Option<SystemTime>>,
+    error: Mutex<Option<String>>,
+    members: Mutex<BTreeSet<String>>,
+    own: Mutex<OwnWrites>,
+}
+
+/// This gateway's writes the watch has not passed yet.
+#[derive(Default)]
+struct OwnWrites {
+    pending: HashSet<i64>,
+    /// The highest revision the watch has delivered (or the last load's).
+    watched: i64,
+}
+
+impl Status {
+    /// Remembers a revision this gateway wrote, unless the watch is already past it (its
+    /// echo was then applied already, harmlessly: it changed nothing).
+    fn wrote(&self, revision: i64) {
+        let mut own = lock(&self.own);
+        if revision > own.watched {
+            own.pending.insert(revision);
+        }
+        drop(own);
+        self.revision.fetch_max(revision, Ordering::SeqCst);
+    }
+
+    fn is_own(&self, revision: i64) -> bool {
+        lock(&self.own).pending.contains(&revision)
+    }
+
+    /// The watch (or a load) has delivered everything up to `revision`.
+    fn passed(&self, revision: i64) {
+        let mut own = lock(&self.own);
+        own.watched = own.watched.max(revision);
+        let watched = own.watched;
+        own.pending.retain(|&r| r > watched);
+        drop(own);
+        self.revision.fetch_max(revision, Ordering::SeqCst);
+    }
+
+    fn lost(&self, why: String) {
+        self.connected.store(false, Ordering::SeqCst);
+        *lock(&self.error) = Some(why);
+    }
+
+    fn synced(&self, revision: i64, members: BTreeSet<String>) {
+        self.passed(revision);
+        *lock(&self.last_sync) = Some(SystemTime::now());
+        *lock(&self.members) = members;
+        *lock(&self.error) = None;
+        self.connected.store(true, Ordering::SeqCst);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The whole prefix at one revision, as read.
+struct Snapshot {
+    revision: i64,
+    routes: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The accounts document and its `mod_revision`.
+    accounts: Option<(Vec<u8>, i64)>,
+    members: BTreeSet<String>,
+}
+
+/// The shared table in etcd, for one gateway.
+pub struct EtcdStore {
+    /// `None` only while dropping (see `Drop`).
+    rt: Option<Runtime>,
+    client: Client,
+    cluster: Cluster,
+    endpoints: String,
+    status: Arc<Status>,
+    /// What the table was loaded from at start, until [`EtcdStore::follow`].
+    initial: Option<Snapshot>,
+    /// The accounts document's `mod_revision` the core's accounts are (0: none stored).
+    accounts_rev: i64,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its tasks end, which tokio forbids on an async
+        // thread (where the daemon may drop the core); its tasks hold nothing to finish.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl EtcdStore {
+    /// Connects to `cluster.etcd` and loads the whole table (strictly: see
+    /// [`Store::load_routes`]).
+    pub fn connect(cluster: &Cluster) -> Result<EtcdStore, StateError> {
+        let endpoints = cluster.etcd.join(",");
+        let unavailable = |action: &'static str, reason: String| StateError::Unavailable {
+            endpoints: endpoints.clone(),
+            action,
+            reason,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("srvgate-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| unavailable("start its client", e.to_string()))?;
+        let options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            // A peer that vanishes without a reset (a cut cable) ends the watch within
+            // seconds instead of TCP's minutes.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let urls = cluster.etcd.clone();
+        let client = run(&rt, async move {
+            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(urls, Some(options)))
+                .await
+                .map_err(|_| "no answer".to_string())?
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| unavailable("connect", e))?;
+        let mut reader = client.clone();
+        let snapshot = run(&rt, async move { load(&mut reader).await })
+            .map_err(|e| unavailable("load the shared table", e))?;
+        let status = Arc::new(Status::default());
+        status.synced(snapshot.revision, snapshot.members.clone());
+        let accounts_rev = snapshot.accounts.as_ref().map_or(0, |(_, r)| *r);
+        info!(
+            endpoints,
+            gateway_id = %cluster.gateway_id,
+            revision = snapshot.revision,
+            routes = snapshot.routes.len(),
+            "cluster: shared table loaded from etcd"
+        );
+        Ok(EtcdStore {
+            rt: Some(rt),
+            client,
+            cluster: cluster.clone(),
+            endpoints,
+            status,
+            initial: Some(snapshot),
+            accounts_rev,
+        })
+    }
+
+    fn unavailable(&self, action: &'static str, reason: String) -> StateError {
+        self.status.lost(reason.clone());
+        StateError::Unavailable {
+            endpoints: self.endpoints.clone(),
+            action,
+            reason,
+        }
+    }
+
+    /// Runs `f` on the store's runtime and waits for it, at most [`REQUEST_TIMEOUT`].
+    fn call<T: Send + 'static>(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(
+            Client,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Result<T, etcd_client::Error>> + Send>>,
+    ) -> Result<T, StateError> {
+        let Some(rt) = &self.rt else {
+            return Err(self.unavailable(action, "the client is stopped".into()));
+        };
+        let fut = f(self.client.clone());
+        run(rt, async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+            }
+        })
+        .map_err(|reason| self.unavailable(action, reason))
+    }
+
+    /// Puts the routes of `puts` (new ones): one transaction demanding that none of their
+    /// keys, ports or backends exists yet.
+    fn put_routes(&self, puts: &[&StoredRoute]) -> Result<i64, StateError> {
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        let mut reads = Vec::new();
+        for s in puts {
+            let r = &s.route;
+            let key_text = r.key().to_string();
+            let guards = [
+                (keys::route_key(&r.key()), keys::encode_route(s)),
+                (keys::port_key(r.port, r.protocol), key_text.clone()),
+                (keys::backend_key(r), key_text),
+            ];
+            for (k, v) in guards {
+                compares.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
+                reads.push(TxnOp::get(k.clone(), None));
+                ops.push(TxnOp::put(k, v, None));
+            }
+        }
+        let ports = TxnOp::get(
+            format!("{}ports/", keys::PREFIX),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        );
+        reads.push(ports);
+        let txn = Txn::new().when(compares).and_then(ops).or_else(reads);
+        let resp = self.call("add the route", move |mut c| {
+            Box::pin(async move { c.txn(txn).await })
+        })?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if resp.succeeded() {
+            return Ok(revision);
+        }
+        // Say which guard held, and hand back the ports taken so that an allocation can
+        // go around them.
+        let found: Vec<Option<KeyValue>> = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                _ => None,
+            })
+            .collect();
+        let mut reason = Vec::new();
+        for (i, s) in puts.iter().enumerate() {
+            let r = &s.route;
+            let holder = |j: usize| {
+                found
+                    .get(3 * i + j)
+                    .and_then(Option::as_ref)
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            };
+            if holder(0).is_some() {
+                reason.push(format!("route {} already exists", r.key()));
+            } else if let Some(by) = holder(1) {
+                reason.push(format!(
+                    "port {}/{} was just taken by {by} (claimed through another gateway)",
+                    r.port, r.protocol
+                ));
+            } else if let Some(by) = holder(2) {
+                reason.push(format!(
+                    "backend {}/{} is already the backend of {by}; replies could not be told apart",
+                    r.backend, r.protocol
+                ));
+            }
+        }
+        let mut taken = Vec::new();
+        if let Some(TxnOpResponse::Get(g)) = resp.op_responses().last() {
+            for kv in g.kvs() {
+                if let Kind::Port(p, proto) = keys::classify(kv.key()) {
+                    taken.push((p, proto));
+                }
+            }
+        }
+        if reason.is_empty() {
+            reason.push("changed by another gateway meanwhile; try again".into());
+        }
+        Err(StateError::Refused {
+            reason: reason.join("; "),
+            taken,
+        })
+    }
+
+    /// Deletes the routes `gone` with their port and backend keys. A route already gone
+    /// (another gateway removed it) is left alone.
+    fn delete_routes(&self, gone: &[&RouteKey]) -> Result<Option<i64>, StateError> {
+        let route_keys: Vec<String> = gone.iter().map(|k| keys::route_key(k)).collect();
+        let reads: Vec<TxnOp> = route_keys
+            .iter()
+            .map(|k| TxnOp::get(k.clone(), None))
+            .collect();
+        let txn = Txn::new().and_then(reads);
+        let resp = self.call("read the routes to remove", move |mut c| {
+            Box::pin(async move { c.txn(txn).await })
+        })?;
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        for (key, r) in route_keys.iter().zip(resp.op_responses()) {
+            let TxnOpResponse::Get(g) = r else { continue };
+            let Some(kv) = g.kvs().first() else { continue };
+            let Kind::Route(k) = keys::classify(kv.key()) else {
+                continue;
+            };
+            let route = keys::decode_routes(
+                "etcd",
+                &[(kv.key().to_vec(), kv.value().to_vec())],
+                // Only the port and backend are needed here, never checked against it.
+                Ipv4Addr::UNSPECIFIED,
+            )
+            .ok()
+            .and_then(|mut v| v.pop());
+            compares.push(Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            ));
+            ops.push(TxnOp::delete(key.clone(), None));
+            if let Some(s) = route {
+                ops.push(TxnOp::delete(
+                    keys::port_key(s.route.port, k.protocol),
+                    None,
+                ));
+                ops.push(TxnOp::delete(keys::backend_key(&s.route), None));
+            }
+        }
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let txn = Txn::new().when(compares).and_then(ops);
+        let resp = self.call("remove the route", move |mut c| {
+            Box::pin(async move { c.txn(txn).await })
+        })?;
+        if !resp.succeeded() {
+            return Err(StateError::Refused {
+                reason: "changed by another gateway meanwhile; try again".into(),
+                taken: Vec::new(),
+            });
+        }
+        Ok(resp.header().map(|h| h.revision()))
+    }
+}
+
+impl Store for EtcdStore {
+    fn location(&self) -> String {
+        format!("etcd {} (keys under {})", self.endpoints, keys::PREFIX)
+    }
+
+    fn load_routes(&self, public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError> {
+        let Some(s) = &self.initial else {
+            return Ok(Vec::new());
+        };
+        keys::decode_routes(&self.location(), &s.routes, public_ipv4).map_err(|reason| {
+            StateError::Corrupt {
+                path: self.location().into(),
+                reason,
+            }
+        })
+    }
+
+    /// Nothing to do: the shared table is written change by change ([`Store::record`]),
+    /// and last-seen times stay with the gateway that sees the traffic (its pinned
+    /// counters keep them across restarts). Writing the whole table from one gateway's
+    /// view would undo another's changes it has not seen yet.
+    fn save_routes(&mut self, _routes: &[StoredRoute]) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        changes: &[RouteChange],
+        _all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        let puts: Vec<&StoredRoute> = changes
+            .iter()
+            .filter_map(|c| match c {
+                RouteChange::Put(s) => Some(s),
+                RouteChange::Delete(_) => None,
+            })
+            .collect();
+        let deletes: Vec<&RouteKey> = changes
+            .iter()
+            .filter_map(|c| match c {
+                RouteChange::Delete(k) => Some(k),
+                RouteChange::Put(_) => None,
+            })
+            .collect();
+        for chunk in puts.chunks(ROUTES_PER_TXN) {
+            let revision = self.put_routes(chunk)?;
+            self.status.wrote(revision);
+        }
+        for chunk in deletes.chunks(ROUTES_PER_TXN) {
+            if let Some(revision) = self.delete_routes(chunk)? {
+                self.status.wrote(revision);
+            }
+        }
+        // etcd answers once the change is committed by a quorum: nothing left to wait for.
+        Ok(Commit::done())
+    }
+
+    fn load_accounts(&self) -> Result<Users, StateError> {
+        match self.initial.as_ref().and_then(|s| s.accounts.as_ref()) {
+            None => Ok(Users::default()),
+            Some((bytes, _)) => {
+                crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes)
+            }
+        }
+    }
+
+    fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
+        let key = keys::accounts_key();
+        let text = crate::table::accounts::render(users);
+        let seen = self.accounts_rev;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
+            .and_then([TxnOp::put(key, text, None)]);
+        let resp = self.call("save the accounts", move |mut c| {
+            Box::pin(async move { c.txn(txn).await })
+        })?;
+        if !resp.succeeded() {
+            return Err(StateError::Refused {
+                reason: "the accounts were changed through another gateway a moment ago; try again"
+                    .into(),
+                taken: Vec::new(),
+            });
+        }
+        let revision = resp.header().map_or(0, |h| h.revision());
+        self.accounts_rev = revision;
+        self.status.wrote(revision);
+        Ok(())
+    }
+
+    /// Every change another gateway makes from the loaded revision on goes to `tx`
+    /// (waiting when the daemon is behind), and a whole new table after the watch is lost.
+    /// Also announces this gateway under `gateways/`.
+    fn follow(&mut self, public_ipv4: Ipv4Addr, tx: mpsc::Sender<Remote>) {
+        let from = self.initial.take().map_or(0, |s| s.revision) + 1;
+        let Some(rt) = &self.rt else { return };
+        rt.spawn(follow(
+            self.client.clone(),
+            self.status.clone(),
+            self.cluster.gateway_id.clone(),
+            self.endpoints.clone(),
+            public_ipv4,
+            from,
+            tx,
+        ));
+    }
+
+    fn accounts_seen(&mut self, revision: i64) {
+        self.accounts_rev = revision;
+    }
+
+    fn cluster(&self) -> Option<ClusterView> {
+        let s = &self.status;
+        let connected = s.connected.load(Ordering::SeqCst);
+        Some(ClusterView {
+            gateway_id: self.cluster.gateway_id.clone(),
+            members: lock(&s.members).iter().cloned().collect(),
+            endpoints: self.cluster.etcd.clone(),
+            connected,
+            revision: s.revision.load(Ordering::SeqCst),
+            last_sync_unix: lock(&s.last_sync)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            error: if connected {
+                None
+            } else {
+                lock(&s.error).clone()
+            },
+        })
+    }
+}
+
+/// Runs `fut` on `rt` and waits for its result from any thread, async or not (unlike
+/// `Runtime::block_on`, which refuses to run inside another runtime).
+fn run<T: Send + 'static>(
+    rt: &Runtime,
+    fut: impl Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    // The future bounds itself; this only guards against a runtime that never ran it.
+    rx.recv_timeout(REQUEST_TIMEOUT * 3)
+        .unwrap_or_else(|_| Err("the etcd client did not answer".into()))
+}
+
+/// Reads the whole prefix at one revision, a page at a time.
+async fn load(client: &mut Client) -> Result<Snapshot, String> {
+    let mut kv = client.kv_client();
+    let mut snapshot = Snapshot {
+        revision: 0,
+        routes: Vec::new(),
+        accounts: None,
+        members: BTreeSet::new(),
+    };
+    let mut start = keys::PREFIX.as_bytes().to_vec();
+    loop {
+        let mut options = GetOptions::new()
+            .with_range(keys::prefix_end())
+            .with_limit(PAGE);
+        if snapshot.revision != 0 {
+            options = options.with_revision(snapshot.revision);
+        }
+        let page = tokio::time::timeout(REQUEST_TIMEOUT, kv.get(start.clone(), Some(options)))
+            .await
+            .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+        if snapshot.revision == 0 {
+            snapshot.revision = page.header().map_or(0, |h| h.revision());
+        }
+        for kv in page.kvs() {
+            match keys::classify(kv.key()) {
+                Kind::Route(_) => snapshot
+                    .routes
+                    .push((kv.key().to_vec(), kv.value().to_vec())),
+                Kind::Accounts => {
+                    if kv.value().len() > keys::MAX_ACCOUNTS_VALUE {
+                        return Err(format!(
+                            "{}: {} bytes, more than {}",
+                            keys::accounts_key(),
+                            kv.value().len(),
+                            keys::MAX_ACCOUNTS_VALUE
+                        ));
+                    }
+                    snapshot.accounts = Some((kv.value().to_vec(), kv.mod_revision()));
+                }
+                Kind::Gateway(id) => {
+                    snapshot.members.insert(id);
+                }
+                Kind::Port(..) | Kind::Backend | Kind::Unknown => {}
+            }
+        }
+        match page.kvs().last() {
+            Some(last) if page.more() => {
+                start = last.key().to_vec();
+                start.push(0);
+            }
+            _ => return Ok(snapshot),
+        }
+    }
+}
+
+/// The watch's life: follow from `from`; when lost, load the table again (with back-off)
+/// and follow from there. Ends when the daemon stops listening.
+async fn follow(
+    mut client: Client,
+    status: Arc<Status>,
+    gateway_id: String,
+    endpoints: String,
+    public_ipv4: Ipv4Addr,
+    mut from: i64,
+    tx: mpsc::Sender<Remote>,
+) {
+    loop {
+        let why = watch(&mut client, &status, &gateway_id, public_ipv4, from, &tx).await;
+        if tx.is_closed() {
+            return;
+        }
+        warn!(endpoints, "cluster: {why}; changes are refused until etcd answers again (forwarding and DNS go on with the last table)");
+        status.lost(why);
+        let mut wait = RETRY_FIRST;
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_MAX);
+            let snapshot = match load(&mut client).await {
+                Ok(s) => s,
+                Err(e) => {
+                    status.lost(e);
+                    continue;
+                }
+            };
+            let routes = match keys::decode_routes("etcd", &snapshot.routes, public_ipv4) {
+                Ok(r) => r,
+                Err(e) => {
+                    error!("cluster: the shared table is invalid, keeping the last one: {e}");
+                    status.lost(e);
+                    continue;
+                }
+            };
+            let accounts = match &snapshot.accounts {
+                None => None,
+                Some((bytes, rev)) => {
+                    match crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes) {
+                        Ok(u) => Some((u, *rev)),
+                        Err(e) => {
+                            error!("cluster: keeping the last accounts: {e}");
+                            None
+                        }
+                    }
+                }
+            };
+            let revision = snapshot.revision;
+            info!(
+                endpoints,
+                revision,
+                routes = routes.len(),
+                "cluster: etcd answers again; resynchronising the whole table"
+            );
+            if tx
+                .send(Remote::Resync {
+                    revision,
+                    routes,
+                    accounts,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            status.synced(revision, snapshot.members);
+            from = revision + 1;
+            break;
+        }
+    }
+}
+
+/// Follows the prefix from `from` until the watch is lost; returns why. Renews this
+/// gateway's announcement meanwhile.
+async fn watch(
+    client: &mut Client,
+    status: &Status,
+    gateway_id: &str,
+    public_ipv4: Ipv4Addr,
+    from: i64,
+    tx: &mpsc::Sender<Remote>,
+) -> String {
+    let options = WatchOptions::new()
+        .with_range(keys::prefix_end())
+        .with_start_revision(from);
+    let mut stream = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client.watch(keys::PREFIX, Some(options)),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return format!("cannot watch the shared table: {e}"),
+        Err(_) => {
+            return format!("cannot watch the shared table: no answer within {REQUEST_TIMEOUT:?}")
+        }
+    };
+    let (mut keeper, mut renewals) = match announce(client, gateway_id).await {
+        Ok(k) => k,
+        Err(e) => return format!("cannot announce this gateway: {e}"),
+    };
+    let mut renew = tokio::time::interval(MEMBER_RENEW);
+    loop {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            _ = renew.tick() => {
+                if let Err(e) = keeper.keep_alive().await {
+                    return format!("renewing this gateway's announcement: {e}");
+                }
+                continue;
+            }
+            r = renewals.message() => match r {
+                Ok(Some(r)) if r.ttl() > 0 => continue,
+                Ok(Some(_)) => return "this gateway's announcement expired".into(),
+                Ok(None) => return "etcd ended the announcement's renewals".into(),
+                Err(e) => return format!("renewing this gateway's announcement: {e}"),
+            },
+        };
+        let resp = match message {
+            Ok(Some(r)) => r,
+            Ok(None) => return "etcd closed the watch".into(),
+            Err(e) => return format!("the watch was lost: {e}"),
+        };
+        if resp.canceled() {
+            return if resp.compact_revision() > 0 {
+                format!(
+                    "revision {from} was compacted away (etcd keeps history from {}); loading the whole table",
+                    resp.compact_revision()
+                )
+            } else {
+                format!("etcd canceled the watch: {}", resp.cancel_reason())
+            };
+        }
+        if resp.created() {
+            status.connected.store(true, Ordering::SeqCst);
+        }
+        let mut changes = Vec::new();
+        let mut last = 0;
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let revision = kv.mod_revision();
+            last = last.max(revision);
+            if status.is_own(revision) {
+                continue;
+            }
+            // etcd gives a deleted key's entry version 0; reading that rather than the
+            // event's type never panics on a type this client does not know.
+            let deleted = kv.version() == 0;
+            match keys::classify(kv.key()) {
+                Kind::Route(k) if deleted => changes.push(RouteChange::Delete(k)),
+                Kind::Route(_) => {
+                    match keys::decode_routes(
+                        "etcd",
+                        &[(kv.key().to_vec(), kv.value().to_vec())],
+                        public_ipv4,
+                    ) {
+                        Ok(mut r) => changes.extend(r.pop().map(RouteChange::Put)),
+                        Err(e) => error!("cluster: ignoring a change of the shared table: {e}"),
+                    }
+                }
+                Kind::Accounts if !deleted => {
+                    if !changes.is_empty() {
+                        let changes = std::mem::take(&mut changes);
+                        if tx.send(Remote::Routes { revision, changes }).await.is_err() {
+                            return "the daemon stopped".into();
+                        }
+                    }
+                    if kv.value().len() > keys::MAX_ACCOUNTS_VALUE {
+                        error!("cluster: ignoring accounts of {} bytes", kv.value().len());
+                        continue;
+                    }
+                    match crate::table::accounts::parse(
+                        Path::new(&keys::accounts_key()),
+                        kv.value(),
+                    ) {
+                        Ok(users) => {
+                            if tx.send(Remote::Accounts { revision, users }).await.is_err() {
+                                return "the daemon stopped".into();
+                            }
+                        }
+                        Err(e) => error!("cluster: ignoring a change of the accounts: {e}"),
+                    }
+                }
+                Kind::Gateway(id) => {
+                    let mut m = lock(&status.members);
+                    if deleted {
+                        m.remove(&id);
+                    } else {
+                        m.insert(id);
+                    }
+                }
+                Kind::Accounts | Kind::Port(..) | Kind::Backend | Kind::Unknown => {}
+            }
+        }
+        if !changes.is_empty()
+            && tx
+                .send(Remote::Routes {
+                    revision: last,
+                    changes,
+                })
+                .await
+                .is_err()
+        {
+            return "the daemon stopped".into();
+        }
+        if last > 0 {
+            status.passed(last);
+        }
+    }
+}
+
+/// Puts `gateways/<id>` on a fresh lease; returns what renews it.
+async fn announce(
+    client: &mut Client,
+    gateway_id: &str,
+) -> Result<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream), etcd_client::Error> {
+    let lease = client.lease_grant(MEMBER_TTL, None).await?.id();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    client
+        .put(
+            keys::gateway_key(gateway_id),
+            format!("{{\"since_unix\":{since}}}"),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+    client.lease_keep_alive(lease).await
+}
+
+/// Whether `ports` holds `port` for `protocol` (the taken list of a refusal).
+pub fn is_taken(taken: &[(u16, Protocol)], port: u16) -> bool {
+    taken.iter().any(|&(p, _)| p == port)
+}

@@ -1,0 +1,247 @@
+//! The shared table's layout in etcd, pure: key names, values, and what a key or a watch
+//! event means. Everything lives under one prefix:
+//!
+//! - `routes/<name>/<service>/<protocol>`: a runtime route (the state file's JSON for one
+//!   route, without last-seen: activity stays with the gateway that sees it);
+//! - `ports/<port>/<protocol>` and `backends/<protocol>/<address:port>`: the route's key as
+//!   text. They exist so that one transaction can demand that neither the route, nor its
+//!   public port, nor its backend is taken (`create_revision == 0` on all three): the
+//!   uniqueness `RouteTable` checks locally, made atomic across gateways;
+//! - `accounts`: the accounts and port cool-downs (the `accounts.json` format), replaced as
+//!   a whole with `mod_revision` as the guard;
+//! - `gateways/<gateway_id>`: each running gateway's announcement, on a lease that ends
+//!   when it stops renewing it: the cluster's members.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use crate::{
+    config::{Protocol, Route, RouteKey},
+    table::state::{self, StoredRoute},
+};
+
+/// The prefix every key of the shared table starts with.
+pub const PREFIX: &str = "/srvgate/";
+/// A route's value is a few hundred bytes; anything much larger is not ours.
+pub const MAX_ROUTE_VALUE: usize = 4096;
+/// The accounts document: ~200 bytes a user; this allows tens of thousands.
+pub const MAX_ACCOUNTS_VALUE: usize = 8 << 20;
+
+pub fn route_key(k: &RouteKey) -> String {
+    format!("{PREFIX}routes/{}/{}/{}", k.name, k.service, k.protocol)
+}
+
+pub fn port_key(port: u16, protocol: Protocol) -> String {
+    format!("{PREFIX}ports/{port}/{protocol}")
+}
+
+pub fn backend_key(r: &Route) -> String {
+    format!("{PREFIX}backends/{}/{}", r.protocol, r.backend)
+}
+
+pub fn accounts_key() -> String {
+    format!("{PREFIX}accounts")
+}
+
+pub fn gateway_key(id: &str) -> String {
+    format!("{PREFIX}gateways/{id}")
+}
+
+/// The end of the prefix's range: every key under it sorts before this.
+pub fn prefix_end() -> String {
+    // '/' + 1 == '0'
+    format!("{}0", &PREFIX[..PREFIX.len() - 1])
+}
+
+/// What a key under [`PREFIX`] is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Route(RouteKey),
+    Port(u16, Protocol),
+    Backend,
+    Accounts,
+    Gateway(String),
+    /// Not a key this version writes (or not UTF-8): ignored, and said so once per key.
+    Unknown,
+}
+
+pub fn classify(key: &[u8]) -> Kind {
+    let Some(rest) = std::str::from_utf8(key)
+        .ok()
+        .and_then(|k| k.strip_prefix(PREFIX))
+    else {
+        return Kind::Unknown;
+    };
+    if rest == "accounts" {
+        return Kind::Accounts;
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        ["routes", name, service, protocol] => match protocol.parse() {
+            Ok(protocol) if !name.is_empty() && !service.is_empty() => Kind::Route(RouteKey {
+                name: name.to_string(),
+                service: service.to_string(),
+                protocol,
+            }),
+            _ => Kind::Unknown,
+        },
+        ["ports", port, protocol] => match (port.parse(), protocol.parse()) {
+            (Ok(p), Ok(proto)) => Kind::Port(p, proto),
+            _ => Kind::Unknown,
+        },
+        ["backends", _, _] => Kind::Backend,
+        ["gateways", id] if crate::config::check_label(id).is_ok() => Kind::Gateway(id.to_string()),
+        _ => Kind::Unknown,
+    }
+}
+
+/// A route's value.
+pub fn encode_route(r: &StoredRoute) -> String {
+    state::encode_route(&StoredRoute {
+        last_seen: None,
+        ..r.clone()
+    })
+}
+
+/// Decodes and validates routes read from etcd (`(key, value)` pairs), all together: the
+/// same validation as a state file's (`state::decode_routes`), plus each value's key must be
+/// the key it is stored under. `source` names the store in errors.
+pub fn decode_routes(
+    source: &str,
+    pairs: &[(Vec<u8>, Vec<u8>)],
+    public_ipv4: Ipv4Addr,
+) -> Result<Vec<StoredRoute>, String> {
+    let mut values = Vec::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        let shown = String::from_utf8_lossy(key);
+        let Kind::Route(k) = classify(key) else {
+            return Err(format!("{shown}: not a route key"));
+        };
+        if value.len() > MAX_ROUTE_VALUE {
+            return Err(format!(
+                "{shown}: {} bytes, more than a route's {MAX_ROUTE_VALUE}",
+                value.len()
+            ));
+        }
+        values.push((k, value.as_slice()));
+    }
+    let routes =
+        state::decode_routes(Path::new(source), &values, public_ipv4).map_err(|e| e.to_string())?;
+    Ok(routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn stored(name: &str, port: u16, backend: &str) -> StoredRoute {
+        StoredRoute {
+            route: Route {
+                name: name.into(),
+                service: "ssh".into(),
+                protocol: Protocol::Tcp,
+                backend: backend.parse().unwrap(),
+                port,
+                proxy_protocol: None,
+            },
+            added: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            last_seen: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_100)),
+        }
+    }
+
+    const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
+    #[test]
+    fn keys_classify_back() {
+        let s = stored("alice", 30001, "10.0.0.5:22");
+        let k = s.route.key();
+        assert_eq!(classify(route_key(&k).as_bytes()), Kind::Route(k));
+        assert_eq!(
+            classify(port_key(30001, Protocol::Udp).as_bytes()),
+            Kind::Port(30001, Protocol::Udp)
+        );
+        assert_eq!(classify(backend_key(&s.route).as_bytes()), Kind::Backend);
+        assert_eq!(classify(accounts_key().as_bytes()), Kind::Accounts);
+        assert_eq!(
+            classify(gateway_key("gw1").as_bytes()),
+            Kind::Gateway("gw1".into())
+        );
+        for bad in [
+            "/srvgate/routes/a/b",
+            "/srvgate/routes/a/b/sctp",
+            "/other/accounts",
+            "/srvgate/ports/x/tcp",
+        ] {
+            assert_eq!(classify(bad.as_bytes()), Kind::Unknown, "{bad}");
+        }
+        assert_eq!(classify(&[0xff, 0xfe]), Kind::Unknown);
+        assert!(route_key(&s.route.key()).as_str() < prefix_end().as_str());
+        assert!(accounts_key().as_str() < prefix_end().as_str());
+        assert!(PREFIX < prefix_end().as_str());
+    }
+
+    #[test]
+    fn routes_round_trip_without_last_seen() {
+        let a = stored("alice", 30001, "10.0.0.5:22");
+        let b = stored("bob", 30002, "10.0.0.6:22");
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = [&a, &b]
+            .iter()
+            .map(|s| {
+                (
+                    route_key(&s.route.key()).into_bytes(),
+                    encode_route(s).into_bytes(),
+                )
+            })
+            .collect();
+        let got = decode_routes("etcd", &pairs, PUBLIC).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].route, a.route);
+        assert_eq!(got[0].added, a.added);
+        assert_eq!(got[0].last_seen, None);
+        assert_eq!(got[1].route, b.route);
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        let a = stored("alice", 30001, "10.0.0.5:22");
+        let key = route_key(&a.route.key()).into_bytes();
+        // Stored under another route's key.
+        let other = route_key(&stored("bob", 1, "10.0.0.1:1").route.key()).into_bytes();
+        let e =
+            decode_routes("etcd", &[(other, encode_route(&a).into_bytes())], PUBLIC).unwrap_err();
+        assert!(e.contains("/srvgate/routes/bob/ssh/tcp"), "{e}");
+        let e = decode_routes("etcd", &[(key.clone(), b"{".to_vec())], PUBLIC).unwrap_err();
+        assert!(e.contains("/srvgate/routes/alice/ssh/tcp"), "{e}");
+        let e = decode_routes(
+            "etcd",
+            &[(key.clone(), vec![b' '; MAX_ROUTE_VALUE + 1])],
+            PUBLIC,
+        )
+        .unwrap_err();
+        assert!(e.contains("more than a route's"), "{e}");
+        // Two routes on one port: the table's own uniqueness rules apply.
+        let b = stored("bob", 30001, "10.0.0.6:22");
+        let pairs = vec![
+            (key, encode_route(&a).into_bytes()),
+            (
+                route_key(&b.route.key()).into_bytes(),
+                encode_route(&b).into_bytes(),
+            ),
+        ];
+        let e = decode_routes("etcd", &pairs, PUBLIC).unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        // A backend on the public address is refused like in a state file.
+        let c = stored("carol", 30003, "203.0.113.1:22");
+        let e = decode_routes(
+            "etcd",
+            &[(
+                route_key(&c.route.key()).into_bytes(),
+                encode_route(&c).into_bytes(),
+            )],
+            PUBLIC,
+        )
+        .unwrap_err();
+        assert!(e.contains("backend"), "{e}");
+    }
+}
