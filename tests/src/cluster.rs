@@ -440,6 +440,15 @@ gateway_id = "gw{}"
         }
     }
 
+    /// Stops srvgate on gateway `n` (SIGTERM; XDP stays attached and forwarding, as after
+    /// any stop without `--detach-on-exit`).
+    pub fn stop_srvgate(&self, n: usize) -> Result<()> {
+        let pid = lock(&self.srvgate)[n]
+            .take()
+            .ok_or_else(|| anyhow!("srvgate on gw{} is not running", n + 1))?;
+        self.stop(pid, Duration::from_secs(10))
+    }
+
     /// Runs an admin verb against gateway `n`'s control socket; the output whatever the
     /// status.
     pub fn ctl(&self, n: usize, args: &[&str]) -> Result<Output> {
@@ -464,6 +473,18 @@ gateway_id = "gw{}"
             &["dig", "+short", "+time=1", "+tries=1", &server, rtype, name],
         )
         .map(|s| s.trim().to_string())
+    }
+
+    /// The log of the srvgate running on gateway `n` so far.
+    pub fn srvgate_log(&self, n: usize) -> String {
+        let Some(pid) = lock(&self.srvgate)[n] else {
+            return String::new();
+        };
+        lock(&self.procs)
+            .iter()
+            .find(|t| t.child.id() == pid)
+            .and_then(|t| fs::read_to_string(&t.log).ok())
+            .unwrap_or_default()
     }
 
     /// The log of every srvgate and etcd this lab started, for a failure's message.

@@ -2,7 +2,8 @@
 //! a route claimed through one forwards and answers in DNS on the other within a second;
 //! concurrent claims split over both never get one port twice; with etcd stopped both go on
 //! forwarding and a claim is refused naming etcd; with etcd back, claims work again and
-//! both gateways agree on the table and on the SOA serial.
+//! both gateways agree on the table and on the SOA serial; accounts are shared; a gateway
+//! that was down loads the whole table when it starts again.
 
 use std::{
     collections::BTreeMap,
@@ -71,6 +72,21 @@ fn time_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
     }
 }
 
+/// The time of day (seconds) of the first log line containing `needle` (tracing's
+/// `2026-12-06T00:25:23.909169Z` prefix).
+fn log_time(log: &str, needle: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(needle))?;
+    let time = line
+        .split_whitespace()
+        .next()?
+        .split('T')
+        .nth(1)?
+        .trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
 /// `curl http://VIP:PORT/` from the client, through whichever gateway the lab routes it.
 fn fetch(lab: &ClusterLab, port: u16) -> Option<String> {
     let url = format!("http://{VIP}:{port}/");
@@ -129,6 +145,18 @@ fn two_gateways_share_one_table_through_etcd() {
         )
     });
     eprintln!("cluster: a claim through gw1 answered in gw2's DNS after {seen:?}");
+    // The watch's own share of that, from the two daemons' log lines.
+    let committed = log_time(&lab.srvgate_log(0), "route added route=alice/web/tcp");
+    let applied = log_time(
+        &lab.srvgate_log(1),
+        "through another gateway route=alice/web/tcp",
+    );
+    if let (Some(c), Some(a)) = (committed, applied) {
+        eprintln!(
+            "cluster: committed on gw1 -> applied on gw2: {:.1} ms",
+            (a - c) * 1000.0
+        );
+    }
     lab.use_gateway(1).unwrap();
     let forwarded = time_until(Duration::from_secs(1), || {
         fetch(&lab, port).is_some_and(|t| t == "served by b1\n")
@@ -285,4 +313,20 @@ fn two_gateways_share_one_table_through_etcd() {
     }
     lab.use_gateway(0).unwrap();
     assert_eq!(fetch(&lab, port).as_deref(), Some("served by b1\n"));
+
+    // Accounts are shared too: a student added through one gateway logs in on the other.
+    lab.ctl_ok(0, &["user", "add", "carol", "--backend", BACKEND])
+        .unwrap();
+    let seen = time_until(Duration::from_secs(1), || {
+        lab.ctl_ok(1, &["user", "ls"])
+            .is_ok_and(|t| t.contains("carol"))
+    });
+    assert!(seen.is_some(), "gw2 does not know carol\n{}", lab.logs());
+
+    // A gateway that was down loads the whole table when it comes back.
+    lab.stop_srvgate(1).unwrap();
+    let dave = claim(&lab, 0, "dave", "ssh", &format!("{BACKEND}:2222"));
+    lab.start_srvgate(1).unwrap();
+    assert_eq!(routes(&lab, 1).get("dave/ssh"), Some(&u64::from(dave)));
+    assert_eq!(routes(&lab, 0), routes(&lab, 1));
 }
