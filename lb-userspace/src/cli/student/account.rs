@@ -43,9 +43,14 @@ pub enum StudentError {
 }
 
 impl StudentError {
-    /// Refused input, wrong credentials: exit 2. An unreachable gateway: exit 1.
+    /// Refused input, wrong credentials: exit 2. An unreachable gateway, or one that could
+    /// not make the change (5xx: e.g. its shared store did not answer): exit 1, try again.
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, StudentError::Unreachable { .. })
+        match self {
+            StudentError::Unreachable { .. } => false,
+            StudentError::Refused { status, .. } => *status < 500,
+            _ => true,
+        }
     }
 }
 

@@ -554,3 +554,22 @@ fn replies_with_a_wrong_id_are_told_once_with_the_outcome() {
     assert_eq!(e.matches("wrong message id").count(), 1, "{e}");
     assert!(e.contains("forged"), "{e}");
 }
+
+#[test]
+fn a_gateway_that_could_not_change_anything_is_not_bad_input() {
+    use super::account::StudentError;
+    let refused = |status| StudentError::Refused {
+        status,
+        message: "x".into(),
+    };
+    assert!(refused(403).is_bad_input(), "exit 2: the student's request");
+    assert!(
+        !refused(503).is_bad_input(),
+        "exit 1: etcd unreachable, try again"
+    );
+    assert!(!StudentError::Unreachable {
+        url: "https://gw".into(),
+        reason: "refused".into()
+    }
+    .is_bad_input());
+}
