@@ -38,7 +38,7 @@ use tokio::{runtime::Runtime, sync::mpsc};
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Cluster, Protocol, RouteKey},
+    config::{Cluster, RouteKey},
     serve::api::ClusterView,
     table::state::{Commit, RouteChange, StateError, Store, StoredRoute},
     table::users::Users,
@@ -85,6 +85,10 @@ pub enum Remote {
 struct Status {
     connected: AtomicBool,
     revision: AtomicI64,
+    /// The revision of the last change to the table (`keys::changed_key`'s): what every
+    /// gateway that applied the same changes agrees on, unlike the store's revision, which
+    /// other keys (announcements) move too. The SOA serial.
+    changed: AtomicI64,
     last_sync: Mutex<Option<SystemTime>>,
     error: Mutex<Option<String>>,
     members: Mutex<BTreeSet<String>>,
@@ -109,6 +113,7 @@ impl Status {
         }
         drop(own);
         self.revision.fetch_max(revision, Ordering::SeqCst);
+        self.changed.fetch_max(revision, Ordering::SeqCst);
     }
 
     fn is_own(&self, revision: i64) -> bool {
@@ -130,8 +135,9 @@ impl Status {
         *lock(&self.error) = Some(why);
     }
 
-    fn synced(&self, revision: i64, members: BTreeSet<String>) {
+    fn synced(&self, revision: i64, changed: i64, members: BTreeSet<String>) {
         self.passed(revision);
+        self.changed.store(changed, Ordering::SeqCst);
         *lock(&self.last_sync) = Some(SystemTime::now());
         *lock(&self.members) = members;
         *lock(&self.error) = None;
@@ -150,6 +156,8 @@ struct Snapshot {
     /// The accounts document and its `mod_revision`.
     accounts: Option<(Vec<u8>, i64)>,
     members: BTreeSet<String>,
+    /// The revision of the last change to the table.
+    changed: i64,
 }
 
 /// The shared table in etcd, for one gateway.
@@ -202,14 +210,18 @@ impl EtcdStore {
             tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(urls, Some(options)))
                 .await
                 .map_err(|_| "no answer".to_string())?
-                .map_err(|e| e.to_string())
+                .map_err(|e| describe(&e))
         })
         .map_err(|e| unavailable("connect", e))?;
         let mut reader = client.clone();
         let snapshot = run(&rt, async move { load(&mut reader).await })
             .map_err(|e| unavailable("load the shared table", e))?;
         let status = Arc::new(Status::default());
-        status.synced(snapshot.revision, snapshot.members.clone());
+        status.synced(
+            snapshot.revision,
+            snapshot.changed,
+            snapshot.members.clone(),
+        );
         let accounts_rev = snapshot.accounts.as_ref().map_or(0, |(_, r)| *r);
         info!(
             endpoints,
@@ -229,8 +241,10 @@ impl EtcdStore {
         })
     }
 
+    /// A request that failed. Whether the store counts as connected is the watch's to say
+    /// (it notices a lost etcd by itself): one refused request must not mark it lost for
+    /// good while the watch runs on.
     fn unavailable(&self, action: &'static str, reason: String) -> StateError {
-        self.status.lost(reason.clone());
         StateError::Unavailable {
             endpoints: self.endpoints.clone(),
             action,
@@ -254,7 +268,7 @@ impl EtcdStore {
         run(rt, async move {
             match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
                 Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Err(e)) => Err(describe(&e)),
                 Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
             }
         })
@@ -286,6 +300,7 @@ impl EtcdStore {
             Some(GetOptions::new().with_prefix().with_keys_only()),
         );
         reads.push(ports);
+        ops.push(TxnOp::put(keys::changed_key(), "", None));
         let txn = Txn::new().when(compares).and_then(ops).or_else(reads);
         let resp = self.call("add the route", move |mut c| {
             Box::pin(async move { c.txn(txn).await })
@@ -389,6 +404,7 @@ impl EtcdStore {
         if ops.is_empty() {
             return Ok(None);
         }
+        ops.push(TxnOp::put(keys::changed_key(), "", None));
         let txn = Txn::new().when(compares).and_then(ops);
         let resp = self.call("remove the route", move |mut c| {
             Box::pin(async move { c.txn(txn).await })
@@ -475,7 +491,10 @@ impl Store for EtcdStore {
         let seen = self.accounts_rev;
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
-            .and_then([TxnOp::put(key, text, None)]);
+            .and_then([
+                TxnOp::put(key, text, None),
+                TxnOp::put(keys::changed_key(), "", None),
+            ]);
         let resp = self.call("save the accounts", move |mut c| {
             Box::pin(async move { c.txn(txn).await })
         })?;
@@ -521,7 +540,7 @@ impl Store for EtcdStore {
             members: lock(&s.members).iter().cloned().collect(),
             endpoints: self.cluster.etcd.clone(),
             connected,
-            revision: s.revision.load(Ordering::SeqCst),
+            revision: s.changed.load(Ordering::SeqCst),
             last_sync_unix: lock(&s.last_sync)
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
@@ -549,6 +568,26 @@ fn run<T: Send + 'static>(
         .unwrap_or_else(|_| Err("the etcd client did not answer".into()))
 }
 
+/// An etcd error in a line an operator can act on: a gRPC status's message and the cause
+/// at the bottom of its chain ("tcp connect error: Connection refused (os error 111)"),
+/// rather than the nested debug text of every layer.
+fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return e.to_string();
+    };
+    let mut cause = status.source();
+    let mut last = None;
+    while let Some(c) = cause {
+        last = Some(c);
+        cause = c.source();
+    }
+    match last {
+        Some(c) => format!("{}: {c}", status.message()),
+        None => status.message().to_string(),
+    }
+}
+
 /// Reads the whole prefix at one revision, a page at a time.
 async fn load(client: &mut Client) -> Result<Snapshot, String> {
     let mut kv = client.kv_client();
@@ -557,6 +596,7 @@ async fn load(client: &mut Client) -> Result<Snapshot, String> {
         routes: Vec::new(),
         accounts: None,
         members: BTreeSet::new(),
+        changed: 0,
     };
     let mut start = keys::PREFIX.as_bytes().to_vec();
     loop {
@@ -569,7 +609,7 @@ async fn load(client: &mut Client) -> Result<Snapshot, String> {
         let page = tokio::time::timeout(REQUEST_TIMEOUT, kv.get(start.clone(), Some(options)))
             .await
             .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| describe(&e))?;
         if snapshot.revision == 0 {
             snapshot.revision = page.header().map_or(0, |h| h.revision());
         }
@@ -592,6 +632,7 @@ async fn load(client: &mut Client) -> Result<Snapshot, String> {
                 Kind::Gateway(id) => {
                     snapshot.members.insert(id);
                 }
+                Kind::Changed => snapshot.changed = kv.mod_revision(),
                 Kind::Port(..) | Kind::Backend | Kind::Unknown => {}
             }
         }
@@ -672,7 +713,7 @@ async fn follow(
             {
                 return;
             }
-            status.synced(revision, snapshot.members);
+            status.synced(revision, snapshot.changed, snapshot.members);
             from = revision + 1;
             break;
         }
@@ -699,14 +740,14 @@ async fn watch(
     .await
     {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return format!("cannot watch the shared table: {e}"),
+        Ok(Err(e)) => return format!("cannot watch the shared table: {}", describe(&e)),
         Err(_) => {
             return format!("cannot watch the shared table: no answer within {REQUEST_TIMEOUT:?}")
         }
     };
     let (mut keeper, mut renewals) = match announce(client, gateway_id).await {
         Ok(k) => k,
-        Err(e) => return format!("cannot announce this gateway: {e}"),
+        Err(e) => return format!("cannot announce this gateway: {}", describe(&e)),
     };
     let mut renew = tokio::time::interval(MEMBER_RENEW);
     loop {
@@ -714,7 +755,7 @@ async fn watch(
             m = stream.message() => m,
             _ = renew.tick() => {
                 if let Err(e) = keeper.keep_alive().await {
-                    return format!("renewing this gateway's announcement: {e}");
+                    return format!("renewing this gateway's announcement: {}", describe(&e));
                 }
                 continue;
             }
@@ -722,13 +763,13 @@ async fn watch(
                 Ok(Some(r)) if r.ttl() > 0 => continue,
                 Ok(Some(_)) => return "this gateway's announcement expired".into(),
                 Ok(None) => return "etcd ended the announcement's renewals".into(),
-                Err(e) => return format!("renewing this gateway's announcement: {e}"),
+                Err(e) => return format!("renewing this gateway's announcement: {}", describe(&e)),
             },
         };
         let resp = match message {
             Ok(Some(r)) => r,
             Ok(None) => return "etcd closed the watch".into(),
-            Err(e) => return format!("the watch was lost: {e}"),
+            Err(e) => return format!("the watch was lost: {}", describe(&e)),
         };
         if resp.canceled() {
             return if resp.compact_revision() > 0 {
@@ -749,6 +790,10 @@ async fn watch(
             let Some(kv) = event.kv() else { continue };
             let revision = kv.mod_revision();
             last = last.max(revision);
+            if keys::classify(kv.key()) == Kind::Changed {
+                status.changed.fetch_max(revision, Ordering::SeqCst);
+                continue;
+            }
             if status.is_own(revision) {
                 continue;
             }
@@ -798,7 +843,8 @@ async fn watch(
                         m.insert(id);
                     }
                 }
-                Kind::Accounts | Kind::Port(..) | Kind::Backend | Kind::Unknown => {}
+                Kind::Accounts | Kind::Changed | Kind::Port(..) | Kind::Backend | Kind::Unknown => {
+                }
             }
         }
         if !changes.is_empty()
@@ -835,9 +881,4 @@ async fn announce(
         )
         .await?;
     client.lease_keep_alive(lease).await
-}
-
-/// Whether `ports` holds `port` for `protocol` (the taken list of a refusal).
-pub fn is_taken(taken: &[(u16, Protocol)], port: u16) -> bool {
-    taken.iter().any(|&(p, _)| p == port)
 }

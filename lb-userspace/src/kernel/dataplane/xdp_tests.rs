@@ -532,12 +532,29 @@ fn what_the_program_does_not_own_goes_to_the_kernel_untouched() {
     let mut options = to_ssh.clone();
     options[14] = 0x46;
     let truncated = to_ssh[..14 + 20 + 3].to_vec();
+    // A keepalived advertisement: VRRP (IP protocol 112) to 224.0.0.18, whose MAC it maps
+    // to. eBPF datapaths that dropped it broke failover (Calico #4956, Cilium #18347).
+    let mut vrrp = Frame::tcp((CLIENT, 40000), (Ipv4Addr::new(224, 0, 0, 18), SSH_PORT)).bytes();
+    vrrp[0..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x12]);
+    vrrp[14 + 9] = 112;
     let no_route = Frame::tcp((CLIENT, 40000), (PUBLIC, 9999)).bytes();
     let not_ours = Frame::tcp((CLIENT, 40000), (Ipv4Addr::new(203, 0, 113, 99), SSH_PORT)).bytes();
     let from_stranger = Frame::tcp((Ipv4Addr::new(10, 210, 250, 3), 22), (CLIENT, 40000)).bytes();
     for (what, frame, ifindex, want) in [
         ("ARP", &arp, 1, counter::PASS_NOT_IPV4),
         ("ICMP", &icmp, 1, counter::PASS_NOT_TCP_UDP),
+        (
+            "VRRP on the public leg",
+            &vrrp,
+            1,
+            counter::PASS_NOT_TCP_UDP,
+        ),
+        (
+            "VRRP on a private leg",
+            &vrrp,
+            h.leg,
+            counter::PASS_NOT_TCP_UDP,
+        ),
         ("a fragment", &fragment, 1, counter::PASS_FRAGMENT),
         ("IP options", &options, 1, counter::PASS_IP_OPTIONS),
         ("a cut TCP header", &truncated, 1, counter::PASS_MALFORMED),

@@ -10,7 +10,10 @@
 //! - `accounts`: the accounts and port cool-downs (the `accounts.json` format), replaced as
 //!   a whole with `mod_revision` as the guard;
 //! - `gateways/<gateway_id>`: each running gateway's announcement, on a lease that ends
-//!   when it stops renewing it: the cluster's members.
+//!   when it stops renewing it: the cluster's members;
+//! - `changed`: written (empty) by every transaction that changes the table, so its
+//!   `mod_revision` is the revision of the table's last change, deletions included: the
+//!   SOA serial every gateway agrees on.
 
 use std::{net::Ipv4Addr, path::Path};
 
@@ -42,6 +45,10 @@ pub fn accounts_key() -> String {
     format!("{PREFIX}accounts")
 }
 
+pub fn changed_key() -> String {
+    format!("{PREFIX}changed")
+}
+
 pub fn gateway_key(id: &str) -> String {
     format!("{PREFIX}gateways/{id}")
 }
@@ -59,6 +66,7 @@ pub enum Kind {
     Port(u16, Protocol),
     Backend,
     Accounts,
+    Changed,
     Gateway(String),
     /// Not a key this version writes (or not UTF-8): ignored, and said so once per key.
     Unknown,
@@ -71,8 +79,10 @@ pub fn classify(key: &[u8]) -> Kind {
     else {
         return Kind::Unknown;
     };
-    if rest == "accounts" {
-        return Kind::Accounts;
+    match rest {
+        "accounts" => return Kind::Accounts,
+        "changed" => return Kind::Changed,
+        _ => {}
     }
     let parts: Vec<&str> = rest.split('/').collect();
     match parts.as_slice() {
@@ -163,6 +173,7 @@ mod tests {
         );
         assert_eq!(classify(backend_key(&s.route).as_bytes()), Kind::Backend);
         assert_eq!(classify(accounts_key().as_bytes()), Kind::Accounts);
+        assert_eq!(classify(changed_key().as_bytes()), Kind::Changed);
         assert_eq!(
             classify(gateway_key("gw1").as_bytes()),
             Kind::Gateway("gw1".into())
