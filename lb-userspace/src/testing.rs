@@ -563,3 +563,26 @@ impl Control for FakeControl {
         vec!["2026-12-01T00:00:00Z INFO portal user=\"<alice>\"".into()]
     }
 }
+
+/// The route NAME/ssh/tcp on `port` to `backend`: the tests' usual one.
+pub fn ssh_route(name: &str, port: u16, backend: &str) -> crate::config::Route {
+    crate::config::Route {
+        name: name.into(),
+        service: "ssh".into(),
+        protocol: Protocol::Tcp,
+        backend: backend.parse().unwrap(),
+        port,
+        proxy_protocol: None,
+    }
+}
+
+/// [`ssh_route`] as stored: added at 1 700 000 000 s after the epoch and last seen at
+/// `last_seen` seconds, if given.
+pub fn stored_route(name: &str, port: u16, backend: &str, last_seen: Option<u64>) -> StoredRoute {
+    let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    StoredRoute {
+        route: ssh_route(name, port, backend),
+        added: at(1_700_000_000),
+        last_seen: last_seen.map(at),
+    }
+}

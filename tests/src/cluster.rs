@@ -35,10 +35,9 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
 use crate::{
-    delete_netns, end_all, existing_srvgate_bin, expect_success, host, is_root, lock,
-    log_says_ready, namespaces_with_prefix, netns_command, run_with_timeout, start_logged,
-    stop_tracked, unmount_bpffs, watch_stop_signals, LiveLab, Tracked, BPFFS_DIR, DEFAULT_TIMEOUT,
-    LIVE_LABS, SRVGATE_READY_TIMEOUT,
+    add_netns, check_tag, existing_srvgate_bin, expect_success, fresh_lab_dir, host, is_root, lock,
+    log_says_ready, netns_command, register_lab, remove_lab, run_with_timeout, start_logged,
+    stop_tracked, Tracked, BPFFS_DIR, DEFAULT_TIMEOUT, SRVGATE_READY_TIMEOUT,
 };
 
 /// The public address both gateways serve.
@@ -71,46 +70,15 @@ pub struct ClusterLab {
 impl ClusterLab {
     /// Builds the lab `sg-TAG-*` (stale namespaces and temp dirs of the tag removed first).
     pub fn new(tag: &str) -> Result<ClusterLab> {
-        ensure!(
-            !tag.is_empty()
-                && tag.len() <= 6
-                && tag
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
-            "lab tag {tag:?}: use 1-6 characters of a-z0-9"
-        );
+        check_tag(tag, 6)?;
         ensure!(
             is_root(),
             "the cluster lab needs root (namespaces, bridges)"
         );
         let prefix = format!("sg-{tag}-");
-        for stale in namespaces_with_prefix(&prefix) {
-            delete_netns(&stale);
-        }
-        let dir_prefix = format!("srvgate-cluster-{tag}-");
-        for e in fs::read_dir(std::env::temp_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if e.file_name().to_string_lossy().starts_with(&dir_prefix) {
-                unmount_bpffs(&e.path().join(BPFFS_DIR));
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
-        let dir = tempfile::Builder::new()
-            .prefix(&dir_prefix)
-            .tempdir()
-            .context("creating the lab's temp dir")?;
+        let dir = fresh_lab_dir(tag, &prefix, &format!("srvgate-cluster-{tag}-"))?;
         let names = ["sw", "cli", "gw1", "gw2", "b1", "etcd"];
-        watch_stop_signals();
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 32);
-        let live_id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        lock(&LIVE_LABS).push(LiveLab {
-            id: live_id,
-            namespaces: names.iter().map(|n| format!("{prefix}{n}")).collect(),
-            dir: dir.path().to_path_buf(),
-        });
+        let live_id = register_lab(&prefix, &names, dir.path());
         let mut lab = ClusterLab {
             tag: tag.to_string(),
             client: format!("{prefix}cli"),
@@ -144,18 +112,8 @@ impl ClusterLab {
             self.etcd_ns.clone(),
         ];
         for ns in &all {
-            host(&["ip", "netns", "add", ns])?;
+            add_netns(ns)?;
             self.created.push(ns.clone());
-            self.exec_ok(
-                ns,
-                &[
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ],
-            )?;
-            host(&["ip", "-n", ns, "link", "set", "dev", "lo", "up"])?;
         }
         for br in ["brpub", "brpriv"] {
             host(&["ip", "-n", &sw, "link", "add", br, "type", "bridge"])?;
@@ -280,15 +238,7 @@ impl ClusterLab {
 
     /// Stops the tracked process `pid` (SIGTERM, `grace`, SIGKILL).
     pub fn stop(&self, pid: u32, grace: Duration) -> Result<()> {
-        let mut t = {
-            let mut procs = lock(&self.procs);
-            let i = procs
-                .iter()
-                .position(|t| t.child.id() == pid)
-                .ok_or_else(|| anyhow!("pid {pid} is not a process of this lab"))?;
-            procs.remove(i)
-        };
-        stop_tracked(&mut t, grace).map(|_| ())
+        stop_tracked(&self.procs, pid, grace).map(|_| ())
     }
 
     /// Starts (or starts again, same data directory) the etcd member and waits until it
@@ -512,11 +462,6 @@ impl Drop for ClusterLab {
         if thread::panicking() {
             crate::note(format_args!("{}", self.logs()));
         }
-        end_all(std::mem::take(&mut *lock(&self.procs)));
-        for ns in self.created.iter().rev() {
-            delete_netns(ns);
-        }
-        unmount_bpffs(&self.dir.path().join(BPFFS_DIR));
-        lock(&LIVE_LABS).retain(|l| l.id != self.live_id);
+        remove_lab(&self.procs, &self.created, self.dir.path(), self.live_id);
     }
 }

@@ -811,9 +811,99 @@ fn start_logged(ns: &str, argv: &[&str], env: &[(&str, &str)], log: &Path) -> Re
     })
 }
 
-/// SIGTERM to `t`, up to `grace` to exit, then SIGKILL to its process group; reaps it.
-fn stop_tracked(t: &mut Tracked, grace: Duration) -> Result<ExitStatus> {
-    let pid = t.child.id();
+/// Puts a lab (namespaces `prefix` + each of `names`, temp dir `dir`) on the signal
+/// watcher's list, starting the watcher if needed; returns its id there.
+fn register_lab(prefix: &str, names: &[&str], dir: &Path) -> u64 {
+    watch_stop_signals();
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    lock(&LIVE_LABS).push(LiveLab {
+        id,
+        namespaces: names.iter().map(|n| format!("{prefix}{n}")).collect(),
+        dir: dir.to_path_buf(),
+    });
+    id
+}
+
+/// A lab's tag: 1 to `max` characters of `a-z0-9` (it goes into namespace names, which
+/// `ip` limits in length).
+fn check_tag(tag: &str, max: usize) -> Result<()> {
+    ensure!(
+        !tag.is_empty()
+            && tag.len() <= max
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+        "lab tag {tag:?}: use 1-{max} characters of a-z0-9"
+    );
+    Ok(())
+}
+
+/// Creates namespace `ns` with IPv6 off (before any veth exists, so none ever gets an IPv6
+/// address) and its loopback up.
+fn add_netns(ns: &str) -> Result<()> {
+    host(&["ip", "netns", "add", ns])?;
+    let sysctl = [
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ];
+    let out = run_with_timeout(&mut netns_command(ns, &sysctl), DEFAULT_TIMEOUT)?;
+    expect_success(&format!("[{ns}] {}", sysctl.join(" ")), &out)?;
+    host(&["ip", "-n", ns, "link", "set", "dev", "lo", "up"])?;
+    Ok(())
+}
+
+/// Removes what a killed run of lab `tag` left behind (namespaces named `ns_prefix*`, temp
+/// dirs named `dir_prefix*`) and makes the new lab's temp dir.
+fn fresh_lab_dir(tag: &str, ns_prefix: &str, dir_prefix: &str) -> Result<tempfile::TempDir> {
+    for stale in namespaces_with_prefix(ns_prefix) {
+        note(format_args!("lab {tag}: removing stale namespace {stale}"));
+        delete_netns(&stale);
+    }
+    // And the temp dirs of labs with this tag that were never dropped (killed runs).
+    for e in fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(dir_prefix) {
+            // Unmount first: removing files inside a live bpffs would only unpin them.
+            unmount_bpffs(&e.path().join(BPFFS_DIR));
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(dir_prefix)
+        .tempdir()
+        .context("creating the lab's temp dir")
+}
+
+/// Removes a lab: its processes (see [`end_all`]), its namespaces in reverse order of
+/// creation, its bpffs (freeing whatever srvgate left pinned; the temp dir goes with its
+/// `TempDir`), and only then its entry in the signal watcher's list, so that a signal
+/// during this still has the watcher remove it.
+fn remove_lab(procs: &Mutex<Vec<Tracked>>, created: &[String], dir: &Path, live_id: u64) {
+    end_all(std::mem::take(&mut *lock(procs)));
+    for ns in created.iter().rev() {
+        delete_netns(ns);
+    }
+    unmount_bpffs(&dir.join(BPFFS_DIR));
+    lock(&LIVE_LABS).retain(|l| l.id != live_id);
+}
+
+/// Stops the tracked process `pid`: SIGTERM, up to `grace` to exit, then SIGKILL to its
+/// process group; reaps it.
+fn stop_tracked(procs: &Mutex<Vec<Tracked>>, pid: u32, grace: Duration) -> Result<ExitStatus> {
+    let mut t = {
+        let mut procs = lock(procs);
+        let i = procs
+            .iter()
+            .position(|t| t.child.id() == pid)
+            .ok_or_else(|| anyhow!("pid {pid} is not a process of this lab"))?;
+        procs.remove(i)
+    };
     if !child_exited(pid) {
         signal_pid(pid, libc::SIGTERM);
         wait_exit(pid, grace);
@@ -880,49 +970,12 @@ impl Lab {
     /// dir left by an earlier run that was killed. `tag` is 1-8 characters of `a-z0-9`.
     /// Needs root.
     pub fn new(tag: &str) -> Result<Lab> {
-        ensure!(
-            !tag.is_empty()
-                && tag.len() <= 8
-                && tag
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
-            "lab tag {tag:?}: use 1-8 characters of a-z0-9"
-        );
+        check_tag(tag, 8)?;
         ensure!(is_root(), "the lab needs root (network namespaces, veths)");
         let prefix = format!("sg-{tag}-");
-        for stale in namespaces_with_prefix(&prefix) {
-            note(format_args!("lab {tag}: removing stale namespace {stale}"));
-            delete_netns(&stale);
-        }
-        // And the temp dirs of labs with this tag that were never dropped (killed runs).
-        let dir_prefix = format!("srvgate-lab-{tag}-");
-        for e in fs::read_dir(std::env::temp_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if e.file_name().to_string_lossy().starts_with(&dir_prefix) {
-                // Unmount first: removing files inside a live bpffs would only unpin them.
-                unmount_bpffs(&e.path().join(BPFFS_DIR));
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
-        let dir = tempfile::Builder::new()
-            .prefix(&dir_prefix)
-            .tempdir()
-            .context("creating the lab's temp dir")?;
+        let dir = fresh_lab_dir(tag, &prefix, &format!("srvgate-lab-{tag}-"))?;
         // Registered before anything exists, so a signal during the build removes it too.
-        watch_stop_signals();
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let live_id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        lock(&LIVE_LABS).push(LiveLab {
-            id: live_id,
-            namespaces: ["cli", "gw", "b1", "b2"]
-                .iter()
-                .map(|n| format!("{prefix}{n}"))
-                .collect(),
-            dir: dir.path().to_path_buf(),
-        });
+        let live_id = register_lab(&prefix, &["cli", "gw", "b1", "b2"], dir.path());
         let mut lab = Lab {
             live_id,
             tag: tag.to_string(),
@@ -954,19 +1007,8 @@ impl Lab {
             self.b2.clone(),
         );
         for ns in [&cli, &gw, &b1, &b2] {
-            host(&["ip", "netns", "add", ns])?;
+            add_netns(ns)?;
             self.created.push(ns.clone());
-            // Before the veths exist, so that they never get IPv6 addresses.
-            self.exec_ok(
-                ns,
-                &[
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ],
-            )?;
-            host(&["ip", "-n", ns, "link", "set", "dev", "lo", "up"])?;
         }
         for (end, end_ns, leg) in [
             ("eth0", &cli, PUBLIC_IF),
@@ -1183,15 +1225,7 @@ impl Lab {
     /// Stops the lab's process `pid`: SIGTERM to it, up to `grace` to exit, then SIGKILL to
     /// its process group; reaps it and returns its exit status.
     pub fn stop(&self, pid: u32, grace: Duration) -> Result<ExitStatus> {
-        let mut t = {
-            let mut procs = lock(&self.procs);
-            let i = procs
-                .iter()
-                .position(|t| t.child.id() == pid)
-                .ok_or_else(|| anyhow!("pid {pid} is not a process of this lab"))?;
-            procs.remove(i)
-        };
-        stop_tracked(&mut t, grace)
+        stop_tracked(&self.procs, pid, grace)
     }
 
     /// Starts `/usr/sbin/sshd` on 0.0.0.0:22 inside `ns` with the UTS hostname `hostname`
@@ -1777,14 +1811,7 @@ impl Drop for Lab {
         if thread::panicking() {
             self.print_diagnostics();
         }
-        end_all(std::mem::take(&mut *lock(&self.procs)));
-        for ns in self.created.iter().rev() {
-            delete_netns(ns);
-        }
-        // Frees every map and link srvgate left pinned; the temp dir goes with `self.dir`.
-        unmount_bpffs(&self.dir().join(BPFFS_DIR));
-        // Only now: a signal during this drop still has the watcher remove the lab.
-        lock(&LIVE_LABS).retain(|l| l.id != self.live_id);
+        remove_lab(&self.procs, &self.created, self.dir.path(), self.live_id);
     }
 }
 

@@ -13,28 +13,43 @@ use std::{
 
 use srvgate_tests::{cluster::*, require_srvgate_bin, skip_unless_root};
 
-/// `route add NAME --service SERVICE --backend BACKEND --json` through gateway `n`; the
-/// port the route got.
+/// `route add NAME --service SERVICE --backend BACKEND --json` through gateway `n`: the
+/// port the route got, or the command's output when it failed.
+fn try_claim(
+    lab: &ClusterLab,
+    n: usize,
+    name: &str,
+    service: &str,
+    backend: &str,
+) -> Result<u16, std::process::Output> {
+    let args = [
+        "route",
+        "add",
+        name,
+        "--service",
+        service,
+        "--backend",
+        backend,
+        "--json",
+    ];
+    let out = lab.ctl(n, &args).unwrap();
+    if !out.status.success() {
+        return Err(out);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    Ok(v["port"].as_u64().expect("a port in the reply") as u16)
+}
+
+/// [`try_claim`], which must succeed.
 fn claim(lab: &ClusterLab, n: usize, name: &str, service: &str, backend: &str) -> u16 {
-    let out = lab
-        .ctl_ok(
-            n,
-            &[
-                "route",
-                "add",
-                name,
-                "--service",
-                service,
-                "--backend",
-                backend,
-                "--json",
-            ],
+    try_claim(lab, n, name, service, backend).unwrap_or_else(|out| {
+        panic!(
+            "gw{}: route add {name} failed: {}",
+            n + 1,
+            String::from_utf8_lossy(&out.stderr)
         )
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v["port"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no port in {out}")) as u16
+    })
 }
 
 /// Gateway `n`'s routes: name/service -> port.
@@ -153,7 +168,7 @@ fn two_gateways_share_one_table_through_etcd() {
     );
     if let (Some(c), Some(a)) = (committed, applied) {
         eprintln!(
-            "cluster: committed on gw1 -> applied on gw2: {:.1} ms",
+            "cluster: gw2 applied it {:+.1} ms from gw1 logging its own add",
             (a - c) * 1000.0
         );
     }
@@ -217,20 +232,8 @@ fn two_gateways_share_one_table_through_etcd() {
         );
     }
     let started = Instant::now();
-    let out = lab
-        .ctl(
-            0,
-            &[
-                "route",
-                "add",
-                "bob",
-                "--service",
-                "ssh",
-                "--backend",
-                &format!("{BACKEND}:22"),
-            ],
-        )
-        .unwrap();
+    let bob_backend = format!("{BACKEND}:22");
+    let out = try_claim(&lab, 0, "bob", "ssh", &bob_backend).expect_err("a claim without etcd");
     let refused_in = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -254,27 +257,8 @@ fn two_gateways_share_one_table_through_etcd() {
     lab.start_etcd().unwrap();
     let mut bob = None;
     let back = time_until(Duration::from_secs(10), || {
-        let out = lab.ctl(
-            1,
-            &[
-                "route",
-                "add",
-                "bob",
-                "--service",
-                "ssh",
-                "--backend",
-                &format!("{BACKEND}:22"),
-                "--json",
-            ],
-        );
-        match out {
-            Ok(o) if o.status.success() => {
-                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-                bob = v["port"].as_u64();
-                true
-            }
-            _ => false,
-        }
+        bob = try_claim(&lab, 1, "bob", "ssh", &bob_backend).ok();
+        bob.is_some()
     });
     assert!(
         back.is_some(),
@@ -286,7 +270,10 @@ fn two_gateways_share_one_table_through_etcd() {
         back.unwrap()
     );
     let bob = bob.unwrap();
-    assert!(!ports.iter().any(|&p| u64::from(p) == bob) && bob != u64::from(port));
+    assert!(
+        !ports.contains(&bob) && bob != port,
+        "bob got a port already handed out: {bob}"
+    );
     let agree = time_until(Duration::from_secs(5), || {
         let a = routes(&lab, 0);
         a.len() == 22

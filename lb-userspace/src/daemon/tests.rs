@@ -23,14 +23,7 @@ fn gateway() -> Gateway {
 }
 
 fn route(name: &str, port: u16, backend: &str) -> Route {
-    Route {
-        name: name.into(),
-        service: "ssh".into(),
-        protocol: Protocol::Tcp,
-        backend: backend.parse().unwrap(),
-        port,
-        proxy_protocol: None,
-    }
+    crate::testing::ssh_route(name, port, backend)
 }
 
 fn request(name: &str, backend: &str) -> RouteRequest {
@@ -881,11 +874,7 @@ fn an_unreachable_shared_store_refuses_changes_with_503() {
 }
 
 fn stored(name: &str, port: u16, backend: &str) -> StoredRoute {
-    StoredRoute {
-        route: route(name, port, backend),
-        added: UNIX_EPOCH + DAY,
-        last_seen: None,
-    }
+    crate::testing::stored_route(name, port, backend, None)
 }
 
 /// Other gateways' changes reach the table and the maps (and never the store: it holds

@@ -86,14 +86,7 @@ mod tests {
     }
 
     fn route(name: &str, port: u16, backend: &str) -> crate::config::Route {
-        crate::config::Route {
-            name: name.into(),
-            service: "ssh".into(),
-            protocol: Protocol::Tcp,
-            backend: backend.parse().unwrap(),
-            port,
-            proxy_protocol: None,
-        }
+        crate::testing::ssh_route(name, port, backend)
     }
 
     #[test]

@@ -141,23 +141,10 @@ pub fn decode_routes(
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
-
     use super::*;
 
     fn stored(name: &str, port: u16, backend: &str) -> StoredRoute {
-        StoredRoute {
-            route: Route {
-                name: name.into(),
-                service: "ssh".into(),
-                protocol: Protocol::Tcp,
-                backend: backend.parse().unwrap(),
-                port,
-                proxy_protocol: None,
-            },
-            added: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-            last_seen: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_100)),
-        }
+        crate::testing::stored_route(name, port, backend, Some(1_700_000_100))
     }
 
     const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);

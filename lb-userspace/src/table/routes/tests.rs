@@ -10,14 +10,7 @@ fn t(secs: u64) -> SystemTime {
 }
 
 fn route(name: &str, port: u16, backend: &str) -> Route {
-    Route {
-        name: name.into(),
-        service: "ssh".into(),
-        protocol: Protocol::Tcp,
-        backend: backend.parse().unwrap(),
-        port,
-        proxy_protocol: None,
-    }
+    crate::testing::ssh_route(name, port, backend)
 }
 
 fn udp(mut r: Route) -> Route {

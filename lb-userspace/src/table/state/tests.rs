@@ -1,22 +1,7 @@
 use super::*;
-use crate::config::Protocol;
+use crate::testing::stored_route as stored;
 
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-
-fn stored(name: &str, port: u16, backend: &str, last_seen: Option<u64>) -> StoredRoute {
-    StoredRoute {
-        route: Route {
-            name: name.into(),
-            service: "ssh".into(),
-            protocol: Protocol::Tcp,
-            backend: backend.parse().unwrap(),
-            port,
-            proxy_protocol: None,
-        },
-        added: from_unix(1_700_000_000),
-        last_seen: last_seen.map(from_unix),
-    }
-}
 
 fn corrupt_reason(text: &str) -> String {
     match parse(
