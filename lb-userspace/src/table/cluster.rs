@@ -882,3 +882,32 @@ async fn announce(
         .await?;
     client.lease_keep_alive(lease).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gateway's own write is skipped when the watch brings it back, and only that one:
+    /// the revisions the watch has passed are forgotten, and a write the watch had already
+    /// passed (its echo applied, harmlessly) is never remembered, so nothing accumulates.
+    #[test]
+    fn own_writes_are_skipped_once_and_forgotten() {
+        let s = Status::default();
+        s.wrote(5);
+        s.wrote(7);
+        assert!(s.is_own(5) && s.is_own(7) && !s.is_own(6));
+        s.passed(6);
+        assert!(!s.is_own(5), "passed: forgotten");
+        assert!(s.is_own(7));
+        s.passed(9);
+        s.wrote(8);
+        assert!(!s.is_own(8), "behind the watch: never remembered");
+        assert!(lock(&s.own).pending.is_empty());
+        // The serial follows the table's changes only.
+        assert_eq!(s.changed.load(Ordering::SeqCst), 8);
+        s.synced(20, 12, BTreeSet::new());
+        assert_eq!(s.changed.load(Ordering::SeqCst), 12);
+        assert_eq!(s.revision.load(Ordering::SeqCst), 20);
+        assert!(s.connected.load(Ordering::SeqCst));
+    }
+}
