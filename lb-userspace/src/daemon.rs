@@ -1181,6 +1181,9 @@ fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     if new.portal != running.portal {
         changed.push("[portal]");
     }
+    if new.cluster != running.cluster {
+        changed.push("[cluster]");
+    }
     changed
 }
 

@@ -678,6 +678,11 @@ fn a_reload_names_every_section_only_a_restart_applies() {
         restart_sections(&running, &new)[0],
         "[gateway] interfaces or public_ipv4"
     );
+    new.cluster = Some(config::Cluster {
+        etcd: vec!["http://10.0.0.2:2379".into()],
+        gateway_id: "gw1".into(),
+    });
+    assert_eq!(restart_sections(&running, &new).last(), Some(&"[cluster]"));
     // A section added where there was none counts too.
     let bare = config(Vec::new());
     assert_eq!(
