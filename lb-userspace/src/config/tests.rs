@@ -1,3 +1,5 @@
+#[cfg(feature = "gateway")]
+use super::machine::{parse_port_list, parse_port_pair, Machine};
 use super::*;
 use std::time::Duration;
 

@@ -19,7 +19,7 @@ use lb_common::{
     ROLE_PRIVATE, ROLE_PUBLIC,
 };
 
-use super::{object_maps, Plain, PROGRAM};
+use super::{maps::Plain, pins::object_maps, PROGRAM};
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -45,7 +45,7 @@ const DNS_ID: u32 = 6;
 
 #[test]
 fn the_objects_maps_are_lb_commons() {
-    let maps: std::collections::HashMap<String, super::MapShape> =
+    let maps: std::collections::HashMap<String, super::pins::MapShape> =
         object_maps().unwrap().into_iter().collect();
     let want: [(&str, usize, usize, u32); 7] = [
         (
