@@ -19,7 +19,7 @@
 //! (terminal or journal output) and `notify` (systemd readiness).
 //!
 //! Without the `gateway` feature only what the students' verbs need is built (`api`'s
-//! types, `config`'s rules, `users`, `student`, `docs`), so that the client builds for any
+//! types, `config`'s rules, `routes`, `users`, `student`, `docs`), so that the client builds for any
 //! OS.
 pub mod cli;
 pub mod config;

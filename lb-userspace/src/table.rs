@@ -3,7 +3,6 @@
 //! kernel.
 #[cfg(feature = "gateway")]
 pub mod accounts;
-#[cfg(feature = "gateway")]
 pub mod routes;
 #[cfg(feature = "gateway")]
 pub mod state;

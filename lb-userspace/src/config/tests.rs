@@ -136,6 +136,47 @@ fn a_duplicate_route_is_refused() {
     assert!(p[0].reason.contains("alice/ssh/tcp"), "{}", p[0]);
 }
 
+/// The file's clashes are the route table's (the one owner of uniqueness), in its words,
+/// plus which earlier route[N] holds the name, port or backend.
+#[test]
+fn clashes_are_the_route_tables_and_name_the_earlier_route() {
+    use crate::table::routes::{RouteTable, Source};
+    let mut table = RouteTable::new();
+    for r in parse(GOOD).unwrap().routes {
+        table
+            .insert(r, Source::Config, std::time::UNIX_EPOCH, None)
+            .unwrap();
+    }
+    for (name, backend, port, field) in [
+        ("alice", "10.0.0.12:22", 30005, "name"),
+        ("bob", "10.0.0.12:22", 30001, "port"),
+        ("bob", "10.0.0.11:22", 30005, "backend"),
+    ] {
+        let p = problems(&with_route(&format!(
+            "name = \"{name}\"\nservice = \"ssh\"\nbackend = \"{backend}\"\nport = {port}"
+        )));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, format!("route[3].{field}"));
+        let route = Route {
+            name: name.into(),
+            service: "ssh".into(),
+            protocol: Protocol::Tcp,
+            backend: backend.parse().unwrap(),
+            port,
+            proxy_protocol: None,
+        };
+        let clash = table.check_conflicts(&route, None).unwrap_err();
+        assert_eq!(clash.error.field, field);
+        assert_eq!(p[0].reason, format!("{}; see route[1]", clash.error.reason));
+    }
+    // What the table allows, the file does too: a tcp and a udp route may share a port
+    // and a backend.
+    let c = parse(&with_route(
+        "name = \"alice\"\nservice = \"ssh-udp\"\nprotocol = \"udp\"\nbackend = \"10.0.0.11:22\"\nport = 30002",
+    ));
+    assert!(c.is_ok(), "{c:?}");
+}
+
 #[test]
 fn bad_labels_addresses_and_protocols_are_all_reported() {
     let p = problems(&with_route(

@@ -3,11 +3,12 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    time::Duration,
+    net::{Ipv4Addr, SocketAddr},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use super::*;
+use crate::table::routes::{RouteError, RouteTable, Source};
 
 /// Parses a list of `address:port` strings; each bad one is reported as `field[N]`.
 pub(super) fn socket_addrs(
@@ -326,10 +327,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         bad(&problem.field, problem.reason);
     }
 
+    // The route table owns uniqueness (key, port, backend): the file's routes are checked
+    // by going into a scratch one, in order, so a clash names the earlier route[N].
     let mut routes = Vec::new();
-    let mut by_key: HashMap<RouteKey, usize> = HashMap::new();
-    let mut by_port: HashMap<(u16, Protocol), usize> = HashMap::new();
-    let mut by_backend: HashMap<(SocketAddrV4, Protocol), usize> = HashMap::new();
+    let mut scratch = RouteTable::new();
+    let mut numbered: HashMap<RouteKey, usize> = HashMap::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let n = i + 1;
         let field = |f: &str| format!("route[{n}].{f}");
@@ -350,37 +352,22 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 continue;
             }
         };
-        let (protocol, backend) = (route.protocol, route.backend);
-        if let Some(first) = by_key.insert(route.key(), n) {
-            bad(
-                &field("name"),
-                format!(
-                    "{} is already defined by route[{first}]; name, service and protocol together must be unique",
-                    route.key()
-                ),
-            );
-            continue;
+        match scratch.insert(route.clone(), Source::Config, UNIX_EPOCH, None) {
+            Ok(_) => {
+                numbered.insert(route.key(), n);
+                routes.push(route);
+            }
+            Err(RouteError::Conflict(c)) => {
+                let holder = numbered
+                    .get(&c.holder)
+                    .map_or(String::new(), |first| format!("; see route[{first}]"));
+                bad(
+                    &field(&c.error.field),
+                    format!("{}{holder}", c.error.reason),
+                );
+            }
+            Err(other) => bad(&field("name"), other.to_string()),
         }
-        if let Some(first) = by_port.insert((route.port, protocol), n) {
-            bad(
-                &field("port"),
-                format!(
-                    "{}/{protocol} is already used by route[{first}]",
-                    route.port
-                ),
-            );
-            continue;
-        }
-        if let Some(first) = by_backend.insert((backend, protocol), n) {
-            bad(
-                &field("backend"),
-                format!(
-                    "{backend}/{protocol} is already the backend of route[{first}]; replies could not be told apart"
-                ),
-            );
-            continue;
-        }
-        routes.push(route);
     }
 
     let mut users: Vec<ConfigUser> = Vec::new();

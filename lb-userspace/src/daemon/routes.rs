@@ -286,7 +286,9 @@ impl Core {
             .table
             .insert(draft.with_port(port), Source::Runtime, now, None)
             .map_err(|e| match e {
-                RouteError::Conflict(f) => ApiError::field(409, f.field.clone(), f.to_string()),
+                RouteError::Conflict(c) => {
+                    ApiError::field(409, c.error.field.clone(), c.error.to_string())
+                }
                 other => ApiError::new(409, other.to_string()),
             })?;
         let key = entry.route.key();
