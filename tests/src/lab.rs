@@ -149,6 +149,17 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// The opening of every lab test that starts srvgate: `None` (after saying why) when
+    /// this process is not root, a panic naming the build command when the srvgate binary
+    /// is missing, else [`Lab::new`]`(tag)`, whose failure fails the test.
+    pub fn for_test(test: &str, tag: &str) -> Option<Lab> {
+        if skip_unless_root(test) {
+            return None;
+        }
+        require_srvgate_bin();
+        Some(Lab::new(tag).expect("building the lab"))
+    }
+
     /// Builds the lab with namespaces `sg-TAG-{cli,gw,b1,b2}` after removing any stale
     /// `sg-TAG-*` namespace (and the processes in it) and `$TMPDIR/srvgate-lab-TAG-*` temp
     /// dir left by an earlier run that was killed. `tag` is 1-8 characters of `a-z0-9`.
