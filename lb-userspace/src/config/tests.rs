@@ -625,3 +625,38 @@ fn proxy_protocol_is_a_route_option() {
 fn fields(text: &str) -> Vec<String> {
     problems(text).into_iter().map(|p| p.field).collect()
 }
+
+/// `[http]` and `[https]` go through one check: the same mistakes give the same problems,
+/// each under its own section.
+#[test]
+fn http_and_https_sections_are_checked_alike() {
+    let base = "[gateway]\npublic_interface = \"eth0\"\nprivate_interfaces = [\"eth1\"]\npublic_ipv4 = \"203.0.113.10\"\n";
+    let bad_section = |name: &str| {
+        format!(
+            "{base}[{name}]\nlisten = []\nservice = \"Bad_Label\"\nmax_connections = 0\nheader_timeout = \"0s\"\nidle_timeout = \"soon\"\n"
+        )
+    };
+    let fields = |name: &str| -> Vec<(String, String)> {
+        problems(&bad_section(name))
+            .into_iter()
+            .map(|p| (p.field.replacen(name, "SECTION", 1), p.reason))
+            .collect()
+    };
+    let http = fields("http");
+    assert_eq!(
+        http.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+        [
+            "SECTION",
+            "SECTION.listen",
+            "SECTION.service",
+            "SECTION.max_connections",
+            "SECTION.header_timeout",
+            "SECTION.idle_timeout"
+        ]
+    );
+    let https: Vec<_> = fields("https")
+        .into_iter()
+        .map(|(f, r)| (f, r.replace("0.0.0.0:443", "0.0.0.0:80")))
+        .collect();
+    assert_eq!(http, https);
+}

@@ -218,26 +218,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         })
     });
 
+    let has_dns = dns.is_some();
     let http = raw.http.map(|h| {
-        if dns.is_none() {
-            bad(
-                "http",
-                "needs a [dns] section: the host names it routes are NAME.SERVICE.<dns.zone>"
-                    .into(),
-            );
-        }
-        if h.listen.is_empty() {
-            bad("http.listen", "is empty; e.g. [\"0.0.0.0:80\"]".into());
-        }
-        let listen = socket_addrs(&h.listen, "http.listen", "0.0.0.0:80", &mut bad);
-        let service = h.service.to_ascii_lowercase();
-        if let Err(e) = check_label(&service) {
-            bad("http.service", e);
-        }
-        let limits = web_limits(
-            "http",
-            [h.max_connections, h.max_connections_per_client],
-            [h.header_timeout.as_deref(), h.idle_timeout.as_deref()],
+        let (listen, service, limits) = web_router(
+            WebSection {
+                name: "http",
+                example: "0.0.0.0:80",
+                listen: &h.listen,
+                service: &h.service,
+                counts: [h.max_connections, h.max_connections_per_client],
+                times: [h.header_timeout.as_deref(), h.idle_timeout.as_deref()],
+            },
+            has_dns,
             &mut bad,
         );
         Http {
@@ -249,24 +241,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     });
 
     let https = raw.https.map(|h| {
-        if dns.is_none() {
-            bad(
-                "https",
-                "needs a [dns] section: the names it routes are NAME.SERVICE.<dns.zone>".into(),
-            );
-        }
-        if h.listen.is_empty() {
-            bad("https.listen", "is empty; e.g. [\"0.0.0.0:443\"]".into());
-        }
-        let listen = socket_addrs(&h.listen, "https.listen", "0.0.0.0:443", &mut bad);
-        let service = h.service.to_ascii_lowercase();
-        if let Err(e) = check_label(&service) {
-            bad("https.service", e);
-        }
-        let limits = web_limits(
-            "https",
-            [h.max_connections, h.max_connections_per_client],
-            [h.header_timeout.as_deref(), h.idle_timeout.as_deref()],
+        let (listen, service, limits) = web_router(
+            WebSection {
+                name: "https",
+                example: "0.0.0.0:443",
+                listen: &h.listen,
+                service: &h.service,
+                counts: [h.max_connections, h.max_connections_per_client],
+                times: [h.header_timeout.as_deref(), h.idle_timeout.as_deref()],
+            },
+            has_dns,
             &mut bad,
         );
         Https {
@@ -434,6 +418,50 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         metrics_listen,
         routes,
     })
+}
+
+/// What `[http]` and `[https]` both say: where to listen, the service their routes are
+/// named by, and the connection limits and timeouts.
+pub(super) struct WebSection<'a> {
+    pub(super) name: &'static str,
+    /// An address for the error that finds `listen` empty.
+    pub(super) example: &'static str,
+    pub(super) listen: &'a [String],
+    pub(super) service: &'a str,
+    /// `[max_connections, max_connections_per_client]`.
+    pub(super) counts: [Option<usize>; 2],
+    /// `[header_timeout, idle_timeout]`.
+    pub(super) times: [Option<&'a str>; 2],
+}
+
+/// One web router's section, checked the same way for `[http]` and `[https]`: it needs
+/// `[dns]` (its names are NAME.SERVICE.<dns.zone>), a listen address and a service label;
+/// each problem is named under the section.
+pub(super) fn web_router(
+    s: WebSection<'_>,
+    has_dns: bool,
+    bad: &mut impl FnMut(&str, String),
+) -> (Vec<SocketAddr>, String, WebLimits) {
+    let name = s.name;
+    if !has_dns {
+        bad(
+            name,
+            "needs a [dns] section: the names it routes are NAME.SERVICE.<dns.zone>".into(),
+        );
+    }
+    if s.listen.is_empty() {
+        bad(
+            &format!("{name}.listen"),
+            format!("is empty; e.g. [\"{}\"]", s.example),
+        );
+    }
+    let listen = socket_addrs(s.listen, &format!("{name}.listen"), s.example, bad);
+    let service = s.service.to_ascii_lowercase();
+    if let Err(e) = check_label(&service) {
+        bad(&format!("{name}.service"), e);
+    }
+    let limits = web_limits(name, s.counts, s.times, bad);
+    (listen, service, limits)
 }
 
 /// A web router's `[max_connections, max_connections_per_client]` and `[header_timeout,
