@@ -157,14 +157,14 @@ fn clashes_are_the_route_tables_and_name_the_earlier_route() {
         )));
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].field, format!("route[3].{field}"));
-        let route = Route {
-            name: name.into(),
-            service: "ssh".into(),
-            protocol: Protocol::Tcp,
-            backend: backend.parse().unwrap(),
-            port,
-            proxy_protocol: None,
-        };
+        // The same route alone in a file, as the table would be offered it.
+        let header = GOOD.split("[[route]]").next().unwrap();
+        let route = parse(&format!(
+            "{header}[[route]]\nname = \"{name}\"\nservice = \"ssh\"\nbackend = \"{backend}\"\nport = {port}\n"
+        ))
+        .unwrap()
+        .routes
+        .remove(0);
         let clash = table.check_conflicts(&route, None).unwrap_err();
         assert_eq!(clash.error.field, field);
         assert_eq!(p[0].reason, format!("{}; see route[1]", clash.error.reason));

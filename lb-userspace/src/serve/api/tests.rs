@@ -193,31 +193,28 @@ async fn requests_are_read_by_the_one_head_parser_within_their_bounds() {
         .unwrap();
     assert_eq!(r.body, b"{\"a\":");
     let status = |r: Result<_, ApiError>| r.map(|_| ()).unwrap_err().status;
-    assert_eq!(
-        status(read(b"POST /v1/routes HTTP/1.1\r\nContent-Length: 5\r\n\r\n{").await),
-        400
-    );
-    assert_eq!(
-        status(read(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").await),
-        400
-    );
-    assert_eq!(
-        status(read(b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n").await),
-        413
-    );
-    assert_eq!(
-        status(read(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx").await),
-        400
-    );
-    assert_eq!(
-        status(read(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").await),
-        400
-    );
-    assert_eq!(status(read(b"GET /\x01 HTTP/1.1\r\n\r\n").await), 400);
-    let long: &'static [u8] = Box::leak(
-        format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(2000))
-            .into_bytes()
-            .into_boxed_slice(),
-    );
+    for (bytes, want) in [
+        (
+            &b"POST /v1/routes HTTP/1.1\r\nContent-Length: 5\r\n\r\n{"[..],
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n", 413),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET /\x01 HTTP/1.1\r\n\r\n", 400),
+    ] {
+        assert_eq!(
+            status(read(bytes).await),
+            want,
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    let long = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(2000));
+    let long: &'static [u8] = Box::leak(long.into_bytes().into_boxed_slice());
     assert_eq!(status(read(long).await), 431);
 }
