@@ -28,8 +28,8 @@ use tracing::{debug, info};
 use crate::{
     config::{self, WebLimits},
     serve::web::{
-        self, proxy_header, Admission, Failure, Hosts, Peers, Reader, Refused, Router,
-        RouterServer, Stats,
+        self, proxy_header, Failure, Peers, Reader, Refused, Router, RouterCore, RouterServer,
+        Stats,
     },
 };
 
@@ -130,12 +130,9 @@ fn failure_page(f: Failure, detail: &str) -> Vec<u8> {
 
 /// The HTTP router's state, shared by its connections.
 pub struct HttpRouter {
-    hosts: Hosts,
-    limits: WebLimits,
+    core: RouterCore,
     forwarded_for: bool,
-    admission: Arc<Admission>,
     refusing: Arc<Semaphore>,
-    stats: Stats,
 }
 
 /// The running HTTP router.
@@ -154,15 +151,12 @@ impl RouterServer<HttpRouter> {
         let server = RouterServer::spawn(
             listeners,
             Arc::new(HttpRouter {
-                hosts: Hosts::new(&cfg.service, vec![suffix], routes),
-                limits: cfg.limits.clone(),
+                core: RouterCore::new(&cfg.service, vec![suffix], routes, &cfg.limits),
                 forwarded_for: cfg.forwarded_for,
-                admission: Admission::new(&cfg.limits),
                 refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
-                stats: Stats::default(),
             }),
         );
-        info!(hosts = %server.shared().hosts.patterns(), listen = ?server.local_addrs(), "HTTP routing by Host header started");
+        info!(hosts = %server.shared().core.hosts.patterns(), listen = ?server.local_addrs(), "HTTP routing by Host header started");
         Ok(server)
     }
 }
@@ -171,14 +165,8 @@ impl Router for HttpRouter {
     const NAME: &'static str = "http";
     const WHAT: &'static str = "HTTP router";
 
-    fn hosts(&self) -> &Hosts {
-        &self.hosts
-    }
-    fn admission(&self) -> &Arc<Admission> {
-        &self.admission
-    }
-    fn stats(&self) -> &Stats {
-        &self.stats
+    fn core(&self) -> &RouterCore {
+        &self.core
     }
 
     async fn serve(self: Arc<Self>, client: TcpStream, peers: Peers) {
@@ -233,8 +221,8 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let stats = &shared.stats;
-    let limits = &shared.limits;
+    let stats = &shared.core.stats;
+    let limits = &shared.core.limits;
     let mut upstream: Option<Upstream> = None;
     let mut first = true;
     loop {
@@ -262,7 +250,7 @@ where
                 return End::Refuse(error_response(status, reason, &body));
             }
         };
-        let Some(backend) = shared.hosts.backend(&req.host) else {
+        let Some(backend) = shared.core.hosts.backend(&req.host) else {
             stats.failed(Failure::NoRoute);
             return End::Refuse(failure_page(Failure::NoRoute, &req.host));
         };

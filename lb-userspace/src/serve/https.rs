@@ -20,8 +20,8 @@ use crate::{
     config::{self, WebLimits},
     serve::http::{bind_all, normalize_host, HttpError},
     serve::web::{
-        self, proxy_header, Admission, Failure, Hosts, Peers, Reader, Refused, Router,
-        RouterServer, Stats,
+        self, proxy_header, Failure, Peers, Reader, Refused, Router, RouterCore, RouterServer,
+        Stats,
     },
 };
 
@@ -81,10 +81,7 @@ pub fn parse_hello(buf: &[u8]) -> Hello {
 
 /// The HTTPS relay's state, shared by its connections.
 pub struct HttpsRouter {
-    hosts: Hosts,
-    limits: WebLimits,
-    admission: Arc<Admission>,
-    stats: Stats,
+    core: RouterCore,
 }
 
 /// The running HTTPS relay.
@@ -107,13 +104,10 @@ impl RouterServer<HttpsRouter> {
         let server = RouterServer::spawn(
             listeners,
             Arc::new(HttpsRouter {
-                hosts: Hosts::new(&cfg.service, suffixes, routes),
-                limits: cfg.limits.clone(),
-                admission: Admission::new(&cfg.limits),
-                stats: Stats::default(),
+                core: RouterCore::new(&cfg.service, suffixes, routes, &cfg.limits),
             }),
         );
-        info!(names = %server.shared().hosts.patterns(), listen = ?server.local_addrs(), "HTTPS relay by SNI started");
+        info!(names = %server.shared().core.hosts.patterns(), listen = ?server.local_addrs(), "HTTPS relay by SNI started");
         Ok(server)
     }
 }
@@ -122,19 +116,13 @@ impl Router for HttpsRouter {
     const NAME: &'static str = "https";
     const WHAT: &'static str = "HTTPS relay";
 
-    fn hosts(&self) -> &Hosts {
-        &self.hosts
-    }
-    fn admission(&self) -> &Arc<Admission> {
-        &self.admission
-    }
-    fn stats(&self) -> &Stats {
-        &self.stats
+    fn core(&self) -> &RouterCore {
+        &self.core
     }
 
     async fn serve(self: Arc<Self>, client: TcpStream, peers: Peers) {
         if let Err((f, why)) = serve(client, peers, &self).await {
-            self.stats.failed(f);
+            self.core.stats.failed(f);
             info!(client = %peers.client, reason = %why, "HTTPS connection refused");
         }
     }
@@ -150,7 +138,7 @@ async fn serve(
     peers: Peers,
     shared: &HttpsRouter,
 ) -> Result<(), (Failure, String)> {
-    let limits = &shared.limits;
+    let limits = &shared.core.limits;
     let (cr, mut cw) = client.into_split();
     let mut cr = Reader::new(cr);
     let hello = tokio::time::timeout(limits.header_timeout, read_hello(&mut cr, limits)).await;
@@ -173,7 +161,7 @@ async fn serve(
             "no server name (SNI) in the ClientHello".into(),
         ));
     };
-    let Some(backend) = shared.hosts.backend(&name) else {
+    let Some(backend) = shared.core.hosts.backend(&name) else {
         send_alert(&mut cw, &alert(UNRECOGNIZED_NAME), limits).await;
         return Err((Failure::NoRoute, format!("no route for name {name}")));
     };
@@ -191,8 +179,8 @@ async fn serve(
         first = proxy_header::encode(v, peers.client, peers.local);
     }
     first.extend_from_slice(&cr.buf);
-    Stats::count(&shared.stats.requests, 1);
-    Stats::count(&shared.stats.bytes_from_clients, cr.buf.len() as u64);
+    Stats::count(&shared.core.stats.requests, 1);
+    Stats::count(&shared.core.stats.bytes_from_clients, cr.buf.len() as u64);
     cr.buf.clear();
     if let Err(e) = web::write_all(&mut uw, &first, limits.idle_timeout).await {
         send_alert(&mut cw, &alert(INTERNAL_ERROR), limits).await;
@@ -201,7 +189,7 @@ async fn serve(
     }
     debug!(client = %peers.client, name, backend = %backend.addr, "HTTPS relay");
     let mut ur = Reader::new(ur);
-    let stats = &shared.stats;
+    let stats = &shared.core.stats;
     let both = web::Activity::default();
     let idle = limits.idle_timeout;
     let up = cr.pump(&mut uw, idle, &stats.bytes_from_clients, Some(&both));

@@ -449,17 +449,41 @@ pub struct Peers {
     pub local: SocketAddr,
 }
 
-/// One web router's part of its server: the state its connections share, what it does with
-/// an admitted connection, and with one the limits refused. [`RouterServer`] does the rest
-/// (listeners, accept loop, admission, route updates, counters) the same way for both.
+/// What every web router's connections share: the names it routes, its limits, its
+/// admission and its counters.
+pub struct RouterCore {
+    pub hosts: Hosts,
+    pub limits: config::WebLimits,
+    pub admission: Arc<Admission>,
+    pub stats: Stats,
+}
+
+impl RouterCore {
+    /// Routes `NAME.<suffix>` for each of `suffixes` to route NAME/<service>'s backend.
+    pub fn new(
+        service: &str,
+        suffixes: Vec<String>,
+        routes: &[config::Route],
+        limits: &config::WebLimits,
+    ) -> RouterCore {
+        RouterCore {
+            hosts: Hosts::new(service, suffixes, routes),
+            limits: limits.clone(),
+            admission: Admission::new(limits),
+            stats: Stats::default(),
+        }
+    }
+}
+
+/// One web router's part of its server: what it does with an admitted connection, and with
+/// one the limits refused. [`RouterServer`] does the rest (listeners, accept loop,
+/// admission, route updates, counters) the same way for both.
 pub trait Router: Send + Sync + Sized + 'static {
     /// `http` or `https`: the label of its counters.
     const NAME: &'static str;
     /// How the accept loop's warnings name it.
     const WHAT: &'static str;
-    fn hosts(&self) -> &Hosts;
-    fn admission(&self) -> &Arc<Admission>;
-    fn stats(&self) -> &Stats;
+    fn core(&self) -> &RouterCore;
     /// Serves one admitted connection to its end.
     fn serve(
         self: Arc<Self>,
@@ -500,7 +524,7 @@ impl<R: Router> RouterServer<R> {
     /// Takes the new route table: the next request (HTTP) or connection (HTTPS) is routed
     /// by it.
     pub fn update(&self, routes: &[config::Route]) {
-        self.shared.hosts().update(routes);
+        self.shared.core().hosts.update(routes);
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -508,9 +532,8 @@ impl<R: Router> RouterServer<R> {
     }
 
     pub fn sample(&self) -> RouterSample {
-        self.shared
-            .stats()
-            .sample(R::NAME, self.shared.admission().open())
+        let core = self.shared.core();
+        core.stats.sample(R::NAME, core.admission.open())
     }
 }
 
@@ -535,8 +558,9 @@ async fn accept_loop<R: Router>(listener: TcpListener, local: SocketAddr, shared
                 continue;
             }
         };
-        Stats::count(&shared.stats().connections, 1);
-        match shared.admission().admit(peer.ip()) {
+        let core = shared.core();
+        Stats::count(&core.stats.connections, 1);
+        match core.admission.admit(peer.ip()) {
             Ok(slot) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
@@ -549,7 +573,7 @@ async fn accept_loop<R: Router>(listener: TcpListener, local: SocketAddr, shared
                 });
             }
             Err(refused) => {
-                shared.stats().failed(refused.into());
+                core.stats.failed(refused.into());
                 shared.refuse(client, peer, refused);
             }
         }
