@@ -24,12 +24,13 @@ mod program {
         },
         helpers::generated::{bpf_fib_lookup, bpf_xdp_get_buff_len},
         macros::{map, xdp},
-        maps::{Array, DevMapHash, HashMap, PerCpuArray},
+        maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
     use lb_common::{
-        counter, Backend, FrontendKey, Interface, ReverseKey, ReverseValue, RouteCounters,
-        Settings, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
+        counter, Backend, FrontendKey, HairpinKey, HairpinValue, Interface, ReverseKey,
+        ReverseValue, RouteCounters, Settings, HAIRPIN_LIVE_NS, MAX_HAIRPIN, MAX_INTERFACES,
+        MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
     };
     use lb_ebpf::{
         clamped_mss, csum_replace32, icmp_embedded_nat, icmp_is_error, ipv4_csum_ttl_decrement,
@@ -52,9 +53,15 @@ mod program {
     static ROUTE_COUNTERS: PerCpuArray<RouteCounters> =
         PerCpuArray::with_max_entries(MAX_ROUTES, 0);
     #[map(name = "GLOBAL_COUNTERS")]
-    static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+    static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
     #[map(name = "TX_PORTS")]
     static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+    /// Flows from private hosts to the public address (hairpin), by the tuple their replies
+    /// carry: the one state the program keeps, because a private client's address cannot
+    /// be recovered from the translated packet (see `hairpin`).
+    #[map(name = "HAIRPIN")]
+    static HAIRPIN: LruHashMap<HairpinKey, HairpinValue> =
+        LruHashMap::with_max_entries(MAX_HAIRPIN, 0);
 
     /// Frame too short for the headers it claims: the kernel counts and drops those.
     struct Truncated;
@@ -202,6 +209,14 @@ mod program {
                 account(ctx, backend.route_id, true, now);
                 let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, (*ip).saddr);
                 Ok(forward(eth, ip, protocol, fib, rc))
+            } else if iface.role == ROLE_PRIVATE && (*ip).daddr == public_addr && public_addr != 0 {
+                hairpin(
+                    ctx,
+                    (eth, ip, ports, l4_check),
+                    protocol,
+                    fib,
+                    (ifindex, public_addr, now, mss),
+                )
             } else if iface.role == ROLE_PRIVATE && public_addr != 0 {
                 let key = ReverseKey {
                     addr: (*ip).saddr,
@@ -241,6 +256,126 @@ mod program {
             } else {
                 Ok(pass(counter::PASS_NO_ROUTE))
             }
+        }
+    }
+
+    /// A packet from a private leg to the public address: a private host reaching a route
+    /// by its public port, or a backend answering such a flow (hairpin NAT).
+    ///
+    /// The request's destination becomes the route's backend, as from outside, and its
+    /// source the public address with the client's own port kept. The source must change:
+    /// a backend on the client's own leg would answer the client directly, from its own
+    /// address, which the client never connected to. Its reply (`backend -> public:port`)
+    /// then comes back through the gateway, where `HAIRPIN`, keyed by exactly that tuple,
+    /// gives the client's address; the reply leaves from `public:P`, the address the
+    /// client connected to. The tuple has no room to carry the client's address (48 bits
+    /// of address and port in a 16-bit port), hence the one map entry per flow, written
+    /// only on this path.
+    #[inline(always)]
+    fn hairpin(
+        ctx: &XdpContext,
+        (eth, ip, ports, l4_check): (*mut EthHdr, *mut Ipv4Hdr, *mut Ports, *mut u16),
+        protocol: u8,
+        fib: &mut FibParams,
+        (ifindex, public_addr, now, mss): (u32, u32, u64, u16),
+    ) -> Result<u32, Truncated> {
+        // SAFETY: the four pointers come from `ptr_at` in `try_srvgate`: inside the packet,
+        // which the program may write and nothing else touches during the run. Map
+        // references are used only during this run (see `try_srvgate`); a `HAIRPIN` value
+        // may be written by another CPU meanwhile (the same flow's packets on two queues),
+        // which at worst stamps `seen_ns` twice.
+        unsafe {
+            let l4 = ETH_HLEN + IPV4_HLEN;
+            let (saddr, sport, dport) = ((*ip).saddr, (*ports).src, (*ports).dst);
+            let rev = REVERSE.get(ReverseKey {
+                addr: saddr,
+                port: sport,
+                protocol,
+                _pad: 0,
+            });
+            if let Some(rev) = rev {
+                let key = HairpinKey {
+                    backend_addr: saddr,
+                    backend_port: sport,
+                    client_port: dport,
+                    protocol,
+                    _pad: [0; 3],
+                };
+                if let Some(flow) = HAIRPIN.get(key) {
+                    // A backend's reply to a private client: from `public:P`, to the client.
+                    let (client, public_port, route_id) =
+                        (flow.client_addr, rev.public_port, rev.route_id);
+                    let check =
+                        l4_csum_nat(protocol, *l4_check, saddr, public_addr, sport, public_port);
+                    *l4_check = l4_csum_nat(protocol, check, public_addr, client, dport, dport);
+                    let check = csum_replace32((*ip).check, saddr, public_addr);
+                    (*ip).check = csum_replace32(check, public_addr, client);
+                    (*ip).saddr = public_addr;
+                    (*ip).daddr = client;
+                    (*ports).src = public_port;
+                    if protocol == PROTO_TCP {
+                        clamp_mss(ctx, l4, l4_check, mss);
+                    }
+                    account(ctx, route_id, false, now);
+                    let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr);
+                    return Ok(forward(eth, ip, protocol, fib, rc));
+                }
+            }
+            let Some(backend) = FRONTENDS.get(FrontendKey {
+                port: dport,
+                protocol,
+                _pad: 0,
+            }) else {
+                // A backend answering the gateway's own connection from the public address,
+                // or a private host using one of the gateway's own services.
+                return Ok(pass(if rev.is_some() {
+                    counter::PASS_LOCAL
+                } else {
+                    counter::PASS_NO_ROUTE
+                }));
+            };
+            let (new_addr, new_port, route_id) = (backend.addr, backend.port, backend.route_id);
+            let key = HairpinKey {
+                backend_addr: new_addr,
+                backend_port: new_port,
+                client_port: sport,
+                protocol,
+                _pad: [0; 3],
+            };
+            match HAIRPIN.get_ptr_mut(key) {
+                Some(flow) if (*flow).client_addr == saddr => (*flow).seen_ns = now,
+                Some(flow) if now.wrapping_sub((*flow).seen_ns) < HAIRPIN_LIVE_NS => {
+                    return Ok(pass(counter::PASS_HAIRPIN_CLASH));
+                }
+                Some(flow) => {
+                    (*flow).client_addr = saddr;
+                    (*flow).seen_ns = now;
+                }
+                None => {
+                    let value = HairpinValue {
+                        client_addr: saddr,
+                        _pad: 0,
+                        seen_ns: now,
+                    };
+                    if HAIRPIN.insert(key, value, 0).is_err() {
+                        // Cannot happen to an LRU map short of memory; the kernel decides.
+                        return Ok(pass(counter::PASS_HAIRPIN_CLASH));
+                    }
+                }
+            }
+            let check = l4_csum_nat(protocol, *l4_check, public_addr, new_addr, dport, new_port);
+            *l4_check = l4_csum_nat(protocol, check, saddr, public_addr, sport, sport);
+            let check = csum_replace32((*ip).check, public_addr, new_addr);
+            (*ip).check = csum_replace32(check, saddr, public_addr);
+            (*ip).saddr = public_addr;
+            (*ip).daddr = new_addr;
+            (*ports).dst = new_port;
+            if protocol == PROTO_TCP {
+                clamp_mss(ctx, l4, l4_check, mss);
+            }
+            account(ctx, route_id, true, now);
+            let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr);
+            Ok(forward(eth, ip, protocol, fib, rc))
         }
     }
 

@@ -14,9 +14,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, map_names, Backend, FrontendKey, Interface, ReverseKey, ReverseValue, RouteCounters,
-    Settings, EGRESS_REDIRECT, MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP,
-    ROLE_PRIVATE, ROLE_PUBLIC,
+    counter, map_names, Backend, FrontendKey, HairpinKey, HairpinValue, Interface, ReverseKey,
+    ReverseValue, RouteCounters, Settings, EGRESS_REDIRECT, HAIRPIN_LIVE_NS, MAX_HAIRPIN,
+    MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP, ROLE_PRIVATE, ROLE_PUBLIC,
 };
 
 use super::{object_maps, Plain, PROGRAM};
@@ -30,6 +30,10 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const LEG: Ipv4Addr = Ipv4Addr::new(10, 210, 250, 1);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 210, 250, 2);
 const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// A private host on the backend's leg (a permanent neighbour too), and one more.
+const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 210, 250, 3);
+const INSIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+const INSIDE_2: Ipv4Addr = Ipv4Addr::new(10, 210, 250, 4);
 /// A backend no route leads to.
 const NOWHERE: Ipv4Addr = Ipv4Addr::new(10, 210, 252, 7);
 const LEG_MTU: u16 = 1400;
@@ -47,7 +51,7 @@ const DNS_ID: u32 = 6;
 fn the_objects_maps_are_lb_commons() {
     let maps: std::collections::HashMap<String, super::MapShape> =
         object_maps().unwrap().into_iter().collect();
-    let want: [(&str, usize, usize, u32); 7] = [
+    let want: [(&str, usize, usize, u32); 8] = [
         (
             map_names::FRONTENDS,
             size_of::<FrontendKey>(),
@@ -82,7 +86,13 @@ fn the_objects_maps_are_lb_commons() {
             map_names::GLOBAL_COUNTERS,
             size_of::<u32>(),
             size_of::<u64>(),
-            counter::COUNT,
+            counter::SLOTS,
+        ),
+        (
+            map_names::HAIRPIN,
+            size_of::<HairpinKey>(),
+            size_of::<HairpinValue>(),
+            MAX_HAIRPIN,
         ),
         // A devmap's value is the kernel's struct bpf_devmap_val: the target ifindex and
         // an optional program (fd or id).
@@ -369,6 +379,18 @@ impl Harness {
             ],
             &[
                 "ip",
+                "neigh",
+                "replace",
+                "10.210.250.3",
+                "lladdr",
+                "02:00:00:00:00:03",
+                "dev",
+                "sg-pt0",
+                "nud",
+                "permanent",
+            ],
+            &[
+                "ip",
                 "route",
                 "add",
                 "198.51.100.0/24",
@@ -392,15 +414,7 @@ impl Harness {
     }
 
     fn fill(&mut self) {
-        let mut settings: Array<_, Plain<Settings>> =
-            Array::try_from(self.ebpf.map_mut(map_names::SETTINGS).unwrap()).unwrap();
-        let s = Settings {
-            public_addr: be(PUBLIC),
-            mss: MSS,
-            _pad: 0,
-            now_ns: NOW_NS,
-        };
-        settings.set(0, Plain(s), 0).unwrap();
+        self.set_clock(NOW_NS);
         let mut ifaces: HashMap<_, u32, Plain<Interface>> =
             HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
         let iface = |role| Interface {
@@ -451,6 +465,33 @@ impl Harness {
         for (k, v) in rev {
             reverse.insert(Plain(k), Plain(v), 0).unwrap();
         }
+    }
+
+    /// What the daemon's clock tick writes: the settings with `now_ns`.
+    fn set_clock(&mut self, now_ns: u64) {
+        let mut settings: Array<_, Plain<Settings>> =
+            Array::try_from(self.ebpf.map_mut(map_names::SETTINGS).unwrap()).unwrap();
+        let s = Settings {
+            public_addr: be(PUBLIC),
+            mss: MSS,
+            _pad: 0,
+            now_ns,
+        };
+        settings.set(0, Plain(s), 0).unwrap();
+    }
+
+    /// The `HAIRPIN` entry of a flow to `backend` from a private client's `port`.
+    fn hairpin(&self, backend: (Ipv4Addr, u16), port: u16, protocol: u8) -> Option<HairpinValue> {
+        let m: HashMap<_, Plain<HairpinKey>, Plain<HairpinValue>> =
+            HashMap::try_from(self.ebpf.map(map_names::HAIRPIN).unwrap()).unwrap();
+        let key = HairpinKey {
+            backend_addr: be(backend.0),
+            backend_port: backend.1.to_be(),
+            client_port: port.to_be(),
+            protocol,
+            _pad: [0; 3],
+        };
+        m.get(&Plain(key), 0).ok().map(|Plain(v)| v)
     }
 
     /// Lets the private leg take redirects (the program's egress check).
@@ -883,5 +924,112 @@ fn icmp_errors_about_translated_flows_are_translated_both_ways() {
         assert_eq!(action, XDP_PASS, "{what}");
         assert_eq!(&out, frame, "{what}: untouched");
         assert_eq!(name(verdict), name(want), "{what}");
+    }
+}
+
+#[test]
+fn a_private_host_reaches_a_route_by_its_public_port_and_hears_back_from_it() {
+    let Some(mut h) =
+        Harness::new("a_private_host_reaches_a_route_by_its_public_port_and_hears_back_from_it")
+    else {
+        return;
+    };
+    h.allow_redirects();
+    // A host on the backend's own leg connects to the public address: to the backend, from
+    // the public address (with its own port), so the backend answers through the gateway.
+    let syn = Frame {
+        syn: Some((0, 1460, false)),
+        ..Frame::tcp((INSIDE, 40000), (PUBLIC, SSH_PORT))
+    };
+    let (action, out, verdict) = h.run(&syn.bytes(), h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+    let seen = parse(&out);
+    assert_eq!((seen.src, seen.dst), ((PUBLIC, 40000), (BACKEND, 22)));
+    assert_eq!((seen.dst_mac, seen.ttl), (BACKEND_MAC, 63));
+    assert_eq!(mss_of(&out), Some(MSS), "clamped like any SYN");
+    let flow = h
+        .hairpin((BACKEND, 22), 40000, PROTO_TCP)
+        .expect("the flow's entry");
+    assert_eq!((flow.client_addr, flow.seen_ns), (be(INSIDE), NOW_NS));
+
+    // The backend's answer goes to the host, from the address and port it connected to.
+    let reply = Frame::tcp((BACKEND, 22), (PUBLIC, 40000)).bytes();
+    let (action, out, verdict) = h.run(&reply, h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+    let seen = parse(&out);
+    assert_eq!((seen.src, seen.dst), ((PUBLIC, SSH_PORT), (INSIDE, 40000)));
+    assert_eq!(seen.dst_mac, INSIDE_MAC);
+    let c = h.route(SSH_ID);
+    assert_eq!((c.inbound_packets, c.outbound_packets), (1, 1));
+
+    // UDP too, and a datagram without a checksum keeps none, both ways.
+    for no_checksum in [false, true] {
+        let ask = Frame {
+            udp_no_checksum: no_checksum,
+            ..Frame::udp((INSIDE, 5000), (PUBLIC, DNS_PORT))
+        };
+        let (_, out, _) = h.run(&ask.bytes(), h.leg);
+        let seen = parse(&out);
+        assert_eq!((seen.src, seen.dst), ((PUBLIC, 5000), (BACKEND, 53)));
+        assert_eq!(seen.udp_checksum_zero, no_checksum);
+        let answer = Frame {
+            udp_no_checksum: no_checksum,
+            ..Frame::udp((BACKEND, 53), (PUBLIC, 5000))
+        };
+        let (_, out, _) = h.run(&answer.bytes(), h.leg);
+        let seen = parse(&out);
+        assert_eq!((seen.src, seen.dst), ((PUBLIC, DNS_PORT), (INSIDE, 5000)));
+        assert_eq!(seen.udp_checksum_zero, no_checksum);
+    }
+}
+
+#[test]
+fn a_hairpin_tuple_in_use_is_not_taken_and_the_gateways_own_flows_are_untouched() {
+    let Some(mut h) = Harness::new(
+        "a_hairpin_tuple_in_use_is_not_taken_and_the_gateways_own_flows_are_untouched",
+    ) else {
+        return;
+    };
+    h.allow_redirects();
+    let first = Frame::tcp((INSIDE, 40000), (PUBLIC, SSH_PORT)).bytes();
+    assert_eq!(h.run(&first, h.leg).0, XDP_REDIRECT);
+    // Another host from the same port would be translated to the same tuple: refused
+    // while the first is live, so its replies never reach the wrong host.
+    let second = Frame::tcp((INSIDE_2, 40000), (PUBLIC, SSH_PORT)).bytes();
+    let (action, out, verdict) = h.run(&second, h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::PASS_HAIRPIN_CLASH))
+    );
+    assert_eq!(out, second, "untouched");
+    let flow = h.hairpin((BACKEND, 22), 40000, PROTO_TCP).unwrap();
+    assert_eq!(flow.client_addr, be(INSIDE));
+    // Once the first has been quiet for longer than a live flow can be, the tuple is free.
+    h.set_clock(NOW_NS + HAIRPIN_LIVE_NS);
+    assert_eq!(h.run(&second, h.leg).0, XDP_REDIRECT);
+    let flow = h.hairpin((BACKEND, 22), 40000, PROTO_TCP).unwrap();
+    assert_eq!(
+        (flow.client_addr, flow.seen_ns),
+        (be(INSIDE_2), NOW_NS + HAIRPIN_LIVE_NS)
+    );
+
+    // The backend answering the gateway's own connection from the public address (no
+    // hairpin flow), and a private host asking one of the gateway's own services: the
+    // kernel's.
+    let to_gateway = Frame::tcp((BACKEND, 22), (PUBLIC, 50000)).bytes();
+    let to_service = Frame::udp((INSIDE, 5000), (PUBLIC, 53)).bytes();
+    for (what, frame, want) in [
+        ("a reply to the gateway", &to_gateway, counter::PASS_LOCAL),
+        ("a gateway service", &to_service, counter::PASS_NO_ROUTE),
+    ] {
+        let (action, out, verdict) = h.run(frame, h.leg);
+        assert_eq!((action, name(verdict)), (XDP_PASS, name(want)), "{what}");
+        assert_eq!(&out, frame, "{what}: untouched");
     }
 }
