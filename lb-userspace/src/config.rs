@@ -271,7 +271,7 @@ impl Default for WebLimits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigUser {
     pub name: String,
-    pub backends: Vec<crate::users::BackendRule>,
+    pub backends: Vec<crate::table::users::BackendRule>,
     pub max_routes: u32,
     pub admin: bool,
 }
@@ -514,7 +514,7 @@ impl Config {
             std::fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(name)).unwrap_or_default()
         };
         let machine = Machine {
-            interfaces: crate::sys::interfaces().unwrap_or_default(),
+            interfaces: crate::kernel::sys::interfaces().unwrap_or_default(),
             ephemeral: parse_port_pair(&sysctl("ip_local_port_range")),
             reserved: parse_port_list(&sysctl("ip_local_reserved_ports")),
         };
@@ -1314,20 +1314,22 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             );
             continue;
         }
-        let backends = match crate::users::parse_rules(&u.backends) {
+        let backends = match crate::table::users::parse_rules(&u.backends) {
             Ok(b) => b,
             Err(e) => {
                 bad(&field("backends"), e);
                 continue;
             }
         };
-        let max_routes = u.max_routes.unwrap_or(crate::users::DEFAULT_MAX_ROUTES);
-        if max_routes > crate::users::MAX_ROUTES_PER_USER {
+        let max_routes = u
+            .max_routes
+            .unwrap_or(crate::table::users::DEFAULT_MAX_ROUTES);
+        if max_routes > crate::table::users::MAX_ROUTES_PER_USER {
             bad(
                 &field("max_routes"),
                 format!(
                     "{max_routes} is more than {} routes for one student",
-                    crate::users::MAX_ROUTES_PER_USER
+                    crate::table::users::MAX_ROUTES_PER_USER
                 ),
             );
             continue;

@@ -39,23 +39,25 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    api::{
+    config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
+    kernel::dataplane::{
+        verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane,
+    },
+    notify,
+    serve::api::{
         self, ApiError, Caller, ClaimRequest, Control, GatewayView, LegView, MeReply, PortalInfo,
         Removed, RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest,
         UsersReply,
     },
-    config::{self, check_route, format_duration, Config, ConfigError, Gateway, RouteRequest},
-    dataplane::{verdict_names, AttachMode, Counters, Dataplane, DataplaneError, XdpDataplane},
-    dns::{DnsError, DnsServer},
-    http::{HttpError, HttpServer},
-    https::HttpsServer,
-    metrics::{self, LegSample, RouteSample},
-    notify,
-    portal::{PortalError, PortalServer},
-    routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-    state::{Commit, RouteChange, StateError, StateStore, Store, StoredRoute},
-    traffic::Traffic,
-    users::{
+    serve::dns::{DnsError, DnsServer},
+    serve::http::{HttpError, HttpServer},
+    serve::https::HttpsServer,
+    serve::metrics::{self, LegSample, RouteSample},
+    serve::portal::{PortalError, PortalServer},
+    table::routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
+    table::state::{Commit, RouteChange, StateError, StateStore, Store, StoredRoute},
+    table::traffic::Traffic,
+    table::users::{
         check_claim, parse_rules, Denied, User, UserError, UserView, Users, DEFAULT_MAX_ROUTES,
     },
 };
@@ -1059,8 +1061,8 @@ fn scrape(core: &Mutex<Core>) -> String {
     let legs: Vec<LegSample> = legs
         .into_iter()
         .map(|l| LegSample {
-            tx_dropped: crate::sys::netdev_stat(&l.name, "tx_dropped"),
-            rx_dropped: crate::sys::netdev_stat(&l.name, "rx_dropped"),
+            tx_dropped: crate::kernel::sys::netdev_stat(&l.name, "tx_dropped"),
+            rx_dropped: crate::kernel::sys::netdev_stat(&l.name, "rx_dropped"),
             ..l
         })
         .collect();
@@ -1466,7 +1468,7 @@ fn tell_systemd(sent: std::io::Result<bool>) {
 /// The data plane of a core that has shut down: every change is refused, and nothing of
 /// the kernel's program, links or maps is held.
 struct Stopped {
-    none: crate::dataplane::PinnedFrontends,
+    none: crate::kernel::dataplane::PinnedFrontends,
 }
 
 impl Dataplane for Stopped {
@@ -1480,19 +1482,21 @@ impl Dataplane for Stopped {
     ) -> Result<(), DataplaneError> {
         Err(DataplaneError::Stopped)
     }
-    fn pinned_frontends(&self) -> &crate::dataplane::PinnedFrontends {
+    fn pinned_frontends(&self) -> &crate::kernel::dataplane::PinnedFrontends {
         &self.none
     }
     fn route_counters(&self, _: u32) -> Result<Counters, DataplaneError> {
         Err(DataplaneError::Stopped)
     }
-    fn counter_reader(&self) -> Result<Arc<dyn crate::dataplane::CounterReader>, DataplaneError> {
+    fn counter_reader(
+        &self,
+    ) -> Result<Arc<dyn crate::kernel::dataplane::CounterReader>, DataplaneError> {
         Err(DataplaneError::Stopped)
     }
     fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
         Err(DataplaneError::Stopped)
     }
-    fn legs(&self) -> &[crate::dataplane::Leg] {
+    fn legs(&self) -> &[crate::kernel::dataplane::Leg] {
         &[]
     }
     fn refresh_egress(&mut self) -> Result<(), DataplaneError> {

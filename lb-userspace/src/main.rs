@@ -14,18 +14,18 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 #[cfg(feature = "gateway")]
 use lb_userspace::{
-    admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
-    api::DEFAULT_SOCKET,
+    cli::admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
     config::Config,
     daemon::{self, Options},
-    dataplane::{AttachMode, DEFAULT_PIN_DIR},
+    kernel::dataplane::{AttachMode, DEFAULT_PIN_DIR},
+    kernel::sys,
     logging,
-    state::DEFAULT_STATE_DIR,
-    sys,
+    serve::api::DEFAULT_SOCKET,
+    table::state::DEFAULT_STATE_DIR,
 };
 use lb_userspace::{
-    docs,
-    student::{self, account},
+    cli::docs,
+    cli::student::{self, account},
 };
 
 #[derive(Parser)]
@@ -267,7 +267,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         )));
     }
     // Before any socket: the listeners' shares are taken from the raised limit.
-    match lb_userspace::fds::raise_limit() {
+    match lb_userspace::kernel::fds::raise_limit() {
         Ok((before, after)) if before != after => {
             tracing::info!("open files: soft limit raised from {before} to the hard limit {after}")
         }

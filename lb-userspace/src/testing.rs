@@ -6,7 +6,7 @@
 //! The fake maps carry out the same [`plan`] as the kernel's, so they hold what the real
 //! maps would.
 
-use crate::dataplane::CounterReader;
+use crate::kernel::dataplane::CounterReader;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io,
@@ -18,10 +18,10 @@ use std::{
 
 use crate::{
     config::Protocol,
-    dataplane::{plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends},
-    routes::{Diff, Entry, RouteTable},
-    state::{Commit, RouteChange, StateError, Store, StoredRoute},
-    users::Users,
+    kernel::dataplane::{plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends},
+    table::routes::{Diff, Entry, RouteTable},
+    table::state::{Commit, RouteChange, StateError, Store, StoredRoute},
+    table::users::Users,
 };
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -352,7 +352,7 @@ impl FakeState {
 
 // ---------------------------------------------------------------- the daemon, for its servers
 
-use crate::api::{
+use crate::serve::api::{
     ApiError, Caller, ClaimRequest, Control, GatewayView, LegView, MeReply, Removed, RouteRequest,
     RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UserView, UsersReply,
 };
@@ -362,7 +362,7 @@ use crate::api::{
 pub struct FakeControl {
     pub added: std::sync::Mutex<Vec<RouteRequest>>,
     pub shutdowns: std::sync::Mutex<Vec<Shutdown>>,
-    pub users: std::sync::Mutex<crate::users::Users>,
+    pub users: std::sync::Mutex<crate::table::users::Users>,
 }
 
 pub fn view(name: &str, port: u16) -> RouteView {
@@ -426,7 +426,7 @@ impl Control for FakeControl {
         }
     }
     fn user_add(&self, r: UserRequest) -> Result<TokenReply, ApiError> {
-        let rules = crate::users::parse_rules(&r.backends)
+        let rules = crate::table::users::parse_rules(&r.backends)
             .map_err(|e| ApiError::field(400, "backends", e))?;
         let mut users = self.users.lock().unwrap();
         let token = users

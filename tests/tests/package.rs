@@ -405,7 +405,7 @@ fn dashboard_metrics() -> Vec<String> {
 fn the_dashboard_queries_exported_metrics() {
     let names = dashboard_metrics();
     let metrics_rs =
-        fs::read_to_string(workspace_root().join("lb-userspace/src/metrics.rs")).unwrap();
+        fs::read_to_string(workspace_root().join("lb-userspace/src/serve/metrics.rs")).unwrap();
     for want in [
         "srvgate_routes",
         "srvgate_route_bytes_total",

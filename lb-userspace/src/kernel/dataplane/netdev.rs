@@ -394,7 +394,7 @@ mod tests {
             eprintln!("skipped: netdev genetlink family unavailable");
             return;
         };
-        let lo = crate::sys::ifindex("lo").unwrap();
+        let lo = crate::kernel::sys::ifindex("lo").unwrap();
         // A request whose reply nobody reads, as after a timeout.
         f.sock.seq += 1;
         let msg = request(
@@ -423,7 +423,7 @@ mod tests {
         // Every kernel with the netdev family answers for lo (features may be 0).
         match XdpFeatures::open() {
             Ok(mut f) => {
-                let lo = crate::sys::ifindex("lo").unwrap();
+                let lo = crate::kernel::sys::ifindex("lo").unwrap();
                 f.get(lo).expect("xdp-features of lo");
             }
             Err(e) => eprintln!("skipped: netdev genetlink family unavailable: {e}"),

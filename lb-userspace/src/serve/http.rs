@@ -28,7 +28,7 @@ use tracing::{debug, info};
 
 use crate::{
     config::{self, WebLimits},
-    web::{self, proxy_header, Admission, Failure, Hosts, Peers, Reader, Refused, Stats},
+    serve::web::{self, proxy_header, Admission, Failure, Hosts, Peers, Reader, Refused, Stats},
 };
 
 pub use head::{normalize_host, parse_request, parse_response, Body, Reject, MAX_REQUEST_HEAD};
@@ -198,7 +198,7 @@ impl Drop for HttpServer {
 }
 
 async fn accept_loop(listener: TcpListener, local: SocketAddr, shared: Arc<Shared>) {
-    let mut backoff = crate::fds::AcceptBackoff::new("HTTP router");
+    let mut backoff = crate::kernel::fds::AcceptBackoff::new("HTTP router");
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(c) => {

@@ -42,11 +42,11 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{self, ApiError, ClaimRequest, Control, PortalInfo, Request},
     config::Portal,
-    console::{self, Console, Logins, WebRequest, WebResponse},
-    state::{write_atomically, StateError},
-    users::cert_fingerprint as fingerprint,
+    serve::api::{self, ApiError, ClaimRequest, Control, PortalInfo, Request},
+    serve::console::{self, Console, Logins, WebRequest, WebResponse},
+    table::state::{write_atomically, StateError},
+    table::users::cert_fingerprint as fingerprint,
 };
 
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -136,7 +136,7 @@ impl PortalServer {
             control,
             console: Console::default(),
             acceptor: self.acceptor,
-            slots: Semaphore::new(crate::fds::Budget::current().portal_connections()),
+            slots: Semaphore::new(crate::kernel::fds::Budget::current().portal_connections()),
             per_address: Mutex::new(HashMap::new()),
             failures: Mutex::new(Failures::default()),
         });
@@ -264,7 +264,7 @@ impl Failures {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut backoff = crate::fds::AcceptBackoff::new("portal");
+    let mut backoff = crate::kernel::fds::AcceptBackoff::new("portal");
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -532,7 +532,7 @@ async fn answer(
     }
     let control = shared.control.clone();
     let caller = match token {
-        Some(t) if t.len() <= crate::users::MAX_TOKEN_LEN => {
+        Some(t) if t.len() <= crate::table::users::MAX_TOKEN_LEN => {
             let c = control.clone();
             tokio::task::spawn_blocking(move || c.authenticate(&t))
                 .await

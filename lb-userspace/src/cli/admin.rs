@@ -9,12 +9,12 @@ use std::{
 };
 
 use crate::{
-    api::{
+    config::check_label,
+    kernel::dataplane::{remove_pins, DEFAULT_PIN_DIR},
+    serve::api::{
         Client, ClientError, RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply,
         UserRequest, UsersReply, DEFAULT_SOCKET,
     },
-    config::check_label,
-    dataplane::{remove_pins, DEFAULT_PIN_DIR},
 };
 
 /// How long `down` waits for a running daemon to detach and exit.
@@ -88,7 +88,7 @@ pub struct UserAddArgs {
     #[arg(long = "backend", value_name = "RULE")]
     pub backends: Vec<String>,
     /// How many routes they may hold at once.
-    #[arg(long, default_value_t = crate::users::DEFAULT_MAX_ROUTES)]
+    #[arg(long, default_value_t = crate::table::users::DEFAULT_MAX_ROUTES)]
     pub max_routes: u32,
     /// May act on every route and account through the portal, as root does here.
     #[arg(long)]

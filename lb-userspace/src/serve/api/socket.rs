@@ -76,7 +76,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiBindError> {
 
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: UnixListener, control: Arc<dyn Control>) {
-    let mut backoff = crate::fds::AcceptBackoff::new("control socket");
+    let mut backoff = crate::kernel::fds::AcceptBackoff::new("control socket");
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,

@@ -37,8 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{check_route, Route, RouteKey, RouteRequest},
-    routes::{RouteError, RouteTable, Source},
-    users::Users,
+    table::routes::{RouteError, RouteTable, Source},
+    table::users::Users,
 };
 
 /// Where `srvgate run` keeps its state unless `--state-dir` says otherwise.
@@ -162,10 +162,10 @@ impl Store for StateStore {
         self.append(changes, all)
     }
     fn load_accounts(&self) -> Result<Users, StateError> {
-        crate::accounts::load(&self.dir)
+        crate::table::accounts::load(&self.dir)
     }
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
-        crate::accounts::save(&self.dir, users)
+        crate::table::accounts::save(&self.dir, users)
     }
 }
 

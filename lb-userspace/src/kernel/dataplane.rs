@@ -49,8 +49,8 @@ use encode::{addr_be, decode_frontend, frontend_entry, frontend_key, reverse_ent
 
 use crate::{
     config::{Gateway, Protocol},
-    routes::{Diff, Entry, RouteTable},
-    sys,
+    kernel::sys,
+    table::routes::{Diff, Entry, RouteTable},
 };
 
 /// Where maps and links are pinned unless `--pin-dir` says otherwise.
@@ -581,7 +581,7 @@ impl Dataplane for XdpDataplane {
         let smallest = self
             .legs
             .iter()
-            .filter_map(|l| Some((crate::sys::mtu(&l.name)?, l.name.as_str())))
+            .filter_map(|l| Some((crate::kernel::sys::mtu(&l.name)?, l.name.as_str())))
             .min();
         let mss = smallest.map_or(0, |(mtu, _)| tcp_mss_for(mtu));
         if mss != self.mss {

@@ -304,7 +304,7 @@ fn run(argv: &[&str]) {
 
 /// Asked of this thread's namespace (sysfs would show the namespace it was mounted in).
 fn ifindex(name: &str) -> u32 {
-    crate::sys::ifindex(name).unwrap_or_else(|| panic!("no interface {name}"))
+    crate::kernel::sys::ifindex(name).unwrap_or_else(|| panic!("no interface {name}"))
 }
 
 /// `ip -o link show NAME`'s `link/ether` address.

@@ -11,7 +11,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::{config::Route, dataplane::Counters, web::RouterSample};
+use crate::{config::Route, kernel::dataplane::Counters, serve::web::RouterSample};
 
 /// One route and its counters at scrape time.
 pub struct RouteSample {
@@ -213,7 +213,7 @@ pub fn render_routers(routers: &[RouterSample]) -> String {
 /// may block (a lock, map syscalls, sysfs reads): it runs on tokio's blocking pool, never
 /// on the async threads.
 pub async fn serve(listener: TcpListener, scrape: Arc<dyn Fn() -> String + Send + Sync>) {
-    let mut backoff = crate::fds::AcceptBackoff::new("metrics");
+    let mut backoff = crate::kernel::fds::AcceptBackoff::new("metrics");
     // A scrape is one short request; more at once than this are not scrapers.
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {

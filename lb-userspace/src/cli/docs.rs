@@ -48,7 +48,7 @@ The systemd unit: \fBsystemctl enable \-\-now srvgate\fR. Stopping it leaves XDP
 .SH ENVIRONMENT
 .TP
 \fBRUST_LOG\fR
-Log filter, e.g. \fBdebug\fR or \fBinfo,lb_userspace::dns=debug\fR (default \fBinfo\fR).
+Log filter, e.g. \fBdebug\fR or \fBinfo,lb_userspace::serve::dns=debug\fR (default \fBinfo\fR).
 .TP
 \fBNOTIFY_SOCKET\fR
 Set by systemd for \fBType=notify\fR: \fBsrvgate run\fR reports readiness there once XDP is

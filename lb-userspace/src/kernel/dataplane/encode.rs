@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 
 use lb_common::{Backend, FrontendKey, ReverseKey, ReverseValue};
 
-use crate::{config::Protocol, routes::Entry};
+use crate::{config::Protocol, table::routes::Entry};
 
 /// Network-order u32 of an address, as the XDP program loads it from the packet.
 pub fn addr_be(ip: std::net::Ipv4Addr) -> u32 {
@@ -79,7 +79,7 @@ pub fn decode_frontend(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::RouteTable;
+    use crate::table::routes::RouteTable;
 
     fn t0() -> std::time::SystemTime {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)

@@ -26,7 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::RouteRequest;
-pub use crate::users::UserView;
+pub use crate::table::users::UserView;
 
 /// Where `srvgate run` listens and the CLI connects unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/srvgate/control.sock";

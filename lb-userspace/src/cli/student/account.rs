@@ -22,7 +22,7 @@ use rustls::{
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::api::{ClaimRequest, ErrorReply, MeReply, Removed, RouteView};
+use crate::serve::api::{ClaimRequest, ErrorReply, MeReply, Removed, RouteView};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 /// The most of an answer we read: a student with many routes stays far below.
@@ -231,7 +231,7 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let fp = crate::users::cert_fingerprint(end_entity.as_ref());
+        let fp = crate::table::users::cert_fingerprint(end_entity.as_ref());
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fp.clone());
         match &self.pinned {
             Some(p) if *p != fp => Err(rustls::Error::General(format!(
@@ -529,7 +529,7 @@ pub fn login(args: LoginArgs) -> Result<(), StudentError> {
             .to_string(),
         None => read_line("Token: ")?,
     };
-    if token.is_empty() || token.len() > crate::users::MAX_TOKEN_LEN {
+    if token.is_empty() || token.len() > crate::table::users::MAX_TOKEN_LEN {
         return Err(StudentError::Input(
             "that is not a srvgate token (sg_NAME_...); the admin's `srvgate user add` printed it"
                 .into(),

@@ -119,7 +119,7 @@ pub struct Slot {
 
 impl Admission {
     pub fn new(limits: &config::WebLimits) -> Arc<Admission> {
-        Self::within(limits, crate::fds::Budget::current().http_relays())
+        Self::within(limits, crate::kernel::fds::Budget::current().http_relays())
     }
 
     /// With at most `relays` connections, whatever the config says: each relays through

@@ -19,8 +19,8 @@ use tracing::{debug, info};
 
 use crate::{
     config::{self, WebLimits},
-    http::{bind_all, normalize_host, HttpError},
-    web::{self, proxy_header, Admission, Failure, Hosts, Peers, Reader, Stats},
+    serve::http::{bind_all, normalize_host, HttpError},
+    serve::web::{self, proxy_header, Admission, Failure, Hosts, Peers, Reader, Stats},
 };
 
 /// A ClientHello (with every extension a browser sends, post-quantum key shares included)
@@ -149,7 +149,7 @@ impl Drop for HttpsServer {
 }
 
 async fn accept_loop(listener: TcpListener, local: SocketAddr, shared: Arc<Shared>) {
-    let mut backoff = crate::fds::AcceptBackoff::new("HTTPS relay");
+    let mut backoff = crate::kernel::fds::AcceptBackoff::new("HTTPS relay");
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(c) => {

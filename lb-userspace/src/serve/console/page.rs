@@ -4,10 +4,10 @@
 use std::{fmt, fmt::Write as _, time::Duration};
 
 use crate::{
-    api::{GatewayView, MeReply, RouteView, RoutesReply, TrafficMinute, UsersReply},
+    cli::student::{self, account::ways_in},
     config::format_duration,
-    student::{self, account::ways_in},
-    traffic::MINUTES,
+    serve::api::{GatewayView, MeReply, RouteView, RoutesReply, TrafficMinute, UsersReply},
+    table::traffic::MINUTES,
 };
 
 /// Text made safe for HTML element content and double-quoted attribute values.
@@ -152,7 +152,7 @@ pub fn login(notice: Option<&Flash>) -> String {
 }
 
 /// 1536 -> `1.5 KiB`: the same figures as `srvgate route ls` prints.
-use crate::admin::human_bytes as bytes;
+use crate::cli::admin::human_bytes as bytes;
 
 fn last_seen(v: &RouteView) -> String {
     match v.last_seen_unix {

@@ -37,10 +37,10 @@ use subtle::ConstantTimeEq as _;
 use tracing::{info, warn};
 
 use crate::{
-    api::{ApiError, Caller, ClaimRequest, Control, RouteRequest, UserRequest},
     config::{Protocol, RouteKey},
     logging::AUDIT_TARGET,
-    users::{token_sha256, MAX_TOKEN_LEN},
+    serve::api::{ApiError, Caller, ClaimRequest, Control, RouteRequest, UserRequest},
+    table::users::{token_sha256, MAX_TOKEN_LEN},
 };
 
 pub use page::esc;
@@ -686,7 +686,7 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn key_of(v: &crate::api::RouteView) -> Option<RouteKey> {
+fn key_of(v: &crate::serve::api::RouteView) -> Option<RouteKey> {
     Some(RouteKey {
         name: v.name.clone(),
         service: v.service.clone(),

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     config::{Protocol as Proto, Route},
-    dns::DnsServer,
+    serve::dns::DnsServer,
 };
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);

@@ -13,8 +13,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    state::{write_atomically, StateError},
-    users::{parse_rules, User, Users},
+    table::state::{write_atomically, StateError},
+    table::users::{parse_rules, User, Users},
 };
 
 pub const ACCOUNTS_FILE: &str = "accounts.json";

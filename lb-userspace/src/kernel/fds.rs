@@ -91,7 +91,7 @@ impl Budget {
     /// Portal connections at once: an eighth, within the portal's own cap. The last eighth
     /// is slack.
     pub fn portal_connections(&self) -> usize {
-        (self.spare() / 8).clamp(1, crate::portal::MAX_CONNECTIONS)
+        (self.spare() / 8).clamp(1, crate::serve::portal::MAX_CONNECTIONS)
     }
 }
 

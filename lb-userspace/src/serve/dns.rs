@@ -49,7 +49,7 @@ use tokio::{
 
 pub use zone::{next_serial, Zone, ZoneError, MAX_UDP_PAYLOAD};
 
-use crate::{config, fds};
+use crate::{config, kernel::fds};
 
 /// How long an idle TCP client may keep its connection (RFC 7766 suggests seconds).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,7 @@
+//! The verbs people type: the admins' (against the control socket), the students' client
+//! (ssh, login, claim, mine, release: no `gateway` feature needed), and the man pages and
+//! completions generated from the CLI's definition.
+#[cfg(feature = "gateway")]
+pub mod admin;
+pub mod docs;
+pub mod student;

@@ -1,0 +1,18 @@
+//! The servers the daemon runs: DNS, the web routers (HTTP by Host, HTTPS by SNI), metrics,
+//! the control socket, and the students' portal with its console. Each parses untrusted
+//! input, bounded in size and time, and calls into the daemon through `api::Control`.
+pub mod api;
+#[cfg(feature = "gateway")]
+pub mod console;
+#[cfg(feature = "gateway")]
+pub mod dns;
+#[cfg(feature = "gateway")]
+pub mod http;
+#[cfg(feature = "gateway")]
+pub mod https;
+#[cfg(feature = "gateway")]
+pub mod metrics;
+#[cfg(feature = "gateway")]
+pub mod portal;
+#[cfg(feature = "gateway")]
+pub mod web;
