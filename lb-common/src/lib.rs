@@ -133,6 +133,16 @@ pub const ROLE_PRIVATE: u8 = 2;
 pub const EGRESS_PASS: u8 = 0;
 pub const EGRESS_REDIRECT: u8 = 1;
 
+/// What the L4 checksums of frames arriving on a leg can be.
+/// `CSUM_FULL`: always complete, as a wire delivers them (a physical NIC).
+/// `CSUM_MAY_BE_PARTIAL`: possibly only the pseudo-header's sum (CHECKSUM_PARTIAL), left
+/// for an offload to finish: a veth, tap or virtio device, whose sender (a local stack, or a
+/// bridge that coalesced frames with GRO and split them again) may never have completed
+/// them. XDP cannot see the skb's checksum state, so the program recognises such a frame by
+/// its checksum field and hands it, rewritten, to the kernel, which keeps that state.
+pub const CSUM_FULL: u8 = 0;
+pub const CSUM_MAY_BE_PARTIAL: u8 = 1;
+
 /// Per-interface facts, keyed by ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +150,9 @@ pub const EGRESS_REDIRECT: u8 = 1;
 pub struct Interface {
     pub role: u8,
     pub egress: u8,
-    pub _pad: [u8; 2],
+    /// `CSUM_FULL` or `CSUM_MAY_BE_PARTIAL`.
+    pub checksum: u8,
+    pub _pad: u8,
 }
 
 /// Gateway-wide settings: the single entry of the `SETTINGS` array.
@@ -208,9 +220,14 @@ pub mod counter {
     /// From a private leg to a route's public port, but the tuple it would be translated
     /// to (`public:its port -> backend`) belongs to another private host's live flow: the
     /// kernel gets it untouched (and refuses it), the client retries from another port.
+    /// (Also a hairpin flow whose entry could not be written.)
     pub const PASS_HAIRPIN_CLASH: u32 = 12;
+    /// Rewritten, then passed to the kernel because its L4 checksum was partial (only the
+    /// pseudo-header's sum, on a `CSUM_MAY_BE_PARTIAL` leg): the kernel keeps the skb's
+    /// checksum state and the egress completes it; a redirect would lose that state.
+    pub const FWD_PASS_PARTIAL_CSUM: u32 = 13;
     /// Number of counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     /// Slots of `GLOBAL_COUNTERS`: more than `COUNT`, so that a build with new verdicts
     /// still fits the map an earlier build pinned.
     pub const SLOTS: u32 = 32;
@@ -230,6 +247,7 @@ pub mod counter {
         "fwd_pass_frag_needed",
         "pass_local",
         "pass_hairpin_clash",
+        "fwd_pass_partial_csum",
     ];
 }
 

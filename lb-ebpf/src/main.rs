@@ -29,14 +29,15 @@ mod program {
     };
     use lb_common::{
         counter, Backend, FrontendKey, HairpinKey, HairpinValue, Interface, ReverseKey,
-        ReverseValue, RouteCounters, Settings, HAIRPIN_LIVE_NS, MAX_HAIRPIN, MAX_INTERFACES,
-        MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
+        ReverseValue, RouteCounters, Settings, CSUM_MAY_BE_PARTIAL, HAIRPIN_LIVE_NS, MAX_HAIRPIN,
+        MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
     };
     use lb_ebpf::{
         clamped_mss, csum_replace32, icmp_embedded_nat, icmp_is_error, ipv4_csum_ttl_decrement,
-        ipv4_shape, l4_checksum_offset, l4_csum_nat, l4_header_len, mss_csum, zero_in_place,
-        EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4, ICMP_HLEN, IPV4_HLEN, PROTO_ICMP,
-        PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
+        ipv4_shape, is_partial_csum, l4_checksum_offset, l4_csum_nat, l4_header_len, mss_csum,
+        partial_csum_replace32, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN,
+        ETH_P_IPV4, ICMP_HLEN, IPV4_HLEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP,
+        TCP_HLEN, TCP_SYN,
     };
 
     const AF_INET: u8 = 2;
@@ -171,6 +172,18 @@ mod program {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
         let (public_addr, now, mss) = (settings.public_addr, settings.now_ns, settings.mss);
+        // SAFETY: `ip` and `l4_check` come from `ptr_at`: inside the packet.
+        let partial = iface.checksum == CSUM_MAY_BE_PARTIAL
+            && unsafe {
+                let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(IPV4_HLEN as u16);
+                is_partial_csum(
+                    protocol,
+                    *l4_check,
+                    (*ip).saddr,
+                    (*ip).daddr,
+                    l4_len.to_be(),
+                )
+            };
         let mut fib = mem::MaybeUninit::uninit();
         let fib: &mut FibParams = zero_in_place(&mut fib);
 
@@ -192,7 +205,8 @@ mod program {
                     return Ok(pass(counter::PASS_NO_ROUTE));
                 };
                 let (new_addr, new_port) = (backend.addr, backend.port);
-                *l4_check = l4_csum_nat(
+                *l4_check = l4_nat(
+                    partial,
                     protocol,
                     *l4_check,
                     (*ip).daddr,
@@ -204,16 +218,19 @@ mod program {
                 (*ip).daddr = new_addr;
                 (*ports).dst = new_port;
                 if protocol == PROTO_TCP {
-                    clamp_mss(ctx, l4, l4_check, mss);
+                    clamp_mss(ctx, l4, l4_check, mss, partial);
                 }
                 account(ctx, backend.route_id, true, now);
+                if partial {
+                    return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
+                }
                 let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, (*ip).saddr);
                 Ok(forward(eth, ip, protocol, fib, rc))
             } else if iface.role == ROLE_PRIVATE && (*ip).daddr == public_addr && public_addr != 0 {
                 hairpin(
                     ctx,
                     (eth, ip, ports, l4_check),
-                    protocol,
+                    (protocol, partial),
                     fib,
                     (ifindex, public_addr, now, mss),
                 )
@@ -237,7 +254,8 @@ mod program {
                     return Ok(pass(counter::PASS_LOCAL));
                 }
                 let new_port = rev.public_port;
-                *l4_check = l4_csum_nat(
+                *l4_check = l4_nat(
+                    partial,
                     protocol,
                     *l4_check,
                     (*ip).saddr,
@@ -249,9 +267,12 @@ mod program {
                 (*ip).saddr = public_addr;
                 (*ports).src = new_port;
                 if protocol == PROTO_TCP {
-                    clamp_mss(ctx, l4, l4_check, mss);
+                    clamp_mss(ctx, l4, l4_check, mss, partial);
                 }
                 account(ctx, rev.route_id, false, now);
+                if partial {
+                    return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
+                }
                 Ok(forward(eth, ip, protocol, fib, rc))
             } else {
                 Ok(pass(counter::PASS_NO_ROUTE))
@@ -275,7 +296,7 @@ mod program {
     fn hairpin(
         ctx: &XdpContext,
         (eth, ip, ports, l4_check): (*mut EthHdr, *mut Ipv4Hdr, *mut Ports, *mut u16),
-        protocol: u8,
+        (protocol, partial): (u8, bool),
         fib: &mut FibParams,
         (ifindex, public_addr, now, mss): (u32, u32, u64, u16),
     ) -> Result<u32, Truncated> {
@@ -305,18 +326,28 @@ mod program {
                     // A backend's reply to a private client: from `public:P`, to the client.
                     let (client, public_port, route_id) =
                         (flow.client_addr, rev.public_port, rev.route_id);
-                    let check =
-                        l4_csum_nat(protocol, *l4_check, saddr, public_addr, sport, public_port);
-                    *l4_check = l4_csum_nat(protocol, check, public_addr, client, dport, dport);
+                    let check = l4_nat(
+                        partial,
+                        protocol,
+                        *l4_check,
+                        saddr,
+                        public_addr,
+                        sport,
+                        public_port,
+                    );
+                    *l4_check = l4_nat(partial, protocol, check, public_addr, client, dport, dport);
                     let check = csum_replace32((*ip).check, saddr, public_addr);
                     (*ip).check = csum_replace32(check, public_addr, client);
                     (*ip).saddr = public_addr;
                     (*ip).daddr = client;
                     (*ports).src = public_port;
                     if protocol == PROTO_TCP {
-                        clamp_mss(ctx, l4, l4_check, mss);
+                        clamp_mss(ctx, l4, l4_check, mss, partial);
                     }
                     account(ctx, route_id, false, now);
+                    if partial {
+                        return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
+                    }
                     let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr);
                     return Ok(forward(eth, ip, protocol, fib, rc));
                 }
@@ -363,17 +394,28 @@ mod program {
                     }
                 }
             }
-            let check = l4_csum_nat(protocol, *l4_check, public_addr, new_addr, dport, new_port);
-            *l4_check = l4_csum_nat(protocol, check, saddr, public_addr, sport, sport);
+            let check = l4_nat(
+                partial,
+                protocol,
+                *l4_check,
+                public_addr,
+                new_addr,
+                dport,
+                new_port,
+            );
+            *l4_check = l4_nat(partial, protocol, check, saddr, public_addr, sport, sport);
             let check = csum_replace32((*ip).check, public_addr, new_addr);
             (*ip).check = csum_replace32(check, saddr, public_addr);
             (*ip).saddr = public_addr;
             (*ip).daddr = new_addr;
             (*ports).dst = new_port;
             if protocol == PROTO_TCP {
-                clamp_mss(ctx, l4, l4_check, mss);
+                clamp_mss(ctx, l4, l4_check, mss, partial);
             }
             account(ctx, route_id, true, now);
+            if partial {
+                return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
+            }
             let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr);
             Ok(forward(eth, ip, protocol, fib, rc))
         }
@@ -506,13 +548,33 @@ mod program {
         }
     }
 
+    /// The L4 checksum after one address and one port change: a complete one is updated
+    /// for both (RFC 1624), a partial one (only the pseudo-header's sum, left to checksum
+    /// offload) for the address alone, as the port lies in the part offload sums later.
+    #[inline(always)]
+    fn l4_nat(
+        partial: bool,
+        protocol: u8,
+        check: u16,
+        old_addr: u32,
+        new_addr: u32,
+        old_port: u16,
+        new_port: u16,
+    ) -> u16 {
+        if partial {
+            partial_csum_replace32(check, old_addr, new_addr)
+        } else {
+            l4_csum_nat(protocol, check, old_addr, new_addr, old_port, new_port)
+        }
+    }
+
     /// Lowers the MSS option of a SYN or SYN-ACK in the TCP header at `l4` to `max`, keeping
     /// the checksum right, so that neither end sends segments bigger than the smallest leg
     /// carries (as `TCPMSS --clamp-mss-to-pmtu` would). The option is looked for where every
     /// TCP stack puts it: first, after up to three NOPs. Constant offsets only: a walk with
     /// a variable offset made LLVM shift the packet pointer, which the verifier refuses.
     #[inline(always)]
-    fn clamp_mss(ctx: &XdpContext, l4: usize, l4_check: *mut u16, max: u16) {
+    fn clamp_mss(ctx: &XdpContext, l4: usize, l4_check: *mut u16, max: u16, partial: bool) {
         if max == 0 {
             return;
         }
@@ -525,10 +587,10 @@ mod program {
         if flags & TCP_SYN == 0 || doff >> 4 < 6 {
             return;
         }
-        let _ = clamp_mss_at::<0>(ctx, l4, l4_check, max)
-            || clamp_mss_at::<1>(ctx, l4, l4_check, max)
-            || clamp_mss_at::<2>(ctx, l4, l4_check, max)
-            || clamp_mss_at::<3>(ctx, l4, l4_check, max);
+        let _ = clamp_mss_at::<0>(ctx, l4, l4_check, max, partial)
+            || clamp_mss_at::<1>(ctx, l4, l4_check, max, partial)
+            || clamp_mss_at::<2>(ctx, l4, l4_check, max, partial)
+            || clamp_mss_at::<3>(ctx, l4, l4_check, max, partial);
     }
 
     /// The MSS option after `NOPS` NOP options, if it is there: clamped; returns whether it
@@ -539,6 +601,7 @@ mod program {
         l4: usize,
         l4_check: *mut u16,
         max: u16,
+        partial: bool,
     ) -> bool {
         let at = l4 + TCP_HLEN;
         let Ok(option) = ptr_at::<[u8; 4]>(ctx, at + NOPS) else {
@@ -563,9 +626,12 @@ mod program {
         let old = u16::from_be_bytes([option[2], option[3]]);
         if let Some(new) = clamped_mss(old, max) {
             [option[2], option[3]] = new.to_be_bytes();
-            // SAFETY: `l4_check` comes from `ptr_at`: inside the packet, written by nothing
-            // else during the run.
-            unsafe { *l4_check = mss_csum(*l4_check, TCP_HLEN + NOPS + 2, old, new) };
+            // A partial checksum does not cover the options yet: offload sums them later.
+            if !partial {
+                // SAFETY: `l4_check` comes from `ptr_at`: inside the packet, written by
+                // nothing else during the run.
+                unsafe { *l4_check = mss_csum(*l4_check, TCP_HLEN + NOPS + 2, old, new) };
+            }
         }
         true
     }

@@ -41,7 +41,8 @@ use aya::{
 };
 use lb_common::{
     counter, map_names, Backend, FrontendKey, Interface, ReverseKey, ReverseValue, RouteCounters,
-    Settings, EGRESS_PASS, EGRESS_REDIRECT, PROGRAM_NAME, ROLE_PRIVATE, ROLE_PUBLIC,
+    Settings, CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_PASS, EGRESS_REDIRECT, PROGRAM_NAME,
+    ROLE_PRIVATE, ROLE_PUBLIC,
 };
 use tracing::{info, warn};
 
@@ -149,6 +150,8 @@ pub struct Leg {
     pub ifindex: u32,
     pub role: u8,
     pub egress: u8,
+    /// `CSUM_FULL` or `CSUM_MAY_BE_PARTIAL`, from its driver ([`checksum_kind`]).
+    pub checksum: u8,
 }
 
 impl Leg {
@@ -214,6 +217,19 @@ pub fn tcp_mss_for(mtu: u32) -> u16 {
     u16::try_from(mtu.saturating_sub(40))
         .unwrap_or(u16::MAX)
         .max(536)
+}
+
+/// Whether frames arriving through a device driven by `driver` may carry partial
+/// checksums (only the pseudo-header's sum, CHECKSUM_PARTIAL): a veth, tap or virtio
+/// device hands on what a local stack or a GRO bridge left for offload to finish; a
+/// physical NIC receives from a wire, which always carries complete ones. An unknown
+/// driver is taken to be the former: looking costs a few additions per frame, missing one
+/// costs every such frame.
+pub fn checksum_kind(driver: Option<&str>) -> u8 {
+    match driver {
+        Some(d) if !matches!(d, "veth" | "tun" | "virtio_net") => CSUM_FULL,
+        _ => CSUM_MAY_BE_PARTIAL,
+    }
 }
 
 /// Reads per-route counters by slot; see [`Dataplane::counter_reader`].
@@ -348,11 +364,20 @@ impl XdpDataplane {
         for (name, role) in names {
             let ifindex =
                 sys::ifindex(name).ok_or_else(|| DataplaneError::NoInterface(name.clone()))?;
+            let driver = sys::driver(name);
+            let checksum = checksum_kind(driver.as_deref().ok());
+            let driver = driver.unwrap_or_else(|e| format!("unknown ({e})"));
+            if checksum == CSUM_MAY_BE_PARTIAL {
+                info!(iface = %name, %driver, "partial checksums possible on this leg (a local sender or a GRO bridge may leave them to offload): such frames are rewritten and passed to the kernel, which keeps their checksum state; the rest by the leg's egress");
+            } else {
+                info!(iface = %name, %driver, "full checksums only on this leg (a wire delivers them): every frame by the leg's egress");
+            }
             legs.push(Leg {
                 name: name.clone(),
                 ifindex,
                 role,
                 egress: EGRESS_PASS,
+                checksum,
             });
         }
         prepare_kernel(gw)?;
@@ -625,7 +650,8 @@ impl Dataplane for XdpDataplane {
                     Plain(Interface {
                         role: leg.role,
                         egress,
-                        _pad: [0; 2],
+                        checksum: leg.checksum,
+                        _pad: 0,
                     }),
                     0,
                 )

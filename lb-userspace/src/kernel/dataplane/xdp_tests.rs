@@ -15,8 +15,9 @@ use aya::{
 };
 use lb_common::{
     counter, map_names, Backend, FrontendKey, HairpinKey, HairpinValue, Interface, ReverseKey,
-    ReverseValue, RouteCounters, Settings, EGRESS_REDIRECT, HAIRPIN_LIVE_NS, MAX_HAIRPIN,
-    MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP, ROLE_PRIVATE, ROLE_PUBLIC,
+    ReverseValue, RouteCounters, Settings, CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT,
+    HAIRPIN_LIVE_NS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP,
+    ROLE_PRIVATE, ROLE_PUBLIC,
 };
 
 use super::{object_maps, Plain, PROGRAM};
@@ -143,6 +144,9 @@ struct Frame {
     /// TCP only: a SYN (with `ack`, a SYN-ACK) whose options are this many NOPs and then
     /// an MSS option with this value.
     syn: Option<(usize, u16, bool)>,
+    /// Leave the L4 checksum partial, as a sender with checksum offload does: only the
+    /// pseudo-header's sum, not complemented (CHECKSUM_PARTIAL).
+    partial: bool,
 }
 
 impl Frame {
@@ -155,6 +159,7 @@ impl Frame {
             payload: 32,
             udp_no_checksum: false,
             syn: None,
+            partial: false,
         }
     }
 
@@ -229,7 +234,11 @@ impl Frame {
         seg.extend((0..self.payload).map(|i| i as u8));
         if !(self.protocol == PROTO_UDP && self.udp_no_checksum) {
             let at = if self.protocol == PROTO_TCP { 16 } else { 6 };
-            let c = l4_checksum(&self.src.0, &self.dst.0, self.protocol, &seg);
+            let c = if self.partial {
+                partial_checksum(&self.src.0, &self.dst.0, self.protocol, seg.len())
+            } else {
+                l4_checksum(&self.src.0, &self.dst.0, self.protocol, &seg)
+            };
             seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
         f.extend_from_slice(&seg);
@@ -238,17 +247,48 @@ impl Frame {
 }
 
 fn l4_checksum(src: &Ipv4Addr, dst: &Ipv4Addr, protocol: u8, seg: &[u8]) -> u16 {
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, protocol]);
-    pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    let pseudo = pseudo_header(src, dst, protocol, seg.len());
     let c = fold(sum(seg, sum(&pseudo, 0)));
     if protocol == PROTO_UDP && c == 0 {
         0xffff
     } else {
         c
     }
+}
+
+fn pseudo_header(src: &Ipv4Addr, dst: &Ipv4Addr, protocol: u8, len: usize) -> Vec<u8> {
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, protocol]);
+    pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    pseudo
+}
+
+/// What a stack leaving the checksum to offload writes: the pseudo-header's folded sum.
+fn partial_checksum(src: &Ipv4Addr, dst: &Ipv4Addr, protocol: u8, len: usize) -> u16 {
+    !fold(sum(&pseudo_header(src, dst, protocol, len), 0))
+}
+
+/// An output frame whose L4 checksum must still be partial, for its new addresses: checked,
+/// then completed as offload would (the segment's sum, complemented) and parsed, which
+/// verifies the completed checksum from scratch.
+fn parse_partial(f: &[u8]) -> Seen {
+    let ip = &f[14..34];
+    let protocol = ip[9];
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let at = 34 + if protocol == PROTO_TCP { 16 } else { 6 };
+    let stored = u16::from_be_bytes([f[at], f[at + 1]]);
+    let want = partial_checksum(&src, &dst, protocol, f.len() - 34);
+    assert!(
+        stored == want || (stored ^ want == 0xffff && (stored == 0 || want == 0)),
+        "partial checksum {stored:#06x}, want {want:#06x} for {src} -> {dst}"
+    );
+    let mut done = f.to_vec();
+    let c = fold(sum(&f[34..], 0));
+    done[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    parse(&done)
 }
 
 /// What an output frame says, with its checksums verified from scratch.
@@ -420,7 +460,8 @@ impl Harness {
         let iface = |role| Interface {
             role,
             egress: EGRESS_REDIRECT,
-            _pad: [0; 2],
+            checksum: CSUM_FULL,
+            _pad: 0,
         };
         ifaces.insert(1, Plain(iface(ROLE_PUBLIC)), 0).unwrap();
         ifaces
@@ -492,6 +533,22 @@ impl Harness {
             _pad: [0; 3],
         };
         m.get(&Plain(key), 0).ok().map(|Plain(v)| v)
+    }
+
+    /// Marks both legs as ones whose frames may carry partial checksums (veths), as the
+    /// daemon does from their driver.
+    fn look_for_partial_checksums(&mut self) {
+        let mut ifaces: HashMap<_, u32, Plain<Interface>> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
+        for (ifindex, role) in [(1, ROLE_PUBLIC), (self.leg, ROLE_PRIVATE)] {
+            let iface = Interface {
+                role,
+                egress: EGRESS_REDIRECT,
+                checksum: CSUM_MAY_BE_PARTIAL,
+                _pad: 0,
+            };
+            ifaces.insert(ifindex, Plain(iface), 0).unwrap();
+        }
     }
 
     /// Lets the private leg take redirects (the program's egress check).
@@ -1031,5 +1088,111 @@ fn a_hairpin_tuple_in_use_is_not_taken_and_the_gateways_own_flows_are_untouched(
         let (action, out, verdict) = h.run(frame, h.leg);
         assert_eq!((action, name(verdict)), (XDP_PASS, name(want)), "{what}");
         assert_eq!(&out, frame, "{what}: untouched");
+    }
+}
+
+#[test]
+fn a_legs_driver_says_whether_its_frames_may_carry_partial_checksums() {
+    for driver in ["veth", "tun", "virtio_net"] {
+        assert_eq!(
+            super::checksum_kind(Some(driver)),
+            CSUM_MAY_BE_PARTIAL,
+            "{driver}"
+        );
+    }
+    for driver in ["ixgbe", "mlx5_core", "e1000e"] {
+        assert_eq!(super::checksum_kind(Some(driver)), CSUM_FULL, "{driver}");
+    }
+    assert_eq!(super::checksum_kind(None), CSUM_MAY_BE_PARTIAL, "unknown");
+}
+
+#[test]
+fn frames_with_partial_checksums_are_rewritten_for_offload_and_passed_to_the_kernel() {
+    let Some(mut h) = Harness::new(
+        "frames_with_partial_checksums_are_rewritten_for_offload_and_passed_to_the_kernel",
+    ) else {
+        return;
+    };
+    assert_eq!(crate::kernel::sys::driver("sg-pt0").unwrap(), "veth");
+    h.allow_redirects();
+    let partial = Frame {
+        partial: true,
+        ..Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))
+    };
+    // A leg with full checksums only is not looked at: the frame is taken as it comes.
+    let (action, _, verdict) = h.run(&partial.bytes(), 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+
+    h.look_for_partial_checksums();
+    // Rewritten, its checksum still partial (for the new addresses), and left to the
+    // kernel, which keeps the skb's checksum state for the egress to complete.
+    let (action, out, verdict) = h.run(&partial.bytes(), 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::FWD_PASS_PARTIAL_CSUM))
+    );
+    let seen = parse_partial(&out);
+    assert_eq!((seen.src, seen.dst), ((CLIENT, 40000), (BACKEND, 22)));
+    assert_eq!(seen.ttl, 64, "the kernel forwards it and decrements");
+    assert_eq!(h.route(SSH_ID).inbound_packets, 2);
+    // A complete checksum on the same leg takes the fast path as before.
+    let full = Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT)).bytes();
+    let (action, out, _) = h.run(&full, 1);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(parse(&out).dst, (BACKEND, 22));
+
+    // A SYN: the MSS is clamped, which a partial checksum does not cover yet.
+    let syn = Frame {
+        syn: Some((1, 1460, false)),
+        partial: true,
+        ..Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))
+    };
+    let (_, out, _) = h.run(&syn.bytes(), 1);
+    assert_eq!(mss_of(&out), Some(MSS));
+    parse_partial(&out);
+    // UDP, both ways, and the backend's reply and a hairpin flow on the private leg.
+    let cases = [
+        (
+            Frame::udp((CLIENT, 5000), (PUBLIC, DNS_PORT)),
+            1,
+            ((CLIENT, 5000), (BACKEND, 53)),
+        ),
+        (
+            Frame::udp((BACKEND, 53), (CLIENT, 5000)),
+            h.leg,
+            ((PUBLIC, DNS_PORT), (CLIENT, 5000)),
+        ),
+        (
+            Frame::tcp((BACKEND, 22), (CLIENT, 40000)),
+            h.leg,
+            ((PUBLIC, SSH_PORT), (CLIENT, 40000)),
+        ),
+        (
+            Frame::tcp((INSIDE, 41000), (PUBLIC, SSH_PORT)),
+            h.leg,
+            ((PUBLIC, 41000), (BACKEND, 22)),
+        ),
+        (
+            Frame::tcp((BACKEND, 22), (PUBLIC, 41000)),
+            h.leg,
+            ((PUBLIC, SSH_PORT), (INSIDE, 41000)),
+        ),
+    ];
+    for (frame, ifindex, want) in cases {
+        let frame = Frame {
+            partial: true,
+            ..frame
+        };
+        let (action, out, verdict) = h.run(&frame.bytes(), ifindex);
+        assert_eq!(
+            (action, name(verdict)),
+            (XDP_PASS, name(counter::FWD_PASS_PARTIAL_CSUM)),
+            "{want:?}"
+        );
+        let seen = parse_partial(&out);
+        assert_eq!((seen.src, seen.dst), want);
     }
 }
