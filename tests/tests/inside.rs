@@ -49,24 +49,8 @@ fn a_backend_reaches_routes_by_public_address_and_by_name() {
     );
 
     // Bulk both ways through the hairpin: every segment's checksums survive both rewrites.
-    let cmd = format!("head -c {BYTES} /dev/zero");
-    let out = lab.ssh_output(&lab.b1, PUBLIC_IP, 30002, &cmd).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout.len(), BYTES, "bytes that reached backend 1");
-    let argv = lab.ssh_argv(PUBLIC_IP, 30002, "wc -c").unwrap();
-    let ssh = shlex::try_join(argv.iter().map(String::as_str)).unwrap();
-    let received = lab
-        .sh(&lab.b1, &format!("head -c {BYTES} /dev/zero | {ssh}"))
+    lab.ssh_bulk_both_ways(&lab.b1, PUBLIC_IP, 30002, BYTES)
         .unwrap();
-    assert_eq!(
-        received.trim(),
-        BYTES.to_string(),
-        "bytes that reached backend 2"
-    );
 
     // By name: the zone's answer, asked from inside, is the public port...
     let srv = lab

@@ -53,26 +53,10 @@ fn a_bridge_with_gro_in_front_of_the_public_leg_delivers_every_byte() {
         .unwrap();
     lab.start_srvgate(&cfg, &[]).unwrap();
 
-    // Up: the client's data segments cross the bridge, coalesced and split again.
-    let argv = lab.ssh_argv(PUBLIC_IP, 30001, "wc -c").unwrap();
-    let ssh = shlex::try_join(argv.iter().map(String::as_str)).unwrap();
-    let received = lab
-        .sh(&lab.client, &format!("head -c {BYTES} /dev/zero | {ssh}"))
+    // Up, the client's data segments cross the bridge, coalesced and split again; down,
+    // the backend's segments, and the client's ACKs through the bridge.
+    lab.ssh_bulk_both_ways(&lab.client, PUBLIC_IP, 30001, BYTES)
         .unwrap();
-    assert_eq!(
-        received.trim(),
-        BYTES.to_string(),
-        "bytes that reached the backend"
-    );
-    // Down: the backend's segments, and the client's ACKs through the bridge.
-    let cmd = format!("head -c {BYTES} /dev/zero");
-    let out = lab.ssh_output(&lab.client, PUBLIC_IP, 30001, &cmd).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout.len(), BYTES, "bytes that reached the client");
 
     // The partial frames took the kernel's path, and the backend dropped nothing.
     let partial = lab
