@@ -306,7 +306,6 @@ mod program {
         // may be written by another CPU meanwhile (the same flow's packets on two queues),
         // which at worst stamps `seen_ns` twice.
         unsafe {
-            let l4 = ETH_HLEN + IPV4_HLEN;
             let (saddr, sport, dport) = ((*ip).saddr, (*ports).src, (*ports).dst);
             let rev = REVERSE.get(ReverseKey {
                 addr: saddr,
@@ -324,32 +323,16 @@ mod program {
                 };
                 if let Some(flow) = HAIRPIN.get(key) {
                     // A backend's reply to a private client: from `public:P`, to the client.
-                    let (client, public_port, route_id) =
-                        (flow.client_addr, rev.public_port, rev.route_id);
-                    let check = l4_nat(
-                        partial,
-                        protocol,
-                        *l4_check,
-                        saddr,
-                        public_addr,
-                        sport,
-                        public_port,
-                    );
-                    *l4_check = l4_nat(partial, protocol, check, public_addr, client, dport, dport);
-                    let check = csum_replace32((*ip).check, saddr, public_addr);
-                    (*ip).check = csum_replace32(check, public_addr, client);
-                    (*ip).saddr = public_addr;
-                    (*ip).daddr = client;
-                    (*ports).src = public_port;
-                    if protocol == PROTO_TCP {
-                        clamp_mss(ctx, l4, l4_check, mss, partial);
-                    }
-                    account(ctx, route_id, false, now);
-                    if partial {
-                        return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
-                    }
-                    let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr);
-                    return Ok(forward(eth, ip, protocol, fib, rc));
+                    let to = ((public_addr, rev.public_port), (flow.client_addr, dport));
+                    return Ok(rewrite_both(
+                        ctx,
+                        (eth, ip, ports, l4_check),
+                        (protocol, partial),
+                        to,
+                        (rev.route_id, false),
+                        fib,
+                        (ifindex, public_addr, now, mss),
+                    ));
                 }
             }
             let Some(backend) = FRONTENDS.get(FrontendKey {
@@ -394,30 +377,54 @@ mod program {
                     }
                 }
             }
+            Ok(rewrite_both(
+                ctx,
+                (eth, ip, ports, l4_check),
+                (protocol, partial),
+                ((public_addr, sport), (new_addr, new_port)),
+                (route_id, true),
+                fib,
+                (ifindex, public_addr, now, mss),
+            ))
+        }
+    }
+
+    /// Rewrites both ends of a hairpin packet to `to` (source, destination: address and
+    /// port), with its checksums, clamps a SYN's MSS, counts it for `route` (inbound or
+    /// not) and sends it on as from the public address.
+    #[inline(always)]
+    fn rewrite_both(
+        ctx: &XdpContext,
+        (eth, ip, ports, l4_check): (*mut EthHdr, *mut Ipv4Hdr, *mut Ports, *mut u16),
+        (protocol, partial): (u8, bool),
+        ((saddr, sport), (daddr, dport)): ((u32, u16), (u32, u16)),
+        (route_id, inbound): (u32, bool),
+        fib: &mut FibParams,
+        (ifindex, public_addr, now, mss): (u32, u32, u64, u16),
+    ) -> u32 {
+        // SAFETY: as in `hairpin`, which these pointers come from.
+        unsafe {
+            let (old_saddr, old_daddr) = ((*ip).saddr, (*ip).daddr);
+            let (old_sport, old_dport) = ((*ports).src, (*ports).dst);
             let check = l4_nat(
-                partial,
-                protocol,
-                *l4_check,
-                public_addr,
-                new_addr,
-                dport,
-                new_port,
+                partial, protocol, *l4_check, old_saddr, saddr, old_sport, sport,
             );
-            *l4_check = l4_nat(partial, protocol, check, saddr, public_addr, sport, sport);
-            let check = csum_replace32((*ip).check, public_addr, new_addr);
-            (*ip).check = csum_replace32(check, saddr, public_addr);
-            (*ip).saddr = public_addr;
-            (*ip).daddr = new_addr;
-            (*ports).dst = new_port;
+            *l4_check = l4_nat(partial, protocol, check, old_daddr, daddr, old_dport, dport);
+            let check = csum_replace32((*ip).check, old_saddr, saddr);
+            (*ip).check = csum_replace32(check, old_daddr, daddr);
+            (*ip).saddr = saddr;
+            (*ip).daddr = daddr;
+            (*ports).src = sport;
+            (*ports).dst = dport;
             if protocol == PROTO_TCP {
-                clamp_mss(ctx, l4, l4_check, mss, partial);
+                clamp_mss(ctx, ETH_HLEN + IPV4_HLEN, l4_check, mss, partial);
             }
-            account(ctx, route_id, true, now);
+            account(ctx, route_id, inbound, now);
             if partial {
-                return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
+                return pass(counter::FWD_PASS_PARTIAL_CSUM);
             }
             let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr);
-            Ok(forward(eth, ip, protocol, fib, rc))
+            forward(eth, ip, protocol, fib, rc)
         }
     }
 
