@@ -793,6 +793,28 @@ impl Lab {
         self.exec(ns, &argv, DEFAULT_TIMEOUT)
     }
 
+    /// Moves `bytes` zero bytes over real ssh from `ns` to `root@host:port` and back
+    /// (`head -c | ssh wc -c` up, `ssh head -c` down, each bounded by [`DEFAULT_TIMEOUT`]);
+    /// an error says which way fell short and by how much.
+    pub fn ssh_bulk_both_ways(&self, ns: &str, host: &str, port: u16, bytes: usize) -> Result<()> {
+        let argv = self.ssh_argv(host, port, "wc -c")?;
+        let ssh = shlex::try_join(argv.iter().map(String::as_str))?;
+        let up = self.sh(ns, &format!("head -c {bytes} /dev/zero | {ssh}"))?;
+        ensure!(
+            up.trim() == bytes.to_string(),
+            "[{ns}] up to {host}:{port}: {} of {bytes} bytes arrived",
+            up.trim()
+        );
+        let out = self.ssh_output(ns, host, port, &format!("head -c {bytes} /dev/zero"))?;
+        expect_success(&format!("[{ns}] ssh -p {port} root@{host} head"), &out)?;
+        ensure!(
+            out.stdout.len() == bytes,
+            "[{ns}] down from {host}:{port}: {} of {bytes} bytes arrived",
+            out.stdout.len()
+        );
+        Ok(())
+    }
+
     /// Runs `cmd` over real ssh from `ns` to `root@host:port`; requires success and returns
     /// stdout, trimmed.
     pub fn ssh(&self, ns: &str, host: &str, port: u16, cmd: &str) -> Result<String> {

@@ -42,7 +42,7 @@ use aya::{
 };
 use lb_common::{
     counter, Backend, FrontendKey, Interface, ReverseKey, ReverseValue, RouteCounters, Settings,
-    EGRESS_REDIRECT, ROLE_PUBLIC,
+    CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, ROLE_PUBLIC,
 };
 
 pub use maps::RouteCounterMap;
@@ -130,6 +130,8 @@ pub struct Leg {
     pub ifindex: u32,
     pub role: u8,
     pub egress: u8,
+    /// `CSUM_FULL` or `CSUM_MAY_BE_PARTIAL`, from its driver ([`checksum_kind`]).
+    pub checksum: u8,
 }
 
 impl Leg {
@@ -195,6 +197,19 @@ pub fn tcp_mss_for(mtu: u32) -> u16 {
     u16::try_from(mtu.saturating_sub(40))
         .unwrap_or(u16::MAX)
         .max(536)
+}
+
+/// Whether frames arriving through a device driven by `driver` may carry partial
+/// checksums (only the pseudo-header's sum, CHECKSUM_PARTIAL): a veth, tap or virtio
+/// device hands on what a local stack or a GRO bridge left for offload to finish; a
+/// physical NIC receives from a wire, which always carries complete ones. An unknown
+/// driver is taken to be the former: looking costs a few additions per frame, missing one
+/// costs every such frame.
+pub fn checksum_kind(driver: Option<&str>) -> u8 {
+    match driver {
+        Some(d) if !matches!(d, "veth" | "tun" | "virtio_net") => CSUM_FULL,
+        _ => CSUM_MAY_BE_PARTIAL,
+    }
 }
 
 /// Reads per-route counters by slot; see [`Dataplane::counter_reader`].

@@ -13,10 +13,13 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use lb_common::{map_names, Settings, EGRESS_PASS, PROGRAM_NAME, ROLE_PRIVATE, ROLE_PUBLIC};
+use lb_common::{
+    map_names, Settings, CSUM_MAY_BE_PARTIAL, EGRESS_PASS, PROGRAM_NAME, ROLE_PRIVATE, ROLE_PUBLIC,
+};
 use tracing::{info, warn};
 
 use super::{
+    checksum_kind,
     encode::{addr_be, decode_frontend},
     maps::{map_err, Plain, RouteCounterMap},
     netdev,
@@ -43,11 +46,20 @@ impl XdpDataplane {
         for (name, role) in names {
             let ifindex =
                 sys::ifindex(name).ok_or_else(|| DataplaneError::NoInterface(name.clone()))?;
+            let driver = sys::driver(name);
+            let checksum = checksum_kind(driver.as_deref().ok());
+            let driver = driver.unwrap_or_else(|e| format!("unknown ({e})"));
+            if checksum == CSUM_MAY_BE_PARTIAL {
+                info!(iface = %name, %driver, "partial checksums possible on this leg (a local sender or a GRO bridge may leave them to offload): such frames are rewritten and passed to the kernel, which keeps their checksum state; the rest by the leg's egress");
+            } else {
+                info!(iface = %name, %driver, "full checksums only on this leg (a wire delivers them): every frame by the leg's egress");
+            }
             legs.push(Leg {
                 name: name.clone(),
                 ifindex,
                 role,
                 egress: EGRESS_PASS,
+                checksum,
             });
         }
         prepare_kernel(gw)?;

@@ -208,7 +208,8 @@ impl Dataplane for XdpDataplane {
                     Plain(Interface {
                         role: leg.role,
                         egress,
-                        _pad: [0; 2],
+                        checksum: leg.checksum,
+                        _pad: 0,
                     }),
                     0,
                 )
