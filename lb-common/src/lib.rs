@@ -25,6 +25,7 @@ pub mod map_names {
     pub const ROUTE_COUNTERS: &str = "ROUTE_COUNTERS";
     pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
     pub const TX_PORTS: &str = "TX_PORTS";
+    pub const HAIRPIN: &str = "HAIRPIN";
 }
 
 /// Name of the XDP program in the object file.
@@ -80,6 +81,45 @@ pub struct ReverseValue {
     pub route_id: u32,
 }
 
+/// Capacity of `HAIRPIN`: flows from private legs to the public address at once. An LRU
+/// map, so a full table forgets the flow used longest ago, not the newest.
+pub const MAX_HAIRPIN: u32 = 65536;
+/// A hairpin entry whose client was seen within this time is live: another client's flow
+/// that would translate to the same tuple is refused (`PASS_HAIRPIN_CLASH`) rather than
+/// taking its replies. Two minutes: longer than TCP's TIME_WAIT (60 s on Linux), so a
+/// closed connection's tuple is not handed on while its last segments may still arrive.
+pub const HAIRPIN_LIVE_NS: u64 = 120_000_000_000;
+
+/// Key of `HAIRPIN`: a flow from a private host to `public:P`, as the route's backend
+/// sees it after translation (`public:client_port -> backend`) and so as its replies carry
+/// it back (`backend -> public:client_port`). The client's port is kept, so the key and
+/// the reply's tuple are the same bytes and the reply needs one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct HairpinKey {
+    /// Backend IPv4 address, network byte order.
+    pub backend_addr: u32,
+    /// Backend port, network byte order.
+    pub backend_port: u16,
+    /// The private client's own source port (kept by the translation), network byte order.
+    pub client_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Whose flow a `HAIRPIN` entry is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct HairpinValue {
+    /// The private client's address, network byte order.
+    pub client_addr: u32,
+    pub _pad: u32,
+    /// `Settings::now_ns` when the client last sent on this flow.
+    pub seen_ns: u64,
+}
+
 /// Role of an interface the program is attached to.
 pub const ROLE_PUBLIC: u8 = 1;
 pub const ROLE_PRIVATE: u8 = 2;
@@ -93,6 +133,16 @@ pub const ROLE_PRIVATE: u8 = 2;
 pub const EGRESS_PASS: u8 = 0;
 pub const EGRESS_REDIRECT: u8 = 1;
 
+/// What the L4 checksums of frames arriving on a leg can be.
+/// `CSUM_FULL`: always complete, as a wire delivers them (a physical NIC).
+/// `CSUM_MAY_BE_PARTIAL`: possibly only the pseudo-header's sum (CHECKSUM_PARTIAL), left
+/// for an offload to finish: a veth, tap or virtio device, whose sender (a local stack, or a
+/// bridge that coalesced frames with GRO and split them again) may never have completed
+/// them. XDP cannot see the skb's checksum state, so the program recognises such a frame by
+/// its checksum field and hands it, rewritten, to the kernel, which keeps that state.
+pub const CSUM_FULL: u8 = 0;
+pub const CSUM_MAY_BE_PARTIAL: u8 = 1;
+
 /// Per-interface facts, keyed by ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +150,9 @@ pub const EGRESS_REDIRECT: u8 = 1;
 pub struct Interface {
     pub role: u8,
     pub egress: u8,
-    pub _pad: [u8; 2],
+    /// `CSUM_FULL` or `CSUM_MAY_BE_PARTIAL`.
+    pub checksum: u8,
+    pub _pad: u8,
 }
 
 /// Gateway-wide settings: the single entry of the `SETTINGS` array.
@@ -165,8 +217,20 @@ pub mod counter {
     /// FIB does not forward it): a reply on the gateway's own connection to that backend,
     /// left untouched.
     pub const PASS_LOCAL: u32 = 11;
+    /// From a private leg to a route's public port, but the tuple it would be translated
+    /// to (`public:its port -> backend`) belongs to another private host's live flow: the
+    /// kernel gets it untouched (and refuses it), the client retries from another port.
+    /// (Also a hairpin flow whose entry could not be written.)
+    pub const PASS_HAIRPIN_CLASH: u32 = 12;
+    /// Rewritten, then passed to the kernel because its L4 checksum was partial (only the
+    /// pseudo-header's sum, on a `CSUM_MAY_BE_PARTIAL` leg): the kernel keeps the skb's
+    /// checksum state and the egress completes it; a redirect would lose that state.
+    pub const FWD_PASS_PARTIAL_CSUM: u32 = 13;
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
+    /// Slots of `GLOBAL_COUNTERS`: more than `COUNT`, so that a build with new verdicts
+    /// still fits the map an earlier build pinned.
+    pub const SLOTS: u32 = 32;
 
     /// Names for logs and metrics, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -182,6 +246,8 @@ pub mod counter {
         "fwd_pass_ttl",
         "fwd_pass_frag_needed",
         "pass_local",
+        "pass_hairpin_clash",
+        "fwd_pass_partial_csum",
     ];
 }
 
@@ -199,5 +265,8 @@ mod tests {
         assert_eq!(size_of::<Interface>(), 4);
         assert_eq!(size_of::<Settings>(), 16);
         assert_eq!(size_of::<RouteCounters>(), 40);
+        assert_eq!(size_of::<HairpinKey>(), 12);
+        assert_eq!(size_of::<HairpinValue>(), 16);
+        const { assert!(counter::COUNT <= counter::SLOTS) };
     }
 }

@@ -161,6 +161,40 @@ pub fn l4_csum_nat(
     }
 }
 
+/// The one's-complement sum of the IPv4 pseudo-header (RFC 9293 3.1, RFC 768): both
+/// addresses, the protocol and `l4_len` (the TCP/UDP length as loaded from packet memory,
+/// i.e. network order), unfolded.
+#[inline(always)]
+pub fn pseudo_header_sum(saddr: u32, daddr: u32, protocol: u8, l4_len: u16) -> u32 {
+    let (s_lo, s_hi) = halves(saddr);
+    let (d_lo, d_hi) = halves(daddr);
+    s_lo + s_hi + d_lo + d_hi + u16::from_ne_bytes([0, protocol]) as u32 + l4_len as u32
+}
+
+/// Whether an L4 checksum field holds only the pseudo-header's folded sum, not
+/// complemented: what a stack that leaves the rest to checksum offload writes
+/// (CHECKSUM_PARTIAL; the offload adds the segment and complements). A UDP checksum of 0
+/// means none and is never partial. A complete checksum can equal that value by chance
+/// (about one segment in 65 536 on a leg where partial ones are looked for): it is then
+/// updated as a partial one, which leaves it wrong, and the receiver drops that one
+/// segment, which TCP resends. Telling the two apart for sure would mean summing the
+/// whole segment, for every segment.
+#[inline(always)]
+pub fn is_partial_csum(protocol: u8, check: u16, saddr: u32, daddr: u32, l4_len: u16) -> bool {
+    !(protocol == PROTO_UDP && check == 0)
+        && check == fold(pseudo_header_sum(saddr, daddr, protocol, l4_len))
+}
+
+/// A partial checksum (see [`is_partial_csum`]) after one address changes: only the
+/// pseudo-header part moves, and it is not complemented. Ports and options lie in the
+/// part the offload sums later, so their changes need nothing here.
+#[inline(always)]
+pub fn partial_csum_replace32(check: u16, old_addr: u32, new_addr: u32) -> u16 {
+    let (old_lo, old_hi) = halves(!old_addr);
+    let (new_lo, new_hi) = halves(new_addr);
+    fold(check as u32 + old_lo + old_hi + new_lo + new_hi)
+}
+
 pub const PROTO_ICMP: u8 = 1;
 /// ICMP messages that carry the header of the packet they are about (RFC 792), and so
 /// must be translated like that packet's flow.

@@ -24,18 +24,20 @@ mod program {
         },
         helpers::generated::{bpf_fib_lookup, bpf_xdp_get_buff_len},
         macros::{map, xdp},
-        maps::{Array, DevMapHash, HashMap, PerCpuArray},
+        maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
     use lb_common::{
-        counter, Backend, FrontendKey, Interface, ReverseKey, ReverseValue, RouteCounters,
-        Settings, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
+        counter, Backend, FrontendKey, HairpinKey, HairpinValue, Interface, ReverseKey,
+        ReverseValue, RouteCounters, Settings, CSUM_MAY_BE_PARTIAL, HAIRPIN_LIVE_NS, MAX_HAIRPIN,
+        MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
     };
     use lb_ebpf::{
         clamped_mss, csum_replace32, icmp_embedded_nat, icmp_is_error, ipv4_csum_ttl_decrement,
-        ipv4_shape, l4_checksum_offset, l4_csum_nat, l4_header_len, mss_csum, zero_in_place,
-        EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4, ICMP_HLEN, IPV4_HLEN, PROTO_ICMP,
-        PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
+        ipv4_shape, is_partial_csum, l4_checksum_offset, l4_csum_nat, l4_header_len, mss_csum,
+        partial_csum_replace32, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN,
+        ETH_P_IPV4, ICMP_HLEN, IPV4_HLEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP,
+        TCP_HLEN, TCP_SYN,
     };
 
     const AF_INET: u8 = 2;
@@ -52,9 +54,15 @@ mod program {
     static ROUTE_COUNTERS: PerCpuArray<RouteCounters> =
         PerCpuArray::with_max_entries(MAX_ROUTES, 0);
     #[map(name = "GLOBAL_COUNTERS")]
-    static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+    static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
     #[map(name = "TX_PORTS")]
     static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+    /// Flows from private hosts to the public address (hairpin), by the tuple their replies
+    /// carry: the one state the program keeps, because a private client's address cannot
+    /// be recovered from the translated packet (see `hairpin`).
+    #[map(name = "HAIRPIN")]
+    static HAIRPIN: LruHashMap<HairpinKey, HairpinValue> =
+        LruHashMap::with_max_entries(MAX_HAIRPIN, 0);
 
     /// Frame too short for the headers it claims: the kernel counts and drops those.
     struct Truncated;
@@ -164,6 +172,18 @@ mod program {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
         let (public_addr, now, mss) = (settings.public_addr, settings.now_ns, settings.mss);
+        // SAFETY: `ip` and `l4_check` come from `ptr_at`: inside the packet.
+        let partial = iface.checksum == CSUM_MAY_BE_PARTIAL
+            && unsafe {
+                let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(IPV4_HLEN as u16);
+                is_partial_csum(
+                    protocol,
+                    *l4_check,
+                    (*ip).saddr,
+                    (*ip).daddr,
+                    l4_len.to_be(),
+                )
+            };
         let mut fib = mem::MaybeUninit::uninit();
         let fib: &mut FibParams = zero_in_place(&mut fib);
 
@@ -185,7 +205,8 @@ mod program {
                     return Ok(pass(counter::PASS_NO_ROUTE));
                 };
                 let (new_addr, new_port) = (backend.addr, backend.port);
-                *l4_check = l4_csum_nat(
+                *l4_check = l4_nat(
+                    partial,
                     protocol,
                     *l4_check,
                     (*ip).daddr,
@@ -197,11 +218,22 @@ mod program {
                 (*ip).daddr = new_addr;
                 (*ports).dst = new_port;
                 if protocol == PROTO_TCP {
-                    clamp_mss(ctx, l4, l4_check, mss);
+                    clamp_mss(ctx, l4, l4_check, mss, partial);
                 }
                 account(ctx, backend.route_id, true, now);
+                if partial {
+                    return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
+                }
                 let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, (*ip).saddr);
                 Ok(forward(eth, ip, protocol, fib, rc))
+            } else if iface.role == ROLE_PRIVATE && (*ip).daddr == public_addr && public_addr != 0 {
+                hairpin(
+                    ctx,
+                    (eth, ip, ports, l4_check),
+                    (protocol, partial),
+                    fib,
+                    (ifindex, public_addr, now, mss),
+                )
             } else if iface.role == ROLE_PRIVATE && public_addr != 0 {
                 let key = ReverseKey {
                     addr: (*ip).saddr,
@@ -222,7 +254,8 @@ mod program {
                     return Ok(pass(counter::PASS_LOCAL));
                 }
                 let new_port = rev.public_port;
-                *l4_check = l4_csum_nat(
+                *l4_check = l4_nat(
+                    partial,
                     protocol,
                     *l4_check,
                     (*ip).saddr,
@@ -234,13 +267,164 @@ mod program {
                 (*ip).saddr = public_addr;
                 (*ports).src = new_port;
                 if protocol == PROTO_TCP {
-                    clamp_mss(ctx, l4, l4_check, mss);
+                    clamp_mss(ctx, l4, l4_check, mss, partial);
                 }
                 account(ctx, rev.route_id, false, now);
+                if partial {
+                    return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
+                }
                 Ok(forward(eth, ip, protocol, fib, rc))
             } else {
                 Ok(pass(counter::PASS_NO_ROUTE))
             }
+        }
+    }
+
+    /// A packet from a private leg to the public address: a private host reaching a route
+    /// by its public port, or a backend answering such a flow (hairpin NAT).
+    ///
+    /// The request's destination becomes the route's backend, as from outside, and its
+    /// source the public address with the client's own port kept. The source must change:
+    /// a backend on the client's own leg would answer the client directly, from its own
+    /// address, which the client never connected to. Its reply (`backend -> public:port`)
+    /// then comes back through the gateway, where `HAIRPIN`, keyed by exactly that tuple,
+    /// gives the client's address; the reply leaves from `public:P`, the address the
+    /// client connected to. The tuple has no room to carry the client's address (48 bits
+    /// of address and port in a 16-bit port), hence the one map entry per flow, written
+    /// only on this path.
+    #[inline(always)]
+    fn hairpin(
+        ctx: &XdpContext,
+        (eth, ip, ports, l4_check): (*mut EthHdr, *mut Ipv4Hdr, *mut Ports, *mut u16),
+        (protocol, partial): (u8, bool),
+        fib: &mut FibParams,
+        (ifindex, public_addr, now, mss): (u32, u32, u64, u16),
+    ) -> Result<u32, Truncated> {
+        // SAFETY: the four pointers come from `ptr_at` in `try_srvgate`: inside the packet,
+        // which the program may write and nothing else touches during the run. Map
+        // references are used only during this run (see `try_srvgate`); a `HAIRPIN` value
+        // may be written by another CPU meanwhile (the same flow's packets on two queues),
+        // which at worst stamps `seen_ns` twice.
+        unsafe {
+            let (saddr, sport, dport) = ((*ip).saddr, (*ports).src, (*ports).dst);
+            let rev = REVERSE.get(ReverseKey {
+                addr: saddr,
+                port: sport,
+                protocol,
+                _pad: 0,
+            });
+            if let Some(rev) = rev {
+                let key = HairpinKey {
+                    backend_addr: saddr,
+                    backend_port: sport,
+                    client_port: dport,
+                    protocol,
+                    _pad: [0; 3],
+                };
+                if let Some(flow) = HAIRPIN.get(key) {
+                    // A backend's reply to a private client: from `public:P`, to the client.
+                    let to = ((public_addr, rev.public_port), (flow.client_addr, dport));
+                    return Ok(rewrite_both(
+                        ctx,
+                        (eth, ip, ports, l4_check),
+                        (protocol, partial),
+                        to,
+                        (rev.route_id, false),
+                        fib,
+                        (ifindex, public_addr, now, mss),
+                    ));
+                }
+            }
+            let Some(backend) = FRONTENDS.get(FrontendKey {
+                port: dport,
+                protocol,
+                _pad: 0,
+            }) else {
+                // A backend answering the gateway's own connection from the public address,
+                // or a private host using one of the gateway's own services.
+                return Ok(pass(if rev.is_some() {
+                    counter::PASS_LOCAL
+                } else {
+                    counter::PASS_NO_ROUTE
+                }));
+            };
+            let (new_addr, new_port, route_id) = (backend.addr, backend.port, backend.route_id);
+            let key = HairpinKey {
+                backend_addr: new_addr,
+                backend_port: new_port,
+                client_port: sport,
+                protocol,
+                _pad: [0; 3],
+            };
+            match HAIRPIN.get_ptr_mut(key) {
+                Some(flow) if (*flow).client_addr == saddr => (*flow).seen_ns = now,
+                Some(flow) if now.wrapping_sub((*flow).seen_ns) < HAIRPIN_LIVE_NS => {
+                    return Ok(pass(counter::PASS_HAIRPIN_CLASH));
+                }
+                Some(flow) => {
+                    (*flow).client_addr = saddr;
+                    (*flow).seen_ns = now;
+                }
+                None => {
+                    let value = HairpinValue {
+                        client_addr: saddr,
+                        _pad: 0,
+                        seen_ns: now,
+                    };
+                    if HAIRPIN.insert(key, value, 0).is_err() {
+                        // Cannot happen to an LRU map short of memory; the kernel decides.
+                        return Ok(pass(counter::PASS_HAIRPIN_CLASH));
+                    }
+                }
+            }
+            Ok(rewrite_both(
+                ctx,
+                (eth, ip, ports, l4_check),
+                (protocol, partial),
+                ((public_addr, sport), (new_addr, new_port)),
+                (route_id, true),
+                fib,
+                (ifindex, public_addr, now, mss),
+            ))
+        }
+    }
+
+    /// Rewrites both ends of a hairpin packet to `to` (source, destination: address and
+    /// port), with its checksums, clamps a SYN's MSS, counts it for `route` (inbound or
+    /// not) and sends it on as from the public address.
+    #[inline(always)]
+    fn rewrite_both(
+        ctx: &XdpContext,
+        (eth, ip, ports, l4_check): (*mut EthHdr, *mut Ipv4Hdr, *mut Ports, *mut u16),
+        (protocol, partial): (u8, bool),
+        ((saddr, sport), (daddr, dport)): ((u32, u16), (u32, u16)),
+        (route_id, inbound): (u32, bool),
+        fib: &mut FibParams,
+        (ifindex, public_addr, now, mss): (u32, u32, u64, u16),
+    ) -> u32 {
+        // SAFETY: as in `hairpin`, which these pointers come from.
+        unsafe {
+            let (old_saddr, old_daddr) = ((*ip).saddr, (*ip).daddr);
+            let (old_sport, old_dport) = ((*ports).src, (*ports).dst);
+            let check = l4_nat(
+                partial, protocol, *l4_check, old_saddr, saddr, old_sport, sport,
+            );
+            *l4_check = l4_nat(partial, protocol, check, old_daddr, daddr, old_dport, dport);
+            let check = csum_replace32((*ip).check, old_saddr, saddr);
+            (*ip).check = csum_replace32(check, old_daddr, daddr);
+            (*ip).saddr = saddr;
+            (*ip).daddr = daddr;
+            (*ports).src = sport;
+            (*ports).dst = dport;
+            if protocol == PROTO_TCP {
+                clamp_mss(ctx, ETH_HLEN + IPV4_HLEN, l4_check, mss, partial);
+            }
+            account(ctx, route_id, inbound, now);
+            if partial {
+                return pass(counter::FWD_PASS_PARTIAL_CSUM);
+            }
+            let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr);
+            forward(eth, ip, protocol, fib, rc)
         }
     }
 
@@ -371,13 +555,33 @@ mod program {
         }
     }
 
+    /// The L4 checksum after one address and one port change: a complete one is updated
+    /// for both (RFC 1624), a partial one (only the pseudo-header's sum, left to checksum
+    /// offload) for the address alone, as the port lies in the part offload sums later.
+    #[inline(always)]
+    fn l4_nat(
+        partial: bool,
+        protocol: u8,
+        check: u16,
+        old_addr: u32,
+        new_addr: u32,
+        old_port: u16,
+        new_port: u16,
+    ) -> u16 {
+        if partial {
+            partial_csum_replace32(check, old_addr, new_addr)
+        } else {
+            l4_csum_nat(protocol, check, old_addr, new_addr, old_port, new_port)
+        }
+    }
+
     /// Lowers the MSS option of a SYN or SYN-ACK in the TCP header at `l4` to `max`, keeping
     /// the checksum right, so that neither end sends segments bigger than the smallest leg
     /// carries (as `TCPMSS --clamp-mss-to-pmtu` would). The option is looked for where every
     /// TCP stack puts it: first, after up to three NOPs. Constant offsets only: a walk with
     /// a variable offset made LLVM shift the packet pointer, which the verifier refuses.
     #[inline(always)]
-    fn clamp_mss(ctx: &XdpContext, l4: usize, l4_check: *mut u16, max: u16) {
+    fn clamp_mss(ctx: &XdpContext, l4: usize, l4_check: *mut u16, max: u16, partial: bool) {
         if max == 0 {
             return;
         }
@@ -390,10 +594,10 @@ mod program {
         if flags & TCP_SYN == 0 || doff >> 4 < 6 {
             return;
         }
-        let _ = clamp_mss_at::<0>(ctx, l4, l4_check, max)
-            || clamp_mss_at::<1>(ctx, l4, l4_check, max)
-            || clamp_mss_at::<2>(ctx, l4, l4_check, max)
-            || clamp_mss_at::<3>(ctx, l4, l4_check, max);
+        let _ = clamp_mss_at::<0>(ctx, l4, l4_check, max, partial)
+            || clamp_mss_at::<1>(ctx, l4, l4_check, max, partial)
+            || clamp_mss_at::<2>(ctx, l4, l4_check, max, partial)
+            || clamp_mss_at::<3>(ctx, l4, l4_check, max, partial);
     }
 
     /// The MSS option after `NOPS` NOP options, if it is there: clamped; returns whether it
@@ -404,6 +608,7 @@ mod program {
         l4: usize,
         l4_check: *mut u16,
         max: u16,
+        partial: bool,
     ) -> bool {
         let at = l4 + TCP_HLEN;
         let Ok(option) = ptr_at::<[u8; 4]>(ctx, at + NOPS) else {
@@ -428,9 +633,12 @@ mod program {
         let old = u16::from_be_bytes([option[2], option[3]]);
         if let Some(new) = clamped_mss(old, max) {
             [option[2], option[3]] = new.to_be_bytes();
-            // SAFETY: `l4_check` comes from `ptr_at`: inside the packet, written by nothing
-            // else during the run.
-            unsafe { *l4_check = mss_csum(*l4_check, TCP_HLEN + NOPS + 2, old, new) };
+            // A partial checksum does not cover the options yet: offload sums them later.
+            if !partial {
+                // SAFETY: `l4_check` comes from `ptr_at`: inside the packet, written by
+                // nothing else during the run.
+                unsafe { *l4_check = mss_csum(*l4_check, TCP_HLEN + NOPS + 2, old, new) };
+            }
         }
         true
     }

@@ -364,3 +364,54 @@ fn no_clamp_without_a_maximum_or_below_it() {
     assert_eq!(clamped_mss(1360, 1360), None);
     assert_eq!(clamped_mss(1460, 1360), Some(1360));
 }
+
+/// What checksum offload finishes: the segment's sum with the partial field in it,
+/// complemented.
+fn completed(p: &Packet) -> u16 {
+    !fold(ones_sum(&p.bytes[IPV4_HLEN..]))
+}
+
+proptest! {
+    /// A segment whose sender left its checksum to offload (only the pseudo-header's sum
+    /// in it) is recognised, and after a rewrite of an address and a port the offload
+    /// still completes it to the checksum computed from scratch.
+    #[test]
+    fn partial_checksums_are_recognised_and_stay_completable(
+        protocol in protocol(),
+        src in any::<[u8; 4]>(),
+        dst in any::<[u8; 4]>(),
+        ports in any::<(u16, u16)>(),
+        new_dst in any::<[u8; 4]>(),
+        new_port in any::<u16>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut p = Packet::build(protocol, (src, ports.0), (dst, ports.1), 64, &payload, false);
+        let full = p.load16(p.l4_check_at());
+        let l4_len = ((p.bytes.len() - IPV4_HLEN) as u16).to_be();
+        let (saddr, daddr) = (p.load32(12), p.load32(16));
+        let partial = fold(pseudo_header_sum(saddr, daddr, protocol, l4_len));
+        prop_assume!(full != partial);
+        prop_assert!(!is_partial_csum(protocol, full, saddr, daddr, l4_len));
+        prop_assert!(is_partial_csum(protocol, partial, saddr, daddr, l4_len));
+        let ck = p.l4_check_at();
+        p.store16(ck, partial);
+        prop_assert!(same_ones_complement(completed(&p), p.recomputed_l4()));
+
+        // The program's steps for a partial segment: the address in the pseudo-header,
+        // nothing for the port.
+        let new_daddr = u32::from_ne_bytes(new_dst);
+        p.store16(ck, partial_csum_replace32(partial, daddr, new_daddr));
+        p.store32(16, new_daddr);
+        p.store16(IPV4_HLEN + 2, u16::from_ne_bytes(new_port.to_be_bytes()));
+        let still = p.load16(ck);
+        let want_partial = fold(pseudo_header_sum(saddr, new_daddr, protocol, l4_len));
+        prop_assert!(same_ones_complement(still, want_partial));
+        let (done, want) = (completed(&p), p.recomputed_l4());
+        prop_assert!(same_ones_complement(done, want), "completed {done:#06x}, from scratch {want:#06x}");
+    }
+}
+
+#[test]
+fn a_udp_checksum_of_zero_is_never_partial() {
+    assert!(!is_partial_csum(PROTO_UDP, 0, 0, 0, 0));
+}

@@ -19,8 +19,8 @@
 //! (terminal or journal output) and `notify` (systemd readiness).
 //!
 //! Without the `gateway` feature only what the students' verbs need is built (`api`'s
-//! types, `config`'s rules, `users`, `student`, `docs`), so that the client builds for any
-//! OS.
+//! types, `config`'s rules with the route table they check against, `users`, `student`,
+//! `docs`), so that the client builds for any OS.
 pub mod cli;
 pub mod config;
 #[cfg(feature = "gateway")]

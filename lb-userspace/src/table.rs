@@ -6,7 +6,6 @@
 pub mod accounts;
 #[cfg(feature = "gateway")]
 pub mod cluster;
-#[cfg(feature = "gateway")]
 pub mod routes;
 #[cfg(feature = "gateway")]
 pub mod state;

@@ -146,11 +146,10 @@ fn xdp_prog_id(lab: &Lab, dev: &str) -> Option<u64> {
 /// it -> both stop. Validation errors name the field; config routes are not the API's.
 #[test]
 fn a_runtime_route_forwards_and_answers_until_removed() {
-    if skip_unless_root("a_runtime_route_forwards_and_answers_until_removed") {
+    let Some(lab) = Lab::for_test("a_runtime_route_forwards_and_answers_until_removed", "eadd")
+    else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("eadd").expect("building the lab");
+    };
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     lab.start_sshd(&lab.b2, "sg-b2").unwrap();
     let cfg = config(
@@ -343,11 +342,12 @@ fn a_runtime_route_forwards_and_answers_until_removed() {
 /// DNS; a full range refuses the next add with a clear error.
 #[test]
 fn two_hundred_routes_fill_the_range_and_the_next_is_refused() {
-    if skip_unless_root("two_hundred_routes_fill_the_range_and_the_next_is_refused") {
+    let Some(lab) = Lab::for_test(
+        "two_hundred_routes_fill_the_range_and_the_next_is_refused",
+        "e200",
+    ) else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("e200").expect("building the lab");
+    };
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     lab.start_sshd(&lab.b2, "sg-b2").unwrap();
     lab.start_sshd_on(&lab.b1, "sg-b1-2200", "0.0.0.0", 2200)
@@ -498,11 +498,10 @@ fn two_hundred_routes_fill_the_range_and_the_next_is_refused() {
 /// removes everything.
 #[test]
 fn restarts_keep_ports_and_never_interrupt_forwarding() {
-    if skip_unless_root("restarts_keep_ports_and_never_interrupt_forwarding") {
+    let Some(lab) = Lab::for_test("restarts_keep_ports_and_never_interrupt_forwarding", "erst")
+    else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("erst").expect("building the lab");
+    };
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     lab.start_iperf3_server(&lab.b1, 5201).unwrap();
     let cfg = lab
@@ -693,11 +692,9 @@ fn restarts_keep_ports_and_never_interrupt_forwarding() {
 /// runtime route and the idle config route stay.
 #[test]
 fn reclaim_releases_only_the_idle_runtime_route() {
-    if skip_unless_root("reclaim_releases_only_the_idle_runtime_route") {
+    let Some(lab) = Lab::for_test("reclaim_releases_only_the_idle_runtime_route", "ercl") else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("ercl").expect("building the lab");
+    };
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     let cfg = config(
         &[RouteSpec::tcp(
@@ -766,11 +763,9 @@ fn reclaim_releases_only_the_idle_runtime_route() {
 /// leaves runtime routes alone, and refuses a config that clashes with them.
 #[test]
 fn sighup_applies_a_config_diff_without_detaching() {
-    if skip_unless_root("sighup_applies_a_config_diff_without_detaching") {
+    let Some(lab) = Lab::for_test("sighup_applies_a_config_diff_without_detaching", "ehup") else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("ehup").expect("building the lab");
+    };
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     lab.start_sshd(&lab.b2, "sg-b2").unwrap();
     let b1 = format!("{B1_IP}:22");
@@ -873,11 +868,9 @@ fn sighup_applies_a_config_diff_without_detaching() {
 /// file), is left as it was, and nothing is attached; a valid one is loaded.
 #[test]
 fn a_corrupt_state_file_is_refused() {
-    if skip_unless_root("a_corrupt_state_file_is_refused") {
+    let Some(lab) = Lab::for_test("a_corrupt_state_file_is_refused", "ecor") else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("ecor").expect("building the lab");
+    };
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     let cfg = lab.write_file("srvgate.toml", &config(&[], |c| c)).unwrap();
     let state = lab.state_dir();
@@ -968,11 +961,9 @@ fn mode(path: &Path) -> u32 {
 /// peer's uid even when the modes are loosened.
 #[test]
 fn the_control_socket_refuses_non_root_users() {
-    if skip_unless_root("the_control_socket_refuses_non_root_users") {
+    let Some(lab) = Lab::for_test("the_control_socket_refuses_non_root_users", "eperm") else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("eperm").expect("building the lab");
+    };
     let cfg = lab.write_file("srvgate.toml", &config(&[], |c| c)).unwrap();
     lab.start_srvgate(&cfg, &[]).unwrap();
     let socket = lab.socket_path();
@@ -1041,11 +1032,12 @@ fn the_control_socket_refuses_non_root_users() {
 /// XDP) exits with the attach error and leaves no leg attached and nothing pinned.
 #[test]
 fn a_start_that_cannot_attach_everywhere_leaves_nothing_behind() {
-    if skip_unless_root("a_start_that_cannot_attach_everywhere_leaves_nothing_behind") {
+    let Some(lab) = Lab::for_test(
+        "a_start_that_cannot_attach_everywhere_leaves_nothing_behind",
+        "efail",
+    ) else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("efail").expect("building the lab");
+    };
     lab.exec_ok(&lab.gw, &["ip", "link", "add", "br0", "type", "bridge"])
         .unwrap();
     lab.exec_ok(&lab.gw, &["ip", "link", "set", "br0", "up"])

@@ -279,11 +279,9 @@ fn xdp_forwards_not_the_kernel() {
 /// plus fragments under `#[xdp(frags)]`; `srvgate_route_bytes_total` counts whole frames.
 #[test]
 fn byte_counters_count_whole_jumbo_frames() {
-    if skip_unless_root("byte_counters_count_whole_jumbo_frames") {
+    let Some(lab) = Lab::for_test("byte_counters_count_whole_jumbo_frames", "fjumbo") else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("fjumbo").expect("building the lab");
+    };
     let legs = [
         (&lab.client, "eth0"),
         (&lab.gw, PUBLIC_IF),
@@ -407,11 +405,9 @@ fn the_gateways_own_connections_to_routed_backends_are_left_alone() {
 /// field, and leave no XDP program attached.
 #[test]
 fn bad_configs_are_refused() {
-    if skip_unless_root("bad_configs_are_refused") {
+    let Some(lab) = Lab::for_test("bad_configs_are_refused", "fbad") else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("fbad").expect("building the lab");
+    };
     let good = config_toml(&routes());
     // 250 characters: `check_domain` takes it, but the routes' names would not fit.
     let long_zone = format!("zone = \"{}example\"", "abcdefghi.".repeat(24) + "ab.");
@@ -566,11 +562,9 @@ fn bad_configs_are_refused() {
 /// covers that.)
 #[test]
 fn sigterm_detaches_and_exits_zero() {
-    if skip_unless_root("sigterm_detaches_and_exits_zero") {
+    let Some(lab) = Lab::for_test("sigterm_detaches_and_exits_zero", "fterm") else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("fterm").expect("building the lab");
+    };
     let config = lab
         .write_file("srvgate.toml", &config_toml(&routes()))
         .unwrap();

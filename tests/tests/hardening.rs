@@ -117,11 +117,12 @@ fn still_serving(lab: &Lab, when: &str) -> Vec<String> {
 /// closes the rest at once, and everything else keeps working.
 #[test]
 fn a_thousand_dns_tcp_clients_take_no_one_else_s_descriptors() {
-    if skip_unless_root("a_thousand_dns_tcp_clients_take_no_one_else_s_descriptors") {
+    let Some(lab) = Lab::for_test(
+        "a_thousand_dns_tcp_clients_take_no_one_else_s_descriptors",
+        "hfds",
+    ) else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("hfds").expect("building the lab");
+    };
     let config = lab
         .write_file("srvgate.toml", &config_toml(&routes()))
         .unwrap();
@@ -199,11 +200,12 @@ fn a_thousand_dns_tcp_clients_take_no_one_else_s_descriptors() {
 /// no large query.
 #[test]
 fn a_flood_of_malformed_or_large_queries_floods_neither_log_nor_memory() {
-    if skip_unless_root("a_flood_of_malformed_or_large_queries_floods_neither_log_nor_memory") {
+    let Some(lab) = Lab::for_test(
+        "a_flood_of_malformed_or_large_queries_floods_neither_log_nor_memory",
+        "hflood",
+    ) else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("hflood").expect("building the lab");
+    };
     let config = lab
         .write_file("srvgate.toml", &config_toml(&routes()))
         .unwrap();
@@ -300,11 +302,9 @@ fn a_flood_of_malformed_or_large_queries_floods_neither_log_nor_memory() {
 /// COOKIE of length 5 gets FORMERR; answers copy the question's case (dig's 0x20 check).
 #[test]
 fn answers_follow_knot_and_the_rfcs() {
-    if skip_unless_root("answers_follow_knot_and_the_rfcs") {
+    let Some(lab) = Lab::for_test("answers_follow_knot_and_the_rfcs", "hrfc") else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("hrfc").expect("building the lab");
+    };
     let config = lab
         .write_file("srvgate.toml", &config_toml(&routes()))
         .unwrap();

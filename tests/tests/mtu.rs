@@ -38,27 +38,9 @@ fn a_narrow_public_leg_delivers_every_byte_both_ways() {
         "{log}"
     );
 
-    // Down: the backend's segments cross the narrow leg.
-    let cmd = format!("head -c {BYTES} /dev/zero");
-    let out = lab.ssh_output(&lab.client, PUBLIC_IP, 30001, &cmd).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout.len(), BYTES, "bytes that reached the client");
-
-    // Up: the client's segments cross it the other way.
-    let argv = lab.ssh_argv(PUBLIC_IP, 30001, "wc -c").unwrap();
-    let ssh = shlex::try_join(argv.iter().map(String::as_str)).unwrap();
-    let received = lab
-        .sh(&lab.client, &format!("head -c {BYTES} /dev/zero | {ssh}"))
+    // Both ways: the backend's segments cross the narrow leg down, the client's up.
+    lab.ssh_bulk_both_ways(&lab.client, PUBLIC_IP, 30001, BYTES)
         .unwrap();
-    assert_eq!(
-        received.trim(),
-        BYTES.to_string(),
-        "bytes that reached the backend"
-    );
 }
 
 /// A 1400-byte hop between two routers beyond the gateway: the far host announces a

@@ -94,11 +94,12 @@ fn ssh_hostname(lab: &Lab, target: &str) -> Output {
 
 #[test]
 fn a_student_with_a_token_gets_an_ssh_endpoint_by_name_and_keeps_it_until_released() {
-    if skip_unless_root("a_student_with_a_token_gets_an_ssh_endpoint_by_name") {
+    let Some(lab) = Lab::for_test(
+        "a_student_with_a_token_gets_an_ssh_endpoint_by_name",
+        "stud",
+    ) else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("stud").expect("building the lab");
+    };
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     lab.start_sshd(&lab.b2, "sg-b2").unwrap();
     lab.set_resolver(&lab.client, PUBLIC_IP).unwrap();

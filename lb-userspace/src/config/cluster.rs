@@ -1,5 +1,5 @@
 //! `[cluster]`: the etcd endpoints through which several gateways share one table, and this
-//! gateway's name among them. Pure validation; the store itself is `crate::cluster`.
+//! gateway's name among them. Pure validation; the store itself is `crate::table::cluster`.
 
 use serde::Deserialize;
 

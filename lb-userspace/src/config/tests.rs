@@ -1,3 +1,5 @@
+#[cfg(feature = "gateway")]
+use super::machine::{parse_port_list, parse_port_pair, Machine};
 use super::*;
 use std::time::Duration;
 
@@ -132,6 +134,47 @@ fn a_duplicate_route_is_refused() {
     ));
     assert_eq!(p[0].field, "route[3].name");
     assert!(p[0].reason.contains("alice/ssh/tcp"), "{}", p[0]);
+}
+
+/// The file's clashes are the route table's (the one owner of uniqueness), in its words,
+/// plus which earlier route[N] holds the name, port or backend.
+#[test]
+fn clashes_are_the_route_tables_and_name_the_earlier_route() {
+    use crate::table::routes::{RouteTable, Source};
+    let mut table = RouteTable::new();
+    for r in parse(GOOD).unwrap().routes {
+        table
+            .insert(r, Source::Config, std::time::UNIX_EPOCH, None)
+            .unwrap();
+    }
+    for (name, backend, port, field) in [
+        ("alice", "10.0.0.12:22", 30005, "name"),
+        ("bob", "10.0.0.12:22", 30001, "port"),
+        ("bob", "10.0.0.11:22", 30005, "backend"),
+    ] {
+        let p = problems(&with_route(&format!(
+            "name = \"{name}\"\nservice = \"ssh\"\nbackend = \"{backend}\"\nport = {port}"
+        )));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, format!("route[3].{field}"));
+        // The same route alone in a file, as the table would be offered it.
+        let header = GOOD.split("[[route]]").next().unwrap();
+        let route = parse(&format!(
+            "{header}[[route]]\nname = \"{name}\"\nservice = \"ssh\"\nbackend = \"{backend}\"\nport = {port}\n"
+        ))
+        .unwrap()
+        .routes
+        .remove(0);
+        let clash = table.check_conflicts(&route, None).unwrap_err();
+        assert_eq!(clash.error.field, field);
+        assert_eq!(p[0].reason, format!("{}; see route[1]", clash.error.reason));
+    }
+    // What the table allows, the file does too: a tcp and a udp route may share a port
+    // and a backend.
+    let c = parse(&with_route(
+        "name = \"alice\"\nservice = \"ssh-udp\"\nprotocol = \"udp\"\nbackend = \"10.0.0.11:22\"\nport = 30002",
+    ));
+    assert!(c.is_ok(), "{c:?}");
 }
 
 #[test]
@@ -581,4 +624,39 @@ fn proxy_protocol_is_a_route_option() {
 
 fn fields(text: &str) -> Vec<String> {
     problems(text).into_iter().map(|p| p.field).collect()
+}
+
+/// `[http]` and `[https]` go through one check: the same mistakes give the same problems,
+/// each under its own section.
+#[test]
+fn http_and_https_sections_are_checked_alike() {
+    let base = "[gateway]\npublic_interface = \"eth0\"\nprivate_interfaces = [\"eth1\"]\npublic_ipv4 = \"203.0.113.10\"\n";
+    let bad_section = |name: &str| {
+        format!(
+            "{base}[{name}]\nlisten = []\nservice = \"Bad_Label\"\nmax_connections = 0\nheader_timeout = \"0s\"\nidle_timeout = \"soon\"\n"
+        )
+    };
+    let fields = |name: &str| -> Vec<(String, String)> {
+        problems(&bad_section(name))
+            .into_iter()
+            .map(|p| (p.field.replacen(name, "SECTION", 1), p.reason))
+            .collect()
+    };
+    let http = fields("http");
+    assert_eq!(
+        http.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+        [
+            "SECTION",
+            "SECTION.listen",
+            "SECTION.service",
+            "SECTION.max_connections",
+            "SECTION.header_timeout",
+            "SECTION.idle_timeout"
+        ]
+    );
+    let https: Vec<_> = fields("https")
+        .into_iter()
+        .map(|(f, r)| (f, r.replace("0.0.0.0:443", "0.0.0.0:80")))
+        .collect();
+    assert_eq!(http, https);
 }

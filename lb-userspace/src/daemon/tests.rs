@@ -1,6 +1,19 @@
 use std::net::SocketAddrV4;
 
+use std::path::Path;
+
+use tokio::sync::mpsc;
+
+use super::control::Handle;
+use super::lifecycle::{event_loop, finish};
+use super::routes::{restart_sections, stored_routes};
 use super::*;
+use crate::config::RouteRequest;
+use crate::kernel::dataplane::Counters;
+use crate::serve::api::{ClaimRequest, Control, Shutdown, UserRequest};
+use crate::table::cluster::Remote;
+use crate::table::routes::{Entry, Source};
+use crate::table::state::{RouteChange, StoredRoute};
 use crate::{
     config::{PortRange, Protocol, Route},
     testing::{FakeDataplane, FakeStore},

@@ -26,6 +26,49 @@ pub fn netdev_stat(name: &str, stat: &str) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// The kernel driver behind interface `name` (`veth`, `virtio_net`, `tun`, `mlx5_core`,
+/// ...), as `ethtool -i` shows it: the `ETHTOOL_GDRVINFO` ioctl, which every driver answers.
+pub fn driver(name: &str) -> io::Result<String> {
+    /// `struct ethtool_drvinfo` (linux/ethtool.h): the command, the driver's name, then
+    /// version strings and counts this code does not read (196 bytes in all).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    // SAFETY: `ifreq` is plain C data, valid all-zero.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: plain socket(2) call; the descriptor is owned right below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `ifr` names the device (NUL-terminated: zeroed, name shorter than IFNAMSIZ)
+    // and points at `info`, a live `ethtool_drvinfo` the kernel writes at most its size of.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..len]).into_owned())
+}
+
 /// The MTU of interface `name` (from sysfs, as seen from this process's namespace).
 pub fn mtu(name: &str) -> Option<u32> {
     let path = format!("/sys/class/net/{name}/mtu");

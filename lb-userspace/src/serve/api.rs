@@ -33,7 +33,13 @@ pub const DEFAULT_SOCKET: &str = "/run/srvgate/control.sock";
 
 // The socket's server and client: the gateway's side, Unix only.
 #[cfg(feature = "gateway")]
+mod request;
+#[cfg(feature = "gateway")]
 mod socket;
+#[cfg(feature = "gateway")]
+pub(crate) use request::read_request;
+#[cfg(all(test, feature = "gateway"))]
+pub(crate) use request::{parse_head, Head};
 #[cfg(feature = "gateway")]
 pub use socket::*;
 

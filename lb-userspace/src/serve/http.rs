@@ -22,13 +22,15 @@ use tokio::{
         TcpListener, TcpStream,
     },
     sync::Semaphore,
-    task::JoinHandle,
 };
 use tracing::{debug, info};
 
 use crate::{
     config::{self, WebLimits},
-    serve::web::{self, proxy_header, Admission, Failure, Hosts, Peers, Reader, Refused, Stats},
+    serve::web::{
+        self, proxy_header, Failure, Peers, Reader, Refused, Router, RouterCore, RouterServer,
+        Stats,
+    },
 };
 
 pub use head::{normalize_host, parse_request, parse_response, Body, Reject, MAX_REQUEST_HEAD};
@@ -126,23 +128,17 @@ fn failure_page(f: Failure, detail: &str) -> Vec<u8> {
     error_response(status, reason, &body)
 }
 
-struct Shared {
-    hosts: Hosts,
-    limits: WebLimits,
+/// The HTTP router's state, shared by its connections.
+pub struct HttpRouter {
+    core: RouterCore,
     forwarded_for: bool,
-    admission: Arc<Admission>,
     refusing: Arc<Semaphore>,
-    stats: Stats,
 }
 
-/// The running HTTP router. Dropping it stops accepting; connections in flight finish.
-pub struct HttpServer {
-    shared: Arc<Shared>,
-    addrs: Vec<SocketAddr>,
-    accept_tasks: Vec<JoinHandle<()>>,
-}
+/// The running HTTP router.
+pub type HttpServer = RouterServer<HttpRouter>;
 
-impl HttpServer {
+impl RouterServer<HttpRouter> {
     /// Binds every listen address and routes `NAME.<service>.<zone>` to the backends of
     /// `routes`.
     pub async fn start(
@@ -152,91 +148,41 @@ impl HttpServer {
     ) -> Result<HttpServer, HttpError> {
         let listeners = bind_all("http", &cfg.listen).await?;
         let suffix = format!("{}.{}", cfg.service, zone).to_ascii_lowercase();
-        let shared = Arc::new(Shared {
-            hosts: Hosts::new(&cfg.service, vec![suffix], routes),
-            limits: cfg.limits.clone(),
-            forwarded_for: cfg.forwarded_for,
-            admission: Admission::new(&cfg.limits),
-            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
-            stats: Stats::default(),
-        });
-        let addrs: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
-        let accept_tasks = listeners
-            .into_iter()
-            .map(|(l, local)| tokio::spawn(accept_loop(l, local, shared.clone())))
-            .collect();
-        info!(hosts = %shared.hosts.patterns(), listen = ?addrs, "HTTP routing by Host header started");
-        Ok(HttpServer {
-            shared,
-            addrs,
-            accept_tasks,
-        })
-    }
-
-    /// Takes the new route table; the next request on every connection is routed by it.
-    pub fn update(&self, routes: &[config::Route]) {
-        self.shared.hosts.update(routes);
-    }
-
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.addrs.clone()
-    }
-
-    pub fn sample(&self) -> web::RouterSample {
-        self.shared
-            .stats
-            .sample("http", self.shared.admission.open())
+        let server = RouterServer::spawn(
+            listeners,
+            Arc::new(HttpRouter {
+                core: RouterCore::new(&cfg.service, vec![suffix], routes, &cfg.limits),
+                forwarded_for: cfg.forwarded_for,
+                refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            }),
+        );
+        info!(hosts = %server.shared().core.hosts.patterns(), listen = ?server.local_addrs(), "HTTP routing by Host header started");
+        Ok(server)
     }
 }
 
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        for t in &self.accept_tasks {
-            t.abort();
+impl Router for HttpRouter {
+    const NAME: &'static str = "http";
+    const WHAT: &'static str = "HTTP router";
+
+    fn core(&self) -> &RouterCore {
+        &self.core
+    }
+
+    async fn serve(self: Arc<Self>, client: TcpStream, peers: Peers) {
+        serve(client, peers, &self).await;
+    }
+
+    fn refuse(self: &Arc<Self>, client: TcpStream, peer: SocketAddr, refused: Refused) {
+        if refused == Refused::Full {
+            debug!(%peer, "HTTP: max_connections reached");
         }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, local: SocketAddr, shared: Arc<Shared>) {
-    let mut backoff = crate::kernel::fds::AcceptBackoff::new("HTTP router");
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(c) => {
-                backoff.accepted();
-                c
-            }
-            Err(error) => {
-                backoff.failed(&error).await;
-                continue;
-            }
-        };
-        Stats::count(&shared.stats.connections, 1);
-        let shared = shared.clone();
-        match shared.admission.admit(peer.ip()) {
-            Ok(slot) => {
-                tokio::spawn(async move {
-                    let peers = Peers {
-                        client: peer,
-                        local,
-                    };
-                    serve(client, peers, &shared).await;
-                    drop(slot);
-                });
-            }
-            Err(refused) => {
-                let f = Failure::from(refused);
-                shared.stats.failed(f);
-                if refused == Refused::Full {
-                    debug!(%peer, "HTTP: max_connections reached");
-                }
-                // Each holds one descriptor for at most LINGER_TIME.
-                if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
-                    tokio::spawn(async move {
-                        let _ = reject(client, &failure_page(f, "")).await;
-                        drop(permit);
-                    });
-                }
-            }
+        // Each holds one descriptor for at most LINGER_TIME.
+        if let Ok(permit) = self.refusing.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                let _ = reject(client, &failure_page(refused.into(), "")).await;
+                drop(permit);
+            });
         }
     }
 }
@@ -257,7 +203,7 @@ struct Upstream {
     wr: OwnedWriteHalf,
 }
 
-async fn serve(mut client: TcpStream, peers: Peers, shared: &Shared) {
+async fn serve(mut client: TcpStream, peers: Peers, shared: &HttpRouter) {
     let _ = client.set_nodelay(true);
     let end = {
         let (cr, mut cw) = client.split();
@@ -270,13 +216,13 @@ async fn serve(mut client: TcpStream, peers: Peers, shared: &Shared) {
 }
 
 /// Serves requests one after the other until the connection ends.
-async fn exchanges<R, W>(cr: &mut Reader<R>, cw: &mut W, peers: Peers, shared: &Shared) -> End
+async fn exchanges<R, W>(cr: &mut Reader<R>, cw: &mut W, peers: Peers, shared: &HttpRouter) -> End
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let stats = &shared.stats;
-    let limits = &shared.limits;
+    let stats = &shared.core.stats;
+    let limits = &shared.core.limits;
     let mut upstream: Option<Upstream> = None;
     let mut first = true;
     loop {
@@ -304,7 +250,7 @@ where
                 return End::Refuse(error_response(status, reason, &body));
             }
         };
-        let Some(backend) = shared.hosts.backend(&req.host) else {
+        let Some(backend) = shared.core.hosts.backend(&req.host) else {
             stats.failed(Failure::NoRoute);
             return End::Refuse(failure_page(Failure::NoRoute, &req.host));
         };

@@ -12,15 +12,17 @@ use std::{io, net::SocketAddr, sync::Arc};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    task::JoinHandle,
+    net::TcpStream,
 };
 use tracing::{debug, info};
 
 use crate::{
     config::{self, WebLimits},
     serve::http::{bind_all, normalize_host, HttpError},
-    serve::web::{self, proxy_header, Admission, Failure, Hosts, Peers, Reader, Stats},
+    serve::web::{
+        self, proxy_header, Failure, Peers, Reader, Refused, Router, RouterCore, RouterServer,
+        Stats,
+    },
 };
 
 /// A ClientHello (with every extension a browser sends, post-quantum key shares included)
@@ -77,21 +79,15 @@ pub fn parse_hello(buf: &[u8]) -> Hello {
     Hello::Partial
 }
 
-struct Shared {
-    hosts: Hosts,
-    limits: WebLimits,
-    admission: Arc<Admission>,
-    stats: Stats,
+/// The HTTPS relay's state, shared by its connections.
+pub struct HttpsRouter {
+    core: RouterCore,
 }
 
-/// The running HTTPS router. Dropping it stops accepting; relays in flight finish.
-pub struct HttpsServer {
-    shared: Arc<Shared>,
-    addrs: Vec<SocketAddr>,
-    accept_tasks: Vec<JoinHandle<()>>,
-}
+/// The running HTTPS relay.
+pub type HttpsServer = RouterServer<HttpsRouter>;
 
-impl HttpsServer {
+impl RouterServer<HttpsRouter> {
     /// Binds every listen address and relays `NAME.<service>.<zone>` (and
     /// `NAME.<http_service>.<zone>`) to the backends of route NAME/<service>.
     pub async fn start(
@@ -105,88 +101,44 @@ impl HttpsServer {
             .chain(http_service)
             .map(|s| format!("{s}.{zone}").to_ascii_lowercase())
             .collect();
-        let shared = Arc::new(Shared {
-            hosts: Hosts::new(&cfg.service, suffixes, routes),
-            limits: cfg.limits.clone(),
-            admission: Admission::new(&cfg.limits),
-            stats: Stats::default(),
-        });
-        let addrs: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
-        let accept_tasks = listeners
-            .into_iter()
-            .map(|(l, local)| tokio::spawn(accept_loop(l, local, shared.clone())))
-            .collect();
-        info!(names = %shared.hosts.patterns(), listen = ?addrs, "HTTPS relay by SNI started");
-        Ok(HttpsServer {
-            shared,
-            addrs,
-            accept_tasks,
-        })
-    }
-
-    /// Takes the new route table; relays already running keep their backend.
-    pub fn update(&self, routes: &[config::Route]) {
-        self.shared.hosts.update(routes);
-    }
-
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.addrs.clone()
-    }
-
-    pub fn sample(&self) -> web::RouterSample {
-        self.shared
-            .stats
-            .sample("https", self.shared.admission.open())
+        let server = RouterServer::spawn(
+            listeners,
+            Arc::new(HttpsRouter {
+                core: RouterCore::new(&cfg.service, suffixes, routes, &cfg.limits),
+            }),
+        );
+        info!(names = %server.shared().core.hosts.patterns(), listen = ?server.local_addrs(), "HTTPS relay by SNI started");
+        Ok(server)
     }
 }
 
-impl Drop for HttpsServer {
-    fn drop(&mut self) {
-        for t in &self.accept_tasks {
-            t.abort();
-        }
-    }
-}
+impl Router for HttpsRouter {
+    const NAME: &'static str = "https";
+    const WHAT: &'static str = "HTTPS relay";
 
-async fn accept_loop(listener: TcpListener, local: SocketAddr, shared: Arc<Shared>) {
-    let mut backoff = crate::kernel::fds::AcceptBackoff::new("HTTPS relay");
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(c) => {
-                backoff.accepted();
-                c
-            }
-            Err(error) => {
-                backoff.failed(&error).await;
-                continue;
-            }
-        };
-        Stats::count(&shared.stats.connections, 1);
-        match shared.admission.admit(peer.ip()) {
-            Ok(slot) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let peers = Peers {
-                        client: peer,
-                        local,
-                    };
-                    if let Err((f, why)) = serve(client, peers, &shared).await {
-                        shared.stats.failed(f);
-                        info!(client = %peer, reason = %why, "HTTPS connection refused");
-                    }
-                    drop(slot);
-                });
-            }
-            // Nothing is read, so nothing is owed: closing is the answer.
-            Err(refused) => shared.stats.failed(refused.into()),
+    fn core(&self) -> &RouterCore {
+        &self.core
+    }
+
+    async fn serve(self: Arc<Self>, client: TcpStream, peers: Peers) {
+        if let Err((f, why)) = serve(client, peers, &self).await {
+            self.core.stats.failed(f);
+            info!(client = %peers.client, reason = %why, "HTTPS connection refused");
         }
     }
+
+    /// Nothing is read, so nothing is owed: closing is the answer.
+    fn refuse(self: &Arc<Self>, _: TcpStream, _: SocketAddr, _: Refused) {}
 }
 
 /// One client: its hello, its backend, then the relay. An error is what the client was
 /// refused for, after its alert went out.
-async fn serve(client: TcpStream, peers: Peers, shared: &Shared) -> Result<(), (Failure, String)> {
-    let limits = &shared.limits;
+async fn serve(
+    client: TcpStream,
+    peers: Peers,
+    shared: &HttpsRouter,
+) -> Result<(), (Failure, String)> {
+    let limits = &shared.core.limits;
     let (cr, mut cw) = client.into_split();
     let mut cr = Reader::new(cr);
     let hello = tokio::time::timeout(limits.header_timeout, read_hello(&mut cr, limits)).await;
@@ -209,7 +161,7 @@ async fn serve(client: TcpStream, peers: Peers, shared: &Shared) -> Result<(), (
             "no server name (SNI) in the ClientHello".into(),
         ));
     };
-    let Some(backend) = shared.hosts.backend(&name) else {
+    let Some(backend) = shared.core.hosts.backend(&name) else {
         send_alert(&mut cw, &alert(UNRECOGNIZED_NAME), limits).await;
         return Err((Failure::NoRoute, format!("no route for name {name}")));
     };
@@ -227,8 +179,8 @@ async fn serve(client: TcpStream, peers: Peers, shared: &Shared) -> Result<(), (
         first = proxy_header::encode(v, peers.client, peers.local);
     }
     first.extend_from_slice(&cr.buf);
-    Stats::count(&shared.stats.requests, 1);
-    Stats::count(&shared.stats.bytes_from_clients, cr.buf.len() as u64);
+    Stats::count(&shared.core.stats.requests, 1);
+    Stats::count(&shared.core.stats.bytes_from_clients, cr.buf.len() as u64);
     cr.buf.clear();
     if let Err(e) = web::write_all(&mut uw, &first, limits.idle_timeout).await {
         send_alert(&mut cw, &alert(INTERNAL_ERROR), limits).await;
@@ -237,7 +189,7 @@ async fn serve(client: TcpStream, peers: Peers, shared: &Shared) -> Result<(), (
     }
     debug!(client = %peers.client, name, backend = %backend.addr, "HTTPS relay");
     let mut ur = Reader::new(ur);
-    let stats = &shared.stats;
+    let stats = &shared.core.stats;
     let both = web::Activity::default();
     let idle = limits.idle_timeout;
     let up = cr.pump(&mut uw, idle, &stats.bytes_from_clients, Some(&both));

@@ -22,7 +22,8 @@ use std::{
 use arc_swap::ArcSwap;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
 };
 
 use crate::config::{self, Protocol, ProxyProtocol};
@@ -446,6 +447,137 @@ pub fn connect_failure(e: &io::Error) -> Failure {
 pub struct Peers {
     pub client: SocketAddr,
     pub local: SocketAddr,
+}
+
+/// What every web router's connections share: the names it routes, its limits, its
+/// admission and its counters.
+pub struct RouterCore {
+    pub hosts: Hosts,
+    pub limits: config::WebLimits,
+    pub admission: Arc<Admission>,
+    pub stats: Stats,
+}
+
+impl RouterCore {
+    /// Routes `NAME.<suffix>` for each of `suffixes` to route NAME/<service>'s backend.
+    pub fn new(
+        service: &str,
+        suffixes: Vec<String>,
+        routes: &[config::Route],
+        limits: &config::WebLimits,
+    ) -> RouterCore {
+        RouterCore {
+            hosts: Hosts::new(service, suffixes, routes),
+            limits: limits.clone(),
+            admission: Admission::new(limits),
+            stats: Stats::default(),
+        }
+    }
+}
+
+/// One web router's part of its server: what it does with an admitted connection, and with
+/// one the limits refused. [`RouterServer`] does the rest (listeners, accept loop,
+/// admission, route updates, counters) the same way for both.
+pub trait Router: Send + Sync + Sized + 'static {
+    /// `http` or `https`: the label of its counters.
+    const NAME: &'static str;
+    /// How the accept loop's warnings name it.
+    const WHAT: &'static str;
+    fn core(&self) -> &RouterCore;
+    /// Serves one admitted connection to its end.
+    fn serve(
+        self: Arc<Self>,
+        client: TcpStream,
+        peers: Peers,
+    ) -> impl std::future::Future<Output = ()> + Send;
+    /// Answers (or just closes) a connection the admission refused; it is counted already.
+    fn refuse(self: &Arc<Self>, client: TcpStream, peer: SocketAddr, refused: Refused);
+}
+
+/// A running web router: one accept task per listener. Dropping it stops accepting;
+/// connections in flight finish.
+pub struct RouterServer<R: Router> {
+    shared: Arc<R>,
+    addrs: Vec<SocketAddr>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl<R: Router> RouterServer<R> {
+    /// Starts accepting on every bound listener.
+    pub fn spawn(listeners: Vec<(TcpListener, SocketAddr)>, shared: Arc<R>) -> Self {
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
+        let accept_tasks = listeners
+            .into_iter()
+            .map(|(l, local)| tokio::spawn(accept_loop(l, local, shared.clone())))
+            .collect();
+        RouterServer {
+            shared,
+            addrs,
+            accept_tasks,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<R> {
+        &self.shared
+    }
+
+    /// Takes the new route table: the next request (HTTP) or connection (HTTPS) is routed
+    /// by it.
+    pub fn update(&self, routes: &[config::Route]) {
+        self.shared.core().hosts.update(routes);
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    pub fn sample(&self) -> RouterSample {
+        let core = self.shared.core();
+        core.stats.sample(R::NAME, core.admission.open())
+    }
+}
+
+impl<R: Router> Drop for RouterServer<R> {
+    fn drop(&mut self) {
+        for t in &self.accept_tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn accept_loop<R: Router>(listener: TcpListener, local: SocketAddr, shared: Arc<R>) {
+    let mut backoff = crate::kernel::fds::AcceptBackoff::new(R::WHAT);
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(c) => {
+                backoff.accepted();
+                c
+            }
+            Err(error) => {
+                backoff.failed(&error).await;
+                continue;
+            }
+        };
+        let core = shared.core();
+        Stats::count(&core.stats.connections, 1);
+        match core.admission.admit(peer.ip()) {
+            Ok(slot) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let peers = Peers {
+                        client: peer,
+                        local,
+                    };
+                    shared.serve(client, peers).await;
+                    drop(slot);
+                });
+            }
+            Err(refused) => {
+                core.stats.failed(refused.into());
+                shared.refuse(client, peer, refused);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

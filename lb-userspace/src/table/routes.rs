@@ -23,6 +23,15 @@ use lb_common::MAX_ROUTES;
 
 use crate::config::{FieldError, PortRange, Protocol, Route, RouteKey};
 
+/// Why a route cannot join the table: the field that clashes (`name`, `port` or `backend`)
+/// with the reason, and the key of the route that holds it, so a caller that numbers its
+/// routes (the config file's `route[N]`) can name the holder its own way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Clash {
+    pub error: FieldError,
+    pub holder: RouteKey,
+}
+
 /// Where a route comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
@@ -52,8 +61,8 @@ pub enum RouteError {
         protocol: Protocol,
     },
     /// The route clashes with one that exists; the field says which part.
-    #[error("{0}")]
-    Conflict(FieldError),
+    #[error("{}", .0.error)]
+    Conflict(Clash),
     #[error("counter slot {0} belongs to another route")]
     SlotTaken(u32),
 }
@@ -152,48 +161,58 @@ impl RouteTable {
         &self,
         route: &Route,
         replacing: Option<&RouteKey>,
-    ) -> Result<(), FieldError> {
+    ) -> Result<(), Clash> {
         let key = route.key();
         let other = |k: &RouteKey| Some(k) != replacing;
+        let clash = |field: &str, holder: &RouteKey, reason: String| Clash {
+            error: FieldError {
+                field: field.into(),
+                reason,
+            },
+            holder: holder.clone(),
+        };
         if let Some(e) = self.entries.get(&key).filter(|_| other(&key)) {
-            return Err(FieldError {
-                field: "name".into(),
-                reason: format!(
+            return Err(clash(
+                "name",
+                &key,
+                format!(
                     "{key} already exists ({} route on port {}); name, service and protocol together must be unique",
                     e.source.as_str(),
                     e.route.port
                 ),
-            });
+            ));
         }
         if let Some(k) = self
             .by_port
             .get(&(route.port, route.protocol))
             .filter(|k| other(k))
         {
-            return Err(FieldError {
-                field: "port".into(),
-                reason: format!(
+            return Err(clash(
+                "port",
+                k,
+                format!(
                     "{}/{} is already used by {k} ({} route)",
                     route.port,
                     route.protocol,
                     self.entries[k].source.as_str()
                 ),
-            });
+            ));
         }
         if let Some(k) = self
             .by_backend
             .get(&(route.backend, route.protocol))
             .filter(|k| other(k))
         {
-            return Err(FieldError {
-                field: "backend".into(),
-                reason: format!(
+            return Err(clash(
+                "backend",
+                k,
+                format!(
                     "{}/{} is already the backend of {k} ({} route); replies could not be told apart",
                     route.backend,
                     route.protocol,
                     self.entries[k].source.as_str()
                 ),
-            });
+            ));
         }
         Ok(())
     }
@@ -360,8 +379,8 @@ impl RouteTable {
         for (key, n, route, old) in changing {
             if let Err(c) = scratch.check_conflicts(route, Some(&key)) {
                 problems.push(FieldError {
-                    field: format!("route[{n}].{}", c.field),
-                    reason: c.reason,
+                    field: format!("route[{n}].{}", c.error.field),
+                    reason: c.error.reason,
                 });
                 continue;
             }
@@ -378,8 +397,8 @@ impl RouteTable {
             match scratch.insert(route.clone(), Source::Config, now, None) {
                 Ok(e) => diff.added.push(e),
                 Err(RouteError::Conflict(c)) => problems.push(FieldError {
-                    field: format!("route[{n}].{}", c.field),
-                    reason: c.reason,
+                    field: format!("route[{n}].{}", c.error.field),
+                    reason: c.error.reason,
                 }),
                 Err(other) => problems.push(FieldError {
                     field: format!("route[{n}].name"),

@@ -656,7 +656,7 @@ fn validate(
         if let Err(e) = scratch.insert(route.clone(), Source::Runtime, UNIX_EPOCH, None) {
             match e {
                 RouteError::Conflict(c) => {
-                    problems.push(format!("{}: {}", field(&c.field), c.reason))
+                    problems.push(format!("{}: {}", field(&c.error.field), c.error.reason))
                 }
                 other => problems.push(format!("{}: {other}", field("name"))),
             }

@@ -14,12 +14,13 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, map_names, Backend, FrontendKey, Interface, ReverseKey, ReverseValue, RouteCounters,
-    Settings, EGRESS_REDIRECT, MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP,
+    counter, map_names, Backend, FrontendKey, HairpinKey, HairpinValue, Interface, ReverseKey,
+    ReverseValue, RouteCounters, Settings, CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT,
+    HAIRPIN_LIVE_NS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP,
     ROLE_PRIVATE, ROLE_PUBLIC,
 };
 
-use super::{object_maps, Plain, PROGRAM};
+use super::{maps::Plain, pins::object_maps, PROGRAM};
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -30,6 +31,10 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const LEG: Ipv4Addr = Ipv4Addr::new(10, 210, 250, 1);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 210, 250, 2);
 const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// A private host on the backend's leg (a permanent neighbour too), and one more.
+const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 210, 250, 3);
+const INSIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+const INSIDE_2: Ipv4Addr = Ipv4Addr::new(10, 210, 250, 4);
 /// A backend no route leads to.
 const NOWHERE: Ipv4Addr = Ipv4Addr::new(10, 210, 252, 7);
 const LEG_MTU: u16 = 1400;
@@ -45,9 +50,9 @@ const DNS_ID: u32 = 6;
 
 #[test]
 fn the_objects_maps_are_lb_commons() {
-    let maps: std::collections::HashMap<String, super::MapShape> =
+    let maps: std::collections::HashMap<String, super::pins::MapShape> =
         object_maps().unwrap().into_iter().collect();
-    let want: [(&str, usize, usize, u32); 7] = [
+    let want: [(&str, usize, usize, u32); 8] = [
         (
             map_names::FRONTENDS,
             size_of::<FrontendKey>(),
@@ -82,7 +87,13 @@ fn the_objects_maps_are_lb_commons() {
             map_names::GLOBAL_COUNTERS,
             size_of::<u32>(),
             size_of::<u64>(),
-            counter::COUNT,
+            counter::SLOTS,
+        ),
+        (
+            map_names::HAIRPIN,
+            size_of::<HairpinKey>(),
+            size_of::<HairpinValue>(),
+            MAX_HAIRPIN,
         ),
         // A devmap's value is the kernel's struct bpf_devmap_val: the target ifindex and
         // an optional program (fd or id).
@@ -133,6 +144,9 @@ struct Frame {
     /// TCP only: a SYN (with `ack`, a SYN-ACK) whose options are this many NOPs and then
     /// an MSS option with this value.
     syn: Option<(usize, u16, bool)>,
+    /// Leave the L4 checksum partial, as a sender with checksum offload does: only the
+    /// pseudo-header's sum, not complemented (CHECKSUM_PARTIAL).
+    partial: bool,
 }
 
 impl Frame {
@@ -145,6 +159,7 @@ impl Frame {
             payload: 32,
             udp_no_checksum: false,
             syn: None,
+            partial: false,
         }
     }
 
@@ -219,7 +234,11 @@ impl Frame {
         seg.extend((0..self.payload).map(|i| i as u8));
         if !(self.protocol == PROTO_UDP && self.udp_no_checksum) {
             let at = if self.protocol == PROTO_TCP { 16 } else { 6 };
-            let c = l4_checksum(&self.src.0, &self.dst.0, self.protocol, &seg);
+            let c = if self.partial {
+                partial_checksum(&self.src.0, &self.dst.0, self.protocol, seg.len())
+            } else {
+                l4_checksum(&self.src.0, &self.dst.0, self.protocol, &seg)
+            };
             seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
         f.extend_from_slice(&seg);
@@ -228,17 +247,48 @@ impl Frame {
 }
 
 fn l4_checksum(src: &Ipv4Addr, dst: &Ipv4Addr, protocol: u8, seg: &[u8]) -> u16 {
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, protocol]);
-    pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    let pseudo = pseudo_header(src, dst, protocol, seg.len());
     let c = fold(sum(seg, sum(&pseudo, 0)));
     if protocol == PROTO_UDP && c == 0 {
         0xffff
     } else {
         c
     }
+}
+
+fn pseudo_header(src: &Ipv4Addr, dst: &Ipv4Addr, protocol: u8, len: usize) -> Vec<u8> {
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, protocol]);
+    pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    pseudo
+}
+
+/// What a stack leaving the checksum to offload writes: the pseudo-header's folded sum.
+fn partial_checksum(src: &Ipv4Addr, dst: &Ipv4Addr, protocol: u8, len: usize) -> u16 {
+    !fold(sum(&pseudo_header(src, dst, protocol, len), 0))
+}
+
+/// An output frame whose L4 checksum must still be partial, for its new addresses: checked,
+/// then completed as offload would (the segment's sum, complemented) and parsed, which
+/// verifies the completed checksum from scratch.
+fn parse_partial(f: &[u8]) -> Seen {
+    let ip = &f[14..34];
+    let protocol = ip[9];
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let at = 34 + if protocol == PROTO_TCP { 16 } else { 6 };
+    let stored = u16::from_be_bytes([f[at], f[at + 1]]);
+    let want = partial_checksum(&src, &dst, protocol, f.len() - 34);
+    assert!(
+        stored == want || (stored ^ want == 0xffff && (stored == 0 || want == 0)),
+        "partial checksum {stored:#06x}, want {want:#06x} for {src} -> {dst}"
+    );
+    let mut done = f.to_vec();
+    let c = fold(sum(&f[34..], 0));
+    done[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    parse(&done)
 }
 
 /// What an output frame says, with its checksums verified from scratch.
@@ -369,6 +419,18 @@ impl Harness {
             ],
             &[
                 "ip",
+                "neigh",
+                "replace",
+                "10.210.250.3",
+                "lladdr",
+                "02:00:00:00:00:03",
+                "dev",
+                "sg-pt0",
+                "nud",
+                "permanent",
+            ],
+            &[
+                "ip",
                 "route",
                 "add",
                 "198.51.100.0/24",
@@ -392,21 +454,14 @@ impl Harness {
     }
 
     fn fill(&mut self) {
-        let mut settings: Array<_, Plain<Settings>> =
-            Array::try_from(self.ebpf.map_mut(map_names::SETTINGS).unwrap()).unwrap();
-        let s = Settings {
-            public_addr: be(PUBLIC),
-            mss: MSS,
-            _pad: 0,
-            now_ns: NOW_NS,
-        };
-        settings.set(0, Plain(s), 0).unwrap();
+        self.set_clock(NOW_NS);
         let mut ifaces: HashMap<_, u32, Plain<Interface>> =
             HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
         let iface = |role| Interface {
             role,
             egress: EGRESS_REDIRECT,
-            _pad: [0; 2],
+            checksum: CSUM_FULL,
+            _pad: 0,
         };
         ifaces.insert(1, Plain(iface(ROLE_PUBLIC)), 0).unwrap();
         ifaces
@@ -450,6 +505,49 @@ impl Harness {
             HashMap::try_from(self.ebpf.map_mut(map_names::REVERSE).unwrap()).unwrap();
         for (k, v) in rev {
             reverse.insert(Plain(k), Plain(v), 0).unwrap();
+        }
+    }
+
+    /// What the daemon's clock tick writes: the settings with `now_ns`.
+    fn set_clock(&mut self, now_ns: u64) {
+        let mut settings: Array<_, Plain<Settings>> =
+            Array::try_from(self.ebpf.map_mut(map_names::SETTINGS).unwrap()).unwrap();
+        let s = Settings {
+            public_addr: be(PUBLIC),
+            mss: MSS,
+            _pad: 0,
+            now_ns,
+        };
+        settings.set(0, Plain(s), 0).unwrap();
+    }
+
+    /// The `HAIRPIN` entry of a flow to `backend` from a private client's `port`.
+    fn hairpin(&self, backend: (Ipv4Addr, u16), port: u16, protocol: u8) -> Option<HairpinValue> {
+        let m: HashMap<_, Plain<HairpinKey>, Plain<HairpinValue>> =
+            HashMap::try_from(self.ebpf.map(map_names::HAIRPIN).unwrap()).unwrap();
+        let key = HairpinKey {
+            backend_addr: be(backend.0),
+            backend_port: backend.1.to_be(),
+            client_port: port.to_be(),
+            protocol,
+            _pad: [0; 3],
+        };
+        m.get(&Plain(key), 0).ok().map(|Plain(v)| v)
+    }
+
+    /// Marks both legs as ones whose frames may carry partial checksums (veths), as the
+    /// daemon does from their driver.
+    fn look_for_partial_checksums(&mut self) {
+        let mut ifaces: HashMap<_, u32, Plain<Interface>> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
+        for (ifindex, role) in [(1, ROLE_PUBLIC), (self.leg, ROLE_PRIVATE)] {
+            let iface = Interface {
+                role,
+                egress: EGRESS_REDIRECT,
+                checksum: CSUM_MAY_BE_PARTIAL,
+                _pad: 0,
+            };
+            ifaces.insert(ifindex, Plain(iface), 0).unwrap();
         }
     }
 
@@ -900,5 +998,218 @@ fn icmp_errors_about_translated_flows_are_translated_both_ways() {
         assert_eq!(action, XDP_PASS, "{what}");
         assert_eq!(&out, frame, "{what}: untouched");
         assert_eq!(name(verdict), name(want), "{what}");
+    }
+}
+
+#[test]
+fn a_private_host_reaches_a_route_by_its_public_port_and_hears_back_from_it() {
+    let Some(mut h) =
+        Harness::new("a_private_host_reaches_a_route_by_its_public_port_and_hears_back_from_it")
+    else {
+        return;
+    };
+    h.allow_redirects();
+    // A host on the backend's own leg connects to the public address: to the backend, from
+    // the public address (with its own port), so the backend answers through the gateway.
+    let syn = Frame {
+        syn: Some((0, 1460, false)),
+        ..Frame::tcp((INSIDE, 40000), (PUBLIC, SSH_PORT))
+    };
+    let (action, out, verdict) = h.run(&syn.bytes(), h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+    let seen = parse(&out);
+    assert_eq!((seen.src, seen.dst), ((PUBLIC, 40000), (BACKEND, 22)));
+    assert_eq!((seen.dst_mac, seen.ttl), (BACKEND_MAC, 63));
+    assert_eq!(mss_of(&out), Some(MSS), "clamped like any SYN");
+    let flow = h
+        .hairpin((BACKEND, 22), 40000, PROTO_TCP)
+        .expect("the flow's entry");
+    assert_eq!((flow.client_addr, flow.seen_ns), (be(INSIDE), NOW_NS));
+
+    // The backend's answer goes to the host, from the address and port it connected to.
+    let reply = Frame::tcp((BACKEND, 22), (PUBLIC, 40000)).bytes();
+    let (action, out, verdict) = h.run(&reply, h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+    let seen = parse(&out);
+    assert_eq!((seen.src, seen.dst), ((PUBLIC, SSH_PORT), (INSIDE, 40000)));
+    assert_eq!(seen.dst_mac, INSIDE_MAC);
+    let c = h.route(SSH_ID);
+    assert_eq!((c.inbound_packets, c.outbound_packets), (1, 1));
+
+    // UDP too, and a datagram without a checksum keeps none, both ways.
+    for no_checksum in [false, true] {
+        let ask = Frame {
+            udp_no_checksum: no_checksum,
+            ..Frame::udp((INSIDE, 5000), (PUBLIC, DNS_PORT))
+        };
+        let (_, out, _) = h.run(&ask.bytes(), h.leg);
+        let seen = parse(&out);
+        assert_eq!((seen.src, seen.dst), ((PUBLIC, 5000), (BACKEND, 53)));
+        assert_eq!(seen.udp_checksum_zero, no_checksum);
+        let answer = Frame {
+            udp_no_checksum: no_checksum,
+            ..Frame::udp((BACKEND, 53), (PUBLIC, 5000))
+        };
+        let (_, out, _) = h.run(&answer.bytes(), h.leg);
+        let seen = parse(&out);
+        assert_eq!((seen.src, seen.dst), ((PUBLIC, DNS_PORT), (INSIDE, 5000)));
+        assert_eq!(seen.udp_checksum_zero, no_checksum);
+    }
+}
+
+#[test]
+fn a_hairpin_tuple_in_use_is_not_taken_and_the_gateways_own_flows_are_untouched() {
+    let Some(mut h) = Harness::new(
+        "a_hairpin_tuple_in_use_is_not_taken_and_the_gateways_own_flows_are_untouched",
+    ) else {
+        return;
+    };
+    h.allow_redirects();
+    let first = Frame::tcp((INSIDE, 40000), (PUBLIC, SSH_PORT)).bytes();
+    assert_eq!(h.run(&first, h.leg).0, XDP_REDIRECT);
+    // Another host from the same port would be translated to the same tuple: refused
+    // while the first is live, so its replies never reach the wrong host.
+    let second = Frame::tcp((INSIDE_2, 40000), (PUBLIC, SSH_PORT)).bytes();
+    let (action, out, verdict) = h.run(&second, h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::PASS_HAIRPIN_CLASH))
+    );
+    assert_eq!(out, second, "untouched");
+    let flow = h.hairpin((BACKEND, 22), 40000, PROTO_TCP).unwrap();
+    assert_eq!(flow.client_addr, be(INSIDE));
+    // Once the first has been quiet for longer than a live flow can be, the tuple is free.
+    h.set_clock(NOW_NS + HAIRPIN_LIVE_NS);
+    assert_eq!(h.run(&second, h.leg).0, XDP_REDIRECT);
+    let flow = h.hairpin((BACKEND, 22), 40000, PROTO_TCP).unwrap();
+    assert_eq!(
+        (flow.client_addr, flow.seen_ns),
+        (be(INSIDE_2), NOW_NS + HAIRPIN_LIVE_NS)
+    );
+
+    // The backend answering the gateway's own connection from the public address (no
+    // hairpin flow), and a private host asking one of the gateway's own services: the
+    // kernel's.
+    let to_gateway = Frame::tcp((BACKEND, 22), (PUBLIC, 50000)).bytes();
+    let to_service = Frame::udp((INSIDE, 5000), (PUBLIC, 53)).bytes();
+    for (what, frame, want) in [
+        ("a reply to the gateway", &to_gateway, counter::PASS_LOCAL),
+        ("a gateway service", &to_service, counter::PASS_NO_ROUTE),
+    ] {
+        let (action, out, verdict) = h.run(frame, h.leg);
+        assert_eq!((action, name(verdict)), (XDP_PASS, name(want)), "{what}");
+        assert_eq!(&out, frame, "{what}: untouched");
+    }
+}
+
+#[test]
+fn a_legs_driver_says_whether_its_frames_may_carry_partial_checksums() {
+    for driver in ["veth", "tun", "virtio_net"] {
+        assert_eq!(
+            super::checksum_kind(Some(driver)),
+            CSUM_MAY_BE_PARTIAL,
+            "{driver}"
+        );
+    }
+    for driver in ["ixgbe", "mlx5_core", "e1000e"] {
+        assert_eq!(super::checksum_kind(Some(driver)), CSUM_FULL, "{driver}");
+    }
+    assert_eq!(super::checksum_kind(None), CSUM_MAY_BE_PARTIAL, "unknown");
+}
+
+#[test]
+fn frames_with_partial_checksums_are_rewritten_for_offload_and_passed_to_the_kernel() {
+    let Some(mut h) = Harness::new(
+        "frames_with_partial_checksums_are_rewritten_for_offload_and_passed_to_the_kernel",
+    ) else {
+        return;
+    };
+    assert_eq!(crate::kernel::sys::driver("sg-pt0").unwrap(), "veth");
+    h.allow_redirects();
+    let partial = Frame {
+        partial: true,
+        ..Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))
+    };
+    // A leg with full checksums only is not looked at: the frame is taken as it comes.
+    let (action, _, verdict) = h.run(&partial.bytes(), 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+
+    h.look_for_partial_checksums();
+    // Rewritten, its checksum still partial (for the new addresses), and left to the
+    // kernel, which keeps the skb's checksum state for the egress to complete.
+    let (action, out, verdict) = h.run(&partial.bytes(), 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::FWD_PASS_PARTIAL_CSUM))
+    );
+    let seen = parse_partial(&out);
+    assert_eq!((seen.src, seen.dst), ((CLIENT, 40000), (BACKEND, 22)));
+    assert_eq!(seen.ttl, 64, "the kernel forwards it and decrements");
+    assert_eq!(h.route(SSH_ID).inbound_packets, 2);
+    // A complete checksum on the same leg takes the fast path as before.
+    let full = Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT)).bytes();
+    let (action, out, _) = h.run(&full, 1);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(parse(&out).dst, (BACKEND, 22));
+
+    // A SYN: the MSS is clamped, which a partial checksum does not cover yet.
+    let syn = Frame {
+        syn: Some((1, 1460, false)),
+        partial: true,
+        ..Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))
+    };
+    let (_, out, _) = h.run(&syn.bytes(), 1);
+    assert_eq!(mss_of(&out), Some(MSS));
+    parse_partial(&out);
+    // UDP, both ways, and the backend's reply and a hairpin flow on the private leg.
+    let cases = [
+        (
+            Frame::udp((CLIENT, 5000), (PUBLIC, DNS_PORT)),
+            1,
+            ((CLIENT, 5000), (BACKEND, 53)),
+        ),
+        (
+            Frame::udp((BACKEND, 53), (CLIENT, 5000)),
+            h.leg,
+            ((PUBLIC, DNS_PORT), (CLIENT, 5000)),
+        ),
+        (
+            Frame::tcp((BACKEND, 22), (CLIENT, 40000)),
+            h.leg,
+            ((PUBLIC, SSH_PORT), (CLIENT, 40000)),
+        ),
+        (
+            Frame::tcp((INSIDE, 41000), (PUBLIC, SSH_PORT)),
+            h.leg,
+            ((PUBLIC, 41000), (BACKEND, 22)),
+        ),
+        (
+            Frame::tcp((BACKEND, 22), (PUBLIC, 41000)),
+            h.leg,
+            ((PUBLIC, SSH_PORT), (INSIDE, 41000)),
+        ),
+    ];
+    for (frame, ifindex, want) in cases {
+        let frame = Frame {
+            partial: true,
+            ..frame
+        };
+        let (action, out, verdict) = h.run(&frame.bytes(), ifindex);
+        assert_eq!(
+            (action, name(verdict)),
+            (XDP_PASS, name(counter::FWD_PASS_PARTIAL_CSUM)),
+            "{want:?}"
+        );
+        let seen = parse_partial(&out);
+        assert_eq!((seen.src, seen.dst), want);
     }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{UnixListener, UnixStream},
 };
 use tracing::{debug, warn};
@@ -19,6 +19,8 @@ use super::*;
 
 /// Largest request the server reads.
 const MAX_REQUEST: usize = 64 * 1024;
+/// The largest request head (request line and headers) the control socket reads.
+const MAX_HEAD: usize = 16 * 1024;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -108,10 +110,14 @@ async fn handle(mut stream: UnixStream, control: Arc<dyn Control>) -> io::Result
     // The kernel's word on who connected, taken at connect time: file modes can be loosened
     // by mistake, this cannot.
     let uid = stream.peer_cred().map(|c| c.uid()).ok();
-    let request = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await;
+    let request = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_request(&mut stream, MAX_HEAD, MAX_REQUEST),
+    )
+    .await;
     let (status, body) = match (uid, request) {
-        (Some(0), Ok(Ok(r))) => dispatch(r, control).await,
-        (Some(0), Ok(Err(e))) => error_body(&ApiError::new(400, e)),
+        (Some(0), Ok(Ok((r, _)))) => dispatch(r, control).await,
+        (Some(0), Ok(Err(e))) => error_body(&e),
         (Some(0), Err(_)) => error_body(&ApiError::new(408, "request not received in time")),
         (uid, _) => {
             let who = uid.map_or("unknown".to_string(), |u| u.to_string());
@@ -130,69 +136,6 @@ async fn handle(mut stream: UnixStream, control: Arc<dyn Control>) -> io::Result
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(&body).await?;
     stream.shutdown().await
-}
-
-async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(request) = parse_request(&buf)? {
-            return Ok(request);
-        }
-        if buf.len() > MAX_REQUEST {
-            return Err(format!("request larger than {MAX_REQUEST} bytes"));
-        }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("reading the request: {e}"))?;
-        if n == 0 {
-            return Err("connection closed before the request was complete".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Parses a complete HTTP/1.1 request from `buf`; `Ok(None)` while more bytes are needed.
-pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<Request>, String> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "request head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target), Some(_version)) = (first.next(), first.next(), first.next())
-    else {
-        return Err("malformed request line".into());
-    };
-    let mut length = 0usize;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                length = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| "bad Content-Length".to_string())?;
-            }
-        }
-    }
-    if length > MAX_REQUEST {
-        return Err(format!("request body larger than {MAX_REQUEST} bytes"));
-    }
-    let body_start = end + 4;
-    if buf.len() < body_start + length {
-        return Ok(None);
-    }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
-    };
-    Ok(Some(Request {
-        method: method.to_string(),
-        path,
-        query,
-        body: buf[body_start..body_start + length].to_vec(),
-    }))
 }
 
 pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {

@@ -170,21 +170,51 @@ fn a_missing_daemon_is_explained() {
     assert!(err.to_string().contains("is srvgate running"), "{err}");
 }
 
-#[test]
-fn requests_are_parsed_only_when_complete() {
+#[tokio::test]
+async fn requests_are_read_by_the_one_head_parser_within_their_bounds() {
+    let read = |bytes: &'static [u8]| async move {
+        let mut r = bytes;
+        read_request(&mut r, 1024, 64).await
+    };
     assert_eq!(
-        parse_request(b"GET /v1/routes HTTP/1.1\r\nHost: x\r\n").unwrap(),
+        parse_head(b"GET /v1/routes HTTP/1.1\r\nHost: x\r\n")
+            .unwrap()
+            .map(|h| h.len),
         None
     );
-    let r = parse_request(b"DELETE /v1/routes/alice?service=ssh HTTP/1.1\r\n\r\n")
-        .unwrap()
+    let (r, _) = read(b"DELETE /v1/routes/alice?service=ssh HTTP/1.1\r\n\r\n")
+        .await
         .unwrap();
+    assert_eq!(r.method, "DELETE");
     assert_eq!(r.path, "/v1/routes/alice");
     assert_eq!(query_param(r.query.as_deref(), "service"), Some("ssh"));
-    assert_eq!(
-        parse_request(b"POST /v1/routes HTTP/1.1\r\nContent-Length: 5\r\n\r\n{\"a\"").unwrap(),
-        None
-    );
-    assert!(parse_request(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").is_err());
-    assert!(parse_request(b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").is_err());
+    let (r, _) = read(b"POST /v1/routes HTTP/1.1\r\nContent-Length: 5\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    assert_eq!(r.body, b"{\"a\":");
+    let status = |r: Result<_, ApiError>| r.map(|_| ()).unwrap_err().status;
+    for (bytes, want) in [
+        (
+            &b"POST /v1/routes HTTP/1.1\r\nContent-Length: 5\r\n\r\n{"[..],
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n", 413),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET /\x01 HTTP/1.1\r\n\r\n", 400),
+    ] {
+        assert_eq!(
+            status(read(bytes).await),
+            want,
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    let long = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(2000));
+    let long: &'static [u8] = Box::leak(long.into_bytes().into_boxed_slice());
+    assert_eq!(status(read(long).await), 431);
 }

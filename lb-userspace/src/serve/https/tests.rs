@@ -1,4 +1,5 @@
 use std::{net::Ipv4Addr, time::Duration};
+use tokio::net::TcpListener;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

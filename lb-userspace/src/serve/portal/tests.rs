@@ -1,4 +1,5 @@
 use super::*;
+use crate::serve::api::{parse_head, Head};
 use crate::testing::FakeControl;
 
 fn head(text: &str) -> Result<Option<Head>, ApiError> {

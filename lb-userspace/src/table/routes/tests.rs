@@ -148,7 +148,7 @@ fn conflicts_name_the_field() {
     )
     .unwrap();
     let field = |r: Route| match t.clone().insert(r, Source::Runtime, t0(), None) {
-        Err(RouteError::Conflict(f)) => f.field,
+        Err(RouteError::Conflict(c)) => c.error.field,
         other => panic!("{other:?}"),
     };
     assert_eq!(field(route("alice", 30002, "10.0.0.12:22")), "name");

@@ -1,0 +1,220 @@
+//! The one validation of a route's own fields (and of the labels and domains it is made
+//! of), shared by the config file, the control API and the state file.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// Checks one DNS label: 1-63 characters of `a-z`, `0-9` and `-`, not starting or ending
+/// with `-`. Uppercase is refused rather than folded so two routes can't differ by case only.
+pub fn check_label(label: &str) -> Result<(), String> {
+    if label.is_empty() {
+        return Err("is empty; a DNS label needs 1 to 63 characters".into());
+    }
+    if label.len() > 63 {
+        return Err(format!(
+            "{label:?} is {} characters long; a DNS label has at most 63",
+            label.len()
+        ));
+    }
+    if let Some(c) = label
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "{label:?} contains {c:?}; a DNS label here uses only a-z, 0-9 and '-'"
+        ));
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err(format!("{label:?} starts or ends with '-'"));
+    }
+    Ok(())
+}
+
+/// Checks a domain name (the zone): labels as in [`check_label`], at most 253 characters.
+pub fn check_domain(name: &str) -> Result<String, String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > 253 {
+        return Err(format!("{name:?} is longer than 253 characters"));
+    }
+    for label in name.split('.') {
+        check_label(label).map_err(|e| format!("label {e}"))?;
+    }
+    Ok(name.to_string())
+}
+
+/// A route as someone wrote it (a `[[route]]` of the config file, a `srvgate route add`, an
+/// entry of the state file), before validation. `port: None` asks for one from the pool.
+/// It is also the body of the control API's `POST /v1/routes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRequest {
+    pub name: String,
+    pub service: String,
+    /// `"tcp"` (the default) or `"udp"`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    pub backend: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `"v1"` or `"v2"`: the web routers send a PROXY protocol header first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+}
+
+/// A route whose fields are valid on their own; its port may still have to be allocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteDraft {
+    pub name: String,
+    pub service: String,
+    pub protocol: Protocol,
+    pub backend: SocketAddrV4,
+    pub port: Option<u16>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+impl RouteDraft {
+    /// The route with its public port.
+    pub fn with_port(self, port: u16) -> Route {
+        Route {
+            name: self.name,
+            service: self.service,
+            protocol: self.protocol,
+            backend: self.backend,
+            port,
+            proxy_protocol: self.proxy_protocol,
+        }
+    }
+
+    pub fn key(&self) -> RouteKey {
+        RouteKey {
+            name: self.name.clone(),
+            service: self.service.clone(),
+            protocol: self.protocol,
+        }
+    }
+}
+
+/// Checks one route's own fields, the same way for every source: the config file, the control
+/// API and the state file. `field` turns a field name into its path in the caller's terms
+/// (`route[2].port` in the file, plain `port` in the API). `public_ipv4` and `range`, when
+/// known, are checked against too. Uniqueness among routes is the caller's business, as it
+/// depends on what else exists.
+pub fn check_route(
+    r: &RouteRequest,
+    public_ipv4: Option<Ipv4Addr>,
+    range: Option<PortRange>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<RouteDraft, Vec<FieldError>> {
+    let mut problems = Vec::new();
+    let mut bad = |f: &str, reason: String| {
+        problems.push(FieldError {
+            field: field(f),
+            reason,
+        })
+    };
+    let name_ok = check_label(&r.name).map_err(|e| bad("name", e)).is_ok();
+    let service_ok = check_label(&r.service)
+        .and_then(|()| {
+            if r.service.len() > MAX_SERVICE_LEN {
+                Err(format!(
+                    "{:?} is {} characters long; a service has at most {MAX_SERVICE_LEN}, since _{} must be a DNS label",
+                    r.service,
+                    r.service.len(),
+                    r.service
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(|e| bad("service", e))
+        .is_ok();
+    let protocol = match r.protocol.as_deref().unwrap_or("tcp").parse::<Protocol>() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            bad("protocol", e);
+            None
+        }
+    };
+    let backend = match r.backend.parse::<SocketAddrV4>() {
+        Ok(b) if b.port() == 0 => {
+            bad("backend", format!("{b} has port 0"));
+            None
+        }
+        Ok(b) if b.ip().is_unspecified() || b.ip().is_broadcast() || b.ip().is_multicast() => {
+            bad("backend", format!("{} cannot be a host's address", b.ip()));
+            None
+        }
+        // XDP rewrites toward the backend and sends the packet out of a private leg; a
+        // loopback or "this network" address leads nowhere, while the counters still rise.
+        Ok(b) if b.ip().is_loopback() || b.ip().octets()[0] == 0 => {
+            bad(
+                "backend",
+                format!(
+                    "{} is not reachable from another host (loopback or 0.0.0.0/8); a backend is a machine behind a private leg",
+                    b.ip()
+                ),
+            );
+            None
+        }
+        Ok(b) if Some(*b.ip()) == public_ipv4 => {
+            bad(
+                "backend",
+                format!("{b} is the gateway's public address; a backend sits behind it"),
+            );
+            None
+        }
+        Ok(b) => Some(b),
+        Err(_) => {
+            bad(
+                "backend",
+                format!(
+                    "{:?} is not an IPv4 address:port like \"10.0.0.11:22\"",
+                    r.backend
+                ),
+            );
+            None
+        }
+    };
+    let proxy_protocol = match r.proxy_protocol.as_deref().map(ProxyProtocol::parse) {
+        None => Ok(None),
+        Some(Ok(p)) => Ok(Some(p)),
+        Some(Err(e)) => {
+            bad("proxy_protocol", e);
+            Err(())
+        }
+    };
+    let mut port_ok = true;
+    if let (Some(range), Some(port)) = (range, r.port) {
+        if !range.contains(port) {
+            bad(
+                "port",
+                format!("{port} is outside gateway.port_range {range}"),
+            );
+            port_ok = false;
+        }
+    }
+    match (
+        protocol,
+        backend,
+        name_ok,
+        service_ok,
+        port_ok,
+        proxy_protocol,
+    ) {
+        (Some(protocol), Some(backend), true, true, true, Ok(proxy_protocol)) => Ok(RouteDraft {
+            name: r.name.clone(),
+            service: r.service.clone(),
+            protocol,
+            backend,
+            port: r.port,
+            proxy_protocol,
+        }),
+        _ => Err(problems),
+    }
+}

@@ -1,0 +1,521 @@
+//! From the raw file to a [`Config`]: every field checked, every problem collected and
+//! named (`route[2].port`), never only the first.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use super::*;
+use crate::table::routes::{RouteError, RouteTable, Source};
+
+/// Parses a list of `address:port` strings; each bad one is reported as `field[N]`.
+pub(super) fn socket_addrs(
+    list: &[String],
+    field: &str,
+    example: &str,
+    bad: &mut impl FnMut(&str, String),
+) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for (i, l) in list.iter().enumerate() {
+        match l.parse::<SocketAddr>() {
+            Ok(a) => addrs.push(a),
+            Err(_) => bad(
+                &format!("{field}[{}]", i + 1),
+                format!("{l:?} is not an address:port like \"{example}\""),
+            ),
+        }
+    }
+    addrs
+}
+
+/// Two listeners that cannot both bind (one port, and one address or a wildcard), and
+/// `port_range` holding a port the gateway needs itself (its listeners' and sshd's): XDP
+/// would send those packets to a route's backend. Port 0 (the kernel picks) clashes with
+/// nothing.
+pub(super) fn listener_problems(
+    listeners: &[(String, SocketAddr)],
+    range: Option<PortRange>,
+) -> Vec<FieldError> {
+    let mut problems = Vec::new();
+    for (i, (field, addr)) in listeners.iter().enumerate() {
+        if addr.port() == 0 {
+            continue;
+        }
+        let overlaps = |other: &SocketAddr| {
+            other.port() == addr.port()
+                && other.is_ipv4() == addr.is_ipv4()
+                && (other.ip() == addr.ip()
+                    || other.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
+        };
+        if let Some((first, other)) = listeners[..i].iter().find(|(_, a)| overlaps(a)) {
+            problems.push(FieldError {
+                field: field.clone(),
+                reason: format!(
+                    "{addr} is also {first} ({other}); each listener needs its own port"
+                ),
+            });
+        }
+    }
+    if let Some(range) = range {
+        let own = std::iter::once(("the gateway's sshd".to_string(), SSH_PORT)).chain(
+            listeners
+                .iter()
+                .filter(|(_, a)| a.port() != 0)
+                .map(|(f, a)| (f.clone(), a.port())),
+        );
+        for (what, port) in own {
+            if range.contains(port) {
+                problems.push(FieldError {
+                    field: "gateway.port_range".into(),
+                    reason: format!(
+                        "{range} contains port {port}, which {what} uses; a route there would take the gateway's own traffic"
+                    ),
+                });
+            }
+        }
+    }
+    problems
+}
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
+    let mut problems = Vec::new();
+    let mut bad = |field: &str, reason: String| {
+        problems.push(FieldError {
+            field: field.to_string(),
+            reason,
+        })
+    };
+
+    let g = raw.gateway;
+    if g.public_interface.trim().is_empty() {
+        bad("gateway.public_interface", "is empty".into());
+    }
+    if g.private_interfaces.is_empty() {
+        bad(
+            "gateway.private_interfaces",
+            "is empty; list the interfaces toward the backends".into(),
+        );
+    }
+    for (i, name) in g.private_interfaces.iter().enumerate() {
+        let field = format!("gateway.private_interfaces[{}]", i + 1);
+        if name == &g.public_interface {
+            bad(
+                &field,
+                format!("{name:?} is also the public interface; a leg is one or the other"),
+            );
+        } else if g.private_interfaces[..i].contains(name) {
+            bad(&field, format!("{name:?} is listed twice"));
+        } else if name.trim().is_empty() {
+            bad(&field, "is empty".into());
+        }
+    }
+    let public_ipv4 = match g.public_ipv4.parse::<Ipv4Addr>() {
+        Ok(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
+            bad(
+                "gateway.public_ipv4",
+                format!("{a} cannot be a host's address"),
+            );
+            None
+        }
+        Ok(a) if a.is_loopback() => {
+            bad(
+                "gateway.public_ipv4",
+                format!("{a} is a loopback address; clients reach the gateway on the public interface's address"),
+            );
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            bad(
+                "gateway.public_ipv4",
+                format!("{:?} is not an IPv4 address", g.public_ipv4),
+            );
+            None
+        }
+    };
+    let port_range = match g.port_range.parse::<PortRange>() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            bad("gateway.port_range", e);
+            None
+        }
+    };
+    let reclaim_after = match g.reclaim_after.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(_)) if raw.cluster.is_some() => {
+            // Each gateway sees only the traffic through itself: one would reclaim a route
+            // in use through another.
+            bad(
+                "gateway.reclaim_after",
+                "is not supported with [cluster] yet (a gateway sees only its own traffic, so it would reclaim routes in use through another); remove it".into(),
+            );
+            None
+        }
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            bad("gateway.reclaim_after", e);
+            None
+        }
+    };
+    let cluster = raw
+        .cluster
+        .and_then(|c| super::cluster::validate(c, &mut bad));
+
+    let port_cooldown = match g.port_cooldown.as_deref().map(str::trim) {
+        None => DEFAULT_PORT_COOLDOWN,
+        Some("0" | "0s") => Duration::ZERO,
+        Some(text) => match parse_duration(text) {
+            Ok(d) => d,
+            Err(e) => {
+                bad("gateway.port_cooldown", e);
+                DEFAULT_PORT_COOLDOWN
+            }
+        },
+    };
+
+    let portal = raw.portal.map(|p| {
+        if p.listen.is_empty() {
+            bad("portal.listen", "is empty; e.g. [\"10.0.0.1:8443\"]".into());
+        }
+        let listen = socket_addrs(&p.listen, "portal.listen", "0.0.0.0:8443", &mut bad);
+        if p.cert.is_some() != p.key.is_some() {
+            bad(
+                "portal.cert",
+                "cert and key go together: give both, or neither for a self-signed certificate"
+                    .into(),
+            );
+        }
+        Portal {
+            listen,
+            cert: p.cert,
+            key: p.key,
+        }
+    });
+
+    let dns = raw.dns.and_then(|d| {
+        let zone = check_domain(&d.zone.to_ascii_lowercase())
+            .and_then(|z| {
+                if z.len() > MAX_ZONE_LEN {
+                    Err(format!(
+                        "is {} characters long; at most {MAX_ZONE_LEN}, so that every route's names (up to {LONGEST_ROUTE_PREFIX} more characters) fit in a domain name",
+                        z.len()
+                    ))
+                } else {
+                    Ok(z)
+                }
+            })
+            .map_err(|e| bad("dns.zone", e))
+            .ok();
+        if d.listen.is_empty() {
+            bad("dns.listen", "is empty; e.g. [\"0.0.0.0:53\"]".into());
+        }
+        let listen = socket_addrs(&d.listen, "dns.listen", "0.0.0.0:53", &mut bad);
+        if let Err(e) = check_label(&d.gateway_name) {
+            bad("dns.gateway_name", e);
+        }
+        if d.ttl > MAX_TTL {
+            bad(
+                "dns.ttl",
+                format!("{} is above {MAX_TTL}, the largest TTL (RFC 2181)", d.ttl),
+            );
+        }
+        Some(Dns {
+            zone: zone?,
+            listen,
+            gateway_name: d.gateway_name,
+            ttl: d.ttl,
+        })
+    });
+
+    let has_dns = dns.is_some();
+    let http = raw.http.map(|h| {
+        let (listen, service, limits) = web_router(
+            WebSection {
+                name: "http",
+                example: "0.0.0.0:80",
+                listen: &h.listen,
+                service: &h.service,
+                counts: [h.max_connections, h.max_connections_per_client],
+                times: [h.header_timeout.as_deref(), h.idle_timeout.as_deref()],
+            },
+            has_dns,
+            &mut bad,
+        );
+        Http {
+            listen,
+            service,
+            limits,
+            forwarded_for: h.forwarded_for,
+        }
+    });
+
+    let https = raw.https.map(|h| {
+        let (listen, service, limits) = web_router(
+            WebSection {
+                name: "https",
+                example: "0.0.0.0:443",
+                listen: &h.listen,
+                service: &h.service,
+                counts: [h.max_connections, h.max_connections_per_client],
+                times: [h.header_timeout.as_deref(), h.idle_timeout.as_deref()],
+            },
+            has_dns,
+            &mut bad,
+        );
+        Https {
+            listen,
+            service,
+            limits,
+        }
+    });
+
+    if let (Some(h), Some(s)) = (&http, &https) {
+        if h.service == s.service {
+            bad(
+                "https.service",
+                format!(
+                    "{:?} is also http.service; plain HTTP and TLS need routes of their own",
+                    s.service
+                ),
+            );
+        }
+    }
+
+    let metrics_listen = raw
+        .metrics
+        .and_then(|m| match m.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                bad(
+                    "metrics.listen",
+                    format!(
+                        "{:?} is not an address:port like \"127.0.0.1:9110\"",
+                        m.listen
+                    ),
+                );
+                None
+            }
+        });
+
+    // Every socket the daemon binds, so that two never share a port and routes stay off them.
+    let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
+    let mut listening = |field: &str, addrs: &[SocketAddr]| {
+        for (i, a) in addrs.iter().enumerate() {
+            listeners.push((format!("{field}[{}]", i + 1), *a));
+        }
+    };
+    if let Some(d) = &dns {
+        listening("dns.listen", &d.listen);
+    }
+    if let Some(h) = &http {
+        listening("http.listen", &h.listen);
+    }
+    if let Some(p) = &portal {
+        listening("portal.listen", &p.listen);
+    }
+    if let Some(m) = metrics_listen {
+        listeners.push(("metrics.listen".into(), m));
+    }
+    for problem in listener_problems(&listeners, port_range) {
+        bad(&problem.field, problem.reason);
+    }
+
+    // The route table owns uniqueness (key, port, backend): the file's routes are checked
+    // by going into a scratch one, in order, so a clash names the earlier route[N].
+    let mut routes = Vec::new();
+    let mut scratch = RouteTable::new();
+    let mut numbered: HashMap<RouteKey, usize> = HashMap::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let n = i + 1;
+        let field = |f: &str| format!("route[{n}].{f}");
+        let request = RouteRequest {
+            name: r.name,
+            service: r.service,
+            protocol: r.protocol,
+            backend: r.backend,
+            port: Some(r.port),
+            proxy_protocol: r.proxy_protocol,
+        };
+        let route = match check_route(&request, public_ipv4, port_range, &field) {
+            Ok(draft) => draft.with_port(r.port),
+            Err(errors) => {
+                for e in errors {
+                    bad(&e.field, e.reason);
+                }
+                continue;
+            }
+        };
+        match scratch.insert(route.clone(), Source::Config, UNIX_EPOCH, None) {
+            Ok(_) => {
+                numbered.insert(route.key(), n);
+                routes.push(route);
+            }
+            Err(RouteError::Conflict(c)) => {
+                let holder = numbered
+                    .get(&c.holder)
+                    .map_or(String::new(), |first| format!("; see route[{first}]"));
+                bad(
+                    &field(&c.error.field),
+                    format!("{}{holder}", c.error.reason),
+                );
+            }
+            Err(other) => bad(&field("name"), other.to_string()),
+        }
+    }
+
+    let mut users: Vec<ConfigUser> = Vec::new();
+    for (i, u) in raw.users.into_iter().enumerate() {
+        let field = |f: &str| format!("user[{}].{f}", i + 1);
+        if let Err(e) = check_label(&u.name) {
+            bad(&field("name"), e);
+            continue;
+        }
+        if let Some(first) = users.iter().position(|x| x.name == u.name) {
+            bad(
+                &field("name"),
+                format!("{} is already defined by user[{}]", u.name, first + 1),
+            );
+            continue;
+        }
+        let backends = match crate::table::users::parse_rules(&u.backends) {
+            Ok(b) => b,
+            Err(e) => {
+                bad(&field("backends"), e);
+                continue;
+            }
+        };
+        let max_routes = u
+            .max_routes
+            .unwrap_or(crate::table::users::DEFAULT_MAX_ROUTES);
+        if max_routes > crate::table::users::MAX_ROUTES_PER_USER {
+            bad(
+                &field("max_routes"),
+                format!(
+                    "{max_routes} is more than {} routes for one student",
+                    crate::table::users::MAX_ROUTES_PER_USER
+                ),
+            );
+            continue;
+        }
+        users.push(ConfigUser {
+            name: u.name,
+            backends,
+            max_routes,
+            admin: u.admin,
+        });
+    }
+
+    let (Some(public_ipv4), Some(port_range), true) =
+        (public_ipv4, port_range, problems.is_empty())
+    else {
+        return Err(problems);
+    };
+    Ok(Config {
+        gateway: Gateway {
+            public_interface: g.public_interface,
+            private_interfaces: g.private_interfaces,
+            public_ipv4,
+            port_range,
+            reclaim_after,
+            port_cooldown,
+        },
+        users,
+        dns,
+        http,
+        https,
+        portal,
+        metrics_listen,
+        cluster,
+        routes,
+    })
+}
+
+/// What `[http]` and `[https]` both say: where to listen, the service their routes are
+/// named by, and the connection limits and timeouts.
+pub(super) struct WebSection<'a> {
+    pub(super) name: &'static str,
+    /// An address for the error that finds `listen` empty.
+    pub(super) example: &'static str,
+    pub(super) listen: &'a [String],
+    pub(super) service: &'a str,
+    /// `[max_connections, max_connections_per_client]`.
+    pub(super) counts: [Option<usize>; 2],
+    /// `[header_timeout, idle_timeout]`.
+    pub(super) times: [Option<&'a str>; 2],
+}
+
+/// One web router's section, checked the same way for `[http]` and `[https]`: it needs
+/// `[dns]` (its names are NAME.SERVICE.<dns.zone>), a listen address and a service label;
+/// each problem is named under the section.
+pub(super) fn web_router(
+    s: WebSection<'_>,
+    has_dns: bool,
+    bad: &mut impl FnMut(&str, String),
+) -> (Vec<SocketAddr>, String, WebLimits) {
+    let name = s.name;
+    if !has_dns {
+        bad(
+            name,
+            "needs a [dns] section: the names it routes are NAME.SERVICE.<dns.zone>".into(),
+        );
+    }
+    if s.listen.is_empty() {
+        bad(
+            &format!("{name}.listen"),
+            format!("is empty; e.g. [\"{}\"]", s.example),
+        );
+    }
+    let listen = socket_addrs(s.listen, &format!("{name}.listen"), s.example, bad);
+    let service = s.service.to_ascii_lowercase();
+    if let Err(e) = check_label(&service) {
+        bad(&format!("{name}.service"), e);
+    }
+    let limits = web_limits(name, s.counts, s.times, bad);
+    (listen, service, limits)
+}
+
+/// A web router's `[max_connections, max_connections_per_client]` and `[header_timeout,
+/// idle_timeout]`, defaults where absent; each problem named under `section`.
+pub(super) fn web_limits(
+    section: &str,
+    counts: [Option<usize>; 2],
+    times: [Option<&str>; 2],
+    bad: &mut impl FnMut(&str, String),
+) -> WebLimits {
+    let mut limits = WebLimits::default();
+    let [total, per_client] = counts;
+    if let Some(n) = total {
+        if n == 0 {
+            bad(
+                &format!("{section}.max_connections"),
+                "must be at least 1".into(),
+            );
+        }
+        limits.max_connections = n;
+    }
+    if let Some(n) = per_client {
+        if n == 0 {
+            bad(
+                &format!("{section}.max_connections_per_client"),
+                "must be at least 1".into(),
+            );
+        }
+        limits.max_connections_per_client = n;
+    }
+    let [header, idle] = times;
+    for (key, text, slot) in [
+        ("header_timeout", header, &mut limits.header_timeout),
+        ("idle_timeout", idle, &mut limits.idle_timeout),
+    ] {
+        let Some(text) = text else { continue };
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => bad(&format!("{section}.{key}"), "must be above 0s".into()),
+            Ok(d) => *slot = d,
+            Err(e) => bad(&format!("{section}.{key}"), e),
+        }
+    }
+    limits
+}

@@ -1,0 +1,207 @@
+//! What the servers call: the control API's and the portal's [`Control`] (each change waits
+//! for its durability with the core's lock released) and the metrics scrape.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tracing::error;
+
+use crate::{
+    config::{self, RouteRequest},
+    kernel::dataplane::verdict_names,
+    serve::api::{
+        ApiError, Caller, ClaimRequest, Control, GatewayView, LegView, MeReply, Removed, RouteView,
+        RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UsersReply,
+    },
+    serve::http::HttpServer,
+    serve::https::HttpsServer,
+    serve::metrics::{self, LegSample, RouteSample},
+    table::users::UserView,
+};
+
+use super::{lock, unix, Core};
+
+/// One metrics scrape. What needs the core (the routes, the verdicts, the legs) is copied
+/// under its lock; the per-route counters, one map read per route, are read after, so a
+/// scrape of a full gateway never delays a route change.
+pub(super) fn scrape(core: &Mutex<Core>) -> String {
+    let (routes, reader, verdicts, legs, routers) = {
+        let c = lock(core);
+        let routers: Vec<_> = c
+            .http
+            .iter()
+            .map(HttpServer::sample)
+            .chain(c.https.iter().map(HttpsServer::sample))
+            .collect();
+        let routes: Vec<(config::Route, u32)> =
+            c.table.entries().map(|e| (e.route.clone(), e.id)).collect();
+        let legs: Vec<LegSample> = c
+            .dataplane
+            .legs()
+            .iter()
+            .map(|l| LegSample {
+                name: l.name.clone(),
+                role: l.role_name(),
+                egress: l.egress_name(),
+                tx_dropped: None,
+                rx_dropped: None,
+            })
+            .collect();
+        (
+            routes,
+            c.dataplane.counter_reader().ok(),
+            c.dataplane.verdicts().unwrap_or_default(),
+            legs,
+            routers,
+        )
+    };
+    let routes: Vec<RouteSample> = routes
+        .into_iter()
+        .map(|(route, id)| RouteSample {
+            route,
+            counters: reader
+                .as_ref()
+                .and_then(|r| r.route_counters(id).ok())
+                .unwrap_or_default(),
+        })
+        .collect();
+    let legs: Vec<LegSample> = legs
+        .into_iter()
+        .map(|l| LegSample {
+            tx_dropped: crate::kernel::sys::netdev_stat(&l.name, "tx_dropped"),
+            rx_dropped: crate::kernel::sys::netdev_stat(&l.name, "rx_dropped"),
+            ..l
+        })
+        .collect();
+    let named: Vec<(&str, u64)> = verdict_names().iter().copied().zip(verdicts).collect();
+    let mut text = metrics::render(&routes, &named, &legs) + &metrics::render_routers(&routers);
+    metrics::render_peer_warnings(&mut text, crate::logging::peer_noise().seen());
+    text
+}
+
+/// The API's view of the daemon.
+pub(super) struct Handle {
+    pub(super) core: Arc<Mutex<Core>>,
+    pub(super) shutdown: mpsc::UnboundedSender<Shutdown>,
+}
+
+impl Handle {
+    /// Runs a change on the core, then waits, with the lock released, until what it
+    /// recorded is durable: the reply never comes before that. A flush that fails leaves
+    /// the change live (it is in the maps and answered by DNS) but maybe not on disk, and
+    /// says so; the store then writes a whole snapshot with the next change.
+    pub(super) fn change<R>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<R, ApiError>,
+    ) -> Result<R, ApiError> {
+        let (result, commits) = {
+            let mut core = lock(&self.core);
+            let result = f(&mut core);
+            (result, std::mem::take(&mut core.unflushed))
+        };
+        for commit in commits {
+            if let Err(e) = commit.wait() {
+                error!("state: {e}");
+                return Err(ApiError::new(
+                    500,
+                    format!("the change is live but may not survive a crash: {e}"),
+                ));
+            }
+        }
+        result
+    }
+}
+
+impl Control for Handle {
+    fn list(&self) -> RoutesReply {
+        lock(&self.core).list()
+    }
+    fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError> {
+        self.change(|c| c.add(request))
+    }
+    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
+        self.change(|c| c.remove(name, service))
+    }
+    fn shutdown(&self, request: Shutdown) {
+        let _ = self.shutdown.send(request);
+    }
+    fn users(&self) -> UsersReply {
+        lock(&self.core).users_reply()
+    }
+    fn user_add(&self, request: UserRequest) -> Result<TokenReply, ApiError> {
+        lock(&self.core).user_add(request)
+    }
+    fn user_remove(&self, name: &str, with_routes: bool) -> Result<UserView, ApiError> {
+        self.change(|c| c.user_remove(name, with_routes))
+    }
+    fn user_token(&self, name: &str) -> Result<TokenReply, ApiError> {
+        lock(&self.core).user_token(name)
+    }
+    fn authenticate(&self, token: &str) -> Option<Caller> {
+        let core = lock(&self.core);
+        let u = core.users.authenticate(token).ok()?;
+        Some(Caller {
+            name: u.name.clone(),
+            admin: u.admin,
+        })
+    }
+    fn me(&self, caller: &str) -> Result<MeReply, ApiError> {
+        lock(&self.core).me(caller)
+    }
+    fn claim(&self, caller: &str, request: ClaimRequest) -> Result<RouteView, ApiError> {
+        self.change(|c| c.claim(caller, request))
+    }
+    fn release(
+        &self,
+        caller: &str,
+        service: &str,
+        protocol: Option<&str>,
+    ) -> Result<Removed, ApiError> {
+        self.change(|c| c.release(caller, service, protocol))
+    }
+    fn authenticate_digest(&self, name: &str, token_sha256: &[u8; 32]) -> Option<Caller> {
+        let core = lock(&self.core);
+        let u = core.users.authenticate_digest(name, token_sha256).ok()?;
+        Some(Caller {
+            name: u.name.clone(),
+            admin: u.admin,
+        })
+    }
+    fn gateway(&self) -> GatewayView {
+        let core = lock(&self.core);
+        let names = verdict_names().iter().map(|n| n.to_string());
+        GatewayView {
+            legs: core
+                .dataplane
+                .legs()
+                .iter()
+                .map(|l| LegView {
+                    name: l.name.clone(),
+                    role: l.role_name().to_string(),
+                    egress: l.egress_name().to_string(),
+                })
+                .collect(),
+            verdicts: names
+                .zip(core.dataplane.verdicts().unwrap_or_default())
+                .collect(),
+        }
+    }
+    fn traffic(&self, routes: &[config::RouteKey]) -> Vec<Vec<TrafficMinute>> {
+        let (slots, traffic) = {
+            let core = lock(&self.core);
+            let slots: Vec<Option<(u32, u64)>> = routes
+                .iter()
+                .map(|k| core.table.get(k).map(|e| (e.id, unix(e.added))))
+                .collect();
+            (slots, core.traffic.clone())
+        };
+        let traffic = traffic.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .into_iter()
+            .map(|s| s.map_or_else(Vec::new, |(id, added)| traffic.history(id, added)))
+            .collect()
+    }
+    fn recent_audit(&self) -> Vec<String> {
+        crate::logging::recent_audit()
+    }
+}

@@ -1,0 +1,453 @@
+//! The daemon's life: start-up in its order (config, state, the table they make, sockets,
+//! then the kernel), the event loop of signals and timers, and shutdown, which takes the
+//! data plane out of the core before detaching it (or deliberately not).
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::Config,
+    kernel::dataplane::{Counters, Dataplane, DataplaneError, XdpDataplane},
+    notify,
+    serve::api::{self, Control, Shutdown},
+    serve::dns::DnsServer,
+    serve::http::HttpServer,
+    serve::https::HttpsServer,
+    serve::metrics,
+    serve::portal::PortalServer,
+    table::cluster::{EtcdStore, Remote},
+    table::routes::{Diff, RouteTable, Source},
+    table::state::{StateStore, Store, StoredRoute},
+};
+
+use super::control::{scrape, Handle};
+use super::routes::apply_config_users;
+use super::{
+    lock, unix, Clock, Core, DaemonError, Options, CLOCK_TICK, EGRESS_REFRESH, OBSERVE_EVERY,
+};
+
+/// Changes from the shared table waiting for the core; the watch waits when it is full.
+const REMOTE_QUEUE: usize = 256;
+
+/// Builds the table from the config's routes and the stored runtime ones. A stored route
+/// identical to a config route was taken over by the file while the daemon was down and
+/// is dropped from the store; any other clash is an error naming both.
+pub(super) fn build_table(
+    cfg: &Config,
+    config_path: &Path,
+    store: &dyn Store,
+    stored: Vec<StoredRoute>,
+    now: SystemTime,
+) -> Result<(RouteTable, bool), DaemonError> {
+    let mut table = RouteTable::new();
+    table
+        .replace_config(&cfg.routes, now)
+        .map_err(|problems| DaemonError::Clash {
+            state: store.location(),
+            config: config_path.to_path_buf(),
+            problems: problems.iter().map(ToString::to_string).collect(),
+        })?;
+    let mut problems = Vec::new();
+    let mut taken_over = false;
+    for s in stored {
+        let key = s.route.key();
+        if table.get(&key).is_some_and(|e| e.route == s.route) {
+            info!(route = %key, "runtime route now defined identically in the config file; the file owns it");
+            taken_over = true;
+            continue;
+        }
+        if !cfg.gateway.port_range.contains(s.route.port) {
+            warn!(route = %key, port = s.route.port, "runtime route outside gateway.port_range {}; kept, since its port was handed out", cfg.gateway.port_range);
+        }
+        match table.insert(s.route, Source::Runtime, s.added, s.last_seen) {
+            Ok(_) => {}
+            Err(e) => problems.push(format!("runtime route {key}: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(DaemonError::Clash {
+            state: store.location(),
+            config: config_path.to_path_buf(),
+            problems,
+        });
+    }
+    Ok((table, taken_over))
+}
+
+/// Runs the gateway until SIGINT/SIGTERM or an API shutdown. `cfg` was loaded from
+/// `opts.config` and checked against the machine by the caller.
+pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
+    let clock = Clock::new(opts.clock_offset_file.clone());
+    // Locked even with [cluster]: it holds the portal's certificate, and two daemons must
+    // not share one directory.
+    let local = StateStore::open(&opts.state_dir)?;
+    let public_ipv4 = cfg.gateway.public_ipv4;
+    let (mut store, _local): (Box<dyn Store>, Option<StateStore>) = match &cfg.cluster {
+        None => (Box::new(local), None),
+        Some(cluster) => (Box::new(EtcdStore::connect(cluster)?), Some(local)),
+    };
+    let stored = store.load_routes(public_ipv4)?;
+    let mut users = store.load_accounts()?;
+    // Other gateways' changes from the loaded revision on; they wait in the queue until
+    // the event loop runs.
+    let remote = cfg.cluster.is_some().then(|| {
+        let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
+        store.follow(public_ipv4, tx);
+        rx
+    });
+    if apply_config_users(&mut users, &cfg.users, clock.now()) {
+        store.save_accounts(&users)?;
+    }
+    let (table, taken_over) = build_table(&cfg, &opts.config, &*store, stored, clock.now())?;
+
+    // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|error| DaemonError::Metrics { addr, error })?,
+        ),
+        None => None,
+    };
+    let api_listener = api::bind(&opts.socket)?;
+    let dns = match &cfg.dns {
+        Some(d) => Some(Arc::new(
+            DnsServer::start(d, cfg.gateway.public_ipv4, &table.routes()).await?,
+        )),
+        None => None,
+    };
+    let http = match (&cfg.http, &cfg.dns) {
+        (Some(h), Some(d)) => Some(HttpServer::start(h, &d.zone, &table.routes()).await?),
+        _ => None,
+    };
+    let http_addrs = http.as_ref().map(HttpServer::local_addrs);
+    let https = match (&cfg.https, &cfg.dns) {
+        (Some(h), Some(d)) => {
+            let http_service = cfg.http.as_ref().map(|h| h.service.as_str());
+            Some(HttpsServer::start(h, http_service, &d.zone, &table.routes()).await?)
+        }
+        _ => None,
+    };
+    let https_addrs = https.as_ref().map(HttpsServer::local_addrs);
+    let portal = match &cfg.portal {
+        Some(p) => Some(PortalServer::bind(p, &opts.state_dir).await?),
+        None => None,
+    };
+    let portal_info = portal.as_ref().map(|p| p.info().clone());
+
+    let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
+    let mut core = Core::new(table, Box::new(dataplane), store, &cfg, clock);
+    core.dns = dns.clone();
+    core.http = http;
+    core.https = https;
+    core.users = users;
+    core.portal = portal_info.clone();
+    core.take_over(taken_over)?;
+    core.sync_serial();
+    let routes = core.table.len();
+    let core = Arc::new(Mutex::new(core));
+
+    let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
+    let handle: Arc<dyn Control> = Arc::new(Handle {
+        core: core.clone(),
+        shutdown: shutdown_tx,
+    });
+    let portal_tasks = portal.map(|p| p.serve(handle.clone())).unwrap_or_default();
+    let api_task = tokio::spawn(api::serve(api_listener, handle));
+    let metrics_task = metrics_listener.map(|listener| {
+        let core = core.clone();
+        tokio::spawn(metrics::serve(listener, Arc::new(move || scrape(&core))))
+    });
+
+    info!(
+        routes,
+        public = %cfg.gateway.public_ipv4,
+        dns = ?dns.as_ref().map(|d| d.local_addrs()),
+        http = ?http_addrs,
+        https = ?https_addrs,
+        metrics = ?cfg.metrics_listen,
+        portal = ?portal_info.as_ref().map(|p| &p.listen),
+        portal_fingerprint = ?portal_info.as_ref().map(|p| &p.fingerprint),
+        socket = %opts.socket.display(),
+        pins = %opts.pin_dir.display(),
+        state = %opts.state_dir.display(),
+        "srvgate ready"
+    );
+    // Only now: XDP is attached and every socket answers, which is what systemd waits for.
+    let status = on_core(&core, |c| c.status_line())
+        .await
+        .unwrap_or_default();
+    tell_systemd(notify::ready(&status));
+
+    let result = event_loop(&opts, &core, &mut shutdown_rx, remote).await;
+    let detach = match &result {
+        Ok(detach) => *detach,
+        Err(_) => opts.detach_on_exit,
+    };
+    tell_systemd(notify::stopping(if detach {
+        "stopping; detaching XDP"
+    } else {
+        "stopping; XDP stays attached and forwarding"
+    }));
+
+    // Awaited, so every accept loop has ended here. A connection they spawned may still
+    // be answering; whatever it asks of the core after `finish` finds the data plane stopped.
+    api_task.abort();
+    let _ = api_task.await;
+    for t in portal_tasks {
+        t.abort();
+        let _ = t.await;
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
+        let _ = t.await;
+    }
+    on_core(&core, |c| {
+        if let Err(e) = c.save() {
+            warn!("saving the state file at exit: {e}");
+        }
+        c.dns = None;
+        c.http = None;
+        c.https = None;
+    })
+    .await;
+    if let Some(d) = dns.and_then(Arc::into_inner) {
+        d.shutdown().await;
+    }
+    let pin_dir = opts.pin_dir.clone();
+    let outcome = on_core(&core, move |c| finish(c, detach, &pin_dir))
+        .await
+        .unwrap_or_else(|| {
+            Err(DaemonError::Runtime(
+                "stopping the data plane panicked".into(),
+            ))
+        });
+    // Last: `srvgate down` takes the socket's disappearance to mean "detached and gone".
+    let _ = std::fs::remove_file(&opts.socket);
+    outcome?;
+    result.map(|_| ())
+}
+
+/// A failed notification is worth a warning, never an exit: forwarding does not depend on it.
+pub(super) fn tell_systemd(sent: std::io::Result<bool>) {
+    if let Err(e) = sent {
+        warn!("notifying systemd (NOTIFY_SOCKET): {e}");
+    }
+}
+
+/// The data plane of a core that has shut down: every change is refused, and nothing of
+/// the kernel's program, links or maps is held.
+pub(super) struct Stopped {
+    none: crate::kernel::dataplane::PinnedFrontends,
+}
+
+impl Dataplane for Stopped {
+    fn apply(&mut self, _: &RouteTable, _: &Diff) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn sync_all(
+        &mut self,
+        _: &RouteTable,
+        _: &std::collections::HashSet<u32>,
+    ) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn pinned_frontends(&self) -> &crate::kernel::dataplane::PinnedFrontends {
+        &self.none
+    }
+    fn route_counters(&self, _: u32) -> Result<Counters, DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn counter_reader(
+        &self,
+    ) -> Result<Arc<dyn crate::kernel::dataplane::CounterReader>, DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn legs(&self) -> &[crate::kernel::dataplane::Leg] {
+        &[]
+    }
+    fn refresh_egress(&mut self) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn tick_clock(&mut self) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
+    fn detach(self: Box<Self>) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+}
+
+/// Takes the data plane out of the core and detaches it, or deliberately does not. It is
+/// taken under the core's lock rather than by unwrapping the last `Arc`: a call still in
+/// flight on a blocking thread (an API request whose task was aborted) finishes first, and
+/// any later one finds [`Stopped`], so once this returns the process holds no descriptor of
+/// the program or its links, whoever still holds a clone of the core.
+pub(super) fn finish(c: &mut Core, detach: bool, pin_dir: &Path) -> Result<(), DaemonError> {
+    let dataplane = std::mem::replace(
+        &mut c.dataplane,
+        Box::new(Stopped {
+            none: Default::default(),
+        }),
+    );
+    if detach {
+        dataplane.detach()?;
+        info!("stopped; XDP detached from every leg");
+    } else {
+        drop(dataplane);
+        info!(
+            pins = %pin_dir.display(),
+            "stopped; XDP stays attached and forwarding (pinned); the next `srvgate run` takes over without a gap, `srvgate down` detaches"
+        );
+    }
+    Ok(())
+}
+
+/// Serves signals and timers; returns whether to detach on the way out.
+pub(super) async fn event_loop(
+    opts: &Options,
+    core: &Arc<Mutex<Core>>,
+    shutdown: &mut mpsc::UnboundedReceiver<Shutdown>,
+    mut remote: Option<mpsc::Receiver<Remote>>,
+) -> Result<bool, DaemonError> {
+    let sig = |kind| {
+        signal(kind).map_err(|e| DaemonError::Runtime(format!("installing signal handlers: {e}")))
+    };
+    let (mut term, mut int, mut hup) = (
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+        sig(SignalKind::hangup())?,
+    );
+    let mut egress = tokio::time::interval(EGRESS_REFRESH);
+    let mut clock = tokio::time::interval(CLOCK_TICK);
+    let mut observe = tokio::time::interval(OBSERVE_EVERY);
+    observe.tick().await;
+    let mut status = on_core(core, |c| c.status_line()).await.unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(opts.detach_on_exit); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(opts.detach_on_exit); }
+            Some(s) = shutdown.recv() => {
+                info!(detach = s.detach, "shutdown requested over the control socket");
+                return Ok(s.detach || opts.detach_on_exit);
+            }
+            _ = hup.recv() => {
+                tell_systemd(notify::reloading());
+                let cfg = Config::load(&opts.config).and_then(|c| {
+                    for w in c.check_machine(&opts.config)? {
+                        warn!("SIGHUP: {}: {w}", opts.config.display());
+                    }
+                    Ok(c)
+                });
+                match cfg {
+                    Ok(cfg) => {
+                        on_core(core, move |c| c.reload(cfg)).await;
+                    }
+                    Err(e) => error!("SIGHUP: keeping the running routes; {e}"),
+                }
+                if let Some(line) = on_core(core, |c| c.status_line()).await {
+                    tell_systemd(notify::ready(&line));
+                }
+            }
+            Some(r) = async {
+                match remote.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                on_core(core, move |c| c.apply_remote(r)).await;
+            }
+            _ = egress.tick() => {
+                if let Some(Err(e)) = on_core(core, |c| c.dataplane.refresh_egress()).await {
+                    warn!("refreshing egress modes: {e:#}");
+                }
+            }
+            _ = clock.tick() => {
+                if let Some(Err(e)) = on_core(core, |c| c.dataplane.tick_clock()).await {
+                    warn!("giving the program the time: {e:#}");
+                }
+            }
+            _ = observe.tick() => {
+                crate::logging::report_suppressed();
+                let line = observe_without_lock(core).await;
+                // Runtime adds, removals and reclaims change the count between reloads.
+                if let Some(line) = line.filter(|l| *l != status) {
+                    tell_systemd(notify::status(&line));
+                    status = line;
+                }
+            }
+        }
+    }
+}
+
+/// The periodic pass, with the counters of every route read while the core is unlocked
+/// (see [`Dataplane::counter_reader`]); returns the status line for systemd.
+pub(super) async fn observe_without_lock(core: &Arc<Mutex<Core>>) -> Option<String> {
+    let (reader, slots, traffic, now) = on_core(core, |c| {
+        let slots: Vec<u32> = c.table.entries().map(|e| e.id).collect();
+        (
+            c.dataplane.counter_reader(),
+            slots,
+            c.traffic.clone(),
+            unix(c.clock.now()),
+        )
+    })
+    .await?;
+    let idle = match reader {
+        Ok(reader) => tokio::task::spawn_blocking(move || {
+            let read: Vec<(u32, Counters)> = slots
+                .into_iter()
+                .filter_map(|id| Some((id, reader.route_counters(id).ok()?)))
+                .collect();
+            let bytes: Vec<(u32, u64, u64)> = read
+                .iter()
+                .map(|(id, c)| (*id, c.inbound_bytes, c.outbound_bytes))
+                .collect();
+            traffic
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(now, &bytes);
+            read.into_iter()
+                .filter_map(|(id, c)| Some((id, c.idle?)))
+                .collect::<HashMap<u32, Duration>>()
+        })
+        .await
+        .ok()?,
+        Err(e) => {
+            warn!("reading the route counters: {e}");
+            HashMap::new()
+        }
+    };
+    on_core(core, move |c| {
+        c.note_activity(&idle);
+        c.after_activity();
+        c.status_line()
+    })
+    .await
+}
+
+/// Runs `f` on the core from the event loop. Everything the core does may block (its lock,
+/// map syscalls, netlink, sysfs, an fsync), so it runs on tokio's blocking pool, like the
+/// control API's and the metrics scrape's calls; the async threads only wait for it. `None`
+/// if `f` panicked.
+pub(super) async fn on_core<R: Send + 'static>(
+    core: &Arc<Mutex<Core>>,
+    f: impl FnOnce(&mut Core) -> R + Send + 'static,
+) -> Option<R> {
+    let core = core.clone();
+    tokio::task::spawn_blocking(move || f(&mut lock(&core)))
+        .await
+        .ok()
+}

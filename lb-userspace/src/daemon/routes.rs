@@ -1,0 +1,855 @@
+//! The core's own plumbing (start-up's take-over, recording, publishing to the name
+//! services, the status line) and the route operations: list, add, remove, reload, and the
+//! periodic pass (last-seen, reclaim).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{self, check_route, format_duration, Config, ConfigUser, RouteRequest},
+    kernel::dataplane::{Counters, Dataplane},
+    serve::api::{ApiError, Removed, RouteView, RoutesReply},
+    table::cluster::Remote,
+    table::routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
+    table::state::{RouteChange, StateError, Store, StoredRoute},
+    table::users::{check_claim, User, Users},
+};
+
+use super::students::denied;
+use super::{unix, Clock, Core, DaemonError, SAVE_ACTIVITY_EVERY};
+
+/// Allocations tried when a shared store refuses the port chosen (another gateway took it
+/// a moment earlier). Each retry avoids every port the store named and starts a few ports
+/// above the highest of them, so two gateways claiming at once stop racing for the same
+/// lowest free port.
+const ALLOCATION_ATTEMPTS: usize = 8;
+
+/// Why one attempt to add a route failed.
+enum Failed {
+    /// Refused before anything changed (invalid, conflicting, no port left).
+    Api(ApiError),
+    /// The maps refused it.
+    Live(String),
+    /// The store refused it or did not answer.
+    Store(StateError),
+}
+
+impl Core {
+    /// A core for `cfg` without name services yet; [`Core::take_over`] brings the data plane
+    /// in line.
+    pub(super) fn new(
+        table: RouteTable,
+        dataplane: Box<dyn Dataplane>,
+        store: Box<dyn Store>,
+        cfg: &Config,
+        clock: Clock,
+    ) -> Core {
+        Core {
+            table,
+            dataplane,
+            dns: None,
+            http: None,
+            https: None,
+            store,
+            gateway: cfg.gateway.clone(),
+            started: Config {
+                routes: Vec::new(),
+                ..cfg.clone()
+            },
+            users: Users::default(),
+            config_users: cfg.users.clone(),
+            zone: cfg.dns.as_ref().map(|d| d.zone.clone()),
+            portal: None,
+            clock,
+            activity_unsaved: false,
+            last_save: Instant::now(),
+            unflushed: Vec::new(),
+            http_service: cfg.http.as_ref().map(|h| h.service.clone()),
+            https_service: cfg.https.as_ref().map(|h| h.service.clone()),
+            traffic: Arc::default(),
+        }
+    }
+
+    /// Start-up's last step: takes back the counter slots the pinned maps kept, makes the
+    /// maps hold exactly the table, records routes the config file `taken_over` from the
+    /// store, then catches up with the activity and idleness of the time no daemon watched.
+    pub(super) fn take_over(&mut self, taken_over: bool) -> Result<(), DaemonError> {
+        let fresh = self.table.adopt_slots(self.dataplane.pinned_frontends());
+        self.dataplane.sync_all(&self.table, &fresh)?;
+        for e in self.table.entries() {
+            let r = &e.route;
+            info!(route = %r.key(), public = %format!("{}:{}", self.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
+        }
+        if taken_over {
+            self.save()?;
+        }
+        // The traffic charts' baseline is what the pinned counters hold now: a route
+        // claimed and used before the first periodic pass must not have its traffic taken
+        // for the baseline.
+        let readings: Vec<(u32, u64, u64)> = self
+            .table
+            .entries()
+            .filter_map(|e| {
+                let c = self.dataplane.route_counters(e.id).ok()?;
+                Some((e.id, c.inbound_bytes, c.outbound_bytes))
+            })
+            .collect();
+        let now = unix(self.clock.now());
+        self.traffic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(now, &readings);
+        self.observe();
+        Ok(())
+    }
+
+    pub(super) fn stored_routes(&self) -> Vec<StoredRoute> {
+        stored_routes(&self.table)
+    }
+
+    /// Records runtime-route changes in the store: written when this returns, durable once
+    /// `unflushed` has been waited for.
+    pub(super) fn record(&mut self, changes: &[RouteChange]) -> Result<(), StateError> {
+        let table = &self.table;
+        let commit = self.store.record(changes, &|| stored_routes(table))?;
+        self.unflushed.push(commit);
+        Ok(())
+    }
+
+    /// Waits here, under the lock, for what was recorded: for the rare changes that come
+    /// from the daemon itself (reclaim), not from a client waiting for an answer.
+    pub(super) fn flush_here(&mut self, what: &str) {
+        for commit in std::mem::take(&mut self.unflushed) {
+            if let Err(e) = commit.wait() {
+                error!("{what}: {e}");
+            }
+        }
+    }
+
+    /// The one line `systemctl status` shows while running.
+    pub(super) fn status_line(&self) -> String {
+        let runtime = self
+            .table
+            .entries()
+            .filter(|e| e.source == Source::Runtime)
+            .count();
+        let gw = &self.gateway;
+        format!(
+            "forwarding {} routes ({runtime} runtime) on {}, {}",
+            self.table.len(),
+            gw.public_interface,
+            gw.private_interfaces.join(", ")
+        )
+    }
+
+    pub(super) fn save(&mut self) -> Result<(), StateError> {
+        self.store.save_routes(&self.stored_routes())?;
+        self.activity_unsaved = false;
+        self.last_save = Instant::now();
+        Ok(())
+    }
+
+    /// Gives the name services (DNS, the web routers) a change of the table. DNS takes the
+    /// change itself (its cost is the change's); each web router, which holds only its own
+    /// service's routes, gets those again when one of them changed.
+    pub(super) fn publish(&self, diff: &Diff) {
+        let removed: Vec<config::Route> = diff
+            .removed
+            .iter()
+            .chain(diff.changed.iter().map(|c| &c.old))
+            .map(|e| e.route.clone())
+            .collect();
+        let added: Vec<config::Route> = diff
+            .added
+            .iter()
+            .chain(diff.changed.iter().map(|c| &c.new))
+            .map(|e| e.route.clone())
+            .collect();
+        if let Some(d) = &self.dns {
+            d.apply(&removed, &added);
+        }
+        // The routes of `service`, if the change touched one of them.
+        let of_service = |service: &Option<String>| -> Option<Vec<config::Route>> {
+            let service = service.as_ref()?;
+            removed
+                .iter()
+                .chain(&added)
+                .any(|r| &r.service == service)
+                .then(|| {
+                    self.table
+                        .entries()
+                        .filter(|e| &e.route.service == service)
+                        .map(|e| e.route.clone())
+                        .collect()
+                })
+        };
+        if let (Some(h), Some(routes)) = (&self.http, of_service(&self.http_service)) {
+            h.update(&routes);
+        }
+        if let (Some(h), Some(routes)) = (&self.https, of_service(&self.https_service)) {
+            h.update(&routes);
+        }
+    }
+
+    pub(super) fn counters(&self, e: &Entry) -> Counters {
+        self.dataplane.route_counters(e.id).unwrap_or_default()
+    }
+
+    pub(super) fn view(&self, e: &Entry, now: SystemTime) -> RouteView {
+        let c = self.counters(e);
+        let r = &e.route;
+        let idle = now
+            .duration_since(e.last_activity())
+            .unwrap_or(Duration::ZERO);
+        let reclaim_in = match (e.source, self.gateway.reclaim_after) {
+            (Source::Runtime, Some(after)) => Some(after.saturating_sub(idle).as_secs()),
+            _ => None,
+        };
+        RouteView {
+            name: r.name.clone(),
+            service: r.service.clone(),
+            protocol: r.protocol.to_string(),
+            port: r.port,
+            backend: r.backend.to_string(),
+            source: e.source.as_str().to_string(),
+            added_unix: unix(e.added),
+            last_seen_unix: e.last_seen.map(unix),
+            idle_seconds: idle.as_secs(),
+            reclaim_in_seconds: reclaim_in,
+            inbound_packets: c.inbound_packets,
+            outbound_packets: c.outbound_packets,
+            inbound_bytes: c.inbound_bytes,
+            outbound_bytes: c.outbound_bytes,
+            proxy_protocol: r.proxy_protocol.map(|p| p.as_str().to_string()),
+        }
+    }
+
+    pub(super) fn list(&mut self) -> RoutesReply {
+        // Fresh last-seen times, so `status` agrees with what the counters say right now.
+        self.observe_activity();
+        let now = self.clock.now();
+        let range = self.gateway.port_range;
+        let free = (range.first..=range.last)
+            .filter(|&p| {
+                !self.table.port_in_use(p, config::Protocol::Tcp)
+                    && !self.table.port_in_use(p, config::Protocol::Udp)
+            })
+            .count();
+        RoutesReply {
+            public_ipv4: self.gateway.public_ipv4.to_string(),
+            port_range: range.to_string(),
+            free_ports: free as u32,
+            reclaim_after: self.gateway.reclaim_after.map(format_duration),
+            portal: self.portal.clone(),
+            cluster: self.store.cluster(),
+            routes: self.table.entries().map(|e| self.view(e, now)).collect(),
+        }
+    }
+
+    pub(super) fn add(&mut self, request: RouteRequest) -> Result<RouteView, ApiError> {
+        self.add_as(request, None)
+    }
+
+    /// Adds a runtime route; with an `owner`, only within what that account may hold.
+    pub(super) fn add_as(
+        &mut self,
+        request: RouteRequest,
+        owner: Option<&User>,
+    ) -> Result<RouteView, ApiError> {
+        let started = Instant::now();
+        let g = &self.gateway;
+        let draft = check_route(&request, Some(g.public_ipv4), Some(g.port_range), &|f| {
+            f.to_string()
+        })
+        .map_err(|problems| {
+            let field = problems
+                .first()
+                .map(|p| p.field.clone())
+                .unwrap_or_default();
+            let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+            ApiError::field(400, field, format!("invalid route:\n{}", list.join("\n")))
+        })?;
+        if let Some(user) = owner {
+            check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
+        }
+        let now = self.clock.now();
+        // Ports a shared store said are taken (by another gateway, a moment ago), and the
+        // lowest port to try next.
+        let mut taken: Vec<u16> = Vec::new();
+        let mut floor = 0;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_add(&draft, now, &taken, floor, started) {
+                Ok(entry) => return Ok(self.view(&entry, now)),
+                Err(Failed::Store(StateError::Refused {
+                    reason,
+                    taken: more,
+                })) if draft.port.is_none()
+                    && attempt < ALLOCATION_ATTEMPTS
+                    && !more.is_empty() =>
+                {
+                    info!(route = %draft.key(), "{reason}; allocating another port");
+                    taken.extend(more.iter().map(|&(p, _)| p));
+                    // The other gateway goes on with the lowest free port, as this one
+                    // would: skip a few beyond what it holds (the jitter needs no quality,
+                    // only to differ between gateways).
+                    let jitter = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos() % 8)
+                        as u16;
+                    let highest = taken.iter().copied().max().unwrap_or(0);
+                    floor = highest.saturating_add(1 + jitter);
+                }
+                Err(Failed::Api(e)) => return Err(e),
+                Err(Failed::Live(e)) => {
+                    error!("route add {}: {e}", draft.key());
+                    return Err(ApiError::new(500, format!("not added: {e}")));
+                }
+                Err(Failed::Store(e)) => {
+                    error!("route add {}: {e}", draft.key());
+                    return Err(ApiError::new(e.status(), format!("not added: {e}")));
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`Core::add_as`]: allocates (around `taken`, from `floor` up if it
+    /// can), then table, maps, DNS and the routers, then the store; anything refused is
+    /// undone everywhere.
+    fn try_add(
+        &mut self,
+        draft: &config::RouteDraft,
+        now: SystemTime,
+        taken: &[u16],
+        floor: u16,
+        started: Instant,
+    ) -> Result<Entry, Failed> {
+        let g = &self.gateway;
+        let port = match draft.port {
+            Some(p) => p,
+            None => {
+                let users = &self.users;
+                let avoid = |p: u16| users.is_cooling(p, now) || taken.contains(&p);
+                let allocate = |floor: u16| {
+                    self.table.allocate_port_avoiding(
+                        &draft.name,
+                        &draft.service,
+                        draft.protocol,
+                        g.port_range,
+                        &|p| p < floor || avoid(p),
+                    )
+                };
+                // Above the floor if anything is free there, else anywhere.
+                allocate(floor)
+                    .or_else(|_| allocate(0))
+                    .map_err(|e| {
+                        let cooling = users.cooldown().keys().filter(|&&p| users.is_cooling(p, now)).count();
+                        let why = if cooling > 0 {
+                            format!("{e} ({cooling} released ports are cooling down for gateway.port_cooldown {})", format_duration(g.port_cooldown))
+                        } else {
+                            e.to_string()
+                        };
+                        Failed::Api(ApiError::field(409, "port", why))
+                    })?
+            }
+        };
+        let entry = self
+            .table
+            .insert(draft.clone().with_port(port), Source::Runtime, now, None)
+            .map_err(|e| {
+                Failed::Api(match e {
+                    RouteError::Conflict(c) => {
+                        ApiError::field(409, c.error.field.clone(), c.error.to_string())
+                    }
+                    other => ApiError::new(409, other.to_string()),
+                })
+            })?;
+        let key = entry.route.key();
+        // Live first (maps, then DNS: microseconds), recorded second (one journal line, or
+        // one etcd transaction), durable third (the flush, outside the lock, shared with
+        // concurrent changes), reply last. A failed write undoes it all; a crash before the
+        // flush never told anyone the route existed, and the next start's full sync drops
+        // its map entries.
+        let diff = Diff {
+            added: vec![entry.clone()],
+            ..Diff::default()
+        };
+        let live = self
+            .dataplane
+            .apply(&self.table, &diff)
+            .map_err(|e| Failed::Live(e.to_string()));
+        if live.is_ok() {
+            self.publish(&diff);
+        }
+        let live_us = started.elapsed().as_micros() as u64;
+        let stored = RouteChange::Put(StoredRoute {
+            route: entry.route.clone(),
+            added: entry.added,
+            last_seen: entry.last_seen,
+        });
+        if let Err(e) = live.and_then(|()| self.record(&[stored]).map_err(Failed::Store)) {
+            // Undo everywhere, so the table, the maps, DNS and the store keep agreeing.
+            if let Some(gone) = self.table.remove(&key) {
+                let undo = Diff {
+                    removed: vec![gone],
+                    ..Diff::default()
+                };
+                let _ = self.dataplane.apply(&self.table, &undo);
+                self.publish(&undo);
+            }
+            return Err(e);
+        }
+        self.sync_serial();
+        // `live_us`: until the route forwards and answers; `took_us`: until it is also on disk.
+        info!(
+            route = %key,
+            port,
+            backend = %entry.route.backend,
+            source = "runtime",
+            live_us,
+            written_us = started.elapsed().as_micros() as u64,
+            "route added"
+        );
+        Ok(entry)
+    }
+
+    pub(super) fn remove(
+        &mut self,
+        name: &str,
+        service: Option<&str>,
+    ) -> Result<Removed, ApiError> {
+        let matching: Vec<Entry> = self
+            .table
+            .named(name)
+            .filter(|e| service.is_none_or(|s| e.route.service == s))
+            .cloned()
+            .collect();
+        let what = match service {
+            Some(s) => format!("{name} with service {s}"),
+            None => name.to_string(),
+        };
+        if matching.is_empty() {
+            return Err(ApiError::field(
+                404,
+                "name",
+                format!("no route named {what}"),
+            ));
+        }
+        let (runtime, config): (Vec<Entry>, Vec<Entry>) = matching
+            .into_iter()
+            .partition(|e| e.source == Source::Runtime);
+        if runtime.is_empty() {
+            let keys: Vec<String> = config.iter().map(|e| e.route.key().to_string()).collect();
+            return Err(ApiError::field(
+                409,
+                "name",
+                format!(
+                    "{} is defined in the config file, not at runtime: remove it there and send SIGHUP",
+                    keys.join(", ")
+                ),
+            ));
+        }
+        let removed = self.remove_entries(&what, &runtime)?;
+        if !config.is_empty() {
+            let kept: Vec<String> = config.iter().map(|e| e.route.key().to_string()).collect();
+            info!(kept = %kept.join(", "), "config routes of {name} kept");
+        }
+        Ok(removed)
+    }
+
+    /// Removes runtime `entries`: durable first, then the maps and the name services; their
+    /// ports start cooling down.
+    pub(super) fn remove_entries(
+        &mut self,
+        what: &str,
+        runtime: &[Entry],
+    ) -> Result<Removed, ApiError> {
+        let now = self.clock.now();
+        let views: Vec<RouteView> = runtime.iter().map(|e| self.view(e, now)).collect();
+        let mut diff = Diff::default();
+        for e in runtime {
+            if let Some(gone) = self.table.remove(&e.route.key()) {
+                diff.removed.push(gone);
+            }
+        }
+        let deleted: Vec<RouteChange> = diff
+            .removed
+            .iter()
+            .map(|e| RouteChange::Delete(e.route.key()))
+            .collect();
+        if let Err(e) = self.record(&deleted) {
+            // Not recorded, so not done: put the routes back, each in its own slot (they
+            // are still free), which is what the untouched maps still say.
+            for gone in diff.removed {
+                let key = gone.route.key();
+                if let Err(e) = self.table.restore(gone) {
+                    error!("route rm {what}: putting {key} back: {e}");
+                }
+            }
+            error!("route rm {what}: {e}");
+            return Err(ApiError::new(e.status(), format!("not removed: {e}")));
+        }
+        self.sync_serial();
+        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+            error!("route rm {what}: updating the BPF maps failed: {e}");
+        }
+        self.publish(&diff);
+        for e in &diff.removed {
+            info!(route = %e.route.key(), port = e.route.port, "route removed");
+        }
+        self.cool_ports(&diff.removed, now);
+        Ok(Removed { removed: views })
+    }
+
+    /// SIGHUP: applies the config file's routes as a diff. Gateway-wide settings that need
+    /// the program reloaded are reported, not applied: a restart does that without a gap.
+    pub(super) fn reload(&mut self, cfg: Config) {
+        for section in restart_sections(&self.started, &cfg) {
+            warn!(
+                section,
+                "SIGHUP: {section} changed: that takes effect on restart (hitless: stop and start srvgate); the routes are reloaded now"
+            );
+        }
+        let n = &cfg.gateway;
+        let now = self.clock.now();
+        let diff = match self.table.replace_config(&cfg.routes, now) {
+            Ok(d) => d,
+            Err(problems) => {
+                let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+                error!(
+                    "SIGHUP: keeping the running routes; the new config clashes with them:\n{}",
+                    list.join("\n")
+                );
+                return;
+            }
+        };
+        self.gateway.port_range = n.port_range;
+        self.gateway.reclaim_after = n.reclaim_after;
+        self.gateway.port_cooldown = n.port_cooldown;
+        self.config_users = cfg.users.clone();
+        if apply_config_users(&mut self.users, &cfg.users, now) {
+            if let Err(e) = self.store.save_accounts(&self.users) {
+                error!("SIGHUP: recording the config file's users: {e}");
+            }
+        }
+        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+            error!("SIGHUP: updating the BPF maps failed: {e:#}");
+        }
+        // A runtime route the file took over leaves the state file.
+        if diff.changed.iter().any(|c| c.old.source != c.new.source) {
+            if let Err(e) = self.save() {
+                error!("SIGHUP: {e}");
+            }
+        }
+        self.publish(&diff);
+        info!(
+            added = diff.added.len(),
+            removed = diff.removed.len(),
+            changed = diff.changed.len(),
+            "SIGHUP: config reloaded"
+        );
+        for e in &diff.added {
+            info!(route = %e.route.key(), port = e.route.port, backend = %e.route.backend, "route added");
+        }
+        for e in &diff.removed {
+            info!(route = %e.route.key(), port = e.route.port, "route removed");
+        }
+        for c in &diff.changed {
+            info!(route = %c.new.route.key(), port = c.new.route.port, backend = %c.new.route.backend, source = c.new.source.as_str(), "route changed");
+        }
+    }
+
+    /// Reads each route's last packet from the counters into the table.
+    pub(super) fn observe_activity(&mut self) {
+        let idle: HashMap<u32, Duration> = self
+            .table
+            .entries()
+            .filter_map(|e| Some((e.id, self.counters(e).idle?)))
+            .collect();
+        self.note_activity(&idle);
+    }
+
+    /// The same for `name`'s routes only (a student asking about theirs).
+    pub(super) fn observe_activity_of(&mut self, name: &str) {
+        let idle: HashMap<u32, Duration> = self
+            .table
+            .named(name)
+            .filter_map(|e| Some((e.id, self.counters(e).idle?)))
+            .collect();
+        self.note_activity(&idle);
+    }
+
+    /// Records last-seen times from how long each counter slot in `idle` has been quiet.
+    /// Slots whose route changed since they were read are harmless: a slot is zeroed when
+    /// it is handed to a new route, so a stale reading can only make that route look
+    /// active for one pass.
+    pub(super) fn note_activity(&mut self, idle: &HashMap<u32, Duration>) {
+        let now = self.clock.now();
+        let seen: Vec<(config::RouteKey, Source, SystemTime)> = self
+            .table
+            .entries()
+            .filter_map(|e| {
+                let idle = idle.get(&e.id)?;
+                Some((e.route.key(), e.source, now.checked_sub(*idle)?))
+            })
+            .collect();
+        for (key, source, at) in seen {
+            if self.table.note_activity(&key, at) && source == Source::Runtime {
+                self.activity_unsaved = true;
+            }
+        }
+    }
+
+    /// The periodic pass: last-seen times, then reclaim, then (rarely) the state file.
+    pub(super) fn observe(&mut self) {
+        self.observe_activity();
+        self.after_activity();
+    }
+
+    /// The periodic pass after the last-seen times are in: reclaim, cool-downs, the state
+    /// file.
+    pub(super) fn after_activity(&mut self) {
+        if let Some(after) = self.gateway.reclaim_after {
+            let now = self.clock.now();
+            let idle = idle_routes(self.table.entries(), now, after);
+            if !idle.is_empty() {
+                self.reclaim(&idle, now, after);
+            }
+        }
+        if self.users.expire_cooldowns(self.clock.now()) {
+            if let Err(e) = self.store.save_accounts(&self.users) {
+                warn!("forgetting ended port cool-downs: {e}");
+            }
+        }
+        if self.activity_unsaved && self.last_save.elapsed() >= SAVE_ACTIVITY_EVERY {
+            if let Err(e) = self.save() {
+                warn!("saving last-seen times: {e}");
+            }
+        }
+    }
+
+    /// Applies what another gateway changed in the shared table (from the watch): the
+    /// table, then the maps, DNS and the web routers, as the core's own changes do. Nothing
+    /// is written back: the store already holds it.
+    pub(super) fn apply_remote(&mut self, remote: Remote) {
+        match remote {
+            Remote::Routes { changes, .. } => self.apply_shared(changes),
+            Remote::Accounts { revision, users } => self.adopt_accounts(users, revision),
+            Remote::Resync {
+                revision,
+                routes,
+                accounts,
+            } => {
+                let keep: std::collections::HashSet<config::RouteKey> =
+                    routes.iter().map(|s| s.route.key()).collect();
+                let mut changes: Vec<RouteChange> = self
+                    .table
+                    .entries()
+                    .filter(|e| e.source == Source::Runtime && !keep.contains(&e.route.key()))
+                    .map(|e| RouteChange::Delete(e.route.key()))
+                    .collect();
+                changes.extend(routes.into_iter().map(RouteChange::Put));
+                self.apply_shared(changes);
+                if let Some((users, revision)) = accounts {
+                    self.adopt_accounts(users, revision);
+                }
+                info!(
+                    revision,
+                    routes = self.table.len(),
+                    "cluster: table resynchronised with etcd"
+                );
+            }
+        }
+        self.sync_serial();
+    }
+
+    /// Makes the runtime routes follow `changes` (the last change of each key wins, as in
+    /// the store): removals first, so a port or backend handed from one route to another
+    /// is free when the new one arrives. A route this gateway cannot take (its config file
+    /// holds the key, the port or the backend) is refused here, naming both, and forwarded
+    /// by the other gateways only.
+    pub(super) fn apply_shared(&mut self, changes: Vec<RouteChange>) {
+        let mut last: std::collections::BTreeMap<config::RouteKey, RouteChange> =
+            std::collections::BTreeMap::new();
+        for change in changes {
+            let key = match &change {
+                RouteChange::Put(s) => s.route.key(),
+                RouteChange::Delete(k) => k.clone(),
+            };
+            last.insert(key, change);
+        }
+        let mut diff = Diff::default();
+        let mut puts = Vec::new();
+        for (key, change) in last {
+            let current = self.table.get(&key);
+            if let RouteChange::Put(s) = &change {
+                if current.is_some_and(|e| e.route == s.route) {
+                    continue;
+                }
+            }
+            match current {
+                Some(e) if e.source == Source::Config => {
+                    if let RouteChange::Put(s) = &change {
+                        error!(route = %key, "cluster: the shared table's {key} (port {}, backend {}) clashes with this gateway's config file route; not forwarded here", s.route.port, s.route.backend);
+                    }
+                    continue;
+                }
+                Some(_) => diff.removed.extend(self.table.remove(&key)),
+                None => {}
+            }
+            if let RouteChange::Put(s) = change {
+                puts.push(s);
+            }
+        }
+        for s in puts {
+            let key = s.route.key();
+            match self.table.insert(s.route, Source::Runtime, s.added, None) {
+                Ok(e) => diff.added.push(e),
+                Err(e) => {
+                    error!(route = %key, "cluster: the shared table's {key} is not forwarded here: {e}")
+                }
+            }
+        }
+        if diff.is_empty() {
+            return;
+        }
+        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+            error!("cluster: updating the BPF maps failed: {e}");
+        }
+        self.publish(&diff);
+        for e in &diff.removed {
+            info!(route = %e.route.key(), port = e.route.port, "route removed through another gateway");
+        }
+        for e in &diff.added {
+            info!(route = %e.route.key(), port = e.route.port, backend = %e.route.backend, "route added through another gateway");
+        }
+    }
+
+    /// Takes the accounts another gateway saved (with this gateway's `[[user]]`s over them,
+    /// as at start).
+    pub(super) fn adopt_accounts(&mut self, mut users: Users, revision: i64) {
+        apply_config_users(&mut users, &self.config_users, self.clock.now());
+        self.users = users;
+        self.store.accounts_seen(revision);
+    }
+
+    /// With a shared store, the SOA serial is the store's revision, so every gateway that
+    /// has applied the same changes answers with the same serial.
+    pub(super) fn sync_serial(&self) {
+        if let (Some(d), Some(c)) = (&self.dns, self.store.cluster()) {
+            d.set_serial(c.revision as u32);
+        }
+    }
+
+    pub(super) fn reclaim(&mut self, keys: &[config::RouteKey], now: SystemTime, after: Duration) {
+        let mut diff = Diff::default();
+        for key in keys {
+            if let Some(e) = self.table.remove(key) {
+                diff.removed.push(e);
+            }
+        }
+        // Unlike a user's `rm`, a reclaim the file did not record is still carried out: the
+        // whole file is written on a later pass, and a restart in between would reclaim
+        // again.
+        let deleted: Vec<RouteChange> = diff
+            .removed
+            .iter()
+            .map(|e| RouteChange::Delete(e.route.key()))
+            .collect();
+        if let Err(e) = self.record(&deleted) {
+            error!("reclaim: {e}");
+            self.activity_unsaved = true;
+        }
+        self.flush_here("reclaim");
+        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+            error!("reclaim: updating the BPF maps failed: {e}");
+        }
+        self.publish(&diff);
+        self.cool_ports(&diff.removed, now);
+        for e in &diff.removed {
+            let idle = now
+                .duration_since(e.last_activity())
+                .unwrap_or(Duration::ZERO);
+            info!(
+                name = %e.route.name,
+                route = %e.route.key(),
+                port = e.route.port,
+                idle = %format_duration(idle),
+                reclaim_after = %format_duration(after),
+                "route reclaimed after being idle; its port is back in the pool"
+            );
+        }
+    }
+}
+
+/// What a reload cannot apply: the parts of `new` that differ from the config the daemon
+/// is `running`, by section. Routes, `port_range` and `reclaim_after` are applied live and
+/// never listed.
+pub(super) fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (g, n) = (&running.gateway, &new.gateway);
+    let mut changed = Vec::new();
+    if n.public_interface != g.public_interface
+        || n.private_interfaces != g.private_interfaces
+        || n.public_ipv4 != g.public_ipv4
+    {
+        changed.push("[gateway] interfaces or public_ipv4");
+    }
+    if new.dns != running.dns {
+        changed.push("[dns]");
+    }
+    if new.http != running.http {
+        changed.push("[http]");
+    }
+    if new.https != running.https {
+        changed.push("[https]");
+    }
+    if new.metrics_listen != running.metrics_listen {
+        changed.push("[metrics]");
+    }
+    if new.portal != running.portal {
+        changed.push("[portal]");
+    }
+    if new.cluster != running.cluster {
+        changed.push("[cluster]");
+    }
+    changed
+}
+
+/// Applies the config file's `[[user]]`s to `users`, logging what changed; true if anything
+/// did.
+pub(super) fn apply_config_users(
+    users: &mut Users,
+    config: &[ConfigUser],
+    now: SystemTime,
+) -> bool {
+    let (added, changed, removed) = users.apply_config(config, now);
+    for name in &added {
+        info!(user = %name, "user added from the config file (issue a token: srvgate user token {name})");
+    }
+    for name in &changed {
+        info!(user = %name, "user changed by the config file");
+    }
+    for name in &removed {
+        info!(user = %name, "user removed: no longer in the config file");
+    }
+    !(added.is_empty() && changed.is_empty() && removed.is_empty())
+}
+
+/// The table's runtime routes as the store keeps them.
+pub(super) fn stored_routes(table: &RouteTable) -> Vec<StoredRoute> {
+    table
+        .entries()
+        .filter(|e| e.source == Source::Runtime)
+        .map(|e| StoredRoute {
+            route: e.route.clone(),
+            added: e.added,
+            last_seen: e.last_seen,
+        })
+        .collect()
+}

@@ -1,0 +1,225 @@
+//! The students' and their accounts' operations: users added, removed and given tokens by
+//! an admin; `me`, `claim` and `release` by a student, each checked by `users::check_claim`
+//! and then carried out by the same route operation root's calls take.
+
+use std::time::SystemTime;
+
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{self, RouteRequest},
+    serve::api::{
+        ApiError, ClaimRequest, MeReply, Removed, RouteView, TokenReply, UserRequest, UsersReply,
+    },
+    table::routes::{Entry, Source},
+    table::users::{parse_rules, Denied, User, UserError, UserView, Users, DEFAULT_MAX_ROUTES},
+};
+
+use super::Core;
+
+impl Core {
+    /// Starts the cool-down of the ports `gone` held that no remaining route uses, and
+    /// records it (a failure only shortens a cool-down, so it is logged, not fatal).
+    pub(super) fn cool_ports(&mut self, gone: &[Entry], now: SystemTime) {
+        let cooldown = self.gateway.port_cooldown;
+        if cooldown.is_zero() || gone.is_empty() {
+            return;
+        }
+        for e in gone {
+            let p = e.route.port;
+            if !self.table.port_in_use(p, config::Protocol::Tcp)
+                && !self.table.port_in_use(p, config::Protocol::Udp)
+            {
+                self.users.cool(p, now, cooldown);
+            }
+        }
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            warn!("recording the released ports' cool-down: {e}");
+        }
+    }
+
+    pub(super) fn held_by(&self, name: &str) -> usize {
+        self.table.named(name).count()
+    }
+
+    pub(super) fn user(&self, name: &str) -> Result<User, ApiError> {
+        self.users
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::field(404, "name", format!("no user named {name}")))
+    }
+
+    pub(super) fn user_view(&self, u: &User) -> UserView {
+        UserView::of(u, self.held_by(&u.name))
+    }
+
+    pub(super) fn users_reply(&self) -> UsersReply {
+        UsersReply {
+            users: self.users.all().map(|u| self.user_view(u)).collect(),
+        }
+    }
+
+    pub(super) fn user_add(&mut self, r: UserRequest) -> Result<TokenReply, ApiError> {
+        let backends = parse_rules(&r.backends).map_err(|e| ApiError::field(400, "backends", e))?;
+        let max = r.max_routes.unwrap_or(DEFAULT_MAX_ROUTES);
+        let now = self.clock.now();
+        let token = self
+            .users
+            .add(&r.name, backends, max, r.admin, now)
+            .map_err(user_error)?;
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            let _ = self.users.remove(&r.name);
+            error!(user = %r.name, "user add: {e}");
+            return Err(ApiError::new(e.status(), format!("not added: {e}")));
+        }
+        let u = self.user(&r.name)?;
+        info!(user = %u.name, admin = u.admin, max_routes = u.max_routes, backends = %r.backends.join(","), "user added");
+        Ok(TokenReply {
+            user: self.user_view(&u),
+            token,
+        })
+    }
+
+    pub(super) fn user_remove(
+        &mut self,
+        name: &str,
+        with_routes: bool,
+    ) -> Result<UserView, ApiError> {
+        let u = self.user(name)?;
+        if u.from_config {
+            return Err(ApiError::field(
+                409,
+                "name",
+                format!("{name} is a [[user]] of the config file: remove it there and send SIGHUP"),
+            ));
+        }
+        let held: Vec<Entry> = self.table.named(name).cloned().collect();
+        if !held.is_empty() && !with_routes {
+            let keys: Vec<String> = held.iter().map(|e| e.route.key().to_string()).collect();
+            return Err(ApiError::field(
+                409,
+                "name",
+                format!(
+                    "{name} still holds {}: release them first, or remove the user --with-routes",
+                    keys.join(", ")
+                ),
+            ));
+        }
+        let view = self.user_view(&u);
+        let runtime: Vec<Entry> = held
+            .into_iter()
+            .filter(|e| e.source == Source::Runtime)
+            .collect();
+        if !runtime.is_empty() {
+            self.remove_entries(&format!("routes of user {name}"), &runtime)?;
+        }
+        let gone = self.users.remove(name).map_err(user_error)?;
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            self.users = Users::new(
+                self.users
+                    .all()
+                    .cloned()
+                    .chain(std::iter::once(gone))
+                    .collect(),
+                self.users.cooldown().clone(),
+            );
+            error!(user = %name, "user rm: {e}");
+            return Err(ApiError::new(e.status(), format!("not removed: {e}")));
+        }
+        info!(user = %name, "user removed");
+        Ok(view)
+    }
+
+    pub(super) fn user_token(&mut self, name: &str) -> Result<TokenReply, ApiError> {
+        let before = self.users.clone();
+        let token = self.users.rotate(name).map_err(user_error)?;
+        if let Err(e) = self.store.save_accounts(&self.users) {
+            self.users = before;
+            error!(user = %name, "user token: {e}");
+            return Err(ApiError::new(e.status(), format!("no new token: {e}")));
+        }
+        let u = self.user(name)?;
+        info!(user = %name, "new token issued; the old one no longer works");
+        Ok(TokenReply {
+            user: self.user_view(&u),
+            token,
+        })
+    }
+
+    pub(super) fn me(&mut self, caller: &str) -> Result<MeReply, ApiError> {
+        let u = self.user(caller)?;
+        self.observe_activity_of(caller);
+        let now = self.clock.now();
+        Ok(MeReply {
+            user: self.user_view(&u),
+            public_ipv4: self.gateway.public_ipv4.to_string(),
+            zone: self.zone.clone(),
+            routes: self
+                .table
+                .named(caller)
+                .map(|e| self.view(e, now))
+                .collect(),
+        })
+    }
+
+    pub(super) fn claim(&mut self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
+        let u = self.user(caller)?;
+        let request = RouteRequest {
+            name: u.name.clone(),
+            service: r.service,
+            protocol: r.protocol,
+            backend: r.backend,
+            port: None,
+            proxy_protocol: r.proxy_protocol,
+        };
+        self.add_as(request, Some(&u))
+    }
+
+    pub(super) fn release(
+        &mut self,
+        caller: &str,
+        service: &str,
+        protocol: Option<&str>,
+    ) -> Result<Removed, ApiError> {
+        let protocol: config::Protocol = protocol
+            .unwrap_or("tcp")
+            .parse()
+            .map_err(|e: String| ApiError::field(400, "protocol", e))?;
+        let key = config::RouteKey {
+            name: caller.to_string(),
+            service: service.to_string(),
+            protocol,
+        };
+        let Some(e) = self.table.get(&key).cloned() else {
+            return Err(denied(Denied::NoSuchRoute {
+                user: caller.to_string(),
+                key: key.to_string(),
+            }));
+        };
+        if e.source == Source::Config {
+            return Err(ApiError::field(
+                403,
+                "service",
+                format!("{key} is set in the gateway's config file; ask the admin to remove it"),
+            ));
+        }
+        self.remove_entries(&key.to_string(), &[e])
+    }
+}
+
+pub(super) fn denied(d: Denied) -> ApiError {
+    ApiError::field(d.status(), d.field(), d.to_string())
+}
+
+pub(super) fn user_error(e: UserError) -> ApiError {
+    let field = match e {
+        UserError::Quota(_) => "max_routes",
+        UserError::Random => "token",
+        _ => "name",
+    };
+    let msg = e.to_string();
+    let msg = msg
+        .split_once(": ")
+        .map_or(msg.clone(), |(_, m)| m.to_string());
+    ApiError::field(e.status(), field, msg)
+}

@@ -1,0 +1,317 @@
+//! The kernel's maps as the daemon sees them: route entries written and removed as [`plan`]
+//! says, the legs' and the clock's settings, and the counters read back, summed over CPUs.
+//!
+//! [`plan`]: super::plan
+
+use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
+
+use aya::{
+    maps::{MapData, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
+};
+use lb_common::{
+    counter, map_names, Interface, RouteCounters, Settings, EGRESS_PASS, EGRESS_REDIRECT,
+};
+use tracing::{info, warn};
+
+use super::{
+    encode::{frontend_entry, frontend_key, reverse_entry, reverse_key},
+    netdev,
+    pins::remove_pins,
+    plan, tcp_mss_for, CounterReader, Counters, Dataplane, DataplaneError, Leg, MapOp,
+    PinnedFrontends, XdpDataplane,
+};
+use crate::{
+    kernel::sys,
+    table::routes::{Diff, Entry, RouteTable},
+};
+
+/// `bytemuck::Pod` is what lb-common promises; aya wants its own marker. This wrapper is
+/// the one place the two meet, so lb-common stays free of aya.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub(super) struct Plain<T>(pub(super) T);
+// SAFETY: bytemuck::Pod guarantees plain data without padding or invalid bit patterns,
+// which is all aya::Pod requires.
+unsafe impl<T: bytemuck::Pod> aya::Pod for Plain<T> {}
+
+pub(super) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |e| DataplaneError::Map {
+        name,
+        error: Box::new(e),
+    }
+}
+
+/// CPUs: the one place that turns the per-CPU slots into a route's [`Counters`].
+pub struct RouteCounterMap(PerCpuArray<MapData, Plain<RouteCounters>>);
+
+impl RouteCounterMap {
+    pub(super) fn open(pin_dir: &Path) -> Result<RouteCounterMap, DataplaneError> {
+        let name = map_names::ROUTE_COUNTERS;
+        let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
+        let map = aya::maps::Map::PerCpuArray(data)
+            .try_into()
+            .map_err(map_err(name))?;
+        Ok(RouteCounterMap(map))
+    }
+}
+
+impl CounterReader for RouteCounterMap {
+    fn route_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        let per_cpu = self
+            .0
+            .get(&id, 0)
+            .map_err(map_err(map_names::ROUTE_COUNTERS))?;
+        let mut c = Counters::default();
+        let mut last = 0u64;
+        for Plain(v) in per_cpu.iter() {
+            c.inbound_packets += v.inbound_packets;
+            c.inbound_bytes += v.inbound_bytes;
+            c.outbound_packets += v.outbound_packets;
+            c.outbound_bytes += v.outbound_bytes;
+            last = last.max(v.last_seen_ns);
+        }
+        if last != 0 {
+            c.idle = Some(sys::monotonic_now().saturating_sub(Duration::from_nanos(last)));
+        }
+        Ok(c)
+    }
+}
+
+impl XdpDataplane {
+    /// Zeroes counter slot `id`: a reused slot still holds its previous route's counts.
+    fn zero_slot(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let zero = PerCpuValues::try_from(vec![
+            Plain(RouteCounters::default());
+            nr_cpus().unwrap_or(1)
+        ])
+        .map_err(|e| map_err(map_names::ROUTE_COUNTERS)(e.into()))?;
+        self.route_counters
+            .set(id, zero, 0)
+            .map_err(map_err(map_names::ROUTE_COUNTERS))
+    }
+
+    fn write_entry(&mut self, e: &Entry) -> Result<(), DataplaneError> {
+        self.run(&MapOp::WriteFrontend(e.clone()))?;
+        self.run(&MapOp::WriteReverse(e.clone()))
+    }
+
+    /// Carries out one write of a [`plan`].
+    fn run(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
+        match op {
+            MapOp::ZeroSlot(id) => self.zero_slot(*id),
+            MapOp::WriteFrontend(e) => {
+                let (k, v) = frontend_entry(e);
+                self.frontends
+                    .insert(Plain(k), Plain(v), 0)
+                    .map_err(map_err(map_names::FRONTENDS))
+            }
+            MapOp::WriteReverse(e) => {
+                let (k, v) = reverse_entry(e);
+                self.reverse
+                    .insert(Plain(k), Plain(v), 0)
+                    .map_err(map_err(map_names::REVERSE))
+            }
+            MapOp::RemoveFrontend(port, protocol) => {
+                match self
+                    .frontends
+                    .remove(&Plain(frontend_key(*port, *protocol)))
+                {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    Err(e) => Err(map_err(map_names::FRONTENDS)(e)),
+                }
+            }
+            MapOp::RemoveReverse(backend, protocol) => {
+                match self
+                    .reverse
+                    .remove(&Plain(reverse_key(*backend, *protocol)))
+                {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    Err(e) => Err(map_err(map_names::REVERSE)(e)),
+                }
+            }
+        }
+    }
+}
+
+impl Dataplane for XdpDataplane {
+    /// The frontends the pinned maps held when this run started (empty on a first start).
+    fn pinned_frontends(&self) -> &PinnedFrontends {
+        &self.pinned_frontends
+    }
+
+    /// Detaches XDP from every leg and removes every pin: forwarding stops.
+    fn detach(self: Box<Self>) -> Result<(), DataplaneError> {
+        let dir = self.pin_dir.clone();
+        // The pins go first, then our descriptors with `self`: the last reference to each
+        // link is what detaches it.
+        let removed = remove_pins(&dir).map_err(|e| DataplaneError::PinDir {
+            path: dir.clone(),
+            reason: format!("removing the pins: {e}"),
+        })?;
+        drop(self);
+        info!(dir = %dir.display(), links = removed.links, maps = removed.maps, "XDP detached from every leg; pins removed");
+        Ok(())
+    }
+
+    fn legs(&self) -> &[Leg] {
+        &self.legs
+    }
+
+    /// Re-reads each leg's ability to take redirects and updates the program's view.
+    /// Called at start and periodically: GRO or a peer's XDP program can change any time.
+    fn refresh_egress(&mut self) -> Result<(), DataplaneError> {
+        let smallest = self
+            .legs
+            .iter()
+            .filter_map(|l| Some((crate::kernel::sys::mtu(&l.name)?, l.name.as_str())))
+            .min();
+        let mss = smallest.map_or(0, |(mtu, _)| tcp_mss_for(mtu));
+        if mss != self.mss {
+            if let Some((mtu, leg)) = smallest {
+                info!(mss, mtu, iface = %leg, "TCP MSS clamped to what the smallest leg carries");
+            }
+            self.mss = mss;
+        }
+        for leg in &mut self.legs {
+            let (egress, why) = match self.features.as_mut().map(|f| f.get(leg.ifindex)) {
+                Some(Ok(bits)) if bits & netdev::XDP_ACT_NDO_XMIT != 0 => {
+                    (EGRESS_REDIRECT, String::new())
+                }
+                Some(Ok(_)) => (
+                    EGRESS_PASS,
+                    "the device does not accept XDP redirects (a veth does only while its peer has GRO on or an XDP program)".to_string(),
+                ),
+                Some(Err(e)) => (EGRESS_PASS, format!("reading its xdp-features failed: {e}")),
+                None => (EGRESS_PASS, "xdp-features are unavailable".to_string()),
+            };
+            let first = self.logged_egress.insert(leg.ifindex);
+            if first || egress != leg.egress {
+                if egress == EGRESS_REDIRECT {
+                    info!(iface = %leg.name, "egress by XDP redirect");
+                } else {
+                    warn!(iface = %leg.name, "egress by XDP_PASS through the kernel stack (slower, but delivered): {why}");
+                }
+            }
+            leg.egress = egress;
+            if egress == EGRESS_REDIRECT {
+                self.tx_ports
+                    .insert(leg.ifindex, leg.ifindex, None, 0)
+                    .map_err(|e| DataplaneError::TxPorts(Box::new(e)))?;
+            } else {
+                absent_is_removed(self.tx_ports.remove(leg.ifindex))
+                    .map_err(map_err(map_names::TX_PORTS))?;
+            }
+            self.interfaces
+                .insert(
+                    leg.ifindex,
+                    Plain(Interface {
+                        role: leg.role,
+                        egress,
+                        checksum: leg.checksum,
+                        _pad: 0,
+                    }),
+                    0,
+                )
+                .map_err(map_err(map_names::INTERFACES))?;
+        }
+        Ok(())
+    }
+
+    /// Gives the program the time it stamps `last_seen_ns` with. Called at start and every
+    /// second; while no daemon runs the stamp stands still, which only delays a reclaim.
+    fn tick_clock(&mut self) -> Result<(), DataplaneError> {
+        let now_ns = u64::try_from(sys::monotonic_now().as_nanos()).unwrap_or(u64::MAX);
+        self.settings
+            .set(
+                0,
+                Plain(Settings {
+                    public_addr: self.public_addr,
+                    mss: self.mss,
+                    _pad: 0,
+                    now_ns,
+                }),
+                0,
+            )
+            .map_err(map_err(map_names::SETTINGS))
+    }
+
+    /// Makes the frontend and reverse maps hold exactly `table`'s routes, whatever they held
+    /// (at start, when they may come from an earlier run). `fresh` are the slots whose
+    /// counters belong to no one yet. Entries are written before stale ones are removed,
+    /// so a route that stays never has a gap.
+    fn sync_all(&mut self, table: &RouteTable, fresh: &HashSet<u32>) -> Result<(), DataplaneError> {
+        for &id in fresh {
+            self.zero_slot(id)?;
+        }
+        let mut want_front = HashSet::new();
+        let mut want_rev = HashSet::new();
+        for e in table.entries() {
+            self.write_entry(e)?;
+            want_front.insert(frontend_entry(e).0);
+            want_rev.insert(reverse_entry(e).0);
+        }
+        let stale_front: Vec<_> = self
+            .frontends
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want_front.contains(&k.0))
+            .collect();
+        for k in stale_front {
+            self.frontends
+                .remove(&k)
+                .map_err(map_err(map_names::FRONTENDS))?;
+        }
+        let stale_rev: Vec<_> = self
+            .reverse
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want_rev.contains(&k.0))
+            .collect();
+        for k in stale_rev {
+            self.reverse
+                .remove(&k)
+                .map_err(map_err(map_names::REVERSE))?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, table: &RouteTable, diff: &Diff) -> Result<(), DataplaneError> {
+        plan(table, diff).iter().try_for_each(|op| self.run(op))
+    }
+
+    /// A route's counters, summed over CPUs.
+    fn route_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        self.counter_reader.route_counters(id)
+    }
+
+    fn counter_reader(&self) -> Result<Arc<dyn CounterReader>, DataplaneError> {
+        Ok(self.counter_reader.clone())
+    }
+
+    /// The program's verdict counters, summed over CPUs, indexed like `lb_common::counter`.
+    fn verdicts(&self) -> Result<Vec<u64>, DataplaneError> {
+        (0..counter::COUNT)
+            .map(|i| {
+                self.global_counters
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(map_err(map_names::GLOBAL_COUNTERS))
+            })
+            .collect()
+    }
+}
+
+/// A delete of a key that is not there has done its job. Hash maps report that as
+/// `KeyNotFound`; devmaps as the raw ENOENT of the syscall.
+fn absent_is_removed(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
