@@ -63,10 +63,14 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "librsvg2-bin",
     "fonts-dejavu-core",
     // [cluster]: the cluster lab runs a real etcd member (etcd-server) and reads the shared
-    // table with etcdctl (etcd-client); the etcd-client crate's build runs protoc.
+    // table with etcdctl (etcd-client); the etcd-client crate's build runs protoc, and
+    // etcd's .proto files import protobuf's well-known types (google/protobuf/descriptor.proto,
+    // struct.proto), which Debian ships in libprotobuf-dev, not in protobuf-compiler: without
+    // it a fresh machine fails to build the daemon ("descriptor.proto: File not found").
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 /// aya-build runs `rustup run nightly cargo build -Z build-std=core`, so the toolchain must be
