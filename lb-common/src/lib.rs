@@ -12,6 +12,23 @@ pub const MAX_ROUTES: u32 = 32768;
 /// Capacity of the interface maps (public and private legs together).
 pub const MAX_INTERFACES: u32 = 64;
 
+/// Slots of `FRONTENDS`: one per public port for TCP, then one per port for UDP. An array
+/// indexed by port rather than a hash keyed by it: the lookup on every inbound packet is
+/// an index (inlined by the verifier) instead of a hash and a key compare. 12 bytes a slot,
+/// 1.5 MiB in all.
+pub const FRONTEND_SLOTS: u32 = 2 * 65536;
+
+/// The `FRONTENDS` slot of public `port` (host byte order) for `protocol`; `None` for a
+/// protocol routes cannot have.
+#[inline(always)]
+pub const fn frontend_slot(port: u16, protocol: u8) -> Option<u32> {
+    match protocol {
+        PROTO_TCP => Some(port as u32),
+        PROTO_UDP => Some(65536 + port as u32),
+        _ => None,
+    }
+}
+
 /// IANA protocol numbers, as they appear in the IPv4 header.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -31,18 +48,7 @@ pub mod map_names {
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "srvgate";
 
-/// Key of the frontend map: a public port and protocol on the public address.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct FrontendKey {
-    /// Public port, network byte order.
-    pub port: u16,
-    pub protocol: u8,
-    pub _pad: u8,
-}
-
-/// Where a frontend forwards to.
+/// Where a frontend forwards to: the value of its `FRONTENDS` slot ([`frontend_slot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -51,10 +57,15 @@ pub struct Backend {
     pub addr: u32,
     /// Backend port, network byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// `BACKEND_LIVE` in a slot that holds a route; every slot of an array exists, and an
+    /// all-zero one means no route.
+    pub live: u16,
     /// Slot of this route in `ROUTE_COUNTERS`.
     pub route_id: u32,
 }
+
+/// `Backend::live` of a slot that holds a route.
+pub const BACKEND_LIVE: u16 = 1;
 
 /// Key of the reverse map: a backend's address, port and protocol, as seen in its replies.
 #[repr(C)]
@@ -152,8 +163,20 @@ pub struct Interface {
     pub egress: u8,
     /// `CSUM_FULL` or `CSUM_MAY_BE_PARTIAL`.
     pub checksum: u8,
-    pub _pad: u8,
+    /// `TCP_EGRESS_REDIRECT` or `TCP_EGRESS_KERNEL`: how TCP data segments leave through
+    /// this leg (read by the program for the egress leg of each TCP segment it forwards).
+    pub tcp_egress: u8,
 }
+
+/// How TCP data segments leave through a leg after a rewrite.
+/// `TCP_EGRESS_REDIRECT`: like everything else (`TX_PORTS` decides).
+/// `TCP_EGRESS_KERNEL`: up the kernel stack (`XDP_PASS`, rewritten), which routes them. For
+/// veths: a redirect into one lands in its peer's 256-frame ring and is dropped when the
+/// ring is full (no backpressure: a multi-stream TCP transfer lost 8-12 % of its segments
+/// and retransmitted them), where the kernel's transmit path makes the sender's qdisc wait
+/// and forwards GRO-merged segments, one ring slot for many.
+pub const TCP_EGRESS_REDIRECT: u8 = 0;
+pub const TCP_EGRESS_KERNEL: u8 = 1;
 
 /// Gateway-wide settings: the single entry of the `SETTINGS` array.
 #[repr(C)]
@@ -226,8 +249,12 @@ pub mod counter {
     /// pseudo-header's sum, on a `CSUM_MAY_BE_PARTIAL` leg): the kernel keeps the skb's
     /// checksum state and the egress completes it; a redirect would lose that state.
     pub const FWD_PASS_PARTIAL_CSUM: u32 = 13;
+    /// Rewritten, then passed to the kernel, which routes it: a TCP data segment whose
+    /// egress leg sends TCP through the kernel (`TCP_EGRESS_KERNEL`, a veth), where a full
+    /// ring makes the sender wait instead of dropping the segment.
+    pub const FWD_PASS_TCP_KERNEL: u32 = 14;
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     /// Slots of `GLOBAL_COUNTERS`: more than `COUNT`, so that a build with new verdicts
     /// still fits the map an earlier build pinned.
     pub const SLOTS: u32 = 32;
@@ -248,6 +275,7 @@ pub mod counter {
         "pass_local",
         "pass_hairpin_clash",
         "fwd_pass_partial_csum",
+        "fwd_pass_tcp_kernel",
     ];
 }
 
@@ -258,7 +286,10 @@ mod tests {
 
     #[test]
     fn map_types_have_the_sizes_the_kernel_sees() {
-        assert_eq!(size_of::<FrontendKey>(), 4);
+        assert_eq!(frontend_slot(65535, PROTO_UDP), Some(FRONTEND_SLOTS - 1));
+        assert_eq!(frontend_slot(65535, PROTO_TCP), Some(65535));
+        assert_eq!(frontend_slot(0, PROTO_UDP), Some(65536));
+        assert_eq!(frontend_slot(80, 1), None);
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<ReverseKey>(), 8);
         assert_eq!(size_of::<ReverseValue>(), 8);

@@ -28,9 +28,10 @@ mod program {
         programs::XdpContext,
     };
     use lb_common::{
-        counter, Backend, FrontendKey, HairpinKey, HairpinValue, Interface, ReverseKey,
-        ReverseValue, RouteCounters, Settings, CSUM_MAY_BE_PARTIAL, HAIRPIN_LIVE_NS, MAX_HAIRPIN,
-        MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
+        counter, frontend_slot, Backend, HairpinKey, HairpinValue, Interface, ReverseKey,
+        ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_MAY_BE_PARTIAL, FRONTEND_SLOTS,
+        HAIRPIN_LIVE_NS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
+        TCP_EGRESS_KERNEL,
     };
     use lb_ebpf::{
         clamped_mss, csum_replace32, icmp_embedded_nat, icmp_is_error, ipv4_csum_ttl_decrement,
@@ -41,9 +42,11 @@ mod program {
     };
 
     const AF_INET: u8 = 2;
+    /// The longest TCP header: 15 32-bit words.
+    const TCP_MAX_HLEN: usize = 60;
 
     #[map(name = "FRONTENDS")]
-    static FRONTENDS: HashMap<FrontendKey, Backend> = HashMap::with_max_entries(MAX_ROUTES, 0);
+    static FRONTENDS: Array<Backend> = Array::with_max_entries(FRONTEND_SLOTS, 0);
     #[map(name = "REVERSE")]
     static REVERSE: HashMap<ReverseKey, ReverseValue> = HashMap::with_max_entries(MAX_ROUTES, 0);
     #[map(name = "INTERFACES")]
@@ -66,6 +69,13 @@ mod program {
 
     /// Frame too short for the headers it claims: the kernel counts and drops those.
     struct Truncated;
+
+    /// The route of public `port` (network byte order, as in the packet) for `protocol`.
+    #[inline(always)]
+    fn frontend(port: u16, protocol: u8) -> Option<&'static Backend> {
+        let backend = FRONTENDS.get(frontend_slot(u16::from_be(port), protocol)?)?;
+        (backend.live == BACKEND_LIVE).then_some(backend)
+    }
 
     #[xdp(frags)]
     pub fn srvgate(ctx: XdpContext) -> u32 {
@@ -196,12 +206,7 @@ mod program {
         // can misroute that one packet, as it could arrive just before or after it anyway.
         unsafe {
             if iface.role == ROLE_PUBLIC && (*ip).daddr == public_addr && public_addr != 0 {
-                let key = FrontendKey {
-                    port: (*ports).dst,
-                    protocol,
-                    _pad: 0,
-                };
-                let Some(backend) = FRONTENDS.get(key) else {
+                let Some(backend) = frontend((*ports).dst, protocol) else {
                     return Ok(pass(counter::PASS_NO_ROUTE));
                 };
                 let (new_addr, new_port) = (backend.addr, backend.port);
@@ -335,11 +340,7 @@ mod program {
                     ));
                 }
             }
-            let Some(backend) = FRONTENDS.get(FrontendKey {
-                port: dport,
-                protocol,
-                _pad: 0,
-            }) else {
+            let Some(backend) = frontend(dport, protocol) else {
                 // A backend answering the gateway's own connection from the public address,
                 // or a private host using one of the gateway's own services.
                 return Ok(pass(if rev.is_some() {
@@ -485,12 +486,7 @@ mod program {
                 && (*ip).daddr == public_addr
                 && (*inner).saddr == public_addr
             {
-                let key = FrontendKey {
-                    port: (*ports).src,
-                    protocol,
-                    _pad: 0,
-                };
-                let Some(backend) = FRONTENDS.get(key) else {
+                let Some(backend) = frontend((*ports).src, protocol) else {
                     return Ok(pass(counter::PASS_NO_ROUTE));
                 };
                 let (new_addr, new_port) = (backend.addr, backend.port);
@@ -690,6 +686,10 @@ mod program {
         if ttl <= 1 {
             return pass(counter::FWD_PASS_TTL);
         }
+        // SAFETY: as above.
+        if protocol == PROTO_TCP && tcp_by_kernel(fib.ifindex, unsafe { (*ip).tot_len }) {
+            return pass(counter::FWD_PASS_TCP_KERNEL);
+        }
         // Only legs that take redirects are in TX_PORTS, so this one call is also the egress
         // check. It merely records the target (the transmit happens after we return), so the
         // TTL and MACs are rewritten after it: a refused redirect leaves a packet the kernel
@@ -707,6 +707,20 @@ mod program {
         }
         count(counter::FWD_REDIRECT);
         action
+    }
+
+    /// Whether a TCP segment of IPv4 length `tot_len` (network byte order) leaving through
+    /// `egress` goes up the kernel stack rather than by redirect: a data segment, toward a
+    /// leg that asks for it (`TCP_EGRESS_KERNEL`; see lb-common). Bare ACKs and other
+    /// segments no longer than the largest TCP header keep the redirect: they are what the
+    /// flow's other direction waits for, and too small to fill a ring.
+    #[inline(always)]
+    fn tcp_by_kernel(egress: u32, tot_len: u16) -> bool {
+        if u16::from_be(tot_len) <= (IPV4_HLEN + TCP_MAX_HLEN) as u16 {
+            return false;
+        }
+        // SAFETY: the reference is used only during this run (see `try_srvgate`).
+        unsafe { INTERFACES.get(egress) }.is_some_and(|i| i.tcp_egress == TCP_EGRESS_KERNEL)
     }
 
     #[panic_handler]

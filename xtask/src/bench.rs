@@ -318,18 +318,30 @@ fn measure_mode(b: &mut Bench, mode: Mode, results: &mut Results) -> Result<()> 
         for streams in [1, 4] {
             let r = modes::iperf3(b, &active, streams)?;
             println!(
-                "   iperf3 -P {streams}: {:.2} Gbit/s, {} retransmits",
+                "   iperf3 -P {streams}: {:.2} Gbit/s, {} retransmits ({} % of segments)",
                 r.bits_per_second / 1e9,
-                r.retransmits
+                r.retransmits,
+                r.retransmit_pct.map_or("?".into(), |p| format!("{p:.3}"))
             );
             ensure!(r.bits_per_second > 0.0, "{mode}: iperf3 moved no data");
-            let (g, rt) = if streams == 1 {
-                (Metric::Tcp1Gbps, Metric::Tcp1Retransmits)
+            let (g, rt, pct) = if streams == 1 {
+                (
+                    Metric::Tcp1Gbps,
+                    Metric::Tcp1Retransmits,
+                    Metric::Tcp1RetransmitPct,
+                )
             } else {
-                (Metric::Tcp4Gbps, Metric::Tcp4Retransmits)
+                (
+                    Metric::Tcp4Gbps,
+                    Metric::Tcp4Retransmits,
+                    Metric::Tcp4RetransmitPct,
+                )
             };
             results.add(row, g, r.bits_per_second / 1e9);
             results.add(row, rt, r.retransmits);
+            if let Some(p) = r.retransmit_pct {
+                results.add(row, pct, p);
+            }
         }
         let w = modes::wrk(b, &active)?;
         println!(

@@ -2,11 +2,16 @@
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
-/// iperf3 `-J` output: received bits/s summed over streams, and the sender's retransmits.
+/// iperf3 `-J` output: received bits/s summed over streams, the sender's retransmits, and
+/// those as a share of the segments sent.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Iperf {
     pub bits_per_second: f64,
     pub retransmits: f64,
+    /// Retransmits per 100 segments sent. iperf3 does not count segments: they are the sent
+    /// bytes over the sender's MSS (`start.tcp_mss_default`), each a full segment as in a
+    /// bulk transfer. `None` when iperf3 reported no MSS or no bytes.
+    pub retransmit_pct: Option<f64>,
 }
 
 pub fn iperf3_json(text: &str) -> Result<Iperf> {
@@ -26,9 +31,18 @@ pub fn iperf3_json(text: &str) -> Result<Iperf> {
         .pointer("/sum_sent/retransmits")
         .and_then(|r| r.as_f64())
         .unwrap_or(0.0);
+    let mss = v.pointer("/start/tcp_mss_default").and_then(|m| m.as_f64());
+    let bytes = end.pointer("/sum_sent/bytes").and_then(|b| b.as_f64());
+    let retransmit_pct = match (mss, bytes) {
+        (Some(mss), Some(bytes)) if mss > 0.0 && bytes > 0.0 => {
+            Some(100.0 * retransmits / (bytes / mss))
+        }
+        _ => None,
+    };
     Ok(Iperf {
         bits_per_second: bps,
         retransmits,
+        retransmit_pct,
     })
 }
 
@@ -236,15 +250,20 @@ mod tests {
 
     #[test]
     fn iperf3() {
-        let j = r#"{"start":{},"end":{"sum_sent":{"bits_per_second":9.1e9,"retransmits":12},
-            "sum_received":{"bits_per_second":9.0e9}}}"#;
+        let j = r#"{"start":{"tcp_mss_default":1448},"end":{"sum_sent":{"bytes":14480000,
+            "bits_per_second":9.1e9,"retransmits":12},"sum_received":{"bits_per_second":9.0e9}}}"#;
         assert_eq!(
             iperf3_json(j).unwrap(),
             Iperf {
                 bits_per_second: 9.0e9,
-                retransmits: 12.0
+                retransmits: 12.0,
+                retransmit_pct: Some(0.12),
             }
         );
+        // No MSS in the output (an older iperf3): the share is unknown, not zero.
+        let j = r#"{"start":{},"end":{"sum_sent":{"bytes":1000,"retransmits":1},
+            "sum_received":{"bits_per_second":1.0}}}"#;
+        assert_eq!(iperf3_json(j).unwrap().retransmit_pct, None);
         let e = r#"{"start":{},"end":{},"error":"unable to connect to server"}"#;
         assert!(format!("{:#}", iperf3_json(e).unwrap_err()).contains("unable to connect"));
     }

@@ -103,13 +103,16 @@ impl Report<'_> {
         }
         let mut c = cell(self.results.summary(row, m), m.decimals());
         let retr = match m {
-            Metric::Tcp1Gbps => Some(Metric::Tcp1Retransmits),
-            Metric::Tcp4Gbps => Some(Metric::Tcp4Retransmits),
+            Metric::Tcp1Gbps => Some((Metric::Tcp1Retransmits, Metric::Tcp1RetransmitPct)),
+            Metric::Tcp4Gbps => Some((Metric::Tcp4Retransmits, Metric::Tcp4RetransmitPct)),
             _ => None,
         };
-        if let (Some(r), false) = (retr, c.is_empty()) {
+        if let (Some((r, pct)), false) = (retr, c.is_empty()) {
             if let Some(s) = self.results.summary(row, r) {
                 let _ = write!(c, ", {} retr", num(s.median, 0));
+            }
+            if let Some(s) = self.results.summary(row, pct) {
+                let _ = write!(c, " ({} %)", num(s.median, pct.decimals()));
             }
         }
         c
@@ -280,6 +283,20 @@ impl Report<'_> {
             ratio(tcp),
             verdict(tcp.map(|x| x >= 1.3)),
         ));
+        // Shares, not counts: the modes move different amounts of data in the same time.
+        let retr = r.ratio("srvgate", "dnat", Metric::Tcp4RetransmitPct);
+        v.push((
+            "TCP 4 streams: srvgate retransmits (% of segments) ≤ 2× dnat's".to_string(),
+            format!(
+                "{} % vs {} % ({})",
+                r.median("srvgate", Metric::Tcp4RetransmitPct)
+                    .map_or("–".into(), |x| num(x, 3)),
+                r.median("dnat", Metric::Tcp4RetransmitPct)
+                    .map_or("–".into(), |x| num(x, 3)),
+                ratio(retr)
+            ),
+            verdict(retr.map(|x| x <= 2.0)),
+        ));
         let p99 = r.ratio("srvgate", "route", Metric::RrP99Us);
         v.push((
             "latency p99 within 10 % of route".to_string(),
@@ -393,7 +410,8 @@ impl Report<'_> {
              *kpps per gateway core* = 1 s / that: the forwarding rate at equal gateway CPU \
              (one full core), which is what counts when the generator, not the gateway, is the \
              limit. TCP: iperf3 for {} s (first {} s omitted), retransmits as reported by the \
-             sender; short connections: wrk, 1 thread, `Connection: close`, nginx `return 200`; \
+             sender, in parentheses per 100 segments sent (segments = the sent bytes over the \
+             sender's MSS, iperf3's `tcp_mss_default`); short connections: wrk, 1 thread, `Connection: close`, nginx `return 200`; \
              RR: sockperf ping-pong over TCP, {} s.\n",
             p.secs, p.omit_secs, p.latency_secs
         );

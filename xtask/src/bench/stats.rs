@@ -15,8 +15,11 @@ pub enum Metric {
     PpsPerCore,
     Tcp1Gbps,
     Tcp1Retransmits,
+    /// Retransmitted segments per 100 segments sent (see `parse::Iperf::retransmit_pct`).
+    Tcp1RetransmitPct,
     Tcp4Gbps,
     Tcp4Retransmits,
+    Tcp4RetransmitPct,
     ConnPerSec,
     RrAvgUs,
     RrP99Us,
@@ -54,6 +57,8 @@ impl Metric {
             Metric::Tcp1Retransmits => "TCP 1 stream retransmits",
             Metric::Tcp4Gbps => "TCP 4 streams (Gbit/s)",
             Metric::Tcp4Retransmits => "TCP 4 streams retransmits",
+            Metric::Tcp1RetransmitPct => "TCP 1 stream retransmits (% of segments)",
+            Metric::Tcp4RetransmitPct => "TCP 4 streams retransmits (% of segments)",
             Metric::ConnPerSec => "short TCP connections/s",
             Metric::RrAvgUs => "TCP RR avg (µs)",
             Metric::RrP99Us => "TCP RR p99 (µs)",
@@ -74,6 +79,7 @@ impl Metric {
         match self {
             Metric::Tcp1Gbps | Metric::Tcp4Gbps => 2,
             Metric::RrAvgUs | Metric::RrP99Us => 1,
+            Metric::Tcp1RetransmitPct | Metric::Tcp4RetransmitPct => 3,
             Metric::AddP50Ms | Metric::AddP99Ms => 2,
             _ => 0,
         }

@@ -1,11 +1,11 @@
-//! How a route is written into the BPF maps: the keys and values of `FRONTENDS` and
-//! `REVERSE`, in network byte order as the XDP program compares them with the packet, and
-//! back (a pinned entry read at start). The one place that knows the maps' encoding; the
-//! route table stays free of it.
+//! How a route is written into the BPF maps: the slots and values of `FRONTENDS` and the
+//! keys and values of `REVERSE`, in network byte order as the XDP program compares them
+//! with the packet, and back (a pinned entry read at start). The one place that knows the
+//! maps' encoding; the route table stays free of it.
 
 use std::net::SocketAddrV4;
 
-use lb_common::{Backend, FrontendKey, ReverseKey, ReverseValue};
+use lb_common::{Backend, ReverseKey, ReverseValue, BACKEND_LIVE};
 
 use crate::{config::Protocol, table::routes::Entry};
 
@@ -14,26 +14,25 @@ pub fn addr_be(ip: std::net::Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
-/// The frontend map entry of a route: `(public port, protocol) -> backend`.
-pub fn frontend_entry(e: &Entry) -> (FrontendKey, Backend) {
+/// The frontend map entry of a route: the slot of `(public port, protocol)` -> backend.
+pub fn frontend_entry(e: &Entry) -> (u32, Backend) {
     let r = &e.route;
     (
-        frontend_key(r.port, r.protocol),
+        frontend_slot(r.port, r.protocol),
         Backend {
             addr: addr_be(*r.backend.ip()),
             port: r.backend.port().to_be(),
-            _pad: 0,
+            live: BACKEND_LIVE,
             route_id: e.id,
         },
     )
 }
 
-pub fn frontend_key(port: u16, protocol: Protocol) -> FrontendKey {
-    FrontendKey {
-        port: port.to_be(),
-        protocol: protocol.number(),
-        _pad: 0,
-    }
+/// The `FRONTENDS` slot of a public port (host order) and protocol.
+pub fn frontend_slot(port: u16, protocol: Protocol) -> u32 {
+    // Every `Protocol` has slots; were one added without, the write to slot u32::MAX
+    // would fail with the map's error rather than land in another route's slot.
+    lb_common::frontend_slot(port, protocol.number()).unwrap_or(u32::MAX)
 }
 
 pub fn reverse_key(backend: SocketAddrV4, protocol: Protocol) -> ReverseKey {
@@ -58,20 +57,19 @@ pub fn reverse_entry(e: &Entry) -> (ReverseKey, ReverseValue) {
     )
 }
 
-/// The route (port, protocol, backend, slot) a pinned frontend entry stands for, if its
-/// protocol is one of ours.
-pub fn decode_frontend(
-    k: &FrontendKey,
-    v: &Backend,
-) -> Option<((u16, Protocol), (SocketAddrV4, u32))> {
-    let protocol = match k.protocol {
-        lb_common::PROTO_TCP => Protocol::Tcp,
-        lb_common::PROTO_UDP => Protocol::Udp,
-        _ => return None,
-    };
+/// The route (port, protocol, backend, counter slot) a pinned frontend slot stands for,
+/// if it holds one.
+pub fn decode_frontend(slot: u32, v: &Backend) -> Option<((u16, Protocol), (SocketAddrV4, u32))> {
+    if v.live != BACKEND_LIVE {
+        return None;
+    }
+    let port = u16::try_from(slot & 0xffff).ok()?;
+    let protocol = [Protocol::Tcp, Protocol::Udp]
+        .into_iter()
+        .find(|p| lb_common::frontend_slot(port, p.number()) == Some(slot))?;
     let ip = std::net::Ipv4Addr::from(v.addr.to_ne_bytes());
     Some((
-        (u16::from_be(k.port), protocol),
+        (port, protocol),
         (SocketAddrV4::new(ip, u16::from_be(v.port)), v.route_id),
     ))
 }
@@ -95,22 +93,30 @@ mod tests {
         t.replace_config(&[route("alice", 30001, "10.0.0.11:22")], t0())
             .unwrap();
         let e = t.entries().next().unwrap();
-        let (fk, be) = frontend_entry(e);
-        assert_eq!(fk.port.to_ne_bytes(), 30001u16.to_be_bytes());
-        assert_eq!(fk.protocol, 6);
+        let (slot, be) = frontend_entry(e);
+        assert_eq!(slot, 30001, "TCP ports are the first 65536 slots");
         assert_eq!(be.addr.to_ne_bytes(), [10, 0, 0, 11]);
         assert_eq!(be.port.to_ne_bytes(), 22u16.to_be_bytes());
+        assert_eq!(be.live, BACKEND_LIVE);
         let (rk, rv) = reverse_entry(e);
         assert_eq!(rk.addr, be.addr);
         assert_eq!(rk.port, be.port);
-        assert_eq!(rv.public_port, fk.port);
+        assert_eq!(rv.public_port, 30001u16.to_be());
         assert_eq!(rv.route_id, be.route_id);
         assert_eq!(
-            decode_frontend(&fk, &be),
+            decode_frontend(slot, &be),
             Some((
                 (30001, Protocol::Tcp),
                 ("10.0.0.11:22".parse().unwrap(), e.id)
             ))
         );
+        assert_eq!(frontend_slot(30001, Protocol::Udp), 65536 + 30001);
+        assert_eq!(
+            decode_frontend(65536 + 30001, &be).map(|d| d.0),
+            Some((30001, Protocol::Udp))
+        );
+        // An empty slot (every slot of an array exists) is no route.
+        let empty = <Backend as bytemuck::Zeroable>::zeroed();
+        assert_eq!(decode_frontend(slot, &empty), None);
     }
 }

@@ -10,12 +10,12 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    counter, map_names, Interface, RouteCounters, Settings, EGRESS_PASS, EGRESS_REDIRECT,
+    counter, map_names, Backend, Interface, RouteCounters, Settings, EGRESS_PASS, EGRESS_REDIRECT,
 };
 use tracing::{info, warn};
 
 use super::{
-    encode::{frontend_entry, frontend_key, reverse_entry, reverse_key},
+    encode::{frontend_entry, frontend_slot, reverse_entry, reverse_key},
     netdev,
     pins::remove_pins,
     plan, tcp_mss_for, CounterReader, Counters, Dataplane, DataplaneError, Leg, MapOp,
@@ -101,9 +101,9 @@ impl XdpDataplane {
         match op {
             MapOp::ZeroSlot(id) => self.zero_slot(*id),
             MapOp::WriteFrontend(e) => {
-                let (k, v) = frontend_entry(e);
+                let (slot, v) = frontend_entry(e);
                 self.frontends
-                    .insert(Plain(k), Plain(v), 0)
+                    .set(slot, Plain(v), 0)
                     .map_err(map_err(map_names::FRONTENDS))
             }
             MapOp::WriteReverse(e) => {
@@ -112,15 +112,10 @@ impl XdpDataplane {
                     .insert(Plain(k), Plain(v), 0)
                     .map_err(map_err(map_names::REVERSE))
             }
-            MapOp::RemoveFrontend(port, protocol) => {
-                match self
-                    .frontends
-                    .remove(&Plain(frontend_key(*port, *protocol)))
-                {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                    Err(e) => Err(map_err(map_names::FRONTENDS)(e)),
-                }
-            }
+            MapOp::RemoveFrontend(port, protocol) => self
+                .frontends
+                .set(frontend_slot(*port, *protocol), no_route(), 0)
+                .map_err(map_err(map_names::FRONTENDS)),
             MapOp::RemoveReverse(backend, protocol) => {
                 match self
                     .reverse
@@ -209,7 +204,7 @@ impl Dataplane for XdpDataplane {
                         role: leg.role,
                         egress,
                         checksum: leg.checksum,
-                        _pad: 0,
+                        tcp_egress: leg.tcp_egress,
                     }),
                     0,
                 )
@@ -251,15 +246,17 @@ impl Dataplane for XdpDataplane {
             want_front.insert(frontend_entry(e).0);
             want_rev.insert(reverse_entry(e).0);
         }
-        let stale_front: Vec<_> = self
-            .frontends
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !want_front.contains(&k.0))
+        // Every slot of the array exists: stale ones are those holding a route still.
+        let stale_front: Vec<u32> = (0..)
+            .zip(self.frontends.iter())
+            .filter(|(slot, v)| {
+                !want_front.contains(slot) && v.as_ref().is_ok_and(|v| v.0 != no_route().0)
+            })
+            .map(|(slot, _)| slot)
             .collect();
-        for k in stale_front {
+        for slot in stale_front {
             self.frontends
-                .remove(&k)
+                .set(slot, no_route(), 0)
                 .map_err(map_err(map_names::FRONTENDS))?;
         }
         let stale_rev: Vec<_> = self
@@ -300,6 +297,11 @@ impl Dataplane for XdpDataplane {
             })
             .collect()
     }
+}
+
+/// What an empty `FRONTENDS` slot holds.
+fn no_route() -> Plain<Backend> {
+    Plain(bytemuck::Zeroable::zeroed())
 }
 
 /// A delete of a key that is not there has done its job. Hash maps report that as

@@ -14,10 +14,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, map_names, Backend, FrontendKey, HairpinKey, HairpinValue, Interface, ReverseKey,
-    ReverseValue, RouteCounters, Settings, CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT,
-    HAIRPIN_LIVE_NS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP,
-    ROLE_PRIVATE, ROLE_PUBLIC,
+    counter, frontend_slot, map_names, Backend, HairpinKey, HairpinValue, Interface, ReverseKey,
+    ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_FULL, CSUM_MAY_BE_PARTIAL,
+    EGRESS_REDIRECT, FRONTEND_SLOTS, HAIRPIN_LIVE_NS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES,
+    PROGRAM_NAME, PROTO_TCP, PROTO_UDP, ROLE_PRIVATE, ROLE_PUBLIC, TCP_EGRESS_KERNEL,
+    TCP_EGRESS_REDIRECT,
 };
 
 use super::{maps::Plain, pins::object_maps, PROGRAM};
@@ -55,9 +56,9 @@ fn the_objects_maps_are_lb_commons() {
     let want: [(&str, usize, usize, u32); 8] = [
         (
             map_names::FRONTENDS,
-            size_of::<FrontendKey>(),
+            size_of::<u32>(),
             size_of::<Backend>(),
-            MAX_ROUTES,
+            FRONTEND_SLOTS,
         ),
         (
             map_names::REVERSE,
@@ -461,32 +462,28 @@ impl Harness {
             role,
             egress: EGRESS_REDIRECT,
             checksum: CSUM_FULL,
-            _pad: 0,
+            tcp_egress: TCP_EGRESS_REDIRECT,
         };
         ifaces.insert(1, Plain(iface(ROLE_PUBLIC)), 0).unwrap();
         ifaces
             .insert(self.leg, Plain(iface(ROLE_PRIVATE)), 0)
             .unwrap();
-        let mut fronts: HashMap<_, Plain<FrontendKey>, Plain<Backend>> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::FRONTENDS).unwrap()).unwrap();
+        let mut fronts: Array<_, Plain<Backend>> =
+            Array::try_from(self.ebpf.map_mut(map_names::FRONTENDS).unwrap()).unwrap();
         let mut rev: Vec<(ReverseKey, ReverseValue)> = Vec::new();
         for (public, protocol, backend, port, id) in [
             (SSH_PORT, PROTO_TCP, BACKEND, 22u16, SSH_ID),
             (DNS_PORT, PROTO_UDP, BACKEND, 53, DNS_ID),
             (LOST_PORT, PROTO_TCP, NOWHERE, 22, 7),
         ] {
-            let key = FrontendKey {
-                port: public.to_be(),
-                protocol,
-                _pad: 0,
-            };
             let value = Backend {
                 addr: be(backend),
                 port: port.to_be(),
-                _pad: 0,
+                live: BACKEND_LIVE,
                 route_id: id,
             };
-            fronts.insert(Plain(key), Plain(value), 0).unwrap();
+            let slot = frontend_slot(public, protocol).unwrap();
+            fronts.set(slot, Plain(value), 0).unwrap();
             rev.push((
                 ReverseKey {
                     addr: be(backend),
@@ -545,7 +542,7 @@ impl Harness {
                 role,
                 egress: EGRESS_REDIRECT,
                 checksum: CSUM_MAY_BE_PARTIAL,
-                _pad: 0,
+                tcp_egress: TCP_EGRESS_REDIRECT,
             };
             ifaces.insert(ifindex, Plain(iface), 0).unwrap();
         }
@@ -636,6 +633,10 @@ fn what_the_program_does_not_own_goes_to_the_kernel_untouched() {
     vrrp[0..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x12]);
     vrrp[14 + 9] = 112;
     let no_route = Frame::tcp((CLIENT, 40000), (PUBLIC, 9999)).bytes();
+    // FRONTENDS is indexed by port and protocol: a route's port on the other protocol is
+    // another slot, empty.
+    let udp_to_tcp_route = Frame::udp((CLIENT, 40000), (PUBLIC, SSH_PORT)).bytes();
+    let tcp_to_udp_route = Frame::tcp((CLIENT, 40000), (PUBLIC, DNS_PORT)).bytes();
     let not_ours = Frame::tcp((CLIENT, 40000), (Ipv4Addr::new(203, 0, 113, 99), SSH_PORT)).bytes();
     let from_stranger = Frame::tcp((Ipv4Addr::new(10, 210, 250, 3), 22), (CLIENT, 40000)).bytes();
     for (what, frame, ifindex, want) in [
@@ -664,6 +665,18 @@ fn what_the_program_does_not_own_goes_to_the_kernel_untouched() {
         ),
         ("another address", &not_ours, 1, counter::PASS_NO_ROUTE),
         (
+            "UDP to a TCP route's port",
+            &udp_to_tcp_route,
+            1,
+            counter::PASS_NO_ROUTE,
+        ),
+        (
+            "TCP to a UDP route's port",
+            &tcp_to_udp_route,
+            1,
+            counter::PASS_NO_ROUTE,
+        ),
+        (
             "a private host that is no backend",
             &from_stranger,
             h.leg,
@@ -691,6 +704,31 @@ fn what_the_program_does_not_own_goes_to_the_kernel_untouched() {
         RouteCounters::default(),
         "nothing was counted"
     );
+}
+
+#[test]
+fn a_removed_routes_slot_forwards_nothing() {
+    let Some(mut h) = Harness::new("a_removed_routes_slot_forwards_nothing") else {
+        return;
+    };
+    let to_ssh = Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT)).bytes();
+    let (_, out, verdict) = h.run(&to_ssh, 1);
+    assert_eq!(name(verdict), name(counter::FWD_PASS_EGRESS));
+    assert_eq!(parse(&out).dst, (BACKEND, 22));
+    // What the daemon writes on removal: the slot zeroed, so no longer live.
+    let mut fronts: Array<_, Plain<Backend>> =
+        Array::try_from(h.ebpf.map_mut(map_names::FRONTENDS).unwrap()).unwrap();
+    let slot = frontend_slot(SSH_PORT, PROTO_TCP).unwrap();
+    let mut kept = fronts.get(&slot, 0).unwrap();
+    kept.0.live = 0;
+    fronts.set(slot, kept, 0).unwrap();
+    let (action, out, verdict) = h.run(&to_ssh, 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::PASS_NO_ROUTE)),
+        "a slot not marked live is no route, whatever else it holds"
+    );
+    assert_eq!(out, to_ssh, "untouched");
 }
 
 /// `sg-pt1`, which exists but is not in INTERFACES.
@@ -1121,6 +1159,66 @@ fn a_legs_driver_says_whether_its_frames_may_carry_partial_checksums() {
         assert_eq!(super::checksum_kind(Some(driver)), CSUM_FULL, "{driver}");
     }
     assert_eq!(super::checksum_kind(None), CSUM_MAY_BE_PARTIAL, "unknown");
+}
+
+#[test]
+fn veth_legs_send_tcp_data_through_the_kernel() {
+    assert_eq!(super::tcp_egress_kind(Some("veth")), TCP_EGRESS_KERNEL);
+    for driver in [Some("ixgbe"), Some("tun"), Some("virtio_net"), None] {
+        assert_eq!(
+            super::tcp_egress_kind(driver),
+            TCP_EGRESS_REDIRECT,
+            "{driver:?}"
+        );
+    }
+    let Some(mut h) = Harness::new("veth_legs_send_tcp_data_through_the_kernel") else {
+        return;
+    };
+    h.allow_redirects();
+    {
+        let mut ifaces: HashMap<_, u32, Plain<Interface>> =
+            HashMap::try_from(h.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
+        let leg = h.leg;
+        let mut i = ifaces.get(&leg, 0).unwrap();
+        i.0.tcp_egress = TCP_EGRESS_KERNEL;
+        ifaces.insert(leg, i, 0).unwrap();
+    }
+    let data = Frame {
+        payload: 1000,
+        ..Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))
+    };
+    let (action, out, verdict) = h.run(&data.bytes(), 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::FWD_PASS_TCP_KERNEL))
+    );
+    let seen = parse(&out);
+    assert_eq!(seen.dst, (BACKEND, 22), "rewritten for the kernel to route");
+    assert_eq!(seen.ttl, 64, "the kernel decrements the TTL as it forwards");
+    assert_eq!(
+        seen.dst_mac,
+        [0x02, 0, 0, 0, 0, 0xaa],
+        "MACs left to the kernel"
+    );
+    // A bare ACK (no payload) and UDP keep the redirect.
+    let ack = Frame {
+        payload: 0,
+        ..data.clone()
+    };
+    let (action, _, verdict) = h.run(&ack.bytes(), 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+    let udp = Frame {
+        payload: 1000,
+        ..Frame::udp((CLIENT, 40000), (PUBLIC, DNS_PORT))
+    };
+    let (action, _, verdict) = h.run(&udp.bytes(), 1);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
 }
 
 #[test]
