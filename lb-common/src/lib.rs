@@ -43,6 +43,7 @@ pub mod map_names {
     pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const HAIRPIN: &str = "HAIRPIN";
+    pub const LEG_CACHE: &str = "LEG_CACHE";
 }
 
 /// Name of the XDP program in the object file.
@@ -163,20 +164,24 @@ pub struct Interface {
     pub egress: u8,
     /// `CSUM_FULL` or `CSUM_MAY_BE_PARTIAL`.
     pub checksum: u8,
-    /// `TCP_EGRESS_REDIRECT` or `TCP_EGRESS_KERNEL`: how TCP data segments leave through
-    /// this leg (read by the program for the egress leg of each TCP segment it forwards).
-    pub tcp_egress: u8,
+    pub _pad: u8,
 }
 
-/// How TCP data segments leave through a leg after a rewrite.
-/// `TCP_EGRESS_REDIRECT`: like everything else (`TX_PORTS` decides).
-/// `TCP_EGRESS_KERNEL`: up the kernel stack (`XDP_PASS`, rewritten), which routes them. For
-/// veths: a redirect into one lands in its peer's 256-frame ring and is dropped when the
-/// ring is full (no backpressure: a multi-stream TCP transfer lost 8-12 % of its segments
-/// and retransmitted them), where the kernel's transmit path makes the sender's qdisc wait
-/// and forwards GRO-merged segments, one ring slot for many.
-pub const TCP_EGRESS_REDIRECT: u8 = 0;
-pub const TCP_EGRESS_KERNEL: u8 = 1;
+/// Slots of `LEG_CACHE`, a direct-mapped copy of `INTERFACES`: the leg of ifindex `i` is
+/// in slot `i % LEG_CACHE_SLOTS` unless another leg took that slot first. An array lookup
+/// (inlined by the verifier) replaces a hash lookup on every packet; a leg that found its
+/// slot taken is still found in `INTERFACES`, which holds every leg.
+pub const LEG_CACHE_SLOTS: u32 = 256;
+
+/// A `LEG_CACHE` slot: the leg whose facts it holds (ifindex 0, which no interface has:
+/// none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct LegSlot {
+    pub ifindex: u32,
+    pub iface: Interface,
+}
 
 /// Gateway-wide settings: the single entry of the `SETTINGS` array.
 #[repr(C)]
@@ -249,12 +254,8 @@ pub mod counter {
     /// pseudo-header's sum, on a `CSUM_MAY_BE_PARTIAL` leg): the kernel keeps the skb's
     /// checksum state and the egress completes it; a redirect would lose that state.
     pub const FWD_PASS_PARTIAL_CSUM: u32 = 13;
-    /// Rewritten, then passed to the kernel, which routes it: a TCP data segment whose
-    /// egress leg sends TCP through the kernel (`TCP_EGRESS_KERNEL`, a veth), where a full
-    /// ring makes the sender wait instead of dropping the segment.
-    pub const FWD_PASS_TCP_KERNEL: u32 = 14;
     /// Number of counters.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 14;
     /// Slots of `GLOBAL_COUNTERS`: more than `COUNT`, so that a build with new verdicts
     /// still fits the map an earlier build pinned.
     pub const SLOTS: u32 = 32;
@@ -275,7 +276,6 @@ pub mod counter {
         "pass_local",
         "pass_hairpin_clash",
         "fwd_pass_partial_csum",
-        "fwd_pass_tcp_kernel",
     ];
 }
 
@@ -294,6 +294,7 @@ mod tests {
         assert_eq!(size_of::<ReverseKey>(), 8);
         assert_eq!(size_of::<ReverseValue>(), 8);
         assert_eq!(size_of::<Interface>(), 4);
+        assert_eq!(size_of::<LegSlot>(), 8);
         assert_eq!(size_of::<Settings>(), 16);
         assert_eq!(size_of::<RouteCounters>(), 40);
         assert_eq!(size_of::<HairpinKey>(), 12);

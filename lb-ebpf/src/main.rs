@@ -28,10 +28,10 @@ mod program {
         programs::XdpContext,
     };
     use lb_common::{
-        counter, frontend_slot, Backend, HairpinKey, HairpinValue, Interface, ReverseKey,
+        counter, frontend_slot, Backend, HairpinKey, HairpinValue, Interface, LegSlot, ReverseKey,
         ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_MAY_BE_PARTIAL, FRONTEND_SLOTS,
-        HAIRPIN_LIVE_NS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
-        TCP_EGRESS_KERNEL,
+        HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE,
+        ROLE_PUBLIC,
     };
     use lb_ebpf::{
         clamped_mss, csum_replace32, icmp_embedded_nat, icmp_is_error, ipv4_csum_ttl_decrement,
@@ -42,8 +42,6 @@ mod program {
     };
 
     const AF_INET: u8 = 2;
-    /// The longest TCP header: 15 32-bit words.
-    const TCP_MAX_HLEN: usize = 60;
 
     #[map(name = "FRONTENDS")]
     static FRONTENDS: Array<Backend> = Array::with_max_entries(FRONTEND_SLOTS, 0);
@@ -51,6 +49,8 @@ mod program {
     static REVERSE: HashMap<ReverseKey, ReverseValue> = HashMap::with_max_entries(MAX_ROUTES, 0);
     #[map(name = "INTERFACES")]
     static INTERFACES: HashMap<u32, Interface> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+    #[map(name = "LEG_CACHE")]
+    static LEG_CACHE: Array<LegSlot> = Array::with_max_entries(LEG_CACHE_SLOTS, 0);
     #[map(name = "SETTINGS")]
     static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
     #[map(name = "ROUTE_COUNTERS")]
@@ -69,6 +69,21 @@ mod program {
 
     /// Frame too short for the headers it claims: the kernel counts and drops those.
     struct Truncated;
+
+    /// The leg of `ifindex`: from its `LEG_CACHE` slot if it holds it, else `INTERFACES`.
+    #[inline(always)]
+    fn interface(ifindex: u32) -> Option<Interface> {
+        if let Some(slot) = LEG_CACHE.get(ifindex % LEG_CACHE_SLOTS) {
+            if slot.ifindex == ifindex {
+                return Some(slot.iface);
+            }
+        }
+        // SAFETY: the element is copied out at once, while the kernel keeps it alive. A
+        // lookup racing the daemon's rewrite of the entries (every 2 s) may read a mix of
+        // two legs' entries; with the wrong role no frontend or reverse entry matches, so
+        // that one packet is passed to the kernel.
+        unsafe { INTERFACES.get(ifindex) }.copied()
+    }
 
     /// The route of public `port` (network byte order, as in the packet) for `protocol`.
     #[inline(always)]
@@ -171,11 +186,7 @@ mod program {
 
         // SAFETY: `ctx.ctx` is the xdp_md the kernel passed this program.
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        // SAFETY: the reference is used only during this run, while the kernel keeps the
-        // element alive. A lookup racing the daemon's rewrite of the entries (every 2 s) may
-        // read a mix of two legs' entries; with the wrong role no frontend or reverse entry
-        // matches, so that one packet is passed to the kernel.
-        let Some(iface) = (unsafe { INTERFACES.get(ifindex) }) else {
+        let Some(iface) = interface(ifindex) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
         let Some(settings) = SETTINGS.get(0) else {
@@ -464,8 +475,7 @@ mod program {
         }
         // SAFETY: `ctx.ctx` is the xdp_md the kernel passed this program.
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        // SAFETY: as in `try_srvgate`: used only during this run.
-        let Some(iface) = (unsafe { INTERFACES.get(ifindex) }) else {
+        let Some(iface) = interface(ifindex) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
         let Some(settings) = SETTINGS.get(0) else {
@@ -686,10 +696,6 @@ mod program {
         if ttl <= 1 {
             return pass(counter::FWD_PASS_TTL);
         }
-        // SAFETY: as above.
-        if protocol == PROTO_TCP && tcp_by_kernel(fib.ifindex, unsafe { (*ip).tot_len }) {
-            return pass(counter::FWD_PASS_TCP_KERNEL);
-        }
         // Only legs that take redirects are in TX_PORTS, so this one call is also the egress
         // check. It merely records the target (the transmit happens after we return), so the
         // TTL and MACs are rewritten after it: a refused redirect leaves a packet the kernel
@@ -707,20 +713,6 @@ mod program {
         }
         count(counter::FWD_REDIRECT);
         action
-    }
-
-    /// Whether a TCP segment of IPv4 length `tot_len` (network byte order) leaving through
-    /// `egress` goes up the kernel stack rather than by redirect: a data segment, toward a
-    /// leg that asks for it (`TCP_EGRESS_KERNEL`; see lb-common). Bare ACKs and other
-    /// segments no longer than the largest TCP header keep the redirect: they are what the
-    /// flow's other direction waits for, and too small to fill a ring.
-    #[inline(always)]
-    fn tcp_by_kernel(egress: u32, tot_len: u16) -> bool {
-        if u16::from_be(tot_len) <= (IPV4_HLEN + TCP_MAX_HLEN) as u16 {
-            return false;
-        }
-        // SAFETY: the reference is used only during this run (see `try_srvgate`).
-        unsafe { INTERFACES.get(egress) }.is_some_and(|i| i.tcp_egress == TCP_EGRESS_KERNEL)
     }
 
     #[panic_handler]

@@ -86,6 +86,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("systemd-analyze", "systemd"),
     ("taskset", "util-linux"),
+    ("tc", "iproute2"),
     ("timeout", "coreutils"),
     ("trafgen", "netsniff-ng"),
     ("umount", "mount"),

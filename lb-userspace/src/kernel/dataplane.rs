@@ -41,8 +41,8 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    counter, Backend, Interface, ReverseKey, ReverseValue, RouteCounters, Settings, CSUM_FULL,
-    CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, ROLE_PUBLIC, TCP_EGRESS_KERNEL, TCP_EGRESS_REDIRECT,
+    counter, Backend, Interface, LegSlot, ReverseKey, ReverseValue, RouteCounters, Settings,
+    CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, ROLE_PUBLIC,
 };
 
 pub use maps::RouteCounterMap;
@@ -132,14 +132,22 @@ pub struct Leg {
     pub egress: u8,
     /// `CSUM_FULL` or `CSUM_MAY_BE_PARTIAL`, from its driver ([`checksum_kind`]).
     pub checksum: u8,
-    /// `TCP_EGRESS_REDIRECT` or `TCP_EGRESS_KERNEL`, from its driver ([`tcp_egress_kind`]).
-    pub tcp_egress: u8,
 }
 
 impl Leg {
     /// `public` or `private`, for logs and metrics.
     pub fn role_name(&self) -> &'static str {
         role_name(self.role)
+    }
+
+    /// What the program reads about this leg (`INTERFACES`, `LEG_CACHE`).
+    pub fn interface(&self) -> Interface {
+        Interface {
+            role: self.role,
+            egress: self.egress,
+            checksum: self.checksum,
+            _pad: 0,
+        }
     }
 
     /// `redirect` or `pass`: how rewritten frames leave through this leg.
@@ -214,19 +222,6 @@ pub fn checksum_kind(driver: Option<&str>) -> u8 {
     }
 }
 
-/// How TCP data segments leave through a device driven by `driver`: through the kernel
-/// stack for a veth, whose ring drops what a redirect sends it once its receiver falls
-/// behind (measured: a 4-stream iperf3 retransmitted about 8 % of its segments), while the
-/// kernel's transmit path makes the sender wait; by redirect for everything else (a NIC's
-/// transmit ring drains at line rate, and tun/virtio take no redirects without their own
-/// program anyway).
-pub fn tcp_egress_kind(driver: Option<&str>) -> u8 {
-    match driver {
-        Some("veth") => TCP_EGRESS_KERNEL,
-        _ => TCP_EGRESS_REDIRECT,
-    }
-}
-
 /// Reads per-route counters by slot; see [`Dataplane::counter_reader`].
 pub trait CounterReader: Send + Sync {
     fn route_counters(&self, id: u32) -> Result<Counters, DataplaneError>;
@@ -283,6 +278,10 @@ pub struct XdpDataplane {
     frontends: aya::maps::Array<MapData, Plain<Backend>>,
     reverse: HashMap<MapData, Plain<ReverseKey>, Plain<ReverseValue>>,
     interfaces: HashMap<MapData, u32, Plain<Interface>>,
+    leg_cache: aya::maps::Array<MapData, Plain<LegSlot>>,
+    /// What `leg_cache` holds, once this run wrote all of it: later refreshes write only
+    /// the slots that change.
+    leg_cache_written: Option<Vec<LegSlot>>,
     route_counters: PerCpuArray<MapData, Plain<RouteCounters>>,
     /// Reads the same map for [`Dataplane::counter_reader`] and [`Dataplane::route_counters`].
     counter_reader: Arc<RouteCounterMap>,

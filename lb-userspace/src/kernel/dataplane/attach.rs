@@ -15,7 +15,6 @@ use aya::{
 };
 use lb_common::{
     map_names, Settings, CSUM_MAY_BE_PARTIAL, EGRESS_PASS, PROGRAM_NAME, ROLE_PRIVATE, ROLE_PUBLIC,
-    TCP_EGRESS_KERNEL,
 };
 use tracing::{info, warn};
 
@@ -28,8 +27,7 @@ use super::{
         check_pinned_maps, detach_dropped_legs, link_pin_path, object_maps, prepare_pin_dir,
         remove_pins,
     },
-    role_name, tcp_egress_kind, AttachMode, Dataplane, DataplaneError, Leg, PinnedFrontends,
-    XdpDataplane, PROGRAM,
+    role_name, AttachMode, Dataplane, DataplaneError, Leg, PinnedFrontends, XdpDataplane, PROGRAM,
 };
 use crate::{config::Gateway, kernel::sys};
 
@@ -50,11 +48,7 @@ impl XdpDataplane {
                 sys::ifindex(name).ok_or_else(|| DataplaneError::NoInterface(name.clone()))?;
             let driver = sys::driver(name);
             let checksum = checksum_kind(driver.as_deref().ok());
-            let tcp_egress = tcp_egress_kind(driver.as_deref().ok());
             let driver = driver.unwrap_or_else(|e| format!("unknown ({e})"));
-            if tcp_egress == TCP_EGRESS_KERNEL {
-                info!(iface = %name, %driver, "TCP data segments leave this leg through the kernel stack, which waits for a full veth ring where a redirect would be dropped; the rest by the leg's egress");
-            }
             if checksum == CSUM_MAY_BE_PARTIAL {
                 info!(iface = %name, %driver, "partial checksums possible on this leg (a local sender or a GRO bridge may leave them to offload): such frames are rewritten and passed to the kernel, which keeps their checksum state; the rest by the leg's egress");
             } else {
@@ -66,7 +60,6 @@ impl XdpDataplane {
                 role,
                 egress: EGRESS_PASS,
                 checksum,
-                tcp_egress,
             });
         }
         prepare_kernel(gw)?;
@@ -135,6 +128,10 @@ impl XdpDataplane {
             interfaces: take(&mut ebpf, map_names::INTERFACES)?
                 .try_into()
                 .map_err(map_err(map_names::INTERFACES))?,
+            leg_cache: take(&mut ebpf, map_names::LEG_CACHE)?
+                .try_into()
+                .map_err(map_err(map_names::LEG_CACHE))?,
+            leg_cache_written: None,
             route_counters: take(&mut ebpf, map_names::ROUTE_COUNTERS)?
                 .try_into()
                 .map_err(map_err(map_names::ROUTE_COUNTERS))?,

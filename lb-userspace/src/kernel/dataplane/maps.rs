@@ -10,7 +10,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    counter, map_names, Backend, Interface, RouteCounters, Settings, EGRESS_PASS, EGRESS_REDIRECT,
+    counter, map_names, Backend, LegSlot, RouteCounters, Settings, EGRESS_PASS, EGRESS_REDIRECT,
+    LEG_CACHE_SLOTS,
 };
 use tracing::{info, warn};
 
@@ -89,6 +90,30 @@ impl XdpDataplane {
         self.route_counters
             .set(id, zero, 0)
             .map_err(map_err(map_names::ROUTE_COUNTERS))
+    }
+
+    /// Copies the legs into `LEG_CACHE` (after `INTERFACES`, which holds them all), each in
+    /// its slot unless an earlier leg has it; every other slot is emptied, so a leg of an
+    /// earlier run is found nowhere.
+    fn write_leg_cache(&mut self) -> Result<(), DataplaneError> {
+        let want = leg_cache(&self.legs);
+        for (slot, (new, old)) in (0..).zip(
+            want.iter().zip(
+                self.leg_cache_written
+                    .iter()
+                    .flatten()
+                    .map(Some)
+                    .chain(std::iter::repeat(None)),
+            ),
+        ) {
+            if old != Some(new) {
+                self.leg_cache
+                    .set(slot, Plain(*new), 0)
+                    .map_err(map_err(map_names::LEG_CACHE))?;
+            }
+        }
+        self.leg_cache_written = Some(want);
+        Ok(())
     }
 
     fn write_entry(&mut self, e: &Entry) -> Result<(), DataplaneError> {
@@ -198,19 +223,10 @@ impl Dataplane for XdpDataplane {
                     .map_err(map_err(map_names::TX_PORTS))?;
             }
             self.interfaces
-                .insert(
-                    leg.ifindex,
-                    Plain(Interface {
-                        role: leg.role,
-                        egress,
-                        checksum: leg.checksum,
-                        tcp_egress: leg.tcp_egress,
-                    }),
-                    0,
-                )
+                .insert(leg.ifindex, Plain(leg.interface()), 0)
                 .map_err(map_err(map_names::INTERFACES))?;
         }
-        Ok(())
+        self.write_leg_cache()
     }
 
     /// Gives the program the time it stamps `last_seen_ns` with. Called at start and every
@@ -297,6 +313,26 @@ impl Dataplane for XdpDataplane {
             })
             .collect()
     }
+}
+
+/// `LEG_CACHE` as `legs` fill it: each leg in slot `ifindex % LEG_CACHE_SLOTS`, the first
+/// of two legs that share one keeping it.
+pub(super) fn leg_cache(legs: &[Leg]) -> Vec<LegSlot> {
+    let empty = LegSlot {
+        ifindex: 0,
+        iface: bytemuck::Zeroable::zeroed(),
+    };
+    let mut slots = vec![empty; LEG_CACHE_SLOTS as usize];
+    for leg in legs {
+        let slot = &mut slots[(leg.ifindex % LEG_CACHE_SLOTS) as usize];
+        if slot.ifindex == 0 {
+            *slot = LegSlot {
+                ifindex: leg.ifindex,
+                iface: leg.interface(),
+            };
+        }
+    }
+    slots
 }
 
 /// What an empty `FRONTENDS` slot holds.

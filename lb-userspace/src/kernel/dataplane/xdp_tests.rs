@@ -14,11 +14,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, frontend_slot, map_names, Backend, HairpinKey, HairpinValue, Interface, ReverseKey,
-    ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_FULL, CSUM_MAY_BE_PARTIAL,
-    EGRESS_REDIRECT, FRONTEND_SLOTS, HAIRPIN_LIVE_NS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES,
-    PROGRAM_NAME, PROTO_TCP, PROTO_UDP, ROLE_PRIVATE, ROLE_PUBLIC, TCP_EGRESS_KERNEL,
-    TCP_EGRESS_REDIRECT,
+    counter, frontend_slot, map_names, Backend, HairpinKey, HairpinValue, Interface, LegSlot,
+    ReverseKey, ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_FULL,
+    CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, FRONTEND_SLOTS, HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS,
+    MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP, ROLE_PRIVATE,
+    ROLE_PUBLIC,
 };
 
 use super::{maps::Plain, pins::object_maps, PROGRAM};
@@ -53,7 +53,7 @@ const DNS_ID: u32 = 6;
 fn the_objects_maps_are_lb_commons() {
     let maps: std::collections::HashMap<String, super::pins::MapShape> =
         object_maps().unwrap().into_iter().collect();
-    let want: [(&str, usize, usize, u32); 8] = [
+    let want: [(&str, usize, usize, u32); 9] = [
         (
             map_names::FRONTENDS,
             size_of::<u32>(),
@@ -95,6 +95,12 @@ fn the_objects_maps_are_lb_commons() {
             size_of::<HairpinKey>(),
             size_of::<HairpinValue>(),
             MAX_HAIRPIN,
+        ),
+        (
+            map_names::LEG_CACHE,
+            size_of::<u32>(),
+            size_of::<LegSlot>(),
+            LEG_CACHE_SLOTS,
         ),
         // A devmap's value is the kernel's struct bpf_devmap_val: the target ifindex and
         // an optional program (fd or id).
@@ -462,7 +468,7 @@ impl Harness {
             role,
             egress: EGRESS_REDIRECT,
             checksum: CSUM_FULL,
-            tcp_egress: TCP_EGRESS_REDIRECT,
+            _pad: 0,
         };
         ifaces.insert(1, Plain(iface(ROLE_PUBLIC)), 0).unwrap();
         ifaces
@@ -542,7 +548,7 @@ impl Harness {
                 role,
                 egress: EGRESS_REDIRECT,
                 checksum: CSUM_MAY_BE_PARTIAL,
-                tcp_egress: TCP_EGRESS_REDIRECT,
+                _pad: 0,
             };
             ifaces.insert(ifindex, Plain(iface), 0).unwrap();
         }
@@ -1162,62 +1168,72 @@ fn a_legs_driver_says_whether_its_frames_may_carry_partial_checksums() {
 }
 
 #[test]
-fn veth_legs_send_tcp_data_through_the_kernel() {
-    assert_eq!(super::tcp_egress_kind(Some("veth")), TCP_EGRESS_KERNEL);
-    for driver in [Some("ixgbe"), Some("tun"), Some("virtio_net"), None] {
-        assert_eq!(
-            super::tcp_egress_kind(driver),
-            TCP_EGRESS_REDIRECT,
-            "{driver:?}"
-        );
-    }
-    let Some(mut h) = Harness::new("veth_legs_send_tcp_data_through_the_kernel") else {
+fn each_leg_has_its_cache_slot_unless_an_earlier_leg_took_it() {
+    let leg = |name: &str, ifindex, role| super::Leg {
+        name: name.into(),
+        ifindex,
+        role,
+        egress: EGRESS_REDIRECT,
+        checksum: CSUM_FULL,
+    };
+    let legs = [
+        leg("pub0", 3, ROLE_PUBLIC),
+        leg("priv1", 4, ROLE_PRIVATE),
+        leg("priv2", 3 + LEG_CACHE_SLOTS, ROLE_PRIVATE),
+    ];
+    let cache = super::maps::leg_cache(&legs);
+    assert_eq!(cache.len(), LEG_CACHE_SLOTS as usize);
+    assert_eq!(cache[3].ifindex, 3, "the first leg keeps a shared slot");
+    assert_eq!(cache[3].iface.role, ROLE_PUBLIC);
+    assert_eq!(cache[4].ifindex, 4);
+    assert_eq!(
+        cache.iter().filter(|s| s.ifindex != 0).count(),
+        2,
+        "priv2 is only in INTERFACES"
+    );
+}
+
+#[test]
+fn a_legs_cache_slot_is_read_only_for_that_leg() {
+    let Some(mut h) = Harness::new("a_legs_cache_slot_is_read_only_for_that_leg") else {
         return;
     };
     h.allow_redirects();
-    {
-        let mut ifaces: HashMap<_, u32, Plain<Interface>> =
-            HashMap::try_from(h.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
-        let leg = h.leg;
-        let mut i = ifaces.get(&leg, 0).unwrap();
-        i.0.tcp_egress = TCP_EGRESS_KERNEL;
-        ifaces.insert(leg, i, 0).unwrap();
-    }
-    let data = Frame {
-        payload: 1000,
-        ..Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))
+    let to_ssh = Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT)).bytes();
+    let set_slot = |h: &mut Harness, slot: LegSlot| {
+        let mut cache: Array<_, Plain<LegSlot>> =
+            Array::try_from(h.ebpf.map_mut(map_names::LEG_CACHE).unwrap()).unwrap();
+        cache.set(1, Plain(slot), 0).unwrap();
     };
-    let (action, out, verdict) = h.run(&data.bytes(), 1);
+    // The public leg (ifindex 1) cached with no role: the cache, not INTERFACES, decides.
+    let no_role = Interface {
+        role: 0,
+        egress: EGRESS_REDIRECT,
+        checksum: CSUM_FULL,
+        _pad: 0,
+    };
+    let slot = LegSlot {
+        ifindex: 1,
+        iface: no_role,
+    };
+    set_slot(&mut h, slot);
+    let (_, _, verdict) = h.run(&to_ssh, 1);
+    assert_eq!(
+        name(verdict),
+        name(counter::PASS_NO_ROUTE),
+        "read from the cache"
+    );
+    // The same slot holding another leg (ifindex 1 + slots): INTERFACES answers.
+    let other = LegSlot {
+        ifindex: 1 + LEG_CACHE_SLOTS,
+        iface: no_role,
+    };
+    set_slot(&mut h, other);
+    let (action, _, verdict) = h.run(&to_ssh, 1);
     assert_eq!(
         (action, name(verdict)),
-        (XDP_PASS, name(counter::FWD_PASS_TCP_KERNEL))
-    );
-    let seen = parse(&out);
-    assert_eq!(seen.dst, (BACKEND, 22), "rewritten for the kernel to route");
-    assert_eq!(seen.ttl, 64, "the kernel decrements the TTL as it forwards");
-    assert_eq!(
-        seen.dst_mac,
-        [0x02, 0, 0, 0, 0, 0xaa],
-        "MACs left to the kernel"
-    );
-    // A bare ACK (no payload) and UDP keep the redirect.
-    let ack = Frame {
-        payload: 0,
-        ..data.clone()
-    };
-    let (action, _, verdict) = h.run(&ack.bytes(), 1);
-    assert_eq!(
-        (action, name(verdict)),
-        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
-    );
-    let udp = Frame {
-        payload: 1000,
-        ..Frame::udp((CLIENT, 40000), (PUBLIC, DNS_PORT))
-    };
-    let (action, _, verdict) = h.run(&udp.bytes(), 1);
-    assert_eq!(
-        (action, name(verdict)),
-        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT)),
+        "another leg's slot is not this leg's"
     );
 }
 
