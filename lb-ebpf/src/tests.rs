@@ -427,7 +427,10 @@ fn only_frames_to_the_legs_own_mac_are_addressed_to_it() {
         other[i] = own[i];
     }
     assert!(!addressed_to(&[0xff; 6], &own), "broadcast");
-    assert!(!addressed_to(&[0x01, 0x00, 0x5e, 0, 0, 0x12], &own), "multicast");
+    assert!(
+        !addressed_to(&[0x01, 0x00, 0x5e, 0, 0, 0x12], &own),
+        "multicast"
+    );
     // A leg without a MAC (all zero): no check.
     assert!(addressed_to(&[0xff; 6], &[0; 6]));
     assert!(addressed_to(&own, &[0; 6]));

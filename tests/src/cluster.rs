@@ -534,6 +534,27 @@ gateway_id = "gw{}"
         Ok(())
     }
 
+    /// Makes both switches forget every address at once and for good (FDB ageing 0): every
+    /// frame goes to every port, as a switch sends them while it learns. A gateway then
+    /// sees the other one's traffic too.
+    pub fn flood(&self) -> Result<()> {
+        for br in ["brpub", "brpriv"] {
+            host(&[
+                "ip",
+                "-n",
+                &self.switch,
+                "link",
+                "set",
+                br,
+                "type",
+                "bridge",
+                "ageing_time",
+                "0",
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Starts sshd on the backend at `BACKEND:port`, accepting the lab's client key
     /// ([`ClusterLab::ssh_argv`]) for root; waits (bounded) until it listens.
     pub fn start_sshd(&self, port: u16) -> Result<u32> {

@@ -57,6 +57,35 @@ vrrp_sync_group SRVGATE {{
     )
 }
 
+/// Where each gateway serves Prometheus metrics, inside its own namespace.
+const METRICS: &str = "127.0.0.1:9110";
+
+/// Gateway `n`'s counter of the XDP verdict `verdict`.
+fn verdicts(lab: &ClusterLab, n: usize, verdict: &str) -> u64 {
+    let url = format!("http://{METRICS}/metrics");
+    let text = lab
+        .exec_ok(&lab.gws[n], &["curl", "-fsS", "--max-time", "3", &url])
+        .unwrap();
+    let sample = format!("srvgate_xdp_verdicts_total{{verdict=\"{verdict}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&sample))
+        .unwrap_or_else(|| panic!("no {sample} in gw{}'s metrics:\n{text}", n + 1))
+        .parse()
+        .unwrap()
+}
+
+/// Packets gateway `n` translated for any route, both ways.
+fn translated(lab: &ClusterLab, n: usize) -> u64 {
+    let out = lab.ctl_ok(n, &["route", "ls", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["inbound_packets"].as_u64().unwrap() + r["outbound_packets"].as_u64().unwrap())
+        .sum()
+}
+
 /// `route add NAME --service SERVICE --backend BACKEND --json` through gateway 1: the port.
 fn claim(lab: &ClusterLab, name: &str, service: &str, backend: &str) -> u16 {
     let out = lab
@@ -143,13 +172,15 @@ fn connections_survive_the_active_gateway_dying() {
     require_srvgate_bin();
     let lab = ClusterLab::new("fo").expect("building the cluster lab");
     lab.route_through_vips().unwrap();
+    // Each gateway sees the other's frames too: the standby must not translate them.
+    lab.flood().unwrap();
     lab.start_etcd().unwrap();
     // Both start as standbys: neither holds the VIP, and DNS is bound to it.
     for n in 0..2 {
         let config = lab.config(n).replace(
             &format!("\"{}:53\"", GW_PUBLIC[n]),
             &format!("\"{VIP}:53\""),
-        );
+        ) + &format!("\n[metrics]\nlisten = \"{METRICS}\"\n");
         lab.start_srvgate_with(n, &config).unwrap();
         let log = lab.srvgate_log(n);
         assert!(
@@ -226,6 +257,21 @@ fn connections_survive_the_active_gateway_dying() {
         before.contains("tick 5"),
         "the ssh session is not running through gw1:\n{before}\n{}",
         lab.logs()
+    );
+
+    // The switches flood gw1's traffic to gw2 too: gw2 passes it untouched, translates none.
+    let (standby_translated, flooded) = (translated(&lab, 1), verdicts(&lab, 1, "pass_not_for_us"));
+    eprintln!(
+        "failover: before: gw1 translated {} packets; gw2 {standby_translated}, and passed {flooded} flooded frames untouched",
+        translated(&lab, 0)
+    );
+    assert_eq!(
+        standby_translated, 0,
+        "the standby translated flooded frames"
+    );
+    assert!(
+        flooded > 100,
+        "gw2 saw no flooded frames ({flooded}): the switches do not flood"
     );
 
     // gw1 dies: off both switches, srvgate SIGKILLed, keepalived stopped (its priority-0

@@ -349,7 +349,13 @@ mod tests {
         let bytes = [0x02, 0x00, 0x5e, 0xab, 0xcd, 0xef];
         assert_eq!(parse_mac("02:00:5e:ab:cd:ef"), Some(bytes));
         assert_eq!(format_mac(&bytes), "02:00:5e:ab:cd:ef");
-        for bad in ["", "02:00:5e:ab:cd", "02:00:5e:ab:cd:ef:00", "2:00:5e:ab:cd:ef", "zz:00:5e:ab:cd:ef"] {
+        for bad in [
+            "",
+            "02:00:5e:ab:cd",
+            "02:00:5e:ab:cd:ef:00",
+            "2:00:5e:ab:cd:ef",
+            "zz:00:5e:ab:cd:ef",
+        ] {
             assert_eq!(parse_mac(bad), None, "{bad:?}");
         }
         assert_eq!(mac("lo"), Some([0; 6]), "loopback's address is all zero");

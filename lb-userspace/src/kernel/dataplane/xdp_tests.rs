@@ -712,8 +712,7 @@ fn set_leg_macs(h: &mut Harness, mac: [u8; 6]) {
 
 #[test]
 fn frames_sent_to_another_mac_are_passed_untouched_and_counted() {
-    let Some(mut h) =
-        Harness::new("frames_sent_to_another_mac_are_passed_untouched_and_counted")
+    let Some(mut h) = Harness::new("frames_sent_to_another_mac_are_passed_untouched_and_counted")
     else {
         return;
     };
@@ -737,7 +736,11 @@ fn frames_sent_to_another_mac_are_passed_untouched_and_counted() {
     for (what, frame, ifindex) in [
         ("a client's packet for a route", &client, 1),
         ("a backend's reply", &reply, h.leg),
-        ("a private host's packet to the public address", &inside, h.leg),
+        (
+            "a private host's packet to the public address",
+            &inside,
+            h.leg,
+        ),
         ("an ICMP error about a route's flow", &error, 1),
     ] {
         for (whose, mac) in [("another machine", other), ("broadcast", [0xff; 6])] {
