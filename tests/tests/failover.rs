@@ -16,7 +16,7 @@ use srvgate_tests::{cluster::*, require_srvgate_bin, skip_unless_root};
 
 /// VRRP advert interval (seconds): VRRPv3 counts in centiseconds. A backup takes over
 /// after 3 adverts missed plus its skew ((256 - priority) / 256 of an interval).
-const ADVERT_INT: &str = "0.1";
+const ADVERT_INT: &str = "0.05";
 
 /// The keepalived config of gateway `n` (0 or 1); the README's example is this one.
 fn keepalived_conf(n: usize) -> String {
@@ -56,6 +56,10 @@ vrrp_sync_group SRVGATE {{
         instance("PRIVATE", "priv1", 52, VIP_PRIVATE),
     )
 }
+
+/// Prefixes each line of stdin with the monotonic time it arrived.
+const STAMP: &str = r#"python3 -u -c 'import sys, time
+for l in sys.stdin: print("%.4f %s" % (time.monotonic(), l), end="", flush=True)'"#;
 
 /// Where each gateway serves Prometheus metrics, inside its own namespace.
 const METRICS: &str = "127.0.0.1:9110";
@@ -148,20 +152,43 @@ fn intervals(json: &str) -> Vec<(f64, f64, u64)> {
         .collect()
 }
 
-/// The longest stretch of consecutive intervals that received nothing: (from, seconds).
-fn longest_gap(iv: &[(f64, f64, u64)]) -> (f64, f64) {
-    let (mut best, mut run_start) = ((0.0, 0.0), None);
-    for &(start, end, bytes) in iv {
+/// How long the stream stalled, from its intervals: `(from, empty, lost)`. `empty` is the
+/// longest run of intervals that received nothing (a lower bound, in 100 ms steps); `lost`
+/// adds the shortfall of the intervals on either side that received less than 90 % of the
+/// stream's median (the stall rarely starts or ends on an interval's edge): the time the
+/// stream lost at its steady rate.
+fn stall(iv: &[(f64, f64, u64)]) -> (f64, f64, f64) {
+    let mut sorted: Vec<u64> = iv.iter().map(|i| i.2).collect();
+    sorted.sort_unstable();
+    let median = sorted[sorted.len() / 2].max(1) as f64;
+    let (mut empty, mut from, mut worst, mut run) = (0.0, 0.0, 0, None);
+    for (k, &(start, end, bytes)) in iv.iter().enumerate() {
         if bytes == 0 {
-            let from = *run_start.get_or_insert(start);
-            if end - from > best.1 {
-                best = (from, end - from);
+            let (s, first) = *run.get_or_insert((start, k));
+            if end - s > empty {
+                (empty, from, worst) = (end - s, s, first);
             }
         } else {
-            run_start = None;
+            run = None;
         }
     }
-    best
+    if empty == 0.0 {
+        worst = (0..iv.len()).min_by_key(|&k| iv[k].2).unwrap_or(0);
+        from = iv.get(worst).map_or(0.0, |i| i.0);
+    }
+    let short = |k: usize| (iv[k].2 as f64) < 0.9 * median;
+    let (mut a, mut b) = (worst, worst);
+    while a > 0 && short(a - 1) {
+        a -= 1;
+    }
+    while b + 1 < iv.len() && short(b + 1) {
+        b += 1;
+    }
+    let lost = iv[a..=b]
+        .iter()
+        .map(|&(s, e, bytes)| (e - s) * (1.0 - (bytes as f64 / median).min(1.0)))
+        .sum();
+    (from, empty, lost)
 }
 
 #[test]
@@ -176,11 +203,11 @@ fn connections_survive_the_active_gateway_dying() {
     lab.flood().unwrap();
     lab.start_etcd().unwrap();
     // Both start as standbys: neither holds the VIP, and DNS is bound to it.
-    for n in 0..2 {
-        let config = lab.config(n).replace(
-            &format!("\"{}:53\"", GW_PUBLIC[n]),
-            &format!("\"{VIP}:53\""),
-        ) + &format!("\n[metrics]\nlisten = \"{METRICS}\"\n");
+    for (n, own) in GW_PUBLIC.iter().enumerate() {
+        let config = lab
+            .config(n)
+            .replace(&format!("\"{own}:53\""), &format!("\"{VIP}:53\""))
+            + &format!("\n[metrics]\nlisten = \"{METRICS}\"\n");
         lab.start_srvgate_with(n, &config).unwrap();
         let log = lab.srvgate_log(n);
         assert!(
@@ -207,7 +234,7 @@ fn connections_survive_the_active_gateway_dying() {
         lab.holds(0, "pub0", VIP).unwrap() && lab.holds(0, "priv1", VIP_PRIVATE).unwrap()
     });
     eprintln!("failover: gw1 became master after {took:?}");
-    lab.start_keepalived(1, &keepalived_conf(1)).unwrap();
+    let standby = lab.start_keepalived(1, &keepalived_conf(1)).unwrap();
     thread::sleep(Duration::from_millis(500));
     assert!(
         !lab.holds(1, "pub0", VIP).unwrap(),
@@ -217,14 +244,19 @@ fn connections_survive_the_active_gateway_dying() {
 
     // An interactive-like ssh session (a tick every 100 ms) and a bulk stream, both
     // through gw1. iperf3 -R: the client receives, so its intervals show the real gap.
-    let ticks = 90;
+    // The client stamps each tick's arrival (monotonic seconds), so the session's own
+    // longest silence is measured too, to a tick's resolution.
+    let ticks = 300;
     let ssh = lab.ssh_argv(
         VIP,
         ssh_port,
-        &format!("for i in $(seq 1 {ticks}); do echo tick $i; sleep 0.1; done"),
+        &format!("for i in $(seq 1 {ticks}); do echo tick $i; sleep 0.02; done"),
     );
-    let ssh: Vec<&str> = ssh.iter().map(String::as_str).collect();
-    let ssh = lab.spawn(&lab.client, "ssh-session", &ssh, &[]).unwrap();
+    let ssh = shlex::try_join(ssh.iter().map(String::as_str)).unwrap();
+    let script = format!("set -o pipefail; {ssh} | {STAMP}");
+    let ssh = lab
+        .spawn(&lab.client, "ssh-session", &["bash", "-c", &script], &[])
+        .unwrap();
     let port = iperf_port.to_string();
     let stream = lab
         .spawn(
@@ -273,6 +305,12 @@ fn connections_survive_the_active_gateway_dying() {
         flooded > 100,
         "gw2 saw no flooded frames ({flooded}): the switches do not flood"
     );
+    // Adverts this frequent must not be missed under load: gw2 never took over meanwhile.
+    let log = lab.output_of(standby);
+    assert!(
+        !log.contains("Entering MASTER STATE"),
+        "gw2 became master while gw1 was alive (adverts missed):\n{log}"
+    );
 
     // gw1 dies: off both switches, srvgate SIGKILLed, keepalived stopped (its priority-0
     // adverts go nowhere: gw2 must notice the silence).
@@ -293,16 +331,17 @@ fn connections_survive_the_active_gateway_dying() {
     assert!(status.success(), "iperf3 failed ({status}):\n{json}");
     let iv = intervals(&json);
     let received: u64 = iv.iter().map(|i| i.2).sum();
-    let (from, gap) = longest_gap(&iv);
+    let (from, empty, gap) = stall(&iv);
     eprintln!(
-        "failover: iperf3 received {:.1} MB in {} intervals; longest gap {:.0} ms (from t={from:.1} s, 100 ms resolution)",
+        "failover: iperf3 received {:.1} MB in {} intervals; stalled {:.0} ms from t={from:.1} s ({:.0} ms of intervals with nothing)",
         received as f64 / 1e6,
         iv.len(),
-        gap * 1000.0
+        gap * 1000.0,
+        empty * 1000.0
     );
     let after = iv
         .iter()
-        .filter(|i| i.0 > from + gap)
+        .filter(|i| i.0 > from + empty)
         .map(|i| i.2)
         .sum::<u64>();
     assert!(after > 0, "nothing received after the gap: {iv:?}");
@@ -313,9 +352,20 @@ fn connections_survive_the_active_gateway_dying() {
         status.success(),
         "the ssh session failed ({status}):\n{out}"
     );
-    let seen: Vec<&str> = out.lines().filter(|l| l.starts_with("tick ")).collect();
+    let seen: Vec<(f64, &str)> = out
+        .lines()
+        .filter_map(|l| {
+            let (t, rest) = l.split_once(' ')?;
+            Some((t.parse().ok()?, rest.strip_prefix("tick ")?))
+        })
+        .collect();
     assert_eq!(seen.len(), ticks, "ssh ticks missing:\n{out}");
-    assert_eq!(seen.last(), Some(&format!("tick {ticks}").as_str()));
+    assert_eq!(seen.last().map(|s| s.1), Some(ticks.to_string().as_str()));
+    let silence = seen.windows(2).map(|w| w[1].0 - w[0].0).fold(0.0, f64::max);
+    eprintln!(
+        "failover: the ssh session's longest silence between two ticks (sent every ~20 ms): {:.0} ms",
+        silence * 1000.0
+    );
 
     // gw2's DNS, bound to the VIP while it was a standby, answers on it now.
     let srv = format!("_ssh._tcp.alice.{ZONE}");
@@ -339,10 +389,14 @@ fn connections_survive_the_active_gateway_dying() {
     );
     lab.stop(iperf, Duration::from_secs(2)).unwrap();
 
-    // Bound: issue 15 asks for < 1 s end to end; measured 0.X s (see the README).
+    // Issue 15 asks for < 1 s end to end. Measured with 50 ms adverts: see the README.
+    // The stream's stall is bounded from above by its empty intervals plus both neighbours.
     assert!(
-        gap < 1.5,
-        "the stream stalled {gap:.2} s when gw1 died\n{}",
+        empty + 0.2 < 1.0 && silence < 1.0,
+        "stalled when gw1 died: stream {:.0}-{:.0} ms, ssh {:.0} ms\n{}",
+        empty * 1000.0,
+        (empty + 0.2) * 1000.0,
+        silence * 1000.0,
         lab.logs()
     );
 }
