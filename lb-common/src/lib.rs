@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<ReverseKey>(), 8);
         assert_eq!(size_of::<ReverseValue>(), 8);
-        assert_eq!(size_of::<Interface>(), 4);
+        assert_eq!(size_of::<Interface>(), 12);
         assert_eq!(size_of::<Settings>(), 16);
         assert_eq!(size_of::<RouteCounters>(), 40);
         assert_eq!(size_of::<HairpinKey>(), 12);
