@@ -598,7 +598,8 @@ gateway_id = "gw{}"
         let pid = self.spawn(
             &self.backend,
             &format!("sshd-{port}"),
-            &["/usr/sbin/sshd", "-D", "-e", "-f", &cfg],
+            // sshd re-executes itself, so it needs its absolute path.
+            &["sh", "-c", r#"exec /usr/sbin/sshd -D -e -f "$0""#, &cfg],
             &[],
         )?;
         self.wait_port(&self.backend, BACKEND, port)?;
