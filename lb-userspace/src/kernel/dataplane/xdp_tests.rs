@@ -42,6 +42,8 @@ const LEG_MTU: u16 = 1400;
 /// What the daemon would clamp to with [`LEG_MTU`] the smallest leg.
 const MSS: u16 = LEG_MTU - 40;
 const NOW_NS: u64 = 123_456_789;
+/// The MAC both legs have in `INTERFACES`: where every crafted frame is sent.
+const OWN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 
 const SSH_PORT: u16 = 2222;
 const DNS_PORT: u16 = 5353;
@@ -469,6 +471,8 @@ impl Harness {
             egress: EGRESS_REDIRECT,
             checksum: CSUM_FULL,
             _pad: 0,
+            mac: OWN_MAC,
+            _pad2: [0; 2],
         };
         ifaces.insert(1, Plain(iface(ROLE_PUBLIC)), 0).unwrap();
         ifaces
@@ -549,6 +553,8 @@ impl Harness {
                 egress: EGRESS_REDIRECT,
                 checksum: CSUM_MAY_BE_PARTIAL,
                 _pad: 0,
+                mac: OWN_MAC,
+                _pad2: [0; 2],
             };
             ifaces.insert(ifindex, Plain(iface), 0).unwrap();
         }
@@ -735,6 +741,74 @@ fn a_removed_routes_slot_forwards_nothing() {
         "a slot not marked live is no route, whatever else it holds"
     );
     assert_eq!(out, to_ssh, "untouched");
+}
+
+/// Sets both legs' own MAC in `INTERFACES` (all zero: unknown).
+fn set_leg_macs(h: &mut Harness, mac: [u8; 6]) {
+    let mut ifaces: HashMap<_, u32, Plain<Interface>> =
+        HashMap::try_from(h.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
+    for ifindex in [1, h.leg] {
+        let Plain(mut iface) = ifaces.get(&ifindex, 0).unwrap();
+        iface.mac = mac;
+        ifaces.insert(ifindex, Plain(iface), 0).unwrap();
+    }
+}
+
+#[test]
+fn frames_sent_to_another_mac_are_passed_untouched_and_counted() {
+    let Some(mut h) = Harness::new("frames_sent_to_another_mac_are_passed_untouched_and_counted")
+    else {
+        return;
+    };
+    // What a switch floods to a standby gateway: the active one's (or nobody's) frames.
+    let other = [0x02, 0, 0, 0, 0, 0xcc];
+    let to = |frame: Vec<u8>, mac: [u8; 6]| {
+        let mut f = frame;
+        f[0..6].copy_from_slice(&mac);
+        f
+    };
+    let client = Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT)).bytes();
+    let reply = Frame::tcp((BACKEND, 22), (CLIENT, 40000)).bytes();
+    let inside = Frame::tcp((INSIDE, 41000), (PUBLIC, SSH_PORT)).bytes();
+    let error = icmp_error(
+        3,
+        ROUTER,
+        PUBLIC,
+        &Frame::udp((PUBLIC, DNS_PORT), (CLIENT, 40000)),
+        8,
+    );
+    for (what, frame, ifindex) in [
+        ("a client's packet for a route", &client, 1),
+        ("a backend's reply", &reply, h.leg),
+        (
+            "a private host's packet to the public address",
+            &inside,
+            h.leg,
+        ),
+        ("an ICMP error about a route's flow", &error, 1),
+    ] {
+        for (whose, mac) in [("another machine", other), ("broadcast", [0xff; 6])] {
+            let frame = to(frame.clone(), mac);
+            let (action, out, verdict) = h.run(&frame, ifindex);
+            assert_eq!(action, XDP_PASS, "{what} to {whose}");
+            assert_eq!(out, frame, "{what} to {whose}: passed untouched");
+            assert_eq!(
+                name(verdict),
+                name(counter::PASS_NOT_FOR_US),
+                "{what} to {whose}"
+            );
+        }
+        // The same frame to the leg's own MAC is translated.
+        let (_, out, verdict) = h.run(frame, ifindex);
+        assert_ne!(&out, frame, "{what} to the leg's MAC: translated");
+        assert_ne!(name(verdict), name(counter::PASS_NOT_FOR_US), "{what}");
+    }
+    assert!(h.hairpin((BACKEND, 22), 41000, PROTO_TCP).is_some());
+    // A leg whose MAC is unknown (all zero, e.g. a tun) translates whatever arrives.
+    set_leg_macs(&mut h, [0; 6]);
+    let (_, out, verdict) = h.run(&to(client.clone(), other), 1);
+    assert_eq!(parse(&out).dst, (BACKEND, 22));
+    assert_ne!(name(verdict), name(counter::PASS_NOT_FOR_US));
 }
 
 /// `sg-pt1`, which exists but is not in INTERFACES.
@@ -1175,6 +1249,7 @@ fn each_leg_has_its_cache_slot_unless_an_earlier_leg_took_it() {
         role,
         egress: EGRESS_REDIRECT,
         checksum: CSUM_FULL,
+        mac: [0; 6],
     };
     let legs = [
         leg("pub0", 3, ROLE_PUBLIC),
@@ -1211,6 +1286,8 @@ fn a_legs_cache_slot_is_read_only_for_that_leg() {
         egress: EGRESS_REDIRECT,
         checksum: CSUM_FULL,
         _pad: 0,
+        mac: [0; 6],
+        _pad2: [0; 2],
     };
     let slot = LegSlot {
         ifindex: 1,
