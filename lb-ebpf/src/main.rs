@@ -36,11 +36,11 @@ mod program {
         MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
     };
     use lb_ebpf::{
-        clamped_mss, csum_replace32, frag_needed_headers, icmp_embedded_nat, icmp_is_error, ipv4_csum_ttl_decrement,
-        ipv4_shape, is_partial_csum, l4_checksum_offset, l4_csum_nat, l4_header_len, mss_csum,
-        partial_csum_replace32, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN,
-        ETH_P_IPV4, FRAG_NEEDED_HLEN, ICMP_HLEN, ICMP_QUOTE_LEN, IPV4_HLEN, IP_DF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP,
-        TCP_HLEN, TCP_SYN,
+        clamped_mss, csum_replace32, frag_needed_headers, icmp_embedded_nat, icmp_is_error,
+        ipv4_csum_ttl_decrement, ipv4_shape, is_partial_csum, l4_checksum_offset, l4_csum_nat,
+        l4_header_len, mss_csum, partial_csum_replace32, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape,
+        Ports, ETH_HLEN, ETH_P_IPV4, FRAG_NEEDED_HLEN, ICMP_HLEN, ICMP_QUOTE_LEN, IPV4_HLEN, IP_DF,
+        PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
     };
 
     const AF_INET: u8 = 2;
