@@ -231,7 +231,7 @@ pub mod counter {
     pub const FWD_PASS_PARTIAL_CSUM: u32 = 13;
     /// A DF packet too big for its egress leg: answered with ICMP "fragmentation needed"
     /// (the egress MTU as next-hop MTU, quoting the packet as its sender sent it), sent
-    /// back out of the leg it came in on (XDP_TX).
+    /// back out of the leg it came in on (a redirect into that leg).
     pub const TX_FRAG_NEEDED: u32 = 14;
     /// Number of counters.
     pub const COUNT: u32 = 15;

@@ -763,7 +763,7 @@ mod program {
     /// with ICMP "fragmentation needed" from `from` (the gateway's address on the sender's
     /// side: the public address for a client of the world, given; for a private host, the
     /// kernel's own source toward it, looked up here, so only on this rare path) quoting
-    /// it as sent, out of the leg it came in on. The kernel could not: it
+    /// it as sent, out of the leg it came in on (a redirect into it). The kernel could not: it
     /// would see it rewritten, and answer a source that is the public address or quote a
     /// tuple the sender never used. `None`: forward as usual (DF clear, the kernel
     /// fragments it; or the ingress leg cannot take XDP's transmit).
@@ -781,8 +781,11 @@ mod program {
         }
         // SAFETY: `ip` comes from `ptr_at`: inside the packet.
         let (frag_off, to) = unsafe { (u16::from_be((*ip).frag_off), (*ip).saddr) };
-        // XDP_TX leaves by the ingress leg's transmit path, which takes frames exactly when
-        // redirects into it do (a veth's peer needs NAPI for both).
+        // The answer leaves by a redirect into the ingress leg itself, which TX_PORTS holds
+        // only if it takes redirects. Not XDP_TX: on a veth (kernel 6.18) frames sent back
+        // that way never reached the peer's stack (measured in the mtu lab: the leg
+        // counted 25 xdp_tx, no error, the sender's IP layer received nothing), while a
+        // redirect into the same leg is what the one-armed path does all the time.
         if frag_off & IP_DF == 0 || TX_PORTS.get(ifindex).is_none() {
             return Ok(None);
         }
@@ -826,8 +829,13 @@ mod program {
             (*eth).src = src_mac;
             (*eth).proto = ETH_P_IPV4.to_be();
         }
+        let Ok(action) = TX_PORTS.redirect(ifindex, 0) else {
+            // Checked above; a leg removed from TX_PORTS since gets the answer through the
+            // kernel, which routes it back to the sender.
+            return Ok(Some(pass(counter::TX_FRAG_NEEDED)));
+        };
         count(counter::TX_FRAG_NEEDED);
-        Ok(Some(xdp_action::XDP_TX))
+        Ok(Some(action))
     }
 
     /// Asks the kernel's FIB where the packet goes once it is from `saddr` to `daddr` (its

@@ -23,7 +23,6 @@ use lb_common::{
 use super::{maps::Plain, pins::object_maps, PROGRAM};
 
 const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -1347,8 +1346,8 @@ fn a_df_packet_too_big_for_its_egress_is_answered_with_fragmentation_needed() {
     else {
         return;
     };
-    // One NIC, so the answer can leave where the packet came in (XDP_TX needs the leg's
-    // transmit path, as a redirect does), and the egress is the same 1400-byte leg.
+    // One NIC, so the answer can leave where the packet came in (a redirect into the leg,
+    // which must take redirects), and the egress is the same 1400-byte leg.
     h.one_armed();
     h.allow_redirects();
     let too_big = |f: Frame| Frame {
@@ -1388,7 +1387,7 @@ fn a_df_packet_too_big_for_its_egress_is_answered_with_fragmentation_needed() {
         let (action, out, verdict) = h.run(&bytes, h.leg);
         assert_eq!(
             (action, name(verdict)),
-            (XDP_TX, name(counter::TX_FRAG_NEEDED)),
+            (XDP_REDIRECT, name(counter::TX_FRAG_NEEDED)),
             "{what}"
         );
         let (src, dst, mtu, quote, dst_mac, src_mac) = parse_frag_needed(&out);
