@@ -635,11 +635,47 @@ fn what_the_program_does_not_own_goes_to_the_kernel_untouched() {
     let mut vrrp = Frame::tcp((CLIENT, 40000), (Ipv4Addr::new(224, 0, 0, 18), SSH_PORT)).bytes();
     vrrp[0..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x12]);
     vrrp[14 + 9] = 112;
+    // An IPv6 neighbour solicitation (to its solicited-node multicast MAC) and an IGMPv2
+    // report: the kernel's neighbour discovery and multicast membership must keep working.
+    let mut nd = vec![
+        0x33, 0x33, 0xff, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0xbb, 0x86, 0xdd,
+    ];
+    nd.extend_from_slice(&[0x60, 0, 0, 0, 0, 32, 58, 255]);
+    nd.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01]);
+    nd.extend_from_slice(&[
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff, 0, 0, 0x02,
+    ]);
+    nd.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
+    nd.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02]);
+    nd.extend_from_slice(&[1, 1, 0x02, 0, 0, 0, 0, 0xbb]);
+    let mut igmp = Frame::tcp((CLIENT, 40000), (Ipv4Addr::new(224, 0, 0, 22), SSH_PORT)).bytes();
+    igmp[0..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x16]);
+    igmp[14 + 9] = 2;
     let no_route = Frame::tcp((CLIENT, 40000), (PUBLIC, 9999)).bytes();
     let not_ours = Frame::tcp((CLIENT, 40000), (Ipv4Addr::new(203, 0, 113, 99), SSH_PORT)).bytes();
     let from_stranger = Frame::tcp((Ipv4Addr::new(10, 210, 250, 3), 22), (CLIENT, 40000)).bytes();
     for (what, frame, ifindex, want) in [
         ("ARP", &arp, 1, counter::PASS_NOT_IPV4),
+        ("ARP on a private leg", &arp, h.leg, counter::PASS_NOT_IPV4),
+        ("IPv6 ND on the public leg", &nd, 1, counter::PASS_NOT_IPV4),
+        (
+            "IPv6 ND on a private leg",
+            &nd,
+            h.leg,
+            counter::PASS_NOT_IPV4,
+        ),
+        (
+            "IGMP on the public leg",
+            &igmp,
+            1,
+            counter::PASS_NOT_TCP_UDP,
+        ),
+        (
+            "IGMP on a private leg",
+            &igmp,
+            h.leg,
+            counter::PASS_NOT_TCP_UDP,
+        ),
         ("ICMP", &icmp, 1, counter::PASS_NOT_TCP_UDP),
         (
             "VRRP on the public leg",
