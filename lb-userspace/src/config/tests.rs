@@ -204,14 +204,50 @@ fn gateway_fields_are_checked() {
     let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
     assert!(fields.contains(&"gateway.public_ipv4"), "{fields:?}");
     assert!(fields.contains(&"gateway.port_range"), "{fields:?}");
+    // eth0, the public interface, may be a private leg too (one-armed); eth1 twice may not.
     assert!(
-        fields.contains(&"gateway.private_interfaces[2]"),
+        !fields.contains(&"gateway.private_interfaces[2]"),
         "{fields:?}"
     );
     assert!(
         fields.contains(&"gateway.private_interfaces[3]"),
         "{fields:?}"
     );
+}
+
+/// One NIC carrying the public address and the private network (a VM, a club machine on
+/// a campus LAN): the public interface listed among the private ones is one leg with both
+/// roles, and the public address on it is where it belongs.
+#[test]
+fn a_one_armed_gateway_is_one_leg_with_both_roles() {
+    let one_armed = GOOD.replace("[\"eth1\"]", "[\"eth0\"]");
+    let c = parse(&one_armed).unwrap();
+    assert_eq!(
+        crate::kernel::dataplane::leg_roles(&c.gateway),
+        [(
+            "eth0".to_string(),
+            lb_common::ROLE_PUBLIC | lb_common::ROLE_PRIVATE
+        )]
+    );
+    let mut m = machine();
+    m.interfaces[1].ipv4.push("10.0.0.1".parse().unwrap());
+    assert_eq!(c.check_against(&m), (vec![], vec![]));
+    // With a second private leg, that one is private only.
+    let c = parse(&GOOD.replace("[\"eth1\"]", "[\"eth0\", \"eth1\"]")).unwrap();
+    assert_eq!(
+        crate::kernel::dataplane::leg_roles(&c.gateway),
+        [
+            (
+                "eth0".to_string(),
+                lb_common::ROLE_PUBLIC | lb_common::ROLE_PRIVATE
+            ),
+            ("eth1".to_string(), lb_common::ROLE_PRIVATE)
+        ]
+    );
+    // No private leg at all says how a one-armed gateway is written.
+    let p = problems(&GOOD.replace("[\"eth1\"]", "[]"));
+    assert_eq!(p[0].field, "gateway.private_interfaces");
+    assert!(p[0].reason.contains("one-armed"), "{}", p[0]);
 }
 
 #[test]

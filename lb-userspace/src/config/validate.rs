@@ -96,17 +96,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     if g.private_interfaces.is_empty() {
         bad(
             "gateway.private_interfaces",
-            "is empty; list the interfaces toward the backends".into(),
+            format!(
+                "is empty; list the interfaces toward the backends (on a one-armed gateway, whose one NIC carries both, list {:?} here too)",
+                g.public_interface
+            ),
         );
     }
+    // The public interface may be a private leg too: a one-armed gateway (a VM, a club
+    // machine on a campus LAN) whose one NIC carries the public address and the backends.
     for (i, name) in g.private_interfaces.iter().enumerate() {
         let field = format!("gateway.private_interfaces[{}]", i + 1);
-        if name == &g.public_interface {
-            bad(
-                &field,
-                format!("{name:?} is also the public interface; a leg is one or the other"),
-            );
-        } else if g.private_interfaces[..i].contains(name) {
+        if g.private_interfaces[..i].contains(name) {
             bad(&field, format!("{name:?} is listed twice"));
         } else if name.trim().is_empty() {
             bad(&field, "is empty".into());
