@@ -98,6 +98,11 @@ pub enum DaemonError {
         config: PathBuf,
         problems: Vec<String>,
     },
+    /// `[cluster]`: etcd did not answer at start. The gateway starts only with the shared
+    /// table: without it, its maps would lose every runtime route (cutting their
+    /// connections) and its DNS would deny the students' names.
+    #[error("not starting: etcd at {endpoints} does not answer ({reason}); a gateway starts only with the shared table (a data plane pinned by an earlier run goes on forwarding meanwhile); start etcd or check [cluster] etcd, then start again (systemd's Restart= does)")]
+    ClusterUnreachable { endpoints: String, reason: String },
     #[error("control socket: {0}")]
     Api(#[from] api::ApiBindError),
     #[error("metrics.listen: cannot listen on {addr}: {error}")]

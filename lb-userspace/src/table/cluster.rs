@@ -269,16 +269,28 @@ impl EtcdStore {
             // seconds instead of TCP's minutes.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
         let urls = cluster.etcd.clone();
-        let client = run(&rt, async move {
+        let connected = run(&rt, async move {
             tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(urls, Some(options)))
                 .await
                 .map_err(|_| "no answer".to_string())?
                 .map_err(|e| describe(&e))
         })
-        .map_err(|e| unavailable("connect", e))?;
-        let mut reader = client.clone();
-        let snapshot = run(&rt, async move { load(&mut reader).await })
-            .map_err(|e| unavailable("load the shared table", e))?;
+        .map_err(|e| ("connect", e))
+        .and_then(|client| {
+            let mut reader = client.clone();
+            run(&rt, async move { load(&mut reader).await })
+                .map(|snapshot| (client, snapshot))
+                .map_err(|e| ("load the shared table", e))
+        });
+        let (client, snapshot) = match connected {
+            Ok(c) => c,
+            Err((action, reason)) => {
+                // Dropping a runtime blocks, which tokio refuses on the async thread the
+                // daemon starts on (see `Drop`).
+                rt.shutdown_background();
+                return Err(unavailable(action, reason));
+            }
+        };
         let status = Arc::new(Status::default());
         status.synced(
             snapshot.revision,
