@@ -5,3 +5,8 @@
 pub mod admin;
 pub mod docs;
 pub mod student;
+
+/// `--json` output, the same shape everywhere: the reply as the API sent it, pretty-printed.
+pub fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}

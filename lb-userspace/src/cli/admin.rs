@@ -184,7 +184,7 @@ pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
                 proxy_protocol: a.proxy_protocol,
             })?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                crate::cli::print_json(&v);
             } else {
                 println!(
                     "{}/{}/{}: public port {} -> {} ({})",
@@ -241,10 +241,7 @@ pub fn user(cmd: UserCommand) -> Result<(), AdminError> {
         UserCommand::Ls(l) => {
             let reply = Client::new(&l.socket.socket).users()?;
             if l.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&reply).unwrap_or_default()
-                );
+                crate::cli::print_json(&reply);
             } else {
                 print!("{}", render_users(&reply));
             }
@@ -255,10 +252,7 @@ pub fn user(cmd: UserCommand) -> Result<(), AdminError> {
 
 fn print_token(reply: &TokenReply, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(reply).unwrap_or_default()
-        );
+        crate::cli::print_json(reply);
         return;
     }
     let u = &reply.user;
@@ -308,10 +302,7 @@ pub fn status(args: LsArgs) -> Result<(), AdminError> {
 fn print_routes(args: &LsArgs, render: fn(&RoutesReply) -> String) -> Result<(), AdminError> {
     let reply = Client::new(&args.socket.socket).list()?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reply).unwrap_or_default()
-        );
+        crate::cli::print_json(&reply);
     } else {
         print!("{}", render(&reply));
     }

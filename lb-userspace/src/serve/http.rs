@@ -435,9 +435,7 @@ where
                     return Err(invalid("chunk size line too long"))
                 }
                 Ok(httparse::Status::Partial) => {
-                    if r.fill(idle).await? == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
+                    r.fill_more(idle).await?;
                 }
                 Err(_) => return Err(invalid("invalid chunk size")),
             }
@@ -448,9 +446,7 @@ where
         }
         r.copy_exact(w, size, idle, counter).await?;
         while r.buf.len() < 2 {
-            if r.fill(idle).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
+            r.fill_more(idle).await?;
         }
         if &r.buf[..2] != b"\r\n" {
             return Err(invalid("chunk data not followed by CRLF"));
@@ -476,9 +472,7 @@ where
             if r.buf.len() + total > MAX_CHUNK_LINE {
                 return Err(invalid("trailers too long"));
             }
-            if r.fill(idle).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
+            r.fill_more(idle).await?;
             continue;
         };
         if eol == 0 || r.buf[eol - 1] != b'\r' {

@@ -318,6 +318,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(n)
     }
 
+    /// [`Reader::fill`] inside a framed message: the stream ending there is an error.
+    pub async fn fill_more(&mut self, idle: Duration) -> io::Result<()> {
+        match self.fill(idle).await? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(()),
+        }
+    }
+
     pub fn get_ref(&self) -> &R {
         &self.io
     }
@@ -335,8 +343,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         counter: &AtomicU64,
     ) -> io::Result<()> {
         while n > 0 {
-            if self.buf.is_empty() && self.fill(idle).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            if self.buf.is_empty() {
+                self.fill_more(idle).await?;
             }
             let take = self.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
             write_all(w, &self.buf[..take], idle).await?;

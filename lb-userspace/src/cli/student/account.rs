@@ -592,7 +592,7 @@ pub fn claim(args: ClaimArgs) -> Result<(), StudentError> {
     .unwrap_or_default();
     let v: RouteView = call(&creds, "POST", "/v1/me/routes", Some(body))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::cli::print_json(&v);
         return Ok(());
     }
     let me: MeReply = call(&creds, "GET", "/v1/me", None)?;
@@ -611,7 +611,7 @@ pub fn mine(args: MineArgs) -> Result<(), StudentError> {
     let creds = load_credentials(&args.credentials)?;
     let me: MeReply = call(&creds, "GET", "/v1/me", None)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&me).unwrap_or_default());
+        crate::cli::print_json(&me);
         return Ok(());
     }
     print!("{}", render_mine(&me));
