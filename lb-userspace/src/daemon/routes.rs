@@ -664,15 +664,27 @@ impl Core {
                     .iter()
                     .filter_map(|s| Some((s.route.key(), s.last_seen?)))
                     .collect();
+                // Routes this gateway changed after the table was read: its own view is
+                // newer than the table's (and the watch does not bring them back).
+                let mine: std::collections::HashSet<config::RouteKey> =
+                    self.store.written_since(revision).into_iter().collect();
                 let keep: std::collections::HashSet<config::RouteKey> =
                     routes.iter().map(|s| s.route.key()).collect();
                 let mut changes: Vec<RouteChange> = self
                     .table
                     .entries()
-                    .filter(|e| e.source == Source::Runtime && !keep.contains(&e.route.key()))
+                    .filter(|e| {
+                        let k = e.route.key();
+                        e.source == Source::Runtime && !keep.contains(&k) && !mine.contains(&k)
+                    })
                     .map(|e| RouteChange::Delete(e.route.key()))
                     .collect();
-                changes.extend(routes.into_iter().map(RouteChange::Put));
+                changes.extend(
+                    routes
+                        .into_iter()
+                        .filter(|s| !mine.contains(&s.route.key()))
+                        .map(RouteChange::Put),
+                );
                 self.apply_shared(changes);
                 self.note_remote_seen(seen);
                 if let Some((users, revision)) = accounts {

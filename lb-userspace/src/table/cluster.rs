@@ -120,19 +120,45 @@ struct OwnWrites {
     pending: HashSet<i64>,
     /// The highest revision the watch has delivered (or the last load's).
     watched: i64,
+    /// The routes each own write touched, by revision, kept while a resync's table (read
+    /// at `resync`) may still be on its way to the daemon: writes after that revision
+    /// are not in it, and the watch skips them, so the daemon must keep its own view of
+    /// those routes (see [`Store::written_since`]).
+    recent: std::collections::BTreeMap<i64, Vec<RouteKey>>,
+    resync: Option<i64>,
 }
 
 impl Status {
     /// Remembers a revision this gateway wrote, unless the watch is already past it (its
     /// echo was then applied already, harmlessly: it changed nothing).
-    fn wrote(&self, revision: i64) {
+    fn wrote(&self, revision: i64, keys: Vec<RouteKey>) {
         let mut own = lock(&self.own);
         if revision > own.watched {
             own.pending.insert(revision);
         }
+        if own.resync.is_some_and(|r| revision > r) || revision > own.watched {
+            own.recent.insert(revision, keys);
+        }
         drop(own);
         self.revision.fetch_max(revision, Ordering::SeqCst);
         self.changed.fetch_max(revision, Ordering::SeqCst);
+    }
+
+    /// The routes this gateway wrote after `revision`; the resync at `revision` is then
+    /// applied, and what the watch passed is forgotten.
+    fn written_since(&self, revision: i64) -> Vec<RouteKey> {
+        let mut own = lock(&self.own);
+        let keys = own
+            .recent
+            .range(revision + 1..)
+            .flat_map(|(_, k)| k.iter().cloned())
+            .collect();
+        if own.resync == Some(revision) {
+            own.resync = None;
+            let watched = own.watched;
+            own.recent = own.recent.split_off(&(watched + 1));
+        }
+        keys
     }
 
     fn is_own(&self, revision: i64) -> bool {
@@ -145,6 +171,8 @@ impl Status {
         own.watched = own.watched.max(revision);
         let watched = own.watched;
         own.pending.retain(|&r| r > watched);
+        let keep_after = own.resync.map_or(watched, |r| r.min(watched));
+        own.recent = own.recent.split_off(&(keep_after + 1));
         drop(own);
         self.revision.fetch_max(revision, Ordering::SeqCst);
     }
@@ -562,11 +590,13 @@ impl Store for EtcdStore {
             .collect();
         for chunk in puts.chunks(ROUTES_PER_TXN) {
             let revision = self.put_routes(chunk)?;
-            self.status.wrote(revision);
+            self.status
+                .wrote(revision, chunk.iter().map(|s| s.route.key()).collect());
         }
         for chunk in deletes.chunks(DELETES_PER_TXN) {
             if let Some(revision) = self.delete_routes(chunk, false)? {
-                self.status.wrote(revision);
+                self.status
+                    .wrote(revision, chunk.iter().map(|&k| k.clone()).collect());
             }
         }
         // etcd answers once the change is committed by a quorum: nothing left to wait for.
@@ -589,7 +619,8 @@ impl Store for EtcdStore {
             .collect();
         for chunk in gone.chunks(DELETES_PER_TXN) {
             if let Some(revision) = self.delete_routes(chunk, true)? {
-                self.status.wrote(revision);
+                self.status
+                    .wrote(revision, chunk.iter().map(|&k| k.clone()).collect());
             }
         }
         Ok(Commit::done())
@@ -597,6 +628,10 @@ impl Store for EtcdStore {
 
     fn may_reclaim(&self) -> bool {
         self.status.leads(&self.cluster.gateway_id)
+    }
+
+    fn written_since(&mut self, revision: i64) -> Vec<RouteKey> {
+        self.status.written_since(revision)
     }
 
     /// Puts this gateway's last-seen times, each only while its route exists (a nested
@@ -660,7 +695,7 @@ impl Store for EtcdStore {
         }
         let revision = resp.header().map_or(0, |h| h.revision());
         self.accounts_rev = revision;
-        self.status.wrote(revision);
+        self.status.wrote(revision, Vec::new());
         Ok(())
     }
 
@@ -865,6 +900,7 @@ async fn follow(
             };
             merge_seen(&mut routes, &snapshot.seen);
             let revision = snapshot.revision;
+            lock(&status.own).resync = Some(revision);
             info!(
                 endpoints,
                 revision,
@@ -1137,14 +1173,14 @@ mod tests {
     #[test]
     fn own_writes_are_skipped_once_and_forgotten() {
         let s = Status::default();
-        s.wrote(5);
-        s.wrote(7);
+        s.wrote(5, Vec::new());
+        s.wrote(7, Vec::new());
         assert!(s.is_own(5) && s.is_own(7) && !s.is_own(6));
         s.passed(6);
         assert!(!s.is_own(5), "passed: forgotten");
         assert!(s.is_own(7));
         s.passed(9);
-        s.wrote(8);
+        s.wrote(8, Vec::new());
         assert!(!s.is_own(8), "behind the watch: never remembered");
         assert!(lock(&s.own).pending.is_empty());
         // The serial follows the table's changes only.
@@ -1153,6 +1189,30 @@ mod tests {
         assert_eq!(s.changed.load(Ordering::SeqCst), 12);
         assert_eq!(s.revision.load(Ordering::SeqCst), 20);
         assert!(s.connected.load(Ordering::SeqCst));
+    }
+
+    /// A route this gateway wrote after a resync's table was read is named to the daemon
+    /// (which keeps its own view of it), even once the watch passed that write; nothing
+    /// accumulates once the resync is applied.
+    #[test]
+    fn own_writes_after_a_resync_are_kept_until_it_is_applied() {
+        let s = Status::default();
+        let k = crate::testing::stored_route("bob", 30001, "10.0.0.5:22", None)
+            .route
+            .key();
+        s.passed(10);
+        // The table is read at 12 (the watch was lost); bob is claimed at 13.
+        lock(&s.own).resync = Some(12);
+        s.synced(12, 12, BTreeSet::new());
+        s.wrote(13, vec![k.clone()]);
+        s.passed(13);
+        assert!(!s.is_own(13));
+        assert_eq!(s.written_since(12), [k]);
+        assert!(s.written_since(12).is_empty(), "applied: forgotten");
+        assert!(lock(&s.own).recent.is_empty());
+        s.wrote(14, Vec::new());
+        s.passed(14);
+        assert!(lock(&s.own).recent.is_empty(), "no resync: nothing kept");
     }
 
     /// A route takes the latest time of any gateway; a dead gateway's old time is simply

@@ -197,6 +197,13 @@ pub trait Store: Send {
     fn may_reclaim(&self) -> bool {
         true
     }
+    /// A shared store: the routes this gateway itself changed after `revision` (the
+    /// revision of a resync's table): the table read then does not hold those changes,
+    /// and the watch does not bring this gateway's own writes back, so the daemon keeps
+    /// its own view of them.
+    fn written_since(&mut self, _revision: i64) -> Vec<RouteKey> {
+        Vec::new()
+    }
     /// A shared store: publishes this gateway's own last-seen times of routes, for the
     /// others (and the one that reclaims) to take into account.
     fn publish_seen(&mut self, _seen: &[(RouteKey, SystemTime)]) -> Result<(), StateError> {
