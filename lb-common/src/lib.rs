@@ -153,6 +153,13 @@ pub struct Interface {
     /// `CSUM_FULL` or `CSUM_MAY_BE_PARTIAL`.
     pub checksum: u8,
     pub _pad: u8,
+    /// The leg's own MAC address. The program translates only frames sent to it: one
+    /// that a switch floods to every port (it has not learnt where the destination is)
+    /// belongs to another machine, e.g. the active gateway of a failover pair, and is
+    /// passed untouched (`PASS_NOT_FOR_US`). All zero: unknown (a leg without a MAC), no
+    /// check.
+    pub mac: [u8; 6],
+    pub _pad2: [u8; 2],
 }
 
 /// Gateway-wide settings: the single entry of the `SETTINGS` array.
@@ -226,8 +233,12 @@ pub mod counter {
     /// pseudo-header's sum, on a `CSUM_MAY_BE_PARTIAL` leg): the kernel keeps the skb's
     /// checksum state and the egress completes it; a redirect would lose that state.
     pub const FWD_PASS_PARTIAL_CSUM: u32 = 13;
+    /// A TCP/UDP/ICMP frame whose Ethernet destination is not the leg's own MAC (flooded
+    /// by a switch, meant for another machine such as the active gateway of a failover
+    /// pair, or broadcast): passed untouched, so a standby never duplicates traffic.
+    pub const PASS_NOT_FOR_US: u32 = 14;
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     /// Slots of `GLOBAL_COUNTERS`: more than `COUNT`, so that a build with new verdicts
     /// still fits the map an earlier build pinned.
     pub const SLOTS: u32 = 32;
@@ -248,6 +259,7 @@ pub mod counter {
         "pass_local",
         "pass_hairpin_clash",
         "fwd_pass_partial_csum",
+        "pass_not_for_us",
     ];
 }
 
@@ -262,7 +274,7 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<ReverseKey>(), 8);
         assert_eq!(size_of::<ReverseValue>(), 8);
-        assert_eq!(size_of::<Interface>(), 4);
+        assert_eq!(size_of::<Interface>(), 12);
         assert_eq!(size_of::<Settings>(), 16);
         assert_eq!(size_of::<RouteCounters>(), 40);
         assert_eq!(size_of::<HairpinKey>(), 12);

@@ -64,6 +64,22 @@ pub enum Ipv4Shape {
     Invalid,
 }
 
+/// Whether a frame sent to `dst` is for a leg whose own MAC is `own`: its own unicast
+/// address, or any frame when the leg's MAC is unknown (all zero). Broadcast, multicast and
+/// other machines' addresses are not.
+#[inline(always)]
+pub fn addressed_to(dst: &[u8; 6], own: &[u8; 6]) -> bool {
+    // Byte by byte: an array comparison may become a call to memcmp, which BPF lacks.
+    let (mut unknown, mut same) = (true, true);
+    let mut i = 0;
+    while i < 6 {
+        unknown &= own[i] == 0;
+        same &= dst[i] == own[i];
+        i += 1;
+    }
+    unknown || same
+}
+
 /// Classifies a header from its version/IHL byte and its flags+fragment-offset field
 /// (host order, i.e. `u16::from_be` of the wire value).
 #[inline(always)]

@@ -33,11 +33,11 @@ mod program {
         MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE, ROLE_PUBLIC,
     };
     use lb_ebpf::{
-        clamped_mss, csum_replace32, icmp_embedded_nat, icmp_is_error, ipv4_csum_ttl_decrement,
-        ipv4_shape, is_partial_csum, l4_checksum_offset, l4_csum_nat, l4_header_len, mss_csum,
-        partial_csum_replace32, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN,
-        ETH_P_IPV4, ICMP_HLEN, IPV4_HLEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP,
-        TCP_HLEN, TCP_SYN,
+        addressed_to, clamped_mss, csum_replace32, icmp_embedded_nat, icmp_is_error,
+        ipv4_csum_ttl_decrement, ipv4_shape, is_partial_csum, l4_checksum_offset, l4_csum_nat,
+        l4_header_len, mss_csum, partial_csum_replace32, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape,
+        Ports, ETH_HLEN, ETH_P_IPV4, ICMP_HLEN, IPV4_HLEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+        TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
     };
 
     const AF_INET: u8 = 2;
@@ -168,6 +168,10 @@ mod program {
         let Some(iface) = (unsafe { INTERFACES.get(ifindex) }) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
+        // SAFETY: `eth` comes from `ptr_at`: inside the packet.
+        if !addressed_to(unsafe { &(*eth).dst }, &iface.mac) {
+            return Ok(pass(counter::PASS_NOT_FOR_US));
+        }
         let Some(settings) = SETTINGS.get(0) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
@@ -467,6 +471,10 @@ mod program {
         let Some(iface) = (unsafe { INTERFACES.get(ifindex) }) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
+        // SAFETY: `eth` comes from `ptr_at`: inside the packet.
+        if !addressed_to(unsafe { &(*eth).dst }, &iface.mac) {
+            return Ok(pass(counter::PASS_NOT_FOR_US));
+        }
         let Some(settings) = SETTINGS.get(0) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };

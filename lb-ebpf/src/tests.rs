@@ -415,3 +415,23 @@ proptest! {
 fn a_udp_checksum_of_zero_is_never_partial() {
     assert!(!is_partial_csum(PROTO_UDP, 0, 0, 0, 0));
 }
+
+#[test]
+fn only_frames_to_the_legs_own_mac_are_addressed_to_it() {
+    let own = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    assert!(addressed_to(&own, &own));
+    let mut other = own;
+    for i in 0..6 {
+        other[i] ^= 0x01;
+        assert!(!addressed_to(&other, &own), "differs in byte {i}");
+        other[i] = own[i];
+    }
+    assert!(!addressed_to(&[0xff; 6], &own), "broadcast");
+    assert!(
+        !addressed_to(&[0x01, 0x00, 0x5e, 0, 0, 0x12], &own),
+        "multicast"
+    );
+    // A leg without a MAC (all zero): no check.
+    assert!(addressed_to(&[0xff; 6], &[0; 6]));
+    assert!(addressed_to(&own, &[0; 6]));
+}

@@ -11,6 +11,8 @@ pub mod http;
 #[cfg(feature = "gateway")]
 pub mod https;
 #[cfg(feature = "gateway")]
+pub mod listen;
+#[cfg(feature = "gateway")]
 pub mod metrics;
 #[cfg(feature = "gateway")]
 pub mod portal;

@@ -50,6 +50,9 @@ pub const BACKEND: &str = "10.210.41.21";
 pub const ETCD: &str = "10.210.41.5";
 pub const ETCD_URL: &str = "http://10.210.41.5:2379";
 pub const ZONE: &str = "lab.example";
+/// The private side's virtual address, the backend's default gateway once keepalived
+/// moves the addresses ([`ClusterLab::route_through_vips`]).
+pub const VIP_PRIVATE: &str = "10.210.41.1";
 
 /// The two gateways and their shared store. See the module docs.
 pub struct ClusterLab {
@@ -343,28 +346,28 @@ gateway_id = "gw{}"
     /// Starts srvgate on gateway `n` with [`ClusterLab::config`] and waits for its ready
     /// line (an error with its log if it exits first).
     pub fn start_srvgate(&self, n: usize) -> Result<u32> {
-        self.start_srvgate_with(n, "", &[])
+        self.start_srvgate_with(n, &self.config(n))
     }
 
-    /// `srvgate run` for gateway `n` with [`ClusterLab::config_with`]`(n, gateway_extra)`
-    /// (written to its config file) and `extra` arguments: the argv.
-    pub fn srvgate_argv(
-        &self,
-        n: usize,
-        gateway_extra: &str,
-        extra: &[&str],
-    ) -> Result<Vec<String>> {
+    /// [`ClusterLab::start_srvgate`] with the config file `config`.
+    pub fn start_srvgate_with(&self, n: usize, config: &str) -> Result<u32> {
+        self.start_srvgate_args(n, config, &[])
+    }
+
+    /// `srvgate run` for gateway `n` with the config file `config` (written) and `extra`
+    /// arguments: the argv.
+    pub fn srvgate_argv(&self, n: usize, config: &str, extra: &[&str]) -> Result<Vec<String>> {
         let bin = existing_srvgate_bin()?;
         let d = self.dir();
-        let config = d.join(format!("gw{}.toml", n + 1));
-        fs::write(&config, self.config_with(n, gateway_extra))?;
+        let config_file = d.join(format!("gw{}.toml", n + 1));
+        fs::write(&config_file, config)?;
         let state = d.join(format!("state{}", n + 1));
         let pins = d.join(BPFFS_DIR).join(format!("gw{}", n + 1));
         let mut argv: Vec<String> = vec![
             bin,
             "run".into(),
             "--config".into(),
-            config.display().to_string(),
+            config_file.display().to_string(),
             "--state-dir".into(),
             state.display().to_string(),
             "--pin-dir".into(),
@@ -376,9 +379,9 @@ gateway_id = "gw{}"
         Ok(argv)
     }
 
-    /// [`ClusterLab::start_srvgate`] with [`ClusterLab::srvgate_argv`]'s additions.
-    pub fn start_srvgate_with(&self, n: usize, gateway_extra: &str, extra: &[&str]) -> Result<u32> {
-        let argv = self.srvgate_argv(n, gateway_extra, extra)?;
+    /// [`ClusterLab::start_srvgate_with`] with `extra` arguments to `srvgate run`.
+    pub fn start_srvgate_args(&self, n: usize, config: &str, extra: &[&str]) -> Result<u32> {
+        let argv = self.srvgate_argv(n, config, extra)?;
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let name = format!("srvgate-gw{}-{}", n + 1, self.next_log());
         let pid = self.spawn(&self.gws[n], &name, &argv, &[("RUST_LOG", "info")])?;
@@ -421,6 +424,248 @@ gateway_id = "gw{}"
             .ok_or_else(|| anyhow!("srvgate on gw{} is not running", n + 1))?;
         host(&["kill", &format!("-{signal}"), &pid.to_string()])?;
         Ok(())
+    }
+
+    /// Kills srvgate on gateway `n` (SIGKILL: no shutdown at all, as in a crash). Its XDP
+    /// links stay pinned and attached.
+    pub fn kill_srvgate(&self, n: usize) -> Result<()> {
+        let pid = lock(&self.srvgate)[n]
+            .take()
+            .ok_or_else(|| anyhow!("srvgate on gw{} is not running", n + 1))?;
+        crate::signal_pid(pid, libc::SIGKILL);
+        self.stop(pid, Duration::ZERO)
+    }
+
+    /// From here on the client reaches [`VIP`] on its own link (ARP decides which gateway
+    /// carries it) and the backend's default gateway is [`VIP_PRIVATE`]: the addresses
+    /// keepalived moves, instead of [`ClusterLab::use_gateway`]'s fixed routes.
+    pub fn route_through_vips(&self) -> Result<()> {
+        host(&[
+            "ip",
+            "-n",
+            &self.client,
+            "route",
+            "del",
+            &format!("{VIP}/32"),
+        ])?;
+        host(&[
+            "ip",
+            "-n",
+            &self.backend,
+            "route",
+            "replace",
+            "default",
+            "via",
+            VIP_PRIVATE,
+        ])?;
+        Ok(())
+    }
+
+    /// Starts keepalived on gateway `n` with the config text `config`, in the foreground
+    /// (`--dont-fork`, VRRP only, logging to its log file), its pid files in the lab's dir.
+    /// Returns the parent's pid; its VRRP child is in the same process group.
+    pub fn start_keepalived(&self, n: usize, config: &str) -> Result<u32> {
+        let d = self.dir();
+        let name = format!("keepalived-gw{}", n + 1);
+        let file = d.join(format!("{name}.conf"));
+        fs::write(&file, config)?;
+        let path = |ext: &str| d.join(format!("{name}.{ext}")).display().to_string();
+        let (file, pid, vrrp) = (file.display().to_string(), path("pid"), path("vrrp.pid"));
+        self.spawn(
+            &self.gws[n],
+            &format!("{name}-{}", self.next_log()),
+            &[
+                "keepalived",
+                "--dont-fork",
+                "--log-console",
+                "--log-detail",
+                "--no-syslog",
+                "--vrrp",
+                "--dont-respawn",
+                "--use-file",
+                &file,
+                "--pid",
+                &pid,
+                "--vrrp_pid",
+                &vrrp,
+            ],
+            &[],
+        )
+    }
+
+    /// Waits up to `timeout` for the tracked process `pid` to exit by itself; its exit
+    /// status (the process is then no longer tracked). An error if it is still running.
+    pub fn wait_exit(&self, pid: u32, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut procs = lock(&self.procs);
+                let i = procs
+                    .iter()
+                    .position(|t| t.child.id() == pid)
+                    .ok_or_else(|| anyhow!("pid {pid} is not a process of this lab"))?;
+                if let Some(status) = procs[i].child.try_wait()? {
+                    procs.remove(i);
+                    return Ok(status);
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "pid {pid} still running after {timeout:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The output (log file) of the tracked process `pid` so far; empty if unknown.
+    pub fn output_of(&self, pid: u32) -> String {
+        self.log_of(pid)
+            .and_then(|p| fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// The log file of the tracked process `pid`.
+    pub fn log_of(&self, pid: u32) -> Option<PathBuf> {
+        lock(&self.procs)
+            .iter()
+            .find(|t| t.child.id() == pid)
+            .map(|t| t.log.clone())
+    }
+
+    /// Whether gateway `n` holds `addr` on `dev` now.
+    pub fn holds(&self, n: usize, dev: &str, addr: &str) -> Result<bool> {
+        let out = self.exec_ok(
+            &self.gws[n],
+            &["ip", "-4", "-o", "addr", "show", "dev", dev],
+        )?;
+        Ok(out
+            .split_whitespace()
+            .any(|w| w.split('/').next() == Some(addr)))
+    }
+
+    /// Takes gateway `n` off both switches, as pulling its cables would: its switch ports
+    /// go down (its own legs lose carrier).
+    pub fn unplug(&self, n: usize) -> Result<()> {
+        for port in [format!("g{}pub", n + 1), format!("g{}priv", n + 1)] {
+            host(&["ip", "-n", &self.switch, "link", "set", &port, "down"])?;
+        }
+        Ok(())
+    }
+
+    /// Makes both switches forget every address at once and for good (FDB ageing 0): every
+    /// frame goes to every port, as a switch sends them while it learns. A gateway then
+    /// sees the other one's traffic too.
+    pub fn flood(&self) -> Result<()> {
+        for br in ["brpub", "brpriv"] {
+            host(&[
+                "ip",
+                "-n",
+                &self.switch,
+                "link",
+                "set",
+                br,
+                "type",
+                "bridge",
+                "ageing_time",
+                "0",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Starts sshd on the backend at `BACKEND:port`, accepting the lab's client key
+    /// ([`ClusterLab::ssh_argv`]) for root; waits (bounded) until it listens.
+    pub fn start_sshd(&self, port: u16) -> Result<u32> {
+        let d = self.dir();
+        let (client_key, host_key) = (d.join("id_ed25519"), d.join("ssh_host_ed25519_key"));
+        for (path, comment) in [(&client_key, "sg-client"), (&host_key, "sg-host")] {
+            if !path.exists() {
+                let p = path.display().to_string();
+                host(&[
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    comment,
+                    "-f",
+                    &p,
+                ])?;
+            }
+        }
+        let authorized = d.join("authorized_keys");
+        fs::copy(client_key.with_extension("pub"), &authorized)?;
+        let cfg = d.join(format!("sshd-{port}.conf"));
+        fs::write(
+            &cfg,
+            format!(
+                "Port {port}\nListenAddress {BACKEND}\nAddressFamily inet\nHostKey {}\n\
+                 AuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 StrictModes no\nUseDNS no\nPidFile {}/sshd-{port}.pid\n",
+                host_key.display(),
+                authorized.display(),
+                d.display()
+            ),
+        )?;
+        // sshd's privilege separation directory.
+        fs::create_dir_all("/run/sshd")?;
+        let cfg = cfg.display().to_string();
+        let pid = self.spawn(
+            &self.backend,
+            &format!("sshd-{port}"),
+            // sshd re-executes itself, so it needs its absolute path.
+            &["sh", "-c", r#"exec /usr/sbin/sshd -D -e -f "$0""#, &cfg],
+            &[],
+        )?;
+        self.wait_port(&self.backend, BACKEND, port)?;
+        Ok(pid)
+    }
+
+    /// Waits (up to 10 s) until something listens on TCP `addr:port` in `ns`.
+    pub fn wait_port(&self, ns: &str, addr: &str, port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let filter = format!("sport = :{port}");
+        loop {
+            let out = self.exec_ok(ns, &["ss", "-Hltn", &filter])?;
+            if out.contains(&format!("{addr}:{port}")) || out.contains(&format!("*:{port}")) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "nothing listens on {addr}:{port} in {ns} after 10 s"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `ssh` to `root@host -p port` running `cmd`, with the key [`ClusterLab::start_sshd`]
+    /// made: no prompts, no known_hosts, bounded connect.
+    pub fn ssh_argv(&self, host: &str, port: u16, cmd: &str) -> Vec<String> {
+        let key = self.dir().join("id_ed25519").display().to_string();
+        let mut v: Vec<String> = ["ssh", "-F", "none", "-i", &key]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for o in [
+            "IdentitiesOnly=yes",
+            "BatchMode=yes",
+            "StrictHostKeyChecking=no",
+            "UserKnownHostsFile=/dev/null",
+            "ConnectTimeout=5",
+            "LogLevel=ERROR",
+        ] {
+            v.extend(["-o".to_string(), o.to_string()]);
+        }
+        v.extend([
+            "-p".into(),
+            port.to_string(),
+            format!("root@{host}"),
+            cmd.into(),
+        ]);
+        v
     }
 
     /// Runs an admin verb against gateway `n`'s control socket; the output whatever the

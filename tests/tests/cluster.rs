@@ -382,8 +382,12 @@ fn reclaim_with_an_injected_clock_happens_once() {
     let clock_arg = clock.display().to_string();
     let reclaim = "reclaim_after = \"1d\"";
     for n in [0, 1] {
-        lab.start_srvgate_with(n, reclaim, &["--clock-offset-file", &clock_arg])
-            .unwrap();
+        lab.start_srvgate_args(
+            n,
+            &lab.config_with(n, reclaim),
+            &["--clock-offset-file", &clock_arg],
+        )
+        .unwrap();
     }
     start_web(&lab);
     let busy = claim(&lab, 0, "busy", "web", &format!("{BACKEND}:8080"));
@@ -496,7 +500,7 @@ fn without_etcd_a_gateway_refuses_to_start_naming_it() {
     }
     require_srvgate_bin();
     let lab = ClusterLab::new("cln").expect("building the cluster lab");
-    let argv = lab.srvgate_argv(0, "", &[]).unwrap();
+    let argv = lab.srvgate_argv(0, &lab.config(0), &[]).unwrap();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let started = Instant::now();
     let out = srvgate_tests::run_with_timeout(

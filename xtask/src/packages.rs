@@ -62,6 +62,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("iperf3", "iperf3"),
     ("kdig", "knot-dnsutils"),
+    // The failover lab's VRRP daemon, one per gateway namespace.
+    ("keepalived", "keepalived"),
     ("kill", "procps"),
     ("knotd", "knot"),
     ("man", "man-db"),

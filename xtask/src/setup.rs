@@ -71,6 +71,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // The failover lab moves the public and private addresses between two gateways with a
+    // real keepalived (VRRPv3), run in each gateway's namespace; its packaged service is
+    // never started by the tests.
+    "keepalived",
 ];
 
 /// aya-build runs `rustup run nightly cargo build -Z build-std=core`, so the toolchain must be

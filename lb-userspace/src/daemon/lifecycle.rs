@@ -23,6 +23,7 @@ use crate::{
     serve::dns::DnsServer,
     serve::http::HttpServer,
     serve::https::HttpsServer,
+    serve::listen,
     serve::metrics,
     serve::portal::PortalServer,
     table::cluster::{EtcdStore, Remote},
@@ -84,6 +85,27 @@ pub(super) fn build_table(
     Ok((table, taken_over))
 }
 
+/// Says whether this gateway holds the public address now (active) or not (a standby of a
+/// failover pair, or the address not configured yet), and which listeners wait for an
+/// address this machine lacks. Either way it starts and translates: the program matches
+/// the public address in packets, whichever machine holds it.
+fn log_role(cfg: &Config, listening: &[std::net::SocketAddr]) {
+    let g = &cfg.gateway;
+    let holds = crate::kernel::sys::interfaces().is_ok_and(|ifaces| {
+        ifaces
+            .iter()
+            .any(|i| i.name == g.public_interface && i.ipv4.contains(&g.public_ipv4))
+    });
+    if holds {
+        info!(public = %g.public_ipv4, interface = %g.public_interface, "active: the public address is on this gateway");
+    } else {
+        info!(public = %g.public_ipv4, interface = %g.public_interface, "standby: the public address is not on this gateway (yet); forwarding is ready for when it arrives (e.g. moved here by keepalived)");
+    }
+    for addr in listen::not_local(listening) {
+        warn!(%addr, "listening on an address no interface holds (yet): bound with IP_FREEBIND, it answers once the address is here");
+    }
+}
+
 /// Runs the gateway until SIGINT/SIGTERM or an API shutdown. `cfg` was loaded from
 /// `opts.config` and checked against the machine by the caller.
 pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
@@ -125,11 +147,9 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
 
     // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
     let metrics_listener = match cfg.metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|error| DaemonError::Metrics { addr, error })?,
-        ),
+        Some(addr) => {
+            Some(listen::tokio_tcp(addr).map_err(|error| DaemonError::Metrics { addr, error })?)
+        }
         None => None,
     };
     let api_listener = api::bind(&opts.socket)?;
@@ -157,6 +177,15 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         None => None,
     };
     let portal_info = portal.as_ref().map(|p| p.info().clone());
+    let listening: Vec<_> = dns
+        .iter()
+        .flat_map(|d| d.local_addrs())
+        .chain(http_addrs.iter().flatten().copied())
+        .chain(https_addrs.iter().flatten().copied())
+        .chain(portal.iter().flat_map(PortalServer::local_addrs))
+        .chain(cfg.metrics_listen)
+        .collect();
+    log_role(&cfg, &listening);
 
     let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
     let mut core = Core::new(table, Box::new(dataplane), store, &cfg, clock);

@@ -132,6 +132,9 @@ pub struct Leg {
     pub egress: u8,
     /// `CSUM_FULL` or `CSUM_MAY_BE_PARTIAL`, from its driver ([`checksum_kind`]).
     pub checksum: u8,
+    /// Its own MAC address (all zero if it has none): the program translates only frames
+    /// sent to it. Read again with the egress mode, since an address can be changed.
+    pub mac: [u8; 6],
 }
 
 impl Leg {

@@ -75,6 +75,35 @@ pub fn mtu(name: &str) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// The MAC address of interface `name` (from sysfs, as seen from this process's
+/// namespace), if it has a 6-byte one (an Ethernet-like device; a tun has none).
+pub fn mac(name: &str) -> Option<[u8; 6]> {
+    let path = format!("/sys/class/net/{name}/address");
+    parse_mac(std::fs::read_to_string(path).ok()?.trim())
+}
+
+/// `aa:bb:cc:dd:ee:ff` as 6 bytes; anything else is `None`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// 6 bytes as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Time since boot on CLOCK_MONOTONIC, the clock the daemon gives the program.
 pub fn monotonic_now() -> Duration {
     let mut ts = libc::timespec {
@@ -314,6 +343,23 @@ pub fn interfaces() -> io::Result<Vec<crate::config::Interface>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_parse_and_print() {
+        let bytes = [0x02, 0x00, 0x5e, 0xab, 0xcd, 0xef];
+        assert_eq!(parse_mac("02:00:5e:ab:cd:ef"), Some(bytes));
+        assert_eq!(format_mac(&bytes), "02:00:5e:ab:cd:ef");
+        for bad in [
+            "",
+            "02:00:5e:ab:cd",
+            "02:00:5e:ab:cd:ef:00",
+            "2:00:5e:ab:cd:ef",
+            "zz:00:5e:ab:cd:ef",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
+        assert_eq!(mac("lo"), Some([0; 6]), "loopback's address is all zero");
+    }
 
     #[test]
     fn capability_masks() {

@@ -40,7 +40,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use hickory_server::net::xfer::Protocol;
-use socket2::{Domain, Socket, Type};
+use socket2::Type;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
@@ -60,8 +60,6 @@ pub const TCP_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest query taken over TCP: as over UDP. A query is a name and an OPT record; a client
 /// announcing more is not asking a question, and is disconnected.
 pub const MAX_TCP_QUERY: usize = 4096;
-/// Pending TCP connections the kernel holds for us.
-const TCP_BACKLOG: i32 = 1024;
 /// How often a UDP worker blocked in `recv_from` looks at the stop flag.
 const UDP_STOP_POLL: Duration = Duration::from_millis(200);
 /// UDP receive buffer to ask for, so a burst of queries waits in the kernel instead of being
@@ -606,18 +604,8 @@ fn bind_pair(
     }
 }
 
-fn new_socket(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), ty, None)?;
-    if addr.is_ipv6() {
-        // Otherwise `[::]:53` also takes 0.0.0.0:53 and a config listing both fails.
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    Ok(socket)
-}
-
 fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let socket = new_socket(addr, Type::DGRAM)?;
+    let socket = super::listen::socket(addr, Type::DGRAM)?;
     if let Err(error) = socket.set_recv_buffer_size(UDP_RECV_BUFFER) {
         tracing::debug!(%error, "DNS UDP receive buffer left at the default");
     }
@@ -626,12 +614,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = new_socket(addr, Type::STREAM)?;
-    // A restarted daemon must get its port back while old connections sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(TCP_BACKLOG)?;
-    Ok(socket.into())
+    super::listen::tcp(addr)
 }
 
 fn bind_error(addr: SocketAddr, transport: &'static str, error: io::Error) -> DnsError {

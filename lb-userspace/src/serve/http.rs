@@ -70,7 +70,7 @@ pub async fn bind_all(
             addr,
             error,
         };
-        let l = TcpListener::bind(addr).await.map_err(bind)?;
+        let l = super::listen::tokio_tcp(addr).map_err(bind)?;
         let local = l.local_addr().map_err(bind)?;
         listeners.push((l, local));
     }

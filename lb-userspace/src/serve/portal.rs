@@ -102,8 +102,7 @@ impl PortalServer {
             })?;
         let mut listeners = Vec::new();
         for &addr in &cfg.listen {
-            let l = TcpListener::bind(addr)
-                .await
+            let l = super::listen::tokio_tcp(addr)
                 .map_err(|error| PortalError::Listen { addr, error })?;
             listeners.push(l);
         }

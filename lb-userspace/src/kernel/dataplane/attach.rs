@@ -60,6 +60,7 @@ impl XdpDataplane {
                 role,
                 egress: EGRESS_PASS,
                 checksum,
+                mac: [0; 6],
             });
         }
         prepare_kernel(gw)?;

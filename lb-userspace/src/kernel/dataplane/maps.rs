@@ -194,6 +194,15 @@ impl Dataplane for XdpDataplane {
                 }
             }
             leg.egress = egress;
+            let mac = sys::mac(&leg.name).unwrap_or([0; 6]);
+            if first || mac != leg.mac {
+                if mac == [0; 6] {
+                    info!(iface = %leg.name, "no MAC address: every frame is translated");
+                } else {
+                    info!(iface = %leg.name, mac = %sys::format_mac(&mac), "translating only frames sent to this MAC (flooded frames for other machines pass untouched)");
+                }
+            }
+            leg.mac = mac;
             if egress == EGRESS_REDIRECT {
                 self.tx_ports
                     .insert(leg.ifindex, leg.ifindex, None, 0)
@@ -210,6 +219,8 @@ impl Dataplane for XdpDataplane {
                         egress,
                         checksum: leg.checksum,
                         _pad: 0,
+                        mac,
+                        _pad2: [0; 2],
                     }),
                     0,
                 )

@@ -41,6 +41,8 @@ const LEG_MTU: u16 = 1400;
 /// What the daemon would clamp to with [`LEG_MTU`] the smallest leg.
 const MSS: u16 = LEG_MTU - 40;
 const NOW_NS: u64 = 123_456_789;
+/// The MAC both legs have in `INTERFACES`: where every crafted frame is sent.
+const OWN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 
 const SSH_PORT: u16 = 2222;
 const DNS_PORT: u16 = 5353;
@@ -462,6 +464,8 @@ impl Harness {
             egress: EGRESS_REDIRECT,
             checksum: CSUM_FULL,
             _pad: 0,
+            mac: OWN_MAC,
+            _pad2: [0; 2],
         };
         ifaces.insert(1, Plain(iface(ROLE_PUBLIC)), 0).unwrap();
         ifaces
@@ -546,6 +550,8 @@ impl Harness {
                 egress: EGRESS_REDIRECT,
                 checksum: CSUM_MAY_BE_PARTIAL,
                 _pad: 0,
+                mac: OWN_MAC,
+                _pad2: [0; 2],
             };
             ifaces.insert(ifindex, Plain(iface), 0).unwrap();
         }
@@ -691,6 +697,74 @@ fn what_the_program_does_not_own_goes_to_the_kernel_untouched() {
         RouteCounters::default(),
         "nothing was counted"
     );
+}
+
+/// Sets both legs' own MAC in `INTERFACES` (all zero: unknown).
+fn set_leg_macs(h: &mut Harness, mac: [u8; 6]) {
+    let mut ifaces: HashMap<_, u32, Plain<Interface>> =
+        HashMap::try_from(h.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
+    for ifindex in [1, h.leg] {
+        let Plain(mut iface) = ifaces.get(&ifindex, 0).unwrap();
+        iface.mac = mac;
+        ifaces.insert(ifindex, Plain(iface), 0).unwrap();
+    }
+}
+
+#[test]
+fn frames_sent_to_another_mac_are_passed_untouched_and_counted() {
+    let Some(mut h) = Harness::new("frames_sent_to_another_mac_are_passed_untouched_and_counted")
+    else {
+        return;
+    };
+    // What a switch floods to a standby gateway: the active one's (or nobody's) frames.
+    let other = [0x02, 0, 0, 0, 0, 0xcc];
+    let to = |frame: Vec<u8>, mac: [u8; 6]| {
+        let mut f = frame;
+        f[0..6].copy_from_slice(&mac);
+        f
+    };
+    let client = Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT)).bytes();
+    let reply = Frame::tcp((BACKEND, 22), (CLIENT, 40000)).bytes();
+    let inside = Frame::tcp((INSIDE, 41000), (PUBLIC, SSH_PORT)).bytes();
+    let error = icmp_error(
+        3,
+        ROUTER,
+        PUBLIC,
+        &Frame::udp((PUBLIC, DNS_PORT), (CLIENT, 40000)),
+        8,
+    );
+    for (what, frame, ifindex) in [
+        ("a client's packet for a route", &client, 1),
+        ("a backend's reply", &reply, h.leg),
+        (
+            "a private host's packet to the public address",
+            &inside,
+            h.leg,
+        ),
+        ("an ICMP error about a route's flow", &error, 1),
+    ] {
+        for (whose, mac) in [("another machine", other), ("broadcast", [0xff; 6])] {
+            let frame = to(frame.clone(), mac);
+            let (action, out, verdict) = h.run(&frame, ifindex);
+            assert_eq!(action, XDP_PASS, "{what} to {whose}");
+            assert_eq!(out, frame, "{what} to {whose}: passed untouched");
+            assert_eq!(
+                name(verdict),
+                name(counter::PASS_NOT_FOR_US),
+                "{what} to {whose}"
+            );
+        }
+        // The same frame to the leg's own MAC is translated.
+        let (_, out, verdict) = h.run(frame, ifindex);
+        assert_ne!(&out, frame, "{what} to the leg's MAC: translated");
+        assert_ne!(name(verdict), name(counter::PASS_NOT_FOR_US), "{what}");
+    }
+    assert!(h.hairpin((BACKEND, 22), 41000, PROTO_TCP).is_some());
+    // A leg whose MAC is unknown (all zero, e.g. a tun) translates whatever arrives.
+    set_leg_macs(&mut h, [0; 6]);
+    let (_, out, verdict) = h.run(&to(client.clone(), other), 1);
+    assert_eq!(parse(&out).dst, (BACKEND, 22));
+    assert_ne!(name(verdict), name(counter::PASS_NOT_FOR_US));
 }
 
 /// `sg-pt1`, which exists but is not in INTERFACES.
