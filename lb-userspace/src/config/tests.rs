@@ -298,6 +298,29 @@ fn port_ranges() {
 }
 
 #[test]
+fn reclaim_after_with_cluster_is_at_least_a_minute() {
+    let text = |after: &str| {
+        format!(
+            "{}[cluster]\netcd = [\"http://10.0.0.2:2379\"]\ngateway_id = \"gw1\"\n",
+            GOOD.replacen(
+                "[gateway]\n",
+                &format!("[gateway]\nreclaim_after = \"{after}\"\n"),
+                1
+            )
+        )
+    };
+    let c = parse(&text("14d")).unwrap();
+    assert_eq!(
+        c.gateway.reclaim_after,
+        Some(Duration::from_secs(14 * 86400))
+    );
+    assert!(c.cluster.is_some());
+    let p = problems(&text("30s"));
+    assert_eq!(p[0].field, "gateway.reclaim_after", "{p:?}");
+    assert!(p[0].reason.contains("[cluster]"), "{p:?}");
+}
+
+#[test]
 fn reclaim_after_is_a_duration_and_off_when_absent() {
     assert_eq!(parse(GOOD).unwrap().gateway.reclaim_after, None);
     let with = |v: &str| {
