@@ -132,7 +132,8 @@ pub struct HairpinValue {
     pub seen_ns: u64,
 }
 
-/// Role of an interface the program is attached to.
+/// Role of an interface the program is attached to: a bitmask. A one-armed gateway's one
+/// NIC carries both the public address and the private network, and has both bits.
 pub const ROLE_PUBLIC: u8 = 1;
 pub const ROLE_PRIVATE: u8 = 2;
 
@@ -246,7 +247,9 @@ pub mod counter {
     pub const FWD_PASS_EGRESS: u32 = 8;
     /// Rewritten, then passed so the kernel sends ICMP time exceeded.
     pub const FWD_PASS_TTL: u32 = 9;
-    /// Rewritten, then passed because the packet is larger than the egress MTU.
+    /// Rewritten, then passed because the packet is larger than the egress MTU and may be
+    /// fragmented (DF clear; the kernel fragments it), or its ingress leg cannot send the
+    /// ICMP answer back (not in `TX_PORTS`).
     pub const FWD_PASS_FRAG_NEEDED: u32 = 10;
     /// From a route's backend address and port but addressed to the gateway itself (the
     /// FIB does not forward it): a reply on the gateway's own connection to that backend,
@@ -265,8 +268,12 @@ pub mod counter {
     /// by a switch, meant for another machine such as the active gateway of a failover
     /// pair, or broadcast): passed untouched, so a standby never duplicates traffic.
     pub const PASS_NOT_FOR_US: u32 = 14;
+    /// A DF packet too big for its egress leg: answered with ICMP "fragmentation needed"
+    /// (the egress MTU as next-hop MTU, quoting the packet as its sender sent it), sent
+    /// back out of the leg it came in on (a redirect into that leg).
+    pub const TX_FRAG_NEEDED: u32 = 15;
     /// Number of counters.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     /// Slots of `GLOBAL_COUNTERS`: more than `COUNT`, so that a build with new verdicts
     /// still fits the map an earlier build pinned.
     pub const SLOTS: u32 = 32;
@@ -288,6 +295,7 @@ pub mod counter {
         "pass_hairpin_clash",
         "fwd_pass_partial_csum",
         "pass_not_for_us",
+        "tx_frag_needed",
     ];
 }
 

@@ -255,6 +255,60 @@ pub fn icmp_embedded_nat(
     (icmp, ip, udp)
 }
 
+/// Code of "fragmentation needed and DF set" under destination unreachable (RFC 792, 1191).
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// What an ICMP error quotes of the packet it is about: its IPv4 header (without options,
+/// the only kind the program forwards) and the first 8 bytes of its L4 header, which hold
+/// the ports, all a sender's stack needs to find the socket (RFC 792).
+pub const ICMP_QUOTE_LEN: usize = IPV4_HLEN + 8;
+/// IPv4 and ICMP headers of a "fragmentation needed" answer, in front of the quote.
+pub const FRAG_NEEDED_HLEN: usize = IPV4_HLEN + ICMP_HLEN;
+/// The IP-flags bit "don't fragment", in the host-order flags+offset field.
+pub const IP_DF: u16 = 0x4000;
+
+/// Big-endian 16-bit words of `bytes` (of even length) summed, unfolded.
+#[inline(always)]
+fn be_words_sum(bytes: &[u8]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        sum += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
+}
+
+/// The IPv4 and ICMP headers of a "fragmentation needed" error from `from` to `to` (both
+/// as loaded from packet memory), announcing `next_hop_mtu` (host order) and quoting
+/// `quote` (the offending packet's IPv4 header and first 8 L4 bytes, as its sender sent
+/// them), checksums computed. TOS 0xc0 (internetwork control) and TTL 64, as Linux sends
+/// its own; DF set and ID 0 (an atomic datagram, RFC 6864): 56 bytes are never fragmented.
+#[inline(always)]
+pub fn frag_needed_headers(
+    from: u32,
+    to: u32,
+    next_hop_mtu: u16,
+    quote: &[u8; ICMP_QUOTE_LEN],
+) -> [u8; FRAG_NEEDED_HLEN] {
+    let mut h = [0u8; FRAG_NEEDED_HLEN];
+    let total = (FRAG_NEEDED_HLEN + ICMP_QUOTE_LEN) as u16;
+    h[0] = 0x45;
+    h[1] = 0xc0;
+    [h[2], h[3]] = total.to_be_bytes();
+    [h[6], h[7]] = IP_DF.to_be_bytes();
+    h[8] = 64;
+    h[9] = PROTO_ICMP;
+    [h[12], h[13], h[14], h[15]] = from.to_ne_bytes();
+    [h[16], h[17], h[18], h[19]] = to.to_ne_bytes();
+    [h[10], h[11]] = (!fold(be_words_sum(&h[..IPV4_HLEN]))).to_be_bytes();
+    h[20] = ICMP_DEST_UNREACH;
+    h[21] = ICMP_FRAG_NEEDED;
+    [h[26], h[27]] = next_hop_mtu.to_be_bytes();
+    let icmp = be_words_sum(&h[IPV4_HLEN..]) + be_words_sum(quote);
+    [h[22], h[23]] = (!fold(icmp)).to_be_bytes();
+    h
+}
+
 /// The SYN bit of the TCP flags byte (header byte 13).
 pub const TCP_SYN: u8 = 0x02;
 /// TCP option kinds (RFC 9293).

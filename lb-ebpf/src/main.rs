@@ -20,9 +20,12 @@ mod program {
     use aya_ebpf::{
         bindings::{
             bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
-            BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+            BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
+            BPF_FIB_LOOKUP_SRC,
         },
-        helpers::generated::{bpf_fib_lookup, bpf_xdp_get_buff_len},
+        helpers::generated::{
+            bpf_fib_lookup, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+        },
         macros::{map, xdp},
         maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
         programs::XdpContext,
@@ -34,11 +37,12 @@ mod program {
         ROLE_PUBLIC,
     };
     use lb_ebpf::{
-        addressed_to, clamped_mss, csum_replace32, icmp_embedded_nat, icmp_is_error,
-        ipv4_csum_ttl_decrement, ipv4_shape, is_partial_csum, l4_checksum_offset, l4_csum_nat,
-        l4_header_len, mss_csum, partial_csum_replace32, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape,
-        Ports, ETH_HLEN, ETH_P_IPV4, ICMP_HLEN, IPV4_HLEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-        TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
+        addressed_to, clamped_mss, csum_replace32, frag_needed_headers, icmp_embedded_nat,
+        icmp_is_error, ipv4_csum_ttl_decrement, ipv4_shape, is_partial_csum, l4_checksum_offset,
+        l4_csum_nat, l4_header_len, mss_csum, partial_csum_replace32, zero_in_place, EthHdr,
+        Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4, FRAG_NEEDED_HLEN, ICMP_HLEN,
+        ICMP_QUOTE_LEN, IPV4_HLEN, IP_DF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP,
+        TCP_HLEN, TCP_SYN,
     };
 
     const AF_INET: u8 = 2;
@@ -220,11 +224,28 @@ mod program {
         // changes an existing key's value only on a reload, so a lookup racing that update
         // can misroute that one packet, as it could arrive just before or after it anyway.
         unsafe {
-            if iface.role == ROLE_PUBLIC && (*ip).daddr == public_addr && public_addr != 0 {
+            let to_public = (*ip).daddr == public_addr && public_addr != 0;
+            // On a one-armed leg (both roles) a packet to the public address is from a
+            // private host (hairpin, as on any private leg) or from a client of the world.
+            let inside = to_public
+                && iface.role & ROLE_PRIVATE != 0
+                && (iface.role & ROLE_PUBLIC == 0
+                    || inside_host(ctx, fib, ifindex, (*ip).saddr, (*ports).src, protocol));
+            if to_public && !inside && iface.role & ROLE_PUBLIC != 0 {
                 let Some(backend) = frontend((*ports).dst, protocol) else {
                     return Ok(pass(counter::PASS_NO_ROUTE));
                 };
                 let (new_addr, new_port) = (backend.addr, backend.port);
+                // Routed before the rewrite, so that a packet too big for its egress can be
+                // answered quoting what its sender sent.
+                let rc = if partial {
+                    BPF_FIB_LKUP_RET_SUCCESS as i64
+                } else {
+                    fib_lookup(ctx, fib, ip, ifindex, protocol, (*ip).saddr, new_addr)
+                };
+                if let Some(action) = too_big(ctx, ip, fib, rc, ifindex, Some(public_addr))? {
+                    return Ok(action);
+                }
                 *l4_check = l4_nat(
                     partial,
                     protocol,
@@ -244,9 +265,8 @@ mod program {
                 if partial {
                     return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
                 }
-                let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, (*ip).saddr);
                 Ok(forward(eth, ip, protocol, fib, rc))
-            } else if iface.role == ROLE_PRIVATE && (*ip).daddr == public_addr && public_addr != 0 {
+            } else if inside {
                 hairpin(
                     ctx,
                     (eth, ip, ports, l4_check),
@@ -254,7 +274,7 @@ mod program {
                     fib,
                     (ifindex, public_addr, now, mss),
                 )
-            } else if iface.role == ROLE_PRIVATE && public_addr != 0 {
+            } else if iface.role & ROLE_PRIVATE != 0 && !to_public && public_addr != 0 {
                 let key = ReverseKey {
                     addr: (*ip).saddr,
                     port: (*ports).src,
@@ -269,9 +289,14 @@ mod program {
                 // forward is addressed to the gateway itself, a reply on the gateway's own
                 // connection to that backend (an admin's ssh, a health check), not to a
                 // client of the route.
-                let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr);
+                let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr, (*ip).daddr);
                 if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
                     return Ok(pass(counter::PASS_LOCAL));
+                }
+                if !partial {
+                    if let Some(action) = too_big(ctx, ip, fib, rc, ifindex, None)? {
+                        return Ok(action);
+                    }
                 }
                 let new_port = rev.public_port;
                 *l4_check = l4_nat(
@@ -344,7 +369,7 @@ mod program {
                 if let Some(flow) = HAIRPIN.get(key) {
                     // A backend's reply to a private client: from `public:P`, to the client.
                     let to = ((public_addr, rev.public_port), (flow.client_addr, dport));
-                    return Ok(rewrite_both(
+                    return rewrite_both(
                         ctx,
                         (eth, ip, ports, l4_check),
                         (protocol, partial),
@@ -352,7 +377,7 @@ mod program {
                         (rev.route_id, false),
                         fib,
                         (ifindex, public_addr, now, mss),
-                    ));
+                    );
                 }
             }
             let Some(backend) = frontend(dport, protocol) else {
@@ -393,7 +418,7 @@ mod program {
                     }
                 }
             }
-            Ok(rewrite_both(
+            rewrite_both(
                 ctx,
                 (eth, ip, ports, l4_check),
                 (protocol, partial),
@@ -401,7 +426,7 @@ mod program {
                 (route_id, true),
                 fib,
                 (ifindex, public_addr, now, mss),
-            ))
+            )
         }
     }
 
@@ -416,10 +441,21 @@ mod program {
         ((saddr, sport), (daddr, dport)): ((u32, u16), (u32, u16)),
         (route_id, inbound): (u32, bool),
         fib: &mut FibParams,
-        (ifindex, public_addr, now, mss): (u32, u32, u64, u16),
-    ) -> u32 {
+        (ifindex, _, now, mss): (u32, u32, u64, u16),
+    ) -> Result<u32, Truncated> {
         // SAFETY: as in `hairpin`, which these pointers come from.
         unsafe {
+            // Routed before the rewrite, as in `try_srvgate`'s frontend path.
+            let rc = if partial {
+                BPF_FIB_LKUP_RET_SUCCESS as i64
+            } else {
+                fib_lookup(ctx, fib, ip, ifindex, protocol, saddr, daddr)
+            };
+            if !partial {
+                if let Some(action) = too_big(ctx, ip, fib, rc, ifindex, None)? {
+                    return Ok(action);
+                }
+            }
             let (old_saddr, old_daddr) = ((*ip).saddr, (*ip).daddr);
             let (old_sport, old_dport) = ((*ports).src, (*ports).dst);
             let check = l4_nat(
@@ -437,10 +473,9 @@ mod program {
             }
             account(ctx, route_id, inbound, now);
             if partial {
-                return pass(counter::FWD_PASS_PARTIAL_CSUM);
+                return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
             }
-            let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr);
-            forward(eth, ip, protocol, fib, rc)
+            Ok(forward(eth, ip, protocol, fib, rc))
         }
     }
 
@@ -500,7 +535,7 @@ mod program {
         // during this run (see `try_srvgate`).
         unsafe {
             let udp_old = (protocol == PROTO_UDP).then(|| *udp_check);
-            if iface.role == ROLE_PUBLIC
+            if iface.role & ROLE_PUBLIC != 0
                 && (*ip).daddr == public_addr
                 && (*inner).saddr == public_addr
             {
@@ -526,9 +561,9 @@ mod program {
                 }
                 (*ip).check = csum_replace32((*ip).check, (*ip).daddr, new_addr);
                 (*ip).daddr = new_addr;
-                let rc = fib_lookup(ctx, fib, ip, ifindex, PROTO_ICMP, (*ip).saddr);
+                let rc = fib_lookup(ctx, fib, ip, ifindex, PROTO_ICMP, (*ip).saddr, new_addr);
                 Ok(forward(eth, ip, PROTO_ICMP, fib, rc))
-            } else if iface.role == ROLE_PRIVATE {
+            } else if iface.role & ROLE_PRIVATE != 0 {
                 let key = ReverseKey {
                     addr: (*inner).daddr,
                     port: (*ports).dst,
@@ -539,7 +574,7 @@ mod program {
                     return Ok(pass(counter::PASS_NO_ROUTE));
                 };
                 // About the gateway's own connection to that backend: the kernel's.
-                let rc = fib_lookup(ctx, fib, ip, ifindex, PROTO_ICMP, public_addr);
+                let rc = fib_lookup(ctx, fib, ip, ifindex, PROTO_ICMP, public_addr, (*ip).daddr);
                 if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
                     return Ok(pass(counter::PASS_LOCAL));
                 }
@@ -657,7 +692,170 @@ mod program {
         true
     }
 
-    /// Asks the kernel's FIB where a packet from `saddr` to the packet's destination goes.
+    /// Whether a packet to the public address that arrived on a one-armed leg (public and
+    /// private at once) comes from inside: from a route's backend address and port (its
+    /// answer on a hairpin flow, or to the gateway itself), or from a host on one of the
+    /// leg's own subnets (the FIB reaches it without a gateway), which a backend on that
+    /// wire would answer directly unless the source is translated too. Anyone reached
+    /// through a router is a client of the world and keeps its address.
+    #[inline(always)]
+    fn inside_host(
+        ctx: &XdpContext,
+        fib: &mut FibParams,
+        ifindex: u32,
+        saddr: u32,
+        sport: u16,
+        protocol: u8,
+    ) -> bool {
+        let key = ReverseKey {
+            addr: saddr,
+            port: sport,
+            protocol,
+            _pad: 0,
+        };
+        // SAFETY: only whether the entry exists is read.
+        if unsafe { REVERSE.get(key) }.is_some() {
+            return true;
+        }
+        let rc = route_toward(ctx, fib, ifindex, saddr, BPF_FIB_LOOKUP_SKIP_NEIGH);
+        // SAFETY: plain integers in a union the kernel just wrote (or we zeroed).
+        rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && unsafe { fib.__bindgen_anon_4.ipv4_dst } == saddr
+    }
+
+    /// The address the gateway itself would send from to reach `addr` (the kernel's own
+    /// choice: its route's preferred source, else the egress leg's address on that
+    /// subnet), if it has one. Overwrites `fib`.
+    #[inline(always)]
+    fn own_address_toward(
+        ctx: &XdpContext,
+        fib: &mut FibParams,
+        ifindex: u32,
+        addr: u32,
+    ) -> Option<u32> {
+        let rc = route_toward(
+            ctx,
+            fib,
+            ifindex,
+            addr,
+            BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC,
+        );
+        // SAFETY: plain integers in a union the kernel wrote (or we zeroed).
+        let src = unsafe { fib.__bindgen_anon_3.ipv4_src };
+        (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && src != 0).then_some(src)
+    }
+
+    /// A FIB lookup of `addr` as if a packet to it had arrived on `ifindex`, without the
+    /// MTU check, with `flags`.
+    #[inline(always)]
+    fn route_toward(
+        ctx: &XdpContext,
+        fib: &mut FibParams,
+        ifindex: u32,
+        addr: u32,
+        flags: u32,
+    ) -> i64 {
+        fib.family = AF_INET;
+        fib.l4_protocol = 0;
+        fib.__bindgen_anon_1.tot_len = 0;
+        fib.__bindgen_anon_2.tos = 0;
+        fib.ifindex = ifindex;
+        fib.__bindgen_anon_3.ipv4_src = 0;
+        fib.__bindgen_anon_4.ipv4_dst = addr;
+        // SAFETY: `fib` is a live, exclusive `FibParams` of the size passed, and `ctx.ctx`
+        // the program's context.
+        unsafe {
+            bpf_fib_lookup(
+                ctx.ctx as *mut _,
+                fib as *mut FibParams,
+                size_of::<FibParams>() as i32,
+                flags,
+            )
+        }
+    }
+
+    /// A packet whose sender forbade fragmenting it (DF) and that is too big for its egress
+    /// leg (`rc` says so, `fib` holds the leg's MTU): answered here, before any rewrite,
+    /// with ICMP "fragmentation needed" from `from` (the gateway's address on the sender's
+    /// side: the public address for a client of the world, given; for a private host, the
+    /// kernel's own source toward it, looked up here, so only on this rare path) quoting
+    /// it as sent, out of the leg it came in on (a redirect into it). The kernel could not: it
+    /// would see it rewritten, and answer a source that is the public address or quote a
+    /// tuple the sender never used. `None`: forward as usual (DF clear, the kernel
+    /// fragments it; or the ingress leg cannot take XDP's transmit).
+    #[inline(always)]
+    fn too_big(
+        ctx: &XdpContext,
+        ip: *mut Ipv4Hdr,
+        fib: &mut FibParams,
+        rc: i64,
+        ifindex: u32,
+        from: Option<u32>,
+    ) -> Result<Option<u32>, Truncated> {
+        if rc != BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+            return Ok(None);
+        }
+        // SAFETY: `ip` comes from `ptr_at`: inside the packet.
+        let (frag_off, to) = unsafe { (u16::from_be((*ip).frag_off), (*ip).saddr) };
+        // The answer leaves by a redirect into the ingress leg itself, which TX_PORTS holds
+        // only if it takes redirects. Not XDP_TX: on a veth (kernel 6.18) frames sent back
+        // that way never reached the peer's stack (measured in the mtu lab: the leg
+        // counted 25 xdp_tx, no error, the sender's IP layer received nothing), while a
+        // redirect into the same leg is what the one-armed path does all the time.
+        if frag_off & IP_DF == 0 || TX_PORTS.get(ifindex).is_none() {
+            return Ok(None);
+        }
+        // SAFETY: plain integer in a union the kernel wrote on FRAG_NEEDED.
+        let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
+        let Some(from) = from.or_else(|| own_address_toward(ctx, fib, ifindex, to)) else {
+            return Ok(None);
+        };
+        let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+        // The quote must be there before anything moves.
+        ptr_at::<[u8; ICMP_QUOTE_LEN]>(ctx, ETH_HLEN)?;
+        // SAFETY: from `ptr_at`: inside the packet.
+        let (dst_mac, src_mac) = unsafe { ((*eth).src, (*eth).dst) };
+        // Room in front for the answer's IPv4 and ICMP headers; the old IPv4 header and
+        // 8 bytes of L4 stay where they are and become the quote.
+        // SAFETY: `ctx.ctx` is the program's context; the helper checks the headroom.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(FRAG_NEEDED_HLEN as i32)) } != 0 {
+            // No headroom (XDP guarantees 256 bytes, so never seen). The helper call ended
+            // every packet pointer the caller holds, so the packet goes to the kernel as
+            // it is, which fails it as it would without srvgate.
+            return Ok(Some(pass(counter::FWD_PASS_FRAG_NEEDED)));
+        }
+        let keep = (ETH_HLEN + FRAG_NEEDED_HLEN + ICMP_QUOTE_LEN) as i64;
+        // SAFETY: as above; shrinking (frags first, then the linear part) never fails for
+        // a frame longer than `keep`, and if it did the trailing bytes lie beyond the
+        // answer's total length, where receivers ignore them.
+        unsafe {
+            let len = bpf_xdp_get_buff_len(ctx.ctx) as i64;
+            if len > keep {
+                bpf_xdp_adjust_tail(ctx.ctx, (keep - len) as i32);
+            }
+        }
+        let out: *mut [u8; FRAG_NEEDED_HLEN] = ptr_at(ctx, ETH_HLEN)?;
+        let quote: *const [u8; ICMP_QUOTE_LEN] = ptr_at(ctx, ETH_HLEN + FRAG_NEEDED_HLEN)?;
+        let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+        // SAFETY: every pointer comes from `ptr_at` after the last adjustment: inside the
+        // packet, which the program may write and nothing else touches during the run.
+        unsafe {
+            *out = frag_needed_headers(from, to, mtu, &*quote);
+            (*eth).dst = dst_mac;
+            (*eth).src = src_mac;
+            (*eth).proto = ETH_P_IPV4.to_be();
+        }
+        let Ok(action) = TX_PORTS.redirect(ifindex, 0) else {
+            // Checked above; a leg removed from TX_PORTS since gets the answer through the
+            // kernel, which routes it back to the sender.
+            return Ok(Some(pass(counter::TX_FRAG_NEEDED)));
+        };
+        count(counter::TX_FRAG_NEEDED);
+        Ok(Some(action))
+    }
+
+    /// Asks the kernel's FIB where the packet goes once it is from `saddr` to `daddr` (its
+    /// size and TOS as they are), and whether it fits there (`FRAG_NEEDED`, with the
+    /// egress MTU in `mtu_result`).
     #[inline(always)]
     fn fib_lookup(
         ctx: &XdpContext,
@@ -666,6 +864,7 @@ mod program {
         ifindex: u32,
         protocol: u8,
         saddr: u32,
+        daddr: u32,
     ) -> i64 {
         // SAFETY: `ip` comes from `ptr_at` (the header lies inside the packet); the fields
         // of the bindgen unions are plain integers, valid whatever was there; `fib` is a
@@ -677,7 +876,7 @@ mod program {
             fib.__bindgen_anon_2.tos = (*ip).tos;
             fib.ifindex = ifindex;
             fib.__bindgen_anon_3.ipv4_src = saddr;
-            fib.__bindgen_anon_4.ipv4_dst = (*ip).daddr;
+            fib.__bindgen_anon_4.ipv4_dst = daddr;
             bpf_fib_lookup(
                 ctx.ctx as *mut _,
                 fib as *mut FibParams,

@@ -435,3 +435,36 @@ fn only_frames_to_the_legs_own_mac_are_addressed_to_it() {
     assert!(addressed_to(&[0xff; 6], &[0; 6]));
     assert!(addressed_to(&own, &[0; 6]));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The answer's two checksums verify from scratch over what is sent (IPv4 header;
+    /// ICMP header and quote), and every field says what RFC 792/1191 want.
+    #[test]
+    fn frag_needed_headers_verify_from_scratch(
+        from in any::<[u8; 4]>(),
+        to in any::<[u8; 4]>(),
+        mtu in 68u16..=9000,
+        quote in proptest::collection::vec(any::<u8>(), ICMP_QUOTE_LEN),
+    ) {
+        let quote: [u8; ICMP_QUOTE_LEN] = quote.try_into().unwrap();
+        let h = frag_needed_headers(
+            u32::from_ne_bytes(from),
+            u32::from_ne_bytes(to),
+            mtu,
+            &quote,
+        );
+        prop_assert_eq!(ipv4_header_checksum(&h[..IPV4_HLEN]), u16::from_be_bytes([h[10], h[11]]));
+        prop_assert_eq!(!fold(ones_sum(&h[..IPV4_HLEN])), 0);
+        let mut icmp = h[IPV4_HLEN..].to_vec();
+        icmp.extend_from_slice(&quote);
+        prop_assert_eq!(!fold(ones_sum(&icmp)), 0, "ICMP checksum");
+        prop_assert_eq!(&h[12..16], &from[..]);
+        prop_assert_eq!(&h[16..20], &to[..]);
+        prop_assert_eq!(usize::from(u16::from_be_bytes([h[2], h[3]])), FRAG_NEEDED_HLEN + ICMP_QUOTE_LEN);
+        prop_assert_eq!((h[0], h[9], h[20], h[21]), (0x45, PROTO_ICMP, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED));
+        prop_assert_eq!(u16::from_be_bytes([h[26], h[27]]), mtu);
+        prop_assert_eq!((h[24], h[25]), (0, 0), "unused");
+    }
+}

@@ -18,8 +18,10 @@
 //! - `reload`: table (all of the file's routes or none), maps, the store (only when the
 //!   file took a runtime route over), DNS and HTTP. Sections only a restart applies are
 //!   named in a warning.
-//! - reclaim: table, store, maps, DNS and HTTP; a reclaim the store did not record is still
-//!   carried out and saved on a later pass.
+//! - reclaim: table, store, maps, DNS and HTTP; a reclaim the local store did not record is
+//!   still carried out and saved on a later pass; one a shared store refused (this gateway
+//!   does not lead, or etcd is away) is undone. With a shared store only the gateway the
+//!   store elected reclaims, from last-seen times every gateway publishes (`seen.rs`).
 //!
 //! The core reaches the kernel and the disk only through the [`Dataplane`] and [`Store`]
 //! traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
@@ -32,6 +34,7 @@
 mod control;
 mod lifecycle;
 mod routes;
+mod seen;
 mod students;
 
 use std::{
@@ -95,6 +98,11 @@ pub enum DaemonError {
         config: PathBuf,
         problems: Vec<String>,
     },
+    /// `[cluster]`: etcd did not answer at start. The gateway starts only with the shared
+    /// table: without it, its maps would lose every runtime route (cutting their
+    /// connections) and its DNS would deny the students' names.
+    #[error("not starting: etcd at {endpoints} does not answer ({reason}); a gateway starts only with the shared table (a data plane pinned by an earlier run goes on forwarding meanwhile); start etcd or check [cluster] etcd, then start again (systemd's Restart= does)")]
+    ClusterUnreachable { endpoints: String, reason: String },
     #[error("control socket: {0}")]
     Api(#[from] api::ApiBindError),
     #[error("metrics.listen: cannot listen on {addr}: {error}")]
@@ -204,6 +212,13 @@ struct Core {
     /// Per-minute traffic by counter slot, for the console; fed by the periodic pass with
     /// the core unlocked, so it has its own lock.
     traffic: Arc<Mutex<Traffic>>,
+    /// The store is shared with other gateways (`[cluster]`).
+    shared: bool,
+    /// Shared store: runtime routes' last-seen times from this gateway's own counters, and
+    /// what of them was published last (see `seen.rs`).
+    own_seen: std::collections::HashMap<config::RouteKey, SystemTime>,
+    published: std::collections::HashMap<config::RouteKey, SystemTime>,
+    last_publish: Option<Instant>,
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {

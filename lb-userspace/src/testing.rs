@@ -246,6 +246,14 @@ pub struct FakeState {
     pub others: Vec<(u16, crate::config::Protocol)>,
     /// As a shared store that does not answer: every write is `StateError::Unavailable`.
     pub unreachable: bool,
+    /// Acts as a store shared with other gateways (`cluster()` answers; read when the core
+    /// is made).
+    pub shared: bool,
+    /// As a shared store: another gateway leads, so this one may not reclaim, and a
+    /// reclaim is refused as the fenced transaction would be.
+    pub follower: bool,
+    /// Every batch of last-seen times published, in order.
+    pub published: Vec<Vec<(crate::config::RouteKey, std::time::SystemTime)>>,
 }
 
 /// A store that keeps what it is given in memory.
@@ -334,6 +342,49 @@ impl Store for FakeStore {
         let mut s = self.state();
         s.save_or_fail()?;
         s.users = users.clone();
+        Ok(())
+    }
+
+    fn cluster(&self) -> Option<crate::serve::api::ClusterView> {
+        let s = self.state();
+        s.shared.then(|| crate::serve::api::ClusterView {
+            gateway_id: "gw1".into(),
+            members: vec!["gw1".into(), "gw2".into()],
+            leader: Some(if s.follower { "gw2" } else { "gw1" }.into()),
+            endpoints: vec!["http://192.0.2.1:2379".into()],
+            connected: !s.unreachable,
+            revision: 1,
+            last_sync_unix: None,
+            error: None,
+        })
+    }
+
+    fn reclaim(
+        &mut self,
+        changes: &[RouteChange],
+        all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        if self.state().follower {
+            self.state().saves += 1;
+            return Err(StateError::Refused {
+                reason: "this gateway no longer leads".into(),
+                taken: Vec::new(),
+            });
+        }
+        self.record(changes, all)
+    }
+
+    fn may_reclaim(&self) -> bool {
+        !self.state().follower
+    }
+
+    fn publish_seen(
+        &mut self,
+        seen: &[(crate::config::RouteKey, std::time::SystemTime)],
+    ) -> Result<(), StateError> {
+        let mut s = self.state();
+        s.save_or_fail()?;
+        s.published.push(seen.to_vec());
         Ok(())
     }
 }

@@ -310,6 +310,11 @@ impl ClusterLab {
     /// Gateway `n`'s config: the VIP as the public address, DNS on its own public address,
     /// `[cluster]` with the lab's etcd.
     pub fn config(&self, n: usize) -> String {
+        self.config_with(n, "")
+    }
+
+    /// [`ClusterLab::config`] with `gateway_extra` (lines) added to `[gateway]`.
+    pub fn config_with(&self, n: usize, gateway_extra: &str) -> String {
         format!(
             r#"[gateway]
 public_interface = "pub0"
@@ -317,6 +322,7 @@ private_interfaces = ["priv1"]
 public_ipv4 = "{VIP}"
 port_range = "30000-30999"
 port_cooldown = "0s"
+{gateway_extra}
 
 [dns]
 zone = "{ZONE}"
@@ -345,37 +351,40 @@ gateway_id = "gw{}"
 
     /// [`ClusterLab::start_srvgate`] with the config file `config`.
     pub fn start_srvgate_with(&self, n: usize, config: &str) -> Result<u32> {
+        self.start_srvgate_args(n, config, &[])
+    }
+
+    /// `srvgate run` for gateway `n` with the config file `config` (written) and `extra`
+    /// arguments: the argv.
+    pub fn srvgate_argv(&self, n: usize, config: &str, extra: &[&str]) -> Result<Vec<String>> {
         let bin = existing_srvgate_bin()?;
         let d = self.dir();
         let config_file = d.join(format!("gw{}.toml", n + 1));
         fs::write(&config_file, config)?;
-        let config = config_file;
         let state = d.join(format!("state{}", n + 1));
         let pins = d.join(BPFFS_DIR).join(format!("gw{}", n + 1));
-        let (config, state, pins, socket) = (
-            config.display().to_string(),
+        let mut argv: Vec<String> = vec![
+            bin,
+            "run".into(),
+            "--config".into(),
+            config_file.display().to_string(),
+            "--state-dir".into(),
             state.display().to_string(),
+            "--pin-dir".into(),
             pins.display().to_string(),
+            "--socket".into(),
             self.socket(n).display().to_string(),
-        );
+        ];
+        argv.extend(extra.iter().map(|a| a.to_string()));
+        Ok(argv)
+    }
+
+    /// [`ClusterLab::start_srvgate_with`] with `extra` arguments to `srvgate run`.
+    pub fn start_srvgate_args(&self, n: usize, config: &str, extra: &[&str]) -> Result<u32> {
+        let argv = self.srvgate_argv(n, config, extra)?;
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let name = format!("srvgate-gw{}-{}", n + 1, self.next_log());
-        let pid = self.spawn(
-            &self.gws[n],
-            &name,
-            &[
-                &bin,
-                "run",
-                "--config",
-                &config,
-                "--state-dir",
-                &state,
-                "--pin-dir",
-                &pins,
-                "--socket",
-                &socket,
-            ],
-            &[("RUST_LOG", "info")],
-        )?;
+        let pid = self.spawn(&self.gws[n], &name, &argv, &[("RUST_LOG", "info")])?;
         lock(&self.srvgate)[n] = Some(pid);
         let log = self.dir().join(format!("{name}.log"));
         let deadline = Instant::now() + SRVGATE_READY_TIMEOUT;
@@ -406,6 +415,15 @@ gateway_id = "gw{}"
             .take()
             .ok_or_else(|| anyhow!("srvgate on gw{} is not running", n + 1))?;
         self.stop(pid, Duration::from_secs(10))
+    }
+
+    /// Sends `signal` (a `kill` name: STOP, CONT, HUP) to the srvgate running on gateway
+    /// `n`.
+    pub fn signal_srvgate(&self, n: usize, signal: &str) -> Result<()> {
+        let pid = lock(&self.srvgate)[n]
+            .ok_or_else(|| anyhow!("srvgate on gw{} is not running", n + 1))?;
+        host(&["kill", &format!("-{signal}"), &pid.to_string()])?;
+        Ok(())
     }
 
     /// Kills srvgate on gateway `n` (SIGKILL: no shutdown at all, as in a crash). Its XDP

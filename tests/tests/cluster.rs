@@ -317,3 +317,310 @@ fn two_gateways_share_one_table_through_etcd() {
     assert_eq!(routes(&lab, 1).get("dave/ssh"), Some(&u64::from(dave)));
     assert_eq!(routes(&lab, 0), routes(&lab, 1));
 }
+
+/// `route ls --json` of gateway `n`, by name/service.
+fn route_views(lab: &ClusterLab, n: usize) -> BTreeMap<String, serde_json::Value> {
+    let out = lab.ctl_ok(n, &["route", "ls", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                format!(
+                    "{}/{}",
+                    r["name"].as_str().unwrap(),
+                    r["service"].as_str().unwrap()
+                ),
+                r.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Serves "served by b1" on the backend's port 8080.
+fn start_web(lab: &ClusterLab) {
+    let site = lab.dir().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "served by b1\n").unwrap();
+    let site = site.display().to_string();
+    lab.spawn(
+        &lab.backend,
+        "web",
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            BACKEND,
+            "--directory",
+            &site,
+        ],
+        &[],
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(300));
+}
+
+/// Issue 15: reclaim with an injected clock happens once. Both gateways run with
+/// `reclaim_after = "1d"` and one clock; a route claimed through gw1 and used through gw2
+/// only stays past the reclaim time as gw1 counts it (gw2's published last-seen time
+/// keeps it), an idle route is reclaimed exactly once (one reclaim line across both
+/// gateways, by the leader), and both tables agree afterwards.
+#[test]
+fn reclaim_with_an_injected_clock_happens_once() {
+    if skip_unless_root("reclaim_with_an_injected_clock_happens_once") {
+        return;
+    }
+    require_srvgate_bin();
+    let lab = ClusterLab::new("clr").expect("building the cluster lab");
+    lab.start_etcd().unwrap();
+    let clock = lab.dir().join("clock-offset");
+    std::fs::write(&clock, "0").unwrap();
+    let clock_arg = clock.display().to_string();
+    let reclaim = "reclaim_after = \"1d\"";
+    for n in [0, 1] {
+        lab.start_srvgate_args(
+            n,
+            &lab.config_with(n, reclaim),
+            &["--clock-offset-file", &clock_arg],
+        )
+        .unwrap();
+    }
+    start_web(&lab);
+    let busy = claim(&lab, 0, "busy", "web", &format!("{BACKEND}:8080"));
+    claim(&lab, 0, "idle", "web", &format!("{BACKEND}:8081"));
+    lab.use_gateway(1).unwrap();
+    let through_gw2 = time_until(Duration::from_secs(2), || {
+        fetch(&lab, busy).is_some_and(|t| t == "served by b1\n")
+    });
+    assert!(
+        through_gw2.is_some(),
+        "busy not forwarded through gw2\n{}",
+        lab.logs()
+    );
+    let leader = |n: usize| {
+        let status = lab.ctl_ok(n, &["status"]).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("cluster:"))
+            .and_then(|l| l.split("leader: ").nth(1))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+    };
+    // One leader, the same seen from both ("this" is how the leader names itself).
+    let leaders = (leader(0), leader(1));
+    eprintln!("cluster: leaders as gw1 and gw2 see them: {leaders:?}");
+    assert!(
+        matches!(&leaders, (Some(a), Some(b)) if (a == "this") != (b == "this")),
+        "{leaders:?}"
+    );
+
+    // 14 hours on: nothing is idle for a day yet. gw2 publishes busy's activity, which
+    // gw1, which never carried a packet of it, takes as its own last-seen time.
+    std::fs::write(&clock, "14h").unwrap();
+    let fresh = time_until(Duration::from_secs(30), || {
+        route_views(&lab, 0)
+            .get("busy/web")
+            .and_then(|r| r["idle_seconds"].as_u64())
+            .is_some_and(|idle| idle < 600)
+    });
+    let fresh = fresh.unwrap_or_else(|| {
+        panic!(
+            "gw1 never learnt busy's activity through gw2: {:?}\n{}",
+            route_views(&lab, 0).get("busy/web"),
+            lab.logs()
+        )
+    });
+    eprintln!("cluster: gw1 had gw2's last-seen time of busy after {fresh:?}");
+    let on_gw1 = &route_views(&lab, 0)["busy/web"];
+    assert_eq!(
+        on_gw1["inbound_packets"], 0,
+        "gw1 carried none of it: {on_gw1}"
+    );
+
+    // 28 hours on: idle (a day and 4 h without a packet) goes; busy, 14 h since gw2 saw
+    // it, stays, though gw1 alone would count 28 h.
+    std::fs::write(&clock, "28h").unwrap();
+    let gone = time_until(Duration::from_secs(20), || {
+        !routes(&lab, 0).contains_key("idle/web") && !routes(&lab, 1).contains_key("idle/web")
+    });
+    assert!(gone.is_some(), "idle not reclaimed\n{}", lab.logs());
+    // Two more passes of both gateways: nothing reclaimed again, nothing else.
+    thread::sleep(Duration::from_secs(11));
+    let logs = [lab.srvgate_log(0), lab.srvgate_log(1)];
+    let reclaims: Vec<&str> = logs
+        .iter()
+        .flat_map(|l| l.lines())
+        .filter(|l| l.contains("route reclaimed"))
+        .collect();
+    assert_eq!(reclaims.len(), 1, "{reclaims:#?}\n{}", lab.logs());
+    assert!(
+        reclaims[0].contains("route=idle/web/tcp"),
+        "{}",
+        reclaims[0]
+    );
+    let reclaimer = logs
+        .iter()
+        .position(|l| l.contains("route reclaimed"))
+        .unwrap();
+    assert_eq!(
+        leader(reclaimer).as_deref(),
+        Some("this"),
+        "the leader reclaims"
+    );
+    assert!(
+        logs[1 - reclaimer].contains("route removed through another gateway route=idle/web/tcp"),
+        "{}",
+        lab.logs()
+    );
+    let (a, b) = (routes(&lab, 0), routes(&lab, 1));
+    assert_eq!(a, b, "the tables disagree");
+    assert!(a.contains_key("busy/web"), "{a:?}");
+    let seen = lab
+        .etcdctl(&["get", "--prefix", "/srvgate/seen/", "--keys-only"])
+        .unwrap();
+    assert!(
+        !seen.contains("/idle/") && seen.contains("/srvgate/seen/busy/web/tcp/gw2"),
+        "{seen}"
+    );
+    let _ = lab.use_gateway(0);
+}
+
+/// Issue 15: a gateway whose etcd does not answer refuses to start, promptly, naming the
+/// endpoint, with exit status 1 (systemd's `Restart=on-failure` tries again; the pinned
+/// data plane of an earlier run goes on forwarding meanwhile). Starting without the
+/// shared table would make the maps hold only the config file's routes, cutting every
+/// runtime route's connections, and DNS deny the students' names.
+#[test]
+fn without_etcd_a_gateway_refuses_to_start_naming_it() {
+    if skip_unless_root("without_etcd_a_gateway_refuses_to_start_naming_it") {
+        return;
+    }
+    require_srvgate_bin();
+    let lab = ClusterLab::new("cln").expect("building the cluster lab");
+    let argv = lab.srvgate_argv(0, &lab.config(0), &[]).unwrap();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let out = srvgate_tests::run_with_timeout(
+        &mut srvgate_tests::netns_command(&lab.gws[0], &argv),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "cluster: without etcd, srvgate run exited {:?} after {took:?}: {}",
+        out.status.code(),
+        stderr.trim()
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(ETCD_URL), "{stderr}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Nothing of the kernel was touched: no XDP program on its legs.
+    let link = lab
+        .exec_ok(&lab.gws[0], &["ip", "link", "show", "pub0"])
+        .unwrap();
+    assert!(!link.contains("xdp"), "{link}");
+    // With etcd up it starts.
+    lab.start_etcd().unwrap();
+    lab.start_srvgate(0).unwrap();
+}
+
+/// Issue 15: a gateway that misses revisions etcd then compacts away resynchronises: gw2
+/// is paused (SIGSTOP) while gw1 changes the table and enough other writes pass that
+/// etcd cannot hold them for gw2's watch, etcd compacts to its latest revision, gw2
+/// resumes: its watch is cancelled as compacted, and it loads the whole table again,
+/// saying so, and ends up with gw1's table.
+#[test]
+fn a_gateway_that_missed_compacted_revisions_resynchronises() {
+    if skip_unless_root("a_gateway_that_missed_compacted_revisions_resynchronises") {
+        return;
+    }
+    require_srvgate_bin();
+    let lab = ClusterLab::new("clc").expect("building the cluster lab");
+    lab.start_etcd().unwrap();
+    lab.start_srvgate(0).unwrap();
+    lab.start_srvgate(1).unwrap();
+    claim(&lab, 0, "ann", "ssh", &format!("{BACKEND}:22"));
+    let seen = time_until(Duration::from_secs(2), || {
+        routes(&lab, 1).contains_key("ann/ssh")
+    });
+    assert!(seen.is_some(), "{}", lab.logs());
+
+    lab.signal_srvgate(1, "STOP").unwrap();
+    let resume = |lab: &ClusterLab| {
+        let _ = lab.signal_srvgate(1, "CONT");
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Writes under the prefix (keys this version ignores) that fill what etcd and the
+        // connection hold for a stopped watcher, so that etcd stops holding them: its
+        // watcher channel takes 1024 responses, the HTTP/2 windows and the sockets ~11 MB
+        // more (~700 of these). 3000 revisions of 16 KiB.
+        let filler = r#"
+import base64, json, urllib.request
+value = base64.b64encode(b"x" * 16384).decode()
+for i in range(3000):
+    key = base64.b64encode(f"/srvgate/filler/{i}".encode()).decode()
+    body = json.dumps({"key": key, "value": value}).encode()
+    urllib.request.urlopen(urllib.request.Request("http://10.210.41.5:2379/v3/kv/put", data=body), timeout=5).read()
+"#;
+        let out = srvgate_tests::run_with_timeout(
+            &mut srvgate_tests::netns_command(&lab.etcd_ns, &["python3", "-c", filler]),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab.etcdctl(&["del", "--prefix", "/srvgate/filler/"])
+            .unwrap();
+        // The table's own changes, behind all of that: gw2 can learn them only anew.
+        claim(&lab, 0, "ben", "ssh", &format!("{BACKEND}:2222"));
+        lab.ctl_ok(0, &["route", "rm", "ann", "--service", "ssh"])
+            .unwrap();
+        let status = lab.etcdctl(&["endpoint", "status", "-w", "json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let revision = v[0]["Status"]["header"]["revision"].as_u64().unwrap();
+        lab.etcdctl(&["compact", &revision.to_string()]).unwrap();
+        revision
+    }));
+    resume(&lab);
+    let revision = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    eprintln!("cluster: compacted to revision {revision} while gw2 was paused");
+
+    let resynced = time_until(Duration::from_secs(20), || {
+        lab.srvgate_log(1)
+            .contains("table resynchronised with etcd")
+    });
+    assert!(
+        resynced.is_some(),
+        "gw2 did not resynchronise\n{}",
+        lab.logs()
+    );
+    eprintln!("cluster: gw2 resynchronised {resynced:?} after it resumed");
+    let agreed = time_until(Duration::from_secs(5), || {
+        let b = routes(&lab, 1);
+        b.contains_key("ben/ssh") && !b.contains_key("ann/ssh") && b == routes(&lab, 0)
+    });
+    assert!(
+        agreed.is_some(),
+        "gw2 never caught up\ngw1 {:?}\ngw2 {:?}\n{}",
+        routes(&lab, 0),
+        routes(&lab, 1),
+        lab.logs()
+    );
+    let log = lab.srvgate_log(1);
+    let line = log
+        .lines()
+        .find(|l| l.contains("table resynchronised with etcd"))
+        .unwrap_or_default();
+    assert!(line.contains("compacted"), "{line}");
+    eprintln!(
+        "cluster: gw2 {}",
+        line.split("INFO").nth(1).unwrap_or(line).trim()
+    );
+}

@@ -411,8 +411,13 @@ fn cluster_line(c: &crate::serve::api::ClusterView) -> String {
             c.error.as_deref().unwrap_or("no answer")
         )
     };
+    let leader = match &c.leader {
+        Some(l) if *l == c.gateway_id => "leader: this gateway (reclaims idle routes)".to_string(),
+        Some(l) => format!("leader: {l} (reclaims idle routes)"),
+        None => "no leader now (idle routes wait)".to_string(),
+    };
     format!(
-        "cluster: gateway {} of [{}], etcd {} {state}, revision {}, last full sync {synced}\n",
+        "cluster: gateway {} of [{}], {leader}, etcd {} {state}, revision {}, last full sync {synced}\n",
         c.gateway_id,
         c.members.join(", "),
         c.endpoints.join(","),
@@ -610,6 +615,7 @@ mod tests {
         r.cluster = Some(crate::serve::api::ClusterView {
             gateway_id: "gw2".into(),
             members: vec!["gw1".into(), "gw2".into()],
+            leader: None,
             endpoints: vec!["http://10.0.0.2:2379".into()],
             connected: false,
             revision: 42,
@@ -620,8 +626,23 @@ mod tests {
         let line = text.lines().nth(1).unwrap();
         assert_eq!(
             line,
-            "cluster: gateway gw2 of [gw1, gw2], etcd http://10.0.0.2:2379 NOT connected (connection refused): changes are refused, revision 42, last full sync never"
+            "cluster: gateway gw2 of [gw1, gw2], no leader now (idle routes wait), etcd http://10.0.0.2:2379 NOT connected (connection refused): changes are refused, revision 42, last full sync never"
         );
+        for (leader, shown) in [
+            ("gw1", "leader: gw1 (reclaims idle routes)"),
+            ("gw2", "leader: this gateway (reclaims idle routes)"),
+        ] {
+            if let Some(c) = r.cluster.as_mut() {
+                c.leader = Some(leader.into());
+                c.connected = true;
+            }
+            let text = render_status(&r);
+            let line = text.lines().nth(1).unwrap();
+            assert!(
+                line.starts_with(&format!("cluster: gateway gw2 of [gw1, gw2], {shown}, etcd http://10.0.0.2:2379 connected,")),
+                "{line}"
+            );
+        }
     }
 
     #[test]

@@ -70,7 +70,8 @@ impl Config {
                 problems.push(FieldError {
                     field: "gateway.public_ipv4".into(),
                     reason: format!(
-                        "{} is an address of the private leg {name:?}; public_ipv4 is the address clients reach on {:?}",
+                        "{} is an address of the private leg {name:?}; public_ipv4 is the address clients reach on {:?} \
+                         (if that one NIC carries both, a one-armed gateway, set public_interface = {name:?} and list it among private_interfaces too)",
                         g.public_ipv4, g.public_interface
                     ),
                 });

@@ -204,14 +204,50 @@ fn gateway_fields_are_checked() {
     let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
     assert!(fields.contains(&"gateway.public_ipv4"), "{fields:?}");
     assert!(fields.contains(&"gateway.port_range"), "{fields:?}");
+    // eth0, the public interface, may be a private leg too (one-armed); eth1 twice may not.
     assert!(
-        fields.contains(&"gateway.private_interfaces[2]"),
+        !fields.contains(&"gateway.private_interfaces[2]"),
         "{fields:?}"
     );
     assert!(
         fields.contains(&"gateway.private_interfaces[3]"),
         "{fields:?}"
     );
+}
+
+/// One NIC carrying the public address and the private network (a VM, a club machine on
+/// a campus LAN): the public interface listed among the private ones is one leg with both
+/// roles, and the public address on it is where it belongs.
+#[test]
+fn a_one_armed_gateway_is_one_leg_with_both_roles() {
+    let one_armed = GOOD.replace("[\"eth1\"]", "[\"eth0\"]");
+    let c = parse(&one_armed).unwrap();
+    assert_eq!(
+        crate::kernel::dataplane::leg_roles(&c.gateway),
+        [(
+            "eth0".to_string(),
+            lb_common::ROLE_PUBLIC | lb_common::ROLE_PRIVATE
+        )]
+    );
+    let mut m = machine();
+    m.interfaces[1].ipv4.push("10.0.0.1".parse().unwrap());
+    assert_eq!(c.check_against(&m), (vec![], vec![]));
+    // With a second private leg, that one is private only.
+    let c = parse(&GOOD.replace("[\"eth1\"]", "[\"eth0\", \"eth1\"]")).unwrap();
+    assert_eq!(
+        crate::kernel::dataplane::leg_roles(&c.gateway),
+        [
+            (
+                "eth0".to_string(),
+                lb_common::ROLE_PUBLIC | lb_common::ROLE_PRIVATE
+            ),
+            ("eth1".to_string(), lb_common::ROLE_PRIVATE)
+        ]
+    );
+    // No private leg at all says how a one-armed gateway is written.
+    let p = problems(&GOOD.replace("[\"eth1\"]", "[]"));
+    assert_eq!(p[0].field, "gateway.private_interfaces");
+    assert!(p[0].reason.contains("one-armed"), "{}", p[0]);
 }
 
 #[test]
@@ -259,6 +295,29 @@ fn port_ranges() {
     assert!("0-10".parse::<PortRange>().is_err());
     assert!("10".parse::<PortRange>().is_err());
     assert!("10-70000".parse::<PortRange>().is_err());
+}
+
+#[test]
+fn reclaim_after_with_cluster_is_at_least_a_minute() {
+    let text = |after: &str| {
+        format!(
+            "{}[cluster]\netcd = [\"http://10.0.0.2:2379\"]\ngateway_id = \"gw1\"\n",
+            GOOD.replacen(
+                "[gateway]\n",
+                &format!("[gateway]\nreclaim_after = \"{after}\"\n"),
+                1
+            )
+        )
+    };
+    let c = parse(&text("14d")).unwrap();
+    assert_eq!(
+        c.gateway.reclaim_after,
+        Some(Duration::from_secs(14 * 86400))
+    );
+    assert!(c.cluster.is_some());
+    let p = problems(&text("30s"));
+    assert_eq!(p[0].field, "gateway.reclaim_after", "{p:?}");
+    assert!(p[0].reason.contains("[cluster]"), "{p:?}");
 }
 
 #[test]

@@ -10,6 +10,11 @@ use std::{
 use super::*;
 use crate::table::routes::{RouteError, RouteTable, Source};
 
+/// The shortest `reclaim_after` with `[cluster]`: last-seen times travel between gateways
+/// every 10 s (and the counters are read every 5 s), so the reclaiming gateway's view of
+/// another's traffic is up to ~15 s old; a minute leaves room.
+const MIN_CLUSTER_RECLAIM: Duration = Duration::from_secs(60);
+
 /// Parses a list of `address:port` strings; each bad one is reported as `field[N]`.
 pub(super) fn socket_addrs(
     list: &[String],
@@ -96,17 +101,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     if g.private_interfaces.is_empty() {
         bad(
             "gateway.private_interfaces",
-            "is empty; list the interfaces toward the backends".into(),
+            format!(
+                "is empty; list the interfaces toward the backends (on a one-armed gateway, whose one NIC carries both, list {:?} here too)",
+                g.public_interface
+            ),
         );
     }
+    // The public interface may be a private leg too: a one-armed gateway (a VM, a club
+    // machine on a campus LAN) whose one NIC carries the public address and the backends.
     for (i, name) in g.private_interfaces.iter().enumerate() {
         let field = format!("gateway.private_interfaces[{}]", i + 1);
-        if name == &g.public_interface {
-            bad(
-                &field,
-                format!("{name:?} is also the public interface; a leg is one or the other"),
-            );
-        } else if g.private_interfaces[..i].contains(name) {
+        if g.private_interfaces[..i].contains(name) {
             bad(&field, format!("{name:?} is listed twice"));
         } else if name.trim().is_empty() {
             bad(&field, "is empty".into());
@@ -145,12 +150,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     };
     let reclaim_after = match g.reclaim_after.as_deref().map(parse_duration) {
         None => None,
-        Some(Ok(_)) if raw.cluster.is_some() => {
-            // Each gateway sees only the traffic through itself: one would reclaim a route
-            // in use through another.
+        Some(Ok(d)) if raw.cluster.is_some() && d < MIN_CLUSTER_RECLAIM => {
+            // Last-seen times reach the reclaiming gateway a pass or two late.
             bad(
                 "gateway.reclaim_after",
-                "is not supported with [cluster] yet (a gateway sees only its own traffic, so it would reclaim routes in use through another); remove it".into(),
+                format!("is shorter than {} with [cluster]: gateways share their last-seen times every 10 s, so a shorter one could reclaim a route in use through another gateway", crate::config::format_duration(MIN_CLUSTER_RECLAIM)),
             );
             None
         }

@@ -28,7 +28,7 @@ use crate::{
     serve::portal::PortalServer,
     table::cluster::{EtcdStore, Remote},
     table::routes::{Diff, RouteTable, Source},
-    table::state::{StateStore, Store, StoredRoute},
+    table::state::{StateError, StateStore, Store, StoredRoute},
 };
 
 use super::control::{scrape, Handle};
@@ -116,7 +116,20 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let public_ipv4 = cfg.gateway.public_ipv4;
     let (mut store, _local): (Box<dyn Store>, Option<StateStore>) = match &cfg.cluster {
         None => (Box::new(local), None),
-        Some(cluster) => (Box::new(EtcdStore::connect(cluster)?), Some(local)),
+        Some(cluster) => {
+            let store = EtcdStore::connect(cluster).map_err(|e| match e {
+                StateError::Unavailable {
+                    endpoints,
+                    action,
+                    reason,
+                } => DaemonError::ClusterUnreachable {
+                    endpoints,
+                    reason: format!("{action}: {reason}"),
+                },
+                other => other.into(),
+            })?;
+            (Box::new(store), Some(local))
+        }
     };
     let stored = store.load_routes(public_ipv4)?;
     let mut users = store.load_accounts()?;

@@ -55,7 +55,6 @@ impl Core {
             dns: None,
             http: None,
             https: None,
-            store,
             gateway: cfg.gateway.clone(),
             started: Config {
                 routes: Vec::new(),
@@ -72,6 +71,11 @@ impl Core {
             http_service: cfg.http.as_ref().map(|h| h.service.clone()),
             https_service: cfg.https.as_ref().map(|h| h.service.clone()),
             traffic: Arc::default(),
+            shared: store.cluster().is_some(),
+            own_seen: HashMap::new(),
+            published: HashMap::new(),
+            last_publish: None,
+            store,
         }
     }
 
@@ -600,6 +604,9 @@ impl Core {
             })
             .collect();
         for (key, source, at) in seen {
+            if source == Source::Runtime {
+                self.note_own_seen(&key, at);
+            }
             if self.table.note_activity(&key, at) && source == Source::Runtime {
                 self.activity_unsaved = true;
             }
@@ -612,10 +619,14 @@ impl Core {
         self.after_activity();
     }
 
-    /// The periodic pass after the last-seen times are in: reclaim, cool-downs, the state
-    /// file.
+    /// The periodic pass after the last-seen times are in: reclaim (alone, or as the
+    /// gateway elected to), cool-downs, the state file, last-seen times for the others.
     pub(super) fn after_activity(&mut self) {
-        if let Some(after) = self.gateway.reclaim_after {
+        let reclaim_after = self
+            .gateway
+            .reclaim_after
+            .filter(|_| self.store.may_reclaim());
+        if let Some(after) = reclaim_after {
             let now = self.clock.now();
             let idle = idle_routes(self.table.entries(), now, after);
             if !idle.is_empty() {
@@ -632,6 +643,7 @@ impl Core {
                 warn!("saving last-seen times: {e}");
             }
         }
+        self.publish_seen();
     }
 
     /// Applies what another gateway changed in the shared table (from the watch): the
@@ -641,28 +653,47 @@ impl Core {
         match remote {
             Remote::Routes { changes, .. } => self.apply_shared(changes),
             Remote::Accounts { revision, users } => self.adopt_accounts(users, revision),
+            Remote::Seen(seen) => self.note_remote_seen(seen),
             Remote::Resync {
                 revision,
                 routes,
                 accounts,
+                why,
             } => {
+                let seen: Vec<(config::RouteKey, SystemTime)> = routes
+                    .iter()
+                    .filter_map(|s| Some((s.route.key(), s.last_seen?)))
+                    .collect();
+                // Routes this gateway changed after the table was read: its own view is
+                // newer than the table's (and the watch does not bring them back).
+                let mine: std::collections::HashSet<config::RouteKey> =
+                    self.store.written_since(revision).into_iter().collect();
                 let keep: std::collections::HashSet<config::RouteKey> =
                     routes.iter().map(|s| s.route.key()).collect();
                 let mut changes: Vec<RouteChange> = self
                     .table
                     .entries()
-                    .filter(|e| e.source == Source::Runtime && !keep.contains(&e.route.key()))
+                    .filter(|e| {
+                        let k = e.route.key();
+                        e.source == Source::Runtime && !keep.contains(&k) && !mine.contains(&k)
+                    })
                     .map(|e| RouteChange::Delete(e.route.key()))
                     .collect();
-                changes.extend(routes.into_iter().map(RouteChange::Put));
+                changes.extend(
+                    routes
+                        .into_iter()
+                        .filter(|s| !mine.contains(&s.route.key()))
+                        .map(RouteChange::Put),
+                );
                 self.apply_shared(changes);
+                self.note_remote_seen(seen);
                 if let Some((users, revision)) = accounts {
                     self.adopt_accounts(users, revision);
                 }
                 info!(
                     revision,
                     routes = self.table.len(),
-                    "cluster: table resynchronised with etcd"
+                    "cluster: table resynchronised with etcd ({why})"
                 );
             }
         }
@@ -709,7 +740,10 @@ impl Core {
         }
         for s in puts {
             let key = s.route.key();
-            match self.table.insert(s.route, Source::Runtime, s.added, None) {
+            match self
+                .table
+                .insert(s.route, Source::Runtime, s.added, s.last_seen)
+            {
                 Ok(e) => diff.added.push(e),
                 Err(e) => {
                     error!(route = %key, "cluster: the shared table's {key} is not forwarded here: {e}")
@@ -754,19 +788,36 @@ impl Core {
                 diff.removed.push(e);
             }
         }
-        // Unlike a user's `rm`, a reclaim the file did not record is still carried out: the
-        // whole file is written on a later pass, and a restart in between would reclaim
-        // again.
         let deleted: Vec<RouteChange> = diff
             .removed
             .iter()
             .map(|e| RouteChange::Delete(e.route.key()))
             .collect();
-        if let Err(e) = self.record(&deleted) {
-            error!("reclaim: {e}");
-            self.activity_unsaved = true;
+        let table = &self.table;
+        match self.store.reclaim(&deleted, &|| stored_routes(table)) {
+            Ok(commit) => self.unflushed.push(commit),
+            // A shared store's refusal stands: another gateway leads now (and decides
+            // with its own view), or etcd is away. Every route goes back in its slot.
+            Err(e) if self.shared => {
+                for gone in diff.removed {
+                    let key = gone.route.key();
+                    if let Err(e) = self.table.restore(gone) {
+                        error!("reclaim: putting {key} back: {e}");
+                    }
+                }
+                warn!("reclaim not carried out: {e}");
+                return;
+            }
+            // Unlike a user's `rm`, a reclaim the file did not record is still carried
+            // out: the whole file is written on a later pass, and a restart in between
+            // would reclaim again.
+            Err(e) => {
+                error!("reclaim: {e}");
+                self.activity_unsaved = true;
+            }
         }
         self.flush_here("reclaim");
+        self.sync_serial();
         if let Err(e) = self.dataplane.apply(&self.table, &diff) {
             error!("reclaim: updating the BPF maps failed: {e}");
         }

@@ -81,7 +81,11 @@ impl Rig {
     }
 
     fn with_gateway(table: RouteTable, maps: FakeDataplane, gateway: Gateway) -> Rig {
-        let store = FakeStore::new();
+        Rig::on(table, maps, gateway, FakeStore::new())
+    }
+
+    /// A core over `store` as it is (shared or not).
+    fn on(table: RouteTable, maps: FakeDataplane, gateway: Gateway, store: FakeStore) -> Rig {
         let cfg = Config {
             gateway,
             ..config(Vec::new())
@@ -936,14 +940,24 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
     );
 
     // A resynchronisation makes the runtime routes exactly the store's.
+    let seen = SystemTime::now() - Duration::from_secs(600);
     rig.core.apply_remote(Remote::Resync {
         revision: 20,
         routes: vec![
-            stored("bob", 30002, "10.0.0.12:22"),
+            StoredRoute {
+                last_seen: Some(seen),
+                ..stored("bob", 30002, "10.0.0.12:22")
+            },
             stored("frank", 30005, "10.0.0.16:22"),
         ],
         accounts: None,
+        why: "a test".into(),
     });
+    assert_eq!(
+        rig.entry("bob").unwrap().last_seen,
+        Some(seen),
+        "the latest time any gateway published, for a route already held"
+    );
     let mut runtime: Vec<String> = rig
         .core
         .table
@@ -959,4 +973,151 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
     );
     let entries: Vec<Entry> = rig.core.table.entries().cloned().collect();
     assert!(rig.maps.maps().holds_exactly(entries.iter()));
+}
+
+/// [`old_table`] over a shared store (as with `[cluster]`), reclaim switched on after
+/// start; `follower`: another gateway leads.
+fn old_shared_rig(follower: bool) -> Rig {
+    let store = FakeStore::new();
+    store.state().shared = true;
+    store.state().follower = follower;
+    let mut gw = gateway();
+    gw.reclaim_after = None;
+    let mut rig = Rig::on(old_table(), FakeDataplane::new(), gw, store);
+    rig.core.gateway.reclaim_after = Some(DAY);
+    rig
+}
+
+fn key(name: &str) -> config::RouteKey {
+    config::RouteKey {
+        name: name.into(),
+        service: "ssh".into(),
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// `[cluster]`: a route in use through another gateway (its published last-seen time) is
+/// never reclaimed; an idle one is reclaimed only by the elected gateway, through the
+/// store, and every gateway's table, maps and store agree afterwards.
+#[test]
+fn only_the_elected_gateway_reclaims_and_with_every_gateways_last_seen() {
+    let mut rig = old_shared_rig(true);
+    // alice's traffic goes through gw2 only: an hour ago, as gw2 published.
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    rig.core
+        .apply_remote(Remote::Seen(vec![(key("alice"), hour_ago)]));
+    assert_eq!(rig.entry("alice").unwrap().last_seen, Some(hour_ago));
+    // Not the leader: bob, idle for three days, stays.
+    rig.core.observe();
+    assert!(rig.entry("bob").is_some(), "only the leader reclaims");
+    rig.assert_agree();
+
+    // Leading now: bob goes, alice (in use through gw2) stays.
+    rig.store.state().follower = false;
+    rig.core.observe();
+    assert!(rig.entry("bob").is_none());
+    assert!(
+        rig.entry("alice").is_some(),
+        "in use through another gateway"
+    );
+    assert!(rig.entry("admin").is_some());
+    rig.assert_agree();
+    // Another gateway applies the reclaim through the watch like any removal.
+    let mut other = old_shared_rig(true);
+    other
+        .core
+        .apply_remote(Remote::Seen(vec![(key("alice"), hour_ago)]));
+    other.core.apply_remote(Remote::Routes {
+        revision: 9,
+        changes: vec![RouteChange::Delete(key("bob"))],
+    });
+    let names = |r: &Rig| -> Vec<String> {
+        let mut n: Vec<String> = r
+            .core
+            .table
+            .entries()
+            .map(|e| e.route.name.clone())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&rig), names(&other));
+}
+
+/// `[cluster]`: a reclaim the shared store refuses (the lead moved a moment ago, or etcd
+/// is away) is undone: the route is back in the table and the maps, nothing half-done.
+#[test]
+fn a_reclaim_the_shared_store_refuses_is_undone() {
+    let mut rig = old_shared_rig(false);
+    rig.store.state().unreachable = true;
+    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    rig.core.observe();
+    assert!(rig.entry("alice").is_some() && rig.entry("bob").is_some());
+    let after: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    assert_eq!(before, after, "each route back in its own slot");
+    assert!(rig.maps.maps().holds_exactly(after.iter()));
+    rig.store.state().unreachable = false;
+    rig.core.observe();
+    assert!(rig.entry("alice").is_none() && rig.entry("bob").is_none());
+    rig.assert_agree();
+}
+
+/// `[cluster]`: each gateway publishes its own counters' last-seen times, only routes whose
+/// time moved by the grain (a hundredth of `reclaim_after`), never another gateway's.
+#[test]
+fn own_last_seen_times_are_published_coarsely() {
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    std::fs::write(&offset, "0").unwrap();
+    let store = FakeStore::new();
+    store.state().shared = true;
+    let mut rig = Rig::on(RouteTable::new(), FakeDataplane::new(), gateway(), store);
+    rig.core.clock = Clock::new(Some(offset.clone()));
+    rig.core.add(request("alice", "10.0.0.11:22")).unwrap();
+    rig.core.add(request("bob", "10.0.0.12:22")).unwrap();
+    let alice = rig.entry("alice").unwrap().id;
+    let active = |rig: &Rig, secs: u64| {
+        rig.maps.maps().counters.insert(
+            alice,
+            Counters {
+                idle: Some(Duration::from_secs(secs)),
+                ..Counters::default()
+            },
+        );
+    };
+    active(&rig, 5);
+    // bob is in use through another gateway only: never published from here.
+    rig.core
+        .apply_remote(Remote::Seen(vec![(key("bob"), SystemTime::now())]));
+    let publish = |rig: &mut Rig| {
+        rig.core.last_publish = None;
+        rig.core.observe();
+    };
+    publish(&mut rig);
+    let published = rig.store.state().published.clone();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0].len(), 1, "{published:?}");
+    assert_eq!(published[0][0].0, key("alice"));
+    // Within the publishing interval: nothing more, whatever moved.
+    rig.core.observe();
+    assert_eq!(rig.store.state().published.len(), 1);
+    // Moved by less than the grain (864 s with reclaim_after 1d): not written again.
+    active(&rig, 1);
+    publish(&mut rig);
+    assert_eq!(rig.store.state().published.len(), 1);
+    // An hour later, still in use: written again.
+    std::fs::write(&offset, "1h").unwrap();
+    publish(&mut rig);
+    let published = rig.store.state().published.clone();
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert_eq!(published[1].len(), 1);
+    assert_eq!(published[1][0].0, key("alice"));
+    assert!(published[1][0].1 >= published[0][0].1 + Duration::from_secs(3590));
+    // etcd away: tried again at the next pass, nothing lost.
+    std::fs::write(&offset, "2h").unwrap();
+    rig.store.state().unreachable = true;
+    publish(&mut rig);
+    rig.store.state().unreachable = false;
+    publish(&mut rig);
+    assert_eq!(rig.store.state().published.len(), 3);
 }

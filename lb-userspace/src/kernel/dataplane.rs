@@ -42,7 +42,7 @@ use aya::{
 };
 use lb_common::{
     counter, Backend, Interface, LegSlot, ReverseKey, ReverseValue, RouteCounters, Settings,
-    CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, ROLE_PUBLIC,
+    CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, ROLE_PRIVATE, ROLE_PUBLIC,
 };
 
 pub use maps::RouteCounterMap;
@@ -51,7 +51,7 @@ pub use pins::{remove_pins, RemovedPins, DEFAULT_PIN_DIR};
 use maps::Plain;
 
 use crate::{
-    config::Protocol,
+    config::{Gateway, Protocol},
     table::routes::{Diff, Entry, RouteTable},
 };
 
@@ -138,7 +138,8 @@ pub struct Leg {
 }
 
 impl Leg {
-    /// `public` or `private`, for logs and metrics.
+    /// `public`, `private` or `public+private` (a one-armed gateway's one NIC), for logs
+    /// and metrics.
     pub fn role_name(&self) -> &'static str {
         role_name(self.role)
     }
@@ -312,11 +313,25 @@ pub struct XdpDataplane {
 }
 
 fn role_name(role: u8) -> &'static str {
-    if role == ROLE_PUBLIC {
-        "public"
-    } else {
-        "private"
+    match (role & ROLE_PUBLIC != 0, role & ROLE_PRIVATE != 0) {
+        (true, true) => "public+private",
+        (true, false) => "public",
+        _ => "private",
     }
+}
+
+/// The legs of `gw` by name, in the config's order, each once with its roles: the public
+/// interface, then the private ones. A one-armed gateway lists its one NIC as both, and
+/// gets one leg with both roles (one attachment, one `INTERFACES` entry).
+pub fn leg_roles(gw: &Gateway) -> Vec<(String, u8)> {
+    let mut legs: Vec<(String, u8)> = vec![(gw.public_interface.clone(), ROLE_PUBLIC)];
+    for name in &gw.private_interfaces {
+        match legs.iter_mut().find(|(n, _)| n == name) {
+            Some((_, role)) => *role |= ROLE_PRIVATE,
+            None => legs.push((name.clone(), ROLE_PRIVATE)),
+        }
+    }
+    legs
 }
 
 /// The counters' names for logs and metrics.

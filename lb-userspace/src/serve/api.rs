@@ -97,6 +97,9 @@ pub struct ClusterView {
     /// The gateways that announce themselves in the store now (this one included when
     /// connected), by `gateway_id`.
     pub members: Vec<String>,
+    /// The gateway that reclaims idle routes for the cluster (`None`: none known now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
     pub endpoints: Vec<String>,
     /// Whether the watch on the shared table is running.
     pub connected: bool,

@@ -15,6 +15,13 @@
 //! table again, with back-off, and hands it over as one [`Remote::Resync`]; the watch then
 //! follows from that revision. A gateway's own changes come back through the watch too:
 //! their revisions are remembered and skipped, so a late echo never undoes a later change.
+//!
+//! Activity and reclaim: each gateway publishes its own last-seen times (`publish_seen`,
+//! called coarsely by the daemon) and follows the others' through the same watch
+//! ([`Remote::Seen`]), so every table holds the latest time across gateways. One gateway,
+//! the holder of the `leader` key (taken on its announcement's lease), reclaims idle
+//! routes, and its removal is fenced by that key: a gateway that lost the lead while it
+//! decided cannot remove anything.
 
 pub mod keys;
 
@@ -31,8 +38,8 @@ use std::{
 };
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
+    Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::{runtime::Runtime, sync::mpsc};
 use tracing::{error, info, warn};
@@ -54,6 +61,11 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 const PAGE: i64 = 1000;
 /// Routes per transaction (3 keys each); etcd's default `--max-txn-ops` is 128.
 const ROUTES_PER_TXN: usize = 40;
+/// Routes per removal (4 operations each: the route, its port, its backend, its last-seen
+/// times).
+const DELETES_PER_TXN: usize = 30;
+/// Last-seen times per transaction (each a nested transaction of one compare and one put).
+const SEEN_PER_TXN: usize = 100;
 /// The announcement's lease: a gateway that stops renewing it leaves the member list
 /// after this long.
 const MEMBER_TTL: i64 = 10;
@@ -71,12 +83,16 @@ pub enum Remote {
         revision: i64,
         users: Users,
     },
-    /// The whole table at `revision`, after the watch was lost: the daemon makes its
-    /// runtime routes exactly these. `accounts` is `None` when none are stored.
+    /// Other gateways' last-seen times of routes (the latest packet each of them saw).
+    Seen(Vec<(RouteKey, SystemTime)>),
+    /// The whole table at `revision`, after the watch was lost (`why`): the daemon makes its
+    /// runtime routes exactly these, with the latest last-seen time any gateway
+    /// published. `accounts` is `None` when none are stored.
     Resync {
         revision: i64,
         routes: Vec<StoredRoute>,
         accounts: Option<(Users, i64)>,
+        why: String,
     },
 }
 
@@ -92,6 +108,9 @@ struct Status {
     last_sync: Mutex<Option<SystemTime>>,
     error: Mutex<Option<String>>,
     members: Mutex<BTreeSet<String>>,
+    /// The gateway that holds the `leader` key, as last read or watched; `None` while
+    /// unknown (no one holds it, or the watch is lost).
+    leader: Mutex<Option<String>>,
     own: Mutex<OwnWrites>,
 }
 
@@ -101,19 +120,45 @@ struct OwnWrites {
     pending: HashSet<i64>,
     /// The highest revision the watch has delivered (or the last load's).
     watched: i64,
+    /// The routes each own write touched, by revision, kept while a resync's table (read
+    /// at `resync`) may still be on its way to the daemon: writes after that revision
+    /// are not in it, and the watch skips them, so the daemon must keep its own view of
+    /// those routes (see [`Store::written_since`]).
+    recent: std::collections::BTreeMap<i64, Vec<RouteKey>>,
+    resync: Option<i64>,
 }
 
 impl Status {
     /// Remembers a revision this gateway wrote, unless the watch is already past it (its
     /// echo was then applied already, harmlessly: it changed nothing).
-    fn wrote(&self, revision: i64) {
+    fn wrote(&self, revision: i64, keys: Vec<RouteKey>) {
         let mut own = lock(&self.own);
         if revision > own.watched {
             own.pending.insert(revision);
         }
+        if own.resync.is_some_and(|r| revision > r) || revision > own.watched {
+            own.recent.insert(revision, keys);
+        }
         drop(own);
         self.revision.fetch_max(revision, Ordering::SeqCst);
         self.changed.fetch_max(revision, Ordering::SeqCst);
+    }
+
+    /// The routes this gateway wrote after `revision`; the resync at `revision` is then
+    /// applied, and what the watch passed is forgotten.
+    fn written_since(&self, revision: i64) -> Vec<RouteKey> {
+        let mut own = lock(&self.own);
+        let keys = own
+            .recent
+            .range(revision + 1..)
+            .flat_map(|(_, k)| k.iter().cloned())
+            .collect();
+        if own.resync == Some(revision) {
+            own.resync = None;
+            let watched = own.watched;
+            own.recent = own.recent.split_off(&(watched + 1));
+        }
+        keys
     }
 
     fn is_own(&self, revision: i64) -> bool {
@@ -126,12 +171,16 @@ impl Status {
         own.watched = own.watched.max(revision);
         let watched = own.watched;
         own.pending.retain(|&r| r > watched);
+        let keep_after = own.resync.map_or(watched, |r| r.min(watched));
+        own.recent = own.recent.split_off(&(keep_after + 1));
         drop(own);
         self.revision.fetch_max(revision, Ordering::SeqCst);
     }
 
     fn lost(&self, why: String) {
         self.connected.store(false, Ordering::SeqCst);
+        // Whoever leads now, this gateway cannot tell: it must not act as the leader.
+        *lock(&self.leader) = None;
         *lock(&self.error) = Some(why);
     }
 
@@ -142,6 +191,29 @@ impl Status {
         *lock(&self.members) = members;
         *lock(&self.error) = None;
         self.connected.store(true, Ordering::SeqCst);
+    }
+
+    /// Records who leads (logged when it changes).
+    fn set_leader(&self, leader: Option<String>, own: &str) {
+        let mut l = lock(&self.leader);
+        if *l == leader {
+            return;
+        }
+        match &leader {
+            Some(id) if id == own => {
+                info!(leader = %id, "cluster: this gateway is the leader now: it reclaims idle routes for the cluster")
+            }
+            Some(id) => {
+                info!(leader = %id, "cluster: {id} is the leader (it reclaims idle routes)")
+            }
+            None => info!("cluster: no gateway leads for now; idle routes wait"),
+        }
+        *l = leader;
+    }
+
+    /// Whether this gateway is the one that reclaims: connected and holding the key.
+    fn leads(&self, own: &str) -> bool {
+        self.connected.load(Ordering::SeqCst) && lock(&self.leader).as_deref() == Some(own)
     }
 }
 
@@ -158,6 +230,25 @@ struct Snapshot {
     members: BTreeSet<String>,
     /// The revision of the last change to the table.
     changed: i64,
+    /// Every gateway's last-seen times: route, gateway, time.
+    seen: Vec<(RouteKey, String, SystemTime)>,
+    leader: Option<String>,
+}
+
+/// Gives each route the latest last-seen time any gateway published for it (a route never
+/// seen keeps what it had).
+pub fn merge_seen(routes: &mut [StoredRoute], seen: &[(RouteKey, String, SystemTime)]) {
+    let mut latest: std::collections::HashMap<&RouteKey, SystemTime> =
+        std::collections::HashMap::new();
+    for (k, _, at) in seen {
+        let t = latest.entry(k).or_insert(*at);
+        *t = (*t).max(*at);
+    }
+    for r in routes {
+        if let Some(&at) = latest.get(&r.route.key()) {
+            r.last_seen = Some(r.last_seen.map_or(at, |t| t.max(at)));
+        }
+    }
 }
 
 /// The shared table in etcd, for one gateway.
@@ -206,22 +297,35 @@ impl EtcdStore {
             // seconds instead of TCP's minutes.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
         let urls = cluster.etcd.clone();
-        let client = run(&rt, async move {
+        let connected = run(&rt, async move {
             tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(urls, Some(options)))
                 .await
                 .map_err(|_| "no answer".to_string())?
                 .map_err(|e| describe(&e))
         })
-        .map_err(|e| unavailable("connect", e))?;
-        let mut reader = client.clone();
-        let snapshot = run(&rt, async move { load(&mut reader).await })
-            .map_err(|e| unavailable("load the shared table", e))?;
+        .map_err(|e| ("connect", e))
+        .and_then(|client| {
+            let mut reader = client.clone();
+            run(&rt, async move { load(&mut reader).await })
+                .map(|snapshot| (client, snapshot))
+                .map_err(|e| ("load the shared table", e))
+        });
+        let (client, snapshot) = match connected {
+            Ok(c) => c,
+            Err((action, reason)) => {
+                // Dropping a runtime blocks, which tokio refuses on the async thread the
+                // daemon starts on (see `Drop`).
+                rt.shutdown_background();
+                return Err(unavailable(action, reason));
+            }
+        };
         let status = Arc::new(Status::default());
         status.synced(
             snapshot.revision,
             snapshot.changed,
             snapshot.members.clone(),
         );
+        status.set_leader(snapshot.leader.clone(), &cluster.gateway_id);
         let accounts_rev = snapshot.accounts.as_ref().map_or(0, |(_, r)| *r);
         info!(
             endpoints,
@@ -359,9 +463,10 @@ impl EtcdStore {
         })
     }
 
-    /// Deletes the routes `gone` with their port and backend keys. A route already gone
-    /// (another gateway removed it) is left alone.
-    fn delete_routes(&self, gone: &[&RouteKey]) -> Result<Option<i64>, StateError> {
+    /// Deletes the routes `gone` with their port and backend keys and every gateway's
+    /// last-seen time of them. A route already gone (another gateway removed it) is left
+    /// alone. `fenced`: only while this gateway holds the `leader` key (a reclaim).
+    fn delete_routes(&self, gone: &[&RouteKey], fenced: bool) -> Result<Option<i64>, StateError> {
         let route_keys: Vec<String> = gone.iter().map(|k| keys::route_key(k)).collect();
         let reads: Vec<TxnOp> = route_keys
             .iter()
@@ -393,6 +498,10 @@ impl EtcdStore {
                 kv.mod_revision(),
             ));
             ops.push(TxnOp::delete(key.clone(), None));
+            ops.push(TxnOp::delete(
+                keys::seen_prefix(&k),
+                Some(DeleteOptions::new().with_prefix()),
+            ));
             if let Some(s) = route {
                 ops.push(TxnOp::delete(
                     keys::port_key(s.route.port, k.protocol),
@@ -405,13 +514,25 @@ impl EtcdStore {
             return Ok(None);
         }
         ops.push(TxnOp::put(keys::changed_key(), "", None));
+        if fenced {
+            compares.push(Compare::value(
+                keys::leader_key(),
+                CompareOp::Equal,
+                self.cluster.gateway_id.clone(),
+            ));
+        }
         let txn = Txn::new().when(compares).and_then(ops);
         let resp = self.call("remove the route", move |mut c| {
             Box::pin(async move { c.txn(txn).await })
         })?;
         if !resp.succeeded() {
+            let reason = if fenced {
+                "changed by another gateway meanwhile, or this gateway no longer leads; left to the leader"
+            } else {
+                "changed by another gateway meanwhile; try again"
+            };
             return Err(StateError::Refused {
-                reason: "changed by another gateway meanwhile; try again".into(),
+                reason: reason.into(),
                 taken: Vec::new(),
             });
         }
@@ -424,16 +545,20 @@ impl Store for EtcdStore {
         format!("etcd {} (keys under {})", self.endpoints, keys::PREFIX)
     }
 
+    /// The shared routes, each with the latest last-seen time any gateway published.
     fn load_routes(&self, public_ipv4: Ipv4Addr) -> Result<Vec<StoredRoute>, StateError> {
         let Some(s) = &self.initial else {
             return Ok(Vec::new());
         };
-        keys::decode_routes(&self.location(), &s.routes, public_ipv4).map_err(|reason| {
-            StateError::Corrupt {
-                path: self.location().into(),
-                reason,
-            }
-        })
+        let mut routes =
+            keys::decode_routes(&self.location(), &s.routes, public_ipv4).map_err(|reason| {
+                StateError::Corrupt {
+                    path: self.location().into(),
+                    reason,
+                }
+            })?;
+        merge_seen(&mut routes, &s.seen);
+        Ok(routes)
     }
 
     /// Nothing to do: the shared table is written change by change ([`Store::record`]),
@@ -465,15 +590,78 @@ impl Store for EtcdStore {
             .collect();
         for chunk in puts.chunks(ROUTES_PER_TXN) {
             let revision = self.put_routes(chunk)?;
-            self.status.wrote(revision);
+            self.status
+                .wrote(revision, chunk.iter().map(|s| s.route.key()).collect());
         }
-        for chunk in deletes.chunks(ROUTES_PER_TXN) {
-            if let Some(revision) = self.delete_routes(chunk)? {
-                self.status.wrote(revision);
+        for chunk in deletes.chunks(DELETES_PER_TXN) {
+            if let Some(revision) = self.delete_routes(chunk, false)? {
+                self.status
+                    .wrote(revision, chunk.iter().map(|&k| k.clone()).collect());
             }
         }
         // etcd answers once the change is committed by a quorum: nothing left to wait for.
         Ok(Commit::done())
+    }
+
+    /// Removes idle routes, only while this gateway leads (the `leader` key is fenced in
+    /// the transaction, so a gateway that lost the lead a moment ago removes nothing).
+    fn reclaim(
+        &mut self,
+        changes: &[RouteChange],
+        _all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        let gone: Vec<&RouteKey> = changes
+            .iter()
+            .filter_map(|c| match c {
+                RouteChange::Delete(k) => Some(k),
+                RouteChange::Put(_) => None,
+            })
+            .collect();
+        for chunk in gone.chunks(DELETES_PER_TXN) {
+            if let Some(revision) = self.delete_routes(chunk, true)? {
+                self.status
+                    .wrote(revision, chunk.iter().map(|&k| k.clone()).collect());
+            }
+        }
+        Ok(Commit::done())
+    }
+
+    fn may_reclaim(&self) -> bool {
+        self.status.leads(&self.cluster.gateway_id)
+    }
+
+    fn written_since(&mut self, revision: i64) -> Vec<RouteKey> {
+        self.status.written_since(revision)
+    }
+
+    /// Puts this gateway's last-seen times, each only while its route exists (a nested
+    /// transaction per route), so a time published just after a removal leaves nothing
+    /// behind. Refused at once while the watch is lost: the daemon tries again later.
+    fn publish_seen(&mut self, seen: &[(RouteKey, SystemTime)]) -> Result<(), StateError> {
+        if !self.status.connected.load(Ordering::SeqCst) {
+            return Err(self.unavailable("publish last-seen times", "not connected".into()));
+        }
+        for chunk in seen.chunks(SEEN_PER_TXN) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, at)| {
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::version(keys::route_key(k), CompareOp::Greater, 0)])
+                            .and_then([TxnOp::put(
+                                keys::seen_key(k, &self.cluster.gateway_id),
+                                keys::encode_seen(*at),
+                                None,
+                            )]),
+                    )
+                })
+                .collect();
+            let txn = Txn::new().and_then(ops);
+            self.call("publish last-seen times", move |mut c| {
+                Box::pin(async move { c.txn(txn).await })
+            })?;
+        }
+        Ok(())
     }
 
     fn load_accounts(&self) -> Result<Users, StateError> {
@@ -507,7 +695,7 @@ impl Store for EtcdStore {
         }
         let revision = resp.header().map_or(0, |h| h.revision());
         self.accounts_rev = revision;
-        self.status.wrote(revision);
+        self.status.wrote(revision, Vec::new());
         Ok(())
     }
 
@@ -538,6 +726,11 @@ impl Store for EtcdStore {
         Some(ClusterView {
             gateway_id: self.cluster.gateway_id.clone(),
             members: lock(&s.members).iter().cloned().collect(),
+            leader: if connected {
+                lock(&s.leader).clone()
+            } else {
+                None
+            },
             endpoints: self.cluster.etcd.clone(),
             connected,
             revision: s.changed.load(Ordering::SeqCst),
@@ -597,6 +790,8 @@ async fn load(client: &mut Client) -> Result<Snapshot, String> {
         accounts: None,
         members: BTreeSet::new(),
         changed: 0,
+        seen: Vec::new(),
+        leader: None,
     };
     let mut start = keys::PREFIX.as_bytes().to_vec();
     loop {
@@ -633,6 +828,14 @@ async fn load(client: &mut Client) -> Result<Snapshot, String> {
                     snapshot.members.insert(id);
                 }
                 Kind::Changed => snapshot.changed = kv.mod_revision(),
+                Kind::Leader => {
+                    snapshot.leader = Some(String::from_utf8_lossy(kv.value()).into_owned())
+                }
+                Kind::Seen(k, id) => {
+                    if let Some(at) = keys::decode_seen(kv.value()) {
+                        snapshot.seen.push((k, id, at));
+                    }
+                }
                 Kind::Port(..) | Kind::Backend | Kind::Unknown => {}
             }
         }
@@ -663,7 +866,7 @@ async fn follow(
             return;
         }
         warn!(endpoints, "cluster: {why}; changes are refused until etcd answers again (forwarding and DNS go on with the last table)");
-        status.lost(why);
+        status.lost(why.clone());
         let mut wait = RETRY_FIRST;
         loop {
             tokio::time::sleep(wait).await;
@@ -675,7 +878,7 @@ async fn follow(
                     continue;
                 }
             };
-            let routes = match keys::decode_routes("etcd", &snapshot.routes, public_ipv4) {
+            let mut routes = match keys::decode_routes("etcd", &snapshot.routes, public_ipv4) {
                 Ok(r) => r,
                 Err(e) => {
                     error!("cluster: the shared table is invalid, keeping the last one: {e}");
@@ -695,18 +898,21 @@ async fn follow(
                     }
                 }
             };
+            merge_seen(&mut routes, &snapshot.seen);
             let revision = snapshot.revision;
+            lock(&status.own).resync = Some(revision);
             info!(
                 endpoints,
                 revision,
                 routes = routes.len(),
-                "cluster: etcd answers again; resynchronising the whole table"
+                "cluster: etcd answers; resynchronising the whole table ({why})"
             );
             if tx
                 .send(Remote::Resync {
                     revision,
                     routes,
                     accounts,
+                    why: why.clone(),
                 })
                 .await
                 .is_err()
@@ -714,6 +920,7 @@ async fn follow(
                 return;
             }
             status.synced(revision, snapshot.changed, snapshot.members);
+            status.set_leader(snapshot.leader, &gateway_id);
             from = revision + 1;
             break;
         }
@@ -745,7 +952,7 @@ async fn watch(
             return format!("cannot watch the shared table: no answer within {REQUEST_TIMEOUT:?}")
         }
     };
-    let (mut keeper, mut renewals) = match announce(client, gateway_id).await {
+    let (lease, mut keeper, mut renewals) = match announce(client, gateway_id).await {
         Ok(k) => k,
         Err(e) => return format!("cannot announce this gateway: {}", describe(&e)),
     };
@@ -756,6 +963,13 @@ async fn watch(
             _ = renew.tick() => {
                 if let Err(e) = keeper.keep_alive().await {
                     return format!("renewing this gateway's announcement: {}", describe(&e));
+                }
+                // No leader known (none yet, or its lease ran out): stand.
+                if lock(&status.leader).is_none() {
+                    match campaign(client, gateway_id, lease).await {
+                        Ok(leader) => status.set_leader(leader, gateway_id),
+                        Err(e) => return format!("standing for leader: {}", describe(&e)),
+                    }
                 }
                 continue;
             }
@@ -774,7 +988,7 @@ async fn watch(
         if resp.canceled() {
             return if resp.compact_revision() > 0 {
                 format!(
-                    "revision {from} was compacted away (etcd keeps history from {}); loading the whole table",
+                    "the watch fell behind changes etcd compacted away (history kept from revision {}; the watch started at {from})",
                     resp.compact_revision()
                 )
             } else {
@@ -785,6 +999,7 @@ async fn watch(
             status.connected.store(true, Ordering::SeqCst);
         }
         let mut changes = Vec::new();
+        let mut seen = Vec::new();
         let mut last = 0;
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
@@ -843,8 +1058,29 @@ async fn watch(
                         m.insert(id);
                     }
                 }
-                Kind::Accounts | Kind::Changed | Kind::Port(..) | Kind::Backend | Kind::Unknown => {
+                Kind::Leader if deleted => {
+                    status.set_leader(None, gateway_id);
+                    match campaign(client, gateway_id, lease).await {
+                        Ok(leader) => status.set_leader(leader, gateway_id),
+                        Err(e) => return format!("standing for leader: {}", describe(&e)),
+                    }
                 }
+                Kind::Leader => status.set_leader(
+                    Some(String::from_utf8_lossy(kv.value()).into_owned()),
+                    gateway_id,
+                ),
+                // This gateway's own times are in its table already.
+                Kind::Seen(k, id) if !deleted && id != gateway_id => {
+                    if let Some(at) = keys::decode_seen(kv.value()) {
+                        seen.push((k, at));
+                    }
+                }
+                Kind::Seen(..)
+                | Kind::Accounts
+                | Kind::Changed
+                | Kind::Port(..)
+                | Kind::Backend
+                | Kind::Unknown => {}
             }
         }
         if !changes.is_empty()
@@ -858,17 +1094,60 @@ async fn watch(
         {
             return "the daemon stopped".into();
         }
+        // After the routes of the same response, so a new route's first time finds it.
+        if !seen.is_empty() && tx.send(Remote::Seen(seen)).await.is_err() {
+            return "the daemon stopped".into();
+        }
         if last > 0 {
             status.passed(last);
         }
     }
 }
 
-/// Puts `gateways/<id>` on a fresh lease; returns what renews it.
+/// Takes the `leader` key on `lease` unless someone holds it; returns who leads (`None`:
+/// the holder's key vanished meanwhile; the next renewal stands again).
+async fn campaign(
+    client: &mut Client,
+    gateway_id: &str,
+    lease: i64,
+) -> Result<Option<String>, etcd_client::Error> {
+    let key = keys::leader_key();
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.clone(),
+            gateway_id,
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(key, None)]);
+    let resp = match tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await {
+        Ok(r) => r?,
+        Err(_) => return Ok(None),
+    };
+    if resp.succeeded() {
+        return Ok(Some(gateway_id.to_string()));
+    }
+    Ok(resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+        _ => None,
+    }))
+}
+
+/// Puts `gateways/<id>` on a fresh lease; returns the lease and what renews it.
 async fn announce(
     client: &mut Client,
     gateway_id: &str,
-) -> Result<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream), etcd_client::Error> {
+) -> Result<
+    (
+        i64,
+        etcd_client::LeaseKeeper,
+        etcd_client::LeaseKeepAliveStream,
+    ),
+    etcd_client::Error,
+> {
     let lease = client.lease_grant(MEMBER_TTL, None).await?.id();
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -880,7 +1159,8 @@ async fn announce(
             Some(PutOptions::new().with_lease(lease)),
         )
         .await?;
-    client.lease_keep_alive(lease).await
+    let (keeper, stream) = client.lease_keep_alive(lease).await?;
+    Ok((lease, keeper, stream))
 }
 
 #[cfg(test)]
@@ -893,14 +1173,14 @@ mod tests {
     #[test]
     fn own_writes_are_skipped_once_and_forgotten() {
         let s = Status::default();
-        s.wrote(5);
-        s.wrote(7);
+        s.wrote(5, Vec::new());
+        s.wrote(7, Vec::new());
         assert!(s.is_own(5) && s.is_own(7) && !s.is_own(6));
         s.passed(6);
         assert!(!s.is_own(5), "passed: forgotten");
         assert!(s.is_own(7));
         s.passed(9);
-        s.wrote(8);
+        s.wrote(8, Vec::new());
         assert!(!s.is_own(8), "behind the watch: never remembered");
         assert!(lock(&s.own).pending.is_empty());
         // The serial follows the table's changes only.
@@ -909,5 +1189,70 @@ mod tests {
         assert_eq!(s.changed.load(Ordering::SeqCst), 12);
         assert_eq!(s.revision.load(Ordering::SeqCst), 20);
         assert!(s.connected.load(Ordering::SeqCst));
+    }
+
+    /// A route this gateway wrote after a resync's table was read is named to the daemon
+    /// (which keeps its own view of it), even once the watch passed that write; nothing
+    /// accumulates once the resync is applied.
+    #[test]
+    fn own_writes_after_a_resync_are_kept_until_it_is_applied() {
+        let s = Status::default();
+        let k = crate::testing::stored_route("bob", 30001, "10.0.0.5:22", None)
+            .route
+            .key();
+        s.passed(10);
+        // The table is read at 12 (the watch was lost); bob is claimed at 13.
+        lock(&s.own).resync = Some(12);
+        s.synced(12, 12, BTreeSet::new());
+        s.wrote(13, vec![k.clone()]);
+        s.passed(13);
+        assert!(!s.is_own(13));
+        assert_eq!(s.written_since(12), [k]);
+        assert!(s.written_since(12).is_empty(), "applied: forgotten");
+        assert!(lock(&s.own).recent.is_empty());
+        s.wrote(14, Vec::new());
+        s.passed(14);
+        assert!(lock(&s.own).recent.is_empty(), "no resync: nothing kept");
+    }
+
+    /// A route takes the latest time of any gateway; a dead gateway's old time is simply
+    /// outweighed; a route nobody saw keeps its own.
+    #[test]
+    fn the_latest_last_seen_of_any_gateway_wins() {
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let mut routes = vec![
+            crate::testing::stored_route("alice", 30001, "10.0.0.5:22", None),
+            crate::testing::stored_route("bob", 30002, "10.0.0.6:22", Some(500)),
+            crate::testing::stored_route("carol", 30003, "10.0.0.7:22", Some(50)),
+        ];
+        let (a, b) = (routes[0].route.key(), routes[1].route.key());
+        merge_seen(
+            &mut routes,
+            &[
+                (a.clone(), "gw1".into(), t(100)),
+                (a, "gw2".into(), t(300)),
+                (b, "gw3".into(), t(200)),
+            ],
+        );
+        assert_eq!(routes[0].last_seen, Some(t(300)));
+        assert_eq!(routes[1].last_seen, Some(t(500)));
+        assert_eq!(routes[2].last_seen, Some(t(50)));
+    }
+
+    /// Only the gateway holding the key leads, and only while connected.
+    #[test]
+    fn leading_needs_the_key_and_the_connection() {
+        let s = Status::default();
+        s.synced(1, 1, BTreeSet::new());
+        assert!(!s.leads("gw1"));
+        s.set_leader(Some("gw1".into()), "gw1");
+        assert!(s.leads("gw1") && !s.leads("gw2"));
+        s.lost("etcd went away".into());
+        assert!(
+            !s.leads("gw1"),
+            "lost: whoever leads, not this one for sure"
+        );
+        s.synced(2, 1, BTreeSet::new());
+        assert!(!s.leads("gw1"), "until the key is read again");
     }
 }

@@ -183,6 +183,32 @@ pub trait Store: Send {
     fn cluster(&self) -> Option<crate::serve::api::ClusterView> {
         None
     }
+    /// Records the removal of idle routes. A shared store makes it only while this gateway
+    /// is the one that reclaims ([`Store::may_reclaim`] at the moment it commits).
+    fn reclaim(
+        &mut self,
+        changes: &[RouteChange],
+        all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        self.record(changes, all)
+    }
+    /// Whether this gateway reclaims idle routes: always alone, and only the elected one
+    /// of gateways sharing a store.
+    fn may_reclaim(&self) -> bool {
+        true
+    }
+    /// A shared store: the routes this gateway itself changed after `revision` (the
+    /// revision of a resync's table): the table read then does not hold those changes,
+    /// and the watch does not bring this gateway's own writes back, so the daemon keeps
+    /// its own view of them.
+    fn written_since(&mut self, _revision: i64) -> Vec<RouteKey> {
+        Vec::new()
+    }
+    /// A shared store: publishes this gateway's own last-seen times of routes, for the
+    /// others (and the one that reclaims) to take into account.
+    fn publish_seen(&mut self, _seen: &[(RouteKey, SystemTime)]) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 impl Store for StateStore {

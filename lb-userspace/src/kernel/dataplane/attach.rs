@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use super::{
     checksum_kind,
     encode::{addr_be, decode_frontend},
+    leg_roles,
     maps::{map_err, Plain, RouteCounterMap},
     netdev,
     pins::{
@@ -41,12 +42,13 @@ impl XdpDataplane {
         pin_dir: &Path,
     ) -> Result<XdpDataplane, DataplaneError> {
         let mut legs = Vec::new();
-        let names = std::iter::once((&gw.public_interface, ROLE_PUBLIC))
-            .chain(gw.private_interfaces.iter().map(|n| (n, ROLE_PRIVATE)));
-        for (name, role) in names {
+        for (name, role) in leg_roles(gw) {
             let ifindex =
-                sys::ifindex(name).ok_or_else(|| DataplaneError::NoInterface(name.clone()))?;
-            let driver = sys::driver(name);
+                sys::ifindex(&name).ok_or_else(|| DataplaneError::NoInterface(name.clone()))?;
+            if role == ROLE_PUBLIC | ROLE_PRIVATE {
+                info!(iface = %name, "one-armed: this leg is public and private at once; packets to the public address from hosts on its own subnets (or from backends) are translated as from inside, all others as from clients");
+            }
+            let driver = sys::driver(&name);
             let checksum = checksum_kind(driver.as_deref().ok());
             let driver = driver.unwrap_or_else(|e| format!("unknown ({e})"));
             if checksum == CSUM_MAY_BE_PARTIAL {
@@ -55,7 +57,7 @@ impl XdpDataplane {
                 info!(iface = %name, %driver, "full checksums only on this leg (a wire delivers them): every frame by the leg's egress");
             }
             legs.push(Leg {
-                name: name.clone(),
+                name,
                 ifindex,
                 role,
                 egress: EGRESS_PASS,

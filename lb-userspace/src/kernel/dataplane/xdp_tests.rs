@@ -466,17 +466,11 @@ impl Harness {
         self.set_clock(NOW_NS);
         let mut ifaces: HashMap<_, u32, Plain<Interface>> =
             HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
-        let iface = |role| Interface {
-            role,
-            egress: EGRESS_REDIRECT,
-            checksum: CSUM_FULL,
-            _pad: 0,
-            mac: OWN_MAC,
-            _pad2: [0; 2],
-        };
-        ifaces.insert(1, Plain(iface(ROLE_PUBLIC)), 0).unwrap();
         ifaces
-            .insert(self.leg, Plain(iface(ROLE_PRIVATE)), 0)
+            .insert(1, Plain(leg_entry(ROLE_PUBLIC, CSUM_FULL)), 0)
+            .unwrap();
+        ifaces
+            .insert(self.leg, Plain(leg_entry(ROLE_PRIVATE, CSUM_FULL)), 0)
             .unwrap();
         let mut fronts: Array<_, Plain<Backend>> =
             Array::try_from(self.ebpf.map_mut(map_names::FRONTENDS).unwrap()).unwrap();
@@ -548,14 +542,7 @@ impl Harness {
         let mut ifaces: HashMap<_, u32, Plain<Interface>> =
             HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
         for (ifindex, role) in [(1, ROLE_PUBLIC), (self.leg, ROLE_PRIVATE)] {
-            let iface = Interface {
-                role,
-                egress: EGRESS_REDIRECT,
-                checksum: CSUM_MAY_BE_PARTIAL,
-                _pad: 0,
-                mac: OWN_MAC,
-                _pad2: [0; 2],
-            };
+            let iface = leg_entry(role, CSUM_MAY_BE_PARTIAL);
             ifaces.insert(ifindex, Plain(iface), 0).unwrap();
         }
     }
@@ -644,6 +631,22 @@ fn what_the_program_does_not_own_goes_to_the_kernel_untouched() {
     let mut vrrp = Frame::tcp((CLIENT, 40000), (Ipv4Addr::new(224, 0, 0, 18), SSH_PORT)).bytes();
     vrrp[0..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x12]);
     vrrp[14 + 9] = 112;
+    // An IPv6 neighbour solicitation (to its solicited-node multicast MAC) and an IGMPv2
+    // report: the kernel's neighbour discovery and multicast membership must keep working.
+    let mut nd = vec![
+        0x33, 0x33, 0xff, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0xbb, 0x86, 0xdd,
+    ];
+    nd.extend_from_slice(&[0x60, 0, 0, 0, 0, 32, 58, 255]);
+    nd.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01]);
+    nd.extend_from_slice(&[
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff, 0, 0, 0x02,
+    ]);
+    nd.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
+    nd.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02]);
+    nd.extend_from_slice(&[1, 1, 0x02, 0, 0, 0, 0, 0xbb]);
+    let mut igmp = Frame::tcp((CLIENT, 40000), (Ipv4Addr::new(224, 0, 0, 22), SSH_PORT)).bytes();
+    igmp[0..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x16]);
+    igmp[14 + 9] = 2;
     let no_route = Frame::tcp((CLIENT, 40000), (PUBLIC, 9999)).bytes();
     // FRONTENDS is indexed by port and protocol: a route's port on the other protocol is
     // another slot, empty.
@@ -653,6 +656,26 @@ fn what_the_program_does_not_own_goes_to_the_kernel_untouched() {
     let from_stranger = Frame::tcp((Ipv4Addr::new(10, 210, 250, 3), 22), (CLIENT, 40000)).bytes();
     for (what, frame, ifindex, want) in [
         ("ARP", &arp, 1, counter::PASS_NOT_IPV4),
+        ("ARP on a private leg", &arp, h.leg, counter::PASS_NOT_IPV4),
+        ("IPv6 ND on the public leg", &nd, 1, counter::PASS_NOT_IPV4),
+        (
+            "IPv6 ND on a private leg",
+            &nd,
+            h.leg,
+            counter::PASS_NOT_IPV4,
+        ),
+        (
+            "IGMP on the public leg",
+            &igmp,
+            1,
+            counter::PASS_NOT_TCP_UDP,
+        ),
+        (
+            "IGMP on a private leg",
+            &igmp,
+            h.leg,
+            counter::PASS_NOT_TCP_UDP,
+        ),
         ("ICMP", &icmp, 1, counter::PASS_NOT_TCP_UDP),
         (
             "VRRP on the public leg",
@@ -865,7 +888,8 @@ fn a_client_packet_is_rewritten_to_the_backend_and_redirected() {
         (XDP_PASS, name(counter::FWD_PASS_TTL))
     );
     assert_eq!(parse(&out).ttl, 1);
-    // Bigger than the leg's MTU: left to the kernel.
+    // Bigger than the leg's MTU, from a leg that cannot send the answer back (not in
+    // TX_PORTS): left to the kernel.
     let big = Frame {
         payload: usize::from(LEG_MTU),
         ..frame.clone()
@@ -1403,4 +1427,222 @@ fn frames_with_partial_checksums_are_rewritten_for_offload_and_passed_to_the_ker
         let seen = parse_partial(&out);
         assert_eq!((seen.src, seen.dst), want);
     }
+}
+
+/// A leg's entry as the daemon writes it for a veth that takes redirects, with the MAC the
+/// crafted frames are sent to.
+fn leg_entry(role: u8, checksum: u8) -> Interface {
+    Interface {
+        role,
+        egress: EGRESS_REDIRECT,
+        checksum,
+        _pad: 0,
+        mac: OWN_MAC,
+        _pad2: [0; 2],
+    }
+}
+
+impl Harness {
+    /// Makes the private leg a one-armed gateway's one NIC: public and private at once.
+    fn one_armed(&mut self) {
+        let mut ifaces: HashMap<_, u32, Plain<Interface>> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
+        let iface = leg_entry(ROLE_PUBLIC | ROLE_PRIVATE, CSUM_FULL);
+        ifaces.insert(self.leg, Plain(iface), 0).unwrap();
+    }
+}
+
+/// On one NIC that is public and private at once, a client of the world (reached through
+/// a router: here the client's route goes via the backend's address) keeps its address,
+/// a host on the leg's own subnet is translated as from inside (hairpin), and every
+/// answer leaves by the same NIC, with the next hop's MAC.
+#[test]
+fn a_one_armed_leg_tells_inside_hosts_from_clients_and_forwards_on_itself() {
+    let Some(mut h) =
+        Harness::new("a_one_armed_leg_tells_inside_hosts_from_clients_and_forwards_on_itself")
+    else {
+        return;
+    };
+    h.one_armed();
+    h.allow_redirects();
+    let cases = [
+        (
+            "a client to the route",
+            Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT)),
+            ((CLIENT, 40000), (BACKEND, 22)),
+        ),
+        (
+            "the backend's answer to the client",
+            Frame::tcp((BACKEND, 22), (CLIENT, 40000)),
+            ((PUBLIC, SSH_PORT), (CLIENT, 40000)),
+        ),
+        (
+            "a host on the leg's subnet to the route",
+            Frame::tcp((INSIDE, 40001), (PUBLIC, SSH_PORT)),
+            ((PUBLIC, 40001), (BACKEND, 22)),
+        ),
+        (
+            "the backend's answer to that host",
+            Frame::tcp((BACKEND, 22), (PUBLIC, 40001)),
+            ((PUBLIC, SSH_PORT), (INSIDE, 40001)),
+        ),
+    ];
+    for (what, frame, (src, dst)) in cases {
+        let (action, out, verdict) = h.run(&frame.bytes(), h.leg);
+        assert_eq!(
+            (action, name(verdict)),
+            (XDP_REDIRECT, name(counter::FWD_REDIRECT)),
+            "{what}"
+        );
+        let seen = parse(&out);
+        assert_eq!((seen.src, seen.dst), (src, dst), "{what}");
+        assert_eq!(seen.src_mac, h.leg_mac, "{what}: from the leg itself");
+        let next_hop = if dst.0 == INSIDE {
+            INSIDE_MAC
+        } else {
+            BACKEND_MAC
+        };
+        assert_eq!(seen.dst_mac, next_hop, "{what}");
+    }
+    assert!(
+        h.hairpin((BACKEND, 22), 40000, PROTO_TCP).is_none(),
+        "a client keeps no state"
+    );
+    assert!(h.hairpin((BACKEND, 22), 40001, PROTO_TCP).is_some());
+    let c = h.route(SSH_ID);
+    assert_eq!((c.inbound_packets, c.outbound_packets), (2, 2));
+    // Traffic of the gateway's own, and what it does not own, still goes to the kernel.
+    let own = Frame::tcp((CLIENT, 40000), (PUBLIC, 22)).bytes();
+    let (action, out, verdict) = h.run(&own, h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::PASS_NO_ROUTE))
+    );
+    assert_eq!(out, own);
+}
+
+/// Clears the DF bit of a frame made by [`Frame::bytes`], fixing the header checksum.
+fn without_df(mut f: Vec<u8>) -> Vec<u8> {
+    f[14 + 6] &= !0x40;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = fold(sum(&f[14..34], 0));
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// An ICMP "fragmentation needed" frame, checked from scratch: (from, to, next-hop MTU,
+/// quoted bytes, dst MAC, src MAC).
+fn parse_frag_needed(f: &[u8]) -> (Ipv4Addr, Ipv4Addr, u16, Vec<u8>, [u8; 6], [u8; 6]) {
+    assert_eq!(f.len(), 14 + 20 + 8 + 28, "the answer's length: {f:02x?}");
+    assert_eq!(&f[12..14], &[0x08, 0x00]);
+    let ip = &f[14..34];
+    assert_eq!(fold(sum(ip, 0)), 0, "IPv4 header checksum wrong: {ip:02x?}");
+    assert_eq!((ip[0], ip[9]), (0x45, 1), "IPv4, ICMP");
+    assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), 20 + 8 + 28);
+    assert_eq!(fold(sum(&f[34..], 0)), 0, "ICMP checksum wrong");
+    assert_eq!(
+        (f[34], f[35]),
+        (3, 4),
+        "destination unreachable, fragmentation needed"
+    );
+    let a = |i: usize| Ipv4Addr::new(f[i], f[i + 1], f[i + 2], f[i + 3]);
+    let mac = |i: usize| -> [u8; 6] { f[i..i + 6].try_into().unwrap() };
+    (
+        a(14 + 12),
+        a(14 + 16),
+        u16::from_be_bytes([f[40], f[41]]),
+        f[42..].to_vec(),
+        mac(0),
+        mac(6),
+    )
+}
+
+/// A DF packet too big for its egress leg is answered with "fragmentation needed" for
+/// that leg's MTU, quoting it as its sender sent it (not as rewritten), from the
+/// gateway's address on the sender's side, back out of the leg it came in on; one that
+/// fits is forwarded; one without DF is rewritten and left to the kernel, which fragments.
+#[test]
+fn a_df_packet_too_big_for_its_egress_is_answered_with_fragmentation_needed() {
+    let Some(mut h) =
+        Harness::new("a_df_packet_too_big_for_its_egress_is_answered_with_fragmentation_needed")
+    else {
+        return;
+    };
+    // One NIC, so the answer can leave where the packet came in (a redirect into the leg,
+    // which must take redirects), and the egress is the same 1400-byte leg.
+    h.one_armed();
+    h.allow_redirects();
+    let too_big = |f: Frame| Frame {
+        payload: usize::from(LEG_MTU),
+        ..f
+    };
+    let cases = [
+        (
+            "a client's UDP datagram",
+            too_big(Frame::udp((CLIENT, 40000), (PUBLIC, DNS_PORT))),
+            PUBLIC,
+            CLIENT,
+        ),
+        (
+            "a client's TCP segment",
+            too_big(Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT))),
+            PUBLIC,
+            CLIENT,
+        ),
+        (
+            // From the leg's own address, the gateway's on the backend's side.
+            "a backend's UDP answer",
+            too_big(Frame::udp((BACKEND, 53), (CLIENT, 40000))),
+            LEG,
+            BACKEND,
+        ),
+        (
+            "a host inside, to the route (hairpin)",
+            too_big(Frame::udp((INSIDE, 5000), (PUBLIC, DNS_PORT))),
+            LEG,
+            INSIDE,
+        ),
+    ];
+    let before = h.route(DNS_ID);
+    for (what, frame, from, to) in cases {
+        let bytes = frame.bytes();
+        let (action, out, verdict) = h.run(&bytes, h.leg);
+        assert_eq!(
+            (action, name(verdict)),
+            (XDP_REDIRECT, name(counter::TX_FRAG_NEEDED)),
+            "{what}"
+        );
+        let (src, dst, mtu, quote, dst_mac, src_mac) = parse_frag_needed(&out);
+        assert_eq!((src, dst, mtu), (from, to, LEG_MTU), "{what}");
+        assert_eq!(quote, &bytes[14..14 + 28], "{what}: the packet as sent");
+        assert_eq!(
+            (dst_mac, src_mac),
+            (
+                bytes[6..12].try_into().unwrap(),
+                bytes[0..6].try_into().unwrap()
+            ),
+            "{what}: back to the previous hop"
+        );
+    }
+    assert_eq!(h.route(DNS_ID), before, "nothing was forwarded");
+
+    // Without DF: rewritten, left to the kernel, which fragments it.
+    let big = too_big(Frame::udp((CLIENT, 40000), (PUBLIC, DNS_PORT))).bytes();
+    let (action, out, verdict) = h.run(&without_df(big), h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::FWD_PASS_FRAG_NEEDED))
+    );
+    assert_eq!(parse(&out).dst, (BACKEND, 53));
+    // What fits goes on.
+    let fits = Frame {
+        payload: usize::from(LEG_MTU) - 28,
+        ..Frame::udp((CLIENT, 40000), (PUBLIC, DNS_PORT))
+    };
+    let (action, out, verdict) = h.run(&fits.bytes(), h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+    );
+    assert_eq!(parse(&out).dst, (BACKEND, 53));
 }

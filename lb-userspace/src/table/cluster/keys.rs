@@ -13,9 +13,21 @@
 //!   when it stops renewing it: the cluster's members;
 //! - `changed`: written (empty) by every transaction that changes the table, so its
 //!   `mod_revision` is the revision of the table's last change, deletions included: the
-//!   SOA serial every gateway agrees on.
+//!   SOA serial every gateway agrees on;
+//! - `seen/<name>/<service>/<protocol>/<gateway_id>`: when that gateway last saw a packet
+//!   of the route (Unix seconds), published coarsely by the gateway itself and deleted with
+//!   the route (the route's own prefix, so the removal need not know the gateways). No
+//!   lease: a gateway that died keeps counting with the last time it published, which
+//!   stops mattering once `reclaim_after` has passed since;
+//! - `leader`: the `gateway_id` of the one gateway that reclaims idle routes, put on its
+//!   announcement's lease by a transaction that demands the key be absent: when that
+//!   gateway stops renewing the lease, the key goes and another one takes it.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use crate::{
     config::{Protocol, Route, RouteKey},
@@ -53,6 +65,36 @@ pub fn gateway_key(id: &str) -> String {
     format!("{PREFIX}gateways/{id}")
 }
 
+pub fn leader_key() -> String {
+    format!("{PREFIX}leader")
+}
+
+/// The prefix of every gateway's last-seen time of route `k`.
+pub fn seen_prefix(k: &RouteKey) -> String {
+    format!("{PREFIX}seen/{}/{}/{}/", k.name, k.service, k.protocol)
+}
+
+/// Gateway `id`'s last-seen time of route `k`.
+pub fn seen_key(k: &RouteKey, id: &str) -> String {
+    format!("{}{id}", seen_prefix(k))
+}
+
+/// A last-seen value: Unix seconds.
+pub fn encode_seen(at: SystemTime) -> String {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .to_string()
+}
+
+/// A last-seen value; `None` unless it is plain Unix seconds (at most 20 digits).
+pub fn decode_seen(value: &[u8]) -> Option<SystemTime> {
+    if value.is_empty() || value.len() > 20 {
+        return None;
+    }
+    let secs: u64 = std::str::from_utf8(value).ok()?.parse().ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
 /// The end of the prefix's range: every key under it sorts before this.
 pub fn prefix_end() -> String {
     // '/' + 1 == '0'
@@ -68,6 +110,9 @@ pub enum Kind {
     Accounts,
     Changed,
     Gateway(String),
+    Leader,
+    /// A gateway's last-seen time of a route: the route, the gateway.
+    Seen(RouteKey, String),
     /// Not a key this version writes (or not UTF-8): ignored, and said so once per key.
     Unknown,
 }
@@ -82,6 +127,7 @@ pub fn classify(key: &[u8]) -> Kind {
     match rest {
         "accounts" => return Kind::Accounts,
         "changed" => return Kind::Changed,
+        "leader" => return Kind::Leader,
         _ => {}
     }
     let parts: Vec<&str> = rest.split('/').collect();
@@ -92,6 +138,23 @@ pub fn classify(key: &[u8]) -> Kind {
                 service: service.to_string(),
                 protocol,
             }),
+            _ => Kind::Unknown,
+        },
+        ["seen", name, service, protocol, id] => match protocol.parse() {
+            Ok(protocol)
+                if !name.is_empty()
+                    && !service.is_empty()
+                    && crate::config::check_label(id).is_ok() =>
+            {
+                Kind::Seen(
+                    RouteKey {
+                        name: name.to_string(),
+                        service: service.to_string(),
+                        protocol,
+                    },
+                    id.to_string(),
+                )
+            }
             _ => Kind::Unknown,
         },
         ["ports", port, protocol] => match (port.parse(), protocol.parse()) {
@@ -165,11 +228,20 @@ mod tests {
             classify(gateway_key("gw1").as_bytes()),
             Kind::Gateway("gw1".into())
         );
+        assert_eq!(classify(leader_key().as_bytes()), Kind::Leader);
+        assert_eq!(
+            classify(seen_key(&s.route.key(), "gw2").as_bytes()),
+            Kind::Seen(s.route.key(), "gw2".into())
+        );
+        assert!(seen_key(&s.route.key(), "gw2").starts_with(&seen_prefix(&s.route.key())));
+        assert!(seen_key(&s.route.key(), "gw2").as_str() < prefix_end().as_str());
         for bad in [
             "/srvgate/routes/a/b",
             "/srvgate/routes/a/b/sctp",
             "/other/accounts",
             "/srvgate/ports/x/tcp",
+            "/srvgate/seen/a/b/tcp/not a label",
+            "/srvgate/seen/a/b/tcp",
         ] {
             assert_eq!(classify(bad.as_bytes()), Kind::Unknown, "{bad}");
         }
@@ -177,6 +249,23 @@ mod tests {
         assert!(route_key(&s.route.key()).as_str() < prefix_end().as_str());
         assert!(accounts_key().as_str() < prefix_end().as_str());
         assert!(PREFIX < prefix_end().as_str());
+    }
+
+    #[test]
+    fn seen_values_are_plain_unix_seconds() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_123);
+        assert_eq!(encode_seen(t), "1700000123");
+        assert_eq!(decode_seen(b"1700000123"), Some(t));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"1.5",
+            b" 1",
+            b"123456789012345678901",
+            &[0xff],
+        ] {
+            assert_eq!(decode_seen(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
