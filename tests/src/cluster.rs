@@ -684,6 +684,46 @@ gateway_id = "gw{}"
         expect_success(&format!("gw{}: srvgate {}", n + 1, args.join(" ")), &out)
     }
 
+    /// `route add NAME --service SERVICE --backend BACKEND --json` through gateway `n`:
+    /// the port the route got, or the command's output when it failed.
+    pub fn try_claim(
+        &self,
+        n: usize,
+        name: &str,
+        service: &str,
+        backend: &str,
+    ) -> Result<u16, Output> {
+        let args = [
+            "route",
+            "add",
+            name,
+            "--service",
+            service,
+            "--backend",
+            backend,
+            "--json",
+        ];
+        let out = self.ctl(n, &args).unwrap();
+        if !out.status.success() {
+            return Err(out);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        Ok(v["port"].as_u64().expect("a port in the reply") as u16)
+    }
+
+    /// [`ClusterLab::try_claim`], which must succeed.
+    pub fn claim(&self, n: usize, name: &str, service: &str, backend: &str) -> u16 {
+        self.try_claim(n, name, service, backend)
+            .unwrap_or_else(|out| {
+                panic!(
+                    "gw{}: route add {name} failed: {}",
+                    n + 1,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    }
+
     /// `dig +short` from the client at gateway `n`'s DNS server.
     pub fn dig(&self, n: usize, rtype: &str, name: &str) -> Result<String> {
         let server = format!("@{}", GW_PUBLIC[n]);
