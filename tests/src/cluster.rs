@@ -330,11 +330,17 @@ listen = ["{}:53"]
 gateway_name = "gw"
 ttl = 30
 
+[dns.nameservers]
+gw1 = "{}"
+gw2 = "{}"
+
 [cluster]
 etcd = ["{ETCD_URL}"]
 gateway_id = "gw{}"
 "#,
             GW_PUBLIC[n],
+            GW_PUBLIC[0],
+            GW_PUBLIC[1],
             n + 1
         )
     }

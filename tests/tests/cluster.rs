@@ -87,6 +87,24 @@ fn two_gateways_share_one_table_through_etcd() {
     lab.start_srvgate(1).unwrap();
     start_web(&lab);
 
+    // Both gateways name both as the zone's name servers (`[dns.nameservers]`), each
+    // with its own address.
+    for n in 0..2 {
+        let ns = lab.dig(n, "NS", ZONE).unwrap();
+        let mut ns: Vec<_> = ns.lines().collect();
+        ns.sort();
+        assert_eq!(
+            ns,
+            [format!("gw1.{ZONE}."), format!("gw2.{ZONE}.")],
+            "gw{}",
+            n + 1
+        );
+        for (m, addr) in GW_PUBLIC.iter().enumerate() {
+            let a = lab.dig(n, "A", &format!("gw{}.{ZONE}", m + 1)).unwrap();
+            assert_eq!(a, *addr, "gw{}'s answer for gw{}", n + 1, m + 1);
+        }
+    }
+
     // A claim through gateway 1 is in gateway 2's DNS and data path within a second.
     let port = lab.claim(0, "alice", "web", &format!("{BACKEND}:8080"));
     let srv = format!("_web._tcp.alice.{ZONE}");
