@@ -234,7 +234,15 @@ pub struct Dns {
     /// Label of the gateway's A record: `<gateway_name>.<zone>`.
     pub gateway_name: String,
     pub ttl: u32,
+    /// `[dns.nameservers]`: the apex's NS names (`<label>.<zone>`, each with its A record),
+    /// sorted by label, e.g. every gateway of a cluster. Empty: the NS is `gateway_name`.
+    pub nameservers: Vec<(String, Ipv4Addr)>,
 }
+
+/// At most this many `[dns.nameservers]`: an NS answer with all its glue stays small (a
+/// client without EDNS gets it truncated and retries over TCP), and a zone served by one
+/// table needs no more name servers than it has gateways.
+pub const MAX_NAMESERVERS: usize = 8;
 
 /// `[http]`: HTTP routing by Host header on the gateway, `NAME.<service>.<dns.zone>` to the
 /// backend of route NAME/<service>/tcp.

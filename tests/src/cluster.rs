@@ -330,11 +330,17 @@ listen = ["{}:53"]
 gateway_name = "gw"
 ttl = 30
 
+[dns.nameservers]
+gw1 = "{}"
+gw2 = "{}"
+
 [cluster]
 etcd = ["{ETCD_URL}"]
 gateway_id = "gw{}"
 "#,
             GW_PUBLIC[n],
+            GW_PUBLIC[0],
+            GW_PUBLIC[1],
             n + 1
         )
     }
@@ -682,6 +688,46 @@ gateway_id = "gw{}"
     pub fn ctl_ok(&self, n: usize, args: &[&str]) -> Result<String> {
         let out = self.ctl(n, args)?;
         expect_success(&format!("gw{}: srvgate {}", n + 1, args.join(" ")), &out)
+    }
+
+    /// `route add NAME --service SERVICE --backend BACKEND --json` through gateway `n`:
+    /// the port the route got, or the command's output when it failed.
+    pub fn try_claim(
+        &self,
+        n: usize,
+        name: &str,
+        service: &str,
+        backend: &str,
+    ) -> Result<u16, Output> {
+        let args = [
+            "route",
+            "add",
+            name,
+            "--service",
+            service,
+            "--backend",
+            backend,
+            "--json",
+        ];
+        let out = self.ctl(n, &args).unwrap();
+        if !out.status.success() {
+            return Err(out);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        Ok(v["port"].as_u64().expect("a port in the reply") as u16)
+    }
+
+    /// [`ClusterLab::try_claim`], which must succeed.
+    pub fn claim(&self, n: usize, name: &str, service: &str, backend: &str) -> u16 {
+        self.try_claim(n, name, service, backend)
+            .unwrap_or_else(|out| {
+                panic!(
+                    "gw{}: route add {name} failed: {}",
+                    n + 1,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
     }
 
     /// `dig +short` from the client at gateway `n`'s DNS server.

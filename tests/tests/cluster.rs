@@ -13,45 +13,6 @@ use std::{
 
 use srvgate_tests::{cluster::*, require_srvgate_bin, skip_unless_root};
 
-/// `route add NAME --service SERVICE --backend BACKEND --json` through gateway `n`: the
-/// port the route got, or the command's output when it failed.
-fn try_claim(
-    lab: &ClusterLab,
-    n: usize,
-    name: &str,
-    service: &str,
-    backend: &str,
-) -> Result<u16, std::process::Output> {
-    let args = [
-        "route",
-        "add",
-        name,
-        "--service",
-        service,
-        "--backend",
-        backend,
-        "--json",
-    ];
-    let out = lab.ctl(n, &args).unwrap();
-    if !out.status.success() {
-        return Err(out);
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-    Ok(v["port"].as_u64().expect("a port in the reply") as u16)
-}
-
-/// [`try_claim`], which must succeed.
-fn claim(lab: &ClusterLab, n: usize, name: &str, service: &str, backend: &str) -> u16 {
-    try_claim(lab, n, name, service, backend).unwrap_or_else(|out| {
-        panic!(
-            "gw{}: route add {name} failed: {}",
-            n + 1,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 /// Gateway `n`'s routes: name/service -> port.
 fn routes(lab: &ClusterLab, n: usize) -> BTreeMap<String, u64> {
     let out = lab.ctl_ok(n, &["route", "ls", "--json"]).unwrap();
@@ -124,30 +85,28 @@ fn two_gateways_share_one_table_through_etcd() {
     lab.start_etcd().unwrap();
     lab.start_srvgate(0).unwrap();
     lab.start_srvgate(1).unwrap();
-    let site = lab.dir().join("site");
-    std::fs::create_dir_all(&site).unwrap();
-    std::fs::write(site.join("index.html"), "served by b1\n").unwrap();
-    let site = site.display().to_string();
-    lab.spawn(
-        &lab.backend,
-        "web",
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "8080",
-            "--bind",
-            BACKEND,
-            "--directory",
-            &site,
-        ],
-        &[],
-    )
-    .unwrap();
-    thread::sleep(Duration::from_millis(300));
+    start_web(&lab);
+
+    // Both gateways name both as the zone's name servers (`[dns.nameservers]`), each
+    // with its own address.
+    for n in 0..2 {
+        let ns = lab.dig(n, "NS", ZONE).unwrap();
+        let mut ns: Vec<_> = ns.lines().collect();
+        ns.sort();
+        assert_eq!(
+            ns,
+            [format!("gw1.{ZONE}."), format!("gw2.{ZONE}.")],
+            "gw{}",
+            n + 1
+        );
+        for (m, addr) in GW_PUBLIC.iter().enumerate() {
+            let a = lab.dig(n, "A", &format!("gw{}.{ZONE}", m + 1)).unwrap();
+            assert_eq!(a, *addr, "gw{}'s answer for gw{}", n + 1, m + 1);
+        }
+    }
 
     // A claim through gateway 1 is in gateway 2's DNS and data path within a second.
-    let port = claim(&lab, 0, "alice", "web", &format!("{BACKEND}:8080"));
+    let port = lab.claim(0, "alice", "web", &format!("{BACKEND}:8080"));
     let srv = format!("_web._tcp.alice.{ZONE}");
     let seen = time_until(Duration::from_secs(1), || {
         lab.dig(1, "SRV", &srv)
@@ -190,7 +149,7 @@ fn two_gateways_share_one_table_through_etcd() {
                 let lab = &lab;
                 s.spawn(move || {
                     let backend = format!("{BACKEND}:{}", 9000 + i);
-                    claim(lab, i % 2, &format!("s{i}"), "ssh", &backend)
+                    lab.claim(i % 2, &format!("s{i}"), "ssh", &backend)
                 })
             })
             .collect();
@@ -233,7 +192,9 @@ fn two_gateways_share_one_table_through_etcd() {
     }
     let started = Instant::now();
     let bob_backend = format!("{BACKEND}:22");
-    let out = try_claim(&lab, 0, "bob", "ssh", &bob_backend).expect_err("a claim without etcd");
+    let out = lab
+        .try_claim(0, "bob", "ssh", &bob_backend)
+        .expect_err("a claim without etcd");
     let refused_in = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -257,7 +218,7 @@ fn two_gateways_share_one_table_through_etcd() {
     lab.start_etcd().unwrap();
     let mut bob = None;
     let back = time_until(Duration::from_secs(10), || {
-        bob = try_claim(&lab, 1, "bob", "ssh", &bob_backend).ok();
+        bob = lab.try_claim(1, "bob", "ssh", &bob_backend).ok();
         bob.is_some()
     });
     assert!(
@@ -312,7 +273,7 @@ fn two_gateways_share_one_table_through_etcd() {
 
     // A gateway that was down loads the whole table when it comes back.
     lab.stop_srvgate(1).unwrap();
-    let dave = claim(&lab, 0, "dave", "ssh", &format!("{BACKEND}:2222"));
+    let dave = lab.claim(0, "dave", "ssh", &format!("{BACKEND}:2222"));
     lab.start_srvgate(1).unwrap();
     assert_eq!(routes(&lab, 1).get("dave/ssh"), Some(&u64::from(dave)));
     assert_eq!(routes(&lab, 0), routes(&lab, 1));
@@ -390,8 +351,8 @@ fn reclaim_with_an_injected_clock_happens_once() {
         .unwrap();
     }
     start_web(&lab);
-    let busy = claim(&lab, 0, "busy", "web", &format!("{BACKEND}:8080"));
-    claim(&lab, 0, "idle", "web", &format!("{BACKEND}:8081"));
+    let busy = lab.claim(0, "busy", "web", &format!("{BACKEND}:8080"));
+    lab.claim(0, "idle", "web", &format!("{BACKEND}:8081"));
     lab.use_gateway(1).unwrap();
     let through_gw2 = time_until(Duration::from_secs(2), || {
         fetch(&lab, busy).is_some_and(|t| t == "served by b1\n")
@@ -543,7 +504,7 @@ fn a_gateway_that_missed_compacted_revisions_resynchronises() {
     lab.start_etcd().unwrap();
     lab.start_srvgate(0).unwrap();
     lab.start_srvgate(1).unwrap();
-    claim(&lab, 0, "ann", "ssh", &format!("{BACKEND}:22"));
+    lab.claim(0, "ann", "ssh", &format!("{BACKEND}:22"));
     let seen = time_until(Duration::from_secs(2), || {
         routes(&lab, 1).contains_key("ann/ssh")
     });
@@ -579,7 +540,7 @@ for i in range(3000):
         lab.etcdctl(&["del", "--prefix", "/srvgate/filler/"])
             .unwrap();
         // The table's own changes, behind all of that: gw2 can learn them only anew.
-        claim(&lab, 0, "ben", "ssh", &format!("{BACKEND}:2222"));
+        lab.claim(0, "ben", "ssh", &format!("{BACKEND}:2222"));
         lab.ctl_ok(0, &["route", "rm", "ann", "--service", "ssh"])
             .unwrap();
         let status = lab.etcdctl(&["endpoint", "status", "-w", "json"]).unwrap();

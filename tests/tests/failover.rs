@@ -90,27 +90,6 @@ fn translated(lab: &ClusterLab, n: usize) -> u64 {
         .sum()
 }
 
-/// `route add NAME --service SERVICE --backend BACKEND --json` through gateway 1: the port.
-fn claim(lab: &ClusterLab, name: &str, service: &str, backend: &str) -> u16 {
-    let out = lab
-        .ctl_ok(
-            0,
-            &[
-                "route",
-                "add",
-                name,
-                "--service",
-                service,
-                "--backend",
-                backend,
-                "--json",
-            ],
-        )
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["port"].as_u64().expect("a port in the reply") as u16
-}
-
 /// Waits up to `limit` for `f`; how long it took.
 fn wait_for(
     what: &str,
@@ -226,8 +205,8 @@ fn connections_survive_the_active_gateway_dying() {
         )
         .unwrap();
     lab.wait_port(&lab.backend, BACKEND, 5201).unwrap();
-    let ssh_port = claim(&lab, "alice", "ssh", &format!("{BACKEND}:22"));
-    let iperf_port = claim(&lab, "alice", "iperf", &format!("{BACKEND}:5201"));
+    let ssh_port = lab.claim(0, "alice", "ssh", &format!("{BACKEND}:22"));
+    let iperf_port = lab.claim(0, "alice", "iperf", &format!("{BACKEND}:5201"));
 
     let active = lab.start_keepalived(0, &keepalived_conf(0)).unwrap();
     let took = wait_for("gw1 holds both VIPs", &lab, Duration::from_secs(5), || {

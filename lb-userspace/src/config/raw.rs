@@ -76,6 +76,9 @@ pub(super) struct RawDns {
     pub(super) gateway_name: String,
     #[serde(default = "default_ttl")]
     pub(super) ttl: u32,
+    /// Label -> IPv4 address of each name server (gateway) the apex NS lists.
+    #[serde(default)]
+    pub(super) nameservers: std::collections::BTreeMap<String, String>,
 }
 
 pub(super) fn default_dns_listen() -> Vec<String> {

@@ -719,3 +719,52 @@ fn http_and_https_sections_are_checked_alike() {
         .collect();
     assert_eq!(http, https);
 }
+
+fn with_nameservers(table: &str) -> String {
+    GOOD.replacen(
+        "ttl = 30\n",
+        &format!("ttl = 30\n\n[dns.nameservers]\n{table}\n"),
+        1,
+    )
+}
+
+#[test]
+fn nameservers_are_labels_with_host_addresses() {
+    let c = parse(&with_nameservers(
+        "GW2 = \"198.51.100.22\"\ngw1 = \"198.51.100.21\"\ngw = \"203.0.113.10\"",
+    ))
+    .unwrap();
+    let want: Vec<(String, std::net::Ipv4Addr)> = vec![
+        ("gw".into(), "203.0.113.10".parse().unwrap()),
+        ("gw1".into(), "198.51.100.21".parse().unwrap()),
+        ("gw2".into(), "198.51.100.22".parse().unwrap()),
+    ];
+    let mut got = c.dns.unwrap().nameservers;
+    got.sort();
+    assert_eq!(got, want);
+    assert!(parse(GOOD).unwrap().dns.unwrap().nameservers.is_empty());
+
+    let p = problems(&with_nameservers(
+        "\"bad label\" = \"198.51.100.1\"\nns1 = \"not-an-address\"\nns2 = \"127.0.0.1\"\ngw = \"198.51.100.9\"",
+    ));
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "dns.nameservers.bad label",
+            "dns.nameservers.gw",
+            "dns.nameservers.ns1",
+            "dns.nameservers.ns2"
+        ],
+        "{p:?}"
+    );
+    assert!(p[1].reason.contains("dns.gateway_name"), "{p:?}");
+    assert!(p[2].reason.contains("not an IPv4 address"), "{p:?}");
+
+    let many: String = (0..=MAX_NAMESERVERS)
+        .map(|i| format!("ns{i} = \"198.51.100.{}\"\n", i + 1))
+        .collect();
+    let p = problems(&with_nameservers(&many));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].field, "dns.nameservers");
+}

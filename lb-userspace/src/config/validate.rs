@@ -7,6 +7,7 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
+use super::raw::RawDns;
 use super::*;
 use crate::table::routes::{RouteError, RouteTable, Source};
 
@@ -85,6 +86,56 @@ pub(super) fn listener_problems(
     problems
 }
 
+/// An address clients reach a host at: the public address, a name server's.
+fn host_ipv4(text: &str) -> Result<Ipv4Addr, String> {
+    match text.parse::<Ipv4Addr>() {
+        Ok(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
+            Err(format!("{a} cannot be a host's address"))
+        }
+        Ok(a) if a.is_loopback() => Err(format!(
+            "{a} is a loopback address; clients reach the gateway on the public interface's address"
+        )),
+        Ok(a) => Ok(a),
+        Err(_) => Err(format!("{text:?} is not an IPv4 address")),
+    }
+}
+
+/// `[dns.nameservers]`: labels that are DNS labels, host addresses, at most
+/// [`MAX_NAMESERVERS`]; the gateway's own name may be listed only with the public address,
+/// since its A record is that address.
+fn nameservers(
+    d: &RawDns,
+    public_ipv4: Option<Ipv4Addr>,
+    bad: &mut impl FnMut(&str, String),
+) -> Vec<(String, Ipv4Addr)> {
+    if d.nameservers.len() > MAX_NAMESERVERS {
+        bad(
+            "dns.nameservers",
+            format!("lists {}; at most {MAX_NAMESERVERS}", d.nameservers.len()),
+        );
+    }
+    let mut out = Vec::new();
+    for (label, addr) in &d.nameservers {
+        let field = format!("dns.nameservers.{label}");
+        let label = label.to_ascii_lowercase();
+        if let Err(e) = check_label(&label) {
+            bad(&field, e);
+            continue;
+        }
+        match host_ipv4(addr) {
+            Ok(a) if label == d.gateway_name.to_ascii_lowercase() && Some(a) != public_ipv4 => bad(
+                &field,
+                format!(
+                    "{label:?} is dns.gateway_name, whose A record is gateway.public_ipv4; list it with that address or name the name server apart"
+                ),
+            ),
+            Ok(a) => out.push((label, a)),
+            Err(e) => bad(&field, e),
+        }
+    }
+    out
+}
+
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut problems = Vec::new();
     let mut bad = |field: &str, reason: String| {
@@ -117,30 +168,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             bad(&field, "is empty".into());
         }
     }
-    let public_ipv4 = match g.public_ipv4.parse::<Ipv4Addr>() {
-        Ok(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
-            bad(
-                "gateway.public_ipv4",
-                format!("{a} cannot be a host's address"),
-            );
-            None
-        }
-        Ok(a) if a.is_loopback() => {
-            bad(
-                "gateway.public_ipv4",
-                format!("{a} is a loopback address; clients reach the gateway on the public interface's address"),
-            );
-            None
-        }
-        Ok(a) => Some(a),
-        Err(_) => {
-            bad(
-                "gateway.public_ipv4",
-                format!("{:?} is not an IPv4 address", g.public_ipv4),
-            );
-            None
-        }
-    };
+    let public_ipv4 = host_ipv4(&g.public_ipv4)
+        .map_err(|e| bad("gateway.public_ipv4", e))
+        .ok();
     let port_range = match g.port_range.parse::<PortRange>() {
         Ok(r) => Some(r),
         Err(e) => {
@@ -220,6 +250,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         if let Err(e) = check_label(&d.gateway_name) {
             bad("dns.gateway_name", e);
         }
+        let nameservers = nameservers(&d, public_ipv4, &mut bad);
         if d.ttl > MAX_TTL {
             bad(
                 "dns.ttl",
@@ -231,6 +262,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             listen,
             gateway_name: d.gateway_name,
             ttl: d.ttl,
+            nameservers,
         })
     });
 

@@ -661,6 +661,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
             zone: "lab.example".into(),
             listen: vec!["127.0.0.1:53".parse().unwrap()],
             gateway_name: "gw".into(),
+            nameservers: vec![],
             ttl: 30,
         }),
         http: Some(crate::config::Http {

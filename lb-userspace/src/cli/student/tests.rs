@@ -338,6 +338,7 @@ async fn resolves_against_the_real_server() {
         zone: "lab.example".into(),
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         gateway_name: "gw".into(),
+        nameservers: vec![],
         ttl: 30,
     };
     let routes = [route("alice", "ssh", 30001), route("alice", "web", 30002)];

@@ -31,6 +31,7 @@ fn dns_cfg() -> config::Dns {
         zone: "lab.example".into(),
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         gateway_name: "gw".into(),
+        nameservers: vec![],
         ttl: TTL,
     }
 }
@@ -170,6 +171,53 @@ fn apex_has_soa_and_ns() {
         })
         .collect();
     assert_eq!(targets, ["gw.lab.example."]);
+}
+
+/// `[dns.nameservers]`: the apex NS names every listed gateway, each name answers its own
+/// address, an NS answer carries all of them as glue, and SRV answers still point at the
+/// public address's name.
+#[test]
+fn listed_nameservers_are_the_apex_ns_with_their_addresses() {
+    let gw1 = Ipv4Addr::new(198, 51, 100, 21);
+    let gw2 = Ipv4Addr::new(198, 51, 100, 22);
+    let cfg = config::Dns {
+        nameservers: vec![("gw1".into(), gw1), ("gw2".into(), gw2)],
+        ..dns_cfg()
+    };
+    let z = Zone::build(&cfg, GATEWAY, &alice(), 7).unwrap();
+    let r = ask(&z, "lab.example.", RecordType::NS);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.metadata.authoritative && !r.metadata.truncation, "{r}");
+    let targets: Vec<_> = r
+        .answers
+        .iter()
+        .map(|rec| match &rec.data {
+            RData::NS(ns) => ns.0.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(targets, ["gw1.lab.example.", "gw2.lab.example."]);
+    let glue: Vec<_> = r
+        .additionals
+        .iter()
+        .map(|rec| (rec.name.to_string(), a_of(rec)))
+        .collect();
+    assert_eq!(
+        glue,
+        [
+            ("gw1.lab.example.".to_string(), gw1),
+            ("gw2.lab.example.".to_string(), gw2)
+        ]
+    );
+    for (n, a) in [("gw1", gw1), ("gw2", gw2), ("gw", GATEWAY)] {
+        let r = ask(&z, &format!("{n}.lab.example."), RecordType::A);
+        assert_eq!(r.answers.len(), 1, "{n}");
+        assert_eq!(a_of(&r.answers[0]), a, "{n}");
+    }
+    let r = ask(&z, "_ssh._tcp.alice.lab.example.", RecordType::SRV);
+    assert_eq!(srv_of(&r.answers[0]).target, name("gw.lab.example."));
+    assert_eq!(r.additionals.len(), 1);
+    assert_eq!(a_of(&r.additionals[0]), GATEWAY);
 }
 
 #[test]

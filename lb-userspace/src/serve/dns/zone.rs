@@ -109,6 +109,9 @@ struct Params {
     hostmaster: Name,
     ttl: u32,
     address: Ipv4Addr,
+    /// The apex's NS names with their addresses: `[dns.nameservers]`, or the gateway's own
+    /// name and the public address.
+    nameservers: Vec<(Name, Ipv4Addr)>,
 }
 
 /// The whole zone at one serial. Immutable once published: [`Zone::with_changes`] makes the
@@ -125,9 +128,11 @@ pub struct Zone {
     /// The apex SOA alone: the authority section of every negative answer (RFC 2308).
     soa: [Record; 1],
     soa_len: usize,
-    /// `<gateway_name>.<zone> A`, the additional section of SRV and NS answers.
+    /// `<gateway_name>.<zone> A`, the additional section of SRV answers.
     glue: [Record; 1],
     glue_len: usize,
+    /// The name servers' A records, the additional section of NS answers.
+    ns_glue: Arc<[Record]>,
 }
 
 impl Zone {
@@ -143,6 +148,11 @@ impl Zone {
         let params = Params::new(cfg, public_ipv4)?;
         let glue = Record::from_rdata(params.gateway.clone(), params.ttl, RData::A(A(public_ipv4)));
         let soa = params.soa(serial);
+        let ns_glue: Arc<[Record]> = params
+            .nameservers
+            .iter()
+            .map(|(name, a)| Record::from_rdata(name.clone(), params.ttl, RData::A(A(*a))))
+            .collect();
         let mut zone = Zone {
             origin: LowerName::new(&params.origin),
             serial,
@@ -153,11 +163,18 @@ impl Zone {
             soa: [soa],
             glue_len: wire_len(&glue),
             glue: [glue.clone()],
+            ns_glue: ns_glue.clone(),
             params: Arc::new(params),
         };
         zone.set_apex();
         let gateway = LowerName::new(&zone.params.gateway);
         zone.set(&gateway, group(vec![glue]), [None; 2]);
+        for a in ns_glue.iter() {
+            let name = LowerName::new(&a.name);
+            if name != gateway {
+                zone.set(&name, group(vec![a.clone()]), [None; 2]);
+            }
+        }
         for route in routes {
             zone.apply_route(route, true);
         }
@@ -190,8 +207,11 @@ impl Zone {
     /// The apex's SOA (at the current serial) and NS.
     fn set_apex(&mut self) {
         let p = &self.params;
-        let ns = Record::from_rdata(p.origin.clone(), p.ttl, RData::NS(NS(p.gateway.clone())));
-        let rrsets = group(vec![self.soa[0].clone(), ns]);
+        let mut records = vec![self.soa[0].clone()];
+        records.extend(p.nameservers.iter().map(|(name, _)| {
+            Record::from_rdata(p.origin.clone(), p.ttl, RData::NS(NS(name.clone())))
+        }));
+        let rrsets = group(records);
         let origin = self.origin.clone();
         self.set(&origin, rrsets, [None; 2]);
     }
@@ -356,7 +376,9 @@ impl Zone {
         if sets.is_empty() {
             return Answer::negative(ResponseCode::NoError, &self.soa);
         }
-        let glue: &[Record] = if sets.iter().any(|s| s.wants_glue) {
+        let glue: &[Record] = if sets.iter().any(|s| s.rtype == RecordType::NS) {
+            &self.ns_glue
+        } else if sets.iter().any(|s| s.wants_glue) {
             &self.glue
         } else {
             &[]
@@ -684,6 +706,16 @@ impl Params {
             .map_err(name_error("gateway_name", &cfg.gateway_name))?;
         let hostmaster =
             fqdn(&format!("hostmaster.{zone}")).map_err(name_error("zone", &cfg.zone))?;
+        let mut nameservers = Vec::new();
+        for (label, a) in &cfg.nameservers {
+            config::check_label(label).map_err(name_error("nameservers", label))?;
+            let name =
+                fqdn(&format!("{label}.{zone}")).map_err(name_error("nameservers", label))?;
+            nameservers.push((name, *a));
+        }
+        if nameservers.is_empty() {
+            nameservers.push((gateway.clone(), address));
+        }
         Ok(Params {
             zone,
             origin,
@@ -691,6 +723,7 @@ impl Params {
             hostmaster,
             ttl: cfg.ttl,
             address,
+            nameservers,
         })
     }
 
