@@ -36,8 +36,8 @@ use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
 use crate::{
     add_netns, check_tag, existing_srvgate_bin, expect_success, fresh_lab_dir, host, is_root, lock,
-    log_says_ready, netns_command, register_lab, remove_lab, run_with_timeout, start_logged,
-    stop_tracked, Tracked, BPFFS_DIR, DEFAULT_TIMEOUT, SRVGATE_READY_TIMEOUT,
+    log_says_ready, netns_command, register_lab, remove_lab, run_with_timeout, ssh_keygen,
+    start_logged, stop_tracked, Tracked, BPFFS_DIR, DEFAULT_TIMEOUT, SRVGATE_READY_TIMEOUT,
 };
 
 /// The public address both gateways serve.
@@ -586,19 +586,7 @@ gateway_id = "gw{}"
         let (client_key, host_key) = (d.join("id_ed25519"), d.join("ssh_host_ed25519_key"));
         for (path, comment) in [(&client_key, "sg-client"), (&host_key, "sg-host")] {
             if !path.exists() {
-                let p = path.display().to_string();
-                host(&[
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    comment,
-                    "-f",
-                    &p,
-                ])?;
+                ssh_keygen(path, comment)?;
             }
         }
         let authorized = d.join("authorized_keys");

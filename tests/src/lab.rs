@@ -684,19 +684,7 @@ impl Lab {
             (&k.client_key, "srvgate-lab-client"),
             (&k.host_key, "srvgate-lab-host"),
         ] {
-            let p = path.display().to_string();
-            host(&[
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                comment,
-                "-f",
-                &p,
-            ])?;
+            ssh_keygen(path, comment)?;
         }
         fs::copy(k.client_key.with_extension("pub"), &k.authorized_keys)
             .context("writing authorized_keys")?;

@@ -127,6 +127,24 @@ pub(crate) fn host(argv: &[&str]) -> Result<String> {
     expect_success(&argv.join(" "), &out)
 }
 
+/// Makes an ed25519 key pair without a passphrase at `path` (and `path.pub`).
+pub(crate) fn ssh_keygen(path: &Path, comment: &str) -> Result<()> {
+    let p = path.display().to_string();
+    host(&[
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        comment,
+        "-f",
+        &p,
+    ])
+    .map(drop)
+}
+
 /// Whether a process with this pid exists (including a zombie).
 pub fn pid_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

@@ -15,22 +15,9 @@ use srvgate_tests::{cluster::*, require_srvgate_bin, skip_unless_root};
 
 /// Gateway `n`'s routes: name/service -> port.
 fn routes(lab: &ClusterLab, n: usize) -> BTreeMap<String, u64> {
-    let out = lab.ctl_ok(n, &["route", "ls", "--json"]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                format!(
-                    "{}/{}",
-                    r["name"].as_str().unwrap(),
-                    r["service"].as_str().unwrap()
-                ),
-                r["port"].as_u64().unwrap(),
-            )
-        })
+    route_views(lab, n)
+        .into_iter()
+        .map(|(k, r)| (k, r["port"].as_u64().unwrap()))
         .collect()
 }
 
