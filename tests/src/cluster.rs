@@ -71,6 +71,17 @@ pub struct ClusterLab {
 }
 
 impl ClusterLab {
+    /// The opening of every cluster lab test, as [`crate::Lab::for_test`]: `None` (after
+    /// saying why) when not root, a panic naming the build command when the srvgate binary
+    /// is missing, else [`ClusterLab::new`]`(tag)`, whose failure fails the test.
+    pub fn for_test(test: &str, tag: &str) -> Option<ClusterLab> {
+        if crate::skip_unless_root(test) {
+            return None;
+        }
+        crate::require_srvgate_bin();
+        Some(ClusterLab::new(tag).expect("building the cluster lab"))
+    }
+
     /// Builds the lab `sg-TAG-*` (stale namespaces and temp dirs of the tag removed first).
     pub fn new(tag: &str) -> Result<ClusterLab> {
         check_tag(tag, 6)?;

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use srvgate_tests::{cluster::*, require_srvgate_bin, skip_unless_root};
+use srvgate_tests::cluster::*;
 
 /// Gateway `n`'s routes: name/service -> port.
 fn routes(lab: &ClusterLab, n: usize) -> BTreeMap<String, u64> {
@@ -64,11 +64,9 @@ fn soa_serial(lab: &ClusterLab, n: usize) -> Option<String> {
 
 #[test]
 fn two_gateways_share_one_table_through_etcd() {
-    if skip_unless_root("two_gateways_share_one_table_through_etcd") {
+    let Some(lab) = ClusterLab::for_test("two_gateways_share_one_table_through_etcd", "clu") else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = ClusterLab::new("clu").expect("building the cluster lab");
+    };
     lab.start_etcd().unwrap();
     lab.start_srvgate(0).unwrap();
     lab.start_srvgate(1).unwrap();
@@ -319,11 +317,10 @@ fn start_web(lab: &ClusterLab) {
 /// gateways, by the leader), and both tables agree afterwards.
 #[test]
 fn reclaim_with_an_injected_clock_happens_once() {
-    if skip_unless_root("reclaim_with_an_injected_clock_happens_once") {
+    let Some(lab) = ClusterLab::for_test("reclaim_with_an_injected_clock_happens_once", "clr")
+    else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = ClusterLab::new("clr").expect("building the cluster lab");
+    };
     lab.start_etcd().unwrap();
     let clock = lab.dir().join("clock-offset");
     std::fs::write(&clock, "0").unwrap();
@@ -443,11 +440,11 @@ fn reclaim_with_an_injected_clock_happens_once() {
 /// runtime route's connections, and DNS deny the students' names.
 #[test]
 fn without_etcd_a_gateway_refuses_to_start_naming_it() {
-    if skip_unless_root("without_etcd_a_gateway_refuses_to_start_naming_it") {
+    let Some(lab) =
+        ClusterLab::for_test("without_etcd_a_gateway_refuses_to_start_naming_it", "cln")
+    else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = ClusterLab::new("cln").expect("building the cluster lab");
+    };
     let argv = lab.srvgate_argv(0, &lab.config(0), &[]).unwrap();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let started = Instant::now();
@@ -483,11 +480,12 @@ fn without_etcd_a_gateway_refuses_to_start_naming_it() {
 /// saying so, and ends up with gw1's table.
 #[test]
 fn a_gateway_that_missed_compacted_revisions_resynchronises() {
-    if skip_unless_root("a_gateway_that_missed_compacted_revisions_resynchronises") {
+    let Some(lab) = ClusterLab::for_test(
+        "a_gateway_that_missed_compacted_revisions_resynchronises",
+        "clc",
+    ) else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = ClusterLab::new("clc").expect("building the cluster lab");
+    };
     lab.start_etcd().unwrap();
     lab.start_srvgate(0).unwrap();
     lab.start_srvgate(1).unwrap();

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use srvgate_tests::{cluster::*, require_srvgate_bin, skip_unless_root};
+use srvgate_tests::cluster::*;
 
 /// VRRP advert interval (seconds): VRRPv3 counts in centiseconds. A backup takes over
 /// after 3 adverts missed plus its skew ((256 - priority) / 256 of an interval).
@@ -172,11 +172,10 @@ fn stall(iv: &[(f64, f64, u64)]) -> (f64, f64, f64) {
 
 #[test]
 fn connections_survive_the_active_gateway_dying() {
-    if skip_unless_root("connections_survive_the_active_gateway_dying") {
+    let Some(lab) = ClusterLab::for_test("connections_survive_the_active_gateway_dying", "fo")
+    else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = ClusterLab::new("fo").expect("building the cluster lab");
+    };
     lab.route_through_vips().unwrap();
     // Each gateway sees the other's frames too: the standby must not translate them.
     lab.flood().unwrap();

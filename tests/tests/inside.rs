@@ -11,11 +11,12 @@ const BYTES: usize = 5_000_000;
 
 #[test]
 fn a_backend_reaches_routes_by_public_address_and_by_name() {
-    if skip_unless_root("a_backend_reaches_routes_by_public_address_and_by_name") {
+    let Some(lab) = Lab::for_test(
+        "a_backend_reaches_routes_by_public_address_and_by_name",
+        "inside",
+    ) else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("inside").expect("building the lab");
+    };
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     lab.start_sshd(&lab.b2, "sg-b2").unwrap();
     let routes = [

@@ -14,11 +14,10 @@ const BYTES: usize = 20_000_000;
 
 #[test]
 fn a_narrow_public_leg_delivers_every_byte_both_ways() {
-    if skip_unless_root("a_narrow_public_leg_delivers_every_byte_both_ways") {
+    let Some(lab) = Lab::for_test("a_narrow_public_leg_delivers_every_byte_both_ways", "mtu")
+    else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("mtu").expect("building the lab");
+    };
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     // Only the gateway's side: the client's link stays at 1500, as behind a router.
     lab.exec_ok(&lab.gw, &["ip", "link", "set", PUBLIC_IF, "mtu", "1400"])
@@ -52,11 +51,12 @@ fn a_narrow_public_leg_delivers_every_byte_both_ways() {
 /// lowers the path MTU and resends. Without the translation the download stalls for good.
 #[test]
 fn a_narrow_hop_beyond_the_gateway_is_found_by_path_mtu_discovery() {
-    if skip_unless_root("a_narrow_hop_beyond_the_gateway_is_found_by_path_mtu_discovery") {
+    let Some(mut lab) = Lab::for_test(
+        "a_narrow_hop_beyond_the_gateway_is_found_by_path_mtu_discovery",
+        "pmtu",
+    ) else {
         return;
-    }
-    require_srvgate_bin();
-    let mut lab = Lab::new("pmtu").expect("building the lab");
+    };
     let far = lab.add_far_host(1400).unwrap();
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     let routes = [RouteSpec::tcp(

@@ -13,11 +13,12 @@ const BYTES: usize = 30_000_000;
 
 #[test]
 fn a_bridge_with_gro_in_front_of_the_public_leg_delivers_every_byte() {
-    if skip_unless_root("a_bridge_with_gro_in_front_of_the_public_leg_delivers_every_byte") {
+    let Some(lab) = Lab::for_test(
+        "a_bridge_with_gro_in_front_of_the_public_leg_delivers_every_byte",
+        "gro",
+    ) else {
         return;
-    }
-    require_srvgate_bin();
-    let lab = Lab::new("gro").expect("building the lab");
+    };
     lab.start_sshd(&lab.b1, "sg-b1").unwrap();
     // The client's address moves to `cl0`, a veth with the defaults (checksum offload
     // on), whose peer `cl1` and `eth0` (toward the gateway's public leg) are the ports of
