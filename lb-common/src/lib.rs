@@ -41,7 +41,6 @@ pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const ROUTE_COUNTERS: &str = "ROUTE_COUNTERS";
     pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
-    pub const TX_PORTS: &str = "TX_PORTS";
     pub const HAIRPIN: &str = "HAIRPIN";
     pub const LEG_CACHE: &str = "LEG_CACHE";
 }
@@ -79,6 +78,20 @@ pub struct ReverseKey {
     pub port: u16,
     pub protocol: u8,
     pub _pad: u8,
+}
+
+impl ReverseKey {
+    /// The key of `addr:port` (network byte order, as in the packet) for `protocol`, with
+    /// its padding zero, as the kernel's hash of the whole key needs.
+    #[inline(always)]
+    pub const fn new(addr: u32, port: u16, protocol: u8) -> ReverseKey {
+        ReverseKey {
+            addr,
+            port,
+            protocol,
+            _pad: 0,
+        }
+    }
 }
 
 /// What a backend's reply source is rewritten to.
@@ -120,6 +133,26 @@ pub struct HairpinKey {
     pub _pad: [u8; 3],
 }
 
+impl HairpinKey {
+    /// The key of a hairpin flow to `backend_addr:backend_port` from a private client's
+    /// `client_port` (all network byte order), padding zero.
+    #[inline(always)]
+    pub const fn new(
+        backend_addr: u32,
+        backend_port: u16,
+        client_port: u16,
+        protocol: u8,
+    ) -> HairpinKey {
+        HairpinKey {
+            backend_addr,
+            backend_port,
+            client_port,
+            protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Whose flow a `HAIRPIN` entry is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,11 +171,10 @@ pub const ROLE_PUBLIC: u8 = 1;
 pub const ROLE_PRIVATE: u8 = 2;
 
 /// How frames leave through an interface after a rewrite.
-/// `EGRESS_REDIRECT`: `bpf_redirect_map` straight to its transmit path.
+/// `EGRESS_REDIRECT`: `bpf_redirect` straight to its transmit path.
 /// `EGRESS_PASS`: hand the rewritten packet to the kernel stack, which routes it. Used where a
 /// redirect would be silently dropped (a veth whose peer has neither GRO nor XDP).
-/// The program itself reads the mode from `TX_PORTS` (only redirect legs are in it); the
-/// daemon keeps it here too so the maps say in one place what each leg does.
+/// The program reads it from the egress leg's `Interface` (its `LEG_CACHE` slot).
 pub const EGRESS_PASS: u8 = 0;
 pub const EGRESS_REDIRECT: u8 = 1;
 
@@ -242,14 +274,14 @@ pub mod counter {
     /// Rewritten, then passed to the kernel because the FIB lookup did not succeed
     /// (no neighbour entry yet, unreachable, ...).
     pub const FWD_PASS_FIB: u32 = 7;
-    /// Rewritten, then passed to the kernel because the egress cannot take redirects (it is
-    /// not in `TX_PORTS`).
+    /// Rewritten, then passed to the kernel because the egress cannot take redirects (its
+    /// `Interface` says `EGRESS_PASS`, or it is not a leg).
     pub const FWD_PASS_EGRESS: u32 = 8;
     /// Rewritten, then passed so the kernel sends ICMP time exceeded.
     pub const FWD_PASS_TTL: u32 = 9;
     /// Rewritten, then passed because the packet is larger than the egress MTU and may be
     /// fragmented (DF clear; the kernel fragments it), or its ingress leg cannot send the
-    /// ICMP answer back (not in `TX_PORTS`).
+    /// ICMP answer back (it does not take redirects).
     pub const FWD_PASS_FRAG_NEEDED: u32 = 10;
     /// From a route's backend address and port but addressed to the gateway itself (the
     /// FIB does not forward it): a reply on the gateway's own connection to that backend,

@@ -24,17 +24,18 @@ mod program {
             BPF_FIB_LOOKUP_SRC,
         },
         helpers::generated::{
-            bpf_fib_lookup, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+            bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+            bpf_xdp_get_buff_len,
         },
         macros::{map, xdp},
-        maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
     use lb_common::{
         counter, frontend_slot, Backend, HairpinKey, HairpinValue, Interface, LegSlot, ReverseKey,
-        ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_MAY_BE_PARTIAL, FRONTEND_SLOTS,
-        HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, ROLE_PRIVATE,
-        ROLE_PUBLIC,
+        ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT,
+        FRONTEND_SLOTS, HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES,
+        ROLE_PRIVATE, ROLE_PUBLIC,
     };
     use lb_ebpf::{
         addressed_to, clamped_mss, csum_replace32, frag_needed_headers, icmp_embedded_nat,
@@ -62,8 +63,6 @@ mod program {
         PerCpuArray::with_max_entries(MAX_ROUTES, 0);
     #[map(name = "GLOBAL_COUNTERS")]
     static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
-    #[map(name = "TX_PORTS")]
-    static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
     /// Flows from private hosts to the public address (hairpin), by the tuple their replies
     /// carry: the one state the program keeps, because a private client's address cannot
     /// be recovered from the translated packet (see `hairpin`).
@@ -275,12 +274,7 @@ mod program {
                     (ifindex, public_addr, now, mss),
                 )
             } else if iface.role & ROLE_PRIVATE != 0 && !to_public && public_addr != 0 {
-                let key = ReverseKey {
-                    addr: (*ip).saddr,
-                    port: (*ports).src,
-                    protocol,
-                    _pad: 0,
-                };
+                let key = ReverseKey::new((*ip).saddr, (*ports).src, protocol);
                 let Some(rev) = REVERSE.get(key) else {
                     return Ok(pass(counter::PASS_NO_ROUTE));
                 };
@@ -352,20 +346,9 @@ mod program {
         // which at worst stamps `seen_ns` twice.
         unsafe {
             let (saddr, sport, dport) = ((*ip).saddr, (*ports).src, (*ports).dst);
-            let rev = REVERSE.get(ReverseKey {
-                addr: saddr,
-                port: sport,
-                protocol,
-                _pad: 0,
-            });
+            let rev = REVERSE.get(ReverseKey::new(saddr, sport, protocol));
             if let Some(rev) = rev {
-                let key = HairpinKey {
-                    backend_addr: saddr,
-                    backend_port: sport,
-                    client_port: dport,
-                    protocol,
-                    _pad: [0; 3],
-                };
+                let key = HairpinKey::new(saddr, sport, dport, protocol);
                 if let Some(flow) = HAIRPIN.get(key) {
                     // A backend's reply to a private client: from `public:P`, to the client.
                     let to = ((public_addr, rev.public_port), (flow.client_addr, dport));
@@ -390,13 +373,7 @@ mod program {
                 }));
             };
             let (new_addr, new_port, route_id) = (backend.addr, backend.port, backend.route_id);
-            let key = HairpinKey {
-                backend_addr: new_addr,
-                backend_port: new_port,
-                client_port: sport,
-                protocol,
-                _pad: [0; 3],
-            };
+            let key = HairpinKey::new(new_addr, new_port, sport, protocol);
             match HAIRPIN.get_ptr_mut(key) {
                 Some(flow) if (*flow).client_addr == saddr => (*flow).seen_ns = now,
                 Some(flow) if now.wrapping_sub((*flow).seen_ns) < HAIRPIN_LIVE_NS => {
@@ -479,12 +456,21 @@ mod program {
         }
     }
 
-    /// An ICMP error about a translated flow, translated like that flow: from the public
-    /// side (about `public:P -> client`, which the client's side saw) to the route's
-    /// backend; from the private side (about `client -> backend:port`) out from the public
-    /// address. The embedded header's address and port, its checksum, an embedded UDP
-    /// checksum and the ICMP checksum are rewritten; only the 8 bytes of L4 header an
-    /// error must carry are read. Anything else ICMP goes to the kernel untouched.
+    /// What an ICMP error about a translated flow becomes: the quoted packet's new source
+    /// and destination (address, port), the error's own new source and destination, and
+    /// whether an error the FIB would deliver to the gateway itself is about the gateway's
+    /// own connection (so the kernel's, untouched).
+    struct IcmpNat {
+        inner_src: (u32, u16),
+        inner_dst: (u32, u16),
+        outer: (u32, u32),
+        own_if_local: bool,
+    }
+
+    /// An ICMP error about a translated flow, translated like that flow (see [`icmp_nat`]).
+    /// The quoted header's addresses and ports, its checksum, a quoted UDP checksum, the
+    /// ICMP checksum and the outer addresses are rewritten; only the 8 bytes of L4 header
+    /// an error must carry are read. Anything else ICMP goes to the kernel untouched.
     #[inline(always)]
     fn translate_icmp(
         ctx: &XdpContext,
@@ -528,79 +514,129 @@ mod program {
         if public_addr == 0 {
             return Ok(pass(counter::PASS_NO_ROUTE));
         }
-        let mut fib = mem::MaybeUninit::uninit();
-        let fib: &mut FibParams = zero_in_place(&mut fib);
         // SAFETY: every pointer comes from `ptr_at`: inside the packet, which the program may
-        // write and nothing else touches during the run; the map references are used only
-        // during this run (see `try_srvgate`).
+        // write and nothing else touches during the run.
         unsafe {
-            let udp_old = (protocol == PROTO_UDP).then(|| *udp_check);
-            if iface.role & ROLE_PUBLIC != 0
-                && (*ip).daddr == public_addr
-                && (*inner).saddr == public_addr
-            {
-                let Some(backend) = frontend((*ports).src, protocol) else {
-                    return Ok(pass(counter::PASS_NO_ROUTE));
-                };
-                let (new_addr, new_port) = (backend.addr, backend.port);
-                let (icmp, inner_ip, udp) = icmp_embedded_nat(
-                    *icmp_check,
-                    (*inner).check,
-                    udp_old,
-                    public_addr,
-                    new_addr,
-                    (*ports).src,
-                    new_port,
-                );
-                *icmp_check = icmp;
-                (*inner).check = inner_ip;
-                (*inner).saddr = new_addr;
-                (*ports).src = new_port;
-                if let Some(u) = udp {
-                    *udp_check = u;
-                }
-                (*ip).check = csum_replace32((*ip).check, (*ip).daddr, new_addr);
-                (*ip).daddr = new_addr;
-                let rc = fib_lookup(ctx, fib, ip, ifindex, PROTO_ICMP, (*ip).saddr, new_addr);
-                Ok(forward(eth, ip, PROTO_ICMP, fib, rc))
-            } else if iface.role & ROLE_PRIVATE != 0 {
-                let key = ReverseKey {
-                    addr: (*inner).daddr,
-                    port: (*ports).dst,
-                    protocol,
-                    _pad: 0,
-                };
-                let Some(rev) = REVERSE.get(key) else {
-                    return Ok(pass(counter::PASS_NO_ROUTE));
-                };
-                // About the gateway's own connection to that backend: the kernel's.
-                let rc = fib_lookup(ctx, fib, ip, ifindex, PROTO_ICMP, public_addr, (*ip).daddr);
-                if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
-                    return Ok(pass(counter::PASS_LOCAL));
-                }
-                let new_port = rev.public_port;
-                let (icmp, inner_ip, udp) = icmp_embedded_nat(
-                    *icmp_check,
-                    (*inner).check,
-                    udp_old,
-                    (*inner).daddr,
-                    public_addr,
-                    (*ports).dst,
-                    new_port,
-                );
-                *icmp_check = icmp;
-                (*inner).check = inner_ip;
-                (*inner).daddr = public_addr;
-                (*ports).dst = new_port;
-                if let Some(u) = udp {
-                    *udp_check = u;
-                }
-                (*ip).check = csum_replace32((*ip).check, (*ip).saddr, public_addr);
-                (*ip).saddr = public_addr;
-                Ok(forward(eth, ip, PROTO_ICMP, fib, rc))
-            } else {
-                Ok(pass(counter::PASS_NO_ROUTE))
+            let (src, dst) = (
+                ((*inner).saddr, (*ports).src),
+                ((*inner).daddr, (*ports).dst),
+            );
+            let nat = match icmp_nat(
+                iface.role,
+                public_addr,
+                ((*ip).saddr, (*ip).daddr),
+                (src, dst),
+                protocol,
+            ) {
+                Ok(nat) => nat,
+                Err(verdict) => return Ok(pass(verdict)),
+            };
+            let mut fib = mem::MaybeUninit::uninit();
+            let fib: &mut FibParams = zero_in_place(&mut fib);
+            let rc = fib_lookup(ctx, fib, ip, ifindex, PROTO_ICMP, nat.outer.0, nat.outer.1);
+            if nat.own_if_local && rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
+                return Ok(pass(counter::PASS_LOCAL));
             }
+            let udp = (protocol == PROTO_UDP).then(|| *udp_check);
+            let (icmp, inner_ip, udp) = icmp_embedded_nat(
+                *icmp_check,
+                (*inner).check,
+                udp,
+                src.0,
+                nat.inner_src.0,
+                src.1,
+                nat.inner_src.1,
+            );
+            let (icmp, inner_ip, udp) = icmp_embedded_nat(
+                icmp,
+                inner_ip,
+                udp,
+                dst.0,
+                nat.inner_dst.0,
+                dst.1,
+                nat.inner_dst.1,
+            );
+            *icmp_check = icmp;
+            (*inner).check = inner_ip;
+            if let Some(u) = udp {
+                *udp_check = u;
+            }
+            ((*inner).saddr, (*ports).src) = nat.inner_src;
+            ((*inner).daddr, (*ports).dst) = nat.inner_dst;
+            let check = csum_replace32((*ip).check, (*ip).saddr, nat.outer.0);
+            (*ip).check = csum_replace32(check, (*ip).daddr, nat.outer.1);
+            ((*ip).saddr, (*ip).daddr) = nat.outer;
+            Ok(forward(eth, ip, PROTO_ICMP, fib, rc))
+        }
+    }
+
+    /// Which translated flow an ICMP error from `outer` (source, destination) quoting
+    /// `src -> dst` (address, port) is about, and what it becomes; else the verdict of an
+    /// error left to the kernel untouched. An error the gateway's translation made the
+    /// sender of (quoted source `public`, to the public address) is about:
+    /// - a hairpin request `public:port -> backend` (arriving from the backend's side):
+    ///   goes to the private client, quoting `client:port -> public:P`;
+    /// - a hairpin reply `public:P -> client:port` (from the client's side): goes to the
+    ///   backend, quoting `backend -> public:port`;
+    /// - `public:P -> client` on the public side: goes to the backend, quoting
+    ///   `backend -> client`.
+    ///
+    /// An error from the private side about `client -> backend` goes out from the public
+    /// address, quoting `client -> public:P`. Hairpin errors go out from the public
+    /// address too: the other end knows the gateway only by it.
+    #[inline(always)]
+    fn icmp_nat(
+        role: u8,
+        public_addr: u32,
+        outer: (u32, u32),
+        (src, dst): ((u32, u16), (u32, u16)),
+        protocol: u8,
+    ) -> Result<IcmpNat, u32> {
+        let from_public = outer.1 == public_addr && src.0 == public_addr;
+        // SAFETY (both blocks): map references are used only during this run (see
+        // `try_srvgate`); the fields are copied out at once.
+        let rev = unsafe { REVERSE.get(ReverseKey::new(dst.0, dst.1, protocol)) };
+        if from_public && role & ROLE_PRIVATE != 0 {
+            if let Some(rev) = rev {
+                let key = HairpinKey::new(dst.0, dst.1, src.1, protocol);
+                if let Some(flow) = unsafe { HAIRPIN.get(key) } {
+                    return Ok(IcmpNat {
+                        inner_src: (flow.client_addr, src.1),
+                        inner_dst: (public_addr, rev.public_port),
+                        outer: (public_addr, flow.client_addr),
+                        own_if_local: false,
+                    });
+                }
+            } else if let Some(backend) = frontend(src.1, protocol) {
+                let (addr, port) = (backend.addr, backend.port);
+                let key = HairpinKey::new(addr, port, dst.1, protocol);
+                if unsafe { HAIRPIN.get(key) }.is_some_and(|flow| flow.client_addr == dst.0) {
+                    return Ok(IcmpNat {
+                        inner_src: (addr, port),
+                        inner_dst: (public_addr, dst.1),
+                        outer: (public_addr, addr),
+                        own_if_local: false,
+                    });
+                }
+            }
+        }
+        if from_public && role & ROLE_PUBLIC != 0 {
+            let backend = frontend(src.1, protocol).ok_or(counter::PASS_NO_ROUTE)?;
+            return Ok(IcmpNat {
+                inner_src: (backend.addr, backend.port),
+                inner_dst: dst,
+                outer: (outer.0, backend.addr),
+                own_if_local: false,
+            });
+        }
+        match rev {
+            Some(rev) if role & ROLE_PRIVATE != 0 => Ok(IcmpNat {
+                inner_src: src,
+                inner_dst: (public_addr, rev.public_port),
+                outer: (public_addr, outer.1),
+                own_if_local: true,
+            }),
+            _ => Err(counter::PASS_NO_ROUTE),
         }
     }
 
@@ -707,12 +743,7 @@ mod program {
         sport: u16,
         protocol: u8,
     ) -> bool {
-        let key = ReverseKey {
-            addr: saddr,
-            port: sport,
-            protocol,
-            _pad: 0,
-        };
+        let key = ReverseKey::new(saddr, sport, protocol);
         // SAFETY: only whether the entry exists is read.
         if unsafe { REVERSE.get(key) }.is_some() {
             return true;
@@ -796,12 +827,12 @@ mod program {
         }
         // SAFETY: `ip` comes from `ptr_at`: inside the packet.
         let (frag_off, to) = unsafe { (u16::from_be((*ip).frag_off), (*ip).saddr) };
-        // The answer leaves by a redirect into the ingress leg itself, which TX_PORTS holds
-        // only if it takes redirects. Not XDP_TX: on a veth (kernel 6.18) frames sent back
+        // The answer leaves by a redirect into the ingress leg itself, if it takes
+        // redirects. Not XDP_TX: on a veth (kernel 6.18) frames sent back
         // that way never reached the peer's stack (measured in the mtu lab: the leg
         // counted 25 xdp_tx, no error, the sender's IP layer received nothing), while a
         // redirect into the same leg is what the one-armed path does all the time.
-        if frag_off & IP_DF == 0 || TX_PORTS.get(ifindex).is_none() {
+        if frag_off & IP_DF == 0 || !takes_redirects(ifindex) {
             return Ok(None);
         }
         // SAFETY: plain integer in a union the kernel wrote on FRAG_NEEDED.
@@ -844,13 +875,9 @@ mod program {
             (*eth).src = src_mac;
             (*eth).proto = ETH_P_IPV4.to_be();
         }
-        let Ok(action) = TX_PORTS.redirect(ifindex, 0) else {
-            // Checked above; a leg removed from TX_PORTS since gets the answer through the
-            // kernel, which routes it back to the sender.
-            return Ok(Some(pass(counter::TX_FRAG_NEEDED)));
-        };
         count(counter::TX_FRAG_NEEDED);
-        Ok(Some(action))
+        // SAFETY: plain integers.
+        Ok(Some(unsafe { bpf_redirect(ifindex, 0) } as u32))
     }
 
     /// Asks the kernel's FIB where the packet goes once it is from `saddr` to `daddr` (its
@@ -903,23 +930,30 @@ mod program {
         if ttl <= 1 {
             return pass(counter::FWD_PASS_TTL);
         }
-        // Only legs that take redirects are in TX_PORTS, so this one call is also the egress
-        // check. It merely records the target (the transmit happens after we return), so the
-        // TTL and MACs are rewritten after it: a refused redirect leaves a packet the kernel
-        // can still route as if it had arrived that way.
-        let Ok(action) = TX_PORTS.redirect(fib.ifindex, 0) else {
+        if !takes_redirects(fib.ifindex) {
             return pass(counter::FWD_PASS_EGRESS);
-        };
+        }
         // SAFETY: `eth` and `ip` come from `ptr_at`: both headers lie inside the packet,
-        // which the program may write.
+        // which the program may write; bpf_redirect takes plain integers.
         unsafe {
             (*ip).check = ipv4_csum_ttl_decrement((*ip).check, ttl, protocol);
             (*ip).ttl = ttl - 1;
             (*eth).dst = fib.dmac;
             (*eth).src = fib.smac;
+            count(counter::FWD_REDIRECT);
+            bpf_redirect(fib.ifindex, 0) as u32
         }
-        count(counter::FWD_REDIRECT);
-        action
+    }
+
+    /// Whether the leg `ifindex` takes XDP redirects (the daemon reads it from the device's
+    /// xdp-features): a redirect into a device that does not is dropped after the program
+    /// returns, where no counter sees it. Not a leg: no. Read from `LEG_CACHE` (an array
+    /// lookup the verifier inlines) rather than a devmap, whose lookup on every packet
+    /// cost more than a tenth of the program's time; `bpf_redirect` then finds the device
+    /// by index after the program returns, as the devmap's own redirect would.
+    #[inline(always)]
+    fn takes_redirects(ifindex: u32) -> bool {
+        interface(ifindex).is_some_and(|leg| leg.egress == EGRESS_REDIRECT)
     }
 
     #[panic_handler]

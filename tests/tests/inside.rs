@@ -1,7 +1,10 @@
 //! Access from inside: a host on one of the gateway's private legs reaches every route the
 //! way a client outside does, by the public address and port (hairpin NAT in the XDP
 //! program) and by name (srvgate's own DNS answers, whose SRV records give the public
-//! port). Real sshd on the backends, real ssh, dig and `srvgate ssh` from a backend.
+//! port). Real sshd on the backends, real ssh, dig and `srvgate ssh` from a backend; ICMP
+//! errors about such flows reach whichever end caused them, from real kernels.
+
+use std::time::Duration;
 
 use srvgate_tests::*;
 
@@ -89,5 +92,111 @@ fn a_backend_reaches_routes_by_public_address_and_by_name() {
         ),
         Some(0.0),
         "{metrics}"
+    );
+}
+
+/// Sends one UDP datagram from a connected socket to `argv[1]:argv[2]` and, unless
+/// `argv[3]` is `close` (then it closes at once), prints what the next receive got:
+/// `refused` when an ICMP port unreachable came back (the kernel turns it into
+/// ECONNREFUSED on a connected socket), `timeout` when nothing came in 3 s.
+const UDP_ASKER: &str = r#"import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.settimeout(3)
+s.send(b"ping")
+if sys.argv[3] == "close":
+    print("sent")
+    sys.exit(0)
+try:
+    s.recv(100)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+"#;
+
+/// Waits (at most 10 s) for one datagram on port `argv[1]`, connects to its sender, waits
+/// `argv[2]` seconds (the sender has closed its socket by then), answers, and prints what
+/// the next receive got, as [`UDP_ASKER`] does.
+const UDP_LATE_ANSWERER: &str = r#"import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(10)
+_, peer = s.recvfrom(100)
+s.connect(peer)
+time.sleep(float(sys.argv[2]))
+s.send(b"late")
+try:
+    s.recv(100)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+"#;
+
+/// ICMP errors about hairpin flows reach the end that caused them, translated the way the
+/// flow is, through real kernels: a host on a private leg that sends to a route whose
+/// backend has nothing listening hears "port unreachable" (its socket is refused instead
+/// of waiting), and a backend answering a host that has gone away hears it too.
+#[test]
+fn icmp_errors_about_hairpin_flows_reach_both_ends() {
+    let Some(lab) = Lab::for_test("icmp_errors_about_hairpin_flows_reach_both_ends", "inicmp")
+    else {
+        return;
+    };
+    let routes = [
+        RouteSpec::udp("alice", "game", &format!("{B2_IP}:5353"), 30053),
+        RouteSpec::udp("bob", "game", &format!("{B2_IP}:5354"), 30054),
+    ];
+    let cfg = lab
+        .write_file("srvgate.toml", &config_toml(&routes))
+        .unwrap();
+    lab.start_srvgate(&cfg, &[]).unwrap();
+
+    // Nothing listens on backend 2's 5353: its kernel's port unreachable, about
+    // `public:port -> b2:5353`, reaches backend 1 about `b1:port -> public:30053`.
+    let out = lab
+        .exec(
+            &lab.b1,
+            &["python3", "-c", UDP_ASKER, PUBLIC_IP, "30053", "wait"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.trim(),
+        "refused",
+        "backend 1's socket: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Backend 2 answers backend 1 after its socket closed: backend 1's port unreachable,
+    // about `public:30054 -> b1:port`, reaches backend 2 about `b2:5354 -> public:port`.
+    let answerer = lab
+        .spawn(
+            &lab.b2,
+            &["python3", "-c", UDP_LATE_ANSWERER, "5354", "0.5"],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = lab
+        .exec(
+            &lab.b1,
+            &["python3", "-c", UDP_ASKER, PUBLIC_IP, "30054", "close"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent");
+    wait_until("backend 2's answerer", Duration::from_secs(15), || {
+        !lab.is_running(answerer)
+    });
+    let log = lab.log_path(answerer).unwrap();
+    lab.stop(answerer, Duration::ZERO).unwrap();
+    let said = std::fs::read_to_string(log).unwrap();
+    assert!(
+        said.lines().any(|l| l == "refused"),
+        "backend 2's socket after answering a closed one: {said:?}"
     );
 }

@@ -36,7 +36,7 @@ use std::{
 };
 
 use aya::{
-    maps::{DevMapHash, HashMap, MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::links::PinnedLink,
     Ebpf,
 };
@@ -101,8 +101,6 @@ pub enum DataplaneError {
         name: &'static str,
         error: Box<aya::maps::MapError>,
     },
-    #[error("BPF map TX_PORTS: {0}")]
-    TxPorts(Box<aya::maps::xdp::XdpMapError>),
     #[error("setting sysctl {path}: {error}")]
     Sysctl { path: String, error: std::io::Error },
     #[error("--pin-dir {}: {reason}", path.display())]
@@ -294,7 +292,6 @@ pub struct XdpDataplane {
     global_counters: PerCpuArray<MapData, u64>,
     settings: aya::maps::Array<MapData, Plain<Settings>>,
     /// The legs that take redirects, and only those: the program's egress check.
-    tx_ports: DevMapHash<MapData>,
     /// Network byte order, as the program compares it.
     public_addr: u32,
     /// What SYN and SYN-ACK segments are clamped to ([`Settings::mss`]).

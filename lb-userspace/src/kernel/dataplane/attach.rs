@@ -5,7 +5,7 @@
 use std::{collections::HashSet, path::Path, sync::Arc};
 
 use aya::{
-    maps::{DevMapHash, MapData},
+    maps::MapData,
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -26,7 +26,7 @@ use super::{
     netdev,
     pins::{
         check_pinned_maps, detach_dropped_legs, link_pin_path, object_maps, prepare_pin_dir,
-        remove_pins,
+        remove_pins, remove_retired_maps,
     },
     role_name, AttachMode, Dataplane, DataplaneError, Leg, PinnedFrontends, XdpDataplane, PROGRAM,
 };
@@ -67,6 +67,7 @@ impl XdpDataplane {
         }
         prepare_kernel(gw)?;
         prepare_pin_dir(pin_dir)?;
+        remove_retired_maps(pin_dir)?;
         let reused = check_pinned_maps(pin_dir)?;
         Self::load_and_attach(gw, mode, pin_dir, legs, reused).inspect_err(|_| {
             // A first start that fails leaves nothing behind, as before pinning: without
@@ -107,20 +108,8 @@ impl XdpDataplane {
             take(&mut ebpf, map_names::SETTINGS)?
                 .try_into()
                 .map_err(map_err(map_names::SETTINGS))?;
-        let mut tx_ports: DevMapHash<MapData> = take(&mut ebpf, map_names::TX_PORTS)?
-            .try_into()
-            .map_err(map_err(map_names::TX_PORTS))?;
+        // Legs an earlier run had that this config dropped leave `INTERFACES` below.
         let current: HashSet<u32> = legs.iter().map(|l| l.ifindex).collect();
-        // Legs an earlier run had that this config dropped; refresh_egress() below puts in
-        // the legs of this one that take redirects.
-        let stale: Vec<u32> = tx_ports
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !current.contains(k))
-            .collect();
-        for k in stale {
-            tx_ports.remove(k).map_err(map_err(map_names::TX_PORTS))?;
-        }
         let mut dp = XdpDataplane {
             frontends: take(&mut ebpf, map_names::FRONTENDS)?
                 .try_into()
@@ -152,7 +141,6 @@ impl XdpDataplane {
                 }
             },
             settings,
-            tx_ports,
             public_addr: addr_be(gw.public_ipv4),
             mss: 0,
             pin_dir: pin_dir.to_path_buf(),

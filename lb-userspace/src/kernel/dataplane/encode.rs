@@ -36,12 +36,11 @@ pub fn frontend_slot(port: u16, protocol: Protocol) -> u32 {
 }
 
 pub fn reverse_key(backend: SocketAddrV4, protocol: Protocol) -> ReverseKey {
-    ReverseKey {
-        addr: addr_be(*backend.ip()),
-        port: backend.port().to_be(),
-        protocol: protocol.number(),
-        _pad: 0,
-    }
+    ReverseKey::new(
+        addr_be(*backend.ip()),
+        backend.port().to_be(),
+        protocol.number(),
+    )
 }
 
 /// The reverse map entry of a route: `backend (address, port, protocol) -> public port`.

@@ -223,14 +223,6 @@ impl Dataplane for XdpDataplane {
                 }
             }
             leg.mac = mac;
-            if egress == EGRESS_REDIRECT {
-                self.tx_ports
-                    .insert(leg.ifindex, leg.ifindex, None, 0)
-                    .map_err(|e| DataplaneError::TxPorts(Box::new(e)))?;
-            } else {
-                absent_is_removed(self.tx_ports.remove(leg.ifindex))
-                    .map_err(map_err(map_names::TX_PORTS))?;
-            }
             self.interfaces
                 .insert(leg.ifindex, Plain(leg.interface()), 0)
                 .map_err(map_err(map_names::INTERFACES))?;
@@ -347,18 +339,4 @@ pub(super) fn leg_cache(legs: &[Leg]) -> Vec<LegSlot> {
 /// What an empty `FRONTENDS` slot holds.
 fn no_route() -> Plain<Backend> {
     Plain(bytemuck::Zeroable::zeroed())
-}
-
-/// A delete of a key that is not there has done its job. Hash maps report that as
-/// `KeyNotFound`; devmaps as the raw ENOENT of the syscall.
-fn absent_is_removed(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
-    match r {
-        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
-        other => other,
-    }
 }

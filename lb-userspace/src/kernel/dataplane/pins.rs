@@ -84,6 +84,26 @@ pub(super) fn object_maps() -> Result<Vec<(String, MapShape)>, DataplaneError> {
         .collect())
 }
 
+/// Unpins maps that an earlier build pinned in `dir` and this one no longer has (TX_PORTS,
+/// say), so that they do not outlive it there: a program still attached keeps its own
+/// reference until the new one replaces it. Link pins are the legs' and stay.
+pub(super) fn remove_retired_maps(dir: &Path) -> Result<(), DataplaneError> {
+    let known: HashSet<String> = object_maps()?.into_iter().map(|(name, _)| name).collect();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(LINK_PREFIX) || known.contains(&name) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {
+                info!(pin = %name, "unpinned a map of an earlier build that this one does not use")
+            }
+            Err(e) => warn!("removing {}: {e}", entry.path().display()),
+        }
+    }
+    Ok(())
+}
+
 /// Checks every map pinned in `dir` against the embedded object's definition, so that a
 /// program is never handed maps whose layout it does not expect. Returns how many maps
 /// are pinned already.

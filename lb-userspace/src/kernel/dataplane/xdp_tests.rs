@@ -9,16 +9,16 @@
 use std::{mem::size_of, net::Ipv4Addr, process::Command};
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
     counter, frontend_slot, map_names, Backend, HairpinKey, HairpinValue, Interface, LegSlot,
     ReverseKey, ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_FULL,
-    CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, FRONTEND_SLOTS, HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS,
-    MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP, ROLE_PRIVATE,
-    ROLE_PUBLIC,
+    CSUM_MAY_BE_PARTIAL, EGRESS_PASS, EGRESS_REDIRECT, FRONTEND_SLOTS, HAIRPIN_LIVE_NS,
+    LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP,
+    ROLE_PRIVATE, ROLE_PUBLIC,
 };
 
 use super::{maps::Plain, pins::object_maps, PROGRAM};
@@ -55,7 +55,7 @@ const DNS_ID: u32 = 6;
 fn the_objects_maps_are_lb_commons() {
     let maps: std::collections::HashMap<String, super::pins::MapShape> =
         object_maps().unwrap().into_iter().collect();
-    let want: [(&str, usize, usize, u32); 9] = [
+    let want: [(&str, usize, usize, u32); 8] = [
         (
             map_names::FRONTENDS,
             size_of::<u32>(),
@@ -104,9 +104,6 @@ fn the_objects_maps_are_lb_commons() {
             size_of::<LegSlot>(),
             LEG_CACHE_SLOTS,
         ),
-        // A devmap's value is the kernel's struct bpf_devmap_val: the target ifindex and
-        // an optional program (fd or id).
-        (map_names::TX_PORTS, size_of::<u32>(), 8, MAX_INTERFACES),
     ];
     for (name, key, value, max) in want {
         let m = maps
@@ -489,12 +486,7 @@ impl Harness {
             let slot = frontend_slot(public, protocol).unwrap();
             fronts.set(slot, Plain(value), 0).unwrap();
             rev.push((
-                ReverseKey {
-                    addr: be(backend),
-                    port: port.to_be(),
-                    protocol,
-                    _pad: 0,
-                },
+                ReverseKey::new(be(backend), port.to_be(), protocol),
                 ReverseValue {
                     public_port: public.to_be(),
                     _pad: 0,
@@ -526,32 +518,31 @@ impl Harness {
     fn hairpin(&self, backend: (Ipv4Addr, u16), port: u16, protocol: u8) -> Option<HairpinValue> {
         let m: HashMap<_, Plain<HairpinKey>, Plain<HairpinValue>> =
             HashMap::try_from(self.ebpf.map(map_names::HAIRPIN).unwrap()).unwrap();
-        let key = HairpinKey {
-            backend_addr: be(backend.0),
-            backend_port: backend.1.to_be(),
-            client_port: port.to_be(),
-            protocol,
-            _pad: [0; 3],
-        };
+        let key = HairpinKey::new(be(backend.0), backend.1.to_be(), port.to_be(), protocol);
         m.get(&Plain(key), 0).ok().map(|Plain(v)| v)
     }
 
     /// Marks both legs as ones whose frames may carry partial checksums (veths), as the
     /// daemon does from their driver.
     fn look_for_partial_checksums(&mut self) {
-        let mut ifaces: HashMap<_, u32, Plain<Interface>> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
-        for (ifindex, role) in [(1, ROLE_PUBLIC), (self.leg, ROLE_PRIVATE)] {
-            let iface = leg_entry(role, CSUM_MAY_BE_PARTIAL);
-            ifaces.insert(ifindex, Plain(iface), 0).unwrap();
+        for ifindex in [1, self.leg] {
+            self.edit_leg(ifindex, |leg| leg.checksum = CSUM_MAY_BE_PARTIAL);
         }
     }
 
-    /// Lets the private leg take redirects (the program's egress check).
+    /// Lets the private leg take redirects (the program's egress check), as the daemon
+    /// says of a leg whose device does.
     fn allow_redirects(&mut self) {
-        let mut tx: DevMapHash<_> =
-            DevMapHash::try_from(self.ebpf.map_mut(map_names::TX_PORTS).unwrap()).unwrap();
-        tx.insert(self.leg, self.leg, None, 0).unwrap();
+        self.edit_leg(self.leg, |leg| leg.egress = EGRESS_REDIRECT);
+    }
+
+    /// Changes what `INTERFACES` says of leg `ifindex`, keeping the rest.
+    fn edit_leg(&mut self, ifindex: u32, edit: impl FnOnce(&mut Interface)) {
+        let mut ifaces: HashMap<_, u32, Plain<Interface>> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
+        let Plain(mut iface) = ifaces.get(&ifindex, 0).unwrap();
+        edit(&mut iface);
+        ifaces.insert(ifindex, Plain(iface), 0).unwrap();
     }
 
     fn verdicts(&self) -> Vec<u64> {
@@ -768,12 +759,8 @@ fn a_removed_routes_slot_forwards_nothing() {
 
 /// Sets both legs' own MAC in `INTERFACES` (all zero: unknown).
 fn set_leg_macs(h: &mut Harness, mac: [u8; 6]) {
-    let mut ifaces: HashMap<_, u32, Plain<Interface>> =
-        HashMap::try_from(h.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
     for ifindex in [1, h.leg] {
-        let Plain(mut iface) = ifaces.get(&ifindex, 0).unwrap();
-        iface.mac = mac;
-        ifaces.insert(ifindex, Plain(iface), 0).unwrap();
+        h.edit_leg(ifindex, |leg| leg.mac = mac);
     }
 }
 
@@ -888,8 +875,8 @@ fn a_client_packet_is_rewritten_to_the_backend_and_redirected() {
         (XDP_PASS, name(counter::FWD_PASS_TTL))
     );
     assert_eq!(parse(&out).ttl, 1);
-    // Bigger than the leg's MTU, from a leg that cannot send the answer back (not in
-    // TX_PORTS): left to the kernel.
+    // Bigger than the leg's MTU, from a leg that cannot send the answer back (it does not
+    // take redirects): left to the kernel.
     let big = Frame {
         payload: usize::from(LEG_MTU),
         ..frame.clone()
@@ -1141,6 +1128,107 @@ fn icmp_errors_about_translated_flows_are_translated_both_ways() {
         assert_eq!(&out, frame, "{what}: untouched");
         assert_eq!(name(verdict), name(want), "{what}");
     }
+}
+
+/// ICMP errors about hairpin flows (a private host using a route's public address and
+/// port): each end hears of the other as it knows it, both on a private leg and on a
+/// one-armed gateway's one NIC.
+#[test]
+fn icmp_errors_about_hairpin_flows_reach_the_other_end_as_it_knows_it() {
+    let Some(mut h) =
+        Harness::new("icmp_errors_about_hairpin_flows_reach_the_other_end_as_it_knows_it")
+    else {
+        return;
+    };
+    h.allow_redirects();
+    // Without a hairpin flow, an error about `public:port -> backend` is about the
+    // gateway's own connection from its public address: the kernel's, untouched.
+    let own = icmp_error(
+        3,
+        BACKEND,
+        PUBLIC,
+        &Frame::tcp((PUBLIC, 41000), (BACKEND, 22)),
+        8,
+    );
+    let (action, out, verdict) = h.run(&own, h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::PASS_LOCAL))
+    );
+    assert_eq!(out, own, "untouched");
+
+    for one_armed in [false, true] {
+        if one_armed {
+            h.one_armed();
+        }
+        let ask = Frame::udp((INSIDE, 5000), (PUBLIC, DNS_PORT));
+        assert_eq!(h.run(&ask.bytes(), h.leg).0, XDP_REDIRECT, "the flow");
+        let syn = Frame {
+            syn: Some((0, 1460, false)),
+            ..Frame::tcp((INSIDE, 40000), (PUBLIC, SSH_PORT))
+        };
+        assert_eq!(h.run(&syn.bytes(), h.leg).0, XDP_REDIRECT, "the flow");
+
+        // The backend refuses the translated datagram: the host hears it from the address
+        // and port it sent to, about the datagram it sent.
+        let sent = Frame::udp((PUBLIC, 5000), (BACKEND, 53));
+        let (action, out, verdict) = h.run(&icmp_error(3, BACKEND, PUBLIC, &sent, 8), h.leg);
+        assert_eq!(
+            (action, name(verdict)),
+            (XDP_REDIRECT, name(counter::FWD_REDIRECT)),
+            "one-armed: {one_armed}"
+        );
+        let (src, dst, qsrc, qdst, qudp) = parse_icmp(&out);
+        assert_eq!((src, dst), (PUBLIC, INSIDE), "one-armed: {one_armed}");
+        assert_eq!((qsrc, qdst), ((INSIDE, 5000), (PUBLIC, DNS_PORT)));
+        assert_eq!(qudp, udp_checksum_of(&ask));
+        assert_eq!(out[..6], INSIDE_MAC, "to the host's MAC");
+
+        // The host refuses the backend's answer: the backend hears it from the public
+        // address, about its datagram to `public:5000`.
+        let answered = Frame::udp((PUBLIC, DNS_PORT), (INSIDE, 5000));
+        let (action, out, _) = h.run(&icmp_error(3, INSIDE, PUBLIC, &answered, 8), h.leg);
+        assert_eq!(action, XDP_REDIRECT, "one-armed: {one_armed}");
+        let (src, dst, qsrc, qdst, qudp) = parse_icmp(&out);
+        assert_eq!((src, dst), (PUBLIC, BACKEND), "one-armed: {one_armed}");
+        assert_eq!((qsrc, qdst), ((BACKEND, 53), (PUBLIC, 5000)));
+        assert_eq!(
+            qudp,
+            udp_checksum_of(&Frame::udp((BACKEND, 53), (PUBLIC, 5000)))
+        );
+        assert_eq!(out[..6], BACKEND_MAC, "to the backend's MAC");
+
+        // TCP, an error from a router on the way (time exceeded), both directions.
+        let sent = Frame::tcp((PUBLIC, 40000), (BACKEND, 22));
+        let (_, out, _) = h.run(&icmp_error(11, LEG, PUBLIC, &sent, 8), h.leg);
+        let (src, dst, qsrc, qdst, _) = parse_icmp(&out);
+        assert_eq!((src, dst), (PUBLIC, INSIDE));
+        assert_eq!((qsrc, qdst), ((INSIDE, 40000), (PUBLIC, SSH_PORT)));
+        let answered = Frame::tcp((PUBLIC, SSH_PORT), (INSIDE, 40000));
+        let (_, out, _) = h.run(&icmp_error(11, LEG, PUBLIC, &answered, 8), h.leg);
+        let (src, dst, qsrc, qdst, _) = parse_icmp(&out);
+        assert_eq!((src, dst), (PUBLIC, BACKEND));
+        assert_eq!((qsrc, qdst), ((BACKEND, 22), (PUBLIC, 40000)));
+    }
+
+    // About an answer to a host that is not the flow's client: on a private leg nobody's
+    // (the kernel's, untouched); on the one-armed leg, still of this test, that host is a
+    // client of the world and the error goes to the backend as any client's would.
+    let stranger = Frame::udp((PUBLIC, DNS_PORT), (INSIDE_2, 5000));
+    let err = icmp_error(3, INSIDE_2, PUBLIC, &stranger, 8);
+    let (_, out, _) = h.run(&err, h.leg);
+    let (_, dst, qsrc, qdst, _) = parse_icmp(&out);
+    assert_eq!(
+        (dst, qsrc, qdst),
+        (BACKEND, (BACKEND, 53), (INSIDE_2, 5000))
+    );
+    h.edit_leg(h.leg, |leg| leg.role = ROLE_PRIVATE);
+    let (action, out, verdict) = h.run(&err, h.leg);
+    assert_eq!(
+        (action, name(verdict)),
+        (XDP_PASS, name(counter::PASS_NO_ROUTE))
+    );
+    assert_eq!(out, err, "untouched");
 }
 
 #[test]
@@ -1429,12 +1517,12 @@ fn frames_with_partial_checksums_are_rewritten_for_offload_and_passed_to_the_ker
     }
 }
 
-/// A leg's entry as the daemon writes it for a veth that takes redirects, with the MAC the
-/// crafted frames are sent to.
+/// A leg's entry as the daemon writes it for a veth that does not take redirects (until
+/// [`Harness::allow_redirects`]), with the MAC the crafted frames are sent to.
 fn leg_entry(role: u8, checksum: u8) -> Interface {
     Interface {
         role,
-        egress: EGRESS_REDIRECT,
+        egress: EGRESS_PASS,
         checksum,
         _pad: 0,
         mac: OWN_MAC,
@@ -1445,10 +1533,7 @@ fn leg_entry(role: u8, checksum: u8) -> Interface {
 impl Harness {
     /// Makes the private leg a one-armed gateway's one NIC: public and private at once.
     fn one_armed(&mut self) {
-        let mut ifaces: HashMap<_, u32, Plain<Interface>> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::INTERFACES).unwrap()).unwrap();
-        let iface = leg_entry(ROLE_PUBLIC | ROLE_PRIVATE, CSUM_FULL);
-        ifaces.insert(self.leg, Plain(iface), 0).unwrap();
+        self.edit_leg(self.leg, |leg| leg.role = ROLE_PUBLIC | ROLE_PRIVATE);
     }
 }
 
