@@ -69,15 +69,24 @@ pub enum Ipv4Shape {
 /// other machines' addresses are not.
 #[inline(always)]
 pub fn addressed_to(dst: &[u8; 6], own: &[u8; 6]) -> bool {
-    // Byte by byte: an array comparison may become a call to memcmp, which BPF lacks.
-    let (mut unknown, mut same) = (true, true);
-    let mut i = 0;
-    while i < 6 {
-        unknown &= own[i] == 0;
-        same &= dst[i] == own[i];
-        i += 1;
+    // As one 32-bit and one 16-bit word: a byte-by-byte loop cost about 5 ns a packet
+    // (BPF_PROG_TEST_RUN), and an array comparison may become a call to memcmp, which BPF
+    // lacks.
+    let (dst_hi, dst_lo) = mac_words(dst);
+    let (own_hi, own_lo) = mac_words(own);
+    (own_hi | own_lo as u32) == 0 || (dst_hi == own_hi && dst_lo == own_lo)
+}
+
+#[inline(always)]
+fn mac_words(mac: &[u8; 6]) -> (u32, u16) {
+    // SAFETY: both reads lie inside the 6 bytes `mac` refers to; unaligned reads are
+    // allowed on any address.
+    unsafe {
+        (
+            core::ptr::read_unaligned(mac.as_ptr().cast::<u32>()),
+            core::ptr::read_unaligned(mac.as_ptr().add(4).cast::<u16>()),
+        )
     }
-    unknown || same
 }
 
 /// Classifies a header from its version/IHL byte and its flags+fragment-offset field
