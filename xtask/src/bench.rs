@@ -25,6 +25,7 @@
 //! results in a temp dir) checks that every mode forwarded traffic: `cargo xtask test` runs it.
 
 mod control;
+mod cost;
 mod dns;
 mod modes;
 mod parse;
@@ -205,6 +206,21 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
                 .with_context(|| format!("round {}, mode {mode}", round + 1))?;
             println!("   ({mode}: {:.1} s)", t.elapsed().as_secs_f64());
         }
+        let xdp_rows: Vec<&str> = opts
+            .modes
+            .iter()
+            .map(|m| m.name())
+            .filter(|m| ["srvgate", "xdp-ceiling"].contains(m))
+            .collect();
+        if !xdp_rows.is_empty() {
+            println!(
+                "\n== round {}/{}: XDP programs by test run",
+                round + 1,
+                plan.rounds
+            );
+            cost::measure(root, &xdp_rows, &mut results)
+                .with_context(|| format!("round {}, program cost", round + 1))?;
+        }
         if let Some(knot) = &knot {
             println!("\n== round {}/{}: DNS", round + 1, plan.rounds);
             dns::measure(&mut bench, knot, round, &mut results)
@@ -300,7 +316,9 @@ fn measure_mode(b: &mut Bench, mode: Mode, results: &mut Results) -> Result<()> 
                         results.add(row, Metric::XdpNsPerPacket, ns);
                     }
                     None => {
-                        results.not_applicable(row, Metric::XdpNsPerPacket, "n/a: no XDP program")
+                        for m in [Metric::XdpNsPerPacket, Metric::XdpTestRunNs] {
+                            results.not_applicable(row, m, "n/a: no XDP program");
+                        }
                     }
                 }
             }
@@ -309,6 +327,7 @@ fn measure_mode(b: &mut Bench, mode: Mode, results: &mut Results) -> Result<()> 
                     Metric::Pps,
                     Metric::GwNsPerPacket,
                     Metric::XdpNsPerPacket,
+                    Metric::XdpTestRunNs,
                     Metric::PpsPerCore,
                 ] {
                     results.not_applicable(row, m, "n/a: haproxy does not forward UDP");

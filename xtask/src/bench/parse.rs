@@ -244,6 +244,37 @@ pub fn bpftool_run_stats(text: &str) -> Result<(u64, u64)> {
     Ok((field("run_cnt"), field("run_time_ns")))
 }
 
+/// What `program_cost_for_the_bench` measured: each program's mean ns per run, the
+/// kernel's own cost around a run taken off.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProgramCost {
+    pub harness: f64,
+    pub ceiling: f64,
+    pub srvgate: f64,
+}
+
+/// The `program-cost-ns harness=H xdp-ceiling=C srvgate=S` line of the measurement's
+/// output.
+pub fn program_cost(text: &str) -> Result<ProgramCost> {
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("program-cost-ns "))
+        .with_context(|| format!("no program-cost-ns line in the measurement's output:\n{text}"))?;
+    let field = |name: &str| -> Result<f64> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .with_context(|| format!("no {name}= in {line:?}"))?
+            .parse::<f64>()
+            .with_context(|| format!("{name} in {line:?}"))
+    };
+    let harness = field("harness")?;
+    Ok(ProgramCost {
+        harness,
+        ceiling: field("xdp-ceiling")? - harness,
+        srvgate: field("srvgate")? - harness,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +364,16 @@ mod tests {
         assert_eq!(bpftool_xdp_prog_id(net).unwrap(), Some(2136));
         let none = r#"[{"xdp":[],"tc":[],"flow_dissector":[]}]"#;
         assert_eq!(bpftool_xdp_prog_id(none).unwrap(), None);
+    }
+
+    #[test]
+    fn program_cost_line() {
+        let out = "running 1 test\nprogram-cost-ns harness=43.5 xdp-ceiling=100.0 srvgate=125.5\ntest ... ok\n";
+        let c = program_cost(out).unwrap();
+        assert_eq!((c.harness, c.ceiling, c.srvgate), (43.5, 56.5, 82.0));
+        assert!(program_cost("test result: ok").is_err());
+        assert!(program_cost("program-cost-ns harness=1 srvgate=2").is_err());
+        assert!(program_cost("program-cost-ns harness=x xdp-ceiling=1 srvgate=2").is_err());
         assert!(bpftool_xdp_prog_id("Error: no such device").is_err());
         let prog = r#"{"id":2099,"type":"xdp","name":"srvgate","run_time_ns":1563524190,"run_cnt":4417943}"#;
         assert_eq!(bpftool_run_stats(prog).unwrap(), (4417943, 1563524190));

@@ -23,10 +23,11 @@ pub struct Report<'a> {
 }
 
 /// Columns of the data-plane table (retransmits go next to their throughput).
-const TABLE: [Metric; 9] = [
+const TABLE: [Metric; 10] = [
     Metric::Pps,
     Metric::GwNsPerPacket,
     Metric::XdpNsPerPacket,
+    Metric::XdpTestRunNs,
     Metric::PpsPerCore,
     Metric::Tcp1Gbps,
     Metric::Tcp4Gbps,
@@ -277,14 +278,17 @@ impl Report<'_> {
             ),
             verdict(ceil.map(|x| x >= 0.7)),
         ));
-        // From the sampled BPF statistics, whose clock reads around every run land partly in
-        // the measured time of either program (so the ratio reads a little lower than the
-        // programs' own) and which move by a third between rounds on a shared machine:
-        // judge it over several rounds.
-        let cost = r.ratio("srvgate", "xdp-ceiling", Metric::XdpNsPerPacket);
+        // Judged by the test run, which holds from run to run; the sampled statistics move
+        // by several ns between runs of the same program here, and their clock reads
+        // around every run land partly in either program's time.
+        let cost = r.ratio("srvgate", "xdp-ceiling", Metric::XdpTestRunNs);
         v.push((
             "program cost: srvgate ≤ 1.15× xdp-ceiling ns per packet".to_string(),
-            ratio(cost),
+            format!(
+                "{} by test run, {} by sampled bpf_stats",
+                ratio(cost),
+                ratio(r.ratio("srvgate", "xdp-ceiling", Metric::XdpNsPerPacket))
+            ),
             verdict(cost.map(|x| x <= 1.15)),
         ));
         let tcp = r.ratio("srvgate", "dnat", Metric::Tcp1Gbps);
@@ -417,6 +421,10 @@ impl Report<'_> {
              leg (`kernel.bpf_stats_enabled`, sampled for 1 s after the main interval, since \
              the statistics themselves cost two clock reads per packet): the rest is the \
              kernel's veth, page-pool and redirect work, the same for every XDP mode. \
+             *XDP program by test run* = the program's mean time over 200 000 \
+             `BPF_PROG_TEST_RUN` calls on one such frame (as the daemon sets a veth leg up), \
+             less the kernel's own cost around a run, once a round (lb-userspace's \
+             `program_cost_for_the_bench`): the same frame and state for both programs. \
              *kpps per gateway core* = 1 s / that: the forwarding rate at equal gateway CPU \
              (one full core), which is what counts when the generator, not the gateway, is the \
              limit. TCP: iperf3 for {} s (first {} s omitted), retransmits as reported by the \
@@ -808,6 +816,7 @@ mod tests {
                         Metric::Pps
                             | Metric::GwNsPerPacket
                             | Metric::XdpNsPerPacket
+                            | Metric::XdpTestRunNs
                             | Metric::PpsPerCore
                     )
                 {

@@ -11,6 +11,9 @@ pub enum Metric {
     GwNsPerPacket,
     /// The XDP program's own run time per packet (ns), from the kernel's BPF statistics.
     XdpNsPerPacket,
+    /// The XDP program's mean run time on one 64-byte frame by `BPF_PROG_TEST_RUN`, the
+    /// kernel's own cost around a run taken off (ns; see `cost`).
+    XdpTestRunNs,
     /// Delivered packets per second of gateway CPU (one core fully busy).
     PpsPerCore,
     Tcp1Gbps,
@@ -52,6 +55,7 @@ impl Metric {
             Metric::Pps => "64 B UDP delivered (kpps)",
             Metric::GwNsPerPacket => "gateway CPU per packet (ns)",
             Metric::XdpNsPerPacket => "of which XDP program (ns)",
+            Metric::XdpTestRunNs => "XDP program by test run (ns)",
             Metric::PpsPerCore => "kpps per gateway core",
             Metric::Tcp1Gbps => "TCP 1 stream (Gbit/s)",
             Metric::Tcp1Retransmits => "TCP 1 stream retransmits",
