@@ -983,6 +983,13 @@ impl Lab {
     /// in a log file; waits up to [`SRVGATE_READY_TIMEOUT`] for its `ready` line. If it exits
     /// first (or never gets ready) the error carries its log. Returns its pid. Starting it
     /// again after a stop or kill is a restart: same state, same pins.
+    /// Writes `srvgate.toml` with `routes` ([`config_toml`]) and starts srvgate on it,
+    /// as most labs begin.
+    pub fn start_with_routes(&self, routes: &[RouteSpec]) -> Result<u32> {
+        let config = self.write_file("srvgate.toml", &config_toml(routes))?;
+        self.start_srvgate(&config, &[])
+    }
+
     pub fn start_srvgate(&self, config: &Path, extra_args: &[&str]) -> Result<u32> {
         let pid = self.spawn_srvgate(config, extra_args, &[], &[])?;
         self.wait_srvgate_ready(pid)?;

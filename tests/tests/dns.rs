@@ -24,10 +24,7 @@ fn dns_lab(tag: &str, routes: &[RouteSpec]) -> Lab {
     let lab = Lab::new(tag).expect("building the lab");
     lab.start_sshd(&lab.b1, "sg-b1").expect("sshd in b1");
     lab.start_sshd(&lab.b2, "sg-b2").expect("sshd in b2");
-    let config = lab
-        .write_file("srvgate.toml", &config_toml(routes))
-        .unwrap();
-    lab.start_srvgate(&config, &[]).expect("starting srvgate");
+    lab.start_with_routes(routes).expect("starting srvgate");
     lab.set_resolver(&lab.client, PUBLIC_IP).unwrap();
     lab
 }

@@ -41,10 +41,7 @@ fn a_leg_without_napi_is_served_through_the_kernel_not_dropped() {
         RouteSpec::tcp("alice", "ssh", &format!("{B1_IP}:22"), 30001),
         RouteSpec::tcp("bob", "ssh", &format!("{B2_IP}:22"), 30002),
     ];
-    let config = lab
-        .write_file("srvgate.toml", &config_toml(&routes))
-        .unwrap();
-    lab.start_srvgate(&config, &[]).unwrap();
+    lab.start_with_routes(&routes).unwrap();
     let log = lab.srvgate_log();
     let priv2_pass = log
         .lines()

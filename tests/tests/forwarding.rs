@@ -43,10 +43,7 @@ fn start_backends(lab: &Lab) {
 fn gateway_lab(tag: &str) -> Lab {
     let lab = Lab::new(tag).expect("building the lab");
     start_backends(&lab);
-    let config = lab
-        .write_file("srvgate.toml", &config_toml(&routes()))
-        .unwrap();
-    lab.start_srvgate(&config, &[]).expect("starting srvgate");
+    lab.start_with_routes(&routes()).expect("starting srvgate");
     lab
 }
 
@@ -292,10 +289,7 @@ fn byte_counters_count_whole_jumbo_frames() {
         lab.exec_ok(ns, &["ip", "link", "set", "dev", dev, "mtu", "9000"])
             .unwrap();
     }
-    let config = lab
-        .write_file("srvgate.toml", &config_toml(&routes()))
-        .unwrap();
-    lab.start_srvgate(&config, &[]).expect("starting srvgate");
+    lab.start_with_routes(&routes()).expect("starting srvgate");
     const DATAGRAMS: usize = 50;
     const PAYLOAD: usize = 8000;
     // Ethernet, IPv4 and UDP headers around each payload.

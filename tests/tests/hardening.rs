@@ -206,10 +206,7 @@ fn a_flood_of_malformed_or_large_queries_floods_neither_log_nor_memory() {
     ) else {
         return;
     };
-    let config = lab
-        .write_file("srvgate.toml", &config_toml(&routes()))
-        .unwrap();
-    lab.start_srvgate(&config, &[]).unwrap();
+    lab.start_with_routes(&routes()).unwrap();
     let pid = lab.srvgate_pid().unwrap();
     let mut failures = still_serving(&lab, "before");
     let log_before = lab.srvgate_log().lines().count();
@@ -305,10 +302,7 @@ fn answers_follow_knot_and_the_rfcs() {
     let Some(lab) = Lab::for_test("answers_follow_knot_and_the_rfcs", "hrfc") else {
         return;
     };
-    let config = lab
-        .write_file("srvgate.toml", &config_toml(&routes()))
-        .unwrap();
-    lab.start_srvgate(&config, &[]).unwrap();
+    lab.start_with_routes(&routes()).unwrap();
     let mut failures = Vec::new();
 
     let mut bad = query(9, &format!("gw.{ZONE}"), A, None);

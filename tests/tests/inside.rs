@@ -26,10 +26,7 @@ fn a_backend_reaches_routes_by_public_address_and_by_name() {
         RouteSpec::tcp("alice", "ssh", &format!("{B1_IP}:22"), 30001),
         RouteSpec::tcp("bob", "ssh", &format!("{B2_IP}:22"), 30002),
     ];
-    let cfg = lab
-        .write_file("srvgate.toml", &config_toml(&routes))
-        .unwrap();
-    lab.start_srvgate(&cfg, &[]).unwrap();
+    lab.start_with_routes(&routes).unwrap();
 
     // Backend 1 reaches bob's route, behind the other leg, by the public address and port.
     // Backend 2 sees the connection come from the public address, so it answers through
@@ -150,10 +147,7 @@ fn icmp_errors_about_hairpin_flows_reach_both_ends() {
         RouteSpec::udp("alice", "game", &format!("{B2_IP}:5353"), 30053),
         RouteSpec::udp("bob", "game", &format!("{B2_IP}:5354"), 30054),
     ];
-    let cfg = lab
-        .write_file("srvgate.toml", &config_toml(&routes))
-        .unwrap();
-    lab.start_srvgate(&cfg, &[]).unwrap();
+    lab.start_with_routes(&routes).unwrap();
 
     // Nothing listens on backend 2's 5353: its kernel's port unreachable, about
     // `public:port -> b2:5353`, reaches backend 1 about `b1:port -> public:30053`.

@@ -28,10 +28,7 @@ fn a_narrow_public_leg_delivers_every_byte_both_ways() {
         &format!("{B1_IP}:22"),
         30001,
     )];
-    let cfg = lab
-        .write_file("srvgate.toml", &config_toml(&routes))
-        .unwrap();
-    lab.start_srvgate(&cfg, &[]).unwrap();
+    lab.start_with_routes(&routes).unwrap();
     let log = lab.srvgate_log();
     assert!(
         log.lines()
@@ -65,10 +62,7 @@ fn a_narrow_hop_beyond_the_gateway_is_found_by_path_mtu_discovery() {
         &format!("{B1_IP}:22"),
         30001,
     )];
-    let cfg = lab
-        .write_file("srvgate.toml", &config_toml(&routes))
-        .unwrap();
-    lab.start_srvgate(&cfg, &[]).unwrap();
+    lab.start_with_routes(&routes).unwrap();
     let cmd = format!("head -c {BYTES} /dev/zero");
     let out = lab.ssh_output(&far, PUBLIC_IP, 30001, &cmd).unwrap();
     assert!(
@@ -147,10 +141,7 @@ fn a_df_datagram_too_big_for_a_leg_teaches_its_sender_the_mtu() {
         RouteSpec::udp("alice", "game", &format!("{B1_IP}:5353"), 30053),
         RouteSpec::udp("bob", "game", &format!("{B2_IP}:5353"), 30054),
     ];
-    let cfg = lab
-        .write_file("srvgate.toml", &config_toml(&routes))
-        .unwrap();
-    lab.start_srvgate(&cfg, &[]).unwrap();
+    lab.start_with_routes(&routes).unwrap();
     let send = |ns: &str, argv: &[&str]| -> u32 {
         let mut full = vec!["python3", "-c", UDP_SENDER];
         full.extend_from_slice(argv);

@@ -49,10 +49,7 @@ fn a_bridge_with_gro_in_front_of_the_public_leg_delivers_every_byte() {
         &format!("{B1_IP}:22"),
         30001,
     )];
-    let cfg = lab
-        .write_file("srvgate.toml", &config_toml(&routes))
-        .unwrap();
-    lab.start_srvgate(&cfg, &[]).unwrap();
+    lab.start_with_routes(&routes).unwrap();
 
     // Up, the client's data segments cross the bridge, coalesced and split again; down,
     // the backend's segments, and the client's ACKs through the bridge.
