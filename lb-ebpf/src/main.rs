@@ -593,12 +593,13 @@ mod program {
         protocol: u8,
     ) -> Result<IcmpNat, u32> {
         let from_public = outer.1 == public_addr && src.0 == public_addr;
-        // SAFETY (both blocks): map references are used only during this run (see
-        // `try_srvgate`); the fields are copied out at once.
+        // SAFETY: map references are used only during this run (see `try_srvgate`); the
+        // fields are copied out at once.
         let rev = unsafe { REVERSE.get(ReverseKey::new(dst.0, dst.1, protocol)) };
         if from_public && role & ROLE_PRIVATE != 0 {
             if let Some(rev) = rev {
                 let key = HairpinKey::new(dst.0, dst.1, src.1, protocol);
+                // SAFETY: as for `rev`: read during this run only, copied out at once.
                 if let Some(flow) = unsafe { HAIRPIN.get(key) } {
                     return Ok(IcmpNat {
                         inner_src: (flow.client_addr, src.1),
@@ -610,6 +611,7 @@ mod program {
             } else if let Some(backend) = frontend(src.1, protocol) {
                 let (addr, port) = (backend.addr, backend.port);
                 let key = HairpinKey::new(addr, port, dst.1, protocol);
+                // SAFETY: as for `rev`: read during this run only, compared at once.
                 if unsafe { HAIRPIN.get(key) }.is_some_and(|flow| flow.client_addr == dst.0) {
                     return Ok(IcmpNat {
                         inner_src: (addr, port),
