@@ -43,6 +43,7 @@ pub mod map_names {
     pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
     pub const HAIRPIN: &str = "HAIRPIN";
     pub const LEG_CACHE: &str = "LEG_CACHE";
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
 }
 
 /// Name of the XDP program in the object file.
@@ -189,7 +190,12 @@ pub const CSUM_FULL: u8 = 0;
 pub const CSUM_MAY_BE_PARTIAL: u8 = 1;
 
 /// Per-interface facts, keyed by ifindex.
-#[repr(C)]
+///
+/// Aligned to 4 although every field is bytes: the program copies a leg out of its map
+/// entry on every packet, and at alignment 1 LLVM's BPF target loads the MAC a byte at a
+/// time and shifts it together (twelve instructions where two loads do). The layout and
+/// size (12 bytes) are the same either way.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Interface {
@@ -221,6 +227,50 @@ pub const LEG_CACHE_SLOTS: u32 = 256;
 pub struct LegSlot {
     pub ifindex: u32,
     pub iface: Interface,
+}
+
+/// Slots of `NEXT_HOPS`, the program's per-CPU cache of FIB answers for the two paths of
+/// a route (from the world to its backend, and back). Direct-mapped by [`next_hop_slot`];
+/// two routes sharing a slot only cost each other lookups, as every entry says which
+/// question it answers.
+pub const NEXT_HOP_SLOTS: u32 = 4096;
+
+/// How many packets one `NEXT_HOPS` answer serves before the FIB is asked again, even
+/// within one tick of the daemon's clock: while the daemon is stopped that clock stands
+/// still, and the FIB's changes must still be followed.
+pub const NEXT_HOP_USES: u16 = 256;
+
+/// The `NEXT_HOPS` slot of route `route_id`'s packets in one direction.
+pub const fn next_hop_slot(route_id: u32, outbound: bool) -> u32 {
+    ((route_id << 1) | outbound as u32) & (NEXT_HOP_SLOTS - 1)
+}
+
+/// A FIB answer kept for reuse: what `bpf_fib_lookup` said (success) to one question, the
+/// lookup's inputs but the packet length, during one tick of the daemon's clock. Only the
+/// program reads and writes these.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NextHop {
+    /// `Settings::now_ns` when the FIB answered; 0: empty.
+    pub now_ns: u64,
+    /// The question, network byte order: source, destination, ingress ifindex, protocol
+    /// and TOS, as the FIB got them.
+    pub saddr: u32,
+    pub daddr: u32,
+    pub iif: u32,
+    pub protocol: u8,
+    pub tos: u8,
+    /// Packets this answer may still serve (from [`NEXT_HOP_USES`]).
+    pub uses: u16,
+    /// The answer: egress ifindex and the frame's new MAC addresses.
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// The largest IPv4 total length the FIB let through with this answer: a longer
+    /// packet asks it again, as it may be too big for the egress leg.
+    pub max_len: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Gateway-wide settings: the single entry of the `SETTINGS` array.
@@ -351,6 +401,12 @@ mod tests {
         assert_eq!(size_of::<RouteCounters>(), 40);
         assert_eq!(size_of::<HairpinKey>(), 12);
         assert_eq!(size_of::<HairpinValue>(), 16);
+        assert_eq!(size_of::<NextHop>(), 48);
+        // Each route's two paths have slots of their own, wrapping around the cache.
+        assert_eq!(next_hop_slot(0, false), 0);
+        assert_eq!(next_hop_slot(0, true), 1);
+        assert_eq!(next_hop_slot(NEXT_HOP_SLOTS / 2, true), 1);
+        assert!(next_hop_slot(MAX_ROUTES - 1, true) < NEXT_HOP_SLOTS);
         const { assert!(counter::COUNT <= counter::SLOTS) };
     }
 }

@@ -32,10 +32,11 @@ mod program {
         programs::XdpContext,
     };
     use lb_common::{
-        counter, frontend_slot, Backend, HairpinKey, HairpinValue, Interface, LegSlot, ReverseKey,
-        ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT,
-        FRONTEND_SLOTS, HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES,
-        ROLE_PRIVATE, ROLE_PUBLIC,
+        counter, frontend_slot, next_hop_slot, Backend, HairpinKey, HairpinValue, Interface,
+        LegSlot, NextHop, ReverseKey, ReverseValue, RouteCounters, Settings, BACKEND_LIVE,
+        CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, FRONTEND_SLOTS, HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS,
+        MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, NEXT_HOP_SLOTS, NEXT_HOP_USES, ROLE_PRIVATE,
+        ROLE_PUBLIC,
     };
     use lb_ebpf::{
         addressed_to, clamped_mss, csum_replace32, frag_needed_headers, icmp_embedded_nat,
@@ -63,6 +64,9 @@ mod program {
         PerCpuArray::with_max_entries(MAX_ROUTES, 0);
     #[map(name = "GLOBAL_COUNTERS")]
     static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
+    /// The FIB's recent answers for each route's two paths, per CPU (`route_cached`).
+    #[map(name = "NEXT_HOPS")]
+    static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
     /// Flows from private hosts to the public address (hairpin), by the tuple their replies
     /// carry: the one state the program keeps, because a private client's address cannot
     /// be recovered from the translated packet (see `hairpin`).
@@ -129,15 +133,22 @@ mod program {
     }
 
     #[inline(always)]
-    fn account(ctx: &XdpContext, route_id: u32, inbound: bool, now: u64) {
+    fn account(ctx: &XdpContext, ip: *const Ipv4Hdr, route_id: u32, inbound: bool, now: u64) {
         let Some(c) = ROUTE_COUNTERS.get_ptr_mut(route_id) else {
             return;
         };
-        // The whole frame: under `frags` a large one is a linear part (data..data_end, which
-        // can be just its first page) plus fragments.
-        // SAFETY: `ctx.ctx` is the xdp_md the kernel passed this program, which is all the
-        // helper reads.
-        let bytes = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+        // The frame's bytes from its IPv4 total length: exact for a coalesced frame too
+        // (up to 64 KiB), and no helper call on every packet. BIG TCP's frames carry 0
+        // there; only they need the helper, which sums the linear part and the fragments.
+        // SAFETY: `ip` comes from `ptr_at` in the caller: inside the packet.
+        let tot_len = u16::from_be(unsafe { (*ip).tot_len });
+        let bytes = if tot_len != 0 {
+            ETH_HLEN as u64 + u64::from(tot_len)
+        } else {
+            // SAFETY: `ctx.ctx` is the xdp_md the kernel passed this program, which is all
+            // the helper reads.
+            unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
+        };
         // SAFETY: `c` points to this CPU's slot of a per-CPU array (valid for the program's
         // run, no other writer).
         unsafe {
@@ -240,7 +251,9 @@ mod program {
                 let rc = if partial {
                     BPF_FIB_LKUP_RET_SUCCESS as i64
                 } else {
-                    fib_lookup(ctx, fib, ip, ifindex, protocol, (*ip).saddr, new_addr)
+                    let slot = next_hop_slot(backend.route_id, false);
+                    let question = (ifindex, protocol, (*ip).saddr, new_addr);
+                    route_cached(ctx, fib, ip, question, slot, now)
                 };
                 if let Some(action) = too_big(ctx, ip, fib, rc, ifindex, Some(public_addr))? {
                     return Ok(action);
@@ -260,7 +273,7 @@ mod program {
                 if protocol == PROTO_TCP {
                     clamp_mss(ctx, l4, l4_check, mss, partial);
                 }
-                account(ctx, backend.route_id, true, now);
+                account(ctx, ip, backend.route_id, true, now);
                 if partial {
                     return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
                 }
@@ -283,7 +296,9 @@ mod program {
                 // forward is addressed to the gateway itself, a reply on the gateway's own
                 // connection to that backend (an admin's ssh, a health check), not to a
                 // client of the route.
-                let rc = fib_lookup(ctx, fib, ip, ifindex, protocol, public_addr, (*ip).daddr);
+                let slot = next_hop_slot(rev.route_id, true);
+                let question = (ifindex, protocol, public_addr, (*ip).daddr);
+                let rc = route_cached(ctx, fib, ip, question, slot, now);
                 if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
                     return Ok(pass(counter::PASS_LOCAL));
                 }
@@ -308,7 +323,7 @@ mod program {
                 if protocol == PROTO_TCP {
                     clamp_mss(ctx, l4, l4_check, mss, partial);
                 }
-                account(ctx, rev.route_id, false, now);
+                account(ctx, ip, rev.route_id, false, now);
                 if partial {
                     return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
                 }
@@ -448,7 +463,7 @@ mod program {
             if protocol == PROTO_TCP {
                 clamp_mss(ctx, ETH_HLEN + IPV4_HLEN, l4_check, mss, partial);
             }
-            account(ctx, route_id, inbound, now);
+            account(ctx, ip, route_id, inbound, now);
             if partial {
                 return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
             }
@@ -913,6 +928,70 @@ mod program {
                 0,
             )
         }
+    }
+
+    /// The FIB's answer for a route's packet (`question`: ingress ifindex, protocol, source
+    /// and destination as the packet will leave), left in `fib` as `fib_lookup` leaves it,
+    /// with the helper's code. The helper (a route lookup, then a neighbour lookup) is the
+    /// largest cost of the fast path, and a route's packets ask it the same question
+    /// thousands of times a second; so this CPU's `NEXT_HOPS` slot `slot` answers instead
+    /// while it holds a success for the same question from this tick of the daemon's clock
+    /// (`now`, one-second steps), with uses left, and the packet is no longer than one the
+    /// FIB let through (a longer one may be too big for the egress). Anything else asks the
+    /// FIB, and its success replaces the slot. Failures are never kept: the kernel path
+    /// they lead to (resolving a neighbour, an ICMP error) must see every packet.
+    #[inline(always)]
+    fn route_cached(
+        ctx: &XdpContext,
+        fib: &mut FibParams,
+        ip: *mut Ipv4Hdr,
+        question: (u32, u8, u32, u32),
+        slot: u32,
+        now: u64,
+    ) -> i64 {
+        let (iif, protocol, saddr, daddr) = question;
+        // SAFETY: `ip` comes from `ptr_at`: inside the packet.
+        let (tot_len, tos) = unsafe { (u16::from_be((*ip).tot_len), (*ip).tos) };
+        let Some(hop) = NEXT_HOPS.get_ptr_mut(slot) else {
+            return fib_lookup(ctx, fib, ip, iif, protocol, saddr, daddr);
+        };
+        // SAFETY: `hop` points to this CPU's slot of a per-CPU array, valid for the
+        // program's run; nothing else reads or writes it meanwhile (the daemon never does).
+        let hop = unsafe { &mut *hop };
+        if hop.now_ns == now
+            && hop.uses > 0
+            && hop.daddr == daddr
+            && hop.saddr == saddr
+            && hop.iif == iif
+            && hop.protocol == protocol
+            && hop.tos == tos
+            && tot_len <= hop.max_len
+        {
+            hop.uses -= 1;
+            fib.ifindex = hop.ifindex;
+            fib.dmac = hop.dmac;
+            fib.smac = hop.smac;
+            return BPF_FIB_LKUP_RET_SUCCESS as i64;
+        }
+        let rc = fib_lookup(ctx, fib, ip, iif, protocol, saddr, daddr);
+        if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+            *hop = NextHop {
+                now_ns: now,
+                saddr,
+                daddr,
+                iif,
+                protocol,
+                tos,
+                // This packet is the first of them.
+                uses: NEXT_HOP_USES - 1,
+                ifindex: fib.ifindex,
+                dmac: fib.dmac,
+                smac: fib.smac,
+                max_len: tot_len,
+                _pad: [0; 6],
+            };
+        }
+        rc
     }
 
     /// Sends the rewritten packet on its way: straight out of the egress interface when the

@@ -15,10 +15,10 @@ use aya::{
 };
 use lb_common::{
     counter, frontend_slot, map_names, Backend, HairpinKey, HairpinValue, Interface, LegSlot,
-    ReverseKey, ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_FULL,
+    NextHop, ReverseKey, ReverseValue, RouteCounters, Settings, BACKEND_LIVE, CSUM_FULL,
     CSUM_MAY_BE_PARTIAL, EGRESS_PASS, EGRESS_REDIRECT, FRONTEND_SLOTS, HAIRPIN_LIVE_NS,
-    LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP,
-    ROLE_PRIVATE, ROLE_PUBLIC,
+    LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, NEXT_HOP_SLOTS, NEXT_HOP_USES,
+    PROGRAM_NAME, PROTO_TCP, PROTO_UDP, ROLE_PRIVATE, ROLE_PUBLIC,
 };
 
 use super::{maps::Plain, pins::object_maps, PROGRAM};
@@ -55,7 +55,7 @@ const DNS_ID: u32 = 6;
 fn the_objects_maps_are_lb_commons() {
     let maps: std::collections::HashMap<String, super::pins::MapShape> =
         object_maps().unwrap().into_iter().collect();
-    let want: [(&str, usize, usize, u32); 8] = [
+    let want: [(&str, usize, usize, u32); 9] = [
         (
             map_names::FRONTENDS,
             size_of::<u32>(),
@@ -103,6 +103,12 @@ fn the_objects_maps_are_lb_commons() {
             size_of::<u32>(),
             size_of::<LegSlot>(),
             LEG_CACHE_SLOTS,
+        ),
+        (
+            map_names::NEXT_HOPS,
+            size_of::<u32>(),
+            size_of::<NextHop>(),
+            NEXT_HOP_SLOTS,
         ),
     ];
     for (name, key, value, max) in want {
@@ -895,6 +901,94 @@ fn a_client_packet_is_rewritten_to_the_backend_and_redirected() {
         (XDP_PASS, name(counter::FWD_PASS_FIB))
     );
     assert_eq!(parse(&out).dst, (NOWHERE, 22));
+}
+
+/// Gives the backend (the next hop of both paths in the harness) another MAC.
+fn move_backend_to(mac: &str) {
+    run(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.210.250.2",
+        "lladdr",
+        mac,
+        "dev",
+        "sg-pt0",
+        "nud",
+        "permanent",
+    ]);
+}
+
+#[test]
+fn a_routes_next_hop_is_reused_for_one_clock_tick_and_a_bounded_number_of_packets() {
+    let Some(mut h) = Harness::new(
+        "a_routes_next_hop_is_reused_for_one_clock_tick_and_a_bounded_number_of_packets",
+    ) else {
+        return;
+    };
+    h.allow_redirects();
+    let next_hop = |h: &Harness, frame: &Frame, ifindex: u32| -> [u8; 6] {
+        let (action, out, verdict) = h.run(&frame.bytes(), ifindex);
+        assert_eq!(
+            (action, name(verdict)),
+            (XDP_REDIRECT, name(counter::FWD_REDIRECT))
+        );
+        parse(&out).dst_mac
+    };
+    let mac = |last: u8| [0x02, 0, 0, 0, 0, last];
+    let inbound = Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT));
+    let outbound = Frame::tcp((BACKEND, 22), (CLIENT, 40000));
+    for (path, frame, ifindex) in [("inbound", &inbound, 1), ("outbound", &outbound, h.leg)] {
+        assert_eq!(next_hop(&h, frame, ifindex), BACKEND_MAC, "{path}");
+        // The neighbour moves: this tick still uses the answer it has (which is what shows
+        // that the FIB was not asked) ...
+        move_backend_to("02:00:00:00:00:22");
+        assert_eq!(
+            next_hop(&h, frame, ifindex),
+            BACKEND_MAC,
+            "{path}, same tick"
+        );
+        // ... the next one asks again.
+        h.set_clock(NOW_NS + 1_000_000_000);
+        assert_eq!(next_hop(&h, frame, ifindex), mac(0x22), "{path}, next tick");
+        h.set_clock(NOW_NS);
+        move_backend_to("02:00:00:00:00:02");
+    }
+    // Another question (another client) in the same tick is the FIB's to answer.
+    assert_eq!(next_hop(&h, &inbound, 1), BACKEND_MAC);
+    move_backend_to("02:00:00:00:00:22");
+    assert_eq!(
+        next_hop(&h, &inbound, 1),
+        BACKEND_MAC,
+        "cached for this client"
+    );
+    let other = Frame::tcp((Ipv4Addr::new(198, 51, 100, 8), 40000), (PUBLIC, SSH_PORT));
+    assert_eq!(next_hop(&h, &other, 1), mac(0x22), "another client");
+
+    // With the clock standing still (the daemon stopped), an answer serves a bounded
+    // number of packets, then the FIB is asked again.
+    h.set_clock(NOW_NS + 2_000_000_000);
+    assert_eq!(next_hop(&h, &inbound, 1), mac(0x22));
+    move_backend_to("02:00:00:00:00:23");
+    let stale = (0..2 * NEXT_HOP_USES)
+        .take_while(|_| next_hop(&h, &inbound, 1) == mac(0x22))
+        .count();
+    assert_eq!(
+        stale,
+        usize::from(NEXT_HOP_USES) - 1,
+        "packets served stale"
+    );
+    assert_eq!(next_hop(&h, &inbound, 1), mac(0x23));
+
+    // A packet longer than any the answer was given for asks the FIB (it may not fit).
+    move_backend_to("02:00:00:00:00:24");
+    let longer = Frame {
+        payload: 1000,
+        ..inbound.clone()
+    };
+    assert_eq!(next_hop(&h, &longer, 1), mac(0x24), "a longer packet");
+    let c = h.route(SSH_ID);
+    assert!(c.inbound_packets > u64::from(NEXT_HOP_USES) && c.outbound_packets == 3);
 }
 
 #[test]
