@@ -378,6 +378,24 @@ fn mac(name: &str) -> [u8; 6] {
     bytes.try_into().unwrap()
 }
 
+/// A permanent neighbour on the private leg: `addr` is at `mac` from now on.
+fn set_neighbour(addr: Ipv4Addr, mac: [u8; 6]) {
+    let addr = addr.to_string();
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    run(&[
+        "ip",
+        "neigh",
+        "replace",
+        &addr,
+        "lladdr",
+        &mac,
+        "dev",
+        "sg-pt0",
+        "nud",
+        "permanent",
+    ]);
+}
+
 fn be(a: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(a.octets())
 }
@@ -419,30 +437,6 @@ impl Harness {
             &["ip", "addr", "add", "10.210.250.1/24", "dev", "sg-pt0"],
             &[
                 "ip",
-                "neigh",
-                "replace",
-                "10.210.250.2",
-                "lladdr",
-                "02:00:00:00:00:02",
-                "dev",
-                "sg-pt0",
-                "nud",
-                "permanent",
-            ],
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                "10.210.250.3",
-                "lladdr",
-                "02:00:00:00:00:03",
-                "dev",
-                "sg-pt0",
-                "nud",
-                "permanent",
-            ],
-            &[
-                "ip",
                 "route",
                 "add",
                 "198.51.100.0/24",
@@ -452,6 +446,8 @@ impl Harness {
         ] {
             run(argv);
         }
+        set_neighbour(BACKEND, BACKEND_MAC);
+        set_neighbour(INSIDE, INSIDE_MAC);
         // The FIB lookup forwards only from legs that forward.
         std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").unwrap();
         let leg = ifindex("sg-pt0");
@@ -903,22 +899,6 @@ fn a_client_packet_is_rewritten_to_the_backend_and_redirected() {
     assert_eq!(parse(&out).dst, (NOWHERE, 22));
 }
 
-/// Gives the backend (the next hop of both paths in the harness) another MAC.
-fn move_backend_to(mac: &str) {
-    run(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.210.250.2",
-        "lladdr",
-        mac,
-        "dev",
-        "sg-pt0",
-        "nud",
-        "permanent",
-    ]);
-}
-
 #[test]
 fn a_routes_next_hop_is_reused_for_one_clock_tick_and_a_bounded_number_of_packets() {
     let Some(mut h) = Harness::new(
@@ -942,7 +922,7 @@ fn a_routes_next_hop_is_reused_for_one_clock_tick_and_a_bounded_number_of_packet
         assert_eq!(next_hop(&h, frame, ifindex), BACKEND_MAC, "{path}");
         // The neighbour moves: this tick still uses the answer it has (which is what shows
         // that the FIB was not asked) ...
-        move_backend_to("02:00:00:00:00:22");
+        set_neighbour(BACKEND, mac(0x22));
         assert_eq!(
             next_hop(&h, frame, ifindex),
             BACKEND_MAC,
@@ -952,11 +932,11 @@ fn a_routes_next_hop_is_reused_for_one_clock_tick_and_a_bounded_number_of_packet
         h.set_clock(NOW_NS + 1_000_000_000);
         assert_eq!(next_hop(&h, frame, ifindex), mac(0x22), "{path}, next tick");
         h.set_clock(NOW_NS);
-        move_backend_to("02:00:00:00:00:02");
+        set_neighbour(BACKEND, BACKEND_MAC);
     }
     // Another question (another client) in the same tick is the FIB's to answer.
     assert_eq!(next_hop(&h, &inbound, 1), BACKEND_MAC);
-    move_backend_to("02:00:00:00:00:22");
+    set_neighbour(BACKEND, mac(0x22));
     assert_eq!(
         next_hop(&h, &inbound, 1),
         BACKEND_MAC,
@@ -969,7 +949,7 @@ fn a_routes_next_hop_is_reused_for_one_clock_tick_and_a_bounded_number_of_packet
     // number of packets, then the FIB is asked again.
     h.set_clock(NOW_NS + 2_000_000_000);
     assert_eq!(next_hop(&h, &inbound, 1), mac(0x22));
-    move_backend_to("02:00:00:00:00:23");
+    set_neighbour(BACKEND, mac(0x23));
     let stale = (0..2 * NEXT_HOP_USES)
         .take_while(|_| next_hop(&h, &inbound, 1) == mac(0x22))
         .count();
@@ -981,7 +961,7 @@ fn a_routes_next_hop_is_reused_for_one_clock_tick_and_a_bounded_number_of_packet
     assert_eq!(next_hop(&h, &inbound, 1), mac(0x23));
 
     // A packet longer than any the answer was given for asks the FIB (it may not fit).
-    move_backend_to("02:00:00:00:00:24");
+    set_neighbour(BACKEND, mac(0x24));
     let longer = Frame {
         payload: 1000,
         ..inbound.clone()
