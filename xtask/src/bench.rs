@@ -335,6 +335,7 @@ fn measure_mode(b: &mut Bench, mode: Mode, results: &mut Results) -> Result<()> 
             }
         }
         for streams in [1, 4] {
+            let before = active.verdicts(b)?;
             let r = modes::iperf3(b, &active, streams)?;
             println!(
                 "   iperf3 -P {streams}: {:.2} Gbit/s, {} retransmits ({} % of segments)",
@@ -342,6 +343,17 @@ fn measure_mode(b: &mut Bench, mode: Mode, results: &mut Results) -> Result<()> 
                 r.retransmits,
                 r.retransmit_pct.map_or("?".into(), |p| format!("{p:.3}"))
             );
+            let moved: Vec<String> = active
+                .verdicts(b)?
+                .into_iter()
+                .filter_map(|(v, n)| {
+                    let d = n - before.get(&v).copied().unwrap_or(0.0);
+                    (d > 0.0).then(|| format!("{v} {d:.0}"))
+                })
+                .collect();
+            if !moved.is_empty() {
+                println!("   XDP verdicts meanwhile: {}", moved.join(", "));
+            }
             ensure!(r.bits_per_second > 0.0, "{mode}: iperf3 moved no data");
             let (g, rt, pct) = if streams == 1 {
                 (

@@ -1,7 +1,7 @@
 //! The gateway modes, the backends' servers, and the TCP measurements (iperf3, wrk,
 //! sockperf) that every mode runs the same way.
 
-use std::{fmt, time::Duration};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use srvgate_tests::{self as lab, RouteSpec, B1_IP, PRIVATE_IFS, PUBLIC_IF, PUBLIC_IP};
@@ -246,6 +246,22 @@ impl Active {
 
     pub fn udp_target(&self) -> Option<(String, u16)> {
         (self.mode != Mode::Haproxy).then(|| self.target(SINK_PORT))
+    }
+
+    /// srvgate's XDP verdict counters by verdict, summed over legs (other modes: none), so
+    /// that a measurement can say which paths its packets took.
+    pub fn verdicts(&self, b: &Bench) -> Result<BTreeMap<String, f64>> {
+        let mut by_verdict = BTreeMap::new();
+        if self.mode == Mode::Srvgate {
+            for s in lab::parse_metrics(&b.lab.metrics()?) {
+                if s.name == "srvgate_xdp_verdicts_total" {
+                    if let Some(v) = s.labels.get("verdict") {
+                        *by_verdict.entry(v.clone()).or_default() += s.value;
+                    }
+                }
+            }
+        }
+        Ok(by_verdict)
     }
 
     /// Proof that the mode's own path carried the traffic, not a fallback.
