@@ -44,6 +44,7 @@ pub mod map_names {
     pub const HAIRPIN: &str = "HAIRPIN";
     pub const LEG_CACHE: &str = "LEG_CACHE";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    pub const CSUM_SCRATCH: &str = "CSUM_SCRATCH";
 }
 
 /// Name of the XDP program in the object file.
@@ -188,6 +189,19 @@ pub const EGRESS_REDIRECT: u8 = 1;
 /// its checksum field and hands it, rewritten, to the kernel, which keeps that state.
 pub const CSUM_FULL: u8 = 0;
 pub const CSUM_MAY_BE_PARTIAL: u8 = 1;
+
+/// The longest TCP/UDP segment (header and payload) whose checksum the program sums to
+/// tell a complete checksum from a partial one: that of a 1500-byte IPv4 packet. A longer
+/// one with the partial value (a coalesced frame, or a jumbo frame) is taken as partial.
+pub const CSUM_CHECK_MAX: u32 = 1480;
+
+/// The program's per-CPU scratch buffer for that sum (`CSUM_SCRATCH`): three of
+/// `bpf_csum_diff`'s 512-byte steps, more than [`CSUM_CHECK_MAX`] rounded up to a word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CsumScratch {
+    pub bytes: [u8; 1536],
+}
 
 /// Per-interface facts, keyed by ifindex.
 ///
@@ -402,6 +416,8 @@ mod tests {
         assert_eq!(size_of::<HairpinKey>(), 12);
         assert_eq!(size_of::<HairpinValue>(), 16);
         assert_eq!(size_of::<NextHop>(), 48);
+        assert!(size_of::<CsumScratch>() >= (CSUM_CHECK_MAX as usize).next_multiple_of(4));
+        assert_eq!(size_of::<CsumScratch>() % 512, 0);
         // Each route's two paths have slots of their own, wrapping around the cache.
         assert_eq!(next_hop_slot(0, false), 0);
         assert_eq!(next_hop_slot(0, true), 1);

@@ -211,14 +211,24 @@ pub fn pseudo_header_sum(saddr: u32, daddr: u32, protocol: u8, l4_len: u16) -> u
 /// complemented: what a stack that leaves the rest to checksum offload writes
 /// (CHECKSUM_PARTIAL; the offload adds the segment and complements). A UDP checksum of 0
 /// means none and is never partial. A complete checksum can equal that value by chance
-/// (about one segment in 65 536 on a leg where partial ones are looked for): it is then
-/// updated as a partial one, which leaves it wrong, and the receiver drops that one
-/// segment, which TCP resends. Telling the two apart for sure would mean summing the
-/// whole segment, for every segment.
+/// (about one segment in 65 536 on a leg where partial ones are looked for), so the
+/// program sums a segment this says yes to ([`sums_to_complete`]) before it treats it as
+/// partial: updated as a partial one, a complete checksum would be left wrong, and the
+/// segment would take the kernel's path, out of order with its flow's others.
 #[inline(always)]
 pub fn is_partial_csum(protocol: u8, check: u16, saddr: u32, daddr: u32, l4_len: u16) -> bool {
     !(protocol == PROTO_UDP && check == 0)
         && check == fold(pseudo_header_sum(saddr, daddr, protocol, l4_len))
+}
+
+/// Whether a segment's checksum field holds its complete checksum: `sum`, the
+/// one's-complement sum of its pseudo-header ([`pseudo_header_sum`]) and of every byte of
+/// the segment with that field in it (an odd length padded with a zero byte, RFC 1071), is
+/// all ones. A field holding the partial value passes only if that value is also the
+/// complete checksum, when either reading of it is right.
+#[inline(always)]
+pub fn sums_to_complete(sum: u32) -> bool {
+    fold(sum) == 0xffff
 }
 
 /// A partial checksum (see [`is_partial_csum`]) after one address changes: only the

@@ -24,27 +24,27 @@ mod program {
             BPF_FIB_LOOKUP_SRC,
         },
         helpers::generated::{
-            bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
-            bpf_xdp_get_buff_len,
+            bpf_csum_diff, bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+            bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
         },
         macros::{map, xdp},
         maps::{Array, HashMap, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
     use lb_common::{
-        counter, frontend_slot, next_hop_slot, Backend, HairpinKey, HairpinValue, Interface,
-        LegSlot, NextHop, ReverseKey, ReverseValue, RouteCounters, Settings, BACKEND_LIVE,
-        CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, FRONTEND_SLOTS, HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS,
-        MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, NEXT_HOP_SLOTS, NEXT_HOP_USES, ROLE_PRIVATE,
-        ROLE_PUBLIC,
+        counter, frontend_slot, next_hop_slot, Backend, CsumScratch, HairpinKey, HairpinValue,
+        Interface, LegSlot, NextHop, ReverseKey, ReverseValue, RouteCounters, Settings,
+        BACKEND_LIVE, CSUM_CHECK_MAX, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, FRONTEND_SLOTS,
+        HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, NEXT_HOP_SLOTS,
+        NEXT_HOP_USES, ROLE_PRIVATE, ROLE_PUBLIC,
     };
     use lb_ebpf::{
         addressed_to, clamped_mss, csum_replace32, frag_needed_headers, icmp_embedded_nat,
         icmp_is_error, ipv4_csum_ttl_decrement, ipv4_shape, is_partial_csum, l4_checksum_offset,
-        l4_csum_nat, l4_header_len, mss_csum, partial_csum_replace32, zero_in_place, EthHdr,
-        Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4, FRAG_NEEDED_HLEN, ICMP_HLEN,
-        ICMP_QUOTE_LEN, IPV4_HLEN, IP_DF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP,
-        TCP_HLEN, TCP_SYN,
+        l4_csum_nat, l4_header_len, mss_csum, partial_csum_replace32, pseudo_header_sum,
+        sums_to_complete, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4,
+        FRAG_NEEDED_HLEN, ICMP_HLEN, ICMP_QUOTE_LEN, IPV4_HLEN, IP_DF, PROTO_ICMP, PROTO_TCP,
+        PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
     };
 
     const AF_INET: u8 = 2;
@@ -67,6 +67,9 @@ mod program {
     /// The FIB's recent answers for each route's two paths, per CPU (`route_cached`).
     #[map(name = "NEXT_HOPS")]
     static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
+    /// Where a segment is copied to be summed (`complete_checksum`), per CPU.
+    #[map(name = "CSUM_SCRATCH")]
+    static CSUM_SCRATCH: PerCpuArray<CsumScratch> = PerCpuArray::with_max_entries(1, 0);
     /// Flows from private hosts to the public address (hairpin), by the tuple their replies
     /// carry: the one state the program keeps, because a private client's address cannot
     /// be recovered from the translated packet (see `hairpin`).
@@ -215,13 +218,14 @@ mod program {
         let partial = iface.checksum == CSUM_MAY_BE_PARTIAL
             && unsafe {
                 let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(IPV4_HLEN as u16);
-                is_partial_csum(
-                    protocol,
-                    *l4_check,
-                    (*ip).saddr,
-                    (*ip).daddr,
-                    l4_len.to_be(),
-                )
+                let (saddr, daddr) = ((*ip).saddr, (*ip).daddr);
+                is_partial_csum(protocol, *l4_check, saddr, daddr, l4_len.to_be())
+                    && !complete_checksum(
+                        ctx,
+                        l4,
+                        l4_len,
+                        pseudo_header_sum(saddr, daddr, protocol, l4_len.to_be()),
+                    )
             };
         let mut fib = mem::MaybeUninit::uninit();
         let fib: &mut FibParams = zero_in_place(&mut fib);
@@ -928,6 +932,63 @@ mod program {
                 0,
             )
         }
+    }
+
+    /// Whether the segment at `l4` (`l4_len` bytes, to the end of the IPv4 packet), whose
+    /// checksum field holds the partial value, holds its complete checksum after all (see
+    /// `lb_ebpf::is_partial_csum`). Only such segments are summed: on a leg without
+    /// partial checksums about one in 65 536; on one with them (where every segment takes
+    /// the kernel's path anyway) each. The segment is copied into `CSUM_SCRATCH`
+    /// (`bpf_xdp_load_bytes` reads across a frame's fragments too) and summed there by
+    /// `bpf_csum_diff`. Longer than `CSUM_CHECK_MAX`, or a helper failing: no.
+    #[inline(always)]
+    fn complete_checksum(ctx: &XdpContext, l4: usize, l4_len: u16, pseudo: u32) -> bool {
+        const STEP: u32 = 512;
+        let len = u32::from(l4_len);
+        if len == 0 || len > CSUM_CHECK_MAX {
+            return false;
+        }
+        let Some(scratch) = CSUM_SCRATCH.get_ptr_mut(0) else {
+            return false;
+        };
+        let buf = scratch as *mut u8;
+        // SAFETY: `buf` is this CPU's scratch buffer, valid for the program's run and
+        // used by nothing else meanwhile; `len & !3` + 4 <= CSUM_CHECK_MAX + 4 is inside
+        // it (lb_common's test). The word holding the segment's last bytes is cleared
+        // first, so that the sum over whole words adds zeros past the segment (RFC 1071's
+        // padding); the copy then overwrites what belongs to the segment.
+        unsafe {
+            (buf.add((len & !3) as usize) as *mut u32).write_unaligned(0);
+            if bpf_xdp_load_bytes(ctx.ctx, l4 as u32, buf as *mut _, len) != 0 {
+                return false;
+            }
+        }
+        let words = (len + 3) & !3;
+        let mut sum = pseudo;
+        let mut done = 0;
+        for _ in 0..size_of::<CsumScratch>() as u32 / STEP {
+            if done >= words {
+                break;
+            }
+            let size = core::cmp::min(words - done, STEP);
+            // SAFETY: `done + size <= words`, inside the buffer as above; `bpf_csum_diff`
+            // with no `from` only sums `to` into the seed.
+            let r = unsafe {
+                bpf_csum_diff(
+                    core::ptr::null_mut(),
+                    0,
+                    buf.add(done as usize) as *mut u32,
+                    size,
+                    sum,
+                )
+            };
+            if r < 0 {
+                return false;
+            }
+            sum = r as u32;
+            done += STEP;
+        }
+        sums_to_complete(sum)
     }
 
     /// The FIB's answer for a route's packet (`question`: ingress ifindex, protocol, source

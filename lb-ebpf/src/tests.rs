@@ -411,6 +411,46 @@ proptest! {
     }
 }
 
+/// What the program sums a segment to: 16-bit words as loaded from memory (native order,
+/// as `bpf_csum_diff` does), a zero byte after an odd length.
+fn native_sum(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_ne_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .fold(0u32, |acc, w| {
+            let (s, carry) = acc.overflowing_add(w);
+            s + u32::from(carry)
+        })
+}
+
+proptest! {
+    /// Summing the segment tells a complete checksum from a partial one whenever the two
+    /// differ, for both protocols and any length (odd ones included).
+    #[test]
+    fn a_complete_checksum_is_told_from_a_partial_one_by_the_sum(
+        protocol in protocol(),
+        src in any::<[u8; 4]>(),
+        dst in any::<[u8; 4]>(),
+        ports in any::<(u16, u16)>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..1500),
+    ) {
+        let mut p = Packet::build(protocol, (src, ports.0), (dst, ports.1), 64, &payload, false);
+        let l4_len = ((p.bytes.len() - IPV4_HLEN) as u16).to_be();
+        let (saddr, daddr) = (p.load32(12), p.load32(16));
+        let pseudo = pseudo_header_sum(saddr, daddr, protocol, l4_len);
+        let full = p.load16(p.l4_check_at());
+        let partial = fold(pseudo);
+        prop_assume!(!same_ones_complement(full, partial));
+        let sum = |p: &Packet| {
+            let (s, carry) = pseudo.overflowing_add(native_sum(&p.bytes[IPV4_HLEN..]));
+            s + u32::from(carry)
+        };
+        prop_assert!(sums_to_complete(sum(&p)));
+        let ck = p.l4_check_at();
+        p.store16(ck, partial);
+        prop_assert!(!sums_to_complete(sum(&p)));
+    }
+}
+
 #[test]
 fn a_udp_checksum_of_zero_is_never_partial() {
     assert!(!is_partial_csum(PROTO_UDP, 0, 0, 0, 0));
