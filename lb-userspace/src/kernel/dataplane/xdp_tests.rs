@@ -1506,6 +1506,42 @@ fn a_legs_cache_slot_is_read_only_for_that_leg() {
     );
 }
 
+type Tuple = (Ipv4Addr, u16);
+
+/// A route's packets on each of its paths but the client's TCP (which tests vary): UDP
+/// from a client, the backend's UDP and TCP replies, and a hairpin flow (the inside host's
+/// request, then the backend's answer), each with the leg it arrives on and the (source,
+/// destination) it must leave with.
+fn route_paths(h: &Harness) -> Vec<(Frame, u32, (Tuple, Tuple))> {
+    vec![
+        (
+            Frame::udp((CLIENT, 5000), (PUBLIC, DNS_PORT)),
+            1,
+            ((CLIENT, 5000), (BACKEND, 53)),
+        ),
+        (
+            Frame::udp((BACKEND, 53), (CLIENT, 5000)),
+            h.leg,
+            ((PUBLIC, DNS_PORT), (CLIENT, 5000)),
+        ),
+        (
+            Frame::tcp((BACKEND, 22), (CLIENT, 40000)),
+            h.leg,
+            ((PUBLIC, SSH_PORT), (CLIENT, 40000)),
+        ),
+        (
+            Frame::tcp((INSIDE, 41000), (PUBLIC, SSH_PORT)),
+            h.leg,
+            ((PUBLIC, 41000), (BACKEND, 22)),
+        ),
+        (
+            Frame::tcp((BACKEND, 22), (PUBLIC, 41000)),
+            h.leg,
+            ((PUBLIC, SSH_PORT), (INSIDE, 41000)),
+        ),
+    ]
+}
+
 #[test]
 fn frames_with_partial_checksums_are_rewritten_for_offload_and_passed_to_the_kernel() {
     let Some(mut h) = Harness::new(
@@ -1554,33 +1590,7 @@ fn frames_with_partial_checksums_are_rewritten_for_offload_and_passed_to_the_ker
     assert_eq!(mss_of(&out), Some(MSS));
     parse_partial(&out);
     // UDP, both ways, and the backend's reply and a hairpin flow on the private leg.
-    let cases = [
-        (
-            Frame::udp((CLIENT, 5000), (PUBLIC, DNS_PORT)),
-            1,
-            ((CLIENT, 5000), (BACKEND, 53)),
-        ),
-        (
-            Frame::udp((BACKEND, 53), (CLIENT, 5000)),
-            h.leg,
-            ((PUBLIC, DNS_PORT), (CLIENT, 5000)),
-        ),
-        (
-            Frame::tcp((BACKEND, 22), (CLIENT, 40000)),
-            h.leg,
-            ((PUBLIC, SSH_PORT), (CLIENT, 40000)),
-        ),
-        (
-            Frame::tcp((INSIDE, 41000), (PUBLIC, SSH_PORT)),
-            h.leg,
-            ((PUBLIC, 41000), (BACKEND, 22)),
-        ),
-        (
-            Frame::tcp((BACKEND, 22), (PUBLIC, 41000)),
-            h.leg,
-            ((PUBLIC, SSH_PORT), (INSIDE, 41000)),
-        ),
-    ];
+    let cases = route_paths(&h);
     for (frame, ifindex, want) in cases {
         let frame = Frame {
             partial: true,
@@ -1627,32 +1637,21 @@ fn a_complete_checksum_equal_to_the_partial_value_is_taken_as_complete() {
     };
     h.allow_redirects();
     h.look_for_partial_checksums();
-    let cases = [
-        (
-            Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT)),
-            1,
-            ((CLIENT, 40000), (BACKEND, 22)),
-        ),
-        (
-            Frame::udp((CLIENT, 5000), (PUBLIC, DNS_PORT)),
-            1,
-            ((CLIENT, 5000), (BACKEND, 53)),
-        ),
-        (
-            Frame::tcp((BACKEND, 22), (CLIENT, 40000)),
-            h.leg,
-            ((PUBLIC, SSH_PORT), (CLIENT, 40000)),
-        ),
-        // An odd length: the sum pads the last byte with zero.
-        (
-            Frame {
-                payload: 33,
-                ..Frame::udp((BACKEND, 53), (CLIENT, 5000))
-            },
-            h.leg,
-            ((PUBLIC, DNS_PORT), (CLIENT, 5000)),
-        ),
-    ];
+    let mut cases = vec![(
+        Frame::tcp((CLIENT, 40000), (PUBLIC, SSH_PORT)),
+        1,
+        ((CLIENT, 40000), (BACKEND, 22)),
+    )];
+    cases.extend(route_paths(&h));
+    // An odd length: the sum pads the last byte with zero.
+    cases.push((
+        Frame {
+            payload: 33,
+            ..Frame::udp((BACKEND, 53), (CLIENT, 5000))
+        },
+        h.leg,
+        ((PUBLIC, DNS_PORT), (CLIENT, 5000)),
+    ));
     for (frame, ifindex, want) in cases {
         let bytes = colliding(&frame);
         // The bytes really are ambiguous: the same field read as a partial checksum.
