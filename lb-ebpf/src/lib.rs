@@ -207,18 +207,17 @@ pub fn pseudo_header_sum(saddr: u32, daddr: u32, protocol: u8, l4_len: u16) -> u
     s_lo + s_hi + d_lo + d_hi + u16::from_ne_bytes([0, protocol]) as u32 + l4_len as u32
 }
 
-/// Whether an L4 checksum field holds only the pseudo-header's folded sum, not
-/// complemented: what a stack that leaves the rest to checksum offload writes
-/// (CHECKSUM_PARTIAL; the offload adds the segment and complements). A UDP checksum of 0
+/// Whether an L4 checksum field holds only the pseudo-header's folded sum (`pseudo`, from
+/// [`pseudo_header_sum`]), not complemented: what a stack that leaves the rest to checksum
+/// offload writes (CHECKSUM_PARTIAL; the offload adds the segment and complements). A UDP checksum of 0
 /// means none and is never partial. A complete checksum can equal that value by chance
 /// (about one segment in 65 536 on a leg where partial ones are looked for), so the
 /// program sums a segment this says yes to ([`sums_to_complete`]) before it treats it as
 /// partial: updated as a partial one, a complete checksum would be left wrong, and the
 /// segment would take the kernel's path, out of order with its flow's others.
 #[inline(always)]
-pub fn is_partial_csum(protocol: u8, check: u16, saddr: u32, daddr: u32, l4_len: u16) -> bool {
-    !(protocol == PROTO_UDP && check == 0)
-        && check == fold(pseudo_header_sum(saddr, daddr, protocol, l4_len))
+pub fn is_partial_csum(protocol: u8, check: u16, pseudo: u32) -> bool {
+    !(protocol == PROTO_UDP && check == 0) && check == fold(pseudo)
 }
 
 /// Whether a segment's checksum field holds its complete checksum: `sum`, the

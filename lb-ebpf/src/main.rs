@@ -71,7 +71,7 @@ mod program {
     #[map(name = "CSUM_SCRATCH")]
     static CSUM_SCRATCH: PerCpuArray<CsumScratch> = PerCpuArray::with_max_entries(1, 0);
     /// Flows from private hosts to the public address (hairpin), by the tuple their replies
-    /// carry: the one state the program keeps, because a private client's address cannot
+    /// carry: the one per-flow state the program keeps, because a private client's address cannot
     /// be recovered from the translated packet (see `hairpin`).
     #[map(name = "HAIRPIN")]
     static HAIRPIN: LruHashMap<HairpinKey, HairpinValue> =
@@ -218,14 +218,9 @@ mod program {
         let partial = iface.checksum == CSUM_MAY_BE_PARTIAL
             && unsafe {
                 let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(IPV4_HLEN as u16);
-                let (saddr, daddr) = ((*ip).saddr, (*ip).daddr);
-                is_partial_csum(protocol, *l4_check, saddr, daddr, l4_len.to_be())
-                    && !complete_checksum(
-                        ctx,
-                        l4,
-                        l4_len,
-                        pseudo_header_sum(saddr, daddr, protocol, l4_len.to_be()),
-                    )
+                let pseudo = pseudo_header_sum((*ip).saddr, (*ip).daddr, protocol, l4_len.to_be());
+                is_partial_csum(protocol, *l4_check, pseudo)
+                    && !complete_checksum(ctx, l4, l4_len, pseudo)
             };
         let mut fib = mem::MaybeUninit::uninit();
         let fib: &mut FibParams = zero_in_place(&mut fib);
