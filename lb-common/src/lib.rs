@@ -45,6 +45,8 @@ pub mod map_names {
     pub const LEG_CACHE: &str = "LEG_CACHE";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const CSUM_SCRATCH: &str = "CSUM_SCRATCH";
+    pub const HAIRPIN_QUOTA: &str = "HAIRPIN_QUOTA";
+    pub const BUDGETS: &str = "BUDGETS";
 }
 
 /// Name of the XDP program in the object file.
@@ -111,7 +113,7 @@ pub struct ReverseValue {
 /// Capacity of `HAIRPIN`: flows from private legs to the public address at once. An LRU
 /// map, so a full table forgets the flow used longest ago, not the newest.
 pub const MAX_HAIRPIN: u32 = 65536;
-/// A hairpin entry whose client was seen within this time is live: another client's flow
+/// A hairpin entry either end of which sent within this time is live: another client's flow
 /// that would translate to the same tuple is refused (`PASS_HAIRPIN_CLASH`) rather than
 /// taking its replies. Two minutes: longer than TCP's TIME_WAIT (60 s on Linux), so a
 /// closed connection's tuple is not handed on while its last segments may still arrive.
@@ -163,8 +165,53 @@ pub struct HairpinValue {
     /// The private client's address, network byte order.
     pub client_addr: u32,
     pub _pad: u32,
-    /// `Settings::now_ns` when the client last sent on this flow.
+    /// `Settings::now_ns` when either end last sent on this flow (the client, or the backend
+    /// answering it): a flow quiet both ways for `HAIRPIN_LIVE_NS` may go to another client.
     pub seen_ns: u64,
+}
+
+/// New hairpin flows one private host (by source address) may open at once: a bucket of
+/// this many, refilled by [`HAIRPIN_NEW_PER_SEC`] per second of the daemon's clock.
+/// Refreshing a flow it holds costs nothing. Within a live flow's lifetime
+/// ([`HAIRPIN_LIVE_NS`]) one host thus opens at most 256 + 32 * 120 = 4096 flows, a
+/// sixteenth of [`MAX_HAIRPIN`], so it can neither evict everyone else's flows nor spray
+/// the table's tuples on its own.
+pub const HAIRPIN_NEW_BURST: u32 = 256;
+/// Refill of each host's [`HAIRPIN_NEW_BURST`] bucket, per second.
+pub const HAIRPIN_NEW_PER_SEC: u32 = 32;
+/// Capacity of `HAIRPIN_QUOTA`, the buckets by host: an LRU map keyed by the host's
+/// address (network byte order) whose value is the bucket's theoretical arrival time
+/// (the generic cell rate algorithm: a new flow at `now` is allowed while that time is at most
+/// `now + (burst - 1) * interval`, and moves it one interval on from `max(it, now)`). A host
+/// quiet long enough to be forgotten starts again with a full bucket, as it would have
+/// refilled anyway.
+pub const MAX_HAIRPIN_HOSTS: u32 = 16384;
+/// The interval between new flows at [`HAIRPIN_NEW_PER_SEC`], in ns.
+pub const HAIRPIN_NEW_INTERVAL_NS: u64 = 1_000_000_000 / HAIRPIN_NEW_PER_SEC as u64;
+
+/// ICMP answers the program itself makes (`too_big`), per CPU and tick of the daemon's
+/// clock (one second): past it, the packet that would have been answered is dropped and
+/// counted (`DROP_TX_BUDGET`). The kernel's own limit is 1000 per second in all
+/// (`icmp_msgs_per_sec`); this keeps the program's answers as bounded, whatever a
+/// sender's headers claim.
+pub const TX_ANSWERS_PER_TICK: u32 = 64;
+/// Segments the program sums to tell a complete checksum from a partial one
+/// (`complete_checksum`), per CPU and tick: past it, a segment with the partial value is
+/// taken as partial without summing, as a longer one than [`CSUM_CHECK_MAX`] always is
+/// (counted, `CSUM_UNCHECKED`).
+pub const CSUM_CHECKS_PER_TICK: u32 = 16384;
+
+/// This CPU's budgets for the current tick (`BUDGETS`, a per-CPU array of one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Budget {
+    /// `Settings::now_ns` of the tick the budgets below are for; another tick refills them.
+    pub tick_ns: u64,
+    /// ICMP answers left ([`TX_ANSWERS_PER_TICK`]).
+    pub tx_left: u32,
+    /// Checksum sums left ([`CSUM_CHECKS_PER_TICK`]).
+    pub csum_left: u32,
 }
 
 /// Role of an interface the program is attached to: a bitmask. A one-armed gateway's one
@@ -349,7 +396,9 @@ pub mod counter {
     pub const FWD_PASS_FRAG_NEEDED: u32 = 10;
     /// From a route's backend address and port but addressed to the gateway itself (the
     /// FIB does not forward it): a reply on the gateway's own connection to that backend,
-    /// left untouched.
+    /// left untouched. Also such a packet to the public address that answers no hairpin
+    /// flow (the gateway's own connection from the public address, or the answer to a
+    /// packet someone made as from it): never taken as a request to another route.
     pub const PASS_LOCAL: u32 = 11;
     /// From a private leg to a route's public port, but the tuple it would be translated
     /// to (`public:its port -> backend`) belongs to another private host's live flow: the
@@ -368,8 +417,18 @@ pub mod counter {
     /// (the egress MTU as next-hop MTU, quoting the packet as its sender sent it), sent
     /// back out of the leg it came in on (a redirect into that leg).
     pub const TX_FRAG_NEEDED: u32 = 15;
+    /// From a private host to a route's public port, a new hairpin flow past the host's
+    /// bucket (`HAIRPIN_NEW_BURST`, `HAIRPIN_NEW_PER_SEC`): passed untouched, no entry made.
+    pub const PASS_HAIRPIN_LIMIT: u32 = 16;
+    /// A DF packet too big for its egress that this CPU's budget of ICMP answers for the
+    /// tick (`TX_ANSWERS_PER_TICK`) could not answer: dropped (it fits nowhere).
+    pub const DROP_TX_BUDGET: u32 = 17;
+    /// Not a verdict (the packet gets one too): a segment with the partial checksum value
+    /// taken as partial without being summed, this CPU's budget of sums for the tick
+    /// (`CSUM_CHECKS_PER_TICK`) being spent.
+    pub const CSUM_UNCHECKED: u32 = 18;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 19;
     /// Slots of `GLOBAL_COUNTERS`: more than `COUNT`, so that a build with new verdicts
     /// still fits the map an earlier build pinned.
     pub const SLOTS: u32 = 32;
@@ -392,7 +451,16 @@ pub mod counter {
         "fwd_pass_partial_csum",
         "pass_not_for_us",
         "tx_frag_needed",
+        "pass_hairpin_limit",
+        "drop_tx_budget",
+        "csum_unchecked",
     ];
+
+    /// Whether counter `index` is a packet's verdict (each packet gets exactly one) rather
+    /// than an event on its way.
+    pub const fn is_verdict(index: u32) -> bool {
+        index != CSUM_UNCHECKED
+    }
 }
 
 #[cfg(test)]
@@ -416,6 +484,7 @@ mod tests {
         assert_eq!(size_of::<HairpinKey>(), 12);
         assert_eq!(size_of::<HairpinValue>(), 16);
         assert_eq!(size_of::<NextHop>(), 48);
+        assert_eq!(size_of::<Budget>(), 16);
         assert!(size_of::<CsumScratch>() >= (CSUM_CHECK_MAX as usize).next_multiple_of(4));
         assert_eq!(size_of::<CsumScratch>() % 512, 0);
         // Each route's two paths have slots of their own, wrapping around the cache.

@@ -32,11 +32,12 @@ mod program {
         programs::XdpContext,
     };
     use lb_common::{
-        counter, frontend_slot, next_hop_slot, Backend, CsumScratch, HairpinKey, HairpinValue,
-        Interface, LegSlot, NextHop, ReverseKey, ReverseValue, RouteCounters, Settings,
-        BACKEND_LIVE, CSUM_CHECK_MAX, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, FRONTEND_SLOTS,
-        HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES, NEXT_HOP_SLOTS,
-        NEXT_HOP_USES, ROLE_PRIVATE, ROLE_PUBLIC,
+        counter, frontend_slot, next_hop_slot, Backend, Budget, CsumScratch, HairpinKey,
+        HairpinValue, Interface, LegSlot, NextHop, ReverseKey, ReverseValue, RouteCounters,
+        Settings, BACKEND_LIVE, CSUM_CHECKS_PER_TICK, CSUM_CHECK_MAX, CSUM_MAY_BE_PARTIAL,
+        EGRESS_REDIRECT, FRONTEND_SLOTS, HAIRPIN_LIVE_NS, HAIRPIN_NEW_BURST,
+        HAIRPIN_NEW_INTERVAL_NS, LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_HAIRPIN_HOSTS, MAX_INTERFACES,
+        MAX_ROUTES, NEXT_HOP_SLOTS, NEXT_HOP_USES, ROLE_PRIVATE, ROLE_PUBLIC, TX_ANSWERS_PER_TICK,
     };
     use lb_ebpf::{
         addressed_to, clamped_mss, csum_replace32, frag_needed_headers, icmp_embedded_nat,
@@ -76,6 +77,12 @@ mod program {
     #[map(name = "HAIRPIN")]
     static HAIRPIN: LruHashMap<HairpinKey, HairpinValue> =
         LruHashMap::with_max_entries(MAX_HAIRPIN, 0);
+    /// Each private host's bucket of new hairpin flows (`new_hairpin_allowed`).
+    #[map(name = "HAIRPIN_QUOTA")]
+    static HAIRPIN_QUOTA: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_HAIRPIN_HOSTS, 0);
+    /// This CPU's budgets for the tick: ICMP answers, checksum sums (`budget`).
+    #[map(name = "BUDGETS")]
+    static BUDGETS: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
 
     /// Frame too short for the headers it claims: the kernel counts and drops those.
     struct Truncated;
@@ -124,6 +131,33 @@ mod program {
     fn pass(reason: u32) -> u32 {
         count(reason);
         xdp_action::XDP_PASS
+    }
+
+    #[inline(always)]
+    fn drop(reason: u32) -> u32 {
+        count(reason);
+        xdp_action::XDP_DROP
+    }
+
+    /// This CPU's budgets for the daemon's tick `now`, refilled when the tick is another:
+    /// what bounds the work a sender can make the program do beyond rewriting its packet
+    /// (an ICMP answer, a checksum sum), whatever its headers say. Only the rare paths
+    /// look. While the daemon's clock stands still (the daemon stopped) nothing refills:
+    /// the program then does less, never more.
+    #[inline(always)]
+    fn budget(now: u64) -> Option<&'static mut Budget> {
+        let b = BUDGETS.get_ptr_mut(0)?;
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; nothing
+        // else reads or writes it meanwhile (the daemon never does).
+        let b = unsafe { &mut *b };
+        if b.tick_ns != now {
+            *b = Budget {
+                tick_ns: now,
+                tx_left: TX_ANSWERS_PER_TICK,
+                csum_left: CSUM_CHECKS_PER_TICK,
+            };
+        }
+        Some(b)
     }
 
     #[inline(always)]
@@ -220,7 +254,7 @@ mod program {
                 let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(IPV4_HLEN as u16);
                 let pseudo = pseudo_header_sum((*ip).saddr, (*ip).daddr, protocol, l4_len.to_be());
                 is_partial_csum(protocol, *l4_check, pseudo)
-                    && !complete_checksum(ctx, l4, l4_len, pseudo)
+                    && !complete_checksum(ctx, l4, l4_len, pseudo, now)
             };
         let mut fib = mem::MaybeUninit::uninit();
         let fib: &mut FibParams = zero_in_place(&mut fib);
@@ -254,7 +288,8 @@ mod program {
                     let question = (ifindex, protocol, (*ip).saddr, new_addr);
                     route_cached(ctx, fib, ip, question, slot, now)
                 };
-                if let Some(action) = too_big(ctx, ip, fib, rc, ifindex, Some(public_addr))? {
+                if let Some(action) = too_big(ctx, ip, fib, rc, (ifindex, now), Some(public_addr))?
+                {
                     return Ok(action);
                 }
                 *l4_check = l4_nat(
@@ -302,7 +337,7 @@ mod program {
                     return Ok(pass(counter::PASS_LOCAL));
                 }
                 if !partial {
-                    if let Some(action) = too_big(ctx, ip, fib, rc, ifindex, None)? {
+                    if let Some(action) = too_big(ctx, ip, fib, rc, (ifindex, now), None)? {
                         return Ok(action);
                     }
                 }
@@ -345,6 +380,15 @@ mod program {
     /// client connected to. The tuple has no room to carry the client's address (48 bits
     /// of address and port in a 16-bit port), hence the one map entry per flow, written
     /// only on this path.
+    ///
+    /// A flow is live while either end sent within `HAIRPIN_LIVE_NS`: a live flow's tuple
+    /// is never handed to another client (a host spraying source ports cannot take the
+    /// replies of a client that only listens). A packet from a route's backend address and
+    /// port that answers no flow is never a request to another route: it answers the
+    /// gateway's own connection, or a packet someone else made as from `public:Q` (a
+    /// spoofed datagram to the backend), and a request would let two routes' echo
+    /// services answer each other through the gateway for ever. New flows come out of
+    /// each host's bucket (`new_hairpin_allowed`), so that no host fills the LRU map.
     #[inline(always)]
     fn hairpin(
         ctx: &XdpContext,
@@ -360,44 +404,54 @@ mod program {
         // which at worst stamps `seen_ns` twice.
         unsafe {
             let (saddr, sport, dport) = ((*ip).saddr, (*ports).src, (*ports).dst);
-            let rev = REVERSE.get(ReverseKey::new(saddr, sport, protocol));
-            if let Some(rev) = rev {
+            if let Some(rev) = REVERSE.get(ReverseKey::new(saddr, sport, protocol)) {
                 let key = HairpinKey::new(saddr, sport, dport, protocol);
-                if let Some(flow) = HAIRPIN.get(key) {
-                    // A backend's reply to a private client: from `public:P`, to the client.
-                    let to = ((public_addr, rev.public_port), (flow.client_addr, dport));
-                    return rewrite_both(
-                        ctx,
-                        (eth, ip, ports, l4_check),
-                        (protocol, partial),
-                        to,
-                        (rev.route_id, false),
-                        fib,
-                        (ifindex, public_addr, now, mss),
-                    );
+                let Some(flow) = HAIRPIN.get_ptr_mut(key) else {
+                    // Answers no flow: the gateway's own connection's, or nobody's.
+                    return Ok(pass(counter::PASS_LOCAL));
+                };
+                // Written once a tick, not on every packet.
+                if (*flow).seen_ns != now {
+                    (*flow).seen_ns = now;
                 }
+                // A backend's reply to a private client: from `public:P`, to the client.
+                let to = ((public_addr, rev.public_port), ((*flow).client_addr, dport));
+                return rewrite_both(
+                    ctx,
+                    (eth, ip, ports, l4_check),
+                    (protocol, partial),
+                    to,
+                    (rev.route_id, false),
+                    fib,
+                    (ifindex, public_addr, now, mss),
+                );
             }
             let Some(backend) = frontend(dport, protocol) else {
-                // A backend answering the gateway's own connection from the public address,
-                // or a private host using one of the gateway's own services.
-                return Ok(pass(if rev.is_some() {
-                    counter::PASS_LOCAL
-                } else {
-                    counter::PASS_NO_ROUTE
-                }));
+                // A private host using one of the gateway's own services.
+                return Ok(pass(counter::PASS_NO_ROUTE));
             };
             let (new_addr, new_port, route_id) = (backend.addr, backend.port, backend.route_id);
             let key = HairpinKey::new(new_addr, new_port, sport, protocol);
             match HAIRPIN.get_ptr_mut(key) {
-                Some(flow) if (*flow).client_addr == saddr => (*flow).seen_ns = now,
+                Some(flow) if (*flow).client_addr == saddr => {
+                    if (*flow).seen_ns != now {
+                        (*flow).seen_ns = now;
+                    }
+                }
                 Some(flow) if now.wrapping_sub((*flow).seen_ns) < HAIRPIN_LIVE_NS => {
                     return Ok(pass(counter::PASS_HAIRPIN_CLASH));
                 }
                 Some(flow) => {
+                    if !new_hairpin_allowed(saddr, now) {
+                        return Ok(pass(counter::PASS_HAIRPIN_LIMIT));
+                    }
                     (*flow).client_addr = saddr;
                     (*flow).seen_ns = now;
                 }
                 None => {
+                    if !new_hairpin_allowed(saddr, now) {
+                        return Ok(pass(counter::PASS_HAIRPIN_LIMIT));
+                    }
                     let value = HairpinValue {
                         client_addr: saddr,
                         _pad: 0,
@@ -419,6 +473,32 @@ mod program {
                 (ifindex, public_addr, now, mss),
             )
         }
+    }
+
+    /// Whether private host `host` may open a new hairpin flow at `now` (the daemon's
+    /// clock), taking it out of the host's bucket if so: `HAIRPIN_NEW_BURST` at once, then
+    /// one per `HAIRPIN_NEW_INTERVAL_NS` (see `lb_common::MAX_HAIRPIN_HOSTS` for the
+    /// algorithm). Two CPUs opening flows for one host at once may both take the same
+    /// place in its bucket: a few more flows, never fewer.
+    #[inline(always)]
+    fn new_hairpin_allowed(host: u32, now: u64) -> bool {
+        const TOLERANCE_NS: u64 = (HAIRPIN_NEW_BURST as u64 - 1) * HAIRPIN_NEW_INTERVAL_NS;
+        let Some(next) = HAIRPIN_QUOTA.get_ptr_mut(host) else {
+            // A host not seen (or forgotten): a full bucket, this flow the first out of it.
+            // An insert that fails (it cannot, for an LRU map) costs the host nothing.
+            let _ = HAIRPIN_QUOTA.insert(host, now + HAIRPIN_NEW_INTERVAL_NS, 0);
+            return true;
+        };
+        // SAFETY: the map's value for `host`, valid for the program's run; another CPU may
+        // write it meanwhile, which at worst loses one of the two writes (see above).
+        unsafe {
+            let at = core::cmp::max(*next, now);
+            if at > now + TOLERANCE_NS {
+                return false;
+            }
+            *next = at + HAIRPIN_NEW_INTERVAL_NS;
+        }
+        true
     }
 
     /// Rewrites both ends of a hairpin packet to `to` (source, destination: address and
@@ -443,7 +523,7 @@ mod program {
                 fib_lookup(ctx, fib, ip, ifindex, protocol, saddr, daddr)
             };
             if !partial {
-                if let Some(action) = too_big(ctx, ip, fib, rc, ifindex, None)? {
+                if let Some(action) = too_big(ctx, ip, fib, rc, (ifindex, now), None)? {
                     return Ok(action);
                 }
             }
@@ -835,14 +915,20 @@ mod program {
         ip: *mut Ipv4Hdr,
         fib: &mut FibParams,
         rc: i64,
-        ifindex: u32,
+        (ifindex, now): (u32, u64),
         from: Option<u32>,
     ) -> Result<Option<u32>, Truncated> {
         if rc != BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
             return Ok(None);
         }
         // SAFETY: `ip` comes from `ptr_at`: inside the packet.
-        let (frag_off, to) = unsafe { (u16::from_be((*ip).frag_off), (*ip).saddr) };
+        let (frag_off, to, tot_len) = unsafe {
+            (
+                u16::from_be((*ip).frag_off),
+                (*ip).saddr,
+                u16::from_be((*ip).tot_len),
+            )
+        };
         // The answer leaves by a redirect into the ingress leg itself, if it takes
         // redirects. Not XDP_TX: on a veth (kernel 6.18) frames sent back
         // that way never reached the peer's stack (measured in the mtu lab: the leg
@@ -850,6 +936,20 @@ mod program {
         // redirect into the same leg is what the one-armed path does all the time.
         if frag_off & IP_DF == 0 || !takes_redirects(ifindex) {
             return Ok(None);
+        }
+        // The FIB judged the length the header claims. A frame shorter than that is what the
+        // kernel drops as truncated, and answering it would let 60-byte frames claiming
+        // 64 KiB buy an ICMP answer each, to any source they name.
+        // SAFETY: `ctx.ctx` is the program's context, all the helper reads.
+        let real_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+        if real_len < ETH_HLEN as u64 + u64::from(tot_len) {
+            return Ok(Some(pass(counter::PASS_MALFORMED)));
+        }
+        // What the program sends of its own is bounded, as the kernel bounds its ICMP; a
+        // packet that fits nowhere and is not answered is dropped (counted).
+        match budget(now) {
+            Some(b) if b.tx_left > 0 => b.tx_left -= 1,
+            _ => return Ok(Some(drop(counter::DROP_TX_BUDGET))),
         }
         // SAFETY: plain integer in a union the kernel wrote on FRAG_NEEDED.
         let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
@@ -935,13 +1035,26 @@ mod program {
     /// partial checksums about one in 65 536; on one with them (where every segment takes
     /// the kernel's path anyway) each. The segment is copied into `CSUM_SCRATCH`
     /// (`bpf_xdp_load_bytes` reads across a frame's fragments too) and summed there by
-    /// `bpf_csum_diff`. Longer than `CSUM_CHECK_MAX`, or a helper failing: no.
+    /// `bpf_csum_diff`. Longer than `CSUM_CHECK_MAX`, or a helper failing: no. Past this
+    /// CPU's budget of sums for the tick (`CSUM_CHECKS_PER_TICK`): no, counted
+    /// (`CSUM_UNCHECKED`), so that frames forged with that value cannot buy a sum each at
+    /// line rate. Taking such a frame as partial is what a sender could have had anyway
+    /// (a frame the kernel forwards); the only frame it is wrong for is a complete
+    /// checksum that collides with the partial value (one in 65 536) while the budget is
+    /// spent, which leaves with a wrong checksum and is dropped by its receiver.
     #[inline(always)]
-    fn complete_checksum(ctx: &XdpContext, l4: usize, l4_len: u16, pseudo: u32) -> bool {
+    fn complete_checksum(ctx: &XdpContext, l4: usize, l4_len: u16, pseudo: u32, now: u64) -> bool {
         const STEP: u32 = 512;
         let len = u32::from(l4_len);
         if len == 0 || len > CSUM_CHECK_MAX {
             return false;
+        }
+        match budget(now) {
+            Some(b) if b.csum_left > 0 => b.csum_left -= 1,
+            _ => {
+                count(counter::CSUM_UNCHECKED);
+                return false;
+            }
         }
         let Some(scratch) = CSUM_SCRATCH.get_ptr_mut(0) else {
             return false;
