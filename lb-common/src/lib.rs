@@ -427,8 +427,12 @@ pub mod counter {
     /// taken as partial without being summed, this CPU's budget of sums for the tick
     /// (`CSUM_CHECKS_PER_TICK`) being spent.
     pub const CSUM_UNCHECKED: u32 = 18;
+    /// An ICMP error about a translated flow that no packet of that flow could have
+    /// caused, as far as the error itself tells (`lb_ebpf::icmp_error_plausible`, and the
+    /// leg it came in on): passed untouched, not translated to the flow's other end.
+    pub const PASS_ICMP_IMPLAUSIBLE: u32 = 19;
     /// Number of counters.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     /// Slots of `GLOBAL_COUNTERS`: more than `COUNT`, so that a build with new verdicts
     /// still fits the map an earlier build pinned.
     pub const SLOTS: u32 = 32;
@@ -454,6 +458,7 @@ pub mod counter {
         "pass_hairpin_limit",
         "drop_tx_budget",
         "csum_unchecked",
+        "pass_icmp_implausible",
     ];
 
     /// Whether counter `index` is a packet's verdict (each packet gets exactly one) rather

@@ -290,6 +290,36 @@ pub const ICMP_FRAG_NEEDED: u8 = 4;
 /// the only kind the program forwards) and the first 8 bytes of its L4 header, which hold
 /// the ports, all a sender's stack needs to find the socket (RFC 792).
 pub const ICMP_QUOTE_LEN: usize = IPV4_HLEN + 8;
+/// Codes of "protocol unreachable" and "port unreachable" under destination unreachable:
+/// only the quoted packet's destination host itself can know either (RFC 1122 3.2.2.1).
+pub const ICMP_PROT_UNREACH: u8 = 2;
+pub const ICMP_PORT_UNREACH: u8 = 3;
+
+/// What the fields an ICMP error carries about itself (its type, code, the next-hop MTU
+/// of a "fragmentation needed", the address it came from) and the quoted packet's header
+/// (destination, flags and offset in host order, total length) allow, without connection
+/// state: an error that none of the quoted flow's packets could have caused is `false`.
+/// A port or protocol unreachable must come from the quoted destination itself; a
+/// "fragmentation needed" must quote a DF packet longer than the MTU it names (0: an old
+/// router that names none, RFC 1191 section 5). Everything else (which packet of the flow,
+/// whether the flow exists at all) needs the state only its endpoints hold: the error
+/// goes to the endpoint, whose stack checks it (a TCP stack, the quoted sequence number).
+#[inline(always)]
+pub fn icmp_error_plausible(
+    (icmp_type, code, mtu): (u8, u8, u16),
+    sender: u32,
+    (quoted_dst, quoted_frag_off, quoted_tot_len): (u32, u16, u16),
+) -> bool {
+    if icmp_type != ICMP_DEST_UNREACH {
+        return true;
+    }
+    match code {
+        ICMP_PROT_UNREACH | ICMP_PORT_UNREACH => sender == quoted_dst,
+        ICMP_FRAG_NEEDED => quoted_frag_off & IP_DF != 0 && (mtu == 0 || quoted_tot_len > mtu),
+        _ => true,
+    }
+}
+
 /// IPv4 and ICMP headers of a "fragmentation needed" answer, in front of the quote.
 pub const FRAG_NEEDED_HLEN: usize = IPV4_HLEN + ICMP_HLEN;
 /// The IP-flags bit "don't fragment", in the host-order flags+offset field.

@@ -41,11 +41,11 @@ mod program {
     };
     use lb_ebpf::{
         addressed_to, clamped_mss, csum_replace32, frag_needed_headers, icmp_embedded_nat,
-        icmp_is_error, ipv4_csum_ttl_decrement, ipv4_shape, is_partial_csum, l4_checksum_offset,
-        l4_csum_nat, l4_header_len, mss_csum, partial_csum_replace32, pseudo_header_sum,
-        sums_to_complete, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4,
-        FRAG_NEEDED_HLEN, ICMP_HLEN, ICMP_QUOTE_LEN, IPV4_HLEN, IP_DF, PROTO_ICMP, PROTO_TCP,
-        PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
+        icmp_error_plausible, icmp_is_error, ipv4_csum_ttl_decrement, ipv4_shape, is_partial_csum,
+        l4_checksum_offset, l4_csum_nat, l4_header_len, mss_csum, partial_csum_replace32,
+        pseudo_header_sum, sums_to_complete, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports,
+        ETH_HLEN, ETH_P_IPV4, FRAG_NEEDED_HLEN, ICMP_HLEN, ICMP_QUOTE_LEN, IPV4_HLEN, IP_DF,
+        PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCPOPT_MSS, TCPOPT_NOP, TCP_HLEN, TCP_SYN,
     };
 
     const AF_INET: u8 = 2;
@@ -559,6 +559,10 @@ mod program {
         inner_dst: (u32, u16),
         outer: (u32, u32),
         own_if_local: bool,
+        /// The quoted destination is a backend or a private host: an error about a
+        /// packet to it must come in on the leg that reaches it. (A client of the world
+        /// is reached through the one public leg, where every error about it comes in.)
+        inside_dst: bool,
     }
 
     /// An ICMP error about a translated flow, translated like that flow (see [`icmp_nat`]).
@@ -577,7 +581,9 @@ mod program {
         if !icmp_is_error(unsafe { *icmp_type }) {
             return Ok(pass(counter::PASS_NOT_TCP_UDP));
         }
+        let icmp_code: *const u8 = ptr_at(ctx, l4 + 1)?;
         let icmp_check: *mut u16 = ptr_at(ctx, l4 + 2)?;
+        let next_hop_mtu: *const u16 = ptr_at(ctx, l4 + 6)?;
         let inner: *mut Ipv4Hdr = ptr_at(ctx, l4 + ICMP_HLEN)?;
         let inner_l4 = l4 + ICMP_HLEN + IPV4_HLEN;
         let ports: *mut Ports = ptr_at(ctx, inner_l4)?;
@@ -625,8 +631,24 @@ mod program {
                 Ok(nat) => nat,
                 Err(verdict) => return Ok(pass(verdict)),
             };
+            let about = (
+                dst.0,
+                u16::from_be((*inner).frag_off),
+                u16::from_be((*inner).tot_len),
+            );
+            let said = (*icmp_type, *icmp_code, u16::from_be(*next_hop_mtu));
+            if !icmp_error_plausible(said, (*ip).saddr, about) {
+                return Ok(pass(counter::PASS_ICMP_IMPLAUSIBLE));
+            }
             let mut fib = mem::MaybeUninit::uninit();
             let fib: &mut FibParams = zero_in_place(&mut fib);
+            if nat.inside_dst {
+                let rc = route_toward(ctx, fib, ifindex, dst.0, BPF_FIB_LOOKUP_SKIP_NEIGH);
+                if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || fib.ifindex != ifindex {
+                    return Ok(pass(counter::PASS_ICMP_IMPLAUSIBLE));
+                }
+                // `fib_lookup` below sets every input it reads (as after `inside_host`).
+            }
             let rc = fib_lookup(ctx, fib, ip, ifindex, PROTO_ICMP, nat.outer.0, nat.outer.1);
             if nat.own_if_local && rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
                 return Ok(pass(counter::PASS_LOCAL));
@@ -700,6 +722,7 @@ mod program {
                         inner_dst: (public_addr, rev.public_port),
                         outer: (public_addr, flow.client_addr),
                         own_if_local: false,
+                        inside_dst: true,
                     });
                 }
             } else if let Some(backend) = frontend(src.1, protocol) {
@@ -712,6 +735,7 @@ mod program {
                         inner_dst: (public_addr, dst.1),
                         outer: (public_addr, addr),
                         own_if_local: false,
+                        inside_dst: true,
                     });
                 }
             }
@@ -723,6 +747,7 @@ mod program {
                 inner_dst: dst,
                 outer: (outer.0, backend.addr),
                 own_if_local: false,
+                inside_dst: false,
             });
         }
         match rev {
@@ -731,6 +756,7 @@ mod program {
                 inner_dst: (public_addr, rev.public_port),
                 outer: (public_addr, outer.1),
                 own_if_local: true,
+                inside_dst: true,
             }),
             _ => Err(counter::PASS_NO_ROUTE),
         }

@@ -509,3 +509,40 @@ proptest! {
         prop_assert_eq!((h[24], h[25]), (0, 0), "unused");
     }
 }
+
+#[test]
+fn an_icmp_error_is_plausible_only_as_the_packet_it_quotes_allows() {
+    let (client, router) = (0x0a00_0001, 0x0a00_0002);
+    let df = IP_DF;
+    let unreach = |code, mtu| (ICMP_DEST_UNREACH, code, mtu);
+    // Only the destination says its port or protocol is unreachable.
+    for code in [ICMP_PORT_UNREACH, ICMP_PROT_UNREACH] {
+        assert!(icmp_error_plausible(
+            unreach(code, 0),
+            client,
+            (client, df, 100)
+        ));
+        assert!(!icmp_error_plausible(
+            unreach(code, 0),
+            router,
+            (client, df, 100)
+        ));
+    }
+    // Fragmentation needed: a DF packet longer than the MTU named (or none named).
+    let frag = |mtu| unreach(ICMP_FRAG_NEEDED, mtu);
+    assert!(icmp_error_plausible(frag(1400), router, (client, df, 1401)));
+    assert!(icmp_error_plausible(frag(0), router, (client, df, 1401)));
+    assert!(!icmp_error_plausible(
+        frag(1400),
+        router,
+        (client, df, 1400)
+    ));
+    assert!(!icmp_error_plausible(frag(1400), router, (client, 0, 1500)));
+    // Any router on the way may say the rest.
+    assert!(icmp_error_plausible(unreach(1, 0), router, (client, 0, 60)));
+    assert!(icmp_error_plausible(
+        (ICMP_TIME_EXCEEDED, 0, 0),
+        router,
+        (client, 0, 60)
+    ));
+}

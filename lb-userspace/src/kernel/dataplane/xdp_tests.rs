@@ -1131,8 +1131,22 @@ fn icmp_error(
     about: &Frame,
     l4_bytes: usize,
 ) -> Vec<u8> {
-    let quoted = about.bytes();
-    let mut body = vec![icmp_type, 4, 0, 0, 0, 0, 0x05, 0x78]; // frag needed: MTU 1400
+    // Host unreachable, or TTL exceeded in transit: what any router on the way may send.
+    let code = if icmp_type == 3 { 1 } else { 0 };
+    icmp_error_code((icmp_type, code, 0), from, to, &about.bytes(), l4_bytes)
+}
+
+/// An ICMP error (type, code, next-hop MTU) from `from` to `to` quoting the frame `quoted`:
+/// its IPv4 header and `l4_bytes` of its L4 header.
+fn icmp_error_code(
+    (icmp_type, code, mtu): (u8, u8, u16),
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    quoted: &[u8],
+    l4_bytes: usize,
+) -> Vec<u8> {
+    let mut body = vec![icmp_type, code, 0, 0, 0, 0];
+    body.extend_from_slice(&mtu.to_be_bytes());
     body.extend_from_slice(&quoted[14..34 + l4_bytes]);
     let c = fold(sum(&body, 0));
     body[2..4].copy_from_slice(&c.to_be_bytes());
@@ -1348,6 +1362,93 @@ fn icmp_errors_about_hairpin_flows_reach_the_other_end_as_it_knows_it() {
         (XDP_PASS, name(counter::PASS_NO_ROUTE))
     );
     assert_eq!(out, err, "untouched");
+}
+
+/// What an ICMP error says of itself is checked against the packet it quotes, as far as
+/// no connection state is needed: a port or protocol unreachable comes from the quoted
+/// packet's destination itself (RFC 1122 3.2.2.1: only it knows), a "fragmentation
+/// needed" quotes a DF packet longer than the MTU it names, and an error about a packet
+/// to a backend or a private host comes in on the leg that reaches that address. Anything
+/// else is passed untouched, not translated to a flow's other end.
+#[test]
+fn icmp_errors_no_packet_of_the_flow_could_have_caused_are_not_translated() {
+    let Some(mut h) =
+        Harness::new("icmp_errors_no_packet_of_the_flow_could_have_caused_are_not_translated")
+    else {
+        return;
+    };
+    h.allow_redirects();
+    const PORT_UNREACHABLE: (u8, u8, u16) = (3, 3, 0);
+    const FRAG_NEEDED: (u8, u8, u16) = (3, 4, 1400);
+    let answer = Frame::udp((PUBLIC, DNS_PORT), (CLIENT, 5000));
+    let big = Frame {
+        payload: 1400,
+        ..answer.clone()
+    };
+    let request = Frame::udp((CLIENT, 5000), (BACKEND, 53));
+    // Each with the leg it arrives on; first what is plausible, which is translated.
+    let plausible = [
+        (
+            "the client refusing the backend's answer",
+            icmp_error_code(PORT_UNREACHABLE, CLIENT, PUBLIC, &answer.bytes(), 8),
+            1,
+        ),
+        (
+            "a router: the backend's DF answer is too big",
+            icmp_error_code(FRAG_NEEDED, ROUTER, PUBLIC, &big.bytes(), 8),
+            1,
+        ),
+        (
+            "the backend refusing the client's datagram",
+            icmp_error_code(PORT_UNREACHABLE, BACKEND, CLIENT, &request.bytes(), 8),
+            h.leg,
+        ),
+    ];
+    for (what, frame, ifindex) in &plausible {
+        let (action, _, verdict) = h.run(frame, *ifindex);
+        assert_eq!(
+            (action, name(verdict)),
+            (XDP_REDIRECT, name(counter::FWD_REDIRECT)),
+            "{what}"
+        );
+    }
+    h.edit_leg(1, |leg| leg.role = ROLE_PUBLIC | ROLE_PRIVATE);
+    let implausible = [
+        (
+            "a port unreachable from a router, not from the client",
+            icmp_error_code(PORT_UNREACHABLE, ROUTER, PUBLIC, &answer.bytes(), 8),
+            1,
+        ),
+        (
+            "fragmentation needed about a packet that fits the MTU",
+            icmp_error_code(FRAG_NEEDED, ROUTER, PUBLIC, &answer.bytes(), 8),
+            1,
+        ),
+        (
+            "fragmentation needed about a packet without DF",
+            icmp_error_code(FRAG_NEEDED, ROUTER, PUBLIC, &without_df(big.bytes()), 8),
+            1,
+        ),
+        (
+            "a port unreachable from another private host, not from the backend",
+            icmp_error_code(PORT_UNREACHABLE, INSIDE, CLIENT, &request.bytes(), 8),
+            h.leg,
+        ),
+        (
+            "an error about a packet to the backend from a leg that does not reach it",
+            icmp_error(3, BACKEND, CLIENT, &request, 8),
+            1,
+        ),
+    ];
+    for (what, frame, ifindex) in &implausible {
+        let (action, out, verdict) = h.run(frame, *ifindex);
+        assert_eq!(
+            (action, name(verdict)),
+            (XDP_PASS, name(counter::PASS_ICMP_IMPLAUSIBLE)),
+            "{what}"
+        );
+        assert_eq!(&out, frame, "{what}: untouched");
+    }
 }
 
 #[test]
