@@ -194,3 +194,114 @@ fn icmp_errors_about_hairpin_flows_reach_both_ends() {
         "backend 2's socket after answering a closed one: {said:?}"
     );
 }
+
+/// A UDP echo service on port `argv[1]`: answers every datagram to its sender and prints
+/// the sender (`ADDR PORT`), for `argv[2]` seconds or 50 datagrams, whichever ends first.
+const UDP_ECHO: &str = r#"import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+end = time.monotonic() + float(sys.argv[2])
+n = 0
+while n < 50:
+    left = end - time.monotonic()
+    if left <= 0:
+        break
+    s.settimeout(left)
+    try:
+        data, peer = s.recvfrom(2048)
+    except socket.timeout:
+        break
+    n += 1
+    print(peer[0], peer[1], flush=True)
+    s.sendto(data, peer)
+"#;
+
+/// Sends one datagram to `argv[3]:argv[4]` from `argv[1]:argv[2]`, an address this host
+/// does not have (IP_TRANSPARENT): the datagram a spoofer would have made, as the service
+/// it is sent to receives it.
+const UDP_SPOOFED: &str = r#"import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.sendto(b"reflect me", (sys.argv[3], int(sys.argv[4])))
+print("sent")
+"#;
+
+/// Two students' UDP echo services cannot be made to answer each other through the
+/// gateway: a datagram made as from `public:Q` (route Q: bob's echo) reaches alice's echo,
+/// whose answer to `public:Q` leaves alice's backend from its route's address and port;
+/// it answers no hairpin flow, so the gateway keeps it (its kernel has no socket there)
+/// and never sends it on to bob's echo as a request. Real echo services, real kernels;
+/// the spoofed datagram is made on alice's backend itself, so only the reply path is
+/// tested (a spoofed source on the public leg is refused there, which is another test's).
+#[test]
+fn a_backends_reply_to_a_spoofed_datagram_never_reaches_another_route() {
+    let Some(lab) = Lab::for_test(
+        "a_backends_reply_to_a_spoofed_datagram_never_reaches_another_route",
+        "inrefl",
+    ) else {
+        return;
+    };
+    let routes = [
+        RouteSpec::udp("alice", "echo", &format!("{B1_IP}:7"), 30007),
+        RouteSpec::udp("bob", "echo", &format!("{B2_IP}:7"), 30008),
+    ];
+    lab.start_with_routes(&routes).unwrap();
+    let echo = |ns: &str| {
+        lab.spawn(ns, &["python3", "-c", UDP_ECHO, "7", "8"])
+            .unwrap()
+    };
+    let (alice, bob) = (echo(&lab.b1), echo(&lab.b2));
+    for (ns, pid) in [(&lab.b1, alice), (&lab.b2, bob)] {
+        wait_until("the echo service", Duration::from_secs(5), || {
+            lab.exec(ns, &["ss", "-Hlun", "sport = :7"], Duration::from_secs(5))
+                .is_ok_and(|o| !o.stdout.is_empty())
+                || !lab.is_running(pid)
+        });
+    }
+    // Bob's echo works through the hairpin, from alice's host like from anyone's.
+    let out = lab
+        .exec(
+            &lab.b1,
+            &["python3", "-c", UDP_ASKER, PUBLIC_IP, "30008", "wait"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answered");
+
+    // The spoofed datagram: `public:30008 -> alice's echo`.
+    let sent = lab
+        .exec_ok(
+            &lab.b1,
+            &["python3", "-c", UDP_SPOOFED, PUBLIC_IP, "30008", B1_IP, "7"],
+        )
+        .unwrap();
+    assert_eq!(sent.trim(), "sent");
+    let heard = |pid: u32| -> Vec<String> {
+        wait_until("an echo service's end", Duration::from_secs(20), || {
+            !lab.is_running(pid)
+        });
+        let log = lab.log_path(pid).unwrap();
+        lab.stop(pid, Duration::ZERO).unwrap();
+        let text = std::fs::read_to_string(log).unwrap();
+        text.lines().map(str::to_string).collect()
+    };
+    let (alice_heard, bob_heard) = (heard(alice), heard(bob));
+    assert_eq!(
+        alice_heard,
+        [format!("{PUBLIC_IP} 30008")],
+        "alice's echo heard only the spoofed datagram (bob heard {bob_heard:?})"
+    );
+    assert_eq!(
+        bob_heard.len(),
+        1,
+        "bob's echo heard only the real request: {bob_heard:?}"
+    );
+    let metrics = lab.metrics().unwrap();
+    let kept = metric_value(
+        &metrics,
+        "srvgate_xdp_verdicts_total",
+        &[("verdict", "pass_local")],
+    );
+    assert!(kept.is_some_and(|n| n >= 1.0), "{metrics}");
+}
