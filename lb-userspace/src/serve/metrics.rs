@@ -87,8 +87,24 @@ pub fn render(routes: &[RouteSample], verdicts: &[(&str, u64)], legs: &[LegSampl
         "# HELP srvgate_xdp_verdicts_total Packets by what the XDP program did with them."
     );
     let _ = writeln!(out, "# TYPE srvgate_xdp_verdicts_total counter");
-    for (name, n) in verdicts {
+    // A counter that is no verdict (an event on a packet's way, which gets a verdict too)
+    // has a family of its own, so that the verdicts still add up to the packets.
+    let is_event = |name: &str| {
+        lb_common::counter::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .is_some_and(|i| !lb_common::counter::is_verdict(i as u32))
+    };
+    for (name, n) in verdicts.iter().filter(|(name, _)| !is_event(name)) {
         let _ = writeln!(out, "srvgate_xdp_verdicts_total{{verdict=\"{name}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP srvgate_xdp_events_total What the XDP program did on a packet's way besides its verdict."
+    );
+    let _ = writeln!(out, "# TYPE srvgate_xdp_events_total counter");
+    for (name, n) in verdicts.iter().filter(|(name, _)| is_event(name)) {
+        let _ = writeln!(out, "srvgate_xdp_events_total{{event=\"{name}\"}} {n}");
     }
     let _ = writeln!(
         out,
@@ -315,7 +331,7 @@ mod tests {
         ];
         let text = render(
             &[sample(7, Some(Duration::from_millis(1500)))],
-            &[("fwd_redirect", 9)],
+            &[("fwd_redirect", 9), ("csum_unchecked", 2)],
             &legs,
         );
         assert!(text.contains(
@@ -324,6 +340,11 @@ mod tests {
         assert!(text.contains("srvgate_route_bytes_total{name=\"alice\",service=\"ssh\",protocol=\"tcp\",port=\"30001\",direction=\"outbound\"} 200\n"));
         assert!(text.contains("srvgate_route_idle_seconds{name=\"alice\",service=\"ssh\",protocol=\"tcp\",port=\"30001\"} 1.500\n"));
         assert!(text.contains("srvgate_xdp_verdicts_total{verdict=\"fwd_redirect\"} 9\n"));
+        assert!(text.contains("srvgate_xdp_events_total{event=\"csum_unchecked\"} 2\n"));
+        assert!(
+            !text.contains("verdict=\"csum_unchecked\""),
+            "an event is no verdict"
+        );
         assert!(text.contains("srvgate_routes 1\n"));
         assert!(
             text.contains("srvgate_leg_info{iface=\"eth1\",role=\"private\",egress=\"pass\"} 1\n")
