@@ -112,8 +112,10 @@ pub enum Share {
     /// connection: so two clients never take places back and forth. For connections whose
     /// end costs their client something (a relay, a request).
     Fewer,
-    /// A client holding no more than the greediest: idle connections that lose nothing
-    /// when closed (DNS clients between queries) give way even to an equal.
+    /// A client holding fewer than the greediest, and failing that the newcomer's own
+    /// client: idle connections that lose nothing when closed (DNS clients between
+    /// queries) give way even to an equal, and a client at the limit replaces its own idle
+    /// ones rather than being refused.
     AtMost,
 }
 
@@ -221,25 +223,32 @@ impl Admission {
 
     /// The client that gives up a place for a newcomer of `key` holding `mine`: the one
     /// holding the most (among equals, the one with the connection idle longest), if it
-    /// holds enough more than the newcomer and has a connection that is not busy.
+    /// holds enough more than the newcomer (as `share` says) and has a connection that is
+    /// not busy.
     fn victim(&self, held: &Held, key: ClientKey, mine: usize) -> Option<ClientKey> {
         let enough = |n: usize| match self.share {
             Share::Fewer => n > mine + 1,
             Share::AtMost => n > mine,
         };
-        held.by_client
+        let idlest = |v: &Vec<Entry>| {
+            v.iter()
+                .filter(|e| !e.activity.busy())
+                .map(|e| e.activity.idle_for())
+                .max()
+        };
+        let other = held
+            .by_client
             .iter()
             .filter(|(k, v)| **k != key && enough(v.len()))
-            .filter_map(|(k, v)| {
-                let idlest = v
-                    .iter()
-                    .filter(|e| !e.activity.busy())
-                    .map(|e| e.activity.idle_for())
-                    .max()?;
-                Some((v.len(), idlest, *k))
-            })
+            .filter_map(|(k, v)| Some((v.len(), idlest(v)?, *k)))
             .max_by_key(|(n, idle, _)| (*n, *idle))
-            .map(|(_, _, k)| k)
+            .map(|(_, _, k)| k);
+        match self.share {
+            Share::AtMost if other.is_none() => {
+                held.by_client.get(&key).and_then(idlest).map(|_| key)
+            }
+            _ => other,
+        }
     }
 
     /// Connections held now.

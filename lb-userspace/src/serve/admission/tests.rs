@@ -125,8 +125,8 @@ fn busy_connections_are_not_evicted() {
     );
 }
 
-#[test]
-fn idle_connections_that_lose_nothing_give_way_to_an_equal() {
+#[tokio::test]
+async fn idle_connections_that_lose_nothing_give_way_to_an_equal() {
     let adm = Admission::new(2, 2, Share::AtMost);
     let _a = take(&adm, ip(1));
     let _b = take(&adm, ip(2));
@@ -137,10 +137,28 @@ fn idle_connections_that_lose_nothing_give_way_to_an_equal() {
     let _a = take(&adm, ip(1));
     let _b = take(&adm, ip(2));
     assert_eq!(adm.admit(ip(3)).err(), Some(Refused::Full));
-    // But not by a client that holds as many as the greediest.
+    // A client holding as many as the greediest takes no one else's place: it replaces
+    // its own idle one.
     let adm = Admission::new(2, 2, Share::AtMost);
-    let _a = take(&adm, ip(1));
-    let _b = take(&adm, ip(1));
-    let _c = adm.admit(ip(2)).expect("admitted");
-    assert_eq!(adm.admit(ip(2)).err(), Some(Refused::Full));
+    let mut a = vec![take(&adm, ip(1)), take(&adm, ip(1))];
+    let (_c, evicted) = adm.admit(ip(2)).expect("admitted");
+    assert_eq!(
+        evicted,
+        Some(Evicted {
+            from: ClientKey::of(ip(1))
+        })
+    );
+    let (_d, evicted) = adm.admit(ip(2)).expect("admitted");
+    assert_eq!(
+        evicted,
+        Some(Evicted {
+            from: ClientKey::of(ip(2))
+        })
+    );
+    assert_eq!(adm.open(), 2);
+    let mut kept = 0;
+    for s in &mut a {
+        kept += usize::from(!told_to_end(s).await);
+    }
+    assert_eq!(kept, 1, "ip(1) keeps one");
 }
