@@ -122,8 +122,8 @@ impl Sessions {
 
     /// Keeps `s`, within [`MAX_SESSIONS_PER_ACCOUNT`] and [`MAX_SESSIONS`]: past its own
     /// account's cap, that account's least recently used session ends; at the global cap,
-    /// the least recently used one of the account holding the most (its own, if it is
-    /// that account). So one token, however often it logs in, ends only its own sessions.
+    /// the least recently used one of the account holding the most (its own, if no other
+    /// account holds more). So one token, however often it logs in, ends only its own sessions.
     fn insert(&mut self, key: [u8; 32], s: Session, now: Instant) {
         let mine = self.held_by(&s.user);
         if mine >= MAX_SESSIONS_PER_ACCOUNT || self.by_id.len() >= MAX_SESSIONS {
@@ -140,10 +140,14 @@ impl Sessions {
                 e.0 += 1;
                 e.1 = e.1.min(x.used);
             }
+            let mine = held.get(s.user.as_str()).map_or(0, |e| e.0);
             let greediest = held
                 .into_iter()
                 .max_by(|(_, a), (_, b)| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)))
-                .map(|(u, _)| u.to_string());
+                // An account holding as many as any other ends its own: equals never take
+                // each other's places back and forth.
+                .map(|(u, e)| if e.0 > mine { u } else { s.user.as_str() })
+                .map(str::to_string);
             if let Some(user) = greediest {
                 self.end_least_recent_of(&user);
             }

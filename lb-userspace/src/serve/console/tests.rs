@@ -420,4 +420,49 @@ fn at_the_global_cap_the_account_holding_the_most_gives_way() {
     // u0 held the most and its least recently used session was the oldest of those.
     assert_eq!(held_by(&s, "u0"), MAX_SESSIONS_PER_ACCOUNT - 1);
     assert!(!s.by_id.contains_key(&key(1)));
+    // More logins of the newcomer take one session each from the accounts holding the
+    // most, so no account is left with fewer than the newcomer.
+    for _ in 0..MAX_SESSIONS_PER_ACCOUNT - 2 {
+        i += 1;
+        s.insert(key(i), session_of("zed", at(i)), at(i));
+    }
+    assert_eq!(held_by(&s, "zed"), MAX_SESSIONS_PER_ACCOUNT - 1);
+    for a in 0..full_accounts {
+        assert!(held_by(&s, &format!("u{a}")) >= MAX_SESSIONS_PER_ACCOUNT - 1);
+    }
+    assert!(
+        s.by_id.contains_key(&key(0)),
+        "the admin's session was ended"
+    );
+    assert_eq!(s.by_id.len(), MAX_SESSIONS);
+}
+
+/// At the global cap, an account holding as many as the most ends its own least recent
+/// session: equals never take each other's places.
+#[test]
+fn at_the_global_cap_an_account_holding_as_many_as_any_ends_its_own() {
+    let t0 = Instant::now();
+    let at = |i: usize| t0 + Duration::from_millis(i as u64);
+    let per = MAX_SESSIONS_PER_ACCOUNT - 1;
+    let mut s = Sessions::default();
+    s.insert(key(0), session_of("admin", t0), t0);
+    let mut i = 1;
+    while s.by_id.len() < MAX_SESSIONS {
+        let user = format!("u{}", (i - 1) / per);
+        s.insert(key(i), session_of(&user, at(i)), at(i));
+        i += 1;
+    }
+    let accounts = (i - 1).div_ceil(per);
+    let last = format!("u{}", accounts - 1);
+    let before: Vec<usize> = (0..accounts)
+        .map(|a| held_by(&s, &format!("u{a}")))
+        .collect();
+    // u5 holds as many as any: its own oldest goes.
+    s.insert(key(i), session_of("u5", at(i)), at(i));
+    let after: Vec<usize> = (0..accounts)
+        .map(|a| held_by(&s, &format!("u{a}")))
+        .collect();
+    assert_eq!(before, after, "accounts up to {last}");
+    assert!(!s.by_id.contains_key(&key(5 * per + 1)));
+    assert!(s.by_id.contains_key(&key(0)));
 }
