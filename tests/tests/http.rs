@@ -708,16 +708,22 @@ for addr, n in plan:
         live.append((addr, s))
 print("held %d" % len(live), flush=True)
 end = time.time() + hold
-while live and time.time() < end:
-    ready, _, _ = select.select([s for _, s in live], [], [], 0.2)
-    for addr, s in [x for x in live if x[1] in ready]:
+poll = select.poll()
+by_fd = {}
+for addr, s in live:
+    poll.register(s, select.POLLIN)
+    by_fd[s.fileno()] = (addr, s)
+while by_fd and time.time() < end:
+    for fd, _ in poll.poll(200):
+        addr, s = by_fd[fd]
         try:
             data = s.recv(4096)
         except OSError:
             data = b""
         if not data:
             print("closed", addr, flush=True)
-            live.remove((addr, s))
+            poll.unregister(fd)
+            del by_fd[fd]
 "#;
 
 /// Three greedy addresses each hold max_connections_per_client and a modest one holds two,
