@@ -10,8 +10,10 @@
 //! places: the connection idle longest (no bytes either way, as its [`Activity`] says) is
 //! ended, and its task, which waits on [`Slot::evicted`] beside its work, drops its sockets.
 //! The client holding the most is never served at another's expense: it is refused as
-//! before. So a few greedy addresses filling the limit no longer hand the service to
-//! whoever filled it first.
+//! before ([`Share::Fewer`], the web routers and the portal; DNS/TCP's [`Share::AtMost`]
+//! lets an equal, or the client itself, replace an idle client, which loses nothing). So a
+//! few greedy addresses filling the limit no longer hand the service to whoever filled it
+//! first.
 //!
 //! Invariant: the counts are those of the slots in the table; an evicted slot leaves the
 //! table at once (the newcomer takes its place), and its descriptors close as soon as its

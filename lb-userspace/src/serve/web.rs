@@ -1,10 +1,13 @@
 //! What the two web routers (`http`: by Host header, `https`: by TLS SNI) share: the name ->
-//! backend snapshot, the admission of clients (a total and a per-address limit), the
-//! buffered, time-bounded reads and copies, and the counters `/metrics` shows.
+//! backend snapshot, the admission of clients (a total and a per-client limit, with the fair
+//! share of [`super::admission`] at the total), the buffered, time-bounded reads and copies,
+//! and the counters `/metrics` shows.
 //!
 //! Invariants: a connection holds a [`Slot`] for as long as it holds descriptors, so the
-//! limits count what the process really has open; every read and write of a client or
-//! backend is bounded in time; nothing here decides what a request means.
+//! limits count what the process really has open (an evicted connection's place passes to
+//! the newcomer at once and its task drops its sockets when it next runs); every read and
+//! write of a client or backend is bounded in time; nothing here decides what a request
+//! means.
 
 pub mod proxy_header;
 
