@@ -688,3 +688,149 @@ fn idle_and_greedy_clients_do_not_lock_others_out() {
     lab.stop(on80, Duration::from_secs(2)).unwrap();
     lab.stop(on443, Duration::from_secs(2)).unwrap();
 }
+
+/// Opens, from each `ADDRESS=N` argument's address in turn, N connections to `port`, each
+/// after one request answered 200 (else prints `refused` and ends); prints `held N`, then
+/// `closed ADDRESS` for each connection the gateway closes, until `hold` seconds passed.
+const FAIR_HOLDER: &str = r#"import select, socket, sys, time
+host, port, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+plan = [(a, int(n)) for a, n in (x.split("=") for x in sys.argv[4:])]
+req = b"GET /held HTTP/1.1\r\nHost: alice.http.lab.example\r\n\r\n"
+live = []
+for addr, n in plan:
+    for _ in range(n):
+        s = socket.create_connection((host, port), timeout=5, source_address=(addr, 0))
+        s.sendall(req)
+        reply = s.recv(4096)
+        if not reply.startswith(b"HTTP/1.1 200"):
+            print("refused", addr, reply[:40], flush=True)
+            sys.exit(1)
+        live.append((addr, s))
+print("held %d" % len(live), flush=True)
+end = time.time() + hold
+poll = select.poll()
+by_fd = {}
+for addr, s in live:
+    poll.register(s, select.POLLIN)
+    by_fd[s.fileno()] = (addr, s)
+while by_fd and time.time() < end:
+    for fd, _ in poll.poll(200):
+        addr, s = by_fd[fd]
+        try:
+            data = s.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            print("closed", addr, flush=True)
+            poll.unregister(fd)
+            del by_fd[fd]
+"#;
+
+/// Three greedy addresses each hold max_connections_per_client and a modest one holds two,
+/// which fills max_connections. A new address is served all the same, by closing one of
+/// the greediest addresses' connections (the modest one keeps its two), while a greedy
+/// address asking for one more is still refused.
+#[test]
+fn at_the_cap_a_new_client_is_served_at_the_greediest_addresses_expense() {
+    let Some(lab) = Lab::for_test(
+        "at_the_cap_a_new_client_is_served_at_the_greediest_addresses_expense",
+        "httpfair",
+    ) else {
+        return;
+    };
+    lab.start_echo_web(&lab.b1, "alice", 8080).unwrap();
+    let routes = [RouteSpec::tcp(
+        "alice",
+        "http",
+        &format!("{B1_IP}:8080"),
+        30080,
+    )];
+    // Idle long enough that nothing is closed for idleness while the test runs.
+    let extra = "max_connections = 32\nmax_connections_per_client = 10\nidle_timeout = \"120s\"\n";
+    lab.start_srvgate(&web_config(&lab, &routes, extra), &[])
+        .unwrap();
+    let greedy = ["10.210.1.11", "10.210.1.12", "10.210.1.13"];
+    let (modest, newcomer) = ("10.210.1.14", "10.210.1.15");
+    for ip in greedy.iter().chain([&modest, &newcomer]) {
+        lab.exec_ok(
+            &lab.client,
+            &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        )
+        .unwrap();
+    }
+    let holder = lab
+        .write_file("fair_holder.py", FAIR_HOLDER)
+        .unwrap()
+        .display()
+        .to_string();
+    let mut argv = vec!["python3", &holder, PUBLIC_IP, "80", "90"];
+    let plan: Vec<String> = greedy
+        .iter()
+        .map(|ip| format!("{ip}=10"))
+        .chain([format!("{modest}=2")])
+        .collect();
+    argv.extend(plan.iter().map(String::as_str));
+    let pid = lab.spawn(&lab.client, &argv).unwrap();
+    let log = lab.log_path(pid).unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("32 connections held", Duration::from_secs(60), || {
+        let text = read_log();
+        assert!(!text.contains("refused"), "{text}");
+        text.contains("held 32")
+    });
+    let open = || {
+        metric_value(
+            &lab.metrics().unwrap(),
+            "srvgate_web_connections_open",
+            &[("router", "http")],
+        )
+    };
+    assert_eq!(open(), Some(32.0));
+
+    let from = |ip: &str, path: &str| -> (u16, String) {
+        curl(
+            &lab,
+            &[
+                "--interface",
+                ip,
+                "-H",
+                "Host: alice.http.lab.example",
+                &format!("http://{PUBLIC_IP}{path}"),
+            ],
+        )
+    };
+    // A greedy address gets no more than it has: it may not evict to grow.
+    let (code, body) = from(greedy[0], "/more");
+    assert_ne!(code, 200, "{body}");
+    // The newcomer is served at once.
+    let (code, body) = from(newcomer, "/new");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("alice GET /new"), "{body}");
+
+    // Exactly one connection was closed for it, and a greedy address's.
+    wait_until("a held connection closed", Duration::from_secs(10), || {
+        read_log().contains("closed")
+    });
+    let text = read_log();
+    let closed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("closed "))
+        .collect();
+    assert_eq!(closed.len(), 1, "{text}");
+    assert!(greedy.contains(&closed[0]), "{text}");
+    // The newcomer's connection ended with its request: one place is free again.
+    wait_until("31 connections open", Duration::from_secs(10), || {
+        open() == Some(31.0)
+    });
+    let m = lab.metrics().unwrap();
+    assert_eq!(
+        metric_value(
+            &m,
+            "srvgate_web_errors_total",
+            &[("router", "http"), ("reason", "evicted")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    lab.stop(pid, Duration::from_secs(2)).unwrap();
+}

@@ -15,7 +15,9 @@
 //! Server-rendered pages and plain forms, no script at all, so the Content-Security-Policy
 //! allows nothing but the stylesheet and same-origin forms. Sessions live in memory
 //! ([`Sessions`]): a 256-bit random id in a `__Host-` cookie (HttpOnly, Secure,
-//! SameSite=Strict, [`SESSION_LIFETIME`]), keyed by the id's SHA-256; a session keeps the
+//! SameSite=Strict, [`SESSION_LIFETIME`]), keyed by the id's SHA-256, at most
+//! [`MAX_SESSIONS_PER_ACCOUNT`] per account (a token that logs in again and again ends its own
+//! oldest sessions, never another account's); a session keeps the
 //! SHA-256 of the token it was opened with, never the token, and is checked again with it
 //! on every request ([`Control::authenticate_digest`]), so a rotated token or a removed
 //! account ends it at once, as does a restart. Every form carries the session's CSRF token;
@@ -53,8 +55,11 @@ pub const COOKIE: &str = "__Host-sg_session";
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 /// How long an unused session lasts.
 pub const SESSION_IDLE: Duration = Duration::from_secs(3600);
-/// Sessions held at once; beyond, the least recently used one goes.
+/// Sessions held at once; beyond, the least recently used one of the account holding the
+/// most goes.
 pub const MAX_SESSIONS: usize = 4096;
+/// Sessions one account holds at once; beyond, its own least recently used one goes.
+pub const MAX_SESSIONS_PER_ACCOUNT: usize = 16;
 /// Fields one form may carry, and the longest value of one.
 pub const MAX_FIELDS: usize = 16;
 pub const MAX_FIELD: usize = 1024;
@@ -115,21 +120,55 @@ impl Sessions {
         now.duration_since(s.opened) < SESSION_LIFETIME && now.duration_since(s.used) < SESSION_IDLE
     }
 
+    /// Keeps `s`, within [`MAX_SESSIONS_PER_ACCOUNT`] and [`MAX_SESSIONS`]: past its own
+    /// account's cap, that account's least recently used session ends; at the global cap,
+    /// the least recently used one of the account holding the most (its own, if no other
+    /// account holds more). So one token, however often it logs in, ends only its own sessions.
     fn insert(&mut self, key: [u8; 32], s: Session, now: Instant) {
-        if self.by_id.len() >= MAX_SESSIONS {
+        let mine = self.held_by(&s.user);
+        if mine >= MAX_SESSIONS_PER_ACCOUNT || self.by_id.len() >= MAX_SESSIONS {
             self.by_id.retain(|_, s| Self::live(s, now));
         }
-        if self.by_id.len() >= MAX_SESSIONS {
-            if let Some(oldest) = self
-                .by_id
-                .iter()
-                .min_by_key(|(_, s)| s.used)
-                .map(|(k, _)| *k)
-            {
-                self.by_id.remove(&oldest);
+        if self.held_by(&s.user) >= MAX_SESSIONS_PER_ACCOUNT {
+            self.end_least_recent_of(&s.user);
+        } else if self.by_id.len() >= MAX_SESSIONS {
+            // Per account: how many, and its least recent use (among equals, the account
+            // whose idlest session is the oldest gives way).
+            let mut held: HashMap<&str, (usize, Instant)> = HashMap::new();
+            for x in self.by_id.values() {
+                let e = held.entry(x.user.as_str()).or_insert((0, x.used));
+                e.0 += 1;
+                e.1 = e.1.min(x.used);
+            }
+            let mine = held.get(s.user.as_str()).map_or(0, |e| e.0);
+            let greediest = held
+                .into_iter()
+                .max_by(|(_, a), (_, b)| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)))
+                // An account holding as many as any other ends its own: equals never take
+                // each other's places back and forth.
+                .map(|(u, e)| if e.0 > mine { u } else { s.user.as_str() })
+                .map(str::to_string);
+            if let Some(user) = greediest {
+                self.end_least_recent_of(&user);
             }
         }
         self.by_id.insert(key, s);
+    }
+
+    fn held_by(&self, user: &str) -> usize {
+        self.by_id.values().filter(|x| x.user == user).count()
+    }
+
+    fn end_least_recent_of(&mut self, user: &str) {
+        if let Some(k) = self
+            .by_id
+            .iter()
+            .filter(|(_, x)| x.user == user)
+            .min_by_key(|(_, x)| x.used)
+            .map(|(k, _)| *k)
+        {
+            self.by_id.remove(&k);
+        }
     }
 }
 

@@ -13,9 +13,10 @@
 //! queries never wait for an update.
 //!
 //! TCP clients are bounded in number, time and size: at the cap a new connection takes the
-//! place of the client that has been idle longest (closed; a client waiting for its next
-//! query loses nothing it asked for), or is closed at once when every client is mid-query,
-//! rather than left waiting in the backlog; a client idle for [`TCP_IDLE_TIMEOUT`] is
+//! place of the idlest client of the address holding the most (an IPv6 /64 is one address;
+//! its own idlest if no other address holds more; [`crate::serve::admission`]): closed, and
+//! a client waiting for its next query loses nothing it asked for. It is closed at once
+//! when no such client is between queries, rather than left waiting in the backlog; a client idle for [`TCP_IDLE_TIMEOUT`] is
 //! closed, and after only [`TCP_BUSY_IDLE_TIMEOUT`] once the table is three quarters full
 //! (RFC 7766 section 6.2.3: shorter timeouts under load); a query must arrive whole within
 //! [`TCP_QUERY_TIMEOUT`] and be at most [`MAX_TCP_QUERY`] bytes. UDP needs no descriptor
@@ -31,11 +32,11 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
@@ -43,13 +44,16 @@ use hickory_server::net::xfer::Protocol;
 use socket2::Type;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    sync::{Notify, OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
 
 pub use zone::{next_serial, Zone, ZoneError, MAX_UDP_PAYLOAD};
 
-use crate::{config, kernel::fds};
+use crate::{
+    config,
+    kernel::fds,
+    serve::admission::{Activity, Admission, Share},
+};
 
 /// How long an idle TCP client may keep its connection (RFC 7766 suggests seconds).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +146,7 @@ impl DnsServer {
             public_ipv4,
             writer: Mutex::new(()),
         });
-        let table = Arc::new(TcpTable::new(tcp_clients));
+        let table = tcp_admission(tcp_clients);
         let mut listeners = Vec::with_capacity(sockets.len());
         let mut addrs = Vec::with_capacity(sockets.len());
         let stop = Arc::new(AtomicBool::new(false));
@@ -412,67 +416,22 @@ impl AnswerCache {
     }
 }
 
-/// The DNS/TCP clients of all listen addresses: their slots, and which are idle since when,
-/// so that a newcomer at the cap can take the place of the longest idle one.
-struct TcpTable {
-    capacity: usize,
-    slots: Arc<Semaphore>,
-    clients: Mutex<HashMap<u64, TcpClient>>,
-    next_id: AtomicU64,
+/// The DNS/TCP clients of all listen addresses: `Share::AtMost`, since a client between
+/// queries loses nothing when closed, and no per-client limit beyond the total (a client
+/// at the total replaces its own idle connections).
+fn tcp_admission(capacity: usize) -> Arc<Admission> {
+    Admission::new(capacity, usize::MAX, Share::AtMost)
 }
 
-struct TcpClient {
-    /// `Some` while waiting for the next query.
-    idle_since: Option<Instant>,
-    evict: Arc<Notify>,
+/// Whether fewer than a quarter of the slots are free: then idle clients go sooner.
+fn busy(table: &Admission) -> bool {
+    table.capacity().saturating_sub(table.open()) < table.capacity() / 4
 }
 
-impl TcpTable {
-    fn new(capacity: usize) -> Self {
-        TcpTable {
-            capacity,
-            slots: Arc::new(Semaphore::new(capacity)),
-            clients: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-        }
-    }
-
-    fn clients(&self) -> MutexGuard<'_, HashMap<u64, TcpClient>> {
-        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A slot for a new client: a free one, or the one the longest idle client gives up.
-    async fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Some(permit);
-        }
-        let oldest = self
-            .clients()
-            .values()
-            .filter_map(|c| c.idle_since.map(|t| (t, c.evict.clone())))
-            .min_by_key(|(t, _)| *t)
-            .map(|(_, evict)| evict)?;
-        oldest.notify_one();
-        // The evicted task only has to return; if another newcomer was faster, give up.
-        tokio::time::timeout(EVICTION_WAIT, self.slots.clone().acquire_owned())
-            .await
-            .ok()?
-            .ok()
-    }
-
-    /// Whether fewer than a quarter of the slots are free: then idle clients go sooner.
-    fn busy(&self) -> bool {
-        self.slots.available_permits() < self.capacity / 4
-    }
-}
-
-/// How long a newcomer waits for the slot of the client it evicted.
-const EVICTION_WAIT: Duration = Duration::from_millis(100);
-
-/// Accepts DNS/TCP clients on `listener` while [`TcpTable::admit`] finds a slot; otherwise
+/// Accepts DNS/TCP clients on `listener` while the admission finds a slot; otherwise
 /// closes the new connection at once, so the client can try another server instead of
 /// waiting.
-async fn serve_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, table: Arc<TcpTable>) {
+async fn serve_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, table: Arc<Admission>) {
     let mut backoff = fds::AcceptBackoff::new("DNS TCP");
     let mut clients = JoinSet::new();
     let mut refused: u64 = 0;
@@ -486,68 +445,57 @@ async fn serve_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, table
         };
         backoff.accepted();
         while clients.try_join_next().is_some() {}
-        let Some(permit) = table.admit().await else {
+        let Ok((mut slot, _)) = table.admit(peer.ip()) else {
             refused += 1;
             // Once per thousand: a flood is worth knowing about, not a line per connection.
             if refused % 1000 == 1 {
-                tracing::warn!(%peer, refused, "DNS TCP: {} clients at once, none idle; closing new connections", table.capacity);
+                tracing::warn!(%peer, refused, "DNS TCP: {} clients at once, none idle that may give way; closing new connections", table.capacity());
             }
             continue;
         };
-        let id = table.next_id.fetch_add(1, Ordering::Relaxed);
-        let evict = Arc::new(Notify::new());
-        table.clients().insert(
-            id,
-            TcpClient {
-                idle_since: None,
-                evict: evict.clone(),
-            },
-        );
         let (shared, table) = (shared.clone(), table.clone());
         clients.spawn(async move {
-            let _permit = permit;
-            if let Err(error) = serve_tcp_client(stream, &shared, &table, id, &evict).await {
-                tracing::debug!(%error, %peer, "DNS TCP client");
+            let activity = slot.activity().clone();
+            tokio::select! {
+                r = serve_tcp_client(stream, &shared, &table, &activity) => {
+                    if let Err(error) = r {
+                        tracing::debug!(%error, %peer, "DNS TCP client");
+                    }
+                }
+                // Chosen while idle: dropping the future closes the connection.
+                () = slot.evicted() => {}
             }
-            table.clients().remove(&id);
+            drop(slot);
         });
     }
 }
 
 /// One TCP client: length-prefixed queries (RFC 1035 section 4.2.2), answered in order,
-/// until it closes, idles too long or is evicted while idle.
+/// until it closes or idles too long; busy (not to be evicted) from a query's length to
+/// its answer.
 async fn serve_tcp_client(
     mut stream: tokio::net::TcpStream,
     shared: &Shared,
-    table: &TcpTable,
-    id: u64,
-    evict: &Notify,
+    table: &Admission,
+    activity: &Activity,
 ) -> io::Result<()> {
     let timed_out = || io::Error::from(io::ErrorKind::TimedOut);
-    let set_idle = |idle: bool| {
-        if let Some(c) = table.clients().get_mut(&id) {
-            c.idle_since = idle.then(Instant::now);
-        }
-    };
     let mut query = Vec::with_capacity(512);
     loop {
-        let idle = if table.busy() {
+        let idle = if busy(table) {
             TCP_BUSY_IDLE_TIMEOUT
         } else {
             TCP_IDLE_TIMEOUT
         };
-        set_idle(true);
+        activity.set_busy(false);
         let mut len = [0u8; 2];
-        tokio::select! {
-            read = tokio::time::timeout(idle, stream.read_exact(&mut len)) => match read {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(()),
-            },
-            () = evict.notified() => return Ok(()),
+        match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
         }
-        set_idle(false);
+        activity.set_busy(true);
         let len = usize::from(u16::from_be_bytes(len));
         if len > MAX_TCP_QUERY {
             return Err(io::Error::new(

@@ -28,8 +28,8 @@ use tracing::{debug, info};
 use crate::{
     config::{self, WebLimits},
     serve::web::{
-        self, proxy_header, Failure, Peers, Reader, Refused, Router, RouterCore, RouterServer,
-        Stats,
+        self, proxy_header, Activity, Failure, Peers, Reader, Refused, Router, RouterCore,
+        RouterServer, Stats,
     },
 };
 
@@ -98,7 +98,8 @@ fn failure_page(f: Failure, detail: &str) -> Vec<u8> {
         ),
         Failure::HeaderTimeout => (408, "Request Timeout", "no request head in time\n".into()),
         Failure::NoRoute => (404, "Not Found", format!("no route for host {detail}\n")),
-        Failure::Full => (
+        // An evicted connection is closed, not answered; the page is the same.
+        Failure::Full | Failure::Evicted => (
             503,
             "Service Unavailable",
             "too many connections; try again later\n".into(),
@@ -169,8 +170,8 @@ impl Router for HttpRouter {
         &self.core
     }
 
-    async fn serve(self: Arc<Self>, client: TcpStream, peers: Peers) {
-        serve(client, peers, &self).await;
+    async fn serve(self: Arc<Self>, client: TcpStream, peers: Peers, activity: Arc<Activity>) {
+        serve(client, peers, &self, &activity).await;
     }
 
     fn refuse(self: &Arc<Self>, client: TcpStream, peer: SocketAddr, refused: Refused) {
@@ -203,12 +204,12 @@ struct Upstream {
     wr: OwnedWriteHalf,
 }
 
-async fn serve(mut client: TcpStream, peers: Peers, shared: &HttpRouter) {
+async fn serve(mut client: TcpStream, peers: Peers, shared: &HttpRouter, activity: &Arc<Activity>) {
     let _ = client.set_nodelay(true);
     let end = {
         let (cr, mut cw) = client.split();
-        let mut cr = Reader::new(cr);
-        exchanges(&mut cr, &mut cw, peers, shared).await
+        let mut cr = Reader::watched(cr, activity);
+        exchanges(&mut cr, &mut cw, peers, shared, activity).await
     };
     if let End::Refuse(page) = end {
         let _ = reject(client, &page).await;
@@ -216,7 +217,13 @@ async fn serve(mut client: TcpStream, peers: Peers, shared: &HttpRouter) {
 }
 
 /// Serves requests one after the other until the connection ends.
-async fn exchanges<R, W>(cr: &mut Reader<R>, cw: &mut W, peers: Peers, shared: &HttpRouter) -> End
+async fn exchanges<R, W>(
+    cr: &mut Reader<R>,
+    cw: &mut W,
+    peers: Peers,
+    shared: &HttpRouter,
+    activity: &Arc<Activity>,
+) -> End
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -277,7 +284,7 @@ where
                     }
                     Upstream {
                         addr: backend.addr,
-                        rd: Reader::new(rd),
+                        rd: Reader::watched(rd, activity),
                         wr,
                     }
                 }

@@ -20,8 +20,8 @@ use crate::{
     config::{self, WebLimits},
     serve::http::{bind_all, normalize_host, HttpError},
     serve::web::{
-        self, proxy_header, Failure, Peers, Reader, Refused, Router, RouterCore, RouterServer,
-        Stats,
+        self, proxy_header, Activity, Failure, Peers, Reader, Refused, Router, RouterCore,
+        RouterServer, Stats,
     },
 };
 
@@ -120,8 +120,8 @@ impl Router for HttpsRouter {
         &self.core
     }
 
-    async fn serve(self: Arc<Self>, client: TcpStream, peers: Peers) {
-        if let Err((f, why)) = serve(client, peers, &self).await {
+    async fn serve(self: Arc<Self>, client: TcpStream, peers: Peers, activity: Arc<Activity>) {
+        if let Err((f, why)) = serve(client, peers, &self, &activity).await {
             self.core.stats.failed(f);
             info!(client = %peers.client, reason = %why, "HTTPS connection refused");
         }
@@ -137,10 +137,11 @@ async fn serve(
     client: TcpStream,
     peers: Peers,
     shared: &HttpsRouter,
+    activity: &Arc<Activity>,
 ) -> Result<(), (Failure, String)> {
     let limits = &shared.core.limits;
     let (cr, mut cw) = client.into_split();
-    let mut cr = Reader::new(cr);
+    let mut cr = Reader::watched(cr, activity);
     let hello = tokio::time::timeout(limits.header_timeout, read_hello(&mut cr, limits)).await;
     let name = match hello {
         Err(_) => return Err((Failure::HeaderTimeout, "no ClientHello in time".into())),
@@ -188,12 +189,13 @@ async fn serve(
         return Err((Failure::BackendRefused, why));
     }
     debug!(client = %peers.client, name, backend = %backend.addr, "HTTPS relay");
-    let mut ur = Reader::new(ur);
+    let mut ur = Reader::watched(ur, activity);
     let stats = &shared.core.stats;
-    let both = web::Activity::default();
     let idle = limits.idle_timeout;
-    let up = cr.pump(&mut uw, idle, &stats.bytes_from_clients, Some(&both));
-    let down = ur.pump(&mut cw, idle, &stats.bytes_to_clients, Some(&both));
+    // The connection's clock is the relay's too: the two directions share one idle time.
+    activity.touch();
+    let up = cr.pump(&mut uw, idle, &stats.bytes_from_clients, Some(activity));
+    let down = ur.pump(&mut cw, idle, &stats.bytes_to_clients, Some(activity));
     let _ = tokio::join!(up, down);
     Ok(())
 }

@@ -15,8 +15,11 @@
 //!
 //! Bounds: one request per connection, TLS handshake and request within
 //! [`REQUEST_TIMEOUT`], a head of at most [`MAX_HEAD`] and a body of at most [`MAX_BODY`],
-//! at most [`MAX_CONNECTIONS`] at once and [`MAX_PER_ADDRESS`] from one address; after [`MAX_FAILURES`] bad tokens from one address
-//! within [`FAILURE_WINDOW`] that address gets 429 until the window ends. Every change is
+//! at most [`MAX_CONNECTIONS`] at once and [`MAX_PER_ADDRESS`] from one client (an IPv4 address
+//! or an IPv6 /64, [`ClientKey`]); at the limit a newcomer takes the place of a connection of
+//! the client holding the most, if that client holds more than the newcomer's would
+//! ([`Admission`]); after [`MAX_FAILURES`] bad tokens from one client within
+//! [`FAILURE_WINDOW`] that client gets 429 until the window ends. Every change is
 //! logged at info on the `srvgate::audit` target with who, what and from where.
 //!
 //! Without `cert`/`key` the portal makes a self-signed certificate once and keeps it in the
@@ -33,11 +36,12 @@ use std::{
 };
 
 use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
-use tokio::{io::AsyncWriteExt, net::TcpListener, sync::Semaphore, task::JoinHandle};
+use tokio::{io::AsyncWriteExt, net::TcpListener, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::{
     config::Portal,
+    serve::admission::{Admission, ClientKey, Refused, Share},
     serve::api::{self, ApiError, ClaimRequest, Control, PortalInfo, Request},
     serve::console::{self, Console, Logins, WebRequest, WebResponse},
     table::state::{write_atomically, StateError},
@@ -126,12 +130,17 @@ impl PortalServer {
 
     /// Serves until the returned tasks are aborted.
     pub fn serve(self, control: Arc<dyn Control>) -> Vec<JoinHandle<()>> {
+        let connections = crate::kernel::fds::Budget::current().portal_connections();
+        self.serve_with(control, connections)
+    }
+
+    /// [`PortalServer::serve`] with at most `connections` at once.
+    pub fn serve_with(self, control: Arc<dyn Control>, connections: usize) -> Vec<JoinHandle<()>> {
         let shared = Arc::new(Shared {
             control,
             console: Console::default(),
             acceptor: self.acceptor,
-            slots: Semaphore::new(crate::kernel::fds::Budget::current().portal_connections()),
-            per_address: Mutex::new(HashMap::new()),
+            admission: Admission::new(connections, MAX_PER_ADDRESS, Share::Fewer),
             failures: Mutex::new(Failures::default()),
         });
         self.listeners
@@ -191,42 +200,19 @@ struct Shared {
     control: Arc<dyn Control>,
     console: Console,
     acceptor: tokio_rustls::TlsAcceptor,
-    slots: Semaphore,
-    per_address: Mutex<HashMap<IpAddr, usize>>,
+    admission: Arc<Admission>,
     failures: Mutex<Failures>,
 }
 
-impl Shared {
-    /// Takes one of `ip`'s connection slots, if it has one left.
-    fn enter(&self, ip: IpAddr) -> bool {
-        let mut m = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= MAX_PER_ADDRESS {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn leave(&self, ip: IpAddr) {
-        let mut m = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&ip);
-            }
-        }
-    }
-}
-
-/// Bad-token counts per address, in fixed windows.
+/// Bad-token counts per client ([`ClientKey`]: an IPv6 /64 counts as one), in fixed windows.
 #[derive(Default)]
 struct Failures {
-    by_addr: HashMap<IpAddr, (Instant, u32)>,
+    by_addr: HashMap<ClientKey, (Instant, u32)>,
 }
 
 impl Failures {
     fn blocked(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let ip = ClientKey::of(ip);
         match self.by_addr.get(&ip) {
             Some((start, n)) if now.duration_since(*start) < FAILURE_WINDOW => *n >= MAX_FAILURES,
             Some(_) => {
@@ -238,6 +224,7 @@ impl Failures {
     }
 
     fn failed(&mut self, ip: IpAddr, now: Instant) {
+        let ip = ClientKey::of(ip);
         if self.by_addr.len() >= MAX_TRACKED {
             self.by_addr
                 .retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
@@ -268,24 +255,34 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         backoff.accepted();
-        if !shared.enter(peer.ip()) {
-            debug!(%peer, "portal: {MAX_PER_ADDRESS} connections from this address already; closing");
-            continue;
-        }
-        let Ok(permit) = shared.slots.try_acquire() else {
-            shared.leave(peer.ip());
-            debug!(%peer, "portal: connection limit reached; closing");
-            continue;
+        let mut slot = match shared.admission.admit(peer.ip()) {
+            Ok((slot, None)) => slot,
+            Ok((slot, Some(e))) => {
+                debug!(%peer, from = %e.from, "portal: connection limit reached; ended a connection of the client holding the most");
+                slot
+            }
+            Err(Refused::ClientFull) => {
+                debug!(%peer, "portal: {MAX_PER_ADDRESS} connections from this client already; closing");
+                continue;
+            }
+            Err(Refused::Full) => {
+                debug!(%peer, "portal: connection limit reached; closing");
+                continue;
+            }
         };
-        permit.forget();
         let shared = shared.clone();
         tokio::spawn(async move {
-            let r = tokio::time::timeout(REQUEST_TIMEOUT, serve_one(stream, peer, &shared)).await;
-            if let Ok(Err(e)) = r {
-                debug!(%peer, "portal: {e}");
+            let serve = tokio::time::timeout(REQUEST_TIMEOUT, serve_one(stream, peer, &shared));
+            tokio::select! {
+                r = serve => {
+                    if let Ok(Err(e)) = r {
+                        debug!(%peer, "portal: {e}");
+                    }
+                }
+                // Dropping the request's future closes its connection.
+                () = slot.evicted() => debug!(%peer, "portal: ended for a client holding fewer connections"),
             }
-            shared.slots.add_permits(1);
-            shared.leave(peer.ip());
+            drop(slot);
         });
     }
 }

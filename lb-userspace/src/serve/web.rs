@@ -1,22 +1,25 @@
 //! What the two web routers (`http`: by Host header, `https`: by TLS SNI) share: the name ->
-//! backend snapshot, the admission of clients (a total and a per-address limit), the
-//! buffered, time-bounded reads and copies, and the counters `/metrics` shows.
+//! backend snapshot, the admission of clients (a total and a per-client limit, with the fair
+//! share of [`super::admission`] at the total), the buffered, time-bounded reads and copies,
+//! and the counters `/metrics` shows.
 //!
 //! Invariants: a connection holds a [`Slot`] for as long as it holds descriptors, so the
-//! limits count what the process really has open; every read and write of a client or
-//! backend is bounded in time; nothing here decides what a request means.
+//! limits count what the process really has open (an evicted connection's place passes to
+//! the newcomer at once and its task drops its sockets when it next runs); every read and
+//! write of a client or backend is bounded in time; nothing here decides what a request
+//! means.
 
 pub mod proxy_header;
 
 use std::{
     collections::HashMap,
     io,
-    net::{IpAddr, SocketAddr, SocketAddrV4},
+    net::{SocketAddr, SocketAddrV4},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -25,6 +28,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
+
+use tracing::debug;
 
 use crate::config::{self, Protocol, ProxyProtocol};
 
@@ -96,92 +101,24 @@ impl Hosts {
     }
 }
 
-/// Why a client was not admitted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refused {
-    /// The router serves `max_connections` already.
-    Full,
-    /// This address holds `max_connections_per_client` already.
-    ClientFull,
-}
+pub use super::admission::{Activity, Admission, Refused, Share, Slot};
 
-/// The connection limits of one router.
-pub struct Admission {
-    total: usize,
-    per_client: usize,
-    held: Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
-/// One admitted connection; dropping it gives the place back.
-pub struct Slot {
-    admission: Arc<Admission>,
-    ip: IpAddr,
-}
-
-impl Admission {
-    pub fn new(limits: &config::WebLimits) -> Arc<Admission> {
-        Self::within(limits, crate::kernel::fds::Budget::current().http_relays())
+/// A web router's admission: `max_connections` in total, but at most `relays` (what the
+/// open-files limit allows: each relay holds two descriptors), and
+/// `max_connections_per_client` per client.
+pub fn admission_within(limits: &config::WebLimits, relays: usize) -> Arc<Admission> {
+    if limits.max_connections > relays {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            allowed = relays,
+            "web router: max_connections lowered to what the open-files limit allows (raise LimitNOFILE to allow more)"
+        );
     }
-
-    /// With at most `relays` connections, whatever the config says: each relays through
-    /// two descriptors, and the open-files limit must leave room for everything else.
-    pub fn within(limits: &config::WebLimits, relays: usize) -> Arc<Admission> {
-        if limits.max_connections > relays {
-            tracing::warn!(
-                max_connections = limits.max_connections,
-                allowed = relays,
-                "web router: max_connections lowered to what the open-files limit allows (raise LimitNOFILE to allow more)"
-            );
-        }
-        Arc::new(Admission {
-            total: limits.max_connections.min(relays),
-            per_client: limits.max_connections_per_client,
-            held: Mutex::new((0, HashMap::new())),
-        })
-    }
-
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
-        // One address, however it came (an IPv4 client on a dual-stack socket is mapped).
-        let ip = ip.to_canonical();
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, by_ip) = &mut *held;
-        if *total >= self.total {
-            return Err(Refused::Full);
-        }
-        let mine = by_ip.entry(ip).or_insert(0);
-        if *mine >= self.per_client {
-            return Err(Refused::ClientFull);
-        }
-        *mine += 1;
-        *total += 1;
-        Ok(Slot {
-            admission: self.clone(),
-            ip,
-        })
-    }
-
-    /// Connections held now.
-    pub fn open(&self) -> usize {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).0
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut held = self
-            .admission
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let (total, by_ip) = &mut *held;
-        *total = total.saturating_sub(1);
-        if let Some(n) = by_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                by_ip.remove(&self.ip);
-            }
-        }
-    }
+    Admission::new(
+        limits.max_connections.min(relays),
+        limits.max_connections_per_client,
+        Share::Fewer,
+    )
 }
 
 /// Why a connection or request ended without reaching a backend, or broke off; the label of
@@ -198,10 +135,12 @@ pub enum Failure {
     BackendRefused,
     BackendTimeout,
     BadResponse,
+    /// Ended at the limit to make room for a client holding fewer connections.
+    Evicted,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 10] = [
+    pub const ALL: [Failure; 11] = [
         Failure::BadRequest,
         Failure::HeadTooLarge,
         Failure::HeaderTimeout,
@@ -212,6 +151,7 @@ impl Failure {
         Failure::BackendRefused,
         Failure::BackendTimeout,
         Failure::BadResponse,
+        Failure::Evicted,
     ];
 
     pub fn label(self) -> &'static str {
@@ -226,6 +166,7 @@ impl Failure {
             Failure::BackendRefused => "backend_refused",
             Failure::BackendTimeout => "backend_timeout",
             Failure::BadResponse => "bad_response",
+            Failure::Evicted => "evicted",
         }
     }
 }
@@ -298,6 +239,8 @@ pub fn timed_out(what: &str) -> io::Error {
 pub struct Reader<R> {
     io: R,
     pub buf: Vec<u8>,
+    /// The connection's clock, touched by every read that brought bytes.
+    watch: Option<Arc<Activity>>,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -305,6 +248,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Reader {
             io,
             buf: Vec::new(),
+            watch: None,
+        }
+    }
+
+    /// A reader whose reads show on `activity` (the admission evicts the idlest first).
+    pub fn watched(io: R, activity: &Arc<Activity>) -> Self {
+        Reader {
+            watch: Some(activity.clone()),
+            ..Reader::new(io)
         }
     }
 
@@ -315,6 +267,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             .await
             .map_err(|_| timed_out("read"))??;
         self.buf.extend_from_slice(&chunk[..n]);
+        if let (Some(a), 1..) = (&self.watch, n) {
+            a.touch();
+        }
         Ok(n)
     }
 
@@ -394,33 +349,6 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
-/// When either direction of a relay last moved.
-pub struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Activity {
-    fn touch(&self) {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
-    }
-}
-
 /// `write_all` within `idle`: a peer that stops reading cannot hold the connection.
 pub async fn write_all<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -477,7 +405,10 @@ impl RouterCore {
         RouterCore {
             hosts: Hosts::new(service, suffixes, routes),
             limits: limits.clone(),
-            admission: Admission::new(limits),
+            admission: admission_within(
+                limits,
+                crate::kernel::fds::Budget::current().http_relays(),
+            ),
             stats: Stats::default(),
         }
     }
@@ -492,11 +423,13 @@ pub trait Router: Send + Sync + Sized + 'static {
     /// How the accept loop's warnings name it.
     const WHAT: &'static str;
     fn core(&self) -> &RouterCore;
-    /// Serves one admitted connection to its end.
+    /// Serves one admitted connection to its end, touching `activity` when bytes move.
+    /// The future is dropped (and with it the sockets) if the connection is evicted.
     fn serve(
         self: Arc<Self>,
         client: TcpStream,
         peers: Peers,
+        activity: Arc<Activity>,
     ) -> impl std::future::Future<Output = ()> + Send;
     /// Answers (or just closes) a connection the admission refused; it is counted already.
     fn refuse(self: &Arc<Self>, client: TcpStream, peer: SocketAddr, refused: Refused);
@@ -569,14 +502,24 @@ async fn accept_loop<R: Router>(listener: TcpListener, local: SocketAddr, shared
         let core = shared.core();
         Stats::count(&core.stats.connections, 1);
         match core.admission.admit(peer.ip()) {
-            Ok(slot) => {
+            Ok((mut slot, evicted)) => {
+                if let Some(e) = evicted {
+                    debug!(%peer, from = %e.from, "{}: at max_connections; ended the idlest connection of the client holding the most", R::WHAT);
+                }
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let peers = Peers {
                         client: peer,
                         local,
                     };
-                    shared.serve(client, peers).await;
+                    let activity = slot.activity().clone();
+                    tokio::select! {
+                        () = shared.clone().serve(client, peers, activity) => {}
+                        () = slot.evicted() => {
+                            // Dropping the relay's future closes both of its sockets.
+                            shared.core().stats.failed(Failure::Evicted);
+                        }
+                    }
                     drop(slot);
                 });
             }
@@ -590,7 +533,7 @@ async fn accept_loop<R: Router>(listener: TcpListener, local: SocketAddr, shared
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::time::Instant;
 
     use super::*;
 
@@ -635,29 +578,5 @@ mod tests {
         assert!(at >= Duration::from_millis(480), "{at:?}");
         assert!(at < Duration::from_millis(1500), "{at:?}");
         assert_eq!(counter.load(Ordering::Relaxed), 6);
-    }
-
-    #[test]
-    fn admission_counts_per_address_and_in_total() {
-        let limits = config::WebLimits {
-            max_connections: 3,
-            max_connections_per_client: 2,
-            ..Default::default()
-        };
-        let adm = Admission::new(&limits);
-        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
-        let a1 = adm.admit(a).unwrap();
-        let _a2 = adm.admit(a).unwrap();
-        assert_eq!(adm.admit(a).err(), Some(Refused::ClientFull));
-        // The same client on a dual-stack socket is the same client.
-        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
-        assert_eq!(adm.admit(mapped).err(), Some(Refused::ClientFull));
-        let _b1 = adm.admit(b).unwrap();
-        assert_eq!(adm.admit(b).err(), Some(Refused::Full));
-        drop(a1);
-        assert_eq!(adm.open(), 2);
-        let _b2 = adm.admit(b).unwrap();
-        assert_eq!(adm.admit(a).err(), Some(Refused::Full));
     }
 }

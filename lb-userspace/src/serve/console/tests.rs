@@ -330,12 +330,139 @@ fn sessions_expire_and_stay_bounded() {
     assert!(!Sessions::live(&session(late), t0 + SESSION_LIFETIME));
     let mut s = Sessions::default();
     for i in 0..MAX_SESSIONS + 10 {
-        let mut key = [0u8; 32];
-        key[..8].copy_from_slice(&(i as u64).to_le_bytes());
         let used = t0 + Duration::from_millis(i as u64);
-        s.insert(key, session(used), used);
+        let mut one = session(used);
+        one.user = format!("u{}", i / MAX_SESSIONS_PER_ACCOUNT);
+        s.insert(key(i), one, used);
     }
     assert_eq!(s.by_id.len(), MAX_SESSIONS);
     // The least recently used went first.
-    assert!(!s.by_id.contains_key(&[0u8; 32]));
+    assert!(!s.by_id.contains_key(&key(0)));
+}
+
+fn key(i: usize) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    key
+}
+
+fn session_of(user: &str, used: Instant) -> Session {
+    Session {
+        user: user.into(),
+        token_sha256: [0; 32],
+        csrf: String::new(),
+        opened: used,
+        used,
+        flash: None,
+    }
+}
+
+fn held_by(s: &Sessions, user: &str) -> usize {
+    s.by_id.values().filter(|x| x.user == user).count()
+}
+
+/// One token (stolen, or a script) logging in over and over ends only its own account's
+/// oldest sessions, never the admin's or anyone else's.
+#[test]
+fn one_account_cannot_end_other_accounts_sessions() {
+    let t0 = Instant::now();
+    let mut s = Sessions::default();
+    s.insert(key(0), session_of("admin", t0), t0);
+    for i in 1..=MAX_SESSIONS + 10 {
+        let used = t0 + Duration::from_millis(i as u64);
+        s.insert(key(i), session_of("alice", used), used);
+    }
+    assert!(
+        s.by_id.contains_key(&key(0)),
+        "the admin's session was ended"
+    );
+    assert_eq!(held_by(&s, "alice"), MAX_SESSIONS_PER_ACCOUNT);
+    // Alice's newest are the ones kept.
+    let newest = MAX_SESSIONS + 10;
+    for i in newest + 1 - MAX_SESSIONS_PER_ACCOUNT..=newest {
+        assert!(s.by_id.contains_key(&key(i)), "session {i}");
+    }
+    assert!(!s
+        .by_id
+        .contains_key(&key(newest - MAX_SESSIONS_PER_ACCOUNT)));
+}
+
+/// Full of other accounts, a newcomer's login ends a session of an account holding the
+/// most, not the least recently used one of whoever holds a single session.
+#[test]
+fn at_the_global_cap_the_account_holding_the_most_gives_way() {
+    let t0 = Instant::now();
+    let at = |i: usize| t0 + Duration::from_millis(i as u64);
+    let mut s = Sessions::default();
+    s.insert(key(0), session_of("admin", t0), t0);
+    let mut i = 1;
+    let full_accounts = (MAX_SESSIONS - 1) / MAX_SESSIONS_PER_ACCOUNT;
+    for a in 0..full_accounts {
+        for _ in 0..MAX_SESSIONS_PER_ACCOUNT {
+            s.insert(key(i), session_of(&format!("u{a}"), at(i)), at(i));
+            i += 1;
+        }
+    }
+    while s.by_id.len() < MAX_SESSIONS {
+        s.insert(key(i), session_of("mid", at(i)), at(i));
+        i += 1;
+    }
+    let mid = held_by(&s, "mid");
+    assert!(mid < MAX_SESSIONS_PER_ACCOUNT, "{mid}");
+    s.insert(key(i), session_of("zed", at(i)), at(i));
+    assert_eq!(s.by_id.len(), MAX_SESSIONS);
+    assert!(
+        s.by_id.contains_key(&key(0)),
+        "the admin's session was ended"
+    );
+    assert_eq!(held_by(&s, "mid"), mid);
+    assert_eq!(held_by(&s, "zed"), 1);
+    // u0 held the most and its least recently used session was the oldest of those.
+    assert_eq!(held_by(&s, "u0"), MAX_SESSIONS_PER_ACCOUNT - 1);
+    assert!(!s.by_id.contains_key(&key(1)));
+    // More logins of the newcomer take one session each from the accounts holding the
+    // most, so no account is left with fewer than the newcomer.
+    for _ in 0..MAX_SESSIONS_PER_ACCOUNT - 2 {
+        i += 1;
+        s.insert(key(i), session_of("zed", at(i)), at(i));
+    }
+    assert_eq!(held_by(&s, "zed"), MAX_SESSIONS_PER_ACCOUNT - 1);
+    for a in 0..full_accounts {
+        assert!(held_by(&s, &format!("u{a}")) >= MAX_SESSIONS_PER_ACCOUNT - 1);
+    }
+    assert!(
+        s.by_id.contains_key(&key(0)),
+        "the admin's session was ended"
+    );
+    assert_eq!(s.by_id.len(), MAX_SESSIONS);
+}
+
+/// At the global cap, an account holding as many as the most ends its own least recent
+/// session: equals never take each other's places.
+#[test]
+fn at_the_global_cap_an_account_holding_as_many_as_any_ends_its_own() {
+    let t0 = Instant::now();
+    let at = |i: usize| t0 + Duration::from_millis(i as u64);
+    let per = MAX_SESSIONS_PER_ACCOUNT - 1;
+    let mut s = Sessions::default();
+    s.insert(key(0), session_of("admin", t0), t0);
+    let mut i = 1;
+    while s.by_id.len() < MAX_SESSIONS {
+        let user = format!("u{}", (i - 1) / per);
+        s.insert(key(i), session_of(&user, at(i)), at(i));
+        i += 1;
+    }
+    let accounts = (i - 1).div_ceil(per);
+    let last = format!("u{}", accounts - 1);
+    let before: Vec<usize> = (0..accounts)
+        .map(|a| held_by(&s, &format!("u{a}")))
+        .collect();
+    // u5 holds as many as any: its own oldest goes.
+    s.insert(key(i), session_of("u5", at(i)), at(i));
+    let after: Vec<usize> = (0..accounts)
+        .map(|a| held_by(&s, &format!("u{a}")))
+        .collect();
+    assert_eq!(before, after, "accounts up to {last}");
+    assert!(!s.by_id.contains_key(&key(5 * per + 1)));
+    assert!(s.by_id.contains_key(&key(0)));
 }

@@ -1267,3 +1267,45 @@ fn a_change_does_not_touch_the_old_snapshot() {
         new.dump()
     );
 }
+
+/// A TCP connection to `addr` from `src` (any 127/8 address is the loopback's).
+async fn tcp_from(src: &str, addr: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
+/// At the cap the newcomer's place comes from the address holding the most, even when
+/// another address's client has been idle longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_tcp_cap_the_greediest_address_makes_room() {
+    const CAP: usize = 8;
+    let server = DnsServer::start_with(&dns_cfg(), GATEWAY, &alice(), CAP)
+        .await
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let q = query("gw.lab.example.", RecordType::A);
+    let mut modest = tcp_from("127.0.0.3", addr).await;
+    assert_eq!(a_of(&tcp_ask_on(&mut modest, &q).await.answers[0]), GATEWAY);
+    let mut greedy = Vec::new();
+    for _ in 0..CAP - 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut s = tcp_from("127.0.0.2", addr).await;
+        assert_eq!(a_of(&tcp_ask_on(&mut s, &q).await.answers[0]), GATEWAY);
+        greedy.push(s);
+    }
+    let mut newcomer = tcp_from("127.0.0.4", addr).await;
+    assert_eq!(
+        a_of(&tcp_ask_on(&mut newcomer, &q).await.answers[0]),
+        GATEWAY
+    );
+    // The greedy address's idlest (its first) was closed, not the modest one's.
+    let mut byte = [0u8; 1];
+    let n = timeout(Duration::from_secs(2), greedy[0].read(&mut byte))
+        .await
+        .expect("the greediest address's idlest client is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(a_of(&tcp_ask_on(&mut modest, &q).await.answers[0]), GATEWAY);
+    server.shutdown().await;
+}

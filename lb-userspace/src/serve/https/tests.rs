@@ -123,3 +123,69 @@ async fn relays_by_name_and_alerts_otherwise() {
         (1, 1, 1)
     );
 }
+
+/// A relay to `at` from `src` through the router, and the backend's end of it.
+async fn relay_from(
+    src: &str,
+    at: std::net::SocketAddr,
+    backend: &TcpListener,
+) -> (TcpStream, TcpStream) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    let mut c = s.connect(at).await.unwrap();
+    c.write_all(&client_hello(Some("alice.https.lab.example")))
+        .await
+        .unwrap();
+    let (b, _) = tokio::time::timeout(Duration::from_secs(5), backend.accept())
+        .await
+        .expect("relayed to the backend")
+        .unwrap();
+    (c, b)
+}
+
+/// Whether the peer of `s` closes it (within 5 s), after whatever it still had to send.
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
+/// At max_connections a newcomer's relay ends the idlest relay of the address holding the
+/// most: both of that relay's sockets are closed, the client's and the backend's.
+#[tokio::test]
+async fn an_evicted_relay_closes_both_of_its_sockets() {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let cfg = config::Https {
+        listen: vec![(Ipv4Addr::LOCALHOST, 0).into()],
+        service: "https".into(),
+        limits: WebLimits {
+            max_connections: 3,
+            max_connections_per_client: 3,
+            ..WebLimits::default()
+        },
+    };
+    let server = HttpsServer::start(&cfg, None, "lab.example", &[route("alice", backend, None)])
+        .await
+        .unwrap();
+    let at = server.local_addrs()[0];
+    let (mut c1, mut b1) = relay_from("127.0.0.2", at, &l).await;
+    let (mut c2, mut b2) = relay_from("127.0.0.2", at, &l).await;
+    let (_c3, _b3) = relay_from("127.0.0.3", at, &l).await;
+    // The second relay moves bytes after the first went quiet: the first is the idlest.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b2.write_all(b"busy").await.unwrap();
+    let mut got = [0u8; 4];
+    c2.read_exact(&mut got).await.unwrap();
+    let (_c4, _b4) = relay_from("127.0.0.4", at, &l).await;
+    assert!(closed(&mut c1).await, "the evicted relay's client side");
+    assert!(closed(&mut b1).await, "the evicted relay's backend side");
+    // The other relay of that address still carries bytes.
+    b2.write_all(b"more").await.unwrap();
+    c2.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"more");
+    let sample = server.sample();
+    let errors: std::collections::HashMap<_, _> = sample.errors.into_iter().collect();
+    assert_eq!((sample.open, errors["evicted"]), (3, 1));
+}

@@ -155,3 +155,75 @@ fn the_self_signed_certificate_is_made_once_and_kept_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn bad_tokens_from_one_ipv6_64_count_together() {
+    let mut f = Failures::default();
+    let t0 = Instant::now();
+    for i in 0..MAX_FAILURES {
+        let ip = IpAddr::from(std::net::Ipv6Addr::new(
+            0x2001, 0xdb8, 0, 7, 0, 0, 0, i as u16,
+        ));
+        f.failed(ip, t0);
+    }
+    assert!(f.blocked("2001:db8:0:7:ffff::1".parse().unwrap(), t0));
+    assert!(!f.blocked("2001:db8:0:8::1".parse().unwrap(), t0));
+}
+
+/// Silent connections (no TLS hello) from 127.0.0.2 fill the portal with a few from
+/// 127.0.0.3; a newcomer from 127.0.0.4 takes one of 127.0.0.2's places, which is closed
+/// long before REQUEST_TIMEOUT would have closed it.
+/// Whether `s` was closed (or reset) by the other side: a read does not wait.
+async fn closed(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut b = [0u8; 1];
+    tokio::time::timeout(Duration::from_millis(20), s.read(&mut b))
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn at_the_cap_a_newcomer_takes_a_place_of_the_greediest_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Portal {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        cert: None,
+        key: None,
+    };
+    let server = PortalServer::bind(&cfg, dir.path()).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let _tasks = server.serve_with(Arc::new(FakeControl::default()), 6);
+    let from = |src: &str| {
+        let src: SocketAddr = format!("{src}:0").parse().unwrap();
+        async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(src).unwrap();
+            s.connect(addr).await.unwrap()
+        }
+    };
+    let mut greedy = Vec::new();
+    for _ in 0..4 {
+        greedy.push(from("127.0.0.2").await);
+    }
+    let mut modest = Vec::new();
+    for _ in 0..2 {
+        modest.push(from("127.0.0.3").await);
+    }
+    // One accept loop takes connections in the order they completed: these six first.
+    let _newcomer = from("127.0.0.4").await;
+    let t0 = Instant::now();
+    let mut ended = 0;
+    while t0.elapsed() < REQUEST_TIMEOUT / 2 {
+        ended = 0;
+        for s in &mut greedy {
+            ended += usize::from(closed(s).await);
+        }
+        if ended > 0 {
+            break;
+        }
+    }
+    assert_eq!(ended, 1, "one of the greediest address's connections ends");
+    for s in &mut modest {
+        assert!(!closed(s).await, "the modest address keeps its connections");
+    }
+}
