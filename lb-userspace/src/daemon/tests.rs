@@ -1122,3 +1122,59 @@ fn own_last_seen_times_are_published_coarsely() {
     publish(&mut rig);
     assert_eq!(rig.store.state().published.len(), 3);
 }
+
+/// `user rm --with-routes` through the API handle, with a crash right after the accounts
+/// file is written: the routes' deletions must be durable by then, or the restarted
+/// gateway would load routes of a user it no longer has (and, deleted later, older
+/// last-seen times).
+#[test]
+fn a_crash_after_user_rm_leaves_no_route_without_its_account() {
+    let rig = Rig::new();
+    let store = rig.store.clone();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let handle = Handle {
+        core: Arc::new(Mutex::new(rig.core)),
+        shutdown: tx,
+    };
+    handle
+        .user_add(user_request("alice", &["10.0.0.0/24"], 4))
+        .unwrap();
+    handle.claim("alice", claim("ssh", "10.0.0.11:22")).unwrap();
+    handle.claim("alice", claim("web", "10.0.0.11:80")).unwrap();
+    assert_eq!(
+        store.state().durable_routes.len(),
+        2,
+        "the claims are durable"
+    );
+
+    handle.user_remove("alice", true).unwrap();
+    let s = store.state();
+    let (routes, users) = s.accounts_saves.last().expect("the accounts were saved");
+    assert!(users.get("alice").is_none());
+    let orphans: Vec<String> = routes
+        .iter()
+        .filter(|r| users.get(&r.route.name).is_none())
+        .map(|r| r.route.key().to_string())
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "a crash after accounts.json leaves routes without an account: {orphans:?}"
+    );
+    assert!(s.durable_routes.is_empty());
+    drop(s);
+
+    // A deletion whose flush fails keeps the account (a route left without it is worse).
+    handle
+        .user_add(user_request("bob", &["10.0.0.0/24"], 4))
+        .unwrap();
+    handle.claim("bob", claim("ssh", "10.0.0.12:22")).unwrap();
+    store.state().flush_fails = true;
+    let e = handle.user_remove("bob", true).unwrap_err();
+    assert_eq!(e.status, 500);
+    assert!(
+        e.reply.error.contains("account is kept"),
+        "{}",
+        e.reply.error
+    );
+    assert!(store.state().users.get("bob").is_some());
+}

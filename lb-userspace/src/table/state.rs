@@ -540,16 +540,56 @@ impl RawRoute {
     }
 }
 
+/// The steps of a snapshot whose order makes it crash-safe, behind a seam so that a test
+/// can record them.
+trait Disk {
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+struct RealDisk;
+
+impl Disk for RealDisk {
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir).and_then(|d| d.sync_all())
+    }
+}
+
 /// Writes the snapshot, then deletes the segments up to `covered`, which it includes.
 fn write_snapshot(dir: &Path, routes: &[StoredRoute], covered: u64) -> Result<(), StateError> {
+    write_snapshot_on(&RealDisk, dir, routes, covered)
+}
+
+fn write_snapshot_on(
+    disk: &dyn Disk,
+    dir: &Path,
+    routes: &[StoredRoute],
+    covered: u64,
+) -> Result<(), StateError> {
     write_atomically(dir, STATE_FILE, &render(routes))?;
+    let mut unlinked = false;
     for (n, path) in journal::segments(dir)? {
         if n > covered {
             break;
         }
-        fs::remove_file(&path).map_err(|error| StateError::Io {
+        disk.remove_file(&path).map_err(|error| StateError::Io {
             path: path.clone(),
             action: "delete the journal segment",
+            error,
+        })?;
+        unlinked = true;
+    }
+    // An unlink is durable only once the directory is. A segment a crash brings back is
+    // replayed over the snapshot although its lines are older: a last-seen time that only
+    // the snapshot moved forward would go back (an early reclaim). So the snapshot counts
+    // as written only once its segments are gone for good.
+    if unlinked {
+        disk.sync_dir(dir).map_err(|error| StateError::Io {
+            path: dir.to_path_buf(),
+            action: "fsync the state directory after deleting journal segments",
             error,
         })?;
     }

@@ -335,3 +335,59 @@ fn a_huge_stored_time_is_corruption_not_a_panic() {
         "{e}"
     );
 }
+
+/// Records a snapshot's unlinks and directory fsyncs, doing them for real.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl Disk for Recorder {
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        self.0.lock().unwrap().push(format!("unlink {name}"));
+        RealDisk.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.0.lock().unwrap().push("fsync dir".into());
+        RealDisk.sync_dir(dir)
+    }
+}
+
+/// A snapshot's unlinks of the segments it covers are made durable by an fsync of the
+/// directory before it reports success: until then a crash can bring a segment back, and
+/// with it older last-seen times than the snapshot's (an early reclaim).
+#[test]
+fn a_snapshot_fsyncs_the_directory_after_unlinking_its_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = stored("alice", 30000, "10.0.0.11:22", None);
+    {
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store
+            .record(&[put(&alice)], &Vec::new)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    {
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store
+            .record(&[delete(&alice)], &Vec::new)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    let disk = Recorder::default();
+    write_snapshot_on(&disk, dir.path(), &[], 2).unwrap();
+    assert!(segment_files(dir.path()).is_empty());
+    let ops = disk.0.into_inner().unwrap();
+    let last_unlink = ops.iter().rposition(|o| o.starts_with("unlink")).unwrap();
+    assert_eq!(
+        ops[last_unlink - 1..],
+        [
+            "unlink routes.journal.1",
+            "unlink routes.journal.2",
+            "fsync dir"
+        ],
+        "{ops:?}"
+    );
+}
