@@ -11,7 +11,7 @@ use std::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{self, check_route, format_duration, Config, ConfigUser, RouteRequest},
+    config::{self, check_backend, check_route, format_duration, Config, ConfigUser, RouteRequest},
     kernel::dataplane::{Counters, Dataplane},
     serve::api::{ApiError, Removed, RouteView, RoutesReply},
     table::cluster::Remote,
@@ -75,6 +75,7 @@ impl Core {
             own_seen: HashMap::new(),
             published: HashMap::new(),
             last_publish: None,
+            own: config::OwnAddresses::default(),
             store,
         }
     }
@@ -110,6 +111,34 @@ impl Core {
             .record(now, &readings);
         self.observe();
         Ok(())
+    }
+
+    /// Reads the gateway's own addresses again (an address added to an interface at run
+    /// time): new routes are checked against them from now on, and every route in the
+    /// table that now points at one is named in an error (the web routers refuse to
+    /// connect to it; the admin removes it).
+    pub(super) fn refresh_own(&mut self) {
+        let interfaces = match crate::kernel::sys::interfaces() {
+            Ok(i) => i,
+            Err(e) => {
+                warn!("reading the interfaces' addresses: {e}; keeping the last ones");
+                return;
+            }
+        };
+        self.set_own(self.started.own_addresses(&interfaces));
+    }
+
+    /// Takes `own` as the gateway's own addresses; see [`Core::refresh_own`].
+    pub(super) fn set_own(&mut self, own: config::OwnAddresses) {
+        if own == self.own {
+            return;
+        }
+        self.own = own;
+        for e in self.table.entries() {
+            if let Err(rule) = check_backend(e.route.backend, &self.own) {
+                error!(route = %e.route.key(), source = e.source.as_str(), "this route's backend is now the gateway itself: {rule}; remove the route (srvgate route rm, or the config file)");
+            }
+        }
     }
 
     pub(super) fn stored_routes(&self) -> Vec<StoredRoute> {
@@ -278,6 +307,9 @@ impl Core {
             let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
             ApiError::field(400, field, format!("invalid route:\n{}", list.join("\n")))
         })?;
+        // The gateway's rule, for admins too: before the students' own rule, which a
+        // CIDR covering the gateway's private address would pass.
+        check_backend(draft.backend, &self.own).map_err(|e| ApiError::field(403, "backend", e))?;
         if let Some(user) = owner {
             check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
         }
@@ -740,6 +772,10 @@ impl Core {
         }
         for s in puts {
             let key = s.route.key();
+            if let Err(rule) = check_backend(s.route.backend, &self.own) {
+                error!(route = %key, "cluster: the shared table's {key} is not forwarded here: {rule}");
+                continue;
+            }
             match self
                 .table
                 .insert(s.route, Source::Runtime, s.added, s.last_seen)

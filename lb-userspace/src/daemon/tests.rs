@@ -1178,3 +1178,95 @@ fn a_crash_after_user_rm_leaves_no_route_without_its_account() {
     );
     assert!(store.state().users.get("bob").is_some());
 }
+
+/// The gateway's own addresses in the daemon's tests: its private leg's.
+fn own() -> config::OwnAddresses {
+    config::OwnAddresses::new(
+        &[config::Interface {
+            name: "priv0".into(),
+            loopback: false,
+            ipv4: vec!["10.0.0.1".parse().unwrap()],
+        }],
+        &[],
+    )
+}
+
+/// Issue 24's scenario: a student whose rule is the private /24 claims the gateway's own
+/// private address (its sshd), or link-local; an admin adds the same. All are refused,
+/// naming the rule, and nothing reaches the maps or the store.
+#[test]
+fn a_backend_that_is_the_gateway_itself_is_refused_to_students_and_admins() {
+    let mut rig = Rig::new();
+    rig.core.own = own();
+    rig.core
+        .user_add(user_request("eve", &["10.0.0.0/24"], 4))
+        .unwrap();
+    for backend in ["10.0.0.1:22", "169.254.169.254:80"] {
+        let e = rig.core.claim("eve", claim("http", backend)).unwrap_err();
+        assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("backend")));
+        assert!(
+            e.reply.error.contains(backend)
+                && (e.reply.error.contains("gateway itself")
+                    || e.reply.error.contains("link-local")),
+            "{}",
+            e.reply.error
+        );
+        let e = rig.core.add(request("root", backend)).unwrap_err();
+        assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("backend")));
+    }
+    assert!(rig.core.table.entries().next().is_none());
+    assert!(rig.maps.maps().frontends.is_empty());
+    assert!(rig.store.state().routes.is_empty());
+    // A neighbour on the same /24 is still the student's.
+    rig.core
+        .claim("eve", claim("http", "10.0.0.11:80"))
+        .unwrap();
+}
+
+/// A loaded table (the state file, or etcd at start) that holds a route to the gateway
+/// itself: the daemon starts, the route is left out and named, and the state file is
+/// rewritten without it (else its port could later be handed out twice).
+#[test]
+fn a_stored_route_to_the_gateway_itself_is_left_out_at_start() {
+    let store = FakeStore::new();
+    let stored_routes = vec![
+        stored("alice", 30001, "10.0.0.11:22"),
+        stored("eve", 30002, "10.0.0.1:22"),
+    ];
+    let (table, rewrite) = super::lifecycle::build_table(
+        &config(Vec::new()),
+        Path::new("srvgate.toml"),
+        &store,
+        stored_routes,
+        &own(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
+    assert!(rewrite, "the store must drop it too");
+    let names: Vec<String> = table.entries().map(|e| e.route.name.clone()).collect();
+    assert_eq!(names, ["alice"]);
+}
+
+/// Another gateway's change (etcd's watch) naming this gateway's own address is not
+/// forwarded here.
+#[test]
+fn a_shared_route_to_the_gateway_itself_is_not_forwarded_here() {
+    let mut rig = Rig::new();
+    rig.core.own = own();
+    rig.core.apply_remote(Remote::Routes {
+        revision: 7,
+        changes: vec![
+            RouteChange::Put(stored("bob", 30002, "10.0.0.12:22")),
+            RouteChange::Put(stored("eve", 30003, "10.0.0.1:22")),
+        ],
+    });
+    assert!(rig.entry("bob").is_some());
+    assert!(rig.entry("eve").is_none());
+    let own_ip: std::net::Ipv4Addr = "10.0.0.1".parse().unwrap();
+    assert!(!rig
+        .maps
+        .maps()
+        .frontends
+        .values()
+        .any(|(backend, _)| *backend.ip() == own_ip));
+}

@@ -432,13 +432,41 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
         .map_err(|_| timed_out("write"))?
 }
 
-/// Connects to a backend within [`CONNECT_TIMEOUT`]; a timeout is `TimedOut`.
+/// Connects to a backend within [`CONNECT_TIMEOUT`]; a timeout is `TimedOut`. A backend
+/// that is the gateway itself is `PermissionDenied` ([`not_self`]), whatever the table
+/// says: the table's rule is checked when a route is added, and an address can arrive on
+/// an interface later.
 pub async fn connect(addr: SocketAddrV4) -> io::Result<TcpStream> {
+    let unspecified = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+    not_self(addr, unspecified, cfg!(test))?;
     let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| timed_out("connect"))??;
+    not_self(addr, s.local_addr()?, cfg!(test))?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+/// Refuses a backend connection that reached the gateway itself: `addr` breaking the
+/// backend rule's fixed part (`config::check_backend`: loopback, link-local, ...), or a
+/// `local` address equal to the peer's, which is how the kernel connects to one of its own
+/// addresses (any interface's, also one added after the route was checked). A refused
+/// connection has carried no byte of the client's. `allow_loopback` is for the unit
+/// tests, whose backends listen on loopback.
+fn not_self(addr: SocketAddrV4, local: SocketAddr, allow_loopback: bool) -> io::Result<()> {
+    if allow_loopback && addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let refuse = |rule: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, rule));
+    if let Err(rule) = config::check_backend(addr, &config::OwnAddresses::default()) {
+        return refuse(rule);
+    }
+    if local.ip() == std::net::IpAddr::V4(*addr.ip()) {
+        return refuse(format!(
+            "backend {addr} is an address of the gateway itself; the web routers never relay to it"
+        ));
+    }
+    Ok(())
 }
 
 /// The failure a backend connection error counts as.
@@ -603,6 +631,44 @@ mod tests {
         assert_eq!(route_name("alice.ssh.lab.example", s), None);
         assert_eq!(route_name("alicehttp.lab.example", s), None);
         assert_eq!(route_name(".http.lab.example", s), None);
+    }
+
+    /// Defence in depth: whatever the table says, a web router never relays to the gateway
+    /// itself. A connection whose local address is its peer's went to one of this
+    /// machine's own addresses (the kernel's answer at connect time, so an address added
+    /// after the route was checked is caught too).
+    #[tokio::test]
+    async fn a_router_never_connects_to_the_gateway_itself() {
+        let own = crate::kernel::sys::interfaces()
+            .unwrap()
+            .into_iter()
+            .filter(|i| !i.loopback)
+            .flat_map(|i| i.ipv4)
+            .find(|a| !a.is_loopback() && !a.is_link_local());
+        let Some(own) = own else {
+            eprintln!("skipped: this machine has no non-loopback IPv4 address to connect to");
+            return;
+        };
+        let l = tokio::net::TcpListener::bind((own, 0)).await.unwrap();
+        let addr = match l.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        let e = connect(addr).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        assert!(e.to_string().contains("gateway itself"), "{e}");
+        // Loopback is refused by the rule alone (the unit tests' own backends live there,
+        // so only `connect` in a test build lets it through).
+        let lo = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 22);
+        let e = not_self(lo, SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)), false).unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let far = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), 80);
+        not_self(
+            far,
+            SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000)),
+            false,
+        )
+        .unwrap();
     }
 
     #[tokio::test]
