@@ -688,3 +688,96 @@ fn idle_and_greedy_clients_do_not_lock_others_out() {
     lab.stop(on80, Duration::from_secs(2)).unwrap();
     lab.stop(on443, Duration::from_secs(2)).unwrap();
 }
+
+/// Issue 24 item 6: a student whose rule is the private /24 tried to publish a web service
+/// of the gateway itself (here one listening on the gateway's private address) through the
+/// HTTP router. The claim and an admin's `route add` are refused naming the rule; and a
+/// route whose backend address arrives on one of the gateway's interfaces later is never
+/// relayed to (the router checks every connection), while the daemon names the route.
+#[test]
+fn the_gateway_itself_is_never_a_web_backend() {
+    let Some(lab) = Lab::for_test("the_gateway_itself_is_never_a_web_backend", "hself") else {
+        return;
+    };
+    lab.start_echo_web(&lab.gw, "the gateway's own", 8080)
+        .unwrap();
+    let portal = format!("[portal]\nlisten = [\"{PUBLIC_IP}:8443\"]\n");
+    lab.start_srvgate(&web_config(&lab, &[], &portal), &[])
+        .unwrap();
+    lab.set_resolver(&lab.client, PUBLIC_IP).unwrap();
+
+    let out = lab
+        .srvgate_ctl_ok(&["user", "add", "eve", "--backend", "10.210.2.0/24", "--json"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    // The student's claim, as the portal takes it (the CLI's request, sent by curl).
+    let own = format!("{GW_PRIV1_IP}:8080");
+    let body = format!(r#"{{"service":"http","backend":"{own}"}}"#);
+    let (code, reply) = curl(
+        &lab,
+        &[
+            "-k",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body,
+            &format!("https://{PUBLIC_IP}:8443/v1/me/routes"),
+        ],
+    );
+    assert_eq!(code, 403, "{reply}");
+    assert!(
+        reply.contains(&own) && reply.contains("gateway itself") && reply.contains("priv1"),
+        "{reply}"
+    );
+    let out = lab
+        .srvgate_ctl(&[
+            "route",
+            "add",
+            "eve",
+            "--service",
+            "http",
+            "--backend",
+            &own,
+        ])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("gateway itself"),
+        "{}: {err}",
+        out.status
+    );
+    let (code, reply) = get_host(&lab, "eve.http.lab.example");
+    assert_eq!(code, 404, "{reply}");
+
+    // An address the gateway takes after the route was checked.
+    let later = "10.210.2.50";
+    lab.srvgate_ctl_ok(&[
+        "route",
+        "add",
+        "mallory",
+        "--service",
+        "http",
+        "--backend",
+        &format!("{later}:8080"),
+    ])
+    .unwrap();
+    lab.exec_ok(
+        &lab.gw,
+        &["ip", "addr", "add", &format!("{later}/32"), "dev", "priv1"],
+    )
+    .unwrap();
+    let (code, reply) = get(&lab, "http://mallory.http.lab.example/");
+    assert_eq!(code, 502, "{reply}");
+    assert!(!reply.contains("the gateway's own"), "{reply}");
+    wait_until(
+        "the daemon names the route whose backend became its own",
+        Duration::from_secs(30),
+        || {
+            let log = lab.srvgate_log();
+            log.contains("mallory/http/tcp") && log.contains("now the gateway itself")
+        },
+    );
+}

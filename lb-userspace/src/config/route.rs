@@ -287,17 +287,17 @@ pub fn check_backend(backend: SocketAddrV4, own: &OwnAddresses) -> Result<(), St
     let ip = *backend.ip();
     let [a, b, ..] = ip.octets();
     let rule = if let Some(holder) = own.holder(ip) {
-        format!("{ip} is {holder}: a backend that is the gateway itself would publish the gateway's own services")
+        format!("is {holder}: a backend that is the gateway itself would publish the gateway's own services")
     } else if a == 169 && b == 254 {
-        format!("{ip} is link-local (169.254.0.0/16): it means this machine's own link (a cloud's metadata service), never a backend behind the gateway")
+        "is link-local (169.254.0.0/16): it means this machine's own link (a cloud's metadata service), never a backend behind the gateway".to_string()
     } else if a >= 240 {
-        format!("{ip} is reserved (240.0.0.0/4, or the broadcast address)")
+        "is reserved (240.0.0.0/4, or the broadcast address)".to_string()
     } else if a == 0 || a == 127 {
-        format!("{ip} is this machine itself (0.0.0.0/8 or loopback)")
+        "is this machine itself (0.0.0.0/8 or loopback)".to_string()
     } else if ip.is_multicast() {
-        format!("{ip} is a multicast address")
+        "is a multicast address".to_string()
     } else {
         return Ok(());
     };
-    Err(format!("backend {backend}: {rule}"))
+    Err(format!("{backend} {rule}"))
 }
