@@ -222,6 +222,9 @@ struct Core {
     /// The gateway's own addresses, which no backend may be (`config::check_backend`):
     /// read at start and again every few seconds ([`Core::refresh_own`]).
     own: config::OwnAddresses,
+    /// Reads the machine's interfaces (`kernel::sys::interfaces`; a fake machine's in the
+    /// tests).
+    interfaces: fn() -> std::io::Result<Vec<config::Interface>>,
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {

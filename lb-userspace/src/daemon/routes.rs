@@ -76,6 +76,7 @@ impl Core {
             published: HashMap::new(),
             last_publish: None,
             own: config::OwnAddresses::default(),
+            interfaces: crate::kernel::sys::interfaces,
             store,
         }
     }
@@ -118,7 +119,7 @@ impl Core {
     /// table that now points at one is named in an error (the web routers refuse to
     /// connect to it; the admin removes it).
     pub(super) fn refresh_own(&mut self) {
-        let interfaces = match crate::kernel::sys::interfaces() {
+        let interfaces = match (self.interfaces)() {
             Ok(i) => i,
             Err(e) => {
                 warn!("reading the interfaces' addresses: {e}; keeping the last ones");
@@ -308,8 +309,14 @@ impl Core {
             ApiError::field(400, field, format!("invalid route:\n{}", list.join("\n")))
         })?;
         // The gateway's rule, for admins too: before the students' own rule, which a
-        // CIDR covering the gateway's private address would pass.
-        check_backend(draft.backend, &self.own).map_err(|e| ApiError::field(403, "backend", e))?;
+        // CIDR covering the gateway's private address would pass. The addresses are read
+        // again here, so one that arrived since the last refresh counts at once.
+        let fresh = (self.interfaces)()
+            .map(|i| self.started.own_addresses(&i))
+            .unwrap_or_default();
+        check_backend(draft.backend, &self.own)
+            .and_then(|()| check_backend(draft.backend, &fresh))
+            .map_err(|e| ApiError::field(403, "backend", e))?;
         if let Some(user) = owner {
             check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
         }

@@ -93,6 +93,7 @@ impl Rig {
         // As at a real start, the store holds the runtime routes the table was built from.
         store.state().routes = stored_routes(&table);
         let mut core = Core::new(table, maps.boxed(), store.boxed(), &cfg, Clock::default());
+        core.interfaces = fake_interfaces;
         core.take_over(false).unwrap();
         Rig { core, maps, store }
     }
@@ -1179,16 +1180,18 @@ fn a_crash_after_user_rm_leaves_no_route_without_its_account() {
     assert!(store.state().users.get("bob").is_some());
 }
 
+/// The interfaces of the daemon tests' machine: its private leg with 10.0.0.1.
+fn fake_interfaces() -> std::io::Result<Vec<config::Interface>> {
+    Ok(vec![config::Interface {
+        name: "priv0".into(),
+        loopback: false,
+        ipv4: vec!["10.0.0.1".parse().unwrap()],
+    }])
+}
+
 /// The gateway's own addresses in the daemon's tests: its private leg's.
 fn own() -> config::OwnAddresses {
-    config::OwnAddresses::new(
-        &[config::Interface {
-            name: "priv0".into(),
-            loopback: false,
-            ipv4: vec!["10.0.0.1".parse().unwrap()],
-        }],
-        &[],
-    )
+    config::OwnAddresses::new(&fake_interfaces().unwrap(), &[])
 }
 
 /// Issue 24's scenario: a student whose rule is the private /24 claims the gateway's own
@@ -1269,4 +1272,24 @@ fn a_shared_route_to_the_gateway_itself_is_not_forwarded_here() {
         .frontends
         .values()
         .any(|(backend, _)| *backend.ip() == own_ip));
+}
+
+/// The addresses are read again for every add, so one that arrived on an interface since
+/// the last periodic refresh is refused at once.
+#[test]
+fn an_address_added_at_run_time_is_refused_at_once() {
+    let mut rig = Rig::new();
+    rig.core.add(request("alice", "10.0.0.50:22")).unwrap();
+    rig.core.interfaces = || {
+        let mut i = fake_interfaces()?;
+        i[0].ipv4.push("10.0.0.50".parse().unwrap());
+        Ok(i)
+    };
+    let e = rig.core.add(request("bob", "10.0.0.50:80")).unwrap_err();
+    assert_eq!(e.status, 403);
+    assert!(e.reply.error.contains("\"priv0\""), "{}", e.reply.error);
+    // The periodic refresh takes it in; the route already there stays (named in the log).
+    rig.core.refresh_own();
+    assert!(rig.core.own.holder("10.0.0.50".parse().unwrap()).is_some());
+    assert!(rig.entry("alice").is_some());
 }
