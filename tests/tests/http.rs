@@ -691,9 +691,10 @@ fn idle_and_greedy_clients_do_not_lock_others_out() {
 
 /// Issue 24 item 6: a student whose rule is the private /24 tried to publish a web service
 /// of the gateway itself (here one listening on the gateway's private address) through the
-/// HTTP router. The claim and an admin's `route add` are refused naming the rule; and a
-/// route whose backend address arrives on one of the gateway's interfaces later is never
-/// relayed to (the router checks every connection), while the daemon names the route.
+/// HTTP router. The claim and an admin's `route add` are refused naming the rule. Routes
+/// whose backend address arrives on one of the gateway's interfaces later: a runtime one is
+/// withdrawn at the daemon's next address refresh, a config one (the file's) is named, and
+/// the router never relays to either (it checks every connection).
 #[test]
 fn the_gateway_itself_is_never_a_web_backend() {
     let Some(lab) = Lab::for_test("the_gateway_itself_is_never_a_web_backend", "hself") else {
@@ -702,7 +703,14 @@ fn the_gateway_itself_is_never_a_web_backend() {
     lab.start_echo_web(&lab.gw, "the gateway's own", 8080)
         .unwrap();
     let portal = format!("[portal]\nlisten = [\"{PUBLIC_IP}:8443\"]\n");
-    lab.start_srvgate(&web_config(&lab, &[], &portal), &[])
+    let (later_cfg, later_rt) = ("10.210.2.50", "10.210.2.51");
+    let routes = [RouteSpec::tcp(
+        "mallory",
+        "http",
+        &format!("{later_cfg}:8080"),
+        30080,
+    )];
+    lab.start_srvgate(&web_config(&lab, &routes, &portal), &[])
         .unwrap();
     lab.set_resolver(&lab.client, PUBLIC_IP).unwrap();
 
@@ -752,32 +760,41 @@ fn the_gateway_itself_is_never_a_web_backend() {
     let (code, reply) = get_host(&lab, "eve.http.lab.example");
     assert_eq!(code, 404, "{reply}");
 
-    // An address the gateway takes after the route was checked.
-    let later = "10.210.2.50";
+    // Addresses the gateway takes after the routes to them were checked.
     lab.srvgate_ctl_ok(&[
         "route",
         "add",
-        "mallory",
+        "trudy",
         "--service",
         "http",
         "--backend",
-        &format!("{later}:8080"),
+        &format!("{later_rt}:8080"),
     ])
     .unwrap();
-    lab.exec_ok(
-        &lab.gw,
-        &["ip", "addr", "add", &format!("{later}/32"), "dev", "priv1"],
-    )
-    .unwrap();
-    let (code, reply) = get(&lab, "http://mallory.http.lab.example/");
-    assert_eq!(code, 502, "{reply}");
-    assert!(!reply.contains("the gateway's own"), "{reply}");
+    for addr in [later_cfg, later_rt] {
+        lab.exec_ok(
+            &lab.gw,
+            &["ip", "addr", "add", &format!("{addr}/32"), "dev", "priv1"],
+        )
+        .unwrap();
+    }
+    for host in ["mallory.http.lab.example", "trudy.http.lab.example"] {
+        let (code, reply) = get_host(&lab, host);
+        assert!(code == 502 || code == 404, "{host}: {code} {reply}");
+        assert!(!reply.contains("the gateway's own"), "{host}: {reply}");
+    }
     wait_until(
-        "the daemon names the route whose backend became its own",
+        "the daemon withdraws trudy's runtime route and names mallory's config route",
         Duration::from_secs(30),
         || {
             let log = lab.srvgate_log();
-            log.contains("mallory/http/tcp") && log.contains("now the gateway itself")
+            let ls = lab.srvgate_ctl_ok(&["route", "ls"]).unwrap_or_default();
+            !ls.contains("trudy")
+                && log.contains("mallory/http/tcp")
+                && log.contains("config route's backend is now the gateway itself")
         },
     );
+    // The config route stays in the table, and the router still refuses it.
+    let (code, reply) = get_host(&lab, "mallory.http.lab.example");
+    assert_eq!(code, 502, "{reply}");
 }

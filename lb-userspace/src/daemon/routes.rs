@@ -115,9 +115,9 @@ impl Core {
     }
 
     /// Reads the gateway's own addresses again (an address added to an interface at run
-    /// time): new routes are checked against them from now on, and every route in the
-    /// table that now points at one is named in an error (the web routers refuse to
-    /// connect to it; the admin removes it).
+    /// time): new routes are checked against them from now on, a runtime route that now
+    /// points at one is removed, and a config route that does is named in an error (the
+    /// file owns it; the web routers refuse to connect to it).
     pub(super) fn refresh_own(&mut self) {
         let interfaces = match (self.interfaces)() {
             Ok(i) => i,
@@ -134,11 +134,31 @@ impl Core {
         if own == self.own {
             return;
         }
-        self.own = own;
+        let before = std::mem::replace(&mut self.own, own);
+        // Proportional to the table, but only when the machine's addresses change.
+        let mut runtime = Vec::new();
         for e in self.table.entries() {
-            if let Err(rule) = check_backend(e.route.backend, &self.own) {
-                error!(route = %e.route.key(), source = e.source.as_str(), "this route's backend is now the gateway itself: {rule}; remove the route (srvgate route rm, or the config file)");
+            let Err(rule) = check_backend(e.route.backend, &self.own) else {
+                continue;
+            };
+            if e.source == Source::Runtime {
+                error!(route = %e.route.key(), "this route's backend is now the gateway itself: {rule}; removing the route");
+                runtime.push(e.clone());
+            } else {
+                error!(route = %e.route.key(), "this config route's backend is now the gateway itself: {rule}; remove it from the config file (SIGHUP refuses the file until then)");
             }
+        }
+        if !runtime.is_empty() {
+            if self
+                .remove_entries("whose backend became the gateway itself", &runtime)
+                .is_err()
+            {
+                // Logged there; the routes stay. Forgetting the new addresses makes the
+                // next refresh try again.
+                self.own = before;
+                return;
+            }
+            self.flush_here("removing routes to the gateway itself");
         }
     }
 

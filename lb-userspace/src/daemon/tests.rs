@@ -1288,8 +1288,12 @@ fn an_address_added_at_run_time_is_refused_at_once() {
     let e = rig.core.add(request("bob", "10.0.0.50:80")).unwrap_err();
     assert_eq!(e.status, 403);
     assert!(e.reply.error.contains("\"priv0\""), "{}", e.reply.error);
-    // The periodic refresh takes it in; the route already there stays (named in the log).
+    // The periodic refresh takes it in and withdraws the runtime route already there
+    // from the table, the maps and the store (a config route is the file's: named only).
     rig.core.refresh_own();
     assert!(rig.core.own.holder("10.0.0.50".parse().unwrap()).is_some());
-    assert!(rig.entry("alice").is_some());
+    assert!(rig.entry("alice").is_none());
+    assert!(rig.maps.maps().frontends.is_empty());
+    assert!(rig.store.state().routes.is_empty());
+    rig.assert_agree();
 }
