@@ -1248,6 +1248,54 @@ fn a_stored_route_to_the_gateway_itself_is_left_out_at_start() {
     assert!(rewrite, "the store must drop it too");
     let names: Vec<String> = table.entries().map(|e| e.route.name.clone()).collect();
     assert_eq!(names, ["alice"]);
+
+    // With the local state files: the start rewrites them without the route.
+    let dir = tempfile::tempdir().unwrap();
+    let public = gateway().public_ipv4;
+    {
+        let mut files = crate::table::state::StateStore::open(dir.path()).unwrap();
+        // Added just now, so that the start's reclaim pass leaves them alone.
+        let fresh = |s: StoredRoute| StoredRoute {
+            added: Clock::default().now(),
+            ..s
+        };
+        files
+            .save(&[
+                fresh(stored("alice", 30001, "10.0.0.11:22")),
+                fresh(stored("eve", 30002, "10.0.0.1:22")),
+            ])
+            .unwrap();
+    }
+    let files = crate::table::state::StateStore::open(dir.path()).unwrap();
+    let loaded = files.load(public).unwrap();
+    let (table, rewrite) = super::lifecycle::build_table(
+        &config(Vec::new()),
+        Path::new("srvgate.toml"),
+        &files,
+        loaded,
+        &own(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
+    let cfg = config(Vec::new());
+    let mut core = Core::new(
+        table,
+        FakeDataplane::new().boxed(),
+        Box::new(files),
+        &cfg,
+        Clock::default(),
+    );
+    core.interfaces = fake_interfaces;
+    core.take_over(rewrite).unwrap();
+    drop(core);
+    let files = crate::table::state::StateStore::open(dir.path()).unwrap();
+    let back: Vec<String> = files
+        .load(public)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.route.name)
+        .collect();
+    assert_eq!(back, ["alice"], "eve's route left the state file");
 }
 
 /// Another gateway's change (etcd's watch) naming this gateway's own address is not
