@@ -331,9 +331,16 @@ impl Core {
         // The gateway's rule, for admins too: before the students' own rule, which a
         // CIDR covering the gateway's private address would pass. The addresses are read
         // again here, so one that arrived since the last refresh counts at once.
+        // Unreadable, they fail the add closed: the rule is not skipped.
         let fresh = (self.interfaces)()
             .map(|i| self.started.own_addresses(&i))
-            .unwrap_or_default();
+            .map_err(|e| {
+                error!("route add: reading this gateway's addresses: {e}");
+                ApiError::new(
+                    503,
+                    format!("cannot read this gateway's own addresses to check the backend against them: {e}"),
+                )
+            })?;
         check_backend(draft.backend, &self.own)
             .and_then(|()| check_backend(draft.backend, &fresh))
             .map_err(|e| ApiError::field(403, "backend", e))?;

@@ -1345,3 +1345,15 @@ fn an_address_added_at_run_time_is_refused_at_once() {
     assert!(rig.store.state().routes.is_empty());
     rig.assert_agree();
 }
+
+/// Unable to read the machine's addresses, an add fails closed rather than skipping the
+/// gateway's rule.
+#[test]
+fn an_add_is_refused_when_the_addresses_cannot_be_read() {
+    let mut rig = Rig::new();
+    rig.core.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    let e = rig.core.add(request("alice", "10.0.0.11:22")).unwrap_err();
+    assert_eq!(e.status, 503, "{}", e.reply.error);
+    assert!(e.reply.error.contains("addresses"), "{}", e.reply.error);
+    assert!(rig.entry("alice").is_none());
+}
