@@ -437,14 +437,26 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
 /// says: the table's rule is checked when a route is added, and an address can arrive on
 /// an interface later.
 pub async fn connect(addr: SocketAddrV4) -> io::Result<TcpStream> {
-    let unspecified = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
-    not_self(addr, unspecified, cfg!(test))?;
+    // Before any SYN, so the gateway's own service never sees the connection: the source
+    // address the kernel's routing picks for `addr` (a UDP socket's connect sends
+    // nothing). Without a route, the TCP connect below fails on its own.
+    let source = route_source(addr)
+        .unwrap_or_else(|_| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)));
+    not_self(addr, source, cfg!(test))?;
     let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| timed_out("connect"))??;
     not_self(addr, s.local_addr()?, cfg!(test))?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+/// The local address the kernel would use toward `addr`: `addr` itself when it is one of
+/// this machine's own.
+fn route_source(addr: SocketAddrV4) -> io::Result<SocketAddr> {
+    let probe = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+    probe.connect(addr)?;
+    probe.local_addr()
 }
 
 /// Refuses a backend connection that reached the gateway itself: `addr` breaking the
@@ -657,6 +669,13 @@ mod tests {
         let e = connect(addr).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
         assert!(e.to_string().contains("gateway itself"), "{e}");
+        // Refused before a SYN: the gateway's service never sees the connection (one
+        // completed by the kernel would be waiting in the backlog at once).
+        let accepted = tokio::time::timeout(Duration::from_millis(500), l.accept()).await;
+        assert!(
+            accepted.is_err(),
+            "the service saw a connection: {accepted:?}"
+        );
         // Loopback is refused by the rule alone (the unit tests' own backends live there,
         // so only `connect` in a test build lets it through).
         let lo = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 22);
