@@ -28,7 +28,9 @@ use std::{
 pub use cluster::Cluster;
 #[cfg(feature = "gateway")]
 pub use machine::Interface;
-pub use route::{check_domain, check_label, check_route, RouteDraft, RouteRequest};
+pub use route::{
+    check_backend, check_domain, check_label, check_route, OwnAddresses, RouteDraft, RouteRequest,
+};
 
 use raw::RawConfig;
 use validate::validate;

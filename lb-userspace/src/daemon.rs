@@ -219,6 +219,12 @@ struct Core {
     own_seen: std::collections::HashMap<config::RouteKey, SystemTime>,
     published: std::collections::HashMap<config::RouteKey, SystemTime>,
     last_publish: Option<Instant>,
+    /// The gateway's own addresses, which no backend may be (`config::check_backend`):
+    /// read at start and again every few seconds ([`Core::refresh_own`]).
+    own: config::OwnAddresses,
+    /// Reads the machine's interfaces (`kernel::sys::interfaces`; a fake machine's in the
+    /// tests).
+    interfaces: fn() -> std::io::Result<Vec<config::Interface>>,
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {

@@ -254,6 +254,25 @@ pub struct FakeState {
     pub follower: bool,
     /// Every batch of last-seen times published, in order.
     pub published: Vec<Vec<(crate::config::RouteKey, std::time::SystemTime)>>,
+    /// The routes a crash would leave: recorded changes count only once their commit has
+    /// been waited for (their flush), a whole save at once.
+    pub durable_routes: Vec<StoredRoute>,
+    /// What a crash right after each accounts save would leave on disk: the durable
+    /// routes and the accounts just saved, in order.
+    pub accounts_saves: Vec<(Vec<StoredRoute>, Users)>,
+}
+
+fn apply_changes(routes: &mut Vec<StoredRoute>, changes: &[RouteChange]) {
+    for change in changes {
+        match change {
+            RouteChange::Put(r) => {
+                let key = r.route.key();
+                routes.retain(|o| o.route.key() != key);
+                routes.push(r.clone());
+            }
+            RouteChange::Delete(key) => routes.retain(|o| &o.route.key() != key),
+        }
+    }
 }
 
 /// A store that keeps what it is given in memory.
@@ -295,6 +314,7 @@ impl Store for FakeStore {
         let mut s = self.state();
         s.save_or_fail()?;
         s.routes = routes.to_vec();
+        s.durable_routes = routes.to_vec();
         Ok(())
     }
 
@@ -314,16 +334,7 @@ impl Store for FakeStore {
                 taken: s.others.clone(),
             });
         }
-        for change in changes {
-            match change {
-                RouteChange::Put(r) => {
-                    let key = r.route.key();
-                    s.routes.retain(|o| o.route.key() != key);
-                    s.routes.push(r.clone());
-                }
-                RouteChange::Delete(key) => s.routes.retain(|o| &o.route.key() != key),
-            }
-        }
+        apply_changes(&mut s.routes, changes);
         if s.flush_fails {
             return Ok(Commit::failing(StateError::Io {
                 path: PathBuf::from("memory"),
@@ -331,7 +342,11 @@ impl Store for FakeStore {
                 error: io::Error::from_raw_os_error(libc::EIO),
             }));
         }
-        Ok(Commit::done())
+        let (state, changes) = (Arc::clone(&self.state), changes.to_vec());
+        Ok(Commit::new(move || {
+            apply_changes(&mut guard(&state).durable_routes, &changes);
+            Ok(())
+        }))
     }
 
     fn load_accounts(&self) -> Result<Users, StateError> {
@@ -342,6 +357,8 @@ impl Store for FakeStore {
         let mut s = self.state();
         s.save_or_fail()?;
         s.users = users.clone();
+        let image = (s.durable_routes.clone(), users.clone());
+        s.accounts_saves.push(image);
         Ok(())
     }
 

@@ -489,6 +489,20 @@ fn bad_configs_are_refused() {
             "backend = \"127.0.0.1:22\"",
             "route[2].backend",
         ),
+        // Issue 24 item 6: a backend that is the gateway itself (its private leg's address,
+        // here sshd's port) or link-local, refused naming the route and the rule.
+        (
+            "own-backend",
+            "backend = \"10.210.3.12:22\"",
+            "backend = \"10.210.3.1:22\"",
+            "route[2].backend: 10.210.3.1:22 is an address of this gateway's interface \"priv2\"",
+        ),
+        (
+            "link-local-backend",
+            "backend = \"10.210.3.12:22\"",
+            "backend = \"169.254.169.254:80\"",
+            "route[2].backend: 169.254.169.254:80 is link-local",
+        ),
         (
             "range-with-dns",
             "port_range = \"30000-32767\"",

@@ -834,3 +834,113 @@ fn at_the_cap_a_new_client_is_served_at_the_greediest_addresses_expense() {
     );
     lab.stop(pid, Duration::from_secs(2)).unwrap();
 }
+
+/// Issue 24 item 6: a student whose rule is the private /24 tried to publish a web service
+/// of the gateway itself (here one listening on the gateway's private address) through the
+/// HTTP router. The claim and an admin's `route add` are refused naming the rule. Routes
+/// whose backend address arrives on one of the gateway's interfaces later: a runtime one is
+/// withdrawn at the daemon's next address refresh, a config one (the file's) is named, and
+/// the router never relays to either (it checks every connection).
+#[test]
+fn the_gateway_itself_is_never_a_web_backend() {
+    let Some(lab) = Lab::for_test("the_gateway_itself_is_never_a_web_backend", "hself") else {
+        return;
+    };
+    lab.start_echo_web(&lab.gw, "the gateway's own", 8080)
+        .unwrap();
+    let portal = format!("[portal]\nlisten = [\"{PUBLIC_IP}:8443\"]\n");
+    let (later_cfg, later_rt) = ("10.210.2.50", "10.210.2.51");
+    let routes = [RouteSpec::tcp(
+        "mallory",
+        "http",
+        &format!("{later_cfg}:8080"),
+        30080,
+    )];
+    lab.start_srvgate(&web_config(&lab, &routes, &portal), &[])
+        .unwrap();
+    lab.set_resolver(&lab.client, PUBLIC_IP).unwrap();
+
+    let out = lab
+        .srvgate_ctl_ok(&["user", "add", "eve", "--backend", "10.210.2.0/24", "--json"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    // The student's claim, as the portal takes it (the CLI's request, sent by curl).
+    let own = format!("{GW_PRIV1_IP}:8080");
+    let body = format!(r#"{{"service":"http","backend":"{own}"}}"#);
+    let (code, reply) = curl(
+        &lab,
+        &[
+            "-k",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body,
+            &format!("https://{PUBLIC_IP}:8443/v1/me/routes"),
+        ],
+    );
+    assert_eq!(code, 403, "{reply}");
+    assert!(
+        reply.contains(&own) && reply.contains("gateway itself") && reply.contains("priv1"),
+        "{reply}"
+    );
+    let out = lab
+        .srvgate_ctl(&[
+            "route",
+            "add",
+            "eve",
+            "--service",
+            "http",
+            "--backend",
+            &own,
+        ])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("gateway itself"),
+        "{}: {err}",
+        out.status
+    );
+    let (code, reply) = get_host(&lab, "eve.http.lab.example");
+    assert_eq!(code, 404, "{reply}");
+
+    // Addresses the gateway takes after the routes to them were checked.
+    lab.srvgate_ctl_ok(&[
+        "route",
+        "add",
+        "trudy",
+        "--service",
+        "http",
+        "--backend",
+        &format!("{later_rt}:8080"),
+    ])
+    .unwrap();
+    for addr in [later_cfg, later_rt] {
+        lab.exec_ok(
+            &lab.gw,
+            &["ip", "addr", "add", &format!("{addr}/32"), "dev", "priv1"],
+        )
+        .unwrap();
+    }
+    for host in ["mallory.http.lab.example", "trudy.http.lab.example"] {
+        let (code, reply) = get_host(&lab, host);
+        assert!(code == 502 || code == 404, "{host}: {code} {reply}");
+        assert!(!reply.contains("the gateway's own"), "{host}: {reply}");
+    }
+    wait_until(
+        "the daemon withdraws trudy's runtime route and names mallory's config route",
+        Duration::from_secs(30),
+        || {
+            let log = lab.srvgate_log();
+            let ls = lab.srvgate_ctl_ok(&["route", "ls"]).unwrap_or_default();
+            !ls.contains("trudy")
+                && log.contains("mallory/http/tcp")
+                && log.contains("config route's backend is now the gateway itself")
+        },
+    );
+    // The config route stays in the table, and the router still refuses it.
+    let (code, reply) = get_host(&lab, "mallory.http.lab.example");
+    assert_eq!(code, 502, "{reply}");
+}

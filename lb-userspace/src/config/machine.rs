@@ -1,5 +1,6 @@
 //! The config against this machine: the interfaces exist and are no loopback, `public_ipv4`
-//! is not a private leg's address, and `port_range` is clear of the ephemeral ports.
+//! is not a private leg's address, `port_range` is clear of the ephemeral ports, and no
+//! route's backend is the gateway itself (`check_backend`).
 
 use std::{net::Ipv4Addr, path::Path};
 
@@ -7,8 +8,9 @@ use super::*;
 
 impl Config {
     /// Checks the config against this machine (this network namespace): every interface
-    /// exists and is not a loopback, `public_ipv4` is not a private leg's own address, and
-    /// `port_range` stays clear of the kernel's ephemeral ports. Errors name the field; the
+    /// exists and is not a loopback, `public_ipv4` is not a private leg's own address,
+    /// `port_range` stays clear of the kernel's ephemeral ports, and no route's backend is
+    /// one of the gateway's own addresses or link-local ([`check_backend`]). Errors name the field; the
     /// `Ok` value lists what is only worth a warning (`public_ipv4` on no interface yet, as
     /// on a standby gateway of a failover pair). `srvgate check`, `run` and SIGHUP all call
     /// this, after [`Config::load`].
@@ -87,6 +89,15 @@ impl Config {
                 ),
             });
         }
+        let own = self.own_addresses(&m.interfaces);
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Err(reason) = check_backend(r.backend, &own) {
+                problems.push(FieldError {
+                    field: format!("route[{}].backend", i + 1),
+                    reason,
+                });
+            }
+        }
         if let Some(ephemeral) = m.ephemeral {
             let clash = (g.port_range.first.max(ephemeral.first)
                 ..=g.port_range.last.min(ephemeral.last))
@@ -107,6 +118,15 @@ impl Config {
             }
         }
         (problems, warnings)
+    }
+}
+
+impl Config {
+    /// The gateway's own addresses on a machine with `interfaces`: theirs and the etcd
+    /// endpoints' of `[cluster]` (see [`check_backend`]).
+    pub fn own_addresses(&self, interfaces: &[Interface]) -> OwnAddresses {
+        let etcd = self.cluster.as_ref().map_or(&[][..], |c| &c.etcd[..]);
+        OwnAddresses::new(interfaces, etcd)
     }
 }
 

@@ -218,3 +218,86 @@ pub fn check_route(
         _ => Err(problems),
     }
 }
+
+/// The addresses that are the gateway itself: every IPv4 address its interfaces hold (all
+/// of them, not only the legs') and the etcd endpoints of `[cluster]`, each with what holds
+/// it, for the reason a refusal gives. What [`check_backend`] keeps backends off.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnAddresses {
+    holders: std::collections::BTreeMap<Ipv4Addr, String>,
+}
+
+impl OwnAddresses {
+    /// `interfaces` as read from the machine, and `etcd` the `[cluster]` endpoint URLs
+    /// (`http://host:port`; only an address is taken, a host name is not resolved here).
+    #[cfg(feature = "gateway")]
+    pub fn new(interfaces: &[Interface], etcd: &[String]) -> OwnAddresses {
+        let mut holders = std::collections::BTreeMap::new();
+        for url in etcd {
+            if let Some(ip) = endpoint_ipv4(url) {
+                holders.insert(ip, format!("the etcd endpoint {url} of [cluster]"));
+            }
+        }
+        // An interface's name wins: it says more than the endpoint.
+        for i in interfaces {
+            for ip in &i.ipv4 {
+                holders.insert(
+                    *ip,
+                    format!("an address of this gateway's interface {:?}", i.name),
+                );
+            }
+        }
+        OwnAddresses { holders }
+    }
+
+    /// What holds `ip`, if it is the gateway's own.
+    pub fn holder(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.holders.get(&ip).map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty()
+    }
+}
+
+/// The address of an etcd endpoint URL, when it is written as one.
+#[cfg(feature = "gateway")]
+fn endpoint_ipv4(url: &str) -> Option<Ipv4Addr> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    host.parse().ok()
+}
+
+/// The gateway's rule for a backend's address, apart from [`check_route`]'s own checks of
+/// the field: a backend is never the gateway itself nor an address that only ever means
+/// "this machine" or "this link". Refused:
+/// - an address `own` holds (any interface's, an etcd endpoint's): the rewritten packet,
+///   or a web router's connection, would reach the gateway's own services (sshd, etcd)
+///   and publish them;
+/// - 169.254.0.0/16 (link-local: the address of a cloud's metadata service, and of
+///   whatever a link's own hosts answer on, never routed);
+/// - 240.0.0.0/4 (reserved; 255.255.255.255 is the broadcast address);
+/// - 0.0.0.0/8 and 127.0.0.0/8, multicast (also refused by [`check_route`], repeated here
+///   so this one function holds the whole rule for the web routers' connect).
+///
+/// Applied to every backend named (config file, `route add`, claims, a loaded or shared
+/// table) and before every web router connection. The reason names the rule.
+pub fn check_backend(backend: SocketAddrV4, own: &OwnAddresses) -> Result<(), String> {
+    let ip = *backend.ip();
+    let [a, b, ..] = ip.octets();
+    let rule = if let Some(holder) = own.holder(ip) {
+        format!("is {holder}: a backend that is the gateway itself would publish the gateway's own services")
+    } else if a == 169 && b == 254 {
+        "is link-local (169.254.0.0/16): it means this machine's own link (a cloud's metadata service), never a backend behind the gateway".to_string()
+    } else if a >= 240 {
+        "is reserved (240.0.0.0/4, or the broadcast address)".to_string()
+    } else if a == 0 || a == 127 {
+        "is this machine itself (0.0.0.0/8 or loopback)".to_string()
+    } else if ip.is_multicast() {
+        "is a multicast address".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(format!("{backend} {rule}"))
+}

@@ -768,3 +768,71 @@ fn nameservers_are_labels_with_host_addresses() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].field, "dns.nameservers");
 }
+
+/// A config route whose backend is the gateway itself (any interface's address, not only a
+/// leg's; an etcd endpoint's) or link-local is refused by the machine check (`check`,
+/// `run`, SIGHUP), naming the route's field and the rule.
+#[cfg(feature = "gateway")]
+#[test]
+fn a_config_route_to_the_gateway_itself_is_refused() {
+    let mut m = machine();
+    m.interfaces.push(iface("docker0", false, &["172.17.0.1"]));
+    for (backend, rule) in [
+        ("10.0.0.1:22", "interface \"eth1\""),
+        ("172.17.0.1:2375", "interface \"docker0\""),
+        ("169.254.169.254:80", "link-local"),
+        ("250.0.0.1:80", "reserved"),
+    ] {
+        let c = parse(&GOOD.replace("10.0.0.11:22", backend)).unwrap();
+        let (errors, _) = c.check_against(&m);
+        assert_eq!(errors.len(), 1, "{backend}: {errors:?}");
+        assert_eq!(errors[0].field, "route[1].backend", "{backend}");
+        assert!(
+            errors[0].reason.contains(backend) && errors[0].reason.contains(rule),
+            "{}",
+            errors[0]
+        );
+    }
+    let cluster = format!(
+        "{}\n[cluster]\netcd = [\"http://10.0.9.2:2379\"]\ngateway_id = \"gw1\"\n",
+        GOOD.replace("10.0.0.11:22", "10.0.9.2:2379")
+            .replace("[dns]", "[dns]\n")
+    );
+    let c = parse(&cluster).unwrap();
+    let (errors, _) = c.check_against(&machine());
+    assert_eq!(errors[0].field, "route[1].backend");
+    assert!(errors[0].reason.contains("etcd endpoint"), "{}", errors[0]);
+}
+
+#[cfg(feature = "gateway")]
+#[test]
+fn the_backend_rule_names_what_holds_the_address() {
+    let own = OwnAddresses::new(
+        &[iface("eth1", false, &["10.0.0.1"])],
+        &[
+            "http://10.0.9.2:2379".into(),
+            "https://etcd.lab:2379".into(),
+        ],
+    );
+    let ok = |b: &str| check_backend(b.parse().unwrap(), &own);
+    assert_eq!(ok("10.0.0.11:22"), Ok(()));
+    assert!(ok("10.0.0.1:22").unwrap_err().contains("\"eth1\""));
+    assert!(ok("10.0.9.2:2379")
+        .unwrap_err()
+        .contains("http://10.0.9.2:2379"));
+    for bad in [
+        "169.254.0.1:1",
+        "240.0.0.1:1",
+        "255.255.255.255:1",
+        "127.0.0.2:1",
+        "0.1.2.3:1",
+        "224.0.0.1:1",
+    ] {
+        assert!(ok(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        check_backend("10.0.0.1:22".parse().unwrap(), &OwnAddresses::default()),
+        Ok(()),
+        "only what the gateway holds is its own"
+    );
+}

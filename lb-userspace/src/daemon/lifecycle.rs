@@ -42,12 +42,18 @@ const REMOTE_QUEUE: usize = 256;
 
 /// Builds the table from the config's routes and the stored runtime ones. A stored route
 /// identical to a config route was taken over by the file while the daemon was down and
-/// is dropped from the store; any other clash is an error naming both.
+/// is dropped from the store; any other clash is an error naming both. A stored route
+/// whose backend is one of the gateway's `own` addresses (`config::check_backend`) is
+/// left out with an error naming it and the rule, and dropped from a local store too, so
+/// that the daemon starts and the file never holds a port the table does not (a shared
+/// store is never rewritten from one gateway's view: there it stays for an admin to
+/// remove). The flag says the store should be rewritten from the table.
 pub(super) fn build_table(
     cfg: &Config,
     config_path: &Path,
     store: &dyn Store,
     stored: Vec<StoredRoute>,
+    own: &crate::config::OwnAddresses,
     now: SystemTime,
 ) -> Result<(RouteTable, bool), DaemonError> {
     let mut table = RouteTable::new();
@@ -64,6 +70,11 @@ pub(super) fn build_table(
         let key = s.route.key();
         if table.get(&key).is_some_and(|e| e.route == s.route) {
             info!(route = %key, "runtime route now defined identically in the config file; the file owns it");
+            taken_over = true;
+            continue;
+        }
+        if let Err(rule) = crate::config::check_backend(s.route.backend, own) {
+            error!(route = %key, port = s.route.port, store = %store.location(), "stored runtime route left out: {rule}");
             taken_over = true;
             continue;
         }
@@ -143,7 +154,8 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     if apply_config_users(&mut users, &cfg.users, clock.now()) {
         store.save_accounts(&users)?;
     }
-    let (table, taken_over) = build_table(&cfg, &opts.config, &*store, stored, clock.now())?;
+    let own = cfg.own_addresses(&crate::kernel::sys::interfaces().unwrap_or_default());
+    let (table, taken_over) = build_table(&cfg, &opts.config, &*store, stored, &own, clock.now())?;
 
     // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
     let metrics_listener = match cfg.metrics_listen {
@@ -194,6 +206,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     core.https = https;
     core.users = users;
     core.portal = portal_info.clone();
+    core.own = own;
     core.take_over(taken_over)?;
     core.sync_serial();
     let routes = core.table.len();
@@ -412,7 +425,10 @@ pub(super) async fn event_loop(
                 on_core(core, move |c| c.apply_remote(r)).await;
             }
             _ = egress.tick() => {
-                if let Some(Err(e)) = on_core(core, |c| c.dataplane.refresh_egress()).await {
+                if let Some(Err(e)) = on_core(core, |c| {
+                    c.refresh_own();
+                    c.dataplane.refresh_egress()
+                }).await {
                     warn!("refreshing egress modes: {e:#}");
                 }
             }

@@ -11,7 +11,7 @@ use std::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{self, check_route, format_duration, Config, ConfigUser, RouteRequest},
+    config::{self, check_backend, check_route, format_duration, Config, ConfigUser, RouteRequest},
     kernel::dataplane::{Counters, Dataplane},
     serve::api::{ApiError, Removed, RouteView, RoutesReply},
     table::cluster::Remote,
@@ -75,6 +75,8 @@ impl Core {
             own_seen: HashMap::new(),
             published: HashMap::new(),
             last_publish: None,
+            own: config::OwnAddresses::default(),
+            interfaces: crate::kernel::sys::interfaces,
             store,
         }
     }
@@ -110,6 +112,54 @@ impl Core {
             .record(now, &readings);
         self.observe();
         Ok(())
+    }
+
+    /// Reads the gateway's own addresses again (an address added to an interface at run
+    /// time): new routes are checked against them from now on, a runtime route that now
+    /// points at one is removed, and a config route that does is named in an error (the
+    /// file owns it; the web routers refuse to connect to it).
+    pub(super) fn refresh_own(&mut self) {
+        let interfaces = match (self.interfaces)() {
+            Ok(i) => i,
+            Err(e) => {
+                warn!("reading the interfaces' addresses: {e}; keeping the last ones");
+                return;
+            }
+        };
+        self.set_own(self.started.own_addresses(&interfaces));
+    }
+
+    /// Takes `own` as the gateway's own addresses; see [`Core::refresh_own`].
+    pub(super) fn set_own(&mut self, own: config::OwnAddresses) {
+        if own == self.own {
+            return;
+        }
+        let before = std::mem::replace(&mut self.own, own);
+        // Proportional to the table, but only when the machine's addresses change.
+        let mut runtime = Vec::new();
+        for e in self.table.entries() {
+            let Err(rule) = check_backend(e.route.backend, &self.own) else {
+                continue;
+            };
+            if e.source == Source::Runtime {
+                error!(route = %e.route.key(), "this route's backend is now the gateway itself: {rule}; removing the route");
+                runtime.push(e.clone());
+            } else {
+                error!(route = %e.route.key(), "this config route's backend is now the gateway itself: {rule}; remove it from the config file (SIGHUP refuses the file until then)");
+            }
+        }
+        if !runtime.is_empty() {
+            if self
+                .remove_entries("whose backend became the gateway itself", &runtime)
+                .is_err()
+            {
+                // Logged there; the routes stay. Forgetting the new addresses makes the
+                // next refresh try again.
+                self.own = before;
+                return;
+            }
+            self.flush_here("removing routes to the gateway itself");
+        }
     }
 
     pub(super) fn stored_routes(&self) -> Vec<StoredRoute> {
@@ -278,6 +328,22 @@ impl Core {
             let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
             ApiError::field(400, field, format!("invalid route:\n{}", list.join("\n")))
         })?;
+        // The gateway's rule, for admins too: before the students' own rule, which a
+        // CIDR covering the gateway's private address would pass. The addresses are read
+        // again here, so one that arrived since the last refresh counts at once.
+        // Unreadable, they fail the add closed: the rule is not skipped.
+        let fresh = (self.interfaces)()
+            .map(|i| self.started.own_addresses(&i))
+            .map_err(|e| {
+                error!("route add: reading this gateway's addresses: {e}");
+                ApiError::new(
+                    503,
+                    format!("cannot read this gateway's own addresses to check the backend against them: {e}"),
+                )
+            })?;
+        check_backend(draft.backend, &self.own)
+            .and_then(|()| check_backend(draft.backend, &fresh))
+            .map_err(|e| ApiError::field(403, "backend", e))?;
         if let Some(user) = owner {
             check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
         }
@@ -740,6 +806,10 @@ impl Core {
         }
         for s in puts {
             let key = s.route.key();
+            if let Err(rule) = check_backend(s.route.backend, &self.own) {
+                error!(route = %key, "cluster: the shared table's {key} is not forwarded here: {rule}");
+                continue;
+            }
             match self
                 .table
                 .insert(s.route, Source::Runtime, s.added, s.last_seen)

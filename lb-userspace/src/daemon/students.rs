@@ -112,6 +112,18 @@ impl Core {
             .collect();
         if !runtime.is_empty() {
             self.remove_entries(&format!("routes of user {name}"), &runtime)?;
+            // The deletions must be durable before the account's removal is: a crash in
+            // between would otherwise bring the routes back without their account. So this
+            // one change flushes under the lock (one fsync; user rm is rare).
+            for commit in std::mem::take(&mut self.unflushed) {
+                if let Err(e) = commit.wait() {
+                    error!(user = %name, "user rm: {e}");
+                    return Err(ApiError::new(
+                        500,
+                        format!("the routes are removed but may come back after a crash, so the account is kept: {e}"),
+                    ));
+                }
+            }
         }
         let gone = self.users.remove(name).map_err(user_error)?;
         if let Err(e) = self.store.save_accounts(&self.users) {

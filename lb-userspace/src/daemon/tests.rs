@@ -93,6 +93,7 @@ impl Rig {
         // As at a real start, the store holds the runtime routes the table was built from.
         store.state().routes = stored_routes(&table);
         let mut core = Core::new(table, maps.boxed(), store.boxed(), &cfg, Clock::default());
+        core.interfaces = fake_interfaces;
         core.take_over(false).unwrap();
         Rig { core, maps, store }
     }
@@ -1121,4 +1122,238 @@ fn own_last_seen_times_are_published_coarsely() {
     rig.store.state().unreachable = false;
     publish(&mut rig);
     assert_eq!(rig.store.state().published.len(), 3);
+}
+
+/// `user rm --with-routes` through the API handle, with a crash right after the accounts
+/// file is written: the routes' deletions must be durable by then, or the restarted
+/// gateway would load routes of a user it no longer has (and, deleted later, older
+/// last-seen times).
+#[test]
+fn a_crash_after_user_rm_leaves_no_route_without_its_account() {
+    let rig = Rig::new();
+    let store = rig.store.clone();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let handle = Handle {
+        core: Arc::new(Mutex::new(rig.core)),
+        shutdown: tx,
+    };
+    handle
+        .user_add(user_request("alice", &["10.0.0.0/24"], 4))
+        .unwrap();
+    handle.claim("alice", claim("ssh", "10.0.0.11:22")).unwrap();
+    handle.claim("alice", claim("web", "10.0.0.11:80")).unwrap();
+    assert_eq!(
+        store.state().durable_routes.len(),
+        2,
+        "the claims are durable"
+    );
+
+    handle.user_remove("alice", true).unwrap();
+    let s = store.state();
+    let (routes, users) = s.accounts_saves.last().expect("the accounts were saved");
+    assert!(users.get("alice").is_none());
+    let orphans: Vec<String> = routes
+        .iter()
+        .filter(|r| users.get(&r.route.name).is_none())
+        .map(|r| r.route.key().to_string())
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "a crash after accounts.json leaves routes without an account: {orphans:?}"
+    );
+    assert!(s.durable_routes.is_empty());
+    drop(s);
+
+    // A deletion whose flush fails keeps the account (a route left without it is worse).
+    handle
+        .user_add(user_request("bob", &["10.0.0.0/24"], 4))
+        .unwrap();
+    handle.claim("bob", claim("ssh", "10.0.0.12:22")).unwrap();
+    store.state().flush_fails = true;
+    let e = handle.user_remove("bob", true).unwrap_err();
+    assert_eq!(e.status, 500);
+    assert!(
+        e.reply.error.contains("account is kept"),
+        "{}",
+        e.reply.error
+    );
+    assert!(store.state().users.get("bob").is_some());
+}
+
+/// The interfaces of the daemon tests' machine: its private leg with 10.0.0.1.
+fn fake_interfaces() -> std::io::Result<Vec<config::Interface>> {
+    Ok(vec![config::Interface {
+        name: "priv0".into(),
+        loopback: false,
+        ipv4: vec!["10.0.0.1".parse().unwrap()],
+    }])
+}
+
+/// The gateway's own addresses in the daemon's tests: its private leg's.
+fn own() -> config::OwnAddresses {
+    config::OwnAddresses::new(&fake_interfaces().unwrap(), &[])
+}
+
+/// Issue 24's scenario: a student whose rule is the private /24 claims the gateway's own
+/// private address (its sshd), or link-local; an admin adds the same. All are refused,
+/// naming the rule, and nothing reaches the maps or the store.
+#[test]
+fn a_backend_that_is_the_gateway_itself_is_refused_to_students_and_admins() {
+    let mut rig = Rig::new();
+    rig.core.own = own();
+    rig.core
+        .user_add(user_request("eve", &["10.0.0.0/24"], 4))
+        .unwrap();
+    for backend in ["10.0.0.1:22", "169.254.169.254:80"] {
+        let e = rig.core.claim("eve", claim("http", backend)).unwrap_err();
+        assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("backend")));
+        assert!(
+            e.reply.error.contains(backend)
+                && (e.reply.error.contains("gateway itself")
+                    || e.reply.error.contains("link-local")),
+            "{}",
+            e.reply.error
+        );
+        let e = rig.core.add(request("root", backend)).unwrap_err();
+        assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("backend")));
+    }
+    assert!(rig.core.table.entries().next().is_none());
+    assert!(rig.maps.maps().frontends.is_empty());
+    assert!(rig.store.state().routes.is_empty());
+    // A neighbour on the same /24 is still the student's.
+    rig.core
+        .claim("eve", claim("http", "10.0.0.11:80"))
+        .unwrap();
+}
+
+/// A loaded table (the state file, or etcd at start) that holds a route to the gateway
+/// itself: the daemon starts, the route is left out and named, and the state file is
+/// rewritten without it (else its port could later be handed out twice).
+#[test]
+fn a_stored_route_to_the_gateway_itself_is_left_out_at_start() {
+    let store = FakeStore::new();
+    let stored_routes = vec![
+        stored("alice", 30001, "10.0.0.11:22"),
+        stored("eve", 30002, "10.0.0.1:22"),
+    ];
+    let (table, rewrite) = super::lifecycle::build_table(
+        &config(Vec::new()),
+        Path::new("srvgate.toml"),
+        &store,
+        stored_routes,
+        &own(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
+    assert!(rewrite, "the store must drop it too");
+    let names: Vec<String> = table.entries().map(|e| e.route.name.clone()).collect();
+    assert_eq!(names, ["alice"]);
+
+    // With the local state files: the start rewrites them without the route.
+    let dir = tempfile::tempdir().unwrap();
+    let public = gateway().public_ipv4;
+    {
+        let mut files = crate::table::state::StateStore::open(dir.path()).unwrap();
+        // Added just now, so that the start's reclaim pass leaves them alone.
+        let fresh = |s: StoredRoute| StoredRoute {
+            added: Clock::default().now(),
+            ..s
+        };
+        files
+            .save(&[
+                fresh(stored("alice", 30001, "10.0.0.11:22")),
+                fresh(stored("eve", 30002, "10.0.0.1:22")),
+            ])
+            .unwrap();
+    }
+    let files = crate::table::state::StateStore::open(dir.path()).unwrap();
+    let loaded = files.load(public).unwrap();
+    let (table, rewrite) = super::lifecycle::build_table(
+        &config(Vec::new()),
+        Path::new("srvgate.toml"),
+        &files,
+        loaded,
+        &own(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
+    let cfg = config(Vec::new());
+    let mut core = Core::new(
+        table,
+        FakeDataplane::new().boxed(),
+        Box::new(files),
+        &cfg,
+        Clock::default(),
+    );
+    core.interfaces = fake_interfaces;
+    core.take_over(rewrite).unwrap();
+    drop(core);
+    let files = crate::table::state::StateStore::open(dir.path()).unwrap();
+    let back: Vec<String> = files
+        .load(public)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.route.name)
+        .collect();
+    assert_eq!(back, ["alice"], "eve's route left the state file");
+}
+
+/// Another gateway's change (etcd's watch) naming this gateway's own address is not
+/// forwarded here.
+#[test]
+fn a_shared_route_to_the_gateway_itself_is_not_forwarded_here() {
+    let mut rig = Rig::new();
+    rig.core.own = own();
+    rig.core.apply_remote(Remote::Routes {
+        revision: 7,
+        changes: vec![
+            RouteChange::Put(stored("bob", 30002, "10.0.0.12:22")),
+            RouteChange::Put(stored("eve", 30003, "10.0.0.1:22")),
+        ],
+    });
+    assert!(rig.entry("bob").is_some());
+    assert!(rig.entry("eve").is_none());
+    let own_ip: std::net::Ipv4Addr = "10.0.0.1".parse().unwrap();
+    assert!(!rig
+        .maps
+        .maps()
+        .frontends
+        .values()
+        .any(|(backend, _)| *backend.ip() == own_ip));
+}
+
+/// The addresses are read again for every add, so one that arrived on an interface since
+/// the last periodic refresh is refused at once.
+#[test]
+fn an_address_added_at_run_time_is_refused_at_once() {
+    let mut rig = Rig::new();
+    rig.core.add(request("alice", "10.0.0.50:22")).unwrap();
+    rig.core.interfaces = || {
+        let mut i = fake_interfaces()?;
+        i[0].ipv4.push("10.0.0.50".parse().unwrap());
+        Ok(i)
+    };
+    let e = rig.core.add(request("bob", "10.0.0.50:80")).unwrap_err();
+    assert_eq!(e.status, 403);
+    assert!(e.reply.error.contains("\"priv0\""), "{}", e.reply.error);
+    // The periodic refresh takes it in and withdraws the runtime route already there
+    // from the table, the maps and the store (a config route is the file's: named only).
+    rig.core.refresh_own();
+    assert!(rig.core.own.holder("10.0.0.50".parse().unwrap()).is_some());
+    assert!(rig.entry("alice").is_none());
+    assert!(rig.maps.maps().frontends.is_empty());
+    assert!(rig.store.state().routes.is_empty());
+    rig.assert_agree();
+}
+
+/// Unable to read the machine's addresses, an add fails closed rather than skipping the
+/// gateway's rule.
+#[test]
+fn an_add_is_refused_when_the_addresses_cannot_be_read() {
+    let mut rig = Rig::new();
+    rig.core.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    let e = rig.core.add(request("alice", "10.0.0.11:22")).unwrap_err();
+    assert_eq!(e.status, 503, "{}", e.reply.error);
+    assert!(e.reply.error.contains("addresses"), "{}", e.reply.error);
+    assert!(rig.entry("alice").is_none());
 }

@@ -360,13 +360,53 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
         .map_err(|_| timed_out("write"))?
 }
 
-/// Connects to a backend within [`CONNECT_TIMEOUT`]; a timeout is `TimedOut`.
+/// Connects to a backend within [`CONNECT_TIMEOUT`]; a timeout is `TimedOut`. A backend
+/// that is the gateway itself is `PermissionDenied` ([`not_self`]), whatever the table
+/// says: the table's rule is checked when a route is added, and an address can arrive on
+/// an interface later.
 pub async fn connect(addr: SocketAddrV4) -> io::Result<TcpStream> {
+    // Before any SYN, so the gateway's own service never sees the connection: the source
+    // address the kernel's routing picks for `addr` (a UDP socket's connect sends
+    // nothing). Without a route, the TCP connect below fails on its own.
+    let source = route_source(addr)
+        .unwrap_or_else(|_| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)));
+    not_self(addr, source, cfg!(test))?;
     let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| timed_out("connect"))??;
+    not_self(addr, s.local_addr()?, cfg!(test))?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+/// The local address the kernel would use toward `addr`: `addr` itself when it is one of
+/// this machine's own.
+fn route_source(addr: SocketAddrV4) -> io::Result<SocketAddr> {
+    let probe = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+    probe.connect(addr)?;
+    probe.local_addr()
+}
+
+/// Refuses a backend connection that reached the gateway itself: `addr` breaking the
+/// backend rule's fixed part (`config::check_backend`: loopback, link-local, ...), or a
+/// `local` address equal to the peer's, which is how the kernel connects to one of its own
+/// addresses (any interface's, also one added after the route was checked). A refused
+/// connection has carried no byte of the client's. `allow_loopback` is for the unit
+/// tests, whose backends listen on loopback.
+fn not_self(addr: SocketAddrV4, local: SocketAddr, allow_loopback: bool) -> io::Result<()> {
+    if allow_loopback && addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let refuse = |rule: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, rule));
+    if let Err(rule) = config::check_backend(addr, &config::OwnAddresses::default()) {
+        return refuse(rule);
+    }
+    if local.ip() == std::net::IpAddr::V4(*addr.ip()) {
+        return refuse(format!(
+            "backend {addr} is an address of the gateway itself; the web routers never relay to it"
+        ));
+    }
+    Ok(())
 }
 
 /// The failure a backend connection error counts as.
@@ -546,6 +586,51 @@ mod tests {
         assert_eq!(route_name("alice.ssh.lab.example", s), None);
         assert_eq!(route_name("alicehttp.lab.example", s), None);
         assert_eq!(route_name(".http.lab.example", s), None);
+    }
+
+    /// Defence in depth: whatever the table says, a web router never relays to the gateway
+    /// itself. A connection whose local address is its peer's went to one of this
+    /// machine's own addresses (the kernel's answer at connect time, so an address added
+    /// after the route was checked is caught too).
+    #[tokio::test]
+    async fn a_router_never_connects_to_the_gateway_itself() {
+        let own = crate::kernel::sys::interfaces()
+            .unwrap()
+            .into_iter()
+            .filter(|i| !i.loopback)
+            .flat_map(|i| i.ipv4)
+            .find(|a| !a.is_loopback() && !a.is_link_local());
+        let Some(own) = own else {
+            eprintln!("skipped: this machine has no non-loopback IPv4 address to connect to");
+            return;
+        };
+        let l = tokio::net::TcpListener::bind((own, 0)).await.unwrap();
+        let addr = match l.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        let e = connect(addr).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        assert!(e.to_string().contains("gateway itself"), "{e}");
+        // Refused before a SYN: the gateway's service never sees the connection (one
+        // completed by the kernel would be waiting in the backlog at once).
+        let accepted = tokio::time::timeout(Duration::from_millis(500), l.accept()).await;
+        assert!(
+            accepted.is_err(),
+            "the service saw a connection: {accepted:?}"
+        );
+        // Loopback is refused by the rule alone (the unit tests' own backends live there,
+        // so only `connect` in a test build lets it through).
+        let lo = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 22);
+        let e = not_self(lo, SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)), false).unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let far = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), 80);
+        not_self(
+            far,
+            SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000)),
+            false,
+        )
+        .unwrap();
     }
 
     #[tokio::test]

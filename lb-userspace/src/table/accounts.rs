@@ -7,13 +7,13 @@ use std::{
     collections::BTreeMap,
     fs, io,
     path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    table::state::{write_atomically, StateError},
+    table::state::{from_unix, write_atomically, StateError},
     table::users::{parse_rules, User, Users},
 };
 
@@ -110,15 +110,17 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Users, StateError> {
             max_routes: u.max_routes,
             admin: u.admin,
             token_sha256,
-            created: UNIX_EPOCH + Duration::from_secs(u.created_unix),
+            created: from_unix(u.created_unix)
+                .map_err(|e| corrupt(format!("{}: {e}", at("created_unix"))))?,
             from_config: u.from_config,
         });
     }
-    let cooldown: BTreeMap<u16, SystemTime> = file
-        .cooldown
-        .into_iter()
-        .map(|c| (c.port, UNIX_EPOCH + Duration::from_secs(c.until_unix)))
-        .collect();
+    let mut cooldown = BTreeMap::new();
+    for (i, c) in file.cooldown.into_iter().enumerate() {
+        let until = from_unix(c.until_unix)
+            .map_err(|e| corrupt(format!("cooldown[{}].until_unix: {e}", i + 1)))?;
+        cooldown.insert(c.port, until);
+    }
     Ok(Users::new(users, cooldown))
 }
 
@@ -159,6 +161,7 @@ pub fn save(dir: &Path, users: &Users) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn accounts_round_trip_and_corruption_is_refused() {
@@ -205,6 +208,33 @@ mod tests {
             fs::write(&path, bad).unwrap();
             let e = load(dir.path()).unwrap_err();
             assert!(matches!(e, StateError::Corrupt { .. }), "{bad}: {e}");
+        }
+    }
+
+    /// A created or cool-down time past any real date is corruption naming the field, not
+    /// a panic (the old `UNIX_EPOCH + Duration::from_secs` overflowed).
+    #[test]
+    fn a_huge_stored_time_is_corruption_not_a_panic() {
+        let huge = u64::MAX;
+        for (text, field) in [
+            (
+                format!(
+                    r#"{{"version":1,"users":[{{"name":"a","backends":[],"max_routes":1,"created_unix":{huge}}}]}}"#
+                ),
+                "users[1].created_unix",
+            ),
+            (
+                format!(
+                    r#"{{"version":1,"users":[],"cooldown":[{{"port":30001,"until_unix":{huge}}}]}}"#
+                ),
+                "cooldown[1].until_unix",
+            ),
+        ] {
+            let e =
+                parse(Path::new("/var/lib/srvgate/accounts.json"), text.as_bytes()).unwrap_err();
+            assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
+            let e = e.to_string();
+            assert!(e.contains("accounts.json") && e.contains(field), "{e}");
         }
     }
 }

@@ -237,6 +237,21 @@ struct Snapshot {
 
 /// Gives each route the latest last-seen time any gateway published for it (a route never
 /// seen keeps what it had).
+/// A last-seen value read from etcd; one that is not Unix seconds in range (damage, or a
+/// time past year 9999) is ignored with a warning naming its key: one gateway's time of
+/// one route is not worth refusing the table for.
+fn seen_value(key: &[u8], value: &[u8]) -> Option<SystemTime> {
+    let at = keys::decode_seen(value);
+    if at.is_none() {
+        warn!(
+            key = %String::from_utf8_lossy(key),
+            value = %String::from_utf8_lossy(&value[..value.len().min(32)]),
+            "etcd: ignoring a last-seen value that is not Unix seconds up to year 9999"
+        );
+    }
+    at
+}
+
 pub fn merge_seen(routes: &mut [StoredRoute], seen: &[(RouteKey, String, SystemTime)]) {
     let mut latest: std::collections::HashMap<&RouteKey, SystemTime> =
         std::collections::HashMap::new();
@@ -832,7 +847,7 @@ async fn load(client: &mut Client) -> Result<Snapshot, String> {
                     snapshot.leader = Some(String::from_utf8_lossy(kv.value()).into_owned())
                 }
                 Kind::Seen(k, id) => {
-                    if let Some(at) = keys::decode_seen(kv.value()) {
+                    if let Some(at) = seen_value(kv.key(), kv.value()) {
                         snapshot.seen.push((k, id, at));
                     }
                 }
@@ -1071,7 +1086,7 @@ async fn watch(
                 ),
                 // This gateway's own times are in its table already.
                 Kind::Seen(k, id) if !deleted && id != gateway_id => {
-                    if let Some(at) = keys::decode_seen(kv.value()) {
+                    if let Some(at) = seen_value(kv.key(), kv.value()) {
                         seen.push((k, at));
                     }
                 }

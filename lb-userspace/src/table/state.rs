@@ -508,20 +508,88 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn from_unix(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+/// The latest stored time srvgate accepts: 9999-12-31T23:59:59Z. Far past any real date,
+/// and far enough below `SystemTime`'s limit that adding a cool-down or `reclaim_after`
+/// to it cannot overflow either.
+pub const MAX_STORED_UNIX: u64 = 253_402_300_799;
+
+/// A stored time (Unix seconds) as a `SystemTime`: the one conversion of every time read
+/// from a file or a shared store. A value past [`MAX_STORED_UNIX`] is damage, refused with
+/// a reason naming it, never the panic of `UNIX_EPOCH + Duration` on overflow.
+pub(crate) fn from_unix(secs: u64) -> Result<SystemTime, String> {
+    if secs > MAX_STORED_UNIX {
+        return Err(format!(
+            "{secs} is past any real date (at most {MAX_STORED_UNIX}, the end of year 9999)"
+        ));
+    }
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .ok_or_else(|| format!("{secs} is not a time this system can represent"))
+}
+
+impl RawRoute {
+    /// The route's stored times; an error names the bad field.
+    fn times(&self) -> Result<(SystemTime, Option<SystemTime>), String> {
+        let added = from_unix(self.added_unix).map_err(|e| format!("added_unix: {e}"))?;
+        let last_seen = self
+            .last_seen_unix
+            .map(from_unix)
+            .transpose()
+            .map_err(|e| format!("last_seen_unix: {e}"))?;
+        Ok((added, last_seen))
+    }
+}
+
+/// The steps of a snapshot whose order makes it crash-safe, behind a seam so that a test
+/// can record them.
+trait Disk {
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+struct RealDisk;
+
+impl Disk for RealDisk {
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir).and_then(|d| d.sync_all())
+    }
 }
 
 /// Writes the snapshot, then deletes the segments up to `covered`, which it includes.
 fn write_snapshot(dir: &Path, routes: &[StoredRoute], covered: u64) -> Result<(), StateError> {
+    write_snapshot_on(&RealDisk, dir, routes, covered)
+}
+
+fn write_snapshot_on(
+    disk: &dyn Disk,
+    dir: &Path,
+    routes: &[StoredRoute],
+    covered: u64,
+) -> Result<(), StateError> {
     write_atomically(dir, STATE_FILE, &render(routes))?;
+    let mut unlinked = false;
     for (n, path) in journal::segments(dir)? {
         if n > covered {
             break;
         }
-        fs::remove_file(&path).map_err(|error| StateError::Io {
+        disk.remove_file(&path).map_err(|error| StateError::Io {
             path: path.clone(),
             action: "delete the journal segment",
+            error,
+        })?;
+        unlinked = true;
+    }
+    // An unlink is durable only once the directory is. A segment a crash brings back is
+    // replayed over the snapshot although its lines are older: a last-seen time that only
+    // the snapshot moved forward would go back (an early reclaim). So the snapshot counts
+    // as written only once its segments are gone for good.
+    if unlinked {
+        disk.sync_dir(dir).map_err(|error| StateError::Io {
+            path: dir.to_path_buf(),
+            action: "fsync the state directory after deleting journal segments",
             error,
         })?;
     }
@@ -569,6 +637,13 @@ pub(crate) fn decode_routes(
                 r.protocol
             )));
         }
+        // Checked here as well as in `validate` so that the error names the key.
+        r.times().map_err(|e| {
+            corrupt(format!(
+                "{}: {e}",
+                crate::table::cluster::keys::route_key(key)
+            ))
+        })?;
         raw.push(r);
     }
     validate(path, raw, public_ipv4)
@@ -656,6 +731,7 @@ fn validate(
     for (i, r) in raw.into_iter().enumerate() {
         let n = i + 1;
         let field = |f: &str| format!("routes[{n}].{f}");
+        let times = r.times();
         let request = RouteRequest {
             name: r.name,
             service: r.service,
@@ -688,10 +764,17 @@ fn validate(
             }
             continue;
         }
+        let (added, last_seen) = match times {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("routes[{n}].{e}"));
+                continue;
+            }
+        };
         routes.push(StoredRoute {
             route,
-            added: from_unix(r.added_unix),
-            last_seen: r.last_seen_unix.map(from_unix),
+            added,
+            last_seen,
         });
     }
     if problems.is_empty() {

@@ -26,7 +26,7 @@
 use std::{
     net::Ipv4Addr,
     path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
@@ -92,7 +92,7 @@ pub fn decode_seen(value: &[u8]) -> Option<SystemTime> {
         return None;
     }
     let secs: u64 = std::str::from_utf8(value).ok()?.parse().ok()?;
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+    state::from_unix(secs).ok()
 }
 
 /// The end of the prefix's range: every key under it sorts before this.
@@ -205,6 +205,7 @@ pub fn decode_routes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn stored(name: &str, port: u16, backend: &str) -> StoredRoute {
         crate::testing::stored_route(name, port, backend, Some(1_700_000_100))
@@ -330,5 +331,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("backend"), "{e}");
+    }
+
+    /// A value whose time is past any real date is refused naming the key, where the old
+    /// decoder panicked (and with it every gateway that loaded or watched the table).
+    #[test]
+    fn a_huge_time_in_a_value_is_refused_naming_the_key() {
+        let a = stored("alice", 30001, "10.0.0.5:22");
+        let key = route_key(&a.route.key());
+        let value = encode_route(&a).replace("1700000000", &u64::MAX.to_string());
+        let e = decode_routes(
+            "etcd",
+            &[(key.clone().into_bytes(), value.into_bytes())],
+            PUBLIC,
+        )
+        .unwrap_err();
+        assert!(e.contains(&key) && e.contains("added_unix"), "{e}");
+        assert_eq!(decode_seen(u64::MAX.to_string().as_bytes()), None);
     }
 }

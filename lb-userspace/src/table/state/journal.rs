@@ -235,7 +235,8 @@ impl Commit {
         Commit::new(move || Err(error))
     }
 
-    pub(super) fn new(wait: impl FnOnce() -> Result<(), StateError> + Send + 'static) -> Commit {
+    /// One whose wait runs `wait` (a store's flush; a fake's model of one).
+    pub(crate) fn new(wait: impl FnOnce() -> Result<(), StateError> + Send + 'static) -> Commit {
         Commit(Some(Box::new(wait)))
     }
 

@@ -149,7 +149,7 @@ fn recorded_changes_replay_over_the_snapshot_and_across_restarts() {
     let mut store = StateStore::open(dir.path()).unwrap();
     assert_eq!(names(&store.load(PUBLIC).unwrap()), ["bob", "carol"]);
     let seen = StoredRoute {
-        last_seen: Some(from_unix(1_700_000_900)),
+        last_seen: Some(from_unix(1_700_000_900).unwrap()),
         ..bob.clone()
     };
     store
@@ -300,4 +300,94 @@ fn a_routes_proxy_protocol_survives_the_journal_and_the_snapshot() {
     assert_eq!(store.load(PUBLIC).unwrap(), vec![web.clone()]);
     store.save(std::slice::from_ref(&web)).unwrap();
     assert_eq!(store.load(PUBLIC).unwrap(), vec![web]);
+}
+
+/// A stored time past any real date (here u64::MAX seconds) is corruption naming the file
+/// and field, not a panic in `UNIX_EPOCH + Duration`: one bad value must not crash every
+/// daemon that reads it.
+#[test]
+fn a_huge_stored_time_is_corruption_not_a_panic() {
+    let good = render(&[stored("alice", 30000, "10.0.0.11:22", Some(1_700_000_500))]);
+    let huge = u64::MAX.to_string();
+    let msg = corrupt_reason(&good.replace("1700000000", &huge));
+    assert!(msg.contains("routes[1].added_unix"), "{msg}");
+    assert!(msg.contains(&huge), "{msg}");
+    let msg = corrupt_reason(&good.replace("1700000500", &huge));
+    assert!(msg.contains("routes[1].last_seen_unix"), "{msg}");
+
+    // The same in a journal line.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StateStore::open(dir.path()).unwrap();
+    let bob = stored("bob", 30001, "10.0.0.12:22", None);
+    store
+        .record(&[put(&bob)], &Vec::new)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let seg = dir.path().join(&segment_files(dir.path())[0]);
+    let line = fs::read_to_string(&seg).unwrap();
+    fs::write(&seg, line.replace("1700000000", &huge)).unwrap();
+    let e = store.load(PUBLIC).unwrap_err();
+    assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("routes.journal.1") && e.contains("added_unix"),
+        "{e}"
+    );
+}
+
+/// Records a snapshot's unlinks and directory fsyncs, doing them for real.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl Disk for Recorder {
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        self.0.lock().unwrap().push(format!("unlink {name}"));
+        RealDisk.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.0.lock().unwrap().push("fsync dir".into());
+        RealDisk.sync_dir(dir)
+    }
+}
+
+/// A snapshot's unlinks of the segments it covers are made durable by an fsync of the
+/// directory before it reports success: until then a crash can bring a segment back, and
+/// with it older last-seen times than the snapshot's (an early reclaim).
+#[test]
+fn a_snapshot_fsyncs_the_directory_after_unlinking_its_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = stored("alice", 30000, "10.0.0.11:22", None);
+    {
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store
+            .record(&[put(&alice)], &Vec::new)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    {
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store
+            .record(&[delete(&alice)], &Vec::new)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    let disk = Recorder::default();
+    write_snapshot_on(&disk, dir.path(), &[], 2).unwrap();
+    assert!(segment_files(dir.path()).is_empty());
+    let ops = disk.0.into_inner().unwrap();
+    let last_unlink = ops.iter().rposition(|o| o.starts_with("unlink")).unwrap();
+    assert_eq!(
+        ops[last_unlink - 1..],
+        [
+            "unlink routes.journal.1",
+            "unlink routes.journal.2",
+            "fsync dir"
+        ],
+        "{ops:?}"
+    );
 }
