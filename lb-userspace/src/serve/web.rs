@@ -573,7 +573,7 @@ async fn accept_loop<R: Router>(listener: TcpListener, local: SocketAddr, shared
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::{net::Ipv4Addr, time::Instant};
 
     use super::*;
 
