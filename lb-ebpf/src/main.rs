@@ -49,6 +49,8 @@ mod program {
 
     const AF_INET: u8 = 2;
 
+    mod guard;
+
     #[map(name = "FRONTENDS")]
     static FRONTENDS: Array<Backend> = Array::with_max_entries(FRONTEND_SLOTS, 0);
     #[map(name = "REVERSE")]
@@ -175,6 +177,10 @@ mod program {
             return Ok(pass(counter::PASS_NOT_IPV4));
         }
         let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+        // Before the shape: fragments and packets with options are checked too.
+        if let Some(action) = guard::public_leg_guard(ctx, eth, ip) {
+            return Ok(action);
+        }
         // SAFETY: `ip` comes from `ptr_at`, which checked that the whole header lies
         // before `data_end`: inside the packet, which the program may read and write.
         let (version_ihl, frag_off, protocol) = unsafe {

@@ -21,6 +21,7 @@
 
 mod attach;
 mod encode;
+mod guard;
 mod maps;
 mod netdev;
 mod pins;
@@ -45,6 +46,7 @@ use lb_common::{
     CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, ROLE_PRIVATE, ROLE_PUBLIC,
 };
 
+pub use guard::{guard_entries, BOGONS};
 pub use maps::RouteCounterMap;
 pub use pins::{remove_pins, RemovedPins, DEFAULT_PIN_DIR};
 
@@ -303,9 +305,13 @@ pub struct XdpDataplane {
     pin_dir: PathBuf,
     /// The frontends found in pinned maps at start, before this run touched them.
     pinned_frontends: PinnedFrontends,
+    /// `SOURCE_GUARD`, refreshed with the legs (the machine's addresses can change).
+    source_guard: guard::SourceGuard,
     /// Links this run created and pinned; reused links live inside the program. Dropping
     /// either only closes a descriptor: the pin keeps the link attached.
     _links: Vec<PinnedLink>,
+    /// The egress guard's links on the public legs, pinned the same way.
+    _egress_links: Vec<PinnedLink>,
     _ebpf: Ebpf,
 }
 
