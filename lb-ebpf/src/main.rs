@@ -2,8 +2,9 @@
 //!
 //! One program serves every interface; the `INTERFACES` map says whether a leg is public
 //! (look up frontends) or private (look up replies). Anything the program does not own or
-//! cannot parse goes to the kernel untouched (`XDP_PASS`), and every verdict is counted in
-//! `GLOBAL_COUNTERS`, so nothing is dropped silently.
+//! cannot parse goes to the kernel untouched (`XDP_PASS`), but for what a public leg refuses
+//! first (`program/guard.rs`: spoofed sources, packets for private addresses), which is
+//! dropped; every verdict is counted in `GLOBAL_COUNTERS`, so nothing is dropped silently.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

@@ -2,8 +2,9 @@
 //! equal to the route table, and reading the counters back.
 //!
 //! Everything the kernel runs is pinned in bpffs under the pin directory (default
-//! `/sys/fs/bpf/srvgate`): every map by its name, and one BPF link per leg (`link_<ifname>`),
-//! so forwarding outlives the daemon. A daemon that starts and finds pins of an earlier run
+//! `/sys/fs/bpf/srvgate`): every map by its name, one BPF link per leg (`link_<ifname>`) and
+//! one per public leg for the egress guard (`egress_<ifname>`), so forwarding outlives the
+//! daemon. A daemon that starts and finds pins of an earlier run
 //! reuses the maps (entries, counters and all) and swaps its freshly loaded program into the
 //! existing links atomically (`bpf_link_update`): there is no moment without XDP on a leg.
 //! [`remove_pins`] (`srvgate down`, `--detach-on-exit`) is what detaches.
