@@ -114,6 +114,8 @@ pub enum DataplaneError {
         dir: PathBuf,
         what: String,
     },
+    #[error("the public legs' source guard needs {prefixes} prefixes (the machine's addresses, its private legs' subnets and the bogons), more than SOURCE_GUARD holds ({capacity}); remove addresses from the gateway's interfaces")]
+    GuardFull { prefixes: usize, capacity: u32 },
     #[error("srvgate is shutting down: the data plane is no longer changed")]
     Stopped,
     #[error("pinning the XDP link of {iface} at {}: {error}", path.display())]

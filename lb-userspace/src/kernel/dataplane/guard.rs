@@ -131,6 +131,13 @@ impl SourceGuard {
     /// removes what an earlier run left.
     pub(super) fn sync(&mut self, want: &BTreeMap<Prefix, u32>) -> Result<(), DataplaneError> {
         let name = map_names::SOURCE_GUARD;
+        if want.len() > lb_common::SOURCE_GUARD_ENTRIES as usize {
+            // Refused whole rather than cut: a missing own address would let its spoofs in.
+            return Err(DataplaneError::GuardFull {
+                prefixes: want.len(),
+                capacity: lb_common::SOURCE_GUARD_ENTRIES,
+            });
+        }
         let have = match self.written.take() {
             Some(w) => w,
             None => self
