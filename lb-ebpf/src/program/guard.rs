@@ -5,7 +5,8 @@
 //! program checks the source itself, before anything else looks at the packet: every IPv4
 //! frame sent to a public leg's MAC, fragments and packets with options included. The
 //! rules live in `SOURCE_GUARD`, an LPM trie the daemon fills (the gateway's own addresses,
-//! its legs' subnets, the fixed bogons), so one lookup answers. What the program passes to
+//! its legs' subnets, the fixed bogons), so one lookup answers, and only for addresses
+//! whose first octet `GUARD_OCTETS` says it has rules for. What the program passes to
 //! the kernel untranslated and the kernel then forwards out of a public leg is seen only on
 //! the way out: `srvgate_egress`, a tc program on each public leg, drops it there (after
 //! netfilter's POSTROUTING, so an admin's masquerade of the backends' own traffic has
@@ -14,11 +15,12 @@
 use aya_ebpf::{
     bindings::{xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH},
     macros::{classifier, map},
-    maps::{lpm_trie::Key, LpmTrie},
+    maps::{lpm_trie::Key, Array, LpmTrie},
     programs::TcContext,
 };
 use lb_common::{
-    counter, GUARD_INSIDE, GUARD_REFUSED_SOURCE, ROLE_PRIVATE, ROLE_PUBLIC, SOURCE_GUARD_ENTRIES,
+    counter, GUARD_INSIDE, GUARD_OCTETS_SLOTS, GUARD_REFUSED_SOURCE, ROLE_PRIVATE, ROLE_PUBLIC,
+    SOURCE_GUARD_ENTRIES,
 };
 use lb_ebpf::{addressed_to, zero_in_place, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IPV4};
 
@@ -27,6 +29,9 @@ use super::{count, interface, route_toward, FibParams, XdpContext, SETTINGS};
 /// What the gateway knows about addresses, by prefix (`lb_common::GUARD_*` bits).
 #[map(name = "SOURCE_GUARD")]
 static SOURCE_GUARD: LpmTrie<u32, u32> = LpmTrie::with_max_entries(SOURCE_GUARD_ENTRIES, 0);
+/// Which first octets `SOURCE_GUARD` has anything for (`lb_common::GUARD_OCTETS_SLOTS`).
+#[map(name = "GUARD_OCTETS")]
+static GUARD_OCTETS: Array<u32> = Array::with_max_entries(GUARD_OCTETS_SLOTS, 0);
 
 /// tcx's verdicts: let the next program (or the stack) have it; drop it.
 const TCX_NEXT: i32 = -1;
@@ -35,6 +40,12 @@ const TCX_DROP: i32 = 2;
 /// The `GUARD_*` bits of the longest prefix holding `addr` (network byte order); 0 if none.
 #[inline(always)]
 fn guard_bits(addr: u32) -> u32 {
+    if GUARD_OCTETS
+        .get(u32::from_be(addr) >> 24)
+        .is_none_or(|&any| any == 0)
+    {
+        return 0;
+    }
     // The layout of `lb_common::GuardKey`, which the daemon writes.
     SOURCE_GUARD.get(Key::new(32, addr)).copied().unwrap_or(0)
 }

@@ -47,7 +47,7 @@ use lb_common::{
     CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, ROLE_PRIVATE, ROLE_PUBLIC,
 };
 
-pub use guard::{guard_entries, BOGONS};
+pub use guard::{guard_entries, guard_octets, BOGONS};
 pub use maps::RouteCounterMap;
 pub use pins::{remove_pins, RemovedPins, DEFAULT_PIN_DIR};
 

@@ -105,10 +105,27 @@ pub fn guard_entries(
     out
 }
 
-/// `SOURCE_GUARD` through the daemon's descriptor, and what this run wrote into it.
+/// `GUARD_OCTETS` for `entries`: 1 for each first octet some prefix covers addresses of
+/// (a prefix shorter than 8 bits covers several), else 0.
+pub fn guard_octets(entries: &BTreeMap<Prefix, u32>) -> Vec<u32> {
+    let mut octets = vec![0; lb_common::GUARD_OCTETS_SLOTS as usize];
+    for &(addr, len) in entries.keys() {
+        let first = usize::from(addr.octets()[0]);
+        let span = 1usize << (8 - len.min(8));
+        for o in &mut octets[first..(first + span).min(256)] {
+            *o = 1;
+        }
+    }
+    octets
+}
+
+/// `SOURCE_GUARD` and `GUARD_OCTETS` through the daemon's descriptors, and what this run
+/// wrote into them.
 pub(super) struct SourceGuard {
     map: LpmTrie<MapData, u32, u32>,
     written: Option<BTreeMap<Prefix, u32>>,
+    octets: aya::maps::Array<MapData, u32>,
+    octets_written: Option<Vec<u32>>,
 }
 
 pub(super) fn key((addr, len): Prefix) -> Key<u32> {
@@ -123,7 +140,31 @@ impl SourceGuard {
             .ok_or(DataplaneError::Missing(name))?
             .try_into()
             .map_err(map_err(name))?;
-        Ok(SourceGuard { map, written: None })
+        let octets_name = map_names::GUARD_OCTETS;
+        let octets = ebpf
+            .take_map(octets_name)
+            .ok_or(DataplaneError::Missing(octets_name))?
+            .try_into()
+            .map_err(map_err(octets_name))?;
+        Ok(SourceGuard {
+            map,
+            written: None,
+            octets,
+            octets_written: None,
+        })
+    }
+
+    /// Writes the `GUARD_OCTETS` slots that differ from `want` (all of them the first time).
+    fn sync_octets(&mut self, want: Vec<u32>) -> Result<(), DataplaneError> {
+        let name = map_names::GUARD_OCTETS;
+        for (slot, &v) in (0u32..).zip(&want) {
+            let old = self.octets_written.as_ref().map(|w| w[slot as usize]);
+            if old != Some(v) {
+                self.octets.set(slot, v, 0).map_err(map_err(name))?;
+            }
+        }
+        self.octets_written = Some(want);
+        Ok(())
     }
 
     /// Makes the map hold exactly `want`: new and changed prefixes first, then those gone,
@@ -150,7 +191,7 @@ impl SourceGuard {
                 })
                 .collect(),
         };
-        if have == *want {
+        if have == *want && self.octets_written.is_some() {
             self.written = Some(have);
             return Ok(());
         }
@@ -159,6 +200,9 @@ impl SourceGuard {
                 self.map.insert(&key(p), bits, 0).map_err(map_err(name))?;
             }
         }
+        // After the new prefixes, before the old ones go: an octet marked too early or
+        // cleared too late only costs a lookup that finds nothing.
+        self.sync_octets(guard_octets(want))?;
         for &p in have.keys().filter(|p| !want.contains_key(p)) {
             match self.map.remove(&key(p)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
@@ -327,6 +371,27 @@ mod tests {
         let e = guard_entries(&legs, &[], "192.0.2.1".parse().unwrap());
         assert_eq!(lookup(&e, "192.0.2.1"), GUARD_REFUSED_SOURCE);
         assert_eq!(e.len(), BOGONS.len() + 1);
+    }
+
+    #[test]
+    fn the_octets_say_where_the_trie_has_rules() {
+        let legs = vec![
+            ("pub0".to_string(), ROLE_PUBLIC),
+            ("priv1".to_string(), ROLE_PRIVATE),
+        ];
+        let ifaces = [iface("priv1", &[("10.210.2.1", 24)])];
+        let e = guard_entries(&legs, &ifaces, "203.0.113.10".parse().unwrap());
+        let octets = guard_octets(&e);
+        let marked: Vec<usize> = (0..256).filter(|&o| octets[o] != 0).collect();
+        let mut want = vec![0, 10, 127, 169, 203];
+        want.extend(224..256);
+        assert_eq!(marked, want);
+        // Every address the trie has bits for starts with a marked octet.
+        for addr in ["10.210.2.5", "203.0.113.10", "231.1.1.1", "255.255.255.255"] {
+            let first = usize::from(addr.parse::<Ipv4Addr>().unwrap().octets()[0]);
+            assert_ne!(lookup(&e, addr), 0, "{addr}");
+            assert_eq!(octets[first], 1, "{addr}");
+        }
     }
 
     #[test]

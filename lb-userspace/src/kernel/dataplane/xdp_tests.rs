@@ -17,12 +17,12 @@ use lb_common::{
     counter, frontend_slot, map_names, Backend, CsumScratch, GuardKey, HairpinKey, HairpinValue,
     Interface, LegSlot, NextHop, ReverseKey, ReverseValue, RouteCounters, Settings, BACKEND_LIVE,
     CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_PASS, EGRESS_PROGRAM_NAME, EGRESS_REDIRECT,
-    FRONTEND_SLOTS, HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS, MAX_HAIRPIN, MAX_INTERFACES, MAX_ROUTES,
-    NEXT_HOP_SLOTS, NEXT_HOP_USES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP, ROLE_PRIVATE, ROLE_PUBLIC,
-    SOURCE_GUARD_ENTRIES,
+    FRONTEND_SLOTS, GUARD_OCTETS_SLOTS, HAIRPIN_LIVE_NS, LEG_CACHE_SLOTS, MAX_HAIRPIN,
+    MAX_INTERFACES, MAX_ROUTES, NEXT_HOP_SLOTS, NEXT_HOP_USES, PROGRAM_NAME, PROTO_TCP, PROTO_UDP,
+    ROLE_PRIVATE, ROLE_PUBLIC, SOURCE_GUARD_ENTRIES,
 };
 
-use super::{guard, guard_entries, maps::Plain, pins::object_maps, PROGRAM};
+use super::{guard, guard_entries, guard_octets, maps::Plain, pins::object_maps, PROGRAM};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -57,7 +57,7 @@ const DNS_ID: u32 = 6;
 fn the_objects_maps_are_lb_commons() {
     let maps: std::collections::HashMap<String, super::pins::MapShape> =
         object_maps().unwrap().into_iter().collect();
-    let want: [(&str, usize, usize, u32); 11] = [
+    let want: [(&str, usize, usize, u32); 12] = [
         (
             map_names::FRONTENDS,
             size_of::<u32>(),
@@ -123,6 +123,12 @@ fn the_objects_maps_are_lb_commons() {
             size_of::<GuardKey>(),
             size_of::<u32>(),
             SOURCE_GUARD_ENTRIES,
+        ),
+        (
+            map_names::GUARD_OCTETS,
+            size_of::<u32>(),
+            size_of::<u32>(),
+            GUARD_OCTETS_SLOTS,
         ),
     ];
     for (name, key, value, max) in want {
@@ -545,8 +551,13 @@ impl Harness {
         for k in old {
             m.remove(&k).unwrap();
         }
-        for (p, bits) in want {
+        for (&p, &bits) in &want {
             m.insert(&guard::key(p), bits, 0).unwrap();
+        }
+        let mut octets: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut(map_names::GUARD_OCTETS).unwrap()).unwrap();
+        for (slot, v) in (0u32..).zip(guard_octets(&want)) {
+            octets.set(slot, v, 0).unwrap();
         }
     }
 
