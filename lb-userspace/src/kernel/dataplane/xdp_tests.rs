@@ -2020,8 +2020,16 @@ fn a_public_leg_drops_sources_no_client_can_have() {
         RouteCounters::default(),
         "nothing reached a route"
     );
-    // A client of the world is translated as ever.
+    // A client of the world is translated as ever, also one whose address starts like
+    // the public address's (its first octet has rules: the trie is asked, and says none).
     let (_, out, verdict) = h.run(&to_dns, 1);
+    assert_eq!(name(verdict), name(counter::FWD_PASS_EGRESS));
+    assert_eq!(parse(&out).dst, (BACKEND, 53));
+    let neighbour = Ipv4Addr::new(203, 0, 113, 7);
+    let (_, out, verdict) = h.run(
+        &Frame::udp((neighbour, 40000), (PUBLIC, DNS_PORT)).bytes(),
+        1,
+    );
     assert_eq!(name(verdict), name(counter::FWD_PASS_EGRESS));
     assert_eq!(parse(&out).dst, (BACKEND, 53));
     // The backend's reply, on its private leg, from a private source: translated.
@@ -2037,6 +2045,22 @@ fn a_public_leg_drops_sources_no_client_can_have() {
         (action, name(verdict)),
         (XDP_PASS, name(counter::PASS_NOT_FOR_US))
     );
+    // A one-armed leg is public too: its own addresses and the bogons are refused there,
+    // its own subnet is the inside (a host there reaches the route as from inside).
+    let mut h = h;
+    h.one_armed();
+    for src in [PUBLIC, LEG, Ipv4Addr::new(127, 0, 0, 1)] {
+        let (action, _, verdict) = h.run(&from(to_dns.clone(), src), h.leg);
+        assert_eq!(
+            (action, name(verdict)),
+            (XDP_DROP, name(counter::DROP_PUBLIC_SOURCE)),
+            "{src} on the one-armed leg"
+        );
+    }
+    let inside = Frame::udp((INSIDE, 40000), (PUBLIC, DNS_PORT)).bytes();
+    let (_, out, verdict) = h.run(&inside, h.leg);
+    assert_eq!(name(verdict), name(counter::FWD_PASS_EGRESS));
+    assert_eq!(parse(&out).src.0, PUBLIC, "translated as from inside");
 }
 
 /// Issue 24, item 3: a packet arriving on a public leg for an address the kernel would
