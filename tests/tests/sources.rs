@@ -253,4 +253,62 @@ fn nothing_crosses_the_public_leg_untranslated() {
     let _ = finished(&lab, echo, "alice's echo service");
     assert!(verdict(&lab, "drop_to_private") >= 1.0);
     assert!(verdict(&lab, "drop_private_source") >= 2.0);
+
+    // The egress guard is pinned on the public leg only, like the XDP links; a restart
+    // keeps it; `srvgate down` takes it away with them: the same fragmented reply then
+    // leaves as the kernel forwards it, which shows the guard was what dropped it.
+    let pins = lab.pin_dir();
+    assert!(pins.join("egress_pub0").exists());
+    assert!(!pins.join("egress_priv1").exists() && !pins.join("egress_priv2").exists());
+    lab.stop_srvgate().unwrap();
+    let config = lab.write_file("again.toml", &config_toml(&routes)).unwrap();
+    lab.start_srvgate(&config, &[]).unwrap();
+    assert!(pins.join("egress_pub0").exists(), "after a restart");
+    let before = verdict(&lab, "drop_private_source");
+    assert_eq!(
+        python(
+            &lab,
+            &lab.b1,
+            BACKEND_SEND,
+            &["7007", CLIENT_IP, "3000", "plain"]
+        ),
+        "sent"
+    );
+    wait_until(
+        "the restarted guard's drops",
+        Duration::from_secs(10),
+        || verdict(&lab, "drop_private_source") > before,
+    );
+    let pid = lab.srvgate_pid().unwrap();
+    let dir = pins.display().to_string();
+    lab.srvgate_ctl_ok(&["down", "--pin-dir", &dir]).unwrap();
+    wait_until(
+        "srvgate to exit after down",
+        Duration::from_secs(10),
+        || !lab.is_running(pid),
+    );
+    lab.stop(pid, Duration::ZERO).unwrap();
+    let sniff = lab
+        .spawn(&lab.client, &["python3", "-c", SNIFF, "3"])
+        .unwrap();
+    let sniff_log = lab.log_path(sniff).unwrap();
+    wait_until(
+        "the client's packet socket",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&sniff_log).is_ok_and(|t| t.starts_with("ready")),
+    );
+    assert_eq!(
+        python(
+            &lab,
+            &lab.b1,
+            BACKEND_SEND,
+            &["7007", CLIENT_IP, "3000", "plain"]
+        ),
+        "sent"
+    );
+    let seen = finished(&lab, sniff, "the client's packet socket");
+    assert!(
+        seen.lines().any(|l| l.starts_with(&format!("{B1_IP} "))),
+        "after `srvgate down` the kernel's forwarding should be back as it was:\n{seen}"
+    );
 }
