@@ -50,7 +50,7 @@ fn guard_bits(addr: u32) -> u32 {
     SOURCE_GUARD.get(Key::new(32, addr)).copied().unwrap_or(0)
 }
 
-/// The verdict on a frame arriving on leg `ifindex` before the program looks further:
+/// The verdict on a frame, before the program looks further at it, by the leg it came in on:
 /// `Some(XDP_DROP)` (counted) for a frame sent to a public leg's MAC whose source no
 /// packet from outside may carry, or whose destination (not the public address) the
 /// kernel would forward into a private leg; `None`: carry on. Private legs, and frames not
