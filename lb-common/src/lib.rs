@@ -47,10 +47,50 @@ pub mod map_names {
     pub const CSUM_SCRATCH: &str = "CSUM_SCRATCH";
     pub const HAIRPIN_QUOTA: &str = "HAIRPIN_QUOTA";
     pub const BUDGETS: &str = "BUDGETS";
+    pub const SOURCE_GUARD: &str = "SOURCE_GUARD";
+    pub const GUARD_OCTETS: &str = "GUARD_OCTETS";
 }
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "srvgate";
+/// Name of the tc egress program of public legs in the object file (the leak guard).
+pub const EGRESS_PROGRAM_NAME: &str = "srvgate_egress";
+
+/// Capacity of `SOURCE_GUARD`: the fixed bogons, every address of the gateway and every
+/// subnet of its legs, with room to spare.
+pub const SOURCE_GUARD_ENTRIES: u32 = 1024;
+
+/// Slots of `GUARD_OCTETS`, one per first octet of an address: non-zero where some
+/// `SOURCE_GUARD` prefix covers addresses that start with it. An array lookup (inlined by
+/// the verifier) that spares most packets the trie's lookup, a helper call that cost the
+/// program more than a fifth of its time: a client whose address starts with an octet no
+/// rule covers has no `GUARD_*` bit.
+pub const GUARD_OCTETS_SLOTS: u32 = 256;
+
+/// Key of `SOURCE_GUARD`, an LPM trie: an IPv4 prefix, the address in network byte order
+/// (the trie matches bits from the first byte on, as the packet holds them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GuardKey {
+    /// Significant bits of `addr`, 0..=32 (32 for a lookup).
+    pub prefix_len: u32,
+    /// Network byte order.
+    pub addr: u32,
+}
+
+/// What the longest `SOURCE_GUARD` prefix holding an address says about it: a bitmask.
+/// The daemon folds every rule into each prefix it writes, so the one longest match is
+/// the whole answer.
+///
+/// `GUARD_REFUSED_SOURCE`: a source no packet arriving on a public leg may carry (one of
+/// the gateway's own addresses, a private-only leg's subnet, a bogon): dropped
+/// (`DROP_PUBLIC_SOURCE`).
+pub const GUARD_REFUSED_SOURCE: u32 = 1;
+/// `GUARD_INSIDE`: an address on a private leg (its subnets, less the addresses the
+/// gateway itself sends from on a public leg): a packet from it to an address that is not
+/// inside too must not leave a public leg untranslated (`DROP_PRIVATE_SOURCE`).
+pub const GUARD_INSIDE: u32 = 2;
 
 /// Where a frontend forwards to: the value of its `FRONTENDS` slot ([`frontend_slot`]).
 #[repr(C)]
@@ -431,8 +471,22 @@ pub mod counter {
     /// caused, as far as the error itself tells (`lb_ebpf::icmp_error_plausible`, and the
     /// leg it came in on): passed untouched, not translated to the flow's other end.
     pub const PASS_ICMP_IMPLAUSIBLE: u32 = 19;
+    /// Arrived on a public leg (addressed to its MAC) from a source no packet from there may
+    /// carry (`GUARD_REFUSED_SOURCE`: the gateway's own addresses, a private-only leg's
+    /// subnets, 0/8, 127/8, 169.254/16, multicast, 240/4 and broadcast): dropped. Forwarded,
+    /// its reply would come back from a backend to the gateway itself (the reflection loop
+    /// of issue 24) or to a host inside.
+    pub const DROP_PUBLIC_SOURCE: u32 = 20;
+    /// Arrived on a public leg (not a one-armed one) for an address other than the public
+    /// one that the kernel would forward into a private leg: dropped, as nothing from
+    /// outside may reach a private address except through a route.
+    pub const DROP_TO_PRIVATE: u32 = 21;
+    /// Leaving a public leg (the tc egress guard) from an inside address to one that is not
+    /// inside: something the kernel forwarded untranslated (a fragment, a packet with IP
+    /// options, a backend's own traffic without the admin's masquerade): dropped.
+    pub const DROP_PRIVATE_SOURCE: u32 = 22;
     /// Number of counters.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 23;
     /// Slots of `GLOBAL_COUNTERS`: more than `COUNT`, so that a build with new verdicts
     /// still fits the map an earlier build pinned.
     pub const SLOTS: u32 = 32;
@@ -459,6 +513,9 @@ pub mod counter {
         "drop_tx_budget",
         "csum_unchecked",
         "pass_icmp_implausible",
+        "drop_public_source",
+        "drop_to_private",
+        "drop_private_source",
     ];
 
     /// Whether counter `index` is a packet's verdict (each packet gets exactly one) rather
@@ -490,6 +547,7 @@ mod tests {
         assert_eq!(size_of::<HairpinValue>(), 16);
         assert_eq!(size_of::<NextHop>(), 48);
         assert_eq!(size_of::<Budget>(), 16);
+        assert_eq!(size_of::<GuardKey>(), 8);
         assert!(size_of::<CsumScratch>() >= (CSUM_CHECK_MAX as usize).next_multiple_of(4));
         assert_eq!(size_of::<CsumScratch>() % 512, 0);
         // Each route's two paths have slots of their own, wrapping around the cache.

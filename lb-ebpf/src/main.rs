@@ -2,8 +2,9 @@
 //!
 //! One program serves every interface; the `INTERFACES` map says whether a leg is public
 //! (look up frontends) or private (look up replies). Anything the program does not own or
-//! cannot parse goes to the kernel untouched (`XDP_PASS`), and every verdict is counted in
-//! `GLOBAL_COUNTERS`, so nothing is dropped silently.
+//! cannot parse goes to the kernel untouched (`XDP_PASS`), but for what a public leg refuses
+//! first (`program/guard.rs`: spoofed sources, packets for private addresses), which is
+//! dropped; every verdict is counted in `GLOBAL_COUNTERS`, so nothing is dropped silently.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -49,6 +50,8 @@ mod program {
     };
 
     const AF_INET: u8 = 2;
+
+    mod guard;
 
     #[map(name = "FRONTENDS")]
     static FRONTENDS: Array<Backend> = Array::with_max_entries(FRONTEND_SLOTS, 0);
@@ -209,6 +212,10 @@ mod program {
             return Ok(pass(counter::PASS_NOT_IPV4));
         }
         let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+        // Before the shape: fragments and packets with options are checked too.
+        if let Some(action) = guard::public_leg_guard(ctx, eth, ip) {
+            return Ok(action);
+        }
         // SAFETY: `ip` comes from `ptr_at`, which checked that the whole header lies
         // before `data_end`: inside the packet, which the program may read and write.
         let (version_ihl, frag_off, protocol) = unsafe {

@@ -147,6 +147,8 @@ pub struct Interface {
     pub name: String,
     pub loopback: bool,
     pub ipv4: Vec<Ipv4Addr>,
+    /// The same addresses, each with its prefix length (from its netmask).
+    pub ipv4_nets: Vec<(Ipv4Addr, u8)>,
 }
 
 /// `ip_local_port_range`: two numbers separated by whitespace.

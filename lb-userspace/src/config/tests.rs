@@ -551,6 +551,7 @@ fn iface(name: &str, loopback: bool, ipv4: &[&str]) -> Interface {
         name: name.into(),
         loopback,
         ipv4: ipv4.iter().map(|a| a.parse().unwrap()).collect(),
+        ipv4_nets: ipv4.iter().map(|a| (a.parse().unwrap(), 32)).collect(),
     }
 }
 

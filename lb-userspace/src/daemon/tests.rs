@@ -1186,6 +1186,7 @@ fn fake_interfaces() -> std::io::Result<Vec<config::Interface>> {
         name: "priv0".into(),
         loopback: false,
         ipv4: vec!["10.0.0.1".parse().unwrap()],
+        ipv4_nets: vec![("10.0.0.1".parse().unwrap(), 24)],
     }])
 }
 

@@ -2,8 +2,9 @@
 //! equal to the route table, and reading the counters back.
 //!
 //! Everything the kernel runs is pinned in bpffs under the pin directory (default
-//! `/sys/fs/bpf/srvgate`): every map by its name, and one BPF link per leg (`link_<ifname>`),
-//! so forwarding outlives the daemon. A daemon that starts and finds pins of an earlier run
+//! `/sys/fs/bpf/srvgate`): every map by its name, one BPF link per leg (`link_<ifname>`) and
+//! one per public leg for the egress guard (`egress_<ifname>`), so forwarding outlives the
+//! daemon. A daemon that starts and finds pins of an earlier run
 //! reuses the maps (entries, counters and all) and swaps its freshly loaded program into the
 //! existing links atomically (`bpf_link_update`): there is no moment without XDP on a leg.
 //! [`remove_pins`] (`srvgate down`, `--detach-on-exit`) is what detaches.
@@ -21,6 +22,7 @@
 
 mod attach;
 mod encode;
+mod guard;
 mod maps;
 mod netdev;
 mod pins;
@@ -45,6 +47,7 @@ use lb_common::{
     CSUM_FULL, CSUM_MAY_BE_PARTIAL, EGRESS_REDIRECT, ROLE_PRIVATE, ROLE_PUBLIC,
 };
 
+pub use guard::{guard_entries, guard_octets, BOGONS};
 pub use maps::RouteCounterMap;
 pub use pins::{remove_pins, RemovedPins, DEFAULT_PIN_DIR};
 
@@ -111,6 +114,8 @@ pub enum DataplaneError {
         dir: PathBuf,
         what: String,
     },
+    #[error("the public legs' source guard needs {prefixes} prefixes (the machine's addresses, its private legs' subnets and the bogons), more than SOURCE_GUARD holds ({capacity}); remove addresses from the gateway's interfaces")]
+    GuardFull { prefixes: usize, capacity: u32 },
     #[error("srvgate is shutting down: the data plane is no longer changed")]
     Stopped,
     #[error("pinning the XDP link of {iface} at {}: {error}", path.display())]
@@ -303,9 +308,13 @@ pub struct XdpDataplane {
     pin_dir: PathBuf,
     /// The frontends found in pinned maps at start, before this run touched them.
     pinned_frontends: PinnedFrontends,
+    /// `SOURCE_GUARD`, refreshed with the legs (the machine's addresses can change).
+    source_guard: guard::SourceGuard,
     /// Links this run created and pinned; reused links live inside the program. Dropping
     /// either only closes a descriptor: the pin keeps the link attached.
     _links: Vec<PinnedLink>,
+    /// The egress guard's links on the public legs, pinned the same way.
+    _egress_links: Vec<PinnedLink>,
     _ebpf: Ebpf,
 }
 

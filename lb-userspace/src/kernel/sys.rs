@@ -325,13 +325,19 @@ pub fn interfaces() -> io::Result<Vec<crate::config::Interface>> {
         };
         out[i].loopback |= ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
         // SAFETY: a non-null `ifa_addr` points to a sockaddr whose family says its type;
-        // for AF_INET it is a sockaddr_in.
+        // for AF_INET it is a sockaddr_in, and so is a non-null `ifa_netmask` beside it.
         unsafe {
             if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
                 let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                out[i]
-                    .ipv4
-                    .push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                let addr = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                let len = if ifa.ifa_netmask.is_null() {
+                    32
+                } else {
+                    let mask = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                    u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
+                };
+                out[i].ipv4.push(addr);
+                out[i].ipv4_nets.push((addr, len));
             }
         }
     }

@@ -140,12 +140,14 @@ impl XdpDataplane {
                     None
                 }
             },
+            source_guard: super::guard::SourceGuard::take(&mut ebpf)?,
             settings,
             public_addr: addr_be(gw.public_ipv4),
             mss: 0,
             pin_dir: pin_dir.to_path_buf(),
             pinned_frontends: PinnedFrontends::new(),
             _links: Vec::new(),
+            _egress_links: Vec::new(),
             _ebpf: ebpf,
         };
         dp.pinned_frontends = (0..)
@@ -192,6 +194,9 @@ impl XdpDataplane {
             }
         }
         dp._links = links;
+        // After XDP: the egress guard drops what the kernel forwards untranslated, which
+        // the program before this one passed to it too.
+        dp._egress_links = super::guard::attach_egress_guard(&mut dp._ebpf, &dp.legs, pin_dir)?;
         detach_dropped_legs(pin_dir, &dp.legs);
         Ok(dp)
     }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{
     encode::{frontend_entry, frontend_slot, reverse_entry, reverse_key},
-    netdev,
+    guard_entries, netdev,
     pins::remove_pins,
     plan, tcp_mss_for, CounterReader, Counters, Dataplane, DataplaneError, Leg, MapOp,
     PinnedFrontends, XdpDataplane,
@@ -114,6 +114,23 @@ impl XdpDataplane {
         }
         self.leg_cache_written = Some(want);
         Ok(())
+    }
+
+    /// Makes `SOURCE_GUARD` say what the machine's addresses now say ([`guard_entries`]).
+    /// Unreadable addresses keep what the map holds: the last known rules are better
+    /// than none.
+    fn refresh_source_guard(&mut self) -> Result<(), DataplaneError> {
+        let interfaces = match sys::interfaces() {
+            Ok(i) => i,
+            Err(e) => {
+                warn!("reading the interfaces' addresses failed ({e}); the source guard keeps its rules");
+                return Ok(());
+            }
+        };
+        let legs: Vec<(String, u8)> = self.legs.iter().map(|l| (l.name.clone(), l.role)).collect();
+        let public = std::net::Ipv4Addr::from(self.public_addr.to_ne_bytes());
+        self.source_guard
+            .sync(&guard_entries(&legs, &interfaces, public))
     }
 
     fn write_entry(&mut self, e: &Entry) -> Result<(), DataplaneError> {
@@ -227,7 +244,8 @@ impl Dataplane for XdpDataplane {
                 .insert(leg.ifindex, Plain(leg.interface()), 0)
                 .map_err(map_err(map_names::INTERFACES))?;
         }
-        self.write_leg_cache()
+        self.write_leg_cache()?;
+        self.refresh_source_guard()
     }
 
     /// Gives the program the time it stamps `last_seen_ns` with. Called at start and every

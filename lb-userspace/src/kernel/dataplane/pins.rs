@@ -12,13 +12,21 @@ use std::{
 use aya::maps::MapInfo;
 use tracing::{info, warn};
 
-use super::{DataplaneError, Leg, PROGRAM};
+use super::{
+    guard::{egress_pin_path, EGRESS_PREFIX},
+    DataplaneError, Leg, PROGRAM,
+};
 use crate::kernel::sys;
 
 /// Where maps and links are pinned unless `--pin-dir` says otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/srvgate";
 /// Prefix of the per-leg link pins; the rest of the name is the interface's.
 const LINK_PREFIX: &str = "link_";
+
+/// Whether the pin `name` is a link's (a leg's XDP link or a public leg's egress guard).
+fn is_link_pin(name: &str) -> bool {
+    name.starts_with(LINK_PREFIX) || name.starts_with(EGRESS_PREFIX)
+}
 
 /// missing bpffs is mounted (what systemd does at boot); anywhere else it is an error.
 pub(super) fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
@@ -91,7 +99,7 @@ pub(super) fn remove_retired_maps(dir: &Path) -> Result<(), DataplaneError> {
     let known: HashSet<String> = object_maps()?.into_iter().map(|(name, _)| name).collect();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(LINK_PREFIX) || known.contains(&name) {
+        if is_link_pin(&name) || known.contains(&name) {
             continue;
         }
         match std::fs::remove_file(entry.path()) {
@@ -142,15 +150,21 @@ pub(super) fn link_pin_path(dir: &Path, iface: &str) -> PathBuf {
     dir.join(format!("{LINK_PREFIX}{}", iface.replace('.', ":")))
 }
 
-/// Removes the link pins of interfaces that are no longer legs, which detaches XDP there.
+/// Removes the link pins of interfaces that are no longer legs, which detaches XDP there,
+/// and the egress guard's of legs that are no longer public.
 pub(super) fn detach_dropped_legs(dir: &Path, legs: &[Leg]) {
-    let keep: HashSet<PathBuf> = legs.iter().map(|l| link_pin_path(dir, &l.name)).collect();
+    let mut keep: HashSet<PathBuf> = legs.iter().map(|l| link_pin_path(dir, &l.name)).collect();
+    keep.extend(
+        legs.iter()
+            .filter(|l| l.role & lb_common::ROLE_PUBLIC != 0)
+            .map(|l| egress_pin_path(dir, &l.name)),
+    );
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(LINK_PREFIX) && !keep.contains(&entry.path()) {
+        if is_link_pin(&name) && !keep.contains(&entry.path()) {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => {
-                    info!(pin = %name, "XDP detached from an interface that is no longer a leg")
+                    info!(pin = %name, "detached from an interface that is no longer a leg (or no longer public)")
                 }
                 Err(e) => warn!("removing {}: {e}", entry.path().display()),
             }
@@ -182,7 +196,7 @@ pub fn remove_pins(dir: &Path) -> io::Result<RemovedPins> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         }
-        if name.starts_with(LINK_PREFIX) {
+        if is_link_pin(&name) {
             removed.links += 1;
         } else {
             removed.maps += 1;
