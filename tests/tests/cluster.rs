@@ -504,16 +504,24 @@ fn a_gateway_that_missed_compacted_revisions_resynchronises() {
         // connection hold for a stopped watcher, so that etcd stops holding them: its
         // watcher channel takes 1024 responses, the HTTP/2 windows and the sockets ~11 MB
         // more (~700 of these). 3000 revisions of 16 KiB.
+        // etcd demands a client certificate: the lab's admin one.
         let filler = r#"
-import base64, json, urllib.request
+import base64, json, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
 value = base64.b64encode(b"x" * 16384).decode()
 for i in range(3000):
     key = base64.b64encode(f"/srvgate/filler/{i}".encode()).decode()
     body = json.dumps({"key": key, "value": value}).encode()
-    urllib.request.urlopen(urllib.request.Request("http://10.210.41.5:2379/v3/kv/put", data=body), timeout=5).read()
+    urllib.request.urlopen(urllib.request.Request(sys.argv[4] + "/v3/kv/put", data=body), timeout=5, context=ctx).read()
 "#;
+        let pki = |f: &str| lab.pki(f).display().to_string();
+        let (ca, cert, key) = (pki("ca.pem"), pki("admin.pem"), pki("admin-key.pem"));
         let out = srvgate_tests::run_with_timeout(
-            &mut srvgate_tests::netns_command(&lab.etcd_ns, &["python3", "-c", filler]),
+            &mut srvgate_tests::netns_command(
+                &lab.etcd_ns,
+                &["python3", "-c", filler, &ca, &cert, &key, ETCD_URL],
+            ),
             Duration::from_secs(60),
         )
         .unwrap();
@@ -569,4 +577,132 @@ for i in range(3000):
         "cluster: gw2 {}",
         line.split("INFO").nth(1).unwrap_or(line).trim()
     );
+}
+
+/// `srvgate run` for gateway `n` with the config file `config`, expected to refuse to
+/// start: its exit code and stderr.
+fn refused_start(lab: &ClusterLab, n: usize, config: &str) -> (Option<i32>, String) {
+    let argv = lab.srvgate_argv(n, config, &[]).unwrap();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = srvgate_tests::run_with_timeout(
+        &mut srvgate_tests::netns_command(&lab.gws[n], &argv),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 24, item 7: etcd takes only clients with a certificate its CA signed, so whoever
+/// merely reaches it (here: a student's backend on the private network) cannot write
+/// `/srvgate/accounts` and make themselves admin, neither with plain HTTP nor with TLS and
+/// no certificate or another CA's; and a gateway refuses to start when etcd's certificate
+/// is not signed by its `cluster.ca` (naming the endpoint), when etcd refuses its
+/// certificate, or when its key is readable by others (naming the file).
+#[test]
+fn only_the_gateways_certificates_reach_etcd() {
+    let Some(lab) = ClusterLab::for_test("only_the_gateways_certificates_reach_etcd", "clt") else {
+        return;
+    };
+    lab.start_etcd().unwrap();
+    let admin_doc = r#"{"version":1,"users":[{"name":"eve","admin":true}]}"#;
+    let accounts = "/srvgate/accounts";
+    let stored = |lab: &ClusterLab| {
+        lab.etcdctl(&["get", accounts, "--print-value-only"])
+            .unwrap()
+    };
+    // etcdctl over TLS without a certificate, and with one another CA signed.
+    for (cert, ca) in [(None, "ca.pem"), (Some("rogue"), "ca.pem")] {
+        let out = lab
+            .etcdctl_as(cert, ca, &["put", accounts, admin_doc])
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "cluster: etcdctl put with certificate {cert:?}: {:?} {}",
+            out.status.code(),
+            stderr.trim()
+        );
+        assert!(!out.status.success(), "{cert:?}: {stderr}");
+    }
+    // Plain HTTP, and HTTPS without a certificate, through etcd's JSON gateway.
+    let body = r#"{"key":"L3NydmdhdGUvYWNjb3VudHM=","value":"eyJ2ZXJzaW9uIjoxfQ=="}"#;
+    for url in [
+        format!("http://{ETCD}:2379/v3/kv/put"),
+        format!("{ETCD_URL}/v3/kv/put"),
+    ] {
+        let ca = lab.pki("ca.pem").display().to_string();
+        let out = srvgate_tests::run_with_timeout(
+            &mut srvgate_tests::netns_command(
+                &lab.backend,
+                &["curl", "-sS", "-m", "5", "--cacert", &ca, "-d", body, &url],
+            ),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        eprintln!(
+            "cluster: curl {url}: {:?} {} {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    assert_eq!(
+        stored(&lab).trim(),
+        "",
+        "someone without a certificate wrote the accounts"
+    );
+
+    // A gateway whose CA did not sign etcd's certificate does not start, naming etcd.
+    let ca = lab.pki("ca.pem").display().to_string();
+    let other_ca = lab.pki("other-ca.pem").display().to_string();
+    let (code, stderr) = refused_start(&lab, 0, &lab.config(0).replace(&ca, &other_ca));
+    eprintln!("cluster: with another CA: {code:?} {}", stderr.trim());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(ETCD_URL), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+    // Nor one whose certificate etcd does not trust.
+    let gw1 = |f: &str| lab.pki(f).display().to_string();
+    let config = lab
+        .config(0)
+        .replace(&gw1("gw1.pem"), &gw1("rogue.pem"))
+        .replace(&gw1("gw1-key.pem"), &gw1("rogue-key.pem"));
+    let (code, stderr) = refused_start(&lab, 0, &config);
+    eprintln!(
+        "cluster: with a rogue certificate: {code:?} {}",
+        stderr.trim()
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(ETCD_URL), "{stderr}");
+    // Nor one whose key others can read: named, before anything is sent.
+    let open_key = lab.dir().join("open-key.pem");
+    std::fs::copy(lab.pki("gw1-key.pem"), &open_key).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let open_key = open_key.display().to_string();
+    let (code, stderr) = refused_start(
+        &lab,
+        0,
+        &lab.config(0).replace(&gw1("gw1-key.pem"), &open_key),
+    );
+    eprintln!(
+        "cluster: with a key others read: {code:?} {}",
+        stderr.trim()
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cluster.key {open_key}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("0644"), "{stderr}");
+
+    // With its own certificate it starts, and writes the accounts (an admin adds a user).
+    lab.start_srvgate(0).unwrap();
+    lab.ctl_ok(0, &["user", "add", "ann", "--backend", BACKEND])
+        .unwrap();
+    assert!(stored(&lab).contains("\"ann\""), "{}", lab.logs());
+    assert!(!stored(&lab).contains("eve"));
 }

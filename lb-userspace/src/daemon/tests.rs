@@ -699,6 +699,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
     new.cluster = Some(config::Cluster {
         etcd: vec!["http://10.0.0.2:2379".into()],
         gateway_id: "gw1".into(),
+        tls: None,
     });
     assert_eq!(restart_sections(&running, &new).last(), Some(&"[cluster]"));
     // A section added where there was none counts too.

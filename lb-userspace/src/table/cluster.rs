@@ -24,6 +24,7 @@
 //! decided cannot remove anything.
 
 pub mod keys;
+pub mod tls;
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -285,17 +286,26 @@ impl EtcdStore {
             action,
             reason,
         };
+        // Before the runtime: a bad file returns here, and dropping a runtime is refused
+        // on the async thread the daemon starts on (see `Drop`).
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            // A peer that vanishes without a reset (a cut cable) ends the watch within
+            // seconds instead of TCP's minutes.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        match &cluster.tls {
+            Some(t) => options = options.with_tls(tls::options(t)?),
+            None => warn!(
+                endpoints,
+                "cluster: etcd is reached over plain HTTP (insecure_http = true): whoever reaches it can read every account's token digest and write the accounts, i.e. make themselves admin; use https:// with a client certificate"
+            ),
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("srvgate-etcd")
             .enable_all()
             .build()
             .map_err(|e| unavailable("start its client", e.to_string()))?;
-        let options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            // A peer that vanishes without a reset (a cut cable) ends the watch within
-            // seconds instead of TCP's minutes.
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
         let urls = cluster.etcd.clone();
         let connected = run(&rt, async move {
             tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(urls, Some(options)))
@@ -776,8 +786,9 @@ fn describe(e: &etcd_client::Error) -> String {
         cause = c.source();
     }
     match last {
-        Some(c) => format!("{}: {c}", status.message()),
-        None => status.message().to_string(),
+        // tonic often puts the cause's own text in the message: once is enough.
+        Some(c) if c.to_string() != status.message() => format!("{}: {c}", status.message()),
+        _ => status.message().to_string(),
     }
 }
 

@@ -63,6 +63,18 @@ pub enum StateError {
     Version { path: PathBuf, found: u64 },
     #[error("{}: another srvgate is running with this state directory (it holds the lock); stop it first, or give this one its own --state-dir", path.display())]
     Locked { path: PathBuf },
+    /// `[cluster]`'s TLS file `field` (`cluster.ca`, `cluster.cert`, `cluster.key`) cannot
+    /// be used: the gateway does not start.
+    #[error("{field} {}: {reason}", path.display())]
+    ClusterFile {
+        field: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// A shared store refused a student's claim by its own count: the quota was reached
+    /// through other gateways, or the account was removed through one.
+    #[error("{0}")]
+    Claim(crate::table::users::Denied),
     /// A shared store did not answer: nothing was changed.
     #[error("etcd at {endpoints} is unreachable ({action}: {reason}); changes are refused until it answers, forwarding and DNS go on with the last table")]
     Unavailable {
