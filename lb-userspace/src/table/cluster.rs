@@ -679,8 +679,12 @@ impl Store for EtcdStore {
             })
             .collect();
         for chunk in puts.chunks(ROUTES_PER_TXN) {
+            // Without a stamp nothing but the guards can refuse (and those are errors).
             let Put::Done(revision) = self.put_routes(chunk, None)? else {
-                unreachable!("no stamp, so no stamp moved")
+                return Err(StateError::Refused {
+                    reason: "changed by another gateway meanwhile; try again".into(),
+                    taken: Vec::new(),
+                });
             };
             self.status
                 .wrote(revision, chunk.iter().map(|s| s.route.key()).collect());
