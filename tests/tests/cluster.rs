@@ -977,3 +977,90 @@ fn removing_a_user_while_they_claim_leaves_no_orphan() {
         assert!(stored_routes_of(&lab, "ann").is_empty());
     }
 }
+
+/// Gateway `n`'s accounts as `user ls --json` shows them: name -> the account's view.
+fn users_of(lab: &ClusterLab, n: usize) -> BTreeMap<String, serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.ctl_ok(n, &["user", "ls", "--json"]).unwrap()).unwrap();
+    v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["name"].as_str().unwrap().to_string(), u.clone()))
+        .collect()
+}
+
+/// Issue 24, item 9, with real config files: mid-way through a rolling reload gw1's file
+/// declares carol and gw2's does not yet. carol gets a token through gw1; gw2 takes the
+/// shared accounts and then saves them (an admin adds dave through it): carol is still
+/// there on both gateways, with her token, and the stored accounts keep its digest.
+#[test]
+fn a_config_user_only_one_gateway_declares_keeps_its_token() {
+    let Some(lab) = ClusterLab::for_test(
+        "a_config_user_only_one_gateway_declares_keeps_its_token",
+        "clu",
+    ) else {
+        return;
+    };
+    lab.start_etcd().unwrap();
+    let carol =
+        format!("\n[[user]]\nname = \"carol\"\nbackends = [\"{BACKEND}\"]\nmax_routes = 2\n");
+    lab.start_srvgate(1).unwrap();
+    lab.start_srvgate_with(0, &(lab.config(0) + &carol))
+        .unwrap();
+    let token = lab
+        .ctl_ok(0, &["user", "token", "carol", "--json"])
+        .unwrap();
+    let token: serde_json::Value = serde_json::from_str(&token).unwrap();
+    assert!(token["token"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("sg_carol_")));
+    let stored = |lab: &ClusterLab| {
+        lab.etcdctl(&["get", "/srvgate/accounts", "--print-value-only"])
+            .unwrap()
+    };
+    let digest_of_carol = |doc: &str| -> Option<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(doc.trim()).ok()?;
+        v["users"]
+            .as_array()?
+            .iter()
+            .find(|u| u["name"] == "carol")
+            .map(|u| u["token_sha256"].clone())
+    };
+    let before = digest_of_carol(&stored(&lab));
+    assert!(
+        before.as_ref().is_some_and(|d| d.is_string()),
+        "{}",
+        stored(&lab)
+    );
+    let seen = time_until(Duration::from_secs(5), || {
+        users_of(&lab, 1)
+            .get("carol")
+            .is_some_and(|u| u["has_token"] == true)
+    });
+    assert!(
+        seen.is_some(),
+        "gw2: {:?}\n{}",
+        users_of(&lab, 1),
+        lab.logs()
+    );
+    // gw2 saves the accounts.
+    lab.ctl_ok(1, &["user", "add", "dave", "--backend", BACKEND])
+        .unwrap();
+    let both = time_until(Duration::from_secs(5), || {
+        users_of(&lab, 0).contains_key("dave")
+    });
+    assert!(both.is_some(), "{}", lab.logs());
+    thread::sleep(Duration::from_millis(300));
+    for n in 0..2 {
+        let users = users_of(&lab, n);
+        let c = users.get("carol");
+        assert!(
+            c.is_some_and(|u| u["has_token"] == true && u["from_config"] == true),
+            "gw{}: {users:?}\n{}",
+            n + 1,
+            lab.logs()
+        );
+    }
+    assert_eq!(digest_of_carol(&stored(&lab)), before, "{}", stored(&lab));
+}
