@@ -705,6 +705,33 @@ fn only_the_gateways_certificates_reach_etcd() {
         "{stderr}"
     );
     assert!(stderr.contains("0644"), "{stderr}");
+    // `srvgate check` finds it too, before any start.
+    let config_file = lab.dir().join("open-key.toml");
+    std::fs::write(
+        &config_file,
+        lab.config(0).replace(&gw1("gw1-key.pem"), &open_key),
+    )
+    .unwrap();
+    let bin = srvgate_tests::srvgate_bin().display().to_string();
+    let out = srvgate_tests::run_with_timeout(
+        &mut srvgate_tests::netns_command(
+            &lab.gws[0],
+            &[
+                &bin,
+                "check",
+                "--config",
+                &config_file.display().to_string(),
+            ],
+        ),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cluster.key {open_key}")),
+        "{stderr}"
+    );
 
     // With its own certificate it starts, and writes the accounts (an admin adds a user).
     lab.start_srvgate(0).unwrap();
