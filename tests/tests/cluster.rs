@@ -938,7 +938,12 @@ fn removing_a_user_while_they_claim_leaves_no_orphan() {
         return;
     };
     lab.start_etcd().unwrap();
-    lab.start_srvgate_with(0, &with_portal(&lab, 0)).unwrap();
+    // gw1's file holds port 30500 (see the end).
+    let config_route = format!(
+        "\n[[route]]\nname = \"cfg\"\nservice = \"x\"\nbackend = \"{BACKEND}:6000\"\nport = 30500\n"
+    );
+    lab.start_srvgate_with(0, &(with_portal(&lab, 0) + &config_route))
+        .unwrap();
     lab.start_srvgate_with(1, &with_portal(&lab, 1)).unwrap();
     let backend = format!("{BACKEND}:22");
     let accounts = |lab: &ClusterLab| {
@@ -1003,6 +1008,37 @@ fn removing_a_user_while_they_claim_leaves_no_orphan() {
         assert!(settled.is_some(), "round {round}\n{}", lab.logs());
         assert!(stored_routes_of(&lab, "ann").is_empty());
     }
+
+    // Without a race: a route of ann that etcd holds and gw1 does not (it clashes with
+    // gw1's config route, so gw1 does not take it, as after a claim gw1 has not heard of
+    // yet). `user rm --with-routes` through gw1 removes none of ann's routes itself, and
+    // etcd refuses the removal: ann keeps her account.
+    student_at_both(&lab, "ann", 2);
+    let route = format!(
+        r#"{{"name":"ann","service":"x","protocol":"tcp","backend":"{BACKEND}:5000","port":30500,"added_unix":1}}"#
+    );
+    lab.etcdctl(&["put", "/srvgate/routes/ann/x/tcp", &route])
+        .unwrap();
+    let at_gw2 = time_until(Duration::from_secs(5), || {
+        routes(&lab, 1).contains_key("ann/x")
+    });
+    assert!(at_gw2.is_some(), "{}", lab.logs());
+    assert!(!routes(&lab, 0).contains_key("ann/x"));
+    let out = lab.ctl(0, &["user", "rm", "ann", "--with-routes"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "cluster: user rm through the gateway that lacks ann's route: {:?} {}",
+        out.status.code(),
+        stderr.trim()
+    );
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("ann holds 1 route"), "{stderr}");
+    assert!(accounts(&lab).contains("\"ann\""));
+    // Through gw2, which has it, the route goes with the account.
+    lab.ctl_ok(1, &["user", "rm", "ann", "--with-routes"])
+        .unwrap();
+    assert!(stored_routes_of(&lab, "ann").is_empty());
+    assert!(!accounts(&lab).contains("\"ann\""));
 }
 
 /// Gateway `n`'s accounts as `user ls --json` shows them: name -> the account's view.

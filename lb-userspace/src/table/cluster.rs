@@ -835,7 +835,7 @@ impl Store for EtcdStore {
             let (stamp, _, held) = self.count_routes(name)?;
             if held > 0 {
                 return Err(StateError::Refused {
-                    reason: format!("{name} holds {held} route(s) in the shared table, claimed through another gateway a moment ago; remove the user --with-routes again"),
+                    reason: format!("{name} holds {held} route(s) in the shared table that this gateway did not remove (claimed through another gateway a moment ago, or not forwarded here); remove the user --with-routes again, or through a gateway that has them"),
                     taken: Vec::new(),
                 });
             }
