@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-pub use cluster::Cluster;
+pub use cluster::{Cluster, ClusterTls};
 #[cfg(feature = "gateway")]
 pub use machine::Interface;
 pub use route::{

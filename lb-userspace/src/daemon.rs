@@ -132,6 +132,7 @@ impl DaemonError {
                     StateError::Corrupt { .. }
                         | StateError::Version { .. }
                         | StateError::Locked { .. }
+                        | StateError::ClusterFile { .. }
                 )
                 | DaemonError::Clash { .. }
                 | DaemonError::Portal(PortalError::Cert { .. })

@@ -260,6 +260,15 @@ pub struct FakeState {
     /// What a crash right after each accounts save would leave on disk: the durable
     /// routes and the accounts just saved, in order.
     pub accounts_saves: Vec<(Vec<StoredRoute>, Users)>,
+    /// As a shared store: runtime routes each user holds through other gateways, which
+    /// count against their quota in [`Store::record_claim`], and which a removal of
+    /// the user's account waits for (refused while any is held).
+    pub held_elsewhere: std::collections::BTreeMap<String, usize>,
+    /// As a shared store: accounts removed through another gateway; a claim of theirs is
+    /// refused.
+    pub removed_elsewhere: Vec<String>,
+    /// Every claim the core asked the store to make, in order.
+    pub claims: Vec<crate::table::state::Claim>,
 }
 
 fn apply_changes(routes: &mut Vec<StoredRoute>, changes: &[RouteChange]) {
@@ -356,10 +365,45 @@ impl Store for FakeStore {
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
         let mut s = self.state();
         s.save_or_fail()?;
+        if let Some(name) =
+            s.users.all().map(|u| &u.name).find(|n| {
+                users.get(n).is_none() && s.held_elsewhere.get(*n).is_some_and(|&c| c > 0)
+            })
+        {
+            return Err(StateError::Refused {
+                reason: format!("{name} holds routes claimed through another gateway"),
+                taken: Vec::new(),
+            });
+        }
         s.users = users.clone();
         let image = (s.durable_routes.clone(), users.clone());
         s.accounts_saves.push(image);
         Ok(())
+    }
+
+    fn record_claim(
+        &mut self,
+        route: &StoredRoute,
+        claim: &crate::table::state::Claim,
+        all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        {
+            let mut s = self.state();
+            s.claims.push(claim.clone());
+            if s.removed_elsewhere.contains(&claim.user) {
+                return Err(StateError::Claim(crate::table::users::Denied::NoAccount {
+                    user: claim.user.clone(),
+                }));
+            }
+            let here = s
+                .routes
+                .iter()
+                .filter(|r| r.route.name == claim.user)
+                .count();
+            let held = here + s.held_elsewhere.get(&claim.user).copied().unwrap_or(0);
+            claim.check(held)?;
+        }
+        self.record(&[RouteChange::Put(route.clone())], all)
     }
 
     fn cluster(&self) -> Option<crate::serve::api::ClusterView> {

@@ -17,7 +17,11 @@
 //! same way, whichever of them it was claimed through, is what the shared table is for.
 //!
 //! etcd runs for real in its own namespace, its data directory in the lab's temp dir, so
-//! stopping and starting it again keeps the table. Each gateway has its own state
+//! stopping and starting it again keeps the table. It serves its clients over TLS and
+//! demands a client certificate (`--client-cert-auth`), as the README's `[cluster]` says
+//! to run it: at lab start `openssl` makes a CA, etcd's server certificate (an IP SAN for
+//! [`ETCD`]), a client certificate per gateway and one for the lab's `etcdctl`, and a
+//! second CA that signed nothing etcd trusts ([`ClusterLab::pki`]). Each gateway has its own state
 //! directory, pin directory (in one bpffs the lab mounts) and control socket.
 //!
 //! Cleanup is the main lab's (`Lab`): every process ended by pid, namespaces deleted, the
@@ -48,7 +52,7 @@ pub const GW_PUBLIC: [&str; 2] = ["10.210.40.11", "10.210.40.12"];
 pub const GW_PRIVATE: [&str; 2] = ["10.210.41.11", "10.210.41.12"];
 pub const BACKEND: &str = "10.210.41.21";
 pub const ETCD: &str = "10.210.41.5";
-pub const ETCD_URL: &str = "http://10.210.41.5:2379";
+pub const ETCD_URL: &str = "https://10.210.41.5:2379";
 pub const ZONE: &str = "lab.example";
 /// The private side's virtual address, the backend's default gateway once keepalived
 /// moves the addresses ([`ClusterLab::route_through_vips`]).
@@ -109,6 +113,7 @@ impl ClusterLab {
         };
         lab.build()
             .with_context(|| format!("building cluster lab {tag}"))?;
+        lab.make_pki().context("making the lab's certificates")?;
         let bpffs = lab.dir.path().join(BPFFS_DIR);
         fs::create_dir(&bpffs)?;
         host(&["mount", "-t", "bpf", "bpf", &bpffs.display().to_string()])?;
@@ -255,6 +260,100 @@ impl ClusterLab {
         stop_tracked(&self.procs, pid, grace).map(|_| ())
     }
 
+    /// A file of the lab's PKI (`pki/NAME`): `ca.pem`, `etcd.pem`/`etcd-key.pem`,
+    /// `gw1.pem`/`gw1-key.pem`, `gw2...`, `admin...` (the lab's etcdctl), and `other-ca.pem`
+    /// with `rogue.pem`/`rogue-key.pem`, which it signed.
+    pub fn pki(&self, name: &str) -> PathBuf {
+        self.dir().join("pki").join(name)
+    }
+
+    /// Makes the lab's certificates with `openssl` (P-256 keys, valid two days).
+    fn make_pki(&self) -> Result<()> {
+        let dir = self.dir().join("pki");
+        fs::create_dir(&dir)?;
+        let p = |name: &str| dir.join(name).display().to_string();
+        for (ca, cn) in [("ca", "srvgate lab CA"), ("other-ca", "another CA")] {
+            host(&[
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &p(&format!("{ca}-key.pem")),
+                "-out",
+                &p(&format!("{ca}.pem")),
+            ])?;
+        }
+        let leaves = [
+            (
+                "etcd",
+                "ca",
+                format!("subjectAltName=IP:{ETCD}\nextendedKeyUsage=serverAuth,clientAuth\n"),
+            ),
+            ("gw1", "ca", "extendedKeyUsage=clientAuth\n".to_string()),
+            ("gw2", "ca", "extendedKeyUsage=clientAuth\n".to_string()),
+            ("admin", "ca", "extendedKeyUsage=clientAuth\n".to_string()),
+            (
+                "rogue",
+                "other-ca",
+                "extendedKeyUsage=clientAuth\n".to_string(),
+            ),
+        ];
+        for (name, ca, ext) in leaves {
+            let ext_file = p(&format!("{name}.ext"));
+            fs::write(&ext_file, ext)?;
+            host(&[
+                "openssl",
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &p(&format!("{name}-key.pem")),
+                "-out",
+                &p(&format!("{name}.csr")),
+            ])?;
+            host(&[
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                &p(&format!("{name}.csr")),
+                "-CA",
+                &p(&format!("{ca}.pem")),
+                "-CAkey",
+                &p(&format!("{ca}-key.pem")),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext_file,
+                "-out",
+                &p(&format!("{name}.pem")),
+            ])?;
+        }
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
+            if e.file_name().to_string_lossy().ends_with("-key.pem") {
+                use std::os::unix::fs::PermissionsExt as _;
+                fs::set_permissions(e.path(), fs::Permissions::from_mode(0o600))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts (or starts again, same data directory) the etcd member and waits until it
     /// answers.
     pub fn start_etcd(&self) -> Result<()> {
@@ -280,6 +379,13 @@ impl ClusterLab {
                 &peer,
                 "--initial-cluster",
                 &format!("sg1={peer}"),
+                "--cert-file",
+                &self.pki("etcd.pem").display().to_string(),
+                "--key-file",
+                &self.pki("etcd-key.pem").display().to_string(),
+                "--trusted-ca-file",
+                &self.pki("ca.pem").display().to_string(),
+                "--client-cert-auth",
             ],
             &[],
         )?;
@@ -302,14 +408,38 @@ impl ClusterLab {
         self.stop(pid, Duration::from_secs(5))
     }
 
-    /// `etcdctl --endpoints ETCD ARGS...` from the etcd namespace; stdout.
+    /// `etcdctl --endpoints ETCD ARGS...` from the etcd namespace, with the lab's admin
+    /// client certificate; stdout.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let mut argv = vec!["etcdctl", "--endpoints", ETCD_URL, "--command-timeout=2s"];
-        argv.extend_from_slice(args);
-        let mut cmd = netns_command(&self.etcd_ns, &argv);
-        cmd.env("ETCDCTL_API", "3");
-        let out = run_with_timeout(&mut cmd, Duration::from_secs(5))?;
+        let out = self.etcdctl_as(Some("admin"), "ca.pem", args)?;
         expect_success(&format!("etcdctl {}", args.join(" ")), &out)
+    }
+
+    /// `etcdctl ARGS...` trusting `ca` (a [`ClusterLab::pki`] name), with client
+    /// certificate `cert` (a name: `admin`, `gw1`, `rogue`, ...) or none; the output
+    /// whatever the status. Without the admin's certificate it runs from the backend's
+    /// namespace: a student's machine on the private network, which reaches etcd.
+    pub fn etcdctl_as(&self, cert: Option<&str>, ca: &str, args: &[&str]) -> Result<Output> {
+        let mut files = vec![("--cacert", ca.to_string())];
+        if let Some(c) = cert {
+            files.push(("--cert", format!("{c}.pem")));
+            files.push(("--key", format!("{c}-key.pem")));
+        }
+        let files: Vec<String> = files
+            .into_iter()
+            .map(|(flag, f)| format!("{flag}={}", self.pki(&f).display()))
+            .collect();
+        let mut argv = vec!["etcdctl", "--endpoints", ETCD_URL, "--command-timeout=2s"];
+        argv.extend(files.iter().map(String::as_str));
+        argv.extend_from_slice(args);
+        let ns = if cert == Some("admin") {
+            &self.etcd_ns
+        } else {
+            &self.backend
+        };
+        let mut cmd = netns_command(ns, &argv);
+        cmd.env("ETCDCTL_API", "3");
+        run_with_timeout(&mut cmd, Duration::from_secs(5))
     }
 
     fn next_log(&self) -> u128 {
@@ -348,11 +478,17 @@ gw2 = "{}"
 [cluster]
 etcd = ["{ETCD_URL}"]
 gateway_id = "gw{}"
+ca = "{}"
+cert = "{}"
+key = "{}"
 "#,
             GW_PUBLIC[n],
             GW_PUBLIC[0],
             GW_PUBLIC[1],
-            n + 1
+            n + 1,
+            self.pki("ca.pem").display(),
+            self.pki(&format!("gw{}.pem", n + 1)).display(),
+            self.pki(&format!("gw{}-key.pem", n + 1)).display(),
         )
     }
 

@@ -1,6 +1,8 @@
 //! `[cluster]`: the etcd endpoints through which several gateways share one table, and this
 //! gateway's name among them. Pure validation; the store itself is `crate::table::cluster`.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::check_label;
@@ -10,11 +12,27 @@ const MAX_ENDPOINTS: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
-    /// etcd client URLs, `http://host:port` each.
+    /// etcd client URLs, `https://host:port` each (`http://` only with `insecure_http`).
     pub etcd: Vec<String>,
     /// This gateway's name in the cluster (a DNS label): in logs, `status` and the keys
     /// only this gateway writes.
     pub gateway_id: String,
+    /// How this gateway proves itself to etcd and checks etcd; `None` only for `http://`
+    /// endpoints with `insecure_http = true`.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The files of `[cluster]`'s TLS: read (and the key's mode checked) when the gateway
+/// connects, see `crate::table::cluster::tls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// The CA that signed etcd's server certificate (PEM); the only one trusted for it.
+    pub ca: PathBuf,
+    /// This gateway's client certificate (PEM), signed by a CA etcd's
+    /// `--trusted-ca-file` names.
+    pub cert: PathBuf,
+    /// Its private key (PEM), readable by its owner only.
+    pub key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -23,22 +41,26 @@ pub(super) struct RawCluster {
     #[serde(default)]
     etcd: Vec<String>,
     gateway_id: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    insecure_http: bool,
 }
 
-/// Checks one endpoint: `http://host:port`, nothing after the port. TLS is refused
-/// explicitly rather than tried: this build carries no TLS for etcd.
-fn check_endpoint(url: &str) -> Result<(), String> {
+/// Checks one endpoint: `http(s)://host:port`, nothing after the port. Returns whether it
+/// is `https`.
+fn check_endpoint(url: &str) -> Result<bool, String> {
     if url.len() > 255 {
         return Err("is longer than 255 characters".into());
     }
-    if url.starts_with("https://") {
+    let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else {
         return Err(format!(
-            "{url:?}: https is not supported yet; reach etcd over a private network with http://"
-        ));
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!(
-            "{url:?} is not a URL like \"http://10.0.0.2:2379\""
+            "{url:?} is not a URL like \"https://10.0.0.2:2379\""
         ));
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -51,18 +73,24 @@ fn check_endpoint(url: &str) -> Result<(), String> {
         return Err(format!("{url:?}: {host:?} is not a host name or address"));
     }
     match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
+        Ok(p) if p > 0 => Ok(https),
         _ => Err(format!("{url:?}: {port:?} is not a port")),
     }
 }
 
 /// Validates the section; problems are pushed to `bad` under `cluster.<field>`.
+///
+/// Whoever can write to etcd can write the accounts, so can make themselves admin: the
+/// gateway talks to etcd over TLS with a client certificate (etcd's
+/// `--client-cert-auth`), and plain `http://` is refused unless the file says
+/// `insecure_http = true` (a lab, or a network nobody else reaches), which the daemon
+/// then warns about at every start.
 pub(super) fn validate(raw: RawCluster, bad: &mut dyn FnMut(&str, String)) -> Option<Cluster> {
     let mut ok = true;
     if raw.etcd.is_empty() {
         bad(
             "cluster.etcd",
-            "is empty; list etcd's client URLs, e.g. [\"http://10.0.0.2:2379\"]".into(),
+            "is empty; list etcd's client URLs, e.g. [\"https://10.0.0.2:2379\"]".into(),
         );
         ok = false;
     } else if raw.etcd.len() > MAX_ENDPOINTS {
@@ -75,16 +103,90 @@ pub(super) fn validate(raw: RawCluster, bad: &mut dyn FnMut(&str, String)) -> Op
         );
         ok = false;
     }
+    let (mut plain, mut secure) = (Vec::new(), 0);
     for (i, url) in raw.etcd.iter().enumerate() {
         let field = format!("cluster.etcd[{}]", i + 1);
-        if let Err(e) = check_endpoint(url) {
-            bad(&field, e);
-            ok = false;
-        } else if raw.etcd[..i].contains(url) {
-            bad(&field, format!("{url:?} is listed twice"));
-            ok = false;
+        match check_endpoint(url) {
+            Err(e) => {
+                bad(&field, e);
+                ok = false;
+            }
+            Ok(_) if raw.etcd[..i].contains(url) => {
+                bad(&field, format!("{url:?} is listed twice"));
+                ok = false;
+            }
+            Ok(true) => secure += 1,
+            Ok(false) => plain.push((field, url)),
         }
     }
+    let tls = if !plain.is_empty() && secure > 0 {
+        bad(
+            "cluster.etcd",
+            "mixes http:// and https:// endpoints; every member is reached the same way".into(),
+        );
+        ok = false;
+        None
+    } else if !plain.is_empty() {
+        if !raw.insecure_http {
+            for (field, url) in &plain {
+                bad(
+                    field,
+                    format!("{url:?} is plain HTTP: whoever reaches etcd could write the accounts and make themselves admin; use https:// with cluster.ca, cert and key (etcd's --client-cert-auth), or set cluster.insecure_http = true for a network nobody else reaches"),
+                );
+            }
+            ok = false;
+        }
+        for (field, given) in [
+            ("cluster.ca", &raw.ca),
+            ("cluster.cert", &raw.cert),
+            ("cluster.key", &raw.key),
+        ] {
+            if given.is_some() {
+                bad(
+                    field,
+                    "is for https:// endpoints; these are http:// (no TLS)".into(),
+                );
+                ok = false;
+            }
+        }
+        None
+    } else {
+        if raw.insecure_http {
+            bad(
+                "cluster.insecure_http",
+                "is for http:// endpoints; these are https://".into(),
+            );
+            ok = false;
+        }
+        let mut need = |field: &str, given: Option<PathBuf>, what: &str| match given {
+            Some(p) if !p.as_os_str().is_empty() => Some(p),
+            _ => {
+                bad(
+                    field,
+                    format!("is missing; https:// endpoints need {what} (PEM)"),
+                );
+                None
+            }
+        };
+        let ca = need(
+            "cluster.ca",
+            raw.ca,
+            "the CA that signed etcd's certificate",
+        );
+        let cert = need(
+            "cluster.cert",
+            raw.cert,
+            "this gateway's client certificate",
+        );
+        let key = need("cluster.key", raw.key, "the client certificate's key");
+        match (ca, cert, key) {
+            (Some(ca), Some(cert), Some(key)) => Some(ClusterTls { ca, cert, key }),
+            _ => {
+                ok = false;
+                None
+            }
+        }
+    };
     let gateway_id = match raw.gateway_id {
         None => {
             bad(
@@ -109,6 +211,7 @@ pub(super) fn validate(raw: RawCluster, bad: &mut dyn FnMut(&str, String)) -> Op
                 .map(|u| u.trim_end_matches('/').to_string())
                 .collect(),
             gateway_id,
+            tls,
         }),
         _ => None,
     }
@@ -118,11 +221,33 @@ pub(super) fn validate(raw: RawCluster, bad: &mut dyn FnMut(&str, String)) -> Op
 mod tests {
     use super::*;
 
-    fn run(etcd: &[&str], id: Option<&str>) -> (Option<Cluster>, Vec<String>) {
+    const TLS: [(&str, &str); 3] = [
+        ("ca", "/etc/srvgate/etcd-ca.pem"),
+        ("cert", "/etc/srvgate/etcd-gw1.pem"),
+        ("key", "/etc/srvgate/etcd-gw1-key.pem"),
+    ];
+
+    /// The section from `etcd`, `id` and `extra` (`ca`/`cert`/`key` paths, or
+    /// `insecure_http` = "true").
+    fn run(
+        etcd: &[&str],
+        id: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> (Option<Cluster>, Vec<String>) {
         let mut problems = Vec::new();
+        let get = |k: &str| {
+            extra
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| PathBuf::from(v))
+        };
         let raw = RawCluster {
             etcd: etcd.iter().map(|s| s.to_string()).collect(),
             gateway_id: id.map(str::to_string),
+            ca: get("ca"),
+            cert: get("cert"),
+            key: get("key"),
+            insecure_http: get("insecure_http").is_some(),
         };
         let c = validate(raw, &mut |f, r| problems.push(format!("{f}: {r}")));
         (c, problems)
@@ -131,46 +256,122 @@ mod tests {
     #[test]
     fn good_section() {
         let (c, p) = run(
-            &["http://10.0.0.2:2379/", "http://etcd-b:2379"],
+            &["https://10.0.0.2:2379/", "https://etcd-b:2379"],
             Some("gw1"),
+            &TLS,
         );
         assert!(p.is_empty(), "{p:?}");
         let c = c.unwrap();
-        assert_eq!(c.etcd, ["http://10.0.0.2:2379", "http://etcd-b:2379"]);
+        assert_eq!(c.etcd, ["https://10.0.0.2:2379", "https://etcd-b:2379"]);
         assert_eq!(c.gateway_id, "gw1");
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.ca, PathBuf::from(TLS[0].1));
+        assert_eq!(tls.cert, PathBuf::from(TLS[1].1));
+        assert_eq!(tls.key, PathBuf::from(TLS[2].1));
+    }
+
+    /// Plain HTTP only when asked for by name, and then without TLS files.
+    #[test]
+    fn plain_http_needs_the_explicit_opt_in() {
+        let (c, p) = run(&["http://10.0.0.2:2379"], Some("gw1"), &[]);
+        assert!(c.is_none());
+        assert!(
+            p.iter().any(|x| x.starts_with("cluster.etcd[1]:")
+                && x.contains("plain HTTP")
+                && x.contains("insecure_http")),
+            "{p:?}"
+        );
+        let (c, p) = run(
+            &["http://10.0.0.2:2379"],
+            Some("gw1"),
+            &[("insecure_http", "true")],
+        );
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(c.unwrap().tls, None);
     }
 
     #[test]
     fn each_problem_names_its_field() {
-        let cases: &[(&[&str], Option<&str>, &str)] = &[
-            (&[], Some("gw1"), "cluster.etcd: is empty"),
+        let insecure = [("insecure_http", "true")];
+        type Case<'a> = (
+            &'a [&'a str],
+            Option<&'a str>,
+            &'a [(&'a str, &'a str)],
+            &'a str,
+        );
+        let cases: &[Case] = &[
+            (&[], Some("gw1"), &TLS, "cluster.etcd: is empty"),
             (
                 &["10.0.0.2:2379"],
                 Some("gw1"),
+                &TLS,
                 "cluster.etcd[1]: \"10.0.0.2:2379\" is not a URL",
+            ),
+            (
+                &["https://e"],
+                Some("gw1"),
+                &TLS,
+                "cluster.etcd[1]: \"https://e\" names no port",
+            ),
+            (&["https://e:0"], Some("gw1"), &TLS, "is not a port"),
+            (
+                &["https://e:2379", "https://e:2379"],
+                Some("gw1"),
+                &TLS,
+                "cluster.etcd[2]: \"https://e:2379\" is listed twice",
+            ),
+            (
+                &["https://e:2379", "http://f:2379"],
+                Some("gw1"),
+                &TLS,
+                "cluster.etcd: mixes http:// and https://",
             ),
             (
                 &["https://e:2379"],
                 Some("gw1"),
-                "cluster.etcd[1]: \"https://e:2379\": https is not supported",
+                &TLS[1..],
+                "cluster.ca: is missing",
             ),
             (
-                &["http://e"],
+                &["https://e:2379"],
                 Some("gw1"),
-                "cluster.etcd[1]: \"http://e\" names no port",
+                &TLS[..1],
+                "cluster.cert: is missing",
             ),
-            (&["http://e:0"], Some("gw1"), "is not a port"),
             (
-                &["http://e:2379", "http://e:2379"],
+                &["https://e:2379"],
                 Some("gw1"),
-                "cluster.etcd[2]: \"http://e:2379\" is listed twice",
+                &TLS[..2],
+                "cluster.key: is missing",
             ),
-            (&["http://e:2379"], None, "cluster.gateway_id: is missing"),
-            (&["http://e:2379"], Some("gw_1"), "cluster.gateway_id: "),
+            (
+                &["https://e:2379"],
+                Some("gw1"),
+                &[TLS[0], TLS[1], TLS[2], insecure[0]],
+                "cluster.insecure_http: is for http://",
+            ),
+            (
+                &["http://e:2379"],
+                Some("gw1"),
+                &[TLS[0], insecure[0]],
+                "cluster.ca: is for https:// endpoints",
+            ),
+            (
+                &["https://e:2379"],
+                None,
+                &TLS,
+                "cluster.gateway_id: is missing",
+            ),
+            (
+                &["https://e:2379"],
+                Some("gw_1"),
+                &TLS,
+                "cluster.gateway_id: ",
+            ),
         ];
-        for (etcd, id, want) in cases {
-            let (c, p) = run(etcd, *id);
-            assert!(c.is_none(), "{etcd:?} {id:?} accepted");
+        for (etcd, id, extra, want) in cases {
+            let (c, p) = run(etcd, *id, extra);
+            assert!(c.is_none(), "{etcd:?} {id:?} {extra:?} accepted");
             assert!(
                 p.iter().any(|x| x.contains(want)),
                 "{etcd:?} {id:?}: {p:?} lacks {want:?}"

@@ -301,7 +301,7 @@ fn port_ranges() {
 fn reclaim_after_with_cluster_is_at_least_a_minute() {
     let text = |after: &str| {
         format!(
-            "{}[cluster]\netcd = [\"http://10.0.0.2:2379\"]\ngateway_id = \"gw1\"\n",
+            "{}[cluster]\netcd = [\"http://10.0.0.2:2379\"]\ngateway_id = \"gw1\"\ninsecure_http = true\n",
             GOOD.replacen(
                 "[gateway]\n",
                 &format!("[gateway]\nreclaim_after = \"{after}\"\n"),

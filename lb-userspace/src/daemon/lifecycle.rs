@@ -29,6 +29,7 @@ use crate::{
     table::cluster::{EtcdStore, Remote},
     table::routes::{Diff, RouteTable, Source},
     table::state::{StateError, StateStore, Store, StoredRoute},
+    table::users::ConfigRemoval,
 };
 
 use super::control::{scrape, Handle};
@@ -151,7 +152,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         store.follow(public_ipv4, tx);
         rx
     });
-    if apply_config_users(&mut users, &cfg.users, clock.now()) {
+    // With other gateways, an account another gateway's file declares is not this one's
+    // to remove (see `ConfigRemoval`); alone, the file is the whole truth.
+    let removal = if cfg.cluster.is_some() {
+        ConfigRemoval::DroppedFrom(&[])
+    } else {
+        ConfigRemoval::Undeclared
+    };
+    if apply_config_users(&mut users, &cfg.users, removal, clock.now()) {
         store.save_accounts(&users)?;
     }
     let own = cfg.own_addresses(&crate::kernel::sys::interfaces().unwrap_or_default());

@@ -16,8 +16,8 @@ use crate::{
     serve::api::{ApiError, Removed, RouteView, RoutesReply},
     table::cluster::Remote,
     table::routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-    table::state::{RouteChange, StateError, Store, StoredRoute},
-    table::users::{check_claim, User, Users},
+    table::state::{Claim, RouteChange, StateError, Store, StoredRoute},
+    table::users::{check_claim, ConfigRemoval, User, Users},
 };
 
 use super::students::denied;
@@ -171,6 +171,20 @@ impl Core {
     pub(super) fn record(&mut self, changes: &[RouteChange]) -> Result<(), StateError> {
         let table = &self.table;
         let commit = self.store.record(changes, &|| stored_routes(table))?;
+        self.unflushed.push(commit);
+        Ok(())
+    }
+
+    /// [`Core::record`] for a student's claim ([`Store::record_claim`]).
+    pub(super) fn record_claim(
+        &mut self,
+        route: &StoredRoute,
+        claim: &Claim,
+    ) -> Result<(), StateError> {
+        let table = &self.table;
+        let commit = self
+            .store
+            .record_claim(route, claim, &|| stored_routes(table))?;
         self.unflushed.push(commit);
         Ok(())
     }
@@ -347,6 +361,16 @@ impl Core {
         if let Some(user) = owner {
             check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
         }
+        // A student's claim: the store counts it again where every gateway's claims meet.
+        let claim = owner.filter(|u| !u.admin).map(|u| Claim {
+            user: u.name.clone(),
+            max_routes: u.max_routes,
+            config_held: self
+                .table
+                .named(&u.name)
+                .filter(|e| e.source == Source::Config)
+                .count(),
+        });
         let now = self.clock.now();
         // Ports a shared store said are taken (by another gateway, a moment ago), and the
         // lowest port to try next.
@@ -355,8 +379,12 @@ impl Core {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_add(&draft, now, &taken, floor, started) {
+            match self.try_add(&draft, claim.as_ref(), now, &taken, floor, started) {
                 Ok(entry) => return Ok(self.view(&entry, now)),
+                Err(Failed::Store(StateError::Claim(d))) => {
+                    info!(route = %draft.key(), "claim refused by the shared table: {d}");
+                    return Err(denied(d));
+                }
                 Err(Failed::Store(StateError::Refused {
                     reason,
                     taken: more,
@@ -395,6 +423,7 @@ impl Core {
     fn try_add(
         &mut self,
         draft: &config::RouteDraft,
+        claim: Option<&Claim>,
         now: SystemTime,
         taken: &[u16],
         floor: u16,
@@ -458,12 +487,19 @@ impl Core {
             self.publish(&diff);
         }
         let live_us = started.elapsed().as_micros() as u64;
-        let stored = RouteChange::Put(StoredRoute {
+        let stored = StoredRoute {
             route: entry.route.clone(),
             added: entry.added,
             last_seen: entry.last_seen,
+        };
+        let recorded = live.and_then(|()| {
+            match claim {
+                Some(c) => self.record_claim(&stored, c),
+                None => self.record(&[RouteChange::Put(stored)]),
+            }
+            .map_err(Failed::Store)
         });
-        if let Err(e) = live.and_then(|()| self.record(&[stored]).map_err(Failed::Store)) {
+        if let Err(e) = recorded {
             // Undo everywhere, so the table, the maps, DNS and the store keep agreeing.
             if let Some(gone) = self.table.remove(&key) {
                 let undo = Diff {
@@ -602,8 +638,13 @@ impl Core {
         self.gateway.port_range = n.port_range;
         self.gateway.reclaim_after = n.reclaim_after;
         self.gateway.port_cooldown = n.port_cooldown;
-        self.config_users = cfg.users.clone();
-        if apply_config_users(&mut self.users, &cfg.users, now) {
+        let previous = std::mem::replace(&mut self.config_users, cfg.users.clone());
+        let removal = if self.shared {
+            ConfigRemoval::DroppedFrom(&previous)
+        } else {
+            ConfigRemoval::Undeclared
+        };
+        if apply_config_users(&mut self.users, &cfg.users, removal, now) {
             if let Err(e) = self.store.save_accounts(&self.users) {
                 error!("SIGHUP: recording the config file's users: {e}");
             }
@@ -835,12 +876,26 @@ impl Core {
         }
     }
 
-    /// Takes the accounts another gateway saved (with this gateway's `[[user]]`s over them,
-    /// as at start).
+    /// Takes the accounts another gateway saved, with this gateway's `[[user]]`s over
+    /// them as at start, removing none: an account this gateway's file does not declare
+    /// is another gateway's (or an admin's), never this one's to drop. Where the saved
+    /// accounts disagree with this gateway's file (the other one's file differs, or it
+    /// removed an account this file declares), this file wins here, and the disagreement
+    /// is logged by name: the files should agree.
     pub(super) fn adopt_accounts(&mut self, mut users: Users, revision: i64) {
-        apply_config_users(&mut users, &self.config_users, self.clock.now());
+        self.store.accounts_seen(revision, &users);
+        let (added, changed, _) = users.apply_config(
+            &self.config_users,
+            ConfigRemoval::DroppedFrom(&[]),
+            self.clock.now(),
+        );
+        for name in &added {
+            warn!(user = %name, "cluster: {name} was removed through another gateway, but this gateway's config file declares it: kept here without a token (issue one: srvgate user token {name}); make the gateways' [[user]] lists agree");
+        }
+        for name in &changed {
+            warn!(user = %name, "cluster: another gateway saved {name} with other fields than this gateway's [[user]] {name}: this gateway applies its own file's; make the gateways' [[user]] lists agree");
+        }
         self.users = users;
-        self.store.accounts_seen(revision);
     }
 
     /// With a shared store, the SOA serial is the store's revision, so every gateway that
@@ -947,9 +1002,10 @@ pub(super) fn restart_sections(running: &Config, new: &Config) -> Vec<&'static s
 pub(super) fn apply_config_users(
     users: &mut Users,
     config: &[ConfigUser],
+    removal: ConfigRemoval<'_>,
     now: SystemTime,
 ) -> bool {
-    let (added, changed, removed) = users.apply_config(config, now);
+    let (added, changed, removed) = users.apply_config(config, removal, now);
     for name in &added {
         info!(user = %name, "user added from the config file (issue a token: srvgate user token {name})");
     }

@@ -86,7 +86,9 @@ impl Core {
         with_routes: bool,
     ) -> Result<UserView, ApiError> {
         let u = self.user(name)?;
-        if u.from_config {
+        // A config-owned account this gateway's file does not declare (another gateway's,
+        // or left by a file this gateway was restarted without) may be removed here.
+        if u.from_config && self.config_users.iter().any(|c| c.name == name) {
             return Err(ApiError::field(
                 409,
                 "name",

@@ -700,6 +700,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
     new.cluster = Some(config::Cluster {
         etcd: vec!["http://10.0.0.2:2379".into()],
         gateway_id: "gw1".into(),
+        tls: None,
     });
     assert_eq!(restart_sections(&running, &new).last(), Some(&"[cluster]"));
     // A section added where there was none counts too.
@@ -833,6 +834,131 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
         "{:?}",
         e.reply
     );
+}
+
+/// Issue 24, item 8: `[cluster]`, a student's claim is made by the shared store only within
+/// their quota as the store counts it (routes claimed through other gateways that this one
+/// has not heard of yet included) and only while their account exists there: the core
+/// hands the store the account and its quota with the claim, turns the store's refusal
+/// into the same 403 a local refusal is, and leaves nothing behind.
+#[test]
+fn a_claim_is_bounded_by_the_shared_stores_count_and_account() {
+    let mut rig = Rig::new();
+    rig.store.state().shared = true;
+    rig.core
+        .user_add(user_request("alice", &["10.0.0.11"], 1))
+        .unwrap();
+    rig.core
+        .user_add(user_request("bob", &["10.0.0.12"], 2))
+        .unwrap();
+    // alice's one route was claimed through another gateway a moment ago.
+    rig.store.state().held_elsewhere.insert("alice".into(), 1);
+    let e = rig
+        .core
+        .claim("alice", claim("ssh", "10.0.0.11:22"))
+        .unwrap_err();
+    assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("quota")));
+    assert!(e.reply.error.contains("1 of 1"), "{}", e.reply.error);
+    assert!(rig.entry("alice").is_none());
+    rig.assert_agree();
+    let claims = rig.store.state().claims.clone();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(
+        (
+            claims[0].user.as_str(),
+            claims[0].max_routes,
+            claims[0].config_held
+        ),
+        ("alice", 1, 0)
+    );
+    // bob was removed through another gateway; this one has not heard yet.
+    rig.store.state().removed_elsewhere.push("bob".into());
+    let e = rig
+        .core
+        .claim("bob", claim("ssh", "10.0.0.12:22"))
+        .unwrap_err();
+    assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("name")));
+    assert!(e.reply.error.contains("bob"), "{}", e.reply.error);
+    assert!(rig.entry("bob").is_none());
+    rig.assert_agree();
+    // Within the store's count, a claim goes through.
+    rig.store.state().held_elsewhere.clear();
+    rig.core
+        .claim("alice", claim("ssh", "10.0.0.11:22"))
+        .unwrap();
+    assert!(rig.entry("alice").is_some());
+    rig.assert_agree();
+    // An admin's route add is no student's claim: no quota for the store to check.
+    let before = rig.store.state().claims.len();
+    rig.core.add(request("carol", "10.0.0.13:22")).unwrap();
+    assert_eq!(rig.store.state().claims.len(), before);
+}
+
+/// Issue 24, item 8: `user rm` that the shared store refuses (a route of the user was
+/// claimed through another gateway meanwhile) keeps the account, so no route is left
+/// without one.
+#[test]
+fn a_user_removal_the_shared_store_refuses_keeps_the_account() {
+    let mut rig = Rig::new();
+    rig.store.state().shared = true;
+    rig.core
+        .user_add(user_request("alice", &["10.0.0.11"], 1))
+        .unwrap();
+    rig.store.state().held_elsewhere.insert("alice".into(), 1);
+    let e = rig.core.user_remove("alice", true).unwrap_err();
+    assert_eq!(e.status, 409, "{}", e.reply.error);
+    assert!(e.reply.error.contains("alice"), "{}", e.reply.error);
+    assert!(rig.core.users.get("alice").is_some());
+    assert!(rig.store.state().users.get("alice").is_some());
+    rig.store.state().held_elsewhere.clear();
+    rig.core.user_remove("alice", true).unwrap();
+    assert!(rig.store.state().users.get("alice").is_none());
+}
+
+/// Issue 24, item 9: a gateway whose `[[user]]` list lacks an account another gateway's
+/// file added (a rolling reload) neither drops it nor its token when it takes the shared
+/// accounts, nor when it saves them next; one its own file declares but the other gateway
+/// removed is kept here without a token.
+#[test]
+fn another_gateways_config_user_and_its_token_survive_here() {
+    use crate::config::ConfigUser;
+    use crate::table::users::ConfigRemoval;
+    let now = SystemTime::UNIX_EPOCH;
+    let user = |name: &str| ConfigUser {
+        name: name.into(),
+        backends: vec!["10.0.0.11".parse().unwrap()],
+        max_routes: 2,
+        admin: false,
+    };
+    let mut rig = Rig::new();
+    rig.store.state().shared = true;
+    rig.core.config_users = vec![user("alice")];
+    // gw1 (the other gateway) runs a file with alice and carol; carol got a token there.
+    let mut theirs = Users::default();
+    theirs.apply_config(
+        &[user("alice"), user("carol")],
+        ConfigRemoval::Undeclared,
+        now,
+    );
+    let carol = theirs.rotate("carol").unwrap();
+    rig.core.adopt_accounts(theirs, 7);
+    assert_eq!(rig.core.users.authenticate(&carol).unwrap().name, "carol");
+    // This gateway's next save (an admin adds dave) keeps carol and her token.
+    rig.core
+        .user_add(user_request("dave", &["10.0.0.12"], 1))
+        .unwrap();
+    let saved = rig.store.state().users.clone();
+    assert_eq!(saved.authenticate(&carol).unwrap().name, "carol");
+    // carol is not this file's: an admin may remove her here.
+    rig.core.user_remove("carol", false).unwrap();
+    // alice is: removed through the other gateway, she stays here (without a token).
+    let mut without_alice = Users::default();
+    without_alice.apply_config(&[], ConfigRemoval::Undeclared, now);
+    rig.core.adopt_accounts(without_alice, 9);
+    let a = rig.core.users.get("alice").unwrap();
+    assert!(a.from_config && a.token_sha256.is_none());
+    let e = rig.core.user_remove("alice", false).unwrap_err();
+    assert_eq!(e.status, 409);
 }
 
 /// `[cluster]`: a port another gateway took a moment ago is refused by the shared store;

@@ -24,6 +24,7 @@
 //! decided cannot remove anything.
 
 pub mod keys;
+pub mod tls;
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -47,8 +48,8 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Cluster, RouteKey},
     serve::api::ClusterView,
-    table::state::{Commit, RouteChange, StateError, Store, StoredRoute},
-    table::users::Users,
+    table::state::{Claim, Commit, RouteChange, StateError, Store, StoredRoute},
+    table::users::{Denied, Users},
 };
 use keys::Kind;
 
@@ -64,6 +65,15 @@ const ROUTES_PER_TXN: usize = 40;
 /// Routes per removal (4 operations each: the route, its port, its backend, its last-seen
 /// times).
 const DELETES_PER_TXN: usize = 30;
+/// Times a claim counts again when another claim of the same user moved the stamp
+/// between its count and its write.
+const CLAIM_ATTEMPTS: usize = 5;
+/// Accounts one save may remove: each is one compare and one put (and two reads), within
+/// etcd's default `--max-txn-ops` of 128 with room for the rest.
+const REMOVALS_PER_SAVE: usize = 100;
+/// Accounts added in one save whose old `holds/<name>` tombstone is cleared (one
+/// operation each); a bulk add beyond (a config file's first start) has none to clear.
+const ADDS_STAMPED: usize = 20;
 /// Last-seen times per transaction (each a nested transaction of one compare and one put).
 const SEEN_PER_TXN: usize = 100;
 /// The announcement's lease: a gateway that stops renewing it leaves the member list
@@ -278,6 +288,16 @@ pub struct EtcdStore {
     initial: Option<Snapshot>,
     /// The accounts document's `mod_revision` the core's accounts are (0: none stored).
     accounts_rev: i64,
+    /// The names in that document: a save that drops one removes an account, which the
+    /// store fences against claims ([`EtcdStore::save_accounts`]).
+    accounts_names: BTreeSet<String>,
+}
+
+/// How a conditional put of routes ended.
+enum Put {
+    Done(i64),
+    /// Only the claim's stamp had moved: count again.
+    StampMoved,
 }
 
 impl Drop for EtcdStore {
@@ -300,17 +320,26 @@ impl EtcdStore {
             action,
             reason,
         };
+        // Before the runtime: a bad file returns here, and dropping a runtime is refused
+        // on the async thread the daemon starts on (see `Drop`).
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            // A peer that vanishes without a reset (a cut cable) ends the watch within
+            // seconds instead of TCP's minutes.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        match &cluster.tls {
+            Some(t) => options = options.with_tls(tls::options(t)?),
+            None => warn!(
+                endpoints,
+                "cluster: etcd is reached over plain HTTP (insecure_http = true): whoever reaches it can read every account's token digest and write the accounts, i.e. make themselves admin; use https:// with a client certificate"
+            ),
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("srvgate-etcd")
             .enable_all()
             .build()
             .map_err(|e| unavailable("start its client", e.to_string()))?;
-        let options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            // A peer that vanishes without a reset (a cut cable) ends the watch within
-            // seconds instead of TCP's minutes.
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
         let urls = cluster.etcd.clone();
         let connected = run(&rt, async move {
             tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(urls, Some(options)))
@@ -342,6 +371,15 @@ impl EtcdStore {
         );
         status.set_leader(snapshot.leader.clone(), &cluster.gateway_id);
         let accounts_rev = snapshot.accounts.as_ref().map_or(0, |(_, r)| *r);
+        // A document that does not parse fails `load_accounts` at start anyway.
+        let accounts_names = snapshot
+            .accounts
+            .as_ref()
+            .and_then(|(bytes, _)| {
+                crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes).ok()
+            })
+            .map(|u| names(&u))
+            .unwrap_or_default();
         info!(
             endpoints,
             gateway_id = %cluster.gateway_id,
@@ -357,6 +395,7 @@ impl EtcdStore {
             status,
             initial: Some(snapshot),
             accounts_rev,
+            accounts_names,
         })
     }
 
@@ -395,8 +434,13 @@ impl EtcdStore {
     }
 
     /// Puts the routes of `puts` (new ones): one transaction demanding that none of their
-    /// keys, ports or backends exists yet.
-    fn put_routes(&self, puts: &[&StoredRoute]) -> Result<i64, StateError> {
+    /// keys, ports or backends exists yet, and, for a claim, that the user's stamp
+    /// (`holds/<name>`) still has the `mod_revision` read with their count (and moving it).
+    fn put_routes(
+        &self,
+        puts: &[&StoredRoute],
+        stamp: Option<(&str, i64)>,
+    ) -> Result<Put, StateError> {
         let mut compares = Vec::new();
         let mut ops = Vec::new();
         let mut reads = Vec::new();
@@ -414,6 +458,11 @@ impl EtcdStore {
                 ops.push(TxnOp::put(k, v, None));
             }
         }
+        if let Some((key, revision)) = stamp {
+            compares.push(Compare::mod_revision(key, CompareOp::Equal, revision));
+            ops.push(TxnOp::put(key, "", None));
+            reads.push(TxnOp::get(key, None));
+        }
         let ports = TxnOp::get(
             format!("{}ports/", keys::PREFIX),
             Some(GetOptions::new().with_prefix().with_keys_only()),
@@ -426,7 +475,7 @@ impl EtcdStore {
         })?;
         let revision = resp.header().map_or(0, |h| h.revision());
         if resp.succeeded() {
-            return Ok(revision);
+            return Ok(Put::Done(revision));
         }
         // Say which guard held, and hand back the ports taken so that an allocation can
         // go around them.
@@ -470,12 +519,53 @@ impl EtcdStore {
             }
         }
         if reason.is_empty() {
+            if let Some((_, read)) = stamp {
+                let now = found
+                    .get(3 * puts.len())
+                    .and_then(Option::as_ref)
+                    .map_or(0, KeyValue::mod_revision);
+                if now != read {
+                    return Ok(Put::StampMoved);
+                }
+            }
             reason.push("changed by another gateway meanwhile; try again".into());
         }
         Err(StateError::Refused {
             reason: reason.join("; "),
             taken,
         })
+    }
+
+    /// User `name`'s stamp (`holds/<name>`'s `mod_revision`, 0 if none), whether it says
+    /// the account was removed, and how many runtime routes the user holds: read together,
+    /// at one revision.
+    fn count_routes(&self, name: &str) -> Result<(i64, bool, usize), StateError> {
+        let txn = Txn::new().and_then([
+            TxnOp::get(keys::holds_key(name), None),
+            TxnOp::get(
+                keys::routes_of(name),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ),
+        ]);
+        let resp = self.call("count the user's routes", move |mut c| {
+            Box::pin(async move { c.txn(txn).await })
+        })?;
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let (Some(stamp), Some(count)) = (gets.next(), gets.next()) else {
+            return Err(self.unavailable(
+                "count the user's routes",
+                "etcd's answer lacks a read".into(),
+            ));
+        };
+        let kv = stamp.kvs().first();
+        Ok((
+            kv.map_or(0, KeyValue::mod_revision),
+            kv.is_some_and(|kv| kv.value() == keys::REMOVED.as_bytes()),
+            usize::try_from(count.count()).unwrap_or(usize::MAX),
+        ))
     }
 
     /// Deletes the routes `gone` with their port and backend keys and every gateway's
@@ -604,7 +694,13 @@ impl Store for EtcdStore {
             })
             .collect();
         for chunk in puts.chunks(ROUTES_PER_TXN) {
-            let revision = self.put_routes(chunk)?;
+            // Without a stamp nothing but the guards can refuse (and those are errors).
+            let Put::Done(revision) = self.put_routes(chunk, None)? else {
+                return Err(StateError::Refused {
+                    reason: "changed by another gateway meanwhile; try again".into(),
+                    taken: Vec::new(),
+                });
+            };
             self.status
                 .wrote(revision, chunk.iter().map(|s| s.route.key()).collect());
         }
@@ -616,6 +712,42 @@ impl Store for EtcdStore {
         }
         // etcd answers once the change is committed by a quorum: nothing left to wait for.
         Ok(Commit::done())
+    }
+
+    /// Counts `claim.user`'s runtime routes in the shared table and puts `route` only if
+    /// one more fits and the account was not removed, in one transaction with the count's
+    /// stamp (see `keys.rs`, `holds/<name>`): a claim of the same user through another
+    /// gateway in between moves the stamp, and this one counts again.
+    fn record_claim(
+        &mut self,
+        route: &StoredRoute,
+        claim: &Claim,
+        _all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        let stamp = keys::holds_key(&claim.user);
+        for _ in 0..CLAIM_ATTEMPTS {
+            let (read, removed, held) = self.count_routes(&claim.user)?;
+            if removed {
+                return Err(StateError::Claim(Denied::NoAccount {
+                    user: claim.user.clone(),
+                }));
+            }
+            claim.check(held)?;
+            match self.put_routes(&[route], Some((&stamp, read)))? {
+                Put::Done(revision) => {
+                    self.status.wrote(revision, vec![route.route.key()]);
+                    return Ok(Commit::done());
+                }
+                Put::StampMoved => continue,
+            }
+        }
+        Err(StateError::Refused {
+            reason: format!(
+                "{}'s claims through several gateways kept crossing this one; try again",
+                claim.user
+            ),
+            taken: Vec::new(),
+        })
     }
 
     /// Removes idle routes, only while this gateway leads (the `leader` key is fenced in
@@ -688,28 +820,79 @@ impl Store for EtcdStore {
         }
     }
 
+    /// Replaces the accounts, demanding the document this gateway last saw. An account
+    /// it drops is removed only while the user holds no runtime route in the shared
+    /// table, fenced by the user's stamp (`holds/<name>`, then marked removed), so a claim
+    /// through another gateway cannot leave a route without an account, nor hand it to a
+    /// later account of the same name.
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
         let key = keys::accounts_key();
         let text = crate::table::accounts::render(users);
         let seen = self.accounts_rev;
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
-            .and_then([
-                TxnOp::put(key, text, None),
-                TxnOp::put(keys::changed_key(), "", None),
-            ]);
+        let now = names(users);
+        let removed: Vec<&String> = self.accounts_names.difference(&now).collect();
+        let added: Vec<&String> = now.difference(&self.accounts_names).collect();
+        if removed.len() > REMOVALS_PER_SAVE {
+            return Err(StateError::Refused {
+                reason: format!(
+                    "{} accounts removed at once; the shared store removes at most {REMOVALS_PER_SAVE} in one change",
+                    removed.len()
+                ),
+                taken: Vec::new(),
+            });
+        }
+        let mut compares = vec![Compare::mod_revision(key.clone(), CompareOp::Equal, seen)];
+        let mut ops = vec![
+            TxnOp::put(key, text, None),
+            TxnOp::put(keys::changed_key(), "", None),
+        ];
+        for name in &removed {
+            let (stamp, _, held) = self.count_routes(name)?;
+            if held > 0 {
+                return Err(StateError::Refused {
+                    reason: format!("{name} holds {held} route(s) in the shared table that this gateway did not remove (claimed through another gateway a moment ago, or not forwarded here); remove the user --with-routes again, or through a gateway that has them"),
+                    taken: Vec::new(),
+                });
+            }
+            let holds = keys::holds_key(name);
+            compares.push(Compare::mod_revision(
+                holds.clone(),
+                CompareOp::Equal,
+                stamp,
+            ));
+            ops.push(TxnOp::put(holds, keys::REMOVED, None));
+        }
+        for name in added.iter().take(ADDS_STAMPED) {
+            // A new stamp for a name that had one (an account of that name was removed):
+            // a claim counted under the old one fails.
+            let holds = keys::holds_key(name);
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::version(holds.clone(), CompareOp::Greater, 0)])
+                    .and_then([TxnOp::put(holds, "", None)]),
+            ));
+        }
+        let txn = Txn::new().when(compares).and_then(ops);
         let resp = self.call("save the accounts", move |mut c| {
             Box::pin(async move { c.txn(txn).await })
         })?;
         if !resp.succeeded() {
+            let reason = if removed.is_empty() {
+                "the accounts were changed through another gateway a moment ago; try again".into()
+            } else {
+                format!(
+                    "the accounts, or the routes of {}, were changed through another gateway a moment ago; try again",
+                    removed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            };
             return Err(StateError::Refused {
-                reason: "the accounts were changed through another gateway a moment ago; try again"
-                    .into(),
+                reason,
                 taken: Vec::new(),
             });
         }
         let revision = resp.header().map_or(0, |h| h.revision());
         self.accounts_rev = revision;
+        self.accounts_names = now;
         self.status.wrote(revision, Vec::new());
         Ok(())
     }
@@ -731,8 +914,9 @@ impl Store for EtcdStore {
         ));
     }
 
-    fn accounts_seen(&mut self, revision: i64) {
+    fn accounts_seen(&mut self, revision: i64, stored: &Users) {
         self.accounts_rev = revision;
+        self.accounts_names = names(stored);
     }
 
     fn cluster(&self) -> Option<ClusterView> {
@@ -759,6 +943,11 @@ impl Store for EtcdStore {
             },
         })
     }
+}
+
+/// The account names of `users`.
+fn names(users: &Users) -> BTreeSet<String> {
+    users.all().map(|u| u.name.clone()).collect()
 }
 
 /// Runs `fut` on `rt` and waits for its result from any thread, async or not (unlike
@@ -791,8 +980,9 @@ fn describe(e: &etcd_client::Error) -> String {
         cause = c.source();
     }
     match last {
-        Some(c) => format!("{}: {c}", status.message()),
-        None => status.message().to_string(),
+        // tonic often puts the cause's own text in the message: once is enough.
+        Some(c) if c.to_string() != status.message() => format!("{}: {c}", status.message()),
+        _ => status.message().to_string(),
     }
 }
 
@@ -851,7 +1041,7 @@ async fn load(client: &mut Client) -> Result<Snapshot, String> {
                         snapshot.seen.push((k, id, at));
                     }
                 }
-                Kind::Port(..) | Kind::Backend | Kind::Unknown => {}
+                Kind::Port(..) | Kind::Backend | Kind::Holds | Kind::Unknown => {}
             }
         }
         match page.kvs().last() {
@@ -1095,6 +1285,7 @@ async fn watch(
                 | Kind::Changed
                 | Kind::Port(..)
                 | Kind::Backend
+                | Kind::Holds
                 | Kind::Unknown => {}
             }
         }

@@ -63,6 +63,18 @@ pub enum StateError {
     Version { path: PathBuf, found: u64 },
     #[error("{}: another srvgate is running with this state directory (it holds the lock); stop it first, or give this one its own --state-dir", path.display())]
     Locked { path: PathBuf },
+    /// `[cluster]`'s TLS file `field` (`cluster.ca`, `cluster.cert`, `cluster.key`) cannot
+    /// be used: the gateway does not start.
+    #[error("{field} {}: {reason}", path.display())]
+    ClusterFile {
+        field: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// A shared store refused a student's claim by its own count: the quota was reached
+    /// through other gateways, or the account was removed through one.
+    #[error("{0}")]
+    Claim(crate::table::users::Denied),
     /// A shared store did not answer: nothing was changed.
     #[error("etcd at {endpoints} is unreachable ({action}: {reason}); changes are refused until it answers, forwarding and DNS go on with the last table")]
     Unavailable {
@@ -86,6 +98,7 @@ impl StateError {
         match self {
             StateError::Unavailable { .. } => 503,
             StateError::Refused { .. } => 409,
+            StateError::Claim(d) => d.status(),
             _ => 500,
         }
     }
@@ -104,6 +117,34 @@ pub struct StoredRoute {
 struct FileFormat {
     version: u64,
     routes: Vec<RawRoute>,
+}
+
+/// A student's claim, as [`Store::record_claim`] checks it: the account it is made for and
+/// its quota. A shared store counts the user's runtime routes itself, so that claims
+/// through several gateways at once cannot pass a quota each gateway's own table would.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub user: String,
+    pub max_routes: u32,
+    /// Routes of the user that this gateway's config file declares: they count against
+    /// the quota, and no store holds them.
+    pub config_held: usize,
+}
+
+impl Claim {
+    /// Whether one more route fits beside `runtime_held` runtime routes (the quota rule
+    /// is `users::check_claim`'s; this only counts).
+    pub fn check(&self, runtime_held: usize) -> Result<(), StateError> {
+        let used = runtime_held + self.config_held;
+        if used >= self.max_routes as usize {
+            return Err(StateError::Claim(crate::table::users::Denied::Quota {
+                user: self.user.clone(),
+                used,
+                max: self.max_routes,
+            }));
+        }
+        Ok(())
+    }
 }
 
 /// One change to the runtime routes, as [`Store::record`] takes it.
@@ -165,12 +206,26 @@ pub trait Store: Send {
         changes: &[RouteChange],
         all: &dyn Fn() -> Vec<StoredRoute>,
     ) -> Result<Commit, StateError>;
+    /// Records one new runtime route that a student claims, as [`Store::record`] would. A
+    /// shared store makes it only while `claim.user`'s account exists there and within
+    /// its quota counted there, in the same transaction as the route
+    /// ([`StateError::Claim`] otherwise). A local store holds every route this gateway
+    /// has, which the core already counted.
+    fn record_claim(
+        &mut self,
+        route: &StoredRoute,
+        _claim: &Claim,
+        all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        self.record(&[RouteChange::Put(route.clone())], all)
+    }
     /// The accounts and port cool-downs; none stored yet means none.
     fn load_accounts(&self) -> Result<Users, StateError>;
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError>;
-    /// A shared store: the accounts the core now holds are those of `revision`, which a
-    /// conditional save then demands (so a save never overwrites a change it has not seen).
-    fn accounts_seen(&mut self, _revision: i64) {}
+    /// A shared store: the accounts the core now holds are those of `revision` (`stored`,
+    /// as the store held them), which a conditional save then demands (so a save never
+    /// overwrites a change it has not seen).
+    fn accounts_seen(&mut self, _revision: i64, _stored: &Users) {}
     /// A shared store: starts sending other gateways' changes (from the revision the
     /// loads returned) to `tx`. A local store has no one else's changes.
     fn follow(

@@ -122,6 +122,22 @@ impl FromStr for BackendRule {
     }
 }
 
+/// Which config-owned accounts applying a config file's `[[user]]`s removes.
+///
+/// Gateways sharing their accounts (`[cluster]`) each apply their own file to the same
+/// accounts, and their files may differ (a rolling reload, or on purpose). A gateway then
+/// removes only what its own file dropped: an account another gateway's file declares is
+/// not its to remove, and removing it would drop the token issued for it (re-added by
+/// that gateway, it would come back without one).
+#[derive(Clone, Copy, Debug)]
+pub enum ConfigRemoval<'a> {
+    /// Alone: every config-owned account the file does not declare.
+    Undeclared,
+    /// With other gateways: only those that `previous` (this gateway's last file)
+    /// declared and the new file does not; `&[]` removes none.
+    DroppedFrom(&'a [crate::config::ConfigUser]),
+}
+
 /// One account.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
@@ -162,6 +178,9 @@ pub enum Denied {
     Quota { user: String, used: usize, max: u32 },
     #[error("no route {key} of {user}")]
     NoSuchRoute { user: String, key: String },
+    /// The account was removed (through another gateway, which this one had not heard of).
+    #[error("there is no account {user} any more (removed through another gateway)")]
+    NoAccount { user: String },
 }
 
 fn list_rules(rules: &[BackendRule]) -> String {
@@ -182,6 +201,7 @@ impl Denied {
             Denied::NotYourBackend { .. } => "backend",
             Denied::Quota { .. } => "quota",
             Denied::NoSuchRoute { .. } => "service",
+            Denied::NoAccount { .. } => "name",
         }
     }
     pub fn status(&self) -> u16 {
@@ -358,13 +378,14 @@ impl Users {
             .ok_or_else(|| UserError::NoSuchUser(name.to_string()))
     }
 
-    /// Makes the config file's `[[user]]`s the config-owned accounts: new ones are added
+    /// Makes the config file's `[[user]]`s config-owned accounts: new ones are added
     /// (without a token until one is issued), existing ones take the file's fields and
-    /// keep their token, and accounts the file no longer declares are removed. Returns the
-    /// names added, changed and removed.
+    /// keep their token (a token is never dropped here), and the config-owned accounts
+    /// `removal` names are removed. Returns the names added, changed and removed.
     pub fn apply_config(
         &mut self,
         declared: &[crate::config::ConfigUser],
+        removal: ConfigRemoval<'_>,
         now: SystemTime,
     ) -> (Vec<String>, Vec<String>, Vec<String>) {
         let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
@@ -397,8 +418,16 @@ impl Users {
                 }
             }
         }
+        let declares =
+            |list: &[crate::config::ConfigUser], name: &str| list.iter().any(|c| c.name == name);
         self.by_name.retain(|name, u| {
-            let keep = !u.from_config || declared.iter().any(|c| &c.name == name);
+            let dropped = match removal {
+                ConfigRemoval::Undeclared => !declares(declared, name),
+                ConfigRemoval::DroppedFrom(previous) => {
+                    declares(previous, name) && !declares(declared, name)
+                }
+            };
+            let keep = !u.from_config || !dropped;
             if !keep {
                 removed.push(name.clone());
             }

@@ -19,6 +19,14 @@
 //!   the route (the route's own prefix, so the removal need not know the gateways). No
 //!   lease: a gateway that died keeps counting with the last time it published, which
 //!   stops mattering once `reclaim_after` has passed since;
+//! - `holds/<name>`: the stamp of user `name`'s claims, put by every student's claim
+//!   (empty) in the claim's transaction, which demands the `mod_revision` it read together
+//!   with the count of `routes/<name>/`: two claims of one user through two gateways at
+//!   once cannot both pass the quota, as the second finds the stamp moved and counts
+//!   again. Removing the account puts [`REMOVED`] there, demanding the stamp unmoved since
+//!   it counted none of the user's routes, so a claim racing the removal fails on one
+//!   side; an account added again under that name clears it (a new `mod_revision`, so a
+//!   claim read before the removal still fails);
 //! - `leader`: the `gateway_id` of the one gateway that reclaims idle routes, put on its
 //!   announcement's lease by a transaction that demands the key be absent: when that
 //!   gateway stops renewing the lease, the key goes and another one takes it.
@@ -30,7 +38,7 @@ use std::{
 };
 
 use crate::{
-    config::{Protocol, Route, RouteKey},
+    config::{check_label, Protocol, Route, RouteKey},
     table::state::{self, StoredRoute},
 };
 
@@ -51,6 +59,20 @@ pub fn port_key(port: u16, protocol: Protocol) -> String {
 
 pub fn backend_key(r: &Route) -> String {
     format!("{PREFIX}backends/{}/{}", r.protocol, r.backend)
+}
+
+/// A removed account's `holds/<name>` value.
+pub const REMOVED: &str = "removed";
+
+/// The stamp of user `name`'s claims (see the module docs).
+pub fn holds_key(name: &str) -> String {
+    format!("{PREFIX}holds/{name}")
+}
+
+/// The prefix of every runtime route named `name` (the `/` keeps `ann` from counting
+/// `anna`'s).
+pub fn routes_of(name: &str) -> String {
+    format!("{PREFIX}routes/{name}/")
 }
 
 pub fn accounts_key() -> String {
@@ -111,6 +133,8 @@ pub enum Kind {
     Changed,
     Gateway(String),
     Leader,
+    /// A user's claims' stamp.
+    Holds,
     /// A gateway's last-seen time of a route: the route, the gateway.
     Seen(RouteKey, String),
     /// Not a key this version writes (or not UTF-8): ignored, and said so once per key.
@@ -141,11 +165,7 @@ pub fn classify(key: &[u8]) -> Kind {
             _ => Kind::Unknown,
         },
         ["seen", name, service, protocol, id] => match protocol.parse() {
-            Ok(protocol)
-                if !name.is_empty()
-                    && !service.is_empty()
-                    && crate::config::check_label(id).is_ok() =>
-            {
+            Ok(protocol) if !name.is_empty() && !service.is_empty() && check_label(id).is_ok() => {
                 Kind::Seen(
                     RouteKey {
                         name: name.to_string(),
@@ -162,7 +182,8 @@ pub fn classify(key: &[u8]) -> Kind {
             _ => Kind::Unknown,
         },
         ["backends", _, _] => Kind::Backend,
-        ["gateways", id] if crate::config::check_label(id).is_ok() => Kind::Gateway(id.to_string()),
+        ["holds", name] if check_label(name).is_ok() => Kind::Holds,
+        ["gateways", id] if check_label(id).is_ok() => Kind::Gateway(id.to_string()),
         _ => Kind::Unknown,
     }
 }
@@ -217,7 +238,7 @@ mod tests {
     fn keys_classify_back() {
         let s = stored("alice", 30001, "10.0.0.5:22");
         let k = s.route.key();
-        assert_eq!(classify(route_key(&k).as_bytes()), Kind::Route(k));
+        assert_eq!(classify(route_key(&k).as_bytes()), Kind::Route(k.clone()));
         assert_eq!(
             classify(port_key(30001, Protocol::Udp).as_bytes()),
             Kind::Port(30001, Protocol::Udp)
@@ -230,6 +251,10 @@ mod tests {
             Kind::Gateway("gw1".into())
         );
         assert_eq!(classify(leader_key().as_bytes()), Kind::Leader);
+        assert_eq!(classify(holds_key("alice").as_bytes()), Kind::Holds);
+        assert!(route_key(&k).starts_with(&routes_of("alice")));
+        assert!(!route_key(&k).starts_with(&routes_of("alic")));
+        assert!(holds_key("alice").as_str() < prefix_end().as_str());
         assert_eq!(
             classify(seen_key(&s.route.key(), "gw2").as_bytes()),
             Kind::Seen(s.route.key(), "gw2".into())

@@ -179,7 +179,7 @@ fn config_users_are_added_updated_and_removed_by_the_file_keeping_tokens() {
         admin: false,
     }];
     assert_eq!(
-        users.apply_config(&declared, now),
+        users.apply_config(&declared, ConfigRemoval::Undeclared, now),
         (vec!["alice".to_string()], vec![], vec![])
     );
     let a = users.get("alice").unwrap();
@@ -192,7 +192,7 @@ fn config_users_are_added_updated_and_removed_by_the_file_keeping_tokens() {
         ..declared[0].clone()
     }];
     assert_eq!(
-        users.apply_config(&more, now),
+        users.apply_config(&more, ConfigRemoval::Undeclared, now),
         (vec![], vec!["alice".to_string()], vec![])
     );
     assert_eq!(users.get("alice").unwrap().max_routes, 3);
@@ -203,9 +203,50 @@ fn config_users_are_added_updated_and_removed_by_the_file_keeping_tokens() {
     );
     // Dropped from the file: gone. A runtime account is never the file's to remove.
     assert_eq!(
-        users.apply_config(&[], now),
+        users.apply_config(&[], ConfigRemoval::Undeclared, now),
         (vec![], vec![], vec!["alice".to_string()])
     );
     assert!(users.get("alice").is_none());
     assert_eq!(users.authenticate(&runtime_token).unwrap().name, "bob");
+}
+
+/// Issue 24, item 9: gateways sharing accounts whose `[[user]]` lists differ (a rolling
+/// reload). A gateway removes only what its own file dropped: the account another
+/// gateway's file added, and the token issued for it, stay whatever this file says.
+#[test]
+fn with_other_gateways_only_what_this_file_dropped_is_removed() {
+    use crate::config::ConfigUser;
+    let now = SystemTime::UNIX_EPOCH;
+    let user = |name: &str| ConfigUser {
+        name: name.into(),
+        backends: vec![rule("10.0.0.11")],
+        max_routes: 2,
+        admin: false,
+    };
+    // gw1's new file added carol, and the admin issued her a token.
+    let mut shared = Users::default();
+    shared.apply_config(
+        &[user("alice"), user("carol")],
+        ConfigRemoval::Undeclared,
+        now,
+    );
+    let carol = shared.rotate("carol").unwrap();
+    // gw2 still runs the old file (alice only) and takes the shared accounts: carol stays,
+    // with her token.
+    let mut at_gw2 = shared.clone();
+    assert_eq!(
+        at_gw2.apply_config(&[user("alice")], ConfigRemoval::DroppedFrom(&[]), now),
+        (vec![], vec![], vec![])
+    );
+    assert_eq!(at_gw2.authenticate(&carol).unwrap().name, "carol");
+    // gw2's own reload that drops alice removes alice, and only her.
+    assert_eq!(
+        at_gw2.apply_config(&[], ConfigRemoval::DroppedFrom(&[user("alice")]), now),
+        (vec![], vec![], vec!["alice".to_string()])
+    );
+    assert_eq!(at_gw2.authenticate(&carol).unwrap().name, "carol");
+    // Alone, the file is the whole truth (as before).
+    let mut alone = shared.clone();
+    alone.apply_config(&[user("alice")], ConfigRemoval::Undeclared, now);
+    assert!(alone.get("carol").is_none());
 }
