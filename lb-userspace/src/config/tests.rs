@@ -795,7 +795,7 @@ fn a_config_route_to_the_gateway_itself_is_refused() {
         );
     }
     let cluster = format!(
-        "{}\n[cluster]\netcd = [\"http://10.0.9.2:2379\"]\ngateway_id = \"gw1\"\n",
+        "{}\n[cluster]\netcd = [\"http://10.0.9.2:2379\"]\ngateway_id = \"gw1\"\ninsecure_http = true\n",
         GOOD.replace("10.0.0.11:22", "10.0.9.2:2379")
             .replace("[dns]", "[dns]\n")
     );
