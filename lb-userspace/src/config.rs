@@ -29,7 +29,8 @@ pub use cluster::{Cluster, ClusterTls};
 #[cfg(feature = "gateway")]
 pub use machine::Interface;
 pub use route::{
-    check_backend, check_domain, check_label, check_route, OwnAddresses, RouteDraft, RouteRequest,
+    check_backend, check_domain, check_label, check_route, not_a_host, OwnAddresses, RouteDraft,
+    RouteRequest, NOT_A_HOST,
 };
 
 use raw::RawConfig;

@@ -269,35 +269,68 @@ fn endpoint_ipv4(url: &str) -> Option<Ipv4Addr> {
     host.parse().ok()
 }
 
+/// Addresses no host on either side of the gateway can honestly have, each with the reason:
+/// the one list that both the backend rule ([`check_backend`]) and the public legs' source
+/// guard (`kernel::dataplane::guard_entries`) refuse (RFC 1122 3.2.1.3, RFC 3927,
+/// RFC 5771, RFC 1112).
+pub const NOT_A_HOST: [(Ipv4Addr, u8, &str); 5] = [
+    (
+        Ipv4Addr::new(0, 0, 0, 0),
+        8,
+        "is this machine itself (0.0.0.0/8, \"this network\")",
+    ),
+    (
+        Ipv4Addr::new(127, 0, 0, 0),
+        8,
+        "is this machine itself (loopback, 127.0.0.0/8)",
+    ),
+    (
+        Ipv4Addr::new(169, 254, 0, 0),
+        16,
+        "is link-local (169.254.0.0/16): it means this machine's own link (a cloud's metadata service), never a host behind or in front of the gateway",
+    ),
+    (
+        Ipv4Addr::new(224, 0, 0, 0),
+        4,
+        "is a multicast address (224.0.0.0/4)",
+    ),
+    (
+        Ipv4Addr::new(240, 0, 0, 0),
+        4,
+        "is reserved (240.0.0.0/4, or the broadcast address)",
+    ),
+];
+
+/// Why `ip` is in [`NOT_A_HOST`], if it is.
+pub fn not_a_host(ip: Ipv4Addr) -> Option<&'static str> {
+    let ip = u32::from(ip);
+    NOT_A_HOST
+        .iter()
+        .find(|(net, len, _)| (ip ^ u32::from(*net)) >> (32 - u32::from(*len)) == 0)
+        .map(|(_, _, why)| *why)
+}
+
 /// The gateway's rule for a backend's address, apart from [`check_route`]'s own checks of
-/// the field: a backend is never the gateway itself nor an address that only ever means
-/// "this machine" or "this link". Refused:
+/// the field: a backend is never the gateway itself nor an address no host has. Refused:
 /// - an address `own` holds (any interface's, an etcd endpoint's): the rewritten packet,
 ///   or a web router's connection, would reach the gateway's own services (sshd, etcd)
 ///   and publish them;
-/// - 169.254.0.0/16 (link-local: the address of a cloud's metadata service, and of
-///   whatever a link's own hosts answer on, never routed);
-/// - 240.0.0.0/4 (reserved; 255.255.255.255 is the broadcast address);
-/// - 0.0.0.0/8 and 127.0.0.0/8, multicast (also refused by [`check_route`], repeated here
-///   so this one function holds the whole rule for the web routers' connect).
+/// - [`NOT_A_HOST`]: loopback and 0/8, link-local (the address of a cloud's metadata
+///   service, and of whatever a link's own hosts answer on, never routed), multicast and
+///   240/4 (some also refused by [`check_route`], repeated here so this one function holds
+///   the whole rule for the web routers' connect).
 ///
 /// Applied to every backend named (config file, `route add`, claims, a loaded or shared
 /// table) and before every web router connection. The reason names the rule.
 pub fn check_backend(backend: SocketAddrV4, own: &OwnAddresses) -> Result<(), String> {
     let ip = *backend.ip();
-    let [a, b, ..] = ip.octets();
-    let rule = if let Some(holder) = own.holder(ip) {
-        format!("is {holder}: a backend that is the gateway itself would publish the gateway's own services")
-    } else if a == 169 && b == 254 {
-        "is link-local (169.254.0.0/16): it means this machine's own link (a cloud's metadata service), never a backend behind the gateway".to_string()
-    } else if a >= 240 {
-        "is reserved (240.0.0.0/4, or the broadcast address)".to_string()
-    } else if a == 0 || a == 127 {
-        "is this machine itself (0.0.0.0/8 or loopback)".to_string()
-    } else if ip.is_multicast() {
-        "is a multicast address".to_string()
-    } else {
-        return Ok(());
-    };
-    Err(format!("{backend} {rule}"))
+    if let Some(holder) = own.holder(ip) {
+        return Err(format!(
+            "{backend} is {holder}: a backend that is the gateway itself would publish the gateway's own services"
+        ));
+    }
+    match not_a_host(ip) {
+        Some(why) => Err(format!("{backend} {why}")),
+        None => Ok(()),
+    }
 }

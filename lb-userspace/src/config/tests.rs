@@ -837,3 +837,29 @@ fn the_backend_rule_names_what_holds_the_address() {
         "only what the gateway holds is its own"
     );
 }
+
+/// The one list of addresses no host has: the first and last address of each range are in
+/// it, the neighbours just outside are not.
+#[test]
+fn addresses_no_host_has() {
+    for (net, len, _) in NOT_A_HOST {
+        let first = u32::from(net);
+        let last = first | (u32::MAX >> len);
+        assert!(not_a_host(first.into()).is_some(), "{net}/{len}");
+        assert!(not_a_host(last.into()).is_some(), "{net}/{len}");
+    }
+    for ok in [
+        "1.0.0.0",
+        "126.255.255.255",
+        "128.0.0.0",
+        "169.253.255.255",
+        "169.255.0.0",
+        "223.255.255.255",
+        "10.0.0.1",
+    ] {
+        assert_eq!(not_a_host(ok.parse().unwrap()), None, "{ok}");
+    }
+    assert!(not_a_host("255.255.255.255".parse().unwrap())
+        .unwrap()
+        .contains("broadcast"));
+}

@@ -20,17 +20,21 @@ use tracing::{info, warn};
 use super::{encode::addr_be, maps::map_err, DataplaneError, Leg};
 use crate::config::Interface;
 
-/// Sources no packet from outside can honestly carry, whatever the machine: "this
-/// network" (0/8), loopback (127/8), link-local (169.254/16), multicast (224/4), and the
-/// reserved 240/4, which holds the limited broadcast 255.255.255.255 (RFC 1122 3.2.1.3,
-/// RFC 3927, RFC 5771, RFC 1112).
-pub const BOGONS: [(Ipv4Addr, u8); 5] = [
-    (Ipv4Addr::new(0, 0, 0, 0), 8),
-    (Ipv4Addr::new(127, 0, 0, 0), 8),
-    (Ipv4Addr::new(169, 254, 0, 0), 16),
-    (Ipv4Addr::new(224, 0, 0, 0), 4),
-    (Ipv4Addr::new(240, 0, 0, 0), 4),
-];
+/// Sources no packet from outside can honestly carry, whatever the machine: the addresses
+/// no host has (`config::NOT_A_HOST`: 0/8, 127/8, 169.254/16, 224/4, and 240/4 with the
+/// limited broadcast), the same list the backend rule refuses.
+pub const BOGONS: [(Ipv4Addr, u8); 5] = {
+    let mut out = [(Ipv4Addr::UNSPECIFIED, 0); 5];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = (
+            crate::config::NOT_A_HOST[i].0,
+            crate::config::NOT_A_HOST[i].1,
+        );
+        i += 1;
+    }
+    out
+};
 
 /// A prefix: its first address (host bits zero) and length.
 pub type Prefix = (Ipv4Addr, u8);
