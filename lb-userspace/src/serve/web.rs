@@ -601,7 +601,10 @@ mod tests {
             .flat_map(|i| i.ipv4)
             .find(|a| !a.is_loopback() && !a.is_link_local());
         let Some(own) = own else {
-            eprintln!("skipped: this machine has no non-loopback IPv4 address to connect to");
+            srvgate_tests::skip(
+                "a_router_never_connects_to_the_gateway_itself",
+                "this machine has no non-loopback IPv4 address to connect to",
+            );
             return;
         };
         let l = tokio::net::TcpListener::bind((own, 0)).await.unwrap();
