@@ -313,7 +313,7 @@ fn start_web(lab: &ClusterLab) {
         &[],
     )
     .unwrap();
-    thread::sleep(Duration::from_millis(300));
+    lab.wait_port(&lab.backend, BACKEND, 8080).unwrap();
 }
 
 /// Issue 15: reclaim with an injected clock happens once. Both gateways run with
