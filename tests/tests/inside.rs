@@ -174,7 +174,8 @@ fn icmp_errors_about_hairpin_flows_reach_both_ends() {
             &["python3", "-c", UDP_LATE_ANSWERER, "5354", "0.5"],
         )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    lab.wait_udp_bound(&lab.b2, answerer, 5354, Duration::from_secs(10))
+        .unwrap();
     let out = lab
         .exec(
             &lab.b1,
@@ -253,11 +254,8 @@ fn a_backends_reply_to_a_spoofed_datagram_never_reaches_another_route() {
     };
     let (alice, bob) = (echo(&lab.b1), echo(&lab.b2));
     for (ns, pid) in [(&lab.b1, alice), (&lab.b2, bob)] {
-        wait_until("the echo service", Duration::from_secs(5), || {
-            lab.exec(ns, &["ss", "-Hlun", "sport = :7"], Duration::from_secs(5))
-                .is_ok_and(|o| !o.stdout.is_empty())
-                || !lab.is_running(pid)
-        });
+        lab.wait_udp_bound(ns, pid, 7, Duration::from_secs(10))
+            .unwrap();
     }
     // Bob's echo works through the hairpin, from alice's host like from anyone's.
     let out = lab

@@ -11,6 +11,7 @@ use std::{
 
 use srvgate_tests::*;
 
+/// A pass-all XDP program ready to attach: xdp-filter's, shipped by libxdp1 (setup installs it).
 const XDP_PASS_OBJ: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
 
 #[test]
@@ -95,33 +96,35 @@ fn lab_builds_and_cleans_up() {
             .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
 
-        // xdp_attached sees a (generic) XDP program come and go, if xdp-tools' objects exist.
+        // xdp_attached sees a (generic) XDP program come and go.
         assert!(!lab.xdp_attached(&lab.gw, "pub0").unwrap());
-        if std::path::Path::new(XDP_PASS_OBJ).exists() {
-            lab.exec_ok(
-                &lab.gw,
-                &[
-                    "ip",
-                    "link",
-                    "set",
-                    "dev",
-                    "priv2",
-                    "xdpgeneric",
-                    "obj",
-                    XDP_PASS_OBJ,
-                    "sec",
-                    "xdp",
-                ],
-            )
-            .unwrap();
-            assert!(lab.xdp_attached(&lab.gw, "priv2").unwrap());
-            lab.exec_ok(
-                &lab.gw,
-                &["ip", "link", "set", "dev", "priv2", "xdpgeneric", "off"],
-            )
-            .unwrap();
-            assert!(!lab.xdp_attached(&lab.gw, "priv2").unwrap());
-        }
+        assert!(
+            std::path::Path::new(XDP_PASS_OBJ).exists(),
+            "{XDP_PASS_OBJ} is missing: `cargo xtask setup` installs it (Debian's libxdp1)"
+        );
+        lab.exec_ok(
+            &lab.gw,
+            &[
+                "ip",
+                "link",
+                "set",
+                "dev",
+                "priv2",
+                "xdpgeneric",
+                "obj",
+                XDP_PASS_OBJ,
+                "sec",
+                "xdp",
+            ],
+        )
+        .unwrap();
+        assert!(lab.xdp_attached(&lab.gw, "priv2").unwrap());
+        lab.exec_ok(
+            &lab.gw,
+            &["ip", "link", "set", "dev", "priv2", "xdpgeneric", "off"],
+        )
+        .unwrap();
+        assert!(!lab.xdp_attached(&lab.gw, "priv2").unwrap());
 
         let pids = lab.pids();
         assert_eq!(pids, vec![sshd1, sshd2, iperf]);

@@ -163,7 +163,8 @@ fn a_df_datagram_too_big_for_a_leg_teaches_its_sender_the_mtu() {
     let receiver = lab
         .spawn(&lab.b1, &["python3", "-c", UDP_RECEIVER, "5353"])
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    lab.wait_udp_bound(&lab.b1, receiver, 5353, Duration::from_secs(10))
+        .unwrap();
     send(&lab.client, &[PUBLIC_IP, "30053", "1400", "nodf"]);
     wait_until("backend 1's receiver", Duration::from_secs(12), || {
         !lab.is_running(receiver)

@@ -139,7 +139,10 @@ fn a_spoofed_public_source_starts_no_loop() {
     let bob = lab
         .spawn(&lab.b2, &["python3", "-c", UDP_ECHO, "7007", "8"])
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    for (ns, pid) in [(&lab.b1, alice), (&lab.b2, bob)] {
+        lab.wait_udp_bound(ns, pid, 7007, Duration::from_secs(10))
+            .unwrap();
+    }
 
     // A real client is served.
     assert_eq!(

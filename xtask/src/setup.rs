@@ -35,6 +35,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     // `bpftool net/prog show`: the bench reads the attached program's run-time statistics.
     "bpftool",
+    // The lab's own test attaches a ready-made pass-all XDP program (xdp-filter's
+    // xdpfilt_alw_all.o, which libxdp1 ships) to see `Lab::xdp_attached` follow it.
+    "libxdp1",
     // The C compiler for Windows that ring's build script needs when `cargo xtask test`
     // checks that the students' client builds for x86_64-pc-windows-gnu.
     "gcc-mingw-w64-x86-64",

@@ -258,6 +258,18 @@ impl Admission {
         self.held().total
     }
 
+    /// Connections held now that are busy (not to be evicted): what a test waits for
+    /// before it counts on them being spared, instead of sleeping.
+    #[cfg(test)]
+    pub fn busy_now(&self) -> usize {
+        self.held()
+            .by_client
+            .values()
+            .flatten()
+            .filter(|e| e.activity.busy())
+            .count()
+    }
+
     /// The total limit.
     pub fn capacity(&self) -> usize {
         self.total

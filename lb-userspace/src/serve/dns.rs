@@ -97,6 +97,9 @@ pub struct DnsServer {
     addrs: Vec<SocketAddr>,
     udp_workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    /// The TCP clients' table, kept for the tests to wait on instead of sleeping.
+    #[cfg(test)]
+    tcp_table: Arc<Admission>,
 }
 
 struct Shared {
@@ -164,6 +167,8 @@ impl DnsServer {
             .into_iter()
             .map(|l| tokio::spawn(serve_tcp(l, shared.clone(), table.clone())))
             .collect();
+        #[cfg(test)]
+        let tcp_table = table;
         tracing::info!(
             zone = %cfg.zone,
             serial,
@@ -178,7 +183,15 @@ impl DnsServer {
             addrs,
             udp_workers,
             stop,
+            #[cfg(test)]
+            tcp_table,
         })
+    }
+
+    /// The TCP clients held now, and how many of them are in the middle of a query.
+    #[cfg(test)]
+    pub(crate) fn tcp_clients(&self) -> (usize, usize) {
+        (self.tcp_table.open(), self.tcp_table.busy_now())
     }
 
     /// Replaces the route records atomically; the SOA serial strictly increases. Builds the

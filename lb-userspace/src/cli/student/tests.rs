@@ -261,7 +261,10 @@ fn openssh_parses_the_ssh_config_block() {
     let out = match g("alice.ssh.lab.example") {
         Ok(out) => out,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            eprintln!("ssh is not installed; skipping the OpenSSH check");
+            srvgate_tests::skip(
+                "openssh_parses_the_ssh_config_block",
+                "ssh is not installed (apt-get install openssh-client)",
+            );
             return;
         }
         Err(e) => panic!("running ssh -G: {e}"),

@@ -445,9 +445,8 @@ struct Harness {
 
 impl Harness {
     fn new(test: &str) -> Option<Harness> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipping {test}: loading BPF programs needs root");
+        if !srvgate_tests::is_root() {
+            srvgate_tests::skip(test, "loading BPF programs needs root");
             return None;
         }
         // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only this thread (the

@@ -793,7 +793,10 @@ async fn dig(addr: SocketAddr, args: &[&str]) -> Option<String> {
 async fn dig_agrees() {
     let (server, addr) = start_test_server(&alice()).await;
     let Some(out) = dig(addr, &["+short", "_ssh._tcp.alice.lab.example", "SRV"]).await else {
-        eprintln!("dig is not installed (apt-get install dnsutils); skipping the dig checks");
+        srvgate_tests::skip(
+            "dig_agrees",
+            "dig is not installed (apt-get install dnsutils)",
+        );
         return;
     };
     assert_eq!(out.trim(), "0 0 30001 gw.lab.example.");
@@ -1081,6 +1084,20 @@ fn the_udp_answer_cache_is_bounded_in_bytes_and_skips_large_and_malformed_querie
     assert_eq!((cache.len(), cache.bytes()), held);
 }
 
+/// Waits (at most 10 s, generous for a loaded machine) until the server holds `open` TCP
+/// clients of which `busy` are mid-query: what a test then relies on has happened.
+async fn wait_tcp_clients(server: &DnsServer, open: usize, busy: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.tcp_clients() != (open, busy) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server holds {:?} TCP clients (open, busy), not ({open}, {busy})",
+            server.tcp_clients()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_tcp_cap_the_longest_idle_client_makes_room() {
     const CAP: usize = 8;
@@ -1119,7 +1136,7 @@ async fn at_the_tcp_cap_the_longest_idle_client_makes_room() {
         s.write_all(&30u16.to_be_bytes()).await.unwrap();
         busy.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_tcp_clients(&server, CAP, CAP).await;
     let mut extra = TcpStream::connect(addr).await.unwrap();
     let n = timeout(Duration::from_secs(2), extra.read(&mut byte))
         .await
@@ -1129,7 +1146,7 @@ async fn at_the_tcp_cap_the_longest_idle_client_makes_room() {
     drop(busy);
 
     // A client announcing a huge query is cut off; UDP is unaffected throughout.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_tcp_clients(&server, 0, 0).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     assert_eq!(a_of(&tcp_ask_on(&mut s, &q).await.answers[0]), GATEWAY);
     s.write_all(&60000u16.to_be_bytes()).await.unwrap();

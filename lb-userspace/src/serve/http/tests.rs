@@ -516,10 +516,25 @@ async fn idle_clients_are_closed_and_one_address_cannot_take_every_slot() {
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
     assert!(t0.elapsed() < Duration::from_secs(2));
 
-    // Two silent connections from 127.0.0.1 are its share; the third is told so.
+    // Two silent connections from 127.0.0.1 are its share; the third is told so. Each step
+    // waits (bounded, generously for a loaded machine) until the server holds what it
+    // should: the closed one gone, then both silent ones, else the third could be admitted.
+    let admission = &server.shared().core.admission;
+    let held = |n: usize| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while admission.open() != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the router holds {} connections, not {n}",
+                admission.open()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    held(0).await;
     let _q1 = TcpStream::connect(at).await.unwrap();
     let _q2 = TcpStream::connect(at).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    held(2).await;
     let third = get(at, "GET / HTTP/1.1\r\nHost: alice.http.lab.example\r\n\r\n").await;
     assert!(third.starts_with("HTTP/1.1 429"), "{third}");
     // And a silent one gets a 408 after header_timeout.
