@@ -620,6 +620,7 @@ impl Control for FakeControl {
             user: UserView::of(u, routes.len()),
             public_ipv4: "203.0.113.10".into(),
             zone: Some("lab.example".into()),
+            http_service: Some("http".into()),
             routes,
         })
     }

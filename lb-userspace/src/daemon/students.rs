@@ -168,6 +168,7 @@ impl Core {
             user: self.user_view(&u),
             public_ipv4: self.gateway.public_ipv4.to_string(),
             zone: self.zone.clone(),
+            http_service: self.http_service.clone(),
             routes: self
                 .table
                 .named(caller)
