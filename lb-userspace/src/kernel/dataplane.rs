@@ -296,7 +296,7 @@ pub struct XdpDataplane {
     counter_reader: Arc<RouteCounterMap>,
     global_counters: PerCpuArray<MapData, u64>,
     settings: aya::maps::Array<MapData, Plain<Settings>>,
-    /// The legs that take redirects, and only those: the program's egress check.
+    /// `[gateway] public_ipv4`, for [`Settings::public_addr`] and the source guard.
     /// Network byte order, as the program compares it.
     public_addr: u32,
     /// What SYN and SYN-ACK segments are clamped to ([`Settings::mss`]).
