@@ -44,6 +44,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// A route's protocol when its config, request or form names none.
+    pub const DEFAULT: Protocol = Protocol::Tcp;
+
+    /// `s` parsed, or [`Protocol::DEFAULT`] when absent.
+    pub fn parse_or_default(s: Option<&str>) -> Result<Protocol, String> {
+        s.map_or(Ok(Protocol::DEFAULT), str::parse)
+    }
+
     /// IANA protocol number, as in the IPv4 header.
     pub fn number(self) -> u8 {
         match self {

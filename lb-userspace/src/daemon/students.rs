@@ -196,10 +196,8 @@ impl Core {
         service: &str,
         protocol: Option<&str>,
     ) -> Result<Removed, ApiError> {
-        let protocol: config::Protocol = protocol
-            .unwrap_or("tcp")
-            .parse()
-            .map_err(|e: String| ApiError::field(400, "protocol", e))?;
+        let protocol = config::Protocol::parse_or_default(protocol)
+            .map_err(|e| ApiError::field(400, "protocol", e))?;
         let key = config::RouteKey {
             name: caller.to_string(),
             service: service.to_string(),
