@@ -11,6 +11,7 @@
 //! machine.
 
 mod cluster;
+// The whole module is the gateway's (it reads this machine's interfaces and sysctls).
 #[cfg(feature = "gateway")]
 mod machine;
 mod raw;
