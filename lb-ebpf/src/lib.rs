@@ -18,8 +18,9 @@ pub const IPV4_HLEN: usize = 20;
 pub const TCP_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
+/// lb-common's, which the maps' keys are built with: one definition for the packet code
+/// and the daemon.
+pub use lb_common::{PROTO_TCP, PROTO_UDP};
 
 /// Ethernet header as it sits in the frame (fields in network byte order).
 #[repr(C)]

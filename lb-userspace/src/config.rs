@@ -11,6 +11,7 @@
 //! machine.
 
 mod cluster;
+// The whole module is the gateway's (it reads this machine's interfaces and sysctls).
 #[cfg(feature = "gateway")]
 mod machine;
 mod raw;
@@ -44,6 +45,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// A route's protocol when its config, request or form names none.
+    pub const DEFAULT: Protocol = Protocol::Tcp;
+
+    /// `s` parsed, or [`Protocol::DEFAULT`] when absent.
+    pub fn parse_or_default(s: Option<&str>) -> Result<Protocol, String> {
+        s.map_or(Ok(Protocol::DEFAULT), str::parse)
+    }
+
     /// IANA protocol number, as in the IPv4 header.
     pub fn number(self) -> u8 {
         match self {

@@ -18,7 +18,9 @@ use std::{
 
 use crate::{
     config::Protocol,
-    kernel::dataplane::{plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends},
+    kernel::dataplane::{
+        plan, sync_plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends,
+    },
     table::routes::{Diff, Entry, RouteTable},
     table::state::{Commit, RouteChange, StateError, Store, StoredRoute},
     table::users::Users,
@@ -160,32 +162,11 @@ impl Dataplane for FakeDataplane {
 
     fn sync_all(&mut self, table: &RouteTable, fresh: &HashSet<u32>) -> Result<(), DataplaneError> {
         let mut m = self.maps();
-        for &id in fresh {
-            m.write(&MapOp::ZeroSlot(id))?;
-        }
-        for e in table.entries() {
-            m.write(&MapOp::WriteFrontend(e.clone()))?;
-            m.write(&MapOp::WriteReverse(e.clone()))?;
-        }
-        let stale_front: Vec<_> = m
-            .frontends
-            .keys()
-            .filter(|&&(port, protocol)| !table.port_in_use(port, protocol))
-            .copied()
-            .collect();
-        for (port, protocol) in stale_front {
-            m.write(&MapOp::RemoveFrontend(port, protocol))?;
-        }
-        let stale_rev: Vec<_> = m
-            .reverse
-            .keys()
-            .filter(|&&(backend, protocol)| !table.backend_in_use(backend, protocol))
-            .copied()
-            .collect();
-        for (backend, protocol) in stale_rev {
-            m.write(&MapOp::RemoveReverse(backend, protocol))?;
-        }
-        Ok(())
+        let held_frontends: Vec<_> = m.frontends.keys().copied().collect();
+        let held_reverse: Vec<_> = m.reverse.keys().copied().collect();
+        sync_plan(table, fresh, held_frontends, held_reverse)
+            .iter()
+            .try_for_each(|op| m.write(op))
     }
 
     fn pinned_frontends(&self) -> &PinnedFrontends {
@@ -620,6 +601,7 @@ impl Control for FakeControl {
             user: UserView::of(u, routes.len()),
             public_ipv4: "203.0.113.10".into(),
             zone: Some("lab.example".into()),
+            http_service: Some("http".into()),
             routes,
         })
     }

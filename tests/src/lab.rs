@@ -228,20 +228,40 @@ pub(crate) fn fresh_lab_dir(
 
 /// Removes a lab: its processes (see [`end_all`]), its namespaces in reverse order of
 /// creation, its bpffs (freeing whatever srvgate left pinned; the temp dir goes with its
-/// `TempDir`), and only then its entry in the signal watcher's list, so that a signal
-/// during this still has the watcher remove it.
+/// `TempDir`). Whoever takes the lab's entry out of the signal watcher's list owns its
+/// removal: if the watcher got there first (a Ctrl-C), this only waits for it to end the
+/// process; otherwise the watcher waits for this (see [`REMOVING`]).
 pub(crate) fn remove_lab(
     procs: &Mutex<Vec<Tracked>>,
     created: &[String],
     dir: &Path,
     live_id: u64,
 ) {
+    let owner = {
+        let mut live = lock(&LIVE_LABS);
+        let before = live.len();
+        live.retain(|l| l.id != live_id);
+        let owner = live.len() < before;
+        if owner {
+            REMOVING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        owner
+    };
+    if !owner {
+        // The watcher is removing it and then exits the process; returning now would let
+        // the process end under it, half done.
+        let deadline = Instant::now() + REMOVAL_WAIT;
+        while Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        return;
+    }
     end_all(std::mem::take(&mut *lock(procs)));
     for ns in created.iter().rev() {
         delete_netns(ns);
     }
     unmount_bpffs(&dir.join(BPFFS_DIR));
-    lock(&LIVE_LABS).retain(|l| l.id != live_id);
+    REMOVING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Stops the tracked process `pid`: SIGTERM, up to `grace` to exit, then SIGKILL to its

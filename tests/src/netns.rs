@@ -111,11 +111,17 @@ pub(crate) fn kill_netns_pids(ns: &str) {
     }
 }
 
-/// Deletes namespace `ns` after ending the processes in it. Errors are reported, not fatal.
+/// Deletes namespace `ns` after ending the processes in it. Errors are reported, not fatal;
+/// a namespace already gone is what was wanted, not an error.
 pub(crate) fn delete_netns(ns: &str) {
-    kill_netns_pids(ns);
-    if let Err(e) = host(&["ip", "netns", "del", ns]) {
-        note(format_args!("lab cleanup: deleting namespace {ns}: {e:#}"));
+    let exists = || Path::new("/run/netns").join(ns).exists();
+    if exists() {
+        kill_netns_pids(ns);
+        if let Err(e) = host(&["ip", "netns", "del", ns]) {
+            if exists() {
+                note(format_args!("lab cleanup: deleting namespace {ns}: {e:#}"));
+            }
+        }
     }
     // Files that `ip netns exec` bind-mounts over /etc (see `Lab::set_resolver`).
     let etc = netns_etc(ns);
@@ -134,6 +140,13 @@ pub(crate) struct LiveLab {
 }
 
 pub(crate) static LIVE_LABS: Mutex<Vec<LiveLab>> = Mutex::new(Vec::new());
+/// How many labs a `Drop` is removing right now (each took its entry out of [`LIVE_LABS`],
+/// under that lock, before starting): the watcher lets them finish before it ends the
+/// process, and never removes them itself. One owner per removal, so a Ctrl-C during (or
+/// racing) a lab's drop does not delete the same namespaces twice.
+pub(crate) static REMOVING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Bound of either side's wait for the other's removal.
+pub(crate) const REMOVAL_WAIT: Duration = Duration::from_secs(60);
 /// The write end of the pipe the signal handler writes the signal number to.
 pub(crate) static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
@@ -181,6 +194,12 @@ pub(crate) fn watch_stop_signals() {
                 }
                 unmount_bpffs(&lab.dir.join(BPFFS_DIR));
                 let _ = fs::remove_dir_all(&lab.dir);
+            }
+            let deadline = Instant::now() + REMOVAL_WAIT;
+            while REMOVING.load(std::sync::atomic::Ordering::SeqCst) > 0
+                && Instant::now() < deadline
+            {
+                thread::sleep(Duration::from_millis(20));
             }
             // SAFETY: _exit ends the process at once; the labs are gone, and running
             // destructors on other threads mid-test would only race with this.

@@ -278,3 +278,90 @@ fn lab_child_for_signal_test() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Issue 25: a signal that arrives while the lab's owner is dropping it (the demo's loop
+/// ends when srvgate goes, which the same Ctrl-C stops) removes the lab once, saying
+/// nothing alarming: the signal watcher and `Drop` both deleted the namespaces, and the
+/// loser printed "Cannot remove namespace file ... No such file or directory". The child
+/// (`lab_child_for_drop_race`) drops its lab as soon as its `sleep` is gone; this test ends
+/// the `sleep` and signals the child at once.
+#[test]
+fn a_signal_during_the_labs_drop_removes_it_once_and_quietly() {
+    if skip_unless_root("a_signal_during_the_labs_drop_removes_it_once_and_quietly") {
+        return;
+    }
+    let tag = "dropsig";
+    let prefix = format!("sg-{tag}-");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "lab_child_for_drop_race",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SG_DROP_RACE_LAB", tag)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child prints the pid of its `sleep` once the lab is built.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let sleep_pid: u32 = loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "the child ended before its lab was built");
+        // After libtest's "test NAME ... " on the same line.
+        if let Some((_, p)) = line.trim().split_once("sleep pid ") {
+            break p.parse().unwrap();
+        }
+    };
+    assert_eq!(namespaces_with_prefix(&prefix).len(), 4);
+    // SAFETY: kill(2) on the child's `sleep` (alive: the child waits on it) and on our own
+    // child, not yet reaped.
+    unsafe {
+        libc::kill(sleep_pid as i32, libc::SIGKILL);
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut s);
+        (child, s)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !stderr.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(stderr.is_finished(), "the child did not end");
+    let (mut child, err) = stderr.join().unwrap();
+    let status = child.wait().unwrap();
+    let left = namespaces_with_prefix(&prefix);
+    if !left.is_empty() {
+        let _ = Lab::new(tag);
+    }
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{err}");
+    for alarming in ["Cannot remove", "lab cleanup:"] {
+        assert!(!err.contains(alarming), "{alarming:?} on stderr:\n{err}");
+    }
+}
+
+/// Not a test by itself: the child of `a_signal_during_the_labs_drop_removes_it_once_and_quietly`.
+#[test]
+fn lab_child_for_drop_race() {
+    let Ok(tag) = std::env::var("SG_DROP_RACE_LAB") else {
+        return;
+    };
+    let lab = Lab::new(&tag).expect("lab");
+    let pid = lab.spawn(&lab.client, &["sleep", "60"]).expect("sleep");
+    // Straight to stdout (the test harness captures `println!`), where the parent reads it.
+    let mut out = std::io::stdout();
+    let _ = std::io::Write::write_all(&mut out, format!("sleep pid {pid}\n").as_bytes());
+    let _ = std::io::Write::flush(&mut out);
+    // Like the demo's loop: the lab goes (dropped) once its process has gone; bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lab.is_running(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

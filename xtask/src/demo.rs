@@ -1,7 +1,10 @@
 //! `cargo xtask run` without arguments: a self-contained demo lab in network namespaces
 //! (`sg-demo-*`): a client (the internet), the gateway running srvgate with XDP attached,
 //! and two student instances with real sshd and a small web server. It runs, and prints,
-//! what a newcomer would type, then keeps the lab up until Ctrl-C and removes it all.
+//! what a newcomer would type: first the admin's static routes, then a student (carol) who
+//! is added, logs in through the portal, claims an ssh port, uses it by name, sees the web
+//! console's address (and a screenshot, if Chromium is there) and releases it. Then it
+//! keeps the lab up until Ctrl-C and removes it all.
 //!
 //! Stopping it is the lab's business: SIGINT, SIGTERM and SIGHUP make the lab library
 //! remove every namespace, process and the bpffs, also when stdout is gone (`| tee`, ended
@@ -14,9 +17,15 @@
 use std::{io::Write as _, path::Path, process::Output, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
-use srvgate_tests::{config_toml, is_root, Lab, RouteSpec, B1_IP, B2_IP, PUBLIC_IP};
+use srvgate_tests::{
+    config_toml, is_root, workspace_root, Lab, RouteSpec, B1_IP, B2_IP, PUBLIC_IP,
+};
 
 const ZONE: &str = "lab.example";
+/// The students' portal (HTTPS API and web console) on the gateway's public address.
+const PORTAL_PORT: u16 = 8443;
+/// carol's sshd on bob's machine (B2): port 22 there is bob's route's backend already.
+const CAROL_SSH_PORT: u16 = 2222;
 
 /// `println!` that cannot panic: with stdout gone the demo still runs, and is still removed.
 macro_rules! say {
@@ -35,6 +44,8 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
     let lab = Lab::new("demo").context("building the demo lab")?;
     lab.start_sshd(&lab.b1, "alice-box")?;
     lab.start_sshd(&lab.b2, "bob-box")?;
+    // carol's instance: another sshd on bob's machine, her own port there.
+    lab.start_sshd_on(&lab.b2, "carol-box", B2_IP, CAROL_SSH_PORT)?;
     for (ns, who) in [(&lab.b1, "alice"), (&lab.b2, "bob")] {
         lab.start_web(ns, &format!("hello from {who}'s instance"))?;
     }
@@ -44,10 +55,14 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
         RouteSpec::tcp("alice", "http", &format!("{B1_IP}:80"), 30080),
         RouteSpec::tcp("bob", "http", &format!("{B2_IP}:80"), 30081),
     ];
-    // HTTP by Host header on the gateway's port 80: alice.http.<zone> needs no port.
+    // HTTP by Host header on the gateway's port 80: alice.http.<zone> needs no port. The
+    // portal is where students log in and claim; an idle claim goes back after 14 days.
     let config = format!(
-        "{}\n[http]\nlisten = [\"{PUBLIC_IP}:80\"]\n",
-        config_toml(&routes)
+        "{}\n[http]\nlisten = [\"{PUBLIC_IP}:80\"]\n\n[portal]\nlisten = [\"{PUBLIC_IP}:{PORTAL_PORT}\"]\n",
+        config_toml(&routes).replace(
+            "port_cooldown = \"0s\"",
+            "port_cooldown = \"0s\"\nreclaim_after = \"14d\""
+        )
     );
     let config = lab.write_file("srvgate.toml", &config)?;
     std::env::set_var("SRVGATE_BIN", srvgate);
@@ -129,6 +144,7 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
          the Host header; with :30080 the same page came through XDP.",
         gw = lab.gw
     );
+    let portal = student(&lab, &bin)?;
     if once {
         say!("\ndemo: all steps worked; removing the lab.");
         return Ok(());
@@ -138,8 +154,11 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
          \n    ip netns exec {cli} {bin} ssh root@bob.ssh.{ZONE} -- -i {key} -o StrictHostKeyChecking=no\
          \n    ip netns exec {cli} dig @{PUBLIC_IP} SRV _ssh._tcp.bob.{ZONE}\
          \n    ip netns exec {cli} curl http://bob.http.{ZONE}/\
-         \n    ip netns exec {gw} curl -s http://127.0.0.1:9110/metrics\n\
+         \n    ip netns exec {gw} curl -s http://127.0.0.1:9110/metrics\
+         \n    ip netns exec {gw} {bin} user add dave --backend {B1_IP} --socket {socket}\
+         \n    ip netns exec {cli} {bin} login {portal} --fingerprint FINGERPRINT --credentials /tmp/dave.json\n\
          \nPress Ctrl-C to remove the lab.",
+        socket = lab.socket_path().display(),
         cli = lab.client,
         gw = lab.gw
     );
@@ -153,6 +172,165 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The mission's central idea, from the student's side: the admin adds carol, who logs in
+/// from the client (the internet), claims an ssh port, uses it by name, looks at her routes
+/// and the console, and gives the port back. Returns the portal's URL.
+fn student(lab: &Lab, bin: &str) -> Result<String> {
+    say!(
+        "\nStudents get their own endpoints by asking. On the gateway, the admin adds carol,\n\
+         who may point routes at {B2_IP} (her instance, sshd on port {CAROL_SSH_PORT}):"
+    );
+    say!("\n  gw# srvgate user add carol --backend {B2_IP}");
+    let added = lab.srvgate_ctl_ok(&["user", "add", "carol", "--backend", B2_IP])?;
+    for line in added.lines() {
+        say!("    {line}");
+    }
+    let token = added
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .context("`srvgate user add` printed no token")?
+        .trim()
+        .to_string();
+    say!("\n  gw# srvgate status   (the portal's line)");
+    let status = lab.srvgate_ctl_ok(&["status"])?;
+    let portal_line = status
+        .lines()
+        .find(|l| l.starts_with("portal "))
+        .context("`srvgate status` shows no portal")?;
+    say!("    {portal_line}");
+    let fingerprint = portal_line
+        .rsplit("SHA-256 ")
+        .next()
+        .and_then(|f| f.strip_suffix(')'))
+        .context("no certificate fingerprint on the portal's status line")?
+        .to_string();
+
+    let url = format!("https://{PUBLIC_IP}:{PORTAL_PORT}");
+    let token_file = lab.write_file("carol.token", &format!("{token}\n"))?;
+    let token_file = token_file.display().to_string();
+    let creds = lab.dir().join("carol.json").display().to_string();
+    say!(
+        "\ncarol, on her own machine (the client namespace), with the token the admin gave her\n\
+         and the fingerprint the admin published (--credentials keeps the demo out of ~/.config):"
+    );
+    let argv = |args: &[&str]| -> Vec<String> {
+        let mut v = vec![bin.to_string()];
+        v.extend(args.iter().map(|a| a.to_string()));
+        v.extend(["--credentials".to_string(), creds.clone()]);
+        v
+    };
+    let run = |shown: &str, args: &[&str]| -> Result<Output> {
+        let v = argv(args);
+        let v: Vec<&str> = v.iter().map(String::as_str).collect();
+        show(lab, &format!("{shown} --credentials {creds}"), &v)
+    };
+    let out = run(
+        &format!("srvgate login {url} --fingerprint {fingerprint} --token-file {token_file}"),
+        &[
+            "login",
+            &url,
+            "--fingerprint",
+            &fingerprint,
+            "--token-file",
+            &token_file,
+        ],
+    )?;
+    expect(&out, "logged in as carol")?;
+    let backend = format!("{B2_IP}:{CAROL_SSH_PORT}");
+    let out = run(
+        &format!("srvgate claim ssh --backend {backend}"),
+        &["claim", "ssh", "--backend", &backend],
+    )?;
+    expect(&out, &format!("srvgate ssh carol.ssh.{ZONE}"))?;
+
+    let quiet = lab.ssh_options()?;
+    let target = format!("root@carol.ssh.{ZONE}");
+    let mut ssh = vec![bin, "ssh", target.as_str(), "--"];
+    ssh.extend(quiet.iter().map(String::as_str));
+    ssh.push("hostname");
+    let out = show(lab, &format!("srvgate ssh {target} -- hostname"), &ssh)?;
+    expect(&out, "carol-box")?;
+    let out = run("srvgate mine", &["mine"])?;
+    expect(&out, "carol: 1 of")?;
+    expect(&out, "reclaimed in")?;
+    say!(
+        "\nThe port is carol's while she uses it: left idle for 14 days ([gateway] reclaim_after)\n\
+         it goes back by itself, which `mine` counts down."
+    );
+
+    say!(
+        "\nThe same, in a browser: the web console at {url}/ (log in with the token; the\n\
+         certificate is self-signed, its SHA-256 is the fingerprint above)."
+    );
+    console_screenshot(lab, &url);
+
+    let out = run("srvgate release ssh", &["release", "ssh"])?;
+    if !out.status.success() {
+        bail!(
+            "carol's release failed ({}); the demo lab is not working",
+            out.status
+        );
+    }
+    let out = run("srvgate mine", &["mine"])?;
+    expect(&out, "no routes")?;
+    let srv = format!("_ssh._tcp.carol.{ZONE}");
+    let out = show(
+        lab,
+        &format!("dig @{PUBLIC_IP} SRV {srv} +short"),
+        &["dig", &format!("@{PUBLIC_IP}"), "SRV", &srv, "+short"],
+    )?;
+    if !out.status.success() || !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+        bail!("carol's name still answers after the release; the demo lab is not working");
+    }
+    say!("\nReleased: the port, the name and the route are gone.");
+    Ok(url)
+}
+
+/// A screenshot of the console's login page with headless Chromium in the client
+/// namespace, when Chromium is installed; otherwise (or if it fails) the command to take
+/// one. Not a step the demo checks: the console's own tests drive it in a browser.
+fn console_screenshot(lab: &Lab, url: &str) {
+    let dir = workspace_root().join("target/demo");
+    let path = dir.join("console-login.png");
+    let profile = lab.dir().join("chromium");
+    let args = [
+        "--headless=new".to_string(),
+        "--no-sandbox".to_string(),
+        "--disable-gpu".to_string(),
+        "--disable-dev-shm-usage".to_string(),
+        // Self-signed: this picture needs no pinning; the CLI pins the fingerprint.
+        "--ignore-certificate-errors".to_string(),
+        format!("--user-data-dir={}", profile.display()),
+        "--window-size=1200,800".to_string(),
+        format!("--screenshot={}", path.display()),
+        format!("{url}/"),
+    ];
+    let shown = format!("chromium {}", args.join(" "));
+    let taken = std::fs::create_dir_all(&dir).is_ok() && {
+        let _ = std::fs::remove_file(&path);
+        let mut argv = vec!["chromium"];
+        argv.extend(args.iter().map(String::as_str));
+        lab.exec(&lab.client, &argv, Duration::from_secs(60))
+            .is_ok_and(|o| o.status.success())
+            && path.exists()
+    };
+    if taken {
+        say!("  screenshot of its login page: {}", path.display());
+    } else {
+        say!(
+            "  (no screenshot: Chromium is missing or failed; take one with\n    ip netns exec {} {shown})",
+            lab.client
+        );
+    }
+    say!(
+        "  the logged-in pages, as the console's tests see them: {}",
+        workspace_root()
+            .join("target/console-screenshots")
+            .display()
+    );
 }
 
 /// Prints `$ shown`, runs `argv` in the client namespace, prints its output.

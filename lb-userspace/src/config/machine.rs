@@ -14,7 +14,6 @@ impl Config {
     /// `Ok` value lists what is only worth a warning (`public_ipv4` on no interface yet, as
     /// on a standby gateway of a failover pair). `srvgate check`, `run` and SIGHUP all call
     /// this, after [`Config::load`].
-    #[cfg(feature = "gateway")]
     pub fn check_machine(&self, file: &Path) -> Result<Vec<FieldError>, ConfigError> {
         let sysctl = |name: &str| {
             std::fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(name)).unwrap_or_default()
@@ -36,7 +35,6 @@ impl Config {
     }
 
     /// The pure part of [`Config::check_machine`]: (errors, warnings).
-    #[cfg(feature = "gateway")]
     pub(super) fn check_against(&self, m: &Machine) -> (Vec<FieldError>, Vec<FieldError>) {
         let (mut problems, mut warnings) = (Vec::new(), Vec::new());
         let g = &self.gateway;
@@ -131,7 +129,6 @@ impl Config {
 }
 
 /// What [`Config::check_machine`] reads from the machine, apart so the rules are testable.
-#[cfg(feature = "gateway")]
 #[derive(Clone, Debug, Default)]
 pub(super) struct Machine {
     pub(super) interfaces: Vec<Interface>,
@@ -152,7 +149,6 @@ pub struct Interface {
 }
 
 /// `ip_local_port_range`: two numbers separated by whitespace.
-#[cfg(feature = "gateway")]
 pub(super) fn parse_port_pair(text: &str) -> Option<PortRange> {
     let mut it = text.split_whitespace().map(|p| p.parse::<u16>().ok());
     match (it.next()??, it.next()??) {
@@ -162,7 +158,6 @@ pub(super) fn parse_port_pair(text: &str) -> Option<PortRange> {
 }
 
 /// `ip_local_reserved_ports`: `30000-32767,40000`, possibly empty.
-#[cfg(feature = "gateway")]
 pub(super) fn parse_port_list(text: &str) -> Vec<PortRange> {
     text.trim()
         .split(',')

@@ -134,7 +134,7 @@ pub fn check_route(
         })
         .map_err(|e| bad("service", e))
         .is_ok();
-    let protocol = match r.protocol.as_deref().unwrap_or("tcp").parse::<Protocol>() {
+    let protocol = match Protocol::parse_or_default(r.protocol.as_deref()) {
         Ok(p) => Some(p),
         Err(e) => {
             bad("protocol", e);

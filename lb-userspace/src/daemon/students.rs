@@ -168,6 +168,7 @@ impl Core {
             user: self.user_view(&u),
             public_ipv4: self.gateway.public_ipv4.to_string(),
             zone: self.zone.clone(),
+            http_service: self.http_service.clone(),
             routes: self
                 .table
                 .named(caller)
@@ -195,10 +196,8 @@ impl Core {
         service: &str,
         protocol: Option<&str>,
     ) -> Result<Removed, ApiError> {
-        let protocol: config::Protocol = protocol
-            .unwrap_or("tcp")
-            .parse()
-            .map_err(|e: String| ApiError::field(400, "protocol", e))?;
+        let protocol = config::Protocol::parse_or_default(protocol)
+            .map_err(|e| ApiError::field(400, "protocol", e))?;
         let key = config::RouteKey {
             name: caller.to_string(),
             service: service.to_string(),

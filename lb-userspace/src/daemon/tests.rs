@@ -1484,3 +1484,59 @@ fn an_add_is_refused_when_the_addresses_cannot_be_read() {
     assert!(e.reply.error.contains("addresses"), "{}", e.reply.error);
     assert!(rig.entry("alice").is_none());
 }
+
+/// `[http] service` names which routes the HTTP router serves by name: a student's ways in
+/// show a URL for those, and for no route when there is no `[http]` (they once assumed the
+/// label `http` whatever the config said).
+#[test]
+fn the_ways_in_follow_the_http_routers_service_label() {
+    let dns = crate::config::Dns {
+        zone: "lab.example".into(),
+        listen: vec!["127.0.0.1:53".parse().unwrap()],
+        gateway_name: "gw".into(),
+        nameservers: vec![],
+        ttl: 30,
+    };
+    let http = |service: &str| crate::config::Http {
+        listen: vec!["127.0.0.1:80".parse().unwrap()],
+        service: service.into(),
+        limits: Default::default(),
+        forwarded_for: false,
+    };
+    let mine = |http: Option<crate::config::Http>| {
+        let cfg = Config {
+            dns: Some(dns.clone()),
+            http,
+            ..config(Vec::new())
+        };
+        let (maps, store) = (FakeDataplane::new(), FakeStore::new());
+        let mut core = Core::new(
+            RouteTable::new(),
+            maps.boxed(),
+            store.boxed(),
+            &cfg,
+            Clock::default(),
+        );
+        core.interfaces = fake_interfaces;
+        core.take_over(false).unwrap();
+        core.user_add(user_request("alice", &["10.0.0.11"], 4))
+            .unwrap();
+        for (service, backend) in [("web", "10.0.0.11:80"), ("http", "10.0.0.11:8080")] {
+            core.claim("alice", claim(service, backend)).unwrap();
+        }
+        crate::cli::student::account::render_mine(&core.me("alice").unwrap())
+    };
+
+    let out = mine(Some(http("web")));
+    assert!(out.contains("http://alice.web.lab.example/"), "{out}");
+    assert!(!out.contains("http://alice.http.lab.example/"), "{out}");
+
+    let out = mine(Some(http("http")));
+    assert!(out.contains("http://alice.http.lab.example/"), "{out}");
+    assert!(!out.contains("http://alice.web.lab.example/"), "{out}");
+
+    let out = mine(None);
+    assert!(!out.contains("http://"), "{out}");
+    // The name still resolves (SRV), so it is shown without a URL.
+    assert!(out.contains("alice.http.lab.example (SRV"), "{out}");
+}

@@ -282,6 +282,36 @@ pub fn plan(table: &RouteTable, diff: &Diff) -> Vec<MapOp> {
     ops
 }
 
+/// The map writes that make the maps hold exactly `table` (at start, over whatever the
+/// pinned maps kept): the `fresh` counter slots zeroed, every route written, then every
+/// frontend (`held_frontends`) and reverse key (`held_reverse`) the maps hold that no route
+/// of `table` uses removed. The one sweep rule, for the kernel's maps and the tests' fake.
+pub fn sync_plan(
+    table: &RouteTable,
+    fresh: &HashSet<u32>,
+    held_frontends: impl IntoIterator<Item = (u16, Protocol)>,
+    held_reverse: impl IntoIterator<Item = (std::net::SocketAddrV4, Protocol)>,
+) -> Vec<MapOp> {
+    let mut ops: Vec<MapOp> = fresh.iter().map(|&id| MapOp::ZeroSlot(id)).collect();
+    for e in table.entries() {
+        ops.push(MapOp::WriteFrontend(e.clone()));
+        ops.push(MapOp::WriteReverse(e.clone()));
+    }
+    ops.extend(
+        held_frontends
+            .into_iter()
+            .filter(|&(port, protocol)| !table.port_in_use(port, protocol))
+            .map(|(port, protocol)| MapOp::RemoveFrontend(port, protocol)),
+    );
+    ops.extend(
+        held_reverse
+            .into_iter()
+            .filter(|&(backend, protocol)| !table.backend_in_use(backend, protocol))
+            .map(|(backend, protocol)| MapOp::RemoveReverse(backend, protocol)),
+    );
+    ops
+}
+
 /// The data plane in the kernel: the loaded program, its pinned maps and links.
 pub struct XdpDataplane {
     frontends: aya::maps::Array<MapData, Plain<Backend>>,
@@ -296,7 +326,7 @@ pub struct XdpDataplane {
     counter_reader: Arc<RouteCounterMap>,
     global_counters: PerCpuArray<MapData, u64>,
     settings: aya::maps::Array<MapData, Plain<Settings>>,
-    /// The legs that take redirects, and only those: the program's egress check.
+    /// `[gateway] public_ipv4`, for [`Settings::public_addr`] and the source guard.
     /// Network byte order, as the program compares it.
     public_addr: u32,
     /// What SYN and SYN-ACK segments are clamped to ([`Settings::mss`]).
@@ -343,4 +373,49 @@ pub fn leg_roles(gw: &Gateway) -> Vec<(String, u8)> {
 /// The counters' names for logs and metrics.
 pub fn verdict_names() -> &'static [&'static str] {
     &counter::NAMES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sweep removes what the maps hold and no route uses, by port and by backend, and
+    /// keeps a key a route still uses though another route held it before.
+    #[test]
+    fn the_sync_plan_writes_every_route_and_sweeps_only_the_unused() {
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut table = RouteTable::new();
+        table
+            .replace_config(
+                &[crate::testing::ssh_route("alice", 30001, "10.0.0.11:22")],
+                t0,
+            )
+            .unwrap();
+        let alice = table.entries().next().unwrap().clone();
+        let fresh = HashSet::from([alice.id]);
+        let ops = sync_plan(
+            &table,
+            &fresh,
+            [
+                (30001, Protocol::Tcp),
+                (30002, Protocol::Tcp),
+                (30001, Protocol::Udp),
+            ],
+            [
+                ("10.0.0.11:22".parse().unwrap(), Protocol::Tcp),
+                ("10.0.0.12:22".parse().unwrap(), Protocol::Tcp),
+            ],
+        );
+        assert_eq!(
+            ops,
+            [
+                MapOp::ZeroSlot(alice.id),
+                MapOp::WriteFrontend(alice.clone()),
+                MapOp::WriteReverse(alice),
+                MapOp::RemoveFrontend(30002, Protocol::Tcp),
+                MapOp::RemoveFrontend(30001, Protocol::Udp),
+                MapOp::RemoveReverse("10.0.0.12:22".parse().unwrap(), Protocol::Tcp),
+            ]
+        );
+    }
 }

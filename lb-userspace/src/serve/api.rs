@@ -183,6 +183,10 @@ pub struct MeReply {
     /// The DNS zone, when the gateway serves one.
     #[serde(default)]
     pub zone: Option<String>,
+    /// `[http] service`, when the gateway runs the HTTP router: the routes with this label
+    /// are reachable as `http://NAME.<service>.<zone>/`.
+    #[serde(default)]
+    pub http_service: Option<String>,
     pub routes: Vec<RouteView>,
 }
 

@@ -450,7 +450,8 @@ impl Console {
 
     fn confirm_release(&self, r: &WebRequest, v: &Visitor, control: &dyn Control) -> WebResponse {
         let service = query(r.query, "service").unwrap_or_default();
-        let protocol = query(r.query, "protocol").unwrap_or_else(|| "tcp".into());
+        let protocol =
+            query(r.query, "protocol").unwrap_or_else(|| Protocol::DEFAULT.as_str().into());
         let me = match control.me(&v.caller.name) {
             Ok(me) => me,
             Err(e) => return html(e.status, page::error_page("Error", &e.reply.error)),
@@ -547,7 +548,10 @@ impl Console {
                 let what = format!(
                     "claim {}/{}",
                     claim.service,
-                    claim.protocol.as_deref().unwrap_or("tcp")
+                    claim
+                        .protocol
+                        .as_deref()
+                        .unwrap_or(Protocol::DEFAULT.as_str())
                 );
                 let result = control.claim(me, claim);
                 audit(&what, result.as_ref().map_or_else(|e| e.status, |_| 201));
@@ -564,7 +568,10 @@ impl Console {
                 let service = form.required("service")?;
                 let protocol = form.get("protocol").filter(|p| !p.is_empty());
                 let result = control.release(me, service, protocol);
-                let what = format!("release {service}/{}", protocol.unwrap_or("tcp"));
+                let what = format!(
+                    "release {service}/{}",
+                    protocol.unwrap_or(Protocol::DEFAULT.as_str())
+                );
                 audit(&what, result.as_ref().map_or_else(|e| e.status, |_| 200));
                 let gone = result?;
                 let names: Vec<String> = gone

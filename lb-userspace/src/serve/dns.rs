@@ -8,9 +8,10 @@
 //! socket with its own answer cache, cleared when the serial changes); TCP by a tokio task
 //! per connection (RFC 7766 framing, one query after another), at most
 //! [`fds::Budget::dns_tcp_clients`] at once. Both answer with [`zone::respond`] and read
-//! the current snapshot through an [`ArcSwap`]. [`DnsServer::update`] builds a whole new snapshot and
-//! swaps it in, so a query sees either the old table or the new one, never a mix, and
-//! queries never wait for an update.
+//! the current snapshot through an [`ArcSwap`]. [`DnsServer::apply`] builds a new snapshot
+//! from the old one and a change of the table (costing what the change touches) and swaps
+//! it in, so a query sees either the old table or the new one, never a mix, and queries
+//! never wait for an update.
 //!
 //! TCP clients are bounded in number, time and size: at the cap a new connection takes the
 //! place of the idlest client of the address holding the most (an IPv6 /64 is one address;
@@ -104,8 +105,6 @@ pub struct DnsServer {
 
 struct Shared {
     zone: ArcSwap<Zone>,
-    cfg: config::Dns,
-    public_ipv4: Ipv4Addr,
     /// Serialises updates, so two of them can't compute the same serial.
     writer: Mutex<()>,
 }
@@ -145,8 +144,6 @@ impl DnsServer {
 
         let shared = Arc::new(Shared {
             zone: ArcSwap::from_pointee(zone),
-            cfg: cfg.clone(),
-            public_ipv4,
             writer: Mutex::new(()),
         });
         let table = tcp_admission(tcp_clients);
@@ -192,24 +189,6 @@ impl DnsServer {
     #[cfg(test)]
     pub(crate) fn tcp_clients(&self) -> (usize, usize) {
         (self.tcp_table.open(), self.tcp_table.busy_now())
-    }
-
-    /// Replaces the route records atomically; the SOA serial strictly increases. Builds the
-    /// new snapshot on the caller's thread (O(routes)); queries keep using the old one until
-    /// the swap.
-    pub fn update(&self, routes: &[config::Route]) {
-        let shared = &self.shared;
-        let _writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let serial = next_serial(shared.zone.load().serial(), unix_now());
-        match Zone::build(&shared.cfg, shared.public_ipv4, routes, serial) {
-            Ok(zone) => {
-                shared.zone.store(Arc::new(zone));
-                tracing::info!(serial, routes = routes.len(), "DNS zone updated");
-            }
-            // start() built a zone from the same config, so the names are valid and this is
-            // unreachable in practice; keep serving the old zone rather than nothing.
-            Err(error) => tracing::error!(%error, "DNS zone not updated"),
-        }
     }
 
     /// Applies a change of the table: the routes `removed` go, `added` come (a route changed

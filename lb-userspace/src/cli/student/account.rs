@@ -564,7 +564,7 @@ pub fn ways_in(v: &RouteView, me: &MeReply) -> Vec<String> {
         let name = format!("{}.{}.{zone}", v.name, v.service);
         if v.protocol == "tcp" && v.service == "ssh" {
             out.push(format!("srvgate ssh {name}"));
-        } else if v.protocol == "tcp" && v.service == "http" {
+        } else if v.protocol == "tcp" && me.http_service.as_deref() == Some(v.service.as_str()) {
             out.push(format!("http://{name}/"));
         }
         out.push(format!(

@@ -73,6 +73,16 @@ pub fn decode_frontend(slot: u32, v: &Backend) -> Option<((u16, Protocol), (Sock
     ))
 }
 
+/// The backend and protocol a `REVERSE` key stands for (`None`: a protocol srvgate never
+/// writes).
+pub fn decode_reverse(k: &ReverseKey) -> Option<(SocketAddrV4, Protocol)> {
+    let protocol = [Protocol::Tcp, Protocol::Udp]
+        .into_iter()
+        .find(|p| p.number() == k.protocol)?;
+    let ip = std::net::Ipv4Addr::from(k.addr.to_ne_bytes());
+    Some((SocketAddrV4::new(ip, u16::from_be(k.port)), protocol))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +110,10 @@ mod tests {
         let (rk, rv) = reverse_entry(e);
         assert_eq!(rk.addr, be.addr);
         assert_eq!(rk.port, be.port);
+        assert_eq!(
+            decode_reverse(&rk),
+            Some(("10.0.0.11:22".parse().unwrap(), Protocol::Tcp))
+        );
         assert_eq!(rv.public_port, 30001u16.to_be());
         assert_eq!(rv.route_id, be.route_id);
         assert_eq!(

@@ -16,15 +16,17 @@ use lb_common::{
 use tracing::{info, warn};
 
 use super::{
-    encode::{frontend_entry, frontend_slot, reverse_entry, reverse_key},
+    encode::{
+        decode_frontend, decode_reverse, frontend_entry, frontend_slot, reverse_entry, reverse_key,
+    },
     guard_entries, netdev,
     pins::remove_pins,
-    plan, tcp_mss_for, CounterReader, Counters, Dataplane, DataplaneError, Leg, MapOp,
+    plan, sync_plan, tcp_mss_for, CounterReader, Counters, Dataplane, DataplaneError, Leg, MapOp,
     PinnedFrontends, XdpDataplane,
 };
 use crate::{
     kernel::sys,
-    table::routes::{Diff, Entry, RouteTable},
+    table::routes::{Diff, RouteTable},
 };
 
 /// `bytemuck::Pod` is what lb-common promises; aya wants its own marker. This wrapper is
@@ -133,12 +135,7 @@ impl XdpDataplane {
             .sync(&guard_entries(&legs, &interfaces, public))
     }
 
-    fn write_entry(&mut self, e: &Entry) -> Result<(), DataplaneError> {
-        self.run(&MapOp::WriteFrontend(e.clone()))?;
-        self.run(&MapOp::WriteReverse(e.clone()))
-    }
-
-    /// Carries out one write of a [`plan`].
+    /// Carries out one write of a [`plan`] or [`sync_plan`].
     fn run(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
         match op {
             MapOp::ZeroSlot(id) => self.zero_slot(*id),
@@ -271,41 +268,19 @@ impl Dataplane for XdpDataplane {
     /// counters belong to no one yet. Entries are written before stale ones are removed,
     /// so a route that stays never has a gap.
     fn sync_all(&mut self, table: &RouteTable, fresh: &HashSet<u32>) -> Result<(), DataplaneError> {
-        for &id in fresh {
-            self.zero_slot(id)?;
-        }
-        let mut want_front = HashSet::new();
-        let mut want_rev = HashSet::new();
-        for e in table.entries() {
-            self.write_entry(e)?;
-            want_front.insert(frontend_entry(e).0);
-            want_rev.insert(reverse_entry(e).0);
-        }
-        // Every slot of the array exists: stale ones are those holding a route still.
-        let stale_front: Vec<u32> = (0..)
+        // What the maps hold, read before any write (`sync_plan` writes first, then sweeps).
+        let held_frontends: Vec<_> = (0..)
             .zip(self.frontends.iter())
-            .filter(|(slot, v)| {
-                !want_front.contains(slot) && v.as_ref().is_ok_and(|v| v.0 != no_route().0)
-            })
-            .map(|(slot, _)| slot)
+            .filter_map(|(slot, v)| Some(decode_frontend(slot, &v.ok()?.0)?.0))
             .collect();
-        for slot in stale_front {
-            self.frontends
-                .set(slot, no_route(), 0)
-                .map_err(map_err(map_names::FRONTENDS))?;
-        }
-        let stale_rev: Vec<_> = self
+        let held_reverse: Vec<_> = self
             .reverse
             .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !want_rev.contains(&k.0))
+            .filter_map(|k| decode_reverse(&k.ok()?.0))
             .collect();
-        for k in stale_rev {
-            self.reverse
-                .remove(&k)
-                .map_err(map_err(map_names::REVERSE))?;
-        }
-        Ok(())
+        sync_plan(table, fresh, held_frontends, held_reverse)
+            .iter()
+            .try_for_each(|op| self.run(op))
     }
 
     fn apply(&mut self, table: &RouteTable, diff: &Diff) -> Result<(), DataplaneError> {

@@ -738,13 +738,14 @@ async fn serves_udp_and_tcp_survives_garbage_and_follows_updates() {
 
     // Update: bob appears, alice moves, the serial goes up even within the same second.
     let before = server.serial();
-    server.update(&[
+    let (alice_moved, bob) = (
         route("alice", "ssh", Proto::Tcp, 30009),
         route("bob", "ssh", Proto::Tcp, 30010),
-    ]);
+    );
+    server.apply(&alice(), &[alice_moved.clone(), bob]);
     let after = server.serial();
     assert!(after > before, "{after} > {before}");
-    server.update(&[route("bob", "ssh", Proto::Tcp, 30010)]);
+    server.apply(&[alice_moved], &[]);
     assert!(server.serial() > after);
     let r = udp_ask(
         addr,
