@@ -51,6 +51,8 @@ pub struct FakeMaps {
     /// Map writes attempted, failed ones included.
     pub writes: usize,
     pub egress_refreshes: usize,
+    /// Source-guard refreshes, each with the interfaces the core read.
+    pub guard_refreshes: usize,
     /// The next egress refresh blocks until this receives (as netlink may), at most 3 s.
     pub egress_gate: Option<mpsc::Receiver<()>>,
     /// A gated refresh gave up waiting: whoever should have released it could not run.
@@ -187,6 +189,11 @@ impl Dataplane for FakeDataplane {
 
     fn legs(&self) -> &[Leg] {
         &self.legs
+    }
+
+    fn refresh_guard(&mut self, _: &[crate::config::Interface]) -> Result<(), DataplaneError> {
+        self.maps().guard_refreshes += 1;
+        Ok(())
     }
 
     fn refresh_egress(&mut self) -> Result<(), DataplaneError> {

@@ -345,6 +345,9 @@ impl Dataplane for Stopped {
     fn refresh_egress(&mut self) -> Result<(), DataplaneError> {
         Err(DataplaneError::Stopped)
     }
+    fn refresh_guard(&mut self, _: &[crate::config::Interface]) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Stopped)
+    }
     fn tick_clock(&mut self) -> Result<(), DataplaneError> {
         Err(DataplaneError::Stopped)
     }
@@ -433,11 +436,19 @@ pub(super) async fn event_loop(
                 on_core(core, move |c| c.apply_remote(r)).await;
             }
             _ = egress.tick() => {
-                if let Some(Err(e)) = on_core(core, |c| {
-                    c.refresh_own();
-                    c.dataplane.refresh_egress()
+                if let Some((egress, guard)) = on_core(core, |c| {
+                    // One read of the machine's addresses serves the backend rule and the
+                    // source guard alike.
+                    let read = c.refresh_own();
+                    let egress = c.dataplane.refresh_egress();
+                    (egress, read.map_or(Ok(()), |i| c.dataplane.refresh_guard(&i)))
                 }).await {
-                    warn!("refreshing egress modes: {e:#}");
+                    if let Err(e) = egress {
+                        warn!("refreshing egress modes: {e:#}");
+                    }
+                    if let Err(e) = guard {
+                        warn!("refreshing the public legs' source guard: {e:#}");
+                    }
                 }
             }
             _ = clock.tick() => {

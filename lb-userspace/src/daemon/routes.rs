@@ -117,16 +117,19 @@ impl Core {
     /// Reads the gateway's own addresses again (an address added to an interface at run
     /// time): new routes are checked against them from now on, a runtime route that now
     /// points at one is removed, and a config route that does is named in an error (the
-    /// file owns it; the web routers refuse to connect to it).
-    pub(super) fn refresh_own(&mut self) {
+    /// file owns it; the web routers refuse to connect to it). Returns what it read, for
+    /// the data plane's source guard, so the machine is read once per refresh; `None` when
+    /// it could not be read (the last known addresses and rules stay).
+    pub(super) fn refresh_own(&mut self) -> Option<Vec<config::Interface>> {
         let interfaces = match (self.interfaces)() {
             Ok(i) => i,
             Err(e) => {
-                warn!("reading the interfaces' addresses: {e}; keeping the last ones");
-                return;
+                warn!("reading the interfaces' addresses: {e}; keeping the last ones (backend rule, source guard)");
+                return None;
             }
         };
         self.set_own(self.started.own_addresses(&interfaces));
+        Some(interfaces)
     }
 
     /// Takes `own` as the gateway's own addresses; see [`Core::refresh_own`].

@@ -1485,6 +1485,24 @@ fn an_add_is_refused_when_the_addresses_cannot_be_read() {
     assert!(rig.entry("alice").is_none());
 }
 
+/// The periodic refresh reads the machine once and hands what it read on (to the data
+/// plane's source guard); when the machine cannot be read it hands nothing, and the last
+/// known addresses stay the backend rule's.
+#[test]
+fn the_refresh_hands_on_what_it_read_once() {
+    let mut rig = Rig::new();
+    let read = rig
+        .core
+        .refresh_own()
+        .expect("the fake machine is readable");
+    assert_eq!(read, fake_interfaces().unwrap());
+    let known = rig.core.own.clone();
+    assert!(known.holder("10.0.0.1".parse().unwrap()).is_some());
+    rig.core.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    assert!(rig.core.refresh_own().is_none());
+    assert_eq!(rig.core.own, known);
+}
+
 /// `[http] service` names which routes the HTTP router serves by name: a student's ways in
 /// show a URL for those, and for no route when there is no `[http]` (they once assumed the
 /// label `http` whatever the config said).

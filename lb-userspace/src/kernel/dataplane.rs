@@ -118,6 +118,8 @@ pub enum DataplaneError {
     GuardFull { prefixes: usize, capacity: u32 },
     #[error("srvgate is shutting down: the data plane is no longer changed")]
     Stopped,
+    #[error("reading the machine's interface addresses (the public legs' source guard is made of them): {0}")]
+    Interfaces(std::io::Error),
     #[error("pinning the XDP link of {iface} at {}: {error}", path.display())]
     PinLink {
         iface: String,
@@ -203,6 +205,12 @@ pub trait Dataplane: Send {
     fn legs(&self) -> &[Leg];
     /// Re-reads which legs take redirects.
     fn refresh_egress(&mut self) -> Result<(), DataplaneError>;
+    /// Makes the public legs' source guard say what the machine's `interfaces` (their
+    /// addresses, as the daemon just read them for the backend rule too) now say.
+    fn refresh_guard(
+        &mut self,
+        interfaces: &[crate::config::Interface],
+    ) -> Result<(), DataplaneError>;
     /// Gives the program the time it stamps last-seen with.
     fn tick_clock(&mut self) -> Result<(), DataplaneError>;
     /// Detaches from every leg and removes every pin: forwarding stops.

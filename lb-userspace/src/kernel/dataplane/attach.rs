@@ -167,6 +167,10 @@ impl XdpDataplane {
         }
         // Egress first: it reads the legs' MTUs, which the clock tick writes with the time.
         dp.refresh_egress()?;
+        // The guard must hold before the program is attached: a machine whose addresses
+        // cannot be read does not start unguarded.
+        let interfaces = sys::interfaces().map_err(DataplaneError::Interfaces)?;
+        dp.refresh_guard(&interfaces)?;
         dp.tick_clock()?;
 
         let program: &mut Xdp = dp

@@ -118,23 +118,6 @@ impl XdpDataplane {
         Ok(())
     }
 
-    /// Makes `SOURCE_GUARD` say what the machine's addresses now say ([`guard_entries`]).
-    /// Unreadable addresses keep what the map holds: the last known rules are better
-    /// than none.
-    fn refresh_source_guard(&mut self) -> Result<(), DataplaneError> {
-        let interfaces = match sys::interfaces() {
-            Ok(i) => i,
-            Err(e) => {
-                warn!("reading the interfaces' addresses failed ({e}); the source guard keeps its rules");
-                return Ok(());
-            }
-        };
-        let legs: Vec<(String, u8)> = self.legs.iter().map(|l| (l.name.clone(), l.role)).collect();
-        let public = std::net::Ipv4Addr::from(self.public_addr.to_ne_bytes());
-        self.source_guard
-            .sync(&guard_entries(&legs, &interfaces, public))
-    }
-
     /// Carries out one write of a [`plan`] or [`sync_plan`].
     fn run(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
         match op {
@@ -241,8 +224,18 @@ impl Dataplane for XdpDataplane {
                 .insert(leg.ifindex, Plain(leg.interface()), 0)
                 .map_err(map_err(map_names::INTERFACES))?;
         }
-        self.write_leg_cache()?;
-        self.refresh_source_guard()
+        self.write_leg_cache()
+    }
+
+    /// Makes `SOURCE_GUARD` say what the machine's addresses now say ([`guard_entries`]).
+    fn refresh_guard(
+        &mut self,
+        interfaces: &[crate::config::Interface],
+    ) -> Result<(), DataplaneError> {
+        let legs: Vec<(String, u8)> = self.legs.iter().map(|l| (l.name.clone(), l.role)).collect();
+        let public = std::net::Ipv4Addr::from(self.public_addr.to_ne_bytes());
+        self.source_guard
+            .sync(&guard_entries(&legs, interfaces, public))
     }
 
     /// Gives the program the time it stamps `last_seen_ns` with. Called at start and every
