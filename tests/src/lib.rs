@@ -139,6 +139,29 @@ pub fn skip_unless_root(test: &str) -> bool {
     true
 }
 
+/// A UDP echo service for `python3 -c`: on port `argv[1]` it answers every datagram to
+/// its sender and prints the sender (`ADDR PORT`, one line each), for `argv[2]` seconds or
+/// `argv[3]` datagrams, whichever ends first. A test counts the lines or reads them.
+pub const UDP_ECHO: &str = r#"import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+end = time.monotonic() + float(sys.argv[2])
+n = 0
+while n < int(sys.argv[3]):
+    left = end - time.monotonic()
+    if left <= 0:
+        break
+    s.settimeout(left)
+    try:
+        data, peer = s.recvfrom(2048)
+    except socket.timeout:
+        break
+    n += 1
+    print(peer[0], peer[1], flush=True)
+    s.sendto(data, peer)
+"#;
+
 /// One route of a lab config, see [`config_toml`].
 #[derive(Clone, Debug)]
 pub struct RouteSpec {

@@ -196,27 +196,6 @@ fn icmp_errors_about_hairpin_flows_reach_both_ends() {
     );
 }
 
-/// A UDP echo service on port `argv[1]`: answers every datagram to its sender and prints
-/// the sender (`ADDR PORT`), for `argv[2]` seconds or 50 datagrams, whichever ends first.
-const UDP_ECHO: &str = r#"import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-end = time.monotonic() + float(sys.argv[2])
-n = 0
-while n < 50:
-    left = end - time.monotonic()
-    if left <= 0:
-        break
-    s.settimeout(left)
-    try:
-        data, peer = s.recvfrom(2048)
-    except socket.timeout:
-        break
-    n += 1
-    print(peer[0], peer[1], flush=True)
-    s.sendto(data, peer)
-"#;
-
 /// Sends one datagram to `argv[3]:argv[4]` from `argv[1]:argv[2]`, an address this host
 /// does not have (IP_TRANSPARENT): the datagram a spoofer would have made, as the service
 /// it is sent to receives it.
@@ -249,7 +228,7 @@ fn a_backends_reply_to_a_spoofed_datagram_never_reaches_another_route() {
     ];
     lab.start_with_routes(&routes).unwrap();
     let echo = |ns: &str| {
-        lab.spawn(ns, &["python3", "-c", UDP_ECHO, "7", "8"])
+        lab.spawn(ns, &["python3", "-c", UDP_ECHO, "7", "8", "50"])
             .unwrap()
     };
     let (alice, bob) = (echo(&lab.b1), echo(&lab.b2));
