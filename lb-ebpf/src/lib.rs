@@ -8,6 +8,13 @@
 //! here takes 16- and 32-bit fields *as they were loaded from packet memory* (native
 //! load of network-order bytes) and returns the checksum in that same form. No swaps are
 //! needed on the hot path, and the maths is right on either endianness.
+//!
+//! Also here: the checks the program makes on what it reads (`addressed_to`,
+//! `is_partial_csum`, `sums_to_complete`, `icmp_error_plausible`), the headers of an ICMP
+//! "fragmentation needed" answer (`frag_needed_headers`), the wire header structs, and
+//! `zero_in_place`, zeroing without an out-of-line memset for types that implement the
+//! `unsafe trait Zeroable` (the promise that all-zero is valid is made once per type; a
+//! compile-fail doc test keeps it required). `src/tests.rs` property-tests this file.
 #![cfg_attr(not(test), no_std)]
 
 pub const ETH_HLEN: usize = 14;

@@ -5,6 +5,23 @@
 //! cannot parse goes to the kernel untouched (`XDP_PASS`), but for what a public leg refuses
 //! first (`program/guard.rs`: spoofed sources, packets for private addresses), which is
 //! dropped; every verdict is counted in `GLOBAL_COUNTERS`, so nothing is dropped silently.
+//!
+//! A frame's path, each step in its own function: the public legs' guards; the leg
+//! (`LEG_CACHE`, a direct-mapped array by ifindex, else `INTERFACES`), whose role is a bitmask:
+//! a one-armed gateway's one NIC is public and private at once, and there `inside_host` tells
+//! a hairpin flow's inside end from a client; the MAC check (a frame not sent to the leg's own
+//! MAC, e.g. one a switch flooded to a standby gateway, passes as `PASS_NOT_FOR_US`);
+//! `FRONTENDS` (an array by port and protocol, `lb_common::frontend_slot`) or `REVERSE`; the
+//! next hop, asked before the rewrite (`route_cached`: a per-CPU cache of FIB successes in
+//! `NEXT_HOPS`, valid for one tick of the daemon's clock and `NEXT_HOP_USES` packets), so that
+//! a DF packet too big for its egress is answered by `too_big` and a backend's packet the
+//! gateway would not forward stays untouched; the rewrite (MSS lowered on SYNs by
+//! `clamp_mss`; ICMP errors about a flow translated by `translate_icmp`); then `bpf_redirect`
+//! if the egress leg takes redirects (`Interface.egress`), else `XDP_PASS`. Segments with
+//! partial checksums (veth, tap, virtio) are rewritten for offload and passed to the kernel.
+//!
+//! The program reads no clock: time is `SETTINGS.now_ns`, which the daemon advances each
+//! second. Per-route traffic is counted in `ROUTE_COUNTERS` (bytes of whole frames).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

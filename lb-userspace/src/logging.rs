@@ -10,6 +10,10 @@
 //! The audit lines (target [`AUDIT_TARGET`]: who changed what, from where) are also kept,
 //! the latest [`AUDIT_LINES`] of them, for the console's admin view ([`recent_audit`]),
 //! whatever `RUST_LOG` lets through to stderr.
+//!
+//! Warnings about peers' packets (hickory's targets) go through [`PeerNoise`]: a few per
+//! window, the rest counted for metrics and summed up by [`report_suppressed`], which the
+//! event loop calls.
 
 use std::{
     collections::VecDeque,

@@ -4,6 +4,9 @@
 //!
 //! Written out rather than taken from a crate because it is a dozen lines and must also
 //! reach abstract sockets (`@name`), which container managers hand out.
+//!
+//! The daemon sends `READY=1` only after its "srvgate ready" line, i.e. with XDP attached and
+//! every socket listening.
 
 use std::{
     ffi::OsStr,

@@ -5,6 +5,8 @@
 //!
 //! The fake maps carry out the same [`plan`] as the kernel's, so they hold what the real
 //! maps would.
+//!
+//! Also `FakeControl`, a scripted daemon for the servers' tests (control socket, portal).
 
 use crate::kernel::dataplane::CounterReader;
 use std::{

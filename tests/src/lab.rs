@@ -1,5 +1,10 @@
 //! The lab itself: its namespaces, veths and processes (srvgate, sshd, web servers, ...),
 //! what a test asks of them, and their removal on drop.
+//!
+//! [`Lab::for_test`] is every lab test's opening (skip unless root, require the binary, build
+//! the lab); [`Lab::add_far_host`] puts a host behind the client, which becomes a router, over
+//! a narrower hop. The process tracking and cleanup here (`start_logged`, `stop_tracked`,
+//! `fresh_lab_dir`, `register_lab`, `remove_lab`) are shared with `cluster.rs`.
 
 use std::{
     fs, io,

@@ -1,6 +1,9 @@
 //! The config against this machine: the interfaces exist and are no loopback, `public_ipv4`
 //! is not a private leg's address, `port_range` is clear of the ephemeral ports, and no
 //! route's backend is the gateway itself (`check_backend`).
+//!
+//! Called by `srvgate check`, `srvgate run` and SIGHUP alike; the rules themselves are the pure
+//! `check_against`, tested on a made-up machine.
 
 use std::{net::Ipv4Addr, path::Path};
 

@@ -1,5 +1,12 @@
 //! The one validation of a route's own fields (and of the labels and domains it is made
 //! of), shared by the config file, the control API and the state file.
+//!
+//! Also [`check_backend`], the one rule that a backend is not the gateway itself (an address of
+//! [`OwnAddresses`]: every interface's and the etcd endpoints') nor an address no host has
+//! ([`NOT_A_HOST`]). It is applied to config routes by `check_machine`, to adds and claims, to
+//! a loaded or shared table (a route that breaks it is left out, named), to the table when the
+//! machine's addresses change (a runtime route that breaks it is removed), and by the web
+//! routers before they connect.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 

@@ -1,5 +1,11 @@
 //! From the raw file to a [`Config`]: every field checked, every problem collected and
 //! named (`route[2].port`), never only the first.
+//!
+//! The routes' uniqueness is checked by inserting them into a scratch `RouteTable` (the table
+//! is the one owner of that rule), so a clash adds `see route[N]`; `listener_problems` keeps
+//! the listeners off each other's ports and `port_range` off the gateway's own, and
+//! `web_router` checks `[http]` and `[https]` alike. With `[cluster]`, `reclaim_after` must be
+//! at least `MIN_CLUSTER_RECLAIM`.
 
 use std::{
     collections::HashMap,

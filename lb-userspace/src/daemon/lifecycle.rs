@@ -1,6 +1,10 @@
 //! The daemon's life: start-up in its order (config, state, the table they make, sockets,
 //! then the kernel), the event loop of signals and timers, and shutdown, which takes the
 //! data plane out of the core before detaching it (or deliberately not).
+//!
+//! Shutdown aborts the server tasks and awaits them, then takes the data plane out of the core
+//! under its lock, leaving `Stopped` (which refuses every change), so detaching never depends
+//! on being the last holder of the core.
 
 use std::{
     collections::HashMap,

@@ -1,6 +1,14 @@
 //! The core's own plumbing (start-up's take-over, recording, publishing to the name
 //! services, the status line) and the route operations: list, add, remove, reload, and the
 //! periodic pass (last-seen, reclaim).
+//!
+//! SIGHUP applies the routes, `port_range` and `reclaim_after`, and warns by name about every
+//! other section that changed (`restart_sections`). With `[cluster]`: other gateways' changes
+//! arrive as `Remote` and `Core::apply_remote` applies them like the core's own (table, then
+//! maps and name services), never writing them back; an add the store refuses because another
+//! gateway took the port a moment earlier is undone and allocated again above the ports the
+//! store named (up to `ALLOCATION_ATTEMPTS`), a change the store could not reach is undone and
+//! answered 503, and the SOA serial is the shared table's revision (`sync_serial`).
 
 use std::{
     collections::HashMap,

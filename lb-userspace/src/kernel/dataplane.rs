@@ -19,6 +19,12 @@
 //! This file holds the contract (the trait, its types and errors, and [`plan`]) and the
 //! kernel's implementation's state; `attach.rs` loads the program and puts it on the legs,
 //! `maps.rs` keeps the maps and reads them back, `pins.rs` owns what lives in bpffs.
+//!
+//! A leg is a device: [`leg_roles`] merges a one-armed gateway's public interface listed among
+//! the private ones into one leg with both roles. [`plan`] and `sync_plan` (a whole table over
+//! what the maps hold) are the one translation of the table into `MapOp`s. Also here:
+//! `encode.rs` (the maps' encoding), `guard.rs` (the public legs' guards), `netdev.rs` (whether
+//! a device takes redirects), and `xdp_tests.rs`.
 
 mod attach;
 mod encode;

@@ -1,4 +1,7 @@
-//! Thin, safe wrappers over the few system calls srvgate needs beyond std.
+//! Thin, safe wrappers over the few system calls srvgate needs beyond std: a device's
+//! ifindex, MTU, MAC, statistics and driver (`ETHTOOL_GDRVINFO`), the machine's interfaces
+//! and addresses, `CLOCK_MONOTONIC`, capabilities, sysctls, bpffs detection and mounting,
+//! and `BPF_OBJ_GET` with link info for a pinned link's interface.
 
 use std::{
     ffi::CString,

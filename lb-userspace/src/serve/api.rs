@@ -19,9 +19,15 @@
 //! Errors are `{"error": "...", "field": "port"}` with 400 (invalid input, naming the
 //! field), 403 (not root), 404, 409 (clashes with what exists) or 500.
 //!
-//! Only root may talk to it, checked twice: the socket lives in a 0700 directory with mode
-//! 0600, and the server reads the peer's uid from the kernel (`SO_PEERCRED`) and refuses
-//! anyone but uid 0, so loosened file modes alone do not open it.
+//! Only root may talk to it, checked twice (both in `socket.rs`): the socket lives in a 0700
+//! directory with mode 0600, and the server reads the peer's uid from the kernel
+//! (`SO_PEERCRED`) and refuses anyone but uid 0, so loosened file modes alone do not open it.
+//!
+//! Here: the request and reply types and the [`Control`] trait, which the daemon implements:
+//! the routes, the users, the students' `me`/`claim`/`release`, and what the console reads
+//! (a session's token digest, the gateway's legs and verdicts, traffic, audit lines).
+//! `socket.rs` is the server and the blocking client; `request.rs` reads request heads for
+//! this socket and the portal alike.
 
 use serde::{Deserialize, Serialize};
 

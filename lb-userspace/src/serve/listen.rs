@@ -2,6 +2,9 @@
 //! address that is not on this machine (yet) is bound anyway and answers once it arrives.
 //! A standby gateway of a failover pair does not hold the public address that keepalived
 //! moves to it later; without this, listening on that address would refuse to start.
+//!
+//! [`not_local`] names the listeners that wait for an address, which the daemon logs at start
+//! with whether this gateway holds the public address (`active`) or not (`standby`).
 
 use std::{io, net::SocketAddr};
 

@@ -2,6 +2,10 @@
 //!
 //! The server answers `GET /metrics` and nothing else; it is meant for a scraper on a
 //! management address, not for the public interface.
+//!
+//! It reads nothing itself: each scrape calls back into the daemon (on the blocking pool),
+//! which reads the counters through `Dataplane` and hands over plain samples (routes, verdicts,
+//! legs and their drop counters, the web routers' counters).
 
 use std::{fmt::Write as _, sync::Arc, time::Duration};
 

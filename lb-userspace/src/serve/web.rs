@@ -8,6 +8,12 @@
 //! the newcomer at once and its task drops its sockets when it next runs); every read and
 //! write of a client or backend is bounded in time; nothing here decides what a request
 //! means.
+//!
+//! Here: [`Hosts`] (name -> backend, swapped atomically), [`admission_within`], [`Reader`]
+//! (every read, copy and pump bounded by a timeout), [`Stats`], and [`RouterServer`], the one
+//! server of both routers (listeners, accept loop, admission, route updates, samples) over
+//! their [`RouterCore`]; each [`Router`] brings its per-connection `serve` and its `refuse`.
+//! `proxy_header.rs` writes the PROXY protocol v1/v2 header.
 
 pub mod proxy_header;
 

@@ -22,6 +22,17 @@
 //! the holder of the `leader` key (taken on its announcement's lease), reclaims idle
 //! routes, and its removal is fenced by that key: a gateway that lost the lead while it
 //! decided cannot remove anything.
+//!
+//! Start: [`EtcdStore::connect`] failing is the daemon's `ClusterUnreachable` (exit 1), since a
+//! gateway starts only with the shared table, loaded whole a page of keys at a time at one
+//! revision, every gateway's last-seen times merged in ([`merge_seen`], the latest wins).
+//! Each gateway announces itself under `gateways/<id>` on a lease it renews (the members
+//! `srvgate status` shows), and stands for `leader` on that lease. A resync says why it
+//! happened; the routes this gateway wrote after the resync's table was read are left as the
+//! daemon has them (`Store::written_since`), since the watch skips its own writes. A student's
+//! claim is `Store::record_claim`, one transaction with the user's stamp (the quota across
+//! gateways); `save_accounts` removes an account only while etcd holds none of its routes.
+//! The key layout is `keys.rs`; `[cluster]`'s TLS files are read by `tls.rs`.
 
 pub mod keys;
 pub mod tls;

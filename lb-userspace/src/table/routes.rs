@@ -1,5 +1,6 @@
 //! The route table: which routes exist, where each came from, which public ports are free,
-//! how recently each route carried traffic, and the BPF map entries routes turn into.
+//! how recently each route carried traffic, and which counter slot each route owns. How a
+//! route is encoded in the BPF maps is not known here (`kernel::dataplane::encode`).
 //!
 //! Routes come from two sources: the config file (replaced as a whole on start and SIGHUP,
 //! never reclaimed) and the control API (added and removed one at a time, persisted by
@@ -12,6 +13,13 @@
 //! [`RouteTable::adopt_slots`], across daemon restarts, so its counters and last-seen time
 //! survive; freed slots are reused, and the data plane zeroes a slot when it is handed out
 //! again.
+//!
+//! The one owner of uniqueness (key, public port, backend; a clash names the field): the config
+//! file and the state file are checked by inserting them into a scratch table. Also here:
+//! `replace_config` (the SIGHUP diff, all or nothing), `restore` (a rolled-back removal puts
+//! each route back in its own slot, which the maps still name) and [`idle_routes`], the pure
+//! reclaim rule taking `now`. Indexes by port, by backend, of the free ports and of a name's
+//! routes keep every operation independent of the table's size.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},

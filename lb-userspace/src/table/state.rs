@@ -16,6 +16,14 @@
 //! A lock (`File::try_lock`, an exclusive `flock`, on `lock` in the same directory) keeps two
 //! daemons from sharing one state directory; the kernel drops it when the process dies, even
 //! by SIGKILL.
+//!
+//! The [`Store`] trait is what the daemon persists through, one load/save pair per kind of
+//! record (runtime routes; accounts with their port cool-downs), so a shared store (etcd,
+//! `cluster`) is a second implementation. `Store::record` takes one change of the runtime
+//! routes and returns a `Commit`, waited for after the core's lock is released. The shared-store
+//! hooks (`follow`, `accounts_seen`, `cluster`) do nothing for the local [`StateStore`], and
+//! `StateError::Unavailable` (503) and `Refused` (409) come only from a shared store. Stored
+//! times go through `from_unix`, the one checked conversion.
 
 mod journal;
 

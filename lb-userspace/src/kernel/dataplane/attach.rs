@@ -1,6 +1,10 @@
 //! Loading the program and putting it on the gateway's legs: the sysctls forwarding needs,
 //! the maps taken from the object (pinned, or reused from an earlier run), and one pinned
 //! link per leg, swapped in place when an earlier run left one.
+//!
+//! The object is embedded at build time (`build.rs` runs aya-build). Before the program is
+//! attached, the source guard is filled from the machine's addresses (`refresh_guard`): a
+//! machine whose addresses cannot be read does not start unguarded.
 
 use std::{collections::HashSet, path::Path, sync::Arc};
 

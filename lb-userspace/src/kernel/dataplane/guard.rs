@@ -3,6 +3,9 @@
 //! which count as inside), keeping the map equal to it as the machine's addresses change,
 //! and the tc egress program (`srvgate_egress`) on each public leg, pinned like the XDP
 //! links.
+//!
+//! The daemon reads the machine's addresses every 2 s, one read serving both this guard and the
+//! backend rule (`config::check_backend`).
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 

@@ -2,6 +2,10 @@
 //! says, the legs' and the clock's settings, and the counters read back, summed over CPUs.
 //!
 //! [`plan`]: super::plan
+//!
+//! [`RouteCounterMap`] is the one reader of `ROUTE_COUNTERS`, opened from the pin, so that
+//! `Dataplane::counter_reader` can hand it out and the daemon's periodic pass reads every
+//! route's counters without the core's lock.
 
 use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
 

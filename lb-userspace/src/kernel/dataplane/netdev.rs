@@ -5,6 +5,9 @@
 //! `NDO_XMIT`. A veth advertises `NDO_XMIT` only while its *peer* has GRO on or an XDP
 //! program attached, which is exactly the "peer needs NAPI" rule from XDP-NOTES; reading
 //! the flag covers that case and every physical driver alike, without guessing.
+//!
+//! A reply counts only if it carries the request's sequence number and our port id, so a late
+//! answer to a timed-out request is skipped, never taken for the next one's.
 
 use std::{io, mem::size_of, os::fd::AsRawFd, os::fd::FromRawFd, os::fd::OwnedFd, time::Duration};
 

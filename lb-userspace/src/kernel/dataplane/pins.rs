@@ -1,6 +1,9 @@
 //! What lives in bpffs: the pin directory (on a BPF filesystem, mounted if need be), the
 //! pinned maps checked against the object before they are reused, one link pin per leg, and
 //! [`remove_pins`], the only way to detach.
+//!
+//! A map that an earlier build pinned and this one lacks is unpinned; one whose shape differs
+//! from the object's is refused rather than reused.
 
 use std::{
     collections::HashSet,

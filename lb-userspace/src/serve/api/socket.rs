@@ -1,4 +1,7 @@
-//! The control socket's server and blocking client (see the parent module).
+//! The control socket's server and blocking client (see the parent module): binding it (a
+//! 0700 directory, mode 0600), the root-only check on every connection (the peer's uid from
+//! `SO_PEERCRED`), and `route_request`, the one router of the control API's paths, which the
+//! portal uses for admin tokens too.
 
 use std::{
     io::{self, Read as _, Write as _},

@@ -5,6 +5,13 @@
 //! hash lookup whatever the number of routes. [`reply`] decides what a response holds;
 //! [`to_message`] turns that into hickory's borrowed [`MessageResponse`], which the server
 //! (or [`respond`], for tests and tools) encodes.
+//!
+//! The names live in Arc'd hash-map shards; [`Zone::with_changes`] copies only the shards a
+//! route change touches, so a change costs the same whatever the table's size. Each name counts
+//! the names with records below it, which is how a removal deletes the empty non-terminals it
+//! leaves (RFC 8020) without a rebuild; [`Zone::build`] takes the same route-by-route path from
+//! an empty zone. Fixed for the zone's life (`[dns]`): the SOA but for its serial, the
+//! gateway's A and the apex NS with its glue (`[dns.nameservers]`, or the gateway's name).
 
 use std::{
     collections::HashMap,
