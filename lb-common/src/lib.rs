@@ -3,6 +3,8 @@
 //! Every type here is `#[repr(C)]`, has no implicit padding, and holds addresses and ports
 //! in network byte order exactly as they sit in the packet, so the XDP program compares
 //! and copies them without swapping bytes. The daemon converts at the edge.
+//!
+//! `no_std`; with the `user` feature (the daemon's) the types also derive `bytemuck::Pod`.
 #![no_std]
 
 /// Capacity of the route maps; also the number of per-route counter slots. 30 000 routes

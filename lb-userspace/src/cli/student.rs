@@ -10,6 +10,9 @@
 //! Both modes name the host key after the service (`alice.ssh.lab.example`), not after the
 //! gateway's `address:port`: the key belongs to alice's machine, and stays the same if her
 //! port changes.
+//!
+//! The commands it prints and the ProxyCommand are quoted by `shlex`, the workspace's one shell
+//! quoting (xtask's logged command lines use it too).
 
 pub mod account;
 mod resolve;
