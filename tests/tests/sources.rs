@@ -89,6 +89,22 @@ fn finished(lab: &Lab, pid: u32, what: &str) -> String {
     std::fs::read_to_string(log).unwrap()
 }
 
+/// Starts [`SNIFF`] on the client's side of the public leg for `secs` seconds, once its
+/// packet socket is open.
+fn start_sniffer(lab: &Lab, secs: u32) -> u32 {
+    let secs = secs.to_string();
+    let sniff = lab
+        .spawn(&lab.client, &["python3", "-c", SNIFF, &secs])
+        .unwrap();
+    let log = lab.log_path(sniff).unwrap();
+    wait_until(
+        "the client's packet socket",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.starts_with("ready")),
+    );
+    sniff
+}
+
 fn verdict(lab: &Lab, name: &str) -> f64 {
     lab.metric("srvgate_xdp_verdicts_total", &[("verdict", name)])
         .unwrap()
@@ -170,15 +186,7 @@ fn nothing_crosses_the_public_leg_untranslated() {
     let unnamed = lab
         .spawn(&lab.b1, &["python3", "-c", UDP_ECHO, "7008", "10", "20000"])
         .unwrap();
-    let sniff = lab
-        .spawn(&lab.client, &["python3", "-c", SNIFF, "8"])
-        .unwrap();
-    let sniff_log = lab.log_path(sniff).unwrap();
-    wait_until(
-        "the client's packet socket",
-        Duration::from_secs(10),
-        || std::fs::read_to_string(&sniff_log).is_ok_and(|t| t.starts_with("ready")),
-    );
+    let sniff = start_sniffer(&lab, 8);
 
     // The route works (and the capture sees its reply, from the public address).
     assert_eq!(
@@ -268,15 +276,7 @@ fn nothing_crosses_the_public_leg_untranslated() {
         || !lab.is_running(pid),
     );
     lab.stop(pid, Duration::ZERO).unwrap();
-    let sniff = lab
-        .spawn(&lab.client, &["python3", "-c", SNIFF, "3"])
-        .unwrap();
-    let sniff_log = lab.log_path(sniff).unwrap();
-    wait_until(
-        "the client's packet socket",
-        Duration::from_secs(10),
-        || std::fs::read_to_string(&sniff_log).is_ok_and(|t| t.starts_with("ready")),
-    );
+    let sniff = start_sniffer(&lab, 3);
     assert_eq!(
         python(
             &lab,

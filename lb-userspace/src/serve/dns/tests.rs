@@ -1120,12 +1120,12 @@ async fn at_the_tcp_cap_the_longest_idle_client_makes_room() {
         a_of(&tcp_ask_on(&mut newcomer, &q).await.answers[0]),
         GATEWAY
     );
-    let mut byte = [0u8; 1];
-    let n = timeout(Duration::from_secs(2), held[0].read(&mut byte))
-        .await
-        .expect("the oldest idle client is closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    assert_closed(
+        &mut held[0],
+        Duration::from_secs(2),
+        "the oldest idle client is closed",
+    )
+    .await;
     drop(held);
     drop(newcomer);
 
@@ -1139,11 +1139,12 @@ async fn at_the_tcp_cap_the_longest_idle_client_makes_room() {
     }
     wait_tcp_clients(&server, CAP, CAP).await;
     let mut extra = TcpStream::connect(addr).await.unwrap();
-    let n = timeout(Duration::from_secs(2), extra.read(&mut byte))
-        .await
-        .expect("closed at once, not left waiting")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    assert_closed(
+        &mut extra,
+        Duration::from_secs(2),
+        "closed at once, not left waiting",
+    )
+    .await;
     drop(busy);
 
     // A client announcing a huge query is cut off; UDP is unaffected throughout.
@@ -1151,11 +1152,12 @@ async fn at_the_tcp_cap_the_longest_idle_client_makes_room() {
     let mut s = TcpStream::connect(addr).await.unwrap();
     assert_eq!(a_of(&tcp_ask_on(&mut s, &q).await.answers[0]), GATEWAY);
     s.write_all(&60000u16.to_be_bytes()).await.unwrap();
-    let n = timeout(Duration::from_secs(2), s.read(&mut byte))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    assert_closed(
+        &mut s,
+        Duration::from_secs(2),
+        "a query longer than the limit disconnects",
+    )
+    .await;
     let r = udp_ask_from(addr, &q).await;
     assert_eq!(a_of(&r.answers[0]), GATEWAY);
     server.shutdown().await;
@@ -1177,12 +1179,12 @@ async fn idle_tcp_clients_go_sooner_when_the_table_is_busy() {
     }
     // 1 of 8 free: busy, so a client asking again after the busy timeout finds it closed.
     tokio::time::sleep(TCP_BUSY_IDLE_TIMEOUT + Duration::from_millis(500)).await;
-    let mut byte = [0u8; 1];
-    let n = timeout(Duration::from_secs(1), held[CAP - 2].read(&mut byte))
-        .await
-        .expect("closed by the busy idle timeout")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    assert_closed(
+        &mut held[CAP - 2],
+        Duration::from_secs(1),
+        "closed by the busy idle timeout",
+    )
+    .await;
     server.shutdown().await;
 }
 
@@ -1318,12 +1320,22 @@ async fn at_the_tcp_cap_the_greediest_address_makes_room() {
         GATEWAY
     );
     // The greedy address's idlest (its first) was closed, not the modest one's.
-    let mut byte = [0u8; 1];
-    let n = timeout(Duration::from_secs(2), greedy[0].read(&mut byte))
-        .await
-        .expect("the greediest address's idlest client is closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    assert_closed(
+        &mut greedy[0],
+        Duration::from_secs(2),
+        "the greediest address's idlest client is closed",
+    )
+    .await;
     assert_eq!(a_of(&tcp_ask_on(&mut modest, &q).await.answers[0]), GATEWAY);
     server.shutdown().await;
+}
+
+/// Asserts that the server closed `s` within `within` (end of stream, or a reset).
+async fn assert_closed(s: &mut TcpStream, within: Duration, what: &str) {
+    let mut byte = [0u8; 1];
+    let n = timeout(within, s.read(&mut byte))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {within:?}"))
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{what}: the server sent a byte instead of closing");
 }
