@@ -21,7 +21,8 @@ use lb_ebpf::{
 };
 
 use super::maps::{interface, NEXT_HOPS};
-use super::{budget, count, drop, pass, ptr_at, Truncated};
+use super::parse::ptr_at;
+use super::{budget, count, drop, pass, Truncated};
 
 pub(super) const AF_INET: u8 = 2;
 

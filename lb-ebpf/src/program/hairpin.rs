@@ -9,11 +9,11 @@ use lb_common::{
     counter, HairpinKey, HairpinValue, ReverseKey, HAIRPIN_LIVE_NS, HAIRPIN_NEW_BURST,
     HAIRPIN_NEW_INTERVAL_NS,
 };
-use lb_ebpf::{EthHdr, Ipv4Hdr, Ports};
 
-use super::fib::route_toward;
+use super::fib::{fib_lookup, route_toward, too_big};
 use super::maps::{frontend, HAIRPIN, HAIRPIN_QUOTA, REVERSE};
-use super::nat::rewrite_both;
+use super::nat::{rewrite, send_on};
+use super::parse::{End, L4Frame};
 use super::{pass, Truncated};
 
 /// A packet from a private leg to the public address: a private host reaching a route
@@ -40,46 +40,44 @@ use super::{pass, Truncated};
 #[inline(always)]
 pub(super) fn hairpin(
     ctx: &XdpContext,
-    (eth, ip, ports, l4_check): (*mut EthHdr, *mut Ipv4Hdr, *mut Ports, *mut u16),
-    (protocol, partial): (u8, bool),
+    frame: &L4Frame,
+    partial: bool,
     fib: &mut FibParams,
     (ifindex, public_addr, now, mss): (u32, u32, u64, u16),
 ) -> Result<u32, Truncated> {
-    // SAFETY: the four pointers come from `ptr_at` in `try_srvgate`: inside the packet,
-    // which the program may write and nothing else touches during the run. Map
-    // references are used only during this run (see `try_srvgate`); a `HAIRPIN` value
-    // may be written by another CPU meanwhile (the same flow's packets on two queues),
-    // which at worst stamps `seen_ns` twice.
-    unsafe {
-        let (saddr, sport, dport) = ((*ip).saddr, (*ports).src, (*ports).dst);
-        if let Some(rev) = REVERSE.get(ReverseKey::new(saddr, sport, protocol)) {
-            let key = HairpinKey::new(saddr, sport, dport, protocol);
-            let Some(flow) = HAIRPIN.get_ptr_mut(key) else {
-                // Answers no flow: the gateway's own connection's, or nobody's.
-                return Ok(pass(counter::PASS_LOCAL));
-            };
+    let protocol = frame.protocol;
+    let ((saddr, sport), (_, dport)) = (frame.end(End::Source), frame.end(End::Destination));
+    let how = (partial, (ifindex, now, mss));
+    // SAFETY: map references are used only during this run (see `try_srvgate`), their
+    // fields copied out before the packet is rewritten.
+    if let Some(rev) = unsafe { REVERSE.get(ReverseKey::new(saddr, sport, protocol)) } {
+        let key = HairpinKey::new(saddr, sport, dport, protocol);
+        let Some(flow) = HAIRPIN.get_ptr_mut(key) else {
+            // Answers no flow: the gateway's own connection's, or nobody's.
+            return Ok(pass(counter::PASS_LOCAL));
+        };
+        // SAFETY: the map's value for `key`, valid for the program's run; another CPU may
+        // write it meanwhile (the same flow's packets on two queues), which at worst
+        // stamps `seen_ns` twice.
+        let client = unsafe {
             // Written once a tick, not on every packet.
             if (*flow).seen_ns != now {
                 (*flow).seen_ns = now;
             }
-            // A backend's reply to a private client: from `public:P`, to the client.
-            let to = ((public_addr, rev.public_port), ((*flow).client_addr, dport));
-            return rewrite_both(
-                ctx,
-                (eth, ip, ports, l4_check),
-                (protocol, partial),
-                to,
-                (rev.route_id, false),
-                fib,
-                (ifindex, public_addr, now, mss),
-            );
-        }
-        let Some(backend) = frontend(dport, protocol) else {
-            // A private host using one of the gateway's own services.
-            return Ok(pass(counter::PASS_NO_ROUTE));
+            (*flow).client_addr
         };
-        let (new_addr, new_port, route_id) = (backend.addr, backend.port, backend.route_id);
-        let key = HairpinKey::new(new_addr, new_port, sport, protocol);
+        // A backend's reply to a private client: from `public:P`, to the client.
+        let to = ((public_addr, rev.public_port), (client, dport));
+        return rewrite_both(ctx, frame, to, (rev.route_id, false), fib, how);
+    }
+    let Some(backend) = frontend(dport, protocol) else {
+        // A private host using one of the gateway's own services.
+        return Ok(pass(counter::PASS_NO_ROUTE));
+    };
+    let (new_addr, new_port, route_id) = (backend.addr, backend.port, backend.route_id);
+    let key = HairpinKey::new(new_addr, new_port, sport, protocol);
+    // SAFETY: as above, for the flow's entry.
+    unsafe {
         match HAIRPIN.get_ptr_mut(key) {
             Some(flow) if (*flow).client_addr == saddr => {
                 if (*flow).seen_ns != now {
@@ -111,16 +109,35 @@ pub(super) fn hairpin(
                 }
             }
         }
-        rewrite_both(
-            ctx,
-            (eth, ip, ports, l4_check),
-            (protocol, partial),
-            ((public_addr, sport), (new_addr, new_port)),
-            (route_id, true),
-            fib,
-            (ifindex, public_addr, now, mss),
-        )
     }
+    let to = ((public_addr, sport), (new_addr, new_port));
+    rewrite_both(ctx, frame, to, (route_id, true), fib, how)
+}
+
+/// Rewrites both ends of a hairpin packet to `to` (source, destination), counts it for
+/// `route` (inbound or not) and sends it on as from the public address.
+#[inline(always)]
+fn rewrite_both(
+    ctx: &XdpContext,
+    frame: &L4Frame,
+    (src, dst): ((u32, u16), (u32, u16)),
+    route: (u32, bool),
+    fib: &mut FibParams,
+    (partial, (ifindex, now, mss)): (bool, (u32, u64, u16)),
+) -> Result<u32, Truncated> {
+    // Routed before the rewrite, as in `try_srvgate`'s frontend path.
+    let rc = if partial {
+        BPF_FIB_LKUP_RET_SUCCESS as i64
+    } else {
+        let rc = fib_lookup(ctx, fib, frame.ip, ifindex, frame.protocol, src.0, dst.0);
+        if let Some(action) = too_big(ctx, frame.ip, fib, rc, (ifindex, now), None)? {
+            return Ok(action);
+        }
+        rc
+    };
+    rewrite(frame, End::Source, src, partial);
+    rewrite(frame, End::Destination, dst, partial);
+    Ok(send_on(ctx, frame, (partial, mss, now), route, fib, rc))
 }
 
 /// Whether private host `host` may open a new hairpin flow at `now` (the daemon's

@@ -18,7 +18,8 @@ use lb_ebpf::{
 
 use super::fib::{fib_lookup, forward, route_toward};
 use super::maps::{frontend, interface, HAIRPIN, REVERSE, SETTINGS};
-use super::{pass, ptr_at, Truncated};
+use super::parse::ptr_at;
+use super::{pass, Truncated};
 
 /// What an ICMP error about a translated flow becomes: the quoted packet's new source
 /// and destination (address, port), the error's own new source and destination, and

@@ -4,7 +4,7 @@
 //! and `guard`. Here: the entry point, the verdicts' counters, the per-CPU budgets, and a
 //! TCP/UDP frame's path (`try_srvgate`), which the crate's doc walks through.
 
-use core::mem::{self, size_of};
+use core::mem;
 
 use aya_ebpf::{
     bindings::{
@@ -20,9 +20,9 @@ use lb_common::{
     ROLE_PRIVATE, ROLE_PUBLIC, TX_ANSWERS_PER_TICK,
 };
 use lb_ebpf::{
-    addressed_to, csum_replace32, ipv4_shape, is_partial_csum, l4_checksum_offset, l4_header_len,
-    pseudo_header_sum, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, Ports, ETH_HLEN, ETH_P_IPV4,
-    IPV4_HLEN, PROTO_ICMP, PROTO_TCP,
+    addressed_to, ipv4_shape, is_partial_csum, l4_checksum_offset, l4_header_len,
+    pseudo_header_sum, zero_in_place, EthHdr, Ipv4Hdr, Ipv4Shape, ETH_HLEN, ETH_P_IPV4, IPV4_HLEN,
+    PROTO_ICMP,
 };
 
 mod fib;
@@ -31,12 +31,14 @@ mod hairpin;
 mod icmp;
 mod maps;
 mod nat;
+mod parse;
 
-use fib::{clamp_mss, forward, route_cached, too_big};
+use fib::{route_cached, too_big};
 use hairpin::{hairpin, inside_host};
 use icmp::translate_icmp;
 use maps::{frontend, interface, BUDGETS, GLOBAL_COUNTERS, REVERSE, ROUTE_COUNTERS, SETTINGS};
-use nat::{complete_checksum, l4_nat};
+use nat::{complete_checksum, rewrite, send_on};
+use parse::{ptr_at, End, L4Frame};
 
 struct Truncated;
 
@@ -89,15 +91,6 @@ fn budget(now: u64) -> Option<&'static mut Budget> {
         };
     }
     Some(b)
-}
-
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Truncated> {
-    let start = ctx.data();
-    if start + offset + size_of::<T>() > ctx.data_end() {
-        return Err(Truncated);
-    }
-    Ok((start + offset) as *mut T)
 }
 
 #[inline(always)]
@@ -166,8 +159,7 @@ fn try_srvgate(ctx: &XdpContext) -> Result<u32, Truncated> {
         return Ok(pass(counter::PASS_NOT_TCP_UDP));
     };
     let l4 = ETH_HLEN + IPV4_HLEN;
-    let ports: *mut Ports = ptr_at(ctx, l4)?;
-    let l4_check: *mut u16 = ptr_at(ctx, l4 + check_off)?;
+    let frame = L4Frame::new(ctx, (eth, ip), protocol, (l4, check_off))?;
 
     // SAFETY: `ctx.ctx` is the xdp_md the kernel passed this program.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -182,122 +174,93 @@ fn try_srvgate(ctx: &XdpContext) -> Result<u32, Truncated> {
         return Ok(pass(counter::PASS_NO_ROUTE));
     };
     let (public_addr, now, mss) = (settings.public_addr, settings.now_ns, settings.mss);
-    // SAFETY: `ip` and `l4_check` come from `ptr_at`: inside the packet.
-    let partial = iface.checksum == CSUM_MAY_BE_PARTIAL
-        && unsafe {
-            let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(IPV4_HLEN as u16);
-            let pseudo = pseudo_header_sum((*ip).saddr, (*ip).daddr, protocol, l4_len.to_be());
-            is_partial_csum(protocol, *l4_check, pseudo)
-                && !complete_checksum(ctx, l4, l4_len, pseudo, now)
-        };
+    let (src, dst) = (frame.end(End::Source), frame.end(End::Destination));
+    let partial = iface.checksum == CSUM_MAY_BE_PARTIAL && {
+        let l4_len = frame.tot_len().wrapping_sub(IPV4_HLEN as u16);
+        let pseudo = pseudo_header_sum(src.0, dst.0, protocol, l4_len.to_be());
+        is_partial_csum(protocol, frame.checksums().0, pseudo)
+            && !complete_checksum(ctx, l4, l4_len, pseudo, now)
+    };
     let mut fib = mem::MaybeUninit::uninit();
     let fib: &mut FibParams = zero_in_place(&mut fib);
 
-    // SAFETY: `ip`, `ports` and `l4_check` come from `ptr_at`, which checked that each
-    // lies wholly before `data_end`: inside the packet, which the program may read and
-    // write; nothing else touches the packet during the run. The FRONTENDS and REVERSE
-    // references are used only during this run, while the kernel keeps the elements
-    // alive; their fields are copied out before the packet is rewritten, and the daemon
-    // changes an existing key's value only on a reload, so a lookup racing that update
-    // can misroute that one packet, as it could arrive just before or after it anyway.
-    unsafe {
-        let to_public = (*ip).daddr == public_addr && public_addr != 0;
-        // On a one-armed leg (both roles) a packet to the public address is from a
-        // private host (hairpin, as on any private leg) or from a client of the world.
-        let inside = to_public
-            && iface.role & ROLE_PRIVATE != 0
-            && (iface.role & ROLE_PUBLIC == 0
-                || inside_host(ctx, fib, ifindex, (*ip).saddr, (*ports).src, protocol));
-        if to_public && !inside && iface.role & ROLE_PUBLIC != 0 {
-            let Some(backend) = frontend((*ports).dst, protocol) else {
-                return Ok(pass(counter::PASS_NO_ROUTE));
-            };
-            let (new_addr, new_port) = (backend.addr, backend.port);
-            // Routed before the rewrite, so that a packet too big for its egress can be
-            // answered quoting what its sender sent.
-            let rc = if partial {
-                BPF_FIB_LKUP_RET_SUCCESS as i64
-            } else {
-                let slot = next_hop_slot(backend.route_id, false);
-                let question = (ifindex, protocol, (*ip).saddr, new_addr);
-                route_cached(ctx, fib, ip, question, slot, now)
-            };
+    let to_public = dst.0 == public_addr && public_addr != 0;
+    // On a one-armed leg (both roles) a packet to the public address is from a private
+    // host (hairpin, as on any private leg) or from a client of the world.
+    let inside = to_public
+        && iface.role & ROLE_PRIVATE != 0
+        && (iface.role & ROLE_PUBLIC == 0
+            || inside_host(ctx, fib, ifindex, src.0, src.1, protocol));
+    if to_public && !inside && iface.role & ROLE_PUBLIC != 0 {
+        // The FRONTENDS and REVERSE values are read during this run only, while the kernel
+        // keeps the elements alive, and copied out before the packet is rewritten; the
+        // daemon changes an existing key's value only on a reload, so a lookup racing that
+        // update can misroute that one packet, as it could arrive just before or after it.
+        let Some(backend) = frontend(dst.1, protocol) else {
+            return Ok(pass(counter::PASS_NO_ROUTE));
+        };
+        let (to, route_id) = ((backend.addr, backend.port), backend.route_id);
+        // Routed before the rewrite, so that a packet too big for its egress can be
+        // answered quoting what its sender sent.
+        let rc = if partial {
+            BPF_FIB_LKUP_RET_SUCCESS as i64
+        } else {
+            let slot = next_hop_slot(route_id, false);
+            let rc = route_cached(ctx, fib, ip, (ifindex, protocol, src.0, to.0), slot, now);
             if let Some(action) = too_big(ctx, ip, fib, rc, (ifindex, now), Some(public_addr))? {
                 return Ok(action);
             }
-            *l4_check = l4_nat(
-                partial,
-                protocol,
-                *l4_check,
-                (*ip).daddr,
-                new_addr,
-                (*ports).dst,
-                new_port,
-            );
-            (*ip).check = csum_replace32((*ip).check, (*ip).daddr, new_addr);
-            (*ip).daddr = new_addr;
-            (*ports).dst = new_port;
-            if protocol == PROTO_TCP {
-                clamp_mss(ctx, l4, l4_check, mss, partial);
-            }
-            account(ctx, ip, backend.route_id, true, now);
-            if partial {
-                return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
-            }
-            Ok(forward(eth, ip, protocol, fib, rc))
-        } else if inside {
-            hairpin(
-                ctx,
-                (eth, ip, ports, l4_check),
-                (protocol, partial),
-                fib,
-                (ifindex, public_addr, now, mss),
-            )
-        } else if iface.role & ROLE_PRIVATE != 0 && !to_public && public_addr != 0 {
-            let key = ReverseKey::new((*ip).saddr, (*ports).src, protocol);
-            let Some(rev) = REVERSE.get(key) else {
-                return Ok(pass(counter::PASS_NO_ROUTE));
-            };
-            // Routed before the rewrite, as it will leave (from the public address): a
-            // packet from a route's backend address and port that the gateway does not
-            // forward is addressed to the gateway itself, a reply on the gateway's own
-            // connection to that backend (an admin's ssh, a health check), not to a
-            // client of the route.
-            let slot = next_hop_slot(rev.route_id, true);
-            let question = (ifindex, protocol, public_addr, (*ip).daddr);
-            let rc = route_cached(ctx, fib, ip, question, slot, now);
-            if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
-                return Ok(pass(counter::PASS_LOCAL));
-            }
-            if !partial {
-                if let Some(action) = too_big(ctx, ip, fib, rc, (ifindex, now), None)? {
-                    return Ok(action);
-                }
-            }
-            let new_port = rev.public_port;
-            *l4_check = l4_nat(
-                partial,
-                protocol,
-                *l4_check,
-                (*ip).saddr,
-                public_addr,
-                (*ports).src,
-                new_port,
-            );
-            (*ip).check = csum_replace32((*ip).check, (*ip).saddr, public_addr);
-            (*ip).saddr = public_addr;
-            (*ports).src = new_port;
-            if protocol == PROTO_TCP {
-                clamp_mss(ctx, l4, l4_check, mss, partial);
-            }
-            account(ctx, ip, rev.route_id, false, now);
-            if partial {
-                return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
-            }
-            Ok(forward(eth, ip, protocol, fib, rc))
-        } else {
-            Ok(pass(counter::PASS_NO_ROUTE))
+            rc
+        };
+        rewrite(&frame, End::Destination, to, partial);
+        Ok(send_on(
+            ctx,
+            &frame,
+            (partial, mss, now),
+            (route_id, true),
+            fib,
+            rc,
+        ))
+    } else if inside {
+        hairpin(ctx, &frame, partial, fib, (ifindex, public_addr, now, mss))
+    } else if iface.role & ROLE_PRIVATE != 0 && !to_public && public_addr != 0 {
+        // SAFETY: as for FRONTENDS above.
+        let Some(rev) = (unsafe { REVERSE.get(ReverseKey::new(src.0, src.1, protocol)) }) else {
+            return Ok(pass(counter::PASS_NO_ROUTE));
+        };
+        let (to, route_id) = ((public_addr, rev.public_port), rev.route_id);
+        // Routed before the rewrite, as it will leave (from the public address): a packet
+        // from a route's backend address and port that the gateway does not forward is
+        // addressed to the gateway itself, a reply on the gateway's own connection to that
+        // backend (an admin's ssh, a health check), not to a client of the route.
+        let slot = next_hop_slot(route_id, true);
+        let rc = route_cached(
+            ctx,
+            fib,
+            ip,
+            (ifindex, protocol, public_addr, dst.0),
+            slot,
+            now,
+        );
+        if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
+            return Ok(pass(counter::PASS_LOCAL));
         }
+        if !partial {
+            if let Some(action) = too_big(ctx, ip, fib, rc, (ifindex, now), None)? {
+                return Ok(action);
+            }
+        }
+        rewrite(&frame, End::Source, to, partial);
+        Ok(send_on(
+            ctx,
+            &frame,
+            (partial, mss, now),
+            (route_id, false),
+            fib,
+            rc,
+        ))
+    } else {
+        Ok(pass(counter::PASS_NO_ROUTE))
     }
 }
 

@@ -3,74 +3,64 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::bpf_fib_lookup as FibParams,
     helpers::generated::{bpf_csum_diff, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use lb_common::{counter, CsumScratch, CSUM_CHECK_MAX};
 use lb_ebpf::{
-    csum_replace32, l4_csum_nat, partial_csum_replace32, sums_to_complete, EthHdr, Ipv4Hdr, Ports,
-    ETH_HLEN, IPV4_HLEN, PROTO_TCP,
+    csum_replace32, l4_csum_nat, partial_csum_replace32, sums_to_complete, ETH_HLEN, IPV4_HLEN,
+    PROTO_TCP,
 };
 
-use super::fib::{clamp_mss, fib_lookup, forward, too_big};
+use super::fib::{clamp_mss, forward};
 use super::maps::CSUM_SCRATCH;
-use super::{account, budget, count, pass, Truncated};
+use super::parse::{End, L4Frame};
+use super::{account, budget, count, pass};
 
-/// Rewrites both ends of a hairpin packet to `to` (source, destination: address and
-/// port), with its checksums, clamps a SYN's MSS, counts it for `route` (inbound or
-/// not) and sends it on as from the public address.
+/// One end of `frame` (`end`: the destination for DNAT, the source for SNAT) becomes
+/// `to` (address, port), with the IPv4 and L4 checksums updated to match (a partial L4
+/// checksum as offload wants it, see `l4_nat`). The one rewrite of every path: a client's
+/// packet to its backend, a backend's reply, and both ends of a hairpin packet.
 #[inline(always)]
-pub(super) fn rewrite_both(
+pub(super) fn rewrite(frame: &L4Frame, end: End, to: (u32, u16), partial: bool) {
+    let (old_addr, old_port) = frame.end(end);
+    let (l4, ip) = frame.checksums();
+    frame.set_checksums((
+        l4_nat(partial, frame.protocol, l4, old_addr, to.0, old_port, to.1),
+        csum_replace32(ip, old_addr, to.0),
+    ));
+    frame.set_end(end, to);
+}
+
+/// What follows a rewrite on every path: a SYN's MSS clamped to `mss`, the frame counted
+/// for `route` (its id, inbound or not) at `now`, and the frame sent on: to the kernel
+/// with a partial checksum (offload finishes it there), else `forward` by the FIB's
+/// answer `rc` in `fib`.
+#[inline(always)]
+pub(super) fn send_on(
     ctx: &XdpContext,
-    (eth, ip, ports, l4_check): (*mut EthHdr, *mut Ipv4Hdr, *mut Ports, *mut u16),
-    (protocol, partial): (u8, bool),
-    ((saddr, sport), (daddr, dport)): ((u32, u16), (u32, u16)),
+    frame: &L4Frame,
+    (partial, mss, now): (bool, u16, u64),
     (route_id, inbound): (u32, bool),
-    fib: &mut FibParams,
-    (ifindex, _, now, mss): (u32, u32, u64, u16),
-) -> Result<u32, Truncated> {
-    // SAFETY: as in `hairpin`, which these pointers come from.
-    unsafe {
-        // Routed before the rewrite, as in `try_srvgate`'s frontend path.
-        let rc = if partial {
-            BPF_FIB_LKUP_RET_SUCCESS as i64
-        } else {
-            fib_lookup(ctx, fib, ip, ifindex, protocol, saddr, daddr)
-        };
-        if !partial {
-            if let Some(action) = too_big(ctx, ip, fib, rc, (ifindex, now), None)? {
-                return Ok(action);
-            }
-        }
-        let (old_saddr, old_daddr) = ((*ip).saddr, (*ip).daddr);
-        let (old_sport, old_dport) = ((*ports).src, (*ports).dst);
-        let check = l4_nat(
-            partial, protocol, *l4_check, old_saddr, saddr, old_sport, sport,
-        );
-        *l4_check = l4_nat(partial, protocol, check, old_daddr, daddr, old_dport, dport);
-        let check = csum_replace32((*ip).check, old_saddr, saddr);
-        (*ip).check = csum_replace32(check, old_daddr, daddr);
-        (*ip).saddr = saddr;
-        (*ip).daddr = daddr;
-        (*ports).src = sport;
-        (*ports).dst = dport;
-        if protocol == PROTO_TCP {
-            clamp_mss(ctx, ETH_HLEN + IPV4_HLEN, l4_check, mss, partial);
-        }
-        account(ctx, ip, route_id, inbound, now);
-        if partial {
-            return Ok(pass(counter::FWD_PASS_PARTIAL_CSUM));
-        }
-        Ok(forward(eth, ip, protocol, fib, rc))
+    fib: &FibParams,
+    rc: i64,
+) -> u32 {
+    if frame.protocol == PROTO_TCP {
+        clamp_mss(ctx, ETH_HLEN + IPV4_HLEN, frame.check_ptr(), mss, partial);
     }
+    account(ctx, frame.ip, route_id, inbound, now);
+    if partial {
+        return pass(counter::FWD_PASS_PARTIAL_CSUM);
+    }
+    forward(frame.eth, frame.ip, frame.protocol, fib, rc)
 }
 
 /// The L4 checksum after one address and one port change: a complete one is updated
 /// for both (RFC 1624), a partial one (only the pseudo-header's sum, left to checksum
 /// offload) for the address alone, as the port lies in the part offload sums later.
 #[inline(always)]
-pub(super) fn l4_nat(
+fn l4_nat(
     partial: bool,
     protocol: u8,
     check: u16,
