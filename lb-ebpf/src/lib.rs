@@ -423,6 +423,23 @@ pub fn ipv4_csum_ttl_decrement(check: u16, ttl: u8, protocol: u8) -> u16 {
     )
 }
 
+/// The hash that places a flow in a pool's Maglev table (slot = hash % table size): of
+/// the client's address and port (as loaded from packet memory) and the protocol, so that
+/// every packet of a flow, on any gateway, lands on the same slot. The public port is not
+/// in it: a pool belongs to one route, whose table is looked up by that port already.
+/// MurmurHash3's 32-bit finaliser over one word mixing the three: a handful of
+/// multiplications and shifts, no loop, no table, so the same on the host (lb-userspace's
+/// `maglev` tests) as in BPF.
+#[inline(always)]
+pub fn flow_hash(addr: u32, port: u16, protocol: u8) -> u32 {
+    let mut h = addr ^ ((u32::from(port) << 8) | u32::from(protocol)).wrapping_mul(0x9e37_79b9);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
 /// Types whose all-zero bit pattern is a valid value: what [`zero_in_place`] hands out.
 ///
 /// # Safety
