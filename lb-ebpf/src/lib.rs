@@ -14,8 +14,9 @@
 //! "fragmentation needed" answer (`frag_needed_headers`), the wire header structs, and
 //! `zero_in_place`, zeroing without an out-of-line memset for types that implement the
 //! `unsafe trait Zeroable` (the promise that all-zero is valid is made once per type; a
-//! compile-fail doc test keeps it required). `src/tests.rs` property-tests this file.
-#![cfg_attr(not(test), no_std)]
+//! compile-fail doc test keeps it required). `src/tests.rs` property-tests this file against
+//! `src/testsupport.rs`, the checksum oracle that lb-userspace's `xdp_tests` use too.
+#![cfg_attr(not(any(test, feature = "test-support")), no_std)]
 
 pub const ETH_HLEN: usize = 14;
 /// EtherType of IPv4, in network order as a big-endian number.
@@ -495,6 +496,9 @@ pub fn zero_in_place<T: Zeroable>(slot: &mut core::mem::MaybeUninit<T>) -> &mut 
     // SAFETY: every byte was just written, and `T: Zeroable` says all-zero is a valid T.
     unsafe { slot.assume_init_mut() }
 }
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod testsupport;
 
 #[cfg(test)]
 mod tests;

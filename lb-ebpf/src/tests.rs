@@ -1,48 +1,9 @@
 //! The incremental updates must agree with checksums computed from scratch, for any packet.
 
+use super::testsupport::{checksum, ipv4_header_checksum, l4_checksum, sum};
 use super::*;
 use proptest::prelude::*;
 use std::vec::Vec;
-
-/// Plain RFC 1071 sum over bytes taken as big-endian 16-bit words.
-fn ones_sum(data: &[u8]) -> u32 {
-    let mut sum = 0u32;
-    for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from_be_bytes([chunk[0], 0])
-        };
-        sum += word as u32;
-    }
-    sum
-}
-
-fn ipv4_header_checksum(header: &[u8]) -> u16 {
-    let mut h = header.to_vec();
-    h[10] = 0;
-    h[11] = 0;
-    !fold(ones_sum(&h))
-}
-
-fn l4_checksum(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
-    let mut s = segment.to_vec();
-    let off = l4_checksum_offset(protocol).unwrap();
-    s[off] = 0;
-    s[off + 1] = 0;
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.push(0);
-    pseudo.push(protocol);
-    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
-    let c = !fold(ones_sum(&pseudo) + ones_sum(&s));
-    if protocol == PROTO_UDP && c == 0 {
-        0xffff
-    } else {
-        c
-    }
-}
 
 /// An IPv4 packet (no Ethernet) with valid checksums.
 #[derive(Clone, Debug)]
@@ -368,7 +329,7 @@ fn no_clamp_without_a_maximum_or_below_it() {
 /// What checksum offload finishes: the segment's sum with the partial field in it,
 /// complemented.
 fn completed(p: &Packet) -> u16 {
-    !fold(ones_sum(&p.bytes[IPV4_HLEN..]))
+    checksum(sum(&p.bytes[IPV4_HLEN..], 0))
 }
 
 proptest! {
@@ -497,10 +458,10 @@ proptest! {
             &quote,
         );
         prop_assert_eq!(ipv4_header_checksum(&h[..IPV4_HLEN]), u16::from_be_bytes([h[10], h[11]]));
-        prop_assert_eq!(!fold(ones_sum(&h[..IPV4_HLEN])), 0);
+        prop_assert_eq!(checksum(sum(&h[..IPV4_HLEN], 0)), 0);
         let mut icmp = h[IPV4_HLEN..].to_vec();
         icmp.extend_from_slice(&quote);
-        prop_assert_eq!(!fold(ones_sum(&icmp)), 0, "ICMP checksum");
+        prop_assert_eq!(checksum(sum(&icmp, 0)), 0, "ICMP checksum");
         prop_assert_eq!(&h[12..16], &from[..]);
         prop_assert_eq!(&h[16..20], &to[..]);
         prop_assert_eq!(usize::from(u16::from_be_bytes([h[2], h[3]])), FRAG_NEEDED_HLEN + ICMP_QUOTE_LEN);

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::cmd;
 
-const TEST: &str = "kernel::dataplane::xdp_tests::program_cost_for_the_bench";
+const TEST: &str = "kernel::dataplane::xdp_tests::bench::program_cost_for_the_bench";
 
 /// Runs the measurement once and adds each program's ns to `results` (rows `srvgate` and
 /// `xdp-ceiling`, for those of them in `rows`).
