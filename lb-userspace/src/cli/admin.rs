@@ -9,12 +9,12 @@ use std::{
 };
 
 use crate::{
-    config::check_label,
+    api::{Client, ClientError, DEFAULT_SOCKET},
     kernel::dataplane::{remove_pins, DEFAULT_PIN_DIR},
-    serve::api::{
-        Client, ClientError, RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply,
-        UserRequest, UsersReply, DEFAULT_SOCKET,
-    },
+};
+use lb_model::{
+    api::{RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply, UserRequest, UsersReply},
+    check_label,
 };
 
 /// How long `down` waits for a running daemon to detach and exit.
@@ -396,7 +396,7 @@ fn summary(r: &RoutesReply) -> String {
 }
 
 /// `[cluster]`'s line of `srvgate status`: who we are, who else is there, how fresh.
-fn cluster_line(c: &crate::serve::api::ClusterView) -> String {
+fn cluster_line(c: &lb_model::api::ClusterView) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -612,7 +612,7 @@ mod tests {
     #[test]
     fn status_shows_the_cluster() {
         let mut r = reply();
-        r.cluster = Some(crate::serve::api::ClusterView {
+        r.cluster = Some(lb_model::api::ClusterView {
             gateway_id: "gw2".into(),
             members: vec!["gw1".into(), "gw2".into()],
             leader: None,

@@ -42,6 +42,7 @@ use std::{
     future::Future,
     net::Ipv4Addr,
     path::Path,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicI64, Ordering},
         Arc, Mutex,
@@ -56,13 +57,38 @@ use etcd_client::{
 use tokio::{runtime::Runtime, sync::mpsc};
 use tracing::{error, info, warn};
 
-use crate::{
-    config::{Cluster, RouteKey},
-    serve::api::ClusterView,
-    table::state::{Claim, Commit, RouteChange, StateError, Store, StoredRoute},
-    table::users::{Denied, Users},
+use crate::table::{
+    state::{Claim, Commit, RouteChange, StateError, Store, StoredRoute},
+    users::{Denied, Users},
 };
 use keys::Kind;
+use lb_model::{api::ClusterView, RouteKey};
+
+/// `[cluster]` as validated by `config`: the etcd endpoints and this gateway's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// etcd client URLs, `https://host:port` each (`http://` only with `insecure_http`).
+    pub etcd: Vec<String>,
+    /// This gateway's name in the cluster (a DNS label): in logs, `status` and the keys
+    /// only this gateway writes.
+    pub gateway_id: String,
+    /// How this gateway proves itself to etcd and checks etcd; `None` only for `http://`
+    /// endpoints with `insecure_http = true`.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The files of `[cluster]`'s TLS: read (and the key's mode checked) when the gateway
+/// connects, see [`tls`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// The CA that signed etcd's server certificate (PEM); the only one trusted for it.
+    pub ca: PathBuf,
+    /// This gateway's client certificate (PEM), signed by a CA etcd's
+    /// `--trusted-ca-file` names.
+    pub cert: PathBuf,
+    /// Its private key (PEM), readable by its owner only.
+    pub key: PathBuf,
+}
 
 /// Every request to etcd (a load page, a transaction) is answered within this or refused.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);

@@ -43,11 +43,11 @@ use journal::{Flight, Line, Segment};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::{check_route, Route, RouteKey, RouteRequest},
-    table::routes::{RouteError, RouteTable, Source},
-    table::users::Users,
+use crate::table::{
+    routes::{RouteError, RouteTable, Source},
+    users::Users,
 };
+use lb_model::{check_route, Route, RouteKey, RouteRequest};
 
 /// Where `srvgate run` keeps its state unless `--state-dir` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/srvgate";
@@ -96,7 +96,7 @@ pub enum StateError {
     #[error("{reason}")]
     Refused {
         reason: String,
-        taken: Vec<(u16, crate::config::Protocol)>,
+        taken: Vec<(u16, lb_model::Protocol)>,
     },
 }
 
@@ -243,7 +243,7 @@ pub trait Store: Send {
     ) {
     }
     /// A shared store's state for `srvgate status`; `None` for a local one.
-    fn cluster(&self) -> Option<crate::serve::api::ClusterView> {
+    fn cluster(&self) -> Option<lb_model::api::ClusterView> {
         None
     }
     /// Records the removal of idle routes. A shared store makes it only while this gateway

@@ -37,10 +37,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use crate::{
-    config::{check_label, Protocol, Route, RouteKey},
-    table::state::{self, StoredRoute},
-};
+use crate::table::state::{self, StoredRoute};
+use lb_model::{check_label, Protocol, Route, RouteKey};
 
 /// The prefix every key of the shared table starts with.
 pub const PREFIX: &str = "/srvgate/";
