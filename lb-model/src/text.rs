@@ -1,6 +1,6 @@
-//! What the students are shown in more than one place: the ways in to a route (`claim`,
-//! `mine` and the console print the same lines) and the `~/.ssh/config` block (printed by
-//! `ssh-config`, shown by the console). Shell words are quoted by `shlex`, the workspace's
+//! What is shown in more than one place: the ways in to a route (`claim`, `mine` and the
+//! console print the same lines), the `~/.ssh/config` block (printed by `ssh-config`, shown
+//! by the console) and byte counts (`route ls` and the console). Shell words are quoted by `shlex`, the workspace's
 //! one shell quoting.
 
 use std::net::SocketAddr;
@@ -63,4 +63,35 @@ pub fn shell_word(word: &str) -> String {
         .allow_nul(true)
         .quote(word)
         .map_or_else(|_| String::new(), std::borrow::Cow::into_owned)
+}
+
+/// 1536 -> `1.5 KiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_in_binary_units() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(
+            human_bytes(5 * 1024 * 1024 * 1024 * 1024 * 1024),
+            "5120.0 TiB"
+        );
+    }
 }

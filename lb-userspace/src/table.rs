@@ -2,7 +2,6 @@
 //! history, and what of them is written to disk, or shared with other gateways through
 //! etcd (`cluster`, the only one here with a socket: its etcd client). Pure rules and
 //! storage; no kernel.
-pub mod accounts;
 pub mod cluster;
 pub mod routes;
 pub mod state;

@@ -472,7 +472,7 @@ pub fn render_status(r: &RoutesReply) -> String {
             let mut row = identity_cells(v);
             row.extend([
                 (v.inbound_packets + v.outbound_packets).to_string(),
-                human_bytes(v.inbound_bytes + v.outbound_bytes),
+                lb_model::text::human_bytes(v.inbound_bytes + v.outbound_bytes),
                 last_seen(v),
                 v.source.clone(),
             ]);
@@ -519,21 +519,6 @@ pub fn human_duration(secs: u64) -> String {
         s if s < 3600 => format!("{}m", s / 60),
         s if s < 86400 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86400),
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -657,7 +642,5 @@ mod tests {
     fn units() {
         assert_eq!(human_duration(59), "59s");
         assert_eq!(human_duration(14 * 86400), "14d");
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
     }
 }

@@ -28,9 +28,9 @@ use crate::{
         dns::DnsServer, http::HttpServer, https::HttpsServer, listen, metrics, portal::PortalServer,
     },
     table::{
-        cluster::{EtcdStore, Remote},
+        cluster::EtcdStore,
         routes::{Diff, RouteTable, Source},
-        state::{StateError, StateStore, Store, StoredRoute},
+        state::{Remote, StateError, StateStore, Store, StoredRoute},
         users::ConfigRemoval,
     },
 };

@@ -22,9 +22,8 @@ use crate::{
     config::{self, check_backend, Config},
     kernel::dataplane::{Counters, Dataplane},
     table::{
-        cluster::Remote,
         routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-        state::{Claim, RouteChange, StateError, Store, StoredRoute},
+        state::{Claim, Remote, RouteChange, StateError, Store, StoredRoute},
         users::{check_claim, ConfigRemoval, User, Users},
     },
 };

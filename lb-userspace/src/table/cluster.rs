@@ -58,7 +58,7 @@ use tokio::{runtime::Runtime, sync::mpsc};
 use tracing::{error, info, warn};
 
 use crate::table::{
-    state::{Claim, Commit, RouteChange, StateError, Store, StoredRoute},
+    state::{Claim, Commit, Remote, RouteChange, StateError, Store, StoredRoute},
     users::{Denied, Users},
 };
 use keys::Kind;
@@ -117,31 +117,6 @@ const SEEN_PER_TXN: usize = 100;
 /// after this long.
 const MEMBER_TTL: i64 = 10;
 const MEMBER_RENEW: Duration = Duration::from_secs(3);
-
-/// A change of the shared table made by another gateway (or a whole new view of it).
-#[derive(Debug)]
-pub enum Remote {
-    /// Route changes, in revision order.
-    Routes {
-        revision: i64,
-        changes: Vec<RouteChange>,
-    },
-    Accounts {
-        revision: i64,
-        users: Users,
-    },
-    /// Other gateways' last-seen times of routes (the latest packet each of them saw).
-    Seen(Vec<(RouteKey, SystemTime)>),
-    /// The whole table at `revision`, after the watch was lost (`why`): the daemon makes its
-    /// runtime routes exactly these, with the latest last-seen time any gateway
-    /// published. `accounts` is `None` when none are stored.
-    Resync {
-        revision: i64,
-        routes: Vec<StoredRoute>,
-        accounts: Option<(Users, i64)>,
-        why: String,
-    },
-}
 
 /// What the status shows, shared between the store (under the core's lock) and the watch.
 #[derive(Default)]
@@ -413,7 +388,7 @@ impl EtcdStore {
             .accounts
             .as_ref()
             .and_then(|(bytes, _)| {
-                crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes).ok()
+                crate::table::state::accounts::parse(Path::new(&keys::accounts_key()), bytes).ok()
             })
             .map(|u| names(&u))
             .unwrap_or_default();
@@ -852,7 +827,7 @@ impl Store for EtcdStore {
         match self.initial.as_ref().and_then(|s| s.accounts.as_ref()) {
             None => Ok(Users::default()),
             Some((bytes, _)) => {
-                crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes)
+                crate::table::state::accounts::parse(Path::new(&keys::accounts_key()), bytes)
             }
         }
     }
@@ -864,7 +839,7 @@ impl Store for EtcdStore {
     /// later account of the same name.
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
         let key = keys::accounts_key();
-        let text = crate::table::accounts::render(users);
+        let text = crate::table::state::accounts::render(users);
         let seen = self.accounts_rev;
         let now = names(users);
         let removed: Vec<&String> = self.accounts_names.difference(&now).collect();
@@ -1131,7 +1106,10 @@ async fn follow(
             let accounts = match &snapshot.accounts {
                 None => None,
                 Some((bytes, rev)) => {
-                    match crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes) {
+                    match crate::table::state::accounts::parse(
+                        Path::new(&keys::accounts_key()),
+                        bytes,
+                    ) {
                         Ok(u) => Some((u, *rev)),
                         Err(e) => {
                             error!("cluster: keeping the last accounts: {e}");
@@ -1280,7 +1258,7 @@ async fn watch(
                         error!("cluster: ignoring accounts of {} bytes", kv.value().len());
                         continue;
                     }
-                    match crate::table::accounts::parse(
+                    match crate::table::state::accounts::parse(
                         Path::new(&keys::accounts_key()),
                         kv.value(),
                     ) {

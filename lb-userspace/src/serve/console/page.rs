@@ -152,7 +152,7 @@ pub fn login(notice: Option<&Flash>) -> String {
 }
 
 /// 1536 -> `1.5 KiB`: the same figures as `srvgate route ls` prints.
-use crate::cli::admin::human_bytes as bytes;
+use lb_model::text::human_bytes as bytes;
 
 fn last_seen(v: &RouteView) -> String {
     match v.last_seen_unix {

@@ -214,7 +214,7 @@ pub fn decode_routes(
                 value.len()
             ));
         }
-        values.push((k, value.as_slice()));
+        values.push((shown.into_owned(), k, value.as_slice()));
     }
     let routes =
         state::decode_routes(Path::new(source), &values, public_ipv4).map_err(|e| e.to_string())?;
