@@ -351,8 +351,7 @@ fn test(quick: bool) -> Result<()> {
             &[
                 "clippy",
                 "-p",
-                "lb-userspace",
-                "--no-default-features",
+                "lb-client",
                 "--target",
                 setup::WINDOWS_TARGET,
                 "--bins",
