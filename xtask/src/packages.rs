@@ -26,6 +26,7 @@ pub const BASE_IMAGE: &[&str] = &[
     "mount",
     "procps",
     "python3",
+    "tar",
     "util-linux",
 ];
 
@@ -87,6 +88,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("strip", "binutils"),
     ("sysctl", "procps"),
     ("systemd-analyze", "systemd"),
+    // `cargo xtask bench --baseline`: unpacks `git archive` of the baseline revision.
+    ("tar", "tar"),
     ("taskset", "util-linux"),
     ("tc", "iproute2"),
     ("timeout", "coreutils"),
