@@ -5,6 +5,9 @@
 //! - [`table`]: what the gateway knows and keeps: the route table (`routes`), the students'
 //!   accounts and rules (`users`, `accounts`), the charts' history (`traffic`), and the
 //!   runtime routes on disk (`state`).
+//! - [`cluster`]: the table shared with other gateways through etcd (`[cluster]`): a second
+//!   store, with a socket, so beside `table` rather than in it; the `Cluster` trait
+//!   (following the others' changes, the leader, last-seen times) and its etcd client.
 //! - [`kernel`]: the kernel side: the XDP program, its maps and pins (`dataplane`), the few
 //!   system calls we need (`sys`) and file descriptors (`fds`).
 //! - [`serve`]: the servers: the authoritative zone (`dns`), the web routers (`http` by Host
@@ -22,6 +25,8 @@
 //! types, `config`'s rules with the route table they check against, `users`, `student`,
 //! `docs`), so that the client builds for any OS.
 pub mod cli;
+#[cfg(feature = "gateway")]
+pub mod cluster;
 pub mod config;
 #[cfg(feature = "gateway")]
 pub mod daemon;

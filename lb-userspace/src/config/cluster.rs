@@ -1,5 +1,5 @@
 //! `[cluster]`: the etcd endpoints through which several gateways share one table, and this
-//! gateway's name among them. Pure validation; the store itself is `crate::table::cluster`.
+//! gateway's name among them. Pure validation; the store itself is `crate::cluster`.
 
 use std::path::PathBuf;
 
@@ -23,7 +23,7 @@ pub struct Cluster {
 }
 
 /// The files of `[cluster]`'s TLS: read (and the key's mode checked) when the gateway
-/// connects, see `crate::table::cluster::tls`.
+/// connects, see `crate::cluster::tls`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterTls {
     /// The CA that signed etcd's server certificate (PEM); the only one trusted for it.

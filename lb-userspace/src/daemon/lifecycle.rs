@@ -20,6 +20,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    cluster::{EtcdStore, Remote},
     config::Config,
     kernel::dataplane::{Counters, Dataplane, DataplaneError, XdpDataplane},
     notify,
@@ -30,7 +31,6 @@ use crate::{
     serve::listen,
     serve::metrics,
     serve::portal::PortalServer,
-    table::cluster::{EtcdStore, Remote},
     table::routes::{Diff, RouteTable, Source},
     table::state::{StateError, StateStore, Store, StoredRoute},
     table::users::ConfigRemoval,

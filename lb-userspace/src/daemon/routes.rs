@@ -19,10 +19,10 @@ use std::{
 use tracing::{error, info, warn};
 
 use crate::{
+    cluster::Remote,
     config::{self, check_backend, check_route, format_duration, Config, ConfigUser, RouteRequest},
     kernel::dataplane::{Counters, Dataplane},
     serve::api::{ApiError, Removed, RouteView, RoutesReply},
-    table::cluster::Remote,
     table::routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
     table::state::{Claim, RouteChange, StateError, Store, StoredRoute},
     table::users::{check_claim, ConfigRemoval, User, Users},

@@ -8,10 +8,10 @@ use super::control::Handle;
 use super::lifecycle::{event_loop, finish};
 use super::routes::{restart_sections, stored_routes};
 use super::*;
+use crate::cluster::Remote;
 use crate::config::RouteRequest;
 use crate::kernel::dataplane::Counters;
 use crate::serve::api::{ClaimRequest, Control, Shutdown, UserRequest};
-use crate::table::cluster::Remote;
 use crate::table::routes::{Entry, Source};
 use crate::table::state::{RouteChange, StoredRoute};
 use crate::{

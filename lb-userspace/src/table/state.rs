@@ -239,7 +239,7 @@ pub trait Store: Send {
     fn follow(
         &mut self,
         _public_ipv4: Ipv4Addr,
-        _tx: tokio::sync::mpsc::Sender<crate::table::cluster::Remote>,
+        _tx: tokio::sync::mpsc::Sender<crate::cluster::Remote>,
     ) {
     }
     /// A shared store's state for `srvgate status`; `None` for a local one.
@@ -667,10 +667,11 @@ pub(crate) fn encode_route(s: &StoredRoute) -> String {
 
 /// Routes stored one per key (a shared store's), each JSON as [`encode_route`] writes it
 /// and stored under its own key; checked together like a state file (`path` names the
-/// store).
+/// store, `shown` the key a route is stored under, as that store spells it).
 pub(crate) fn decode_routes(
     path: &Path,
     values: &[(RouteKey, &[u8])],
+    shown: &dyn Fn(&RouteKey) -> String,
     public_ipv4: Ipv4Addr,
 ) -> Result<Vec<StoredRoute>, StateError> {
     let corrupt = |reason: String| StateError::Corrupt {
@@ -679,12 +680,8 @@ pub(crate) fn decode_routes(
     };
     let mut raw = Vec::with_capacity(values.len());
     for (key, bytes) in values {
-        let r: RawRoute = serde_json::from_slice(bytes).map_err(|e| {
-            corrupt(format!(
-                "{}: not a route: {e}",
-                crate::table::cluster::keys::route_key(key)
-            ))
-        })?;
+        let r: RawRoute = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("{}: not a route: {e}", shown(key))))?;
         if (r.name.as_str(), r.service.as_str(), r.protocol.as_str())
             != (
                 key.name.as_str(),
@@ -694,19 +691,15 @@ pub(crate) fn decode_routes(
         {
             return Err(corrupt(format!(
                 "{}: holds route {}/{}/{}",
-                crate::table::cluster::keys::route_key(key),
+                shown(key),
                 r.name,
                 r.service,
                 r.protocol
             )));
         }
         // Checked here as well as in `validate` so that the error names the key.
-        r.times().map_err(|e| {
-            corrupt(format!(
-                "{}: {e}",
-                crate::table::cluster::keys::route_key(key)
-            ))
-        })?;
+        r.times()
+            .map_err(|e| corrupt(format!("{}: {e}", shown(key))))?;
         raw.push(r);
     }
     validate(path, raw, public_ipv4)

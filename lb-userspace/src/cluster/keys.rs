@@ -218,8 +218,8 @@ pub fn decode_routes(
         }
         values.push((k, value.as_slice()));
     }
-    let routes =
-        state::decode_routes(Path::new(source), &values, public_ipv4).map_err(|e| e.to_string())?;
+    let routes = state::decode_routes(Path::new(source), &values, &route_key, public_ipv4)
+        .map_err(|e| e.to_string())?;
     Ok(routes)
 }
 
