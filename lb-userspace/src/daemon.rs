@@ -23,8 +23,9 @@
 //!   does not lead, or etcd is away) is undone. With a shared store only the gateway the
 //!   store elected reclaims, from last-seen times every gateway publishes (`seen.rs`).
 //!
-//! The core reaches the kernel and the disk only through the [`Dataplane`] and [`Store`]
-//! traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
+//! The core reaches the kernel, the disk and the other gateways only through the
+//! [`Dataplane`], [`Store`](crate::table::state::Store) and
+//! [`Cluster`](crate::cluster::Cluster) traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
 //!
 //! Here: the options, errors, clock and the [`Core`]; `routes.rs` has its route operations,
 //! `students.rs` the accounts' and students' ones, `control.rs` what the servers call (the
@@ -45,6 +46,7 @@ use std::{
 };
 
 use crate::{
+    cluster::Backing,
     config::{self, Config, ConfigError, Gateway},
     kernel::dataplane::{AttachMode, Dataplane, DataplaneError},
     serve::api::{self, PortalInfo},
@@ -53,7 +55,7 @@ use crate::{
     serve::https::HttpsServer,
     serve::portal::PortalError,
     table::routes::RouteTable,
-    table::state::{Commit, StateError, Store},
+    table::state::{Commit, StateError},
     table::traffic::Traffic,
     table::users::Users,
 };
@@ -184,7 +186,8 @@ struct Core {
     dns: Option<Arc<DnsServer>>,
     http: Option<HttpServer>,
     https: Option<HttpsServer>,
-    store: Box<dyn Store>,
+    /// The store, and the cluster when the table is shared (`[cluster]`).
+    store: Backing,
     /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
     gateway: Gateway,
     /// The config the daemon started with (routes left out): what SIGHUP cannot change.
@@ -213,8 +216,6 @@ struct Core {
     /// Per-minute traffic by counter slot, for the console; fed by the periodic pass with
     /// the core unlocked, so it has its own lock.
     traffic: Arc<Mutex<Traffic>>,
-    /// The store is shared with other gateways (`[cluster]`).
-    shared: bool,
     /// Shared store: runtime routes' last-seen times from this gateway's own counters, and
     /// what of them was published last (see `seen.rs`).
     own_seen: std::collections::HashMap<config::RouteKey, SystemTime>,

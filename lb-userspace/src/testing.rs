@@ -1,5 +1,5 @@
 //! In-memory stand-ins for the kernel side ([`Dataplane`]) and the persistent side
-//! ([`Store`]), so the daemon's operations and every rollback path are unit tests without
+//! ([`Store`], and [`Cluster`] as a shared store is), so the daemon's operations and every rollback path are unit tests without
 //! root, namespaces or disks. Each fake is a cheap handle on shared state: the test keeps a
 //! clone to inspect it and to tell it to fail while the daemon owns the other.
 //!
@@ -19,6 +19,7 @@ use std::{
 };
 
 use crate::{
+    cluster::{Backing, Claim, Cluster},
     config::Protocol,
     kernel::dataplane::{
         plan, sync_plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends,
@@ -236,8 +237,8 @@ pub struct FakeState {
     pub others: Vec<(u16, crate::config::Protocol)>,
     /// As a shared store that does not answer: every write is `StateError::Unavailable`.
     pub unreachable: bool,
-    /// Acts as a store shared with other gateways (`cluster()` answers; read when the core
-    /// is made).
+    /// Acts as a store shared with other gateways, also the core's [`Cluster`] (read when
+    /// the core is made, by [`FakeStore::backing`]).
     pub shared: bool,
     /// As a shared store: another gateway leads, so this one may not reclaim, and a
     /// reclaim is refused as the fenced transaction would be.
@@ -251,14 +252,14 @@ pub struct FakeState {
     /// routes and the accounts just saved, in order.
     pub accounts_saves: Vec<(Vec<StoredRoute>, Users)>,
     /// As a shared store: runtime routes each user holds through other gateways, which
-    /// count against their quota in [`Store::record_claim`], and which a removal of
+    /// count against their quota in [`Cluster::record_claim`], and which a removal of
     /// the user's account waits for (refused while any is held).
     pub held_elsewhere: std::collections::BTreeMap<String, usize>,
     /// As a shared store: accounts removed through another gateway; a claim of theirs is
     /// refused.
     pub removed_elsewhere: Vec<String>,
     /// Every claim the core asked the store to make, in order.
-    pub claims: Vec<crate::table::state::Claim>,
+    pub claims: Vec<Claim>,
 }
 
 fn apply_changes(routes: &mut Vec<StoredRoute>, changes: &[RouteChange]) {
@@ -289,8 +290,13 @@ impl FakeStore {
         guard(&self.state)
     }
 
-    pub fn boxed(&self) -> Box<dyn Store> {
-        Box::new(self.clone())
+    /// The store for a core: its own, or (`shared`) one that is also its cluster.
+    pub fn backing(&self) -> Backing {
+        if self.state().shared {
+            Backing::Shared(Box::new(self.clone()))
+        } else {
+            Backing::Local(Box::new(self.clone()))
+        }
     }
 }
 
@@ -370,13 +376,23 @@ impl Store for FakeStore {
         s.accounts_saves.push(image);
         Ok(())
     }
+}
 
-    fn record_claim(
+impl Cluster for FakeStore {
+    fn follow(
         &mut self,
-        route: &StoredRoute,
-        claim: &crate::table::state::Claim,
-        all: &dyn Fn() -> Vec<StoredRoute>,
-    ) -> Result<Commit, StateError> {
+        _public_ipv4: Ipv4Addr,
+        _tx: tokio::sync::mpsc::Sender<crate::cluster::Remote>,
+    ) {
+    }
+
+    fn accounts_seen(&mut self, _revision: i64, _stored: &Users) {}
+
+    fn written_since(&mut self, _revision: i64) -> Vec<crate::config::RouteKey> {
+        Vec::new()
+    }
+
+    fn record_claim(&mut self, route: &StoredRoute, claim: &Claim) -> Result<Commit, StateError> {
         {
             let mut s = self.state();
             s.claims.push(claim.clone());
@@ -393,12 +409,12 @@ impl Store for FakeStore {
             let held = here + s.held_elsewhere.get(&claim.user).copied().unwrap_or(0);
             claim.check(held)?;
         }
-        self.record(&[RouteChange::Put(route.clone())], all)
+        self.record(&[RouteChange::Put(route.clone())], &Vec::new)
     }
 
-    fn cluster(&self) -> Option<crate::serve::api::ClusterView> {
+    fn view(&self) -> crate::serve::api::ClusterView {
         let s = self.state();
-        s.shared.then(|| crate::serve::api::ClusterView {
+        crate::serve::api::ClusterView {
             gateway_id: "gw1".into(),
             members: vec!["gw1".into(), "gw2".into()],
             leader: Some(if s.follower { "gw2" } else { "gw1" }.into()),
@@ -407,14 +423,10 @@ impl Store for FakeStore {
             revision: 1,
             last_sync_unix: None,
             error: None,
-        })
+        }
     }
 
-    fn reclaim(
-        &mut self,
-        changes: &[RouteChange],
-        all: &dyn Fn() -> Vec<StoredRoute>,
-    ) -> Result<Commit, StateError> {
+    fn reclaim(&mut self, gone: &[crate::config::RouteKey]) -> Result<Commit, StateError> {
         if self.state().follower {
             self.state().saves += 1;
             return Err(StateError::Refused {
@@ -422,10 +434,11 @@ impl Store for FakeStore {
                 taken: Vec::new(),
             });
         }
-        self.record(changes, all)
+        let changes: Vec<RouteChange> = gone.iter().cloned().map(RouteChange::Delete).collect();
+        self.record(&changes, &Vec::new)
     }
 
-    fn may_reclaim(&self) -> bool {
+    fn leads(&self) -> bool {
         !self.state().follower
     }
 

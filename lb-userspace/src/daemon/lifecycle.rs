@@ -20,7 +20,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    cluster::{EtcdStore, Remote},
+    cluster::{Backing, EtcdStore, Remote},
     config::Config,
     kernel::dataplane::{Counters, Dataplane, DataplaneError, XdpDataplane},
     notify,
@@ -130,8 +130,8 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     // not share one directory.
     let local = StateStore::open(&opts.state_dir)?;
     let public_ipv4 = cfg.gateway.public_ipv4;
-    let (mut store, _local): (Box<dyn Store>, Option<StateStore>) = match &cfg.cluster {
-        None => (Box::new(local), None),
+    let (mut store, _local): (Backing, Option<StateStore>) = match &cfg.cluster {
+        None => (Backing::Local(Box::new(local)), None),
         Some(cluster) => {
             let store = EtcdStore::connect(cluster).map_err(|e| match e {
                 StateError::Unavailable {
@@ -144,16 +144,16 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
                 },
                 other => other.into(),
             })?;
-            (Box::new(store), Some(local))
+            (Backing::Shared(Box::new(store)), Some(local))
         }
     };
     let stored = store.load_routes(public_ipv4)?;
     let mut users = store.load_accounts()?;
     // Other gateways' changes from the loaded revision on; they wait in the queue until
     // the event loop runs.
-    let remote = cfg.cluster.is_some().then(|| {
+    let remote = store.cluster_mut().map(|c| {
         let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
-        store.follow(public_ipv4, tx);
+        c.follow(public_ipv4, tx);
         rx
     });
     // With other gateways, an account another gateway's file declares is not this one's

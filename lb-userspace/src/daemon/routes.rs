@@ -19,12 +19,12 @@ use std::{
 use tracing::{error, info, warn};
 
 use crate::{
-    cluster::Remote,
+    cluster::{Backing, Claim, Remote},
     config::{self, check_backend, check_route, format_duration, Config, ConfigUser, RouteRequest},
     kernel::dataplane::{Counters, Dataplane},
     serve::api::{ApiError, Removed, RouteView, RoutesReply},
     table::routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-    table::state::{Claim, RouteChange, StateError, Store, StoredRoute},
+    table::state::{RouteChange, StateError, StoredRoute},
     table::users::{check_claim, ConfigRemoval, User, Users},
 };
 
@@ -53,7 +53,7 @@ impl Core {
     pub(super) fn new(
         table: RouteTable,
         dataplane: Box<dyn Dataplane>,
-        store: Box<dyn Store>,
+        store: Backing,
         cfg: &Config,
         clock: Clock,
     ) -> Core {
@@ -79,7 +79,6 @@ impl Core {
             http_service: cfg.http.as_ref().map(|h| h.service.clone()),
             https_service: cfg.https.as_ref().map(|h| h.service.clone()),
             traffic: Arc::default(),
-            shared: store.cluster().is_some(),
             own_seen: HashMap::new(),
             published: HashMap::new(),
             last_publish: None,
@@ -186,16 +185,18 @@ impl Core {
         Ok(())
     }
 
-    /// [`Core::record`] for a student's claim ([`Store::record_claim`]).
+    /// [`Core::record`] for a student's claim: counted again by the cluster
+    /// ([`Cluster::record_claim`](crate::cluster::Cluster::record_claim)); alone, the
+    /// core's own count (`check_claim`) was the whole count.
     pub(super) fn record_claim(
         &mut self,
         route: &StoredRoute,
         claim: &Claim,
     ) -> Result<(), StateError> {
-        let table = &self.table;
-        let commit = self
-            .store
-            .record_claim(route, claim, &|| stored_routes(table))?;
+        let Some(cluster) = self.store.cluster_mut() else {
+            return self.record(&[RouteChange::Put(route.clone())]);
+        };
+        let commit = cluster.record_claim(route, claim)?;
         self.unflushed.push(commit);
         Ok(())
     }
@@ -227,7 +228,8 @@ impl Core {
     }
 
     pub(super) fn save(&mut self) -> Result<(), StateError> {
-        self.store.save_routes(&self.stored_routes())?;
+        let routes = self.stored_routes();
+        self.store.save_routes(&routes)?;
         self.activity_unsaved = false;
         self.last_save = Instant::now();
         Ok(())
@@ -325,7 +327,7 @@ impl Core {
             free_ports: free as u32,
             reclaim_after: self.gateway.reclaim_after.map(format_duration),
             portal: self.portal.clone(),
-            cluster: self.store.cluster(),
+            cluster: self.store.cluster().map(|c| c.view()),
             routes: self.table.entries().map(|e| self.view(e, now)).collect(),
         }
     }
@@ -650,7 +652,7 @@ impl Core {
         self.gateway.reclaim_after = n.reclaim_after;
         self.gateway.port_cooldown = n.port_cooldown;
         let previous = std::mem::replace(&mut self.config_users, cfg.users.clone());
-        let removal = if self.shared {
+        let removal = if self.store.is_shared() {
             ConfigRemoval::DroppedFrom(&previous)
         } else {
             ConfigRemoval::Undeclared
@@ -743,7 +745,7 @@ impl Core {
         let reclaim_after = self
             .gateway
             .reclaim_after
-            .filter(|_| self.store.may_reclaim());
+            .filter(|_| self.store.cluster().is_none_or(|c| c.leads()));
         if let Some(after) = reclaim_after {
             let now = self.clock.now();
             let idle = idle_routes(self.table.entries(), now, after);
@@ -784,8 +786,13 @@ impl Core {
                     .collect();
                 // Routes this gateway changed after the table was read: its own view is
                 // newer than the table's (and the watch does not bring them back).
-                let mine: std::collections::HashSet<config::RouteKey> =
-                    self.store.written_since(revision).into_iter().collect();
+                let mine: std::collections::HashSet<config::RouteKey> = self
+                    .store
+                    .cluster_mut()
+                    .map(|c| c.written_since(revision))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
                 let keep: std::collections::HashSet<config::RouteKey> =
                     routes.iter().map(|s| s.route.key()).collect();
                 let mut changes: Vec<RouteChange> = self
@@ -894,7 +901,9 @@ impl Core {
     /// removed an account this file declares), this file wins here, and the disagreement
     /// is logged by name: the files should agree.
     pub(super) fn adopt_accounts(&mut self, mut users: Users, revision: i64) {
-        self.store.accounts_seen(revision, &users);
+        if let Some(c) = self.store.cluster_mut() {
+            c.accounts_seen(revision, &users);
+        }
         let (added, changed, _) = users.apply_config(
             &self.config_users,
             ConfigRemoval::DroppedFrom(&[]),
@@ -913,7 +922,7 @@ impl Core {
     /// has applied the same changes answers with the same serial.
     pub(super) fn sync_serial(&self) {
         if let (Some(d), Some(c)) = (&self.dns, self.store.cluster()) {
-            d.set_serial(c.revision as u32);
+            d.set_serial(c.view().revision as u32);
         }
     }
 
@@ -930,11 +939,22 @@ impl Core {
             .map(|e| RouteChange::Delete(e.route.key()))
             .collect();
         let table = &self.table;
-        match self.store.reclaim(&deleted, &|| stored_routes(table)) {
+        let shared = self.store.is_shared();
+        let recorded = match self.store.cluster_mut() {
+            Some(c) => c.reclaim(
+                &diff
+                    .removed
+                    .iter()
+                    .map(|e| e.route.key())
+                    .collect::<Vec<_>>(),
+            ),
+            None => self.store.record(&deleted, &|| stored_routes(table)),
+        };
+        match recorded {
             Ok(commit) => self.unflushed.push(commit),
             // A shared store's refusal stands: another gateway leads now (and decides
             // with its own view), or etcd is away. Every route goes back in its slot.
-            Err(e) if self.shared => {
+            Err(e) if shared => {
                 for gone in diff.removed {
                     let key = gone.route.key();
                     if let Err(e) = self.table.restore(gone) {

@@ -64,7 +64,7 @@ impl Core {
     /// Remembers a last-seen time this gateway's own counters gave (runtime routes only:
     /// config routes are each gateway's own and never reclaimed).
     pub(super) fn note_own_seen(&mut self, key: &RouteKey, at: SystemTime) {
-        if !self.shared {
+        if !self.store.is_shared() {
             return;
         }
         let t = self.own_seen.entry(key.clone()).or_insert(at);
@@ -74,7 +74,7 @@ impl Core {
     /// Publishes the own times that are due, every [`PUBLISH_SEEN_EVERY`]. A failure
     /// (etcd away) is tried again at the next pass: nothing is marked published.
     pub(super) fn publish_seen(&mut self) {
-        if !self.shared
+        if !self.store.is_shared()
             || self
                 .last_publish
                 .is_some_and(|t| t.elapsed() < PUBLISH_SEEN_EVERY)
@@ -96,7 +96,10 @@ impl Core {
         if due.is_empty() {
             return;
         }
-        match self.store.publish_seen(&due) {
+        let Some(cluster) = self.store.cluster_mut() else {
+            return;
+        };
+        match cluster.publish_seen(&due) {
             Ok(()) => self.published.extend(due),
             Err(e) => warn!(
                 routes = due.len(),

@@ -92,10 +92,17 @@ impl Rig {
         };
         // As at a real start, the store holds the runtime routes the table was built from.
         store.state().routes = stored_routes(&table);
-        let mut core = Core::new(table, maps.boxed(), store.boxed(), &cfg, Clock::default());
+        let mut core = Core::new(table, maps.boxed(), store.backing(), &cfg, Clock::default());
         core.interfaces = fake_interfaces;
         core.take_over(false).unwrap();
         Rig { core, maps, store }
+    }
+
+    /// A core over a store shared with other gateways (as with `[cluster]`).
+    fn shared() -> Rig {
+        let store = FakeStore::new();
+        store.state().shared = true;
+        Rig::on(RouteTable::new(), FakeDataplane::new(), gateway(), store)
     }
 
     /// Runtime routes added through the API.
@@ -549,7 +556,7 @@ fn a_released_port_cools_down_before_anyone_gets_it_again() {
     let mut core = Core::new(
         RouteTable::new(),
         maps.boxed(),
-        store.boxed(),
+        store.backing(),
         &Config {
             gateway: Gateway {
                 port_cooldown: DAY,
@@ -843,8 +850,7 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
 /// into the same 403 a local refusal is, and leaves nothing behind.
 #[test]
 fn a_claim_is_bounded_by_the_shared_stores_count_and_account() {
-    let mut rig = Rig::new();
-    rig.store.state().shared = true;
+    let mut rig = Rig::shared();
     rig.core
         .user_add(user_request("alice", &["10.0.0.11"], 1))
         .unwrap();
@@ -899,8 +905,7 @@ fn a_claim_is_bounded_by_the_shared_stores_count_and_account() {
 /// without one.
 #[test]
 fn a_user_removal_the_shared_store_refuses_keeps_the_account() {
-    let mut rig = Rig::new();
-    rig.store.state().shared = true;
+    let mut rig = Rig::shared();
     rig.core
         .user_add(user_request("alice", &["10.0.0.11"], 1))
         .unwrap();
@@ -930,8 +935,7 @@ fn another_gateways_config_user_and_its_token_survive_here() {
         max_routes: 2,
         admin: false,
     };
-    let mut rig = Rig::new();
-    rig.store.state().shared = true;
+    let mut rig = Rig::shared();
     rig.core.config_users = vec![user("alice")];
     // gw1 (the other gateway) runs a file with alice and carol; carol got a token there.
     let mut theirs = Users::default();
@@ -1408,7 +1412,7 @@ fn a_stored_route_to_the_gateway_itself_is_left_out_at_start() {
     let mut core = Core::new(
         table,
         FakeDataplane::new().boxed(),
-        Box::new(files),
+        crate::cluster::Backing::Local(Box::new(files)),
         &cfg,
         Clock::default(),
     );
@@ -1531,7 +1535,7 @@ fn the_ways_in_follow_the_http_routers_service_label() {
         let mut core = Core::new(
             RouteTable::new(),
             maps.boxed(),
-            store.boxed(),
+            store.backing(),
             &cfg,
             Clock::default(),
         );
