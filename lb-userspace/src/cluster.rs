@@ -11,10 +11,12 @@
 //! path pretending.
 //!
 //! Here: the traits' meeting point ([`Backing`]), [`Remote`] and [`Claim`]; `etcd.rs` the
-//! client, `keys.rs` the key layout, `tls.rs` `[cluster]`'s TLS files.
+//! client, `keys.rs` the key layout, `tls.rs` `[cluster]`'s TLS files, `seen.rs` which of
+//! this gateway's last-seen times are published when.
 
 pub mod etcd;
 pub mod keys;
+pub mod seen;
 pub mod tls;
 
 use std::{

@@ -21,7 +21,7 @@
 //! - reclaim: table, store, maps, DNS and HTTP; a reclaim the local store did not record is
 //!   still carried out and saved on a later pass; one a shared store refused (this gateway
 //!   does not lead, or etcd is away) is undone. With a shared store only the gateway the
-//!   store elected reclaims, from last-seen times every gateway publishes (`seen.rs`).
+//!   store elected reclaims, from last-seen times every gateway publishes (`cluster::seen`).
 //!
 //! The core reaches the kernel, the disk and the other gateways only through the
 //! [`Dataplane`], [`Store`](crate::table::state::Store) and
@@ -35,7 +35,6 @@
 mod control;
 mod lifecycle;
 mod routes;
-mod seen;
 mod students;
 
 use std::{
@@ -46,7 +45,7 @@ use std::{
 };
 
 use crate::{
-    cluster::Backing,
+    cluster::{seen::Seen, Backing},
     config::{self, Config, ConfigError, Gateway},
     kernel::dataplane::{AttachMode, Dataplane, DataplaneError},
     serve::api::{self, PortalInfo},
@@ -216,11 +215,8 @@ struct Core {
     /// Per-minute traffic by counter slot, for the console; fed by the periodic pass with
     /// the core unlocked, so it has its own lock.
     traffic: Arc<Mutex<Traffic>>,
-    /// Shared store: runtime routes' last-seen times from this gateway's own counters, and
-    /// what of them was published last (see `seen.rs`).
-    own_seen: std::collections::HashMap<config::RouteKey, SystemTime>,
-    published: std::collections::HashMap<config::RouteKey, SystemTime>,
-    last_publish: Option<Instant>,
+    /// Shared store only: this gateway's own last-seen times, for the others.
+    seen: Option<Seen>,
     /// The gateway's own addresses, which no backend may be (`config::check_backend`):
     /// read at start and again every few seconds ([`Core::refresh_own`]).
     own: config::OwnAddresses,

@@ -19,7 +19,7 @@ use std::{
 use tracing::{error, info, warn};
 
 use crate::{
-    cluster::{Backing, Claim, Remote},
+    cluster::{seen::Seen, Backing, Claim, Remote},
     config::{self, check_backend, check_route, format_duration, Config, ConfigUser, RouteRequest},
     kernel::dataplane::{Counters, Dataplane},
     serve::api::{ApiError, Removed, RouteView, RoutesReply},
@@ -79,9 +79,7 @@ impl Core {
             http_service: cfg.http.as_ref().map(|h| h.service.clone()),
             https_service: cfg.https.as_ref().map(|h| h.service.clone()),
             traffic: Arc::default(),
-            own_seen: HashMap::new(),
-            published: HashMap::new(),
-            last_publish: None,
+            seen: store.is_shared().then(Seen::default),
             own: config::OwnAddresses::default(),
             interfaces: crate::kernel::sys::interfaces,
             store,
@@ -724,8 +722,8 @@ impl Core {
             })
             .collect();
         for (key, source, at) in seen {
-            if source == Source::Runtime {
-                self.note_own_seen(&key, at);
+            if let (Source::Runtime, Some(seen)) = (source, &mut self.seen) {
+                seen.note_own(&key, at);
             }
             if self.table.note_activity(&key, at) && source == Source::Runtime {
                 self.activity_unsaved = true;
@@ -763,7 +761,14 @@ impl Core {
                 warn!("saving last-seen times: {e}");
             }
         }
-        self.publish_seen();
+        if let (Some(seen), Some(cluster)) = (&mut self.seen, self.store.cluster_mut()) {
+            let table = &self.table;
+            seen.publish(
+                cluster,
+                |k| table.get(k).is_some_and(|e| e.source == Source::Runtime),
+                self.gateway.reclaim_after,
+            );
+        }
     }
 
     /// Applies what another gateway changed in the shared table (from the watch): the
@@ -891,6 +896,20 @@ impl Core {
         }
         for e in &diff.added {
             info!(route = %e.route.key(), port = e.route.port, backend = %e.route.backend, "route added through another gateway");
+        }
+    }
+
+    /// Takes other gateways' last-seen times into the table (the latest wins), so `route
+    /// ls`, `mine` and the reclaim all see the cluster's latest packet.
+    pub(super) fn note_remote_seen(&mut self, seen: Vec<(config::RouteKey, SystemTime)>) {
+        for (key, at) in seen {
+            if self
+                .table
+                .get(&key)
+                .is_some_and(|e| e.source == Source::Runtime)
+            {
+                self.table.note_activity(&key, at);
+            }
         }
     }
 

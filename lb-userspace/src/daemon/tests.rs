@@ -1222,7 +1222,7 @@ fn own_last_seen_times_are_published_coarsely() {
     rig.core
         .apply_remote(Remote::Seen(vec![(key("bob"), SystemTime::now())]));
     let publish = |rig: &mut Rig| {
-        rig.core.last_publish = None;
+        rig.core.seen.as_mut().unwrap().publish_now();
         rig.core.observe();
     };
     publish(&mut rig);
