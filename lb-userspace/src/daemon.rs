@@ -52,8 +52,9 @@ use crate::{
     serve::dns::{DnsError, DnsServer},
     serve::http::{HttpError, HttpServer},
     serve::https::HttpsServer,
+    serve::mirror::Mirror,
     serve::portal::PortalError,
-    table::routes::RouteTable,
+    table::routes::{Diff, RouteTable},
     table::state::{Commit, StateError},
     table::traffic::Traffic,
     table::users::Users,
@@ -182,9 +183,8 @@ fn unix(t: SystemTime) -> u64 {
 struct Core {
     table: RouteTable,
     dataplane: Box<dyn Dataplane>,
-    dns: Option<Arc<DnsServer>>,
-    http: Option<HttpServer>,
-    https: Option<HttpsServer>,
+    /// DNS and the web routers.
+    mirrors: Mirrors,
     /// The store, and the cluster when the table is shared (`[cluster]`).
     store: Backing,
     /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
@@ -208,10 +208,8 @@ struct Core {
     /// releasing the core's lock (see [`Handle::change`]), so concurrent changes share one
     /// flush.
     unflushed: Vec<Commit>,
-    /// `[http] service`: the routes the HTTP router cares about.
+    /// `[http] service`, for telling students their web addresses.
     http_service: Option<String>,
-    /// `[https] service`: the routes the HTTPS relay cares about.
-    https_service: Option<String>,
     /// Per-minute traffic by counter slot, for the console; fed by the periodic pass with
     /// the core unlocked, so it has its own lock.
     traffic: Arc<Mutex<Traffic>>,
@@ -223,6 +221,45 @@ struct Core {
     /// Reads the machine's interfaces (`kernel::sys::interfaces`; a fake machine's in the
     /// tests).
     interfaces: fn() -> std::io::Result<Vec<config::Interface>>,
+}
+
+/// The servers that mirror the table (`serve::mirror`): by kind, for what only one kind
+/// does (DNS's SOA serial, the routers' samples), and as the one list a change is published
+/// to.
+#[derive(Default)]
+struct Mirrors {
+    dns: Option<Arc<DnsServer>>,
+    http: Option<Arc<HttpServer>>,
+    https: Option<Arc<HttpsServer>>,
+    /// Every one of the above, DNS first.
+    all: Vec<Arc<dyn Mirror>>,
+}
+
+impl Mirrors {
+    fn new(
+        dns: Option<Arc<DnsServer>>,
+        http: Option<Arc<HttpServer>>,
+        https: Option<Arc<HttpsServer>>,
+    ) -> Mirrors {
+        let mut all: Vec<Arc<dyn Mirror>> = Vec::new();
+        all.extend(dns.clone().map(|m| m as Arc<dyn Mirror>));
+        all.extend(http.clone().map(|m| m as Arc<dyn Mirror>));
+        all.extend(https.clone().map(|m| m as Arc<dyn Mirror>));
+        Mirrors {
+            dns,
+            http,
+            https,
+            all,
+        }
+    }
+
+    /// Gives every mirror a change already made to `table`; undoing one is publishing the
+    /// opposite diff.
+    fn publish(&self, table: &RouteTable, diff: &Diff) {
+        for m in &self.all {
+            m.publish(table, diff);
+        }
+    }
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {

@@ -17,6 +17,8 @@ pub mod listen;
 #[cfg(feature = "gateway")]
 pub mod metrics;
 #[cfg(feature = "gateway")]
+pub mod mirror;
+#[cfg(feature = "gateway")]
 pub mod portal;
 #[cfg(feature = "gateway")]
 pub mod web;

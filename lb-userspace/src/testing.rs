@@ -6,7 +6,8 @@
 //! The fake maps carry out the same [`plan`] as the kernel's, so they hold what the real
 //! maps would.
 //!
-//! Also `FakeControl`, a scripted daemon for the servers' tests (control socket, portal).
+//! Also `FakeMirror`, a stand-in for DNS and the web routers, and `FakeControl`, a scripted
+//! daemon for the servers' tests (control socket, portal).
 
 use crate::kernel::dataplane::CounterReader;
 use std::{
@@ -483,6 +484,47 @@ impl FakeState {
             });
         }
         Ok(())
+    }
+}
+
+/// A mirror of the table (as DNS and the web routers are) that keeps the names of the
+/// routes the changes it was given leave, and every change's added and removed names.
+#[derive(Clone, Debug, Default)]
+pub struct FakeMirror {
+    state: Arc<Mutex<FakeMirrorState>>,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeMirrorState {
+    pub holds: std::collections::BTreeSet<String>,
+    /// Per change: the names added, then the names removed.
+    pub changes: Vec<(Vec<String>, Vec<String>)>,
+}
+
+impl FakeMirror {
+    pub fn state(&self) -> MutexGuard<'_, FakeMirrorState> {
+        guard(&self.state)
+    }
+}
+
+impl crate::serve::mirror::Mirror for FakeMirror {
+    fn publish(&self, _table: &RouteTable, diff: &Diff) {
+        let names = |entries: &mut dyn Iterator<Item = &Entry>| -> Vec<String> {
+            entries.map(|e| e.route.name.clone()).collect()
+        };
+        let removed = names(
+            &mut diff
+                .removed
+                .iter()
+                .chain(diff.changed.iter().map(|c| &c.old)),
+        );
+        let added = names(&mut diff.added.iter().chain(diff.changed.iter().map(|c| &c.new)));
+        let mut s = self.state();
+        for n in &removed {
+            s.holds.remove(n);
+        }
+        s.holds.extend(added.iter().cloned());
+        s.changes.push((added, removed));
     }
 }
 

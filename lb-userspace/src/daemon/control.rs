@@ -13,8 +13,6 @@ use crate::{
         ApiError, Caller, ClaimRequest, Control, GatewayView, LegView, MeReply, Removed, RouteView,
         RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UsersReply,
     },
-    serve::http::HttpServer,
-    serve::https::HttpsServer,
     serve::metrics::{self, LegSample, RouteSample},
     table::users::UserView,
 };
@@ -27,11 +25,12 @@ use super::{lock, unix, Core};
 pub(super) fn scrape(core: &Mutex<Core>) -> String {
     let (routes, reader, verdicts, legs, routers) = {
         let c = lock(core);
-        let routers: Vec<_> = c
+        let m = &c.mirrors;
+        let routers: Vec<_> = m
             .http
             .iter()
-            .map(HttpServer::sample)
-            .chain(c.https.iter().map(HttpsServer::sample))
+            .map(|h| h.sample())
+            .chain(m.https.iter().map(|h| h.sample()))
             .collect();
         let routes: Vec<(config::Route, u32)> =
             c.table.entries().map(|e| (e.route.clone(), e.id)).collect();

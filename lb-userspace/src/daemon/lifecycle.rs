@@ -213,9 +213,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
 
     let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
     let mut core = Core::new(table, Box::new(dataplane), store, &cfg, clock);
-    core.dns = dns.clone();
-    core.http = http;
-    core.https = https;
+    core.mirrors = super::Mirrors::new(dns.clone(), http.map(Arc::new), https.map(Arc::new));
     core.users = users;
     core.portal = portal_info.clone();
     core.own = own;
@@ -283,9 +281,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         if let Err(e) = c.save() {
             warn!("saving the state file at exit: {e}");
         }
-        c.dns = None;
-        c.http = None;
-        c.https = None;
+        c.mirrors = super::Mirrors::default();
     })
     .await;
     if let Some(d) = dns.and_then(Arc::into_inner) {

@@ -60,9 +60,7 @@ impl Core {
         Core {
             table,
             dataplane,
-            dns: None,
-            http: None,
-            https: None,
+            mirrors: super::Mirrors::default(),
             gateway: cfg.gateway.clone(),
             started: Config {
                 routes: Vec::new(),
@@ -77,7 +75,6 @@ impl Core {
             last_save: Instant::now(),
             unflushed: Vec::new(),
             http_service: cfg.http.as_ref().map(|h| h.service.clone()),
-            https_service: cfg.https.as_ref().map(|h| h.service.clone()),
             traffic: Arc::default(),
             seen: store.is_shared().then(Seen::default),
             own: config::OwnAddresses::default(),
@@ -233,46 +230,9 @@ impl Core {
         Ok(())
     }
 
-    /// Gives the name services (DNS, the web routers) a change of the table. DNS takes the
-    /// change itself (its cost is the change's); each web router, which holds only its own
-    /// service's routes, gets those again when one of them changed.
+    /// Gives the name services (DNS, the web routers) a change of the table.
     pub(super) fn publish(&self, diff: &Diff) {
-        let removed: Vec<config::Route> = diff
-            .removed
-            .iter()
-            .chain(diff.changed.iter().map(|c| &c.old))
-            .map(|e| e.route.clone())
-            .collect();
-        let added: Vec<config::Route> = diff
-            .added
-            .iter()
-            .chain(diff.changed.iter().map(|c| &c.new))
-            .map(|e| e.route.clone())
-            .collect();
-        if let Some(d) = &self.dns {
-            d.apply(&removed, &added);
-        }
-        // The routes of `service`, if the change touched one of them.
-        let of_service = |service: &Option<String>| -> Option<Vec<config::Route>> {
-            let service = service.as_ref()?;
-            removed
-                .iter()
-                .chain(&added)
-                .any(|r| &r.service == service)
-                .then(|| {
-                    self.table
-                        .entries()
-                        .filter(|e| &e.route.service == service)
-                        .map(|e| e.route.clone())
-                        .collect()
-                })
-        };
-        if let (Some(h), Some(routes)) = (&self.http, of_service(&self.http_service)) {
-            h.update(&routes);
-        }
-        if let (Some(h), Some(routes)) = (&self.https, of_service(&self.https_service)) {
-            h.update(&routes);
-        }
+        self.mirrors.publish(&self.table, diff);
     }
 
     pub(super) fn counters(&self, e: &Entry) -> Counters {
@@ -940,7 +900,7 @@ impl Core {
     /// With a shared store, the SOA serial is the store's revision, so every gateway that
     /// has applied the same changes answers with the same serial.
     pub(super) fn sync_serial(&self) {
-        if let (Some(d), Some(c)) = (&self.dns, self.store.cluster()) {
+        if let (Some(d), Some(c)) = (&self.mirrors.dns, self.store.cluster()) {
             d.set_serial(c.view().revision as u32);
         }
     }

@@ -213,6 +213,51 @@ fn an_add_the_store_refuses_is_undone_in_the_maps_and_the_table() {
     );
 }
 
+/// DNS and the web routers are one list of mirrors: each gets every change, a change the
+/// store refused is undone in each by the same loop, one the maps refused is never shown
+/// to any (only its undo, which removes nothing), and a removal reaches each.
+#[test]
+fn every_mirror_follows_adds_refusals_and_removals() {
+    use crate::testing::FakeMirror;
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    let fakes = [FakeMirror::default(), FakeMirror::default()];
+    rig.core.mirrors = Mirrors {
+        all: fakes
+            .iter()
+            .map(|f| Arc::new(f.clone()) as Arc<dyn Mirror>)
+            .collect(),
+        ..Mirrors::default()
+    };
+    let names = |f: &FakeMirror| f.state().holds.iter().cloned().collect::<Vec<_>>();
+    rig.core.add(request("bob", "10.0.0.12:22")).unwrap();
+    for f in &fakes {
+        assert_eq!(names(f), ["bob"]);
+        assert_eq!(f.state().changes.len(), 1);
+    }
+    rig.store.state().fail_in = Some(0);
+    rig.core.add(request("carol", "10.0.0.13:22")).unwrap_err();
+    for f in &fakes {
+        assert_eq!(names(f), ["bob"], "carol's add undone");
+        let s = f.state();
+        assert_eq!(s.changes[1], (vec!["carol".to_string()], vec![]));
+        assert_eq!(s.changes[2], (vec![], vec!["carol".to_string()]));
+    }
+    rig.maps.maps().fail_in = Some(0);
+    rig.core.add(request("dave", "10.0.0.14:22")).unwrap_err();
+    for f in &fakes {
+        let s = f.state();
+        assert_eq!(s.changes.len(), 4);
+        assert_eq!(s.changes[3], (vec![], vec!["dave".to_string()]));
+        assert!(!s.holds.contains("dave"));
+    }
+    rig.core.remove("bob", None).unwrap();
+    for f in &fakes {
+        assert!(names(f).is_empty());
+        assert_eq!(f.state().changes.len(), 5);
+    }
+    rig.assert_agree();
+}
+
 #[test]
 fn an_add_whose_map_update_fails_half_way_is_undone_and_never_saved() {
     for written in 0..3 {
