@@ -179,28 +179,31 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The table and everything that mirrors it.
+/// The table and everything that mirrors it, in parts that each own their state.
 struct Core {
-    table: RouteTable,
-    dataplane: Box<dyn Dataplane>,
+    /// The table, and the maps and the store that hold exactly its routes.
+    routes: Routes,
     /// DNS and the web routers.
     mirrors: Mirrors,
+    /// The students' accounts.
+    students: Students,
+    /// What the daemon was told, and what it knows of the machine.
+    settings: Settings,
+    clock: Clock,
+    /// Per-minute traffic by counter slot, for the console; fed by the periodic pass with
+    /// the core unlocked, so it has its own lock.
+    traffic: Arc<Mutex<Traffic>>,
+    /// Shared store only (`[cluster]`): this gateway's own last-seen times, for the others.
+    seen: Option<Seen>,
+}
+
+/// The route table and what must hold exactly its routes: the BPF maps (live) and the
+/// store (durable).
+struct Routes {
+    table: RouteTable,
+    dataplane: Box<dyn Dataplane>,
     /// The store, and the cluster when the table is shared (`[cluster]`).
     store: Backing,
-    /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
-    gateway: Gateway,
-    /// The config the daemon started with (routes left out): what SIGHUP cannot change.
-    started: Config,
-    /// The students' accounts and the ports cooling down.
-    users: Users,
-    /// The config file's `[[user]]`s in force, applied again over accounts another gateway
-    /// changed.
-    config_users: Vec<config::ConfigUser>,
-    /// The DNS zone, for telling students their names.
-    zone: Option<String>,
-    /// The students' HTTPS API, if configured: where, and its certificate's fingerprint.
-    portal: Option<PortalInfo>,
-    clock: Clock,
     /// Runtime last-seen times changed since the state file was written.
     activity_unsaved: bool,
     last_save: Instant,
@@ -208,13 +211,30 @@ struct Core {
     /// releasing the core's lock (see [`Handle::change`]), so concurrent changes share one
     /// flush.
     unflushed: Vec<Commit>,
+}
+
+/// The students' accounts, and the config file's part of them.
+struct Students {
+    /// The students' accounts and the ports cooling down.
+    users: Users,
+    /// The config file's `[[user]]`s in force, applied again over accounts another gateway
+    /// changed.
+    config_users: Vec<config::ConfigUser>,
+}
+
+/// What the daemon was told (the config, the portal it bound) and what it reads of the
+/// machine.
+struct Settings {
+    /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
+    gateway: Gateway,
+    /// The config the daemon started with (routes left out): what SIGHUP cannot change.
+    started: Config,
+    /// The DNS zone, for telling students their names.
+    zone: Option<String>,
+    /// The students' HTTPS API, if configured: where, and its certificate's fingerprint.
+    portal: Option<PortalInfo>,
     /// `[http] service`, for telling students their web addresses.
     http_service: Option<String>,
-    /// Per-minute traffic by counter slot, for the console; fed by the periodic pass with
-    /// the core unlocked, so it has its own lock.
-    traffic: Arc<Mutex<Traffic>>,
-    /// Shared store only: this gateway's own last-seen times, for the others.
-    seen: Option<Seen>,
     /// The gateway's own addresses, which no backend may be (`config::check_backend`):
     /// read at start and again every few seconds ([`Core::refresh_own`]).
     own: config::OwnAddresses,

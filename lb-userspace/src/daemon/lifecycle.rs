@@ -214,12 +214,12 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
     let mut core = Core::new(table, Box::new(dataplane), store, &cfg, clock);
     core.mirrors = super::Mirrors::new(dns.clone(), http.map(Arc::new), https.map(Arc::new));
-    core.users = users;
-    core.portal = portal_info.clone();
-    core.own = own;
+    core.students.users = users;
+    core.settings.portal = portal_info.clone();
+    core.settings.own = own;
     core.take_over(taken_over)?;
     core.sync_serial();
-    let routes = core.table.len();
+    let routes = core.routes.table.len();
     let core = Arc::new(Mutex::new(core));
 
     let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
@@ -363,7 +363,7 @@ impl Dataplane for Stopped {
 /// the program or its links, whoever still holds a clone of the core.
 pub(super) fn finish(c: &mut Core, detach: bool, pin_dir: &Path) -> Result<(), DaemonError> {
     let dataplane = std::mem::replace(
-        &mut c.dataplane,
+        &mut c.routes.dataplane,
         Box::new(Stopped {
             none: Default::default(),
         }),
@@ -440,8 +440,8 @@ pub(super) async fn event_loop(
                     // One read of the machine's addresses serves the backend rule and the
                     // source guard alike.
                     let read = c.refresh_own();
-                    let egress = c.dataplane.refresh_egress();
-                    (egress, read.map_or(Ok(()), |i| c.dataplane.refresh_guard(&i)))
+                    let egress = c.routes.dataplane.refresh_egress();
+                    (egress, read.map_or(Ok(()), |i| c.routes.dataplane.refresh_guard(&i)))
                 }).await {
                     if let Err(e) = egress {
                         warn!("refreshing egress modes: {e:#}");
@@ -452,7 +452,7 @@ pub(super) async fn event_loop(
                 }
             }
             _ = clock.tick() => {
-                if let Some(Err(e)) = on_core(core, |c| c.dataplane.tick_clock()).await {
+                if let Some(Err(e)) = on_core(core, |c| c.routes.dataplane.tick_clock()).await {
                     warn!("giving the program the time: {e:#}");
                 }
             }
@@ -473,9 +473,9 @@ pub(super) async fn event_loop(
 /// (see [`Dataplane::counter_reader`]); returns the status line for systemd.
 pub(super) async fn observe_without_lock(core: &Arc<Mutex<Core>>) -> Option<String> {
     let (reader, slots, traffic, now) = on_core(core, |c| {
-        let slots: Vec<u32> = c.table.entries().map(|e| e.id).collect();
+        let slots: Vec<u32> = c.routes.table.entries().map(|e| e.id).collect();
         (
-            c.dataplane.counter_reader(),
+            c.routes.dataplane.counter_reader(),
             slots,
             c.traffic.clone(),
             unix(c.clock.now()),

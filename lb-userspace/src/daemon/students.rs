@@ -21,29 +21,30 @@ impl Core {
     /// Starts the cool-down of the ports `gone` held that no remaining route uses, and
     /// records it (a failure only shortens a cool-down, so it is logged, not fatal).
     pub(super) fn cool_ports(&mut self, gone: &[Entry], now: SystemTime) {
-        let cooldown = self.gateway.port_cooldown;
+        let cooldown = self.settings.gateway.port_cooldown;
         if cooldown.is_zero() || gone.is_empty() {
             return;
         }
         for e in gone {
             let p = e.route.port;
-            if !self.table.port_in_use(p, config::Protocol::Tcp)
-                && !self.table.port_in_use(p, config::Protocol::Udp)
+            if !self.routes.table.port_in_use(p, config::Protocol::Tcp)
+                && !self.routes.table.port_in_use(p, config::Protocol::Udp)
             {
-                self.users.cool(p, now, cooldown);
+                self.students.users.cool(p, now, cooldown);
             }
         }
-        if let Err(e) = self.store.save_accounts(&self.users) {
+        if let Err(e) = self.routes.store.save_accounts(&self.students.users) {
             warn!("recording the released ports' cool-down: {e}");
         }
     }
 
     pub(super) fn held_by(&self, name: &str) -> usize {
-        self.table.named(name).count()
+        self.routes.table.named(name).count()
     }
 
     pub(super) fn user(&self, name: &str) -> Result<User, ApiError> {
-        self.users
+        self.students
+            .users
             .get(name)
             .cloned()
             .ok_or_else(|| ApiError::field(404, "name", format!("no user named {name}")))
@@ -55,7 +56,12 @@ impl Core {
 
     pub(super) fn users_reply(&self) -> UsersReply {
         UsersReply {
-            users: self.users.all().map(|u| self.user_view(u)).collect(),
+            users: self
+                .students
+                .users
+                .all()
+                .map(|u| self.user_view(u))
+                .collect(),
         }
     }
 
@@ -64,11 +70,12 @@ impl Core {
         let max = r.max_routes.unwrap_or(DEFAULT_MAX_ROUTES);
         let now = self.clock.now();
         let token = self
+            .students
             .users
             .add(&r.name, backends, max, r.admin, now)
             .map_err(user_error)?;
-        if let Err(e) = self.store.save_accounts(&self.users) {
-            let _ = self.users.remove(&r.name);
+        if let Err(e) = self.routes.store.save_accounts(&self.students.users) {
+            let _ = self.students.users.remove(&r.name);
             error!(user = %r.name, "user add: {e}");
             return Err(ApiError::new(e.status(), format!("not added: {e}")));
         }
@@ -88,14 +95,14 @@ impl Core {
         let u = self.user(name)?;
         // A config-owned account this gateway's file does not declare (another gateway's,
         // or left by a file this gateway was restarted without) may be removed here.
-        if u.from_config && self.config_users.iter().any(|c| c.name == name) {
+        if u.from_config && self.students.config_users.iter().any(|c| c.name == name) {
             return Err(ApiError::field(
                 409,
                 "name",
                 format!("{name} is a [[user]] of the config file: remove it there and send SIGHUP"),
             ));
         }
-        let held: Vec<Entry> = self.table.named(name).cloned().collect();
+        let held: Vec<Entry> = self.routes.table.named(name).cloned().collect();
         if !held.is_empty() && !with_routes {
             let keys: Vec<String> = held.iter().map(|e| e.route.key().to_string()).collect();
             return Err(ApiError::field(
@@ -117,7 +124,7 @@ impl Core {
             // The deletions must be durable before the account's removal is: a crash in
             // between would otherwise bring the routes back without their account. So this
             // one change flushes under the lock (one fsync; user rm is rare).
-            for commit in std::mem::take(&mut self.unflushed) {
+            for commit in std::mem::take(&mut self.routes.unflushed) {
                 if let Err(e) = commit.wait() {
                     error!(user = %name, "user rm: {e}");
                     return Err(ApiError::new(
@@ -127,15 +134,16 @@ impl Core {
                 }
             }
         }
-        let gone = self.users.remove(name).map_err(user_error)?;
-        if let Err(e) = self.store.save_accounts(&self.users) {
-            self.users = Users::new(
-                self.users
+        let gone = self.students.users.remove(name).map_err(user_error)?;
+        if let Err(e) = self.routes.store.save_accounts(&self.students.users) {
+            self.students.users = Users::new(
+                self.students
+                    .users
                     .all()
                     .cloned()
                     .chain(std::iter::once(gone))
                     .collect(),
-                self.users.cooldown().clone(),
+                self.students.users.cooldown().clone(),
             );
             error!(user = %name, "user rm: {e}");
             return Err(ApiError::new(e.status(), format!("not removed: {e}")));
@@ -145,10 +153,10 @@ impl Core {
     }
 
     pub(super) fn user_token(&mut self, name: &str) -> Result<TokenReply, ApiError> {
-        let before = self.users.clone();
-        let token = self.users.rotate(name).map_err(user_error)?;
-        if let Err(e) = self.store.save_accounts(&self.users) {
-            self.users = before;
+        let before = self.students.users.clone();
+        let token = self.students.users.rotate(name).map_err(user_error)?;
+        if let Err(e) = self.routes.store.save_accounts(&self.students.users) {
+            self.students.users = before;
             error!(user = %name, "user token: {e}");
             return Err(ApiError::new(e.status(), format!("no new token: {e}")));
         }
@@ -166,10 +174,11 @@ impl Core {
         let now = self.clock.now();
         Ok(MeReply {
             user: self.user_view(&u),
-            public_ipv4: self.gateway.public_ipv4.to_string(),
-            zone: self.zone.clone(),
-            http_service: self.http_service.clone(),
+            public_ipv4: self.settings.gateway.public_ipv4.to_string(),
+            zone: self.settings.zone.clone(),
+            http_service: self.settings.http_service.clone(),
             routes: self
+                .routes
                 .table
                 .named(caller)
                 .map(|e| self.view(e, now))
@@ -203,7 +212,7 @@ impl Core {
             service: service.to_string(),
             protocol,
         };
-        let Some(e) = self.table.get(&key).cloned() else {
+        let Some(e) = self.routes.table.get(&key).cloned() else {
             return Err(denied(Denied::NoSuchRoute {
                 user: caller.to_string(),
                 key: key.to_string(),

@@ -93,7 +93,7 @@ impl Rig {
         // As at a real start, the store holds the runtime routes the table was built from.
         store.state().routes = stored_routes(&table);
         let mut core = Core::new(table, maps.boxed(), store.backing(), &cfg, Clock::default());
-        core.interfaces = fake_interfaces;
+        core.settings.interfaces = fake_interfaces;
         core.take_over(false).unwrap();
         Rig { core, maps, store }
     }
@@ -116,6 +116,7 @@ impl Rig {
 
     fn entry(&self, name: &str) -> Option<Entry> {
         self.core
+            .routes
             .table
             .entries()
             .find(|e| e.route.name == name)
@@ -136,7 +137,7 @@ impl Rig {
 
     /// The table, the maps and the store all hold the same routes.
     fn assert_agree(&self) {
-        let entries: Vec<&Entry> = self.core.table.entries().collect();
+        let entries: Vec<&Entry> = self.core.routes.table.entries().collect();
         assert!(
             self.maps.maps().holds_exactly(entries.iter().copied()),
             "maps {:?} vs table {entries:?}",
@@ -287,7 +288,7 @@ fn a_removed_route_leaves_the_table_the_maps_and_the_store() {
 #[test]
 fn a_removal_the_store_refuses_puts_the_route_back() {
     let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
-    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let before: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     let writes = rig.maps.maps().writes;
     rig.store.state().fail_in = Some(0);
     let err = rig.core.remove("alice", None).unwrap_err();
@@ -298,7 +299,7 @@ fn a_removal_the_store_refuses_puts_the_route_back() {
         err.reply.error
     );
     assert_eq!(
-        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        rig.core.routes.table.entries().cloned().collect::<Vec<_>>(),
         before
     );
     // Not recorded, so not done: the maps were never touched.
@@ -317,13 +318,13 @@ fn a_multi_route_removal_the_store_refuses_keeps_every_route_in_its_slot() {
             })
             .unwrap();
     }
-    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let before: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     rig.store.state().fail_in = Some(0);
     rig.core.remove("alice", None).unwrap_err();
     // The maps still carry each route's slot as its route_id: counters, last-seen and
     // reclaim must stay with the route they count.
     assert_eq!(
-        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        rig.core.routes.table.entries().cloned().collect::<Vec<_>>(),
         before
     );
     rig.assert_agree();
@@ -376,13 +377,13 @@ fn a_reload_that_clashes_changes_nothing() {
     let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
     let (writes, before) = (
         rig.maps.maps().writes,
-        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        rig.core.routes.table.entries().cloned().collect::<Vec<_>>(),
     );
     // bob wants alice's port.
     rig.core
         .reload(config(vec![route("bob", 30001, "10.0.0.12:22")]));
     assert_eq!(
-        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        rig.core.routes.table.entries().cloned().collect::<Vec<_>>(),
         before
     );
     assert_eq!(rig.maps.maps().writes, writes);
@@ -424,7 +425,7 @@ fn old_rig() -> Rig {
     let mut gw = gateway();
     gw.reclaim_after = None;
     let mut rig = Rig::with_gateway(old_table(), FakeDataplane::new(), gw);
-    rig.core.gateway.reclaim_after = Some(DAY);
+    rig.core.settings.gateway.reclaim_after = Some(DAY);
     rig
 }
 
@@ -477,13 +478,16 @@ fn a_reclaim_the_store_refuses_is_still_carried_out_and_saved_later() {
     rig.store.state().fail_in = Some(0);
     rig.core.observe();
     assert!(rig.entry("alice").is_none() && rig.entry("bob").is_none());
-    assert!(rig.maps.maps().holds_exactly(rig.core.table.entries()));
+    assert!(rig
+        .maps
+        .maps()
+        .holds_exactly(rig.core.routes.table.entries()));
     assert_eq!(
         rig.stored_names(),
         ["alice", "bob"],
         "the failed save changed nothing"
     );
-    assert!(rig.core.activity_unsaved, "retried on a later pass");
+    assert!(rig.core.routes.activity_unsaved, "retried on a later pass");
     rig.core.save().unwrap();
     rig.assert_agree();
 }
@@ -550,7 +554,10 @@ fn students_claim_only_their_names_backends_and_quota() {
     rig.core
         .user_add(user_request("bob", &["10.0.0.12"], 4))
         .unwrap();
-    assert_eq!(rig.core.users.authenticate(&token).unwrap().name, "alice");
+    assert_eq!(
+        rig.core.students.users.authenticate(&token).unwrap().name,
+        "alice"
+    );
 
     let v = rig
         .core
@@ -586,8 +593,8 @@ fn students_claim_only_their_names_backends_and_quota() {
     assert!(e.reply.error.contains("alice/ssh/tcp"), "{}", e.reply.error);
     rig.core.user_remove("alice", true).unwrap();
     assert!(rig.entry("alice").is_none());
-    assert!(rig.core.users.get("alice").is_none());
-    assert!(rig.core.users.authenticate(&token).is_err());
+    assert!(rig.core.students.users.get("alice").is_none());
+    assert!(rig.core.students.users.authenticate(&token).is_err());
     rig.assert_agree();
     assert!(rig.store.state().users.get("alice").is_none());
 }
@@ -632,7 +639,7 @@ fn a_released_port_cools_down_before_anyone_gets_it_again() {
     // his port is the one cooling down now.
     std::fs::write(&offset, "2d").unwrap();
     core.observe();
-    assert!(core.table.entries().next().is_none());
+    assert!(core.routes.table.entries().next().is_none());
     let cooling: Vec<u16> = store.state().users.cooldown().keys().copied().collect();
     assert_eq!(cooling, [second]);
     let third = core
@@ -648,18 +655,21 @@ fn account_changes_the_store_refuses_are_undone() {
     rig.core
         .user_add(user_request("alice", &["10.0.0.11"], 4))
         .unwrap();
-    let old = rig.core.users.get("alice").unwrap().token_sha256;
+    let old = rig.core.students.users.get("alice").unwrap().token_sha256;
     rig.store.state().broken = true;
     let e = rig
         .core
         .user_add(user_request("bob", &["10.0.0.12"], 4))
         .unwrap_err();
     assert_eq!(e.status, 500);
-    assert!(rig.core.users.get("bob").is_none());
+    assert!(rig.core.students.users.get("bob").is_none());
     assert!(rig.core.user_token("alice").is_err());
-    assert_eq!(rig.core.users.get("alice").unwrap().token_sha256, old);
+    assert_eq!(
+        rig.core.students.users.get("alice").unwrap().token_sha256,
+        old
+    );
     assert!(rig.core.user_remove("alice", false).is_err());
-    assert!(rig.core.users.get("alice").is_some());
+    assert!(rig.core.students.users.get("alice").is_some());
     // A claim whose route cannot be made durable is not held either.
     let e = rig
         .core
@@ -785,7 +795,7 @@ fn shutdown_detaches_though_a_clone_of_the_core_lingers() {
         err.reply.error
     );
     assert_eq!(maps.maps().writes, writes);
-    assert_eq!(lock(&lingering).table.len(), 1);
+    assert_eq!(lock(&lingering).routes.table.len(), 1);
 }
 
 #[test]
@@ -810,7 +820,7 @@ fn the_reply_waits_for_the_flush_and_a_failed_flush_is_reported() {
     };
     handle.add(request("alice", "10.0.0.11:22")).unwrap();
     assert!(
-        lock(&handle.core).unflushed.is_empty(),
+        lock(&handle.core).routes.unflushed.is_empty(),
         "waited for, not left behind"
     );
 
@@ -823,8 +833,8 @@ fn the_reply_waits_for_the_flush_and_a_failed_flush_is_reported() {
         e.reply.error
     );
     let core = lock(&handle.core);
-    assert!(core.table.entries().any(|e| e.route.name == "bob"));
-    assert!(maps.maps().holds_exactly(core.table.entries()));
+    assert!(core.routes.table.entries().any(|e| e.route.name == "bob"));
+    assert!(maps.maps().holds_exactly(core.routes.table.entries()));
     drop(core);
 
     store.state().flush_fails = false;
@@ -833,10 +843,10 @@ fn the_reply_waits_for_the_flush_and_a_failed_flush_is_reported() {
     assert_eq!(e.status, 500);
     let core = lock(&handle.core);
     assert!(
-        !core.table.entries().any(|e| e.route.name == "carol"),
+        !core.routes.table.entries().any(|e| e.route.name == "carol"),
         "undone"
     );
-    assert!(maps.maps().holds_exactly(core.table.entries()));
+    assert!(maps.maps().holds_exactly(core.routes.table.entries()));
 }
 
 #[test]
@@ -958,7 +968,7 @@ fn a_user_removal_the_shared_store_refuses_keeps_the_account() {
     let e = rig.core.user_remove("alice", true).unwrap_err();
     assert_eq!(e.status, 409, "{}", e.reply.error);
     assert!(e.reply.error.contains("alice"), "{}", e.reply.error);
-    assert!(rig.core.users.get("alice").is_some());
+    assert!(rig.core.students.users.get("alice").is_some());
     assert!(rig.store.state().users.get("alice").is_some());
     rig.store.state().held_elsewhere.clear();
     rig.core.user_remove("alice", true).unwrap();
@@ -981,7 +991,7 @@ fn another_gateways_config_user_and_its_token_survive_here() {
         admin: false,
     };
     let mut rig = Rig::shared();
-    rig.core.config_users = vec![user("alice")];
+    rig.core.students.config_users = vec![user("alice")];
     // gw1 (the other gateway) runs a file with alice and carol; carol got a token there.
     let mut theirs = Users::default();
     theirs.apply_config(
@@ -991,7 +1001,10 @@ fn another_gateways_config_user_and_its_token_survive_here() {
     );
     let carol = theirs.rotate("carol").unwrap();
     rig.core.adopt_accounts(theirs, 7);
-    assert_eq!(rig.core.users.authenticate(&carol).unwrap().name, "carol");
+    assert_eq!(
+        rig.core.students.users.authenticate(&carol).unwrap().name,
+        "carol"
+    );
     // This gateway's next save (an admin adds dave) keeps carol and her token.
     rig.core
         .user_add(user_request("dave", &["10.0.0.12"], 1))
@@ -1004,7 +1017,7 @@ fn another_gateways_config_user_and_its_token_survive_here() {
     let mut without_alice = Users::default();
     without_alice.apply_config(&[], ConfigRemoval::Undeclared, now);
     rig.core.adopt_accounts(without_alice, 9);
-    let a = rig.core.users.get("alice").unwrap();
+    let a = rig.core.students.users.get("alice").unwrap();
     assert!(a.from_config && a.token_sha256.is_none());
     let e = rig.core.user_remove("alice", false).unwrap_err();
     assert_eq!(e.status, 409);
@@ -1108,7 +1121,7 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
     assert!(rig.entry("carol").is_none());
     assert!(rig.entry("dave").is_none());
     assert_eq!(rig.entry("cfg").unwrap().route.port, 30009);
-    let entries: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let entries: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     assert!(rig.maps.maps().holds_exactly(entries.iter()));
     // A port the table now holds through another gateway is not allocated here.
     assert_eq!(
@@ -1137,6 +1150,7 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
     );
     let mut runtime: Vec<String> = rig
         .core
+        .routes
         .table
         .entries()
         .filter(|e| e.source == Source::Runtime)
@@ -1148,7 +1162,7 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
         rig.entry("cfg").is_some(),
         "config routes are this gateway's own"
     );
-    let entries: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let entries: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     assert!(rig.maps.maps().holds_exactly(entries.iter()));
 }
 
@@ -1161,7 +1175,7 @@ fn old_shared_rig(follower: bool) -> Rig {
     let mut gw = gateway();
     gw.reclaim_after = None;
     let mut rig = Rig::on(old_table(), FakeDataplane::new(), gw, store);
-    rig.core.gateway.reclaim_after = Some(DAY);
+    rig.core.settings.gateway.reclaim_after = Some(DAY);
     rig
 }
 
@@ -1211,6 +1225,7 @@ fn only_the_elected_gateway_reclaims_and_with_every_gateways_last_seen() {
     let names = |r: &Rig| -> Vec<String> {
         let mut n: Vec<String> = r
             .core
+            .routes
             .table
             .entries()
             .map(|e| e.route.name.clone())
@@ -1227,10 +1242,10 @@ fn only_the_elected_gateway_reclaims_and_with_every_gateways_last_seen() {
 fn a_reclaim_the_shared_store_refuses_is_undone() {
     let mut rig = old_shared_rig(false);
     rig.store.state().unreachable = true;
-    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let before: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     rig.core.observe();
     assert!(rig.entry("alice").is_some() && rig.entry("bob").is_some());
-    let after: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let after: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     assert_eq!(before, after, "each route back in its own slot");
     assert!(rig.maps.maps().holds_exactly(after.iter()));
     rig.store.state().unreachable = false;
@@ -1376,7 +1391,7 @@ fn own() -> config::OwnAddresses {
 #[test]
 fn a_backend_that_is_the_gateway_itself_is_refused_to_students_and_admins() {
     let mut rig = Rig::new();
-    rig.core.own = own();
+    rig.core.settings.own = own();
     rig.core
         .user_add(user_request("eve", &["10.0.0.0/24"], 4))
         .unwrap();
@@ -1393,7 +1408,7 @@ fn a_backend_that_is_the_gateway_itself_is_refused_to_students_and_admins() {
         let e = rig.core.add(request("root", backend)).unwrap_err();
         assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("backend")));
     }
-    assert!(rig.core.table.entries().next().is_none());
+    assert!(rig.core.routes.table.entries().next().is_none());
     assert!(rig.maps.maps().frontends.is_empty());
     assert!(rig.store.state().routes.is_empty());
     // A neighbour on the same /24 is still the student's.
@@ -1461,7 +1476,7 @@ fn a_stored_route_to_the_gateway_itself_is_left_out_at_start() {
         &cfg,
         Clock::default(),
     );
-    core.interfaces = fake_interfaces;
+    core.settings.interfaces = fake_interfaces;
     core.take_over(rewrite).unwrap();
     drop(core);
     let files = crate::table::state::StateStore::open(dir.path()).unwrap();
@@ -1479,7 +1494,7 @@ fn a_stored_route_to_the_gateway_itself_is_left_out_at_start() {
 #[test]
 fn a_shared_route_to_the_gateway_itself_is_not_forwarded_here() {
     let mut rig = Rig::new();
-    rig.core.own = own();
+    rig.core.settings.own = own();
     rig.core.apply_remote(Remote::Routes {
         revision: 7,
         changes: vec![
@@ -1504,7 +1519,7 @@ fn a_shared_route_to_the_gateway_itself_is_not_forwarded_here() {
 fn an_address_added_at_run_time_is_refused_at_once() {
     let mut rig = Rig::new();
     rig.core.add(request("alice", "10.0.0.50:22")).unwrap();
-    rig.core.interfaces = || {
+    rig.core.settings.interfaces = || {
         let mut i = fake_interfaces()?;
         i[0].ipv4.push("10.0.0.50".parse().unwrap());
         Ok(i)
@@ -1515,7 +1530,12 @@ fn an_address_added_at_run_time_is_refused_at_once() {
     // The periodic refresh takes it in and withdraws the runtime route already there
     // from the table, the maps and the store (a config route is the file's: named only).
     rig.core.refresh_own();
-    assert!(rig.core.own.holder("10.0.0.50".parse().unwrap()).is_some());
+    assert!(rig
+        .core
+        .settings
+        .own
+        .holder("10.0.0.50".parse().unwrap())
+        .is_some());
     assert!(rig.entry("alice").is_none());
     assert!(rig.maps.maps().frontends.is_empty());
     assert!(rig.store.state().routes.is_empty());
@@ -1527,7 +1547,7 @@ fn an_address_added_at_run_time_is_refused_at_once() {
 #[test]
 fn an_add_is_refused_when_the_addresses_cannot_be_read() {
     let mut rig = Rig::new();
-    rig.core.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    rig.core.settings.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
     let e = rig.core.add(request("alice", "10.0.0.11:22")).unwrap_err();
     assert_eq!(e.status, 503, "{}", e.reply.error);
     assert!(e.reply.error.contains("addresses"), "{}", e.reply.error);
@@ -1545,11 +1565,11 @@ fn the_refresh_hands_on_what_it_read_once() {
         .refresh_own()
         .expect("the fake machine is readable");
     assert_eq!(read, fake_interfaces().unwrap());
-    let known = rig.core.own.clone();
+    let known = rig.core.settings.own.clone();
     assert!(known.holder("10.0.0.1".parse().unwrap()).is_some());
-    rig.core.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    rig.core.settings.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
     assert!(rig.core.refresh_own().is_none());
-    assert_eq!(rig.core.own, known);
+    assert_eq!(rig.core.settings.own, known);
 }
 
 /// `[http] service` names which routes the HTTP router serves by name: a student's ways in
@@ -1584,7 +1604,7 @@ fn the_ways_in_follow_the_http_routers_service_label() {
             &cfg,
             Clock::default(),
         );
-        core.interfaces = fake_interfaces;
+        core.settings.interfaces = fake_interfaces;
         core.take_over(false).unwrap();
         core.user_add(user_request("alice", &["10.0.0.11"], 4))
             .unwrap();
