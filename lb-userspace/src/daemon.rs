@@ -27,6 +27,13 @@
 //! [`Dataplane`], [`Store`](crate::table::state::Store) and
 //! [`Cluster`](crate::cluster::Cluster) traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
 //!
+//! The `Core` is in parts that each own their state: `Routes` (the table, the maps and the
+//! store, with what is recorded but not yet durable), `Mirrors` (DNS and the web routers,
+//! `serve::mirror`), `Students` (the accounts), `Settings` (the config in force and the
+//! machine's addresses), and with `[cluster]` the last-seen times it publishes
+//! (`cluster::seen::Seen`). Operations that must keep several parts agreeing are the
+//! core's; what touches one part only is that part's.
+//!
 //! Here: the options, errors, clock and the [`Core`]; `routes.rs` has its route operations,
 //! `students.rs` the accounts' and students' ones, `control.rs` what the servers call (the
 //! [`Control`](api::Control) implementation, the metrics scrape), `lifecycle.rs` start-up,
@@ -95,7 +102,7 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error("{state}: runtime routes clash with the config file {}:\n  {}\n  remove the clashing route from the config file, or stop srvgate and edit the state file", config.display(), problems.join("\n  "))]
     Clash {
-        /// Where the runtime routes are stored ([`Store::location`]).
+        /// Where the runtime routes are stored ([`Store::location`](crate::table::state::Store::location)).
         state: String,
         config: PathBuf,
         problems: Vec<String>,

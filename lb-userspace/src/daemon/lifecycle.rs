@@ -278,7 +278,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         let _ = t.await;
     }
     on_core(&core, |c| {
-        if let Err(e) = c.save() {
+        if let Err(e) = c.routes.save() {
             warn!("saving the state file at exit: {e}");
         }
         c.mirrors = super::Mirrors::default();

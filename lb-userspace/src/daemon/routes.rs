@@ -29,7 +29,7 @@ use crate::{
 };
 
 use super::students::denied;
-use super::{unix, Clock, Core, DaemonError, SAVE_ACTIVITY_EVERY};
+use super::{unix, Clock, Core, DaemonError, Routes, SAVE_ACTIVITY_EVERY};
 
 /// Allocations tried when a shared store refuses the port chosen (another gateway took it
 /// a moment earlier). Each retry avoids every port the store named and starts a few ports
@@ -103,7 +103,7 @@ impl Core {
             info!(route = %r.key(), public = %format!("{}:{}", self.settings.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
         }
         if taken_over {
-            self.save()?;
+            self.routes.save()?;
         }
         // The traffic charts' baseline is what the pinned counters hold now: a route
         // claimed and used before the first periodic pass must not have its traffic taken
@@ -173,49 +173,8 @@ impl Core {
                 self.settings.own = before;
                 return;
             }
-            self.flush_here("removing routes to the gateway itself");
-        }
-    }
-
-    pub(super) fn stored_routes(&self) -> Vec<StoredRoute> {
-        stored_routes(&self.routes.table)
-    }
-
-    /// Records runtime-route changes in the store: written when this returns, durable once
-    /// `unflushed` has been waited for.
-    pub(super) fn record(&mut self, changes: &[RouteChange]) -> Result<(), StateError> {
-        let table = &self.routes.table;
-        let commit = self
-            .routes
-            .store
-            .record(changes, &|| stored_routes(table))?;
-        self.routes.unflushed.push(commit);
-        Ok(())
-    }
-
-    /// [`Core::record`] for a student's claim: counted again by the cluster
-    /// ([`Cluster::record_claim`](crate::cluster::Cluster::record_claim)); alone, the
-    /// core's own count (`check_claim`) was the whole count.
-    pub(super) fn record_claim(
-        &mut self,
-        route: &StoredRoute,
-        claim: &Claim,
-    ) -> Result<(), StateError> {
-        let Some(cluster) = self.routes.store.cluster_mut() else {
-            return self.record(&[RouteChange::Put(route.clone())]);
-        };
-        let commit = cluster.record_claim(route, claim)?;
-        self.routes.unflushed.push(commit);
-        Ok(())
-    }
-
-    /// Waits here, under the lock, for what was recorded: for the rare changes that come
-    /// from the daemon itself (reclaim), not from a client waiting for an answer.
-    pub(super) fn flush_here(&mut self, what: &str) {
-        for commit in std::mem::take(&mut self.routes.unflushed) {
-            if let Err(e) = commit.wait() {
-                error!("{what}: {e}");
-            }
+            self.routes
+                .flush_here("removing routes to the gateway itself");
         }
     }
 
@@ -236,28 +195,13 @@ impl Core {
         )
     }
 
-    pub(super) fn save(&mut self) -> Result<(), StateError> {
-        let routes = self.stored_routes();
-        self.routes.store.save_routes(&routes)?;
-        self.routes.activity_unsaved = false;
-        self.routes.last_save = Instant::now();
-        Ok(())
-    }
-
     /// Gives the name services (DNS, the web routers) a change of the table.
     pub(super) fn publish(&self, diff: &Diff) {
         self.mirrors.publish(&self.routes.table, diff);
     }
 
-    pub(super) fn counters(&self, e: &Entry) -> Counters {
-        self.routes
-            .dataplane
-            .route_counters(e.id)
-            .unwrap_or_default()
-    }
-
     pub(super) fn view(&self, e: &Entry, now: SystemTime) -> RouteView {
-        let c = self.counters(e);
+        let c = self.routes.counters(e);
         let r = &e.route;
         let idle = now
             .duration_since(e.last_activity())
@@ -490,8 +434,8 @@ impl Core {
         };
         let recorded = live.and_then(|()| {
             match claim {
-                Some(c) => self.record_claim(&stored, c),
-                None => self.record(&[RouteChange::Put(stored)]),
+                Some(c) => self.routes.record_claim(&stored, c),
+                None => self.routes.record(&[RouteChange::Put(stored)]),
             }
             .map_err(Failed::Store)
         });
@@ -586,7 +530,7 @@ impl Core {
             .iter()
             .map(|e| RouteChange::Delete(e.route.key()))
             .collect();
-        if let Err(e) = self.record(&deleted) {
+        if let Err(e) = self.routes.record(&deleted) {
             // Not recorded, so not done: put the routes back, each in its own slot (they
             // are still free), which is what the untouched maps still say.
             for gone in diff.removed {
@@ -651,7 +595,7 @@ impl Core {
         }
         // A runtime route the file took over leaves the state file.
         if diff.changed.iter().any(|c| c.old.source != c.new.source) {
-            if let Err(e) = self.save() {
+            if let Err(e) = self.routes.save() {
                 error!("SIGHUP: {e}");
             }
         }
@@ -679,7 +623,7 @@ impl Core {
             .routes
             .table
             .entries()
-            .filter_map(|e| Some((e.id, self.counters(e).idle?)))
+            .filter_map(|e| Some((e.id, self.routes.counters(e).idle?)))
             .collect();
         self.note_activity(&idle);
     }
@@ -690,7 +634,7 @@ impl Core {
             .routes
             .table
             .named(name)
-            .filter_map(|e| Some((e.id, self.counters(e).idle?)))
+            .filter_map(|e| Some((e.id, self.routes.counters(e).idle?)))
             .collect();
         self.note_activity(&idle);
     }
@@ -747,7 +691,7 @@ impl Core {
             }
         }
         if self.routes.activity_unsaved && self.routes.last_save.elapsed() >= SAVE_ACTIVITY_EVERY {
-            if let Err(e) = self.save() {
+            if let Err(e) = self.routes.save() {
                 warn!("saving last-seen times: {e}");
             }
         }
@@ -985,7 +929,7 @@ impl Core {
                 self.routes.activity_unsaved = true;
             }
         }
-        self.flush_here("reclaim");
+        self.routes.flush_here("reclaim");
         self.sync_serial();
         if let Err(e) = self.routes.dataplane.apply(&self.routes.table, &diff) {
             error!("reclaim: updating the BPF maps failed: {e}");
@@ -1005,6 +949,59 @@ impl Core {
                 "route reclaimed after being idle; its port is back in the pool"
             );
         }
+    }
+}
+
+impl Routes {
+    pub(super) fn stored(&self) -> Vec<StoredRoute> {
+        stored_routes(&self.table)
+    }
+
+    /// Records runtime-route changes in the store: written when this returns, durable once
+    /// `unflushed` has been waited for.
+    pub(super) fn record(&mut self, changes: &[RouteChange]) -> Result<(), StateError> {
+        let table = &self.table;
+        let commit = self.store.record(changes, &|| stored_routes(table))?;
+        self.unflushed.push(commit);
+        Ok(())
+    }
+
+    /// [`Routes::record`] for a student's claim: counted again by the cluster
+    /// ([`Cluster::record_claim`](crate::cluster::Cluster::record_claim)); alone, the
+    /// core's own count (`check_claim`) was the whole count.
+    pub(super) fn record_claim(
+        &mut self,
+        route: &StoredRoute,
+        claim: &Claim,
+    ) -> Result<(), StateError> {
+        let Some(cluster) = self.store.cluster_mut() else {
+            return self.record(&[RouteChange::Put(route.clone())]);
+        };
+        let commit = cluster.record_claim(route, claim)?;
+        self.unflushed.push(commit);
+        Ok(())
+    }
+
+    /// Waits here, under the lock, for what was recorded: for the rare changes that come
+    /// from the daemon itself (reclaim), not from a client waiting for an answer.
+    pub(super) fn flush_here(&mut self, what: &str) {
+        for commit in std::mem::take(&mut self.unflushed) {
+            if let Err(e) = commit.wait() {
+                error!("{what}: {e}");
+            }
+        }
+    }
+
+    pub(super) fn save(&mut self) -> Result<(), StateError> {
+        let routes = self.stored();
+        self.store.save_routes(&routes)?;
+        self.activity_unsaved = false;
+        self.last_save = Instant::now();
+        Ok(())
+    }
+
+    pub(super) fn counters(&self, e: &Entry) -> Counters {
+        self.dataplane.route_counters(e.id).unwrap_or_default()
     }
 }
 

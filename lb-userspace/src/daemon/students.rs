@@ -15,7 +15,7 @@ use crate::{
     table::users::{parse_rules, Denied, User, UserError, UserView, Users, DEFAULT_MAX_ROUTES},
 };
 
-use super::Core;
+use super::{Core, Students};
 
 impl Core {
     /// Starts the cool-down of the ports `gone` held that no remaining route uses, and
@@ -40,14 +40,6 @@ impl Core {
 
     pub(super) fn held_by(&self, name: &str) -> usize {
         self.routes.table.named(name).count()
-    }
-
-    pub(super) fn user(&self, name: &str) -> Result<User, ApiError> {
-        self.students
-            .users
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::field(404, "name", format!("no user named {name}")))
     }
 
     pub(super) fn user_view(&self, u: &User) -> UserView {
@@ -79,7 +71,7 @@ impl Core {
             error!(user = %r.name, "user add: {e}");
             return Err(ApiError::new(e.status(), format!("not added: {e}")));
         }
-        let u = self.user(&r.name)?;
+        let u = self.students.user(&r.name)?;
         info!(user = %u.name, admin = u.admin, max_routes = u.max_routes, backends = %r.backends.join(","), "user added");
         Ok(TokenReply {
             user: self.user_view(&u),
@@ -92,7 +84,7 @@ impl Core {
         name: &str,
         with_routes: bool,
     ) -> Result<UserView, ApiError> {
-        let u = self.user(name)?;
+        let u = self.students.user(name)?;
         // A config-owned account this gateway's file does not declare (another gateway's,
         // or left by a file this gateway was restarted without) may be removed here.
         if u.from_config && self.students.config_users.iter().any(|c| c.name == name) {
@@ -160,7 +152,7 @@ impl Core {
             error!(user = %name, "user token: {e}");
             return Err(ApiError::new(e.status(), format!("no new token: {e}")));
         }
-        let u = self.user(name)?;
+        let u = self.students.user(name)?;
         info!(user = %name, "new token issued; the old one no longer works");
         Ok(TokenReply {
             user: self.user_view(&u),
@@ -169,7 +161,7 @@ impl Core {
     }
 
     pub(super) fn me(&mut self, caller: &str) -> Result<MeReply, ApiError> {
-        let u = self.user(caller)?;
+        let u = self.students.user(caller)?;
         self.observe_activity_of(caller);
         let now = self.clock.now();
         Ok(MeReply {
@@ -187,7 +179,7 @@ impl Core {
     }
 
     pub(super) fn claim(&mut self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
-        let u = self.user(caller)?;
+        let u = self.students.user(caller)?;
         let request = RouteRequest {
             name: u.name.clone(),
             service: r.service,
@@ -226,6 +218,15 @@ impl Core {
             ));
         }
         self.remove_entries(&key.to_string(), &[e])
+    }
+}
+
+impl Students {
+    pub(super) fn user(&self, name: &str) -> Result<User, ApiError> {
+        self.users
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::field(404, "name", format!("no user named {name}")))
     }
 }
 

@@ -474,7 +474,7 @@ fn observing_reads_last_seen_from_the_counters_and_reclaims_only_the_idle() {
 #[test]
 fn a_reclaim_the_store_refuses_is_still_carried_out_and_saved_later() {
     let mut rig = old_rig();
-    rig.store.state().routes = rig.core.stored_routes();
+    rig.store.state().routes = rig.core.routes.stored();
     rig.store.state().fail_in = Some(0);
     rig.core.observe();
     assert!(rig.entry("alice").is_none() && rig.entry("bob").is_none());
@@ -488,7 +488,7 @@ fn a_reclaim_the_store_refuses_is_still_carried_out_and_saved_later() {
         "the failed save changed nothing"
     );
     assert!(rig.core.routes.activity_unsaved, "retried on a later pass");
-    rig.core.save().unwrap();
+    rig.core.routes.save().unwrap();
     rig.assert_agree();
 }
 
