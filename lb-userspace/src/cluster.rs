@@ -10,7 +10,8 @@
 //! daemon holds a [`Backing`], so a single gateway has no cluster to ask and no cluster
 //! path pretending.
 //!
-//! Here: the traits' meeting point ([`Backing`]), [`Remote`] and [`Claim`]; `etcd.rs` the
+//! Here: the traits' meeting point ([`Backing`]), [`Remote`], [`Claim`] and `[cluster]`'s
+//! [`ClusterSettings`]; `etcd.rs` the
 //! client, `keys.rs` the key layout, `tls.rs` `[cluster]`'s TLS files, `seen.rs` which of
 //! this gateway's last-seen times are published when.
 
@@ -22,6 +23,7 @@ pub mod tls;
 use std::{
     net::Ipv4Addr,
     ops::{Deref, DerefMut},
+    path::PathBuf,
     time::SystemTime,
 };
 
@@ -29,12 +31,37 @@ use tokio::sync::mpsc;
 
 pub use etcd::EtcdStore;
 
-use crate::{
-    config::RouteKey,
-    serve::api::ClusterView,
-    table::state::{Commit, RouteChange, StateError, Store, StoredRoute},
-    table::users::Users,
+use crate::table::{
+    state::{Commit, RouteChange, StateError, Store, StoredRoute},
+    users::Users,
 };
+use lb_model::{api::ClusterView, RouteKey};
+
+/// `[cluster]` as validated by `config`: the etcd endpoints and this gateway's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// etcd client URLs, `https://host:port` each (`http://` only with `insecure_http`).
+    pub etcd: Vec<String>,
+    /// This gateway's name in the cluster (a DNS label): in logs, `status` and the keys
+    /// only this gateway writes.
+    pub gateway_id: String,
+    /// How this gateway proves itself to etcd and checks etcd; `None` only for `http://`
+    /// endpoints with `insecure_http = true`.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The files of `[cluster]`'s TLS: read (and the key's mode checked) when the gateway
+/// connects, see [`tls`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// The CA that signed etcd's server certificate (PEM); the only one trusted for it.
+    pub ca: PathBuf,
+    /// This gateway's client certificate (PEM), signed by a CA etcd's
+    /// `--trusted-ca-file` names.
+    pub cert: PathBuf,
+    /// Its private key (PEM), readable by its owner only.
+    pub key: PathBuf,
+}
 
 /// A change of the shared table made by another gateway (or a whole new view of it).
 #[derive(Debug)]

@@ -52,20 +52,25 @@ use std::{
 };
 
 use crate::{
+    api,
     cluster::{seen::Seen, Backing},
     config::{self, Config, ConfigError, Gateway},
     kernel::dataplane::{AttachMode, Dataplane, DataplaneError},
-    serve::api::{self, PortalInfo},
-    serve::dns::{DnsError, DnsServer},
-    serve::http::{HttpError, HttpServer},
-    serve::https::HttpsServer,
-    serve::mirror::Mirror,
-    serve::portal::PortalError,
-    table::routes::{Diff, RouteTable},
-    table::state::{Commit, StateError},
-    table::traffic::Traffic,
-    table::users::Users,
+    serve::{
+        dns::{DnsError, DnsServer},
+        http::{HttpError, HttpServer},
+        https::HttpsServer,
+        mirror::Mirror,
+        portal::PortalError,
+    },
+    table::{
+        routes::{Diff, RouteTable},
+        state::{Commit, StateError},
+        traffic::Traffic,
+        users::Users,
+    },
 };
+use lb_model::api::PortalInfo;
 
 pub use lifecycle::run;
 
@@ -174,7 +179,7 @@ impl Clock {
         let offset = text
             .parse::<u64>()
             .map(Duration::from_secs)
-            .or_else(|_| config::parse_duration(text));
+            .or_else(|_| lb_model::parse_duration(text));
         match offset {
             Ok(d) => now + d,
             Err(_) => now,
@@ -226,7 +231,7 @@ struct Students {
     users: Users,
     /// The config file's `[[user]]`s in force, applied again over accounts another gateway
     /// changed.
-    config_users: Vec<config::ConfigUser>,
+    config_users: Vec<lb_model::ConfigUser>,
 }
 
 /// What the daemon was told (the config, the portal it bound) and what it reads of the
@@ -245,9 +250,9 @@ struct Settings {
     /// The gateway's own addresses, which no backend may be (`config::check_backend`):
     /// read at start and again every few seconds ([`Core::refresh_own`]).
     own: config::OwnAddresses,
-    /// Reads the machine's interfaces (`kernel::sys::interfaces`; a fake machine's in the
+    /// Reads the machine's interfaces (`machine::interfaces`; a fake machine's in the
     /// tests).
-    interfaces: fn() -> std::io::Result<Vec<config::Interface>>,
+    interfaces: fn() -> std::io::Result<Vec<crate::machine::Interface>>,
 }
 
 /// The servers that mirror the table (`serve::mirror`): by kind, for what only one kind

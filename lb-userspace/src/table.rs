@@ -2,11 +2,7 @@
 //! history, and what of them is written to disk (`state`, with the `Store` trait). Pure
 //! rules and storage; no kernel, no socket: the table shared with other gateways through
 //! etcd is `crate::cluster`, the layer above.
-#[cfg(feature = "gateway")]
-pub mod accounts;
 pub mod routes;
-#[cfg(feature = "gateway")]
 pub mod state;
-#[cfg(feature = "gateway")]
 pub mod traffic;
 pub mod users;

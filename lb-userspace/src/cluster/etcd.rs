@@ -57,12 +57,11 @@ use super::{
     keys::{self, Kind},
     tls, Claim, Cluster, Remote,
 };
-use crate::{
-    config::{self, RouteKey},
-    serve::api::ClusterView,
-    table::state::{Commit, RouteChange, StateError, Store, StoredRoute},
-    table::users::{Denied, Users},
+use crate::table::{
+    state::{Commit, RouteChange, StateError, Store, StoredRoute},
+    users::{Denied, Users},
 };
+use lb_model::{api::ClusterView, RouteKey};
 
 /// Every request to etcd (a load page, a transaction) is answered within this or refused.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -267,7 +266,7 @@ pub struct EtcdStore {
     /// `None` only while dropping (see `Drop`).
     rt: Option<Runtime>,
     client: Client,
-    cluster: config::Cluster,
+    cluster: super::ClusterSettings,
     endpoints: String,
     status: Arc<Status>,
     /// What the table was loaded from at start, until [`Cluster::follow`].
@@ -299,7 +298,7 @@ impl Drop for EtcdStore {
 impl EtcdStore {
     /// Connects to `cluster.etcd` and loads the whole table (strictly: see
     /// [`Store::load_routes`]).
-    pub fn connect(cluster: &config::Cluster) -> Result<EtcdStore, StateError> {
+    pub fn connect(cluster: &super::ClusterSettings) -> Result<EtcdStore, StateError> {
         let endpoints = cluster.etcd.join(",");
         let unavailable = |action: &'static str, reason: String| StateError::Unavailable {
             endpoints: endpoints.clone(),
@@ -362,7 +361,7 @@ impl EtcdStore {
             .accounts
             .as_ref()
             .and_then(|(bytes, _)| {
-                crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes).ok()
+                crate::table::state::accounts::parse(Path::new(&keys::accounts_key()), bytes).ok()
             })
             .map(|u| names(&u))
             .unwrap_or_default();
@@ -704,7 +703,7 @@ impl Store for EtcdStore {
         match self.initial.as_ref().and_then(|s| s.accounts.as_ref()) {
             None => Ok(Users::default()),
             Some((bytes, _)) => {
-                crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes)
+                crate::table::state::accounts::parse(Path::new(&keys::accounts_key()), bytes)
             }
         }
     }
@@ -716,7 +715,7 @@ impl Store for EtcdStore {
     /// later account of the same name.
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
         let key = keys::accounts_key();
-        let text = crate::table::accounts::render(users);
+        let text = crate::table::state::accounts::render(users);
         let seen = self.accounts_rev;
         let now = names(users);
         let removed: Vec<&String> = self.accounts_names.difference(&now).collect();
@@ -1067,7 +1066,10 @@ async fn follow(
             let accounts = match &snapshot.accounts {
                 None => None,
                 Some((bytes, rev)) => {
-                    match crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes) {
+                    match crate::table::state::accounts::parse(
+                        Path::new(&keys::accounts_key()),
+                        bytes,
+                    ) {
                         Ok(u) => Some((u, *rev)),
                         Err(e) => {
                             error!("cluster: keeping the last accounts: {e}");
@@ -1216,7 +1218,7 @@ async fn watch(
                         error!("cluster: ignoring accounts of {} bytes", kv.value().len());
                         continue;
                     }
-                    match crate::table::accounts::parse(
+                    match crate::table::state::accounts::parse(
                         Path::new(&keys::accounts_key()),
                         kv.value(),
                     ) {

@@ -17,7 +17,7 @@ use std::{
 use tracing::warn;
 
 use super::Cluster;
-use crate::config::RouteKey;
+use lb_model::RouteKey;
 
 /// How often a gateway publishes its own last-seen times.
 pub const PUBLISH_SEEN_EVERY: Duration = Duration::from_secs(10);
@@ -124,7 +124,7 @@ impl Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Protocol;
+    use lb_model::Protocol;
     use std::time::UNIX_EPOCH;
 
     fn key(name: &str) -> RouteKey {

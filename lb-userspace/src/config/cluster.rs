@@ -5,35 +5,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::check_label;
+use lb_model::check_label;
+
+use crate::cluster::{ClusterSettings, ClusterTls};
 
 /// More endpoints than any etcd cluster worth running has members.
 const MAX_ENDPOINTS: usize = 16;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cluster {
-    /// etcd client URLs, `https://host:port` each (`http://` only with `insecure_http`).
-    pub etcd: Vec<String>,
-    /// This gateway's name in the cluster (a DNS label): in logs, `status` and the keys
-    /// only this gateway writes.
-    pub gateway_id: String,
-    /// How this gateway proves itself to etcd and checks etcd; `None` only for `http://`
-    /// endpoints with `insecure_http = true`.
-    pub tls: Option<ClusterTls>,
-}
-
-/// The files of `[cluster]`'s TLS: read (and the key's mode checked) when the gateway
-/// connects, see `crate::cluster::tls`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterTls {
-    /// The CA that signed etcd's server certificate (PEM); the only one trusted for it.
-    pub ca: PathBuf,
-    /// This gateway's client certificate (PEM), signed by a CA etcd's
-    /// `--trusted-ca-file` names.
-    pub cert: PathBuf,
-    /// Its private key (PEM), readable by its owner only.
-    pub key: PathBuf,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,7 +62,10 @@ fn check_endpoint(url: &str) -> Result<bool, String> {
 /// `--client-cert-auth`), and plain `http://` is refused unless the file says
 /// `insecure_http = true` (a lab, or a network nobody else reaches), which the daemon
 /// then warns about at every start.
-pub(super) fn validate(raw: RawCluster, bad: &mut dyn FnMut(&str, String)) -> Option<Cluster> {
+pub(super) fn validate(
+    raw: RawCluster,
+    bad: &mut dyn FnMut(&str, String),
+) -> Option<ClusterSettings> {
     let mut ok = true;
     if raw.etcd.is_empty() {
         bad(
@@ -204,7 +184,7 @@ pub(super) fn validate(raw: RawCluster, bad: &mut dyn FnMut(&str, String)) -> Op
         },
     };
     match (ok, gateway_id) {
-        (true, Some(gateway_id)) => Some(Cluster {
+        (true, Some(gateway_id)) => Some(ClusterSettings {
             etcd: raw
                 .etcd
                 .into_iter()
@@ -233,7 +213,7 @@ mod tests {
         etcd: &[&str],
         id: Option<&str>,
         extra: &[(&str, &str)],
-    ) -> (Option<Cluster>, Vec<String>) {
+    ) -> (Option<ClusterSettings>, Vec<String>) {
         let mut problems = Vec::new();
         let get = |k: &str| {
             extra

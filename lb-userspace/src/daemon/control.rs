@@ -7,14 +7,16 @@ use tokio::sync::mpsc;
 use tracing::error;
 
 use crate::{
-    config::{self, RouteRequest},
+    api::Control,
     kernel::dataplane::verdict_names,
-    serve::api::{
-        ApiError, Caller, ClaimRequest, Control, GatewayView, LegView, MeReply, Removed, RouteView,
+    serve::metrics::{self, LegSample, RouteSample},
+};
+use lb_model::{
+    api::{
+        ApiError, Caller, ClaimRequest, GatewayView, LegView, MeReply, Removed, RouteView,
         RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UsersReply,
     },
-    serve::metrics::{self, LegSample, RouteSample},
-    table::users::UserView,
+    RouteRequest, UserView,
 };
 
 use super::{lock, unix, Core};
@@ -32,7 +34,7 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
             .map(|h| h.sample())
             .chain(m.https.iter().map(|h| h.sample()))
             .collect();
-        let routes: Vec<(config::Route, u32)> = c
+        let routes: Vec<(lb_model::Route, u32)> = c
             .routes
             .table
             .entries()
@@ -195,7 +197,7 @@ impl Control for Handle {
                 .collect(),
         }
     }
-    fn traffic(&self, routes: &[config::RouteKey]) -> Vec<Vec<TrafficMinute>> {
+    fn traffic(&self, routes: &[lb_model::RouteKey]) -> Vec<Vec<TrafficMinute>> {
         let (slots, traffic) = {
             let core = lock(&self.core);
             let slots: Vec<Option<(u32, u64)>> = routes

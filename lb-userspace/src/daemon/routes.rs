@@ -20,12 +20,17 @@ use tracing::{error, info, warn};
 
 use crate::{
     cluster::{seen::Seen, Backing, Claim, Remote},
-    config::{self, check_backend, check_route, format_duration, Config, ConfigUser, RouteRequest},
+    config::{self, check_backend, Config},
     kernel::dataplane::{Counters, Dataplane},
-    serve::api::{ApiError, Removed, RouteView, RoutesReply},
-    table::routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-    table::state::{RouteChange, StateError, StoredRoute},
-    table::users::{check_claim, ConfigRemoval, User, Users},
+    table::{
+        routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
+        state::{RouteChange, StateError, StoredRoute},
+        users::{check_claim, ConfigRemoval, User, Users},
+    },
+};
+use lb_model::{
+    api::{ApiError, Removed, RouteView, RoutesReply},
+    check_route, format_duration, ConfigUser, RouteRequest,
 };
 
 use super::students::denied;
@@ -82,7 +87,7 @@ impl Core {
                 portal: None,
                 http_service: cfg.http.as_ref().map(|h| h.service.clone()),
                 own: config::OwnAddresses::default(),
-                interfaces: crate::kernel::sys::interfaces,
+                interfaces: crate::machine::interfaces,
             },
             clock,
             traffic: Arc::default(),
@@ -132,7 +137,7 @@ impl Core {
     /// file owns it; the web routers refuse to connect to it). Returns what it read, for
     /// the data plane's source guard, so the machine is read once per refresh; `None` when
     /// it could not be read (the last known addresses and rules stay).
-    pub(super) fn refresh_own(&mut self) -> Option<Vec<config::Interface>> {
+    pub(super) fn refresh_own(&mut self) -> Option<Vec<crate::machine::Interface>> {
         let interfaces = match (self.settings.interfaces)() {
             Ok(i) => i,
             Err(e) => {
@@ -236,8 +241,8 @@ impl Core {
         let range = self.settings.gateway.port_range;
         let free = (range.first..=range.last)
             .filter(|&p| {
-                !self.routes.table.port_in_use(p, config::Protocol::Tcp)
-                    && !self.routes.table.port_in_use(p, config::Protocol::Udp)
+                !self.routes.table.port_in_use(p, lb_model::Protocol::Tcp)
+                    && !self.routes.table.port_in_use(p, lb_model::Protocol::Udp)
             })
             .count();
         RoutesReply {
@@ -360,7 +365,7 @@ impl Core {
     /// undone everywhere.
     fn try_add(
         &mut self,
-        draft: &config::RouteDraft,
+        draft: &lb_model::RouteDraft,
         claim: Option<&Claim>,
         now: SystemTime,
         taken: &[u16],
@@ -645,7 +650,7 @@ impl Core {
     /// active for one pass.
     pub(super) fn note_activity(&mut self, idle: &HashMap<u32, Duration>) {
         let now = self.clock.now();
-        let seen: Vec<(config::RouteKey, Source, SystemTime)> = self
+        let seen: Vec<(lb_model::RouteKey, Source, SystemTime)> = self
             .routes
             .table
             .entries()
@@ -719,13 +724,13 @@ impl Core {
                 accounts,
                 why,
             } => {
-                let seen: Vec<(config::RouteKey, SystemTime)> = routes
+                let seen: Vec<(lb_model::RouteKey, SystemTime)> = routes
                     .iter()
                     .filter_map(|s| Some((s.route.key(), s.last_seen?)))
                     .collect();
                 // Routes this gateway changed after the table was read: its own view is
                 // newer than the table's (and the watch does not bring them back).
-                let mine: std::collections::HashSet<config::RouteKey> = self
+                let mine: std::collections::HashSet<lb_model::RouteKey> = self
                     .routes
                     .store
                     .cluster_mut()
@@ -733,7 +738,7 @@ impl Core {
                     .unwrap_or_default()
                     .into_iter()
                     .collect();
-                let keep: std::collections::HashSet<config::RouteKey> =
+                let keep: std::collections::HashSet<lb_model::RouteKey> =
                     routes.iter().map(|s| s.route.key()).collect();
                 let mut changes: Vec<RouteChange> = self
                     .routes
@@ -772,7 +777,7 @@ impl Core {
     /// holds the key, the port or the backend) is refused here, naming both, and forwarded
     /// by the other gateways only.
     pub(super) fn apply_shared(&mut self, changes: Vec<RouteChange>) {
-        let mut last: std::collections::BTreeMap<config::RouteKey, RouteChange> =
+        let mut last: std::collections::BTreeMap<lb_model::RouteKey, RouteChange> =
             std::collections::BTreeMap::new();
         for change in changes {
             let key = match &change {
@@ -838,7 +843,7 @@ impl Core {
 
     /// Takes other gateways' last-seen times into the table (the latest wins), so `route
     /// ls`, `mine` and the reclaim all see the cluster's latest packet.
-    pub(super) fn note_remote_seen(&mut self, seen: Vec<(config::RouteKey, SystemTime)>) {
+    pub(super) fn note_remote_seen(&mut self, seen: Vec<(lb_model::RouteKey, SystemTime)>) {
         for (key, at) in seen {
             if self
                 .routes
@@ -883,7 +888,12 @@ impl Core {
         }
     }
 
-    pub(super) fn reclaim(&mut self, keys: &[config::RouteKey], now: SystemTime, after: Duration) {
+    pub(super) fn reclaim(
+        &mut self,
+        keys: &[lb_model::RouteKey],
+        now: SystemTime,
+        after: Duration,
+    ) {
         let mut diff = Diff::default();
         for key in keys {
             if let Some(e) = self.routes.table.remove(key) {

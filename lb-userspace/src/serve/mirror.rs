@@ -9,13 +9,13 @@
 //! service's routes, all of those again when one of them changed.
 
 use crate::{
-    config::Route,
     serve::{
         dns::DnsServer,
         web::{Router, RouterServer},
     },
     table::routes::{Diff, RouteTable},
 };
+use lb_model::Route;
 
 /// Something that reflects the route table and takes every change of it.
 pub trait Mirror: Send + Sync {

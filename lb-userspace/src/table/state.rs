@@ -9,8 +9,9 @@
 //! version or holds an invalid route is an error naming the file and the problem, never
 //! silently emptied, because emptying it would hand the students' ports to others.
 //!
-//! Changes between snapshots go to an append-only journal (`journal.rs`), so that a change
-//! costs its own size rather than the table's; `routes.json` is rewritten in the background
+//! The accounts are `accounts.json` beside it ([`accounts`], whose encoding the shared store
+//! uses too). Changes between snapshots go to an append-only journal (`journal.rs`), so that
+//! a change costs its own size rather than the table's; `routes.json` is rewritten in the background
 //! once the journal is long, and a load replays the journal over it.
 //!
 //! A lock (`File::try_lock`, an exclusive `flock`, on `lock` in the same directory) keeps two
@@ -26,6 +27,7 @@
 //! come only from a shared store. Stored times go through `from_unix`, the one checked
 //! conversion.
 
+pub mod accounts;
 mod journal;
 
 use std::{
@@ -44,11 +46,11 @@ use journal::{Flight, Line, Segment};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::{check_route, Route, RouteKey, RouteRequest},
-    table::routes::{RouteError, RouteTable, Source},
-    table::users::Users,
+use crate::table::{
+    routes::{RouteError, RouteTable, Source},
+    users::Users,
 };
+use lb_model::{check_route, Route, RouteKey, RouteRequest};
 
 /// Where `srvgate run` keeps its state unless `--state-dir` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/srvgate";
@@ -97,7 +99,7 @@ pub enum StateError {
     #[error("{reason}")]
     Refused {
         reason: String,
-        taken: Vec<(u16, crate::config::Protocol)>,
+        taken: Vec<(u16, lb_model::Protocol)>,
     },
 }
 
@@ -210,10 +212,10 @@ impl Store for StateStore {
         self.append(changes, all)
     }
     fn load_accounts(&self) -> Result<Users, StateError> {
-        crate::table::accounts::load(&self.dir)
+        crate::table::state::accounts::load(&self.dir)
     }
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
-        crate::table::accounts::save(&self.dir, users)
+        crate::table::state::accounts::save(&self.dir, users)
     }
 }
 
@@ -584,12 +586,11 @@ pub(crate) fn encode_route(s: &StoredRoute) -> String {
 }
 
 /// Routes stored one per key (a shared store's), each JSON as [`encode_route`] writes it
-/// and stored under its own key; checked together like a state file (`path` names the
-/// store, `shown` the key a route is stored under, as that store spells it).
+/// and stored under its own key (`(stored key as errors name it, route key, value)`);
+/// checked together like a state file (`path` names the store).
 pub(crate) fn decode_routes(
     path: &Path,
-    values: &[(RouteKey, &[u8])],
-    shown: &dyn Fn(&RouteKey) -> String,
+    values: &[(String, RouteKey, &[u8])],
     public_ipv4: Ipv4Addr,
 ) -> Result<Vec<StoredRoute>, StateError> {
     let corrupt = |reason: String| StateError::Corrupt {
@@ -597,9 +598,9 @@ pub(crate) fn decode_routes(
         reason,
     };
     let mut raw = Vec::with_capacity(values.len());
-    for (key, bytes) in values {
+    for (stored, key, bytes) in values {
         let r: RawRoute = serde_json::from_slice(bytes)
-            .map_err(|e| corrupt(format!("{}: not a route: {e}", shown(key))))?;
+            .map_err(|e| corrupt(format!("{stored}: not a route: {e}")))?;
         if (r.name.as_str(), r.service.as_str(), r.protocol.as_str())
             != (
                 key.name.as_str(),
@@ -608,16 +609,12 @@ pub(crate) fn decode_routes(
             )
         {
             return Err(corrupt(format!(
-                "{}: holds route {}/{}/{}",
-                shown(key),
-                r.name,
-                r.service,
-                r.protocol
+                "{stored}: holds route {}/{}/{}",
+                r.name, r.service, r.protocol
             )));
         }
         // Checked here as well as in `validate` so that the error names the key.
-        r.times()
-            .map_err(|e| corrupt(format!("{}: {e}", shown(key))))?;
+        r.times().map_err(|e| corrupt(format!("{stored}: {e}")))?;
         raw.push(r);
     }
     validate(path, raw, public_ipv4)
