@@ -64,3 +64,88 @@ impl<R: Router> Mirror for RouterServer<R> {
         self.update(&routes);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, time::SystemTime};
+
+    use super::*;
+    use crate::{
+        config::{Http, WebLimits},
+        serve::http::HttpServer,
+        table::routes::Source,
+    };
+
+    fn route(name: &str, service: &str, port: u16) -> Route {
+        Route {
+            name: name.into(),
+            service: service.into(),
+            protocol: lb_model::Protocol::Tcp,
+            backend: format!("10.0.0.{}:80", port % 200).parse().unwrap(),
+            port,
+            proxy_protocol: None,
+        }
+    }
+
+    /// A web router takes a change only when it touches its own service, and then every
+    /// route of that service as the table holds it; a removal takes the name away.
+    #[tokio::test]
+    async fn a_router_takes_the_changes_of_its_own_service_only() {
+        let cfg = Http {
+            listen: vec![(Ipv4Addr::LOCALHOST, 0).into()],
+            service: "http".into(),
+            limits: WebLimits::default(),
+            forwarded_for: false,
+        };
+        let server = HttpServer::start(&cfg, "lab.example", &[]).await.unwrap();
+        let routes = |s: &HttpServer| -> Vec<&str> {
+            ["alice", "bob", "carol"]
+                .into_iter()
+                .filter(|n| {
+                    let host = format!("{n}.http.lab.example");
+                    s.shared().core().hosts.backend(&host).is_some()
+                })
+                .collect()
+        };
+        let now = SystemTime::now();
+        let mut table = RouteTable::new();
+        // In the table, but in no change the router was given.
+        table
+            .insert(route("alice", "http", 30001), Source::Runtime, now, None)
+            .unwrap();
+        let ssh = table
+            .insert(route("bob", "ssh", 30002), Source::Runtime, now, None)
+            .unwrap();
+        server.publish(
+            &table,
+            &Diff {
+                added: vec![ssh],
+                ..Diff::default()
+            },
+        );
+        assert!(
+            routes(&server).is_empty(),
+            "an ssh change is not the router's"
+        );
+        let carol = table
+            .insert(route("carol", "http", 30003), Source::Runtime, now, None)
+            .unwrap();
+        server.publish(
+            &table,
+            &Diff {
+                added: vec![carol.clone()],
+                ..Diff::default()
+            },
+        );
+        assert_eq!(routes(&server), ["alice", "carol"]);
+        table.remove(&carol.route.key()).unwrap();
+        server.publish(
+            &table,
+            &Diff {
+                removed: vec![carol],
+                ..Diff::default()
+            },
+        );
+        assert_eq!(routes(&server), ["alice"]);
+    }
+}
