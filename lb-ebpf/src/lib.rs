@@ -14,8 +14,9 @@
 //! "fragmentation needed" answer (`frag_needed_headers`), the wire header structs, and
 //! `zero_in_place`, zeroing without an out-of-line memset for types that implement the
 //! `unsafe trait Zeroable` (the promise that all-zero is valid is made once per type; a
-//! compile-fail doc test keeps it required). `src/tests.rs` property-tests this file.
-#![cfg_attr(not(test), no_std)]
+//! compile-fail doc test keeps it required). `src/tests.rs` property-tests this file against
+//! `src/testsupport.rs`, the checksum oracle that lb-userspace's `xdp_tests` use too.
+#![cfg_attr(not(any(test, feature = "test-support")), no_std)]
 
 pub const ETH_HLEN: usize = 14;
 /// EtherType of IPv4, in network order as a big-endian number.
@@ -423,6 +424,23 @@ pub fn ipv4_csum_ttl_decrement(check: u16, ttl: u8, protocol: u8) -> u16 {
     )
 }
 
+/// The hash that places a flow in a pool's Maglev table (slot = hash % table size): of
+/// the client's address and port (as loaded from packet memory) and the protocol, so that
+/// every packet of a flow, on any gateway, lands on the same slot. The public port is not
+/// in it: a pool belongs to one route, whose table is looked up by that port already.
+/// MurmurHash3's 32-bit finaliser over one word mixing the three: a handful of
+/// multiplications and shifts, no loop, no table, so the same on the host (lb-userspace's
+/// `maglev` tests) as in BPF.
+#[inline(always)]
+pub fn flow_hash(addr: u32, port: u16, protocol: u8) -> u32 {
+    let mut h = addr ^ ((u32::from(port) << 8) | u32::from(protocol)).wrapping_mul(0x9e37_79b9);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
 /// Types whose all-zero bit pattern is a valid value: what [`zero_in_place`] hands out.
 ///
 /// # Safety
@@ -478,6 +496,9 @@ pub fn zero_in_place<T: Zeroable>(slot: &mut core::mem::MaybeUninit<T>) -> &mut 
     // SAFETY: every byte was just written, and `T: Zeroable` says all-zero is a valid T.
     unsafe { slot.assume_init_mut() }
 }
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod testsupport;
 
 #[cfg(test)]
 mod tests;

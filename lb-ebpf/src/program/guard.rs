@@ -13,10 +13,13 @@
 //! already given it the gateway's address).
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH},
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_SKIP_NEIGH,
+    },
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, LpmTrie},
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use lb_common::{
     counter, GUARD_INSIDE, GUARD_OCTETS_SLOTS, GUARD_REFUSED_SOURCE, ROLE_PRIVATE, ROLE_PUBLIC,
@@ -24,7 +27,11 @@ use lb_common::{
 };
 use lb_ebpf::{addressed_to, zero_in_place, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IPV4};
 
-use super::{count, interface, route_toward, FibParams, XdpContext, SETTINGS};
+use super::{
+    count,
+    fib::route_toward,
+    maps::{interface, SETTINGS},
+};
 
 /// What the gateway knows about addresses, by prefix (`lb_common::GUARD_*` bits).
 #[map(name = "SOURCE_GUARD")]

@@ -23,12 +23,13 @@
 //! A leg is a device: [`leg_roles`] merges a one-armed gateway's public interface listed among
 //! the private ones into one leg with both roles. [`plan`] and `sync_plan` (a whole table over
 //! what the maps hold) are the one translation of the table into `MapOp`s. Also here:
-//! `encode.rs` (the maps' encoding), `guard.rs` (the public legs' guards), `netdev.rs` (whether
+//! `encode.rs` (the maps' encoding), `maglev.rs` (a pool's lookup table), `guard.rs` (the public legs' guards), `netdev.rs` (whether
 //! a device takes redirects), and `xdp_tests.rs`.
 
 mod attach;
 mod encode;
 mod guard;
+pub mod maglev;
 mod maps;
 mod netdev;
 mod pins;
