@@ -25,7 +25,7 @@ use std::{
 
 use lb_model::{ConfigUser, FieldError, PortRange, Route, MAX_SERVICE_LEN};
 
-use crate::table::cluster::Cluster;
+use crate::cluster::ClusterSettings;
 
 pub use backend::{check_backend, not_a_host, OwnAddresses, NOT_A_HOST};
 
@@ -148,7 +148,7 @@ pub struct Config {
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// `[cluster]`: the table shared through etcd; without it, the local state directory.
-    pub cluster: Option<Cluster>,
+    pub cluster: Option<ClusterSettings>,
     pub routes: Vec<Route>,
 }
 

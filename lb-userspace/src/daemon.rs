@@ -21,10 +21,18 @@
 //! - reclaim: table, store, maps, DNS and HTTP; a reclaim the local store did not record is
 //!   still carried out and saved on a later pass; one a shared store refused (this gateway
 //!   does not lead, or etcd is away) is undone. With a shared store only the gateway the
-//!   store elected reclaims, from last-seen times every gateway publishes (`seen.rs`).
+//!   store elected reclaims, from last-seen times every gateway publishes (`cluster::seen`).
 //!
-//! The core reaches the kernel and the disk only through the [`Dataplane`] and [`Store`]
-//! traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
+//! The core reaches the kernel, the disk and the other gateways only through the
+//! [`Dataplane`], [`Store`](crate::table::state::Store) and
+//! [`Cluster`](crate::cluster::Cluster) traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
+//!
+//! The `Core` is in parts that each own their state: `Routes` (the table, the maps and the
+//! store, with what is recorded but not yet durable), `Mirrors` (DNS and the web routers,
+//! `serve::mirror`), `Students` (the accounts), `Settings` (the config in force and the
+//! machine's addresses), and with `[cluster]` the last-seen times it publishes
+//! (`cluster::seen::Seen`). Operations that must keep several parts agreeing are the
+//! core's; what touches one part only is that part's.
 //!
 //! Here: the options, errors, clock and the [`Core`]; `routes.rs` has its route operations,
 //! `students.rs` the accounts' and students' ones, `control.rs` what the servers call (the
@@ -34,7 +42,6 @@
 mod control;
 mod lifecycle;
 mod routes;
-mod seen;
 mod students;
 
 use std::{
@@ -46,17 +53,19 @@ use std::{
 
 use crate::{
     api,
+    cluster::{seen::Seen, Backing},
     config::{self, Config, ConfigError, Gateway},
     kernel::dataplane::{AttachMode, Dataplane, DataplaneError},
     serve::{
         dns::{DnsError, DnsServer},
         http::{HttpError, HttpServer},
         https::HttpsServer,
+        mirror::Mirror,
         portal::PortalError,
     },
     table::{
-        routes::RouteTable,
-        state::{Commit, StateError, Store},
+        routes::{Diff, RouteTable},
+        state::{Commit, StateError},
         traffic::Traffic,
         users::Users,
     },
@@ -98,7 +107,7 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error("{state}: runtime routes clash with the config file {}:\n  {}\n  remove the clashing route from the config file, or stop srvgate and edit the state file", config.display(), problems.join("\n  "))]
     Clash {
-        /// Where the runtime routes are stored ([`Store::location`]).
+        /// Where the runtime routes are stored ([`Store::location`](crate::table::state::Store::location)).
         state: String,
         config: PathBuf,
         problems: Vec<String>,
@@ -182,28 +191,31 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The table and everything that mirrors it.
+/// The table and everything that mirrors it, in parts that each own their state.
 struct Core {
+    /// The table, and the maps and the store that hold exactly its routes.
+    routes: Routes,
+    /// DNS and the web routers.
+    mirrors: Mirrors,
+    /// The students' accounts.
+    students: Students,
+    /// What the daemon was told, and what it knows of the machine.
+    settings: Settings,
+    clock: Clock,
+    /// Per-minute traffic by counter slot, for the console; fed by the periodic pass with
+    /// the core unlocked, so it has its own lock.
+    traffic: Arc<Mutex<Traffic>>,
+    /// Shared store only (`[cluster]`): this gateway's own last-seen times, for the others.
+    seen: Option<Seen>,
+}
+
+/// The route table and what must hold exactly its routes: the BPF maps (live) and the
+/// store (durable).
+struct Routes {
     table: RouteTable,
     dataplane: Box<dyn Dataplane>,
-    dns: Option<Arc<DnsServer>>,
-    http: Option<HttpServer>,
-    https: Option<HttpsServer>,
-    store: Box<dyn Store>,
-    /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
-    gateway: Gateway,
-    /// The config the daemon started with (routes left out): what SIGHUP cannot change.
-    started: Config,
-    /// The students' accounts and the ports cooling down.
-    users: Users,
-    /// The config file's `[[user]]`s in force, applied again over accounts another gateway
-    /// changed.
-    config_users: Vec<lb_model::ConfigUser>,
-    /// The DNS zone, for telling students their names.
-    zone: Option<String>,
-    /// The students' HTTPS API, if configured: where, and its certificate's fingerprint.
-    portal: Option<PortalInfo>,
-    clock: Clock,
+    /// The store, and the cluster when the table is shared (`[cluster]`).
+    store: Backing,
     /// Runtime last-seen times changed since the state file was written.
     activity_unsaved: bool,
     last_save: Instant,
@@ -211,26 +223,75 @@ struct Core {
     /// releasing the core's lock (see [`Handle::change`]), so concurrent changes share one
     /// flush.
     unflushed: Vec<Commit>,
-    /// `[http] service`: the routes the HTTP router cares about.
+}
+
+/// The students' accounts, and the config file's part of them.
+struct Students {
+    /// The students' accounts and the ports cooling down.
+    users: Users,
+    /// The config file's `[[user]]`s in force, applied again over accounts another gateway
+    /// changed.
+    config_users: Vec<lb_model::ConfigUser>,
+}
+
+/// What the daemon was told (the config, the portal it bound) and what it reads of the
+/// machine.
+struct Settings {
+    /// Gateway-wide settings in force; SIGHUP changes `port_range` and `reclaim_after`.
+    gateway: Gateway,
+    /// The config the daemon started with (routes left out): what SIGHUP cannot change.
+    started: Config,
+    /// The DNS zone, for telling students their names.
+    zone: Option<String>,
+    /// The students' HTTPS API, if configured: where, and its certificate's fingerprint.
+    portal: Option<PortalInfo>,
+    /// `[http] service`, for telling students their web addresses.
     http_service: Option<String>,
-    /// `[https] service`: the routes the HTTPS relay cares about.
-    https_service: Option<String>,
-    /// Per-minute traffic by counter slot, for the console; fed by the periodic pass with
-    /// the core unlocked, so it has its own lock.
-    traffic: Arc<Mutex<Traffic>>,
-    /// The store is shared with other gateways (`[cluster]`).
-    shared: bool,
-    /// Shared store: runtime routes' last-seen times from this gateway's own counters, and
-    /// what of them was published last (see `seen.rs`).
-    own_seen: std::collections::HashMap<lb_model::RouteKey, SystemTime>,
-    published: std::collections::HashMap<lb_model::RouteKey, SystemTime>,
-    last_publish: Option<Instant>,
     /// The gateway's own addresses, which no backend may be (`config::check_backend`):
     /// read at start and again every few seconds ([`Core::refresh_own`]).
     own: config::OwnAddresses,
     /// Reads the machine's interfaces (`machine::interfaces`; a fake machine's in the
     /// tests).
     interfaces: fn() -> std::io::Result<Vec<crate::machine::Interface>>,
+}
+
+/// The servers that mirror the table (`serve::mirror`): by kind, for what only one kind
+/// does (DNS's SOA serial, the routers' samples), and as the one list a change is published
+/// to.
+#[derive(Default)]
+struct Mirrors {
+    dns: Option<Arc<DnsServer>>,
+    http: Option<Arc<HttpServer>>,
+    https: Option<Arc<HttpsServer>>,
+    /// Every one of the above, DNS first.
+    all: Vec<Arc<dyn Mirror>>,
+}
+
+impl Mirrors {
+    fn new(
+        dns: Option<Arc<DnsServer>>,
+        http: Option<Arc<HttpServer>>,
+        https: Option<Arc<HttpsServer>>,
+    ) -> Mirrors {
+        let mut all: Vec<Arc<dyn Mirror>> = Vec::new();
+        all.extend(dns.clone().map(|m| m as Arc<dyn Mirror>));
+        all.extend(http.clone().map(|m| m as Arc<dyn Mirror>));
+        all.extend(https.clone().map(|m| m as Arc<dyn Mirror>));
+        Mirrors {
+            dns,
+            http,
+            https,
+            all,
+        }
+    }
+
+    /// Gives every mirror a change already made to `table`; undoing one is publishing the
+    /// opposite diff.
+    fn publish(&self, table: &RouteTable, diff: &Diff) {
+        for m in &self.all {
+            m.publish(table, diff);
+        }
+    }
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {

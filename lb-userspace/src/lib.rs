@@ -10,7 +10,10 @@
 //!   this machine's interfaces and addresses, read in one place.
 //! - [`table`]: what the gateway knows and keeps: the route table (`routes`), the students'
 //!   accounts and rules (`users`, `accounts`), the charts' history (`traffic`), and the
-//!   runtime routes on disk (`state`) or in etcd (`cluster`).
+//!   runtime routes on disk (`state`).
+//! - [`cluster`]: the table shared with other gateways through etcd (`[cluster]`): a second
+//!   store, with a socket, so beside `table` rather than in it; the `Cluster` trait
+//!   (following the others' changes, the leader, last-seen times) and its etcd client.
 //! - [`config`]: the file, and the validation every route goes through (uniqueness with a
 //!   scratch `RouteTable`; a route's own fields by lb-model's `check_route`).
 //! - [`kernel`]: the kernel side: the XDP program, its maps and pins (`dataplane`), the few
@@ -25,6 +28,7 @@
 //! - [`daemon`]: `srvgate run`: the operations that keep all of the above in agreement.
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod kernel;

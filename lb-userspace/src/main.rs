@@ -175,7 +175,7 @@ fn check(path: &Path) -> Result<(), Failure> {
     let cfg = load(path)?;
     // The files `run` reads before it connects: a bad one is the file's fault, found now.
     if let Some(tls) = cfg.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
-        lb_userspace::table::cluster::tls::options(tls).map_err(Failure::input)?;
+        lb_userspace::cluster::tls::options(tls).map_err(Failure::input)?;
     }
     println!(
         "{}: ok ({} routes, public {} on {}, private {})",

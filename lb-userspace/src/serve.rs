@@ -8,5 +8,6 @@ pub mod http;
 pub mod https;
 pub mod listen;
 pub mod metrics;
+pub mod mirror;
 pub mod portal;
 pub mod web;

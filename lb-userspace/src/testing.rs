@@ -1,12 +1,13 @@
 //! In-memory stand-ins for the kernel side ([`Dataplane`]) and the persistent side
-//! ([`Store`]), so the daemon's operations and every rollback path are unit tests without
+//! ([`Store`], and [`Cluster`] as a shared store is), so the daemon's operations and every rollback path are unit tests without
 //! root, namespaces or disks. Each fake is a cheap handle on shared state: the test keeps a
 //! clone to inspect it and to tell it to fail while the daemon owns the other.
 //!
 //! The fake maps carry out the same [`plan`] as the kernel's, so they hold what the real
 //! maps would.
 //!
-//! Also `FakeControl`, a scripted daemon for the servers' tests (control socket, portal).
+//! Also `FakeMirror`, a stand-in for DNS and the web routers, and `FakeControl`, a scripted
+//! daemon for the servers' tests (control socket, portal).
 
 use crate::kernel::dataplane::CounterReader;
 use std::{
@@ -19,6 +20,7 @@ use std::{
 };
 
 use crate::{
+    cluster::{Backing, Claim, Cluster},
     kernel::dataplane::{
         plan, sync_plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends,
     },
@@ -238,8 +240,8 @@ pub struct FakeState {
     pub others: Vec<(u16, lb_model::Protocol)>,
     /// As a shared store that does not answer: every write is `StateError::Unavailable`.
     pub unreachable: bool,
-    /// Acts as a store shared with other gateways (`cluster()` answers; read when the core
-    /// is made).
+    /// Acts as a store shared with other gateways, also the core's [`Cluster`] (read when
+    /// the core is made, by [`FakeStore::backing`]).
     pub shared: bool,
     /// As a shared store: another gateway leads, so this one may not reclaim, and a
     /// reclaim is refused as the fenced transaction would be.
@@ -253,14 +255,14 @@ pub struct FakeState {
     /// routes and the accounts just saved, in order.
     pub accounts_saves: Vec<(Vec<StoredRoute>, Users)>,
     /// As a shared store: runtime routes each user holds through other gateways, which
-    /// count against their quota in [`Store::record_claim`], and which a removal of
+    /// count against their quota in [`Cluster::record_claim`], and which a removal of
     /// the user's account waits for (refused while any is held).
     pub held_elsewhere: std::collections::BTreeMap<String, usize>,
     /// As a shared store: accounts removed through another gateway; a claim of theirs is
     /// refused.
     pub removed_elsewhere: Vec<String>,
     /// Every claim the core asked the store to make, in order.
-    pub claims: Vec<crate::table::state::Claim>,
+    pub claims: Vec<Claim>,
 }
 
 fn apply_changes(routes: &mut Vec<StoredRoute>, changes: &[RouteChange]) {
@@ -291,8 +293,13 @@ impl FakeStore {
         guard(&self.state)
     }
 
-    pub fn boxed(&self) -> Box<dyn Store> {
-        Box::new(self.clone())
+    /// The store for a core: its own, or (`shared`) one that is also its cluster.
+    pub fn backing(&self) -> Backing {
+        if self.state().shared {
+            Backing::Shared(Box::new(self.clone()))
+        } else {
+            Backing::Local(Box::new(self.clone()))
+        }
     }
 }
 
@@ -372,13 +379,23 @@ impl Store for FakeStore {
         s.accounts_saves.push(image);
         Ok(())
     }
+}
 
-    fn record_claim(
+impl Cluster for FakeStore {
+    fn follow(
         &mut self,
-        route: &StoredRoute,
-        claim: &crate::table::state::Claim,
-        all: &dyn Fn() -> Vec<StoredRoute>,
-    ) -> Result<Commit, StateError> {
+        _public_ipv4: Ipv4Addr,
+        _tx: tokio::sync::mpsc::Sender<crate::cluster::Remote>,
+    ) {
+    }
+
+    fn accounts_seen(&mut self, _revision: i64, _stored: &Users) {}
+
+    fn written_since(&mut self, _revision: i64) -> Vec<lb_model::RouteKey> {
+        Vec::new()
+    }
+
+    fn record_claim(&mut self, route: &StoredRoute, claim: &Claim) -> Result<Commit, StateError> {
         {
             let mut s = self.state();
             s.claims.push(claim.clone());
@@ -395,12 +412,12 @@ impl Store for FakeStore {
             let held = here + s.held_elsewhere.get(&claim.user).copied().unwrap_or(0);
             claim.check(held)?;
         }
-        self.record(&[RouteChange::Put(route.clone())], all)
+        self.record(&[RouteChange::Put(route.clone())], &Vec::new)
     }
 
-    fn cluster(&self) -> Option<lb_model::api::ClusterView> {
+    fn view(&self) -> lb_model::api::ClusterView {
         let s = self.state();
-        s.shared.then(|| lb_model::api::ClusterView {
+        lb_model::api::ClusterView {
             gateway_id: "gw1".into(),
             members: vec!["gw1".into(), "gw2".into()],
             leader: Some(if s.follower { "gw2" } else { "gw1" }.into()),
@@ -409,14 +426,10 @@ impl Store for FakeStore {
             revision: 1,
             last_sync_unix: None,
             error: None,
-        })
+        }
     }
 
-    fn reclaim(
-        &mut self,
-        changes: &[RouteChange],
-        all: &dyn Fn() -> Vec<StoredRoute>,
-    ) -> Result<Commit, StateError> {
+    fn reclaim(&mut self, gone: &[lb_model::RouteKey]) -> Result<Commit, StateError> {
         if self.state().follower {
             self.state().saves += 1;
             return Err(StateError::Refused {
@@ -424,10 +437,11 @@ impl Store for FakeStore {
                 taken: Vec::new(),
             });
         }
-        self.record(changes, all)
+        let changes: Vec<RouteChange> = gone.iter().cloned().map(RouteChange::Delete).collect();
+        self.record(&changes, &Vec::new)
     }
 
-    fn may_reclaim(&self) -> bool {
+    fn leads(&self) -> bool {
         !self.state().follower
     }
 
@@ -472,6 +486,47 @@ impl FakeState {
             });
         }
         Ok(())
+    }
+}
+
+/// A mirror of the table (as DNS and the web routers are) that keeps the names of the
+/// routes the changes it was given leave, and every change's added and removed names.
+#[derive(Clone, Debug, Default)]
+pub struct FakeMirror {
+    state: Arc<Mutex<FakeMirrorState>>,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeMirrorState {
+    pub holds: std::collections::BTreeSet<String>,
+    /// Per change: the names added, then the names removed.
+    pub changes: Vec<(Vec<String>, Vec<String>)>,
+}
+
+impl FakeMirror {
+    pub fn state(&self) -> MutexGuard<'_, FakeMirrorState> {
+        guard(&self.state)
+    }
+}
+
+impl crate::serve::mirror::Mirror for FakeMirror {
+    fn publish(&self, _table: &RouteTable, diff: &Diff) {
+        let names = |entries: &mut dyn Iterator<Item = &Entry>| -> Vec<String> {
+            entries.map(|e| e.route.name.clone()).collect()
+        };
+        let removed = names(
+            &mut diff
+                .removed
+                .iter()
+                .chain(diff.changed.iter().map(|c| &c.old)),
+        );
+        let added = names(&mut diff.added.iter().chain(diff.changed.iter().map(|c| &c.new)));
+        let mut s = self.state();
+        for n in &removed {
+            s.holds.remove(n);
+        }
+        s.holds.extend(added.iter().cloned());
+        s.changes.push((added, removed));
     }
 }
 

@@ -953,7 +953,7 @@ fn a_quota_holds_across_gateways_claiming_at_once() {
 #[test]
 fn removing_a_user_while_they_claim_leaves_no_orphan() {
     let Some(lab) =
-        ClusterLab::for_test("removing_a_user_while_they_claim_leaves_no_orphan", "clr")
+        ClusterLab::for_test("removing_a_user_while_they_claim_leaves_no_orphan", "clo")
     else {
         return;
     };

@@ -1,5 +1,5 @@
 //! `[cluster]`: the etcd endpoints through which several gateways share one table, and this
-//! gateway's name among them. Pure validation into `table::cluster`'s settings, which the store itself uses.
+//! gateway's name among them. Pure validation; the store itself is `crate::cluster`.
 
 use std::path::PathBuf;
 
@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use lb_model::check_label;
 
-use crate::table::cluster::{Cluster, ClusterTls};
+use crate::cluster::{ClusterSettings, ClusterTls};
 
 /// More endpoints than any etcd cluster worth running has members.
 const MAX_ENDPOINTS: usize = 16;
@@ -62,7 +62,10 @@ fn check_endpoint(url: &str) -> Result<bool, String> {
 /// `--client-cert-auth`), and plain `http://` is refused unless the file says
 /// `insecure_http = true` (a lab, or a network nobody else reaches), which the daemon
 /// then warns about at every start.
-pub(super) fn validate(raw: RawCluster, bad: &mut dyn FnMut(&str, String)) -> Option<Cluster> {
+pub(super) fn validate(
+    raw: RawCluster,
+    bad: &mut dyn FnMut(&str, String),
+) -> Option<ClusterSettings> {
     let mut ok = true;
     if raw.etcd.is_empty() {
         bad(
@@ -181,7 +184,7 @@ pub(super) fn validate(raw: RawCluster, bad: &mut dyn FnMut(&str, String)) -> Op
         },
     };
     match (ok, gateway_id) {
-        (true, Some(gateway_id)) => Some(Cluster {
+        (true, Some(gateway_id)) => Some(ClusterSettings {
             etcd: raw
                 .etcd
                 .into_iter()
@@ -210,7 +213,7 @@ mod tests {
         etcd: &[&str],
         id: Option<&str>,
         extra: &[(&str, &str)],
-    ) -> (Option<Cluster>, Vec<String>) {
+    ) -> (Option<ClusterSettings>, Vec<String>) {
         let mut problems = Vec::new();
         let get = |k: &str| {
             extra

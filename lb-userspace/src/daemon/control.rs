@@ -9,11 +9,7 @@ use tracing::error;
 use crate::{
     api::Control,
     kernel::dataplane::verdict_names,
-    serve::{
-        http::HttpServer,
-        https::HttpsServer,
-        metrics::{self, LegSample, RouteSample},
-    },
+    serve::metrics::{self, LegSample, RouteSample},
 };
 use lb_model::{
     api::{
@@ -31,15 +27,21 @@ use super::{lock, unix, Core};
 pub(super) fn scrape(core: &Mutex<Core>) -> String {
     let (routes, reader, verdicts, legs, routers) = {
         let c = lock(core);
-        let routers: Vec<_> = c
+        let m = &c.mirrors;
+        let routers: Vec<_> = m
             .http
             .iter()
-            .map(HttpServer::sample)
-            .chain(c.https.iter().map(HttpsServer::sample))
+            .map(|h| h.sample())
+            .chain(m.https.iter().map(|h| h.sample()))
             .collect();
-        let routes: Vec<(lb_model::Route, u32)> =
-            c.table.entries().map(|e| (e.route.clone(), e.id)).collect();
+        let routes: Vec<(lb_model::Route, u32)> = c
+            .routes
+            .table
+            .entries()
+            .map(|e| (e.route.clone(), e.id))
+            .collect();
         let legs: Vec<LegSample> = c
+            .routes
             .dataplane
             .legs()
             .iter()
@@ -53,8 +55,8 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
             .collect();
         (
             routes,
-            c.dataplane.counter_reader().ok(),
-            c.dataplane.verdicts().unwrap_or_default(),
+            c.routes.dataplane.counter_reader().ok(),
+            c.routes.dataplane.verdicts().unwrap_or_default(),
             legs,
             routers,
         )
@@ -101,7 +103,7 @@ impl Handle {
         let (result, commits) = {
             let mut core = lock(&self.core);
             let result = f(&mut core);
-            (result, std::mem::take(&mut core.unflushed))
+            (result, std::mem::take(&mut core.routes.unflushed))
         };
         for commit in commits {
             if let Err(e) = commit.wait() {
@@ -143,7 +145,7 @@ impl Control for Handle {
     }
     fn authenticate(&self, token: &str) -> Option<Caller> {
         let core = lock(&self.core);
-        let u = core.users.authenticate(token).ok()?;
+        let u = core.students.users.authenticate(token).ok()?;
         Some(Caller {
             name: u.name.clone(),
             admin: u.admin,
@@ -165,7 +167,11 @@ impl Control for Handle {
     }
     fn authenticate_digest(&self, name: &str, token_sha256: &[u8; 32]) -> Option<Caller> {
         let core = lock(&self.core);
-        let u = core.users.authenticate_digest(name, token_sha256).ok()?;
+        let u = core
+            .students
+            .users
+            .authenticate_digest(name, token_sha256)
+            .ok()?;
         Some(Caller {
             name: u.name.clone(),
             admin: u.admin,
@@ -176,6 +182,7 @@ impl Control for Handle {
         let names = verdict_names().iter().map(|n| n.to_string());
         GatewayView {
             legs: core
+                .routes
                 .dataplane
                 .legs()
                 .iter()
@@ -186,7 +193,7 @@ impl Control for Handle {
                 })
                 .collect(),
             verdicts: names
-                .zip(core.dataplane.verdicts().unwrap_or_default())
+                .zip(core.routes.dataplane.verdicts().unwrap_or_default())
                 .collect(),
         }
     }
@@ -195,7 +202,7 @@ impl Control for Handle {
             let core = lock(&self.core);
             let slots: Vec<Option<(u32, u64)>> = routes
                 .iter()
-                .map(|k| core.table.get(k).map(|e| (e.id, unix(e.added))))
+                .map(|k| core.routes.table.get(k).map(|e| (e.id, unix(e.added))))
                 .collect();
             (slots, core.traffic.clone())
         };

@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{self, Control},
+    cluster::{Backing, EtcdStore, Remote},
     config::Config,
     kernel::dataplane::{Counters, Dataplane, DataplaneError, XdpDataplane},
     notify,
@@ -28,9 +29,8 @@ use crate::{
         dns::DnsServer, http::HttpServer, https::HttpsServer, listen, metrics, portal::PortalServer,
     },
     table::{
-        cluster::EtcdStore,
         routes::{Diff, RouteTable, Source},
-        state::{Remote, StateError, StateStore, Store, StoredRoute},
+        state::{StateError, StateStore, Store, StoredRoute},
         users::ConfigRemoval,
     },
 };
@@ -130,8 +130,8 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     // not share one directory.
     let local = StateStore::open(&opts.state_dir)?;
     let public_ipv4 = cfg.gateway.public_ipv4;
-    let (mut store, _local): (Box<dyn Store>, Option<StateStore>) = match &cfg.cluster {
-        None => (Box::new(local), None),
+    let (mut store, _local): (Backing, Option<StateStore>) = match &cfg.cluster {
+        None => (Backing::Local(Box::new(local)), None),
         Some(cluster) => {
             let store = EtcdStore::connect(cluster).map_err(|e| match e {
                 StateError::Unavailable {
@@ -144,16 +144,16 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
                 },
                 other => other.into(),
             })?;
-            (Box::new(store), Some(local))
+            (Backing::Shared(Box::new(store)), Some(local))
         }
     };
     let stored = store.load_routes(public_ipv4)?;
     let mut users = store.load_accounts()?;
     // Other gateways' changes from the loaded revision on; they wait in the queue until
     // the event loop runs.
-    let remote = cfg.cluster.is_some().then(|| {
+    let remote = store.cluster_mut().map(|c| {
         let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
-        store.follow(public_ipv4, tx);
+        c.follow(public_ipv4, tx);
         rx
     });
     // With other gateways, an account another gateway's file declares is not this one's
@@ -213,15 +213,13 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
 
     let dataplane = XdpDataplane::start(&cfg.gateway, opts.xdp_mode, &opts.pin_dir)?;
     let mut core = Core::new(table, Box::new(dataplane), store, &cfg, clock);
-    core.dns = dns.clone();
-    core.http = http;
-    core.https = https;
-    core.users = users;
-    core.portal = portal_info.clone();
-    core.own = own;
+    core.mirrors = super::Mirrors::new(dns.clone(), http.map(Arc::new), https.map(Arc::new));
+    core.students.users = users;
+    core.settings.portal = portal_info.clone();
+    core.settings.own = own;
     core.take_over(taken_over)?;
     core.sync_serial();
-    let routes = core.table.len();
+    let routes = core.routes.table.len();
     let core = Arc::new(Mutex::new(core));
 
     let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
@@ -280,12 +278,10 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         let _ = t.await;
     }
     on_core(&core, |c| {
-        if let Err(e) = c.save() {
+        if let Err(e) = c.routes.save() {
             warn!("saving the state file at exit: {e}");
         }
-        c.dns = None;
-        c.http = None;
-        c.https = None;
+        c.mirrors = super::Mirrors::default();
     })
     .await;
     if let Some(d) = dns.and_then(Arc::into_inner) {
@@ -367,7 +363,7 @@ impl Dataplane for Stopped {
 /// the program or its links, whoever still holds a clone of the core.
 pub(super) fn finish(c: &mut Core, detach: bool, pin_dir: &Path) -> Result<(), DaemonError> {
     let dataplane = std::mem::replace(
-        &mut c.dataplane,
+        &mut c.routes.dataplane,
         Box::new(Stopped {
             none: Default::default(),
         }),
@@ -444,8 +440,8 @@ pub(super) async fn event_loop(
                     // One read of the machine's addresses serves the backend rule and the
                     // source guard alike.
                     let read = c.refresh_own();
-                    let egress = c.dataplane.refresh_egress();
-                    (egress, read.map_or(Ok(()), |i| c.dataplane.refresh_guard(&i)))
+                    let egress = c.routes.dataplane.refresh_egress();
+                    (egress, read.map_or(Ok(()), |i| c.routes.dataplane.refresh_guard(&i)))
                 }).await {
                     if let Err(e) = egress {
                         warn!("refreshing egress modes: {e:#}");
@@ -456,7 +452,7 @@ pub(super) async fn event_loop(
                 }
             }
             _ = clock.tick() => {
-                if let Some(Err(e)) = on_core(core, |c| c.dataplane.tick_clock()).await {
+                if let Some(Err(e)) = on_core(core, |c| c.routes.dataplane.tick_clock()).await {
                     warn!("giving the program the time: {e:#}");
                 }
             }
@@ -477,9 +473,9 @@ pub(super) async fn event_loop(
 /// (see [`Dataplane::counter_reader`]); returns the status line for systemd.
 pub(super) async fn observe_without_lock(core: &Arc<Mutex<Core>>) -> Option<String> {
     let (reader, slots, traffic, now) = on_core(core, |c| {
-        let slots: Vec<u32> = c.table.entries().map(|e| e.id).collect();
+        let slots: Vec<u32> = c.routes.table.entries().map(|e| e.id).collect();
         (
-            c.dataplane.counter_reader(),
+            c.routes.dataplane.counter_reader(),
             slots,
             c.traffic.clone(),
             unix(c.clock.now()),

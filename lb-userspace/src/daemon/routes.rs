@@ -19,11 +19,12 @@ use std::{
 use tracing::{error, info, warn};
 
 use crate::{
+    cluster::{seen::Seen, Backing, Claim, Remote},
     config::{self, check_backend, Config},
     kernel::dataplane::{Counters, Dataplane},
     table::{
         routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-        state::{Claim, Remote, RouteChange, StateError, Store, StoredRoute},
+        state::{RouteChange, StateError, StoredRoute},
         users::{check_claim, ConfigRemoval, User, Users},
     },
 };
@@ -33,7 +34,7 @@ use lb_model::{
 };
 
 use super::students::denied;
-use super::{unix, Clock, Core, DaemonError, SAVE_ACTIVITY_EVERY};
+use super::{unix, Clock, Core, DaemonError, Routes, SAVE_ACTIVITY_EVERY};
 
 /// Allocations tried when a shared store refuses the port chosen (another gateway took it
 /// a moment earlier). Each retry avoids every port the store named and starts a few ports
@@ -57,39 +58,39 @@ impl Core {
     pub(super) fn new(
         table: RouteTable,
         dataplane: Box<dyn Dataplane>,
-        store: Box<dyn Store>,
+        store: Backing,
         cfg: &Config,
         clock: Clock,
     ) -> Core {
         Core {
-            table,
-            dataplane,
-            dns: None,
-            http: None,
-            https: None,
-            gateway: cfg.gateway.clone(),
-            started: Config {
-                routes: Vec::new(),
-                ..cfg.clone()
+            seen: store.is_shared().then(Seen::default),
+            routes: super::Routes {
+                table,
+                dataplane,
+                store,
+                activity_unsaved: false,
+                last_save: Instant::now(),
+                unflushed: Vec::new(),
             },
-            users: Users::default(),
-            config_users: cfg.users.clone(),
-            zone: cfg.dns.as_ref().map(|d| d.zone.clone()),
-            portal: None,
+            mirrors: super::Mirrors::default(),
+            students: super::Students {
+                users: Users::default(),
+                config_users: cfg.users.clone(),
+            },
+            settings: super::Settings {
+                gateway: cfg.gateway.clone(),
+                started: Config {
+                    routes: Vec::new(),
+                    ..cfg.clone()
+                },
+                zone: cfg.dns.as_ref().map(|d| d.zone.clone()),
+                portal: None,
+                http_service: cfg.http.as_ref().map(|h| h.service.clone()),
+                own: config::OwnAddresses::default(),
+                interfaces: crate::machine::interfaces,
+            },
             clock,
-            activity_unsaved: false,
-            last_save: Instant::now(),
-            unflushed: Vec::new(),
-            http_service: cfg.http.as_ref().map(|h| h.service.clone()),
-            https_service: cfg.https.as_ref().map(|h| h.service.clone()),
             traffic: Arc::default(),
-            shared: store.cluster().is_some(),
-            own_seen: HashMap::new(),
-            published: HashMap::new(),
-            last_publish: None,
-            own: config::OwnAddresses::default(),
-            interfaces: crate::machine::interfaces,
-            store,
         }
     }
 
@@ -97,23 +98,27 @@ impl Core {
     /// maps hold exactly the table, records routes the config file `taken_over` from the
     /// store, then catches up with the activity and idleness of the time no daemon watched.
     pub(super) fn take_over(&mut self, taken_over: bool) -> Result<(), DaemonError> {
-        let fresh = self.table.adopt_slots(self.dataplane.pinned_frontends());
-        self.dataplane.sync_all(&self.table, &fresh)?;
-        for e in self.table.entries() {
+        let fresh = self
+            .routes
+            .table
+            .adopt_slots(self.routes.dataplane.pinned_frontends());
+        self.routes.dataplane.sync_all(&self.routes.table, &fresh)?;
+        for e in self.routes.table.entries() {
             let r = &e.route;
-            info!(route = %r.key(), public = %format!("{}:{}", self.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
+            info!(route = %r.key(), public = %format!("{}:{}", self.settings.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
         }
         if taken_over {
-            self.save()?;
+            self.routes.save()?;
         }
         // The traffic charts' baseline is what the pinned counters hold now: a route
         // claimed and used before the first periodic pass must not have its traffic taken
         // for the baseline.
         let readings: Vec<(u32, u64, u64)> = self
+            .routes
             .table
             .entries()
             .filter_map(|e| {
-                let c = self.dataplane.route_counters(e.id).ok()?;
+                let c = self.routes.dataplane.route_counters(e.id).ok()?;
                 Some((e.id, c.inbound_bytes, c.outbound_bytes))
             })
             .collect();
@@ -133,27 +138,27 @@ impl Core {
     /// the data plane's source guard, so the machine is read once per refresh; `None` when
     /// it could not be read (the last known addresses and rules stay).
     pub(super) fn refresh_own(&mut self) -> Option<Vec<crate::machine::Interface>> {
-        let interfaces = match (self.interfaces)() {
+        let interfaces = match (self.settings.interfaces)() {
             Ok(i) => i,
             Err(e) => {
                 warn!("reading the interfaces' addresses: {e}; keeping the last ones (backend rule, source guard)");
                 return None;
             }
         };
-        self.set_own(self.started.own_addresses(&interfaces));
+        self.set_own(self.settings.started.own_addresses(&interfaces));
         Some(interfaces)
     }
 
     /// Takes `own` as the gateway's own addresses; see [`Core::refresh_own`].
     pub(super) fn set_own(&mut self, own: config::OwnAddresses) {
-        if own == self.own {
+        if own == self.settings.own {
             return;
         }
-        let before = std::mem::replace(&mut self.own, own);
+        let before = std::mem::replace(&mut self.settings.own, own);
         // Proportional to the table, but only when the machine's addresses change.
         let mut runtime = Vec::new();
-        for e in self.table.entries() {
-            let Err(rule) = check_backend(e.route.backend, &self.own) else {
+        for e in self.routes.table.entries() {
+            let Err(rule) = check_backend(e.route.backend, &self.settings.own) else {
                 continue;
             };
             if e.source == Source::Runtime {
@@ -170,126 +175,43 @@ impl Core {
             {
                 // Logged there; the routes stay. Forgetting the new addresses makes the
                 // next refresh try again.
-                self.own = before;
+                self.settings.own = before;
                 return;
             }
-            self.flush_here("removing routes to the gateway itself");
-        }
-    }
-
-    pub(super) fn stored_routes(&self) -> Vec<StoredRoute> {
-        stored_routes(&self.table)
-    }
-
-    /// Records runtime-route changes in the store: written when this returns, durable once
-    /// `unflushed` has been waited for.
-    pub(super) fn record(&mut self, changes: &[RouteChange]) -> Result<(), StateError> {
-        let table = &self.table;
-        let commit = self.store.record(changes, &|| stored_routes(table))?;
-        self.unflushed.push(commit);
-        Ok(())
-    }
-
-    /// [`Core::record`] for a student's claim ([`Store::record_claim`]).
-    pub(super) fn record_claim(
-        &mut self,
-        route: &StoredRoute,
-        claim: &Claim,
-    ) -> Result<(), StateError> {
-        let table = &self.table;
-        let commit = self
-            .store
-            .record_claim(route, claim, &|| stored_routes(table))?;
-        self.unflushed.push(commit);
-        Ok(())
-    }
-
-    /// Waits here, under the lock, for what was recorded: for the rare changes that come
-    /// from the daemon itself (reclaim), not from a client waiting for an answer.
-    pub(super) fn flush_here(&mut self, what: &str) {
-        for commit in std::mem::take(&mut self.unflushed) {
-            if let Err(e) = commit.wait() {
-                error!("{what}: {e}");
-            }
+            self.routes
+                .flush_here("removing routes to the gateway itself");
         }
     }
 
     /// The one line `systemctl status` shows while running.
     pub(super) fn status_line(&self) -> String {
         let runtime = self
+            .routes
             .table
             .entries()
             .filter(|e| e.source == Source::Runtime)
             .count();
-        let gw = &self.gateway;
+        let gw = &self.settings.gateway;
         format!(
             "forwarding {} routes ({runtime} runtime) on {}, {}",
-            self.table.len(),
+            self.routes.table.len(),
             gw.public_interface,
             gw.private_interfaces.join(", ")
         )
     }
 
-    pub(super) fn save(&mut self) -> Result<(), StateError> {
-        self.store.save_routes(&self.stored_routes())?;
-        self.activity_unsaved = false;
-        self.last_save = Instant::now();
-        Ok(())
-    }
-
-    /// Gives the name services (DNS, the web routers) a change of the table. DNS takes the
-    /// change itself (its cost is the change's); each web router, which holds only its own
-    /// service's routes, gets those again when one of them changed.
+    /// Gives the name services (DNS, the web routers) a change of the table.
     pub(super) fn publish(&self, diff: &Diff) {
-        let removed: Vec<lb_model::Route> = diff
-            .removed
-            .iter()
-            .chain(diff.changed.iter().map(|c| &c.old))
-            .map(|e| e.route.clone())
-            .collect();
-        let added: Vec<lb_model::Route> = diff
-            .added
-            .iter()
-            .chain(diff.changed.iter().map(|c| &c.new))
-            .map(|e| e.route.clone())
-            .collect();
-        if let Some(d) = &self.dns {
-            d.apply(&removed, &added);
-        }
-        // The routes of `service`, if the change touched one of them.
-        let of_service = |service: &Option<String>| -> Option<Vec<lb_model::Route>> {
-            let service = service.as_ref()?;
-            removed
-                .iter()
-                .chain(&added)
-                .any(|r| &r.service == service)
-                .then(|| {
-                    self.table
-                        .entries()
-                        .filter(|e| &e.route.service == service)
-                        .map(|e| e.route.clone())
-                        .collect()
-                })
-        };
-        if let (Some(h), Some(routes)) = (&self.http, of_service(&self.http_service)) {
-            h.update(&routes);
-        }
-        if let (Some(h), Some(routes)) = (&self.https, of_service(&self.https_service)) {
-            h.update(&routes);
-        }
-    }
-
-    pub(super) fn counters(&self, e: &Entry) -> Counters {
-        self.dataplane.route_counters(e.id).unwrap_or_default()
+        self.mirrors.publish(&self.routes.table, diff);
     }
 
     pub(super) fn view(&self, e: &Entry, now: SystemTime) -> RouteView {
-        let c = self.counters(e);
+        let c = self.routes.counters(e);
         let r = &e.route;
         let idle = now
             .duration_since(e.last_activity())
             .unwrap_or(Duration::ZERO);
-        let reclaim_in = match (e.source, self.gateway.reclaim_after) {
+        let reclaim_in = match (e.source, self.settings.gateway.reclaim_after) {
             (Source::Runtime, Some(after)) => Some(after.saturating_sub(idle).as_secs()),
             _ => None,
         };
@@ -316,21 +238,26 @@ impl Core {
         // Fresh last-seen times, so `status` agrees with what the counters say right now.
         self.observe_activity();
         let now = self.clock.now();
-        let range = self.gateway.port_range;
+        let range = self.settings.gateway.port_range;
         let free = (range.first..=range.last)
             .filter(|&p| {
-                !self.table.port_in_use(p, lb_model::Protocol::Tcp)
-                    && !self.table.port_in_use(p, lb_model::Protocol::Udp)
+                !self.routes.table.port_in_use(p, lb_model::Protocol::Tcp)
+                    && !self.routes.table.port_in_use(p, lb_model::Protocol::Udp)
             })
             .count();
         RoutesReply {
-            public_ipv4: self.gateway.public_ipv4.to_string(),
+            public_ipv4: self.settings.gateway.public_ipv4.to_string(),
             port_range: range.to_string(),
             free_ports: free as u32,
-            reclaim_after: self.gateway.reclaim_after.map(format_duration),
-            portal: self.portal.clone(),
-            cluster: self.store.cluster(),
-            routes: self.table.entries().map(|e| self.view(e, now)).collect(),
+            reclaim_after: self.settings.gateway.reclaim_after.map(format_duration),
+            portal: self.settings.portal.clone(),
+            cluster: self.routes.store.cluster().map(|c| c.view()),
+            routes: self
+                .routes
+                .table
+                .entries()
+                .map(|e| self.view(e, now))
+                .collect(),
         }
     }
 
@@ -345,7 +272,7 @@ impl Core {
         owner: Option<&User>,
     ) -> Result<RouteView, ApiError> {
         let started = Instant::now();
-        let g = &self.gateway;
+        let g = &self.settings.gateway;
         let draft = check_route(&request, Some(g.public_ipv4), Some(g.port_range), &|f| {
             f.to_string()
         })
@@ -361,8 +288,8 @@ impl Core {
         // CIDR covering the gateway's private address would pass. The addresses are read
         // again here, so one that arrived since the last refresh counts at once.
         // Unreadable, they fail the add closed: the rule is not skipped.
-        let fresh = (self.interfaces)()
-            .map(|i| self.started.own_addresses(&i))
+        let fresh = (self.settings.interfaces)()
+            .map(|i| self.settings.started.own_addresses(&i))
             .map_err(|e| {
                 error!("route add: reading this gateway's addresses: {e}");
                 ApiError::new(
@@ -370,7 +297,7 @@ impl Core {
                     format!("cannot read this gateway's own addresses to check the backend against them: {e}"),
                 )
             })?;
-        check_backend(draft.backend, &self.own)
+        check_backend(draft.backend, &self.settings.own)
             .and_then(|()| check_backend(draft.backend, &fresh))
             .map_err(|e| ApiError::field(403, "backend", e))?;
         if let Some(user) = owner {
@@ -381,6 +308,7 @@ impl Core {
             user: u.name.clone(),
             max_routes: u.max_routes,
             config_held: self
+                .routes
                 .table
                 .named(&u.name)
                 .filter(|e| e.source == Source::Config)
@@ -444,14 +372,14 @@ impl Core {
         floor: u16,
         started: Instant,
     ) -> Result<Entry, Failed> {
-        let g = &self.gateway;
+        let g = &self.settings.gateway;
         let port = match draft.port {
             Some(p) => p,
             None => {
-                let users = &self.users;
+                let users = &self.students.users;
                 let avoid = |p: u16| users.is_cooling(p, now) || taken.contains(&p);
                 let allocate = |floor: u16| {
-                    self.table.allocate_port_avoiding(
+                    self.routes.table.allocate_port_avoiding(
                         &draft.name,
                         &draft.service,
                         draft.protocol,
@@ -474,6 +402,7 @@ impl Core {
             }
         };
         let entry = self
+            .routes
             .table
             .insert(draft.clone().with_port(port), Source::Runtime, now, None)
             .map_err(|e| {
@@ -495,8 +424,9 @@ impl Core {
             ..Diff::default()
         };
         let live = self
+            .routes
             .dataplane
-            .apply(&self.table, &diff)
+            .apply(&self.routes.table, &diff)
             .map_err(|e| Failed::Live(e.to_string()));
         if live.is_ok() {
             self.publish(&diff);
@@ -509,19 +439,19 @@ impl Core {
         };
         let recorded = live.and_then(|()| {
             match claim {
-                Some(c) => self.record_claim(&stored, c),
-                None => self.record(&[RouteChange::Put(stored)]),
+                Some(c) => self.routes.record_claim(&stored, c),
+                None => self.routes.record(&[RouteChange::Put(stored)]),
             }
             .map_err(Failed::Store)
         });
         if let Err(e) = recorded {
             // Undo everywhere, so the table, the maps, DNS and the store keep agreeing.
-            if let Some(gone) = self.table.remove(&key) {
+            if let Some(gone) = self.routes.table.remove(&key) {
                 let undo = Diff {
                     removed: vec![gone],
                     ..Diff::default()
                 };
-                let _ = self.dataplane.apply(&self.table, &undo);
+                let _ = self.routes.dataplane.apply(&self.routes.table, &undo);
                 self.publish(&undo);
             }
             return Err(e);
@@ -546,6 +476,7 @@ impl Core {
         service: Option<&str>,
     ) -> Result<Removed, ApiError> {
         let matching: Vec<Entry> = self
+            .routes
             .table
             .named(name)
             .filter(|e| service.is_none_or(|s| e.route.service == s))
@@ -595,7 +526,7 @@ impl Core {
         let views: Vec<RouteView> = runtime.iter().map(|e| self.view(e, now)).collect();
         let mut diff = Diff::default();
         for e in runtime {
-            if let Some(gone) = self.table.remove(&e.route.key()) {
+            if let Some(gone) = self.routes.table.remove(&e.route.key()) {
                 diff.removed.push(gone);
             }
         }
@@ -604,12 +535,12 @@ impl Core {
             .iter()
             .map(|e| RouteChange::Delete(e.route.key()))
             .collect();
-        if let Err(e) = self.record(&deleted) {
+        if let Err(e) = self.routes.record(&deleted) {
             // Not recorded, so not done: put the routes back, each in its own slot (they
             // are still free), which is what the untouched maps still say.
             for gone in diff.removed {
                 let key = gone.route.key();
-                if let Err(e) = self.table.restore(gone) {
+                if let Err(e) = self.routes.table.restore(gone) {
                     error!("route rm {what}: putting {key} back: {e}");
                 }
             }
@@ -617,7 +548,7 @@ impl Core {
             return Err(ApiError::new(e.status(), format!("not removed: {e}")));
         }
         self.sync_serial();
-        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+        if let Err(e) = self.routes.dataplane.apply(&self.routes.table, &diff) {
             error!("route rm {what}: updating the BPF maps failed: {e}");
         }
         self.publish(&diff);
@@ -631,7 +562,7 @@ impl Core {
     /// SIGHUP: applies the config file's routes as a diff. Gateway-wide settings that need
     /// the program reloaded are reported, not applied: a restart does that without a gap.
     pub(super) fn reload(&mut self, cfg: Config) {
-        for section in restart_sections(&self.started, &cfg) {
+        for section in restart_sections(&self.settings.started, &cfg) {
             warn!(
                 section,
                 "SIGHUP: {section} changed: that takes effect on restart (hitless: stop and start srvgate); the routes are reloaded now"
@@ -639,7 +570,7 @@ impl Core {
         }
         let n = &cfg.gateway;
         let now = self.clock.now();
-        let diff = match self.table.replace_config(&cfg.routes, now) {
+        let diff = match self.routes.table.replace_config(&cfg.routes, now) {
             Ok(d) => d,
             Err(problems) => {
                 let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
@@ -650,26 +581,26 @@ impl Core {
                 return;
             }
         };
-        self.gateway.port_range = n.port_range;
-        self.gateway.reclaim_after = n.reclaim_after;
-        self.gateway.port_cooldown = n.port_cooldown;
-        let previous = std::mem::replace(&mut self.config_users, cfg.users.clone());
-        let removal = if self.shared {
+        self.settings.gateway.port_range = n.port_range;
+        self.settings.gateway.reclaim_after = n.reclaim_after;
+        self.settings.gateway.port_cooldown = n.port_cooldown;
+        let previous = std::mem::replace(&mut self.students.config_users, cfg.users.clone());
+        let removal = if self.routes.store.is_shared() {
             ConfigRemoval::DroppedFrom(&previous)
         } else {
             ConfigRemoval::Undeclared
         };
-        if apply_config_users(&mut self.users, &cfg.users, removal, now) {
-            if let Err(e) = self.store.save_accounts(&self.users) {
+        if apply_config_users(&mut self.students.users, &cfg.users, removal, now) {
+            if let Err(e) = self.routes.store.save_accounts(&self.students.users) {
                 error!("SIGHUP: recording the config file's users: {e}");
             }
         }
-        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+        if let Err(e) = self.routes.dataplane.apply(&self.routes.table, &diff) {
             error!("SIGHUP: updating the BPF maps failed: {e:#}");
         }
         // A runtime route the file took over leaves the state file.
         if diff.changed.iter().any(|c| c.old.source != c.new.source) {
-            if let Err(e) = self.save() {
+            if let Err(e) = self.routes.save() {
                 error!("SIGHUP: {e}");
             }
         }
@@ -694,9 +625,10 @@ impl Core {
     /// Reads each route's last packet from the counters into the table.
     pub(super) fn observe_activity(&mut self) {
         let idle: HashMap<u32, Duration> = self
+            .routes
             .table
             .entries()
-            .filter_map(|e| Some((e.id, self.counters(e).idle?)))
+            .filter_map(|e| Some((e.id, self.routes.counters(e).idle?)))
             .collect();
         self.note_activity(&idle);
     }
@@ -704,9 +636,10 @@ impl Core {
     /// The same for `name`'s routes only (a student asking about theirs).
     pub(super) fn observe_activity_of(&mut self, name: &str) {
         let idle: HashMap<u32, Duration> = self
+            .routes
             .table
             .named(name)
-            .filter_map(|e| Some((e.id, self.counters(e).idle?)))
+            .filter_map(|e| Some((e.id, self.routes.counters(e).idle?)))
             .collect();
         self.note_activity(&idle);
     }
@@ -718,6 +651,7 @@ impl Core {
     pub(super) fn note_activity(&mut self, idle: &HashMap<u32, Duration>) {
         let now = self.clock.now();
         let seen: Vec<(lb_model::RouteKey, Source, SystemTime)> = self
+            .routes
             .table
             .entries()
             .filter_map(|e| {
@@ -726,11 +660,11 @@ impl Core {
             })
             .collect();
         for (key, source, at) in seen {
-            if source == Source::Runtime {
-                self.note_own_seen(&key, at);
+            if let (Source::Runtime, Some(seen)) = (source, &mut self.seen) {
+                seen.note_own(&key, at);
             }
-            if self.table.note_activity(&key, at) && source == Source::Runtime {
-                self.activity_unsaved = true;
+            if self.routes.table.note_activity(&key, at) && source == Source::Runtime {
+                self.routes.activity_unsaved = true;
             }
         }
     }
@@ -745,27 +679,35 @@ impl Core {
     /// gateway elected to), cool-downs, the state file, last-seen times for the others.
     pub(super) fn after_activity(&mut self) {
         let reclaim_after = self
+            .settings
             .gateway
             .reclaim_after
-            .filter(|_| self.store.may_reclaim());
+            .filter(|_| self.routes.store.cluster().is_none_or(|c| c.leads()));
         if let Some(after) = reclaim_after {
             let now = self.clock.now();
-            let idle = idle_routes(self.table.entries(), now, after);
+            let idle = idle_routes(self.routes.table.entries(), now, after);
             if !idle.is_empty() {
                 self.reclaim(&idle, now, after);
             }
         }
-        if self.users.expire_cooldowns(self.clock.now()) {
-            if let Err(e) = self.store.save_accounts(&self.users) {
+        if self.students.users.expire_cooldowns(self.clock.now()) {
+            if let Err(e) = self.routes.store.save_accounts(&self.students.users) {
                 warn!("forgetting ended port cool-downs: {e}");
             }
         }
-        if self.activity_unsaved && self.last_save.elapsed() >= SAVE_ACTIVITY_EVERY {
-            if let Err(e) = self.save() {
+        if self.routes.activity_unsaved && self.routes.last_save.elapsed() >= SAVE_ACTIVITY_EVERY {
+            if let Err(e) = self.routes.save() {
                 warn!("saving last-seen times: {e}");
             }
         }
-        self.publish_seen();
+        if let (Some(seen), Some(cluster)) = (&mut self.seen, self.routes.store.cluster_mut()) {
+            let table = &self.routes.table;
+            seen.publish(
+                cluster,
+                |k| table.get(k).is_some_and(|e| e.source == Source::Runtime),
+                self.settings.gateway.reclaim_after,
+            );
+        }
     }
 
     /// Applies what another gateway changed in the shared table (from the watch): the
@@ -788,11 +730,18 @@ impl Core {
                     .collect();
                 // Routes this gateway changed after the table was read: its own view is
                 // newer than the table's (and the watch does not bring them back).
-                let mine: std::collections::HashSet<lb_model::RouteKey> =
-                    self.store.written_since(revision).into_iter().collect();
+                let mine: std::collections::HashSet<lb_model::RouteKey> = self
+                    .routes
+                    .store
+                    .cluster_mut()
+                    .map(|c| c.written_since(revision))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
                 let keep: std::collections::HashSet<lb_model::RouteKey> =
                     routes.iter().map(|s| s.route.key()).collect();
                 let mut changes: Vec<RouteChange> = self
+                    .routes
                     .table
                     .entries()
                     .filter(|e| {
@@ -814,7 +763,7 @@ impl Core {
                 }
                 info!(
                     revision,
-                    routes = self.table.len(),
+                    routes = self.routes.table.len(),
                     "cluster: table resynchronised with etcd ({why})"
                 );
             }
@@ -840,7 +789,7 @@ impl Core {
         let mut diff = Diff::default();
         let mut puts = Vec::new();
         for (key, change) in last {
-            let current = self.table.get(&key);
+            let current = self.routes.table.get(&key);
             if let RouteChange::Put(s) = &change {
                 if current.is_some_and(|e| e.route == s.route) {
                     continue;
@@ -853,7 +802,7 @@ impl Core {
                     }
                     continue;
                 }
-                Some(_) => diff.removed.extend(self.table.remove(&key)),
+                Some(_) => diff.removed.extend(self.routes.table.remove(&key)),
                 None => {}
             }
             if let RouteChange::Put(s) = change {
@@ -862,11 +811,12 @@ impl Core {
         }
         for s in puts {
             let key = s.route.key();
-            if let Err(rule) = check_backend(s.route.backend, &self.own) {
+            if let Err(rule) = check_backend(s.route.backend, &self.settings.own) {
                 error!(route = %key, "cluster: the shared table's {key} is not forwarded here: {rule}");
                 continue;
             }
             match self
+                .routes
                 .table
                 .insert(s.route, Source::Runtime, s.added, s.last_seen)
             {
@@ -879,7 +829,7 @@ impl Core {
         if diff.is_empty() {
             return;
         }
-        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+        if let Err(e) = self.routes.dataplane.apply(&self.routes.table, &diff) {
             error!("cluster: updating the BPF maps failed: {e}");
         }
         self.publish(&diff);
@@ -891,6 +841,21 @@ impl Core {
         }
     }
 
+    /// Takes other gateways' last-seen times into the table (the latest wins), so `route
+    /// ls`, `mine` and the reclaim all see the cluster's latest packet.
+    pub(super) fn note_remote_seen(&mut self, seen: Vec<(lb_model::RouteKey, SystemTime)>) {
+        for (key, at) in seen {
+            if self
+                .routes
+                .table
+                .get(&key)
+                .is_some_and(|e| e.source == Source::Runtime)
+            {
+                self.routes.table.note_activity(&key, at);
+            }
+        }
+    }
+
     /// Takes the accounts another gateway saved, with this gateway's `[[user]]`s over
     /// them as at start, removing none: an account this gateway's file does not declare
     /// is another gateway's (or an admin's), never this one's to drop. Where the saved
@@ -898,9 +863,11 @@ impl Core {
     /// removed an account this file declares), this file wins here, and the disagreement
     /// is logged by name: the files should agree.
     pub(super) fn adopt_accounts(&mut self, mut users: Users, revision: i64) {
-        self.store.accounts_seen(revision, &users);
+        if let Some(c) = self.routes.store.cluster_mut() {
+            c.accounts_seen(revision, &users);
+        }
         let (added, changed, _) = users.apply_config(
-            &self.config_users,
+            &self.students.config_users,
             ConfigRemoval::DroppedFrom(&[]),
             self.clock.now(),
         );
@@ -910,14 +877,14 @@ impl Core {
         for name in &changed {
             warn!(user = %name, "cluster: another gateway saved {name} with other fields than this gateway's [[user]] {name}: this gateway applies its own file's; make the gateways' [[user]] lists agree");
         }
-        self.users = users;
+        self.students.users = users;
     }
 
     /// With a shared store, the SOA serial is the store's revision, so every gateway that
     /// has applied the same changes answers with the same serial.
     pub(super) fn sync_serial(&self) {
-        if let (Some(d), Some(c)) = (&self.dns, self.store.cluster()) {
-            d.set_serial(c.revision as u32);
+        if let (Some(d), Some(c)) = (&self.mirrors.dns, self.routes.store.cluster()) {
+            d.set_serial(c.view().revision as u32);
         }
     }
 
@@ -929,7 +896,7 @@ impl Core {
     ) {
         let mut diff = Diff::default();
         for key in keys {
-            if let Some(e) = self.table.remove(key) {
+            if let Some(e) = self.routes.table.remove(key) {
                 diff.removed.push(e);
             }
         }
@@ -938,15 +905,26 @@ impl Core {
             .iter()
             .map(|e| RouteChange::Delete(e.route.key()))
             .collect();
-        let table = &self.table;
-        match self.store.reclaim(&deleted, &|| stored_routes(table)) {
-            Ok(commit) => self.unflushed.push(commit),
+        let table = &self.routes.table;
+        let shared = self.routes.store.is_shared();
+        let recorded = match self.routes.store.cluster_mut() {
+            Some(c) => c.reclaim(
+                &diff
+                    .removed
+                    .iter()
+                    .map(|e| e.route.key())
+                    .collect::<Vec<_>>(),
+            ),
+            None => self.routes.store.record(&deleted, &|| stored_routes(table)),
+        };
+        match recorded {
+            Ok(commit) => self.routes.unflushed.push(commit),
             // A shared store's refusal stands: another gateway leads now (and decides
             // with its own view), or etcd is away. Every route goes back in its slot.
-            Err(e) if self.shared => {
+            Err(e) if shared => {
                 for gone in diff.removed {
                     let key = gone.route.key();
-                    if let Err(e) = self.table.restore(gone) {
+                    if let Err(e) = self.routes.table.restore(gone) {
                         error!("reclaim: putting {key} back: {e}");
                     }
                 }
@@ -958,12 +936,12 @@ impl Core {
             // would reclaim again.
             Err(e) => {
                 error!("reclaim: {e}");
-                self.activity_unsaved = true;
+                self.routes.activity_unsaved = true;
             }
         }
-        self.flush_here("reclaim");
+        self.routes.flush_here("reclaim");
         self.sync_serial();
-        if let Err(e) = self.dataplane.apply(&self.table, &diff) {
+        if let Err(e) = self.routes.dataplane.apply(&self.routes.table, &diff) {
             error!("reclaim: updating the BPF maps failed: {e}");
         }
         self.publish(&diff);
@@ -981,6 +959,59 @@ impl Core {
                 "route reclaimed after being idle; its port is back in the pool"
             );
         }
+    }
+}
+
+impl Routes {
+    pub(super) fn stored(&self) -> Vec<StoredRoute> {
+        stored_routes(&self.table)
+    }
+
+    /// Records runtime-route changes in the store: written when this returns, durable once
+    /// `unflushed` has been waited for.
+    pub(super) fn record(&mut self, changes: &[RouteChange]) -> Result<(), StateError> {
+        let table = &self.table;
+        let commit = self.store.record(changes, &|| stored_routes(table))?;
+        self.unflushed.push(commit);
+        Ok(())
+    }
+
+    /// [`Routes::record`] for a student's claim: counted again by the cluster
+    /// ([`Cluster::record_claim`](crate::cluster::Cluster::record_claim)); alone, the
+    /// core's own count (`check_claim`) was the whole count.
+    pub(super) fn record_claim(
+        &mut self,
+        route: &StoredRoute,
+        claim: &Claim,
+    ) -> Result<(), StateError> {
+        let Some(cluster) = self.store.cluster_mut() else {
+            return self.record(&[RouteChange::Put(route.clone())]);
+        };
+        let commit = cluster.record_claim(route, claim)?;
+        self.unflushed.push(commit);
+        Ok(())
+    }
+
+    /// Waits here, under the lock, for what was recorded: for the rare changes that come
+    /// from the daemon itself (reclaim), not from a client waiting for an answer.
+    pub(super) fn flush_here(&mut self, what: &str) {
+        for commit in std::mem::take(&mut self.unflushed) {
+            if let Err(e) = commit.wait() {
+                error!("{what}: {e}");
+            }
+        }
+    }
+
+    pub(super) fn save(&mut self) -> Result<(), StateError> {
+        let routes = self.stored();
+        self.store.save_routes(&routes)?;
+        self.activity_unsaved = false;
+        self.last_save = Instant::now();
+        Ok(())
+    }
+
+    pub(super) fn counters(&self, e: &Entry) -> Counters {
+        self.dataplane.route_counters(e.id).unwrap_or_default()
     }
 }
 

@@ -17,38 +17,31 @@ use lb_model::{
     parse_rules, RouteRequest, UserView,
 };
 
-use super::Core;
+use super::{Core, Students};
 
 impl Core {
     /// Starts the cool-down of the ports `gone` held that no remaining route uses, and
     /// records it (a failure only shortens a cool-down, so it is logged, not fatal).
     pub(super) fn cool_ports(&mut self, gone: &[Entry], now: SystemTime) {
-        let cooldown = self.gateway.port_cooldown;
+        let cooldown = self.settings.gateway.port_cooldown;
         if cooldown.is_zero() || gone.is_empty() {
             return;
         }
         for e in gone {
             let p = e.route.port;
-            if !self.table.port_in_use(p, lb_model::Protocol::Tcp)
-                && !self.table.port_in_use(p, lb_model::Protocol::Udp)
+            if !self.routes.table.port_in_use(p, lb_model::Protocol::Tcp)
+                && !self.routes.table.port_in_use(p, lb_model::Protocol::Udp)
             {
-                self.users.cool(p, now, cooldown);
+                self.students.users.cool(p, now, cooldown);
             }
         }
-        if let Err(e) = self.store.save_accounts(&self.users) {
+        if let Err(e) = self.routes.store.save_accounts(&self.students.users) {
             warn!("recording the released ports' cool-down: {e}");
         }
     }
 
     pub(super) fn held_by(&self, name: &str) -> usize {
-        self.table.named(name).count()
-    }
-
-    pub(super) fn user(&self, name: &str) -> Result<User, ApiError> {
-        self.users
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::field(404, "name", format!("no user named {name}")))
+        self.routes.table.named(name).count()
     }
 
     pub(super) fn user_view(&self, u: &User) -> UserView {
@@ -57,7 +50,12 @@ impl Core {
 
     pub(super) fn users_reply(&self) -> UsersReply {
         UsersReply {
-            users: self.users.all().map(|u| self.user_view(u)).collect(),
+            users: self
+                .students
+                .users
+                .all()
+                .map(|u| self.user_view(u))
+                .collect(),
         }
     }
 
@@ -66,15 +64,16 @@ impl Core {
         let max = r.max_routes.unwrap_or(DEFAULT_MAX_ROUTES);
         let now = self.clock.now();
         let token = self
+            .students
             .users
             .add(&r.name, backends, max, r.admin, now)
             .map_err(user_error)?;
-        if let Err(e) = self.store.save_accounts(&self.users) {
-            let _ = self.users.remove(&r.name);
+        if let Err(e) = self.routes.store.save_accounts(&self.students.users) {
+            let _ = self.students.users.remove(&r.name);
             error!(user = %r.name, "user add: {e}");
             return Err(ApiError::new(e.status(), format!("not added: {e}")));
         }
-        let u = self.user(&r.name)?;
+        let u = self.students.user(&r.name)?;
         info!(user = %u.name, admin = u.admin, max_routes = u.max_routes, backends = %r.backends.join(","), "user added");
         Ok(TokenReply {
             user: self.user_view(&u),
@@ -87,17 +86,17 @@ impl Core {
         name: &str,
         with_routes: bool,
     ) -> Result<UserView, ApiError> {
-        let u = self.user(name)?;
+        let u = self.students.user(name)?;
         // A config-owned account this gateway's file does not declare (another gateway's,
         // or left by a file this gateway was restarted without) may be removed here.
-        if u.from_config && self.config_users.iter().any(|c| c.name == name) {
+        if u.from_config && self.students.config_users.iter().any(|c| c.name == name) {
             return Err(ApiError::field(
                 409,
                 "name",
                 format!("{name} is a [[user]] of the config file: remove it there and send SIGHUP"),
             ));
         }
-        let held: Vec<Entry> = self.table.named(name).cloned().collect();
+        let held: Vec<Entry> = self.routes.table.named(name).cloned().collect();
         if !held.is_empty() && !with_routes {
             let keys: Vec<String> = held.iter().map(|e| e.route.key().to_string()).collect();
             return Err(ApiError::field(
@@ -119,7 +118,7 @@ impl Core {
             // The deletions must be durable before the account's removal is: a crash in
             // between would otherwise bring the routes back without their account. So this
             // one change flushes under the lock (one fsync; user rm is rare).
-            for commit in std::mem::take(&mut self.unflushed) {
+            for commit in std::mem::take(&mut self.routes.unflushed) {
                 if let Err(e) = commit.wait() {
                     error!(user = %name, "user rm: {e}");
                     return Err(ApiError::new(
@@ -129,15 +128,16 @@ impl Core {
                 }
             }
         }
-        let gone = self.users.remove(name).map_err(user_error)?;
-        if let Err(e) = self.store.save_accounts(&self.users) {
-            self.users = Users::new(
-                self.users
+        let gone = self.students.users.remove(name).map_err(user_error)?;
+        if let Err(e) = self.routes.store.save_accounts(&self.students.users) {
+            self.students.users = Users::new(
+                self.students
+                    .users
                     .all()
                     .cloned()
                     .chain(std::iter::once(gone))
                     .collect(),
-                self.users.cooldown().clone(),
+                self.students.users.cooldown().clone(),
             );
             error!(user = %name, "user rm: {e}");
             return Err(ApiError::new(e.status(), format!("not removed: {e}")));
@@ -147,14 +147,14 @@ impl Core {
     }
 
     pub(super) fn user_token(&mut self, name: &str) -> Result<TokenReply, ApiError> {
-        let before = self.users.clone();
-        let token = self.users.rotate(name).map_err(user_error)?;
-        if let Err(e) = self.store.save_accounts(&self.users) {
-            self.users = before;
+        let before = self.students.users.clone();
+        let token = self.students.users.rotate(name).map_err(user_error)?;
+        if let Err(e) = self.routes.store.save_accounts(&self.students.users) {
+            self.students.users = before;
             error!(user = %name, "user token: {e}");
             return Err(ApiError::new(e.status(), format!("no new token: {e}")));
         }
-        let u = self.user(name)?;
+        let u = self.students.user(name)?;
         info!(user = %name, "new token issued; the old one no longer works");
         Ok(TokenReply {
             user: self.user_view(&u),
@@ -163,15 +163,16 @@ impl Core {
     }
 
     pub(super) fn me(&mut self, caller: &str) -> Result<MeReply, ApiError> {
-        let u = self.user(caller)?;
+        let u = self.students.user(caller)?;
         self.observe_activity_of(caller);
         let now = self.clock.now();
         Ok(MeReply {
             user: self.user_view(&u),
-            public_ipv4: self.gateway.public_ipv4.to_string(),
-            zone: self.zone.clone(),
-            http_service: self.http_service.clone(),
+            public_ipv4: self.settings.gateway.public_ipv4.to_string(),
+            zone: self.settings.zone.clone(),
+            http_service: self.settings.http_service.clone(),
             routes: self
+                .routes
                 .table
                 .named(caller)
                 .map(|e| self.view(e, now))
@@ -180,7 +181,7 @@ impl Core {
     }
 
     pub(super) fn claim(&mut self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
-        let u = self.user(caller)?;
+        let u = self.students.user(caller)?;
         let request = RouteRequest {
             name: u.name.clone(),
             service: r.service,
@@ -205,7 +206,7 @@ impl Core {
             service: service.to_string(),
             protocol,
         };
-        let Some(e) = self.table.get(&key).cloned() else {
+        let Some(e) = self.routes.table.get(&key).cloned() else {
             return Err(denied(Denied::NoSuchRoute {
                 user: caller.to_string(),
                 key: key.to_string(),
@@ -219,6 +220,15 @@ impl Core {
             ));
         }
         self.remove_entries(&key.to_string(), &[e])
+    }
+}
+
+impl Students {
+    pub(super) fn user(&self, name: &str) -> Result<User, ApiError> {
+        self.users
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::field(404, "name", format!("no user named {name}")))
     }
 }
 

@@ -9,9 +9,9 @@ use super::lifecycle::{event_loop, finish};
 use super::routes::{restart_sections, stored_routes};
 use super::*;
 use crate::api::Control;
+use crate::cluster::Remote;
 use crate::kernel::dataplane::Counters;
 use crate::table::routes::{Entry, Source};
-use crate::table::state::Remote;
 use crate::table::state::{RouteChange, StoredRoute};
 use crate::testing::{FakeDataplane, FakeStore};
 use lb_model::api::{ClaimRequest, Shutdown, UserRequest};
@@ -91,10 +91,17 @@ impl Rig {
         };
         // As at a real start, the store holds the runtime routes the table was built from.
         store.state().routes = stored_routes(&table);
-        let mut core = Core::new(table, maps.boxed(), store.boxed(), &cfg, Clock::default());
-        core.interfaces = fake_interfaces;
+        let mut core = Core::new(table, maps.boxed(), store.backing(), &cfg, Clock::default());
+        core.settings.interfaces = fake_interfaces;
         core.take_over(false).unwrap();
         Rig { core, maps, store }
+    }
+
+    /// A core over a store shared with other gateways (as with `[cluster]`).
+    fn shared() -> Rig {
+        let store = FakeStore::new();
+        store.state().shared = true;
+        Rig::on(RouteTable::new(), FakeDataplane::new(), gateway(), store)
     }
 
     /// Runtime routes added through the API.
@@ -108,6 +115,7 @@ impl Rig {
 
     fn entry(&self, name: &str) -> Option<Entry> {
         self.core
+            .routes
             .table
             .entries()
             .find(|e| e.route.name == name)
@@ -128,7 +136,7 @@ impl Rig {
 
     /// The table, the maps and the store all hold the same routes.
     fn assert_agree(&self) {
-        let entries: Vec<&Entry> = self.core.table.entries().collect();
+        let entries: Vec<&Entry> = self.core.routes.table.entries().collect();
         assert!(
             self.maps.maps().holds_exactly(entries.iter().copied()),
             "maps {:?} vs table {entries:?}",
@@ -205,6 +213,51 @@ fn an_add_the_store_refuses_is_undone_in_the_maps_and_the_table() {
     );
 }
 
+/// DNS and the web routers are one list of mirrors: each gets every change, a change the
+/// store refused is undone in each by the same loop, one the maps refused is never shown
+/// to any (only its undo, which removes nothing), and a removal reaches each.
+#[test]
+fn every_mirror_follows_adds_refusals_and_removals() {
+    use crate::testing::FakeMirror;
+    let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
+    let fakes = [FakeMirror::default(), FakeMirror::default()];
+    rig.core.mirrors = Mirrors {
+        all: fakes
+            .iter()
+            .map(|f| Arc::new(f.clone()) as Arc<dyn Mirror>)
+            .collect(),
+        ..Mirrors::default()
+    };
+    let names = |f: &FakeMirror| f.state().holds.iter().cloned().collect::<Vec<_>>();
+    rig.core.add(request("bob", "10.0.0.12:22")).unwrap();
+    for f in &fakes {
+        assert_eq!(names(f), ["bob"]);
+        assert_eq!(f.state().changes.len(), 1);
+    }
+    rig.store.state().fail_in = Some(0);
+    rig.core.add(request("carol", "10.0.0.13:22")).unwrap_err();
+    for f in &fakes {
+        assert_eq!(names(f), ["bob"], "carol's add undone");
+        let s = f.state();
+        assert_eq!(s.changes[1], (vec!["carol".to_string()], vec![]));
+        assert_eq!(s.changes[2], (vec![], vec!["carol".to_string()]));
+    }
+    rig.maps.maps().fail_in = Some(0);
+    rig.core.add(request("dave", "10.0.0.14:22")).unwrap_err();
+    for f in &fakes {
+        let s = f.state();
+        assert_eq!(s.changes.len(), 4);
+        assert_eq!(s.changes[3], (vec![], vec!["dave".to_string()]));
+        assert!(!s.holds.contains("dave"));
+    }
+    rig.core.remove("bob", None).unwrap();
+    for f in &fakes {
+        assert!(names(f).is_empty());
+        assert_eq!(f.state().changes.len(), 5);
+    }
+    rig.assert_agree();
+}
+
 #[test]
 fn an_add_whose_map_update_fails_half_way_is_undone_and_never_saved() {
     for written in 0..3 {
@@ -234,7 +287,7 @@ fn a_removed_route_leaves_the_table_the_maps_and_the_store() {
 #[test]
 fn a_removal_the_store_refuses_puts_the_route_back() {
     let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
-    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let before: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     let writes = rig.maps.maps().writes;
     rig.store.state().fail_in = Some(0);
     let err = rig.core.remove("alice", None).unwrap_err();
@@ -245,7 +298,7 @@ fn a_removal_the_store_refuses_puts_the_route_back() {
         err.reply.error
     );
     assert_eq!(
-        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        rig.core.routes.table.entries().cloned().collect::<Vec<_>>(),
         before
     );
     // Not recorded, so not done: the maps were never touched.
@@ -264,13 +317,13 @@ fn a_multi_route_removal_the_store_refuses_keeps_every_route_in_its_slot() {
             })
             .unwrap();
     }
-    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let before: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     rig.store.state().fail_in = Some(0);
     rig.core.remove("alice", None).unwrap_err();
     // The maps still carry each route's slot as its route_id: counters, last-seen and
     // reclaim must stay with the route they count.
     assert_eq!(
-        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        rig.core.routes.table.entries().cloned().collect::<Vec<_>>(),
         before
     );
     rig.assert_agree();
@@ -323,13 +376,13 @@ fn a_reload_that_clashes_changes_nothing() {
     let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
     let (writes, before) = (
         rig.maps.maps().writes,
-        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        rig.core.routes.table.entries().cloned().collect::<Vec<_>>(),
     );
     // bob wants alice's port.
     rig.core
         .reload(config(vec![route("bob", 30001, "10.0.0.12:22")]));
     assert_eq!(
-        rig.core.table.entries().cloned().collect::<Vec<_>>(),
+        rig.core.routes.table.entries().cloned().collect::<Vec<_>>(),
         before
     );
     assert_eq!(rig.maps.maps().writes, writes);
@@ -371,7 +424,7 @@ fn old_rig() -> Rig {
     let mut gw = gateway();
     gw.reclaim_after = None;
     let mut rig = Rig::with_gateway(old_table(), FakeDataplane::new(), gw);
-    rig.core.gateway.reclaim_after = Some(DAY);
+    rig.core.settings.gateway.reclaim_after = Some(DAY);
     rig
 }
 
@@ -420,18 +473,21 @@ fn observing_reads_last_seen_from_the_counters_and_reclaims_only_the_idle() {
 #[test]
 fn a_reclaim_the_store_refuses_is_still_carried_out_and_saved_later() {
     let mut rig = old_rig();
-    rig.store.state().routes = rig.core.stored_routes();
+    rig.store.state().routes = rig.core.routes.stored();
     rig.store.state().fail_in = Some(0);
     rig.core.observe();
     assert!(rig.entry("alice").is_none() && rig.entry("bob").is_none());
-    assert!(rig.maps.maps().holds_exactly(rig.core.table.entries()));
+    assert!(rig
+        .maps
+        .maps()
+        .holds_exactly(rig.core.routes.table.entries()));
     assert_eq!(
         rig.stored_names(),
         ["alice", "bob"],
         "the failed save changed nothing"
     );
-    assert!(rig.core.activity_unsaved, "retried on a later pass");
-    rig.core.save().unwrap();
+    assert!(rig.core.routes.activity_unsaved, "retried on a later pass");
+    rig.core.routes.save().unwrap();
     rig.assert_agree();
 }
 
@@ -497,7 +553,10 @@ fn students_claim_only_their_names_backends_and_quota() {
     rig.core
         .user_add(user_request("bob", &["10.0.0.12"], 4))
         .unwrap();
-    assert_eq!(rig.core.users.authenticate(&token).unwrap().name, "alice");
+    assert_eq!(
+        rig.core.students.users.authenticate(&token).unwrap().name,
+        "alice"
+    );
 
     let v = rig
         .core
@@ -533,8 +592,8 @@ fn students_claim_only_their_names_backends_and_quota() {
     assert!(e.reply.error.contains("alice/ssh/tcp"), "{}", e.reply.error);
     rig.core.user_remove("alice", true).unwrap();
     assert!(rig.entry("alice").is_none());
-    assert!(rig.core.users.get("alice").is_none());
-    assert!(rig.core.users.authenticate(&token).is_err());
+    assert!(rig.core.students.users.get("alice").is_none());
+    assert!(rig.core.students.users.authenticate(&token).is_err());
     rig.assert_agree();
     assert!(rig.store.state().users.get("alice").is_none());
 }
@@ -548,7 +607,7 @@ fn a_released_port_cools_down_before_anyone_gets_it_again() {
     let mut core = Core::new(
         RouteTable::new(),
         maps.boxed(),
-        store.boxed(),
+        store.backing(),
         &Config {
             gateway: Gateway {
                 port_cooldown: DAY,
@@ -579,7 +638,7 @@ fn a_released_port_cools_down_before_anyone_gets_it_again() {
     // his port is the one cooling down now.
     std::fs::write(&offset, "2d").unwrap();
     core.observe();
-    assert!(core.table.entries().next().is_none());
+    assert!(core.routes.table.entries().next().is_none());
     let cooling: Vec<u16> = store.state().users.cooldown().keys().copied().collect();
     assert_eq!(cooling, [second]);
     let third = core
@@ -595,18 +654,21 @@ fn account_changes_the_store_refuses_are_undone() {
     rig.core
         .user_add(user_request("alice", &["10.0.0.11"], 4))
         .unwrap();
-    let old = rig.core.users.get("alice").unwrap().token_sha256;
+    let old = rig.core.students.users.get("alice").unwrap().token_sha256;
     rig.store.state().broken = true;
     let e = rig
         .core
         .user_add(user_request("bob", &["10.0.0.12"], 4))
         .unwrap_err();
     assert_eq!(e.status, 500);
-    assert!(rig.core.users.get("bob").is_none());
+    assert!(rig.core.students.users.get("bob").is_none());
     assert!(rig.core.user_token("alice").is_err());
-    assert_eq!(rig.core.users.get("alice").unwrap().token_sha256, old);
+    assert_eq!(
+        rig.core.students.users.get("alice").unwrap().token_sha256,
+        old
+    );
     assert!(rig.core.user_remove("alice", false).is_err());
-    assert!(rig.core.users.get("alice").is_some());
+    assert!(rig.core.students.users.get("alice").is_some());
     // A claim whose route cannot be made durable is not held either.
     let e = rig
         .core
@@ -696,7 +758,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
         restart_sections(&running, &new)[0],
         "[gateway] interfaces or public_ipv4"
     );
-    new.cluster = Some(crate::table::cluster::Cluster {
+    new.cluster = Some(crate::cluster::ClusterSettings {
         etcd: vec!["http://10.0.0.2:2379".into()],
         gateway_id: "gw1".into(),
         tls: None,
@@ -732,7 +794,7 @@ fn shutdown_detaches_though_a_clone_of_the_core_lingers() {
         err.reply.error
     );
     assert_eq!(maps.maps().writes, writes);
-    assert_eq!(lock(&lingering).table.len(), 1);
+    assert_eq!(lock(&lingering).routes.table.len(), 1);
 }
 
 #[test]
@@ -757,7 +819,7 @@ fn the_reply_waits_for_the_flush_and_a_failed_flush_is_reported() {
     };
     handle.add(request("alice", "10.0.0.11:22")).unwrap();
     assert!(
-        lock(&handle.core).unflushed.is_empty(),
+        lock(&handle.core).routes.unflushed.is_empty(),
         "waited for, not left behind"
     );
 
@@ -770,8 +832,8 @@ fn the_reply_waits_for_the_flush_and_a_failed_flush_is_reported() {
         e.reply.error
     );
     let core = lock(&handle.core);
-    assert!(core.table.entries().any(|e| e.route.name == "bob"));
-    assert!(maps.maps().holds_exactly(core.table.entries()));
+    assert!(core.routes.table.entries().any(|e| e.route.name == "bob"));
+    assert!(maps.maps().holds_exactly(core.routes.table.entries()));
     drop(core);
 
     store.state().flush_fails = false;
@@ -780,10 +842,10 @@ fn the_reply_waits_for_the_flush_and_a_failed_flush_is_reported() {
     assert_eq!(e.status, 500);
     let core = lock(&handle.core);
     assert!(
-        !core.table.entries().any(|e| e.route.name == "carol"),
+        !core.routes.table.entries().any(|e| e.route.name == "carol"),
         "undone"
     );
-    assert!(maps.maps().holds_exactly(core.table.entries()));
+    assert!(maps.maps().holds_exactly(core.routes.table.entries()));
 }
 
 #[test]
@@ -842,8 +904,7 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
 /// into the same 403 a local refusal is, and leaves nothing behind.
 #[test]
 fn a_claim_is_bounded_by_the_shared_stores_count_and_account() {
-    let mut rig = Rig::new();
-    rig.store.state().shared = true;
+    let mut rig = Rig::shared();
     rig.core
         .user_add(user_request("alice", &["10.0.0.11"], 1))
         .unwrap();
@@ -898,8 +959,7 @@ fn a_claim_is_bounded_by_the_shared_stores_count_and_account() {
 /// without one.
 #[test]
 fn a_user_removal_the_shared_store_refuses_keeps_the_account() {
-    let mut rig = Rig::new();
-    rig.store.state().shared = true;
+    let mut rig = Rig::shared();
     rig.core
         .user_add(user_request("alice", &["10.0.0.11"], 1))
         .unwrap();
@@ -907,7 +967,7 @@ fn a_user_removal_the_shared_store_refuses_keeps_the_account() {
     let e = rig.core.user_remove("alice", true).unwrap_err();
     assert_eq!(e.status, 409, "{}", e.reply.error);
     assert!(e.reply.error.contains("alice"), "{}", e.reply.error);
-    assert!(rig.core.users.get("alice").is_some());
+    assert!(rig.core.students.users.get("alice").is_some());
     assert!(rig.store.state().users.get("alice").is_some());
     rig.store.state().held_elsewhere.clear();
     rig.core.user_remove("alice", true).unwrap();
@@ -929,9 +989,8 @@ fn another_gateways_config_user_and_its_token_survive_here() {
         max_routes: 2,
         admin: false,
     };
-    let mut rig = Rig::new();
-    rig.store.state().shared = true;
-    rig.core.config_users = vec![user("alice")];
+    let mut rig = Rig::shared();
+    rig.core.students.config_users = vec![user("alice")];
     // gw1 (the other gateway) runs a file with alice and carol; carol got a token there.
     let mut theirs = Users::default();
     theirs.apply_config(
@@ -941,7 +1000,10 @@ fn another_gateways_config_user_and_its_token_survive_here() {
     );
     let carol = theirs.rotate("carol").unwrap();
     rig.core.adopt_accounts(theirs, 7);
-    assert_eq!(rig.core.users.authenticate(&carol).unwrap().name, "carol");
+    assert_eq!(
+        rig.core.students.users.authenticate(&carol).unwrap().name,
+        "carol"
+    );
     // This gateway's next save (an admin adds dave) keeps carol and her token.
     rig.core
         .user_add(user_request("dave", &["10.0.0.12"], 1))
@@ -954,7 +1016,7 @@ fn another_gateways_config_user_and_its_token_survive_here() {
     let mut without_alice = Users::default();
     without_alice.apply_config(&[], ConfigRemoval::Undeclared, now);
     rig.core.adopt_accounts(without_alice, 9);
-    let a = rig.core.users.get("alice").unwrap();
+    let a = rig.core.students.users.get("alice").unwrap();
     assert!(a.from_config && a.token_sha256.is_none());
     let e = rig.core.user_remove("alice", false).unwrap_err();
     assert_eq!(e.status, 409);
@@ -1058,7 +1120,7 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
     assert!(rig.entry("carol").is_none());
     assert!(rig.entry("dave").is_none());
     assert_eq!(rig.entry("cfg").unwrap().route.port, 30009);
-    let entries: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let entries: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     assert!(rig.maps.maps().holds_exactly(entries.iter()));
     // A port the table now holds through another gateway is not allocated here.
     assert_eq!(
@@ -1087,6 +1149,7 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
     );
     let mut runtime: Vec<String> = rig
         .core
+        .routes
         .table
         .entries()
         .filter(|e| e.source == Source::Runtime)
@@ -1098,7 +1161,7 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
         rig.entry("cfg").is_some(),
         "config routes are this gateway's own"
     );
-    let entries: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let entries: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     assert!(rig.maps.maps().holds_exactly(entries.iter()));
 }
 
@@ -1111,7 +1174,7 @@ fn old_shared_rig(follower: bool) -> Rig {
     let mut gw = gateway();
     gw.reclaim_after = None;
     let mut rig = Rig::on(old_table(), FakeDataplane::new(), gw, store);
-    rig.core.gateway.reclaim_after = Some(DAY);
+    rig.core.settings.gateway.reclaim_after = Some(DAY);
     rig
 }
 
@@ -1161,6 +1224,7 @@ fn only_the_elected_gateway_reclaims_and_with_every_gateways_last_seen() {
     let names = |r: &Rig| -> Vec<String> {
         let mut n: Vec<String> = r
             .core
+            .routes
             .table
             .entries()
             .map(|e| e.route.name.clone())
@@ -1177,10 +1241,10 @@ fn only_the_elected_gateway_reclaims_and_with_every_gateways_last_seen() {
 fn a_reclaim_the_shared_store_refuses_is_undone() {
     let mut rig = old_shared_rig(false);
     rig.store.state().unreachable = true;
-    let before: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let before: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     rig.core.observe();
     assert!(rig.entry("alice").is_some() && rig.entry("bob").is_some());
-    let after: Vec<Entry> = rig.core.table.entries().cloned().collect();
+    let after: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     assert_eq!(before, after, "each route back in its own slot");
     assert!(rig.maps.maps().holds_exactly(after.iter()));
     rig.store.state().unreachable = false;
@@ -1217,7 +1281,7 @@ fn own_last_seen_times_are_published_coarsely() {
     rig.core
         .apply_remote(Remote::Seen(vec![(key("bob"), SystemTime::now())]));
     let publish = |rig: &mut Rig| {
-        rig.core.last_publish = None;
+        rig.core.seen.as_mut().unwrap().publish_now();
         rig.core.observe();
     };
     publish(&mut rig);
@@ -1326,7 +1390,7 @@ fn own() -> config::OwnAddresses {
 #[test]
 fn a_backend_that_is_the_gateway_itself_is_refused_to_students_and_admins() {
     let mut rig = Rig::new();
-    rig.core.own = own();
+    rig.core.settings.own = own();
     rig.core
         .user_add(user_request("eve", &["10.0.0.0/24"], 4))
         .unwrap();
@@ -1343,7 +1407,7 @@ fn a_backend_that_is_the_gateway_itself_is_refused_to_students_and_admins() {
         let e = rig.core.add(request("root", backend)).unwrap_err();
         assert_eq!((e.status, e.reply.field.as_deref()), (403, Some("backend")));
     }
-    assert!(rig.core.table.entries().next().is_none());
+    assert!(rig.core.routes.table.entries().next().is_none());
     assert!(rig.maps.maps().frontends.is_empty());
     assert!(rig.store.state().routes.is_empty());
     // A neighbour on the same /24 is still the student's.
@@ -1407,11 +1471,11 @@ fn a_stored_route_to_the_gateway_itself_is_left_out_at_start() {
     let mut core = Core::new(
         table,
         FakeDataplane::new().boxed(),
-        Box::new(files),
+        crate::cluster::Backing::Local(Box::new(files)),
         &cfg,
         Clock::default(),
     );
-    core.interfaces = fake_interfaces;
+    core.settings.interfaces = fake_interfaces;
     core.take_over(rewrite).unwrap();
     drop(core);
     let files = crate::table::state::StateStore::open(dir.path()).unwrap();
@@ -1429,7 +1493,7 @@ fn a_stored_route_to_the_gateway_itself_is_left_out_at_start() {
 #[test]
 fn a_shared_route_to_the_gateway_itself_is_not_forwarded_here() {
     let mut rig = Rig::new();
-    rig.core.own = own();
+    rig.core.settings.own = own();
     rig.core.apply_remote(Remote::Routes {
         revision: 7,
         changes: vec![
@@ -1454,7 +1518,7 @@ fn a_shared_route_to_the_gateway_itself_is_not_forwarded_here() {
 fn an_address_added_at_run_time_is_refused_at_once() {
     let mut rig = Rig::new();
     rig.core.add(request("alice", "10.0.0.50:22")).unwrap();
-    rig.core.interfaces = || {
+    rig.core.settings.interfaces = || {
         let mut i = fake_interfaces()?;
         i[0].ipv4.push("10.0.0.50".parse().unwrap());
         Ok(i)
@@ -1465,7 +1529,12 @@ fn an_address_added_at_run_time_is_refused_at_once() {
     // The periodic refresh takes it in and withdraws the runtime route already there
     // from the table, the maps and the store (a config route is the file's: named only).
     rig.core.refresh_own();
-    assert!(rig.core.own.holder("10.0.0.50".parse().unwrap()).is_some());
+    assert!(rig
+        .core
+        .settings
+        .own
+        .holder("10.0.0.50".parse().unwrap())
+        .is_some());
     assert!(rig.entry("alice").is_none());
     assert!(rig.maps.maps().frontends.is_empty());
     assert!(rig.store.state().routes.is_empty());
@@ -1477,7 +1546,7 @@ fn an_address_added_at_run_time_is_refused_at_once() {
 #[test]
 fn an_add_is_refused_when_the_addresses_cannot_be_read() {
     let mut rig = Rig::new();
-    rig.core.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    rig.core.settings.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
     let e = rig.core.add(request("alice", "10.0.0.11:22")).unwrap_err();
     assert_eq!(e.status, 503, "{}", e.reply.error);
     assert!(e.reply.error.contains("addresses"), "{}", e.reply.error);
@@ -1495,11 +1564,11 @@ fn the_refresh_hands_on_what_it_read_once() {
         .refresh_own()
         .expect("the fake machine is readable");
     assert_eq!(read, fake_interfaces().unwrap());
-    let known = rig.core.own.clone();
+    let known = rig.core.settings.own.clone();
     assert!(known.holder("10.0.0.1".parse().unwrap()).is_some());
-    rig.core.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    rig.core.settings.interfaces = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
     assert!(rig.core.refresh_own().is_none());
-    assert_eq!(rig.core.own, known);
+    assert_eq!(rig.core.settings.own, known);
 }
 
 /// `[http] service` names which routes the HTTP router serves by name: a student's ways in
@@ -1530,11 +1599,11 @@ fn the_ways_in_follow_the_http_routers_service_label() {
         let mut core = Core::new(
             RouteTable::new(),
             maps.boxed(),
-            store.boxed(),
+            store.backing(),
             &cfg,
             Clock::default(),
         );
-        core.interfaces = fake_interfaces;
+        core.settings.interfaces = fake_interfaces;
         core.take_over(false).unwrap();
         core.user_add(user_request("alice", &["10.0.0.11"], 4))
             .unwrap();

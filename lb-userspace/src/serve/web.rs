@@ -515,6 +515,11 @@ impl<R: Router> RouterServer<R> {
         self.shared.core().hosts.update(routes);
     }
 
+    /// The service whose routes it routes (`[http] service`, `[https] service`).
+    pub fn service(&self) -> &str {
+        &self.shared.core().hosts.service
+    }
+
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
     }

@@ -20,11 +20,12 @@
 //!
 //! The [`Store`] trait is what the daemon persists through, one load/save pair per kind of
 //! record (runtime routes; accounts with their port cool-downs), so a shared store (etcd,
-//! `cluster`) is a second implementation. `Store::record` takes one change of the runtime
-//! routes and returns a `Commit`, waited for after the core's lock is released. The shared-store
-//! hooks (`follow`, `accounts_seen`, `cluster`) do nothing for the local [`StateStore`], and
-//! `StateError::Unavailable` (503) and `Refused` (409) come only from a shared store. Stored
-//! times go through `from_unix`, the one checked conversion.
+//! `crate::cluster`) is a second implementation; what only a shared store does (follow the
+//! others, lead, publish last-seen times) is that layer's `Cluster` trait, not this one.
+//! `Store::record` takes one change of the runtime routes and returns a `Commit`, waited for
+//! after the core's lock is released. `StateError::Unavailable` (503) and `Refused` (409)
+//! come only from a shared store. Stored times go through `from_unix`, the one checked
+//! conversion.
 
 pub mod accounts;
 mod journal;
@@ -129,34 +130,6 @@ struct FileFormat {
     routes: Vec<RawRoute>,
 }
 
-/// A student's claim, as [`Store::record_claim`] checks it: the account it is made for and
-/// its quota. A shared store counts the user's runtime routes itself, so that claims
-/// through several gateways at once cannot pass a quota each gateway's own table would.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claim {
-    pub user: String,
-    pub max_routes: u32,
-    /// Routes of the user that this gateway's config file declares: they count against
-    /// the quota, and no store holds them.
-    pub config_held: usize,
-}
-
-impl Claim {
-    /// Whether one more route fits beside `runtime_held` runtime routes (the quota rule
-    /// is `users::check_claim`'s; this only counts).
-    pub fn check(&self, runtime_held: usize) -> Result<(), StateError> {
-        let used = runtime_held + self.config_held;
-        if used >= self.max_routes as usize {
-            return Err(StateError::Claim(crate::table::users::Denied::Quota {
-                user: self.user.clone(),
-                used,
-                max: self.max_routes,
-            }));
-        }
-        Ok(())
-    }
-}
-
 /// One change to the runtime routes, as [`Store::record`] takes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteChange {
@@ -190,35 +163,10 @@ pub(crate) struct RawRoute {
     proxy_protocol: Option<String>,
 }
 
-/// A change of the shared table made by another gateway (or a whole new view of it).
-#[derive(Debug)]
-pub enum Remote {
-    /// Route changes, in revision order.
-    Routes {
-        revision: i64,
-        changes: Vec<RouteChange>,
-    },
-    Accounts {
-        revision: i64,
-        users: Users,
-    },
-    /// Other gateways' last-seen times of routes (the latest packet each of them saw).
-    Seen(Vec<(RouteKey, SystemTime)>),
-    /// The whole table at `revision`, after the watch was lost (`why`): the daemon makes its
-    /// runtime routes exactly these, with the latest last-seen time any gateway
-    /// published. `accounts` is `None` when none are stored.
-    Resync {
-        revision: i64,
-        routes: Vec<StoredRoute>,
-        accounts: Option<(Users, i64)>,
-        why: String,
-    },
-}
-
-/// What the daemon persists, wherever it is kept. [`StateStore`] (a local directory) is the
-/// implementation `srvgate run` uses; a store shared by several gateways (etcd) would be a
-/// second one. Each kind of record has its own load/save pair, replaced as a whole: runtime
-/// routes now, users, tokens and port allocations next, each its own pair (and file).
+/// What the daemon persists, wherever it is kept: [`StateStore`] (a local directory) alone,
+/// or the store shared by several gateways (`cluster::EtcdStore`). Each kind of record has
+/// its own load/save pair, replaced as a whole: runtime routes, and the accounts with
+/// their port cool-downs.
 ///
 /// Loading is strict (see the module docs): a store it cannot read is an error, never "none".
 /// Saving is all or nothing: after an error the previous contents are still what a load
@@ -241,59 +189,9 @@ pub trait Store: Send {
         changes: &[RouteChange],
         all: &dyn Fn() -> Vec<StoredRoute>,
     ) -> Result<Commit, StateError>;
-    /// Records one new runtime route that a student claims, as [`Store::record`] would. A
-    /// shared store makes it only while `claim.user`'s account exists there and within
-    /// its quota counted there, in the same transaction as the route
-    /// ([`StateError::Claim`] otherwise). A local store holds every route this gateway
-    /// has, which the core already counted.
-    fn record_claim(
-        &mut self,
-        route: &StoredRoute,
-        _claim: &Claim,
-        all: &dyn Fn() -> Vec<StoredRoute>,
-    ) -> Result<Commit, StateError> {
-        self.record(&[RouteChange::Put(route.clone())], all)
-    }
     /// The accounts and port cool-downs; none stored yet means none.
     fn load_accounts(&self) -> Result<Users, StateError>;
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError>;
-    /// A shared store: the accounts the core now holds are those of `revision` (`stored`,
-    /// as the store held them), which a conditional save then demands (so a save never
-    /// overwrites a change it has not seen).
-    fn accounts_seen(&mut self, _revision: i64, _stored: &Users) {}
-    /// A shared store: starts sending other gateways' changes (from the revision the
-    /// loads returned) to `tx`. A local store has no one else's changes.
-    fn follow(&mut self, _public_ipv4: Ipv4Addr, _tx: tokio::sync::mpsc::Sender<Remote>) {}
-    /// A shared store's state for `srvgate status`; `None` for a local one.
-    fn cluster(&self) -> Option<lb_model::api::ClusterView> {
-        None
-    }
-    /// Records the removal of idle routes. A shared store makes it only while this gateway
-    /// is the one that reclaims ([`Store::may_reclaim`] at the moment it commits).
-    fn reclaim(
-        &mut self,
-        changes: &[RouteChange],
-        all: &dyn Fn() -> Vec<StoredRoute>,
-    ) -> Result<Commit, StateError> {
-        self.record(changes, all)
-    }
-    /// Whether this gateway reclaims idle routes: always alone, and only the elected one
-    /// of gateways sharing a store.
-    fn may_reclaim(&self) -> bool {
-        true
-    }
-    /// A shared store: the routes this gateway itself changed after `revision` (the
-    /// revision of a resync's table): the table read then does not hold those changes,
-    /// and the watch does not bring this gateway's own writes back, so the daemon keeps
-    /// its own view of them.
-    fn written_since(&mut self, _revision: i64) -> Vec<RouteKey> {
-        Vec::new()
-    }
-    /// A shared store: publishes this gateway's own last-seen times of routes, for the
-    /// others (and the one that reclaims) to take into account.
-    fn publish_seen(&mut self, _seen: &[(RouteKey, SystemTime)]) -> Result<(), StateError> {
-        Ok(())
-    }
 }
 
 impl Store for StateStore {

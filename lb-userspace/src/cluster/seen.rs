@@ -1,5 +1,6 @@
 //! Last-seen times across gateways (`[cluster]`): each gateway publishes the times its own
-//! counters give, coarsely, and takes the others' from the watch into its table, so every
+//! counters give, coarsely ([`Seen`], which the daemon holds only with a shared store), and
+//! takes the others' from the watch into its table (`Core::note_remote_seen`), so every
 //! table holds the latest packet any gateway saw and the one gateway that reclaims never
 //! takes a route in use through another.
 //!
@@ -15,22 +16,20 @@ use std::{
 
 use tracing::warn;
 
-use crate::table::routes::Source;
+use super::Cluster;
 use lb_model::RouteKey;
 
-use super::Core;
-
 /// How often a gateway publishes its own last-seen times.
-pub(super) const PUBLISH_SEEN_EVERY: Duration = Duration::from_secs(10);
+pub const PUBLISH_SEEN_EVERY: Duration = Duration::from_secs(10);
 /// Routes one publishing pass writes at most.
-pub(super) const MAX_SEEN_PER_PUBLISH: usize = 1000;
+pub const MAX_SEEN_PER_PUBLISH: usize = 1000;
 /// The coarsest grain: a route in use is written at least this often.
 const GRAIN_MAX: Duration = Duration::from_secs(3600);
 
 /// How far a route's own last-seen time must move before it is published again: a
 /// hundredth of `reclaim_after` (so the reclaiming gateway's view lags by at most 1% of
 /// it, plus a pass), between [`PUBLISH_SEEN_EVERY`] and an hour; an hour without reclaim.
-pub(super) fn seen_grain(reclaim_after: Option<Duration>) -> Duration {
+pub fn seen_grain(reclaim_after: Option<Duration>) -> Duration {
     match reclaim_after {
         None => GRAIN_MAX,
         Some(after) => (after / 100).clamp(PUBLISH_SEEN_EVERY, GRAIN_MAX),
@@ -40,7 +39,7 @@ pub(super) fn seen_grain(reclaim_after: Option<Duration>) -> Duration {
 /// The own times due for publishing: never published, or moved by at least `grain` since;
 /// at most `max`, oldest-published first (never published counts as oldest), so a backlog
 /// drains fairly.
-pub(super) fn due_seen(
+pub fn due_seen(
     own: &HashMap<RouteKey, SystemTime>,
     published: &HashMap<RouteKey, SystemTime>,
     grain: Duration,
@@ -61,43 +60,52 @@ pub(super) fn due_seen(
         .collect()
 }
 
-impl Core {
+/// This gateway's own last-seen times of runtime routes, and what of them was published
+/// last: kept only with a shared store, whose [`Cluster::publish_seen`] takes them.
+#[derive(Debug, Default)]
+pub struct Seen {
+    own: HashMap<RouteKey, SystemTime>,
+    published: HashMap<RouteKey, SystemTime>,
+    last_publish: Option<Instant>,
+}
+
+impl Seen {
     /// Remembers a last-seen time this gateway's own counters gave (runtime routes only:
     /// config routes are each gateway's own and never reclaimed).
-    pub(super) fn note_own_seen(&mut self, key: &RouteKey, at: SystemTime) {
-        if !self.shared {
-            return;
-        }
-        let t = self.own_seen.entry(key.clone()).or_insert(at);
+    pub fn note_own(&mut self, key: &RouteKey, at: SystemTime) {
+        let t = self.own.entry(key.clone()).or_insert(at);
         *t = (*t).max(at);
     }
 
-    /// Publishes the own times that are due, every [`PUBLISH_SEEN_EVERY`]. A failure
-    /// (etcd away) is tried again at the next pass: nothing is marked published.
-    pub(super) fn publish_seen(&mut self) {
-        if !self.shared
-            || self
-                .last_publish
-                .is_some_and(|t| t.elapsed() < PUBLISH_SEEN_EVERY)
+    /// Publishes the own times that are due, every [`PUBLISH_SEEN_EVERY`], of the routes
+    /// `is_runtime` still holds (the others are forgotten). A failure (etcd away) is tried
+    /// again at the next pass: nothing is marked published.
+    pub fn publish(
+        &mut self,
+        cluster: &mut dyn Cluster,
+        is_runtime: impl Fn(&RouteKey) -> bool,
+        reclaim_after: Option<Duration>,
+    ) {
+        if self
+            .last_publish
+            .is_some_and(|t| t.elapsed() < PUBLISH_SEEN_EVERY)
         {
             return;
         }
         self.last_publish = Some(Instant::now());
-        let table = &self.table;
-        self.own_seen
-            .retain(|k, _| table.get(k).is_some_and(|e| e.source == Source::Runtime));
-        let own = &self.own_seen;
+        self.own.retain(|k, _| is_runtime(k));
+        let own = &self.own;
         self.published.retain(|k, _| own.contains_key(k));
         let due = due_seen(
-            &self.own_seen,
+            &self.own,
             &self.published,
-            seen_grain(self.gateway.reclaim_after),
+            seen_grain(reclaim_after),
             MAX_SEEN_PER_PUBLISH,
         );
         if due.is_empty() {
             return;
         }
-        match self.store.publish_seen(&due) {
+        match cluster.publish_seen(&due) {
             Ok(()) => self.published.extend(due),
             Err(e) => warn!(
                 routes = due.len(),
@@ -106,18 +114,10 @@ impl Core {
         }
     }
 
-    /// Takes other gateways' last-seen times into the table (the latest wins), so `route
-    /// ls`, `mine` and the reclaim all see the cluster's latest packet.
-    pub(super) fn note_remote_seen(&mut self, seen: Vec<(RouteKey, SystemTime)>) {
-        for (key, at) in seen {
-            if self
-                .table
-                .get(&key)
-                .is_some_and(|e| e.source == Source::Runtime)
-            {
-                self.table.note_activity(&key, at);
-            }
-        }
+    /// Makes the next [`Seen::publish`] publish without waiting for its interval.
+    #[cfg(test)]
+    pub(crate) fn publish_now(&mut self) {
+        self.last_publish = None;
     }
 }
 

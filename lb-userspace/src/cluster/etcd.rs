@@ -1,8 +1,8 @@
-//! `[cluster]`: several gateways share one table through etcd. [`EtcdStore`] is the
-//! daemon's [`Store`] for it: routes, accounts and port allocations live under one key
-//! prefix (`keys.rs`), a change is one etcd transaction that is refused when another
-//! gateway got there first (the port, the route's key or its backend already taken), and
-//! [`EtcdStore::follow`] watches the prefix and hands every other gateway's change to the
+//! The etcd client: [`EtcdStore`] is both the daemon's [`Store`] and its [`Cluster`] with
+//! `[cluster]`: routes, accounts and port allocations live under one key prefix
+//! (`keys.rs`), a change is one etcd transaction that is refused when another gateway got
+//! there first (the port, the route's key or its backend already taken), and
+//! [`Cluster::follow`] watches the prefix and hands every other gateway's change to the
 //! daemon, which applies it to its table, maps, DNS and web routers like its own.
 //!
 //! The store runs its own small tokio runtime: the core calls it synchronously under its
@@ -29,20 +29,16 @@
 //! Each gateway announces itself under `gateways/<id>` on a lease it renews (the members
 //! `srvgate status` shows), and stands for `leader` on that lease. A resync says why it
 //! happened; the routes this gateway wrote after the resync's table was read are left as the
-//! daemon has them (`Store::written_since`), since the watch skips its own writes. A student's
-//! claim is `Store::record_claim`, one transaction with the user's stamp (the quota across
+//! daemon has them (`Cluster::written_since`), since the watch skips its own writes. A student's
+//! claim is `Cluster::record_claim`, one transaction with the user's stamp (the quota across
 //! gateways); `save_accounts` removes an account only while etcd holds none of its routes.
 //! The key layout is `keys.rs`; `[cluster]`'s TLS files are read by `tls.rs`.
-
-pub mod keys;
-pub mod tls;
 
 use std::{
     collections::{BTreeSet, HashSet},
     future::Future,
     net::Ipv4Addr,
     path::Path,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicI64, Ordering},
         Arc, Mutex,
@@ -57,38 +53,15 @@ use etcd_client::{
 use tokio::{runtime::Runtime, sync::mpsc};
 use tracing::{error, info, warn};
 
+use super::{
+    keys::{self, Kind},
+    tls, Claim, Cluster, Remote,
+};
 use crate::table::{
-    state::{Claim, Commit, Remote, RouteChange, StateError, Store, StoredRoute},
+    state::{Commit, RouteChange, StateError, Store, StoredRoute},
     users::{Denied, Users},
 };
-use keys::Kind;
 use lb_model::{api::ClusterView, RouteKey};
-
-/// `[cluster]` as validated by `config`: the etcd endpoints and this gateway's name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cluster {
-    /// etcd client URLs, `https://host:port` each (`http://` only with `insecure_http`).
-    pub etcd: Vec<String>,
-    /// This gateway's name in the cluster (a DNS label): in logs, `status` and the keys
-    /// only this gateway writes.
-    pub gateway_id: String,
-    /// How this gateway proves itself to etcd and checks etcd; `None` only for `http://`
-    /// endpoints with `insecure_http = true`.
-    pub tls: Option<ClusterTls>,
-}
-
-/// The files of `[cluster]`'s TLS: read (and the key's mode checked) when the gateway
-/// connects, see [`tls`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterTls {
-    /// The CA that signed etcd's server certificate (PEM); the only one trusted for it.
-    pub ca: PathBuf,
-    /// This gateway's client certificate (PEM), signed by a CA etcd's
-    /// `--trusted-ca-file` names.
-    pub cert: PathBuf,
-    /// Its private key (PEM), readable by its owner only.
-    pub key: PathBuf,
-}
 
 /// Every request to etcd (a load page, a transaction) is answered within this or refused.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -145,7 +118,7 @@ struct OwnWrites {
     /// The routes each own write touched, by revision, kept while a resync's table (read
     /// at `resync`) may still be on its way to the daemon: writes after that revision
     /// are not in it, and the watch skips them, so the daemon must keep its own view of
-    /// those routes (see [`Store::written_since`]).
+    /// those routes (see [`Cluster::written_since`]).
     recent: std::collections::BTreeMap<i64, Vec<RouteKey>>,
     resync: Option<i64>,
 }
@@ -293,10 +266,10 @@ pub struct EtcdStore {
     /// `None` only while dropping (see `Drop`).
     rt: Option<Runtime>,
     client: Client,
-    cluster: Cluster,
+    cluster: super::ClusterSettings,
     endpoints: String,
     status: Arc<Status>,
-    /// What the table was loaded from at start, until [`EtcdStore::follow`].
+    /// What the table was loaded from at start, until [`Cluster::follow`].
     initial: Option<Snapshot>,
     /// The accounts document's `mod_revision` the core's accounts are (0: none stored).
     accounts_rev: i64,
@@ -325,7 +298,7 @@ impl Drop for EtcdStore {
 impl EtcdStore {
     /// Connects to `cluster.etcd` and loads the whole table (strictly: see
     /// [`Store::load_routes`]).
-    pub fn connect(cluster: &Cluster) -> Result<EtcdStore, StateError> {
+    pub fn connect(cluster: &super::ClusterSettings) -> Result<EtcdStore, StateError> {
         let endpoints = cluster.etcd.join(",");
         let unavailable = |action: &'static str, reason: String| StateError::Unavailable {
             endpoints: endpoints.clone(),
@@ -726,103 +699,6 @@ impl Store for EtcdStore {
         Ok(Commit::done())
     }
 
-    /// Counts `claim.user`'s runtime routes in the shared table and puts `route` only if
-    /// one more fits and the account was not removed, in one transaction with the count's
-    /// stamp (see `keys.rs`, `holds/<name>`): a claim of the same user through another
-    /// gateway in between moves the stamp, and this one counts again.
-    fn record_claim(
-        &mut self,
-        route: &StoredRoute,
-        claim: &Claim,
-        _all: &dyn Fn() -> Vec<StoredRoute>,
-    ) -> Result<Commit, StateError> {
-        let stamp = keys::holds_key(&claim.user);
-        for _ in 0..CLAIM_ATTEMPTS {
-            let (read, removed, held) = self.count_routes(&claim.user)?;
-            if removed {
-                return Err(StateError::Claim(Denied::NoAccount {
-                    user: claim.user.clone(),
-                }));
-            }
-            claim.check(held)?;
-            match self.put_routes(&[route], Some((&stamp, read)))? {
-                Put::Done(revision) => {
-                    self.status.wrote(revision, vec![route.route.key()]);
-                    return Ok(Commit::done());
-                }
-                Put::StampMoved => continue,
-            }
-        }
-        Err(StateError::Refused {
-            reason: format!(
-                "{}'s claims through several gateways kept crossing this one; try again",
-                claim.user
-            ),
-            taken: Vec::new(),
-        })
-    }
-
-    /// Removes idle routes, only while this gateway leads (the `leader` key is fenced in
-    /// the transaction, so a gateway that lost the lead a moment ago removes nothing).
-    fn reclaim(
-        &mut self,
-        changes: &[RouteChange],
-        _all: &dyn Fn() -> Vec<StoredRoute>,
-    ) -> Result<Commit, StateError> {
-        let gone: Vec<&RouteKey> = changes
-            .iter()
-            .filter_map(|c| match c {
-                RouteChange::Delete(k) => Some(k),
-                RouteChange::Put(_) => None,
-            })
-            .collect();
-        for chunk in gone.chunks(DELETES_PER_TXN) {
-            if let Some(revision) = self.delete_routes(chunk, true)? {
-                self.status
-                    .wrote(revision, chunk.iter().map(|&k| k.clone()).collect());
-            }
-        }
-        Ok(Commit::done())
-    }
-
-    fn may_reclaim(&self) -> bool {
-        self.status.leads(&self.cluster.gateway_id)
-    }
-
-    fn written_since(&mut self, revision: i64) -> Vec<RouteKey> {
-        self.status.written_since(revision)
-    }
-
-    /// Puts this gateway's last-seen times, each only while its route exists (a nested
-    /// transaction per route), so a time published just after a removal leaves nothing
-    /// behind. Refused at once while the watch is lost: the daemon tries again later.
-    fn publish_seen(&mut self, seen: &[(RouteKey, SystemTime)]) -> Result<(), StateError> {
-        if !self.status.connected.load(Ordering::SeqCst) {
-            return Err(self.unavailable("publish last-seen times", "not connected".into()));
-        }
-        for chunk in seen.chunks(SEEN_PER_TXN) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|(k, at)| {
-                    TxnOp::txn(
-                        Txn::new()
-                            .when([Compare::version(keys::route_key(k), CompareOp::Greater, 0)])
-                            .and_then([TxnOp::put(
-                                keys::seen_key(k, &self.cluster.gateway_id),
-                                keys::encode_seen(*at),
-                                None,
-                            )]),
-                    )
-                })
-                .collect();
-            let txn = Txn::new().and_then(ops);
-            self.call("publish last-seen times", move |mut c| {
-                Box::pin(async move { c.txn(txn).await })
-            })?;
-        }
-        Ok(())
-    }
-
     fn load_accounts(&self) -> Result<Users, StateError> {
         match self.initial.as_ref().and_then(|s| s.accounts.as_ref()) {
             None => Ok(Users::default()),
@@ -908,6 +784,90 @@ impl Store for EtcdStore {
         self.status.wrote(revision, Vec::new());
         Ok(())
     }
+}
+
+impl Cluster for EtcdStore {
+    /// Counts `claim.user`'s runtime routes in the shared table and puts `route` only if
+    /// one more fits and the account was not removed, in one transaction with the count's
+    /// stamp (see `keys.rs`, `holds/<name>`): a claim of the same user through another
+    /// gateway in between moves the stamp, and this one counts again.
+    fn record_claim(&mut self, route: &StoredRoute, claim: &Claim) -> Result<Commit, StateError> {
+        let stamp = keys::holds_key(&claim.user);
+        for _ in 0..CLAIM_ATTEMPTS {
+            let (read, removed, held) = self.count_routes(&claim.user)?;
+            if removed {
+                return Err(StateError::Claim(Denied::NoAccount {
+                    user: claim.user.clone(),
+                }));
+            }
+            claim.check(held)?;
+            match self.put_routes(&[route], Some((&stamp, read)))? {
+                Put::Done(revision) => {
+                    self.status.wrote(revision, vec![route.route.key()]);
+                    return Ok(Commit::done());
+                }
+                Put::StampMoved => continue,
+            }
+        }
+        Err(StateError::Refused {
+            reason: format!(
+                "{}'s claims through several gateways kept crossing this one; try again",
+                claim.user
+            ),
+            taken: Vec::new(),
+        })
+    }
+
+    /// Removes idle routes, only while this gateway leads (the `leader` key is fenced in
+    /// the transaction, so a gateway that lost the lead a moment ago removes nothing).
+    fn reclaim(&mut self, gone: &[RouteKey]) -> Result<Commit, StateError> {
+        let gone: Vec<&RouteKey> = gone.iter().collect();
+        for chunk in gone.chunks(DELETES_PER_TXN) {
+            if let Some(revision) = self.delete_routes(chunk, true)? {
+                self.status
+                    .wrote(revision, chunk.iter().map(|&k| k.clone()).collect());
+            }
+        }
+        Ok(Commit::done())
+    }
+
+    fn leads(&self) -> bool {
+        self.status.leads(&self.cluster.gateway_id)
+    }
+
+    fn written_since(&mut self, revision: i64) -> Vec<RouteKey> {
+        self.status.written_since(revision)
+    }
+
+    /// Puts this gateway's last-seen times, each only while its route exists (a nested
+    /// transaction per route), so a time published just after a removal leaves nothing
+    /// behind. Refused at once while the watch is lost: the daemon tries again later.
+    fn publish_seen(&mut self, seen: &[(RouteKey, SystemTime)]) -> Result<(), StateError> {
+        if !self.status.connected.load(Ordering::SeqCst) {
+            return Err(self.unavailable("publish last-seen times", "not connected".into()));
+        }
+        for chunk in seen.chunks(SEEN_PER_TXN) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, at)| {
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::version(keys::route_key(k), CompareOp::Greater, 0)])
+                            .and_then([TxnOp::put(
+                                keys::seen_key(k, &self.cluster.gateway_id),
+                                keys::encode_seen(*at),
+                                None,
+                            )]),
+                    )
+                })
+                .collect();
+            let txn = Txn::new().and_then(ops);
+            self.call("publish last-seen times", move |mut c| {
+                Box::pin(async move { c.txn(txn).await })
+            })?;
+        }
+        Ok(())
+    }
 
     /// Every change another gateway makes from the loaded revision on goes to `tx`
     /// (waiting when the daemon is behind), and a whole new table after the watch is lost.
@@ -931,10 +891,10 @@ impl Store for EtcdStore {
         self.accounts_names = names(stored);
     }
 
-    fn cluster(&self) -> Option<ClusterView> {
+    fn view(&self) -> ClusterView {
         let s = &self.status;
         let connected = s.connected.load(Ordering::SeqCst);
-        Some(ClusterView {
+        ClusterView {
             gateway_id: self.cluster.gateway_id.clone(),
             members: lock(&s.members).iter().cloned().collect(),
             leader: if connected {
@@ -953,7 +913,7 @@ impl Store for EtcdStore {
             } else {
                 lock(&s.error).clone()
             },
-        })
+        }
     }
 }
 
