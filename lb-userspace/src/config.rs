@@ -14,13 +14,14 @@ mod cluster;
 // The whole module is the gateway's (it reads this machine's interfaces and sysctls).
 #[cfg(feature = "gateway")]
 mod machine;
+mod pool;
 mod raw;
 mod route;
 mod validate;
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -29,9 +30,10 @@ use std::{
 pub use cluster::{Cluster, ClusterTls};
 #[cfg(feature = "gateway")]
 pub use machine::Interface;
+pub use pool::{Member, Pool, MAX_BACKENDS, MAX_WEIGHT};
 pub use route::{
-    check_backend, check_domain, check_label, check_route, not_a_host, OwnAddresses, RouteDraft,
-    RouteRequest, NOT_A_HOST,
+    backend_field, backend_fields, check_backend, check_domain, check_label, check_pool,
+    check_route, not_a_host, split_backends, OwnAddresses, RouteDraft, RouteRequest, NOT_A_HOST,
 };
 
 use raw::RawConfig;
@@ -128,7 +130,8 @@ impl FromStr for PortRange {
     }
 }
 
-/// One forwarding rule: `public_ipv4:port/protocol -> backend`, named `<name>.<service>`.
+/// One forwarding rule: `public_ipv4:port/protocol -> a pool of backends`, named
+/// `<name>.<service>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     /// Owner label, e.g. `alice`: the first label of `alice.ssh.<zone>`.
@@ -136,7 +139,7 @@ pub struct Route {
     /// Service label, e.g. `ssh`: `_ssh._tcp.alice.<zone>`.
     pub service: String,
     pub protocol: Protocol,
-    pub backend: SocketAddrV4,
+    pub backends: Pool,
     /// Public port on the gateway.
     pub port: u16,
     /// The PROXY protocol header the web routers send this backend before the client's

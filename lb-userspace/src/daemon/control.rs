@@ -10,8 +10,9 @@ use crate::{
     config::{self, RouteRequest},
     kernel::dataplane::verdict_names,
     serve::api::{
-        ApiError, Caller, ClaimRequest, Control, GatewayView, LegView, MeReply, Removed, RouteView,
-        RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UsersReply,
+        ApiError, Caller, ClaimRequest, Control, DrainRequest, GatewayView, LegView, MeReply,
+        Removed, RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest,
+        UsersReply,
     },
     serve::http::HttpServer,
     serve::https::HttpsServer,
@@ -33,8 +34,11 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
             .map(HttpServer::sample)
             .chain(c.https.iter().map(HttpsServer::sample))
             .collect();
-        let routes: Vec<(config::Route, u32)> =
-            c.table.entries().map(|e| (e.route.clone(), e.id)).collect();
+        let routes: Vec<_> = c
+            .table
+            .entries()
+            .map(|e| (e.route.clone(), e.id, e.down.clone(), e.fail_open()))
+            .collect();
         let legs: Vec<LegSample> = c
             .dataplane
             .legs()
@@ -57,8 +61,10 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
     };
     let routes: Vec<RouteSample> = routes
         .into_iter()
-        .map(|(route, id)| RouteSample {
+        .map(|(route, id, down, fail_open)| RouteSample {
             route,
+            down,
+            fail_open,
             counters: reader
                 .as_ref()
                 .and_then(|r| r.route_counters(id).ok())
@@ -121,6 +127,9 @@ impl Control for Handle {
     }
     fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
         self.change(|c| c.remove(name, service))
+    }
+    fn drain(&self, name: &str, request: DrainRequest) -> Result<RouteView, ApiError> {
+        self.change(|c| c.drain(name, request))
     }
     fn shutdown(&self, request: Shutdown) {
         let _ = self.shutdown.send(request);

@@ -536,10 +536,14 @@ impl Console {
                 return resp;
             }
             "/claim" => (|| {
+                let (backend, backends) = crate::config::backend_fields(
+                    crate::config::split_backends(form.required("backend")?),
+                );
                 let claim = ClaimRequest {
                     proxy_protocol: None,
                     service: form.required("service")?.to_string(),
-                    backend: form.required("backend")?.to_string(),
+                    backend,
+                    backends,
                     protocol: form
                         .get("protocol")
                         .filter(|p| !p.is_empty())
@@ -560,7 +564,11 @@ impl Console {
                     Kind::Ok,
                     &format!(
                         "Claimed {}/{}/{}: public port {} -> {}.",
-                        v.name, v.service, v.protocol, v.port, v.backend
+                        v.name,
+                        v.service,
+                        v.protocol,
+                        v.port,
+                        v.pool_text()
                     ),
                 ))
             })(),
@@ -668,6 +676,9 @@ impl Console {
                     })?),
                     None => None,
                 };
+                let (backend, backends) = crate::config::backend_fields(
+                    crate::config::split_backends(form.required("backend")?),
+                );
                 let request = RouteRequest {
                     proxy_protocol: None,
                     name: form.required("name")?.to_string(),
@@ -676,7 +687,8 @@ impl Console {
                         .get("protocol")
                         .filter(|p| !p.is_empty())
                         .map(str::to_string),
-                    backend: form.required("backend")?.to_string(),
+                    backend,
+                    backends,
                     port,
                 };
                 let what = format!("route add {}/{}", request.name, request.service);
@@ -687,7 +699,11 @@ impl Console {
                     Kind::Ok,
                     &format!(
                         "Added {}/{}/{}: port {} -> {}.",
-                        v.name, v.service, v.protocol, v.port, v.backend
+                        v.name,
+                        v.service,
+                        v.protocol,
+                        v.port,
+                        v.pool_text()
                     ),
                 ))
             })(),

@@ -311,7 +311,7 @@ fn route(name: &str, service: &str, port: u16) -> Route {
         name: name.into(),
         service: service.into(),
         protocol: Proto::Tcp,
-        backend: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), 22),
+        backends: crate::config::Pool::one(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), 22)),
         port,
         proxy_protocol: None,
     }
