@@ -19,14 +19,16 @@ use std::{
 };
 
 use crate::{
-    config::Protocol,
     kernel::dataplane::{
         plan, sync_plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends,
     },
-    table::routes::{Diff, Entry, RouteTable},
-    table::state::{Commit, RouteChange, StateError, Store, StoredRoute},
-    table::users::Users,
+    table::{
+        routes::{Diff, Entry, RouteTable},
+        state::{Commit, RouteChange, StateError, Store, StoredRoute},
+        users::Users,
+    },
 };
+use lb_model::Protocol;
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A failed assertion in one test thread must not hide the state from the report.
@@ -197,7 +199,7 @@ impl Dataplane for FakeDataplane {
         &self.legs
     }
 
-    fn refresh_guard(&mut self, _: &[crate::config::Interface]) -> Result<(), DataplaneError> {
+    fn refresh_guard(&mut self, _: &[crate::machine::Interface]) -> Result<(), DataplaneError> {
         self.maps().guard_refreshes += 1;
         Ok(())
     }
@@ -237,7 +239,7 @@ pub struct FakeState {
     pub flush_fails: bool,
     /// As a shared store: ports other gateways hold. A recorded route on one of them is
     /// refused (`StateError::Refused`, naming them all), as etcd's transaction is.
-    pub others: Vec<(u16, crate::config::Protocol)>,
+    pub others: Vec<(u16, lb_model::Protocol)>,
     /// As a shared store that does not answer: every write is `StateError::Unavailable`.
     pub unreachable: bool,
     /// Acts as a store shared with other gateways (`cluster()` answers; read when the core
@@ -247,7 +249,7 @@ pub struct FakeState {
     /// reclaim is refused as the fenced transaction would be.
     pub follower: bool,
     /// Every batch of last-seen times published, in order.
-    pub published: Vec<Vec<(crate::config::RouteKey, std::time::SystemTime)>>,
+    pub published: Vec<Vec<(lb_model::RouteKey, std::time::SystemTime)>>,
     /// The routes a crash would leave: recorded changes count only once their commit has
     /// been waited for (their flush), a whole save at once.
     pub durable_routes: Vec<StoredRoute>,
@@ -400,9 +402,9 @@ impl Store for FakeStore {
         self.record(&[RouteChange::Put(route.clone())], all)
     }
 
-    fn cluster(&self) -> Option<crate::serve::api::ClusterView> {
+    fn cluster(&self) -> Option<lb_model::api::ClusterView> {
         let s = self.state();
-        s.shared.then(|| crate::serve::api::ClusterView {
+        s.shared.then(|| lb_model::api::ClusterView {
             gateway_id: "gw1".into(),
             members: vec!["gw1".into(), "gw2".into()],
             leader: Some(if s.follower { "gw2" } else { "gw1" }.into()),
@@ -435,7 +437,7 @@ impl Store for FakeStore {
 
     fn publish_seen(
         &mut self,
-        seen: &[(crate::config::RouteKey, std::time::SystemTime)],
+        seen: &[(lb_model::RouteKey, std::time::SystemTime)],
     ) -> Result<(), StateError> {
         let mut s = self.state();
         s.save_or_fail()?;
@@ -479,8 +481,9 @@ impl FakeState {
 
 // ---------------------------------------------------------------- the daemon, for its servers
 
-use crate::serve::api::{
-    ApiError, Caller, ClaimRequest, Control, DrainRequest, GatewayView, LegView, MeReply, Removed,
+use crate::api::Control;
+use lb_model::api::{
+    ApiError, Caller, ClaimRequest, DrainRequest, GatewayView, LegView, MeReply, Removed,
     RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest,
     UserView, UsersReply,
 };
@@ -502,7 +505,7 @@ pub fn view(name: &str, port: u16) -> RouteView {
         protocol: "tcp".into(),
         port,
         backend: "10.0.0.11:22".into(),
-        backends: vec![crate::serve::api::BackendView {
+        backends: vec![lb_model::api::BackendView {
             addr: "10.0.0.11:22".into(),
             weight: 1,
             drained: false,
@@ -572,12 +575,15 @@ impl Control for FakeControl {
     fn users(&self) -> UsersReply {
         let users = self.users.lock().unwrap();
         UsersReply {
-            users: users.all().map(|u| UserView::of(u, 0)).collect(),
+            users: users
+                .all()
+                .map(|u| crate::table::users::user_view(u, 0))
+                .collect(),
         }
     }
     fn user_add(&self, r: UserRequest) -> Result<TokenReply, ApiError> {
-        let rules = crate::table::users::parse_rules(&r.backends)
-            .map_err(|e| ApiError::field(400, "backends", e))?;
+        let rules =
+            lb_model::parse_rules(&r.backends).map_err(|e| ApiError::field(400, "backends", e))?;
         let mut users = self.users.lock().unwrap();
         let token = users
             .add(
@@ -588,7 +594,7 @@ impl Control for FakeControl {
                 std::time::UNIX_EPOCH,
             )
             .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
-        let user = UserView::of(users.get(&r.name).unwrap(), 0);
+        let user = crate::table::users::user_view(users.get(&r.name).unwrap(), 0);
         Ok(TokenReply { user, token })
     }
     fn user_remove(&self, name: &str, _with_routes: bool) -> Result<UserView, ApiError> {
@@ -596,14 +602,14 @@ impl Control for FakeControl {
         let u = users
             .remove(name)
             .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
-        Ok(UserView::of(&u, 0))
+        Ok(crate::table::users::user_view(&u, 0))
     }
     fn user_token(&self, name: &str) -> Result<TokenReply, ApiError> {
         let mut users = self.users.lock().unwrap();
         let token = users
             .rotate(name)
             .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
-        let user = UserView::of(users.get(name).unwrap(), 0);
+        let user = crate::table::users::user_view(users.get(name).unwrap(), 0);
         Ok(TokenReply { user, token })
     }
     fn authenticate(&self, token: &str) -> Option<Caller> {
@@ -633,7 +639,7 @@ impl Control for FakeControl {
             })
             .collect();
         Ok(MeReply {
-            user: UserView::of(u, routes.len()),
+            user: crate::table::users::user_view(u, routes.len()),
             public_ipv4: "203.0.113.10".into(),
             zone: Some("lab.example".into()),
             http_service: Some("http".into()),
@@ -677,7 +683,7 @@ impl Control for FakeControl {
             verdicts: vec![("rewritten".into(), 7)],
         }
     }
-    fn traffic(&self, routes: &[crate::config::RouteKey]) -> Vec<Vec<TrafficMinute>> {
+    fn traffic(&self, routes: &[lb_model::RouteKey]) -> Vec<Vec<TrafficMinute>> {
         routes
             .iter()
             .map(|_| {
@@ -695,21 +701,21 @@ impl Control for FakeControl {
 }
 
 /// The route NAME/ssh/tcp on `port` to `backend`: the tests' usual one.
-pub fn ssh_route(name: &str, port: u16, backend: &str) -> crate::config::Route {
-    crate::config::Route {
+pub fn ssh_route(name: &str, port: u16, backend: &str) -> lb_model::Route {
+    lb_model::Route {
         name: name.into(),
         service: "ssh".into(),
         protocol: Protocol::Tcp,
-        backends: crate::config::Pool::one(backend.parse().unwrap()),
+        backends: lb_model::Pool::one(backend.parse().unwrap()),
         port,
         proxy_protocol: None,
     }
 }
 
 /// [`ssh_route`] with a pool of `backends`, each `ADDR:PORT[ weight=N][ drained]`.
-pub fn pool_route(name: &str, port: u16, backends: &[&str]) -> crate::config::Route {
-    crate::config::Route {
-        backends: crate::config::Pool::parse(backends).unwrap(),
+pub fn pool_route(name: &str, port: u16, backends: &[&str]) -> lb_model::Route {
+    lb_model::Route {
+        backends: lb_model::Pool::parse(backends).unwrap(),
         ..ssh_route(name, port, backends[0].split(' ').next().unwrap())
     }
 }

@@ -7,17 +7,20 @@ use tokio::sync::mpsc;
 use tracing::error;
 
 use crate::{
-    config::{self, RouteRequest},
+    api::Control,
     kernel::dataplane::verdict_names,
-    serve::api::{
-        ApiError, Caller, ClaimRequest, Control, DrainRequest, GatewayView, LegView, MeReply,
-        Removed, RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest,
-        UsersReply,
+    serve::{
+        http::HttpServer,
+        https::HttpsServer,
+        metrics::{self, LegSample, RouteSample},
     },
-    serve::http::HttpServer,
-    serve::https::HttpsServer,
-    serve::metrics::{self, LegSample, RouteSample},
-    table::users::UserView,
+};
+use lb_model::{
+    api::{
+        ApiError, Caller, ClaimRequest, DrainRequest, GatewayView, LegView, MeReply, Removed,
+        RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UsersReply,
+    },
+    RouteRequest, UserView,
 };
 
 use super::{lock, unix, Core};
@@ -195,7 +198,7 @@ impl Control for Handle {
                 .collect(),
         }
     }
-    fn traffic(&self, routes: &[config::RouteKey]) -> Vec<Vec<TrafficMinute>> {
+    fn traffic(&self, routes: &[lb_model::RouteKey]) -> Vec<Vec<TrafficMinute>> {
         let (slots, traffic) = {
             let core = lock(&self.core);
             let slots: Vec<Option<(u32, u64)>> = routes

@@ -19,14 +19,31 @@ use std::net::SocketAddrV4;
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Protocol, RouteKey},
     logging::AUDIT_TARGET,
-    serve::api::{ApiError, DrainRequest, RouteView},
     table::routes::{Changed, Diff, Entry, Source},
     table::state::StoredRoute,
 };
+use lb_model::{
+    api::{ApiError, BackendView, DrainRequest, RouteView},
+    Protocol, RouteKey,
+};
 
 use super::Core;
+
+/// The members of `e`'s pool with their health, as the API shows them.
+pub(super) fn backend_views(e: &Entry) -> Vec<BackendView> {
+    e.route
+        .backends
+        .members()
+        .iter()
+        .map(|m| BackendView {
+            addr: m.addr.to_string(),
+            weight: m.weight,
+            drained: m.drained,
+            up: !e.down.contains(&m.addr),
+        })
+        .collect()
+}
 
 impl Core {
     /// Drains (or undrains) one member of one of `name`'s routes: the route whose pool has

@@ -15,7 +15,8 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::{config::Route, kernel::dataplane::Counters, serve::web::RouterSample};
+use crate::{kernel::dataplane::Counters, serve::web::RouterSample};
+use lb_model::Route;
 
 /// One route and its counters at scrape time.
 pub struct RouteSample {
@@ -327,7 +328,7 @@ pub async fn serve(listener: TcpListener, scrape: Arc<dyn Fn() -> String + Send 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Protocol;
+    use lb_model::Protocol;
 
     fn sample(inbound: u64, idle: Option<Duration>) -> RouteSample {
         RouteSample {
@@ -335,11 +336,8 @@ mod tests {
                 name: "alice".into(),
                 service: "ssh".into(),
                 protocol: Protocol::Tcp,
-                backends: crate::config::Pool::parse(&[
-                    "10.0.0.11:22",
-                    "10.0.0.12:22 weight=2 drained",
-                ])
-                .unwrap(),
+                backends: lb_model::Pool::parse(&["10.0.0.11:22", "10.0.0.12:22 weight=2 drained"])
+                    .unwrap(),
                 port: 30001,
                 proxy_protocol: None,
             },

@@ -38,7 +38,8 @@ use tokio::{
 
 use tracing::debug;
 
-use crate::config::{self, Protocol, ProxyProtocol};
+use crate::config;
+use lb_model::{Protocol, ProxyProtocol};
 
 /// Time a backend has to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,7 +78,7 @@ struct Target {
 }
 
 impl Hosts {
-    pub fn new(service: &str, suffixes: Vec<String>, routes: &[config::Route]) -> Hosts {
+    pub fn new(service: &str, suffixes: Vec<String>, routes: &[lb_model::Route]) -> Hosts {
         let hosts = Hosts {
             service: service.to_string(),
             suffixes,
@@ -87,7 +88,7 @@ impl Hosts {
         hosts
     }
 
-    pub fn update(&self, routes: &[config::Route]) {
+    pub fn update(&self, routes: &[lb_model::Route]) {
         let map = routes
             .iter()
             .filter(|r| r.protocol == Protocol::Tcp && r.service == self.service)
@@ -487,7 +488,7 @@ impl RouterCore {
     pub fn new(
         service: &str,
         suffixes: Vec<String>,
-        routes: &[config::Route],
+        routes: &[lb_model::Route],
         limits: &config::WebLimits,
     ) -> RouterCore {
         RouterCore {
@@ -552,7 +553,7 @@ impl<R: Router> RouterServer<R> {
 
     /// Takes the new route table: the next request (HTTP) or connection (HTTPS) is routed
     /// by it.
-    pub fn update(&self, routes: &[config::Route]) {
+    pub fn update(&self, routes: &[lb_model::Route]) {
         self.shared.core().hosts.update(routes);
     }
 
@@ -642,7 +643,7 @@ mod tests {
     /// after the route was checked is caught too).
     #[tokio::test]
     async fn a_router_never_connects_to_the_gateway_itself() {
-        let own = crate::kernel::sys::interfaces()
+        let own = crate::machine::interfaces()
             .unwrap()
             .into_iter()
             .filter(|i| !i.loopback)
@@ -734,7 +735,7 @@ mod tests {
         let a = |s: &str| -> SocketAddrV4 { s.parse().unwrap() };
         let route =
             crate::testing::pool_route("judge", 30080, &["10.0.0.21:80", "10.0.0.22:80 weight=2"]);
-        let route = config::Route {
+        let route = lb_model::Route {
             service: "http".into(),
             ..route
         };

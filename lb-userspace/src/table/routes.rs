@@ -14,7 +14,7 @@
 //! survive; freed slots are reused, and the data plane zeroes a slot when it is handed out
 //! again.
 //!
-//! A route's pool (`config::Pool`) says which backends it has and which are drained; whether
+//! A route's pool (`lb_model::Pool`) says which backends it has and which are drained; whether
 //! each answers is runtime state kept here, in [`Entry::down`], never stored. What the data
 //! plane and the web routers send new flows to is the pure [`Entry::active`]: members neither
 //! drained nor down, or, when every undrained member is down, all of them (fail open: a
@@ -40,7 +40,7 @@ use std::{
 
 use lb_common::MAX_ROUTES;
 
-use crate::config::{FieldError, Pool, PortRange, Protocol, Route, RouteKey};
+use lb_model::{FieldError, Pool, PortRange, Protocol, Route, RouteKey};
 
 /// Why a route cannot join the table: the field that clashes (`name`, `port` or `backend`)
 /// with the reason, and the key of the route that holds it, so a caller that numbers its
@@ -116,7 +116,7 @@ impl Entry {
     /// empty, since a pool always has an undrained member.
     pub fn active(&self) -> Vec<(SocketAddrV4, u16)> {
         let members = self.route.backends.members();
-        let serving = |m: &&crate::config::Member| !m.drained;
+        let serving = |m: &&lb_model::Member| !m.drained;
         let up: Vec<_> = members
             .iter()
             .filter(serving)
@@ -157,7 +157,7 @@ impl Entry {
         let members = self
             .active()
             .into_iter()
-            .map(|(addr, weight)| crate::config::Member {
+            .map(|(addr, weight)| lb_model::Member {
                 addr,
                 weight,
                 drained: false,
@@ -691,7 +691,7 @@ fn carry_drain(held: &Route, file: &Route) -> Route {
         .backends
         .members()
         .iter()
-        .map(|m| crate::config::Member {
+        .map(|m| lb_model::Member {
             drained: m.drained || held.backends.member(m.addr).is_some_and(|h| h.drained),
             ..*m
         })

@@ -2,7 +2,7 @@
 //! verdicts and fail-open, and their rollbacks, against the fakes.
 
 use super::*;
-use crate::serve::api::DrainRequest;
+use lb_model::api::DrainRequest;
 
 fn a(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()

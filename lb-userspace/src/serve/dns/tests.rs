@@ -21,7 +21,7 @@ use super::{
     zone::{reply_within, respond, response_edns, to_message},
     *,
 };
-use crate::config::{Protocol as Proto, Route};
+use lb_model::{Protocol as Proto, Route};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 const TTL: u32 = 45;
@@ -41,7 +41,7 @@ fn route(name: &str, service: &str, protocol: Proto, port: u16) -> Route {
         name: name.into(),
         service: service.into(),
         protocol,
-        backends: crate::config::Pool::one(SocketAddrV4::new(
+        backends: lb_model::Pool::one(SocketAddrV4::new(
             Ipv4Addr::new(10, 0, 0, 11),
             port - 30000 + 1000,
         )),
@@ -1213,7 +1213,7 @@ fn the_longest_zone_still_holds_the_longest_route() {
         zone: zone_name.clone(),
         ..dns_cfg()
     };
-    let (n, s) = ("n".repeat(63), "s".repeat(config::MAX_SERVICE_LEN));
+    let (n, s) = ("n".repeat(63), "s".repeat(lb_model::MAX_SERVICE_LEN));
     let r = Route {
         name: n.clone(),
         service: s.clone(),

@@ -37,10 +37,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use crate::{
-    config::{check_label, Protocol, Route, RouteKey},
-    table::state::{self, StoredRoute},
-};
+use crate::table::state::{self, StoredRoute};
+use lb_model::{check_label, Protocol, Route, RouteKey};
 
 /// The prefix every key of the shared table starts with.
 pub const PREFIX: &str = "/srvgate/";
@@ -221,7 +219,7 @@ pub fn decode_routes(
                 value.len()
             ));
         }
-        values.push((k, value.as_slice()));
+        values.push((shown.into_owned(), k, value.as_slice()));
     }
     let routes =
         state::decode_routes(Path::new(source), &values, public_ipv4).map_err(|e| e.to_string())?;
@@ -386,7 +384,7 @@ mod tests {
     fn a_pool_has_a_guard_key_per_member_and_its_value_decodes() {
         let mut s = stored("judge", 30002, "10.0.0.21:80");
         s.route.backends =
-            crate::config::Pool::parse(&["10.0.0.21:80", "10.0.0.22:80 weight=2"]).unwrap();
+            lb_model::Pool::parse(&["10.0.0.21:80", "10.0.0.22:80 weight=2"]).unwrap();
         assert_eq!(
             backend_keys(&s.route),
             [

@@ -291,7 +291,7 @@ fn a_routes_proxy_protocol_survives_the_journal_and_the_snapshot() {
     let mut store = StateStore::open(dir.path()).unwrap();
     let mut web = stored("alice", 30000, "10.0.0.11:443", None);
     web.route.service = "https".into();
-    web.route.proxy_protocol = Some(crate::config::ProxyProtocol::V2);
+    web.route.proxy_protocol = Some(lb_model::ProxyProtocol::V2);
     store
         .record(&[put(&web)], &Vec::new)
         .unwrap()
@@ -398,7 +398,7 @@ fn a_pool_is_stored_and_a_single_backend_keeps_the_old_field() {
     let mut store = StateStore::open(dir.path()).unwrap();
     let mut judge = stored("judge", 30002, "10.0.0.21:80", None);
     judge.route.backends =
-        crate::config::Pool::parse(&["10.0.0.21:80", "10.0.0.22:80 weight=2 drained"]).unwrap();
+        lb_model::Pool::parse(&["10.0.0.21:80", "10.0.0.22:80 weight=2 drained"]).unwrap();
     let routes = vec![stored("alice", 30001, "10.0.0.11:22", None), judge];
     store.save(&routes).unwrap();
     let text = fs::read_to_string(store.path()).unwrap();

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::Protocol;
+use lb_model::{BackendRule, Protocol};
 
 fn rule(s: &str) -> BackendRule {
     s.parse().unwrap()
@@ -11,7 +11,7 @@ fn draft(name: &str, backend: &str) -> RouteDraft {
         name: name.into(),
         service: "ssh".into(),
         protocol: Protocol::Tcp,
-        backends: crate::config::Pool::one(backend.parse().unwrap()),
+        backends: lb_model::Pool::one(backend.parse().unwrap()),
         port: None,
     }
 }
@@ -168,7 +168,7 @@ fn cooldowns_keep_a_port_out_until_they_end() {
 
 #[test]
 fn config_users_are_added_updated_and_removed_by_the_file_keeping_tokens() {
-    use crate::config::ConfigUser;
+    use lb_model::ConfigUser;
     let now = SystemTime::UNIX_EPOCH;
     let mut users = Users::default();
     let runtime_token = users.add("bob", vec![], 4, false, now).unwrap();
@@ -215,7 +215,7 @@ fn config_users_are_added_updated_and_removed_by_the_file_keeping_tokens() {
 /// gateway's file added, and the token issued for it, stay whatever this file says.
 #[test]
 fn with_other_gateways_only_what_this_file_dropped_is_removed() {
-    use crate::config::ConfigUser;
+    use lb_model::ConfigUser;
     let now = SystemTime::UNIX_EPOCH;
     let user = |name: &str| ConfigUser {
         name: name.into(),
@@ -254,14 +254,13 @@ fn with_other_gateways_only_what_this_file_dropped_is_removed() {
 #[test]
 fn every_member_of_a_claimed_pool_must_be_the_students() {
     let mut d = draft("alice", "10.0.0.11:80");
-    d.backends =
-        crate::config::Pool::parse(&["10.0.0.11:80", "10.0.1.3:22", "10.0.0.12:80"]).unwrap();
+    d.backends = lb_model::Pool::parse(&["10.0.0.11:80", "10.0.1.3:22", "10.0.0.12:80"]).unwrap();
     match check_claim(&alice(), &d, 0) {
         Err(Denied::NotYourBackend { backend, .. }) => {
             assert_eq!(backend, "10.0.0.12:80".parse().unwrap())
         }
         other => panic!("{other:?}"),
     }
-    d.backends = crate::config::Pool::parse(&["10.0.0.11:80", "10.0.1.3:22 weight=4"]).unwrap();
+    d.backends = lb_model::Pool::parse(&["10.0.0.11:80", "10.0.1.3:22 weight=4"]).unwrap();
     assert_eq!(check_claim(&alice(), &d, 0), Ok(()));
 }

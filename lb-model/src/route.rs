@@ -1,18 +1,194 @@
-//! The one validation of a route's own fields (and of the labels and domains it is made
-//! of), shared by the config file, the control API and the state file.
-//!
-//! Also [`check_backend`], the one rule that a backend is not the gateway itself (an address of
-//! [`OwnAddresses`]: every interface's and the etcd endpoints') nor an address no host has
-//! ([`NOT_A_HOST`]). It is applied to config routes by `check_machine`, to adds and claims, to
-//! a loaded or shared table (a route that breaks it is left out, named), to the table when the
-//! machine's addresses change (a runtime route that breaks it is removed), and by the web
-//! routers before they connect.
+//! Routes and their parts, and the one validation of a route's own fields (and of the
+//! labels and domains it is made of), shared by the config file, the control API, the state
+//! file and the students' client.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    str::FromStr,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
-use super::*;
+use crate::pool::Pool;
+
+/// The transport protocol of a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// A route's protocol when its config, request or form names none.
+    pub const DEFAULT: Protocol = Protocol::Tcp;
+
+    /// `s` parsed, or [`Protocol::DEFAULT`] when absent.
+    pub fn parse_or_default(s: Option<&str>) -> Result<Protocol, String> {
+        s.map_or(Ok(Protocol::DEFAULT), str::parse)
+    }
+
+    /// IANA protocol number, as in the IPv4 header.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(format!(
+                "{other:?} is not a protocol (expected \"tcp\" or \"udp\")"
+            )),
+        }
+    }
+}
+
+/// An inclusive range of public ports that routes may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not a range like \"30000-32767\""))?;
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&v| v != 0)
+                .ok_or_else(|| format!("{p:?} is not a port number (1-65535)"))
+        };
+        let (first, last) = (parse(a)?, parse(b)?);
+        if first > last {
+            return Err(format!("range {s:?} is empty: {first} is above {last}"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+/// One forwarding rule: `public_ipv4:port/protocol -> a pool of backends`, named
+/// `<name>.<service>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Owner label, e.g. `alice`: the first label of `alice.ssh.<zone>`.
+    pub name: String,
+    /// Service label, e.g. `ssh`: `_ssh._tcp.alice.<zone>`.
+    pub service: String,
+    pub protocol: Protocol,
+    pub backends: Pool,
+    /// Public port on the gateway.
+    pub port: u16,
+    /// The PROXY protocol header the web routers send this backend before the client's
+    /// bytes (config routes only; off unless set, since a backend that does not expect it
+    /// would take it for a broken request).
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// Which PROXY protocol header (haproxy's spec) a backend gets first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The text line `PROXY TCP4 ...`.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<ProxyProtocol, String> {
+        match text {
+            "v1" => Ok(ProxyProtocol::V1),
+            "v2" => Ok(ProxyProtocol::V2),
+            other => Err(format!("{other:?} is not \"v1\" or \"v2\"")),
+        }
+    }
+}
+
+impl Route {
+    /// What identifies a route: at most one per (name, service, protocol).
+    pub fn key(&self) -> RouteKey {
+        RouteKey {
+            name: self.name.clone(),
+            service: self.service.clone(),
+            protocol: self.protocol,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    pub name: String,
+    pub service: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.name, self.service, self.protocol)
+    }
+}
+
+/// Longest service label: `_SERVICE` must still be a label (63 characters) in the SRV name.
+pub const MAX_SERVICE_LEN: usize = 62;
+
+/// One invalid field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `gateway.public_ipv4` or `route[2].port` (routes count from 1,
+    /// in file order).
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
 
 /// Checks one DNS label: 1-63 characters of `a-z`, `0-9` and `-`, not starting or ending
 /// with `-`. Uppercase is refused rather than folded so two routes can't differ by case only.
@@ -69,7 +245,7 @@ pub struct RouteRequest {
     /// One backend, `ADDR:PORT`; or, instead, a pool in `backends`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backend: String,
-    /// A pool: each `ADDR:PORT[ weight=N][ drained]` (`config::Member`).
+    /// A pool: each `ADDR:PORT[ weight=N][ drained]` (`lb_model::Member`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<String>,
     #[serde(default)]
@@ -249,7 +425,7 @@ fn pool_of(r: &RouteRequest, public_ipv4: Option<Ipv4Addr>) -> Result<Pool, (Str
 }
 
 /// What a backend address can never be, whatever the machine: [`check_route`]'s part of
-/// the backend rule (the machine's part is [`check_backend`]).
+/// the backend rule (the machine's part is lb-userspace's `config::check_backend`).
 fn check_backend_field(b: SocketAddrV4, public_ipv4: Option<Ipv4Addr>) -> Result<(), String> {
     if b.port() == 0 {
         return Err(format!("{b} has port 0"));
@@ -283,123 +459,64 @@ pub fn backend_field(pool: &Pool) -> &'static str {
     }
 }
 
-/// [`check_backend`] for every member of a pool: the first that breaks the rule, named.
-pub fn check_pool(pool: &Pool, own: &OwnAddresses) -> Result<(), String> {
-    pool.addrs().try_for_each(|b| check_backend(b, own))
-}
-
-/// The addresses that are the gateway itself: every IPv4 address its interfaces hold (all
-/// of them, not only the legs') and the etcd endpoints of `[cluster]`, each with what holds
-/// it, for the reason a refusal gives. What [`check_backend`] keeps backends off.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OwnAddresses {
-    holders: std::collections::BTreeMap<Ipv4Addr, String>,
-}
-
-impl OwnAddresses {
-    /// `interfaces` as read from the machine, and `etcd` the `[cluster]` endpoint URLs
-    /// (`http://host:port`; only an address is taken, a host name is not resolved here).
-    #[cfg(feature = "gateway")]
-    pub fn new(interfaces: &[Interface], etcd: &[String]) -> OwnAddresses {
-        let mut holders = std::collections::BTreeMap::new();
-        for url in etcd {
-            if let Some(ip) = endpoint_ipv4(url) {
-                holders.insert(ip, format!("the etcd endpoint {url} of [cluster]"));
-            }
+/// Parses a duration like `14d`, `36h`, `90m`, `45s`, `2w` or a sum such as `1d12h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    let mut any = false;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
         }
-        // An interface's name wins: it says more than the endpoint.
-        for i in interfaces {
-            for ip in &i.ipv4 {
-                holders.insert(
-                    *ip,
-                    format!("an address of this gateway's interface {:?}", i.name),
-                );
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            'w' => 7 * 86400,
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a duration like \"14d\", \"36h\" or \"1d12h\" (units s, m, h, d, w)"
+                ))
             }
-        }
-        OwnAddresses { holders }
+        };
+        let n: u64 = digits.parse().map_err(|_| {
+            format!("{text:?} is not a duration like \"14d\": a number must come before {c:?}")
+        })?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{text:?} is too long"))?;
+        any = true;
     }
-
-    /// What holds `ip`, if it is the gateway's own.
-    pub fn holder(&self, ip: Ipv4Addr) -> Option<&str> {
-        self.holders.get(&ip).map(String::as_str)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.holders.is_empty()
-    }
-}
-
-/// The address of an etcd endpoint URL, when it is written as one.
-#[cfg(feature = "gateway")]
-fn endpoint_ipv4(url: &str) -> Option<Ipv4Addr> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next()?;
-    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    host.parse().ok()
-}
-
-/// Addresses no host on either side of the gateway can honestly have, each with the reason:
-/// the one list that both the backend rule ([`check_backend`]) and the public legs' source
-/// guard (`kernel::dataplane::guard_entries`) refuse (RFC 1122 3.2.1.3, RFC 3927,
-/// RFC 5771, RFC 1112).
-pub const NOT_A_HOST: [(Ipv4Addr, u8, &str); 5] = [
-    (
-        Ipv4Addr::new(0, 0, 0, 0),
-        8,
-        "is this machine itself (0.0.0.0/8, \"this network\")",
-    ),
-    (
-        Ipv4Addr::new(127, 0, 0, 0),
-        8,
-        "is this machine itself (loopback, 127.0.0.0/8)",
-    ),
-    (
-        Ipv4Addr::new(169, 254, 0, 0),
-        16,
-        "is link-local (169.254.0.0/16): it means this machine's own link (a cloud's metadata service), never a host behind or in front of the gateway",
-    ),
-    (
-        Ipv4Addr::new(224, 0, 0, 0),
-        4,
-        "is a multicast address (224.0.0.0/4)",
-    ),
-    (
-        Ipv4Addr::new(240, 0, 0, 0),
-        4,
-        "is reserved (240.0.0.0/4, or the broadcast address)",
-    ),
-];
-
-/// Why `ip` is in [`NOT_A_HOST`], if it is.
-pub fn not_a_host(ip: Ipv4Addr) -> Option<&'static str> {
-    let ip = u32::from(ip);
-    NOT_A_HOST
-        .iter()
-        .find(|(net, len, _)| (ip ^ u32::from(*net)) >> (32 - u32::from(*len)) == 0)
-        .map(|(_, _, why)| *why)
-}
-
-/// The gateway's rule for a backend's address, apart from [`check_route`]'s own checks of
-/// the field: a backend is never the gateway itself nor an address no host has. Refused:
-/// - an address `own` holds (any interface's, an etcd endpoint's): the rewritten packet,
-///   or a web router's connection, would reach the gateway's own services (sshd, etcd)
-///   and publish them;
-/// - [`NOT_A_HOST`]: loopback and 0/8, link-local (the address of a cloud's metadata
-///   service, and of whatever a link's own hosts answer on, never routed), multicast and
-///   240/4 (some also refused by [`check_route`], repeated here so this one function holds
-///   the whole rule for the web routers' connect).
-///
-/// Applied to every backend named (config file, `route add`, claims, a loaded or shared
-/// table) and before every web router connection. The reason names the rule.
-pub fn check_backend(backend: SocketAddrV4, own: &OwnAddresses) -> Result<(), String> {
-    let ip = *backend.ip();
-    if let Some(holder) = own.holder(ip) {
+    if !digits.is_empty() || !any {
         return Err(format!(
-            "{backend} is {holder}: a backend that is the gateway itself would publish the gateway's own services"
+            "{text:?} is not a duration like \"14d\", \"36h\" or \"1d12h\": every number needs a unit (s, m, h, d, w)"
         ));
     }
-    match not_a_host(ip) {
-        Some(why) => Err(format!("{backend} {why}")),
-        None => Ok(()),
+    if total == 0 {
+        return Err(format!(
+            "{text:?} is zero; remove the key to turn reclaiming off"
+        ));
     }
+    Ok(Duration::from_secs(total))
+}
+
+/// Renders a duration the way [`parse_duration`] reads it (largest units first).
+pub fn format_duration(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= n {
+            out.push_str(&format!("{}{unit}", secs / n));
+            secs %= n;
+        }
+    }
+    out
 }
