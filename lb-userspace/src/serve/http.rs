@@ -257,8 +257,7 @@ where
                 return End::Refuse(error_response(status, reason, &body));
             }
         };
-        let open = upstream.as_ref().filter(|u| reusable(u)).map(|u| u.addr);
-        let Some(backend) = shared.core.hosts.backend(&req.host, open) else {
+        let Some(backend) = shared.core.hosts.backend(&req.host) else {
             stats.failed(Failure::NoRoute);
             return End::Refuse(failure_page(Failure::NoRoute, &req.host));
         };

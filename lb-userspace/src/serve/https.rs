@@ -162,7 +162,7 @@ async fn serve(
             "no server name (SNI) in the ClientHello".into(),
         ));
     };
-    let Some(backend) = shared.core.hosts.backend(&name, None) else {
+    let Some(backend) = shared.core.hosts.backend(&name) else {
         send_alert(&mut cw, &alert(UNRECOGNIZED_NAME), limits).await;
         return Err((Failure::NoRoute, format!("no route for name {name}")));
     };

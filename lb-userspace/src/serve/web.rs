@@ -9,9 +9,8 @@
 //! write of a client or backend is bounded in time; nothing here decides what a request
 //! means.
 //!
-//! Here: [`Hosts`] (name -> the route's active members, chosen by weighted round robin,
-//! swapped atomically), [`admission_within`], [`Reader`] (every read, copy and pump bounded
-//! by a timeout), [`Stats`], and [`RouterServer`], the one
+//! Here: [`Hosts`] (name -> backend, swapped atomically), [`admission_within`], [`Reader`]
+//! (every read, copy and pump bounded by a timeout), [`Stats`], and [`RouterServer`], the one
 //! server of both routers (listeners, accept loop, admission, route updates, samples) over
 //! their [`RouterCore`]; each [`Router`] brings its per-connection `serve` and its `refuse`.
 //! `proxy_header.rs` writes the PROXY protocol v1/v2 header.
@@ -64,17 +63,7 @@ pub struct Hosts {
     service: String,
     /// `<label>.<zone>`, lowercase, each a name under which the routes are reached.
     suffixes: Vec<String>,
-    backends: ArcSwap<HashMap<String, Target>>,
-}
-
-/// One route's members as the routers use them (the daemon hands over each pool reduced
-/// to its active members: `Entry::serving`), and where the next new connection goes.
-struct Target {
-    members: Vec<(SocketAddrV4, u16)>,
-    /// The sum of the weights: a round of the weighted round robin.
-    total: u64,
-    next: AtomicU64,
-    proxy_protocol: Option<ProxyProtocol>,
+    backends: ArcSwap<HashMap<String, Backend>>,
 }
 
 impl Hosts {
@@ -93,51 +82,22 @@ impl Hosts {
             .iter()
             .filter(|r| r.protocol == Protocol::Tcp && r.service == self.service)
             .map(|r| {
-                let members: Vec<(SocketAddrV4, u16)> = r
-                    .backends
-                    .members()
-                    .iter()
-                    .map(|m| (m.addr, m.weight))
-                    .collect();
-                let t = Target {
-                    total: members.iter().map(|&(_, w)| u64::from(w)).sum(),
-                    members,
-                    next: AtomicU64::new(0),
+                let b = Backend {
+                    // The daemon hands the routers each route's pool reduced to its active
+                    // members (`Entry::serving`), so drain and health reach them too.
+                    addr: r.backends.first(),
                     proxy_protocol: r.proxy_protocol,
                 };
-                (r.name.to_ascii_lowercase(), t)
+                (r.name.to_ascii_lowercase(), b)
             })
             .collect();
         self.backends.store(Arc::new(map));
     }
 
-    /// Where a request or connection for `host` (lowercase, no port, no trailing dot) goes,
-    /// if a route answers it: `keep` while it is still one of the route's members (a
-    /// client's open upstream, so a keep-alive or upgraded connection stays on its backend),
-    /// else the next member in weighted round robin.
-    pub fn backend(&self, host: &str, keep: Option<SocketAddrV4>) -> Option<Backend> {
+    /// The backend of `host` (lowercase, no port, no trailing dot), if a route answers it.
+    pub fn backend(&self, host: &str) -> Option<Backend> {
         let name = self.suffixes.iter().find_map(|s| route_name(host, s))?;
-        let map = self.backends.load();
-        let t = map.get(name)?;
-        let addr = match keep.filter(|k| t.members.iter().any(|(a, _)| a == k)) {
-            Some(k) => k,
-            None => {
-                let mut n = t.next.fetch_add(1, Ordering::Relaxed) % t.total.max(1);
-                let mut pick = t.members.first()?.0;
-                for &(a, w) in &t.members {
-                    if n < u64::from(w) {
-                        pick = a;
-                        break;
-                    }
-                    n -= u64::from(w);
-                }
-                pick
-            }
-        };
-        Some(Backend {
-            addr,
-            proxy_protocol: t.proxy_protocol,
-        })
+        self.backends.load().get(name).copied()
     }
 
     /// `*.<suffix>` for each suffix, for the log.
@@ -728,39 +688,5 @@ mod tests {
             "closed at {at:?}, talk until {talked_until:?}"
         );
         assert_eq!(counter.load(Ordering::Relaxed), WRITES);
-    }
-
-    #[test]
-    fn hosts_rotate_by_weight_and_keep_an_open_upstream() {
-        let a = |s: &str| -> SocketAddrV4 { s.parse().unwrap() };
-        let route =
-            crate::testing::pool_route("judge", 30080, &["10.0.0.21:80", "10.0.0.22:80 weight=2"]);
-        let route = lb_model::Route {
-            service: "http".into(),
-            ..route
-        };
-        let hosts = Hosts::new("http", vec!["http.lab.example".into()], &[route]);
-        let host = "judge.http.lab.example";
-        let picks: Vec<SocketAddrV4> = (0..6)
-            .map(|_| hosts.backend(host, None).unwrap().addr)
-            .collect();
-        let on = |b: &str| picks.iter().filter(|&&p| p == a(b)).count();
-        assert_eq!(
-            (on("10.0.0.21:80"), on("10.0.0.22:80")),
-            (2, 4),
-            "{picks:?}"
-        );
-        for _ in 0..3 {
-            assert_eq!(
-                hosts.backend(host, Some(a("10.0.0.21:80"))).unwrap().addr,
-                a("10.0.0.21:80")
-            );
-        }
-        // An upstream that is no member (any more) is not kept.
-        assert_ne!(
-            hosts.backend(host, Some(a("10.0.0.99:80"))).unwrap().addr,
-            a("10.0.0.99:80")
-        );
-        assert!(hosts.backend("nobody.http.lab.example", None).is_none());
     }
 }
