@@ -15,7 +15,8 @@
 //!   and man pages and completions generated from the CLI (`docs`).
 //!
 //! At the top: `config` (the file, and the validation every route goes through), `daemon`
-//! (`srvgate run`: the operations that keep all of the above in agreement), `logging`
+//! (`srvgate run`: the operations that keep all of the above in agreement), `health` (checks
+//! of backends: specs, verdicts, the probes' runner), `logging`
 //! (terminal or journal output) and `notify` (systemd readiness).
 //!
 //! Without the `gateway` feature only what the students' verbs need is built (`api`'s
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "gateway")]
 pub mod daemon;
+pub mod health;
 #[cfg(feature = "gateway")]
 pub mod kernel;
 #[cfg(feature = "gateway")]

@@ -387,7 +387,7 @@ pub async fn connect(addr: SocketAddrV4) -> io::Result<TcpStream> {
 
 /// The local address the kernel would use toward `addr`: `addr` itself when it is one of
 /// this machine's own.
-fn route_source(addr: SocketAddrV4) -> io::Result<SocketAddr> {
+pub(crate) fn route_source(addr: SocketAddrV4) -> io::Result<SocketAddr> {
     let probe = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
     probe.connect(addr)?;
     probe.local_addr()
