@@ -45,18 +45,23 @@ use std::{
 };
 
 use crate::{
+    api,
     config::{self, Config, ConfigError, Gateway},
     kernel::dataplane::{AttachMode, Dataplane, DataplaneError},
-    serve::api::{self, PortalInfo},
-    serve::dns::{DnsError, DnsServer},
-    serve::http::{HttpError, HttpServer},
-    serve::https::HttpsServer,
-    serve::portal::PortalError,
-    table::routes::RouteTable,
-    table::state::{Commit, StateError, Store},
-    table::traffic::Traffic,
-    table::users::Users,
+    serve::{
+        dns::{DnsError, DnsServer},
+        http::{HttpError, HttpServer},
+        https::HttpsServer,
+        portal::PortalError,
+    },
+    table::{
+        routes::RouteTable,
+        state::{Commit, StateError, Store},
+        traffic::Traffic,
+        users::Users,
+    },
 };
+use lb_model::api::PortalInfo;
 
 pub use lifecycle::run;
 
@@ -165,7 +170,7 @@ impl Clock {
         let offset = text
             .parse::<u64>()
             .map(Duration::from_secs)
-            .or_else(|_| config::parse_duration(text));
+            .or_else(|_| lb_model::parse_duration(text));
         match offset {
             Ok(d) => now + d,
             Err(_) => now,
@@ -193,7 +198,7 @@ struct Core {
     users: Users,
     /// The config file's `[[user]]`s in force, applied again over accounts another gateway
     /// changed.
-    config_users: Vec<config::ConfigUser>,
+    config_users: Vec<lb_model::ConfigUser>,
     /// The DNS zone, for telling students their names.
     zone: Option<String>,
     /// The students' HTTPS API, if configured: where, and its certificate's fingerprint.
@@ -217,15 +222,15 @@ struct Core {
     shared: bool,
     /// Shared store: runtime routes' last-seen times from this gateway's own counters, and
     /// what of them was published last (see `seen.rs`).
-    own_seen: std::collections::HashMap<config::RouteKey, SystemTime>,
-    published: std::collections::HashMap<config::RouteKey, SystemTime>,
+    own_seen: std::collections::HashMap<lb_model::RouteKey, SystemTime>,
+    published: std::collections::HashMap<lb_model::RouteKey, SystemTime>,
     last_publish: Option<Instant>,
     /// The gateway's own addresses, which no backend may be (`config::check_backend`):
     /// read at start and again every few seconds ([`Core::refresh_own`]).
     own: config::OwnAddresses,
-    /// Reads the machine's interfaces (`kernel::sys::interfaces`; a fake machine's in the
+    /// Reads the machine's interfaces (`machine::interfaces`; a fake machine's in the
     /// tests).
-    interfaces: fn() -> std::io::Result<Vec<config::Interface>>,
+    interfaces: fn() -> std::io::Result<Vec<crate::machine::Interface>>,
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {

@@ -4,28 +4,23 @@
 //! Exit codes: 0 success, 1 a runtime failure, 2 bad input (config, state file, arguments,
 //! privileges).
 
-#[cfg(feature = "gateway")]
 use std::path::Path;
 use std::{path::PathBuf, process::ExitCode};
 
-#[cfg(feature = "gateway")]
 use anyhow::anyhow;
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
-#[cfg(feature = "gateway")]
+use lb_client::{Failure, StudentCommand};
 use lb_userspace::{
+    api::DEFAULT_SOCKET,
     cli::admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
+    cli::docs,
     config::Config,
     daemon::{self, Options},
     kernel::dataplane::{AttachMode, DEFAULT_PIN_DIR},
     kernel::sys,
     logging,
-    serve::api::DEFAULT_SOCKET,
     table::state::DEFAULT_STATE_DIR,
-};
-use lb_userspace::{
-    cli::docs,
-    cli::student::{self, account},
 };
 
 #[derive(Parser)]
@@ -42,45 +37,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    #[cfg(feature = "gateway")]
     /// Run the gateway: attach XDP (pinned), fill the maps, serve DNS, metrics and the
     /// control socket until SIGINT/SIGTERM. XDP keeps forwarding after it exits unless
     /// --detach-on-exit.
     Run(RunArgs),
-    #[cfg(feature = "gateway")]
     /// Validate a config file (syntax, fields, interfaces) without touching the kernel.
     Check {
         /// The TOML config file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    #[cfg(feature = "gateway")]
     /// Manage the running gateway's routes (add, rm, ls).
     #[command(subcommand)]
     Route(RouteCommand),
-    #[cfg(feature = "gateway")]
     /// Manage the students' accounts (add, ls, rm, token).
     #[command(subcommand)]
     User(UserCommand),
-    #[cfg(feature = "gateway")]
     /// A table of every route with its traffic and when it last saw a packet.
     Status(LsArgs),
-    #[cfg(feature = "gateway")]
     /// Stop forwarding: make a running daemon detach XDP and exit, or remove what a stopped
     /// one left pinned.
     Down(DownArgs),
-    /// Connect to an instance by name: resolves its SRV record and runs ssh with the port.
-    Ssh(student::SshArgs),
-    /// Print a ~/.ssh/config snippet so that plain `ssh NAME.ssh.ZONE` works.
-    SshConfig(student::SshConfigArgs),
-    /// Students: save the gateway's portal address, its certificate and your token.
-    Login(account::LoginArgs),
-    /// Students: get a public port for your instance at once (NAME.SERVICE.ZONE).
-    Claim(account::ClaimArgs),
-    /// Students: your routes, their traffic, and when idle ones are reclaimed.
-    Mine(account::MineArgs),
-    /// Students: give a route's port back.
-    Release(account::ReleaseArgs),
+    // The students' verbs (ssh, ssh-config, login, claim, mine, release), lb-client's.
+    #[command(flatten)]
+    Student(StudentCommand),
 }
 
 /// The package build's verbs. Parsed apart from [`Cli`] so that they appear in none of the
@@ -117,7 +97,6 @@ impl Packaging {
     }
 }
 
-#[cfg(feature = "gateway")]
 #[derive(clap::Args)]
 struct RunArgs {
     /// The TOML config file.
@@ -146,27 +125,6 @@ struct RunArgs {
     clock_offset_file: Option<PathBuf>,
 }
 
-/// A failure with the exit code it maps to.
-struct Failure {
-    code: u8,
-    error: anyhow::Error,
-}
-
-impl Failure {
-    fn input(error: impl Into<anyhow::Error>) -> Self {
-        Failure {
-            code: 2,
-            error: error.into(),
-        }
-    }
-    fn runtime(error: impl Into<anyhow::Error>) -> Self {
-        Failure {
-            code: 1,
-            error: error.into(),
-        }
-    }
-}
-
 fn main() -> ExitCode {
     if Packaging::is_invoked() {
         return match Packaging::parse().run() {
@@ -178,18 +136,7 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
-    #[cfg(feature = "gateway")]
     logging::init();
-    // The students' client alone: plain lines on stderr.
-    #[cfg(not(feature = "gateway"))]
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    #[cfg(feature = "gateway")]
     let admin_failure = |e: admin::AdminError| {
         if e.is_bad_input() {
             Failure::input(e)
@@ -198,24 +145,13 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        #[cfg(feature = "gateway")]
         Command::Run(args) => run(args),
-        #[cfg(feature = "gateway")]
         Command::Check { config } => check(&config),
-        #[cfg(feature = "gateway")]
         Command::Route(cmd) => admin::route(cmd).map_err(admin_failure),
-        #[cfg(feature = "gateway")]
         Command::User(cmd) => admin::user(cmd).map_err(admin_failure),
-        #[cfg(feature = "gateway")]
         Command::Status(args) => admin::status(args).map_err(admin_failure),
-        #[cfg(feature = "gateway")]
         Command::Down(args) => admin::down(args).map_err(admin_failure),
-        Command::Ssh(args) => student::ssh(args).map(|_| ()).map_err(Failure::runtime),
-        Command::SshConfig(args) => student::ssh_config(args).map_err(Failure::runtime),
-        Command::Login(args) => account::login(args).map_err(student_failure),
-        Command::Claim(args) => account::claim(args).map_err(student_failure),
-        Command::Mine(args) => account::mine(args).map_err(student_failure),
-        Command::Release(args) => account::release(args).map_err(student_failure),
+        Command::Student(cmd) => cmd.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -226,15 +162,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn student_failure(e: account::StudentError) -> Failure {
-    if e.is_bad_input() {
-        Failure::input(e)
-    } else {
-        Failure::runtime(e)
-    }
-}
-
-#[cfg(feature = "gateway")]
 fn load(path: &Path) -> Result<Config, Failure> {
     let cfg = Config::load(path).map_err(Failure::input)?;
     let warnings = cfg.check_machine(path).map_err(Failure::input)?;
@@ -244,7 +171,6 @@ fn load(path: &Path) -> Result<Config, Failure> {
     Ok(cfg)
 }
 
-#[cfg(feature = "gateway")]
 fn check(path: &Path) -> Result<(), Failure> {
     let cfg = load(path)?;
     // The files `run` reads before it connects: a bad one is the file's fault, found now.
@@ -262,7 +188,6 @@ fn check(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-#[cfg(feature = "gateway")]
 fn run(args: RunArgs) -> Result<(), Failure> {
     let cfg = load(&args.config)?;
     if let Some(missing) = sys::missing_privileges() {

@@ -23,15 +23,17 @@ use std::{
 };
 
 use crate::{
-    config::Protocol,
-    health::{CheckSpec, ProbeError, Prober},
+    health::{ProbeError, Prober},
     kernel::dataplane::{
         plan, sync_plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends,
     },
-    table::routes::{Diff, Entry, RouteTable},
-    table::state::{Commit, RouteChange, StateError, Store, StoredRoute},
-    table::users::Users,
+    table::{
+        routes::{Diff, Entry, RouteTable},
+        state::{Commit, RouteChange, StateError, Store, StoredRoute},
+        users::Users,
+    },
 };
+use lb_model::Protocol;
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A failed assertion in one test thread must not hide the state from the report.
@@ -198,7 +200,7 @@ impl Dataplane for FakeDataplane {
         &self.legs
     }
 
-    fn refresh_guard(&mut self, _: &[crate::config::Interface]) -> Result<(), DataplaneError> {
+    fn refresh_guard(&mut self, _: &[crate::machine::Interface]) -> Result<(), DataplaneError> {
         self.maps().guard_refreshes += 1;
         Ok(())
     }
@@ -238,7 +240,7 @@ pub struct FakeState {
     pub flush_fails: bool,
     /// As a shared store: ports other gateways hold. A recorded route on one of them is
     /// refused (`StateError::Refused`, naming them all), as etcd's transaction is.
-    pub others: Vec<(u16, crate::config::Protocol)>,
+    pub others: Vec<(u16, lb_model::Protocol)>,
     /// As a shared store that does not answer: every write is `StateError::Unavailable`.
     pub unreachable: bool,
     /// Acts as a store shared with other gateways (`cluster()` answers; read when the core
@@ -248,7 +250,7 @@ pub struct FakeState {
     /// reclaim is refused as the fenced transaction would be.
     pub follower: bool,
     /// Every batch of last-seen times published, in order.
-    pub published: Vec<Vec<(crate::config::RouteKey, std::time::SystemTime)>>,
+    pub published: Vec<Vec<(lb_model::RouteKey, std::time::SystemTime)>>,
     /// The routes a crash would leave: recorded changes count only once their commit has
     /// been waited for (their flush), a whole save at once.
     pub durable_routes: Vec<StoredRoute>,
@@ -401,9 +403,9 @@ impl Store for FakeStore {
         self.record(&[RouteChange::Put(route.clone())], all)
     }
 
-    fn cluster(&self) -> Option<crate::serve::api::ClusterView> {
+    fn cluster(&self) -> Option<lb_model::api::ClusterView> {
         let s = self.state();
-        s.shared.then(|| crate::serve::api::ClusterView {
+        s.shared.then(|| lb_model::api::ClusterView {
             gateway_id: "gw1".into(),
             members: vec!["gw1".into(), "gw2".into()],
             leader: Some(if s.follower { "gw2" } else { "gw1" }.into()),
@@ -436,7 +438,7 @@ impl Store for FakeStore {
 
     fn publish_seen(
         &mut self,
-        seen: &[(crate::config::RouteKey, std::time::SystemTime)],
+        seen: &[(lb_model::RouteKey, std::time::SystemTime)],
     ) -> Result<(), StateError> {
         let mut s = self.state();
         s.save_or_fail()?;
@@ -480,8 +482,9 @@ impl FakeState {
 
 // ---------------------------------------------------------------- the daemon, for its servers
 
-use crate::serve::api::{
-    ApiError, Caller, ClaimRequest, Control, GatewayView, LegView, MeReply, Removed, RouteRequest,
+use crate::api::Control;
+use lb_model::api::{
+    ApiError, Caller, ClaimRequest, GatewayView, LegView, MeReply, Removed, RouteRequest,
     RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UserView, UsersReply,
 };
 
@@ -551,12 +554,15 @@ impl Control for FakeControl {
     fn users(&self) -> UsersReply {
         let users = self.users.lock().unwrap();
         UsersReply {
-            users: users.all().map(|u| UserView::of(u, 0)).collect(),
+            users: users
+                .all()
+                .map(|u| crate::table::users::user_view(u, 0))
+                .collect(),
         }
     }
     fn user_add(&self, r: UserRequest) -> Result<TokenReply, ApiError> {
-        let rules = crate::table::users::parse_rules(&r.backends)
-            .map_err(|e| ApiError::field(400, "backends", e))?;
+        let rules =
+            lb_model::parse_rules(&r.backends).map_err(|e| ApiError::field(400, "backends", e))?;
         let mut users = self.users.lock().unwrap();
         let token = users
             .add(
@@ -567,7 +573,7 @@ impl Control for FakeControl {
                 std::time::UNIX_EPOCH,
             )
             .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
-        let user = UserView::of(users.get(&r.name).unwrap(), 0);
+        let user = crate::table::users::user_view(users.get(&r.name).unwrap(), 0);
         Ok(TokenReply { user, token })
     }
     fn user_remove(&self, name: &str, _with_routes: bool) -> Result<UserView, ApiError> {
@@ -575,14 +581,14 @@ impl Control for FakeControl {
         let u = users
             .remove(name)
             .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
-        Ok(UserView::of(&u, 0))
+        Ok(crate::table::users::user_view(&u, 0))
     }
     fn user_token(&self, name: &str) -> Result<TokenReply, ApiError> {
         let mut users = self.users.lock().unwrap();
         let token = users
             .rotate(name)
             .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
-        let user = UserView::of(users.get(name).unwrap(), 0);
+        let user = crate::table::users::user_view(users.get(name).unwrap(), 0);
         Ok(TokenReply { user, token })
     }
     fn authenticate(&self, token: &str) -> Option<Caller> {
@@ -612,7 +618,7 @@ impl Control for FakeControl {
             })
             .collect();
         Ok(MeReply {
-            user: UserView::of(u, routes.len()),
+            user: crate::table::users::user_view(u, routes.len()),
             public_ipv4: "203.0.113.10".into(),
             zone: Some("lab.example".into()),
             http_service: Some("http".into()),
@@ -655,7 +661,7 @@ impl Control for FakeControl {
             verdicts: vec![("rewritten".into(), 7)],
         }
     }
-    fn traffic(&self, routes: &[crate::config::RouteKey]) -> Vec<Vec<TrafficMinute>> {
+    fn traffic(&self, routes: &[lb_model::RouteKey]) -> Vec<Vec<TrafficMinute>> {
         routes
             .iter()
             .map(|_| {
@@ -696,7 +702,11 @@ impl Drop for InFlight<'_> {
 }
 
 impl Prober for FakeProber {
-    async fn probe(&self, backend: SocketAddrV4, _: &CheckSpec) -> Result<String, ProbeError> {
+    async fn probe(
+        &self,
+        backend: SocketAddrV4,
+        _: &lb_model::check::CheckSpec,
+    ) -> Result<String, ProbeError> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         let _counted = InFlight(&self.in_flight);
         self.most.fetch_max(now, Ordering::SeqCst);
@@ -714,8 +724,8 @@ impl Prober for FakeProber {
 }
 
 /// The route NAME/ssh/tcp on `port` to `backend`: the tests' usual one.
-pub fn ssh_route(name: &str, port: u16, backend: &str) -> crate::config::Route {
-    crate::config::Route {
+pub fn ssh_route(name: &str, port: u16, backend: &str) -> lb_model::Route {
+    lb_model::Route {
         name: name.into(),
         service: "ssh".into(),
         protocol: Protocol::Tcp,

@@ -24,6 +24,7 @@
 //! (`<date>.svg`, rendered to `<date>.png` by rsvg-convert). `--smoke` (one short round,
 //! results in a temp dir) checks that every mode forwarded traffic: `cargo xtask test` runs it.
 
+mod baseline;
 mod control;
 mod cost;
 mod dns;
@@ -97,6 +98,8 @@ pub struct Options {
     pub skip_dns: bool,
     pub skip_control: bool,
     pub out_dir: Option<PathBuf>,
+    /// A git revision to build and measure as mode `baseline` in the same rounds.
+    pub baseline: Option<String>,
 }
 
 /// Everything the measurements need from the build and the lab.
@@ -104,6 +107,10 @@ pub struct Bench<'a> {
     pub lab: &'a Lab,
     pub plan: Plan,
     pub xdp_ceiling: PathBuf,
+    /// The working tree's release build.
+    pub srvgate: PathBuf,
+    /// The baseline revision's release build, with `--baseline`.
+    pub baseline: Option<PathBuf>,
     pub srvgate_extra_args: Vec<String>,
     /// The exact command lines run, once each (placeholders filled), for the report.
     pub commands: Vec<String>,
@@ -152,12 +159,30 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
     let (srvgate, xdp_ceiling) = build(root)?;
     // The lab starts `$SRVGATE_BIN`; nothing else runs yet, so setting it is sound.
     std::env::set_var("SRVGATE_BIN", &srvgate);
+    let mut modes = opts.modes.clone();
+    let baseline = match &opts.baseline {
+        Some(rev) => {
+            let b = baseline::prepare(root, rev)?;
+            if !modes.contains(&Mode::Baseline) {
+                modes.push(Mode::Baseline);
+            }
+            Some(b)
+        }
+        None => {
+            ensure!(
+                !modes.contains(&Mode::Baseline),
+                "mode baseline needs --baseline REV (the revision to compare with)"
+            );
+            None
+        }
+    };
 
     let mut plan = opts.plan;
     if let Some(r) = opts.rounds {
         plan.rounds = r.max(1);
     }
-    let facts = report::Facts::collect(root, &srvgate)?;
+    let mut facts = report::Facts::collect(root, &srvgate)?;
+    facts.baseline = baseline.as_ref().map(baseline::Baseline::describe);
     println!(
         "bench: {} plan, {} round(s); {}",
         plan.name,
@@ -170,7 +195,10 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
         Duration::from_secs(10),
     )?;
     let mut srvgate_extra_args = Vec::new();
-    if String::from_utf8_lossy(&help.stdout).contains("--detach-on-exit") {
+    let baseline_knows = |flag: &str| baseline.as_ref().is_none_or(|b| b.run_help.contains(flag));
+    if String::from_utf8_lossy(&help.stdout).contains("--detach-on-exit")
+        && baseline_knows("--detach-on-exit")
+    {
         srvgate_extra_args.push("--detach-on-exit".to_string());
     }
 
@@ -184,6 +212,8 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
         lab: &lab,
         plan,
         xdp_ceiling,
+        srvgate: srvgate.clone(),
+        baseline: baseline.as_ref().map(|b| b.srvgate.clone()),
         srvgate_extra_args,
         commands: Vec::new(),
     };
@@ -196,21 +226,20 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
     };
 
     for round in 0..plan.rounds {
-        let n = opts.modes.len();
+        let n = modes.len();
         for i in 0..n {
             // Rotate the order each round so that no mode always runs first or last.
-            let mode = opts.modes[(i + round) % n];
+            let mode = modes[(i + round) % n];
             println!("\n== round {}/{}: {mode}", round + 1, plan.rounds);
             let t = Instant::now();
             measure_mode(&mut bench, mode, &mut results)
                 .with_context(|| format!("round {}, mode {mode}", round + 1))?;
             println!("   ({mode}: {:.1} s)", t.elapsed().as_secs_f64());
         }
-        let xdp_rows: Vec<&str> = opts
-            .modes
+        let xdp_rows: Vec<&str> = modes
             .iter()
             .map(|m| m.name())
-            .filter(|m| ["srvgate", "xdp-ceiling"].contains(m))
+            .filter(|m| ["srvgate", "xdp-ceiling", "baseline"].contains(m))
             .collect();
         if !xdp_rows.is_empty() {
             println!(
@@ -220,6 +249,10 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
             );
             cost::measure(root, &xdp_rows, &mut results)
                 .with_context(|| format!("round {}, program cost", round + 1))?;
+            if let Some(b) = &baseline {
+                cost::measure_baseline(b, &mut results)
+                    .with_context(|| format!("round {}, the baseline's program cost", round + 1))?;
+            }
         }
         if let Some(knot) = &knot {
             println!("\n== round {}/{}: DNS", round + 1, plan.rounds);
@@ -249,7 +282,7 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
     let report = report::Report {
         facts: &facts,
         plan: &plan,
-        modes: &opts.modes,
+        modes: &modes,
         results: &results,
         commands: &bench.commands,
         dns: knot.is_some(),

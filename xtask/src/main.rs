@@ -96,7 +96,7 @@ enum Cmd {
         /// Number of rounds (default: 3, or 1 with --quick/--smoke).
         #[arg(long)]
         rounds: Option<usize>,
-        /// Only these modes, comma-separated (route,dnat,haproxy,srvgate,xdp-ceiling).
+        /// Only these modes, comma-separated (route,dnat,haproxy,srvgate,xdp-ceiling,baseline).
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
         /// Skip the DNS comparison.
@@ -108,6 +108,12 @@ enum Cmd {
         /// Directory for the results (default: bench/results).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also measure srvgate as built from this git revision (commit, tag or branch), as
+        /// mode `baseline`, in the same rounds as the working tree's build: a same-run A/B.
+        /// Its sources are exported with `git archive` to target/bench-baseline/<commit> and
+        /// built there (release; a few minutes the first time, reused after).
+        #[arg(long, value_name = "REV")]
+        baseline: Option<String>,
     },
     /// Set up, build (release), then build the Debian package target/dist/srvgate_VERSION_ARCH.deb.
     ///
@@ -182,6 +188,7 @@ fn dispatch(command: Cmd) -> Result<()> {
             no_dns,
             no_control,
             out,
+            baseline,
         } => {
             setup::setup(false)?;
             let plan = if smoke {
@@ -199,7 +206,8 @@ fn dispatch(command: Cmd) -> Result<()> {
                     .map(|m| {
                         bench::Mode::parse(m).ok_or_else(|| {
                             anyhow!(
-                                "unknown mode {m:?}: use route, dnat, haproxy, srvgate or xdp-ceiling"
+                                "unknown mode {m:?}: use route, dnat, haproxy, srvgate, xdp-ceiling \
+                                 or baseline (with --baseline REV)"
                             )
                         })
                     })
@@ -213,6 +221,7 @@ fn dispatch(command: Cmd) -> Result<()> {
                     skip_dns: no_dns,
                     skip_control: no_control,
                     out_dir: out,
+                    baseline,
                 },
                 &workspace_root()?,
             )
@@ -342,8 +351,7 @@ fn test(quick: bool) -> Result<()> {
             &[
                 "clippy",
                 "-p",
-                "lb-userspace",
-                "--no-default-features",
+                "lb-client",
                 "--target",
                 setup::WINDOWS_TARGET,
                 "--bins",
@@ -463,6 +471,7 @@ fn test(quick: bool) -> Result<()> {
                     skip_dns: false,
                     skip_control: false,
                     out_dir: None,
+                    baseline: None,
                 },
                 &root,
             ),

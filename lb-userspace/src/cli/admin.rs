@@ -9,12 +9,12 @@ use std::{
 };
 
 use crate::{
-    config::check_label,
+    api::{Client, ClientError, DEFAULT_SOCKET},
     kernel::dataplane::{remove_pins, DEFAULT_PIN_DIR},
-    serve::api::{
-        Client, ClientError, RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply,
-        UserRequest, UsersReply, DEFAULT_SOCKET,
-    },
+};
+use lb_model::{
+    api::{RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply, UserRequest, UsersReply},
+    check_label,
 };
 
 /// How long `down` waits for a running daemon to detach and exit.
@@ -396,7 +396,7 @@ fn summary(r: &RoutesReply) -> String {
 }
 
 /// `[cluster]`'s line of `srvgate status`: who we are, who else is there, how fresh.
-fn cluster_line(c: &crate::serve::api::ClusterView) -> String {
+fn cluster_line(c: &lb_model::api::ClusterView) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -472,7 +472,7 @@ pub fn render_status(r: &RoutesReply) -> String {
             let mut row = identity_cells(v);
             row.extend([
                 (v.inbound_packets + v.outbound_packets).to_string(),
-                human_bytes(v.inbound_bytes + v.outbound_bytes),
+                lb_model::text::human_bytes(v.inbound_bytes + v.outbound_bytes),
                 last_seen(v),
                 v.source.clone(),
             ]);
@@ -519,21 +519,6 @@ pub fn human_duration(secs: u64) -> String {
         s if s < 3600 => format!("{}m", s / 60),
         s if s < 86400 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86400),
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -612,7 +597,7 @@ mod tests {
     #[test]
     fn status_shows_the_cluster() {
         let mut r = reply();
-        r.cluster = Some(crate::serve::api::ClusterView {
+        r.cluster = Some(lb_model::api::ClusterView {
             gateway_id: "gw2".into(),
             members: vec!["gw1".into(), "gw2".into()],
             leader: None,
@@ -657,7 +642,5 @@ mod tests {
     fn units() {
         assert_eq!(human_duration(59), "59s");
         assert_eq!(human_duration(14 * 86400), "14d");
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
     }
 }

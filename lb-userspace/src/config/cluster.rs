@@ -1,39 +1,16 @@
 //! `[cluster]`: the etcd endpoints through which several gateways share one table, and this
-//! gateway's name among them. Pure validation; the store itself is `crate::table::cluster`.
+//! gateway's name among them. Pure validation into `table::cluster`'s settings, which the store itself uses.
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::check_label;
+use lb_model::check_label;
+
+use crate::table::cluster::{Cluster, ClusterTls};
 
 /// More endpoints than any etcd cluster worth running has members.
 const MAX_ENDPOINTS: usize = 16;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cluster {
-    /// etcd client URLs, `https://host:port` each (`http://` only with `insecure_http`).
-    pub etcd: Vec<String>,
-    /// This gateway's name in the cluster (a DNS label): in logs, `status` and the keys
-    /// only this gateway writes.
-    pub gateway_id: String,
-    /// How this gateway proves itself to etcd and checks etcd; `None` only for `http://`
-    /// endpoints with `insecure_http = true`.
-    pub tls: Option<ClusterTls>,
-}
-
-/// The files of `[cluster]`'s TLS: read (and the key's mode checked) when the gateway
-/// connects, see `crate::table::cluster::tls`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterTls {
-    /// The CA that signed etcd's server certificate (PEM); the only one trusted for it.
-    pub ca: PathBuf,
-    /// This gateway's client certificate (PEM), signed by a CA etcd's
-    /// `--trusted-ca-file` names.
-    pub cert: PathBuf,
-    /// Its private key (PEM), readable by its owner only.
-    pub key: PathBuf,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

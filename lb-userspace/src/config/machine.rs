@@ -5,9 +5,10 @@
 //! Called by `srvgate check`, `srvgate run` and SIGHUP alike; the rules themselves are the pure
 //! `check_against`, tested on a made-up machine.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::path::Path;
 
 use super::*;
+use crate::machine::Interface;
 
 impl Config {
     /// Checks the config against this machine (this network namespace): every interface
@@ -22,7 +23,7 @@ impl Config {
             std::fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(name)).unwrap_or_default()
         };
         let machine = Machine {
-            interfaces: crate::kernel::sys::interfaces().unwrap_or_default(),
+            interfaces: crate::machine::interfaces().unwrap_or_default(),
             ephemeral: parse_port_pair(&sysctl("ip_local_port_range")),
             reserved: parse_port_list(&sysctl("ip_local_reserved_ports")),
         };
@@ -139,16 +140,6 @@ pub(super) struct Machine {
     pub(super) ephemeral: Option<PortRange>,
     /// `net.ipv4.ip_local_reserved_ports`: never picked as ephemeral ports.
     pub(super) reserved: Vec<PortRange>,
-}
-
-/// A network interface as [`Config::check_machine`] needs it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Interface {
-    pub name: String,
-    pub loopback: bool,
-    pub ipv4: Vec<Ipv4Addr>,
-    /// The same addresses, each with its prefix length (from its netmask).
-    pub ipv4_nets: Vec<(Ipv4Addr, u8)>,
 }
 
 /// `ip_local_port_range`: two numbers separated by whitespace.

@@ -1,6 +1,10 @@
-#[cfg(feature = "gateway")]
 use super::machine::{parse_port_list, parse_port_pair, Machine};
 use super::*;
+use crate::machine::Interface;
+use lb_model::{
+    check_domain, check_label, check_route, format_duration, parse_duration, Protocol,
+    ProxyProtocol, RouteRequest,
+};
 use std::time::Duration;
 
 const GOOD: &str = r#"
@@ -773,7 +777,6 @@ fn nameservers_are_labels_with_host_addresses() {
 /// A config route whose backend is the gateway itself (any interface's address, not only a
 /// leg's; an etcd endpoint's) or link-local is refused by the machine check (`check`,
 /// `run`, SIGHUP), naming the route's field and the rule.
-#[cfg(feature = "gateway")]
 #[test]
 fn a_config_route_to_the_gateway_itself_is_refused() {
     let mut m = machine();
@@ -805,7 +808,6 @@ fn a_config_route_to_the_gateway_itself_is_refused() {
     assert!(errors[0].reason.contains("etcd endpoint"), "{}", errors[0]);
 }
 
-#[cfg(feature = "gateway")]
 #[test]
 fn the_backend_rule_names_what_holds_the_address() {
     let own = OwnAddresses::new(

@@ -16,6 +16,7 @@ use std::{
 use super::raw::RawDns;
 use super::*;
 use crate::table::routes::{RouteError, RouteTable, Source};
+use lb_model::{check_domain, check_label, check_route, parse_duration, RouteKey, RouteRequest};
 
 /// The shortest `reclaim_after` with `[cluster]`: last-seen times travel between gateways
 /// every 10 s (and the counters are read every 5 s), so the reclaiming gateway's view of
@@ -190,7 +191,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             // Last-seen times reach the reclaiming gateway a pass or two late.
             bad(
                 "gateway.reclaim_after",
-                format!("is shorter than {} with [cluster]: gateways share their last-seen times every 10 s, so a shorter one could reclaim a route in use through another gateway", crate::config::format_duration(MIN_CLUSTER_RECLAIM)),
+                format!("is shorter than {} with [cluster]: gateways share their last-seen times every 10 s, so a shorter one could reclaim a route in use through another gateway", lb_model::format_duration(MIN_CLUSTER_RECLAIM)),
             );
             None
         }
@@ -422,7 +423,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             );
             continue;
         }
-        let backends = match crate::table::users::parse_rules(&u.backends) {
+        let backends = match lb_model::parse_rules(&u.backends) {
             Ok(b) => b,
             Err(e) => {
                 bad(&field("backends"), e);

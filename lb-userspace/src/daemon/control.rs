@@ -7,16 +7,20 @@ use tokio::sync::mpsc;
 use tracing::error;
 
 use crate::{
-    config::{self, RouteRequest},
+    api::Control,
     kernel::dataplane::verdict_names,
-    serve::api::{
-        ApiError, Caller, ClaimRequest, Control, GatewayView, LegView, MeReply, Removed, RouteView,
+    serve::{
+        http::HttpServer,
+        https::HttpsServer,
+        metrics::{self, LegSample, RouteSample},
+    },
+};
+use lb_model::{
+    api::{
+        ApiError, Caller, ClaimRequest, GatewayView, LegView, MeReply, Removed, RouteView,
         RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UsersReply,
     },
-    serve::http::HttpServer,
-    serve::https::HttpsServer,
-    serve::metrics::{self, LegSample, RouteSample},
-    table::users::UserView,
+    RouteRequest, UserView,
 };
 
 use super::{lock, unix, Core};
@@ -33,7 +37,7 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
             .map(HttpServer::sample)
             .chain(c.https.iter().map(HttpsServer::sample))
             .collect();
-        let routes: Vec<(config::Route, u32)> =
+        let routes: Vec<(lb_model::Route, u32)> =
             c.table.entries().map(|e| (e.route.clone(), e.id)).collect();
         let legs: Vec<LegSample> = c
             .dataplane
@@ -186,7 +190,7 @@ impl Control for Handle {
                 .collect(),
         }
     }
-    fn traffic(&self, routes: &[config::RouteKey]) -> Vec<Vec<TrafficMinute>> {
+    fn traffic(&self, routes: &[lb_model::RouteKey]) -> Vec<Vec<TrafficMinute>> {
         let (slots, traffic) = {
             let core = lock(&self.core);
             let slots: Vec<Option<(u32, u64)>> = routes

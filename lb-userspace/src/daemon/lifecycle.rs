@@ -20,21 +20,21 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    api::{self, Control},
     config::Config,
     kernel::dataplane::{Counters, Dataplane, DataplaneError, XdpDataplane},
     notify,
-    serve::api::{self, Control, Shutdown},
-    serve::dns::DnsServer,
-    serve::http::HttpServer,
-    serve::https::HttpsServer,
-    serve::listen,
-    serve::metrics,
-    serve::portal::PortalServer,
-    table::cluster::{EtcdStore, Remote},
-    table::routes::{Diff, RouteTable, Source},
-    table::state::{StateError, StateStore, Store, StoredRoute},
-    table::users::ConfigRemoval,
+    serve::{
+        dns::DnsServer, http::HttpServer, https::HttpsServer, listen, metrics, portal::PortalServer,
+    },
+    table::{
+        cluster::EtcdStore,
+        routes::{Diff, RouteTable, Source},
+        state::{Remote, StateError, StateStore, Store, StoredRoute},
+        users::ConfigRemoval,
+    },
 };
+use lb_model::api::Shutdown;
 
 use super::control::{scrape, Handle};
 use super::routes::apply_config_users;
@@ -107,7 +107,7 @@ pub(super) fn build_table(
 /// the public address in packets, whichever machine holds it.
 fn log_role(cfg: &Config, listening: &[std::net::SocketAddr]) {
     let g = &cfg.gateway;
-    let holds = crate::kernel::sys::interfaces().is_ok_and(|ifaces| {
+    let holds = crate::machine::interfaces().is_ok_and(|ifaces| {
         ifaces
             .iter()
             .any(|i| i.name == g.public_interface && i.ipv4.contains(&g.public_ipv4))
@@ -166,7 +166,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     if apply_config_users(&mut users, &cfg.users, removal, clock.now()) {
         store.save_accounts(&users)?;
     }
-    let own = cfg.own_addresses(&crate::kernel::sys::interfaces().unwrap_or_default());
+    let own = cfg.own_addresses(&crate::machine::interfaces().unwrap_or_default());
     let (table, taken_over) = build_table(&cfg, &opts.config, &*store, stored, &own, clock.now())?;
 
     // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
@@ -349,7 +349,7 @@ impl Dataplane for Stopped {
     fn refresh_egress(&mut self) -> Result<(), DataplaneError> {
         Err(DataplaneError::Stopped)
     }
-    fn refresh_guard(&mut self, _: &[crate::config::Interface]) -> Result<(), DataplaneError> {
+    fn refresh_guard(&mut self, _: &[crate::machine::Interface]) -> Result<(), DataplaneError> {
         Err(DataplaneError::Stopped)
     }
     fn tick_clock(&mut self) -> Result<(), DataplaneError> {

@@ -19,13 +19,17 @@ use std::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{self, check_backend, check_route, format_duration, Config, ConfigUser, RouteRequest},
+    config::{self, check_backend, Config},
     kernel::dataplane::{Counters, Dataplane},
-    serve::api::{ApiError, Removed, RouteView, RoutesReply},
-    table::cluster::Remote,
-    table::routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
-    table::state::{Claim, RouteChange, StateError, Store, StoredRoute},
-    table::users::{check_claim, ConfigRemoval, User, Users},
+    table::{
+        routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
+        state::{Claim, Remote, RouteChange, StateError, Store, StoredRoute},
+        users::{check_claim, ConfigRemoval, User, Users},
+    },
+};
+use lb_model::{
+    api::{ApiError, Removed, RouteView, RoutesReply},
+    check_route, format_duration, ConfigUser, RouteRequest,
 };
 
 use super::students::denied;
@@ -84,7 +88,7 @@ impl Core {
             published: HashMap::new(),
             last_publish: None,
             own: config::OwnAddresses::default(),
-            interfaces: crate::kernel::sys::interfaces,
+            interfaces: crate::machine::interfaces,
             store,
         }
     }
@@ -128,7 +132,7 @@ impl Core {
     /// file owns it; the web routers refuse to connect to it). Returns what it read, for
     /// the data plane's source guard, so the machine is read once per refresh; `None` when
     /// it could not be read (the last known addresses and rules stay).
-    pub(super) fn refresh_own(&mut self) -> Option<Vec<config::Interface>> {
+    pub(super) fn refresh_own(&mut self) -> Option<Vec<crate::machine::Interface>> {
         let interfaces = match (self.interfaces)() {
             Ok(i) => i,
             Err(e) => {
@@ -237,13 +241,13 @@ impl Core {
     /// change itself (its cost is the change's); each web router, which holds only its own
     /// service's routes, gets those again when one of them changed.
     pub(super) fn publish(&self, diff: &Diff) {
-        let removed: Vec<config::Route> = diff
+        let removed: Vec<lb_model::Route> = diff
             .removed
             .iter()
             .chain(diff.changed.iter().map(|c| &c.old))
             .map(|e| e.route.clone())
             .collect();
-        let added: Vec<config::Route> = diff
+        let added: Vec<lb_model::Route> = diff
             .added
             .iter()
             .chain(diff.changed.iter().map(|c| &c.new))
@@ -253,7 +257,7 @@ impl Core {
             d.apply(&removed, &added);
         }
         // The routes of `service`, if the change touched one of them.
-        let of_service = |service: &Option<String>| -> Option<Vec<config::Route>> {
+        let of_service = |service: &Option<String>| -> Option<Vec<lb_model::Route>> {
             let service = service.as_ref()?;
             removed
                 .iter()
@@ -315,8 +319,8 @@ impl Core {
         let range = self.gateway.port_range;
         let free = (range.first..=range.last)
             .filter(|&p| {
-                !self.table.port_in_use(p, config::Protocol::Tcp)
-                    && !self.table.port_in_use(p, config::Protocol::Udp)
+                !self.table.port_in_use(p, lb_model::Protocol::Tcp)
+                    && !self.table.port_in_use(p, lb_model::Protocol::Udp)
             })
             .count();
         RoutesReply {
@@ -433,7 +437,7 @@ impl Core {
     /// undone everywhere.
     fn try_add(
         &mut self,
-        draft: &config::RouteDraft,
+        draft: &lb_model::RouteDraft,
         claim: Option<&Claim>,
         now: SystemTime,
         taken: &[u16],
@@ -713,7 +717,7 @@ impl Core {
     /// active for one pass.
     pub(super) fn note_activity(&mut self, idle: &HashMap<u32, Duration>) {
         let now = self.clock.now();
-        let seen: Vec<(config::RouteKey, Source, SystemTime)> = self
+        let seen: Vec<(lb_model::RouteKey, Source, SystemTime)> = self
             .table
             .entries()
             .filter_map(|e| {
@@ -778,15 +782,15 @@ impl Core {
                 accounts,
                 why,
             } => {
-                let seen: Vec<(config::RouteKey, SystemTime)> = routes
+                let seen: Vec<(lb_model::RouteKey, SystemTime)> = routes
                     .iter()
                     .filter_map(|s| Some((s.route.key(), s.last_seen?)))
                     .collect();
                 // Routes this gateway changed after the table was read: its own view is
                 // newer than the table's (and the watch does not bring them back).
-                let mine: std::collections::HashSet<config::RouteKey> =
+                let mine: std::collections::HashSet<lb_model::RouteKey> =
                     self.store.written_since(revision).into_iter().collect();
-                let keep: std::collections::HashSet<config::RouteKey> =
+                let keep: std::collections::HashSet<lb_model::RouteKey> =
                     routes.iter().map(|s| s.route.key()).collect();
                 let mut changes: Vec<RouteChange> = self
                     .table
@@ -824,7 +828,7 @@ impl Core {
     /// holds the key, the port or the backend) is refused here, naming both, and forwarded
     /// by the other gateways only.
     pub(super) fn apply_shared(&mut self, changes: Vec<RouteChange>) {
-        let mut last: std::collections::BTreeMap<config::RouteKey, RouteChange> =
+        let mut last: std::collections::BTreeMap<lb_model::RouteKey, RouteChange> =
             std::collections::BTreeMap::new();
         for change in changes {
             let key = match &change {
@@ -917,7 +921,12 @@ impl Core {
         }
     }
 
-    pub(super) fn reclaim(&mut self, keys: &[config::RouteKey], now: SystemTime, after: Duration) {
+    pub(super) fn reclaim(
+        &mut self,
+        keys: &[lb_model::RouteKey],
+        now: SystemTime,
+        after: Duration,
+    ) {
         let mut diff = Diff::default();
         for key in keys {
             if let Some(e) = self.table.remove(key) {

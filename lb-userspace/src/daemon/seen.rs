@@ -15,7 +15,8 @@ use std::{
 
 use tracing::warn;
 
-use crate::{config::RouteKey, table::routes::Source};
+use crate::table::routes::Source;
+use lb_model::RouteKey;
 
 use super::Core;
 
@@ -123,7 +124,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Protocol;
+    use lb_model::Protocol;
     use std::time::UNIX_EPOCH;
 
     fn key(name: &str) -> RouteKey {

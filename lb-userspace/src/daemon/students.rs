@@ -6,13 +6,15 @@ use std::time::SystemTime;
 
 use tracing::{error, info, warn};
 
-use crate::{
-    config::{self, RouteRequest},
-    serve::api::{
+use crate::table::{
+    routes::{Entry, Source},
+    users::{Denied, User, UserError, Users, DEFAULT_MAX_ROUTES},
+};
+use lb_model::{
+    api::{
         ApiError, ClaimRequest, MeReply, Removed, RouteView, TokenReply, UserRequest, UsersReply,
     },
-    table::routes::{Entry, Source},
-    table::users::{parse_rules, Denied, User, UserError, UserView, Users, DEFAULT_MAX_ROUTES},
+    parse_rules, RouteRequest, UserView,
 };
 
 use super::Core;
@@ -27,8 +29,8 @@ impl Core {
         }
         for e in gone {
             let p = e.route.port;
-            if !self.table.port_in_use(p, config::Protocol::Tcp)
-                && !self.table.port_in_use(p, config::Protocol::Udp)
+            if !self.table.port_in_use(p, lb_model::Protocol::Tcp)
+                && !self.table.port_in_use(p, lb_model::Protocol::Udp)
             {
                 self.users.cool(p, now, cooldown);
             }
@@ -50,7 +52,7 @@ impl Core {
     }
 
     pub(super) fn user_view(&self, u: &User) -> UserView {
-        UserView::of(u, self.held_by(&u.name))
+        crate::table::users::user_view(u, self.held_by(&u.name))
     }
 
     pub(super) fn users_reply(&self) -> UsersReply {
@@ -196,9 +198,9 @@ impl Core {
         service: &str,
         protocol: Option<&str>,
     ) -> Result<Removed, ApiError> {
-        let protocol = config::Protocol::parse_or_default(protocol)
+        let protocol = lb_model::Protocol::parse_or_default(protocol)
             .map_err(|e| ApiError::field(400, "protocol", e))?;
-        let key = config::RouteKey {
+        let key = lb_model::RouteKey {
             name: caller.to_string(),
             service: service.to_string(),
             protocol,

@@ -8,16 +8,15 @@ use super::control::Handle;
 use super::lifecycle::{event_loop, finish};
 use super::routes::{restart_sections, stored_routes};
 use super::*;
-use crate::config::RouteRequest;
+use crate::api::Control;
 use crate::kernel::dataplane::Counters;
-use crate::serve::api::{ClaimRequest, Control, Shutdown, UserRequest};
-use crate::table::cluster::Remote;
 use crate::table::routes::{Entry, Source};
+use crate::table::state::Remote;
 use crate::table::state::{RouteChange, StoredRoute};
-use crate::{
-    config::{PortRange, Protocol, Route},
-    testing::{FakeDataplane, FakeStore},
-};
+use crate::testing::{FakeDataplane, FakeStore};
+use lb_model::api::{ClaimRequest, Shutdown, UserRequest};
+use lb_model::RouteRequest;
+use lb_model::{PortRange, Protocol, Route};
 
 const DAY: Duration = Duration::from_secs(86400);
 
@@ -697,7 +696,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
         restart_sections(&running, &new)[0],
         "[gateway] interfaces or public_ipv4"
     );
-    new.cluster = Some(config::Cluster {
+    new.cluster = Some(crate::table::cluster::Cluster {
         etcd: vec!["http://10.0.0.2:2379".into()],
         gateway_id: "gw1".into(),
         tls: None,
@@ -814,7 +813,7 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
     let stored = &rig.store.state().routes;
     assert_eq!(
         stored[0].route.proxy_protocol,
-        Some(crate::config::ProxyProtocol::V2)
+        Some(lb_model::ProxyProtocol::V2)
     );
     let e = rig
         .core
@@ -921,8 +920,8 @@ fn a_user_removal_the_shared_store_refuses_keeps_the_account() {
 /// removed is kept here without a token.
 #[test]
 fn another_gateways_config_user_and_its_token_survive_here() {
-    use crate::config::ConfigUser;
     use crate::table::users::ConfigRemoval;
+    use lb_model::ConfigUser;
     let now = SystemTime::UNIX_EPOCH;
     let user = |name: &str| ConfigUser {
         name: name.into(),
@@ -1044,7 +1043,7 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
         changes: vec![
             RouteChange::Put(stored("bob", 30002, "10.0.0.12:22")),
             RouteChange::Put(stored("carol", 30003, "10.0.0.13:22")),
-            RouteChange::Delete(config::RouteKey {
+            RouteChange::Delete(lb_model::RouteKey {
                 name: "carol".into(),
                 service: "ssh".into(),
                 protocol: Protocol::Tcp,
@@ -1116,8 +1115,8 @@ fn old_shared_rig(follower: bool) -> Rig {
     rig
 }
 
-fn key(name: &str) -> config::RouteKey {
-    config::RouteKey {
+fn key(name: &str) -> lb_model::RouteKey {
+    lb_model::RouteKey {
         name: name.into(),
         service: "ssh".into(),
         protocol: Protocol::Tcp,
@@ -1307,8 +1306,8 @@ fn a_crash_after_user_rm_leaves_no_route_without_its_account() {
 }
 
 /// The interfaces of the daemon tests' machine: its private leg with 10.0.0.1.
-fn fake_interfaces() -> std::io::Result<Vec<config::Interface>> {
-    Ok(vec![config::Interface {
+fn fake_interfaces() -> std::io::Result<Vec<crate::machine::Interface>> {
+    Ok(vec![crate::machine::Interface {
         name: "priv0".into(),
         loopback: false,
         ipv4: vec!["10.0.0.1".parse().unwrap()],
@@ -1542,7 +1541,7 @@ fn the_ways_in_follow_the_http_routers_service_label() {
         for (service, backend) in [("web", "10.0.0.11:80"), ("http", "10.0.0.11:8080")] {
             core.claim("alice", claim(service, backend)).unwrap();
         }
-        crate::cli::student::account::render_mine(&core.me("alice").unwrap())
+        lb_client::account::render_mine(&core.me("alice").unwrap())
     };
 
     let out = mine(Some(http("web")));

@@ -24,8 +24,8 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
-use super::spec::{format_duration, CheckKind, CheckSpec};
-use crate::config::Interface;
+use crate::machine::Interface;
+use lb_model::check::{format_check_duration, CheckKind, CheckSpec};
 
 /// Most bytes of an HTTP answer read looking for its status code.
 pub const MAX_HTTP_HEAD: usize = 8192;
@@ -38,7 +38,7 @@ const MAX_QUOTE: usize = 80;
 /// Why a check failed, in words that name what the backend did.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
-    #[error("no answer within {}", format_duration(*.0))]
+    #[error("no answer within {}", format_check_duration(*.0))]
     TimedOut(Duration),
     #[error("connect: {0}")]
     Connect(String),
@@ -126,7 +126,7 @@ pub struct NetProber {
 impl NetProber {
     /// A prober that reads this machine's interfaces when it must avoid `public`.
     pub fn new(public: Ipv4Addr) -> Self {
-        Self::with_interfaces(public, Arc::new(crate::kernel::sys::interfaces))
+        Self::with_interfaces(public, Arc::new(crate::machine::interfaces))
     }
 
     pub fn with_interfaces(public: Ipv4Addr, interfaces: InterfaceSource) -> Self {
@@ -135,7 +135,7 @@ impl NetProber {
 
     /// The address to bind before connecting to `backend`, if the kernel's own pick won't do.
     fn source(&self, backend: SocketAddrV4) -> Result<Option<Ipv4Addr>, ProbeError> {
-        let pick = match crate::serve::web::route_source(backend) {
+        let pick = match crate::machine::route_source(backend) {
             Ok(SocketAddr::V4(a)) => *a.ip(),
             // No route: the connect fails on its own, with the kernel's words.
             Ok(_) | Err(_) => return Ok(None),

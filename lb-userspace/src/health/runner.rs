@@ -26,9 +26,10 @@ use tokio::{
     time::Instant,
 };
 
+use lb_model::check::CheckSpec;
+
 use super::{
     probe::{check_once, Prober},
-    spec::CheckSpec,
     state::Tracker,
 };
 

@@ -16,8 +16,10 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
+use lb_model::check::{CheckKind, CheckSpec};
+
 use super::*;
-use crate::{config::Interface, testing::FakeProber};
+use crate::{machine::Interface, testing::FakeProber};
 
 /// Generous: conditions are waited for, never timed.
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -60,9 +60,10 @@ pub use pins::{remove_pins, RemovedPins, DEFAULT_PIN_DIR};
 use maps::Plain;
 
 use crate::{
-    config::{Gateway, Protocol},
+    config::Gateway,
     table::routes::{Diff, Entry, RouteTable},
 };
+use lb_model::Protocol;
 
 /// What a route's frontend pointed to in the pinned maps: `(port, protocol) -> (backend,
 /// slot)`, for [`RouteTable::adopt_slots`].
@@ -215,7 +216,7 @@ pub trait Dataplane: Send {
     /// addresses, as the daemon just read them for the backend rule too) now say.
     fn refresh_guard(
         &mut self,
-        interfaces: &[crate::config::Interface],
+        interfaces: &[crate::machine::Interface],
     ) -> Result<(), DataplaneError>;
     /// Gives the program the time it stamps last-seen with.
     fn tick_clock(&mut self) -> Result<(), DataplaneError>;

@@ -22,6 +22,8 @@ pub const RESERVED: usize = 128;
 /// Upper bounds of each share, whatever the limit: more than enough for their clients.
 pub const MAX_DNS_TCP_CLIENTS: usize = 1024;
 pub const MAX_HTTP_RELAYS: usize = 4096;
+/// The portal's connections at once (`serve::portal`).
+pub const MAX_PORTAL_CONNECTIONS: usize = 256;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (before, after).
 pub fn raise_limit() -> io::Result<(u64, u64)> {
@@ -91,7 +93,7 @@ impl Budget {
     /// Portal connections at once: an eighth, within the portal's own cap. The last eighth
     /// is slack.
     pub fn portal_connections(&self) -> usize {
-        (self.spare() / 8).clamp(1, crate::serve::portal::MAX_CONNECTIONS)
+        (self.spare() / 8).clamp(1, MAX_PORTAL_CONNECTIONS)
     }
 }
 

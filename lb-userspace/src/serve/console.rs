@@ -38,11 +38,10 @@ use ring::rand::{SecureRandom as _, SystemRandom};
 use subtle::ConstantTimeEq as _;
 use tracing::{info, warn};
 
-use crate::{
-    config::{Protocol, RouteKey},
-    logging::AUDIT_TARGET,
-    serve::api::{ApiError, Caller, ClaimRequest, Control, RouteRequest, UserRequest},
-    table::users::{token_sha256, MAX_TOKEN_LEN},
+use crate::{api::Control, logging::AUDIT_TARGET, table::users::token_sha256};
+use lb_model::{
+    api::{ApiError, Caller, ClaimRequest, RouteRequest, UserRequest},
+    Protocol, RouteKey, MAX_TOKEN_LEN,
 };
 
 pub use page::esc;
@@ -732,7 +731,7 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn key_of(v: &crate::serve::api::RouteView) -> Option<RouteKey> {
+fn key_of(v: &lb_model::api::RouteView) -> Option<RouteKey> {
     Some(RouteKey {
         name: v.name.clone(),
         service: v.service.clone(),

@@ -116,7 +116,7 @@ impl DnsServer {
     pub async fn start(
         cfg: &config::Dns,
         public_ipv4: Ipv4Addr,
-        routes: &[config::Route],
+        routes: &[lb_model::Route],
     ) -> Result<DnsServer, DnsError> {
         let clients = fds::Budget::current().dns_tcp_clients();
         Self::start_with(cfg, public_ipv4, routes, clients).await
@@ -127,7 +127,7 @@ impl DnsServer {
     pub async fn start_with(
         cfg: &config::Dns,
         public_ipv4: Ipv4Addr,
-        routes: &[config::Route],
+        routes: &[lb_model::Route],
         tcp_clients: usize,
     ) -> Result<DnsServer, DnsError> {
         if cfg.listen.is_empty() {
@@ -194,7 +194,7 @@ impl DnsServer {
     /// Applies a change of the table: the routes `removed` go, `added` come (a route changed
     /// in place is in both). Costs what the change touches, not the zone's size, so it can
     /// follow every single add; queries keep the old snapshot until the swap.
-    pub fn apply(&self, removed: &[config::Route], added: &[config::Route]) {
+    pub fn apply(&self, removed: &[lb_model::Route], added: &[lb_model::Route]) {
         let shared = &self.shared;
         let _writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let old = shared.zone.load();
@@ -583,5 +583,7 @@ fn bind_error(addr: SocketAddr, transport: &'static str, error: io::Error) -> Dn
     }
 }
 
+#[cfg(test)]
+mod client_tests;
 #[cfg(test)]
 mod tests;

@@ -148,7 +148,7 @@ impl RouterServer<HttpRouter> {
     pub async fn start(
         cfg: &config::Http,
         zone: &str,
-        routes: &[config::Route],
+        routes: &[lb_model::Route],
     ) -> Result<HttpServer, HttpError> {
         let listeners = bind_all("http", &cfg.listen).await?;
         let suffix = format!("{}.{}", cfg.service, zone).to_ascii_lowercase();

@@ -96,7 +96,7 @@ impl RouterServer<HttpsRouter> {
         cfg: &config::Https,
         http_service: Option<&str>,
         zone: &str,
-        routes: &[config::Route],
+        routes: &[lb_model::Route],
     ) -> Result<HttpsServer, HttpError> {
         let listeners = bind_all("https", &cfg.listen).await?;
         let suffixes = std::iter::once(cfg.service.as_str())

@@ -45,7 +45,7 @@ pub fn tokio_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
 /// The addresses of `addrs` that no interface of this machine (this network namespace)
 /// holds now, apart from the wildcard: bound anyway, worth a line in the log.
 pub fn not_local(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
-    let Ok(ifaces) = crate::kernel::sys::interfaces() else {
+    let Ok(ifaces) = crate::machine::interfaces() else {
         return Vec::new();
     };
     addrs

@@ -15,7 +15,8 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::{config::Route, kernel::dataplane::Counters, serve::web::RouterSample};
+use crate::{kernel::dataplane::Counters, serve::web::RouterSample};
+use lb_model::Route;
 
 /// One route and its counters at scrape time.
 pub struct RouteSample {
@@ -293,7 +294,7 @@ pub async fn serve(listener: TcpListener, scrape: Arc<dyn Fn() -> String + Send 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Protocol;
+    use lb_model::Protocol;
 
     fn sample(inbound: u64, idle: Option<Duration>) -> RouteSample {
         RouteSample {

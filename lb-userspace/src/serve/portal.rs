@@ -40,18 +40,23 @@ use tokio::{io::AsyncWriteExt, net::TcpListener, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::{
+    api::{self, Control, Request},
     config::Portal,
-    serve::admission::{Admission, ClientKey, Refused, Share},
-    serve::api::{self, ApiError, ClaimRequest, Control, PortalInfo, Request},
-    serve::console::{self, Console, Logins, WebRequest, WebResponse},
+    serve::{
+        admission::{Admission, ClientKey, Refused, Share},
+        console::{self, Console, Logins, WebRequest, WebResponse},
+    },
     table::state::{write_atomically, StateError},
-    table::users::cert_fingerprint as fingerprint,
+};
+use lb_model::{
+    api::{ApiError, ClaimRequest, PortalInfo},
+    cert_fingerprint as fingerprint,
 };
 
 pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_BODY: usize = 64 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = crate::kernel::fds::MAX_PORTAL_CONNECTIONS;
 /// Connections one address may hold at once, so one slow client cannot take every slot.
 pub const MAX_PER_ADDRESS: usize = 16;
 pub const MAX_FAILURES: u32 = 10;
@@ -383,7 +388,7 @@ async fn answer(
     }
     let control = shared.control.clone();
     let caller = match token {
-        Some(t) if t.len() <= crate::table::users::MAX_TOKEN_LEN => {
+        Some(t) if t.len() <= lb_model::MAX_TOKEN_LEN => {
             let c = control.clone();
             tokio::task::spawn_blocking(move || c.authenticate(&t))
                 .await
@@ -421,7 +426,7 @@ async fn answer(
 
 fn dispatch(
     r: Request,
-    caller: &api::Caller,
+    caller: &lb_model::api::Caller,
     control: &dyn Control,
 ) -> Result<(u16, Vec<u8>), ApiError> {
     let segments: Vec<&str> = r.path.trim_matches('/').split('/').collect();

@@ -40,8 +40,9 @@ use tokio::{
 
 use tracing::debug;
 
-use crate::config::{self, Protocol, ProxyProtocol};
+use crate::config;
 pub use balance::{Lease, Member, Pool};
+use lb_model::{Protocol, ProxyProtocol};
 
 /// Time a backend has to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,7 +72,7 @@ pub struct Hosts {
 }
 
 impl Hosts {
-    pub fn new(service: &str, suffixes: Vec<String>, routes: &[config::Route]) -> Hosts {
+    pub fn new(service: &str, suffixes: Vec<String>, routes: &[lb_model::Route]) -> Hosts {
         let hosts = Hosts {
             service: service.to_string(),
             suffixes,
@@ -82,7 +83,7 @@ impl Hosts {
     }
 
     /// Takes the routes' usable backends.
-    pub fn update(&self, routes: &[config::Route]) {
+    pub fn update(&self, routes: &[lb_model::Route]) {
         self.set(
             routes
                 .iter()
@@ -400,7 +401,7 @@ pub async fn connect(addr: SocketAddrV4) -> io::Result<TcpStream> {
     // Before any SYN, so the gateway's own service never sees the connection: the source
     // address the kernel's routing picks for `addr` (a UDP socket's connect sends
     // nothing). Without a route, the TCP connect below fails on its own.
-    let source = route_source(addr)
+    let source = crate::machine::route_source(addr)
         .unwrap_or_else(|_| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)));
     not_self(addr, source, cfg!(test))?;
     let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -438,14 +439,6 @@ pub async fn connect_pool(
             _ => return Err((error, tried)),
         }
     }
-}
-
-/// The local address the kernel would use toward `addr`: `addr` itself when it is one of
-/// this machine's own.
-pub(crate) fn route_source(addr: SocketAddrV4) -> io::Result<SocketAddr> {
-    let probe = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
-    probe.connect(addr)?;
-    probe.local_addr()
 }
 
 /// Refuses a backend connection that reached the gateway itself: `addr` breaking the
@@ -500,7 +493,7 @@ impl RouterCore {
     pub fn new(
         service: &str,
         suffixes: Vec<String>,
-        routes: &[config::Route],
+        routes: &[lb_model::Route],
         limits: &config::WebLimits,
     ) -> RouterCore {
         RouterCore {
@@ -565,7 +558,7 @@ impl<R: Router> RouterServer<R> {
 
     /// Takes the new route table: the next request (HTTP) or connection (HTTPS) is routed
     /// by it.
-    pub fn update(&self, routes: &[config::Route]) {
+    pub fn update(&self, routes: &[lb_model::Route]) {
         self.shared.core().hosts.update(routes);
     }
 
@@ -655,7 +648,7 @@ mod tests {
     /// after the route was checked is caught too).
     #[tokio::test]
     async fn a_router_never_connects_to_the_gateway_itself() {
-        let own = crate::kernel::sys::interfaces()
+        let own = crate::machine::interfaces()
             .unwrap()
             .into_iter()
             .filter(|i| !i.loopback)

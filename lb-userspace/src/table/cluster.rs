@@ -42,6 +42,7 @@ use std::{
     future::Future,
     net::Ipv4Addr,
     path::Path,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicI64, Ordering},
         Arc, Mutex,
@@ -56,13 +57,38 @@ use etcd_client::{
 use tokio::{runtime::Runtime, sync::mpsc};
 use tracing::{error, info, warn};
 
-use crate::{
-    config::{Cluster, RouteKey},
-    serve::api::ClusterView,
-    table::state::{Claim, Commit, RouteChange, StateError, Store, StoredRoute},
-    table::users::{Denied, Users},
+use crate::table::{
+    state::{Claim, Commit, Remote, RouteChange, StateError, Store, StoredRoute},
+    users::{Denied, Users},
 };
 use keys::Kind;
+use lb_model::{api::ClusterView, RouteKey};
+
+/// `[cluster]` as validated by `config`: the etcd endpoints and this gateway's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// etcd client URLs, `https://host:port` each (`http://` only with `insecure_http`).
+    pub etcd: Vec<String>,
+    /// This gateway's name in the cluster (a DNS label): in logs, `status` and the keys
+    /// only this gateway writes.
+    pub gateway_id: String,
+    /// How this gateway proves itself to etcd and checks etcd; `None` only for `http://`
+    /// endpoints with `insecure_http = true`.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The files of `[cluster]`'s TLS: read (and the key's mode checked) when the gateway
+/// connects, see [`tls`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// The CA that signed etcd's server certificate (PEM); the only one trusted for it.
+    pub ca: PathBuf,
+    /// This gateway's client certificate (PEM), signed by a CA etcd's
+    /// `--trusted-ca-file` names.
+    pub cert: PathBuf,
+    /// Its private key (PEM), readable by its owner only.
+    pub key: PathBuf,
+}
 
 /// Every request to etcd (a load page, a transaction) is answered within this or refused.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,31 +117,6 @@ const SEEN_PER_TXN: usize = 100;
 /// after this long.
 const MEMBER_TTL: i64 = 10;
 const MEMBER_RENEW: Duration = Duration::from_secs(3);
-
-/// A change of the shared table made by another gateway (or a whole new view of it).
-#[derive(Debug)]
-pub enum Remote {
-    /// Route changes, in revision order.
-    Routes {
-        revision: i64,
-        changes: Vec<RouteChange>,
-    },
-    Accounts {
-        revision: i64,
-        users: Users,
-    },
-    /// Other gateways' last-seen times of routes (the latest packet each of them saw).
-    Seen(Vec<(RouteKey, SystemTime)>),
-    /// The whole table at `revision`, after the watch was lost (`why`): the daemon makes its
-    /// runtime routes exactly these, with the latest last-seen time any gateway
-    /// published. `accounts` is `None` when none are stored.
-    Resync {
-        revision: i64,
-        routes: Vec<StoredRoute>,
-        accounts: Option<(Users, i64)>,
-        why: String,
-    },
-}
 
 /// What the status shows, shared between the store (under the core's lock) and the watch.
 #[derive(Default)]
@@ -387,7 +388,7 @@ impl EtcdStore {
             .accounts
             .as_ref()
             .and_then(|(bytes, _)| {
-                crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes).ok()
+                crate::table::state::accounts::parse(Path::new(&keys::accounts_key()), bytes).ok()
             })
             .map(|u| names(&u))
             .unwrap_or_default();
@@ -826,7 +827,7 @@ impl Store for EtcdStore {
         match self.initial.as_ref().and_then(|s| s.accounts.as_ref()) {
             None => Ok(Users::default()),
             Some((bytes, _)) => {
-                crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes)
+                crate::table::state::accounts::parse(Path::new(&keys::accounts_key()), bytes)
             }
         }
     }
@@ -838,7 +839,7 @@ impl Store for EtcdStore {
     /// later account of the same name.
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
         let key = keys::accounts_key();
-        let text = crate::table::accounts::render(users);
+        let text = crate::table::state::accounts::render(users);
         let seen = self.accounts_rev;
         let now = names(users);
         let removed: Vec<&String> = self.accounts_names.difference(&now).collect();
@@ -1105,7 +1106,10 @@ async fn follow(
             let accounts = match &snapshot.accounts {
                 None => None,
                 Some((bytes, rev)) => {
-                    match crate::table::accounts::parse(Path::new(&keys::accounts_key()), bytes) {
+                    match crate::table::state::accounts::parse(
+                        Path::new(&keys::accounts_key()),
+                        bytes,
+                    ) {
                         Ok(u) => Some((u, *rev)),
                         Err(e) => {
                             error!("cluster: keeping the last accounts: {e}");
@@ -1254,7 +1258,7 @@ async fn watch(
                         error!("cluster: ignoring accounts of {} bytes", kv.value().len());
                         continue;
                     }
-                    match crate::table::accounts::parse(
+                    match crate::table::state::accounts::parse(
                         Path::new(&keys::accounts_key()),
                         kv.value(),
                     ) {

@@ -29,7 +29,7 @@ use std::{
 
 use lb_common::MAX_ROUTES;
 
-use crate::config::{FieldError, PortRange, Protocol, Route, RouteKey};
+use lb_model::{FieldError, PortRange, Protocol, Route, RouteKey};
 
 /// Why a route cannot join the table: the field that clashes (`name`, `port` or `backend`)
 /// with the reason, and the key of the route that holds it, so a caller that numbers its

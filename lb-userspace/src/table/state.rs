@@ -9,8 +9,9 @@
 //! version or holds an invalid route is an error naming the file and the problem, never
 //! silently emptied, because emptying it would hand the students' ports to others.
 //!
-//! Changes between snapshots go to an append-only journal (`journal.rs`), so that a change
-//! costs its own size rather than the table's; `routes.json` is rewritten in the background
+//! The accounts are `accounts.json` beside it ([`accounts`], whose encoding the shared store
+//! uses too). Changes between snapshots go to an append-only journal (`journal.rs`), so that
+//! a change costs its own size rather than the table's; `routes.json` is rewritten in the background
 //! once the journal is long, and a load replays the journal over it.
 //!
 //! A lock (`File::try_lock`, an exclusive `flock`, on `lock` in the same directory) keeps two
@@ -25,6 +26,7 @@
 //! `StateError::Unavailable` (503) and `Refused` (409) come only from a shared store. Stored
 //! times go through `from_unix`, the one checked conversion.
 
+pub mod accounts;
 mod journal;
 
 use std::{
@@ -43,11 +45,11 @@ use journal::{Flight, Line, Segment};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::{check_route, Route, RouteKey, RouteRequest},
-    table::routes::{RouteError, RouteTable, Source},
-    table::users::Users,
+use crate::table::{
+    routes::{RouteError, RouteTable, Source},
+    users::Users,
 };
+use lb_model::{check_route, Route, RouteKey, RouteRequest};
 
 /// Where `srvgate run` keeps its state unless `--state-dir` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/srvgate";
@@ -96,7 +98,7 @@ pub enum StateError {
     #[error("{reason}")]
     Refused {
         reason: String,
-        taken: Vec<(u16, crate::config::Protocol)>,
+        taken: Vec<(u16, lb_model::Protocol)>,
     },
 }
 
@@ -188,6 +190,31 @@ pub(crate) struct RawRoute {
     proxy_protocol: Option<String>,
 }
 
+/// A change of the shared table made by another gateway (or a whole new view of it).
+#[derive(Debug)]
+pub enum Remote {
+    /// Route changes, in revision order.
+    Routes {
+        revision: i64,
+        changes: Vec<RouteChange>,
+    },
+    Accounts {
+        revision: i64,
+        users: Users,
+    },
+    /// Other gateways' last-seen times of routes (the latest packet each of them saw).
+    Seen(Vec<(RouteKey, SystemTime)>),
+    /// The whole table at `revision`, after the watch was lost (`why`): the daemon makes its
+    /// runtime routes exactly these, with the latest last-seen time any gateway
+    /// published. `accounts` is `None` when none are stored.
+    Resync {
+        revision: i64,
+        routes: Vec<StoredRoute>,
+        accounts: Option<(Users, i64)>,
+        why: String,
+    },
+}
+
 /// What the daemon persists, wherever it is kept. [`StateStore`] (a local directory) is the
 /// implementation `srvgate run` uses; a store shared by several gateways (etcd) would be a
 /// second one. Each kind of record has its own load/save pair, replaced as a whole: runtime
@@ -236,14 +263,9 @@ pub trait Store: Send {
     fn accounts_seen(&mut self, _revision: i64, _stored: &Users) {}
     /// A shared store: starts sending other gateways' changes (from the revision the
     /// loads returned) to `tx`. A local store has no one else's changes.
-    fn follow(
-        &mut self,
-        _public_ipv4: Ipv4Addr,
-        _tx: tokio::sync::mpsc::Sender<crate::table::cluster::Remote>,
-    ) {
-    }
+    fn follow(&mut self, _public_ipv4: Ipv4Addr, _tx: tokio::sync::mpsc::Sender<Remote>) {}
     /// A shared store's state for `srvgate status`; `None` for a local one.
-    fn cluster(&self) -> Option<crate::serve::api::ClusterView> {
+    fn cluster(&self) -> Option<lb_model::api::ClusterView> {
         None
     }
     /// Records the removal of idle routes. A shared store makes it only while this gateway
@@ -292,10 +314,10 @@ impl Store for StateStore {
         self.append(changes, all)
     }
     fn load_accounts(&self) -> Result<Users, StateError> {
-        crate::table::accounts::load(&self.dir)
+        crate::table::state::accounts::load(&self.dir)
     }
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError> {
-        crate::table::accounts::save(&self.dir, users)
+        crate::table::state::accounts::save(&self.dir, users)
     }
 }
 
@@ -666,11 +688,11 @@ pub(crate) fn encode_route(s: &StoredRoute) -> String {
 }
 
 /// Routes stored one per key (a shared store's), each JSON as [`encode_route`] writes it
-/// and stored under its own key; checked together like a state file (`path` names the
-/// store).
+/// and stored under its own key (`(stored key as errors name it, route key, value)`);
+/// checked together like a state file (`path` names the store).
 pub(crate) fn decode_routes(
     path: &Path,
-    values: &[(RouteKey, &[u8])],
+    values: &[(String, RouteKey, &[u8])],
     public_ipv4: Ipv4Addr,
 ) -> Result<Vec<StoredRoute>, StateError> {
     let corrupt = |reason: String| StateError::Corrupt {
@@ -678,13 +700,9 @@ pub(crate) fn decode_routes(
         reason,
     };
     let mut raw = Vec::with_capacity(values.len());
-    for (key, bytes) in values {
-        let r: RawRoute = serde_json::from_slice(bytes).map_err(|e| {
-            corrupt(format!(
-                "{}: not a route: {e}",
-                crate::table::cluster::keys::route_key(key)
-            ))
-        })?;
+    for (stored, key, bytes) in values {
+        let r: RawRoute = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("{stored}: not a route: {e}")))?;
         if (r.name.as_str(), r.service.as_str(), r.protocol.as_str())
             != (
                 key.name.as_str(),
@@ -693,20 +711,12 @@ pub(crate) fn decode_routes(
             )
         {
             return Err(corrupt(format!(
-                "{}: holds route {}/{}/{}",
-                crate::table::cluster::keys::route_key(key),
-                r.name,
-                r.service,
-                r.protocol
+                "{stored}: holds route {}/{}/{}",
+                r.name, r.service, r.protocol
             )));
         }
         // Checked here as well as in `validate` so that the error names the key.
-        r.times().map_err(|e| {
-            corrupt(format!(
-                "{}: {e}",
-                crate::table::cluster::keys::route_key(key)
-            ))
-        })?;
+        r.times().map_err(|e| corrupt(format!("{stored}: {e}")))?;
         raw.push(r);
     }
     validate(path, raw, public_ipv4)

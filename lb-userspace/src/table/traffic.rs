@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::serve::api::TrafficMinute;
+use lb_model::api::TrafficMinute;
 
 /// How many minutes of history a slot keeps: the chart's last hour.
 pub const MINUTES: u64 = 60;

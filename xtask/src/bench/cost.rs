@@ -13,30 +13,34 @@ use std::{path::Path, process::Command};
 use anyhow::{Context as _, Result};
 
 use super::{
+    baseline::Baseline,
     parse,
     stats::{Metric, Results},
 };
 use crate::cmd;
 
-const TEST: &str = "kernel::dataplane::xdp_tests::program_cost_for_the_bench";
+/// The test's name, matched as a substring so that a baseline revision whose tests live in
+/// another module still runs its own copy.
+const TEST: &str = "program_cost_for_the_bench";
 
-/// Runs the measurement once and adds each program's ns to `results` (rows `srvgate` and
-/// `xdp-ceiling`, for those of them in `rows`).
-pub fn measure(root: &Path, rows: &[&str], results: &mut Results) -> Result<()> {
-    let mut c = Command::new("cargo");
-    c.current_dir(root).args([
-        "test",
+fn run_test(c: &mut Command) -> Result<parse::ProgramCost> {
+    c.args([
         "-p",
         "lb-userspace",
         "--lib",
         TEST,
         "--",
-        "--exact",
         "--ignored",
         "--nocapture",
     ]);
-    let out = cmd::stdout(&mut c).context("the program-cost measurement")?;
-    let cost = parse::program_cost(&out)?;
+    let out = cmd::stdout(c).context("the program-cost measurement")?;
+    parse::program_cost(&out)
+}
+
+/// Runs the measurement once and adds each program's ns to `results` (rows `srvgate` and
+/// `xdp-ceiling`, for those of them in `rows`).
+pub fn measure(root: &Path, rows: &[&str], results: &mut Results) -> Result<()> {
+    let cost = run_test(Command::new("cargo").current_dir(root).arg("test"))?;
     println!(
         "   test run: srvgate {:.1} ns, xdp-ceiling {:.1} ns (the kernel's own {:.1} ns taken off)",
         cost.srvgate, cost.ceiling, cost.harness
@@ -46,5 +50,22 @@ pub fn measure(root: &Path, rows: &[&str], results: &mut Results) -> Result<()> 
             results.add(row, Metric::XdpTestRunNs, ns);
         }
     }
+    Ok(())
+}
+
+/// The same measurement of the baseline's program, by the baseline's own test (release, to
+/// reuse the dependencies its srvgate build compiled): row `baseline`.
+pub fn measure_baseline(b: &Baseline, results: &mut Results) -> Result<()> {
+    let cost = run_test(
+        Command::new("cargo")
+            .current_dir(&b.dir)
+            .env("CARGO_TARGET_DIR", &b.target)
+            .args(["test", "--release"]),
+    )?;
+    println!(
+        "   test run: baseline {:.1} ns (the kernel's own {:.1} ns taken off)",
+        cost.srvgate, cost.harness
+    );
+    results.add("baseline", Metric::XdpTestRunNs, cost.srvgate);
     Ok(())
 }

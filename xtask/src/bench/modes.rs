@@ -27,6 +27,8 @@ pub enum Mode {
     Haproxy,
     Srvgate,
     XdpCeiling,
+    /// srvgate as built from `--baseline REV`: the other half of a same-run A/B.
+    Baseline,
 }
 
 impl Mode {
@@ -45,11 +47,15 @@ impl Mode {
             Mode::Haproxy => "haproxy",
             Mode::Srvgate => "srvgate",
             Mode::XdpCeiling => "xdp-ceiling",
+            Mode::Baseline => "baseline",
         }
     }
 
     pub fn parse(s: &str) -> Option<Mode> {
-        Mode::ALL.into_iter().find(|m| m.name() == s)
+        Mode::ALL
+            .into_iter()
+            .chain([Mode::Baseline])
+            .find(|m| m.name() == s)
     }
 
     pub fn description(self) -> &'static str {
@@ -59,7 +65,13 @@ impl Mode {
             Mode::Haproxy => "haproxy 2.6 in TCP mode on the gateway (default threads); no UDP",
             Mode::Srvgate => "srvgate run, XDP in native mode on every gateway leg",
             Mode::XdpCeiling => "lb-ebpf's xdp-ceiling (fib lookup, MACs, TTL, redirect; no NAT) on every gateway leg",
+            Mode::Baseline => "srvgate run as built from the baseline revision (see Machine), configured and measured exactly as `srvgate`",
         }
+    }
+
+    /// Whether this mode runs a `srvgate` daemon (the working tree's or the baseline's).
+    pub fn is_srvgate(self) -> bool {
+        matches!(self, Mode::Srvgate | Mode::Baseline)
     }
 
     /// Whether the client addresses the backend itself (no translation) in this mode.
@@ -179,7 +191,17 @@ impl Active {
                 lab.wait_listening(&lab.gw, pid, PUB_IPERF, Duration::from_secs(10))
                     .context("haproxy on the gateway")?;
             }
-            Mode::Srvgate => {
+            Mode::Srvgate | Mode::Baseline => {
+                let bin = if mode == Mode::Baseline {
+                    b.baseline
+                        .clone()
+                        .context("mode baseline needs --baseline REV")?
+                } else {
+                    b.srvgate.clone()
+                };
+                // The lab starts `$SRVGATE_BIN`; the bench runs one mode at a time and no
+                // other thread reads the environment meanwhile.
+                std::env::set_var("SRVGATE_BIN", &bin);
                 let routes: Vec<RouteSpec> = forwarded()
                     .into_iter()
                     .map(|(proto, public, port)| {
@@ -193,8 +215,12 @@ impl Active {
                     })
                     .collect();
                 let cfg = lab.write_file("srvgate.toml", &lab::config_toml(&routes))?;
+                let shown_bin = match mode {
+                    Mode::Baseline => bin.display().to_string(),
+                    _ => "srvgate".to_string(),
+                };
                 let mut argv = vec![
-                    "srvgate".to_string(),
+                    shown_bin,
                     "run".into(),
                     "--config".into(),
                     cfg.display().to_string(),
@@ -252,7 +278,7 @@ impl Active {
     /// that a measurement can say which paths its packets took.
     pub fn verdicts(&self, b: &Bench) -> Result<BTreeMap<String, f64>> {
         let mut by_verdict = BTreeMap::new();
-        if self.mode == Mode::Srvgate {
+        if self.mode.is_srvgate() {
             for s in lab::parse_metrics(&b.lab.metrics()?) {
                 if s.name == "srvgate_xdp_verdicts_total" {
                     if let Some(v) = s.labels.get("verdict") {
@@ -268,7 +294,7 @@ impl Active {
     pub fn check_path(&self, b: &Bench) -> Result<()> {
         let lab = b.lab;
         match self.mode {
-            Mode::Srvgate => {
+            Mode::Srvgate | Mode::Baseline => {
                 let text = lab.metrics()?;
                 let redirected = lab::metric_sum(
                     &text,
@@ -277,7 +303,8 @@ impl Active {
                 );
                 let total = lab::metric_sum(&text, "srvgate_xdp_verdicts_total", &[]);
                 println!(
-                    "   srvgate: {redirected:.0} of {total:.0} packets seen by XDP were redirected"
+                    "   {}: {redirected:.0} of {total:.0} packets seen by XDP were redirected",
+                    self.mode
                 );
                 ensure!(
                     redirected > 0.0 && redirected >= 0.5 * total,
@@ -316,7 +343,7 @@ impl Active {
                     lab.stop(pid, Duration::from_secs(5))?;
                 }
             }
-            Mode::Srvgate => {
+            Mode::Srvgate | Mode::Baseline => {
                 let status = lab.stop_srvgate()?;
                 ensure!(
                     status.success(),

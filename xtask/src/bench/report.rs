@@ -188,6 +188,27 @@ impl Report<'_> {
         s
     }
 
+    /// The A/B's program cost by test run, the figure a change to the hot path is judged by.
+    fn baseline_cost_line(&self) -> String {
+        let m = Metric::XdpTestRunNs;
+        let (Some(new), Some(old)) = (
+            self.results.summary("srvgate", m),
+            self.results.summary("baseline", m),
+        ) else {
+            return String::new();
+        };
+        format!(
+            "\nXDP program by test run: `srvgate` {} ns ({}–{}), `baseline` {} ns ({}–{}): {}.\n",
+            num(new.median, 1),
+            num(new.min, 1),
+            num(new.max, 1),
+            num(old.median, 1),
+            num(old.min, 1),
+            num(old.max, 1),
+            ratio(self.results.ratio("srvgate", "baseline", m)),
+        )
+    }
+
     fn dns_table(&self) -> String {
         let metrics: Vec<Metric> = if self.plan.dns_tcp {
             Metric::DNS.to_vec()
@@ -389,6 +410,9 @@ impl Report<'_> {
             f.loadavg
         );
         let _ = writeln!(s, "- srvgate commit {}", f.commit);
+        if let Some(b) = &f.baseline {
+            let _ = writeln!(s, "- baseline commit {b}");
+        }
         let tools: Vec<String> = f.tools.iter().map(|(n, v)| format!("{n}: {v}")).collect();
         let _ = writeln!(s, "- tools: {}\n", tools.join("; "));
 
@@ -437,6 +461,11 @@ impl Report<'_> {
         s.push_str(&self.ratio_table("dnat"));
         let _ = writeln!(s, "\n### Ratios to `xdp-ceiling`\n");
         s.push_str(&self.ratio_table("xdp-ceiling"));
+        if self.modes.contains(&Mode::Baseline) {
+            let _ = writeln!(s, "\n### Ratios to `baseline` (the same-run A/B)\n");
+            s.push_str(&self.ratio_table("baseline"));
+            s.push_str(&self.baseline_cost_line());
+        }
         s.push('\n');
 
         if self.control {
@@ -788,6 +817,7 @@ mod tests {
             memory: "24 GiB".into(),
             loadavg: "0.1 0.1 0.1".into(),
             commit: "abc".into(),
+            baseline: None,
             tools: vec![],
             ipvs: false,
         };

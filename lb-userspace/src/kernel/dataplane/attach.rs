@@ -173,7 +173,7 @@ impl XdpDataplane {
         dp.refresh_egress()?;
         // The guard must hold before the program is attached: a machine whose addresses
         // cannot be read does not start unguarded.
-        let interfaces = sys::interfaces().map_err(DataplaneError::Interfaces)?;
+        let interfaces = crate::machine::interfaces().map_err(DataplaneError::Interfaces)?;
         dp.refresh_guard(&interfaces)?;
         dp.tick_clock()?;
 

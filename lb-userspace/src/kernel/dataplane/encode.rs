@@ -7,7 +7,8 @@ use std::net::SocketAddrV4;
 
 use lb_common::{Backend, ReverseKey, ReverseValue, BACKEND_LIVE};
 
-use crate::{config::Protocol, table::routes::Entry};
+use crate::table::routes::Entry;
+use lb_model::Protocol;
 
 /// Network-order u32 of an address, as the XDP program loads it from the packet.
 pub fn addr_be(ip: std::net::Ipv4Addr) -> u32 {
@@ -92,7 +93,7 @@ mod tests {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
     }
 
-    fn route(name: &str, port: u16, backend: &str) -> crate::config::Route {
+    fn route(name: &str, port: u16, backend: &str) -> lb_model::Route {
         crate::testing::ssh_route(name, port, backend)
     }
 

@@ -21,7 +21,7 @@ use lb_common::{map_names, GUARD_INSIDE, GUARD_REFUSED_SOURCE, ROLE_PRIVATE, ROL
 use tracing::{info, warn};
 
 use super::{encode::addr_be, maps::map_err, DataplaneError, Leg};
-use crate::config::Interface;
+use crate::machine::Interface;
 
 /// Sources no packet from outside can honestly carry, whatever the machine: the addresses
 /// no host has (`config::NOT_A_HOST`: 0/8, 127/8, 169.254/16, 224/4, and 240/4 with the

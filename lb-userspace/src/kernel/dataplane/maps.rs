@@ -234,7 +234,7 @@ impl Dataplane for XdpDataplane {
     /// Makes `SOURCE_GUARD` say what the machine's addresses now say ([`guard_entries`]).
     fn refresh_guard(
         &mut self,
-        interfaces: &[crate::config::Interface],
+        interfaces: &[crate::machine::Interface],
     ) -> Result<(), DataplaneError> {
         let legs: Vec<(String, u8)> = self.legs.iter().map(|l| (l.name.clone(), l.role)).collect();
         let public = std::net::Ipv4Addr::from(self.public_addr.to_ne_bytes());

@@ -558,7 +558,7 @@ impl Harness {
             ("lo".to_string(), ROLE_PUBLIC),
             ("sg-pt0".to_string(), veth_role),
         ];
-        let want = guard_entries(&legs, &crate::kernel::sys::interfaces().unwrap(), PUBLIC);
+        let want = guard_entries(&legs, &crate::machine::interfaces().unwrap(), PUBLIC);
         let mut m: LpmTrie<_, u32, u32> =
             LpmTrie::try_from(self.ebpf.map_mut(map_names::SOURCE_GUARD).unwrap()).unwrap();
         let old: Vec<_> = m.keys().filter_map(Result::ok).collect();

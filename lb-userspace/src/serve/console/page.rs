@@ -3,11 +3,11 @@
 
 use std::{fmt, fmt::Write as _, time::Duration};
 
-use crate::{
-    cli::student::{self, account::ways_in},
-    config::format_duration,
-    serve::api::{GatewayView, MeReply, RouteView, RoutesReply, TrafficMinute, UsersReply},
-    table::traffic::MINUTES,
+use crate::table::traffic::MINUTES;
+use lb_model::{
+    api::{GatewayView, MeReply, RouteView, RoutesReply, TrafficMinute, UsersReply},
+    format_duration,
+    text::{ssh_config_block, ways_in},
 };
 
 /// Text made safe for HTML element content and double-quoted attribute values.
@@ -152,7 +152,7 @@ pub fn login(notice: Option<&Flash>) -> String {
 }
 
 /// 1536 -> `1.5 KiB`: the same figures as `srvgate route ls` prints.
-use crate::cli::admin::human_bytes as bytes;
+use lb_model::text::human_bytes as bytes;
 
 fn last_seen(v: &RouteView) -> String {
     match v.last_seen_unix {
@@ -311,20 +311,13 @@ pub fn home(
     }
     if let Some(zone) = &me.zone {
         if me.routes.iter().any(|v| v.service == "ssh") {
-            let args = student::SshConfigArgs {
-                zone: zone.clone(),
-                service: "ssh".into(),
-                dns_server: None,
-                program: Some("srvgate".into()),
-            };
-            if let Ok(text) = student::ssh_config_text(&args) {
-                let _ = write!(
-                    main,
-                    "<details><summary>Plain <code>ssh</code>: the block for <code>~/.ssh/config</code></summary>\
-                     <pre class=\"copy\" id=\"ssh-config\">{}</pre></details>",
-                    esc(&text)
-                );
-            }
+            let text = ssh_config_block(zone, "ssh", "srvgate", None);
+            let _ = write!(
+                main,
+                "<details><summary>Plain <code>ssh</code>: the block for <code>~/.ssh/config</code></summary>\
+                 <pre class=\"copy\" id=\"ssh-config\">{}</pre></details>",
+                esc(&text)
+            );
         }
     }
     let _ = write!(

@@ -1,7 +1,8 @@
 use std::{cell::RefCell, time::UNIX_EPOCH};
 
 use super::*;
-use crate::{serve::api::TrafficMinute, testing::FakeControl};
+use crate::testing::FakeControl;
+use lb_model::api::TrafficMinute;
 
 #[derive(Default)]
 struct CountingLogins {
@@ -154,7 +155,7 @@ fn a_student_logs_in_claims_releases_and_loses_the_session_with_the_token() {
 
     let r = b.post("/claim", &body);
     assert_eq!((r.status, header(&r, "Location")), (303, Some("/")));
-    assert_eq!(crate::serve::api::reason(r.status), "See Other");
+    assert_eq!(crate::api::reason(r.status), "See Other");
     assert_eq!(control.added.lock().unwrap()[0].name, "alice");
     let (_, page) = b.get("/");
     assert!(page.contains("Claimed alice/ssh/tcp"), "{page}");

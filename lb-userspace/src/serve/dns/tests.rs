@@ -21,7 +21,7 @@ use super::{
     zone::{reply_within, respond, response_edns, to_message},
     *,
 };
-use crate::config::{Protocol as Proto, Route};
+use lb_model::{Protocol as Proto, Route};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 const TTL: u32 = 45;
@@ -1210,7 +1210,7 @@ fn the_longest_zone_still_holds_the_longest_route() {
         zone: zone_name.clone(),
         ..dns_cfg()
     };
-    let (n, s) = ("n".repeat(63), "s".repeat(config::MAX_SERVICE_LEN));
+    let (n, s) = ("n".repeat(63), "s".repeat(lb_model::MAX_SERVICE_LEN));
     let r = Route {
         name: n.clone(),
         service: s.clone(),

@@ -149,7 +149,7 @@ impl Zone {
     pub fn build(
         cfg: &config::Dns,
         public_ipv4: Ipv4Addr,
-        routes: &[config::Route],
+        routes: &[lb_model::Route],
         serial: u32,
     ) -> Result<Zone, ZoneError> {
         let params = Params::new(cfg, public_ipv4)?;
@@ -192,8 +192,8 @@ impl Zone {
     /// proportional to the change, not to the zone. A route changed in place is in both.
     pub fn with_changes(
         &self,
-        removed: &[config::Route],
-        added: &[config::Route],
+        removed: &[lb_model::Route],
+        added: &[lb_model::Route],
         serial: u32,
     ) -> Zone {
         let mut zone = self.clone();
@@ -225,7 +225,7 @@ impl Zone {
 
     /// Adds (`present`) or removes one route's names: `_SERVICE._PROTO.NAME` SRV, and on
     /// `NAME.SERVICE` its port among the SRV records (tcp before udp) and the A record.
-    fn apply_route(&mut self, route: &config::Route, present: bool) {
+    fn apply_route(&mut self, route: &lb_model::Route, present: bool) {
         let (rfc2782, short) = match self.params.names(route) {
             Ok(names) => names,
             Err(reason) => {
@@ -246,8 +246,8 @@ impl Zone {
         let owner = LowerName::new(&short);
         let mut ports = self.node(&owner).map_or([None; 2], |n| n.ports);
         let i = match route.protocol {
-            config::Protocol::Tcp => 0,
-            config::Protocol::Udp => 1,
+            lb_model::Protocol::Tcp => 0,
+            lb_model::Protocol::Udp => 1,
         };
         ports[i] = present.then_some(route.port);
         let mut records: Vec<Record> = Vec::with_capacity(3);
@@ -707,7 +707,7 @@ impl Params {
             }
         };
         let origin = fqdn(&zone).map_err(name_error("zone", &cfg.zone))?;
-        config::check_label(&cfg.gateway_name)
+        lb_model::check_label(&cfg.gateway_name)
             .map_err(name_error("gateway_name", &cfg.gateway_name))?;
         let gateway = fqdn(&format!("{}.{zone}", cfg.gateway_name))
             .map_err(name_error("gateway_name", &cfg.gateway_name))?;
@@ -715,7 +715,7 @@ impl Params {
             fqdn(&format!("hostmaster.{zone}")).map_err(name_error("zone", &cfg.zone))?;
         let mut nameservers = Vec::new();
         for (label, a) in &cfg.nameservers {
-            config::check_label(label).map_err(name_error("nameservers", label))?;
+            lb_model::check_label(label).map_err(name_error("nameservers", label))?;
             let name =
                 fqdn(&format!("{label}.{zone}")).map_err(name_error("nameservers", label))?;
             nameservers.push((name, *a));
@@ -759,9 +759,9 @@ impl Params {
     }
 
     /// A route's two owner names: `_SERVICE._PROTO.NAME.<zone>` and `NAME.SERVICE.<zone>`.
-    fn names(&self, route: &config::Route) -> Result<(Name, Name), String> {
-        config::check_label(&route.name)?;
-        config::check_label(&route.service)?;
+    fn names(&self, route: &lb_model::Route) -> Result<(Name, Name), String> {
+        lb_model::check_label(&route.name)?;
+        lb_model::check_label(&route.service)?;
         let zone = &self.zone;
         let rfc2782 = fqdn(&format!(
             "_{}._{}.{}.{zone}",

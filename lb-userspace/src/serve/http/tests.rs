@@ -1,7 +1,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
-use crate::config::{Protocol, ProxyProtocol};
+use lb_model::{Protocol, ProxyProtocol};
 
 fn req(head: &[u8]) -> Result<head::Request, Reject> {
     parse_request(head).map(|r| r.expect("a complete head"))
@@ -211,11 +211,11 @@ async fn chunked_bodies_are_copied_to_their_end_and_no_further() {
     }
 }
 
-fn route(name: &str, service: &str, backend: SocketAddr) -> config::Route {
+fn route(name: &str, service: &str, backend: SocketAddr) -> lb_model::Route {
     let SocketAddr::V4(backend) = backend else {
         panic!("v4 only")
     };
-    config::Route {
+    lb_model::Route {
         name: name.into(),
         service: service.into(),
         protocol: Protocol::Tcp,

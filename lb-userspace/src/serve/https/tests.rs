@@ -4,7 +4,7 @@ use tokio::net::TcpListener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use crate::config::{Protocol, ProxyProtocol};
+use lb_model::{Protocol, ProxyProtocol};
 
 /// The first flight of a real rustls client: its ClientHello, with SNI `name` (none for
 /// `None`).
@@ -44,11 +44,11 @@ fn the_name_comes_from_the_client_hello() {
     ));
 }
 
-fn route(name: &str, backend: std::net::SocketAddr, pp: Option<ProxyProtocol>) -> config::Route {
+fn route(name: &str, backend: std::net::SocketAddr, pp: Option<ProxyProtocol>) -> lb_model::Route {
     let std::net::SocketAddr::V4(backend) = backend else {
         panic!("v4 only")
     };
-    config::Route {
+    lb_model::Route {
         name: name.into(),
         service: "https".into(),
         protocol: Protocol::Tcp,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::serve::api::{parse_head, Head};
+use crate::api::{parse_head, Head};
 use crate::testing::FakeControl;
 
 fn head(text: &str) -> Result<Option<Head>, ApiError> {
@@ -57,8 +57,8 @@ fn repeated_bad_tokens_from_one_address_are_blocked_for_a_window() {
     assert!(f.by_addr.len() <= MAX_TRACKED);
 }
 
-fn caller(name: &str, admin: bool) -> api::Caller {
-    api::Caller {
+fn caller(name: &str, admin: bool) -> lb_model::api::Caller {
+    lb_model::api::Caller {
         name: name.into(),
         admin,
     }

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::ProxyProtocol;
+use lb_model::ProxyProtocol;
 
 /// The v2 signature, the first 12 bytes of every v2 header.
 pub const V2_SIGNATURE: [u8; 12] = [

@@ -37,10 +37,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use crate::{
-    config::{check_label, Protocol, Route, RouteKey},
-    table::state::{self, StoredRoute},
-};
+use crate::table::state::{self, StoredRoute};
+use lb_model::{check_label, Protocol, Route, RouteKey};
 
 /// The prefix every key of the shared table starts with.
 pub const PREFIX: &str = "/srvgate/";
@@ -216,7 +214,7 @@ pub fn decode_routes(
                 value.len()
             ));
         }
-        values.push((k, value.as_slice()));
+        values.push((shown.into_owned(), k, value.as_slice()));
     }
     let routes =
         state::decode_routes(Path::new(source), &values, public_ipv4).map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@ use std::{fs, io::Read as _, os::unix::fs::MetadataExt as _, path::Path};
 use etcd_client::{Certificate, Identity, TlsOptions};
 use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
 
-use crate::{config::ClusterTls, table::state::StateError};
+use crate::table::{cluster::ClusterTls, state::StateError};
 
 /// A PEM file of certificates or a key is a few kilobytes; anything this large is not one.
 const MAX_PEM: u64 = 1 << 20;

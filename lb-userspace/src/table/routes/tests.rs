@@ -1,7 +1,7 @@
 use std::time::UNIX_EPOCH;
 
 use super::*;
-use crate::config::Protocol;
+use lb_model::Protocol;
 
 const DAY: Duration = Duration::from_secs(86400);
 

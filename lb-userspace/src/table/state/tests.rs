@@ -291,7 +291,7 @@ fn a_routes_proxy_protocol_survives_the_journal_and_the_snapshot() {
     let mut store = StateStore::open(dir.path()).unwrap();
     let mut web = stored("alice", 30000, "10.0.0.11:443", None);
     web.route.service = "https".into();
-    web.route.proxy_protocol = Some(crate::config::ProxyProtocol::V2);
+    web.route.proxy_protocol = Some(lb_model::ProxyProtocol::V2);
     store
         .record(&[put(&web)], &Vec::new)
         .unwrap()

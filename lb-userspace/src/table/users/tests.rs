@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::Protocol;
+use lb_model::{BackendRule, Protocol};
 
 fn rule(s: &str) -> BackendRule {
     s.parse().unwrap()
@@ -168,7 +168,7 @@ fn cooldowns_keep_a_port_out_until_they_end() {
 
 #[test]
 fn config_users_are_added_updated_and_removed_by_the_file_keeping_tokens() {
-    use crate::config::ConfigUser;
+    use lb_model::ConfigUser;
     let now = SystemTime::UNIX_EPOCH;
     let mut users = Users::default();
     let runtime_token = users.add("bob", vec![], 4, false, now).unwrap();
@@ -215,7 +215,7 @@ fn config_users_are_added_updated_and_removed_by_the_file_keeping_tokens() {
 /// gateway's file added, and the token issued for it, stay whatever this file says.
 #[test]
 fn with_other_gateways_only_what_this_file_dropped_is_removed() {
-    use crate::config::ConfigUser;
+    use lb_model::ConfigUser;
     let now = SystemTime::UNIX_EPOCH;
     let user = |name: &str| ConfigUser {
         name: name.into(),

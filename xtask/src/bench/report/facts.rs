@@ -19,6 +19,8 @@ pub struct Facts {
     pub memory: String,
     pub loadavg: String,
     pub commit: String,
+    /// With `--baseline`: the revision measured as mode `baseline`.
+    pub baseline: Option<String>,
     pub tools: Vec<(String, String)>,
     pub ipvs: bool,
 }
@@ -126,6 +128,7 @@ impl Facts {
             memory,
             loadavg,
             commit,
+            baseline: None,
             tools,
             ipvs: kernel_has_ipvs(),
         })

@@ -1,53 +1,11 @@
-//! The control API: JSON over a minimal HTTP/1.1 on a Unix socket, and the client the CLI
-//! verbs (`srvgate route ...`, `status`, `down`) use.
-//!
-//! | request                               | does                                          |
-//! |---------------------------------------|-----------------------------------------------|
-//! | `GET /v1/routes`                      | every route with its counters ([`RoutesReply`]) |
-//! | `POST /v1/routes` + [`RouteRequest`]  | adds a runtime route (201 + [`RouteView`])    |
-//! | `DELETE /v1/routes/NAME[?service=S]`  | removes NAME's runtime routes ([`Removed`])   |
-//! | `POST /v1/shutdown` + [`Shutdown`]    | stops the daemon, detaching XDP if asked     |
-//! | `GET /v1/users`                       | every account ([`UsersReply`])                |
-//! | `POST /v1/users` + [`UserRequest`]    | adds a student, returns its token ([`TokenReply`]) |
-//! | `DELETE /v1/users/NAME[?with_routes=true]` | removes an account (and its routes)      |
-//! | `POST /v1/users/NAME/token`           | a new token; the old one stops working        |
-//!
-//! The students' verbs (`/v1/me...`) are served by `portal` over HTTPS with a token; they
-//! call the same [`Control`] methods with the caller's name, so there is one path per
-//! operation whoever asks.
-//!
-//! Errors are `{"error": "...", "field": "port"}` with 400 (invalid input, naming the
-//! field), 403 (not root), 404, 409 (clashes with what exists) or 500.
-//!
-//! Only root may talk to it, checked twice (both in `socket.rs`): the socket lives in a 0700
-//! directory with mode 0600, and the server reads the peer's uid from the kernel
-//! (`SO_PEERCRED`) and refuses anyone but uid 0, so loosened file modes alone do not open it.
-//!
-//! Here: the request and reply types and the [`Control`] trait, which the daemon implements:
-//! the routes, the users, the students' `me`/`claim`/`release`, and what the console reads
-//! (a session's token digest, the gateway's legs and verdicts, traffic, audit lines).
-//! `socket.rs` is the server and the blocking client; `request.rs` reads request heads for
-//! this socket and the portal alike.
+//! The control API's and the portal's wire types: the JSON bodies of requests and replies,
+//! the same for the gateway that serves them and the clients that send them. The
+//! requests and their paths are listed in lb-userspace's `api` module.
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::RouteRequest;
-pub use crate::table::users::UserView;
-
-/// Where `srvgate run` listens and the CLI connects unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/srvgate/control.sock";
-
-// The socket's server and client: the gateway's side, Unix only.
-#[cfg(feature = "gateway")]
-mod request;
-#[cfg(feature = "gateway")]
-mod socket;
-#[cfg(feature = "gateway")]
-pub(crate) use request::read_request;
-#[cfg(all(test, feature = "gateway"))]
-pub(crate) use request::{parse_head, Head};
-#[cfg(feature = "gateway")]
-pub use socket::*;
+pub use crate::route::RouteRequest;
+pub use crate::users::UserView;
 
 /// One route as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,42 +223,3 @@ impl ApiError {
         }
     }
 }
-
-/// What the daemon does for the API. Calls may block briefly (map updates, an fsync); the
-/// server runs them off the async threads.
-pub trait Control: Send + Sync + 'static {
-    fn list(&self) -> RoutesReply;
-    fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError>;
-    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError>;
-    fn shutdown(&self, request: Shutdown);
-    fn users(&self) -> UsersReply;
-    fn user_add(&self, request: UserRequest) -> Result<TokenReply, ApiError>;
-    fn user_remove(&self, name: &str, with_routes: bool) -> Result<UserView, ApiError>;
-    fn user_token(&self, name: &str) -> Result<TokenReply, ApiError>;
-    /// The account `token` belongs to; `None` for any token that is not current.
-    fn authenticate(&self, token: &str) -> Option<Caller>;
-    fn me(&self, caller: &str) -> Result<MeReply, ApiError>;
-    /// Adds a route named after `caller`, confined to their backends and quota.
-    fn claim(&self, caller: &str, request: ClaimRequest) -> Result<RouteView, ApiError>;
-    /// Removes `caller`'s route for `service` (tcp unless `protocol`).
-    fn release(
-        &self,
-        caller: &str,
-        service: &str,
-        protocol: Option<&str>,
-    ) -> Result<Removed, ApiError>;
-    /// The account `name` while its current token has the SHA-256 `token_sha256`: a
-    /// console session keeps only the digest of the token it was opened with and is
-    /// checked again with it on every request.
-    fn authenticate_digest(&self, name: &str, token_sha256: &[u8; 32]) -> Option<Caller>;
-    /// The legs and verdict counters (for admins).
-    fn gateway(&self) -> GatewayView;
-    /// The last hour of traffic of each route in `routes`, by minute, oldest first (only
-    /// minutes that carried traffic); empty for a route the daemon has no samples of.
-    fn traffic(&self, routes: &[crate::config::RouteKey]) -> Vec<Vec<TrafficMinute>>;
-    /// The latest audit log lines (who changed what, from where), oldest first.
-    fn recent_audit(&self) -> Vec<String>;
-}
-
-#[cfg(all(test, feature = "gateway"))]
-mod tests;

@@ -19,6 +19,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::*;
+use lb_model::api::ErrorReply;
 
 /// Largest request the server reads.
 const MAX_REQUEST: usize = 64 * 1024;

@@ -12,10 +12,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    table::state::{from_unix, write_atomically, StateError},
-    table::users::{parse_rules, User, Users},
+use crate::table::{
+    state::{from_unix, write_atomically, StateError},
+    users::{User, Users},
 };
+use lb_model::parse_rules;
 
 pub const ACCOUNTS_FILE: &str = "accounts.json";
 const VERSION: u64 = 1;
@@ -89,7 +90,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Users, StateError> {
     let mut names = std::collections::BTreeSet::new();
     for (i, u) in file.users.into_iter().enumerate() {
         let at = |what: &str| format!("users[{}].{what}", i + 1);
-        crate::config::check_label(&u.name).map_err(|e| corrupt(format!("{}: {e}", at("name"))))?;
+        lb_model::check_label(&u.name).map_err(|e| corrupt(format!("{}: {e}", at("name"))))?;
         if !names.insert(u.name.clone()) {
             return Err(corrupt(format!("{}: {} appears twice", at("name"), u.name)));
         }

@@ -1,5 +1,8 @@
-//! The students' side: `srvgate ssh` and `srvgate ssh-config`, and (in `account`) the
-//! verbs that talk to the portal: `login`, `claim`, `mine`, `release`.
+//! The students' client: `srvgate ssh` and `srvgate ssh-config`, and (in `account`) the
+//! verbs that talk to the portal: `login`, `claim`, `mine`, `release`. The gateway's
+//! `srvgate` carries them ([`StudentCommand`]), and so does the students' own download,
+//! `srvgate-client`, which builds for any OS (Windows included) from this crate and
+//! lb-model alone.
 //!
 //! OpenSSH does not look up SRV records, so `srvgate ssh alice.ssh.lab.example` does it: it
 //! asks DNS for `_ssh._tcp.alice.lab.example SRV`, then runs the real `ssh` with `-p PORT`
@@ -16,6 +19,7 @@
 
 pub mod account;
 mod resolve;
+mod verbs;
 
 use std::{
     convert::Infallible,
@@ -30,8 +34,9 @@ use std::{
 use anyhow::{bail, Context as _};
 
 pub use resolve::Endpoint;
+pub use verbs::{print_json, Failure, StudentCommand};
 
-use crate::config;
+use lb_model::{check_domain, check_label, text};
 
 /// How long `--proxy` waits for the TCP connection to the service.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -195,8 +200,7 @@ impl Target {
         }
         let zone = zone
             .map(|z| {
-                config::check_domain(&z.to_ascii_lowercase())
-                    .map_err(|e| anyhow::anyhow!("--zone {e}"))
+                check_domain(&z.to_ascii_lowercase()).map_err(|e| anyhow::anyhow!("--zone {e}"))
             })
             .transpose()?;
         let labels: Vec<&str> = host.split('.').collect();
@@ -235,7 +239,7 @@ impl Target {
             }
         };
         for (what, label) in [("name", &name), ("service", &service)] {
-            config::check_label(label).map_err(|e| anyhow::anyhow!("{host:?}: the {what} {e}"))?;
+            check_label(label).map_err(|e| anyhow::anyhow!("{host:?}: the {what} {e}"))?;
         }
         Ok(Target {
             user,
@@ -272,9 +276,9 @@ pub fn ssh_argv(target: &Target, endpoint: &Endpoint, ssh_args: &[OsString]) -> 
 
 /// The `~/.ssh/config` block printed by `srvgate ssh-config`.
 pub fn ssh_config_text(args: &SshConfigArgs) -> anyhow::Result<String> {
-    let zone = config::check_domain(&args.zone.to_ascii_lowercase())
-        .map_err(|e| anyhow::anyhow!("--zone {e}"))?;
-    config::check_label(&args.service).map_err(|e| anyhow::anyhow!("--service {e}"))?;
+    let zone =
+        check_domain(&args.zone.to_ascii_lowercase()).map_err(|e| anyhow::anyhow!("--zone {e}"))?;
+    check_label(&args.service).map_err(|e| anyhow::anyhow!("--service {e}"))?;
     let program = match &args.program {
         Some(p) => p.clone(),
         None => default_program(),
@@ -282,16 +286,11 @@ pub fn ssh_config_text(args: &SshConfigArgs) -> anyhow::Result<String> {
     let program = program
         .to_str()
         .with_context(|| format!("--program {}: not UTF-8", program.display()))?;
-    let mut command = format!("{} ssh --proxy", ssh_config_word(program));
-    if let Some(server) = args.dns_server {
-        command.push_str(&format!(" --dns-server {server}"));
-    }
-    let pattern = format!("*.{}.{zone}", args.service);
-    Ok(format!(
-        "# srvgate: plain `ssh NAME.{service}.{zone}` looks the port up in DNS (SRV record)\n\
-         # and connects through `srvgate ssh --proxy`. Put this block above any `Host *`.\n\
-         Host {pattern}\n    ProxyCommand {command} %h\n",
-        service = args.service,
+    Ok(text::ssh_config_block(
+        &zone,
+        &args.service,
+        program,
+        args.dns_server,
     ))
 }
 
@@ -363,27 +362,12 @@ fn default_program() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("srvgate"))
 }
 
-/// Quotes a word for ssh_config's ProxyCommand, which ssh hands to the shell after expanding
-/// `%` tokens.
-fn ssh_config_word(word: &str) -> String {
-    shell_word(word).replace('%', "%%")
-}
-
-/// `word` as one shell word, quoted (by shlex) only where it needs to be.
-fn shell_word(word: &str) -> String {
-    // NULs allowed: then quoting cannot fail, and no argument or path can hold one anyway.
-    shlex::Quoter::new()
-        .allow_nul(true)
-        .quote(word)
-        .map_or_else(|_| String::new(), std::borrow::Cow::into_owned)
-}
-
 fn shell_line(argv: &[OsString]) -> String {
     argv.iter()
-        .map(|a| shell_word(&a.to_string_lossy()))
+        .map(|a| text::shell_word(&a.to_string_lossy()))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-#[cfg(all(test, feature = "gateway"))]
+#[cfg(test)]
 mod tests;

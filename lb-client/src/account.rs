@@ -22,7 +22,10 @@ use rustls::{
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::serve::api::{ClaimRequest, ErrorReply, MeReply, Removed, RouteView};
+use lb_model::{
+    api::{ClaimRequest, ErrorReply, MeReply, Removed, RouteView},
+    text::ways_in,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 /// The most of an answer we read: a student with many routes stays far below.
@@ -236,7 +239,7 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let fp = crate::table::users::cert_fingerprint(end_entity.as_ref());
+        let fp = lb_model::cert_fingerprint(end_entity.as_ref());
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fp.clone());
         match &self.pinned {
             Some(p) if *p != fp => Err(rustls::Error::General(format!(
@@ -534,7 +537,7 @@ pub fn login(args: LoginArgs) -> Result<(), StudentError> {
             .to_string(),
         None => read_line("Token: ")?,
     };
-    if token.is_empty() || token.len() > crate::table::users::MAX_TOKEN_LEN {
+    if token.is_empty() || token.len() > lb_model::MAX_TOKEN_LEN {
         return Err(StudentError::Input(
             "that is not a srvgate token (sg_NAME_...); the admin's `srvgate user add` printed it"
                 .into(),
@@ -557,29 +560,6 @@ pub fn login(args: LoginArgs) -> Result<(), StudentError> {
     Ok(())
 }
 
-/// The ways in to a route, as `claim` and `mine` print them.
-pub fn ways_in(v: &RouteView, me: &MeReply) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(zone) = &me.zone {
-        let name = format!("{}.{}.{zone}", v.name, v.service);
-        if v.protocol == "tcp" && v.service == "ssh" {
-            out.push(format!("srvgate ssh {name}"));
-        } else if v.protocol == "tcp" && me.http_service.as_deref() == Some(v.service.as_str()) {
-            out.push(format!("http://{name}/"));
-        }
-        out.push(format!(
-            "{name} (SRV _{}._{}.{}.{zone})",
-            v.service, v.protocol, v.name
-        ));
-    }
-    if v.protocol == "tcp" && v.service == "ssh" {
-        out.push(format!("ssh -p {} {}", v.port, me.public_ipv4));
-    } else {
-        out.push(format!("{}:{}/{}", me.public_ipv4, v.port, v.protocol));
-    }
-    out
-}
-
 /// `srvgate claim SERVICE --backend ADDR:PORT`.
 pub fn claim(args: ClaimArgs) -> Result<(), StudentError> {
     let creds = load_credentials(&args.credentials)?;
@@ -592,7 +572,7 @@ pub fn claim(args: ClaimArgs) -> Result<(), StudentError> {
     .unwrap_or_default();
     let v: RouteView = call(&creds, "POST", "/v1/me/routes", Some(body))?;
     if args.json {
-        crate::cli::print_json(&v);
+        crate::print_json(&v);
         return Ok(());
     }
     let me: MeReply = call(&creds, "GET", "/v1/me", None)?;
@@ -611,7 +591,7 @@ pub fn mine(args: MineArgs) -> Result<(), StudentError> {
     let creds = load_credentials(&args.credentials)?;
     let me: MeReply = call(&creds, "GET", "/v1/me", None)?;
     if args.json {
-        crate::cli::print_json(&me);
+        crate::print_json(&me);
         return Ok(());
     }
     print!("{}", render_mine(&me));
@@ -625,7 +605,7 @@ pub fn render_mine(me: &MeReply) -> String {
     );
     for v in &me.routes {
         let reclaim = v.reclaim_in_seconds.map_or("never".to_string(), |s| {
-            crate::config::format_duration(Duration::from_secs(s))
+            lb_model::format_duration(Duration::from_secs(s))
         });
         out.push_str(&format!(
             "{}/{}: port {} -> {}, {} in / {} out bytes, idle {}, reclaimed in {}\n",
@@ -635,7 +615,7 @@ pub fn render_mine(me: &MeReply) -> String {
             v.backend,
             v.inbound_bytes,
             v.outbound_bytes,
-            crate::config::format_duration(Duration::from_secs(v.idle_seconds)),
+            lb_model::format_duration(Duration::from_secs(v.idle_seconds)),
             reclaim
         ));
         for w in ways_in(v, me) {
@@ -650,7 +630,7 @@ pub fn render_mine(me: &MeReply) -> String {
 
 /// `srvgate release SERVICE`.
 pub fn release(args: ReleaseArgs) -> Result<(), StudentError> {
-    crate::config::check_label(&args.service)
+    lb_model::check_label(&args.service)
         .map_err(|e| StudentError::Input(format!("service: {e}")))?;
     let creds = load_credentials(&args.credentials)?;
     let path = match &args.protocol {

@@ -1,11 +1,13 @@
-//! What one backend's check is: [`CheckSpec`], read from its TOML/JSON form
-//! ([`CheckRequest`]) by [`CheckRequest::check`], which names the field of every problem.
+//! What one backend's health check is: [`CheckSpec`], read from its TOML/JSON form
+//! ([`CheckRequest`], `check = { kind = "http", path = "/healthz" }`) by
+//! [`CheckRequest::check`], which names the field of every problem. Plain data: the
+//! gateway's `health` module runs the checks.
 
 use std::{fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::FieldError;
+use crate::FieldError;
 
 /// haproxy's `inter 2s`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -98,8 +100,8 @@ impl fmt::Display for CheckSpec {
         write!(
             f,
             " inter {} timeout {} rise {} fall {}",
-            format_duration(self.interval),
-            format_duration(self.timeout),
+            format_check_duration(self.interval),
+            format_check_duration(self.timeout),
             self.rise,
             self.fall
         )
@@ -173,7 +175,7 @@ impl CheckRequest {
                 bad("host", e);
             }
         }
-        let interval = match self.interval.as_deref().map(parse_duration) {
+        let interval = match self.interval.as_deref().map(parse_check_duration) {
             None => Some(DEFAULT_INTERVAL),
             Some(Ok(d)) if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => Some(d),
             Some(Ok(d)) => {
@@ -181,9 +183,9 @@ impl CheckRequest {
                     "interval",
                     format!(
                         "{} is outside {} to {}",
-                        format_duration(d),
-                        format_duration(MIN_INTERVAL),
-                        format_duration(MAX_INTERVAL)
+                        format_check_duration(d),
+                        format_check_duration(MIN_INTERVAL),
+                        format_check_duration(MAX_INTERVAL)
                     ),
                 );
                 None
@@ -193,15 +195,15 @@ impl CheckRequest {
                 None
             }
         };
-        let timeout = match self.timeout.as_deref().map(parse_duration) {
+        let timeout = match self.timeout.as_deref().map(parse_check_duration) {
             None => interval.map(|i| DEFAULT_TIMEOUT.min(i / 2)),
             Some(Ok(d)) if d < MIN_TIMEOUT => {
                 bad(
                     "timeout",
                     format!(
                         "{} is shorter than {}",
-                        format_duration(d),
-                        format_duration(MIN_TIMEOUT)
+                        format_check_duration(d),
+                        format_check_duration(MIN_TIMEOUT)
                     ),
                 );
                 None
@@ -212,8 +214,8 @@ impl CheckRequest {
                         "timeout",
                         format!(
                             "{} is not shorter than the interval ({}): a check must end before the next one starts",
-                            format_duration(d),
-                            format_duration(i)
+                            format_check_duration(d),
+                            format_check_duration(i)
                         ),
                     );
                     None
@@ -268,8 +270,8 @@ impl From<&CheckSpec> for CheckRequest {
             kind: (s.kind != CheckKind::Tcp).then(|| s.kind_name().to_string()),
             path,
             host,
-            interval: (s.interval != DEFAULT_INTERVAL).then(|| format_duration(s.interval)),
-            timeout: (s.timeout != default_timeout).then(|| format_duration(s.timeout)),
+            interval: (s.interval != DEFAULT_INTERVAL).then(|| format_check_duration(s.interval)),
+            timeout: (s.timeout != default_timeout).then(|| format_check_duration(s.timeout)),
             rise: (s.rise != DEFAULT_RISE).then_some(s.rise),
             fall: (s.fall != DEFAULT_FALL).then_some(s.fall),
         }
@@ -345,8 +347,8 @@ fn check_host(host: &str) -> Result<(), String> {
 }
 
 /// Reads `500ms`, `2s`, `1m` or a sum such as `1s500ms`. Checks need sub-second durations,
-/// which `config::parse_duration` (whole seconds, up to weeks) does not read.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// which the route module's `parse_duration` (whole seconds, up to weeks) does not read.
+pub fn parse_check_duration(text: &str) -> Result<Duration, String> {
     let form =
         || format!("{text:?} is not a duration like \"2s\", \"500ms\" or \"1m\" (units ms, s, m)");
     let mut rest = text.trim();
@@ -378,8 +380,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Renders a duration the way [`parse_duration`] reads it: `2s`, `1500ms`, `1m30s`.
-pub fn format_duration(d: Duration) -> String {
+/// Renders a duration the way [`parse_check_duration`] reads it: `2s`, `1500ms`, `1m30s`.
+pub fn format_check_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if !ms.is_multiple_of(1000) || ms == 0 {
         return format!("{ms}ms");
@@ -549,14 +551,14 @@ inter = "2s""#,
             ("1m", Duration::from_secs(60)),
             ("1s500ms", Duration::from_millis(1500)),
         ] {
-            assert_eq!(parse_duration(text), Ok(d), "{text}");
+            assert_eq!(parse_check_duration(text), Ok(d), "{text}");
         }
         for bad in ["", "2", "s", "2h", "1.5s", "-1s", "9999999999s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+            assert!(parse_check_duration(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
-        assert_eq!(format_duration(Duration::ZERO), "0ms");
+        assert_eq!(format_check_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_check_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_check_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_check_duration(Duration::ZERO), "0ms");
     }
 }
