@@ -12,13 +12,13 @@
 //!   from the public address: [`choose_source`]).
 //! - `runner`: [`run`], one task per [`Target`] of a watched set, a semaphore of probes in
 //!   flight, [`Transition`]s out on a channel, statuses on a [`Board`].
-//! - `report`: `srvgate_backend_up` ([`render_metrics`]) and the audit line ([`audit`]).
 //!
 //! The runner only reports: what a pool does with a verdict (leave the backend out, fail
-//! open when every one is down) is the pool's rule, not this module's.
+//! open when every one is down), and the audit line and `srvgate_backend_up` that follow,
+//! are the daemon's operation on the table (`Core::set_health`), which owns the verdict
+//! the data plane uses.
 
 mod probe;
-mod report;
 mod runner;
 mod state;
 #[cfg(test)]
@@ -28,6 +28,5 @@ pub use probe::{
     check_once, choose_source, InterfaceSource, NetProber, ProbeError, Prober, MAX_HTTP_HEAD,
     MAX_SSH_BANNER,
 };
-pub use report::{audit, render_metrics};
 pub use runner::{run, Board, Target, TargetId, TargetStatus, Transition, DEFAULT_MAX_PROBES};
 pub use state::Tracker;
