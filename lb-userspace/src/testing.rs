@@ -6,7 +6,8 @@
 //! The fake maps carry out the same [`plan`] as the kernel's, so they hold what the real
 //! maps would.
 //!
-//! Also `FakeControl`, a scripted daemon for the servers' tests (control socket, portal).
+//! Also `FakeControl`, a scripted daemon for the servers' tests (control socket, portal),
+//! and `FakeProber`, scripted health checks for the runner and whatever consumes its verdicts.
 
 use crate::kernel::dataplane::CounterReader;
 use std::{
@@ -14,11 +15,15 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
-    sync::{mpsc, Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc, Mutex, MutexGuard,
+    },
     time::Duration,
 };
 
 use crate::{
+    health::{ProbeError, Prober},
     kernel::dataplane::{
         plan, sync_plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends,
     },
@@ -697,6 +702,51 @@ impl Control for FakeControl {
     }
     fn recent_audit(&self) -> Vec<String> {
         vec!["2026-12-01T00:00:00Z INFO portal user=\"<alice>\"".into()]
+    }
+}
+
+/// A scripted [`Prober`]: each backend passes unless the test says otherwise; counts the
+/// probes in flight, the most at once, and the probes of each backend. Probes of a backend
+/// in `hang` never end (the runner's timeout or abort must end them).
+#[derive(Default)]
+pub struct FakeProber {
+    pub pass: Mutex<HashMap<SocketAddrV4, bool>>,
+    pub hang: Mutex<Vec<SocketAddrV4>>,
+    /// How long each probe takes.
+    pub delay: Duration,
+    pub in_flight: AtomicUsize,
+    pub most: AtomicUsize,
+    pub probed: Mutex<HashMap<SocketAddrV4, usize>>,
+}
+
+/// Counts a probe out of `in_flight` however it ends (done, timed out, aborted).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Prober for FakeProber {
+    async fn probe(
+        &self,
+        backend: SocketAddrV4,
+        _: &lb_model::check::CheckSpec,
+    ) -> Result<String, ProbeError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        let _counted = InFlight(&self.in_flight);
+        self.most.fetch_max(now, Ordering::SeqCst);
+        *guard(&self.probed).entry(backend).or_default() += 1;
+        if guard(&self.hang).contains(&backend) {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(self.delay).await;
+        if *guard(&self.pass).get(&backend).unwrap_or(&true) {
+            Ok("fake pass".into())
+        } else {
+            Err(ProbeError::Connect("fake refusal".into()))
+        }
     }
 }
 
