@@ -35,12 +35,14 @@
 //! core's; what touches one part only is that part's.
 //!
 //! Here: the options, errors, clock and the [`Core`]; `routes.rs` has its route operations,
+//! `pools.rs` the changes of a route's pool in place (drain, a health verdict),
 //! `students.rs` the accounts' and students' ones, `control.rs` what the servers call (the
 //! [`Control`](api::Control) implementation, the metrics scrape), `lifecycle.rs` start-up,
 //! the event loop and shutdown.
 
 mod control;
 mod lifecycle;
+mod pools;
 mod routes;
 mod students;
 
@@ -207,6 +209,9 @@ struct Core {
     traffic: Arc<Mutex<Traffic>>,
     /// Shared store only (`[cluster]`): this gateway's own last-seen times, for the others.
     seen: Option<Seen>,
+    /// What the health checks watch, following the table (`pools::Checks`); `None` where
+    /// no checks run (the tests' cores).
+    checks: Option<std::cell::RefCell<pools::Checks>>,
 }
 
 /// The route table and what must hold exactly its routes: the BPF maps (live) and the

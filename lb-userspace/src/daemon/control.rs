@@ -13,8 +13,8 @@ use crate::{
 };
 use lb_model::{
     api::{
-        ApiError, Caller, ClaimRequest, GatewayView, LegView, MeReply, Removed, RouteView,
-        RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UsersReply,
+        ApiError, Caller, ClaimRequest, DrainRequest, GatewayView, LegView, MeReply, Removed,
+        RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UsersReply,
     },
     RouteRequest, UserView,
 };
@@ -34,11 +34,11 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
             .map(|h| h.sample())
             .chain(m.https.iter().map(|h| h.sample()))
             .collect();
-        let routes: Vec<(lb_model::Route, u32)> = c
+        let routes: Vec<_> = c
             .routes
             .table
             .entries()
-            .map(|e| (e.route.clone(), e.id))
+            .map(|e| (e.route.clone(), e.id, e.down.clone(), e.fail_open()))
             .collect();
         let legs: Vec<LegSample> = c
             .routes
@@ -63,8 +63,10 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
     };
     let routes: Vec<RouteSample> = routes
         .into_iter()
-        .map(|(route, id)| RouteSample {
+        .map(|(route, id, down, fail_open)| RouteSample {
             route,
+            down,
+            fail_open,
             counters: reader
                 .as_ref()
                 .and_then(|r| r.route_counters(id).ok())
@@ -127,6 +129,9 @@ impl Control for Handle {
     }
     fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
         self.change(|c| c.remove(name, service))
+    }
+    fn drain(&self, name: &str, request: DrainRequest) -> Result<RouteView, ApiError> {
+        self.change(|c| c.drain(name, request))
     }
     fn shutdown(&self, request: Shutdown) {
         let _ = self.shutdown.send(request);

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     cluster::{seen::Seen, Backing, Claim, Remote},
-    config::{self, check_backend, Config},
+    config::{self, check_pool, Config},
     kernel::dataplane::{Counters, Dataplane},
     table::{
         routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
@@ -30,7 +30,7 @@ use crate::{
 };
 use lb_model::{
     api::{ApiError, Removed, RouteView, RoutesReply},
-    check_route, format_duration, ConfigUser, RouteRequest,
+    backend_field, check_route, format_duration, ConfigUser, RouteRequest,
 };
 
 use super::students::denied;
@@ -91,6 +91,7 @@ impl Core {
             },
             clock,
             traffic: Arc::default(),
+            checks: None,
         }
     }
 
@@ -105,7 +106,7 @@ impl Core {
         self.routes.dataplane.sync_all(&self.routes.table, &fresh)?;
         for e in self.routes.table.entries() {
             let r = &e.route;
-            info!(route = %r.key(), public = %format!("{}:{}", self.settings.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
+            info!(route = %r.key(), public = %format!("{}:{}", self.settings.gateway.public_ipv4, r.port), backends = %r.backends, source = e.source.as_str(), "route");
         }
         if taken_over {
             self.routes.save()?;
@@ -158,7 +159,7 @@ impl Core {
         // Proportional to the table, but only when the machine's addresses change.
         let mut runtime = Vec::new();
         for e in self.routes.table.entries() {
-            let Err(rule) = check_backend(e.route.backend, &self.settings.own) else {
+            let Err(rule) = check_pool(&e.route.backends, &self.settings.own) else {
                 continue;
             };
             if e.source == Source::Runtime {
@@ -202,6 +203,9 @@ impl Core {
 
     /// Gives the name services (DNS, the web routers) a change of the table.
     pub(super) fn publish(&self, diff: &Diff) {
+        if let Some(c) = &self.checks {
+            c.borrow_mut().follow(diff);
+        }
         self.mirrors.publish(&self.routes.table, diff);
     }
 
@@ -220,7 +224,9 @@ impl Core {
             service: r.service.clone(),
             protocol: r.protocol.to_string(),
             port: r.port,
-            backend: r.backend.to_string(),
+            backend: e.primary().to_string(),
+            backends: super::pools::backend_views(e),
+            fail_open: e.fail_open(),
             source: e.source.as_str().to_string(),
             added_unix: unix(e.added),
             last_seen_unix: e.last_seen.map(unix),
@@ -297,9 +303,9 @@ impl Core {
                     format!("cannot read this gateway's own addresses to check the backend against them: {e}"),
                 )
             })?;
-        check_backend(draft.backend, &self.settings.own)
-            .and_then(|()| check_backend(draft.backend, &fresh))
-            .map_err(|e| ApiError::field(403, "backend", e))?;
+        check_pool(&draft.backends, &self.settings.own)
+            .and_then(|()| check_pool(&draft.backends, &fresh))
+            .map_err(|e| ApiError::field(403, backend_field(&draft.backends), e))?;
         if let Some(user) = owner {
             check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
         }
@@ -461,7 +467,7 @@ impl Core {
         info!(
             route = %key,
             port,
-            backend = %entry.route.backend,
+            backends = %entry.route.backends,
             source = "runtime",
             live_us,
             written_us = started.elapsed().as_micros() as u64,
@@ -612,13 +618,13 @@ impl Core {
             "SIGHUP: config reloaded"
         );
         for e in &diff.added {
-            info!(route = %e.route.key(), port = e.route.port, backend = %e.route.backend, "route added");
+            info!(route = %e.route.key(), port = e.route.port, backends = %e.route.backends, "route added");
         }
         for e in &diff.removed {
             info!(route = %e.route.key(), port = e.route.port, "route removed");
         }
         for c in &diff.changed {
-            info!(route = %c.new.route.key(), port = c.new.route.port, backend = %c.new.route.backend, source = c.new.source.as_str(), "route changed");
+            info!(route = %c.new.route.key(), port = c.new.route.port, backends = %c.new.route.backends, source = c.new.source.as_str(), "route changed");
         }
     }
 
@@ -795,10 +801,30 @@ impl Core {
                     continue;
                 }
             }
+            if let (RouteChange::Put(s), Some(e)) = (&change, current) {
+                // Another gateway drained or undrained a member: the route changes in
+                // place, keeping its slot, counters and health here.
+                let mut same = s.route.clone();
+                same.backends = e.route.backends.clone();
+                if e.source == Source::Runtime
+                    && same == e.route
+                    && s.route.backends.addrs().eq(e.route.backends.addrs())
+                {
+                    match self
+                        .routes
+                        .table
+                        .set_backends(&key, s.route.backends.clone())
+                    {
+                        Ok(c) => diff.changed.push(c),
+                        Err(err) => error!(route = %key, "cluster: {key}'s pool: {err}"),
+                    }
+                    continue;
+                }
+            }
             match current {
                 Some(e) if e.source == Source::Config => {
                     if let RouteChange::Put(s) = &change {
-                        error!(route = %key, "cluster: the shared table's {key} (port {}, backend {}) clashes with this gateway's config file route; not forwarded here", s.route.port, s.route.backend);
+                        error!(route = %key, "cluster: the shared table's {key} (port {}, backends {}) clashes with this gateway's config file route; not forwarded here", s.route.port, s.route.backends);
                     }
                     continue;
                 }
@@ -811,7 +837,7 @@ impl Core {
         }
         for s in puts {
             let key = s.route.key();
-            if let Err(rule) = check_backend(s.route.backend, &self.settings.own) {
+            if let Err(rule) = check_pool(&s.route.backends, &self.settings.own) {
                 error!(route = %key, "cluster: the shared table's {key} is not forwarded here: {rule}");
                 continue;
             }
@@ -837,7 +863,7 @@ impl Core {
             info!(route = %e.route.key(), port = e.route.port, "route removed through another gateway");
         }
         for e in &diff.added {
-            info!(route = %e.route.key(), port = e.route.port, backend = %e.route.backend, "route added through another gateway");
+            info!(route = %e.route.key(), port = e.route.port, backends = %e.route.backends, "route added through another gateway");
         }
     }
 
@@ -972,6 +998,15 @@ impl Routes {
     pub(super) fn record(&mut self, changes: &[RouteChange]) -> Result<(), StateError> {
         let table = &self.table;
         let commit = self.store.record(changes, &|| stored_routes(table))?;
+        self.unflushed.push(commit);
+        Ok(())
+    }
+
+    /// [`Routes::record`] for a runtime route changed in place
+    /// ([`Store::record_update`](crate::table::state::Store::record_update)).
+    pub(super) fn record_update(&mut self, route: &StoredRoute) -> Result<(), StateError> {
+        let table = &self.table;
+        let commit = self.store.record_update(route, &|| stored_routes(table))?;
         self.unflushed.push(commit);
         Ok(())
     }

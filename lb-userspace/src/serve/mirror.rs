@@ -13,7 +13,7 @@ use crate::{
         dns::DnsServer,
         web::{Router, RouterServer},
     },
-    table::routes::{Diff, RouteTable},
+    table::routes::{Diff, Entry, RouteTable},
 };
 use lb_model::Route;
 
@@ -59,7 +59,7 @@ impl<R: Router> Mirror for RouterServer<R> {
         let routes: Vec<Route> = table
             .entries()
             .filter(|e| e.route.service == service)
-            .map(|e| e.route.clone())
+            .map(Entry::serving)
             .collect();
         self.update(&routes);
     }
@@ -81,7 +81,7 @@ mod tests {
             name: name.into(),
             service: service.into(),
             protocol: lb_model::Protocol::Tcp,
-            backend: format!("10.0.0.{}:80", port % 200).parse().unwrap(),
+            backends: lb_model::Pool::one(format!("10.0.0.{}:80", port % 200).parse().unwrap()),
             port,
             proxy_protocol: None,
         }
@@ -103,7 +103,7 @@ mod tests {
                 .into_iter()
                 .filter(|n| {
                     let host = format!("{n}.http.lab.example");
-                    s.shared().core().hosts.backend(&host).is_some()
+                    s.shared().core().hosts.pool(&host).is_some()
                 })
                 .collect()
         };

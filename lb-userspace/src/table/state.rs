@@ -153,7 +153,12 @@ pub(crate) struct RawRoute {
     name: String,
     service: String,
     protocol: String,
+    /// A one-backend route's backend (what every state file before pools has), else empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     backend: String,
+    /// A pool's members, `ADDR:PORT[ weight=N][ drained]` (`lb_model::Member`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    backends: Vec<String>,
     port: u16,
     /// Seconds since the Unix epoch.
     added_unix: u64,
@@ -189,6 +194,14 @@ pub trait Store: Send {
         changes: &[RouteChange],
         all: &dyn Fn() -> Vec<StoredRoute>,
     ) -> Result<Commit, StateError>;
+    /// Records that runtime route `route` changed in place (its pool's drained flags), its
+    /// key, port and backends as they were. A shared store makes it only while the route
+    /// still exists there.
+    fn record_update(
+        &mut self,
+        route: &StoredRoute,
+        all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError>;
     /// The accounts and port cool-downs; none stored yet means none.
     fn load_accounts(&self) -> Result<Users, StateError>;
     fn save_accounts(&mut self, users: &Users) -> Result<(), StateError>;
@@ -210,6 +223,13 @@ impl Store for StateStore {
         all: &dyn Fn() -> Vec<StoredRoute>,
     ) -> Result<Commit, StateError> {
         self.append(changes, all)
+    }
+    fn record_update(
+        &mut self,
+        route: &StoredRoute,
+        all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        self.append(&[RouteChange::Put(route.clone())], all)
     }
     fn load_accounts(&self) -> Result<Users, StateError> {
         crate::table::state::accounts::load(&self.dir)
@@ -625,11 +645,31 @@ fn raw(s: &StoredRoute) -> RawRoute {
         name: s.route.name.clone(),
         service: s.route.service.clone(),
         protocol: s.route.protocol.to_string(),
-        backend: s.route.backend.to_string(),
+        backend: single_backend(&s.route),
+        backends: pool_texts(&s.route),
         port: s.route.port,
         added_unix: unix(s.added),
         last_seen_unix: s.last_seen.map(unix),
         proxy_protocol: s.route.proxy_protocol.map(|p| p.as_str().to_string()),
+    }
+}
+
+/// A plain one-backend route's backend, written as `backend` so that a file of such routes
+/// reads the same as before pools (and an older srvgate reads it).
+pub(crate) fn single_backend(r: &lb_model::Route) -> String {
+    if r.backends.is_single() {
+        r.backends.first().to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// A pool's members' texts, unless [`single_backend`] writes the route.
+pub(crate) fn pool_texts(r: &lb_model::Route) -> Vec<String> {
+    if r.backends.is_single() {
+        Vec::new()
+    } else {
+        r.backends.texts()
     }
 }
 
@@ -708,6 +748,7 @@ fn validate(
             service: r.service,
             protocol: Some(r.protocol),
             backend: r.backend,
+            backends: r.backends,
             port: Some(r.port),
             proxy_protocol: r.proxy_protocol,
         };
