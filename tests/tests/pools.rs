@@ -275,3 +275,67 @@ fn a_stopped_backend_leaves_the_pool_and_comes_back() {
         try_fetch(&lab).as_deref() == Some("b1")
     });
 }
+
+/// A pool's members as gateway `n` of a cluster lab shows them: (addr, drained).
+fn cluster_members(lab: &cluster::ClusterLab, n: usize) -> Vec<(String, bool)> {
+    let text = lab.ctl_ok(n, &["route", "ls", "--json"]).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "judge")
+        .flat_map(|r| r["backends"].as_array().cloned().unwrap_or_default())
+        .map(|b| {
+            (
+                b["addr"].as_str().unwrap().to_string(),
+                b["drained"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_drain_through_one_gateway_reaches_the_other_in_place() {
+    let Some(lab) = cluster::ClusterLab::for_test(
+        "a_drain_through_one_gateway_reaches_the_other_in_place",
+        "cldrn",
+    ) else {
+        return;
+    };
+    lab.start_etcd().unwrap();
+    lab.start_srvgate(0).unwrap();
+    lab.start_srvgate(1).unwrap();
+    let (m1, m2) = (
+        format!("{}:8080", cluster::BACKEND),
+        format!("{}:8081", cluster::BACKEND),
+    );
+    lab.ctl_ok(
+        0,
+        &[
+            "route",
+            "add",
+            "judge",
+            "--service",
+            "web",
+            "--backend",
+            &m1,
+            "--backend",
+            &m2,
+        ],
+    )
+    .unwrap();
+    wait_until("gw2 has the pool", Duration::from_secs(20), || {
+        cluster_members(&lab, 1) == [(m1.clone(), false), (m2.clone(), false)]
+    });
+    lab.ctl_ok(0, &["route", "drain", "judge", "--backend", &m1])
+        .unwrap();
+    wait_until("gw2 has the drain", Duration::from_secs(20), || {
+        cluster_members(&lab, 1) == [(m1.clone(), true), (m2.clone(), false)]
+    });
+    let log = lab.srvgate_log(1);
+    assert!(
+        !log.contains("route removed through another gateway"),
+        "the drain changed the route in place, not by removing it:\n{log}"
+    );
+}
