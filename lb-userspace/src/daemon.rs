@@ -27,12 +27,14 @@
 //! traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
 //!
 //! Here: the options, errors, clock and the [`Core`]; `routes.rs` has its route operations,
+//! `pools.rs` the changes of a route's pool in place (drain, a health verdict),
 //! `students.rs` the accounts' and students' ones, `control.rs` what the servers call (the
 //! [`Control`](api::Control) implementation, the metrics scrape), `lifecycle.rs` start-up,
 //! the event loop and shutdown.
 
 mod control;
 mod lifecycle;
+mod pools;
 mod routes;
 mod seen;
 mod students;

@@ -91,11 +91,13 @@ impl FakeMaps {
             MapOp::WriteFrontend(e) => {
                 let r = &e.route;
                 self.frontends
-                    .insert((r.port, r.protocol), (r.backend, e.id));
+                    .insert((r.port, r.protocol), (e.primary(), e.id));
             }
             MapOp::WriteReverse(e) => {
                 let r = &e.route;
-                self.reverse.insert((r.backend, r.protocol), (r.port, e.id));
+                for b in r.backends.addrs() {
+                    self.reverse.insert((b, r.protocol), (r.port, e.id));
+                }
             }
             MapOp::RemoveFrontend(port, protocol) => {
                 self.frontends.remove(&(*port, *protocol));
@@ -112,8 +114,10 @@ impl FakeMaps {
         let (mut front, mut rev) = (BTreeMap::new(), BTreeMap::new());
         for e in entries {
             let r = &e.route;
-            front.insert((r.port, r.protocol), (r.backend, e.id));
-            rev.insert((r.backend, r.protocol), (r.port, e.id));
+            front.insert((r.port, r.protocol), (e.primary(), e.id));
+            for b in r.backends.addrs() {
+                rev.insert((b, r.protocol), (r.port, e.id));
+            }
         }
         front == self.frontends && rev == self.reverse
     }
@@ -484,8 +488,9 @@ impl FakeState {
 
 use crate::api::Control;
 use lb_model::api::{
-    ApiError, Caller, ClaimRequest, GatewayView, LegView, MeReply, Removed, RouteRequest,
-    RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UserView, UsersReply,
+    ApiError, Caller, ClaimRequest, DrainRequest, GatewayView, LegView, MeReply, Removed,
+    RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest,
+    UserView, UsersReply,
 };
 
 /// A control that records calls and answers from a fixed script.
@@ -493,6 +498,7 @@ use lb_model::api::{
 pub struct FakeControl {
     pub added: std::sync::Mutex<Vec<RouteRequest>>,
     pub shutdowns: std::sync::Mutex<Vec<Shutdown>>,
+    pub drains: std::sync::Mutex<Vec<(String, DrainRequest)>>,
     pub users: std::sync::Mutex<crate::table::users::Users>,
 }
 
@@ -504,6 +510,13 @@ pub fn view(name: &str, port: u16) -> RouteView {
         protocol: "tcp".into(),
         port,
         backend: "10.0.0.11:22".into(),
+        backends: vec![lb_model::api::BackendView {
+            addr: "10.0.0.11:22".into(),
+            weight: 1,
+            drained: false,
+            up: true,
+        }],
+        fail_open: false,
         source: "runtime".into(),
         added_unix: 1,
         last_seen_unix: None,
@@ -547,6 +560,19 @@ impl Control for FakeControl {
             }),
             _ => Err(ApiError::new(404, format!("no runtime route named {name}"))),
         }
+    }
+    fn drain(&self, name: &str, request: DrainRequest) -> Result<RouteView, ApiError> {
+        if request.backend != "10.0.0.11:22" {
+            return Err(ApiError::field(
+                404,
+                "backend",
+                format!("no route of {name} has the backend {}", request.backend),
+            ));
+        }
+        let mut v = view(name, 30000);
+        v.backends[0].drained = request.drained;
+        self.drains.lock().unwrap().push((name.into(), request));
+        Ok(v)
     }
     fn shutdown(&self, request: Shutdown) {
         self.shutdowns.lock().unwrap().push(request);
@@ -631,6 +657,7 @@ impl Control for FakeControl {
             service: r.service,
             protocol: r.protocol,
             backend: r.backend,
+            backends: r.backends,
             port: None,
             proxy_protocol: r.proxy_protocol,
         })
@@ -729,9 +756,17 @@ pub fn ssh_route(name: &str, port: u16, backend: &str) -> lb_model::Route {
         name: name.into(),
         service: "ssh".into(),
         protocol: Protocol::Tcp,
-        backend: backend.parse().unwrap(),
+        backends: lb_model::Pool::one(backend.parse().unwrap()),
         port,
         proxy_protocol: None,
+    }
+}
+
+/// [`ssh_route`] with a pool of `backends`, each `ADDR:PORT[ weight=N][ drained]`.
+pub fn pool_route(name: &str, port: u16, backends: &[&str]) -> lb_model::Route {
+    lb_model::Route {
+        backends: lb_model::Pool::parse(backends).unwrap(),
+        ..ssh_route(name, port, backends[0].split(' ').next().unwrap())
     }
 }
 

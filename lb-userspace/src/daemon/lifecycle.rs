@@ -78,7 +78,7 @@ pub(super) fn build_table(
             taken_over = true;
             continue;
         }
-        if let Err(rule) = crate::config::check_backend(s.route.backend, own) {
+        if let Err(rule) = crate::config::check_pool(&s.route.backends, own) {
             error!(route = %key, port = s.route.port, store = %store.location(), "stored runtime route left out: {rule}");
             taken_over = true;
             continue;
@@ -184,14 +184,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         None => None,
     };
     let http = match (&cfg.http, &cfg.dns) {
-        (Some(h), Some(d)) => Some(HttpServer::start(h, &d.zone, &table.routes()).await?),
+        (Some(h), Some(d)) => Some(HttpServer::start(h, &d.zone, &table.serving_routes()).await?),
         _ => None,
     };
     let http_addrs = http.as_ref().map(HttpServer::local_addrs);
     let https = match (&cfg.https, &cfg.dns) {
         (Some(h), Some(d)) => {
             let http_service = cfg.http.as_ref().map(|h| h.service.as_str());
-            Some(HttpsServer::start(h, http_service, &d.zone, &table.routes()).await?)
+            Some(HttpsServer::start(h, http_service, &d.zone, &table.serving_routes()).await?)
         }
         _ => None,
     };

@@ -219,7 +219,7 @@ fn route(name: &str, service: &str, backend: SocketAddr) -> lb_model::Route {
         name: name.into(),
         service: service.into(),
         protocol: Protocol::Tcp,
-        backend,
+        backends: lb_model::Pool::one(backend),
         port: 30080,
         proxy_protocol: None,
     }

@@ -52,7 +52,7 @@ fn route(name: &str, backend: std::net::SocketAddr, pp: Option<ProxyProtocol>) -
         name: name.into(),
         service: "https".into(),
         protocol: Protocol::Tcp,
-        backend,
+        backends: lb_model::Pool::one(backend),
         port: 30443,
         proxy_protocol: pp,
     }
