@@ -230,6 +230,9 @@ struct Core {
     /// The gateway's own addresses, which no backend may be (`config::check_backend`):
     /// read at start and again every few seconds ([`Core::refresh_own`]).
     own: config::OwnAddresses,
+    /// What the health checks watch, following the table (`pools::Checks`); `None` where
+    /// no checks run (the tests' cores).
+    checks: Option<std::cell::RefCell<pools::Checks>>,
     /// Reads the machine's interfaces (`machine::interfaces`; a fake machine's in the
     /// tests).
     interfaces: fn() -> std::io::Result<Vec<crate::machine::Interface>>,

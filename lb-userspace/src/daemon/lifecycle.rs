@@ -222,7 +222,25 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     core.take_over(taken_over)?;
     core.sync_serial();
     let routes = core.table.len();
+    // The health checks of pools: targets follow the table, verdicts come back as one
+    // core operation each (`pools.rs`).
+    let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
+    let (verdicts_tx, verdicts_rx) = mpsc::channel(1024);
+    let mut checks = super::pools::Checks::new(targets_tx);
+    checks.follow(&crate::table::routes::Diff {
+        added: core.table.entries().cloned().collect(),
+        ..Default::default()
+    });
+    core.checks = Some(std::cell::RefCell::new(checks));
+    let health_task = tokio::spawn(crate::health::run(
+        Arc::new(crate::health::NetProber::new(cfg.gateway.public_ipv4)),
+        targets_rx,
+        verdicts_tx,
+        crate::health::Board::default(),
+        crate::health::DEFAULT_MAX_PROBES,
+    ));
     let core = Arc::new(Mutex::new(core));
+    let verdicts_task = tokio::spawn(super::pools::apply_verdicts(core.clone(), verdicts_rx));
 
     let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
     let handle: Arc<dyn Control> = Arc::new(Handle {
@@ -271,6 +289,10 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     // be answering; whatever it asks of the core after `finish` finds the data plane stopped.
     api_task.abort();
     let _ = api_task.await;
+    for t in [health_task, verdicts_task] {
+        t.abort();
+        let _ = t.await;
+    }
     for t in portal_tasks {
         t.abort();
         let _ = t.await;

@@ -9,12 +9,18 @@
 //! across SIGHUP while the file names the member (`RouteTable::replace_config`), not across
 //! a restart; write `drained` in the file to keep it.
 //!
+//! What is checked ([`Checks`]): every member of every route with two or more members, with
+//! the default check (TCP connect every 2 s, down after 3 failures, up after 2 successes);
+//! a one-backend route is never left without its backend, so checking it would change
+//! nothing. [`Checks`] follows the table change by change (its cost is the change's), and
+//! the `health` runner gets the whole target list only when it changed.
+//!
 //! Health: table (the entry's down set), maps, web routers; a refusal of the maps puts the
 //! verdict back, so the table never says what the maps do not. Every transition is an audit
 //! line; a pool whose every undrained member is down goes on sending to all of them (fail
 //! open), said in a warning, in `status` and in `srvgate_backend_up`'s companion metric.
 
-use std::net::SocketAddrV4;
+use std::{collections::BTreeMap, net::SocketAddrV4, sync::Arc};
 
 use tracing::{error, info, warn};
 
@@ -28,7 +34,88 @@ use lb_model::{
     Protocol, RouteKey,
 };
 
-use super::Core;
+use super::{lifecycle::on_core, Core};
+use crate::health::{Target, Transition};
+use lb_model::check::CheckSpec;
+
+/// The health checks the table asks for, kept in step with it: the runner's input.
+pub(super) struct Checks {
+    by_route: BTreeMap<RouteKey, Vec<Target>>,
+    tx: tokio::sync::watch::Sender<Vec<Target>>,
+}
+
+impl Checks {
+    pub(super) fn new(tx: tokio::sync::watch::Sender<Vec<Target>>) -> Checks {
+        Checks {
+            by_route: BTreeMap::new(),
+            tx,
+        }
+    }
+
+    /// Takes a change of the table; tells the runner if what is checked changed.
+    pub(super) fn follow(&mut self, diff: &Diff) {
+        let mut changed = false;
+        for e in diff
+            .removed
+            .iter()
+            .chain(diff.changed.iter().map(|c| &c.old))
+        {
+            changed |= self.by_route.remove(&e.route.key()).is_some();
+        }
+        for e in diff.added.iter().chain(diff.changed.iter().map(|c| &c.new)) {
+            let members = e.route.backends.members();
+            if members.len() < 2 {
+                continue;
+            }
+            let key = e.route.key();
+            let targets = members
+                .iter()
+                .map(|m| Target {
+                    key: key.to_string(),
+                    backend: m.addr,
+                    spec: CheckSpec::default(),
+                })
+                .collect();
+            self.by_route.insert(key, targets);
+            changed = true;
+        }
+        if changed {
+            let all: Vec<Target> = self.by_route.values().flatten().cloned().collect();
+            self.tx.send_if_modified(|now| {
+                let news = *now != all;
+                *now = all;
+                news
+            });
+        }
+    }
+
+    /// The route a runner's target names (`name/service/protocol`), if it is checked.
+    fn route(&self, text: &str) -> Option<RouteKey> {
+        let mut parts = text.split('/');
+        let key = RouteKey {
+            name: parts.next()?.to_string(),
+            service: parts.next()?.to_string(),
+            protocol: parts.next()?.parse().ok()?,
+        };
+        self.by_route.contains_key(&key).then_some(key)
+    }
+}
+
+/// Applies the runner's verdicts to the core, one operation each, until the runner stops.
+pub(super) async fn apply_verdicts(
+    core: Arc<std::sync::Mutex<Core>>,
+    mut verdicts: tokio::sync::mpsc::Receiver<Transition>,
+) {
+    while let Some(t) = verdicts.recv().await {
+        on_core(&core, move |c| {
+            // A verdict about a route changed or removed meanwhile matches nothing.
+            let key = c.checks.as_ref()?.borrow().route(&t.target.key)?;
+            info!(route = %key, backend = %t.target.backend, up = t.up, "health check: {}", t.reason);
+            Some(c.set_health(&key, t.target.backend, t.up))
+        })
+        .await;
+    }
+}
 
 /// The members of `e`'s pool with their health, as the API shows them.
 pub(super) fn backend_views(e: &Entry) -> Vec<BackendView> {
@@ -144,8 +231,6 @@ impl Core {
     /// Applies a health check's verdict on member `backend` of route `key`. Returns whether
     /// the table and maps now hold it (`false`: no such member, nothing new, or the maps
     /// refused it, which is logged and put back).
-    // The health checks' one way in; until their module is merged only the tests call it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(super) fn set_health(&mut self, key: &RouteKey, backend: SocketAddrV4, up: bool) -> bool {
         let Some(changed) = self.table.set_down(key, backend, !up) else {
             return false;

@@ -88,6 +88,7 @@ impl Core {
             published: HashMap::new(),
             last_publish: None,
             own: config::OwnAddresses::default(),
+            checks: None,
             interfaces: crate::machine::interfaces,
             store,
         }
@@ -249,6 +250,9 @@ impl Core {
     /// change itself (its cost is the change's); each web router, which holds only its own
     /// service's routes, gets those again when one of them changed.
     pub(super) fn publish(&self, diff: &Diff) {
+        if let Some(c) = &self.checks {
+            c.borrow_mut().follow(diff);
+        }
         let removed: Vec<lb_model::Route> = diff
             .removed
             .iter()

@@ -84,13 +84,13 @@ impl Hosts {
 
     /// Takes the routes' usable backends.
     pub fn update(&self, routes: &[lb_model::Route]) {
-        // The daemon hands the routers each route's pool reduced to its active members
-        // (`Entry::serving`): drain, health and fail-open are decided there.
         self.set(
             routes
                 .iter()
                 .filter(|r| r.protocol == Protocol::Tcp && r.service == self.service)
                 .map(|r| {
+                    // The daemon hands the routers each route's pool reduced to its active
+                    // members (`Entry::serving`), so drain and health reach them too.
                     let members = r
                         .backends
                         .members()
