@@ -520,3 +520,6 @@ pub fn format_duration(d: Duration) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -150,3 +150,6 @@ pub fn cert_fingerprint(cert_der: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+#[cfg(test)]
+mod tests;

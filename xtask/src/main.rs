@@ -360,6 +360,18 @@ fn test(quick: bool) -> Result<()> {
                 "warnings",
             ],
         ),
+        // Linked, not only checked: the .exe the students download (MinGW's linker).
+        cargo_step(
+            "the students' client linked for Windows",
+            &[
+                "build",
+                "-p",
+                "lb-client",
+                "--target",
+                setup::WINDOWS_TARGET,
+                "--bins",
+            ],
+        ),
         cargo_step("lb-ebpf unit tests", &["test", "-p", "lb-ebpf", "--lib"]),
         // The compile-fail examples that hold its unsafe contracts (Zeroable) in place.
         cargo_step("lb-ebpf doc tests", &["test", "-p", "lb-ebpf", "--doc"]),

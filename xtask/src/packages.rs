@@ -94,6 +94,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("umount", "mount"),
     ("unshare", "util-linux"),
     ("wrk", "wrk"),
+    // The linker .cargo/config.toml names for x86_64-pc-windows-gnu (the Windows client).
+    ("x86_64-w64-mingw32-gcc", "gcc-mingw-w64-x86-64"),
 ];
 
 /// The package that provides `program`, if the table knows it.
@@ -176,7 +178,13 @@ mod tests {
     fn programs_in_workspace() -> BTreeMap<String, PathBuf> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let mut files = Vec::new();
-        for dir in ["xtask/src", "tests/src", "tests/tests", "lb-userspace/src"] {
+        for dir in [
+            "xtask/src",
+            "tests/src",
+            "tests/tests",
+            "lb-userspace/src",
+            "lb-client/src",
+        ] {
             rust_files(&root.join(dir), &mut files);
         }
         let mut found = BTreeMap::new();

@@ -38,8 +38,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // The lab's own test attaches a ready-made pass-all XDP program (xdp-filter's
     // xdpfilt_alw_all.o, which libxdp1 ships) to see `Lab::xdp_attached` follow it.
     "libxdp1",
-    // The C compiler for Windows that ring's build script needs when `cargo xtask test`
-    // checks that the students' client builds for x86_64-pc-windows-gnu.
+    // The C compiler and linker for Windows: ring's build script needs the compiler, and
+    // `cargo xtask test` links the students' client (srvgate-client.exe) with the linker
+    // (.cargo/config.toml) for x86_64-pc-windows-gnu.
     "gcc-mingw-w64-x86-64",
     // The console's test drives a real browser: headless Chromium through chromedriver.
     "chromium",

@@ -100,8 +100,8 @@ pub fn not_a_host(ip: Ipv4Addr) -> Option<&'static str> {
         .map(|(_, _, why)| *why)
 }
 
-/// The gateway's rule for a backend's address, apart from [`check_route`]'s own checks of
-/// the field: a backend is never the gateway itself nor an address no host has. Refused:
+/// The gateway's rule for a backend's address, apart from lb-model's [`check_route`]'s own
+/// checks of the field: a backend is never the gateway itself nor an address no host has. Refused:
 /// - an address `own` holds (any interface's, an etcd endpoint's): the rewritten packet,
 ///   or a web router's connection, would reach the gateway's own services (sshd, etcd)
 ///   and publish them;
@@ -109,6 +109,8 @@ pub fn not_a_host(ip: Ipv4Addr) -> Option<&'static str> {
 ///   service, and of whatever a link's own hosts answer on, never routed), multicast and
 ///   240/4 (some also refused by [`check_route`], repeated here so this one function holds
 ///   the whole rule for the web routers' connect).
+///
+/// [`check_route`]: lb_model::check_route
 ///
 /// Applied to every backend named (config file, `route add`, claims, a loaded or shared
 /// table) and before every web router connection. The reason names the rule.
