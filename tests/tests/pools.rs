@@ -169,3 +169,109 @@ fn drain_moves_new_connections_to_the_rest_of_the_pool() {
         );
     }
 }
+
+/// The text of one new connection's answer, or `None` if it got none.
+fn try_fetch(lab: &Lab) -> Option<String> {
+    let url = format!("http://{PUBLIC_IP}:{PORT}/");
+    lab.exec(
+        &lab.client,
+        &["curl", "-fsS", "--max-time", "3", &url],
+        Duration::from_secs(6),
+    )
+    .ok()
+    .filter(|o| o.status.success())
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// Whether `route ls --json` says the route is in fail-open.
+fn fail_open(lab: &Lab) -> bool {
+    let text = lab.srvgate_ctl_ok(&["route", "ls", "--json"]).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "judge")
+        .is_some_and(|r| r["fail_open"] == true)
+}
+
+#[test]
+fn a_stopped_backend_leaves_the_pool_and_comes_back() {
+    let Some(lab) = Lab::for_test("pools::health", "poolh") else {
+        return;
+    };
+    let web1 = lab.start_web(&lab.b1, "b1").expect("web server in b1");
+    let web2 = lab.start_web(&lab.b2, "b2").expect("web server in b2");
+    lab.start_with_routes(&[]).expect("starting srvgate");
+    let (b1, b2) = (format!("{B1_IP}:80"), format!("{B2_IP}:80"));
+    let port = PORT.to_string();
+    lab.srvgate_ctl_ok(&[
+        "route",
+        "add",
+        "judge",
+        "--service",
+        "http",
+        "--backend",
+        &b1,
+        "--backend",
+        &b2,
+        "--port",
+        &port,
+    ])
+    .unwrap();
+    let (n1, n2) = answers(&lab, 4);
+    assert_eq!(n1 + n2, 4);
+
+    // b1's service stops: the checks (tcp, every 2 s, fall 3) take it out of the pool.
+    lab.stop(web1, Duration::from_secs(5))
+        .expect("stopping b1's web server");
+    let stopped = std::time::Instant::now();
+    wait_until("b1 is down in route ls", Duration::from_secs(60), || {
+        members(&lab).first().is_some_and(|(_, _, up)| !up)
+    });
+    println!(
+        "b1 left the pool {:.1} s after its service stopped (fall x interval = 6 s)",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert_eq!(answers(&lab, 4), (0, 4), "every new connection goes to b2");
+    let metrics = lab.metrics().unwrap();
+    let up = |m: &str, backend: &str| {
+        metric_value(
+            m,
+            "srvgate_backend_up",
+            &[("name", "judge"), ("backend", backend)],
+        )
+    };
+    assert_eq!(up(&metrics, &b1), Some(0.0), "{metrics}");
+    assert_eq!(up(&metrics, &b2), Some(1.0), "{metrics}");
+    assert!(!fail_open(&lab));
+
+    // b2 stops too: every member down, so the pool keeps all of them (fail open), loudly.
+    lab.stop(web2, Duration::from_secs(5))
+        .expect("stopping b2's web server");
+    wait_until("the pool fails open", Duration::from_secs(60), || {
+        fail_open(&lab)
+    });
+    let metrics = lab.metrics().unwrap();
+    assert_eq!(
+        metric_value(&metrics, "srvgate_route_fail_open", &[("name", "judge")]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        lab.srvgate_log().contains("fail open"),
+        "the log says so:\n{}",
+        lab.srvgate_log()
+    );
+
+    // b1 comes back: up again after rise successes, and it takes the new connections.
+    lab.start_web(&lab.b1, "b1")
+        .expect("web server in b1 again");
+    wait_until("b1 is up again", Duration::from_secs(60), || {
+        members(&lab).first().is_some_and(|(_, _, up)| *up)
+    });
+    assert!(!fail_open(&lab));
+    wait_until("b1 answers", Duration::from_secs(20), || {
+        try_fetch(&lab).as_deref() == Some("b1")
+    });
+}

@@ -18,7 +18,7 @@ use lb_model::api::{ClaimRequest, Shutdown, UserRequest};
 use lb_model::RouteRequest;
 use lb_model::{PortRange, Protocol, Route};
 
-mod pools;
+mod pool_tests;
 
 const DAY: Duration = Duration::from_secs(86400);
 

@@ -297,3 +297,41 @@ fn a_verdict_the_maps_refuse_is_put_back() {
     assert_eq!(frontend(&rig, 30001), Some(a("10.0.0.11:80")));
     rig.assert_agree();
 }
+
+#[test]
+fn checks_follow_pools_and_tell_the_runner_only_of_news() {
+    let (tx, mut rx) = tokio::sync::watch::channel(Vec::new());
+    let mut rig = Rig::new();
+    rig.core.checks = Some(std::cell::RefCell::new(crate::daemon::pools::Checks::new(
+        tx,
+    )));
+    rig.core
+        .add(pool_request(
+            "alice",
+            &["10.0.0.11:80", "10.0.0.12:80 weight=2"],
+        ))
+        .unwrap();
+    rig.core.add(request("bob", "10.0.0.13:22")).unwrap();
+    let mut seen: Vec<(String, SocketAddrV4)> = rx
+        .borrow_and_update()
+        .iter()
+        .map(|t| (t.key.clone(), t.backend))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("alice/ssh/tcp".to_string(), a("10.0.0.11:80")),
+            ("alice/ssh/tcp".to_string(), a("10.0.0.12:80")),
+        ],
+        "the pool's members, none of a one-backend route"
+    );
+    // A verdict changes the entry, not what is checked: no news for the runner.
+    let key = rig.entry("alice").unwrap().route.key();
+    assert!(rig.core.set_health(&key, a("10.0.0.11:80"), false));
+    assert!(!rx.has_changed().unwrap());
+    // The route goes, and its checks with it.
+    rig.core.remove("alice", None).unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert!(rx.borrow_and_update().is_empty());
+}
