@@ -2,8 +2,7 @@
 //! points down [`LAYERS`] (and, inside `table`, down [`TABLE`]), never up and never sideways
 //! within a layer. A failure names the file, the line and the arrow.
 //!
-//! Test code is exempt: the `tests.rs` and `*_tests.rs` files and the files of a `tests/`
-//! folder (a `tests.rs`'s submodules), `testing.rs` (the fakes, which
+//! Test code is exempt: the `tests.rs` and `*_tests.rs` files, `testing.rs` (the fakes, which
 //! implement the traits of every layer so that the daemon's operations can be tested) and
 //! every `#[cfg(test)]` item. A test may build its fixture with any layer (a config test that
 //! asserts what the data plane makes of the parsed config) without that being a dependency
@@ -279,9 +278,7 @@ fn module_of(rel: &Path) -> Vec<String> {
 
 fn is_test_file(rel: &Path) -> bool {
     let name = rel.file_name().unwrap_or_default().to_string_lossy();
-    // A `tests/` folder holds the submodules of a `tests.rs` (`daemon/tests/pools.rs`).
-    let in_tests = rel.parent().is_some_and(|p| p.iter().any(|c| c == "tests"));
-    name == "tests.rs" || name.ends_with("_tests.rs") || name == "testing.rs" || in_tests
+    name == "tests.rs" || name.ends_with("_tests.rs") || name == "testing.rs"
 }
 
 /// The arrows of one file's `source` that break the layer lists.
