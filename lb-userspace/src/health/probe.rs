@@ -6,10 +6,11 @@
 //! around the whole probe (connect, write, reads). Whatever a backend sends reaches a log or
 //! a status only escaped and cut short.
 //!
-//! A check never leaves from the gateway's public address: the backend's answer to it would
-//! come from the `backend:port` the XDP program maps back to the public port, and go to the
-//! internet instead of to us. [`choose_source`] picks another address of the same interface,
-//! or refuses the check with the reason.
+//! A check never leaves from the gateway's public address: the backend's answer would come
+//! from a route's `backend:port` addressed to the public address, which the XDP program
+//! treats as a packet of the route's clients (hairpin), not as a reply to the gateway's own
+//! connection (those it passes: an answer to any other local address). [`choose_source`]
+//! picks another address of the same interface, or refuses the check with the reason.
 
 use std::{
     future::Future,

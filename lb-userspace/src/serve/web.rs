@@ -746,4 +746,38 @@ mod tests {
         );
         assert_eq!(counter.load(Ordering::Relaxed), WRITES);
     }
+
+    #[test]
+    fn hosts_take_every_member_of_a_route_with_its_weight() {
+        let route = lb_model::Route {
+            service: "http".into(),
+            ..crate::testing::pool_route("judge", 30080, &["10.0.0.21:80", "10.0.0.22:80 weight=2"])
+        };
+        let hosts = Hosts::new(
+            "http",
+            vec!["http.lab.example".into()],
+            std::slice::from_ref(&route),
+        );
+        let pool = hosts.pool("judge.http.lab.example").unwrap();
+        let picks: Vec<String> = (0..6)
+            .map(|_| pool.pick(&[]).unwrap().backend.addr.to_string())
+            .collect();
+        assert_eq!(
+            picks,
+            [
+                "10.0.0.22:80",
+                "10.0.0.21:80",
+                "10.0.0.22:80",
+                "10.0.0.22:80",
+                "10.0.0.21:80",
+                "10.0.0.22:80"
+            ]
+        );
+        // A request still open on a member counts in the pool of the next update.
+        let open = pool.pick(&[]).unwrap();
+        hosts.update(&[route]);
+        let again = hosts.pool("judge.http.lab.example").unwrap();
+        assert_eq!(again.outstanding(open.backend.addr), 1);
+        assert!(hosts.pool("nobody.http.lab.example").is_none());
+    }
 }

@@ -809,3 +809,52 @@ async fn an_upgrade_stays_on_its_backend_and_counts_as_outstanding() {
     picks.sort();
     assert_eq!(picks, ["alice", "bob"]);
 }
+
+/// The routers take what the table serves: a drained member and one the health checks
+/// found down get no request; the others share them.
+#[tokio::test]
+async fn drained_and_down_members_get_no_request() {
+    use crate::table::routes::{RouteTable, Source};
+    let (a, b, c, d) = (
+        backend("alice").await,
+        backend("bob").await,
+        backend("carol").await,
+        backend("dave").await,
+    );
+    let texts = [
+        a.to_string(),
+        format!("{b} drained"),
+        c.to_string(),
+        d.to_string(),
+    ];
+    let judge = lb_model::Route {
+        backends: lb_model::Pool::parse(&texts).unwrap(),
+        ..route("judge", "http", a)
+    };
+    let key = judge.key();
+    let mut table = RouteTable::new();
+    table
+        .insert(judge, Source::Runtime, std::time::SystemTime::now(), None)
+        .unwrap();
+    let SocketAddr::V4(c4) = c else { panic!() };
+    table.set_down(&key, c4, true).unwrap();
+    let server = HttpServer::start(&http_cfg("http"), "lab.example", &table.serving_routes())
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(server.local_addrs()[0]).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(ask(&mut s, "judge.http.lab.example").await);
+    }
+    assert_eq!(seen, ["alice", "dave", "alice", "dave"]);
+
+    // carol is back up: the next update puts her in the rotation.
+    table.set_down(&key, c4, false).unwrap();
+    server.update(&table.serving_routes());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(ask(&mut s, "judge.http.lab.example").await);
+    }
+    seen.sort();
+    assert_eq!(seen, ["alice", "carol", "dave"]);
+}
