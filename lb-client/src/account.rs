@@ -89,13 +89,15 @@ pub struct LoginArgs {
 #[command(after_help = "\
 Example:
   srvgate claim ssh --backend 10.0.0.11:22
-  srvgate claim game --backend 10.0.0.11:25565 --protocol udp")]
+  srvgate claim game --backend 10.0.0.11:25565 --protocol udp
+  srvgate claim http --backend 10.0.0.11:80 --backend '10.0.0.12:80 weight=2'")]
 pub struct ClaimArgs {
     /// The service label: your route is NAME.SERVICE.ZONE.
     pub service: String,
-    /// Your instance's address:port.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub backend: String,
+    /// Your instance's address:port; repeat for a pool (each `ADDR:PORT[ weight=N]`, every
+    /// one yours): new connections are spread over them.
+    #[arg(long = "backend", value_name = "ADDR:PORT", required = true)]
+    pub backends: Vec<String>,
     /// `tcp` (default) or `udp`.
     #[arg(long)]
     pub protocol: Option<String>,
@@ -563,9 +565,11 @@ pub fn login(args: LoginArgs) -> Result<(), StudentError> {
 /// `srvgate claim SERVICE --backend ADDR:PORT`.
 pub fn claim(args: ClaimArgs) -> Result<(), StudentError> {
     let creds = load_credentials(&args.credentials)?;
+    let (backend, backends) = lb_model::backend_fields(args.backends);
     let body = serde_json::to_vec(&ClaimRequest {
         service: args.service,
-        backend: args.backend,
+        backend,
+        backends,
         protocol: args.protocol,
         proxy_protocol: args.proxy_protocol,
     })
@@ -578,7 +582,11 @@ pub fn claim(args: ClaimArgs) -> Result<(), StudentError> {
     let me: MeReply = call(&creds, "GET", "/v1/me", None)?;
     println!(
         "{}/{}/{}: public port {} -> {}",
-        v.name, v.service, v.protocol, v.port, v.backend
+        v.name,
+        v.service,
+        v.protocol,
+        v.port,
+        v.pool_text()
     );
     for w in ways_in(&v, &me) {
         println!("  {w}");
@@ -612,7 +620,7 @@ pub fn render_mine(me: &MeReply) -> String {
             v.service,
             v.protocol,
             v.port,
-            v.backend,
+            v.pool_text(),
             v.inbound_bytes,
             v.outbound_bytes,
             lb_model::format_duration(Duration::from_secs(v.idle_seconds)),

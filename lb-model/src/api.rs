@@ -15,7 +15,15 @@ pub struct RouteView {
     pub protocol: String,
     /// Public port on `public_ipv4`.
     pub port: u16,
+    /// Where a new flow goes first (the first active member): what a client that knows
+    /// one backend per route shows.
     pub backend: String,
+    /// Every member of the route's pool, in order.
+    #[serde(default)]
+    pub backends: Vec<BackendView>,
+    /// Every undrained member is down, so all of them take flows (fail open).
+    #[serde(default)]
+    pub fail_open: bool,
     /// `"config"` or `"runtime"`.
     pub source: String,
     /// When the route was added (or, for config routes, loaded), Unix seconds.
@@ -33,6 +41,67 @@ pub struct RouteView {
     /// `"v1"` or `"v2"` when the web routers send this route's backend a PROXY header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<String>,
+}
+
+impl RouteView {
+    /// The route's backends for a person: each member's [`BackendView::label`], and a pool
+    /// in fail-open said loudly. A daemon before pools sends only `backend`.
+    pub fn pool_text(&self) -> String {
+        if self.backends.is_empty() {
+            return self.backend.clone();
+        }
+        let members: Vec<String> = self.backends.iter().map(BackendView::label).collect();
+        let mut text = members.join(", ");
+        if self.fail_open {
+            text.push_str(" (FAIL-OPEN: every backend is down, all take flows)");
+        }
+        text
+    }
+}
+
+/// `POST /v1/routes/NAME/drain`: one member of one of NAME's routes gets no new flows
+/// (`drained: true`) or gets them again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// The route's service, when NAME has several routes.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// `"tcp"` or `"udp"`, when the backend serves both.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The member, `ADDR:PORT`.
+    pub backend: String,
+    pub drained: bool,
+}
+
+/// One member of a route's pool as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    /// `ADDR:PORT`.
+    pub addr: String,
+    pub weight: u16,
+    pub drained: bool,
+    /// What the health checks last said (up until they say otherwise).
+    pub up: bool,
+}
+
+impl BackendView {
+    /// `ADDR:PORT`, with what is not the default said after it: `weight=2`, `drained`,
+    /// `DOWN`.
+    pub fn label(&self) -> String {
+        let mut s = self.addr.clone();
+        if self.weight != 1 {
+            s.push_str(&format!(" weight={}", self.weight));
+        }
+        if self.drained {
+            s.push_str(" drained");
+        }
+        if !self.up {
+            s.push_str(" DOWN");
+        }
+        s
+    }
 }
 
 /// `GET /v1/routes`.
@@ -130,7 +199,12 @@ pub struct UsersReply {
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     pub service: String,
+    /// One backend; or, instead, a pool in `backends`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backend: String,
+    /// A pool: each `ADDR:PORT[ weight=N]`, every one the student's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
     /// `"tcp"` (the default) or `"udp"`.
     #[serde(default)]
     pub protocol: Option<String>,

@@ -11,6 +11,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::pool::Pool;
+
 /// The transport protocol of a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -102,7 +104,8 @@ impl FromStr for PortRange {
     }
 }
 
-/// One forwarding rule: `public_ipv4:port/protocol -> backend`, named `<name>.<service>`.
+/// One forwarding rule: `public_ipv4:port/protocol -> a pool of backends`, named
+/// `<name>.<service>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     /// Owner label, e.g. `alice`: the first label of `alice.ssh.<zone>`.
@@ -110,7 +113,7 @@ pub struct Route {
     /// Service label, e.g. `ssh`: `_ssh._tcp.alice.<zone>`.
     pub service: String,
     pub protocol: Protocol,
-    pub backend: SocketAddrV4,
+    pub backends: Pool,
     /// Public port on the gateway.
     pub port: u16,
     /// The PROXY protocol header the web routers send this backend before the client's
@@ -239,7 +242,12 @@ pub struct RouteRequest {
     /// `"tcp"` (the default) or `"udp"`.
     #[serde(default)]
     pub protocol: Option<String>,
+    /// One backend, `ADDR:PORT`; or, instead, a pool in `backends`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backend: String,
+    /// A pool: each `ADDR:PORT[ weight=N][ drained]` (`lb_model::Member`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
     #[serde(default)]
     pub port: Option<u16>,
     /// `"v1"` or `"v2"`: the web routers send a PROXY protocol header first.
@@ -253,7 +261,7 @@ pub struct RouteDraft {
     pub name: String,
     pub service: String,
     pub protocol: Protocol,
-    pub backend: SocketAddrV4,
+    pub backends: Pool,
     pub port: Option<u16>,
     pub proxy_protocol: Option<ProxyProtocol>,
 }
@@ -265,7 +273,7 @@ impl RouteDraft {
             name: self.name,
             service: self.service,
             protocol: self.protocol,
-            backend: self.backend,
+            backends: self.backends,
             port,
             proxy_protocol: self.proxy_protocol,
         }
@@ -321,43 +329,10 @@ pub fn check_route(
             None
         }
     };
-    let backend = match r.backend.parse::<SocketAddrV4>() {
-        Ok(b) if b.port() == 0 => {
-            bad("backend", format!("{b} has port 0"));
-            None
-        }
-        Ok(b) if b.ip().is_unspecified() || b.ip().is_broadcast() || b.ip().is_multicast() => {
-            bad("backend", format!("{} cannot be a host's address", b.ip()));
-            None
-        }
-        // XDP rewrites toward the backend and sends the packet out of a private leg; a
-        // loopback or "this network" address leads nowhere, while the counters still rise.
-        Ok(b) if b.ip().is_loopback() || b.ip().octets()[0] == 0 => {
-            bad(
-                "backend",
-                format!(
-                    "{} is not reachable from another host (loopback or 0.0.0.0/8); a backend is a machine behind a private leg",
-                    b.ip()
-                ),
-            );
-            None
-        }
-        Ok(b) if Some(*b.ip()) == public_ipv4 => {
-            bad(
-                "backend",
-                format!("{b} is the gateway's public address; a backend sits behind it"),
-            );
-            None
-        }
-        Ok(b) => Some(b),
-        Err(_) => {
-            bad(
-                "backend",
-                format!(
-                    "{:?} is not an IPv4 address:port like \"10.0.0.11:22\"",
-                    r.backend
-                ),
-            );
+    let backends = match pool_of(r, public_ipv4) {
+        Ok(p) => Some(p),
+        Err((f, e)) => {
+            bad(&f, e);
             None
         }
     };
@@ -381,21 +356,106 @@ pub fn check_route(
     }
     match (
         protocol,
-        backend,
+        backends,
         name_ok,
         service_ok,
         port_ok,
         proxy_protocol,
     ) {
-        (Some(protocol), Some(backend), true, true, true, Ok(proxy_protocol)) => Ok(RouteDraft {
+        (Some(protocol), Some(backends), true, true, true, Ok(proxy_protocol)) => Ok(RouteDraft {
             name: r.name.clone(),
             service: r.service.clone(),
             protocol,
-            backend,
+            backends,
             port: r.port,
             proxy_protocol,
         }),
         _ => Err(problems),
+    }
+}
+
+/// A request's `backend` and `backends` fields for the members `texts` someone typed
+/// (repeated `--backend`, a form's comma-separated list): one goes in `backend`, as every
+/// srvgate before pools reads it; several make `backends`.
+pub fn backend_fields(mut texts: Vec<String>) -> (String, Vec<String>) {
+    if texts.len() == 1 {
+        (texts.pop().unwrap_or_default(), Vec::new())
+    } else {
+        (String::new(), texts)
+    }
+}
+
+/// The members a form's field lists, comma-separated.
+pub fn split_backends(field: &str) -> Vec<String> {
+    field
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The request's pool, from `backend` or `backends` (one of them, not both), each member's
+/// address checked as a backend field; the error is `(field, reason)`.
+fn pool_of(r: &RouteRequest, public_ipv4: Option<Ipv4Addr>) -> Result<Pool, (String, String)> {
+    let (texts, field) = match (r.backend.is_empty(), r.backends.is_empty()) {
+        (false, true) => (std::slice::from_ref(&r.backend), "backend"),
+        (true, false) => (&r.backends[..], "backends"),
+        (false, false) => {
+            return Err((
+                "backends".into(),
+                format!(
+                    "route {}/{} names both backend and backends; give one backend or one pool",
+                    r.name, r.service
+                ),
+            ))
+        }
+        (true, true) => {
+            return Err((
+                "backend".into(),
+                "is missing; name a backend (\"10.0.0.11:22\") or a pool (backends)".into(),
+            ))
+        }
+    };
+    let pool = Pool::parse(texts).map_err(|e| (field.to_string(), e))?;
+    for m in pool.members() {
+        check_backend_field(m.addr, public_ipv4).map_err(|e| (field.to_string(), e))?;
+    }
+    Ok(pool)
+}
+
+/// What a backend address can never be, whatever the machine: [`check_route`]'s part of
+/// the backend rule (the machine's part is lb-userspace's `config::check_backend`).
+fn check_backend_field(b: SocketAddrV4, public_ipv4: Option<Ipv4Addr>) -> Result<(), String> {
+    if b.port() == 0 {
+        return Err(format!("{b} has port 0"));
+    }
+    if b.ip().is_unspecified() || b.ip().is_broadcast() || b.ip().is_multicast() {
+        return Err(format!("{} cannot be a host's address", b.ip()));
+    }
+    // XDP rewrites toward the backend and sends the packet out of a private leg; a
+    // loopback or "this network" address leads nowhere, while the counters still rise.
+    if b.ip().is_loopback() || b.ip().octets()[0] == 0 {
+        return Err(format!(
+            "{} is not reachable from another host (loopback or 0.0.0.0/8); a backend is a machine behind a private leg",
+            b.ip()
+        ));
+    }
+    if Some(*b.ip()) == public_ipv4 {
+        return Err(format!(
+            "{b} is the gateway's public address; a backend sits behind it"
+        ));
+    }
+    Ok(())
+}
+
+/// The field a pool's error names: `backend` for a one-backend route as it was written,
+/// else `backends`.
+pub fn backend_field(pool: &Pool) -> &'static str {
+    if pool.is_single() {
+        "backend"
+    } else {
+        "backends"
     }
 }
 

@@ -6,6 +6,7 @@
 //! | `GET /v1/routes`                      | every route with its counters ([`RoutesReply`]) |
 //! | `POST /v1/routes` + [`RouteRequest`]  | adds a runtime route (201 + [`RouteView`])    |
 //! | `DELETE /v1/routes/NAME[?service=S]`  | removes NAME's runtime routes ([`Removed`])   |
+//! | `POST /v1/routes/NAME/drain` + [`DrainRequest`] | drains or undrains one backend ([`RouteView`]) |
 //! | `POST /v1/shutdown` + [`Shutdown`]    | stops the daemon, detaching XDP if asked     |
 //! | `GET /v1/users`                       | every account ([`UsersReply`])                |
 //! | `POST /v1/users` + [`UserRequest`]    | adds a student, returns its token ([`TokenReply`]) |
@@ -32,8 +33,9 @@
 
 use lb_model::{
     api::{
-        ApiError, Caller, ClaimRequest, GatewayView, MeReply, Removed, RouteRequest, RouteView,
-        RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UserView, UsersReply,
+        ApiError, Caller, ClaimRequest, DrainRequest, GatewayView, MeReply, Removed, RouteRequest,
+        RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UserView,
+        UsersReply,
     },
     RouteKey,
 };
@@ -54,6 +56,8 @@ pub trait Control: Send + Sync + 'static {
     fn list(&self) -> RoutesReply;
     fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError>;
     fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError>;
+    /// Drains or undrains one backend of one of `name`'s routes.
+    fn drain(&self, name: &str, request: DrainRequest) -> Result<RouteView, ApiError>;
     fn shutdown(&self, request: Shutdown);
     fn users(&self) -> UsersReply;
     fn user_add(&self, request: UserRequest) -> Result<TokenReply, ApiError>;

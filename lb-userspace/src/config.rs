@@ -27,7 +27,7 @@ use lb_model::{ConfigUser, FieldError, PortRange, Route, MAX_SERVICE_LEN};
 
 use crate::table::cluster::Cluster;
 
-pub use backend::{check_backend, not_a_host, OwnAddresses, NOT_A_HOST};
+pub use backend::{check_backend, check_pool, not_a_host, OwnAddresses, NOT_A_HOST};
 
 use raw::RawConfig;
 use validate::validate;

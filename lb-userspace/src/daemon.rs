@@ -27,12 +27,14 @@
 //! traits, so all of the above is unit-tested against in-memory fakes (`daemon/tests.rs`).
 //!
 //! Here: the options, errors, clock and the [`Core`]; `routes.rs` has its route operations,
+//! `pools.rs` the changes of a route's pool in place (drain, a health verdict),
 //! `students.rs` the accounts' and students' ones, `control.rs` what the servers call (the
 //! [`Control`](api::Control) implementation, the metrics scrape), `lifecycle.rs` start-up,
 //! the event loop and shutdown.
 
 mod control;
 mod lifecycle;
+mod pools;
 mod routes;
 mod seen;
 mod students;
@@ -228,6 +230,9 @@ struct Core {
     /// The gateway's own addresses, which no backend may be (`config::check_backend`):
     /// read at start and again every few seconds ([`Core::refresh_own`]).
     own: config::OwnAddresses,
+    /// What the health checks watch, following the table (`pools::Checks`); `None` where
+    /// no checks run (the tests' cores).
+    checks: Option<std::cell::RefCell<pools::Checks>>,
     /// Reads the machine's interfaces (`machine::interfaces`; a fake machine's in the
     /// tests).
     interfaces: fn() -> std::io::Result<Vec<crate::machine::Interface>>,

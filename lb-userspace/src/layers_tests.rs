@@ -19,6 +19,7 @@ use std::{
 /// entries only; the modules of one entry may not use each other.
 const LAYERS: &[&[&str]] = &[
     &["logging", "machine", "notify"],
+    &["health"],
     &["table"],
     &["config"],
     &["kernel"],

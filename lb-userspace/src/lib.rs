@@ -8,6 +8,8 @@
 //!
 //! - `logging`, `notify`, [`machine`]: terminal or journal output, systemd readiness, and
 //!   this machine's interfaces and addresses, read in one place.
+//! - [`health`]: the backends' health checks: probes, verdicts (rise/fall), the runner that
+//!   reports transitions. It knows no table: it is given targets.
 //! - [`table`]: what the gateway knows and keeps: the route table (`routes`), the students'
 //!   accounts and rules (`users`, `accounts`), the charts' history (`traffic`), and the
 //!   runtime routes on disk (`state`) or in etcd (`cluster`).
@@ -27,6 +29,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod kernel;
 #[cfg(test)]
 mod layers_tests;

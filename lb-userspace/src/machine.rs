@@ -1,8 +1,12 @@
 //! This machine's network interfaces and their IPv4 addresses, read in this one place for
 //! the config's checks (`config::machine`, `config::OwnAddresses`) and the kernel side (the
-//! data plane's legs and guards) alike.
+//! data plane's legs and guards) alike; and the source address its routing picks toward a
+//! destination ([`route_source`]), which the web routers and the health checks ask.
 
-use std::{io, net::Ipv4Addr};
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+};
 
 /// A network interface as the config's checks and the data plane needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,6 +70,14 @@ pub fn interfaces() -> io::Result<Vec<Interface>> {
     // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+/// The local address the kernel would use toward `addr`: `addr` itself when it is one of
+/// this machine's own. A UDP socket's connect picks it and sends nothing.
+pub fn route_source(addr: SocketAddrV4) -> io::Result<SocketAddr> {
+    let probe = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    probe.connect(addr)?;
+    probe.local_addr()
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! The fake maps carry out the same [`plan`] as the kernel's, so they hold what the real
 //! maps would.
 //!
-//! Also `FakeControl`, a scripted daemon for the servers' tests (control socket, portal).
+//! Also `FakeControl`, a scripted daemon for the servers' tests (control socket, portal),
+//! and `FakeProber`, scripted health checks for the runner and whatever consumes its verdicts.
 
 use crate::kernel::dataplane::CounterReader;
 use std::{
@@ -14,11 +15,15 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
-    sync::{mpsc, Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc, Mutex, MutexGuard,
+    },
     time::Duration,
 };
 
 use crate::{
+    health::{ProbeError, Prober},
     kernel::dataplane::{
         plan, sync_plan, Counters, Dataplane, DataplaneError, Leg, MapOp, PinnedFrontends,
     },
@@ -86,11 +91,13 @@ impl FakeMaps {
             MapOp::WriteFrontend(e) => {
                 let r = &e.route;
                 self.frontends
-                    .insert((r.port, r.protocol), (r.backend, e.id));
+                    .insert((r.port, r.protocol), (e.primary(), e.id));
             }
             MapOp::WriteReverse(e) => {
                 let r = &e.route;
-                self.reverse.insert((r.backend, r.protocol), (r.port, e.id));
+                for b in r.backends.addrs() {
+                    self.reverse.insert((b, r.protocol), (r.port, e.id));
+                }
             }
             MapOp::RemoveFrontend(port, protocol) => {
                 self.frontends.remove(&(*port, *protocol));
@@ -107,8 +114,10 @@ impl FakeMaps {
         let (mut front, mut rev) = (BTreeMap::new(), BTreeMap::new());
         for e in entries {
             let r = &e.route;
-            front.insert((r.port, r.protocol), (r.backend, e.id));
-            rev.insert((r.backend, r.protocol), (r.port, e.id));
+            front.insert((r.port, r.protocol), (e.primary(), e.id));
+            for b in r.backends.addrs() {
+                rev.insert((b, r.protocol), (r.port, e.id));
+            }
         }
         front == self.frontends && rev == self.reverse
     }
@@ -479,8 +488,9 @@ impl FakeState {
 
 use crate::api::Control;
 use lb_model::api::{
-    ApiError, Caller, ClaimRequest, GatewayView, LegView, MeReply, Removed, RouteRequest,
-    RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UserView, UsersReply,
+    ApiError, Caller, ClaimRequest, DrainRequest, GatewayView, LegView, MeReply, Removed,
+    RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest,
+    UserView, UsersReply,
 };
 
 /// A control that records calls and answers from a fixed script.
@@ -488,6 +498,7 @@ use lb_model::api::{
 pub struct FakeControl {
     pub added: std::sync::Mutex<Vec<RouteRequest>>,
     pub shutdowns: std::sync::Mutex<Vec<Shutdown>>,
+    pub drains: std::sync::Mutex<Vec<(String, DrainRequest)>>,
     pub users: std::sync::Mutex<crate::table::users::Users>,
 }
 
@@ -499,6 +510,13 @@ pub fn view(name: &str, port: u16) -> RouteView {
         protocol: "tcp".into(),
         port,
         backend: "10.0.0.11:22".into(),
+        backends: vec![lb_model::api::BackendView {
+            addr: "10.0.0.11:22".into(),
+            weight: 1,
+            drained: false,
+            up: true,
+        }],
+        fail_open: false,
         source: "runtime".into(),
         added_unix: 1,
         last_seen_unix: None,
@@ -542,6 +560,19 @@ impl Control for FakeControl {
             }),
             _ => Err(ApiError::new(404, format!("no runtime route named {name}"))),
         }
+    }
+    fn drain(&self, name: &str, request: DrainRequest) -> Result<RouteView, ApiError> {
+        if request.backend != "10.0.0.11:22" {
+            return Err(ApiError::field(
+                404,
+                "backend",
+                format!("no route of {name} has the backend {}", request.backend),
+            ));
+        }
+        let mut v = view(name, 30000);
+        v.backends[0].drained = request.drained;
+        self.drains.lock().unwrap().push((name.into(), request));
+        Ok(v)
     }
     fn shutdown(&self, request: Shutdown) {
         self.shutdowns.lock().unwrap().push(request);
@@ -626,6 +657,7 @@ impl Control for FakeControl {
             service: r.service,
             protocol: r.protocol,
             backend: r.backend,
+            backends: r.backends,
             port: None,
             proxy_protocol: r.proxy_protocol,
         })
@@ -673,15 +705,68 @@ impl Control for FakeControl {
     }
 }
 
+/// A scripted [`Prober`]: each backend passes unless the test says otherwise; counts the
+/// probes in flight, the most at once, and the probes of each backend. Probes of a backend
+/// in `hang` never end (the runner's timeout or abort must end them).
+#[derive(Default)]
+pub struct FakeProber {
+    pub pass: Mutex<HashMap<SocketAddrV4, bool>>,
+    pub hang: Mutex<Vec<SocketAddrV4>>,
+    /// How long each probe takes.
+    pub delay: Duration,
+    pub in_flight: AtomicUsize,
+    pub most: AtomicUsize,
+    pub probed: Mutex<HashMap<SocketAddrV4, usize>>,
+}
+
+/// Counts a probe out of `in_flight` however it ends (done, timed out, aborted).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Prober for FakeProber {
+    async fn probe(
+        &self,
+        backend: SocketAddrV4,
+        _: &lb_model::check::CheckSpec,
+    ) -> Result<String, ProbeError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        let _counted = InFlight(&self.in_flight);
+        self.most.fetch_max(now, Ordering::SeqCst);
+        *guard(&self.probed).entry(backend).or_default() += 1;
+        if guard(&self.hang).contains(&backend) {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(self.delay).await;
+        if *guard(&self.pass).get(&backend).unwrap_or(&true) {
+            Ok("fake pass".into())
+        } else {
+            Err(ProbeError::Connect("fake refusal".into()))
+        }
+    }
+}
+
 /// The route NAME/ssh/tcp on `port` to `backend`: the tests' usual one.
 pub fn ssh_route(name: &str, port: u16, backend: &str) -> lb_model::Route {
     lb_model::Route {
         name: name.into(),
         service: "ssh".into(),
         protocol: Protocol::Tcp,
-        backend: backend.parse().unwrap(),
+        backends: lb_model::Pool::one(backend.parse().unwrap()),
         port,
         proxy_protocol: None,
+    }
+}
+
+/// [`ssh_route`] with a pool of `backends`, each `ADDR:PORT[ weight=N][ drained]`.
+pub fn pool_route(name: &str, port: u16, backends: &[&str]) -> lb_model::Route {
+    lb_model::Route {
+        backends: lb_model::Pool::parse(backends).unwrap(),
+        ..ssh_route(name, port, backends[0].split(' ').next().unwrap())
     }
 }
 

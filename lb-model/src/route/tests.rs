@@ -62,6 +62,7 @@ fn a_runtime_request_is_checked_like_a_config_route_in_its_own_field_names() {
         service: "ssh".into(),
         protocol: None,
         backend: "10.0.0.11:22".into(),
+        backends: vec![],
         port: None,
     };
     let draft = check_route(&ok, public, range, &plain).unwrap();
@@ -73,6 +74,7 @@ fn a_runtime_request_is_checked_like_a_config_route_in_its_own_field_names() {
         service: "ssh".into(),
         protocol: Some("sctp".into()),
         backend: "203.0.113.10:22".into(),
+        backends: vec![],
         port: Some(40000),
     };
     let fields: Vec<String> = check_route(&bad, public, range, &plain)

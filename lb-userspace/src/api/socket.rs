@@ -184,6 +184,10 @@ pub(crate) fn route_request(r: Request, control: &dyn Control) -> Result<(u16, V
             let service = query_param(r.query.as_deref(), "service");
             Ok((200, json(&control.remove(name, service)?)))
         }
+        ("POST", ["v1", "routes", name, "drain"]) => {
+            let request: DrainRequest = parse_body(&r.body)?;
+            Ok((200, json(&control.drain(name, request)?)))
+        }
         ("POST", ["v1", "shutdown"]) => {
             let request: Shutdown = parse_body(&r.body)?;
             control.shutdown(request);
@@ -203,6 +207,7 @@ pub(crate) fn route_request(r: Request, control: &dyn Control) -> Result<(u16, V
             _,
             ["v1", "routes"]
             | ["v1", "routes", _]
+            | ["v1", "routes", _, "drain"]
             | ["v1", "shutdown"]
             | ["v1", "users"]
             | ["v1", "users", _]
@@ -308,6 +313,14 @@ impl Client {
             None => format!("/v1/routes/{name}"),
         };
         self.call("DELETE", &path, None)
+    }
+
+    pub fn drain(&self, name: &str, request: &DrainRequest) -> Result<RouteView, ClientError> {
+        self.call(
+            "POST",
+            &format!("/v1/routes/{name}/drain"),
+            Some(json(request)),
+        )
     }
 
     pub fn shutdown(&self, request: Shutdown) -> Result<Shutdown, ClientError> {

@@ -14,6 +14,7 @@ fn request(name: &str, port: Option<u16>) -> RouteRequest {
         service: "ssh".into(),
         protocol: None,
         backend: "10.0.0.11:22".into(),
+        backends: vec![],
         port,
     }
 }

@@ -13,7 +13,10 @@ use crate::{
     kernel::dataplane::{remove_pins, DEFAULT_PIN_DIR},
 };
 use lb_model::{
-    api::{RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply, UserRequest, UsersReply},
+    api::{
+        DrainRequest, RouteRequest, RouteView, RoutesReply, Shutdown, TokenReply, UserRequest,
+        UsersReply,
+    },
     check_label,
 };
 
@@ -36,6 +39,32 @@ pub enum RouteCommand {
     Rm(RmArgs),
     /// List every route, config and runtime.
     Ls(LsArgs),
+    /// Send no new flows to one backend of NAME's route (established ones finish, kept by
+    /// the data plane): for a rolling upgrade. A runtime route's drain is stored; a config
+    /// route's lasts until a restart (write `drained` in the file to keep it).
+    Drain(DrainArgs),
+    /// Send new flows to a drained backend again.
+    Undrain(DrainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DrainArgs {
+    /// The route's owner label.
+    pub name: String,
+    /// The route's service, when NAME has several routes with this backend.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// `tcp` or `udp`, when the backend serves both.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// The member, address:port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub backend: String,
+    /// Print the route as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -45,9 +74,10 @@ pub struct AddArgs {
     /// Service label, e.g. `ssh`.
     #[arg(long)]
     pub service: String,
-    /// Where to forward, address:port.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub backend: String,
+    /// Where to forward, address:port; repeat for a pool (each `ADDR:PORT[ weight=N][
+    /// drained]`): new flows are spread over its members by weight.
+    #[arg(long = "backend", value_name = "ADDR:PORT", required = true)]
+    pub backends: Vec<String>,
     /// A specific public port instead of the lowest free one.
     #[arg(long)]
     pub port: Option<u16>,
@@ -175,11 +205,13 @@ pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
     match cmd {
         RouteCommand::Add(a) => {
             let client = Client::new(&a.socket.socket);
+            let (backend, backends) = lb_model::backend_fields(a.backends);
             let v = client.add(&RouteRequest {
                 name: a.name,
                 service: a.service,
                 protocol: a.protocol,
-                backend: a.backend,
+                backend,
+                backends,
                 port: a.port,
                 proxy_protocol: a.proxy_protocol,
             })?;
@@ -188,7 +220,12 @@ pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
             } else {
                 println!(
                     "{}/{}/{}: public port {} -> {} ({})",
-                    v.name, v.service, v.protocol, v.port, v.backend, v.source
+                    v.name,
+                    v.service,
+                    v.protocol,
+                    v.port,
+                    v.pool_text(),
+                    v.source
                 );
             }
             Ok(())
@@ -209,7 +246,38 @@ pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
             Ok(())
         }
         RouteCommand::Ls(l) => print_routes(&l, render_ls),
+        RouteCommand::Drain(d) => drain(d, true),
+        RouteCommand::Undrain(d) => drain(d, false),
     }
+}
+
+/// `srvgate route drain|undrain`.
+fn drain(d: DrainArgs, drained: bool) -> Result<(), AdminError> {
+    // The name travels in the URL path: refuse what is not a label before sending.
+    check_label(&d.name).map_err(|e| AdminError::Invalid(format!("name: {e}")))?;
+    let v = Client::new(&d.socket.socket).drain(
+        &d.name,
+        &DrainRequest {
+            service: d.service,
+            protocol: d.protocol,
+            backend: d.backend.clone(),
+            drained,
+        },
+    )?;
+    if d.json {
+        crate::cli::print_json(&v);
+    } else {
+        let what = if drained { "drained" } else { "undrained" };
+        println!(
+            "{}/{}/{}: {} {what}; backends {}",
+            v.name,
+            v.service,
+            v.protocol,
+            d.backend,
+            v.pool_text()
+        );
+    }
+    Ok(())
 }
 
 pub fn user(cmd: UserCommand) -> Result<(), AdminError> {
@@ -432,7 +500,7 @@ fn identity_cells(v: &RouteView) -> Vec<String> {
         v.service.clone(),
         v.protocol.clone(),
         v.port.to_string(),
-        v.backend.clone(),
+        v.pool_text(),
     ]
 }
 
@@ -534,6 +602,8 @@ mod tests {
             protocol: "tcp".into(),
             port: 30000,
             backend: "10.0.0.11:22".into(),
+            backends: vec![],
+            fail_open: false,
             source: source.into(),
             added_unix: 1,
             last_seen_unix: last_seen,

@@ -7,6 +7,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use lb_model::Pool;
+
 use crate::machine::Interface;
 
 /// The addresses that are the gateway itself: every IPv4 address its interfaces hold (all
@@ -123,4 +125,9 @@ pub fn check_backend(backend: SocketAddrV4, own: &OwnAddresses) -> Result<(), St
         Some(why) => Err(format!("{backend} {why}")),
         None => Ok(()),
     }
+}
+
+/// [`check_backend`] for every member of a pool: the first that breaks the rule, named.
+pub fn check_pool(pool: &Pool, own: &OwnAddresses) -> Result<(), String> {
+    pool.addrs().try_for_each(|b| check_backend(b, own))
 }

@@ -93,9 +93,14 @@ impl Config {
         }
         let own = self.own_addresses(&m.interfaces);
         for (i, r) in self.routes.iter().enumerate() {
-            if let Err(reason) = check_backend(r.backend, &own) {
+            if let Err(reason) = check_pool(&r.backends, &own) {
+                let field = if r.backends.is_single() {
+                    "backend"
+                } else {
+                    "backends"
+                };
                 problems.push(FieldError {
-                    field: format!("route[{}].backend", i + 1),
+                    field: format!("route[{}].{field}", i + 1),
                     reason,
                 });
             }

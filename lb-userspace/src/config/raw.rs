@@ -154,7 +154,10 @@ pub(super) struct RawRoute {
     pub(super) service: String,
     #[serde(default)]
     pub(super) protocol: Option<String>,
+    #[serde(default)]
     pub(super) backend: String,
+    #[serde(default)]
+    pub(super) backends: Vec<String>,
     pub(super) port: u16,
     #[serde(default)]
     pub(super) proxy_protocol: Option<String>,

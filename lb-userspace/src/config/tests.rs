@@ -454,6 +454,7 @@ fn loopback_and_this_network_backends_are_refused() {
         name: "bob".into(),
         service: "ssh".into(),
         backend: "127.0.0.1:22".into(),
+        backends: vec![],
         ..Default::default()
     };
     let e = check_route(&api, None, None, &|f| f.to_string()).unwrap_err();
@@ -780,4 +781,62 @@ fn addresses_no_host_has() {
     assert!(not_a_host("255.255.255.255".parse().unwrap())
         .unwrap()
         .contains("broadcast"));
+}
+
+#[test]
+fn a_route_may_name_a_pool_with_weights() {
+    let c = parse(&with_route(
+        "name = \"judge\"\nservice = \"http\"\nbackends = [\"10.0.0.21:80\", \"10.0.0.22:80 weight=2\", \"10.0.0.23:80 drained\"]\nport = 30010",
+    ))
+    .unwrap();
+    let r = &c.routes[2];
+    assert_eq!(
+        r.backends.to_string(),
+        "10.0.0.21:80, 10.0.0.22:80 weight=2, 10.0.0.23:80 drained"
+    );
+    assert_eq!(r.backends.members()[1].weight, 2);
+    // The one-backend form is a pool of one.
+    assert!(c.routes[0].backends.is_single());
+}
+
+#[test]
+fn a_pools_problems_name_the_route_and_the_member() {
+    let p = problems(&with_route(
+        "name = \"judge\"\nservice = \"http\"\nbackend = \"10.0.0.21:80\"\nbackends = [\"10.0.0.22:80\"]\nport = 30010",
+    ));
+    assert_eq!(p[0].field, "route[3].backends");
+    assert!(
+        p[0].reason.contains("judge/http names both"),
+        "{}",
+        p[0].reason
+    );
+    let p = problems(&with_route(
+        "name = \"judge\"\nservice = \"http\"\nport = 30010",
+    ));
+    assert_eq!(p[0].field, "route[3].backend");
+    assert!(p[0].reason.contains("missing"), "{}", p[0].reason);
+    for (pool, says) in [
+        ("[\"10.0.0.21:80\", \"10.0.0.21:80\"]", "named twice"),
+        ("[\"10.0.0.21:80\", \"127.0.0.1:80\"]", "127.0.0.1"),
+        ("[\"10.0.0.21:80 weight=999\"]", "weight"),
+        ("[]", "missing"),
+    ] {
+        let p = problems(&with_route(&format!(
+            "name = \"judge\"\nservice = \"http\"\nbackends = {pool}\nport = 30010"
+        )));
+        assert!(p[0].field.starts_with("route[3].backend"), "{pool}: {p:?}");
+        assert!(p[0].reason.contains(says), "{pool}: {}", p[0].reason);
+    }
+    // A member that is another route's backend: the table's rule, naming the holder.
+    let p = problems(&with_route(
+        "name = \"judge\"\nservice = \"http\"\nbackends = [\"10.0.0.21:80\", \"10.0.0.11:22\"]\nport = 30010",
+    ));
+    assert_eq!(p[0].field, "route[3].backends");
+    assert!(
+        p[0].reason
+            .contains("10.0.0.11:22/tcp is already a backend"),
+        "{}",
+        p[0].reason
+    );
+    assert!(p[0].reason.contains("see route[1]"), "{}", p[0].reason);
 }

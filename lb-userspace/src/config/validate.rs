@@ -379,6 +379,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             service: r.service,
             protocol: r.protocol,
             backend: r.backend,
+            backends: r.backends,
             port: Some(r.port),
             proxy_protocol: r.proxy_protocol,
         };

@@ -17,8 +17,8 @@ use crate::{
 };
 use lb_model::{
     api::{
-        ApiError, Caller, ClaimRequest, GatewayView, LegView, MeReply, Removed, RouteView,
-        RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UsersReply,
+        ApiError, Caller, ClaimRequest, DrainRequest, GatewayView, LegView, MeReply, Removed,
+        RouteView, RoutesReply, Shutdown, TokenReply, TrafficMinute, UserRequest, UsersReply,
     },
     RouteRequest, UserView,
 };
@@ -37,8 +37,11 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
             .map(HttpServer::sample)
             .chain(c.https.iter().map(HttpsServer::sample))
             .collect();
-        let routes: Vec<(lb_model::Route, u32)> =
-            c.table.entries().map(|e| (e.route.clone(), e.id)).collect();
+        let routes: Vec<_> = c
+            .table
+            .entries()
+            .map(|e| (e.route.clone(), e.id, e.down.clone(), e.fail_open()))
+            .collect();
         let legs: Vec<LegSample> = c
             .dataplane
             .legs()
@@ -61,8 +64,10 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
     };
     let routes: Vec<RouteSample> = routes
         .into_iter()
-        .map(|(route, id)| RouteSample {
+        .map(|(route, id, down, fail_open)| RouteSample {
             route,
+            down,
+            fail_open,
             counters: reader
                 .as_ref()
                 .and_then(|r| r.route_counters(id).ok())
@@ -125,6 +130,9 @@ impl Control for Handle {
     }
     fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
         self.change(|c| c.remove(name, service))
+    }
+    fn drain(&self, name: &str, request: DrainRequest) -> Result<RouteView, ApiError> {
+        self.change(|c| c.drain(name, request))
     }
     fn shutdown(&self, request: Shutdown) {
         let _ = self.shutdown.send(request);

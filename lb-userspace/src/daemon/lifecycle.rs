@@ -78,7 +78,7 @@ pub(super) fn build_table(
             taken_over = true;
             continue;
         }
-        if let Err(rule) = crate::config::check_backend(s.route.backend, own) {
+        if let Err(rule) = crate::config::check_pool(&s.route.backends, own) {
             error!(route = %key, port = s.route.port, store = %store.location(), "stored runtime route left out: {rule}");
             taken_over = true;
             continue;
@@ -184,14 +184,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         None => None,
     };
     let http = match (&cfg.http, &cfg.dns) {
-        (Some(h), Some(d)) => Some(HttpServer::start(h, &d.zone, &table.routes()).await?),
+        (Some(h), Some(d)) => Some(HttpServer::start(h, &d.zone, &table.serving_routes()).await?),
         _ => None,
     };
     let http_addrs = http.as_ref().map(HttpServer::local_addrs);
     let https = match (&cfg.https, &cfg.dns) {
         (Some(h), Some(d)) => {
             let http_service = cfg.http.as_ref().map(|h| h.service.as_str());
-            Some(HttpsServer::start(h, http_service, &d.zone, &table.routes()).await?)
+            Some(HttpsServer::start(h, http_service, &d.zone, &table.serving_routes()).await?)
         }
         _ => None,
     };
@@ -222,7 +222,25 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     core.take_over(taken_over)?;
     core.sync_serial();
     let routes = core.table.len();
+    // The health checks of pools: targets follow the table, verdicts come back as one
+    // core operation each (`pools.rs`).
+    let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
+    let (verdicts_tx, verdicts_rx) = mpsc::channel(1024);
+    let mut checks = super::pools::Checks::new(targets_tx);
+    checks.follow(&crate::table::routes::Diff {
+        added: core.table.entries().cloned().collect(),
+        ..Default::default()
+    });
+    core.checks = Some(std::cell::RefCell::new(checks));
+    let health_task = tokio::spawn(crate::health::run(
+        Arc::new(crate::health::NetProber::new(cfg.gateway.public_ipv4)),
+        targets_rx,
+        verdicts_tx,
+        crate::health::Board::default(),
+        crate::health::DEFAULT_MAX_PROBES,
+    ));
     let core = Arc::new(Mutex::new(core));
+    let verdicts_task = tokio::spawn(super::pools::apply_verdicts(core.clone(), verdicts_rx));
 
     let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
     let handle: Arc<dyn Control> = Arc::new(Handle {
@@ -271,6 +289,10 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     // be answering; whatever it asks of the core after `finish` finds the data plane stopped.
     api_task.abort();
     let _ = api_task.await;
+    for t in [health_task, verdicts_task] {
+        t.abort();
+        let _ = t.await;
+    }
     for t in portal_tasks {
         t.abort();
         let _ = t.await;

@@ -19,7 +19,7 @@ use std::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{self, check_backend, Config},
+    config::{self, check_pool, Config},
     kernel::dataplane::{Counters, Dataplane},
     table::{
         routes::{idle_routes, Diff, Entry, RouteError, RouteTable, Source},
@@ -29,7 +29,7 @@ use crate::{
 };
 use lb_model::{
     api::{ApiError, Removed, RouteView, RoutesReply},
-    check_route, format_duration, ConfigUser, RouteRequest,
+    backend_field, check_route, format_duration, ConfigUser, RouteRequest,
 };
 
 use super::students::denied;
@@ -88,6 +88,7 @@ impl Core {
             published: HashMap::new(),
             last_publish: None,
             own: config::OwnAddresses::default(),
+            checks: None,
             interfaces: crate::machine::interfaces,
             store,
         }
@@ -101,7 +102,7 @@ impl Core {
         self.dataplane.sync_all(&self.table, &fresh)?;
         for e in self.table.entries() {
             let r = &e.route;
-            info!(route = %r.key(), public = %format!("{}:{}", self.gateway.public_ipv4, r.port), backend = %r.backend, source = e.source.as_str(), "route");
+            info!(route = %r.key(), public = %format!("{}:{}", self.gateway.public_ipv4, r.port), backends = %r.backends, source = e.source.as_str(), "route");
         }
         if taken_over {
             self.save()?;
@@ -153,7 +154,7 @@ impl Core {
         // Proportional to the table, but only when the machine's addresses change.
         let mut runtime = Vec::new();
         for e in self.table.entries() {
-            let Err(rule) = check_backend(e.route.backend, &self.own) else {
+            let Err(rule) = check_pool(&e.route.backends, &self.own) else {
                 continue;
             };
             if e.source == Source::Runtime {
@@ -186,6 +187,14 @@ impl Core {
     pub(super) fn record(&mut self, changes: &[RouteChange]) -> Result<(), StateError> {
         let table = &self.table;
         let commit = self.store.record(changes, &|| stored_routes(table))?;
+        self.unflushed.push(commit);
+        Ok(())
+    }
+
+    /// [`Core::record`] for a runtime route changed in place ([`Store::record_update`]).
+    pub(super) fn record_update(&mut self, route: &StoredRoute) -> Result<(), StateError> {
+        let table = &self.table;
+        let commit = self.store.record_update(route, &|| stored_routes(table))?;
         self.unflushed.push(commit);
         Ok(())
     }
@@ -241,6 +250,9 @@ impl Core {
     /// change itself (its cost is the change's); each web router, which holds only its own
     /// service's routes, gets those again when one of them changed.
     pub(super) fn publish(&self, diff: &Diff) {
+        if let Some(c) = &self.checks {
+            c.borrow_mut().follow(diff);
+        }
         let removed: Vec<lb_model::Route> = diff
             .removed
             .iter()
@@ -267,7 +279,7 @@ impl Core {
                     self.table
                         .entries()
                         .filter(|e| &e.route.service == service)
-                        .map(|e| e.route.clone())
+                        .map(Entry::serving)
                         .collect()
                 })
         };
@@ -298,7 +310,9 @@ impl Core {
             service: r.service.clone(),
             protocol: r.protocol.to_string(),
             port: r.port,
-            backend: r.backend.to_string(),
+            backend: e.primary().to_string(),
+            backends: super::pools::backend_views(e),
+            fail_open: e.fail_open(),
             source: e.source.as_str().to_string(),
             added_unix: unix(e.added),
             last_seen_unix: e.last_seen.map(unix),
@@ -370,9 +384,9 @@ impl Core {
                     format!("cannot read this gateway's own addresses to check the backend against them: {e}"),
                 )
             })?;
-        check_backend(draft.backend, &self.own)
-            .and_then(|()| check_backend(draft.backend, &fresh))
-            .map_err(|e| ApiError::field(403, "backend", e))?;
+        check_pool(&draft.backends, &self.own)
+            .and_then(|()| check_pool(&draft.backends, &fresh))
+            .map_err(|e| ApiError::field(403, backend_field(&draft.backends), e))?;
         if let Some(user) = owner {
             check_claim(user, &draft, self.held_by(&user.name)).map_err(denied)?;
         }
@@ -531,7 +545,7 @@ impl Core {
         info!(
             route = %key,
             port,
-            backend = %entry.route.backend,
+            backends = %entry.route.backends,
             source = "runtime",
             live_us,
             written_us = started.elapsed().as_micros() as u64,
@@ -681,13 +695,13 @@ impl Core {
             "SIGHUP: config reloaded"
         );
         for e in &diff.added {
-            info!(route = %e.route.key(), port = e.route.port, backend = %e.route.backend, "route added");
+            info!(route = %e.route.key(), port = e.route.port, backends = %e.route.backends, "route added");
         }
         for e in &diff.removed {
             info!(route = %e.route.key(), port = e.route.port, "route removed");
         }
         for c in &diff.changed {
-            info!(route = %c.new.route.key(), port = c.new.route.port, backend = %c.new.route.backend, source = c.new.source.as_str(), "route changed");
+            info!(route = %c.new.route.key(), port = c.new.route.port, backends = %c.new.route.backends, source = c.new.source.as_str(), "route changed");
         }
     }
 
@@ -849,7 +863,7 @@ impl Core {
             match current {
                 Some(e) if e.source == Source::Config => {
                     if let RouteChange::Put(s) = &change {
-                        error!(route = %key, "cluster: the shared table's {key} (port {}, backend {}) clashes with this gateway's config file route; not forwarded here", s.route.port, s.route.backend);
+                        error!(route = %key, "cluster: the shared table's {key} (port {}, backends {}) clashes with this gateway's config file route; not forwarded here", s.route.port, s.route.backends);
                     }
                     continue;
                 }
@@ -862,7 +876,7 @@ impl Core {
         }
         for s in puts {
             let key = s.route.key();
-            if let Err(rule) = check_backend(s.route.backend, &self.own) {
+            if let Err(rule) = check_pool(&s.route.backends, &self.own) {
                 error!(route = %key, "cluster: the shared table's {key} is not forwarded here: {rule}");
                 continue;
             }
@@ -887,7 +901,7 @@ impl Core {
             info!(route = %e.route.key(), port = e.route.port, "route removed through another gateway");
         }
         for e in &diff.added {
-            info!(route = %e.route.key(), port = e.route.port, backend = %e.route.backend, "route added through another gateway");
+            info!(route = %e.route.key(), port = e.route.port, backends = %e.route.backends, "route added through another gateway");
         }
     }
 

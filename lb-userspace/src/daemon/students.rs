@@ -186,6 +186,7 @@ impl Core {
             service: r.service,
             protocol: r.protocol,
             backend: r.backend,
+            backends: r.backends,
             port: None,
             proxy_protocol: r.proxy_protocol,
         };

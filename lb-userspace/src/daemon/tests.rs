@@ -18,6 +18,8 @@ use lb_model::api::{ClaimRequest, Shutdown, UserRequest};
 use lb_model::RouteRequest;
 use lb_model::{PortRange, Protocol, Route};
 
+mod pool_tests;
+
 const DAY: Duration = Duration::from_secs(86400);
 
 fn gateway() -> Gateway {
@@ -45,6 +47,7 @@ fn request(name: &str, backend: &str) -> RouteRequest {
         service: "ssh".into(),
         protocol: None,
         backend: backend.into(),
+        backends: vec![],
         port: None,
     }
 }
@@ -482,6 +485,7 @@ fn claim(service: &str, backend: &str) -> ClaimRequest {
         proxy_protocol: None,
         service: service.into(),
         backend: backend.into(),
+        backends: vec![],
         protocol: None,
     }
 }
@@ -804,6 +808,7 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
             ClaimRequest {
                 service: "https".into(),
                 backend: "10.0.0.11:443".into(),
+                backends: vec![],
                 protocol: None,
                 proxy_protocol: Some("v2".into()),
             },
@@ -822,6 +827,7 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
             ClaimRequest {
                 service: "web".into(),
                 backend: "10.0.0.11:80".into(),
+                backends: vec![],
                 protocol: None,
                 proxy_protocol: Some("v3".into()),
             },

@@ -290,8 +290,10 @@ pub fn plan(table: &RouteTable, diff: &Diff) -> Vec<MapOp> {
         if !table.port_in_use(r.port, r.protocol) {
             ops.push(MapOp::RemoveFrontend(r.port, r.protocol));
         }
-        if !table.backend_in_use(r.backend, r.protocol) {
-            ops.push(MapOp::RemoveReverse(r.backend, r.protocol));
+        for b in r.backends.addrs() {
+            if !table.backend_in_use(b, r.protocol) {
+                ops.push(MapOp::RemoveReverse(b, r.protocol));
+            }
         }
     }
     ops
@@ -429,6 +431,31 @@ mod tests {
                 MapOp::WriteReverse(alice),
                 MapOp::RemoveFrontend(30002, Protocol::Tcp),
                 MapOp::RemoveFrontend(30001, Protocol::Udp),
+                MapOp::RemoveReverse("10.0.0.12:22".parse().unwrap(), Protocol::Tcp),
+            ]
+        );
+    }
+
+    /// A member that leaves a pool loses its reverse entry; the members that stay keep
+    /// theirs, rewritten with the route.
+    #[test]
+    fn the_plan_writes_every_member_and_removes_only_the_one_that_left() {
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut table = RouteTable::new();
+        let three = crate::testing::pool_route(
+            "alice",
+            30001,
+            &["10.0.0.11:22", "10.0.0.12:22", "10.0.0.13:22"],
+        );
+        table.replace_config(&[three], t0).unwrap();
+        let two = crate::testing::pool_route("alice", 30001, &["10.0.0.11:22", "10.0.0.13:22"]);
+        let diff = table.replace_config(&[two], t0).unwrap();
+        let c = diff.changed[0].clone();
+        assert_eq!(
+            plan(&table, &diff),
+            [
+                MapOp::WriteFrontend(c.new.clone()),
+                MapOp::WriteReverse(c.new),
                 MapOp::RemoveReverse("10.0.0.12:22".parse().unwrap(), Protocol::Tcp),
             ]
         );

@@ -535,10 +535,13 @@ impl Console {
                 return resp;
             }
             "/claim" => (|| {
+                let (backend, backends) =
+                    lb_model::backend_fields(lb_model::split_backends(form.required("backend")?));
                 let claim = ClaimRequest {
                     proxy_protocol: None,
                     service: form.required("service")?.to_string(),
-                    backend: form.required("backend")?.to_string(),
+                    backend,
+                    backends,
                     protocol: form
                         .get("protocol")
                         .filter(|p| !p.is_empty())
@@ -559,7 +562,11 @@ impl Console {
                     Kind::Ok,
                     &format!(
                         "Claimed {}/{}/{}: public port {} -> {}.",
-                        v.name, v.service, v.protocol, v.port, v.backend
+                        v.name,
+                        v.service,
+                        v.protocol,
+                        v.port,
+                        v.pool_text()
                     ),
                 ))
             })(),
@@ -667,6 +674,8 @@ impl Console {
                     })?),
                     None => None,
                 };
+                let (backend, backends) =
+                    lb_model::backend_fields(lb_model::split_backends(form.required("backend")?));
                 let request = RouteRequest {
                     proxy_protocol: None,
                     name: form.required("name")?.to_string(),
@@ -675,7 +684,8 @@ impl Console {
                         .get("protocol")
                         .filter(|p| !p.is_empty())
                         .map(str::to_string),
-                    backend: form.required("backend")?.to_string(),
+                    backend,
+                    backends,
                     port,
                 };
                 let what = format!("route add {}/{}", request.name, request.service);
@@ -686,7 +696,11 @@ impl Console {
                     Kind::Ok,
                     &format!(
                         "Added {}/{}/{}: port {} -> {}.",
-                        v.name, v.service, v.protocol, v.port, v.backend
+                        v.name,
+                        v.service,
+                        v.protocol,
+                        v.port,
+                        v.pool_text()
                     ),
                 ))
             })(),

@@ -2,13 +2,16 @@
 //! backend of route alice/http, the same route table as DNS and the XDP maps.
 //!
 //! Every request is routed on its own: the router reads each request head (`http::head`),
-//! picks the backend for that request's host, sends it the rebuilt head and the body as
-//! framed by the head, and relays the response, framed by its own head, before it reads the
-//! next request. A request for another host on the same connection goes to that host's
-//! backend over another backend connection; one backend never sees another host's request.
-//! A backend connection is reused only for the same backend and only after a response that
-//! ended where its head said. A 101 to an upgrade request turns the connection into a
-//! tunnel. Errors are complete responses that name no internal address (the log has it).
+//! picks a backend of that request's host (of the route's usable backends, the one with the
+//! fewest requests outstanding, round robin among equals: `web::balance`; the next one when
+//! a connect fails), sends it the rebuilt head and the body as framed by the head, and
+//! relays the response, framed by its own head, before it reads the next request. A request
+//! for another host, or picked for another backend, goes over another backend connection;
+//! one backend never sees another host's request. A backend connection is reused only for
+//! the same backend and only after a response that ended where its head said. A 101 to an
+//! upgrade request turns the connection into a tunnel to that backend, counted outstanding
+//! until it closes. Errors are complete responses that name no internal address (the log
+//! has it).
 
 pub mod head;
 
@@ -257,22 +260,32 @@ where
                 return End::Refuse(error_response(status, reason, &body));
             }
         };
-        let Some(backend) = shared.core.hosts.backend(&req.host) else {
+        let Some(lease) = shared
+            .core
+            .hosts
+            .pool(&req.host)
+            .and_then(|pool| Some((pool.pick(&[])?, pool)))
+        else {
             stats.failed(Failure::NoRoute);
             return End::Refuse(failure_page(Failure::NoRoute, &req.host));
         };
         cr.consume(req.len);
 
+        // Each request goes where the pool says (the lease counts it as outstanding until
+        // its response ended); the connection of the previous one is kept only when the
+        // pick is its backend again.
+        let (lease, pool) = lease;
         if upstream
             .as_ref()
-            .is_some_and(|u| u.addr != backend.addr || !reusable(u))
+            .is_some_and(|u| u.addr != lease.backend.addr || !reusable(u))
         {
             upstream = None;
         }
-        let up = match upstream.take() {
-            Some(u) => u,
-            None => match web::connect(backend.addr).await {
-                Ok(s) => {
+        let (lease, up) = match upstream.take() {
+            Some(u) => (lease, u),
+            None => match web::connect_pool(&pool, lease, &req.host).await {
+                Ok((lease, s)) => {
+                    let backend = lease.backend;
                     let (rd, mut wr) = s.into_split();
                     if let Some(v) = backend.proxy_protocol {
                         let h = proxy_header::encode(v, peers.client, peers.local);
@@ -282,20 +295,22 @@ where
                             return End::Refuse(failure_page(Failure::BackendRefused, &req.host));
                         }
                     }
-                    Upstream {
+                    let up = Upstream {
                         addr: backend.addr,
                         rd: Reader::watched(rd, activity),
                         wr,
-                    }
+                    };
+                    (lease, up)
                 }
-                Err(error) => {
+                Err((error, tried)) => {
                     let f = web::connect_failure(&error);
-                    info!(backend = %backend.addr, host = req.host, %error, "HTTP backend cannot be reached");
+                    info!(backends = ?tried, host = req.host, %error, "HTTP backend cannot be reached");
                     stats.failed(f);
                     return End::Refuse(failure_page(f, &req.host));
                 }
             },
         };
+        let backend = lease.backend;
         let mut up = up;
         Stats::count(&stats.requests, 1);
         let forwarded = shared.forwarded_for.then_some(peers.client.ip());

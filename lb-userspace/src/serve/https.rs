@@ -1,6 +1,8 @@
 //! HTTPS by name, passed through: the router reads the client's TLS ClientHello (rustls'
 //! `Acceptor` parses it, bounded in size and time), takes its SNI name, and relays the
-//! connection untouched (the hello included) to the backend of route NAME/<https.service>.
+//! connection untouched (the hello included) to a backend of route NAME/<https.service>:
+//! each connection to the one of the route's usable backends with the fewest relays open,
+//! round robin among equals (`web::balance`), the next one when a connect fails.
 //! The gateway holds no student's key and terminates nothing; `NAME.<https.service>.<zone>`
 //! and, with `[http]`, the HTTP name `NAME.<http.service>.<zone>` both reach it.
 //!
@@ -162,18 +164,26 @@ async fn serve(
             "no server name (SNI) in the ClientHello".into(),
         ));
     };
-    let Some(backend) = shared.core.hosts.backend(&name) else {
+    let Some((first, pool)) = shared
+        .core
+        .hosts
+        .pool(&name)
+        .and_then(|pool| Some((pool.pick(&[])?, pool)))
+    else {
         send_alert(&mut cw, &alert(UNRECOGNIZED_NAME), limits).await;
         return Err((Failure::NoRoute, format!("no route for name {name}")));
     };
-    let upstream = match web::connect(backend.addr).await {
-        Ok(s) => s,
-        Err(e) => {
+    // The lease counts this connection against its backend until the relay ends.
+    let (lease, upstream) = match web::connect_pool(&pool, first, &name).await {
+        Ok(connected) => connected,
+        Err((e, tried)) => {
             send_alert(&mut cw, &alert(INTERNAL_ERROR), limits).await;
-            let why = format!("backend {} of {name}: {e}", backend.addr);
+            let tried: Vec<String> = tried.iter().map(ToString::to_string).collect();
+            let why = format!("backend {} of {name}: {e}", tried.join(", "));
             return Err((web::connect_failure(&e), why));
         }
     };
+    let backend = lease.backend;
     let (ur, mut uw) = upstream.into_split();
     let mut first = Vec::new();
     if let Some(v) = backend.proxy_protocol {
@@ -197,6 +207,7 @@ async fn serve(
     let up = cr.pump(&mut uw, idle, &stats.bytes_from_clients, Some(activity));
     let down = ur.pump(&mut cw, idle, &stats.bytes_to_clients, Some(activity));
     let _ = tokio::join!(up, down);
+    drop(lease);
     Ok(())
 }
 

@@ -22,6 +22,10 @@ use lb_model::Route;
 pub struct RouteSample {
     pub route: Route,
     pub counters: Counters,
+    /// The members the health checks found down (`Entry::down`).
+    pub down: std::collections::BTreeSet<std::net::SocketAddrV4>,
+    /// Every undrained member is down, so all take flows (`Entry::fail_open`).
+    pub fail_open: bool,
 }
 
 /// One interface the program is attached to, at scrape time.
@@ -86,6 +90,36 @@ pub fn render(routes: &[RouteSample], verdicts: &[(&str, u64)], legs: &[LegSampl
                 idle.as_secs_f64()
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP srvgate_backend_up Whether a route's backend passes its health checks (1) or not (0)."
+    );
+    let _ = writeln!(out, "# TYPE srvgate_backend_up gauge");
+    for s in routes {
+        let l = labels(&s.route);
+        for m in s.route.backends.members() {
+            let _ = writeln!(
+                out,
+                "srvgate_backend_up{{{l},backend=\"{}\",drained=\"{}\"}} {}",
+                m.addr,
+                m.drained,
+                u8::from(!s.down.contains(&m.addr))
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP srvgate_route_fail_open Whether every undrained backend of a route is down, so all of them take new flows."
+    );
+    let _ = writeln!(out, "# TYPE srvgate_route_fail_open gauge");
+    for s in routes {
+        let _ = writeln!(
+            out,
+            "srvgate_route_fail_open{{{}}} {}",
+            labels(&s.route),
+            u8::from(s.fail_open)
+        );
     }
     let _ = writeln!(
         out,
@@ -302,10 +336,13 @@ mod tests {
                 name: "alice".into(),
                 service: "ssh".into(),
                 protocol: Protocol::Tcp,
-                backend: "10.0.0.11:22".parse().unwrap(),
+                backends: lb_model::Pool::parse(&["10.0.0.11:22", "10.0.0.12:22 weight=2 drained"])
+                    .unwrap(),
                 port: 30001,
                 proxy_protocol: None,
             },
+            down: ["10.0.0.11:22".parse().unwrap()].into(),
+            fail_open: true,
             counters: Counters {
                 inbound_packets: inbound,
                 inbound_bytes: inbound * 100,
@@ -351,6 +388,14 @@ mod tests {
             "an event is no verdict"
         );
         assert!(text.contains("srvgate_routes 1\n"));
+        let l = "name=\"alice\",service=\"ssh\",protocol=\"tcp\",port=\"30001\"";
+        assert!(text.contains(&format!(
+            "srvgate_backend_up{{{l},backend=\"10.0.0.11:22\",drained=\"false\"}} 0\n"
+        )));
+        assert!(text.contains(&format!(
+            "srvgate_backend_up{{{l},backend=\"10.0.0.12:22\",drained=\"true\"}} 1\n"
+        )));
+        assert!(text.contains(&format!("srvgate_route_fail_open{{{l}}} 1\n")));
         assert!(
             text.contains("srvgate_leg_info{iface=\"eth1\",role=\"private\",egress=\"pass\"} 1\n")
         );

@@ -9,12 +9,15 @@
 //! write of a client or backend is bounded in time; nothing here decides what a request
 //! means.
 //!
-//! Here: [`Hosts`] (name -> backend, swapped atomically), [`admission_within`], [`Reader`]
-//! (every read, copy and pump bounded by a timeout), [`Stats`], and [`RouterServer`], the one
-//! server of both routers (listeners, accept loop, admission, route updates, samples) over
-//! their [`RouterCore`]; each [`Router`] brings its per-connection `serve` and its `refuse`.
-//! `proxy_header.rs` writes the PROXY protocol v1/v2 header.
+//! Here: [`Hosts`] (name -> [`Pool`] of backends, swapped atomically), [`connect_pool`] (the
+//! next backend when one cannot be reached), [`admission_within`], [`Reader`] (every read,
+//! copy and pump bounded by a timeout), [`Stats`], and [`RouterServer`], the one server of
+//! both routers (listeners, accept loop, admission, route updates, samples) over their
+//! [`RouterCore`]; each [`Router`] brings its per-connection `serve` and its `refuse`.
+//! `balance.rs` picks among a pool's backends; `proxy_header.rs` writes the PROXY protocol
+//! v1/v2 header.
 
+pub mod balance;
 pub mod proxy_header;
 
 use std::{
@@ -38,6 +41,7 @@ use tokio::{
 use tracing::debug;
 
 use crate::config;
+pub use balance::{Lease, Member, Pool};
 use lb_model::{Protocol, ProxyProtocol};
 
 /// Time a backend has to accept a connection.
@@ -58,12 +62,13 @@ pub struct Backend {
 }
 
 /// The backends that names map to: routes `NAME/<service>/tcp`, reached as `NAME.<suffix>`
-/// for any of the router's suffixes. Rebuilt on every route change; readers take no lock.
+/// for any of the router's suffixes, each a [`Pool`] of the route's usable backends.
+/// Rebuilt on every route change; readers take no lock.
 pub struct Hosts {
     service: String,
     /// `<label>.<zone>`, lowercase, each a name under which the routes are reached.
     suffixes: Vec<String>,
-    backends: ArcSwap<HashMap<String, Backend>>,
+    pools: ArcSwap<HashMap<String, Arc<Pool>>>,
 }
 
 impl Hosts {
@@ -71,31 +76,59 @@ impl Hosts {
         let hosts = Hosts {
             service: service.to_string(),
             suffixes,
-            backends: ArcSwap::from_pointee(HashMap::new()),
+            pools: ArcSwap::from_pointee(HashMap::new()),
         };
         hosts.update(routes);
         hosts
     }
 
+    /// Takes the routes' usable backends.
     pub fn update(&self, routes: &[lb_model::Route]) {
-        let map = routes
-            .iter()
-            .filter(|r| r.protocol == Protocol::Tcp && r.service == self.service)
-            .map(|r| {
-                let b = Backend {
-                    addr: r.backend,
-                    proxy_protocol: r.proxy_protocol,
-                };
-                (r.name.to_ascii_lowercase(), b)
-            })
-            .collect();
-        self.backends.store(Arc::new(map));
+        self.set(
+            routes
+                .iter()
+                .filter(|r| r.protocol == Protocol::Tcp && r.service == self.service)
+                .map(|r| {
+                    // The daemon hands the routers each route's pool reduced to its active
+                    // members (`Entry::serving`), so drain and health reach them too.
+                    let members = r
+                        .backends
+                        .members()
+                        .iter()
+                        .map(|m| Member {
+                            backend: Backend {
+                                addr: m.addr,
+                                proxy_protocol: r.proxy_protocol,
+                            },
+                            weight: u32::from(m.weight),
+                        })
+                        .collect();
+                    (r.name.to_ascii_lowercase(), members)
+                }),
+        );
     }
 
-    /// The backend of `host` (lowercase, no port, no trailing dot), if a route answers it.
-    pub fn backend(&self, host: &str) -> Option<Backend> {
+    /// Replaces every name's pool; a backend that stays keeps its count of open requests.
+    pub(crate) fn set(&self, pools: impl IntoIterator<Item = (String, Vec<Member>)>) {
+        let old = self.pools.load();
+        let map = pools
+            .into_iter()
+            .map(|(name, members)| {
+                let pool = Pool::new(members, old.get(&name).map(|p| &**p));
+                (name, Arc::new(pool))
+            })
+            .collect();
+        self.pools.store(Arc::new(map));
+    }
+
+    /// The backends of `host` (lowercase, no port, no trailing dot), if a route answers it.
+    pub fn pool(&self, host: &str) -> Option<Arc<Pool>> {
         let name = self.suffixes.iter().find_map(|s| route_name(host, s))?;
-        self.backends.load().get(name).copied()
+        self.pools
+            .load()
+            .get(name)
+            .filter(|p| !p.is_empty())
+            .cloned()
     }
 
     /// `*.<suffix>` for each suffix, for the log.
@@ -375,7 +408,7 @@ pub async fn connect(addr: SocketAddrV4) -> io::Result<TcpStream> {
     // Before any SYN, so the gateway's own service never sees the connection: the source
     // address the kernel's routing picks for `addr` (a UDP socket's connect sends
     // nothing). Without a route, the TCP connect below fails on its own.
-    let source = route_source(addr)
+    let source = crate::machine::route_source(addr)
         .unwrap_or_else(|_| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)));
     not_self(addr, source, cfg!(test))?;
     let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -386,12 +419,33 @@ pub async fn connect(addr: SocketAddrV4) -> io::Result<TcpStream> {
     Ok(s)
 }
 
-/// The local address the kernel would use toward `addr`: `addr` itself when it is one of
-/// this machine's own.
-fn route_source(addr: SocketAddrV4) -> io::Result<SocketAddr> {
-    let probe = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
-    probe.connect(addr)?;
-    probe.local_addr()
+/// Backends a request or connection tries before it is refused: a backend that just died
+/// is still in its pool until its health check notices, so the next one is tried.
+pub const MAX_TRIES: usize = 3;
+
+/// Connects to `first`'s backend, or else to the pool's next ones, at most [`MAX_TRIES`]
+/// backends in all (each within [`CONNECT_TIMEOUT`]). The error is the last backend's, with
+/// the backends tried, each failure logged with `host`.
+pub async fn connect_pool(
+    pool: &Pool,
+    first: Lease,
+    host: &str,
+) -> Result<(Lease, TcpStream), (io::Error, Vec<SocketAddrV4>)> {
+    let mut tried = Vec::new();
+    let mut lease = first;
+    loop {
+        let addr = lease.backend.addr;
+        let error = match connect(addr).await {
+            Ok(s) => return Ok((lease, s)),
+            Err(e) => e,
+        };
+        tried.push(addr);
+        debug!(backend = %addr, host, %error, "web backend cannot be reached");
+        match pool.pick(&tried) {
+            Some(next) if tried.len() < MAX_TRIES => lease = next,
+            _ => return Err((error, tried)),
+        }
+    }
 }
 
 /// Refuses a backend connection that reached the gateway itself: `addr` breaking the

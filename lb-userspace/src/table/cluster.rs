@@ -97,11 +97,32 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Keys read per request when loading the table.
 const PAGE: i64 = 1000;
-/// Routes per transaction (3 keys each); etcd's default `--max-txn-ops` is 128.
-const ROUTES_PER_TXN: usize = 40;
-/// Routes per removal (4 operations each: the route, its port, its backend, its last-seen
-/// times).
-const DELETES_PER_TXN: usize = 30;
+/// Guard keys per transaction (a route has 2 plus one per backend); etcd's default
+/// `--max-txn-ops` is 128.
+const KEYS_PER_TXN: usize = 120;
+/// Routes per removal (up to 3 + `lb_model::MAX_BACKENDS` operations each: the route, its port,
+/// each backend, its last-seen times): sized for the largest pools, since a removal learns
+/// a route's pool only from the read inside it.
+const DELETES_PER_TXN: usize = KEYS_PER_TXN / (3 + lb_model::MAX_BACKENDS);
+/// `puts` cut into runs of at most [`KEYS_PER_TXN`] guard keys; a route is never split
+/// (its 2 + `lb_model::MAX_BACKENDS` keys fit in one run).
+fn by_keys<'a, 'b>(puts: &'b [&'a StoredRoute]) -> Vec<&'b [&'a StoredRoute]> {
+    let mut runs = Vec::new();
+    let (mut start, mut keys) = (0, 0);
+    for (i, s) in puts.iter().enumerate() {
+        let cost = 2 + s.route.backends.members().len();
+        if keys + cost > KEYS_PER_TXN && i > start {
+            runs.push(&puts[start..i]);
+            (start, keys) = (i, 0);
+        }
+        keys += cost;
+    }
+    if start < puts.len() {
+        runs.push(&puts[start..]);
+    }
+    runs
+}
+
 /// Times a claim counts again when another claim of the same user moved the stamp
 /// between its count and its write.
 const CLAIM_ATTEMPTS: usize = 5;
@@ -456,14 +477,21 @@ impl EtcdStore {
         let mut compares = Vec::new();
         let mut ops = Vec::new();
         let mut reads = Vec::new();
+        // Where each route's guards start among `reads`: route, port, then its backends.
+        let mut starts = Vec::new();
         for s in puts {
             let r = &s.route;
             let key_text = r.key().to_string();
-            let guards = [
+            starts.push(reads.len());
+            let mut guards = vec![
                 (keys::route_key(&r.key()), keys::encode_route(s)),
                 (keys::port_key(r.port, r.protocol), key_text.clone()),
-                (keys::backend_key(r), key_text),
             ];
+            guards.extend(
+                keys::backend_keys(r)
+                    .into_iter()
+                    .map(|k| (k, key_text.clone())),
+            );
             for (k, v) in guards {
                 compares.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
                 reads.push(TxnOp::get(k.clone(), None));
@@ -504,7 +532,7 @@ impl EtcdStore {
             let r = &s.route;
             let holder = |j: usize| {
                 found
-                    .get(3 * i + j)
+                    .get(starts[i] + j)
                     .and_then(Option::as_ref)
                     .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
             };
@@ -515,10 +543,15 @@ impl EtcdStore {
                     "port {}/{} was just taken by {by} (claimed through another gateway)",
                     r.port, r.protocol
                 ));
-            } else if let Some(by) = holder(2) {
+            } else if let Some((b, by)) = r
+                .backends
+                .addrs()
+                .enumerate()
+                .find_map(|(j, b)| holder(2 + j).map(|by| (b, by)))
+            {
                 reason.push(format!(
-                    "backend {}/{} is already the backend of {by}; replies could not be told apart",
-                    r.backend, r.protocol
+                    "backend {b}/{} is already a backend of {by}; replies could not be told apart",
+                    r.protocol
                 ));
             }
         }
@@ -624,7 +657,9 @@ impl EtcdStore {
                     keys::port_key(s.route.port, k.protocol),
                     None,
                 ));
-                ops.push(TxnOp::delete(keys::backend_key(&s.route), None));
+                for k in keys::backend_keys(&s.route) {
+                    ops.push(TxnOp::delete(k, None));
+                }
             }
         }
         if ops.is_empty() {
@@ -705,7 +740,7 @@ impl Store for EtcdStore {
                 RouteChange::Put(_) => None,
             })
             .collect();
-        for chunk in puts.chunks(ROUTES_PER_TXN) {
+        for chunk in by_keys(&puts) {
             // Without a stamp nothing but the guards can refuse (and those are errors).
             let Put::Done(revision) = self.put_routes(chunk, None)? else {
                 return Err(StateError::Refused {
@@ -723,6 +758,38 @@ impl Store for EtcdStore {
             }
         }
         // etcd answers once the change is committed by a quorum: nothing left to wait for.
+        Ok(Commit::done())
+    }
+
+    /// Puts the route's new value (its pool's drained flags) only while the route exists:
+    /// its port and backend keys stay as they are, since neither changed.
+    fn record_update(
+        &mut self,
+        route: &StoredRoute,
+        _all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        let key = route.route.key();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                keys::route_key(&key),
+                CompareOp::Greater,
+                0,
+            )])
+            .and_then(vec![
+                TxnOp::put(keys::route_key(&key), keys::encode_route(route), None),
+                TxnOp::put(keys::changed_key(), "", None),
+            ]);
+        let resp = self.call("change the route", move |mut c| {
+            Box::pin(async move { c.txn(txn).await })
+        })?;
+        if !resp.succeeded() {
+            return Err(StateError::Refused {
+                reason: format!("{key} was removed through another gateway meanwhile"),
+                taken: Vec::new(),
+            });
+        }
+        let revision = resp.header().map_or(0, |h| h.revision());
+        self.status.wrote(revision, vec![key]);
         Ok(Commit::done())
     }
 

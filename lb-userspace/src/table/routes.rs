@@ -14,11 +14,22 @@
 //! survive; freed slots are reused, and the data plane zeroes a slot when it is handed out
 //! again.
 //!
+//! A route's pool (`lb_model::Pool`) says which backends it has and which are drained; whether
+//! each answers is runtime state kept here, in [`Entry::down`], never stored. What the data
+//! plane and the web routers send new flows to is the pure [`Entry::active`]: members neither
+//! drained nor down, or, when every undrained member is down, all of them (fail open: a
+//! health check that wrongly fails everything must not take the service away;
+//! [`Entry::fail_open`] says so for the logs, metrics and status). A change of health or
+//! drain is a [`Changed`] entry with the same key, so everything that mirrors the table
+//! follows it as it follows any other change.
+//!
 //! The one owner of uniqueness (key, public port, backend; a clash names the field): the config
 //! file and the state file are checked by inserting them into a scratch table. Also here:
 //! `replace_config` (the SIGHUP diff, all or nothing), `restore` (a rolled-back removal puts
 //! each route back in its own slot, which the maps still name) and [`idle_routes`], the pure
-//! reclaim rule taking `now`. Indexes by port, by backend, of the free ports and of a name's
+//! reclaim rule taking `now`. A backend belongs to one route: every member of every pool is
+//! indexed, drained or not, so a reply is always found by its source. Indexes by port, by
+//! backend, of the free ports and of a name's
 //! routes keep every operation independent of the table's size.
 
 use std::{
@@ -29,7 +40,7 @@ use std::{
 
 use lb_common::MAX_ROUTES;
 
-use lb_model::{FieldError, PortRange, Protocol, Route, RouteKey};
+use lb_model::{FieldError, Pool, PortRange, Protocol, Route, RouteKey};
 
 /// Why a route cannot join the table: the field that clashes (`name`, `port` or `backend`)
 /// with the reason, and the key of the route that holds it, so a caller that numbers its
@@ -73,6 +84,8 @@ pub enum RouteError {
     Conflict(Clash),
     #[error("counter slot {0} belongs to another route")]
     SlotTaken(u32),
+    #[error("{0} does not exist")]
+    Missing(RouteKey),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +98,8 @@ pub struct Entry {
     pub added: SystemTime,
     /// The last packet seen on the route (wall clock), if any was.
     pub last_seen: Option<SystemTime>,
+    /// Members the health checks found down (runtime state: never stored, empty at start).
+    pub down: BTreeSet<SocketAddrV4>,
 }
 
 impl Entry {
@@ -94,6 +109,70 @@ impl Entry {
             Some(t) if t > self.added => t,
             _ => self.added,
         }
+    }
+
+    /// Where new flows go, with each member's weight, in pool order: the members neither
+    /// drained nor down; if that leaves none, every undrained member (fail open). Never
+    /// empty, since a pool always has an undrained member.
+    pub fn active(&self) -> Vec<(SocketAddrV4, u16)> {
+        let members = self.route.backends.members();
+        let serving = |m: &&lb_model::Member| !m.drained;
+        let up: Vec<_> = members
+            .iter()
+            .filter(serving)
+            .filter(|m| !self.down.contains(&m.addr))
+            .map(|m| (m.addr, m.weight))
+            .collect();
+        if !up.is_empty() {
+            return up;
+        }
+        members
+            .iter()
+            .filter(serving)
+            .map(|m| (m.addr, m.weight))
+            .collect()
+    }
+
+    /// Whether [`Entry::active`] fell back to members that are down.
+    pub fn fail_open(&self) -> bool {
+        self.route
+            .backends
+            .members()
+            .iter()
+            .filter(|m| !m.drained)
+            .all(|m| self.down.contains(&m.addr))
+    }
+
+    /// The backend a one-backend view of the route names (the first active member): what
+    /// the data plane's frontend holds until it chooses among the pool itself.
+    pub fn primary(&self) -> SocketAddrV4 {
+        self.active()
+            .first()
+            .map_or(self.route.backends.first(), |&(a, _)| a)
+    }
+
+    /// The route as the web routers see it: its pool reduced to [`Entry::active`].
+    pub fn serving(&self) -> Route {
+        let mut route = self.route.clone();
+        let members = self
+            .active()
+            .into_iter()
+            .map(|(addr, weight)| lb_model::Member {
+                addr,
+                weight,
+                drained: false,
+            })
+            .collect();
+        if let Ok(pool) = Pool::new(members) {
+            route.backends = pool;
+        }
+        route
+    }
+
+    /// Forgets the health of addresses that are no longer members.
+    fn prune_down(&mut self) {
+        let pool = &self.route.backends;
+        self.down.retain(|a| pool.member(*a).is_some());
     }
 }
 
@@ -206,21 +285,27 @@ impl RouteTable {
                 ),
             ));
         }
-        if let Some(k) = self
-            .by_backend
-            .get(&(route.backend, route.protocol))
-            .filter(|k| other(k))
-        {
-            return Err(clash(
-                "backend",
-                k,
-                format!(
-                    "{}/{} is already the backend of {k} ({} route); replies could not be told apart",
-                    route.backend,
-                    route.protocol,
-                    self.entries[k].source.as_str()
-                ),
-            ));
+        for backend in route.backends.addrs() {
+            if let Some(k) = self
+                .by_backend
+                .get(&(backend, route.protocol))
+                .filter(|k| other(k))
+            {
+                let field = if route.backends.is_single() {
+                    "backend"
+                } else {
+                    "backends"
+                };
+                return Err(clash(
+                    field,
+                    k,
+                    format!(
+                        "{backend}/{} is already a backend of {k} ({} route); replies could not be told apart",
+                        route.protocol,
+                        self.entries[k].source.as_str()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -242,6 +327,7 @@ impl RouteTable {
             source,
             added,
             last_seen,
+            down: BTreeSet::new(),
         };
         self.index(&e);
         self.entries.insert(e.route.key(), e.clone());
@@ -275,6 +361,50 @@ impl RouteTable {
 
     pub fn get(&self, key: &RouteKey) -> Option<&Entry> {
         self.entries.get(key)
+    }
+
+    /// Gives route `key` the pool `backends` in place (drain, undrain): same port and slot,
+    /// health kept for the members that stay. Refused if a new member is another route's.
+    pub fn set_backends(&mut self, key: &RouteKey, backends: Pool) -> Result<Changed, RouteError> {
+        let old = self
+            .entries
+            .get(key)
+            .cloned()
+            .ok_or_else(|| RouteError::Missing(key.clone()))?;
+        let mut new = old.clone();
+        new.route.backends = backends;
+        new.prune_down();
+        self.check_conflicts(&new.route, Some(key))
+            .map_err(RouteError::Conflict)?;
+        self.unindex(&old);
+        self.index(&new);
+        self.entries.insert(key.clone(), new.clone());
+        Ok(Changed { old, new })
+    }
+
+    /// Records whether member `backend` of route `key` is down: the change, or `None` if
+    /// nothing changed (no such route or member, or the same verdict as before).
+    pub fn set_down(
+        &mut self,
+        key: &RouteKey,
+        backend: SocketAddrV4,
+        down: bool,
+    ) -> Option<Changed> {
+        let e = self.entries.get_mut(key)?;
+        e.route.backends.member(backend)?;
+        if e.down.contains(&backend) == down {
+            return None;
+        }
+        let old = e.clone();
+        if down {
+            e.down.insert(backend);
+        } else {
+            e.down.remove(&backend);
+        }
+        Some(Changed {
+            old,
+            new: e.clone(),
+        })
     }
 
     /// A free public port for a new route `(name, service, protocol)`: the port its sibling
@@ -334,7 +464,16 @@ impl RouteTable {
         routes: &[Route],
         now: SystemTime,
     ) -> Result<Diff, Vec<FieldError>> {
-        let wanted: BTreeMap<RouteKey, (usize, &Route)> = routes
+        // A config route's members drained at runtime (`route drain`: kept in the table
+        // only, since the file is the admin's) stay drained while the file names them.
+        let carried: Vec<Route> = routes
+            .iter()
+            .map(|r| match self.entries.get(&r.key()) {
+                Some(e) if e.source == Source::Config => carry_drain(&e.route, r),
+                _ => r.clone(),
+            })
+            .collect();
+        let wanted: BTreeMap<RouteKey, (usize, &Route)> = carried
             .iter()
             .enumerate()
             .map(|(i, r)| (r.key(), (i + 1, r)))
@@ -375,8 +514,8 @@ impl RouteTable {
                 problems.push(FieldError {
                     field: format!("route[{n}].name"),
                     reason: format!(
-                        "{key} is a runtime route (port {}, backend {}); remove it with `srvgate route rm {} --service {}` first, or copy it into the file unchanged",
-                        e.route.port, e.route.backend, key.name, key.service
+                        "{key} is a runtime route (port {}, backends {}); remove it with `srvgate route rm {} --service {}` first, or copy it into the file unchanged",
+                        e.route.port, e.route.backends, key.name, key.service
                     ),
                 });
                 continue;
@@ -394,6 +533,7 @@ impl RouteTable {
             }
             let mut new = old.clone();
             new.route = route.clone();
+            new.prune_down();
             scratch.index(&new);
             scratch.entries.insert(key, new.clone());
             diff.changed.push(Changed { old, new });
@@ -434,8 +574,11 @@ impl RouteTable {
         let mut pending = Vec::new();
         for e in self.entries.values_mut() {
             match pinned.get(&(e.route.port, e.route.protocol)) {
+                // The frontend held one member of the pool (whichever was active then).
                 Some(&(backend, id))
-                    if backend == e.route.backend && id < MAX_ROUTES && used.insert(id) =>
+                    if e.route.backends.member(backend).is_some()
+                        && id < MAX_ROUTES
+                        && used.insert(id) =>
                 {
                     e.id = id;
                 }
@@ -479,14 +622,17 @@ impl RouteTable {
         let key = e.route.key();
         self.by_port
             .insert((e.route.port, e.route.protocol), key.clone());
-        self.by_backend
-            .insert((e.route.backend, e.route.protocol), key);
+        for b in e.route.backends.addrs() {
+            self.by_backend.insert((b, e.route.protocol), key.clone());
+        }
     }
 
     fn unindex(&mut self, e: &Entry) {
         let p = e.route.port;
         self.by_port.remove(&(p, e.route.protocol));
-        self.by_backend.remove(&(e.route.backend, e.route.protocol));
+        for b in e.route.backends.addrs() {
+            self.by_backend.remove(&(b, e.route.protocol));
+        }
         if !self.by_port.contains_key(&(p, Protocol::Tcp))
             && !self.by_port.contains_key(&(p, Protocol::Udp))
         {
@@ -513,6 +659,11 @@ impl RouteTable {
         self.entries.values().map(|e| e.route.clone()).collect()
     }
 
+    /// Every route as the web routers see it ([`Entry::serving`]).
+    pub fn serving_routes(&self) -> Vec<Route> {
+        self.entries.values().map(Entry::serving).collect()
+    }
+
     /// Whether some route uses public `port` for `protocol`.
     pub fn port_in_use(&self, port: u16, protocol: Protocol) -> bool {
         self.by_port.contains_key(&(port, protocol))
@@ -530,6 +681,25 @@ impl RouteTable {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// `file`'s route with the members that `held` had drained drained too, when the pool's
+/// rules allow it (else the file's as written).
+fn carry_drain(held: &Route, file: &Route) -> Route {
+    let mut route = file.clone();
+    let members = file
+        .backends
+        .members()
+        .iter()
+        .map(|m| lb_model::Member {
+            drained: m.drained || held.backends.member(m.addr).is_some_and(|h| h.drained),
+            ..*m
+        })
+        .collect();
+    if let Ok(pool) = Pool::new(members) {
+        route.backends = pool;
+    }
+    route
 }
 
 /// The runtime routes to reclaim at `now`: those whose last activity (last packet, else

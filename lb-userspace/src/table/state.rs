@@ -180,7 +180,12 @@ pub(crate) struct RawRoute {
     name: String,
     service: String,
     protocol: String,
+    /// A one-backend route's backend (what every state file before pools has), else empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     backend: String,
+    /// A pool's members, `ADDR:PORT[ weight=N][ drained]` (`lb_model::Member`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    backends: Vec<String>,
     port: u16,
     /// Seconds since the Unix epoch.
     added_unix: u64,
@@ -250,6 +255,16 @@ pub trait Store: Send {
         &mut self,
         route: &StoredRoute,
         _claim: &Claim,
+        all: &dyn Fn() -> Vec<StoredRoute>,
+    ) -> Result<Commit, StateError> {
+        self.record(&[RouteChange::Put(route.clone())], all)
+    }
+    /// Records that runtime route `route` changed in place (its pool's drained flags), its
+    /// key, port and backends as they were. A shared store makes it only while the route
+    /// still exists there.
+    fn record_update(
+        &mut self,
+        route: &StoredRoute,
         all: &dyn Fn() -> Vec<StoredRoute>,
     ) -> Result<Commit, StateError> {
         self.record(&[RouteChange::Put(route.clone())], all)
@@ -727,11 +742,31 @@ fn raw(s: &StoredRoute) -> RawRoute {
         name: s.route.name.clone(),
         service: s.route.service.clone(),
         protocol: s.route.protocol.to_string(),
-        backend: s.route.backend.to_string(),
+        backend: single_backend(&s.route),
+        backends: pool_texts(&s.route),
         port: s.route.port,
         added_unix: unix(s.added),
         last_seen_unix: s.last_seen.map(unix),
         proxy_protocol: s.route.proxy_protocol.map(|p| p.as_str().to_string()),
+    }
+}
+
+/// A plain one-backend route's backend, written as `backend` so that a file of such routes
+/// reads the same as before pools (and an older srvgate reads it).
+pub(crate) fn single_backend(r: &lb_model::Route) -> String {
+    if r.backends.is_single() {
+        r.backends.first().to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// A pool's members' texts, unless [`single_backend`] writes the route.
+pub(crate) fn pool_texts(r: &lb_model::Route) -> Vec<String> {
+    if r.backends.is_single() {
+        Vec::new()
+    } else {
+        r.backends.texts()
     }
 }
 
@@ -810,6 +845,7 @@ fn validate(
             service: r.service,
             protocol: Some(r.protocol),
             backend: r.backend,
+            backends: r.backends,
             port: Some(r.port),
             proxy_protocol: r.proxy_protocol,
         };

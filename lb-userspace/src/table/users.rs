@@ -112,8 +112,9 @@ impl Denied {
     }
 }
 
-/// Whether `user` may add `draft`, given that they hold `held` routes now. Admins may add
-/// anything; the table's own rules (uniqueness, the port range) still apply after this.
+/// Whether `user` may add `draft`, given that they hold `held` routes now: their name, every
+/// member of the pool their own (one foreign member refuses the whole claim), within their
+/// quota. Admins may add anything; the table's own rules (uniqueness, the port range) still apply after this.
 pub fn check_claim(user: &User, draft: &RouteDraft, held: usize) -> Result<(), Denied> {
     if user.admin {
         return Ok(());
@@ -124,10 +125,10 @@ pub fn check_claim(user: &User, draft: &RouteDraft, held: usize) -> Result<(), D
             name: draft.name.clone(),
         });
     }
-    if !user.allows_backend(draft.backend) {
+    if let Some(backend) = draft.backends.addrs().find(|b| !user.allows_backend(*b)) {
         return Err(Denied::NotYourBackend {
             user: user.name.clone(),
-            backend: draft.backend,
+            backend,
             allowed: user.backends.clone(),
         });
     }

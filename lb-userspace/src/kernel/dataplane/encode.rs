@@ -15,14 +15,16 @@ pub fn addr_be(ip: std::net::Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
-/// The frontend map entry of a route: the slot of `(public port, protocol)` -> backend.
+/// The frontend map entry of a route: the slot of `(public port, protocol)` -> the pool's
+/// first active member (`Entry::primary`), until the program chooses among the pool.
 pub fn frontend_entry(e: &Entry) -> (u32, Backend) {
     let r = &e.route;
+    let backend = e.primary();
     (
         frontend_slot(r.port, r.protocol),
         Backend {
-            addr: addr_be(*r.backend.ip()),
-            port: r.backend.port().to_be(),
+            addr: addr_be(*backend.ip()),
+            port: backend.port().to_be(),
             live: BACKEND_LIVE,
             route_id: e.id,
         },
@@ -44,17 +46,23 @@ pub fn reverse_key(backend: SocketAddrV4, protocol: Protocol) -> ReverseKey {
     )
 }
 
-/// The reverse map entry of a route: `backend (address, port, protocol) -> public port`.
-pub fn reverse_entry(e: &Entry) -> (ReverseKey, ReverseValue) {
+/// The reverse map entries of a route, one per member, drained and down ones too (their
+/// established flows still answer): `backend (address, port, protocol) -> public port`.
+pub fn reverse_entries(e: &Entry) -> Vec<(ReverseKey, ReverseValue)> {
     let r = &e.route;
-    (
-        reverse_key(r.backend, r.protocol),
-        ReverseValue {
-            public_port: r.port.to_be(),
-            _pad: 0,
-            route_id: e.id,
-        },
-    )
+    r.backends
+        .addrs()
+        .map(|b| {
+            (
+                reverse_key(b, r.protocol),
+                ReverseValue {
+                    public_port: r.port.to_be(),
+                    _pad: 0,
+                    route_id: e.id,
+                },
+            )
+        })
+        .collect()
 }
 
 /// The route (port, protocol, backend, counter slot) a pinned frontend slot stands for,
@@ -108,7 +116,9 @@ mod tests {
         assert_eq!(be.addr.to_ne_bytes(), [10, 0, 0, 11]);
         assert_eq!(be.port.to_ne_bytes(), 22u16.to_be_bytes());
         assert_eq!(be.live, BACKEND_LIVE);
-        let (rk, rv) = reverse_entry(e);
+        let [(rk, rv)] = reverse_entries(e)[..] else {
+            panic!("one member, one reverse entry")
+        };
         assert_eq!(rk.addr, be.addr);
         assert_eq!(rk.port, be.port);
         assert_eq!(

@@ -21,7 +21,8 @@ use tracing::{info, warn};
 
 use super::{
     encode::{
-        decode_frontend, decode_reverse, frontend_entry, frontend_slot, reverse_entry, reverse_key,
+        decode_frontend, decode_reverse, frontend_entry, frontend_slot, reverse_entries,
+        reverse_key,
     },
     guard_entries, netdev,
     pins::remove_pins,
@@ -132,12 +133,11 @@ impl XdpDataplane {
                     .set(slot, Plain(v), 0)
                     .map_err(map_err(map_names::FRONTENDS))
             }
-            MapOp::WriteReverse(e) => {
-                let (k, v) = reverse_entry(e);
+            MapOp::WriteReverse(e) => reverse_entries(e).into_iter().try_for_each(|(k, v)| {
                 self.reverse
                     .insert(Plain(k), Plain(v), 0)
                     .map_err(map_err(map_names::REVERSE))
-            }
+            }),
             MapOp::RemoveFrontend(port, protocol) => self
                 .frontends
                 .set(frontend_slot(*port, *protocol), no_route(), 0)

@@ -242,7 +242,7 @@ fn route_cells(out: &mut String, v: &RouteView, traffic: &[TrafficMinute], now_u
         esc(&v.service),
         esc(&v.protocol),
         v.port,
-        esc(&v.backend),
+        esc(&v.pool_text()),
         bytes(v.inbound_bytes),
         bytes(v.outbound_bytes),
         chart(traffic, now_unix),
@@ -372,7 +372,7 @@ pub fn confirm_release(v: &RouteView, admin: bool, csrf: &str) -> String {
         service = esc(&v.service),
         protocol = esc(&v.protocol),
         port = v.port,
-        backend = esc(&v.backend),
+        backend = esc(&v.pool_text()),
         csrf = csrf_field(csrf),
     );
     layout("Release", Some((&v.name, admin, csrf)), &main)

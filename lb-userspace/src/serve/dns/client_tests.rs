@@ -24,7 +24,7 @@ fn route(name: &str, service: &str, port: u16) -> Route {
         name: name.into(),
         service: service.into(),
         protocol: Proto::Tcp,
-        backend: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), 22),
+        backends: lb_model::Pool::one(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), 22)),
         port,
         proxy_protocol: None,
     }

@@ -41,7 +41,10 @@ fn route(name: &str, service: &str, protocol: Proto, port: u16) -> Route {
         name: name.into(),
         service: service.into(),
         protocol,
-        backend: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), port - 30000 + 1000),
+        backends: lb_model::Pool::one(SocketAddrV4::new(
+            Ipv4Addr::new(10, 0, 0, 11),
+            port - 30000 + 1000,
+        )),
         port,
         proxy_protocol: None,
     }

@@ -219,7 +219,7 @@ fn route(name: &str, service: &str, backend: SocketAddr) -> lb_model::Route {
         name: name.into(),
         service: service.into(),
         protocol: Protocol::Tcp,
-        backend,
+        backends: lb_model::Pool::one(backend),
         port: 30080,
         proxy_protocol: None,
     }
@@ -650,4 +650,162 @@ async fn responses_are_relayed_as_their_heads_frame_them() {
          HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\
          HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     );
+}
+
+/// Sends one request on `s` (keep-alive) and returns which backend answered (its tag).
+async fn ask(s: &mut TcpStream, host: &str) -> String {
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let text = response(&mut Reader::new(s)).await;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    body.split(' ').next().unwrap_or_default().to_string()
+}
+
+fn members(addrs: &[SocketAddr]) -> Vec<web::Member> {
+    addrs
+        .iter()
+        .map(|a| web::Member {
+            backend: web::Backend {
+                addr: match a {
+                    SocketAddr::V4(a) => *a,
+                    SocketAddr::V6(_) => panic!("v4 only"),
+                },
+                proxy_protocol: None,
+            },
+            weight: 1,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn requests_rotate_over_the_pool_and_skip_what_it_leaves_out() {
+    let (a, b, c) = (
+        backend("alice").await,
+        backend("bob").await,
+        backend("carol").await,
+    );
+    let server = HttpServer::start(
+        &http_cfg("http"),
+        "lab.example",
+        &[route("judge", "http", a)],
+    )
+    .await
+    .unwrap();
+    let hosts = &server.shared().core.hosts;
+    hosts.set([("judge".to_string(), members(&[a, b, c]))]);
+    let mut s = TcpStream::connect(server.local_addrs()[0]).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(ask(&mut s, "judge.http.lab.example").await);
+    }
+    assert_eq!(seen, ["alice", "bob", "carol", "alice", "bob", "carol"]);
+
+    // bob down or drained: the pool the router is given leaves it out.
+    hosts.set([("judge".to_string(), members(&[a, c]))]);
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(ask(&mut s, "judge.http.lab.example").await);
+    }
+    seen.sort();
+    assert_eq!(seen, ["alice", "alice", "carol", "carol"]);
+}
+
+#[tokio::test]
+async fn a_backend_that_cannot_be_reached_is_passed_over() {
+    let dead = {
+        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        l.local_addr().unwrap()
+    };
+    let a = backend("alice").await;
+    let server = HttpServer::start(
+        &http_cfg("http"),
+        "lab.example",
+        &[route("judge", "http", a)],
+    )
+    .await
+    .unwrap();
+    server
+        .shared()
+        .core
+        .hosts
+        .set([("judge".to_string(), members(&[dead, a]))]);
+    for _ in 0..4 {
+        let r = get(
+            server.local_addrs()[0],
+            "GET / HTTP/1.1\r\nHost: judge.http.lab.example\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.contains("\r\n\r\nalice "),
+            "{r}"
+        );
+    }
+    // Every backend unreachable: one 502, after trying them all.
+    server
+        .shared()
+        .core
+        .hosts
+        .set([("judge".to_string(), members(&[dead]))]);
+    let r = get(
+        server.local_addrs()[0],
+        "GET / HTTP/1.1\r\nHost: judge.http.lab.example\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+}
+
+#[tokio::test]
+async fn an_upgrade_stays_on_its_backend_and_counts_as_outstanding() {
+    let (a, b) = (backend("alice").await, backend("bob").await);
+    let server = HttpServer::start(
+        &http_cfg("http"),
+        "lab.example",
+        &[route("judge", "http", a)],
+    )
+    .await
+    .unwrap();
+    let hosts = &server.shared().core.hosts;
+    hosts.set([("judge".to_string(), members(&[a, b]))]);
+    let at = server.local_addrs()[0];
+    // The pool's first pick is alice: the WebSocket goes there and stays.
+    let mut ws = TcpStream::connect(at).await.unwrap();
+    ws.write_all(b"GET /ws HTTP/1.1\r\nHost: judge.http.lab.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 512];
+    let n = read_until_head(&mut ws, &mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101"));
+    let pool = hosts.pool("judge.http.lab.example").unwrap();
+    let SocketAddr::V4(a4) = a else { panic!() };
+    assert_eq!(pool.outstanding(a4), 1, "the tunnel holds its backend");
+    // While it is open, alice has more outstanding: plain requests go to bob.
+    let mut s = TcpStream::connect(at).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(ask(&mut s, "judge.http.lab.example").await, "bob");
+    }
+    // The tunnel still reaches the same backend (its echo).
+    for word in [&b"one"[..], b"two"] {
+        ws.write_all(word).await.unwrap();
+        let mut back = vec![0u8; word.len()];
+        tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, word);
+    }
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while pool.outstanding(a4) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the closed tunnel gave its backend back");
+    let mut picks = Vec::new();
+    for _ in 0..2 {
+        picks.push(ask(&mut s, "judge.http.lab.example").await);
+    }
+    picks.sort();
+    assert_eq!(picks, ["alice", "bob"]);
 }

@@ -52,7 +52,7 @@ fn route(name: &str, backend: std::net::SocketAddr, pp: Option<ProxyProtocol>) -
         name: name.into(),
         service: "https".into(),
         protocol: Protocol::Tcp,
-        backend,
+        backends: lb_model::Pool::one(backend),
         port: 30443,
         proxy_protocol: pp,
     }
@@ -188,4 +188,81 @@ async fn an_evicted_relay_closes_both_of_its_sockets() {
     let sample = server.sample();
     let errors: std::collections::HashMap<_, _> = sample.errors.into_iter().collect();
     assert_eq!((sample.open, errors["evicted"]), (3, 1));
+}
+
+fn member(addr: std::net::SocketAddr) -> web::Member {
+    let std::net::SocketAddr::V4(addr) = addr else {
+        panic!("v4 only")
+    };
+    web::Member {
+        backend: web::Backend {
+            addr,
+            proxy_protocol: None,
+        },
+        weight: 1,
+    }
+}
+
+/// Which of `listeners` the router relayed a new connection to (its index), within 5 s.
+async fn relayed_to(listeners: &[TcpListener]) -> (usize, TcpStream) {
+    let accepts = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Box::pin(async move { (i, l.accept().await.unwrap().0) }));
+    tokio::time::timeout(Duration::from_secs(5), futures_select(accepts.collect()))
+        .await
+        .expect("relayed to a backend")
+}
+
+/// The first of `futures` to finish.
+async fn futures_select<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> F::Output {
+    std::future::poll_fn(|cx| {
+        for f in futures.iter_mut() {
+            if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(out);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+#[tokio::test]
+async fn connections_rotate_over_the_pool_past_an_unreachable_backend() {
+    let listeners = [
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
+    ];
+    let dead = {
+        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        l.local_addr().unwrap()
+    };
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let cfg = config::Https {
+        listen: vec![(Ipv4Addr::LOCALHOST, 0).into()],
+        service: "https".into(),
+        limits: WebLimits::default(),
+    };
+    let server = HttpsServer::start(&cfg, None, "lab.example", &[route("judge", addrs[0], None)])
+        .await
+        .unwrap();
+    server.shared().core.hosts.set([(
+        "judge".to_string(),
+        vec![member(addrs[0]), member(dead), member(addrs[1])],
+    )]);
+    let at = server.local_addrs()[0];
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(at).await.unwrap();
+        c.write_all(&client_hello(Some("judge.https.lab.example")))
+            .await
+            .unwrap();
+        let (i, b) = relayed_to(&listeners).await;
+        order.push(i);
+        // Each relay ends before the next starts: a quiet pool, so round robin.
+        drop((c, b));
+    }
+    // Every connection relayed (the dead one's turns passed on), spread over both.
+    assert_eq!(order.iter().filter(|&&i| i == 0).count(), 2, "{order:?}");
+    assert_eq!(order.iter().filter(|&&i| i == 1).count(), 2, "{order:?}");
 }

@@ -55,8 +55,13 @@ pub fn port_key(port: u16, protocol: Protocol) -> String {
     format!("{PREFIX}ports/{port}/{protocol}")
 }
 
-pub fn backend_key(r: &Route) -> String {
-    format!("{PREFIX}backends/{}/{}", r.protocol, r.backend)
+/// The guard keys of a route's backends, one per member of its pool (a backend belongs to
+/// one route across the cluster, as in one table).
+pub fn backend_keys(r: &Route) -> Vec<String> {
+    r.backends
+        .addrs()
+        .map(|b| format!("{PREFIX}backends/{}/{b}", r.protocol))
+        .collect()
 }
 
 /// A removed account's `holds/<name>` value.
@@ -241,7 +246,9 @@ mod tests {
             classify(port_key(30001, Protocol::Udp).as_bytes()),
             Kind::Port(30001, Protocol::Udp)
         );
-        assert_eq!(classify(backend_key(&s.route).as_bytes()), Kind::Backend);
+        for k in backend_keys(&s.route) {
+            assert_eq!(classify(k.as_bytes()), Kind::Backend);
+        }
         assert_eq!(classify(accounts_key().as_bytes()), Kind::Accounts);
         assert_eq!(classify(changed_key().as_bytes()), Kind::Changed);
         assert_eq!(
@@ -371,5 +378,34 @@ mod tests {
         .unwrap_err();
         assert!(e.contains(&key) && e.contains("added_unix"), "{e}");
         assert_eq!(decode_seen(u64::MAX.to_string().as_bytes()), None);
+    }
+
+    #[test]
+    fn a_pool_has_a_guard_key_per_member_and_its_value_decodes() {
+        let mut s = stored("judge", 30002, "10.0.0.21:80");
+        s.route.backends =
+            lb_model::Pool::parse(&["10.0.0.21:80", "10.0.0.22:80 weight=2"]).unwrap();
+        assert_eq!(
+            backend_keys(&s.route),
+            [
+                format!("{PREFIX}backends/tcp/10.0.0.21:80"),
+                format!("{PREFIX}backends/tcp/10.0.0.22:80"),
+            ]
+        );
+        let back = decode_routes(
+            "etcd",
+            &[(
+                route_key(&s.route.key()).into_bytes(),
+                encode_route(&s).into_bytes(),
+            )],
+            PUBLIC,
+        )
+        .unwrap();
+        assert_eq!(back[0].route, s.route);
+        // A value written before pools (one `backend`) still decodes.
+        let old = stored("alice", 30001, "10.0.0.5:22");
+        let value = encode_route(&old);
+        assert!(value.contains("\"backend\":\"10.0.0.5:22\""), "{value}");
+        assert!(!value.contains("backends"), "{value}");
     }
 }

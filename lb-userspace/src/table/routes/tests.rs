@@ -445,3 +445,132 @@ fn the_free_port_index_and_the_name_index_follow_every_change() {
         }
     }
 }
+
+fn pool(name: &str, port: u16, backends: &[&str]) -> Route {
+    crate::testing::pool_route(name, port, backends)
+}
+
+fn a(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+#[test]
+fn every_member_of_a_pool_belongs_to_its_route_alone() {
+    let mut t = RouteTable::new();
+    t.insert(
+        pool("alice", 30001, &["10.0.0.11:80", "10.0.0.12:80 drained"]),
+        Source::Runtime,
+        t0(),
+        None,
+    )
+    .unwrap();
+    assert!(
+        t.backend_in_use(a("10.0.0.12:80"), Protocol::Tcp),
+        "drained too"
+    );
+    let e = t
+        .insert(
+            pool("bob", 30002, &["10.0.0.13:80", "10.0.0.12:80"]),
+            Source::Runtime,
+            t0(),
+            None,
+        )
+        .unwrap_err();
+    let RouteError::Conflict(c) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(c.error.field, "backends");
+    assert!(
+        c.error.reason.contains("10.0.0.12:80/tcp"),
+        "{}",
+        c.error.reason
+    );
+    // The same address over the other protocol is another backend.
+    t.insert(
+        udp(pool("bob", 30002, &["10.0.0.13:80", "10.0.0.12:80"])),
+        Source::Runtime,
+        t0(),
+        None,
+    )
+    .unwrap();
+    // Removing a pool frees every member.
+    t.remove(&pool("alice", 30001, &["10.0.0.11:80"]).key());
+    assert!(!t.backend_in_use(a("10.0.0.11:80"), Protocol::Tcp));
+    assert!(!t.backend_in_use(a("10.0.0.12:80"), Protocol::Tcp));
+}
+
+#[test]
+fn active_skips_drained_and_down_and_fails_open() {
+    let mut t = RouteTable::new();
+    let r = pool(
+        "alice",
+        30001,
+        &[
+            "10.0.0.11:80",
+            "10.0.0.12:80 weight=3",
+            "10.0.0.13:80 drained",
+        ],
+    );
+    let key = r.key();
+    t.insert(r, Source::Runtime, t0(), None).unwrap();
+    let e = t.get(&key).unwrap();
+    assert_eq!(
+        e.active(),
+        vec![(a("10.0.0.11:80"), 1), (a("10.0.0.12:80"), 3)]
+    );
+    assert!(!e.fail_open());
+    let c = t.set_down(&key, a("10.0.0.11:80"), true).unwrap();
+    assert_eq!((c.old.route.key(), c.new.id), (key.clone(), c.old.id));
+    assert_eq!(c.new.active(), vec![(a("10.0.0.12:80"), 3)]);
+    assert_eq!(c.new.primary(), a("10.0.0.12:80"));
+    assert!(
+        t.set_down(&key, a("10.0.0.11:80"), true).is_none(),
+        "no news"
+    );
+    assert!(
+        t.set_down(&key, a("10.0.0.99:80"), true).is_none(),
+        "no member"
+    );
+    // Down and drained both: still never chosen while another is up.
+    t.set_down(&key, a("10.0.0.13:80"), true).unwrap();
+    let c = t.set_down(&key, a("10.0.0.12:80"), true).unwrap();
+    assert!(c.new.fail_open() && !c.old.fail_open());
+    assert_eq!(
+        c.new.active(),
+        vec![(a("10.0.0.11:80"), 1), (a("10.0.0.12:80"), 3)],
+        "every undrained member, never the drained one"
+    );
+    assert_eq!(
+        c.new.serving().backends.to_string(),
+        "10.0.0.11:80, 10.0.0.12:80 weight=3"
+    );
+}
+
+#[test]
+fn set_backends_keeps_the_slot_and_the_health_of_members_that_stay() {
+    let mut t = RouteTable::new();
+    let r = pool("alice", 30001, &["10.0.0.11:80", "10.0.0.12:80"]);
+    let key = r.key();
+    t.insert(r, Source::Runtime, t0(), None).unwrap();
+    t.set_down(&key, a("10.0.0.12:80"), true).unwrap();
+    let drained = t
+        .get(&key)
+        .unwrap()
+        .route
+        .backends
+        .with_drained(a("10.0.0.11:80"), true)
+        .unwrap();
+    let c = t.set_backends(&key, drained).unwrap();
+    assert_eq!(c.new.id, c.old.id);
+    assert_eq!(c.new.down, c.old.down);
+    assert!(c.new.fail_open(), "the only undrained member is down");
+    assert_eq!(c.new.active(), vec![(a("10.0.0.12:80"), 1)]);
+    let missing = RouteKey {
+        name: "nobody".into(),
+        ..key
+    };
+    assert_eq!(
+        t.set_backends(&missing, Pool::one(a("10.0.0.13:80"))),
+        Err(RouteError::Missing(missing))
+    );
+}

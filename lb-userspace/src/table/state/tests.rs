@@ -391,3 +391,45 @@ fn a_snapshot_fsyncs_the_directory_after_unlinking_its_segments() {
         "{ops:?}"
     );
 }
+
+#[test]
+fn a_pool_is_stored_and_a_single_backend_keeps_the_old_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StateStore::open(dir.path()).unwrap();
+    let mut judge = stored("judge", 30002, "10.0.0.21:80", None);
+    judge.route.backends =
+        lb_model::Pool::parse(&["10.0.0.21:80", "10.0.0.22:80 weight=2 drained"]).unwrap();
+    let routes = vec![stored("alice", 30001, "10.0.0.11:22", None), judge];
+    store.save(&routes).unwrap();
+    let text = fs::read_to_string(store.path()).unwrap();
+    assert!(text.contains("\"backend\": \"10.0.0.11:22\""), "{text}");
+    assert!(text.contains("\"10.0.0.22:80 weight=2 drained\""), "{text}");
+    let mut back = store.load(PUBLIC).unwrap();
+    back.sort_by(|a, b| a.route.name.cmp(&b.route.name));
+    assert_eq!(back, routes);
+    // The journal carries a pool too.
+    let mut changed = routes[1].clone();
+    changed.route.backends = changed
+        .route
+        .backends
+        .with_drained("10.0.0.22:80".parse().unwrap(), false)
+        .unwrap();
+    store
+        .record(&[RouteChange::Put(changed.clone())], &|| Vec::new())
+        .unwrap()
+        .wait()
+        .unwrap();
+    drop(store);
+    let store = StateStore::open(dir.path()).unwrap();
+    let back = store.load(PUBLIC).unwrap();
+    assert!(back.contains(&changed), "{back:?}");
+}
+
+#[test]
+fn a_stored_pool_breaking_a_rule_is_refused_naming_it() {
+    let text = r#"{"version": 1, "routes": [{"name": "judge", "service": "http", "protocol": "tcp",
+        "backend": "10.0.0.21:80", "backends": ["10.0.0.22:80"], "port": 30002, "added_unix": 1700000000}]}"#;
+    let reason = corrupt_reason(text);
+    assert!(reason.contains("routes[1].backends"), "{reason}");
+    assert!(reason.contains("names both"), "{reason}");
+}

@@ -11,7 +11,7 @@ fn draft(name: &str, backend: &str) -> RouteDraft {
         name: name.into(),
         service: "ssh".into(),
         protocol: Protocol::Tcp,
-        backend: backend.parse().unwrap(),
+        backends: lb_model::Pool::one(backend.parse().unwrap()),
         port: None,
     }
 }
@@ -219,4 +219,18 @@ fn with_other_gateways_only_what_this_file_dropped_is_removed() {
     let mut alone = shared.clone();
     alone.apply_config(&[user("alice")], ConfigRemoval::Undeclared, now);
     assert!(alone.get("carol").is_none());
+}
+
+#[test]
+fn every_member_of_a_claimed_pool_must_be_the_students() {
+    let mut d = draft("alice", "10.0.0.11:80");
+    d.backends = lb_model::Pool::parse(&["10.0.0.11:80", "10.0.1.3:22", "10.0.0.12:80"]).unwrap();
+    match check_claim(&alice(), &d, 0) {
+        Err(Denied::NotYourBackend { backend, .. }) => {
+            assert_eq!(backend, "10.0.0.12:80".parse().unwrap())
+        }
+        other => panic!("{other:?}"),
+    }
+    d.backends = lb_model::Pool::parse(&["10.0.0.11:80", "10.0.1.3:22 weight=4"]).unwrap();
+    assert_eq!(check_claim(&alice(), &d, 0), Ok(()));
 }
