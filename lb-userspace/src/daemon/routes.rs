@@ -860,6 +860,22 @@ impl Core {
                     continue;
                 }
             }
+            if let (RouteChange::Put(s), Some(e)) = (&change, current) {
+                // Another gateway drained or undrained a member: the route changes in
+                // place, keeping its slot, counters and health here.
+                let mut same = s.route.clone();
+                same.backends = e.route.backends.clone();
+                if e.source == Source::Runtime
+                    && same == e.route
+                    && s.route.backends.addrs().eq(e.route.backends.addrs())
+                {
+                    match self.table.set_backends(&key, s.route.backends.clone()) {
+                        Ok(c) => diff.changed.push(c),
+                        Err(err) => error!(route = %key, "cluster: {key}'s pool: {err}"),
+                    }
+                    continue;
+                }
+            }
             match current {
                 Some(e) if e.source == Source::Config => {
                     if let RouteChange::Put(s) = &change {

@@ -335,3 +335,24 @@ fn checks_follow_pools_and_tell_the_runner_only_of_news() {
     assert!(rx.has_changed().unwrap());
     assert!(rx.borrow_and_update().is_empty());
 }
+
+#[test]
+fn a_drain_through_another_gateway_changes_the_route_in_place() {
+    let mut rig = two_backends();
+    let before = rig.entry("alice").unwrap();
+    let key = before.route.key();
+    assert!(rig.core.set_health(&key, a("10.0.0.12:80"), false));
+    let mut s = rig.store.state().routes[0].clone();
+    s.route.backends = s
+        .route
+        .backends
+        .with_drained(a("10.0.0.11:80"), true)
+        .unwrap();
+    rig.core.apply_shared(vec![RouteChange::Put(s.clone())]);
+    let after = rig.entry("alice").unwrap();
+    assert_eq!(after.id, before.id, "same slot, same counters");
+    assert_eq!(after.route, s.route);
+    assert!(after.down.contains(&a("10.0.0.12:80")), "health kept");
+    assert!(after.fail_open(), "the one undrained member is down");
+    assert_eq!(frontend(&rig, 30001), Some(a("10.0.0.12:80")));
+}
