@@ -6,6 +6,10 @@
 //! both switches, srvgate SIGKILLed, keepalived stopped): both connections must complete
 //! through gateway 2, and the stream's longest gap is printed and bounded. Gateway 2's DNS
 //! then answers on the address it took over.
+//!
+//! A route's pool (issue 26) fails over too: long-lived connections spread over a
+//! two-backend pool each stay on their backend through gateway 2, which holds no state of
+//! gateway 1's: its choice is a function of the pool and of health both gateways agree on.
 
 use std::{
     fs, thread,
@@ -170,17 +174,12 @@ fn stall(iv: &[(f64, f64, u64)]) -> (f64, f64, f64) {
     (from, empty, lost)
 }
 
-#[test]
-fn connections_survive_the_active_gateway_dying() {
-    let Some(lab) = ClusterLab::for_test("connections_survive_the_active_gateway_dying", "fo")
-    else {
-        return;
-    };
+/// Starts etcd and both gateways' srvgate as standbys (neither holds the VIP, DNS bound to
+/// it), each gateway seeing the other's frames too (the standby must not translate them).
+fn start_standbys(lab: &ClusterLab) {
     lab.route_through_vips().unwrap();
-    // Each gateway sees the other's frames too: the standby must not translate them.
     lab.flood().unwrap();
     lab.start_etcd().unwrap();
-    // Both start as standbys: neither holds the VIP, and DNS is bound to it.
     for (n, own) in GW_PUBLIC.iter().enumerate() {
         let config = lab
             .config(n)
@@ -194,6 +193,52 @@ fn connections_survive_the_active_gateway_dying() {
             n + 1
         );
     }
+}
+
+/// keepalived on both gateways, gw1 first so it becomes master; (gw1's, gw2's) pids.
+fn start_keepaliveds(lab: &ClusterLab) -> (u32, u32) {
+    let active = lab.start_keepalived(0, &keepalived_conf(0)).unwrap();
+    let took = wait_for("gw1 holds both VIPs", lab, Duration::from_secs(5), || {
+        lab.holds(0, "pub0", VIP).unwrap() && lab.holds(0, "priv1", VIP_PRIVATE).unwrap()
+    });
+    eprintln!("failover: gw1 became master after {took:?}");
+    let standby = lab.start_keepalived(1, &keepalived_conf(1)).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        !lab.holds(1, "pub0", VIP).unwrap(),
+        "gw2 took the VIP from a live gw1\n{}",
+        lab.logs()
+    );
+    (active, standby)
+}
+
+/// gw1 dies: off both switches, srvgate SIGKILLed, keepalived (`active`) stopped (its
+/// priority-0 adverts go nowhere: gw2 must notice the silence). Returns once gw2 holds
+/// both VIPs.
+fn gw1_dies(lab: &ClusterLab, active: u32) {
+    let died = Instant::now();
+    lab.unplug(0).unwrap();
+    lab.kill_srvgate(0).unwrap();
+    let took = thread::scope(|s| {
+        // Stopped meanwhile, so its exit does not delay the watch on gw2.
+        let stopping = s.spawn(|| lab.stop(active, Duration::from_secs(5)));
+        wait_for("gw2 takes both VIPs", lab, Duration::from_secs(5), || {
+            lab.holds(1, "pub0", VIP).unwrap() && lab.holds(1, "priv1", VIP_PRIVATE).unwrap()
+        });
+        let took = died.elapsed();
+        stopping.join().unwrap().unwrap();
+        took
+    });
+    eprintln!("failover: gw2 holds both VIPs {took:?} after gw1 died");
+}
+
+#[test]
+fn connections_survive_the_active_gateway_dying() {
+    let Some(lab) = ClusterLab::for_test("connections_survive_the_active_gateway_dying", "fo")
+    else {
+        return;
+    };
+    start_standbys(&lab);
     lab.start_sshd(22).unwrap();
     let iperf = lab
         .spawn(
@@ -207,18 +252,7 @@ fn connections_survive_the_active_gateway_dying() {
     let ssh_port = lab.claim(0, "alice", "ssh", &format!("{BACKEND}:22"));
     let iperf_port = lab.claim(0, "alice", "iperf", &format!("{BACKEND}:5201"));
 
-    let active = lab.start_keepalived(0, &keepalived_conf(0)).unwrap();
-    let took = wait_for("gw1 holds both VIPs", &lab, Duration::from_secs(5), || {
-        lab.holds(0, "pub0", VIP).unwrap() && lab.holds(0, "priv1", VIP_PRIVATE).unwrap()
-    });
-    eprintln!("failover: gw1 became master after {took:?}");
-    let standby = lab.start_keepalived(1, &keepalived_conf(1)).unwrap();
-    thread::sleep(Duration::from_millis(500));
-    assert!(
-        !lab.holds(1, "pub0", VIP).unwrap(),
-        "gw2 took the VIP from a live gw1\n{}",
-        lab.logs()
-    );
+    let (active, standby) = start_keepaliveds(&lab);
 
     // An interactive-like ssh session (a tick every ~20 ms) and a bulk stream, both
     // through gw1. iperf3 -R: the client receives, so its intervals show the real gap.
@@ -290,22 +324,7 @@ fn connections_survive_the_active_gateway_dying() {
         "gw2 became master while gw1 was alive (adverts missed):\n{log}"
     );
 
-    // gw1 dies: off both switches, srvgate SIGKILLed, keepalived stopped (its priority-0
-    // adverts go nowhere: gw2 must notice the silence).
-    let died = Instant::now();
-    lab.unplug(0).unwrap();
-    lab.kill_srvgate(0).unwrap();
-    let took = thread::scope(|s| {
-        // Stopped meanwhile, so its exit does not delay the watch on gw2.
-        let stopping = s.spawn(|| lab.stop(active, Duration::from_secs(5)));
-        wait_for("gw2 takes both VIPs", &lab, Duration::from_secs(5), || {
-            lab.holds(1, "pub0", VIP).unwrap() && lab.holds(1, "priv1", VIP_PRIVATE).unwrap()
-        });
-        let took = died.elapsed();
-        stopping.join().unwrap().unwrap();
-        took
-    });
-    eprintln!("failover: gw2 holds both VIPs {took:?} after gw1 died");
+    gw1_dies(&lab, active);
 
     let status = lab.wait_exit(stream, Duration::from_secs(20)).unwrap();
     let json = fs::read_to_string(&stream_log).unwrap();
@@ -384,5 +403,199 @@ fn connections_survive_the_active_gateway_dying() {
         (empty + 0.2) * 1000.0,
         silence * 1000.0,
         lab.logs()
+    );
+}
+
+/// The pool's second backend: an alias on the backend's machine, so one namespace runs both.
+const BACKEND2: &str = "10.210.41.22";
+/// Each pool member's service port.
+const MEMBER_PORT: u16 = 7000;
+/// Long-lived connections held across the failover.
+const HELD: usize = 20;
+
+/// A pool member's service: answers each line with `ADDR LINE`, so a client knows which
+/// member holds its connection. Args: ADDR PORT.
+const WHO: &str = r#"import socketserver, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+class Who(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(addr.encode() + b" " + line)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer.daemon_threads = True
+socketserver.ThreadingTCPServer((addr, port), Who).serve_forever()
+"#;
+
+/// The client: opens N connections to HOST:PORT, asks each which member holds it, prints
+/// `ready`, waits (bounded) for the file GO, asks each again on the same connection and
+/// prints `I FIRST SECOND` per connection. Args: HOST PORT N GO.
+const HOLD: &str = r#"import os, socket, sys, time
+host, port, n, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def ask(s, f, msg):
+    s.sendall(msg.encode() + b"\n")
+    words = f.readline().decode().split()
+    if len(words) != 2 or words[1] != msg:
+        sys.exit("connection %s: answer %r to %s" % (msg, words, msg))
+    return words[0]
+conns = []
+for i in range(n):
+    s = socket.create_connection((host, port), timeout=20)
+    f = s.makefile("rb")
+    conns.append((s, f, ask(s, f, "before%d" % i)))
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+while not os.path.exists(go):
+    if time.monotonic() > deadline:
+        sys.exit("no go after 60 s")
+    time.sleep(0.05)
+for i, (s, f, first) in enumerate(conns):
+    print(i, first, ask(s, f, "after%d" % i), flush=True)
+"#;
+
+/// Gateway `n`'s view of route `name`'s members, as `route ls --json` shows them:
+/// (addr, up); empty while the route is not there.
+fn members_seen(lab: &ClusterLab, n: usize, name: &str) -> Vec<(String, bool)> {
+    let out = lab.ctl_ok(n, &["route", "ls", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let Some(route) = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+    else {
+        return vec![];
+    };
+    route["backends"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no backends in gw{}'s {route}", n + 1))
+        .iter()
+        .map(|b| {
+            (
+                b["addr"].as_str().unwrap().to_string(),
+                b["up"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn pool_connections_stay_on_their_backends_through_a_failover() {
+    let Some(lab) = ClusterLab::for_test(
+        "pool_connections_stay_on_their_backends_through_a_failover",
+        "fp",
+    ) else {
+        return;
+    };
+    start_standbys(&lab);
+    let alias = format!("{BACKEND2}/24");
+    lab.exec_ok(&lab.backend, &["ip", "addr", "add", &alias, "dev", "eth0"])
+        .unwrap();
+    let who = lab.dir().join("who.py");
+    fs::write(&who, WHO).unwrap();
+    let who = who.display().to_string();
+    let port = MEMBER_PORT.to_string();
+    for addr in [BACKEND, BACKEND2] {
+        lab.spawn(
+            &lab.backend,
+            &format!("who-{addr}"),
+            &["python3", &who, addr, &port],
+            &[],
+        )
+        .unwrap();
+        lab.wait_port(&lab.backend, addr, MEMBER_PORT).unwrap();
+    }
+    let members = [BACKEND, BACKEND2].map(|a| format!("{a}:{MEMBER_PORT}"));
+    let added = lab
+        .ctl_ok(
+            0,
+            &[
+                "route",
+                "add",
+                "judge",
+                "--service",
+                "judge",
+                "--backend",
+                &members[0],
+                "--backend",
+                &members[1],
+                "--json",
+            ],
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&added).unwrap();
+    let public_port = v["port"].as_u64().expect("a port in the reply");
+    // Both gateways see the pool (through etcd) with both members up by their own checks:
+    // the same pool and the same health give the same choice for every flow.
+    let want: Vec<(String, bool)> = members.iter().map(|m| (m.clone(), true)).collect();
+    for n in 0..2 {
+        wait_for(
+            &format!("gw{} sees both members up", n + 1),
+            &lab,
+            Duration::from_secs(60),
+            || members_seen(&lab, n, "judge") == want,
+        );
+    }
+    let (active, _standby) = start_keepaliveds(&lab);
+
+    let hold = lab.dir().join("hold.py");
+    fs::write(&hold, HOLD).unwrap();
+    let go = lab.dir().join("go");
+    let (hold, go_arg) = (hold.display().to_string(), go.display().to_string());
+    let (public_port, held) = (public_port.to_string(), HELD.to_string());
+    let client = lab
+        .spawn(
+            &lab.client,
+            "pool-client",
+            &["python3", &hold, VIP, &public_port, &held, &go_arg],
+            &[],
+        )
+        .unwrap();
+    // Read after it exits too, when the lab no longer tracks it.
+    let client_log = lab.log_of(client).unwrap();
+    wait_for(
+        "the client holds its connections",
+        &lab,
+        Duration::from_secs(30),
+        || lab.output_of(client).contains("ready"),
+    );
+    let through_gw1 = translated(&lab, 0);
+    assert!(
+        through_gw1 > 0 && translated(&lab, 1) == 0,
+        "the connections are not all through gw1 (gw1 {through_gw1}, gw2 {})",
+        translated(&lab, 1)
+    );
+
+    gw1_dies(&lab, active);
+    fs::write(&go, "").unwrap();
+    let status = lab.wait_exit(client, Duration::from_secs(90)).unwrap();
+    let out = fs::read_to_string(&client_log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "the client failed ({status}):\n{out}\n{}",
+        lab.logs()
+    );
+    let answers: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 3)
+        .collect();
+    assert_eq!(answers.len(), HELD, "answers after the failover:\n{out}");
+    for w in &answers {
+        assert!(
+            [BACKEND, BACKEND2].contains(&w[1]),
+            "connection {} answered by {}",
+            w[0],
+            w[1]
+        );
+        assert_eq!(
+            w[1], w[2],
+            "connection {} moved from {} to {} through the failover",
+            w[0], w[1], w[2]
+        );
+    }
+    let on_second = answers.iter().filter(|w| w[1] == BACKEND2).count();
+    eprintln!(
+        "failover: {HELD} pool connections survived on their backends ({} on {BACKEND}, {on_second} on {BACKEND2})",
+        HELD - on_second
     );
 }

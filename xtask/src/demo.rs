@@ -3,7 +3,9 @@
 //! and two student instances with real sshd and a small web server. It runs, and prints,
 //! what a newcomer would type: first the admin's static routes, then a student (carol) who
 //! is added, logs in through the portal, claims an ssh port, uses it by name, sees the web
-//! console's address (and a screenshot, if Chromium is there) and releases it. Then it
+//! console's address (and a screenshot, if Chromium is there) and releases it. Before the
+//! student, a route with a pool of two backends: requests spread, a drain, and one
+//! backend's service stopped while the route goes on with the other. Then it
 //! keeps the lab up until Ctrl-C and removes it all.
 //!
 //! Stopping it is the lab's business: SIGINT, SIGTERM and SIGHUP make the lab library
@@ -26,6 +28,12 @@ const ZONE: &str = "lab.example";
 const PORTAL_PORT: u16 = 8443;
 /// carol's sshd on bob's machine (B2): port 22 there is bob's route's backend already.
 const CAROL_SSH_PORT: u16 = 2222;
+/// The judge site's pool: its public port, and its port on both backends (80 is taken by
+/// alice's and bob's web routes: a backend belongs to one route).
+const POOL_PORT: u16 = 30100;
+const POOL_BACKEND_PORT: u16 = 8080;
+/// New connections per look at the pool: enough that a spread shows, few enough to read.
+const POOL_REQUESTS: usize = 8;
 
 /// `println!` that cannot panic: with stdout gone the demo still runs, and is still removed.
 macro_rules! say {
@@ -144,6 +152,7 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
          the Host header; with :30080 the same page came through XDP.",
         gw = lab.gw
     );
+    pool(&lab)?;
     let portal = student(&lab, &bin)?;
     if once {
         say!("\ndemo: all steps worked; removing the lab.");
@@ -172,6 +181,109 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A route with a pool of two backends (issue 26): new connections spread over both, a
+/// drain sends new ones to the other, and a stopped service leaves the pool through the
+/// health checks while the route goes on with the member that is left.
+fn pool(lab: &Lab) -> Result<()> {
+    let (m1, m2) = (
+        format!("{B1_IP}:{POOL_BACKEND_PORT}"),
+        format!("{B2_IP}:{POOL_BACKEND_PORT}"),
+    );
+    let web1 = lab.start_echo_web(&lab.b1, "judge-1", POOL_BACKEND_PORT)?;
+    lab.start_echo_web(&lab.b2, "judge-2", POOL_BACKEND_PORT)?;
+    say!(
+        "\nA route may have a pool of backends. The judge site runs on both machines\n\
+         (port {POOL_BACKEND_PORT}); the admin gives its route both:"
+    );
+    let port = POOL_PORT.to_string();
+    admin(
+        lab,
+        &[
+            "route",
+            "add",
+            "judge",
+            "--service",
+            "http",
+            "--backend",
+            &m1,
+            "--backend",
+            &m2,
+            "--port",
+            &port,
+        ],
+    )?;
+    // By name, srvgate's HTTP router picks a backend per request over the pool.
+    let url = format!("http://judge.http.{ZONE}/");
+    let (n1, n2) = spread(lab, &url, POOL_REQUESTS)?;
+    if n1 == 0 || n2 == 0 {
+        bail!("{POOL_REQUESTS} requests to {url} all went to one backend ({n1}/{n2}); the pool is not balanced");
+    }
+    admin(lab, &["route", "drain", "judge", "--backend", &m1])?;
+    let drained = spread(lab, &url, POOL_REQUESTS)?;
+    if drained != (0, POOL_REQUESTS) {
+        bail!("after the drain of {m1}: {drained:?} answers from (judge-1, judge-2)");
+    }
+    say!("  no new request goes to a drained backend; established ones finish there.");
+    admin(lab, &["route", "undrain", "judge", "--backend", &m1])?;
+
+    say!(
+        "\njudge-1's service stops. srvgate checks every member of a pool (tcp connect, every\n\
+         2 s, down after 3 failures) and takes it out of the pool:"
+    );
+    lab.stop(web1, Duration::from_secs(5))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ls = lab.srvgate_ctl_ok(&["route", "ls"])?;
+        if ls.lines().any(|l| l.contains(&m1) && l.contains("DOWN")) {
+            say!("\n  gw# srvgate route ls");
+            for line in ls.lines() {
+                say!("    {line}");
+            }
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{m1} is still not down 60 s after its service stopped:\n{ls}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let xdp = format!("http://{PUBLIC_IP}:{POOL_PORT}/");
+    let left = spread(lab, &xdp, POOL_REQUESTS)?;
+    if left != (0, POOL_REQUESTS) {
+        bail!("with judge-1 down: {left:?} answers from (judge-1, judge-2) on {xdp}");
+    }
+    say!("  the route goes on with judge-2, through XDP and by name alike.");
+    Ok(())
+}
+
+/// Runs an admin verb in the gateway namespace, printing it and its output.
+fn admin(lab: &Lab, args: &[&str]) -> Result<()> {
+    say!("\n  gw# srvgate {}", args.join(" "));
+    for line in lab.srvgate_ctl_ok(args)?.lines() {
+        say!("    {line}");
+    }
+    Ok(())
+}
+
+/// `n` new connections to `url` from the client: how many each judge answered, printed.
+fn spread(lab: &Lab, url: &str, n: usize) -> Result<(usize, usize)> {
+    let (mut n1, mut n2) = (0, 0);
+    for _ in 0..n {
+        let out = lab.exec(
+            &lab.client,
+            &["curl", "-fsS", "--max-time", "5", url],
+            Duration::from_secs(10),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.split_whitespace().next() {
+            Some("judge-1") if out.status.success() => n1 += 1,
+            Some("judge-2") if out.status.success() => n2 += 1,
+            _ => bail!("curl {url}: no judge answered ({}): {text}", out.status),
+        }
+    }
+    say!("\n  $ for i in $(seq {n}); do curl -s {url}; done   (answers counted)\n    judge-1: {n1}, judge-2: {n2}");
+    Ok((n1, n2))
 }
 
 /// The mission's central idea, from the student's side: the admin adds carol, who logs in
