@@ -16,8 +16,8 @@ pub const MAX_INTERFACES: u32 = 64;
 
 /// Slots of `FRONTENDS`: one per public port for TCP, then one per port for UDP. An array
 /// indexed by port rather than a hash keyed by it: the lookup on every inbound packet is
-/// an index (inlined by the verifier) instead of a hash and a key compare. 12 bytes a slot,
-/// 1.5 MiB in all.
+/// an index (inlined by the verifier) instead of a hash and a key compare. 16 bytes a slot,
+/// 2 MiB in all.
 pub const FRONTEND_SLOTS: u32 = 2 * 65536;
 
 /// The `FRONTENDS` slot of public `port` (host byte order) for `protocol`; `None` for a
@@ -51,6 +51,9 @@ pub mod map_names {
     pub const BUDGETS: &str = "BUDGETS";
     pub const SOURCE_GUARD: &str = "SOURCE_GUARD";
     pub const GUARD_OCTETS: &str = "GUARD_OCTETS";
+    pub const POOL_MEMBERS: &str = "POOL_MEMBERS";
+    pub const POOL_TABLES: &str = "POOL_TABLES";
+    pub const FLOWS: &str = "FLOWS";
 }
 
 /// Name of the XDP program in the object file.
@@ -108,7 +111,16 @@ pub struct Backend {
     pub live: u16,
     /// Slot of this route in `ROUTE_COUNTERS`.
     pub route_id: u32,
+    /// [`NO_POOL`]: `addr` and `port` are the route's one backend. Else the route's slot
+    /// in `POOL_MEMBERS` and `POOL_TABLES` (1..[`MAX_POOLS`]), and the program chooses
+    /// among the pool (`addr` and `port` then hold its first active member, for readers
+    /// of the pins).
+    pub pool: u16,
+    pub _pad: u16,
 }
+
+/// `Backend::pool` of a route with one backend: no pool slot, no choice to make.
+pub const NO_POOL: u16 = 0;
 
 /// `Backend::live` of a slot that holds a route.
 pub const BACKEND_LIVE: u16 = 1;
@@ -162,6 +174,93 @@ pub struct ReverseValue {
 pub const MAGLEV_TABLE_SIZE: u32 = 4093;
 /// Members of one pool at most: a table of [`MAGLEV_TABLE_SIZE`] slots keeps 64 a member.
 pub const MAX_POOL_BACKENDS: u32 = 64;
+
+/// Pool slots, the first ([`NO_POOL`]) never used: routes with more than one member at
+/// once. Bounded so that the tables stay small: `POOL_TABLES` holds 256 x 4096 B = 1 MiB,
+/// `POOL_MEMBERS` 256 x 64 x 8 B = 128 KiB. Routes with one backend, the many, need none.
+pub const MAX_POOLS: u32 = 256;
+
+/// One member of a pool, as the program checks a remembered flow against it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PoolMember {
+    /// Network byte order.
+    pub addr: u32,
+    /// Network byte order.
+    pub port: u16,
+    /// [`MEMBER_LIVE`]: the member may keep its established flows (it is up, or drained:
+    /// drained members own no table slot but finish what they have). 0: down or no
+    /// member, and a flow remembered on it moves.
+    pub live: u16,
+}
+
+/// `PoolMember::live` of a member that keeps its flows.
+pub const MEMBER_LIVE: u16 = 1;
+
+/// A pool's members (`POOL_MEMBERS`, by pool slot): the indexes its table and `FLOWS`
+/// name, in `maglev::members_in_order` order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PoolMembers {
+    pub members: [PoolMember; MAX_POOL_BACKENDS as usize],
+}
+
+/// Bytes of a `POOL_TABLES` value: [`MAGLEV_TABLE_SIZE`] slots rounded up to a page.
+pub const POOL_TABLE_BYTES: usize = 4096;
+
+/// A pool's Maglev lookup table (`POOL_TABLES`, by pool slot): slot `flow_hash %
+/// MAGLEV_TABLE_SIZE` -> member index (< [`MAX_POOL_BACKENDS`], so one byte). The bytes
+/// past [`MAGLEV_TABLE_SIZE`] are never read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PoolTable {
+    pub slots: [u8; POOL_TABLE_BYTES],
+}
+
+/// Capacity of `FLOWS`, an LRU map of the pool flows seen, to the member chosen: a flow
+/// stays on its member while the pool changes (Katran's LRU), until that member goes down.
+/// About 5 MiB of kernel memory at this size.
+pub const MAX_FLOWS: u32 = 65536;
+
+/// Key of `FLOWS`: a client's flow to a pool route's public port. Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKey {
+    pub client_addr: u32,
+    pub client_port: u16,
+    pub public_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The key of a flow (all network byte order), padding zero.
+    #[inline(always)]
+    pub const fn new(client_addr: u32, client_port: u16, public_port: u16, protocol: u8) -> Self {
+        FlowKey {
+            client_addr,
+            client_port,
+            public_port,
+            protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of `FLOWS`: the member a flow went to, by index and by address (the index alone
+/// could name another backend after the pool changed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowValue {
+    pub addr: u32,
+    pub port: u16,
+    pub member: u16,
+}
 
 /// Capacity of `HAIRPIN`: flows from private legs to the public address at once. An LRU
 /// map, so a full table forgets the flow used longest ago, not the newest.
@@ -549,7 +648,13 @@ mod tests {
         assert_eq!(frontend_slot(65535, PROTO_TCP), Some(65535));
         assert_eq!(frontend_slot(0, PROTO_UDP), Some(65536));
         assert_eq!(frontend_slot(80, 1), None);
-        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<Backend>(), 16);
+        assert_eq!(size_of::<PoolMember>(), 8);
+        assert_eq!(size_of::<PoolMembers>(), 8 * MAX_POOL_BACKENDS as usize);
+        assert!(size_of::<PoolTable>() >= MAGLEV_TABLE_SIZE as usize);
+        const { assert!(MAX_POOL_BACKENDS <= 256, "a member index is one table byte") };
+        assert_eq!(size_of::<FlowKey>(), 12);
+        assert_eq!(size_of::<FlowValue>(), 8);
         assert_eq!(size_of::<ReverseKey>(), 8);
         assert_eq!(size_of::<ReverseValue>(), 8);
         assert_eq!(size_of::<Interface>(), 12);

@@ -11,7 +11,10 @@
 //! a one-armed gateway's one NIC is public and private at once, and there `inside_host` tells
 //! a hairpin flow's inside end from a client; the MAC check (a frame not sent to the leg's own
 //! MAC, e.g. one a switch flooded to a standby gateway, passes as `PASS_NOT_FOR_US`);
-//! `FRONTENDS` (an array by port and protocol, `lb_common::frontend_slot`) or `REVERSE`; the
+//! `FRONTENDS` (an array by port and protocol, `lb_common::frontend_slot`) or `REVERSE`; for
+//! a route with a pool, its member (`backend_for`: the flow's member in `FLOWS` while it is
+//! live, else the pool's Maglev table in `POOL_TABLES` by `flow_hash`; a one-backend route
+//! skips this on one compare); the
 //! next hop, asked before the rewrite (`route_cached`: a per-CPU cache of FIB successes in
 //! `NEXT_HOPS`, valid for one tick of the daemon's clock and `NEXT_HOP_USES` packets), so that
 //! a DF packet too big for its egress is answered by `too_big` and a backend's packet the

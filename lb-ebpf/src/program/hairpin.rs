@@ -11,7 +11,7 @@ use lb_common::{
 };
 
 use super::fib::{fib_lookup, route_toward, too_big};
-use super::maps::{frontend, HAIRPIN, HAIRPIN_QUOTA, REVERSE};
+use super::maps::{backend_for, frontend, HAIRPIN, HAIRPIN_QUOTA, REVERSE};
 use super::nat::{rewrite, send_on};
 use super::parse::{End, L4Frame};
 use super::{pass, Truncated};
@@ -74,7 +74,10 @@ pub(super) fn hairpin(
         // A private host using one of the gateway's own services.
         return Ok(pass(counter::PASS_NO_ROUTE));
     };
-    let (new_addr, new_port, route_id) = (backend.addr, backend.port, backend.route_id);
+    let route_id = backend.route_id;
+    let Some((new_addr, new_port)) = backend_for(backend, (saddr, sport), dport, protocol) else {
+        return Ok(pass(counter::PASS_NO_ROUTE));
+    };
     let key = HairpinKey::new(new_addr, new_port, sport, protocol);
     // SAFETY: as above, for the flow's entry.
     unsafe {

@@ -17,7 +17,7 @@ use lb_ebpf::{
 };
 
 use super::fib::{fib_lookup, forward, route_toward};
-use super::maps::{frontend, interface, HAIRPIN, REVERSE, SETTINGS};
+use super::maps::{backend_for, frontend, interface, HAIRPIN, REVERSE, SETTINGS};
 use super::parse::ptr_at;
 use super::{pass, Truncated};
 
@@ -196,8 +196,9 @@ pub(super) fn icmp_nat(
                     inside_dst: true,
                 });
             }
-        } else if let Some(backend) = frontend(src.1, protocol) {
-            let (addr, port) = (backend.addr, backend.port);
+        } else if let Some((addr, port)) =
+            frontend(src.1, protocol).and_then(|b| backend_for(b, dst, src.1, protocol))
+        {
             let key = HairpinKey::new(addr, port, dst.1, protocol);
             // SAFETY: as for `rev`: read during this run only, compared at once.
             if unsafe { HAIRPIN.get(key) }.is_some_and(|flow| flow.client_addr == dst.0) {
@@ -212,11 +213,13 @@ pub(super) fn icmp_nat(
         }
     }
     if from_public && role & ROLE_PUBLIC != 0 {
-        let backend = frontend(src.1, protocol).ok_or(counter::PASS_NO_ROUTE)?;
+        let (addr, port) = frontend(src.1, protocol)
+            .and_then(|b| backend_for(b, dst, src.1, protocol))
+            .ok_or(counter::PASS_NO_ROUTE)?;
         return Ok(IcmpNat {
-            inner_src: (backend.addr, backend.port),
+            inner_src: (addr, port),
             inner_dst: dst,
-            outer: (outer.0, backend.addr),
+            outer: (outer.0, addr),
             own_if_local: false,
             inside_dst: false,
         });

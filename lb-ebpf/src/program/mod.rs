@@ -36,7 +36,9 @@ mod parse;
 use fib::{route_cached, too_big};
 use hairpin::{hairpin, inside_host};
 use icmp::translate_icmp;
-use maps::{frontend, interface, BUDGETS, GLOBAL_COUNTERS, REVERSE, ROUTE_COUNTERS, SETTINGS};
+use maps::{
+    backend_for, frontend, interface, BUDGETS, GLOBAL_COUNTERS, REVERSE, ROUTE_COUNTERS, SETTINGS,
+};
 use nat::{complete_checksum, rewrite, send_on};
 use parse::{ptr_at, End, L4Frame};
 
@@ -199,7 +201,10 @@ fn try_srvgate(ctx: &XdpContext) -> Result<u32, Truncated> {
         let Some(backend) = frontend(dst.1, protocol) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
-        let (to, route_id) = ((backend.addr, backend.port), backend.route_id);
+        let route_id = backend.route_id;
+        let Some(to) = backend_for(backend, src, dst.1, protocol) else {
+            return Ok(pass(counter::PASS_NO_ROUTE));
+        };
         // Routed before the rewrite, so that a packet too big for its egress can be
         // answered quoting what its sender sent.
         let rc = if partial {

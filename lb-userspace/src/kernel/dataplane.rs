@@ -333,6 +333,11 @@ pub fn sync_plan(
 /// The data plane in the kernel: the loaded program, its pinned maps and links.
 pub struct XdpDataplane {
     frontends: aya::maps::Array<MapData, Plain<Backend>>,
+    pool_members: aya::maps::Array<MapData, Plain<lb_common::PoolMembers>>,
+    pool_tables: aya::maps::Array<MapData, Plain<lb_common::PoolTable>>,
+    /// Which route holds which pool slot. Empty at start: `sync_all` hands slots out
+    /// afresh, writing each pool before its frontend names it.
+    pool_slots: encode::PoolSlots,
     reverse: HashMap<MapData, Plain<ReverseKey>, Plain<ReverseValue>>,
     interfaces: HashMap<MapData, u32, Plain<Interface>>,
     leg_cache: aya::maps::Array<MapData, Plain<LegSlot>>,

@@ -143,8 +143,8 @@ impl Entry {
             .all(|m| self.down.contains(&m.addr))
     }
 
-    /// The backend a one-backend view of the route names (the first active member): what
-    /// the data plane's frontend holds until it chooses among the pool itself.
+    /// The backend a one-backend view of the route names (the first active member): the
+    /// data plane's frontend of a route without a pool slot (one member, or no slot left).
     pub fn primary(&self) -> SocketAddrV4 {
         self.active()
             .first()

@@ -118,6 +118,13 @@ impl XdpDataplane {
             frontends: take(&mut ebpf, map_names::FRONTENDS)?
                 .try_into()
                 .map_err(map_err(map_names::FRONTENDS))?,
+            pool_members: take(&mut ebpf, map_names::POOL_MEMBERS)?
+                .try_into()
+                .map_err(map_err(map_names::POOL_MEMBERS))?,
+            pool_tables: take(&mut ebpf, map_names::POOL_TABLES)?
+                .try_into()
+                .map_err(map_err(map_names::POOL_TABLES))?,
+            pool_slots: Default::default(),
             reverse: take(&mut ebpf, map_names::REVERSE)?
                 .try_into()
                 .map_err(map_err(map_names::REVERSE))?,
@@ -154,6 +161,15 @@ impl XdpDataplane {
             _egress_links: Vec::new(),
             _ebpf: ebpf,
         };
+        dp.pool_slots = super::encode::PoolSlots::adopt(
+            (0..)
+                .zip(dp.frontends.iter())
+                .filter_map(|(slot, v)| {
+                    let v = v.ok()?.0;
+                    Some((decode_frontend(slot, &v)?.0, v.pool))
+                })
+                .collect::<Vec<_>>(),
+        );
         dp.pinned_frontends = (0..)
             .zip(dp.frontends.iter())
             .filter_map(|(slot, v)| decode_frontend(slot, &v.ok()?.0))

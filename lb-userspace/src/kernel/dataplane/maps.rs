@@ -15,14 +15,14 @@ use aya::{
 };
 use lb_common::{
     counter, map_names, Backend, LegSlot, RouteCounters, Settings, EGRESS_PASS, EGRESS_REDIRECT,
-    LEG_CACHE_SLOTS,
+    LEG_CACHE_SLOTS, NO_POOL,
 };
 use tracing::{info, warn};
 
 use super::{
     encode::{
-        decode_frontend, decode_reverse, frontend_entry, frontend_slot, reverse_entries,
-        reverse_key,
+        decode_frontend, decode_reverse, frontend_entry, frontend_slot, pool_entries,
+        reverse_entries, reverse_key,
     },
     guard_entries, netdev,
     pins::remove_pins,
@@ -123,25 +123,62 @@ impl XdpDataplane {
         Ok(())
     }
 
+    /// Writes the members and Maglev table of `e`'s pool into its pool slot (before the
+    /// frontend that names the slot), and returns the slot; [`NO_POOL`] for a route with
+    /// one member, or one whose pool cannot have a slot: every slot taken, or a pool the
+    /// table refuses. Those forward to their first active member, as before pools, and say
+    /// so.
+    fn write_pool(&mut self, e: &crate::table::routes::Entry) -> Result<u16, DataplaneError> {
+        let r = &e.route;
+        let (members, table) = match pool_entries(e) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(NO_POOL),
+            Err(error) => {
+                warn!(route = %r.name, %error, "the data plane cannot balance this pool; new flows go to its first active member");
+                return Ok(NO_POOL);
+            }
+        };
+        let Some(slot) = self.pool_slots.slot_for(r.port, r.protocol) else {
+            warn!(route = %r.name, max = lb_common::MAX_POOLS - 1, "every pool slot of the data plane is taken; new flows of this route go to its first active member");
+            return Ok(NO_POOL);
+        };
+        self.pool_members
+            .set(u32::from(slot), Plain(members), 0)
+            .map_err(map_err(map_names::POOL_MEMBERS))?;
+        self.pool_tables
+            .set(u32::from(slot), Plain(table), 0)
+            .map_err(map_err(map_names::POOL_TABLES))?;
+        Ok(slot)
+    }
+
     /// Carries out one write of a [`plan`] or [`sync_plan`].
     fn run(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
         match op {
             MapOp::ZeroSlot(id) => self.zero_slot(*id),
             MapOp::WriteFrontend(e) => {
-                let (slot, v) = frontend_entry(e);
+                let pool = self.write_pool(e)?;
+                let (slot, v) = frontend_entry(e, pool);
                 self.frontends
                     .set(slot, Plain(v), 0)
-                    .map_err(map_err(map_names::FRONTENDS))
+                    .map_err(map_err(map_names::FRONTENDS))?;
+                if pool == NO_POOL {
+                    // After the frontend stopped naming it.
+                    self.pool_slots.release(e.route.port, e.route.protocol);
+                }
+                Ok(())
             }
             MapOp::WriteReverse(e) => reverse_entries(e).into_iter().try_for_each(|(k, v)| {
                 self.reverse
                     .insert(Plain(k), Plain(v), 0)
                     .map_err(map_err(map_names::REVERSE))
             }),
-            MapOp::RemoveFrontend(port, protocol) => self
-                .frontends
-                .set(frontend_slot(*port, *protocol), no_route(), 0)
-                .map_err(map_err(map_names::FRONTENDS)),
+            MapOp::RemoveFrontend(port, protocol) => {
+                self.frontends
+                    .set(frontend_slot(*port, *protocol), no_route(), 0)
+                    .map_err(map_err(map_names::FRONTENDS))?;
+                self.pool_slots.release(*port, *protocol);
+                Ok(())
+            }
             MapOp::RemoveReverse(backend, protocol) => {
                 match self
                     .reverse

@@ -6,7 +6,7 @@ use super::*;
 fn the_objects_maps_are_lb_commons() {
     let maps: std::collections::HashMap<String, super::super::pins::MapShape> =
         object_maps().unwrap().into_iter().collect();
-    let want: [(&str, usize, usize, u32); 14] = [
+    let want: [(&str, usize, usize, u32); 17] = [
         (
             map_names::FRONTENDS,
             size_of::<u32>(),
@@ -85,6 +85,24 @@ fn the_objects_maps_are_lb_commons() {
             size_of::<u32>(),
             size_of::<u32>(),
             GUARD_OCTETS_SLOTS,
+        ),
+        (
+            map_names::POOL_MEMBERS,
+            size_of::<u32>(),
+            size_of::<lb_common::PoolMembers>(),
+            lb_common::MAX_POOLS,
+        ),
+        (
+            map_names::POOL_TABLES,
+            size_of::<u32>(),
+            size_of::<lb_common::PoolTable>(),
+            lb_common::MAX_POOLS,
+        ),
+        (
+            map_names::FLOWS,
+            size_of::<lb_common::FlowKey>(),
+            size_of::<lb_common::FlowValue>(),
+            lb_common::MAX_FLOWS,
         ),
     ];
     for (name, key, value, max) in want {

@@ -5,7 +5,7 @@
 //! the program's FIB lookups have the same answer on any machine.
 //!
 //! By scenario, as Cilium's bpf/tests are: `forwarding`, `reverse`, `hairpin`, `icmp`, `mss`,
-//! `mtu`, `checksums`, `budgets`, `legs`, `guards`, and `maps` (without root: the object's
+//! `mtu`, `checksums`, `budgets`, `legs`, `guards`, `pools`, and `maps` (without root: the object's
 //! maps against `lb_common`'s names and sizes); `bench` holds the measurements the bench
 //! runs. Here: the packets (`Frame`, `parse`, the checksum oracle) and the `Harness`, whose
 //! `expect` runs a frame and asserts its action and verdict.
@@ -42,6 +42,7 @@ mod legs;
 mod maps;
 mod mss;
 mod mtu;
+mod pools;
 mod reverse;
 
 const XDP_DROP: u32 = 1;
@@ -417,6 +418,8 @@ impl Harness {
             port: backend.1.to_be(),
             live: BACKEND_LIVE,
             route_id: id,
+            pool: lb_common::NO_POOL,
+            _pad: 0,
         };
         let slot = frontend_slot(public, protocol).unwrap();
         fronts.set(slot, Plain(value), 0).unwrap();
