@@ -95,10 +95,11 @@ pub(super) fn backend_for(
     public_port: u16,
     protocol: u8,
 ) -> Option<(u32, u16)> {
-    if backend.pool == NO_POOL {
+    let pool = u16::from(backend.pool);
+    if pool == NO_POOL {
         return Some((backend.addr, backend.port));
     }
-    pool_member(backend.pool, client, public_port, protocol)
+    pool_member(pool, client, public_port, protocol)
 }
 
 /// The member of pool `pool` for a client's flow: the one `FLOWS` remembers for it while

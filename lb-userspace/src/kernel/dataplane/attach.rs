@@ -166,7 +166,7 @@ impl XdpDataplane {
                 .zip(dp.frontends.iter())
                 .filter_map(|(slot, v)| {
                     let v = v.ok()?.0;
-                    Some((decode_frontend(slot, &v)?.0, v.pool))
+                    Some((decode_frontend(slot, &v)?.0, u16::from(v.pool)))
                 })
                 .collect::<Vec<_>>(),
         );

@@ -34,9 +34,9 @@ pub fn frontend_entry(e: &Entry, pool: u16) -> (u32, Backend) {
             addr: addr_be(*backend.ip()),
             port: backend.port().to_be(),
             live: BACKEND_LIVE,
+            // `PoolSlots` hands out slots below `MAX_POOLS`, which fits a byte.
+            pool: u8::try_from(pool).unwrap_or(0),
             route_id: e.id,
-            pool,
-            _pad: 0,
         },
     )
 }

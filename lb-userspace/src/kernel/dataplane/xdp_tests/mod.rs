@@ -417,9 +417,8 @@ impl Harness {
             addr: be(backend.0),
             port: backend.1.to_be(),
             live: BACKEND_LIVE,
+            pool: 0,
             route_id: id,
-            pool: lb_common::NO_POOL,
-            _pad: 0,
         };
         let slot = frontend_slot(public, protocol).unwrap();
         fronts.set(slot, Plain(value), 0).unwrap();
