@@ -598,4 +598,11 @@ fn pool_connections_stay_on_their_backends_through_a_failover() {
         "failover: {HELD} pool connections survived on their backends ({} on {BACKEND}, {on_second} on {BACKEND2})",
         HELD - on_second
     );
+    // XDP places each flow by Maglev over the two members: all 20 on one would happen by
+    // chance about twice in a million runs, and would mean the pool was not balanced (so
+    // the survival above would not show that two gateways choose alike).
+    assert!(
+        on_second > 0 && on_second < HELD,
+        "all {HELD} connections on one member ({on_second} on {BACKEND2}): the pool did not spread"
+    );
 }
