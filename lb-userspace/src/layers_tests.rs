@@ -2,7 +2,8 @@
 //! points down [`LAYERS`] (and, inside `table`, down [`TABLE`]), never up and never sideways
 //! within a layer. A failure names the file, the line and the arrow.
 //!
-//! Test code is exempt: the `tests.rs` and `*_tests.rs` files, `testing.rs` (the fakes, which
+//! Test code is exempt: the `tests.rs` and `*_tests.rs` files and the folders of that name
+//! (`xdp_tests/`, `daemon/tests/`: `#[cfg(test)]` modules split by scenario), `testing.rs` (the fakes, which
 //! implement the traits of every layer so that the daemon's operations can be tested) and
 //! every `#[cfg(test)]` item. A test may build its fixture with any layer (a config test that
 //! asserts what the data plane makes of the parsed config) without that being a dependency
@@ -279,7 +280,15 @@ fn module_of(rel: &Path) -> Vec<String> {
 
 fn is_test_file(rel: &Path) -> bool {
     let name = rel.file_name().unwrap_or_default().to_string_lossy();
-    name == "tests.rs" || name.ends_with("_tests.rs") || name == "testing.rs"
+    let test_dir = rel
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+        .any(|c| {
+            let c = c.as_os_str().to_string_lossy();
+            c == "tests" || c.ends_with("_tests")
+        });
+    test_dir || name == "tests.rs" || name.ends_with("_tests.rs") || name == "testing.rs"
 }
 
 /// The arrows of one file's `source` that break the layer lists.
@@ -495,4 +504,24 @@ fn g() { crate::serve::dns::start(); }
         found[0].what,
         "kernel -> serve: `serve` is not below `kernel` in LAYERS"
     );
+}
+
+#[test]
+fn test_modules_are_exempt_by_file_or_folder_name() {
+    for test in [
+        "daemon/tests.rs",
+        "serve/admission_tests.rs",
+        "testing.rs",
+        "kernel/dataplane/xdp_tests/pools.rs",
+        "daemon/tests/pool_tests.rs",
+    ] {
+        assert!(is_test_file(Path::new(test)), "{test} is test code");
+    }
+    for shipped in [
+        "kernel/dataplane/encode.rs",
+        "serve/http.rs",
+        "health/state.rs",
+    ] {
+        assert!(!is_test_file(Path::new(shipped)), "{shipped} ships");
+    }
 }
