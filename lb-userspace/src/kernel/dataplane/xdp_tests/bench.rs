@@ -2,6 +2,31 @@
 
 use super::*;
 
+/// The mean duration of `calls` runs of `prog` on `frame`, one run per `BPF_PROG_TEST_RUN`
+/// call (the kernel does not restore the frame between repeats of one call); each run's
+/// verdict must be `want` when given, so that the path measured is the one meant.
+fn mean_run_ns(prog: &Xdp, frame: &[u8], calls: usize, want: Option<u32>) -> f64 {
+    let mut ctx = Vec::with_capacity(24);
+    for v in [0, frame.len() as u32, 0, 1, 0, 0] {
+        ctx.extend_from_slice(&v.to_ne_bytes());
+    }
+    let mut total = 0u128;
+    for _ in 0..calls {
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        if let Some(want) = want {
+            assert_eq!(r.return_value, want, "the path measured");
+        }
+        total += r.duration.as_nanos();
+    }
+    total as f64 / calls as f64
+}
+
 /// Not a test: the measurement behind the bench's "XDP program, test run" column (`cargo
 /// xtask bench` runs it and reads the line it prints; nothing here asserts a time). Each
 /// program runs once per `BPF_PROG_TEST_RUN` call, [`COST_CALLS`] calls, on a 60-byte UDP
@@ -46,34 +71,15 @@ fn program_cost_for_the_bench() {
         .try_into()
         .unwrap();
     prog.load().expect("the verifier accepts xdp-ceiling");
-    let mean_ns = |prog: &Xdp, frame: &[u8], want: u32| -> f64 {
-        let mut ctx = Vec::with_capacity(24);
-        for v in [0, frame.len() as u32, 0, 1, 0, 0] {
-            ctx.extend_from_slice(&v.to_ne_bytes());
-        }
-        let mut total = 0u128;
-        for _ in 0..COST_CALLS {
-            let r = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    ctx_in: Some(&ctx),
-                    ..TestRunOptions::default()
-                })
-                .expect("BPF_PROG_TEST_RUN");
-            assert_eq!(r.return_value, want, "the path measured");
-            total += r.duration.as_nanos();
-        }
-        total as f64 / COST_CALLS as f64
-    };
     let srvgate: &Xdp = h.ebpf.program(PROGRAM_NAME).unwrap().try_into().unwrap();
     let ceiling: &Xdp = ceiling.program("xdp_ceiling").unwrap().try_into().unwrap();
     let to_route = Frame::udp((CLIENT, 1024), (PUBLIC, DNS_PORT)).bytes();
     let to_backend = Frame::udp((CLIENT, 1024), (BACKEND, 53)).bytes();
     let mut arp = to_backend.clone();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    let harness = mean_ns(ceiling, &arp, XDP_PASS);
-    let ceiling = mean_ns(ceiling, &to_backend, XDP_REDIRECT);
-    let srvgate = mean_ns(srvgate, &to_route, XDP_REDIRECT);
+    let harness = mean_run_ns(ceiling, &arp, COST_CALLS, Some(XDP_PASS));
+    let ceiling = mean_run_ns(ceiling, &to_backend, COST_CALLS, Some(XDP_REDIRECT));
+    let srvgate = mean_run_ns(srvgate, &to_route, COST_CALLS, Some(XDP_REDIRECT));
     println!("program-cost-ns harness={harness:.1} xdp-ceiling={ceiling:.1} srvgate={srvgate:.1}");
 }
 
@@ -96,22 +102,7 @@ fn forged_checksum_cost() {
     h.look_for_partial_checksums();
     let mean_ns = |h: &Harness, frame: &[u8], calls: usize| -> f64 {
         let prog: &Xdp = h.ebpf.program(PROGRAM_NAME).unwrap().try_into().unwrap();
-        let mut ctx = Vec::with_capacity(24);
-        for v in [0, frame.len() as u32, 0, 1, 0, 0] {
-            ctx.extend_from_slice(&v.to_ne_bytes());
-        }
-        let mut total = 0u128;
-        for _ in 0..calls {
-            let r = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    ctx_in: Some(&ctx),
-                    ..TestRunOptions::default()
-                })
-                .expect("BPF_PROG_TEST_RUN");
-            total += r.duration.as_nanos();
-        }
-        total as f64 / calls as f64
+        mean_run_ns(prog, frame, calls, None)
     };
     let full = |partial: bool, payload: usize| {
         Frame {
