@@ -180,23 +180,26 @@ fn a_bad_toml_block_is_caught() {
     assert!(check_toml_blocks(&good).is_empty());
 }
 
-/// The fields serde expects where `table` (a TOML header such as `dns` or `[route]`)
-/// stands, from the error an unknown key there gets; None when the value there is no struct
-/// (a map, a string).
+/// An unknown key no real key is near, so that the parser lists a section's keys rather
+/// than suggesting one (suggestions stop at 64 characters).
+const PROBE: &str =
+    "zz_probe_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+/// The fields the parser expects where `header` (a TOML header such as `[dns]` or
+/// `[[route]]`, or nothing for the top level) stands, from the error an unknown key there
+/// gets (serde's "unknown field `k`, expected one of `a`, `b`", or the same list in other
+/// words); None when the value there is no table of known keys (a map, a string).
 fn expected_fields(header: &str) -> Option<BTreeSet<String>> {
-    let text = if header.is_empty() {
-        "zz_not_a_key = 1\n".to_string()
-    } else {
-        format!("{header}\nzz_not_a_key = 1\n")
-    };
+    let text = format!("{header}\n{PROBE} = 1\n");
     let err = Config::parse(Path::new("probe"), &text)
         .unwrap_err()
         .to_string();
-    let at = err.find("unknown field `zz_not_a_key`")?;
-    let rest = &err[at + "unknown field `zz_not_a_key`".len()..];
-    let list = rest.split_once("expected")?.1.lines().next().unwrap_or("");
+    let line = err
+        .lines()
+        .find(|l| l.contains(PROBE) && l.contains("unknown"))?;
+    let rest = line.replace(&format!("`{PROBE}`"), "").replace(PROBE, "");
     Some(
-        list.split('`')
+        rest.split('`')
             .skip(1)
             .step_by(2)
             .map(str::to_string)
