@@ -369,11 +369,12 @@ impl Zone {
                 Answer::refused()
             };
         };
-        // ANY gets every RRset of the name rather than RFC 8482's minimal answer: a name here
-        // holds at most SOA+NS or A+SRV, so the answer stays as small as an SRV answer and is
-        // handy with `dig ANY`.
+        // ANY gets one RRset of the name (RFC 8482 section 4.2, as Knot and Cloudflare): the
+        // first, SOA at the apex and SRV on a route's name, which says the name exists and
+        // what it is for, and keeps ANY from being the largest answer a spoofed source can
+        // ask for.
         let sets: &[RRset] = if qtype == RecordType::ANY {
-            &node.rrsets
+            &node.rrsets[..node.rrsets.len().min(1)]
         } else {
             match node.rrsets.iter().position(|s| s.rtype == qtype) {
                 Some(i) => std::slice::from_ref(&node.rrsets[i]),
@@ -493,7 +494,7 @@ pub(super) fn reply_within<'a>(
     edns: Option<&Edns>,
     limit: u16,
 ) -> Reply<'a> {
-    let mut metadata = Metadata::response_from_request(&request.metadata);
+    let mut metadata = response_metadata(&request.metadata);
     let answer = answer(zone, request);
     metadata.response_code = answer.response_code;
     metadata.authoritative = answer.authoritative;
@@ -683,10 +684,27 @@ pub fn respond(zone: &Zone, packet: &[u8], protocol: Protocol, max_udp: u16) -> 
     }
 }
 
-/// A header-only response, as hickory's server sends for requests it cannot parse.
-fn error_header(request: &Metadata, response_code: ResponseCode) -> Vec<u8> {
+/// The response header for `request`: hickory's, but RD and CD, query flags, are echoed only
+/// for the query opcode. ISC's genreport flags a NOTIMP that echoes them (the prober then
+/// cannot tell the opcode was not understood).
+fn response_metadata(request: &Metadata) -> Metadata {
     let mut metadata = Metadata::response_from_request(request);
-    metadata.response_code = response_code;
+    if request.op_code != OpCode::Query {
+        metadata.recursion_desired = false;
+        metadata.checking_disabled = false;
+    }
+    metadata
+}
+
+/// A header-only response, as hickory's server sends for requests it cannot parse; an
+/// opcode we do not implement gets NOTIMP whatever else is wrong with the request.
+fn error_header(request: &Metadata, response_code: ResponseCode) -> Vec<u8> {
+    let mut metadata = response_metadata(request);
+    metadata.response_code = if request.op_code == OpCode::Query {
+        response_code
+    } else {
+        ResponseCode::NotImp
+    };
     let header = Header {
         metadata,
         counts: HeaderCounts::default(),
