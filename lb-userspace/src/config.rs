@@ -83,7 +83,25 @@ pub struct Dns {
     /// `[dns.nameservers]`: the apex's NS names (`<label>.<zone>`, each with its A record),
     /// sorted by label, e.g. every gateway of a cluster. Empty: the NS is `gateway_name`.
     pub nameservers: Vec<(String, Ipv4Addr)>,
+    /// `[dns.secondaries]`: servers that take the zone by transfer; none: no transfers.
+    pub secondaries: Option<Secondaries>,
 }
+
+/// `[dns.secondaries]`: the secondaries (e.g. the university's DNS) that are notified of
+/// every change and may transfer the zone, with the TSIG key both sides hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Secondaries {
+    /// Where NOTIFYs go (port 53 unless given); transfers are taken from these addresses.
+    pub peers: Vec<SocketAddr>,
+    /// The TSIG key's name, as the secondaries configure it.
+    pub key_name: String,
+    /// The base64 secret (mode 0600); none: `dns-xfr.key` in the state directory, made
+    /// the first time.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// At most this many secondaries: each change sends one NOTIFY to each.
+pub const MAX_SECONDARIES: usize = 16;
 
 /// At most this many `[dns.nameservers]`: an NS answer with all its glue stays small (a
 /// client without EDNS gets it truncated and retries over TCP), and a zone served by one

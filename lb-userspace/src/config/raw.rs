@@ -79,6 +79,21 @@ pub(super) struct RawDns {
     /// Label -> IPv4 address of each name server (gateway) the apex NS lists.
     #[serde(default)]
     pub(super) nameservers: std::collections::BTreeMap<String, String>,
+    pub(super) secondaries: Option<RawSecondaries>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecondaries {
+    /// "ADDRESS" or "ADDRESS:PORT" of each secondary.
+    pub(super) addresses: Vec<String>,
+    #[serde(default = "default_key_name")]
+    pub(super) key_name: String,
+    pub(super) key_file: Option<std::path::PathBuf>,
+}
+
+pub(super) fn default_key_name() -> String {
+    "srvgate-xfr".to_string()
 }
 
 pub(super) fn default_dns_listen() -> Vec<String> {

@@ -840,3 +840,47 @@ fn a_pools_problems_name_the_route_and_the_member() {
     );
     assert!(p[0].reason.contains("see route[1]"), "{}", p[0].reason);
 }
+
+fn with_secondaries(table: &str) -> String {
+    GOOD.replacen(
+        "ttl = 30\n",
+        &format!("ttl = 30\n\n[dns.secondaries]\n{table}\n"),
+        1,
+    )
+}
+
+#[test]
+fn secondaries_are_addresses_with_a_key_name() {
+    let c = parse(&with_secondaries(
+        "addresses = [\"192.0.2.53\", \"198.51.100.1:5353\"]\nkey_file = \"/etc/srvgate/xfr.key\"",
+    ))
+    .unwrap();
+    let s = c.dns.unwrap().secondaries.unwrap();
+    assert_eq!(
+        s.peers,
+        [
+            "192.0.2.53:53".parse().unwrap(),
+            "198.51.100.1:5353".parse().unwrap()
+        ]
+    );
+    assert_eq!(s.key_name, "srvgate-xfr");
+    assert_eq!(s.key_file, Some("/etc/srvgate/xfr.key".into()));
+    assert!(parse(GOOD).unwrap().dns.unwrap().secondaries.is_none());
+
+    let p = problems(&with_secondaries(
+        "addresses = [\"nope\", \"0.0.0.0\"]\nkey_name = \"bad name!\"",
+    ));
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "dns.secondaries.addresses",
+            "dns.secondaries.addresses",
+            "dns.secondaries.key_name"
+        ],
+        "{p:?}"
+    );
+    assert!(p[0].reason.contains("\"nope\""), "{p:?}");
+    let p = problems(&with_secondaries("addresses = []"));
+    assert_eq!(p[0].field, "dns.secondaries.addresses", "{p:?}");
+}

@@ -26,17 +26,18 @@ use lb_model::{Protocol as Proto, Route};
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 const TTL: u32 = 45;
 
-fn dns_cfg() -> config::Dns {
+pub(super) fn dns_cfg() -> config::Dns {
     config::Dns {
         zone: "lab.example".into(),
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         gateway_name: "gw".into(),
         nameservers: vec![],
+        secondaries: None,
         ttl: TTL,
     }
 }
 
-fn route(name: &str, service: &str, protocol: Proto, port: u16) -> Route {
+pub(super) fn route(name: &str, service: &str, protocol: Proto, port: u16) -> Route {
     Route {
         name: name.into(),
         service: service.into(),
@@ -54,7 +55,7 @@ fn alice() -> Vec<Route> {
     vec![route("alice", "ssh", Proto::Tcp, 30001)]
 }
 
-fn zone(routes: &[Route]) -> Zone {
+pub(super) fn zone(routes: &[Route]) -> Zone {
     Zone::build(&dns_cfg(), GATEWAY, routes, 7).unwrap()
 }
 

@@ -339,6 +339,34 @@ impl Zone {
         self.serial
     }
 
+    /// The apex SOA at this serial.
+    pub fn soa(&self) -> &Record {
+        &self.soa[0]
+    }
+
+    /// Every record but the apex SOA, in no particular order: the body of a zone transfer.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.values())
+            .flat_map(|n| n.rrsets.iter())
+            .filter(|s| s.rtype != RecordType::SOA)
+            .flat_map(|s| s.records.iter())
+    }
+
+    /// The records at `name` (none if it does not exist, or holds none).
+    pub fn records_at(&self, name: &LowerName) -> Vec<Record> {
+        self.node(name)
+            .map(|n| n.rrsets.iter().flat_map(|s| s.records.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The names a route's records live at, if it has any in the zone.
+    pub fn route_names(&self, route: &lb_model::Route) -> Option<[LowerName; 2]> {
+        let (rfc2782, short) = self.params.names(route).ok()?;
+        Some([LowerName::new(&rfc2782), LowerName::new(&short)])
+    }
+
     /// The apex, e.g. `lab.example.`.
     pub fn origin(&self) -> &LowerName {
         &self.origin
@@ -822,6 +850,10 @@ fn group(records: Vec<Record>) -> Vec<RRset> {
         }
     }
     sets
+}
+
+pub(crate) fn record_len(record: &Record) -> usize {
+    wire_len(record)
 }
 
 fn wire_len(record: &Record) -> usize {
