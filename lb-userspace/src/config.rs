@@ -85,6 +85,25 @@ pub struct Dns {
     pub nameservers: Vec<(String, Ipv4Addr)>,
     /// `[dns.secondaries]`: servers that take the zone by transfer; none: no transfers.
     pub secondaries: Option<Secondaries>,
+    /// `[dns.rrl]`: response-rate limiting of UDP answers; none: off.
+    pub rrl: Option<Rrl>,
+}
+
+/// `[dns.rrl]`: UDP answers per client prefix (/24, /56) and second, and the slip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rrl {
+    pub rate: u32,
+    /// Every slip-th answer over the rate goes out empty with TC (the client retries over
+    /// TCP); the others are dropped. 0: all dropped.
+    pub slip: u32,
+}
+
+impl Default for Rrl {
+    /// NSD's defaults: 200 answers a second is far above what a network's resolvers ask of
+    /// one zone, and a slip of 2 answers half of the excess truncated.
+    fn default() -> Self {
+        Rrl { rate: 200, slip: 2 }
+    }
 }
 
 /// `[dns.secondaries]`: the secondaries (e.g. the university's DNS) that are notified of

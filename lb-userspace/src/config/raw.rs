@@ -80,6 +80,20 @@ pub(super) struct RawDns {
     #[serde(default)]
     pub(super) nameservers: std::collections::BTreeMap<String, String>,
     pub(super) secondaries: Option<RawSecondaries>,
+    pub(super) rrl: Option<RawRrl>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRrl {
+    #[serde(default = "default_true")]
+    pub(super) enabled: bool,
+    pub(super) rate: Option<u32>,
+    pub(super) slip: Option<u32>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Deserialize)]

@@ -884,3 +884,27 @@ fn secondaries_are_addresses_with_a_key_name() {
     let p = problems(&with_secondaries("addresses = []"));
     assert_eq!(p[0].field, "dns.secondaries.addresses", "{p:?}");
 }
+
+#[test]
+fn rrl_is_on_by_default_and_can_be_tuned_or_turned_off() {
+    assert_eq!(
+        parse(GOOD).unwrap().dns.unwrap().rrl,
+        Some(crate::config::Rrl { rate: 200, slip: 2 })
+    );
+    let with = |t: &str| GOOD.replacen("ttl = 30\n", &format!("ttl = 30\n\n[dns.rrl]\n{t}\n"), 1);
+    assert_eq!(
+        parse(&with("rate = 50\nslip = 0"))
+            .unwrap()
+            .dns
+            .unwrap()
+            .rrl,
+        Some(crate::config::Rrl { rate: 50, slip: 0 })
+    );
+    assert_eq!(
+        parse(&with("enabled = false")).unwrap().dns.unwrap().rrl,
+        None
+    );
+    let p = problems(&with("rate = 0\nslip = 1000"));
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["dns.rrl.rate", "dns.rrl.slip"], "{p:?}");
+}

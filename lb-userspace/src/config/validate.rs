@@ -186,6 +186,32 @@ fn secondaries(s: &super::raw::RawSecondaries, bad: &mut impl FnMut(&str, String
     }
 }
 
+/// `[dns.rrl]`: on unless `enabled = false`; a rate of at least 1, a slip of at most 100.
+fn rrl(r: Option<&super::raw::RawRrl>, bad: &mut impl FnMut(&str, String)) -> Option<Rrl> {
+    let default = Rrl::default();
+    let Some(r) = r else {
+        return Some(default);
+    };
+    if !r.enabled {
+        return None;
+    }
+    let rate = r.rate.unwrap_or(default.rate);
+    let slip = r.slip.unwrap_or(default.slip);
+    if rate == 0 {
+        bad(
+            "dns.rrl.rate",
+            "is 0; answers per second per client network, e.g. 200 (enabled = false turns limiting off)".into(),
+        );
+    }
+    if slip > 100 {
+        bad(
+            "dns.rrl.slip",
+            format!("{slip} is above 100; 2 truncates every second answer over the rate"),
+        );
+    }
+    Some(Rrl { rate, slip })
+}
+
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut problems = Vec::new();
     let mut bad = |field: &str, reason: String| {
@@ -308,6 +334,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             );
         }
         let secondaries = d.secondaries.as_ref().map(|s| secondaries(s, &mut bad));
+        let rrl = rrl(d.rrl.as_ref(), &mut bad);
         Some(Dns {
             zone: zone?,
             listen,
@@ -315,6 +342,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             ttl: d.ttl,
             nameservers,
             secondaries,
+            rrl,
         })
     });
 

@@ -729,6 +729,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
             gateway_name: "gw".into(),
             nameservers: vec![],
             secondaries: None,
+            rrl: None,
             ttl: 30,
         }),
         http: Some(crate::config::Http {
@@ -1589,6 +1590,7 @@ fn the_ways_in_follow_the_http_routers_service_label() {
         gateway_name: "gw".into(),
         nameservers: vec![],
         secondaries: None,
+        rrl: None,
         ttl: 30,
     };
     let http = |service: &str| crate::config::Http {

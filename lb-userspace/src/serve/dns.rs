@@ -28,9 +28,12 @@
 //! query from a secondary (its SOA check) gets a signed answer, past the answer cache.
 //!
 //! Deliberately absent: recursion (names outside the zone get REFUSED, RA is never set),
-//! dynamic update, DNSSEC, wildcards, and response-rate limiting.
+//! dynamic update, DNSSEC and wildcards. UDP answers are rate-limited per client network
+//! ([`rrl`], `[dns.rrl]`, on by default) so that forged sources cannot make the zone an
+//! amplifier.
 
 pub mod notify;
+pub mod rrl;
 pub mod tsig;
 pub mod xfr;
 pub mod zone;
@@ -125,6 +128,8 @@ struct Shared {
     history: Mutex<xfr::History>,
     /// Wakes the notifier after a change.
     changed: tokio::sync::Notify,
+    /// `[dns.rrl]`, for UDP answers.
+    rrl: Option<rrl::Rrl>,
 }
 
 impl Shared {
@@ -197,6 +202,7 @@ impl DnsServer {
             secondaries: OnceLock::new(),
             history: Mutex::new(xfr::History::default()),
             changed: tokio::sync::Notify::new(),
+            rrl: cfg.rrl.map(|r| rrl::Rrl::new(r.rate, r.slip)),
         });
         let table = tcp_admission(tcp_clients);
         let mut listeners = Vec::with_capacity(sockets.len());
@@ -264,6 +270,11 @@ impl DnsServer {
 
     pub fn serial(&self) -> u32 {
         self.shared.zone.load().serial()
+    }
+
+    /// UDP answers sent truncated and dropped by rate limiting; `None` when it is off.
+    pub fn rrl_counts(&self) -> Option<(u64, u64)> {
+        self.shared.rrl.as_ref().map(rrl::Rrl::counts)
     }
 
     /// Sets the SOA serial (a shared store's revision, so that gateways agree), keeping
@@ -413,6 +424,20 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
                 tracing::debug!(%error, %peer, "DNS UDP reply not sent");
             }
             continue;
+        }
+        if let Some(limit) = &shared.rrl {
+            match limit.check(peer.ip(), unix_now()) {
+                rrl::Verdict::Answer => {}
+                rrl::Verdict::Drop => continue,
+                rrl::Verdict::Slip => {
+                    if let Some(tc) = rrl::slip(&buf[..n]) {
+                        if let Err(error) = socket.send_to(&tc, peer) {
+                            tracing::debug!(%error, %peer, "DNS UDP reply not sent");
+                        }
+                    }
+                    continue;
+                }
+            }
         }
         let zone = shared.zone.load();
         if cache.answer(&zone, &buf[..n], &mut out) {

@@ -220,8 +220,12 @@ pub async fn notify(
             let Ok(got) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await else {
                 break;
             };
-            // Refused (ICMP) is like no answer: try again.
-            let Ok(n) = got else { break };
+            // Refused (ICMP: the secondary is not up yet) is like no answer: the next try
+            // after the timeout, not at once.
+            let Ok(n) = got else {
+                tokio::time::sleep_until(deadline).await;
+                break;
+            };
             if n >= 12 && buf[..2] == id.to_be_bytes() && buf[2] & 0x80 != 0 {
                 let rcode = buf[3] & 0x0f;
                 if rcode != 0 {

@@ -33,6 +33,7 @@ pub(super) fn dns_cfg() -> config::Dns {
         gateway_name: "gw".into(),
         nameservers: vec![],
         secondaries: None,
+        rrl: None,
         ttl: TTL,
     }
 }
