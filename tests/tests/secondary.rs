@@ -15,6 +15,7 @@ use srvgate_tests::*;
 /// The transfer secret both sides are given (base64 of 32 bytes).
 const SECRET: &str = "c3J2Z2F0ZSBsYWIgdHJhbnNmZXIga2V5LCAzMiBieXQ=";
 const KNOT_PORT: u16 = 5300;
+const ROUTES: u16 = 600;
 
 fn knot_conf(dir: &str) -> String {
     format!(
@@ -61,12 +62,23 @@ fn knot_follows_the_zone_by_axfr_notify_and_ixfr_with_tsig() {
     };
     let key = lab.write_file("xfr.key", &format!("{SECRET}\n")).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut config = config_toml(&[RouteSpec::tcp(
+    // Enough routes that the zone takes several transfer messages (about 90 KiB), each
+    // signed over the one before: Knot checks every MAC of the chain.
+    let mut routes = vec![RouteSpec::tcp(
         "alice",
         "ssh",
         &format!("{B1_IP}:22"),
         30001,
-    )]);
+    )];
+    routes.extend((0..ROUTES).map(|i| {
+        RouteSpec::tcp(
+            &format!("u{i:04}"),
+            "ssh",
+            &format!("{B1_IP}:{}", 2000 + i),
+            31000 + i,
+        )
+    }));
+    let mut config = config_toml(&routes);
     config.push_str(&format!(
         "\n[dns.secondaries]\naddresses = [\"{CLIENT_IP}:{KNOT_PORT}\"]\nkey_file = \"{}\"\n",
         key.display()
@@ -94,6 +106,11 @@ fn knot_follows_the_zone_by_axfr_notify_and_ixfr_with_tsig() {
         at_knot(&lab, "SRV", "_ssh._tcp.alice.lab.example").contains("30001")
     });
     assert!(lab.is_running(knot), "knotd exited: {}", knot_log());
+    assert!(
+        at_knot(&lab, "SRV", &format!("_ssh._tcp.u{:04}.lab.example", ROUTES - 1))
+            .contains(&(31000 + ROUTES - 1).to_string()),
+        "the last message's records too"
+    );
     let log = knot_log();
     // Knot signs with the key (it is the remote's); srvgate transfers only signed requests,
     // and says so.
