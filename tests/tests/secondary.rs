@@ -107,8 +107,12 @@ fn knot_follows_the_zone_by_axfr_notify_and_ixfr_with_tsig() {
     });
     assert!(lab.is_running(knot), "knotd exited: {}", knot_log());
     assert!(
-        at_knot(&lab, "SRV", &format!("_ssh._tcp.u{:04}.lab.example", ROUTES - 1))
-            .contains(&(31000 + ROUTES - 1).to_string()),
+        at_knot(
+            &lab,
+            "SRV",
+            &format!("_ssh._tcp.u{:04}.lab.example", ROUTES - 1)
+        )
+        .contains(&(31000 + ROUTES - 1).to_string()),
         "the last message's records too"
     );
     let log = knot_log();

@@ -419,12 +419,7 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
                 continue;
             }
         };
-        if let Some(reply) = signed_answer(shared, &buf[..n], Protocol::Udp, peer) {
-            if let Err(error) = socket.send_to(&reply, peer) {
-                tracing::debug!(%error, %peer, "DNS UDP reply not sent");
-            }
-            continue;
-        }
+        // Every answer counts against its network's rate, whatever it turns out to be.
         if let Some(limit) = &shared.rrl {
             match limit.check(peer.ip(), unix_now()) {
                 rrl::Verdict::Answer => {}
@@ -438,6 +433,13 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
                     continue;
                 }
             }
+        }
+        // After the limit: a forged flood of signed-looking queries costs a MAC each.
+        if let Some(reply) = signed_answer(shared, &buf[..n], Protocol::Udp, peer) {
+            if let Err(error) = socket.send_to(&reply, peer) {
+                tracing::debug!(%error, %peer, "DNS UDP reply not sent");
+            }
+            continue;
         }
         let zone = shared.zone.load();
         if cache.answer(&zone, &buf[..n], &mut out) {

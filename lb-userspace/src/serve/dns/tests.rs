@@ -1370,3 +1370,58 @@ fn an_unknown_opcode_gets_notimp_without_rd_or_cd() {
     let r = Message::from_vec(&out).unwrap();
     assert!(!r.metadata.recursion_desired && !r.metadata.checking_disabled);
 }
+
+/// `[dns.rrl]` in the server: one client network gets its rate of answers in a second,
+/// then every second query a truncated empty answer and nothing for the rest; over TCP it is
+/// answered in full. Bounded: 40 queries, each waited for at most half a second.
+#[tokio::test]
+async fn rate_limited_udp_slips_truncated_answers_and_tcp_still_answers() {
+    let cfg = config::Dns {
+        rrl: Some(config::Rrl { rate: 10, slip: 2 }),
+        ..dns_cfg()
+    };
+    let server = DnsServer::start(&cfg, GATEWAY, &alice()).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let q = query("_ssh._tcp.alice.lab.example.", RecordType::SRV);
+    let (mut full, mut truncated, mut silent) = (0u64, 0u64, 0u64);
+    // One second's budget: the limit counts per wall-clock second, so start on a fresh one.
+    let start = unix_now();
+    while unix_now() == start {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = unix_now();
+    for _ in 0..40 {
+        socket.send_to(&q.to_vec().unwrap(), addr).await.unwrap();
+        let mut buf = [0u8; 1500];
+        match timeout(Duration::from_millis(500), socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                let r = Message::from_vec(&buf[..n]).unwrap();
+                if r.metadata.truncation {
+                    assert!(r.answers.is_empty() && n <= q.to_vec().unwrap().len());
+                    truncated += 1;
+                } else {
+                    assert_eq!(r.answers.len(), 1);
+                    full += 1;
+                }
+            }
+            _ => silent += 1,
+        }
+    }
+    if unix_now() == second {
+        // All 40 within one second (the usual case): exact counts.
+        assert_eq!((full, truncated, silent), (10, 15, 15));
+    } else {
+        // A slow machine crossed into the next second, which has its own budget.
+        assert!(
+            full >= 10 && truncated >= 1 && silent >= 1,
+            "{full} {truncated} {silent}"
+        );
+    }
+    let (slipped, dropped) = server.rrl_counts().unwrap();
+    assert_eq!((slipped, dropped), (truncated, silent));
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let r = tcp_ask(&mut tcp, &q).await;
+    assert_eq!(r.answers.len(), 1, "TCP is not limited");
+    server.shutdown().await;
+}
