@@ -44,8 +44,9 @@ pub const MAX_UDP_PAYLOAD: u16 = 1232;
 /// Clients without EDNS, or advertising less, get the RFC 1035 limit (RFC 6891 section 6.2.5).
 const MIN_UDP_PAYLOAD: u16 = 512;
 
-// SOA timers. Nothing transfers this zone (no secondaries), so only `minimum` (the negative
-// caching TTL, RFC 2308) matters to resolvers; the others are the usual RFC 1912 values.
+// SOA timers: the usual RFC 1912 values. Secondaries (`[dns.secondaries]`) learn of changes
+// by NOTIFY within a second; refresh and retry are only their fallback when one is lost,
+// and expire how long they keep serving a zone srvgate no longer answers for.
 const SOA_REFRESH: i32 = 3600;
 const SOA_RETRY: i32 = 600;
 const SOA_EXPIRE: i32 = 1_209_600;
