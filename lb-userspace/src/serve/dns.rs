@@ -30,8 +30,10 @@
 //! Deliberately absent: recursion (names outside the zone get REFUSED, RA is never set),
 //! dynamic update, DNSSEC and wildcards. UDP answers are rate-limited per client network
 //! ([`rrl`], `[dns.rrl]`, on by default) so that forged sources cannot make the zone an
-//! amplifier.
+//! amplifier; a UDP answer to a query with a client cookie carries a server cookie
+//! ([`cookie`]), and a query presenting a valid one is exempt from the limit.
 
+pub mod cookie;
 pub mod notify;
 pub mod rrl;
 pub mod tsig;
@@ -130,6 +132,8 @@ struct Shared {
     changed: tokio::sync::Notify,
     /// `[dns.rrl]`, for UDP answers.
     rrl: Option<rrl::Rrl>,
+    /// Server cookies for UDP answers; a valid one exempts its query from `rrl`.
+    cookies: cookie::Cookies,
 }
 
 impl Shared {
@@ -203,6 +207,7 @@ impl DnsServer {
             history: Mutex::new(xfr::History::default()),
             changed: tokio::sync::Notify::new(),
             rrl: cfg.rrl.map(|r| rrl::Rrl::new(r.rate, r.slip)),
+            cookies: cookie::Cookies::new(),
         });
         let table = tcp_admission(tcp_clients);
         let mut listeners = Vec::with_capacity(sockets.len());
@@ -419,9 +424,16 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
                 continue;
             }
         };
-        // Every answer counts against its network's rate, whatever it turns out to be.
-        if let Some(limit) = &shared.rrl {
-            match limit.check(peer.ip(), unix_now()) {
+        let query = &buf[..n];
+        let now = unix_now();
+        let presented = cookie::presented(query);
+        let proven = presented
+            .as_ref()
+            .is_some_and(|p| shared.cookies.valid(p, peer.ip(), now));
+        // Every answer counts against its network's rate, whatever it turns out to be,
+        // unless a server cookie proved the source.
+        if let (Some(limit), false) = (&shared.rrl, proven) {
+            match limit.check(peer.ip(), now) {
                 rrl::Verdict::Answer => {}
                 rrl::Verdict::Drop => continue,
                 rrl::Verdict::Slip => {
@@ -442,7 +454,12 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
             continue;
         }
         let zone = shared.zone.load();
-        if cache.answer(&zone, &buf[..n], &mut out) {
+        if cache.answer(&zone, query, &mut out) {
+            // The cached answer is the same for every client; the cookie is this one's.
+            if let Some(p) = &presented {
+                let server = shared.cookies.make(&p.client, peer.ip(), now);
+                cookie::add(&mut out, &p.client, &server, p.limit());
+            }
             if let Err(error) = socket.send_to(&out, peer) {
                 tracing::debug!(%error, %peer, "DNS UDP reply not sent");
             }

@@ -1425,3 +1425,80 @@ async fn rate_limited_udp_slips_truncated_answers_and_tcp_still_answers() {
     assert_eq!(r.answers.len(), 1, "TCP is not limited");
     server.shutdown().await;
 }
+
+/// A client sending a cookie gets a server cookie back, and with it its queries are no
+/// longer rate-limited (they prove their source), while the same client without the
+/// cookie is. RFC 7873 section 5.2.
+#[tokio::test]
+async fn a_server_cookie_comes_back_and_exempts_its_client_from_the_limit() {
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+    let cfg = config::Dns {
+        rrl: Some(config::Rrl { rate: 1, slip: 0 }),
+        ..dns_cfg()
+    };
+    let server = DnsServer::start(&cfg, GATEWAY, &alice()).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let with_cookie = |cookie: Vec<u8>| {
+        let mut q = with_edns(query("alice.ssh.lab.example.", RecordType::A), 1232, 0);
+        if let Some(e) = q.edns.as_mut() {
+            e.options_mut()
+                .insert(EdnsOption::Unknown(EdnsCode::Cookie.into(), cookie));
+        }
+        q.to_vec().unwrap()
+    };
+    let ask = |packet: Vec<u8>| {
+        let socket = &socket;
+        async move {
+            socket.send_to(&packet, addr).await.unwrap();
+            let mut buf = [0u8; 1500];
+            match timeout(Duration::from_millis(500), socket.recv(&mut buf)).await {
+                Ok(Ok(n)) => Some(Message::from_vec(&buf[..n]).unwrap()),
+                _ => None,
+            }
+        }
+    };
+    // The first answer of this second (rate 1) brings the server cookie.
+    let first = ask(with_cookie(b"clientck".to_vec()))
+        .await
+        .expect("answered");
+    let cookie = first
+        .edns
+        .as_ref()
+        .and_then(|e| {
+            e.options()
+                .as_ref()
+                .iter()
+                .find(|(c, _)| *c == EdnsCode::Cookie)
+                .map(|(_, o)| o.clone())
+        })
+        .expect("a cookie option in the answer");
+    let EdnsOption::Unknown(_, bytes) = cookie else {
+        panic!("{cookie:?}")
+    };
+    assert_eq!(bytes.len(), 24);
+    assert_eq!(&bytes[..8], b"clientck");
+    // With it: every query answered, far past the rate.
+    for i in 0..20 {
+        let r = ask(with_cookie(bytes.clone())).await;
+        assert!(
+            r.is_some_and(|r| r.answers.len() == 1),
+            "query {i} with the cookie"
+        );
+    }
+    // With a forged one, the limit holds: one answer a second (each silent query costs
+    // its half-second wait, so the loop spans a few seconds).
+    let mut forged = bytes.clone();
+    forged[23] ^= 1;
+    let mut answered = 0;
+    let start = unix_now();
+    for _ in 0..10 {
+        answered += u32::from(ask(with_cookie(forged.clone())).await.is_some());
+    }
+    let seconds = unix_now() - start + 1;
+    assert!(
+        answered <= seconds && answered < 10,
+        "{answered} answers in {seconds} s at 1/s"
+    );
+    server.shutdown().await;
+}

@@ -118,7 +118,7 @@ pub fn find(msg: &[u8]) -> Result<Option<usize>, TsigError> {
     Ok(Some(start))
 }
 
-fn skip_name(msg: &[u8], mut at: usize) -> Result<usize, TsigError> {
+pub(super) fn skip_name(msg: &[u8], mut at: usize) -> Result<usize, TsigError> {
     // 128 labels is the most a 255-byte name holds; a loop of pointers cannot get further.
     for _ in 0..128 {
         let len = *msg.get(at).ok_or(TsigError::Malformed("name cut short"))?;
@@ -138,7 +138,7 @@ fn skip_name(msg: &[u8], mut at: usize) -> Result<usize, TsigError> {
     Err(TsigError::Malformed("name too long"))
 }
 
-fn skip_record(msg: &[u8], at: usize) -> Result<usize, TsigError> {
+pub(super) fn skip_record(msg: &[u8], at: usize) -> Result<usize, TsigError> {
     let at = skip_name(msg, at)?;
     let rdlen = msg
         .get(at + 8..at + 10)

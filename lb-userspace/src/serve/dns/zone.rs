@@ -559,8 +559,9 @@ fn answer<'a>(zone: &'a Zone, request: &MessageRequest) -> Answer<'a> {
 }
 
 /// RFC 7873 section 5.2.2: a COOKIE option holds an 8-byte client cookie, optionally followed
-/// by an 8- to 32-byte server cookie; any other length is FORMERR. We send no server cookie
-/// ourselves, so a well-formed one is simply ignored.
+/// by an 8- to 32-byte server cookie; any other length is FORMERR. The server cookie is
+/// made and checked by the UDP path ([`super::cookie`]), not here: the answer is the same
+/// for every client, and so can be cached.
 fn cookie_ok(edns: &Edns) -> bool {
     // Every COOKIE option, not just the first: a client may send more than one.
     edns.options()
