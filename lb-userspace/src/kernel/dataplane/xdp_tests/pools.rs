@@ -40,7 +40,12 @@ pub(super) fn texts(range: impl Iterator<Item = u8>) -> Vec<String> {
 
 /// 10 000 distinct TCP clients, as `maglev`'s host tests draw them.
 fn clients() -> impl Iterator<Item = Tuple> {
-    (0..10_000u32).map(|i| {
+    many_clients(10_000)
+}
+
+/// `n` distinct TCP clients (up to 64 000 of them).
+fn many_clients(n: u32) -> impl Iterator<Item = Tuple> {
+    (0..n).map(|i| {
         (
             Ipv4Addr::new(198, 51, (i / 250) as u8, (i % 250) as u8 + 1),
             20_000 + (i * 7 % 40_000) as u16,
@@ -174,6 +179,34 @@ fn a_pool_spreads_flows_evenly_and_a_removal_moves_few() {
     assert!(
         moved_others as f64 / 10_000.0 <= 0.02,
         "{moved_others} moved"
+    );
+
+    // Weights 1 to 4 (its own slot): each member's share of 40 000 flows against its
+    // weight's (40 000 so that chance alone keeps within about 1.5 % of the smallest).
+    let weighted: Vec<String> = (1..=4u8)
+        .map(|i| format!("{} weight={i}", member(i)))
+        .collect();
+    let w = entry(OTHER_PORT + 1, &weighted, &[]);
+    h.add_pool_route(&w, 3);
+    let mut got: Map<Tuple, usize> = Map::new();
+    const WEIGHTED_FLOWS: u32 = 40_000;
+    for c in many_clients(WEIGHTED_FLOWS) {
+        *got.entry(h.member_for(c, OTHER_PORT + 1)).or_default() += 1;
+    }
+    let weight_error = (1..=4u8)
+        .map(|i| {
+            let want = f64::from(WEIGHTED_FLOWS) * f64::from(i) / 10.0;
+            let n = got.get(&tuple(member(i))).copied().unwrap_or(0) as f64;
+            (n - want).abs() / want
+        })
+        .fold(0.0, f64::max);
+    assert!(weight_error <= 0.05, "weights 1..4: {got:?}");
+    // The line `cargo xtask bench` reads (`parse::pool_shape`).
+    let others = before.iter().filter(|&&was| was != gone).count();
+    println!(
+        "pool-shape max-mean={:.3} weight-error={weight_error:.3} moved-others={moved_others} \
+         others={others}",
+        max / mean
     );
 }
 
