@@ -3,5 +3,6 @@
 pub mod admin;
 pub mod backup;
 pub mod docs;
+pub mod doctor;
 
 pub use lb_client::print_json;

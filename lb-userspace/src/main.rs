@@ -14,8 +14,8 @@ use lb_client::{Failure, StudentCommand};
 use lb_userspace::{
     api::DEFAULT_SOCKET,
     cli::admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
-    cli::backup,
     cli::docs,
+    cli::{backup, doctor},
     config::Config,
     daemon::{self, Options},
     kernel::dataplane::{AttachMode, DEFAULT_PIN_DIR},
@@ -65,6 +65,9 @@ enum Command {
     /// Put a backup into a stopped gateway's state directory (or, with `[cluster]` in
     /// --config, into etcd); refuses to replace existing state unless --force.
     Restore(backup::RestoreArgs),
+    /// Check the gateway's machine, firewall, DNS and delegation; one line to fix each
+    /// problem. Exit 1 when a check fails; --json for monitoring.
+    Doctor(doctor::DoctorArgs),
     // The students' verbs (ssh, ssh-config, login, claim, mine, release), lb-client's.
     #[command(flatten)]
     Student(StudentCommand),
@@ -160,6 +163,7 @@ fn main() -> ExitCode {
         Command::Down(args) => admin::down(args).map_err(admin_failure),
         Command::Backup(args) => backup::backup(args),
         Command::Restore(args) => backup::restore(args),
+        Command::Doctor(args) => doctor::doctor(args),
         Command::Student(cmd) => cmd.run(),
     };
     match result {
