@@ -60,7 +60,7 @@ enum Cmd {
     /// Set up, build (release), then run `srvgate run ARGS...`, or the demo lab without ARGS.
     ///
     /// The srvgate process replaces this one, so Ctrl-C and signals reach it directly.
-    /// Example: cargo xtask run -- --config /etc/srvgate.toml
+    /// Example: cargo xtask run -- --config /etc/srvgate/srvgate.toml
     Run {
         /// Arguments for `srvgate run`, after `--`.
         #[arg(last = true, value_name = "ARGS")]

@@ -60,7 +60,7 @@ fn config(routes: Vec<Route>) -> Config {
         http: None,
         https: None,
         portal: None,
-        metrics_listen: None,
+        metrics_listen: Vec::new(),
         cluster: None,
         routes,
     }
@@ -736,7 +736,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
             limits: Default::default(),
             forwarded_for: false,
         }),
-        metrics_listen: Some("127.0.0.1:9110".parse().unwrap()),
+        metrics_listen: vec!["127.0.0.1:9110".parse().unwrap()],
         cluster: None,
         ..config(vec![route("alice", 30001, "10.0.0.11:22")])
     };
@@ -751,7 +751,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
     new.dns.as_mut().unwrap().ttl = 60;
     assert_eq!(restart_sections(&running, &new), ["[dns]"]);
     new.http = None;
-    new.metrics_listen = Some("127.0.0.1:9111".parse().unwrap());
+    new.metrics_listen = vec!["127.0.0.1:9111".parse().unwrap()];
     assert_eq!(
         restart_sections(&running, &new),
         ["[dns]", "[http]", "[metrics]"]
