@@ -1,11 +1,11 @@
 //! What is shown in more than one place: the ways in to a route (`claim`, `mine` and the
 //! console print the same lines), the `~/.ssh/config` block (printed by `ssh-config`, shown
 //! by the console) and byte counts (`route ls` and the console). Shell words are quoted by `shlex`, the workspace's
-//! one shell quoting. `nearest` is the one "did you mean" (config keys, interface names).
+//! one shell quoting. `onboarding` is the block `srvgate user add` prints for the student. `nearest` is the one "did you mean" (config keys, interface names).
 
 use std::net::SocketAddr;
 
-use crate::api::{MeReply, RouteView};
+use crate::api::{MeReply, Onboarding, RouteView, CLIENTS_PATH};
 
 /// The ways in to a route, as `claim` and `mine` print them.
 pub fn ways_in(v: &RouteView, me: &MeReply) -> Vec<String> {
@@ -81,6 +81,44 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// What `srvgate user add` (and `user token`) prints for the admin to send the student in
+/// one paste: the portal, the certificate's fingerprint while it is self-signed, the zone,
+/// where to download the client, and the exact login line. Without a portal it says that
+/// the token can log in nowhere yet.
+pub fn onboarding(name: &str, token: &str, how: Option<&Onboarding>) -> String {
+    let Some(how) = how else {
+        return format!(
+            "token for {name} (shown once):\n{token}\n\
+             note: this gateway has no [portal]: the token can log in nowhere until one is configured\n"
+        );
+    };
+    let url = &how.portal_url;
+    let mut login = format!("srvgate login {}", shell_word(url));
+    let mut out = format!("----- send to {name} privately (the token is shown only now) -----\n");
+    out.push_str(&format!(
+        "Portal:      {url}  (web console: log in with the token)\n"
+    ));
+    if let Some(fp) = &how.fingerprint {
+        out.push_str(&format!(
+            "Certificate: SHA-256 {fp}\n             (self-signed: login checks this fingerprint)\n"
+        ));
+        login.push_str(&format!(" --fingerprint {fp}"));
+    }
+    if let Some(zone) = &how.zone {
+        out.push_str(&format!(
+            "Zone:        {zone}  (your routes are {name}.SERVICE.{zone})\n"
+        ));
+    }
+    out.push_str(&format!(
+        "Client:      {url}{CLIENTS_PATH}  (Windows and Linux, with their SHA-256)\n"
+    ));
+    out.push_str(&format!("Log in:      {login}\n"));
+    out.push_str(&format!("Token:       {token}\n"));
+    out.push_str("             (paste it when login asks; it is not shown as you type)\n");
+    out.push_str("-----\n");
+    out
+}
+
 /// Words longer than this get no "did you mean".
 const MAX_NEAREST_LEN: usize = 64;
 
@@ -138,6 +176,42 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_onboarding_block_has_everything_a_student_needs() {
+        let how = Onboarding {
+            portal_url: "https://203.0.113.10:8443".into(),
+            fingerprint: Some("AB:CD".into()),
+            zone: Some("lab.example.edu".into()),
+        };
+        let block = onboarding("alice", "sg_alice_x", Some(&how));
+        for want in [
+            "Portal:      https://203.0.113.10:8443",
+            "Certificate: SHA-256 AB:CD",
+            "Zone:        lab.example.edu  (your routes are alice.SERVICE.lab.example.edu)",
+            "Client:      https://203.0.113.10:8443/clients/",
+            "Log in:      srvgate login https://203.0.113.10:8443 --fingerprint AB:CD\n",
+            "Token:       sg_alice_x\n",
+        ] {
+            assert!(block.contains(want), "no {want:?} in\n{block}");
+        }
+        // A certificate from a CA needs no pinning.
+        let signed = Onboarding {
+            fingerprint: None,
+            ..how
+        };
+        let block = onboarding("alice", "sg_alice_x", Some(&signed));
+        assert!(!block.contains("fingerprint"), "{block}");
+        assert!(
+            block.contains("Log in:      srvgate login https://203.0.113.10:8443\n"),
+            "{block}"
+        );
+        let none = onboarding("alice", "sg_alice_x", None);
+        assert!(
+            none.contains("sg_alice_x") && none.contains("no [portal]"),
+            "{none}"
+        );
+    }
 
     #[test]
     fn nearest_names_the_typo_and_nothing_far() {

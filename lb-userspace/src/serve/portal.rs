@@ -97,6 +97,7 @@ impl PortalServer {
         let info = PortalInfo {
             listen: cfg.listen.iter().map(ToString::to_string).collect(),
             fingerprint: fingerprint(certs[0].as_ref()),
+            self_signed: cfg.cert.is_none(),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
