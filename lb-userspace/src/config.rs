@@ -53,7 +53,13 @@ pub struct Portal {
     /// certificate once and keeps it in the state directory.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The students' client builds offered at `/clients/` (`serve::clients`).
+    pub clients_dir: PathBuf,
 }
+
+/// Where the package installs the students' client builds: `[portal] clients_dir`'s
+/// default (`serve::clients` serves them).
+pub const DEFAULT_CLIENTS_DIR: &str = "/usr/share/srvgate/clients";
 
 /// Where the package installs the config, and so where `run` and `check` look by default.
 pub const DEFAULT_CONFIG: &str = "/etc/srvgate/srvgate.toml";

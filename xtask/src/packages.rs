@@ -70,6 +70,9 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("man", "man-db"),
     ("md5sum", "coreutils"),
     ("mount", "mount"),
+    // The C compiler ring's build script runs for x86_64-unknown-linux-musl (the static
+    // Linux client of `cargo xtask dist`).
+    ("musl-gcc", "musl-tools"),
     ("nft", "nftables"),
     ("nginx", "nginx"),
     ("openssl", "openssl"),
@@ -82,6 +85,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("sleep", "coreutils"),
     ("sockperf", "sockperf"),
     ("ss", "iproute2"),
+    // `cargo xtask dist`: the clients' SHA256SUMS.
+    ("sha256sum", "coreutils"),
     ("ssh", "openssh-client"),
     ("ssh-keygen", "openssh-client"),
     ("sshd", "openssh-server"),

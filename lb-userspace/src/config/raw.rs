@@ -57,6 +57,8 @@ pub(super) struct RawPortal {
     pub(super) cert: Option<PathBuf>,
     #[serde(default)]
     pub(super) key: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) clients_dir: Option<PathBuf>,
 }
 
 pub(super) fn default_portal_listen() -> Vec<String> {

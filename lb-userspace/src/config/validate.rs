@@ -279,6 +279,9 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
             listen,
             cert: p.cert,
             key: p.key,
+            clients_dir: p
+                .clients_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CLIENTS_DIR)),
         }
     });
 
