@@ -194,11 +194,16 @@ fn the_clients_ship_with_their_sha256() {
         .collect();
     assert_eq!(
         names,
-        ["srvgate-client-windows-x86_64.exe", "srvgate-client-linux-x86_64"],
+        [
+            "srvgate-client-windows-x86_64.exe",
+            "srvgate-client-linux-x86_64"
+        ],
         "{sums}"
     );
     let mut check = Command::new("sha256sum");
-    check.args(["--check", "--strict", "SHA256SUMS"]).current_dir(&dir);
+    check
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(&dir);
     let out = run_with_timeout(&mut check, Duration::from_secs(30)).unwrap();
     expect_success("sha256sum --check SHA256SUMS", &out).unwrap();
 

@@ -75,11 +75,22 @@ pub fn build_clients(root: &Path, target_dir: &Path) -> Result<Vec<(PathBuf, &'s
         cmd::run(
             Command::new("cargo")
                 .current_dir(root)
-                .args(["build", "--release", "-p", "lb-client", "--bin", "srvgate-client"])
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "lb-client",
+                    "--bin",
+                    "srvgate-client",
+                ])
                 .args(["--target", target]),
         )?;
         let path = target_dir.join(target).join("release").join(file);
-        ensure!(path.is_file(), "the {target} build wrote no {}", path.display());
+        ensure!(
+            path.is_file(),
+            "the {target} build wrote no {}",
+            path.display()
+        );
         built.push((path, *name));
     }
     Ok(built)

@@ -67,15 +67,22 @@ impl Clients {
             };
             let path = dir.join(name);
             match read_bounded(&path, MAX_FILE) {
-                Ok(Some(bytes)) if hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes)) == sha256 => {
+                Ok(Some(bytes))
+                    if hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))
+                        == sha256 =>
+                {
                     files.push(ClientFile {
                         name: name.to_string(),
                         sha256,
                         bytes: Arc::new(bytes),
                     })
                 }
-                Ok(Some(_)) => warn!(path = %path.display(), "client downloads: its SHA-256 is not the one SHA256SUMS lists; not offered"),
-                Ok(None) => warn!(path = %path.display(), "client downloads: listed in SHA256SUMS but missing"),
+                Ok(Some(_)) => {
+                    warn!(path = %path.display(), "client downloads: its SHA-256 is not the one SHA256SUMS lists; not offered")
+                }
+                Ok(None) => {
+                    warn!(path = %path.display(), "client downloads: listed in SHA256SUMS but missing")
+                }
                 Err(e) => warn!(path = %path.display(), "client downloads: {e}"),
             }
         }
@@ -92,9 +99,7 @@ impl Clients {
         if method != "GET" {
             return text(405, "only GET here\n".into());
         }
-        let name = path
-            .strip_prefix(CLIENTS_PATH)
-            .unwrap_or_default();
+        let name = path.strip_prefix(CLIENTS_PATH).unwrap_or_default();
         if name.is_empty() {
             return self.index();
         }
@@ -114,7 +119,10 @@ impl Clients {
                 ],
                 body: f.bytes.as_ref().clone(),
             },
-            None => text(404, format!("no client named {name:?} here; see {CLIENTS_PATH}\n")),
+            None => text(
+                404,
+                format!("no client named {name:?} here; see {CLIENTS_PATH}\n"),
+            ),
         }
     }
 

@@ -179,8 +179,7 @@ pub(super) fn client_targets(check_only: bool, missing: &mut Vec<String>) -> Res
     ] {
         let what = format!("Rust target {target} ({what})");
         let installed = || -> Result<bool> {
-            let list =
-                cmd::stdout(Command::new("rustup").args(["target", "list", "--installed"]))?;
+            let list = cmd::stdout(Command::new("rustup").args(["target", "list", "--installed"]))?;
             Ok(list.lines().any(|l| l.trim() == target))
         };
         if installed()? {

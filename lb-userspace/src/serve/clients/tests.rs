@@ -40,7 +40,10 @@ fn a_download_matches_the_sha256_the_index_shows() {
         ("srvgate-client-windows-x86_64.exe", exe),
         ("srvgate-client-linux-x86_64", elf),
     ] {
-        assert!(page.contains(&format!("href=\"/clients/{name}\"")), "{page}");
+        assert!(
+            page.contains(&format!("href=\"/clients/{name}\"")),
+            "{page}"
+        );
         let got = clients.answer("GET", &format!("/clients/{name}"));
         assert_eq!(got.status, 200);
         assert_eq!(got.body, bytes);
@@ -87,7 +90,11 @@ fn only_listed_plain_names_are_served() {
     let dir = dir_with(&[("secret", secret)], &sums);
     let clients = Clients::load(dir.path());
     assert!(clients.files.is_empty(), "{clients:?}");
-    for path in ["/clients/secret", "/clients/../secret", "/clients/SHA256SUMS/x"] {
+    for path in [
+        "/clients/secret",
+        "/clients/../secret",
+        "/clients/SHA256SUMS/x",
+    ] {
         assert_eq!(clients.answer("GET", path).status, 404, "{path}");
     }
     assert_eq!(clients.answer("POST", "/clients/").status, 405);

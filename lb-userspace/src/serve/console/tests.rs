@@ -471,5 +471,8 @@ fn at_the_global_cap_an_account_holding_as_many_as_any_ends_its_own() {
 #[test]
 fn the_login_page_offers_the_client_download() {
     let html = page::login(None);
-    assert!(html.contains("<a href=\"/clients/\" id=\"clients\">"), "{html}");
+    assert!(
+        html.contains("<a href=\"/clients/\" id=\"clients\">"),
+        "{html}"
+    );
 }
