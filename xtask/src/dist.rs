@@ -350,3 +350,59 @@ fn shlib_depends(work: &Path, bin: &Path) -> Result<String> {
         .map(str::to_string)
         .ok_or_else(|| anyhow::anyhow!("dpkg-shlibdeps printed no shlibs:Depends: {out:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The staged clients and their SHA256SUMS agree, in `sha256sum -c` form: what the
+    /// portal checks each file against before it offers it.
+    #[test]
+    fn staged_clients_carry_their_sums() {
+        let dir =
+            std::env::temp_dir().join(format!("srvgate-stage-clients-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("built.exe");
+        fs::write(&exe, b"MZ not really windows").unwrap();
+        // Any ELF binary strips; this machine's `true` stands in for the musl build.
+        let elf = PathBuf::from("/bin/true");
+        let out = dir.join("clients");
+        stage_clients(
+            &out,
+            &[
+                (exe.clone(), "srvgate-client-windows-x86_64.exe"),
+                (elf, "srvgate-client-linux-x86_64"),
+            ],
+        )
+        .unwrap();
+        let sums = fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+        let names: Vec<&str> = sums
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "srvgate-client-windows-x86_64.exe",
+                "srvgate-client-linux-x86_64"
+            ]
+        );
+        let check = cmd::stdout(
+            Command::new("sha256sum")
+                .args(["--check", "--strict", "SHA256SUMS"])
+                .current_dir(&out),
+        )
+        .unwrap();
+        assert_eq!(
+            check.lines().filter(|l| l.ends_with(": OK")).count(),
+            2,
+            "{check}"
+        );
+        assert_eq!(
+            fs::read(out.join("srvgate-client-windows-x86_64.exe")).unwrap(),
+            fs::read(&exe).unwrap()
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -89,11 +89,11 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("rsvg-convert", "librsvg2-bin"),
     ("setpriv", "util-linux"),
     ("sh", "dash"),
+    // `cargo xtask dist`: the clients' SHA256SUMS.
+    ("sha256sum", "coreutils"),
     ("sleep", "coreutils"),
     ("sockperf", "sockperf"),
     ("ss", "iproute2"),
-    // `cargo xtask dist`: the clients' SHA256SUMS.
-    ("sha256sum", "coreutils"),
     ("ssh", "openssh-client"),
     ("ssh-keygen", "openssh-client"),
     ("sshd", "openssh-server"),
