@@ -567,6 +567,7 @@ pub struct FakeControl {
 
 pub fn view(name: &str, port: u16) -> RouteView {
     RouteView {
+        check: None,
         proxy_protocol: None,
         name: name.into(),
         service: "ssh".into(),
@@ -574,6 +575,8 @@ pub fn view(name: &str, port: u16) -> RouteView {
         port,
         backend: "10.0.0.11:22".into(),
         backends: vec![lb_model::api::BackendView {
+            last_check: None,
+            since_unix: None,
             addr: "10.0.0.11:22".into(),
             weight: 1,
             drained: false,
@@ -716,6 +719,7 @@ impl Control for FakeControl {
     }
     fn claim(&self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
         self.add(RouteRequest {
+            check: None,
             name: caller.into(),
             service: r.service,
             protocol: r.protocol,

@@ -224,7 +224,8 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     // core operation each (`pools.rs`).
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
     let (verdicts_tx, verdicts_rx) = mpsc::channel(1024);
-    let mut checks = super::pools::Checks::new(targets_tx);
+    let board = crate::health::Board::default();
+    let mut checks = super::pools::Checks::new(targets_tx, board.clone());
     checks.follow(&crate::table::routes::Diff {
         added: core.routes.table.entries().cloned().collect(),
         ..Default::default()
@@ -234,7 +235,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         Arc::new(crate::health::NetProber::new(cfg.gateway.public_ipv4)),
         targets_rx,
         verdicts_tx,
-        crate::health::Board::default(),
+        board,
         crate::health::DEFAULT_MAX_PROBES,
     ));
     let core = Arc::new(Mutex::new(core));

@@ -9,11 +9,17 @@
 //! across SIGHUP while the file names the member (`RouteTable::replace_config`), not across
 //! a restart; write `drained` in the file to keep it.
 //!
-//! What is checked ([`Checks`]): every member of every route with two or more members, with
-//! the default check (TCP connect every 2 s, down after 3 failures, up after 2 successes);
-//! a one-backend route is never left without its backend, so checking it would change
-//! nothing. [`Checks`] follows the table change by change (its cost is the change's), and
-//! the `health` runner gets the whole target list only when it changed.
+//! What is checked ([`Checks`]): every member of every route whose pool has a check, its
+//! own or the default (`Pool::effective_check`: TCP connect every 2 s, down after 3
+//! failures, up after 2 successes, for a TCP pool of two or more members; nothing for a
+//! UDP route or a one-backend route unless its author wrote a check; `kind = "none"`
+//! never). A checked one-backend route is never left without its backend (fail open), but
+//! its owner sees its health. [`Checks`] follows the table change by change (its cost is
+//! the change's), and the `health` runner gets the whole target list only when it changed.
+//!
+//! The health board: the runner's [`Board`] (last result, when the verdict changed) joined
+//! with the table's verdicts in each member's [`BackendView`], which `route ls`, `status`,
+//! `mine` and the console render (`lb_model::text::backend_state`).
 //!
 //! Health: table (the entry's down set), maps, web routers; a refusal of the maps puts the
 //! verdict back, so the table never says what the maps do not. Every transition is an audit
@@ -35,21 +41,29 @@ use lb_model::{
 };
 
 use super::{lifecycle::on_core, Core};
-use crate::health::{Target, Transition};
-use lb_model::check::CheckSpec;
+use crate::health::{Board, Target, Transition};
 
-/// The health checks the table asks for, kept in step with it: the runner's input.
+/// The health checks the table asks for, kept in step with it: the runner's input; and the
+/// runner's board, which the views read.
 pub(super) struct Checks {
     by_route: BTreeMap<RouteKey, Vec<Target>>,
     tx: tokio::sync::watch::Sender<Vec<Target>>,
+    board: Board,
 }
 
 impl Checks {
-    pub(super) fn new(tx: tokio::sync::watch::Sender<Vec<Target>>) -> Checks {
+    pub(super) fn new(tx: tokio::sync::watch::Sender<Vec<Target>>, board: Board) -> Checks {
         Checks {
             by_route: BTreeMap::new(),
             tx,
+            board,
         }
+    }
+
+    /// The check `key`'s members get, in haproxy's words, if they are checked.
+    fn spec_text(&self, key: &RouteKey) -> Option<String> {
+        let t = self.by_route.get(key)?.first()?;
+        Some(t.spec.to_string())
     }
 
     /// Takes a change of the table; tells the runner if what is checked changed.
@@ -63,17 +77,19 @@ impl Checks {
             changed |= self.by_route.remove(&e.route.key()).is_some();
         }
         for e in diff.added.iter().chain(diff.changed.iter().map(|c| &c.new)) {
-            let members = e.route.backends.members();
-            if members.len() < 2 {
+            let Some(spec) = e.route.backends.effective_check(e.route.protocol) else {
                 continue;
-            }
+            };
             let key = e.route.key();
-            let targets = members
+            let targets = e
+                .route
+                .backends
+                .members()
                 .iter()
                 .map(|m| Target {
                     key: key.to_string(),
                     backend: m.addr,
-                    spec: CheckSpec::default(),
+                    spec: spec.clone(),
                 })
                 .collect();
             self.by_route.insert(key, targets);
@@ -110,26 +126,51 @@ pub(super) async fn apply_verdicts(
         on_core(&core, move |c| {
             // A verdict about a route changed or removed meanwhile matches nothing.
             let key = c.checks.as_ref()?.borrow().route(&t.target.key)?;
-            info!(route = %key, backend = %t.target.backend, up = t.up, "health check: {}", t.reason);
-            Some(c.set_health(&key, t.target.backend, t.up))
+            Some(c.set_health_because(&key, t.target.backend, t.up, &t.reason))
         })
         .await;
     }
 }
 
-/// The members of `e`'s pool with their health, as the API shows them.
-pub(super) fn backend_views(e: &Entry) -> Vec<BackendView> {
+/// The members of `e`'s pool with their health, as the API shows them: the table's verdict
+/// (what the maps do), with the board's last result and time of change when `checks` runs.
+pub(super) fn backend_views(e: &Entry, checks: Option<&Checks>) -> Vec<BackendView> {
+    let key = e.route.key().to_string();
+    let board: BTreeMap<SocketAddrV4, crate::health::TargetStatus> = checks
+        .map(|c| c.board.route(&key))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.backend, s))
+        .collect();
     e.route
         .backends
         .members()
         .iter()
-        .map(|m| BackendView {
-            addr: m.addr.to_string(),
-            weight: m.weight,
-            drained: m.drained,
-            up: !e.down.contains(&m.addr),
+        .map(|m| {
+            let status = board.get(&m.addr);
+            BackendView {
+                addr: m.addr.to_string(),
+                weight: m.weight,
+                drained: m.drained,
+                up: !e.down.contains(&m.addr),
+                since_unix: status.and_then(|s| s.changed_unix),
+                last_check: status.and_then(|s| s.last.clone()),
+            }
         })
         .collect()
+}
+
+/// The check text a route's view shows.
+pub(super) fn check_text(e: &Entry, checks: Option<&Checks>) -> Option<String> {
+    match checks {
+        Some(c) => c.spec_text(&e.route.key()),
+        // The tests' cores run no checks; the route still says what it would get.
+        None => e
+            .route
+            .backends
+            .effective_check(e.route.protocol)
+            .map(|s| s.to_string()),
+    }
 }
 
 impl Core {
@@ -232,10 +273,23 @@ impl Core {
         Ok(self.view(&changed.new, now))
     }
 
-    /// Applies a health check's verdict on member `backend` of route `key`. Returns whether
-    /// the table and maps now hold it (`false`: no such member, nothing new, or the maps
-    /// refused it, which is logged and put back).
+    /// [`Core::set_health_because`] without a reason: the tests' verdicts.
+    #[cfg(test)]
     pub(super) fn set_health(&mut self, key: &RouteKey, backend: SocketAddrV4, up: bool) -> bool {
+        self.set_health_because(key, backend, up, "")
+    }
+
+    /// Applies a health check's verdict on member `backend` of route `key`; `reason` (`3
+    /// checks in a row failed, last: ...`) goes on the transition's audit line. Returns
+    /// whether the table and maps now hold it (`false`: no such member, nothing new, or the
+    /// maps refused it, which is logged and put back).
+    pub(super) fn set_health_because(
+        &mut self,
+        key: &RouteKey,
+        backend: SocketAddrV4,
+        up: bool,
+        reason: &str,
+    ) -> bool {
         let Some(changed) = self.routes.table.set_down(key, backend, !up) else {
             return false;
         };
@@ -250,7 +304,7 @@ impl Core {
         }
         self.publish(&diff);
         let action = if up { "backend up" } else { "backend down" };
-        info!(target: AUDIT_TARGET, action, route = %key, %backend, "health");
+        info!(target: AUDIT_TARGET, action, route = %key, %backend, reason, "health");
         match (changed.old.fail_open(), changed.new.fail_open()) {
             (false, true) => {
                 warn!(route = %key, backends = %changed.new.route.backends, "every undrained backend of {key} is down: sending new flows to all of them (fail open)")

@@ -219,13 +219,14 @@ impl Core {
             (Source::Runtime, Some(after)) => Some(after.saturating_sub(idle).as_secs()),
             _ => None,
         };
+        let checks = self.checks.as_ref().map(|c| c.borrow());
         RouteView {
             name: r.name.clone(),
             service: r.service.clone(),
             protocol: r.protocol.to_string(),
             port: r.port,
             backend: e.primary().to_string(),
-            backends: super::pools::backend_views(e),
+            backends: super::pools::backend_views(e, checks.as_deref()),
             fail_open: e.fail_open(),
             source: e.source.as_str().to_string(),
             added_unix: unix(e.added),
@@ -237,6 +238,7 @@ impl Core {
             inbound_bytes: c.inbound_bytes,
             outbound_bytes: c.outbound_bytes,
             proxy_protocol: r.proxy_protocol.map(|p| p.as_str().to_string()),
+            check: super::pools::check_text(e, checks.as_deref()),
         }
     }
 

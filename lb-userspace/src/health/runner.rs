@@ -107,6 +107,20 @@ impl Board {
         self.lock().values().map(|e| e.status.clone()).collect()
     }
 
+    /// The statuses of one route's targets (`key` as the targets name it).
+    pub fn route(&self, key: &str) -> Vec<TargetStatus> {
+        self.lock()
+            .range(
+                TargetId {
+                    key: key.into(),
+                    backend: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                }..,
+            )
+            .take_while(|(id, _)| id.key == key)
+            .map(|(_, e)| e.status.clone())
+            .collect()
+    }
+
     /// Whether the backend is up for this route; `None` when it is not checked.
     pub fn is_up(&self, key: &str, backend: SocketAddrV4) -> Option<bool> {
         let id = TargetId {

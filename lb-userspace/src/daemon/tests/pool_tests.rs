@@ -304,6 +304,7 @@ fn checks_follow_pools_and_tell_the_runner_only_of_news() {
     let mut rig = Rig::new();
     rig.core.checks = Some(std::cell::RefCell::new(crate::daemon::pools::Checks::new(
         tx,
+        crate::health::Board::default(),
     )));
     rig.core
         .add(pool_request(
@@ -355,4 +356,190 @@ fn a_drain_through_another_gateway_changes_the_route_in_place() {
     assert!(after.down.contains(&a("10.0.0.12:80")), "health kept");
     assert!(after.fail_open(), "the one undrained member is down");
     assert_eq!(frontend(&rig, 30001), Some(a("10.0.0.12:80")));
+}
+
+/// A rig whose core follows its table with checks, and the runner's end of them.
+fn checked_rig() -> (
+    Rig,
+    tokio::sync::watch::Receiver<Vec<crate::health::Target>>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    let mut rig = Rig::new();
+    rig.core.checks = Some(std::cell::RefCell::new(crate::daemon::pools::Checks::new(
+        tx,
+        crate::health::Board::default(),
+    )));
+    (rig, rx)
+}
+
+fn check_request(toml_text: &str) -> lb_model::check::CheckRequest {
+    toml::from_str(toml_text).unwrap()
+}
+
+#[test]
+fn a_routes_own_check_is_what_its_members_get_and_is_stored() {
+    let (mut rig, mut rx) = checked_rig();
+    let mut r = pool_request("alice", &["10.0.0.11:80", "10.0.0.12:80"]);
+    r.check = Some(check_request(
+        "kind = \"http\"\npath = \"/healthz\"\ninterval = \"3s\"\nfall = 2",
+    ));
+    let v = rig.core.add(r).unwrap();
+    assert_eq!(
+        v.check.as_deref(),
+        Some("http GET /healthz inter 3s timeout 1s rise 2 fall 2")
+    );
+    let targets = rx.borrow_and_update().clone();
+    assert_eq!(targets.len(), 2);
+    assert!(targets
+        .iter()
+        .all(|t| t.spec.to_string() == v.check.clone().unwrap()));
+    // The store keeps the check as written, and a reload gives the same route back.
+    let stored = rig.store.state().routes[0].clone();
+    let spec = stored.route.backends.check().unwrap();
+    assert_eq!(spec.interval, std::time::Duration::from_secs(3));
+    let json = crate::table::state::encode_route(&stored);
+    assert!(
+        json.contains(r#""check":{"kind":"http","path":"/healthz","interval":"3s","fall":2}"#),
+        "{json}"
+    );
+
+    // A one-backend route with a check is checked too (its owner sees its health); one
+    // without is not; `none` turns a pool's default off.
+    let mut one = request("bob", "10.0.0.13:22");
+    one.check = Some(check_request("kind = \"ssh\""));
+    rig.core.add(one).unwrap();
+    let mut off = pool_request("carol", &["10.0.0.21:80", "10.0.0.22:80"]);
+    off.check = Some(check_request("kind = \"none\""));
+    let v = rig.core.add(off).unwrap();
+    assert_eq!(v.check, None, "kind none: nothing checked");
+    rig.core.add(request("dave", "10.0.0.31:22")).unwrap();
+    let keys: std::collections::BTreeSet<String> = rx
+        .borrow_and_update()
+        .iter()
+        .map(|t| t.key.clone())
+        .collect();
+    assert_eq!(
+        keys.into_iter().collect::<Vec<_>>(),
+        ["alice/ssh/tcp", "bob/ssh/tcp"]
+    );
+}
+
+#[test]
+fn a_udp_pool_is_not_checked_unless_it_names_a_port_to_check() {
+    let (mut rig, mut rx) = checked_rig();
+    let mut udp = pool_request("alice", &["10.0.0.11:27015", "10.0.0.12:27015"]);
+    udp.protocol = Some("udp".into());
+    let v = rig.core.add(udp.clone()).unwrap();
+    assert_eq!(v.check, None, "a TCP connect to a UDP port says nothing");
+    assert!(rx.borrow_and_update().is_empty());
+    rig.core.remove("alice", None).unwrap();
+    udp.check = Some(check_request("kind = \"tcp\"\nport = 8080"));
+    let v = rig.core.add(udp).unwrap();
+    assert_eq!(
+        v.check.as_deref(),
+        Some("tcp port 8080 inter 2s timeout 1s rise 2 fall 3")
+    );
+    let targets = rx.borrow_and_update().clone();
+    assert_eq!(
+        targets
+            .iter()
+            .map(|t| t.spec.probe_addr(t.backend))
+            .collect::<Vec<_>>(),
+        [a("10.0.0.11:8080"), a("10.0.0.12:8080")],
+        "the companion port of each member is probed"
+    );
+}
+
+#[test]
+fn a_bad_check_is_refused_naming_its_field_and_a_students_is_bounded() {
+    let mut rig = Rig::new();
+    let mut r = pool_request("alice", &["10.0.0.11:80", "10.0.0.12:80"]);
+    r.check = Some(check_request(
+        "kind = \"http\"\npath = \"/a b\"\ninterval = \"1s\"\ntimeout = \"1s\"",
+    ));
+    let e = rig.core.add(r).unwrap_err();
+    assert_eq!(e.status, 400);
+    assert_eq!(e.reply.field.as_deref(), Some("check.path"));
+    assert!(e.reply.error.contains("check.timeout"), "{}", e.reply.error);
+    assert!(rig.entry("alice").is_none());
+
+    rig.core
+        .user_add(user_request("bob", &["10.0.0.31"], 4))
+        .unwrap();
+    let mut fast = ClaimRequest {
+        backend: String::new(),
+        backends: vec!["10.0.0.31:80".into(), "10.0.0.31:81".into()],
+        ..claim("web", "")
+    };
+    fast.check = Some(check_request("interval = \"500ms\""));
+    let e = rig.core.claim("bob", fast.clone()).unwrap_err();
+    assert_eq!(
+        (e.status, e.reply.field.as_deref()),
+        (400, Some("check.interval"))
+    );
+    assert!(e.reply.error.contains("500ms"), "{}", e.reply.error);
+    assert!(rig.entry("bob").is_none());
+    fast.check = Some(check_request(
+        "kind = \"http\"\npath = \"/up\"\ninterval = \"1s\"",
+    ));
+    let v = rig.core.claim("bob", fast).unwrap();
+    assert_eq!(
+        v.check.as_deref(),
+        Some("http GET /up inter 1s timeout 500ms rise 2 fall 3")
+    );
+}
+
+#[test]
+fn a_drain_keeps_the_routes_check() {
+    let mut rig = Rig::new();
+    let mut r = pool_request("alice", &["10.0.0.11:80", "10.0.0.12:80"]);
+    r.check = Some(check_request("kind = \"ssh\""));
+    rig.core.add(r).unwrap();
+    let v = rig
+        .core
+        .drain("alice", drain("10.0.0.11:80", true))
+        .unwrap();
+    assert!(
+        v.check.as_deref().unwrap().starts_with("ssh "),
+        "{:?}",
+        v.check
+    );
+    let stored = rig.store.state().routes[0].clone();
+    assert!(stored.route.backends.check().is_some());
+}
+
+#[test]
+fn a_health_transition_is_an_audit_line_with_its_reason() {
+    let mut rig = Rig::new();
+    rig.core
+        .add(pool_request("audited", &["10.0.0.41:80", "10.0.0.42:80"]))
+        .unwrap();
+    let key = rig.entry("audited").unwrap().route.key();
+    tracing::subscriber::with_default(crate::logging::audit_only(), || {
+        assert!(rig.core.set_health_because(
+            &key,
+            a("10.0.0.42:80"),
+            false,
+            "3 checks in a row failed, last: connect: Connection refused"
+        ));
+        assert!(rig.core.set_health_because(
+            &key,
+            a("10.0.0.42:80"),
+            true,
+            "2 checks in a row passed"
+        ));
+    });
+    let lines: Vec<String> = crate::logging::recent_audit()
+        .into_iter()
+        .filter(|l| l.contains("audited/ssh/tcp"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("action=\"backend down\"")
+            && lines[0].contains("10.0.0.42:80")
+            && lines[0].contains("Connection refused"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("action=\"backend up\""), "{}", lines[1]);
 }
