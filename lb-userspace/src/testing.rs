@@ -257,6 +257,11 @@ pub struct FakeState {
     pub follower: bool,
     /// Every batch of last-seen times published, in order.
     pub published: Vec<Vec<(lb_model::RouteKey, std::time::SystemTime)>>,
+    /// The health verdicts the shared table holds: the members it says are down (what a
+    /// leader's `publish_health` wrote, or a test put there).
+    pub down: std::collections::BTreeSet<(lb_model::RouteKey, std::net::SocketAddrV4)>,
+    /// Every verdict published, in order: route, member, up.
+    pub verdicts: Vec<(lb_model::RouteKey, std::net::SocketAddrV4, bool)>,
     /// The routes a crash would leave: recorded changes count only once their commit has
     /// been waited for (their flush), a whole save at once.
     pub durable_routes: Vec<StoredRoute>,
@@ -470,6 +475,34 @@ impl Cluster for FakeStore {
         s.save_or_fail()?;
         s.published.push(seen.to_vec());
         Ok(())
+    }
+
+    /// As etcd's: only while this gateway leads and the route exists.
+    fn publish_health(
+        &mut self,
+        key: &lb_model::RouteKey,
+        backend: std::net::SocketAddrV4,
+        up: bool,
+    ) -> Result<(), StateError> {
+        let mut s = self.state();
+        s.save_or_fail()?;
+        if s.follower || !s.routes.iter().any(|r| r.route.key() == *key) {
+            return Err(StateError::Refused {
+                reason: "this gateway no longer leads, or the route is gone".into(),
+                taken: Vec::new(),
+            });
+        }
+        if up {
+            s.down.remove(&(key.clone(), backend));
+        } else {
+            s.down.insert((key.clone(), backend));
+        }
+        s.verdicts.push((key.clone(), backend, up));
+        Ok(())
+    }
+
+    fn loaded_health(&mut self) -> Vec<(lb_model::RouteKey, std::net::SocketAddrV4)> {
+        self.state().down.iter().cloned().collect()
     }
 }
 

@@ -151,6 +151,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let mut users = store.load_accounts()?;
     // Other gateways' changes from the loaded revision on; they wait in the queue until
     // the event loop runs.
+    // The leader's last verdicts, read with the table (before `follow` takes the load).
+    let shared_down = store
+        .cluster_mut()
+        .map(|c| c.loaded_health())
+        .unwrap_or_default();
     let remote = store.cluster_mut().map(|c| {
         let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
         c.follow(public_ipv4, tx);
@@ -218,6 +223,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     core.settings.portal = portal_info.clone();
     core.settings.own = own;
     core.take_over(taken_over)?;
+    core.adopt_health(shared_down);
     core.sync_serial();
     let routes = core.routes.table.len();
     // The health checks of pools: targets follow the table, verdicts come back as one
@@ -423,6 +429,7 @@ pub(super) async fn event_loop(
     let mut clock = tokio::time::interval(CLOCK_TICK);
     let mut observe = tokio::time::interval(OBSERVE_EVERY);
     observe.tick().await;
+    let mut lead = tokio::time::interval(super::pools::LEAD_HEALTH_EVERY);
     let mut status = on_core(core, |c| c.status_line()).await.unwrap_or_default();
     loop {
         tokio::select! {
@@ -473,6 +480,9 @@ pub(super) async fn event_loop(
                         warn!("refreshing the public legs' source guard: {e:#}");
                     }
                 }
+            }
+            _ = lead.tick() => {
+                on_core(core, |c| c.lead_health()).await;
             }
             _ = clock.tick() => {
                 if let Some(Err(e)) = on_core(core, |c| c.routes.dataplane.tick_clock()).await {

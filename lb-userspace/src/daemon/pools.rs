@@ -22,7 +22,18 @@
 //! `mine` and the console render (`lb_model::text::backend_state`).
 //!
 //! Health: table (the entry's down set), maps, web routers; a refusal of the maps puts the
-//! verdict back, so the table never says what the maps do not. Every transition is an audit
+//! verdict back, so the table never says what the maps do not.
+//!
+//! With `[cluster]`, every gateway makes the same choice because the leader's checks alone
+//! decide: each gateway runs the checks (so its board shows what it sees, and a gateway
+//! that becomes leader has warm verdicts), but only the leader applies its own verdicts,
+//! and it writes each to etcd (`Cluster::publish_health`, fenced by the `leader` key);
+//! the others apply what the watch brings (`Remote::Health`) and ignore their own. So
+//! every table holds the same down sets, hence the same Maglev tables. A gateway starts
+//! (and resynchronises) from the verdicts stored ([`Core::adopt_health`]); a new leader
+//! keeps them and, every [`LEAD_HEALTH_EVERY`], writes only where its own *confirmed*
+//! verdicts differ ([`Core::lead_health`]): a verdict its checks only assume (a target not
+//! yet checked) never overrides the last one written, so a leader change does not flap. Every transition is an audit
 //! line; a pool whose every undrained member is down goes on sending to all of them (fail
 //! open), said in a warning, in `status` and in `srvgate_backend_up`'s companion metric.
 
@@ -41,6 +52,13 @@ use lb_model::{
 };
 
 use super::{lifecycle::on_core, Core};
+
+/// How often the leader compares its checks' confirmed verdicts with the shared ones: a
+/// new leader's correction, or a write that failed, waits at most this long.
+pub const LEAD_HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The audit reason of a verdict that came from the leader.
+const LEADERS: &str = "the leading gateway's checks";
 use crate::health::{Board, Target, Transition};
 
 /// The health checks the table asks for, kept in step with it: the runner's input; and the
@@ -49,6 +67,9 @@ pub(super) struct Checks {
     by_route: BTreeMap<RouteKey, Vec<Target>>,
     tx: tokio::sync::watch::Sender<Vec<Target>>,
     board: Board,
+    /// With `[cluster]`, on the leader: verdicts applied here whose write to the shared
+    /// table failed, written again by [`Core::lead_health`].
+    unpublished: BTreeMap<(RouteKey, SocketAddrV4), bool>,
 }
 
 impl Checks {
@@ -57,6 +78,7 @@ impl Checks {
             by_route: BTreeMap::new(),
             tx,
             board,
+            unpublished: BTreeMap::new(),
         }
     }
 
@@ -126,7 +148,7 @@ pub(super) async fn apply_verdicts(
         on_core(&core, move |c| {
             // A verdict about a route changed or removed meanwhile matches nothing.
             let key = c.checks.as_ref()?.borrow().route(&t.target.key)?;
-            Some(c.set_health_because(&key, t.target.backend, t.up, &t.reason))
+            Some(c.own_verdict(&key, t.target.backend, t.up, &t.reason))
         })
         .await;
     }
@@ -315,6 +337,125 @@ impl Core {
             _ => {}
         }
         true
+    }
+
+    /// A verdict of this gateway's own checks: applied; with `[cluster]`, only on the
+    /// leader, which also writes it for the others (see the module docs).
+    pub(super) fn own_verdict(
+        &mut self,
+        key: &RouteKey,
+        backend: SocketAddrV4,
+        up: bool,
+        reason: &str,
+    ) -> bool {
+        match self.routes.store.cluster().map(|c| c.leads()) {
+            None => self.set_health_because(key, backend, up, reason),
+            Some(false) => {
+                info!(route = %key, %backend, up, "health check: {reason}; the leading gateway decides");
+                false
+            }
+            Some(true) => {
+                let applied = self.set_health_because(key, backend, up, reason);
+                self.publish_verdict(key, backend, up);
+                applied
+            }
+        }
+    }
+
+    fn publish_verdict(&mut self, key: &RouteKey, backend: SocketAddrV4, up: bool) {
+        let Some(c) = self.routes.store.cluster_mut() else {
+            return;
+        };
+        let result = c.publish_health(key, backend, up);
+        if let Err(e) = &result {
+            warn!(route = %key, %backend, up, "health: writing the verdict for the other gateways: {e}; trying again within {LEAD_HEALTH_EVERY:?}");
+        }
+        if let Some(checks) = &self.checks {
+            let mut checks = checks.borrow_mut();
+            match result {
+                Ok(()) => checks.unpublished.remove(&(key.clone(), backend)),
+                Err(_) => checks.unpublished.insert((key.clone(), backend), up),
+            };
+        }
+    }
+
+    /// On the leader: where its checks' confirmed verdicts differ from the table (which
+    /// holds the shared ones), applies and writes them. Proportional to the checked
+    /// backends, not the table.
+    pub(super) fn lead_health(&mut self) {
+        if !self.routes.store.cluster().is_some_and(|c| c.leads()) {
+            return;
+        }
+        let Some(checks) = &self.checks else { return };
+        let retry: Vec<(RouteKey, SocketAddrV4, bool)> =
+            std::mem::take(&mut checks.borrow_mut().unpublished)
+                .into_iter()
+                .map(|((k, b), up)| (k, b, up))
+                .collect();
+        let wrong: Vec<(RouteKey, SocketAddrV4, bool)> = {
+            let checks = checks.borrow();
+            checks
+                .board
+                .snapshot()
+                .into_iter()
+                .filter(|s| s.confirmed)
+                .filter_map(|s| {
+                    let key = checks.route(&s.route)?;
+                    let e = self.routes.table.get(&key)?;
+                    (e.down.contains(&s.backend) == s.up).then_some((key, s.backend, s.up))
+                })
+                .collect()
+        };
+        for (key, backend, up) in retry {
+            self.publish_verdict(&key, backend, up);
+        }
+        for (key, backend, up) in wrong {
+            self.set_health_because(
+                &key,
+                backend,
+                up,
+                "this gateway leads now, and its checks say so",
+            );
+            self.publish_verdict(&key, backend, up);
+        }
+    }
+
+    /// The leader's verdicts from the watch. The leader itself skips them: it applied its
+    /// own first, and an echo arriving after a newer verdict would undo it for a moment.
+    pub(super) fn apply_leaders_verdicts(&mut self, verdicts: Vec<(RouteKey, SocketAddrV4, bool)>) {
+        if self.routes.store.cluster().is_some_and(|c| c.leads()) {
+            return;
+        }
+        for (key, backend, up) in verdicts {
+            self.set_health_because(&key, backend, up, LEADERS);
+        }
+    }
+
+    /// Makes the table's down sets the shared ones, `down` being every member the leader
+    /// says is down (at start, and after a resync; proportional to the table, as those
+    /// are). The leader keeps its own: [`Core::lead_health`] corrects the shared ones.
+    pub(super) fn adopt_health(&mut self, down: Vec<(RouteKey, SocketAddrV4)>) {
+        if self.routes.store.cluster().is_none_or(|c| c.leads()) {
+            return;
+        }
+        let down: std::collections::HashSet<(RouteKey, SocketAddrV4)> = down.into_iter().collect();
+        let wrong: Vec<(RouteKey, SocketAddrV4, bool)> = self
+            .routes
+            .table
+            .entries()
+            .flat_map(|e| {
+                let key = e.route.key();
+                e.route
+                    .backends
+                    .addrs()
+                    .filter(|b| e.down.contains(b) != down.contains(&(key.clone(), *b)))
+                    .map(|b| (key.clone(), b, e.down.contains(&b)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (key, backend, up) in wrong {
+            self.set_health_because(&key, backend, up, LEADERS);
+        }
     }
 
     /// Puts `changed.old` back in the table and the maps after a refused change.

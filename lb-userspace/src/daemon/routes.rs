@@ -726,10 +726,12 @@ impl Core {
             Remote::Routes { changes, .. } => self.apply_shared(changes),
             Remote::Accounts { revision, users } => self.adopt_accounts(users, revision),
             Remote::Seen(seen) => self.note_remote_seen(seen),
+            Remote::Health(verdicts) => self.apply_leaders_verdicts(verdicts),
             Remote::Resync {
                 revision,
                 routes,
                 accounts,
+                down,
                 why,
             } => {
                 let seen: Vec<(lb_model::RouteKey, SystemTime)> = routes
@@ -766,6 +768,7 @@ impl Core {
                 );
                 self.apply_shared(changes);
                 self.note_remote_seen(seen);
+                self.adopt_health(down);
                 if let Some((users, revision)) = accounts {
                     self.adopt_accounts(users, revision);
                 }

@@ -1141,6 +1141,7 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
     // A resynchronisation makes the runtime routes exactly the store's.
     let seen = SystemTime::now() - Duration::from_secs(600);
     rig.core.apply_remote(Remote::Resync {
+        down: Vec::new(),
         revision: 20,
         routes: vec![
             StoredRoute {

@@ -130,6 +130,16 @@ impl Board {
         self.lock().get(&id).map(|e| e.status.up)
     }
 
+    /// Puts a status as a runner's task would (tests of what reads the board).
+    #[cfg(test)]
+    pub fn put(&self, status: TargetStatus) {
+        let id = TargetId {
+            key: status.route.clone(),
+            backend: status.backend,
+        };
+        self.lock().insert(id, Entry { task: 0, status });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TargetId, Entry>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }

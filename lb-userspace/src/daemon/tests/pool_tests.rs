@@ -543,3 +543,198 @@ fn a_health_transition_is_an_audit_line_with_its_reason() {
     );
     assert!(lines[1].contains("action=\"backend up\""), "{}", lines[1]);
 }
+
+/// A gateway of a cluster (`follower`: another one leads) with the two-member pool of
+/// [`two_backends`], following its table with checks; the board its runner would fill.
+fn cluster_gateway(follower: bool) -> (Rig, crate::health::Board) {
+    let mut rig = Rig::shared();
+    rig.store.state().follower = follower;
+    let (tx, _rx) = tokio::sync::watch::channel(Vec::new());
+    let board = crate::health::Board::default();
+    rig.core.checks = Some(std::cell::RefCell::new(crate::daemon::pools::Checks::new(
+        tx,
+        board.clone(),
+    )));
+    rig.core
+        .add(pool_request(
+            "alice",
+            &["10.0.0.11:80", "10.0.0.12:80", "10.0.0.13:80"],
+        ))
+        .unwrap();
+    (rig, board)
+}
+
+/// The Maglev table the data plane would write for `name`'s pool on this gateway.
+fn maglev_of(rig: &Rig, name: &str) -> Vec<u16> {
+    let members: Vec<(SocketAddrV4, u32)> = rig
+        .entry(name)
+        .unwrap()
+        .active()
+        .into_iter()
+        .map(|(a, w)| (a, u32::from(w)))
+        .collect();
+    crate::kernel::dataplane::maglev::table(&members, 251).unwrap()
+}
+
+fn status(backend: &str, up: bool, confirmed: bool) -> crate::health::TargetStatus {
+    crate::health::TargetStatus {
+        route: "alice/ssh/tcp".into(),
+        backend: a(backend),
+        up,
+        confirmed,
+        check: "tcp".into(),
+        last: None,
+        against: 0,
+        changed_unix: None,
+    }
+}
+
+#[test]
+fn every_gateway_applies_the_leaders_verdicts_so_both_choose_alike() {
+    let (mut leader, _) = cluster_gateway(false);
+    let (mut other, _) = cluster_gateway(true);
+    let key = leader.entry("alice").unwrap().route.key();
+    assert_eq!(maglev_of(&leader, "alice"), maglev_of(&other, "alice"));
+    let before = maglev_of(&leader, "alice");
+
+    // The follower's own checks see another member down: the leader decides, not it.
+    assert!(!other
+        .core
+        .own_verdict(&key, a("10.0.0.11:80"), false, "1 check failed"));
+    assert!(other.entry("alice").unwrap().down.is_empty());
+    assert!(
+        other.store.state().verdicts.is_empty(),
+        "a follower writes none"
+    );
+
+    // The leader's verdict: applied there and written for the others.
+    assert!(leader
+        .core
+        .own_verdict(&key, a("10.0.0.12:80"), false, "3 checks in a row failed"));
+    let written = leader.store.state().verdicts.clone();
+    assert_eq!(written, [(key.clone(), a("10.0.0.12:80"), false)]);
+    other
+        .core
+        .apply_remote(crate::cluster::Remote::Health(written.clone()));
+    assert_eq!(
+        other.entry("alice").unwrap().down,
+        leader.entry("alice").unwrap().down
+    );
+    let after = maglev_of(&leader, "alice");
+    assert_ne!(after, before, "the member left the table");
+    assert_eq!(maglev_of(&other, "alice"), after, "the same choice on both");
+    let chosen: std::collections::BTreeSet<u16> = after.iter().copied().collect();
+    assert_eq!(
+        chosen.len(),
+        2,
+        "the table spreads over the two members left"
+    );
+    other.assert_agree();
+
+    // An echo of an older verdict does not undo the leader's newer one.
+    leader
+        .core
+        .apply_remote(crate::cluster::Remote::Health(vec![(
+            key.clone(),
+            a("10.0.0.12:80"),
+            true,
+        )]));
+    assert!(leader
+        .entry("alice")
+        .unwrap()
+        .down
+        .contains(&a("10.0.0.12:80")));
+
+    // A gateway that resynchronises (or starts) takes the stored verdicts as a whole.
+    let (mut late, _) = cluster_gateway(true);
+    let (routes, down) = {
+        let s = leader.store.state();
+        (s.routes.clone(), s.down.iter().cloned().collect())
+    };
+    late.core.apply_remote(crate::cluster::Remote::Resync {
+        revision: 9,
+        routes,
+        accounts: None,
+        down,
+        why: "test".into(),
+    });
+    assert_eq!(maglev_of(&late, "alice"), after);
+}
+
+#[test]
+fn a_new_leader_starts_from_the_last_verdicts_written_without_a_flap() {
+    let (mut gw2, board) = cluster_gateway(true);
+    let key = gw2.entry("alice").unwrap().route.key();
+    // What the old leader wrote, as a start (or resync) loads it.
+    gw2.core
+        .adopt_health(vec![(key.clone(), a("10.0.0.12:80"))]);
+    let shared = maglev_of(&gw2, "alice");
+    assert!(gw2
+        .entry("alice")
+        .unwrap()
+        .down
+        .contains(&a("10.0.0.12:80")));
+
+    // gw2 becomes leader. Its checks have only assumed .12 up so far (never checked it),
+    // and confirmed the others: nothing changes, nothing is written.
+    gw2.store.state().follower = false;
+    board.put(status("10.0.0.11:80", true, true));
+    board.put(status("10.0.0.12:80", true, false));
+    board.put(status("10.0.0.13:80", true, true));
+    gw2.core.lead_health();
+    assert_eq!(
+        maglev_of(&gw2, "alice"),
+        shared,
+        "no flap at the change of leader"
+    );
+    assert!(gw2.store.state().verdicts.is_empty());
+
+    // Once its checks confirm .12 is back, the new leader says so for everyone; and a
+    // member its checks find down leaves everywhere.
+    board.put(status("10.0.0.12:80", true, true));
+    board.put(status("10.0.0.13:80", false, true));
+    gw2.core.lead_health();
+    assert_eq!(
+        gw2.store.state().verdicts,
+        [
+            (key.clone(), a("10.0.0.12:80"), true),
+            (key.clone(), a("10.0.0.13:80"), false)
+        ]
+    );
+    let e = gw2.entry("alice").unwrap();
+    assert_eq!(
+        e.down.iter().copied().collect::<Vec<_>>(),
+        [a("10.0.0.13:80")]
+    );
+    gw2.assert_agree();
+    // Nothing differs any more: the next pass writes nothing.
+    gw2.core.lead_health();
+    assert_eq!(gw2.store.state().verdicts.len(), 2);
+}
+
+#[test]
+fn a_verdict_the_shared_table_refused_is_written_again() {
+    let (mut leader, _) = cluster_gateway(false);
+    let key = leader.entry("alice").unwrap().route.key();
+    leader.store.state().unreachable = true;
+    assert!(leader
+        .core
+        .own_verdict(&key, a("10.0.0.12:80"), false, "3 checks in a row failed"));
+    assert!(leader.store.state().down.is_empty(), "etcd did not take it");
+    leader.core.lead_health();
+    assert!(leader.store.state().down.is_empty(), "still unreachable");
+    leader.store.state().unreachable = false;
+    leader.core.lead_health();
+    assert_eq!(
+        leader
+            .store
+            .state()
+            .down
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>(),
+        [(key, a("10.0.0.12:80"))]
+    );
+    leader.core.lead_health();
+    assert_eq!(leader.store.state().verdicts.len(), 1, "written once");
+}
