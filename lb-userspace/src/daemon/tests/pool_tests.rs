@@ -738,3 +738,48 @@ fn a_verdict_the_shared_table_refused_is_written_again() {
     leader.core.lead_health();
     assert_eq!(leader.store.state().verdicts.len(), 1, "written once");
 }
+
+#[test]
+fn the_views_carry_the_boards_last_result_and_time_of_change() {
+    let (mut rig, board) = cluster_gateway(false);
+    let mut down = status("10.0.0.12:80", false, true);
+    down.last = Some("connect: Connection refused".into());
+    down.changed_unix = Some(1_796_691_000);
+    board.put(down);
+    let mut up = status("10.0.0.11:80", true, true);
+    up.last = Some("TCP connect".into());
+    board.put(up);
+    // Another route's status with a key that sorts after this one's is not taken.
+    let mut other = status("10.0.0.12:80", true, true);
+    other.route = "alice/ssh/udp".into();
+    board.put(other);
+    let key = rig.entry("alice").unwrap().route.key();
+    assert!(rig
+        .core
+        .own_verdict(&key, a("10.0.0.12:80"), false, "3 checks in a row failed"));
+    let reply = rig.core.list();
+    let v = reply.routes.iter().find(|v| v.name == "alice").unwrap();
+    assert_eq!(
+        v.check.as_deref(),
+        Some("tcp inter 2s timeout 1s rise 2 fall 3")
+    );
+    let b: Vec<(&str, bool, Option<u64>, Option<&str>)> = v
+        .backends
+        .iter()
+        .map(|b| (b.addr.as_str(), b.up, b.since_unix, b.last_check.as_deref()))
+        .collect();
+    assert_eq!(
+        b,
+        [
+            ("10.0.0.11:80", true, None, Some("TCP connect")),
+            (
+                "10.0.0.12:80",
+                false,
+                Some(1_796_691_000),
+                Some("connect: Connection refused")
+            ),
+            ("10.0.0.13:80", true, None, None),
+        ]
+    );
+    assert!(lb_model::text::health_board(v, 1_796_691_060)[2].contains("down since"));
+}
