@@ -29,7 +29,8 @@
 //! that becomes leader has warm verdicts), but only the leader applies its own verdicts,
 //! and it writes each to etcd (`Cluster::publish_health`, fenced by the `leader` key);
 //! the others apply what the watch brings (`Remote::Health`) and ignore their own. So
-//! every table holds the same down sets, hence the same Maglev tables. A gateway starts
+//! every table holds the same down sets, hence the same Maglev tables. Config routes are
+//! each gateway's own (its file's): their verdicts stay local, as before. A gateway starts
 //! (and resynchronises) from the verdicts stored ([`Core::adopt_health`]); a new leader
 //! keeps them and, every [`LEAD_HEALTH_EVERY`], writes only where its own *confirmed*
 //! verdicts differ ([`Core::lead_health`]): a verdict its checks only assume (a target not
@@ -348,8 +349,15 @@ impl Core {
         up: bool,
         reason: &str,
     ) -> bool {
+        // A config route is each gateway's own (its file's), so are its verdicts.
+        let shared_route = self
+            .routes
+            .table
+            .get(key)
+            .is_some_and(|e| e.source == Source::Runtime);
         match self.routes.store.cluster().map(|c| c.leads()) {
             None => self.set_health_because(key, backend, up, reason),
+            Some(_) if !shared_route => self.set_health_because(key, backend, up, reason),
             Some(false) => {
                 info!(route = %key, %backend, up, "health check: {reason}; the leading gateway decides");
                 false
@@ -402,7 +410,8 @@ impl Core {
                 .filter_map(|s| {
                     let key = checks.route(&s.route)?;
                     let e = self.routes.table.get(&key)?;
-                    (e.down.contains(&s.backend) == s.up).then_some((key, s.backend, s.up))
+                    (e.source == Source::Runtime && e.down.contains(&s.backend) == s.up)
+                        .then_some((key, s.backend, s.up))
                 })
                 .collect()
         };
@@ -427,7 +436,14 @@ impl Core {
             return;
         }
         for (key, backend, up) in verdicts {
-            self.set_health_because(&key, backend, up, LEADERS);
+            if self
+                .routes
+                .table
+                .get(&key)
+                .is_some_and(|e| e.source == Source::Runtime)
+            {
+                self.set_health_because(&key, backend, up, LEADERS);
+            }
         }
     }
 
@@ -443,6 +459,7 @@ impl Core {
             .routes
             .table
             .entries()
+            .filter(|e| e.source == Source::Runtime)
             .flat_map(|e| {
                 let key = e.route.key();
                 e.route

@@ -783,3 +783,36 @@ fn the_views_carry_the_boards_last_result_and_time_of_change() {
     );
     assert!(lb_model::text::health_board(v, 1_796_691_060)[2].contains("down since"));
 }
+
+#[test]
+fn a_config_routes_verdicts_stay_with_each_gateway() {
+    let (mut rig, _) = cluster_gateway(true);
+    let judge = Route {
+        name: "judge".into(),
+        service: "http".into(),
+        protocol: Protocol::Tcp,
+        backends: lb_model::Pool::parse(&["10.0.0.51:80", "10.0.0.52:80"]).unwrap(),
+        port: 30050,
+        proxy_protocol: None,
+    };
+    rig.core.reload(config(vec![judge]));
+    let key = rig.entry("judge").unwrap().route.key();
+    assert_eq!(rig.entry("judge").unwrap().source, Source::Config);
+    // A follower applies its own checks' verdict on its own config route, writes nothing,
+    // and neither a resync's shared set nor the leader's verdicts touch it.
+    assert!(rig
+        .core
+        .own_verdict(&key, a("10.0.0.52:80"), false, "3 checks in a row failed"));
+    assert!(rig.store.state().verdicts.is_empty());
+    rig.core.adopt_health(Vec::new());
+    rig.core.apply_remote(crate::cluster::Remote::Health(vec![(
+        key.clone(),
+        a("10.0.0.52:80"),
+        true,
+    )]));
+    assert!(rig
+        .entry("judge")
+        .unwrap()
+        .down
+        .contains(&a("10.0.0.52:80")));
+}
