@@ -11,6 +11,7 @@
 //! `RouteTable`), `backend.rs` the rule that no backend is the gateway itself, and
 //! `machine.rs` the checks against this machine.
 
+mod acme;
 mod backend;
 mod cluster;
 mod machine;
@@ -27,6 +28,7 @@ use lb_model::{ConfigUser, FieldError, PortRange, Route, MAX_SERVICE_LEN};
 
 use crate::cluster::ClusterSettings;
 
+pub use acme::{portal_name, Acme};
 pub use backend::{check_backend, check_pool, not_a_host, OwnAddresses, NOT_A_HOST};
 
 use raw::RawConfig;
@@ -149,6 +151,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `[cluster]`: the table shared through etcd; without it, the local state directory.
     pub cluster: Option<ClusterSettings>,
+    /// `[acme]`: certificates ordered by DNS-01 from the zone.
+    pub acme: Option<Acme>,
     pub routes: Vec<Route>,
 }
 

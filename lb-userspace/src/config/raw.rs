@@ -15,6 +15,7 @@ pub(super) struct RawConfig {
     pub(super) portal: Option<RawPortal>,
     pub(super) metrics: Option<RawMetrics>,
     pub(super) cluster: Option<super::cluster::RawCluster>,
+    pub(super) acme: Option<super::acme::RawAcme>,
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RawRoute>,
     #[serde(default, rename = "user")]

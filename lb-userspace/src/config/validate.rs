@@ -327,6 +327,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         }
     }
 
+    let acme = raw.acme.and_then(|a| {
+        let zone = dns
+            .as_ref()
+            .map(|d| (d.zone.as_str(), d.gateway_name.as_str()));
+        let service = http.as_ref().map_or("http", |h| h.service.as_str());
+        super::acme::validate(a, zone, service, portal.is_some(), &mut bad)
+    });
+
     let metrics_listen = raw
         .metrics
         .and_then(|m| match m.listen.parse::<SocketAddr>() {
@@ -473,6 +481,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         portal,
         metrics_listen,
         cluster,
+        acme,
         routes,
     })
 }

@@ -62,6 +62,7 @@ fn config(routes: Vec<Route>) -> Config {
         portal: None,
         metrics_listen: None,
         cluster: None,
+        acme: None,
         routes,
     }
 }
@@ -738,6 +739,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
         }),
         metrics_listen: Some("127.0.0.1:9110".parse().unwrap()),
         cluster: None,
+        acme: None,
         ..config(vec![route("alice", 30001, "10.0.0.11:22")])
     };
     // What a reload applies is not listed.

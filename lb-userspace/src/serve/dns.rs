@@ -209,6 +209,19 @@ impl DnsServer {
         );
     }
 
+    /// Serves `values` as the TXT records of `name` (none: removes them), e.g. ACME's
+    /// DNS-01 challenges; see [`Zone::with_txt`].
+    pub fn set_txt(&self, name: &hickory_proto::rr::Name, values: &[String]) {
+        let shared = &self.shared;
+        let _writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = shared.zone.load();
+        let serial = next_serial(old.serial(), unix_now());
+        shared
+            .zone
+            .store(Arc::new(old.with_txt(name, values, serial)));
+        tracing::debug!(%name, records = values.len(), serial, "DNS TXT records changed");
+    }
+
     pub fn serial(&self) -> u32 {
         self.shared.zone.load().serial()
     }
