@@ -15,7 +15,7 @@ use srvgate_tests::*;
 const ACME_PORT: u16 = 14000;
 const MANAGEMENT_PORT: u16 = 15000;
 /// Lifetime of the certificates pebble issues: renewal is due after two thirds of it.
-const VALIDITY: u64 = 45;
+const VALIDITY: u64 = 60;
 const ISSUED: &str = "srvgate_tls_certificate_expiry_seconds";
 const FAILING: &str = "srvgate_tls_certificate_renewal_failing";
 
@@ -194,6 +194,52 @@ fn verified(lab: &Lab, root: &Path, name: &str) -> Result<(), String> {
     }
 }
 
+/// `curl --cacert ROOT VERSION https://NAME/hi` from the client: (the HTTP version used,
+/// the body).
+fn https_get(lab: &Lab, root: &Path, name: &str, version: &str) -> (String, String) {
+    let url = format!("https://{name}/hi");
+    let out = lab
+        .exec_ok(
+            &lab.client,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                version,
+                "--cacert",
+                root.to_str().unwrap(),
+                "-H",
+                "X-Forwarded-For: 6.6.6.6",
+                "-w",
+                "\n%{http_version}",
+                &url,
+            ],
+        )
+        .unwrap();
+    let (body, v) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+    (v.to_string(), body.trim_end().to_string())
+}
+
+/// The names in the certificate the HTTPS router presents for `name`.
+fn names_served(lab: &Lab, name: &str) -> String {
+    let script = format!(
+        "openssl s_client -connect {PUBLIC_IP}:443 -servername {name} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
+    );
+    lab.sh(&lab.client, &script).unwrap()
+}
+
+/// `srvgate ARGS...` as a student in the client namespace, trusting `root` as this
+/// machine's CA (`SSL_CERT_FILE`, as the system's roots would be for a public CA).
+fn student(lab: &Lab, root: &Path, args: &[&str]) -> std::process::Output {
+    let bin = srvgate_bin().display().to_string();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    let mut cmd = netns_command(&lab.client, &argv);
+    cmd.env("SSL_CERT_FILE", root);
+    run_with_timeout(&mut cmd, DEFAULT_TIMEOUT).unwrap()
+}
+
 fn issued(lab: &Lab, name: &str) -> Option<f64> {
     lab.metric(ISSUED, &[("name", name)]).ok()
 }
@@ -208,10 +254,14 @@ fn the_gateway_orders_renews_and_keeps_its_certificate_through_its_own_zone() {
     };
     let (ca, cert, key) = pebble_tls(&lab);
     let pebble = start_pebble(&lab, &cert, &key);
+    lab.start_echo_web(&lab.b1, "alice", 8080).unwrap();
+    lab.start_echo_web(&lab.b1, "bob", 8081).unwrap();
+    let alice = RouteSpec::tcp("alice", "http", &format!("{B1_IP}:8080"), 30080);
     let config = format!(
-        "{}\n[http]\nlisten = [\"{PUBLIC_IP}:80\"]\n\n[portal]\nlisten = [\"{PUBLIC_IP}:8443\"]\n\n\
+        "{}\n[http]\nlisten = [\"{PUBLIC_IP}:80\"]\n\n[https]\nlisten = [\"{PUBLIC_IP}:443\"]\n\n\
+         [portal]\nlisten = [\"{PUBLIC_IP}:8443\"]\n\n\
          [acme]\ndirectory = \"https://{B2_IP}:{ACME_PORT}/dir\"\ncontact = [\"admin@lab.example\"]\nca = \"{}\"\n",
-        config_toml(&[]),
+        config_toml(&[alice]),
         ca.display()
     );
     let config = lab.write_file("srvgate.toml", &config).unwrap();
@@ -226,6 +276,11 @@ fn the_gateway_orders_renews_and_keeps_its_certificate_through_its_own_zone() {
     assert_eq!(lab.metric(FAILING, &[]).unwrap(), 0.0);
     let log = lab.srvgate_log();
     assert!(log.contains("certificate issued and in force"), "{log}");
+    let status = lab.srvgate_ctl_ok(&["status"]).unwrap();
+    assert!(
+        status.contains("certificate (ACME) *.http.lab.example, gw.lab.example: expires in"),
+        "{status}"
+    );
     // pebble checked the challenges through the gateway's zone, which no longer has them.
     let (_, answers) = lab.dig("TXT", "_acme-challenge.http.lab.example");
     assert!(
@@ -246,6 +301,38 @@ fn the_gateway_orders_renews_and_keeps_its_certificate_through_its_own_zone() {
     // address (no name) it still presents its own self-signed one, pinned as before.
     let root = pebble_root(&lab, &ca);
     verified(&lab, &root, "gw.lab.example").unwrap();
+    // So a student logs in by the portal's name with no fingerprint to compare, and her
+    // later calls verify the chain again (it renews) instead of pinning it.
+    let out = lab
+        .srvgate_ctl_ok(&["user", "add", "carol", "--backend", B1_IP, "--json"])
+        .unwrap();
+    let token = serde_json::from_str::<serde_json::Value>(&out).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token_file = lab.write_file("carol.token", &token).unwrap();
+    let creds = lab.dir().join("carol.json").display().to_string();
+    let login = student(
+        &lab,
+        &root,
+        &[
+            "login",
+            "https://gw.lab.example:8443",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--credentials",
+            &creds,
+        ],
+    );
+    let err = String::from_utf8_lossy(&login.stderr);
+    assert!(login.status.success(), "login: {err}");
+    assert!(
+        err.contains("certificate authority this machine trusts"),
+        "{err}"
+    );
+    let saved = std::fs::read_to_string(&creds).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    assert_eq!(saved["verified"], true, "{saved}");
     let by_address = lab
         .sh(
             &lab.client,
@@ -256,6 +343,35 @@ fn the_gateway_orders_renews_and_keeps_its_certificate_through_its_own_zone() {
         !by_address.to_lowercase().contains("pebble"),
         "{by_address}"
     );
+
+    // alice's plain-HTTP site over HTTPS with the wildcard, HTTP/2 and HTTP/1.1, verified;
+    // her backend hears of the client from the gateway alone.
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let (v, body) = https_get(&lab, &root, "alice.http.lab.example", flag);
+        assert_eq!(v, version, "{body}");
+        assert!(
+            body.starts_with("alice GET /hi host=alice.http.lab.example"),
+            "{body}"
+        );
+        assert!(body.ends_with(&format!("xff={CLIENT_IP}")), "{body}");
+    }
+    // A second student's name: served at once by the same wildcard, no order of its own.
+    lab.srvgate_ctl_ok(&[
+        "route",
+        "add",
+        "bob",
+        "--service",
+        "http",
+        "--backend",
+        &format!("{B1_IP}:8081"),
+    ])
+    .unwrap();
+    let (_, body) = https_get(&lab, &root, "bob.http.lab.example", "--http2");
+    assert!(body.starts_with("bob GET /hi"), "{body}");
+    let names = names_served(&lab, "bob.http.lab.example");
+    assert!(names.contains("DNS:*.http.lab.example"), "{names}");
+    assert!(!names.contains("bob"), "{names}");
+    let first_login_creds = creds;
 
     // Renewal at two thirds of the lifetime replaces it, with no handshake failing meanwhile.
     let first = served_serial(&lab, "gw.lab.example");
@@ -268,6 +384,13 @@ fn the_gateway_orders_renews_and_keeps_its_certificate_through_its_own_zone() {
         },
     );
     let renewed = served_serial(&lab, "gw.lab.example");
+    // The student's saved login still works with the renewed certificate.
+    let mine = student(&lab, &root, &["mine", "--credentials", &first_login_creds]);
+    assert!(
+        mine.status.success(),
+        "mine after renewal: {}",
+        String::from_utf8_lossy(&mine.stderr)
+    );
 
     // The CA away during the next renewal: the warning shows, the certificate stays.
     lab.stop(pebble, Duration::from_secs(5)).unwrap();
@@ -278,6 +401,8 @@ fn the_gateway_orders_renews_and_keeps_its_certificate_through_its_own_zone() {
     );
     let log = lab.srvgate_log();
     assert!(log.contains("renewal failed"), "{log}");
+    let status = lab.srvgate_ctl_ok(&["status"]).unwrap();
+    assert!(status.contains("last renewal failed"), "{status}");
     assert_eq!(served_serial(&lab, "gw.lab.example"), renewed);
     assert!(issued(&lab, "*.http.lab.example").is_some());
     lab.stop_srvgate().unwrap();

@@ -232,6 +232,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     core.mirrors = super::Mirrors::new(dns.clone(), http.map(Arc::new), https.map(Arc::new));
     core.students.users = users;
     core.settings.portal = portal_info.clone();
+    core.settings.certs = certs.clone();
     core.settings.own = own;
     core.take_over(taken_over)?;
     core.sync_serial();
