@@ -103,6 +103,9 @@ pub struct Http {
     /// Whether requests reach the backend with `X-Forwarded-For` and `Forwarded` naming the
     /// client (any the client sent are dropped: the gateway is the edge).
     pub forwarded_for: bool,
+    /// With `[https]` and `[acme]`: a request for a name the certificate covers gets a
+    /// redirect (308) to the same URL over HTTPS instead of its backend.
+    pub redirect_https: bool,
 }
 
 /// `[https]`: TLS passed through untouched by SNI, `NAME.<service>.<dns.zone>` (or the

@@ -258,7 +258,7 @@ fn the_gateway_orders_renews_and_keeps_its_certificate_through_its_own_zone() {
     lab.start_echo_web(&lab.b1, "bob", 8081).unwrap();
     let alice = RouteSpec::tcp("alice", "http", &format!("{B1_IP}:8080"), 30080);
     let config = format!(
-        "{}\n[http]\nlisten = [\"{PUBLIC_IP}:80\"]\n\n[https]\nlisten = [\"{PUBLIC_IP}:443\"]\n\n\
+        "{}\n[http]\nlisten = [\"{PUBLIC_IP}:80\"]\nredirect_https = true\n\n[https]\nlisten = [\"{PUBLIC_IP}:443\"]\n\n\
          [portal]\nlisten = [\"{PUBLIC_IP}:8443\"]\n\n\
          [acme]\ndirectory = \"https://{B2_IP}:{ACME_PORT}/dir\"\ncontact = [\"admin@lab.example\"]\nca = \"{}\"\n",
         config_toml(&[alice]),
@@ -355,6 +355,24 @@ fn the_gateway_orders_renews_and_keeps_its_certificate_through_its_own_zone() {
         );
         assert!(body.ends_with(&format!("xff={CLIENT_IP}")), "{body}");
     }
+    // Plain HTTP for that name is sent to HTTPS (`redirect_https`).
+    let out = lab
+        .exec_ok(
+            &lab.client,
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                "http://alice.http.lab.example/hi?x=1",
+            ],
+        )
+        .unwrap();
+    assert_eq!(out.trim(), "308 https://alice.http.lab.example/hi?x=1");
     // A second student's name: served at once by the same wildcard, no order of its own.
     lab.srvgate_ctl_ok(&[
         "route",

@@ -102,6 +102,8 @@ pub(super) struct RawHttp {
     #[serde(default)]
     pub(super) forwarded_for: bool,
     #[serde(default)]
+    pub(super) redirect_https: bool,
+    #[serde(default)]
     pub(super) max_connections: Option<usize>,
     #[serde(default)]
     pub(super) max_connections_per_client: Option<usize>,

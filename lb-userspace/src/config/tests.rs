@@ -322,6 +322,7 @@ fn http_routing_has_defaults_and_needs_dns() {
             service: "http".into(),
             limits: WebLimits::default(),
             forwarded_for: false,
+            redirect_https: false,
         })
     );
     let c = parse(&format!(
@@ -839,4 +840,19 @@ fn a_pools_problems_name_the_route_and_the_member() {
         p[0].reason
     );
     assert!(p[0].reason.contains("see route[1]"), "{}", p[0].reason);
+}
+
+#[test]
+fn acme_parses_with_its_defaults_and_redirect_needs_it() {
+    let with_acme = format!(
+        "{GOOD}\n[http]\nredirect_https = true\n\n[https]\n\n[portal]\n\n[acme]\ndirectory = \"https://ca.example/dir\"\n"
+    );
+    let cfg = parse(&with_acme).unwrap();
+    let acme = cfg.acme.unwrap();
+    assert_eq!(acme.names, ["*.http.lab.example", "gw.lab.example"]);
+    assert!(cfg.http.unwrap().redirect_https);
+    let p = problems(&format!("{GOOD}\n[http]\nredirect_https = true\n"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].field, "http.redirect_https");
+    assert!(p[0].reason.contains("needs [https] and [acme]"), "{p:?}");
 }

@@ -292,6 +292,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             service,
             limits,
             forwarded_for: h.forwarded_for,
+            redirect_https: h.redirect_https,
         }
     });
 
@@ -327,6 +328,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         }
     }
 
+    if http.as_ref().is_some_and(|h| h.redirect_https) && (raw.acme.is_none() || https.is_none()) {
+        bad(
+            "http.redirect_https",
+            "needs [https] and [acme]: the redirect sends visitors to the HTTPS router, which serves the [acme] certificate".into(),
+        );
+    }
     let acme = raw.acme.and_then(|a| {
         let zone = dns
             .as_ref()

@@ -206,6 +206,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
                 ),
                 _ => None,
             };
+            if let (Some(certs), Some(http), Some(true)) =
+                (&certs, &http, cfg.http.as_ref().map(|h| h.redirect_https))
+            {
+                http.shared().redirect_to_https(certs.clone());
+            }
             let routes = table.serving_routes();
             Some(HttpsServer::start(h, http_service, &d.zone, &routes, terminate).await?)
         }

@@ -1086,6 +1086,9 @@ pub(super) fn restart_sections(running: &Config, new: &Config) -> Vec<&'static s
     if new.cluster != running.cluster {
         changed.push("[cluster]");
     }
+    if new.acme != running.acme {
+        changed.push("[acme]");
+    }
     changed
 }
 

@@ -70,6 +70,14 @@ fn http_route(name: &str, backend: SocketAddr) -> lb_model::Route {
 /// The gateway's two routers on loopback with a wildcard certificate for
 /// `*.http.lab.example` in force; returns them with the certificate (the clients' root).
 async fn gateway(routes: &[lb_model::Route]) -> (HttpServer, HttpsServer, CertificateDer<'static>) {
+    gateway_with(routes, false).await
+}
+
+/// [`gateway`], with `[http] redirect_https` when `redirect`.
+async fn gateway_with(
+    routes: &[lb_model::Route],
+    redirect: bool,
+) -> (HttpServer, HttpsServer, CertificateDer<'static>) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["*.http.lab.example".into()])
         .unwrap()
@@ -83,6 +91,7 @@ async fn gateway(routes: &[lb_model::Route]) -> (HttpServer, HttpsServer, Certif
         service: "http".into(),
         limits: WebLimits::default(),
         forwarded_for: false,
+        redirect_https: false,
     };
     let http = HttpServer::start(&http_cfg, "lab.example", routes)
         .await
@@ -92,6 +101,9 @@ async fn gateway(routes: &[lb_model::Route]) -> (HttpServer, HttpsServer, Certif
         service: "https".into(),
         limits: WebLimits::default(),
     };
+    if redirect {
+        http.shared().redirect_to_https(certs.clone());
+    }
     let terminate = Terminate::new(certs, http.shared().clone()).unwrap();
     let https = HttpsServer::start(
         &https_cfg,
@@ -265,4 +277,28 @@ async fn a_websocket_upgrade_is_joined_to_the_backend() {
     let mut echoed = [0u8; 16];
     tls.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"frames both ways");
+}
+
+#[tokio::test]
+async fn with_redirect_https_plain_http_is_sent_to_https_for_covered_names() {
+    let backend = echo_backend().await;
+    let (http, _https, _) = gateway_with(&[http_route("alice", backend)], true).await;
+    let at = http.local_addrs()[0];
+    let ask = |host: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+        let req = format!("GET /a?b=1 HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = ask("Alice.http.lab.example").await;
+    assert!(answer.starts_with("HTTP/1.1 308 "), "{answer}");
+    assert!(
+        answer.contains("\r\nlocation: https://alice.http.lab.example/a?b=1\r\n"),
+        "{answer}"
+    );
+    // A name outside the certificate is routed (or refused) as before.
+    let answer = ask("alice.other.example").await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
 }
