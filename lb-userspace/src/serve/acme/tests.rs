@@ -237,6 +237,8 @@ fn the_zone_serves_challenge_txt_records_until_removed() {
         gateway_name: "gw".into(),
         ttl: 30,
         nameservers: vec![],
+        secondaries: None,
+        rrl: None,
     };
     let zone =
         crate::serve::dns::Zone::build(&cfg, "203.0.113.1".parse().unwrap(), &[], 1).unwrap();
