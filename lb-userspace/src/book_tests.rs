@@ -230,8 +230,8 @@ fn accepted_keys() -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-/// The keys `reference/config.md` documents: `- `key` (...)` lines under `## [section]` or
-/// `## [[section]]` headings.
+/// The keys `reference/config.md` documents: `- `key` (...)` lines under `## [section]`,
+/// `## [[section]]` or `## [section.table]` headings.
 fn documented_keys(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut section: Option<String> = None;
@@ -239,10 +239,13 @@ fn documented_keys(text: &str) -> BTreeMap<String, BTreeSet<String>> {
         if let Some(h) = line.strip_prefix("## ") {
             let name = h.trim().trim_start_matches('[').trim_end_matches(']');
             section = (h.trim().starts_with('[') && !name.is_empty()).then(|| name.to_string());
+            // A nested table's heading (`## [dns.rrl]`) documents its key in the parent
+            // (`rrl` of `[dns]`), as a section's heading documents it at the top level.
             if let Some(s) = &section {
-                out.entry(String::new())
+                let (parent, key) = s.rsplit_once('.').unwrap_or(("", s));
+                out.entry(parent.to_string())
                     .or_default()
-                    .insert(s.split('.').next().unwrap().to_string());
+                    .insert(key.to_string());
                 out.entry(s.clone()).or_default();
             }
         } else if line.starts_with("# ") {
@@ -520,4 +523,18 @@ fn the_config_man_page_comes_from_the_reference() {
             "no {key} in the man page"
         );
     }
+}
+
+#[test]
+fn a_nested_tables_heading_documents_its_key_in_the_parent() {
+    let doc = documented_keys(
+        "# Keys\n\n## [dns]\n\n- `zone` (string): z\n\n## [dns.rrl]\n\n- `rate` (integer): r\n\n\
+         ## [[route]]\n\n- `name` (string): n\n\n## What a reload applies\n\n- `not_a_key` x\n",
+    );
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(doc[""], set(&["dns", "route"]));
+    assert_eq!(doc["dns"], set(&["zone", "rrl"]));
+    assert_eq!(doc["dns.rrl"], set(&["rate"]));
+    assert_eq!(doc["route"], set(&["name"]));
+    assert_eq!(doc.len(), 4, "{doc:?}");
 }
