@@ -15,6 +15,7 @@ use lb_userspace::{
     api::DEFAULT_SOCKET,
     cli::admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
     cli::docs,
+    cli::{backup, doctor},
     config::Config,
     daemon::{self, Options},
     kernel::dataplane::{AttachMode, DEFAULT_PIN_DIR},
@@ -58,6 +59,15 @@ enum Command {
     /// Stop forwarding: make a running daemon detach XDP and exit, or remove what a stopped
     /// one left pinned.
     Down(DownArgs),
+    /// Write the runtime routes, the accounts (token hashes, cool-downs) and the state
+    /// directory's keys to one file (mode 0600), consistent while the daemon runs.
+    Backup(backup::BackupArgs),
+    /// Put a backup into a stopped gateway's state directory (or, with `[cluster]` in
+    /// --config, into etcd); refuses to replace existing state unless --force.
+    Restore(backup::RestoreArgs),
+    /// Check the gateway's machine, firewall, DNS and delegation; one line to fix each
+    /// problem. Exit 1 when a check fails; --json for monitoring.
+    Doctor(doctor::DoctorArgs),
     // The students' verbs (ssh, ssh-config, login, claim, mine, release), lb-client's.
     #[command(flatten)]
     Student(StudentCommand),
@@ -71,6 +81,10 @@ enum Command {
 enum Packaging {
     /// Write the man pages (one per command) into DIR.
     GenerateMan { dir: PathBuf },
+    /// Write srvgate.toml(5), from the book's config reference, into DIR.
+    GenerateConfigMan { dir: PathBuf },
+    /// Write the book's page of every command (markdown) to FILE.
+    GenerateBook { file: PathBuf },
     /// Print the completion script for SHELL.
     Completions { shell: docs::Shell },
 }
@@ -80,7 +94,7 @@ impl Packaging {
         let verb = std::env::args_os().nth(1);
         matches!(
             verb.as_ref().and_then(|v| v.to_str()),
-            Some("generate-man" | "completions")
+            Some("generate-man" | "generate-config-man" | "generate-book" | "completions")
         )
     }
 
@@ -89,6 +103,13 @@ impl Packaging {
             Packaging::GenerateMan { dir } => docs::write_man_pages(Cli::command(), &dir)
                 .map(|_| ())
                 .with_context(|| format!("writing man pages to {}", dir.display())),
+            Packaging::GenerateConfigMan { dir } => docs::write_config_man_page(&dir)
+                .map(|_| ())
+                .with_context(|| format!("writing srvgate.toml(5) to {}", dir.display())),
+            Packaging::GenerateBook { file } => {
+                std::fs::write(&file, docs::book_commands_page(Cli::command()))
+                    .with_context(|| format!("writing {}", file.display()))
+            }
             Packaging::Completions { shell } => {
                 docs::write_completions(Cli::command(), shell, &mut std::io::stdout());
                 Ok(())
@@ -151,6 +172,9 @@ fn main() -> ExitCode {
         Command::User(cmd) => admin::user(cmd).map_err(admin_failure),
         Command::Status(args) => admin::status(args).map_err(admin_failure),
         Command::Down(args) => admin::down(args).map_err(admin_failure),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
+        Command::Doctor(args) => doctor::doctor(args),
         Command::Student(cmd) => cmd.run(),
     };
     match result {
@@ -225,3 +249,6 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         }
     })
 }
+
+#[cfg(test)]
+mod book_tests;

@@ -766,6 +766,15 @@ impl Control for FakeControl {
     fn recent_audit(&self) -> Vec<String> {
         vec!["2026-12-01T00:00:00Z INFO portal user=\"<alice>\"".into()]
     }
+    fn backup(&self) -> crate::table::state::backup::Backup {
+        crate::table::state::backup::Backup {
+            created: std::time::UNIX_EPOCH,
+            host: String::new(),
+            routes: Vec::new(),
+            users: crate::table::users::Users::default(),
+            files: Vec::new(),
+        }
+    }
 }
 
 /// A scripted [`Prober`]: each backend passes unless the test says otherwise; counts the

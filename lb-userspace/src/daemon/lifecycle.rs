@@ -178,9 +178,21 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     };
     let api_listener = api::bind(&opts.socket)?;
     let dns = match &cfg.dns {
-        Some(d) => Some(Arc::new(
-            DnsServer::start(d, cfg.gateway.public_ipv4, &table.routes()).await?,
-        )),
+        Some(d) => {
+            // The key first: a bad key file fails the start before anything is bound.
+            let secondaries = match &d.secondaries {
+                Some(s) => Some(
+                    crate::serve::dns::notify::load(s, &opts.state_dir)
+                        .map_err(crate::serve::dns::DnsError::from)?,
+                ),
+                None => None,
+            };
+            let server = DnsServer::start(d, cfg.gateway.public_ipv4, &table.routes()).await?;
+            if let Some(s) = secondaries {
+                server.serve_secondaries(s, Some(opts.state_dir.clone()));
+            }
+            Some(Arc::new(server))
+        }
         None => None,
     };
     let http = match (&cfg.http, &cfg.dns) {
@@ -271,6 +283,20 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         .await
         .unwrap_or_default();
     tell_systemd(notify::ready(&status));
+    let watchdog_task = notify::watchdog_interval().map(|every| {
+        let core = core.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                // Through the core's lock: a daemon stuck under it stops answering systemd,
+                // which restarts it (the pinned data plane forwards meanwhile).
+                if on_core(&core, |_| ()).await.is_some() {
+                    tell_systemd(notify::watchdog());
+                }
+            }
+        })
+    });
 
     let result = event_loop(&opts, &core, &mut shutdown_rx, remote).await;
     let detach = match &result {
@@ -285,6 +311,10 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
 
     // Awaited, so every accept loop has ended here. A connection they spawned may still
     // be answering; whatever it asks of the core after `finish` finds the data plane stopped.
+    if let Some(t) = watchdog_task {
+        t.abort();
+        let _ = t.await;
+    }
     api_task.abort();
     let _ = api_task.await;
     for t in [health_task, verdicts_task] {

@@ -28,6 +28,7 @@
 //! conversion.
 
 pub mod accounts;
+pub mod backup;
 mod journal;
 
 use std::{
