@@ -152,6 +152,10 @@ pub struct PortalInfo {
     pub listen: Vec<String>,
     /// SHA-256 of the certificate, `AB:CD:...`.
     pub fingerprint: String,
+    /// The gateway made the certificate itself (no `[portal] cert`): students must pin the
+    /// fingerprint, which they get from the admin.
+    #[serde(default)]
+    pub self_signed: bool,
 }
 
 /// `DELETE /v1/routes/NAME`.
@@ -187,6 +191,27 @@ pub struct UserRequest {
 pub struct TokenReply {
     pub user: UserView,
     pub token: String,
+    /// What the student needs besides the token (`text::onboarding`); absent from a
+    /// gateway without a portal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onboarding: Option<Onboarding>,
+}
+
+/// Where the portal and the console offer the students' client for download (an index
+/// with each file's SHA-256, then `/clients/FILE`).
+pub const CLIENTS_PATH: &str = "/clients/";
+
+/// Where a student logs in, as `srvgate user add` tells them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Onboarding {
+    /// `https://HOST:PORT` of the portal, as reached from outside.
+    pub portal_url: String,
+    /// The certificate's SHA-256, while it is self-signed (then `login` must pin it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The DNS zone the student's routes are named in, if the gateway serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -362,7 +362,7 @@ fn command_lines(block: &Block) -> Vec<(String, Vec<String>)> {
         if !(l.starts_with("srvgate ") || l.starts_with("srvgate-client ") || l == "srvgate") {
             continue;
         }
-        let Some(words) = shlex::split(l) else {
+        let Some(words) = shlex::split(&without_substitutions(l)) else {
             out.push((line.clone(), vec![]));
             continue;
         };
@@ -373,6 +373,33 @@ fn command_lines(block: &Block) -> Vec<(String, Vec<String>)> {
             .collect();
         out.push((line.clone(), words));
     }
+    out
+}
+
+/// `line` with each `$(...)` made one word, as the shell makes its output (shlex knows
+/// quotes, not command substitution): `backup /root/x-$(date +%F).tar` has two words.
+fn without_substitutions(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("$(") {
+        out.push_str(&rest[..at]);
+        let mut depth = 0;
+        let end = rest[at..].char_indices().find_map(|(i, c)| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            (depth == 0 && c == ')').then_some(at + i)
+        });
+        let Some(end) = end else {
+            out.push_str(&rest[at..]);
+            return out;
+        };
+        out.push_str("SUBSTITUTED");
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -428,11 +455,12 @@ fn a_bad_command_line_is_caught() {
                srvgate-client claim ssh --backend 10.0.0.11:22   # fine\n\
                srvgate-client clam ssh\n\
                srvgate user rm alice [--with-routes]\n\
+               srvgate route ls --json > /root/routes-$(date +%F -d \"$(echo now)\").json\n\
                echo srvgate is not checked\n"
             .into(),
     };
     let (seen, problems) = check_command_lines(&[block]);
-    assert_eq!(seen, 5);
+    assert_eq!(seen, 6);
     assert_eq!(problems.len(), 3, "{problems:#?}");
     assert!(problems[0].contains("--sevrice"), "{problems:?}");
 }

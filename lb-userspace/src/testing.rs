@@ -616,9 +616,14 @@ impl Control for FakeControl {
         self.added.lock().unwrap().push(request);
         Ok(v)
     }
-    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
-        match (name, service) {
-            ("alice", None | Some("ssh")) => Ok(Removed {
+    fn remove(
+        &self,
+        name: &str,
+        service: Option<&str>,
+        protocol: Option<lb_model::Protocol>,
+    ) -> Result<Removed, ApiError> {
+        match (name, service, protocol) {
+            ("alice", None | Some("ssh"), None | Some(lb_model::Protocol::Tcp)) => Ok(Removed {
                 removed: vec![view("alice", 30000)],
             }),
             _ => Err(ApiError::new(404, format!("no runtime route named {name}"))),
@@ -663,7 +668,11 @@ impl Control for FakeControl {
             )
             .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
         let user = crate::table::users::user_view(users.get(&r.name).unwrap(), 0);
-        Ok(TokenReply { user, token })
+        Ok(TokenReply {
+            user,
+            token,
+            onboarding: None,
+        })
     }
     fn user_remove(&self, name: &str, _with_routes: bool) -> Result<UserView, ApiError> {
         let mut users = self.users.lock().unwrap();
@@ -678,7 +687,11 @@ impl Control for FakeControl {
             .rotate(name)
             .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
         let user = crate::table::users::user_view(users.get(name).unwrap(), 0);
-        Ok(TokenReply { user, token })
+        Ok(TokenReply {
+            user,
+            token,
+            onboarding: None,
+        })
     }
     fn authenticate(&self, token: &str) -> Option<Caller> {
         let users = self.users.lock().unwrap();
@@ -731,7 +744,7 @@ impl Control for FakeControl {
         service: &str,
         _protocol: Option<&str>,
     ) -> Result<Removed, ApiError> {
-        self.remove(caller, Some(service))
+        self.remove(caller, Some(service), None)
     }
     fn authenticate_digest(&self, name: &str, token_sha256: &[u8; 32]) -> Option<Caller> {
         let users = self.users.lock().unwrap();

@@ -77,6 +77,9 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("man", "man-db"),
     ("md5sum", "coreutils"),
     ("mount", "mount"),
+    // The C compiler ring's build script runs for x86_64-unknown-linux-musl (the static
+    // Linux client of `cargo xtask dist`).
+    ("musl-gcc", "musl-tools"),
     ("nft", "nftables"),
     ("nginx", "nginx"),
     ("openssl", "openssl"),
@@ -86,6 +89,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("rsvg-convert", "librsvg2-bin"),
     ("setpriv", "util-linux"),
     ("sh", "dash"),
+    // `cargo xtask dist`: the clients' SHA256SUMS.
+    ("sha256sum", "coreutils"),
     ("sleep", "coreutils"),
     ("sockperf", "sockperf"),
     ("ss", "iproute2"),

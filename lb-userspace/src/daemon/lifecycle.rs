@@ -170,12 +170,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let (table, taken_over) = build_table(&cfg, &opts.config, &*store, stored, &own, clock.now())?;
 
     // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
-    let metrics_listener = match cfg.metrics_listen {
-        Some(addr) => {
-            Some(listen::tokio_tcp(addr).map_err(|error| DaemonError::Metrics { addr, error })?)
-        }
-        None => None,
-    };
+    let metrics_listeners = cfg
+        .metrics_listen
+        .iter()
+        .map(|&addr| listen::tokio_tcp(addr).map_err(|error| DaemonError::Metrics { addr, error }))
+        .collect::<Result<Vec<_>, _>>()?;
     let api_listener = api::bind(&opts.socket)?;
     let dns = match &cfg.dns {
         Some(d) => {
@@ -219,7 +218,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         .chain(http_addrs.iter().flatten().copied())
         .chain(https_addrs.iter().flatten().copied())
         .chain(portal.iter().flat_map(PortalServer::local_addrs))
-        .chain(cfg.metrics_listen)
+        .chain(cfg.metrics_listen.iter().copied())
         .collect();
     log_role(&cfg, &listening);
 
@@ -259,10 +258,13 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     });
     let portal_tasks = portal.map(|p| p.serve(handle.clone())).unwrap_or_default();
     let api_task = tokio::spawn(api::serve(api_listener, handle));
-    let metrics_task = metrics_listener.map(|listener| {
-        let core = core.clone();
-        tokio::spawn(metrics::serve(listener, Arc::new(move || scrape(&core))))
-    });
+    let metrics_tasks: Vec<_> = metrics_listeners
+        .into_iter()
+        .map(|listener| {
+            let core = core.clone();
+            tokio::spawn(metrics::serve(listener, Arc::new(move || scrape(&core))))
+        })
+        .collect();
 
     info!(
         routes,
@@ -325,7 +327,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         t.abort();
         let _ = t.await;
     }
-    if let Some(t) = metrics_task {
+    for t in metrics_tasks {
         t.abort();
         let _ = t.await;
     }

@@ -480,18 +480,23 @@ impl Core {
         &mut self,
         name: &str,
         service: Option<&str>,
+        protocol: Option<lb_model::Protocol>,
     ) -> Result<Removed, ApiError> {
         let matching: Vec<Entry> = self
             .routes
             .table
             .named(name)
             .filter(|e| service.is_none_or(|s| e.route.service == s))
+            .filter(|e| protocol.is_none_or(|p| e.route.protocol == p))
             .cloned()
             .collect();
-        let what = match service {
+        let mut what = match service {
             Some(s) => format!("{name} with service {s}"),
             None => name.to_string(),
         };
+        if let Some(p) = protocol {
+            what.push_str(&format!(" over {p}"));
+        }
         if matching.is_empty() {
             return Err(ApiError::field(
                 404,

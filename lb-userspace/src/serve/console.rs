@@ -707,7 +707,7 @@ impl Console {
             "/admin/routes/remove" => (|| {
                 let name = form.required("name")?;
                 let service = form.required("service")?;
-                let result = control.remove(name, Some(service));
+                let result = control.remove(name, Some(service), None);
                 audit(
                     &format!("route rm {name}/{service}"),
                     result.as_ref().map_or_else(|e| e.status, |_| 200),

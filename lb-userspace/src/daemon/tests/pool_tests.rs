@@ -331,7 +331,7 @@ fn checks_follow_pools_and_tell_the_runner_only_of_news() {
     assert!(rig.core.set_health(&key, a("10.0.0.11:80"), false));
     assert!(!rx.has_changed().unwrap());
     // The route goes, and its checks with it.
-    rig.core.remove("alice", None).unwrap();
+    rig.core.remove("alice", None, None).unwrap();
     assert!(rx.has_changed().unwrap());
     assert!(rx.borrow_and_update().is_empty());
 }

@@ -4,6 +4,7 @@
 use std::{fmt, fmt::Write as _, time::Duration};
 
 use crate::table::traffic::MINUTES;
+use lb_model::api::CLIENTS_PATH;
 use lb_model::{
     api::{GatewayView, MeReply, RouteView, RoutesReply, TrafficMinute, UsersReply},
     format_duration,
@@ -148,6 +149,10 @@ pub fn login(notice: Option<&Flash>) -> String {
          <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required autofocus maxlength=\"128\" spellcheck=\"false\">\
          <button type=\"submit\" id=\"login\">Log in</button></form>",
     );
+    main.push_str(&format!(
+        "<p>The command-line client (<code>srvgate login</code>, <code>claim</code>, <code>ssh</code>): \
+         <a href=\"{CLIENTS_PATH}\" id=\"clients\">download it here</a>, for Windows and Linux, with each file's SHA-256.</p>"
+    ));
     layout("Log in", None, &main)
 }
 
