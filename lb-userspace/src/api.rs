@@ -12,6 +12,7 @@
 //! | `POST /v1/users` + [`UserRequest`]    | adds a student, returns its token ([`TokenReply`]) |
 //! | `DELETE /v1/users/NAME[?with_routes=true]` | removes an account (and its routes)      |
 //! | `POST /v1/users/NAME/token`           | a new token; the old one stops working        |
+//! | `GET /v1/backup`                      | the runtime routes and accounts at one moment (`state::backup`'s document, no files) |
 //!
 //! The students' verbs (`/v1/me...`) are served by `portal` over HTTPS with a token; they
 //! call the same [`Control`] methods with the caller's name, so there is one path per
@@ -92,6 +93,9 @@ pub trait Control: Send + Sync + 'static {
     fn traffic(&self, routes: &[RouteKey]) -> Vec<Vec<TrafficMinute>>;
     /// The latest audit log lines (who changed what, from where), oldest first.
     fn recent_audit(&self) -> Vec<String>;
+    /// The runtime routes and the accounts, copied at one moment (`srvgate backup`); the
+    /// state directory's files are the caller's to add.
+    fn backup(&self) -> crate::table::state::backup::Backup;
 }
 
 #[cfg(test)]

@@ -230,8 +230,8 @@ fn accepted_keys() -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-/// The keys `reference/config.md` documents: `- `key` (...)` lines under `## [section]` or
-/// `## [[section]]` headings.
+/// The keys `reference/config.md` documents: `- `key` (...)` lines under `## [section]`,
+/// `## [[section]]` or `## [section.table]` headings.
 fn documented_keys(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut section: Option<String> = None;
@@ -239,10 +239,13 @@ fn documented_keys(text: &str) -> BTreeMap<String, BTreeSet<String>> {
         if let Some(h) = line.strip_prefix("## ") {
             let name = h.trim().trim_start_matches('[').trim_end_matches(']');
             section = (h.trim().starts_with('[') && !name.is_empty()).then(|| name.to_string());
+            // A nested table's heading (`## [dns.rrl]`) documents its key in the parent
+            // (`rrl` of `[dns]`), as a section's heading documents it at the top level.
             if let Some(s) = &section {
-                out.entry(String::new())
+                let (parent, key) = s.rsplit_once('.').unwrap_or(("", s));
+                out.entry(parent.to_string())
                     .or_default()
-                    .insert(s.split('.').next().unwrap().to_string());
+                    .insert(key.to_string());
                 out.entry(s.clone()).or_default();
             }
         } else if line.starts_with("# ") {
@@ -359,7 +362,7 @@ fn command_lines(block: &Block) -> Vec<(String, Vec<String>)> {
         if !(l.starts_with("srvgate ") || l.starts_with("srvgate-client ") || l == "srvgate") {
             continue;
         }
-        let Some(words) = shlex::split(l) else {
+        let Some(words) = shlex::split(&without_substitutions(l)) else {
             out.push((line.clone(), vec![]));
             continue;
         };
@@ -370,6 +373,33 @@ fn command_lines(block: &Block) -> Vec<(String, Vec<String>)> {
             .collect();
         out.push((line.clone(), words));
     }
+    out
+}
+
+/// `line` with each `$(...)` made one word, as the shell makes its output (shlex knows
+/// quotes, not command substitution): `backup /root/x-$(date +%F).tar` has two words.
+fn without_substitutions(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("$(") {
+        out.push_str(&rest[..at]);
+        let mut depth = 0;
+        let end = rest[at..].char_indices().find_map(|(i, c)| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            (depth == 0 && c == ')').then_some(at + i)
+        });
+        let Some(end) = end else {
+            out.push_str(&rest[at..]);
+            return out;
+        };
+        out.push_str("SUBSTITUTED");
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -425,11 +455,12 @@ fn a_bad_command_line_is_caught() {
                srvgate-client claim ssh --backend 10.0.0.11:22   # fine\n\
                srvgate-client clam ssh\n\
                srvgate user rm alice [--with-routes]\n\
+               srvgate route ls --json > /root/routes-$(date +%F -d \"$(echo now)\").json\n\
                echo srvgate is not checked\n"
             .into(),
     };
     let (seen, problems) = check_command_lines(&[block]);
-    assert_eq!(seen, 5);
+    assert_eq!(seen, 6);
     assert_eq!(problems.len(), 3, "{problems:#?}");
     assert!(problems[0].contains("--sevrice"), "{problems:?}");
 }
@@ -520,4 +551,18 @@ fn the_config_man_page_comes_from_the_reference() {
             "no {key} in the man page"
         );
     }
+}
+
+#[test]
+fn a_nested_tables_heading_documents_its_key_in_the_parent() {
+    let doc = documented_keys(
+        "# Keys\n\n## [dns]\n\n- `zone` (string): z\n\n## [dns.rrl]\n\n- `rate` (integer): r\n\n\
+         ## [[route]]\n\n- `name` (string): n\n\n## What a reload applies\n\n- `not_a_key` x\n",
+    );
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(doc[""], set(&["dns", "route"]));
+    assert_eq!(doc["dns"], set(&["zone", "rrl"]));
+    assert_eq!(doc["dns.rrl"], set(&["rate"]));
+    assert_eq!(doc["route"], set(&["name"]));
+    assert_eq!(doc.len(), 4, "{doc:?}");
 }

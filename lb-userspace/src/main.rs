@@ -14,7 +14,7 @@ use lb_client::{Failure, StudentCommand};
 use lb_userspace::{
     api::DEFAULT_SOCKET,
     cli::admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
-    cli::{check, docs},
+    cli::{backup, check, docs, doctor},
     config::{Config, ConfigError, DEFAULT_CONFIG},
     daemon::{self, Options},
     kernel::dataplane::{AttachMode, DEFAULT_PIN_DIR},
@@ -57,6 +57,15 @@ enum Command {
     /// Stop forwarding: make a running daemon detach XDP and exit, or remove what a stopped
     /// one left pinned.
     Down(DownArgs),
+    /// Write the runtime routes, the accounts (token hashes, cool-downs) and the state
+    /// directory's keys to one file (mode 0600), consistent while the daemon runs.
+    Backup(backup::BackupArgs),
+    /// Put a backup into a stopped gateway's state directory (or, with `[cluster]` in
+    /// --config, into etcd); refuses to replace existing state unless --force.
+    Restore(backup::RestoreArgs),
+    /// Check the gateway's machine, firewall, DNS and delegation; one line to fix each
+    /// problem. Exit 1 when a check fails; --json for monitoring.
+    Doctor(doctor::DoctorArgs),
     // The students' verbs (ssh, ssh-config, login, claim, mine, release), lb-client's.
     #[command(flatten)]
     Student(StudentCommand),
@@ -178,6 +187,9 @@ fn main() -> ExitCode {
         Command::User(cmd) => admin::user(cmd).map_err(admin_failure),
         Command::Status(args) => admin::status(args).map_err(admin_failure),
         Command::Down(args) => admin::down(args).map_err(admin_failure),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
+        Command::Doctor(args) => doctor::doctor(args),
         Command::Student(cmd) => cmd.run(),
     };
     match result {

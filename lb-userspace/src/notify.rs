@@ -79,6 +79,30 @@ pub fn reloading() -> io::Result<bool> {
     ))
 }
 
+/// How often to send [`watchdog`] under `WatchdogSec=`: half the interval systemd gives in
+/// `$WATCHDOG_USEC`, so one late tick is not a restart. `None` without a watchdog, or when
+/// `$WATCHDOG_PID` names another process (the variables leaked to a child).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    watchdog_from(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+fn watchdog_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<std::time::Duration> {
+    if pid.is_some_and(|p| p.trim().parse::<u32>().ok() != Some(me)) {
+        return None;
+    }
+    let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
+    Some(std::time::Duration::from_micros(usec / 2))
+}
+
+/// The keep-alive of `WatchdogSec=`.
+pub fn watchdog() -> io::Result<bool> {
+    notify("WATCHDOG=1\n")
+}
+
 /// Tells the manager the daemon is shutting down.
 pub fn stopping(status: &str) -> io::Result<bool> {
     notify(&format!("STOPPING=1\n{}\n", status_line(status)))
@@ -87,6 +111,17 @@ pub fn stopping(status: &str) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_interval_is_half_of_systemds_and_only_for_its_process() {
+        let half = Some(std::time::Duration::from_secs(15));
+        assert_eq!(watchdog_from(Some("30000000"), Some("42"), 42), half);
+        assert_eq!(watchdog_from(Some("30000000"), None, 42), half);
+        assert_eq!(watchdog_from(Some("30000000"), Some("7"), 42), None);
+        assert_eq!(watchdog_from(None, Some("42"), 42), None);
+        assert_eq!(watchdog_from(Some("0"), None, 42), None);
+        assert_eq!(watchdog_from(Some("x"), None, 42), None);
+    }
 
     #[test]
     fn status_lines_stay_one_line() {

@@ -97,7 +97,8 @@ enum Cmd {
         /// Number of rounds (default: 3, or 1 with --quick/--smoke).
         #[arg(long)]
         rounds: Option<usize>,
-        /// Only these modes, comma-separated (route,dnat,haproxy,srvgate,xdp-ceiling,baseline).
+        /// Only these modes, comma-separated (route,dnat,haproxy,srvgate,xdp-ceiling,
+        /// srvgate-pool,nftables-pool,haproxy-pool,baseline).
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
         /// Skip the DNS comparison.

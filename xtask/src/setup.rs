@@ -84,6 +84,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // real keepalived (VRRPv3), run in each gateway's namespace; its packaged service is
     // never started by the tests.
     "keepalived",
+    // The booted test of the package (tests/tests/booted.rs): a Debian bookworm root made
+    // by mmdebstrap and booted with systemd-nspawn (systemd-container), so that the unit
+    // runs under a real systemd as PID 1.
+    "mmdebstrap",
+    "systemd-container",
 ];
 
 /// aya-build runs `rustup run nightly cargo build -Z build-std=core`, so the toolchain must be

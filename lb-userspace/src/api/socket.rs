@@ -209,6 +209,10 @@ pub(crate) fn route_request(r: Request, control: &dyn Control) -> Result<(u16, V
             Ok((200, json(&control.user_remove(name, with_routes)?)))
         }
         ("POST", ["v1", "users", name, "token"]) => Ok((200, json(&control.user_token(name)?))),
+        ("GET", ["v1", "backup"]) => Ok((
+            200,
+            crate::table::state::backup::render(&control.backup()).into_bytes(),
+        )),
         (
             _,
             ["v1", "routes"]
@@ -217,7 +221,8 @@ pub(crate) fn route_request(r: Request, control: &dyn Control) -> Result<(u16, V
             | ["v1", "shutdown"]
             | ["v1", "users"]
             | ["v1", "users", _]
-            | ["v1", "users", _, "token"],
+            | ["v1", "users", _, "token"]
+            | ["v1", "backup"],
         ) => Err(ApiError::new(
             405,
             format!("{} is not allowed on {}", r.method, r.path),
@@ -361,12 +366,29 @@ impl Client {
         self.call("POST", &format!("/v1/users/{name}/token"), None)
     }
 
+    /// The runtime routes and accounts as a backup document (see `state::backup`).
+    pub fn backup(&self) -> Result<Vec<u8>, ClientError> {
+        self.call_raw("GET", "/v1/backup", None)
+    }
+
     fn call<T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
+        let body = self.call_raw(method, path, body)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("undecodable answer ({e})")))
+    }
+
+    /// A successful answer's body as it came.
+    fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, ClientError> {
         let mut stream =
             StdUnixStream::connect(&self.socket).map_err(|error| ClientError::Connect {
                 hint: connect_hint(&error),
@@ -390,8 +412,7 @@ impl Client {
         stream.read_to_end(&mut answer).map_err(io)?;
         let (status, body) = parse_response(&answer)?;
         if (200..300).contains(&status) {
-            serde_json::from_slice(body)
-                .map_err(|e| ClientError::Protocol(format!("undecodable answer ({e})")))
+            Ok(body.to_vec())
         } else {
             let reply = serde_json::from_slice(body).unwrap_or_else(|_| ErrorReply {
                 error: format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim()),
