@@ -35,7 +35,7 @@ pub enum RouteCommand {
     /// Add a runtime route: a public port (from gateway.port_range unless --port) forwarded
     /// to BACKEND, and its DNS records. Kept across restarts until removed or reclaimed.
     Add(AddArgs),
-    /// Remove NAME's runtime routes (only those of --service if given).
+    /// Remove NAME's runtime routes (only those of --service and --protocol, if given).
     Rm(RmArgs),
     /// List every route, config and runtime.
     Ls(LsArgs),
