@@ -93,6 +93,7 @@ Example:
   srvgate claim game --backend 10.0.0.11:25565 --protocol udp
   srvgate claim http --backend 10.0.0.11:80 --backend '10.0.0.12:80 weight=2'
   srvgate claim --service ssh --backend 10.0.0.11:22
+  srvgate claim web --backend 10.0.0.11:80 --backend 10.0.0.12:80 --check http:/healthz
 
 Service names: `http` and `https` are the names the gateway's web routers route by: NAME.http.ZONE
 on port 80 (by Host) and NAME.https.ZONE on 443 (by SNI), no port to remember. `ssh` is the one
@@ -119,11 +120,50 @@ pub struct ClaimArgs {
     /// expects it (nginx `proxy_protocol`, Apache, HAProxy, caddy).
     #[arg(long, value_name = "VERSION")]
     pub proxy_protocol: Option<String>,
+    #[command(flatten)]
+    pub check: CheckArgs,
     /// Print the new route as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub credentials: CredentialsArg,
+}
+
+/// How a route's backends are health-checked: the same flags for a student's `claim` and
+/// the admin's `route add`. Left out: TCP connect for a TCP pool of two or more backends,
+/// nothing otherwise.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct CheckArgs {
+    /// `tcp`, `tcp:PORT`, `ssh`, `http:/PATH`, `http:PORT/PATH` or `none`: what a backend
+    /// must answer to get new connections (PORT: probe that port instead of the backend's;
+    /// a UDP route's check needs one).
+    #[arg(long, value_name = "KIND[:PORT][PATH]")]
+    pub check: Option<String>,
+    /// Time between checks (`2s`, `500ms`; a student's at least 1s).
+    #[arg(long, value_name = "DURATION")]
+    pub check_interval: Option<String>,
+    /// A check's answer must come within this, shorter than the interval.
+    #[arg(long, value_name = "DURATION")]
+    pub check_timeout: Option<String>,
+    /// Passed checks in a row that bring a backend back (default 2).
+    #[arg(long, value_name = "N")]
+    pub check_rise: Option<u32>,
+    /// Failed checks in a row that take a backend out (default 3).
+    #[arg(long, value_name = "N")]
+    pub check_fall: Option<u32>,
+}
+
+impl CheckArgs {
+    /// The request's `check` field; `None` when no flag was given.
+    pub fn request(&self) -> Result<Option<lb_model::check::CheckRequest>, String> {
+        lb_model::check::CheckRequest::from_flags(&lb_model::check::CheckFlags {
+            check: self.check.as_deref(),
+            interval: self.check_interval.as_deref(),
+            timeout: self.check_timeout.as_deref(),
+            rise: self.check_rise,
+            fall: self.check_fall,
+        })
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -625,12 +665,14 @@ pub(crate) fn one_service_of_release(a: &ReleaseArgs) -> String {
 pub fn claim(args: ClaimArgs) -> Result<(), StudentError> {
     let creds = load_credentials(&args.credentials)?;
     let (backend, backends) = lb_model::backend_fields(args.backends);
+    let check = args.check.request().map_err(StudentError::Input)?;
     let body = serde_json::to_vec(&ClaimRequest {
         service: one_service(args.service, args.service_flag),
         backend,
         backends,
         protocol: args.protocol,
         proxy_protocol: args.proxy_protocol,
+        check,
     })
     .unwrap_or_default();
     let v: RouteView = call(&creds, "POST", "/v1/me/routes", Some(body))?;
@@ -687,6 +729,12 @@ pub fn render_mine(me: &MeReply) -> String {
         ));
         for w in ways_in(v, me) {
             out.push_str(&format!("  {w}\n"));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for line in lb_model::text::health_board(v, now) {
+            out.push_str(&format!("  {line}\n"));
         }
     }
     if me.routes.is_empty() {

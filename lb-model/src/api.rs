@@ -41,6 +41,10 @@ pub struct RouteView {
     /// `"v1"` or `"v2"` when the web routers send this route's backend a PROXY header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<String>,
+    /// The health check its members get, in haproxy's words (`CheckSpec`'s text); absent
+    /// when nothing is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 impl RouteView {
@@ -84,6 +88,14 @@ pub struct BackendView {
     pub drained: bool,
     /// What the health checks last said (up until they say otherwise).
     pub up: bool,
+    /// When `up` last changed, Unix seconds; absent before the first change (or when not
+    /// checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_unix: Option<u64>,
+    /// The last check's result (`HTTP 200 OK`, `connect: Connection refused`); absent
+    /// before the first check (or when not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
 }
 
 impl BackendView {
@@ -236,6 +248,10 @@ pub struct ClaimRequest {
     /// `"v1"` or `"v2"`: the web routers send a PROXY protocol header first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<String>,
+    /// How the pool's members are checked (`check::CheckRequest`), within
+    /// `CheckSpec::student_limits`; left out: the protocol's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::check::CheckRequest>,
 }
 
 /// `GET /v1/me`: who the token belongs to, and where their routes are reachable.

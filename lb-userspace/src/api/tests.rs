@@ -9,6 +9,7 @@ use crate::testing::FakeControl as Fake;
 
 fn request(name: &str, port: Option<u16>) -> RouteRequest {
     RouteRequest {
+        check: None,
         proxy_protocol: None,
         name: name.into(),
         service: "ssh".into(),

@@ -89,7 +89,9 @@ pub struct AddArgs {
     /// expects it (nginx `proxy_protocol`, Apache, HAProxy, caddy).
     #[arg(long, value_name = "VERSION")]
     pub proxy_protocol: Option<String>,
-    /// Print the new route as JSON.
+    #[command(flatten)]
+    pub check: lb_client::account::CheckArgs,
+    /// Print the route as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -231,6 +233,7 @@ pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
                 backends,
                 port: a.port,
                 proxy_protocol: a.proxy_protocol,
+                check: a.check.request().map_err(AdminError::Invalid)?,
             })?;
             if a.json {
                 crate::cli::print_json(&v);
@@ -564,6 +567,32 @@ pub fn render_ls(r: &RoutesReply) -> String {
             ],
             &rows,
         )
+        + &health_section(r, unix_now())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The health board of every checked or pooled route, after the table.
+fn health_section(r: &RoutesReply, now_unix: u64) -> String {
+    let mut out = String::new();
+    for v in &r.routes {
+        let board = lb_model::text::health_board(v, now_unix);
+        if board.is_empty() {
+            continue;
+        }
+        if out.is_empty() {
+            out.push_str("\nhealth:\n");
+        }
+        out.push_str(&format!("{}/{}/{}\n", v.name, v.service, v.protocol));
+        for line in board {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
 }
 
 /// `srvgate status`.
@@ -606,6 +635,7 @@ pub fn render_status(r: &RoutesReply) -> String {
             ],
             &rows,
         )
+        + &health_section(r, unix_now())
 }
 
 fn last_seen(v: &RouteView) -> String {
@@ -711,6 +741,7 @@ mod tests {
 
     fn view(name: &str, source: &str, last_seen: Option<u64>, idle: u64) -> RouteView {
         RouteView {
+            check: None,
             proxy_protocol: None,
             name: name.into(),
             service: "ssh".into(),
@@ -777,6 +808,43 @@ mod tests {
             lines[3].contains("never") && lines[3].ends_with("config"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn status_and_ls_end_with_the_health_board_of_checked_routes() {
+        let mut r = reply();
+        assert!(!render_status(&r).contains("health:"), "nothing checked");
+        let v = &mut r.routes[0];
+        v.check = Some("ssh inter 2s timeout 1s rise 2 fall 3".into());
+        v.backends = ["10.0.0.11:22", "10.0.0.12:22"]
+            .iter()
+            .map(|a| lb_model::api::BackendView {
+                addr: a.to_string(),
+                weight: 1,
+                drained: false,
+                up: true,
+                since_unix: None,
+                last_check: Some("SSH-2.0-OpenSSH_9.2".into()),
+            })
+            .collect();
+        v.backends[1].up = false;
+        v.backends[1].since_unix = Some(1000);
+        v.backends[1].last_check = Some("connect: Connection refused".into());
+        let text = health_section(&r, 1060);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "",
+                "health:",
+                "alice/ssh/tcp",
+                "  check: ssh inter 2s timeout 1s rise 2 fall 3",
+                "  10.0.0.11:22  up; last check: SSH-2.0-OpenSSH_9.2",
+                "  10.0.0.12:22  down since 1970-01-01 00:16:40Z (1m ago); last check: connect: Connection refused",
+            ]
+        );
+        assert!(render_status(&r).contains("health:\nalice/ssh/tcp\n"));
+        assert!(render_ls(&r).contains("health:\nalice/ssh/tcp\n"));
     }
 
     #[test]

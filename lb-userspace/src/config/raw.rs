@@ -202,6 +202,9 @@ pub(super) struct RawRoute {
     pub(super) port: u16,
     #[serde(default)]
     pub(super) proxy_protocol: Option<String>,
+    /// `check = { kind = "http", path = "/healthz", interval = "2s" }`.
+    #[serde(default)]
+    pub(super) check: Option<lb_model::check::CheckRequest>,
 }
 
 /// What [`read`] makes of a file that is valid TOML.

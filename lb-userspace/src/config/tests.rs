@@ -878,6 +878,24 @@ fn a_pools_problems_name_the_route_and_the_member() {
     assert!(p[0].reason.contains("see route[1]"), "{}", p[0].reason);
 }
 
+#[test]
+fn a_route_carries_its_check_and_a_bad_one_names_its_field() {
+    let c = parse(&with_route(
+        "name = \"judge\"\nservice = \"http\"\nbackends = [\"10.0.0.21:80\", \"10.0.0.22:80\"]\nport = 30010\ncheck = { kind = \"http\", path = \"/healthz\", interval = \"2s\", timeout = \"1s\", rise = 2, fall = 3 }",
+    ))
+    .unwrap();
+    let spec = c.routes[2].backends.check().unwrap();
+    assert_eq!(
+        spec.to_string(),
+        "http GET /healthz inter 2s timeout 1s rise 2 fall 3"
+    );
+    let p = problems(&with_route(
+        "name = \"judge\"\nservice = \"http\"\nbackends = [\"10.0.0.21:80\", \"10.0.0.22:80\"]\nport = 30010\ncheck = { kind = \"http\", path = \"healthz\", interval = \"2s\", timeout = \"3s\" }",
+    ));
+    let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["route[3].check.path", "route[3].check.timeout"]);
+}
+
 fn with_secondaries(table: &str) -> String {
     GOOD.replacen(
         "ttl = 30\n",

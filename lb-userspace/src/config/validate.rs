@@ -491,6 +491,7 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
             backends: r.backends,
             port: Some(r.port),
             proxy_protocol: r.proxy_protocol,
+            check: r.check,
         };
         let route = match check_route(&request, public_ipv4, port_range, &field) {
             Ok(draft) => draft.with_port(r.port),

@@ -151,6 +151,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let mut users = store.load_accounts()?;
     // Other gateways' changes from the loaded revision on; they wait in the queue until
     // the event loop runs.
+    // The leader's last verdicts, read with the table (before `follow` takes the load).
+    let shared_down = store
+        .cluster_mut()
+        .map(|c| c.loaded_health())
+        .unwrap_or_default();
     let remote = store.cluster_mut().map(|c| {
         let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
         c.follow(public_ipv4, tx);
@@ -229,13 +234,15 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     core.settings.portal = portal_info.clone();
     core.settings.own = own;
     core.take_over(taken_over)?;
+    core.adopt_health(shared_down);
     core.sync_serial();
     let routes = core.routes.table.len();
     // The health checks of pools: targets follow the table, verdicts come back as one
     // core operation each (`pools.rs`).
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
     let (verdicts_tx, verdicts_rx) = mpsc::channel(1024);
-    let mut checks = super::pools::Checks::new(targets_tx);
+    let board = crate::health::Board::default();
+    let mut checks = super::pools::Checks::new(targets_tx, board.clone());
     checks.follow(&crate::table::routes::Diff {
         added: core.routes.table.entries().cloned().collect(),
         ..Default::default()
@@ -245,7 +252,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         Arc::new(crate::health::NetProber::new(cfg.gateway.public_ipv4)),
         targets_rx,
         verdicts_tx,
-        crate::health::Board::default(),
+        board,
         crate::health::DEFAULT_MAX_PROBES,
     ));
     let core = Arc::new(Mutex::new(core));
@@ -454,6 +461,7 @@ pub(super) async fn event_loop(
     let mut clock = tokio::time::interval(CLOCK_TICK);
     let mut observe = tokio::time::interval(OBSERVE_EVERY);
     observe.tick().await;
+    let mut lead = tokio::time::interval(super::pools::LEAD_HEALTH_EVERY);
     let mut status = on_core(core, |c| c.status_line()).await.unwrap_or_default();
     loop {
         tokio::select! {
@@ -504,6 +512,9 @@ pub(super) async fn event_loop(
                         warn!("refreshing the public legs' source guard: {e:#}");
                     }
                 }
+            }
+            _ = lead.tick() => {
+                on_core(core, |c| c.lead_health()).await;
             }
             _ = clock.tick() => {
                 if let Some(Err(e)) = on_core(core, |c| c.routes.dataplane.tick_clock()).await {

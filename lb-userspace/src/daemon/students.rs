@@ -195,6 +195,14 @@ impl Core {
 
     pub(super) fn claim(&mut self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
         let u = self.students.user(caller)?;
+        // The gateway probes on the student's behalf: her check keeps the students' bound
+        // (an invalid one is refused by `check_route` below, naming its field).
+        if let Some(Ok(spec)) = r.check.as_ref().map(|c| c.check(&|f| format!("check.{f}"))) {
+            if !u.admin {
+                spec.student_limits()
+                    .map_err(|e| ApiError::field(400, e.field, e.reason))?;
+            }
+        }
         let request = RouteRequest {
             name: u.name.clone(),
             service: r.service,
@@ -203,6 +211,7 @@ impl Core {
             backends: r.backends,
             port: None,
             proxy_protocol: r.proxy_protocol,
+            check: r.check,
         };
         self.add_as(request, Some(&u))
     }

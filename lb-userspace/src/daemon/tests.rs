@@ -42,6 +42,7 @@ fn route(name: &str, port: u16, backend: &str) -> Route {
 
 fn request(name: &str, backend: &str) -> RouteRequest {
     RouteRequest {
+        check: None,
         proxy_protocol: None,
         name: name.into(),
         service: "ssh".into(),
@@ -541,6 +542,7 @@ fn user_request(name: &str, backends: &[&str], max: u32) -> UserRequest {
 
 fn claim(service: &str, backend: &str) -> ClaimRequest {
     ClaimRequest {
+        check: None,
         proxy_protocol: None,
         service: service.into(),
         backend: backend.into(),
@@ -873,6 +875,7 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
         .claim(
             "alice",
             ClaimRequest {
+                check: None,
                 service: "https".into(),
                 backend: "10.0.0.11:443".into(),
                 backends: vec![],
@@ -892,6 +895,7 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
         .claim(
             "alice",
             ClaimRequest {
+                check: None,
                 service: "web".into(),
                 backend: "10.0.0.11:80".into(),
                 backends: vec![],
@@ -1142,6 +1146,7 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
     // A resynchronisation makes the runtime routes exactly the store's.
     let seen = SystemTime::now() - Duration::from_secs(600);
     rig.core.apply_remote(Remote::Resync {
+        down: Vec::new(),
         revision: 20,
         routes: vec![
             StoredRoute {
