@@ -4,6 +4,11 @@
 //! The portal's certificate is usually self-signed, so trust is by its SHA-256 fingerprint:
 //! `login` shows it (or checks `--fingerprint`) before the token is ever sent, and every
 //! later call accepts that certificate only. Handshake signatures are still verified.
+//!
+//! A portal reached by a name its certificate was issued for by a CA this machine trusts
+//! (the gateway's `[acme]` certificate; the system's roots, or `SSL_CERT_FILE`) needs no
+//! fingerprint: `login` says so and saves `verified`, and every later call verifies the
+//! chain and the name again instead of pinning one certificate, which renews.
 
 use std::{
     fmt,
@@ -202,6 +207,21 @@ pub struct Credentials {
     pub url: String,
     pub fingerprint: String,
     pub token: String,
+    /// The certificate was verified by a trusted CA at login: later calls verify it the same
+    /// way rather than pinning `fingerprint`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verified: bool,
+}
+
+/// How a call trusts the portal's certificate.
+#[derive(Clone, Copy, Debug)]
+enum Trust<'a> {
+    /// Login's first look: anything, recording what was seen.
+    Probe,
+    /// Exactly this fingerprint.
+    Pinned(&'a str),
+    /// A chain to a trusted root, for the URL's name.
+    Ca,
 }
 
 /// `https://HOST[:PORT][/]`.
@@ -285,26 +305,57 @@ pub fn normalize_fingerprint(text: &str) -> Result<String, StudentError> {
         .join(":"))
 }
 
-/// Accepts exactly one certificate (by fingerprint), or with `pinned: None` any
-/// certificate, recording what it saw; signatures are checked either way.
+/// Accepts exactly one certificate (by fingerprint), a chain to a trusted root, or (at
+/// login's first look) any certificate, recording what it saw: its fingerprint and
+/// whether a trusted root vouches for it. Signatures are checked either way.
 #[derive(Debug)]
 struct Pinned {
     pinned: Option<String>,
-    seen: Mutex<Option<String>>,
+    require_ca: bool,
+    /// The system's roots (and `SSL_CERT_FILE`'s); `None` when none could be loaded.
+    roots: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    seen: Mutex<Option<Seen>>,
     provider: Arc<CryptoProvider>,
+}
+
+/// A verifier of chains to the roots this machine trusts, if it has any.
+fn trusted_roots(
+    provider: &Arc<CryptoProvider>,
+) -> Option<Arc<rustls::client::WebPkiServerVerifier>> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        return None;
+    }
+    rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .ok()
 }
 
 impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let fp = lb_model::cert_fingerprint(end_entity.as_ref());
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fp.clone());
+        let by_ca = self
+            .roots
+            .as_ref()
+            .map(|v| v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now));
+        let vouched = matches!(by_ca, Some(Ok(_)));
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((fp.clone(), vouched));
+        if self.require_ca {
+            return by_ca.unwrap_or_else(|| {
+                Err(rustls::Error::General(
+                    "this machine trusts no certificate authority (no system roots, no SSL_CERT_FILE)".into(),
+                ))
+            });
+        }
         match &self.pinned {
             Some(p) if *p != fp => Err(rustls::Error::General(format!(
                 "the gateway's certificate changed: its fingerprint is {fp}, {p} was pinned at login; if the admin replaced it, run `srvgate login` again"
@@ -348,20 +399,28 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-/// One HTTPS request to the portal; `pinned: None` only fetches the certificate's
-/// fingerprint (no request is sent).
+/// The certificate's fingerprint, and whether a trusted CA vouches for it.
+type Seen = (String, bool);
+
+/// One HTTPS request to the portal; without a request it only fetches the certificate's
+/// fingerprint and whether a trusted CA vouches for it (no request is sent).
 fn exchange(
     url: &PortalUrl,
-    pinned: Option<&str>,
+    trust: Trust<'_>,
     request: Option<(&str, &str, &str, Option<Vec<u8>>)>,
-) -> Result<(String, u16, Vec<u8>), StudentError> {
+) -> Result<(Seen, u16, Vec<u8>), StudentError> {
     let unreachable = |reason: String| StudentError::Unreachable {
         url: url.to_string(),
         reason,
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(Pinned {
-        pinned: pinned.map(str::to_string),
+        pinned: match trust {
+            Trust::Pinned(fp) => Some(fp.to_string()),
+            Trust::Probe | Trust::Ca => None,
+        },
+        require_ca: matches!(trust, Trust::Ca),
+        roots: trusted_roots(&provider),
         seen: Mutex::new(None),
         provider: provider.clone(),
     });
@@ -467,11 +526,12 @@ fn call<T: DeserializeOwned>(
     body: Option<Vec<u8>>,
 ) -> Result<T, StudentError> {
     let url = PortalUrl::parse(&creds.url)?;
-    let (_, status, body) = exchange(
-        &url,
-        Some(&creds.fingerprint),
-        Some((method, path, &creds.token, body)),
-    )?;
+    let trust = if creds.verified {
+        Trust::Ca
+    } else {
+        Trust::Pinned(&creds.fingerprint)
+    };
+    let (_, status, body) = exchange(&url, trust, Some((method, path, &creds.token, body)))?;
     if (200..300).contains(&status) {
         return serde_json::from_slice(&body).map_err(|e| StudentError::Unreachable {
             url: creds.url.clone(),
@@ -596,8 +656,15 @@ fn read_token_file(f: &std::path::Path) -> Result<String, StudentError> {
 pub fn login(args: LoginArgs) -> Result<(), StudentError> {
     let url = PortalUrl::parse(&args.url)?;
     let path = credentials_path(&args.credentials)?;
-    let (seen, _, _) = exchange(&url, None, None)?;
+    let ((seen, vouched), _, _) = exchange(&url, Trust::Probe, None)?;
+    let verified = vouched && args.fingerprint.is_none();
     match &args.fingerprint {
+        None if verified => {
+            eprintln!(
+                "The portal's certificate is issued for {} by a certificate authority this machine trusts.",
+                url.host
+            );
+        }
         Some(expected) => {
             let expected = normalize_fingerprint(expected)?;
             if expected != seen {
@@ -633,6 +700,7 @@ pub fn login(args: LoginArgs) -> Result<(), StudentError> {
         url: url.to_string(),
         fingerprint: seen,
         token,
+        verified,
     };
     let me: MeReply = call(&creds, "GET", "/v1/me", None)?;
     save_credentials(&path, &creds)?;
@@ -815,6 +883,7 @@ mod tests {
             url: "https://10.0.0.1:8443".into(),
             fingerprint: "AB".into(),
             token: "sg_alice_x".into(),
+            verified: false,
         };
         save_credentials(&path, &creds).unwrap();
         use std::os::unix::fs::PermissionsExt as _;

@@ -131,6 +131,9 @@ pub struct RoutesReply {
     /// The shared table, when the gateway runs with `[cluster]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterView>,
+    /// With `[acme]`: the certificate's names, its expiry and the last renewal's failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     pub routes: Vec<RouteView>,
 }
 

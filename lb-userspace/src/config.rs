@@ -11,6 +11,7 @@
 //! `RouteTable`), `backend.rs` the rule that no backend is the gateway itself, and
 //! `machine.rs` the checks against this machine.
 
+mod acme;
 mod backend;
 mod cluster;
 mod machine;
@@ -27,6 +28,7 @@ use lb_model::{ConfigUser, FieldError, PortRange, Route, MAX_SERVICE_LEN};
 
 use crate::cluster::ClusterSettings;
 
+pub use acme::{portal_name, Acme};
 pub use backend::{check_backend, check_pool, not_a_host, OwnAddresses, NOT_A_HOST};
 
 use raw::RawConfig;
@@ -147,6 +149,9 @@ pub struct Http {
     /// Whether requests reach the backend with `X-Forwarded-For` and `Forwarded` naming the
     /// client (any the client sent are dropped: the gateway is the edge).
     pub forwarded_for: bool,
+    /// With `[https]` and `[acme]`: a request for a name the certificate covers gets a
+    /// redirect (308) to the same URL over HTTPS instead of its backend.
+    pub redirect_https: bool,
 }
 
 /// `[https]`: TLS passed through untouched by SNI, `NAME.<service>.<dns.zone>` (or the
@@ -195,6 +200,8 @@ pub struct Config {
     pub metrics_listen: Vec<SocketAddr>,
     /// `[cluster]`: the table shared through etcd; without it, the local state directory.
     pub cluster: Option<ClusterSettings>,
+    /// `[acme]`: certificates ordered by DNS-01 from the zone.
+    pub acme: Option<Acme>,
     pub routes: Vec<Route>,
 }
 

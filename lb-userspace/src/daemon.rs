@@ -252,6 +252,8 @@ struct Settings {
     portal: Option<PortalInfo>,
     /// `[http] service`, for telling students their web addresses.
     http_service: Option<String>,
+    /// `[acme]`'s certificate in force, for `status`.
+    certs: Option<Arc<crate::serve::acme::Certs>>,
     /// The gateway's own addresses, which no backend may be (`config::check_backend`):
     /// read at start and again every few seconds ([`Core::refresh_own`]).
     own: config::OwnAddresses,

@@ -637,6 +637,7 @@ impl Control for FakeControl {
             reclaim_after: Some("14d".into()),
             portal: None,
             cluster: None,
+            certificate: None,
             routes: vec![view("alice", 30000)],
         }
     }

@@ -83,6 +83,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("nginx", "nginx"),
     ("openssl", "openssl"),
+    // The ACME lab's test CA (RFC 8555), answered by the gateway's own zone.
+    ("pebble", "pebble"),
     // etcd-client's build script (tonic-build) compiles etcd's .proto files with it.
     ("protoc", "protobuf-compiler"),
     ("python3", "python3"),

@@ -71,6 +71,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "knot",
     "librsvg2-bin",
     "fonts-dejavu-core",
+    // [acme]: the ACME lab runs Debian's pebble (an RFC 8555 test CA) in its own namespace,
+    // pointed at srvgate's zone for the DNS-01 challenges.
+    "pebble",
     // [cluster]: the cluster lab runs a real etcd member (etcd-server) and reads the shared
     // table with etcdctl (etcd-client); the etcd-client crate's build runs protoc, and
     // etcd's .proto files import protobuf's well-known types (google/protobuf/descriptor.proto,

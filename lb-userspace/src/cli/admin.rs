@@ -618,8 +618,13 @@ pub fn render_status(r: &RoutesReply) -> String {
             p.fingerprint
         )
     });
+    let certificate = r
+        .certificate
+        .as_ref()
+        .map_or(String::new(), |c| format!("certificate (ACME) {c}\n"));
     summary(r)
         + &portal
+        + &certificate
         + &r.cluster.as_ref().map_or(String::new(), cluster_line)
         + &table(
             &[
@@ -770,6 +775,7 @@ mod tests {
             reclaim_after: Some("14d".into()),
             portal: None,
             cluster: None,
+            certificate: None,
             routes: vec![
                 view("alice", "runtime", Some(100), 90),
                 view("carol", "config", None, 5),

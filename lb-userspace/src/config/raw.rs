@@ -16,6 +16,7 @@ pub(super) struct RawConfig {
     pub(super) portal: Option<RawPortal>,
     pub(super) metrics: Option<RawMetrics>,
     pub(super) cluster: Option<super::cluster::RawCluster>,
+    pub(super) acme: Option<super::acme::RawAcme>,
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RawRoute>,
     #[serde(default, rename = "user")]
@@ -132,6 +133,8 @@ pub(super) struct RawHttp {
     pub(super) service: String,
     #[serde(default)]
     pub(super) forwarded_for: bool,
+    #[serde(default)]
+    pub(super) redirect_https: bool,
     #[serde(default)]
     pub(super) max_connections: Option<usize>,
     #[serde(default)]

@@ -322,6 +322,7 @@ fn http_routing_has_defaults_and_needs_dns() {
             service: "http".into(),
             limits: WebLimits::default(),
             forwarded_for: false,
+            redirect_https: false,
         })
     );
     let c = parse(&format!(
@@ -894,6 +895,21 @@ fn a_route_carries_its_check_and_a_bad_one_names_its_field() {
     ));
     let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["route[3].check.path", "route[3].check.timeout"]);
+}
+
+#[test]
+fn acme_parses_with_its_defaults_and_redirect_needs_it() {
+    let with_acme = format!(
+        "{GOOD}\n[http]\nredirect_https = true\n\n[https]\n\n[portal]\n\n[acme]\ndirectory = \"https://ca.example/dir\"\n"
+    );
+    let cfg = parse(&with_acme).unwrap();
+    let acme = cfg.acme.unwrap();
+    assert_eq!(acme.names, ["*.http.lab.example", "gw.lab.example"]);
+    assert!(cfg.http.unwrap().redirect_https);
+    let p = problems(&format!("{GOOD}\n[http]\nredirect_https = true\n"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].field, "http.redirect_https");
+    assert!(p[0].reason.contains("needs [https] and [acme]"), "{p:?}");
 }
 
 fn with_secondaries(table: &str) -> String {

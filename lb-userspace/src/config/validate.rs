@@ -414,6 +414,7 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
             service,
             limits,
             forwarded_for: h.forwarded_for,
+            redirect_https: h.redirect_https,
         }
     });
 
@@ -448,6 +449,20 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
             );
         }
     }
+
+    if http.as_ref().is_some_and(|h| h.redirect_https) && (raw.acme.is_none() || https.is_none()) {
+        bad(
+            "http.redirect_https",
+            "needs [https] and [acme]: the redirect sends visitors to the HTTPS router, which serves the [acme] certificate".into(),
+        );
+    }
+    let acme = raw.acme.and_then(|a| {
+        let zone = dns
+            .as_ref()
+            .map(|d| (d.zone.as_str(), d.gateway_name.as_str()));
+        let service = http.as_ref().map_or("http", |h| h.service.as_str());
+        super::acme::validate(a, zone, service, portal.is_some(), &mut bad)
+    });
 
     let metrics_listen = raw.metrics.map_or_else(Vec::new, |m| {
         let list = match m.listen {
@@ -585,6 +600,7 @@ pub(super) fn validate(raw: RawConfig) -> Validated {
         portal,
         metrics_listen,
         cluster,
+        acme,
         routes,
     };
     Validated {

@@ -26,7 +26,12 @@ use crate::{
     kernel::dataplane::{Counters, Dataplane, DataplaneError, XdpDataplane},
     notify,
     serve::{
-        dns::DnsServer, http::HttpServer, https::HttpsServer, listen, metrics, portal::PortalServer,
+        acme::{self, AcmeIssuer, Certs},
+        dns::DnsServer,
+        http::HttpServer,
+        https::{HttpsServer, Terminate},
+        listen, metrics,
+        portal::PortalServer,
     },
     table::{
         routes::{Diff, RouteTable, Source},
@@ -204,16 +209,32 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         _ => None,
     };
     let http_addrs = http.as_ref().map(HttpServer::local_addrs);
+    // [acme]: the certificate in force, which the renewal task below keeps and the TLS
+    // servers present for the names it covers.
+    let certs = cfg.acme.as_ref().map(|_| Arc::new(Certs::default()));
     let https = match (&cfg.https, &cfg.dns) {
         (Some(h), Some(d)) => {
             let http_service = cfg.http.as_ref().map(|h| h.service.as_str());
-            Some(HttpsServer::start(h, http_service, &d.zone, &table.serving_routes()).await?)
+            let terminate = match (&certs, &http) {
+                (Some(certs), Some(http)) => Some(
+                    Terminate::new(certs.clone(), http.shared().clone())
+                        .map_err(|e| DaemonError::Runtime(format!("TLS termination: {e}")))?,
+                ),
+                _ => None,
+            };
+            if let (Some(certs), Some(http), Some(true)) =
+                (&certs, &http, cfg.http.as_ref().map(|h| h.redirect_https))
+            {
+                http.shared().redirect_to_https(certs.clone());
+            }
+            let routes = table.serving_routes();
+            Some(HttpsServer::start(h, http_service, &d.zone, &routes, terminate).await?)
         }
         _ => None,
     };
     let https_addrs = https.as_ref().map(HttpsServer::local_addrs);
     let portal = match &cfg.portal {
-        Some(p) => Some(PortalServer::bind(p, &opts.state_dir).await?),
+        Some(p) => Some(PortalServer::bind(p, &opts.state_dir, certs.clone()).await?),
         None => None,
     };
     let portal_info = portal.as_ref().map(|p| p.info().clone());
@@ -232,6 +253,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     core.mirrors = super::Mirrors::new(dns.clone(), http.map(Arc::new), https.map(Arc::new));
     core.students.users = users;
     core.settings.portal = portal_info.clone();
+    core.settings.certs = certs.clone();
     core.settings.own = own;
     core.take_over(taken_over)?;
     core.adopt_health(shared_down);
@@ -265,11 +287,34 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     });
     let portal_tasks = portal.map(|p| p.serve(handle.clone())).unwrap_or_default();
     let api_task = tokio::spawn(api::serve(api_listener, handle));
+    let acme_task = match (&cfg.acme, &dns, &certs) {
+        (Some(settings), Some(dns), Some(certs)) => {
+            let issuer = AcmeIssuer::new(settings.clone(), opts.state_dir.clone());
+            Some(tokio::spawn(acme::run(
+                settings.clone(),
+                opts.state_dir.clone(),
+                certs.clone(),
+                Arc::new(issuer),
+                dns.clone(),
+            )))
+        }
+        _ => None,
+    };
     let metrics_tasks: Vec<_> = metrics_listeners
         .into_iter()
         .map(|listener| {
             let core = core.clone();
-            tokio::spawn(metrics::serve(listener, Arc::new(move || scrape(&core))))
+            let certs = certs.clone();
+            tokio::spawn(metrics::serve(
+                listener,
+                Arc::new(move || {
+                    let mut text = scrape(&core);
+                    if let Some(c) = &certs {
+                        c.render_metrics(&mut text);
+                    }
+                    text
+                }),
+            ))
         })
         .collect();
 
@@ -334,7 +379,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         t.abort();
         let _ = t.await;
     }
-    for t in metrics_tasks {
+    for t in metrics_tasks.into_iter().chain(acme_task) {
         t.abort();
         let _ = t.await;
     }

@@ -86,6 +86,7 @@ impl Core {
                 zone: cfg.dns.as_ref().map(|d| d.zone.clone()),
                 portal: None,
                 http_service: cfg.http.as_ref().map(|h| h.service.clone()),
+                certs: None,
                 own: config::OwnAddresses::default(),
                 interfaces: crate::machine::interfaces,
             },
@@ -260,6 +261,11 @@ impl Core {
             reclaim_after: self.settings.gateway.reclaim_after.map(format_duration),
             portal: self.settings.portal.clone(),
             cluster: self.routes.store.cluster().map(|c| c.view()),
+            certificate: self
+                .settings
+                .certs
+                .as_ref()
+                .map(|c| c.summary(std::time::SystemTime::now())),
             routes: self
                 .routes
                 .table
@@ -1089,6 +1095,9 @@ pub(super) fn restart_sections(running: &Config, new: &Config) -> Vec<&'static s
     }
     if new.cluster != running.cluster {
         changed.push("[cluster]");
+    }
+    if new.acme != running.acme {
+        changed.push("[acme]");
     }
     changed
 }

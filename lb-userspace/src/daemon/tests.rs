@@ -63,6 +63,7 @@ fn config(routes: Vec<Route>) -> Config {
         portal: None,
         metrics_listen: Vec::new(),
         cluster: None,
+        acme: None,
         routes,
     }
 }
@@ -742,9 +743,11 @@ fn a_reload_names_every_section_only_a_restart_applies() {
             service: "http".into(),
             limits: Default::default(),
             forwarded_for: false,
+            redirect_https: false,
         }),
         metrics_listen: vec!["127.0.0.1:9110".parse().unwrap()],
         cluster: None,
+        acme: None,
         ..config(vec![route("alice", 30001, "10.0.0.11:22")])
     };
     // What a reload applies is not listed.
@@ -775,6 +778,13 @@ fn a_reload_names_every_section_only_a_restart_applies() {
         tls: None,
     });
     assert_eq!(restart_sections(&running, &new).last(), Some(&"[cluster]"));
+    new.acme = Some(crate::config::Acme {
+        directory: "https://ca.example/dir".into(),
+        contact: Vec::new(),
+        names: vec!["*.http.lab.example".into()],
+        ca: None,
+    });
+    assert_eq!(restart_sections(&running, &new).last(), Some(&"[acme]"));
     // A section added where there was none counts too.
     let bare = config(Vec::new());
     assert_eq!(
@@ -1606,6 +1616,7 @@ fn the_ways_in_follow_the_http_routers_service_label() {
         service: service.into(),
         limits: Default::default(),
         forwarded_for: false,
+        redirect_https: false,
     };
     let mine = |http: Option<crate::config::Http>| {
         let cfg = Config {

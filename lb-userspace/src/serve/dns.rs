@@ -273,6 +273,47 @@ impl DnsServer {
         );
     }
 
+    /// Serves `values` as the TXT records of `name` (none: removes them), e.g. ACME's
+    /// DNS-01 challenges; see [`Zone::with_txt`].
+    pub fn set_txt(&self, name: &hickory_proto::rr::Name, values: &[String]) {
+        let shared = &self.shared;
+        let _writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = shared.zone.load_full();
+        let serial = next_serial(old.serial(), unix_now());
+        let zone = old.with_txt(name, values, serial);
+        if shared.secondaries.get().is_none() {
+            shared.zone.store(Arc::new(zone));
+        } else {
+            // Secondaries answer too, so the CA may ask them: the change goes out as an
+            // IXFR delta with a NOTIFY, like a route's.
+            let owner = hickory_proto::rr::LowerName::new(name);
+            let (before, after) = (old.records_at(&owner), zone.records_at(&owner));
+            let delta = xfr::Delta {
+                from: old.serial(),
+                to: zone.serial(),
+                deleted: before
+                    .iter()
+                    .filter(|r| !after.contains(r))
+                    .cloned()
+                    .collect(),
+                added: after
+                    .iter()
+                    .filter(|r| !before.contains(r))
+                    .cloned()
+                    .collect(),
+            };
+            let mut history = shared
+                .history
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            history.push(delta);
+            shared.zone.store(Arc::new(zone));
+            drop(history);
+            shared.changed.notify_one();
+        }
+        tracing::debug!(%name, records = values.len(), serial, "DNS TXT records changed");
+    }
+
     pub fn serial(&self) -> u32 {
         self.shared.zone.load().serial()
     }

@@ -137,6 +137,27 @@ pub struct HttpRouter {
     core: RouterCore,
     forwarded_for: bool,
     refusing: Arc<Semaphore>,
+    /// `[http] redirect_https`: the certificate whose names are sent to HTTPS.
+    redirect: std::sync::OnceLock<Arc<crate::serve::acme::Certs>>,
+}
+
+impl HttpRouter {
+    /// Sends the names `certs` covers to `https://` from now on (`redirect_https`).
+    pub fn redirect_to_https(&self, certs: Arc<crate::serve::acme::Certs>) {
+        let _ = self.redirect.set(certs);
+    }
+}
+
+/// A 308 to the same request over HTTPS; the connection is closed after it.
+fn redirect_page(host: &str, path: &str) -> Vec<u8> {
+    let path = if path.starts_with('/') { path } else { "/" };
+    let location = format!("https://{host}{path}");
+    format!(
+        "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{location}\n",
+        location.len() + 1
+    )
+    .into_bytes()
 }
 
 /// The running HTTP router.
@@ -158,6 +179,7 @@ impl RouterServer<HttpRouter> {
                 core: RouterCore::new(&cfg.service, vec![suffix], routes, &cfg.limits),
                 forwarded_for: cfg.forwarded_for,
                 refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+                redirect: std::sync::OnceLock::new(),
             }),
         );
         info!(hosts = %server.shared().core.hosts.patterns(), listen = ?server.local_addrs(), "HTTP routing by Host header started");
@@ -260,6 +282,11 @@ where
                 return End::Refuse(error_response(status, reason, &body));
             }
         };
+        if let Some(certs) = shared.redirect.get() {
+            if certs.resolve(Some(&req.host)).is_some() {
+                return End::Refuse(redirect_page(&req.host, &req.path));
+            }
+        }
         let Some(lease) = shared
             .core
             .hosts

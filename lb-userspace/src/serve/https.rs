@@ -6,6 +6,9 @@
 //! The gateway holds no student's key and terminates nothing; `NAME.<https.service>.<zone>`
 //! and, with `[http]`, the HTTP name `NAME.<http.service>.<zone>` both reach it.
 //!
+//! With `[acme]` and `[http]`, a name of the HTTP routes that the certificate covers and no
+//! HTTPS route answers is terminated here instead (`terminate`).
+//!
 //! What cannot be relayed gets a fatal TLS alert and the reason goes to the log: no SNI or
 //! a name no route answers (`unrecognized_name`), a backend that cannot be reached
 //! (`internal_error`), a hello rustls refuses (rustls' own alert).
@@ -81,9 +84,15 @@ pub fn parse_hello(buf: &[u8]) -> Hello {
     Hello::Partial
 }
 
+pub mod terminate;
+
+pub use terminate::Terminate;
+
 /// The HTTPS relay's state, shared by its connections.
 pub struct HttpsRouter {
     core: RouterCore,
+    /// TLS termination of the `[http]` routes' names, with `[acme]`.
+    terminate: Option<Terminate>,
 }
 
 /// The running HTTPS relay.
@@ -97,6 +106,7 @@ impl RouterServer<HttpsRouter> {
         http_service: Option<&str>,
         zone: &str,
         routes: &[lb_model::Route],
+        terminate: Option<Terminate>,
     ) -> Result<HttpsServer, HttpError> {
         let listeners = bind_all("https", &cfg.listen).await?;
         let suffixes = std::iter::once(cfg.service.as_str())
@@ -107,6 +117,7 @@ impl RouterServer<HttpsRouter> {
             listeners,
             Arc::new(HttpsRouter {
                 core: RouterCore::new(&cfg.service, suffixes, routes, &cfg.limits),
+                terminate,
             }),
         );
         info!(names = %server.shared().core.hosts.patterns(), listen = ?server.local_addrs(), "HTTPS relay by SNI started");
@@ -138,7 +149,7 @@ impl Router for HttpsRouter {
 async fn serve(
     client: TcpStream,
     peers: Peers,
-    shared: &HttpsRouter,
+    shared: &Arc<HttpsRouter>,
     activity: &Arc<Activity>,
 ) -> Result<(), (Failure, String)> {
     let limits = &shared.core.limits;
@@ -164,12 +175,18 @@ async fn serve(
             "no server name (SNI) in the ClientHello".into(),
         ));
     };
-    let Some((first, pool)) = shared
-        .core
-        .hosts
-        .pool(&name)
-        .and_then(|pool| Some((pool.pick(&[])?, pool)))
-    else {
+    let passthrough = shared.core.hosts.pool(&name);
+    if passthrough.is_none() {
+        if let Some(pool) = shared.terminate.as_ref().and_then(|t| t.pool(&name)) {
+            let (cr, buf) = cr.into_parts();
+            let client = cr
+                .reunite(cw)
+                .map_err(|e| (Failure::BadRequest, e.to_string()))?;
+            let (shared, activity) = (shared.clone(), activity.clone());
+            return terminate::serve(client, buf, name, pool, shared, peers, activity).await;
+        }
+    }
+    let Some((first, pool)) = passthrough.and_then(|pool| Some((pool.pick(&[])?, pool))) else {
         send_alert(&mut cw, &alert(UNRECOGNIZED_NAME), limits).await;
         return Err((Failure::NoRoute, format!("no route for name {name}")));
     };

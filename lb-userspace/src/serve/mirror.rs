@@ -96,6 +96,7 @@ mod tests {
             service: "http".into(),
             limits: WebLimits::default(),
             forwarded_for: false,
+            redirect_https: false,
         };
         let server = HttpServer::start(&cfg, "lab.example", &[]).await.unwrap();
         let routes = |s: &HttpServer| -> Vec<&str> {

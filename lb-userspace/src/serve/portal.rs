@@ -44,6 +44,7 @@ use crate::{
     api::{self, Control, Request},
     config::Portal,
     serve::{
+        acme::Certs,
         admission::{Admission, ClientKey, Refused, Share},
         clients::Clients,
         console::{self, Console, Logins, WebRequest, WebResponse},
@@ -91,8 +92,15 @@ pub struct PortalServer {
 }
 
 impl PortalServer {
-    /// Loads (or makes) the certificate and binds every listen address.
-    pub async fn bind(cfg: &Portal, state_dir: &Path) -> Result<PortalServer, PortalError> {
+    /// Loads (or makes) the certificate and binds every listen address. With `acme` (the
+    /// `[acme]` certificate in force), a client naming one of its names (`portal.<zone>`)
+    /// gets it instead, so it needs no pinning; any other (an address, no SNI) gets the
+    /// configured or self-signed one, which `srvgate login` pins.
+    pub async fn bind(
+        cfg: &Portal,
+        state_dir: &Path,
+        acme: Option<Arc<Certs>>,
+    ) -> Result<PortalServer, PortalError> {
         let (certs, key) = match (&cfg.cert, &cfg.key) {
             (Some(c), Some(k)) => load_pem(c, k)?,
             _ => self_signed(state_dir, &cfg.listen)?,
@@ -105,7 +113,18 @@ impl PortalServer {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+            .and_then(|b| {
+                let b = b.with_no_client_auth();
+                match acme {
+                    None => b.with_single_cert(certs, key),
+                    Some(acme) => {
+                        let signer = rustls::crypto::ring::sign::any_supported_type(&key)?;
+                        let own = Arc::new(rustls::sign::CertifiedKey::new(certs, signer));
+                        own.keys_match()?;
+                        Ok(b.with_cert_resolver(Arc::new(Resolver { acme, own })))
+                    }
+                }
+            })
             .map_err(|e| PortalError::Cert {
                 path: cfg
                     .cert
@@ -205,6 +224,26 @@ fn self_signed(
     write_atomically(dir, CERT_FILE, &made.cert.pem())?;
     info!(cert = %cert.display(), "portal: made a self-signed certificate");
     load_pem(&cert, &key)
+}
+
+/// The ACME certificate for the names it covers, else the portal's own.
+#[derive(Debug)]
+struct Resolver {
+    acme: Arc<Certs>,
+    own: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.acme
+                .resolve(hello.server_name())
+                .unwrap_or_else(|| self.own.clone()),
+        )
+    }
 }
 
 struct Shared {

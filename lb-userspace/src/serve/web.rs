@@ -321,6 +321,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
+    /// The reader and the bytes it holds that no step took yet.
+    pub fn into_parts(self) -> (R, Vec<u8>) {
+        (self.io, self.buf)
+    }
+
     pub fn get_ref(&self) -> &R {
         &self.io
     }

@@ -433,7 +433,7 @@ impl Active {
                 let text = lab.exec_ok(&lab.gw, &["nft", "list", "table", "ip", "sgbench"])?;
                 let hits: u64 = text
                     .lines()
-                    .filter(|l| l.contains("dnat to"))
+                    .filter(|l| l.contains(" dnat ") && l.contains(" to "))
                     .filter_map(|l| parse::nft_counter_packets(l).ok())
                     .sum();
                 ensure!(hits > 0, "the DNAT rules matched nothing:\n{text}");

@@ -23,7 +23,7 @@ use std::{
 use hickory_proto::{
     op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
     rr::{
-        rdata::{opt::EdnsCode, A, NS, SOA, SRV},
+        rdata::{opt::EdnsCode, A, NS, SOA, SRV, TXT},
         DNSClass, LowerName, Name, RData, Record, RecordType,
     },
     serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding},
@@ -209,6 +209,26 @@ impl Zone {
         zone.soa_len = wire_len(&soa);
         zone.soa = [soa];
         zone.set_apex();
+        zone
+    }
+
+    /// This zone with the TXT records at `name` replaced by `values` (none: removed), at
+    /// `serial`. The one way records other than the routes' come in: ACME's
+    /// `_acme-challenge.` names during an order (`serve::acme`), which no route can own
+    /// (a route's labels never start with `_` but its RFC 2782 service ones, and those
+    /// are `_SERVICE._PROTO`). A name outside the zone changes nothing.
+    pub fn with_txt(&self, name: &Name, values: &[String], serial: u32) -> Zone {
+        let mut zone = self.with_changes(&[], &[], serial);
+        let owner = LowerName::new(name);
+        if !zone.origin.zone_of(&owner) || owner == zone.origin {
+            return zone;
+        }
+        let ttl = zone.params.ttl;
+        let records = values
+            .iter()
+            .map(|v| Record::from_rdata(name.clone(), ttl, RData::TXT(TXT::new(vec![v.clone()]))))
+            .collect();
+        zone.set(&owner, group(records), [None; 2]);
         zone
     }
 

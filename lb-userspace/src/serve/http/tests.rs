@@ -290,6 +290,7 @@ fn http_cfg(service: &str) -> config::Http {
         service: service.into(),
         limits: WebLimits::default(),
         forwarded_for: false,
+        redirect_https: false,
     }
 }
 

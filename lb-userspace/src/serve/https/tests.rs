@@ -72,6 +72,7 @@ async fn relays_by_name_and_alerts_otherwise() {
         Some("http"),
         "lab.example",
         &[route("alice", backend, Some(ProxyProtocol::V2))],
+        None,
     )
     .await
     .unwrap();
@@ -166,9 +167,15 @@ async fn an_evicted_relay_closes_both_of_its_sockets() {
             ..WebLimits::default()
         },
     };
-    let server = HttpsServer::start(&cfg, None, "lab.example", &[route("alice", backend, None)])
-        .await
-        .unwrap();
+    let server = HttpsServer::start(
+        &cfg,
+        None,
+        "lab.example",
+        &[route("alice", backend, None)],
+        None,
+    )
+    .await
+    .unwrap();
     let at = server.local_addrs()[0];
     let (mut c1, mut b1) = relay_from("127.0.0.2", at, &l).await;
     let (mut c2, mut b2) = relay_from("127.0.0.2", at, &l).await;
@@ -243,9 +250,15 @@ async fn connections_rotate_over_the_pool_past_an_unreachable_backend() {
         service: "https".into(),
         limits: WebLimits::default(),
     };
-    let server = HttpsServer::start(&cfg, None, "lab.example", &[route("judge", addrs[0], None)])
-        .await
-        .unwrap();
+    let server = HttpsServer::start(
+        &cfg,
+        None,
+        "lab.example",
+        &[route("judge", addrs[0], None)],
+        None,
+    )
+    .await
+    .unwrap();
     server.shared().core.hosts.set([(
         "judge".to_string(),
         vec![member(addrs[0]), member(dead), member(addrs[1])],

@@ -191,7 +191,7 @@ async fn at_the_cap_a_newcomer_takes_a_place_of_the_greediest_address() {
         key: None,
         clients_dir: dir.path().join("clients"),
     };
-    let server = PortalServer::bind(&cfg, dir.path()).await.unwrap();
+    let server = PortalServer::bind(&cfg, dir.path(), None).await.unwrap();
     let addr = server.local_addrs()[0];
     let _tasks = server.serve_with(Arc::new(FakeControl::default()), 6);
     let from = |src: &str| {
