@@ -225,9 +225,11 @@ fn a_backup_restored_onto_a_new_gateway_gives_every_student_their_token_routes_a
     let _ = lab.stop_srvgate();
     std::fs::rename(lab.state_dir(), lab.dir().join("state.lost")).unwrap();
     let restore = |args: &[&str]| {
-        let mut argv = vec!["restore"];
-        argv.extend_from_slice(args);
-        argv.extend(["--state-dir", &state]);
+        // `srvgate restore ARGS... --state-dir STATE`.
+        let argv: Vec<&str> = std::iter::once("restore")
+            .chain(args.iter().copied())
+            .chain(["--state-dir", state.as_str()])
+            .collect();
         lab.srvgate(&argv, DEFAULT_TIMEOUT).unwrap()
     };
 

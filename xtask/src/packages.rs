@@ -69,9 +69,13 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("knotd", "knot"),
     ("man", "man-db"),
     ("md5sum", "coreutils"),
+    // The booted test's Debian root (tests/tests/booted.rs).
+    ("mmdebstrap", "mmdebstrap"),
     ("mount", "mount"),
     ("nft", "nftables"),
     ("nginx", "nginx"),
+    // Into the booted container's namespaces (there is no machined for `systemctl -M`).
+    ("nsenter", "util-linux"),
     ("openssl", "openssl"),
     // etcd-client's build script (tonic-build) compiles etcd's .proto files with it.
     ("protoc", "protobuf-compiler"),
@@ -88,6 +92,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("strip", "binutils"),
     ("sysctl", "procps"),
     ("systemd-analyze", "systemd"),
+    ("systemd-nspawn", "systemd-container"),
     // `cargo xtask bench --baseline`: unpacks `git archive` of the baseline revision.
     ("tar", "tar"),
     ("taskset", "util-linux"),
