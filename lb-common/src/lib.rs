@@ -464,6 +464,23 @@ pub const fn next_hop_slot(route_id: u32, outbound: bool) -> u32 {
     ((route_id << 1) | outbound as u32) & (NEXT_HOP_SLOTS - 1)
 }
 
+/// The `NEXT_HOPS` slot of the packets from the world to member `member` of route
+/// `route_id`'s pool (0 for a route with one backend: [`next_hop_slot`]'s). Each member is
+/// a neighbour of its own, so the members of one pool sharing the route's slot would evict
+/// each other's answer on nearly every packet of a flood spread over them; members at
+/// [`POOL_HOP_STRIDE`] slots apart keep a pool's 64 in distinct slots, away from the
+/// neighbouring route ids of routes added together.
+pub const fn member_next_hop_slot(route_id: u32, member: u32) -> u32 {
+    next_hop_slot(
+        route_id.wrapping_add(member.wrapping_mul(POOL_HOP_STRIDE)),
+        false,
+    )
+}
+
+/// Route ids between the `NEXT_HOPS` slots of two consecutive members of a pool: odd, so
+/// that a pool's members never share a slot.
+pub const POOL_HOP_STRIDE: u32 = 613;
+
 /// A FIB answer kept for reuse: what `bpf_fib_lookup` said (success) to one question, the
 /// lookup's inputs but the packet length, during one tick of the daemon's clock. Only the
 /// program reads and writes these.
@@ -680,5 +697,38 @@ mod tests {
         assert_eq!(next_hop_slot(NEXT_HOP_SLOTS / 2, true), 1);
         assert!(next_hop_slot(MAX_ROUTES - 1, true) < NEXT_HOP_SLOTS);
         const { assert!(counter::COUNT <= counter::SLOTS) };
+    }
+
+    #[test]
+    fn a_pools_members_have_next_hop_slots_of_their_own() {
+        for route_id in [0, 1, 7, MAX_ROUTES / 2, MAX_ROUTES - 1] {
+            assert_eq!(
+                member_next_hop_slot(route_id, 0),
+                next_hop_slot(route_id, false),
+                "a one-backend route keeps its slot"
+            );
+            let mut taken = [false; NEXT_HOP_SLOTS as usize];
+            for m in 0..MAX_POOL_BACKENDS {
+                let s = member_next_hop_slot(route_id, m);
+                assert!(
+                    s < NEXT_HOP_SLOTS && s.is_multiple_of(2),
+                    "an inbound slot: {s}"
+                );
+                assert!(
+                    !taken[s as usize],
+                    "route {route_id}: member {m} shares {s}"
+                );
+                taken[s as usize] = true;
+            }
+            // The next few routes (added with it) keep clear of its members' slots.
+            for m in 1..MAX_POOL_BACKENDS {
+                for near in 1..8 {
+                    assert_ne!(
+                        member_next_hop_slot(route_id, m),
+                        next_hop_slot(route_id + near, false)
+                    );
+                }
+            }
+        }
     }
 }

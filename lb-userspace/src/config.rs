@@ -83,7 +83,44 @@ pub struct Dns {
     /// `[dns.nameservers]`: the apex's NS names (`<label>.<zone>`, each with its A record),
     /// sorted by label, e.g. every gateway of a cluster. Empty: the NS is `gateway_name`.
     pub nameservers: Vec<(String, Ipv4Addr)>,
+    /// `[dns.secondaries]`: servers that take the zone by transfer; none: no transfers.
+    pub secondaries: Option<Secondaries>,
+    /// `[dns.rrl]`: response-rate limiting of UDP answers; none: off.
+    pub rrl: Option<Rrl>,
 }
+
+/// `[dns.rrl]`: UDP answers per client prefix (/24, /56) and second, and the slip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rrl {
+    pub rate: u32,
+    /// Every slip-th answer over the rate goes out empty with TC (the client retries over
+    /// TCP); the others are dropped. 0: all dropped.
+    pub slip: u32,
+}
+
+impl Default for Rrl {
+    /// NSD's defaults: 200 answers a second is far above what a network's resolvers ask of
+    /// one zone, and a slip of 2 answers half of the excess truncated.
+    fn default() -> Self {
+        Rrl { rate: 200, slip: 2 }
+    }
+}
+
+/// `[dns.secondaries]`: the secondaries (e.g. the university's DNS) that are notified of
+/// every change and may transfer the zone, with the TSIG key both sides hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Secondaries {
+    /// Where NOTIFYs go (port 53 unless given); transfers are taken from these addresses.
+    pub peers: Vec<SocketAddr>,
+    /// The TSIG key's name, as the secondaries configure it.
+    pub key_name: String,
+    /// The base64 secret (mode 0600); none: `dns-xfr.key` in the state directory, made
+    /// the first time.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// At most this many secondaries: each change sends one NOTIFY to each.
+pub const MAX_SECONDARIES: usize = 16;
 
 /// At most this many `[dns.nameservers]`: an NS answer with all its glue stays small (a
 /// client without EDNS gets it truncated and retries over TCP), and a zone served by one

@@ -81,6 +81,10 @@ enum Command {
 enum Packaging {
     /// Write the man pages (one per command) into DIR.
     GenerateMan { dir: PathBuf },
+    /// Write srvgate.toml(5), from the book's config reference, into DIR.
+    GenerateConfigMan { dir: PathBuf },
+    /// Write the book's page of every command (markdown) to FILE.
+    GenerateBook { file: PathBuf },
     /// Print the completion script for SHELL.
     Completions { shell: docs::Shell },
 }
@@ -90,7 +94,7 @@ impl Packaging {
         let verb = std::env::args_os().nth(1);
         matches!(
             verb.as_ref().and_then(|v| v.to_str()),
-            Some("generate-man" | "completions")
+            Some("generate-man" | "generate-config-man" | "generate-book" | "completions")
         )
     }
 
@@ -99,6 +103,13 @@ impl Packaging {
             Packaging::GenerateMan { dir } => docs::write_man_pages(Cli::command(), &dir)
                 .map(|_| ())
                 .with_context(|| format!("writing man pages to {}", dir.display())),
+            Packaging::GenerateConfigMan { dir } => docs::write_config_man_page(&dir)
+                .map(|_| ())
+                .with_context(|| format!("writing srvgate.toml(5) to {}", dir.display())),
+            Packaging::GenerateBook { file } => {
+                std::fs::write(&file, docs::book_commands_page(Cli::command()))
+                    .with_context(|| format!("writing {}", file.display()))
+            }
             Packaging::Completions { shell } => {
                 docs::write_completions(Cli::command(), shell, &mut std::io::stdout());
                 Ok(())
@@ -238,3 +249,6 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         }
     })
 }
+
+#[cfg(test)]
+mod book_tests;

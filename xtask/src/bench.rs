@@ -10,7 +10,13 @@
 //! - `haproxy`: haproxy in TCP mode on the gateway (the userspace choice; no UDP);
 //! - `srvgate`: the release `srvgate run` with XDP attached in native mode;
 //! - `xdp-ceiling`: lb-ebpf's `xdp-ceiling` program (fib lookup, MACs, TTL, redirect; no NAT)
-//!   on every gateway leg, addressed like `route`: the limit of this path on this machine.
+//!   on every gateway leg, addressed like `route`: the limit of this path on this machine;
+//! - `srvgate-pool`, `nftables-pool`, `haproxy-pool`: every service spread over a pool of 16
+//!   backends (16 addresses of backend 1): srvgate's Maglev in XDP, nftables DNAT with
+//!   `numgen inc mod 16`, haproxy `balance roundrobin`; each must reach all 16 members
+//!   (`modes::Active::check_spread`). With them, the pool path's own cost by test run beside
+//!   the one-backend path's, and the balance, weights and disruption the real bytecode gives
+//!   (lb-userspace's pools test, run once).
 //!
 //! Per mode: 64-byte UDP forwarding rate and gateway CPU per packet ([`pps`]), iperf3 TCP
 //! with 1 and 4 streams, short connections per second (wrk, `Connection: close`, nginx), and
@@ -239,7 +245,7 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
         let xdp_rows: Vec<&str> = modes
             .iter()
             .map(|m| m.name())
-            .filter(|m| ["srvgate", "xdp-ceiling", "baseline"].contains(m))
+            .filter(|m| ["srvgate", "xdp-ceiling", "baseline", "srvgate-pool"].contains(m))
             .collect();
         if !xdp_rows.is_empty() {
             println!(
@@ -247,12 +253,16 @@ pub fn run(opts: Options, root: &Path) -> Result<()> {
                 round + 1,
                 plan.rounds
             );
-            cost::measure(root, &xdp_rows, &mut results)
+            cost::measure(root, &xdp_rows, baseline.is_some(), &mut results)
                 .with_context(|| format!("round {}, program cost", round + 1))?;
             if let Some(b) = &baseline {
                 cost::measure_baseline(b, &mut results)
                     .with_context(|| format!("round {}, the baseline's program cost", round + 1))?;
             }
+        }
+        if round == 0 && modes.iter().any(|m| m.is_pool()) {
+            println!("\n== pool shape on the bytecode");
+            cost::measure_pool_shape(root, &mut results).context("the pool's shape")?;
         }
         if let Some(knot) = &knot {
             println!("\n== round {}/{}: DNS", round + 1, plan.rounds);

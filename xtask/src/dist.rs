@@ -103,6 +103,18 @@ pub fn package(root: &Path, bin: &Path, out_dir: &Path) -> Result<PathBuf> {
         cmd::run(Command::new("gzip").args(["-9nf"]).arg(page))?;
     }
 
+    // srvgate.toml(5): the book's config reference, as roff.
+    let man5 = stage.join("usr/share/man/man5");
+    cmd::run(Command::new(bin).arg("generate-config-man").arg(&man5))?;
+    let config_page = man5.join("srvgate.toml.5");
+    ensure!(
+        config_page.is_file(),
+        "`srvgate generate-config-man` wrote no srvgate.toml.5 into {}",
+        man5.display()
+    );
+    set_mode(&config_page, 0o644)?;
+    cmd::run(Command::new("gzip").args(["-9nf"]).arg(&config_page))?;
+
     for (shell, to) in COMPLETIONS {
         let script = cmd::stdout(Command::new(bin).args(["completions", shell]))?;
         ensure!(

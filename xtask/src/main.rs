@@ -5,6 +5,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod dist;
+mod docs;
 mod packages;
 mod setup;
 
@@ -60,14 +61,14 @@ enum Cmd {
     /// Set up, build (release), then run `srvgate run ARGS...`, or the demo lab without ARGS.
     ///
     /// The srvgate process replaces this one, so Ctrl-C and signals reach it directly.
-    /// Example: cargo xtask run -- --config /etc/srvgate.toml
+    /// Example: cargo xtask run -- --config /etc/srvgate/srvgate.toml
     Run {
         /// Arguments for `srvgate run`, after `--`.
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
     },
-    /// Set up, then run fmt, clippy, unit tests, the release build and the workspace tests
-    /// (what CI runs).
+    /// Set up, then run fmt, clippy, unit tests, the release build, the book, the package
+    /// and the workspace tests (what CI runs).
     ///
     /// Stops at the first failing step. Unless --quick, also installs bpf-linker from
     /// scratch into a temporary directory and runs it, to prove that `setup` works on a
@@ -96,7 +97,8 @@ enum Cmd {
         /// Number of rounds (default: 3, or 1 with --quick/--smoke).
         #[arg(long)]
         rounds: Option<usize>,
-        /// Only these modes, comma-separated (route,dnat,haproxy,srvgate,xdp-ceiling,baseline).
+        /// Only these modes, comma-separated (route,dnat,haproxy,srvgate,xdp-ceiling,
+        /// srvgate-pool,nftables-pool,haproxy-pool,baseline).
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
         /// Skip the DNS comparison.
@@ -122,6 +124,15 @@ enum Cmd {
     /// the Grafana dashboard. Install it with `apt install ./target/dist/srvgate_*.deb`.
     Dist {
         /// Directory for the package (default: target/dist).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Set up, build (release), then build the book (docs/book) into target/book with mdBook.
+    ///
+    /// Its command pages are generated from the CLI first (`srvgate generate-book`); any
+    /// mdBook warning fails the build. Open target/book/index.html.
+    Docs {
+        /// Directory for the book (default: target/book).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
@@ -236,6 +247,16 @@ fn dispatch(command: Cmd) -> Result<()> {
             println!("built {}", deb.display());
             Ok(())
         }
+        Cmd::Docs { out } => {
+            setup::setup(false)?;
+            let bin = build(true)?;
+            let root = workspace_root()?;
+            let target = target_dir(&root);
+            let out = out.unwrap_or_else(|| target.join("book"));
+            let index = docs::build(&root, &target, &bin, &out)?;
+            println!("built {}", index.display());
+            Ok(())
+        }
         Cmd::Demo { once } => {
             setup::setup(false)?;
             let bin = build(true)?;
@@ -312,6 +333,8 @@ enum Action {
     Demo(PathBuf),
     /// `cargo xtask bench --smoke`: one short round of every mode.
     BenchSmoke,
+    /// `cargo xtask docs` with the release binary: the book, warnings refused.
+    Book(PathBuf),
 }
 
 struct Step {
@@ -401,6 +424,10 @@ fn test(quick: bool) -> Result<()> {
         ),
     ];
     steps.push(Step {
+        name: "the book (cargo xtask docs)",
+        action: Action::Book(bin.clone()),
+    });
+    steps.push(Step {
         name: "Debian package (cargo xtask dist)",
         action: Action::Package(bin.clone()),
     });
@@ -453,6 +480,7 @@ fn test(quick: bool) -> Result<()> {
             Action::Package(_) => "cargo xtask dist".to_string(),
             Action::Demo(_) => "cargo xtask demo --once".to_string(),
             Action::BenchSmoke => "cargo xtask bench --smoke".to_string(),
+            Action::Book(_) => "cargo xtask docs".to_string(),
         };
         println!("\n==> [{n}/{total}] {}: {what}", step.name);
         let t = Instant::now();
@@ -472,6 +500,11 @@ fn test(quick: bool) -> Result<()> {
                 not_root_skip("the demo lab needs root (network namespaces, XDP)")
             }
             Action::Demo(bin) => demo::run(&bin, true),
+            Action::Book(bin) => {
+                let target = target_dir(&root);
+                docs::build(&root, &target, &bin, &target.join("book"))
+                    .map(|index| println!("built {}", index.display()))
+            }
             Action::BenchSmoke if !srvgate_tests::is_root() => {
                 not_root_skip("the benchmark lab needs root (network namespaces, XDP)")
             }

@@ -31,9 +31,16 @@ pub const BASE_IMAGE: &[&str] = &[
 ];
 
 /// Programs that come from no Debian package: the Rust toolchain (rustup), srvgate itself,
-/// and a name the subprocess helpers' tests use because it does not exist.
+/// mdBook (`cargo install`ed by setup, pinned: `setup::MDBOOK_VERSION`), and a name the
+/// subprocess helpers' tests use because it does not exist.
 #[cfg(test)]
-pub const NOT_FROM_DEBIAN: &[&str] = &["cargo", "rustup", "srvgate", "srvgate-no-such-program"];
+pub const NOT_FROM_DEBIAN: &[&str] = &[
+    "cargo",
+    "mdbook",
+    "rustup",
+    "srvgate",
+    "srvgate-no-such-program",
+];
 
 /// Program -> the Debian package that provides it.
 pub const PROGRAMS: &[(&str, &str)] = &[

@@ -7,6 +7,7 @@
 
 mod debian;
 mod linker;
+mod mdbook;
 mod toolchain;
 
 use std::time::Instant;
@@ -15,6 +16,7 @@ use anyhow::{bail, Result};
 
 pub use debian::*;
 pub use linker::*;
+pub use mdbook::*;
 pub use toolchain::*;
 
 /// Tools the integration tests and the benchmark drive (namespaces and veths, sshd, traffic
@@ -102,6 +104,7 @@ pub fn setup(check_only: bool) -> Result<()> {
     fmt_and_clippy(check_only, &mut missing)?;
     windows_target(check_only, &mut missing)?;
     bpf_linker(check_only, have_nightly, &mut missing)?;
+    mdbook(check_only, &mut missing)?;
     if !missing.is_empty() {
         let as_root = if missing.iter().any(|m| m.starts_with("Debian")) && !is_root() {
             " as root"
@@ -130,6 +133,15 @@ mod tests {
     use std::fs;
 
     use super::*;
+
+    #[test]
+    fn mdbook_versions() {
+        assert!(is_pinned_mdbook(&format!("mdbook v{MDBOOK_VERSION}")));
+        assert!(is_pinned_mdbook(&format!("mdbook v{MDBOOK_VERSION}\n")));
+        assert!(!is_pinned_mdbook("mdbook v0.4.40"));
+        assert!(!is_pinned_mdbook(&format!("mdbook v{MDBOOK_VERSION}1")));
+        assert!(!is_pinned_mdbook(""));
+    }
 
     #[test]
     fn dpkg_states() {

@@ -75,7 +75,8 @@ pub(super) fn hairpin(
         return Ok(pass(counter::PASS_NO_ROUTE));
     };
     let route_id = backend.route_id;
-    let Some((new_addr, new_port)) = backend_for(backend, (saddr, sport), dport, protocol) else {
+    let Some(((new_addr, new_port), _)) = backend_for(backend, (saddr, sport), dport, protocol)
+    else {
         return Ok(pass(counter::PASS_NO_ROUTE));
     };
     let key = HairpinKey::new(new_addr, new_port, sport, protocol);

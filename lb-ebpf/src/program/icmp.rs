@@ -197,7 +197,7 @@ pub(super) fn icmp_nat(
                 });
             }
         } else if let Some((addr, port)) =
-            frontend(src.1, protocol).and_then(|b| backend_for(b, dst, src.1, protocol))
+            frontend(src.1, protocol).and_then(|b| Some(backend_for(b, dst, src.1, protocol)?.0))
         {
             let key = HairpinKey::new(addr, port, dst.1, protocol);
             // SAFETY: as for `rev`: read during this run only, compared at once.
@@ -214,7 +214,7 @@ pub(super) fn icmp_nat(
     }
     if from_public && role & ROLE_PUBLIC != 0 {
         let (addr, port) = frontend(src.1, protocol)
-            .and_then(|b| backend_for(b, dst, src.1, protocol))
+            .and_then(|b| Some(backend_for(b, dst, src.1, protocol)?.0))
             .ok_or(counter::PASS_NO_ROUTE)?;
         return Ok(IcmpNat {
             inner_src: (addr, port),

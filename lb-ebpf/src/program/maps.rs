@@ -86,18 +86,19 @@ pub(super) fn frontend(port: u16, protocol: u8) -> Option<&'static Backend> {
 }
 
 /// Where route `backend`'s packets from `client` (address, port) to `public_port` (all
-/// network byte order) go: its one backend, or for a pool (`Backend::pool`) the member
-/// [`pool_member`] chooses. The one-backend route pays one compare for pools.
+/// network byte order) go, and its index in the route's pool: its one backend (index 0),
+/// or for a pool (`Backend::pool`) the member [`pool_member`] chooses. The one-backend
+/// route pays one compare for pools.
 #[inline(always)]
 pub(super) fn backend_for(
     backend: &Backend,
     client: (u32, u16),
     public_port: u16,
     protocol: u8,
-) -> Option<(u32, u16)> {
+) -> Option<((u32, u16), u32)> {
     let pool = u16::from(backend.pool);
     if pool == NO_POOL {
-        return Some((backend.addr, backend.port));
+        return Some(((backend.addr, backend.port), 0));
     }
     pool_member(pool, client, public_port, protocol)
 }
@@ -114,7 +115,7 @@ fn pool_member(
     client: (u32, u16),
     public_port: u16,
     protocol: u8,
-) -> Option<(u32, u16)> {
+) -> Option<((u32, u16), u32)> {
     let members = &POOL_MEMBERS.get(u32::from(pool))?.members;
     let key = FlowKey::new(client.0, client.1, public_port, protocol);
     // SAFETY: read during this run only, the fields copied out at once; another CPU may
@@ -123,7 +124,7 @@ fn pool_member(
         let (addr, port, index) = (flow.addr, flow.port, flow.member);
         if let Some(m) = members.get(usize::from(index)) {
             if m.live == MEMBER_LIVE && m.addr == addr && m.port == port {
-                return Some((addr, port));
+                return Some(((addr, port), u32::from(index)));
             }
         }
     }
@@ -145,5 +146,5 @@ fn pool_member(
     // A full map evicts the flow used longest ago; a failed write only means the next
     // packet chooses again, the same member while the table stands.
     let _ = FLOWS.insert(key, value, 0);
-    Some((addr, port))
+    Some(((addr, port), u32::from(index)))
 }

@@ -16,8 +16,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    counter, next_hop_slot, Budget, ReverseKey, CSUM_CHECKS_PER_TICK, CSUM_MAY_BE_PARTIAL,
-    ROLE_PRIVATE, ROLE_PUBLIC, TX_ANSWERS_PER_TICK,
+    counter, member_next_hop_slot, next_hop_slot, Budget, ReverseKey, CSUM_CHECKS_PER_TICK,
+    CSUM_MAY_BE_PARTIAL, ROLE_PRIVATE, ROLE_PUBLIC, TX_ANSWERS_PER_TICK,
 };
 use lb_ebpf::{
     addressed_to, ipv4_shape, is_partial_csum, l4_checksum_offset, l4_header_len,
@@ -202,7 +202,7 @@ fn try_srvgate(ctx: &XdpContext) -> Result<u32, Truncated> {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
         let route_id = backend.route_id;
-        let Some(to) = backend_for(backend, src, dst.1, protocol) else {
+        let Some((to, member)) = backend_for(backend, src, dst.1, protocol) else {
             return Ok(pass(counter::PASS_NO_ROUTE));
         };
         // Routed before the rewrite, so that a packet too big for its egress can be
@@ -210,7 +210,7 @@ fn try_srvgate(ctx: &XdpContext) -> Result<u32, Truncated> {
         let rc = if partial {
             BPF_FIB_LKUP_RET_SUCCESS as i64
         } else {
-            let slot = next_hop_slot(route_id, false);
+            let slot = member_next_hop_slot(route_id, member);
             let rc = route_cached(ctx, fib, ip, (ifindex, protocol, src.0, to.0), slot, now);
             if let Some(action) = too_big(ctx, ip, fib, rc, (ifindex, now), Some(public_addr))? {
                 return Ok(action);

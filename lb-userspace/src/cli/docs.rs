@@ -1,7 +1,9 @@
 //! Man pages and shell completions generated from the CLI's clap definitions, so they never
-//! drift from `--help`. The binary exposes them as verbs of their own (`generate-man DIR`,
-//! `completions SHELL`) that the package build runs; they are not part of the CLI they
-//! describe.
+//! drift from `--help`, and `srvgate.toml(5)` from the book's config reference
+//! (`docs/book/src/reference/config.md`), so that the manual and the book say one thing. The
+//! binary exposes them as verbs of their own (`generate-man DIR`, `completions SHELL`) that
+//! the package build runs, and the book's command pages (`generate-book FILE`, which
+//! `cargo xtask docs` runs); they are not part of the CLI they describe.
 
 use std::{
     fs, io,
@@ -28,7 +30,7 @@ const TOP_PAGE_SECTIONS: &str = r#".SH FILES
 .TP
 \fI/etc/srvgate/srvgate.toml\fR
 The config file the packaged service runs with (\fBsrvgate run \-\-config\fR).
-Reloaded on SIGHUP (\fBsystemctl reload srvgate\fR).
+Reloaded on SIGHUP (\fBsystemctl reload srvgate\fR). Every key: \fBsrvgate.toml\fR(5).
 .TP
 \fI/var/lib/srvgate/routes.json\fR
 Runtime routes and their ports, kept across restarts (\fB\-\-state\-dir\fR).
@@ -95,7 +97,7 @@ fn write_pages(
             .map(|s| format!("\\fB{top}\\-{}\\fR(1)", s.get_name().replace('-', "\\-")))
             .collect();
         extra.push_str(&format!(
-            ".SH SEE ALSO\n{}, \\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1)\n",
+            ".SH SEE ALSO\n{}, \\fBsrvgate.toml\\fR(5), \\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1)\n",
             subs.join(", ")
         ));
     } else {
@@ -110,6 +112,170 @@ fn write_pages(
     fs::write(&path, page)?;
     written.push(path);
     Ok(())
+}
+
+/// The book's config reference, the one source of `srvgate.toml(5)`.
+pub const CONFIG_REFERENCE: &str = include_str!("../../../docs/book/src/reference/config.md");
+
+/// Writes `srvgate.toml.5` into `dir` (man5), made from [`CONFIG_REFERENCE`].
+pub fn write_config_man_page(dir: &Path) -> io::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let path = dir.join("srvgate.toml.5");
+    fs::write(&path, config_man_page(CONFIG_REFERENCE))?;
+    Ok(path)
+}
+
+/// Turns the reference's markdown into roff. It knows the few shapes that page uses: a
+/// title, paragraphs, `## [section]` headings with their `- `key` (type, default): what`
+/// bullets, other `##` headings and fenced blocks; inline code becomes bold, a link its text.
+pub fn config_man_page(markdown: &str) -> String {
+    let mut out = String::from(
+        ".TH SRVGATE.TOML 5 \"\" \"srvgate\" \"srvgate manual\"\n\
+         .SH NAME\nsrvgate.toml \\- the config file of srvgate run and srvgate check\n\
+         .SH SYNOPSIS\n\\fI/etc/srvgate/srvgate.toml\\fR\n\
+         .SH DESCRIPTION\n",
+    );
+    let mut in_block = false;
+    let mut keys_started = false;
+    let mut para_open = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            if in_block {
+                out.push_str(".fi\n.RE\n");
+            } else {
+                out.push_str(".PP\n.RS 4\n.nf\n");
+            }
+            in_block = !in_block;
+            para_open = false;
+            continue;
+        }
+        if in_block {
+            out.push_str(&roff_line(&escape(line)));
+            continue;
+        }
+        if line.starts_with("# ") {
+            continue;
+        }
+        if let Some(heading) = line.strip_prefix("## ") {
+            let heading = heading.trim();
+            if heading.starts_with('[') {
+                if !keys_started {
+                    out.push_str(".SH KEYS\n");
+                    keys_started = true;
+                }
+                out.push_str(&format!(".SS {}\n", escape(heading)));
+            } else {
+                out.push_str(&format!(".SH {}\n", escape(&heading.to_uppercase())));
+            }
+            para_open = false;
+            continue;
+        }
+        if line.trim().is_empty() {
+            para_open = false;
+            continue;
+        }
+        if let Some(item) = line.strip_prefix("- ") {
+            let (term, body) = match item.split_once("): ") {
+                Some((term, body)) => (format!("{term})"), body),
+                None => (item.to_string(), ""),
+            };
+            out.push_str(&format!(".TP\n{}\n", inline(&term)));
+            if !body.is_empty() {
+                out.push_str(&roff_line(&inline(body)));
+            }
+            para_open = true;
+            continue;
+        }
+        if !para_open {
+            out.push_str(".PP\n");
+            para_open = true;
+        }
+        out.push_str(&roff_line(&inline(line.trim())));
+    }
+    out.push_str(
+        ".SH SEE ALSO\n\\fBsrvgate\\fR(1), \\fBsrvgate\\-run\\fR(1), \\fBsrvgate\\-check\\fR(1)\n",
+    );
+    out
+}
+
+/// Roff's special characters in text: the backslash and the hyphen.
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\e").replace('-', "\\-")
+}
+
+/// A line of text, kept from being read as a request.
+fn roff_line(text: &str) -> String {
+    if text.starts_with('.') || text.starts_with('\'') {
+        format!("\\&{text}\n")
+    } else {
+        format!("{text}\n")
+    }
+}
+
+/// Markdown's inline code (bold), strong emphasis (bold) and links (their text), escaped.
+fn inline(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '`' {
+            if let Some(end) = rest[1..].find('`') {
+                out.push_str(&format!("\\fB{}\\fR", escape(&rest[1..1 + end])));
+                rest = &rest[end + 2..];
+                continue;
+            }
+        }
+        if rest.starts_with("**") {
+            if let Some(end) = rest[2..].find("**") {
+                out.push_str(&format!("\\fB{}\\fR", inline(&rest[2..2 + end])));
+                rest = &rest[end + 4..];
+                continue;
+            }
+        }
+        if c == '[' {
+            if let Some((label, after)) = rest[1..].split_once("](") {
+                if let Some(close) = after.find(')') {
+                    if !label.contains(']') {
+                        out.push_str(&inline(label));
+                        rest = &after[close + 1..];
+                        continue;
+                    }
+                }
+            }
+        }
+        out.push_str(&escape(&c.to_string()));
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// The book's page of every command: for each visible command, its `--help` text.
+pub fn book_commands_page(cmd: clap::Command) -> String {
+    let mut cmd = cmd.disable_help_subcommand(true).term_width(100);
+    cmd.build();
+    let mut out = String::from(
+        "# Commands\n\n\
+         Generated by `cargo xtask docs` from the CLI's definition (what `--help` prints), so it \
+         never drifts from the binary. The students' verbs (`ssh`, `ssh-config`, `login`, \
+         `claim`, `mine`, `release`) are the same in `srvgate-client`. Exit codes: 0 success, \
+         1 a runtime failure (including: no daemon is running, the gateway unreachable), 2 bad \
+         input (config file, state file, arguments, missing privileges, a refused claim).\n",
+    );
+    book_command(&mut cmd, &mut Vec::new(), &mut out);
+    out
+}
+
+fn book_command(cmd: &mut clap::Command, path: &mut Vec<String>, out: &mut String) {
+    path.push(cmd.get_name().to_string());
+    let help = cmd.render_long_help().to_string();
+    out.push_str(&format!(
+        "\n## {}\n\n```text\n{}\n```\n",
+        path.join(" "),
+        help.trim_end()
+    ));
+    for sub in cmd.get_subcommands_mut().filter(|s| !s.is_hide_set()) {
+        book_command(sub, path, out);
+    }
+    path.pop();
 }
 
 /// Writes the completion script of `shell` for the command `cmd` to `out`.
@@ -165,6 +331,46 @@ mod tests {
         let run = fs::read_to_string(dir.path().join("srvgate-run.1")).unwrap();
         assert!(!run.contains(".SH FILES"));
         assert!(run.contains(".SH SEE ALSO\n\\fBsrvgate\\fR(1)"));
+    }
+
+    #[test]
+    fn the_config_page_is_roff_made_from_the_markdown() {
+        let md = "# Title\n\nIntro with `code` and a [link](x.md).\n\n## [gateway]\n\n\
+                  Required.\n\n- `port_range` (string, default `\"30000-32767\"`): the ports;\n  \
+                  more.\n\n## What a reload applies\n\n```toml\n.starts = \"with a dot\"\n```\n";
+        let page = config_man_page(md);
+        assert!(page.starts_with(".TH SRVGATE.TOML 5"), "{page}");
+        assert!(
+            page.contains(".SH DESCRIPTION\n.PP\nIntro with \\fBcode\\fR and a link.\n"),
+            "{page}"
+        );
+        assert!(page.contains(".SH KEYS\n.SS [gateway]\n"), "{page}");
+        assert!(
+            page.contains(".TP\n\\fBport_range\\fR (string, default \\fB\"30000\\-32767\"\\fR)\nthe ports;\nmore.\n"),
+            "{page}"
+        );
+        assert!(page.contains(".SH WHAT A RELOAD APPLIES\n"), "{page}");
+        assert!(
+            page.contains(".nf\n\\&.starts = \"with a dot\"\n.fi\n"),
+            "{page}"
+        );
+        assert!(page.contains(".SH SEE ALSO"), "{page}");
+        // Nothing the markdown marks up is left raw.
+        assert!(
+            !page.contains('`') && !page.contains("](") && !page.contains("## "),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn the_book_page_has_every_visible_command() {
+        let page = book_commands_page(cli());
+        assert!(page.contains("\n## srvgate route add\n"), "{page}");
+        assert!(
+            page.contains("\n## srvgate run\n\n```text\nrun it"),
+            "{page}"
+        );
+        assert!(!page.contains("secret"), "{page}");
     }
 
     #[test]

@@ -79,6 +79,35 @@ pub(super) struct RawDns {
     /// Label -> IPv4 address of each name server (gateway) the apex NS lists.
     #[serde(default)]
     pub(super) nameservers: std::collections::BTreeMap<String, String>,
+    pub(super) secondaries: Option<RawSecondaries>,
+    pub(super) rrl: Option<RawRrl>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRrl {
+    #[serde(default = "default_true")]
+    pub(super) enabled: bool,
+    pub(super) rate: Option<u32>,
+    pub(super) slip: Option<u32>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecondaries {
+    /// "ADDRESS" or "ADDRESS:PORT" of each secondary.
+    pub(super) addresses: Vec<String>,
+    #[serde(default = "default_key_name")]
+    pub(super) key_name: String,
+    pub(super) key_file: Option<std::path::PathBuf>,
+}
+
+pub(super) fn default_key_name() -> String {
+    "srvgate-xfr".to_string()
 }
 
 pub(super) fn default_dns_listen() -> Vec<String> {

@@ -840,3 +840,71 @@ fn a_pools_problems_name_the_route_and_the_member() {
     );
     assert!(p[0].reason.contains("see route[1]"), "{}", p[0].reason);
 }
+
+fn with_secondaries(table: &str) -> String {
+    GOOD.replacen(
+        "ttl = 30\n",
+        &format!("ttl = 30\n\n[dns.secondaries]\n{table}\n"),
+        1,
+    )
+}
+
+#[test]
+fn secondaries_are_addresses_with_a_key_name() {
+    let c = parse(&with_secondaries(
+        "addresses = [\"192.0.2.53\", \"198.51.100.1:5353\"]\nkey_file = \"/etc/srvgate/xfr.key\"",
+    ))
+    .unwrap();
+    let s = c.dns.unwrap().secondaries.unwrap();
+    assert_eq!(
+        s.peers,
+        [
+            "192.0.2.53:53".parse().unwrap(),
+            "198.51.100.1:5353".parse().unwrap()
+        ]
+    );
+    assert_eq!(s.key_name, "srvgate-xfr");
+    assert_eq!(s.key_file, Some("/etc/srvgate/xfr.key".into()));
+    assert!(parse(GOOD).unwrap().dns.unwrap().secondaries.is_none());
+
+    let p = problems(&with_secondaries(
+        "addresses = [\"nope\", \"0.0.0.0\"]\nkey_name = \"bad name!\"",
+    ));
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "dns.secondaries.addresses",
+            "dns.secondaries.addresses",
+            "dns.secondaries.key_name"
+        ],
+        "{p:?}"
+    );
+    assert!(p[0].reason.contains("\"nope\""), "{p:?}");
+    let p = problems(&with_secondaries("addresses = []"));
+    assert_eq!(p[0].field, "dns.secondaries.addresses", "{p:?}");
+}
+
+#[test]
+fn rrl_is_on_by_default_and_can_be_tuned_or_turned_off() {
+    assert_eq!(
+        parse(GOOD).unwrap().dns.unwrap().rrl,
+        Some(crate::config::Rrl { rate: 200, slip: 2 })
+    );
+    let with = |t: &str| GOOD.replacen("ttl = 30\n", &format!("ttl = 30\n\n[dns.rrl]\n{t}\n"), 1);
+    assert_eq!(
+        parse(&with("rate = 50\nslip = 0"))
+            .unwrap()
+            .dns
+            .unwrap()
+            .rrl,
+        Some(crate::config::Rrl { rate: 50, slip: 0 })
+    );
+    assert_eq!(
+        parse(&with("enabled = false")).unwrap().dns.unwrap().rrl,
+        None
+    );
+    let p = problems(&with("rate = 0\nslip = 1000"));
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["dns.rrl.rate", "dns.rrl.slip"], "{p:?}");
+}

@@ -143,6 +143,75 @@ fn nameservers(
     out
 }
 
+/// `[dns.secondaries]`: addresses (port 53 unless given), at most [`MAX_SECONDARIES`], a key
+/// name that is a DNS name.
+fn secondaries(s: &super::raw::RawSecondaries, bad: &mut impl FnMut(&str, String)) -> Secondaries {
+    if s.addresses.is_empty() {
+        bad(
+            "dns.secondaries.addresses",
+            "is empty; list the secondaries' addresses, e.g. [\"192.0.2.53\"]".into(),
+        );
+    }
+    if s.addresses.len() > MAX_SECONDARIES {
+        bad(
+            "dns.secondaries.addresses",
+            format!("lists {}; at most {MAX_SECONDARIES}", s.addresses.len()),
+        );
+    }
+    let mut peers = Vec::new();
+    for text in &s.addresses {
+        let parsed = text.parse::<SocketAddr>().or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(a) if a.ip().is_unspecified() || a.port() == 0 => bad(
+                "dns.secondaries.addresses",
+                format!("{text:?} is not a server's address"),
+            ),
+            Ok(a) => peers.push(a),
+            Err(_) => bad(
+                "dns.secondaries.addresses",
+                format!("{text:?} is not an address, e.g. \"192.0.2.53\" or \"192.0.2.53:5353\""),
+            ),
+        }
+    }
+    if let Err(e) = check_domain(&s.key_name.trim_end_matches('.').to_ascii_lowercase()) {
+        bad("dns.secondaries.key_name", e);
+    }
+    Secondaries {
+        peers,
+        key_name: s.key_name.clone(),
+        key_file: s.key_file.clone(),
+    }
+}
+
+/// `[dns.rrl]`: on unless `enabled = false`; a rate of at least 1, a slip of at most 100.
+fn rrl(r: Option<&super::raw::RawRrl>, bad: &mut impl FnMut(&str, String)) -> Option<Rrl> {
+    let default = Rrl::default();
+    let Some(r) = r else {
+        return Some(default);
+    };
+    if !r.enabled {
+        return None;
+    }
+    let rate = r.rate.unwrap_or(default.rate);
+    let slip = r.slip.unwrap_or(default.slip);
+    if rate == 0 {
+        bad(
+            "dns.rrl.rate",
+            "is 0; answers per second per client network, e.g. 200 (enabled = false turns limiting off)".into(),
+        );
+    }
+    if slip > 100 {
+        bad(
+            "dns.rrl.slip",
+            format!("{slip} is above 100; 2 truncates every second answer over the rate"),
+        );
+    }
+    Some(Rrl { rate, slip })
+}
+
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut problems = Vec::new();
     let mut bad = |field: &str, reason: String| {
@@ -264,12 +333,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 format!("{} is above {MAX_TTL}, the largest TTL (RFC 2181)", d.ttl),
             );
         }
+        let secondaries = d.secondaries.as_ref().map(|s| secondaries(s, &mut bad));
+        let rrl = rrl(d.rrl.as_ref(), &mut bad);
         Some(Dns {
             zone: zone?,
             listen,
             gateway_name: d.gateway_name,
             ttl: d.ttl,
             nameservers,
+            secondaries,
+            rrl,
         })
     });
 

@@ -25,9 +25,10 @@ use super::{lock, unix, Core};
 /// under its lock; the per-route counters, one map read per route, are read after, so a
 /// scrape of a full gateway never delays a route change.
 pub(super) fn scrape(core: &Mutex<Core>) -> String {
-    let (routes, reader, verdicts, legs, routers) = {
+    let (routes, reader, verdicts, legs, routers, rrl) = {
         let c = lock(core);
         let m = &c.mirrors;
+        let rrl = m.dns.as_ref().and_then(|d| d.rrl_counts());
         let routers: Vec<_> = m
             .http
             .iter()
@@ -59,6 +60,7 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
             c.routes.dataplane.verdicts().unwrap_or_default(),
             legs,
             routers,
+            rrl,
         )
     };
     let routes: Vec<RouteSample> = routes
@@ -84,6 +86,9 @@ pub(super) fn scrape(core: &Mutex<Core>) -> String {
     let named: Vec<(&str, u64)> = verdict_names().iter().copied().zip(verdicts).collect();
     let mut text = metrics::render(&routes, &named, &legs) + &metrics::render_routers(&routers);
     metrics::render_peer_warnings(&mut text, crate::logging::peer_noise().seen());
+    if let Some((slipped, dropped)) = rrl {
+        metrics::render_dns_rrl(&mut text, slipped, dropped);
+    }
     text
 }
 

@@ -178,9 +178,21 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     };
     let api_listener = api::bind(&opts.socket)?;
     let dns = match &cfg.dns {
-        Some(d) => Some(Arc::new(
-            DnsServer::start(d, cfg.gateway.public_ipv4, &table.routes()).await?,
-        )),
+        Some(d) => {
+            // The key first: a bad key file fails the start before anything is bound.
+            let secondaries = match &d.secondaries {
+                Some(s) => Some(
+                    crate::serve::dns::notify::load(s, &opts.state_dir)
+                        .map_err(crate::serve::dns::DnsError::from)?,
+                ),
+                None => None,
+            };
+            let server = DnsServer::start(d, cfg.gateway.public_ipv4, &table.routes()).await?;
+            if let Some(s) = secondaries {
+                server.serve_secondaries(s, Some(opts.state_dir.clone()));
+            }
+            Some(Arc::new(server))
+        }
         None => None,
     };
     let http = match (&cfg.http, &cfg.dns) {

@@ -728,6 +728,8 @@ fn a_reload_names_every_section_only_a_restart_applies() {
             listen: vec!["127.0.0.1:53".parse().unwrap()],
             gateway_name: "gw".into(),
             nameservers: vec![],
+            secondaries: None,
+            rrl: None,
             ttl: 30,
         }),
         http: Some(crate::config::Http {
@@ -1587,6 +1589,8 @@ fn the_ways_in_follow_the_http_routers_service_label() {
         listen: vec!["127.0.0.1:53".parse().unwrap()],
         gateway_name: "gw".into(),
         nameservers: vec![],
+        secondaries: None,
+        rrl: None,
         ttl: 30,
     };
     let http = |service: &str| crate::config::Http {

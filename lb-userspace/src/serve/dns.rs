@@ -23,18 +23,31 @@
 //! [`TCP_QUERY_TIMEOUT`] and be at most [`MAX_TCP_QUERY`] bytes. UDP needs no descriptor
 //! per client, so it is not affected by any of this.
 //!
-//! Deliberately absent: recursion (names outside the zone get REFUSED, RA is never set), zone
-//! transfers, dynamic update, DNSSEC, wildcards, and response-rate limiting.
+//! Secondaries (`[dns.secondaries]`, [`DnsServer::serve_secondaries`]): zone transfers over
+//! TCP ([`xfr`]), NOTIFY after changes ([`notify`]), both TSIG-signed ([`tsig`]); a signed
+//! query from a secondary (its SOA check) gets a signed answer, past the answer cache.
+//!
+//! Deliberately absent: recursion (names outside the zone get REFUSED, RA is never set),
+//! dynamic update, DNSSEC and wildcards. UDP answers are rate-limited per client network
+//! ([`rrl`], `[dns.rrl]`, on by default) so that forged sources cannot make the zone an
+//! amplifier; a UDP answer to a query with a client cookie carries a server cookie
+//! ([`cookie`]), and a query presenting a valid one is exempt from the limit.
 
+pub mod cookie;
+pub mod notify;
+pub mod rrl;
+pub mod tsig;
+pub mod xfr;
 pub mod zone;
 
 use std::{
     collections::HashMap,
     io,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
     },
     thread::JoinHandle,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -88,11 +101,14 @@ pub enum DnsError {
     NoListen,
     #[error(transparent)]
     Zone(#[from] ZoneError),
+    #[error(transparent)]
+    Key(#[from] notify::KeyError),
 }
 
 /// The running DNS server. Dropping it stops the listeners too, but [`DnsServer::shutdown`]
 /// waits for them to finish.
 pub struct DnsServer {
+    notifier: Mutex<Option<tokio::task::JoinHandle<()>>>,
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
@@ -107,6 +123,48 @@ struct Shared {
     zone: ArcSwap<Zone>,
     /// Serialises updates, so two of them can't compute the same serial.
     writer: Mutex<()>,
+    /// Set once, by [`DnsServer::serve_secondaries`].
+    secondaries: OnceLock<Arc<xfr::Secondaries>>,
+    /// The zone's recent changes for IXFR, kept only with secondaries. Locked around the
+    /// zone's swap, so that a transfer reading both under it sees them agree.
+    history: Mutex<xfr::History>,
+    /// Wakes the notifier after a change.
+    changed: tokio::sync::Notify,
+    /// `[dns.rrl]`, for UDP answers.
+    rrl: Option<rrl::Rrl>,
+    /// Server cookies for UDP answers; a valid one exempts its query from `rrl`.
+    cookies: cookie::Cookies,
+}
+
+impl Shared {
+    /// Publishes `zone` (made from the current one by `removed`/`added`), recording the
+    /// change for IXFR when there are secondaries.
+    fn publish(
+        &self,
+        old: &Zone,
+        zone: Zone,
+        removed: &[lb_model::Route],
+        added: &[lb_model::Route],
+    ) {
+        if self.secondaries.get().is_none() {
+            self.zone.store(Arc::new(zone));
+            return;
+        }
+        let delta = xfr::delta(old, &zone, removed, added);
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        history.push(delta);
+        self.zone.store(Arc::new(zone));
+        drop(history);
+        self.changed.notify_one();
+    }
+
+    /// The current zone and the changes from `serial` to it, read together.
+    fn zone_and_deltas(&self, serial: Option<u32>) -> (Arc<Zone>, Option<Vec<Arc<xfr::Delta>>>) {
+        let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        let zone = self.zone.load_full();
+        let deltas = serial.and_then(|s| history.between(s, zone.serial()));
+        (zone, deltas)
+    }
 }
 
 impl DnsServer {
@@ -145,6 +203,11 @@ impl DnsServer {
         let shared = Arc::new(Shared {
             zone: ArcSwap::from_pointee(zone),
             writer: Mutex::new(()),
+            secondaries: OnceLock::new(),
+            history: Mutex::new(xfr::History::default()),
+            changed: tokio::sync::Notify::new(),
+            rrl: cfg.rrl.map(|r| rrl::Rrl::new(r.rate, r.slip)),
+            cookies: cookie::Cookies::new(),
         });
         let table = tcp_admission(tcp_clients);
         let mut listeners = Vec::with_capacity(sockets.len());
@@ -175,6 +238,7 @@ impl DnsServer {
             "DNS server started"
         );
         Ok(DnsServer {
+            notifier: Mutex::new(None),
             tcp_tasks,
             shared,
             addrs,
@@ -197,10 +261,10 @@ impl DnsServer {
     pub fn apply(&self, removed: &[lb_model::Route], added: &[lb_model::Route]) {
         let shared = &self.shared;
         let _writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let old = shared.zone.load();
+        let old = shared.zone.load_full();
         let serial = next_serial(old.serial(), unix_now());
         let zone = old.with_changes(removed, added, serial);
-        shared.zone.store(Arc::new(zone));
+        shared.publish(&old, zone, removed, added);
         tracing::debug!(
             serial,
             removed = removed.len(),
@@ -213,17 +277,47 @@ impl DnsServer {
         self.shared.zone.load().serial()
     }
 
+    /// UDP answers sent truncated and dropped by rate limiting; `None` when it is off.
+    pub fn rrl_counts(&self) -> Option<(u64, u64)> {
+        self.shared.rrl.as_ref().map(rrl::Rrl::counts)
+    }
+
     /// Sets the SOA serial (a shared store's revision, so that gateways agree), keeping
     /// the records; a serial already in force changes nothing.
     pub fn set_serial(&self, serial: u32) {
         let shared = &self.shared;
         let _writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let old = shared.zone.load();
+        let old = shared.zone.load_full();
         if old.serial() != serial {
-            shared
-                .zone
-                .store(Arc::new(old.with_changes(&[], &[], serial)));
+            shared.publish(&old, old.with_changes(&[], &[], serial), &[], &[]);
         }
+    }
+
+    /// Serves `secondaries`: transfers to them, NOTIFY after every change (and now, so a
+    /// restart is noticed). With `state_dir`, the serial continues above the one the last
+    /// run saved there, and each change's is saved. Once per server; a second call is
+    /// ignored with a warning.
+    pub fn serve_secondaries(&self, secondaries: xfr::Secondaries, state_dir: Option<PathBuf>) {
+        let shared = &self.shared;
+        {
+            let _writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            if shared.secondaries.set(Arc::new(secondaries)).is_err() {
+                tracing::warn!("DNS: secondaries already served; the new list is ignored");
+                return;
+            }
+            let old = shared.zone.load_full();
+            let saved = state_dir.as_deref().and_then(notify::saved_serial);
+            if let Some(saved) = saved.filter(|&s| !xfr::serial_lt(s, old.serial())) {
+                let serial = next_serial(saved, unix_now());
+                shared
+                    .zone
+                    .store(Arc::new(old.with_changes(&[], &[], serial)));
+                tracing::info!(saved, serial, "DNS: serial continues above the last run's");
+            }
+        }
+        shared.changed.notify_one();
+        let task = tokio::spawn(notify::run(shared.clone(), state_dir));
+        *self.notifier.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
     }
 
     /// The current snapshot, e.g. for metrics or to answer a query in-process.
@@ -246,6 +340,14 @@ impl DnsServer {
                 let _ = w.join();
             }
         });
+        if let Some(t) = self
+            .notifier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            t.abort();
+        }
         // Each accept task owns its connections' tasks: aborting it ends them too.
         for t in std::mem::take(&mut self.tcp_tasks) {
             t.abort();
@@ -260,6 +362,14 @@ impl Drop for DnsServer {
         // Without shutdown(): the UDP workers still notice within UDP_STOP_POLL and exit.
         self.stop.store(true, Ordering::Relaxed);
         for t in &self.tcp_tasks {
+            t.abort();
+        }
+        if let Some(t) = self
+            .notifier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             t.abort();
         }
     }
@@ -314,8 +424,42 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
                 continue;
             }
         };
+        let query = &buf[..n];
+        let now = unix_now();
+        let presented = cookie::presented(query);
+        let proven = presented
+            .as_ref()
+            .is_some_and(|p| shared.cookies.valid(p, peer.ip(), now));
+        // Every answer counts against its network's rate, whatever it turns out to be,
+        // unless a server cookie proved the source.
+        if let (Some(limit), false) = (&shared.rrl, proven) {
+            match limit.check(peer.ip(), now) {
+                rrl::Verdict::Answer => {}
+                rrl::Verdict::Drop => continue,
+                rrl::Verdict::Slip => {
+                    if let Some(tc) = rrl::slip(&buf[..n]) {
+                        if let Err(error) = socket.send_to(&tc, peer) {
+                            tracing::debug!(%error, %peer, "DNS UDP reply not sent");
+                        }
+                    }
+                    continue;
+                }
+            }
+        }
+        // After the limit: a forged flood of signed-looking queries costs a MAC each.
+        if let Some(reply) = signed_answer(shared, &buf[..n], Protocol::Udp, peer) {
+            if let Err(error) = socket.send_to(&reply, peer) {
+                tracing::debug!(%error, %peer, "DNS UDP reply not sent");
+            }
+            continue;
+        }
         let zone = shared.zone.load();
-        if cache.answer(&zone, &buf[..n], &mut out) {
+        if cache.answer(&zone, query, &mut out) {
+            // The cached answer is the same for every client; the cookie is this one's.
+            if let Some(p) = &presented {
+                let server = shared.cookies.make(&p.client, peer.ip(), now);
+                cookie::add(&mut out, &p.client, &server, p.limit());
+            }
             if let Err(error) = socket.send_to(&out, peer) {
                 tracing::debug!(%error, %peer, "DNS UDP reply not sent");
             }
@@ -449,7 +593,7 @@ async fn serve_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, table
         clients.spawn(async move {
             let activity = slot.activity().clone();
             tokio::select! {
-                r = serve_tcp_client(stream, &shared, &table, &activity) => {
+                r = serve_tcp_client(stream, peer, &shared, &table, &activity) => {
                     if let Err(error) = r {
                         tracing::debug!(%error, %peer, "DNS TCP client");
                     }
@@ -467,6 +611,7 @@ async fn serve_tcp(listener: tokio::net::TcpListener, shared: Arc<Shared>, table
 /// its answer.
 async fn serve_tcp_client(
     mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
     shared: &Shared,
     table: &Admission,
     activity: &Activity,
@@ -500,22 +645,99 @@ async fn serve_tcp_client(
         tokio::time::timeout(TCP_QUERY_TIMEOUT, stream.read_exact(&mut query))
             .await
             .map_err(|_| timed_out())??;
-        let reply = {
+        let replies = if xfr::is_transfer(&query) {
+            transfer(shared, &query, peer)
+        } else if let Some(reply) = signed_answer(shared, &query, Protocol::Tcp, peer) {
+            vec![reply]
+        } else {
             let zone = shared.zone.load();
+            // A response or a runt: dropped, as over UDP; the connection stays.
             zone::respond(&zone, &query, Protocol::Tcp, MAX_UDP_PAYLOAD)
+                .into_iter()
+                .collect()
         };
-        // A response or a runt: dropped, as over UDP; the connection stays.
-        let Some(reply) = reply else { continue };
-        let Ok(n) = u16::try_from(reply.len()) else {
-            continue;
-        };
-        let mut out = Vec::with_capacity(2 + reply.len());
-        out.extend_from_slice(&n.to_be_bytes());
-        out.extend_from_slice(&reply);
-        tokio::time::timeout(TCP_QUERY_TIMEOUT, stream.write_all(&out))
-            .await
-            .map_err(|_| timed_out())??;
+        for reply in replies {
+            let Ok(n) = u16::try_from(reply.len()) else {
+                continue;
+            };
+            let mut out = Vec::with_capacity(2 + reply.len());
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(&reply);
+            tokio::time::timeout(TCP_QUERY_TIMEOUT, stream.write_all(&out))
+                .await
+                .map_err(|_| timed_out())??;
+        }
     }
+}
+
+/// A zone transfer's messages for `peer`, or its refusal, logged with the client's address.
+fn transfer(shared: &Shared, query: &[u8], peer: SocketAddr) -> Vec<Vec<u8>> {
+    let ixfr_serial = xfr::ixfr_serial(query);
+    let (zone, deltas) = shared.zone_and_deltas(ixfr_serial);
+    let secondaries = shared.secondaries.get().map(|s| &**s);
+    let (messages, refusal) = xfr::answer(
+        secondaries,
+        &zone,
+        move |_| deltas,
+        query,
+        peer.ip(),
+        unix_now().into(),
+    );
+    match refusal {
+        Some(reason) => tracing::warn!(client = %peer, %reason, "DNS: zone transfer refused"),
+        None => tracing::info!(
+            client = %peer,
+            serial = zone.serial(),
+            messages = messages.len(),
+            "DNS: zone transferred"
+        ),
+    }
+    messages
+}
+
+/// With secondaries, a query carrying TSIG (a secondary's SOA check) is verified and
+/// answered signed, or refused NOTAUTH; `None` for every other query, which takes the
+/// ordinary path (no cost there without secondaries).
+fn signed_answer(
+    shared: &Shared,
+    query: &[u8],
+    protocol: Protocol,
+    peer: SocketAddr,
+) -> Option<Vec<u8>> {
+    let secondaries = shared.secondaries.get()?;
+    // Only a query with an additional record besides the usual OPT can carry TSIG.
+    if query.len() < 12 || query[11] == 0 && query[10] == 0 {
+        return None;
+    }
+    tsig::find(query).ok()??;
+    let now = u64::from(unix_now());
+    let verified = match tsig::verify(&secondaries.key, query, now) {
+        Ok(v) if secondaries.allows(peer.ip()) => v,
+        Ok(_) => {
+            tracing::warn!(client = %peer, "DNS: signed query from an address not in [dns.secondaries]; refused");
+            return Some(xfr::refusal(
+                query,
+                hickory_proto::op::ResponseCode::Refused,
+            ));
+        }
+        Err(reason) => {
+            tracing::warn!(client = %peer, %reason, "DNS: signed query refused");
+            return Some(xfr::refusal(
+                query,
+                hickory_proto::op::ResponseCode::NotAuth,
+            ));
+        }
+    };
+    let plain = tsig::strip(query, &verified);
+    let zone = shared.zone.load();
+    let mut reply = zone::respond(&zone, &plain, protocol, MAX_UDP_PAYLOAD)?;
+    tsig::sign(
+        &secondaries.key,
+        &mut reply,
+        tsig::Chain::Response(&verified.mac),
+        now,
+    );
+    Some(reply)
 }
 
 fn unix_now() -> u32 {
@@ -587,3 +809,5 @@ fn bind_error(addr: SocketAddr, transport: &'static str, error: io::Error) -> Dn
 mod client_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod xfr_tests;

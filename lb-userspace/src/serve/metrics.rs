@@ -181,6 +181,17 @@ pub fn render(routes: &[RouteSample], verdicts: &[(&str, u64)], legs: &[LegSampl
 
 /// Appends the process's own counters: warnings about clients' malformed packets, most of
 /// which the log leaves out (`logging::PeerNoise`).
+/// DNS response-rate limiting: UDP answers sent truncated (slipped) and dropped.
+pub fn render_dns_rrl(out: &mut String, slipped: u64, dropped: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP srvgate_dns_rrl_total UDP answers held back by response-rate limiting: sent empty with TC (slipped) or not at all (dropped)."
+    );
+    let _ = writeln!(out, "# TYPE srvgate_dns_rrl_total counter");
+    let _ = writeln!(out, "srvgate_dns_rrl_total{{action=\"slipped\"}} {slipped}");
+    let _ = writeln!(out, "srvgate_dns_rrl_total{{action=\"dropped\"}} {dropped}");
+}
+
 pub fn render_peer_warnings(out: &mut String, seen: u64) {
     let _ = writeln!(
         out,

@@ -28,12 +28,14 @@ fn route_name(i: usize) -> String {
     format!("u{i:05}")
 }
 
-/// srvgate's config: the lab's gateway, the zone on 127.0.0.1:5301, 10 000 routes.
+/// srvgate's config: the lab's gateway, the zone on 127.0.0.1:5301, 10 000 routes. Rate
+/// limiting off: the load generator is one client, which it would hold to 200 answers/s.
 pub fn srvgate_config() -> String {
     let mut s = format!(
         "[gateway]\npublic_interface = \"{PUBLIC_IF}\"\nprivate_interfaces = [\"{}\", \"{}\"]\n\
          public_ipv4 = \"{PUBLIC_IP}\"\nport_range = \"20000-{}\"\n\n\
-         [dns]\nzone = \"{ZONE}\"\nlisten = [\"127.0.0.1:{SRVGATE_PORT}\"]\ngateway_name = \"gw\"\nttl = 30\n",
+         [dns]\nzone = \"{ZONE}\"\nlisten = [\"127.0.0.1:{SRVGATE_PORT}\"]\ngateway_name = \"gw\"\nttl = 30\n\n\
+         [dns.rrl]\nenabled = false\n",
         PRIVATE_IFS[0],
         PRIVATE_IFS[1],
         20_000 + ROUTES - 1

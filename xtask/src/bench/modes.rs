@@ -20,6 +20,17 @@ pub const PUB_IPERF: u16 = 30201;
 pub const PUB_HTTP: u16 = 30080;
 pub const PUB_RR: u16 = 30111;
 
+/// Members of the pool modes' pools, all on backend 1 (its own address and this many
+/// more: [`pool_member_ip`]), each service on each of them.
+pub const POOL_MEMBERS: u8 = 16;
+
+/// Pool member `i`'s address (`0..POOL_MEMBERS`): secondary addresses of backend 1's NIC,
+/// so that every member is a neighbour of its own to the gateway, as 16 hosts would be,
+/// while the sink and the servers stay one set.
+pub fn pool_member_ip(i: u8) -> String {
+    format!("10.210.2.{}", 101 + u16::from(i))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Route,
@@ -27,17 +38,26 @@ pub enum Mode {
     Haproxy,
     Srvgate,
     XdpCeiling,
+    /// srvgate with every route a pool of [`POOL_MEMBERS`] backends (Maglev in XDP).
+    SrvgatePool,
+    /// nftables DNAT spreading new connections over the same pool (`numgen inc mod 16`).
+    NftablesPool,
+    /// haproxy `balance roundrobin` (TCP) over the same pool.
+    HaproxyPool,
     /// srvgate as built from `--baseline REV`: the other half of a same-run A/B.
     Baseline,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 8] = [
         Mode::Route,
         Mode::Dnat,
         Mode::Haproxy,
         Mode::Srvgate,
         Mode::XdpCeiling,
+        Mode::SrvgatePool,
+        Mode::NftablesPool,
+        Mode::HaproxyPool,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +67,9 @@ impl Mode {
             Mode::Haproxy => "haproxy",
             Mode::Srvgate => "srvgate",
             Mode::XdpCeiling => "xdp-ceiling",
+            Mode::SrvgatePool => "srvgate-pool",
+            Mode::NftablesPool => "nftables-pool",
+            Mode::HaproxyPool => "haproxy-pool",
             Mode::Baseline => "baseline",
         }
     }
@@ -65,13 +88,29 @@ impl Mode {
             Mode::Haproxy => "haproxy 2.6 in TCP mode on the gateway (default threads); no UDP",
             Mode::Srvgate => "srvgate run, XDP in native mode on every gateway leg",
             Mode::XdpCeiling => "lb-ebpf's xdp-ceiling (fib lookup, MACs, TTL, redirect; no NAT) on every gateway leg",
+            Mode::SrvgatePool => "srvgate run, every route a pool of 16 backends (16 addresses of backend 1), Maglev and the flow LRU in XDP",
+            Mode::NftablesPool => "nftables DNAT over the same 16 backends, `dnat ip addr . port to numgen inc mod 16 map { … }` (conntrack keeps each flow on its backend)",
+            Mode::HaproxyPool => "haproxy 2.6 in TCP mode, `balance roundrobin` over the same 16 backends; no UDP",
             Mode::Baseline => "srvgate run as built from the baseline revision (see Machine), configured and measured exactly as `srvgate`",
         }
     }
 
     /// Whether this mode runs a `srvgate` daemon (the working tree's or the baseline's).
     pub fn is_srvgate(self) -> bool {
-        matches!(self, Mode::Srvgate | Mode::Baseline)
+        matches!(self, Mode::Srvgate | Mode::Baseline | Mode::SrvgatePool)
+    }
+
+    /// Whether this mode spreads each service over the pool of [`POOL_MEMBERS`].
+    pub fn is_pool(self) -> bool {
+        matches!(
+            self,
+            Mode::SrvgatePool | Mode::NftablesPool | Mode::HaproxyPool
+        )
+    }
+
+    /// Whether this mode forwards only TCP.
+    pub fn tcp_only(self) -> bool {
+        matches!(self, Mode::Haproxy | Mode::HaproxyPool)
     }
 
     /// Whether the client addresses the backend itself (no translation) in this mode.
@@ -89,6 +128,15 @@ impl fmt::Display for Mode {
 /// Backend 1's servers and sink, started once for the whole run; the client's port range.
 pub fn start_backends(b: &mut Bench) -> Result<()> {
     let lab = b.lab;
+    // The pool modes' members: more addresses of backend 1.
+    for i in 0..POOL_MEMBERS {
+        let addr = format!("{}/24", pool_member_ip(i));
+        b.run(
+            &lab.b1,
+            &["ip", "addr", "add", &addr, "dev", "eth0"],
+            lab::DEFAULT_TIMEOUT,
+        )?;
+    }
     // The UDP sink: count then drop at the backend's ingress, before IP (cheap, and ARP and
     // everything else still pass).
     let sink = format!(
@@ -106,11 +154,14 @@ pub fn start_backends(b: &mut Bench) -> Result<()> {
     b.note_command(&lab.b1, &["iperf3", "-s", "-p", &IPERF_PORT.to_string()]);
 
     let dir = lab.dir().display().to_string();
+    // The second server answers TCP on the sink's port, so that srvgate's default health
+    // check of the UDP pool's members (a TCP connect) finds them up.
     let nginx = format!(
         "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log stderr warn;\n\
          events {{ worker_connections 8192; }}\n\
-         http {{\n  access_log off;\n  server {{\n    listen {B1_IP}:{HTTP_PORT} backlog=4096;\n    \
-         location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+         http {{\n  access_log off;\n  server {{\n    listen {HTTP_PORT} backlog=4096;\n    \
+         location / {{ return 200 \"ok\\n\"; }}\n  }}\n  \
+         server {{\n    listen {SINK_PORT};\n    return 444;\n  }}\n}}\n"
     );
     let conf = lab.write_file("nginx.conf", &nginx)?;
     let conf = conf.display().to_string();
@@ -121,7 +172,8 @@ pub fn start_backends(b: &mut Bench) -> Result<()> {
         .context("nginx on backend 1")?;
 
     let port = RR_PORT.to_string();
-    let argv = ["sockperf", "server", "--tcp", "-i", B1_IP, "-p", &port];
+    // Every address: the pool members are backend 1's other addresses.
+    let argv = ["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", &port];
     let pid = lab.spawn(&lab.b1, &argv)?;
     b.note_command(&lab.b1, &argv);
     lab.wait_listening(&lab.b1, pid, RR_PORT, Duration::from_secs(10))
@@ -150,6 +202,9 @@ impl Active {
             haproxy: None,
             ceiling_xmit_before: 0,
         };
+        if mode.is_pool() {
+            watch_spread(b)?;
+        }
         match mode {
             Mode::Route => {}
             Mode::Dnat => {
@@ -191,7 +246,54 @@ impl Active {
                 lab.wait_listening(&lab.gw, pid, PUB_IPERF, Duration::from_secs(10))
                     .context("haproxy on the gateway")?;
             }
-            Mode::Srvgate | Mode::Baseline => {
+            Mode::NftablesPool => {
+                let mut rules = String::from(
+                    "table ip sgbench {\n  chain prerouting {\n    \
+                     type nat hook prerouting priority dstnat; policy accept;\n",
+                );
+                for (proto, public, port) in forwarded() {
+                    let map: Vec<String> = (0..POOL_MEMBERS)
+                        .map(|i| format!("{i} : {} . {port}", pool_member_ip(i)))
+                        .collect();
+                    rules.push_str(&format!(
+                        "    ip daddr {PUBLIC_IP} {proto} dport {public} counter \
+                         dnat ip addr . port to numgen inc mod {POOL_MEMBERS} map {{ {} }}\n",
+                        map.join(", ")
+                    ));
+                }
+                rules.push_str("  }\n}\n");
+                let f = lab.write_file("dnat-pool.nft", &rules)?;
+                b.run(
+                    &lab.gw,
+                    &["nft", "-f", &f.display().to_string()],
+                    lab::DEFAULT_TIMEOUT,
+                )?;
+            }
+            Mode::HaproxyPool => {
+                let mut cfg = String::from(
+                    "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+                     timeout client 60s\n  timeout server 60s\n",
+                );
+                for (proto, public, port) in forwarded() {
+                    if proto == "tcp" {
+                        cfg.push_str(&format!(
+                            "\nlisten p{public}\n  bind {PUBLIC_IP}:{public}\n  balance roundrobin\n"
+                        ));
+                        for i in 0..POOL_MEMBERS {
+                            cfg.push_str(&format!("  server m{i} {}:{port}\n", pool_member_ip(i)));
+                        }
+                    }
+                }
+                let f = lab.write_file("haproxy-pool.cfg", &cfg)?;
+                let f = f.display().to_string();
+                let argv = ["haproxy", "-db", "-f", &f];
+                let pid = lab.spawn(&lab.gw, &argv)?;
+                b.note_command(&lab.gw, &argv);
+                active.haproxy = Some(pid);
+                lab.wait_listening(&lab.gw, pid, PUB_IPERF, Duration::from_secs(10))
+                    .context("haproxy on the gateway")?;
+            }
+            Mode::Srvgate | Mode::Baseline | Mode::SrvgatePool => {
                 let bin = if mode == Mode::Baseline {
                     b.baseline
                         .clone()
@@ -214,7 +316,17 @@ impl Active {
                         )
                     })
                     .collect();
-                let cfg = lab.write_file("srvgate.toml", &lab::config_toml(&routes))?;
+                let text = if mode == Mode::SrvgatePool {
+                    pool_config()
+                } else {
+                    lab::config_toml(&routes)
+                };
+                let name = if mode == Mode::SrvgatePool {
+                    "srvgate-pool.toml"
+                } else {
+                    "srvgate.toml"
+                };
+                let cfg = lab.write_file(name, &text)?;
                 let shown_bin = match mode {
                     Mode::Baseline => bin.display().to_string(),
                     _ => "srvgate".to_string(),
@@ -271,7 +383,7 @@ impl Active {
     }
 
     pub fn udp_target(&self) -> Option<(String, u16)> {
-        (self.mode != Mode::Haproxy).then(|| self.target(SINK_PORT))
+        (!self.mode.tcp_only()).then(|| self.target(SINK_PORT))
     }
 
     /// srvgate's XDP verdict counters by verdict, summed over legs (other modes: none), so
@@ -294,7 +406,7 @@ impl Active {
     pub fn check_path(&self, b: &Bench) -> Result<()> {
         let lab = b.lab;
         match self.mode {
-            Mode::Srvgate | Mode::Baseline => {
+            Mode::Srvgate | Mode::Baseline | Mode::SrvgatePool => {
                 let text = lab.metrics()?;
                 let redirected = lab::metric_sum(
                     &text,
@@ -317,7 +429,7 @@ impl Active {
                 println!("   xdp-ceiling: {sent} frames redirected into priv1");
                 ensure!(sent > 0, "xdp-ceiling redirected nothing into priv1");
             }
-            Mode::Dnat => {
+            Mode::Dnat | Mode::NftablesPool => {
                 let text = lab.exec_ok(&lab.gw, &["nft", "list", "table", "ip", "sgbench"])?;
                 let hits: u64 = text
                     .lines()
@@ -326,24 +438,52 @@ impl Active {
                     .sum();
                 ensure!(hits > 0, "the DNAT rules matched nothing:\n{text}");
             }
-            Mode::Route | Mode::Haproxy => {}
+            Mode::Route | Mode::Haproxy | Mode::HaproxyPool => {}
         }
+        if self.mode.is_pool() {
+            self.check_spread(b)?;
+        }
+        Ok(())
+    }
+
+    /// Proof that a pool mode spread its traffic: every member received some.
+    fn check_spread(&self, b: &Bench) -> Result<()> {
+        let text = b.lab.exec_ok(
+            &b.lab.b1,
+            &["nft", "-j", "list", "set", "netdev", SPREAD_TABLE, "seen"],
+        )?;
+        let got = parse::nft_set_elements(&text)?;
+        let seen = (0..POOL_MEMBERS)
+            .filter(|&i| got.contains(&pool_member_ip(i)))
+            .count();
+        println!(
+            "   {}: {seen} of {POOL_MEMBERS} pool members received traffic",
+            self.mode
+        );
+        ensure!(
+            seen == usize::from(POOL_MEMBERS),
+            "{}: only {seen} of the pool's {POOL_MEMBERS} members received traffic:\n{text}",
+            self.mode
+        );
         Ok(())
     }
 
     pub fn stop(self, b: &mut Bench) -> Result<()> {
         let lab = b.lab;
+        if self.mode.is_pool() {
+            lab.exec_ok(&lab.b1, &["nft", "delete", "table", "netdev", SPREAD_TABLE])?;
+        }
         match self.mode {
             Mode::Route => {}
-            Mode::Dnat => {
+            Mode::Dnat | Mode::NftablesPool => {
                 lab.exec_ok(&lab.gw, &["nft", "delete", "table", "ip", "sgbench"])?;
             }
-            Mode::Haproxy => {
+            Mode::Haproxy | Mode::HaproxyPool => {
                 if let Some(pid) = self.haproxy {
                     lab.stop(pid, Duration::from_secs(5))?;
                 }
             }
-            Mode::Srvgate | Mode::Baseline => {
+            Mode::Srvgate | Mode::Baseline | Mode::SrvgatePool => {
                 let status = lab.stop_srvgate()?;
                 ensure!(
                     status.success(),
@@ -371,6 +511,46 @@ impl Active {
         }
         Ok(())
     }
+}
+
+/// Backend 1's table that records which pool members received packets (a pool mode's
+/// [`Active::check_spread`]), before the sink drops them.
+const SPREAD_TABLE: &str = "sgspread";
+
+/// Starts recording which pool members receive packets, from empty.
+fn watch_spread(b: &mut Bench) -> Result<()> {
+    let lab = b.lab;
+    let rules = format!(
+        "table netdev {SPREAD_TABLE} {{\n  set seen {{ type ipv4_addr; size 64; flags dynamic; }}\n  \
+         chain in {{\n    type filter hook ingress device \"eth0\" priority -10; policy accept;\n    \
+         ip daddr {}-{} add @seen {{ ip daddr }}\n  }}\n}}\n",
+        pool_member_ip(0),
+        pool_member_ip(POOL_MEMBERS - 1)
+    );
+    let f = lab.write_file("spread.nft", &rules)?;
+    b.run(
+        &lab.b1,
+        &["nft", "-f", &f.display().to_string()],
+        lab::DEFAULT_TIMEOUT,
+    )?;
+    Ok(())
+}
+
+/// The gateway's srvgate config in mode `srvgate-pool`: the lab's, with every service a
+/// route whose pool is the [`POOL_MEMBERS`] members on the service's port.
+fn pool_config() -> String {
+    let mut s = lab::config_toml(&[]);
+    for (proto, public, port) in forwarded() {
+        let members: Vec<String> = (0..POOL_MEMBERS)
+            .map(|i| format!("\"{}:{port}\"", pool_member_ip(i)))
+            .collect();
+        s.push_str(&format!(
+            "\n[[route]]\nname = \"bench\"\nservice = \"p{port}\"\nprotocol = \"{proto}\"\n\
+             backends = [{}]\nport = {public}\n",
+            members.join(", ")
+        ));
+    }
+    s
 }
 
 /// (protocol, public port, backend port) of every service the modes forward.

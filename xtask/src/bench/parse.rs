@@ -253,26 +253,102 @@ pub struct ProgramCost {
     pub srvgate: f64,
 }
 
+/// The rest of the first line of `text` that starts with `tag` and a space: a
+/// measurement's `KEY=VALUE` fields.
+fn tagged_line<'a>(text: &'a str, tag: &str) -> Result<&'a str> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(tag)?.strip_prefix(' '))
+        .with_context(|| format!("no {tag} line in the measurement's output:\n{text}"))
+}
+
+/// Field `name` of a [`tagged_line`], as a number.
+fn field(line: &str, name: &str) -> Result<f64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .with_context(|| format!("no {name}= in {line:?}"))?
+        .parse::<f64>()
+        .with_context(|| format!("{name} in {line:?}"))
+}
+
 /// The `program-cost-ns harness=H xdp-ceiling=C srvgate=S` line of the measurement's
 /// output.
 pub fn program_cost(text: &str) -> Result<ProgramCost> {
-    let line = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("program-cost-ns "))
-        .with_context(|| format!("no program-cost-ns line in the measurement's output:\n{text}"))?;
-    let field = |name: &str| -> Result<f64> {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .with_context(|| format!("no {name}= in {line:?}"))?
-            .parse::<f64>()
-            .with_context(|| format!("{name} in {line:?}"))
-    };
-    let harness = field("harness")?;
+    let line = tagged_line(text, "program-cost-ns")?;
+    let harness = field(line, "harness")?;
     Ok(ProgramCost {
         harness,
-        ceiling: field("xdp-ceiling")? - harness,
-        srvgate: field("srvgate")? - harness,
+        ceiling: field(line, "xdp-ceiling")? - harness,
+        srvgate: field(line, "srvgate")? - harness,
     })
+}
+
+/// The pool path's cost by test run, each less the kernel's own cost around a run: the
+/// one-backend route and the 16-member pool on the same 256 flows, and the pool on a new
+/// flow every packet.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoolCost {
+    pub one_backend: f64,
+    pub pool: f64,
+    pub pool_new: f64,
+}
+
+/// The `pool-cost-ns harness=H one-backend=O pool16=P pool16-new=N` line.
+pub fn pool_cost(text: &str) -> Result<PoolCost> {
+    let line = tagged_line(text, "pool-cost-ns")?;
+    let harness = field(line, "harness")?;
+    Ok(PoolCost {
+        one_backend: field(line, "one-backend")? - harness,
+        pool: field(line, "pool16")? - harness,
+        pool_new: field(line, "pool16-new")? - harness,
+    })
+}
+
+/// How the real bytecode spreads a pool (lb-userspace's `pools` test): the busiest of 16
+/// equal members over the mean, the largest relative error of a weighted pool's shares,
+/// and of the flows on the 15 members that stay when one of 16 is removed, the share that
+/// moved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoolShape {
+    pub max_over_mean: f64,
+    pub weight_error: f64,
+    pub others_moved: f64,
+}
+
+/// The `pool-shape max-mean=M weight-error=W moved-others=N others=T` line.
+pub fn pool_shape(text: &str) -> Result<PoolShape> {
+    let line = tagged_line(text, "pool-shape")?;
+    let others = field(line, "others")?;
+    ensure!(others > 0.0, "no flows on the other members in {line:?}");
+    Ok(PoolShape {
+        max_over_mean: field(line, "max-mean")?,
+        weight_error: field(line, "weight-error")?,
+        others_moved: field(line, "moved-others")? / others,
+    })
+}
+
+/// The elements of `nft -j list set ...` output, as text.
+pub fn nft_set_elements(text: &str) -> Result<Vec<String>> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("nft -j list set: {text:?}"))?;
+    let set = v
+        .get("nftables")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .find_map(|o| o.get("set"))
+        .with_context(|| format!("no set in {text:?}"))?;
+    Ok(set
+        .get("elem")
+        .and_then(|e| e.as_array())
+        .into_iter()
+        .flatten()
+        // A plain element is its value; one with attributes (timeout, counter) an object.
+        .filter_map(|e| {
+            e.as_str()
+                .or_else(|| e.pointer("/elem/val").and_then(|v| v.as_str()))
+                .map(str::to_string)
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -374,6 +450,35 @@ mod tests {
         assert!(program_cost("test result: ok").is_err());
         assert!(program_cost("program-cost-ns harness=1 srvgate=2").is_err());
         assert!(program_cost("program-cost-ns harness=x xdp-ceiling=1 srvgate=2").is_err());
+        let out = "pool-cost-ns harness=70.0 one-backend=190.0 pool16=260.5 pool16-new=870.0\n";
+        assert_eq!(
+            pool_cost(out).unwrap(),
+            PoolCost {
+                one_backend: 120.0,
+                pool: 190.5,
+                pool_new: 800.0
+            }
+        );
+        assert!(pool_cost("pool-cost-ns harness=70 one-backend=1").is_err());
+        let shape = pool_shape(
+            "x\npool-shape max-mean=1.052 weight-error=0.031 moved-others=94 others=9400\n",
+        )
+        .unwrap();
+        assert_eq!(shape.max_over_mean, 1.052);
+        assert_eq!(shape.weight_error, 0.031);
+        assert!((shape.others_moved - 0.01).abs() < 1e-12);
+        assert!(
+            pool_shape("pool-shape max-mean=1 weight-error=0 moved-others=0 others=0").is_err()
+        );
+        let set = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "netdev",
+            "name": "seen", "table": "sgspread", "type": "ipv4_addr", "elem": ["10.210.2.101",
+            "10.210.2.116"]}}]}"#;
+        assert_eq!(
+            nft_set_elements(set).unwrap(),
+            ["10.210.2.101", "10.210.2.116"]
+        );
+        let empty = r#"{"nftables": [{"set": {"name": "seen", "type": "ipv4_addr"}}]}"#;
+        assert!(nft_set_elements(empty).unwrap().is_empty());
         assert!(bpftool_xdp_prog_id("Error: no such device").is_err());
         let prog = r#"{"id":2099,"type":"xdp","name":"srvgate","run_time_ns":1563524190,"run_cnt":4417943}"#;
         assert_eq!(bpftool_run_stats(prog).unwrap(), (4417943, 1563524190));

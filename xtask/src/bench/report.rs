@@ -6,7 +6,7 @@ mod facts;
 
 use std::{fmt::Write as _, time::Duration};
 
-use super::{control, dns, modes::Mode, stats::Metric, stats::Results, stats::Summary, Plan};
+use super::{control, cost, dns, modes::Mode, stats::Metric, stats::Results, stats::Summary, Plan};
 pub use facts::*;
 
 pub struct Report<'a> {
@@ -269,6 +269,113 @@ impl Report<'_> {
         s
     }
 
+    /// The pool modes side by side, the pool path's own cost and the pool's shape.
+    fn pools_section(&self) -> String {
+        let r = self.results;
+        let mut s = String::from("## Pools: 16 backends per service\n\n");
+        let _ = writeln!(s, "### Ratios to `srvgate-pool`\n");
+        s.push_str(&self.ratio_table("srvgate-pool"));
+        let m = Metric::XdpTestRunNs;
+        let _ = writeln!(
+            s,
+            "\nThe program by test run on the flood's 256 flows (one client, source ports \
+             1024–1279 in turn, so consecutive packets go to different members), less the \
+             kernel's own cost around a run:\n\n| path | ns | ÷ one-backend |\n|---|---:|---:|"
+        );
+        for row in [cost::ONE_BACKEND_ROW, cost::POOL_ROW, cost::POOL_NEW_ROW] {
+            let _ = writeln!(
+                s,
+                "| {row} | {} | {} |",
+                cell(r.summary(row, m), 1),
+                ratio(r.ratio(row, cost::ONE_BACKEND_ROW, m))
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n*New flows*: every packet from another client, so every one is a Maglev \
+             table lookup and a `FLOWS` insert (evicting once the LRU is full); the others \
+             find their flow in `FLOWS`.\n"
+        );
+        let _ = writeln!(
+            s,
+            "On the real bytecode (lb-userspace's pools test, `BPF_PROG_TEST_RUN` per flow): \
+             10 000 flows over 16 equal members; 40 000 flows over members of weights 1–4; \
+             the same 10 000 flows to the pool less one member.\n"
+        );
+        let metrics = [
+            Metric::PoolMaxOverMean,
+            Metric::PoolWeightError,
+            Metric::PoolOthersMoved,
+        ];
+        s.push_str(&table_head("", &metrics));
+        let cells: Vec<String> = metrics
+            .iter()
+            .map(|&m| cell(r.summary(cost::SHAPE_ROW, m), m.decimals()))
+            .collect();
+        let _ = writeln!(s, "| {} | {} |\n", cost::SHAPE_ROW, cells.join(" | "));
+        s
+    }
+
+    /// The pool targets of issue 26, when a pool mode ran.
+    fn pool_targets(&self, v: &mut Vec<(String, String, String)>) {
+        let r = self.results;
+        let verdict = |ok: Option<bool>| match ok {
+            Some(true) => "met".to_string(),
+            Some(false) => "**missed**".to_string(),
+            None => "not measured".to_string(),
+        };
+        let per_core = r.ratio("srvgate-pool", "srvgate", Metric::PpsPerCore);
+        v.push((
+            "pools: 16-backend pool ≥ 0.95× one-backend packets/s per gateway core".to_string(),
+            format!(
+                "{} per gateway core ({} raw packets/s)",
+                ratio(per_core),
+                ratio(r.ratio("srvgate-pool", "srvgate", Metric::Pps))
+            ),
+            verdict(per_core.map(|x| x >= 0.95)),
+        ));
+        let m = Metric::XdpTestRunNs;
+        let cost = r.ratio(cost::POOL_ROW, cost::ONE_BACKEND_ROW, m);
+        v.push((
+            "pools: program by test run, pool path ≤ 1.15× one-backend path".to_string(),
+            format!(
+                "{} (new flows {})",
+                ratio(cost),
+                ratio(r.ratio(cost::POOL_NEW_ROW, cost::ONE_BACKEND_ROW, m))
+            ),
+            verdict(cost.map(|x| x <= 1.15)),
+        ));
+        let nft = r.ratio("srvgate-pool", "nftables-pool", Metric::PpsPerCore);
+        v.push((
+            "pools: srvgate ≥ 1.5× nftables per gateway core on small packets".to_string(),
+            format!(
+                "{} per gateway core ({} raw packets/s)",
+                ratio(nft),
+                ratio(r.ratio("srvgate-pool", "nftables-pool", Metric::Pps))
+            ),
+            verdict(nft.map(|x| x >= 1.5)),
+        ));
+        let shape = |m| r.median(cost::SHAPE_ROW, m);
+        let balance = shape(Metric::PoolMaxOverMean);
+        v.push((
+            "pools: 10 000 flows over 16 equal members, max/mean ≤ 1.10".to_string(),
+            balance.map_or("–".into(), |x| num(x, 3)),
+            verdict(balance.map(|x| x <= 1.10)),
+        ));
+        let weights = shape(Metric::PoolWeightError);
+        v.push((
+            "pools: weights honoured within 5 %".to_string(),
+            weights.map_or("–".into(), |x| format!("{:.1} %", x * 100.0)),
+            verdict(weights.map(|x| x <= 0.05)),
+        ));
+        let moved = shape(Metric::PoolOthersMoved);
+        v.push((
+            "pools: 1 of 16 removed moves ≤ 1/16 + 2 % of the others' flows".to_string(),
+            moved.map_or("–".into(), |x| format!("{:.2} %", x * 100.0)),
+            verdict(moved.map(|x| x <= 1.0 / 16.0 + 0.02)),
+        ));
+    }
+
     /// (target, measured, verdict) rows.
     pub fn targets(&self) -> Vec<(String, String, String)> {
         let r = self.results;
@@ -338,6 +445,9 @@ impl Report<'_> {
             p99.map_or("–".into(), |x| format!("{:+.0} %", (x - 1.0) * 100.0)),
             verdict(p99.map(|x| x <= 1.10)),
         ));
+        if self.modes.iter().any(|m| m.is_pool()) {
+            self.pool_targets(&mut v);
+        }
         if self.control {
             let full = control::row(control::sizes(self.plan.name == "smoke")[1]);
             let rate = r.median(&full, Metric::AddsPerSec);
@@ -468,6 +578,9 @@ impl Report<'_> {
         }
         s.push('\n');
 
+        if self.modes.iter().any(|m| m.is_pool()) {
+            s.push_str(&self.pools_section());
+        }
         if self.control {
             let _ = writeln!(
                 s,
@@ -840,7 +953,7 @@ mod tests {
         let mut res = Results::default();
         for (i, m) in Mode::ALL.iter().enumerate() {
             for metric in TABLE {
-                if *m == Mode::Haproxy
+                if m.tcp_only()
                     && matches!(
                         metric,
                         Metric::Pps
@@ -901,5 +1014,35 @@ mod tests {
         });
         let res = Results::default();
         report_with(&res, |r| assert!(!r.empty_cells().is_empty()));
+    }
+
+    #[test]
+    fn pool_section_and_targets() {
+        let mut res = Results::default();
+        res.add("srvgate", Metric::PpsPerCore, 1000.0);
+        res.add("srvgate-pool", Metric::PpsPerCore, 900.0);
+        res.add("nftables-pool", Metric::PpsPerCore, 300.0);
+        res.add(cost::ONE_BACKEND_ROW, Metric::XdpTestRunNs, 100.0);
+        res.add(cost::POOL_ROW, Metric::XdpTestRunNs, 110.0);
+        res.add(cost::POOL_NEW_ROW, Metric::XdpTestRunNs, 400.0);
+        res.add(cost::SHAPE_ROW, Metric::PoolMaxOverMean, 1.06);
+        res.add(cost::SHAPE_ROW, Metric::PoolWeightError, 0.07);
+        res.add(cost::SHAPE_ROW, Metric::PoolOthersMoved, 0.012);
+        report_with(&res, |r| {
+            let md = r.markdown();
+            assert!(md.contains("## Pools"), "{md}");
+            assert!(md.contains("| 1.10× |") && md.contains("| 4.00× |"), "{md}");
+            let pools: Vec<_> = r
+                .targets()
+                .into_iter()
+                .filter(|t| t.0.starts_with("pools:"))
+                .map(|t| t.2)
+                .collect();
+            assert_eq!(
+                pools,
+                ["**missed**", "met", "met", "met", "**missed**", "met"],
+                "0.90× per core, 1.10× cost, 3× nftables, 1.06, 7 %, 1.2 %"
+            );
+        });
     }
 }

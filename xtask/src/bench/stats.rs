@@ -36,6 +36,12 @@ pub enum Metric {
     AddsPerSec,
     AddP50Ms,
     AddP99Ms,
+    /// The busiest of 16 equal pool members' flows over the mean (10 000 flows).
+    PoolMaxOverMean,
+    /// The largest relative error of a weighted pool's members' shares against their weights.
+    PoolWeightError,
+    /// Of the flows on the 15 members that stay when one of 16 leaves, the share that moved.
+    PoolOthersMoved,
 }
 
 impl Metric {
@@ -75,6 +81,9 @@ impl Metric {
             Metric::AddsPerSec => "route adds/s",
             Metric::AddP50Ms => "add p50 (ms)",
             Metric::AddP99Ms => "add p99 (ms)",
+            Metric::PoolMaxOverMean => "busiest member / mean",
+            Metric::PoolWeightError => "weights: largest share error",
+            Metric::PoolOthersMoved => "1 of 16 removed: others' flows moved",
         }
     }
 
@@ -85,6 +94,7 @@ impl Metric {
             Metric::RrAvgUs | Metric::RrP99Us => 1,
             Metric::Tcp1RetransmitPct | Metric::Tcp4RetransmitPct => 3,
             Metric::AddP50Ms | Metric::AddP99Ms => 2,
+            Metric::PoolMaxOverMean | Metric::PoolWeightError | Metric::PoolOthersMoved => 3,
             _ => 0,
         }
     }

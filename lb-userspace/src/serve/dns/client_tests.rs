@@ -56,6 +56,8 @@ async fn resolves_against_the_real_server() {
         gateway_name: "gw".into(),
         nameservers: vec![],
         ttl: 30,
+        secondaries: None,
+        rrl: None,
     };
     let routes = [route("alice", "ssh", 30001), route("alice", "web", 30002)];
     let server = DnsServer::start(&cfg, GATEWAY, &routes).await.unwrap();

@@ -44,8 +44,9 @@ pub const MAX_UDP_PAYLOAD: u16 = 1232;
 /// Clients without EDNS, or advertising less, get the RFC 1035 limit (RFC 6891 section 6.2.5).
 const MIN_UDP_PAYLOAD: u16 = 512;
 
-// SOA timers. Nothing transfers this zone (no secondaries), so only `minimum` (the negative
-// caching TTL, RFC 2308) matters to resolvers; the others are the usual RFC 1912 values.
+// SOA timers: the usual RFC 1912 values. Secondaries (`[dns.secondaries]`) learn of changes
+// by NOTIFY within a second; refresh and retry are only their fallback when one is lost,
+// and expire how long they keep serving a zone srvgate no longer answers for.
 const SOA_REFRESH: i32 = 3600;
 const SOA_RETRY: i32 = 600;
 const SOA_EXPIRE: i32 = 1_209_600;
@@ -339,6 +340,34 @@ impl Zone {
         self.serial
     }
 
+    /// The apex SOA at this serial.
+    pub fn soa(&self) -> &Record {
+        &self.soa[0]
+    }
+
+    /// Every record but the apex SOA, in no particular order: the body of a zone transfer.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.values())
+            .flat_map(|n| n.rrsets.iter())
+            .filter(|s| s.rtype != RecordType::SOA)
+            .flat_map(|s| s.records.iter())
+    }
+
+    /// The records at `name` (none if it does not exist, or holds none).
+    pub fn records_at(&self, name: &LowerName) -> Vec<Record> {
+        self.node(name)
+            .map(|n| n.rrsets.iter().flat_map(|s| s.records.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The names a route's records live at, if it has any in the zone.
+    pub fn route_names(&self, route: &lb_model::Route) -> Option<[LowerName; 2]> {
+        let (rfc2782, short) = self.params.names(route).ok()?;
+        Some([LowerName::new(&rfc2782), LowerName::new(&short)])
+    }
+
     /// The apex, e.g. `lab.example.`.
     pub fn origin(&self) -> &LowerName {
         &self.origin
@@ -369,11 +398,12 @@ impl Zone {
                 Answer::refused()
             };
         };
-        // ANY gets every RRset of the name rather than RFC 8482's minimal answer: a name here
-        // holds at most SOA+NS or A+SRV, so the answer stays as small as an SRV answer and is
-        // handy with `dig ANY`.
+        // ANY gets one RRset of the name (RFC 8482 section 4.2, as Knot and Cloudflare): the
+        // first, SOA at the apex and SRV on a route's name, which says the name exists and
+        // what it is for, and keeps ANY from being the largest answer a spoofed source can
+        // ask for.
         let sets: &[RRset] = if qtype == RecordType::ANY {
-            &node.rrsets
+            &node.rrsets[..node.rrsets.len().min(1)]
         } else {
             match node.rrsets.iter().position(|s| s.rtype == qtype) {
                 Some(i) => std::slice::from_ref(&node.rrsets[i]),
@@ -493,7 +523,7 @@ pub(super) fn reply_within<'a>(
     edns: Option<&Edns>,
     limit: u16,
 ) -> Reply<'a> {
-    let mut metadata = Metadata::response_from_request(&request.metadata);
+    let mut metadata = response_metadata(&request.metadata);
     let answer = answer(zone, request);
     metadata.response_code = answer.response_code;
     metadata.authoritative = answer.authoritative;
@@ -529,8 +559,9 @@ fn answer<'a>(zone: &'a Zone, request: &MessageRequest) -> Answer<'a> {
 }
 
 /// RFC 7873 section 5.2.2: a COOKIE option holds an 8-byte client cookie, optionally followed
-/// by an 8- to 32-byte server cookie; any other length is FORMERR. We send no server cookie
-/// ourselves, so a well-formed one is simply ignored.
+/// by an 8- to 32-byte server cookie; any other length is FORMERR. The server cookie is
+/// made and checked by the UDP path ([`super::cookie`]), not here: the answer is the same
+/// for every client, and so can be cached.
 fn cookie_ok(edns: &Edns) -> bool {
     // Every COOKIE option, not just the first: a client may send more than one.
     edns.options()
@@ -683,10 +714,27 @@ pub fn respond(zone: &Zone, packet: &[u8], protocol: Protocol, max_udp: u16) -> 
     }
 }
 
-/// A header-only response, as hickory's server sends for requests it cannot parse.
-fn error_header(request: &Metadata, response_code: ResponseCode) -> Vec<u8> {
+/// The response header for `request`: hickory's, but RD and CD, query flags, are echoed only
+/// for the query opcode. ISC's genreport flags a NOTIMP that echoes them (the prober then
+/// cannot tell the opcode was not understood).
+fn response_metadata(request: &Metadata) -> Metadata {
     let mut metadata = Metadata::response_from_request(request);
-    metadata.response_code = response_code;
+    if request.op_code != OpCode::Query {
+        metadata.recursion_desired = false;
+        metadata.checking_disabled = false;
+    }
+    metadata
+}
+
+/// A header-only response, as hickory's server sends for requests it cannot parse; an
+/// opcode we do not implement gets NOTIMP whatever else is wrong with the request.
+fn error_header(request: &Metadata, response_code: ResponseCode) -> Vec<u8> {
+    let mut metadata = response_metadata(request);
+    metadata.response_code = if request.op_code == OpCode::Query {
+        response_code
+    } else {
+        ResponseCode::NotImp
+    };
     let header = Header {
         metadata,
         counts: HeaderCounts::default(),
@@ -804,6 +852,10 @@ fn group(records: Vec<Record>) -> Vec<RRset> {
         }
     }
     sets
+}
+
+pub(crate) fn record_len(record: &Record) -> usize {
+    wire_len(record)
 }
 
 fn wire_len(record: &Record) -> usize {

@@ -2,16 +2,17 @@
 
 use super::*;
 
-/// The mean duration of `calls` runs of `prog` on `frame`, one run per `BPF_PROG_TEST_RUN`
-/// call (the kernel does not restore the frame between repeats of one call); each run's
-/// verdict must be `want` when given, so that the path measured is the one meant.
-fn mean_run_ns(prog: &Xdp, frame: &[u8], calls: usize, want: Option<u32>) -> f64 {
+/// The mean duration of `calls` runs of `prog`, one run per `BPF_PROG_TEST_RUN` call (the
+/// kernel does not restore the frame between repeats of one call), on `frames` in turn
+/// (all of one length); each run's verdict must be `want` when given, so that the path
+/// measured is the one meant.
+fn mean_run_ns(prog: &Xdp, frames: &[Vec<u8>], calls: usize, want: Option<u32>) -> f64 {
     let mut ctx = Vec::with_capacity(24);
-    for v in [0, frame.len() as u32, 0, 1, 0, 0] {
+    for v in [0, frames[0].len() as u32, 0, 1, 0, 0] {
         ctx.extend_from_slice(&v.to_ne_bytes());
     }
     let mut total = 0u128;
-    for _ in 0..calls {
+    for frame in frames.iter().cycle().take(calls) {
         let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -77,10 +78,52 @@ fn program_cost_for_the_bench() {
     let to_backend = Frame::udp((CLIENT, 1024), (BACKEND, 53)).bytes();
     let mut arp = to_backend.clone();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    let harness = mean_run_ns(ceiling, &arp, COST_CALLS, Some(XDP_PASS));
-    let ceiling = mean_run_ns(ceiling, &to_backend, COST_CALLS, Some(XDP_REDIRECT));
-    let srvgate = mean_run_ns(srvgate, &to_route, COST_CALLS, Some(XDP_REDIRECT));
+    let one = |f: Vec<u8>| vec![f];
+    let harness = mean_run_ns(ceiling, &one(arp), COST_CALLS, Some(XDP_PASS));
+    let ceiling = mean_run_ns(ceiling, &one(to_backend), COST_CALLS, Some(XDP_REDIRECT));
+    let srvgate = mean_run_ns(srvgate, &one(to_route), COST_CALLS, Some(XDP_REDIRECT));
     println!("program-cost-ns harness={harness:.1} xdp-ceiling={ceiling:.1} srvgate={srvgate:.1}");
+    pool_cost(&mut h, harness);
+}
+
+/// Public port of the bench's 16-member pool (UDP).
+const POOL_PORT: u16 = 9009;
+
+/// The pool path against the one-backend path, each on the bench flood's 256 flows (one
+/// client, source ports 1024..1279, taken in turn, so that consecutive packets of the pool
+/// go to different members): `one-backend` to the DNS route, `pool16` to a route with 16
+/// members on the private leg (each a neighbour, so every packet is redirected), its flows
+/// remembered in `FLOWS` after the first round; `pool16-new` on [`COST_CALLS`] distinct
+/// clients, every packet a new flow (a table lookup and a `FLOWS` insert, evicting once
+/// full). Less the kernel's own cost `harness`, as the line above. One line, `pool-cost-ns
+/// ...`, which the bench reads.
+fn pool_cost(h: &mut Harness, harness: f64) {
+    const COST_CALLS: usize = 200_000;
+    let mut e = pools::entry(POOL_PORT, &pools::texts(1..=16), &[]);
+    e.route.protocol = lb_model::Protocol::Udp;
+    for i in 1..=16 {
+        set_neighbour(*pools::member(i).ip(), [0x02, 0, 0, 0, 1, i]);
+    }
+    h.add_pool_route(&e, 1);
+    let prog: &Xdp = h.ebpf.program(PROGRAM_NAME).unwrap().try_into().unwrap();
+    let flows = |port: u16| -> Vec<Vec<u8>> {
+        (1024..1280)
+            .map(|sport| Frame::udp((CLIENT, sport), (PUBLIC, port)).bytes())
+            .collect()
+    };
+    let one_backend = mean_run_ns(prog, &flows(DNS_PORT), COST_CALLS, Some(XDP_REDIRECT));
+    let pool = mean_run_ns(prog, &flows(POOL_PORT), COST_CALLS, Some(XDP_REDIRECT));
+    let new: Vec<Vec<u8>> = (0..COST_CALLS as u32)
+        .map(|i| {
+            let client = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i / 64);
+            Frame::udp((client, 1024 + (i % 64) as u16), (PUBLIC, POOL_PORT)).bytes()
+        })
+        .collect();
+    let pool_new = mean_run_ns(prog, &new, COST_CALLS, Some(XDP_REDIRECT));
+    println!(
+        "pool-cost-ns harness={harness:.1} one-backend={one_backend:.1} pool16={pool:.1} \
+         pool16-new={pool_new:.1}"
+    );
 }
 
 /// Not a test: what a frame whose checksum field holds the partial value costs the program
@@ -102,7 +145,7 @@ fn forged_checksum_cost() {
     h.look_for_partial_checksums();
     let mean_ns = |h: &Harness, frame: &[u8], calls: usize| -> f64 {
         let prog: &Xdp = h.ebpf.program(PROGRAM_NAME).unwrap().try_into().unwrap();
-        mean_run_ns(prog, frame, calls, None)
+        mean_run_ns(prog, &[frame.to_vec()], calls, None)
     };
     let full = |partial: bool, payload: usize| {
         Frame {

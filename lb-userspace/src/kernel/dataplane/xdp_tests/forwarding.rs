@@ -282,7 +282,7 @@ fn a_client_packet_is_rewritten_to_the_backend_and_redirected() {
 /// one slot keeps must run every packet on one CPU, which a loaded machine's scheduler
 /// does not promise (the test below failed 2 runs in 5 of the whole suite on main, and
 /// none in 6 with this).
-fn stay_on_this_cpu() {
+pub(super) fn stay_on_this_cpu() {
     // SAFETY: sched_getcpu takes nothing; `set` is a local cpu_set_t, all zero (a valid,
     // empty set) before CPU_SET adds one CPU; sched_setaffinity reads it for this thread.
     unsafe {

@@ -17,13 +17,13 @@ const OTHER_PORT: u16 = 8081;
 
 /// Pool member `i`: on the private leg (no neighbour: the FIB leaves the frame to the
 /// kernel, rewritten all the same).
-fn member(i: u8) -> SocketAddrV4 {
+pub(super) fn member(i: u8) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 210, 250, 100 + i), 8000 + u16::from(i))
 }
 
 /// The route on `port` with a pool of `members` (`ADDR:PORT[ drained]` texts), members in
 /// `down` found down, as the daemon's table holds it.
-fn entry(port: u16, members: &[String], down: &[SocketAddrV4]) -> Entry {
+pub(super) fn entry(port: u16, members: &[String], down: &[SocketAddrV4]) -> Entry {
     let texts: Vec<&str> = members.iter().map(String::as_str).collect();
     let mut t = RouteTable::new();
     let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
@@ -34,13 +34,18 @@ fn entry(port: u16, members: &[String], down: &[SocketAddrV4]) -> Entry {
     e
 }
 
-fn texts(range: impl Iterator<Item = u8>) -> Vec<String> {
+pub(super) fn texts(range: impl Iterator<Item = u8>) -> Vec<String> {
     range.map(|i| member(i).to_string()).collect()
 }
 
 /// 10 000 distinct TCP clients, as `maglev`'s host tests draw them.
 fn clients() -> impl Iterator<Item = Tuple> {
-    (0..10_000u32).map(|i| {
+    many_clients(10_000)
+}
+
+/// `n` distinct TCP clients (up to 64 000 of them).
+fn many_clients(n: u32) -> impl Iterator<Item = Tuple> {
+    (0..n).map(|i| {
         (
             Ipv4Addr::new(198, 51, (i / 250) as u8, (i % 250) as u8 + 1),
             20_000 + (i * 7 % 40_000) as u16,
@@ -51,7 +56,7 @@ fn clients() -> impl Iterator<Item = Tuple> {
 impl Harness {
     /// Writes route `e` as the daemon's `MapOp::WriteFrontend` and `WriteReverse` do, its
     /// pool into pool slot `slot`.
-    fn add_pool_route(&mut self, e: &Entry, slot: u16) {
+    pub(super) fn add_pool_route(&mut self, e: &Entry, slot: u16) {
         let (members, table) = encode::pool_entries(e).unwrap().expect("a pool");
         let mut m: Array<_, Plain<lb_common::PoolMembers>> =
             Array::try_from(self.ebpf.map_mut(map_names::POOL_MEMBERS).unwrap()).unwrap();
@@ -174,6 +179,34 @@ fn a_pool_spreads_flows_evenly_and_a_removal_moves_few() {
     assert!(
         moved_others as f64 / 10_000.0 <= 0.02,
         "{moved_others} moved"
+    );
+
+    // Weights 1 to 4 (its own slot): each member's share of 40 000 flows against its
+    // weight's (40 000 so that chance alone keeps within about 1.5 % of the smallest).
+    let weighted: Vec<String> = (1..=4u8)
+        .map(|i| format!("{} weight={i}", member(i)))
+        .collect();
+    let w = entry(OTHER_PORT + 1, &weighted, &[]);
+    h.add_pool_route(&w, 3);
+    let mut got: Map<Tuple, usize> = Map::new();
+    const WEIGHTED_FLOWS: u32 = 40_000;
+    for c in many_clients(WEIGHTED_FLOWS) {
+        *got.entry(h.member_for(c, OTHER_PORT + 1)).or_default() += 1;
+    }
+    let weight_error = (1..=4u8)
+        .map(|i| {
+            let want = f64::from(WEIGHTED_FLOWS) * f64::from(i) / 10.0;
+            let n = got.get(&tuple(member(i))).copied().unwrap_or(0) as f64;
+            (n - want).abs() / want
+        })
+        .fold(0.0, f64::max);
+    assert!(weight_error <= 0.05, "weights 1..4: {got:?}");
+    // The line `cargo xtask bench` reads (`parse::pool_shape`).
+    let others = before.iter().filter(|&&was| was != gone).count();
+    println!(
+        "pool-shape max-mean={:.3} weight-error={weight_error:.3} moved-others={moved_others} \
+         others={others}",
+        max / mean
     );
 }
 
@@ -298,4 +331,53 @@ fn every_member_answers_from_the_public_port_and_one_backend_routes_keep_their_p
     let to = h.member_for((CLIENT, 40000), SSH_PORT);
     assert_eq!(to, (BACKEND, 22));
     assert_eq!(h.flows(), before, "a one-backend route keeps no flow state");
+}
+
+#[test]
+fn each_member_of_a_pool_keeps_its_own_next_hop() {
+    let Some(mut h) = Harness::new("each_member_of_a_pool_keeps_its_own_next_hop") else {
+        return;
+    };
+    super::forwarding::stay_on_this_cpu();
+    h.allow_redirects();
+    let mac = |i: u8, version: u8| [0x02, 0, 0, 0, version, i];
+    let index = |m: Tuple| m.0.octets()[3] - 100;
+    for i in 1..=3 {
+        set_neighbour(*member(i).ip(), mac(i, 1));
+    }
+    let e = entry(POOL_PORT, &texts(1..=3), &[]);
+    h.add_pool_route(&e, 1);
+    // A client of each member, taken in turn below: a flood spread over the pool.
+    let mut client_of: Map<Tuple, Tuple> = Map::new();
+    for c in clients() {
+        client_of.entry(model_choice(&e, c)).or_insert(c);
+    }
+    assert_eq!(client_of.len(), 3);
+    let next_hop = |h: &Harness, c: Tuple| -> (Tuple, [u8; 6]) {
+        let f = Frame::tcp(c, (PUBLIC, POOL_PORT)).bytes();
+        let out = h.expect(&f, 1, (XDP_REDIRECT, counter::FWD_REDIRECT), "");
+        let seen = parse(&out);
+        (seen.dst, seen.dst_mac)
+    };
+    for (&m, &c) in &client_of {
+        assert_eq!(next_hop(&h, c), (m, mac(index(m), 1)));
+    }
+    // Every member's neighbour moves: within this tick each member's packets still use
+    // the answer kept for that member (the FIB was not asked), though the three took turns.
+    for i in 1..=3 {
+        set_neighbour(*member(i).ip(), mac(i, 2));
+    }
+    for _ in 0..3 {
+        for (&m, &c) in &client_of {
+            assert_eq!(
+                next_hop(&h, c),
+                (m, mac(index(m), 1)),
+                "{m:?}'s answer is kept"
+            );
+        }
+    }
+    h.set_clock(NOW_NS + SECOND);
+    for (&m, &c) in &client_of {
+        assert_eq!(next_hop(&h, c), (m, mac(index(m), 2)), "the next tick asks");
+    }
 }
