@@ -326,7 +326,10 @@ fn the_package_runs_under_a_booted_systemd() {
         panic!(
             "systemctl start: {}\n{}\noutside the unit: {}",
             String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&ct.sh("journalctl -u srvgate --no-pager -n 4").stdout),
+            String::from_utf8_lossy(
+                &ct.sh("journalctl -u srvgate --no-pager -n 40 -o cat")
+                    .stdout
+            ),
             String::from_utf8_lossy(&direct.stdout),
         );
     }
