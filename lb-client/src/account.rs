@@ -74,7 +74,8 @@ Example:
 pub struct LoginArgs {
     /// The gateway's portal, https://HOST[:PORT] (port 8443 unless given).
     pub url: String,
-    /// Read the token from this file instead of asking for it.
+    /// Read the token from this file instead of asking for it (asked on a terminal, it is
+    /// not echoed; piped, standard input's first line is read).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// The certificate's SHA-256 fingerprint as `srvgate status` on the gateway shows it;
@@ -90,10 +91,23 @@ pub struct LoginArgs {
 Example:
   srvgate claim ssh --backend 10.0.0.11:22
   srvgate claim game --backend 10.0.0.11:25565 --protocol udp
-  srvgate claim http --backend 10.0.0.11:80 --backend '10.0.0.12:80 weight=2'")]
+  srvgate claim http --backend 10.0.0.11:80 --backend '10.0.0.12:80 weight=2'
+  srvgate claim --service ssh --backend 10.0.0.11:22
+  srvgate claim web --backend 10.0.0.11:80 --backend 10.0.0.12:80 --check http:/healthz
+
+Service names: `http` and `https` are the names the gateway's web routers route by: NAME.http.ZONE
+on port 80 (by Host) and NAME.https.ZONE on 443 (by SNI), no port to remember. `ssh` is the one
+`srvgate ssh-config` sets up, so that plain `ssh NAME.ssh.ZONE` works. Any other label gets a
+public port, found by SRV record (`srvgate mine` shows it).")]
+#[command(group(clap::ArgGroup::new("which_service").args(["service", "service_flag"]).required(true)))]
 pub struct ClaimArgs {
-    /// The service label: your route is NAME.SERVICE.ZONE.
-    pub service: String,
+    /// The service label: your route is NAME.SERVICE.ZONE (`http`, `https` and `ssh` are
+    /// special: see below).
+    #[arg(value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// The same as the positional SERVICE, as `srvgate route add --service` spells it.
+    #[arg(long = "service", value_name = "SERVICE")]
+    pub service_flag: Option<String>,
     /// Your instance's address:port; repeat for a pool (each `ADDR:PORT[ weight=N]`, every
     /// one yours): new connections are spread over them.
     #[arg(long = "backend", value_name = "ADDR:PORT", required = true)]
@@ -106,11 +120,50 @@ pub struct ClaimArgs {
     /// expects it (nginx `proxy_protocol`, Apache, HAProxy, caddy).
     #[arg(long, value_name = "VERSION")]
     pub proxy_protocol: Option<String>,
+    #[command(flatten)]
+    pub check: CheckArgs,
     /// Print the new route as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub credentials: CredentialsArg,
+}
+
+/// How a route's backends are health-checked: the same flags for a student's `claim` and
+/// the admin's `route add`. Left out: TCP connect for a TCP pool of two or more backends,
+/// nothing otherwise.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct CheckArgs {
+    /// `tcp`, `tcp:PORT`, `ssh`, `http:/PATH`, `http:PORT/PATH` or `none`: what a backend
+    /// must answer to get new connections (PORT: probe that port instead of the backend's;
+    /// a UDP route's check needs one).
+    #[arg(long, value_name = "KIND[:PORT][PATH]")]
+    pub check: Option<String>,
+    /// Time between checks (`2s`, `500ms`; a student's at least 1s).
+    #[arg(long, value_name = "DURATION")]
+    pub check_interval: Option<String>,
+    /// A check's answer must come within this, shorter than the interval.
+    #[arg(long, value_name = "DURATION")]
+    pub check_timeout: Option<String>,
+    /// Passed checks in a row that bring a backend back (default 2).
+    #[arg(long, value_name = "N")]
+    pub check_rise: Option<u32>,
+    /// Failed checks in a row that take a backend out (default 3).
+    #[arg(long, value_name = "N")]
+    pub check_fall: Option<u32>,
+}
+
+impl CheckArgs {
+    /// The request's `check` field; `None` when no flag was given.
+    pub fn request(&self) -> Result<Option<lb_model::check::CheckRequest>, String> {
+        lb_model::check::CheckRequest::from_flags(&lb_model::check::CheckFlags {
+            check: self.check.as_deref(),
+            interval: self.check_interval.as_deref(),
+            timeout: self.check_timeout.as_deref(),
+            rise: self.check_rise,
+            fall: self.check_fall,
+        })
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -123,9 +176,18 @@ pub struct MineArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Example:
+  srvgate release ssh
+  srvgate release --service game --protocol udp")]
+#[command(group(clap::ArgGroup::new("which_service").args(["service", "service_flag"]).required(true)))]
 pub struct ReleaseArgs {
     /// The service label of the route to give back.
-    pub service: String,
+    #[arg(value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// The same as the positional SERVICE.
+    #[arg(long = "service", value_name = "SERVICE")]
+    pub service_flag: Option<String>,
     /// `tcp` (default) or `udp`.
     #[arg(long)]
     pub protocol: Option<String>,
@@ -502,6 +564,34 @@ fn read_line(prompt: &str) -> Result<String, StudentError> {
     Ok(line.trim().to_string())
 }
 
+/// The token from the terminal, not echoed as it is typed (or pasted: it is a secret on a
+/// screen others may see); from standard input as a line when that is no terminal, for
+/// scripts (`echo $TOKEN | srvgate login URL`).
+fn read_token() -> Result<String, StudentError> {
+    use std::io::IsTerminal as _;
+    if !io::stdin().is_terminal() {
+        return read_line("Token: ");
+    }
+    let token = rpassword::prompt_password("Token (not shown as you type): ")
+        .map_err(|e| StudentError::Input(format!("reading the token from the terminal: {e}")))?;
+    Ok(token.trim().to_string())
+}
+
+/// `--token-file`: the first line, bounded like a typed one.
+fn read_token_file(f: &std::path::Path) -> Result<String, StudentError> {
+    let unreadable = |e: io::Error| StudentError::Credentials {
+        path: f.to_path_buf(),
+        reason: format!("cannot read the token: {e}"),
+    };
+    let mut text = String::new();
+    std::fs::File::open(f)
+        .map_err(unreadable)?
+        .take(4096)
+        .read_to_string(&mut text)
+        .map_err(unreadable)?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
 /// `srvgate login URL`.
 pub fn login(args: LoginArgs) -> Result<(), StudentError> {
     let url = PortalUrl::parse(&args.url)?;
@@ -530,14 +620,8 @@ pub fn login(args: LoginArgs) -> Result<(), StudentError> {
         }
     }
     let token = match &args.token_file {
-        Some(f) => std::fs::read_to_string(f)
-            .map_err(|e| StudentError::Credentials {
-                path: f.clone(),
-                reason: format!("cannot read the token: {e}"),
-            })?
-            .trim()
-            .to_string(),
-        None => read_line("Token: ")?,
+        Some(f) => read_token_file(f)?,
+        None => read_token()?,
     };
     if token.is_empty() || token.len() > lb_model::MAX_TOKEN_LEN {
         return Err(StudentError::Input(
@@ -562,16 +646,33 @@ pub fn login(args: LoginArgs) -> Result<(), StudentError> {
     Ok(())
 }
 
+/// SERVICE given positionally or as `--service` (clap's group lets exactly one through).
+fn one_service(positional: Option<String>, flag: Option<String>) -> String {
+    positional.or(flag).unwrap_or_default()
+}
+
+#[cfg(test)]
+pub(crate) fn one_service_of_claim(a: &ClaimArgs) -> String {
+    one_service(a.service.clone(), a.service_flag.clone())
+}
+
+#[cfg(test)]
+pub(crate) fn one_service_of_release(a: &ReleaseArgs) -> String {
+    one_service(a.service.clone(), a.service_flag.clone())
+}
+
 /// `srvgate claim SERVICE --backend ADDR:PORT`.
 pub fn claim(args: ClaimArgs) -> Result<(), StudentError> {
     let creds = load_credentials(&args.credentials)?;
     let (backend, backends) = lb_model::backend_fields(args.backends);
+    let check = args.check.request().map_err(StudentError::Input)?;
     let body = serde_json::to_vec(&ClaimRequest {
-        service: args.service,
+        service: one_service(args.service, args.service_flag),
         backend,
         backends,
         protocol: args.protocol,
         proxy_protocol: args.proxy_protocol,
+        check,
     })
     .unwrap_or_default();
     let v: RouteView = call(&creds, "POST", "/v1/me/routes", Some(body))?;
@@ -629,6 +730,12 @@ pub fn render_mine(me: &MeReply) -> String {
         for w in ways_in(v, me) {
             out.push_str(&format!("  {w}\n"));
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for line in lb_model::text::health_board(v, now) {
+            out.push_str(&format!("  {line}\n"));
+        }
     }
     if me.routes.is_empty() {
         out.push_str("no routes; claim one: srvgate claim ssh --backend ADDR:22\n");
@@ -638,12 +745,12 @@ pub fn render_mine(me: &MeReply) -> String {
 
 /// `srvgate release SERVICE`.
 pub fn release(args: ReleaseArgs) -> Result<(), StudentError> {
-    lb_model::check_label(&args.service)
-        .map_err(|e| StudentError::Input(format!("service: {e}")))?;
+    let service = one_service(args.service, args.service_flag);
+    lb_model::check_label(&service).map_err(|e| StudentError::Input(format!("service: {e}")))?;
     let creds = load_credentials(&args.credentials)?;
     let path = match &args.protocol {
-        Some(p) => format!("/v1/me/routes/{}?protocol={}", args.service, urlsafe(p)?),
-        None => format!("/v1/me/routes/{}", args.service),
+        Some(p) => format!("/v1/me/routes/{service}?protocol={}", urlsafe(p)?),
+        None => format!("/v1/me/routes/{service}"),
     };
     let removed: Removed = call(&creds, "DELETE", &path, None)?;
     for v in removed.removed {

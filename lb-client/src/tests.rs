@@ -478,3 +478,71 @@ fn a_gateway_that_could_not_change_anything_is_not_bad_input() {
     }
     .is_bad_input());
 }
+
+#[derive(clap::Parser)]
+struct Student {
+    #[command(subcommand)]
+    command: StudentCommand,
+}
+
+fn parse_student(args: &[&str]) -> Result<StudentCommand, clap::Error> {
+    Student::try_parse_from(std::iter::once("srvgate").chain(args.iter().copied()))
+        .map(|s| s.command)
+}
+
+#[test]
+fn claim_and_release_take_the_service_either_way_but_once() {
+    let claim = |args: &[&str]| match parse_student(args) {
+        Ok(StudentCommand::Claim(a)) => Ok(account::one_service_of_claim(&a)),
+        Ok(_) => panic!("not claim"),
+        Err(e) => Err(e.kind()),
+    };
+    assert_eq!(
+        claim(&["claim", "ssh", "--backend", "10.0.0.11:22"]),
+        Ok("ssh".into())
+    );
+    assert_eq!(
+        claim(&["claim", "--service", "ssh", "--backend", "10.0.0.11:22"]),
+        Ok("ssh".into())
+    );
+    assert_eq!(
+        claim(&[
+            "claim",
+            "ssh",
+            "--service",
+            "web",
+            "--backend",
+            "10.0.0.11:22"
+        ]),
+        Err(clap::error::ErrorKind::ArgumentConflict)
+    );
+    assert_eq!(
+        claim(&["claim", "--backend", "10.0.0.11:22"]),
+        Err(clap::error::ErrorKind::MissingRequiredArgument)
+    );
+    for args in [&["release", "game"][..], &["release", "--service", "game"]] {
+        let Ok(StudentCommand::Release(r)) = parse_student(args) else {
+            panic!("{args:?}");
+        };
+        assert_eq!(account::one_service_of_release(&r), "game");
+    }
+}
+
+#[test]
+fn claim_help_says_which_names_are_special() {
+    use clap::CommandFactory as _;
+    let mut cmd = Student::command();
+    let help = cmd
+        .find_subcommand_mut("claim")
+        .unwrap()
+        .render_long_help()
+        .to_string();
+    assert!(
+        help.contains("`http` and `https` are the names the gateway's web routers route by"),
+        "{help}"
+    );
+    assert!(
+        help.contains("`ssh` is the one\n`srvgate ssh-config` sets up"),
+        "{help}"
+    );
+}

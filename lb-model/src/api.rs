@@ -41,6 +41,10 @@ pub struct RouteView {
     /// `"v1"` or `"v2"` when the web routers send this route's backend a PROXY header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<String>,
+    /// The health check its members get, in haproxy's words (`CheckSpec`'s text); absent
+    /// when nothing is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 impl RouteView {
@@ -84,6 +88,14 @@ pub struct BackendView {
     pub drained: bool,
     /// What the health checks last said (up until they say otherwise).
     pub up: bool,
+    /// When `up` last changed, Unix seconds; absent before the first change (or when not
+    /// checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_unix: Option<u64>,
+    /// The last check's result (`HTTP 200 OK`, `connect: Connection refused`); absent
+    /// before the first check (or when not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
 }
 
 impl BackendView {
@@ -152,6 +164,10 @@ pub struct PortalInfo {
     pub listen: Vec<String>,
     /// SHA-256 of the certificate, `AB:CD:...`.
     pub fingerprint: String,
+    /// The gateway made the certificate itself (no `[portal] cert`): students must pin the
+    /// fingerprint, which they get from the admin.
+    #[serde(default)]
+    pub self_signed: bool,
 }
 
 /// `DELETE /v1/routes/NAME`.
@@ -187,6 +203,27 @@ pub struct UserRequest {
 pub struct TokenReply {
     pub user: UserView,
     pub token: String,
+    /// What the student needs besides the token (`text::onboarding`); absent from a
+    /// gateway without a portal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onboarding: Option<Onboarding>,
+}
+
+/// Where the portal and the console offer the students' client for download (an index
+/// with each file's SHA-256, then `/clients/FILE`).
+pub const CLIENTS_PATH: &str = "/clients/";
+
+/// Where a student logs in, as `srvgate user add` tells them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Onboarding {
+    /// `https://HOST:PORT` of the portal, as reached from outside.
+    pub portal_url: String,
+    /// The certificate's SHA-256, while it is self-signed (then `login` must pin it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The DNS zone the student's routes are named in, if the gateway serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +248,10 @@ pub struct ClaimRequest {
     /// `"v1"` or `"v2"`: the web routers send a PROXY protocol header first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<String>,
+    /// How the pool's members are checked (`check::CheckRequest`), within
+    /// `CheckSpec::student_limits`; left out: the protocol's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::check::CheckRequest>,
 }
 
 /// `GET /v1/me`: who the token belongs to, and where their routes are reachable.

@@ -1,9 +1,17 @@
 //! What one backend's health check is: [`CheckSpec`], read from its TOML/JSON form
 //! ([`CheckRequest`], `check = { kind = "http", path = "/healthz" }`) by
-//! [`CheckRequest::check`], which names the field of every problem. Plain data: the
+//! [`CheckRequest::check`], which names the field of every problem, or from the CLI's
+//! `--check KIND[:PORT][PATH]` flags ([`CheckRequest::from_flags`]). Plain data: the
 //! gateway's `health` module runs the checks.
+//!
+//! A route's check is written on the route (its pool carries it, `Pool::check`); a route
+//! without one gets [`default_for`]'s: TCP connect for a TCP pool of two or more members,
+//! nothing for a one-backend route (there is no other member to send to) or a UDP route (a
+//! TCP connect to a UDP port says nothing; write `kind = "tcp", port = 8080` to check a
+//! companion TCP port, or `kind = "none"`, always up). A student's check keeps
+//! [`CheckSpec::student_limits`] on top of the rules every check keeps.
 
-use std::{fmt, time::Duration};
+use std::{fmt, net::SocketAddrV4, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +38,11 @@ pub const MAX_COUNT: u32 = 100;
 pub const MAX_PATH: usize = 1024;
 /// Longest Host header: a DNS name (253) with a port.
 pub const MAX_HOST: usize = 259;
+/// A student's check runs at most once a second per backend: the gateway probes on her
+/// behalf, and a faster check is load on a machine the admin does not own.
+pub const MIN_STUDENT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest `--check` flag value (`http:65535/` and a path).
+const MAX_FLAG_TEXT: usize = MAX_PATH + 16;
 
 /// How a backend is probed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -42,6 +55,8 @@ pub enum CheckKind {
     /// The server's identification line starts with `SSH-2.0-` (or `SSH-1.99-`, which
     /// RFC 4253 section 5.1 makes a 2.0 server too).
     Ssh,
+    /// `kind = "none"`: never checked, always up.
+    Off,
 }
 
 /// A validated check: built only by [`CheckRequest::check`] (or [`Default`]), so
@@ -50,6 +65,9 @@ pub enum CheckKind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CheckSpec {
     pub kind: CheckKind,
+    /// Probe this port of the backend's address instead of the backend's own port (a UDP
+    /// service's companion TCP port, an HTTP status port).
+    pub port: Option<u16>,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
@@ -60,6 +78,7 @@ impl Default for CheckSpec {
     fn default() -> Self {
         CheckSpec {
             kind: CheckKind::Tcp,
+            port: None,
             interval: DEFAULT_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
             rise: DEFAULT_RISE,
@@ -75,7 +94,41 @@ impl CheckSpec {
             CheckKind::Tcp => "tcp",
             CheckKind::Http { .. } => "http",
             CheckKind::Ssh => "ssh",
+            CheckKind::Off => "none",
         }
+    }
+
+    /// `kind = "none"`.
+    pub fn off() -> Self {
+        CheckSpec {
+            kind: CheckKind::Off,
+            ..CheckSpec::default()
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.kind == CheckKind::Off
+    }
+
+    /// Where the probe goes for `backend`: its address, and `port` when the check names one.
+    pub fn probe_addr(&self, backend: SocketAddrV4) -> SocketAddrV4 {
+        SocketAddrV4::new(*backend.ip(), self.port.unwrap_or(backend.port()))
+    }
+
+    /// What a student's check keeps on top of every check's rules: an interval of at least
+    /// [`MIN_STUDENT_INTERVAL`]. The error names the field (`check.interval`).
+    pub fn student_limits(&self) -> Result<(), FieldError> {
+        if !self.is_off() && self.interval < MIN_STUDENT_INTERVAL {
+            return Err(FieldError {
+                field: "check.interval".into(),
+                reason: format!(
+                    "{} is shorter than {}, the shortest interval of a student's check",
+                    format_check_duration(self.interval),
+                    format_check_duration(MIN_STUDENT_INTERVAL)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The longest a backend that stopped answering stays up: `fall` failed checks, each
@@ -85,9 +138,19 @@ impl CheckSpec {
     }
 }
 
-/// `http GET /healthz (Host h) inter 2s timeout 1s rise 2 fall 3`: haproxy's words.
+/// The check a route without its own gets (see the module's doc): `None` when nothing is
+/// checked.
+pub fn default_for(protocol: crate::Protocol, members: usize) -> Option<CheckSpec> {
+    (protocol == crate::Protocol::Tcp && members >= 2).then(CheckSpec::default)
+}
+
+/// `http GET /healthz (Host h) inter 2s timeout 1s rise 2 fall 3`: haproxy's words; `none`
+/// for a check that is off.
 impl fmt::Display for CheckSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_off() {
+            return f.write_str("none");
+        }
         match &self.kind {
             CheckKind::Http { path, host } => {
                 write!(f, "http GET {path}")?;
@@ -96,6 +159,9 @@ impl fmt::Display for CheckSpec {
                 }
             }
             _ => f.write_str(self.kind_name())?,
+        }
+        if let Some(port) = self.port {
+            write!(f, " port {port}")?;
         }
         write!(
             f,
@@ -114,9 +180,12 @@ impl fmt::Display for CheckSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckRequest {
-    /// `"tcp"` (the default), `"http"` or `"ssh"`.
+    /// `"tcp"` (the default), `"http"`, `"ssh"` or `"none"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// The port to probe instead of the backend's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// `http` only; `"/"` when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -150,11 +219,36 @@ impl CheckRequest {
         };
         let kind = self.kind.as_deref().unwrap_or("tcp");
         let is_http = kind == "http";
-        if !matches!(kind, "tcp" | "http" | "ssh") {
+        if !matches!(kind, "tcp" | "http" | "ssh" | "none") {
             bad(
                 "kind",
-                format!("{kind:?} is not a check kind; use \"tcp\", \"http\" or \"ssh\""),
+                format!("{kind:?} is not a check kind; use \"tcp\", \"http\", \"ssh\" or \"none\""),
             );
+        }
+        if kind == "none" {
+            let given = [
+                ("port", self.port.is_some()),
+                ("path", self.path.is_some()),
+                ("host", self.host.is_some()),
+                ("interval", self.interval.is_some()),
+                ("timeout", self.timeout.is_some()),
+                ("rise", self.rise.is_some()),
+                ("fall", self.fall.is_some()),
+            ];
+            for (name, _) in given.iter().filter(|(_, g)| *g) {
+                bad(
+                    name,
+                    "means nothing for kind = \"none\" (never checked)".into(),
+                );
+            }
+            return if problems.is_empty() {
+                Ok(CheckSpec::off())
+            } else {
+                Err(problems)
+            };
+        }
+        if self.port == Some(0) {
+            bad("port", "0 is not a port (1-65535)".into());
         }
         if !is_http {
             for (name, value) in [("path", &self.path), ("host", &self.host)] {
@@ -247,6 +341,7 @@ impl CheckRequest {
                     "ssh" => CheckKind::Ssh,
                     _ => CheckKind::Tcp,
                 },
+                port: self.port,
                 interval,
                 timeout,
                 rise,
@@ -261,6 +356,12 @@ impl CheckRequest {
 /// out, so a stored route keeps the short form its author wrote.
 impl From<&CheckSpec> for CheckRequest {
     fn from(s: &CheckSpec) -> Self {
+        if s.is_off() {
+            return CheckRequest {
+                kind: Some("none".into()),
+                ..CheckRequest::default()
+            };
+        }
         let (path, host) = match &s.kind {
             CheckKind::Http { path, host } => ((path != "/").then(|| path.clone()), host.clone()),
             _ => (None, None),
@@ -268,6 +369,7 @@ impl From<&CheckSpec> for CheckRequest {
         let default_timeout = DEFAULT_TIMEOUT.min(s.interval / 2);
         CheckRequest {
             kind: (s.kind != CheckKind::Tcp).then(|| s.kind_name().to_string()),
+            port: s.port,
             path,
             host,
             interval: (s.interval != DEFAULT_INTERVAL).then(|| format_check_duration(s.interval)),
@@ -275,6 +377,72 @@ impl From<&CheckSpec> for CheckRequest {
             rise: (s.rise != DEFAULT_RISE).then_some(s.rise),
             fall: (s.fall != DEFAULT_FALL).then_some(s.fall),
         }
+    }
+}
+
+/// The CLI's check flags, one syntax for `srvgate route add` and a student's `claim`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckFlags<'a> {
+    /// `--check KIND[:PORT][PATH]`: `tcp`, `tcp:8080`, `ssh`, `none`, `http:/healthz`,
+    /// `http:8080/healthz`.
+    pub check: Option<&'a str>,
+    /// `--check-interval 2s`.
+    pub interval: Option<&'a str>,
+    /// `--check-timeout 1s`.
+    pub timeout: Option<&'a str>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+impl CheckRequest {
+    /// The request the CLI's flags say, `None` when no flag is given. Only the shape is
+    /// read here (`--check`'s parts); [`CheckRequest::check`] validates the values where
+    /// the request arrives, so the CLI and the API refuse the same things.
+    pub fn from_flags(f: &CheckFlags<'_>) -> Result<Option<CheckRequest>, String> {
+        if *f == CheckFlags::default() {
+            return Ok(None);
+        }
+        let mut r = CheckRequest {
+            interval: f.interval.map(str::to_string),
+            timeout: f.timeout.map(str::to_string),
+            rise: f.rise,
+            fall: f.fall,
+            ..CheckRequest::default()
+        };
+        let Some(text) = f.check else {
+            return Ok(Some(r));
+        };
+        if text.len() > MAX_FLAG_TEXT {
+            return Err(format!(
+                "--check is {} characters long; at most {MAX_FLAG_TEXT}",
+                text.len()
+            ));
+        }
+        let form = || {
+            format!("--check {text:?} is not KIND[:PORT][PATH] (tcp, tcp:8080, ssh, none, http:/healthz, http:8080/healthz)")
+        };
+        let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
+        if !matches!(kind, "tcp" | "http" | "ssh" | "none") {
+            return Err(form());
+        }
+        if kind != "tcp" {
+            r.kind = Some(kind.to_string());
+        }
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let (port, path) = rest.split_at(digits);
+        if !port.is_empty() {
+            r.port = Some(port.parse().map_err(|_| form())?);
+        }
+        if !path.is_empty() {
+            if kind != "http" || !path.starts_with('/') {
+                return Err(form());
+            }
+            r.path = Some(path.to_string());
+        }
+        if text.ends_with(':') && port.is_empty() && path.is_empty() {
+            return Err(form());
+        }
+        Ok(Some(r))
     }
 }
 
@@ -560,5 +728,109 @@ inter = "2s""#,
         assert_eq!(format_check_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(format_check_duration(Duration::from_secs(120)), "2m");
         assert_eq!(format_check_duration(Duration::ZERO), "0ms");
+    }
+
+    #[test]
+    fn none_takes_no_other_field_and_a_port_is_probed_instead() {
+        let s = parse(r#"check = { kind = "none" }"#).unwrap();
+        assert!(s.is_off());
+        assert_eq!(s.to_string(), "none");
+        let e = parse(r#"check = { kind = "none", interval = "2s", port = 80 }"#).unwrap_err();
+        let fields: Vec<&str> = e.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["route[1].check.port", "route[1].check.interval"]);
+        let s = parse(r#"check = { kind = "tcp", port = 8080 }"#).unwrap();
+        let b: SocketAddrV4 = "10.0.0.11:27015".parse().unwrap();
+        assert_eq!(s.probe_addr(b), "10.0.0.11:8080".parse().unwrap());
+        assert_eq!(CheckSpec::default().probe_addr(b), b);
+        assert_eq!(
+            parse(r#"check = { port = 0 }"#).unwrap_err()[0].field,
+            "route[1].check.port"
+        );
+        for text in [
+            r#"check = { kind = "none" }"#,
+            r#"check = { port = 8080, kind = "http", path = "/s" }"#,
+        ] {
+            let spec = parse(text).unwrap();
+            let back: CheckSpec =
+                serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+            assert_eq!(back, spec, "{text}");
+        }
+    }
+
+    #[test]
+    fn defaults_depend_on_protocol_and_size() {
+        use crate::Protocol;
+        assert_eq!(default_for(Protocol::Tcp, 2), Some(CheckSpec::default()));
+        assert_eq!(default_for(Protocol::Tcp, 1), None);
+        assert_eq!(default_for(Protocol::Udp, 3), None);
+    }
+
+    #[test]
+    fn a_students_check_runs_at_most_once_a_second() {
+        let fast = parse(r#"check = { interval = "999ms" }"#).unwrap();
+        let e = fast.student_limits().unwrap_err();
+        assert_eq!(e.field, "check.interval");
+        assert!(e.reason.contains("999ms"), "{}", e.reason);
+        assert!(parse(r#"check = { interval = "1s" }"#)
+            .unwrap()
+            .student_limits()
+            .is_ok());
+        assert!(CheckSpec::off().student_limits().is_ok());
+    }
+
+    #[test]
+    fn the_flags_read_kind_port_and_path() {
+        let flags = |check: &str| {
+            CheckRequest::from_flags(&CheckFlags {
+                check: Some(check),
+                ..CheckFlags::default()
+            })
+        };
+        assert_eq!(CheckRequest::from_flags(&CheckFlags::default()), Ok(None));
+        let r = flags("http:/healthz").unwrap().unwrap();
+        assert_eq!(
+            (r.kind.as_deref(), r.path.as_deref(), r.port),
+            (Some("http"), Some("/healthz"), None)
+        );
+        let r = flags("http:8080/s?x=1").unwrap().unwrap();
+        assert_eq!((r.port, r.path.as_deref()), (Some(8080), Some("/s?x=1")));
+        let r = flags("tcp:8080").unwrap().unwrap();
+        assert_eq!((r.kind, r.port), (None, Some(8080)));
+        assert_eq!(
+            flags("none").unwrap().unwrap().kind.as_deref(),
+            Some("none")
+        );
+        assert_eq!(
+            flags("ssh")
+                .unwrap()
+                .unwrap()
+                .check(&|f| f.into())
+                .unwrap()
+                .kind,
+            CheckKind::Ssh
+        );
+        for bad in [
+            "icmp",
+            "tcp:/x",
+            "http:",
+            "http:99999/",
+            "ssh:x",
+            "http:healthz",
+        ] {
+            let e = flags(bad).unwrap_err();
+            assert!(e.contains("KIND[:PORT][PATH]"), "{bad}: {e}");
+        }
+        let r = CheckRequest::from_flags(&CheckFlags {
+            interval: Some("5s"),
+            fall: Some(4),
+            ..CheckFlags::default()
+        })
+        .unwrap()
+        .unwrap();
+        let spec = r.check(&|f| f.into()).unwrap();
+        assert_eq!(
+            (spec.kind, spec.interval, spec.fall),
+            (CheckKind::Tcp, Duration::from_secs(5), 4)
+        );
     }
 }

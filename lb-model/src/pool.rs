@@ -8,12 +8,15 @@
 //! `ADDR:PORT[ weight=N][ drained]`; a plain `ADDR:PORT` is weight 1, not drained, so a
 //! one-backend route's text is what `backend =` always was.
 //!
-//! Health is not here: whether a member answers is runtime state of the table's `Entry`
+//! How the members are checked is here ([`Pool::check`], stored with the route; a pool
+//! without one gets `check::default_for`'s). Health is not here: whether a member answers is runtime state of the table's `Entry`
 //! (`table::routes::Entry::down`), never stored with the route. The address rules
 //! (`check_backend`, `check_route`'s field checks) apply to every member; uniqueness of an
 //! address among routes is the table's (`table::routes`).
 
 use std::{fmt, net::SocketAddrV4};
+
+use crate::check::CheckSpec;
 
 /// Most members of one pool: a club's service runs on a handful of machines, and the data
 /// plane's per-route lookup table is sized for this many.
@@ -107,6 +110,8 @@ impl fmt::Display for Member {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pool {
     members: Vec<Member>,
+    /// The check its author wrote; `None`: the protocol's default.
+    check: Option<CheckSpec>,
 }
 
 impl Pool {
@@ -114,6 +119,7 @@ impl Pool {
     pub fn one(addr: SocketAddrV4) -> Pool {
         Pool {
             members: vec![Member::new(addr)],
+            check: None,
         }
     }
 
@@ -148,7 +154,32 @@ impl Pool {
                     .into(),
             );
         }
-        Ok(Pool { members })
+        Ok(Pool {
+            members,
+            check: None,
+        })
+    }
+
+    /// The same members, checked by `check` (`None`: the protocol's default).
+    pub fn with_check(mut self, check: Option<CheckSpec>) -> Pool {
+        self.check = check;
+        self
+    }
+
+    /// The check its author wrote, if any.
+    pub fn check(&self) -> Option<&CheckSpec> {
+        self.check.as_ref()
+    }
+
+    /// What the health checks run on this pool's members for a route of `protocol`: the
+    /// written check, else the default; `None` when nothing is checked (`kind = "none"`
+    /// included).
+    pub fn effective_check(&self, protocol: crate::Protocol) -> Option<CheckSpec> {
+        match &self.check {
+            Some(c) if c.is_off() => None,
+            Some(c) => Some(c.clone()),
+            None => crate::check::default_for(protocol, self.members.len()),
+        }
     }
 
     /// Parses members' texts (see [`Member::parse`]); more than [`MAX_BACKENDS`] are refused
@@ -195,7 +226,7 @@ impl Pool {
             .find(|m| m.addr == addr)
             .ok_or_else(|| format!("{addr} is not a backend of this route ({self})"))?;
         m.drained = drained;
-        Pool::new(members)
+        Ok(Pool::new(members)?.with_check(self.check.clone()))
     }
 
     /// Each member's text, in order: what files and keys store.

@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::pool::Pool;
+use crate::{check::CheckRequest, pool::Pool};
 
 /// The transport protocol of a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -253,6 +253,10 @@ pub struct RouteRequest {
     /// `"v1"` or `"v2"`: the web routers send a PROXY protocol header first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<String>,
+    /// How the pool's members are health-checked; left out: the protocol's default
+    /// (`check::default_for`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckRequest>,
 }
 
 /// A route whose fields are valid on their own; its port may still have to be allocated.
@@ -344,6 +348,11 @@ pub fn check_route(
             Err(())
         }
     };
+    let check = r
+        .check
+        .as_ref()
+        .map(|c| c.check(&|f| field(&format!("check.{f}"))))
+        .transpose();
     let mut port_ok = true;
     if let (Some(range), Some(port)) = (range, r.port) {
         if !range.contains(port) {
@@ -354,6 +363,7 @@ pub fn check_route(
             port_ok = false;
         }
     }
+    let check = check.map_err(|errors| problems.extend(errors));
     match (
         protocol,
         backends,
@@ -361,15 +371,18 @@ pub fn check_route(
         service_ok,
         port_ok,
         proxy_protocol,
+        check,
     ) {
-        (Some(protocol), Some(backends), true, true, true, Ok(proxy_protocol)) => Ok(RouteDraft {
-            name: r.name.clone(),
-            service: r.service.clone(),
-            protocol,
-            backends,
-            port: r.port,
-            proxy_protocol,
-        }),
+        (Some(protocol), Some(backends), true, true, true, Ok(proxy_protocol), Ok(check)) => {
+            Ok(RouteDraft {
+                name: r.name.clone(),
+                service: r.service.clone(),
+                protocol,
+                backends: backends.with_check(check),
+                port: r.port,
+                proxy_protocol,
+            })
+        }
         _ => Err(problems),
     }
 }

@@ -56,7 +56,13 @@ pub use socket::*;
 pub trait Control: Send + Sync + 'static {
     fn list(&self) -> RoutesReply;
     fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError>;
-    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError>;
+    /// Removes `name`'s runtime routes, only those of `service` and `protocol` when given.
+    fn remove(
+        &self,
+        name: &str,
+        service: Option<&str>,
+        protocol: Option<lb_model::Protocol>,
+    ) -> Result<Removed, ApiError>;
     /// Drains or undrains one backend of one of `name`'s routes.
     fn drain(&self, name: &str, request: DrainRequest) -> Result<RouteView, ApiError>;
     fn shutdown(&self, request: Shutdown);

@@ -21,7 +21,7 @@ pub mod seen;
 pub mod tls;
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     ops::{Deref, DerefMut},
     path::PathBuf,
     time::SystemTime,
@@ -77,6 +77,8 @@ pub enum Remote {
     },
     /// Other gateways' last-seen times of routes (the latest packet each of them saw).
     Seen(Vec<(RouteKey, SystemTime)>),
+    /// The leading gateway's health verdicts: route, member, up.
+    Health(Vec<(RouteKey, SocketAddrV4, bool)>),
     /// The whole table at `revision`, after the watch was lost (`why`): the daemon makes its
     /// runtime routes exactly these, with the latest last-seen time any gateway
     /// published. `accounts` is `None` when none are stored.
@@ -84,6 +86,8 @@ pub enum Remote {
         revision: i64,
         routes: Vec<StoredRoute>,
         accounts: Option<(Users, i64)>,
+        /// The members the leader's verdicts say are down, at `revision`.
+        down: Vec<(RouteKey, SocketAddrV4)>,
         why: String,
     },
 }
@@ -146,6 +150,18 @@ pub trait Cluster: Send {
     /// Publishes this gateway's own last-seen times of routes, for the others (and the one
     /// that reclaims) to take into account.
     fn publish_seen(&mut self, seen: &[(RouteKey, SystemTime)]) -> Result<(), StateError>;
+    /// Writes the leader's verdict on member `backend` of route `key`, only while this
+    /// gateway leads and the route exists ([`StateError::Refused`] otherwise): every
+    /// gateway applies it, so all of them choose among the same members.
+    fn publish_health(
+        &mut self,
+        key: &RouteKey,
+        backend: SocketAddrV4,
+        up: bool,
+    ) -> Result<(), StateError>;
+    /// The members the leader's verdicts said were down when the table was loaded; given
+    /// once (the watch brings the changes after that).
+    fn loaded_health(&mut self) -> Vec<(RouteKey, SocketAddrV4)>;
 }
 
 /// A store that is also a [`Cluster`] (etcd's), so that [`Backing`] can lend it as either.

@@ -53,7 +53,16 @@ pub struct Portal {
     /// certificate once and keeps it in the state directory.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The students' client builds offered at `/clients/` (`serve::clients`).
+    pub clients_dir: PathBuf,
 }
+
+/// Where the package installs the students' client builds: `[portal] clients_dir`'s
+/// default (`serve::clients` serves them).
+pub const DEFAULT_CLIENTS_DIR: &str = "/usr/share/srvgate/clients";
+
+/// Where the package installs the config, and so where `run` and `check` look by default.
+pub const DEFAULT_CONFIG: &str = "/etc/srvgate/srvgate.toml";
 
 /// RFC 2181 section 8: a TTL is at most 2^31 - 1 (resolvers read larger ones as 0).
 pub const MAX_TTL: u32 = i32::MAX as u32;
@@ -182,8 +191,8 @@ pub struct Config {
     pub http: Option<Http>,
     pub https: Option<Https>,
     pub portal: Option<Portal>,
-    /// Where to serve Prometheus metrics, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics (`[metrics] listen`), if anywhere.
+    pub metrics_listen: Vec<SocketAddr>,
     /// `[cluster]`: the table shared through etcd; without it, the local state directory.
     pub cluster: Option<ClusterSettings>,
     pub routes: Vec<Route>,
@@ -225,16 +234,100 @@ impl Config {
 
     /// Validates `text` as if read from `file` (which only names the source in errors).
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        match Config::parse_all(file, text)? {
+            Parsed {
+                config: Some(config),
+                problems,
+                ..
+            } if problems.is_empty() => Ok(config),
+            Parsed { problems, .. } => Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                problems,
+            }),
+        }
+    }
+
+    /// Every problem of `text` at once (unknown keys with the nearest known one, then each
+    /// field's), and the config as far as it is valid; `Err` only for a TOML syntax error.
+    /// `srvgate check` reports from this; [`Config::parse`] refuses any problem.
+    pub fn parse_all(file: &Path, text: &str) -> Result<Parsed, ConfigError> {
+        let read = raw::read(text).map_err(|message| ConfigError::Syntax {
             file: file.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message,
         })?;
-        validate(raw).map_err(|problems| ConfigError::Invalid {
-            file: file.to_path_buf(),
+        let mut problems = read.problems;
+        let mut warnings = Vec::new();
+        let config = read.raw.and_then(|raw: RawConfig| {
+            let v = validate(raw);
+            problems.extend(v.problems);
+            warnings = v.warnings;
+            v.config
+        });
+        Ok(Parsed {
+            config,
             problems,
+            warnings,
         })
     }
+
+    /// Reads `file` like [`Config::load`], keeping the warnings (deprecated forms) for the
+    /// caller to show.
+    pub fn load_all(file: &Path) -> Result<Parsed, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read {
+            file: file.to_path_buf(),
+            error,
+        })?;
+        Config::parse_all(file, &text)
+    }
+
+    /// Every socket the daemon binds, each named by its field (`http.listen[1]`).
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        validate::listeners(
+            self.dns.as_ref(),
+            self.http.as_ref(),
+            self.https.as_ref(),
+            self.portal.as_ref(),
+            &self.metrics_listen,
+        )
+    }
+
+    /// What is valid but likely not meant: no `[dns]` (routes get no names, students can
+    /// find no port), students (`accounts` more, from the state directory) and no
+    /// `[portal]` to log in to.
+    pub fn advice(&self, accounts: usize) -> Vec<FieldError> {
+        let mut advice = Vec::new();
+        if self.dns.is_none() {
+            advice.push(FieldError {
+                field: "dns".into(),
+                reason: "no [dns] section: routes get no names and SRV records, and `srvgate ssh`/`ssh-config` cannot find a port; add [dns] with zone = \"lab.example.edu\"".into(),
+            });
+        }
+        // Config users are also in the accounts file once the daemon has run.
+        let students = self.users.len().max(accounts);
+        if students > 0 && self.portal.is_none() {
+            advice.push(FieldError {
+                field: "portal".into(),
+                reason: format!(
+                    "{students} student account(s) but no [portal]: their tokens can log in nowhere; add [portal] (listen = [\"0.0.0.0:8443\"])"
+                ),
+            });
+        }
+        advice
+    }
 }
+
+/// What [`Config::parse_all`] found.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The config with whatever was invalid left out; `None` when a field the rest depends
+    /// on (`public_ipv4`, `port_range`, the file's shape) is wrong.
+    pub config: Option<Config>,
+    pub problems: Vec<FieldError>,
+    /// Valid but deprecated forms, each with the form to write instead.
+    pub warnings: Vec<FieldError>,
+}
+
+impl Config {}
 
 #[cfg(test)]
 mod tests;

@@ -84,6 +84,14 @@ pub fn init() {
         .init();
 }
 
+/// A subscriber that keeps only the audit lines, for tests that check what an operation
+/// audits ([`recent_audit`] is process-wide: look for a line only that test makes).
+#[cfg(test)]
+pub(crate) fn audit_only() -> impl Subscriber {
+    tracing_subscriber::registry()
+        .with(AuditRing.with_filter(Targets::new().with_target(AUDIT_TARGET, Level::INFO)))
+}
+
 /// Keeps the latest audit events as text lines in [`RECENT_AUDIT`].
 struct AuditRing;
 

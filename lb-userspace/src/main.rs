@@ -14,12 +14,11 @@ use lb_client::{Failure, StudentCommand};
 use lb_userspace::{
     api::DEFAULT_SOCKET,
     cli::admin::{self, DownArgs, LsArgs, RouteCommand, UserCommand},
-    cli::docs,
-    cli::{backup, doctor},
-    config::Config,
+    cli::{backup, check, docs, doctor},
+    config::{Config, ConfigError, DEFAULT_CONFIG},
     daemon::{self, Options},
     kernel::dataplane::{AttachMode, DEFAULT_PIN_DIR},
-    kernel::sys,
+    kernel::{needs, sys},
     logging,
     table::state::DEFAULT_STATE_DIR,
 };
@@ -42,12 +41,11 @@ enum Command {
     /// control socket until SIGINT/SIGTERM. XDP keeps forwarding after it exits unless
     /// --detach-on-exit.
     Run(RunArgs),
-    /// Validate a config file (syntax, fields, interfaces) without touching the kernel.
-    Check {
-        /// The TOML config file.
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
-    },
+    /// Check a config file and this machine without changing anything: every problem at
+    /// once (syntax, unknown keys with the nearest known one, fields, listeners, interfaces,
+    /// the kernel), each with its fix. Exit status 0 when there is no error (warnings do
+    /// not change it), 2 when there is one.
+    Check(CheckArgs),
     /// Manage the running gateway's routes (add, rm, ls).
     #[command(subcommand)]
     Route(RouteCommand),
@@ -119,10 +117,27 @@ impl Packaging {
 }
 
 #[derive(clap::Args)]
+struct CheckArgs {
+    /// The TOML config file.
+    #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Print the findings as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The state directory, whose students count for the portal's warning.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
 struct RunArgs {
     /// The TOML config file.
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
+    /// Start even on a kernel older than srvgate needs (one that carries the features as a
+    /// distribution backport); `srvgate check` lists what is missing.
+    #[arg(long)]
+    skip_kernel_check: bool,
     /// XDP attach mode: `native` runs in the driver (fast); `skb` is generic XDP for drivers
     /// without native support.
     #[arg(long, value_enum, default_value_t = AttachMode::Native)]
@@ -167,7 +182,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Check { config } => check(&config),
+        Command::Check(args) => check(&args),
         Command::Route(cmd) => admin::route(cmd).map_err(admin_failure),
         Command::User(cmd) => admin::user(cmd).map_err(admin_failure),
         Command::Status(args) => admin::status(args).map_err(admin_failure),
@@ -187,7 +202,19 @@ fn main() -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config, Failure> {
-    let cfg = Config::load(path).map_err(Failure::input)?;
+    let parsed = Config::load_all(path).map_err(Failure::input)?;
+    for w in &parsed.warnings {
+        tracing::warn!("{}: {w}", path.display());
+    }
+    let cfg = match parsed.config {
+        Some(cfg) if parsed.problems.is_empty() => cfg,
+        _ => {
+            return Err(Failure::input(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                problems: parsed.problems,
+            }))
+        }
+    };
     let warnings = cfg.check_machine(path).map_err(Failure::input)?;
     for w in warnings {
         tracing::warn!("{}: {w}", path.display());
@@ -195,25 +222,39 @@ fn load(path: &Path) -> Result<Config, Failure> {
     Ok(cfg)
 }
 
-fn check(path: &Path) -> Result<(), Failure> {
-    let cfg = load(path)?;
-    // The files `run` reads before it connects: a bad one is the file's fault, found now.
-    if let Some(tls) = cfg.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
-        lb_userspace::cluster::tls::options(tls).map_err(Failure::input)?;
+fn check(args: &CheckArgs) -> Result<(), Failure> {
+    let report = check::check_file(&args.config, &args.state_dir);
+    if args.json {
+        lb_userspace::cli::print_json(&report);
+    } else {
+        eprint!("{}", report.render_text());
     }
-    println!(
-        "{}: ok ({} routes, public {} on {}, private {})",
-        path.display(),
-        cfg.routes.len(),
-        cfg.gateway.public_ipv4,
-        cfg.gateway.public_interface,
-        cfg.gateway.private_interfaces.join(", ")
-    );
-    Ok(())
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Failure::input(anyhow!(
+            "{}: {} error(s); nothing was changed",
+            args.config.display(),
+            report.errors()
+        )))
+    }
 }
 
 fn run(args: RunArgs) -> Result<(), Failure> {
     let cfg = load(&args.config)?;
+    // Before anything is attached: a kernel without what the program needs would leave
+    // every packet to the slow path, which looks like a working gateway.
+    match (needs::running(), args.skip_kernel_check) {
+        (Some(found), false) => {
+            if let Some(why) = needs::refusal(found) {
+                return Err(Failure::input(anyhow!("{why}")));
+            }
+        }
+        (None, false) => {
+            tracing::warn!("cannot read the kernel's release; its features are not checked")
+        }
+        (_, true) => {}
+    }
     if let Some(missing) = sys::missing_privileges() {
         return Err(Failure::input(anyhow!(
             "srvgate run needs root, or {missing}, to load and attach XDP programs; run it with sudo"

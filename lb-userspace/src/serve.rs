@@ -2,6 +2,7 @@
 //! and the students' portal with its console (the control socket is `crate::api`). Each parses untrusted
 //! input, bounded in size and time, and calls into the daemon through `crate::api::Control`.
 pub mod admission;
+pub mod clients;
 pub mod console;
 pub mod dns;
 pub mod http;

@@ -257,6 +257,11 @@ pub struct FakeState {
     pub follower: bool,
     /// Every batch of last-seen times published, in order.
     pub published: Vec<Vec<(lb_model::RouteKey, std::time::SystemTime)>>,
+    /// The health verdicts the shared table holds: the members it says are down (what a
+    /// leader's `publish_health` wrote, or a test put there).
+    pub down: std::collections::BTreeSet<(lb_model::RouteKey, std::net::SocketAddrV4)>,
+    /// Every verdict published, in order: route, member, up.
+    pub verdicts: Vec<(lb_model::RouteKey, std::net::SocketAddrV4, bool)>,
     /// The routes a crash would leave: recorded changes count only once their commit has
     /// been waited for (their flush), a whole save at once.
     pub durable_routes: Vec<StoredRoute>,
@@ -471,6 +476,34 @@ impl Cluster for FakeStore {
         s.published.push(seen.to_vec());
         Ok(())
     }
+
+    /// As etcd's: only while this gateway leads and the route exists.
+    fn publish_health(
+        &mut self,
+        key: &lb_model::RouteKey,
+        backend: std::net::SocketAddrV4,
+        up: bool,
+    ) -> Result<(), StateError> {
+        let mut s = self.state();
+        s.save_or_fail()?;
+        if s.follower || !s.routes.iter().any(|r| r.route.key() == *key) {
+            return Err(StateError::Refused {
+                reason: "this gateway no longer leads, or the route is gone".into(),
+                taken: Vec::new(),
+            });
+        }
+        if up {
+            s.down.remove(&(key.clone(), backend));
+        } else {
+            s.down.insert((key.clone(), backend));
+        }
+        s.verdicts.push((key.clone(), backend, up));
+        Ok(())
+    }
+
+    fn loaded_health(&mut self) -> Vec<(lb_model::RouteKey, std::net::SocketAddrV4)> {
+        self.state().down.iter().cloned().collect()
+    }
 }
 
 impl FakeState {
@@ -567,6 +600,7 @@ pub struct FakeControl {
 
 pub fn view(name: &str, port: u16) -> RouteView {
     RouteView {
+        check: None,
         proxy_protocol: None,
         name: name.into(),
         service: "ssh".into(),
@@ -574,6 +608,8 @@ pub fn view(name: &str, port: u16) -> RouteView {
         port,
         backend: "10.0.0.11:22".into(),
         backends: vec![lb_model::api::BackendView {
+            last_check: None,
+            since_unix: None,
             addr: "10.0.0.11:22".into(),
             weight: 1,
             drained: false,
@@ -616,9 +652,14 @@ impl Control for FakeControl {
         self.added.lock().unwrap().push(request);
         Ok(v)
     }
-    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
-        match (name, service) {
-            ("alice", None | Some("ssh")) => Ok(Removed {
+    fn remove(
+        &self,
+        name: &str,
+        service: Option<&str>,
+        protocol: Option<lb_model::Protocol>,
+    ) -> Result<Removed, ApiError> {
+        match (name, service, protocol) {
+            ("alice", None | Some("ssh"), None | Some(lb_model::Protocol::Tcp)) => Ok(Removed {
                 removed: vec![view("alice", 30000)],
             }),
             _ => Err(ApiError::new(404, format!("no runtime route named {name}"))),
@@ -663,7 +704,11 @@ impl Control for FakeControl {
             )
             .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
         let user = crate::table::users::user_view(users.get(&r.name).unwrap(), 0);
-        Ok(TokenReply { user, token })
+        Ok(TokenReply {
+            user,
+            token,
+            onboarding: None,
+        })
     }
     fn user_remove(&self, name: &str, _with_routes: bool) -> Result<UserView, ApiError> {
         let mut users = self.users.lock().unwrap();
@@ -678,7 +723,11 @@ impl Control for FakeControl {
             .rotate(name)
             .map_err(|e| ApiError::field(e.status(), "name", e.to_string()))?;
         let user = crate::table::users::user_view(users.get(name).unwrap(), 0);
-        Ok(TokenReply { user, token })
+        Ok(TokenReply {
+            user,
+            token,
+            onboarding: None,
+        })
     }
     fn authenticate(&self, token: &str) -> Option<Caller> {
         let users = self.users.lock().unwrap();
@@ -716,6 +765,7 @@ impl Control for FakeControl {
     }
     fn claim(&self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
         self.add(RouteRequest {
+            check: None,
             name: caller.into(),
             service: r.service,
             protocol: r.protocol,
@@ -731,7 +781,7 @@ impl Control for FakeControl {
         service: &str,
         _protocol: Option<&str>,
     ) -> Result<Removed, ApiError> {
-        self.remove(caller, Some(service))
+        self.remove(caller, Some(service), None)
     }
     fn authenticate_digest(&self, name: &str, token_sha256: &[u8; 32]) -> Option<Caller> {
         let users = self.users.lock().unwrap();

@@ -254,7 +254,7 @@ fn two_gateways_share_one_table_through_etcd() {
     assert_eq!(fetch(&lab, port).as_deref(), Some("served by b1\n"));
 
     // Accounts are shared too: a student added through one gateway logs in on the other.
-    lab.ctl_ok(0, &["user", "add", "carol", "--backend", BACKEND])
+    lab.ctl_ok(0, &["user", "add", "carol", "--allow", BACKEND])
         .unwrap();
     let seen = time_until(PROPAGATION, || {
         lab.ctl_ok(1, &["user", "ls"])
@@ -739,7 +739,7 @@ fn only_the_gateways_certificates_reach_etcd() {
 
     // With its own certificate it starts, and writes the accounts (an admin adds a user).
     lab.start_srvgate(0).unwrap();
-    lab.ctl_ok(0, &["user", "add", "ann", "--backend", BACKEND])
+    lab.ctl_ok(0, &["user", "add", "ann", "--allow", BACKEND])
         .unwrap();
     assert!(stored(&lab).contains("\"ann\""), "{}", lab.logs());
     assert!(!stored(&lab).contains("eve"));
@@ -777,7 +777,7 @@ fn student_at_both(lab: &ClusterLab, name: &str, max: u32) -> [String; 2] {
                 "user",
                 "add",
                 name,
-                "--backend",
+                "--allow",
                 BACKEND,
                 "--max-routes",
                 &max.to_string(),
@@ -1126,7 +1126,7 @@ fn a_config_user_only_one_gateway_declares_keeps_its_token() {
         lab.logs()
     );
     // gw2 saves the accounts.
-    lab.ctl_ok(1, &["user", "add", "dave", "--backend", BACKEND])
+    lab.ctl_ok(1, &["user", "add", "dave", "--allow", BACKEND])
         .unwrap();
     let both = time_until(PROPAGATION, || users_of(&lab, 0).contains_key("dave"));
     assert!(both.is_some(), "{}", lab.logs());

@@ -134,17 +134,14 @@ fn a_student_with_only_a_browser_gets_an_ssh_endpoint_and_the_admin_sees_the_gat
     let cfg = lab.write_file("srvgate.toml", &config()).unwrap();
     lab.start_srvgate(&cfg, &[]).unwrap();
     let admin = token(&lab, &["user", "add", "root", "--admin", "--json"]);
-    let alice = token(
-        &lab,
-        &["user", "add", "alice", "--backend", B1_IP, "--json"],
-    );
+    let alice = token(&lab, &["user", "add", "alice", "--allow", B1_IP, "--json"]);
     let bob = token(
         &lab,
         &[
             "user",
             "add",
             "bob",
-            "--backend",
+            "--allow",
             &format!("{B2_IP}:22"),
             "--json",
         ],

@@ -861,7 +861,7 @@ fn the_gateway_itself_is_never_a_web_backend() {
     lab.set_resolver(&lab.client, PUBLIC_IP).unwrap();
 
     let out = lab
-        .srvgate_ctl_ok(&["user", "add", "eve", "--backend", "10.210.2.0/24", "--json"])
+        .srvgate_ctl_ok(&["user", "add", "eve", "--allow", "10.210.2.0/24", "--json"])
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let token = v["token"].as_str().unwrap().to_string();

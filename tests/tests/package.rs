@@ -180,6 +180,47 @@ fn the_package_holds_what_it_promises() {
     assert_eq!(tool(&[packaged.to_str().unwrap(), "--version"]), version);
 }
 
+/// Issue 27: the package ships the students' client for Windows and as a static Linux
+/// binary, with the SHA256SUMS the portal checks each file against before it offers it at
+/// `/clients/` (`serve::clients`, whose unit tests serve and hash them).
+#[test]
+fn the_clients_ship_with_their_sha256() {
+    let root = unpacked();
+    let dir = root.path().join("usr/share/srvgate/clients");
+    let sums = fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let names: Vec<&str> = sums
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "srvgate-client-windows-x86_64.exe",
+            "srvgate-client-linux-x86_64"
+        ],
+        "{sums}"
+    );
+    let mut check = Command::new("sha256sum");
+    check
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(&dir);
+    let out = run_with_timeout(&mut check, Duration::from_secs(30)).unwrap();
+    expect_success("sha256sum --check SHA256SUMS", &out).unwrap();
+
+    let exe = fs::read(dir.join("srvgate-client-windows-x86_64.exe")).unwrap();
+    assert!(exe.starts_with(b"MZ"), "not a Windows executable");
+    let linux = dir.join("srvgate-client-linux-x86_64");
+    let elf = fs::read(&linux).unwrap();
+    assert!(elf.starts_with(b"\x7fELF"));
+    // Static: no dynamic loader named inside (a glibc build names /lib64/ld-linux-x86-64.so.2).
+    assert!(
+        !elf.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"),
+        "the Linux client is not static"
+    );
+    let help = tool(&[linux.to_str().unwrap(), "--help"]);
+    assert!(help.contains("login"), "{help}");
+}
+
 #[test]
 fn systemd_accepts_the_unit() {
     let root = unpacked();

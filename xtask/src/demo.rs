@@ -164,7 +164,7 @@ pub fn run(srvgate: &Path, once: bool) -> Result<()> {
          \n    ip netns exec {cli} dig @{PUBLIC_IP} SRV _ssh._tcp.bob.{ZONE}\
          \n    ip netns exec {cli} curl http://bob.http.{ZONE}/\
          \n    ip netns exec {gw} curl -s http://127.0.0.1:9110/metrics\
-         \n    ip netns exec {gw} {bin} user add dave --backend {B1_IP} --socket {socket}\
+         \n    ip netns exec {gw} {bin} user add dave --allow {B1_IP} --socket {socket}\
          \n    ip netns exec {cli} {bin} login {portal} --fingerprint FINGERPRINT --credentials /tmp/dave.json\n\
          \nPress Ctrl-C to remove the lab.",
         socket = lab.socket_path().display(),
@@ -294,15 +294,15 @@ fn student(lab: &Lab, bin: &str) -> Result<String> {
         "\nStudents get their own endpoints by asking. On the gateway, the admin adds carol,\n\
          who may point routes at {B2_IP} (her instance, sshd on port {CAROL_SSH_PORT}):"
     );
-    say!("\n  gw# srvgate user add carol --backend {B2_IP}");
-    let added = lab.srvgate_ctl_ok(&["user", "add", "carol", "--backend", B2_IP])?;
+    say!("\n  gw# srvgate user add carol --allow {B2_IP}");
+    let added = lab.srvgate_ctl_ok(&["user", "add", "carol", "--allow", B2_IP])?;
     for line in added.lines() {
         say!("    {line}");
     }
+    // The onboarding block's `Token:` line (`lb_model::text::onboarding`).
     let token = added
         .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
+        .find_map(|l| l.trim().strip_prefix("Token:"))
         .context("`srvgate user add` printed no token")?
         .trim()
         .to_string();

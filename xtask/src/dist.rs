@@ -4,7 +4,10 @@
 //! on every Debian machine that can build srvgate at all, while cargo-deb would be one more
 //! tool to compile and keep installed. The man pages and completions come from the built
 //! binary's own clap definitions (`srvgate generate-man`, `srvgate completions`), which
-//! xtask cannot link against (it depends on no project crate but the lab library).
+//! xtask cannot link against (it depends on no project crate but the lab library). The
+//! students' client is built for Windows and as a static Linux binary (musl) and shipped
+//! in `/usr/share/srvgate/clients` with its `SHA256SUMS`, which the portal offers for
+//! download.
 
 use std::{
     fs,
@@ -45,9 +48,62 @@ const CONFFILES: &[&str] = &["/etc/srvgate/srvgate.toml"];
 
 const MAINTAINER_SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 
+/// The students' client builds the package ships for download from the portal: (Rust
+/// target, the file cargo writes, its name in the package).
+pub const CLIENTS: &[(&str, &str, &str)] = &[
+    (
+        crate::setup::WINDOWS_TARGET,
+        "srvgate-client.exe",
+        "srvgate-client-windows-x86_64.exe",
+    ),
+    (
+        crate::setup::MUSL_TARGET,
+        "srvgate-client",
+        "srvgate-client-linux-x86_64",
+    ),
+];
+
+/// Where the package puts them, with their SHA256SUMS (the portal's `[portal] clients_dir`
+/// default).
+pub const CLIENTS_DIR: &str = "usr/share/srvgate/clients";
+
+/// Builds the students' client for each of [`CLIENTS`] (release); returns each build with
+/// its name in the package.
+pub fn build_clients(root: &Path, target_dir: &Path) -> Result<Vec<(PathBuf, &'static str)>> {
+    let mut built = Vec::new();
+    for (target, file, name) in CLIENTS {
+        cmd::run(
+            Command::new("cargo")
+                .current_dir(root)
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "lb-client",
+                    "--bin",
+                    "srvgate-client",
+                ])
+                .args(["--target", target]),
+        )?;
+        let path = target_dir.join(target).join("release").join(file);
+        ensure!(
+            path.is_file(),
+            "the {target} build wrote no {}",
+            path.display()
+        );
+        built.push((path, *name));
+    }
+    Ok(built)
+}
+
 /// Builds `OUT_DIR/srvgate_VERSION_ARCH.deb` from the release binary `bin`; returns its path.
 /// Earlier packages in `out_dir` are removed, so the directory holds exactly one.
-pub fn package(root: &Path, bin: &Path, out_dir: &Path) -> Result<PathBuf> {
+pub fn package(
+    root: &Path,
+    bin: &Path,
+    clients: &[(PathBuf, &str)],
+    out_dir: &Path,
+) -> Result<PathBuf> {
     let dist = root.join("dist");
     let version = binary_version(bin)?;
     let arch = cmd::stdout(Command::new("dpkg").arg("--print-architecture"))?
@@ -76,6 +132,7 @@ pub fn package(root: &Path, bin: &Path, out_dir: &Path) -> Result<PathBuf> {
     for (from, to, mode) in FILES {
         install(&dist.join(from), &stage.join(to), *mode)?;
     }
+    stage_clients(&stage.join(CLIENTS_DIR), clients)?;
     let copyright = stage.join("usr/share/doc/srvgate/copyright");
     fs::create_dir_all(copyright.parent().unwrap())?;
     fs::write(
@@ -181,6 +238,38 @@ pub fn package(root: &Path, bin: &Path, out_dir: &Path) -> Result<PathBuf> {
     Ok(deb)
 }
 
+/// Copies the client builds into `dir` (the Linux one stripped of its debug info, as the
+/// daemon is) and writes their `SHA256SUMS`, which the portal checks each file against
+/// before it offers it.
+fn stage_clients(dir: &Path, clients: &[(PathBuf, &str)]) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    for (from, name) in clients {
+        let to = dir.join(name);
+        if name.ends_with(".exe") {
+            install(from, &to, 0o644)?;
+        } else {
+            cmd::run(
+                Command::new("strip")
+                    .args(["--strip-debug", "-o"])
+                    .arg(&to)
+                    .arg(from),
+            )?;
+            set_mode(&to, 0o755)?;
+        }
+    }
+    let names: Vec<&str> = clients.iter().map(|(_, n)| *n).collect();
+    let sums = cmd::stdout(Command::new("sha256sum").current_dir(dir).args(&names))?;
+    ensure!(
+        sums.lines().count() == names.len(),
+        "sha256sum listed {} files, not {}",
+        sums.lines().count(),
+        names.len()
+    );
+    let path = dir.join("SHA256SUMS");
+    fs::write(&path, sums)?;
+    set_mode(&path, 0o644)
+}
+
 /// The version `srvgate --version` reports (the workspace's), so the package can never
 /// claim another one than the binary inside it.
 fn binary_version(bin: &Path) -> Result<String> {
@@ -260,4 +349,60 @@ fn shlib_depends(work: &Path, bin: &Path) -> Result<String> {
         .find_map(|l| l.strip_prefix("shlibs:Depends="))
         .map(str::to_string)
         .ok_or_else(|| anyhow::anyhow!("dpkg-shlibdeps printed no shlibs:Depends: {out:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The staged clients and their SHA256SUMS agree, in `sha256sum -c` form: what the
+    /// portal checks each file against before it offers it.
+    #[test]
+    fn staged_clients_carry_their_sums() {
+        let dir =
+            std::env::temp_dir().join(format!("srvgate-stage-clients-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("built.exe");
+        fs::write(&exe, b"MZ not really windows").unwrap();
+        // Any ELF binary strips; this machine's `true` stands in for the musl build.
+        let elf = PathBuf::from("/bin/true");
+        let out = dir.join("clients");
+        stage_clients(
+            &out,
+            &[
+                (exe.clone(), "srvgate-client-windows-x86_64.exe"),
+                (elf, "srvgate-client-linux-x86_64"),
+            ],
+        )
+        .unwrap();
+        let sums = fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+        let names: Vec<&str> = sums
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "srvgate-client-windows-x86_64.exe",
+                "srvgate-client-linux-x86_64"
+            ]
+        );
+        let check = cmd::stdout(
+            Command::new("sha256sum")
+                .args(["--check", "--strict", "SHA256SUMS"])
+                .current_dir(&out),
+        )
+        .unwrap();
+        assert_eq!(
+            check.lines().filter(|l| l.ends_with(": OK")).count(),
+            2,
+            "{check}"
+        );
+        assert_eq!(
+            fs::read(out.join("srvgate-client-windows-x86_64.exe")).unwrap(),
+            fs::read(&exe).unwrap()
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -120,8 +120,10 @@ enum Cmd {
     /// Set up, build (release), then build the Debian package target/dist/srvgate_VERSION_ARCH.deb.
     ///
     /// It holds the binary, the systemd unit, an example /etc/srvgate/srvgate.toml
-    /// (a conffile), man pages and bash/zsh/fish completions generated from the CLI, and
-    /// the Grafana dashboard. Install it with `apt install ./target/dist/srvgate_*.deb`.
+    /// (a conffile), man pages and bash/zsh/fish completions generated from the CLI, the
+    /// Grafana dashboard, and the students' client for Windows and static Linux (musl) with
+    /// their SHA256SUMS, which the portal offers at /clients/. Install it with
+    /// `apt install ./target/dist/srvgate_*.deb`.
     Dist {
         /// Directory for the package (default: target/dist).
         #[arg(long, value_name = "DIR")]
@@ -243,7 +245,8 @@ fn dispatch(command: Cmd) -> Result<()> {
             let root = workspace_root()?;
             let out = out.unwrap_or_else(|| dist_dir(&root));
             fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let deb = dist::package(&root, &bin, &out)?;
+            let clients = dist::build_clients(&root, &target_dir(&root))?;
+            let deb = dist::package(&root, &bin, &clients, &out)?;
             println!("built {}", deb.display());
             Ok(())
         }
@@ -493,7 +496,8 @@ fn test(quick: bool) -> Result<()> {
                 let out = dist_dir(&root);
                 fs::create_dir_all(&out)
                     .with_context(|| format!("creating {}", out.display()))
-                    .and_then(|()| dist::package(&root, &bin, &out))
+                    .and_then(|()| dist::build_clients(&root, &target_dir(&root)))
+                    .and_then(|clients| dist::package(&root, &bin, &clients, &out))
                     .map(|deb| println!("built {}", deb.display()))
             }
             Action::Demo(_) if !srvgate_tests::is_root() => {

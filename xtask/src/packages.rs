@@ -79,6 +79,9 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     // The booted test's Debian root (tests/tests/booted.rs).
     ("mmdebstrap", "mmdebstrap"),
     ("mount", "mount"),
+    // The C compiler ring's build script runs for x86_64-unknown-linux-musl (the static
+    // Linux client of `cargo xtask dist`).
+    ("musl-gcc", "musl-tools"),
     ("nft", "nftables"),
     ("nginx", "nginx"),
     // Into the booted container's namespaces (there is no machined for `systemctl -M`).
@@ -90,6 +93,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("rsvg-convert", "librsvg2-bin"),
     ("setpriv", "util-linux"),
     ("sh", "dash"),
+    // `cargo xtask dist`: the clients' SHA256SUMS.
+    ("sha256sum", "coreutils"),
     ("sleep", "coreutils"),
     ("sockperf", "sockperf"),
     ("ss", "iproute2"),

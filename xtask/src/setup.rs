@@ -44,6 +44,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // `cargo xtask test` links the students' client (srvgate-client.exe) with the linker
     // (.cargo/config.toml) for x86_64-pc-windows-gnu.
     "gcc-mingw-w64-x86-64",
+    // `cargo xtask dist` builds the students' static Linux client for x86_64-unknown-linux-musl:
+    // ring's build script compiles its C and assembly with musl-gcc.
+    "musl-tools",
     // The console's test drives a real browser: headless Chromium through chromedriver.
     "chromium",
     "chromium-driver",
@@ -102,7 +105,7 @@ pub fn setup(check_only: bool) -> Result<()> {
     let have_nightly = nightly_toolchain(check_only, &mut missing)?;
     rust_src(check_only, have_nightly, &mut missing)?;
     fmt_and_clippy(check_only, &mut missing)?;
-    windows_target(check_only, &mut missing)?;
+    client_targets(check_only, &mut missing)?;
     bpf_linker(check_only, have_nightly, &mut missing)?;
     mdbook(check_only, &mut missing)?;
     if !missing.is_empty() {

@@ -57,6 +57,7 @@ fn a_runtime_request_is_checked_like_a_config_route_in_its_own_field_names() {
     let public = Some(Ipv4Addr::new(203, 0, 113, 10));
     let plain = |f: &str| f.to_string();
     let ok = RouteRequest {
+        check: None,
         proxy_protocol: None,
         name: "alice".into(),
         service: "ssh".into(),
@@ -69,6 +70,7 @@ fn a_runtime_request_is_checked_like_a_config_route_in_its_own_field_names() {
     assert_eq!(draft.protocol, Protocol::Tcp);
     assert_eq!(draft.port, None, "no port: one is allocated later");
     let bad = RouteRequest {
+        check: None,
         proxy_protocol: None,
         name: "Alice".into(),
         service: "ssh".into(),

@@ -182,7 +182,13 @@ pub(crate) fn route_request(r: Request, control: &dyn Control) -> Result<(u16, V
         }
         ("DELETE", ["v1", "routes", name]) => {
             let service = query_param(r.query.as_deref(), "service");
-            Ok((200, json(&control.remove(name, service)?)))
+            let protocol = query_param(r.query.as_deref(), "protocol")
+                .map(|p| {
+                    p.parse::<lb_model::Protocol>()
+                        .map_err(|e| ApiError::field(400, "protocol", e))
+                })
+                .transpose()?;
+            Ok((200, json(&control.remove(name, service, protocol)?)))
         }
         ("POST", ["v1", "routes", name, "drain"]) => {
             let request: DrainRequest = parse_body(&r.body)?;
@@ -312,10 +318,20 @@ impl Client {
     }
 
     /// `name` must be a valid label (the CLI checks it), so it needs no escaping in a path.
-    pub fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ClientError> {
-        let path = match service {
-            Some(s) => format!("/v1/routes/{name}?service={s}"),
-            None => format!("/v1/routes/{name}"),
+    pub fn remove(
+        &self,
+        name: &str,
+        service: Option<&str>,
+        protocol: Option<lb_model::Protocol>,
+    ) -> Result<Removed, ClientError> {
+        let query: Vec<String> = service
+            .map(|s| format!("service={s}"))
+            .into_iter()
+            .chain(protocol.map(|p| format!("protocol={p}")))
+            .collect();
+        let path = match query.is_empty() {
+            true => format!("/v1/routes/{name}"),
+            false => format!("/v1/routes/{name}?{}", query.join("&")),
         };
         self.call("DELETE", &path, None)
     }

@@ -9,6 +9,7 @@ use crate::testing::FakeControl as Fake;
 
 fn request(name: &str, port: Option<u16>) -> RouteRequest {
     RouteRequest {
+        check: None,
         proxy_protocol: None,
         name: name.into(),
         service: "ssh".into(),
@@ -57,8 +58,23 @@ async fn the_client_and_server_agree() {
             "{err}"
         );
 
-        assert_eq!(c.remove("alice", Some("ssh")).unwrap().removed.len(), 1);
-        let err = c.remove("zed", None).unwrap_err();
+        assert_eq!(
+            c.remove("alice", Some("ssh"), None).unwrap().removed.len(),
+            1
+        );
+        // The protocol travels too: the fake holds alice's ssh over tcp only.
+        assert_eq!(
+            c.remove("alice", Some("ssh"), Some(lb_model::Protocol::Tcp))
+                .unwrap()
+                .removed
+                .len(),
+            1
+        );
+        let err = c
+            .remove("alice", Some("ssh"), Some(lb_model::Protocol::Udp))
+            .unwrap_err();
+        assert!(err.to_string().contains("alice"), "{err}");
+        let err = c.remove("zed", None, None).unwrap_err();
         assert!(
             matches!(err, ClientError::Refused { status: 404, .. }),
             "{err}"

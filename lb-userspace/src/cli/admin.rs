@@ -89,7 +89,9 @@ pub struct AddArgs {
     /// expects it (nginx `proxy_protocol`, Apache, HAProxy, caddy).
     #[arg(long, value_name = "VERSION")]
     pub proxy_protocol: Option<String>,
-    /// Print the new route as JSON.
+    #[command(flatten)]
+    pub check: lb_client::account::CheckArgs,
+    /// Print the route as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -115,8 +117,12 @@ pub struct UserAddArgs {
     pub name: String,
     /// An address, address:port, CIDR block or block:port their routes may point at, e.g.
     /// 10.0.0.11, 10.0.0.11:22, 10.0.1.0/28 (repeat for more).
-    #[arg(long = "backend", value_name = "RULE")]
-    pub backends: Vec<String>,
+    #[arg(long = "allow", value_name = "RULE")]
+    pub allow: Vec<String>,
+    /// The old name of --allow (elsewhere --backend is a route's ADDR:PORT); still read,
+    /// with a deprecation note.
+    #[arg(long = "backend", value_name = "RULE", hide = true)]
+    pub deprecated_backend: Vec<String>,
     /// How many routes they may hold at once.
     #[arg(long, default_value_t = crate::table::users::DEFAULT_MAX_ROUTES)]
     pub max_routes: u32,
@@ -132,6 +138,7 @@ pub struct UserAddArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct UserRmArgs {
+    /// The student's name, as `srvgate user ls` lists it.
     pub name: String,
     /// Also remove the student's runtime routes (their ports start cooling down).
     #[arg(long)]
@@ -142,6 +149,7 @@ pub struct UserRmArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct UserNameArgs {
+    /// The student's name, as `srvgate user ls` lists it.
     pub name: String,
     /// Print the account and token as JSON.
     #[arg(long)]
@@ -151,10 +159,21 @@ pub struct UserNameArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  srvgate route rm alice                      # every runtime route of alice
+  srvgate route rm alice --service ssh
+  srvgate route rm alice --service game --protocol udp")]
 pub struct RmArgs {
+    /// The routes' owner label (the NAME of NAME.SERVICE.ZONE). Config routes are removed
+    /// from the file instead.
     pub name: String,
+    /// Only the route of this service.
     #[arg(long)]
     pub service: Option<String>,
+    /// Only routes over `tcp` or `udp`.
+    #[arg(long)]
+    pub protocol: Option<String>,
     #[command(flatten)]
     pub socket: SocketArg,
 }
@@ -214,6 +233,7 @@ pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
                 backends,
                 port: a.port,
                 proxy_protocol: a.proxy_protocol,
+                check: a.check.request().map_err(AdminError::Invalid)?,
             })?;
             if a.json {
                 crate::cli::print_json(&v);
@@ -236,7 +256,16 @@ pub fn route(cmd: RouteCommand) -> Result<(), AdminError> {
             if let Some(s) = &r.service {
                 check_label(s).map_err(|e| AdminError::Invalid(format!("service: {e}")))?;
             }
-            let removed = Client::new(&r.socket.socket).remove(&r.name, r.service.as_deref())?;
+            let protocol = r
+                .protocol
+                .as_deref()
+                .map(|p| {
+                    p.parse::<lb_model::Protocol>()
+                        .map_err(|e| AdminError::Invalid(format!("protocol: {e}")))
+                })
+                .transpose()?;
+            let removed =
+                Client::new(&r.socket.socket).remove(&r.name, r.service.as_deref(), protocol)?;
             for v in removed.removed {
                 println!(
                     "removed {}/{}/{} (port {} is free again)",
@@ -285,9 +314,16 @@ pub fn user(cmd: UserCommand) -> Result<(), AdminError> {
     match cmd {
         UserCommand::Add(a) => {
             name_ok(&a.name)?;
+            let mut rules = a.allow;
+            if !a.deprecated_backend.is_empty() {
+                eprintln!(
+                    "srvgate: note: `user add --backend RULE` is deprecated; write --allow RULE (elsewhere --backend is a route's ADDR:PORT)"
+                );
+                rules.extend(a.deprecated_backend);
+            }
             let reply = Client::new(&a.socket.socket).user_add(&UserRequest {
                 name: a.name,
-                backends: a.backends,
+                backends: rules,
                 max_routes: Some(a.max_routes),
                 admin: a.admin,
             })?;
@@ -336,8 +372,10 @@ fn print_token(reply: &TokenReply, json: bool) {
         },
         if u.admin { " (admin)" } else { "" }
     );
-    println!("token (shown once; give it to {} privately):", u.name);
-    println!("{}", reply.token);
+    print!(
+        "{}",
+        lb_model::text::onboarding(&u.name, &reply.token, reply.onboarding.as_ref())
+    );
 }
 
 pub fn render_users(reply: &UsersReply) -> String {
@@ -356,7 +394,7 @@ pub fn render_users(reply: &UsersReply) -> String {
         ));
     }
     if reply.users.is_empty() {
-        out.push_str("(no users; add one with `srvgate user add NAME --backend ADDR`)\n");
+        out.push_str("(no users; add one with `srvgate user add NAME --allow ADDR`)\n");
     }
     out
 }
@@ -529,6 +567,32 @@ pub fn render_ls(r: &RoutesReply) -> String {
             ],
             &rows,
         )
+        + &health_section(r, unix_now())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The health board of every checked or pooled route, after the table.
+fn health_section(r: &RoutesReply, now_unix: u64) -> String {
+    let mut out = String::new();
+    for v in &r.routes {
+        let board = lb_model::text::health_board(v, now_unix);
+        if board.is_empty() {
+            continue;
+        }
+        if out.is_empty() {
+            out.push_str("\nhealth:\n");
+        }
+        out.push_str(&format!("{}/{}/{}\n", v.name, v.service, v.protocol));
+        for line in board {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
 }
 
 /// `srvgate status`.
@@ -571,6 +635,7 @@ pub fn render_status(r: &RoutesReply) -> String {
             ],
             &rows,
         )
+        + &health_section(r, unix_now())
 }
 
 fn last_seen(v: &RouteView) -> String {
@@ -593,9 +658,90 @@ pub fn human_duration(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory as _, Parser as _};
+
+    #[derive(clap::Parser, Debug)]
+    struct Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    }
+
+    #[derive(clap::Subcommand, Debug)]
+    enum AdminCommand {
+        #[command(subcommand)]
+        Route(RouteCommand),
+        #[command(subcommand)]
+        User(UserCommand),
+    }
+
+    #[test]
+    fn user_add_takes_allow_and_still_the_old_backend() {
+        let parsed = Admin::try_parse_from([
+            "srvgate",
+            "user",
+            "add",
+            "alice",
+            "--allow",
+            "10.0.0.11",
+            "--backend",
+            "10.0.1.0/28",
+        ])
+        .unwrap();
+        let AdminCommand::User(UserCommand::Add(a)) = parsed.command else {
+            panic!("not user add");
+        };
+        assert_eq!(a.allow, ["10.0.0.11"]);
+        assert_eq!(a.deprecated_backend, ["10.0.1.0/28"]);
+        // The old name stays out of the help (and so of the man page).
+        let mut cmd = Admin::command();
+        let help = cmd
+            .find_subcommand_mut("user")
+            .unwrap()
+            .find_subcommand_mut("add")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--allow <RULE>"), "{help}");
+        assert!(!help.contains("--backend"), "{help}");
+    }
+
+    #[test]
+    fn route_rm_takes_a_protocol_and_every_argument_has_help() {
+        let parsed = Admin::try_parse_from([
+            "srvgate",
+            "route",
+            "rm",
+            "alice",
+            "--service",
+            "game",
+            "--protocol",
+            "udp",
+        ])
+        .unwrap();
+        let AdminCommand::Route(RouteCommand::Rm(r)) = parsed.command else {
+            panic!("not route rm");
+        };
+        assert_eq!(r.protocol.as_deref(), Some("udp"));
+        let mut cmd = Admin::command();
+        for (group, verb) in [("route", "rm"), ("user", "rm"), ("user", "token")] {
+            let sub = cmd
+                .find_subcommand_mut(group)
+                .unwrap()
+                .find_subcommand_mut(verb)
+                .unwrap();
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{group} {verb}: {} has no help",
+                    arg.get_id()
+                );
+            }
+        }
+    }
 
     fn view(name: &str, source: &str, last_seen: Option<u64>, idle: u64) -> RouteView {
         RouteView {
+            check: None,
             proxy_protocol: None,
             name: name.into(),
             service: "ssh".into(),
@@ -662,6 +808,43 @@ mod tests {
             lines[3].contains("never") && lines[3].ends_with("config"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn status_and_ls_end_with_the_health_board_of_checked_routes() {
+        let mut r = reply();
+        assert!(!render_status(&r).contains("health:"), "nothing checked");
+        let v = &mut r.routes[0];
+        v.check = Some("ssh inter 2s timeout 1s rise 2 fall 3".into());
+        v.backends = ["10.0.0.11:22", "10.0.0.12:22"]
+            .iter()
+            .map(|a| lb_model::api::BackendView {
+                addr: a.to_string(),
+                weight: 1,
+                drained: false,
+                up: true,
+                since_unix: None,
+                last_check: Some("SSH-2.0-OpenSSH_9.2".into()),
+            })
+            .collect();
+        v.backends[1].up = false;
+        v.backends[1].since_unix = Some(1000);
+        v.backends[1].last_check = Some("connect: Connection refused".into());
+        let text = health_section(&r, 1060);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "",
+                "health:",
+                "alice/ssh/tcp",
+                "  check: ssh inter 2s timeout 1s rise 2 fall 3",
+                "  10.0.0.11:22  up; last check: SSH-2.0-OpenSSH_9.2",
+                "  10.0.0.12:22  down since 1970-01-01 00:16:40Z (1m ago); last check: connect: Connection refused",
+            ]
+        );
+        assert!(render_status(&r).contains("health:\nalice/ssh/tcp\n"));
+        assert!(render_ls(&r).contains("health:\nalice/ssh/tcp\n"));
     }
 
     #[test]

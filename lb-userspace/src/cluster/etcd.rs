@@ -37,7 +37,7 @@
 use std::{
     collections::{BTreeSet, HashSet},
     future::Future,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicI64, Ordering},
@@ -249,6 +249,8 @@ struct Snapshot {
     /// Every gateway's last-seen times: route, gateway, time.
     seen: Vec<(RouteKey, String, SystemTime)>,
     leader: Option<String>,
+    /// The members the leader's verdicts say are down.
+    down: Vec<(RouteKey, SocketAddrV4)>,
 }
 
 /// Gives each route the latest last-seen time any gateway published for it (a route never
@@ -625,6 +627,10 @@ impl EtcdStore {
                 keys::seen_prefix(&k),
                 Some(DeleteOptions::new().with_prefix()),
             ));
+            ops.push(TxnOp::delete(
+                keys::health_prefix(&k),
+                Some(DeleteOptions::new().with_prefix()),
+            ));
             if let Some(s) = route {
                 ops.push(TxnOp::delete(
                     keys::port_key(s.route.port, k.protocol),
@@ -953,6 +959,47 @@ impl Cluster for EtcdStore {
         ));
     }
 
+    fn publish_health(
+        &mut self,
+        key: &RouteKey,
+        backend: SocketAddrV4,
+        up: bool,
+    ) -> Result<(), StateError> {
+        let health = keys::health_key(key, backend);
+        let op = if up {
+            TxnOp::delete(health, None)
+        } else {
+            TxnOp::put(health, keys::DOWN, None)
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::value(
+                    keys::leader_key(),
+                    CompareOp::Equal,
+                    self.cluster.gateway_id.clone(),
+                ),
+                Compare::version(keys::route_key(key), CompareOp::Greater, 0),
+            ])
+            .and_then([op]);
+        let resp = self.call("publish a health verdict", move |mut c| {
+            Box::pin(async move { c.txn(txn).await })
+        })?;
+        if !resp.succeeded() {
+            return Err(StateError::Refused {
+                reason: "this gateway no longer leads, or the route is gone".into(),
+                taken: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+
+    fn loaded_health(&mut self) -> Vec<(RouteKey, SocketAddrV4)> {
+        self.initial
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.down))
+            .unwrap_or_default()
+    }
+
     fn accounts_seen(&mut self, revision: i64, stored: &Users) {
         self.accounts_rev = revision;
         self.accounts_names = names(stored);
@@ -1036,6 +1083,7 @@ async fn load(client: &mut Client) -> Result<Snapshot, String> {
         changed: 0,
         seen: Vec::new(),
         leader: None,
+        down: Vec::new(),
     };
     let mut start = keys::PREFIX.as_bytes().to_vec();
     loop {
@@ -1080,6 +1128,7 @@ async fn load(client: &mut Client) -> Result<Snapshot, String> {
                         snapshot.seen.push((k, id, at));
                     }
                 }
+                Kind::Health(k, b) => snapshot.down.push((k, b)),
                 Kind::Port(..) | Kind::Backend | Kind::Holds | Kind::Unknown => {}
             }
         }
@@ -1159,6 +1208,7 @@ async fn follow(
                     revision,
                     routes,
                     accounts,
+                    down: snapshot.down.clone(),
                     why: why.clone(),
                 })
                 .await
@@ -1247,6 +1297,7 @@ async fn watch(
         }
         let mut changes = Vec::new();
         let mut seen = Vec::new();
+        let mut health = Vec::new();
         let mut last = 0;
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
@@ -1322,6 +1373,8 @@ async fn watch(
                         seen.push((k, at));
                     }
                 }
+                // The leader's own verdicts come back too: applying one again changes nothing.
+                Kind::Health(k, b) => health.push((k, b, deleted)),
                 Kind::Seen(..)
                 | Kind::Accounts
                 | Kind::Changed
@@ -1344,6 +1397,9 @@ async fn watch(
         }
         // After the routes of the same response, so a new route's first time finds it.
         if !seen.is_empty() && tx.send(Remote::Seen(seen)).await.is_err() {
+            return "the daemon stopped".into();
+        }
+        if !health.is_empty() && tx.send(Remote::Health(health)).await.is_err() {
             return "the daemon stopped".into();
         }
         if last > 0 {

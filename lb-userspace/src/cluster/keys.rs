@@ -29,10 +29,16 @@
 //!   claim read before the removal still fails);
 //! - `leader`: the `gateway_id` of the one gateway that reclaims idle routes, put on its
 //!   announcement's lease by a transaction that demands the key be absent: when that
-//!   gateway stops renewing the lease, the key goes and another one takes it.
+//!   gateway stops renewing the lease, the key goes and another one takes it; the leader
+//!   is also the one whose health checks decide;
+//! - `health/<name>/<service>/<protocol>/<address:port>`: [`DOWN`] while the leader's
+//!   checks find that member of the route down (no key: up), put and deleted only by the
+//!   leader (fenced by `leader`) and only while the route exists, without a lease so that
+//!   a new leader, and a gateway that starts, begin from the last verdicts written; removed
+//!   with the route (its own prefix).
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -104,6 +110,21 @@ pub fn seen_key(k: &RouteKey, id: &str) -> String {
     format!("{}{id}", seen_prefix(k))
 }
 
+/// The prefix of route `k`'s health verdicts.
+pub fn health_prefix(k: &RouteKey) -> String {
+    format!("{PREFIX}health/{}/{}/{}/", k.name, k.service, k.protocol)
+}
+
+/// The leading gateway's verdict that member `backend` of route `k` is down (the key
+/// exists, value [`DOWN`]); no key: up. Written only by the leader (fenced by the
+/// `leader` key), kept across leaders (no lease), removed with the route.
+pub fn health_key(k: &RouteKey, backend: SocketAddrV4) -> String {
+    format!("{}{backend}", health_prefix(k))
+}
+
+/// A health key's value.
+pub const DOWN: &str = "down";
+
 /// A last-seen value: Unix seconds.
 pub fn encode_seen(at: SystemTime) -> String {
     at.duration_since(UNIX_EPOCH)
@@ -140,6 +161,8 @@ pub enum Kind {
     Holds,
     /// A gateway's last-seen time of a route: the route, the gateway.
     Seen(RouteKey, String),
+    /// The leader's verdict on a member of a route: down while the key exists.
+    Health(RouteKey, SocketAddrV4),
     /// Not a key this version writes (or not UTF-8): ignored, and said so once per key.
     Unknown,
 }
@@ -180,6 +203,19 @@ pub fn classify(key: &[u8]) -> Kind {
             }
             _ => Kind::Unknown,
         },
+        ["health", name, service, protocol, backend] => {
+            match (protocol.parse(), backend.parse::<SocketAddrV4>()) {
+                (Ok(protocol), Ok(b)) if !name.is_empty() && !service.is_empty() => Kind::Health(
+                    RouteKey {
+                        name: name.to_string(),
+                        service: service.to_string(),
+                        protocol,
+                    },
+                    b,
+                ),
+                _ => Kind::Unknown,
+            }
+        }
         ["ports", port, protocol] => match (port.parse(), protocol.parse()) {
             (Ok(p), Ok(proto)) => Kind::Port(p, proto),
             _ => Kind::Unknown,
@@ -257,6 +293,17 @@ mod tests {
         );
         assert_eq!(classify(leader_key().as_bytes()), Kind::Leader);
         assert_eq!(classify(holds_key("alice").as_bytes()), Kind::Holds);
+        let b: std::net::SocketAddrV4 = "10.0.0.5:22".parse().unwrap();
+        assert_eq!(
+            classify(health_key(&k, b).as_bytes()),
+            Kind::Health(k.clone(), b)
+        );
+        assert!(health_key(&k, b).starts_with(&health_prefix(&k)));
+        assert_eq!(
+            classify(format!("{}10.0.0.5", health_prefix(&k)).as_bytes()),
+            Kind::Unknown,
+            "a member is address:port"
+        );
         assert!(route_key(&k).starts_with(&routes_of("alice")));
         assert!(!route_key(&k).starts_with(&routes_of("alic")));
         assert!(holds_key("alice").as_str() < prefix_end().as_str());

@@ -19,15 +19,7 @@ impl Config {
     /// on a standby gateway of a failover pair). `srvgate check`, `run` and SIGHUP all call
     /// this, after [`Config::load`].
     pub fn check_machine(&self, file: &Path) -> Result<Vec<FieldError>, ConfigError> {
-        let sysctl = |name: &str| {
-            std::fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(name)).unwrap_or_default()
-        };
-        let machine = Machine {
-            interfaces: crate::machine::interfaces().unwrap_or_default(),
-            ephemeral: parse_port_pair(&sysctl("ip_local_port_range")),
-            reserved: parse_port_list(&sysctl("ip_local_reserved_ports")),
-        };
-        let (problems, warnings) = self.check_against(&machine);
+        let (problems, warnings) = self.machine_findings();
         if problems.is_empty() {
             Ok(warnings)
         } else {
@@ -36,6 +28,20 @@ impl Config {
                 problems,
             })
         }
+    }
+
+    /// [`Config::check_machine`]'s (errors, warnings) both, for `srvgate check`, which
+    /// reports everything.
+    pub fn machine_findings(&self) -> (Vec<FieldError>, Vec<FieldError>) {
+        let sysctl = |name: &str| {
+            std::fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(name)).unwrap_or_default()
+        };
+        let machine = Machine {
+            interfaces: crate::machine::interfaces().unwrap_or_default(),
+            ephemeral: parse_port_pair(&sysctl("ip_local_port_range")),
+            reserved: parse_port_list(&sysctl("ip_local_reserved_ports")),
+        };
+        self.check_against(&machine)
     }
 
     /// The pure part of [`Config::check_machine`]: (errors, warnings).
@@ -54,7 +60,7 @@ impl Config {
             let Some(iface) = m.interfaces.iter().find(|i| &i.name == name) else {
                 problems.push(FieldError {
                     field,
-                    reason: format!("no network interface named {name:?} on this machine"),
+                    reason: unknown_interface(name, &m.interfaces),
                 });
                 continue;
             };
@@ -124,7 +130,36 @@ impl Config {
                 });
             }
         }
+        if let Some(ephemeral) = m.ephemeral {
+            for (field, addr) in self.listeners() {
+                let port = addr.port();
+                if ephemeral.contains(port) && !m.reserved.iter().any(|r| r.contains(port)) {
+                    warnings.push(FieldError {
+                        field,
+                        reason: format!(
+                            "port {port} is among the kernel's ephemeral ports {ephemeral}: an outgoing connection may hold it when srvgate starts, and the bind fails; \
+                             choose a port outside, or reserve it (sysctl net.ipv4.ip_local_reserved_ports={port})"
+                        ),
+                    });
+                }
+            }
+        }
         (problems, warnings)
+    }
+}
+
+/// "No interface named X", with the ones that exist and the nearest of them.
+fn unknown_interface(name: &str, interfaces: &[Interface]) -> String {
+    let names: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
+    let near = lb_model::text::nearest(name, names.iter().copied())
+        .map_or(String::new(), |n| format!("; did you mean {n:?}?"));
+    if names.is_empty() {
+        format!("no network interface named {name:?} on this machine (it lists none)")
+    } else {
+        format!(
+            "no network interface named {name:?} on this machine, which has {}{near}",
+            names.join(", ")
+        )
     }
 }
 

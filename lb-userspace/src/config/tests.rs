@@ -418,7 +418,7 @@ fn listeners_cannot_share_a_port() {
     let p = problems(&text);
     let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
     assert!(fields.contains(&"http.listen[1]"), "{p:?}");
-    assert!(fields.contains(&"metrics.listen"), "{p:?}");
+    assert!(fields.contains(&"metrics.listen[1]"), "{p:?}");
     assert!(p[0].reason.contains("dns.listen[1]"), "{p:?}");
     // Another port, or another address without a wildcard, is fine.
     let text = GOOD.replace("0.0.0.0:53", "203.0.113.10:53")
@@ -523,6 +523,43 @@ fn the_machine_checks() {
     let mut reserved = machine();
     reserved.reserved = parse_port_list("32768-39999, 40000\n");
     assert_eq!(wide.check_against(&reserved), (vec![], vec![]));
+}
+
+#[test]
+fn an_unknown_interface_is_named_with_the_ones_that_exist() {
+    let typo = parse(&GOOD.replace("[\"eth1\"]", "[\"eht1\"]")).unwrap();
+    let (errors, _) = typo.check_against(&machine());
+    assert_eq!(errors[0].field, "gateway.private_interfaces[1]");
+    assert_eq!(
+        errors[0].reason,
+        "no network interface named \"eht1\" on this machine, which has lo, eth0, eth1; did you mean \"eth1\"?"
+    );
+    let far = parse(&GOOD.replace("[\"eth1\"]", "[\"wlan7\"]")).unwrap();
+    let (errors, _) = far.check_against(&machine());
+    assert!(
+        errors[0].reason.ends_with("which has lo, eth0, eth1"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn a_listener_among_the_ephemeral_ports_is_a_warning() {
+    let c = parse(&format!(
+        "{GOOD}\n[metrics]\nlisten = [\"127.0.0.1:40000\"]\n"
+    ))
+    .unwrap();
+    let (errors, warnings) = c.check_against(&machine());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(warnings[0].field, "metrics.listen[1]");
+    assert!(
+        warnings[0].reason.contains("ip_local_reserved_ports=40000"),
+        "{}",
+        warnings[0]
+    );
+    let mut reserved = machine();
+    reserved.reserved = parse_port_list("40000");
+    assert_eq!(c.check_against(&reserved), (vec![], vec![]));
 }
 
 #[test]
@@ -839,6 +876,24 @@ fn a_pools_problems_name_the_route_and_the_member() {
         p[0].reason
     );
     assert!(p[0].reason.contains("see route[1]"), "{}", p[0].reason);
+}
+
+#[test]
+fn a_route_carries_its_check_and_a_bad_one_names_its_field() {
+    let c = parse(&with_route(
+        "name = \"judge\"\nservice = \"http\"\nbackends = [\"10.0.0.21:80\", \"10.0.0.22:80\"]\nport = 30010\ncheck = { kind = \"http\", path = \"/healthz\", interval = \"2s\", timeout = \"1s\", rise = 2, fall = 3 }",
+    ))
+    .unwrap();
+    let spec = c.routes[2].backends.check().unwrap();
+    assert_eq!(
+        spec.to_string(),
+        "http GET /healthz inter 2s timeout 1s rise 2 fall 3"
+    );
+    let p = problems(&with_route(
+        "name = \"judge\"\nservice = \"http\"\nbackends = [\"10.0.0.21:80\", \"10.0.0.22:80\"]\nport = 30010\ncheck = { kind = \"http\", path = \"healthz\", interval = \"2s\", timeout = \"3s\" }",
+    ));
+    let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["route[3].check.path", "route[3].check.timeout"]);
 }
 
 fn with_secondaries(table: &str) -> String {

@@ -93,6 +93,33 @@ pub(super) fn listener_problems(
     problems
 }
 
+/// Every socket the daemon binds, named by field: the one list `listener_problems` and the
+/// machine's checks go through, so a new listener cannot be left out of one.
+pub(super) fn listeners(
+    dns: Option<&Dns>,
+    http: Option<&Http>,
+    https: Option<&Https>,
+    portal: Option<&Portal>,
+    metrics: &[SocketAddr],
+) -> Vec<(String, SocketAddr)> {
+    let sections: [(&str, &[SocketAddr]); 5] = [
+        ("dns.listen", dns.map_or(&[][..], |d| &d.listen)),
+        ("http.listen", http.map_or(&[][..], |h| &h.listen)),
+        ("https.listen", https.map_or(&[][..], |h| &h.listen)),
+        ("portal.listen", portal.map_or(&[][..], |p| &p.listen)),
+        ("metrics.listen", metrics),
+    ];
+    sections
+        .into_iter()
+        .flat_map(|(field, addrs)| {
+            addrs
+                .iter()
+                .enumerate()
+                .map(move |(i, a)| (format!("{field}[{}]", i + 1), *a))
+        })
+        .collect()
+}
+
 /// An address clients reach a host at: the public address, a name server's.
 fn host_ipv4(text: &str) -> Result<Ipv4Addr, String> {
     match text.parse::<Ipv4Addr>() {
@@ -212,12 +239,31 @@ fn rrl(r: Option<&super::raw::RawRrl>, bad: &mut impl FnMut(&str, String)) -> Op
     Some(Rrl { rate, slip })
 }
 
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
+/// What [`validate`] found: the config, its problems, and what only deserves a warning
+/// (a deprecated form).
+pub(super) struct Validated {
+    pub(super) config: Option<Config>,
+    pub(super) problems: Vec<FieldError>,
+    pub(super) warnings: Vec<FieldError>,
+}
+
+/// The config and every problem found. The config is there whenever the fields everything
+/// else hangs on (`public_ipv4`, `port_range`) are valid, problems or not, with what was
+/// wrong left out (a clashing route, a bad listener), so that `srvgate check` can still
+/// hold it against the machine and report that too.
+pub(super) fn validate(raw: RawConfig) -> Validated {
     let mut problems = Vec::new();
     let mut bad = |field: &str, reason: String| {
         problems.push(FieldError {
             field: field.to_string(),
             reason,
+        })
+    };
+    let mut warnings = Vec::new();
+    let mut deprecated = |field: &str, reason: String| {
+        warnings.push(FieldError {
+            field: field.to_string(),
+            reason: format!("deprecated: {reason}"),
         })
     };
 
@@ -302,6 +348,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             listen,
             cert: p.cert,
             key: p.key,
+            clients_dir: p
+                .clients_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CLIENTS_DIR)),
         }
     });
 
@@ -400,41 +449,28 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         }
     }
 
-    let metrics_listen = raw
-        .metrics
-        .and_then(|m| match m.listen.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                bad(
+    let metrics_listen = raw.metrics.map_or_else(Vec::new, |m| {
+        let list = match m.listen {
+            super::raw::OneOrMany::One(one) => {
+                deprecated(
                     "metrics.listen",
-                    format!(
-                        "{:?} is not an address:port like \"127.0.0.1:9110\"",
-                        m.listen
-                    ),
+                    format!("a single string is read as before; write it as an array, listen = [{one:?}]"),
                 );
-                None
+                vec![one]
             }
-        });
+            super::raw::OneOrMany::Many(list) => list,
+        };
+        socket_addrs(&list, "metrics.listen", "127.0.0.1:9110", &mut bad)
+    });
 
     // Every socket the daemon binds, so that two never share a port and routes stay off them.
-    let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
-    let mut listening = |field: &str, addrs: &[SocketAddr]| {
-        for (i, a) in addrs.iter().enumerate() {
-            listeners.push((format!("{field}[{}]", i + 1), *a));
-        }
-    };
-    if let Some(d) = &dns {
-        listening("dns.listen", &d.listen);
-    }
-    if let Some(h) = &http {
-        listening("http.listen", &h.listen);
-    }
-    if let Some(p) = &portal {
-        listening("portal.listen", &p.listen);
-    }
-    if let Some(m) = metrics_listen {
-        listeners.push(("metrics.listen".into(), m));
-    }
+    let listeners = listeners(
+        dns.as_ref(),
+        http.as_ref(),
+        https.as_ref(),
+        portal.as_ref(),
+        &metrics_listen,
+    );
     for problem in listener_problems(&listeners, port_range) {
         bad(&problem.field, problem.reason);
     }
@@ -455,6 +491,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             backends: r.backends,
             port: Some(r.port),
             proxy_protocol: r.proxy_protocol,
+            check: r.check,
         };
         let route = match check_route(&request, public_ipv4, port_range, &field) {
             Ok(draft) => draft.with_port(r.port),
@@ -525,12 +562,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         });
     }
 
-    let (Some(public_ipv4), Some(port_range), true) =
-        (public_ipv4, port_range, problems.is_empty())
-    else {
-        return Err(problems);
+    let (Some(public_ipv4), Some(port_range)) = (public_ipv4, port_range) else {
+        return Validated {
+            config: None,
+            problems,
+            warnings,
+        };
     };
-    Ok(Config {
+    let config = Config {
         gateway: Gateway {
             public_interface: g.public_interface,
             private_interfaces: g.private_interfaces,
@@ -547,7 +586,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         metrics_listen,
         cluster,
         routes,
-    })
+    };
+    Validated {
+        config: Some(config),
+        problems,
+        warnings,
+    }
 }
 
 /// What `[http]` and `[https]` both say: where to listen, the service their routes are

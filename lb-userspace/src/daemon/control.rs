@@ -132,8 +132,13 @@ impl Control for Handle {
     fn add(&self, request: RouteRequest) -> Result<RouteView, ApiError> {
         self.change(|c| c.add(request))
     }
-    fn remove(&self, name: &str, service: Option<&str>) -> Result<Removed, ApiError> {
-        self.change(|c| c.remove(name, service))
+    fn remove(
+        &self,
+        name: &str,
+        service: Option<&str>,
+        protocol: Option<lb_model::Protocol>,
+    ) -> Result<Removed, ApiError> {
+        self.change(|c| c.remove(name, service, protocol))
     }
     fn drain(&self, name: &str, request: DrainRequest) -> Result<RouteView, ApiError> {
         self.change(|c| c.drain(name, request))

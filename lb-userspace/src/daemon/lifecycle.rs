@@ -151,6 +151,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let mut users = store.load_accounts()?;
     // Other gateways' changes from the loaded revision on; they wait in the queue until
     // the event loop runs.
+    // The leader's last verdicts, read with the table (before `follow` takes the load).
+    let shared_down = store
+        .cluster_mut()
+        .map(|c| c.loaded_health())
+        .unwrap_or_default();
     let remote = store.cluster_mut().map(|c| {
         let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
         c.follow(public_ipv4, tx);
@@ -170,12 +175,11 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let (table, taken_over) = build_table(&cfg, &opts.config, &*store, stored, &own, clock.now())?;
 
     // Bind every socket before touching the kernel, so a busy port fails with nothing changed.
-    let metrics_listener = match cfg.metrics_listen {
-        Some(addr) => {
-            Some(listen::tokio_tcp(addr).map_err(|error| DaemonError::Metrics { addr, error })?)
-        }
-        None => None,
-    };
+    let metrics_listeners = cfg
+        .metrics_listen
+        .iter()
+        .map(|&addr| listen::tokio_tcp(addr).map_err(|error| DaemonError::Metrics { addr, error }))
+        .collect::<Result<Vec<_>, _>>()?;
     let api_listener = api::bind(&opts.socket)?;
     let dns = match &cfg.dns {
         Some(d) => {
@@ -219,7 +223,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         .chain(http_addrs.iter().flatten().copied())
         .chain(https_addrs.iter().flatten().copied())
         .chain(portal.iter().flat_map(PortalServer::local_addrs))
-        .chain(cfg.metrics_listen)
+        .chain(cfg.metrics_listen.iter().copied())
         .collect();
     log_role(&cfg, &listening);
 
@@ -230,13 +234,15 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     core.settings.portal = portal_info.clone();
     core.settings.own = own;
     core.take_over(taken_over)?;
+    core.adopt_health(shared_down);
     core.sync_serial();
     let routes = core.routes.table.len();
     // The health checks of pools: targets follow the table, verdicts come back as one
     // core operation each (`pools.rs`).
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
     let (verdicts_tx, verdicts_rx) = mpsc::channel(1024);
-    let mut checks = super::pools::Checks::new(targets_tx);
+    let board = crate::health::Board::default();
+    let mut checks = super::pools::Checks::new(targets_tx, board.clone());
     checks.follow(&crate::table::routes::Diff {
         added: core.routes.table.entries().cloned().collect(),
         ..Default::default()
@@ -246,7 +252,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         Arc::new(crate::health::NetProber::new(cfg.gateway.public_ipv4)),
         targets_rx,
         verdicts_tx,
-        crate::health::Board::default(),
+        board,
         crate::health::DEFAULT_MAX_PROBES,
     ));
     let core = Arc::new(Mutex::new(core));
@@ -259,10 +265,13 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     });
     let portal_tasks = portal.map(|p| p.serve(handle.clone())).unwrap_or_default();
     let api_task = tokio::spawn(api::serve(api_listener, handle));
-    let metrics_task = metrics_listener.map(|listener| {
-        let core = core.clone();
-        tokio::spawn(metrics::serve(listener, Arc::new(move || scrape(&core))))
-    });
+    let metrics_tasks: Vec<_> = metrics_listeners
+        .into_iter()
+        .map(|listener| {
+            let core = core.clone();
+            tokio::spawn(metrics::serve(listener, Arc::new(move || scrape(&core))))
+        })
+        .collect();
 
     info!(
         routes,
@@ -325,7 +334,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         t.abort();
         let _ = t.await;
     }
-    if let Some(t) = metrics_task {
+    for t in metrics_tasks {
         t.abort();
         let _ = t.await;
     }
@@ -452,6 +461,7 @@ pub(super) async fn event_loop(
     let mut clock = tokio::time::interval(CLOCK_TICK);
     let mut observe = tokio::time::interval(OBSERVE_EVERY);
     observe.tick().await;
+    let mut lead = tokio::time::interval(super::pools::LEAD_HEALTH_EVERY);
     let mut status = on_core(core, |c| c.status_line()).await.unwrap_or_default();
     loop {
         tokio::select! {
@@ -502,6 +512,9 @@ pub(super) async fn event_loop(
                         warn!("refreshing the public legs' source guard: {e:#}");
                     }
                 }
+            }
+            _ = lead.tick() => {
+                on_core(core, |c| c.lead_health()).await;
             }
             _ = clock.tick() => {
                 if let Some(Err(e)) = on_core(core, |c| c.routes.dataplane.tick_clock()).await {

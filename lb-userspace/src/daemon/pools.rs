@@ -9,14 +9,32 @@
 //! across SIGHUP while the file names the member (`RouteTable::replace_config`), not across
 //! a restart; write `drained` in the file to keep it.
 //!
-//! What is checked ([`Checks`]): every member of every route with two or more members, with
-//! the default check (TCP connect every 2 s, down after 3 failures, up after 2 successes);
-//! a one-backend route is never left without its backend, so checking it would change
-//! nothing. [`Checks`] follows the table change by change (its cost is the change's), and
-//! the `health` runner gets the whole target list only when it changed.
+//! What is checked ([`Checks`]): every member of every route whose pool has a check, its
+//! own or the default (`Pool::effective_check`: TCP connect every 2 s, down after 3
+//! failures, up after 2 successes, for a TCP pool of two or more members; nothing for a
+//! UDP route or a one-backend route unless its author wrote a check; `kind = "none"`
+//! never). A checked one-backend route is never left without its backend (fail open), but
+//! its owner sees its health. [`Checks`] follows the table change by change (its cost is
+//! the change's), and the `health` runner gets the whole target list only when it changed.
+//!
+//! The health board: the runner's [`Board`] (last result, when the verdict changed) joined
+//! with the table's verdicts in each member's [`BackendView`], which `route ls`, `status`,
+//! `mine` and the console render (`lb_model::text::backend_state`).
 //!
 //! Health: table (the entry's down set), maps, web routers; a refusal of the maps puts the
-//! verdict back, so the table never says what the maps do not. Every transition is an audit
+//! verdict back, so the table never says what the maps do not.
+//!
+//! With `[cluster]`, every gateway makes the same choice because the leader's checks alone
+//! decide: each gateway runs the checks (so its board shows what it sees, and a gateway
+//! that becomes leader has warm verdicts), but only the leader applies its own verdicts,
+//! and it writes each to etcd (`Cluster::publish_health`, fenced by the `leader` key);
+//! the others apply what the watch brings (`Remote::Health`) and ignore their own. So
+//! every table holds the same down sets, hence the same Maglev tables. Config routes are
+//! each gateway's own (its file's): their verdicts stay local, as before. A gateway starts
+//! (and resynchronises) from the verdicts stored ([`Core::adopt_health`]); a new leader
+//! keeps them and, every [`LEAD_HEALTH_EVERY`], writes only where its own *confirmed*
+//! verdicts differ ([`Core::lead_health`]): a verdict its checks only assume (a target not
+//! yet checked) never overrides the last one written, so a leader change does not flap. Every transition is an audit
 //! line; a pool whose every undrained member is down goes on sending to all of them (fail
 //! open), said in a warning, in `status` and in `srvgate_backend_up`'s companion metric.
 
@@ -35,21 +53,40 @@ use lb_model::{
 };
 
 use super::{lifecycle::on_core, Core};
-use crate::health::{Target, Transition};
-use lb_model::check::CheckSpec;
 
-/// The health checks the table asks for, kept in step with it: the runner's input.
+/// How often the leader compares its checks' confirmed verdicts with the shared ones: a
+/// new leader's correction, or a write that failed, waits at most this long.
+pub const LEAD_HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The audit reason of a verdict that came from the leader.
+const LEADERS: &str = "the leading gateway's checks";
+use crate::health::{Board, Target, Transition};
+
+/// The health checks the table asks for, kept in step with it: the runner's input; and the
+/// runner's board, which the views read.
 pub(super) struct Checks {
     by_route: BTreeMap<RouteKey, Vec<Target>>,
     tx: tokio::sync::watch::Sender<Vec<Target>>,
+    board: Board,
+    /// With `[cluster]`, on the leader: verdicts applied here whose write to the shared
+    /// table failed, written again by [`Core::lead_health`].
+    unpublished: BTreeMap<(RouteKey, SocketAddrV4), bool>,
 }
 
 impl Checks {
-    pub(super) fn new(tx: tokio::sync::watch::Sender<Vec<Target>>) -> Checks {
+    pub(super) fn new(tx: tokio::sync::watch::Sender<Vec<Target>>, board: Board) -> Checks {
         Checks {
             by_route: BTreeMap::new(),
             tx,
+            board,
+            unpublished: BTreeMap::new(),
         }
+    }
+
+    /// The check `key`'s members get, in haproxy's words, if they are checked.
+    fn spec_text(&self, key: &RouteKey) -> Option<String> {
+        let t = self.by_route.get(key)?.first()?;
+        Some(t.spec.to_string())
     }
 
     /// Takes a change of the table; tells the runner if what is checked changed.
@@ -63,17 +100,19 @@ impl Checks {
             changed |= self.by_route.remove(&e.route.key()).is_some();
         }
         for e in diff.added.iter().chain(diff.changed.iter().map(|c| &c.new)) {
-            let members = e.route.backends.members();
-            if members.len() < 2 {
+            let Some(spec) = e.route.backends.effective_check(e.route.protocol) else {
                 continue;
-            }
+            };
             let key = e.route.key();
-            let targets = members
+            let targets = e
+                .route
+                .backends
+                .members()
                 .iter()
                 .map(|m| Target {
                     key: key.to_string(),
                     backend: m.addr,
-                    spec: CheckSpec::default(),
+                    spec: spec.clone(),
                 })
                 .collect();
             self.by_route.insert(key, targets);
@@ -110,26 +149,51 @@ pub(super) async fn apply_verdicts(
         on_core(&core, move |c| {
             // A verdict about a route changed or removed meanwhile matches nothing.
             let key = c.checks.as_ref()?.borrow().route(&t.target.key)?;
-            info!(route = %key, backend = %t.target.backend, up = t.up, "health check: {}", t.reason);
-            Some(c.set_health(&key, t.target.backend, t.up))
+            Some(c.own_verdict(&key, t.target.backend, t.up, &t.reason))
         })
         .await;
     }
 }
 
-/// The members of `e`'s pool with their health, as the API shows them.
-pub(super) fn backend_views(e: &Entry) -> Vec<BackendView> {
+/// The members of `e`'s pool with their health, as the API shows them: the table's verdict
+/// (what the maps do), with the board's last result and time of change when `checks` runs.
+pub(super) fn backend_views(e: &Entry, checks: Option<&Checks>) -> Vec<BackendView> {
+    let key = e.route.key().to_string();
+    let board: BTreeMap<SocketAddrV4, crate::health::TargetStatus> = checks
+        .map(|c| c.board.route(&key))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.backend, s))
+        .collect();
     e.route
         .backends
         .members()
         .iter()
-        .map(|m| BackendView {
-            addr: m.addr.to_string(),
-            weight: m.weight,
-            drained: m.drained,
-            up: !e.down.contains(&m.addr),
+        .map(|m| {
+            let status = board.get(&m.addr);
+            BackendView {
+                addr: m.addr.to_string(),
+                weight: m.weight,
+                drained: m.drained,
+                up: !e.down.contains(&m.addr),
+                since_unix: status.and_then(|s| s.changed_unix),
+                last_check: status.and_then(|s| s.last.clone()),
+            }
         })
         .collect()
+}
+
+/// The check text a route's view shows.
+pub(super) fn check_text(e: &Entry, checks: Option<&Checks>) -> Option<String> {
+    match checks {
+        Some(c) => c.spec_text(&e.route.key()),
+        // The tests' cores run no checks; the route still says what it would get.
+        None => e
+            .route
+            .backends
+            .effective_check(e.route.protocol)
+            .map(|s| s.to_string()),
+    }
 }
 
 impl Core {
@@ -232,10 +296,23 @@ impl Core {
         Ok(self.view(&changed.new, now))
     }
 
-    /// Applies a health check's verdict on member `backend` of route `key`. Returns whether
-    /// the table and maps now hold it (`false`: no such member, nothing new, or the maps
-    /// refused it, which is logged and put back).
+    /// [`Core::set_health_because`] without a reason: the tests' verdicts.
+    #[cfg(test)]
     pub(super) fn set_health(&mut self, key: &RouteKey, backend: SocketAddrV4, up: bool) -> bool {
+        self.set_health_because(key, backend, up, "")
+    }
+
+    /// Applies a health check's verdict on member `backend` of route `key`; `reason` (`3
+    /// checks in a row failed, last: ...`) goes on the transition's audit line. Returns
+    /// whether the table and maps now hold it (`false`: no such member, nothing new, or the
+    /// maps refused it, which is logged and put back).
+    pub(super) fn set_health_because(
+        &mut self,
+        key: &RouteKey,
+        backend: SocketAddrV4,
+        up: bool,
+        reason: &str,
+    ) -> bool {
         let Some(changed) = self.routes.table.set_down(key, backend, !up) else {
             return false;
         };
@@ -250,7 +327,7 @@ impl Core {
         }
         self.publish(&diff);
         let action = if up { "backend up" } else { "backend down" };
-        info!(target: AUDIT_TARGET, action, route = %key, %backend, "health");
+        info!(target: AUDIT_TARGET, action, route = %key, %backend, reason, "health");
         match (changed.old.fail_open(), changed.new.fail_open()) {
             (false, true) => {
                 warn!(route = %key, backends = %changed.new.route.backends, "every undrained backend of {key} is down: sending new flows to all of them (fail open)")
@@ -261,6 +338,141 @@ impl Core {
             _ => {}
         }
         true
+    }
+
+    /// A verdict of this gateway's own checks: applied; with `[cluster]`, only on the
+    /// leader, which also writes it for the others (see the module docs).
+    pub(super) fn own_verdict(
+        &mut self,
+        key: &RouteKey,
+        backend: SocketAddrV4,
+        up: bool,
+        reason: &str,
+    ) -> bool {
+        // A config route is each gateway's own (its file's), so are its verdicts.
+        let shared_route = self
+            .routes
+            .table
+            .get(key)
+            .is_some_and(|e| e.source == Source::Runtime);
+        match self.routes.store.cluster().map(|c| c.leads()) {
+            None => self.set_health_because(key, backend, up, reason),
+            Some(_) if !shared_route => self.set_health_because(key, backend, up, reason),
+            Some(false) => {
+                info!(route = %key, %backend, up, "health check: {reason}; the leading gateway decides");
+                false
+            }
+            Some(true) => {
+                let applied = self.set_health_because(key, backend, up, reason);
+                self.publish_verdict(key, backend, up);
+                applied
+            }
+        }
+    }
+
+    fn publish_verdict(&mut self, key: &RouteKey, backend: SocketAddrV4, up: bool) {
+        let Some(c) = self.routes.store.cluster_mut() else {
+            return;
+        };
+        let result = c.publish_health(key, backend, up);
+        if let Err(e) = &result {
+            warn!(route = %key, %backend, up, "health: writing the verdict for the other gateways: {e}; trying again within {LEAD_HEALTH_EVERY:?}");
+        }
+        if let Some(checks) = &self.checks {
+            let mut checks = checks.borrow_mut();
+            match result {
+                Ok(()) => checks.unpublished.remove(&(key.clone(), backend)),
+                Err(_) => checks.unpublished.insert((key.clone(), backend), up),
+            };
+        }
+    }
+
+    /// On the leader: where its checks' confirmed verdicts differ from the table (which
+    /// holds the shared ones), applies and writes them. Proportional to the checked
+    /// backends, not the table.
+    pub(super) fn lead_health(&mut self) {
+        if !self.routes.store.cluster().is_some_and(|c| c.leads()) {
+            return;
+        }
+        let Some(checks) = &self.checks else { return };
+        let retry: Vec<(RouteKey, SocketAddrV4, bool)> =
+            std::mem::take(&mut checks.borrow_mut().unpublished)
+                .into_iter()
+                .map(|((k, b), up)| (k, b, up))
+                .collect();
+        let wrong: Vec<(RouteKey, SocketAddrV4, bool)> = {
+            let checks = checks.borrow();
+            checks
+                .board
+                .snapshot()
+                .into_iter()
+                .filter(|s| s.confirmed)
+                .filter_map(|s| {
+                    let key = checks.route(&s.route)?;
+                    let e = self.routes.table.get(&key)?;
+                    (e.source == Source::Runtime && e.down.contains(&s.backend) == s.up)
+                        .then_some((key, s.backend, s.up))
+                })
+                .collect()
+        };
+        for (key, backend, up) in retry {
+            self.publish_verdict(&key, backend, up);
+        }
+        for (key, backend, up) in wrong {
+            self.set_health_because(
+                &key,
+                backend,
+                up,
+                "this gateway leads now, and its checks say so",
+            );
+            self.publish_verdict(&key, backend, up);
+        }
+    }
+
+    /// The leader's verdicts from the watch. The leader itself skips them: it applied its
+    /// own first, and an echo arriving after a newer verdict would undo it for a moment.
+    pub(super) fn apply_leaders_verdicts(&mut self, verdicts: Vec<(RouteKey, SocketAddrV4, bool)>) {
+        if self.routes.store.cluster().is_some_and(|c| c.leads()) {
+            return;
+        }
+        for (key, backend, up) in verdicts {
+            if self
+                .routes
+                .table
+                .get(&key)
+                .is_some_and(|e| e.source == Source::Runtime)
+            {
+                self.set_health_because(&key, backend, up, LEADERS);
+            }
+        }
+    }
+
+    /// Makes the table's down sets the shared ones, `down` being every member the leader
+    /// says is down (at start, and after a resync; proportional to the table, as those
+    /// are). The leader keeps its own: [`Core::lead_health`] corrects the shared ones.
+    pub(super) fn adopt_health(&mut self, down: Vec<(RouteKey, SocketAddrV4)>) {
+        if self.routes.store.cluster().is_none_or(|c| c.leads()) {
+            return;
+        }
+        let down: std::collections::HashSet<(RouteKey, SocketAddrV4)> = down.into_iter().collect();
+        let wrong: Vec<(RouteKey, SocketAddrV4, bool)> = self
+            .routes
+            .table
+            .entries()
+            .filter(|e| e.source == Source::Runtime)
+            .flat_map(|e| {
+                let key = e.route.key();
+                e.route
+                    .backends
+                    .addrs()
+                    .filter(|b| e.down.contains(b) != down.contains(&(key.clone(), *b)))
+                    .map(|b| (key.clone(), b, e.down.contains(&b)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (key, backend, up) in wrong {
+            self.set_health_because(&key, backend, up, LEADERS);
+        }
     }
 
     /// Puts `changed.old` back in the table and the maps after a refused change.

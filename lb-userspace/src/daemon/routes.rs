@@ -219,13 +219,14 @@ impl Core {
             (Source::Runtime, Some(after)) => Some(after.saturating_sub(idle).as_secs()),
             _ => None,
         };
+        let checks = self.checks.as_ref().map(|c| c.borrow());
         RouteView {
             name: r.name.clone(),
             service: r.service.clone(),
             protocol: r.protocol.to_string(),
             port: r.port,
             backend: e.primary().to_string(),
-            backends: super::pools::backend_views(e),
+            backends: super::pools::backend_views(e, checks.as_deref()),
             fail_open: e.fail_open(),
             source: e.source.as_str().to_string(),
             added_unix: unix(e.added),
@@ -237,6 +238,7 @@ impl Core {
             inbound_bytes: c.inbound_bytes,
             outbound_bytes: c.outbound_bytes,
             proxy_protocol: r.proxy_protocol.map(|p| p.as_str().to_string()),
+            check: super::pools::check_text(e, checks.as_deref()),
         }
     }
 
@@ -480,18 +482,23 @@ impl Core {
         &mut self,
         name: &str,
         service: Option<&str>,
+        protocol: Option<lb_model::Protocol>,
     ) -> Result<Removed, ApiError> {
         let matching: Vec<Entry> = self
             .routes
             .table
             .named(name)
             .filter(|e| service.is_none_or(|s| e.route.service == s))
+            .filter(|e| protocol.is_none_or(|p| e.route.protocol == p))
             .cloned()
             .collect();
-        let what = match service {
+        let mut what = match service {
             Some(s) => format!("{name} with service {s}"),
             None => name.to_string(),
         };
+        if let Some(p) = protocol {
+            what.push_str(&format!(" over {p}"));
+        }
         if matching.is_empty() {
             return Err(ApiError::field(
                 404,
@@ -724,10 +731,12 @@ impl Core {
             Remote::Routes { changes, .. } => self.apply_shared(changes),
             Remote::Accounts { revision, users } => self.adopt_accounts(users, revision),
             Remote::Seen(seen) => self.note_remote_seen(seen),
+            Remote::Health(verdicts) => self.apply_leaders_verdicts(verdicts),
             Remote::Resync {
                 revision,
                 routes,
                 accounts,
+                down,
                 why,
             } => {
                 let seen: Vec<(lb_model::RouteKey, SystemTime)> = routes
@@ -764,6 +773,7 @@ impl Core {
                 );
                 self.apply_shared(changes);
                 self.note_remote_seen(seen);
+                self.adopt_health(down);
                 if let Some((users, revision)) = accounts {
                     self.adopt_accounts(users, revision);
                 }

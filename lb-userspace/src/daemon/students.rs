@@ -12,7 +12,8 @@ use crate::table::{
 };
 use lb_model::{
     api::{
-        ApiError, ClaimRequest, MeReply, Removed, RouteView, TokenReply, UserRequest, UsersReply,
+        ApiError, ClaimRequest, MeReply, Onboarding, PortalInfo, Removed, RouteView, TokenReply,
+        UserRequest, UsersReply,
     },
     parse_rules, RouteRequest, UserView,
 };
@@ -78,6 +79,7 @@ impl Core {
         Ok(TokenReply {
             user: self.user_view(&u),
             token,
+            onboarding: self.onboarding(),
         })
     }
 
@@ -146,6 +148,16 @@ impl Core {
         Ok(view)
     }
 
+    /// Where a new token is used: the portal (if any), as `user add` tells the student.
+    fn onboarding(&self) -> Option<Onboarding> {
+        let portal = self.settings.portal.as_ref()?;
+        Some(Onboarding {
+            portal_url: portal_url(portal, self.settings.gateway.public_ipv4)?,
+            fingerprint: portal.self_signed.then(|| portal.fingerprint.clone()),
+            zone: self.settings.zone.clone(),
+        })
+    }
+
     pub(super) fn user_token(&mut self, name: &str) -> Result<TokenReply, ApiError> {
         let before = self.students.users.clone();
         let token = self.students.users.rotate(name).map_err(user_error)?;
@@ -159,6 +171,7 @@ impl Core {
         Ok(TokenReply {
             user: self.user_view(&u),
             token,
+            onboarding: self.onboarding(),
         })
     }
 
@@ -182,6 +195,14 @@ impl Core {
 
     pub(super) fn claim(&mut self, caller: &str, r: ClaimRequest) -> Result<RouteView, ApiError> {
         let u = self.students.user(caller)?;
+        // The gateway probes on the student's behalf: her check keeps the students' bound
+        // (an invalid one is refused by `check_route` below, naming its field).
+        if let Some(Ok(spec)) = r.check.as_ref().map(|c| c.check(&|f| format!("check.{f}"))) {
+            if !u.admin {
+                spec.student_limits()
+                    .map_err(|e| ApiError::field(400, e.field, e.reason))?;
+            }
+        }
         let request = RouteRequest {
             name: u.name.clone(),
             service: r.service,
@@ -190,6 +211,7 @@ impl Core {
             backends: r.backends,
             port: None,
             proxy_protocol: r.proxy_protocol,
+            check: r.check,
         };
         self.add_as(request, Some(&u))
     }
@@ -248,4 +270,19 @@ pub(super) fn user_error(e: UserError) -> ApiError {
         .split_once(": ")
         .map_or(msg.clone(), |(_, m)| m.to_string());
     ApiError::field(e.status(), field, msg)
+}
+
+/// The portal's URL as students reach it: its first listen address, or the public address
+/// where it listens on every address.
+pub(super) fn portal_url(portal: &PortalInfo, public: std::net::Ipv4Addr) -> Option<String> {
+    let addr: std::net::SocketAddr = portal.listen.first()?.parse().ok()?;
+    let host = if addr.ip().is_unspecified() {
+        std::net::IpAddr::V4(public)
+    } else {
+        addr.ip()
+    };
+    Some(match host {
+        std::net::IpAddr::V4(v4) => format!("https://{v4}:{}", addr.port()),
+        std::net::IpAddr::V6(v6) => format!("https://[{v6}]:{}", addr.port()),
+    })
 }

@@ -42,6 +42,7 @@ fn route(name: &str, port: u16, backend: &str) -> Route {
 
 fn request(name: &str, backend: &str) -> RouteRequest {
     RouteRequest {
+        check: None,
         proxy_protocol: None,
         name: name.into(),
         service: "ssh".into(),
@@ -60,7 +61,7 @@ fn config(routes: Vec<Route>) -> Config {
         http: None,
         https: None,
         portal: None,
-        metrics_listen: None,
+        metrics_listen: Vec::new(),
         cluster: None,
         routes,
     }
@@ -253,7 +254,7 @@ fn every_mirror_follows_adds_refusals_and_removals() {
         assert_eq!(s.changes[3], (vec![], vec!["dave".to_string()]));
         assert!(!s.holds.contains("dave"));
     }
-    rig.core.remove("bob", None).unwrap();
+    rig.core.remove("bob", None, None).unwrap();
     for f in &fakes {
         assert!(names(f).is_empty());
         assert_eq!(f.state().changes.len(), 5);
@@ -279,12 +280,15 @@ fn an_add_whose_map_update_fails_half_way_is_undone_and_never_saved() {
 #[test]
 fn a_removed_route_leaves_the_table_the_maps_and_the_store() {
     let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22"), ("bob", "10.0.0.12:22")]);
-    let removed = rig.core.remove("alice", None).unwrap();
+    let removed = rig.core.remove("alice", None, None).unwrap();
     assert_eq!(removed.removed.len(), 1);
     assert_eq!(removed.removed[0].name, "alice");
     assert!(rig.entry("alice").is_none());
     rig.assert_agree();
-    assert_eq!(rig.core.remove("alice", None).unwrap_err().status, 404);
+    assert_eq!(
+        rig.core.remove("alice", None, None).unwrap_err().status,
+        404
+    );
 }
 
 #[test]
@@ -293,7 +297,7 @@ fn a_removal_the_store_refuses_puts_the_route_back() {
     let before: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     let writes = rig.maps.maps().writes;
     rig.store.state().fail_in = Some(0);
-    let err = rig.core.remove("alice", None).unwrap_err();
+    let err = rig.core.remove("alice", None, None).unwrap_err();
     assert_eq!(err.status, 500);
     assert!(
         err.reply.error.contains("not removed"),
@@ -322,7 +326,7 @@ fn a_multi_route_removal_the_store_refuses_keeps_every_route_in_its_slot() {
     }
     let before: Vec<Entry> = rig.core.routes.table.entries().cloned().collect();
     rig.store.state().fail_in = Some(0);
-    rig.core.remove("alice", None).unwrap_err();
+    rig.core.remove("alice", None, None).unwrap_err();
     // The maps still carry each route's slot as its route_id: counters, last-seen and
     // reclaim must stay with the route they count.
     assert_eq!(
@@ -336,7 +340,7 @@ fn a_multi_route_removal_the_store_refuses_keeps_every_route_in_its_slot() {
 fn a_recorded_removal_stands_when_the_maps_fail() {
     let mut rig = Rig::with_runtime(&[("alice", "10.0.0.11:22")]);
     rig.maps.maps().broken = true;
-    rig.core.remove("alice", None).unwrap();
+    rig.core.remove("alice", None, None).unwrap();
     assert!(rig.entry("alice").is_none());
     assert!(rig.stored_names().is_empty());
 }
@@ -346,7 +350,7 @@ fn config_routes_are_not_removed_through_the_api() {
     let mut rig = Rig::new();
     rig.core
         .reload(config(vec![route("alice", 30001, "10.0.0.11:22")]));
-    let err = rig.core.remove("alice", None).unwrap_err();
+    let err = rig.core.remove("alice", None, None).unwrap_err();
     assert_eq!(err.status, 409);
     assert!(rig.entry("alice").is_some());
     rig.assert_agree();
@@ -538,6 +542,7 @@ fn user_request(name: &str, backends: &[&str], max: u32) -> UserRequest {
 
 fn claim(service: &str, backend: &str) -> ClaimRequest {
     ClaimRequest {
+        check: None,
         proxy_protocol: None,
         service: service.into(),
         backend: backend.into(),
@@ -738,7 +743,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
             limits: Default::default(),
             forwarded_for: false,
         }),
-        metrics_listen: Some("127.0.0.1:9110".parse().unwrap()),
+        metrics_listen: vec!["127.0.0.1:9110".parse().unwrap()],
         cluster: None,
         ..config(vec![route("alice", 30001, "10.0.0.11:22")])
     };
@@ -753,7 +758,7 @@ fn a_reload_names_every_section_only_a_restart_applies() {
     new.dns.as_mut().unwrap().ttl = 60;
     assert_eq!(restart_sections(&running, &new), ["[dns]"]);
     new.http = None;
-    new.metrics_listen = Some("127.0.0.1:9111".parse().unwrap());
+    new.metrics_listen = vec!["127.0.0.1:9111".parse().unwrap()];
     assert_eq!(
         restart_sections(&running, &new),
         ["[dns]", "[http]", "[metrics]"]
@@ -870,6 +875,7 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
         .claim(
             "alice",
             ClaimRequest {
+                check: None,
                 service: "https".into(),
                 backend: "10.0.0.11:443".into(),
                 backends: vec![],
@@ -889,6 +895,7 @@ fn a_claim_may_ask_for_the_proxy_protocol_and_a_bad_one_names_the_field() {
         .claim(
             "alice",
             ClaimRequest {
+                check: None,
                 service: "web".into(),
                 backend: "10.0.0.11:80".into(),
                 backends: vec![],
@@ -1077,7 +1084,7 @@ fn an_unreachable_shared_store_refuses_changes_with_503() {
         err.reply.error
     );
     assert!(rig.entry("bob").is_none());
-    let err = rig.core.remove("alice", None).unwrap_err();
+    let err = rig.core.remove("alice", None, None).unwrap_err();
     assert_eq!(err.status, 503);
     assert!(
         rig.entry("alice").is_some(),
@@ -1139,6 +1146,7 @@ fn changes_from_other_gateways_reach_the_table_and_the_maps() {
     // A resynchronisation makes the runtime routes exactly the store's.
     let seen = SystemTime::now() - Duration::from_secs(600);
     rig.core.apply_remote(Remote::Resync {
+        down: Vec::new(),
         revision: 20,
         routes: vec![
             StoredRoute {
@@ -1635,4 +1643,75 @@ fn the_ways_in_follow_the_http_routers_service_label() {
     assert!(!out.contains("http://"), "{out}");
     // The name still resolves (SRV), so it is shown without a URL.
     assert!(out.contains("alice.http.lab.example (SRV"), "{out}");
+}
+
+#[test]
+fn a_new_token_comes_with_where_to_use_it() {
+    let mut rig = Rig::new();
+    // No portal: nothing to say but the token.
+    let reply = rig
+        .core
+        .user_add(user_request("alice", &["10.0.0.11"], 2))
+        .unwrap();
+    assert_eq!(reply.onboarding, None);
+
+    rig.core.settings.portal = Some(lb_model::api::PortalInfo {
+        listen: vec!["0.0.0.0:8443".into()],
+        fingerprint: "AB:CD".into(),
+        self_signed: true,
+    });
+    rig.core.settings.zone = Some("lab.example".into());
+    let how = rig.core.user_token("alice").unwrap().onboarding.unwrap();
+    // A wildcard listener is reached at the public address.
+    let public = rig.core.settings.gateway.public_ipv4;
+    assert_eq!(how.portal_url, format!("https://{public}:8443"));
+    assert_eq!(how.fingerprint.as_deref(), Some("AB:CD"));
+    assert_eq!(how.zone.as_deref(), Some("lab.example"));
+
+    // A CA's certificate needs no pinning; a specific listener is its own address.
+    rig.core.settings.portal = Some(lb_model::api::PortalInfo {
+        listen: vec!["10.0.0.1:443".into(), "10.0.0.2:443".into()],
+        fingerprint: "AB:CD".into(),
+        self_signed: false,
+    });
+    let how = rig
+        .core
+        .user_add(user_request("bob", &["10.0.0.12"], 2))
+        .unwrap()
+        .onboarding
+        .unwrap();
+    assert_eq!(how.portal_url, "https://10.0.0.1:443");
+    assert_eq!(how.fingerprint, None);
+}
+
+#[test]
+fn route_rm_can_name_the_protocol() {
+    let mut rig = Rig::new();
+    for protocol in ["tcp", "udp"] {
+        rig.core
+            .add(RouteRequest {
+                name: "alice".into(),
+                service: "game".into(),
+                protocol: Some(protocol.into()),
+                backend: "10.0.0.11:25565".into(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let removed = rig
+        .core
+        .remove("alice", Some("game"), Some(lb_model::Protocol::Udp))
+        .unwrap();
+    assert_eq!(removed.removed.len(), 1);
+    assert_eq!(removed.removed[0].protocol, "udp");
+    let err = rig
+        .core
+        .remove("alice", Some("game"), Some(lb_model::Protocol::Udp))
+        .unwrap_err();
+    assert_eq!(err.status, 404);
+    assert!(err.reply.error.contains("over udp"), "{}", err.reply.error);
+    assert_eq!(
+        rig.core.remove("alice", None, None).unwrap().removed.len(),
+        1
+    );
 }

@@ -70,7 +70,7 @@ pub async fn check_once<P: Prober>(
     backend: SocketAddrV4,
     spec: &CheckSpec,
 ) -> Result<String, ProbeError> {
-    tokio::time::timeout(spec.timeout, prober.probe(backend, spec))
+    tokio::time::timeout(spec.timeout, prober.probe(spec.probe_addr(backend), spec))
         .await
         .unwrap_or(Err(ProbeError::TimedOut(spec.timeout)))
 }
@@ -182,6 +182,8 @@ impl Prober for NetProber {
                 http_check(&mut stream, path, &host).await
             }
             CheckKind::Ssh => ssh_check(&mut stream).await,
+            // Never a target (`Pool::effective_check`); a connect is all it could mean.
+            CheckKind::Off => Ok("not checked".into()),
         }
     }
 }

@@ -107,6 +107,20 @@ impl Board {
         self.lock().values().map(|e| e.status.clone()).collect()
     }
 
+    /// The statuses of one route's targets (`key` as the targets name it).
+    pub fn route(&self, key: &str) -> Vec<TargetStatus> {
+        self.lock()
+            .range(
+                TargetId {
+                    key: key.into(),
+                    backend: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                }..,
+            )
+            .take_while(|(id, _)| id.key == key)
+            .map(|(_, e)| e.status.clone())
+            .collect()
+    }
+
     /// Whether the backend is up for this route; `None` when it is not checked.
     pub fn is_up(&self, key: &str, backend: SocketAddrV4) -> Option<bool> {
         let id = TargetId {
@@ -114,6 +128,16 @@ impl Board {
             backend,
         };
         self.lock().get(&id).map(|e| e.status.up)
+    }
+
+    /// Puts a status as a runner's task would (tests of what reads the board).
+    #[cfg(test)]
+    pub fn put(&self, status: TargetStatus) {
+        let id = TargetId {
+            key: status.route.clone(),
+            backend: status.backend,
+        };
+        self.lock().insert(id, Entry { task: 0, status });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TargetId, Entry>> {

@@ -26,6 +26,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 fn spec(kind: CheckKind) -> CheckSpec {
     CheckSpec {
+        port: None,
         kind,
         interval: Duration::from_millis(100),
         timeout: Duration::from_millis(2000),

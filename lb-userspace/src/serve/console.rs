@@ -232,6 +232,17 @@ impl Form {
     }
 }
 
+/// A form's optional `check` field, in the CLI's `--check` syntax (`http:/healthz`); its
+/// values are validated where the request arrives, as the CLI's are.
+fn form_check(form: &Form) -> Result<Option<lb_model::check::CheckRequest>, ApiError> {
+    let check = form.get("check").map(str::trim).filter(|c| !c.is_empty());
+    lb_model::check::CheckRequest::from_flags(&lb_model::check::CheckFlags {
+        check,
+        ..Default::default()
+    })
+    .map_err(|e| ApiError::field(400, "check", e))
+}
+
 impl Console {
     /// Answers one request. Blocking (it calls `control`): run it off the async threads.
     pub fn answer(
@@ -539,6 +550,7 @@ impl Console {
                     lb_model::backend_fields(lb_model::split_backends(form.required("backend")?));
                 let claim = ClaimRequest {
                     proxy_protocol: None,
+                    check: form_check(form)?,
                     service: form.required("service")?.to_string(),
                     backend,
                     backends,
@@ -678,6 +690,7 @@ impl Console {
                     lb_model::backend_fields(lb_model::split_backends(form.required("backend")?));
                 let request = RouteRequest {
                     proxy_protocol: None,
+                    check: form_check(form)?,
                     name: form.required("name")?.to_string(),
                     service: form.required("service")?.to_string(),
                     protocol: form
@@ -707,7 +720,7 @@ impl Console {
             "/admin/routes/remove" => (|| {
                 let name = form.required("name")?;
                 let service = form.required("service")?;
-                let result = control.remove(name, Some(service));
+                let result = control.remove(name, Some(service), None);
                 audit(
                     &format!("route rm {name}/{service}"),
                     result.as_ref().map_or_else(|e| e.status, |_| 200),

@@ -11,6 +11,7 @@
 //! | `POST /v1/me/routes` + [`ClaimRequest`]       | claims a port (201 + the route)       |
 //! | `DELETE /v1/me/routes/SERVICE[?protocol=udp]` | releases it                           |
 //! | `/v1/routes...`, `/v1/users...`               | admin tokens only: as the control socket |
+//! | `GET /clients/...`                            | the client downloads (`clients`)      |
 //! | any other path                                | the web console (`console`)           |
 //!
 //! Bounds: one request per connection, TLS handshake and request within
@@ -44,6 +45,7 @@ use crate::{
     config::Portal,
     serve::{
         admission::{Admission, ClientKey, Refused, Share},
+        clients::Clients,
         console::{self, Console, Logins, WebRequest, WebResponse},
     },
     table::state::{write_atomically, StateError},
@@ -85,6 +87,7 @@ pub struct PortalServer {
     listeners: Vec<TcpListener>,
     acceptor: tokio_rustls::TlsAcceptor,
     info: PortalInfo,
+    clients: Clients,
 }
 
 impl PortalServer {
@@ -97,6 +100,7 @@ impl PortalServer {
         let info = PortalInfo {
             listen: cfg.listen.iter().map(ToString::to_string).collect(),
             fingerprint: fingerprint(certs[0].as_ref()),
+            self_signed: cfg.cert.is_none(),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -119,6 +123,7 @@ impl PortalServer {
             listeners,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
             info,
+            clients: Clients::load(&cfg.clients_dir),
         })
     }
 
@@ -144,6 +149,7 @@ impl PortalServer {
         let shared = Arc::new(Shared {
             control,
             console: Console::default(),
+            clients: self.clients,
             acceptor: self.acceptor,
             admission: Admission::new(connections, MAX_PER_ADDRESS, Share::Fewer),
             failures: Mutex::new(Failures::default()),
@@ -204,6 +210,7 @@ fn self_signed(
 struct Shared {
     control: Arc<dyn Control>,
     console: Console,
+    clients: Clients,
     acceptor: tokio_rustls::TlsAcceptor,
     admission: Arc<Admission>,
     failures: Mutex<Failures>,
@@ -299,6 +306,9 @@ async fn serve_one(
 ) -> io::Result<()> {
     let mut tls = shared.acceptor.accept(stream).await?;
     let response = match api::read_request(&mut tls, MAX_HEAD, MAX_BODY).await {
+        Ok((request, _)) if Clients::owns(&request.path) => {
+            shared.clients.answer(&request.method, &request.path)
+        }
         Ok((request, headers)) if console::owns(&request.path) => {
             let shared = shared.clone();
             let ip = peer.ip();

@@ -167,6 +167,10 @@ pub(crate) struct RawRoute {
     last_seen_unix: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     proxy_protocol: Option<String>,
+    /// The route's own health check (files before checks have none: the default). Boxed:
+    /// most routes have none, and the journal's lines stay small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    check: Option<Box<lb_model::check::CheckRequest>>,
 }
 
 /// What the daemon persists, wherever it is kept: [`StateStore`] (a local directory) alone,
@@ -652,6 +656,7 @@ fn raw(s: &StoredRoute) -> RawRoute {
         added_unix: unix(s.added),
         last_seen_unix: s.last_seen.map(unix),
         proxy_protocol: s.route.proxy_protocol.map(|p| p.as_str().to_string()),
+        check: s.route.backends.check().map(|c| Box::new(c.into())),
     }
 }
 
@@ -752,6 +757,7 @@ fn validate(
             backends: r.backends,
             port: Some(r.port),
             proxy_protocol: r.proxy_protocol,
+            check: r.check.map(|c| *c),
         };
         // The port range is not checked: a range narrowed in the config later must not
         // take allocated ports away.

@@ -167,26 +167,36 @@ pub(super) fn fmt_and_clippy(check_only: bool, missing: &mut Vec<String>) -> Res
 /// The students' client is checked for Windows; rustup adds the target's standard library.
 pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
 
-pub(super) fn windows_target(check_only: bool, missing: &mut Vec<String>) -> Result<()> {
-    let what = "Rust target x86_64-pc-windows-gnu (the students' client on Windows)";
-    let installed = || -> Result<bool> {
-        let list = cmd::stdout(Command::new("rustup").args(["target", "list", "--installed"]))?;
-        Ok(list.lines().any(|l| l.trim() == WINDOWS_TARGET))
-    };
-    if installed()? {
-        report("ok", what);
-        return Ok(());
+/// The students' static Linux client (`cargo xtask dist`): musl links it without glibc, so
+/// it runs on any x86_64 Linux. Its C parts (ring) build with Debian's musl-gcc (musl-tools).
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The Rust targets the students' client is built for besides this machine's.
+pub(super) fn client_targets(check_only: bool, missing: &mut Vec<String>) -> Result<()> {
+    for (target, what) in [
+        (WINDOWS_TARGET, "the students' client on Windows"),
+        (MUSL_TARGET, "the students' static Linux client"),
+    ] {
+        let what = format!("Rust target {target} ({what})");
+        let installed = || -> Result<bool> {
+            let list = cmd::stdout(Command::new("rustup").args(["target", "list", "--installed"]))?;
+            Ok(list.lines().any(|l| l.trim() == target))
+        };
+        if installed()? {
+            report("ok", &what);
+            continue;
+        }
+        if check_only {
+            report("MISSING", &what);
+            missing.push(target.into());
+            continue;
+        }
+        report("installing", &what);
+        cmd::run(Command::new("rustup").args(["target", "add", target]))?;
+        if !installed()? {
+            bail!("`rustup target add {target}` succeeded but rustup does not list it");
+        }
+        report("installed", &what);
     }
-    if check_only {
-        report("MISSING", what);
-        missing.push(WINDOWS_TARGET.into());
-        return Ok(());
-    }
-    report("installing", what);
-    cmd::run(Command::new("rustup").args(["target", "add", WINDOWS_TARGET]))?;
-    if !installed()? {
-        bail!("`rustup target add {WINDOWS_TARGET}` succeeded but rustup does not list it");
-    }
-    report("installed", what);
     Ok(())
 }

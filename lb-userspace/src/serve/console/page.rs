@@ -4,6 +4,7 @@
 use std::{fmt, fmt::Write as _, time::Duration};
 
 use crate::table::traffic::MINUTES;
+use lb_model::api::CLIENTS_PATH;
 use lb_model::{
     api::{GatewayView, MeReply, RouteView, RoutesReply, TrafficMinute, UsersReply},
     format_duration,
@@ -148,6 +149,10 @@ pub fn login(notice: Option<&Flash>) -> String {
          <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required autofocus maxlength=\"128\" spellcheck=\"false\">\
          <button type=\"submit\" id=\"login\">Log in</button></form>",
     );
+    main.push_str(&format!(
+        "<p>The command-line client (<code>srvgate login</code>, <code>claim</code>, <code>ssh</code>): \
+         <a href=\"{CLIENTS_PATH}\" id=\"clients\">download it here</a>, for Windows and Linux, with each file's SHA-256.</p>"
+    ));
     layout("Log in", None, &main)
 }
 
@@ -231,6 +236,16 @@ pub fn chart(minutes: &[TrafficMinute], now_unix: u64) -> String {
     out
 }
 
+/// The backend cell: the pool, and its health board when it has one (each line escaped).
+fn backend_cell(v: &RouteView, now_unix: u64) -> String {
+    let board = lb_model::text::health_board(v, now_unix);
+    if board.is_empty() {
+        return esc(&v.pool_text()).to_string();
+    }
+    let lines: Vec<String> = board.iter().map(|l| esc(l).to_string()).collect();
+    format!("<span class=\"board\">{}</span>", lines.join("<br>"))
+}
+
 /// The cells every route table shows, with `data-label`s so that narrow screens show each
 /// row as a card.
 fn route_cells(out: &mut String, v: &RouteView, traffic: &[TrafficMinute], now_unix: u64) {
@@ -242,7 +257,7 @@ fn route_cells(out: &mut String, v: &RouteView, traffic: &[TrafficMinute], now_u
         esc(&v.service),
         esc(&v.protocol),
         v.port,
-        esc(&v.pool_text()),
+        backend_cell(v, now_unix),
         bytes(v.inbound_bytes),
         bytes(v.outbound_bytes),
         chart(traffic, now_unix),
@@ -348,6 +363,8 @@ pub fn home(
         main,
         "</datalist><small id=\"backend-help\">Your instance's address and port. Yours: <span id=\"allowed\">{}</span>.</small>\
          <label for=\"protocol\">Protocol</label><select id=\"protocol\" name=\"protocol\"><option value=\"tcp\" selected>tcp</option><option value=\"udp\">udp</option></select>\
+         <label for=\"check\">Health check</label><input id=\"check\" name=\"check\" maxlength=\"200\" placeholder=\"http:/healthz\" aria-describedby=\"check-help\" spellcheck=\"false\">\
+         <small id=\"check-help\">Optional, for several backends: <code>tcp</code>, <code>ssh</code>, <code>http:/PATH</code>, <code>tcp:PORT</code> or <code>none</code>. A backend that fails it gets no new connections.</small>\
          <button type=\"submit\" id=\"claim\">Claim</button></form>",
         esc(&allowed)
     );
@@ -527,6 +544,7 @@ pub fn admin(a: &AdminView) -> String {
          <label for=\"route-protocol\">Protocol</label><select id=\"route-protocol\" name=\"protocol\"><option value=\"tcp\" selected>tcp</option><option value=\"udp\">udp</option></select>\
          <label for=\"route-backend\">Backend</label><input id=\"route-backend\" name=\"backend\" required maxlength=\"64\" placeholder=\"10.0.0.11:22\" spellcheck=\"false\">\
          <label for=\"route-port\">Port</label><input id=\"route-port\" name=\"port\" type=\"number\" min=\"1\" max=\"65535\" placeholder=\"from the range\">\
+         <label for=\"route-check\">Health check</label><input id=\"route-check\" name=\"check\" maxlength=\"200\" placeholder=\"http:/healthz\" spellcheck=\"false\">\
          <button type=\"submit\" id=\"add-route\">Add route</button></form>"
     );
     main.push_str("<h2>Recent audit log</h2>");

@@ -467,3 +467,12 @@ fn at_the_global_cap_an_account_holding_as_many_as_any_ends_its_own() {
     assert!(!s.by_id.contains_key(&key(5 * per + 1)));
     assert!(s.by_id.contains_key(&key(0)));
 }
+
+#[test]
+fn the_login_page_offers_the_client_download() {
+    let html = page::login(None);
+    assert!(
+        html.contains("<a href=\"/clients/\" id=\"clients\">"),
+        "{html}"
+    );
+}

@@ -189,6 +189,7 @@ async fn at_the_cap_a_newcomer_takes_a_place_of_the_greediest_address() {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         cert: None,
         key: None,
+        clients_dir: dir.path().join("clients"),
     };
     let server = PortalServer::bind(&cfg, dir.path()).await.unwrap();
     let addr = server.local_addrs()[0];
