@@ -225,12 +225,12 @@ fn a_backup_restored_onto_a_new_gateway_gives_every_student_their_token_routes_a
     let _ = lab.stop_srvgate();
     std::fs::rename(lab.state_dir(), lab.dir().join("state.lost")).unwrap();
     let restore = |args: &[&str]| {
-        // srvgate's verb, not a program: named `words` so xtask's scan of started programs
-        // (which reads `argv = [...]` as one) does not take `restore` for one.
-        let mut words = vec!["restore"];
-        words.extend_from_slice(args);
-        words.extend(["--state-dir", &state]);
-        lab.srvgate(&words, DEFAULT_TIMEOUT).unwrap()
+        // `srvgate restore ARGS... --state-dir STATE`.
+        let argv: Vec<&str> = std::iter::once("restore")
+            .chain(args.iter().copied())
+            .chain(["--state-dir", state.as_str()])
+            .collect();
+        lab.srvgate(&argv, DEFAULT_TIMEOUT).unwrap()
     };
 
     // A damaged backup is refused naming the record, and nothing is written.

@@ -76,12 +76,16 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("knotd", "knot"),
     ("man", "man-db"),
     ("md5sum", "coreutils"),
+    // The booted test's Debian root (tests/tests/booted.rs).
+    ("mmdebstrap", "mmdebstrap"),
     ("mount", "mount"),
     // The C compiler ring's build script runs for x86_64-unknown-linux-musl (the static
     // Linux client of `cargo xtask dist`).
     ("musl-gcc", "musl-tools"),
     ("nft", "nftables"),
     ("nginx", "nginx"),
+    // Into the booted container's namespaces (there is no machined for `systemctl -M`).
+    ("nsenter", "util-linux"),
     ("openssl", "openssl"),
     // The ACME lab's test CA (RFC 8555), answered by the gateway's own zone.
     ("pebble", "pebble"),
@@ -102,6 +106,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("strip", "binutils"),
     ("sysctl", "procps"),
     ("systemd-analyze", "systemd"),
+    ("systemd-nspawn", "systemd-container"),
     // `cargo xtask bench --baseline`: unpacks `git archive` of the baseline revision.
     ("tar", "tar"),
     ("taskset", "util-linux"),
