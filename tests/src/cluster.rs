@@ -18,7 +18,7 @@
 //!
 //! etcd runs for real in its own namespace, its data directory in the lab's temp dir, so
 //! stopping and starting it again keeps the table. It serves its clients over TLS and
-//! demands a client certificate (`--client-cert-auth`), as the README's `[cluster]` says
+//! demands a client certificate (`--client-cert-auth`), as the book's admin/cluster.md says
 //! to run it: at lab start `openssl` makes a CA, etcd's server certificate (an IP SAN for
 //! [`ETCD`]), a client certificate per gateway and one for the lab's `etcdctl`, and a
 //! second CA that signed nothing etcd trusts ([`ClusterLab::pki`]). Each gateway has its own state

@@ -22,7 +22,8 @@ use srvgate_tests::cluster::*;
 /// after 3 adverts missed plus its skew ((256 - priority) / 256 of an interval).
 const ADVERT_INT: &str = "0.05";
 
-/// The keepalived config of gateway `n` (0 or 1); the README's example is this one.
+/// The keepalived config of gateway `n` (0 or 1); the book's example (admin/failover.md) is
+/// this one.
 fn keepalived_conf(n: usize) -> String {
     let priority = [150, 100][n];
     let instance = |name: &str, dev: &str, vrid: u8, vip: &str| {
@@ -389,7 +390,7 @@ fn connections_survive_the_active_gateway_dying() {
     );
     lab.stop(iperf, Duration::from_secs(2)).unwrap();
 
-    // Issue 15 asks for < 1 s end to end; the stall is printed above and README's failover
+    // Issue 15 asks for < 1 s end to end; the stall is printed above and the book's failover
     // table records the runs (about 0.2 s with 50 ms adverts). What must hold on any machine
     // is that gw2 took over, not the old gateway's timeouts: a loaded 2-core machine can
     // delay keepalived's adverts and TCP's retransmission timer doubles (0.2 + 0.4 + 0.8 +

@@ -87,8 +87,8 @@ fn cap_mask(pid: u32, field: &str) -> u64 {
     u64::from_str_radix(hex.trim(), 16).unwrap()
 }
 
-/// The packaged example config, edited the way the README tells an admin to: the lab's
-/// interfaces and public address, the HTTP router on, and routes.
+/// The packaged example config, edited the way the book (admin/install.md) tells an admin
+/// to: the lab's interfaces and public address, the HTTP router on, and routes.
 fn example_config(routes: &[RouteSpec]) -> String {
     let example = std::fs::read_to_string(workspace_root().join("dist/srvgate.toml")).unwrap();
     let mut c = example

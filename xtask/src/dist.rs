@@ -83,7 +83,11 @@ pub fn build_clients(root: &Path, target_dir: &Path) -> Result<Vec<(PathBuf, &'s
                     "--bin",
                     "srvgate-client",
                 ])
-                .args(["--target", target]),
+                .args(["--target", target])
+                // A download: no debug info (the Windows .exe was 61 MiB with it, near the
+                // portal's per-file bound of 64 MiB; without it a few MiB).
+                .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
+                .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo"),
         )?;
         let path = target_dir.join(target).join("release").join(file);
         ensure!(

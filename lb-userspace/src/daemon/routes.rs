@@ -1067,8 +1067,8 @@ impl Routes {
 }
 
 /// What a reload cannot apply: the parts of `new` that differ from the config the daemon
-/// is `running`, by section. Routes, `port_range` and `reclaim_after` are applied live and
-/// never listed.
+/// is `running`, by section. Routes, users, `port_range`, `reclaim_after` and
+/// `port_cooldown` are applied live and never listed.
 pub(super) fn restart_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     let (g, n) = (&running.gateway, &new.gateway);
     let mut changed = Vec::new();

@@ -234,7 +234,7 @@ impl SourceGuard {
 /// link pinned as `egress_<ifname>` in `dir`. A link an earlier run pinned is replaced by a
 /// new one attached first, so the leg is never unguarded in between. Where tcx is missing
 /// the leg runs without the guard, said loudly: forwarding matters more, and the admin's
-/// firewall can do the same (README, "Left to a firewall").
+/// firewall can do the same (the book, reference/security.md, "Left to a firewall").
 pub(super) fn attach_egress_guard(
     ebpf: &mut Ebpf,
     legs: &[Leg],

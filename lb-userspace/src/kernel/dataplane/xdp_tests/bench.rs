@@ -127,8 +127,8 @@ fn pool_cost(h: &mut Harness, harness: f64) {
 }
 
 /// Not a test: what a frame whose checksum field holds the partial value costs the program
-/// (README, "Flows, packets the gateway makes, ICMP errors"): mean ns of a run on UDP
-/// frames to a route, on a leg that may carry partial checksums, with a 1480-byte segment
+/// (the book, reference/security.md, "Flows, packets the gateway makes, ICMP errors"): mean
+/// ns of a run on UDP frames to a route, on a leg that may carry partial checksums, with a 1480-byte segment
 /// (the longest summed) and a 40-byte one, while this CPU's budget of sums lasts and once
 /// it is spent; and a complete 1400-byte frame (not summed) for comparison. Run with
 /// `flock /tmp/sg-netns.lock cargo test -p lb-userspace --lib forged_checksum_cost --

@@ -126,7 +126,7 @@ fn a_public_leg_drops_sources_no_client_can_have() {
 /// forward into a private leg (a backend's own address, any host there, a network routed
 /// behind it), in whatever shape, is dropped and counted; the gateway's own private
 /// address and addresses that lead nowhere inside are the kernel's. On a one-armed leg the
-/// inside shares the wire, and this check is not made (the README says why).
+/// inside shares the wire, and this check is not made (the book's reference/security.md says why).
 #[test]
 fn nothing_from_a_public_leg_reaches_a_private_address() {
     let Some(mut h) = Harness::new("nothing_from_a_public_leg_reaches_a_private_address") else {
