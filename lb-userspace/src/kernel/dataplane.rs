@@ -91,23 +91,40 @@ impl fmt::Display for AttachMode {
     }
 }
 
+/// `error`'s text followed by each cause's that it does not already say: aya's errors keep
+/// the kernel's errno a level or two down ("failed to create map X" hides "Operation not
+/// permitted"), and the errno is what tells an admin which setting refused the call.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataplaneError {
-    #[error("loading the XDP program into the kernel failed: {0}")]
+    #[error("loading the XDP program into the kernel failed: {}", with_causes(.0.as_ref()))]
     Load(Box<aya::EbpfError>),
     #[error("the XDP object has no {0}; the build of lb-ebpf is out of date")]
     Missing(&'static str),
     #[error("interface {0:?} does not exist")]
     NoInterface(String),
-    #[error("attaching XDP in {mode} mode to {iface} failed: {error}{hint}")]
+    #[error("attaching XDP in {mode} mode to {iface} failed: {}{hint}", with_causes(error.as_ref()))]
     Attach {
         iface: String,
         mode: AttachMode,
         error: Box<aya::programs::ProgramError>,
         hint: &'static str,
     },
-    #[error("BPF map {name}: {error}")]
+    #[error("BPF map {name}: {}", with_causes(error.as_ref()))]
     Map {
         name: &'static str,
         error: Box<aya::maps::MapError>,
@@ -401,6 +418,25 @@ pub fn verdict_names() -> &'static [&'static str] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A map the kernel refused names the errno (a booted test under systemd saw only
+    /// "failed to create map `GLOBAL_COUNTERS`", without why).
+    #[test]
+    fn a_load_error_says_the_kernels_errno() {
+        let e = DataplaneError::Load(Box::new(aya::EbpfError::MapError(
+            aya::maps::MapError::CreateError {
+                name: "GLOBAL_COUNTERS".into(),
+                io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+            },
+        )));
+        let text = e.to_string();
+        assert!(
+            text.contains("GLOBAL_COUNTERS") && text.contains("Operation not permitted"),
+            "{text}"
+        );
+        // Each cause once, though aya's outer text repeats the inner one's.
+        assert_eq!(text.matches("failed to create map").count(), 1, "{text}");
+    }
 
     /// The sweep removes what the maps hold and no route uses, by port and by backend, and
     /// keeps a key a route still uses though another route held it before.
